@@ -1,0 +1,179 @@
+// The validated, immutable configuration (DESIGN.md §3). Built by load_config(); shared
+// read-only by everything else (std::shared_ptr<const Config>).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace pgvalve::config {
+
+struct Endpoint {
+  std::string host;
+  std::uint16_t port = 0;
+  std::string to_string() const;  // "host:port"
+  bool operator==(const Endpoint&) const = default;
+};
+
+enum class LogLevel { Debug, Info, Warn, Error };
+enum class PoolMode { Session, Transaction, Statement };
+enum class TlsMode { Disable, Prefer, Require };
+
+struct TlsConfig {
+  std::string cert;
+  std::string key;
+  TlsMode mode = TlsMode::Prefer;
+};
+
+struct User {
+  std::string name;
+  std::string password;         // as written: SCRAM verifier, md5 hash, or plain text
+  std::string server_password;  // for logging in to PostgreSQL; empty if none (trust)
+  bool admin = false;
+};
+
+struct PoolSettings {
+  PoolMode mode = PoolMode::Transaction;
+  int pool_size = 20;
+  int max_overflow = 30;
+  int overflow_idle_s = 10;
+  int checkout_timeout_ms = 5000;
+  int idle_timeout_s = 600;
+  int recycle_s = 3600;
+  bool pre_ping = false;
+  int pre_ping_idle_s = 30;
+  int max_client_connections = 10000;
+  int max_prepared_statements = 500;
+  bool operator==(const PoolSettings&) const = default;
+};
+
+struct Limits {
+  int connections_per_ip = 0;
+  int connect_rate_per_ip = 0;
+  int connect_burst_per_ip = 20;
+  int auth_timeout_ms = 10000;
+  std::int64_t max_message_bytes = 268435456;
+};
+
+struct Shard {
+  std::string name;
+  Endpoint primary;
+  std::vector<Endpoint> replicas;
+};
+
+enum class HashFunction { Xxh3, Md5Mod, PgPartition };
+
+struct BucketRange {
+  int first = 0;
+  int last = 0;  // inclusive
+};
+
+struct Sharding {
+  std::string key = "device_id";
+  HashFunction hash = HashFunction::Xxh3;
+  int buckets = 1024;
+  std::map<std::string, std::vector<BucketRange>> bucket_map;  // shard name -> ranges
+  std::vector<std::string> tables;
+  std::vector<std::string> reference_tables;
+};
+
+struct Database {
+  std::string name;    // what clients put in their DSN
+  std::string dbname;  // database name on the servers (default: name)
+  std::vector<Shard> shards;
+  std::optional<Sharding> sharding;  // absent = a single shard
+};
+
+enum class ReadsTo { Replicas, Primary, Any };
+enum class LoadBalance { LeastConnections, RoundRobin, Random };
+enum class ReadYourWrites { Off, Lsn, Time };
+
+struct Routing {
+  bool read_write_split = true;
+  ReadsTo reads = ReadsTo::Replicas;
+  LoadBalance load_balance = LoadBalance::LeastConnections;
+  int max_replica_lag_ms = 5000;
+  ReadYourWrites read_your_writes = ReadYourWrites::Lsn;
+  int read_your_writes_window_ms = 2000;
+  std::vector<std::string> write_functions = {"nextval",        "setval",
+                                              "pg_advisory_lock", "pg_advisory_xact_lock",
+                                              "pg_notify",      "txid_current"};
+};
+
+struct Health {
+  int interval_ms = 1000;
+  int timeout_ms = 2000;
+  int failures_before_down = 3;
+};
+
+enum class FailoverMode { Off, Follow, Promote };
+
+struct Failover {
+  FailoverMode mode = FailoverMode::Follow;
+  int promote_after_ms = 5000;
+  int hold_writes_ms = 10000;
+};
+
+struct Stats {
+  int slow_query_ms = 100;
+  int slow_query_samples = 1000;
+  int max_fingerprints = 5000;
+  bool explain_slow = false;
+  bool redact_literals = true;
+};
+
+struct Config {
+  std::string source_path;  // the file it was read from ("" for a string)
+  Endpoint listen{"0.0.0.0", 6432};
+  Endpoint admin_listen{"127.0.0.1", 9930};
+  int workers = 0;  // 0 = one per CPU core (resolved by the proxy, not here)
+  LogLevel log_level = LogLevel::Info;
+  int shutdown_timeout_s = 30;
+  std::optional<TlsConfig> tls;
+  TlsMode server_tls = TlsMode::Prefer;
+  std::vector<User> users;
+  PoolSettings pool;
+  Limits limits;
+  std::vector<Database> databases;  // in file order
+  Routing routing;
+  Health health;
+  Failover failover;
+  Stats stats;
+
+  const User* find_user(std::string_view name) const;
+  const Database* find_database(std::string_view name) const;
+};
+
+using ConfigPtr = std::shared_ptr<const Config>;
+
+// One problem found in a file: where, and what.
+struct ConfigError {
+  std::string path;  // YAML key path, e.g. "pool.pool_size" or "databases.telemetry.shards[0].primary"
+  int line = 0;      // 1-based; 0 when unknown
+  int column = 0;    // 1-based; 0 when unknown
+  std::string message;
+  // "file:line:column: path: message"
+  std::string to_string(std::string_view file) const;
+};
+
+struct LoadResult {
+  ConfigPtr config;                 // set when errors is empty
+  std::vector<ConfigError> errors;  // every problem found, not just the first
+};
+
+// Reads and validates a YAML document. `${VAR}` in scalar values expands from the environment
+// (an unset variable is an error). Never throws.
+LoadResult load_config_file(const std::string& path);
+LoadResult load_config_string(const std::string& yaml, const std::string& source_name = "<string>");
+
+// The effective configuration as "key = value" lines for `--check` and SHOW CONFIG; passwords
+// are shown as "<hidden>".
+std::vector<std::pair<std::string, std::string>> describe(const Config& config);
+
+const char* to_string(PoolMode mode);
+const char* to_string(LogLevel level);
+
+}  // namespace pgvalve::config

@@ -1,0 +1,81 @@
+// Password authentication math: md5 and SCRAM-SHA-256 (RFC 5802 / RFC 7677, no channel
+// binding) in both roles. Pure: nonces and salts come from the caller.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace pgvalve::protocol {
+
+std::string base64_encode(std::string_view raw);
+std::optional<std::string> base64_decode(std::string_view text);
+
+// ---- md5 ----------------------------------------------------------------------------------
+
+// "md5" + hex(md5(password + user)): what pg_authid stores.
+std::string md5_password_hash(std::string_view user, std::string_view password);
+// What the client sends for salt `salt4`, given the stored hash ("md5..." as above):
+// "md5" + hex(md5(hex_part + salt)).
+std::string md5_salted_response(std::string_view stored_hash, std::string_view salt4);
+inline bool is_md5_hash(std::string_view s) { return s.size() == 35 && s.substr(0, 3) == "md5"; }
+
+// ---- SCRAM-SHA-256 -------------------------------------------------------------------------
+
+inline constexpr std::string_view kScramSha256 = "SCRAM-SHA-256";
+inline constexpr int kDefaultScramIterations = 4096;
+
+// "SCRAM-SHA-256$<iterations>:<salt b64>$<StoredKey b64>:<ServerKey b64>", as in pg_authid.
+struct ScramVerifier {
+  int iterations = kDefaultScramIterations;
+  std::string salt;        // raw bytes
+  std::string stored_key;  // raw 32 bytes
+  std::string server_key;  // raw 32 bytes
+
+  static std::optional<ScramVerifier> parse(std::string_view text);
+  static ScramVerifier from_password(std::string_view password, std::string_view salt,
+                                     int iterations = kDefaultScramIterations);
+  std::string to_string() const;
+};
+inline bool is_scram_verifier(std::string_view s) { return s.starts_with("SCRAM-SHA-256$"); }
+
+// Server role: pgvalve checks a client's proof against a verifier.
+class ScramServer {
+ public:
+  // `server_nonce` is the raw random part pgvalve adds (it is base64-encoded on the wire).
+  ScramServer(ScramVerifier verifier, std::string_view server_nonce);
+
+  // client-first-message -> server-first-message. nullopt + `error` on malformed input or a
+  // channel-binding request.
+  std::optional<std::string> handle_client_first(std::string_view message, std::string& error);
+  // client-final-message -> server-final-message ("v=..."). nullopt + `error` when the proof is
+  // wrong (error then says so) or the message is malformed.
+  std::optional<std::string> handle_client_final(std::string_view message, std::string& error);
+
+ private:
+  ScramVerifier verifier_;
+  std::string server_nonce_b64_;
+  std::string client_first_bare_;
+  std::string server_first_;
+  std::string combined_nonce_;
+};
+
+// Client role: pgvalve logs in to PostgreSQL with a password.
+class ScramClient {
+ public:
+  ScramClient(std::string_view password, std::string_view client_nonce_raw);
+
+  std::string client_first() const;  // "n,,n=,r=<nonce>"
+  // server-first-message -> client-final-message.
+  std::optional<std::string> handle_server_first(std::string_view message, std::string& error);
+  // Checks the server's signature: false + `error` when it does not prove knowledge of the key.
+  bool verify_server_final(std::string_view message, std::string& error) const;
+
+ private:
+  std::string password_;
+  std::string client_nonce_b64_;
+  std::string client_first_bare_;
+  std::string expected_server_signature_;
+};
+
+}  // namespace pgvalve::protocol

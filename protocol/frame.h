@@ -1,0 +1,96 @@
+// Framing of PostgreSQL protocol 3.0 messages: a one-byte tag, an int32 length that counts
+// itself, then the body. Pure: looks at bytes, never copies them.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+namespace pgvalve::protocol {
+
+// Messages a client (frontend) sends, named as in the PostgreSQL docs.
+enum class FrontendTag : char {
+  Bind = 'B',
+  Close = 'C',
+  CopyData = 'd',
+  CopyDone = 'c',
+  CopyFail = 'f',
+  Describe = 'D',
+  Execute = 'E',
+  Flush = 'H',
+  FunctionCall = 'F',
+  Parse = 'P',
+  Password = 'p',  // also SASLInitialResponse, SASLResponse, GSSResponse
+  Query = 'Q',
+  Sync = 'S',
+  Terminate = 'X',
+};
+
+// Messages a server (backend) sends.
+enum class BackendTag : char {
+  Authentication = 'R',
+  BackendKeyData = 'K',
+  BindComplete = '2',
+  CloseComplete = '3',
+  CommandComplete = 'C',
+  CopyData = 'd',
+  CopyDone = 'c',
+  CopyInResponse = 'G',
+  CopyOutResponse = 'H',
+  CopyBothResponse = 'W',
+  DataRow = 'D',
+  EmptyQueryResponse = 'I',
+  ErrorResponse = 'E',
+  FunctionCallResponse = 'V',
+  NegotiateProtocolVersion = 'v',
+  NoData = 'n',
+  NoticeResponse = 'N',
+  NotificationResponse = 'A',
+  ParameterDescription = 't',
+  ParameterStatus = 'S',
+  ParseComplete = '1',
+  PortalSuspended = 's',
+  ReadyForQuery = 'Z',
+  RowDescription = 'T',
+};
+
+enum class DecodeStatus {
+  Ok,            // a whole frame is available
+  NeedMoreData,  // the buffer ends inside a frame; read more and call again
+  Invalid,       // the bytes cannot be a frame (bad length, oversized); close the connection
+};
+
+// A view of one tagged message inside a caller-owned buffer.
+struct Frame {
+  char tag = 0;
+  std::string_view body;  // bytes after the length field
+  std::string_view whole;  // tag + length + body, for forwarding unchanged
+};
+
+struct FrameResult {
+  DecodeStatus status = DecodeStatus::NeedMoreData;
+  Frame frame;
+  // For NeedMoreData: total bytes the frame needs once its header is known (0 if the header is
+  // incomplete), so the caller can size its buffer. For Invalid: 0.
+  std::size_t needed = 0;
+  const char* error = nullptr;  // for Invalid: why, in words fit for a log line
+};
+
+inline constexpr std::size_t kFrameHeaderSize = 5;
+
+// Decodes the first frame of `in`. A frame whose total size (tag + length + body) exceeds
+// `max_message_bytes`, or whose length field is below 4, is Invalid.
+FrameResult decode_frame(std::string_view in, std::size_t max_message_bytes);
+
+// Big-endian integer helpers shared by readers and builders.
+inline std::uint32_t read_u32(const char* p) {
+  auto b = reinterpret_cast<const unsigned char*>(p);
+  return (std::uint32_t{b[0]} << 24) | (std::uint32_t{b[1]} << 16) | (std::uint32_t{b[2]} << 8) |
+         std::uint32_t{b[3]};
+}
+inline std::uint16_t read_u16(const char* p) {
+  auto b = reinterpret_cast<const unsigned char*>(p);
+  return static_cast<std::uint16_t>((b[0] << 8) | b[1]);
+}
+
+}  // namespace pgvalve::protocol

@@ -1,0 +1,172 @@
+// Readers (Frame -> typed view) and builders (values -> bytes appended to a buffer) for the
+// protocol 3.0 messages pgvalve inspects or produces. Readers return std::nullopt for a body
+// that does not match the message's format; string_views point into the frame.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "protocol/frame.h"
+
+namespace pgvalve::protocol {
+
+// ---- Authentication ('R') ------------------------------------------------------------------
+
+enum class AuthCode : std::int32_t {
+  Ok = 0,
+  CleartextPassword = 3,
+  Md5Password = 5,
+  Sasl = 10,
+  SaslContinue = 11,
+  SaslFinal = 12,
+};
+
+struct AuthenticationRequest {
+  std::int32_t code = 0;  // AuthCode, or another value pgvalve does not support (e.g. GSS)
+  std::string_view data;  // Md5Password: 4-byte salt; Sasl: NUL-separated mechanism list;
+                          // SaslContinue / SaslFinal: the SCRAM message
+};
+std::optional<AuthenticationRequest> read_authentication(const Frame& f);
+// Splits the Sasl mechanism list ("SCRAM-SHA-256\0SCRAM-SHA-256-PLUS\0\0").
+std::vector<std::string_view> sasl_mechanisms(std::string_view data);
+
+void append_authentication_ok(std::string& out);
+void append_authentication_cleartext(std::string& out);
+void append_authentication_md5(std::string& out, std::string_view salt4);
+void append_authentication_sasl(std::string& out, std::span<const std::string_view> mechanisms);
+void append_authentication_sasl_continue(std::string& out, std::string_view data);
+void append_authentication_sasl_final(std::string& out, std::string_view data);
+
+// ---- Password family ('p'), as sent by a client -------------------------------------------
+
+// PasswordMessage (cleartext or md5): the NUL-terminated string.
+std::optional<std::string_view> read_password(const Frame& f);
+struct SaslInitialResponse {
+  std::string_view mechanism;
+  std::string_view data;  // empty when the client sent length -1
+};
+std::optional<SaslInitialResponse> read_sasl_initial_response(const Frame& f);
+// SASLResponse: the whole body is the data.
+std::string_view read_sasl_response(const Frame& f);
+
+void append_password(std::string& out, std::string_view password);
+void append_sasl_initial_response(std::string& out, std::string_view mechanism,
+                                  std::string_view data);
+void append_sasl_response(std::string& out, std::string_view data);
+
+// ---- Session start-up, as a client sends it (pgvalve -> PostgreSQL) -------------------------
+
+void append_startup_message(std::string& out,
+                            std::span<const std::pair<std::string_view, std::string_view>> params);
+void append_ssl_request(std::string& out);
+void append_cancel_request(std::string& out, std::int32_t process_id, std::int32_t secret_key);
+
+// ---- Backend status messages ---------------------------------------------------------------
+
+struct BackendKeyData {
+  std::int32_t process_id = 0;
+  std::int32_t secret_key = 0;
+};
+std::optional<BackendKeyData> read_backend_key_data(const Frame& f);
+void append_backend_key_data(std::string& out, BackendKeyData key);
+
+struct ParameterStatus {
+  std::string_view name;
+  std::string_view value;
+};
+std::optional<ParameterStatus> read_parameter_status(const Frame& f);
+void append_parameter_status(std::string& out, std::string_view name, std::string_view value);
+
+// ReadyForQuery status: 'I' idle, 'T' in a transaction block, 'E' in a failed transaction.
+std::optional<char> read_ready_for_query(const Frame& f);
+void append_ready_for_query(std::string& out, char status);
+
+// ErrorResponse / NoticeResponse fields pgvalve reads or writes.
+struct ErrorFields {
+  std::string_view severity;  // 'S' (localized) / 'V'; "ERROR", "FATAL", "NOTICE", ...
+  std::string_view sqlstate;  // 'C'
+  std::string_view message;   // 'M'
+  std::string_view detail;    // 'D', optional
+  std::string_view hint;      // 'H', optional
+};
+std::optional<ErrorFields> read_error_response(const Frame& f);  // also reads NoticeResponse
+void append_error_response(std::string& out, const ErrorFields& fields);
+void append_notice_response(std::string& out, const ErrorFields& fields);
+
+std::optional<std::string_view> read_command_complete(const Frame& f);
+void append_command_complete(std::string& out, std::string_view tag);
+void append_empty_query_response(std::string& out);
+
+struct NotificationResponse {
+  std::int32_t process_id = 0;
+  std::string_view channel;
+  std::string_view payload;
+};
+std::optional<NotificationResponse> read_notification_response(const Frame& f);
+void append_notification_response(std::string& out, const NotificationResponse& n);
+
+// Result sets built by pgvalve itself (admin console): every column is text (OID 25).
+void append_row_description(std::string& out, std::span<const std::string_view> column_names);
+// A NULL column is std::nullopt.
+void append_data_row(std::string& out, std::span<const std::optional<std::string_view>> values);
+
+// ---- Simple and extended query ---------------------------------------------------------------
+
+std::optional<std::string_view> read_query(const Frame& f);  // text without the final NUL
+void append_query(std::string& out, std::string_view sql);
+void append_terminate(std::string& out);
+void append_sync(std::string& out);
+void append_flush(std::string& out);
+
+struct ParseMessage {
+  std::string_view statement;     // "" = unnamed
+  std::string_view query;
+  std::string_view param_types;   // raw: n * int32 OIDs, big-endian
+  std::uint16_t param_count() const { return static_cast<std::uint16_t>(param_types.size() / 4); }
+  std::uint32_t param_type(std::size_t i) const { return read_u32(param_types.data() + 4 * i); }
+};
+std::optional<ParseMessage> read_parse(const Frame& f);
+void append_parse(std::string& out, std::string_view statement, std::string_view query,
+                  std::span<const std::uint32_t> param_types);
+
+// Bind: parameters stay in place; walk them with param(i). A NULL parameter has no value.
+struct BindMessage {
+  std::string_view portal;
+  std::string_view statement;
+  std::string_view param_formats;  // raw: n * int16
+  std::vector<std::optional<std::string_view>> params;
+  std::string_view result_formats;  // raw: n * int16
+  // Format (0 text, 1 binary) of parameter i, applying the protocol's 0/1/n rule.
+  std::int16_t param_format(std::size_t i) const;
+};
+std::optional<BindMessage> read_bind(const Frame& f);
+// Re-encodes a Bind with another statement name (same portal, formats, parameters).
+void append_bind_renamed(std::string& out, const BindMessage& bind, std::string_view statement);
+
+struct DescribeOrClose {
+  char kind = 0;  // 'S' statement, 'P' portal
+  std::string_view name;
+};
+std::optional<DescribeOrClose> read_describe(const Frame& f);
+std::optional<DescribeOrClose> read_close(const Frame& f);
+void append_describe(std::string& out, char kind, std::string_view name);
+void append_close(std::string& out, char kind, std::string_view name);
+
+struct ExecuteMessage {
+  std::string_view portal;
+  std::int32_t max_rows = 0;
+};
+std::optional<ExecuteMessage> read_execute(const Frame& f);
+void append_execute(std::string& out, std::string_view portal, std::int32_t max_rows);
+
+void append_parse_complete(std::string& out);
+void append_bind_complete(std::string& out);
+void append_close_complete(std::string& out);
+void append_no_data(std::string& out);
+
+}  // namespace pgvalve::protocol
