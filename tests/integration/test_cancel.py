@@ -1,0 +1,90 @@
+"""Query cancellation through pgvalve: libpq's PQcancel (psycopg conn.cancel()) opens a new
+connection to pgvalve with the BackendKeyData pgvalve gave the client; the running query must
+fail with 57014 promptly and the client connection must keep working."""
+
+import threading
+import time
+
+import psycopg
+import pytest
+from psycopg import errors
+
+
+def run_and_cancel(conn, sql="select pg_sleep(30)", delay=1.0):
+    """Run `sql` in this thread; cancel it from another thread after `delay` seconds.
+    Returns (exception raised, seconds from cancel call to the error)."""
+    t_cancel = {}
+
+    def canceller():
+        time.sleep(delay)
+        t_cancel["t"] = time.monotonic()
+        conn.cancel()
+
+    th = threading.Thread(target=canceller, daemon=True)
+    th.start()
+    t0 = time.monotonic()
+    exc = None
+    try:
+        conn.execute(sql)
+    except psycopg.Error as e:
+        exc = e
+    t_end = time.monotonic()
+    th.join(5)
+    assert exc is not None, f"query was not cancelled (ran {t_end - t0:.1f}s)"
+    return exc, t_end - t_cancel["t"]
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_cancel_running_query(pgvalve, mode):
+    pv = pgvalve(mode=mode, pool_size=2)
+    with pv.connect(autocommit=True) as conn:
+        assert conn.execute("select 1").fetchone() == (1,)
+        exc, latency = run_and_cancel(conn)
+        assert isinstance(exc, errors.QueryCanceled), repr(exc)
+        assert exc.sqlstate == "57014"
+        assert latency < 1.0, f"cancel took {latency:.2f}s"
+        # the connection still works, and no cancel leaks into the next query
+        assert conn.execute("select 2").fetchone() == (2,)
+        assert conn.execute("select pg_sleep(1.2), 3").fetchone()[1] == 3
+
+
+def test_cancel_inside_transaction_then_rollback(pgvalve):
+    pv = pgvalve(mode="transaction", pool_size=2)
+    with pv.connect(autocommit=False) as conn:
+        conn.execute("select 1")
+        exc, latency = run_and_cancel(conn)
+        assert exc.sqlstate == "57014"
+        assert latency < 1.0, f"cancel took {latency:.2f}s"
+        conn.rollback()
+        assert conn.execute("select 4").fetchone() == (4,)
+        conn.commit()
+
+
+def test_cancel_reaches_right_client(pgvalve):
+    """Two clients running long queries on different servers: cancelling one leaves the
+    other running."""
+    pv = pgvalve(mode="transaction", pool_size=2)
+    with pv.connect(autocommit=True) as a, pv.connect(autocommit=True) as b:
+        result = {}
+
+        def run_b():
+            try:
+                result["b"] = b.execute("select pg_sleep(2.5), 'b done'").fetchone()[1]
+            except psycopg.Error as e:
+                result["b"] = e
+
+        th = threading.Thread(target=run_b, daemon=True)
+        th.start()
+        exc, latency = run_and_cancel(a, delay=0.8)
+        assert exc.sqlstate == "57014"
+        th.join(10)
+        assert result.get("b") == "b done", f"client b was affected: {result.get('b')!r}"
+        assert a.execute("select 1").fetchone() == (1,)
+
+
+def test_cancel_with_nothing_running_is_harmless(pgvalve):
+    pv = pgvalve(mode="transaction", pool_size=1)
+    with pv.connect(autocommit=True) as conn:
+        conn.cancel()
+        time.sleep(0.3)
+        assert conn.execute("select pg_sleep(0.5), 5").fetchone()[1] == 5

@@ -1,0 +1,144 @@
+"""Operations: SIGHUP reloads without dropping clients; a broken file is refused (named with its
+line) and the old config keeps serving; SIGTERM drains: running transactions may finish within
+shutdown_timeout_s, new connections are refused, then the process exits."""
+
+import copy
+import re
+import signal
+import time
+
+import psycopg
+import pytest
+
+from pgcluster import APP_DB, wait_until
+from pgwire import PgWireError, RawClient
+
+APP2_PASSWORD = "app2-secret"
+
+
+@pytest.fixture(scope="module")
+def app2(cluster):
+    cluster.create_user("app2", APP2_PASSWORD)
+    return "app2"
+
+
+def new_log(pv, offset):
+    return pv.log_text()[offset:]
+
+
+def test_broken_yaml_is_refused_and_old_config_keeps_serving(pgvalve, app2):
+    pv = pgvalve(mode="transaction", pool_size=2)
+    with pv.connect() as existing, pv.connect(autocommit=False) as in_tx:
+        in_tx.execute("select 1")  # open transaction across the reload
+        offset = len(pv.log_text())
+        good = pv.render()
+        broken = good + "pool:\n  mode: [transaction\n  pool_size: -3\n\tbad_indent: {\n"
+        pv.reload(broken)
+        time.sleep(1.0)
+        assert pv.alive(), f"pgvalve exited on a broken config:\n{pv.log_tail()}"
+        assert existing.execute("select 1").fetchone() == (1,)
+        in_tx.execute("select 2")
+        in_tx.commit()
+        with pv.connect() as fresh:
+            assert fresh.execute("select 3").fetchone() == (3,)
+        # the refusal is logged, naming the file and a line
+        log = new_log(pv, offset)
+        refusal = [l for l in log.splitlines()
+                   if re.search(r"reload|config", l, re.I)
+                   and re.search(r"level=(error|warn)", l, re.I)]
+        assert refusal, f"no error/warn line about the refused reload in:\n{log[-3000:]}"
+        assert any(re.search(r"line[=: ]*\d+|:\d+:\d+", l) for l in refusal), refusal
+        # a config that parses but is invalid (impossible value) is refused as well
+        bad_value = copy.deepcopy(pv.config)
+        bad_value["pool"]["mode"] = "sometimes"
+        offset = len(pv.log_text())
+        pv.reload(bad_value)
+        time.sleep(1.0)
+        assert pv.alive()
+        assert existing.execute("select 4").fetchone() == (4,)
+        assert re.search(r"level=(error|warn)", new_log(pv, offset), re.I), new_log(pv, offset)
+        # the refused file did not half-apply: a new client in transaction mode still works
+        with pv.connect() as fresh:
+            assert fresh.execute("select 5").fetchone() == (5,)
+
+
+def test_valid_reload_adds_user_without_dropping_clients(pgvalve, app2):
+    pv = pgvalve(mode="transaction", pool_size=2)
+    # before: app2 is unknown to pgvalve
+    with pytest.raises(PgWireError) as ei:
+        RawClient("127.0.0.1", pv.port, app2, APP2_PASSWORD, APP_DB, timeout=5).connect()
+    assert ei.value.sqlstate == "28P01"
+    with pv.connect() as existing, pv.connect(autocommit=False) as in_tx:
+        in_tx.execute("select 1")  # a transaction open across the reload
+        cfg = copy.deepcopy(pv.config)
+        cfg["users"].append({"name": app2, "password": APP2_PASSWORD})
+        pv.reload(cfg)
+
+        def app2_can_connect():
+            with psycopg.connect(pv.dsn(user=app2, password=APP2_PASSWORD),
+                                 autocommit=True) as c:
+                return c.execute("select current_user").fetchone()[0] == app2
+        wait_until(app2_can_connect, 5, interval=0.2, message="app2 accepted after SIGHUP")
+        # existing clients were not dropped
+        assert existing.execute("select 1").fetchone() == (1,)
+        assert not existing.closed
+        in_tx.execute("select 2")
+        in_tx.commit()
+        assert existing.execute("select pg_backend_pid()").fetchone()[0] is not None
+        with pv.connect() as fresh:
+            assert fresh.execute("select current_user").fetchone() == ("app",)
+        assert pv.alive()
+
+
+def test_sigterm_drains_open_transaction(pgvalve, cluster):
+    cluster.primary.psql("drop table if exists drain; create table drain(id int);"
+                         "alter table drain owner to app", dbname=APP_DB)
+    pv = pgvalve(mode="transaction", pool_size=2, shutdown_timeout_s=5,
+                 routing={"read_write_split": False})
+    with pv.connect(autocommit=False) as c:
+        c.execute("insert into drain values (1)")
+        t0 = time.monotonic()
+        pv.signal(signal.SIGTERM)
+        time.sleep(1.0)
+        assert pv.alive(), "pgvalve exited at once on SIGTERM with a transaction open"
+        # new connections are refused while draining
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(pv.dsn(connect_timeout=3))
+        # the running transaction can finish
+        c.execute("insert into drain values (2)")
+        c.commit()
+    assert cluster.primary.scalar("select count(*) from drain", dbname=APP_DB) == 2
+    rc = pv.wait_exit(5)
+    assert rc is not None, "pgvalve still running 5 s after the last transaction ended"
+    assert time.monotonic() - t0 < 5 + 2
+    assert rc == 0, f"exit code {rc} after a clean drain"
+
+
+def test_sigterm_gives_up_after_shutdown_timeout(pgvalve, cluster):
+    pv = pgvalve(mode="transaction", pool_size=2, shutdown_timeout_s=3,
+                 routing={"read_write_split": False})
+    with pv.connect(autocommit=False) as c:
+        c.execute("select 1")  # a transaction that never ends
+        t0 = time.monotonic()
+        pv.signal(signal.SIGTERM)
+        rc = pv.wait_exit(10)
+        elapsed = time.monotonic() - t0
+        assert rc is not None, "pgvalve ignored shutdown_timeout_s (still running after 10 s)"
+        assert 2.5 <= elapsed <= 6, f"exited {elapsed:.1f}s after SIGTERM, shutdown_timeout_s=3"
+    # nothing of that client is left open on the server
+    wait_until(lambda: cluster.primary.scalar(
+        "select count(*) from pg_stat_activity where usename = 'app' "
+        "and state like 'idle in transaction%'") == 0, 5,
+        message="the abandoned transaction to be closed on the server")
+
+
+def test_sigterm_without_clients_exits_promptly(pgvalve):
+    pv = pgvalve(mode="transaction", pool_size=2, shutdown_timeout_s=5)
+    with pv.connect() as c:
+        c.execute("select 1")
+    t0 = time.monotonic()
+    pv.signal(signal.SIGTERM)
+    rc = pv.wait_exit(4)
+    assert rc is not None, "pgvalve with no transaction running did not exit within 4 s"
+    assert rc == 0
+    assert time.monotonic() - t0 < 4

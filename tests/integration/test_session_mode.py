@@ -1,0 +1,85 @@
+"""Session mode (DESIGN §4.2): a client keeps its server connection until it leaves, so all
+session state survives across its transactions; when it leaves, DISCARD ALL runs and the next
+client on that server (pool_size 1) sees none of it."""
+
+import psycopg
+import pytest
+
+from pgcluster import APP_DB
+
+
+@pytest.fixture
+def pv(pgvalve):
+    return pgvalve(mode="session", pool_size=1, max_overflow=0, checkout_timeout_ms=5000,
+                   routing={"read_write_split": False})
+
+
+def one(conn, sql, params=None):
+    return conn.execute(sql, params).fetchone()[0]
+
+
+def test_session_state_survives_transactions(pv):
+    with psycopg.connect(pv.dsn(), autocommit=True) as a:
+        pid = one(a, "select pg_backend_pid()")
+        a.execute("SET work_mem = '7MB'")
+        a.execute("SET statement_timeout = '41s'")
+        a.execute("create temporary table tmp_session(v int)")
+        a.execute("insert into tmp_session values (1)")
+        a.execute("PREPARE sess_stmt(int) AS select $1 * 2")
+        for i in range(3):
+            with a.transaction():
+                assert one(a, "select pg_backend_pid()") == pid
+                assert one(a, "show work_mem") == "7MB"
+                a.execute("insert into tmp_session values (%s)", (i,))
+        assert one(a, "show statement_timeout") == "41s"
+        assert one(a, "select count(*) from tmp_session") == 4
+        assert one(a, "EXECUTE sess_stmt(21)") == 42
+        assert one(a, "select pg_backend_pid()") == pid
+
+
+def test_next_client_does_not_inherit_state(pv, cluster):
+    default_work_mem = cluster.primary.scalar("show work_mem", dbname=APP_DB)
+    with psycopg.connect(pv.dsn(), autocommit=True) as a:
+        pid_a = one(a, "select pg_backend_pid()")
+        a.execute("SET work_mem = '7MB'")
+        a.execute("SET search_path = pg_catalog")
+        a.execute("create temporary table tmp_leak(v int)")
+        a.execute("PREPARE leak_stmt AS select 1")
+        assert one(a, "select pg_try_advisory_lock(4242)") is True  # session-level lock
+        a.execute("LISTEN leak_channel")
+    with psycopg.connect(pv.dsn(), autocommit=True) as b:
+        pid_b = one(b, "select pg_backend_pid()")
+        assert one(b, "show work_mem") == default_work_mem
+        assert one(b, "show search_path") == '"$user", public'
+        assert one(b, "select to_regclass('pg_temp.tmp_leak')") is None
+        assert one(b, "select count(*) from pg_prepared_statements") == 0
+        assert one(b, "select count(*) from pg_listening_channels()") == 0
+        assert one(b, "select count(*) from pg_locks where locktype = 'advisory' "
+                      "and pid = pg_backend_pid()") == 0
+        # and another session can take the advisory lock a held
+        with psycopg.connect(cluster.primary.conninfo(APP_DB), autocommit=True) as direct:
+            assert one(direct, "select pg_try_advisory_lock(4242)") is True
+            direct.execute("select pg_advisory_unlock(4242)")
+        # b can define the same names a used
+        b.execute("create temporary table tmp_leak(v int)")
+        b.execute("PREPARE leak_stmt AS select 2")
+        assert one(b, "EXECUTE leak_stmt") == 2
+    # pool_size 1: b reused a's server (DISCARD ALL) or got a fresh one; either way, clean.
+    # Record which, so a failure above can be read correctly.
+    print(f"server pid a={pid_a} b={pid_b} ({'reused' if pid_a == pid_b else 'new'})")
+
+
+def test_second_client_waits_for_the_session(pv):
+    """pool_size 1 in session mode: a second client waits for the first to leave."""
+    import threading
+    import time
+    a = psycopg.connect(pv.dsn(), autocommit=True)
+    pid_a = one(a, "select pg_backend_pid()")
+    threading.Timer(0.8, a.close).start()
+    t0 = time.monotonic()
+    with psycopg.connect(pv.dsn(), autocommit=True) as b:
+        pid_b = one(b, "select pg_backend_pid()")
+        waited = time.monotonic() - t0
+        assert waited >= 0.6, f"second client served after {waited:.2f}s while the first " \
+                              f"held the only server (pids {pid_a}, {pid_b})"
+        assert one(b, "show work_mem") is not None
