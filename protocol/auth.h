@@ -44,6 +44,9 @@ class ScramServer {
  public:
   // `server_nonce` is the raw random part pgvalve adds (it is base64-encoded on the wire).
   ScramServer(ScramVerifier verifier, std::string_view server_nonce);
+  // As above, but `server_nonce_text` is used on the wire as is (printable, no ','): for test
+  // vectors such as RFC 7677's, whose nonces are given in their encoded form.
+  static ScramServer with_encoded_nonce(ScramVerifier verifier, std::string_view server_nonce_text);
 
   // client-first-message -> server-first-message. nullopt + `error` on malformed input or a
   // channel-binding request.
@@ -58,12 +61,19 @@ class ScramServer {
   std::string client_first_bare_;
   std::string server_first_;
   std::string combined_nonce_;
+  char cbind_flag_ = 0;  // 'n' or 'y' from the client-first-message; c= must repeat it
 };
 
 // Client role: pgvalve logs in to PostgreSQL with a password.
 class ScramClient {
  public:
   ScramClient(std::string_view password, std::string_view client_nonce_raw);
+  // As above, but `client_nonce_text` is used on the wire as is (printable, no ','), and `user`
+  // goes into n= (PostgreSQL ignores it and libpq sends it empty; test vectors such as
+  // RFC 7677's include it, and it is part of the signed AuthMessage).
+  static ScramClient with_encoded_nonce(std::string_view password,
+                                        std::string_view client_nonce_text,
+                                        std::string_view user = {});
 
   std::string client_first() const;  // "n,,n=,r=<nonce>"
   // server-first-message -> client-final-message.

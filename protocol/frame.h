@@ -74,6 +74,7 @@ struct FrameResult {
   // incomplete), so the caller can size its buffer. For Invalid: 0.
   std::size_t needed = 0;
   const char* error = nullptr;  // for Invalid: why, in words fit for a log line
+                                // (thread-local text, valid until this thread's next call)
 };
 
 inline constexpr std::size_t kFrameHeaderSize = 5;

@@ -1,6 +1,8 @@
 // Readers (Frame -> typed view) and builders (values -> bytes appended to a buffer) for the
 // protocol 3.0 messages pgvalve inspects or produces. Readers return std::nullopt for a body
 // that does not match the message's format; string_views point into the frame.
+// Readers also check Frame::tag and return std::nullopt for a frame of another message type.
+// Helpers for reading or writing other messages are in protocol/wire.h.
 #pragma once
 
 #include <cstdint>

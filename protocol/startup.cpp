@@ -1,0 +1,95 @@
+#include "protocol/startup.h"
+
+#include <algorithm>
+
+#include "protocol/wire.h"
+
+namespace pgvalve::protocol {
+
+std::string_view StartupMessage::get(std::string_view name) const {
+  for (const auto& [key, value] : parameters) {
+    if (key == name) return value;
+  }
+  return {};
+}
+
+namespace {
+
+StartupResult invalid(std::string error) {
+  StartupResult r;
+  r.status = DecodeStatus::Invalid;
+  r.error = std::move(error);
+  return r;
+}
+
+// Mirrors ProcessStartupPacket in PostgreSQL's postmaster.c: name/value pairs of NUL-terminated
+// strings, closed by an empty name, and the closing NUL must be the packet's last byte.
+std::optional<std::string> parse_parameters(std::string_view params, StartupMessage& msg) {
+  Cursor c(params);
+  while (true) {
+    auto name = c.cstr();
+    if (!name) return "invalid startup packet layout: expected terminator as last byte";
+    if (name->empty()) break;
+    auto value = c.cstr();
+    if (!value) return "invalid startup packet layout: expected terminator as last byte";
+    auto it = std::find_if(msg.parameters.begin(), msg.parameters.end(),
+                           [&](const auto& p) { return p.first == *name; });
+    if (it != msg.parameters.end()) {
+      it->second.assign(*value);
+    } else {
+      msg.parameters.emplace_back(std::string(*name), std::string(*value));
+    }
+  }
+  if (!c.at_end()) return "invalid startup packet layout: expected terminator as last byte";
+  if (msg.get("user").empty()) return "no PostgreSQL user name specified in startup packet";
+  return std::nullopt;
+}
+
+}  // namespace
+
+StartupResult decode_startup(std::string_view in) {
+  if (in.size() < 4) return {};
+  const std::uint32_t length = read_u32(in.data());
+  if (length < 8 || length > kMaxStartupPacketBytes)
+    return invalid("invalid length of startup packet");
+  if (in.size() < length) return {};
+
+  const std::uint32_t code = read_u32(in.data() + 4);
+  StartupResult r;
+  r.consumed = length;
+  switch (code) {
+    case kSslRequestCode:
+    case kGssEncRequestCode:
+      if (length != 8) return invalid("invalid length of startup packet");
+      r.status = DecodeStatus::Ok;
+      if (code == kSslRequestCode) {
+        r.packet = SslRequest{};
+      } else {
+        r.packet = GssEncRequest{};
+      }
+      return r;
+    case kCancelRequestCode: {
+      if (length != 16) return invalid("invalid length of startup packet");
+      CancelRequest cancel;
+      cancel.process_id = static_cast<std::int32_t>(read_u32(in.data() + 8));
+      cancel.secret_key = static_cast<std::int32_t>(read_u32(in.data() + 12));
+      r.status = DecodeStatus::Ok;
+      r.packet = cancel;
+      return r;
+    }
+    default:
+      break;
+  }
+  if ((code >> 16) != 3) {
+    return invalid("unsupported frontend protocol " + std::to_string(code >> 16) + "." +
+                   std::to_string(code & 0xffff) + ": server supports 3.0 to 3.0");
+  }
+  StartupMessage msg;
+  msg.protocol_version = code;
+  if (auto error = parse_parameters(in.substr(8, length - 8), msg)) return invalid(*error);
+  r.status = DecodeStatus::Ok;
+  r.packet = std::move(msg);
+  return r;
+}
+
+}  // namespace pgvalve::protocol
