@@ -1,1 +1,60 @@
-int main() { return 0; }
+// pgvalve: a PostgreSQL wire-protocol proxy. Command line per DESIGN.md §2.
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "config/config.h"
+#include "proxy/app.h"
+#include "proxy/log.h"
+
+namespace {
+
+int usage() {
+  std::fprintf(stderr,
+               "usage: pgvalve --config FILE [--check]\n"
+               "       pgvalve --version\n");
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string config_path;
+  bool check = false;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--version") == 0) {
+      std::printf("pgvalve %s\n", PGVALVE_VERSION);
+      return 0;
+    } else if (std::strcmp(argv[i], "--check") == 0) {
+      check = true;
+    } else if (std::strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
+      config_path = argv[++i];
+    } else if (std::strncmp(argv[i], "--config=", 9) == 0) {
+      config_path = argv[i] + 9;
+    } else {
+      return usage();
+    }
+  }
+  if (config_path.empty()) return usage();
+
+  auto loaded = pgvalve::config::load_config_file(config_path);
+  if (!loaded.errors.empty()) {
+    for (const auto& e : loaded.errors) {
+      std::fprintf(stderr, "%s\n", e.to_string(config_path).c_str());
+    }
+    std::fprintf(stderr, "pgvalve: %zu problem(s) in %s; nothing was started\n",
+                 loaded.errors.size(), config_path.c_str());
+    return 1;
+  }
+  if (check) {
+    for (const auto& [key, value] : pgvalve::config::describe(*loaded.config)) {
+      std::printf("%s = %s\n", key.c_str(), value.c_str());
+    }
+    std::printf("pgvalve: %s is valid\n", config_path.c_str());
+    return 0;
+  }
+  std::signal(SIGPIPE, SIG_IGN);
+  pgvalve::proxy::App app(loaded.config);
+  return app.run();
+}

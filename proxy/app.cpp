@@ -1,0 +1,250 @@
+#include "proxy/app.h"
+
+#include <csignal>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/ip/address.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include "proxy/client_session.h"
+#include "proxy/log.h"
+
+namespace pgvalve::proxy {
+
+App::App(config::ConfigPtr config) {
+  set_log_level(config->log_level);
+  users_.store(std::make_shared<const UserDirectory>(config, nullptr));
+  config_.store(config);
+  int workers = config->workers;
+  if (workers <= 0) workers = std::max(1u, std::thread::hardware_concurrency());
+  for (int i = 0; i < workers; ++i) {
+    auto w = std::make_unique<Worker>();
+    w->index = i;
+    workers_.push_back(std::move(w));
+  }
+}
+
+App::~App() {
+  stop_all();
+}
+
+std::shared_ptr<pool::ServerPool> App::pool_for(const config::Database& db, const std::string& user,
+                                                const config::Endpoint& host) {
+  std::string key = db.name + '\0' + user + '\0' + host.to_string();
+  std::lock_guard lock(pools_mutex_);
+  auto& pool = pools_[key];
+  if (!pool) {
+    pool = std::make_shared<pool::ServerPool>(pool::PoolKey{db.name, user, host}, config()->pool,
+                                              worker_count());
+  }
+  return pool;
+}
+
+std::vector<std::shared_ptr<pool::ServerPool>> App::pools() {
+  std::lock_guard lock(pools_mutex_);
+  std::vector<std::shared_ptr<pool::ServerPool>> out;
+  for (auto& [_, p] : pools_)
+    out.push_back(p);
+  return out;
+}
+
+bool App::try_add_client() {
+  const int limit = config()->pool.max_client_connections;
+  int now = clients_.fetch_add(1, std::memory_order_relaxed) + 1;
+  if (now > limit) {
+    clients_.fetch_sub(1, std::memory_order_relaxed);
+    return false;
+  }
+  return true;
+}
+
+void App::remove_client() {
+  clients_.fetch_sub(1, std::memory_order_relaxed);
+}
+
+bool App::reload() {
+  auto current = config();
+  auto result = config::load_config_file(current->source_path);
+  if (!result.errors.empty()) {
+    for (const auto& e : result.errors) {
+      PGV_LOG(Error, "reload_refused", {"error", e.to_string(current->source_path)});
+    }
+    PGV_LOG(Error, "reload_failed", {"file", current->source_path},
+            {"errors", static_cast<int>(result.errors.size())},
+            {"action", "kept the running configuration"});
+    return false;
+  }
+  auto next = result.config;
+  if (!(next->listen == current->listen) || next->workers != current->workers) {
+    PGV_LOG(Warn, "reload_needs_restart", {"keys", "listen, workers"});
+  }
+  users_.store(std::make_shared<const UserDirectory>(next, users_.load().get()));
+  config_.store(next);
+  set_log_level(next->log_level);
+  for (auto& pool : pools())
+    pool->update_settings(next->pool);
+  PGV_LOG(Info, "reload_ok", {"file", next->source_path});
+  return true;
+}
+
+void App::start_listeners() {
+  const auto cfg = config();
+  tcp::endpoint endpoint;
+  error_code ec;
+  auto address = asio::ip::make_address(cfg->listen.host, ec);
+  if (ec) {
+    tcp::resolver resolver(control_);
+    auto results = resolver.resolve(cfg->listen.host, std::to_string(cfg->listen.port));
+    endpoint = results.begin()->endpoint();
+  } else {
+    endpoint = tcp::endpoint(address, cfg->listen.port);
+  }
+  // One acceptor per worker on the same port (SO_REUSEPORT): the kernel spreads clients over
+  // workers and no connection is handed between threads.
+  for (auto& w : workers_) {
+    w->acceptor = std::make_unique<tcp::acceptor>(w->context);
+    w->acceptor->open(endpoint.protocol());
+    w->acceptor->set_option(tcp::acceptor::reuse_address(true));
+    int one = 1;
+    ::setsockopt(w->acceptor->native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    w->acceptor->bind(endpoint);
+    w->acceptor->listen(asio::socket_base::max_listen_connections);
+  }
+  PGV_LOG(Info, "listening", {"address", cfg->listen.to_string()}, {"workers", worker_count()},
+          {"pool_mode", config::to_string(cfg->pool.mode)});
+}
+
+asio::awaitable<void> App::accept_loop(Worker& worker) {
+  static std::atomic<std::uint64_t> next_client_id{1};
+  for (;;) {
+    error_code ec;
+    tcp::socket socket(worker.context);
+    co_await worker.acceptor->async_accept(socket, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      if (ec == asio::error::operation_aborted || !worker.acceptor->is_open()) co_return;
+      PGV_LOG(Warn, "accept_failed", {"error", ec.message()});
+      continue;
+    }
+    socket.set_option(tcp::no_delay(true), ec);
+    auto session = std::make_shared<ClientSession>(*this, worker, std::move(socket),
+                                                   next_client_id.fetch_add(1));
+    asio::co_spawn(worker.context, ClientSession::run(std::move(session)),
+                   [](std::exception_ptr e) {
+                     if (!e) return;
+                     try {
+                       std::rethrow_exception(e);
+                     } catch (const std::exception& ex) {
+                       PGV_LOG(Error, "session_failed", {"error", ex.what()});
+                     }
+                   });
+  }
+}
+
+std::uint64_t App::next_server_id() {
+  return next_server_id_.fetch_add(1);
+}
+
+void App::schedule_sweep() {
+  sweep_timer_.expires_after(std::chrono::seconds(1));
+  sweep_timer_.async_wait([this](const error_code& ec) {
+    if (ec) return;
+    const auto now = pool::Clock::now();
+    for (auto& pool : pools()) {
+      auto expired = pool->collect_expired(now);
+      for (auto& conn : expired) {
+        PGV_LOG(Debug, "server_expired", {"server", conn->id});
+      }
+      // Destroyed here, on the control thread: idle sockets have no pending operations.
+    }
+    schedule_sweep();
+  });
+}
+
+void App::begin_drain() {
+  if (draining_.exchange(true)) return;
+  const int timeout = config()->shutdown_timeout_s;
+  PGV_LOG(Info, "shutdown_started", {"timeout_s", timeout}, {"clients", client_count()});
+  for (auto& w : workers_) {
+    asio::post(w->context, [w = w.get()] {
+      error_code ignored;
+      if (w->acceptor) w->acceptor->close(ignored);
+      for (auto* s : w->sessions)
+        s->on_drain();
+    });
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout);
+  // Polls until every client has left or the timeout passes.
+  std::function<void()> poll;
+  auto check = std::make_shared<std::function<void()>>();
+  *check = [this, deadline, check] {
+    if (client_count() == 0 || std::chrono::steady_clock::now() >= deadline) {
+      if (client_count() > 0) {
+        PGV_LOG(Warn, "shutdown_timeout", {"clients", client_count()});
+      }
+      control_.stop();
+      return;
+    }
+    drain_timer_.expires_after(std::chrono::milliseconds(100));
+    drain_timer_.async_wait([check](const error_code& ec) {
+      if (!ec) (*check)();
+    });
+  };
+  (*check)();
+}
+
+void App::on_signal(const error_code& ec, int signal) {
+  if (ec) return;
+  if (signal == SIGHUP) {
+    PGV_LOG(Info, "reload_requested", {"signal", "SIGHUP"});
+    reload();
+  } else if (signal == SIGTERM) {
+    begin_drain();
+  } else if (signal == SIGINT) {
+    PGV_LOG(Info, "shutdown_immediate", {"signal", "SIGINT"});
+    control_.stop();
+    return;
+  }
+  signals_.async_wait([this](const error_code& e, int s) { on_signal(e, s); });
+}
+
+void App::stop_all() {
+  for (auto& w : workers_)
+    w->context.stop();
+  for (auto& w : workers_) {
+    if (w->thread.joinable()) w->thread.join();
+  }
+  // Idle server sockets belong to the workers' loops: close them while every loop exists.
+  for (auto& pool : pools())
+    pool->take_all_idle();
+}
+
+int App::run() {
+  try {
+    start_listeners();
+  } catch (const std::exception& e) {
+    PGV_LOG(Error, "listen_failed", {"address", config()->listen.to_string()}, {"error", e.what()});
+    return 1;
+  }
+  signals_.add(SIGHUP);
+  signals_.add(SIGTERM);
+  signals_.add(SIGINT);
+  signals_.async_wait([this](const error_code& e, int s) { on_signal(e, s); });
+  schedule_sweep();
+  for (auto& w : workers_) {
+    asio::co_spawn(w->context, accept_loop(*w), asio::detached);
+    w->thread = std::thread([w = w.get()] {
+      // Keeps the loop alive when no client is connected.
+      auto guard = asio::make_work_guard(w->context);
+      w->context.run();
+    });
+  }
+  control_.run();
+  stop_all();
+  PGV_LOG(Info, "stopped");
+  return exit_code_;
+}
+
+}  // namespace pgvalve::proxy

@@ -1,0 +1,97 @@
+// The running proxy: worker event loops (one thread each, sessions never change thread),
+// the listeners, the shared pools, reload and shutdown. Sessions reach shared state only
+// through here.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include "config/config.h"
+#include "pool/server_pool.h"
+#include "proxy/cancel_registry.h"
+#include "proxy/users.h"
+
+namespace pgvalve::proxy {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+using error_code = boost::system::error_code;
+
+class ClientSession;
+
+struct Worker {
+  int index = 0;
+  asio::io_context context{1};
+  std::unique_ptr<tcp::acceptor> acceptor;
+  std::unordered_set<ClientSession*> sessions;  // touched only on this worker's thread
+  std::thread thread;
+};
+
+class App {
+ public:
+  explicit App(config::ConfigPtr config);
+  ~App();
+
+  // Binds the listeners and runs until shutdown. Returns the process exit code.
+  int run();
+
+  config::ConfigPtr config() const { return config_.load(); }
+  std::shared_ptr<const UserDirectory> users() const { return users_.load(); }
+  CancelRegistry& cancels() { return cancels_; }
+  std::shared_ptr<pool::ServerPool> pool_for(const config::Database& db, const std::string& user,
+                                             const config::Endpoint& host);
+  std::vector<std::shared_ptr<pool::ServerPool>> pools();
+
+  // Client connection accounting for max_client_connections.
+  bool try_add_client();
+  void remove_client();
+  int client_count() const { return clients_.load(std::memory_order_relaxed); }
+
+  std::uint64_t next_server_id();
+  bool draining() const { return draining_.load(std::memory_order_relaxed); }
+  Worker& worker(int index) { return *workers_[static_cast<std::size_t>(index)]; }
+  int worker_count() const { return static_cast<int>(workers_.size()); }
+
+  // Re-reads the config file; on success new users and pool settings apply to new logins and
+  // checkouts. Returns false (old config kept, problems logged) when the file is refused.
+  bool reload();
+
+ private:
+  void start_listeners();
+  asio::awaitable<void> accept_loop(Worker& worker);
+  void on_signal(const boost::system::error_code& ec, int signal);
+  void begin_drain();
+  void schedule_sweep();
+  void stop_all();
+
+  std::atomic<config::ConfigPtr> config_;
+  std::atomic<std::shared_ptr<const UserDirectory>> users_;
+  CancelRegistry cancels_;
+  std::mutex pools_mutex_;
+  std::unordered_map<std::string, std::shared_ptr<pool::ServerPool>> pools_;
+  std::atomic<int> clients_{0};
+  std::atomic<bool> draining_{false};
+  std::atomic<std::uint64_t> next_server_id_{1};
+  std::vector<std::unique_ptr<Worker>> workers_;
+
+  // The main thread's loop: signals, the pool sweeper, the drain timer.
+  asio::io_context control_{1};
+  asio::signal_set signals_{control_};
+  asio::steady_timer sweep_timer_{control_};
+  asio::steady_timer drain_timer_{control_};
+  int exit_code_ = 0;
+};
+
+}  // namespace pgvalve::proxy

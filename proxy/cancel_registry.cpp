@@ -1,0 +1,84 @@
+#include "proxy/cancel_registry.h"
+
+#include <openssl/rand.h>
+
+namespace pgvalve::proxy {
+
+std::shared_ptr<CancelTarget> CancelRegistry::register_client() {
+  std::int32_t secret = 0;
+  RAND_bytes(reinterpret_cast<unsigned char*>(&secret), sizeof secret);
+  std::lock_guard lock(mutex_);
+  std::int32_t pid = next_pid_++;
+  if (next_pid_ <= 0) next_pid_ = 1;
+  // Unregisters itself when the session ends.
+  auto target = std::shared_ptr<CancelTarget>(new CancelTarget, [this, pid](CancelTarget* t) {
+    {
+      std::lock_guard lock(mutex_);
+      targets_.erase(pid);
+    }
+    delete t;
+  });
+  target->process_id = pid;
+  target->secret_key = secret;
+  targets_[pid] = target;
+  return target;
+}
+
+std::optional<CancelDestination> CancelRegistry::find(std::int32_t process_id,
+                                                      std::int32_t secret_key) {
+  std::shared_ptr<CancelTarget> target;
+  std::lock_guard lock(mutex_);
+  auto it = targets_.find(process_id);
+  if (it == targets_.end()) return std::nullopt;
+  target = it->second.lock();
+  if (!target || target->secret_key != secret_key) return std::nullopt;
+  const auto key = target->server_key.load(std::memory_order_acquire);
+  if (key == 0) return std::nullopt;
+  const auto host = target->host_index.load(std::memory_order_relaxed);
+  if (host >= hosts_.size()) return std::nullopt;
+  return CancelDestination{hosts_[host], static_cast<std::int32_t>(key >> 32),
+                           static_cast<std::int32_t>(key & 0xffffffffu)};
+}
+
+std::uint32_t CancelRegistry::host_index(const boost::asio::ip::tcp::endpoint& host) {
+  std::lock_guard lock(mutex_);
+  for (std::uint32_t i = 0; i < hosts_.size(); ++i) {
+    if (hosts_[i] == host) return i;
+  }
+  hosts_.push_back(host);
+  return static_cast<std::uint32_t>(hosts_.size() - 1);
+}
+
+}  // namespace pgvalve::proxy
+
+#include <chrono>
+
+#include <boost/asio/this_coro.hpp>
+
+#include "protocol/messages.h"
+#include "proxy/io_util.h"
+#include "proxy/log.h"
+
+namespace pgvalve::proxy {
+
+boost::asio::awaitable<void> send_cancel(CancelDestination dest) {
+  auto executor = co_await boost::asio::this_coro::executor;
+  tcp::socket server(executor);
+  Deadline deadline(server, std::chrono::seconds(5));
+  error_code ec;
+  co_await server.async_connect(dest.host, await_ec(ec));
+  if (ec) {
+    PGV_LOG(Warn, "cancel_failed", {"host", dest.host.address().to_string()},
+            {"error", ec.message()});
+    co_return;
+  }
+  std::string out;
+  protocol::append_cancel_request(out, dest.process_id, dest.secret_key);
+  co_await write_all(server, out);
+  // PostgreSQL closes the connection once it has handled the request.
+  char byte;
+  co_await server.async_read_some(boost::asio::buffer(&byte, 1), await_ec(ec));
+  PGV_LOG(Info, "cancel_forwarded", {"server_pid", dest.process_id});
+}
+
+}  // namespace pgvalve::proxy

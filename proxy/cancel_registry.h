@@ -1,0 +1,65 @@
+// Maps the BackendKeyData pgvalve gave each client to the server connection that currently
+// runs its query, so a CancelRequest reaches the right PostgreSQL backend on whatever host.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <unordered_map>
+
+#include <boost/asio/ip/tcp.hpp>
+
+namespace pgvalve::proxy {
+
+// Written by the client's own worker on every link/unlink (two relaxed atomics, no lock);
+// read by whichever worker receives the CancelRequest.
+struct CancelTarget {
+  std::int32_t process_id = 0;
+  std::int32_t secret_key = 0;
+  std::atomic<std::uint64_t> server_key{0};  // (server pid << 32) | server secret; 0 = none
+  std::atomic<std::uint32_t> host_index{0};
+
+  void link(std::uint32_t host, std::int32_t pid, std::int32_t secret) {
+    host_index.store(host, std::memory_order_relaxed);
+    server_key.store((std::uint64_t(std::uint32_t(pid)) << 32) | std::uint32_t(secret),
+                     std::memory_order_release);
+  }
+  void unlink() { server_key.store(0, std::memory_order_release); }
+};
+
+struct CancelDestination {
+  boost::asio::ip::tcp::endpoint host;
+  std::int32_t process_id = 0;
+  std::int32_t secret_key = 0;
+};
+
+class CancelRegistry {
+ public:
+  // A new client's key (unique pid, random secret), registered until the target is destroyed.
+  std::shared_ptr<CancelTarget> register_client();
+  // Where to send a cancel for this client key, if the key is valid and the client is running
+  // something on a server.
+  std::optional<CancelDestination> find(std::int32_t process_id, std::int32_t secret_key);
+  // Host table: stable small numbers for server addresses.
+  std::uint32_t host_index(const boost::asio::ip::tcp::endpoint& host);
+
+ private:
+  std::mutex mutex_;
+  std::int32_t next_pid_ = 1;
+  std::unordered_map<std::int32_t, std::weak_ptr<CancelTarget>> targets_;
+  std::deque<boost::asio::ip::tcp::endpoint> hosts_;
+};
+
+}  // namespace pgvalve::proxy
+
+#include <utility>  // Boost 1.74 awaitable.hpp needs std::exchange
+
+#include <boost/asio/awaitable.hpp>
+
+namespace pgvalve::proxy {
+// Opens a connection to the server and sends it a CancelRequest.
+boost::asio::awaitable<void> send_cancel(CancelDestination dest);
+}  // namespace pgvalve::proxy

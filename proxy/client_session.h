@@ -1,0 +1,136 @@
+// One client connection, top to bottom: startup and authentication, then the relay loop that
+// lends it server connections by pool mode and forwards frames in place both ways.
+//
+// Two coroutines run on the client's worker while a server is linked: the client loop
+// (client -> server, and every decision to link) and the server loop (server -> client, and
+// the decision to give the server back at a transaction boundary). Both run on one thread, so
+// they share the session's fields without locks.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include <utility>  // Boost 1.74 awaitable.hpp needs std::exchange
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include "config/config.h"
+#include "pool/server_pool.h"
+#include "protocol/frame.h"
+#include "proxy/byte_buffer.h"
+#include "proxy/cancel_registry.h"
+#include "proxy/server_connection.h"
+#include "proxy/users.h"
+
+namespace pgvalve::proxy {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+
+class App;
+struct Worker;
+
+class ClientSession : public std::enable_shared_from_this<ClientSession> {
+ public:
+  ClientSession(App& app, Worker& worker, tcp::socket socket, std::uint64_t id);
+  ~ClientSession();
+
+  // Runs the session to its end; `self` keeps it alive meanwhile.
+  static asio::awaitable<void> run(std::shared_ptr<ClientSession> self);
+  // Shutdown began: leave at the next transaction boundary (now, if between transactions).
+  void on_drain();
+
+  // For SHOW CLIENTS.
+  std::uint64_t id() const { return id_; }
+  const std::string& user() const { return user_name_; }
+  const std::string& database() const { return database_name_; }
+  bool linked() const { return server_ != nullptr; }
+
+ private:
+  class CheckoutWaiter final : public pool::Waiter {
+   public:
+    explicit CheckoutWaiter(ClientSession& session) : session_(session) {}
+    void grant(std::unique_ptr<pool::Connection> conn) override;
+    bool granted = false;
+    std::unique_ptr<pool::Connection> conn;
+
+   private:
+    ClientSession& session_;
+  };
+
+  // Login
+  asio::awaitable<bool> read_startup();
+  asio::awaitable<bool> authenticate();
+  asio::awaitable<bool> authenticate_scram(const UserAuth& auth);
+  asio::awaitable<bool> authenticate_md5(const UserAuth& auth);
+  asio::awaitable<bool> read_password_frame(protocol::Frame& frame);
+  asio::awaitable<bool> start_session();
+  void init_client_settings();
+  asio::awaitable<void> forward_cancel(std::int32_t process_id, std::int32_t secret_key);
+
+  // Relay
+  asio::awaitable<void> relay();
+  asio::awaitable<bool> on_client_bytes();
+  asio::awaitable<bool> link_server(ServerFailure& failure, bool sync);
+  asio::awaitable<std::unique_ptr<ServerConnection>> checkout(ServerFailure& failure);
+  asio::awaitable<bool> sync_settings(ServerConnection& server, ServerFailure& failure);
+  static asio::awaitable<void> server_loop(std::shared_ptr<ClientSession> self);
+  asio::awaitable<void> relay_server_to_client();
+  asio::awaitable<void> serve();
+  bool releasable() const;
+  void release_server();
+  void server_lost(std::string& out);
+  void drop_failed_server();
+  asio::awaitable<void> fail_requests(std::string_view frames, const ServerFailure& failure);
+  asio::awaitable<void> finish();
+
+  // Errors to the client: `fatal` ones close the connection.
+  asio::awaitable<void> send_fatal(std::string_view sqlstate, std::string_view message);
+  void append_error(std::string& out, std::string_view sqlstate, std::string_view message,
+                    std::string_view hint = {});
+
+  App& app_;
+  Worker& worker_;
+  tcp::socket client_;
+  const std::uint64_t id_;
+  config::ConfigPtr config_;
+  std::shared_ptr<const UserDirectory> users_;
+  const config::User* user_ = nullptr;
+  const config::Database* database_ = nullptr;
+  std::string user_name_;
+  std::string database_name_;
+  std::vector<std::pair<std::string, std::string>> startup_params_;
+  config::PoolMode mode_ = config::PoolMode::Transaction;
+  std::size_t max_message_bytes_ = 0;
+  bool counted_ = false;
+
+  ByteBuffer client_in_;
+  std::size_t pending_frame_bytes_ = 0;  // size of the partial frame at the buffer's end
+
+  std::shared_ptr<pool::ServerPool> pool_;
+  std::shared_ptr<CancelTarget> cancel_;
+  Settings client_settings_;  // what this client believes its session settings are
+  CheckoutWaiter waiter_{*this};
+  asio::steady_timer wait_timer_;
+
+  // The linked server and the work outstanding on it.
+  std::unique_ptr<ServerConnection> server_;
+  int in_flight_ = 0;           // Query/Sync/FunctionCall forwarded, ReadyForQuery not yet seen
+  bool open_extended_ = false;  // extended-protocol messages forwarded since the last Sync
+  bool server_loop_running_ = false;
+  bool server_write_pending_ = false;
+  bool server_failed_ = false;
+  bool stopping_ = false;          // finish() asked the server loop to stop
+  bool lost_transaction_ = false;  // the server died while this client was in a transaction
+  bool skip_until_sync_ = false;   // an extended flight failed; drop messages until Sync
+  bool error_sent_in_flight_ = false;
+  bool client_gone_ = false;
+  asio::steady_timer server_loop_done_;
+};
+
+}  // namespace pgvalve::proxy

@@ -1,0 +1,275 @@
+#include "proxy/server_connection.h"
+
+#include <openssl/rand.h>
+
+#include <algorithm>
+#include <cctype>
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ip/address.hpp>
+#include <boost/asio/this_coro.hpp>
+
+#include "protocol/auth.h"
+#include "proxy/io_util.h"
+#include "proxy/log.h"
+
+namespace pgvalve::proxy {
+
+namespace pr = protocol;
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  for (auto& c : out)
+    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out;
+}
+
+namespace {
+bool iequals(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           return std::tolower(static_cast<unsigned char>(x)) ==
+                  std::tolower(static_cast<unsigned char>(y));
+         });
+}
+}  // namespace
+
+const Setting* Settings::find(std::string_view lower_name) const {
+  for (const auto& s : items_) {
+    if (iequals(s.name, lower_name)) return &s;
+  }
+  return nullptr;
+}
+
+bool Settings::set(std::string_view name, std::string_view value, bool reported) {
+  for (auto& s : items_) {
+    if (iequals(s.name, name)) {
+      s.reported = s.reported || reported;
+      if (s.value == value) return false;
+      s.value.assign(value);
+      return true;
+    }
+  }
+  items_.push_back({lower(name), std::string(value), reported});
+  return true;
+}
+
+void Settings::erase(std::string_view lower_name) {
+  std::erase_if(items_, [&](const Setting& s) { return iequals(s.name, lower_name); });
+}
+
+void Settings::keep_reported_only() {
+  std::erase_if(items_, [](const Setting& s) { return !s.reported; });
+}
+
+void ServerConnection::adopt(asio::io_context& ctx, int worker) {
+  home_worker = worker;
+  if (&socket.get_executor().context() == static_cast<asio::execution_context*>(&ctx)) return;
+  const auto protocol = socket.local_endpoint().protocol();
+  auto fd = socket.release();
+  socket = tcp::socket(ctx, protocol, fd);
+}
+
+asio::awaitable<bool> ServerConnection::run_query(std::string_view sql, ServerFailure& failure,
+                                                  std::string* changed_out) {
+  std::string out;
+  pr::append_query(out, sql);
+  if (!co_await write_all(socket, out)) {
+    failure = {"08006", "pgvalve: lost the connection to server " + host.to_string()};
+    co_return false;
+  }
+  bool ok = true;
+  for (;;) {
+    pr::Frame f;
+    if (co_await read_frame(socket, in, max_message_bytes, f) != ReadStatus::Ok) {
+      failure = {"08006", "pgvalve: lost the connection to server " + host.to_string()};
+      co_return false;
+    }
+    const std::size_t size = f.whole.size();
+    switch (f.tag) {
+      case 'S':
+        if (auto ps = pr::read_parameter_status(f)) {
+          if (settings.set(ps->name, ps->value, true) && changed_out) {
+            pr::append_parameter_status(*changed_out, ps->name, ps->value);
+          }
+        }
+        break;
+      case 'E':
+        if (auto e = pr::read_error_response(f)) {
+          failure = {std::string(e->sqlstate), std::string(e->message)};
+        }
+        ok = false;
+        break;
+      case 'Z':
+        tx_status = pr::read_ready_for_query(f).value_or('E');
+        in.consume(size);
+        co_return ok&& tx_status == 'I';
+      default:
+        break;
+    }
+    in.consume(size);
+  }
+}
+
+namespace {
+
+std::string random_bytes(std::size_t n) {
+  std::string s(n, '\0');
+  RAND_bytes(reinterpret_cast<unsigned char*>(s.data()), static_cast<int>(n));
+  return s;
+}
+
+asio::awaitable<bool> connect_socket(tcp::socket& socket, const config::Endpoint& host,
+                                     ServerFailure& failure) {
+  error_code ec;
+  auto address = asio::ip::make_address(host.host, ec);
+  if (!ec) {
+    co_await socket.async_connect(tcp::endpoint(address, host.port), await_ec(ec));
+  } else {
+    tcp::resolver resolver(socket.get_executor());
+    auto results =
+        co_await resolver.async_resolve(host.host, std::to_string(host.port), await_ec(ec));
+    if (!ec) co_await asio::async_connect(socket, results, await_ec(ec));
+  }
+  if (ec) {
+    failure = {"08006", "pgvalve: cannot connect to server " + host.to_string() + " (" +
+                            ec.message() + "); check that PostgreSQL runs there"};
+    co_return false;
+  }
+  socket.set_option(tcp::no_delay(true), ec);
+  co_return true;
+}
+
+}  // namespace
+
+asio::awaitable<std::unique_ptr<ServerConnection>> open_server_connection(const ServerLogin& login,
+                                                                          ServerFailure& failure) {
+  auto executor = co_await asio::this_coro::executor;
+  auto conn = std::make_unique<ServerConnection>(tcp::socket(executor));
+  conn->host = login.host;
+  conn->max_message_bytes = login.max_message_bytes;
+  Deadline deadline(conn->socket, login.timeout);
+  auto timed_out = [&] {
+    failure = {"08006", "pgvalve: timed out logging in to server " + login.host.to_string()};
+    return nullptr;
+  };
+
+  if (!co_await connect_socket(conn->socket, login.host, failure)) {
+    if (deadline.expired()) co_return timed_out();
+    co_return nullptr;
+  }
+  std::string out;
+  const std::pair<std::string_view, std::string_view> params[] = {{"user", login.user},
+                                                                  {"database", login.dbname}};
+  pr::append_startup_message(out, params);
+  if (!co_await write_all(conn->socket, out)) co_return timed_out();
+
+  std::optional<pr::ScramClient> scram;
+  const std::string server = login.host.to_string();
+  auto need_password = [&]() -> bool {
+    if (!login.password.empty()) return true;
+    failure = {"28P01", "pgvalve: server " + server + " asks for a password for user \"" +
+                            login.user + "\"; set users[].server_password in the config"};
+    return false;
+  };
+
+  for (;;) {
+    pr::Frame f;
+    auto st = co_await read_frame(conn->socket, conn->in, login.max_message_bytes, f);
+    if (st != ReadStatus::Ok) {
+      if (deadline.expired()) co_return timed_out();
+      failure = {"08006", "pgvalve: server " + server + " closed the connection during login"};
+      co_return nullptr;
+    }
+    const std::size_t size = f.whole.size();
+    out.clear();
+    switch (f.tag) {
+      case 'R': {
+        auto req = pr::read_authentication(f);
+        if (!req) {
+          failure = {"08P01", "pgvalve: malformed authentication request from " + server};
+          co_return nullptr;
+        }
+        switch (static_cast<pr::AuthCode>(req->code)) {
+          case pr::AuthCode::Ok:
+            break;
+          case pr::AuthCode::CleartextPassword:
+            if (!need_password()) co_return nullptr;
+            pr::append_password(out, login.password);
+            break;
+          case pr::AuthCode::Md5Password: {
+            if (!need_password()) co_return nullptr;
+            auto stored = pr::md5_password_hash(login.user, login.password);
+            pr::append_password(out, pr::md5_salted_response(stored, req->data));
+            break;
+          }
+          case pr::AuthCode::Sasl: {
+            if (!need_password()) co_return nullptr;
+            auto mechs = pr::sasl_mechanisms(req->data);
+            if (std::find(mechs.begin(), mechs.end(), pr::kScramSha256) == mechs.end()) {
+              failure = {"28000", "pgvalve: server " + server +
+                                      " offers no SASL mechanism pgvalve supports"};
+              co_return nullptr;
+            }
+            scram.emplace(login.password, random_bytes(18));
+            pr::append_sasl_initial_response(out, pr::kScramSha256, scram->client_first());
+            break;
+          }
+          case pr::AuthCode::SaslContinue: {
+            std::string error;
+            auto final_msg = scram ? scram->handle_server_first(req->data, error) : std::nullopt;
+            if (!final_msg) {
+              failure = {"28000", "pgvalve: SCRAM exchange with " + server + " failed: " + error};
+              co_return nullptr;
+            }
+            pr::append_sasl_response(out, *final_msg);
+            break;
+          }
+          case pr::AuthCode::SaslFinal: {
+            std::string error;
+            if (!scram || !scram->verify_server_final(req->data, error)) {
+              failure = {"28000",
+                         "pgvalve: server " + server + " failed SCRAM verification: " + error};
+              co_return nullptr;
+            }
+            break;
+          }
+          default:
+            failure = {"28000", "pgvalve: server " + server +
+                                    " asks for an authentication method pgvalve does not "
+                                    "support (code " +
+                                    std::to_string(req->code) + "); use scram-sha-256 or md5"};
+            co_return nullptr;
+        }
+        if (!out.empty() && !co_await write_all(conn->socket, out)) co_return timed_out();
+        break;
+      }
+      case 'E': {
+        auto e = pr::read_error_response(f);
+        failure = {e ? std::string(e->sqlstate) : "08006",
+                   "pgvalve: server " + server + " refused login: " +
+                       (e ? std::string(e->message) : std::string("unknown error"))};
+        co_return nullptr;
+      }
+      case 'S':
+        if (auto ps = pr::read_parameter_status(f)) {
+          conn->settings.set(ps->name, ps->value, true);
+          conn->startup_parameters.emplace_back(ps->name, ps->value);
+        }
+        break;
+      case 'K':
+        if (auto k = pr::read_backend_key_data(f)) conn->key = *k;
+        break;
+      case 'Z':
+        conn->in.consume(size);
+        deadline.disarm();
+        conn->tx_status = 'I';
+        conn->created_at = conn->last_used_at = pool::Clock::now();
+        co_return conn;
+      default:  // NoticeResponse, NegotiateProtocolVersion: nothing to do
+        break;
+    }
+    conn->in.consume(size);
+  }
+}
+
+}  // namespace pgvalve::proxy

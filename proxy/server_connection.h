@@ -1,0 +1,97 @@
+// One connection from pgvalve to a PostgreSQL server: opening and logging in, the settings the
+// server is known to have, and running pgvalve's own short queries on it (parameter sync,
+// reset, rollback). Forwarding client traffic is the client session's job.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <utility>  // Boost 1.74 awaitable.hpp needs std::exchange
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+#include "config/config.h"
+#include "pool/server_pool.h"
+#include "protocol/messages.h"
+#include "proxy/byte_buffer.h"
+
+namespace pgvalve::proxy {
+
+namespace asio = boost::asio;
+using asio::ip::tcp;
+
+// A run-time setting (GUC) by lower-case name. `reported` ones are those PostgreSQL announces
+// with ParameterStatus; the others are only known because pgvalve set them.
+struct Setting {
+  std::string name;  // lower case
+  std::string value;
+  bool reported = false;
+};
+
+class Settings {
+ public:
+  const Setting* find(std::string_view lower_name) const;
+  // Sets `value`; returns true when it changed.
+  bool set(std::string_view name, std::string_view value, bool reported);
+  void erase(std::string_view lower_name);
+  // Keeps only the settings PostgreSQL reports (after DISCARD ALL / RESET ALL).
+  void keep_reported_only();
+  const std::vector<Setting>& all() const { return items_; }
+
+ private:
+  std::vector<Setting> items_;
+};
+
+std::string lower(std::string_view s);
+
+struct ServerLogin {
+  config::Endpoint host;
+  std::string user;
+  std::string password;  // empty: the server must not ask for one
+  std::string dbname;
+  std::chrono::milliseconds timeout{10000};
+  std::size_t max_message_bytes = 1 << 20;
+};
+
+// Why an open or an internal query failed, in words for the client.
+struct ServerFailure {
+  std::string sqlstate = "08006";
+  std::string message;
+};
+
+class ServerConnection : public pool::Connection {
+ public:
+  explicit ServerConnection(tcp::socket socket) : socket(std::move(socket)) {}
+
+  // Re-registers the socket with `ctx` when it belongs to another worker's event loop.
+  void adopt(asio::io_context& ctx, int worker);
+
+  // Runs `sql` as a simple query and reads through to ReadyForQuery, keeping ParameterStatus
+  // values in `settings`. Reported settings that changed are appended (as ParameterStatus
+  // messages) to `changed_out`, when given. Returns false on I/O failure or an ErrorResponse.
+  asio::awaitable<bool> run_query(std::string_view sql, ServerFailure& failure,
+                                  std::string* changed_out = nullptr);
+
+  tcp::socket socket;
+  ByteBuffer in;
+  config::Endpoint host;
+  std::uint32_t host_index = 0;  // in the cancel registry's host table
+  protocol::BackendKeyData key;
+  Settings settings;
+  std::vector<std::pair<std::string, std::string>> startup_parameters;  // as reported, in order
+  char tx_status = 'I';
+  std::size_t max_message_bytes = 1 << 20;
+};
+
+// Connects and logs in (SCRAM-SHA-256, md5, cleartext or trust, whatever the server asks).
+// Returns null and fills `failure` when it cannot.
+asio::awaitable<std::unique_ptr<ServerConnection>> open_server_connection(const ServerLogin& login,
+                                                                          ServerFailure& failure);
+
+}  // namespace pgvalve::proxy
