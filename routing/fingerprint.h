@@ -1,0 +1,29 @@
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace pgvalve::routing {
+
+// Statement fingerprint: XXH3_64bits of normalize(sql)'s bytes, computed without allocating.
+// Users see these values (SHOW QUERIES, slow-query samples), so the normalisation is frozen:
+// a change to it changes every fingerprint and must be a deliberate, documented decision.
+//
+// Normalisation, token by token (comments and whitespace dropped, tokens joined by one space):
+//  - string, dollar-quoted and numeric literals and $n parameters become `$?`; a minus sign
+//    directly before a number in operand position folds into it (`= -1` is `= $?`), as
+//    PostgreSQL's grammar folds it into the constant;
+//  - `IN (<literal>, ...)` and `ARRAY[<literal>, ...]` become `in ( $? )` / `array [ $? ]`
+//    whatever their length;
+//  - an integer standing alone as an ORDER BY / GROUP BY item stays as written: it names an
+//    output column, so `ORDER BY 1` and `ORDER BY 2` are different statements;
+//  - keywords and unquoted identifiers are lower-cased (ASCII); quoted identifiers, operators
+//    and punctuation stay as written;
+//  - trailing `;` are dropped; an unterminated literal is `$?`, an unterminated comment nothing.
+std::uint64_t fingerprint(std::string_view sql);
+
+// The normalised text that fingerprint() hashes (allocates; for display and tests).
+std::string normalize(std::string_view sql);
+
+}  // namespace pgvalve::routing

@@ -1,0 +1,80 @@
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+namespace pgvalve::routing {
+
+// Token classes of PostgreSQL 15's scanner (src/backend/parser/scan.l), as far as routing,
+// pooling and fingerprints need them.
+enum class TokenKind : std::uint8_t {
+  Keyword,           // unquoted word in PostgreSQL's keyword list (any category)
+  Identifier,        // any other unquoted word
+  QuotedIdentifier,  // "a""b", U&"..."
+  String,            // '..', E'..', N'..', U&'..', B'..', X'..' (text includes prefix and quotes)
+  DollarString,      // $$..$$, $tag$..$tag$
+  Number,            // 42, 4.2, .5, 1e-3
+  Param,             // $1
+  Operator,          // + - <= :: ->> || := => .. etc., and a lone ':'
+  Punct,             // ( ) , ; [ ] .
+  Unterminated,      // string, quoted identifier or comment running to the end of input; last token
+  Other,             // a byte no SQL token starts with (e.g. '\', '{', a '$' that starts nothing)
+};
+
+std::string_view token_kind_name(TokenKind kind);
+
+struct Token {
+  TokenKind kind = TokenKind::Other;
+  std::string_view text;  // points into the lexed input
+  std::size_t offset = 0;
+
+  // True for an unquoted word (keyword or identifier) equal to `word`, ignoring ASCII case.
+  bool is_word(std::string_view word) const;
+  bool is_punct(char c) const {
+    return kind == TokenKind::Punct && text.size() == 1 && text[0] == c;
+  }
+  bool is_operator(std::string_view op) const { return kind == TokenKind::Operator && text == op; }
+  std::size_t end() const { return offset + text.size(); }
+};
+
+// ASCII-only case-insensitive equality, matching how PostgreSQL folds unquoted identifiers in
+// UTF-8 databases.
+bool iequals(std::string_view a, std::string_view b);
+
+// True when `word` (any ASCII case) is a PostgreSQL 15 keyword.
+bool is_keyword(std::string_view word);
+
+// Single-pass tokenizer over a borrowed string. Never allocates, never reads outside `sql`.
+// Assumes standard_conforming_strings = on (backslashes are literal in plain '' strings).
+// Whitespace, -- comments and nested /* */ comments are skipped.
+class SqlLexer {
+ public:
+  explicit SqlLexer(std::string_view sql, std::size_t start = 0) : sql_(sql), pos_(start) {}
+
+  // Reads the next token; false at the end of input and after an Unterminated token.
+  bool next(Token& token);
+
+  // Offset of the next unread byte (comments and whitespace not yet skipped).
+  std::size_t position() const { return pos_; }
+
+ private:
+  void skip_space_and_comments();
+  bool lex_quoted(Token& token, std::size_t start, std::size_t body, TokenKind kind,
+                  bool backslash_escapes, bool doubled_quotes);
+  bool lex_dollar(Token& token, std::size_t start);
+  void lex_number(Token& token, std::size_t start);
+  void lex_operator(Token& token, std::size_t start);
+  bool unterminated(Token& token, std::size_t start);
+  std::size_t quote_continuation(std::size_t after_quote) const;
+
+  std::string_view sql_;
+  std::size_t pos_;
+  bool done_ = false;
+};
+
+// Text of a leading `/* pgvalve: ... */` hint comment (after "pgvalve:", trimmed), or empty.
+// Only comments before the first token count; the first pgvalve hint among them wins.
+std::string_view leading_hint(std::string_view sql);
+
+}  // namespace pgvalve::routing

@@ -1,0 +1,726 @@
+#include "routing/statement.h"
+
+#include <initializer_list>
+
+#include "routing/sql_lexer.h"
+
+namespace pgvalve::routing {
+
+namespace {
+
+// PostgreSQL's NAMEDATALEN - 1: longer identifiers are cut (at a character boundary).
+constexpr std::size_t kMaxIdentifierBytes = 63;
+
+char ascii_lower(char c) {
+  return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + ('a' - 'A')) : c;
+}
+
+bool is_word(const Token& t) {
+  return t.kind == TokenKind::Keyword || t.kind == TokenKind::Identifier;
+}
+
+bool is_name_token(const Token& t) {
+  return is_word(t) || t.kind == TokenKind::QuotedIdentifier;
+}
+
+bool is_any_word(const Token& t, std::initializer_list<std::string_view> words) {
+  for (std::string_view w : words) {
+    if (t.is_word(w)) return true;
+  }
+  return false;
+}
+
+bool is_advisory_session_lock_name(const Token& t) {
+  static constexpr std::string_view kNames[] = {"pg_advisory_lock", "pg_advisory_lock_shared",
+                                                "pg_try_advisory_lock",
+                                                "pg_try_advisory_lock_shared"};
+  for (std::string_view name : kNames) {
+    if (t.is_word(name)) return true;
+    if (t.kind == TokenKind::QuotedIdentifier && t.text.size() == name.size() + 2 &&
+        t.text.substr(1, name.size()) == name) {
+      return true;
+    }
+  }
+  return false;
+}
+
+bool calls_advisory_session_lock(std::string_view sql) {
+  SqlLexer lexer(sql);
+  Token t;
+  Token prev;
+  bool has_prev = false;
+  while (lexer.next(t)) {
+    if (has_prev && t.is_punct('(') && is_advisory_session_lock_name(prev)) return true;
+    prev = t;
+    has_prev = true;
+  }
+  return false;
+}
+
+// The code of a DO block: the inside of its string or dollar-quoted literal.
+std::string_view literal_body(const Token& t) {
+  std::string_view s = t.text;
+  if (t.kind == TokenKind::DollarString) {
+    const std::size_t tag = s.find('$', 1) + 1;
+    if (s.size() < 2 * tag) return {};
+    return s.substr(tag, s.size() - 2 * tag);
+  }
+  const std::size_t open = s.find('\'');
+  if (open == std::string_view::npos || s.size() < open + 2) return {};
+  return s.substr(open + 1, s.size() - open - 2);
+}
+
+// Appends one identifier part the way PostgreSQL's scanner stores it.
+bool append_identifier(NormalizedName& out, const Token& t, bool fold_quoted) {
+  std::array<char, kMaxIdentifierBytes + 1> part;
+  std::size_t len = 0;
+  auto add = [&](char c) {
+    if (len < part.size()) part[len++] = c;
+  };
+  if (is_word(t)) {
+    for (char c : t.text)
+      add(ascii_lower(c));
+  } else if (t.kind == TokenKind::QuotedIdentifier && t.text.size() >= 2 && t.text[0] == '"') {
+    const std::string_view body = t.text.substr(1, t.text.size() - 2);
+    for (std::size_t i = 0; i < body.size(); ++i) {
+      add(fold_quoted ? ascii_lower(body[i]) : body[i]);
+      if (body[i] == '"') ++i;  // "" stands for one "
+    }
+  } else {
+    return false;  // U&"..." would need its escapes decoded
+  }
+  if (len > kMaxIdentifierBytes) {
+    len = kMaxIdentifierBytes;
+    while (len > 0 && (static_cast<unsigned char>(part[len]) & 0xC0) == 0x80)
+      --len;
+  }
+  return out.append(std::string_view(part.data(), len));
+}
+
+// Token reader over the first statement only.
+class Cursor {
+ public:
+  Cursor(std::string_view statement, std::size_t start) : lexer_(statement, start) { advance(); }
+
+  bool at_end() const { return !has_; }
+  const Token& peek() const { return token_; }
+  bool peek_word(std::string_view word) const { return has_ && token_.is_word(word); }
+  bool peek_punct(char c) const { return has_ && token_.is_punct(c); }
+  // The token after the next one.
+  bool peek2_word(std::string_view word) const {
+    SqlLexer ahead = lexer_;
+    Token t;
+    return has_ && ahead.next(t) && t.is_word(word);
+  }
+  bool peek2_name() const {
+    SqlLexer ahead = lexer_;
+    Token t;
+    return has_ && ahead.next(t) && is_name_token(t);
+  }
+  bool peek2_kind(TokenKind kind) const {
+    SqlLexer ahead = lexer_;
+    Token t;
+    return has_ && ahead.next(t) && t.kind == kind;
+  }
+  bool take(Token& t) {
+    if (!has_) return false;
+    t = token_;
+    advance();
+    return true;
+  }
+  void skip() { advance(); }
+  bool accept(std::string_view word) {
+    if (!peek_word(word)) return false;
+    advance();
+    return true;
+  }
+  bool accept_any(std::initializer_list<std::string_view> words) {
+    for (std::string_view w : words) {
+      if (accept(w)) return true;
+    }
+    return false;
+  }
+
+ private:
+  void advance() { has_ = lexer_.next(token_); }
+
+  SqlLexer lexer_;
+  Token token_;
+  bool has_ = false;
+};
+
+class Classifier {
+ public:
+  Classifier(std::string_view sql, StatementInfo& info) : sql_(sql), info_(info) {}
+
+  void run() {
+    info_.hint = leading_hint(sql_);
+    SqlLexer lexer(sql_);
+    Token t;
+    bool have = lexer.next(t);
+    while (have && t.is_punct(';'))
+      have = lexer.next(t);
+    if (!have) {
+      info_.kind = StatementKind::Empty;
+      info_.next_offset = sql_.size();
+      return;
+    }
+    const Token first = t;
+    scan_statement(lexer, t);
+    info_.text = sql_.substr(first.offset, end_ - first.offset);
+    if (first.kind == TokenKind::Unterminated) {
+      info_.kind = StatementKind::Other;
+      return;
+    }
+    Cursor c(sql_.substr(0, end_), first.offset);
+    classify_head(c);
+  }
+
+ private:
+  // The single pass: finds the end of the first statement and the facts that can be anywhere
+  // in it, then peeks past it for another statement.
+  void scan_statement(SqlLexer& lexer, Token t) {
+    const bool is_do = t.is_word("do");
+    const bool is_create = t.is_word("create");
+    const bool is_select = t.is_word("select");
+    const bool is_with = t.is_word("with");
+    // psql's heuristic for SQL-standard function bodies: in CREATE [OR REPLACE]
+    // FUNCTION|PROCEDURE, ';' between BEGIN (ATOMIC) and its END does not end the statement.
+    char head[4] = {0, 0, 0, 0};
+    std::size_t words = 0;
+    int begin_depth = 0;
+    int depth = 0;
+    Token prev;
+    Token prev2;
+    bool has_prev = false;
+    bool has_prev2 = false;
+    bool ended = false;
+    do {
+      if (t.is_punct(';') && depth == 0 && begin_depth == 0) {
+        ended = true;
+        info_.next_offset = t.end();
+        break;
+      }
+      end_ = t.end();
+      if (is_word(t)) {
+        if (words < 4 && is_any_word(t, {"create", "or", "replace", "function", "procedure"})) {
+          head[words] = ascii_lower(t.text[0]);
+        }
+        ++words;
+        const bool function_body =
+            head[0] == 'c' &&
+            (head[1] == 'f' || head[1] == 'p' ||
+             (head[1] == 'o' && head[2] == 'r' && (head[3] == 'f' || head[3] == 'p')));
+        if (function_body && depth == 0) {
+          if (t.is_word("begin")) {
+            ++begin_depth;
+          } else if (t.is_word("case")) {
+            if (begin_depth >= 1) ++begin_depth;  // CASE also ends with END
+          } else if (t.is_word("end")) {
+            if (begin_depth > 0) --begin_depth;
+          }
+        }
+        if (is_with && depth == 0 && !main_verb_found_ && words > 1 &&
+            is_any_word(t, {"select", "insert", "update", "delete", "values", "table", "merge"})) {
+          main_verb_found_ = true;
+          main_verb_ = t;
+        }
+      } else if (t.is_punct('(')) {
+        ++depth;
+        if (has_prev && is_advisory_session_lock_name(prev)) {
+          info_.calls_advisory_session_lock = true;
+        }
+      } else if (t.is_punct(')')) {
+        if (depth > 0) --depth;
+      } else if (is_do && (t.kind == TokenKind::String || t.kind == TokenKind::DollarString)) {
+        if (calls_advisory_session_lock(literal_body(t))) info_.calls_advisory_session_lock = true;
+      }
+      if (is_create && has_prev) {
+        if (t.is_punct('.') && prev.is_word("pg_temp")) info_.temporary = true;
+        if (depth == 0 && has_prev2 && t.is_word("drop") && prev.is_word("commit") &&
+            prev2.is_word("on")) {
+          info_.on_commit_drop = true;
+        }
+      }
+      if (is_select && depth == 0 && has_prev && is_any_word(t, {"temp", "temporary"}) &&
+          (prev.is_word("into") ||
+           (has_prev2 && is_any_word(prev, {"local", "global"}) && prev2.is_word("into")))) {
+        info_.temporary = true;
+      }
+      prev2 = prev;
+      has_prev2 = has_prev;
+      prev = t;
+      has_prev = true;
+    } while (lexer.next(t));
+    if (!ended) {
+      info_.next_offset = sql_.size();
+      return;
+    }
+    while (lexer.next(t)) {
+      if (!t.is_punct(';')) {
+        info_.multiple_statements = true;
+        break;
+      }
+    }
+  }
+
+  void classify_head(Cursor& c) {
+    Token first;
+    c.take(first);
+    if (first.is_punct('(')) {
+      Token t = first;
+      while (t.is_punct('(') && c.take(t)) {
+      }
+      info_.kind = is_any_word(t, {"select", "values", "table", "with"}) ? StatementKind::Select
+                                                                         : StatementKind::Other;
+      return;
+    }
+    if (!is_word(first)) {
+      info_.kind = StatementKind::Other;
+      return;
+    }
+    if (first.is_word("begin")) {
+      info_.kind = StatementKind::Begin;
+      c.accept_any({"work", "transaction"});
+      read_transaction_modes(c);
+    } else if (first.is_word("start")) {
+      if (c.accept("transaction")) {
+        info_.kind = StatementKind::Begin;
+        read_transaction_modes(c);
+      } else {
+        info_.kind = StatementKind::Other;
+      }
+    } else if (first.is_word("commit") || first.is_word("end")) {
+      if (first.is_word("commit") && c.accept("prepared")) {
+        info_.kind = StatementKind::CommitPrepared;
+        info_.value = rest(c);
+        return;
+      }
+      info_.kind = StatementKind::Commit;
+      c.accept_any({"work", "transaction"});
+      read_chain(c);
+    } else if (first.is_word("rollback") || first.is_word("abort")) {
+      if (first.is_word("rollback") && c.accept("prepared")) {
+        info_.kind = StatementKind::RollbackPrepared;
+        info_.value = rest(c);
+        return;
+      }
+      c.accept_any({"work", "transaction"});
+      if (c.accept("to")) {
+        info_.kind = StatementKind::RollbackToSavepoint;
+        // "savepoint" alone is a valid savepoint name: ROLLBACK TO savepoint
+        if (c.peek_word("savepoint") && c.peek2_name()) c.skip();
+        read_identifier(c);
+        return;
+      }
+      info_.kind = StatementKind::Rollback;
+      read_chain(c);
+    } else if (first.is_word("savepoint")) {
+      info_.kind = StatementKind::Savepoint;
+      read_identifier(c);
+    } else if (first.is_word("release")) {
+      info_.kind = StatementKind::Release;
+      if (c.peek_word("savepoint") && c.peek2_name()) c.skip();
+      read_identifier(c);
+    } else if (first.is_word("prepare")) {
+      if (c.peek_word("transaction") && c.peek2_kind(TokenKind::String)) {
+        c.skip();
+        info_.kind = StatementKind::PrepareTransaction;
+        info_.value = rest(c);
+        return;
+      }
+      info_.kind = StatementKind::Prepare;
+      read_identifier(c);
+    } else if (first.is_word("execute")) {
+      info_.kind = StatementKind::Execute;
+      read_identifier(c);
+    } else if (first.is_word("deallocate")) {
+      info_.kind = StatementKind::Deallocate;
+      if (c.peek_word("prepare")) {
+        Cursor ahead = c;
+        ahead.skip();
+        if (!ahead.at_end()) c.skip();  // otherwise "prepare" is the statement's name
+      }
+      if (c.accept("all")) {
+        info_.all = true;
+        return;
+      }
+      read_identifier(c);
+    } else if (first.is_word("set")) {
+      read_set(c);
+    } else if (first.is_word("reset")) {
+      read_reset(c);
+    } else if (first.is_word("show")) {
+      read_show(c);
+    } else if (first.is_word("discard")) {
+      info_.kind = StatementKind::Discard;
+      Token t;
+      if (c.take(t) && is_any_word(t, {"all", "plans", "sequences", "temp", "temporary"})) {
+        info_.raw_name = t.text;
+        info_.discard_all = t.is_word("all");
+        info_.name.append(t.is_word("all")         ? "all"
+                          : t.is_word("plans")     ? "plans"
+                          : t.is_word("sequences") ? "sequences"
+                                                   : "temp");
+      }
+    } else if (first.is_word("listen") || first.is_word("notify")) {
+      info_.kind = first.is_word("listen") ? StatementKind::Listen : StatementKind::Notify;
+      read_identifier(c);
+      if (info_.kind == StatementKind::Notify && c.peek_punct(',')) {
+        c.skip();
+        info_.value = rest(c);
+      }
+    } else if (first.is_word("unlisten")) {
+      info_.kind = StatementKind::Unlisten;
+      if (!c.at_end() && c.peek().is_operator("*")) {
+        info_.all = true;
+        return;
+      }
+      read_identifier(c);
+    } else if (is_any_word(first, {"select", "values", "table"})) {
+      info_.kind = StatementKind::Select;
+    } else if (first.is_word("with")) {
+      info_.kind = main_verb_found_ ? verb_kind(main_verb_) : StatementKind::Other;
+    } else if (first.is_word("insert") || first.is_word("update") || first.is_word("delete")) {
+      info_.kind = verb_kind(first);
+    } else if (first.is_word("copy")) {
+      info_.kind = StatementKind::Copy;
+    } else if (first.is_word("declare")) {
+      info_.kind = StatementKind::Declare;
+      read_identifier(c);
+      read_cursor_options(c);
+    } else if (first.is_word("create")) {
+      info_.kind = StatementKind::Create;
+      if (c.accept("or")) c.accept("replace");
+      c.accept_any({"global", "local"});
+      if (c.accept_any({"temp", "temporary"})) info_.temporary = true;
+    } else if (first.is_word("alter")) {
+      info_.kind = StatementKind::Alter;
+    } else if (first.is_word("drop")) {
+      info_.kind = StatementKind::Drop;
+    } else if (first.is_word("explain")) {
+      info_.kind = StatementKind::Explain;
+    } else {
+      info_.kind = StatementKind::Other;
+    }
+  }
+
+  static StatementKind verb_kind(const Token& verb) {
+    if (verb.is_word("insert")) return StatementKind::Insert;
+    if (verb.is_word("update")) return StatementKind::Update;
+    if (verb.is_word("delete")) return StatementKind::Delete;
+    if (verb.is_word("merge")) return StatementKind::Other;
+    return StatementKind::Select;
+  }
+
+  // The rest of the statement from the next token, as written.
+  std::string_view rest(const Cursor& c) const {
+    if (c.at_end()) return {};
+    return sql_.substr(c.peek().offset, end_ - c.peek().offset);
+  }
+
+  void set_name(std::string_view constant, std::size_t raw_start, std::size_t raw_end) {
+    info_.name.clear();
+    info_.name.append(constant);
+    info_.raw_name = sql_.substr(raw_start, raw_end - raw_start);
+  }
+
+  // ColId: one identifier, quoted names keep their case.
+  void read_identifier(Cursor& c) {
+    Token t;
+    if (c.at_end() || !is_name_token(c.peek())) return;
+    c.take(t);
+    info_.raw_name = t.text;
+    if (!append_identifier(info_.name, t, false)) {
+      info_.name.clear();
+      info_.name_unsupported = true;
+    }
+  }
+
+  // var_name: ColId ('.' ColId)*, always lower-cased (parameter names are case-insensitive).
+  bool read_parameter_name(Cursor& c) {
+    Token t;
+    if (c.at_end() || !is_name_token(c.peek())) return false;
+    c.take(t);
+    const std::size_t start = t.offset;
+    std::size_t end = t.end();
+    bool ok = append_identifier(info_.name, t, true);
+    while (c.peek_punct('.') && c.peek2_name()) {
+      c.skip();
+      c.take(t);
+      end = t.end();
+      ok = ok && info_.name.push_back('.') && append_identifier(info_.name, t, true);
+    }
+    info_.raw_name = sql_.substr(start, end - start);
+    if (!ok) {
+      info_.name.clear();
+      info_.name_unsupported = true;
+    }
+    return true;
+  }
+
+  void read_transaction_modes(Cursor& c) {
+    Token t;
+    while (c.take(t)) {
+      if (t.is_word("read")) {
+        if (c.accept("only")) {
+          info_.read_only = true;
+        } else if (c.accept("write")) {
+          info_.read_only = false;
+        }
+      }
+    }
+  }
+
+  void read_chain(Cursor& c) {
+    if (!c.accept("and")) return;
+    if (c.accept("no")) return;
+    if (c.accept("chain")) info_.and_chain = true;
+  }
+
+  void read_cursor_options(Cursor& c) {
+    Token t;
+    while (c.take(t) && !t.is_word("for")) {
+      if (t.is_word("with") && c.peek_word("hold")) info_.with_hold = true;
+    }
+  }
+
+  void set_value(Cursor& c) {
+    info_.value = rest(c);
+    if (c.peek_word("default")) {
+      Cursor ahead = c;
+      ahead.skip();
+      info_.value_is_default = ahead.at_end();
+    }
+  }
+
+  void read_set(Cursor& c) {
+    info_.kind = StatementKind::Set;
+    if (c.accept("local")) {
+      info_.kind = StatementKind::SetLocal;
+    } else if (c.peek_word("session") && !c.peek2_word("authorization") &&
+               !c.peek2_word("characteristics")) {
+      c.skip();
+    }
+    if (c.at_end()) return;
+    const Token head = c.peek();
+    if (head.is_word("transaction")) {
+      c.skip();
+      info_.kind = StatementKind::SetTransaction;
+      info_.value = rest(c);
+      read_transaction_modes(c);
+      return;
+    }
+    // The generic form wins whenever the name is followed by '=' or TO, as in the grammar.
+    {
+      Cursor ahead = c;
+      if (read_parameter_name(ahead) && !ahead.at_end() &&
+          (ahead.peek().is_operator("=") || ahead.peek_word("to"))) {
+        c = ahead;
+        c.skip();
+        set_value(c);
+        return;
+      }
+      info_.name.clear();
+      info_.raw_name = {};
+      info_.name_unsupported = false;
+    }
+    Token t;
+    if (head.is_word("time") && c.peek2_word("zone")) {
+      c.skip();
+      c.take(t);
+      set_name("timezone", head.offset, t.end());
+      set_value(c);
+      info_.value_is_default = info_.value_is_default || (c.peek_word("local") && rest_is_one(c));
+    } else if (head.is_word("names")) {
+      c.take(t);
+      set_name("client_encoding", head.offset, t.end());
+      set_value(c);
+      info_.value_is_default = info_.value_is_default || c.at_end();
+    } else if (head.is_word("schema") && c.peek2_kind(TokenKind::String)) {
+      c.take(t);
+      set_name("search_path", head.offset, t.end());
+      set_value(c);
+    } else if (head.is_word("role")) {
+      c.take(t);
+      set_name("role", head.offset, t.end());
+      set_value(c);
+    } else if (head.is_word("session") && c.peek2_word("authorization")) {
+      c.skip();
+      c.take(t);
+      set_name("session_authorization", head.offset, t.end());
+      set_value(c);
+    } else if (head.is_word("session") && c.peek2_word("characteristics")) {
+      c.skip();
+      c.take(t);
+      set_name("session_characteristics", head.offset, t.end());
+      if (c.accept("as")) c.accept("transaction");
+      info_.value = rest(c);
+      read_transaction_modes(c);
+    } else if (head.is_word("xml") && c.peek2_word("option")) {
+      c.skip();
+      c.take(t);
+      set_name("xmloption", head.offset, t.end());
+      set_value(c);
+    } else if (read_parameter_name(c)) {
+      set_value(c);  // SET name FROM CURRENT, or something the server will reject
+    }
+  }
+
+  static bool rest_is_one(const Cursor& c) {
+    Cursor ahead = c;
+    ahead.skip();
+    return ahead.at_end();
+  }
+
+  // RESET and SHOW share the special names.
+  bool read_special_parameter(Cursor& c) {
+    if (c.at_end()) return false;
+    const Token head = c.peek();
+    Token t;
+    if (head.is_word("time") && c.peek2_word("zone")) {
+      c.skip();
+      c.take(t);
+      set_name("timezone", head.offset, t.end());
+      return true;
+    }
+    if (head.is_word("session") && c.peek2_word("authorization")) {
+      c.skip();
+      c.take(t);
+      set_name("session_authorization", head.offset, t.end());
+      return true;
+    }
+    if (head.is_word("transaction") && c.peek2_word("isolation")) {
+      c.skip();
+      c.take(t);
+      t = c.peek();
+      if (c.accept("level")) {
+        set_name("transaction_isolation", head.offset, t.end());
+        return true;
+      }
+    }
+    return false;
+  }
+
+  void read_reset(Cursor& c) {
+    info_.kind = StatementKind::Reset;
+    if (c.peek_word("all")) {
+      info_.kind = StatementKind::ResetAll;
+      info_.raw_name = c.peek().text;
+      info_.name.append("all");
+      return;
+    }
+    if (!read_special_parameter(c)) read_parameter_name(c);
+  }
+
+  void read_show(Cursor& c) {
+    info_.kind = StatementKind::Show;
+    if (c.peek_word("all")) {
+      info_.raw_name = c.peek().text;
+      info_.name.append("all");
+      return;
+    }
+    if (!read_special_parameter(c)) read_parameter_name(c);
+  }
+
+  std::string_view sql_;
+  StatementInfo& info_;
+  std::size_t end_ = 0;  // end of the first statement's last token
+  bool main_verb_found_ = false;
+  Token main_verb_;
+};
+
+}  // namespace
+
+bool NormalizedName::append(std::string_view text) {
+  if (text.size() > kCapacity - size_) return false;
+  for (char c : text)
+    buffer_[size_++] = c;
+  return true;
+}
+
+bool NormalizedName::push_back(char c) {
+  return append(std::string_view(&c, 1));
+}
+
+std::string_view statement_kind_name(StatementKind kind) {
+  switch (kind) {
+    case StatementKind::Empty:
+      return "Empty";
+    case StatementKind::Begin:
+      return "Begin";
+    case StatementKind::Commit:
+      return "Commit";
+    case StatementKind::Rollback:
+      return "Rollback";
+    case StatementKind::RollbackToSavepoint:
+      return "RollbackToSavepoint";
+    case StatementKind::Savepoint:
+      return "Savepoint";
+    case StatementKind::Release:
+      return "Release";
+    case StatementKind::PrepareTransaction:
+      return "PrepareTransaction";
+    case StatementKind::CommitPrepared:
+      return "CommitPrepared";
+    case StatementKind::RollbackPrepared:
+      return "RollbackPrepared";
+    case StatementKind::Set:
+      return "Set";
+    case StatementKind::SetLocal:
+      return "SetLocal";
+    case StatementKind::SetTransaction:
+      return "SetTransaction";
+    case StatementKind::Reset:
+      return "Reset";
+    case StatementKind::ResetAll:
+      return "ResetAll";
+    case StatementKind::Discard:
+      return "Discard";
+    case StatementKind::Deallocate:
+      return "Deallocate";
+    case StatementKind::Prepare:
+      return "Prepare";
+    case StatementKind::Execute:
+      return "Execute";
+    case StatementKind::Listen:
+      return "Listen";
+    case StatementKind::Unlisten:
+      return "Unlisten";
+    case StatementKind::Notify:
+      return "Notify";
+    case StatementKind::Show:
+      return "Show";
+    case StatementKind::Select:
+      return "Select";
+    case StatementKind::Insert:
+      return "Insert";
+    case StatementKind::Update:
+      return "Update";
+    case StatementKind::Delete:
+      return "Delete";
+    case StatementKind::Copy:
+      return "Copy";
+    case StatementKind::Declare:
+      return "Declare";
+    case StatementKind::Create:
+      return "Create";
+    case StatementKind::Alter:
+      return "Alter";
+    case StatementKind::Drop:
+      return "Drop";
+    case StatementKind::Explain:
+      return "Explain";
+    case StatementKind::Other:
+      return "Other";
+  }
+  return "?";
+}
+
+StatementInfo classify(std::string_view sql) {
+  StatementInfo info;
+  Classifier(sql, info).run();
+  return info;
+}
+
+}  // namespace pgvalve::routing

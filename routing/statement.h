@@ -1,0 +1,132 @@
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+namespace pgvalve::routing {
+
+// What a statement is, syntactically, as far as pooling needs to know. Not a read/write
+// decision: `SELECT nextval(...)` and `WITH d AS (DELETE ...) SELECT ...` are Select here;
+// routing decides reads and writes from libpg_query's parse tree.
+enum class StatementKind : std::uint8_t {
+  Empty,                // only whitespace, comments and ';' (PostgreSQL answers EmptyQueryResponse)
+  Begin,                // BEGIN, START TRANSACTION
+  Commit,               // COMMIT, END
+  Rollback,             // ROLLBACK, ABORT
+  RollbackToSavepoint,  // ROLLBACK TO [SAVEPOINT] name
+  Savepoint,
+  Release,             // RELEASE [SAVEPOINT] name
+  PrepareTransaction,  // PREPARE TRANSACTION 'gid'
+  CommitPrepared,      // COMMIT PREPARED 'gid'
+  RollbackPrepared,    // ROLLBACK PREPARED 'gid'
+  Set,                 // SET [SESSION] name {=|TO} value, SET TIME ZONE, SET NAMES, ...
+  SetLocal,            // SET LOCAL ...
+  SetTransaction,      // SET TRANSACTION ..., SET TRANSACTION SNAPSHOT ...
+  Reset,               // RESET name
+  ResetAll,            // RESET ALL
+  Discard,             // DISCARD ALL | PLANS | SEQUENCES | TEMP
+  Deallocate,          // DEALLOCATE [PREPARE] name | ALL
+  Prepare,             // PREPARE name [(types)] AS statement
+  Execute,             // EXECUTE name [(args)]
+  Listen,
+  Unlisten,  // UNLISTEN name | *
+  Notify,
+  Show,
+  Select,  // also VALUES, TABLE, and a parenthesised or WITH-prefixed select
+  Insert,
+  Update,
+  Delete,
+  Copy,
+  Declare,  // DECLARE name CURSOR
+  Create,
+  Alter,
+  Drop,
+  Explain,
+  Other,
+};
+
+std::string_view statement_kind_name(StatementKind kind);
+
+// An identifier normalised as PostgreSQL does (unquoted: ASCII lower-cased; quoted: quotes
+// removed, "" unescaped; each part cut to 63 bytes), stored inline so classify() never allocates.
+class NormalizedName {
+ public:
+  static constexpr std::size_t kCapacity = 255;
+
+  std::string_view view() const { return {buffer_.data(), size_}; }
+  bool empty() const { return size_ == 0; }
+  friend bool operator==(const NormalizedName& a, std::string_view b) { return a.view() == b; }
+
+  void clear() { size_ = 0; }
+  // False (and nothing appended) when `text` does not fit.
+  bool append(std::string_view text);
+  bool push_back(char c);
+
+ private:
+  std::array<char, kCapacity> buffer_{};
+  std::uint8_t size_ = 0;
+};
+
+struct StatementInfo {
+  StatementKind kind = StatementKind::Empty;
+
+  // Another non-empty statement follows the first one's top-level ';' (simple query protocol).
+  bool multiple_statements = false;
+
+  // Begin, SetTransaction, Set (SESSION CHARACTERISTICS): the last access mode given is READ ONLY.
+  bool read_only = false;
+  // Commit, Rollback: AND CHAIN (a new transaction starts at once; the server stays lent).
+  bool and_chain = false;
+  // Create: the object is temporary (CREATE [GLOBAL|LOCAL] TEMP|TEMPORARY ..., or in pg_temp);
+  // Select: SELECT ... INTO TEMP creates a temporary table.
+  bool temporary = false;
+  // Create: ON COMMIT DROP (the temporary table does not outlive the transaction).
+  bool on_commit_drop = false;
+  // Declare: WITH HOLD (the cursor outlives the transaction).
+  bool with_hold = false;
+  // Discard: DISCARD ALL.
+  bool discard_all = false;
+  // Deallocate ALL, Unlisten *.
+  bool all = false;
+  // Set, SetLocal: the value is DEFAULT (or TIME ZONE LOCAL, or NAMES without an encoding), i.e.
+  // the statement resets the parameter.
+  bool value_is_default = false;
+  // The first statement calls pg_advisory_lock[_shared] or pg_try_advisory_lock[_shared]
+  // (session-level locks, which transaction pooling cannot honour). Also looks inside DO bodies.
+  bool calls_advisory_session_lock = false;
+  // `name` could not be normalised inline (longer than NormalizedName::kCapacity, or a U&""
+  // identifier); it is empty and raw_name holds the text.
+  bool name_unsupported = false;
+
+  // Set, SetLocal, Reset, Show: the configuration parameter, lower-cased even when quoted
+  // because parameter names are case-insensitive ("TimeZone" and timezone are one setting);
+  // the special forms map to their parameter: TIME ZONE -> timezone, NAMES -> client_encoding,
+  // SCHEMA -> search_path, ROLE -> role, SESSION AUTHORIZATION -> session_authorization,
+  // XML OPTION -> xmloption, TRANSACTION ISOLATION LEVEL -> transaction_isolation;
+  // SET SESSION CHARACTERISTICS AS TRANSACTION -> session_characteristics; SHOW ALL -> all.
+  // Prepare, Execute, Deallocate: statement name. Savepoint, Release, RollbackToSavepoint:
+  // savepoint. Listen, Unlisten, Notify: channel. Declare: cursor. Discard: all, plans,
+  // sequences or temp. These follow identifier rules (quoted names keep their case).
+  NormalizedName name;
+  // The name as written (e.g. `"TimeZone"`, `TIME ZONE`, `pgvalve.device_id`).
+  std::string_view raw_name;
+  // Set, SetLocal, SetTransaction: the value as written, trimmed, without the ';'
+  // (`'UTC'`, `a, b`, `ISOLATION LEVEL SERIALIZABLE`). Notify: the payload literal.
+  // PrepareTransaction, CommitPrepared, RollbackPrepared: the transaction id literal.
+  std::string_view value;
+  // The leading `/* pgvalve: ... */` hint, see leading_hint().
+  std::string_view hint;
+  // The first statement from its first token to its last, without the ';'.
+  std::string_view text;
+  // Where the rest of the input starts (after the first statement's ';'), to classify the next
+  // statement with classify(sql.substr(next_offset)); sql.size() when there is no ';'.
+  std::size_t next_offset = 0;
+};
+
+// Classifies the first non-empty statement of `sql`. One lexer pass over that statement, no
+// allocation. `sql` must outlive the string_views in the result.
+StatementInfo classify(std::string_view sql);
+
+}  // namespace pgvalve::routing

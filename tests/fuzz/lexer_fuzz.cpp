@@ -1,0 +1,85 @@
+// libFuzzer target for routing/: SQL lexer, leading_hint, fingerprint/normalize and classify.
+// Not part of the CMake build (needs clang). Build and run from the repository root:
+//
+//   clang++ -g -O1 -fsanitize=fuzzer,address,undefined -std=c++20 -I/work/main \
+//     tests/fuzz/lexer_fuzz.cpp routing/sql_lexer.cpp routing/fingerprint.cpp \
+//     routing/statement.cpp -lxxhash -o /tmp/lexer_fuzz
+//   mkdir -p /tmp/lexer_corpus && /tmp/lexer_fuzz -max_total_time=20 /tmp/lexer_corpus
+//
+// Besides crashes and out-of-bounds reads it checks the invariants callers rely on.
+#include <xxhash.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+
+#include "routing/fingerprint.h"
+#include "routing/sql_lexer.h"
+#include "routing/statement.h"
+
+namespace {
+
+using pgvalve::routing::classify;
+using pgvalve::routing::fingerprint;
+using pgvalve::routing::leading_hint;
+using pgvalve::routing::normalize;
+using pgvalve::routing::SqlLexer;
+using pgvalve::routing::StatementInfo;
+using pgvalve::routing::Token;
+using pgvalve::routing::TokenKind;
+
+void check(bool ok) {
+  if (!ok) std::abort();
+}
+
+bool inside(std::string_view outer, std::string_view inner) {
+  if (inner.empty()) return true;
+  return inner.data() >= outer.data() && inner.data() + inner.size() <= outer.data() + outer.size();
+}
+
+void check_tokens(std::string_view sql) {
+  SqlLexer lexer(sql);
+  Token t;
+  std::size_t last_end = 0;
+  bool ended = false;
+  while (lexer.next(t)) {
+    check(!ended);  // nothing after an Unterminated token
+    check(!t.text.empty());
+    check(t.offset >= last_end);
+    check(t.end() <= sql.size());
+    check(t.text.data() == sql.data() + t.offset);
+    last_end = t.end();
+    ended = t.kind == TokenKind::Unterminated;
+    if (ended) check(t.end() == sql.size());
+  }
+  check(!lexer.next(t));
+}
+
+void check_statements(std::string_view sql) {
+  std::size_t offset = 0;
+  for (int guard = 0; guard < 1000; ++guard) {
+    const std::string_view rest = sql.substr(offset);
+    const StatementInfo info = classify(rest);
+    check(info.next_offset <= rest.size());
+    check(inside(rest, info.text) && inside(rest, info.value) && inside(rest, info.raw_name) &&
+          inside(rest, info.hint));
+    check(info.name.view().size() <= pgvalve::routing::NormalizedName::kCapacity);
+    if (!info.multiple_statements) return;
+    check(info.next_offset > 0);
+    offset += info.next_offset;
+  }
+  check(false);  // each statement consumes at least its ';'
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  const std::string_view sql(reinterpret_cast<const char*>(data), size);
+  check_tokens(sql);
+  check(inside(sql, leading_hint(sql)));
+  const std::string normalized = normalize(sql);
+  check(fingerprint(sql) == XXH3_64bits(normalized.data(), normalized.size()));
+  check_statements(sql);
+  return 0;
+}

@@ -1,0 +1,156 @@
+#include "routing/fingerprint.h"
+
+#include <gtest/gtest.h>
+#include <xxhash.h>
+
+#include <string>
+
+namespace pgvalve::routing {
+namespace {
+
+void expect_same(std::string_view a, std::string_view b) {
+  EXPECT_EQ(normalize(a), normalize(b)) << a << "\n" << b;
+  EXPECT_EQ(fingerprint(a), fingerprint(b)) << a << "\n" << b;
+}
+
+void expect_different(std::string_view a, std::string_view b) {
+  EXPECT_NE(normalize(a), normalize(b)) << a << "\n" << b;
+  EXPECT_NE(fingerprint(a), fingerprint(b)) << a << "\n" << b;
+}
+
+TEST(Normalize, LiteralsAndParamsBecomePlaceholders) {
+  EXPECT_EQ(normalize("SELECT * FROM telemetry WHERE device_id = 42 AND kind = 'temp' AND "
+                      "ts > $1 AND body = $$x$$ AND r = 1.5e3"),
+            "select * from telemetry where device_id = $? and kind = $? and ts > $? and body = $? "
+            "and r = $?");
+}
+
+TEST(Normalize, PrefixedStringsAreLiterals) {
+  EXPECT_EQ(normalize("select E'a\\'b', B'01', X'ff', U&'x', N'y'"),
+            "select $? , $? , $? , $? , $?");
+}
+
+TEST(Normalize, KeywordsAndIdentifiersLowerCasedQuotedKept) {
+  EXPECT_EQ(normalize("SELECT Device_ID FROM \"Telemetry\""),
+            "select device_id from \"Telemetry\"");
+}
+
+TEST(Normalize, CommentsAndWhitespaceDropped) {
+  EXPECT_EQ(normalize("/* pgvalve: primary */ select\n\t1 -- trailing\n"), "select $?");
+}
+
+TEST(Normalize, InListCollapses) {
+  EXPECT_EQ(normalize("select 1 from t where id IN (1, 2, 3)"),
+            "select $? from t where id in ( $? )");
+  EXPECT_EQ(normalize("select 1 from t where id not in ($1,$2)"),
+            "select $? from t where id not in ( $? )");
+  EXPECT_EQ(normalize("select 1 from t where id in (-1, 'a', $3)"),
+            "select $? from t where id in ( $? )");
+}
+
+TEST(Normalize, InWithNonLiteralsDoesNotCollapse) {
+  EXPECT_EQ(normalize("select 1 from t where id in (select id from u)"),
+            "select $? from t where id in ( select id from u )");
+  EXPECT_EQ(normalize("select 1 from t where id in (a, 2)"),
+            "select $? from t where id in ( a , $? )");
+  EXPECT_EQ(normalize("select 1 from t where id in (1 + 2)"),
+            "select $? from t where id in ( $? + $? )");
+}
+
+TEST(Normalize, ArrayLiteralCollapses) {
+  EXPECT_EQ(normalize("select * from t where id = any(ARRAY[1,2,3])"),
+            "select * from t where id = any ( array [ $? ] )");
+}
+
+TEST(Normalize, NegativeNumbersFoldInOperandPosition) {
+  EXPECT_EQ(normalize("select -1, x - 1, f(-2.5), a=-3, b - -4 from t where c = - 5"),
+            "select $? , x - $? , f ( $? ) , a = $? , b - $? from t where c = $?");
+}
+
+TEST(Normalize, MinusAfterValueKeywordStaysSubtraction) {
+  EXPECT_EQ(normalize("select current_date - 1, date - 1"), "select current_date - $? , date - $?");
+  expect_different("select date - 1 from t", "select date '2024-01-01' from t");
+}
+
+TEST(Normalize, OrderByAndGroupByPositionsStay) {
+  EXPECT_EQ(normalize("select a, count(*) from t group by 1 order by 2 desc, 1 limit 10"),
+            "select a , count ( * ) from t group by 1 order by 2 desc , 1 limit $?");
+  EXPECT_EQ(normalize("select a from t order by a + 1, 2"), "select a from t order by a + $? , 2");
+  EXPECT_EQ(normalize("select a from (select a from t order by 1) s where b = 2"),
+            "select a from ( select a from t order by 1 ) s where b = $?");
+  EXPECT_EQ(normalize("select a, b from t order by 1 union select 1, 2"),
+            "select a , b from t order by 1 union select $? , $?");
+}
+
+TEST(Normalize, TrailingSemicolonsDropped) {
+  EXPECT_EQ(normalize("select 1;"), "select $?");
+  EXPECT_EQ(normalize("select 1 ; ; -- done"), "select $?");
+  EXPECT_EQ(normalize("select 1; select 2;"), "select $? ; select $?");
+}
+
+TEST(Normalize, UnterminatedInput) {
+  EXPECT_EQ(normalize("select 'abc"), "select $?");
+  EXPECT_EQ(normalize("select 1 /* open"), "select $?");
+  EXPECT_EQ(normalize(""), "");
+}
+
+TEST(Fingerprint, EqualsHashOfNormalizedText) {
+  for (std::string_view sql : {"select 1", "", "SELECT * FROM t WHERE a IN (1,2) ORDER BY 1;",
+                               "insert into telemetry (device_id, ts, v) values ($1, $2, $3)"}) {
+    const std::string n = normalize(sql);
+    EXPECT_EQ(fingerprint(sql), XXH3_64bits(n.data(), n.size())) << sql;
+  }
+}
+
+TEST(Fingerprint, LongStatementsHashTheSameAsOneShot) {
+  std::string sql = "insert into telemetry (device_id, v) values ";
+  for (int i = 0; i < 2000; ++i) {
+    sql += (i ? ", (" : "(") + std::to_string(i) + ", 'Value_" + std::to_string(i) + "')";
+  }
+  const std::string n = normalize(sql);
+  ASSERT_GT(n.size(), 4096u);
+  EXPECT_EQ(fingerprint(sql), XXH3_64bits(n.data(), n.size()));
+}
+
+TEST(Fingerprint, IgnoresLiterals) {
+  expect_same("select * from t where a = 1 and b = 'x'", "select * from t where a = 2 and b = 'y'");
+  expect_same("select * from t where a = $1", "select * from t where a = 7");
+  expect_same("select * from t where a = $$x$$", "select * from t where a = 'x'");
+  expect_same("select * from t where a = -1", "select * from t where a = 1");
+}
+
+TEST(Fingerprint, IgnoresWhitespaceCommentsAndCase) {
+  expect_same("SELECT  *\nFROM T\twhere A=1", "select * from t where a = 1");
+  expect_same("/* pgvalve: primary */ select 1 -- x", "select 1");
+  expect_same("select 1;", "select 1");
+}
+
+TEST(Fingerprint, IgnoresInListLength) {
+  expect_same("select * from t where id in (1)", "select * from t where id in (1, 2, 3, 4, 5)");
+  expect_same("select * from t where id in ($1, $2)", "select * from t where id in ('a','b','c')");
+}
+
+TEST(Fingerprint, DiffersForDifferentStructure) {
+  expect_different("select * from t where a = 1", "select * from t where b = 1");
+  expect_different("select * from t where a = 1", "select * from u where a = 1");
+  expect_different("select * from t where a = 1", "select * from t where a > 1");
+  expect_different("select * from t where a in (1, 2)", "select * from t where a in (1, b)");
+  expect_different("select a from t", "select \"A\" from t");
+  expect_different("select a from t order by 1", "select a from t order by 2");
+  expect_different("select 1; select 2", "select 1");
+  expect_different("select x - 1 from t", "select x + 1 from t");
+}
+
+TEST(Fingerprint, PinnedValue) {
+  // Frozen on purpose: fingerprints are user-visible (SHOW QUERIES, slow-query samples,
+  // metrics). If this changes, every user's fingerprints change; do it only deliberately,
+  // with a release note.
+  EXPECT_EQ(normalize("SELECT * FROM telemetry WHERE device_id IN (1, 2, 3) AND ts > '2024-01-01'"),
+            "select * from telemetry where device_id in ( $? ) and ts > $?");
+  EXPECT_EQ(
+      fingerprint("SELECT * FROM telemetry WHERE device_id IN (1, 2, 3) AND ts > '2024-01-01'"),
+      0xa01ab24a466da67aULL);
+}
+
+}  // namespace
+}  // namespace pgvalve::routing

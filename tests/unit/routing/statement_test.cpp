@@ -1,0 +1,511 @@
+#include "routing/statement.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+
+namespace pgvalve::routing {
+
+// gtest finds these by argument-dependent lookup to print values in failure messages.
+void PrintTo(StatementKind kind, std::ostream* os) {
+  *os << statement_kind_name(kind);
+}
+void PrintTo(const NormalizedName& name, std::ostream* os) {
+  *os << '"' << name.view() << '"';
+}
+
+namespace {
+
+using SK = StatementKind;
+
+StatementKind kind_of(std::string_view sql) {
+  return classify(sql).kind;
+}
+
+TEST(Classify, Empty) {
+  EXPECT_EQ(kind_of(""), SK::Empty);
+  EXPECT_EQ(kind_of("  -- nothing\n /* at all */ "), SK::Empty);
+  EXPECT_EQ(kind_of(";;"), SK::Empty);
+  EXPECT_FALSE(classify(";").multiple_statements);
+}
+
+TEST(Classify, Begin) {
+  EXPECT_EQ(kind_of("BEGIN"), SK::Begin);
+  EXPECT_EQ(kind_of("begin;"), SK::Begin);
+  EXPECT_EQ(kind_of("begin work"), SK::Begin);
+  EXPECT_EQ(kind_of("Begin Transaction"), SK::Begin);
+  EXPECT_EQ(kind_of("START TRANSACTION"), SK::Begin);
+  EXPECT_FALSE(classify("begin").read_only);
+  EXPECT_FALSE(classify("begin;").multiple_statements);
+}
+
+TEST(Classify, BeginReadOnly) {
+  const StatementInfo info = classify("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY");
+  EXPECT_EQ(info.kind, SK::Begin);
+  EXPECT_TRUE(info.read_only);
+  EXPECT_TRUE(classify("begin read only").read_only);
+  EXPECT_TRUE(classify("START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY, DEFERRABLE")
+                  .read_only);
+  EXPECT_FALSE(classify("begin isolation level read committed").read_only);
+}
+
+TEST(Classify, StartTransactionReadWrite) {
+  const StatementInfo info = classify("start transaction read write");
+  EXPECT_EQ(info.kind, SK::Begin);
+  EXPECT_FALSE(info.read_only);
+}
+
+TEST(Classify, StartWithoutTransactionIsOther) {
+  EXPECT_EQ(kind_of("start replication"), SK::Other);
+}
+
+TEST(Classify, Commit) {
+  EXPECT_EQ(kind_of("COMMIT"), SK::Commit);
+  EXPECT_EQ(kind_of("commit work;"), SK::Commit);
+  EXPECT_EQ(kind_of("END"), SK::Commit);
+  EXPECT_EQ(kind_of("end transaction"), SK::Commit);
+  EXPECT_FALSE(classify("commit").and_chain);
+}
+
+TEST(Classify, CommitAndChain) {
+  const StatementInfo info = classify("commit and chain");
+  EXPECT_EQ(info.kind, SK::Commit);
+  EXPECT_TRUE(info.and_chain);
+  EXPECT_FALSE(classify("COMMIT AND NO CHAIN").and_chain);
+  EXPECT_TRUE(classify("rollback transaction and chain").and_chain);
+}
+
+TEST(Classify, Rollback) {
+  EXPECT_EQ(kind_of("ROLLBACK"), SK::Rollback);
+  EXPECT_EQ(kind_of("rollback work"), SK::Rollback);
+  EXPECT_EQ(kind_of("ABORT"), SK::Rollback);
+  EXPECT_EQ(kind_of("abort transaction;"), SK::Rollback);
+}
+
+TEST(Classify, RollbackToSavepoint) {
+  StatementInfo info = classify("ROLLBACK TO SAVEPOINT sp1");
+  EXPECT_EQ(info.kind, SK::RollbackToSavepoint);
+  EXPECT_EQ(info.name, "sp1");
+  info = classify("rollback work to \"Sp\"");
+  EXPECT_EQ(info.kind, SK::RollbackToSavepoint);
+  EXPECT_EQ(info.name, "Sp");
+  info = classify("rollback to savepoint");  // a savepoint called "savepoint"
+  EXPECT_EQ(info.kind, SK::RollbackToSavepoint);
+  EXPECT_EQ(info.name, "savepoint");
+}
+
+TEST(Classify, SavepointAndRelease) {
+  StatementInfo info = classify("SAVEPOINT My_Point");
+  EXPECT_EQ(info.kind, SK::Savepoint);
+  EXPECT_EQ(info.name, "my_point");
+  EXPECT_EQ(info.raw_name, "My_Point");
+  info = classify("RELEASE SAVEPOINT sp");
+  EXPECT_EQ(info.kind, SK::Release);
+  EXPECT_EQ(info.name, "sp");
+  info = classify("release sp2");
+  EXPECT_EQ(info.kind, SK::Release);
+  EXPECT_EQ(info.name, "sp2");
+}
+
+TEST(Classify, TwoPhaseCommit) {
+  StatementInfo info = classify("PREPARE TRANSACTION 'tx-1'");
+  EXPECT_EQ(info.kind, SK::PrepareTransaction);
+  EXPECT_EQ(info.value, "'tx-1'");
+  info = classify("COMMIT PREPARED 'tx-1';");
+  EXPECT_EQ(info.kind, SK::CommitPrepared);
+  EXPECT_EQ(info.value, "'tx-1'");
+  info = classify("rollback prepared 'tx-1'");
+  EXPECT_EQ(info.kind, SK::RollbackPrepared);
+  EXPECT_EQ(info.value, "'tx-1'");
+}
+
+TEST(Classify, SetGeneric) {
+  StatementInfo info = classify("SET search_path = a, b;");
+  EXPECT_EQ(info.kind, SK::Set);
+  EXPECT_EQ(info.name, "search_path");
+  EXPECT_EQ(info.value, "a, b");
+  info = classify("set application_name to 'dash board'  -- why\n");
+  EXPECT_EQ(info.kind, SK::Set);
+  EXPECT_EQ(info.name, "application_name");
+  EXPECT_EQ(info.value, "'dash board'");
+  EXPECT_FALSE(info.value_is_default);
+}
+
+TEST(Classify, SetTimezoneSpellings) {
+  StatementInfo info = classify("set \"TimeZone\" to 'UTC'");
+  EXPECT_EQ(info.kind, SK::Set);
+  EXPECT_EQ(info.name, "timezone");
+  EXPECT_EQ(info.raw_name, "\"TimeZone\"");
+  EXPECT_EQ(info.value, "'UTC'");
+  info = classify("SET timezone TO 'Europe/Berlin'");
+  EXPECT_EQ(info.name, "timezone");
+  EXPECT_EQ(info.value, "'Europe/Berlin'");
+  info = classify("set time zone 'UTC'");
+  EXPECT_EQ(info.kind, SK::Set);
+  EXPECT_EQ(info.name, "timezone");
+  EXPECT_EQ(info.raw_name, "time zone");
+  EXPECT_EQ(info.value, "'UTC'");
+  info = classify("SET TIME ZONE INTERVAL '+02:00' HOUR TO MINUTE");
+  EXPECT_EQ(info.name, "timezone");
+  EXPECT_EQ(info.value, "INTERVAL '+02:00' HOUR TO MINUTE");
+}
+
+TEST(Classify, SetSpecialForms) {
+  StatementInfo info = classify("SET NAMES 'UTF8'");
+  EXPECT_EQ(info.kind, SK::Set);
+  EXPECT_EQ(info.name, "client_encoding");
+  EXPECT_EQ(info.value, "'UTF8'");
+  info = classify("set schema 'telemetry'");
+  EXPECT_EQ(info.name, "search_path");
+  EXPECT_EQ(info.value, "'telemetry'");
+  info = classify("SET ROLE reader");
+  EXPECT_EQ(info.name, "role");
+  EXPECT_EQ(info.value, "reader");
+  info = classify("SET SESSION AUTHORIZATION 'bob'");
+  EXPECT_EQ(info.kind, SK::Set);
+  EXPECT_EQ(info.name, "session_authorization");
+  EXPECT_EQ(info.value, "'bob'");
+  info = classify("set xml option document");
+  EXPECT_EQ(info.name, "xmloption");
+  EXPECT_EQ(info.value, "document");
+}
+
+TEST(Classify, SetSessionModifier) {
+  StatementInfo info = classify("SET SESSION statement_timeout = 5000");
+  EXPECT_EQ(info.kind, SK::Set);
+  EXPECT_EQ(info.name, "statement_timeout");
+  EXPECT_EQ(info.value, "5000");
+  info = classify("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY");
+  EXPECT_EQ(info.kind, SK::Set);
+  EXPECT_EQ(info.name, "session_characteristics");
+  EXPECT_EQ(info.value, "READ ONLY");
+  EXPECT_TRUE(info.read_only);
+}
+
+TEST(Classify, SetDefault) {
+  EXPECT_TRUE(classify("SET work_mem TO DEFAULT").value_is_default);
+  EXPECT_TRUE(classify("set work_mem = default;").value_is_default);
+  EXPECT_FALSE(classify("set work_mem = 'default'").value_is_default);
+  EXPECT_TRUE(classify("SET TIME ZONE LOCAL").value_is_default);
+  EXPECT_TRUE(classify("SET TIME ZONE DEFAULT").value_is_default);
+  EXPECT_TRUE(classify("SET NAMES").value_is_default);
+}
+
+TEST(Classify, SetQualifiedName) {
+  const StatementInfo info = classify("SET pgvalve.Device_Id = '42'");
+  EXPECT_EQ(info.kind, SK::Set);
+  EXPECT_EQ(info.name, "pgvalve.device_id");
+  EXPECT_EQ(info.raw_name, "pgvalve.Device_Id");
+  EXPECT_EQ(info.value, "'42'");
+}
+
+TEST(Classify, SetLocal) {
+  StatementInfo info = classify("SET LOCAL x = 1");
+  EXPECT_EQ(info.kind, SK::SetLocal);
+  EXPECT_EQ(info.name, "x");
+  EXPECT_EQ(info.value, "1");
+  info = classify("set local time zone 'UTC'");
+  EXPECT_EQ(info.kind, SK::SetLocal);
+  EXPECT_EQ(info.name, "timezone");
+}
+
+TEST(Classify, SetTransaction) {
+  StatementInfo info = classify("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY");
+  EXPECT_EQ(info.kind, SK::SetTransaction);
+  EXPECT_TRUE(info.read_only);
+  EXPECT_EQ(info.value, "ISOLATION LEVEL SERIALIZABLE, READ ONLY");
+  info = classify("set transaction snapshot '00000003-0000001B-1'");
+  EXPECT_EQ(info.kind, SK::SetTransaction);
+  EXPECT_FALSE(info.read_only);
+}
+
+TEST(Classify, Reset) {
+  StatementInfo info = classify("RESET search_path");
+  EXPECT_EQ(info.kind, SK::Reset);
+  EXPECT_EQ(info.name, "search_path");
+  info = classify("reset \"TimeZone\"");
+  EXPECT_EQ(info.name, "timezone");
+  info = classify("RESET TIME ZONE");
+  EXPECT_EQ(info.name, "timezone");
+  info = classify("reset session authorization");
+  EXPECT_EQ(info.name, "session_authorization");
+  info = classify("reset transaction isolation level");
+  EXPECT_EQ(info.name, "transaction_isolation");
+}
+
+TEST(Classify, ResetAll) {
+  const StatementInfo info = classify("RESET ALL;");
+  EXPECT_EQ(info.kind, SK::ResetAll);
+  EXPECT_EQ(info.name, "all");
+}
+
+TEST(Classify, Show) {
+  StatementInfo info = classify("SHOW TimeZone");
+  EXPECT_EQ(info.kind, SK::Show);
+  EXPECT_EQ(info.name, "timezone");
+  info = classify("show time zone");
+  EXPECT_EQ(info.name, "timezone");
+  info = classify("SHOW TRANSACTION ISOLATION LEVEL");
+  EXPECT_EQ(info.name, "transaction_isolation");
+  info = classify("show all");
+  EXPECT_EQ(info.name, "all");
+  info = classify("SHOW pgvalve.route");
+  EXPECT_EQ(info.name, "pgvalve.route");
+}
+
+TEST(Classify, Discard) {
+  StatementInfo info = classify("DISCARD ALL");
+  EXPECT_EQ(info.kind, SK::Discard);
+  EXPECT_TRUE(info.discard_all);
+  EXPECT_EQ(info.name, "all");
+  for (std::string_view sql :
+       {"discard plans", "DISCARD SEQUENCES", "discard temp", "discard temporary"}) {
+    info = classify(sql);
+    EXPECT_EQ(info.kind, SK::Discard) << sql;
+    EXPECT_FALSE(info.discard_all) << sql;
+  }
+  EXPECT_EQ(classify("discard temporary").name, "temp");
+}
+
+TEST(Classify, Deallocate) {
+  StatementInfo info = classify("DEALLOCATE stmt1");
+  EXPECT_EQ(info.kind, SK::Deallocate);
+  EXPECT_EQ(info.name, "stmt1");
+  EXPECT_FALSE(info.all);
+  info = classify("deallocate prepare \"S_1\"");
+  EXPECT_EQ(info.name, "S_1");
+  info = classify("DEALLOCATE ALL");
+  EXPECT_TRUE(info.all);
+  EXPECT_TRUE(info.name.empty());
+  info = classify("deallocate prepare all");
+  EXPECT_TRUE(info.all);
+  info = classify("deallocate prepare");  // a statement called "prepare"
+  EXPECT_EQ(info.name, "prepare");
+}
+
+TEST(Classify, PrepareAndExecute) {
+  StatementInfo info = classify("PREPARE Q1 (int) AS SELECT * FROM t WHERE id = $1");
+  EXPECT_EQ(info.kind, SK::Prepare);
+  EXPECT_EQ(info.name, "q1");
+  info = classify("EXECUTE q1(42)");
+  EXPECT_EQ(info.kind, SK::Execute);
+  EXPECT_EQ(info.name, "q1");
+  info = classify("prepare transaction as select 1");  // a statement called "transaction"
+  EXPECT_EQ(info.kind, SK::Prepare);
+  EXPECT_EQ(info.name, "transaction");
+}
+
+TEST(Classify, ListenUnlistenNotify) {
+  StatementInfo info = classify("LISTEN Device_Events");
+  EXPECT_EQ(info.kind, SK::Listen);
+  EXPECT_EQ(info.name, "device_events");
+  info = classify("unlisten \"Chan\"");
+  EXPECT_EQ(info.kind, SK::Unlisten);
+  EXPECT_EQ(info.name, "Chan");
+  EXPECT_FALSE(info.all);
+  info = classify("UNLISTEN *");
+  EXPECT_EQ(info.kind, SK::Unlisten);
+  EXPECT_TRUE(info.all);
+  info = classify("NOTIFY chan, 'payload'");
+  EXPECT_EQ(info.kind, SK::Notify);
+  EXPECT_EQ(info.name, "chan");
+  EXPECT_EQ(info.value, "'payload'");
+}
+
+TEST(Classify, DataStatements) {
+  EXPECT_EQ(kind_of("SELECT 1"), SK::Select);
+  EXPECT_EQ(kind_of("values (1), (2)"), SK::Select);
+  EXPECT_EQ(kind_of("TABLE telemetry"), SK::Select);
+  EXPECT_EQ(kind_of("((select 1) union (select 2))"), SK::Select);
+  EXPECT_EQ(kind_of("INSERT INTO t VALUES (1)"), SK::Insert);
+  EXPECT_EQ(kind_of("update t set a = 1"), SK::Update);
+  EXPECT_EQ(kind_of("DELETE FROM t"), SK::Delete);
+  EXPECT_EQ(kind_of("copy t from stdin"), SK::Copy);
+  EXPECT_EQ(kind_of("explain select 1"), SK::Explain);
+}
+
+TEST(Classify, WithTakesTheMainStatementKind) {
+  EXPECT_EQ(kind_of("WITH x AS (SELECT 1) SELECT * FROM x"), SK::Select);
+  EXPECT_EQ(kind_of("with recursive r(n) as (select 1 union all select n+1 from r) "
+                    "insert into t select n from r"),
+            SK::Insert);
+  EXPECT_EQ(kind_of("WITH d AS (DELETE FROM t RETURNING *) UPDATE u SET a = 1"), SK::Update);
+  EXPECT_EQ(kind_of("with d as (select 1) delete from t"), SK::Delete);
+}
+
+TEST(Classify, Declare) {
+  StatementInfo info = classify("DECLARE c CURSOR WITH HOLD FOR select 1");
+  EXPECT_EQ(info.kind, SK::Declare);
+  EXPECT_EQ(info.name, "c");
+  EXPECT_TRUE(info.with_hold);
+  info = classify("declare c binary no scroll cursor without hold for select 1");
+  EXPECT_FALSE(info.with_hold);
+  info = classify("declare c cursor for with hold as (select 1) select * from hold");
+  EXPECT_FALSE(info.with_hold);
+}
+
+TEST(Classify, CreateAlterDrop) {
+  StatementInfo info = classify("CREATE TABLE t (a int)");
+  EXPECT_EQ(info.kind, SK::Create);
+  EXPECT_FALSE(info.temporary);
+  EXPECT_EQ(kind_of("alter table t add b int"), SK::Alter);
+  EXPECT_EQ(kind_of("DROP TABLE t"), SK::Drop);
+}
+
+TEST(Classify, CreateTemporary) {
+  for (std::string_view sql :
+       {"CREATE TEMP TABLE t (a int)", "create temporary table t as select 1",
+        "CREATE LOCAL TEMPORARY TABLE t (a int)", "create global temp table t (a int)",
+        "CREATE OR REPLACE TEMP VIEW v AS SELECT 1", "create table pg_temp.t (a int)"}) {
+    const StatementInfo info = classify(sql);
+    EXPECT_EQ(info.kind, SK::Create) << sql;
+    EXPECT_TRUE(info.temporary) << sql;
+    EXPECT_FALSE(info.on_commit_drop) << sql;
+  }
+  const StatementInfo info = classify("create temp table t (a int) on commit drop");
+  EXPECT_TRUE(info.temporary);
+  EXPECT_TRUE(info.on_commit_drop);
+  EXPECT_FALSE(classify("create temp table t (a int) on commit delete rows").on_commit_drop);
+}
+
+TEST(Classify, SelectIntoTemp) {
+  StatementInfo info = classify("SELECT * INTO TEMP t FROM u");
+  EXPECT_EQ(info.kind, SK::Select);
+  EXPECT_TRUE(info.temporary);
+  EXPECT_TRUE(classify("select 1 into local temporary t").temporary);
+  EXPECT_FALSE(classify("select 1 into t").temporary);
+  EXPECT_FALSE(classify("select temp from t").temporary);
+}
+
+TEST(Classify, OtherStatements) {
+  EXPECT_EQ(kind_of("VACUUM t"), SK::Other);
+  EXPECT_EQ(kind_of("truncate t"), SK::Other);
+  EXPECT_EQ(kind_of("merge into t using u on true when matched then do nothing"), SK::Other);
+  EXPECT_EQ(kind_of("'not sql'"), SK::Other);
+  EXPECT_EQ(kind_of("\"ident\""), SK::Other);
+  EXPECT_EQ(kind_of("select 'unterminated"), SK::Select);
+  EXPECT_EQ(kind_of("'unterminated"), SK::Other);
+  EXPECT_EQ(kind_of("/* unterminated comment"), SK::Other);
+}
+
+TEST(Classify, HintCommentsAndWhitespaceSkipped) {
+  const StatementInfo info = classify("  /* pgvalve: primary */\n select 1");
+  EXPECT_EQ(info.kind, SK::Select);
+  EXPECT_EQ(info.hint, "primary");
+  EXPECT_EQ(info.text, "select 1");
+  EXPECT_EQ(kind_of("-- hello\n/* a /* nested */ b */ BEGIN"), SK::Begin);
+}
+
+TEST(Classify, KeywordInsideStringIsNotAStatement) {
+  const StatementInfo info = classify("select 'begin'");
+  EXPECT_EQ(info.kind, SK::Select);
+  EXPECT_FALSE(info.multiple_statements);
+}
+
+TEST(Classify, MultipleStatements) {
+  const std::string_view sql = "select 1; select 2";
+  const StatementInfo info = classify(sql);
+  EXPECT_EQ(info.kind, SK::Select);
+  EXPECT_TRUE(info.multiple_statements);
+  EXPECT_EQ(info.text, "select 1");
+  EXPECT_EQ(info.next_offset, 9u);
+  const StatementInfo second = classify(sql.substr(info.next_offset));
+  EXPECT_EQ(second.text, "select 2");
+  EXPECT_FALSE(second.multiple_statements);
+  EXPECT_EQ(second.next_offset, sql.size() - info.next_offset);
+
+  EXPECT_TRUE(classify("BEGIN; UPDATE t SET a = 1; COMMIT").multiple_statements);
+  EXPECT_EQ(kind_of("BEGIN; UPDATE t SET a = 1; COMMIT"), SK::Begin);
+}
+
+TEST(Classify, TrailingSemicolonsAndCommentsAreNotAnotherStatement) {
+  EXPECT_FALSE(classify("select 1;").multiple_statements);
+  EXPECT_FALSE(classify("select 1; ; -- bye\n /* c */").multiple_statements);
+}
+
+TEST(Classify, SemicolonInsideLiteralsAndCommentsDoesNotSplit) {
+  for (std::string_view sql : {"select ';'", "select $$;$$", "select 1 -- ; select 2",
+                               "select /* ; */ 1", "select \";\" from t", "select E'\\';'"}) {
+    const StatementInfo info = classify(sql);
+    EXPECT_FALSE(info.multiple_statements) << sql;
+    EXPECT_EQ(info.text, sql.substr(0, info.text.size())) << sql;
+  }
+  EXPECT_EQ(classify("select ';' ; select 2").text, "select ';'");
+}
+
+TEST(Classify, SemicolonInsideParenthesesDoesNotSplit) {
+  // CREATE RULE ... DO (a; b) is one statement.
+  EXPECT_FALSE(
+      classify("create rule r as on insert to t do also (insert into u values (1); notify c)")
+          .multiple_statements);
+}
+
+TEST(Classify, SqlStandardFunctionBodyIsOneStatement) {
+  const StatementInfo info = classify(
+      "CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql BEGIN ATOMIC "
+      "select case when true then 1 end; select 2; END; select 3");
+  EXPECT_EQ(info.kind, SK::Create);
+  EXPECT_TRUE(info.multiple_statements);
+  EXPECT_TRUE(info.text.ends_with("END")) << info.text;
+}
+
+TEST(Classify, AdvisorySessionLocks) {
+  for (std::string_view sql :
+       {"select pg_advisory_lock(1)", "SELECT PG_TRY_ADVISORY_LOCK(1, 2)",
+        "select pg_catalog.pg_advisory_lock_shared (42)", "select pg_try_advisory_lock_shared(1)",
+        "select \"pg_advisory_lock\"(1)", "select 1 from t where pg_advisory_lock(id) is not null",
+        "DO $$BEGIN PERFORM pg_advisory_lock(7); END$$",
+        "do language plpgsql 'begin perform pg_try_advisory_lock(7); end'"}) {
+    EXPECT_TRUE(classify(sql).calls_advisory_session_lock) << sql;
+  }
+  for (std::string_view sql :
+       {"select pg_advisory_xact_lock(1)", "select pg_advisory_unlock(1)",
+        "select 'pg_advisory_lock(1)'", "select pg_advisory_lock from t",
+        "select \"PG_ADVISORY_LOCK\"(1)", "select 1; select pg_advisory_lock(1)",
+        "create function f() returns void as $$ select pg_advisory_lock(1) $$ language sql"}) {
+    EXPECT_FALSE(classify(sql).calls_advisory_session_lock) << sql;
+  }
+}
+
+TEST(Classify, NamesFollowIdentifierRules) {
+  EXPECT_EQ(classify("PREPARE \"My\"\"Stmt\" AS select 1").name, "My\"Stmt");
+  EXPECT_EQ(classify("execute MyStmt").name, "mystmt");
+  const StatementInfo unicode = classify("prepare U&\"\\0061\" as select 1");
+  EXPECT_TRUE(unicode.name.empty());
+  EXPECT_TRUE(unicode.name_unsupported);
+  EXPECT_EQ(unicode.raw_name, "U&\"\\0061\"");
+}
+
+TEST(Classify, LongNamesAreCutLikePostgres) {
+  const std::string name(70, 'a');
+  const StatementInfo info = classify("prepare " + name + " as select 1");
+  EXPECT_EQ(info.name.view(), std::string(63, 'a'));
+  // 62 ASCII bytes then a 2-byte character: cutting at 63 would split it, so 62 remain.
+  const std::string utf8 = std::string(62, 'b') + "\xC3\xA9" + "cc";
+  EXPECT_EQ(classify("savepoint " + utf8).name.view(), std::string(62, 'b'));
+}
+
+TEST(Classify, VeryLongParameterNameIsUnsupported) {
+  std::string name;
+  for (int i = 0; i < 5; ++i)
+    name += (i ? "." : "") + std::string(60, 'x');
+  const std::string sql = "set " + name + " = 1";
+  const StatementInfo info = classify(sql);
+  EXPECT_EQ(info.kind, SK::Set);
+  EXPECT_TRUE(info.name_unsupported);
+  EXPECT_TRUE(info.name.empty());
+  EXPECT_EQ(info.raw_name, name);
+  EXPECT_EQ(info.value, "1");
+}
+
+TEST(Classify, NameSurvivesCopy) {
+  StatementInfo copy;
+  {
+    const std::string sql = "SET TimeZone = 'UTC'";
+    copy = classify(sql);
+  }
+  EXPECT_EQ(copy.name, "timezone");
+}
+
+}  // namespace
+}  // namespace pgvalve::routing
