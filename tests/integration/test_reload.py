@@ -47,7 +47,11 @@ def test_broken_yaml_is_refused_and_old_config_keeps_serving(pgvalve, app2):
                    if re.search(r"reload|config", l, re.I)
                    and re.search(r"level=(error|warn)", l, re.I)]
         assert refusal, f"no error/warn line about the refused reload in:\n{log[-3000:]}"
-        assert any(re.search(r"line[=: ]*\d+|:\d+:\d+", l) for l in refusal), refusal
+        # DESIGN §1: "a bad file is refused with file:line:column"
+        path = re.escape(str(pv.config_path))
+        assert any(re.search(path + r":\d+:\d+", l)
+                   or (re.search(r"file=\"?" + path, l) and re.search(r"line=\d+", l))
+                   for l in refusal), refusal
         # a config that parses but is invalid (impossible value) is refused as well
         bad_value = copy.deepcopy(pv.config)
         bad_value["pool"]["mode"] = "sometimes"
@@ -117,7 +121,8 @@ def test_sigterm_drains_open_transaction(pgvalve, cluster):
 def test_sigterm_gives_up_after_shutdown_timeout(pgvalve, cluster):
     pv = pgvalve(mode="transaction", pool_size=2, shutdown_timeout_s=3,
                  routing={"read_write_split": False})
-    with pv.connect(autocommit=False) as c:
+    c = pv.connect(autocommit=False)
+    try:
         c.execute("select 1")  # a transaction that never ends
         t0 = time.monotonic()
         pv.signal(signal.SIGTERM)
@@ -125,6 +130,11 @@ def test_sigterm_gives_up_after_shutdown_timeout(pgvalve, cluster):
         elapsed = time.monotonic() - t0
         assert rc is not None, "pgvalve ignored shutdown_timeout_s (still running after 10 s)"
         assert 2.5 <= elapsed <= 6, f"exited {elapsed:.1f}s after SIGTERM, shutdown_timeout_s=3"
+        # the abandoned client sees its connection closed, not a hang
+        with pytest.raises(psycopg.OperationalError):
+            c.execute("select 2")
+    finally:
+        c.close()
     # nothing of that client is left open on the server
     wait_until(lambda: cluster.primary.scalar(
         "select count(*) from pg_stat_activity where usename = 'app' "
