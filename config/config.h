@@ -175,5 +175,25 @@ std::vector<std::pair<std::string, std::string>> describe(const Config& config);
 
 const char* to_string(PoolMode mode);
 const char* to_string(LogLevel level);
+// The YAML words for the other enums ("prefer", "xxh3", "least_connections", ...).
+const char* to_string(TlsMode mode);
+const char* to_string(HashFunction hash);
+const char* to_string(ReadsTo reads);
+const char* to_string(LoadBalance balance);
+const char* to_string(ReadYourWrites mode);
+const char* to_string(FailoverMode mode);
+
+// One difference between two configs, by describe() key (passwords stay "<hidden>").
+struct ConfigChange {
+  std::string key;
+  std::string old_value;       // "" when the key is new
+  std::string new_value;       // "" when the key is gone
+  bool needs_restart = false;  // listen, admin_listen, workers: a reload cannot apply them
+};
+// What a reload from `before` to `after` changes, in describe() order of `after`, then removed
+// keys. Empty when nothing changed.
+std::vector<ConfigChange> diff(const Config& before, const Config& after);
+// True for the keys only a restart applies (listen, admin_listen, workers).
+bool needs_restart(std::string_view describe_key);
 
 }  // namespace pgvalve::config

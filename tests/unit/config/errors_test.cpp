@@ -1,0 +1,468 @@
+// Invalid files: every kind of error names its key path and 1-based line/column, and all of
+// them are reported together.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "config/config.h"
+#include "config_test_util.h"
+
+namespace pgvalve::config {
+namespace {
+
+using test::dump;
+using test::has_error;
+using test::kMinimal;
+
+// kMinimal is 7 lines; sections appended to it start on line 8.
+LoadResult load_with(const std::string& extra) {
+  LoadResult result = load_config_string(std::string(kMinimal) + extra);
+  EXPECT_EQ(result.config, nullptr) << "expected errors";
+  EXPECT_FALSE(result.errors.empty());
+  return result;
+}
+
+TEST(Errors, YamlSyntaxErrorIsOneErrorWithPosition) {
+  const LoadResult result = load_config_string("users:\n  - name: app\n    password: [pw\n");
+  EXPECT_EQ(result.config, nullptr);
+  ASSERT_EQ(result.errors.size(), 1u) << dump(result);
+  EXPECT_EQ(result.errors[0].path, "");
+  EXPECT_GT(result.errors[0].line, 0);
+  EXPECT_GT(result.errors[0].column, 0);
+  EXPECT_NE(result.errors[0].message.find("YAML syntax error"), std::string::npos);
+}
+
+TEST(Errors, TabIndentationIsASyntaxError) {
+  const LoadResult result = load_config_string("listen: 0.0.0.0:6432\n\tworkers: 2\n");
+  ASSERT_EQ(result.errors.size(), 1u) << dump(result);
+  EXPECT_EQ(result.errors[0].line, 2);
+  EXPECT_EQ(result.errors[0].column, 1);
+}
+
+TEST(Errors, EmptyAndNonMapDocuments) {
+  EXPECT_TRUE(has_error(load_config_string(""), "", 0, "empty"));
+  EXPECT_TRUE(has_error(load_config_string("# only a comment\n"), "", 0, "empty"));
+  EXPECT_TRUE(has_error(load_config_string("- a\n- b\n"), "", 1, "expected a map"));
+  EXPECT_TRUE(has_error(load_config_string("just text\n"), "", 1, "expected a map"));
+  EXPECT_TRUE(has_error(load_config_string(std::string(kMinimal) + "---\nworkers: 1\n"), "", 0,
+                        "only one YAML document"));
+}
+
+TEST(Errors, UsersAndDatabasesAreRequired) {
+  const LoadResult missing = load_config_string("workers: 2\n");
+  EXPECT_TRUE(has_error(missing, "users", 1, "required"));
+  EXPECT_TRUE(has_error(missing, "databases", 1, "required"));
+
+  const LoadResult empty = load_config_string("users: []\ndatabases: {}\n");
+  EXPECT_TRUE(has_error(empty, "users", 1, "at least one user"));
+  EXPECT_TRUE(has_error(empty, "databases", 2, "at least one database"));
+}
+
+TEST(Errors, UnknownKeysWithHint) {
+  const LoadResult result = load_with("pool:\n  pool_sise: 5\n  colour: red\nlisten_addr: x\n");
+  EXPECT_TRUE(has_error(result, "pool.pool_sise", 9, "did you mean \"pool_size\""));
+  EXPECT_TRUE(has_error(result, "pool.colour", 10, "unknown key \"colour\""));
+  EXPECT_TRUE(has_error(result, "listen_addr", 11, "unknown key"));
+  EXPECT_EQ(result.errors[0].column, 3);
+}
+
+TEST(Errors, UnknownKeysInNestedSections) {
+  const LoadResult result = load_config_string(R"(users:
+  - name: app
+    password: pw
+    role: admin
+databases:
+  telemetry:
+    dbnmae: x
+    shards:
+      - primary: 127.0.0.1:5432
+        weight: 2
+    sharding:
+      keys: device_id
+)");
+  EXPECT_TRUE(has_error(result, "users[0].role", 4, "unknown key"));
+  EXPECT_TRUE(has_error(result, "databases.telemetry.dbnmae", 7, "did you mean \"dbname\""));
+  EXPECT_TRUE(has_error(result, "databases.telemetry.shards[0].weight", 10, "unknown key"));
+  EXPECT_TRUE(has_error(result, "databases.telemetry.sharding.keys", 12, "did you mean \"key\""));
+}
+
+TEST(Errors, DuplicateKey) {
+  const LoadResult result = load_with("workers: 1\nworkers: 2\n");
+  EXPECT_TRUE(has_error(result, "workers", 9, "duplicate key"));
+}
+
+TEST(Errors, WrongTypes) {
+  const LoadResult result = load_with(R"(pool:
+  pool_size: twenty
+  pre_ping: maybe
+  mode: [transaction]
+limits: 5
+stats:
+  slow_query_ms: 1.5
+health: [1, 2]
+)");
+  EXPECT_TRUE(has_error(result, "pool.pool_size", 9, "expected an integer, got \"twenty\""));
+  EXPECT_TRUE(has_error(result, "pool.pre_ping", 10, "expected true or false"));
+  EXPECT_TRUE(has_error(result, "pool.mode", 11, "got a list"));
+  EXPECT_TRUE(has_error(result, "limits", 12, "expected a map"));
+  EXPECT_TRUE(has_error(result, "stats.slow_query_ms", 14, "expected an integer"));
+  EXPECT_TRUE(has_error(result, "health", 15, "got a list"));
+}
+
+TEST(Errors, MapWhereAListIsExpected) {
+  const LoadResult result = load_config_string(R"(users:
+  name: app
+  password: pw
+databases:
+  telemetry:
+    shards:
+      primary: 127.0.0.1:5432
+)");
+  EXPECT_TRUE(has_error(result, "users", 2, "expected a list, got a map"));
+  EXPECT_TRUE(has_error(result, "databases.telemetry.shards", 7, "expected a list, got a map"));
+}
+
+TEST(Errors, ListWhereAMapIsExpected) {
+  const LoadResult result = load_config_string(R"(users:
+  - app
+databases:
+  - telemetry
+)");
+  EXPECT_TRUE(has_error(result, "users[0]", 2, "expected a map"));
+  EXPECT_TRUE(has_error(result, "databases", 4, "expected a map of database name"));
+}
+
+TEST(Errors, ImpossibleNumbers) {
+  const LoadResult result = load_with(R"(workers: -1
+shutdown_timeout_s: -5
+pool:
+  pool_size: 0
+  max_overflow: -1
+  checkout_timeout_ms: 0
+limits:
+  connections_per_ip: -1
+  max_message_bytes: 99999999999
+health:
+  failures_before_down: 0
+stats:
+  max_fingerprints: 99999999999999999999999
+)");
+  EXPECT_TRUE(has_error(result, "workers", 8, "between 0 and 1024, got -1"));
+  EXPECT_TRUE(has_error(result, "shutdown_timeout_s", 9, "at least 0"));
+  EXPECT_TRUE(has_error(result, "pool.pool_size", 11, "must be at least 1, got 0"));
+  EXPECT_TRUE(has_error(result, "pool.max_overflow", 12, "at least 0"));
+  EXPECT_TRUE(has_error(result, "pool.checkout_timeout_ms", 13, "at least 1"));
+  EXPECT_TRUE(has_error(result, "limits.connections_per_ip", 15, "at least 0"));
+  EXPECT_TRUE(has_error(result, "limits.max_message_bytes", 16, "between 1024 and 2147483647"));
+  EXPECT_TRUE(has_error(result, "health.failures_before_down", 18, "at least 1"));
+  EXPECT_TRUE(has_error(result, "stats.max_fingerprints", 20, "too large"));
+  EXPECT_EQ(result.errors.size(), 9u) << dump(result);
+}
+
+TEST(Errors, BadEndpoints) {
+  const LoadResult result = load_config_string(R"(listen: 0.0.0.0
+admin_listen: 127.0.0.1:70000
+users: [{name: app, password: pw}]
+databases:
+  telemetry:
+    shards:
+      - primary: ::1:5432
+        replicas: ["[::1]", "host:abc", ":5432", "bad host:1"]
+)");
+  EXPECT_TRUE(has_error(result, "listen", 1, "missing port"));
+  EXPECT_TRUE(has_error(result, "admin_listen", 2, "out of range 1-65535"));
+  EXPECT_TRUE(has_error(result, "databases.telemetry.shards[0].primary", 7, "needs brackets"));
+  EXPECT_TRUE(has_error(result, "databases.telemetry.shards[0].replicas[0]", 8, "missing port"));
+  EXPECT_TRUE(has_error(result, "databases.telemetry.shards[0].replicas[1]", 8, "invalid port"));
+  EXPECT_TRUE(has_error(result, "databases.telemetry.shards[0].replicas[2]", 8, "missing host"));
+  EXPECT_TRUE(
+      has_error(result, "databases.telemetry.shards[0].replicas[3]", 8, "invalid host name"));
+  EXPECT_TRUE(has_error(load_with("listen: 0.0.0.0:0\n"), "listen", 8, "out of range"));
+  EXPECT_TRUE(has_error(load_with("listen: [::1]\n"), "listen", 8, "quote IPv6"));
+}
+
+TEST(Errors, ListenAndAdminListenMustNotCollide) {
+  EXPECT_TRUE(has_error(load_with("admin_listen: 127.0.0.1:6432\n"), "admin_listen", 8,
+                        "conflicts with listen"));
+}
+
+TEST(Errors, UnknownEnumWords) {
+  const LoadResult result = load_with(R"(log_level: verbose
+server_tls: always
+tls: {cert: a.crt, key: a.key, mode: optional}
+pool: {mode: txn}
+routing: {reads: replica, load_balance: fastest, read_your_writes: yes}
+failover: {mode: auto}
+)");
+  EXPECT_TRUE(has_error(result, "log_level", 8,
+                        "unknown value \"verbose\", expected debug, info, warn or error"));
+  EXPECT_TRUE(has_error(result, "server_tls", 9, "expected disable, prefer or require"));
+  EXPECT_TRUE(has_error(result, "tls.mode", 10, "unknown value \"optional\""));
+  EXPECT_TRUE(has_error(result, "pool.mode", 11, "expected session, transaction or statement"));
+  EXPECT_TRUE(has_error(result, "routing.reads", 12, "expected replicas, primary or any"));
+  EXPECT_TRUE(has_error(result, "routing.load_balance", 12, "least_connections"));
+  EXPECT_TRUE(has_error(result, "routing.read_your_writes", 12, "expected off, lsn or time"));
+  EXPECT_TRUE(has_error(result, "failover.mode", 13, "expected off, follow or promote"));
+}
+
+TEST(Errors, TlsNeedsCertAndKeyUnlessDisabled) {
+  const LoadResult result = load_with("tls:\n  mode: require\n");
+  EXPECT_TRUE(has_error(result, "tls.cert", 9, "required"));
+  EXPECT_TRUE(has_error(result, "tls.key", 9, "required"));
+  EXPECT_EQ(load_config_string(std::string(kMinimal) + "tls:\n  mode: disable\n").errors.size(),
+            0u);
+}
+
+TEST(Errors, Users) {
+  const LoadResult result = load_config_string(std::string(R"(users:
+  - name: app
+    password: pw
+  - password: pw2
+  - name: app
+    password: pw3
+  - name: nopass
+  - name: ""
+    password: x
+  - name: badscram
+    password: "SCRAM-SHA-256$4096:..."
+  - name: badmd5
+    password: md5zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz
+  - name: upstream
+    password: pw
+    server_password: ")") + test::kScramVerifier +
+                                               R"("
+  - name: notbool
+    password: pw
+    admin: sometimes
+databases:
+  telemetry:
+    shards:
+      - primary: 127.0.0.1:5432
+)");
+  EXPECT_TRUE(has_error(result, "users[1].name", 4, "required"));
+  EXPECT_TRUE(has_error(result, "users[2].name", 5, "duplicate user name \"app\" (also users[0])"));
+  EXPECT_TRUE(has_error(result, "users[3].password", 7, "required"));
+  EXPECT_TRUE(has_error(result, "users[4].name", 8, "must not be empty"));
+  EXPECT_TRUE(has_error(result, "users[5].password", 11, "malformed SCRAM verifier"));
+  EXPECT_TRUE(has_error(result, "users[6].password", 13, "malformed md5 hash"));
+  EXPECT_TRUE(has_error(result, "users[7].server_password", 16, "cannot be used to log in"));
+  EXPECT_TRUE(has_error(result, "users[8].admin", 19, "expected true or false"));
+  EXPECT_EQ(result.errors.size(), 8u) << dump(result);
+}
+
+TEST(Errors, Databases) {
+  const LoadResult result = load_config_string(R"(users: [{name: app, password: pw}]
+databases:
+  pgvalve:
+    shards:
+      - primary: 127.0.0.1:5432
+  empty:
+  noshards:
+    dbname: x
+  zeroshards:
+    shards: []
+  blankdb:
+    dbname: ""
+    shards:
+      - primary: 127.0.0.1:5432
+)");
+  EXPECT_TRUE(has_error(result, "databases.pgvalve", 3, "reserved for the admin console"));
+  EXPECT_TRUE(has_error(result, "databases.empty.shards", 6, "required"));
+  EXPECT_TRUE(has_error(result, "databases.noshards.shards", 8, "required"));
+  EXPECT_TRUE(has_error(result, "databases.zeroshards.shards", 10, "at least one shard"));
+  EXPECT_TRUE(has_error(result, "databases.blankdb.dbname", 12, "must not be empty"));
+  EXPECT_EQ(result.errors.size(), 5u) << dump(result);
+}
+
+TEST(Errors, Shards) {
+  const LoadResult result = load_config_string(R"(users: [{name: app, password: pw}]
+databases:
+  telemetry:
+    shards:
+      - name: s0
+        primary: 127.0.0.1:5432
+        replicas: [127.0.0.1:5433]
+      - name: s0
+        primary: 127.0.0.1:5442
+      - name: s2
+        replicas: [127.0.0.1:5453]
+      - name: s3
+        primary: 127.0.0.1:5433
+      - name: s4
+        primary: 127.0.0.1:5462
+        replicas: 127.0.0.1:5463
+    sharding:
+      key: device_id
+)");
+  EXPECT_TRUE(has_error(result, "databases.telemetry.shards[1].name", 8,
+                        "duplicate shard name \"s0\" (also databases.telemetry.shards[0])"));
+  EXPECT_TRUE(has_error(result, "databases.telemetry.shards[2].primary", 10, "required"));
+  EXPECT_TRUE(has_error(result, "databases.telemetry.shards[3].primary", 13,
+                        "already used by databases.telemetry.shards[0].replicas[0]"));
+  EXPECT_TRUE(has_error(result, "databases.telemetry.shards[4].replicas", 16, "expected a list"));
+  EXPECT_EQ(result.errors.size(), 4u) << dump(result);
+}
+
+TEST(Errors, SeveralShardsNeedASharding) {
+  const LoadResult result = load_config_string(R"(users: [{name: app, password: pw}]
+databases:
+  telemetry:
+    shards:
+      - primary: 127.0.0.1:5432
+      - primary: 127.0.0.1:5442
+)");
+  EXPECT_TRUE(has_error(result, "databases.telemetry.sharding", 4, "2 shards need a sharding"));
+}
+
+std::string sharded(const std::string& sharding) {
+  return R"(users: [{name: app, password: pw}]
+databases:
+  telemetry:
+    shards:
+      - {name: s0, primary: "127.0.0.1:5432"}
+      - {name: s1, primary: "127.0.0.1:5442"}
+    sharding:
+)" + sharding;
+}
+
+TEST(Errors, BucketMapOverlap) {
+  const LoadResult result = load_config_string(sharded(R"(      buckets: 1024
+      bucket_map:
+        s0: 0-511
+        s1: 500-1023
+)"));
+  EXPECT_TRUE(has_error(result, "databases.telemetry.sharding.bucket_map.s1", 11,
+                        "range 500-1023 overlaps 0-511 of shard s0"));
+  EXPECT_EQ(result.errors.size(), 1u) << dump(result);
+}
+
+TEST(Errors, BucketMapGaps) {
+  const LoadResult result = load_config_string(sharded(R"(      buckets: 1024
+      bucket_map:
+        s0: ["1-100", "200-511"]
+        s1: 512-1000
+)"));
+  EXPECT_TRUE(has_error(result, "databases.telemetry.sharding.bucket_map", 10,
+                        "buckets 0-0, 101-199, 1001-1023 are not assigned to any shard"));
+  EXPECT_EQ(result.errors.size(), 1u) << dump(result);
+}
+
+TEST(Errors, BucketMapExceedsBuckets) {
+  const LoadResult result = load_config_string(sharded(R"(      buckets: 16
+      bucket_map:
+        s0: 0-7
+        s1: [8-15, 16-31]
+)"));
+  EXPECT_TRUE(has_error(result, "databases.telemetry.sharding.bucket_map.s1[1]", 11,
+                        "exceeds buckets (16): the last bucket is 15"));
+}
+
+TEST(Errors, BucketMapBadEntries) {
+  const LoadResult result = load_config_string(sharded(R"(      bucket_map:
+        s0: 0-511
+        s1: 1023-512
+        s9: 512-1023
+        s0: 5
+)"));
+  EXPECT_TRUE(has_error(result, "databases.telemetry.sharding.bucket_map.s1", 10, "is backwards"));
+  EXPECT_TRUE(has_error(result, "databases.telemetry.sharding.bucket_map.s0", 12, "duplicate"));
+
+  const LoadResult unknown = load_config_string(sharded(R"(      bucket_map:
+        s0: 0-511
+        s9: 512-1023
+)"));
+  EXPECT_TRUE(
+      has_error(unknown, "databases.telemetry.sharding.bucket_map.s9", 10, "no shard named"));
+
+  const LoadResult garbage = load_config_string(sharded(R"(      bucket_map:
+        s0: all
+        s1: {from: 1}
+)"));
+  EXPECT_TRUE(has_error(garbage, "databases.telemetry.sharding.bucket_map.s0", 9,
+                        "expected a bucket range"));
+  EXPECT_TRUE(has_error(garbage, "databases.telemetry.sharding.bucket_map.s1", 10, "got a map"));
+  EXPECT_EQ(garbage.errors.size(), 2u) << dump(garbage);  // no follow-on gap error
+}
+
+TEST(Errors, BucketMapNeedsXxh3AndEnoughBuckets) {
+  const LoadResult md5 = load_config_string(sharded(R"(      hash: md5_mod
+      bucket_map: {s0: 0-511, s1: 512-1023}
+)"));
+  EXPECT_TRUE(has_error(md5, "databases.telemetry.sharding.bucket_map", 9, "only applies to"));
+
+  const LoadResult few = load_config_string(sharded("      buckets: 1\n"));
+  EXPECT_TRUE(has_error(few, "databases.telemetry.sharding.buckets", 8, "at least the number"));
+
+  const LoadResult bad_hash = load_config_string(sharded("      hash: crc32\n"));
+  EXPECT_TRUE(has_error(bad_hash, "databases.telemetry.sharding.hash", 8,
+                        "expected xxh3, md5_mod or pg_partition"));
+}
+
+TEST(Errors, ShardingTables) {
+  const LoadResult result = load_config_string(sharded(R"(      key: ""
+      tables: [telemetry, telemetry]
+      reference_tables: [device_types, telemetry]
+)"));
+  EXPECT_TRUE(has_error(result, "databases.telemetry.sharding.key", 8, "must not be empty"));
+  EXPECT_TRUE(has_error(result, "databases.telemetry.sharding.tables[1]", 9, "is listed twice"));
+  EXPECT_TRUE(has_error(result, "databases.telemetry.sharding.reference_tables[1]", 10,
+                        "also listed in tables"));
+}
+
+TEST(Errors, AllErrorsAreReportedInFileOrder) {
+  const LoadResult result = load_config_string(R"(workers: many
+log_level: loud
+users:
+  - name: app
+databases:
+  telemetry:
+    shards:
+      - primary: nowhere
+pool:
+  pool_size: -3
+)");
+  EXPECT_EQ(result.config, nullptr);
+  ASSERT_EQ(result.errors.size(), 5u) << dump(result);
+  EXPECT_EQ(result.errors[0].path, "workers");
+  EXPECT_EQ(result.errors[1].path, "log_level");
+  EXPECT_EQ(result.errors[2].path, "users[0].password");
+  EXPECT_EQ(result.errors[3].path, "databases.telemetry.shards[0].primary");
+  EXPECT_EQ(result.errors[4].path, "pool.pool_size");
+  for (std::size_t i = 1; i < result.errors.size(); ++i) {
+    EXPECT_LE(result.errors[i - 1].line, result.errors[i].line);
+  }
+}
+
+TEST(Errors, ToStringFormat) {
+  const LoadResult result = load_with("pool:\n  pool_size: 0\n");
+  ASSERT_EQ(result.errors.size(), 1u) << dump(result);
+  EXPECT_EQ(result.errors[0].to_string("/etc/pgvalve.yaml"),
+            "/etc/pgvalve.yaml:9:14: pool.pool_size: must be at least 1, got 0");
+  const ConfigError no_position{"", 0, 0, "cannot open the file"};
+  EXPECT_EQ(no_position.to_string("f.yaml"), "f.yaml: cannot open the file");
+}
+
+TEST(Errors, OddInputsNeverThrow) {
+  const std::vector<std::string> inputs = {
+      "{",
+      "[[[[[[[[",
+      std::string(5000, '['),
+      "users: &u [*u]\ndatabases: &d {a: *d}\n",
+      "? [complex, key]\n: value\n",
+      "users: [{name: [a], password: {x: 1}}]\ndatabases: {db: {shards: [[]]}}\n",
+      std::string("\0\xff\xfe garbage", 11),
+      "databases:\n  ? [x]\n  : {}\n",
+      "listen: !!binary aGVsbG8=\n",
+      "users: 'x'\ndatabases: 3\n",
+  };
+  for (const std::string& input : inputs) {
+    LoadResult result;
+    EXPECT_NO_THROW(result = load_config_string(input)) << input;
+    EXPECT_EQ(result.config, nullptr) << input;
+    EXPECT_FALSE(result.errors.empty()) << input;
+  }
+}
+
+}  // namespace
+}  // namespace pgvalve::config
