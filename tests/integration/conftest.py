@@ -64,8 +64,11 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if report.failed:
         for i, pv in enumerate(getattr(item, "_pgvalve_instances", [])):
+            rc = pv.proc.poll() if pv.proc is not None else None
+            state = "running" if rc is None else f"EXITED with code {rc}"
             report.sections.append(
-                (f"pgvalve[{i}] log tail ({pv.log_path})", pv.log_tail(80)))
+                (f"pgvalve[{i}] pid {pv.pid} {state}; log tail ({pv.log_path})",
+                 pv.log_tail(80)))
 
 
 TEST_TIME_LIMIT_S = int(os.environ.get("PGVALVE_TEST_TIME_LIMIT_S", "150"))

@@ -1,0 +1,252 @@
+"""The HTTP endpoint on admin_listen (DESIGN §6): /health, /ready, /status, /metrics against a
+real cluster and the real binary. HTTP via urllib / http.client from the stdlib."""
+
+import http.client
+import json
+import re
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import psycopg
+import pytest
+
+from conftest import pgvalve_binary
+from pgcluster import APP_DB, APP_USER, Pgvalve, free_port, wait_until
+
+OPS_USER = "ops"
+OPS_PASSWORD = "ops-secret"
+
+
+def get(pv, path, method="GET", timeout=10):
+    """(status, body text, headers) of one request; 4xx/5xx are returned, not raised."""
+    req = urllib.request.Request(f"http://127.0.0.1:{pv.admin_port}{path}", method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode(), r.headers
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(), e.headers
+
+
+LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text):
+    """[(name, {label: value}, float)] of every sample; checks TYPE lines come first."""
+    samples, typed = [], set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            typed.add(line.split()[2])
+            continue
+        if not line or line.startswith("#"):
+            continue
+        m = LINE.match(line)
+        assert m, f"not a Prometheus sample line: {line!r}"
+        name, labels, value = m.group(1), m.group(2) or "", float(m.group(3))
+        assert name in typed, f"{name} has no # TYPE line"
+        samples.append((name, dict(LABEL.findall(labels)), value))
+    return samples
+
+
+def metric(samples, name, **labels):
+    """Sum of the samples of `name` whose labels include `labels`."""
+    found = [v for n, l, v in samples
+             if n == name and all(l.get(k) == str(v2) for k, v2 in labels.items())]
+    assert found, f"no sample {name}{labels}"
+    return sum(found)
+
+
+def scrape(pv):
+    status, body, headers = get(pv, "/metrics")
+    assert status == 200, body
+    assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    return parse_metrics(body)
+
+
+@pytest.fixture
+def pv(pgvalve):
+    return pgvalve(mode="transaction", pool_size=4,
+                   users=[{"name": APP_USER, "password": "app-secret"},
+                          {"name": OPS_USER, "password": OPS_PASSWORD, "admin": True}])
+
+
+def primary_host(cluster):
+    return f"127.0.0.1:{cluster.primary.port}"
+
+
+def test_health(pv):
+    status, body, headers = get(pv, "/health")
+    assert (status, body) == (200, "ok\n")
+    assert headers["Content-Type"].startswith("text/plain")
+
+
+def test_not_found_and_method_not_allowed(pv):
+    assert get(pv, "/nope")[0] == 404
+    assert get(pv, "/")[0] == 404
+    status, _, headers = get(pv, "/health", method="POST")
+    assert status == 405
+    assert headers["Allow"] == "GET"
+    assert get(pv, "/metrics", method="DELETE")[0] == 405
+    # a query string does not change the route
+    assert get(pv, "/health?verbose=1")[:2] == (200, "ok\n")
+
+
+def test_keep_alive_and_limits(pv):
+    c = http.client.HTTPConnection("127.0.0.1", pv.admin_port, timeout=10)
+    for path, want in [("/health", 200), ("/nope", 404), ("/status", 200), ("/metrics", 200)]:
+        c.request("GET", path)
+        r = c.getresponse()
+        r.read()
+        assert r.status == want
+        assert not r.will_close, "keep-alive connection closed by the server"
+    c.close()
+    # a request too large is refused and the connection closed
+    c = http.client.HTTPConnection("127.0.0.1", pv.admin_port, timeout=10)
+    c.request("GET", "/health", headers={"X-Big": "x" * 20000})
+    r = c.getresponse()
+    assert r.status == 413
+    c.close()
+    # garbage is a 400, not a crash
+    with socket.create_connection(("127.0.0.1", pv.admin_port), timeout=10) as s:
+        s.sendall(b"\x00\x01 not http\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 400")
+    assert get(pv, "/health")[0] == 200
+
+
+def test_idle_http_client_is_dropped(pv):
+    """A connection that never sends a whole request is closed (read timeout, 10 s)."""
+    with socket.create_connection(("127.0.0.1", pv.admin_port), timeout=20) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+        t0 = time.monotonic()
+        assert s.recv(100) == b""
+        assert 5 <= time.monotonic() - t0 <= 15
+    assert get(pv, "/health")[0] == 200
+
+
+def test_ready_ok(pv, cluster):
+    # no client yet: the primary is checked with a TCP connect
+    status, body, _ = get(pv, "/ready")
+    assert status == 200, body
+    assert body.startswith("ready\n")
+    assert f"{APP_DB}/s0 primary {primary_host(cluster)}: ok" in body
+    # once a server connection is pooled, that is the evidence
+    with pv.connect() as conn:
+        conn.execute("select 1")
+    status, body, _ = get(pv, "/ready")
+    assert status == 200, body
+    assert "server connection(s) open" in body
+
+
+def test_ready_503_when_primary_unreachable(pgvalve, cluster):
+    dead = free_port()  # nothing listens there
+    pv = pgvalve(databases={APP_DB: {"shards": [
+        {"name": "s0", "primary": f"127.0.0.1:{dead}", "replicas": []}]}})
+    t0 = time.monotonic()
+    status, body, _ = get(pv, "/ready")
+    assert time.monotonic() - t0 < 3
+    assert status == 503, body
+    assert body.startswith("not ready\n")
+    assert f"{APP_DB}/s0 primary 127.0.0.1:{dead}: not ready: TCP connect failed" in body
+    # the process itself still serves
+    assert get(pv, "/health")[0] == 200
+
+
+def test_ready_503_while_draining(pgvalve):
+    pv = pgvalve(shutdown_timeout_s=10)
+    conn = pv.connect(autocommit=False)
+    conn.execute("select 1")  # a transaction is open: the drain waits for it
+    pv.signal(signal.SIGTERM)
+    status, body = wait_until(lambda: (lambda r: r[:2] if r[0] == 503 else None)(get(pv, "/ready")),
+                              timeout=5, message="/ready 503 while draining")
+    assert body == "draining\n"
+    assert get(pv, "/health")[0] == 200
+    status, body, _ = get(pv, "/status")
+    assert json.loads(body)["draining"] is True
+    conn.commit()
+    conn.close()
+    assert pv.wait_exit(10) == 0
+    # the HTTP listener is gone with the process
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", pv.admin_port), timeout=2)
+
+
+def test_metrics_follow_the_pool(pv, cluster):
+    samples = scrape(pv)
+    assert metric(samples, "pgvalve_build_info") == 1
+    assert metric(samples, "pgvalve_client_connections_open") == 0
+
+    host = primary_host(cluster)
+    pool = dict(database=APP_DB, user=APP_USER, host=host)
+    server = dict(database=APP_DB, shard="s0", host=host, role="primary")
+    with pv.connect() as conn:
+        conn.execute("select 1")
+        before = scrape(pv)
+        checkouts0 = metric(before, "pgvalve_pool_checkouts_total", **pool)
+        assert metric(before, "pgvalve_server_connections", state="idle", **server) >= 1
+        assert metric(before, "pgvalve_server_connections_opened_total", **pool) >= 1
+        assert metric(before, "pgvalve_client_connections", state="active") == 1
+        assert metric(before, "pgvalve_client_connections", state="waiting") == 0
+        assert metric(before, "pgvalve_client_connections_open") == 1
+        for i in range(10):
+            assert conn.execute("select %s::int", (i,)).fetchone() == (i,)
+        after = scrape(pv)
+        assert metric(after, "pgvalve_pool_checkouts_total", **pool) >= checkouts0 + 10
+
+        # the same figures as the admin console's SHOW POOLS and /status
+        with psycopg.connect(pv.dsn(user=OPS_USER, password=OPS_PASSWORD, dbname="pgvalve"),
+                             autocommit=True) as admin:
+            cur = admin.execute("SHOW POOLS")
+            cols = [d.name for d in cur.description]
+            rows = [dict(zip(cols, r)) for r in cur.fetchall()]
+            now = scrape(pv)
+        _, body, _ = get(pv, "/status")
+    row = next(r for r in rows if r["database"] == APP_DB and r["user"] == APP_USER)
+    status_pool = next(p for p in json.loads(body)["pools"]
+                       if p["database"] == APP_DB and p["user"] == APP_USER)
+    for state, col in [("idle", "sv_idle"), ("active", "sv_active"), ("login", "sv_login")]:
+        assert metric(now, "pgvalve_server_connections", state=state, **server) == int(row[col])
+    assert metric(now, "pgvalve_pool_size", **pool) == int(row["size"]) == status_pool["size"]
+    assert status_pool["checked_in"] == int(row["checked_in"])
+    assert metric(now, "pgvalve_pool_checkouts_total", **pool) <= status_pool["total_checkouts"]
+    assert metric(now, "pgvalve_pool_checkout_timeouts_total", **pool) == 0
+
+
+def test_status_json(pv, cluster):
+    with pv.connect() as conn:
+        conn.execute("select 1")
+        status, body, headers = get(pv, "/status")
+    assert status == 200
+    assert headers["Content-Type"] == "application/json"
+    doc = json.loads(body)
+    assert isinstance(doc["version"], str) and doc["version"]
+    assert doc["clients"] == 1
+    assert doc["draining"] is False
+    [pool] = [p for p in doc["pools"] if p["database"] == APP_DB and p["user"] == APP_USER]
+    assert pool["host"] == primary_host(cluster)
+    assert pool["size"] >= 1 and pool["total_created"] >= 1 and pool["total_checkouts"] >= 1
+    assert pool["checked_in"] + pool["checked_out"] + pool["opening"] == pool["size"]
+    for key in ("overflow", "waiting", "clients", "total_waits", "total_timeouts",
+                "total_closed"):
+        assert isinstance(pool[key], int)
+    [db] = doc["databases"]
+    assert db["name"] == APP_DB
+    assert db["shards"] == [{"name": "s0", "primary": primary_host(cluster),
+                             "replicas": [f"127.0.0.1:{r.port}" for r in cluster.replicas]}]
+
+
+def test_admin_listen_bind_failure_exits_1(cluster, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        pv = Pgvalve(cluster, tmp_path / "bindfail", binary=pgvalve_binary(),
+                     admin_listen=f"127.0.0.1:{port}")
+        pv.write_config()
+        r = subprocess.run([pv.binary, "--config", str(pv.config_path)], capture_output=True,
+                           text=True, timeout=15)
+    assert r.returncode == 1, r.stderr
+    assert "event=admin_listen_failed" in r.stderr
