@@ -165,6 +165,19 @@ std::vector<std::unique_ptr<Connection>> ServerPool::collect_expired(Clock::time
   return expired;
 }
 
+std::vector<std::unique_ptr<Connection>> ServerPool::take_all_idle() {
+  std::vector<std::unique_ptr<Connection>> all;
+  std::lock_guard lock(mutex_);
+  for (auto& list : idle_) {
+    for (auto& conn : list)
+      all.push_back(std::move(conn));
+    list.clear();
+  }
+  total_closed_ += all.size();
+  idle_count_ = 0;
+  return all;
+}
+
 bool ServerPool::should_pre_ping(const Connection& conn, Clock::time_point now) const {
   std::lock_guard lock(mutex_);
   return settings_.pre_ping && now - conn.last_used_at >= secs(settings_.pre_ping_idle_s);
@@ -204,6 +217,7 @@ PoolStats ServerPool::stats() const {
   s.total_timeouts = total_timeouts_;
   s.total_created = total_created_;
   s.total_closed = total_closed_;
+  s.total_statement_evictions = evictions_.load(std::memory_order_relaxed);
   return s;
 }
 

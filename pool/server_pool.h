@@ -64,6 +64,7 @@ struct PoolStats {
   std::uint64_t total_created = 0;
   std::uint64_t total_closed = 0;
   std::int64_t max_wait_us = 0;  // longest current wait, filled in by the caller
+  std::uint64_t total_statement_evictions = 0;
 };
 
 struct PoolKey {
@@ -111,6 +112,8 @@ class ServerPool {
   void client_joined() { clients_.fetch_add(1, std::memory_order_relaxed); }
   void client_left() { clients_.fetch_sub(1, std::memory_order_relaxed); }
   int clients() const { return clients_.load(std::memory_order_relaxed); }
+  // A prepared statement was closed on a server to keep max_prepared_statements.
+  void note_statement_eviction() { evictions_.fetch_add(1, std::memory_order_relaxed); }
 
   void update_settings(const config::PoolSettings& settings);
   config::PoolSettings settings() const;
@@ -143,6 +146,7 @@ class ServerPool {
   std::vector<std::pair<std::string, std::string>> server_parameters_;
   bool has_server_parameters_ = false;
   std::atomic<int> clients_{0};
+  std::atomic<std::uint64_t> evictions_{0};
 };
 
 }  // namespace pgvalve::pool

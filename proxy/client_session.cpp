@@ -103,15 +103,6 @@ std::vector<std::pair<std::string, std::string>> parse_options(std::string_view 
   return out;
 }
 
-bool starts_transaction_block(const pr::Frame& f) {
-  std::optional<std::string_view> sql;
-  if (f.tag == 'Q') sql = pr::read_query(f);
-  if (f.tag == 'P') {
-    if (auto p = pr::read_parse(f)) sql = p->query;
-  }
-  return sql && routing::classify(*sql).kind == routing::StatementKind::Begin;
-}
-
 }  // namespace
 
 void ClientSession::CheckoutWaiter::grant(std::unique_ptr<pool::Connection> granted_conn) {
@@ -175,6 +166,7 @@ asio::awaitable<void> ClientSession::serve() {
   users_ = app_.users();
   max_message_bytes_ = static_cast<std::size_t>(config_->limits.max_message_bytes);
   mode_ = config_->pool.mode;
+  track_ = mode_ != config::PoolMode::Session;
 
   bool ok;
   {
@@ -344,7 +336,9 @@ void ClientSession::init_client_settings() {
   auto apply = [&](std::string_view name, std::string_view value) {
     const std::string key = lower(name);
     const Setting* known = client_settings_.find(key);
-    client_settings_.set(key, value, known && known->reported);
+    const bool reported = known && known->reported;
+    client_settings_.set(key, value, reported);
+    if (!reported) startup_settings_.set(key, value, false);
   };
   for (const auto& [name, value] : startup_params_) {
     if (name == "user" || name == "database" || name == "replication") continue;
@@ -455,7 +449,6 @@ asio::awaitable<bool> ClientSession::on_client_bytes() {
   int requests = 0;
   bool extended = open_extended_;
   bool terminate = false;
-  bool refuse = false;
   pending_frame_bytes_ = 0;
   while (end < data.size()) {
     auto r = pr::decode_frame(data.substr(end), max_message_bytes_);
@@ -499,7 +492,6 @@ asio::awaitable<bool> ClientSession::on_client_bytes() {
         co_return false;
     }
     if (terminate) break;
-    if (mode_ == config::PoolMode::Statement && starts_transaction_block(f)) refuse = true;
     end += f.whole.size();
   }
   if (end == 0) {
@@ -508,20 +500,6 @@ asio::awaitable<bool> ClientSession::on_client_bytes() {
   }
   const std::string_view frames = data.substr(0, end);
 
-  if (refuse) {
-    // Only the server loop writes to the client while a server is linked.
-    while (server_loop_running_) {
-      error_code ignored;
-      server_loop_done_.expires_at(asio::steady_timer::time_point::max());
-      co_await server_loop_done_.async_wait(await_ec(ignored));
-    }
-    co_await fail_requests(frames, {"0A000",
-                                    "pgvalve: transaction blocks are not allowed in statement "
-                                    "pool mode; use pool mode transaction for multi-statement "
-                                    "transactions"});
-    client_in_.consume(end);
-    co_return !terminate && !client_gone_;
-  }
   if (skip_until_sync_ || lost_transaction_) {
     ServerFailure failure{"08006",
                           "pgvalve: the server connection was lost during this transaction; "
@@ -543,8 +521,18 @@ asio::awaitable<bool> ClientSession::on_client_bytes() {
   open_extended_ = extended;
   server_write_pending_ = true;
   error_code ec;
-  co_await asio::async_write(server_->socket, asio::buffer(frames.data(), frames.size()),
-                             await_ec(ec));
+  if (track_) {
+    plan_client_frames(frames);
+    write_buffers_.clear();
+    for (const auto& span : client_spans_) {
+      const char* base = span.scratch ? client_scratch_.data() : frames.data();
+      write_buffers_.push_back(asio::buffer(base + span.offset, span.size));
+    }
+    co_await asio::async_write(server_->socket, write_buffers_, await_ec(ec));
+  } else {
+    co_await asio::async_write(server_->socket, asio::buffer(frames.data(), frames.size()),
+                               await_ec(ec));
+  }
   server_write_pending_ = false;
   client_in_.consume(end);
   if (ec) {
@@ -698,11 +686,15 @@ asio::awaitable<bool> ClientSession::sync_settings(ServerConnection& server,
   for (const auto& s : client_settings_.all()) {
     if (s.reported && !is_synced_reported(s.name)) continue;
     const Setting* have = server.settings.find(s.name);
-    if (have && have->value == s.value) continue;
+    if (have && have->value == s.value && have->raw == s.raw) continue;
     sql += "SET ";
     append_quoted_ident(sql, s.name);
     sql += " TO ";
-    append_quoted_literal(sql, s.value);
+    if (s.raw) {
+      sql += s.value;
+    } else {
+      append_quoted_literal(sql, s.value);
+    }
     sql += ';';
   }
   std::vector<std::string> reset;
@@ -724,7 +716,7 @@ asio::awaitable<bool> ClientSession::sync_settings(ServerConnection& server,
   for (const auto& name : reset)
     server.settings.erase(name);
   for (const auto& s : client_settings_.all()) {
-    if (!s.reported) server.settings.set(s.name, s.value, false);
+    if (!s.reported) server.settings.set(s.name, s.value, false, s.raw);
   }
   // PostgreSQL may report a normalised form ("ISO" -> "ISO, MDY"); the client learns it.
   std::string out;
@@ -771,6 +763,8 @@ asio::awaitable<void> ClientSession::relay_server_to_client() {
     const std::string_view data = server->in.readable();
     std::size_t end = 0;
     bool invalid = false;
+    server_spans_.clear();
+    server_scratch_.clear();
     while (end < data.size()) {
       auto r = pr::decode_frame(data.substr(end), server->max_message_bytes);
       if (r.status == pr::DecodeStatus::NeedMoreData) {
@@ -792,6 +786,7 @@ asio::awaitable<void> ClientSession::relay_server_to_client() {
           client_settings_.set(ps->name, ps->value, true);
         }
       }
+      if (track_) plan_server_frame(f, end);
       end += f.whole.size();
     }
     if (invalid) {
@@ -799,10 +794,21 @@ asio::awaitable<void> ClientSession::relay_server_to_client() {
       lost = true;
       break;
     }
-    if (end > 0) {
+    if (track_) emit_synthetic_heads();
+    if (end > 0 || !server_spans_.empty()) {
       // data may have moved if prepare() grew the buffer: take the view again.
       const std::string_view frames = server->in.readable().substr(0, end);
-      co_await asio::async_write(client_, asio::buffer(frames.data(), frames.size()), await_ec(ec));
+      if (track_) {
+        write_buffers_.clear();
+        for (const auto& span : server_spans_) {
+          const char* base = span.scratch ? server_scratch_.data() : frames.data();
+          write_buffers_.push_back(asio::buffer(base + span.offset, span.size));
+        }
+        co_await asio::async_write(client_, write_buffers_, await_ec(ec));
+      } else {
+        co_await asio::async_write(client_, asio::buffer(frames.data(), frames.size()),
+                                   await_ec(ec));
+      }
       server->in.consume(end);
       if (ec) {
         client_gone_ = true;
@@ -858,6 +864,9 @@ void ClientSession::server_lost(std::string& out) {
   }
   in_flight_ = 0;
   open_extended_ = false;
+  pending_.clear();
+  notes_.clear();
+  drop_until_sync_ = false;
 }
 
 void ClientSession::drop_failed_server() {
@@ -906,6 +915,7 @@ asio::awaitable<void> ClientSession::finish() {
       if (clean && mode_ == config::PoolMode::Session) {
         clean = co_await server.run_query("DISCARD ALL", failure);
         server.settings.keep_reported_only();
+        server.statements.clear();
       }
       clean = clean && !deadline.expired();
     }

@@ -10,8 +10,10 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <utility>  // Boost 1.74 awaitable.hpp needs std::exchange
 
@@ -22,6 +24,8 @@
 #include "config/config.h"
 #include "pool/server_pool.h"
 #include "protocol/frame.h"
+#include "protocol/pending_responses.h"
+#include "protocol/prepared_statements.h"
 #include "proxy/byte_buffer.h"
 #include "proxy/cancel_registry.h"
 #include "proxy/server_connection.h"
@@ -34,6 +38,14 @@ using asio::ip::tcp;
 
 class App;
 struct Worker;
+
+// Extra work attached to a pending response (PendingResponse::note).
+struct Note {
+  enum Kind : std::uint8_t { Set, Reset, ResetAll, Discard, CommandTag, Error };
+  std::uint8_t kind = Set;
+  std::string name;   // Set/Reset: the parameter; CommandTag: the tag; Error: the message
+  std::string value;  // Set: the value as written
+};
 
 class ClientSession : public std::enable_shared_from_this<ClientSession> {
  public:
@@ -89,6 +101,25 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   asio::awaitable<void> fail_requests(std::string_view frames, const ServerFailure& failure);
   asio::awaitable<void> finish();
 
+  // Transaction pooling bookkeeping (transaction_pooling.cpp): what the server gets for the
+  // client's frames, and what the client gets for the server's.
+  void plan_client_frames(std::string_view frames);
+  void plan_parse(const protocol::Frame& f, std::size_t offset);
+  void plan_bind(const protocol::Frame& f, std::size_t offset);
+  void plan_describe(const protocol::Frame& f, std::size_t offset);
+  void plan_close(const protocol::Frame& f, std::size_t offset);
+  void plan_query(const protocol::Frame& f, std::size_t offset);
+  void prepare_on_server(const protocol::PreparedStatement& stmt, bool swallow);
+  void pass_client(std::size_t offset, std::size_t size);
+  void mark_client_scratch(std::size_t from);
+  std::uint32_t add_note(std::uint8_t kind, std::string a, std::string b = {});
+  // Returns the refusal message when `sql` cannot work in this pool mode.
+  std::optional<std::string> refusal(std::string_view sql) const;
+  void plan_server_frame(const protocol::Frame& f, std::size_t offset);
+  void emit_synthetic_heads();
+  void complete_front(char tx_status);
+  void apply_note(const struct Note& note);
+
   // Errors to the client: `fatal` ones close the connection.
   asio::awaitable<void> send_fatal(std::string_view sqlstate, std::string_view message);
   void append_error(std::string& out, std::string_view sqlstate, std::string_view message,
@@ -131,6 +162,24 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   bool error_sent_in_flight_ = false;
   bool client_gone_ = false;
   asio::steady_timer server_loop_done_;
+
+  // Transaction and statement mode only (session mode forwards everything unchanged).
+  bool track_ = false;
+  protocol::ClientStatements statements_;
+  protocol::PendingResponses pending_;
+  Settings startup_settings_;  // what RESET returns a non-reported setting to
+  struct Span {
+    bool scratch;
+    std::size_t offset;
+    std::size_t size;
+  };
+  std::vector<Span> client_spans_;
+  std::string client_scratch_;
+  std::vector<Span> server_spans_;
+  std::string server_scratch_;
+  std::vector<asio::const_buffer> write_buffers_;
+  std::vector<Note> notes_;
+  bool drop_until_sync_ = false;  // a refused Parse: the server is not sent the rest of the flight
 };
 
 }  // namespace pgvalve::proxy

@@ -40,16 +40,17 @@ const Setting* Settings::find(std::string_view lower_name) const {
   return nullptr;
 }
 
-bool Settings::set(std::string_view name, std::string_view value, bool reported) {
+bool Settings::set(std::string_view name, std::string_view value, bool reported, bool raw) {
   for (auto& s : items_) {
     if (iequals(s.name, name)) {
       s.reported = s.reported || reported;
-      if (s.value == value) return false;
+      if (s.value == value && s.raw == raw) return false;
       s.value.assign(value);
+      s.raw = raw;
       return true;
     }
   }
-  items_.push_back({lower(name), std::string(value), reported});
+  items_.push_back({lower(name), std::string(value), reported, raw});
   return true;
 }
 

@@ -19,6 +19,7 @@
 #include "config/config.h"
 #include "pool/server_pool.h"
 #include "protocol/messages.h"
+#include "protocol/prepared_statements.h"
 #include "proxy/byte_buffer.h"
 
 namespace pgvalve::proxy {
@@ -32,13 +33,14 @@ struct Setting {
   std::string name;  // lower case
   std::string value;
   bool reported = false;
+  bool raw = false;  // `value` is SQL as the client wrote it in SET (e.g. `a, "B"`), not a literal
 };
 
 class Settings {
  public:
   const Setting* find(std::string_view lower_name) const;
   // Sets `value`; returns true when it changed.
-  bool set(std::string_view name, std::string_view value, bool reported);
+  bool set(std::string_view name, std::string_view value, bool reported, bool raw = false);
   void erase(std::string_view lower_name);
   // Keeps only the settings PostgreSQL reports (after DISCARD ALL / RESET ALL).
   void keep_reported_only();
@@ -84,6 +86,7 @@ class ServerConnection : public pool::Connection {
   std::uint32_t host_index = 0;  // in the cancel registry's host table
   protocol::BackendKeyData key;
   Settings settings;
+  protocol::ServerStatements statements;  // transaction pooling's shared prepared statements
   std::vector<std::pair<std::string, std::string>> startup_parameters;  // as reported, in order
   char tx_status = 'I';
   std::size_t max_message_bytes = 1 << 20;

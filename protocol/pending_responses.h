@@ -1,0 +1,59 @@
+// Which server response belongs to which client request, in order. In transaction pooling
+// pgvalve answers some requests itself (a Parse of a statement the server already has) and
+// slips in requests of its own (re-preparing a statement before a Bind); matching each server
+// message to the request it answers is what lets it add and drop responses in the right
+// places. Pure: tags in, decisions out.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace pgvalve::protocol {
+
+struct PendingResponse {
+  enum class Kind : std::uint8_t {
+    ParseComplete,  // Parse
+    BindComplete,   // Bind
+    CloseComplete,  // Close
+    Describe,       // Describe: [ParameterDescription] then RowDescription or NoData
+    Execute,        // Execute: rows, then CommandComplete, EmptyQueryResponse or PortalSuspended
+    ReadyForQuery,  // Sync, Query, FunctionCall
+    Synthetic,      // answered by pgvalve: no server message; emitted when it reaches the front
+  };
+  Kind kind = Kind::ReadyForQuery;
+  bool swallow = false;     // the request was pgvalve's own: its completion is not forwarded
+  bool failed = false;      // an ErrorResponse arrived for it
+  std::uint8_t action = 0;  // what the session does when it completes (session-defined)
+  std::uint32_t note = 0;   // session-defined index (statement, setting, message)
+  std::uint64_t statement_hash = 0;
+};
+
+enum class ResponseMatch {
+  Async,         // NoticeResponse, NotificationResponse, ParameterStatus: no request of its own
+  Intermediate,  // part of the front request's answer; more follows
+  Completes,     // ends the front request's answer
+  Error,         // ErrorResponse: ends the front request's answer; in extended protocol the
+                 // server then skips everything up to the next Sync
+};
+
+// What server message `tag` means for a request of kind `front`.
+ResponseMatch match_response(PendingResponse::Kind front, char tag);
+
+// A FIFO of pending responses on a ring buffer that only grows (no allocation in steady state).
+class PendingResponses {
+ public:
+  bool empty() const { return size_ == 0; }
+  std::size_t size() const { return size_; }
+  PendingResponse& front() { return ring_[head_]; }
+  void push(const PendingResponse& r);
+  void pop();
+  void clear() { head_ = size_ = 0; }
+
+ private:
+  std::vector<PendingResponse> ring_ = std::vector<PendingResponse>(16);
+  std::size_t head_ = 0;
+  std::size_t size_ = 0;
+};
+
+}  // namespace pgvalve::protocol

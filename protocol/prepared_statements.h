@@ -1,0 +1,62 @@
+// Named prepared statements under transaction pooling. A client's statement names mean
+// nothing on the server it is lent next, so pgvalve keeps each client's definitions and gives
+// every distinct (query, parameter types) one server-side name derived from its hash; clients
+// that prepare the same text share it, and it can be prepared again on any server.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+namespace pgvalve::protocol {
+
+struct PreparedStatement {
+  std::string query;
+  std::string param_types;  // raw int32 OIDs, as in Parse
+  std::uint64_t hash = 0;
+};
+
+// "pgv_" + 16 hex digits of the hash.
+std::string server_statement_name(std::uint64_t hash);
+std::uint64_t statement_hash(std::string_view query, std::string_view param_types);
+
+// One client's statements by the names it gave them.
+class ClientStatements {
+ public:
+  const PreparedStatement* find(std::string_view name) const;
+  const PreparedStatement& define(std::string_view name, std::string_view query,
+                                  std::string_view param_types);
+  bool erase(std::string_view name);
+  void clear() { by_name_.clear(); }
+  std::size_t size() const { return by_name_.size(); }
+
+ private:
+  struct Hash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  std::unordered_map<std::string, PreparedStatement, Hash, std::equal_to<>> by_name_;
+};
+
+// The statements prepared on one server connection, least recently used first out.
+class ServerStatements {
+ public:
+  bool contains(std::uint64_t hash) const { return used_.count(hash) != 0; }
+  void touch(std::uint64_t hash) {
+    if (auto it = used_.find(hash); it != used_.end()) it->second = ++clock_;
+  }
+  // Records `hash`; when that makes more than `capacity`, returns the evicted statement's hash
+  // (the caller closes it on the server), else 0.
+  std::uint64_t add(std::uint64_t hash, std::size_t capacity);
+  void erase(std::uint64_t hash) { used_.erase(hash); }
+  void clear() { used_.clear(); }
+  std::size_t size() const { return used_.size(); }
+
+ private:
+  std::unordered_map<std::uint64_t, std::uint64_t> used_;  // hash -> last use
+  std::uint64_t clock_ = 0;
+};
+
+}  // namespace pgvalve::protocol

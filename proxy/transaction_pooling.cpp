@@ -1,0 +1,478 @@
+// Transaction and statement pooling: the parts of a client session that make a server lent
+// for one transaction look like the client's own. Named prepared statements are renamed to
+// shared server-side names and prepared again wherever the client lands; Close and DEALLOCATE
+// are answered without touching other clients' statements; SET/RESET outside transactions is
+// remembered for replay; what cannot survive a transaction boundary is refused.
+//
+// Client side: plan_client_frames() turns a run of client frames into spans of the client's
+// own bytes and rewritten bytes, and queues the response each request expects. Server side:
+// plan_server_frame() matches each server message with the front of that queue to forward,
+// drop or replace it, and adds pgvalve's own answers at their place in the stream.
+#include <algorithm>
+#include <array>
+
+#include "protocol/messages.h"
+#include "proxy/client_session.h"
+#include "proxy/log.h"
+#include "routing/statement.h"
+
+namespace pgvalve::proxy {
+
+namespace pr = protocol;
+using Kind = pr::PendingResponse::Kind;
+
+namespace {
+
+enum Action : std::uint8_t {
+  kNone = 0,
+  kApplyNote = 1,           // at ReadyForQuery, if the request succeeded: apply the note
+  kEmptyAsNote = 2,         // the request was sent as an empty query: replace its answer
+  kSynthParseComplete = 3,  // Synthetic: ParseComplete
+  kSynthError = 4,          // Synthetic: the note's error
+};
+
+constexpr std::array<std::string_view, 6> kReported = {
+    "client_encoding", "datestyle", "timezone", "intervalstyle", "standard_conforming_strings",
+    "application_name"};
+
+bool is_reported(std::string_view name) {
+  return std::find(kReported.begin(), kReported.end(), name) != kReported.end();
+}
+
+// Parse with the parameter types kept as raw bytes.
+void append_parse_raw(std::string& out, std::string_view name, std::string_view query,
+                      std::string_view raw_types) {
+  const std::size_t start = out.size();
+  out += 'P';
+  out.append(4, '\0');
+  out.append(name);
+  out += '\0';
+  out.append(query);
+  out += '\0';
+  const auto n = static_cast<std::uint16_t>(raw_types.size() / 4);
+  out += static_cast<char>(n >> 8);
+  out += static_cast<char>(n & 0xff);
+  out.append(raw_types);
+  const auto len = static_cast<std::uint32_t>(out.size() - start - 1);
+  out[start + 1] = static_cast<char>(len >> 24);
+  out[start + 2] = static_cast<char>(len >> 16);
+  out[start + 3] = static_cast<char>(len >> 8);
+  out[start + 4] = static_cast<char>(len);
+}
+
+// The NUL-terminated string at `pos` in `body`, or nullopt.
+std::optional<std::string_view> cstring_at(std::string_view body, std::size_t pos) {
+  if (pos > body.size()) return std::nullopt;
+  auto end = body.find('\0', pos);
+  if (end == std::string_view::npos) return std::nullopt;
+  return body.substr(pos, end - pos);
+}
+
+constexpr std::string_view kNoStatement = "pgv_none";
+
+}  // namespace
+
+std::uint32_t ClientSession::add_note(std::uint8_t kind, std::string a, std::string b) {
+  notes_.push_back({kind, std::move(a), std::move(b)});
+  return static_cast<std::uint32_t>(notes_.size() - 1);
+}
+
+std::optional<std::string> ClientSession::refusal(std::string_view sql) const {
+  using routing::StatementKind;
+  const char* why = nullptr;
+  for (std::size_t offset = 0; offset < sql.size();) {
+    auto info = routing::classify(sql.substr(offset));
+    if (info.kind == StatementKind::Empty) break;
+    if (mode_ == config::PoolMode::Statement && info.kind == StatementKind::Begin) {
+      why =
+          "pgvalve: transaction blocks are not allowed in statement pool mode; use pool mode "
+          "transaction for multi-statement transactions";
+    } else if (info.calls_advisory_session_lock) {
+      why =
+          "pgvalve: session-level advisory locks cannot work in transaction pooling (the lock "
+          "would stay on a server other clients use); use pg_advisory_xact_lock, or a session "
+          "pool";
+    } else if (info.kind == StatementKind::Declare && info.with_hold) {
+      why =
+          "pgvalve: WITH HOLD cursors cannot outlive a transaction in transaction pooling; "
+          "use a session pool for them";
+    } else if ((info.kind == StatementKind::Create || info.kind == StatementKind::Select) &&
+               info.temporary && !info.on_commit_drop) {
+      why =
+          "pgvalve: temporary tables outlive the transaction and would be seen by other "
+          "clients in transaction pooling; add ON COMMIT DROP or use a session pool";
+    } else if (info.kind == StatementKind::PrepareTransaction) {
+      why =
+          "pgvalve: PREPARE TRANSACTION is not supported through transaction pooling; use a "
+          "session pool";
+    } else if (info.kind == StatementKind::Listen) {
+      why =
+          "pgvalve: LISTEN is not supported in transaction pooling yet; use a session pool for "
+          "listening clients";
+    }
+    if (why) return std::string(why);
+    if (info.next_offset == 0 || !info.multiple_statements) break;
+    offset += info.next_offset;
+  }
+  return std::nullopt;
+}
+
+void ClientSession::pass_client(std::size_t offset, std::size_t size) {
+  if (!client_spans_.empty() && !client_spans_.back().scratch &&
+      client_spans_.back().offset + client_spans_.back().size == offset) {
+    client_spans_.back().size += size;
+  } else {
+    client_spans_.push_back({false, offset, size});
+  }
+}
+
+void ClientSession::mark_client_scratch(std::size_t from) {
+  const std::size_t size = client_scratch_.size() - from;
+  if (size == 0) return;
+  if (!client_spans_.empty() && client_spans_.back().scratch &&
+      client_spans_.back().offset + client_spans_.back().size == from) {
+    client_spans_.back().size += size;
+  } else {
+    client_spans_.push_back({true, from, size});
+  }
+}
+
+void ClientSession::plan_client_frames(std::string_view frames) {
+  client_spans_.clear();
+  client_scratch_.clear();
+  for (std::size_t pos = 0; pos < frames.size();) {
+    auto r = pr::decode_frame(frames.substr(pos), max_message_bytes_);
+    const pr::Frame& f = r.frame;
+    const std::size_t size = f.whole.size();
+    if (drop_until_sync_ && f.tag != 'S') {
+      pos += size;
+      continue;
+    }
+    switch (f.tag) {
+      case 'P':
+        plan_parse(f, pos);
+        break;
+      case 'B':
+        plan_bind(f, pos);
+        break;
+      case 'D':
+        plan_describe(f, pos);
+        break;
+      case 'C':
+        plan_close(f, pos);
+        break;
+      case 'E':
+        pass_client(pos, size);
+        pending_.push({Kind::Execute});
+        break;
+      case 'S':
+        drop_until_sync_ = false;
+        pass_client(pos, size);
+        pending_.push({Kind::ReadyForQuery});
+        break;
+      case 'Q':
+        plan_query(f, pos);
+        break;
+      case 'F':
+        pass_client(pos, size);
+        pending_.push({Kind::ReadyForQuery});
+        break;
+      default:  // Flush, CopyData, CopyDone, CopyFail: no answer of their own
+        pass_client(pos, size);
+        break;
+    }
+    pos += size;
+  }
+}
+
+void ClientSession::prepare_on_server(const pr::PreparedStatement& stmt, bool swallow) {
+  const std::size_t from = client_scratch_.size();
+  const auto capacity =
+      static_cast<std::size_t>(std::max(1, config_->pool.max_prepared_statements));
+  if (auto evicted = server_->statements.add(stmt.hash, capacity)) {
+    pr::append_close(client_scratch_, 'S', pr::server_statement_name(evicted));
+    pending_.push({Kind::CloseComplete, true});
+    pool_->note_statement_eviction();
+  }
+  append_parse_raw(client_scratch_, pr::server_statement_name(stmt.hash), stmt.query,
+                   stmt.param_types);
+  pr::PendingResponse parse{Kind::ParseComplete, swallow};
+  parse.statement_hash = stmt.hash;
+  pending_.push(parse);
+  mark_client_scratch(from);
+}
+
+void ClientSession::plan_parse(const pr::Frame& f, std::size_t offset) {
+  auto parse = pr::read_parse(f);
+  if (parse) {
+    if (auto why = refusal(parse->query)) {
+      // As PostgreSQL does after an error: nothing more until Sync.
+      pr::PendingResponse error{Kind::Synthetic};
+      error.action = kSynthError;
+      error.note = add_note(Note::Error, std::move(*why));
+      pending_.push(error);
+      drop_until_sync_ = true;
+      return;
+    }
+  }
+  if (!parse || parse->statement.empty()) {
+    pass_client(offset, f.whole.size());
+    pending_.push({Kind::ParseComplete});
+    return;
+  }
+  const auto& stmt = statements_.define(parse->statement, parse->query, parse->param_types);
+  if (server_->statements.contains(stmt.hash)) {
+    server_->statements.touch(stmt.hash);
+    pr::PendingResponse done{Kind::Synthetic};
+    done.action = kSynthParseComplete;
+    pending_.push(done);
+    return;
+  }
+  prepare_on_server(stmt, false);
+}
+
+void ClientSession::plan_bind(const pr::Frame& f, std::size_t offset) {
+  auto portal = cstring_at(f.body, 0);
+  auto name = portal ? cstring_at(f.body, portal->size() + 1) : std::nullopt;
+  const pr::PreparedStatement* stmt = name && !name->empty() ? statements_.find(*name) : nullptr;
+  if (!stmt) {
+    pass_client(offset, f.whole.size());
+    pending_.push({Kind::BindComplete});
+    return;
+  }
+  if (server_->statements.contains(stmt->hash)) {
+    server_->statements.touch(stmt->hash);
+  } else {
+    prepare_on_server(*stmt, true);
+  }
+  // Same Bind with the server-side name spliced in; parameters are copied unchanged.
+  const std::size_t from = client_scratch_.size();
+  const std::string server_name = pr::server_statement_name(stmt->hash);
+  const std::string_view rest = f.body.substr(portal->size() + 1 + name->size() + 1);
+  const auto len =
+      static_cast<std::uint32_t>(4 + portal->size() + 1 + server_name.size() + 1 + rest.size());
+  client_scratch_ += 'B';
+  client_scratch_ += static_cast<char>(len >> 24);
+  client_scratch_ += static_cast<char>(len >> 16);
+  client_scratch_ += static_cast<char>(len >> 8);
+  client_scratch_ += static_cast<char>(len);
+  client_scratch_.append(*portal);
+  client_scratch_ += '\0';
+  client_scratch_.append(server_name);
+  client_scratch_ += '\0';
+  client_scratch_.append(rest);
+  mark_client_scratch(from);
+  pending_.push({Kind::BindComplete});
+}
+
+void ClientSession::plan_describe(const pr::Frame& f, std::size_t offset) {
+  auto d = pr::read_describe(f);
+  const pr::PreparedStatement* stmt =
+      d && d->kind == 'S' && !d->name.empty() ? statements_.find(d->name) : nullptr;
+  if (!stmt) {
+    pass_client(offset, f.whole.size());
+  } else {
+    if (server_->statements.contains(stmt->hash)) {
+      server_->statements.touch(stmt->hash);
+    } else {
+      prepare_on_server(*stmt, true);
+    }
+    const std::size_t from = client_scratch_.size();
+    pr::append_describe(client_scratch_, 'S', pr::server_statement_name(stmt->hash));
+    mark_client_scratch(from);
+  }
+  pending_.push({Kind::Describe});
+}
+
+void ClientSession::plan_close(const pr::Frame& f, std::size_t offset) {
+  auto c = pr::read_close(f);
+  if (c && c->kind == 'S' && !c->name.empty() && statements_.erase(c->name)) {
+    // The server-side statement may be shared and stays prepared. Closing a name that does
+    // not exist is not an error, so the server still answers CloseComplete in its place.
+    const std::size_t from = client_scratch_.size();
+    pr::append_close(client_scratch_, 'S', kNoStatement);
+    mark_client_scratch(from);
+  } else {
+    pass_client(offset, f.whole.size());
+  }
+  pending_.push({Kind::CloseComplete});
+}
+
+void ClientSession::plan_query(const pr::Frame& f, std::size_t offset) {
+  using routing::StatementKind;
+  auto sql = pr::read_query(f);
+  pr::PendingResponse rfq{Kind::ReadyForQuery};
+  auto send_empty_query = [&](std::uint8_t note_kind, std::string text) {
+    const std::size_t from = client_scratch_.size();
+    pr::append_query(client_scratch_, "");
+    mark_client_scratch(from);
+    rfq.action = kEmptyAsNote;
+    rfq.note = add_note(note_kind, std::move(text));
+    pending_.push(rfq);
+  };
+  if (sql) {
+    if (auto why = refusal(*sql)) {
+      send_empty_query(Note::Error, std::move(*why));
+      return;
+    }
+    auto info = routing::classify(*sql);
+    if (!info.multiple_statements) {
+      const bool idle = server_->tx_status == 'I';
+      switch (info.kind) {
+        case StatementKind::Deallocate:
+          if (info.all) {
+            statements_.clear();
+            send_empty_query(Note::CommandTag, "DEALLOCATE ALL");
+            return;
+          }
+          if (statements_.erase(info.name.view())) {
+            send_empty_query(Note::CommandTag, "DEALLOCATE");
+            return;
+          }
+          break;  // an SQL-level PREPAREd statement: the server's business
+        case StatementKind::Discard:
+          if (info.discard_all) {
+            statements_.clear();
+            server_->statements.clear();
+            rfq.action = kApplyNote;
+            rfq.note = add_note(Note::Discard, "");
+          }
+          break;
+        case StatementKind::Set:
+          if (idle && !info.name.empty()) {
+            rfq.action = kApplyNote;
+            rfq.note = info.value_is_default ? add_note(Note::Reset, std::string(info.name.view()))
+                                             : add_note(Note::Set, std::string(info.name.view()),
+                                                        std::string(info.value));
+          }
+          break;
+        case StatementKind::Reset:
+          if (idle && !info.name.empty()) {
+            rfq.action = kApplyNote;
+            rfq.note = add_note(Note::Reset, std::string(info.name.view()));
+          }
+          break;
+        case StatementKind::ResetAll:
+          if (idle) {
+            rfq.action = kApplyNote;
+            rfq.note = add_note(Note::ResetAll, "");
+          }
+          break;
+        default:
+          break;
+      }
+    }
+  }
+  pass_client(offset, f.whole.size());
+  pending_.push(rfq);
+}
+
+void ClientSession::apply_note(const Note& note) {
+  switch (note.kind) {
+    case Note::Set:
+      // Reported parameters follow ParameterStatus; the rest are remembered as written.
+      if (is_reported(note.name)) return;
+      client_settings_.set(note.name, note.value, false, true);
+      server_->settings.set(note.name, note.value, false, true);
+      return;
+    case Note::Reset:
+      if (is_reported(note.name)) return;
+      server_->settings.erase(note.name);
+      if (const Setting* s = startup_settings_.find(note.name)) {
+        client_settings_.set(s->name, s->value, false, s->raw);
+      } else {
+        client_settings_.erase(note.name);
+      }
+      return;
+    case Note::ResetAll:
+    case Note::Discard:
+      server_->settings.keep_reported_only();
+      client_settings_.keep_reported_only();
+      for (const auto& s : startup_settings_.all()) {
+        client_settings_.set(s.name, s.value, false, s.raw);
+      }
+      return;
+    default:
+      return;
+  }
+}
+
+void ClientSession::emit_synthetic_heads() {
+  while (!pending_.empty() && pending_.front().kind == Kind::Synthetic) {
+    const auto& head = pending_.front();
+    const std::size_t from = server_scratch_.size();
+    if (head.action == kSynthParseComplete) {
+      pr::append_parse_complete(server_scratch_);
+    } else if (head.action == kSynthError) {
+      append_error(server_scratch_, "0A000", notes_[head.note].name);
+    }
+    server_spans_.push_back({true, from, server_scratch_.size() - from});
+    pending_.pop();
+  }
+}
+
+void ClientSession::complete_front(char tx_status) {
+  auto& head = pending_.front();
+  if (head.kind == Kind::ReadyForQuery && head.action == kApplyNote && !head.failed &&
+      tx_status == 'I') {
+    apply_note(notes_[head.note]);
+  }
+  pending_.pop();
+  if (pending_.empty()) notes_.clear();
+}
+
+// Decides what the client gets for one server message (appends to server_spans_).
+void ClientSession::plan_server_frame(const pr::Frame& f, std::size_t offset) {
+  auto pass = [&] {
+    if (!server_spans_.empty() && !server_spans_.back().scratch &&
+        server_spans_.back().offset + server_spans_.back().size == offset) {
+      server_spans_.back().size += f.whole.size();
+    } else {
+      server_spans_.push_back({false, offset, f.whole.size()});
+    }
+  };
+  emit_synthetic_heads();
+  if (pending_.empty()) {
+    pass();  // e.g. a notice after the last ReadyForQuery
+    return;
+  }
+  auto& head = pending_.front();
+  switch (pr::match_response(head.kind, f.tag)) {
+    case pr::ResponseMatch::Async:
+      pass();
+      return;
+    case pr::ResponseMatch::Intermediate:
+      if (f.tag == 'E') head.failed = true;
+      if (head.action == kEmptyAsNote && f.tag == 'I') {
+        const Note& note = notes_[head.note];
+        const std::size_t from = server_scratch_.size();
+        if (note.kind == Note::Error) {
+          append_error(server_scratch_, "0A000", note.name);
+        } else {
+          pr::append_command_complete(server_scratch_, note.name);
+        }
+        server_spans_.push_back({true, from, server_scratch_.size() - from});
+        return;
+      }
+      pass();
+      return;
+    case pr::ResponseMatch::Completes:
+      if (!head.swallow) pass();
+      complete_front(f.tag == 'Z' ? server_->tx_status : 'I');
+      emit_synthetic_heads();
+      return;
+    case pr::ResponseMatch::Error:
+      pass();
+      // The failed request and everything up to the next Sync get no answer of their own.
+      while (!pending_.empty() && pending_.front().kind != Kind::ReadyForQuery) {
+        if (pending_.front().statement_hash) {
+          server_->statements.erase(pending_.front().statement_hash);
+        }
+        pending_.pop();
+      }
+      if (!pending_.empty()) pending_.front().failed = true;
+      return;
+  }
+}
+
+}  // namespace pgvalve::proxy
