@@ -509,6 +509,14 @@ asio::awaitable<bool> ClientSession::on_client_bytes() {
     client_in_.consume(end);
     co_return !terminate && !client_gone_;
   }
+  if (!server_ && track_ && answer_parse_locally(frames)) {
+    // Between transactions a named Parse needs no server: it is prepared where it is first
+    // used. A client that prepares synchronously while its own other connections hold every
+    // server (pgbench -M prepared does) then cannot deadlock the pool.
+    client_in_.consume(end);
+    if (!client_scratch_.empty() && !co_await write_all(client_, client_scratch_)) co_return false;
+    co_return !terminate;
+  }
   if (!server_) {
     ServerFailure failure;
     if (!co_await link_server(failure, true)) {

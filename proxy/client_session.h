@@ -104,6 +104,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // Transaction pooling bookkeeping (transaction_pooling.cpp): what the server gets for the
   // client's frames, and what the client gets for the server's.
   void plan_client_frames(std::string_view frames);
+  // A flight of named Parse messages and Sync/Flush only: defines the statements and puts the
+  // answers in client_scratch_. False (nothing changed) for anything else.
+  bool answer_parse_locally(std::string_view frames);
   void plan_parse(const protocol::Frame& f, std::size_t offset);
   void plan_bind(const protocol::Frame& f, std::size_t offset);
   void plan_describe(const protocol::Frame& f, std::size_t offset);

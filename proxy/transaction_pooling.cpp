@@ -185,6 +185,37 @@ void ClientSession::plan_client_frames(std::string_view frames) {
   }
 }
 
+bool ClientSession::answer_parse_locally(std::string_view frames) {
+  bool any_parse = false;
+  for (std::size_t pos = 0; pos < frames.size();) {
+    auto r = pr::decode_frame(frames.substr(pos), max_message_bytes_);
+    const pr::Frame& f = r.frame;
+    if (f.tag == 'P') {
+      auto parse = pr::read_parse(f);
+      if (!parse || parse->statement.empty() || refusal(parse->query)) return false;
+      any_parse = true;
+    } else if (f.tag != 'S' && f.tag != 'H') {
+      return false;
+    }
+    pos += f.whole.size();
+  }
+  if (!any_parse || drop_until_sync_) return false;
+  client_scratch_.clear();
+  for (std::size_t pos = 0; pos < frames.size();) {
+    auto r = pr::decode_frame(frames.substr(pos), max_message_bytes_);
+    const pr::Frame& f = r.frame;
+    if (f.tag == 'P') {
+      auto parse = pr::read_parse(f);
+      statements_.define(parse->statement, parse->query, parse->param_types);
+      pr::append_parse_complete(client_scratch_);
+    } else if (f.tag == 'S') {
+      pr::append_ready_for_query(client_scratch_, 'I');
+    }
+    pos += f.whole.size();
+  }
+  return true;
+}
+
 void ClientSession::prepare_on_server(const pr::PreparedStatement& stmt, bool swallow) {
   const std::size_t from = client_scratch_.size();
   const auto capacity =
