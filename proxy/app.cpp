@@ -10,6 +10,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include "proxy/client_session.h"
+#include "proxy/http_server.h"
 #include "proxy/log.h"
 
 namespace pgvalve::proxy {
@@ -211,6 +212,7 @@ void App::on_signal(const error_code& ec, int signal) {
 }
 
 void App::stop_all() {
+  if (http_) http_->close();
   for (auto& w : workers_)
     w->context.stop();
   for (auto& w : workers_) {
@@ -226,6 +228,14 @@ int App::run() {
     start_listeners();
   } catch (const std::exception& e) {
     PGV_LOG(Error, "listen_failed", {"address", config()->listen.to_string()}, {"error", e.what()});
+    return 1;
+  }
+  http_ = std::make_unique<HttpServer>(*this, control_);
+  try {
+    http_->start(config()->admin_listen);
+  } catch (const std::exception& e) {
+    PGV_LOG(Error, "admin_listen_failed", {"address", config()->admin_listen.to_string()},
+            {"error", e.what()});
     return 1;
   }
   signals_.add(SIGHUP);

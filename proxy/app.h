@@ -30,6 +30,7 @@ using asio::ip::tcp;
 using error_code = boost::system::error_code;
 
 class ClientSession;
+class HttpServer;
 
 struct Worker {
   int index = 0;
@@ -92,6 +93,10 @@ class App {
   asio::steady_timer sweep_timer_{control_};
   asio::steady_timer drain_timer_{control_};
   int exit_code_ = 0;
+
+  // HTTP on admin_listen (/health /ready /status /metrics), on control_. Declared after
+  // control_ so it is destroyed first.
+  std::unique_ptr<HttpServer> http_;
 };
 
 }  // namespace pgvalve::proxy

@@ -1,0 +1,545 @@
+#include "proxy/http_server.h"
+
+#include <chrono>
+#include <cstdio>
+#include <exception>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <unordered_set>
+#include <vector>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ip/address.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http.hpp>
+
+#include "proxy/app.h"
+#include "proxy/io_util.h"
+#include "proxy/log.h"
+#include "proxy/metrics.h"
+
+namespace pgvalve::proxy {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+using Clock = std::chrono::steady_clock;
+using Request = http::request<http::string_body>;
+using Response = http::response<http::string_body>;
+
+namespace {
+
+constexpr std::size_t kMaxHeaderBytes = 8 * 1024;
+constexpr std::size_t kMaxBodyBytes = 8 * 1024;
+// One whole request must arrive within this, counted from when the server starts waiting for
+// it: an idle keep-alive connection is closed after it too.
+constexpr auto kReadTimeout = std::chrono::seconds(10);
+constexpr auto kWriteTimeout = std::chrono::seconds(10);
+constexpr std::size_t kMaxConnections = 64;
+constexpr auto kProbeTimeout = std::chrono::seconds(1);
+constexpr auto kProbeFreshFor = std::chrono::seconds(1);
+
+}  // namespace
+
+struct HttpServer::State {
+  State(App& a, asio::io_context& c) : app(a), context(c), acceptor(c) {}
+
+  // A TCP connect to a primary, for /ready; shared by the requests that need it meanwhile.
+  struct Probe {
+    bool running = false;
+    bool has_result = false;
+    bool ok = false;
+    std::string error;
+    Clock::time_point finished_at{};
+    std::vector<std::shared_ptr<asio::steady_timer>> waiters;  // cancelled when it finishes
+  };
+
+  App& app;
+  asio::io_context& context;
+  tcp::acceptor acceptor;
+  bool closed = false;
+  std::unordered_set<beast::tcp_stream*> connections;
+  std::map<std::string, Probe> probes;  // by "host:port"
+};
+
+namespace {
+
+using State = HttpServer::State;
+
+auto log_failure(const char* event) {
+  return [event](std::exception_ptr e) {
+    if (!e) return;
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      PGV_LOG(Error, event, {"error", ex.what()});
+    }
+  };
+}
+
+beast::string_view bsv(std::string_view s) {
+  return {s.data(), s.size()};
+}
+
+Response make_response(unsigned version, http::status status, std::string_view content_type,
+                       std::string body) {
+  Response res{status, version};
+  res.set(http::field::server, "pgvalve/" PGVALVE_VERSION);
+  res.set(http::field::content_type, bsv(content_type));
+  res.set(http::field::cache_control, "no-store");
+  res.body() = std::move(body);
+  res.prepare_payload();
+  return res;
+}
+
+Response text(unsigned version, http::status status, std::string body) {
+  return make_response(version, status, "text/plain; charset=utf-8", std::move(body));
+}
+
+// ---- JSON ----------------------------------------------------------------------------------
+
+// Length of the valid UTF-8 sequence starting at s[i], or 0 when it is not one.
+std::size_t utf8_length(std::string_view s, std::size_t i) {
+  const auto at = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
+  const unsigned char c = at(i);
+  std::size_t n = 0;
+  unsigned char lo = 0x80, hi = 0xBF;  // allowed range of the second byte
+  if (c >= 0xC2 && c <= 0xDF) {
+    n = 2;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    n = 3;
+    if (c == 0xE0) lo = 0xA0;
+    if (c == 0xED) hi = 0x9F;  // no surrogates
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    n = 4;
+    if (c == 0xF0) lo = 0x90;
+    if (c == 0xF4) hi = 0x8F;
+  } else {
+    return 0;
+  }
+  if (i + n > s.size()) return 0;
+  if (at(i + 1) < lo || at(i + 1) > hi) return 0;
+  for (std::size_t k = 2; k < n; ++k) {
+    if (at(i + k) < 0x80 || at(i + k) > 0xBF) return 0;
+  }
+  return n;
+}
+
+// A JSON string literal; bytes that are not valid UTF-8 become U+FFFD.
+void append_json_string(std::string& out, std::string_view s) {
+  out += '"';
+  for (std::size_t i = 0; i < s.size();) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x80) {
+      const std::size_t n = utf8_length(s, i);
+      if (n == 0) {
+        out += "\\ufffd";
+        ++i;
+      } else {
+        out.append(s.substr(i, n));
+        i += n;
+      }
+      continue;
+    }
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default:
+        if (c < 0x20 || c == 0x7F) {
+          char buf[8];
+          std::snprintf(buf, sizeof buf, "\\u%04x", c);
+          out += buf;
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
+    ++i;
+  }
+  out += '"';
+}
+
+// Appends `"key":` (after a comma unless first).
+void json_key(std::string& out, std::string_view key, bool& first) {
+  if (!first) out += ',';
+  first = false;
+  append_json_string(out, key);
+  out += ':';
+}
+
+void json_field(std::string& out, std::string_view key, std::string_view value, bool& first) {
+  json_key(out, key, first);
+  append_json_string(out, value);
+}
+
+template <typename Int>
+void json_field_int(std::string& out, std::string_view key, Int value, bool& first) {
+  json_key(out, key, first);
+  out += std::to_string(value);
+}
+
+std::string status_json(const Snapshot& s) {
+  std::string out = "{";
+  bool first = true;
+  json_field(out, "version", PGVALVE_VERSION, first);
+  json_field_int(out, "clients", s.client_connections, first);
+  json_key(out, "draining", first);
+  out += s.draining ? "true" : "false";
+
+  json_key(out, "pools", first);
+  out += '[';
+  for (std::size_t i = 0; i < s.pools.size(); ++i) {
+    const auto& p = s.pools[i];
+    if (i) out += ',';
+    out += '{';
+    bool f = true;
+    json_field(out, "database", p.key.database, f);
+    json_field(out, "user", p.key.user, f);
+    json_field(out, "host", p.key.host.to_string(), f);
+    json_field_int(out, "size", p.stats.size, f);
+    json_field_int(out, "checked_in", p.stats.checked_in, f);
+    json_field_int(out, "checked_out", p.stats.checked_out, f);
+    json_field_int(out, "opening", p.stats.opening, f);
+    json_field_int(out, "overflow", p.stats.overflow, f);
+    json_field_int(out, "waiting", p.stats.waiting, f);
+    json_field_int(out, "clients", p.clients, f);
+    json_field_int(out, "total_checkouts", p.stats.total_checkouts, f);
+    json_field_int(out, "total_waits", p.stats.total_waits, f);
+    json_field_int(out, "total_timeouts", p.stats.total_timeouts, f);
+    json_field_int(out, "total_created", p.stats.total_created, f);
+    json_field_int(out, "total_closed", p.stats.total_closed, f);
+    out += '}';
+  }
+  out += ']';
+
+  json_key(out, "databases", first);
+  out += '[';
+  if (s.config) {
+    bool first_db = true;
+    for (const auto& db : s.config->databases) {
+      if (!first_db) out += ',';
+      first_db = false;
+      out += '{';
+      bool f = true;
+      json_field(out, "name", db.name, f);
+      json_key(out, "shards", f);
+      out += '[';
+      for (std::size_t i = 0; i < db.shards.size(); ++i) {
+        const auto& shard = db.shards[i];
+        if (i) out += ',';
+        out += '{';
+        bool g = true;
+        json_field(out, "name", shard.name, g);
+        json_field(out, "primary", shard.primary.to_string(), g);
+        json_key(out, "replicas", g);
+        out += '[';
+        for (std::size_t r = 0; r < shard.replicas.size(); ++r) {
+          if (r) out += ',';
+          append_json_string(out, shard.replicas[r].to_string());
+        }
+        out += "]}";
+      }
+      out += "]}";
+    }
+  }
+  out += "]}\n";
+  return out;
+}
+
+// ---- /ready --------------------------------------------------------------------------------
+
+asio::awaitable<void> run_probe(std::shared_ptr<State> st, config::Endpoint target) {
+  // The timer's handler outlives this frame when it is cancelled: it owns what it touches.
+  struct Attempt {
+    explicit Attempt(asio::io_context& c) : resolver(c), socket(c) {}
+    tcp::resolver resolver;
+    tcp::socket socket;
+    bool timed_out = false;
+  };
+  auto attempt = std::make_shared<Attempt>(st->context);
+  asio::steady_timer timer(st->context);
+  timer.expires_after(kProbeTimeout);
+  timer.async_wait([attempt](const error_code& ec) {
+    if (ec) return;
+    attempt->timed_out = true;
+    error_code ignored;
+    attempt->resolver.cancel();
+    attempt->socket.close(ignored);
+  });
+
+  error_code ec;
+  auto endpoints = co_await attempt->resolver.async_resolve(
+      target.host, std::to_string(target.port), await_ec(ec));
+  if (!ec && !attempt->timed_out) {
+    co_await asio::async_connect(attempt->socket, endpoints, await_ec(ec));
+  }
+  timer.cancel();
+  error_code ignored;
+  attempt->socket.close(ignored);
+
+  auto& probe = st->probes[target.to_string()];
+  probe.running = false;
+  probe.has_result = true;
+  probe.finished_at = Clock::now();
+  if (attempt->timed_out) {
+    probe.ok = false;
+    probe.error = "no TCP connection within 1s";
+  } else if (ec) {
+    probe.ok = false;
+    probe.error = "TCP connect failed: " + ec.message();
+  } else {
+    probe.ok = true;
+    probe.error.clear();
+  }
+  for (auto& w : probe.waiters)
+    w->cancel();
+  probe.waiters.clear();
+}
+
+asio::awaitable<Response> ready(std::shared_ptr<State> st, unsigned version) {
+  if (st->app.draining()) co_return text(version, http::status::service_unavailable, "draining\n");
+
+  const Snapshot snap = take_snapshot(st->app);
+  struct Check {
+    std::string where;  // "database/shard primary host:port"
+    std::string key;    // host:port
+    config::Endpoint host;
+    int open = 0;  // server connections open to it (idle or lent) in pgvalve's pools
+  };
+  std::vector<Check> checks;
+  for (const auto& db : snap.config->databases) {
+    for (const auto& shard : db.shards) {
+      Check c{db.name + "/" + shard.name + " primary " + shard.primary.to_string(),
+              shard.primary.to_string(), shard.primary, 0};
+      for (const auto& p : snap.pools) {
+        if (p.key.database == db.name && p.key.host == shard.primary) {
+          c.open += p.stats.checked_in + p.stats.checked_out;
+        }
+      }
+      checks.push_back(std::move(c));
+    }
+  }
+
+  // Primaries without a live pooled connection: a TCP connect, at most one per second each.
+  const auto now = Clock::now();
+  for (const auto& c : checks) {
+    if (c.open > 0) continue;
+    auto& probe = st->probes[c.key];
+    if (probe.running) continue;
+    if (probe.has_result && now - probe.finished_at < kProbeFreshFor) continue;
+    probe.running = true;
+    asio::co_spawn(st->context, run_probe(st, c.host), log_failure("http_probe_failed"));
+  }
+  const auto deadline = now + kProbeTimeout + std::chrono::milliseconds(500);
+  for (;;) {
+    auto timer = std::make_shared<asio::steady_timer>(st->context);
+    bool waiting = false;
+    for (const auto& c : checks) {
+      if (c.open > 0) continue;
+      auto& probe = st->probes[c.key];
+      if (probe.running) {
+        probe.waiters.push_back(timer);
+        waiting = true;
+      }
+    }
+    if (!waiting || Clock::now() >= deadline || st->closed) break;
+    timer->expires_at(deadline);
+    error_code ec;
+    co_await timer->async_wait(await_ec(ec));
+  }
+
+  bool all_ok = true;
+  std::string details;
+  for (const auto& c : checks) {
+    details += c.where;
+    if (c.open > 0) {
+      details += ": ok (" + std::to_string(c.open) + " server connection(s) open)\n";
+      continue;
+    }
+    const auto& probe = st->probes[c.key];
+    if (probe.running || !probe.has_result) {
+      all_ok = false;
+      details += ": not ready: TCP connect still in progress\n";
+    } else if (probe.ok) {
+      details += ": ok (TCP connect succeeded)\n";
+    } else {
+      all_ok = false;
+      details += ": not ready: " + probe.error + "\n";
+    }
+  }
+  if (checks.empty()) details = "no databases configured\n";
+  if (all_ok) co_return text(version, http::status::ok, "ready\n" + details);
+  co_return text(version, http::status::service_unavailable, "not ready\n" + details);
+}
+
+// ---- dispatch ------------------------------------------------------------------------------
+
+asio::awaitable<Response> respond(std::shared_ptr<State> st, const Request& req) {
+  const unsigned version = req.version();
+  std::string_view path(req.target().data(), req.target().size());
+  if (auto q = path.find('?'); q != std::string_view::npos) path = path.substr(0, q);
+
+  const bool known =
+      path == "/health" || path == "/ready" || path == "/status" || path == "/metrics";
+  if (!known) co_return text(version, http::status::not_found, "not found\n");
+  if (req.method() != http::verb::get) {
+    auto res = text(version, http::status::method_not_allowed, "method not allowed\n");
+    res.set(http::field::allow, "GET");
+    co_return res;
+  }
+  if (path == "/health") co_return text(version, http::status::ok, "ok\n");
+  if (path == "/ready") co_return co_await ready(st, version);
+  if (path == "/status") {
+    co_return make_response(version, http::status::ok, "application/json",
+                            status_json(take_snapshot(st->app)));
+  }
+  co_return make_response(version, http::status::ok, kMetricsContentType,
+                          render_metrics(take_snapshot(st->app)));
+}
+
+bool is_request_error(const error_code& ec) {
+  return ec.category() == http::make_error_code(http::error::bad_target).category() ||
+         ec == http::error::buffer_overflow;
+}
+
+asio::awaitable<void> serve_connection(std::shared_ptr<State> st, tcp::socket socket) {
+  beast::tcp_stream stream(std::move(socket));
+  st->connections.insert(&stream);
+  struct Untrack {
+    State* state;
+    beast::tcp_stream* stream;
+    ~Untrack() { state->connections.erase(stream); }
+  } untrack{st.get(), &stream};
+
+  beast::flat_buffer buffer(kMaxHeaderBytes + kMaxBodyBytes);
+  while (!st->closed) {
+    http::request_parser<http::string_body> parser;
+    parser.header_limit(kMaxHeaderBytes);
+    parser.body_limit(kMaxBodyBytes);
+    error_code ec;
+    stream.expires_after(kReadTimeout);
+    co_await http::async_read(stream, buffer, parser, await_ec(ec));
+    if (ec) {
+      // Closed between requests, timed out, reset: nothing to answer.
+      if (ec == http::error::end_of_stream || ec == http::error::partial_message ||
+          !is_request_error(ec) || st->closed) {
+        break;
+      }
+      const bool too_big = ec == http::error::header_limit || ec == http::error::body_limit ||
+                           ec == http::error::buffer_overflow;
+      auto res = text(11, too_big ? http::status::payload_too_large : http::status::bad_request,
+                      too_big ? "request too large\n" : "bad request\n");
+      res.keep_alive(false);
+      stream.expires_after(kWriteTimeout);
+      co_await http::async_write(stream, res, await_ec(ec));
+      PGV_LOG(Debug, "http_bad_request", {"error", ec.message()});
+      break;
+    }
+    const Request& req = parser.get();
+    Response res = co_await respond(st, req);
+    const bool keep_alive = req.keep_alive() && !st->closed;
+    res.keep_alive(keep_alive);
+    PGV_LOG(Debug, "http_request",
+            {"method", std::string_view(req.method_string().data(), req.method_string().size())},
+            {"target", std::string_view(req.target().data(), req.target().size())},
+            {"status", res.result_int()});
+    stream.expires_after(kWriteTimeout);
+    co_await http::async_write(stream, res, await_ec(ec));
+    if (ec || !keep_alive) break;
+  }
+  error_code ignored;
+  stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+  stream.close();
+}
+
+asio::awaitable<void> accept_loop(std::shared_ptr<State> st) {
+  for (;;) {
+    error_code ec;
+    tcp::socket socket(st->context);
+    co_await st->acceptor.async_accept(socket, await_ec(ec));
+    if (ec) {
+      if (ec == asio::error::operation_aborted || st->closed || !st->acceptor.is_open()) co_return;
+      PGV_LOG(Warn, "http_accept_failed", {"error", ec.message()});
+      // Out of descriptors and the like: do not spin.
+      asio::steady_timer pause(st->context, std::chrono::milliseconds(100));
+      co_await pause.async_wait(await_ec(ec));
+      continue;
+    }
+    if (st->connections.size() >= kMaxConnections) {
+      PGV_LOG(Warn, "http_too_many_connections", {"limit", kMaxConnections});
+      socket.close(ec);
+      continue;
+    }
+    socket.set_option(tcp::no_delay(true), ec);
+    asio::co_spawn(st->context, serve_connection(st, std::move(socket)),
+                   log_failure("http_connection_failed"));
+  }
+}
+
+}  // namespace
+
+HttpServer::HttpServer(App& app, asio::io_context& context)
+    : state_(std::make_shared<State>(app, context)) {}
+
+HttpServer::~HttpServer() {
+  close();
+}
+
+void HttpServer::start(const config::Endpoint& where) {
+  auto& st = *state_;
+  tcp::endpoint endpoint;
+  error_code ec;
+  auto address = asio::ip::make_address(where.host, ec);
+  if (ec) {
+    tcp::resolver resolver(st.context);
+    auto results = resolver.resolve(where.host, std::to_string(where.port));
+    if (results.empty()) throw std::runtime_error("no address for " + where.host);
+    endpoint = results.begin()->endpoint();
+  } else {
+    endpoint = tcp::endpoint(address, where.port);
+  }
+  st.acceptor.open(endpoint.protocol());
+  st.acceptor.set_option(tcp::acceptor::reuse_address(true));
+  st.acceptor.bind(endpoint);
+  st.acceptor.listen(asio::socket_base::max_listen_connections);
+  asio::co_spawn(st.context, accept_loop(state_), log_failure("http_accept_loop_failed"));
+  PGV_LOG(Info, "admin_listening", {"address", where.to_string()},
+          {"endpoints", "/health /ready /status /metrics"});
+}
+
+void HttpServer::close() {
+  auto& st = *state_;
+  if (st.closed) return;
+  st.closed = true;
+  error_code ignored;
+  st.acceptor.close(ignored);
+  // Posts the pending reads' completions; each connection then ends and untracks itself.
+  for (auto* stream : st.connections)
+    stream->close();
+}
+
+}  // namespace pgvalve::proxy

@@ -1,0 +1,47 @@
+// What the HTTP endpoint reports: a snapshot of the proxy's figures (pools, clients, config),
+// and its Prometheus text form (/metrics, built with prometheus-cpp). Only figures that have a
+// real source are reported; DESIGN.md §6 metrics without one yet (queries, hosts, latency) are
+// left out rather than faked.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "config/config.h"
+#include "pool/server_pool.h"
+
+namespace pgvalve::proxy {
+
+class App;
+
+struct PoolSample {
+  pool::PoolKey key;
+  pool::PoolStats stats;
+  int clients = 0;  // clients logged in to this pool (cl_active + cl_waiting)
+};
+
+struct Snapshot {
+  config::ConfigPtr config;
+  int client_connections = 0;  // every open client connection (App::client_count())
+  bool draining = false;
+  std::vector<PoolSample> pools;  // sorted by database, user, host
+};
+
+Snapshot take_snapshot(App& app);
+
+// Where a host sits in a database's shards: the shard's name and "primary" or "replica".
+// Empty strings when the host is not (or no longer) in the configuration.
+struct HostPlace {
+  std::string shard;
+  std::string role;
+};
+HostPlace place_of(const config::Config& config, std::string_view database,
+                   const config::Endpoint& host);
+
+// Prometheus text exposition format 0.0.4.
+std::string render_metrics(const Snapshot& snapshot);
+
+inline constexpr std::string_view kMetricsContentType = "text/plain; version=0.0.4; charset=utf-8";
+
+}  // namespace pgvalve::proxy
