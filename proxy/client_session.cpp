@@ -596,7 +596,9 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::checkout(Serve
   const auto settings = pool_->settings();
   const auto deadline =
       pool::Clock::now() + std::chrono::milliseconds(settings.checkout_timeout_ms);
-  for (int attempt = 0; attempt < 3; ++attempt) {
+  // Every idle connection may have died together (a server restart): try them all.
+  const int attempts = settings.pool_size + settings.max_overflow + 2;
+  for (int attempt = 0; attempt < attempts; ++attempt) {
     auto result = pool_->checkout(worker_.index, &waiter_);
     std::unique_ptr<pool::Connection> conn = std::move(result.conn);
     bool create = result.kind == pool::CheckoutKind::Create;
@@ -654,6 +656,12 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::checkout(Serve
       co_return fresh;
     }
     auto server = std::unique_ptr<ServerConnection>(static_cast<ServerConnection*>(conn.release()));
+    if (!server->idle_and_open()) {
+      PGV_LOG(Info, "server_gone_while_idle", {"server", server->id},
+              {"host", server->host.to_string()});
+      pool_->discard(std::move(server));
+      continue;
+    }
     server->adopt(worker_.context, worker_.index);
     if (pool_->should_pre_ping(*server, pool::Clock::now())) {
       ServerFailure ping_failure;

@@ -4,6 +4,9 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
+
+#include <sys/socket.h>
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/address.hpp>
@@ -68,6 +71,13 @@ void ServerConnection::adopt(asio::io_context& ctx, int worker) {
   const auto protocol = socket.local_endpoint().protocol();
   auto fd = socket.release();
   socket = tcp::socket(ctx, protocol, fd);
+}
+
+bool ServerConnection::idle_and_open() {
+  if (!in.empty()) return false;
+  char byte;
+  const auto n = ::recv(socket.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
 asio::awaitable<bool> ServerConnection::run_query(std::string_view sql, ServerFailure& failure,

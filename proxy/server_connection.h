@@ -74,6 +74,11 @@ class ServerConnection : public pool::Connection {
   // Re-registers the socket with `ctx` when it belongs to another worker's event loop.
   void adopt(asio::io_context& ctx, int worker);
 
+  // False when the server has closed the connection or sent something while idle (PostgreSQL
+  // says goodbye with a FATAL ErrorResponse, e.g. after pg_terminate_backend or a restart).
+  // One non-blocking peek: cheap enough for every checkout.
+  bool idle_and_open();
+
   // Runs `sql` as a simple query and reads through to ReadyForQuery, keeping ParameterStatus
   // values in `settings`. Reported settings that changed are appended (as ParameterStatus
   // messages) to `changed_out`, when given. Returns false on I/O failure or an ErrorResponse.
