@@ -176,24 +176,20 @@ void App::begin_drain() {
         s->on_drain();
     });
   }
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout);
-  // Polls until every client has left or the timeout passes.
-  std::function<void()> poll;
-  auto check = std::make_shared<std::function<void()>>();
-  *check = [this, deadline, check] {
-    if (client_count() == 0 || std::chrono::steady_clock::now() >= deadline) {
-      if (client_count() > 0) {
-        PGV_LOG(Warn, "shutdown_timeout", {"clients", client_count()});
-      }
-      control_.stop();
-      return;
-    }
-    drain_timer_.expires_after(std::chrono::milliseconds(100));
-    drain_timer_.async_wait([check](const error_code& ec) {
-      if (!ec) (*check)();
-    });
-  };
-  (*check)();
+  poll_drain(std::chrono::steady_clock::now() + std::chrono::seconds(timeout));
+}
+
+// Checks every 100 ms whether every client has left, until the deadline.
+void App::poll_drain(std::chrono::steady_clock::time_point deadline) {
+  if (client_count() == 0 || std::chrono::steady_clock::now() >= deadline) {
+    if (client_count() > 0) PGV_LOG(Warn, "shutdown_timeout", {"clients", client_count()});
+    control_.stop();
+    return;
+  }
+  drain_timer_.expires_after(std::chrono::milliseconds(100));
+  drain_timer_.async_wait([this, deadline](const error_code& ec) {
+    if (!ec) poll_drain(deadline);
+  });
 }
 
 void App::on_signal(const error_code& ec, int signal) {

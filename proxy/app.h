@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -74,6 +75,7 @@ class App {
   asio::awaitable<void> accept_loop(Worker& worker);
   void on_signal(const boost::system::error_code& ec, int signal);
   void begin_drain();
+  void poll_drain(std::chrono::steady_clock::time_point deadline);
   void schedule_sweep();
   void stop_all();
 
