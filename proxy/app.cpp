@@ -11,6 +11,7 @@
 
 #include "proxy/client_session.h"
 #include "proxy/http_server.h"
+#include "proxy/listen_hub.h"
 #include "proxy/log.h"
 
 namespace pgvalve::proxy {
@@ -50,6 +51,22 @@ std::vector<std::shared_ptr<pool::ServerPool>> App::pools() {
   for (auto& [_, p] : pools_)
     out.push_back(p);
   return out;
+}
+
+std::shared_ptr<ListenHub> App::listen_hub_for(const config::Database& db,
+                                               const config::User& user) {
+  std::lock_guard lock(pools_mutex_);
+  auto& hub = listen_hubs_[db.name + '\0' + user.name];
+  if (!hub) {
+    ServerLogin login;
+    login.host = db.shards.front().primary;
+    login.user = user.name;
+    login.password = user.server_password;
+    login.dbname = db.dbname;
+    login.max_message_bytes = static_cast<std::size_t>(config()->limits.max_message_bytes);
+    hub = std::make_shared<ListenHub>(control_, std::move(login));
+  }
+  return hub;
 }
 
 bool App::try_add_client() {

@@ -31,6 +31,7 @@ using asio::ip::tcp;
 using error_code = boost::system::error_code;
 
 class ClientSession;
+class ListenHub;
 class HttpServer;
 
 struct Worker {
@@ -55,6 +56,8 @@ class App {
   std::shared_ptr<pool::ServerPool> pool_for(const config::Database& db, const std::string& user,
                                              const config::Endpoint& host);
   std::vector<std::shared_ptr<pool::ServerPool>> pools();
+  // The LISTEN/NOTIFY hub of (database, user), on the control thread.
+  std::shared_ptr<ListenHub> listen_hub_for(const config::Database& db, const config::User& user);
 
   // Client connection accounting for max_client_connections.
   bool try_add_client();
@@ -84,6 +87,7 @@ class App {
   CancelRegistry cancels_;
   std::mutex pools_mutex_;
   std::unordered_map<std::string, std::shared_ptr<pool::ServerPool>> pools_;
+  std::unordered_map<std::string, std::shared_ptr<ListenHub>> listen_hubs_;  // under pools_mutex_
   std::atomic<int> clients_{0};
   std::atomic<bool> draining_{false};
   std::atomic<std::uint64_t> next_server_id_{1};

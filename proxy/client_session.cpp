@@ -122,7 +122,8 @@ ClientSession::ClientSession(App& app, Worker& worker, tcp::socket socket, std::
       client_(std::move(socket)),
       id_(id),
       wait_timer_(client_.get_executor()),
-      server_loop_done_(client_.get_executor()) {
+      server_loop_done_(client_.get_executor()),
+      listen_timer_(client_.get_executor()) {
   worker_.sessions.insert(this);
 }
 
@@ -423,15 +424,26 @@ asio::awaitable<bool> ClientSession::start_session() {
 asio::awaitable<void> ClientSession::relay() {
   for (;;) {
     error_code ec;
+    if (!server_ && !notifications_.empty()) {
+      if (!co_await write_notifications()) break;
+    }
     if (client_in_.empty() && !server_) {
       // Between transactions the client holds no buffer.
       client_in_.release();
       if (app_.draining()) break;
       co_await client_.async_wait(tcp::socket::wait_read, await_ec(ec));
+      if (ec == asio::error::operation_aborted && notify_wakeup_ && !app_.draining()) {
+        notify_wakeup_ = false;
+        continue;
+      }
       if (ec || app_.draining()) break;
     }
     std::size_t n =
         co_await client_.async_read_some(client_in_.prepare(pending_frame_bytes_), await_ec(ec));
+    if (ec == asio::error::operation_aborted && notify_wakeup_ && !app_.draining()) {
+      notify_wakeup_ = false;
+      continue;
+    }
     if (ec) break;
     client_in_.commit(n);
     if (!co_await on_client_bytes()) co_return;
@@ -506,6 +518,10 @@ asio::awaitable<bool> ClientSession::on_client_bytes() {
                           "the transaction was rolled back, run it again"};
     co_await fail_requests(frames, failure);
     lost_transaction_ = false;
+    client_in_.consume(end);
+    co_return !terminate && !client_gone_;
+  }
+  if (!server_ && track_ && co_await listen_via_hub(frames)) {
     client_in_.consume(end);
     co_return !terminate && !client_gone_;
   }
@@ -781,6 +797,7 @@ asio::awaitable<void> ClientSession::relay_server_to_client() {
     bool invalid = false;
     server_spans_.clear();
     server_scratch_.clear();
+    bool saw_ready = false;
     while (end < data.size()) {
       auto r = pr::decode_frame(data.substr(end), server->max_message_bytes);
       if (r.status == pr::DecodeStatus::NeedMoreData) {
@@ -794,6 +811,7 @@ asio::awaitable<void> ClientSession::relay_server_to_client() {
       }
       const pr::Frame& f = r.frame;
       if (f.tag == 'Z') {
+        saw_ready = true;
         server->tx_status = pr::read_ready_for_query(f).value_or('E');
         if (in_flight_ > 0) --in_flight_;
       } else if (f.tag == 'S') {
@@ -810,7 +828,15 @@ asio::awaitable<void> ClientSession::relay_server_to_client() {
       lost = true;
       break;
     }
-    if (track_) emit_synthetic_heads();
+    if (track_) {
+      emit_synthetic_heads();
+      if (!notifications_.empty() && saw_ready) {
+        const std::size_t from = server_scratch_.size();
+        server_scratch_ += notifications_;
+        notifications_.clear();
+        server_spans_.push_back({true, from, server_scratch_.size() - from});
+      }
+    }
     if (end > 0 || !server_spans_.empty()) {
       // data may have moved if prepare() grew the buffer: take the view again.
       const std::string_view frames = server->in.readable().substr(0, end);
@@ -943,6 +969,7 @@ asio::awaitable<void> ClientSession::finish() {
       pool_->discard(std::move(server_));
     }
   }
+  if (hub_ && sink_) hub_->forget(sink_.get());
   PGV_LOG(Info, "client_logout", {"client", id_}, {"user", user_name_},
           {"database", database_name_});
 }

@@ -28,6 +28,7 @@
 #include "protocol/prepared_statements.h"
 #include "proxy/byte_buffer.h"
 #include "proxy/cancel_registry.h"
+#include "proxy/listen_hub.h"
 #include "proxy/server_connection.h"
 #include "proxy/users.h"
 
@@ -100,6 +101,11 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   void drop_failed_server();
   asio::awaitable<void> fail_requests(std::string_view frames, const ServerFailure& failure);
   asio::awaitable<void> finish();
+
+  // LISTEN/UNLISTEN between transactions go to the (database, user)'s listen hub.
+  asio::awaitable<bool> listen_via_hub(std::string_view frames);
+  void deliver_notification(std::string message);
+  asio::awaitable<bool> write_notifications();
 
   // Transaction pooling bookkeeping (transaction_pooling.cpp): what the server gets for the
   // client's frames, and what the client gets for the server's.
@@ -183,6 +189,14 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::vector<asio::const_buffer> write_buffers_;
   std::vector<Note> notes_;
   bool drop_until_sync_ = false;  // a refused Parse: the server is not sent the rest of the flight
+
+  // Notifications from the listen hub, waiting for the client to be between commands.
+  class Sink;
+  std::shared_ptr<ListenHub> hub_;
+  std::shared_ptr<NotificationSink> sink_;
+  std::string notifications_;
+  bool notify_wakeup_ = false;
+  asio::steady_timer listen_timer_;
 };
 
 }  // namespace pgvalve::proxy

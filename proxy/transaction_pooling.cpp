@@ -11,8 +11,12 @@
 #include <algorithm>
 #include <array>
 
+#include <boost/asio/post.hpp>
 #include "protocol/messages.h"
+
+#include "proxy/app.h"
 #include "proxy/client_session.h"
+#include "proxy/io_util.h"
 #include "proxy/log.h"
 #include "routing/statement.h"
 
@@ -71,6 +75,83 @@ std::optional<std::string_view> cstring_at(std::string_view body, std::size_t po
 constexpr std::string_view kNoStatement = "pgv_none";
 
 }  // namespace
+
+class ClientSession::Sink final : public NotificationSink {
+ public:
+  explicit Sink(std::weak_ptr<ClientSession> session, asio::any_io_executor executor)
+      : session_(std::move(session)), executor_(std::move(executor)) {}
+  void deliver(std::string message) override {
+    asio::post(executor_, [s = session_, message = std::move(message)]() mutable {
+      if (auto session = s.lock()) session->deliver_notification(std::move(message));
+    });
+  }
+
+ private:
+  std::weak_ptr<ClientSession> session_;
+  asio::any_io_executor executor_;
+};
+
+void ClientSession::deliver_notification(std::string message) {
+  notifications_ += message;
+  if (!server_) {
+    // Wake the client loop, which is waiting for the client to send something.
+    notify_wakeup_ = true;
+    error_code ignored;
+    client_.cancel(ignored);
+  }
+}
+
+asio::awaitable<bool> ClientSession::write_notifications() {
+  std::string out = std::move(notifications_);
+  notifications_.clear();
+  co_return co_await write_all(client_, out);
+}
+
+// A simple query that is exactly one LISTEN or UNLISTEN, between transactions: answered after
+// the hub's server connection has run it.
+asio::awaitable<bool> ClientSession::listen_via_hub(std::string_view frames) {
+  auto r = pr::decode_frame(frames, max_message_bytes_);
+  if (r.frame.tag != 'Q' || r.frame.whole.size() != frames.size()) co_return false;
+  auto sql = pr::read_query(r.frame);
+  if (!sql) co_return false;
+  auto info = routing::classify(*sql);
+  const bool listen = info.kind == routing::StatementKind::Listen;
+  if ((!listen && info.kind != routing::StatementKind::Unlisten) || info.multiple_statements ||
+      (info.name.empty() && !info.all)) {
+    co_return false;
+  }
+  if (!hub_) hub_ = app_.listen_hub_for(*database_, *user_);
+  if (!sink_) sink_ = std::make_shared<Sink>(weak_from_this(), client_.get_executor());
+  std::optional<std::string> error;
+  bool done = false;
+  auto finished = [self = shared_from_this(), &error, &done](std::optional<std::string> e) {
+    asio::post(self->client_.get_executor(), [self, e = std::move(e), &error, &done] {
+      error = e;
+      done = true;
+      self->listen_timer_.cancel();
+    });
+  };
+  const std::string channel = info.all ? "*" : std::string(info.name.view());
+  if (listen) {
+    hub_->listen(sink_, channel, finished);
+  } else {
+    hub_->unlisten(sink_.get(), channel, finished);
+  }
+  while (!done) {
+    error_code ignored;
+    listen_timer_.expires_at(asio::steady_timer::time_point::max());
+    co_await listen_timer_.async_wait(await_ec(ignored));
+  }
+  std::string out;
+  if (error) {
+    append_error(out, "08006", *error);
+  } else {
+    pr::append_command_complete(out, listen ? "LISTEN" : "UNLISTEN");
+  }
+  pr::append_ready_for_query(out, 'I');
+  if (!co_await write_all(client_, out)) client_gone_ = true;
+  co_return true;
+}
 
 std::uint32_t ClientSession::add_note(std::uint8_t kind, std::string a, std::string b) {
   notes_.push_back({kind, std::move(a), std::move(b)});
@@ -415,8 +496,10 @@ void ClientSession::apply_note(const Note& note) {
         client_settings_.erase(note.name);
       }
       return;
-    case Note::ResetAll:
     case Note::Discard:
+      if (hub_ && sink_) hub_->unlisten(sink_.get(), "*", nullptr);
+      [[fallthrough]];
+    case Note::ResetAll:
       server_->settings.keep_reported_only();
       client_settings_.keep_reported_only();
       for (const auto& s : startup_settings_.all()) {

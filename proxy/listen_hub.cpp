@@ -1,0 +1,199 @@
+#include "proxy/listen_hub.h"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include "protocol/messages.h"
+#include "proxy/io_util.h"
+#include "proxy/log.h"
+
+namespace pgvalve::proxy {
+
+namespace pr = protocol;
+
+namespace {
+std::string quoted(std::string_view channel) {
+  std::string out = "\"";
+  for (char c : channel) {
+    if (c == '"') out += '"';
+    out += c;
+  }
+  out += '"';
+  return out;
+}
+}  // namespace
+
+ListenHub::ListenHub(asio::io_context& context, ServerLogin login)
+    : context_(context), login_(std::move(login)) {}
+
+void ListenHub::listen(std::shared_ptr<NotificationSink> sink, std::string channel, Done done) {
+  asio::post(context_, [self = shared_from_this(), sink = std::move(sink),
+                        channel = std::move(channel), done = std::move(done)]() mutable {
+    auto& listeners = self->channels_[channel];
+    const bool first = listeners.empty();
+    listeners.insert(sink.get());
+    self->sinks_[sink.get()] = sink;
+    self->submit({first ? "LISTEN " + quoted(channel) : std::string(), std::move(done)});
+  });
+}
+
+void ListenHub::unlisten(NotificationSink* sink, std::string channel, Done done) {
+  asio::post(context_, [self = shared_from_this(), sink, channel = std::move(channel),
+                        done = std::move(done)]() mutable {
+    std::string sql;
+    for (auto it = self->channels_.begin(); it != self->channels_.end();) {
+      if (channel == "*" || it->first == channel) {
+        it->second.erase(sink);
+        if (it->second.empty()) {
+          sql += "UNLISTEN " + quoted(it->first) + ";";
+          it = self->channels_.erase(it);
+          continue;
+        }
+      }
+      ++it;
+    }
+    self->submit({std::move(sql), std::move(done)});
+  });
+}
+
+void ListenHub::forget(NotificationSink* sink) {
+  asio::post(context_, [self = shared_from_this(), sink] {
+    self->sinks_.erase(sink);
+    std::string sql;
+    for (auto it = self->channels_.begin(); it != self->channels_.end();) {
+      it->second.erase(sink);
+      if (it->second.empty()) {
+        sql += "UNLISTEN " + quoted(it->first) + ";";
+        it = self->channels_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (!sql.empty()) self->submit({std::move(sql), nullptr});
+  });
+}
+
+// On the hub's thread.
+void ListenHub::submit(Command command) {
+  if (command.sql.empty() && in_flight_.empty() && queued_.empty()) {
+    if (command.done) command.done(std::nullopt);
+    return;
+  }
+  queued_.push_back(std::move(command));
+  if (!running_) {
+    running_ = true;
+    asio::co_spawn(context_, run(), asio::detached);
+    return;
+  }
+  if (!server_) return;  // still connecting: run() sends the queue once logged in
+  flush_queue();
+}
+
+// Moves queued commands to the outbox and makes sure one writer sends it, in order.
+void ListenHub::flush_queue() {
+  while (!queued_.empty()) {
+    auto c = std::move(queued_.front());
+    queued_.pop_front();
+    // An empty command still waits its turn, so its answer comes after earlier LISTENs.
+    pr::append_query(outbox_, c.sql.empty() ? ";" : c.sql);
+    in_flight_.push_back(std::move(c.done));
+  }
+  if (writing_ || outbox_.empty()) return;
+  writing_ = true;
+  asio::co_spawn(context_, write_outbox(shared_from_this()), asio::detached);
+}
+
+asio::awaitable<void> ListenHub::write_outbox(std::shared_ptr<ListenHub> self) {
+  while (!self->outbox_.empty() && self->server_) {
+    std::string out = std::move(self->outbox_);
+    self->outbox_.clear();
+    if (!co_await write_all(self->server_->socket, out)) break;
+  }
+  self->writing_ = false;
+}
+
+void ListenHub::fail_all(const std::string& error) {
+  for (auto& done : in_flight_) {
+    if (done) done(error);
+  }
+  in_flight_.clear();
+  for (auto& c : queued_) {
+    if (c.done) c.done(error);
+  }
+  queued_.clear();
+}
+
+asio::awaitable<void> ListenHub::run() {
+  auto self = shared_from_this();
+  ServerFailure failure;
+  server_ = co_await open_server_connection(login_, failure);
+  if (!server_) {
+    PGV_LOG(Warn, "listen_connection_failed", {"host", login_.host.to_string()},
+            {"reason", failure.message});
+    fail_all(failure.message);
+    running_ = false;
+    co_return;
+  }
+  PGV_LOG(Info, "listen_connection_open", {"host", login_.host.to_string()},
+          {"database", login_.dbname}, {"user", login_.user});
+  // Listen again on every channel clients still want (after a reconnect), then the queue.
+  std::string resubscribe;
+  for (const auto& [channel, _] : channels_)
+    resubscribe += "LISTEN " + quoted(channel) + ";";
+  if (!resubscribe.empty()) queued_.push_front({resubscribe, nullptr});
+  flush_queue();
+  std::optional<std::string> error;
+  for (;;) {
+    pr::Frame f;
+    if (co_await read_frame(server_->socket, server_->in, login_.max_message_bytes, f) !=
+        ReadStatus::Ok) {
+      break;
+    }
+    switch (f.tag) {
+      case 'A': {
+        std::string message(f.whole);
+        if (auto n = pr::read_notification_response(f)) {
+          auto it = channels_.find(std::string(n->channel));
+          if (it != channels_.end()) {
+            for (auto* sink : it->second) {
+              auto owner = sinks_[sink].lock();
+              if (owner) owner->deliver(message);
+            }
+          }
+        }
+        break;
+      }
+      case 'E':
+        if (auto e = pr::read_error_response(f)) error = "pgvalve: " + std::string(e->message);
+        break;
+      case 'Z':
+        if (!in_flight_.empty()) {
+          auto done = std::move(in_flight_.front());
+          in_flight_.pop_front();
+          if (done) done(error);
+        }
+        error.reset();
+        break;
+      default:
+        break;
+    }
+    server_->in.consume(f.whole.size());
+  }
+  PGV_LOG(Warn, "listen_connection_lost", {"host", login_.host.to_string()});
+  server_.reset();
+  fail_all("pgvalve: the listening server connection was lost; LISTEN again");
+  outbox_.clear();
+  // Clients keep their channels: listen again on a fresh connection after a pause.
+  asio::steady_timer pause(context_, std::chrono::seconds(1));
+  error_code ignored;
+  co_await pause.async_wait(await_ec(ignored));
+  running_ = false;
+  if (!channels_.empty() || !queued_.empty()) {
+    running_ = true;
+    asio::co_spawn(context_, run(), asio::detached);
+  }
+}
+
+}  // namespace pgvalve::proxy

@@ -1,0 +1,147 @@
+"""Real drivers' prepared statements through transaction pooling (issue 3): psycopg
+(prepare=True and its default prepare_threshold), PgJDBC (prepareThreshold=1) and node-postgres
+(named queries). Each runs several concurrent connections over 2 server connections
+(pool_size 2, max_overflow 0), many transactions, every result checked by the driver program.
+
+The Java and Node programs live in drivers/; javac compiles the Java one into a temporary
+directory; npm installs node-postgres into drivers/node_modules (not in git) when missing.
+A missing toolchain or an unreachable npm registry fails these tests: they do not skip."""
+
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pgcluster import APP_DB, APP_PASSWORD, APP_USER
+
+HERE = Path(__file__).resolve().parent
+DRIVERS = HERE / "drivers"
+JDBC_JAR = Path("/usr/share/java/postgresql.jar")
+CONNECTIONS = 4
+
+
+@pytest.fixture
+def pv(pgvalve):
+    return pgvalve(mode="transaction", pool_size=2, max_overflow=0, checkout_timeout_ms=15000,
+                   routing={"read_write_split": False})
+
+
+def app_backends(cluster):
+    return cluster.primary.scalar(
+        "select count(*) from pg_stat_activity where usename = %s and datname = %s "
+        "and backend_type = 'client backend'", (APP_USER, APP_DB))
+
+
+def fresh_table(cluster, ddl, name):
+    cluster.primary.sql(f"drop table if exists {name}; create table {name}({ddl}); "
+                        f"alter table {name} owner to {APP_USER}", dbname=APP_DB)
+
+
+def run(cmd, timeout, **kw):
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    return r, f"$ {' '.join(map(str, cmd))}\nexit {r.returncode}\n" \
+              f"stdout:\n{r.stdout[-6000:]}\nstderr:\n{r.stderr[-6000:]}"
+
+
+# --- psycopg --------------------------------------------------------------------------------
+
+ITERATIONS = 150
+
+
+def psycopg_client(pv, k, prepare, errors, pids):
+    try:
+        kw = {} if prepare is None else {"prepare": prepare}
+        with psycopg.connect(pv.dsn(), autocommit=True) as conn:
+            for i in range(ITERATIONS):
+                # same text in every connection, and one of this connection's own
+                assert conn.execute("select %s::int * 3", (i,), **kw).fetchone() == (3 * i,)
+                row = conn.execute(f"select %s::text || '-{k}', %s::int + {k}", (str(i), i),
+                                   **kw).fetchone()
+                assert row == (f"{i}-{k}", i + k), row
+                if i % 10 == 0:
+                    with conn.transaction():
+                        pid = conn.execute("select pg_backend_pid()", **kw).fetchone()[0]
+                        pids.add(pid)
+                        with conn.cursor() as cur:
+                            # pipeline mode with the same statement many times
+                            cur.executemany("insert into psycopg_results(client, i) values "
+                                            "(%s, %s)", [(k, i * 10 + j) for j in range(5)])
+                        n = conn.execute("select count(*) from psycopg_results where client = %s",
+                                         (k,), **kw).fetchone()[0]
+                        assert n == (i // 10 + 1) * 5, n
+                        assert conn.execute("select pg_backend_pid()").fetchone()[0] == pid
+            # statements psycopg prepared are named server-side by pgvalve
+            with conn.transaction():
+                n = conn.execute(r"select count(*) from pg_prepared_statements "
+                                 r"where name like 'pgv\_%'").fetchone()[0]
+                assert n >= 1
+    except Exception as e:  # noqa: BLE001 - collected and reported by the test
+        errors.append(f"client {k} (prepare={prepare}): {e!r}")
+
+
+def test_psycopg(pv, cluster):
+    fresh_table(cluster, "client int, i int", "psycopg_results")
+    errors, pids = [], set()
+    modes = [True, None] * (CONNECTIONS // 2)  # prepare=True, and the default threshold (5)
+    threads = [threading.Thread(target=psycopg_client, args=(pv, k, m, errors, pids))
+               for k, m in enumerate(modes)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 90
+    for t in threads:
+        t.join(timeout=max(1, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), "psycopg clients still running after 90 s"
+    assert not errors, errors
+    assert len(pids) == 2, f"transactions ran on {pids}, expected both server connections"
+    assert app_backends(cluster) <= 2
+    assert cluster.primary.scalar("select count(*) from psycopg_results", dbname=APP_DB) == \
+        CONNECTIONS * (ITERATIONS // 10) * 5
+
+
+# --- node-postgres --------------------------------------------------------------------------
+
+def npm_install():
+    if (DRIVERS / "node_modules" / "pg" / "package.json").exists():
+        return
+    r, out = run(["npm", "install", "--no-audit", "--no-fund", "--no-package-lock",
+                  "--loglevel=error"], timeout=180, cwd=str(DRIVERS))
+    assert r.returncode == 0, f"npm could not install node-postgres:\n{out}"
+
+
+def test_node_postgres(pv, cluster):
+    npm_install()
+    fresh_table(cluster, "client int, i int", "node_results")
+    env = dict(os.environ, PGHOST="127.0.0.1", PGPORT=str(pv.port), PGUSER=APP_USER,
+               PGPASSWORD=APP_PASSWORD, PGDATABASE=APP_DB)
+    r, out = run(["node", str(DRIVERS / "node_named.js"), str(CONNECTIONS), "200"],
+                 timeout=120, env=env, cwd=str(DRIVERS))
+    assert r.returncode == 0 and r.stdout.startswith("OK"), out
+    pids = r.stdout.strip().split("server_pids=", 1)[1].split(",")
+    assert len(pids) == 2, out
+    assert app_backends(cluster) <= 2
+    assert cluster.primary.scalar("select count(*) from node_results", dbname=APP_DB) == \
+        CONNECTIONS * 20 * 3
+
+
+# --- PgJDBC ---------------------------------------------------------------------------------
+
+def test_jdbc(pv, cluster, tmp_path):
+    assert JDBC_JAR.exists(), f"{JDBC_JAR} missing: apt-get install libpostgresql-jdbc-java"
+    fresh_table(cluster, "thread int, i int", "jdbc_results")
+    r, out = run(["javac", "-cp", str(JDBC_JAR), "-d", str(tmp_path),
+                  str(DRIVERS / "JdbcPrepared.java")], timeout=120)
+    assert r.returncode == 0, out
+    url = f"jdbc:postgresql://127.0.0.1:{pv.port}/{APP_DB}"
+    r, out = run(["java", "-cp", f"{tmp_path}:{JDBC_JAR}", "JdbcPrepared", url, APP_USER,
+                  APP_PASSWORD, str(CONNECTIONS), "200"], timeout=150)
+    assert r.returncode == 0 and r.stdout.startswith("OK"), out
+    pids = r.stdout.split("server_pids=[", 1)[1].split("]", 1)[0].split(",")
+    assert len(pids) == 2, out
+    assert app_backends(cluster) <= 2
+    # 20 transactions per thread, every fifth rolled back, 3 rows each
+    assert cluster.primary.scalar("select count(*) from jdbc_results", dbname=APP_DB) == \
+        CONNECTIONS * 16 * 3
