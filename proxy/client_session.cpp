@@ -410,6 +410,7 @@ asio::awaitable<bool> ClientSession::start_session() {
   pr::append_backend_key_data(out, {cancel_->process_id, cancel_->secret_key});
   pr::append_ready_for_query(out, 'I');
   if (!co_await write_all(client_, out)) co_return false;
+  logged_in_ = true;
   PGV_LOG(Info, "client_login", {"client", id_}, {"user", user_name_}, {"database", database_name_},
           {"mode", config::to_string(mode_)});
   if (server_) {
@@ -715,10 +716,15 @@ asio::awaitable<bool> ClientSession::link_server(ServerFailure& failure, bool sy
 asio::awaitable<bool> ClientSession::sync_settings(ServerConnection& server,
                                                    ServerFailure& failure) {
   std::string sql;
+  std::vector<std::string> reset;
+  // A SET pgvalve could not follow (inside a transaction, among other statements) may have
+  // left anything on this server: start from its defaults and apply every client setting.
+  const bool from_defaults = server.settings_unknown;
+  if (from_defaults) sql += "RESET ALL;";
   for (const auto& s : client_settings_.all()) {
     if (s.reported && !is_synced_reported(s.name)) continue;
     const Setting* have = server.settings.find(s.name);
-    if (have && have->value == s.value && have->raw == s.raw) continue;
+    if (!from_defaults && have && have->value == s.value && have->raw == s.raw) continue;
     sql += "SET ";
     append_quoted_ident(sql, s.name);
     sql += " TO ";
@@ -729,14 +735,17 @@ asio::awaitable<bool> ClientSession::sync_settings(ServerConnection& server,
     }
     sql += ';';
   }
-  std::vector<std::string> reset;
   for (const auto& s : server.settings.all()) {
-    if (!s.reported && !client_settings_.find(s.name)) {
+    if (!from_defaults && !s.reported && !client_settings_.find(s.name)) {
       sql += "RESET ";
       append_quoted_ident(sql, s.name);
       sql += ';';
       reset.push_back(s.name);
     }
+  }
+  if (from_defaults) {
+    server.settings.keep_reported_only();
+    server.settings_unknown = false;
   }
   if (sql.empty()) co_return true;
   if (!co_await server.run_query(sql, failure)) {
@@ -760,7 +769,8 @@ asio::awaitable<bool> ClientSession::sync_settings(ServerConnection& server,
       pr::append_parameter_status(out, name, have->value);
     }
   }
-  if (!out.empty() && !co_await write_all(client_, out)) client_gone_ = true;
+  // At login the values reach the client in the ParameterStatus list after AuthenticationOk.
+  if (logged_in_ && !out.empty() && !co_await write_all(client_, out)) client_gone_ = true;
   co_return true;
 }
 

@@ -42,9 +42,9 @@ struct Worker;
 
 // Extra work attached to a pending response (PendingResponse::note).
 struct Note {
-  enum Kind : std::uint8_t { Set, Reset, ResetAll, Discard, CommandTag, Error };
+  enum Kind : std::uint8_t { Set, Reset, ResetAll, Discard, CommandTag };
   std::uint8_t kind = Set;
-  std::string name;   // Set/Reset: the parameter; CommandTag: the tag; Error: the message
+  std::string name;   // Set/Reset: the parameter; CommandTag: the tag
   std::string value;  // Set: the value as written
 };
 
@@ -123,7 +123,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   void mark_client_scratch(std::size_t from);
   std::uint32_t add_note(std::uint8_t kind, std::string a, std::string b = {});
   // Returns the refusal message when `sql` cannot work in this pool mode.
-  std::optional<std::string> refusal(std::string_view sql) const;
+  // Sets *changes_settings when a statement is SET/RESET (not SET LOCAL).
+  std::optional<std::string> refusal(std::string_view sql, bool* changes_settings = nullptr) const;
   void plan_server_frame(const protocol::Frame& f, std::size_t offset);
   void emit_synthetic_heads();
   void complete_front(char tx_status);
@@ -148,6 +149,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   config::PoolMode mode_ = config::PoolMode::Transaction;
   std::size_t max_message_bytes_ = 0;
   bool counted_ = false;
+  bool logged_in_ = false;  // AuthenticationOk and the login ParameterStatus list were sent
 
   ByteBuffer client_in_;
   std::size_t pending_frame_bytes_ = 0;  // size of the partial frame at the buffer's end

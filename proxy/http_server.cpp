@@ -232,6 +232,7 @@ std::string status_json(const Snapshot& s) {
     json_field_int(out, "total_timeouts", p.stats.total_timeouts, f);
     json_field_int(out, "total_created", p.stats.total_created, f);
     json_field_int(out, "total_closed", p.stats.total_closed, f);
+    json_field_int(out, "total_statement_evictions", p.stats.total_statement_evictions, f);
     out += '}';
   }
   out += ']';

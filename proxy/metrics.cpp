@@ -103,6 +103,13 @@ std::string render_metrics(const Snapshot& snapshot) {
                      .Help("Server connections closed (expired, recycled, broken or surplus)")
                      .Register(registry);
 
+  auto& evictions = BuildCounter()
+                        .Name("pgvalve_prepared_statement_evictions_total")
+                        .Help(
+                            "Prepared statements closed on a server to stay within "
+                            "pool.max_prepared_statements")
+                        .Register(registry);
+
   for (const auto& p : snapshot.pools) {
     const auto& s = p.stats;
     clients_active.Increment(std::max(0, p.clients - s.waiting));
@@ -133,6 +140,7 @@ std::string render_metrics(const Snapshot& snapshot) {
     timeouts.Add(pool_labels).Increment(static_cast<double>(s.total_timeouts));
     opened.Add(pool_labels).Increment(static_cast<double>(s.total_created));
     closed.Add(pool_labels).Increment(static_cast<double>(s.total_closed));
+    evictions.Add(pool_labels).Increment(static_cast<double>(s.total_statement_evictions));
   }
 
   return prometheus::TextSerializer().Serialize(registry.Collect());

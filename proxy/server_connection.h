@@ -91,6 +91,8 @@ class ServerConnection : public pool::Connection {
   std::uint32_t host_index = 0;  // in the cancel registry's host table
   protocol::BackendKeyData key;
   Settings settings;
+  // A client ran a SET pgvalve could not track here: the next sync starts with RESET ALL.
+  bool settings_unknown = false;
   protocol::ServerStatements statements;  // transaction pooling's shared prepared statements
   std::vector<std::pair<std::string, std::string>> startup_parameters;  // as reported, in order
   char tx_status = 'I';

@@ -32,7 +32,6 @@ enum Action : std::uint8_t {
   kApplyNote = 1,           // at ReadyForQuery, if the request succeeded: apply the note
   kEmptyAsNote = 2,         // the request was sent as an empty query: replace its answer
   kSynthParseComplete = 3,  // Synthetic: ParseComplete
-  kSynthError = 4,          // Synthetic: the note's error
 };
 
 constexpr std::array<std::string_view, 6> kReported = {
@@ -73,6 +72,17 @@ std::optional<std::string_view> cstring_at(std::string_view body, std::size_t po
 }
 
 constexpr std::string_view kNoStatement = "pgv_none";
+
+// A statement that makes the server raise `message` with SQLSTATE 0A000.
+std::string raise_statement(std::string_view message) {
+  std::string sql = "DO $pgvalve$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = '";
+  for (char c : message) {
+    if (c == '\'') sql += '\'';
+    sql += c;
+  }
+  sql += "'; END$pgvalve$";
+  return sql;
+}
 
 }  // namespace
 
@@ -158,12 +168,17 @@ std::uint32_t ClientSession::add_note(std::uint8_t kind, std::string a, std::str
   return static_cast<std::uint32_t>(notes_.size() - 1);
 }
 
-std::optional<std::string> ClientSession::refusal(std::string_view sql) const {
+std::optional<std::string> ClientSession::refusal(std::string_view sql,
+                                                  bool* changes_settings) const {
   using routing::StatementKind;
   const char* why = nullptr;
   for (std::size_t offset = 0; offset < sql.size();) {
     auto info = routing::classify(sql.substr(offset));
     if (info.kind == StatementKind::Empty) break;
+    if (changes_settings && (info.kind == StatementKind::Set || info.kind == StatementKind::Reset ||
+                             info.kind == StatementKind::ResetAll)) {
+      *changes_settings = true;
+    }
     if (mode_ == config::PoolMode::Statement && info.kind == StatementKind::Begin) {
       why =
           "pgvalve: transaction blocks are not allowed in statement pool mode; use pool mode "
@@ -317,15 +332,24 @@ void ClientSession::prepare_on_server(const pr::PreparedStatement& stmt, bool sw
 void ClientSession::plan_parse(const pr::Frame& f, std::size_t offset) {
   auto parse = pr::read_parse(f);
   if (parse) {
-    if (auto why = refusal(parse->query)) {
-      // As PostgreSQL does after an error: nothing more until Sync.
-      pr::PendingResponse error{Kind::Synthetic};
-      error.action = kSynthError;
-      error.note = add_note(Note::Error, std::move(*why));
-      pending_.push(error);
+    bool changes_settings = false;
+    if (auto why = refusal(parse->query, &changes_settings)) {
+      // The server raises the error itself, so a transaction in progress fails as it would
+      // for any error; then, as after any error, nothing more is sent until Sync.
+      const std::size_t from = client_scratch_.size();
+      append_parse_raw(client_scratch_, "", raise_statement(*why), {});
+      // Bind: unnamed portal and statement, no parameter formats, parameters or result formats.
+      static constexpr char kEmptyBind[] = {'B', 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0};
+      client_scratch_.append(kEmptyBind, sizeof kEmptyBind);
+      pr::append_execute(client_scratch_, "", 0);
+      mark_client_scratch(from);
+      pending_.push({Kind::ParseComplete, true});
+      pending_.push({Kind::BindComplete, true});
+      pending_.push({Kind::Execute});
       drop_until_sync_ = true;
       return;
     }
+    if (changes_settings) server_->settings_unknown = true;
   }
   if (!parse || parse->statement.empty()) {
     pass_client(offset, f.whole.size());
@@ -414,6 +438,7 @@ void ClientSession::plan_query(const pr::Frame& f, std::size_t offset) {
   using routing::StatementKind;
   auto sql = pr::read_query(f);
   pr::PendingResponse rfq{Kind::ReadyForQuery};
+  bool changes_settings = false;
   auto send_empty_query = [&](std::uint8_t note_kind, std::string text) {
     const std::size_t from = client_scratch_.size();
     pr::append_query(client_scratch_, "");
@@ -423,13 +448,22 @@ void ClientSession::plan_query(const pr::Frame& f, std::size_t offset) {
     pending_.push(rfq);
   };
   if (sql) {
-    if (auto why = refusal(*sql)) {
-      send_empty_query(Note::Error, std::move(*why));
+    if (auto why = refusal(*sql, &changes_settings)) {
+      // Raised by the server, so a transaction in progress fails as with any error.
+      const std::size_t from = client_scratch_.size();
+      pr::append_query(client_scratch_, raise_statement(*why));
+      mark_client_scratch(from);
+      pending_.push(rfq);
       return;
     }
     auto info = routing::classify(*sql);
+    const bool idle = server_->tx_status == 'I';
+    if (changes_settings && (info.multiple_statements || !idle || info.name.empty())) {
+      // Not one SET between transactions: pgvalve cannot follow it, so the server is reset
+      // before anyone's next transaction on it.
+      server_->settings_unknown = true;
+    }
     if (!info.multiple_statements) {
-      const bool idle = server_->tx_status == 'I';
       switch (info.kind) {
         case StatementKind::Deallocate:
           if (info.all) {
@@ -517,8 +551,6 @@ void ClientSession::emit_synthetic_heads() {
     const std::size_t from = server_scratch_.size();
     if (head.action == kSynthParseComplete) {
       pr::append_parse_complete(server_scratch_);
-    } else if (head.action == kSynthError) {
-      append_error(server_scratch_, "0A000", notes_[head.note].name);
     }
     server_spans_.push_back({true, from, server_scratch_.size() - from});
     pending_.pop();
@@ -560,11 +592,7 @@ void ClientSession::plan_server_frame(const pr::Frame& f, std::size_t offset) {
       if (head.action == kEmptyAsNote && f.tag == 'I') {
         const Note& note = notes_[head.note];
         const std::size_t from = server_scratch_.size();
-        if (note.kind == Note::Error) {
-          append_error(server_scratch_, "0A000", note.name);
-        } else {
-          pr::append_command_complete(server_scratch_, note.name);
-        }
+        pr::append_command_complete(server_scratch_, note.name);
         server_spans_.push_back({true, from, server_scratch_.size() - from});
         return;
       }

@@ -140,9 +140,6 @@ def status_pool(pv):
     return next(p for p in body["pools"] if p["database"] == APP_DB and p["user"] == APP_USER)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pgvalve counts evictions (ServerPool stats total_statement_evictions) but exposes the "
-    "count nowhere: not in /status, /metrics nor SHOW POOLS"))
 def test_evictions_are_counted(pgvalve):
     """One client, one server, cap 5, 20 distinct statements: exactly 15 evictions."""
     pv = tx_pool(pgvalve, pool_size=1, max_prepared_statements=5)
