@@ -221,13 +221,14 @@ PoolStats ServerPool::stats() const {
   return s;
 }
 
-void ServerPool::set_server_parameters(std::vector<std::pair<std::string, std::string>> params) {
+void ServerPool::set_server_parameters(ServerParameters params) {
+  auto shared = std::make_shared<const ServerParameters>(std::move(params));
   std::lock_guard lock(mutex_);
-  server_parameters_ = std::move(params);
+  server_parameters_ = std::move(shared);
   has_server_parameters_ = true;
 }
 
-std::vector<std::pair<std::string, std::string>> ServerPool::server_parameters() const {
+std::shared_ptr<const ServerPool::ServerParameters> ServerPool::server_parameters() const {
   std::lock_guard lock(mutex_);
   return server_parameters_;
 }

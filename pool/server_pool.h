@@ -119,9 +119,11 @@ class ServerPool {
   config::PoolSettings settings() const;
   PoolStats stats() const;
 
-  // Server parameters (ParameterStatus) seen on the first connection, for clients' login.
-  void set_server_parameters(std::vector<std::pair<std::string, std::string>> params);
-  std::vector<std::pair<std::string, std::string>> server_parameters() const;
+  // Server parameters (ParameterStatus) seen on the first connection: what clients are told at
+  // login, and the defaults their own settings differ from. Shared, never modified.
+  using ServerParameters = std::vector<std::pair<std::string, std::string>>;
+  void set_server_parameters(ServerParameters params);
+  std::shared_ptr<const ServerParameters> server_parameters() const;
   bool has_server_parameters() const;
 
  private:
@@ -143,7 +145,8 @@ class ServerPool {
   std::uint64_t total_timeouts_ = 0;
   std::uint64_t total_created_ = 0;
   std::uint64_t total_closed_ = 0;
-  std::vector<std::pair<std::string, std::string>> server_parameters_;
+  std::shared_ptr<const ServerParameters> server_parameters_ =
+      std::make_shared<const ServerParameters>();
   bool has_server_parameters_ = false;
   std::atomic<int> clients_{0};
   std::atomic<std::uint64_t> evictions_{0};

@@ -1,5 +1,7 @@
 #include "protocol/pending_responses.h"
 
+#include <algorithm>
+
 namespace pgvalve::protocol {
 
 ResponseMatch match_response(PendingResponse::Kind front, char tag) {
@@ -36,7 +38,7 @@ ResponseMatch match_response(PendingResponse::Kind front, char tag) {
 
 void PendingResponses::push(const PendingResponse& r) {
   if (size_ == ring_.size()) {
-    std::vector<PendingResponse> bigger(ring_.size() * 2);
+    std::vector<PendingResponse> bigger(std::max<std::size_t>(8, ring_.size() * 2));
     for (std::size_t i = 0; i < size_; ++i)
       bigger[i] = ring_[(head_ + i) % ring_.size()];
     ring_ = std::move(bigger);

@@ -51,7 +51,7 @@ class PendingResponses {
   void clear() { head_ = size_ = 0; }
 
  private:
-  std::vector<PendingResponse> ring_ = std::vector<PendingResponse>(16);
+  std::vector<PendingResponse> ring_;  // allocated on first use: idle clients hold none
   std::size_t head_ = 0;
   std::size_t size_ = 0;
 };

@@ -149,15 +149,14 @@ asio::awaitable<void> App::accept_loop(Worker& worker) {
     socket.set_option(tcp::no_delay(true), ec);
     auto session = std::make_shared<ClientSession>(*this, worker, std::move(socket),
                                                    next_client_id.fetch_add(1));
-    asio::co_spawn(worker.context, ClientSession::run(std::move(session)),
-                   [](std::exception_ptr e) {
-                     if (!e) return;
-                     try {
-                       std::rethrow_exception(e);
-                     } catch (const std::exception& ex) {
-                       PGV_LOG(Error, "session_failed", {"error", ex.what()});
-                     }
-                   });
+    asio::co_spawn(worker.context, session->serve(), [session](std::exception_ptr e) {
+      if (!e) return;
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& ex) {
+        PGV_LOG(Error, "session_failed", {"client", session->id()}, {"error", ex.what()});
+      }
+    });
   }
 }
 

@@ -61,7 +61,8 @@ class ByteBuffer {
   // Gives the storage back to the thread's free list (oversized storage is freed).
   void release() {
     if (!data_) return;
-    if (capacity_ == kDefaultBufferBytes && free_list().size() < 1024) {
+    // A few spares cover a worker's bursts; more would only hold memory.
+    if (capacity_ == kDefaultBufferBytes && free_list().size() < 16) {
       free_list().push_back(std::move(data_));
     }
     data_.reset();

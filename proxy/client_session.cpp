@@ -33,9 +33,13 @@ constexpr std::array<std::string_view, 6> kSyncedReported = {
     "client_encoding", "datestyle", "timezone", "intervalstyle", "standard_conforming_strings",
     "application_name"};
 
-bool is_synced_reported(std::string_view lower_name) {
-  return std::find(kSyncedReported.begin(), kSyncedReported.end(), lower_name) !=
-         kSyncedReported.end();
+bool is_synced_reported(std::string_view name) {
+  return std::any_of(kSyncedReported.begin(), kSyncedReported.end(), [&](std::string_view s) {
+    return s.size() == name.size() &&
+           std::equal(s.begin(), s.end(), name.begin(), [](char a, char b) {
+             return a == std::tolower(static_cast<unsigned char>(b));
+           });
+  });
 }
 
 std::string random_bytes(std::size_t n) {
@@ -112,7 +116,7 @@ void ClientSession::CheckoutWaiter::grant(std::unique_ptr<pool::Connection> gran
     auto& w = self->waiter_;
     w.conn.reset(raw);
     w.granted = true;
-    self->wait_timer_.cancel();
+    self->wake_timer_.cancel();
   });
 }
 
@@ -121,9 +125,7 @@ ClientSession::ClientSession(App& app, Worker& worker, tcp::socket socket, std::
       worker_(worker),
       client_(std::move(socket)),
       id_(id),
-      wait_timer_(client_.get_executor()),
-      server_loop_done_(client_.get_executor()),
-      listen_timer_(client_.get_executor()) {
+      wake_timer_(client_.get_executor()) {
   worker_.sessions.insert(this);
 }
 
@@ -157,10 +159,6 @@ asio::awaitable<void> ClientSession::send_fatal(std::string_view sqlstate,
 }
 
 // ---- Login ----------------------------------------------------------------------------------
-
-asio::awaitable<void> ClientSession::run(std::shared_ptr<ClientSession> self) {
-  co_await self->serve();
-}
 
 asio::awaitable<void> ClientSession::serve() {
   config_ = app_.config();
@@ -331,13 +329,10 @@ asio::awaitable<bool> ClientSession::authenticate_md5(const UserAuth& auth) {
 }
 
 void ClientSession::init_client_settings() {
-  for (const auto& [name, value] : pool_->server_parameters()) {
-    client_settings_.set(name, value, true);
-  }
+  defaults_ = pool_->server_parameters();
   auto apply = [&](std::string_view name, std::string_view value) {
     const std::string key = lower(name);
-    const Setting* known = client_settings_.find(key);
-    const bool reported = known && known->reported;
+    const bool reported = is_synced_reported(key);
     client_settings_.set(key, value, reported);
     if (!reported) startup_settings_.set(key, value, false);
   };
@@ -403,7 +398,7 @@ asio::awaitable<bool> ClientSession::start_session() {
 
   std::string out;
   pr::append_authentication_ok(out);
-  for (const auto& [name, value] : pool_->server_parameters()) {
+  for (const auto& [name, value] : *defaults_) {
     const Setting* mine = client_settings_.find(lower(name));
     pr::append_parameter_status(out, name, mine ? std::string_view(mine->value) : value);
   }
@@ -411,11 +406,11 @@ asio::awaitable<bool> ClientSession::start_session() {
   pr::append_ready_for_query(out, 'I');
   if (!co_await write_all(client_, out)) co_return false;
   logged_in_ = true;
+  std::vector<std::pair<std::string, std::string>>().swap(startup_params_);
   PGV_LOG(Info, "client_login", {"client", id_}, {"user", user_name_}, {"database", database_name_},
           {"mode", config::to_string(mode_)});
   if (server_) {
-    server_loop_running_ = true;
-    asio::co_spawn(client_.get_executor(), server_loop(shared_from_this()), asio::detached);
+    start_server_loop();
   }
   co_return true;
 }
@@ -621,9 +616,11 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::checkout(Serve
     bool create = result.kind == pool::CheckoutKind::Create;
     if (result.kind == pool::CheckoutKind::Wait) {
       waiter_.granted = false;
-      wait_timer_.expires_at(deadline);
       error_code ec;
-      co_await wait_timer_.async_wait(await_ec(ec));
+      while (!waiter_.granted && pool::Clock::now() < deadline) {
+        wake_timer_.expires_at(deadline);
+        co_await wake_timer_.async_wait(await_ec(ec));
+      }
       if (!waiter_.granted) {
         if (pool_->cancel_wait(&waiter_)) {
           pool_->note_timeout();
@@ -637,8 +634,8 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::checkout(Serve
         }
         // Granted while timing out: the hand-over is already on its way.
         while (!waiter_.granted) {
-          wait_timer_.expires_at(asio::steady_timer::time_point::max());
-          co_await wait_timer_.async_wait(await_ec(ec));
+          wake_timer_.expires_at(asio::steady_timer::time_point::max());
+          co_await wake_timer_.async_wait(await_ec(ec));
         }
       }
       conn = std::move(waiter_.conn);
@@ -706,8 +703,7 @@ asio::awaitable<bool> ClientSession::link_server(ServerFailure& failure, bool sy
   server_failed_ = false;
   cancel_->link(server_->host_index, server_->key.process_id, server_->key.secret_key);
   if (sync) {
-    server_loop_running_ = true;
-    asio::co_spawn(client_.get_executor(), server_loop(shared_from_this()), asio::detached);
+    start_server_loop();
   }
   co_return true;
 }
@@ -721,19 +717,27 @@ asio::awaitable<bool> ClientSession::sync_settings(ServerConnection& server,
   // left anything on this server: start from its defaults and apply every client setting.
   const bool from_defaults = server.settings_unknown;
   if (from_defaults) sql += "RESET ALL;";
-  for (const auto& s : client_settings_.all()) {
-    if (s.reported && !is_synced_reported(s.name)) continue;
-    const Setting* have = server.settings.find(s.name);
-    if (!from_defaults && have && have->value == s.value && have->raw == s.raw) continue;
+  auto add_set = [&sql](std::string_view name, std::string_view value, bool raw) {
     sql += "SET ";
-    append_quoted_ident(sql, s.name);
+    append_quoted_ident(sql, name);
     sql += " TO ";
-    if (s.raw) {
-      sql += s.value;
+    if (raw) {
+      sql += value;
     } else {
-      append_quoted_literal(sql, s.value);
+      append_quoted_literal(sql, value);
     }
     sql += ';';
+  };
+  // Reported settings the client never changed must equal the server defaults it was told.
+  for (const auto& [name, value] : *defaults_) {
+    if (!is_synced_reported(name) || client_settings_.find(lower(name))) continue;
+    const Setting* have = server.settings.find(lower(name));
+    if (from_defaults || !have || have->value != value) add_set(name, value, false);
+  }
+  for (const auto& s : client_settings_.all()) {
+    const Setting* have = server.settings.find(s.name);
+    if (!from_defaults && have && have->value == s.value && have->raw == s.raw) continue;
+    add_set(s.name, s.value, s.raw);
   }
   for (const auto& s : server.settings.all()) {
     if (!from_defaults && !s.reported && !client_settings_.find(s.name)) {
@@ -765,7 +769,8 @@ asio::awaitable<bool> ClientSession::sync_settings(ServerConnection& server,
     const std::string key = lower(name);
     if (!is_synced_reported(key)) continue;
     const Setting* have = server.settings.find(key);
-    if (have && client_settings_.set(key, have->value, true)) {
+    const Setting* mine = client_settings_.find(key);
+    if (have && mine && client_settings_.set(key, have->value, true)) {
       pr::append_parameter_status(out, name, have->value);
     }
   }
@@ -787,8 +792,10 @@ void ClientSession::release_server() {
   if (closed) PGV_LOG(Debug, "server_recycled", {"server", closed->id});
 }
 
-asio::awaitable<void> ClientSession::server_loop(std::shared_ptr<ClientSession> self) {
-  co_await self->relay_server_to_client();
+void ClientSession::start_server_loop() {
+  server_loop_running_ = true;
+  asio::co_spawn(client_.get_executor(), relay_server_to_client(),
+                 [self = shared_from_this()](std::exception_ptr) {});
 }
 
 asio::awaitable<void> ClientSession::relay_server_to_client() {
@@ -825,7 +832,7 @@ asio::awaitable<void> ClientSession::relay_server_to_client() {
         server->tx_status = pr::read_ready_for_query(f).value_or('E');
         if (in_flight_ > 0) --in_flight_;
       } else if (f.tag == 'S') {
-        if (auto ps = pr::read_parameter_status(f)) {
+        if (auto ps = pr::read_parameter_status(f); ps && is_synced_reported(ps->name)) {
           server->settings.set(ps->name, ps->value, true);
           client_settings_.set(ps->name, ps->value, true);
         }
@@ -893,7 +900,7 @@ asio::awaitable<void> ClientSession::relay_server_to_client() {
   }
   server_loop_running_ = false;
   drop_failed_server();
-  server_loop_done_.cancel();
+  wake_timer_.cancel();
 }
 
 // The linked server died: every request still waiting gets an error, and a transaction the
@@ -944,8 +951,8 @@ asio::awaitable<void> ClientSession::finish() {
     if (server_) server_->socket.cancel(ignored);
     client_.cancel(ignored);
     while (server_loop_running_) {
-      server_loop_done_.expires_at(asio::steady_timer::time_point::max());
-      co_await server_loop_done_.async_wait(await_ec(ignored));
+      wake_timer_.expires_at(asio::steady_timer::time_point::max());
+      co_await wake_timer_.async_wait(await_ec(ignored));
     }
   }
   if (server_) {

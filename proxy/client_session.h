@@ -31,6 +31,7 @@
 #include "proxy/listen_hub.h"
 #include "proxy/server_connection.h"
 #include "proxy/users.h"
+#include "routing/statement.h"
 
 namespace pgvalve::proxy {
 
@@ -53,8 +54,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   ClientSession(App& app, Worker& worker, tcp::socket socket, std::uint64_t id);
   ~ClientSession();
 
-  // Runs the session to its end; `self` keeps it alive meanwhile.
-  static asio::awaitable<void> run(std::shared_ptr<ClientSession> self);
+  // Runs the session to its end. The caller keeps the session alive until it completes (e.g.
+  // in co_spawn's completion handler).
+  asio::awaitable<void> serve();
   // Shutdown began: leave at the next transaction boundary (now, if between transactions).
   void on_drain();
 
@@ -92,9 +94,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   asio::awaitable<bool> link_server(ServerFailure& failure, bool sync);
   asio::awaitable<std::unique_ptr<ServerConnection>> checkout(ServerFailure& failure);
   asio::awaitable<bool> sync_settings(ServerConnection& server, ServerFailure& failure);
-  static asio::awaitable<void> server_loop(std::shared_ptr<ClientSession> self);
+  void start_server_loop();
   asio::awaitable<void> relay_server_to_client();
-  asio::awaitable<void> serve();
   bool releasable() const;
   void release_server();
   void server_lost(std::string& out);
@@ -124,7 +125,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::uint32_t add_note(std::uint8_t kind, std::string a, std::string b = {});
   // Returns the refusal message when `sql` cannot work in this pool mode.
   // Sets *changes_settings when a statement is SET/RESET (not SET LOCAL).
-  std::optional<std::string> refusal(std::string_view sql, bool* changes_settings = nullptr) const;
+  // `first` receives the first statement's classification.
+  std::optional<std::string> refusal(std::string_view sql, bool* changes_settings = nullptr,
+                                     routing::StatementInfo* first = nullptr) const;
   void plan_server_frame(const protocol::Frame& f, std::size_t offset);
   void emit_synthetic_heads();
   void complete_front(char tx_status);
@@ -156,9 +159,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
 
   std::shared_ptr<pool::ServerPool> pool_;
   std::shared_ptr<CancelTarget> cancel_;
-  Settings client_settings_;  // what this client believes its session settings are
+  // The client's session settings where they differ from the pool's server defaults.
+  Settings client_settings_;
+  std::shared_ptr<const pool::ServerPool::ServerParameters> defaults_;
   CheckoutWaiter waiter_{*this};
-  asio::steady_timer wait_timer_;
 
   // The linked server and the work outstanding on it.
   std::unique_ptr<ServerConnection> server_;
@@ -172,7 +176,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   bool skip_until_sync_ = false;   // an extended flight failed; drop messages until Sync
   bool error_sent_in_flight_ = false;
   bool client_gone_ = false;
-  asio::steady_timer server_loop_done_;
+  // Wakes the client loop: a checkout grant, the end of the server loop, a hub answer. Every
+  // wait re-checks its own condition, so a wake meant for another wait is harmless.
+  asio::steady_timer wake_timer_;
 
   // Transaction and statement mode only (session mode forwards everything unchanged).
   bool track_ = false;
@@ -198,7 +204,6 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::shared_ptr<NotificationSink> sink_;
   std::string notifications_;
   bool notify_wakeup_ = false;
-  asio::steady_timer listen_timer_;
 };
 
 }  // namespace pgvalve::proxy

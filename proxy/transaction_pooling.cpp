@@ -73,6 +73,18 @@ std::optional<std::string_view> cstring_at(std::string_view body, std::size_t po
 
 constexpr std::string_view kNoStatement = "pgv_none";
 
+// Cheap test before classifying: LISTEN and UNLISTEN both contain the word.
+bool mentions_listen(std::string_view sql) {
+  constexpr std::string_view word = "listen";
+  for (std::size_t i = 0; i + word.size() <= sql.size(); ++i) {
+    std::size_t j = 0;
+    while (j < word.size() && (sql[i + j] | 0x20) == word[j])
+      ++j;
+    if (j == word.size()) return true;
+  }
+  return false;
+}
+
 // A statement that makes the server raise `message` with SQLSTATE 0A000.
 std::string raise_statement(std::string_view message) {
   std::string sql = "DO $pgvalve$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = '";
@@ -123,7 +135,7 @@ asio::awaitable<bool> ClientSession::listen_via_hub(std::string_view frames) {
   auto r = pr::decode_frame(frames, max_message_bytes_);
   if (r.frame.tag != 'Q' || r.frame.whole.size() != frames.size()) co_return false;
   auto sql = pr::read_query(r.frame);
-  if (!sql) co_return false;
+  if (!sql || !mentions_listen(*sql)) co_return false;
   auto info = routing::classify(*sql);
   const bool listen = info.kind == routing::StatementKind::Listen;
   if ((!listen && info.kind != routing::StatementKind::Unlisten) || info.multiple_statements ||
@@ -138,7 +150,7 @@ asio::awaitable<bool> ClientSession::listen_via_hub(std::string_view frames) {
     asio::post(self->client_.get_executor(), [self, e = std::move(e), &error, &done] {
       error = e;
       done = true;
-      self->listen_timer_.cancel();
+      self->wake_timer_.cancel();
     });
   };
   const std::string channel = info.all ? "*" : std::string(info.name.view());
@@ -149,8 +161,8 @@ asio::awaitable<bool> ClientSession::listen_via_hub(std::string_view frames) {
   }
   while (!done) {
     error_code ignored;
-    listen_timer_.expires_at(asio::steady_timer::time_point::max());
-    co_await listen_timer_.async_wait(await_ec(ignored));
+    wake_timer_.expires_at(asio::steady_timer::time_point::max());
+    co_await wake_timer_.async_wait(await_ec(ignored));
   }
   std::string out;
   if (error) {
@@ -168,12 +180,13 @@ std::uint32_t ClientSession::add_note(std::uint8_t kind, std::string a, std::str
   return static_cast<std::uint32_t>(notes_.size() - 1);
 }
 
-std::optional<std::string> ClientSession::refusal(std::string_view sql,
-                                                  bool* changes_settings) const {
+std::optional<std::string> ClientSession::refusal(std::string_view sql, bool* changes_settings,
+                                                  routing::StatementInfo* first) const {
   using routing::StatementKind;
   const char* why = nullptr;
   for (std::size_t offset = 0; offset < sql.size();) {
     auto info = routing::classify(sql.substr(offset));
+    if (first && offset == 0) *first = info;
     if (info.kind == StatementKind::Empty) break;
     if (changes_settings && (info.kind == StatementKind::Set || info.kind == StatementKind::Reset ||
                              info.kind == StatementKind::ResetAll)) {
@@ -448,7 +461,8 @@ void ClientSession::plan_query(const pr::Frame& f, std::size_t offset) {
     pending_.push(rfq);
   };
   if (sql) {
-    if (auto why = refusal(*sql, &changes_settings)) {
+    routing::StatementInfo info;
+    if (auto why = refusal(*sql, &changes_settings, &info)) {
       // Raised by the server, so a transaction in progress fails as with any error.
       const std::size_t from = client_scratch_.size();
       pr::append_query(client_scratch_, raise_statement(*why));
@@ -456,7 +470,6 @@ void ClientSession::plan_query(const pr::Frame& f, std::size_t offset) {
       pending_.push(rfq);
       return;
     }
-    auto info = routing::classify(*sql);
     const bool idle = server_->tx_status == 'I';
     if (changes_settings && (info.multiple_statements || !idle || info.name.empty())) {
       // Not one SET between transactions: pgvalve cannot follow it, so the server is reset

@@ -712,11 +712,11 @@ TEST(ServerPoolTest, KeyAndServerParameters) {
   ServerPool pool(make_key(), make_settings(1, 0), 1);
   EXPECT_EQ(pool.key(), make_key());
   EXPECT_FALSE(pool.has_server_parameters());
-  EXPECT_TRUE(pool.server_parameters().empty());
+  EXPECT_TRUE(pool.server_parameters()->empty());
 
   pool.set_server_parameters({{"server_version", "15.4"}, {"TimeZone", "UTC"}});
   EXPECT_TRUE(pool.has_server_parameters());
-  auto params = pool.server_parameters();
+  const auto& params = *pool.server_parameters();
   ASSERT_EQ(params.size(), 2u);
   EXPECT_EQ(params[0], (std::pair<std::string, std::string>{"server_version", "15.4"}));
   EXPECT_EQ(params[1], (std::pair<std::string, std::string>{"TimeZone", "UTC"}));
