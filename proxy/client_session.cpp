@@ -185,8 +185,11 @@ asio::awaitable<void> ClientSession::serve() {
     co_return;
   }
   if (!co_await start_session()) co_return;
-  co_await relay();
-  co_await finish();
+  if (server_) {
+    co_await relay(error_code{});  // session mode: the server stays linked
+  } else {
+    wait_until_readable();
+  }
 }
 
 asio::awaitable<bool> ClientSession::read_startup() {
@@ -417,36 +420,72 @@ asio::awaitable<bool> ClientSession::start_session() {
 
 // ---- Relay ----------------------------------------------------------------------------------
 
-asio::awaitable<void> ClientSession::relay() {
-  for (;;) {
-    error_code ec;
-    if (!server_ && !notifications_.empty()) {
-      if (!co_await write_notifications()) break;
-    }
-    if (client_in_.empty() && !server_) {
-      // Between transactions the client holds no buffer.
-      client_in_.release();
-      if (app_.draining()) break;
-      co_await client_.async_wait(tcp::socket::wait_read, await_ec(ec));
-      if (ec == asio::error::operation_aborted && notify_wakeup_ && !app_.draining()) {
-        notify_wakeup_ = false;
-        continue;
+// Between transactions a client holds no coroutine frame and no buffer, only this wait; the
+// handler starts the relay again when the client sends something (or is woken).
+void ClientSession::wait_until_readable() {
+  client_in_.release();
+  reading_client_ = true;
+  client_.async_wait(tcp::socket::wait_read, [self = shared_from_this()](const error_code& ec) {
+    self->reading_client_ = false;
+    asio::co_spawn(self->client_.get_executor(), self->relay(ec), [self](std::exception_ptr e) {
+      if (!e) return;
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& ex) {
+        PGV_LOG(Error, "session_failed", {"client", self->id_}, {"error", ex.what()});
       }
-      if (ec || app_.draining()) break;
-    }
-    std::size_t n =
-        co_await client_.async_read_some(client_in_.prepare(pending_frame_bytes_), await_ec(ec));
-    if (ec == asio::error::operation_aborted && notify_wakeup_ && !app_.draining()) {
-      notify_wakeup_ = false;
-      continue;
-    }
-    if (ec) break;
-    client_in_.commit(n);
-    if (!co_await on_client_bytes()) co_return;
+    });
+  });
+}
+
+bool ClientSession::woken(const error_code& ec) {
+  if (ec == asio::error::operation_aborted && notify_wakeup_ && !app_.draining()) {
+    notify_wakeup_ = false;
+    return true;
   }
-  if (app_.draining() && !client_gone_) {
+  return false;
+}
+
+// The client loop: runs while the client is active, returns to wait_until_readable() when it
+// is between transactions, and ends the session when the client leaves.
+asio::awaitable<void> ClientSession::relay(error_code woke_with) {
+  bool client_ended = false;
+  // Woken by readable data: read it before anything else.
+  bool readable = !woke_with;
+  if (woke_with && !woken(woke_with)) {
+    client_ended = !app_.draining();
+  } else {
+    for (;;) {
+      error_code ec;
+      if (!server_ && !notifications_.empty()) {
+        if (!co_await write_notifications()) break;
+      }
+      if (!readable && client_in_.empty() && !server_) {
+        if (app_.draining()) break;
+        wait_until_readable();
+        co_return;
+      }
+      readable = false;
+      reading_client_ = true;
+      std::size_t n =
+          co_await client_.async_read_some(client_in_.prepare(pending_frame_bytes_), await_ec(ec));
+      reading_client_ = false;
+      if (woken(ec)) continue;
+      if (ec) {
+        client_ended = !app_.draining();
+        break;
+      }
+      client_in_.commit(n);
+      if (!co_await on_client_bytes()) {
+        client_ended = true;
+        break;
+      }
+    }
+  }
+  if (app_.draining() && !client_ended && !client_gone_) {
     co_await send_fatal("57P01", "pgvalve: shutting down; reconnect to continue");
   }
+  co_await finish();
 }
 
 // Scans the complete frames at the front of the client buffer, then forwards them in one
@@ -877,14 +916,14 @@ asio::awaitable<void> ClientSession::relay_server_to_client() {
     if (stopping_) break;
     if (releasable()) {
       release_server();
-      if (app_.draining()) {
+      if (app_.draining() && reading_client_) {
         error_code ignored;
         client_.cancel(ignored);
       }
       break;
     }
-    if (app_.draining() && mode_ == config::PoolMode::Session && in_flight_ == 0 &&
-        server->tx_status == 'I') {
+    if (app_.draining() && reading_client_ && mode_ == config::PoolMode::Session &&
+        in_flight_ == 0 && server->tx_status == 'I') {
       error_code ignored;
       client_.cancel(ignored);
     }
@@ -937,7 +976,7 @@ void ClientSession::drop_failed_server() {
 void ClientSession::on_drain() {
   const bool idle = !server_ || (mode_ == config::PoolMode::Session && in_flight_ == 0 &&
                                  !open_extended_ && server_->tx_status == 'I');
-  if (idle) {
+  if (idle && reading_client_) {
     error_code ignored;
     client_.cancel(ignored);
   }

@@ -37,6 +37,7 @@ namespace pgvalve::proxy {
 
 namespace asio = boost::asio;
 using asio::ip::tcp;
+using error_code = boost::system::error_code;
 
 class App;
 struct Worker;
@@ -89,7 +90,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   asio::awaitable<void> forward_cancel(std::int32_t process_id, std::int32_t secret_key);
 
   // Relay
-  asio::awaitable<void> relay();
+  void wait_until_readable();
+  asio::awaitable<void> relay(error_code woke_with);
+  // True when `ec` ended a client read only to deliver notifications.
+  bool woken(const error_code& ec);
   asio::awaitable<bool> on_client_bytes();
   asio::awaitable<bool> link_server(ServerFailure& failure, bool sync);
   asio::awaitable<std::unique_ptr<ServerConnection>> checkout(ServerFailure& failure);
@@ -204,6 +208,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::shared_ptr<NotificationSink> sink_;
   std::string notifications_;
   bool notify_wakeup_ = false;
+  bool reading_client_ = false;  // the client loop waits for the client: cancelling it is safe
 };
 
 }  // namespace pgvalve::proxy

@@ -115,7 +115,7 @@ class ClientSession::Sink final : public NotificationSink {
 
 void ClientSession::deliver_notification(std::string message) {
   notifications_ += message;
-  if (!server_) {
+  if (!server_ && reading_client_) {
     // Wake the client loop, which is waiting for the client to send something.
     notify_wakeup_ = true;
     error_code ignored;
