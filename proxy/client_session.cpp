@@ -457,7 +457,7 @@ asio::awaitable<void> ClientSession::relay(error_code woke_with) {
   } else {
     for (;;) {
       error_code ec;
-      if (!server_ && !notifications_.empty()) {
+      if (!server_ && tx_ && !tx_->notifications.empty()) {
         if (!co_await write_notifications()) break;
       }
       if (!readable && client_in_.empty() && !server_) {
@@ -491,6 +491,7 @@ asio::awaitable<void> ClientSession::relay(error_code woke_with) {
 // Scans the complete frames at the front of the client buffer, then forwards them in one
 // write. Returns false when the session must end (Terminate, protocol violation, lost client).
 asio::awaitable<bool> ClientSession::on_client_bytes() {
+  if (track_ && !tx_) tx_ = std::make_unique<TransactionState>();
   const std::string_view data = client_in_.readable();
   std::size_t end = 0;
   int requests = 0;
@@ -565,7 +566,8 @@ asio::awaitable<bool> ClientSession::on_client_bytes() {
     // used. A client that prepares synchronously while its own other connections hold every
     // server (pgbench -M prepared does) then cannot deadlock the pool.
     client_in_.consume(end);
-    if (!client_scratch_.empty() && !co_await write_all(client_, client_scratch_)) co_return false;
+    if (!tx_->client_scratch.empty() && !co_await write_all(client_, tx_->client_scratch))
+      co_return false;
     co_return !terminate;
   }
   if (!server_) {
@@ -582,12 +584,12 @@ asio::awaitable<bool> ClientSession::on_client_bytes() {
   error_code ec;
   if (track_) {
     plan_client_frames(frames);
-    write_buffers_.clear();
-    for (const auto& span : client_spans_) {
-      const char* base = span.scratch ? client_scratch_.data() : frames.data();
-      write_buffers_.push_back(asio::buffer(base + span.offset, span.size));
+    tx_->write_buffers.clear();
+    for (const auto& span : tx_->client_spans) {
+      const char* base = span.scratch ? tx_->client_scratch.data() : frames.data();
+      tx_->write_buffers.push_back(asio::buffer(base + span.offset, span.size));
     }
-    co_await asio::async_write(server_->socket, write_buffers_, await_ec(ec));
+    co_await asio::async_write(server_->socket, tx_->write_buffers, await_ec(ec));
   } else {
     co_await asio::async_write(server_->socket, asio::buffer(frames.data(), frames.size()),
                                await_ec(ec));
@@ -851,8 +853,10 @@ asio::awaitable<void> ClientSession::relay_server_to_client() {
     const std::string_view data = server->in.readable();
     std::size_t end = 0;
     bool invalid = false;
-    server_spans_.clear();
-    server_scratch_.clear();
+    if (track_) {
+      tx_->server_spans.clear();
+      tx_->server_scratch.clear();
+    }
     bool saw_ready = false;
     while (end < data.size()) {
       auto r = pr::decode_frame(data.substr(end), server->max_message_bytes);
@@ -886,23 +890,23 @@ asio::awaitable<void> ClientSession::relay_server_to_client() {
     }
     if (track_) {
       emit_synthetic_heads();
-      if (!notifications_.empty() && saw_ready) {
-        const std::size_t from = server_scratch_.size();
-        server_scratch_ += notifications_;
-        notifications_.clear();
-        server_spans_.push_back({true, from, server_scratch_.size() - from});
+      if (!tx_->notifications.empty() && saw_ready) {
+        const std::size_t from = tx_->server_scratch.size();
+        tx_->server_scratch += tx_->notifications;
+        tx_->notifications.clear();
+        tx_->server_spans.push_back({true, from, tx_->server_scratch.size() - from});
       }
     }
-    if (end > 0 || !server_spans_.empty()) {
+    if (end > 0 || (track_ && !tx_->server_spans.empty())) {
       // data may have moved if prepare() grew the buffer: take the view again.
       const std::string_view frames = server->in.readable().substr(0, end);
       if (track_) {
-        write_buffers_.clear();
-        for (const auto& span : server_spans_) {
-          const char* base = span.scratch ? server_scratch_.data() : frames.data();
-          write_buffers_.push_back(asio::buffer(base + span.offset, span.size));
+        tx_->write_buffers.clear();
+        for (const auto& span : tx_->server_spans) {
+          const char* base = span.scratch ? tx_->server_scratch.data() : frames.data();
+          tx_->write_buffers.push_back(asio::buffer(base + span.offset, span.size));
         }
-        co_await asio::async_write(client_, write_buffers_, await_ec(ec));
+        co_await asio::async_write(client_, tx_->write_buffers, await_ec(ec));
       } else {
         co_await asio::async_write(client_, asio::buffer(frames.data(), frames.size()),
                                    await_ec(ec));
@@ -962,9 +966,11 @@ void ClientSession::server_lost(std::string& out) {
   }
   in_flight_ = 0;
   open_extended_ = false;
-  pending_.clear();
-  notes_.clear();
-  drop_until_sync_ = false;
+  if (tx_) {
+    tx_->pending.clear();
+    tx_->notes.clear();
+    tx_->drop_until_sync = false;
+  }
 }
 
 void ClientSession::drop_failed_server() {
@@ -1025,7 +1031,7 @@ asio::awaitable<void> ClientSession::finish() {
       pool_->discard(std::move(server_));
     }
   }
-  if (hub_ && sink_) hub_->forget(sink_.get());
+  if (tx_ && tx_->hub && tx_->sink) tx_->hub->forget(tx_->sink.get());
   PGV_LOG(Info, "client_logout", {"client", id_}, {"user", user_name_},
           {"database", database_name_});
 }

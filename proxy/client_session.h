@@ -186,27 +186,30 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
 
   // Transaction and statement mode only (session mode forwards everything unchanged).
   bool track_ = false;
-  protocol::ClientStatements statements_;
-  protocol::PendingResponses pending_;
   Settings startup_settings_;  // what RESET returns a non-reported setting to
   struct Span {
     bool scratch;
     std::size_t offset;
     std::size_t size;
   };
-  std::vector<Span> client_spans_;
-  std::string client_scratch_;
-  std::vector<Span> server_spans_;
-  std::string server_scratch_;
-  std::vector<asio::const_buffer> write_buffers_;
-  std::vector<Note> notes_;
-  bool drop_until_sync_ = false;  // a refused Parse: the server is not sent the rest of the flight
-
-  // Notifications from the listen hub, waiting for the client to be between commands.
   class Sink;
-  std::shared_ptr<ListenHub> hub_;
-  std::shared_ptr<NotificationSink> sink_;
-  std::string notifications_;
+  // Made when the client first sends something, so a client that only logged in stays small.
+  struct TransactionState {
+    protocol::ClientStatements statements;
+    protocol::PendingResponses pending;
+    std::vector<Span> client_spans;
+    std::string client_scratch;
+    std::vector<Span> server_spans;
+    std::string server_scratch;
+    std::vector<asio::const_buffer> write_buffers;
+    std::vector<Note> notes;
+    bool drop_until_sync = false;  // a refused Parse: the rest of the flight is not sent
+    // Notifications from the listen hub, waiting for the client to be between commands.
+    std::shared_ptr<ListenHub> hub;
+    std::shared_ptr<NotificationSink> sink;
+    std::string notifications;
+  };
+  std::unique_ptr<TransactionState> tx_;
   bool notify_wakeup_ = false;
   bool reading_client_ = false;  // the client loop waits for the client: cancelling it is safe
 };

@@ -114,7 +114,7 @@ class ClientSession::Sink final : public NotificationSink {
 };
 
 void ClientSession::deliver_notification(std::string message) {
-  notifications_ += message;
+  tx_->notifications += message;
   if (!server_ && reading_client_) {
     // Wake the client loop, which is waiting for the client to send something.
     notify_wakeup_ = true;
@@ -124,8 +124,8 @@ void ClientSession::deliver_notification(std::string message) {
 }
 
 asio::awaitable<bool> ClientSession::write_notifications() {
-  std::string out = std::move(notifications_);
-  notifications_.clear();
+  std::string out = std::move(tx_->notifications);
+  tx_->notifications.clear();
   co_return co_await write_all(client_, out);
 }
 
@@ -142,8 +142,8 @@ asio::awaitable<bool> ClientSession::listen_via_hub(std::string_view frames) {
       (info.name.empty() && !info.all)) {
     co_return false;
   }
-  if (!hub_) hub_ = app_.listen_hub_for(*database_, *user_);
-  if (!sink_) sink_ = std::make_shared<Sink>(weak_from_this(), client_.get_executor());
+  if (!tx_->hub) tx_->hub = app_.listen_hub_for(*database_, *user_);
+  if (!tx_->sink) tx_->sink = std::make_shared<Sink>(weak_from_this(), client_.get_executor());
   std::optional<std::string> error;
   bool done = false;
   auto finished = [self = shared_from_this(), &error, &done](std::optional<std::string> e) {
@@ -155,9 +155,9 @@ asio::awaitable<bool> ClientSession::listen_via_hub(std::string_view frames) {
   };
   const std::string channel = info.all ? "*" : std::string(info.name.view());
   if (listen) {
-    hub_->listen(sink_, channel, finished);
+    tx_->hub->listen(tx_->sink, channel, finished);
   } else {
-    hub_->unlisten(sink_.get(), channel, finished);
+    tx_->hub->unlisten(tx_->sink.get(), channel, finished);
   }
   while (!done) {
     error_code ignored;
@@ -176,8 +176,8 @@ asio::awaitable<bool> ClientSession::listen_via_hub(std::string_view frames) {
 }
 
 std::uint32_t ClientSession::add_note(std::uint8_t kind, std::string a, std::string b) {
-  notes_.push_back({kind, std::move(a), std::move(b)});
-  return static_cast<std::uint32_t>(notes_.size() - 1);
+  tx_->notes.push_back({kind, std::move(a), std::move(b)});
+  return static_cast<std::uint32_t>(tx_->notes.size() - 1);
 }
 
 std::optional<std::string> ClientSession::refusal(std::string_view sql, bool* changes_settings,
@@ -227,33 +227,33 @@ std::optional<std::string> ClientSession::refusal(std::string_view sql, bool* ch
 }
 
 void ClientSession::pass_client(std::size_t offset, std::size_t size) {
-  if (!client_spans_.empty() && !client_spans_.back().scratch &&
-      client_spans_.back().offset + client_spans_.back().size == offset) {
-    client_spans_.back().size += size;
+  if (!tx_->client_spans.empty() && !tx_->client_spans.back().scratch &&
+      tx_->client_spans.back().offset + tx_->client_spans.back().size == offset) {
+    tx_->client_spans.back().size += size;
   } else {
-    client_spans_.push_back({false, offset, size});
+    tx_->client_spans.push_back({false, offset, size});
   }
 }
 
 void ClientSession::mark_client_scratch(std::size_t from) {
-  const std::size_t size = client_scratch_.size() - from;
+  const std::size_t size = tx_->client_scratch.size() - from;
   if (size == 0) return;
-  if (!client_spans_.empty() && client_spans_.back().scratch &&
-      client_spans_.back().offset + client_spans_.back().size == from) {
-    client_spans_.back().size += size;
+  if (!tx_->client_spans.empty() && tx_->client_spans.back().scratch &&
+      tx_->client_spans.back().offset + tx_->client_spans.back().size == from) {
+    tx_->client_spans.back().size += size;
   } else {
-    client_spans_.push_back({true, from, size});
+    tx_->client_spans.push_back({true, from, size});
   }
 }
 
 void ClientSession::plan_client_frames(std::string_view frames) {
-  client_spans_.clear();
-  client_scratch_.clear();
+  tx_->client_spans.clear();
+  tx_->client_scratch.clear();
   for (std::size_t pos = 0; pos < frames.size();) {
     auto r = pr::decode_frame(frames.substr(pos), max_message_bytes_);
     const pr::Frame& f = r.frame;
     const std::size_t size = f.whole.size();
-    if (drop_until_sync_ && f.tag != 'S') {
+    if (tx_->drop_until_sync && f.tag != 'S') {
       pos += size;
       continue;
     }
@@ -272,19 +272,19 @@ void ClientSession::plan_client_frames(std::string_view frames) {
         break;
       case 'E':
         pass_client(pos, size);
-        pending_.push({Kind::Execute});
+        tx_->pending.push({Kind::Execute});
         break;
       case 'S':
-        drop_until_sync_ = false;
+        tx_->drop_until_sync = false;
         pass_client(pos, size);
-        pending_.push({Kind::ReadyForQuery});
+        tx_->pending.push({Kind::ReadyForQuery});
         break;
       case 'Q':
         plan_query(f, pos);
         break;
       case 'F':
         pass_client(pos, size);
-        pending_.push({Kind::ReadyForQuery});
+        tx_->pending.push({Kind::ReadyForQuery});
         break;
       default:  // Flush, CopyData, CopyDone, CopyFail: no answer of their own
         pass_client(pos, size);
@@ -308,17 +308,17 @@ bool ClientSession::answer_parse_locally(std::string_view frames) {
     }
     pos += f.whole.size();
   }
-  if (!any_parse || drop_until_sync_) return false;
-  client_scratch_.clear();
+  if (!any_parse || tx_->drop_until_sync) return false;
+  tx_->client_scratch.clear();
   for (std::size_t pos = 0; pos < frames.size();) {
     auto r = pr::decode_frame(frames.substr(pos), max_message_bytes_);
     const pr::Frame& f = r.frame;
     if (f.tag == 'P') {
       auto parse = pr::read_parse(f);
-      statements_.define(parse->statement, parse->query, parse->param_types);
-      pr::append_parse_complete(client_scratch_);
+      tx_->statements.define(parse->statement, parse->query, parse->param_types);
+      pr::append_parse_complete(tx_->client_scratch);
     } else if (f.tag == 'S') {
-      pr::append_ready_for_query(client_scratch_, 'I');
+      pr::append_ready_for_query(tx_->client_scratch, 'I');
     }
     pos += f.whole.size();
   }
@@ -326,19 +326,19 @@ bool ClientSession::answer_parse_locally(std::string_view frames) {
 }
 
 void ClientSession::prepare_on_server(const pr::PreparedStatement& stmt, bool swallow) {
-  const std::size_t from = client_scratch_.size();
+  const std::size_t from = tx_->client_scratch.size();
   const auto capacity =
       static_cast<std::size_t>(std::max(1, config_->pool.max_prepared_statements));
   if (auto evicted = server_->statements.add(stmt.hash, capacity)) {
-    pr::append_close(client_scratch_, 'S', pr::server_statement_name(evicted));
-    pending_.push({Kind::CloseComplete, true});
+    pr::append_close(tx_->client_scratch, 'S', pr::server_statement_name(evicted));
+    tx_->pending.push({Kind::CloseComplete, true});
     pool_->note_statement_eviction();
   }
-  append_parse_raw(client_scratch_, pr::server_statement_name(stmt.hash), stmt.query,
+  append_parse_raw(tx_->client_scratch, pr::server_statement_name(stmt.hash), stmt.query,
                    stmt.param_types);
   pr::PendingResponse parse{Kind::ParseComplete, swallow};
   parse.statement_hash = stmt.hash;
-  pending_.push(parse);
+  tx_->pending.push(parse);
   mark_client_scratch(from);
 }
 
@@ -349,32 +349,32 @@ void ClientSession::plan_parse(const pr::Frame& f, std::size_t offset) {
     if (auto why = refusal(parse->query, &changes_settings)) {
       // The server raises the error itself, so a transaction in progress fails as it would
       // for any error; then, as after any error, nothing more is sent until Sync.
-      const std::size_t from = client_scratch_.size();
-      append_parse_raw(client_scratch_, "", raise_statement(*why), {});
+      const std::size_t from = tx_->client_scratch.size();
+      append_parse_raw(tx_->client_scratch, "", raise_statement(*why), {});
       // Bind: unnamed portal and statement, no parameter formats, parameters or result formats.
       static constexpr char kEmptyBind[] = {'B', 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0};
-      client_scratch_.append(kEmptyBind, sizeof kEmptyBind);
-      pr::append_execute(client_scratch_, "", 0);
+      tx_->client_scratch.append(kEmptyBind, sizeof kEmptyBind);
+      pr::append_execute(tx_->client_scratch, "", 0);
       mark_client_scratch(from);
-      pending_.push({Kind::ParseComplete, true});
-      pending_.push({Kind::BindComplete, true});
-      pending_.push({Kind::Execute});
-      drop_until_sync_ = true;
+      tx_->pending.push({Kind::ParseComplete, true});
+      tx_->pending.push({Kind::BindComplete, true});
+      tx_->pending.push({Kind::Execute});
+      tx_->drop_until_sync = true;
       return;
     }
     if (changes_settings) server_->settings_unknown = true;
   }
   if (!parse || parse->statement.empty()) {
     pass_client(offset, f.whole.size());
-    pending_.push({Kind::ParseComplete});
+    tx_->pending.push({Kind::ParseComplete});
     return;
   }
-  const auto& stmt = statements_.define(parse->statement, parse->query, parse->param_types);
+  const auto& stmt = tx_->statements.define(parse->statement, parse->query, parse->param_types);
   if (server_->statements.contains(stmt.hash)) {
     server_->statements.touch(stmt.hash);
     pr::PendingResponse done{Kind::Synthetic};
     done.action = kSynthParseComplete;
-    pending_.push(done);
+    tx_->pending.push(done);
     return;
   }
   prepare_on_server(stmt, false);
@@ -383,10 +383,11 @@ void ClientSession::plan_parse(const pr::Frame& f, std::size_t offset) {
 void ClientSession::plan_bind(const pr::Frame& f, std::size_t offset) {
   auto portal = cstring_at(f.body, 0);
   auto name = portal ? cstring_at(f.body, portal->size() + 1) : std::nullopt;
-  const pr::PreparedStatement* stmt = name && !name->empty() ? statements_.find(*name) : nullptr;
+  const pr::PreparedStatement* stmt =
+      name && !name->empty() ? tx_->statements.find(*name) : nullptr;
   if (!stmt) {
     pass_client(offset, f.whole.size());
-    pending_.push({Kind::BindComplete});
+    tx_->pending.push({Kind::BindComplete});
     return;
   }
   if (server_->statements.contains(stmt->hash)) {
@@ -395,29 +396,29 @@ void ClientSession::plan_bind(const pr::Frame& f, std::size_t offset) {
     prepare_on_server(*stmt, true);
   }
   // Same Bind with the server-side name spliced in; parameters are copied unchanged.
-  const std::size_t from = client_scratch_.size();
+  const std::size_t from = tx_->client_scratch.size();
   const std::string server_name = pr::server_statement_name(stmt->hash);
   const std::string_view rest = f.body.substr(portal->size() + 1 + name->size() + 1);
   const auto len =
       static_cast<std::uint32_t>(4 + portal->size() + 1 + server_name.size() + 1 + rest.size());
-  client_scratch_ += 'B';
-  client_scratch_ += static_cast<char>(len >> 24);
-  client_scratch_ += static_cast<char>(len >> 16);
-  client_scratch_ += static_cast<char>(len >> 8);
-  client_scratch_ += static_cast<char>(len);
-  client_scratch_.append(*portal);
-  client_scratch_ += '\0';
-  client_scratch_.append(server_name);
-  client_scratch_ += '\0';
-  client_scratch_.append(rest);
+  tx_->client_scratch += 'B';
+  tx_->client_scratch += static_cast<char>(len >> 24);
+  tx_->client_scratch += static_cast<char>(len >> 16);
+  tx_->client_scratch += static_cast<char>(len >> 8);
+  tx_->client_scratch += static_cast<char>(len);
+  tx_->client_scratch.append(*portal);
+  tx_->client_scratch += '\0';
+  tx_->client_scratch.append(server_name);
+  tx_->client_scratch += '\0';
+  tx_->client_scratch.append(rest);
   mark_client_scratch(from);
-  pending_.push({Kind::BindComplete});
+  tx_->pending.push({Kind::BindComplete});
 }
 
 void ClientSession::plan_describe(const pr::Frame& f, std::size_t offset) {
   auto d = pr::read_describe(f);
   const pr::PreparedStatement* stmt =
-      d && d->kind == 'S' && !d->name.empty() ? statements_.find(d->name) : nullptr;
+      d && d->kind == 'S' && !d->name.empty() ? tx_->statements.find(d->name) : nullptr;
   if (!stmt) {
     pass_client(offset, f.whole.size());
   } else {
@@ -426,25 +427,25 @@ void ClientSession::plan_describe(const pr::Frame& f, std::size_t offset) {
     } else {
       prepare_on_server(*stmt, true);
     }
-    const std::size_t from = client_scratch_.size();
-    pr::append_describe(client_scratch_, 'S', pr::server_statement_name(stmt->hash));
+    const std::size_t from = tx_->client_scratch.size();
+    pr::append_describe(tx_->client_scratch, 'S', pr::server_statement_name(stmt->hash));
     mark_client_scratch(from);
   }
-  pending_.push({Kind::Describe});
+  tx_->pending.push({Kind::Describe});
 }
 
 void ClientSession::plan_close(const pr::Frame& f, std::size_t offset) {
   auto c = pr::read_close(f);
-  if (c && c->kind == 'S' && !c->name.empty() && statements_.erase(c->name)) {
+  if (c && c->kind == 'S' && !c->name.empty() && tx_->statements.erase(c->name)) {
     // The server-side statement may be shared and stays prepared. Closing a name that does
     // not exist is not an error, so the server still answers CloseComplete in its place.
-    const std::size_t from = client_scratch_.size();
-    pr::append_close(client_scratch_, 'S', kNoStatement);
+    const std::size_t from = tx_->client_scratch.size();
+    pr::append_close(tx_->client_scratch, 'S', kNoStatement);
     mark_client_scratch(from);
   } else {
     pass_client(offset, f.whole.size());
   }
-  pending_.push({Kind::CloseComplete});
+  tx_->pending.push({Kind::CloseComplete});
 }
 
 void ClientSession::plan_query(const pr::Frame& f, std::size_t offset) {
@@ -453,21 +454,21 @@ void ClientSession::plan_query(const pr::Frame& f, std::size_t offset) {
   pr::PendingResponse rfq{Kind::ReadyForQuery};
   bool changes_settings = false;
   auto send_empty_query = [&](std::uint8_t note_kind, std::string text) {
-    const std::size_t from = client_scratch_.size();
-    pr::append_query(client_scratch_, "");
+    const std::size_t from = tx_->client_scratch.size();
+    pr::append_query(tx_->client_scratch, "");
     mark_client_scratch(from);
     rfq.action = kEmptyAsNote;
     rfq.note = add_note(note_kind, std::move(text));
-    pending_.push(rfq);
+    tx_->pending.push(rfq);
   };
   if (sql) {
     routing::StatementInfo info;
     if (auto why = refusal(*sql, &changes_settings, &info)) {
       // Raised by the server, so a transaction in progress fails as with any error.
-      const std::size_t from = client_scratch_.size();
-      pr::append_query(client_scratch_, raise_statement(*why));
+      const std::size_t from = tx_->client_scratch.size();
+      pr::append_query(tx_->client_scratch, raise_statement(*why));
       mark_client_scratch(from);
-      pending_.push(rfq);
+      tx_->pending.push(rfq);
       return;
     }
     const bool idle = server_->tx_status == 'I';
@@ -480,18 +481,18 @@ void ClientSession::plan_query(const pr::Frame& f, std::size_t offset) {
       switch (info.kind) {
         case StatementKind::Deallocate:
           if (info.all) {
-            statements_.clear();
+            tx_->statements.clear();
             send_empty_query(Note::CommandTag, "DEALLOCATE ALL");
             return;
           }
-          if (statements_.erase(info.name.view())) {
+          if (tx_->statements.erase(info.name.view())) {
             send_empty_query(Note::CommandTag, "DEALLOCATE");
             return;
           }
           break;  // an SQL-level PREPAREd statement: the server's business
         case StatementKind::Discard:
           if (info.discard_all) {
-            statements_.clear();
+            tx_->statements.clear();
             server_->statements.clear();
             rfq.action = kApplyNote;
             rfq.note = add_note(Note::Discard, "");
@@ -523,7 +524,7 @@ void ClientSession::plan_query(const pr::Frame& f, std::size_t offset) {
     }
   }
   pass_client(offset, f.whole.size());
-  pending_.push(rfq);
+  tx_->pending.push(rfq);
 }
 
 void ClientSession::apply_note(const Note& note) {
@@ -544,7 +545,7 @@ void ClientSession::apply_note(const Note& note) {
       }
       return;
     case Note::Discard:
-      if (hub_ && sink_) hub_->unlisten(sink_.get(), "*", nullptr);
+      if (tx_->hub && tx_->sink) tx_->hub->unlisten(tx_->sink.get(), "*", nullptr);
       [[fallthrough]];
     case Note::ResetAll:
       server_->settings.keep_reported_only();
@@ -559,43 +560,43 @@ void ClientSession::apply_note(const Note& note) {
 }
 
 void ClientSession::emit_synthetic_heads() {
-  while (!pending_.empty() && pending_.front().kind == Kind::Synthetic) {
-    const auto& head = pending_.front();
-    const std::size_t from = server_scratch_.size();
+  while (!tx_->pending.empty() && tx_->pending.front().kind == Kind::Synthetic) {
+    const auto& head = tx_->pending.front();
+    const std::size_t from = tx_->server_scratch.size();
     if (head.action == kSynthParseComplete) {
-      pr::append_parse_complete(server_scratch_);
+      pr::append_parse_complete(tx_->server_scratch);
     }
-    server_spans_.push_back({true, from, server_scratch_.size() - from});
-    pending_.pop();
+    tx_->server_spans.push_back({true, from, tx_->server_scratch.size() - from});
+    tx_->pending.pop();
   }
 }
 
 void ClientSession::complete_front(char tx_status) {
-  auto& head = pending_.front();
+  auto& head = tx_->pending.front();
   if (head.kind == Kind::ReadyForQuery && head.action == kApplyNote && !head.failed &&
       tx_status == 'I') {
-    apply_note(notes_[head.note]);
+    apply_note(tx_->notes[head.note]);
   }
-  pending_.pop();
-  if (pending_.empty()) notes_.clear();
+  tx_->pending.pop();
+  if (tx_->pending.empty()) tx_->notes.clear();
 }
 
-// Decides what the client gets for one server message (appends to server_spans_).
+// Decides what the client gets for one server message (appends to tx_->server_spans).
 void ClientSession::plan_server_frame(const pr::Frame& f, std::size_t offset) {
   auto pass = [&] {
-    if (!server_spans_.empty() && !server_spans_.back().scratch &&
-        server_spans_.back().offset + server_spans_.back().size == offset) {
-      server_spans_.back().size += f.whole.size();
+    if (!tx_->server_spans.empty() && !tx_->server_spans.back().scratch &&
+        tx_->server_spans.back().offset + tx_->server_spans.back().size == offset) {
+      tx_->server_spans.back().size += f.whole.size();
     } else {
-      server_spans_.push_back({false, offset, f.whole.size()});
+      tx_->server_spans.push_back({false, offset, f.whole.size()});
     }
   };
   emit_synthetic_heads();
-  if (pending_.empty()) {
+  if (tx_->pending.empty()) {
     pass();  // e.g. a notice after the last ReadyForQuery
     return;
   }
-  auto& head = pending_.front();
+  auto& head = tx_->pending.front();
   switch (pr::match_response(head.kind, f.tag)) {
     case pr::ResponseMatch::Async:
       pass();
@@ -603,10 +604,10 @@ void ClientSession::plan_server_frame(const pr::Frame& f, std::size_t offset) {
     case pr::ResponseMatch::Intermediate:
       if (f.tag == 'E') head.failed = true;
       if (head.action == kEmptyAsNote && f.tag == 'I') {
-        const Note& note = notes_[head.note];
-        const std::size_t from = server_scratch_.size();
-        pr::append_command_complete(server_scratch_, note.name);
-        server_spans_.push_back({true, from, server_scratch_.size() - from});
+        const Note& note = tx_->notes[head.note];
+        const std::size_t from = tx_->server_scratch.size();
+        pr::append_command_complete(tx_->server_scratch, note.name);
+        tx_->server_spans.push_back({true, from, tx_->server_scratch.size() - from});
         return;
       }
       pass();
@@ -619,13 +620,13 @@ void ClientSession::plan_server_frame(const pr::Frame& f, std::size_t offset) {
     case pr::ResponseMatch::Error:
       pass();
       // The failed request and everything up to the next Sync get no answer of their own.
-      while (!pending_.empty() && pending_.front().kind != Kind::ReadyForQuery) {
-        if (pending_.front().statement_hash) {
-          server_->statements.erase(pending_.front().statement_hash);
+      while (!tx_->pending.empty() && tx_->pending.front().kind != Kind::ReadyForQuery) {
+        if (tx_->pending.front().statement_hash) {
+          server_->statements.erase(tx_->pending.front().statement_hash);
         }
-        pending_.pop();
+        tx_->pending.pop();
       }
-      if (!pending_.empty()) pending_.front().failed = true;
+      if (!tx_->pending.empty()) tx_->pending.front().failed = true;
       return;
   }
 }
