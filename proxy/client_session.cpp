@@ -736,7 +736,7 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::checkout(Serve
 asio::awaitable<bool> ClientSession::link_server(ServerFailure& failure, bool sync) {
   auto server = co_await checkout(failure);
   if (!server) co_return false;
-  if (sync && !co_await sync_settings(*server, failure)) {
+  if (sync && !settings_match(*server) && !co_await sync_settings(*server, failure)) {
     pool_->discard(std::move(server));
     co_return false;
   }
@@ -747,6 +747,16 @@ asio::awaitable<bool> ClientSession::link_server(ServerFailure& failure, bool sy
     start_server_loop();
   }
   co_return true;
+}
+
+std::uint64_t ClientSession::settings_fingerprint() const {
+  // The defaults are shared per pool: their address stands for their content.
+  return client_settings_.fingerprint() ^ reinterpret_cast<std::uintptr_t>(defaults_.get());
+}
+
+bool ClientSession::settings_match(const ServerConnection& server) const {
+  return !server.settings_unknown && server.synced_fingerprint == settings_fingerprint() &&
+         server.synced_version == server.settings.version();
 }
 
 // Makes the server's session settings equal to the client's before its transaction runs.
@@ -792,7 +802,11 @@ asio::awaitable<bool> ClientSession::sync_settings(ServerConnection& server,
     server.settings.keep_reported_only();
     server.settings_unknown = false;
   }
-  if (sql.empty()) co_return true;
+  if (sql.empty()) {
+    server.synced_fingerprint = settings_fingerprint();
+    server.synced_version = server.settings.version();
+    co_return true;
+  }
   if (!co_await server.run_query(sql, failure)) {
     if (failure.message.rfind("pgvalve:", 0) != 0) {
       failure.message = "pgvalve: could not apply session settings: " + failure.message;
@@ -815,6 +829,8 @@ asio::awaitable<bool> ClientSession::sync_settings(ServerConnection& server,
       pr::append_parameter_status(out, name, have->value);
     }
   }
+  server.synced_fingerprint = settings_fingerprint();
+  server.synced_version = server.settings.version();
   // At login the values reach the client in the ParameterStatus list after AuthenticationOk.
   if (logged_in_ && !out.empty() && !co_await write_all(client_, out)) client_gone_ = true;
   co_return true;

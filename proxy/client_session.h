@@ -98,6 +98,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   asio::awaitable<bool> link_server(ServerFailure& failure, bool sync);
   asio::awaitable<std::unique_ptr<ServerConnection>> checkout(ServerFailure& failure);
   asio::awaitable<bool> sync_settings(ServerConnection& server, ServerFailure& failure);
+  std::uint64_t settings_fingerprint() const;
+  // True when `server` was last synced to settings equal to this client's and has not changed.
+  bool settings_match(const ServerConnection& server) const;
   void start_server_loop();
   asio::awaitable<void> relay_server_to_client();
   bool releasable() const;

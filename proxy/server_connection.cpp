@@ -50,19 +50,44 @@ bool Settings::set(std::string_view name, std::string_view value, bool reported,
       if (s.value == value && s.raw == raw) return false;
       s.value.assign(value);
       s.raw = raw;
+      ++version_;
       return true;
     }
   }
   items_.push_back({lower(name), std::string(value), reported, raw});
+  ++version_;
   return true;
 }
 
 void Settings::erase(std::string_view lower_name) {
-  std::erase_if(items_, [&](const Setting& s) { return iequals(s.name, lower_name); });
+  if (std::erase_if(items_, [&](const Setting& s) { return iequals(s.name, lower_name); })) {
+    ++version_;
+  }
 }
 
 void Settings::keep_reported_only() {
-  std::erase_if(items_, [](const Setting& s) { return !s.reported; });
+  if (std::erase_if(items_, [](const Setting& s) { return !s.reported; })) ++version_;
+}
+
+std::uint64_t Settings::fingerprint() const {
+  if (fingerprint_version_ == version_) return fingerprint_;
+  std::uint64_t h = 1469598103934665603ull;
+  auto mix = [&h](std::string_view bytes) {
+    for (unsigned char c : bytes) {
+      h ^= c;
+      h *= 1099511628211ull;
+    }
+    h ^= 0xff;
+    h *= 1099511628211ull;
+  };
+  for (const auto& s : items_) {
+    mix(s.name);
+    mix(s.value);
+    mix(s.raw ? "r" : "l");
+  }
+  fingerprint_ = h;
+  fingerprint_version_ = version_;
+  return h;
 }
 
 void ServerConnection::adopt(asio::io_context& ctx, int worker) {

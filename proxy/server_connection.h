@@ -45,9 +45,16 @@ class Settings {
   // Keeps only the settings PostgreSQL reports (after DISCARD ALL / RESET ALL).
   void keep_reported_only();
   const std::vector<Setting>& all() const { return items_; }
+  // Changes whenever the settings do.
+  std::uint64_t version() const { return version_; }
+  // A hash of the content, recomputed only after a change.
+  std::uint64_t fingerprint() const;
 
  private:
   std::vector<Setting> items_;
+  std::uint64_t version_ = 1;
+  mutable std::uint64_t fingerprint_ = 0;
+  mutable std::uint64_t fingerprint_version_ = 0;
 };
 
 std::string lower(std::string_view s);
@@ -93,6 +100,10 @@ class ServerConnection : public pool::Connection {
   Settings settings;
   // A client ran a SET pgvalve could not track here: the next sync starts with RESET ALL.
   bool settings_unknown = false;
+  // The client settings (by fingerprint) this server's settings were last made equal to, and
+  // the version of `settings` then: while both hold, the next such client needs no sync.
+  std::uint64_t synced_fingerprint = 0;
+  std::uint64_t synced_version = 0;
   protocol::ServerStatements statements;  // transaction pooling's shared prepared statements
   std::vector<std::pair<std::string, std::string>> startup_parameters;  // as reported, in order
   char tx_status = 'I';
