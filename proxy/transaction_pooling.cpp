@@ -10,6 +10,7 @@
 // drop or replace it, and adds pgvalve's own answers at their place in the stream.
 #include <algorithm>
 #include <array>
+#include <cctype>
 
 #include <boost/asio/post.hpp>
 #include "protocol/messages.h"
@@ -18,6 +19,7 @@
 #include "proxy/client_session.h"
 #include "proxy/io_util.h"
 #include "proxy/log.h"
+#include "routing/sql_lexer.h"
 #include "routing/statement.h"
 
 namespace pgvalve::proxy {
@@ -72,6 +74,40 @@ std::optional<std::string_view> cstring_at(std::string_view body, std::size_t po
 }
 
 constexpr std::string_view kNoStatement = "pgv_none";
+
+// True for the everyday statement that needs no closer look: it starts with a plain DML/query
+// keyword and mentions neither advisory locks nor temporary objects. Anything else (comments,
+// SET, BEGIN, ...) goes through the classifier.
+bool plainly_harmless(std::string_view sql) {
+  std::size_t i = 0;
+  while (i < sql.size() && (sql[i] == ' ' || sql[i] == '\n' || sql[i] == '\t' || sql[i] == '\r'))
+    ++i;
+  std::size_t j = i;
+  while (j < sql.size() && std::isalpha(static_cast<unsigned char>(sql[j])))
+    ++j;
+  const std::string_view word = sql.substr(i, j - i);
+  static constexpr std::string_view kPlain[] = {"select", "insert", "update",
+                                                "delete", "with",   "values"};
+  bool plain = false;
+  for (auto k : kPlain) {
+    if (routing::iequals(word, k)) plain = true;
+  }
+  if (!plain) return false;
+  // Another statement may follow a ';' (only a trailing one is harmless).
+  std::size_t end = sql.size();
+  while (end > j && (sql[end - 1] == ' ' || sql[end - 1] == '\n' || sql[end - 1] == ';'))
+    --end;
+  if (sql.substr(j, end - j).find(';') != std::string_view::npos) return false;
+  for (std::string_view needle : {std::string_view("advisory"), std::string_view("temp")}) {
+    for (std::size_t p = j; p + needle.size() <= sql.size(); ++p) {
+      std::size_t k = 0;
+      while (k < needle.size() && (sql[p + k] | 0x20) == needle[k])
+        ++k;
+      if (k == needle.size()) return false;
+    }
+  }
+  return true;
+}
 
 // Cheap test before classifying: LISTEN and UNLISTEN both contain the word.
 bool mentions_listen(std::string_view sql) {
@@ -183,6 +219,7 @@ std::uint32_t ClientSession::add_note(std::uint8_t kind, std::string a, std::str
 std::optional<std::string> ClientSession::refusal(std::string_view sql, bool* changes_settings,
                                                   routing::StatementInfo* first) const {
   using routing::StatementKind;
+  if (!first && plainly_harmless(sql)) return std::nullopt;
   const char* why = nullptr;
   for (std::size_t offset = 0; offset < sql.size();) {
     auto info = routing::classify(sql.substr(offset));
@@ -461,6 +498,7 @@ void ClientSession::plan_query(const pr::Frame& f, std::size_t offset) {
     rfq.note = add_note(note_kind, std::move(text));
     tx_->pending.push(rfq);
   };
+  if (sql && plainly_harmless(*sql)) sql.reset();  // forwarded as it is
   if (sql) {
     routing::StatementInfo info;
     if (auto why = refusal(*sql, &changes_settings, &info)) {
