@@ -1,5 +1,6 @@
-// One client connection, top to bottom: startup and authentication, then the relay loop that
-// lends it server connections by pool mode and forwards frames in place both ways.
+// One client connection, top to bottom: startup and authentication (client_login.cpp), then the
+// relay that lends it server connections by pool mode and forwards frames in place both ways
+// (client_session.cpp), with transaction pooling's bookkeeping in transaction_pooling.cpp.
 //
 // Two coroutines run on the client's worker while a server is linked: the client loop
 // (client -> server, and every decision to link) and the server loop (server -> client, and
@@ -41,6 +42,10 @@ using error_code = boost::system::error_code;
 
 class App;
 struct Worker;
+
+// The session settings PostgreSQL reports with ParameterStatus that pgvalve keeps equal between
+// a client and whichever server it is lent (case-insensitive).
+bool is_synced_setting(std::string_view name);
 
 // Extra work attached to a pending response (PendingResponse::note).
 struct Note {

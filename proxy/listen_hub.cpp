@@ -8,6 +8,7 @@
 #include "protocol/messages.h"
 #include "proxy/io_util.h"
 #include "proxy/log.h"
+#include "routing/sql_text.h"
 
 namespace pgvalve::proxy {
 
@@ -15,12 +16,8 @@ namespace pr = protocol;
 
 namespace {
 std::string quoted(std::string_view channel) {
-  std::string out = "\"";
-  for (char c : channel) {
-    if (c == '"') out += '"';
-    out += c;
-  }
-  out += '"';
+  std::string out;
+  routing::append_identifier(out, channel);
   return out;
 }
 }  // namespace

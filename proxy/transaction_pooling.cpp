@@ -20,6 +20,7 @@
 #include "proxy/io_util.h"
 #include "proxy/log.h"
 #include "routing/sql_lexer.h"
+#include "routing/sql_text.h"
 #include "routing/statement.h"
 
 namespace pgvalve::proxy {
@@ -35,14 +36,6 @@ enum Action : std::uint8_t {
   kEmptyAsNote = 2,         // the request was sent as an empty query: replace its answer
   kSynthParseComplete = 3,  // Synthetic: ParseComplete
 };
-
-constexpr std::array<std::string_view, 6> kReported = {
-    "client_encoding", "datestyle", "timezone", "intervalstyle", "standard_conforming_strings",
-    "application_name"};
-
-bool is_reported(std::string_view name) {
-  return std::find(kReported.begin(), kReported.end(), name) != kReported.end();
-}
 
 // Parse with the parameter types kept as raw bytes.
 void append_parse_raw(std::string& out, std::string_view name, std::string_view query,
@@ -119,17 +112,6 @@ bool mentions_listen(std::string_view sql) {
     if (j == word.size()) return true;
   }
   return false;
-}
-
-// A statement that makes the server raise `message` with SQLSTATE 0A000.
-std::string raise_statement(std::string_view message) {
-  std::string sql = "DO $pgvalve$BEGIN RAISE EXCEPTION USING ERRCODE = '0A000', MESSAGE = '";
-  for (char c : message) {
-    if (c == '\'') sql += '\'';
-    sql += c;
-  }
-  sql += "'; END$pgvalve$";
-  return sql;
 }
 
 }  // namespace
@@ -387,7 +369,7 @@ void ClientSession::plan_parse(const pr::Frame& f, std::size_t offset) {
       // The server raises the error itself, so a transaction in progress fails as it would
       // for any error; then, as after any error, nothing more is sent until Sync.
       const std::size_t from = tx_->client_scratch.size();
-      append_parse_raw(tx_->client_scratch, "", raise_statement(*why), {});
+      append_parse_raw(tx_->client_scratch, "", routing::raise_error_statement("0A000", *why), {});
       // Bind: unnamed portal and statement, no parameter formats, parameters or result formats.
       static constexpr char kEmptyBind[] = {'B', 0, 0, 0, 12, 0, 0, 0, 0, 0, 0, 0, 0};
       tx_->client_scratch.append(kEmptyBind, sizeof kEmptyBind);
@@ -504,7 +486,7 @@ void ClientSession::plan_query(const pr::Frame& f, std::size_t offset) {
     if (auto why = refusal(*sql, &changes_settings, &info)) {
       // Raised by the server, so a transaction in progress fails as with any error.
       const std::size_t from = tx_->client_scratch.size();
-      pr::append_query(tx_->client_scratch, raise_statement(*why));
+      pr::append_query(tx_->client_scratch, routing::raise_error_statement("0A000", *why));
       mark_client_scratch(from);
       tx_->pending.push(rfq);
       return;
@@ -569,12 +551,12 @@ void ClientSession::apply_note(const Note& note) {
   switch (note.kind) {
     case Note::Set:
       // Reported parameters follow ParameterStatus; the rest are remembered as written.
-      if (is_reported(note.name)) return;
+      if (is_synced_setting(note.name)) return;
       client_settings_.set(note.name, note.value, false, true);
       server_->settings.set(note.name, note.value, false, true);
       return;
     case Note::Reset:
-      if (is_reported(note.name)) return;
+      if (is_synced_setting(note.name)) return;
       server_->settings.erase(note.name);
       if (const Setting* s = startup_settings_.find(note.name)) {
         client_settings_.set(s->name, s->value, false, s->raw);

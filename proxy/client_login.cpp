@@ -1,0 +1,332 @@
+// Client login: the startup packet (SSL/GSS refusal, CancelRequest forwarding), password
+// authentication by the form of the user's configured password, and the session's start: its
+// pool, its settings and the ParameterStatus list of a real server.
+#include <openssl/rand.h>
+
+#include <algorithm>
+
+#include "protocol/auth.h"
+#include "protocol/messages.h"
+#include "protocol/startup.h"
+#include "proxy/admin_console.h"
+#include "proxy/app.h"
+#include "proxy/client_session.h"
+#include "proxy/io_util.h"
+#include "proxy/log.h"
+
+namespace pgvalve::proxy {
+
+namespace pr = protocol;
+
+namespace {
+
+std::string random_bytes(std::size_t n) {
+  std::string s(n, '\0');
+  RAND_bytes(reinterpret_cast<unsigned char*>(s.data()), static_cast<int>(n));
+  return s;
+}
+
+// "-c name=value --name=value" as libpq sends PGOPTIONS; backslash escapes a space.
+std::vector<std::pair<std::string, std::string>> parse_options(std::string_view options) {
+  std::vector<std::string> words;
+  std::string word;
+  bool escaped = false;
+  for (char c : options) {
+    if (escaped) {
+      word += c;
+      escaped = false;
+    } else if (c == '\\') {
+      escaped = true;
+    } else if (c == ' ' || c == '\t') {
+      if (!word.empty()) words.push_back(std::move(word));
+      word.clear();
+    } else {
+      word += c;
+    }
+  }
+  if (!word.empty()) words.push_back(std::move(word));
+  std::vector<std::pair<std::string, std::string>> out;
+  for (std::size_t i = 0; i < words.size(); ++i) {
+    std::string_view w = words[i];
+    std::string_view kv;
+    if (w == "-c" && i + 1 < words.size()) {
+      kv = words[++i];
+    } else if (w.starts_with("-c")) {
+      kv = w.substr(2);
+    } else if (w.starts_with("--")) {
+      kv = w.substr(2);
+    } else {
+      continue;
+    }
+    auto eq = kv.find('=');
+    if (eq == std::string_view::npos) continue;
+    std::string name(kv.substr(0, eq));
+    std::replace(name.begin(), name.end(), '-', '_');
+    out.emplace_back(std::move(name), std::string(kv.substr(eq + 1)));
+  }
+  return out;
+}
+
+}  // namespace
+
+// ---- The session from login to logout ------------------------------------------------------
+
+asio::awaitable<void> ClientSession::serve() {
+  config_ = app_.config();
+  users_ = app_.users();
+  max_message_bytes_ = static_cast<std::size_t>(config_->limits.max_message_bytes);
+  mode_ = config_->pool.mode;
+  track_ = mode_ != config::PoolMode::Session;
+
+  bool ok;
+  {
+    Deadline auth_deadline(client_, std::chrono::milliseconds(config_->limits.auth_timeout_ms));
+    ok = co_await read_startup();
+    if (ok) ok = co_await authenticate();
+    if (!ok && auth_deadline.expired()) {
+      co_await send_fatal("08P01",
+                          "pgvalve: authentication timed out; the client must complete login "
+                          "within limits.auth_timeout_ms");
+    }
+  }
+  if (!ok) co_return;
+  if (database_name_ == "pgvalve") {
+    client_in_.shrink_if_empty();
+    co_await serve_admin_console(app_, client_, client_in_, user_name_, id_);
+    co_return;
+  }
+  if (!co_await start_session()) co_return;
+  if (server_) {
+    co_await relay(error_code{});  // session mode: the server stays linked
+  } else {
+    wait_until_readable();
+  }
+}
+
+asio::awaitable<bool> ClientSession::read_startup() {
+  for (;;) {
+    auto r =
+        pr::decode_startup(client_in_.has_storage() ? client_in_.readable() : std::string_view{});
+    if (r.status == pr::DecodeStatus::NeedMoreData) {
+      error_code ec;
+      std::size_t n = co_await client_.async_read_some(client_in_.prepare(), await_ec(ec));
+      if (ec) co_return false;
+      client_in_.commit(n);
+      continue;
+    }
+    if (r.status == pr::DecodeStatus::Invalid) {
+      co_await send_fatal("08P01", "pgvalve: invalid startup packet: " + r.error);
+      co_return false;
+    }
+    client_in_.consume(r.consumed);
+    if (std::holds_alternative<pr::SslRequest>(r.packet) ||
+        std::holds_alternative<pr::GssEncRequest>(r.packet)) {
+      if (!co_await write_all(client_, "N")) co_return false;  // not offered
+      continue;
+    }
+    if (auto* cancel = std::get_if<pr::CancelRequest>(&r.packet)) {
+      co_await forward_cancel(cancel->process_id, cancel->secret_key);
+      co_return false;
+    }
+    auto& startup = std::get<pr::StartupMessage>(r.packet);
+    user_name_ = std::string(startup.get("user"));
+    database_name_ = std::string(startup.get("database"));
+    if (database_name_.empty()) database_name_ = user_name_;
+    startup_params_ = std::move(startup.parameters);
+    if (!client_in_.empty()) {
+      co_await send_fatal("08P01", "pgvalve: unexpected data after the startup packet");
+      co_return false;
+    }
+    co_return true;
+  }
+}
+
+asio::awaitable<void> ClientSession::forward_cancel(std::int32_t process_id,
+                                                    std::int32_t secret_key) {
+  auto dest = app_.cancels().find(process_id, secret_key);
+  if (!dest) {
+    PGV_LOG(Debug, "cancel_ignored", {"pid", process_id});
+    co_return;
+  }
+  co_await send_cancel(*dest);
+}
+
+asio::awaitable<bool> ClientSession::read_password_frame(pr::Frame& frame) {
+  auto st = co_await read_frame(client_, client_in_, pr::kMaxStartupPacketBytes, frame);
+  if (st == ReadStatus::Invalid || (st == ReadStatus::Ok && frame.tag != 'p')) {
+    co_await send_fatal("08P01", "pgvalve: expected a password message during authentication");
+    co_return false;
+  }
+  co_return st == ReadStatus::Ok;
+}
+
+asio::awaitable<bool> ClientSession::authenticate() {
+  const std::string failed =
+      "pgvalve: password authentication failed for user \"" + user_name_ + "\"";
+  const UserAuth* auth = users_->find(user_name_);
+  if (!auth) {
+    co_await send_fatal("28P01", failed);
+    co_return false;
+  }
+  user_ = auth->user;
+  bool ok = auth->method == AuthMethod::Md5 ? co_await authenticate_md5(*auth)
+                                            : co_await authenticate_scram(*auth);
+  if (!ok) co_return false;
+  if (database_name_ == "pgvalve" && !user_->admin) {
+    co_await send_fatal("28000", "pgvalve: user \"" + user_name_ +
+                                     "\" may not use the admin console; set admin: true for "
+                                     "this user in the config");
+    co_return false;
+  }
+  co_return true;
+}
+
+asio::awaitable<bool> ClientSession::authenticate_scram(const UserAuth& auth) {
+  const std::string failed =
+      "pgvalve: password authentication failed for user \"" + user_name_ + "\"";
+  std::string out;
+  const std::string_view mechanisms[] = {pr::kScramSha256};
+  pr::append_authentication_sasl(out, mechanisms);
+  if (!co_await write_all(client_, out)) co_return false;
+
+  pr::Frame f;
+  if (!co_await read_password_frame(f)) co_return false;
+  auto initial = pr::read_sasl_initial_response(f);
+  if (!initial || initial->mechanism != pr::kScramSha256) {
+    client_in_.consume(f.whole.size());
+    co_await send_fatal("28000", "pgvalve: unsupported SASL mechanism; use SCRAM-SHA-256");
+    co_return false;
+  }
+  if (!auth.verifier) {
+    co_await send_fatal("28P01", failed);
+    co_return false;
+  }
+  pr::ScramServer scram(*auth.verifier, random_bytes(18));
+  std::string error;
+  auto server_first = scram.handle_client_first(initial->data, error);
+  client_in_.consume(f.whole.size());
+  if (!server_first) {
+    co_await send_fatal("08P01", "pgvalve: malformed SCRAM message: " + error);
+    co_return false;
+  }
+  out.clear();
+  pr::append_authentication_sasl_continue(out, *server_first);
+  if (!co_await write_all(client_, out)) co_return false;
+
+  if (!co_await read_password_frame(f)) co_return false;
+  auto server_final = scram.handle_client_final(pr::read_sasl_response(f), error);
+  client_in_.consume(f.whole.size());
+  if (!server_final) {
+    co_await send_fatal("28P01", failed);
+    co_return false;
+  }
+  out.clear();
+  pr::append_authentication_sasl_final(out, *server_final);
+  co_return co_await write_all(client_, out);
+}
+
+asio::awaitable<bool> ClientSession::authenticate_md5(const UserAuth& auth) {
+  const std::string salt = random_bytes(4);
+  std::string out;
+  pr::append_authentication_md5(out, salt);
+  if (!co_await write_all(client_, out)) co_return false;
+  pr::Frame f;
+  if (!co_await read_password_frame(f)) co_return false;
+  auto password = pr::read_password(f);
+  const bool ok = password && *password == pr::md5_salted_response(auth.md5_hash, salt);
+  client_in_.consume(f.whole.size());
+  if (!ok) {
+    co_await send_fatal("28P01",
+                        "pgvalve: password authentication failed for user \"" + user_name_ + "\"");
+  }
+  co_return ok;
+}
+
+void ClientSession::init_client_settings() {
+  defaults_ = pool_->server_parameters();
+  auto apply = [&](std::string_view name, std::string_view value) {
+    const std::string key = lower(name);
+    const bool reported = is_synced_setting(key);
+    client_settings_.set(key, value, reported);
+    if (!reported) startup_settings_.set(key, value, false);
+  };
+  for (const auto& [name, value] : startup_params_) {
+    if (name == "user" || name == "database" || name == "replication") continue;
+    if (name == "options") {
+      for (const auto& [k, v] : parse_options(value))
+        apply(k, v);
+      continue;
+    }
+    apply(name, value);
+  }
+}
+
+asio::awaitable<bool> ClientSession::start_session() {
+  for (const auto& [name, value] : startup_params_) {
+    if (name == "replication" && value != "false" && value != "0" && value != "off") {
+      co_await send_fatal("0A000",
+                          "pgvalve: replication connections are not supported; connect to "
+                          "PostgreSQL directly for replication");
+      co_return false;
+    }
+  }
+  database_ = config_->find_database(database_name_);
+  if (!database_) {
+    std::string names;
+    for (const auto& db : config_->databases)
+      names += (names.empty() ? "" : ", ") + db.name;
+    co_await send_fatal("3D000", "pgvalve: database \"" + database_name_ +
+                                     "\" is not configured; use one of: " + names);
+    co_return false;
+  }
+  if (app_.draining()) {
+    co_await send_fatal("57P01", "pgvalve: shutting down; connect again shortly");
+    co_return false;
+  }
+  if (!app_.try_add_client()) {
+    co_await send_fatal("53300",
+                        "pgvalve: too many client connections (pool.max_client_connections"
+                        " = " +
+                            std::to_string(config_->pool.max_client_connections) +
+                            "); try again later or raise the limit");
+    co_return false;
+  }
+  counted_ = true;
+  pool_ = app_.pool_for(*database_, user_name_, database_->shards.front().primary);
+  pool_->client_joined();
+  cancel_ = app_.cancels().register_client();
+
+  // The client is told the parameters of a real server, so one must have been seen.
+  ServerFailure failure;
+  const bool need_server = mode_ == config::PoolMode::Session || !pool_->has_server_parameters();
+  if (need_server && !co_await link_server(failure, false)) {
+    co_await send_fatal(failure.sqlstate, failure.message);
+    co_return false;
+  }
+  init_client_settings();
+  if (server_ && !co_await sync_settings(*server_, failure)) {
+    co_await send_fatal(failure.sqlstate, failure.message);
+    co_return false;
+  }
+  if (server_ && mode_ != config::PoolMode::Session) release_server();
+
+  std::string out;
+  pr::append_authentication_ok(out);
+  for (const auto& [name, value] : *defaults_) {
+    const Setting* mine = client_settings_.find(lower(name));
+    pr::append_parameter_status(out, name, mine ? std::string_view(mine->value) : value);
+  }
+  pr::append_backend_key_data(out, {cancel_->process_id, cancel_->secret_key});
+  pr::append_ready_for_query(out, 'I');
+  if (!co_await write_all(client_, out)) co_return false;
+  logged_in_ = true;
+  std::vector<std::pair<std::string, std::string>>().swap(startup_params_);
+  PGV_LOG(Info, "client_login", {"client", id_}, {"user", user_name_}, {"database", database_name_},
+          {"mode", config::to_string(mode_)});
+  if (server_) {
+    start_server_loop();
+  }
+  co_return true;
+}
+
+}  // namespace pgvalve::proxy
