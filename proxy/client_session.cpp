@@ -389,7 +389,9 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::checkout(Serve
       continue;
     }
     server->adopt(worker_.context, worker_.index);
-    if (pool_->should_pre_ping(*server, pool::Clock::now())) {
+    // The settings read above decide: no second trip through the pool's lock per checkout.
+    if (settings.pre_ping && pool::Clock::now() - server->last_used_at >=
+                                 std::chrono::seconds(settings.pre_ping_idle_s)) {
       ServerFailure ping_failure;
       Deadline ping_deadline(server->socket, 2s);
       if (!co_await server->run_query("", ping_failure)) {
