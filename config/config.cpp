@@ -211,6 +211,9 @@ Pairs describe_impl(const Config& c, bool hide_secrets) {
   add("pool.pre_ping_idle_s", num(p.pre_ping_idle_s));
   add("pool.max_client_connections", num(p.max_client_connections));
   add("pool.max_prepared_statements", num(p.max_prepared_statements));
+  add("pool.pin_session_state", flag(p.pin_session_state));
+  add("pool.query_timeout_ms", num(p.query_timeout_ms));
+  add("pool.idle_transaction_timeout_ms", num(p.idle_transaction_timeout_ms));
 
   const Limits& l = c.limits;
   add("limits.connections_per_ip", num(l.connections_per_ip));
@@ -218,6 +221,8 @@ Pairs describe_impl(const Config& c, bool hide_secrets) {
   add("limits.connect_burst_per_ip", num(l.connect_burst_per_ip));
   add("limits.auth_timeout_ms", num(l.auth_timeout_ms));
   add("limits.max_message_bytes", num(l.max_message_bytes));
+  add("limits.message_timeout_ms", num(l.message_timeout_ms));
+  add("limits.message_memory_bytes", num(l.message_memory_bytes));
 
   for (const Database& db : c.databases) {
     const std::string prefix = "databases." + db.name + ".";

@@ -47,6 +47,12 @@ struct PoolSettings {
   int pre_ping_idle_s = 30;
   int max_client_connections = 10000;
   int max_prepared_statements = 500;
+  // Transaction mode: a client whose session state cannot move to another server (session
+  // advisory lock, temp table, WITH HOLD cursor, SQL PREPARE, LISTEN in a transaction) keeps its
+  // server until that state is gone. false: such statements are refused (0A000).
+  bool pin_session_state = true;
+  int query_timeout_ms = 0;             // server silent this long while a client waits; 0 = off
+  int idle_transaction_timeout_ms = 0;  // client idle inside a transaction this long; 0 = off
   bool operator==(const PoolSettings&) const = default;
 };
 
@@ -56,6 +62,10 @@ struct Limits {
   int connect_burst_per_ip = 20;
   int auth_timeout_ms = 10000;
   std::int64_t max_message_bytes = 268435456;
+  int message_timeout_ms = 10000;  // a begun message must be complete within this; 0 = no limit
+  // Process-wide memory for client messages still being received, beyond the first 16 KiB of
+  // each client's buffer.
+  std::int64_t message_memory_bytes = 268435456;
 };
 
 struct Shard {

@@ -25,6 +25,7 @@ namespace pgvalve::config {
 namespace {
 
 constexpr std::int64_t kIntMax = std::numeric_limits<int>::max();
+constexpr std::int64_t kInt64Max = std::numeric_limits<std::int64_t>::max();
 
 struct Pos {
   int line = 0;
@@ -453,7 +454,7 @@ void Loader::read_int(const YAML::Node& node, const std::string& path, std::int6
     return;
   }
   if (value < min || value > max) {
-    if (value < min && max == kIntMax) {
+    if (value < min && (max == kIntMax || max == kInt64Max)) {
       error(path, node, "must be at least " + std::to_string(min) + ", got " + *text);
     } else {
       error(path, node,
@@ -982,6 +983,10 @@ void Loader::read_root(const YAML::Node& root, Config& c) {
                           {"pre_ping_idle_s", int_field(pool.pre_ping_idle_s, 0)},
                           {"max_client_connections", int_field(pool.max_client_connections, 1)},
                           {"max_prepared_statements", int_field(pool.max_prepared_statements, 1)},
+                          {"pin_session_state", bool_field(pool.pin_session_state)},
+                          {"query_timeout_ms", int_field(pool.query_timeout_ms, 0)},
+                          {"idle_transaction_timeout_ms",
+                           int_field(pool.idle_transaction_timeout_ms, 0)},
                       });
            })},
           {"limits", section([&](const YAML::Node& n, const std::string& p) {
@@ -995,6 +1000,12 @@ void Loader::read_root(const YAML::Node& root, Config& c) {
                            [&](const YAML::Node& v, const std::string& vp) {
                              // The wire format's length field is a signed 32-bit integer.
                              read_int(v, vp, 1024, kIntMax, limits.max_message_bytes);
+                           }},
+                          {"message_timeout_ms", int_field(limits.message_timeout_ms, 0)},
+                          {"message_memory_bytes",
+                           [&](const YAML::Node& v, const std::string& vp) {
+                             // A budget, not an allocation: no upper bound beyond int64.
+                             read_int(v, vp, 65536, kInt64Max, limits.message_memory_bytes);
                            }},
                       });
            })},

@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <map>
+#include <string>
+#include <vector>
 
 #include "config/config.h"
 #include "config_test_util.h"
@@ -75,11 +77,16 @@ TEST(Describe, ListsEveryKeyWithDefaults) {
       {"pool.pre_ping_idle_s", "30"},
       {"pool.max_client_connections", "10000"},
       {"pool.max_prepared_statements", "500"},
+      {"pool.pin_session_state", "true"},
+      {"pool.query_timeout_ms", "0"},
+      {"pool.idle_transaction_timeout_ms", "0"},
       {"limits.connections_per_ip", "0"},
       {"limits.connect_rate_per_ip", "0"},
       {"limits.connect_burst_per_ip", "20"},
       {"limits.auth_timeout_ms", "10000"},
       {"limits.max_message_bytes", "268435456"},
+      {"limits.message_timeout_ms", "10000"},
+      {"limits.message_memory_bytes", "268435456"},
       {"databases.telemetry.dbname", "telemetry"},
       {"databases.telemetry.shards.s0.primary", "127.0.0.1:5432"},
       {"databases.telemetry.shards.s0.replicas", "127.0.0.1:5433,127.0.0.1:5434"},
@@ -117,6 +124,38 @@ TEST(Describe, ListsEveryKeyWithDefaults) {
     EXPECT_EQ(m.at(key), value) << key;
   }
   EXPECT_EQ(describe(*result.config).front().first, "listen");  // file order, not sorted
+}
+
+TEST(Describe, NewPoolAndLimitsKeysFollowTheirSection) {
+  const LoadResult result = load_ok(std::string(kMinimal) + R"(pool:
+  pin_session_state: false
+  query_timeout_ms: 30000
+  idle_transaction_timeout_ms: 60000
+limits:
+  message_timeout_ms: 0
+  message_memory_bytes: 1073741824
+)");
+  ASSERT_NE(result.config, nullptr);
+  const auto pairs = describe(*result.config);
+  std::vector<std::string> keys;
+  for (const auto& [key, value] : pairs)
+    keys.push_back(key);
+  auto at = [&](const std::string& key) {
+    return std::find(keys.begin(), keys.end(), key) - keys.begin();
+  };
+  const auto m = as_map(*result.config);
+  EXPECT_EQ(m.at("pool.pin_session_state"), "false");
+  EXPECT_EQ(m.at("pool.query_timeout_ms"), "30000");
+  EXPECT_EQ(m.at("pool.idle_transaction_timeout_ms"), "60000");
+  EXPECT_EQ(m.at("limits.message_timeout_ms"), "0");
+  EXPECT_EQ(m.at("limits.message_memory_bytes"), "1073741824");
+  // Same order as the struct and the docs: after the section's older keys, before the next one.
+  EXPECT_EQ(at("pool.pin_session_state"), at("pool.max_prepared_statements") + 1);
+  EXPECT_EQ(at("pool.query_timeout_ms"), at("pool.pin_session_state") + 1);
+  EXPECT_EQ(at("pool.idle_transaction_timeout_ms"), at("pool.query_timeout_ms") + 1);
+  EXPECT_EQ(at("limits.connections_per_ip"), at("pool.idle_transaction_timeout_ms") + 1);
+  EXPECT_EQ(at("limits.message_timeout_ms"), at("limits.max_message_bytes") + 1);
+  EXPECT_EQ(at("limits.message_memory_bytes"), at("limits.message_timeout_ms") + 1);
 }
 
 TEST(Describe, TlsAndUnshardedDatabase) {
@@ -188,6 +227,36 @@ databases:
   EXPECT_TRUE(needs_restart("admin_listen"));
   EXPECT_TRUE(needs_restart("workers"));
   EXPECT_FALSE(needs_restart("pool.mode"));
+}
+
+TEST(Diff, ReportsSessionPinningTimeoutsAndMessageLimits) {
+  const LoadResult before = load_ok(kMinimal);
+  const LoadResult after = load_ok(std::string(kMinimal) + R"(pool:
+  pin_session_state: false
+  query_timeout_ms: 30000
+  idle_transaction_timeout_ms: 60000
+limits:
+  message_timeout_ms: 0
+  message_memory_bytes: 1073741824
+)");
+  ASSERT_NE(before.config, nullptr);
+  ASSERT_NE(after.config, nullptr);
+  const auto changes = diff(*before.config, *after.config);
+  const std::vector<ConfigChange> expected = {
+      {"pool.pin_session_state", "true", "false", false},
+      {"pool.query_timeout_ms", "0", "30000", false},
+      {"pool.idle_transaction_timeout_ms", "0", "60000", false},
+      {"limits.message_timeout_ms", "10000", "0", false},
+      {"limits.message_memory_bytes", "268435456", "1073741824", false},
+  };
+  ASSERT_EQ(changes.size(), expected.size());
+  for (std::size_t i = 0; i < expected.size(); ++i) {
+    EXPECT_EQ(changes[i].key, expected[i].key);
+    EXPECT_EQ(changes[i].old_value, expected[i].old_value) << expected[i].key;
+    EXPECT_EQ(changes[i].new_value, expected[i].new_value) << expected[i].key;
+    EXPECT_EQ(changes[i].needs_restart, expected[i].needs_restart) << expected[i].key;
+  }
+  EXPECT_NE(before.config->pool, after.config->pool);  // the pools are told on reload
 }
 
 TEST(Diff, RemovedKeysComeLast) {

@@ -160,6 +160,64 @@ stats:
   EXPECT_EQ(result.errors.size(), 9u) << dump(result);
 }
 
+TEST(Errors, SessionPinningTimeoutsAndMessageLimitsWrongTypes) {
+  const LoadResult result = load_with(R"(pool:
+  pin_session_state: sometimes
+  query_timeout_ms: 5s
+  idle_transaction_timeout_ms: [1]
+limits:
+  message_timeout_ms: ten
+  message_memory_bytes: 256MiB
+)");
+  EXPECT_TRUE(
+      has_error(result, "pool.pin_session_state", 9, "expected true or false, got \"sometimes\""));
+  EXPECT_TRUE(has_error(result, "pool.query_timeout_ms", 10, "expected an integer, got \"5s\""));
+  EXPECT_TRUE(
+      has_error(result, "pool.idle_transaction_timeout_ms", 11, "expected an integer, got a list"));
+  EXPECT_TRUE(
+      has_error(result, "limits.message_timeout_ms", 13, "expected an integer, got \"ten\""));
+  EXPECT_TRUE(
+      has_error(result, "limits.message_memory_bytes", 14, "expected an integer, got \"256MiB\""));
+  EXPECT_EQ(result.errors.size(), 5u) << dump(result);  // all of them, not just the first
+}
+
+TEST(Errors, SessionPinningTimeoutsAndMessageLimitsNegative) {
+  const LoadResult result = load_with(R"(pool:
+  pin_session_state: -1
+  query_timeout_ms: -1
+  idle_transaction_timeout_ms: -5
+limits:
+  message_timeout_ms: -1
+  message_memory_bytes: -1
+)");
+  EXPECT_TRUE(has_error(result, "pool.pin_session_state", 9, "expected true or false, got \"-1\""));
+  EXPECT_TRUE(has_error(result, "pool.query_timeout_ms", 10, "must be at least 0, got -1"));
+  EXPECT_TRUE(
+      has_error(result, "pool.idle_transaction_timeout_ms", 11, "must be at least 0, got -5"));
+  EXPECT_TRUE(has_error(result, "limits.message_timeout_ms", 13, "must be at least 0, got -1"));
+  EXPECT_TRUE(
+      has_error(result, "limits.message_memory_bytes", 14, "must be at least 65536, got -1"));
+  EXPECT_EQ(result.errors.size(), 5u) << dump(result);
+}
+
+TEST(Errors, SessionPinningTimeoutsAndMessageLimitsOutOfRange) {
+  const LoadResult result = load_with(R"(pool:
+  query_timeout_ms: 2147483648
+limits:
+  message_memory_bytes: 65535
+  message_timeout_ms: 99999999999999999999
+)");
+  EXPECT_TRUE(has_error(result, "pool.query_timeout_ms", 9, "between 0 and 2147483647"));
+  EXPECT_TRUE(
+      has_error(result, "limits.message_memory_bytes", 11, "must be at least 65536, got 65535"));
+  EXPECT_TRUE(has_error(result, "limits.message_timeout_ms", 12, "too large"));
+  EXPECT_EQ(result.errors.size(), 3u) << dump(result);
+  // file:line:column: key.path: message
+  EXPECT_EQ(result.errors[1].to_string("/etc/pgvalve.yaml"),
+            "/etc/pgvalve.yaml:11:25: limits.message_memory_bytes: must be at least 65536, got "
+            "65535");
+}
+
 TEST(Errors, BadEndpoints) {
   const LoadResult result = load_config_string(R"(listen: 0.0.0.0
 admin_listen: 127.0.0.1:70000

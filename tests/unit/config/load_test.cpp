@@ -52,6 +52,9 @@ pool:
   pre_ping_idle_s: 31
   max_client_connections: 10001
   max_prepared_statements: 501
+  pin_session_state: false
+  query_timeout_ms: 30000
+  idle_transaction_timeout_ms: 60000
 
 limits:
   connections_per_ip: 5
@@ -59,6 +62,8 @@ limits:
   connect_burst_per_ip: 21
   auth_timeout_ms: 10001
   max_message_bytes: 1048576
+  message_timeout_ms: 10001
+  message_memory_bytes: 536870912
 
 databases:
   telemetry:
@@ -160,12 +165,17 @@ TEST_F(EnvTest, FullExampleLoadsEveryKey) {
   EXPECT_EQ(p.pre_ping_idle_s, 31);
   EXPECT_EQ(p.max_client_connections, 10001);
   EXPECT_EQ(p.max_prepared_statements, 501);
+  EXPECT_FALSE(p.pin_session_state);
+  EXPECT_EQ(p.query_timeout_ms, 30000);
+  EXPECT_EQ(p.idle_transaction_timeout_ms, 60000);
 
   EXPECT_EQ(c.limits.connections_per_ip, 5);
   EXPECT_EQ(c.limits.connect_rate_per_ip, 7);
   EXPECT_EQ(c.limits.connect_burst_per_ip, 21);
   EXPECT_EQ(c.limits.auth_timeout_ms, 10001);
   EXPECT_EQ(c.limits.max_message_bytes, 1048576);
+  EXPECT_EQ(c.limits.message_timeout_ms, 10001);
+  EXPECT_EQ(c.limits.message_memory_bytes, 536870912);
 
   ASSERT_EQ(c.databases.size(), 2u);
   const Database& t = c.databases[0];  // file order
@@ -248,6 +258,11 @@ TEST(Load, MinimalFileGetsEveryDefault) {
   EXPECT_EQ(c.pool.max_overflow, 30);
   EXPECT_EQ(c.limits.connect_burst_per_ip, 20);
   EXPECT_EQ(c.limits.max_message_bytes, 268435456);
+  EXPECT_TRUE(c.pool.pin_session_state);
+  EXPECT_EQ(c.pool.query_timeout_ms, 0);
+  EXPECT_EQ(c.pool.idle_transaction_timeout_ms, 0);
+  EXPECT_EQ(c.limits.message_timeout_ms, 10000);
+  EXPECT_EQ(c.limits.message_memory_bytes, 268435456);
   EXPECT_EQ(c.routing.write_functions, defaults.routing.write_functions);
   EXPECT_EQ(c.routing.write_functions.size(), 6u);
   EXPECT_EQ(c.routing.reads, ReadsTo::Replicas);
@@ -272,6 +287,44 @@ TEST(Load, EmptyValuesMeanDefaults) {
   EXPECT_EQ(result.config->pool, PoolSettings{});
   EXPECT_FALSE(result.config->tls.has_value());
   EXPECT_EQ(result.config->listen.port, 6432);
+}
+
+TEST(Load, SessionPinningTimeoutsAndMessageLimits) {
+  const LoadResult result = load_ok(std::string(kMinimal) + R"(pool:
+  pin_session_state: off
+  query_timeout_ms: 0
+  idle_transaction_timeout_ms: 1
+limits:
+  message_timeout_ms: 0
+  message_memory_bytes: 65536
+)");
+  ASSERT_NE(result.config, nullptr);
+  const Config& c = *result.config;
+  EXPECT_FALSE(c.pool.pin_session_state);
+  EXPECT_EQ(c.pool.query_timeout_ms, 0);
+  EXPECT_EQ(c.pool.idle_transaction_timeout_ms, 1);
+  EXPECT_EQ(c.limits.message_timeout_ms, 0);  // 0 = no limit
+  EXPECT_EQ(c.limits.message_memory_bytes, 65536);
+
+  // Beyond a 32-bit int: the budget is a 64-bit integer.
+  const LoadResult big =
+      load_ok(std::string(kMinimal) + "limits:\n  message_memory_bytes: 17179869184\n");
+  ASSERT_NE(big.config, nullptr);
+  EXPECT_EQ(big.config->limits.message_memory_bytes, std::int64_t{17179869184});
+}
+
+TEST(Load, PoolSettingsEqualityCoversTheNewFields) {
+  // The pools are told about a reload only when PoolSettings compare unequal.
+  PoolSettings changed;
+  changed.pin_session_state = false;
+  EXPECT_NE(changed, PoolSettings{});
+  changed = PoolSettings{};
+  changed.query_timeout_ms = 1;
+  EXPECT_NE(changed, PoolSettings{});
+  changed = PoolSettings{};
+  changed.idle_transaction_timeout_ms = 1;
+  EXPECT_NE(changed, PoolSettings{});
+  EXPECT_EQ(PoolSettings{}, PoolSettings{});
 }
 
 TEST(Load, ServerPasswordDefaultsOnlyForPlainText) {
