@@ -1,241 +1,431 @@
 #include "pool/server_pool.h"
 
 #include <algorithm>
+#include <cassert>
+#include <numeric>
 
 namespace pgvalve::pool {
 
+// Memory order: the budget and the published figures that decide moves (idle_count,
+// waiting, oldest_wait_since_ns) use seq_cst. Each side of a race publishes before it looks
+// at the other (a waiter: queue, then budget and idle counts; a returner: budget or idle
+// list, then waiters), and seq_cst guarantees at least one of the two sees the other, so a
+// waiter is never left queued while a connection or budget sits unused. Counters only summed
+// by stats() are relaxed.
+
 namespace {
+
 std::chrono::seconds secs(int s) {
   return std::chrono::seconds(s);
 }
+
+std::int64_t to_ns(Clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+}
+
+// Another worker's waiter must have waited this much longer than twice ours before a check-in
+// moves the connection there: under balanced load connections stay on their worker (a move costs
+// a wake-up of the other worker and re-registering the socket), yet a worker that owns few
+// connections for many clients gets some within a millisecond or two.
+constexpr std::int64_t kMoveSlackNs = 1'000'000;
+
+// For atomics only their owner writes: no read-modify-write needed.
+template <typename T>
+void bump(std::atomic<T>& value, T delta = 1) {
+  value.store(value.load(std::memory_order_relaxed) + delta, std::memory_order_relaxed);
+}
+
 }  // namespace
 
-ServerPool::ServerPool(PoolKey key, config::PoolSettings settings, int workers)
+ServerPool::ServerPool(PoolKey key, config::PoolSettings settings, int workers, Handoff& handoff)
     : key_(std::move(key)),
+      handoff_(handoff),
       settings_(settings),
-      idle_(static_cast<std::size_t>(std::max(1, workers))) {}
+      budget_(settings.pool_size + settings.max_overflow) {
+  const int count = std::max(1, workers);
+  workers_.reserve(static_cast<std::size_t>(count));
+  for (int i = 0; i < count; ++i) {
+    auto w = std::make_unique<WorkerState>();
+    w->settings = settings;
+    w->settings_version = settings_version_.load(std::memory_order_relaxed);
+    workers_.push_back(std::move(w));
+  }
+}
 
-CheckoutResult ServerPool::checkout(int worker, Waiter* waiter) {
-  std::lock_guard lock(mutex_);
-  if (idle_count_ > 0) {
-    auto own =
-        static_cast<std::size_t>(worker) < idle_.size() ? static_cast<std::size_t>(worker) : 0;
-    auto* list = &idle_[own];
-    if (list->empty()) {
-      for (auto& other : idle_) {
-        if (!other.empty()) {
-          list = &other;
-          break;
-        }
-      }
+ServerPool::WorkerState& ServerPool::state(int worker) {
+  assert(worker >= 0 && worker < workers());
+  return *workers_[static_cast<std::size_t>(worker)];
+}
+
+const config::PoolSettings& ServerPool::local_settings(WorkerState& w) {
+  if (settings_version_.load(std::memory_order_relaxed) != w.settings_version) [[unlikely]] {
+    std::lock_guard lock(settings_mutex_);
+    w.settings = settings_;
+    w.settings_version = settings_version_.load(std::memory_order_relaxed);
+  }
+  return w.settings;
+}
+
+bool ServerPool::take_budget() {
+  int b = budget_.load();
+  while (b > 0) {
+    if (budget_.compare_exchange_weak(b, b - 1)) return true;
+  }
+  return false;
+}
+
+// Returns one unit only while the budget is below `ceiling`, so workers closing surplus
+// connections at the same moment never close more than the surplus between them.
+bool ServerPool::release_budget_below(int ceiling) {
+  int b = budget_.load();
+  while (b < ceiling) {
+    if (budget_.compare_exchange_weak(b, b + 1)) return true;
+  }
+  return false;
+}
+
+void ServerPool::publish_waiters(WorkerState& w) {
+  w.oldest_wait_since_ns.store(w.waiters.empty() ? 0 : w.waiters.front().since_ns);
+  w.waiting.store(static_cast<int>(w.waiters.size()));
+}
+
+Waiter* ServerPool::pop_waiter(WorkerState& w) {
+  Waiter* first = w.waiters.front().waiter;
+  w.waiters.pop_front();
+  publish_waiters(w);
+  return first;
+}
+
+void ServerPool::grant_first(WorkerState& w, std::unique_ptr<Connection> conn) {
+  Waiter* first = pop_waiter(w);
+  bump(w.checkouts);
+  first->grant(std::move(conn));
+}
+
+std::pair<int, std::int64_t> ServerPool::longest_waiting_other(int worker) const {
+  int best = -1;
+  std::int64_t best_since = 0;
+  for (int i = 0; i < static_cast<int>(workers_.size()); ++i) {
+    if (i == worker) continue;
+    const std::int64_t since = workers_[static_cast<std::size_t>(i)]->oldest_wait_since_ns.load();
+    if (since != 0 && (best < 0 || since < best_since)) {
+      best = i;
+      best_since = since;
     }
-    auto conn = std::move(list->back());
-    list->pop_back();
-    --idle_count_;
-    ++checked_out_;
-    ++total_checkouts_;
+  }
+  return {best, best_since};
+}
+
+void ServerPool::send(int to, std::unique_ptr<Connection> conn) {
+  // std::function must be copyable: the connection travels in a shared box, and is destroyed
+  // with the task if the target loop never runs it (shutdown).
+  auto box = std::make_shared<std::unique_ptr<Connection>>(std::move(conn));
+  handoff_.post(to, [self = shared_from_this(), to, box] { self->receive(to, std::move(*box)); });
+}
+
+void ServerPool::request_steal(int worker) {
+  int donor = -1;
+  int most = 0;
+  for (int i = 0; i < workers(); ++i) {
+    if (i == worker) continue;
+    const int idle = workers_[static_cast<std::size_t>(i)]->idle_count.load();
+    if (idle > most) {
+      donor = i;
+      most = idle;
+    }
+  }
+  if (donor < 0) return;
+  handoff_.post(donor, [self = shared_from_this(), donor, worker] { self->donate(donor, worker); });
+}
+
+CheckoutResult ServerPool::checkout(int worker, Waiter* waiter, Clock::time_point now) {
+  WorkerState& w = state(worker);
+  // Idle connections and queued waiters never coexist on a worker: whatever comes back is
+  // granted before it is parked, and a waiter is queued only when the list is empty.
+  if (!w.idle.empty()) {
+    auto conn = std::move(w.idle.back());
+    w.idle.pop_back();
+    w.idle_count.store(static_cast<int>(w.idle.size()), std::memory_order_relaxed);
+    bump(w.checkouts);
     return {CheckoutKind::Idle, std::move(conn)};
   }
-  if (idle_count_ + checked_out_ + opening_ < limit()) {
-    ++opening_;
+  // Clients queued here before this one get any free budget first.
+  while (!w.waiters.empty() && take_budget()) {
+    bump(w.opening);
+    pop_waiter(w)->grant(nullptr);
+  }
+  if (w.waiters.empty() && take_budget()) {
+    bump(w.opening);
     return {CheckoutKind::Create, nullptr};
   }
-  waiters_.push_back(waiter);
-  ++total_waits_;
+
+  w.waiters.push_back({waiter, std::max<std::int64_t>(1, to_ns(now))});
+  publish_waiters(w);
+  // Budget returned between our first look and publishing was offered to nobody: look again.
+  while (take_budget()) {
+    const bool ours = w.waiters.size() == 1;  // ours is the last one queued
+    bump(w.opening);
+    Waiter* first = pop_waiter(w);
+    if (ours) return {CheckoutKind::Create, nullptr};
+    first->grant(nullptr);
+  }
+  bump(w.waits);
+  request_steal(worker);
   return {CheckoutKind::Wait, nullptr};
 }
 
-bool ServerPool::cancel_wait(Waiter* waiter) {
-  std::lock_guard lock(mutex_);
-  auto it = std::find(waiters_.begin(), waiters_.end(), waiter);
-  if (it == waiters_.end()) return false;
-  waiters_.erase(it);
+bool ServerPool::cancel_wait(int worker, Waiter* waiter) {
+  WorkerState& w = state(worker);
+  auto it = std::find_if(w.waiters.begin(), w.waiters.end(),
+                         [waiter](const WorkerState::Queued& q) { return q.waiter == waiter; });
+  if (it == w.waiters.end()) return false;
+  w.waiters.erase(it);
+  publish_waiters(w);
   return true;
 }
 
-void ServerPool::note_timeout() {
-  std::lock_guard lock(mutex_);
-  ++total_timeouts_;
+void ServerPool::note_timeout(int worker) {
+  bump(state(worker).timeouts);
 }
 
-Waiter* ServerPool::pop_waiter() {
-  if (waiters_.empty()) return nullptr;
-  Waiter* w = waiters_.front();
-  waiters_.pop_front();
-  return w;
+void ServerPool::created(int worker) {
+  WorkerState& w = state(worker);
+  bump(w.opening, -1);
+  bump(w.created);
+  bump(w.checkouts);
 }
 
-void ServerPool::created() {
-  std::lock_guard lock(mutex_);
-  --opening_;
-  ++checked_out_;
-  ++total_created_;
-  ++total_checkouts_;
+void ServerPool::create_failed(int worker) {
+  bump(state(worker).opening, -1);
+  budget_.fetch_add(1);
+  offer_permit(worker);
 }
 
-void ServerPool::create_failed() {
-  std::unique_lock lock(mutex_);
-  --opening_;
-  // The freed slot goes to the next waiter, who then tries to open a connection itself.
-  Waiter* next = nullptr;
-  if (idle_count_ + checked_out_ + opening_ < limit()) next = pop_waiter();
-  if (next) ++opening_;
-  lock.unlock();
-  if (next) next->grant(nullptr);
-}
-
-std::unique_ptr<Connection> ServerPool::checkin(std::unique_ptr<Connection> conn,
+std::unique_ptr<Connection> ServerPool::checkin(int worker, std::unique_ptr<Connection> conn,
                                                 Clock::time_point now) {
-  std::unique_lock lock(mutex_);
-  --checked_out_;
+  WorkerState& w = state(worker);
+  const config::PoolSettings& s = local_settings(w);
   conn->last_used_at = now;
-  const bool too_old =
-      settings_.recycle_s > 0 && now - conn->created_at >= secs(settings_.recycle_s);
-  const bool too_many = idle_count_ + checked_out_ + opening_ + 1 > limit();
-  if (too_old || too_many) {
-    ++total_closed_;
-    Waiter* next = nullptr;
-    if (idle_count_ + checked_out_ + opening_ < limit()) next = pop_waiter();
-    if (next) ++opening_;
-    lock.unlock();
-    if (next) next->grant(nullptr);
+  if (s.recycle_s > 0 && now - conn->created_at >= secs(s.recycle_s)) {
+    bump(w.closed);
+    budget_.fetch_add(1);
+    offer_permit(worker);
     return conn;
   }
-  if (Waiter* next = pop_waiter()) {
-    ++checked_out_;
-    ++total_checkouts_;
-    lock.unlock();
-    next->grant(std::move(conn));
+  if (release_budget_below(0)) {  // the pool shrank: this one is surplus
+    bump(w.closed);
+    return conn;
+  }
+  if (w.waiters.empty()) {
+    park(worker, std::move(conn));
     return nullptr;
   }
-  auto home = static_cast<std::size_t>(conn->home_worker);
-  if (home >= idle_.size()) home = 0;
-  idle_[home].push_back(std::move(conn));
-  ++idle_count_;
+  const std::int64_t now_ns = to_ns(now);
+  const std::int64_t own_wait = now_ns - w.waiters.front().since_ns;
+  const auto [other, other_since] = longest_waiting_other(worker);
+  if (other >= 0 && now_ns - other_since > 2 * own_wait + kMoveSlackNs) {
+    send(other, std::move(conn));
+    return nullptr;
+  }
+  grant_first(w, std::move(conn));
   return nullptr;
 }
 
-void ServerPool::discard(std::unique_ptr<Connection> conn) {
-  std::unique_lock lock(mutex_);
-  --checked_out_;
-  ++total_closed_;
-  Waiter* next = nullptr;
-  if (idle_count_ + checked_out_ + opening_ < limit()) next = pop_waiter();
-  if (next) ++opening_;
-  lock.unlock();
-  conn.reset();  // closes the socket outside the lock
-  if (next) next->grant(nullptr);
+void ServerPool::park(int worker, std::unique_ptr<Connection> conn) {
+  WorkerState& w = state(worker);
+  w.idle.push_back(std::move(conn));
+  w.idle_count.store(static_cast<int>(w.idle.size()));
+  const int other = longest_waiting_other(worker).first;
+  if (other < 0) return;
+  auto moved = std::move(w.idle.back());
+  w.idle.pop_back();
+  w.idle_count.store(static_cast<int>(w.idle.size()), std::memory_order_relaxed);
+  send(other, std::move(moved));
 }
 
-std::vector<std::unique_ptr<Connection>> ServerPool::collect_expired(Clock::time_point now) {
-  std::vector<std::unique_ptr<Connection>> expired;
-  std::lock_guard lock(mutex_);
-  // Oldest-used first across all workers' lists, so overflow shrinks by closing the coldest
-  // connections. Each list is LIFO, so its front is its coldest: merge the lists by front.
-  std::vector<std::size_t> next(idle_.size(), 0);  // per list: first entry not yet visited
-  for (;;) {
-    std::size_t pick = idle_.size();
-    for (std::size_t l = 0; l < idle_.size(); ++l) {
-      if (next[l] < idle_[l].size() &&
-          (pick == idle_.size() ||
-           idle_[l][next[l]]->last_used_at < idle_[pick][next[pick]]->last_used_at)) {
-        pick = l;
-      }
-    }
-    if (pick == idle_.size()) break;
-    auto& list = idle_[pick];
-    auto it = list.begin() + static_cast<std::ptrdiff_t>(next[pick]);
-    const auto idle_for = now - (*it)->last_used_at;
-    const int size = idle_count_ + checked_out_ + opening_;
-    const bool idle_too_long =
-        settings_.idle_timeout_s > 0 && idle_for >= secs(settings_.idle_timeout_s);
-    const bool too_old =
-        settings_.recycle_s > 0 && now - (*it)->created_at >= secs(settings_.recycle_s);
-    const bool overflow = size > settings_.pool_size && idle_for >= secs(settings_.overflow_idle_s);
-    const bool over_limit = size > limit();
-    if (idle_too_long || too_old || overflow || over_limit) {
-      expired.push_back(std::move(*it));
-      list.erase(it);
-      --idle_count_;
-      ++total_closed_;
-    } else {
-      ++next[pick];
-    }
+void ServerPool::discard(int worker,
+                         std::unique_ptr<Connection> /*conn: destroyed as the call ends*/) {
+  bump(state(worker).closed);
+  budget_.fetch_add(1);
+  offer_permit(worker);
+}
+
+void ServerPool::receive(int worker, std::unique_ptr<Connection> conn) {
+  WorkerState& w = state(worker);
+  conn->home_worker = worker;
+  bump(w.handoffs);
+  if (!w.waiters.empty()) {
+    grant_first(w, std::move(conn));
+  } else {
+    park(worker, std::move(conn));
   }
+}
+
+void ServerPool::donate(int worker, int to) {
+  WorkerState& w = state(worker);
+  // Nothing to give, or the clients that asked were served meanwhile.
+  if (w.idle.empty() || state(to).waiting.load() == 0) return;
+  auto conn = std::move(w.idle.back());
+  w.idle.pop_back();
+  w.idle_count.store(static_cast<int>(w.idle.size()), std::memory_order_relaxed);
+  send(to, std::move(conn));
+}
+
+void ServerPool::offer_permit(int worker) {
+  if (budget_.load() <= 0) return;
+  try_permits(worker);
+}
+
+void ServerPool::try_permits(int worker) {
+  WorkerState& w = state(worker);
+  while (!w.waiters.empty() && take_budget()) {
+    bump(w.opening);
+    pop_waiter(w)->grant(nullptr);
+  }
+  if (!w.waiters.empty() || budget_.load() <= 0) return;
+  // Passed on until it reaches a worker whose clients still wait, or nobody waits any more.
+  const int other = longest_waiting_other(worker).first;
+  if (other < 0) return;
+  handoff_.post(other, [self = shared_from_this(), other] { self->try_permits(other); });
+}
+
+// A safety net run periodically: whatever should have moved on an event (budget to waiters,
+// idle connections to another worker's waiters) is moved now.
+void ServerPool::rebalance(int worker) {
+  WorkerState& w = state(worker);
+  if (!w.waiters.empty()) {
+    try_permits(worker);
+    if (!w.waiters.empty()) request_steal(worker);
+    return;
+  }
+  if (w.idle.empty()) return;
+  auto conn = std::move(w.idle.back());
+  w.idle.pop_back();
+  park(worker, std::move(conn));
+}
+
+std::vector<std::unique_ptr<Connection>> ServerPool::collect_expired(int worker,
+                                                                     Clock::time_point now) {
+  WorkerState& w = state(worker);
+  const config::PoolSettings& s = local_settings(w);
+  std::vector<std::unique_ptr<Connection>> expired;
+  if (!w.idle.empty()) {
+    // Coldest first, so overflow and a shrunk limit close the least recently used ones.
+    std::vector<std::size_t> order(w.idle.size());
+    std::iota(order.begin(), order.end(), std::size_t{0});
+    std::stable_sort(order.begin(), order.end(), [&w](std::size_t a, std::size_t b) {
+      return w.idle[a]->last_used_at < w.idle[b]->last_used_at;
+    });
+    bool budget_back = false;
+    for (std::size_t i : order) {
+      const Connection& conn = *w.idle[i];
+      const auto idle_for = now - conn.last_used_at;
+      bool close = false;
+      if ((s.idle_timeout_s > 0 && idle_for >= secs(s.idle_timeout_s)) ||
+          (s.recycle_s > 0 && now - conn.created_at >= secs(s.recycle_s))) {
+        budget_.fetch_add(1);
+        close = budget_back = true;
+      } else if (release_budget_below(0)) {  // beyond a shrunk limit
+        close = true;
+      } else if (idle_for >= secs(s.overflow_idle_s) && release_budget_below(s.max_overflow)) {
+        // budget below max_overflow: more than pool_size connections exist
+        close = budget_back = true;
+      }
+      if (close) expired.push_back(std::move(w.idle[i]));
+    }
+    std::erase(w.idle, nullptr);
+    w.idle_count.store(static_cast<int>(w.idle.size()));
+    bump(w.closed, static_cast<std::uint64_t>(expired.size()));
+    if (budget_back) offer_permit(worker);
+  }
+  rebalance(worker);
   return expired;
 }
 
 std::vector<std::unique_ptr<Connection>> ServerPool::take_all_idle() {
   std::vector<std::unique_ptr<Connection>> all;
-  std::lock_guard lock(mutex_);
-  for (auto& list : idle_) {
-    for (auto& conn : list)
+  for (auto& w : workers_) {
+    const auto count = w->idle.size();
+    for (auto& conn : w->idle)
       all.push_back(std::move(conn));
-    list.clear();
+    w->idle.clear();
+    w->idle_count.store(0);
+    bump(w->closed, static_cast<std::uint64_t>(count));
+    budget_.fetch_add(static_cast<int>(count));
   }
-  total_closed_ += all.size();
-  idle_count_ = 0;
   return all;
 }
 
-bool ServerPool::should_pre_ping(const Connection& conn, Clock::time_point now) const {
-  std::lock_guard lock(mutex_);
-  return settings_.pre_ping && now - conn.last_used_at >= secs(settings_.pre_ping_idle_s);
-}
-
 void ServerPool::update_settings(const config::PoolSettings& settings) {
-  std::vector<Waiter*> permitted;
+  int grown = 0;
   {
-    std::lock_guard lock(mutex_);
+    std::lock_guard lock(settings_mutex_);
+    grown = (settings.pool_size + settings.max_overflow) -
+            (settings_.pool_size + settings_.max_overflow);
     settings_ = settings;
-    // A larger pool lets queued clients open connections now.
-    while (!waiters_.empty() && idle_count_ + checked_out_ + opening_ < limit()) {
-      permitted.push_back(pop_waiter());
-      ++opening_;
-    }
+    // Under the lock so that stats() sees the limit and the budget of the same moment.
+    budget_.fetch_add(grown);
+    settings_version_.fetch_add(1, std::memory_order_relaxed);
   }
-  for (Waiter* w : permitted)
-    w->grant(nullptr);
+  if (grown <= 0) return;
+  for (int i = 0; i < workers(); ++i)
+    handoff_.post(i, [self = shared_from_this(), i] { self->try_permits(i); });
 }
 
 config::PoolSettings ServerPool::settings() const {
-  std::lock_guard lock(mutex_);
+  std::lock_guard lock(settings_mutex_);
   return settings_;
 }
 
-PoolStats ServerPool::stats() const {
-  std::lock_guard lock(mutex_);
+PoolStats ServerPool::stats(Clock::time_point now) const {
   PoolStats s;
-  s.size = idle_count_ + checked_out_ + opening_;
-  s.checked_in = idle_count_;
-  s.checked_out = checked_out_;
-  s.opening = opening_;
-  s.overflow = std::max(0, s.size - settings_.pool_size);
-  s.waiting = static_cast<int>(waiters_.size());
-  s.total_checkouts = total_checkouts_;
-  s.total_waits = total_waits_;
-  s.total_timeouts = total_timeouts_;
-  s.total_created = total_created_;
-  s.total_closed = total_closed_;
+  int limit = 0;
+  int pool_size = 0;
+  int budget = 0;
+  {
+    std::lock_guard lock(settings_mutex_);
+    limit = settings_.pool_size + settings_.max_overflow;
+    pool_size = settings_.pool_size;
+    budget = budget_.load();
+  }
+  std::int64_t oldest = 0;
+  for (const auto& w : workers_) {
+    s.checked_in += w->idle_count.load(std::memory_order_relaxed);
+    s.opening += w->opening.load(std::memory_order_relaxed);
+    s.waiting += w->waiting.load(std::memory_order_relaxed);
+    s.total_checkouts += w->checkouts.load(std::memory_order_relaxed);
+    s.total_waits += w->waits.load(std::memory_order_relaxed);
+    s.total_timeouts += w->timeouts.load(std::memory_order_relaxed);
+    s.total_created += w->created.load(std::memory_order_relaxed);
+    s.total_closed += w->closed.load(std::memory_order_relaxed);
+    s.total_handoffs += w->handoffs.load(std::memory_order_relaxed);
+    const std::int64_t since = w->oldest_wait_since_ns.load(std::memory_order_relaxed);
+    if (since != 0 && (oldest == 0 || since < oldest)) oldest = since;
+  }
+  // The budget is the one exact figure; the per-worker sums may be a few microseconds apart,
+  // so checked_out (which includes connections in transit between workers) is what remains.
+  s.size = std::max(0, limit - budget);
+  s.checked_out = std::max(0, s.size - s.checked_in - s.opening);
+  s.overflow = std::max(0, s.size - pool_size);
+  s.pinned = pinned_.load(std::memory_order_relaxed);
   s.total_statement_evictions = evictions_.load(std::memory_order_relaxed);
+  if (oldest != 0) s.max_wait_us = std::max<std::int64_t>(0, (to_ns(now) - oldest) / 1000);
   return s;
 }
 
 void ServerPool::set_server_parameters(ServerParameters params) {
-  auto shared = std::make_shared<const ServerParameters>(std::move(params));
-  std::lock_guard lock(mutex_);
-  server_parameters_ = std::move(shared);
-  has_server_parameters_ = true;
+  if (server_parameters_.load()) return;
+  std::shared_ptr<const ServerParameters> none;
+  server_parameters_.compare_exchange_strong(
+      none, std::make_shared<const ServerParameters>(std::move(params)));
 }
 
 std::shared_ptr<const ServerPool::ServerParameters> ServerPool::server_parameters() const {
-  std::lock_guard lock(mutex_);
-  return server_parameters_;
+  return server_parameters_.load();
 }
 
 bool ServerPool::has_server_parameters() const {
-  std::lock_guard lock(mutex_);
-  return has_server_parameters_;
+  return server_parameters_.load() != nullptr;
 }
 
 }  // namespace pgvalve::pool

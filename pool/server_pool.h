@@ -1,12 +1,29 @@
-// A pool of server connections for one (database, user, host): who may have one, who waits,
-// which idle ones are past their lifetime. Knows connections only as handles: no sockets, no
-// SQL. Thread-safe: workers on different threads check out and in under one short mutex hold.
+// A pool of server connections for one (database, user, host), shared by the workers without a
+// lock on the way of a transaction. Knows connections only as handles: no sockets, no SQL.
+//
+// Each worker (one event-loop thread) has its own idle list and its own queue of waiting
+// clients, touched only on that worker's thread, so a checkout and a check-in in steady state
+// take no lock and cross no thread: a connection stays on the worker that opened it. What the
+// workers share is an atomic budget (how many more connections may be opened) and a few atomic
+// figures each worker publishes for the others (idle count, waiters, how long its oldest waiter
+// has waited), read to decide when a connection should move to another worker:
+//  - a worker whose clients wait while another worker has idle connections asks that worker to
+//    send one over (a steal);
+//  - a check-in gives the connection to another worker's waiter instead of a local one when that
+//    waiter has waited clearly longer, so no worker's clients starve while another's are served.
+// Moves go through the Handoff the proxy supplies (it posts a task to the target worker's loop);
+// the receiving worker re-registers the socket with its own loop.
+//
+// Threading contract: every call that takes `worker` is made on that worker's thread. stats(),
+// settings(), update_settings(), server parameters and the client counters may be called from
+// any thread. take_all_idle() is for shutdown, after the workers have stopped.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -27,21 +44,32 @@ class Connection {
   std::uint64_t id = 0;
   Clock::time_point created_at{};
   Clock::time_point last_used_at{};  // when it last went back to the pool
-  int home_worker = 0;               // the worker whose event loop its socket is registered with
+  // The worker the pool last gave it to. The proxy checks which event loop its socket is really
+  // registered with and moves it when that differs.
+  int home_worker = 0;
 };
 
-// Someone waiting for a connection. grant() is called without the pool's lock held, on the
-// thread that freed the slot; the waiter must hand the result over to its own thread.
+// Someone waiting for a connection. grant() is called on the waiter's own worker thread, possibly
+// from inside another session's checkin()/discard() call: the waiter must only record the result
+// and resume itself later (e.g. post to its own loop), never run its I/O from inside grant().
 class Waiter {
  public:
   virtual ~Waiter() = default;
-  // `conn` is an idle connection, or null: a permit to open a new one (the slot is reserved).
+  // `conn` is an idle connection, or null: a permit to open a new one (the budget is taken).
   virtual void grant(std::unique_ptr<Connection> conn) = 0;
+};
+
+// How the pool reaches another worker's thread. Implemented by the proxy (asio::post to the
+// worker's io_context); tests implement it with a queue per worker that they run by hand.
+class Handoff {
+ public:
+  virtual ~Handoff() = default;
+  virtual void post(int worker, std::function<void()> task) = 0;
 };
 
 enum class CheckoutKind {
   Idle,    // `conn` is ready to use
-  Create,  // a slot is reserved: open a connection, then call created() or create_failed()
+  Create,  // budget taken: open a connection, then call created() or create_failed()
   Wait,    // the waiter was queued; grant() will be called, or cancel_wait() removes it
 };
 
@@ -50,20 +78,23 @@ struct CheckoutResult {
   std::unique_ptr<Connection> conn;
 };
 
-// Figures for SHOW POOLS and metrics, read under the lock.
+// Figures for SHOW POOLS and metrics. Summed over the workers' published counters without a
+// lock: each figure is exact for its worker, the sum may mix moments a few microseconds apart.
 struct PoolStats {
   int size = 0;         // connections that exist or are being opened
   int checked_in = 0;   // idle
   int checked_out = 0;  // lent to clients
-  int opening = 0;      // slots reserved for connections being opened
+  int opening = 0;      // being opened
   int overflow = 0;     // size above pool_size
   int waiting = 0;      // clients queued for a connection
+  int pinned = 0;       // clients holding a connection for session state (transaction mode)
   std::uint64_t total_checkouts = 0;
   std::uint64_t total_waits = 0;
   std::uint64_t total_timeouts = 0;
   std::uint64_t total_created = 0;
   std::uint64_t total_closed = 0;
-  std::int64_t max_wait_us = 0;  // longest current wait, filled in by the caller
+  std::uint64_t total_handoffs = 0;  // connections moved to another worker
+  std::int64_t max_wait_us = 0;      // longest current wait
   std::uint64_t total_statement_evictions = 0;
 };
 
@@ -74,81 +105,135 @@ struct PoolKey {
   bool operator==(const PoolKey&) const = default;
 };
 
-class ServerPool {
+class ServerPool : public std::enable_shared_from_this<ServerPool> {
  public:
-  ServerPool(PoolKey key, config::PoolSettings settings, int workers);
+  // `handoff` must outlive the pool's use by workers (the proxy's App owns both).
+  ServerPool(PoolKey key, config::PoolSettings settings, int workers, Handoff& handoff);
   ServerPool(const ServerPool&) = delete;
   ServerPool& operator=(const ServerPool&) = delete;
 
   const PoolKey& key() const { return key_; }
+  int workers() const { return static_cast<int>(workers_.size()); }
 
-  // An idle connection (this worker's own first, the most recently used), a permit to create
-  // one when the pool is below pool_size + max_overflow, or a place in the FIFO queue.
-  CheckoutResult checkout(int worker, Waiter* waiter);
-  // Removes a queued waiter; false when it was already granted (the grant is on its way).
-  bool cancel_wait(Waiter* waiter);
-  void note_timeout();
+  // This worker's most recently used idle connection; else, when the budget allows, a permit to
+  // open one; else the waiter is queued (FIFO per worker) and, when another worker has idle
+  // connections, that worker is asked to send one over.
+  CheckoutResult checkout(int worker, Waiter* waiter, Clock::time_point now = Clock::now());
+  // Removes a queued waiter; false when it is not queued (already granted).
+  bool cancel_wait(int worker, Waiter* waiter);
+  void note_timeout(int worker);
 
   // A connection opened after a Create permit is now lent out.
-  void created();
-  void create_failed();
+  void created(int worker);
+  // Opening failed: the budget comes back and the next waiter (here or on another worker) gets
+  // a permit to try.
+  void create_failed(int worker);
 
-  // Returns a clean connection. Past recycle_s it is handed back to be closed instead; the
-  // same if the pool has shrunk. A waiting client gets it directly.
-  std::unique_ptr<Connection> checkin(std::unique_ptr<Connection> conn, Clock::time_point now);
-  // A lent connection that can no longer be used; the caller destroys it.
-  void discard(std::unique_ptr<Connection> conn);
+  // Returns a clean connection. One past recycle_s, or beyond the limit after the pool shrank,
+  // is handed back to be closed (its budget is returned). Otherwise it goes to the waiter that
+  // has waited longest: this worker's first waiter, or another worker's when that one has waited
+  // clearly longer (moved through the Handoff); with no waiter it joins this worker's idle list.
+  std::unique_ptr<Connection> checkin(int worker, std::unique_ptr<Connection> conn,
+                                      Clock::time_point now);
+  // A lent connection that can no longer be used; the caller destroys it after this returns.
+  void discard(int worker, std::unique_ptr<Connection> conn);
 
-  // Idle connections past idle_timeout_s, overflow ones idle past overflow_idle_s, and ones past
-  // recycle_s. The caller destroys them (outside any lock).
-  std::vector<std::unique_ptr<Connection>> collect_expired(Clock::time_point now);
-  // Idle connections idle for at least `idle_for` (for pre-ping); not removed.
-  bool should_pre_ping(const Connection& conn, Clock::time_point now) const;
+  // This worker's idle connections past idle_timeout_s, overflow ones idle past overflow_idle_s,
+  // ones past recycle_s, and ones beyond a shrunk limit. The caller destroys them.
+  std::vector<std::unique_ptr<Connection>> collect_expired(int worker, Clock::time_point now);
 
-  // Every idle connection, for shutdown.
+  // Every idle connection of every worker, for shutdown (workers stopped).
   std::vector<std::unique_ptr<Connection>> take_all_idle();
 
   // Clients logged in to this pool (cl_active + cl_waiting in SHOW POOLS).
   void client_joined() { clients_.fetch_add(1, std::memory_order_relaxed); }
   void client_left() { clients_.fetch_sub(1, std::memory_order_relaxed); }
   int clients() const { return clients_.load(std::memory_order_relaxed); }
+  // Clients whose session state pins a server to them (transaction mode).
+  void client_pinned() { pinned_.fetch_add(1, std::memory_order_relaxed); }
+  void client_unpinned() { pinned_.fetch_sub(1, std::memory_order_relaxed); }
   // A prepared statement was closed on a server to keep max_prepared_statements.
   void note_statement_eviction() { evictions_.fetch_add(1, std::memory_order_relaxed); }
 
+  // Thread-safe. A bigger limit lets queued clients open connections at once; a smaller one
+  // closes the surplus as connections come back.
   void update_settings(const config::PoolSettings& settings);
   config::PoolSettings settings() const;
-  PoolStats stats() const;
+  PoolStats stats(Clock::time_point now = Clock::now()) const;
 
   // Server parameters (ParameterStatus) seen on the first connection: what clients are told at
-  // login, and the defaults their own settings differ from. Shared, never modified.
+  // login, and the defaults their own settings differ from. Set once, never modified after.
   using ServerParameters = std::vector<std::pair<std::string, std::string>>;
   void set_server_parameters(ServerParameters params);
+  // Null until set; lock-free.
   std::shared_ptr<const ServerParameters> server_parameters() const;
   bool has_server_parameters() const;
 
  private:
-  int limit() const { return settings_.pool_size + settings_.max_overflow; }
-  // Hands a free slot (and `conn`, if any) to the first waiter. Returns the waiter to call
-  // after unlocking, or null.
-  Waiter* pop_waiter();
+  // One worker's share of the pool. Only the owner thread touches the containers and writes the
+  // atomics; other threads read the atomics (stats, and the figures that decide moves).
+  struct alignas(64) WorkerState {
+    struct Queued {
+      Waiter* waiter;
+      std::int64_t since_ns;  // when it was queued
+    };
+    std::vector<std::unique_ptr<Connection>> idle;  // LIFO: back() is the most recently used
+    std::deque<Queued> waiters;                     // FIFO
+    config::PoolSettings settings;                  // copy of settings_ as of settings_version
+    std::uint64_t settings_version = 0;
+    std::atomic<int> idle_count{0};
+    std::atomic<int> opening{0};
+    std::atomic<std::uint64_t> checkouts{0};
+    std::atomic<std::uint64_t> waits{0};
+    std::atomic<std::uint64_t> timeouts{0};
+    std::atomic<std::uint64_t> created{0};
+    std::atomic<std::uint64_t> closed{0};
+    std::atomic<std::uint64_t> handoffs{0};
+    // Other workers read these on every check-in: a line of their own, written only when the
+    // queue changes, so the owner's per-transaction writes above do not invalidate it.
+    alignas(64) std::atomic<int> waiting{0};
+    std::atomic<std::int64_t> oldest_wait_since_ns{0};  // 0: nobody waits
+  };
+
+  WorkerState& state(int worker);
+  // Runs on `worker`: a connection moved here from another worker.
+  void receive(int worker, std::unique_ptr<Connection> conn);
+  // Runs on `worker`: another worker's clients wait; send one idle connection to `to`.
+  void donate(int worker, int to);
+  // A unit of budget came back: give a permit to a waiter here, or ask another worker to.
+  void offer_permit(int worker);
+  void try_permits(int worker);
+  const config::PoolSettings& local_settings(WorkerState& w);
+
+  bool take_budget();
+  bool release_budget_below(int ceiling);
+  // Into this worker's idle list, or on to another worker whose clients wait.
+  void park(int worker, std::unique_ptr<Connection> conn);
+  void send(int to, std::unique_ptr<Connection> conn);
+  void grant_first(WorkerState& w, std::unique_ptr<Connection> conn);
+  Waiter* pop_waiter(WorkerState& w);
+  void publish_waiters(WorkerState& w);
+  void request_steal(int worker);
+  // The other worker whose oldest waiter has waited longest (-1: none) and when it was queued.
+  std::pair<int, std::int64_t> longest_waiting_other(int worker) const;
+  void rebalance(int worker);
 
   const PoolKey key_;
-  mutable std::mutex mutex_;
+  Handoff& handoff_;
+  std::vector<std::unique_ptr<WorkerState>> workers_;
+
+  mutable std::mutex settings_mutex_;  // guards settings_ (slow path: reload, stats)
   config::PoolSettings settings_;
-  std::vector<std::vector<std::unique_ptr<Connection>>> idle_;  // per worker, LIFO
-  std::deque<Waiter*> waiters_;
-  int idle_count_ = 0;
-  int checked_out_ = 0;
-  int opening_ = 0;
-  std::uint64_t total_checkouts_ = 0;
-  std::uint64_t total_waits_ = 0;
-  std::uint64_t total_timeouts_ = 0;
-  std::uint64_t total_created_ = 0;
-  std::uint64_t total_closed_ = 0;
-  std::shared_ptr<const ServerParameters> server_parameters_ =
-      std::make_shared<const ServerParameters>();
-  bool has_server_parameters_ = false;
+
+  // Read on every check-in, written only when connections are opened or closed or settings
+  // change: kept apart from the counters written at every client login.
+  // Connections that may still be opened (negative: over the limit).
+  alignas(64) std::atomic<int> budget_;
+  std::atomic<std::uint64_t> settings_version_{1};
+
+  alignas(64) std::atomic<std::shared_ptr<const ServerParameters>> server_parameters_;
   std::atomic<int> clients_{0};
+  std::atomic<int> pinned_{0};
   std::atomic<std::uint64_t> evictions_{0};
 };
 

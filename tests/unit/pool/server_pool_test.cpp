@@ -1,14 +1,20 @@
-// Unit tests for ServerPool: permits, waiters, checkin/checkout, expiry, settings and stats.
-// No I/O and no sleeping: connections are fakes and every time point is explicit.
+// Unit tests for ServerPool: budget, per-worker idle lists and waiters, moves between workers,
+// expiry, settings and stats. No I/O and no sleeping: connections are fakes, every time point
+// is explicit, and cross-worker tasks wait in a queue per worker until the test runs them.
 #include "pool/server_pool.h"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
+#include <random>
 #include <string>
 #include <thread>
 #include <utility>
@@ -17,6 +23,8 @@
 namespace pgvalve::pool {
 namespace {
 
+using std::chrono::microseconds;
+using std::chrono::milliseconds;
 using std::chrono::seconds;
 
 const Clock::time_point T0 = Clock::time_point{} + std::chrono::hours(24);
@@ -35,6 +43,34 @@ std::unique_ptr<Connection> make_conn(std::uint64_t id, Clock::time_point create
                                       int worker = 0) {
   return std::make_unique<FakeConnection>(id, created, worker);
 }
+
+// One task queue per worker; the test decides when a worker's queue runs.
+class FakeHandoff : public Handoff {
+ public:
+  void post(int worker, std::function<void()> task) override {
+    ASSERT_GE(worker, 0);
+    if (queues_.size() <= static_cast<std::size_t>(worker)) queues_.resize(worker + 1);
+    queues_[worker].push_back(std::move(task));
+  }
+  // Runs the worker's queue until empty (tasks may post more); returns how many ran.
+  int run(int worker) {
+    int ran = 0;
+    while (pending(worker) > 0) {
+      auto task = std::move(queues_[worker].front());
+      queues_[worker].pop_front();
+      task();
+      ++ran;
+    }
+    return ran;
+  }
+  int pending(int worker) const {
+    if (queues_.size() <= static_cast<std::size_t>(worker)) return 0;
+    return static_cast<int>(queues_[worker].size());
+  }
+
+ private:
+  std::vector<std::deque<std::function<void()>>> queues_;
+};
 
 // Records every grant, in order; optionally appends its name to a shared log.
 class RecordingWaiter : public Waiter {
@@ -79,44 +115,55 @@ PoolKey make_key() {
   return PoolKey{"app", "alice", config::Endpoint{"db1", 5432}};
 }
 
-// Takes a Create permit and reports the connection opened.
+// Takes a Create permit on `worker` and reports the connection opened.
 std::unique_ptr<Connection> open_new(ServerPool& pool, std::uint64_t id, int worker = 0,
                                      Clock::time_point now = T0) {
   RecordingWaiter unused;
-  auto result = pool.checkout(worker, &unused);
+  auto result = pool.checkout(worker, &unused, now);
   EXPECT_EQ(result.kind, CheckoutKind::Create);
   EXPECT_EQ(result.conn, nullptr);
-  pool.created();
+  pool.created(worker);
   return make_conn(id, now, worker);
 }
 
 // Checks a connection in at `now` and expects the pool to keep it.
-void park(ServerPool& pool, std::unique_ptr<Connection> conn, Clock::time_point now) {
-  EXPECT_EQ(pool.checkin(std::move(conn), now), nullptr);
+void park(ServerPool& pool, int worker, std::unique_ptr<Connection> conn, Clock::time_point now) {
+  EXPECT_EQ(pool.checkin(worker, std::move(conn), now), nullptr);
 }
 
 std::uint64_t checkout_idle_id(ServerPool& pool, int worker) {
   RecordingWaiter unused;
-  auto result = pool.checkout(worker, &unused);
+  auto result = pool.checkout(worker, &unused, T0);
   EXPECT_EQ(result.kind, CheckoutKind::Idle);
   if (!result.conn) return 0;
   return result.conn->id;
 }
 
-TEST(ServerPoolTest, CreatePermitsUpToPoolSizePlusOverflowThenWait) {
-  ServerPool pool(make_key(), make_settings(2, 1), 1);
+class ServerPoolTest : public ::testing::Test {
+ protected:
+  std::shared_ptr<ServerPool> make_pool(const config::PoolSettings& settings, int workers = 1) {
+    return std::make_shared<ServerPool>(make_key(), settings, workers, handoff);
+  }
+
+  FakeHandoff handoff;  // declared first: outlives the pools (queued tasks hold them)
+};
+
+// --- one worker: Idle, Create, Wait ---
+
+TEST_F(ServerPoolTest, CreatePermitsUpToPoolSizePlusOverflowThenWait) {
+  auto pool = make_pool(make_settings(2, 1));
   RecordingWaiter w;
   for (int i = 0; i < 3; ++i) {
-    auto r = pool.checkout(0, &w);
+    auto r = pool->checkout(0, &w, T0);
     EXPECT_EQ(r.kind, CheckoutKind::Create) << "checkout " << i;
     EXPECT_EQ(r.conn, nullptr);
   }
-  auto r = pool.checkout(0, &w);
+  auto r = pool->checkout(0, &w, T0);
   EXPECT_EQ(r.kind, CheckoutKind::Wait);
   EXPECT_EQ(r.conn, nullptr);
   EXPECT_EQ(w.granted(), 0);
 
-  auto s = pool.stats();
+  auto s = pool->stats(T0);
   EXPECT_EQ(s.size, 3);
   EXPECT_EQ(s.opening, 3);
   EXPECT_EQ(s.checked_out, 0);
@@ -125,10 +172,10 @@ TEST(ServerPoolTest, CreatePermitsUpToPoolSizePlusOverflowThenWait) {
   EXPECT_EQ(s.total_waits, 1u);
 }
 
-TEST(ServerPoolTest, CreatedTurnsReservedSlotIntoCheckedOutConnection) {
-  ServerPool pool(make_key(), make_settings(2, 0), 1);
-  auto conn = open_new(pool, 1);
-  auto s = pool.stats();
+TEST_F(ServerPoolTest, CreatedTurnsPermitIntoCheckedOutConnection) {
+  auto pool = make_pool(make_settings(2, 0));
+  auto conn = open_new(*pool, 1);
+  auto s = pool->stats(T0);
   EXPECT_EQ(s.size, 1);
   EXPECT_EQ(s.opening, 0);
   EXPECT_EQ(s.checked_out, 1);
@@ -136,438 +183,438 @@ TEST(ServerPoolTest, CreatedTurnsReservedSlotIntoCheckedOutConnection) {
   EXPECT_EQ(s.total_checkouts, 1u);
 }
 
-TEST(ServerPoolTest, CheckedInConnectionIsLentAgainAsIdle) {
-  ServerPool pool(make_key(), make_settings(1, 0), 1);
-  auto conn = open_new(pool, 7);
-  park(pool, std::move(conn), T0 + seconds(1));
-  EXPECT_EQ(pool.stats().checked_in, 1);
+TEST_F(ServerPoolTest, CheckedInConnectionIsLentAgainAsIdle) {
+  auto pool = make_pool(make_settings(1, 0));
+  park(*pool, 0, open_new(*pool, 7), T0 + seconds(1));
+  EXPECT_EQ(pool->stats(T0).checked_in, 1);
 
   RecordingWaiter w;
-  auto r = pool.checkout(0, &w);
+  auto r = pool->checkout(0, &w, T0 + seconds(2));
   ASSERT_EQ(r.kind, CheckoutKind::Idle);
   ASSERT_NE(r.conn, nullptr);
   EXPECT_EQ(r.conn->id, 7u);
   EXPECT_EQ(r.conn->last_used_at, T0 + seconds(1));
-  auto s = pool.stats();
+  auto s = pool->stats(T0);
   EXPECT_EQ(s.checked_in, 0);
   EXPECT_EQ(s.checked_out, 1);
   EXPECT_EQ(s.total_checkouts, 2u);
 }
 
-TEST(ServerPoolTest, CheckinHandsConnectionStraightToWaiter) {
-  ServerPool pool(make_key(), make_settings(1, 0), 1);
-  auto conn = open_new(pool, 1);
+TEST_F(ServerPoolTest, MostRecentlyUsedIdleConnectionIsLentFirst) {
+  auto pool = make_pool(make_settings(3, 0));
+  auto c1 = open_new(*pool, 1);
+  auto c2 = open_new(*pool, 2);
+  auto c3 = open_new(*pool, 3);
+  park(*pool, 0, std::move(c2), T0 + seconds(1));
+  park(*pool, 0, std::move(c1), T0 + seconds(2));
+  park(*pool, 0, std::move(c3), T0 + seconds(3));
+
+  EXPECT_EQ(checkout_idle_id(*pool, 0), 3u);
+  EXPECT_EQ(checkout_idle_id(*pool, 0), 1u);
+  EXPECT_EQ(checkout_idle_id(*pool, 0), 2u);
+}
+
+TEST_F(ServerPoolTest, CheckinHandsConnectionStraightToWaiter) {
+  auto pool = make_pool(make_settings(1, 0));
+  auto conn = open_new(*pool, 1);
   Connection* raw = conn.get();
   RecordingWaiter w;
-  ASSERT_EQ(pool.checkout(0, &w).kind, CheckoutKind::Wait);
+  ASSERT_EQ(pool->checkout(0, &w, T0).kind, CheckoutKind::Wait);
 
-  EXPECT_EQ(pool.checkin(std::move(conn), T0 + seconds(5)), nullptr);
+  EXPECT_EQ(pool->checkin(0, std::move(conn), T0 + seconds(5)), nullptr);
   ASSERT_EQ(w.granted(), 1);
   EXPECT_EQ(w.grants[0].get(), raw);
   EXPECT_EQ(w.grants[0]->last_used_at, T0 + seconds(5));
 
-  auto s = pool.stats();
+  auto s = pool->stats(T0 + seconds(5));
   EXPECT_EQ(s.size, 1);
   EXPECT_EQ(s.checked_in, 0);
   EXPECT_EQ(s.checked_out, 1);
   EXPECT_EQ(s.waiting, 0);
   EXPECT_EQ(s.total_checkouts, 2u);
+  EXPECT_EQ(s.total_handoffs, 0u);
 }
 
-TEST(ServerPoolTest, WaitersAreServedInFifoOrder) {
-  ServerPool pool(make_key(), make_settings(2, 0), 1);
-  auto c1 = open_new(pool, 1);
-  auto c2 = open_new(pool, 2);
+TEST_F(ServerPoolTest, WaitersAreServedInFifoOrder) {
+  auto pool = make_pool(make_settings(2, 0));
+  auto c1 = open_new(*pool, 1);
+  auto c2 = open_new(*pool, 2);
   std::vector<std::string> log;
   RecordingWaiter a("a", &log), b("b", &log), c("c", &log);
-  ASSERT_EQ(pool.checkout(0, &a).kind, CheckoutKind::Wait);
-  ASSERT_EQ(pool.checkout(0, &b).kind, CheckoutKind::Wait);
-  ASSERT_EQ(pool.checkout(0, &c).kind, CheckoutKind::Wait);
-  EXPECT_EQ(pool.stats().waiting, 3);
+  ASSERT_EQ(pool->checkout(0, &a, T0).kind, CheckoutKind::Wait);
+  ASSERT_EQ(pool->checkout(0, &b, T0 + seconds(1)).kind, CheckoutKind::Wait);
+  ASSERT_EQ(pool->checkout(0, &c, T0 + seconds(2)).kind, CheckoutKind::Wait);
+  EXPECT_EQ(pool->stats(T0).waiting, 3);
 
-  park(pool, std::move(c2), T0 + seconds(1));
-  park(pool, std::move(c1), T0 + seconds(2));
+  park(*pool, 0, std::move(c2), T0 + seconds(3));
+  park(*pool, 0, std::move(c1), T0 + seconds(4));
   EXPECT_EQ(log, (std::vector<std::string>{"a", "b"}));
   ASSERT_EQ(a.connections, 1);
   EXPECT_EQ(a.grants[0]->id, 2u);
   ASSERT_EQ(b.connections, 1);
   EXPECT_EQ(b.grants[0]->id, 1u);
 
-  park(pool, std::move(a.grants[0]), T0 + seconds(3));
+  park(*pool, 0, std::move(a.grants[0]), T0 + seconds(5));
   EXPECT_EQ(log, (std::vector<std::string>{"a", "b", "c"}));
   EXPECT_EQ(c.connections, 1);
-  EXPECT_EQ(pool.stats().waiting, 0);
-  EXPECT_EQ(pool.stats().total_waits, 3u);
+  EXPECT_EQ(pool->stats(T0).waiting, 0);
+  EXPECT_EQ(pool->stats(T0).total_waits, 3u);
 }
 
-TEST(ServerPoolTest, CancelWaitRemovesQueuedWaiter) {
-  ServerPool pool(make_key(), make_settings(1, 0), 1);
-  auto conn = open_new(pool, 1);
+TEST_F(ServerPoolTest, QueuedWaitersGetFreeBudgetBeforeANewcomer) {
+  auto pool = make_pool(make_settings(1, 0));
+  auto conn = open_new(*pool, 1);
+  RecordingWaiter first, newcomer;
+  ASSERT_EQ(pool->checkout(0, &first, T0).kind, CheckoutKind::Wait);
+  pool->update_settings(make_settings(2, 0));  // its task for worker 0 has not run yet
+
+  EXPECT_EQ(pool->checkout(0, &newcomer, T0 + seconds(1)).kind, CheckoutKind::Wait);
+  EXPECT_EQ(first.permits, 1);
+  EXPECT_EQ(newcomer.granted(), 0);
+  handoff.run(0);
+  EXPECT_EQ(newcomer.granted(), 0);
+  EXPECT_EQ(pool->stats(T0).waiting, 1);
+}
+
+TEST_F(ServerPoolTest, CancelWaitRemovesQueuedWaiter) {
+  auto pool = make_pool(make_settings(1, 0));
+  auto conn = open_new(*pool, 1);
   RecordingWaiter w;
-  ASSERT_EQ(pool.checkout(0, &w).kind, CheckoutKind::Wait);
+  ASSERT_EQ(pool->checkout(0, &w, T0).kind, CheckoutKind::Wait);
 
-  EXPECT_TRUE(pool.cancel_wait(&w));
-  EXPECT_EQ(pool.stats().waiting, 0);
-  EXPECT_FALSE(pool.cancel_wait(&w));
+  EXPECT_TRUE(pool->cancel_wait(0, &w));
+  EXPECT_EQ(pool->stats(T0).waiting, 0);
+  EXPECT_EQ(pool->stats(T0 + seconds(1)).max_wait_us, 0);
+  EXPECT_FALSE(pool->cancel_wait(0, &w));
 
-  park(pool, std::move(conn), T0 + seconds(1));
+  park(*pool, 0, std::move(conn), T0 + seconds(1));
   EXPECT_EQ(w.granted(), 0);
-  EXPECT_EQ(pool.stats().checked_in, 1);
+  EXPECT_EQ(pool->stats(T0).checked_in, 1);
 }
 
-TEST(ServerPoolTest, CancelWaitKeepsOthersInOrder) {
-  ServerPool pool(make_key(), make_settings(1, 0), 1);
-  auto conn = open_new(pool, 1);
+TEST_F(ServerPoolTest, CancelWaitKeepsOthersInOrder) {
+  auto pool = make_pool(make_settings(1, 0));
+  auto conn = open_new(*pool, 1);
   std::vector<std::string> log;
   RecordingWaiter a("a", &log), b("b", &log), c("c", &log);
-  ASSERT_EQ(pool.checkout(0, &a).kind, CheckoutKind::Wait);
-  ASSERT_EQ(pool.checkout(0, &b).kind, CheckoutKind::Wait);
-  ASSERT_EQ(pool.checkout(0, &c).kind, CheckoutKind::Wait);
+  ASSERT_EQ(pool->checkout(0, &a, T0).kind, CheckoutKind::Wait);
+  ASSERT_EQ(pool->checkout(0, &b, T0).kind, CheckoutKind::Wait);
+  ASSERT_EQ(pool->checkout(0, &c, T0).kind, CheckoutKind::Wait);
 
-  EXPECT_TRUE(pool.cancel_wait(&a));
-  park(pool, std::move(conn), T0 + seconds(1));
+  EXPECT_TRUE(pool->cancel_wait(0, &a));
+  park(*pool, 0, std::move(conn), T0 + seconds(1));
   ASSERT_EQ(b.connections, 1);
-  park(pool, std::move(b.grants[0]), T0 + seconds(2));
+  park(*pool, 0, std::move(b.grants[0]), T0 + seconds(2));
   EXPECT_EQ(log, (std::vector<std::string>{"b", "c"}));
   EXPECT_EQ(a.granted(), 0);
 }
 
-TEST(ServerPoolTest, CancelWaitReturnsFalseOnceGranted) {
-  ServerPool pool(make_key(), make_settings(1, 0), 1);
-  auto conn = open_new(pool, 1);
+TEST_F(ServerPoolTest, CancelWaitReturnsFalseOnceGranted) {
+  auto pool = make_pool(make_settings(1, 0));
+  auto conn = open_new(*pool, 1);
   RecordingWaiter w;
-  ASSERT_EQ(pool.checkout(0, &w).kind, CheckoutKind::Wait);
-  park(pool, std::move(conn), T0 + seconds(1));
+  ASSERT_EQ(pool->checkout(0, &w, T0).kind, CheckoutKind::Wait);
+  park(*pool, 0, std::move(conn), T0 + seconds(1));
   ASSERT_EQ(w.connections, 1);
-
-  EXPECT_FALSE(pool.cancel_wait(&w));
-  auto s = pool.stats();
-  EXPECT_EQ(s.waiting, 0);
-  EXPECT_EQ(s.checked_out, 1);
+  EXPECT_FALSE(pool->cancel_wait(0, &w));
 }
 
-TEST(ServerPoolTest, DiscardGivesFreedSlotToNextWaiterAsPermit) {
-  ServerPool pool(make_key(), make_settings(1, 0), 1);
-  auto conn = open_new(pool, 1);
-  RecordingWaiter a, b;
-  ASSERT_EQ(pool.checkout(0, &a).kind, CheckoutKind::Wait);
-  ASSERT_EQ(pool.checkout(0, &b).kind, CheckoutKind::Wait);
-
-  pool.discard(std::move(conn));
-  ASSERT_EQ(a.granted(), 1);
-  EXPECT_EQ(a.permits, 1);
-  EXPECT_EQ(a.grants[0], nullptr);
-  EXPECT_EQ(b.granted(), 0);
-
-  auto s = pool.stats();
-  EXPECT_EQ(s.size, 1);
-  EXPECT_EQ(s.opening, 1);
-  EXPECT_EQ(s.checked_out, 0);
-  EXPECT_EQ(s.waiting, 1);
-  EXPECT_EQ(s.total_closed, 1u);
-
-  pool.created();  // the permitted waiter opened its connection
-  s = pool.stats();
-  EXPECT_EQ(s.opening, 0);
-  EXPECT_EQ(s.checked_out, 1);
+TEST_F(ServerPoolTest, NoteTimeoutIsCountedPerWorkerAndSummed) {
+  auto pool = make_pool(make_settings(1, 0), 2);
+  pool->note_timeout(0);
+  pool->note_timeout(1);
+  pool->note_timeout(1);
+  EXPECT_EQ(pool->stats(T0).total_timeouts, 3u);
 }
 
-TEST(ServerPoolTest, DiscardWithoutWaitersFreesTheSlot) {
-  ServerPool pool(make_key(), make_settings(1, 0), 1);
-  auto conn = open_new(pool, 1);
-  pool.discard(std::move(conn));
-  auto s = pool.stats();
-  EXPECT_EQ(s.size, 0);
-  EXPECT_EQ(s.total_closed, 1u);
+// --- create_failed and discard return budget ---
 
-  RecordingWaiter w;
-  EXPECT_EQ(pool.checkout(0, &w).kind, CheckoutKind::Create);
-}
-
-TEST(ServerPoolTest, CreateFailedGivesSlotToNextWaiterAsPermit) {
-  ServerPool pool(make_key(), make_settings(1, 0), 1);
+TEST_F(ServerPoolTest, CreateFailedGivesNextWaiterOnSameWorkerAPermit) {
+  auto pool = make_pool(make_settings(1, 0));
   RecordingWaiter opener, a, b;
-  ASSERT_EQ(pool.checkout(0, &opener).kind, CheckoutKind::Create);
-  ASSERT_EQ(pool.checkout(0, &a).kind, CheckoutKind::Wait);
-  ASSERT_EQ(pool.checkout(0, &b).kind, CheckoutKind::Wait);
+  ASSERT_EQ(pool->checkout(0, &opener, T0).kind, CheckoutKind::Create);
+  ASSERT_EQ(pool->checkout(0, &a, T0).kind, CheckoutKind::Wait);
+  ASSERT_EQ(pool->checkout(0, &b, T0).kind, CheckoutKind::Wait);
 
-  pool.create_failed();
+  pool->create_failed(0);
   EXPECT_EQ(a.permits, 1);
-  EXPECT_EQ(a.connections, 0);
   EXPECT_EQ(b.granted(), 0);
-  auto s = pool.stats();
+  auto s = pool->stats(T0);
   EXPECT_EQ(s.size, 1);
   EXPECT_EQ(s.opening, 1);
   EXPECT_EQ(s.waiting, 1);
   EXPECT_EQ(s.total_created, 0u);
-  EXPECT_EQ(s.total_closed, 0u);
 
-  pool.create_failed();  // the permitted waiter failed too: on to the next one
+  pool->create_failed(0);  // the permitted waiter failed too: on to the next one
   EXPECT_EQ(b.permits, 1);
-  EXPECT_EQ(pool.stats().opening, 1);
-  EXPECT_EQ(pool.stats().waiting, 0);
+  EXPECT_EQ(pool->stats(T0).opening, 1);
+  EXPECT_EQ(pool->stats(T0).waiting, 0);
+  EXPECT_EQ(handoff.pending(0), 0);
 }
 
-TEST(ServerPoolTest, CreateFailedWithoutWaitersFreesTheSlot) {
-  ServerPool pool(make_key(), make_settings(1, 0), 1);
+TEST_F(ServerPoolTest, CreateFailedGivesWaiterOnOtherWorkerAPermit) {
+  auto pool = make_pool(make_settings(1, 0), 2);
+  RecordingWaiter opener, w;
+  ASSERT_EQ(pool->checkout(0, &opener, T0).kind, CheckoutKind::Create);
+  ASSERT_EQ(pool->checkout(1, &w, T0).kind, CheckoutKind::Wait);
+
+  pool->create_failed(0);
+  EXPECT_EQ(w.granted(), 0);  // granted on its own worker's thread only
+  EXPECT_EQ(handoff.run(1), 1);
+  EXPECT_EQ(w.permits, 1);
+  auto s = pool->stats(T0);
+  EXPECT_EQ(s.size, 1);
+  EXPECT_EQ(s.opening, 1);
+  EXPECT_EQ(s.waiting, 0);
+
+  pool->created(1);
+  EXPECT_EQ(pool->stats(T0).checked_out, 1);
+}
+
+TEST_F(ServerPoolTest, CreateFailedWithoutWaitersReturnsTheBudget) {
+  auto pool = make_pool(make_settings(1, 0));
   RecordingWaiter w;
-  ASSERT_EQ(pool.checkout(0, &w).kind, CheckoutKind::Create);
-  pool.create_failed();
-  auto s = pool.stats();
+  ASSERT_EQ(pool->checkout(0, &w, T0).kind, CheckoutKind::Create);
+  pool->create_failed(0);
+  auto s = pool->stats(T0);
   EXPECT_EQ(s.size, 0);
   EXPECT_EQ(s.opening, 0);
   EXPECT_EQ(w.granted(), 0);
-  EXPECT_EQ(pool.checkout(0, &w).kind, CheckoutKind::Create);
+  EXPECT_EQ(pool->checkout(0, &w, T0).kind, CheckoutKind::Create);
 }
 
-TEST(ServerPoolTest, CheckinPastRecycleReturnsConnectionToClose) {
-  auto settings = make_settings(2, 0);
-  settings.recycle_s = 100;
-  ServerPool pool(make_key(), settings, 1);
-  auto young = open_new(pool, 1, 0, T0);
-  auto old = open_new(pool, 2, 0, T0);
+TEST_F(ServerPoolTest, DiscardPermitsWaiterOnSameWorkerAtOnce) {
+  auto pool = make_pool(make_settings(1, 0), 2);
+  auto conn = open_new(*pool, 1);
+  RecordingWaiter w;
+  ASSERT_EQ(pool->checkout(0, &w, T0).kind, CheckoutKind::Wait);
 
-  park(pool, std::move(young), T0 + seconds(99));
-  auto back = pool.checkin(std::move(old), T0 + seconds(100));
-  ASSERT_NE(back, nullptr);
-  EXPECT_EQ(back->id, 2u);
-
-  auto s = pool.stats();
+  pool->discard(0, std::move(conn));
+  EXPECT_EQ(w.permits, 1);
+  EXPECT_EQ(handoff.pending(1), 0);
+  auto s = pool->stats(T0);
   EXPECT_EQ(s.size, 1);
-  EXPECT_EQ(s.checked_in, 1);
+  EXPECT_EQ(s.opening, 1);
   EXPECT_EQ(s.checked_out, 0);
   EXPECT_EQ(s.total_closed, 1u);
 }
 
-TEST(ServerPoolTest, RecycleZeroNeverRecycles) {
-  auto settings = make_settings(1, 0);
-  settings.recycle_s = 0;
-  settings.idle_timeout_s = 0;  // disabled too, so only recycling could close it
-  ServerPool pool(make_key(), settings, 1);
-  auto conn = open_new(pool, 1, 0, T0);
-  park(pool, std::move(conn), T0 + std::chrono::hours(1000));
-  EXPECT_EQ(pool.stats().checked_in, 1);
-  EXPECT_TRUE(pool.collect_expired(T0 + std::chrono::hours(2000)).empty());
-  EXPECT_EQ(pool.stats().checked_in, 1);
-}
-
-TEST(ServerPoolTest, CheckinPastRecyclePermitsWaiter) {
-  auto settings = make_settings(1, 0);
-  settings.recycle_s = 100;
-  ServerPool pool(make_key(), settings, 1);
-  auto conn = open_new(pool, 1, 0, T0);
+TEST_F(ServerPoolTest, DiscardFreesBudgetForWaiterOnOtherWorker) {
+  auto pool = make_pool(make_settings(1, 0), 2);
+  auto conn = open_new(*pool, 1, 0);
   RecordingWaiter w;
-  ASSERT_EQ(pool.checkout(0, &w).kind, CheckoutKind::Wait);
+  ASSERT_EQ(pool->checkout(1, &w, T0).kind, CheckoutKind::Wait);
 
-  auto back = pool.checkin(std::move(conn), T0 + seconds(150));
-  ASSERT_NE(back, nullptr);  // the caller closes the old one...
-  EXPECT_EQ(back->id, 1u);
-  EXPECT_EQ(w.permits, 1);  // ...and the waiter opens a fresh one
-  EXPECT_EQ(w.connections, 0);
-
-  auto s = pool.stats();
+  pool->discard(0, std::move(conn));
+  EXPECT_EQ(w.granted(), 0);
+  EXPECT_EQ(handoff.run(1), 1);
+  EXPECT_EQ(w.permits, 1);
+  auto s = pool->stats(T0);
   EXPECT_EQ(s.size, 1);
   EXPECT_EQ(s.opening, 1);
-  EXPECT_EQ(s.checked_out, 0);
   EXPECT_EQ(s.waiting, 0);
   EXPECT_EQ(s.total_closed, 1u);
 }
 
-TEST(ServerPoolTest, CollectExpiredClosesConnectionsIdlePastIdleTimeout) {
-  auto settings = make_settings(3, 0);
-  settings.idle_timeout_s = 60;
-  ServerPool pool(make_key(), settings, 1);
-  auto c1 = open_new(pool, 1);
-  auto c2 = open_new(pool, 2);
-  auto c3 = open_new(pool, 3);  // stays checked out
-  park(pool, std::move(c1), T0 + seconds(10));
-  park(pool, std::move(c2), T0 + seconds(50));
+// --- moves between workers ---
 
-  EXPECT_TRUE(pool.collect_expired(T0 + seconds(69)).empty());
+TEST_F(ServerPoolTest, WaiterStealsIdleConnectionFromOtherWorker) {
+  auto pool = make_pool(make_settings(1, 0), 2);
+  park(*pool, 0, open_new(*pool, 5, 0), T0 + seconds(1));
+  RecordingWaiter w;
 
-  auto expired = pool.collect_expired(T0 + seconds(70));
-  ASSERT_EQ(expired.size(), 1u);
-  EXPECT_EQ(expired[0]->id, 1u);
-  auto s = pool.stats();
-  EXPECT_EQ(s.size, 2);
-  EXPECT_EQ(s.checked_in, 1);
-  EXPECT_EQ(s.checked_out, 1);
-  EXPECT_EQ(s.total_closed, 1u);
+  ASSERT_EQ(pool->checkout(1, &w, T0 + seconds(2)).kind, CheckoutKind::Wait);
+  EXPECT_EQ(handoff.pending(0), 1);  // worker 0 is asked to send one over
+  EXPECT_EQ(handoff.run(0), 1);
+  EXPECT_EQ(pool->stats(T0).checked_in, 0);
+  EXPECT_EQ(pool->stats(T0).checked_out, 1);  // in transit
+  EXPECT_EQ(w.granted(), 0);
+  EXPECT_EQ(handoff.run(1), 1);
 
-  // idle_timeout applies below pool_size too: no minimum is kept.
-  expired = pool.collect_expired(T0 + seconds(110));
-  ASSERT_EQ(expired.size(), 1u);
-  EXPECT_EQ(expired[0]->id, 2u);
-  EXPECT_EQ(pool.stats().checked_in, 0);
-}
-
-TEST(ServerPoolTest, CollectExpiredClosesOverflowIdlePastOverflowIdleKeepingPoolSize) {
-  auto settings = make_settings(2, 3);
-  settings.overflow_idle_s = 10;
-  settings.idle_timeout_s = 600;
-  ServerPool pool(make_key(), settings, 1);
-  std::vector<std::unique_ptr<Connection>> conns;
-  for (std::uint64_t id = 1; id <= 5; ++id)
-    conns.push_back(open_new(pool, id));
-  EXPECT_EQ(pool.stats().overflow, 3);
-  // Checked in oldest first: id 1 is the coldest, id 5 the warmest.
-  for (int i = 0; i < 5; ++i)
-    park(pool, std::move(conns[i]), T0 + seconds(i));
-
-  EXPECT_TRUE(pool.collect_expired(T0 + seconds(9)).empty());  // not idle long enough yet
-
-  auto expired = pool.collect_expired(T0 + seconds(14));  // all idle >= 10 s
-  ASSERT_EQ(expired.size(), 3u);
-  EXPECT_EQ(expired[0]->id, 1u);
-  EXPECT_EQ(expired[1]->id, 2u);
-  EXPECT_EQ(expired[2]->id, 3u);
-  auto s = pool.stats();
-  EXPECT_EQ(s.size, 2);
-  EXPECT_EQ(s.checked_in, 2);
-  EXPECT_EQ(s.overflow, 0);
-  EXPECT_EQ(s.total_closed, 3u);
-
-  EXPECT_TRUE(pool.collect_expired(T0 + seconds(100)).empty());  // pool_size is kept
-}
-
-TEST(ServerPoolTest, CollectExpiredShrinksOverflowColdestFirstAcrossWorkers) {
-  auto settings = make_settings(2, 2);
-  settings.overflow_idle_s = 10;
-  ServerPool pool(make_key(), settings, 2);
-  auto warm0 = open_new(pool, 1, 0);
-  auto warm1 = open_new(pool, 2, 1);
-  auto cold1 = open_new(pool, 3, 1);
-  auto cold0 = open_new(pool, 4, 0);
-  park(pool, std::move(cold1), T0 + seconds(1));
-  park(pool, std::move(cold0), T0 + seconds(2));
-  park(pool, std::move(warm0), T0 + seconds(5));
-  park(pool, std::move(warm1), T0 + seconds(6));
-
-  auto expired = pool.collect_expired(T0 + seconds(30));  // all four idle >= 10 s
-  ASSERT_EQ(expired.size(), 2u);
-  EXPECT_EQ(expired[0]->id, 3u);
-  EXPECT_EQ(expired[1]->id, 4u);
-  EXPECT_EQ(checkout_idle_id(pool, 0), 1u);
-  EXPECT_EQ(checkout_idle_id(pool, 1), 2u);
-}
-
-TEST(ServerPoolTest, CollectExpiredClosesOnlyOverflowIdleLongEnough) {
-  auto settings = make_settings(1, 2);
-  settings.overflow_idle_s = 10;
-  ServerPool pool(make_key(), settings, 1);
-  auto c1 = open_new(pool, 1);
-  auto c2 = open_new(pool, 2);
-  auto c3 = open_new(pool, 3);
-  park(pool, std::move(c1), T0);
-  park(pool, std::move(c2), T0 + seconds(8));
-  park(pool, std::move(c3), T0 + seconds(9));
-
-  auto expired = pool.collect_expired(T0 + seconds(10));
-  ASSERT_EQ(expired.size(), 1u);
-  EXPECT_EQ(expired[0]->id, 1u);
-  EXPECT_EQ(pool.stats().size, 2);
-}
-
-TEST(ServerPoolTest, CollectExpiredCountsCheckedOutTowardsOverflow) {
-  auto settings = make_settings(2, 2);
-  settings.overflow_idle_s = 10;
-  ServerPool pool(make_key(), settings, 1);
-  auto c1 = open_new(pool, 1);
-  auto c2 = open_new(pool, 2);
-  auto c3 = open_new(pool, 3);
-  park(pool, std::move(c1), T0);
-
-  auto expired = pool.collect_expired(T0 + seconds(20));
-  ASSERT_EQ(expired.size(), 1u);
-  EXPECT_EQ(expired[0]->id, 1u);
-  auto s = pool.stats();
-  EXPECT_EQ(s.size, 2);
-  EXPECT_EQ(s.checked_out, 2);
-}
-
-TEST(ServerPoolTest, CollectExpiredClosesIdlePastRecycle) {
-  auto settings = make_settings(2, 0);
-  settings.recycle_s = 100;
-  settings.idle_timeout_s = 600;
-  ServerPool pool(make_key(), settings, 1);
-  auto old = open_new(pool, 1, 0, T0);
-  auto young = open_new(pool, 2, 0, T0 + seconds(50));
-  park(pool, std::move(old), T0 + seconds(90));
-  park(pool, std::move(young), T0 + seconds(90));
-
-  auto expired = pool.collect_expired(T0 + seconds(100));
-  ASSERT_EQ(expired.size(), 1u);
-  EXPECT_EQ(expired[0]->id, 1u);
-  EXPECT_EQ(pool.stats().checked_in, 1);
-}
-
-TEST(ServerPoolTest, CheckoutPrefersOwnWorkersIdleList) {
-  ServerPool pool(make_key(), make_settings(4, 0), 3);
-  auto c0 = open_new(pool, 10, 0);
-  auto c1 = open_new(pool, 11, 1);
-  auto c2 = open_new(pool, 12, 2);
-  park(pool, std::move(c0), T0 + seconds(3));
-  park(pool, std::move(c1), T0 + seconds(1));
-  park(pool, std::move(c2), T0 + seconds(2));
-
-  EXPECT_EQ(checkout_idle_id(pool, 1), 11u);
-  EXPECT_EQ(checkout_idle_id(pool, 2), 12u);
-  EXPECT_EQ(checkout_idle_id(pool, 0), 10u);
-}
-
-TEST(ServerPoolTest, CheckoutUsesOtherWorkersIdleListWhenOwnIsEmpty) {
-  ServerPool pool(make_key(), make_settings(4, 0), 3);
-  auto c2 = open_new(pool, 12, 2);
-  park(pool, std::move(c2), T0 + seconds(1));
-
-  EXPECT_EQ(checkout_idle_id(pool, 0), 12u);
-  auto s = pool.stats();
+  ASSERT_EQ(w.connections, 1);
+  EXPECT_EQ(w.grants[0]->id, 5u);
+  EXPECT_EQ(w.grants[0]->home_worker, 1);
+  auto s = pool->stats(T0 + seconds(2));
+  EXPECT_EQ(s.total_handoffs, 1u);
+  EXPECT_EQ(s.waiting, 0);
   EXPECT_EQ(s.checked_in, 0);
   EXPECT_EQ(s.checked_out, 1);
+  EXPECT_EQ(s.total_checkouts, 2u);
 }
 
-TEST(ServerPoolTest, OutOfRangeWorkersUseTheFirstList) {
-  ServerPool pool(make_key(), make_settings(4, 0), 2);
-  auto c = open_new(pool, 5, 7);  // home_worker beyond the worker count
-  auto d = open_new(pool, 6, 1);
-  park(pool, std::move(c), T0 + seconds(1));
-  park(pool, std::move(d), T0 + seconds(2));
+TEST_F(ServerPoolTest, StealRequestFindingNothingIsServedByTheNextCheckin) {
+  auto pool = make_pool(make_settings(1, 0), 2);
+  park(*pool, 0, open_new(*pool, 5, 0), T0 + seconds(1));
+  RecordingWaiter w;
+  ASSERT_EQ(pool->checkout(1, &w, T0 + seconds(2)).kind, CheckoutKind::Wait);
+  auto conn = pool->checkout(0, &w, T0 + seconds(3)).conn;  // worker 0 uses it first
+  ASSERT_NE(conn, nullptr);
 
-  EXPECT_EQ(checkout_idle_id(pool, 9), 5u);   // worker 9 -> list 0
-  EXPECT_EQ(checkout_idle_id(pool, -1), 6u);  // list 0 empty -> another worker's
+  EXPECT_EQ(handoff.run(0), 1);  // the steal request: nothing idle any more
+  EXPECT_EQ(handoff.pending(1), 0);
+  park(*pool, 0, std::move(conn), T0 + seconds(4));  // nobody waits on 0: goes to 1's waiter
+  EXPECT_EQ(pool->stats(T0).checked_in, 0);
+  EXPECT_EQ(handoff.run(1), 1);
+  ASSERT_EQ(w.connections, 1);
+  EXPECT_EQ(w.grants[0]->home_worker, 1);
+  EXPECT_EQ(pool->stats(T0).total_handoffs, 1u);
 }
 
-TEST(ServerPoolTest, MostRecentlyUsedIdleConnectionIsLentFirst) {
-  ServerPool pool(make_key(), make_settings(3, 0), 1);
-  auto c1 = open_new(pool, 1);
-  auto c2 = open_new(pool, 2);
-  auto c3 = open_new(pool, 3);
-  park(pool, std::move(c2), T0 + seconds(1));
-  park(pool, std::move(c1), T0 + seconds(2));
-  park(pool, std::move(c3), T0 + seconds(3));
+TEST_F(ServerPoolTest, StealRequestIsDroppedWhenTheRequesterNoLongerWaits) {
+  auto pool = make_pool(make_settings(1, 0), 2);
+  park(*pool, 0, open_new(*pool, 5, 0), T0 + seconds(1));
+  RecordingWaiter w;
+  ASSERT_EQ(pool->checkout(1, &w, T0 + seconds(2)).kind, CheckoutKind::Wait);
+  ASSERT_TRUE(pool->cancel_wait(1, &w));
 
-  EXPECT_EQ(checkout_idle_id(pool, 0), 3u);
-  EXPECT_EQ(checkout_idle_id(pool, 0), 1u);
-  EXPECT_EQ(checkout_idle_id(pool, 0), 2u);
+  EXPECT_EQ(handoff.run(0), 1);
+  EXPECT_EQ(handoff.pending(1), 0);
+  EXPECT_EQ(checkout_idle_id(*pool, 0), 5u);  // stayed home
+  EXPECT_EQ(pool->stats(T0).total_handoffs, 0u);
 }
 
-TEST(ServerPoolTest, UpdateSettingsWithBiggerPoolPermitsWaiters) {
-  ServerPool pool(make_key(), make_settings(1, 0), 1);
-  auto conn = open_new(pool, 1);
+TEST_F(ServerPoolTest, MovedConnectionJoinsReceiversIdleListWhenItsWaiterLeft) {
+  auto pool = make_pool(make_settings(1, 0), 2);
+  auto conn = open_new(*pool, 5, 0);
+  RecordingWaiter w;
+  ASSERT_EQ(pool->checkout(1, &w, T0).kind, CheckoutKind::Wait);
+  park(*pool, 0, std::move(conn), T0 + seconds(1));
+  ASSERT_TRUE(pool->cancel_wait(1, &w));
+
+  EXPECT_EQ(handoff.run(1), 1);
+  EXPECT_EQ(w.granted(), 0);
+  EXPECT_EQ(pool->stats(T0).checked_in, 1);
+  RecordingWaiter other;
+  auto r = pool->checkout(1, &other, T0 + seconds(2));
+  ASSERT_EQ(r.kind, CheckoutKind::Idle);
+  EXPECT_EQ(r.conn->id, 5u);
+  EXPECT_EQ(r.conn->home_worker, 1);
+}
+
+// Worker 1's waiter queued at T0, worker 0's 2 ms later. A move needs worker 1's wait to exceed
+// twice worker 0's plus 1 ms: at check-in time T0 + 2 ms + x that is 2 ms + x > 2x + 1 ms,
+// so x < 1 ms.
+TEST_F(ServerPoolTest, CheckinPrefersOwnWaiterUnderBalancedWaits) {
+  auto pool = make_pool(make_settings(2, 0), 2);
+  auto c0 = open_new(*pool, 1, 0);
+  auto c1 = open_new(*pool, 2, 1);
+  RecordingWaiter mine, theirs;
+  ASSERT_EQ(pool->checkout(1, &theirs, T0).kind, CheckoutKind::Wait);
+  ASSERT_EQ(pool->checkout(0, &mine, T0 + milliseconds(2)).kind, CheckoutKind::Wait);
+
+  park(*pool, 0, std::move(c0), T0 + microseconds(3000));  // x = 1 ms: not clearly longer
+  ASSERT_EQ(mine.connections, 1);
+  EXPECT_EQ(mine.grants[0]->home_worker, 0);
+  EXPECT_EQ(handoff.pending(1), 0);
+  EXPECT_EQ(theirs.granted(), 0);
+  EXPECT_EQ(pool->stats(T0).total_handoffs, 0u);
+}
+
+TEST_F(ServerPoolTest, CheckinHandsToOtherWorkerWhoseWaiterWaitedMuchLonger) {
+  auto pool = make_pool(make_settings(2, 0), 2);
+  auto c0 = open_new(*pool, 1, 0);
+  auto c1 = open_new(*pool, 2, 1);
+  RecordingWaiter mine, theirs;
+  ASSERT_EQ(pool->checkout(1, &theirs, T0).kind, CheckoutKind::Wait);
+  ASSERT_EQ(pool->checkout(0, &mine, T0 + milliseconds(2)).kind, CheckoutKind::Wait);
+
+  park(*pool, 0, std::move(c0), T0 + microseconds(2999));
+  EXPECT_EQ(mine.granted(), 0);
+  EXPECT_EQ(handoff.run(1), 1);
+  ASSERT_EQ(theirs.connections, 1);
+  EXPECT_EQ(theirs.grants[0]->id, 1u);
+  EXPECT_EQ(theirs.grants[0]->home_worker, 1);
+  auto s = pool->stats(T0 + milliseconds(3));
+  EXPECT_EQ(s.total_handoffs, 1u);
+  EXPECT_EQ(s.waiting, 1);  // `mine` waits for the next one
+}
+
+TEST_F(ServerPoolTest, PostedTaskKeepsThePoolAlive) {
+  RecordingWaiter w;
+  auto pool = make_pool(make_settings(1, 0), 2);
+  park(*pool, 0, open_new(*pool, 5, 0), T0);
+  ASSERT_EQ(pool->checkout(1, &w, T0).kind, CheckoutKind::Wait);
+  std::weak_ptr<ServerPool> weak = pool;
+  pool.reset();
+
+  EXPECT_FALSE(weak.expired());
+  handoff.run(0);
+  handoff.run(1);
+  EXPECT_EQ(w.connections, 1);
+  EXPECT_TRUE(weak.expired());
+}
+
+// --- check-in closes ---
+
+TEST_F(ServerPoolTest, CheckinPastRecycleReturnsConnectionToClose) {
+  auto settings = make_settings(2, 0);
+  settings.recycle_s = 100;
+  auto pool = make_pool(settings);
+  auto young = open_new(*pool, 1, 0, T0);
+  auto old = open_new(*pool, 2, 0, T0);
+
+  park(*pool, 0, std::move(young), T0 + seconds(99));
+  auto back = pool->checkin(0, std::move(old), T0 + seconds(100));
+  ASSERT_NE(back, nullptr);
+  EXPECT_EQ(back->id, 2u);
+
+  auto s = pool->stats(T0);
+  EXPECT_EQ(s.size, 1);
+  EXPECT_EQ(s.checked_in, 1);
+  EXPECT_EQ(s.checked_out, 0);
+  EXPECT_EQ(s.total_closed, 1u);
+}
+
+TEST_F(ServerPoolTest, CheckinPastRecyclePermitsWaiter) {
+  auto settings = make_settings(1, 0);
+  settings.recycle_s = 100;
+  auto pool = make_pool(settings);
+  auto conn = open_new(*pool, 1, 0, T0);
+  RecordingWaiter w;
+  ASSERT_EQ(pool->checkout(0, &w, T0).kind, CheckoutKind::Wait);
+
+  auto back = pool->checkin(0, std::move(conn), T0 + seconds(150));
+  ASSERT_NE(back, nullptr);  // the caller closes the old one...
+  EXPECT_EQ(w.permits, 1);   // ...and the waiter opens a fresh one
+  auto s = pool->stats(T0);
+  EXPECT_EQ(s.size, 1);
+  EXPECT_EQ(s.opening, 1);
+  EXPECT_EQ(s.waiting, 0);
+  EXPECT_EQ(s.total_closed, 1u);
+}
+
+TEST_F(ServerPoolTest, RecycleZeroNeverRecycles) {
+  auto settings = make_settings(1, 0);
+  settings.recycle_s = 0;
+  settings.idle_timeout_s = 0;  // disabled too, so only recycling could close it
+  auto pool = make_pool(settings);
+  park(*pool, 0, open_new(*pool, 1, 0, T0), T0 + std::chrono::hours(1000));
+  EXPECT_TRUE(pool->collect_expired(0, T0 + std::chrono::hours(2000)).empty());
+  EXPECT_EQ(pool->stats(T0).checked_in, 1);
+}
+
+// --- settings ---
+
+TEST_F(ServerPoolTest, UpdateSettingsBiggerGivesWaitersOnBothWorkersPermits) {
+  auto pool = make_pool(make_settings(1, 0), 2);
+  auto conn = open_new(*pool, 1, 0);
   std::vector<std::string> log;
   RecordingWaiter a("a", &log), b("b", &log), c("c", &log);
-  ASSERT_EQ(pool.checkout(0, &a).kind, CheckoutKind::Wait);
-  ASSERT_EQ(pool.checkout(0, &b).kind, CheckoutKind::Wait);
-  ASSERT_EQ(pool.checkout(0, &c).kind, CheckoutKind::Wait);
+  ASSERT_EQ(pool->checkout(0, &a, T0).kind, CheckoutKind::Wait);
+  ASSERT_EQ(pool->checkout(1, &b, T0).kind, CheckoutKind::Wait);
+  ASSERT_EQ(pool->checkout(1, &c, T0).kind, CheckoutKind::Wait);
 
-  pool.update_settings(make_settings(2, 1));
+  pool->update_settings(make_settings(2, 1));  // two more
+  EXPECT_EQ(pool->settings(), make_settings(2, 1));
+  EXPECT_TRUE(log.empty());  // granted on the waiters' own workers
+  handoff.run(0);
+  handoff.run(1);
   EXPECT_EQ(log, (std::vector<std::string>{"a", "b"}));
   EXPECT_EQ(a.permits, 1);
   EXPECT_EQ(b.permits, 1);
   EXPECT_EQ(c.granted(), 0);
-  EXPECT_EQ(pool.settings(), make_settings(2, 1));
 
-  auto s = pool.stats();
+  auto s = pool->stats(T0);
   EXPECT_EQ(s.size, 3);
   EXPECT_EQ(s.opening, 2);
   EXPECT_EQ(s.checked_out, 1);
@@ -575,252 +622,577 @@ TEST(ServerPoolTest, UpdateSettingsWithBiggerPoolPermitsWaiters) {
   EXPECT_EQ(s.overflow, 1);
 }
 
-TEST(ServerPoolTest, UpdateSettingsWithSmallerPoolClosesSurplusOnCheckin) {
-  ServerPool pool(make_key(), make_settings(3, 0), 1);
-  auto c1 = open_new(pool, 1);
-  auto c2 = open_new(pool, 2);
-  auto c3 = open_new(pool, 3);
-  pool.update_settings(make_settings(1, 0));
-  EXPECT_EQ(pool.stats().overflow, 2);
+TEST_F(ServerPoolTest, UpdateSettingsSmallerClosesSurplusAtCheckinOnAnyWorker) {
+  auto pool = make_pool(make_settings(3, 0), 2);
+  auto c1 = open_new(*pool, 1, 0);
+  auto c2 = open_new(*pool, 2, 1);
+  auto c3 = open_new(*pool, 3, 0);
+  pool->update_settings(make_settings(1, 0));
+  EXPECT_EQ(pool->stats(T0).size, 3);
+  EXPECT_EQ(pool->stats(T0).overflow, 2);
 
-  auto back = pool.checkin(std::move(c1), T0 + seconds(1));
+  auto back = pool->checkin(0, std::move(c1), T0 + seconds(1));
   ASSERT_NE(back, nullptr);
   EXPECT_EQ(back->id, 1u);
-  back = pool.checkin(std::move(c2), T0 + seconds(2));
+  back = pool->checkin(1, std::move(c2), T0 + seconds(2));
   ASSERT_NE(back, nullptr);
   EXPECT_EQ(back->id, 2u);
-  park(pool, std::move(c3), T0 + seconds(3));
+  park(*pool, 0, std::move(c3), T0 + seconds(3));
 
-  auto s = pool.stats();
+  auto s = pool->stats(T0);
   EXPECT_EQ(s.size, 1);
   EXPECT_EQ(s.checked_in, 1);
   EXPECT_EQ(s.overflow, 0);
   EXPECT_EQ(s.total_closed, 2u);
 }
 
-TEST(ServerPoolTest, SmallerPoolServesWaitersOnlyOnceBelowTheLimit) {
-  ServerPool pool(make_key(), make_settings(2, 0), 1);
-  auto c1 = open_new(pool, 1);
-  auto c2 = open_new(pool, 2);
+TEST_F(ServerPoolTest, SmallerPoolServesWaitersOnlyOnceBelowTheLimit) {
+  auto pool = make_pool(make_settings(2, 0));
+  auto c1 = open_new(*pool, 1);
+  auto c2 = open_new(*pool, 2);
   RecordingWaiter w;
-  ASSERT_EQ(pool.checkout(0, &w).kind, CheckoutKind::Wait);
-  pool.update_settings(make_settings(1, 0));
+  ASSERT_EQ(pool->checkout(0, &w, T0).kind, CheckoutKind::Wait);
+  pool->update_settings(make_settings(1, 0));
   EXPECT_EQ(w.granted(), 0);
 
-  EXPECT_NE(pool.checkin(std::move(c1), T0 + seconds(1)), nullptr);  // closed, no grant
+  EXPECT_NE(pool->checkin(0, std::move(c1), T0 + seconds(1)), nullptr);  // closed, no grant
   EXPECT_EQ(w.granted(), 0);
-  EXPECT_EQ(pool.checkin(std::move(c2), T0 + seconds(2)), nullptr);  // handed over
+  EXPECT_EQ(pool->checkin(0, std::move(c2), T0 + seconds(2)), nullptr);  // handed over
   ASSERT_EQ(w.connections, 1);
   EXPECT_EQ(w.grants[0]->id, 2u);
 }
 
-TEST(ServerPoolTest, CollectExpiredClosesIdleAboveShrunkLimit) {
-  ServerPool pool(make_key(), make_settings(3, 0), 1);
-  auto c1 = open_new(pool, 1);
-  auto c2 = open_new(pool, 2);
-  auto c3 = open_new(pool, 3);
-  park(pool, std::move(c1), T0);
-  park(pool, std::move(c2), T0 + seconds(1));
-  park(pool, std::move(c3), T0 + seconds(2));
-  pool.update_settings(make_settings(1, 0));
+TEST_F(ServerPoolTest, WorkerSeesChangedSettingsOnItsNextCall) {
+  auto settings = make_settings(1, 0);
+  settings.recycle_s = 0;
+  auto pool = make_pool(settings);
+  park(*pool, 0, open_new(*pool, 1, 0, T0), T0 + std::chrono::hours(2));
 
-  auto expired = pool.collect_expired(T0 + seconds(3));  // well inside overflow_idle_s
-  ASSERT_EQ(expired.size(), 2u);
-  EXPECT_EQ(expired[0]->id, 1u);
-  EXPECT_EQ(expired[1]->id, 2u);
-  EXPECT_EQ(pool.stats().size, 1);
+  settings.recycle_s = 3600;
+  pool->update_settings(settings);
+  RecordingWaiter w;
+  auto r = pool->checkout(0, &w, T0 + std::chrono::hours(2));
+  ASSERT_EQ(r.kind, CheckoutKind::Idle);
+  EXPECT_NE(pool->checkin(0, std::move(r.conn), T0 + std::chrono::hours(2)), nullptr);
 }
 
-TEST(ServerPoolTest, StatsReportFigures) {
-  ServerPool pool(make_key(), make_settings(2, 2), 2);
-  auto s = pool.stats();
+// --- collect_expired ---
+
+TEST_F(ServerPoolTest, CollectExpiredClosesIdlePastIdleTimeoutOnThisWorkerOnly) {
+  auto settings = make_settings(4, 0);
+  settings.idle_timeout_s = 60;
+  auto pool = make_pool(settings, 2);
+  auto c1 = open_new(*pool, 1, 0);
+  auto c2 = open_new(*pool, 2, 0);
+  auto c3 = open_new(*pool, 3, 1);
+  auto c4 = open_new(*pool, 4, 0);  // stays checked out
+  park(*pool, 0, std::move(c1), T0 + seconds(10));
+  park(*pool, 0, std::move(c2), T0 + seconds(50));
+  park(*pool, 1, std::move(c3), T0 + seconds(10));
+
+  EXPECT_TRUE(pool->collect_expired(0, T0 + seconds(69)).empty());
+  auto expired = pool->collect_expired(0, T0 + seconds(70));
+  ASSERT_EQ(expired.size(), 1u);
+  EXPECT_EQ(expired[0]->id, 1u);
+  auto s = pool->stats(T0);
+  EXPECT_EQ(s.size, 3);
+  EXPECT_EQ(s.checked_in, 2);  // worker 1's is its own business
+  EXPECT_EQ(s.checked_out, 1);
+  EXPECT_EQ(s.total_closed, 1u);
+
+  expired = pool->collect_expired(1, T0 + seconds(70));
+  ASSERT_EQ(expired.size(), 1u);
+  EXPECT_EQ(expired[0]->id, 3u);
+
+  // idle_timeout applies below pool_size too: no minimum is kept.
+  expired = pool->collect_expired(0, T0 + seconds(110));
+  ASSERT_EQ(expired.size(), 1u);
+  EXPECT_EQ(expired[0]->id, 2u);
+  EXPECT_EQ(pool->stats(T0).checked_in, 0);
+  EXPECT_EQ(pool->stats(T0).size, 1);
+}
+
+TEST_F(ServerPoolTest, CollectExpiredClosesOverflowColdestFirstKeepingPoolSize) {
+  auto settings = make_settings(2, 3);
+  settings.overflow_idle_s = 10;
+  auto pool = make_pool(settings);
+  std::vector<std::unique_ptr<Connection>> conns;
+  for (std::uint64_t id = 1; id <= 5; ++id)
+    conns.push_back(open_new(*pool, id));
+  EXPECT_EQ(pool->stats(T0).overflow, 3);
+  // Ids checked in out of order: 3 is the coldest, then 1, 2, 5, 4.
+  const std::vector<std::pair<int, int>> order = {{2, 0}, {0, 1}, {1, 2}, {4, 3}, {3, 4}};
+  for (auto [index, at] : order)
+    park(*pool, 0, std::move(conns[index]), T0 + seconds(at));
+
+  EXPECT_TRUE(pool->collect_expired(0, T0 + seconds(9)).empty());  // not idle long enough yet
+
+  auto expired = pool->collect_expired(0, T0 + seconds(15));  // all idle >= 10 s
+  ASSERT_EQ(expired.size(), 3u);
+  EXPECT_EQ(expired[0]->id, 3u);
+  EXPECT_EQ(expired[1]->id, 1u);
+  EXPECT_EQ(expired[2]->id, 2u);
+  auto s = pool->stats(T0);
+  EXPECT_EQ(s.size, 2);
+  EXPECT_EQ(s.checked_in, 2);
+  EXPECT_EQ(s.overflow, 0);
+  EXPECT_EQ(s.total_closed, 3u);
+
+  EXPECT_TRUE(pool->collect_expired(0, T0 + seconds(100)).empty());  // pool_size is kept
+  EXPECT_EQ(checkout_idle_id(*pool, 0), 4u);  // the rest keep their LIFO order
+  EXPECT_EQ(checkout_idle_id(*pool, 0), 5u);
+}
+
+TEST_F(ServerPoolTest, CollectExpiredOverflowCountsOtherWorkersConnections) {
+  auto settings = make_settings(2, 2);
+  settings.overflow_idle_s = 10;
+  auto pool = make_pool(settings, 2);
+  auto held1 = open_new(*pool, 1, 1);
+  auto held2 = open_new(*pool, 2, 1);
+  auto c3 = open_new(*pool, 3, 0);
+  auto c4 = open_new(*pool, 4, 0);
+  park(*pool, 0, std::move(c3), T0 + seconds(1));
+  park(*pool, 0, std::move(c4), T0 + seconds(2));
+
+  auto expired = pool->collect_expired(0, T0 + seconds(30));  // 4 exist, pool_size 2
+  ASSERT_EQ(expired.size(), 2u);
+  EXPECT_EQ(expired[0]->id, 3u);
+  EXPECT_EQ(expired[1]->id, 4u);
+  auto s = pool->stats(T0);
+  EXPECT_EQ(s.size, 2);
+  EXPECT_EQ(s.checked_out, 2);
+}
+
+TEST_F(ServerPoolTest, CollectExpiredClosesOnlyOverflowIdleLongEnough) {
+  auto settings = make_settings(1, 2);
+  settings.overflow_idle_s = 10;
+  auto pool = make_pool(settings);
+  auto c1 = open_new(*pool, 1);
+  auto c2 = open_new(*pool, 2);
+  auto c3 = open_new(*pool, 3);
+  park(*pool, 0, std::move(c1), T0);
+  park(*pool, 0, std::move(c2), T0 + seconds(8));
+  park(*pool, 0, std::move(c3), T0 + seconds(9));
+
+  auto expired = pool->collect_expired(0, T0 + seconds(10));
+  ASSERT_EQ(expired.size(), 1u);
+  EXPECT_EQ(expired[0]->id, 1u);
+  EXPECT_EQ(pool->stats(T0).size, 2);
+}
+
+TEST_F(ServerPoolTest, CollectExpiredClosesIdlePastRecycle) {
+  auto settings = make_settings(2, 0);
+  settings.recycle_s = 100;
+  auto pool = make_pool(settings);
+  auto old = open_new(*pool, 1, 0, T0);
+  auto young = open_new(*pool, 2, 0, T0 + seconds(50));
+  park(*pool, 0, std::move(old), T0 + seconds(90));
+  park(*pool, 0, std::move(young), T0 + seconds(90));
+
+  auto expired = pool->collect_expired(0, T0 + seconds(100));
+  ASSERT_EQ(expired.size(), 1u);
+  EXPECT_EQ(expired[0]->id, 1u);
+  EXPECT_EQ(pool->stats(T0).checked_in, 1);
+}
+
+TEST_F(ServerPoolTest, CollectExpiredClosesIdleAboveShrunkLimitColdestFirst) {
+  auto pool = make_pool(make_settings(4, 0), 2);
+  auto c1 = open_new(*pool, 1, 0);
+  auto c2 = open_new(*pool, 2, 0);
+  auto c3 = open_new(*pool, 3, 0);
+  auto held = open_new(*pool, 4, 1);
+  park(*pool, 0, std::move(c2), T0);
+  park(*pool, 0, std::move(c1), T0 + seconds(1));
+  park(*pool, 0, std::move(c3), T0 + seconds(2));
+  pool->update_settings(make_settings(2, 0));
+
+  auto expired = pool->collect_expired(0, T0 + seconds(3));  // well inside overflow_idle_s
+  ASSERT_EQ(expired.size(), 2u);
+  EXPECT_EQ(expired[0]->id, 2u);
+  EXPECT_EQ(expired[1]->id, 1u);
+  auto s = pool->stats(T0);
+  EXPECT_EQ(s.size, 2);
+  EXPECT_EQ(s.checked_in, 1);
+  EXPECT_EQ(s.checked_out, 1);
+}
+
+TEST_F(ServerPoolTest, TakeAllIdleEmptiesEveryWorkerAndReturnsTheBudget) {
+  auto pool = make_pool(make_settings(4, 0), 2);
+  auto held = open_new(*pool, 1, 0);
+  auto c2 = open_new(*pool, 2, 0);
+  auto c3 = open_new(*pool, 3, 1);
+  auto c4 = open_new(*pool, 4, 1);
+  park(*pool, 0, std::move(c2), T0);
+  park(*pool, 1, std::move(c3), T0);
+  park(*pool, 1, std::move(c4), T0);
+
+  auto all = pool->take_all_idle();
+  EXPECT_EQ(all.size(), 3u);
+  auto s = pool->stats(T0);
+  EXPECT_EQ(s.size, 1);
+  EXPECT_EQ(s.checked_in, 0);
+  EXPECT_EQ(s.checked_out, 1);
+  EXPECT_EQ(s.total_closed, 3u);
+}
+
+// --- stats and server parameters ---
+
+TEST_F(ServerPoolTest, StatsSumOverWorkers) {
+  auto pool = make_pool(make_settings(2, 2), 2);
+  auto s = pool->stats(T0);
   EXPECT_EQ(s.size, 0);
   EXPECT_EQ(s.checked_in, 0);
   EXPECT_EQ(s.checked_out, 0);
   EXPECT_EQ(s.opening, 0);
   EXPECT_EQ(s.overflow, 0);
   EXPECT_EQ(s.waiting, 0);
+  EXPECT_EQ(s.pinned, 0);
   EXPECT_EQ(s.total_checkouts, 0u);
   EXPECT_EQ(s.max_wait_us, 0);
 
-  auto c1 = open_new(pool, 1, 0);
-  auto c2 = open_new(pool, 2, 1);
-  auto c3 = open_new(pool, 3, 0);
-  RecordingWaiter opener;
-  ASSERT_EQ(pool.checkout(1, &opener).kind, CheckoutKind::Create);  // 4th slot, still opening
-  park(pool, std::move(c1), T0 + seconds(1));
-  EXPECT_EQ(checkout_idle_id(pool, 1), 1u);
-  park(pool, std::move(c2), T0 + seconds(2));
-  pool.discard(std::move(c3));
-  RecordingWaiter w1, w2;
-  ASSERT_EQ(pool.checkout(0, &w1).kind, CheckoutKind::Idle);  // takes c2, from worker 1's list
-  ASSERT_EQ(pool.checkout(0, &w1).kind, CheckoutKind::Create);
-  pool.create_failed();
-  ASSERT_EQ(pool.checkout(0, &w1).kind, CheckoutKind::Create);
-  ASSERT_EQ(pool.checkout(0, &w2).kind, CheckoutKind::Wait);
-  ASSERT_EQ(pool.checkout(0, &w1).kind, CheckoutKind::Wait);
-  ASSERT_TRUE(pool.cancel_wait(&w1));
-  pool.note_timeout();
+  auto c1 = open_new(*pool, 1, 0);
+  auto c2 = open_new(*pool, 2, 1);
+  auto c3 = open_new(*pool, 3, 0);
+  RecordingWaiter opener, w1;
+  ASSERT_EQ(pool->checkout(1, &opener, T0).kind, CheckoutKind::Create);  // still opening
+  park(*pool, 0, std::move(c1), T0 + seconds(1));
+  ASSERT_EQ(pool->checkout(1, &w1, T0 + seconds(2)).kind, CheckoutKind::Wait);
+  pool->client_pinned();
+  pool->client_pinned();
+  pool->client_unpinned();
+  pool->note_statement_eviction();
 
-  s = pool.stats();
+  s = pool->stats(T0 + seconds(5));
   EXPECT_EQ(s.size, 4);
-  EXPECT_EQ(s.checked_in, 0);
-  EXPECT_EQ(s.checked_out, 2);  // c1 (again) and c2 (again)
-  EXPECT_EQ(s.opening, 2);
+  EXPECT_EQ(s.checked_in, 1);
+  EXPECT_EQ(s.checked_out, 2);
+  EXPECT_EQ(s.opening, 1);
   EXPECT_EQ(s.overflow, 2);
   EXPECT_EQ(s.waiting, 1);
-  EXPECT_EQ(s.total_checkouts, 5u);  // 3 created + 2 idle
-  EXPECT_EQ(s.total_waits, 2u);
-  EXPECT_EQ(s.total_timeouts, 1u);
+  EXPECT_EQ(s.pinned, 1);
+  EXPECT_EQ(s.max_wait_us, 3'000'000);
+  EXPECT_EQ(s.total_checkouts, 3u);
+  EXPECT_EQ(s.total_waits, 1u);
   EXPECT_EQ(s.total_created, 3u);
+  EXPECT_EQ(s.total_handoffs, 0u);
+  EXPECT_EQ(s.total_statement_evictions, 1u);
+
+  handoff.run(0);  // worker 0 sends c1 over to worker 1's waiter
+  handoff.run(1);
+  pool->discard(0, std::move(c3));
+  pool->create_failed(1);
+  s = pool->stats(T0 + seconds(5));
+  EXPECT_EQ(s.size, 2);
+  EXPECT_EQ(s.checked_in, 0);
+  EXPECT_EQ(s.checked_out, 2);
+  EXPECT_EQ(s.opening, 0);
+  EXPECT_EQ(s.overflow, 0);
+  EXPECT_EQ(s.waiting, 0);
+  EXPECT_EQ(s.max_wait_us, 0);
+  EXPECT_EQ(s.total_checkouts, 4u);
   EXPECT_EQ(s.total_closed, 1u);
+  EXPECT_EQ(s.total_handoffs, 1u);
   EXPECT_EQ(s.size, s.checked_in + s.checked_out + s.opening);
 }
 
-TEST(ServerPoolTest, ShouldPrePingAfterIdleForPrePingIdle) {
-  auto settings = make_settings(1, 0);
-  settings.pre_ping = true;
-  settings.pre_ping_idle_s = 30;
-  ServerPool pool(make_key(), settings, 1);
-  FakeConnection conn(1, T0, 0);
-  conn.last_used_at = T0 + seconds(100);
+TEST_F(ServerPoolTest, ServerParametersAreSetOnce) {
+  auto pool = make_pool(make_settings(1, 0));
+  EXPECT_EQ(pool->key(), make_key());
+  EXPECT_EQ(pool->workers(), 1);
+  EXPECT_FALSE(pool->has_server_parameters());
+  EXPECT_EQ(pool->server_parameters(), nullptr);
 
-  EXPECT_FALSE(pool.should_pre_ping(conn, T0 + seconds(129)));
-  EXPECT_TRUE(pool.should_pre_ping(conn, T0 + seconds(130)));
-  EXPECT_TRUE(pool.should_pre_ping(conn, T0 + seconds(1000)));
+  pool->set_server_parameters({{"server_version", "15.4"}, {"TimeZone", "UTC"}});
+  EXPECT_TRUE(pool->has_server_parameters());
+  auto first = pool->server_parameters();
+  ASSERT_NE(first, nullptr);
+  ASSERT_EQ(first->size(), 2u);
+  EXPECT_EQ((*first)[0], (std::pair<std::string, std::string>{"server_version", "15.4"}));
+  EXPECT_EQ((*first)[1], (std::pair<std::string, std::string>{"TimeZone", "UTC"}));
 
-  settings.pre_ping = false;
-  pool.update_settings(settings);
-  EXPECT_FALSE(pool.should_pre_ping(conn, T0 + seconds(1000)));
+  pool->set_server_parameters({{"server_version", "16.0"}});  // ignored
+  EXPECT_EQ(pool->server_parameters(), first);
 }
 
-TEST(ServerPoolTest, ShouldPrePingUsesLastCheckinTime) {
-  auto settings = make_settings(1, 0);
-  settings.pre_ping = true;
-  settings.pre_ping_idle_s = 30;
-  ServerPool pool(make_key(), settings, 1);
-  auto conn = open_new(pool, 1, 0, T0);
-  park(pool, std::move(conn), T0 + seconds(100));
-  RecordingWaiter w;
-  auto r = pool.checkout(0, &w);
-  ASSERT_EQ(r.kind, CheckoutKind::Idle);
-  EXPECT_FALSE(pool.should_pre_ping(*r.conn, T0 + seconds(110)));
-  EXPECT_TRUE(pool.should_pre_ping(*r.conn, T0 + seconds(130)));
-}
+// --- many threads ---
 
-TEST(ServerPoolTest, KeyAndServerParameters) {
-  ServerPool pool(make_key(), make_settings(1, 0), 1);
-  EXPECT_EQ(pool.key(), make_key());
-  EXPECT_FALSE(pool.has_server_parameters());
-  EXPECT_TRUE(pool.server_parameters()->empty());
-
-  pool.set_server_parameters({{"server_version", "15.4"}, {"TimeZone", "UTC"}});
-  EXPECT_TRUE(pool.has_server_parameters());
-  const auto& params = *pool.server_parameters();
-  ASSERT_EQ(params.size(), 2u);
-  EXPECT_EQ(params[0], (std::pair<std::string, std::string>{"server_version", "15.4"}));
-  EXPECT_EQ(params[1], (std::pair<std::string, std::string>{"TimeZone", "UTC"}));
-}
-
-// A waiter that a thread blocks on until another thread grants it.
-class BlockingWaiter : public Waiter {
+// A worker's task queue, posted to from any thread, drained by its own thread.
+class ThreadedHandoff : public Handoff {
  public:
-  void grant(std::unique_ptr<Connection> conn) override {
-    std::lock_guard lock(mutex_);
-    conn_ = std::move(conn);
-    granted_ = true;
-    cv_.notify_one();
+  explicit ThreadedHandoff(int workers) : queues_(static_cast<std::size_t>(workers)) {}
+  void post(int worker, std::function<void()> task) override {
+    auto& q = queues_[static_cast<std::size_t>(worker)];
+    std::lock_guard lock(q.mutex);
+    q.tasks.push_back(std::move(task));
   }
-  // The granted connection, or null for a permit.
-  std::unique_ptr<Connection> wait() {
-    std::unique_lock lock(mutex_);
-    cv_.wait(lock, [this] { return granted_; });
-    granted_ = false;
-    return std::move(conn_);
+  int drain(int worker) {
+    auto& q = queues_[static_cast<std::size_t>(worker)];
+    std::deque<std::function<void()>> batch;
+    {
+      std::lock_guard lock(q.mutex);
+      batch.swap(q.tasks);
+    }
+    for (auto& task : batch)
+      task();
+    return static_cast<int>(batch.size());
   }
 
  private:
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  bool granted_ = false;
-  std::unique_ptr<Connection> conn_;
+  struct Queue {
+    std::mutex mutex;
+    std::deque<std::function<void()>> tasks;
+  };
+  std::vector<Queue> queues_;
 };
 
-TEST(ServerPoolTest, ConcurrentCheckoutCheckinKeepsStatsConsistent) {
+// Budget the test has been given (Create and permits) minus connections it has closed, and
+// closes in progress, in one word: a close returns budget before the test counts it, so a
+// reader allows one extra connection per close in progress, and needs both at one moment.
+class Census {
+ public:
+  // Budget granted; fails when more exist than the limit allows.
+  void reserve(int limit) {
+    const std::int64_t v = value_.fetch_add(1) + 1;
+    EXPECT_LE(held(v) - closing(v), limit);
+  }
+  void close_begins() { value_.fetch_add(kClosing); }
+  void close_ends(int closed) { value_.fetch_sub(kClosing + closed); }
+  int held() const { return held(value_.load()); }
+
+ private:
+  static constexpr std::int64_t kClosing = std::int64_t{1} << 32;
+  static int held(std::int64_t v) { return static_cast<int>(v & 0xffffffff); }
+  static int closing(std::int64_t v) { return static_cast<int>(v >> 32); }
+  std::atomic<std::int64_t> value_{0};
+};
+
+struct StressOptions {
+  config::PoolSettings settings;
+  config::PoolSettings other_settings;  // alternated with `settings` while the threads run
+  bool flip_settings = false;
+};
+
+// kThreads real threads, each its own worker with a few sessions, run checkout / check-in /
+// discard / failed opens / cancelled waits; each drains its task queue between steps. Then
+// everything must be back: nothing lent, opening or waiting, and the counts must agree.
+void run_stress(const StressOptions& options) {
   constexpr int kThreads = 4;
-  constexpr int kCycles = 10000;
-  auto settings = make_settings(3, 0);
-  settings.recycle_s = 0;
-  ServerPool pool(make_key(), settings, kThreads);
-  std::atomic<std::uint64_t> next_id{100};
-  std::atomic<int> in_use{0};
-  std::atomic<int> max_in_use{0};
-  std::atomic<int> create_attempts{0};
+  constexpr int kSessions = 3;
+  constexpr int kCycles = 4000;  // checkouts per thread
+  const int max_limit =
+      std::max(options.settings.pool_size + options.settings.max_overflow,
+               options.other_settings.pool_size + options.other_settings.max_overflow);
 
-  // The test holds every slot until all threads have queued, so the cross-thread hand-off to
-  // waiters is exercised however the threads get scheduled.
-  std::vector<std::unique_ptr<Connection>> held;
-  for (std::uint64_t id = 1; id <= 3; ++id)
-    held.push_back(open_new(pool, id));
+  ThreadedHandoff handoff(kThreads);
+  auto pool = std::make_shared<ServerPool>(make_key(), options.settings, kThreads, handoff);
+  Census census;
+  std::atomic<std::uint64_t> next_id{1};
+  std::atomic<std::uint64_t> lent{0};
+  std::atomic<std::uint64_t> closed{0};
+  std::atomic<int> threads_done{0};
+  std::atomic<bool> stuck{false};
+  const auto deadline = Clock::now() + seconds(120);  // a hang fails instead of blocking
 
-  auto worker = [&](int index) {
-    BlockingWaiter waiter;
-    for (int i = 0; i < kCycles; ++i) {
-      auto r = pool.checkout(index, &waiter);
-      std::unique_ptr<Connection> conn;
-      if (r.kind == CheckoutKind::Idle) {
-        conn = std::move(r.conn);
-      } else {
-        if (r.kind == CheckoutKind::Wait) conn = waiter.wait();
-        if (!conn) {  // a Create permit, from checkout or granted
-          // Every tenth attempt fails to connect, exercising create_failed hand-offs.
-          if (create_attempts.fetch_add(1) % 10 == 9) {
-            pool.create_failed();
-            --i;
-            continue;
+  struct Session : Waiter {
+    enum class State { Free, Waiting, Opening, Holding };
+    void grant(std::unique_ptr<Connection> conn) override {
+      EXPECT_EQ(state, State::Waiting);
+      EXPECT_FALSE(granted);
+      granted = true;
+      granted_conn = std::move(conn);
+    }
+    State state = State::Free;
+    bool granted = false;
+    std::unique_ptr<Connection> granted_conn;
+    std::unique_ptr<Connection> conn;
+    int steps = 0;
+  };
+
+  auto worker = [&](int me) {
+    std::mt19937 rng(static_cast<unsigned>(me) * 7919u + 1u);
+    auto chance = [&rng](int one_in) { return rng() % static_cast<unsigned>(one_in) == 0; };
+    std::vector<Session> sessions(kSessions);
+    int started = 0;
+    bool done = false;
+    auto hold = [&](Session& s, std::unique_ptr<Connection> conn) {
+      lent.fetch_add(1);
+      s.conn = std::move(conn);
+      s.state = Session::State::Holding;
+      s.steps = static_cast<int>(rng() % 3);
+    };
+    for (;;) {
+      bool progress = handoff.drain(me) > 0;
+      if (Clock::now() > deadline) {
+        stuck = true;
+        break;
+      }
+      if (stuck) break;
+      bool all_free = true;
+      for (auto& s : sessions) {
+        const auto now = Clock::now();
+        const auto before = s.state;
+        switch (s.state) {
+          case Session::State::Free: {
+            if (started >= kCycles) break;
+            ++started;
+            auto r = pool->checkout(me, &s, now);
+            if (r.kind == CheckoutKind::Idle) {
+              hold(s, std::move(r.conn));
+            } else if (r.kind == CheckoutKind::Create) {
+              census.reserve(max_limit);
+              s.state = Session::State::Opening;
+            } else {
+              s.state = Session::State::Waiting;
+            }
+            break;
           }
-          pool.created();
-          conn = make_conn(next_id++, T0, index);
+          case Session::State::Waiting:
+            if (s.granted) {
+              s.granted = false;
+              if (s.granted_conn) {
+                hold(s, std::move(s.granted_conn));
+              } else {
+                census.reserve(max_limit);
+                s.state = Session::State::Opening;
+              }
+            } else if (started < kCycles && chance(64)) {
+              // Gives up, as a checkout timeout would; never in the final phase, where every
+              // waiter must be served for the test to end.
+              EXPECT_TRUE(pool->cancel_wait(me, &s));
+              pool->note_timeout(me);
+              s.state = Session::State::Free;
+            }
+            break;
+          case Session::State::Opening:
+            if (chance(10)) {
+              census.close_begins();
+              pool->create_failed(me);
+              census.close_ends(1);
+              s.state = Session::State::Free;
+            } else {
+              pool->created(me);
+              // Some are born old, so that check-in recycles them.
+              const auto created_at = chance(20) ? now - std::chrono::hours(2) : now;
+              hold(s, make_conn(next_id.fetch_add(1), created_at, me));
+            }
+            break;
+          case Session::State::Holding:
+            if (s.steps-- > 0) break;
+            EXPECT_EQ(s.conn->home_worker, me);
+            census.close_begins();
+            if (chance(50)) {
+              pool->discard(me, std::move(s.conn));
+              closed.fetch_add(1);
+              census.close_ends(1);
+            } else {
+              auto back = pool->checkin(me, std::move(s.conn), now);
+              const int n = back ? 1 : 0;
+              closed.fetch_add(static_cast<std::uint64_t>(n));
+              census.close_ends(n);
+            }
+            s.state = Session::State::Free;
+            break;
         }
+        if (s.state != Session::State::Free) all_free = false;
+        if (s.state != before) progress = true;
       }
-      int now_in_use = ++in_use;
-      int seen = max_in_use.load();
-      while (now_in_use > seen && !max_in_use.compare_exchange_weak(seen, now_in_use)) {
+      if (me == 0 && started % 64 == 0) {
+        census.close_begins();
+        auto expired = pool->collect_expired(me, Clock::now());
+        closed.fetch_add(expired.size());
+        census.close_ends(static_cast<int>(expired.size()));
       }
-      if (i % 4 == 0) std::this_thread::yield();  // hold it now and then so others queue
-      --in_use;
-      if (i % 997 == 0) {
-        pool.discard(std::move(conn));
-      } else {
-        auto back = pool.checkin(std::move(conn), T0 + seconds(1));
-        EXPECT_EQ(back, nullptr);
+      if (!done && all_free && started >= kCycles) {
+        done = true;
+        threads_done.fetch_add(1);
       }
+      // Finished threads keep serving their queue: others may still ask them for connections.
+      if (done && threads_done.load() == kThreads) break;
+      if (!progress) std::this_thread::yield();  // fewer cores than threads: let others run
     }
   };
 
-  auto start = std::chrono::steady_clock::now();
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t)
     threads.emplace_back(worker, t);
-  while (pool.stats().waiting < kThreads)
+  bool flipped = false;
+  while (threads_done.load() < kThreads && !stuck) {
+    auto s = pool->stats();
+    EXPECT_LE(s.size, max_limit);
+    EXPECT_GE(s.checked_in, 0);
+    EXPECT_GE(s.checked_out, 0);
+    EXPECT_GE(s.opening, 0);
+    EXPECT_GE(s.waiting, 0);
+    if (options.flip_settings) {
+      flipped = !flipped;
+      pool->update_settings(flipped ? options.other_settings : options.settings);
+    }
     std::this_thread::yield();
-  for (auto& conn : held)
-    park(pool, std::move(conn), T0 + seconds(1));
+  }
   for (auto& t : threads)
     t.join();
-  auto elapsed = std::chrono::steady_clock::now() - start;
+  ASSERT_FALSE(stuck) << "a waiter was never served";
+  if (options.flip_settings) pool->update_settings(options.settings);
+  // The workers have stopped: run what they left queued, then close what is over the limit.
+  for (int ran = 1; ran > 0;) {
+    ran = 0;
+    for (int t = 0; t < kThreads; ++t)
+      ran += handoff.drain(t);
+  }
+  for (int t = 0; t < kThreads; ++t) {
+    census.close_begins();
+    auto expired = pool->collect_expired(t, Clock::now());
+    closed.fetch_add(expired.size());
+    census.close_ends(static_cast<int>(expired.size()));
+  }
 
-  auto s = pool.stats();
+  const int limit = options.settings.pool_size + options.settings.max_overflow;
+  auto s = pool->stats();
   EXPECT_EQ(s.checked_out, 0);
   EXPECT_EQ(s.opening, 0);
   EXPECT_EQ(s.waiting, 0);
-  EXPECT_LE(s.size, 3);
+  EXPECT_EQ(s.max_wait_us, 0);
+  EXPECT_LE(s.size, limit);
   EXPECT_EQ(s.size, s.checked_in);
-  EXPECT_LE(max_in_use.load(), 3);
-  EXPECT_EQ(s.total_checkouts, static_cast<std::uint64_t>(kThreads) * kCycles + 3);
+  EXPECT_EQ(census.held(), s.size);
+  EXPECT_EQ(s.total_checkouts, lent.load());
+  EXPECT_EQ(s.total_closed, closed.load());
   EXPECT_EQ(s.total_created, s.total_closed + static_cast<std::uint64_t>(s.size));
-  EXPECT_GE(s.total_waits, static_cast<std::uint64_t>(kThreads));
-  EXPECT_LT(elapsed, std::chrono::seconds(10));  // typically well under a second
+  std::printf(
+      "[ stress   ] %llu checkouts, %llu waits, %llu timeouts, %llu handoffs, %llu created\n",
+      static_cast<unsigned long long>(s.total_checkouts),
+      static_cast<unsigned long long>(s.total_waits),
+      static_cast<unsigned long long>(s.total_timeouts),
+      static_cast<unsigned long long>(s.total_handoffs),
+      static_cast<unsigned long long>(s.total_created));
+
+  auto idle = pool->take_all_idle();
+  EXPECT_EQ(static_cast<int>(idle.size()), s.size);
+  s = pool->stats();
+  EXPECT_EQ(s.size, 0);
+  EXPECT_EQ(s.total_created, s.total_closed);
+  // All the budget is back: exactly `limit` connections may be opened again.
+  RecordingWaiter w;
+  for (int i = 0; i < limit; ++i)
+    EXPECT_EQ(pool->checkout(i % kThreads, &w, Clock::now()).kind, CheckoutKind::Create);
+  EXPECT_EQ(pool->checkout(0, &w, Clock::now()).kind, CheckoutKind::Wait);
+  EXPECT_TRUE(pool->cancel_wait(0, &w));
+}
+
+TEST(ServerPoolStressTest, ManyThreadsKeepBudgetAndCountsConsistent) {
+  StressOptions options;
+  options.settings = make_settings(2, 1);
+  options.settings.overflow_idle_s = 0;  // collect_expired shrinks overflow while others work
+  options.other_settings = options.settings;
+  run_stress(options);
+}
+
+TEST(ServerPoolStressTest, ManyThreadsWithTheLimitChangingUnderThem) {
+  StressOptions options;
+  options.settings = make_settings(2, 1);
+  options.other_settings = make_settings(4, 2);
+  options.flip_settings = true;
+  run_stress(options);
 }
 
 }  // namespace
