@@ -1,10 +1,14 @@
 // libFuzzer target for routing/: SQL lexer, leading_hint, fingerprint/normalize and classify.
-// Not part of the CMake build (needs clang). Build and run from the repository root:
+// Built with clang + libFuzzer + ASan + UBSan by tests/fuzz/run (a separate -DPGVALVE_FUZZ=ON
+// build in build-fuzz/) and run for 20 s by `tests/run` as ctest test fuzz.lexer_fuzz. By hand,
+// from the repository root:
 //
-//   clang++ -g -O1 -fsanitize=fuzzer,address,undefined -std=c++20 -I/work/main \
-//     tests/fuzz/lexer_fuzz.cpp routing/sql_lexer.cpp routing/fingerprint.cpp \
-//     routing/statement.cpp -lxxhash -o /tmp/lexer_fuzz
-//   mkdir -p /tmp/lexer_corpus && /tmp/lexer_fuzz -max_total_time=20 /tmp/lexer_corpus
+//   tests/fuzz/run lexer_fuzz                    # build, then fuzz for FUZZ_SECONDS (20)
+//   FUZZ_SECONDS=600 tests/fuzz/run lexer_fuzz   # longer
+//   build-fuzz/lexer_fuzz <crash-file>            # replay a reproducer it reported
+//
+// Seeds: tests/fuzz/corpus/lexer_fuzz/ (from tests/fuzz/make_corpus.py); dictionary:
+// tests/fuzz/lexer_fuzz.dict.
 //
 // Besides crashes and out-of-bounds reads it checks the invariants callers rely on.
 #include <xxhash.h>

@@ -1,10 +1,14 @@
 // libFuzzer target for the protocol codec: frames, every message reader, startup packets and the
-// server side of SCRAM (which parses client text). Not part of the CMake build; from the repo
-// root:
+// server side of SCRAM (which parses client text). Built with clang + libFuzzer + ASan + UBSan by
+// tests/fuzz/run (a separate -DPGVALVE_FUZZ=ON build in build-fuzz/) and run for 20 s by
+// `tests/run` as ctest test fuzz.protocol_fuzz. By hand, from the repository root:
 //
-//   clang++ -std=c++20 -g -O1 -fsanitize=fuzzer,address,undefined -I. \
-//       tests/fuzz/protocol_fuzz.cpp protocol/*.cpp -lcrypto -o protocol_fuzz
-//   ./protocol_fuzz -max_total_time=60
+//   tests/fuzz/run protocol_fuzz                    # build, then fuzz for FUZZ_SECONDS (20)
+//   FUZZ_SECONDS=600 tests/fuzz/run protocol_fuzz   # longer
+//   build-fuzz/protocol_fuzz <crash-file>            # replay a reproducer it reported
+//
+// Seeds: tests/fuzz/corpus/protocol_fuzz/ (from tests/fuzz/make_corpus.py: real startup, query,
+// SASL and server messages, and a valid SCRAM exchange); dictionary: tests/fuzz/protocol_fuzz.dict.
 //
 // The client side of SCRAM is left out on purpose: it runs PBKDF2 with a server-chosen
 // iteration count, which only measures how slow a big count is.

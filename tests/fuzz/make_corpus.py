@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Writes the seed corpora in tests/fuzz/corpus/<target>/ (committed; rerun after editing).
+
+Seeds are a few small, realistic inputs that give libFuzzer a head start; tests/fuzz/run copies
+them into a working corpus and never writes here. Usage: tests/fuzz/make_corpus.py
+"""
+import base64
+import hashlib
+import hmac
+import pathlib
+import shutil
+import struct
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def msg(tag: bytes, body: bytes) -> bytes:
+    """A tagged protocol 3.0 message: tag, int32 length counting itself, body."""
+    return tag + struct.pack("!I", len(body) + 4) + body
+
+
+def cstr(s: str) -> bytes:
+    return s.encode() + b"\0"
+
+
+def startup(params: dict) -> bytes:
+    pairs = b"".join(cstr(k) + cstr(v) for k, v in params.items())
+    body = struct.pack("!I", 196608) + pairs + b"\0"
+    return struct.pack("!I", len(body) + 4) + body
+
+
+def scram_exchange() -> bytes:
+    """client-first NUL client-final, valid against protocol_fuzz's server (password "pw",
+    salt "salt", 1 iteration, server nonce "srv")."""
+    client_first_bare = "n=,r=cnonce"
+    server_first = "r=cnoncesrv,s=" + base64.b64encode(b"salt").decode() + ",i=1"
+    without_proof = "c=biws,r=cnoncesrv"
+    auth_message = ",".join([client_first_bare, server_first, without_proof]).encode()
+    salted = hashlib.pbkdf2_hmac("sha256", b"pw", b"salt", 1)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    signature = hmac.new(stored_key, auth_message, "sha256").digest()
+    proof = bytes(a ^ b for a, b in zip(client_key, signature))
+    final = without_proof + ",p=" + base64.b64encode(proof).decode()
+    return ("n,," + client_first_bare).encode() + b"\0" + final.encode()
+
+
+def scram_verifier() -> bytes:
+    salted = hashlib.pbkdf2_hmac("sha256", b"pw", b"salt", 4096)
+    stored = hashlib.sha256(hmac.new(salted, b"Client Key", "sha256").digest()).digest()
+    server = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = lambda b: base64.b64encode(b).decode()
+    return f"SCRAM-SHA-256$4096:{b64(b'salt')}${b64(stored)}:{b64(server)}".encode()
+
+
+def protocol_seeds() -> dict:
+    client_first = b"n,,n=,r=rOprNGfwEbeRWgbNEkqO"
+    return {
+        "startup_message": startup({"user": "alice", "database": "app",
+                                    "application_name": "psql", "client_encoding": "UTF8"}),
+        "ssl_request": struct.pack("!II", 8, 80877103),
+        "cancel_request": struct.pack("!IIii", 16, 80877102, 4242, -123456789),
+        "simple_query": msg(b"Q", cstr("SELECT 1; SET search_path TO app")) + msg(b"X", b""),
+        "extended_query": (
+            msg(b"P", cstr("s1") + cstr("SELECT $1::int + $2") + struct.pack("!HII", 2, 23, 0))
+            + msg(b"B", cstr("p1") + cstr("s1") + struct.pack("!HHH", 2, 0, 1)
+                  + struct.pack("!H", 2) + struct.pack("!I", 2) + b"42"
+                  + struct.pack("!i", -1) + struct.pack("!HH", 1, 0))
+            + msg(b"D", b"P" + cstr("p1"))
+            + msg(b"E", cstr("p1") + struct.pack("!I", 0))
+            + msg(b"C", b"S" + cstr("s1"))
+            + msg(b"S", b"")),
+        "sasl_client": (
+            msg(b"p", cstr("SCRAM-SHA-256") + struct.pack("!I", len(client_first)) + client_first)
+            + msg(b"p", b"c=biws,r=rOprNGfwEbeRWgbNEkqOsrv,"
+                        b"p=dHpbS1Ghb2bPljb0vDWNIVeJCZfXmM9Zf3pc9kMUNTo=")
+            + msg(b"p", cstr("md5d41d8cd98f00b204e9800998ecf8427e"))),
+        "server_login": (
+            msg(b"R", struct.pack("!I", 10) + cstr("SCRAM-SHA-256") + b"\0")
+            + msg(b"R", struct.pack("!I", 0))
+            + msg(b"S", cstr("server_version") + cstr("15.6"))
+            + msg(b"K", struct.pack("!ii", 4242, 987654321))
+            + msg(b"Z", b"I")),
+        "server_results": (
+            msg(b"C", cstr("SELECT 1"))
+            + msg(b"A", struct.pack("!i", 4242) + cstr("jobs") + cstr("payload"))
+            + msg(b"E", b"S" + cstr("ERROR") + b"C" + cstr("42P01")
+                  + b"M" + cstr('relation "t" does not exist') + b"\0")
+            + msg(b"Z", b"T")),
+        "scram_exchange": scram_exchange(),
+        "scram_verifier": scram_verifier(),
+    }
+
+
+def lexer_seeds() -> dict:
+    return {
+        "select": b"SELECT id, name FROM users WHERE id = $1 AND name <> 'o''brien' LIMIT 10",
+        "transaction": b"BEGIN ISOLATION LEVEL SERIALIZABLE, READ ONLY; "
+                       b"SAVEPOINT s1; ROLLBACK TO SAVEPOINT s1; COMMIT AND CHAIN;",
+        "set": b"SET LOCAL \"TimeZone\" TO 'UTC'; SET search_path = app, public; RESET ALL",
+        "hint_comments": b"/* pgvalve: route=primary */ -- line comment\n"
+                         b"/* nested /* comment */ */ UPDATE t SET x = x + 1 RETURNING *",
+        "dollar_quotes": b"DO $body$ BEGIN PERFORM pg_advisory_lock(1); END $body$; "
+                         b"SELECT $$a;b$$, E'\\n\\'', U&\"d\\0061t\", B'101', 1.5e-3",
+        "prepare": b"PREPARE q (int, text) AS INSERT INTO t VALUES ($1, $2); "
+                   b"EXECUTE q(1, 'a'); DEALLOCATE PREPARE q",
+        "listen_cursor": b"LISTEN jobs; NOTIFY jobs, 'hi'; DECLARE c CURSOR WITH HOLD FOR TABLE t; "
+                         b"CREATE TEMP TABLE tmp (a int) ON COMMIT DROP; DISCARD ALL",
+    }
+
+
+def write(target: str, seeds: dict) -> None:
+    out = HERE / "corpus" / target
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    for name, data in seeds.items():
+        (out / name).write_bytes(data)
+
+
+if __name__ == "__main__":
+    write("protocol_fuzz", protocol_seeds())
+    write("lexer_fuzz", lexer_seeds())
