@@ -166,6 +166,16 @@ void append_parse(std::string& out, std::string_view statement, std::string_view
   end_message(out, len_pos);
 }
 
+void append_parse_raw(std::string& out, std::string_view statement, std::string_view query,
+                      std::string_view raw_param_types) {
+  const std::size_t len_pos = begin_message(out, tag_of(FrontendTag::Parse));
+  append_cstr(out, statement);
+  append_cstr(out, query);
+  append_u16(out, static_cast<std::uint16_t>(raw_param_types.size() / 4));
+  out.append(raw_param_types.substr(0, raw_param_types.size() / 4 * 4));
+  end_message(out, len_pos);
+}
+
 std::int16_t BindMessage::param_format(std::size_t i) const {
   const std::size_t n = param_formats.size() / 2;
   if (n == 0) return 0;
@@ -236,6 +246,25 @@ void append_bind_renamed(std::string& out, const BindMessage& bind, std::string_
   }
   append_u16(out, static_cast<std::uint16_t>(bind.result_formats.size() / 2));
   out.append(bind.result_formats);
+  end_message(out, len_pos);
+}
+
+std::optional<BindHead> read_bind_head(const Frame& f) {
+  if (f.tag != tag_of(FrontendTag::Bind)) return std::nullopt;
+  Cursor c(f.body);
+  auto portal = c.cstr();
+  if (!portal) return std::nullopt;
+  auto statement = c.cstr();
+  if (!statement) return std::nullopt;
+  return BindHead{*portal, *statement, c.rest()};
+}
+
+void append_bind(std::string& out, std::string_view portal, std::string_view statement,
+                 std::string_view rest) {
+  const std::size_t len_pos = begin_message(out, tag_of(FrontendTag::Bind));
+  append_cstr(out, portal);
+  append_cstr(out, statement);
+  out.append(rest);
   end_message(out, len_pos);
 }
 

@@ -135,6 +135,9 @@ struct ParseMessage {
 std::optional<ParseMessage> read_parse(const Frame& f);
 void append_parse(std::string& out, std::string_view statement, std::string_view query,
                   std::span<const std::uint32_t> param_types);
+// Parse with the parameter types as raw bytes (n * int32, as read_parse returns them).
+void append_parse_raw(std::string& out, std::string_view statement, std::string_view query,
+                      std::string_view raw_param_types);
 
 // Bind: parameters stay in place; walk them with param(i). A NULL parameter has no value.
 struct BindMessage {
@@ -149,6 +152,20 @@ struct BindMessage {
 std::optional<BindMessage> read_bind(const Frame& f);
 // Re-encodes a Bind with another statement name (same portal, formats, parameters).
 void append_bind_renamed(std::string& out, const BindMessage& bind, std::string_view statement);
+
+// The names at the front of a Bind and the rest of its body (formats, parameters, result
+// formats) unread: enough to route or rename it without walking the parameters.
+struct BindHead {
+  std::string_view portal;
+  std::string_view statement;
+  std::string_view rest;
+};
+std::optional<BindHead> read_bind_head(const Frame& f);
+// A Bind of `statement` into `portal` whose remaining body is `rest` as raw bytes.
+void append_bind(std::string& out, std::string_view portal, std::string_view statement,
+                 std::string_view rest);
+// The body after the names of a Bind without parameters or result formats.
+inline constexpr std::string_view kBindWithoutParameters{"\0\0\0\0\0\0", 6};
 
 struct DescribeOrClose {
   char kind = 0;  // 'S' statement, 'P' portal

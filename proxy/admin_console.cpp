@@ -61,14 +61,16 @@ void show_pools(App& app, std::string& out) {
     rows.push_back({key.database, key.user, shard, key.host.to_string(), "primary",
                     std::to_string(std::max(0, clients - s.waiting)), std::to_string(s.waiting),
                     std::to_string(s.checked_out), std::to_string(s.checked_in), "0", "0",
-                    std::to_string(s.opening), "0", mode, std::to_string(s.size),
-                    std::to_string(s.checked_in), std::to_string(s.checked_out),
-                    std::to_string(s.overflow), "0"});
+                    std::to_string(s.opening), std::to_string(s.max_wait_us), mode,
+                    std::to_string(s.size), std::to_string(s.checked_in),
+                    std::to_string(s.checked_out), std::to_string(s.overflow), "0",
+                    std::to_string(s.pinned)});
   }
   append_result(out,
                 {"database", "user", "shard", "host", "role", "cl_active", "cl_waiting",
                  "sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login", "maxwait_us",
-                 "pool_mode", "size", "checked_in", "checked_out", "overflow", "invalid"},
+                 "pool_mode", "size", "checked_in", "checked_out", "overflow", "invalid",
+                 "pinned"},
                 rows);
 }
 
@@ -89,7 +91,7 @@ void error(std::string& out, std::string_view sqlstate, std::string_view message
 
 }  // namespace
 
-boost::asio::awaitable<void> serve_admin_console(App& app, tcp::socket& client, ByteBuffer& in,
+boost::asio::awaitable<void> serve_admin_console(App& app, Socket& client, session::InputBuffer& in,
                                                  const std::string& user, std::uint64_t client_id) {
   std::string out;
   pr::append_authentication_ok(out);

@@ -11,15 +11,16 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
 
-#include "proxy/byte_buffer.h"
+#include "proxy/io_util.h"
+#include "session/input_buffer.h"
 
 namespace pgvalve::proxy {
 
 class App;
 
 // Sends the login reply, then serves commands until the client leaves.
-boost::asio::awaitable<void> serve_admin_console(App& app, boost::asio::ip::tcp::socket& client,
-                                                 ByteBuffer& in, const std::string& user,
+boost::asio::awaitable<void> serve_admin_console(App& app, Socket& client,
+                                                 session::InputBuffer& in, const std::string& user,
                                                  std::uint64_t client_id);
 
 }  // namespace pgvalve::proxy

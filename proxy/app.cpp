@@ -18,6 +18,7 @@ namespace pgvalve::proxy {
 
 App::App(config::ConfigPtr config) {
   set_log_level(config->log_level);
+  message_memory_.set_limit(config->limits.message_memory_bytes);
   users_.store(std::make_shared<const UserDirectory>(config, nullptr));
   config_.store(config);
   int workers = config->workers;
@@ -40,7 +41,7 @@ std::shared_ptr<pool::ServerPool> App::pool_for(const config::Database& db, cons
   auto& pool = pools_[key];
   if (!pool) {
     pool = std::make_shared<pool::ServerPool>(pool::PoolKey{db.name, user, host}, config()->pool,
-                                              worker_count());
+                                              worker_count(), *this);
   }
   return pool;
 }
@@ -102,6 +103,7 @@ bool App::reload() {
   users_.store(std::make_shared<const UserDirectory>(next, users_.load().get()));
   config_.store(next);
   set_log_level(next->log_level);
+  message_memory_.set_limit(next->limits.message_memory_bytes);
   for (auto& pool : pools())
     pool->update_settings(next->pool);
   PGV_LOG(Info, "reload_ok", {"file", next->source_path});
@@ -139,7 +141,7 @@ asio::awaitable<void> App::accept_loop(Worker& worker) {
   static std::atomic<std::uint64_t> next_client_id{1};
   for (;;) {
     error_code ec;
-    tcp::socket socket(worker.context);
+    Socket socket(worker.context);
     co_await worker.acceptor->async_accept(socket, asio::redirect_error(asio::use_awaitable, ec));
     if (ec) {
       if (ec == asio::error::operation_aborted || !worker.acceptor->is_open()) co_return;
@@ -164,19 +166,23 @@ std::uint64_t App::next_server_id() {
   return next_server_id_.fetch_add(1);
 }
 
-void App::schedule_sweep() {
-  sweep_timer_.expires_after(std::chrono::seconds(1));
-  sweep_timer_.async_wait([this](const error_code& ec) {
+void App::post(int worker, std::function<void()> task) {
+  asio::post(workers_[static_cast<std::size_t>(worker)]->context, std::move(task));
+}
+
+// Each worker closes its own expired idle connections: its idle lists are its own.
+void App::schedule_sweep(Worker& worker) {
+  if (!worker.sweep_timer) worker.sweep_timer = std::make_unique<asio::steady_timer>(worker.context);
+  worker.sweep_timer->expires_after(std::chrono::seconds(1));
+  worker.sweep_timer->async_wait([this, &worker](const error_code& ec) {
     if (ec) return;
     const auto now = pool::Clock::now();
     for (auto& pool : pools()) {
-      auto expired = pool->collect_expired(now);
-      for (auto& conn : expired) {
+      for (auto& conn : pool->collect_expired(worker.index, now)) {
         PGV_LOG(Debug, "server_expired", {"server", conn->id});
       }
-      // Destroyed here, on the control thread: idle sockets have no pending operations.
     }
-    schedule_sweep();
+    schedule_sweep(worker);
   });
 }
 
@@ -254,9 +260,9 @@ int App::run() {
   signals_.add(SIGTERM);
   signals_.add(SIGINT);
   signals_.async_wait([this](const error_code& e, int s) { on_signal(e, s); });
-  schedule_sweep();
   for (auto& w : workers_) {
     asio::co_spawn(w->context, accept_loop(*w), asio::detached);
+    schedule_sweep(*w);
     w->thread = std::thread([w = w.get()] {
       // Keeps the loop alive when no client is connected.
       auto guard = asio::make_work_guard(w->context);

@@ -23,6 +23,8 @@
 #include "pool/server_pool.h"
 #include "proxy/cancel_registry.h"
 #include "proxy/users.h"
+#include "session/input_buffer.h"
+#include "session/session.h"
 
 namespace pgvalve::proxy {
 
@@ -39,10 +41,12 @@ struct Worker {
   asio::io_context context{1};
   std::unique_ptr<tcp::acceptor> acceptor;
   std::unordered_set<ClientSession*> sessions;  // touched only on this worker's thread
+  session::WorkspacePool workspaces;            // touched only on this worker's thread
+  std::unique_ptr<asio::steady_timer> sweep_timer;
   std::thread thread;
 };
 
-class App {
+class App : public pool::Handoff {
  public:
   explicit App(config::ConfigPtr config);
   ~App();
@@ -53,6 +57,10 @@ class App {
   config::ConfigPtr config() const { return config_.load(); }
   std::shared_ptr<const UserDirectory> users() const { return users_.load(); }
   CancelRegistry& cancels() { return cancels_; }
+  // Bytes held by all clients for messages still being received (limits.message_memory_bytes).
+  session::MemoryBudget& message_memory() { return message_memory_; }
+  // pool::Handoff: runs `task` on a worker's thread.
+  void post(int worker, std::function<void()> task) override;
   std::shared_ptr<pool::ServerPool> pool_for(const config::Database& db, const std::string& user,
                                              const config::Endpoint& host);
   std::vector<std::shared_ptr<pool::ServerPool>> pools();
@@ -79,12 +87,13 @@ class App {
   void on_signal(const boost::system::error_code& ec, int signal);
   void begin_drain();
   void poll_drain(std::chrono::steady_clock::time_point deadline);
-  void schedule_sweep();
+  void schedule_sweep(Worker& worker);
   void stop_all();
 
   std::atomic<config::ConfigPtr> config_;
   std::atomic<std::shared_ptr<const UserDirectory>> users_;
   CancelRegistry cancels_;
+  session::MemoryBudget message_memory_{0};
   std::mutex pools_mutex_;
   std::unordered_map<std::string, std::shared_ptr<pool::ServerPool>> pools_;
   std::unordered_map<std::string, std::shared_ptr<ListenHub>> listen_hubs_;  // under pools_mutex_
@@ -93,10 +102,9 @@ class App {
   std::atomic<std::uint64_t> next_server_id_{1};
   std::vector<std::unique_ptr<Worker>> workers_;
 
-  // The main thread's loop: signals, the pool sweeper, the drain timer.
+  // The main thread's loop: signals, the drain timer, the listen hubs, HTTP.
   asio::io_context control_{1};
   asio::signal_set signals_{control_};
-  asio::steady_timer sweep_timer_{control_};
   asio::steady_timer drain_timer_{control_};
   int exit_code_ = 0;
 

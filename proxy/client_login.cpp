@@ -26,47 +26,6 @@ std::string random_bytes(std::size_t n) {
   return s;
 }
 
-// "-c name=value --name=value" as libpq sends PGOPTIONS; backslash escapes a space.
-std::vector<std::pair<std::string, std::string>> parse_options(std::string_view options) {
-  std::vector<std::string> words;
-  std::string word;
-  bool escaped = false;
-  for (char c : options) {
-    if (escaped) {
-      word += c;
-      escaped = false;
-    } else if (c == '\\') {
-      escaped = true;
-    } else if (c == ' ' || c == '\t') {
-      if (!word.empty()) words.push_back(std::move(word));
-      word.clear();
-    } else {
-      word += c;
-    }
-  }
-  if (!word.empty()) words.push_back(std::move(word));
-  std::vector<std::pair<std::string, std::string>> out;
-  for (std::size_t i = 0; i < words.size(); ++i) {
-    std::string_view w = words[i];
-    std::string_view kv;
-    if (w == "-c" && i + 1 < words.size()) {
-      kv = words[++i];
-    } else if (w.starts_with("-c")) {
-      kv = w.substr(2);
-    } else if (w.starts_with("--")) {
-      kv = w.substr(2);
-    } else {
-      continue;
-    }
-    auto eq = kv.find('=');
-    if (eq == std::string_view::npos) continue;
-    std::string name(kv.substr(0, eq));
-    std::replace(name.begin(), name.end(), '-', '_');
-    out.emplace_back(std::move(name), std::string(kv.substr(eq + 1)));
-  }
-  return out;
-}
-
 }  // namespace
 
 // ---- The session from login to logout ------------------------------------------------------
@@ -74,10 +33,7 @@ std::vector<std::pair<std::string, std::string>> parse_options(std::string_view 
 asio::awaitable<void> ClientSession::serve() {
   config_ = app_.config();
   users_ = app_.users();
-  max_message_bytes_ = static_cast<std::size_t>(config_->limits.max_message_bytes);
-  mode_ = config_->pool.mode;
-  track_ = mode_ != config::PoolMode::Session;
-
+  enable_keepalive(client_);
   bool ok;
   {
     Deadline auth_deadline(client_, std::chrono::milliseconds(config_->limits.auth_timeout_ms));
@@ -95,21 +51,31 @@ asio::awaitable<void> ClientSession::serve() {
     co_await serve_admin_console(app_, client_, client_in_, user_name_, id_);
     co_return;
   }
-  if (!co_await start_session()) co_return;
-  if (server_) {
-    co_await relay(error_code{});  // session mode: the server stays linked
-  } else {
-    wait_until_readable();
-  }
+  co_await start_session();
+}
+
+asio::awaitable<void> ClientSession::send_fatal(std::string_view sqlstate,
+                                                std::string_view message) {
+  std::string out;
+  pr::ErrorFields e;
+  e.severity = "FATAL";
+  e.sqlstate = sqlstate;
+  e.message = message;
+  pr::append_error_response(out, e);
+  co_await write_all(client_, out);
+  PGV_LOG(Info, "client_refused", {"client", id_}, {"user", user_name_},
+          {"database", database_name_}, {"sqlstate", sqlstate}, {"reason", message});
 }
 
 asio::awaitable<bool> ClientSession::read_startup() {
   for (;;) {
-    auto r =
-        pr::decode_startup(client_in_.has_storage() ? client_in_.readable() : std::string_view{});
+    auto r = pr::decode_startup(client_in_.readable());
     if (r.status == pr::DecodeStatus::NeedMoreData) {
+      auto space = client_in_.prepare();
+      if (space.empty()) co_return false;
       error_code ec;
-      std::size_t n = co_await client_.async_read_some(client_in_.prepare(), await_ec(ec));
+      std::size_t n = co_await client_.async_read_some(asio::buffer(space.data(), space.size()),
+                                                       await_ec(ec));
       if (ec) co_return false;
       client_in_.commit(n);
       continue;
@@ -137,6 +103,7 @@ asio::awaitable<bool> ClientSession::read_startup() {
       co_await send_fatal("08P01", "pgvalve: unexpected data after the startup packet");
       co_return false;
     }
+    client_in_.release();
     co_return true;
   }
 }
@@ -242,25 +209,6 @@ asio::awaitable<bool> ClientSession::authenticate_md5(const UserAuth& auth) {
   co_return ok;
 }
 
-void ClientSession::init_client_settings() {
-  defaults_ = pool_->server_parameters();
-  auto apply = [&](std::string_view name, std::string_view value) {
-    const std::string key = lower(name);
-    const bool reported = is_synced_setting(key);
-    client_settings_.set(key, value, reported);
-    if (!reported) startup_settings_.set(key, value, false);
-  };
-  for (const auto& [name, value] : startup_params_) {
-    if (name == "user" || name == "database" || name == "replication") continue;
-    if (name == "options") {
-      for (const auto& [k, v] : parse_options(value))
-        apply(k, v);
-      continue;
-    }
-    apply(name, value);
-  }
-}
-
 asio::awaitable<bool> ClientSession::start_session() {
   for (const auto& [name, value] : startup_params_) {
     if (name == "replication" && value != "false" && value != "0" && value != "off") {
@@ -295,37 +243,46 @@ asio::awaitable<bool> ClientSession::start_session() {
   pool_ = app_.pool_for(*database_, user_name_, database_->shards.front().primary);
   pool_->client_joined();
   cancel_ = app_.cancels().register_client();
+  router_ = std::make_unique<routing::Router>(static_cast<int>(database_->shards.size()));
+  core_ = std::make_unique<session::Session>(session::SessionOptions::from(*config_), *router_,
+                                             worker_.workspaces);
 
-  // The client is told the parameters of a real server, so one must have been seen.
-  ServerFailure failure;
-  const bool need_server = mode_ == config::PoolMode::Session || !pool_->has_server_parameters();
-  if (need_server && !co_await link_server(failure, false)) {
-    co_await send_fatal(failure.sqlstate, failure.message);
-    co_return false;
+  // The client is told the parameters of a real server, so one must have been seen; session
+  // mode keeps its server from the start.
+  std::unique_ptr<ServerConnection> server;
+  if (config_->pool.mode == config::PoolMode::Session || !pool_->has_server_parameters()) {
+    checking_out_ = true;
+    ServerFailure failure;
+    server = co_await acquire(pool_, pool_->checkout(worker_.index, &waiter_), failure);
+    checking_out_ = false;
+    if (!server) {
+      co_await send_fatal(failure.sqlstate, failure.message);
+      co_return false;
+    }
   }
-  init_client_settings();
-  if (server_ && !co_await sync_settings(*server_, failure)) {
-    co_await send_fatal(failure.sqlstate, failure.message);
-    co_return false;
+  session::ServerState* state = nullptr;
+  if (server) {
+    links_.resize(1);
+    links_[0].conn = std::move(server);
+    links_[0].pool = pool_;
+    ++links_[0].generation;
+    state = &links_[0].conn->state;
+    cancel_->link(links_[0].conn->host_index, links_[0].conn->key.process_id,
+                  links_[0].conn->key.secret_key);
   }
-  if (server_ && mode_ != config::PoolMode::Session) release_server();
-
-  std::string out;
-  pr::append_authentication_ok(out);
-  for (const auto& [name, value] : *defaults_) {
-    const Setting* mine = client_settings_.find(lower(name));
-    pr::append_parameter_status(out, name, mine ? std::string_view(mine->value) : value);
-  }
-  pr::append_backend_key_data(out, {cancel_->process_id, cancel_->secret_key});
-  pr::append_ready_for_query(out, 'I');
-  if (!co_await write_all(client_, out)) co_return false;
-  logged_in_ = true;
-  std::vector<std::pair<std::string, std::string>>().swap(startup_params_);
+  error_code ec;
+  client_.non_blocking(true, ec);
+  client_writer_.on_drained([weak = weak_from_this()] {
+    if (auto self = weak.lock()) self->on_drained();
+  });
   PGV_LOG(Info, "client_login", {"client", id_}, {"user", user_name_}, {"database", database_name_},
-          {"mode", config::to_string(mode_)});
-  if (server_) {
-    start_server_loop();
-  }
+          {"mode", config::to_string(config_->pool.mode)});
+  const auto& actions = core_->start(startup_params_, pool_->server_parameters(),
+                                     {cancel_->process_id, cancel_->secret_key}, state,
+                                     session::Clock::now());
+  std::vector<std::pair<std::string, std::string>>().swap(startup_params_);
+  carry_out(actions, Source::Client);
+  if (!closed_ && !links_.empty() && links_[0].conn) watch_server(0);
   co_return true;
 }
 

@@ -1,5 +1,6 @@
-// Small coroutine helpers shared by the sessions: read one whole frame, write bytes, and a
-// deadline that cancels a socket's pending operations when it expires.
+// Small I/O helpers shared by the coroutines of the proxy (login, server login, the admin
+// console, pgvalve's own short queries): the socket type, reading one whole frame, writing bytes,
+// a deadline that cancels a socket's pending operations, and TCP keepalive.
 #pragma once
 
 #include <chrono>
@@ -9,6 +10,7 @@
 #include <utility>  // Boost 1.74 awaitable.hpp needs std::exchange
 
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -16,7 +18,7 @@
 #include <boost/asio/write.hpp>
 
 #include "protocol/frame.h"
-#include "proxy/byte_buffer.h"
+#include "session/input_buffer.h"
 
 namespace pgvalve::proxy {
 
@@ -24,42 +26,49 @@ namespace asio = boost::asio;
 using asio::ip::tcp;
 using error_code = boost::system::error_code;
 
+// Client and server sockets: bound to one worker's io_context, so completions dispatch without
+// the type-erased executor's indirection.
+using Socket = asio::basic_stream_socket<tcp, asio::io_context::executor_type>;
+
 inline auto await_ec(error_code& ec) {
   return asio::redirect_error(asio::use_awaitable, ec);
 }
 
-enum class ReadStatus { Ok, Closed, Invalid };
+// Keepalive on a client or server socket: a peer that vanished without closing (a device that
+// lost power, a server behind a dead link) is found within about two minutes.
+void enable_keepalive(Socket& socket);
 
-// Reads until `in` holds a whole frame at its front and returns it in `frame` (valid until
-// `in` is consumed). Invalid when the bytes are not a frame or exceed `max_bytes`.
-inline asio::awaitable<ReadStatus> read_frame(tcp::socket& socket, ByteBuffer& in,
-                                              std::size_t max_bytes, protocol::Frame& frame,
-                                              const char** why = nullptr) {
+enum class ReadStatus { Ok, Closed, Invalid, NoMemory };
+
+// Reads until `in` holds a whole frame at its front and returns it in `frame` (valid until `in`
+// is consumed). Invalid when the bytes are not a frame or exceed `max_bytes`; the buffer grows
+// only as bytes arrive.
+template <typename Stream>
+asio::awaitable<ReadStatus> read_frame(Stream& socket, session::InputBuffer& in,
+                                       std::size_t max_bytes, protocol::Frame& frame,
+                                       const char** why = nullptr) {
   for (;;) {
-    if (in.has_storage()) {
-      auto r = protocol::decode_frame(in.readable(), max_bytes);
-      if (r.status == protocol::DecodeStatus::Ok) {
-        frame = r.frame;
-        co_return ReadStatus::Ok;
-      }
-      if (r.status == protocol::DecodeStatus::Invalid) {
-        if (why) *why = r.error;
-        co_return ReadStatus::Invalid;
-      }
-      error_code ec;
-      std::size_t n = co_await socket.async_read_some(in.prepare(r.needed), await_ec(ec));
-      if (ec) co_return ReadStatus::Closed;
-      in.commit(n);
-    } else {
-      error_code ec;
-      std::size_t n = co_await socket.async_read_some(in.prepare(), await_ec(ec));
-      if (ec) co_return ReadStatus::Closed;
-      in.commit(n);
+    auto r = protocol::decode_frame(in.readable(), max_bytes);
+    if (r.status == protocol::DecodeStatus::Ok) {
+      frame = r.frame;
+      co_return ReadStatus::Ok;
     }
+    if (r.status == protocol::DecodeStatus::Invalid) {
+      if (why) *why = r.error;
+      co_return ReadStatus::Invalid;
+    }
+    auto space = in.prepare();
+    if (space.empty()) co_return ReadStatus::NoMemory;
+    error_code ec;
+    std::size_t n = co_await socket.async_read_some(asio::buffer(space.data(), space.size()),
+                                                    await_ec(ec));
+    if (ec) co_return ReadStatus::Closed;
+    in.commit(n);
   }
 }
 
-inline asio::awaitable<bool> write_all(tcp::socket& socket, std::string_view bytes) {
+template <typename Stream>
+asio::awaitable<bool> write_all(Stream& socket, std::string_view bytes) {
   error_code ec;
   co_await asio::async_write(socket, asio::buffer(bytes.data(), bytes.size()), await_ec(ec));
   co_return !ec;
@@ -68,7 +77,8 @@ inline asio::awaitable<bool> write_all(tcp::socket& socket, std::string_view byt
 // Cancels the socket's pending operations if not disarmed before `timeout`.
 class Deadline {
  public:
-  Deadline(tcp::socket& socket, std::chrono::milliseconds timeout)
+  template <typename Stream>
+  Deadline(Stream& socket, std::chrono::milliseconds timeout)
       : state_(std::make_shared<State>(socket.get_executor())) {
     state_->timer.expires_after(timeout);
     state_->timer.async_wait([s = state_, &socket](const error_code& ec) {
@@ -92,7 +102,8 @@ class Deadline {
 
  private:
   struct State {
-    explicit State(const asio::any_io_executor& ex) : timer(ex) {}
+    template <typename Executor>
+    explicit State(const Executor& ex) : timer(ex) {}
     asio::steady_timer timer;
     bool disarmed = false;
     bool expired = false;

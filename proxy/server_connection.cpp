@@ -6,6 +6,8 @@
 #include <cctype>
 #include <cerrno>
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 
 #include <boost/asio/connect.hpp>
@@ -20,82 +22,14 @@ namespace pgvalve::proxy {
 
 namespace pr = protocol;
 
-std::string lower(std::string_view s) {
-  std::string out(s);
-  for (auto& c : out)
-    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return out;
-}
-
-namespace {
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-           return std::tolower(static_cast<unsigned char>(x)) ==
-                  std::tolower(static_cast<unsigned char>(y));
-         });
-}
-}  // namespace
-
-const Setting* Settings::find(std::string_view lower_name) const {
-  for (const auto& s : items_) {
-    if (iequals(s.name, lower_name)) return &s;
-  }
-  return nullptr;
-}
-
-bool Settings::set(std::string_view name, std::string_view value, bool reported, bool raw) {
-  for (auto& s : items_) {
-    if (iequals(s.name, name)) {
-      s.reported = s.reported || reported;
-      if (s.value == value && s.raw == raw) return false;
-      s.value.assign(value);
-      s.raw = raw;
-      ++version_;
-      return true;
-    }
-  }
-  items_.push_back({lower(name), std::string(value), reported, raw});
-  ++version_;
-  return true;
-}
-
-void Settings::erase(std::string_view lower_name) {
-  if (std::erase_if(items_, [&](const Setting& s) { return iequals(s.name, lower_name); })) {
-    ++version_;
-  }
-}
-
-void Settings::keep_reported_only() {
-  if (std::erase_if(items_, [](const Setting& s) { return !s.reported; })) ++version_;
-}
-
-std::uint64_t Settings::fingerprint() const {
-  if (fingerprint_version_ == version_) return fingerprint_;
-  std::uint64_t h = 1469598103934665603ull;
-  auto mix = [&h](std::string_view bytes) {
-    for (unsigned char c : bytes) {
-      h ^= c;
-      h *= 1099511628211ull;
-    }
-    h ^= 0xff;
-    h *= 1099511628211ull;
-  };
-  for (const auto& s : items_) {
-    mix(s.name);
-    mix(s.value);
-    mix(s.raw ? "r" : "l");
-  }
-  fingerprint_ = h;
-  fingerprint_version_ = version_;
-  return h;
-}
-
 void ServerConnection::adopt(asio::io_context& ctx, int worker) {
   home_worker = worker;
-  if (&socket.get_executor().context() == static_cast<asio::execution_context*>(&ctx)) return;
+  if (&socket.get_executor().context() == &ctx) return;
   const auto protocol = socket.local_endpoint().protocol();
   auto fd = socket.release();
-  socket = tcp::socket(ctx, protocol, fd);
+  socket = Socket(ctx, protocol, fd);
+  error_code ec;
+  socket.non_blocking(true, ec);
 }
 
 bool ServerConnection::idle_and_open() {
@@ -105,8 +39,7 @@ bool ServerConnection::idle_and_open() {
   return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
-asio::awaitable<bool> ServerConnection::run_query(std::string_view sql, ServerFailure& failure,
-                                                  std::string* changed_out) {
+asio::awaitable<bool> ServerConnection::run_query(std::string_view sql, ServerFailure& failure) {
   std::string out;
   pr::append_query(out, sql);
   if (!co_await write_all(socket, out)) {
@@ -124,9 +57,7 @@ asio::awaitable<bool> ServerConnection::run_query(std::string_view sql, ServerFa
     switch (f.tag) {
       case 'S':
         if (auto ps = pr::read_parameter_status(f)) {
-          if (settings.set(ps->name, ps->value, true) && changed_out) {
-            pr::append_parameter_status(*changed_out, ps->name, ps->value);
-          }
+          state.settings.set(ps->name, ps->value, true);
         }
         break;
       case 'E':
@@ -136,14 +67,26 @@ asio::awaitable<bool> ServerConnection::run_query(std::string_view sql, ServerFa
         ok = false;
         break;
       case 'Z':
-        tx_status = pr::read_ready_for_query(f).value_or('E');
+        state.tx_status = pr::read_ready_for_query(f).value_or('E');
         in.consume(size);
-        co_return ok&& tx_status == 'I';
+        co_return ok && state.tx_status == 'I';
       default:
         break;
     }
     in.consume(size);
   }
+}
+
+void enable_keepalive(Socket& socket) {
+  error_code ec;
+  socket.set_option(asio::socket_base::keep_alive(true), ec);
+  const int fd = socket.native_handle();
+  const int idle_s = 60;
+  const int interval_s = 10;
+  const int probes = 6;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle_s, sizeof idle_s);
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval_s, sizeof interval_s);
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof probes);
 }
 
 namespace {
@@ -154,7 +97,7 @@ std::string random_bytes(std::size_t n) {
   return s;
 }
 
-asio::awaitable<bool> connect_socket(tcp::socket& socket, const config::Endpoint& host,
+asio::awaitable<bool> connect_socket(Socket& socket, const config::Endpoint& host,
                                      ServerFailure& failure) {
   error_code ec;
   auto address = asio::ip::make_address(host.host, ec);
@@ -172,6 +115,7 @@ asio::awaitable<bool> connect_socket(tcp::socket& socket, const config::Endpoint
     co_return false;
   }
   socket.set_option(tcp::no_delay(true), ec);
+  enable_keepalive(socket);
   co_return true;
 }
 
@@ -180,8 +124,10 @@ asio::awaitable<bool> connect_socket(tcp::socket& socket, const config::Endpoint
 asio::awaitable<std::unique_ptr<ServerConnection>> open_server_connection(const ServerLogin& login,
                                                                           ServerFailure& failure) {
   auto executor = co_await asio::this_coro::executor;
-  auto conn = std::make_unique<ServerConnection>(tcp::socket(executor));
+  auto& context = static_cast<asio::io_context&>(asio::query(executor, asio::execution::context));
+  auto conn = std::make_unique<ServerConnection>(context);
   conn->host = login.host;
+  conn->state.name = login.host.to_string();
   conn->max_message_bytes = login.max_message_bytes;
   Deadline deadline(conn->socket, login.timeout);
   auto timed_out = [&] {
@@ -288,8 +234,8 @@ asio::awaitable<std::unique_ptr<ServerConnection>> open_server_connection(const 
       }
       case 'S':
         if (auto ps = pr::read_parameter_status(f)) {
-          conn->settings.set(ps->name, ps->value, true);
-          conn->startup_parameters.emplace_back(ps->name, ps->value);
+          conn->state.settings.set(ps->name, ps->value, true);
+          conn->state.startup_parameters.emplace_back(ps->name, ps->value);
         }
         break;
       case 'K':
@@ -298,7 +244,9 @@ asio::awaitable<std::unique_ptr<ServerConnection>> open_server_connection(const 
       case 'Z':
         conn->in.consume(size);
         deadline.disarm();
-        conn->tx_status = 'I';
+        conn->state.tx_status = 'I';
+        // Sessions read and write it without blocking; coroutines still work as before.
+        conn->socket.non_blocking(true);
         conn->created_at = conn->last_used_at = pool::Clock::now();
         co_return conn;
       default:  // NoticeResponse, NegotiateProtocolVersion: nothing to do

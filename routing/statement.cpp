@@ -44,18 +44,104 @@ bool is_advisory_session_lock_name(const Token& t) {
   return false;
 }
 
-bool calls_advisory_session_lock(std::string_view sql) {
+bool is_function_name(const Token& t, std::initializer_list<std::string_view> names) {
+  for (std::string_view name : names) {
+    if (t.is_word(name)) return true;
+    if (t.kind == TokenKind::QuotedIdentifier && t.text.size() == name.size() + 2 &&
+        t.text.substr(1, name.size()) == name) {
+      return true;
+    }
+  }
+  return false;
+}
+
+bool is_advisory_unlock_name(const Token& t) {
+  return is_function_name(t, {"pg_advisory_unlock", "pg_advisory_unlock_shared",
+                              "pg_advisory_unlock_all"});
+}
+
+bool is_set_config_name(const Token& t) {
+  return is_function_name(t, {"set_config"});
+}
+
+// Function calls found in a DO body (PL/pgSQL is not parsed, only scanned for names).
+struct CallsInBody {
+  bool advisory_lock = false;
+  bool advisory_unlock = false;
+  bool set_config = false;
+};
+
+CallsInBody calls_in_body(std::string_view sql) {
+  CallsInBody found;
   SqlLexer lexer(sql);
   Token t;
   Token prev;
   bool has_prev = false;
   while (lexer.next(t)) {
-    if (has_prev && t.is_punct('(') && is_advisory_session_lock_name(prev)) return true;
+    if (has_prev && t.is_punct('(')) {
+      if (is_advisory_session_lock_name(prev)) found.advisory_lock = true;
+      if (is_advisory_unlock_name(prev)) found.advisory_unlock = true;
+      if (is_set_config_name(prev)) found.set_config = true;
+    }
     prev = t;
     has_prev = true;
   }
-  return false;
+  return found;
 }
+
+bool is_plain_string(const Token& t) {
+  return t.kind == TokenKind::String && t.text.size() >= 2 && t.text.front() == '\'' &&
+         t.text.back() == '\'';
+}
+
+// Follows the arguments of one set_config( call token by token:
+// '(' 'name' ',' 'value' ',' true|false ')'.
+class SetConfigReader {
+ public:
+  bool active() const { return step_ > 0; }
+  void start() { step_ = 1; }
+  // Returns false when the call does not have the followable shape.
+  bool feed(const Token& t, StatementInfo& info) {
+    switch (step_++) {
+      case 1:
+        if (!is_plain_string(t)) return fail();
+        info.set_config_name = t.text;
+        return true;
+      case 2:
+      case 4:
+        return t.is_punct(',') || fail();
+      case 3:
+        if (!is_plain_string(t)) return fail();
+        info.set_config_value = t.text;
+        return true;
+      case 5:
+        if (t.is_word("false")) {
+          local_ = false;
+        } else if (t.is_word("true")) {
+          local_ = true;
+        } else {
+          return fail();
+        }
+        return true;
+      case 6:
+        if (!t.is_punct(')')) return fail();
+        info.set_config = local_ ? StatementInfo::SetConfig::Local
+                                 : StatementInfo::SetConfig::Session;
+        step_ = 0;
+        return true;
+      default:
+        return fail();
+    }
+  }
+
+ private:
+  bool fail() {
+    step_ = 0;
+    return false;
+  }
+  int step_ = 0;
+  bool local_ = false;
+};
 
 // The code of a DO block: the inside of its string or dollar-quoted literal.
 std::string_view literal_body(const Token& t) {
@@ -225,15 +311,31 @@ class Classifier {
           main_verb_found_ = true;
           main_verb_ = t;
         }
-      } else if (t.is_punct('(')) {
+      }
+      if (set_config_.active()) {
+        if (!set_config_.feed(t, info_)) info_.set_config = StatementInfo::SetConfig::Unknown;
+      }
+      if (t.is_punct('(')) {
         ++depth;
         if (has_prev && is_advisory_session_lock_name(prev)) {
           info_.calls_advisory_session_lock = true;
         }
+        if (has_prev && is_advisory_unlock_name(prev)) info_.calls_advisory_unlock = true;
+        if (has_prev && is_set_config_name(prev)) {
+          // A second call, or one whose arguments are not literals, cannot be followed.
+          if (info_.set_config == StatementInfo::SetConfig::None) {
+            set_config_.start();
+          } else {
+            info_.set_config = StatementInfo::SetConfig::Unknown;
+          }
+        }
       } else if (t.is_punct(')')) {
         if (depth > 0) --depth;
       } else if (is_do && (t.kind == TokenKind::String || t.kind == TokenKind::DollarString)) {
-        if (calls_advisory_session_lock(literal_body(t))) info_.calls_advisory_session_lock = true;
+        const CallsInBody calls = calls_in_body(literal_body(t));
+        if (calls.advisory_lock) info_.calls_advisory_session_lock = true;
+        if (calls.advisory_unlock) info_.calls_advisory_unlock = true;
+        if (calls.set_config) info_.set_config = StatementInfo::SetConfig::Unknown;
       }
       if (is_create && has_prev) {
         if (t.is_punct('.') && prev.is_word("pg_temp")) info_.temporary = true;
@@ -252,6 +354,8 @@ class Classifier {
       prev = t;
       has_prev = true;
     } while (lexer.next(t));
+    // A call cut off by the end of the statement is not one pgvalve can follow.
+    if (set_config_.active()) info_.set_config = StatementInfo::SetConfig::Unknown;
     if (!ended) {
       info_.next_offset = sql_.size();
       return;
@@ -385,6 +489,13 @@ class Classifier {
       info_.kind = verb_kind(first);
     } else if (first.is_word("copy")) {
       info_.kind = StatementKind::Copy;
+    } else if (first.is_word("close")) {
+      info_.kind = StatementKind::Close;
+      if (c.accept("all")) {
+        info_.all = true;
+        return;
+      }
+      read_identifier(c);
     } else if (first.is_word("declare")) {
       info_.kind = StatementKind::Declare;
       read_identifier(c);
@@ -628,6 +739,7 @@ class Classifier {
   std::size_t end_ = 0;  // end of the first statement's last token
   bool main_verb_found_ = false;
   Token main_verb_;
+  SetConfigReader set_config_;
 };
 
 }  // namespace
@@ -703,6 +815,8 @@ std::string_view statement_kind_name(StatementKind kind) {
       return "Copy";
     case StatementKind::Declare:
       return "Declare";
+    case StatementKind::Close:
+      return "Close";
     case StatementKind::Create:
       return "Create";
     case StatementKind::Alter:

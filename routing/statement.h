@@ -40,6 +40,7 @@ enum class StatementKind : std::uint8_t {
   Delete,
   Copy,
   Declare,  // DECLARE name CURSOR
+  Close,    // CLOSE name | ALL (cursors)
   Create,
   Alter,
   Drop,
@@ -96,6 +97,17 @@ struct StatementInfo {
   // The first statement calls pg_advisory_lock[_shared] or pg_try_advisory_lock[_shared]
   // (session-level locks, which transaction pooling cannot honour). Also looks inside DO bodies.
   bool calls_advisory_session_lock = false;
+  // The first statement calls pg_advisory_unlock[_shared] or pg_advisory_unlock_all (a
+  // session-level lock may be released).
+  bool calls_advisory_unlock = false;
+  // The first statement calls set_config() (also inside a DO body). Session: exactly one call
+  // with two plain string literals and `false`, so the setting can be followed (set_config_name
+  // and set_config_value hold the literals, quotes included); Local: one call with `true`, the
+  // setting ends with the transaction; Unknown: any other form.
+  enum class SetConfig : std::uint8_t { None, Session, Local, Unknown };
+  SetConfig set_config = SetConfig::None;
+  std::string_view set_config_name;
+  std::string_view set_config_value;
   // `name` could not be normalised inline (longer than NormalizedName::kCapacity, or a U&""
   // identifier); it is empty and raw_name holds the text.
   bool name_unsupported = false;
@@ -107,7 +119,7 @@ struct StatementInfo {
   // XML OPTION -> xmloption, TRANSACTION ISOLATION LEVEL -> transaction_isolation;
   // SET SESSION CHARACTERISTICS AS TRANSACTION -> session_characteristics; SHOW ALL -> all.
   // Prepare, Execute, Deallocate: statement name. Savepoint, Release, RollbackToSavepoint:
-  // savepoint. Listen, Unlisten, Notify: channel. Declare: cursor. Discard: all, plans,
+  // savepoint. Listen, Unlisten, Notify: channel. Declare, Close: cursor (Close ALL sets `all`). Discard: all, plans,
   // sequences or temp. These follow identifier rules (quoted names keep their case).
   NormalizedName name;
   // The name as written (e.g. `"TimeZone"`, `TIME ZONE`, `pgvalve.device_id`).

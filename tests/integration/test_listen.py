@@ -109,8 +109,26 @@ def test_unlisten_stops_delivery(txpool):
         notifier.close()
 
 
-def test_listen_inside_transaction_refused(txpool):
+def test_listen_inside_transaction_pins_the_server(txpool):
+    """LISTEN inside a transaction runs on the client's own server, which then stays the
+    client's (pinned) until it UNLISTENs; notifications come on that connection."""
     conn = txpool.connect()
+    notifier = txpool.connect()
+    try:
+        with conn.transaction():
+            conn.execute("LISTEN in_tx")
+        notifier.execute("NOTIFY in_tx, 'pinned'")
+        assert drain(conn, 1) == [("in_tx", "pinned")]
+        conn.execute("UNLISTEN in_tx")
+        assert conn.execute("select 1").fetchone() == (1,)
+    finally:
+        conn.close()
+        notifier.close()
+
+
+def test_listen_inside_transaction_refused_without_pinning(pgvalve):
+    pv = pgvalve(mode="transaction", pool_size=2, pin_session_state=False)
+    conn = psycopg.connect(pv.dsn(), autocommit=True)
     try:
         with pytest.raises(psycopg.errors.FeatureNotSupported) as err:
             with conn.transaction():

@@ -1,7 +1,9 @@
-"""What cannot work across transactions is refused in transaction mode (DESIGN §4.2, issue 3):
-SQLSTATE 0A000 with a message starting "pgvalve:", and the connection stays usable. Each case
-through the simple protocol, the extended protocol (unnamed statement) and a named prepared
-statement. In statement mode, transaction blocks are refused the same way.
+"""What cannot work across transactions is refused in transaction mode when
+pool.pin_session_state is false (DESIGN §4.2): SQLSTATE 0A000 with a message starting "pgvalve:",
+and the connection stays usable. Each case through the simple protocol, the extended protocol
+(unnamed statement) and a named prepared statement. In statement mode, transaction blocks are
+refused the same way. With the default pin_session_state: true the same statements pin the
+server to the client instead (test_pinning.py); PREPARE TRANSACTION is refused either way.
 
 LISTEN is not in this list: issue 3 has it work in transaction mode (one listening server
 connection per pool fans notifications out), so it has tests of its own."""
@@ -19,7 +21,7 @@ TX = pq.TransactionStatus
 @pytest.fixture
 def pv(pgvalve):
     return pgvalve(mode="transaction", pool_size=1, max_overflow=0, checkout_timeout_ms=5000,
-                   routing={"read_write_split": False})
+                   pin_session_state=False, routing={"read_write_split": False})
 
 
 def connect(pv, **kw):

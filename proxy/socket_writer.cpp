@@ -1,0 +1,96 @@
+#include "proxy/socket_writer.h"
+
+#include <vector>
+
+#include <boost/asio/write.hpp>
+
+namespace pgvalve::proxy {
+
+namespace {
+
+// Buffers of the write being attempted, reused per thread so the usual write allocates nothing.
+std::vector<asio::const_buffer>& scratch_buffers() {
+  thread_local std::vector<asio::const_buffer> buffers;
+  return buffers;
+}
+
+}  // namespace
+
+bool SocketWriter::write(Socket& socket, std::span<const session::Chunk> chunks,
+                         std::string_view tail) {
+  if (state_ && (state_->failed || state_->abandoned)) return false;
+  auto& buffers = scratch_buffers();
+  buffers.clear();
+  std::size_t total = 0;
+  for (const auto& c : chunks) {
+    if (c.size == 0) continue;
+    buffers.emplace_back(c.data, c.size);
+    total += c.size;
+  }
+  if (!tail.empty()) {
+    buffers.emplace_back(tail.data(), tail.size());
+    total += tail.size();
+  }
+  if (total == 0) return true;
+  std::size_t written = 0;
+  if (!busy()) {
+    error_code ec;
+    written = socket.write_some(buffers, ec);
+    if (ec == asio::error::would_block || ec == asio::error::try_again) {
+      written = 0;
+    } else if (ec) {
+      return false;
+    }
+    if (written == total) return true;
+  }
+  if (!state_) state_ = std::make_shared<State>();
+  const bool idle = state_->sending.empty();
+  // Copy what the kernel did not take, in order.
+  std::size_t skip = written;
+  for (const auto& b : buffers) {
+    const auto* data = static_cast<const char*>(b.data());
+    if (skip >= b.size()) {
+      skip -= b.size();
+      continue;
+    }
+    state_->queued.append(data + skip, b.size() - skip);
+    skip = 0;
+  }
+  if (idle) write_backlog(state_, socket);
+  return true;
+}
+
+void SocketWriter::write_backlog(std::shared_ptr<State> state, Socket& socket) {
+  state->sending.swap(state->queued);
+  asio::async_write(socket, asio::buffer(state->sending), [state, &socket](const error_code& ec,
+                                                                          std::size_t) {
+    if (state->abandoned) return;
+    if (ec) {
+      state->failed = true;
+      return;
+    }
+    state->sending.clear();
+    if (!state->queued.empty()) {
+      write_backlog(state, socket);
+      return;
+    }
+    // Give back the memory of an unusual burst.
+    if (state->sending.capacity() > 64 * 1024) std::string().swap(state->sending);
+    if (state->queued.capacity() > 64 * 1024) std::string().swap(state->queued);
+    if (state->drained) state->drained();
+  });
+}
+
+void SocketWriter::on_drained(std::function<void()> callback) {
+  if (!state_) state_ = std::make_shared<State>();
+  state_->drained = std::move(callback);
+}
+
+void SocketWriter::abandon() {
+  if (!state_) return;
+  state_->abandoned = true;
+  state_->drained = nullptr;
+  state_.reset();
+}
+
+}  // namespace pgvalve::proxy

@@ -1,0 +1,47 @@
+// Where one statement (or the transaction it starts) goes: the value a Router returns and a
+// client session carries out. Today the router always answers "the primary of the first shard";
+// the replica, sharding and failover work fill in the other kinds.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace pgvalve::routing {
+
+struct Route {
+  enum class Kind : std::uint8_t {
+    Primary,  // the primary of `shard`
+    Replica,  // a replica of `shard` (the pool picks which)
+    Shards,   // every shard in `shards`, in parallel; the answers are merged
+    Local,    // pgvalve answers without a server
+    Refuse,   // an error for the client: `sqlstate`, `message`, `hint`
+  };
+
+  Kind kind = Kind::Primary;
+  std::uint16_t shard = 0;
+  std::uint64_t shards = 0;  // Shards: bit i set = shard i takes part
+  std::string_view sqlstate;
+  std::string message;
+  std::string hint;
+
+  static Route primary(std::uint16_t shard) { return Route{Kind::Primary, shard}; }
+  static Route replica(std::uint16_t shard) { return Route{Kind::Replica, shard}; }
+  static Route local() { return Route{Kind::Local}; }
+  static Route refuse(std::string_view sqlstate, std::string message, std::string hint = {}) {
+    Route r{Kind::Refuse};
+    r.sqlstate = sqlstate;
+    r.message = std::move(message);
+    r.hint = std::move(hint);
+    return r;
+  }
+
+  // Two routes reach the same servers (what a session compares with the links it holds).
+  bool same_target(const Route& other) const {
+    return kind == other.kind && shard == other.shard && shards == other.shards;
+  }
+};
+
+std::string_view route_kind_name(Route::Kind kind);
+
+}  // namespace pgvalve::routing

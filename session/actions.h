@@ -1,0 +1,83 @@
+// What one step of a client session asks the I/O layer to carry out. A step is the answer to
+// one event (client bytes, server bytes, a server linked, a timer, ...). The I/O layer does, in
+// this order: write `to_server` to the server of `server_link` and `to_client` (plus `outbox`)
+// to the client — the two writes are independent — then drops `consumed` bytes from the front
+// of the input the step read, then carries out the commands. Chunks point into that input or
+// into the session's own scratch memory and stay valid until the next step from the same
+// source (client input, one server link, or events); `outbox` is the I/O layer's to take.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "routing/route.h"
+
+namespace pgvalve::session {
+
+using LinkId = std::uint8_t;
+
+struct Chunk {
+  const char* data = nullptr;
+  std::size_t size = 0;
+  std::string_view view() const { return {data, size}; }
+};
+
+// What to do with a linked server.
+struct LinkOp {
+  enum class Kind : std::uint8_t {
+    Release,         // back to the pool, clean
+    Close,           // close it (and return its place in the pool)
+    CancelAndClose,  // a query may still run on it: send a CancelRequest, then close
+    CleanAndRelease, // run `sql` (each a simple query, in order); release if all succeed,
+                     // else close
+  };
+  Kind kind = Kind::Release;
+  LinkId link = 0;
+  std::string_view sql[2];  // CleanAndRelease: up to two statements; static text
+};
+
+// A LISTEN or UNLISTEN pgvalve runs on the shared listening connection for the client.
+struct HubRequest {
+  enum class Kind : std::uint8_t { None, Listen, Unlisten, UnlistenAll };
+  Kind kind = Kind::None;
+  std::string channel;
+};
+
+struct Actions {
+  std::vector<Chunk> to_client;
+  std::string outbox;  // bytes for the client owned by the I/O layer once taken (events)
+  std::vector<Chunk> to_server;
+  LinkId server_link = 0;
+  std::size_t consumed = 0;
+
+  bool check_out = false;  // find a server for `route`; then on_linked() or on_checkout_failed()
+  routing::Route route;
+  std::vector<LinkOp> link_ops;
+  bool resume_client = false;  // a request that waited can go on: call on_client_data() again
+  bool close_client = false;   // close the client once the writes are done
+  HubRequest hub;
+  int pinned_change = 0;        // +1: the client became pinned to its server, -1: unpinned
+  int statement_evictions = 0;  // prepared statements closed on a server for its LRU cap
+
+  bool writes() const { return !to_client.empty() || !outbox.empty() || !to_server.empty(); }
+  void clear() {
+    to_client.clear();
+    outbox.clear();
+    to_server.clear();
+    server_link = 0;
+    consumed = 0;
+    check_out = false;
+    link_ops.clear();
+    resume_client = false;
+    close_client = false;
+    hub.kind = HubRequest::Kind::None;
+    hub.channel.clear();
+    pinned_change = 0;
+    statement_evictions = 0;
+  }
+};
+
+}  // namespace pgvalve::session

@@ -1,0 +1,996 @@
+// Client requests: framing and validation of the client's bytes, what needs a server and which
+// one (the Route), what is answered without one, and — on a linked server — what each message
+// becomes: forwarded in place, rewritten for transaction pooling (named prepared statements get
+// shared server-side names and are prepared where the client lands), or replaced by an error the
+// server raises so that an open transaction fails as it would on any error.
+#include <algorithm>
+
+#include "routing/sql_lexer.h"
+#include "routing/sql_text.h"
+#include "session/limits.h"
+#include "session/session_internal.h"
+
+namespace pgvalve::session {
+
+namespace pr = protocol;
+using Kind = pr::PendingResponse::Kind;
+using routing::StatementKind;
+
+namespace {
+
+// The messages a client may send after login (protocol 3.0). Anything else is refused on its
+// first byte, before its announced length is waited for.
+bool client_may_send(char tag) {
+  switch (tag) {
+    case 'B':
+    case 'C':
+    case 'D':
+    case 'E':
+    case 'F':
+    case 'H':
+    case 'P':
+    case 'Q':
+    case 'S':
+    case 'X':
+    case 'c':
+    case 'd':
+    case 'f':
+      return true;
+    default:
+      return false;
+  }
+}
+
+// A closed statement name no client statement maps to: closing it makes the server answer
+// CloseComplete where a client's Close of its own name is expected.
+constexpr std::string_view kNoStatement = "pgv_none";
+
+bool contains_word_ci(std::string_view sql, std::size_t from, std::string_view needle) {
+  for (std::size_t p = from; p + needle.size() <= sql.size(); ++p) {
+    std::size_t k = 0;
+    while (k < needle.size() && (sql[p + k] | 0x20) == needle[k])
+      ++k;
+    if (k == needle.size()) return true;
+  }
+  return false;
+}
+
+// True for the everyday statement that needs no closer look: it starts with a plain DML/query
+// keyword, is the only statement, and mentions nothing that changes session state (advisory
+// locks, temporary objects, set_config). Anything else goes through the classifier.
+bool plain_statement(std::string_view sql) {
+  std::size_t i = 0;
+  while (i < sql.size() && (sql[i] == ' ' || sql[i] == '\n' || sql[i] == '\t' || sql[i] == '\r'))
+    ++i;
+  std::size_t j = i;
+  while (j < sql.size() && ((sql[j] | 0x20) >= 'a' && (sql[j] | 0x20) <= 'z'))
+    ++j;
+  const std::string_view word = sql.substr(i, j - i);
+  static constexpr std::string_view kPlain[] = {"select", "insert", "update",
+                                                "delete", "with",   "values"};
+  if (std::none_of(std::begin(kPlain), std::end(kPlain),
+                   [&](std::string_view k) { return routing::iequals(word, k); })) {
+    return false;
+  }
+  // Another statement may follow a ';' (only a trailing one is harmless).
+  std::size_t end = sql.size();
+  while (end > j && (sql[end - 1] == ' ' || sql[end - 1] == '\n' || sql[end - 1] == ';'))
+    --end;
+  if (sql.substr(j, end - j).find(';') != std::string_view::npos) return false;
+  return !contains_word_ci(sql, j, "advisory") && !contains_word_ci(sql, j, "temp") &&
+         !contains_word_ci(sql, j, "set_config");
+}
+
+// The text inside a plain '...' literal, with '' unescaped.
+std::string unquote(std::string_view literal) {
+  std::string out;
+  if (literal.size() < 2) return out;
+  const std::string_view body = literal.substr(1, literal.size() - 2);
+  for (std::size_t i = 0; i < body.size(); ++i) {
+    out += body[i];
+    if (body[i] == '\'' && i + 1 < body.size() && body[i + 1] == '\'') ++i;
+  }
+  return out;
+}
+
+}  // namespace
+
+// ---- Chunks --------------------------------------------------------------------------------
+
+void Session::pass_client(Flight& flight, std::size_t offset, std::size_t size) {
+  auto& spans = *flight.spans;
+  if (!spans.empty() && !spans.back().scratch &&
+      spans.back().offset + spans.back().size == offset) {
+    spans.back().size += size;
+  } else {
+    spans.push_back({false, offset, size});
+  }
+}
+
+void Session::mark_scratch(Flight& flight, std::size_t from) {
+  const std::size_t size = flight.scratch->size() - from;
+  if (size == 0) return;
+  auto& spans = *flight.spans;
+  if (!spans.empty() && spans.back().scratch && spans.back().offset + spans.back().size == from) {
+    spans.back().size += size;
+  } else {
+    spans.push_back({true, from, size});
+  }
+}
+
+// ---- Entry points --------------------------------------------------------------------------
+
+const Actions& Session::on_client_data(std::string_view input, Clock::time_point now) {
+  now_ = now;
+  Actions& out = client_actions();
+  if (!wants_client_input()) return out;
+  client_activity_ = now;
+  if (state_ == SessionState::Holding) held_since_ = now;
+  return plan_client(input, now);
+}
+
+const Actions& Session::on_linked(ServerState& server, Clock::time_point now) {
+  now_ = now;
+  Actions& out = client_actions();
+  if (state_ != SessionState::WaitingForServer) return out;
+  Link& l = link(0);
+  l.reset();
+  l.server = &server;
+  l.route = pending_route_;
+  l.last_activity = now;
+  l.reserved = true;
+  Workspace& w = work();
+  w.client_scratch.clear();
+  if (start_sync(l, w.client_scratch, now)) {
+    out.to_server.push_back({w.client_scratch.data(), w.client_scratch.size()});
+    out.server_link = 0;
+    enter(SessionState::Syncing);
+    return out;
+  }
+  enter(SessionState::Holding);
+  out.resume_client = true;
+  return out;
+}
+
+const Actions& Session::on_checkout_failed(std::string_view sqlstate, std::string_view message,
+                                           Clock::time_point now) {
+  now_ = now;
+  Actions& out = client_actions();
+  if (state_ != SessionState::WaitingForServer) return out;
+  pending_failure_sqlstate_ = std::string(sqlstate);
+  pending_failure_ = std::string(message);
+  enter(SessionState::Idle);
+  out.resume_client = true;
+  if (drain_requested_) close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);
+  return out;
+}
+
+// ---- Framing -------------------------------------------------------------------------------
+
+// Looks at a trailing partial message: its type is checked on its first byte, its length on its
+// header; it starts the message deadline. False when the client is refused.
+bool Session::check_partial(std::string_view rest, Actions& out, Clock::time_point now) {
+  if (rest.empty()) {
+    partial_ = false;
+    return true;
+  }
+  if (!client_may_send(rest[0])) {
+    const auto byte = static_cast<unsigned char>(rest[0]);
+    const char hex[] = {'0', 'x', "0123456789abcdef"[byte >> 4], "0123456789abcdef"[byte & 15],
+                        '\0'};
+    close_with("08P01",
+               std::string("pgvalve: unexpected message type ") + hex +
+                   " from the client; after login a client must send PostgreSQL protocol 3.0 "
+                   "messages",
+               out);
+    return false;
+  }
+  auto r = pr::decode_frame(rest, options_.max_message_bytes);
+  if (r.status == pr::DecodeStatus::Invalid) {
+    close_with("08P01",
+               std::string("pgvalve: ") + r.error +
+                   "; raise limits.max_message_bytes if such messages are expected",
+               out);
+    return false;
+  }
+  if (!partial_) {
+    partial_ = true;
+    partial_since_ = now;
+  }
+  return true;
+}
+
+const Actions& Session::plan_client(std::string_view input, Clock::time_point now) {
+  Actions& out = work().client_actions;
+  Workspace& w = work();
+  // Whole messages at the front; each validated once here.
+  std::size_t end = 0;
+  bool terminate = false;
+  while (end < input.size()) {
+    const std::string_view rest = input.substr(end);
+    if (!client_may_send(rest[0])) break;  // refused below, by check_partial
+    auto r = pr::decode_frame(rest, options_.max_message_bytes);
+    if (r.status != pr::DecodeStatus::Ok) break;
+    if (r.frame.tag == 'X') {
+      terminate = true;
+      break;
+    }
+    end += r.frame.whole.size();
+  }
+  if (!terminate && !check_partial(input.substr(end), out, now)) return out;
+  if (terminate) partial_ = false;
+  const std::string_view frames = input.substr(0, end);
+  if (frames.empty()) {
+    if (terminate) close_with({}, {}, out);
+    return out;
+  }
+
+  // Requests that can only fail: a waiting request whose checkout or sync failed, a transaction
+  // whose server died, the rest of an extended flight after a local error.
+  if (!pending_failure_.empty() || lost_transaction_ || skip_until_sync_) {
+    std::string sqlstate = "08006";
+    std::string message =
+        "pgvalve: the server connection was lost during this transaction; the transaction was "
+        "rolled back, run it again";
+    if (!pending_failure_.empty()) {
+      sqlstate = std::move(pending_failure_sqlstate_);
+      message = std::move(pending_failure_);
+      pending_failure_.clear();
+      pending_failure_sqlstate_.clear();
+    }
+    fail_requests(frames, sqlstate, message, out.outbox);
+    lost_transaction_ = false;
+    out.consumed = end;
+    if (terminate) close_with({}, {}, out);
+    return out;
+  }
+
+  Link* l = linked_link();
+  if (!l) {
+    Flight flight{frames, &w.reply_scratch, &w.reply_spans, &out};
+    if (answer_parse_locally(flight, out) || answer_listen_locally(flight, out)) {
+      out.consumed = end;
+      if (terminate) close_with({}, {}, out);
+      return out;
+    }
+    routing::RouteContext context;
+    routing::Route route = router_.route(route_text(flight), context);
+    if (route.kind == routing::Route::Kind::Refuse) {
+      fail_requests(frames, route.sqlstate, route.message, out.outbox);
+      out.consumed = end;
+      return out;
+    }
+    pending_route_ = route;
+    out.check_out = true;
+    out.route = std::move(route);
+    enter(SessionState::WaitingForServer);
+    return out;
+  }
+  if (l->syncing) return out;
+  const auto id = static_cast<LinkId>(l - w.links.data());
+  if (!l->busy() && l->server->tx_status == 'I' && !l->reserved &&
+      !settings_match(*l->server)) {
+    // Settings changed on this server since it was linked (a RESET back to startup values in
+    // session mode): make them the client's again before its next request.
+    w.client_scratch.clear();
+    if (start_sync(*l, w.client_scratch, now)) {
+      out.to_server.push_back({w.client_scratch.data(), w.client_scratch.size()});
+      out.server_link = id;
+      l->reserved = true;
+      enter(SessionState::Syncing);
+      return out;
+    }
+  }
+  l->reserved = false;
+  w.client_scratch.clear();
+  w.client_spans.clear();
+  Flight flight{frames, &w.client_scratch, &w.client_spans, &out};
+  for (std::size_t pos = 0; pos < frames.size();) {
+    auto r = pr::decode_frame(frames.substr(pos), options_.max_message_bytes);
+    plan_frame(r.frame, pos, *l, flight);
+    pos += r.frame.whole.size();
+  }
+  for (const Span& s : w.client_spans) {
+    const char* base = s.scratch ? w.client_scratch.data() : frames.data();
+    out.to_server.push_back({base + s.offset, s.size});
+  }
+  out.server_link = id;
+  out.consumed = end;
+  if (!l->busy()) l->last_activity = now;
+  settle(*l, id, out);
+  if (terminate) close_with({}, {}, out);
+  return out;
+}
+
+// The SQL that decides the route of a request: the first Query's text, or the text of the
+// statement the first Parse or Bind names.
+std::string_view Session::route_text(Flight& flight) {
+  for (std::size_t pos = 0; pos < flight.input.size();) {
+    auto r = pr::decode_frame(flight.input.substr(pos), options_.max_message_bytes);
+    const pr::Frame& f = r.frame;
+    if (f.tag == 'Q') return pr::read_query(f).value_or(std::string_view{});
+    if (f.tag == 'P') {
+      if (auto p = pr::read_parse(f)) return p->query;
+    }
+    if (f.tag == 'B' && statements_) {
+      if (auto b = pr::read_bind_head(f)) {
+        if (const auto* s = statements_->find(b->statement)) return s->query;
+      }
+    }
+    pos += f.whole.size();
+  }
+  return {};
+}
+
+void Session::fail_requests(std::string_view frames, std::string_view sqlstate,
+                            std::string_view message, std::string& out) {
+  for (std::size_t pos = 0; pos < frames.size();) {
+    auto r = pr::decode_frame(frames.substr(pos), options_.max_message_bytes);
+    if (r.status != pr::DecodeStatus::Ok) break;
+    switch (r.frame.tag) {
+      case 'Q':
+      case 'F':
+        append_error(out, sqlstate, message);
+        pr::append_ready_for_query(out, 'I');
+        break;
+      case 'S':
+        if (!error_sent_in_flight_) append_error(out, sqlstate, message);
+        pr::append_ready_for_query(out, 'I');
+        error_sent_in_flight_ = false;
+        skip_until_sync_ = false;
+        break;
+      case 'P':
+      case 'B':
+      case 'D':
+      case 'E':
+      case 'C':
+      case 'H':
+        if (!error_sent_in_flight_) {
+          append_error(out, sqlstate, message);
+          error_sent_in_flight_ = true;
+        }
+        skip_until_sync_ = true;
+        break;
+      default:
+        break;
+    }
+    pos += r.frame.whole.size();
+  }
+}
+
+// ---- Answers without a server --------------------------------------------------------------
+
+// A flight of named Parse messages and Sync/Flush only, between transactions: the statements
+// are defined and prepared where they are first used. A client that prepares synchronously while
+// its own other connections hold every server (pgbench -M prepared does) then cannot deadlock a
+// full pool. A syntax error surfaces at the first Bind.
+bool Session::answer_parse_locally(Flight& flight, Actions& out) {
+  if (options_.mode == config::PoolMode::Session) return false;
+  bool any_parse = false;
+  std::size_t new_statements = 0;
+  std::size_t new_bytes = 0;
+  for (std::size_t pos = 0; pos < flight.input.size();) {
+    auto r = pr::decode_frame(flight.input.substr(pos), options_.max_message_bytes);
+    const pr::Frame& f = r.frame;
+    if (f.tag == 'P') {
+      auto parse = pr::read_parse(f);
+      if (!parse || parse->statement.empty()) return false;
+      std::vector<Note> ignored;
+      if (!review(parse->query, false, ignored).refusal.empty()) return false;
+      if (!statements_ || !statements_->find(parse->statement)) ++new_statements;
+      new_bytes += parse->query.size() + parse->param_types.size();
+      any_parse = true;
+    } else if (f.tag != 'S' && f.tag != 'H') {
+      return false;
+    }
+    pos += f.whole.size();
+  }
+  if (!any_parse) return false;
+  // Over a cap: the server path raises the error where the client expects it.
+  if (prepared_statement_count() + new_statements > kMaxClientStatements ||
+      statement_bytes_ + new_bytes > kMaxClientStatementBytes) {
+    return false;
+  }
+  if (!statements_) statements_ = std::make_unique<pr::ClientStatements>();
+  std::string& reply = out.outbox;
+  for (std::size_t pos = 0; pos < flight.input.size();) {
+    auto r = pr::decode_frame(flight.input.substr(pos), options_.max_message_bytes);
+    const pr::Frame& f = r.frame;
+    if (f.tag == 'P') {
+      auto parse = pr::read_parse(f);
+      define_statement(parse->statement, parse->query, parse->param_types);
+      pr::append_parse_complete(reply);
+    } else if (f.tag == 'S') {
+      pr::append_ready_for_query(reply, 'I');
+    }
+    pos += f.whole.size();
+  }
+  return true;
+}
+
+const pr::PreparedStatement& Session::define_statement(std::string_view name,
+                                                       std::string_view query,
+                                                       std::string_view param_types) {
+  if (!statements_) statements_ = std::make_unique<pr::ClientStatements>();
+  if (const auto* old = statements_->find(name)) {
+    statement_bytes_ -= old->query.size() + old->param_types.size();
+  }
+  statement_bytes_ += query.size() + param_types.size();
+  return statements_->define(name, query, param_types);
+}
+
+bool Session::forget_statement(std::string_view name) {
+  if (!statements_) return false;
+  if (const auto* old = statements_->find(name)) {
+    statement_bytes_ -= old->query.size() + old->param_types.size();
+    return statements_->erase(name);
+  }
+  return false;
+}
+
+void Session::forget_all_statements() {
+  if (statements_) statements_->clear();
+  statement_bytes_ = 0;
+}
+
+// One LISTEN or UNLISTEN between transactions — a simple query, or Parse/Bind/[Describe]/
+// Execute/Sync of one statement as JDBC and postgres.js send it — goes to the shared listening
+// connection of the client's (database, user); the answer comes in on_hub_done().
+bool Session::answer_listen_locally(Flight& flight, Actions& out) {
+  if (options_.mode == config::PoolMode::Session) return false;
+  std::string_view sql;
+  HubReply reply;
+  bool query = false;
+  bool execute = false;
+  bool sync = false;
+  for (std::size_t pos = 0; pos < flight.input.size();) {
+    auto r = pr::decode_frame(flight.input.substr(pos), options_.max_message_bytes);
+    const pr::Frame& f = r.frame;
+    pos += f.whole.size();
+    if (sync) return false;  // more after the Sync
+    switch (f.tag) {
+      case 'Q': {
+        if (query || reply.parse) return false;
+        auto q = pr::read_query(f);
+        if (!q) return false;
+        sql = *q;
+        query = true;
+        sync = true;
+        break;
+      }
+      case 'P': {
+        auto p = pr::read_parse(f);
+        if (query || reply.parse || !p || !p->statement.empty()) return false;
+        sql = p->query;
+        reply.parse = true;
+        break;
+      }
+      case 'B': {
+        auto b = pr::read_bind_head(f);
+        if (!reply.parse || reply.bind || !b || !b->statement.empty() || !b->portal.empty()) {
+          return false;
+        }
+        reply.bind = true;
+        break;
+      }
+      case 'D':
+        if (!reply.bind || reply.describe) return false;
+        reply.describe = true;
+        break;
+      case 'E':
+        if (!reply.bind || execute) return false;
+        execute = true;
+        break;
+      case 'S':
+        if (!execute) return false;
+        sync = true;
+        break;
+      default:
+        return false;
+    }
+  }
+  if (!sync || !contains_word_ci(sql, 0, "listen")) return false;
+  auto info = routing::classify(sql);
+  const bool listen = info.kind == StatementKind::Listen;
+  if ((!listen && info.kind != StatementKind::Unlisten) || info.multiple_statements ||
+      (info.name.empty() && !info.all)) {
+    return false;
+  }
+  const std::string channel(info.name.view());
+  if (listen && listen_channels_.size() >= kMaxClientListenChannels &&
+      std::find(listen_channels_.begin(), listen_channels_.end(), channel) ==
+          listen_channels_.end()) {
+    std::string& r = out.outbox;
+    if (reply.parse) pr::append_parse_complete(r);
+    if (reply.bind) pr::append_bind_complete(r);
+    if (reply.describe) pr::append_no_data(r);
+    append_error(r, "53400",
+                 "pgvalve: a client may listen on at most " +
+                     std::to_string(kMaxClientListenChannels) +
+                     " channels; UNLISTEN channels it no longer needs");
+    pr::append_ready_for_query(r, 'I');
+    return true;
+  }
+  hub_reply_ = reply;
+  hub_channel_ = info.all ? "*" : channel;
+  hub_request_ = listen ? HubRequest::Kind::Listen
+                        : (info.all ? HubRequest::Kind::UnlistenAll : HubRequest::Kind::Unlisten);
+  out.hub.kind = hub_request_;
+  out.hub.channel = hub_channel_;
+  enter(SessionState::WaitingForHub);
+  return true;
+}
+
+// ---- On a linked server --------------------------------------------------------------------
+
+void Session::plan_frame(const pr::Frame& f, std::size_t offset, Link& l, Flight& flight) {
+  const std::size_t size = f.whole.size();
+  if (flight.drop_until_sync && f.tag != 'S') return;
+  switch (f.tag) {
+    case 'P':
+      l.open_extended = true;
+      plan_parse(f, offset, l, flight);
+      break;
+    case 'B':
+      l.open_extended = true;
+      plan_bind(f, offset, l, flight);
+      break;
+    case 'D':
+      l.open_extended = true;
+      plan_describe(f, offset, l, flight);
+      break;
+    case 'C':
+      l.open_extended = true;
+      plan_close(f, offset, l, flight);
+      break;
+    case 'E':
+      l.open_extended = true;
+      plan_execute(f, offset, l, flight);
+      break;
+    case 'H':
+      l.open_extended = true;
+      pass_client(flight, offset, size);
+      break;
+    case 'S':
+      flight.drop_until_sync = false;
+      l.open_extended = false;
+      ++l.in_flight;
+      pass_client(flight, offset, size);
+      l.pending.push({Kind::ReadyForQuery});
+      break;
+    case 'Q':
+      ++l.in_flight;
+      plan_query(f, offset, l, flight);
+      break;
+    case 'F':
+      ++l.in_flight;
+      pass_client(flight, offset, size);
+      l.pending.push({Kind::ReadyForQuery});
+      break;
+    default:  // CopyData, CopyDone, CopyFail: no answer of their own
+      pass_client(flight, offset, size);
+      break;
+  }
+}
+
+// Replaces a refused request with one that makes the server raise the error itself, so a
+// transaction in progress fails as on any error. In an extended flight the rest of the flight is
+// then not sent (the server would skip it anyway) up to its Sync.
+void Session::raise_on_server(std::string_view sqlstate, std::string_view message, bool extended,
+                              Link& l, Flight& flight) {
+  const std::size_t from = flight.scratch->size();
+  const std::string statement = routing::raise_error_statement(sqlstate, message);
+  if (!extended) {
+    pr::append_query(*flight.scratch, statement);
+    mark_scratch(flight, from);
+    l.pending.push({Kind::ReadyForQuery});
+    return;
+  }
+  pr::append_parse_raw(*flight.scratch, "", statement, {});
+  pr::append_bind(*flight.scratch, "", "", pr::kBindWithoutParameters);
+  pr::append_execute(*flight.scratch, "", 0);
+  mark_scratch(flight, from);
+  l.pending.push({Kind::ParseComplete, true});
+  l.pending.push({Kind::BindComplete, true});
+  l.pending.push({Kind::Execute});
+  flight.drop_until_sync = true;
+}
+
+void Session::plan_query(const pr::Frame& f, std::size_t offset, Link& l, Flight& flight) {
+  auto sql = pr::read_query(f);
+  pr::PendingResponse rfq{Kind::ReadyForQuery};
+  if (!sql || plain_statement(*sql)) {
+    pass_client(flight, offset, f.whole.size());
+    l.pending.push(rfq);
+    return;
+  }
+  const std::size_t first_note = l.notes.size();
+  Review r = review(*sql, l.pending_setting_notes > 0 || !work().tx_notes.empty(), l.notes);
+  if (!r.refusal.empty()) {
+    l.notes.resize(first_note);
+    raise_on_server(r.refusal_sqlstate, r.refusal, false, l, flight);
+    return;
+  }
+  if (r.temporary && options_.mode == config::PoolMode::Session) l.server->touched_temp = true;
+  if (r.check_pins) l.check_pins = true;
+  const bool translate = options_.mode != config::PoolMode::Session;
+  if (translate && r.single && r.first.kind == StatementKind::Deallocate && !r.first.all &&
+      forget_statement(r.first.name.view())) {
+    // The client's own protocol-level statement: the shared server-side one stays prepared.
+    // An empty query stands in, so the answer still comes in order (and fails in a failed
+    // transaction as DEALLOCATE would).
+    l.notes.resize(first_note);
+    const std::size_t from = flight.scratch->size();
+    pr::append_query(*flight.scratch, "");
+    mark_scratch(flight, from);
+    rfq.action = kActionEmptyAsTag;
+    rfq.note = static_cast<std::uint32_t>(l.tags.size());
+    l.tags.emplace_back("DEALLOCATE");
+    l.pending.push(rfq);
+    return;
+  }
+  if (r.has_notes) {
+    rfq.note = static_cast<std::uint32_t>(first_note);
+    rfq.note_count = static_cast<std::uint16_t>(l.notes.size() - first_note);
+    for (std::size_t i = first_note; i < l.notes.size(); ++i) {
+      if (is_setting_note(l.notes[i].kind)) ++l.pending_setting_notes;
+    }
+  }
+  pass_client(flight, offset, f.whole.size());
+  l.pending.push(rfq);
+}
+
+void Session::prepare_on_server(const pr::PreparedStatement& stmt, bool swallow, Link& l,
+                                Flight& flight) {
+  const std::size_t from = flight.scratch->size();
+  if (auto evicted = l.server->statements.add(stmt.hash, options_.max_prepared_statements)) {
+    pr::append_close(*flight.scratch, 'S', pr::server_statement_name(evicted));
+    l.pending.push({Kind::CloseComplete, true});
+    ++flight.out->statement_evictions;
+  }
+  pr::append_parse_raw(*flight.scratch, pr::server_statement_name(stmt.hash), stmt.query,
+                       stmt.param_types);
+  pr::PendingResponse parse{Kind::ParseComplete, swallow};
+  parse.statement_hash = stmt.hash;
+  l.pending.push(parse);
+  mark_scratch(flight, from);
+}
+
+void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight& flight) {
+  auto parse = pr::read_parse(f);
+  Workspace& w = work();
+  if (!parse) {
+    pass_client(flight, offset, f.whole.size());
+    l.pending.push({Kind::ParseComplete});
+    return;
+  }
+  const bool translate = options_.mode != config::PoolMode::Session;
+  Note note;
+  bool pins = false;
+  if (!plain_statement(parse->query)) {
+    std::vector<Note>& notes = w.review_notes;
+    notes.clear();
+    Review r = review(parse->query, true, notes);
+    if (!r.refusal.empty()) {
+      raise_on_server(r.refusal_sqlstate, r.refusal, true, l, flight);
+      return;
+    }
+    if (r.temporary && !translate) l.server->touched_temp = true;
+    if (!notes.empty()) note = notes.front();
+    pins = r.check_pins;
+  }
+  if (!translate || parse->statement.empty()) {
+    if (parse->statement.empty()) {
+      w.unnamed_statement_note = std::move(note);
+      w.unnamed_statement_pins = pins;
+    }
+    pass_client(flight, offset, f.whole.size());
+    l.pending.push({Kind::ParseComplete});
+    return;
+  }
+  const bool known = statements_ && statements_->find(parse->statement);
+  if (!known && prepared_statement_count() >= kMaxClientStatements) {
+    raise_on_server("53400",
+                    "pgvalve: a client may have at most " + std::to_string(kMaxClientStatements) +
+                        " named prepared statements; close (DEALLOCATE) the ones it no longer "
+                        "uses",
+                    true, l, flight);
+    return;
+  }
+  if (statement_bytes_ + parse->query.size() > kMaxClientStatementBytes) {
+    raise_on_server("54000",
+                    "pgvalve: the named prepared statements of this client hold more than 32 MiB "
+                    "of text; close (DEALLOCATE) the ones it no longer uses",
+                    true, l, flight);
+    return;
+  }
+  const auto& stmt = define_statement(parse->statement, parse->query, parse->param_types);
+  if (l.server->statements.contains(stmt.hash)) {
+    l.server->statements.touch(stmt.hash);
+    pr::PendingResponse done{Kind::Synthetic};
+    done.action = kActionSynthParseComplete;
+    l.pending.push(done);
+    return;
+  }
+  prepare_on_server(stmt, false, l, flight);
+}
+
+void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight& flight) {
+  auto head = pr::read_bind_head(f);
+  Workspace& w = work();
+  const bool translate = options_.mode != config::PoolMode::Session;
+  const pr::PreparedStatement* stmt = head && !head->statement.empty() && statements_ && translate
+                                          ? statements_->find(head->statement)
+                                          : nullptr;
+  // What the portal's statement means for settings, remembered for its Execute.
+  if (head && head->portal.empty()) {
+    if (head->statement.empty()) {
+      w.unnamed_portal_note = w.unnamed_statement_note;
+      w.unnamed_portal_pins = w.unnamed_statement_pins;
+    } else if (stmt && !plain_statement(stmt->query)) {
+      std::vector<Note>& notes = w.review_notes;
+      notes.clear();
+      Review r = review(stmt->query, true, notes);
+      w.unnamed_portal_note = notes.empty() ? Note{} : notes.front();
+      w.unnamed_portal_pins = r.check_pins;
+    } else {
+      w.unnamed_portal_note = {};
+      w.unnamed_portal_pins = false;
+    }
+  }
+  if (!stmt) {
+    pass_client(flight, offset, f.whole.size());
+    l.pending.push({Kind::BindComplete});
+    return;
+  }
+  if (l.server->statements.contains(stmt->hash)) {
+    l.server->statements.touch(stmt->hash);
+  } else {
+    prepare_on_server(*stmt, true, l, flight);
+  }
+  // The same Bind with the server-side name; parameters are copied unchanged.
+  const std::size_t from = flight.scratch->size();
+  pr::append_bind(*flight.scratch, head->portal, pr::server_statement_name(stmt->hash),
+                  head->rest);
+  mark_scratch(flight, from);
+  l.pending.push({Kind::BindComplete});
+}
+
+void Session::plan_describe(const pr::Frame& f, std::size_t offset, Link& l, Flight& flight) {
+  auto d = pr::read_describe(f);
+  const pr::PreparedStatement* stmt = d && d->kind == 'S' && !d->name.empty() && statements_ &&
+                                              options_.mode != config::PoolMode::Session
+                                          ? statements_->find(d->name)
+                                          : nullptr;
+  if (!stmt) {
+    pass_client(flight, offset, f.whole.size());
+  } else {
+    if (l.server->statements.contains(stmt->hash)) {
+      l.server->statements.touch(stmt->hash);
+    } else {
+      prepare_on_server(*stmt, true, l, flight);
+    }
+    const std::size_t from = flight.scratch->size();
+    pr::append_describe(*flight.scratch, 'S', pr::server_statement_name(stmt->hash));
+    mark_scratch(flight, from);
+  }
+  l.pending.push({Kind::Describe});
+}
+
+void Session::plan_close(const pr::Frame& f, std::size_t offset, Link& l, Flight& flight) {
+  auto c = pr::read_close(f);
+  if (c && c->kind == 'S' && !c->name.empty() && options_.mode != config::PoolMode::Session &&
+      forget_statement(c->name)) {
+    // The server-side statement may be shared and stays prepared. Closing a name that does not
+    // exist is not an error, so the server still answers CloseComplete in its place.
+    const std::size_t from = flight.scratch->size();
+    pr::append_close(*flight.scratch, 'S', kNoStatement);
+    mark_scratch(flight, from);
+  } else {
+    pass_client(flight, offset, f.whole.size());
+  }
+  l.pending.push({Kind::CloseComplete});
+}
+
+void Session::plan_execute(const pr::Frame& f, std::size_t offset, Link& l, Flight& flight) {
+  pass_client(flight, offset, f.whole.size());
+  pr::PendingResponse execute{Kind::Execute};
+  auto e = pr::read_execute(f);
+  Workspace& w = work();
+  if (e && e->portal.empty()) {
+    if (w.unnamed_portal_pins) l.check_pins = true;
+    if (w.unnamed_portal_note.kind != NoteKind::None) {
+      execute.note = static_cast<std::uint32_t>(l.notes.size());
+      execute.note_count = 1;
+      if (is_setting_note(w.unnamed_portal_note.kind)) {
+        ++l.pending_setting_notes;
+      }
+      l.notes.push_back(w.unnamed_portal_note);
+    }
+  }
+  l.pending.push(execute);
+}
+
+// ---- Statements ----------------------------------------------------------------------------
+
+void Session::note_for(const routing::StatementInfo& info, Note& note) const {
+  using SC = routing::StatementInfo::SetConfig;
+  note = {};
+  if (info.set_config == SC::Unknown) {
+    note.kind = NoteKind::Unknown;
+    return;
+  }
+  if (info.set_config == SC::Session) {
+    note.kind = NoteKind::Set;
+    note.form = SettingForm::Function;
+    note.name = lower(unquote(info.set_config_name));
+    note.value = std::string(info.set_config_value);
+    return;
+  }
+  switch (info.kind) {
+    case StatementKind::Set: {
+      if (info.name_unsupported || info.name.empty()) {
+        note.kind = NoteKind::Unknown;
+        return;
+      }
+      const std::string_view name = info.name.view();
+      const std::string_view value = info.value;
+      if (name == "session_characteristics" ||
+          (value.size() >= 4 && routing::iequals(value.substr(0, 4), "from"))) {
+        note.kind = NoteKind::Unknown;  // SET ... FROM CURRENT, SESSION CHARACTERISTICS
+        return;
+      }
+      note.name = std::string(name);
+      if (info.value_is_default || (name == "role" && routing::iequals(value, "none"))) {
+        note.kind = NoteKind::Reset;
+        return;
+      }
+      note.kind = NoteKind::Set;
+      note.form = SettingForm::Raw;
+      note.value = std::string(value);
+      return;
+    }
+    case StatementKind::Reset:
+      if (info.name_unsupported || info.name.empty()) {
+        note.kind = NoteKind::Unknown;
+        return;
+      }
+      note.kind = NoteKind::Reset;
+      note.name = std::string(info.name.view());
+      return;
+    case StatementKind::ResetAll:
+      note.kind = NoteKind::ResetAll;
+      return;
+    case StatementKind::Discard:
+      if (info.discard_all) note.kind = NoteKind::Discard;
+      return;
+    case StatementKind::Deallocate:
+      if (info.all) note.kind = NoteKind::DeallocateAll;
+      return;
+    case StatementKind::Commit:
+      note.kind = NoteKind::Commit;
+      return;
+    case StatementKind::Rollback:
+      note.kind = NoteKind::Rollback;
+      return;
+    case StatementKind::Savepoint:
+      note.kind = NoteKind::Savepoint;
+      note.name = std::string(info.name.view());
+      return;
+    case StatementKind::Release:
+      note.kind = NoteKind::Release;
+      note.name = std::string(info.name.view());
+      return;
+    case StatementKind::RollbackToSavepoint:
+      note.kind = NoteKind::RollbackTo;
+      note.name = std::string(info.name.view());
+      return;
+    default:
+      return;
+  }
+}
+
+// Classifies every statement of `sql`: refusals by pool mode and per-client caps, state that may
+// pin the server, temporary objects, and one note per statement when any statement needs one.
+// `settling_transaction`: notes of settings wait for the end of the transaction, so its
+// COMMIT/ROLLBACK needs a note too.
+Review Session::review(std::string_view sql, bool settling_transaction,
+                                std::vector<Note>& notes) const {
+  Review r;
+  const bool translate = options_.mode != config::PoolMode::Session;
+  const std::size_t first_note = notes.size();
+  std::size_t new_settings = 0;
+  std::size_t new_setting_bytes = 0;
+  int count = 0;
+  for (std::size_t offset = 0; offset < sql.size();) {
+    auto info = routing::classify(sql.substr(offset));
+    if (info.kind == StatementKind::Empty) break;
+    if (count++ == 0) {
+      r.first = info;
+    } else {
+      r.single = false;
+    }
+    Note note;
+    note_for(info, note);
+    if (note.kind == NoteKind::Commit || note.kind == NoteKind::Rollback) {
+      // Nothing to settle at the end of a transaction that changed no setting.
+      if (!settling_transaction && !r.has_notes) note.kind = NoteKind::None;
+    }
+    if (info.temporary && !info.on_commit_drop) r.temporary = true;
+    if (translate) {
+      const char* why = nullptr;
+      const bool state_that_pins =
+          info.calls_advisory_session_lock || (info.kind == StatementKind::Declare && info.with_hold) ||
+          ((info.kind == StatementKind::Create || info.kind == StatementKind::Select) &&
+           info.temporary && !info.on_commit_drop) ||
+          info.kind == StatementKind::Listen || info.kind == StatementKind::Prepare;
+      if (options_.mode == config::PoolMode::Statement && info.kind == StatementKind::Begin) {
+        why =
+            "pgvalve: transaction blocks are not allowed in statement pool mode; use pool mode "
+            "transaction for multi-statement transactions";
+      } else if (info.kind == StatementKind::PrepareTransaction) {
+        why =
+            "pgvalve: PREPARE TRANSACTION is not supported through transaction pooling; use a "
+            "session pool";
+      } else if (state_that_pins && !options_.pin_session_state) {
+        if (info.calls_advisory_session_lock) {
+          why =
+              "pgvalve: session-level advisory locks cannot work in transaction pooling (the "
+              "lock would stay on a server other clients use); use pg_advisory_xact_lock, a "
+              "session pool, or pool.pin_session_state: true";
+        } else if (info.kind == StatementKind::Declare) {
+          why =
+              "pgvalve: WITH HOLD cursors cannot outlive a transaction in transaction pooling; "
+              "use a session pool or pool.pin_session_state: true";
+        } else if (info.kind == StatementKind::Listen) {
+          why =
+              "pgvalve: LISTEN inside a transaction or with other statements is not supported "
+              "in transaction pooling; send LISTEN on its own, or use a session pool";
+        } else if (info.kind != StatementKind::Prepare) {
+          why =
+              "pgvalve: temporary tables outlive the transaction and would be seen by other "
+              "clients in transaction pooling; add ON COMMIT DROP, use a session pool, or "
+              "pool.pin_session_state: true";
+        }
+      }
+      if (why) {
+        r.refusal_sqlstate = "0A000";
+        r.refusal = why;
+        return r;
+      }
+      if (state_that_pins || info.calls_advisory_unlock || info.kind == StatementKind::Drop ||
+          info.kind == StatementKind::Close || info.kind == StatementKind::Discard ||
+          info.kind == StatementKind::Deallocate || info.kind == StatementKind::Unlisten) {
+        r.check_pins = true;
+      }
+      if (note.kind == NoteKind::Set && !is_synced_setting(note.name)) {
+        if (!client_settings_.find(note.name)) ++new_settings;
+        new_setting_bytes += note.name.size() + note.value.size();
+        if (client_settings_.size() + new_settings > kMaxClientSettings) {
+          r.refusal_sqlstate = "53400";
+          r.refusal = "pgvalve: a client may change at most " +
+                      std::to_string(kMaxClientSettings) +
+                      " session settings; RESET the ones it no longer needs";
+          return r;
+        }
+        if (client_settings_.bytes() + new_setting_bytes > kMaxClientSettingBytes) {
+          r.refusal_sqlstate = "54000";
+          r.refusal =
+              "pgvalve: the session settings of this client hold more than 64 KiB; RESET the "
+              "ones it no longer needs";
+          return r;
+        }
+      }
+    }
+    if (note.kind != NoteKind::None) r.has_notes = true;
+    notes.push_back(std::move(note));
+    if (info.next_offset == 0 || !info.multiple_statements) break;
+    offset += info.next_offset;
+  }
+  if (!r.has_notes) notes.resize(first_note);
+  r.first_note = first_note;
+  r.note_count = notes.size() - first_note;
+  return r;
+}
+
+}  // namespace pgvalve::session

@@ -1,0 +1,80 @@
+#include "session/input_buffer.h"
+
+#include <cstring>
+#include <vector>
+
+namespace pgvalve::session {
+
+namespace {
+
+// Spare base-size storage per thread: covers a worker's bursts without holding memory for
+// clients that are gone.
+constexpr std::size_t kSpares = 16;
+
+std::vector<std::unique_ptr<char[]>>& free_list() {
+  thread_local std::vector<std::unique_ptr<char[]>> list;
+  return list;
+}
+
+}  // namespace
+
+bool MemoryBudget::try_take(std::size_t bytes) {
+  const auto n = static_cast<std::int64_t>(bytes);
+  const std::int64_t after = used_.fetch_add(n, std::memory_order_relaxed) + n;
+  if (after > limit_.load(std::memory_order_relaxed)) {
+    used_.fetch_sub(n, std::memory_order_relaxed);
+    return false;
+  }
+  return true;
+}
+
+void MemoryBudget::give_back(std::size_t bytes) {
+  used_.fetch_sub(static_cast<std::int64_t>(bytes), std::memory_order_relaxed);
+}
+
+void InputBuffer::acquire() {
+  auto& list = free_list();
+  if (!list.empty()) {
+    data_ = std::move(list.back());
+    list.pop_back();
+  } else {
+    data_ = std::make_unique<char[]>(kBaseBytes);
+  }
+  capacity_ = kBaseBytes;
+  begin_ = end_ = 0;
+}
+
+std::span<char> InputBuffer::prepare() {
+  if (!data_) acquire();
+  if (end_ < capacity_) return {data_.get() + end_, capacity_ - end_};
+  const std::size_t pending = end_ - begin_;
+  if (begin_ > 0) {
+    std::memmove(data_.get(), data_.get() + begin_, pending);
+    begin_ = 0;
+    end_ = pending;
+    return {data_.get() + end_, capacity_ - end_};
+  }
+  // Full of one unfinished message: double, paid from the budget.
+  const std::size_t bigger = capacity_ * 2;
+  const std::size_t extra = bigger - capacity_;
+  if (budget_ && !budget_->try_take(extra)) return {};
+  auto storage = std::make_unique<char[]>(bigger);
+  std::memcpy(storage.get(), data_.get(), pending);
+  data_ = std::move(storage);
+  capacity_ = bigger;
+  return {data_.get() + end_, capacity_ - end_};
+}
+
+void InputBuffer::release() {
+  if (!data_) return;
+  if (capacity_ == kBaseBytes) {
+    if (free_list().size() < kSpares) free_list().push_back(std::move(data_));
+  } else if (budget_) {
+    budget_->give_back(capacity_ - kBaseBytes);
+  }
+  data_.reset();
+  capacity_ = 0;
+  begin_ = end_ = 0;
+}
+
+}  // namespace pgvalve::session

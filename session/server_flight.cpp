@@ -1,0 +1,468 @@
+// Server answers: each message is matched with the request it answers (protocol/
+// pending_responses), forwarded in place, dropped (answers to pgvalve's own requests) or joined
+// by pgvalve's own (a ParseComplete for a statement the server already had). Command completions
+// settle the notes that follow session settings through transactions and savepoints. After the
+// last answer the session decides what happens to the server: released, kept, or asked first
+// whether state pins it.
+#include <algorithm>
+
+#include "protocol/wire.h"
+#include "session/session_internal.h"
+#include "session/settings_sync.h"
+
+namespace pgvalve::session {
+
+namespace pr = protocol;
+using Kind = pr::PendingResponse::Kind;
+
+namespace {
+
+// A partial message larger than this passes through as it arrives (when pgvalve needs only its
+// type) instead of growing the server's buffer to hold it whole.
+constexpr std::size_t kStreamAbove = 8 * 1024;
+
+// Messages pgvalve only needs the type of.
+bool streamable(char tag) {
+  return tag == 'D' || tag == 'd' || tag == 'N' || tag == 'T' || tag == 'A';
+}
+
+// What pgvalve asks a server that may hold session state: each a count, zero when none.
+constexpr std::string_view kPinCheckSql =
+    "SELECT (SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = "
+    "pg_catalog.pg_backend_pid()), (SELECT count(*) FROM pg_catalog.pg_class WHERE relnamespace "
+    "= pg_catalog.pg_my_temp_schema()), (SELECT count(*) FROM pg_catalog.pg_cursors WHERE "
+    "is_holdable), (SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql), "
+    "(SELECT count(*) FROM pg_catalog.pg_listening_channels())";
+
+const std::string& pin_check_message() {
+  static const std::string message = [] {
+    std::string m;
+    pr::append_query(m, kPinCheckSql);
+    return m;
+  }();
+  return message;
+}
+
+}  // namespace
+
+const Actions& Session::on_server_data(LinkId id, std::string_view input, Clock::time_point now) {
+  now_ = now;
+  if (!linked(id) || state_ == SessionState::Closing) {
+    Actions& out = link(id).actions;
+    out.clear();
+    out.consumed = input.size();
+    return out;
+  }
+  Link& l = link(id);
+  l.actions.clear();
+  l.last_activity = now;
+  return plan_server(l, id, input);
+}
+
+void Session::emit_synthetic_heads(Link& l) {
+  while (!l.pending.empty() && l.pending.front().kind == Kind::Synthetic) {
+    const std::size_t from = l.scratch.size();
+    if (l.pending.front().action == kActionSynthParseComplete) pr::append_parse_complete(l.scratch);
+    l.spans.push_back({true, from, l.scratch.size() - from});
+    l.pending.pop();
+  }
+}
+
+const Actions& Session::plan_server(Link& l, LinkId id, std::string_view input) {
+  Actions& out = l.actions;
+  l.scratch.clear();
+  l.spans.clear();
+  auto pass = [&](std::size_t offset, std::size_t size) {
+    if (size == 0) return;
+    if (!l.spans.empty() && !l.spans.back().scratch &&
+        l.spans.back().offset + l.spans.back().size == offset) {
+      l.spans.back().size += size;
+    } else {
+      l.spans.push_back({false, offset, size});
+    }
+  };
+  std::size_t pos = 0;
+  if (l.stream_remaining > 0) {
+    const std::size_t n = std::min(l.stream_remaining, input.size());
+    if (l.stream_forward) pass(0, n);
+    l.stream_remaining -= n;
+    pos = n;
+  }
+  bool saw_ready = false;
+  while (pos < input.size() && l.stream_remaining == 0 && l.server) {
+    const std::string_view rest = input.substr(pos);
+    auto r = pr::decode_frame(rest, options_.max_message_bytes);
+    if (r.status == pr::DecodeStatus::Invalid) {
+      lose_link(l, id,
+                "pgvalve: server " + l.server->name +
+                    " sent an invalid message; the connection was closed",
+                LinkOp::Kind::Close, out);
+      pos = input.size();
+      break;
+    }
+    if (r.status == pr::DecodeStatus::NeedMoreData) {
+      // A large message pgvalve needs only the type of passes through as it arrives, so a
+      // client asking for a huge row never makes pgvalve hold it whole.
+      if (r.needed > kStreamAbove && streamable(rest[0])) {
+        pr::Frame head;
+        head.tag = rest[0];
+        head.whole = rest;
+        l.stream_forward = server_frame(l, head, pos, out, saw_ready);
+        l.stream_remaining = r.needed - rest.size();
+        pos = input.size();
+      }
+      break;
+    }
+    server_frame(l, r.frame, pos, out, saw_ready);
+    pos += r.frame.whole.size();
+  }
+  if (!l.server) {
+    // Unlinked while answering (a failed sync): the rest is of no use.
+    pos = input.size();
+    saw_ready = false;
+  } else {
+    emit_synthetic_heads(l);
+    if (saw_ready && l.pending.empty() && !work().notifications.empty()) {
+      // Notifications that came during the request, now that the client is between requests.
+      const std::size_t from = l.scratch.size();
+      l.scratch += work().notifications;
+      work().notifications.clear();
+      l.spans.push_back({true, from, l.scratch.size() - from});
+    }
+  }
+  for (const Span& s : l.spans) {
+    const char* base = s.scratch ? l.scratch.data() : input.data();
+    out.to_client.push_back({base + s.offset, s.size});
+  }
+  out.consumed = pos;
+  if (l.server && saw_ready) settle(l, id, out);
+  return out;
+}
+
+// Decides what the client gets for one server message.
+bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Actions& out,
+                           bool& saw_ready) {
+  bool passed = false;
+  auto pass = [&] {
+    const std::size_t size = f.whole.size();
+    passed = true;
+    if (!l.spans.empty() && !l.spans.back().scratch &&
+        l.spans.back().offset + l.spans.back().size == offset) {
+      l.spans.back().size += size;
+    } else {
+      l.spans.push_back({false, offset, size});
+    }
+  };
+  switch (f.tag) {
+    case 'Z':
+      saw_ready = true;
+      if (auto status = pr::read_ready_for_query(f)) l.server->tx_status = *status;
+      if (l.in_flight > 0) --l.in_flight;
+      break;
+    case 'S':
+      // Reported settings follow the server; before the login reply the client learns them
+      // from it, afterwards as they come.
+      if (auto ps = pr::read_parameter_status(f)) {
+        l.server->settings.set(ps->name, ps->value, true);
+        if (is_synced_setting(ps->name)) client_settings_.set(ps->name, ps->value, true);
+      }
+      if (logged_in_) pass();
+      return passed;
+    default:
+      break;
+  }
+  emit_synthetic_heads(l);
+  if (l.pending.empty()) {
+    pass();  // a notice or notification between requests
+    return passed;
+  }
+  auto& head = l.pending.front();
+  switch (pr::match_response(head.kind, f.tag)) {
+    case pr::ResponseMatch::Async:
+      if (!head.internal || f.tag == 'A') pass();
+      return passed;
+    case pr::ResponseMatch::Intermediate:
+      if (f.tag == 'E') head.failed = true;
+      if (head.internal) {
+        if (head.action == kActionPinCheck && f.tag == 'D') read_pin_check(l, f);
+        return passed;
+      }
+      if (head.action == kActionEmptyAsTag && f.tag == 'I') {
+        const std::size_t from = l.scratch.size();
+        pr::append_command_complete(l.scratch, l.tags[head.note]);
+        l.spans.push_back({true, from, l.scratch.size() - from});
+        return passed;
+      }
+      if (f.tag == 'C' && head.note_count > 0) {
+        settle_statement(l, head, pr::read_command_complete(f).value_or(""), out);
+      }
+      pass();
+      return passed;
+    case pr::ResponseMatch::Completes:
+      if (f.tag == 'C' && head.note_count > 0) {
+        settle_statement(l, head, pr::read_command_complete(f).value_or(""), out);
+      }
+      if (!head.swallow && !head.internal) pass();
+      complete_front(l, f.tag, out);
+      return passed;
+    case pr::ResponseMatch::Error:
+      if (!head.internal) pass();
+      // The failed request and everything up to the next Sync get no answer of their own.
+      while (!l.pending.empty() && l.pending.front().kind != Kind::ReadyForQuery) {
+        auto& dropped = l.pending.front();
+        if (dropped.statement_hash) l.server->statements.erase(dropped.statement_hash);
+        end_request(l, dropped, 'E');
+        l.pending.pop();
+      }
+      if (!l.pending.empty()) l.pending.front().failed = true;
+      return passed;
+  }
+  return passed;
+}
+
+void Session::complete_front(Link& l, char tag, Actions& out) {
+  auto head = l.pending.front();
+  l.pending.pop();
+  if (tag == 'Z') {
+    end_request(l, head, l.server->tx_status);
+    if (head.internal && head.action == kActionSync) finish_sync(l, !head.failed, out);
+    if (head.internal && head.action == kActionPinCheck) finish_pin_check(l, head.failed, out);
+  }
+  if (l.pending.empty()) {
+    l.notes.clear();
+    l.tags.clear();
+    l.pending_setting_notes = 0;
+  }
+  if (l.server) emit_synthetic_heads(l);
+}
+
+// ---- Following settings through transactions ------------------------------------------------
+
+// A statement of `request` completed with `tag`: its note is settled.
+void Session::settle_statement(Link& l, pr::PendingResponse& request, std::string_view tag,
+                               Actions& out) {
+  if (request.notes_done >= request.note_count) return;
+  Note& note = l.notes[request.note + request.notes_done];
+  ++request.notes_done;
+  Workspace& w = work();
+  switch (note.kind) {
+    case NoteKind::Set:
+    case NoteKind::Reset:
+    case NoteKind::ResetAll:
+    case NoteKind::Discard:
+      // Transactional: takes effect when the transaction commits.
+      if (l.pending_setting_notes > 0) --l.pending_setting_notes;
+      w.tx_notes.push_back(std::move(note));
+      break;
+    case NoteKind::Unknown:
+      l.server->settings_unknown = true;
+      break;
+    case NoteKind::DeallocateAll:
+      // Not transactional: the server forgot every prepared statement, the client too.
+      forget_all_statements();
+      l.server->statements.clear();
+      break;
+    case NoteKind::Commit:
+      if (tag == "COMMIT") {
+        commit_notes(l, out);
+      } else {
+        drop_notes();  // COMMIT of a failed transaction answers ROLLBACK
+      }
+      break;
+    case NoteKind::Rollback:
+      drop_notes();
+      break;
+    case NoteKind::Savepoint:
+      w.savepoints.emplace_back(note.name, w.tx_notes.size());
+      break;
+    case NoteKind::Release:
+      for (auto it = w.savepoints.rbegin(); it != w.savepoints.rend(); ++it) {
+        if (it->first == note.name) {
+          w.savepoints.erase(std::next(it).base(), w.savepoints.end());
+          break;
+        }
+      }
+      break;
+    case NoteKind::RollbackTo: {
+      std::size_t keep = 0;  // a savepoint pgvalve did not see predates every note
+      for (auto it = w.savepoints.rbegin(); it != w.savepoints.rend(); ++it) {
+        if (it->first == note.name) {
+          keep = it->second;
+          w.savepoints.erase(it.base(), w.savepoints.end());
+          break;
+        }
+      }
+      if (keep < w.tx_notes.size()) w.tx_notes.resize(keep);
+      break;
+    }
+    case NoteKind::None:
+      break;
+  }
+}
+
+// The request is answered (ReadyForQuery with `tx_status`, or skipped after an error): notes of
+// statements that never completed are dropped; at the end of a transaction its notes apply if
+// it committed.
+void Session::end_request(Link& l, pr::PendingResponse& request, char tx_status) {
+  for (std::uint16_t i = request.notes_done; i < request.note_count; ++i) {
+    const auto k = l.notes[request.note + i].kind;
+    if ((k == NoteKind::Set || k == NoteKind::Reset || k == NoteKind::ResetAll ||
+         k == NoteKind::Discard) &&
+        l.pending_setting_notes > 0) {
+      --l.pending_setting_notes;
+    }
+  }
+  request.notes_done = request.note_count;
+  if (tx_status != 'I' || request.kind != Kind::ReadyForQuery || request.internal) return;
+  Workspace& w = work();
+  if (!w.tx_notes.empty()) {
+    if (request.failed) {
+      drop_notes();
+    } else {
+      commit_notes(l, l.actions);
+    }
+  }
+  w.savepoints.clear();
+}
+
+void Session::commit_notes(Link& l, Actions& out) {
+  Workspace& w = work();
+  for (const Note& note : w.tx_notes)
+    apply_note(note, l, out);
+  w.tx_notes.clear();
+}
+
+void Session::drop_notes() {
+  Workspace& w = work();
+  w.tx_notes.clear();
+}
+
+void Session::restore_startup_settings() {
+  for (const auto& s : startup_settings_.all())
+    client_settings_.set(s.name, s.value, s.reported, s.form);
+}
+
+void Session::apply_note(const Note& note, Link& l, Actions& out) {
+  ServerState& server = *l.server;
+  switch (note.kind) {
+    case NoteKind::Set:
+      // Reported settings follow ParameterStatus; the rest are remembered as written.
+      if (is_synced_setting(note.name)) return;
+      client_settings_.set(note.name, note.value, false, note.form);
+      server.settings.set(note.name, note.value, false, note.form);
+      return;
+    case NoteKind::Reset:
+      if (!is_synced_setting(note.name)) server.settings.erase(note.name);
+      if (const Setting* s = startup_settings_.find(note.name)) {
+        client_settings_.set(s->name, s->value, s->reported, s->form);
+      } else {
+        client_settings_.erase(note.name);
+      }
+      return;
+    case NoteKind::ResetAll: {
+      // RESET ALL keeps the role and the session authorization.
+      auto kept = [](const Settings& from, Settings& to) {
+        for (const char* name : {"role", "session_authorization"}) {
+          if (const Setting* s = from.find(name)) to.set(s->name, s->value, false, s->form);
+        }
+      };
+      Settings server_kept;
+      Settings client_kept;
+      kept(server.settings, server_kept);
+      kept(client_settings_, client_kept);
+      server.settings.keep_reported_only();
+      for (const auto& s : server_kept.all())
+        server.settings.set(s.name, s.value, false, s.form);
+      client_settings_.clear();
+      for (const auto& s : client_kept.all())
+        client_settings_.set(s.name, s.value, false, s.form);
+      restore_startup_settings();
+      return;
+    }
+    case NoteKind::Discard:
+      server.settings.keep_reported_only();
+      server.settings_unknown = false;
+      server.statements.clear();
+      client_settings_.clear();
+      restore_startup_settings();
+      forget_all_statements();
+      if (!listen_channels_.empty()) {
+        listen_channels_.clear();
+        out.hub.kind = HubRequest::Kind::UnlistenAll;
+      }
+      return;
+    default:
+      return;
+  }
+}
+
+// ---- After the last answer ------------------------------------------------------------------
+
+// What happens to a link once a request is answered: nothing while more is outstanding; at the
+// end of a transaction the server goes back to the pool unless the pool mode, pinned state or a
+// waiting request keeps it.
+void Session::settle(Link& l, LinkId id, Actions& out) {
+  if (l.syncing || l.reserved || state_ == SessionState::Closing) return;
+  if (l.busy()) {
+    enter(SessionState::Active);
+    return;
+  }
+  if (l.server->tx_status != 'I') {
+    enter(SessionState::Holding);
+    return;
+  }
+  const bool translate = options_.mode != config::PoolMode::Session;
+  if (translate && l.check_pins && options_.pin_session_state) {
+    l.check_pins = false;
+    start_pin_check(l, id, out);
+    enter(SessionState::Active);
+    return;
+  }
+  if (!translate || pinned_) {
+    enter(SessionState::Holding);
+    if (drain_requested_) close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);
+    return;
+  }
+  unlink(id, LinkOp::Kind::Release, out);
+  if (!linked_link()) enter(SessionState::Idle);
+  if (drain_requested_) close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);
+}
+
+void Session::start_pin_check(Link& l, LinkId id, Actions& out) {
+  const std::string& message = pin_check_message();
+  out.to_server.push_back({message.data(), message.size()});
+  out.server_link = id;
+  pr::PendingResponse check{Kind::ReadyForQuery};
+  check.internal = true;
+  check.action = kActionPinCheck;
+  l.pending.push(check);
+  ++l.in_flight;
+  l.pin_check_holds = false;
+}
+
+void Session::read_pin_check(Link& l, const pr::Frame& f) {
+  pr::Cursor c(f.body);
+  auto columns = c.u16();
+  if (!columns) return;
+  for (std::uint16_t i = 0; i < *columns; ++i) {
+    auto len = c.i32();
+    if (!len || *len < 0) return;
+    auto value = c.bytes(static_cast<std::size_t>(*len));
+    if (!value) return;
+    if (*value != "0") l.pin_check_holds = true;
+  }
+}
+
+void Session::finish_pin_check(Link& l, bool failed, Actions& out) {
+  // A failed check (it should not fail) keeps the server: holding it is the safe side.
+  const bool holds = failed || l.pin_check_holds;
+  if (holds && !pinned_) {
+    pinned_ = true;
+    out.pinned_change += 1;
+  } else if (!holds && pinned_) {
+    pinned_ = false;
+    out.pinned_change -= 1;
+  }
+}
+
+}  // namespace pgvalve::session

@@ -1,0 +1,35 @@
+// What a client session knows about one server connection, kept with the connection while it
+// sits in the pool so the next client's session can compare it with its own: the transaction
+// status, the session settings the server has, the prepared statements it holds. The proxy owns
+// it (inside its server connection); a session reads and changes it only while linked.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "protocol/prepared_statements.h"
+#include "session/settings.h"
+
+namespace pgvalve::session {
+
+struct ServerState {
+  char tx_status = 'I';  // from the last ReadyForQuery
+  Settings settings;
+  // Something ran that pgvalve could not follow (a set_config with computed arguments, ...): the
+  // next sync starts from RESET ALL, RESET ROLE and RESET SESSION AUTHORIZATION.
+  bool settings_unknown = false;
+  // The client settings (by fingerprint) this server's settings were last made equal to, and
+  // the version of `settings` then: while both hold, the next such client needs no sync.
+  std::uint64_t synced_fingerprint = 0;
+  std::uint64_t synced_version = 0;
+  protocol::ServerStatements statements;  // transaction pooling's shared prepared statements
+  ServerParameters startup_parameters;    // reported at login, in order
+  // Session mode: the session created temporary objects; the connection is closed at release
+  // instead of being reused, since PostgreSQL remembers a backend's temporary namespace.
+  bool touched_temp = false;
+  std::string name;  // "host:port", for messages
+};
+
+}  // namespace pgvalve::session

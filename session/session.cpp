@@ -1,0 +1,677 @@
+// Session lifecycle: login, links, events (timers, lost servers, notifications, the client
+// leaving, shutdown) and the one place the state changes. Client requests are planned in
+// client_flight.cpp, server answers in server_flight.cpp.
+#include <algorithm>
+#include <cassert>
+
+#include "routing/sql_text.h"
+#include "session/limits.h"
+#include "session/session_internal.h"
+#include "session/settings_sync.h"
+
+namespace pgvalve::session {
+
+namespace pr = protocol;
+
+namespace {
+
+constexpr std::size_t kSpareWorkspaces = 64;
+// Scratch that grew past this for one unusual request is not kept for the next.
+constexpr std::size_t kKeptScratchBytes = 64 * 1024;
+
+void shrink(std::string& s) {
+  if (s.capacity() > kKeptScratchBytes) std::string().swap(s);
+}
+
+// "-c name=value --name=value" as libpq sends PGOPTIONS; backslash escapes a space.
+std::vector<std::pair<std::string, std::string>> parse_options(std::string_view options) {
+  std::vector<std::string> words;
+  std::string word;
+  bool escaped = false;
+  for (char c : options) {
+    if (escaped) {
+      word += c;
+      escaped = false;
+    } else if (c == '\\') {
+      escaped = true;
+    } else if (c == ' ' || c == '\t') {
+      if (!word.empty()) words.push_back(std::move(word));
+      word.clear();
+    } else {
+      word += c;
+    }
+  }
+  if (!word.empty()) words.push_back(std::move(word));
+  std::vector<std::pair<std::string, std::string>> out;
+  for (std::size_t i = 0; i < words.size(); ++i) {
+    std::string_view w = words[i];
+    std::string_view kv;
+    if (w == "-c" && i + 1 < words.size()) {
+      kv = words[++i];
+    } else if (w.starts_with("-c")) {
+      kv = w.substr(2);
+    } else if (w.starts_with("--")) {
+      kv = w.substr(2);
+    } else {
+      continue;
+    }
+    auto eq = kv.find('=');
+    if (eq == std::string_view::npos) continue;
+    std::string name(kv.substr(0, eq));
+    std::replace(name.begin(), name.end(), '-', '_');
+    out.emplace_back(std::move(name), std::string(kv.substr(eq + 1)));
+  }
+  return out;
+}
+
+std::string millis(std::chrono::milliseconds ms) {
+  return std::to_string(ms.count()) + " ms";
+}
+
+}  // namespace
+
+SessionOptions SessionOptions::from(const config::Config& config) {
+  SessionOptions o;
+  o.mode = config.pool.mode;
+  o.max_message_bytes = static_cast<std::size_t>(config.limits.max_message_bytes);
+  o.max_prepared_statements =
+      static_cast<std::size_t>(std::max(1, config.pool.max_prepared_statements));
+  o.pin_session_state = config.pool.pin_session_state;
+  o.query_timeout = std::chrono::milliseconds(config.pool.query_timeout_ms);
+  o.idle_transaction_timeout = std::chrono::milliseconds(config.pool.idle_transaction_timeout_ms);
+  o.message_timeout = std::chrono::milliseconds(config.limits.message_timeout_ms);
+  o.sync_timeout = std::chrono::milliseconds(std::max(1000, config.pool.checkout_timeout_ms));
+  return o;
+}
+
+// ---- Workspaces ----------------------------------------------------------------------------
+
+void Workspace::clear() {
+  client_scratch.clear();
+  client_spans.clear();
+  reply_spans.clear();
+  reply_scratch.clear();
+  client_actions.clear();
+  event_actions.clear();
+  for (auto& l : links) {
+    l.reset();
+    l.actions.clear();
+    l.scratch.clear();
+    l.spans.clear();
+    shrink(l.scratch);
+  }
+  tx_notes.clear();
+  savepoints.clear();
+  notifications.clear();
+  unnamed_statement_note = {};
+  unnamed_portal_note = {};
+  unnamed_statement_pins = false;
+  unnamed_portal_pins = false;
+  review_notes.clear();
+  shrink(client_scratch);
+  shrink(reply_scratch);
+  shrink(notifications);
+  shrink(client_actions.outbox);
+  shrink(event_actions.outbox);
+}
+
+WorkspacePool::WorkspacePool() = default;
+WorkspacePool::~WorkspacePool() = default;
+
+std::unique_ptr<Workspace> WorkspacePool::take() {
+  if (spare_.empty()) return std::make_unique<Workspace>();
+  auto w = std::move(spare_.back());
+  spare_.pop_back();
+  return w;
+}
+
+void WorkspacePool::give_back(std::unique_ptr<Workspace> workspace) {
+  if (!workspace || spare_.size() >= kSpareWorkspaces) return;
+  workspace->clear();
+  spare_.push_back(std::move(workspace));
+}
+
+// ---- Session -------------------------------------------------------------------------------
+
+Session::Session(const SessionOptions& options, const routing::Router& router,
+                 WorkspacePool& workspaces)
+    : options_(options), router_(router), workspaces_(workspaces) {}
+
+Session::~Session() {
+  if (work_) workspaces_.give_back(std::move(work_));
+}
+
+void Session::enter(SessionState next) {
+  assert(transition_allowed(state_, next));
+  if (next == SessionState::Holding && state_ != SessionState::Holding) held_since_ = now_;
+  state_ = next;
+}
+
+Workspace& Session::work() {
+  if (!work_) work_ = workspaces_.take();
+  return *work_;
+}
+
+Actions& Session::client_actions() {
+  Actions& a = work().client_actions;
+  a.clear();
+  return a;
+}
+
+Actions& Session::event_actions() {
+  Actions& a = work().event_actions;
+  a.clear();
+  return a;
+}
+
+Link& Session::link(LinkId id) {
+  auto& links = work().links;
+  if (links.size() <= id) links.resize(static_cast<std::size_t>(id) + 1);
+  return links[id];
+}
+
+LinkId Session::id_of(const Link& l) {
+  return static_cast<LinkId>(&l - work().links.data());
+}
+
+Link* Session::linked_link() {
+  if (!work_) return nullptr;
+  for (auto& l : work_->links) {
+    if (l.server) return &l;
+  }
+  return nullptr;
+}
+
+bool Session::linked(LinkId id) const {
+  return work_ && id < work_->links.size() && work_->links[id].server != nullptr;
+}
+
+std::size_t Session::link_count() const {
+  if (!work_) return 0;
+  return static_cast<std::size_t>(std::count_if(work_->links.begin(), work_->links.end(),
+                                                [](const Link& l) { return l.server; }));
+}
+
+std::size_t Session::prepared_statement_count() const {
+  return statements_ ? statements_->size() : 0;
+}
+
+bool Session::wants_client_input() const {
+  switch (state_) {
+    case SessionState::Idle:
+    case SessionState::Active:
+    case SessionState::Holding:
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool Session::wants_server_input(LinkId id) const {
+  return state_ != SessionState::Closing && linked(id);
+}
+
+void Session::trim() {
+  if (state_ != SessionState::Idle || !work_ || linked_link()) return;
+  if (!work_->notifications.empty()) return;
+  workspaces_.give_back(std::move(work_));
+}
+
+Clock::time_point Session::next_deadline() const {
+  auto deadline = Clock::time_point::max();
+  auto earlier = [&](Clock::time_point t) { deadline = std::min(deadline, t); };
+  if (partial_ && options_.message_timeout.count() > 0) {
+    earlier(partial_since_ + options_.message_timeout);
+  }
+  if (!work_) return deadline;
+  for (const auto& l : work_->links) {
+    if (!l.server) continue;
+    if (l.syncing) earlier(l.sync_started + options_.sync_timeout);
+    if (options_.query_timeout.count() > 0 && l.busy()) {
+      earlier(l.last_activity + options_.query_timeout);
+    }
+    if (state_ == SessionState::Holding && options_.idle_transaction_timeout.count() > 0 &&
+        l.server->tx_status != 'I') {
+      earlier(held_since_ + options_.idle_transaction_timeout);
+    }
+  }
+  return deadline;
+}
+
+// ---- Login ---------------------------------------------------------------------------------
+
+void Session::absorb_startup(const std::vector<std::pair<std::string, std::string>>& startup) {
+  auto apply = [&](std::string_view name, std::string_view value) {
+    const std::string key = lower(name);
+    const bool reported = is_synced_setting(key);
+    client_settings_.set(key, value, reported);
+    startup_settings_.set(key, value, reported);
+  };
+  for (const auto& [name, value] : startup) {
+    if (name == "user" || name == "database" || name == "replication") continue;
+    if (name == "options") {
+      for (const auto& [k, v] : parse_options(value))
+        apply(k, v);
+      continue;
+    }
+    apply(name, value);
+  }
+}
+
+void Session::append_login_reply(std::string& out) {
+  pr::append_authentication_ok(out);
+  for (const auto& [name, value] : *defaults_) {
+    const Setting* mine = client_settings_.find(name);
+    pr::append_parameter_status(out, name, mine ? std::string_view(mine->value) : value);
+  }
+  pr::append_backend_key_data(out, key_);
+  pr::append_ready_for_query(out, 'I');
+  logged_in_ = true;
+}
+
+const Actions& Session::start(const std::vector<std::pair<std::string, std::string>>& startup,
+                              std::shared_ptr<const ServerParameters> defaults,
+                              pr::BackendKeyData key, ServerState* server, Clock::time_point now) {
+  now_ = now;
+  Actions& out = client_actions();
+  absorb_startup(startup);
+  defaults_ = defaults ? std::move(defaults) : std::make_shared<const ServerParameters>();
+  key_ = key;
+  client_activity_ = now;
+  if (server) {
+    Link& l = link(0);
+    l.reset();
+    l.server = server;
+    l.route = routing::Route::primary(0);
+    l.login = true;
+    l.last_activity = now;
+    Workspace& w = work();
+    if (start_sync(l, w.client_scratch, now)) {
+      out.to_server.push_back({w.client_scratch.data(), w.client_scratch.size()});
+      out.server_link = 0;
+      enter(SessionState::Syncing);
+      return out;
+    }
+    l.login = false;
+    append_login_reply(out.outbox);
+    if (options_.mode == config::PoolMode::Session) {
+      enter(SessionState::Holding);
+    } else {
+      unlink(0, LinkOp::Kind::Release, out);
+      enter(SessionState::Idle);
+    }
+    return out;
+  }
+  append_login_reply(out.outbox);
+  enter(SessionState::Idle);
+  return out;
+}
+
+// ---- Settings ------------------------------------------------------------------------------
+
+std::uint64_t Session::settings_fingerprint() const {
+  // The defaults are shared per pool: their address stands for their content.
+  return client_settings_.fingerprint() ^ reinterpret_cast<std::uintptr_t>(defaults_.get());
+}
+
+bool Session::settings_match(const ServerState& server) const {
+  return !server.settings_unknown && server.synced_fingerprint == settings_fingerprint() &&
+         server.synced_version == server.settings.version();
+}
+
+bool Session::start_sync(Link& l, std::string& out, Clock::time_point now) {
+  if (settings_match(*l.server)) return false;
+  SyncPlan plan = plan_sync(client_settings_, *defaults_, *l.server);
+  if (plan.sql.empty()) {
+    apply_sync(plan, client_settings_, *l.server, settings_fingerprint());
+    return false;
+  }
+  pr::append_query(out, plan.sql);
+  pr::PendingResponse sync{pr::PendingResponse::Kind::ReadyForQuery};
+  sync.internal = true;
+  sync.action = kActionSync;
+  l.pending.push(sync);
+  ++l.in_flight;
+  l.syncing = true;
+  l.sync_started = now;
+  l.last_activity = now;
+  l.sync_plan = std::move(plan);
+  return true;
+}
+
+void Session::finish_sync(Link& l, bool ok, Actions& out) {
+  l.syncing = false;
+  const bool login = l.login;
+  l.login = false;
+  if (!ok) {
+    const std::string message = "pgvalve: could not apply the client's session settings on "
+                                "server " +
+                                l.server->name + "; check the settings the client uses";
+    if (login) {
+      close_with("08006", message, out);
+      return;
+    }
+    pending_failure_sqlstate_ = "08006";
+    pending_failure_ = message;
+    unlink(id_of(l), LinkOp::Kind::Close, out);
+    enter(SessionState::Idle);
+    out.resume_client = true;
+    return;
+  }
+  // PostgreSQL may hold a normalised form of what the client asked for ("ISO" is "ISO, MDY")
+  // and reports nothing when that equals what it had: the client learns the server's value.
+  std::size_t reports_from = l.scratch.size();
+  for (const auto& [name, value] : l.server->startup_parameters) {
+    if (!is_synced_setting(name)) continue;
+    const Setting* have = l.server->settings.find(name);
+    const Setting* mine = client_settings_.find(name);
+    if (have && mine && mine->value != have->value) {
+      client_settings_.set(name, have->value, true);
+      if (!login) pr::append_parameter_status(l.scratch, name, have->value);
+    }
+  }
+  if (l.scratch.size() > reports_from) {
+    l.spans.push_back({true, reports_from, l.scratch.size() - reports_from});
+  }
+  apply_sync(l.sync_plan, client_settings_, *l.server, settings_fingerprint());
+  if (login) {
+    // The values the server reported during the sync are in the reply.
+    const std::size_t from = l.scratch.size();
+    append_login_reply(l.scratch);
+    l.spans.push_back({true, from, l.scratch.size() - from});
+    return;
+  }
+  // The request that waited for this server can go on.
+  enter(SessionState::Holding);
+  out.resume_client = true;
+}
+
+// ---- Events ---------------------------------------------------------------------------------
+
+void Session::append_error(std::string& out, std::string_view sqlstate, std::string_view message,
+                           std::string_view hint, bool fatal) {
+  pr::ErrorFields e;
+  e.severity = fatal ? "FATAL" : "ERROR";
+  e.sqlstate = sqlstate;
+  e.message = message;
+  e.hint = hint;
+  pr::append_error_response(out, e);
+}
+
+void Session::unlink(LinkId id, LinkOp::Kind kind, Actions& out, std::string_view sql1,
+                     std::string_view sql2) {
+  Link& l = link(id);
+  if (!l.server) return;
+  LinkOp op;
+  op.kind = kind;
+  op.link = id;
+  op.sql[0] = sql1;
+  op.sql[1] = sql2;
+  out.link_ops.push_back(op);
+  l.reset();
+}
+
+// Every link is given back as cleanly as it can be, then the client is closed.
+void Session::release_all_for_close(Actions& out) {
+  if (!work_) return;
+  for (std::size_t i = 0; i < work_->links.size(); ++i) {
+    Link& l = work_->links[i];
+    if (!l.server) continue;
+    const auto id = static_cast<LinkId>(i);
+    ServerState& server = *l.server;
+    const bool reset_session = options_.mode == config::PoolMode::Session || pinned_;
+    if (l.busy() || l.stream_remaining > 0) {
+      unlink(id, LinkOp::Kind::CancelAndClose, out);
+    } else if (options_.mode == config::PoolMode::Session && server.touched_temp) {
+      unlink(id, LinkOp::Kind::Close, out);
+    } else if (server.tx_status != 'I' || reset_session) {
+      std::string_view first = server.tx_status != 'I' ? "ROLLBACK" : "DISCARD ALL";
+      std::string_view second = server.tx_status != 'I' && reset_session ? "DISCARD ALL" : "";
+      if (reset_session) {
+        // What DISCARD ALL leaves: the server's defaults and no prepared statements.
+        server.settings.keep_reported_only();
+        server.settings_unknown = false;
+        server.statements.clear();
+      }
+      unlink(id, LinkOp::Kind::CleanAndRelease, out, first, second);
+    } else {
+      unlink(id, LinkOp::Kind::Release, out);
+    }
+  }
+  if (pinned_) {
+    pinned_ = false;
+    out.pinned_change -= 1;
+  }
+  work_->tx_notes.clear();
+  work_->savepoints.clear();
+}
+
+void Session::close_with(std::string_view sqlstate, std::string_view message, Actions& out) {
+  if (state_ == SessionState::Closing) return;
+  if (!sqlstate.empty()) append_error(out.outbox, sqlstate, message, {}, true);
+  release_all_for_close(out);
+  if (!listen_channels_.empty()) {
+    out.hub.kind = HubRequest::Kind::UnlistenAll;
+    listen_channels_.clear();
+  }
+  out.close_client = true;
+  enter(SessionState::Closing);
+}
+
+const Actions& Session::on_client_gone() {
+  Actions& out = event_actions();
+  close_with({}, {}, out);
+  return out;
+}
+
+const Actions& Session::on_drain() {
+  Actions& out = event_actions();
+  drain_requested_ = true;
+  const bool between_requests =
+      state_ == SessionState::Idle ||
+      (state_ == SessionState::Holding && options_.mode == config::PoolMode::Session && work_ &&
+       std::none_of(work_->links.begin(), work_->links.end(), [](const Link& l) {
+         return l.server && (l.busy() || l.server->tx_status != 'I');
+       }));
+  if (between_requests && !partial_) {
+    close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);
+  }
+  return out;
+}
+
+const Actions& Session::on_client_memory_exhausted() {
+  Actions& out = event_actions();
+  close_with("53400",
+             "pgvalve: too much memory is held for messages still being received "
+             "(limits.message_memory_bytes); send smaller messages or retry later",
+             out);
+  return out;
+}
+
+const Actions& Session::on_server_lost(LinkId id, Clock::time_point now) {
+  now_ = now;
+  Actions& out = event_actions();
+  if (!linked(id)) return out;
+  Link& l = link(id);
+  if (l.login) {
+    close_with("08006",
+               "pgvalve: lost the connection to server " + l.server->name + " during login",
+               out);
+    return out;
+  }
+  lose_link(l, id,
+            "pgvalve: the server connection was lost; the transaction was rolled back, run it "
+            "again",
+            LinkOp::Kind::Close, out);
+  return out;
+}
+
+// The link's server can no longer be used: outstanding requests get `message`, an open
+// transaction is reported lost at the client's next request, a request waiting for the sync
+// gets it too.
+void Session::lose_link(Link& l, LinkId id, std::string_view message, LinkOp::Kind kind,
+                        Actions& out) {
+  const bool in_transaction = l.server->tx_status != 'I';
+  if (l.syncing) {
+    pending_failure_sqlstate_ = "08006";
+    pending_failure_ = std::string(message);
+    out.resume_client = true;
+  } else {
+    fail_pending(l, "08006", message, out.outbox);
+    if (l.in_flight == 0 && in_transaction) lost_transaction_ = true;
+  }
+  if (work_) {
+    work_->tx_notes.clear();
+    work_->savepoints.clear();
+    if (!work_->notifications.empty()) {
+      out.outbox += work_->notifications;
+      work_->notifications.clear();
+    }
+  }
+  if (pinned_) {
+    pinned_ = false;
+    out.pinned_change -= 1;
+  }
+  unlink(id, kind, out);
+  if (state_ != SessionState::Closing && !linked_link()) enter(SessionState::Idle);
+  if (drain_requested_ && state_ == SessionState::Idle) {
+    close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);
+  }
+}
+
+// Every request waiting on `l` gets an error and, where the client waits for one, a
+// ReadyForQuery; an unfinished extended flight gets one error and the rest of it is skipped
+// up to its Sync.
+void Session::fail_pending(Link& l, std::string_view sqlstate, std::string_view message,
+                           std::string& out) {
+  int user_requests = 0;
+  while (!l.pending.empty()) {
+    const auto& head = l.pending.front();
+    if (head.kind == pr::PendingResponse::Kind::ReadyForQuery && !head.internal) ++user_requests;
+    l.pending.pop();
+  }
+  for (int i = 0; i < user_requests; ++i) {
+    append_error(out, sqlstate, message);
+    pr::append_ready_for_query(out, 'I');
+  }
+  if (l.open_extended && user_requests == 0) {
+    append_error(out, sqlstate, message);
+    error_sent_in_flight_ = true;
+    skip_until_sync_ = true;
+  }
+  l.in_flight = 0;
+  l.open_extended = false;
+  l.notes.clear();
+  l.tags.clear();
+  l.pending_setting_notes = 0;
+}
+
+const Actions& Session::on_timer(Clock::time_point now) {
+  now_ = now;
+  Actions& out = event_actions();
+  if (state_ == SessionState::Closing || state_ == SessionState::LoggingIn) return out;
+  if (partial_ && options_.message_timeout.count() > 0 &&
+      now >= partial_since_ + options_.message_timeout) {
+    close_with("08P01",
+               "pgvalve: the client started a message and did not send the rest within "
+               "limits.message_timeout_ms (" +
+                   millis(options_.message_timeout) + ")",
+               out);
+    return out;
+  }
+  if (!work_) return out;
+  for (std::size_t i = 0; i < work_->links.size(); ++i) {
+    Link& l = work_->links[i];
+    if (!l.server) continue;
+    const auto id = static_cast<LinkId>(i);
+    if (l.syncing && now >= l.sync_started + options_.sync_timeout) {
+      if (l.login) {
+        close_with("08006",
+                   "pgvalve: server " + l.server->name +
+                       " did not apply the session settings in time; try again",
+                   out);
+        return out;
+      }
+      lose_link(l, id,
+                "pgvalve: server " + l.server->name +
+                    " did not apply the session settings in time; try again",
+                LinkOp::Kind::CancelAndClose, out);
+      continue;
+    }
+    if (options_.query_timeout.count() > 0 && l.busy() &&
+        now >= l.last_activity + options_.query_timeout) {
+      lose_link(l, id,
+                "pgvalve: server " + l.server->name + " sent nothing for pool.query_timeout_ms (" +
+                    millis(options_.query_timeout) +
+                    "); the query was cancelled, the server connection closed and any open "
+                    "transaction rolled back",
+                LinkOp::Kind::CancelAndClose, out);
+      continue;
+    }
+    if (state_ == SessionState::Holding && options_.idle_transaction_timeout.count() > 0 &&
+        l.server->tx_status != 'I' && now >= held_since_ + options_.idle_transaction_timeout) {
+      close_with("25P03",
+                 "pgvalve: the client was idle in a transaction for longer than "
+                 "pool.idle_transaction_timeout_ms (" +
+                     millis(options_.idle_transaction_timeout) +
+                     "); the transaction was rolled back",
+                 out);
+      return out;
+    }
+  }
+  return out;
+}
+
+const Actions& Session::on_notification(std::string_view message, std::size_t unsent) {
+  Actions& out = event_actions();
+  if (state_ == SessionState::Closing || state_ == SessionState::LoggingIn) return out;
+  const bool between_requests =
+      state_ == SessionState::Idle || state_ == SessionState::Holding;
+  std::string& queue = work().notifications;
+  if (unsent + queue.size() + message.size() > kMaxQueuedNotificationBytes) {
+    close_with("53400",
+               "pgvalve: more than 1 MiB of notifications waited for this client; it must read "
+               "its connection faster or listen to fewer channels",
+               out);
+    return out;
+  }
+  if (between_requests) {
+    out.outbox.append(message);
+    return out;
+  }
+  queue.append(message);
+  return out;
+}
+
+const Actions& Session::on_hub_done(std::optional<std::string_view> error) {
+  Actions& out = event_actions();
+  if (state_ != SessionState::WaitingForHub) return out;
+  const HubRequest::Kind kind = hub_request_;
+  std::string& reply = out.outbox;
+  if (hub_reply_.parse) pr::append_parse_complete(reply);
+  if (hub_reply_.bind) pr::append_bind_complete(reply);
+  if (hub_reply_.describe) pr::append_no_data(reply);
+  if (error) {
+    append_error(reply, "08006", *error);
+  } else {
+    pr::append_command_complete(reply, kind == HubRequest::Kind::Listen ? "LISTEN" : "UNLISTEN");
+    if (kind == HubRequest::Kind::Listen) {
+      if (std::find(listen_channels_.begin(), listen_channels_.end(), hub_channel_) ==
+          listen_channels_.end()) {
+        listen_channels_.push_back(hub_channel_);
+      }
+    } else if (kind == HubRequest::Kind::Unlisten) {
+      std::erase(listen_channels_, hub_channel_);
+    } else {
+      listen_channels_.clear();
+    }
+  }
+  pr::append_ready_for_query(reply, 'I');
+  hub_channel_.clear();
+  hub_request_ = HubRequest::Kind::None;
+  enter(SessionState::Idle);
+  out.resume_client = true;
+  return out;
+}
+
+}  // namespace pgvalve::session

@@ -1,0 +1,282 @@
+// The decisions of one client session, without I/O: fed the client's bytes, the linked servers'
+// bytes and events (a server linked, a timer, a notification, the client gone), it returns
+// Actions for the I/O layer (proxy/client_session.cpp) to carry out. Everything a session
+// decides lives here:
+//  - framing of client input: a message type the client may not send is refused on its first
+//    byte, an invalid length on its header, a partial message gets a deadline;
+//  - what each pool mode makes of a request: forwarded in place, rewritten (named prepared
+//    statements get shared server-side names and are prepared again where the client lands),
+//    answered without a server (Parse between transactions, LISTEN through the shared listening
+//    connection, refusals), or refused;
+//  - which server a request needs (the Route a routing::Router returns) and when a server is
+//    given back;
+//  - following session settings (SET, RESET, set_config, SET ROLE, ... through either protocol,
+//    inside transactions and savepoints) and turning the difference between a client's settings
+//    and a server's into SQL; session state that cannot be replayed pins the server;
+//  - matching each server message with the request it answers, to drop pgvalve's own answers
+//    and insert the ones it made;
+//  - per-client caps, and the deadlines of a partial message, a silent server, a client idle in
+//    a transaction.
+// The state (state.h) is one value changed in one place, enter().
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "config/config.h"
+#include "protocol/frame.h"
+#include "protocol/messages.h"
+#include "protocol/pending_responses.h"
+#include "protocol/prepared_statements.h"
+#include "routing/router.h"
+#include "routing/statement.h"
+#include "session/actions.h"
+#include "session/server_state.h"
+#include "session/settings.h"
+#include "session/state.h"
+#include "session/settings_sync.h"
+
+namespace pgvalve::session {
+
+using Clock = std::chrono::steady_clock;
+
+// What a session needs from the configuration; copied at login.
+struct SessionOptions {
+  config::PoolMode mode = config::PoolMode::Transaction;
+  std::size_t max_message_bytes = 256u << 20;
+  std::size_t max_prepared_statements = 500;  // per server connection (LRU)
+  bool pin_session_state = true;
+  std::chrono::milliseconds query_timeout{0};             // 0: off
+  std::chrono::milliseconds idle_transaction_timeout{0};  // 0: off
+  std::chrono::milliseconds message_timeout{10000};       // 0: off
+  std::chrono::milliseconds sync_timeout{5000};
+
+  static SessionOptions from(const config::Config& config);
+};
+
+// Transient memory a session uses only while it has work: scratch for messages pgvalve writes,
+// the chunk lists of Actions, the per-server bookkeeping. Borrowed from a per-worker pool while
+// the session is busy and given back when it is idle, so an idle client holds none of it and a
+// busy worker allocates nothing per message.
+struct Workspace;
+// Defined in session_internal.h.
+struct Note;
+struct Link;
+struct Flight;
+struct Review;
+
+// One workspace pool per worker thread; not thread-safe.
+class WorkspacePool {
+ public:
+  WorkspacePool();
+  ~WorkspacePool();
+  WorkspacePool(const WorkspacePool&) = delete;
+  WorkspacePool& operator=(const WorkspacePool&) = delete;
+  std::unique_ptr<Workspace> take();
+  void give_back(std::unique_ptr<Workspace> workspace);
+  std::size_t spare() const { return spare_.size(); }
+
+ private:
+  std::vector<std::unique_ptr<Workspace>> spare_;
+};
+
+class Session {
+ public:
+  Session(const SessionOptions& options, const routing::Router& router, WorkspacePool& workspaces);
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  SessionState state() const { return state_; }
+  config::PoolMode mode() const { return options_.mode; }
+
+  // ---- Login -------------------------------------------------------------------------------
+  // Authentication succeeded. `startup` holds the client's startup parameters (user, database
+  // and options -c included; they are sorted out here), `defaults` the pool's server parameters,
+  // `key` the BackendKeyData pgvalve gives the client. When `server` is given (session mode, or
+  // the pool's first connection), it is linked as link 0 and its settings made the client's
+  // before the login reply; otherwise the reply goes out at once.
+  const Actions& start(const std::vector<std::pair<std::string, std::string>>& startup,
+                       std::shared_ptr<const ServerParameters> defaults,
+                       protocol::BackendKeyData key, ServerState* server, Clock::time_point now);
+
+  // ---- Client input ------------------------------------------------------------------------
+  // `input` is everything received from the client and not yet consumed. Call again with the
+  // same input after resume_client.
+  const Actions& on_client_data(std::string_view input, Clock::time_point now);
+  // The checkout asked for by `check_out` found `server`; it is linked as link 0.
+  const Actions& on_linked(ServerState& server, Clock::time_point now);
+  // It did not: the waiting request gets this error; the client stays connected.
+  const Actions& on_checkout_failed(std::string_view sqlstate, std::string_view message,
+                                    Clock::time_point now);
+  // The client's buffer may not grow (limits.message_memory_bytes): the client is refused.
+  const Actions& on_client_memory_exhausted();
+
+  // ---- Server input ------------------------------------------------------------------------
+  // `input`: everything received from the link's server and not yet consumed.
+  const Actions& on_server_data(LinkId link, std::string_view input, Clock::time_point now);
+
+  // ---- Events (their client bytes come in `outbox`) ----------------------------------------
+  const Actions& on_server_lost(LinkId link, Clock::time_point now);
+  // The shared listening connection answered the hub request (an error message, or none).
+  const Actions& on_hub_done(std::optional<std::string_view> error);
+  // A NotificationResponse for the client from the listen hub; `unsent` is what the client
+  // has not read yet of what was written to it.
+  const Actions& on_notification(std::string_view message, std::size_t unsent);
+  const Actions& on_timer(Clock::time_point now);
+  // The client closed its connection or the I/O layer lost it: give every server back.
+  const Actions& on_client_gone();
+  // Shutdown: leave at the next transaction boundary (now, when between transactions).
+  const Actions& on_drain();
+
+  // ---- What the I/O layer waits for ---------------------------------------------------------
+  // The earliest deadline (partial message, silent server, idle in transaction, settings sync);
+  // Clock::time_point::max() when none.
+  Clock::time_point next_deadline() const;
+  bool wants_client_input() const;
+  bool wants_server_input(LinkId link) const;
+  bool linked(LinkId link) const;
+  std::size_t link_count() const;
+  bool pinned() const { return pinned_; }
+  // Nothing is in flight and no server is linked: the session holds only its durable state.
+  bool idle() const { return state_ == SessionState::Idle; }
+  // Gives transient memory back to the worker's pool; call when the I/O layer has finished
+  // every write of the last Actions and parks the client.
+  void trim();
+
+  // For SHOW CLIENTS and tests.
+  const Settings& client_settings() const { return client_settings_; }
+  std::size_t prepared_statement_count() const;
+  std::size_t listen_channel_count() const { return listen_channels_.size(); }
+
+ private:
+  struct HubReply {
+    bool parse = false;
+    bool bind = false;
+    bool describe = false;
+  };
+
+  // ---- state ----
+  void enter(SessionState next);
+  Workspace& work();
+  Actions& client_actions();
+  Actions& event_actions();
+  Link& link(LinkId id);
+  Link* linked_link();
+  LinkId id_of(const Link& l);
+  void settle(Link& l, LinkId id, Actions& out);
+
+  // ---- login and settings ----
+  void absorb_startup(const std::vector<std::pair<std::string, std::string>>& startup);
+  void append_login_reply(std::string& out);
+  bool settings_match(const ServerState& server) const;
+  std::uint64_t settings_fingerprint() const;
+  // Queues pgvalve's own query making the link's server settings the client's into `out`;
+  // false when none is needed.
+  bool start_sync(Link& l, std::string& out, Clock::time_point now);
+  void finish_sync(Link& l, bool ok, Actions& out);
+  void restore_startup_settings();
+
+  // ---- client requests (client_flight.cpp) ----
+  const Actions& plan_client(std::string_view input, Clock::time_point now);
+  bool check_partial(std::string_view rest, Actions& out, Clock::time_point now);
+  bool answer_parse_locally(Flight& flight, Actions& out);
+  bool answer_listen_locally(Flight& flight, Actions& out);
+  std::string_view route_text(Flight& flight);
+  void plan_frame(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
+  void plan_query(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
+  void plan_parse(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
+  void plan_bind(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
+  void plan_describe(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
+  void plan_close(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
+  void plan_execute(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
+  void prepare_on_server(const protocol::PreparedStatement& stmt, bool swallow, Link& l,
+                         Flight& flight);
+  void raise_on_server(std::string_view sqlstate, std::string_view message, bool extended,
+                       Link& l, Flight& flight);
+  Review review(std::string_view sql, bool settling_transaction, std::vector<Note>& notes) const;
+  void note_for(const routing::StatementInfo& info, Note& note) const;
+  const protocol::PreparedStatement& define_statement(std::string_view name,
+                                                      std::string_view query,
+                                                      std::string_view param_types);
+  bool forget_statement(std::string_view name);
+  void forget_all_statements();
+  void pass_client(Flight& flight, std::size_t offset, std::size_t size);
+  void mark_scratch(Flight& flight, std::size_t from);
+  void fail_requests(std::string_view frames, std::string_view sqlstate, std::string_view message,
+                     std::string& out);
+
+  // ---- server answers (server_flight.cpp) ----
+  const Actions& plan_server(Link& l, LinkId id, std::string_view input);
+  // Returns true when the message (or the part of it received) is forwarded to the client.
+  bool server_frame(Link& l, const protocol::Frame& f, std::size_t offset, Actions& out,
+                    bool& saw_ready);
+  void emit_synthetic_heads(Link& l);
+  void complete_front(Link& l, char tag, Actions& out);
+  void settle_statement(Link& l, protocol::PendingResponse& request, std::string_view tag,
+                        Actions& out);
+  void end_request(Link& l, protocol::PendingResponse& request, char tx_status);
+  void apply_note(const Note& note, Link& l, Actions& out);
+  void commit_notes(Link& l, Actions& out);
+  void drop_notes();
+  void start_pin_check(Link& l, LinkId id, Actions& out);
+  void read_pin_check(Link& l, const protocol::Frame& f);
+  void finish_pin_check(Link& l, bool failed, Actions& out);
+
+  // ---- failures and endings ----
+  void fail_pending(Link& l, std::string_view sqlstate, std::string_view message,
+                    std::string& out);
+  void lose_link(Link& l, LinkId id, std::string_view message, LinkOp::Kind kind, Actions& out);
+  void unlink(LinkId id, LinkOp::Kind kind, Actions& out, std::string_view sql1 = {},
+              std::string_view sql2 = {});
+  void release_all_for_close(Actions& out);
+  void append_error(std::string& out, std::string_view sqlstate, std::string_view message,
+                    std::string_view hint = {}, bool fatal = false);
+  void close_with(std::string_view sqlstate, std::string_view message, Actions& out);
+
+  SessionOptions options_;
+  const routing::Router& router_;
+  WorkspacePool& workspaces_;
+  std::unique_ptr<Workspace> work_;
+  SessionState state_ = SessionState::LoggingIn;
+  Clock::time_point now_{};  // of the event being handled
+
+  // Durable per-client state (kept while idle).
+  Settings client_settings_;   // where they differ from the pool's server defaults
+  Settings startup_settings_;  // what RESET returns a setting to
+  std::shared_ptr<const ServerParameters> defaults_;
+  protocol::BackendKeyData key_;
+  std::unique_ptr<protocol::ClientStatements> statements_;
+  std::size_t statement_bytes_ = 0;
+  std::vector<std::string> listen_channels_;  // through the listen hub
+  bool logged_in_ = false;
+  bool drain_requested_ = false;
+  bool pinned_ = false;
+  // The server died while this client had a transaction open: its next requests get an error
+  // until the next Sync / Query.
+  bool lost_transaction_ = false;
+  bool skip_until_sync_ = false;  // an extended flight failed: drop its messages until Sync
+  bool error_sent_in_flight_ = false;
+  // A waiting request whose checkout or settings sync failed gets this error.
+  std::string pending_failure_sqlstate_;
+  std::string pending_failure_;
+  routing::Route pending_route_;
+  // A LISTEN/UNLISTEN waiting for the listen hub, and how to answer it.
+  HubRequest::Kind hub_request_ = HubRequest::Kind::None;
+  std::string hub_channel_;
+  HubReply hub_reply_;
+  // A partial message is being received since `partial_since_`.
+  bool partial_ = false;
+  Clock::time_point partial_since_{};
+  Clock::time_point client_activity_{};
+  Clock::time_point held_since_{};  // entered Holding, or last client bytes while Holding
+};
+
+}  // namespace pgvalve::session

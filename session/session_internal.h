@@ -1,0 +1,148 @@
+// The parts of Session only its own .cpp files see: notes that follow settings through a
+// transaction, the bookkeeping of one linked server, the planning state of one client step, and
+// the workspace that holds them while the session is busy.
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "session/session.h"
+#include "session/settings_sync.h"
+
+namespace pgvalve::session {
+
+// What a statement means for the session's settings or transaction bookkeeping, settled when
+// its CommandComplete arrives.
+struct Note {
+  enum class Kind : std::uint8_t {
+    None,
+    Set,        // name = value (form)
+    Reset,      // name back to its startup value
+    ResetAll,   // every setting back to startup values
+    Discard,    // DISCARD ALL: settings, prepared statements, LISTENs
+    Unknown,    // settings changed in a way pgvalve cannot follow: reset before the next lender
+    Commit,     // COMMIT / END (its tag says whether it committed)
+    Rollback,   // ROLLBACK / ABORT
+    Savepoint,  // name
+    Release,    // RELEASE name
+    RollbackTo, // ROLLBACK TO name
+    DeallocateAll,  // DEALLOCATE ALL (not transactional)
+  };
+  Kind kind = Kind::None;
+  SettingForm form = SettingForm::Literal;
+  std::string name;
+  std::string value;
+};
+using NoteKind = Note::Kind;
+
+inline bool is_setting_note(NoteKind k) {
+  return k == NoteKind::Set || k == NoteKind::Reset || k == NoteKind::ResetAll ||
+         k == NoteKind::Discard;
+}
+
+// Where a chunk of bytes for a server comes from while a step is planned: the client's input
+// (forwarded in place) or the scratch buffer (rewritten or pgvalve's own). Offsets, because the
+// scratch may grow.
+struct Span {
+  bool scratch = false;
+  std::size_t offset = 0;
+  std::size_t size = 0;
+};
+
+// Pending-response actions (protocol::PendingResponse::action).
+enum : std::uint8_t {
+  kActionNone = 0,
+  kActionEmptyAsTag = 1,       // sent as an empty query: answer CommandComplete `note`'s tag
+  kActionSynthParseComplete,   // answered by pgvalve: ParseComplete
+  kActionSync,                 // pgvalve's settings query
+  kActionPinCheck,             // pgvalve's query about session state that pins the server
+};
+
+struct Link {
+  ServerState* server = nullptr;
+  routing::Route route;
+  protocol::PendingResponses pending;
+  std::vector<Note> notes;      // notes of outstanding requests (PendingResponse::note ranges)
+  std::vector<std::string> tags;  // command tags answered for empty queries (kActionEmptyAsTag)
+  int in_flight = 0;            // Query/Sync/FunctionCall forwarded, ReadyForQuery not yet seen
+  int pending_setting_notes = 0;  // setting notes of outstanding requests, not yet settled
+  bool open_extended = false;   // extended-protocol messages forwarded since the last Sync
+  bool check_pins = false;      // ask the server about pinned state when its transaction ends
+  bool login = false;           // linked at login: the login reply waits for the sync
+  std::size_t stream_remaining = 0;  // bytes of a large server message still passing through
+  bool stream_forward = true;        // ... forwarded to the client (false: dropped)
+  Clock::time_point last_activity{};
+  Clock::time_point sync_started{};
+  bool syncing = false;
+  std::string scratch;  // bytes pgvalve writes to the client from this link's step
+  std::vector<Span> spans;
+  Actions actions;
+  SyncPlan sync_plan;       // of the sync running now
+  bool reserved = false;    // linked for a request that is not planned yet: not released
+  bool pin_check_holds = false;  // the running pin check found state
+
+  bool busy() const { return in_flight > 0 || open_extended || !pending.empty(); }
+  void reset() {
+    server = nullptr;
+    pending.clear();
+    notes.clear();
+    tags.clear();
+    in_flight = 0;
+    pending_setting_notes = 0;
+    open_extended = false;
+    check_pins = false;
+    login = false;
+    stream_remaining = 0;
+    stream_forward = true;
+    syncing = false;
+    reserved = false;
+    pin_check_holds = false;
+  }
+};
+
+// Planning state of one client step.
+struct Flight {
+  std::string_view input;
+  std::string* scratch = nullptr;
+  std::vector<Span>* spans = nullptr;
+  Actions* out = nullptr;
+  bool drop_until_sync = false;
+};
+
+// What review() found in the statements of one query text.
+struct Review {
+  std::string_view refusal_sqlstate;
+  std::string refusal;              // non-empty: raise this instead of running the text
+  bool check_pins = false;          // may create or release state that pins the server
+  bool temporary = false;           // creates temporary objects
+  bool has_notes = false;           // `notes` hold one note per statement
+  std::vector<Note>* notes = nullptr;
+  std::size_t first_note = 0;
+  std::size_t note_count = 0;
+  routing::StatementInfo first;     // the first statement
+  bool single = true;               // exactly one statement
+};
+
+struct Workspace {
+  std::string client_scratch;
+  std::vector<Span> client_spans;
+  std::vector<Span> reply_spans;  // local answers (to the client), from client_scratch
+  std::string reply_scratch;
+  Actions client_actions;
+  Actions event_actions;
+  std::vector<Link> links;
+  std::vector<Note> tx_notes;  // settled in the open transaction, applied at commit
+  std::vector<std::pair<std::string, std::size_t>> savepoints;  // name, tx_notes size then
+  std::string notifications;  // waiting for the client to be between requests
+  // The unnamed statement and portal, as far as settings are concerned.
+  Note unnamed_statement_note;
+  Note unnamed_portal_note;
+  bool unnamed_statement_pins = false;
+  bool unnamed_portal_pins = false;
+  std::vector<Note> review_notes;
+
+  void clear();
+};
+
+}  // namespace pgvalve::session

@@ -1,0 +1,52 @@
+#include "session/state.h"
+
+namespace pgvalve::session {
+
+std::string_view state_name(SessionState state) {
+  switch (state) {
+    case SessionState::LoggingIn:
+      return "logging_in";
+    case SessionState::Idle:
+      return "idle";
+    case SessionState::WaitingForServer:
+      return "waiting_for_server";
+    case SessionState::Syncing:
+      return "syncing";
+    case SessionState::Active:
+      return "active";
+    case SessionState::Holding:
+      return "holding";
+    case SessionState::WaitingForHub:
+      return "waiting_for_hub";
+    case SessionState::Closing:
+      return "closing";
+  }
+  return "?";
+}
+
+bool transition_allowed(SessionState from, SessionState to) {
+  using S = SessionState;
+  if (from == to) return true;
+  if (to == S::Closing) return true;
+  switch (from) {
+    case S::LoggingIn:
+      return to == S::Syncing || to == S::Idle || to == S::Holding;
+    case S::Idle:
+      return to == S::WaitingForServer || to == S::WaitingForHub || to == S::Active;
+    case S::WaitingForServer:
+      return to == S::Syncing || to == S::Active || to == S::Idle;
+    case S::Syncing:
+      return to == S::Active || to == S::Idle || to == S::Holding;
+    case S::Active:
+      return to == S::Idle || to == S::Holding;
+    case S::Holding:
+      return to == S::Active || to == S::Idle;
+    case S::WaitingForHub:
+      return to == S::Idle;
+    case S::Closing:
+      return false;
+  }
+  return false;
+}
+
+}  // namespace pgvalve::session

@@ -1,0 +1,40 @@
+// The state of a client session: one value, changed only by Session::enter(), which checks the
+// edge against the table below. docs/internals.md draws it with the path of one query.
+//
+//   LoggingIn ──start──► Syncing (a server is linked at login) ──► Idle | Holding
+//       │                                                             ▲
+//       └───────────────────────────────start (no server)─────────────┘
+//
+//   Idle ──client bytes need a server──► WaitingForServer ──linked──► Syncing ──► Active
+//     ▲  ──answered without a server (Parse, LISTEN, refusals)──► Idle | WaitingForHub
+//     │                                                       WaitingForHub ──answer──► Idle
+//     │                                       WaitingForServer ──no server──► Idle
+//   Active ──ReadyForQuery 'I', nothing pending──► Idle (server released)
+//     │    ──ReadyForQuery 'T'/'E' or session mode or pinned──► Holding
+//   Holding ──client bytes──► Active
+//   any ──client gone, Terminate, fatal error, drained──► Closing
+#pragma once
+
+#include <cstdint>
+#include <string_view>
+
+namespace pgvalve::session {
+
+enum class SessionState : std::uint8_t {
+  LoggingIn,         // startup and authentication (proxy/client_login.cpp)
+  Idle,              // logged in, no server linked, nothing pending: holds no buffer
+  WaitingForServer,  // the client's next request waits for a checkout
+  Syncing,           // a server was linked; pgvalve's own query makes its settings the client's
+  Active,            // requests outstanding on the linked server
+  Holding,           // server linked, nothing outstanding: a transaction is open, session mode,
+                     // or session state pins the server (transaction mode)
+  WaitingForHub,     // a LISTEN/UNLISTEN waits for the shared listening connection
+  Closing,           // the session ends: servers are given back clean or closed
+};
+
+std::string_view state_name(SessionState state);
+
+// True when the session may move from `from` to `to` (the table in state.cpp).
+bool transition_allowed(SessionState from, SessionState to);
+
+}  // namespace pgvalve::session
