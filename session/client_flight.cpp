@@ -45,11 +45,15 @@ bool client_may_send(char tag) {
 // CloseComplete where a client's Close of its own name is expected.
 constexpr std::string_view kNoStatement = "pgv_none";
 
-bool contains_word_ci(std::string_view sql, std::size_t from, std::string_view needle) {
+// `needle` is lower case.
+bool contains_ci(std::string_view sql, std::size_t from, std::string_view needle) {
   for (std::size_t p = from; p + needle.size() <= sql.size(); ++p) {
     std::size_t k = 0;
-    while (k < needle.size() && (sql[p + k] | 0x20) == needle[k])
+    while (k < needle.size()) {
+      const char c = sql[p + k];
+      if ((c >= 'A' && c <= 'Z' ? static_cast<char>(c + ('a' - 'A')) : c) != needle[k]) break;
       ++k;
+    }
     if (k == needle.size()) return true;
   }
   return false;
@@ -77,8 +81,8 @@ bool plain_statement(std::string_view sql) {
   while (end > j && (sql[end - 1] == ' ' || sql[end - 1] == '\n' || sql[end - 1] == ';'))
     --end;
   if (sql.substr(j, end - j).find(';') != std::string_view::npos) return false;
-  return !contains_word_ci(sql, j, "advisory") && !contains_word_ci(sql, j, "temp") &&
-         !contains_word_ci(sql, j, "set_config");
+  return !contains_ci(sql, j, "advisory") && !contains_ci(sql, j, "temp") &&
+         !contains_ci(sql, j, "set_config");
 }
 
 // The text inside a plain '...' literal, with '' unescaped.
@@ -489,7 +493,7 @@ bool Session::answer_listen_locally(Flight& flight, Actions& out) {
         return false;
     }
   }
-  if (!sync || !contains_word_ci(sql, 0, "listen")) return false;
+  if (!sync || !contains_ci(sql, 0, "listen")) return false;
   auto info = routing::classify(sql);
   const bool listen = info.kind == StatementKind::Listen;
   if ((!listen && info.kind != StatementKind::Unlisten) || info.multiple_statements ||
