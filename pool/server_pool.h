@@ -158,7 +158,11 @@ class ServerPool : public std::enable_shared_from_this<ServerPool> {
   // Thread-safe. A bigger limit lets queued clients open connections at once; a smaller one
   // closes the surplus as connections come back.
   void update_settings(const config::PoolSettings& settings);
+  // Any thread; takes the settings lock (reload, admin, HTTP).
   config::PoolSettings settings() const;
+  // The settings as `worker` sees them: its own copy, refreshed after a reload without a lock.
+  // On that worker's thread only; valid until its next call into the pool.
+  const config::PoolSettings& settings(int worker) { return local_settings(state(worker)); }
   PoolStats stats(Clock::time_point now = Clock::now()) const;
 
   // Server parameters (ParameterStatus) seen on the first connection: what clients are told at

@@ -16,6 +16,23 @@
 
 namespace pgvalve::proxy {
 
+void Worker::add_session(ClientSession* s) {
+  s->next_on_worker = sessions;
+  s->prev_on_worker = nullptr;
+  if (sessions) sessions->prev_on_worker = s;
+  sessions = s;
+}
+
+void Worker::remove_session(ClientSession* s) {
+  if (s->prev_on_worker) {
+    s->prev_on_worker->next_on_worker = s->next_on_worker;
+  } else if (sessions == s) {
+    sessions = s->next_on_worker;
+  }
+  if (s->next_on_worker) s->next_on_worker->prev_on_worker = s->prev_on_worker;
+  s->next_on_worker = s->prev_on_worker = nullptr;
+}
+
 App::App(config::ConfigPtr config) {
   set_log_level(config->log_level);
   message_memory_.set_limit(config->limits.message_memory_bytes);
@@ -194,8 +211,7 @@ void App::begin_drain() {
     asio::post(w->context, [w = w.get()] {
       error_code ignored;
       if (w->acceptor) w->acceptor->close(ignored);
-      for (auto* s : w->sessions)
-        s->on_drain();
+      w->for_each_session([](ClientSession& s) { s.on_drain(); });
     });
   }
   poll_drain(std::chrono::steady_clock::now() + std::chrono::seconds(timeout));

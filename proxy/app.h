@@ -11,7 +11,6 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 #include <boost/asio/io_context.hpp>
@@ -22,6 +21,7 @@
 #include "config/config.h"
 #include "pool/server_pool.h"
 #include "proxy/cancel_registry.h"
+#include "proxy/client_session.h"
 #include "proxy/users.h"
 #include "session/input_buffer.h"
 #include "session/session.h"
@@ -32,7 +32,6 @@ namespace asio = boost::asio;
 using asio::ip::tcp;
 using error_code = boost::system::error_code;
 
-class ClientSession;
 class ListenHub;
 class HttpServer;
 
@@ -40,11 +39,25 @@ struct Worker {
   int index = 0;
   asio::io_context context{1};
   std::unique_ptr<tcp::acceptor> acceptor;
-  std::unordered_set<ClientSession*> sessions;  // touched only on this worker's thread
+  // The worker's client sessions (ClientSession::next_on_worker); touched only on its thread.
+  ClientSession* sessions = nullptr;
+  void add_session(ClientSession* s);
+  void remove_session(ClientSession* s);
+  template <typename F>
+  void for_each_session(F&& f);
   session::WorkspacePool workspaces;            // touched only on this worker's thread
   std::unique_ptr<asio::steady_timer> sweep_timer;
   std::thread thread;
 };
+
+template <typename F>
+void Worker::for_each_session(F&& f) {
+  for (ClientSession* s = sessions; s;) {
+    ClientSession* next = s->next_on_worker;
+    f(*s);
+    s = next;
+  }
+}
 
 class App : public pool::Handoff {
  public:

@@ -243,9 +243,8 @@ asio::awaitable<bool> ClientSession::start_session() {
   pool_ = app_.pool_for(*database_, user_name_, database_->shards.front().primary);
   pool_->client_joined();
   cancel_ = app_.cancels().register_client();
-  router_ = std::make_unique<routing::Router>(static_cast<int>(database_->shards.size()));
-  core_ = std::make_unique<session::Session>(session::SessionOptions::from(*config_), *router_,
-                                             worker_.workspaces);
+  router_ = routing::Router(static_cast<int>(database_->shards.size()));
+  core_.emplace(session::SessionOptions::from(*config_), router_, worker_.workspaces);
 
   // The client is told the parameters of a real server, so one must have been seen; session
   // mode keeps its server from the start.
@@ -272,9 +271,6 @@ asio::awaitable<bool> ClientSession::start_session() {
   }
   error_code ec;
   client_.non_blocking(true, ec);
-  client_writer_.on_drained([weak = weak_from_this()] {
-    if (auto self = weak.lock()) self->on_drained();
-  });
   PGV_LOG(Info, "client_login", {"client", id_}, {"user", user_name_}, {"database", database_name_},
           {"mode", config::to_string(config_->pool.mode)});
   const auto& actions = core_->start(startup_params_, pool_->server_parameters(),

@@ -61,12 +61,12 @@ void ClientSession::CheckoutWaiter::grant(std::unique_ptr<pool::Connection> conn
 
 ClientSession::ClientSession(App& app, Worker& worker, Socket socket, std::uint64_t id)
     : app_(app), worker_(worker), client_(std::move(socket)), id_(id) {
-  worker_.sessions.insert(this);
+  worker_.add_session(this);
   client_in_.set_budget(&app_.message_memory());
 }
 
 ClientSession::~ClientSession() {
-  worker_.sessions.erase(this);
+  worker_.remove_session(this);
   if (pool_) pool_->client_left();
   if (counted_) app_.remove_client();
 }
@@ -81,10 +81,16 @@ void ClientSession::carry_out(const Actions& actions, Source source, session::Li
   if (!actions.to_server.empty() && actions.server_link < links_.size() &&
       links_[actions.server_link].conn) {
     LinkIO& io = links_[actions.server_link];
-    io.writer.write(io.conn->socket, actions.to_server, {});
+    if (io.writer.write(io.conn->socket, actions.to_server, {}) ==
+        SocketWriter::Result::Backlog) {
+      io.writer.on_drained(drained_callback());
+    }
   }
   if (!actions.to_client.empty() || !actions.outbox.empty()) {
-    client_writer_.write(client_, actions.to_client, actions.outbox);
+    if (client_writer_.write(client_, actions.to_client, actions.outbox) ==
+        SocketWriter::Result::Backlog) {
+      client_writer_.on_drained(drained_callback());
+    }
   }
   if (source == Source::Client) {
     client_in_.consume(actions.consumed);
@@ -116,6 +122,12 @@ void ClientSession::carry_out(const Actions& actions, Source source, session::Li
   arm_timer();
 }
 
+std::function<void()> ClientSession::drained_callback() {
+  return [weak = weak_from_this()] {
+    if (auto self = weak.lock()) self->on_drained();
+  };
+}
+
 // A writer's backlog drained: what stopped for it reads again.
 void ClientSession::on_drained() {
   if (closed_) return;
@@ -136,12 +148,14 @@ bool ClientSession::writers_busy() const {
 // ---- The client's socket -------------------------------------------------------------------
 
 void ClientSession::watch_client() {
-  if (closed_ || watching_client_ || writers_busy() || !core_->wants_client_input()) return;
+  if (closed_ || writers_busy()) return;
   if (core_->idle() && client_in_.empty()) {
-    // Between transactions: nothing held but this object and the wait below.
+    // Between transactions: nothing held but this object and a wait for the client's socket.
     core_->trim();
     client_in_.release();
+    client_writer_.trim();
   }
+  if (watching_client_ || !core_->wants_client_input()) return;
   watching_client_ = true;
   client_.async_wait(Socket::wait_read, [self = shared_from_this()](const error_code& ec) {
     self->watching_client_ = false;
@@ -202,16 +216,17 @@ void ClientSession::close() {
   client_.close(ignored);
   client_writer_.abandon();
   if (timer_) timer_->cancel();
-  if (checking_out_ && pool_) {
-    if (pool_->cancel_wait(worker_.index, &waiter_)) checking_out_ = false;
-    if (wait_timer_) wait_timer_->cancel();
+  if (waiting_ && checkout_pool_ && checkout_pool_->cancel_wait(worker_.index, &waiter_)) {
+    waiting_ = false;
   }
+  if (wait_timer_) wait_timer_->cancel();
   for (auto& io : links_) {
     // The core gave every server back before asking to close; anything left is closed.
     if (io.conn) give_back(std::move(io.conn), false);
   }
   if (hub_ && sink_) hub_->forget(sink_.get());
   client_in_.release();
+  waiting_for_hub_.reset();
   PGV_LOG(Info, "client_logout", {"client", id_}, {"user", user_name_},
           {"database", database_name_});
 }
@@ -261,15 +276,18 @@ void ClientSession::read_server(session::LinkId id) {
 
 void ClientSession::arm_timer() {
   if (closed_ || !core_) return;
-  const auto at = core_->next_deadline();
+  auto at = core_->next_deadline();
+  if (waiting_) at = std::min(at, checkout_deadline_);
   // Moved-later deadlines are found when the timer fires; only an earlier one re-arms it.
   if (at == session::Clock::time_point::max() || at >= timer_at_) return;
-  if (!timer_) timer_.emplace(client_.get_executor());
+  if (!timer_) timer_ = std::make_unique<asio::steady_timer>(client_.get_executor());
   timer_at_ = at;
   timer_->expires_at(at);
   timer_->async_wait([self = shared_from_this()](const error_code& ec) {
     if (ec || self->closed_) return;
     self->timer_at_ = session::Clock::time_point::max();
+    if (self->waiting_ && now() >= self->checkout_deadline_) self->checkout_timed_out();
+    if (self->closed_) return;
     self->carry_out(self->core_->on_timer(now()), Source::Event);
     self->arm_timer();
   });
@@ -296,40 +314,94 @@ std::unique_ptr<ServerConnection> ClientSession::usable(std::unique_ptr<pool::Co
   return server;
 }
 
+// A server for the core's request. The usual answers come at once (an idle connection of this
+// worker) or as a grant from the pool while the session waits; only opening a new connection or a
+// pre-ping runs a coroutine.
 void ClientSession::check_out(const routing::Route& route) {
-  auto pool = pool_for(route);
+  checkout_pool_ = pool_for(route);
   checking_out_ = true;
-  auto result = pool->checkout(worker_.index, &waiter_);
-  if (result.kind == pool::CheckoutKind::Idle) {
-    const auto settings = pool->settings();
-    const bool ping = settings.pre_ping && now() - result.conn->last_used_at >=
-                                               std::chrono::seconds(settings.pre_ping_idle_s);
-    if (!ping) {
-      if (auto server = usable(std::move(result.conn), *pool)) {
-        link(std::move(server), pool);
-        return;
+  const auto& settings = checkout_pool_->settings(worker_.index);
+  checkout_deadline_ = now() + std::chrono::milliseconds(settings.checkout_timeout_ms);
+  take(checkout_pool_->checkout(worker_.index, &waiter_));
+}
+
+// Carries out the pool's answer to a checkout.
+void ClientSession::take(pool::CheckoutResult result) {
+  pool::ServerPool& pool = *checkout_pool_;
+  for (;;) {
+    switch (result.kind) {
+      case pool::CheckoutKind::Idle: {
+        const auto& settings = pool.settings(worker_.index);
+        if (settings.pre_ping && now() - result.conn->last_used_at >=
+                                     std::chrono::seconds(settings.pre_ping_idle_s)) {
+          asio::co_spawn(client_.get_executor(), check_out_slowly(checkout_pool_, std::move(result)),
+                         [self = shared_from_this()](std::exception_ptr e) {
+                           log_failure(self->id_, e);
+                         });
+          return;
+        }
+        if (auto server = usable(std::move(result.conn), pool)) {
+          link(std::move(server), checkout_pool_);
+          return;
+        }
+        // It died while idle; the next one (each try discards one, so this ends).
+        result = pool.checkout(worker_.index, &waiter_);
+        continue;
       }
-      result = pool->checkout(worker_.index, &waiter_);
+      case pool::CheckoutKind::Create:
+        asio::co_spawn(client_.get_executor(), check_out_slowly(checkout_pool_, std::move(result)),
+                       [self = shared_from_this()](std::exception_ptr e) {
+                         log_failure(self->id_, e);
+                       });
+        return;
+      case pool::CheckoutKind::Wait:
+        waiting_ = true;  // on_granted() or the deadline in on_timer() ends it
+        arm_timer();
+        return;
     }
   }
-  asio::co_spawn(client_.get_executor(), check_out_slowly(pool, std::move(result)),
-                 [self = shared_from_this()](std::exception_ptr e) { log_failure(self->id_, e); });
 }
 
 void ClientSession::on_granted(std::unique_ptr<pool::Connection> conn) {
-  if (closed_ || !checking_out_) {
+  if (wait_timer_) {  // login's coroutine waits
+    grant_ = std::move(conn);
+    granted_ = true;
+    wait_timer_->cancel();
+    return;
+  }
+  if (closed_ || !waiting_) {
     // Nobody waits any more: the connection (or the permit) goes straight back.
+    auto& pool = checkout_pool_ ? *checkout_pool_ : *pool_;
     if (conn) {
       give_back(std::unique_ptr<ServerConnection>(static_cast<ServerConnection*>(conn.release())),
-                true);
-    } else if (pool_) {
-      pool_->create_failed(worker_.index);
+                true, checkout_pool_);
+    } else {
+      pool.create_failed(worker_.index);
     }
     return;
   }
-  grant_ = std::move(conn);
-  granted_ = true;
-  if (wait_timer_) wait_timer_->cancel();
+  waiting_ = false;
+  pool::CheckoutResult result;
+  result.kind = conn ? pool::CheckoutKind::Idle : pool::CheckoutKind::Create;
+  result.conn = std::move(conn);
+  take(std::move(result));
+}
+
+// The checkout deadline passed while waiting: the request gets 53300, the connection stays.
+void ClientSession::checkout_timed_out() {
+  if (!waiting_ || !checkout_pool_->cancel_wait(worker_.index, &waiter_)) return;
+  waiting_ = false;
+  checking_out_ = false;
+  checkout_pool_->note_timeout(worker_.index);
+  const auto& settings = checkout_pool_->settings(worker_.index);
+  carry_out(core_->on_checkout_failed(
+                "53300",
+                "pgvalve: no server connection became available within "
+                "pool.checkout_timeout_ms (" +
+                    std::to_string(settings.checkout_timeout_ms) +
+                    " ms); the pool is busy — retry, or raise pool_size or max_overflow",
+                now()),
+            Source::Client);
 }
 
 asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::acquire(
@@ -400,7 +472,7 @@ asio::awaitable<void> ClientSession::check_out_slowly(std::shared_ptr<pool::Serv
   ServerFailure failure;
   auto server = co_await acquire(pool, std::move(first), failure);
   if (closed_) {
-    if (server) give_back(std::move(server), true);
+    if (server) give_back(std::move(server), true, pool);
     co_return;
   }
   if (server) {
@@ -429,7 +501,6 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::open_server(
   }
   fresh->id = app_.next_server_id();
   fresh->home_worker = worker_.index;
-  fresh->in.set_budget(nullptr);
   error_code ec;
   auto remote = fresh->socket.remote_endpoint(ec);
   fresh->host_index = app_.cancels().host_index(remote);
@@ -447,9 +518,6 @@ void ClientSession::link(std::unique_ptr<ServerConnection> server,
   io.conn = std::move(server);
   io.pool = std::move(pool);
   io.watching = false;
-  io.writer.on_drained([weak = weak_from_this()] {
-    if (auto self = weak.lock()) self->on_drained();
-  });
   ++io.generation;
   cancel_->link(io.conn->host_index, io.conn->key.process_id, io.conn->key.secret_key);
   carry_out(core_->on_linked(io.conn->state, now()), Source::Client);
@@ -485,9 +553,12 @@ void ClientSession::carry_out_link_op(const LinkOp& op) {
       give_back(std::move(server), false, io.pool);
       return;
     case LinkOp::Kind::CleanAndRelease:
+      // Runs on after the client left: the completion handler keeps this session alive.
       asio::co_spawn(client_.get_executor(),
                      clean_and_release(std::move(server), io.pool, op.sql[0], op.sql[1]),
-                     asio::detached);
+                     [self = shared_from_this()](std::exception_ptr e) {
+                       log_failure(self->id_, e);
+                     });
       return;
   }
 }
@@ -529,8 +600,16 @@ void ClientSession::hub_request(const session::HubRequest& request) {
   if (!sink_) sink_ = std::make_shared<Sink>(weak_from_this(), client_.get_executor());
   ListenHub::Done done;
   if (core_->state() == session::SessionState::WaitingForHub) {
-    done = [self = shared_from_this()](std::optional<std::string> error) {
-      asio::post(self->client_.get_executor(), [self, error = std::move(error)] {
+    // Nothing else holds the session while it waits for the hub's answer.
+    waiting_for_hub_ = shared_from_this();
+    // Runs on the hub's thread: hold the session only weakly there, so that its last reference
+    // (and its destruction) stays on its own worker.
+    done = [weak = weak_from_this(), executor = client_.get_executor()](
+               std::optional<std::string> error) {
+      asio::post(executor, [weak, error = std::move(error)] {
+        auto self = weak.lock();
+        if (!self) return;
+        self->waiting_for_hub_.reset();
         if (self->closed_) return;
         std::optional<std::string_view> e;
         if (error) e = *error;

@@ -59,6 +59,11 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // Shutdown began: leave at the next transaction boundary (now, if between transactions).
   void on_drain();
 
+  // The worker's sessions, for shutdown and SHOW CLIENTS: an intrusive list, so a session costs
+  // no allocation of its own there.
+  ClientSession* next_on_worker = nullptr;
+  ClientSession* prev_on_worker = nullptr;
+
   // For SHOW CLIENTS.
   std::uint64_t id() const { return id_; }
   const std::string& user() const { return user_name_; }
@@ -90,6 +95,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   enum class Source : std::uint8_t { Client, Server, Event };
   void carry_out(const session::Actions& actions, Source source, session::LinkId link = 0);
   void on_drained();
+  std::function<void()> drained_callback();
   bool writers_busy() const;
   void watch_client();
   void read_client();
@@ -103,6 +109,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // ---- Servers ----
   std::shared_ptr<pool::ServerPool> pool_for(const routing::Route& route);
   void check_out(const routing::Route& route);
+  void take(pool::CheckoutResult result);
+  void checkout_timed_out();
   asio::awaitable<void> check_out_slowly(std::shared_ptr<pool::ServerPool> pool,
                                          pool::CheckoutResult first);
   // Waits, opens or validates until a server is ready on this worker; null with `failure` set
@@ -138,9 +146,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::vector<std::pair<std::string, std::string>> startup_params_;  // dropped after login
   bool counted_ = false;
 
-  session::InputBuffer client_in_;
-  std::unique_ptr<routing::Router> router_;
-  std::unique_ptr<session::Session> core_;
+  session::InputBuffer client_in_{session::InputBuffer::kClientBytes};
+  routing::Router router_{1};
+  // Made at login; one allocation with this object.
+  std::optional<session::Session> core_;
   SocketWriter client_writer_;
 
   std::shared_ptr<pool::ServerPool> pool_;  // the primary of the first shard
@@ -159,18 +168,23 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   bool watching_client_ = false;  // a wait for the client's socket is armed
   bool closed_ = false;
 
-  // A checkout in progress, and the hand-over from the pool.
+  // A checkout in progress: from which pool, until when, and whether the pool queued us.
+  std::shared_ptr<pool::ServerPool> checkout_pool_;
+  session::Clock::time_point checkout_deadline_{};
   bool checking_out_ = false;
+  bool waiting_ = false;
+  // Login's checkout runs as a coroutine; a grant wakes it through this timer.
   bool granted_ = false;
   std::unique_ptr<pool::Connection> grant_;
   asio::steady_timer* wait_timer_ = nullptr;
 
-  std::optional<asio::steady_timer> timer_;  // made the first time the core has a deadline
+  std::unique_ptr<asio::steady_timer> timer_;  // made the first time the core has a deadline
   session::Clock::time_point timer_at_ = session::Clock::time_point::max();
 
   // LISTEN/NOTIFY through the hub (transaction pooling).
   std::shared_ptr<ListenHub> hub_;
   std::shared_ptr<NotificationSink> sink_;
+  std::shared_ptr<ClientSession> waiting_for_hub_;  // keeps the session while the hub answers
 };
 
 }  // namespace pgvalve::proxy

@@ -233,6 +233,8 @@ std::string status_json(const Snapshot& s) {
     json_field_int(out, "total_created", p.stats.total_created, f);
     json_field_int(out, "total_closed", p.stats.total_closed, f);
     json_field_int(out, "total_statement_evictions", p.stats.total_statement_evictions, f);
+    json_field_int(out, "pinned", p.stats.pinned, f);
+    json_field_int(out, "total_handoffs", p.stats.total_handoffs, f);
     out += '}';
   }
   out += ']';

@@ -103,6 +103,17 @@ std::string render_metrics(const Snapshot& snapshot) {
                      .Help("Server connections closed (expired, recycled, broken or surplus)")
                      .Register(registry);
 
+  auto& pinned = BuildGauge()
+                     .Name("pgvalve_pinned_clients")
+                     .Help(
+                         "Clients whose session state (advisory lock, temporary table, WITH HOLD "
+                         "cursor, SQL PREPARE, LISTEN in a transaction) pins a server to them")
+                     .Register(registry);
+  auto& handoffs = BuildCounter()
+                       .Name("pgvalve_pool_handoffs_total")
+                       .Help("Server connections moved to another worker for waiting clients")
+                       .Register(registry);
+
   auto& evictions = BuildCounter()
                         .Name("pgvalve_prepared_statement_evictions_total")
                         .Help(
@@ -141,6 +152,8 @@ std::string render_metrics(const Snapshot& snapshot) {
     opened.Add(pool_labels).Increment(static_cast<double>(s.total_created));
     closed.Add(pool_labels).Increment(static_cast<double>(s.total_closed));
     evictions.Add(pool_labels).Increment(static_cast<double>(s.total_statement_evictions));
+    pinned.Add(pool_labels).Set(s.pinned);
+    handoffs.Add(pool_labels).Increment(static_cast<double>(s.total_handoffs));
   }
 
   return prometheus::TextSerializer().Serialize(registry.Collect());

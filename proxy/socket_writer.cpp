@@ -16,9 +16,9 @@ std::vector<asio::const_buffer>& scratch_buffers() {
 
 }  // namespace
 
-bool SocketWriter::write(Socket& socket, std::span<const session::Chunk> chunks,
-                         std::string_view tail) {
-  if (state_ && (state_->failed || state_->abandoned)) return false;
+SocketWriter::Result SocketWriter::write(Socket& socket, std::span<const session::Chunk> chunks,
+                                         std::string_view tail) {
+  if (state_ && (state_->failed || state_->abandoned)) return Result::Failed;
   auto& buffers = scratch_buffers();
   buffers.clear();
   std::size_t total = 0;
@@ -31,7 +31,7 @@ bool SocketWriter::write(Socket& socket, std::span<const session::Chunk> chunks,
     buffers.emplace_back(tail.data(), tail.size());
     total += tail.size();
   }
-  if (total == 0) return true;
+  if (total == 0) return Result::Done;
   std::size_t written = 0;
   if (!busy()) {
     error_code ec;
@@ -39,9 +39,9 @@ bool SocketWriter::write(Socket& socket, std::span<const session::Chunk> chunks,
     if (ec == asio::error::would_block || ec == asio::error::try_again) {
       written = 0;
     } else if (ec) {
-      return false;
+      return Result::Failed;
     }
-    if (written == total) return true;
+    if (written == total) return Result::Done;
   }
   if (!state_) state_ = std::make_shared<State>();
   const bool idle = state_->sending.empty();
@@ -57,7 +57,7 @@ bool SocketWriter::write(Socket& socket, std::span<const session::Chunk> chunks,
     skip = 0;
   }
   if (idle) write_backlog(state_, socket);
-  return true;
+  return Result::Backlog;
 }
 
 void SocketWriter::write_backlog(std::shared_ptr<State> state, Socket& socket) {
@@ -74,10 +74,12 @@ void SocketWriter::write_backlog(std::shared_ptr<State> state, Socket& socket) {
       write_backlog(state, socket);
       return;
     }
-    // Give back the memory of an unusual burst.
-    if (state->sending.capacity() > 64 * 1024) std::string().swap(state->sending);
-    if (state->queued.capacity() > 64 * 1024) std::string().swap(state->queued);
-    if (state->drained) state->drained();
+    // A backlog is the exception (a slow reader): an idle client keeps none of its memory.
+    std::string().swap(state->sending);
+    std::string().swap(state->queued);
+    auto drained = std::move(state->drained);
+    state->drained = nullptr;
+    if (drained) drained();
   });
 }
 

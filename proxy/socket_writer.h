@@ -19,18 +19,26 @@ namespace pgvalve::proxy {
 
 class SocketWriter {
  public:
-  // Writes `chunks` then `tail`. False when the socket failed (the reader of the socket sees it
-  // closed and reports it).
-  bool write(Socket& socket, std::span<const session::Chunk> chunks, std::string_view tail);
+  enum class Result {
+    Done,     // everything went out now
+    Backlog,  // some waits in the backlog: read no more until on_drained
+    Failed,   // the socket failed (its reader sees it closed and reports it)
+  };
+  // Writes `chunks` then `tail`.
+  Result write(Socket& socket, std::span<const session::Chunk> chunks, std::string_view tail);
   // Bytes waiting for the kernel.
   std::size_t backlog() const {
     return state_ ? state_->sending.size() + state_->queued.size() : 0;
   }
   bool busy() const { return backlog() > 0; }
-  // Runs when the backlog has been written (not called for writes that went out at once).
+  // Runs once the backlog has been written; set after a write returned Backlog.
   void on_drained(std::function<void()> callback);
   // Forgets the backlog (the session is closing); a write in progress finishes on its own.
   void abandon();
+  // Drops the bookkeeping of a drained backlog (an idle client keeps none).
+  void trim() {
+    if (state_ && !busy() && !state_->failed) state_.reset();
+  }
 
  private:
   struct State {
@@ -42,7 +50,7 @@ class SocketWriter {
   };
   static void write_backlog(std::shared_ptr<State> state, Socket& socket);
 
-  std::shared_ptr<State> state_;  // made the first time a write has to wait
+  std::shared_ptr<State> state_;  // made the first time a write has to wait, dropped when drained
 };
 
 }  // namespace pgvalve::proxy

@@ -7,13 +7,21 @@ namespace pgvalve::session {
 
 namespace {
 
-// Spare base-size storage per thread: covers a worker's bursts without holding memory for
-// clients that are gone.
-constexpr std::size_t kSpares = 16;
+// Spare storage of the two base sizes per thread: enough for the clients of a busy worker that go
+// idle and come back between transactions without holding memory for clients that are gone.
+struct FreeList {
+  std::size_t bytes;
+  std::size_t spares;
+  std::vector<std::unique_ptr<char[]>> storage;
+};
 
-std::vector<std::unique_ptr<char[]>>& free_list() {
-  thread_local std::vector<std::unique_ptr<char[]>> list;
-  return list;
+FreeList* free_list(std::size_t bytes) {
+  thread_local FreeList lists[] = {{InputBuffer::kClientBytes, 64, {}},
+                                   {InputBuffer::kServerBytes, 8, {}}};
+  for (auto& l : lists) {
+    if (l.bytes == bytes) return &l;
+  }
+  return nullptr;
 }
 
 }  // namespace
@@ -33,14 +41,14 @@ void MemoryBudget::give_back(std::size_t bytes) {
 }
 
 void InputBuffer::acquire() {
-  auto& list = free_list();
-  if (!list.empty()) {
-    data_ = std::move(list.back());
-    list.pop_back();
+  FreeList* list = free_list(base_);
+  if (list && !list->storage.empty()) {
+    data_ = std::move(list->storage.back());
+    list->storage.pop_back();
   } else {
-    data_ = std::make_unique<char[]>(kBaseBytes);
+    data_ = std::make_unique_for_overwrite<char[]>(base_);
   }
-  capacity_ = kBaseBytes;
+  capacity_ = base_;
   begin_ = end_ = 0;
 }
 
@@ -58,7 +66,7 @@ std::span<char> InputBuffer::prepare() {
   const std::size_t bigger = capacity_ * 2;
   const std::size_t extra = bigger - capacity_;
   if (budget_ && !budget_->try_take(extra)) return {};
-  auto storage = std::make_unique<char[]>(bigger);
+  auto storage = std::make_unique_for_overwrite<char[]>(bigger);
   std::memcpy(storage.get(), data_.get(), pending);
   data_ = std::move(storage);
   capacity_ = bigger;
@@ -67,10 +75,11 @@ std::span<char> InputBuffer::prepare() {
 
 void InputBuffer::release() {
   if (!data_) return;
-  if (capacity_ == kBaseBytes) {
-    if (free_list().size() < kSpares) free_list().push_back(std::move(data_));
+  if (capacity_ == base_) {
+    FreeList* list = free_list(base_);
+    if (list && list->storage.size() < list->spares) list->storage.push_back(std::move(data_));
   } else if (budget_) {
-    budget_->give_back(capacity_ - kBaseBytes);
+    budget_->give_back(capacity_ - base_);
   }
   data_.reset();
   capacity_ = 0;

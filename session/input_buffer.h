@@ -1,10 +1,12 @@
 // A read buffer for one socket: bytes arrive at the end, whole messages are consumed from the
 // front. It grows only as bytes actually arrive — doubling when full, never to a size a message
-// header merely announces — and growth beyond the first kBaseBytes is charged to a MemoryBudget
-// shared by the whole process, so many clients sending (or pretending to send) large messages
-// cannot take more memory together than the budget allows. Storage of the base size comes from a
+// header merely announces — and growth beyond its base size is charged to a MemoryBudget shared
+// by the whole process, so many clients sending (or pretending to send) large messages cannot
+// take more memory together than the budget allows. Storage of a base size comes from a
 // per-thread free list, so an idle connection holds none and steady traffic allocates nothing.
-// Pure: the I/O layer reads into prepare() and calls commit().
+// Client buffers start small (kClientBytes: most client messages are short); server buffers
+// read results in larger pieces (kServerBytes). Pure: the I/O layer reads into prepare() and
+// calls commit().
 #pragma once
 
 #include <atomic>
@@ -33,11 +35,12 @@ class MemoryBudget {
 
 class InputBuffer {
  public:
-  static constexpr std::size_t kBaseBytes = 16 * 1024;
+  static constexpr std::size_t kClientBytes = 4 * 1024;
+  static constexpr std::size_t kServerBytes = 16 * 1024;
 
-  InputBuffer() = default;
-  // Growth beyond kBaseBytes is charged to `budget` (none: unlimited).
-  explicit InputBuffer(MemoryBudget* budget) : budget_(budget) {}
+  explicit InputBuffer(std::size_t base_bytes = kServerBytes) : base_(base_bytes) {}
+  // Growth beyond the base size is charged to `budget` (none: unlimited).
+  InputBuffer(std::size_t base_bytes, MemoryBudget* budget) : base_(base_bytes), budget_(budget) {}
   InputBuffer(const InputBuffer&) = delete;
   InputBuffer& operator=(const InputBuffer&) = delete;
   ~InputBuffer() { release(); }
@@ -68,13 +71,14 @@ class InputBuffer {
   void release();
   // Drops storage that grew for one large message once it is no longer needed.
   void shrink_if_empty() {
-    if (empty() && capacity_ > kBaseBytes) release();
+    if (empty() && capacity_ > base_) release();
   }
 
  private:
   void acquire();
 
   std::unique_ptr<char[]> data_;
+  std::size_t base_;
   std::size_t capacity_ = 0;
   std::size_t begin_ = 0;
   std::size_t end_ = 0;
