@@ -56,33 +56,64 @@ bool is_function_name(const Token& t, std::initializer_list<std::string_view> na
 }
 
 bool is_advisory_unlock_name(const Token& t) {
-  return is_function_name(t, {"pg_advisory_unlock", "pg_advisory_unlock_shared",
-                              "pg_advisory_unlock_all"});
+  return is_function_name(
+      t, {"pg_advisory_unlock", "pg_advisory_unlock_shared", "pg_advisory_unlock_all"});
 }
 
 bool is_set_config_name(const Token& t) {
   return is_function_name(t, {"set_config"});
 }
 
-// Function calls found in a DO body (PL/pgSQL is not parsed, only scanned for names).
+// Function calls and statements found in a DO body (PL/pgSQL is not parsed, only scanned).
 struct CallsInBody {
   bool advisory_lock = false;
   bool advisory_unlock = false;
   bool set_config = false;
+  bool sets = false;       // SET / RESET
+  bool listens = false;    // LISTEN
+  bool temporary = false;  // CREATE [LOCAL|GLOBAL] TEMP|TEMPORARY
+
+  void add(const CallsInBody& other) {
+    advisory_lock = advisory_lock || other.advisory_lock;
+    advisory_unlock = advisory_unlock || other.advisory_unlock;
+    set_config = set_config || other.set_config;
+    sets = sets || other.sets;
+    listens = listens || other.listens;
+    temporary = temporary || other.temporary;
+  }
 };
 
-CallsInBody calls_in_body(std::string_view sql) {
+std::string_view literal_body(const Token& t);
+
+// `sql`: a DO body, or (nested) a string inside one, which the body may EXECUTE.
+CallsInBody calls_in_body(std::string_view sql, bool nested = false) {
   CallsInBody found;
   SqlLexer lexer(sql);
   Token t;
   Token prev;
+  Token prev2;
   bool has_prev = false;
+  bool has_prev2 = false;
   while (lexer.next(t)) {
     if (has_prev && t.is_punct('(')) {
       if (is_advisory_session_lock_name(prev)) found.advisory_lock = true;
       if (is_advisory_unlock_name(prev)) found.advisory_unlock = true;
       if (is_set_config_name(prev)) found.set_config = true;
     }
+    const bool statement_start =
+        !has_prev || prev.is_punct(';') || is_any_word(prev, {"begin", "then", "else", "loop"});
+    if (statement_start && is_any_word(t, {"set", "reset"})) found.sets = true;
+    if (statement_start && t.is_word("listen")) found.listens = true;
+    if (has_prev && is_any_word(t, {"temp", "temporary"}) &&
+        (prev.is_word("create") ||
+         (has_prev2 && is_any_word(prev, {"local", "global"}) && prev2.is_word("create")))) {
+      found.temporary = true;
+    }
+    if (!nested && (t.kind == TokenKind::String || t.kind == TokenKind::DollarString)) {
+      found.add(calls_in_body(literal_body(t), true));
+    }
+    prev2 = prev;
+    has_prev2 = has_prev;
     prev = t;
     has_prev = true;
   }
@@ -125,8 +156,8 @@ class SetConfigReader {
         return true;
       case 6:
         if (!t.is_punct(')')) return fail();
-        info.set_config = local_ ? StatementInfo::SetConfig::Local
-                                 : StatementInfo::SetConfig::Session;
+        info.set_config =
+            local_ ? StatementInfo::SetConfig::Local : StatementInfo::SetConfig::Session;
         step_ = 0;
         return true;
       default:
@@ -336,6 +367,9 @@ class Classifier {
         if (calls.advisory_lock) info_.calls_advisory_session_lock = true;
         if (calls.advisory_unlock) info_.calls_advisory_unlock = true;
         if (calls.set_config) info_.set_config = StatementInfo::SetConfig::Unknown;
+        if (calls.sets) info_.body_sets = true;
+        if (calls.listens) info_.body_listens = true;
+        if (calls.temporary) info_.temporary = true;
       }
       if (is_create && has_prev) {
         if (t.is_punct('.') && prev.is_word("pg_temp")) info_.temporary = true;

@@ -81,7 +81,8 @@ struct StatementInfo {
   // Commit, Rollback: AND CHAIN (a new transaction starts at once; the server stays lent).
   bool and_chain = false;
   // Create: the object is temporary (CREATE [GLOBAL|LOCAL] TEMP|TEMPORARY ..., or in pg_temp);
-  // Select: SELECT ... INTO TEMP creates a temporary table.
+  // Select: SELECT ... INTO TEMP creates a temporary table; Other (DO): the body runs CREATE
+  // TEMP (ON COMMIT DROP is not looked for there).
   bool temporary = false;
   // Create: ON COMMIT DROP (the temporary table does not outlive the transaction).
   bool on_commit_drop = false;
@@ -106,6 +107,12 @@ struct StatementInfo {
   // setting ends with the transaction; Unknown: any other form.
   enum class SetConfig : std::uint8_t { None, Session, Local, Unknown };
   SetConfig set_config = SetConfig::None;
+  // Other (DO): the body runs SET or RESET (also in a string it may EXECUTE), so session
+  // settings change in ways that cannot be followed; body_listens: it runs LISTEN. PL/pgSQL is
+  // only scanned: a statement start is the body's start or what follows ';', BEGIN, THEN,
+  // ELSE or LOOP.
+  bool body_sets = false;
+  bool body_listens = false;
   std::string_view set_config_name;
   std::string_view set_config_value;
   // `name` could not be normalised inline (longer than NormalizedName::kCapacity, or a U&""
@@ -119,8 +126,9 @@ struct StatementInfo {
   // XML OPTION -> xmloption, TRANSACTION ISOLATION LEVEL -> transaction_isolation;
   // SET SESSION CHARACTERISTICS AS TRANSACTION -> session_characteristics; SHOW ALL -> all.
   // Prepare, Execute, Deallocate: statement name. Savepoint, Release, RollbackToSavepoint:
-  // savepoint. Listen, Unlisten, Notify: channel. Declare, Close: cursor (Close ALL sets `all`). Discard: all, plans,
-  // sequences or temp. These follow identifier rules (quoted names keep their case).
+  // savepoint. Listen, Unlisten, Notify: channel. Declare, Close: cursor (Close ALL sets `all`).
+  // Discard: all, plans, sequences or temp. These follow identifier rules (quoted names keep their
+  // case).
   NormalizedName name;
   // The name as written (e.g. `"TimeZone"`, `TIME ZONE`, `pgvalve.device_id`).
   std::string_view raw_name;

@@ -221,6 +221,9 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
     }
     end += r.frame.whole.size();
   }
+  // The partial message the deadline was for is complete: a partial one after it is a new
+  // message with a deadline of its own (a client streaming COPY data is making progress).
+  if (end > 0) partial_ = false;
   if (!terminate && !check_partial(input.substr(end), out, now)) return out;
   if (terminate) partial_ = false;
   const std::string_view frames = input.substr(0, end);
@@ -245,6 +248,13 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
     fail_requests(frames, sqlstate, message, out.outbox);
     lost_transaction_ = false;
     out.consumed = end;
+    if (!linked_link()) {
+      // Answered: the client is between requests again (its checkout or sync had failed).
+      deliver_queued_notifications(out.outbox);
+      if (drain_requested_ && !terminate) {
+        close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);
+      }
+    }
     if (terminate) close_with({}, {}, out);
     return out;
   }
@@ -273,11 +283,13 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
   if (l->syncing) return out;
   const auto id = static_cast<LinkId>(l - w.links.data());
   if (!l->busy() && l->server->tx_status == 'I' && !l->reserved &&
-      !settings_match(*l->server)) {
+      !settings_match(*l->server, true)) {
     // Settings changed on this server since it was linked (a RESET back to startup values in
-    // session mode): make them the client's again before its next request.
+    // session mode): make them the client's again before its next request. The server has
+    // been this client's since (session mode, or pinned): what it changed in ways pgvalve
+    // cannot follow (set_config with computed arguments, ...) is its own and stays.
     w.client_scratch.clear();
-    if (start_sync(*l, w.client_scratch, now)) {
+    if (start_sync(*l, w.client_scratch, now, true)) {
       out.to_server.push_back({w.client_scratch.data(), w.client_scratch.size()});
       out.server_link = id;
       l->reserved = true;
@@ -286,6 +298,8 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
     }
   }
   l->reserved = false;
+  // A silent server is timed from the request that made it busy, not from its last answer.
+  const bool was_busy = l->busy();
   w.client_scratch.clear();
   w.client_spans.clear();
   Flight flight{frames, &w.client_scratch, &w.client_spans, &out};
@@ -300,7 +314,17 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
   }
   out.server_link = id;
   out.consumed = end;
-  if (!l->busy()) l->last_activity = now;
+  // A ParseComplete pgvalve answers itself is due now when nothing before it is outstanding:
+  // the server may send nothing more for a while (Parse then Flush).
+  if (l->stream_remaining == 0) {
+    while (!l->pending.empty() && l->pending.front().kind == Kind::Synthetic) {
+      if (l->pending.front().action == kActionSynthParseComplete) {
+        pr::append_parse_complete(out.outbox);
+      }
+      l->pending.pop();
+    }
+  }
+  if (!was_busy) l->last_activity = now;
   settle(*l, id, out);
   if (terminate) close_with({}, {}, out);
   return out;
@@ -367,10 +391,12 @@ void Session::fail_requests(std::string_view frames, std::string_view sqlstate,
 // A flight of named Parse messages and Sync/Flush only, between transactions: the statements
 // are defined and prepared where they are first used. A client that prepares synchronously while
 // its own other connections hold every server (pgbench -M prepared does) then cannot deadlock a
-// full pool. A syntax error surfaces at the first Bind.
+// full pool. A syntax error surfaces at the first Bind. A Sync or Flush alone is answered the
+// same way (ReadyForQuery 'I', or nothing): it needs no server between transactions; so is COPY
+// data still coming after its COPY failed and the server went back (PostgreSQL ignores it
+// outside COPY).
 bool Session::answer_parse_locally(Flight& flight, Actions& out) {
   if (options_.mode == config::PoolMode::Session) return false;
-  bool any_parse = false;
   std::size_t new_statements = 0;
   std::size_t new_bytes = 0;
   for (std::size_t pos = 0; pos < flight.input.size();) {
@@ -383,13 +409,11 @@ bool Session::answer_parse_locally(Flight& flight, Actions& out) {
       if (!review(parse->query, false, ignored).refusal.empty()) return false;
       if (!statements_ || !statements_->find(parse->statement)) ++new_statements;
       new_bytes += parse->query.size() + parse->param_types.size();
-      any_parse = true;
-    } else if (f.tag != 'S' && f.tag != 'H') {
+    } else if (f.tag != 'S' && f.tag != 'H' && f.tag != 'd' && f.tag != 'c' && f.tag != 'f') {
       return false;
     }
     pos += f.whole.size();
   }
-  if (!any_parse) return false;
   // Over a cap: the server path raises the error where the client expects it.
   if (prepared_statement_count() + new_statements > kMaxClientStatements ||
       statement_bytes_ + new_bytes > kMaxClientStatementBytes) {
@@ -477,10 +501,15 @@ bool Session::answer_listen_locally(Flight& flight, Actions& out) {
         reply.bind = true;
         break;
       }
-      case 'D':
-        if (!reply.bind || reply.describe) return false;
+      case 'D': {
+        // Of the portal: answered NoData (a statement would need a ParameterDescription too).
+        auto d = pr::read_describe(f);
+        if (!reply.bind || reply.describe || !d || d->kind != 'P' || !d->name.empty()) {
+          return false;
+        }
         reply.describe = true;
         break;
+      }
       case 'E':
         if (!reply.bind || execute) return false;
         execute = true;
@@ -649,7 +678,10 @@ void Session::prepare_on_server(const pr::PreparedStatement& stmt, bool swallow,
   const std::size_t from = flight.scratch->size();
   if (auto evicted = l.server->statements.add(stmt.hash, options_.max_prepared_statements)) {
     pr::append_close(*flight.scratch, 'S', pr::server_statement_name(evicted));
-    l.pending.push({Kind::CloseComplete, true});
+    pr::PendingResponse close{Kind::CloseComplete, true};
+    close.action = kActionEvictClose;
+    close.statement_hash = evicted;
+    l.pending.push(close);
     ++flight.out->statement_evictions;
   }
   pr::append_parse_raw(*flight.scratch, pr::server_statement_name(stmt.hash), stmt.query,
@@ -754,8 +786,7 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
   }
   // The same Bind with the server-side name; parameters are copied unchanged.
   const std::size_t from = flight.scratch->size();
-  pr::append_bind(*flight.scratch, head->portal, pr::server_statement_name(stmt->hash),
-                  head->rest);
+  pr::append_bind(*flight.scratch, head->portal, pr::server_statement_name(stmt->hash), head->rest);
   mark_scratch(flight, from);
   l.pending.push({Kind::BindComplete});
 }
@@ -820,7 +851,7 @@ void Session::plan_execute(const pr::Frame& f, std::size_t offset, Link& l, Flig
 void Session::note_for(const routing::StatementInfo& info, Note& note) const {
   using SC = routing::StatementInfo::SetConfig;
   note = {};
-  if (info.set_config == SC::Unknown) {
+  if (info.set_config == SC::Unknown || info.body_sets) {
     note.kind = NoteKind::Unknown;
     return;
   }
@@ -899,7 +930,7 @@ void Session::note_for(const routing::StatementInfo& info, Note& note) const {
 // `settling_transaction`: notes of settings wait for the end of the transaction, so its
 // COMMIT/ROLLBACK needs a note too.
 Review Session::review(std::string_view sql, bool settling_transaction,
-                                std::vector<Note>& notes) const {
+                       std::vector<Note>& notes) const {
   Review r;
   const bool translate = options_.mode != config::PoolMode::Session;
   const std::size_t first_note = notes.size();
@@ -923,11 +954,11 @@ Review Session::review(std::string_view sql, bool settling_transaction,
     if (info.temporary && !info.on_commit_drop) r.temporary = true;
     if (translate) {
       const char* why = nullptr;
-      const bool state_that_pins =
-          info.calls_advisory_session_lock || (info.kind == StatementKind::Declare && info.with_hold) ||
-          ((info.kind == StatementKind::Create || info.kind == StatementKind::Select) &&
-           info.temporary && !info.on_commit_drop) ||
-          info.kind == StatementKind::Listen || info.kind == StatementKind::Prepare;
+      const bool listens = info.kind == StatementKind::Listen || info.body_listens;
+      const bool state_that_pins = info.calls_advisory_session_lock ||
+                                   (info.kind == StatementKind::Declare && info.with_hold) ||
+                                   (info.temporary && !info.on_commit_drop) || listens ||
+                                   info.kind == StatementKind::Prepare;
       if (options_.mode == config::PoolMode::Statement && info.kind == StatementKind::Begin) {
         why =
             "pgvalve: transaction blocks are not allowed in statement pool mode; use pool mode "
@@ -946,7 +977,7 @@ Review Session::review(std::string_view sql, bool settling_transaction,
           why =
               "pgvalve: WITH HOLD cursors cannot outlive a transaction in transaction pooling; "
               "use a session pool or pool.pin_session_state: true";
-        } else if (info.kind == StatementKind::Listen) {
+        } else if (listens) {
           why =
               "pgvalve: LISTEN inside a transaction or with other statements is not supported "
               "in transaction pooling; send LISTEN on its own, or use a session pool";
@@ -962,18 +993,19 @@ Review Session::review(std::string_view sql, bool settling_transaction,
         r.refusal = why;
         return r;
       }
-      if (state_that_pins || info.calls_advisory_unlock || info.kind == StatementKind::Drop ||
+      // What may release pinning state is worth a check only when the client is pinned: a
+      // DROP or DEALLOCATE of an unpinned client would otherwise cost a round trip each.
+      const bool may_unpin =
+          info.calls_advisory_unlock || info.kind == StatementKind::Drop ||
           info.kind == StatementKind::Close || info.kind == StatementKind::Discard ||
-          info.kind == StatementKind::Deallocate || info.kind == StatementKind::Unlisten) {
-        r.check_pins = true;
-      }
+          info.kind == StatementKind::Deallocate || info.kind == StatementKind::Unlisten;
+      if (state_that_pins || (pinned_ && may_unpin)) r.check_pins = true;
       if (note.kind == NoteKind::Set && !is_synced_setting(note.name)) {
         if (!client_settings_.find(note.name)) ++new_settings;
         new_setting_bytes += note.name.size() + note.value.size();
         if (client_settings_.size() + new_settings > kMaxClientSettings) {
           r.refusal_sqlstate = "53400";
-          r.refusal = "pgvalve: a client may change at most " +
-                      std::to_string(kMaxClientSettings) +
+          r.refusal = "pgvalve: a client may change at most " + std::to_string(kMaxClientSettings) +
                       " session settings; RESET the ones it no longer needs";
           return r;
         }

@@ -60,6 +60,8 @@ const Actions& Session::on_server_data(LinkId id, std::string_view input, Clock:
 }
 
 void Session::emit_synthetic_heads(Link& l) {
+  // Never inside a message that is still passing through.
+  if (l.stream_remaining > 0) return;
   while (!l.pending.empty() && l.pending.front().kind == Kind::Synthetic) {
     const std::size_t from = l.scratch.size();
     if (l.pending.front().action == kActionSynthParseComplete) pr::append_parse_complete(l.scratch);
@@ -107,8 +109,11 @@ const Actions& Session::plan_server(Link& l, LinkId id, std::string_view input) 
         pr::Frame head;
         head.tag = rest[0];
         head.whole = rest;
-        l.stream_forward = server_frame(l, head, pos, out, saw_ready);
+        // pgvalve's own answers due before this message go first; then nothing may be added
+        // inside it (what the message completes waits for its end).
+        emit_synthetic_heads(l);
         l.stream_remaining = r.needed - rest.size();
+        l.stream_forward = server_frame(l, head, pos, out, saw_ready);
         pos = input.size();
       }
       break;
@@ -122,11 +127,11 @@ const Actions& Session::plan_server(Link& l, LinkId id, std::string_view input) 
     saw_ready = false;
   } else {
     emit_synthetic_heads(l);
-    if (saw_ready && l.pending.empty() && !work().notifications.empty()) {
-      // Notifications that came during the request, now that the client is between requests.
+    if (!l.busy() && l.stream_remaining == 0 && !work().notifications.empty()) {
+      // Notifications that came during the request (or inside a message passing through), now
+      // that the client is between requests.
       const std::size_t from = l.scratch.size();
-      l.scratch += work().notifications;
-      work().notifications.clear();
+      deliver_queued_notifications(l.scratch);
       l.spans.push_back({true, from, l.scratch.size() - from});
     }
   }
@@ -210,7 +215,13 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
       // The failed request and everything up to the next Sync get no answer of their own.
       while (!l.pending.empty() && l.pending.front().kind != Kind::ReadyForQuery) {
         auto& dropped = l.pending.front();
-        if (dropped.statement_hash) l.server->statements.erase(dropped.statement_hash);
+        if (dropped.action == kActionEvictClose) {
+          // The server skipped the Close: the statement is still prepared there (forgetting
+          // it would make the next Parse of it fail with "already exists").
+          l.server->statements.add(dropped.statement_hash, 0);
+        } else if (dropped.statement_hash) {
+          l.server->statements.erase(dropped.statement_hash);  // its Parse did not happen
+        }
         end_request(l, dropped, 'E');
         l.pending.pop();
       }

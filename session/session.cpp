@@ -15,7 +15,7 @@ namespace pr = protocol;
 
 namespace {
 
-constexpr std::size_t kSpareWorkspaces = 64;
+constexpr std::size_t kSpareWorkspaces = 8;
 // Scratch that grew past this for one unusual request is not kept for the next.
 constexpr std::size_t kKeptScratchBytes = 64 * 1024;
 
@@ -314,14 +314,15 @@ std::uint64_t Session::settings_fingerprint() const {
   return client_settings_.fingerprint() ^ reinterpret_cast<std::uintptr_t>(defaults_.get());
 }
 
-bool Session::settings_match(const ServerState& server) const {
-  return !server.settings_unknown && server.synced_fingerprint == settings_fingerprint() &&
+bool Session::settings_match(const ServerState& server, bool own_changes) const {
+  return (own_changes || !server.settings_unknown) &&
+         server.synced_fingerprint == settings_fingerprint() &&
          server.synced_version == server.settings.version();
 }
 
-bool Session::start_sync(Link& l, std::string& out, Clock::time_point now) {
-  if (settings_match(*l.server)) return false;
-  SyncPlan plan = plan_sync(client_settings_, *defaults_, *l.server);
+bool Session::start_sync(Link& l, std::string& out, Clock::time_point now, bool own_changes) {
+  if (settings_match(*l.server, own_changes)) return false;
+  SyncPlan plan = plan_sync(client_settings_, *defaults_, *l.server, !own_changes);
   if (plan.sql.empty()) {
     apply_sync(plan, client_settings_, *l.server, settings_fingerprint());
     return false;
@@ -344,9 +345,10 @@ void Session::finish_sync(Link& l, bool ok, Actions& out) {
   const bool login = l.login;
   l.login = false;
   if (!ok) {
-    const std::string message = "pgvalve: could not apply the client's session settings on "
-                                "server " +
-                                l.server->name + "; check the settings the client uses";
+    const std::string message =
+        "pgvalve: could not apply the client's session settings on "
+        "server " +
+        l.server->name + "; check the settings the client uses";
     if (login) {
       close_with("08006", message, out);
       return;
@@ -446,9 +448,19 @@ void Session::release_all_for_close(Actions& out) {
   work_->savepoints.clear();
 }
 
+bool Session::client_mid_message() const {
+  if (!work_) return false;
+  return std::any_of(work_->links.begin(), work_->links.end(), [](const Link& l) {
+    return l.server && l.stream_remaining > 0 && l.stream_forward;
+  });
+}
+
 void Session::close_with(std::string_view sqlstate, std::string_view message, Actions& out) {
   if (state_ == SessionState::Closing) return;
-  if (!sqlstate.empty()) append_error(out.outbox, sqlstate, message, {}, true);
+  // Inside a message passing through, the client would read the error as part of it.
+  if (!sqlstate.empty() && !client_mid_message()) {
+    append_error(out.outbox, sqlstate, message, {}, true);
+  }
   release_all_for_close(out);
   if (!listen_channels_.empty()) {
     out.hub.kind = HubRequest::Kind::UnlistenAll;
@@ -467,11 +479,12 @@ const Actions& Session::on_client_gone() {
 const Actions& Session::on_drain() {
   Actions& out = event_actions();
   drain_requested_ = true;
+  // Holding between requests: session mode, or a pinned client in transaction mode.
   const bool between_requests =
       state_ == SessionState::Idle ||
-      (state_ == SessionState::Holding && options_.mode == config::PoolMode::Session && work_ &&
+      (state_ == SessionState::Holding && work_ &&
        std::none_of(work_->links.begin(), work_->links.end(), [](const Link& l) {
-         return l.server && (l.busy() || l.server->tx_status != 'I');
+         return l.server && (l.busy() || l.reserved || l.server->tx_status != 'I');
        }));
   if (between_requests && !partial_) {
     close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);
@@ -495,8 +508,7 @@ const Actions& Session::on_server_lost(LinkId id, Clock::time_point now) {
   Link& l = link(id);
   if (l.login) {
     close_with("08006",
-               "pgvalve: lost the connection to server " + l.server->name + " during login",
-               out);
+               "pgvalve: lost the connection to server " + l.server->name + " during login", out);
     return out;
   }
   lose_link(l, id,
@@ -511,22 +523,29 @@ const Actions& Session::on_server_lost(LinkId id, Clock::time_point now) {
 // gets it too.
 void Session::lose_link(Link& l, LinkId id, std::string_view message, LinkOp::Kind kind,
                         Actions& out) {
+  if (l.stream_remaining > 0 && l.stream_forward) {
+    // Part of a message went to the client and the rest never will: nothing can follow it,
+    // not even an error, so the client's connection is closed.
+    unlink(id, kind, out);
+    close_with({}, {}, out);
+    return;
+  }
   const bool in_transaction = l.server->tx_status != 'I';
   if (l.syncing) {
     pending_failure_sqlstate_ = "08006";
     pending_failure_ = std::string(message);
     out.resume_client = true;
   } else {
+    // Read before fail_pending clears it: a request in flight gets the error with a
+    // ReadyForQuery 'I', after which the client knows its transaction is over.
+    const bool answered = l.in_flight > 0;
     fail_pending(l, "08006", message, out.outbox);
-    if (l.in_flight == 0 && in_transaction) lost_transaction_ = true;
+    if (!answered && in_transaction) lost_transaction_ = true;
   }
   if (work_) {
     work_->tx_notes.clear();
     work_->savepoints.clear();
-    if (!work_->notifications.empty()) {
-      out.outbox += work_->notifications;
-      work_->notifications.clear();
-    }
+    deliver_queued_notifications(out.outbox);
   }
   if (pinned_) {
     pinned_ = false;
@@ -554,7 +573,8 @@ void Session::fail_pending(Link& l, std::string_view sqlstate, std::string_view 
     append_error(out, sqlstate, message);
     pr::append_ready_for_query(out, 'I');
   }
-  if (l.open_extended && user_requests == 0) {
+  // Messages after the last Sync: one error, then nothing up to their Sync.
+  if (l.open_extended) {
     append_error(out, sqlstate, message);
     error_sent_in_flight_ = true;
     skip_until_sync_ = true;
@@ -625,8 +645,9 @@ const Actions& Session::on_timer(Clock::time_point now) {
 const Actions& Session::on_notification(std::string_view message, std::size_t unsent) {
   Actions& out = event_actions();
   if (state_ == SessionState::Closing || state_ == SessionState::LoggingIn) return out;
+  // Not inside a server message passing through to the client: queued until its end.
   const bool between_requests =
-      state_ == SessionState::Idle || state_ == SessionState::Holding;
+      (state_ == SessionState::Idle || state_ == SessionState::Holding) && !client_mid_message();
   std::string& queue = work().notifications;
   if (unsent + queue.size() + message.size() > kMaxQueuedNotificationBytes) {
     close_with("53400",
@@ -670,8 +691,17 @@ const Actions& Session::on_hub_done(std::optional<std::string_view> error) {
   hub_channel_.clear();
   hub_request_ = HubRequest::Kind::None;
   enter(SessionState::Idle);
+  // Notifications that came while the hub answered; the client is between requests now.
+  deliver_queued_notifications(reply);
   out.resume_client = true;
+  if (drain_requested_) close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);
   return out;
+}
+
+void Session::deliver_queued_notifications(std::string& out) {
+  if (!work_ || work_->notifications.empty()) return;
+  out += work_->notifications;
+  work_->notifications.clear();
 }
 
 }  // namespace pgvalve::session

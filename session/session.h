@@ -40,8 +40,8 @@
 #include "session/actions.h"
 #include "session/server_state.h"
 #include "session/settings.h"
-#include "session/state.h"
 #include "session/settings_sync.h"
+#include "session/state.h"
 
 namespace pgvalve::session {
 
@@ -176,11 +176,13 @@ class Session {
   // ---- login and settings ----
   void absorb_startup(const std::vector<std::pair<std::string, std::string>>& startup);
   void append_login_reply(std::string& out);
-  bool settings_match(const ServerState& server) const;
+  // `own_changes`: the server has been this client's since its last sync (session mode, or
+  // pinned), so what the client changed in ways pgvalve cannot follow is the client's own.
+  bool settings_match(const ServerState& server, bool own_changes = false) const;
   std::uint64_t settings_fingerprint() const;
   // Queues pgvalve's own query making the link's server settings the client's into `out`;
   // false when none is needed.
-  bool start_sync(Link& l, std::string& out, Clock::time_point now);
+  bool start_sync(Link& l, std::string& out, Clock::time_point now, bool own_changes = false);
   void finish_sync(Link& l, bool ok, Actions& out);
   void restore_startup_settings();
 
@@ -199,12 +201,11 @@ class Session {
   void plan_execute(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
   void prepare_on_server(const protocol::PreparedStatement& stmt, bool swallow, Link& l,
                          Flight& flight);
-  void raise_on_server(std::string_view sqlstate, std::string_view message, bool extended,
-                       Link& l, Flight& flight);
+  void raise_on_server(std::string_view sqlstate, std::string_view message, bool extended, Link& l,
+                       Flight& flight);
   Review review(std::string_view sql, bool settling_transaction, std::vector<Note>& notes) const;
   void note_for(const routing::StatementInfo& info, Note& note) const;
-  const protocol::PreparedStatement& define_statement(std::string_view name,
-                                                      std::string_view query,
+  const protocol::PreparedStatement& define_statement(std::string_view name, std::string_view query,
                                                       std::string_view param_types);
   bool forget_statement(std::string_view name);
   void forget_all_statements();
@@ -231,8 +232,7 @@ class Session {
   void finish_pin_check(Link& l, bool failed, Actions& out);
 
   // ---- failures and endings ----
-  void fail_pending(Link& l, std::string_view sqlstate, std::string_view message,
-                    std::string& out);
+  void fail_pending(Link& l, std::string_view sqlstate, std::string_view message, std::string& out);
   void lose_link(Link& l, LinkId id, std::string_view message, LinkOp::Kind kind, Actions& out);
   void unlink(LinkId id, LinkOp::Kind kind, Actions& out, std::string_view sql1 = {},
               std::string_view sql2 = {});
@@ -240,6 +240,10 @@ class Session {
   void append_error(std::string& out, std::string_view sqlstate, std::string_view message,
                     std::string_view hint = {}, bool fatal = false);
   void close_with(std::string_view sqlstate, std::string_view message, Actions& out);
+  // Notifications queued while a request was outstanding, once the client is between requests.
+  void deliver_queued_notifications(std::string& out);
+  // A linked server's message is passing through to the client and has not ended.
+  bool client_mid_message() const;
 
   SessionOptions options_;
   const routing::Router& router_;

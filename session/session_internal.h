@@ -17,16 +17,16 @@ namespace pgvalve::session {
 struct Note {
   enum class Kind : std::uint8_t {
     None,
-    Set,        // name = value (form)
-    Reset,      // name back to its startup value
-    ResetAll,   // every setting back to startup values
-    Discard,    // DISCARD ALL: settings, prepared statements, LISTENs
-    Unknown,    // settings changed in a way pgvalve cannot follow: reset before the next lender
-    Commit,     // COMMIT / END (its tag says whether it committed)
-    Rollback,   // ROLLBACK / ABORT
-    Savepoint,  // name
-    Release,    // RELEASE name
-    RollbackTo, // ROLLBACK TO name
+    Set,            // name = value (form)
+    Reset,          // name back to its startup value
+    ResetAll,       // every setting back to startup values
+    Discard,        // DISCARD ALL: settings, prepared statements, LISTENs
+    Unknown,        // settings changed in a way pgvalve cannot follow: reset before the next lender
+    Commit,         // COMMIT / END (its tag says whether it committed)
+    Rollback,       // ROLLBACK / ABORT
+    Savepoint,      // name
+    Release,        // RELEASE name
+    RollbackTo,     // ROLLBACK TO name
     DeallocateAll,  // DEALLOCATE ALL (not transactional)
   };
   Kind kind = Kind::None;
@@ -53,23 +53,24 @@ struct Span {
 // Pending-response actions (protocol::PendingResponse::action).
 enum : std::uint8_t {
   kActionNone = 0,
-  kActionEmptyAsTag = 1,       // sent as an empty query: answer CommandComplete `note`'s tag
-  kActionSynthParseComplete,   // answered by pgvalve: ParseComplete
-  kActionSync,                 // pgvalve's settings query
-  kActionPinCheck,             // pgvalve's query about session state that pins the server
+  kActionEmptyAsTag = 1,      // sent as an empty query: answer CommandComplete `note`'s tag
+  kActionSynthParseComplete,  // answered by pgvalve: ParseComplete
+  kActionSync,                // pgvalve's settings query
+  kActionPinCheck,            // pgvalve's query about session state that pins the server
+  kActionEvictClose,          // pgvalve's Close of `statement_hash` for the LRU cap
 };
 
 struct Link {
   ServerState* server = nullptr;
   routing::Route route;
   protocol::PendingResponses pending;
-  std::vector<Note> notes;      // notes of outstanding requests (PendingResponse::note ranges)
+  std::vector<Note> notes;        // notes of outstanding requests (PendingResponse::note ranges)
   std::vector<std::string> tags;  // command tags answered for empty queries (kActionEmptyAsTag)
-  int in_flight = 0;            // Query/Sync/FunctionCall forwarded, ReadyForQuery not yet seen
+  int in_flight = 0;              // Query/Sync/FunctionCall forwarded, ReadyForQuery not yet seen
   int pending_setting_notes = 0;  // setting notes of outstanding requests, not yet settled
-  bool open_extended = false;   // extended-protocol messages forwarded since the last Sync
-  bool check_pins = false;      // ask the server about pinned state when its transaction ends
-  bool login = false;           // linked at login: the login reply waits for the sync
+  bool open_extended = false;     // extended-protocol messages forwarded since the last Sync
+  bool check_pins = false;        // ask the server about pinned state when its transaction ends
+  bool login = false;             // linked at login: the login reply waits for the sync
   std::size_t stream_remaining = 0;  // bytes of a large server message still passing through
   bool stream_forward = true;        // ... forwarded to the client (false: dropped)
   Clock::time_point last_activity{};
@@ -78,8 +79,8 @@ struct Link {
   std::string scratch;  // bytes pgvalve writes to the client from this link's step
   std::vector<Span> spans;
   Actions actions;
-  SyncPlan sync_plan;       // of the sync running now
-  bool reserved = false;    // linked for a request that is not planned yet: not released
+  SyncPlan sync_plan;            // of the sync running now
+  bool reserved = false;         // linked for a request that is not planned yet: not released
   bool pin_check_holds = false;  // the running pin check found state
 
   bool busy() const { return in_flight > 0 || open_extended || !pending.empty(); }
@@ -113,15 +114,15 @@ struct Flight {
 // What review() found in the statements of one query text.
 struct Review {
   std::string_view refusal_sqlstate;
-  std::string refusal;              // non-empty: raise this instead of running the text
-  bool check_pins = false;          // may create or release state that pins the server
-  bool temporary = false;           // creates temporary objects
-  bool has_notes = false;           // `notes` hold one note per statement
+  std::string refusal;      // non-empty: raise this instead of running the text
+  bool check_pins = false;  // may create or release state that pins the server
+  bool temporary = false;   // creates temporary objects
+  bool has_notes = false;   // `notes` hold one note per statement
   std::vector<Note>* notes = nullptr;
   std::size_t first_note = 0;
   std::size_t note_count = 0;
-  routing::StatementInfo first;     // the first statement
-  bool single = true;               // exactly one statement
+  routing::StatementInfo first;  // the first statement
+  bool single = true;            // exactly one statement
 };
 
 struct Workspace {

@@ -13,17 +13,19 @@
 namespace pgvalve::session {
 
 struct SyncPlan {
-  std::string sql;                      // empty: the server already has the client's settings
-  std::vector<std::string> reset_names; // non-reported settings the server has and the client not
-  bool from_defaults = false;           // starts with RESET (the server's settings were unknown)
+  std::string sql;                       // empty: the server already has the client's settings
+  std::vector<std::string> reset_names;  // settings another client left on the server
+  bool from_defaults = false;            // starts with RESET (the server's settings were unknown)
 };
 
 // `client`: the client's settings where they differ from `defaults` (the server parameters the
 // client was told at login). Reported settings the client never changed are made equal to those
 // defaults; the session authorization and role come first (setting the session authorization
 // resets the role).
+// `reset_unknown`: a server whose settings are unknown is reset first (false when the unknown
+// changes are the client's own and must stay).
 SyncPlan plan_sync(const Settings& client, const ServerParameters& defaults,
-                   const ServerState& server);
+                   const ServerState& server, bool reset_unknown = true);
 
 // The server ran `plan.sql`: record what it now has. `fingerprint` identifies the client
 // settings it now matches.

@@ -34,13 +34,16 @@ bool transition_allowed(SessionState from, SessionState to) {
     case S::Idle:
       return to == S::WaitingForServer || to == S::WaitingForHub || to == S::Active;
     case S::WaitingForServer:
-      return to == S::Syncing || to == S::Active || to == S::Idle;
+      // Holding: linked with nothing to sync; the waiting request is planned next.
+      return to == S::Syncing || to == S::Holding || to == S::Active || to == S::Idle;
     case S::Syncing:
       return to == S::Active || to == S::Idle || to == S::Holding;
     case S::Active:
       return to == S::Idle || to == S::Holding;
     case S::Holding:
-      return to == S::Active || to == S::Idle;
+      // Syncing: the linked server's settings changed since the last request (session mode
+      // RESET back to startup values) and are made the client's again.
+      return to == S::Active || to == S::Idle || to == S::Syncing;
     case S::WaitingForHub:
       return to == S::Idle;
     case S::Closing:

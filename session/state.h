@@ -5,13 +5,15 @@
 //       │                                                             ▲
 //       └───────────────────────────────start (no server)─────────────┘
 //
-//   Idle ──client bytes need a server──► WaitingForServer ──linked──► Syncing ──► Active
+//   Idle ──client bytes need a server──► WaitingForServer ──linked──► Syncing ──► Holding
 //     ▲  ──answered without a server (Parse, LISTEN, refusals)──► Idle | WaitingForHub
 //     │                                                       WaitingForHub ──answer──► Idle
 //     │                                       WaitingForServer ──no server──► Idle
+//     │                                       WaitingForServer ──linked, in sync──► Holding
 //   Active ──ReadyForQuery 'I', nothing pending──► Idle (server released)
 //     │    ──ReadyForQuery 'T'/'E' or session mode or pinned──► Holding
 //   Holding ──client bytes──► Active
+//           ──client bytes, the server's settings changed since (session mode RESET)──► Syncing
 //   any ──client gone, Terminate, fatal error, drained──► Closing
 #pragma once
 

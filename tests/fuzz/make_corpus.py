@@ -109,6 +109,88 @@ def lexer_seeds() -> dict:
     }
 
 
+# session_fuzz: tests/fuzz/session_fuzz.cpp's opcodes and canned messages (keep in step with it).
+SESSION_SQL = [
+    "select 1", "begin", "commit", "rollback", "SET statement_timeout = '5s'",
+    "SET application_name = 'x'", "SET LOCAL work_mem = '1MB'", "RESET statement_timeout",
+    "RESET ALL", "DISCARD ALL", "LISTEN jobs", "UNLISTEN *", "UNLISTEN jobs",
+    "select pg_advisory_lock(1)", "select pg_advisory_unlock(1)", "create temp table t (a int)",
+    "create temp table t (a int) on commit drop", "declare c cursor with hold for select 1",
+    "close c", "drop table t", "PREPARE q AS select 1", "DEALLOCATE s1", "DEALLOCATE q",
+    "DEALLOCATE ALL", "PREPARE TRANSACTION 'x'", "SAVEPOINT a", "ROLLBACK TO a", "RELEASE a",
+    "select set_config('search_path', 'a', false)", "select set_config('search_path', 'a', true)",
+    "select set_config('x.y', current_user, false)", "SET ROLE r", "RESET ROLE", "SET ROLE NONE",
+    "SET SESSION AUTHORIZATION u", "SET SESSION AUTHORIZATION DEFAULT",
+    "SET statement_timeout FROM CURRENT", "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+    "SET statement_timeout = '1s'; SET lock_timeout = '2s'", "BEGIN; SET work_mem = '2MB'; COMMIT",
+    "copy t from stdin", "select 1 into temp t2", "", "LISTEN a; select 1",
+    "SET TimeZone = 'Europe/Paris'", "DO $$BEGIN SET search_path = x; END$$",
+    "DO $$BEGIN CREATE TEMP TABLE t (a int); END$$", "select 1/0",
+]
+SESSION_NAMES = ["", "s1", "s2", "p"]
+SESSION_TAGS = ["SELECT 1", "SET", "COMMIT", "ROLLBACK", "BEGIN", "RESET", "DISCARD ALL", "LISTEN"]
+
+
+def session_seeds() -> dict:
+    def sql(text):
+        return SESSION_SQL.index(text)
+
+    def client(kind, text="select 1", name=""):
+        """Opcode 1: a canned client message (kind 0 Query, 2 Parse, 3 Bind, 4 Describe,
+        5 Execute, 6 Sync, 8 Flush, 9 Close, 10 Terminate, 14 a whole extended flight,
+        15 Parse + Sync)."""
+        return bytes([1, kind | (SESSION_NAMES.index(name) << 5), sql(text)])
+
+    def server(kind, variant=0):
+        """Opcode 5: a canned server message (0 ReadyForQuery I, 2 T, 3 E, 4 CommandComplete
+        (tag by variant), 6 ParseComplete, 7 BindComplete, 9 NoData, 10 RowDescription,
+        11 DataRow, 12 ErrorResponse, 13 ParameterStatus, 15 Notification, 20 10 kB DataRow
+        (0x80: its start only), 21 the pin check's answer (0x80: something found), 23 a whole
+        extended answer)."""
+        return bytes([5, kind | variant])
+
+    def tag(name):
+        return server(4, SESSION_TAGS.index(name) << 5)
+
+    fresh = bytes([0])  # the pool's answer to a checkout: a fresh server
+    reused = bytes([8])  # a server given back earlier, when there is one
+    select_answer = server(10) + server(11) + tag("SELECT 1") + server(0)
+    return {
+        "transaction_simple": bytes([0, 0]) + client(0) + fresh + select_answer
+                              + client(0, "begin") + fresh + tag("BEGIN") + server(2)
+                              + client(0, "SET statement_timeout = '5s'") + tag("SET") + server(2)
+                              + client(0, "commit") + tag("COMMIT") + server(0)
+                              + client(0) + reused + select_answer,
+        "transaction_extended": bytes([0, 0]) + client(15, name="s1")
+                                + client(14, name="s1") + fresh
+                                + server(6) + server(7) + server(11) + tag("SELECT 1") + server(0)
+                                + client(14, name="s1") + reused + server(23),
+        "session_mode": bytes([1, 2]) + tag("SET") + server(0)
+                        + client(0, "SET statement_timeout = '1s'; SET lock_timeout = '2s'")
+                        + tag("SET") + tag("SET") + server(0)
+                        + client(0, "RESET ALL") + tag("RESET") + server(0)
+                        + client(0) + tag("SET") + server(0) + select_answer
+                        + client(0, "create temp table t (a int)") + bytes([11]),
+        "listen_hub": bytes([0, 0]) + client(0, "LISTEN jobs") + bytes([10, 0])
+                      + bytes([9, 3, 0]) + client(0) + fresh + bytes([9, 3, 0]) + select_answer
+                      + client(14, "UNLISTEN jobs") + bytes([10, 1]),
+        "pinning": bytes([0, 0]) + client(0, "select pg_advisory_lock(1)") + fresh
+                   + select_answer + server(21, 0x80)
+                   + client(0, "select pg_advisory_unlock(1)") + select_answer + server(21)
+                   + client(0, "create temp table t (a int)") + fresh + tag("SET") + server(0)
+                   + server(21, 0x80) + bytes([12]),
+        "failures": bytes([8, 8]) + tag("SET") + server(0)
+                    + client(0, "begin") + fresh + tag("BEGIN") + server(2)
+                    + bytes([8, 200]) + bytes([7]) + client(0) + client(0) + fresh
+                    + bytes([8, 255]) + client(0, "SET statement_timeout = '5s'") + reused
+                    + server(12) + server(0) + bytes([12]),
+        "large_row": bytes([0, 1]) + client(0) + fresh + server(10) + server(20, 0x80 | 5)
+                     + bytes([4, 200]) + b"x" * 200 + bytes([7]),
+        "hostile": bytes([16, 0]) + bytes([0, 3]) + b"Q\0\0" + bytes([8, 20])
+                   + bytes([0, 5]) + b"Q\0\0\0\1",
+    }
+
+
 def write(target: str, seeds: dict) -> None:
     out = HERE / "corpus" / target
     shutil.rmtree(out, ignore_errors=True)
@@ -120,3 +202,4 @@ def write(target: str, seeds: dict) -> None:
 if __name__ == "__main__":
     write("protocol_fuzz", protocol_seeds())
     write("lexer_fuzz", lexer_seeds())
+    write("session_fuzz", session_seeds())

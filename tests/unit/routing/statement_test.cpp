@@ -467,6 +467,30 @@ TEST(Classify, AdvisorySessionLocks) {
   }
 }
 
+TEST(Classify, SessionStateChangedInsideDoBodies) {
+  for (std::string_view sql :
+       {"DO $$BEGIN SET search_path = app; END$$", "do $$ begin reset all; end $$",
+        "DO $$BEGIN IF true THEN SET ROLE admin; END IF; END$$",
+        "DO $$DECLARE r text; BEGIN r := 'x'; set session authorization alice; END$$",
+        "DO $$BEGIN EXECUTE 'SET search_path TO ' || quote_ident('app'); END$$",
+        "DO $b$BEGIN EXECUTE $x$RESET ROLE$x$; END$b$", "do 'begin set work_mem = 1; end'"}) {
+    EXPECT_TRUE(classify(sql).body_sets) << sql;
+  }
+  for (std::string_view sql :
+       {"DO $$BEGIN UPDATE t SET a = 1; END$$",
+        "DO $$BEGIN INSERT INTO t VALUES (1) ON CONFLICT (a) DO UPDATE SET a = 2; END$$",
+        "select 'SET search_path = x'", "SET search_path = x",
+        "create function f() returns void as $$ set search_path = x $$ language sql"}) {
+    EXPECT_FALSE(classify(sql).body_sets) << sql;
+  }
+  EXPECT_TRUE(classify("DO $$BEGIN LISTEN jobs; END$$").body_listens);
+  EXPECT_TRUE(classify("DO $$BEGIN EXECUTE 'listen ' || 'jobs'; END$$").body_listens);
+  EXPECT_FALSE(classify("DO $$BEGIN NOTIFY jobs; END$$").body_listens);
+  EXPECT_TRUE(classify("DO $$BEGIN CREATE TEMP TABLE t (a int); END$$").temporary);
+  EXPECT_TRUE(classify("DO $$BEGIN create local temporary table t (a int); END$$").temporary);
+  EXPECT_FALSE(classify("DO $$BEGIN CREATE TABLE temp (a int); END$$").temporary);
+}
+
 TEST(Classify, NamesFollowIdentifierRules) {
   EXPECT_EQ(classify("PREPARE \"My\"\"Stmt\" AS select 1").name, "My\"Stmt");
   EXPECT_EQ(classify("execute MyStmt").name, "mystmt");

@@ -1,11 +1,256 @@
-// Session settings followed through either protocol and reset before the next lender.
+// Session settings followed through either protocol and transactions, and the sync that makes a
+// lent server's settings the client's (and hides one client's settings from the next).
 #include <gtest/gtest.h>
 
+#include "session/limits.h"
 #include "session/session.h"
 #include "session_test_util.h"
 
 namespace pgvalve::session::testing {
 namespace {
+
+const Setting* mine(SessionHarness& h, std::string_view name) {
+  return h.session().client_settings().find(name);
+}
+
+std::string value_of(SessionHarness& h, std::string_view name) {
+  const Setting* s = mine(h, name);
+  return s ? s->value : "<none>";
+}
+
+std::string server_value(const ServerState& server, std::string_view name) {
+  const Setting* s = server.settings.find(name);
+  return s ? s->value : "<none>";
+}
+
+// One simple query on `server`, answered with `answer`.
+std::string run(SessionHarness& h, ServerState& server, std::string_view sql,
+                std::string_view answer) {
+  h.send(query(sql), server);
+  return h.answer(answer);
+}
+
+// ---- Outside a transaction -----------------------------------------------------------------
+
+TEST(SessionSettings, SetOutsideATransactionIsFollowed) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  run(h, *server, "SET statement_timeout = '5s'", command_result("SET"));
+  EXPECT_EQ(value_of(h, "statement_timeout"), "'5s'");
+  EXPECT_EQ(mine(h, "statement_timeout")->form, SettingForm::Raw);
+  EXPECT_EQ(server_value(*server, "statement_timeout"), "'5s'");
+  EXPECT_TRUE(h.last.has_op(LinkOp::Kind::Release));
+}
+
+TEST(SessionSettings, FailedSetIsNotFollowed) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  run(h, *server, "SET statement_timeout = 'soon'", error_result("22023"));
+  EXPECT_EQ(mine(h, "statement_timeout"), nullptr);
+  EXPECT_EQ(server->settings.find("statement_timeout"), nullptr);
+}
+
+TEST(SessionSettings, ResetForgetsTheSetting) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  run(h, *server, "SET statement_timeout = '5s'", command_result("SET"));
+  run(h, *server, "RESET statement_timeout", command_result("RESET"));
+  EXPECT_EQ(mine(h, "statement_timeout"), nullptr);
+  EXPECT_EQ(server->settings.find("statement_timeout"), nullptr);
+}
+
+TEST(SessionSettings, SetToDefaultIsAReset) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  run(h, *server, "SET statement_timeout = '5s'", command_result("SET"));
+  run(h, *server, "SET statement_timeout TO DEFAULT", command_result("SET"));
+  EXPECT_EQ(mine(h, "statement_timeout"), nullptr);
+}
+
+TEST(SessionSettings, ResetReturnsToTheStartupValue) {
+  SessionHarness h({}, {{"options", "-c statement_timeout=7s"}});
+  EXPECT_EQ(value_of(h, "statement_timeout"), "7s");
+  auto server = SessionHarness::fresh_server();
+  run(h, *server, "SET statement_timeout = '5s'", command_result("SET"));
+  EXPECT_EQ(value_of(h, "statement_timeout"), "'5s'");
+  run(h, *server, "RESET statement_timeout", command_result("RESET"));
+  EXPECT_EQ(value_of(h, "statement_timeout"), "7s");
+}
+
+TEST(SessionSettings, ResetAllKeepsRoleAndSessionAuthorization) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  run(h, *server, "SET statement_timeout = '5s'", command_result("SET"));
+  run(h, *server, "SET ROLE reader", command_result("SET"));
+  run(h, *server, "RESET ALL", command_result("RESET"));
+  EXPECT_EQ(mine(h, "statement_timeout"), nullptr);
+  EXPECT_EQ(value_of(h, "role"), "reader");
+  EXPECT_EQ(server->settings.find("statement_timeout"), nullptr);
+  EXPECT_EQ(server_value(*server, "role"), "reader");
+}
+
+TEST(SessionSettings, DiscardAllForgetsEverySetting) {
+  SessionHarness h({}, {{"options", "-c work_mem=8MB"}});
+  auto server = SessionHarness::fresh_server();
+  run(h, *server, "SET statement_timeout = '5s'", command_result("SET"));
+  run(h, *server, "SET ROLE reader", command_result("SET"));
+  run(h, *server, "DISCARD ALL", command_result("DISCARD ALL"));
+  EXPECT_EQ(mine(h, "statement_timeout"), nullptr);
+  EXPECT_EQ(mine(h, "role"), nullptr);
+  EXPECT_EQ(value_of(h, "work_mem"), "8MB");  // back to the startup value
+  EXPECT_EQ(server->settings.find("role"), nullptr);
+}
+
+TEST(SessionSettings, SetLocalIsNotFollowed) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  run(h, *server, "begin", command_result("BEGIN", 'T'));
+  run(h, *server, "SET LOCAL statement_timeout = '5s'", command_result("SET", 'T'));
+  run(h, *server, "commit", command_result("COMMIT"));
+  EXPECT_EQ(mine(h, "statement_timeout"), nullptr);
+}
+
+// ---- Inside transactions -------------------------------------------------------------------
+
+TEST(SessionSettings, SetInATransactionAppliesAtCommit) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  run(h, *server, "begin", command_result("BEGIN", 'T'));
+  run(h, *server, "SET statement_timeout = '5s'", command_result("SET", 'T'));
+  EXPECT_EQ(mine(h, "statement_timeout"), nullptr);
+  run(h, *server, "commit", command_result("COMMIT"));
+  EXPECT_EQ(value_of(h, "statement_timeout"), "'5s'");
+  EXPECT_EQ(server_value(*server, "statement_timeout"), "'5s'");
+}
+
+TEST(SessionSettings, SetInATransactionIsDroppedAtRollback) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  run(h, *server, "begin", command_result("BEGIN", 'T'));
+  run(h, *server, "SET statement_timeout = '5s'", command_result("SET", 'T'));
+  run(h, *server, "rollback", command_result("ROLLBACK"));
+  EXPECT_EQ(mine(h, "statement_timeout"), nullptr);
+  EXPECT_EQ(server->settings.find("statement_timeout"), nullptr);
+}
+
+TEST(SessionSettings, CommitOfAFailedTransactionAnsweringRollbackDropsTheSet) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  run(h, *server, "begin", command_result("BEGIN", 'T'));
+  run(h, *server, "SET statement_timeout = '5s'", command_result("SET", 'T'));
+  run(h, *server, "select 1/0", error_result("22012", 'E'));
+  run(h, *server, "commit", command_result("ROLLBACK"));
+  EXPECT_EQ(mine(h, "statement_timeout"), nullptr);
+}
+
+TEST(SessionSettings, BeginSetCommitInOneQueryApplies) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  run(h, *server, "BEGIN; SET statement_timeout = '5s'; COMMIT",
+      complete("BEGIN") + complete("SET") + complete("COMMIT") + ready());
+  EXPECT_EQ(value_of(h, "statement_timeout"), "'5s'");
+}
+
+TEST(SessionSettings, RollbackToSavepointDropsTheSetsAfterIt) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  run(h, *server, "begin", command_result("BEGIN", 'T'));
+  run(h, *server, "SET work_mem = '1MB'", command_result("SET", 'T'));
+  run(h, *server, "SAVEPOINT a", command_result("SAVEPOINT", 'T'));
+  run(h, *server, "SET statement_timeout = '5s'", command_result("SET", 'T'));
+  run(h, *server, "SAVEPOINT b", command_result("SAVEPOINT", 'T'));
+  run(h, *server, "SET lock_timeout = '1s'", command_result("SET", 'T'));
+  run(h, *server, "ROLLBACK TO SAVEPOINT a", command_result("ROLLBACK", 'T'));
+  // a is still there: a second rollback to it drops what came after the first.
+  run(h, *server, "SET search_path = x", command_result("SET", 'T'));
+  run(h, *server, "ROLLBACK TO a", command_result("ROLLBACK", 'T'));
+  run(h, *server, "SET idle_session_timeout = 0", command_result("SET", 'T'));
+  run(h, *server, "commit", command_result("COMMIT"));
+  EXPECT_EQ(value_of(h, "work_mem"), "'1MB'");
+  EXPECT_EQ(mine(h, "statement_timeout"), nullptr);
+  EXPECT_EQ(mine(h, "lock_timeout"), nullptr);
+  EXPECT_EQ(mine(h, "search_path"), nullptr);
+  EXPECT_EQ(value_of(h, "idle_session_timeout"), "0");
+}
+
+TEST(SessionSettings, ReleaseSavepointKeepsItsSets) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  run(h, *server, "begin", command_result("BEGIN", 'T'));
+  run(h, *server, "SAVEPOINT a", command_result("SAVEPOINT", 'T'));
+  run(h, *server, "SET statement_timeout = '5s'", command_result("SET", 'T'));
+  run(h, *server, "RELEASE SAVEPOINT a", command_result("RELEASE", 'T'));
+  run(h, *server, "commit", command_result("COMMIT"));
+  EXPECT_EQ(value_of(h, "statement_timeout"), "'5s'");
+}
+
+TEST(SessionSettings, RollbackToAReleasedOuterSavepointDropsTheInnerSets) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  run(h, *server, "begin", command_result("BEGIN", 'T'));
+  run(h, *server, "SAVEPOINT a", command_result("SAVEPOINT", 'T'));
+  run(h, *server, "SAVEPOINT b", command_result("SAVEPOINT", 'T'));
+  run(h, *server, "SET statement_timeout = '5s'", command_result("SET", 'T'));
+  run(h, *server, "RELEASE b", command_result("RELEASE", 'T'));
+  run(h, *server, "ROLLBACK TO a", command_result("ROLLBACK", 'T'));
+  run(h, *server, "commit", command_result("COMMIT"));
+  EXPECT_EQ(mine(h, "statement_timeout"), nullptr);
+}
+
+TEST(SessionSettings, SeveralSetsInOneQueryAllApplyWhenItSucceeds) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  run(h, *server, "SET statement_timeout = '5s'; SET lock_timeout = '1s'",
+      complete("SET") + complete("SET") + ready());
+  EXPECT_EQ(value_of(h, "statement_timeout"), "'5s'");
+  EXPECT_EQ(value_of(h, "lock_timeout"), "'1s'");
+}
+
+TEST(SessionSettings, SeveralSetsInOneQueryNoneApplyWhenItFails) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  run(h, *server, "SET statement_timeout = '5s'; SET lock_timeout = 'soon'",
+      complete("SET") + error_message("22023") + ready());
+  EXPECT_EQ(mine(h, "statement_timeout"), nullptr);
+  EXPECT_EQ(mine(h, "lock_timeout"), nullptr);
+}
+
+TEST(SessionSettings, SetsPipelinedWithCommitApply) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  run(h, *server, "begin", command_result("BEGIN", 'T'));
+  h.client(query("SET statement_timeout = '5s'") + query("commit"));
+  h.answer(command_result("SET", 'T') + command_result("COMMIT"));
+  EXPECT_EQ(value_of(h, "statement_timeout"), "'5s'");
+  EXPECT_TRUE(h.last.has_op(LinkOp::Kind::Release));
+}
+
+// ---- Through the extended protocol ---------------------------------------------------------
+
+TEST(SessionSettings, SetThroughTheUnnamedStatementIsFollowed) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(parse("", "SET statement_timeout = '5s'") + bind_to("", "") + execute() + sync(), *server);
+  h.answer(parse_complete() + bind_complete() + complete("SET") + ready());
+  EXPECT_EQ(value_of(h, "statement_timeout"), "'5s'");
+}
+
+TEST(SessionSettings, SetThroughANamedStatementIsFollowed) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.client(parse("st", "SET statement_timeout = '5s'") + sync());
+  h.send(bind_to("", "st") + execute() + sync(), *server);
+  h.answer(parse_complete() + bind_complete() + complete("SET") + ready());
+  EXPECT_EQ(value_of(h, "statement_timeout"), "'5s'");
+}
+
+TEST(SessionSettings, FailedExtendedSetIsNotFollowed) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(parse("", "SET statement_timeout = 'x'") + bind_to("", "") + execute() + sync(), *server);
+  h.answer(parse_complete() + bind_complete() + error_message("22023") + ready());
+  EXPECT_EQ(mine(h, "statement_timeout"), nullptr);
+}
 
 TEST(SessionSettings, SetConfigSessionIsFollowedOnTheServerAndTheClient) {
   SessionHarness h;
@@ -15,11 +260,398 @@ TEST(SessionSettings, SetConfigSessionIsFollowedOnTheServerAndTheClient) {
   EXPECT_EQ(tags_of(to_client), "TDCZ");
   ASSERT_EQ(h.last_ops.size(), 1u);
   EXPECT_EQ(h.last_ops[0].kind, LinkOp::Kind::Release);
-  const Setting* on_server = server->settings.find("statement_timeout");
-  ASSERT_NE(on_server, nullptr);
-  EXPECT_EQ(on_server->value, "'1234ms'");
-  const Setting* mine = h.session().client_settings().find("statement_timeout");
-  ASSERT_NE(mine, nullptr);
+  EXPECT_EQ(server_value(*server, "statement_timeout"), "'1234ms'");
+  ASSERT_NE(mine(h, "statement_timeout"), nullptr);
+  EXPECT_EQ(mine(h, "statement_timeout")->value, "'1234ms'");
+  EXPECT_EQ(mine(h, "statement_timeout")->form, SettingForm::Function);
+}
+
+TEST(SessionSettings, SetConfigThroughTheExtendedProtocolIsFollowed) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(parse("", "select set_config('search_path', 'a, b', false)") + bind_to("", "") +
+             execute() + sync(),
+         *server);
+  h.answer(parse_complete() + bind_complete() + data_row({"a, b"}) + complete("SELECT 1") +
+           ready());
+  ASSERT_NE(mine(h, "search_path"), nullptr);
+  EXPECT_EQ(mine(h, "search_path")->form, SettingForm::Function);
+}
+
+TEST(SessionSettings, SetConfigLocalIsIgnored) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  run(h, *server, "select set_config('statement_timeout', '1s', true)",
+      row_result("1s", "SELECT 1"));
+  EXPECT_EQ(mine(h, "statement_timeout"), nullptr);
+  EXPECT_FALSE(server->settings_unknown);
+}
+
+TEST(SessionSettings, SetConfigWithComputedArgumentsMakesTheServerUnknown) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  run(h, *server, "select set_config('statement_timeout', (select '1s'), false)",
+      row_result("1s", "SELECT 1"));
+  EXPECT_TRUE(server->settings_unknown);
+  EXPECT_TRUE(h.last.has_op(LinkOp::Kind::Release));
+}
+
+TEST(SessionSettings, SetInsideADoBlockMakesTheServerUnknown) {
+  for (const char* sql : {"DO $$BEGIN SET ROLE admin; END$$",
+                          "DO $$BEGIN EXECUTE 'SET search_path TO ' || quote_ident('x'); END$$"}) {
+    SessionHarness h;
+    auto server = SessionHarness::fresh_server();
+    run(h, *server, sql, command_result("DO"));
+    EXPECT_TRUE(server->settings_unknown) << sql;
+    // The next client of that server gets a reset first.
+    SessionHarness next;
+    bool synced = false;
+    next.send(query("select 1"), *server, &synced);
+    EXPECT_TRUE(synced) << sql;
+  }
+}
+
+TEST(SessionSettings, RoleAndSessionAuthorizationAreFollowed) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  run(h, *server, "SET ROLE reader", command_result("SET"));
+  EXPECT_EQ(value_of(h, "role"), "reader");
+  run(h, *server, "RESET ROLE", command_result("RESET"));
+  EXPECT_EQ(mine(h, "role"), nullptr);
+  run(h, *server, "SET ROLE reader", command_result("SET"));
+  run(h, *server, "SET ROLE NONE", command_result("SET"));
+  EXPECT_EQ(mine(h, "role"), nullptr);
+  EXPECT_EQ(server->settings.find("role"), nullptr);
+  run(h, *server, "SET SESSION AUTHORIZATION alice", command_result("SET"));
+  EXPECT_EQ(value_of(h, "session_authorization"), "alice");
+  EXPECT_EQ(server_value(*server, "session_authorization"), "alice");
+  run(h, *server, "SET SESSION AUTHORIZATION DEFAULT", command_result("SET"));
+  EXPECT_EQ(mine(h, "session_authorization"), nullptr);
+  run(h, *server, "RESET SESSION AUTHORIZATION", command_result("RESET"));
+  EXPECT_EQ(mine(h, "session_authorization"), nullptr);
+}
+
+TEST(SessionSettings, SetFromCurrentMakesTheServerUnknown) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  run(h, *server, "SET statement_timeout FROM CURRENT", command_result("SET"));
+  EXPECT_TRUE(server->settings_unknown);
+}
+
+TEST(SessionSettings, SetSessionCharacteristicsMakesTheServerUnknown) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  run(h, *server, "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", command_result("SET"));
+  EXPECT_TRUE(server->settings_unknown);
+}
+
+// ---- The sync ------------------------------------------------------------------------------
+
+TEST(SessionSettings, UnknownServerIsResetBeforeTheNextLendersRequest) {
+  auto server = SessionHarness::fresh_server();
+  {
+    SessionHarness first;
+    run(first, *server, "select set_config('work_mem', current_setting('work_mem'), false)",
+        row_result("4MB", "SELECT 1"));
+    ASSERT_TRUE(server->settings_unknown);
+  }
+  SessionHarness next;
+  run(next, *server, "SET statement_timeout = '5s'", command_result("SET"));
+  bool synced = false;
+  const std::string q = query("select 1");
+  EXPECT_EQ(next.send(q, *server, &synced), q);
+  // The first request after SET ran on a server in sync (it set it itself); make it unknown.
+  server->settings_unknown = true;
+  synced = false;
+  next.answer(row_result("1", "SELECT 1"));
+  EXPECT_EQ(next.send(q, *server, &synced), q);
+  ASSERT_TRUE(synced);
+  const auto sql = queries_in(next.last_sync);
+  ASSERT_EQ(sql.size(), 1u);
+  EXPECT_EQ(sql[0],
+            "RESET SESSION AUTHORIZATION;RESET ROLE;RESET ALL;"
+            "SET \"datestyle\" TO 'ISO, MDY';SET \"timezone\" TO 'UTC';"
+            "SET \"client_encoding\" TO 'UTF8';SET \"application_name\" TO '';"
+            "SET \"statement_timeout\" TO '5s';");
+  EXPECT_FALSE(server->settings_unknown);
+}
+
+TEST(SessionSettings, UnknownServerIsResetForAClientWithoutSettings) {
+  auto server = SessionHarness::fresh_server();
+  server->settings_unknown = true;
+  SessionHarness h;
+  bool synced = false;
+  h.send(query("select 1"), *server, &synced);
+  ASSERT_TRUE(synced);
+  const auto sql = queries_in(h.last_sync);
+  ASSERT_EQ(sql.size(), 1u);
+  EXPECT_TRUE(sql[0].starts_with("RESET SESSION AUTHORIZATION;RESET ROLE;RESET ALL;")) << sql[0];
+}
+
+TEST(SessionSettings, ClientSettingsAreSyncedBeforeItsRequestOnAnotherServer) {
+  SessionHarness h;
+  auto first = SessionHarness::fresh_server();
+  run(h, *first, "SET SESSION AUTHORIZATION alice", command_result("SET"));
+  run(h, *first, "SET ROLE reader", command_result("SET"));
+  run(h, *first, "SET statement_timeout = '5s'", command_result("SET"));
+  run(h, *first, "select set_config('search_path', 'app, public', false)",
+      row_result("app, public", "SELECT 1"));
+  run(h, *first, "SET TimeZone = 'Europe/Paris'",
+      complete("SET") + parameter_status("TimeZone", "Europe/Paris") + ready());
+
+  // Another server, which has a setting of its own the client does not have.
+  auto other = SessionHarness::fresh_server();
+  other->settings.set("lock_timeout", "'1s'", false);
+  const std::string q = query("select 1");
+  Step s = h.client(q);
+  ASSERT_TRUE(s.check_out);
+  s = h.linked(*other);
+  EXPECT_EQ(h.state(), SessionState::Syncing);
+  EXPECT_FALSE(h.session().wants_client_input());
+  EXPECT_FALSE(s.resume_client);
+  const auto sql = queries_in(s.to_server);
+  ASSERT_EQ(sql.size(), 1u);
+  EXPECT_EQ(sql[0],
+            "SET \"session_authorization\" TO alice;SET \"role\" TO reader;"
+            "SET \"statement_timeout\" TO '5s';"
+            "SELECT pg_catalog.set_config('search_path', 'app, public', false);"
+            "SET \"timezone\" TO 'Europe/Paris';RESET \"lock_timeout\";");
+  // The request is not taken while the sync runs.
+  s = h.client(q);
+  EXPECT_EQ(s.consumed, 0u);
+  EXPECT_TRUE(s.to_server.empty());
+  // The sync's answers are pgvalve's own, except the ParameterStatus the client should see.
+  s = h.server(complete("SET") + complete("SET") + complete("SET") + row_description() +
+               data_row({"app, public"}) + complete("SELECT 1") +
+               parameter_status("TimeZone", "Europe/Paris") + complete("SET") + complete("RESET") +
+               ready());
+  EXPECT_EQ(tags_of(s.to_client), "S");
+  EXPECT_TRUE(s.resume_client);
+  EXPECT_TRUE(s.ops.empty());
+  s = h.client(q);
+  EXPECT_EQ(s.to_server, q);
+  EXPECT_EQ(server_value(*other, "statement_timeout"), "'5s'");
+  EXPECT_EQ(other->settings.find("lock_timeout"), nullptr);
+  // In sync now: the next request on it needs none.
+  h.answer(row_result("1", "SELECT 1"));
+  bool synced = false;
+  h.send(q, *other, &synced);
+  EXPECT_FALSE(synced);
+}
+
+TEST(SessionSettings, SettingsOfOneClientAreRemovedForTheNext) {
+  auto server = SessionHarness::fresh_server();
+  SessionHarness first;
+  run(first, *server, "SET statement_timeout = '5s'", command_result("SET"));
+  run(first, *server, "SET application_name = 'first'",
+      complete("SET") + parameter_status("application_name", "first") + ready());
+  SessionHarness second;
+  bool synced = false;
+  second.send(query("select 1"), *server, &synced);
+  ASSERT_TRUE(synced);
+  const auto sql = queries_in(second.last_sync);
+  ASSERT_EQ(sql.size(), 1u);
+  EXPECT_EQ(sql[0], "SET \"application_name\" TO '';RESET \"statement_timeout\";");
+}
+
+// A server as PostgreSQL 15 reports itself: also the parameters that are not the session's.
+std::unique_ptr<ServerState> reporting_server() {
+  auto s = SessionHarness::fresh_server();
+  for (auto [name, value] : {std::pair<const char*, const char*>{"session_authorization", "pool"},
+                             {"is_superuser", "on"},
+                             {"default_transaction_read_only", "off"},
+                             {"in_hot_standby", "off"},
+                             {"server_version", "15.6"}}) {
+    s->settings.set(name, value, true);
+    s->startup_parameters.emplace_back(name, value);
+  }
+  return s;
+}
+
+TEST(SessionSettings, SessionAuthorizationIsResetForTheNextClient) {
+  auto server = reporting_server();
+  SessionHarness first;
+  run(first, *server, "SET SESSION AUTHORIZATION alice",
+      complete("SET") + parameter_status("is_superuser", "off") +
+          parameter_status("session_authorization", "alice") + ready());
+  SessionHarness next;
+  bool synced = false;
+  next.send(query("select current_user"), *server, &synced);
+  ASSERT_TRUE(synced);
+  const auto sql = queries_in(next.last_sync);
+  ASSERT_EQ(sql.size(), 1u);
+  EXPECT_EQ(sql[0], "RESET SESSION AUTHORIZATION;");
+}
+
+TEST(SessionSettings, SessionAuthorizationIsResetBeforeTheNextClientsRole) {
+  auto server = reporting_server();
+  SessionHarness first;
+  run(first, *server, "SET SESSION AUTHORIZATION alice",
+      complete("SET") + parameter_status("session_authorization", "alice") + ready());
+  SessionHarness next;
+  auto other = reporting_server();
+  run(next, *other, "SET ROLE reader", command_result("SET"));
+  bool synced = false;
+  next.send(query("select current_user"), *server, &synced);
+  ASSERT_TRUE(synced);
+  const auto sql = queries_in(next.last_sync);
+  ASSERT_EQ(sql.size(), 1u);
+  // Setting the session authorization would undo the role: it goes first.
+  EXPECT_EQ(sql[0], "RESET SESSION AUTHORIZATION;SET \"role\" TO reader;");
+}
+
+TEST(SessionSettings, ReportedSettingAClientChangedIsResetForTheNextClient) {
+  auto server = reporting_server();
+  SessionHarness first;
+  run(first, *server, "SET default_transaction_read_only = on",
+      complete("SET") + parameter_status("default_transaction_read_only", "on") + ready());
+  SessionHarness next;
+  bool synced = false;
+  next.send(query("insert into t values (1)"), *server, &synced);
+  ASSERT_TRUE(synced);
+  const auto sql = queries_in(next.last_sync);
+  ASSERT_EQ(sql.size(), 1u);
+  EXPECT_EQ(sql[0], "RESET \"default_transaction_read_only\";");
+}
+
+TEST(SessionSettings, ServersOwnReportedParametersAreNeverReset) {
+  auto server = reporting_server();
+  server->settings.set("in_hot_standby", "on", true);  // promoted or demoted meanwhile
+  server->settings.set("is_superuser", "off", true);
+  SessionHarness first;
+  run(first, *server, "SET statement_timeout = '1s'", command_result("SET"));
+  SessionHarness next;
+  bool synced = false;
+  next.send(query("select 1"), *server, &synced);
+  ASSERT_TRUE(synced);
+  EXPECT_EQ(queries_in(next.last_sync), std::vector<std::string>{"RESET \"statement_timeout\";"});
+}
+
+TEST(SessionSettings, FailingSyncFailsTheWaitingRequestAndClosesTheServer) {
+  SessionHarness h;
+  auto first = SessionHarness::fresh_server();
+  run(h, *first, "SET statement_timeout = '5s'", command_result("SET"));
+  auto other = SessionHarness::fresh_server();
+  const std::string q = query("select 1");
+  h.client(q);
+  Step s = h.linked(*other);
+  ASSERT_FALSE(s.to_server.empty());
+  s = h.server(error_result("42704"));
+  EXPECT_TRUE(s.to_client.empty());  // the sync's own error is not the client's
+  EXPECT_TRUE(s.resume_client);
+  ASSERT_EQ(s.ops.size(), 1u);
+  EXPECT_EQ(s.ops[0].kind, LinkOp::Kind::Close);
+  EXPECT_EQ(h.state(), SessionState::Idle);
+  s = h.client(q);
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(s.consumed, q.size());
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  EXPECT_EQ(statuses_in(s.to_client), "I");
+  EXPECT_FALSE(s.close_client);
+}
+
+TEST(SessionSettings, LoginSyncSendsTheReplyAfterItWithTheServersValue) {
+  auto server = SessionHarness::fresh_server();
+  SessionHarness h({}, {{"DateStyle", "ISO"}}, server.get());
+  EXPECT_EQ(h.login.to_client, "");  // the reply waits for the sync
+  const auto sql = queries_in(h.login.to_server);
+  ASSERT_EQ(sql.size(), 1u);
+  EXPECT_EQ(sql[0], "SET \"datestyle\" TO 'ISO';");
+  EXPECT_EQ(h.state(), SessionState::Syncing);
+  // PostgreSQL holds "ISO, MDY" for it and reports nothing, as nothing changed.
+  Step s = h.server(command_result("SET"));
+  EXPECT_EQ(tags_of(s.to_client), "RSSSSSKZ");
+  bool found = false;
+  for (const auto& m : messages_of(s.to_client)) {
+    if (auto ps = protocol::read_parameter_status(frame_of(m)); ps && ps->name == "DateStyle") {
+      EXPECT_EQ(ps->value, "ISO, MDY");
+      found = true;
+    }
+  }
+  EXPECT_TRUE(found);
+  // Transaction mode: the server goes back at once.
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Release));
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+TEST(SessionSettings, LoginSyncReportsWhatTheServerSays) {
+  auto server = SessionHarness::fresh_server();
+  SessionHarness h({}, {{"TimeZone", "europe/paris"}}, server.get());
+  Step s = h.server(complete("SET") + parameter_status("TimeZone", "Europe/Paris") + ready());
+  for (const auto& m : messages_of(s.to_client)) {
+    if (auto ps = protocol::read_parameter_status(frame_of(m)); ps && ps->name == "TimeZone") {
+      EXPECT_EQ(ps->value, "Europe/Paris");
+    }
+  }
+  EXPECT_EQ(value_of(h, "timezone"), "Europe/Paris");
+}
+
+TEST(SessionSettings, LoginWithSettingsTheServerHasNeedsNoSync) {
+  auto server = SessionHarness::fresh_server();
+  SessionHarness h({}, {{"application_name", ""}}, server.get());
+  EXPECT_TRUE(h.login.to_server.empty());
+  EXPECT_EQ(tags_of(h.login.to_client), "RSSSSSKZ");
+  EXPECT_TRUE(h.login.has_op(LinkOp::Kind::Release));
+}
+
+TEST(SessionSettings, FailedLoginSyncClosesTheClient) {
+  auto server = SessionHarness::fresh_server();
+  SessionHarness h({}, {{"DateStyle", "nonsense"}}, server.get());
+  Step s = h.server(error_result("22023"));
+  EXPECT_TRUE(s.close_client);
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  EXPECT_EQ(tags_of(s.to_client), "E");  // no login reply
+  // The failed sync ran as one implicit transaction and changed nothing: the server may go back.
+  ASSERT_EQ(s.ops.size(), 1u);
+  EXPECT_EQ(h.session().link_count(), 0u);
+}
+
+// ---- Caps ----------------------------------------------------------------------------------
+
+TEST(SessionSettings, TooManySettingsAreRefusedWith53400) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  std::string sql;
+  std::string answer;
+  for (std::size_t i = 0; i < kMaxClientSettings; ++i) {
+    sql += "SET app.s" + std::to_string(i) + " = 1;";
+    answer += complete("SET");
+  }
+  run(h, *server, sql, answer + ready());
+  ASSERT_EQ(h.session().client_settings().size(), kMaxClientSettings);
+  const std::string sent = h.send(query("SET app.one_more = 1"), *server);
+  const auto q = queries_in(sent);
+  ASSERT_EQ(q.size(), 1u);
+  EXPECT_NE(q[0].find("ERRCODE = '53400'"), std::string::npos) << q[0];
+  h.answer(error_result("53400"));
+  EXPECT_EQ(mine(h, "app.one_more"), nullptr);
+  // Changing one it has is fine.
+  EXPECT_EQ(h.send(query("SET app.s0 = 2"), *server), query("SET app.s0 = 2"));
+}
+
+TEST(SessionSettings, TooMuchSettingTextIsRefusedWith54000) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  run(h, *server, "SET app.big = '" + std::string(60 << 10, 'x') + "'", command_result("SET"));
+  const std::string sent =
+      h.send(query("SET app.more = '" + std::string(5 << 10, 'y') + "'"), *server);
+  const auto q = queries_in(sent);
+  ASSERT_EQ(q.size(), 1u);
+  EXPECT_NE(q[0].find("ERRCODE = '54000'"), std::string::npos);
+}
+
+TEST(SessionSettings, CapRefusalInsideATransactionFailsItOnTheServer) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  run(h, *server, "SET app.big = '" + std::string(60 << 10, 'x') + "'", command_result("SET"));
+  run(h, *server, "begin", command_result("BEGIN", 'T'));
+  const std::string sent = h.send(parse("", "SET app.more = '" + std::string(5 << 10, 'y') + "'") +
+                                      bind_to("", "") + execute() + sync(),
+                                  *server);
+  const auto p = parses_in(sent);
+  ASSERT_EQ(p.size(), 1u);
+  EXPECT_NE(p[0].second.find("ERRCODE = '54000'"), std::string::npos);
+  EXPECT_EQ(tags_of(sent), "PBES");
 }
 
 }  // namespace

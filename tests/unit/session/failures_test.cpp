@@ -1,0 +1,394 @@
+// Failures and time: a server lost or silent, a client idle in a transaction, a sync that does
+// not finish, shutdown, a client that leaves.
+#include <gtest/gtest.h>
+
+#include "session/session.h"
+#include "session_test_util.h"
+
+namespace pgvalve::session::testing {
+namespace {
+
+SessionOptions with_query_timeout(std::chrono::milliseconds timeout) {
+  SessionOptions o;
+  o.query_timeout = timeout;
+  return o;
+}
+
+// ---- A server lost -------------------------------------------------------------------------
+
+TEST(SessionFailures, ServerLostAnswersEveryRequestInFlight) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(query("select 1") + query("select 2"), *server);
+  Step s = h.lost();
+  EXPECT_EQ(tags_of(s.to_client), "EZEZ");
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006,08006");
+  EXPECT_EQ(statuses_in(s.to_client), "II");
+  EXPECT_EQ(errors_in(s.to_client)[0].severity, "ERROR");
+  ASSERT_EQ(s.ops.size(), 1u);
+  EXPECT_EQ(s.ops[0].kind, LinkOp::Kind::Close);
+  EXPECT_FALSE(s.close_client);
+  EXPECT_EQ(h.state(), SessionState::Idle);
+  EXPECT_EQ(h.session().link_count(), 0u);
+  // The client goes on with another server.
+  EXPECT_TRUE(h.client(query("select 3")).check_out);
+}
+
+TEST(SessionFailures, ServerLostAfterPartOfTheAnswersAnswersTheRest) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(query("select 1") + query("select 2"), *server);
+  h.answer(row_result("1", "SELECT 1"));
+  EXPECT_EQ(tags_of(h.lost().to_client), "EZ");
+}
+
+TEST(SessionFailures, ServerLostInATransactionFailsTheNextRequestWithoutACheckout) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(query("begin"), *server);
+  h.answer(command_result("BEGIN", 'T'));
+  Step s = h.lost();
+  EXPECT_TRUE(s.to_client.empty());  // nothing was asked
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Close));
+  EXPECT_EQ(h.state(), SessionState::Idle);
+  const std::string q = query("insert into t values (1)");
+  s = h.client(q);
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(s.consumed, q.size());
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  EXPECT_EQ(statuses_in(s.to_client), "I");
+  // Only once.
+  EXPECT_TRUE(h.client(q).check_out);
+}
+
+TEST(SessionFailures, ServerLostWithARequestInFlightInATransactionFailsOnlyThatRequest) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(query("begin"), *server);
+  h.answer(command_result("BEGIN", 'T'));
+  h.client(query("insert into t values (1)"));
+  Step s = h.lost();
+  // The client was told the transaction is over ('I'): its next request is a new one.
+  EXPECT_EQ(tags_of(s.to_client), "EZ");
+  EXPECT_EQ(statuses_in(s.to_client), "I");
+  EXPECT_TRUE(h.client(query("select 1")).check_out);
+}
+
+TEST(SessionFailures, ServerLostInAnExtendedFlightSkipsToItsSync) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(parse("", "select 1") + bind_to("", "") + execute() + flush(), *server);
+  Step s = h.lost();
+  EXPECT_EQ(tags_of(s.to_client), "E");
+  // The rest of the flight gets no answer of its own; its Sync a ReadyForQuery.
+  s = h.client(describe('P', "") + execute() + sync());
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(tags_of(s.to_client), "Z");
+  EXPECT_TRUE(h.client(query("select 1")).check_out);
+}
+
+TEST(SessionFailures, ServerLostWithASyncedFlightAndAnOpenOneAnswersBoth) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  const std::string flight = parse("", "select 1") + bind_to("", "") + execute();
+  h.send(flight + sync() + flight, *server);
+  Step s = h.lost();
+  // The first flight's error and ReadyForQuery, then the open flight's error.
+  EXPECT_EQ(tags_of(s.to_client), "EZE");
+  s = h.client(sync());
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(tags_of(s.to_client), "Z");
+}
+
+TEST(SessionFailures, ServerSendingAnInvalidMessageIsClosed) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(query("select 1"), *server);
+  Step s = h.server(std::string("D\0\0\0\1", 5));
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Close));
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+TEST(SessionFailures, LostServerThatIsNotLinkedIsIgnored) {
+  SessionHarness h;
+  Step s = h.lost(T0, 3);
+  EXPECT_TRUE(s.ops.empty());
+  EXPECT_TRUE(s.to_client.empty());
+}
+
+// ---- A silent server -----------------------------------------------------------------------
+
+TEST(SessionFailures, QueryTimeoutDeadlineFollowsTheServersLastActivity) {
+  SessionHarness h(with_query_timeout(30s));
+  auto server = SessionHarness::fresh_server();
+  h.send(query("select 1") + query("select 2"), *server, nullptr, T0);
+  EXPECT_EQ(h.session().next_deadline(), T0 + 30s);
+  h.answer(row_result("1", "SELECT 1"), T0 + 20s);
+  EXPECT_EQ(h.session().next_deadline(), T0 + 50s);
+  EXPECT_TRUE(h.timer(T0 + 49s).ops.empty());
+  Step s = h.timer(T0 + 50s);
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  EXPECT_EQ(tags_of(s.to_client), "EZ");
+  ASSERT_EQ(s.ops.size(), 1u);
+  EXPECT_EQ(s.ops[0].kind, LinkOp::Kind::CancelAndClose);
+  EXPECT_FALSE(s.close_client);
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+TEST(SessionFailures, QueryTimeoutDoesNotCountTimeBeforeTheRequest) {
+  SessionHarness h(with_query_timeout(30s));
+  auto server = SessionHarness::fresh_server();
+  h.send(query("begin"), *server, nullptr, T0);
+  h.answer(command_result("BEGIN", 'T'), T0);
+  EXPECT_EQ(h.session().next_deadline(), Clock::time_point::max());
+  // The client thinks for a minute, then sends its next statement.
+  h.client(query("select 1"), T0 + 60s);
+  EXPECT_EQ(h.session().next_deadline(), T0 + 90s);
+  EXPECT_TRUE(h.timer(T0 + 61s).ops.empty());
+}
+
+TEST(SessionFailures, NoQueryTimeoutWhenOff) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(query("select pg_sleep(1000)"), *server);
+  EXPECT_EQ(h.session().next_deadline(), Clock::time_point::max());
+  EXPECT_TRUE(h.timer(T0 + 1000s).ops.empty());
+}
+
+// ---- A client idle in a transaction --------------------------------------------------------
+
+TEST(SessionFailures, IdleInTransactionTimeoutClosesTheClientAndRollsBack) {
+  SessionOptions o;
+  o.idle_transaction_timeout = 10s;
+  SessionHarness h(o);
+  auto server = SessionHarness::fresh_server();
+  h.send(query("begin"), *server, nullptr, T0);
+  h.answer(command_result("BEGIN", 'T'), T0 + 1s);
+  EXPECT_EQ(h.session().next_deadline(), T0 + 11s);
+  EXPECT_FALSE(h.timer(T0 + 10s).close_client);
+  Step s = h.timer(T0 + 11s);
+  EXPECT_TRUE(s.close_client);
+  const auto errors = errors_in(s.to_client);
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0].severity, "FATAL");
+  EXPECT_EQ(errors[0].sqlstate, "25P03");
+  ASSERT_EQ(s.ops.size(), 1u);
+  EXPECT_EQ(s.ops[0].kind, LinkOp::Kind::CleanAndRelease);
+  EXPECT_EQ(s.ops[0].sql1, "ROLLBACK");
+  EXPECT_EQ(h.state(), SessionState::Closing);
+}
+
+TEST(SessionFailures, IdleInTransactionDeadlineMovesWithTheClientsRequests) {
+  SessionOptions o;
+  o.idle_transaction_timeout = 10s;
+  SessionHarness h(o);
+  auto server = SessionHarness::fresh_server();
+  h.send(query("begin"), *server, nullptr, T0);
+  h.answer(command_result("BEGIN", 'T'), T0);
+  h.client(query("select 1"), T0 + 8s);
+  EXPECT_EQ(h.session().next_deadline(), Clock::time_point::max());  // busy: not idle
+  h.answer(row_result("1", "SELECT 1", 'T'), T0 + 9s);
+  EXPECT_EQ(h.session().next_deadline(), T0 + 19s);
+  EXPECT_FALSE(h.timer(T0 + 15s).close_client);
+}
+
+TEST(SessionFailures, IdleTransactionTimeoutDoesNotApplyOutsideATransaction) {
+  SessionOptions o;
+  o.idle_transaction_timeout = 10s;
+  auto server = SessionHarness::fresh_server();
+  o.mode = config::PoolMode::Session;
+  SessionHarness h(o, {}, server.get());
+  EXPECT_EQ(h.state(), SessionState::Holding);
+  EXPECT_EQ(h.session().next_deadline(), Clock::time_point::max());
+  EXPECT_FALSE(h.timer(T0 + 100s).close_client);
+}
+
+// ---- A sync that does not finish -----------------------------------------------------------
+
+TEST(SessionFailures, SyncTimeoutFailsTheWaitingRequest) {
+  SessionOptions o;
+  o.sync_timeout = 5s;
+  SessionHarness h(o);
+  auto first = SessionHarness::fresh_server();
+  h.send(query("SET statement_timeout = '5s'"), *first);
+  h.answer(command_result("SET"));
+  auto other = SessionHarness::fresh_server();
+  const std::string q = query("select 1");
+  h.client(q, T0);
+  ASSERT_FALSE(h.linked(*other, T0).to_server.empty());
+  EXPECT_EQ(h.session().next_deadline(), T0 + 5s);
+  Step s = h.timer(T0 + 5s);
+  EXPECT_TRUE(s.resume_client);
+  ASSERT_EQ(s.ops.size(), 1u);
+  EXPECT_EQ(s.ops[0].kind, LinkOp::Kind::CancelAndClose);
+  EXPECT_EQ(h.state(), SessionState::Idle);
+  s = h.client(q);
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  EXPECT_FALSE(s.close_client);
+}
+
+TEST(SessionFailures, LoginSyncTimeoutClosesTheClient) {
+  SessionOptions o;
+  o.sync_timeout = 5s;
+  auto server = SessionHarness::fresh_server();
+  SessionHarness h(o, {{"DateStyle", "German"}}, server.get());
+  ASSERT_EQ(h.state(), SessionState::Syncing);
+  Step s = h.timer(T0 + 5s);
+  EXPECT_TRUE(s.close_client);
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::CancelAndClose));
+}
+
+TEST(SessionFailures, ServerLostDuringTheSyncFailsTheWaitingRequest) {
+  SessionHarness h;
+  auto first = SessionHarness::fresh_server();
+  h.send(query("SET statement_timeout = '5s'"), *first);
+  h.answer(command_result("SET"));
+  auto other = SessionHarness::fresh_server();
+  const std::string q = query("select 1");
+  h.client(q);
+  h.linked(*other);
+  Step s = h.lost();
+  EXPECT_TRUE(s.resume_client);
+  EXPECT_TRUE(s.to_client.empty());
+  s = h.client(q);
+  EXPECT_EQ(tags_of(s.to_client), "EZ");
+}
+
+// ---- Shutdown ------------------------------------------------------------------------------
+
+TEST(SessionFailures, DrainWhenIdleClosesAtOnce) {
+  SessionHarness h;
+  Step s = h.drain();
+  EXPECT_TRUE(s.close_client);
+  const auto errors = errors_in(s.to_client);
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0].sqlstate, "57P01");
+  EXPECT_EQ(errors[0].severity, "FATAL");
+}
+
+TEST(SessionFailures, DrainWhenBusyClosesAtTheNextRelease) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(query("begin"), *server);
+  h.answer(command_result("BEGIN", 'T'));
+  Step s = h.drain();
+  EXPECT_FALSE(s.close_client);
+  EXPECT_TRUE(s.to_client.empty());
+  h.client(query("commit"));
+  s = h.server(command_result("COMMIT"));
+  EXPECT_TRUE(s.close_client);
+  EXPECT_EQ(tags_of(s.to_client), "CZE");
+  EXPECT_EQ(sqlstates_in(s.to_client), "57P01");
+  ASSERT_EQ(s.ops.size(), 1u);
+  EXPECT_EQ(s.ops[0].kind, LinkOp::Kind::Release);
+}
+
+TEST(SessionFailures, DrainOfAPinnedClientBetweenRequestsClosesAtOnce) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(query("select pg_advisory_lock(1)"), *server);
+  h.answer(row_result("", "SELECT 1"));
+  h.server(pin_check_result(true));
+  ASSERT_TRUE(h.session().pinned());
+  Step s = h.drain();
+  EXPECT_TRUE(s.close_client);
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::CleanAndRelease));
+  EXPECT_EQ(s.pinned_change, -1);
+}
+
+TEST(SessionFailures, DrainWhileWaitingForTheHubClosesAfterItsAnswer) {
+  SessionHarness h;
+  h.client(query("LISTEN jobs"));
+  EXPECT_FALSE(h.drain().close_client);
+  Step s = h.hub_done();
+  EXPECT_EQ(tags_of(s.to_client), "CZE");
+  EXPECT_TRUE(s.close_client);
+}
+
+TEST(SessionFailures, DrainWhileWaitingForAServerClosesWhenItFails) {
+  SessionHarness h;
+  const std::string q = query("select 1");
+  h.client(q);
+  EXPECT_FALSE(h.drain().close_client);
+  Step s = h.checkout_failed("53300");
+  EXPECT_TRUE(s.close_client);
+}
+
+TEST(SessionFailures, DrainWhileASyncFailsClosesAfterTheRequestsError) {
+  SessionHarness h;
+  auto first = SessionHarness::fresh_server();
+  h.send(query("SET statement_timeout = '5s'"), *first);
+  h.answer(command_result("SET"));
+  auto other = SessionHarness::fresh_server();
+  const std::string q = query("select 1");
+  h.client(q);
+  h.linked(*other);
+  EXPECT_FALSE(h.drain().close_client);
+  h.server(error_result("42704"));
+  Step s = h.client(q);
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006,57P01");
+  EXPECT_TRUE(s.close_client);
+}
+
+TEST(SessionFailures, DrainWithAPartialMessageWaitsForIt) {
+  SessionHarness h;
+  const std::string q = query("select 1");
+  h.client(q.substr(0, 4));
+  EXPECT_FALSE(h.drain().close_client);
+  auto server = SessionHarness::fresh_server();
+  h.send(q, *server);
+  Step s = h.server(row_result("1", "SELECT 1"));
+  EXPECT_TRUE(s.close_client);
+}
+
+// ---- The client leaving --------------------------------------------------------------------
+
+TEST(SessionFailures, ClientGoneWithAQueryInFlightCancelsIt) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(query("select pg_sleep(10)"), *server);
+  Step s = h.gone();
+  ASSERT_EQ(s.ops.size(), 1u);
+  EXPECT_EQ(s.ops[0].kind, LinkOp::Kind::CancelAndClose);
+  EXPECT_TRUE(s.close_client);
+  EXPECT_EQ(h.session().link_count(), 0u);
+  EXPECT_EQ(h.state(), SessionState::Closing);
+}
+
+TEST(SessionFailures, ClientGoneInATransactionRollsItBack) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(query("begin"), *server);
+  h.answer(command_result("BEGIN", 'T'));
+  Step s = h.gone();
+  ASSERT_EQ(s.ops.size(), 1u);
+  EXPECT_EQ(s.ops[0].kind, LinkOp::Kind::CleanAndRelease);
+  EXPECT_EQ(s.ops[0].sql1, "ROLLBACK");
+  EXPECT_EQ(s.ops[0].sql2, "");
+}
+
+TEST(SessionFailures, ClientGoneWhileWaitingIgnoresTheLateServer) {
+  SessionHarness h;
+  h.client(query("select 1"));
+  h.gone();
+  auto server = SessionHarness::fresh_server();
+  Step s = h.linked(*server);
+  EXPECT_FALSE(s.resume_client);
+  EXPECT_EQ(h.session().link_count(), 0u);
+}
+
+TEST(SessionFailures, ServerBytesAfterClosingAreConsumedAndDropped) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(query("select 1"), *server);
+  h.gone();
+  const std::string answer = row_result("1", "SELECT 1");
+  Step s = h.server(answer);
+  EXPECT_EQ(s.consumed, answer.size());
+  EXPECT_TRUE(s.to_client.empty());
+}
+
+}  // namespace
+}  // namespace pgvalve::session::testing

@@ -1,0 +1,93 @@
+// An idle client holds no transient memory: its workspace goes back to the worker's pool between
+// transactions and comes back for the next request.
+#include <gtest/gtest.h>
+
+#include "session/session.h"
+#include "session_test_util.h"
+
+namespace pgvalve::session::testing {
+namespace {
+
+TEST(SessionIdleMemory, AfterATransactionTheWorkspaceGoesBackToThePool) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(query("select 1"), *server);
+  h.answer(row_result("1", "SELECT 1"));
+  EXPECT_TRUE(h.session().idle());
+  EXPECT_EQ(h.session().link_count(), 0u);
+  const std::size_t spare = h.workspaces().spare();
+  h.session().trim();
+  EXPECT_EQ(h.workspaces().spare(), spare + 1);
+  EXPECT_EQ(h.session().next_deadline(), Clock::time_point::max());
+}
+
+TEST(SessionIdleMemory, TheNextRequestTakesAWorkspaceAgain) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(query("select 1"), *server);
+  h.answer(row_result("1", "SELECT 1"));
+  h.session().trim();
+  ASSERT_EQ(h.workspaces().spare(), 1u);
+  h.send(query("select 2"), *server);
+  EXPECT_EQ(h.workspaces().spare(), 0u);
+  EXPECT_EQ(h.answer(row_result("2", "SELECT 1")), row_result("2", "SELECT 1"));
+  h.session().trim();
+  EXPECT_EQ(h.workspaces().spare(), 1u);
+}
+
+TEST(SessionIdleMemory, DurableStateSurvivesTrim) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.client(parse("s1", "select 1") + sync());
+  h.send(query("SET statement_timeout = '5s'"), *server);
+  h.answer(command_result("SET"));
+  h.session().trim();
+  EXPECT_EQ(h.session().prepared_statement_count(), 1u);
+  ASSERT_NE(h.session().client_settings().find("statement_timeout"), nullptr);
+  // s1 is still prepared where it is used.
+  auto other = SessionHarness::fresh_server();
+  const std::string sent = h.send(bind_to("", "s1") + execute() + sync(), *other);
+  EXPECT_EQ(tags_of(sent), "PBES");
+}
+
+TEST(SessionIdleMemory, TrimKeepsTheWorkspaceWhileAServerIsLinked) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(query("begin"), *server);
+  h.answer(command_result("BEGIN", 'T'));
+  h.session().trim();
+  EXPECT_EQ(h.workspaces().spare(), 0u);
+  // And the transaction goes on.
+  const std::string q = query("commit");
+  EXPECT_EQ(h.client(q).to_server, q);
+}
+
+TEST(SessionIdleMemory, TrimKeepsTheWorkspaceWhileWaiting) {
+  SessionHarness h;
+  h.client(query("select 1"));
+  h.session().trim();
+  EXPECT_EQ(h.workspaces().spare(), 0u);
+  h.client(query("LISTEN x"));
+}
+
+TEST(SessionIdleMemory, ALocallyAnsweredRequestLeavesNothingHeld) {
+  SessionHarness h;
+  h.client(parse("s1", "select 1") + sync());
+  h.session().trim();
+  EXPECT_EQ(h.workspaces().spare(), 1u);
+}
+
+TEST(SessionIdleMemory, DestroyedSessionGivesItsWorkspaceBack) {
+  WorkspacePool pool;
+  routing::Router router(1);
+  {
+    Session session({}, router, pool);
+    session.start({}, std::make_shared<const ServerParameters>(default_parameters()), {1, 2},
+                  nullptr, T0);
+    EXPECT_EQ(pool.spare(), 0u);
+  }
+  EXPECT_EQ(pool.spare(), 1u);
+}
+
+}  // namespace
+}  // namespace pgvalve::session::testing

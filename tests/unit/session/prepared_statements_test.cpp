@@ -1,0 +1,369 @@
+// Named prepared statements under transaction pooling: the client's names are kept by pgvalve,
+// the server gets shared pgv_<hash> names and each statement is prepared where it is used.
+#include <gtest/gtest.h>
+
+#include "session/limits.h"
+#include "session/session.h"
+#include "session_test_util.h"
+
+namespace pgvalve::session::testing {
+namespace {
+
+constexpr std::string_view kSql = "select * from t where id = $1";
+
+// Defines s1 without a server, as pgbench -M prepared does at start.
+void prepare_locally(SessionHarness& h, std::string_view name = "s1", std::string_view sql = kSql) {
+  const std::string flight = parse(name, sql) + sync();
+  Step s = h.client(flight);
+  ASSERT_FALSE(s.check_out);
+  ASSERT_EQ(s.consumed, flight.size());
+  ASSERT_EQ(s.to_client, parse_complete() + ready('I'));
+}
+
+std::string run_flight(std::string_view statement) {
+  return bind_to("", statement) + execute() + sync();
+}
+
+std::string select_answer() {
+  return bind_complete() + data_row({"1"}) + complete("SELECT 1") + ready('I');
+}
+
+TEST(SessionPreparedStatements, ParseAndSyncBetweenTransactionsAreAnsweredLocally) {
+  SessionHarness h;
+  prepare_locally(h);
+  EXPECT_EQ(h.session().prepared_statement_count(), 1u);
+  EXPECT_EQ(h.state(), SessionState::Idle);
+  EXPECT_EQ(h.session().link_count(), 0u);
+}
+
+TEST(SessionPreparedStatements, SeveralParsesAndFlushAreAnsweredLocally) {
+  SessionHarness h;
+  const std::string flight = parse("a", "select 1") + parse("b", "select 2") + flush();
+  Step s = h.client(flight);
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(s.to_client, parse_complete() + parse_complete());
+  EXPECT_EQ(h.session().prepared_statement_count(), 2u);
+}
+
+TEST(SessionPreparedStatements, BindOfAStatementTheServerLacksPreparesItFirst) {
+  SessionHarness h;
+  prepare_locally(h);
+  auto server = SessionHarness::fresh_server();
+  const std::string sent = h.send(run_flight("s1"), *server);
+  const std::string name = server_name_of(kSql);
+  EXPECT_EQ(tags_of(sent), "PBES");
+  const auto parses = parses_in(sent);
+  ASSERT_EQ(parses.size(), 1u);
+  EXPECT_EQ(parses[0].first, name);
+  EXPECT_EQ(parses[0].second, kSql);
+  EXPECT_EQ(bound_statements_in(sent), std::vector<std::string>{name});
+  // The ParseComplete of pgvalve's own Parse is not forwarded.
+  EXPECT_EQ(h.answer(parse_complete() + select_answer()), select_answer());
+  EXPECT_TRUE(h.last.has_op(LinkOp::Kind::Release));
+  EXPECT_TRUE(server->statements.contains(protocol::statement_hash(kSql, {})));
+}
+
+TEST(SessionPreparedStatements, NextBindOnTheSameServerIsNotPreparedAgain) {
+  SessionHarness h;
+  prepare_locally(h);
+  auto server = SessionHarness::fresh_server();
+  h.send(run_flight("s1"), *server);
+  h.answer(parse_complete() + select_answer());
+  const std::string sent = h.send(run_flight("s1"), *server);
+  EXPECT_EQ(tags_of(sent), "BES");
+  EXPECT_EQ(bound_statements_in(sent), std::vector<std::string>{server_name_of(kSql)});
+  EXPECT_EQ(h.answer(select_answer()), select_answer());
+}
+
+TEST(SessionPreparedStatements, AnotherClientsStatementOfTheSameTextIsShared) {
+  auto server = SessionHarness::fresh_server();
+  SessionHarness first;
+  prepare_locally(first, "a");
+  first.send(run_flight("a"), *server);
+  first.answer(parse_complete() + select_answer());
+  SessionHarness second;
+  prepare_locally(second, "b");
+  const std::string sent = second.send(run_flight("b"), *server);
+  EXPECT_EQ(tags_of(sent), "BES");
+  EXPECT_EQ(bound_statements_in(sent), std::vector<std::string>{server_name_of(kSql)});
+}
+
+TEST(SessionPreparedStatements, ParseOfAStatementTheServerHasGetsASyntheticParseCompleteInOrder) {
+  SessionHarness h;
+  prepare_locally(h);
+  auto server = SessionHarness::fresh_server();
+  h.send(run_flight("s1"), *server);
+  h.answer(parse_complete() + select_answer());
+  // Parse (again) + Bind + Execute + Sync: only the Bind onwards reach the server.
+  const std::string sent = h.send(parse("s1", kSql) + run_flight("s1"), *server);
+  EXPECT_EQ(tags_of(sent), "BES");
+  // Nothing is outstanding before it: due at once.
+  EXPECT_EQ(h.to_client_local, parse_complete());
+  EXPECT_EQ(h.answer(select_answer()), select_answer());
+}
+
+TEST(SessionPreparedStatements, SyntheticParseCompleteWaitsForTheAnswersBeforeIt) {
+  SessionHarness h;
+  prepare_locally(h);
+  auto server = SessionHarness::fresh_server();
+  h.send(query("begin"), *server);
+  h.answer(command_result("BEGIN", 'T'));
+  h.client(run_flight("s1"));
+  h.answer(parse_complete() + bind_complete() + data_row({"1"}) + complete("SELECT 1") +
+           ready('T'));
+  // A query is outstanding when the Parse of a statement the server has arrives.
+  Step s = h.client(query("select 2") + parse("s2", kSql) + sync());
+  EXPECT_EQ(s.to_server, query("select 2") + sync());
+  EXPECT_TRUE(s.to_client.empty());
+  const std::string select = row_result("2", "SELECT 1", 'T');
+  EXPECT_EQ(h.answer(select + ready('T')), select + parse_complete() + ready('T'));
+}
+
+TEST(SessionPreparedStatements, SyntheticParseCompleteComesBeforeAnErrorOfTheBind) {
+  SessionHarness h;
+  prepare_locally(h);
+  auto server = SessionHarness::fresh_server();
+  h.send(run_flight("s1"), *server);
+  h.answer(parse_complete() + select_answer());
+  h.send(parse("s1", kSql) + run_flight("s1"), *server);
+  EXPECT_EQ(tags_of(h.to_client_local + h.answer(error_message("22P02") + ready())), "1EZ");
+}
+
+TEST(SessionPreparedStatements, SyntheticParseCompleteBeforeAFlushIsSentAtOnce) {
+  SessionHarness h;
+  prepare_locally(h);
+  auto server = SessionHarness::fresh_server();
+  h.send(query("begin"), *server);
+  h.answer(command_result("BEGIN", 'T'));
+  h.client(run_flight("s1"));
+  h.answer(parse_complete() + bind_complete() + data_row({"1"}) + complete("SELECT 1") +
+           ready('T'));
+  // In the transaction: Parse of a statement the server has, then Flush (libpq pipeline mode).
+  Step s = h.client(parse("s2", kSql) + flush());
+  EXPECT_EQ(s.to_server, flush());
+  EXPECT_EQ(s.to_client, parse_complete());
+}
+
+TEST(SessionPreparedStatements, ParseOnALinkedServerIsPreparedThereUnderItsSharedName) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(query("begin"), *server);
+  h.answer(command_result("BEGIN", 'T'));
+  Step s = h.client(parse("s1", kSql) + sync());
+  const auto parses = parses_in(s.to_server);
+  ASSERT_EQ(parses.size(), 1u);
+  EXPECT_EQ(parses[0].first, server_name_of(kSql));
+  // This ParseComplete answers the client's own Parse: forwarded.
+  EXPECT_EQ(h.answer(parse_complete() + ready('T')), parse_complete() + ready('T'));
+}
+
+TEST(SessionPreparedStatements, DescribeOfANamedStatementIsRenamed) {
+  SessionHarness h;
+  prepare_locally(h);
+  auto server = SessionHarness::fresh_server();
+  const std::string sent = h.send(describe('S', "s1") + sync(), *server);
+  const std::string name = server_name_of(kSql);
+  EXPECT_EQ(tags_of(sent), "PDS");
+  EXPECT_EQ(targets_in(sent, 'D'), std::vector<std::string>{"S:" + name});
+  const std::string described = message('t', std::string("\0\1\0\0\0\x17", 6)) + row_description();
+  EXPECT_EQ(h.answer(parse_complete() + described + ready()), described + ready());
+}
+
+TEST(SessionPreparedStatements, DescribeOfAPortalPassesUnchanged) {
+  SessionHarness h;
+  prepare_locally(h);
+  auto server = SessionHarness::fresh_server();
+  const std::string sent =
+      h.send(bind_to("p", "s1") + describe('P', "p") + execute("p") + sync(), *server);
+  EXPECT_EQ(targets_in(sent, 'D'), std::vector<std::string>{"P:p"});
+}
+
+TEST(SessionPreparedStatements, CloseOfANamedStatementLeavesTheSharedOneOnTheServer) {
+  SessionHarness h;
+  prepare_locally(h);
+  auto server = SessionHarness::fresh_server();
+  h.send(run_flight("s1"), *server);
+  h.answer(parse_complete() + select_answer());
+  const std::string sent = h.send(close_message('S', "s1") + sync(), *server);
+  const auto closes = targets_in(sent, 'C');
+  ASSERT_EQ(closes.size(), 1u);
+  EXPECT_NE(closes[0], "S:" + server_name_of(kSql));
+  EXPECT_NE(closes[0], "S:s1");
+  EXPECT_EQ(h.answer(close_complete() + ready()), close_complete() + ready());
+  EXPECT_EQ(h.session().prepared_statement_count(), 0u);
+  EXPECT_TRUE(server->statements.contains(protocol::statement_hash(kSql, {})));
+}
+
+TEST(SessionPreparedStatements, CloseOfAPortalOrUnknownStatementPassesUnchanged) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  const std::string flight = close_message('P', "p") + close_message('S', "nope") + sync();
+  EXPECT_EQ(h.send(flight, *server), flight);
+  const std::string answer = close_complete() + close_complete() + ready();
+  EXPECT_EQ(h.answer(answer), answer);
+}
+
+TEST(SessionPreparedStatements, DeallocateIsAnsweredWithoutTouchingTheSharedStatement) {
+  SessionHarness h;
+  prepare_locally(h);
+  auto server = SessionHarness::fresh_server();
+  h.send(run_flight("s1"), *server);
+  h.answer(parse_complete() + select_answer());
+  const std::string sent = h.send(query("DEALLOCATE s1"), *server);
+  EXPECT_EQ(queries_in(sent), std::vector<std::string>{""});
+  std::string empty;
+  protocol::append_empty_query_response(empty);
+  EXPECT_EQ(h.answer(empty + ready()), complete("DEALLOCATE") + ready());
+  EXPECT_EQ(h.session().prepared_statement_count(), 0u);
+  EXPECT_TRUE(server->statements.contains(protocol::statement_hash(kSql, {})));
+  EXPECT_TRUE(h.last.has_op(LinkOp::Kind::Release));
+}
+
+TEST(SessionPreparedStatements, DeallocatePrepareOfAnSqlStatementGoesToTheServer) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  const std::string q = query("DEALLOCATE PREPARE q1");  // not a protocol-level statement
+  EXPECT_EQ(h.send(q, *server), q);
+}
+
+TEST(SessionPreparedStatements, DeallocateAllForgetsEveryStatementOnBothSides) {
+  SessionHarness h;
+  prepare_locally(h);
+  auto server = SessionHarness::fresh_server();
+  h.send(run_flight("s1"), *server);
+  h.answer(parse_complete() + select_answer());
+  const std::string q = query("DEALLOCATE ALL");
+  EXPECT_EQ(h.send(q, *server), q);
+  h.answer(command_result("DEALLOCATE ALL"));
+  EXPECT_EQ(h.session().prepared_statement_count(), 0u);
+  EXPECT_EQ(server->statements.size(), 0u);
+}
+
+TEST(SessionPreparedStatements, LeastRecentlyUsedStatementIsEvictedAtTheCap) {
+  SessionOptions o;
+  o.max_prepared_statements = 2;
+  SessionHarness h(o);
+  prepare_locally(h, "a", "select 1");
+  prepare_locally(h, "b", "select 2");
+  prepare_locally(h, "c", "select 3");
+  auto server = SessionHarness::fresh_server();
+  h.send(run_flight("a"), *server);
+  EXPECT_EQ(h.last.statement_evictions, 0);
+  h.answer(parse_complete() + select_answer());
+  h.send(run_flight("b"), *server);
+  h.answer(parse_complete() + select_answer());
+  h.send(run_flight("a"), *server);  // a is now more recently used than b
+  h.answer(select_answer());
+  const std::string sent = h.send(run_flight("c"), *server);
+  EXPECT_EQ(h.last.statement_evictions, 1);
+  EXPECT_EQ(tags_of(sent), "CPBES");
+  EXPECT_EQ(targets_in(sent, 'C'), std::vector<std::string>{"S:" + server_name_of("select 2")});
+  // Neither the CloseComplete nor the ParseComplete of pgvalve's own messages is forwarded.
+  EXPECT_EQ(h.answer(close_complete() + parse_complete() + select_answer()), select_answer());
+  EXPECT_EQ(server->statements.size(), 2u);
+  EXPECT_FALSE(server->statements.contains(protocol::statement_hash("select 2", {})));
+  // b is prepared again when used.
+  EXPECT_EQ(tags_of(h.send(run_flight("b"), *server)), "CPBES");
+}
+
+TEST(SessionPreparedStatements, EvictionSkippedAfterAnErrorKeepsTheStatementKnown) {
+  SessionOptions o;
+  o.max_prepared_statements = 1;
+  SessionHarness h(o);
+  prepare_locally(h, "a", "select 1");
+  prepare_locally(h, "b", "select 2");
+  auto server = SessionHarness::fresh_server();
+  h.send(run_flight("a"), *server);
+  h.answer(parse_complete() + select_answer());
+  // a runs and fails; b would evict a, but the server skips everything up to the Sync.
+  const std::string sent = h.send(bind_to("", "a") + execute() + run_flight("b"), *server);
+  EXPECT_EQ(tags_of(sent), "BECPBES");
+  h.answer(bind_complete() + error_message("22012") + ready());
+  EXPECT_TRUE(server->statements.contains(protocol::statement_hash("select 1", {})));
+  EXPECT_FALSE(server->statements.contains(protocol::statement_hash("select 2", {})));
+  // a is still prepared there: not prepared again (the server would say it exists).
+  EXPECT_EQ(tags_of(h.send(run_flight("a"), *server)), "BES");
+}
+
+TEST(SessionPreparedStatements, ErrorOfTheRepreparationIsTheBindsError) {
+  SessionHarness h;
+  prepare_locally(h);
+  auto server = SessionHarness::fresh_server();
+  h.send(run_flight("s1"), *server);
+  // The table does not exist: the server fails pgvalve's Parse and skips to the Sync.
+  const std::string failure = error_message("42P01") + ready();
+  EXPECT_EQ(h.answer(failure), failure);
+  EXPECT_TRUE(h.last.has_op(LinkOp::Kind::Release));
+  EXPECT_FALSE(server->statements.contains(protocol::statement_hash(kSql, {})));
+  // It is tried again next time.
+  EXPECT_EQ(tags_of(h.send(run_flight("s1"), *server)), "PBES");
+}
+
+TEST(SessionPreparedStatements, FailedParseOnTheServerIsForgottenThere) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(query("begin"), *server);
+  h.answer(command_result("BEGIN", 'T'));
+  h.client(parse("s1", "selec oops") + sync());
+  EXPECT_EQ(tags_of(h.answer(error_message("42601") + ready('E'))), "EZ");
+  EXPECT_EQ(server->statements.size(), 0u);
+}
+
+TEST(SessionPreparedStatements, SessionModePassesNamesUnchanged) {
+  auto server = SessionHarness::fresh_server();
+  SessionHarness h(SessionHarness::session_mode(), {}, server.get());
+  const std::string flight = parse("s1", kSql) + bind_to("", "s1") + execute() + sync();
+  Step s = h.client(flight);
+  EXPECT_EQ(s.to_server, flight);
+}
+
+TEST(SessionPreparedStatements, TooManyStatementsAreRefusedWith53400OnTheServer) {
+  SessionHarness h;
+  std::string flight;
+  for (std::size_t i = 0; i < kMaxClientStatements; ++i)
+    flight += parse("s" + std::to_string(i), "select " + std::to_string(i));
+  flight += sync();
+  Step s = h.client(flight);
+  ASSERT_FALSE(s.check_out);
+  ASSERT_EQ(h.session().prepared_statement_count(), kMaxClientStatements);
+  // Redefining a known name is fine; one more name is not.
+  prepare_locally(h, "s0", "select 'again'");
+  auto server = SessionHarness::fresh_server();
+  const std::string sent = h.send(parse("one_more", "select 1") + run_flight("one_more"), *server);
+  EXPECT_TRUE(h.checked_out);
+  const auto parses = parses_in(sent);
+  ASSERT_EQ(parses.size(), 1u);
+  EXPECT_EQ(parses[0].first, "");
+  EXPECT_NE(parses[0].second.find("ERRCODE = '53400'"), std::string::npos) << parses[0].second;
+  // The rest of the flight is not sent, up to its Sync.
+  EXPECT_EQ(tags_of(sent), "PBES");
+  EXPECT_EQ(h.session().prepared_statement_count(), kMaxClientStatements);
+  const std::string to_client =
+      h.answer(parse_complete() + bind_complete() + error_message("53400") + ready());
+  EXPECT_EQ(tags_of(to_client), "EZ");
+  EXPECT_EQ(sqlstates_in(to_client), "53400");
+}
+
+TEST(SessionPreparedStatements, TooMuchStatementTextIsRefusedWith54000OnTheServer) {
+  SessionHarness h;
+  const std::size_t chunk = 8u << 20;
+  for (int i = 0; i < 4; ++i) {
+    std::string sql = "select '" + std::string(chunk - 10, 'x') + "'";
+    sql.resize(chunk, ' ');
+    prepare_locally(h, "big" + std::to_string(i), sql);
+  }
+  auto server = SessionHarness::fresh_server();
+  const std::string sent = h.send(parse("one_more", "select 1") + sync(), *server);
+  const auto parses = parses_in(sent);
+  ASSERT_EQ(parses.size(), 1u);
+  EXPECT_NE(parses[0].second.find("ERRCODE = '54000'"), std::string::npos);
+  EXPECT_EQ(h.session().prepared_statement_count(), 4u);
+  // Closing one makes room again.
+  h.answer(parse_complete() + bind_complete() + error_message("54000") + ready());
+  h.send(close_message('S', "big0") + sync(), *server);
+  h.answer(close_complete() + ready());
+  prepare_locally(h, "one_more", "select 1");
+}
+
+}  // namespace
+}  // namespace pgvalve::session::testing
