@@ -4,10 +4,18 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 
 namespace pgvalve::routing {
+
+// Why a statement is refused, in words for the client.
+struct Refusal {
+  std::string_view sqlstate;
+  std::string message;
+  std::string hint;
+};
 
 struct Route {
   enum class Kind : std::uint8_t {
@@ -15,24 +23,21 @@ struct Route {
     Replica,  // a replica of `shard` (the pool picks which)
     Shards,   // every shard in `shards`, in parallel; the answers are merged
     Local,    // pgvalve answers without a server
-    Refuse,   // an error for the client: `sqlstate`, `message`, `hint`
+    Refuse,   // an error for the client: `refusal`
   };
 
   Kind kind = Kind::Primary;
   std::uint16_t shard = 0;
   std::uint64_t shards = 0;  // Shards: bit i set = shard i takes part
-  std::string_view sqlstate;
-  std::string message;
-  std::string hint;
+  // Refuse only; shared so that a Route stays small and cheap to copy.
+  std::shared_ptr<const Refusal> refusal;
 
   static Route primary(std::uint16_t shard) { return Route{Kind::Primary, shard}; }
   static Route replica(std::uint16_t shard) { return Route{Kind::Replica, shard}; }
   static Route local() { return Route{Kind::Local}; }
   static Route refuse(std::string_view sqlstate, std::string message, std::string hint = {}) {
     Route r{Kind::Refuse};
-    r.sqlstate = sqlstate;
-    r.message = std::move(message);
-    r.hint = std::move(hint);
+    r.refusal = std::make_shared<const Refusal>(Refusal{sqlstate, std::move(message), std::move(hint)});
     return r;
   }
 

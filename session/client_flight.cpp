@@ -161,8 +161,8 @@ const Actions& Session::on_checkout_failed(std::string_view sqlstate, std::strin
   now_ = now;
   Actions& out = client_actions();
   if (state_ != SessionState::WaitingForServer) return out;
-  pending_failure_sqlstate_ = std::string(sqlstate);
-  pending_failure_ = std::string(message);
+  work().failure_sqlstate = std::string(sqlstate);
+  work().failure = std::string(message);
   enter(SessionState::Idle);
   out.resume_client = true;
   if (drain_requested_) close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);
@@ -234,16 +234,16 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
 
   // Requests that can only fail: a waiting request whose checkout or sync failed, a transaction
   // whose server died, the rest of an extended flight after a local error.
-  if (!pending_failure_.empty() || lost_transaction_ || skip_until_sync_) {
+  if (!work().failure.empty() || lost_transaction_ || skip_until_sync_) {
     std::string sqlstate = "08006";
     std::string message =
         "pgvalve: the server connection was lost during this transaction; the transaction was "
         "rolled back, run it again";
-    if (!pending_failure_.empty()) {
-      sqlstate = std::move(pending_failure_sqlstate_);
-      message = std::move(pending_failure_);
-      pending_failure_.clear();
-      pending_failure_sqlstate_.clear();
+    if (!work().failure.empty()) {
+      sqlstate = std::move(work().failure_sqlstate);
+      message = std::move(work().failure);
+      work().failure.clear();
+      work().failure_sqlstate.clear();
     }
     fail_requests(frames, sqlstate, message, out.outbox);
     lost_transaction_ = false;
@@ -270,7 +270,7 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
     routing::RouteContext context;
     routing::Route route = router_.route(route_text(flight), context);
     if (route.kind == routing::Route::Kind::Refuse) {
-      fail_requests(frames, route.sqlstate, route.message, out.outbox);
+      fail_requests(frames, route.refusal->sqlstate, route.refusal->message, out.outbox);
       out.consumed = end;
       return out;
     }
@@ -281,7 +281,7 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
     return out;
   }
   if (l->syncing) return out;
-  const auto id = static_cast<LinkId>(l - w.links.data());
+  const LinkId id = l->id;
   if (!l->busy() && l->server->tx_status == 'I' && !l->reserved &&
       !settings_match(*l->server, true)) {
     // Settings changed on this server since it was linked (a RESET back to startup values in
@@ -544,12 +544,12 @@ bool Session::answer_listen_locally(Flight& flight, Actions& out) {
     pr::append_ready_for_query(r, 'I');
     return true;
   }
-  hub_reply_ = reply;
-  hub_channel_ = info.all ? "*" : channel;
-  hub_request_ = listen ? HubRequest::Kind::Listen
+  work().hub_reply = reply;
+  work().hub_channel = info.all ? "*" : channel;
+  work().hub_request = listen ? HubRequest::Kind::Listen
                         : (info.all ? HubRequest::Kind::UnlistenAll : HubRequest::Kind::Unlisten);
-  out.hub.kind = hub_request_;
-  out.hub.channel = hub_channel_;
+  out.hub.kind = work().hub_request;
+  out.hub.channel = work().hub_channel;
   enter(SessionState::WaitingForHub);
   return true;
 }

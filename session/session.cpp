@@ -87,6 +87,11 @@ SessionOptions SessionOptions::from(const config::Config& config) {
 // ---- Workspaces ----------------------------------------------------------------------------
 
 void Workspace::clear() {
+  failure_sqlstate.clear();
+  failure.clear();
+  hub_request = HubRequest::Kind::None;
+  hub_channel.clear();
+  hub_reply = {};
   client_scratch.clear();
   client_spans.clear();
   reply_spans.clear();
@@ -166,12 +171,15 @@ Actions& Session::event_actions() {
 
 Link& Session::link(LinkId id) {
   auto& links = work().links;
-  if (links.size() <= id) links.resize(static_cast<std::size_t>(id) + 1);
+  while (links.size() <= id) {
+    links.emplace_back();
+    links.back().id = static_cast<LinkId>(links.size() - 1);
+  }
   return links[id];
 }
 
 LinkId Session::id_of(const Link& l) {
-  return static_cast<LinkId>(&l - work().links.data());
+  return l.id;
 }
 
 Link* Session::linked_link() {
@@ -353,8 +361,8 @@ void Session::finish_sync(Link& l, bool ok, Actions& out) {
       close_with("08006", message, out);
       return;
     }
-    pending_failure_sqlstate_ = "08006";
-    pending_failure_ = message;
+    work().failure_sqlstate = "08006";
+    work().failure = message;
     unlink(id_of(l), LinkOp::Kind::Close, out);
     enter(SessionState::Idle);
     out.resume_client = true;
@@ -532,8 +540,8 @@ void Session::lose_link(Link& l, LinkId id, std::string_view message, LinkOp::Ki
   }
   const bool in_transaction = l.server->tx_status != 'I';
   if (l.syncing) {
-    pending_failure_sqlstate_ = "08006";
-    pending_failure_ = std::string(message);
+    work().failure_sqlstate = "08006";
+    work().failure = std::string(message);
     out.resume_client = true;
   } else {
     // Read before fail_pending clears it: a request in flight gets the error with a
@@ -667,29 +675,29 @@ const Actions& Session::on_notification(std::string_view message, std::size_t un
 const Actions& Session::on_hub_done(std::optional<std::string_view> error) {
   Actions& out = event_actions();
   if (state_ != SessionState::WaitingForHub) return out;
-  const HubRequest::Kind kind = hub_request_;
+  const HubRequest::Kind kind = work().hub_request;
   std::string& reply = out.outbox;
-  if (hub_reply_.parse) pr::append_parse_complete(reply);
-  if (hub_reply_.bind) pr::append_bind_complete(reply);
-  if (hub_reply_.describe) pr::append_no_data(reply);
+  if (work().hub_reply.parse) pr::append_parse_complete(reply);
+  if (work().hub_reply.bind) pr::append_bind_complete(reply);
+  if (work().hub_reply.describe) pr::append_no_data(reply);
   if (error) {
     append_error(reply, "08006", *error);
   } else {
     pr::append_command_complete(reply, kind == HubRequest::Kind::Listen ? "LISTEN" : "UNLISTEN");
     if (kind == HubRequest::Kind::Listen) {
-      if (std::find(listen_channels_.begin(), listen_channels_.end(), hub_channel_) ==
+      if (std::find(listen_channels_.begin(), listen_channels_.end(), work().hub_channel) ==
           listen_channels_.end()) {
-        listen_channels_.push_back(hub_channel_);
+        listen_channels_.push_back(work().hub_channel);
       }
     } else if (kind == HubRequest::Kind::Unlisten) {
-      std::erase(listen_channels_, hub_channel_);
+      std::erase(listen_channels_, work().hub_channel);
     } else {
       listen_channels_.clear();
     }
   }
   pr::append_ready_for_query(reply, 'I');
-  hub_channel_.clear();
-  hub_request_ = HubRequest::Kind::None;
+  work().hub_channel.clear();
+  work().hub_request = HubRequest::Kind::None;
   enter(SessionState::Idle);
   // Notifications that came while the hub answered; the client is between requests now.
   deliver_queued_notifications(reply);

@@ -157,12 +157,6 @@ class Session {
   std::size_t listen_channel_count() const { return listen_channels_.size(); }
 
  private:
-  struct HubReply {
-    bool parse = false;
-    bool bind = false;
-    bool describe = false;
-  };
-
   // ---- state ----
   void enter(SessionState next);
   Workspace& work();
@@ -268,14 +262,7 @@ class Session {
   bool lost_transaction_ = false;
   bool skip_until_sync_ = false;  // an extended flight failed: drop its messages until Sync
   bool error_sent_in_flight_ = false;
-  // A waiting request whose checkout or settings sync failed gets this error.
-  std::string pending_failure_sqlstate_;
-  std::string pending_failure_;
-  routing::Route pending_route_;
-  // A LISTEN/UNLISTEN waiting for the listen hub, and how to answer it.
-  HubRequest::Kind hub_request_ = HubRequest::Kind::None;
-  std::string hub_channel_;
-  HubReply hub_reply_;
+  routing::Route pending_route_;  // of the request waiting for a server
   // A partial message is being received since `partial_since_`.
   bool partial_ = false;
   Clock::time_point partial_since_{};

@@ -3,6 +3,7 @@
 // the workspace that holds them while the session is busy.
 #pragma once
 
+#include <deque>
 #include <string>
 #include <utility>
 #include <vector>
@@ -61,6 +62,7 @@ enum : std::uint8_t {
 };
 
 struct Link {
+  LinkId id = 0;
   ServerState* server = nullptr;
   routing::Route route;
   protocol::PendingResponses pending;
@@ -125,14 +127,30 @@ struct Review {
   bool single = true;            // exactly one statement
 };
 
+// How to answer a LISTEN/UNLISTEN sent through the extended protocol.
+struct HubReply {
+  bool parse = false;
+  bool bind = false;
+  bool describe = false;
+};
+
 struct Workspace {
+  // A waiting request whose checkout or settings sync failed gets this error.
+  std::string failure_sqlstate;
+  std::string failure;
+  // A LISTEN/UNLISTEN waiting for the listen hub, and how to answer it.
+  HubRequest::Kind hub_request = HubRequest::Kind::None;
+  std::string hub_channel;
+  HubReply hub_reply;
+
   std::string client_scratch;
   std::vector<Span> client_spans;
   std::vector<Span> reply_spans;  // local answers (to the client), from client_scratch
   std::string reply_scratch;
   Actions client_actions;
   Actions event_actions;
-  std::vector<Link> links;
+  // A deque: adding a link never moves the others (their scratch backs chunks in flight).
+  std::deque<Link> links;
   std::vector<Note> tx_notes;  // settled in the open transaction, applied at commit
   std::vector<std::pair<std::string, std::size_t>> savepoints;  // name, tx_notes size then
   std::string notifications;  // waiting for the client to be between requests
