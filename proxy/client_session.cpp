@@ -132,7 +132,10 @@ std::function<void()> ClientSession::drained_callback() {
 void ClientSession::on_drained() {
   if (closed_) return;
   for (std::size_t i = 0; i < links_.size(); ++i) {
-    if (links_[i].conn) watch_server(static_cast<session::LinkId>(i));
+    if (!links_[i].conn) continue;
+    const auto id = static_cast<session::LinkId>(i);
+    core_->set_server_paused(id, false, now());
+    watch_server(id);
   }
   feed_client();
 }
@@ -235,8 +238,12 @@ void ClientSession::close() {
 
 void ClientSession::watch_server(session::LinkId id) {
   LinkIO& io = links_[id];
+  if (closed_ || !io.conn || io.watching) return;
   // While the client has a backlog, the server's answers wait in the kernel.
-  if (closed_ || !io.conn || io.watching || client_writer_.busy()) return;
+  if (client_writer_.busy()) {
+    core_->set_server_paused(id, true, now());
+    return;
+  }
   io.watching = true;
   const std::uint32_t generation = io.generation;
   io.conn->socket.async_wait(
@@ -253,7 +260,10 @@ void ClientSession::watch_server(session::LinkId id) {
 void ClientSession::read_server(session::LinkId id) {
   LinkIO& io = links_[id];
   if (closed_ || !io.conn) return;
-  if (client_writer_.busy()) return;  // on_drained() comes back
+  if (client_writer_.busy()) {  // on_drained() comes back
+    core_->set_server_paused(id, true, now());
+    return;
+  }
   auto space = io.conn->in.prepare();
   error_code ec;
   std::size_t n = 0;

@@ -646,6 +646,7 @@ void Session::plan_query(const pr::Frame& f, std::size_t offset, Link& l, Flight
   }
   if (r.temporary && options_.mode == config::PoolMode::Session) l.server->touched_temp = true;
   if (r.check_pins) l.check_pins = true;
+  count_server_listens(r);
   const bool translate = options_.mode != config::PoolMode::Session;
   if (translate && r.single && r.first.kind == StatementKind::Deallocate && !r.first.all &&
       forget_statement(r.first.name.view())) {
@@ -712,6 +713,7 @@ void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight
       return;
     }
     if (r.temporary && !translate) l.server->touched_temp = true;
+    count_server_listens(r);
     if (!notes.empty()) note = notes.front();
     pins = r.check_pins;
   }
@@ -925,6 +927,34 @@ void Session::note_for(const routing::StatementInfo& info, Note& note) const {
   }
 }
 
+// LISTEN/UNLISTEN that run on the client's own (pinned) server, for the channel cap.
+void Session::count_server_listens(const Review& r) {
+  if (r.unlisten_all) server_listens_.clear();
+  for (const auto& name : r.unlistened)
+    std::erase(server_listens_, name);
+  for (const auto& name : r.listened)
+    server_listens_.push_back(name);
+}
+
+// Settings set by requests not yet answered (or by a transaction not yet committed) that the
+// client does not have yet: their number (each name once) and bytes.
+void Session::in_flight_settings(std::size_t& count, std::size_t& bytes) const {
+  if (!work_) return;
+  std::vector<std::string_view> names;
+  auto add = [&](const Note& n) {
+    if (n.kind != NoteKind::Set || n.name.empty() || client_settings_.find(n.name)) return;
+    bytes += n.name.size() + n.value.size();
+    if (std::find(names.begin(), names.end(), n.name) == names.end()) names.push_back(n.name);
+  };
+  for (const auto& l : work_->links) {
+    for (const auto& n : l.notes)
+      add(n);
+  }
+  for (const auto& n : work_->tx_notes)
+    add(n);
+  count += names.size();
+}
+
 // Classifies every statement of `sql`: refusals by pool mode and per-client caps, state that may
 // pin the server, temporary objects, and one note per statement when any statement needs one.
 // `settling_transaction`: notes of settings wait for the end of the transaction, so its
@@ -934,8 +964,11 @@ Review Session::review(std::string_view sql, bool settling_transaction,
   Review r;
   const bool translate = options_.mode != config::PoolMode::Session;
   const std::size_t first_note = notes.size();
+  // Settings and channels of requests still in flight count too: a client that pipelines
+  // thousands of SETs or LISTENs must not pass the caps before the first answer comes back.
   std::size_t new_settings = 0;
   std::size_t new_setting_bytes = 0;
+  bool counted_in_flight = false;
   int count = 0;
   for (std::size_t offset = 0; offset < sql.size();) {
     auto info = routing::classify(sql.substr(offset));
@@ -1000,7 +1033,35 @@ Review Session::review(std::string_view sql, bool settling_transaction,
           info.kind == StatementKind::Close || info.kind == StatementKind::Discard ||
           info.kind == StatementKind::Deallocate || info.kind == StatementKind::Unlisten;
       if (state_that_pins || (pinned_ && may_unpin)) r.check_pins = true;
+      if (info.kind == StatementKind::Listen && !info.name.empty()) {
+        const std::string_view channel = info.name.view();
+        auto has = [channel](const std::vector<std::string>& v) {
+          return std::find(v.begin(), v.end(), channel) != v.end();
+        };
+        if (!has(listen_channels_) && !has(server_listens_) && !has(r.listened)) {
+          if (listen_channels_.size() + server_listens_.size() + r.listened.size() >=
+              kMaxClientListenChannels) {
+            r.refusal_sqlstate = "53400";
+            r.refusal = "pgvalve: a client may listen on at most " +
+                        std::to_string(kMaxClientListenChannels) +
+                        " channels; UNLISTEN channels it no longer needs";
+            return r;
+          }
+          r.listened.emplace_back(channel);
+        }
+      }
+      if (info.kind == StatementKind::Unlisten) {
+        if (info.all) {
+          r.unlisten_all = true;
+        } else if (!info.name.empty()) {
+          r.unlistened.emplace_back(info.name.view());
+        }
+      }
       if (note.kind == NoteKind::Set && !is_synced_setting(note.name)) {
+        if (!counted_in_flight) {
+          counted_in_flight = true;
+          in_flight_settings(new_settings, new_setting_bytes);
+        }
         if (!client_settings_.find(note.name)) ++new_settings;
         new_setting_bytes += note.name.size() + note.value.size();
         if (client_settings_.size() + new_settings > kMaxClientSettings) {

@@ -17,10 +17,6 @@ using Kind = pr::PendingResponse::Kind;
 
 namespace {
 
-// A partial message larger than this passes through as it arrives (when pgvalve needs only its
-// type) instead of growing the server's buffer to hold it whole.
-constexpr std::size_t kStreamAbove = 8 * 1024;
-
 // Messages pgvalve only needs the type of.
 bool streamable(char tag) {
   return tag == 'D' || tag == 'd' || tag == 'N' || tag == 'T' || tag == 'A';
@@ -105,7 +101,7 @@ const Actions& Session::plan_server(Link& l, LinkId id, std::string_view input) 
     if (r.status == pr::DecodeStatus::NeedMoreData) {
       // A large message pgvalve needs only the type of passes through as it arrives, so a
       // client asking for a huge row never makes pgvalve hold it whole.
-      if (r.needed > kStreamAbove && streamable(rest[0])) {
+      if (r.needed > options_.stream_server_messages_above && streamable(rest[0])) {
         pr::Frame head;
         head.tag = rest[0];
         head.whole = rest;
@@ -397,6 +393,7 @@ void Session::apply_note(const Note& note, Link& l, Actions& out) {
       client_settings_.clear();
       restore_startup_settings();
       forget_all_statements();
+      server_listens_.clear();
       if (!listen_channels_.empty()) {
         listen_channels_.clear();
         out.hub.kind = HubRequest::Kind::UnlistenAll;
@@ -474,6 +471,7 @@ void Session::finish_pin_check(Link& l, bool failed, Actions& out) {
     pinned_ = false;
     out.pinned_change -= 1;
   }
+  if (!holds) server_listens_.clear();
 }
 
 }  // namespace pgvalve::session

@@ -235,7 +235,7 @@ Clock::time_point Session::next_deadline() const {
   for (const auto& l : work_->links) {
     if (!l.server) continue;
     if (l.syncing) earlier(l.sync_started + options_.sync_timeout);
-    if (options_.query_timeout.count() > 0 && l.busy()) {
+    if (options_.query_timeout.count() > 0 && l.busy() && !l.paused) {
       earlier(l.last_activity + options_.query_timeout);
     }
     if (state_ == SessionState::Holding && options_.idle_transaction_timeout.count() > 0 &&
@@ -244,6 +244,13 @@ Clock::time_point Session::next_deadline() const {
     }
   }
   return deadline;
+}
+
+void Session::set_server_paused(LinkId id, bool paused, Clock::time_point now) {
+  if (!linked(id)) return;
+  Link& l = link(id);
+  if (l.paused && !paused) l.last_activity = now;
+  l.paused = paused;
 }
 
 // ---- Login ---------------------------------------------------------------------------------
@@ -626,7 +633,7 @@ const Actions& Session::on_timer(Clock::time_point now) {
                 LinkOp::Kind::CancelAndClose, out);
       continue;
     }
-    if (options_.query_timeout.count() > 0 && l.busy() &&
+    if (options_.query_timeout.count() > 0 && l.busy() && !l.paused &&
         now >= l.last_activity + options_.query_timeout) {
       lose_link(l, id,
                 "pgvalve: server " + l.server->name + " sent nothing for pool.query_timeout_ms (" +

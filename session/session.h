@@ -57,6 +57,10 @@ struct SessionOptions {
   std::chrono::milliseconds idle_transaction_timeout{0};  // 0: off
   std::chrono::milliseconds message_timeout{10000};       // 0: off
   std::chrono::milliseconds sync_timeout{5000};
+  // A server message larger than this that pgvalve needs only the type of (a row, COPY data, a
+  // notice) passes through as it arrives instead of being held whole. Smaller ones are held,
+  // so a server dying in the middle of one still leaves a clean stream for an error.
+  std::size_t stream_server_messages_above = 1u << 20;
 
   static SessionOptions from(const config::Config& config);
 };
@@ -136,6 +140,10 @@ class Session {
   // Shutdown: leave at the next transaction boundary (now, when between transactions).
   const Actions& on_drain();
 
+  // pgvalve stops reading the link's server while the client has not read what it got (and
+  // starts again once it has): that time is not the server's silence (query_timeout).
+  void set_server_paused(LinkId link, bool paused, Clock::time_point now);
+
   // ---- What the I/O layer waits for ---------------------------------------------------------
   // The earliest deadline (partial message, silent server, idle in transaction, settings sync);
   // Clock::time_point::max() when none.
@@ -199,6 +207,8 @@ class Session {
                        Flight& flight);
   Review review(std::string_view sql, bool settling_transaction, std::vector<Note>& notes) const;
   void note_for(const routing::StatementInfo& info, Note& note) const;
+  void in_flight_settings(std::size_t& count, std::size_t& bytes) const;
+  void count_server_listens(const Review& r);
   const protocol::PreparedStatement& define_statement(std::string_view name, std::string_view query,
                                                       std::string_view param_types);
   bool forget_statement(std::string_view name);
@@ -254,6 +264,7 @@ class Session {
   std::unique_ptr<protocol::ClientStatements> statements_;
   std::size_t statement_bytes_ = 0;
   std::vector<std::string> listen_channels_;  // through the listen hub
+  std::vector<std::string> server_listens_;   // LISTENs run on its own pinned server
   bool logged_in_ = false;
   bool drain_requested_ = false;
   bool pinned_ = false;

@@ -84,6 +84,7 @@ struct Link {
   SyncPlan sync_plan;            // of the sync running now
   bool reserved = false;         // linked for a request that is not planned yet: not released
   bool pin_check_holds = false;  // the running pin check found state
+  bool paused = false;           // not read while the client catches up
 
   bool busy() const { return in_flight > 0 || open_extended || !pending.empty(); }
   void reset() {
@@ -101,6 +102,7 @@ struct Link {
     syncing = false;
     reserved = false;
     pin_check_holds = false;
+    paused = false;
   }
 };
 
@@ -125,6 +127,9 @@ struct Review {
   std::size_t note_count = 0;
   routing::StatementInfo first;  // the first statement
   bool single = true;            // exactly one statement
+  std::vector<std::string> listened;  // channels of its LISTENs the client did not listen on
+  std::vector<std::string> unlistened;
+  bool unlisten_all = false;
 };
 
 // How to answer a LISTEN/UNLISTEN sent through the extended protocol.

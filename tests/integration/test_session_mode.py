@@ -83,3 +83,65 @@ def test_second_client_waits_for_the_session(pv):
         assert waited >= 0.6, f"second client served after {waited:.2f}s while the first " \
                               f"held the only server (pids {pid_a}, {pid_b})"
         assert one(b, "show work_mem") is not None
+
+
+# --- RESET returns to the client's startup values ------------------------------------------------
+
+STARTUP_OPTIONS = "-c%20work_mem%3D5MB%20-c%20DateStyle%3DGerman"
+
+
+@pytest.mark.parametrize("reset", ["RESET work_mem", "RESET ALL", "DISCARD ALL"])
+def test_reset_returns_to_startup_options(pv, cluster, reset):
+    """A setting the client gave at startup (libpq `options=-c ...`) is what RESET, RESET ALL
+    and DISCARD ALL return to, as on a direct connection; not the server's default."""
+    with psycopg.connect(pv.dsn(options=STARTUP_OPTIONS), autocommit=True) as a:
+        assert one(a, "show work_mem") == "5MB"
+        assert one(a, "show DateStyle") == "German, DMY"
+        a.execute("SET work_mem = '8MB'")
+        a.execute("SET DateStyle = 'ISO, MDY'")
+        assert one(a, "show work_mem") == "8MB"
+        a.execute(reset)
+        for _ in range(2):  # and in the transactions after it
+            with a.transaction():
+                assert one(a, "show work_mem") == "5MB"
+                assert one(a, "show DateStyle") == \
+                    ("ISO, MDY" if reset == "RESET work_mem" else "German, DMY")
+        assert a.info.parameter_status("DateStyle") == \
+            ("ISO, MDY" if reset == "RESET work_mem" else "German, DMY")
+    # the next client of that server has the server's defaults
+    with psycopg.connect(pv.dsn(), autocommit=True) as b:
+        assert one(b, "show work_mem") == cluster.primary.scalar("show work_mem", dbname=APP_DB)
+
+
+def test_reset_returns_to_startup_parameter(pv, monkeypatch):
+    """PGDATESTYLE is sent as a startup parameter (not in options)."""
+    monkeypatch.setenv("PGDATESTYLE", "SQL, DMY")
+    with psycopg.connect(pv.dsn(), autocommit=True) as a:
+        assert one(a, "show DateStyle") == "SQL, DMY"
+        a.execute("SET DateStyle = 'ISO'")
+        assert one(a, "show DateStyle") == "ISO, DMY"
+        a.execute("RESET DateStyle")
+        assert one(a, "show DateStyle") == "SQL, DMY"
+        a.execute("SET DateStyle = 'Postgres'")
+        a.execute("RESET ALL")
+        assert one(a, "show DateStyle") == "SQL, DMY"
+        assert a.info.parameter_status("DateStyle") == "SQL, DMY"
+
+
+def test_temp_table_client_leaves_server_closed(pv):
+    """A session-mode client that created a temporary table: when it leaves, its server
+    connection is closed rather than reused (pool_size 1, so the next client would otherwise
+    get the same backend). A client that created none leaves its server for reuse."""
+    with psycopg.connect(pv.dsn(), autocommit=True) as a:
+        plain_pid = one(a, "select pg_backend_pid()")
+    with psycopg.connect(pv.dsn(), autocommit=True) as b:
+        reused_pid = one(b, "select pg_backend_pid()")
+        b.execute("create temporary table tmp_closed(v int)")
+        b.execute("insert into tmp_closed values (1)")
+    with psycopg.connect(pv.dsn(), autocommit=True) as c:
+        next_pid = one(c, "select pg_backend_pid()")
+        assert one(c, "select to_regclass('pg_temp.tmp_closed')") is None
+    print(f"plain client {plain_pid}, then {reused_pid} (temp table), then {next_pid}")
+    assert reused_pid == plain_pid, "a server without temporary objects was not reused"
+    assert next_pid != reused_pid, \
+        f"backend {reused_pid} that had a temporary table was given to the next client"

@@ -8,6 +8,14 @@
 namespace pgvalve::session::testing {
 namespace {
 
+// Messages above 8 KiB pass through in these tests (pgvalve holds up to 1 MiB by default).
+SessionOptions small_holds() {
+  SessionOptions o;
+  o.stream_server_messages_above = 8 * 1024;
+  return o;
+}
+
+
 std::string big_notice() {
   std::string out;
   protocol::ErrorFields e;
@@ -20,7 +28,7 @@ std::string big_notice() {
 }
 
 TEST(SessionLargeMessages, LargeDataRowPassesThroughInPieces) {
-  SessionHarness h;
+  SessionHarness h(small_holds());
   auto server = SessionHarness::fresh_server();
   h.send(query("select big from t"), *server);
   const std::string big = data_row({std::string(20000, 'x')});
@@ -46,7 +54,7 @@ TEST(SessionLargeMessages, LargeDataRowPassesThroughInPieces) {
 }
 
 TEST(SessionLargeMessages, LargeRowEndingExactlyAtTheReadIsFollowedCorrectly) {
-  SessionHarness h;
+  SessionHarness h(small_holds());
   auto server = SessionHarness::fresh_server();
   h.send(query("select big from t"), *server);
   const std::string big = data_row({std::string(9000, 'y')});
@@ -59,7 +67,7 @@ TEST(SessionLargeMessages, LargeRowEndingExactlyAtTheReadIsFollowedCorrectly) {
 }
 
 TEST(SessionLargeMessages, MessagesUnderTheThresholdWaitToBeWhole) {
-  SessionHarness h;
+  SessionHarness h(small_holds());
   auto server = SessionHarness::fresh_server();
   h.send(query("select v from t"), *server);
   const std::string row = data_row({std::string(4000, 'z')});
@@ -69,7 +77,7 @@ TEST(SessionLargeMessages, MessagesUnderTheThresholdWaitToBeWhole) {
 }
 
 TEST(SessionLargeMessages, LargeNoticePassesThrough) {
-  SessionHarness h;
+  SessionHarness h(small_holds());
   auto server = SessionHarness::fresh_server();
   h.send(query("do $$ begin raise notice '...'; end $$"), *server);
   std::string big;
@@ -86,7 +94,7 @@ TEST(SessionLargeMessages, LargeNoticePassesThrough) {
 }
 
 TEST(SessionLargeMessages, LargeRowOfPgvalvesOwnQueryIsDropped) {
-  SessionHarness h;
+  SessionHarness h(small_holds());
   auto first = SessionHarness::fresh_server();
   const std::string path = "'" + std::string(10000, 'p') + "'";
   h.send(query("select set_config('search_path', " + path + ", false)"), *first);
@@ -111,7 +119,7 @@ TEST(SessionLargeMessages, LargeRowOfPgvalvesOwnQueryIsDropped) {
 }
 
 TEST(SessionLargeMessages, SyntheticParseCompleteNeverLandsInsideAStreamedMessage) {
-  SessionHarness h;
+  SessionHarness h(small_holds());
   h.client(parse("s1", "select * from wide") + sync());
   auto server = SessionHarness::fresh_server();
   h.send(query("begin"), *server);
@@ -131,7 +139,7 @@ TEST(SessionLargeMessages, SyntheticParseCompleteNeverLandsInsideAStreamedMessag
 }
 
 TEST(SessionLargeMessages, SyntheticParseCompleteDueBeforeAStreamedMessageGoesFirst) {
-  SessionHarness h;
+  SessionHarness h(small_holds());
   h.client(parse("s1", "select * from wide") + sync());
   auto server = SessionHarness::fresh_server();
   h.send(query("begin"), *server);
@@ -151,7 +159,7 @@ TEST(SessionLargeMessages, SyntheticParseCompleteDueBeforeAStreamedMessageGoesFi
 }
 
 TEST(SessionLargeMessages, ServerLostInsideAStreamedRowClosesTheClientWithoutMoreBytes) {
-  SessionHarness h;
+  SessionHarness h(small_holds());
   auto server = SessionHarness::fresh_server();
   h.send(query("select big from t"), *server);
   const std::string big = data_row({std::string(20000, 'x')});
@@ -166,7 +174,7 @@ TEST(SessionLargeMessages, ServerLostInsideAStreamedRowClosesTheClientWithoutMor
 }
 
 TEST(SessionLargeMessages, QueryTimeoutInsideAStreamedRowClosesTheClient) {
-  SessionOptions o;
+  SessionOptions o = small_holds();
   o.query_timeout = 10s;
   SessionHarness h(o);
   auto server = SessionHarness::fresh_server();
@@ -179,7 +187,7 @@ TEST(SessionLargeMessages, QueryTimeoutInsideAStreamedRowClosesTheClient) {
 }
 
 TEST(SessionLargeMessages, NotificationArrivingInsideAStreamedNoticeFollowsIt) {
-  SessionHarness h;
+  SessionHarness h(small_holds());
   auto server = SessionHarness::fresh_server();
   h.send(query("begin"), *server);
   h.answer(command_result("BEGIN", 'T'));
@@ -193,7 +201,7 @@ TEST(SessionLargeMessages, NotificationArrivingInsideAStreamedNoticeFollowsIt) {
 }
 
 TEST(SessionLargeMessages, FatalErrorIsNotWrittenInsideAStreamedMessage) {
-  SessionHarness h;
+  SessionHarness h(small_holds());
   auto server = SessionHarness::fresh_server();
   h.send(query("select big from t"), *server);
   h.server(row_description() + data_row({std::string(20000, 'x')}).substr(0, 100));

@@ -1,0 +1,95 @@
+"""Small helpers shared by the hostile-input, leak, pinning and timeout modules: the pgvalve
+process's resident memory, raw logins, the admin console's SHOW POOLS, and the assertions every
+refusal needs (SQLSTATE, `pgvalve:` message, connection closed)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import psycopg
+
+from pgcluster import APP_DB, APP_PASSWORD, APP_USER
+from pgwire import RawClient
+
+OPS_USER = "ops"
+OPS_PASSWORD = "ops-secret"
+APP_AND_OPS = [{"name": APP_USER, "password": APP_PASSWORD},
+               {"name": OPS_USER, "password": OPS_PASSWORD, "admin": True}]
+
+MiB = 1024 * 1024
+
+
+def rss_bytes(pid: int) -> int:
+    """VmRSS of a process, in bytes."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def settle_rss(pid: int, wait: float = 0.3) -> int:
+    """RSS after a short pause (pgvalve finishes what it was doing)."""
+    time.sleep(wait)
+    return rss_bytes(pid)
+
+
+def raw_login(pv, timeout: float = 10, **params) -> RawClient:
+    c = RawClient("127.0.0.1", pv.port, APP_USER, APP_PASSWORD, APP_DB, params=params,
+                  timeout=timeout)
+    return c.connect()
+
+
+def assert_pgvalve_message(msg: str | None):
+    assert (msg or "").startswith("pgvalve:"), \
+        f"error message does not start with 'pgvalve:': {msg!r}"
+
+
+def wait_closed(sock: socket.socket, timeout: float) -> bool:
+    """True when the peer closes (EOF or RST) within `timeout`; data read meanwhile is dropped."""
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            sock.settimeout(left)
+            if not sock.recv(65536):
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        return False
+
+
+def show_pools(pv, user: str = APP_USER) -> list[dict]:
+    """SHOW POOLS rows of `user` on the admin console (the pgvalve needs APP_AND_OPS users)."""
+    with psycopg.connect(pv.dsn(user=OPS_USER, password=OPS_PASSWORD, dbname="pgvalve"),
+                         autocommit=True) as admin:
+        cur = admin.execute("SHOW POOLS")
+        cols = [d.name for d in cur.description]
+        rows = [dict(zip(cols, r)) for r in cur.fetchall()]
+    return [r for r in rows if r.get("user") == user and r.get("database") == APP_DB]
+
+
+def one(conn, sql, params=None):
+    return conn.execute(sql, params).fetchone()[0]
+
+
+def drain_notifies(conn, want: int, timeout: float = 5.0) -> list[tuple[str, str]]:
+    """Notifications a psycopg connection receives while it sits idle, without sending."""
+    import select
+    got = []
+    end = time.monotonic() + timeout
+    while len(got) < want:
+        left = end - time.monotonic()
+        if left <= 0:
+            break
+        ready, _, _ = select.select([conn.fileno()], [], [], left)
+        if not ready:
+            break
+        conn.pgconn.consume_input()
+        while (n := conn.pgconn.notifies()) is not None:
+            got.append((n.relname.decode(), n.extra.decode()))
+    return got

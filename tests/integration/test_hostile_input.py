@@ -1,0 +1,498 @@
+"""Hostile clients against memory and time bounds (DESIGN §7, §8 "an idle client holds no
+buffer"; docs/configuration.md `limits.message_timeout_ms`, `limits.message_memory_bytes`,
+"Per-client limits").
+
+A message header that announces a huge length must not make pgvalve allocate it; a client that
+stalls half-way through a message holds at most what it actually sent, no server, and only for
+`message_timeout_ms`; the process-wide `message_memory_bytes` refuses what would not fit; bytes
+that are not a protocol 3.0 message are refused on their first byte; results pass through without
+being held; and each per-client cap is refused with 53400/54000 while other clients go on.
+
+Memory is read from /proc/<pgvalve pid>/status (VmRSS)."""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+
+import psycopg
+import pytest
+
+from itutil import (MiB, assert_pgvalve_message, drain_notifies, one, raw_login, rss_bytes,
+                    settle_rss)
+from pgcluster import APP_DB, APP_USER
+from pgwire import (ConnectionClosed, PgWireError, query_message,
+                    read_error_then_close, read_message, startup_packet)
+from pgwire_ext import ExtClient, bind, execute, parse, sync
+
+HUGE = 200_000_000  # what the hostile headers announce (< the default max_message_bytes)
+
+
+def warm_up(pv, clients: int = 3):
+    """Run a little normal traffic first, so the pools, thread arenas and buffer free lists that
+    any pgvalve has after its first queries exist before the baseline is taken."""
+    conns = [pv.connect() for _ in range(clients)]
+    try:
+        for c in conns:
+            for i in range(5):
+                assert one(c, "select %s::int", (i,)) == i
+            assert len(one(c, "select repeat('w', 200000)")) == 200000
+    finally:
+        for c in conns:
+            c.close()
+    r = raw_login(pv)
+    r.rows("select 1")
+    r.terminate()
+
+
+def timed_select_1(pv) -> float:
+    t0 = time.monotonic()
+    with psycopg.connect(pv.dsn(), autocommit=True) as c:
+        assert one(c, "select 1") == 1
+    return time.monotonic() - t0
+
+
+def assert_fatal(err, sqlstate):
+    assert err is not None, "no ErrorResponse"
+    assert err.get("C") == sqlstate, err
+    assert err.get("S") == "FATAL", err
+    assert_pgvalve_message(err.get("M"))
+
+
+# --- headers announcing 200 MB -------------------------------------------------------------------
+
+def test_header_only_announcing_200MB(pgvalve):
+    pv = pgvalve(mode="transaction", pool_size=2, max_overflow=0,
+                 limits={"message_timeout_ms": 60000})
+    warm_up(pv)
+    healthy = pv.connect()
+
+    # one client
+    one_client = raw_login(pv)
+    base = settle_rss(pv.pid)
+    one_client.sock.sendall(b"Q" + struct.pack("!I", HUGE))
+    grown = settle_rss(pv.pid) - base
+    assert grown <= 1 * MiB, f"RSS grew by {grown / MiB:.1f} MiB for one 5-byte header"
+
+    # 200 clients at once
+    n = 200
+    base = settle_rss(pv.pid)
+    holders = []
+    try:
+        for _ in range(n):
+            holders.append(raw_login(pv))
+        for h in holders:
+            h.sock.sendall(b"Q" + struct.pack("!I", HUGE))
+        grown = settle_rss(pv.pid, 0.5) - base
+        print(f"200 logged-in clients each holding a 200 MB header: RSS +{grown / MiB:.1f} MiB")
+        assert grown <= n * MiB, f"RSS grew by {grown / MiB:.1f} MiB for {n} clients"
+        # a normal client is served at once while they hold
+        t0 = time.monotonic()
+        assert one(healthy, "select 1") == 1
+        assert time.monotonic() - t0 < 0.5
+        assert timed_select_1(pv) < 2.0
+        # nobody was disconnected: the holders are still waiting for their bodies
+        for h in holders[:5]:
+            h.sock.settimeout(0.05)
+            with pytest.raises(TimeoutError):
+                h.sock.recv(1)
+    finally:
+        for h in holders + [one_client]:
+            h.close_abruptly()
+        healthy.close()
+    assert timed_select_1(pv) < 2.0
+
+
+# --- stalled senders -------------------------------------------------------------------------------
+
+def test_stalled_senders_hold_little_and_are_cut_after_message_timeout(pgvalve):
+    timeout_ms = 1500
+    pv = pgvalve(mode="transaction", pool_size=2, max_overflow=0, checkout_timeout_ms=3000,
+                 routing={"read_write_split": False},
+                 limits={"message_timeout_ms": timeout_ms})
+    warm_up(pv)
+    n = 40
+    senders = [raw_login(pv) for _ in range(n)]
+    others = [pv.connect() for _ in range(3)]
+    try:
+        base = settle_rss(pv.pid)
+        start = b"Q" + struct.pack("!I", HUGE) + b"select '" + b"x" * (MiB - 8)
+        sent_at = []
+        for s in senders:
+            s.sock.sendall(start)
+            sent_at.append(time.monotonic())
+        time.sleep(0.3)
+        peak = rss_bytes(pv.pid)
+        measured_at = time.monotonic()
+        grown = peak - base
+        print(f"{n} senders stalled after 1 MiB of a 200 MB message: RSS +{grown / MiB:.1f} MiB "
+              f"(measured {measured_at - sent_at[0]:.2f}s after the first)")
+        assert grown <= n * 4 * MiB, f"RSS grew by {grown / MiB:.1f} MiB for {n} stalled senders"
+
+        # the stalled senders hold no server: with pool_size 2, others run queries meanwhile,
+        # transactions too
+        t0 = time.monotonic()
+        for i, c in enumerate(others):
+            for j in range(5):
+                assert one(c, "select %s::int", (i * 10 + j,)) == i * 10 + j
+        with others[0].transaction(), others[1].transaction():
+            p0 = one(others[0], "select pg_backend_pid()")
+            p1 = one(others[1], "select pg_backend_pid()")
+            assert p0 != p1
+        assert time.monotonic() - t0 < 1.0, "queries waited while the senders stalled"
+
+        # after message_timeout_ms each sender gets FATAL 08P01 and is closed
+        deadline = sent_at[-1] + timeout_ms / 1000 + 3.0
+        for s, at in zip(senders, sent_at):
+            err, closed, kinds = read_error_then_close(s.sock, max(0.1, deadline -
+                                                                   time.monotonic()))
+            elapsed = time.monotonic() - at
+            assert_fatal(err, "08P01")
+            assert closed, f"sender not closed after its error (messages {kinds})"
+            assert elapsed >= timeout_ms / 1000 * 0.8, \
+                f"sender cut after {elapsed:.2f}s, before message_timeout_ms ({timeout_ms})"
+        last = time.monotonic() - sent_at[-1]
+        assert last <= timeout_ms / 1000 + 3.0, f"last sender cut {last:.2f}s after it stalled"
+
+        # their memory is given back
+        after = settle_rss(pv.pid, 1.0)
+        print(f"RSS after they were cut: {(after - base) / MiB:+.1f} MiB from the baseline "
+              f"(peak {(peak - base) / MiB:+.1f} MiB)")
+        assert after - base <= max(8 * MiB, (peak - base) // 4), \
+            f"RSS stays {(after - base) / MiB:.1f} MiB above the baseline " \
+            f"(peak was +{(peak - base) / MiB:.1f} MiB)"
+        for c in others:
+            assert one(c, "select 2") == 2
+    finally:
+        for s in senders:
+            s.close_abruptly()
+        for c in others:
+            c.close()
+
+
+# --- message_memory_bytes -----------------------------------------------------------------------
+
+def test_message_memory_bytes_refuses_what_does_not_fit(pgvalve):
+    pv = pgvalve(mode="transaction", pool_size=2, max_overflow=0,
+                 limits={"message_memory_bytes": 4 * MiB})
+    healthy = pv.connect()
+    try:
+        # a 1 MB query fits
+        r = raw_login(pv)
+        big = "x" * 1_000_000
+        assert r.rows(f"select length('{big}')") == [[str(len(big))]]
+        r.terminate()
+        assert one(healthy, "select length(%s)", (big,)) == len(big)
+
+        # an 8 MB query does not: FATAL 53400 and closed
+        r = raw_login(pv)
+        payload = query_message("select length('" + "y" * 8_000_000 + "')")
+
+        def send():
+            try:
+                r.sock.sendall(payload)
+            except OSError:
+                pass  # closed before it was all read: fine
+
+        th = threading.Thread(target=send, daemon=True)
+        th.start()
+        err, closed, kinds = read_error_then_close(r.sock, 10)
+        th.join(10)
+        r.sock.close()
+        assert_fatal(err, "53400")
+        assert closed, f"connection not closed after 53400 (messages {kinds})"
+
+        # the budget was given back: 1 MB queries still work, other clients unaffected
+        r = raw_login(pv)
+        assert r.rows(f"select length('{big}')") == [[str(len(big))]]
+        r.terminate()
+        assert one(healthy, "select 3") == 3
+    finally:
+        healthy.close()
+
+
+# --- bytes that are not a client message -------------------------------------------------------------
+
+NOT_A_MESSAGE = {
+    "startup_message": startup_packet({"user": APP_USER, "database": APP_DB}),
+    "ssl_request": struct.pack("!II", 8, 80877103),
+    "nul_byte": b"\x00",
+    "password_message_type": b"p",
+    "backend_type_Z": b"Z",
+}
+
+
+@pytest.fixture
+def pv_strict(pgvalve):
+    return pgvalve(mode="transaction", pool_size=2,
+                   limits={"max_message_bytes": MiB, "message_timeout_ms": 30000})
+
+
+@pytest.mark.parametrize("case", list(NOT_A_MESSAGE))
+def test_not_a_client_message_after_login_08P01_at_once(pv_strict, case):
+    pv = pv_strict
+    with pv.connect() as healthy:
+        r = raw_login(pv)
+        t0 = time.monotonic()
+        r.sock.sendall(NOT_A_MESSAGE[case])
+        err, closed, kinds = read_error_then_close(r.sock, 3)
+        elapsed = time.monotonic() - t0
+        r.sock.close()
+        assert_fatal(err, "08P01")
+        assert closed, f"not closed (messages {kinds})"
+        assert elapsed < 0.5, f"refused after {elapsed:.2f}s; it must not wait for more bytes"
+        assert one(healthy, "select 1") == 1
+
+
+BAD_LENGTHS = {
+    "query_length_0": (b"Q", 0),
+    "query_length_3": (b"Q", 3),
+    "parse_length_2": (b"P", 2),
+    "sync_length_1": (b"S", 1),
+    "query_over_max_message_bytes": (b"Q", MiB + 100),
+    "bind_length_2GiB": (b"B", 0x7FFFFFFF),
+    "execute_length_4GiB": (b"E", 0xFFFFFFFF),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_LENGTHS))
+def test_bad_length_08P01_at_once(pv_strict, case):
+    pv = pv_strict
+    tag, length = BAD_LENGTHS[case]
+    with pv.connect() as healthy:
+        r = raw_login(pv)
+        t0 = time.monotonic()
+        r.sock.sendall(tag + struct.pack("!I", length))
+        err, closed, kinds = read_error_then_close(r.sock, 3)
+        elapsed = time.monotonic() - t0
+        r.sock.close()
+        assert_fatal(err, "08P01")
+        assert closed, f"not closed (messages {kinds})"
+        assert elapsed < 0.5, f"refused after {elapsed:.2f}s"
+        assert one(healthy, "select 1") == 1
+
+
+def test_valid_message_up_to_max_message_bytes(pv_strict):
+    """The control for the two tests above: a message just under the limit is accepted."""
+    r = raw_login(pv_strict)
+    try:
+        s = "z" * (MiB - 1000)
+        assert r.rows(f"select length('{s}')") == [[str(len(s))]]
+    finally:
+        r.terminate()
+
+
+# --- results pass through ------------------------------------------------------------------------
+
+def test_huge_result_is_not_held(pgvalve):
+    pv = pgvalve(mode="transaction", pool_size=2)
+    warm_up(pv)
+    base = settle_rss(pv.pid)
+    peak = [base]
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], rss_bytes(pv.pid))
+            time.sleep(0.005)
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    try:
+        with pv.connect() as c:
+            for _ in range(2):
+                assert len(one(c, "select repeat('x', 50000000)")) == 50_000_000
+            # the extended protocol too
+            assert len(one(c, "select repeat('y', %s)", (50_000_000,))) == 50_000_000
+    finally:
+        stop.set()
+        th.join(5)
+    grown = peak[0] - base
+    print(f"peak RSS during 50 MB results: +{grown / MiB:.1f} MiB")
+    assert grown < 16 * MiB, f"pgvalve's RSS grew by {grown / MiB:.1f} MiB for a 50 MB row"
+
+
+# --- per-client caps -------------------------------------------------------------------------------
+
+@pytest.fixture
+def pv_caps(pgvalve):
+    return pgvalve(mode="transaction", pool_size=2, max_overflow=0,
+                   routing={"read_write_split": False})
+
+
+def check_bystander(pv, bystander):
+    """Another client of the same pgvalve: its prepared statement, SET and queries work."""
+    assert bystander.execute("select %s::int + 1", (41,), prepare=True).fetchone() == (42,)
+    bystander.execute("SET work_mem = '5MB'")
+    assert one(bystander, "show work_mem") == "5MB"
+    assert one(bystander, "select count(*) from generate_series(1, 100)") == 100
+
+
+def test_5001st_prepared_statement_53400(pv_caps):
+    pv = pv_caps
+    bystander = pv.connect()
+    c = ExtClient.login(pv)
+    try:
+        check_bystander(pv, bystander)
+        frames = []
+        for i in range(5001):
+            frames += [parse(f"s{i}", f"select {i}"), sync()]
+        r = c.run(frames)
+        assert len(r.errors) == 1, r.errors[:3]
+        assert r.errors[0]["C"] == "53400", r.errors[0]
+        assert r.errors[0].get("S") == "ERROR", r.errors[0]
+        assert_pgvalve_message(r.errors[0]["M"])
+        assert r.kinds == b"1Z" * 5000 + b"EZ", r.kinds[-10:]
+        # the 5000 stay usable; the refused one does not exist
+        for i in (0, 1, 2500, 4999):
+            assert c.execute(f"s{i}") == [[str(i)]]
+        r = c.run([bind("s5000"), execute(), sync()])
+        assert r.errors and r.errors[0]["C"] == "26000", r.errors
+        # closing one makes room for one
+        c.close_statement("s0")
+        c.prepare("s5000", "select 5000")
+        assert c.execute("s5000") == [["5000"]]
+        assert c.simple("select 'still usable'").raise_for_error().rows == [["still usable"]]
+        check_bystander(pv, bystander)
+    finally:
+        c.terminate()
+        bystander.close()
+
+
+def test_prepared_statement_text_cap_54000(pv_caps):
+    pv = pv_caps
+    bystander = pv.connect()
+    c = ExtClient.login(pv)
+    try:
+        body = "x" * MiB
+        accepted, refused = 0, None
+        for i in range(40):
+            r = c.run([parse(f"big{i}", f"select length('{body}') + {i}"), sync()])
+            if r.errors:
+                refused = r.errors[0]
+                break
+            accepted += 1
+        assert refused is not None, "40 MiB of prepared statement text accepted (cap 32 MiB)"
+        assert refused["C"] == "54000", refused
+        assert_pgvalve_message(refused["M"])
+        assert 28 <= accepted <= 32, accepted
+        assert c.execute("big0") == [[str(MiB)]]
+        check_bystander(pv, bystander)
+    finally:
+        c.terminate()
+        bystander.close()
+
+
+def send_queries(c, queries, how):
+    """Each query on its own (waiting for its ReadyForQuery), or all in one pipelined write
+    (as psycopg's pipeline mode, node-postgres and postgres.js can send them). Returns the
+    Reply of all of them."""
+    from pgwire_ext import Reply
+    if how == "pipelined":
+        return c.run([query_message(q) for q in queries])
+    msgs = []
+    for q in queries:
+        msgs += c.run([query_message(q)]).msgs
+    return Reply(msgs)
+
+
+@pytest.mark.parametrize("how", ["one_by_one", "pipelined"])
+def test_257th_tracked_setting_53400(pv_caps, how):
+    pv = pv_caps
+    bystander = pv.connect()
+    c = ExtClient.login(pv)
+    try:
+        r = send_queries(c, [f"SET myapp.k{i} = 'v{i}'" for i in range(257)], how)
+        assert len(r.errors) == 1, f"{len(r.errors)} errors for 257 SETs (cap 256): " \
+                                   f"{r.errors[:3]}"
+        assert r.errors[0]["C"] == "53400", r.errors[0]
+        assert_pgvalve_message(r.errors[0]["M"])
+        assert r.tags == ["SET"] * 256, r.tags[-3:]
+        # the 256 are still followed; the refused one was not applied
+        assert c.rows("show myapp.k0") == [["v0"]]
+        assert c.rows("show myapp.k255") == [["v255"]]
+        with pytest.raises(PgWireError) as ei:
+            c.rows("show myapp.k256")
+        assert ei.value.sqlstate == "42704", ei.value.fields
+        # changing a tracked one is still allowed
+        c.rows("SET myapp.k7 = 'changed'")
+        assert c.rows("show myapp.k7") == [["changed"]]
+        check_bystander(pv, bystander)
+        # PostgreSQL keeps a reset placeholder setting as '' on a backend that saw it: fine
+        assert one(bystander, "select current_setting('myapp.k0', true)") in (None, "")
+    finally:
+        c.terminate()
+        bystander.close()
+
+
+def test_setting_text_cap_54000(pv_caps):
+    pv = pv_caps
+    bystander = pv.connect()
+    c = ExtClient.login(pv)
+    try:
+        value = "v" * 10000
+        refused = None
+        for i in range(10):
+            try:
+                c.rows(f"SET myapp.big{i} = '{value}'")
+            except PgWireError as e:
+                refused = (i, e)
+                break
+        assert refused is not None, "100 KB of settings accepted (cap 64 KiB)"
+        i, e = refused
+        assert e.sqlstate == "54000", e.fields
+        assert_pgvalve_message(e.message)
+        assert 5 <= i <= 7, i
+        assert c.rows("show myapp.big0") == [[value]]
+        check_bystander(pv, bystander)
+    finally:
+        c.terminate()
+        bystander.close()
+
+
+def read_notification(sock, timeout):
+    """The next NotificationResponse (channel, payload), or None after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        sock.settimeout(left)
+        try:
+            kind, payload = read_message(sock)
+        except (TimeoutError, ConnectionClosed):
+            return None
+        if kind == b"A":
+            channel, extra = payload[4:].split(b"\0")[:2]
+            return channel.decode(), extra.decode()
+
+
+@pytest.mark.parametrize("how", ["one_by_one", "pipelined"])
+def test_1025th_listen_channel_53400(pv_caps, how):
+    pv = pv_caps
+    bystander = pv.connect()
+    notifier = pv.connect()
+    c = ExtClient.login(pv)
+    try:
+        r = send_queries(c, [f"LISTEN ch{i}" for i in range(1025)], how)
+        assert len(r.errors) == 1, f"{len(r.errors)} errors for 1025 LISTENs (cap 1024): " \
+                                   f"{r.errors[:3]}"
+        assert r.errors[0]["C"] == "53400", r.errors[0]
+        assert_pgvalve_message(r.errors[0]["M"])
+        assert r.tags == ["LISTEN"] * 1024, r.tags[-3:]
+        # the 1024 channels are delivered, the refused one is not
+        for ch in ("ch0", "ch1024", "ch1023"):
+            notifier.execute(f"NOTIFY {ch}, 'to {ch}'")
+        assert read_notification(c.sock, 5) == ("ch0", "to ch0")
+        assert read_notification(c.sock, 5) == ("ch1023", "to ch1023")
+        assert c.simple("select 'usable'").raise_for_error().rows == [["usable"]]
+        # another client listens and hears
+        bystander.execute("LISTEN bystander_ch")
+        notifier.execute("NOTIFY bystander_ch, 'hi'")
+        assert drain_notifies(bystander, 1) == [("bystander_ch", "hi")]
+        check_bystander(pv, bystander)
+    finally:
+        c.terminate()
+        bystander.close()
+        notifier.close()

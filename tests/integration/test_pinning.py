@@ -1,0 +1,282 @@
+"""Session state that cannot be replayed pins the server (DESIGN §4.2, docs/configuration.md
+`pool.pin_session_state`): a session advisory lock, a temporary table, a WITH HOLD cursor, an
+SQL-level PREPARE keep the client's server connection its own until the state is gone; pinned
+clients are counted (SHOW POOLS `pinned`, /metrics); a pinned client that leaves does not leave
+its state to the next lender; with pin_session_state: false the same statements are refused.
+
+pool_size 2 (max_overflow 0) and more clients than servers. "Pinned" is observed three ways:
+the client's backend pid stays the same, SHOW POOLS counts it, and other clients can take only
+the one other server at a time (a third gets 53300 after checkout_timeout_ms)."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from itutil import APP_AND_OPS, assert_pgvalve_message, one, show_pools
+from pgcluster import APP_DB, wait_until
+
+CHECKOUT_MS = 700
+
+
+@pytest.fixture
+def pv(pgvalve):
+    return pgvalve(mode="transaction", pool_size=2, max_overflow=0,
+                   checkout_timeout_ms=CHECKOUT_MS, users=APP_AND_OPS,
+                   routing={"read_write_split": False})
+
+
+def connect(pv):
+    return psycopg.connect(pv.dsn(), autocommit=True, prepare_threshold=None)
+
+
+def pid(conn):
+    return one(conn, "select pg_backend_pid()")
+
+
+def pinned(pv) -> int:
+    rows = show_pools(pv)
+    assert rows, "no SHOW POOLS row for the app user"
+    assert all("pinned" in r for r in rows), f"SHOW POOLS has no pinned column: {rows[0]}"
+    return sum(int(r["pinned"]) for r in rows)
+
+
+def servers_for_others(pv) -> list[int]:
+    """How many servers other clients can hold at the same time, and which: two new clients
+    each open a transaction; one that waits longer than checkout_timeout_ms gets 53300."""
+    conns = [connect(pv), connect(pv)]
+    got = []
+    try:
+        for c in conns:
+            try:
+                c.execute("BEGIN")
+                got.append(pid(c))
+            except psycopg.errors.TooManyConnections as e:
+                assert_pgvalve_message(e.diag.message_primary)
+    finally:
+        for c in conns:
+            c.close()
+    return got
+
+
+def assert_pinned_to(pv, a, server):
+    """`a` keeps `server`; other clients get only the other server."""
+    for _ in range(3):
+        assert pid(a) == server
+        with a.transaction():
+            assert pid(a) == server
+    assert pinned(pv) == 1
+    others = servers_for_others(pv)
+    assert len(others) == 1 and server not in others, \
+        f"other clients held {others} at once while {server} is pinned"
+    assert pid(a) == server
+
+
+def assert_unpinned(pv):
+    wait_until(lambda: pinned(pv) == 0, 5, message="SHOW POOLS pinned = 0")
+    others = servers_for_others(pv)
+    assert len(others) == 2, f"other clients could hold only {others} after the state was gone"
+
+
+# --- advisory locks --------------------------------------------------------------------------------
+
+def test_advisory_lock_pins_until_unlock(pv):
+    a, b = connect(pv), connect(pv)
+    try:
+        a.execute("select pg_advisory_lock(1)")
+        server = pid(a)
+        assert_pinned_to(pv, a, server)
+        # B runs on the other server meanwhile, also while A works
+        for _ in range(3):
+            assert pid(b) != server
+        with b.transaction():
+            assert pid(b) != server
+            assert pid(a) == server
+        # the lock really is A's, held on its server
+        assert one(a, "select count(*) from pg_locks where locktype = 'advisory' "
+                      "and pid = pg_backend_pid() and granted") == 1
+        assert one(a, "select pg_advisory_unlock(1)") is True
+        assert_unpinned(pv)
+        # the server is back in the pool: with the other one held, B gets it
+        with b.transaction():
+            other = pid(b)
+            assert pid(a) != other
+    finally:
+        a.close()
+        b.close()
+
+
+def test_advisory_lock_taken_twice_needs_two_unlocks(pv):
+    a = connect(pv)
+    try:
+        a.execute("select pg_advisory_lock(1)")
+        a.execute("select pg_advisory_lock(1)")
+        server = pid(a)
+        assert one(a, "select pg_advisory_unlock(1)") is True
+        assert_pinned_to(pv, a, server)  # still held once
+        assert one(a, "select pg_advisory_unlock(1)") is True
+        assert_unpinned(pv)
+    finally:
+        a.close()
+
+
+def test_try_advisory_lock_that_fails_does_not_pin(pv, cluster):
+    a = connect(pv)
+    with cluster.primary.connect(APP_DB) as direct:
+        direct.execute("select pg_advisory_lock(2)")
+        try:
+            assert one(a, "select pg_try_advisory_lock(2)") is False
+            assert pinned(pv) == 0
+            assert len(servers_for_others(pv)) == 2
+        finally:
+            direct.execute("select pg_advisory_unlock(2)")
+    try:
+        # now it succeeds, and pins
+        assert one(a, "select pg_try_advisory_lock(2)") is True
+        assert_pinned_to(pv, a, pid(a))
+        assert one(a, "select pg_advisory_unlock(2)") is True
+        assert_unpinned(pv)
+    finally:
+        a.close()
+
+
+def test_pinned_clients_in_metrics_or_status(pv):
+    """docs/configuration.md: pinned clients are counted in SHOW POOLS and in /metrics."""
+    import json
+    import urllib.request
+    a = connect(pv)
+    try:
+        a.execute("select pg_advisory_lock(1)")
+        assert pinned(pv) == 1
+        with urllib.request.urlopen(f"http://127.0.0.1:{pv.admin_port}/metrics",
+                                    timeout=10) as r:
+            metrics = r.read().decode()
+        samples = [line for line in metrics.splitlines()
+                   if line and not line.startswith("#") and "pinned" in line.split(" ")[0]]
+        with urllib.request.urlopen(f"http://127.0.0.1:{pv.admin_port}/status",
+                                    timeout=10) as r:
+            status = json.loads(r.read().decode())
+        pools = [p for p in status.get("pools", []) if "pinned" in p]
+        assert samples or pools, "no pinned-client figure in /metrics (nor in /status pools)"
+        if samples:
+            assert sum(float(s.rsplit(" ", 1)[1]) for s in samples) == 1, samples
+        if pools:
+            assert sum(p["pinned"] for p in pools) == 1, pools
+        a.execute("select pg_advisory_unlock(1)")
+        assert_unpinned(pv)
+        with urllib.request.urlopen(f"http://127.0.0.1:{pv.admin_port}/metrics",
+                                    timeout=10) as r:
+            metrics = r.read().decode()
+        samples = [line for line in metrics.splitlines()
+                   if line and not line.startswith("#") and "pinned" in line.split(" ")[0]]
+        assert sum(float(s.rsplit(" ", 1)[1]) for s in samples) == 0, samples
+    finally:
+        a.close()
+
+
+# --- temporary tables, WITH HOLD cursors, SQL PREPARE ----------------------------------------------
+
+def test_temp_table_pins_until_drop(pv):
+    a = connect(pv)
+    try:
+        a.execute("CREATE TEMP TABLE t(x int)")
+        server = pid(a)
+        for i in range(3):
+            a.execute("insert into t values (%s)", (i,))
+        assert_pinned_to(pv, a, server)
+        assert one(a, "select count(*) from t") == 3
+        a.execute("DROP TABLE t")
+        assert_unpinned(pv)
+        assert one(a, "select to_regclass('pg_temp.t')") is None
+    finally:
+        a.close()
+
+
+def test_with_hold_cursor_pins_until_close(pv):
+    a = connect(pv)
+    try:
+        with a.transaction():
+            a.execute("DECLARE c CURSOR WITH HOLD FOR select generate_series(1, 10)")
+        server = pid(a)
+        assert a.execute("FETCH 3 FROM c").fetchall() == [(1,), (2,), (3,)]
+        assert_pinned_to(pv, a, server)
+        with a.transaction():
+            assert a.execute("FETCH 3 FROM c").fetchall() == [(4,), (5,), (6,)]
+        a.execute("CLOSE c")
+        assert_unpinned(pv)
+    finally:
+        a.close()
+
+
+def test_sql_prepare_pins_until_deallocate(pv):
+    a = connect(pv)
+    try:
+        a.execute("PREPARE p AS select 1")
+        server = pid(a)
+        for _ in range(3):
+            assert one(a, "EXECUTE p") == 1
+            with a.transaction():
+                assert one(a, "EXECUTE p") == 1
+        assert_pinned_to(pv, a, server)
+        a.execute("DEALLOCATE p")
+        assert_unpinned(pv)
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+            a.execute("EXECUTE p")
+        assert one(a, "select 1") == 1
+    finally:
+        a.close()
+
+
+# --- a pinned client that leaves ------------------------------------------------------------------------
+
+def test_pinned_client_disconnect_cleans_its_server(pv, cluster):
+    a = connect(pv)
+    a.execute("CREATE TEMP TABLE t(x int)")
+    a.execute("select pg_advisory_lock(1)")
+    a.execute("PREPARE p AS select 1")
+    with a.transaction():
+        a.execute("DECLARE c CURSOR WITH HOLD FOR select 1")
+    server = pid(a)
+    assert pinned(pv) == 1
+    a.close()
+    wait_until(lambda: pinned(pv) == 0, 5, message="SHOW POOLS pinned = 0 after A left")
+
+    def lock_is_free():
+        with cluster.primary.connect(APP_DB) as direct:
+            free = one(direct, "select pg_try_advisory_lock(1)")
+            if free:
+                direct.execute("select pg_advisory_unlock(1)")
+            return free
+    wait_until(lock_is_free, 5, message="A's advisory lock released")
+    # whichever server a new client gets, none of A's state is there
+    b, c = connect(pv), connect(pv)
+    try:
+        with b.transaction(), c.transaction():
+            pids = {pid(b), pid(c)}
+            for conn in (b, c):
+                assert one(conn, "select to_regclass('pg_temp.t')") is None
+                assert one(conn, "select count(*) from pg_prepared_statements") == 0
+                assert one(conn, "select count(*) from pg_cursors") == 0
+                assert one(conn, "select count(*) from pg_locks where locktype = 'advisory' "
+                                 "and pid = pg_backend_pid()") == 0
+        print(f"A's server {server}; after A left the pool lends {pids}")
+        # names A used are free again
+        b.execute("CREATE TEMP TABLE t(x int)")
+        b.execute("DROP TABLE t")
+    finally:
+        b.close()
+        c.close()
+
+
+# --- the switch ------------------------------------------------------------------------------------------
+
+def test_pin_session_state_false_refuses(pgvalve):
+    pv = pgvalve(mode="transaction", pool_size=2, max_overflow=0, pin_session_state=False,
+                 routing={"read_write_split": False})
+    with connect(pv) as a:
+        with pytest.raises(psycopg.Error) as ei:
+            a.execute("select pg_advisory_lock(1)")
+        assert ei.value.sqlstate == "0A000", repr(ei.value)
+        assert_pgvalve_message(ei.value.diag.message_primary)
+        assert one(a, "select count(*) from pg_locks where locktype = 'advisory'") == 0
+        assert one(a, "select 1") == 1

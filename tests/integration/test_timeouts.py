@@ -1,0 +1,274 @@
+"""Time bounds on servers and clients (docs/configuration.md `pool.query_timeout_ms`,
+`pool.idle_transaction_timeout_ms`, TCP keepalive):
+
+- a server that goes silent mid-response (SIGSTOP of its backend) or runs longer than
+  query_timeout_ms without sending anything: the client gets 08006 and keeps its connection; the
+  server is cancelled, closed and replaced;
+- a client idle inside a transaction longer than idle_transaction_timeout_ms: FATAL 25P03, its
+  transaction rolled back, its server back in the pool;
+- client and server sockets have SO_KEEPALIVE (seen in `ss -tno` as timer:(keepalive,...)).
+
+Backends stopped with SIGSTOP are always continued (SIGCONT) in a finally block."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import psycopg
+import pytest
+
+from itutil import assert_pgvalve_message, one, raw_login
+from pgcluster import APP_DB, APP_USER, wait_until
+from pgwire import read_error_then_close
+
+QUERY_TIMEOUT_MS = 1000
+
+
+@pytest.fixture
+def pv_qt(pgvalve):
+    return pgvalve(mode="transaction", pool_size=2, max_overflow=0, checkout_timeout_ms=5000,
+                   query_timeout_ms=QUERY_TIMEOUT_MS, routing={"read_write_split": False})
+
+
+def backend_alive(cluster, backend_pid) -> bool:
+    return cluster.primary.scalar("select count(*) from pg_stat_activity where pid = %s",
+                                  (backend_pid,)) > 0
+
+
+class Unstick:
+    """Keeps a test with a stopped backend bounded whatever pgvalve does: after `after` seconds
+    the backend is continued, and 3 s later the client's socket is shut down (psycopg's stream
+    otherwise waits, without a timeout, for the rest of a result that never comes, even after
+    the conftest watchdog fired)."""
+
+    def __init__(self, conn, backend, after):
+        self.conn, self.backend, self.fired = conn, backend, False
+        self.timers = [threading.Timer(after, self.cont), threading.Timer(after + 3, self.shut)]
+        for t in self.timers:
+            t.daemon = True
+            t.start()
+
+    def cont(self):
+        self.fired = True
+        try:
+            os.kill(self.backend, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+    def shut(self):
+        try:
+            s = socket.socket(fileno=os.dup(self.conn.pgconn.socket))
+            s.shutdown(socket.SHUT_RDWR)
+            s.close()
+        except OSError:
+            pass
+
+    def cancel(self):
+        for t in self.timers:
+            t.cancel()
+
+
+def assert_pool_whole(pv, bad_pid):
+    """Two clients hold a transaction each at once: two working servers, neither `bad_pid`."""
+    a, b = pv.connect(), pv.connect()
+    try:
+        with a.transaction(), b.transaction():
+            pids = {one(a, "select pg_backend_pid()"), one(b, "select pg_backend_pid()")}
+        assert len(pids) == 2 and bad_pid not in pids, pids
+    finally:
+        a.close()
+        b.close()
+
+
+# Rows of 1000 bytes, and the brief's rows of 100 kB (larger than the 8 KiB above which pgvalve
+# passes a server message through as it arrives instead of holding it whole).
+ROWS = {"small_rows": (1000, 100000), "rows_of_100kB": (100000, 1000)}
+
+
+@pytest.mark.parametrize("rows_kind", list(ROWS))
+def test_server_silent_mid_response_08006(pv_qt, cluster, rows_kind):
+    row_bytes, row_count = ROWS[rows_kind]
+    pv = pv_qt
+    conn = pv.connect()
+    backend = None
+    try:
+        cur = conn.cursor()
+        rows = cur.stream(f"select pg_backend_pid(), repeat('x', {row_bytes}) "
+                          f"from generate_series(1, {row_count})")
+        first = next(rows)
+        backend = first[0]
+        os.kill(backend, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        unstick = Unstick(conn, backend, QUERY_TIMEOUT_MS / 1000 + 6)
+        received = 1
+        try:
+            with pytest.raises(psycopg.Error) as ei:
+                for _ in rows:
+                    received += 1
+        finally:
+            unstick.cancel()
+        elapsed = time.monotonic() - stopped_at
+        assert not unstick.fired, \
+            f"no error {elapsed:.1f}s after the server went silent (query_timeout_ms " \
+            f"{QUERY_TIMEOUT_MS}); the test continued the backend itself: {ei.value!r}"
+        print(f"{rows_kind}: rows received before the error: {received}; "
+              f"error after {elapsed:.2f}s: {ei.value!r}")
+        assert received < row_count
+        assert ei.value.sqlstate == "08006", \
+            f"{ei.value!r} (the client's connection is {'closed' if conn.closed or conn.broken else 'open'})"
+        assert_pgvalve_message(ei.value.diag.message_primary)
+        assert elapsed <= QUERY_TIMEOUT_MS / 1000 + 1.5, \
+            f"error {elapsed:.2f}s after the server went silent (query_timeout_ms 1000)"
+        # the client's connection stays usable, on another server
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert one(conn, "select pg_backend_pid()") != backend
+        assert one(conn, "select 41 + 1") == 42
+    finally:
+        if backend is not None:
+            try:
+                os.kill(backend, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        conn.close()
+    # the stopped backend was cancelled and its connection closed: it goes away once continued
+    wait_until(lambda: not backend_alive(cluster, backend), 10,
+               message=f"backend {backend} gone after SIGCONT")
+    assert_pool_whole(pv, backend)
+
+
+def test_long_silent_query_08006(pv_qt, cluster):
+    pv = pv_qt
+    with pv.connect() as conn:
+        t0 = time.monotonic()
+        with pytest.raises(psycopg.Error) as ei:
+            conn.execute("select pg_backend_pid(), pg_sleep(5)")
+        elapsed = time.monotonic() - t0
+        assert ei.value.sqlstate == "08006", repr(ei.value)
+        assert_pgvalve_message(ei.value.diag.message_primary)
+        assert 0.8 <= elapsed <= 2.0, f"pg_sleep(5) cut after {elapsed:.2f}s (timeout 1 s)"
+        # which backend ran it: none of app's backends may still be sleeping
+        wait_until(lambda: cluster.primary.scalar(
+            "select count(*) from pg_stat_activity where usename = %s and query like "
+            "'%%pg_sleep(5)%%' and pid <> pg_backend_pid()", (APP_USER,)) == 0, 5,
+            message="the pg_sleep backend cancelled and gone")
+        assert one(conn, "select 1") == 1
+        # a query that runs shorter than the timeout is not affected
+        assert one(conn, "select pg_sleep(0.5)::text") == ""
+    assert_pool_whole(pv, None)
+
+
+def test_slow_reading_client_is_not_cut(pv_qt):
+    """query_timeout_ms measures the server's silence. A client that reads a large result slowly
+    keeps the server waiting for it (pgvalve stops reading while the client is behind): that is
+    not the server being silent, and must not end the query."""
+    pv = pv_qt
+    with pv.connect() as conn:
+        cur = conn.cursor()
+        n = 0
+        for row in cur.stream("select i, repeat('x', 2000) from generate_series(1, 20000) i"):
+            n += 1
+            if n in (5, 10000):
+                time.sleep(QUERY_TIMEOUT_MS / 1000 * 2)  # the client stops reading for 2 s
+        assert n == 20000
+        assert one(conn, "select 1") == 1
+
+
+# --- idle in transaction ---------------------------------------------------------------------------
+
+def test_idle_in_transaction_25P03(pgvalve, cluster):
+    cluster.primary.sql(f"drop table if exists idle_tx; create table idle_tx(x int); "
+                        f"alter table idle_tx owner to {APP_USER}", dbname=APP_DB)
+    pv = pgvalve(mode="transaction", pool_size=1, max_overflow=0, checkout_timeout_ms=5000,
+                 idle_transaction_timeout_ms=1000, routing={"read_write_split": False})
+    idle_outside = pv.connect()
+    r = raw_login(pv)
+    r.query("BEGIN")
+    r.query("insert into idle_tx values (1)")
+    assert r.transaction_status(r.query("select 1")) == "T"
+    t0 = time.monotonic()
+    err, closed, kinds = read_error_then_close(r.sock, 4)
+    elapsed = time.monotonic() - t0
+    r.sock.close()
+    assert err is not None, f"no error within 4 s (closed={closed}, messages={kinds})"
+    assert err.get("C") == "25P03", err
+    assert err.get("S") == "FATAL", err
+    assert_pgvalve_message(err.get("M"))
+    assert closed, "the client was not disconnected"
+    assert 0.8 <= elapsed <= 2.0, f"disconnected after {elapsed:.2f}s (timeout 1 s)"
+    # the only server is back in the pool at once, with no transaction open
+    t1 = time.monotonic()
+    with pv.connect() as c:
+        assert one(c, "select count(*) from idle_tx") == 0  # rolled back
+    assert time.monotonic() - t1 < 1.0
+    states = cluster.primary.sql(
+        "select state from pg_stat_activity where usename = %s and datname = %s "
+        "and backend_type = 'client backend'", (APP_USER, APP_DB))
+    assert all(s[0] in ("idle", "active") for s in states), states
+    # a client idle outside a transaction is not affected
+    assert one(idle_outside, "select 2") == 2
+    idle_outside.close()
+
+
+def test_active_transaction_is_not_cut(pgvalve):
+    pv = pgvalve(mode="transaction", pool_size=1, max_overflow=0,
+                 idle_transaction_timeout_ms=1000, routing={"read_write_split": False})
+    with pv.connect() as c:
+        with c.transaction():
+            for i in range(5):  # 2.5 s in the transaction, never idle for 1 s
+                assert one(c, "select %s::int", (i,)) == i
+                time.sleep(0.5)
+        assert one(c, "select 1") == 1
+
+
+# --- TCP keepalive -----------------------------------------------------------------------------------
+
+TIMER = re.compile(r"timer:\((\w+),([^,)]*)")
+
+
+def seconds(text: str) -> float:
+    total = 0.0
+    for value, unit in re.findall(r"(\d+)(min|sec|ms)", text):
+        total += int(value) * {"min": 60, "sec": 1, "ms": 0.001}[unit]
+    return total
+
+
+def test_tcp_keepalive_on_client_and_server_sockets(pv_qt, cluster):
+    pv = pv_qt
+    conn = pv.connect()
+    try:
+        assert one(conn, "select 1") == 1
+        server_ports = {row[0] for row in cluster.primary.sql(
+            "select client_port from pg_stat_activity where usename = %s and datname = %s "
+            "and backend_type = 'client backend' and pid <> pg_backend_pid()",
+            (APP_USER, APP_DB))}
+        assert server_ports, "pgvalve holds no server connection"
+        time.sleep(0.3)  # idle sockets show the keepalive timer
+        out = subprocess.run(["ss", "-tnoH", "state", "established"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout
+        client_side, server_side = [], []
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) < 4:
+                continue
+            local, peer = parts[2], parts[3]
+            lport, pport = int(local.rsplit(":", 1)[1]), int(peer.rsplit(":", 1)[1])
+            if lport == pv.port:
+                client_side.append(line)
+            elif lport in server_ports and pport == cluster.primary.port:
+                server_side.append(line)
+        assert client_side, f"no accepted client socket on port {pv.port} in:\n{out}"
+        assert len(server_side) == len(server_ports), \
+            f"server sockets from ports {server_ports} not all found in:\n{out}"
+        for line in client_side + server_side:
+            m = TIMER.search(line)
+            assert m and m.group(1) == "keepalive", f"no keepalive timer: {line}"
+            # pgvalve's idle time is 60 s (the kernel default is 7200 s)
+            assert seconds(m.group(2)) <= 60, f"keepalive idle above 60 s: {line}"
+    finally:
+        conn.close()
