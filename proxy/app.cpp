@@ -189,7 +189,8 @@ void App::post(int worker, std::function<void()> task) {
 
 // Each worker closes its own expired idle connections: its idle lists are its own.
 void App::schedule_sweep(Worker& worker) {
-  if (!worker.sweep_timer) worker.sweep_timer = std::make_unique<asio::steady_timer>(worker.context);
+  if (!worker.sweep_timer)
+    worker.sweep_timer = std::make_unique<asio::steady_timer>(worker.context);
   worker.sweep_timer->expires_after(std::chrono::seconds(1));
   worker.sweep_timer->async_wait([this, &worker](const error_code& ec) {
     if (ec) return;

@@ -45,7 +45,7 @@ struct Worker {
   void remove_session(ClientSession* s);
   template <typename F>
   void for_each_session(F&& f);
-  session::WorkspacePool workspaces;            // touched only on this worker's thread
+  session::WorkspacePool workspaces;  // touched only on this worker's thread
   std::unique_ptr<asio::steady_timer> sweep_timer;
   std::thread thread;
 };

@@ -37,7 +37,8 @@ struct Route {
   static Route local() { return Route{Kind::Local}; }
   static Route refuse(std::string_view sqlstate, std::string message, std::string hint = {}) {
     Route r{Kind::Refuse};
-    r.refusal = std::make_shared<const Refusal>(Refusal{sqlstate, std::move(message), std::move(hint)});
+    r.refusal =
+        std::make_shared<const Refusal>(Refusal{sqlstate, std::move(message), std::move(hint)});
     return r;
   }
 

@@ -28,11 +28,11 @@ struct Chunk {
 // What to do with a linked server.
 struct LinkOp {
   enum class Kind : std::uint8_t {
-    Release,         // back to the pool, clean
-    Close,           // close it (and return its place in the pool)
-    CancelAndClose,  // a query may still run on it: send a CancelRequest, then close
-    CleanAndRelease, // run `sql` (each a simple query, in order); release if all succeed,
-                     // else close
+    Release,          // back to the pool, clean
+    Close,            // close it (and return its place in the pool)
+    CancelAndClose,   // a query may still run on it: send a CancelRequest, then close
+    CleanAndRelease,  // run `sql` (each a simple query, in order); release if all succeed,
+                      // else close
   };
   Kind kind = Kind::Release;
   LinkId link = 0;

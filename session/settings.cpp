@@ -42,8 +42,7 @@ const Setting* Settings::find(std::string_view name) const {
   return nullptr;
 }
 
-bool Settings::set(std::string_view name, std::string_view value, bool reported,
-                   SettingForm form) {
+bool Settings::set(std::string_view name, std::string_view value, bool reported, SettingForm form) {
   for (auto& s : items_) {
     if (iequals(s.name, name)) {
       s.reported = s.reported || reported;

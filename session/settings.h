@@ -14,8 +14,8 @@ namespace pgvalve::session {
 
 // How a value was written, which decides how it is replayed on another server.
 enum class SettingForm : std::uint8_t {
-  Literal,   // the value itself: replayed as SET name TO 'value'
-  Raw,       // SQL as the client wrote it after SET name TO (`a, "B"`, `DEFAULT`): replayed verbatim
+  Literal,  // the value itself: replayed as SET name TO 'value'
+  Raw,      // SQL as the client wrote it after SET name TO (`a, "B"`, `DEFAULT`): replayed verbatim
   Function,  // a string literal given to set_config(): replayed with set_config (list settings
              // such as search_path read it differently from SET)
 };

@@ -148,6 +148,23 @@ TEST(SessionFailures, QueryTimeoutDoesNotCountTimeBeforeTheRequest) {
   EXPECT_TRUE(h.timer(T0 + 61s).ops.empty());
 }
 
+TEST(SessionFailures, QueryTimeoutDoesNotCountTimeTheClientTakesToRead) {
+  SessionHarness h(with_query_timeout(30s));
+  auto server = SessionHarness::fresh_server();
+  h.send(query("select * from big"), *server, nullptr, T0);
+  h.answer(row_description(), T0 + 1s);
+  // The client has not read what it got: pgvalve stops reading the server for a while.
+  h.session().set_server_paused(0, true, T0 + 2s);
+  EXPECT_EQ(h.session().next_deadline(), Clock::time_point::max());
+  EXPECT_TRUE(h.timer(T0 + 100s).ops.empty());
+  // It caught up: the server's silence counts again from now.
+  h.session().set_server_paused(0, false, T0 + 120s);
+  EXPECT_EQ(h.session().next_deadline(), T0 + 150s);
+  Step s = h.timer(T0 + 150s);
+  EXPECT_EQ(s.ops.size(), 1u);
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+}
+
 TEST(SessionFailures, NoQueryTimeoutWhenOff) {
   SessionHarness h;
   auto server = SessionHarness::fresh_server();

@@ -15,7 +15,6 @@ SessionOptions small_holds() {
   return o;
 }
 
-
 std::string big_notice() {
   std::string out;
   protocol::ErrorFields e;

@@ -138,6 +138,21 @@ TEST(SessionListen, ChannelCapIsRefusedWith53400) {
   EXPECT_EQ(tags_of(s.to_client), "12nEZ");
 }
 
+TEST(SessionListen, ChannelCapCountsListensOnItsOwnServer) {
+  // Pipelined LISTENs are not answered through the hub; they run on the client's server (which
+  // they pin) and count against the same cap.
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  std::string flight;
+  for (std::size_t i = 0; i <= kMaxClientListenChannels; ++i)
+    flight += query("LISTEN p" + std::to_string(i));
+  const auto q = queries_in(h.send(flight, *server));
+  ASSERT_EQ(q.size(), kMaxClientListenChannels + 1);
+  EXPECT_EQ(q[kMaxClientListenChannels - 1],
+            "LISTEN p" + std::to_string(kMaxClientListenChannels - 1));
+  EXPECT_NE(q[kMaxClientListenChannels].find("ERRCODE = '53400'"), std::string::npos);
+}
+
 TEST(SessionListen, NotificationBetweenRequestsIsDeliveredAtOnce) {
   SessionHarness h;
   listen(h, "jobs");

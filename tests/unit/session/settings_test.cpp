@@ -629,6 +629,27 @@ TEST(SessionSettings, TooManySettingsAreRefusedWith53400) {
   EXPECT_EQ(h.send(query("SET app.s0 = 2"), *server), query("SET app.s0 = 2"));
 }
 
+TEST(SessionSettings, SettingsCapCountsPipelinedRequestsNotAnsweredYet) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  // One flight of separate queries: none is answered when the next is planned.
+  std::string flight;
+  for (std::size_t i = 0; i <= kMaxClientSettings; ++i)
+    flight += query("SET app.p" + std::to_string(i) + " = 1");
+  const auto q = queries_in(h.send(flight, *server));
+  ASSERT_EQ(q.size(), kMaxClientSettings + 1);
+  EXPECT_EQ(q[kMaxClientSettings - 1].find("ERRCODE"), std::string::npos);
+  EXPECT_NE(q[kMaxClientSettings].find("ERRCODE = '53400'"), std::string::npos);
+  // The same setting many times counts once.
+  SessionHarness again;
+  auto other = SessionHarness::fresh_server();
+  std::string same;
+  for (std::size_t i = 0; i <= kMaxClientSettings; ++i)
+    same += query("SET app.same = " + std::to_string(i));
+  for (const auto& sql : queries_in(again.send(same, *other)))
+    EXPECT_EQ(sql.find("ERRCODE"), std::string::npos) << sql;
+}
+
 TEST(SessionSettings, TooMuchSettingTextIsRefusedWith54000) {
   SessionHarness h;
   auto server = SessionHarness::fresh_server();
