@@ -23,11 +23,12 @@ std::int64_t to_ns(Clock::time_point t) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
 }
 
-// Another worker's waiter must have waited this much longer than twice ours before a check-in
-// moves the connection there: under balanced load connections stay on their worker (a move costs
-// a wake-up of the other worker and re-registering the socket), yet a worker that owns few
-// connections for many clients gets some within a millisecond or two.
-constexpr std::int64_t kMoveSlackNs = 1'000'000;
+// Another worker's waiter must have waited this much longer than four times ours before a
+// check-in moves the connection there: under balanced load (where waits fluctuate a lot from one
+// check-in to the next) connections stay on their worker, since a move costs a wake-up of the
+// other worker and re-registering the socket; a worker that owns too few connections for its
+// clients still gets some within a few milliseconds.
+constexpr std::int64_t kMoveSlackNs = 5'000'000;
 
 // For atomics only their owner writes: no read-modify-write needed.
 template <typename T>
@@ -223,7 +224,7 @@ std::unique_ptr<Connection> ServerPool::checkin(int worker, std::unique_ptr<Conn
   const std::int64_t now_ns = to_ns(now);
   const std::int64_t own_wait = now_ns - w.waiters.front().since_ns;
   const auto [other, other_since] = longest_waiting_other(worker);
-  if (other >= 0 && now_ns - other_since > 2 * own_wait + kMoveSlackNs) {
+  if (other >= 0 && now_ns - other_since > 4 * own_wait + kMoveSlackNs) {
     send(other, std::move(conn));
     return nullptr;
   }

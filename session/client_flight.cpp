@@ -45,6 +45,16 @@ bool client_may_send(char tag) {
 // CloseComplete where a client's Close of its own name is expected.
 constexpr std::string_view kNoStatement = "pgv_none";
 
+// `needle` (lower case) at `pos` of `sql`, in any ASCII case.
+bool contains_at(std::string_view sql, std::size_t pos, std::string_view needle) {
+  if (sql.size() - pos < needle.size()) return false;
+  for (std::size_t k = 0; k < needle.size(); ++k) {
+    const char c = sql[pos + k];
+    if ((c >= 'A' && c <= 'Z' ? static_cast<char>(c + ('a' - 'A')) : c) != needle[k]) return false;
+  }
+  return true;
+}
+
 // `needle` is lower case.
 bool contains_ci(std::string_view sql, std::size_t from, std::string_view needle) {
   for (std::size_t p = from; p + needle.size() <= sql.size(); ++p) {
@@ -62,6 +72,9 @@ bool contains_ci(std::string_view sql, std::size_t from, std::string_view needle
 // True for the everyday statement that needs no closer look: it starts with a plain DML/query
 // keyword, is the only statement, and mentions nothing that changes session state (advisory
 // locks, temporary objects, set_config). Anything else goes through the classifier.
+// True for the everyday statement that needs no closer look: it starts with a plain DML/query
+// keyword, is the only statement, and mentions nothing that changes session state (advisory
+// locks, temporary objects, set_config). Anything else goes through the classifier. One pass.
 bool plain_statement(std::string_view sql) {
   std::size_t i = 0;
   while (i < sql.size() && (sql[i] == ' ' || sql[i] == '\n' || sql[i] == '\t' || sql[i] == '\r'))
@@ -76,13 +89,23 @@ bool plain_statement(std::string_view sql) {
                    [&](std::string_view k) { return routing::iequals(word, k); })) {
     return false;
   }
-  // Another statement may follow a ';' (only a trailing one is harmless).
-  std::size_t end = sql.size();
-  while (end > j && (sql[end - 1] == ' ' || sql[end - 1] == '\n' || sql[end - 1] == ';'))
-    --end;
-  if (sql.substr(j, end - j).find(';') != std::string_view::npos) return false;
-  return !contains_ci(sql, j, "advisory") && !contains_ci(sql, j, "temp") &&
-         !contains_ci(sql, j, "set_config");
+  // Another statement may follow a ';' (only trailing ones are harmless); the words that mean
+  // session state start with 'a', 't' or 's'.
+  bool semicolon = false;
+  for (std::size_t p = j; p < sql.size(); ++p) {
+    const char c = sql[p];
+    if (c == ';') {
+      semicolon = true;
+      continue;
+    }
+    if (semicolon && c != ' ' && c != '\n' && c != '\t' && c != '\r') return false;
+    const char l = static_cast<char>(c | 0x20);
+    if ((l == 'a' && contains_at(sql, p, "advisory")) || (l == 't' && contains_at(sql, p, "temp")) ||
+        (l == 's' && contains_at(sql, p, "set_config"))) {
+      return false;
+    }
+  }
+  return true;
 }
 
 // The text inside a plain '...' literal, with '' unescaped.
@@ -396,7 +419,13 @@ void Session::fail_requests(std::string_view frames, std::string_view sqlstate,
 // data still coming after its COPY failed and the server went back (PostgreSQL ignores it
 // outside COPY).
 bool Session::answer_parse_locally(Flight& flight, Actions& out) {
-  if (options_.mode == config::PoolMode::Session) return false;
+  // The usual flight starts with a Query or a Bind: no closer look.
+  const char first = flight.input.empty() ? '\0' : flight.input[0];
+  if (options_.mode == config::PoolMode::Session ||
+      (first != 'P' && first != 'S' && first != 'H' && first != 'd' && first != 'c' &&
+       first != 'f')) {
+    return false;
+  }
   std::size_t new_statements = 0;
   std::size_t new_bytes = 0;
   for (std::size_t pos = 0; pos < flight.input.size();) {
@@ -465,7 +494,19 @@ void Session::forget_all_statements() {
 // Execute/Sync of one statement as JDBC and postgres.js send it — goes to the shared listening
 // connection of the client's (database, user); the answer comes in on_hub_done().
 bool Session::answer_listen_locally(Flight& flight, Actions& out) {
-  if (options_.mode == config::PoolMode::Session) return false;
+  const char first = flight.input.empty() ? '\0' : flight.input[0];
+  if (options_.mode == config::PoolMode::Session || (first != 'Q' && first != 'P')) return false;
+  if (first == 'Q') {
+    // A LISTEN or UNLISTEN starts with 'l' or 'u' (or a comment): anything else is not one.
+    auto r = pr::decode_frame(flight.input, options_.max_message_bytes);
+    const std::string_view body = r.frame.body;
+    std::size_t i = 0;
+    while (i < body.size() && (body[i] == ' ' || body[i] == '\n' || body[i] == '\t' ||
+                               body[i] == '\r'))
+      ++i;
+    const char c = i < body.size() ? static_cast<char>(body[i] | 0x20) : '\0';
+    if (c != 'l' && c != 'u' && c != '/' && c != '-') return false;
+  }
   std::string_view sql;
   HubReply reply;
   bool query = false;

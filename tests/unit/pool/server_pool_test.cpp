@@ -491,18 +491,18 @@ TEST_F(ServerPoolTest, MovedConnectionJoinsReceiversIdleListWhenItsWaiterLeft) {
   EXPECT_EQ(r.conn->home_worker, 1);
 }
 
-// Worker 1's waiter queued at T0, worker 0's 2 ms later. A move needs worker 1's wait to exceed
-// twice worker 0's plus 1 ms: at check-in time T0 + 2 ms + x that is 2 ms + x > 2x + 1 ms,
-// so x < 1 ms.
+// Worker 1's waiter queued at T0, worker 0's 10 ms later. A move needs worker 1's wait to exceed
+// four times worker 0's plus 5 ms: at check-in time T0 + 10 ms + x that is
+// 10 ms + x > 4x + 5 ms, so x < 5/3 ms.
 TEST_F(ServerPoolTest, CheckinPrefersOwnWaiterUnderBalancedWaits) {
   auto pool = make_pool(make_settings(2, 0), 2);
   auto c0 = open_new(*pool, 1, 0);
   auto c1 = open_new(*pool, 2, 1);
   RecordingWaiter mine, theirs;
   ASSERT_EQ(pool->checkout(1, &theirs, T0).kind, CheckoutKind::Wait);
-  ASSERT_EQ(pool->checkout(0, &mine, T0 + milliseconds(2)).kind, CheckoutKind::Wait);
+  ASSERT_EQ(pool->checkout(0, &mine, T0 + milliseconds(10)).kind, CheckoutKind::Wait);
 
-  park(*pool, 0, std::move(c0), T0 + microseconds(3000));  // x = 1 ms: not clearly longer
+  park(*pool, 0, std::move(c0), T0 + microseconds(11700));  // x = 1.7 ms: not clearly longer
   ASSERT_EQ(mine.connections, 1);
   EXPECT_EQ(mine.grants[0]->home_worker, 0);
   EXPECT_EQ(handoff.pending(1), 0);
@@ -516,15 +516,15 @@ TEST_F(ServerPoolTest, CheckinHandsToOtherWorkerWhoseWaiterWaitedMuchLonger) {
   auto c1 = open_new(*pool, 2, 1);
   RecordingWaiter mine, theirs;
   ASSERT_EQ(pool->checkout(1, &theirs, T0).kind, CheckoutKind::Wait);
-  ASSERT_EQ(pool->checkout(0, &mine, T0 + milliseconds(2)).kind, CheckoutKind::Wait);
+  ASSERT_EQ(pool->checkout(0, &mine, T0 + milliseconds(10)).kind, CheckoutKind::Wait);
 
-  park(*pool, 0, std::move(c0), T0 + microseconds(2999));
+  park(*pool, 0, std::move(c0), T0 + microseconds(11600));
   EXPECT_EQ(mine.granted(), 0);
   EXPECT_EQ(handoff.run(1), 1);
   ASSERT_EQ(theirs.connections, 1);
   EXPECT_EQ(theirs.grants[0]->id, 1u);
   EXPECT_EQ(theirs.grants[0]->home_worker, 1);
-  auto s = pool->stats(T0 + milliseconds(3));
+  auto s = pool->stats(T0 + milliseconds(12));
   EXPECT_EQ(s.total_handoffs, 1u);
   EXPECT_EQ(s.waiting, 1);  // `mine` waits for the next one
 }
