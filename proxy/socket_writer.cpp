@@ -35,7 +35,9 @@ SocketWriter::Result SocketWriter::write(Socket& socket, std::span<const session
   std::size_t written = 0;
   if (!busy()) {
     error_code ec;
-    written = socket.write_some(buffers, ec);
+    // One buffer (the usual forwarded answer or request) goes out with send(), not sendmsg().
+    written = buffers.size() == 1 ? socket.write_some(buffers.front(), ec)
+                                  : socket.write_some(buffers, ec);
     if (ec == asio::error::would_block || ec == asio::error::try_again) {
       written = 0;
     } else if (ec) {
