@@ -1,4 +1,6 @@
 // pgvalve: a PostgreSQL wire-protocol proxy. Command line per DESIGN.md §2.
+#include <malloc.h>
+
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -20,6 +22,10 @@ int usage() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // A fixed mmap threshold: buffers that grew for one large message come from mmap and go back
+  // to the system when freed. glibc's default raises the threshold after the first such free and
+  // then keeps them in its heap, so a burst of large messages would leave RSS high for good.
+  mallopt(M_MMAP_THRESHOLD, 256 * 1024);
   std::string config_path;
   bool check = false;
   for (int i = 1; i < argc; ++i) {
