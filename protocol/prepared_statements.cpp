@@ -1,30 +1,22 @@
 #include "protocol/prepared_statements.h"
 
-#include <cstdio>
+#include "protocol/keyed_hash.h"
 
 namespace pgvalve::protocol {
 
-std::string server_statement_name(std::uint64_t hash) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "pgv_%016llx", static_cast<unsigned long long>(hash));
-  return buf;
+ServerStatementName::ServerStatementName(std::uint64_t hash) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  text_[0] = 'p';
+  text_[1] = 'g';
+  text_[2] = 'v';
+  text_[3] = '_';
+  for (std::size_t i = 0; i < 16; ++i)
+    text_[kLength - 1 - i] = kHex[(hash >> (4 * i)) & 0xf];
 }
 
 std::uint64_t statement_hash(std::string_view query, std::string_view param_types) {
-  // FNV-1a over both parts with a separator; 64 bits keep collisions out of reach for the
-  // few thousand statements a pool sees, and the hash never leaves this process.
-  std::uint64_t h = 1469598103934665603ull;
-  auto mix = [&h](std::string_view s) {
-    for (unsigned char c : s) {
-      h ^= c;
-      h *= 1099511628211ull;
-    }
-  };
-  mix(query);
-  h ^= 0xff;
-  h *= 1099511628211ull;
-  mix(param_types);
-  return h == 0 ? 1 : h;
+  const std::uint64_t h = KeyedHash().add(query).add(param_types).finish();
+  return h == 0 ? 1 : h;  // 0 means "no statement"
 }
 
 const PreparedStatement* ClientStatements::find(std::string_view name) const {

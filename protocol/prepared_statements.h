@@ -4,6 +4,7 @@
 // that prepare the same text share it, and it can be prepared again on any server.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -18,8 +19,20 @@ struct PreparedStatement {
   std::uint64_t hash = 0;
 };
 
-// "pgv_" + 16 hex digits of the hash.
-std::string server_statement_name(std::uint64_t hash);
+// "pgv_" + 16 hex digits of the hash, without allocating.
+class ServerStatementName {
+ public:
+  explicit ServerStatementName(std::uint64_t hash);
+  operator std::string_view() const { return {text_, kLength}; }
+
+ private:
+  static constexpr std::size_t kLength = 20;
+  char text_[kLength];
+};
+inline ServerStatementName server_statement_name(std::uint64_t hash) {
+  return ServerStatementName(hash);
+}
+// Keyed (protocol/keyed_hash.h): a client cannot make its statement's name equal another's.
 std::uint64_t statement_hash(std::string_view query, std::string_view param_types);
 
 // One client's statements by the names it gave them.

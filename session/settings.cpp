@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <array>
 
+#include "protocol/keyed_hash.h"
+
 namespace pgvalve::session {
 
 namespace {
@@ -89,21 +91,13 @@ void Settings::clear() {
 
 std::uint64_t Settings::fingerprint() const {
   if (fingerprint_version_ == version_) return fingerprint_;
-  std::uint64_t h = 1469598103934665603ull;
-  auto mix = [&h](std::string_view bytes) {
-    for (unsigned char c : bytes) {
-      h ^= c;
-      h *= 1099511628211ull;
-    }
-    h ^= 0xff;
-    h *= 1099511628211ull;
-  };
+  // Keyed: a client must not be able to make its settings look like another client's.
+  protocol::KeyedHash hash;
   for (const auto& s : items_) {
-    mix(s.name);
-    mix(s.value);
     const char form = static_cast<char>('0' + static_cast<int>(s.form));
-    mix(std::string_view(&form, 1));
+    hash.add(s.name).add(s.value).add(std::string_view(&form, 1));
   }
+  const std::uint64_t h = hash.finish();
   fingerprint_ = h;
   fingerprint_version_ = version_;
   return h;

@@ -6,8 +6,9 @@ namespace pgvalve::protocol {
 namespace {
 
 TEST(PreparedStatements, ServerNameIsStableAndFixedLength) {
-  EXPECT_EQ(server_statement_name(0x1234), "pgv_0000000000001234");
-  EXPECT_EQ(server_statement_name(~std::uint64_t{0}), "pgv_ffffffffffffffff");
+  EXPECT_EQ(std::string_view(server_statement_name(0x1234)), "pgv_0000000000001234");
+  EXPECT_EQ(std::string_view(server_statement_name(~std::uint64_t{0})), "pgv_ffffffffffffffff");
+  EXPECT_EQ(std::string_view(server_statement_name(0xfedcba9876543210)), "pgv_fedcba9876543210");
 }
 
 TEST(PreparedStatements, SameTextAndTypesShareAHash) {

@@ -313,7 +313,8 @@ inline std::vector<std::string> targets_in(std::string_view stream, char tag) {
 }
 
 inline std::string server_name_of(std::string_view sql) {
-  return protocol::server_statement_name(protocol::statement_hash(sql, {}));
+  return std::string(
+      std::string_view(protocol::server_statement_name(protocol::statement_hash(sql, {}))));
 }
 
 // ---- One step of the core, copied ------------------------------------------------------------
