@@ -63,7 +63,7 @@ struct Limits {
   int auth_timeout_ms = 10000;
   std::int64_t max_message_bytes = 268435456;
   int message_timeout_ms = 10000;  // a begun message must be complete within this; 0 = no limit
-  // Process-wide memory for client messages still being received, beyond the first 16 KiB of
+  // Process-wide memory for client messages still being received, beyond the first 4 KiB of
   // each client's buffer.
   std::int64_t message_memory_bytes = 268435456;
 };
@@ -108,9 +108,9 @@ struct Routing {
   int max_replica_lag_ms = 5000;
   ReadYourWrites read_your_writes = ReadYourWrites::Lsn;
   int read_your_writes_window_ms = 2000;
-  std::vector<std::string> write_functions = {"nextval",        "setval",
+  std::vector<std::string> write_functions = {"nextval",          "setval",
                                               "pg_advisory_lock", "pg_advisory_xact_lock",
-                                              "pg_notify",      "txid_current"};
+                                              "pg_notify",        "txid_current"};
 };
 
 struct Health {
@@ -161,9 +161,10 @@ using ConfigPtr = std::shared_ptr<const Config>;
 
 // One problem found in a file: where, and what.
 struct ConfigError {
-  std::string path;  // YAML key path, e.g. "pool.pool_size" or "databases.telemetry.shards[0].primary"
-  int line = 0;      // 1-based; 0 when unknown
-  int column = 0;    // 1-based; 0 when unknown
+  std::string
+      path;      // YAML key path, e.g. "pool.pool_size" or "databases.telemetry.shards[0].primary"
+  int line = 0;  // 1-based; 0 when unknown
+  int column = 0;  // 1-based; 0 when unknown
   std::string message;
   // "file:line:column: path: message"
   std::string to_string(std::string_view file) const;

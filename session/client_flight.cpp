@@ -4,6 +4,7 @@
 // shared server-side names and are prepared where the client lands), or replaced by an error the
 // server raises so that an open transaction fails as it would on any error.
 #include <algorithm>
+#include <limits>
 
 #include "routing/sql_lexer.h"
 #include "routing/sql_text.h"
@@ -100,7 +101,8 @@ bool plain_statement(std::string_view sql) {
     }
     if (semicolon && c != ' ' && c != '\n' && c != '\t' && c != '\r') return false;
     const char l = static_cast<char>(c | 0x20);
-    if ((l == 'a' && contains_at(sql, p, "advisory")) || (l == 't' && contains_at(sql, p, "temp")) ||
+    if ((l == 'a' && contains_at(sql, p, "advisory")) ||
+        (l == 't' && contains_at(sql, p, "temp")) ||
         (l == 's' && contains_at(sql, p, "set_config"))) {
       return false;
     }
@@ -321,22 +323,28 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
     }
   }
   l->reserved = false;
-  // A silent server is timed from the request that made it busy, not from its last answer.
-  const bool was_busy = l->busy();
   w.client_scratch.clear();
   w.client_spans.clear();
   Flight flight{frames, &w.client_scratch, &w.client_spans, &out};
-  for (std::size_t pos = 0; pos < frames.size();) {
-    auto r = pr::decode_frame(frames.substr(pos), options_.max_message_bytes);
-    plan_frame(r.frame, pos, *l, flight);
-    pos += r.frame.whole.size();
+  std::size_t planned = 0;
+  while (planned < frames.size()) {
+    // A client that pipelines without reading answers waits here (not inside a flight whose
+    // rest is being dropped: that needs the flight's state).
+    if (l->pending.size() >= kMaxRequestsInFlight && !flight.drop_until_sync) {
+      pipeline_full_ = true;
+      terminate = false;  // seen again with the rest
+      break;
+    }
+    auto r = pr::decode_frame(frames.substr(planned), options_.max_message_bytes);
+    plan_frame(r.frame, planned, *l, flight);
+    planned += r.frame.whole.size();
   }
   for (const Span& s : w.client_spans) {
     const char* base = s.scratch ? w.client_scratch.data() : frames.data();
     out.to_server.push_back({base + s.offset, s.size});
   }
   out.server_link = id;
-  out.consumed = end;
+  out.consumed = planned;
   // A ParseComplete pgvalve answers itself is due now when nothing before it is outstanding:
   // the server may send nothing more for a while (Parse then Flush).
   if (l->stream_remaining == 0) {
@@ -347,7 +355,9 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
       l->pending.pop();
     }
   }
-  if (!was_busy) l->last_activity = now;
+  // The server is timed from the last request sent to it: a client streaming COPY data keeps
+  // it legitimately silent.
+  l->last_activity = now;
   settle(*l, id, out);
   if (terminate) close_with({}, {}, out);
   return out;
@@ -501,8 +511,8 @@ bool Session::answer_listen_locally(Flight& flight, Actions& out) {
     auto r = pr::decode_frame(flight.input, options_.max_message_bytes);
     const std::string_view body = r.frame.body;
     std::size_t i = 0;
-    while (i < body.size() && (body[i] == ' ' || body[i] == '\n' || body[i] == '\t' ||
-                               body[i] == '\r'))
+    while (i < body.size() &&
+           (body[i] == ' ' || body[i] == '\n' || body[i] == '\t' || body[i] == '\r'))
       ++i;
     const char c = i < body.size() ? static_cast<char>(body[i] | 0x20) : '\0';
     if (c != 'l' && c != 'u' && c != '/' && c != '-') return false;
@@ -587,8 +597,9 @@ bool Session::answer_listen_locally(Flight& flight, Actions& out) {
   }
   work().hub_reply = reply;
   work().hub_channel = info.all ? "*" : channel;
-  work().hub_request = listen ? HubRequest::Kind::Listen
-                        : (info.all ? HubRequest::Kind::UnlistenAll : HubRequest::Kind::Unlisten);
+  work().hub_request =
+      listen ? HubRequest::Kind::Listen
+             : (info.all ? HubRequest::Kind::UnlistenAll : HubRequest::Kind::Unlisten);
   out.hub.kind = work().hub_request;
   out.hub.channel = work().hub_channel;
   enter(SessionState::WaitingForHub);
@@ -623,11 +634,13 @@ void Session::plan_frame(const pr::Frame& f, std::size_t offset, Link& l, Flight
       break;
     case 'H':
       l.open_extended = true;
+      l.flushed = true;
       pass_client(flight, offset, size);
       break;
     case 'S':
       flight.drop_until_sync = false;
       l.open_extended = false;
+      l.flushed = false;
       ++l.in_flight;
       pass_client(flight, offset, size);
       l.pending.push({Kind::ReadyForQuery});
@@ -637,6 +650,12 @@ void Session::plan_frame(const pr::Frame& f, std::size_t offset, Link& l, Flight
       plan_query(f, offset, l, flight);
       break;
     case 'F':
+      // A function called by OID (libpq's large-object calls) is not SQL pgvalve can read: it
+      // may set a setting or take a session lock, so assume it did.
+      if (options_.mode != config::PoolMode::Session) {
+        l.check_pins = true;
+        l.server->settings_unknown = true;
+      }
       ++l.in_flight;
       pass_client(flight, offset, size);
       l.pending.push({Kind::ReadyForQuery});
@@ -689,11 +708,12 @@ void Session::plan_query(const pr::Frame& f, std::size_t offset, Link& l, Flight
   if (r.check_pins) l.check_pins = true;
   count_server_listens(r);
   const bool translate = options_.mode != config::PoolMode::Session;
+  // In a failed transaction DEALLOCATE fails (25P02) and forgets nothing: it goes to the server
+  // as it is, which answers so.
   if (translate && r.single && r.first.kind == StatementKind::Deallocate && !r.first.all &&
-      forget_statement(r.first.name.view())) {
+      l.server->tx_status != 'E' && forget_statement(r.first.name.view())) {
     // The client's own protocol-level statement: the shared server-side one stays prepared.
-    // An empty query stands in, so the answer still comes in order (and fails in a failed
-    // transaction as DEALLOCATE would).
+    // An empty query stands in, so the answer still comes in order.
     l.notes.resize(first_note);
     const std::size_t from = flight.scratch->size();
     pr::append_query(*flight.scratch, "");
@@ -702,6 +722,14 @@ void Session::plan_query(const pr::Frame& f, std::size_t offset, Link& l, Flight
     rfq.note = static_cast<std::uint32_t>(l.tags.size());
     l.tags.emplace_back("DEALLOCATE");
     l.pending.push(rfq);
+    return;
+  }
+  if (r.has_notes && l.notes.size() - first_note > std::numeric_limits<std::uint16_t>::max()) {
+    l.notes.resize(first_note);
+    raise_on_server("54000",
+                    "pgvalve: a query that changes settings may hold at most 65535 statements; "
+                    "split it",
+                    false, l, flight);
     return;
   }
   if (r.has_notes) {
@@ -801,20 +829,25 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
   const pr::PreparedStatement* stmt = head && !head->statement.empty() && statements_ && translate
                                           ? statements_->find(head->statement)
                                           : nullptr;
-  // What the portal's statement means for settings, remembered for its Execute.
-  if (head && head->portal.empty()) {
+  // What the portal's statement means for settings and pinning, remembered for its Execute.
+  if (head) {
+    Note note;
+    bool pins = false;
     if (head->statement.empty()) {
-      w.unnamed_portal_note = w.unnamed_statement_note;
-      w.unnamed_portal_pins = w.unnamed_statement_pins;
+      note = w.unnamed_statement_note;
+      pins = w.unnamed_statement_pins;
     } else if (stmt && !plain_statement(stmt->query)) {
       std::vector<Note>& notes = w.review_notes;
       notes.clear();
       Review r = review(stmt->query, true, notes);
-      w.unnamed_portal_note = notes.empty() ? Note{} : notes.front();
-      w.unnamed_portal_pins = r.check_pins;
+      if (!notes.empty()) note = notes.front();
+      pins = r.check_pins;
+    }
+    if (head->portal.empty()) {
+      w.unnamed_portal_note = std::move(note);
+      w.unnamed_portal_pins = pins;
     } else {
-      w.unnamed_portal_note = {};
-      w.unnamed_portal_pins = false;
+      remember_portal(head->portal, std::move(note), pins, l);
     }
   }
   if (!stmt) {
@@ -857,6 +890,10 @@ void Session::plan_describe(const pr::Frame& f, std::size_t offset, Link& l, Fli
 
 void Session::plan_close(const pr::Frame& f, std::size_t offset, Link& l, Flight& flight) {
   auto c = pr::read_close(f);
+  if (c && c->kind == 'P' && !c->name.empty()) {
+    std::erase_if(work().named_portals,
+                  [&](const Workspace::PortalNote& p) { return p.portal == c->name; });
+  }
   if (c && c->kind == 'S' && !c->name.empty() && options_.mode != config::PoolMode::Session &&
       forget_statement(c->name)) {
     // The server-side statement may be shared and stays prepared. Closing a name that does not
@@ -875,18 +912,42 @@ void Session::plan_execute(const pr::Frame& f, std::size_t offset, Link& l, Flig
   pr::PendingResponse execute{Kind::Execute};
   auto e = pr::read_execute(f);
   Workspace& w = work();
+  const Note* note = nullptr;
+  bool pins = false;
   if (e && e->portal.empty()) {
-    if (w.unnamed_portal_pins) l.check_pins = true;
-    if (w.unnamed_portal_note.kind != NoteKind::None) {
-      execute.note = static_cast<std::uint32_t>(l.notes.size());
-      execute.note_count = 1;
-      if (is_setting_note(w.unnamed_portal_note.kind)) {
-        ++l.pending_setting_notes;
+    note = &w.unnamed_portal_note;
+    pins = w.unnamed_portal_pins;
+  } else if (e && !w.named_portals.empty()) {
+    for (const auto& p : w.named_portals) {
+      if (p.portal == e->portal) {
+        note = &p.note;
+        pins = p.pins;
+        break;
       }
-      l.notes.push_back(w.unnamed_portal_note);
     }
   }
+  if (pins) l.check_pins = true;
+  if (note && note->kind != NoteKind::None) {
+    execute.note = static_cast<std::uint32_t>(l.notes.size());
+    execute.note_count = 1;
+    if (is_setting_note(note->kind)) ++l.pending_setting_notes;
+    l.notes.push_back(*note);
+  }
   l.pending.push(execute);
+}
+
+// A named portal bound to a statement that changes settings or may pin: kept for its Execute.
+void Session::remember_portal(std::string_view portal, Note note, bool pins, Link& l) {
+  auto& portals = work().named_portals;
+  std::erase_if(portals, [portal](const Workspace::PortalNote& p) { return p.portal == portal; });
+  if (note.kind == NoteKind::None && !pins) return;
+  if (portals.size() >= Workspace::kMaxTrackedPortals) {
+    // Past the bound: assume the worst of what the portal may do.
+    if (pins) l.check_pins = true;
+    if (note.kind != NoteKind::None) l.server->settings_unknown = true;
+    return;
+  }
+  portals.push_back({std::string(portal), std::move(note), pins});
 }
 
 // ---- Statements ----------------------------------------------------------------------------
@@ -978,10 +1039,9 @@ void Session::count_server_listens(const Review& r) {
 }
 
 // Settings set by requests not yet answered (or by a transaction not yet committed) that the
-// client does not have yet: their number (each name once) and bytes.
-void Session::in_flight_settings(std::size_t& count, std::size_t& bytes) const {
+// client does not have yet: their names (each once) and bytes.
+void Session::in_flight_settings(std::vector<std::string>& names, std::size_t& bytes) const {
   if (!work_) return;
-  std::vector<std::string_view> names;
   auto add = [&](const Note& n) {
     if (n.kind != NoteKind::Set || n.name.empty() || client_settings_.find(n.name)) return;
     bytes += n.name.size() + n.value.size();
@@ -993,7 +1053,6 @@ void Session::in_flight_settings(std::size_t& count, std::size_t& bytes) const {
   }
   for (const auto& n : work_->tx_notes)
     add(n);
-  count += names.size();
 }
 
 // Classifies every statement of `sql`: refusals by pool mode and per-client caps, state that may
@@ -1007,9 +1066,11 @@ Review Session::review(std::string_view sql, bool settling_transaction,
   const std::size_t first_note = notes.size();
   // Settings and channels of requests still in flight count too: a client that pipelines
   // thousands of SETs or LISTENs must not pass the caps before the first answer comes back.
-  std::size_t new_settings = 0;
+  // Names, each once; copies, as the notes they come from move while the review adds notes.
+  std::vector<std::string> new_settings;
   std::size_t new_setting_bytes = 0;
   bool counted_in_flight = false;
+  std::size_t open_savepoints = work_ ? work_->savepoints.size() : 0;
   int count = 0;
   for (std::size_t offset = 0; offset < sql.size();) {
     auto info = routing::classify(sql.substr(offset));
@@ -1054,8 +1115,14 @@ Review Session::review(std::string_view sql, bool settling_transaction,
         } else if (listens) {
           why =
               "pgvalve: LISTEN inside a transaction or with other statements is not supported "
-              "in transaction pooling; send LISTEN on its own, or use a session pool";
-        } else if (info.kind != StatementKind::Prepare) {
+              "in transaction pooling; send LISTEN on its own, use a session pool, or "
+              "pool.pin_session_state: true";
+        } else if (info.kind == StatementKind::Prepare) {
+          why =
+              "pgvalve: SQL PREPARE would leave the statement on a server other clients use in "
+              "transaction pooling; use your driver's protocol-level prepared statements, a "
+              "session pool, or pool.pin_session_state: true";
+        } else {
           why =
               "pgvalve: temporary tables outlive the transaction and would be seen by other "
               "clients in transaction pooling; add ON COMMIT DROP, use a session pool, or "
@@ -1103,9 +1170,12 @@ Review Session::review(std::string_view sql, bool settling_transaction,
           counted_in_flight = true;
           in_flight_settings(new_settings, new_setting_bytes);
         }
-        if (!client_settings_.find(note.name)) ++new_settings;
+        if (!client_settings_.find(note.name) &&
+            std::find(new_settings.begin(), new_settings.end(), note.name) == new_settings.end()) {
+          new_settings.push_back(note.name);
+        }
         new_setting_bytes += note.name.size() + note.value.size();
-        if (client_settings_.size() + new_settings > kMaxClientSettings) {
+        if (client_settings_.size() + new_settings.size() > kMaxClientSettings) {
           r.refusal_sqlstate = "53400";
           r.refusal = "pgvalve: a client may change at most " + std::to_string(kMaxClientSettings) +
                       " session settings; RESET the ones it no longer needs";
@@ -1119,6 +1189,13 @@ Review Session::review(std::string_view sql, bool settling_transaction,
           return r;
         }
       }
+    }
+    if (note.kind == NoteKind::Savepoint && ++open_savepoints > kMaxTransactionSavepoints) {
+      r.refusal_sqlstate = "53400";
+      r.refusal = "pgvalve: a transaction may hold at most " +
+                  std::to_string(kMaxTransactionSavepoints) +
+                  " savepoints at once; RELEASE the ones it no longer needs";
+      return r;
     }
     if (note.kind != NoteKind::None) r.has_notes = true;
     notes.push_back(std::move(note));

@@ -12,5 +12,9 @@ inline constexpr std::size_t kMaxClientSettings = 256;                // 53400
 inline constexpr std::size_t kMaxClientSettingBytes = 64u << 10;      // 54000
 inline constexpr std::size_t kMaxClientListenChannels = 1024;         // 53400
 inline constexpr std::size_t kMaxQueuedNotificationBytes = 1u << 20;  // 53400, disconnected
+inline constexpr std::size_t kMaxTransactionSavepoints = 4096;        // open at once; 53400
+// Requests sent to a server and not yet answered. Past it pgvalve reads no more of the client
+// until half are answered: backpressure, not an error.
+inline constexpr std::size_t kMaxRequestsInFlight = 4096;
 
 }  // namespace pgvalve::session

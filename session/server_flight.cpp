@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "protocol/wire.h"
+#include "session/limits.h"
 #include "session/session_internal.h"
 #include "session/settings_sync.h"
 
@@ -93,7 +94,7 @@ const Actions& Session::plan_server(Link& l, LinkId id, std::string_view input) 
     if (r.status == pr::DecodeStatus::Invalid) {
       lose_link(l, id,
                 "pgvalve: server " + l.server->name +
-                    " sent an invalid message; the connection was closed",
+                    " sent an invalid message; the transaction was rolled back, run it again",
                 LinkOp::Kind::Close, out);
       pos = input.size();
       break;
@@ -136,6 +137,10 @@ const Actions& Session::plan_server(Link& l, LinkId id, std::string_view input) 
     out.to_client.push_back({base + s.offset, s.size});
   }
   out.consumed = pos;
+  if (pipeline_full_ && l.pending.size() <= kMaxRequestsInFlight / 2) {
+    pipeline_full_ = false;
+    out.resume_client = true;
+  }
   if (l.server && saw_ready) settle(l, id, out);
   return out;
 }
@@ -259,7 +264,7 @@ void Session::settle_statement(Link& l, pr::PendingResponse& request, std::strin
     case NoteKind::Discard:
       // Transactional: takes effect when the transaction commits.
       if (l.pending_setting_notes > 0) --l.pending_setting_notes;
-      w.tx_notes.push_back(std::move(note));
+      add_tx_note(std::move(note));
       break;
     case NoteKind::Unknown:
       l.server->settings_unknown = true;
@@ -330,6 +335,36 @@ void Session::end_request(Link& l, pr::PendingResponse& request, char tx_status)
     }
   }
   w.savepoints.clear();
+  w.named_portals.clear();  // a transaction's end closes its portals
+}
+
+// Keeps what a transaction did to settings in as few notes as say the same: within one savepoint
+// level a later SET or RESET of a name replaces the earlier one, and RESET ALL replaces all. A
+// transaction repeating `SET x = ...` thus holds one note, not one per statement.
+void Session::add_tx_note(Note&& note) {
+  Workspace& w = work();
+  auto& notes = w.tx_notes;
+  const std::size_t level = w.savepoints.empty() ? 0 : w.savepoints.back().second;
+  if (note.kind == NoteKind::ResetAll || note.kind == NoteKind::Discard) {
+    notes.resize(level);
+    notes.push_back(std::move(note));
+    return;
+  }
+  bool named_before = false;
+  for (std::size_t i = notes.size(); i > 0; --i) {
+    Note& earlier = notes[i - 1];
+    if (earlier.kind == NoteKind::ResetAll || earlier.kind == NoteKind::Discard) break;
+    if (earlier.name != note.name) continue;
+    if (i - 1 >= level) {
+      earlier = std::move(note);
+      return;
+    }
+    named_before = true;
+    break;
+  }
+  // RESET of a name that neither the client nor this transaction set changes nothing.
+  if (note.kind == NoteKind::Reset && !named_before && !client_settings_.find(note.name)) return;
+  notes.push_back(std::move(note));
 }
 
 void Session::commit_notes(Link& l, Actions& out) {
@@ -420,7 +455,9 @@ void Session::settle(Link& l, LinkId id, Actions& out) {
     return;
   }
   const bool translate = options_.mode != config::PoolMode::Session;
-  if (translate && l.check_pins && options_.pin_session_state) {
+  // With pin_session_state false the statements that pin are refused; what still asks for a
+  // check (a function called by OID) pins if it left state: losing it would be worse.
+  if (translate && l.check_pins) {
     l.check_pins = false;
     start_pin_check(l, id, out);
     enter(SessionState::Active);

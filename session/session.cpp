@@ -112,6 +112,7 @@ void Workspace::clear() {
   unnamed_portal_note = {};
   unnamed_statement_pins = false;
   unnamed_portal_pins = false;
+  named_portals.clear();
   review_notes.clear();
   shrink(client_scratch);
   shrink(reply_scratch);
@@ -205,6 +206,7 @@ std::size_t Session::prepared_statement_count() const {
 }
 
 bool Session::wants_client_input() const {
+  if (pipeline_full_) return false;
   switch (state_) {
     case SessionState::Idle:
     case SessionState::Active:
@@ -235,7 +237,7 @@ Clock::time_point Session::next_deadline() const {
   for (const auto& l : work_->links) {
     if (!l.server) continue;
     if (l.syncing) earlier(l.sync_started + options_.sync_timeout);
-    if (options_.query_timeout.count() > 0 && l.busy() && !l.paused) {
+    if (options_.query_timeout.count() > 0 && l.owes_answer() && !l.paused) {
       earlier(l.last_activity + options_.query_timeout);
     }
     if (state_ == SessionState::Holding && options_.idle_transaction_timeout.count() > 0 &&
@@ -426,6 +428,10 @@ void Session::unlink(LinkId id, LinkOp::Kind kind, Actions& out, std::string_vie
   op.sql[1] = sql2;
   out.link_ops.push_back(op);
   l.reset();
+  if (pipeline_full_) {
+    pipeline_full_ = false;
+    out.resume_client = true;
+  }
 }
 
 // Every link is given back as cleanly as it can be, then the client is closed.
@@ -436,7 +442,10 @@ void Session::release_all_for_close(Actions& out) {
     if (!l.server) continue;
     const auto id = static_cast<LinkId>(i);
     ServerState& server = *l.server;
-    const bool reset_session = options_.mode == config::PoolMode::Session || pinned_;
+    // A transaction cut short may have left state a ROLLBACK keeps (a session advisory lock,
+    // a SQL PREPARE): a server that was to be checked for it is reset too.
+    const bool reset_session =
+        options_.mode == config::PoolMode::Session || pinned_ || l.check_pins;
     if (l.busy() || l.stream_remaining > 0) {
       unlink(id, LinkOp::Kind::CancelAndClose, out);
     } else if (options_.mode == config::PoolMode::Session && server.touched_temp) {
@@ -523,7 +532,9 @@ const Actions& Session::on_server_lost(LinkId id, Clock::time_point now) {
   Link& l = link(id);
   if (l.login) {
     close_with("08006",
-               "pgvalve: lost the connection to server " + l.server->name + " during login", out);
+               "pgvalve: lost the connection to server " + l.server->name +
+                   " during login; reconnect, and check the server's log if it keeps happening",
+               out);
     return out;
   }
   lose_link(l, id,
@@ -610,7 +621,8 @@ const Actions& Session::on_timer(Clock::time_point now) {
     close_with("08P01",
                "pgvalve: the client started a message and did not send the rest within "
                "limits.message_timeout_ms (" +
-                   millis(options_.message_timeout) + ")",
+                   millis(options_.message_timeout) +
+                   "); send whole messages, or raise the limit for clients on slow links",
                out);
     return out;
   }
@@ -633,13 +645,13 @@ const Actions& Session::on_timer(Clock::time_point now) {
                 LinkOp::Kind::CancelAndClose, out);
       continue;
     }
-    if (options_.query_timeout.count() > 0 && l.busy() && !l.paused &&
+    if (options_.query_timeout.count() > 0 && l.owes_answer() && !l.paused &&
         now >= l.last_activity + options_.query_timeout) {
       lose_link(l, id,
                 "pgvalve: server " + l.server->name + " sent nothing for pool.query_timeout_ms (" +
                     millis(options_.query_timeout) +
-                    "); the query was cancelled, the server connection closed and any open "
-                    "transaction rolled back",
+                    "); the query was cancelled and any open transaction rolled back; run it "
+                    "again, or raise the timeout if such queries are expected",
                 LinkOp::Kind::CancelAndClose, out);
       continue;
     }
@@ -649,7 +661,8 @@ const Actions& Session::on_timer(Clock::time_point now) {
                  "pgvalve: the client was idle in a transaction for longer than "
                  "pool.idle_transaction_timeout_ms (" +
                      millis(options_.idle_transaction_timeout) +
-                     "); the transaction was rolled back",
+                     "); the transaction was rolled back; end transactions with COMMIT or "
+                     "ROLLBACK without waiting in between",
                  out);
       return out;
     }

@@ -201,13 +201,14 @@ class Session {
   void plan_describe(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
   void plan_close(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
   void plan_execute(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
+  void remember_portal(std::string_view portal, Note note, bool pins, Link& l);
   void prepare_on_server(const protocol::PreparedStatement& stmt, bool swallow, Link& l,
                          Flight& flight);
   void raise_on_server(std::string_view sqlstate, std::string_view message, bool extended, Link& l,
                        Flight& flight);
   Review review(std::string_view sql, bool settling_transaction, std::vector<Note>& notes) const;
   void note_for(const routing::StatementInfo& info, Note& note) const;
-  void in_flight_settings(std::size_t& count, std::size_t& bytes) const;
+  void in_flight_settings(std::vector<std::string>& names, std::size_t& bytes) const;
   void count_server_listens(const Review& r);
   const protocol::PreparedStatement& define_statement(std::string_view name, std::string_view query,
                                                       std::string_view param_types);
@@ -229,6 +230,7 @@ class Session {
                         Actions& out);
   void end_request(Link& l, protocol::PendingResponse& request, char tx_status);
   void apply_note(const Note& note, Link& l, Actions& out);
+  void add_tx_note(Note&& note);
   void commit_notes(Link& l, Actions& out);
   void drop_notes();
   void start_pin_check(Link& l, LinkId id, Actions& out);
@@ -272,6 +274,7 @@ class Session {
   // until the next Sync / Query.
   bool lost_transaction_ = false;
   bool skip_until_sync_ = false;  // an extended flight failed: drop its messages until Sync
+  bool pipeline_full_ = false;    // kMaxRequestsInFlight unanswered: the client is not read
   bool error_sent_in_flight_ = false;
   routing::Route pending_route_;  // of the request waiting for a server
   // A partial message is being received since `partial_since_`.

@@ -71,6 +71,7 @@ struct Link {
   int in_flight = 0;              // Query/Sync/FunctionCall forwarded, ReadyForQuery not yet seen
   int pending_setting_notes = 0;  // setting notes of outstanding requests, not yet settled
   bool open_extended = false;     // extended-protocol messages forwarded since the last Sync
+  bool flushed = false;           // ... and a Flush among them: the server owes their answers
   bool check_pins = false;        // ask the server about pinned state when its transaction ends
   bool login = false;             // linked at login: the login reply waits for the sync
   std::size_t stream_remaining = 0;  // bytes of a large server message still passing through
@@ -87,6 +88,9 @@ struct Link {
   bool paused = false;           // not read while the client catches up
 
   bool busy() const { return in_flight > 0 || open_extended || !pending.empty(); }
+  // The server has been asked to answer (a Query, Sync, Flush or function call): its silence
+  // counts against pool.query_timeout_ms. Parse/Bind/Execute alone are not sent until then.
+  bool owes_answer() const { return in_flight > 0 || (flushed && !pending.empty()); }
   void reset() {
     server = nullptr;
     pending.clear();
@@ -95,6 +99,7 @@ struct Link {
     in_flight = 0;
     pending_setting_notes = 0;
     open_extended = false;
+    flushed = false;
     check_pins = false;
     login = false;
     stream_remaining = 0;
@@ -125,8 +130,8 @@ struct Review {
   std::vector<Note>* notes = nullptr;
   std::size_t first_note = 0;
   std::size_t note_count = 0;
-  routing::StatementInfo first;  // the first statement
-  bool single = true;            // exactly one statement
+  routing::StatementInfo first;       // the first statement
+  bool single = true;                 // exactly one statement
   std::vector<std::string> listened;  // channels of its LISTENs the client did not listen on
   std::vector<std::string> unlistened;
   bool unlisten_all = false;
@@ -164,6 +169,16 @@ struct Workspace {
   Note unnamed_portal_note;
   bool unnamed_statement_pins = false;
   bool unnamed_portal_pins = false;
+  // Named portals (they live until the transaction ends) whose statement changes settings or
+  // may pin the server: their Execute settles the note. Only such portals are kept, at most
+  // kMaxTrackedPortals; past that, what they do is treated as unknown.
+  struct PortalNote {
+    std::string portal;
+    Note note;
+    bool pins = false;
+  };
+  static constexpr std::size_t kMaxTrackedPortals = 64;
+  std::vector<PortalNote> named_portals;
   std::vector<Note> review_notes;
 
   void clear();

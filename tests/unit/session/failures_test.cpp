@@ -148,6 +148,35 @@ TEST(SessionFailures, QueryTimeoutDoesNotCountTimeBeforeTheRequest) {
   EXPECT_TRUE(h.timer(T0 + 61s).ops.empty());
 }
 
+TEST(SessionFailures, QueryTimeoutWaitsForAFlushOrSync) {
+  SessionHarness h(with_query_timeout(30s));
+  auto server = SessionHarness::fresh_server();
+  // Parse/Bind/Execute alone: PostgreSQL answers nothing before a Flush or Sync.
+  h.send(parse("", "select 1") + bind_to("", "") + execute(), *server, nullptr, T0);
+  EXPECT_EQ(h.session().next_deadline(), Clock::time_point::max());
+  EXPECT_TRUE(h.timer(T0 + 60s).ops.empty());
+  h.client(flush(), T0 + 60s);
+  EXPECT_EQ(h.session().next_deadline(), T0 + 90s);
+  h.answer(parse_complete() + bind_complete() + data_row({"1"}) + complete("SELECT 1"), T0 + 61s);
+  // Everything flushed was answered; the Sync is the client's to send.
+  EXPECT_EQ(h.session().next_deadline(), Clock::time_point::max());
+  h.client(sync(), T0 + 100s);
+  EXPECT_EQ(h.session().next_deadline(), T0 + 130s);
+}
+
+TEST(SessionFailures, QueryTimeoutFollowsCopyDataTheClientSends) {
+  SessionHarness h(with_query_timeout(30s));
+  auto server = SessionHarness::fresh_server();
+  h.send(query("copy t from stdin"), *server, nullptr, T0);
+  std::string copy_in_response("G\0\0\0\x07\0\0\0", 8);
+  h.answer(copy_in_response, T0 + 1s);
+  // The server says nothing while the client streams its rows: that is not silence.
+  for (int i = 1; i <= 5; ++i)
+    h.client(message('d', "row\n"), T0 + std::chrono::seconds(20 * i));
+  EXPECT_TRUE(h.timer(T0 + 110s).ops.empty());
+  EXPECT_EQ(h.session().next_deadline(), T0 + 130s);
+}
+
 TEST(SessionFailures, QueryTimeoutDoesNotCountTimeTheClientTakesToRead) {
   SessionHarness h(with_query_timeout(30s));
   auto server = SessionHarness::fresh_server();
@@ -384,6 +413,21 @@ TEST(SessionFailures, ClientGoneInATransactionRollsItBack) {
   EXPECT_EQ(s.ops[0].kind, LinkOp::Kind::CleanAndRelease);
   EXPECT_EQ(s.ops[0].sql1, "ROLLBACK");
   EXPECT_EQ(s.ops[0].sql2, "");
+}
+
+TEST(SessionFailures, ClientGoneInATransactionWithSessionStateResetsTheServer) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(query("begin"), *server);
+  h.answer(command_result("BEGIN", 'T'));
+  // A session advisory lock outlives ROLLBACK: the server is reset before it goes back.
+  h.client(query("select pg_advisory_lock(1)"));
+  h.answer(row_result("", "SELECT 1", 'T'));
+  Step s = h.gone();
+  ASSERT_EQ(s.ops.size(), 1u);
+  EXPECT_EQ(s.ops[0].kind, LinkOp::Kind::CleanAndRelease);
+  EXPECT_EQ(s.ops[0].sql1, "ROLLBACK");
+  EXPECT_EQ(s.ops[0].sql2, "DISCARD ALL");
 }
 
 TEST(SessionFailures, ClientGoneWhileWaitingIgnoresTheLateServer) {

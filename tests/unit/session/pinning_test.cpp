@@ -223,11 +223,55 @@ TEST(SessionPinning, SessionStateCreatedInADoBlockIsChecked) {
   }
 }
 
+TEST(SessionPinning, ANamedPortalWithSessionStateIsChecked) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.client(parse("lock", "select pg_advisory_lock(1)") + sync());
+  h.send(bind_to("p", "lock") + execute("p") + sync(), *server);
+  Step s = h.server(parse_complete() + bind_complete() + data_row({""}) + complete("SELECT 1") +
+                    ready());
+  EXPECT_TRUE(is_pin_check(s.to_server));
+  s = h.server(pin_check_result(true));
+  EXPECT_EQ(s.pinned_change, 1);
+}
+
+TEST(SessionPinning, ANamedPortalSetIsFollowedAtItsExecute) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.client(parse("st", "SET statement_timeout = '5s'") + sync());
+  h.send(bind_to("c1", "st") + execute("c1") + sync(), *server);
+  h.answer(parse_complete() + bind_complete() + complete("SET") + ready());
+  const Setting* set = h.session().client_settings().find("statement_timeout");
+  ASSERT_NE(set, nullptr);
+  EXPECT_EQ(set->value, "'5s'");
+}
+
+std::string function_call() {
+  // FunctionCall of OID 1: no argument formats, no arguments, text result.
+  return message('F', std::string("\0\0\0\x01\0\0\0\0\0\0", 10));
+}
+
+TEST(SessionPinning, AFunctionCallIsCheckedEvenWithPinningOff) {
+  for (bool pin : {true, false}) {
+    SessionOptions o;
+    o.pin_session_state = pin;
+    SessionHarness h(o);
+    auto server = SessionHarness::fresh_server();
+    h.send(function_call(), *server);
+    Step s = h.server(message('V', std::string("\xff\xff\xff\xff", 4)) + ready());
+    EXPECT_TRUE(is_pin_check(s.to_server)) << pin;
+    // What it did to settings cannot be known: the next client's sync starts from scratch.
+    EXPECT_TRUE(server->settings_unknown) << pin;
+    s = h.server(pin_check_result(false));
+    EXPECT_TRUE(s.has_op(LinkOp::Kind::Release)) << pin;
+  }
+}
+
 TEST(SessionPinningOff, SessionStateIsRefusedWith0A000OnTheServer) {
-  for (const char* sql :
-       {"select pg_advisory_lock(1)", "create temp table t (a int)",
-        "declare c cursor with hold for select 1", "select 1 into temp t",
-        "DO $$BEGIN CREATE TEMP TABLE t (a int); END$$", "DO $$BEGIN LISTEN jobs; END$$"}) {
+  for (const char* sql : {"select pg_advisory_lock(1)", "create temp table t (a int)",
+                          "declare c cursor with hold for select 1", "select 1 into temp t",
+                          "DO $$BEGIN CREATE TEMP TABLE t (a int); END$$",
+                          "DO $$BEGIN LISTEN jobs; END$$", "prepare p as select 1"}) {
     SessionHarness h(without_pinning());
     auto server = SessionHarness::fresh_server();
     const std::string sent = h.send(query(sql), *server);

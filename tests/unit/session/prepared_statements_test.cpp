@@ -219,6 +219,21 @@ TEST(SessionPreparedStatements, DeallocateIsAnsweredWithoutTouchingTheSharedStat
   EXPECT_TRUE(h.last.has_op(LinkOp::Kind::Release));
 }
 
+TEST(SessionPreparedStatements, DeallocateInAFailedTransactionFailsOnTheServerAndForgetsNothing) {
+  SessionHarness h;
+  prepare_locally(h);
+  auto server = SessionHarness::fresh_server();
+  h.send(query("begin"), *server);
+  h.answer(command_result("BEGIN", 'T'));
+  h.client(query("select 1/0"));
+  h.answer(error_result("22012", 'E'));
+  // PostgreSQL refuses every statement of a failed transaction, DEALLOCATE too (25P02).
+  const std::string q = query("DEALLOCATE s1");
+  EXPECT_EQ(h.client(q).to_server, q);
+  h.answer(error_result("25P02", 'E'));
+  EXPECT_EQ(h.session().prepared_statement_count(), 1u);
+}
+
 TEST(SessionPreparedStatements, DeallocatePrepareOfAnSqlStatementGoesToTheServer) {
   SessionHarness h;
   auto server = SessionHarness::fresh_server();
