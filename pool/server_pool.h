@@ -44,8 +44,8 @@ class Connection {
   std::uint64_t id = 0;
   Clock::time_point created_at{};
   Clock::time_point last_used_at{};  // when it last went back to the pool
-  // The worker the pool last gave it to. The proxy checks which event loop its socket is really
-  // registered with and moves it when that differs.
+  // The worker the pool last gave it to: bookkeeping the pool's tests check. The proxy does not
+  // use it: it compares its socket's event loop with its own and moves it when they differ.
   int home_worker = 0;
 };
 

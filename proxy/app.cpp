@@ -253,6 +253,10 @@ void App::stop_all() {
   for (auto& w : workers_) {
     if (w->thread.joinable()) w->thread.join();
   }
+  // A session whose client has not read everything holds itself through its writer: let go, so
+  // it is destroyed with its worker's loop.
+  for (auto& w : workers_)
+    w->for_each_session([](ClientSession& s) { s.on_stopped(); });
   // Idle server sockets belong to the workers' loops: close them while every loop exists.
   for (auto& pool : pools())
     pool->take_all_idle();

@@ -37,15 +37,18 @@ class HttpServer;
 
 struct Worker {
   int index = 0;
-  asio::io_context context{1};
-  std::unique_ptr<tcp::acceptor> acceptor;
+  // Declared before `context`, so destroyed after it: the context's destructor destroys queued
+  // handlers, which own sessions that leave this list and give their workspace back.
+  session::WorkspacePool workspaces;  // touched only on this worker's thread
   // The worker's client sessions (ClientSession::next_on_worker); touched only on its thread.
   ClientSession* sessions = nullptr;
   void add_session(ClientSession* s);
   void remove_session(ClientSession* s);
   template <typename F>
   void for_each_session(F&& f);
-  session::WorkspacePool workspaces;  // touched only on this worker's thread
+  asio::io_context context{1};
+  // These use the context: declared after it, so destroyed before it.
+  std::unique_ptr<tcp::acceptor> acceptor;
   std::unique_ptr<asio::steady_timer> sweep_timer;
   std::thread thread;
 };

@@ -74,8 +74,8 @@ asio::awaitable<bool> ClientSession::read_startup() {
       auto space = client_in_.prepare();
       if (space.empty()) co_return false;
       error_code ec;
-      std::size_t n = co_await client_.async_read_some(asio::buffer(space.data(), space.size()),
-                                                       await_ec(ec));
+      std::size_t n =
+          co_await client_.async_read_some(asio::buffer(space.data(), space.size()), await_ec(ec));
       if (ec) co_return false;
       client_in_.commit(n);
       continue;
@@ -250,10 +250,12 @@ asio::awaitable<bool> ClientSession::start_session() {
   // mode keeps its server from the start.
   std::unique_ptr<ServerConnection> server;
   if (config_->pool.mode == config::PoolMode::Session || !pool_->has_server_parameters()) {
-    checking_out_ = true;
     ServerFailure failure;
-    server = co_await acquire(pool_, pool_->checkout(worker_.index, &waiter_), failure);
-    checking_out_ = false;
+    server = co_await acquire(pool_, checkout_from(pool_), failure);
+    if (closed_) {  // shutdown closed the session meanwhile
+      if (server) give_back(std::move(server), true, *pool_);
+      co_return false;
+    }
     if (!server) {
       co_await send_fatal(failure.sqlstate, failure.message);
       co_return false;
@@ -273,9 +275,9 @@ asio::awaitable<bool> ClientSession::start_session() {
   client_.non_blocking(true, ec);
   PGV_LOG(Info, "client_login", {"client", id_}, {"user", user_name_}, {"database", database_name_},
           {"mode", config::to_string(config_->pool.mode)});
-  const auto& actions = core_->start(startup_params_, pool_->server_parameters(),
-                                     {cancel_->process_id, cancel_->secret_key}, state,
-                                     session::Clock::now());
+  const auto& actions =
+      core_->start(startup_params_, pool_->server_parameters(),
+                   {cancel_->process_id, cancel_->secret_key}, state, session::Clock::now());
   std::vector<std::pair<std::string, std::string>>().swap(startup_params_);
   carry_out(actions, Source::Client);
   if (!closed_ && !links_.empty() && links_[0].conn) watch_server(0);

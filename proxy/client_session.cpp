@@ -24,6 +24,13 @@ session::Clock::time_point now() {
   return session::Clock::now();
 }
 
+std::unique_ptr<ServerConnection> as_server(std::unique_ptr<pool::Connection> conn) {
+  return std::unique_ptr<ServerConnection>(static_cast<ServerConnection*>(conn.release()));
+}
+
+// Server reads in a row for one link before the session lets the worker's other sessions run.
+constexpr int kServerReadsPerTurn = 16;
+
 void log_failure(std::uint64_t id, std::exception_ptr e) {
   if (!e) return;
   try {
@@ -66,6 +73,22 @@ ClientSession::ClientSession(App& app, Worker& worker, Socket socket, std::uint6
 }
 
 ClientSession::~ClientSession() {
+  // close() normally leaves nothing behind. A session that ends without it (shutdown destroys
+  // the handlers that hold it) must not take places in its pools with it.
+  if (wait_pool_) {
+    if (!granted_) {
+      wait_pool_->cancel_wait(worker_.index, &waiter_);
+    } else if (grant_) {
+      wait_pool_->discard(worker_.index, std::move(grant_));
+    } else {
+      wait_pool_->create_failed(worker_.index);
+    }
+  }
+  for (auto& io : links_) {
+    io.writer.abandon();
+    if (io.conn && io.pool) io.pool->discard(worker_.index, std::move(io.conn));
+  }
+  if (pinned_ && pool_) pool_->client_unpinned();
   worker_.remove_session(this);
   if (pool_) pool_->client_left();
   if (counted_) app_.remove_client();
@@ -81,8 +104,7 @@ void ClientSession::carry_out(const Actions& actions, Source source, session::Li
   if (!actions.to_server.empty() && actions.server_link < links_.size() &&
       links_[actions.server_link].conn) {
     LinkIO& io = links_[actions.server_link];
-    if (io.writer.write(io.conn->socket, actions.to_server, {}) ==
-        SocketWriter::Result::Backlog) {
+    if (io.writer.write(io.conn->socket, actions.to_server, {}) == SocketWriter::Result::Backlog) {
       io.writer.on_drained(drained_callback());
     }
   }
@@ -94,11 +116,19 @@ void ClientSession::carry_out(const Actions& actions, Source source, session::Li
   }
   if (source == Source::Client) {
     client_in_.consume(actions.consumed);
+    // A pinned or in-transaction client keeps no large buffer after a large message.
+    client_in_.shrink_if_empty();
   } else if (source == Source::Server && link < links_.size() && links_[link].conn) {
     links_[link].conn->in.consume(actions.consumed);
   }
-  if (actions.pinned_change > 0) pool_->client_pinned();
-  if (actions.pinned_change < 0) pool_->client_unpinned();
+  if (actions.pinned_change > 0) {
+    pool_->client_pinned();
+    pinned_ = true;
+  }
+  if (actions.pinned_change < 0) {
+    pool_->client_unpinned();
+    pinned_ = false;
+  }
   for (int i = 0; i < actions.statement_evictions; ++i)
     pool_->note_statement_eviction();
   // Neither reaches back into the core, so `actions` stays as it is meanwhile.
@@ -117,15 +147,15 @@ void ClientSession::carry_out(const Actions& actions, Source source, session::Li
   }
   if (resume) feed_client();
   if (closed_) return;
-  if (source == Source::Server && link < links_.size() && links_[link].conn) read_server(link);
+  // A server step returns to read_server(), which reads on.
   watch_client();
   arm_timer();
 }
 
+// Holds the session: while a writer has a backlog nothing else may (no read is armed). The
+// writer drops it as it runs it, and on abandon() (close(), a server given back).
 std::function<void()> ClientSession::drained_callback() {
-  return [weak = weak_from_this()] {
-    if (auto self = weak.lock()) self->on_drained();
-  };
+  return [self = shared_from_this()] { self->on_drained(); };
 }
 
 // A writer's backlog drained: what stopped for it reads again.
@@ -209,7 +239,17 @@ void ClientSession::client_gone() {
 
 void ClientSession::on_drain() {
   if (closed_ || !core_) return;
+  // Reached through the worker's list: closing drops the writers' callbacks, which may be all
+  // that holds the session.
+  const auto self = shared_from_this();
   carry_out(core_->on_drain(), Source::Event);
+}
+
+void ClientSession::on_stopped() {
+  const auto self = shared_from_this();  // destroyed, if at all, once this returns
+  client_writer_.abandon();
+  for (auto& io : links_)
+    io.writer.abandon();
 }
 
 void ClientSession::close() {
@@ -219,13 +259,16 @@ void ClientSession::close() {
   client_.close(ignored);
   client_writer_.abandon();
   if (timer_) timer_->cancel();
-  if (waiting_ && checkout_pool_ && checkout_pool_->cancel_wait(worker_.index, &waiter_)) {
+  // False: a grant is on its way; on_granted() or acquire() gives it back.
+  if (wait_pool_ && !granted_ && wait_pool_->cancel_wait(worker_.index, &waiter_)) {
+    wait_pool_.reset();
     waiting_ = false;
   }
   if (wait_timer_) wait_timer_->cancel();
   for (auto& io : links_) {
+    io.writer.abandon();
     // The core gave every server back before asking to close; anything left is closed.
-    if (io.conn) give_back(std::move(io.conn), false);
+    if (io.conn) give_back(std::move(io.conn), false, *io.pool);
   }
   if (hub_ && sink_) hub_->forget(sink_.get());
   client_in_.release();
@@ -252,34 +295,51 @@ void ClientSession::watch_server(session::LinkId id) {
         LinkIO& io = self->links_[id];
         if (io.generation != generation) return;  // that server was given back meanwhile
         io.watching = false;
-        if (self->closed_ || !io.conn || ec) return;
+        if (self->closed_ || !io.conn || ec == asio::error::operation_aborted) return;
+        // Another error: the read sees it and reports the server lost.
         self->read_server(id);
       });
 }
 
+// Reads and carries out what the server sent while it has more, up to kServerReadsPerTurn reads
+// (then the wait lets the worker's other sessions run first). Stops when the link's server is
+// given back (after its ReadyForQuery in transaction pooling: no further read), when the client
+// has a backlog (on_drained() comes back), or when the kernel has nothing more (a wait).
 void ClientSession::read_server(session::LinkId id) {
-  LinkIO& io = links_[id];
-  if (closed_ || !io.conn) return;
-  if (client_writer_.busy()) {  // on_drained() comes back
-    core_->set_server_paused(id, true, now());
-    return;
+  const std::uint32_t generation = links_[id].generation;
+  for (int reads = 0;; ++reads) {
+    if (closed_ || id >= links_.size()) return;
+    LinkIO& io = links_[id];
+    if (io.generation != generation || !io.conn) return;
+    if (client_writer_.busy()) {  // on_drained() comes back
+      core_->set_server_paused(id, true, now());
+      return;
+    }
+    if (reads == kServerReadsPerTurn) {
+      watch_server(id);
+      return;
+    }
+    auto space = io.conn->in.prepare();
+    error_code ec;
+    std::size_t n = 0;
+    if (!space.empty()) {
+      n = io.conn->socket.read_some(asio::buffer(space.data(), space.size()), ec);
+    }
+    if (ec == asio::error::would_block || ec == asio::error::try_again) {
+      watch_server(id);
+      return;
+    }
+    if (ec || space.empty()) {
+      // Server buffers have no memory budget, so they always grow; kept for safety.
+      PGV_LOG(Warn, "server_lost", {"client", id_}, {"server", io.conn->id},
+              {"host", io.conn->state.name},
+              {"reason", space.empty() ? "no buffer space" : ec.message()});
+      carry_out(core_->on_server_lost(id, now()), Source::Event);
+      return;
+    }
+    io.conn->in.commit(n);
+    carry_out(core_->on_server_data(id, io.conn->in.readable(), now()), Source::Server, id);
   }
-  auto space = io.conn->in.prepare();
-  error_code ec;
-  std::size_t n = 0;
-  if (!space.empty()) n = io.conn->socket.read_some(asio::buffer(space.data(), space.size()), ec);
-  if (ec == asio::error::would_block || ec == asio::error::try_again) {
-    watch_server(id);
-    return;
-  }
-  if (ec || space.empty()) {
-    PGV_LOG(Warn, "server_lost", {"client", id_}, {"server", io.conn->id},
-            {"host", io.conn->state.name}, {"reason", space.empty() ? "oversized message" : ec.message()});
-    carry_out(core_->on_server_lost(id, now()), Source::Event);
-    return;
-  }
-  io.conn->in.commit(n);
-  carry_out(core_->on_server_data(id, io.conn->in.readable(), now()), Source::Server, id);
 }
 
 // ---- Deadlines -------------------------------------------------------------------------------
@@ -313,9 +373,13 @@ std::shared_ptr<pool::ServerPool> ClientSession::pool_for(const routing::Route& 
 
 std::unique_ptr<ServerConnection> ClientSession::usable(std::unique_ptr<pool::Connection> conn,
                                                         pool::ServerPool& pool) {
-  auto server = std::unique_ptr<ServerConnection>(static_cast<ServerConnection*>(conn.release()));
+  auto server = as_server(std::move(conn));
   // A connection another worker handed over is still registered with that worker's loop.
-  server->adopt(worker_.context, worker_.index);
+  if (!server->adopt(worker_.context, worker_.index)) {
+    PGV_LOG(Warn, "server_adopt_failed", {"server", server->id}, {"host", server->state.name});
+    pool.discard(worker_.index, std::move(server));
+    return nullptr;
+  }
   if (now() - server->last_used_at >= kPeekIdleAfter && !server->idle_and_open()) {
     PGV_LOG(Info, "server_gone_while_idle", {"server", server->id}, {"host", server->state.name});
     pool.discard(worker_.index, std::move(server));
@@ -329,10 +393,32 @@ std::unique_ptr<ServerConnection> ClientSession::usable(std::unique_ptr<pool::Co
 // pre-ping runs a coroutine.
 void ClientSession::check_out(const routing::Route& route) {
   checkout_pool_ = pool_for(route);
-  checking_out_ = true;
   const auto& settings = checkout_pool_->settings(worker_.index);
   checkout_deadline_ = now() + std::chrono::milliseconds(settings.checkout_timeout_ms);
-  take(checkout_pool_->checkout(worker_.index, &waiter_));
+  take(checkout_from(checkout_pool_));
+}
+
+pool::CheckoutResult ClientSession::checkout_from(const std::shared_ptr<pool::ServerPool>& pool) {
+  auto result = pool->checkout(worker_.index, &waiter_);
+  if (result.kind == pool::CheckoutKind::Wait) wait_pool_ = pool;
+  return result;
+}
+
+void ClientSession::give_up(pool::ServerPool& pool, pool::CheckoutResult result) {
+  switch (result.kind) {
+    case pool::CheckoutKind::Idle:
+      if (result.conn) give_back(as_server(std::move(result.conn)), true, pool);
+      return;
+    case pool::CheckoutKind::Create:
+      pool.create_failed(worker_.index);
+      return;
+    case pool::CheckoutKind::Wait:
+      // False: a grant is already on its way, and on_granted() gives it back.
+      if (wait_pool_ && !granted_ && wait_pool_->cancel_wait(worker_.index, &waiter_)) {
+        wait_pool_.reset();
+      }
+      return;
+  }
 }
 
 // Carries out the pool's answer to a checkout.
@@ -342,12 +428,11 @@ void ClientSession::take(pool::CheckoutResult result) {
     switch (result.kind) {
       case pool::CheckoutKind::Idle: {
         const auto& settings = pool.settings(worker_.index);
-        if (settings.pre_ping && now() - result.conn->last_used_at >=
-                                     std::chrono::seconds(settings.pre_ping_idle_s)) {
-          asio::co_spawn(client_.get_executor(), check_out_slowly(checkout_pool_, std::move(result)),
-                         [self = shared_from_this()](std::exception_ptr e) {
-                           log_failure(self->id_, e);
-                         });
+        if (settings.pre_ping &&
+            now() - result.conn->last_used_at >= std::chrono::seconds(settings.pre_ping_idle_s)) {
+          asio::co_spawn(
+              client_.get_executor(), check_out_slowly(checkout_pool_, std::move(result)),
+              [self = shared_from_this()](std::exception_ptr e) { log_failure(self->id_, e); });
           return;
         }
         if (auto server = usable(std::move(result.conn), pool)) {
@@ -355,17 +440,17 @@ void ClientSession::take(pool::CheckoutResult result) {
           return;
         }
         // It died while idle; the next one (each try discards one, so this ends).
-        result = pool.checkout(worker_.index, &waiter_);
+        result = checkout_from(checkout_pool_);
         continue;
       }
       case pool::CheckoutKind::Create:
-        asio::co_spawn(client_.get_executor(), check_out_slowly(checkout_pool_, std::move(result)),
-                       [self = shared_from_this()](std::exception_ptr e) {
-                         log_failure(self->id_, e);
-                       });
+        asio::co_spawn(
+            client_.get_executor(), check_out_slowly(checkout_pool_, std::move(result)),
+            [self = shared_from_this()](std::exception_ptr e) { log_failure(self->id_, e); });
         return;
       case pool::CheckoutKind::Wait:
-        waiting_ = true;  // on_granted() or the deadline in on_timer() ends it
+        // on_granted(), or checkout_timed_out() at the deadline arm_timer() sets, ends it.
+        waiting_ = true;
         arm_timer();
         return;
     }
@@ -373,37 +458,33 @@ void ClientSession::take(pool::CheckoutResult result) {
 }
 
 void ClientSession::on_granted(std::unique_ptr<pool::Connection> conn) {
-  if (wait_timer_) {  // login's coroutine waits
+  if (wait_timer_) {  // acquire() waits; it takes the grant (and clears wait_pool_)
     grant_ = std::move(conn);
     granted_ = true;
     wait_timer_->cancel();
     return;
   }
-  if (closed_ || !waiting_) {
-    // Nobody waits any more: the connection (or the permit) goes straight back.
-    auto& pool = checkout_pool_ ? *checkout_pool_ : *pool_;
-    if (conn) {
-      give_back(std::unique_ptr<ServerConnection>(static_cast<ServerConnection*>(conn.release())),
-                true, checkout_pool_);
-    } else {
-      pool.create_failed(worker_.index);
-    }
-    return;
-  }
-  waiting_ = false;
+  auto pool = std::move(wait_pool_);
+  if (!pool) pool = checkout_pool_ ? checkout_pool_ : pool_;
   pool::CheckoutResult result;
   result.kind = conn ? pool::CheckoutKind::Idle : pool::CheckoutKind::Create;
   result.conn = std::move(conn);
+  if (closed_ || !waiting_) {
+    // Nobody waits any more: the connection (or the permit) goes straight back.
+    give_up(*pool, std::move(result));
+    return;
+  }
+  waiting_ = false;
   take(std::move(result));
 }
 
 // The checkout deadline passed while waiting: the request gets 53300, the connection stays.
 void ClientSession::checkout_timed_out() {
-  if (!waiting_ || !checkout_pool_->cancel_wait(worker_.index, &waiter_)) return;
+  if (!waiting_ || !wait_pool_ || !wait_pool_->cancel_wait(worker_.index, &waiter_)) return;
+  const auto pool = std::move(wait_pool_);
   waiting_ = false;
-  checking_out_ = false;
-  checkout_pool_->note_timeout(worker_.index);
-  const auto& settings = checkout_pool_->settings(worker_.index);
+  pool->note_timeout(worker_.index);
+  const auto& settings = pool->settings(worker_.index);
   carry_out(core_->on_checkout_failed(
                 "53300",
                 "pgvalve: no server connection became available within "
@@ -414,6 +495,8 @@ void ClientSession::checkout_timed_out() {
             Source::Client);
 }
 
+// Whatever it does not return (a connection, a permit, a place in a queue) it gives back: when
+// the session closes meanwhile, when the attempts run out, when the wait times out.
 asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::acquire(
     std::shared_ptr<pool::ServerPool> pool, pool::CheckoutResult result, ServerFailure& failure) {
   const auto settings = pool->settings();
@@ -428,8 +511,9 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::acquire(
       timer.expires_at(deadline);
       error_code ec;
       co_await timer.async_wait(await_ec(ec));
-      if (!granted_ && !closed_ && pool->cancel_wait(worker_.index, &waiter_)) {
+      if (!granted_ && !closed_ && wait_pool_ && wait_pool_->cancel_wait(worker_.index, &waiter_)) {
         wait_timer_ = nullptr;
+        wait_pool_.reset();
         pool->note_timeout(worker_.index);
         failure = {"53300",
                    "pgvalve: no server connection became available within "
@@ -444,9 +528,14 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::acquire(
         co_await timer.async_wait(await_ec(ec));
       }
       wait_timer_ = nullptr;
-      if (closed_) co_return nullptr;
+      // Closed while queued: close() cancelled the wait, or on_granted() gives back the grant
+      // still on its way.
+      if (!granted_) break;
+      granted_ = false;
+      wait_pool_.reset();
       result.conn = std::move(grant_);
       result.kind = result.conn ? pool::CheckoutKind::Idle : pool::CheckoutKind::Create;
+      if (closed_) break;
     }
     if (result.kind == pool::CheckoutKind::Create) {
       auto fresh = co_await open_server(*pool, deadline, failure);
@@ -468,8 +557,9 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::acquire(
       }
     }
     if (server) co_return server;
-    result = pool->checkout(worker_.index, &waiter_);
+    result = checkout_from(pool);
   }
+  give_up(*pool, std::move(result));
   if (failure.message.empty()) {
     failure = {"08006", "pgvalve: could not get a working server connection; try again"};
   }
@@ -482,14 +572,13 @@ asio::awaitable<void> ClientSession::check_out_slowly(std::shared_ptr<pool::Serv
   ServerFailure failure;
   auto server = co_await acquire(pool, std::move(first), failure);
   if (closed_) {
-    if (server) give_back(std::move(server), true, pool);
+    if (server) give_back(std::move(server), true, *pool);
     co_return;
   }
   if (server) {
     link(std::move(server), pool);
     co_return;
   }
-  checking_out_ = false;
   carry_out(core_->on_checkout_failed(failure.sqlstate, failure.message, now()), Source::Client);
 }
 
@@ -521,12 +610,11 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::open_server(
 }
 
 void ClientSession::link(std::unique_ptr<ServerConnection> server,
-                         std::shared_ptr<pool::ServerPool> pool) {
-  checking_out_ = false;
+                         const std::shared_ptr<pool::ServerPool>& pool) {
   if (links_.empty()) links_.resize(1);
   LinkIO& io = links_[0];
   io.conn = std::move(server);
-  io.pool = std::move(pool);
+  if (io.pool != pool) io.pool = pool;  // usually the same: no copy per transaction
   io.watching = false;
   ++io.generation;
   cancel_->link(io.conn->host_index, io.conn->key.process_id, io.conn->key.secret_key);
@@ -540,35 +628,41 @@ void ClientSession::carry_out_link_op(const LinkOp& op) {
   auto server = std::move(io.conn);
   ++io.generation;
   io.watching = false;
+  // Bytes not written yet (or a write that failed part-way) would reach whoever uses the server
+  // next, or run into pgvalve's own clean-up queries: such a server is closed instead.
+  const bool unsent = io.writer.busy() || io.writer.failed();
   io.writer.abandon();
   cancel_->unlink();
   error_code ignored;
   server->socket.cancel(ignored);  // the wait armed on it belongs to this link
-  switch (op.kind) {
+  LinkOp::Kind kind = op.kind;
+  if (unsent && (kind == LinkOp::Kind::Release || kind == LinkOp::Kind::CleanAndRelease)) {
+    kind = LinkOp::Kind::Close;
+  }
+  switch (kind) {
     case LinkOp::Kind::Release:
-      give_back(std::move(server), true, io.pool);
+      give_back(std::move(server), true, *io.pool);
       return;
     case LinkOp::Kind::Close:
-      PGV_LOG(Info, "server_closed", {"client", id_}, {"server", server->id});
-      give_back(std::move(server), false, io.pool);
+      PGV_LOG(Info, kind == op.kind ? "server_closed" : "server_closed_unsent", {"client", id_},
+              {"server", server->id});
+      give_back(std::move(server), false, *io.pool);
       return;
     case LinkOp::Kind::CancelAndClose:
       // The query may still run: stop it before closing, or it runs on for nobody.
       asio::co_spawn(client_.get_executor(),
                      send_cancel(CancelDestination{server->socket.remote_endpoint(ignored),
-                                                   server->key.process_id,
-                                                   server->key.secret_key}),
+                                                   server->key.process_id, server->key.secret_key}),
                      asio::detached);
       PGV_LOG(Info, "server_closed_dirty", {"client", id_}, {"server", server->id});
-      give_back(std::move(server), false, io.pool);
+      give_back(std::move(server), false, *io.pool);
       return;
     case LinkOp::Kind::CleanAndRelease:
       // Runs on after the client left: the completion handler keeps this session alive.
-      asio::co_spawn(client_.get_executor(),
-                     clean_and_release(std::move(server), io.pool, op.sql[0], op.sql[1]),
-                     [self = shared_from_this()](std::exception_ptr e) {
-                       log_failure(self->id_, e);
-                     });
+      asio::co_spawn(
+          client_.get_executor(),
+          clean_and_release(std::move(server), io.pool, op.sql[0], op.sql[1]),
+          [self = shared_from_this()](std::exception_ptr e) { log_failure(self->id_, e); });
       return;
   }
 }
@@ -588,18 +682,17 @@ asio::awaitable<void> ClientSession::clean_and_release(std::unique_ptr<ServerCon
   if (!clean) {
     PGV_LOG(Info, "server_closed_dirty", {"client", id_}, {"server", server->id});
   }
-  give_back(std::move(server), clean, pool);
+  give_back(std::move(server), clean, *pool);
 }
 
 void ClientSession::give_back(std::unique_ptr<ServerConnection> server, bool clean,
-                              std::shared_ptr<pool::ServerPool> pool) {
-  if (!pool) pool = pool_;
+                              pool::ServerPool& pool) {
   server->in.shrink_if_empty();
   if (clean && server->in.empty()) {
-    auto closed = pool->checkin(worker_.index, std::move(server), now());
+    auto closed = pool.checkin(worker_.index, std::move(server), now());
     if (closed) PGV_LOG(Debug, "server_recycled", {"server", closed->id});
   } else {
-    pool->discard(worker_.index, std::move(server));
+    pool.discard(worker_.index, std::move(server));
   }
 }
 
@@ -614,8 +707,8 @@ void ClientSession::hub_request(const session::HubRequest& request) {
     waiting_for_hub_ = shared_from_this();
     // Runs on the hub's thread: hold the session only weakly there, so that its last reference
     // (and its destruction) stays on its own worker.
-    done = [weak = weak_from_this(), executor = client_.get_executor()](
-               std::optional<std::string> error) {
+    done = [weak = weak_from_this(),
+            executor = client_.get_executor()](std::optional<std::string> error) {
       asio::post(executor, [weak, error = std::move(error)] {
         auto self = weak.lock();
         if (!self) return;

@@ -58,6 +58,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   asio::awaitable<void> serve();
   // Shutdown began: leave at the next transaction boundary (now, if between transactions).
   void on_drain();
+  // The loops have stopped: drops what is still to be written, whose callbacks hold the session,
+  // so that the session is destroyed with its loop's handlers.
+  void on_stopped();
 
   // The worker's sessions, for shutdown and SHOW CLIENTS: an intrusive list, so a session costs
   // no allocation of its own there.
@@ -68,7 +71,6 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::uint64_t id() const { return id_; }
   const std::string& user() const { return user_name_; }
   const std::string& database() const { return database_name_; }
-  bool linked() const { return core_ && core_->link_count() > 0; }
 
  private:
   class CheckoutWaiter final : public pool::Waiter {
@@ -109,27 +111,33 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // ---- Servers ----
   std::shared_ptr<pool::ServerPool> pool_for(const routing::Route& route);
   void check_out(const routing::Route& route);
+  // pool->checkout(); a Wait is recorded in wait_pool_.
+  pool::CheckoutResult checkout_from(const std::shared_ptr<pool::ServerPool>& pool);
+  // Gives back whatever `result` holds: an idle connection, a permit to open one, or the place
+  // in the queue of wait_pool_ (a grant already on its way is given back by on_granted()).
+  void give_up(pool::ServerPool& pool, pool::CheckoutResult result);
   void take(pool::CheckoutResult result);
   void checkout_timed_out();
   asio::awaitable<void> check_out_slowly(std::shared_ptr<pool::ServerPool> pool,
                                          pool::CheckoutResult first);
   // Waits, opens or validates until a server is ready on this worker; null with `failure` set
   // when none is within pool.checkout_timeout_ms.
-  asio::awaitable<std::unique_ptr<ServerConnection>> acquire(
-      std::shared_ptr<pool::ServerPool> pool, pool::CheckoutResult result, ServerFailure& failure);
+  asio::awaitable<std::unique_ptr<ServerConnection>> acquire(std::shared_ptr<pool::ServerPool> pool,
+                                                             pool::CheckoutResult result,
+                                                             ServerFailure& failure);
   // An idle connection from the pool that is still usable, ready on this worker; else null.
   std::unique_ptr<ServerConnection> usable(std::unique_ptr<pool::Connection> conn,
                                            pool::ServerPool& pool);
   asio::awaitable<std::unique_ptr<ServerConnection>> open_server(
       pool::ServerPool& pool, session::Clock::time_point deadline, ServerFailure& failure);
   void on_granted(std::unique_ptr<pool::Connection> conn);
-  void link(std::unique_ptr<ServerConnection> server, std::shared_ptr<pool::ServerPool> pool);
+  void link(std::unique_ptr<ServerConnection> server,
+            const std::shared_ptr<pool::ServerPool>& pool);
   void carry_out_link_op(const session::LinkOp& op);
   asio::awaitable<void> clean_and_release(std::unique_ptr<ServerConnection> server,
                                           std::shared_ptr<pool::ServerPool> pool,
                                           std::string_view sql1, std::string_view sql2);
-  void give_back(std::unique_ptr<ServerConnection> server, bool clean,
-                 std::shared_ptr<pool::ServerPool> pool = nullptr);
+  void give_back(std::unique_ptr<ServerConnection> server, bool clean, pool::ServerPool& pool);
   void hub_request(const session::HubRequest& request);
   void deliver_notification(std::string message);
 
@@ -167,13 +175,18 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
 
   bool watching_client_ = false;  // a wait for the client's socket is armed
   bool closed_ = false;
+  // What the pool was last told by pinned_change: undone at destruction if still set.
+  bool pinned_ = false;
 
   // A checkout in progress: from which pool, until when, and whether the pool queued us.
   std::shared_ptr<pool::ServerPool> checkout_pool_;
   session::Clock::time_point checkout_deadline_{};
-  bool checking_out_ = false;
-  bool waiting_ = false;
-  // Login's checkout runs as a coroutine; a grant wakes it through this timer.
+  bool waiting_ = false;  // the event handlers wait for a grant (on_granted() -> take())
+  // The pool in whose queue waiter_ is (or whose grant has not been taken yet); null otherwise.
+  // close() and the destructor cancel the wait there.
+  std::shared_ptr<pool::ServerPool> wait_pool_;
+  // acquire() (login's checkout, and check_out_slowly()) waits as a coroutine; a grant wakes it
+  // through this timer.
   bool granted_ = false;
   std::unique_ptr<pool::Connection> grant_;
   asio::steady_timer* wait_timer_ = nullptr;

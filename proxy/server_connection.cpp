@@ -9,6 +9,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/address.hpp>
@@ -22,14 +23,25 @@ namespace pgvalve::proxy {
 
 namespace pr = protocol;
 
-void ServerConnection::adopt(asio::io_context& ctx, int worker) {
+bool ServerConnection::adopt(asio::io_context& ctx, int worker) {
   home_worker = worker;
-  if (&socket.get_executor().context() == &ctx) return;
-  const auto protocol = socket.local_endpoint().protocol();
-  auto fd = socket.release();
-  socket = Socket(ctx, protocol, fd);
+  if (&socket.get_executor().context() == &ctx) return true;
+  // Runs inside a handler of the loop: nothing here may throw.
   error_code ec;
-  socket.non_blocking(true, ec);
+  const auto endpoint = socket.local_endpoint(ec);
+  if (ec) return false;
+  const auto fd = socket.release(ec);
+  if (ec) return false;  // the socket still owns its descriptor
+  Socket moved(ctx);
+  moved.assign(endpoint.protocol(), fd, ec);
+  if (ec) {
+    ::close(fd);
+    return false;
+  }
+  moved.non_blocking(true, ec);
+  if (ec) return false;  // `moved` closes the descriptor
+  socket = std::move(moved);
+  return true;
 }
 
 bool ServerConnection::idle_and_open() {
@@ -43,14 +55,16 @@ asio::awaitable<bool> ServerConnection::run_query(std::string_view sql, ServerFa
   std::string out;
   pr::append_query(out, sql);
   if (!co_await write_all(socket, out)) {
-    failure = {"08006", "pgvalve: lost the connection to server " + host.to_string()};
+    failure = {"08006",
+               "pgvalve: lost the connection to server " + host.to_string() + "; try again"};
     co_return false;
   }
   bool ok = true;
   for (;;) {
     pr::Frame f;
     if (co_await read_frame(socket, in, max_message_bytes, f) != ReadStatus::Ok) {
-      failure = {"08006", "pgvalve: lost the connection to server " + host.to_string()};
+      failure = {"08006",
+                 "pgvalve: lost the connection to server " + host.to_string() + "; try again"};
       co_return false;
     }
     const std::size_t size = f.whole.size();
@@ -69,7 +83,7 @@ asio::awaitable<bool> ServerConnection::run_query(std::string_view sql, ServerFa
       case 'Z':
         state.tx_status = pr::read_ready_for_query(f).value_or('E');
         in.consume(size);
-        co_return ok && state.tx_status == 'I';
+        co_return (ok && state.tx_status == 'I');
       default:
         break;
     }
@@ -131,7 +145,8 @@ asio::awaitable<std::unique_ptr<ServerConnection>> open_server_connection(const 
   conn->max_message_bytes = login.max_message_bytes;
   Deadline deadline(conn->socket, login.timeout);
   auto timed_out = [&] {
-    failure = {"08006", "pgvalve: timed out logging in to server " + login.host.to_string()};
+    failure = {"08006", "pgvalve: timed out logging in to server " + login.host.to_string() +
+                            "; check that PostgreSQL is running and not overloaded"};
     return nullptr;
   };
 
@@ -159,7 +174,8 @@ asio::awaitable<std::unique_ptr<ServerConnection>> open_server_connection(const 
     auto st = co_await read_frame(conn->socket, conn->in, login.max_message_bytes, f);
     if (st != ReadStatus::Ok) {
       if (deadline.expired()) co_return timed_out();
-      failure = {"08006", "pgvalve: server " + server + " closed the connection during login"};
+      failure = {"08006", "pgvalve: server " + server +
+                              " closed the connection during login; check the server's log"};
       co_return nullptr;
     }
     const std::size_t size = f.whole.size();

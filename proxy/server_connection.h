@@ -43,8 +43,9 @@ class ServerConnection : public pool::Connection {
  public:
   explicit ServerConnection(asio::io_context& context) : socket(context) {}
 
-  // Re-registers the socket with `ctx` when it belongs to another worker's event loop.
-  void adopt(asio::io_context& ctx, int worker);
+  // Re-registers the socket with `ctx` when it belongs to another worker's event loop. False
+  // when that failed (the connection is unusable: discard it); never throws.
+  bool adopt(asio::io_context& ctx, int worker);
 
   // False when the server has closed the connection or sent something while idle (PostgreSQL
   // says goodbye with a FATAL ErrorResponse, e.g. after pg_terminate_backend or a restart).

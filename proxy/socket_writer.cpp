@@ -41,6 +41,8 @@ SocketWriter::Result SocketWriter::write(Socket& socket, std::span<const session
     if (ec == asio::error::would_block || ec == asio::error::try_again) {
       written = 0;
     } else if (ec) {
+      if (!state_) state_ = std::make_shared<State>();
+      state_->failed = true;
       return Result::Failed;
     }
     if (written == total) return Result::Done;
@@ -64,25 +66,28 @@ SocketWriter::Result SocketWriter::write(Socket& socket, std::span<const session
 
 void SocketWriter::write_backlog(std::shared_ptr<State> state, Socket& socket) {
   state->sending.swap(state->queued);
-  asio::async_write(socket, asio::buffer(state->sending), [state, &socket](const error_code& ec,
-                                                                          std::size_t) {
-    if (state->abandoned) return;
-    if (ec) {
-      state->failed = true;
-      return;
-    }
-    state->sending.clear();
-    if (!state->queued.empty()) {
-      write_backlog(state, socket);
-      return;
-    }
-    // A backlog is the exception (a slow reader): an idle client keeps none of its memory.
-    std::string().swap(state->sending);
-    std::string().swap(state->queued);
-    auto drained = std::move(state->drained);
-    state->drained = nullptr;
-    if (drained) drained();
-  });
+  asio::async_write(socket, asio::buffer(state->sending),
+                    [state, &socket](const error_code& ec, std::size_t) {
+                      if (state->abandoned) return;
+                      if (ec) {
+                        // Nothing more goes out; the session still hears of it, so that it reads
+                        // again and finds the socket dead.
+                        state->failed = true;
+                      } else {
+                        state->sending.clear();
+                        if (!state->queued.empty()) {
+                          write_backlog(state, socket);
+                          return;
+                        }
+                      }
+                      // A backlog is the exception (a slow reader): an idle client keeps none of
+                      // its memory.
+                      std::string().swap(state->sending);
+                      std::string().swap(state->queued);
+                      auto drained = std::move(state->drained);
+                      state->drained = nullptr;
+                      if (drained) drained();
+                    });
 }
 
 void SocketWriter::on_drained(std::function<void()> callback) {

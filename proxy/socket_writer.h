@@ -1,8 +1,8 @@
-// Writes gathered bytes to one socket in order: at once, with one sendmsg, when the kernel takes
-// them all (the usual case); otherwise what it did not take is copied into a backlog written in
-// the background, so the caller may consume its input right away. Callers keep the backlog small
-// by not reading more input while it exists (busy()): the session reads its client or server
-// again only once the backlog drained (on_drained).
+// Writes gathered bytes to one socket in order: at once when the kernel takes them all (the usual
+// case; one buffer goes out with send(), several with one sendmsg); otherwise what it did not
+// take is copied into a backlog written in the background, so the caller may consume its input
+// right away. Callers keep the backlog small by not reading more input while it exists (busy()):
+// the session reads its client or server again only once the backlog drained (on_drained).
 #pragma once
 
 #include <cstddef>
@@ -31,9 +31,14 @@ class SocketWriter {
     return state_ ? state_->sending.size() + state_->queued.size() : 0;
   }
   bool busy() const { return backlog() > 0; }
-  // Runs once the backlog has been written; set after a write returned Backlog.
+  // A write failed: what was not written is lost, later writes return Failed.
+  bool failed() const { return state_ && state_->failed; }
+  // Runs once the backlog has been written, or once writing it failed (the backlog is dropped
+  // then and busy() is false); set after a write returned Backlog. The callback is dropped as it
+  // runs, and by abandon(): it may hold its session alive meanwhile.
   void on_drained(std::function<void()> callback);
-  // Forgets the backlog (the session is closing); a write in progress finishes on its own.
+  // Forgets the backlog and the callback (the session is closing, or the server is given back);
+  // a write in progress finishes on its own.
   void abandon();
   // Drops the bookkeeping of a drained backlog (an idle client keeps none).
   void trim() {
