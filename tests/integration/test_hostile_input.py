@@ -87,11 +87,12 @@ def test_header_only_announcing_200MB(pgvalve):
         grown = settle_rss(pv.pid, 0.5) - base
         print(f"200 logged-in clients each holding a 200 MB header: RSS +{grown / MiB:.1f} MiB")
         assert grown <= n * MiB, f"RSS grew by {grown / MiB:.1f} MiB for {n} clients"
-        # a normal client is served at once while they hold
+        # a normal client is served while they hold (blocked, it would wait for the 60 s
+        # message timeout)
         t0 = time.monotonic()
         assert one(healthy, "select 1") == 1
-        assert time.monotonic() - t0 < 0.5
-        assert timed_select_1(pv) < 2.0
+        assert time.monotonic() - t0 < 5.0
+        assert timed_select_1(pv) < 5.0
         # nobody was disconnected: the holders are still waiting for their bodies
         for h in holders[:5]:
             h.sock.settimeout(0.05)
@@ -101,14 +102,16 @@ def test_header_only_announcing_200MB(pgvalve):
         for h in holders + [one_client]:
             h.close_abruptly()
         healthy.close()
-    assert timed_select_1(pv) < 2.0
+    assert timed_select_1(pv) < 5.0
 
 
 # --- stalled senders -------------------------------------------------------------------------------
 
 def test_stalled_senders_hold_little_and_are_cut_after_message_timeout(pgvalve):
-    timeout_ms = 1500
-    pv = pgvalve(mode="transaction", pool_size=2, max_overflow=0, checkout_timeout_ms=3000,
+    timeout_ms = 3000
+    # A checkout that waited for a stalled sender's server would fail with 53300 after 1 s,
+    # long before the senders are cut.
+    pv = pgvalve(mode="transaction", pool_size=2, max_overflow=0, checkout_timeout_ms=1000,
                  routing={"read_write_split": False},
                  limits={"message_timeout_ms": timeout_ms})
     warm_up(pv)
@@ -132,7 +135,6 @@ def test_stalled_senders_hold_little_and_are_cut_after_message_timeout(pgvalve):
 
         # the stalled senders hold no server: with pool_size 2, others run queries meanwhile,
         # transactions too
-        t0 = time.monotonic()
         for i, c in enumerate(others):
             for j in range(5):
                 assert one(c, "select %s::int", (i * 10 + j,)) == i * 10 + j
@@ -140,7 +142,6 @@ def test_stalled_senders_hold_little_and_are_cut_after_message_timeout(pgvalve):
             p0 = one(others[0], "select pg_backend_pid()")
             p1 = one(others[1], "select pg_backend_pid()")
             assert p0 != p1
-        assert time.monotonic() - t0 < 1.0, "queries waited while the senders stalled"
 
         # after message_timeout_ms each sender gets FATAL 08P01 and is closed
         deadline = sent_at[-1] + timeout_ms / 1000 + 3.0
@@ -236,12 +237,13 @@ def test_not_a_client_message_after_login_08P01_at_once(pv_strict, case):
         r = raw_login(pv)
         t0 = time.monotonic()
         r.sock.sendall(NOT_A_MESSAGE[case])
-        err, closed, kinds = read_error_then_close(r.sock, 3)
+        # well within the 30 s message_timeout_ms: refused without waiting for more bytes
+        err, closed, kinds = read_error_then_close(r.sock, 10)
         elapsed = time.monotonic() - t0
         r.sock.close()
         assert_fatal(err, "08P01")
         assert closed, f"not closed (messages {kinds})"
-        assert elapsed < 0.5, f"refused after {elapsed:.2f}s; it must not wait for more bytes"
+        assert elapsed < 10, f"refused after {elapsed:.2f}s; it must not wait for more bytes"
         assert one(healthy, "select 1") == 1
 
 
@@ -264,12 +266,12 @@ def test_bad_length_08P01_at_once(pv_strict, case):
         r = raw_login(pv)
         t0 = time.monotonic()
         r.sock.sendall(tag + struct.pack("!I", length))
-        err, closed, kinds = read_error_then_close(r.sock, 3)
+        err, closed, kinds = read_error_then_close(r.sock, 10)
         elapsed = time.monotonic() - t0
         r.sock.close()
         assert_fatal(err, "08P01")
         assert closed, f"not closed (messages {kinds})"
-        assert elapsed < 0.5, f"refused after {elapsed:.2f}s"
+        assert elapsed < 10, f"refused after {elapsed:.2f}s (message_timeout_ms is 30 s)"
         assert one(healthy, "select 1") == 1
 
 

@@ -117,6 +117,13 @@ def test_listen_inside_transaction_pins_the_server(txpool):
     try:
         with conn.transaction():
             conn.execute("LISTEN in_tx")
+            pid = conn.execute("select pg_backend_pid()").fetchone()[0]
+        # after the transaction the client is still on the server that listens, while other
+        # clients' transactions run on other servers
+        with notifier.transaction():
+            assert notifier.execute("select pg_backend_pid()").fetchone()[0] != pid
+        assert conn.execute("select pg_backend_pid(), array(select pg_listening_channels())"
+                            ).fetchone() == (pid, ["in_tx"])
         notifier.execute("NOTIFY in_tx, 'pinned'")
         assert drain(conn, 1) == [("in_tx", "pinned")]
         conn.execute("UNLISTEN in_tx")

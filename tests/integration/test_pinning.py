@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from itutil import APP_AND_OPS, assert_pgvalve_message, one, show_pools
-from pgcluster import APP_DB, wait_until
+from pgcluster import APP_DB, APP_USER, wait_until
 
 CHECKOUT_MS = 700
 
@@ -140,36 +140,36 @@ def test_try_advisory_lock_that_fails_does_not_pin(pv, cluster):
         a.close()
 
 
-def test_pinned_clients_in_metrics_or_status(pv):
-    """docs/configuration.md: pinned clients are counted in SHOW POOLS and in /metrics."""
+def pinned_figures(pv) -> tuple[list[str], int]:
+    """(pgvalve_pinned_clients samples in /metrics, sum of `pinned` over /status pools)."""
     import json
     import urllib.request
+    base = f"http://127.0.0.1:{pv.admin_port}"
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    samples = [line for line in metrics.splitlines()
+               if line.startswith("pgvalve_pinned_clients{")]
+    with urllib.request.urlopen(f"{base}/status", timeout=10) as r:
+        status = json.loads(r.read().decode())
+    return samples, sum(p["pinned"] for p in status["pools"])
+
+
+def test_pinned_clients_in_metrics_and_status(pv):
+    """docs/operations.md: pinned clients are counted in SHOW POOLS, in /metrics
+    (pgvalve_pinned_clients, per pool) and in /status."""
     a = connect(pv)
     try:
         a.execute("select pg_advisory_lock(1)")
         assert pinned(pv) == 1
-        with urllib.request.urlopen(f"http://127.0.0.1:{pv.admin_port}/metrics",
-                                    timeout=10) as r:
-            metrics = r.read().decode()
-        samples = [line for line in metrics.splitlines()
-                   if line and not line.startswith("#") and "pinned" in line.split(" ")[0]]
-        with urllib.request.urlopen(f"http://127.0.0.1:{pv.admin_port}/status",
-                                    timeout=10) as r:
-            status = json.loads(r.read().decode())
-        pools = [p for p in status.get("pools", []) if "pinned" in p]
-        assert samples or pools, "no pinned-client figure in /metrics (nor in /status pools)"
-        if samples:
-            assert sum(float(s.rsplit(" ", 1)[1]) for s in samples) == 1, samples
-        if pools:
-            assert sum(p["pinned"] for p in pools) == 1, pools
+        samples, in_status = pinned_figures(pv)
+        assert len(samples) == 1, samples
+        assert f'user="{APP_USER}"' in samples[0] and samples[0].endswith(" 1"), samples
+        assert in_status == 1
         a.execute("select pg_advisory_unlock(1)")
         assert_unpinned(pv)
-        with urllib.request.urlopen(f"http://127.0.0.1:{pv.admin_port}/metrics",
-                                    timeout=10) as r:
-            metrics = r.read().decode()
-        samples = [line for line in metrics.splitlines()
-                   if line and not line.startswith("#") and "pinned" in line.split(" ")[0]]
-        assert sum(float(s.rsplit(" ", 1)[1]) for s in samples) == 0, samples
+        samples, in_status = pinned_figures(pv)
+        assert len(samples) == 1 and samples[0].endswith(" 0"), samples
+        assert in_status == 0
     finally:
         a.close()
 

@@ -36,6 +36,7 @@ REFUSED = {
     "temp_table": ("CREATE TEMP TABLE t(x int)", False),
     "temporary_table_as": ("CREATE TEMPORARY TABLE t3 AS select 1 as x", False),
     "prepare_transaction": ("PREPARE TRANSACTION 'x'", True),
+    "sql_prepare": ("PREPARE p AS select 1", False),
 }
 
 # how the statement is sent: psycopg sends a query without parameters with the simple
@@ -109,8 +110,8 @@ def test_refused_statement_in_multi_statement_query(pv):
 
 
 def test_nothing_was_done_on_the_server(pv, cluster):
-    """The refused statements did not run: no advisory lock held, no temp table, no
-    prepared transaction."""
+    """The refused statements did not run: no advisory lock held, no temp table, no SQL
+    prepared statement, no prepared transaction."""
     with connect(pv) as conn:
         for sql, in_tx in REFUSED.values():
             with pytest.raises(psycopg.Error):
@@ -118,6 +119,9 @@ def test_nothing_was_done_on_the_server(pv, cluster):
         assert conn.execute("select count(*) from pg_locks where locktype = 'advisory'"
                             ).fetchone() == (0,)
         assert conn.execute("select to_regclass('pg_temp.t')").fetchone() == (None,)
+        # pool_size 1: this is the server the refused PREPARE would have reached
+        assert conn.execute("select count(*) from pg_prepared_statements where name = 'p'"
+                            ).fetchone() == (0,)
     assert cluster.primary.scalar("select count(*) from pg_prepared_xacts") == 0
 
 
