@@ -289,6 +289,40 @@ void ClientSession::watch_server(session::LinkId id) {
   }
   io.watching = true;
   const std::uint32_t generation = io.generation;
+  if (core_->state() == session::SessionState::Active) {
+    // An answer is due: read it as it comes. Asio re-registers a socket with epoll for every
+    // plain wait (one epoll_ctl per wait); a read it was told the kernel had drained needs none.
+    auto space = io.conn->in.prepare();
+    if (!space.empty()) {
+      io.conn->socket.async_read_some(
+          asio::buffer(space.data(), space.size()),
+          [self = shared_from_this(), id, generation, room = space.size()](const error_code& ec,
+                                                                           std::size_t n) {
+            if (id >= self->links_.size()) return;
+            LinkIO& io = self->links_[id];
+            // Given back meanwhile: closed, or released at a point where its server owed
+            // nothing (bytes it sent unasked are not kept by any lender).
+            if (io.generation != generation) return;
+            io.watching = false;
+            if (self->closed_ || !io.conn || ec == asio::error::operation_aborted) return;
+            if (ec) {  // the read sees it again and reports the server lost
+              self->read_server(id);
+              return;
+            }
+            io.conn->in.commit(n);
+            self->carry_out(self->core_->on_server_data(id, io.conn->in.readable(), now()),
+                            Source::Server, id);
+            // A read that did not fill the space found the kernel drained: wait for more
+            // rather than ask again at once.
+            if (n < room) {
+              if (!self->closed_ && id < self->links_.size()) self->watch_server(id);
+            } else {
+              self->read_server(id);
+            }
+          });
+      return;
+    }
+  }
   io.conn->socket.async_wait(
       Socket::wait_read, [self = shared_from_this(), id, generation](const error_code& ec) {
         if (id >= self->links_.size()) return;
@@ -304,7 +338,8 @@ void ClientSession::watch_server(session::LinkId id) {
 // Reads and carries out what the server sent while it has more, up to kServerReadsPerTurn reads
 // (then the wait lets the worker's other sessions run first). Stops when the link's server is
 // given back (after its ReadyForQuery in transaction pooling: no further read), when the client
-// has a backlog (on_drained() comes back), or when the kernel has nothing more (a wait).
+// has a backlog (on_drained() comes back), or when the kernel has nothing more (a short read or
+// would_block: a wait).
 void ClientSession::read_server(session::LinkId id) {
   const std::uint32_t generation = links_[id].generation;
   for (int reads = 0;; ++reads) {
@@ -337,8 +372,15 @@ void ClientSession::read_server(session::LinkId id) {
       carry_out(core_->on_server_lost(id, now()), Source::Event);
       return;
     }
+    // A read that did not fill the space found the kernel drained: the next one would only
+    // say so.
+    const bool drained = n < space.size();
     io.conn->in.commit(n);
     carry_out(core_->on_server_data(id, io.conn->in.readable(), now()), Source::Server, id);
+    if (drained) {
+      if (!closed_ && id < links_.size() && links_[id].generation == generation) watch_server(id);
+      return;
+    }
   }
 }
 
