@@ -402,6 +402,8 @@ void ClientSession::arm_timer() {
     if (self->closed_) return;
     self->carry_out(self->core_->on_timer(now()), Source::Event);
     self->arm_timer();
+    // Nothing left to time (a client gone idle): it keeps no timer.
+    if (self->timer_at_ == session::Clock::time_point::max()) self->timer_.reset();
   });
 }
 
