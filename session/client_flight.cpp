@@ -333,6 +333,12 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
     if (l->pending.size() >= kMaxRequestsInFlight && !flight.drop_until_sync) {
       pipeline_full_ = true;
       terminate = false;  // seen again with the rest
+      // The server sends what it holds only at a Sync or Flush, which may be among the bytes
+      // left unread: a Flush of pgvalve's own makes the answers come, so the pipeline drains.
+      const std::size_t from = flight.scratch->size();
+      pr::append_flush(*flight.scratch);
+      mark_scratch(flight, from);
+      l->flushed = true;
       break;
     }
     auto r = pr::decode_frame(frames.substr(planned), options_.max_message_bytes);

@@ -315,6 +315,43 @@ def test_huge_result_is_not_held(pgvalve):
     assert grown < 16 * MiB, f"pgvalve's RSS grew by {grown / MiB:.1f} MiB for a 50 MB row"
 
 
+# --- requests in flight --------------------------------------------------------------------------
+
+def test_pipeline_past_the_in_flight_cap_without_sync_completes(pgvalve):
+    """10,000 Bind/Execute pairs before the client's Sync: pgvalve stops reading the client at
+    4,096 unanswered requests (asking the server to flush what it holds) and reads it again as
+    the answers come; every answer arrives, nothing hangs, and the server goes back to the pool
+    afterwards."""
+    pv = pgvalve(mode="transaction", pool_size=1, max_overflow=0,
+                 routing={"read_write_split": False})
+    r = raw_login(pv, timeout=30)
+    n = 10_000
+    batch = parse("", "select 1") + (bind("") + execute()) * n + sync()
+    # Sent from a thread while this one reads, as a pipelining driver does: the answers must not
+    # wait for the whole batch to be sent.
+    sender = threading.Thread(target=r.sock.sendall, args=(batch,), daemon=True)
+    sender.start()
+    counts = {}
+    try:
+        while True:
+            kind, payload = read_message(r.sock)
+            counts[kind] = counts.get(kind, 0) + 1
+            assert kind != b"E", f"error in the pipeline: {payload!r}"
+            if kind == b"Z":
+                break
+    finally:
+        sender.join(10)
+    assert counts.get(b"2") == n and counts.get(b"C") == n and counts.get(b"D") == n, counts
+    r.sock.sendall(query_message("select 2"))
+    while True:
+        kind, payload = read_message(r.sock)
+        if kind == b"Z":
+            break
+    r.close_abruptly()
+    with pv.connect() as c:  # pool_size 1: the server was given back
+        assert one(c, "select 3") == 3
+
+
 # --- per-client caps -------------------------------------------------------------------------------
 
 @pytest.fixture

@@ -26,9 +26,10 @@ TEST(SessionBounds, PipelinedRequestsStopAtTheCapAndResumeAsAnswersCome) {
   ASSERT_TRUE(s.check_out);
   h.linked(*server);
   s = h.client(queries);
-  // Only the cap's worth is planned; the rest stays with the client.
+  // Only the cap's worth is planned; the rest stays with the client. A Flush follows, so that
+  // the server sends what it holds even if the client's own Sync is in what was not read.
   EXPECT_EQ(s.consumed, kMaxRequestsInFlight * query("select 1").size());
-  EXPECT_EQ(s.to_server.size(), kMaxRequestsInFlight * query("select 1").size());
+  EXPECT_EQ(s.to_server, queries.substr(0, s.consumed) + flush());
   EXPECT_FALSE(h.session().wants_client_input());
   // A quarter answered: still full.
   std::string answers;
@@ -43,6 +44,33 @@ TEST(SessionBounds, PipelinedRequestsStopAtTheCapAndResumeAsAnswersCome) {
   EXPECT_TRUE(h.session().wants_client_input());
   s = h.client(queries.substr(kMaxRequestsInFlight * query("select 1").size()));
   EXPECT_EQ(s.consumed, 100 * query("select 1").size());
+}
+
+// Bind/Execute pairs without a Sync: the server would hold its answers until one comes, and the
+// Sync is in the part pgvalve stopped reading. The Flush pgvalve adds makes them come.
+TEST(SessionBounds, AnExtendedPipelineWithoutSyncIsFlushedAtTheCap) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  const std::string pair = bind_to("", "") + execute();  // two answers each
+  std::string batch;
+  for (std::size_t i = 0; i < kMaxRequestsInFlight; ++i)
+    batch += pair;
+  batch += sync();
+  Step s = h.client(batch);
+  ASSERT_TRUE(s.check_out);
+  h.linked(*server);
+  s = h.client(batch);
+  EXPECT_EQ(s.consumed, kMaxRequestsInFlight / 2 * pair.size());
+  EXPECT_EQ(s.to_server, batch.substr(0, s.consumed) + flush());
+  EXPECT_FALSE(h.session().wants_client_input());
+  // The answers the Flush brought free the pipeline.
+  std::string answers;
+  for (std::size_t i = 0; i < kMaxRequestsInFlight / 4; ++i)
+    answers += bind_complete() + complete("SELECT 1");
+  s = h.server(answers);
+  EXPECT_EQ(s.consumed, answers.size());
+  EXPECT_TRUE(s.resume_client);
+  EXPECT_TRUE(h.session().wants_client_input());
 }
 
 TEST(SessionBounds, ALostServerFreesAPipelineThatWasFull) {
