@@ -42,6 +42,7 @@
 #include "routing/router.h"
 #include "session/session.h"
 #include "session/state.h"
+#include "tests/support/fresh_server.h"
 
 namespace {
 
@@ -464,18 +465,8 @@ class Harness {
   }
 
   ServerState* new_server() {
-    servers_.push_back(std::make_unique<ServerState>());
-    ServerState* s = servers_.back().get();
-    s->name = "db:5432";
-    s->settings.set("DateStyle", "ISO, MDY", true);
-    s->settings.set("TimeZone", "UTC", true);
-    s->settings.set("client_encoding", "UTF8", true);
-    s->settings.set("application_name", "", true);
-    s->startup_parameters = {{"DateStyle", "ISO, MDY"},
-                             {"TimeZone", "UTC"},
-                             {"client_encoding", "UTF8"},
-                             {"application_name", ""}};
-    return s;
+    servers_.push_back(session::testing::fresh_server_state());
+    return servers_.back().get();
   }
 
   void client_bytes(std::string_view bytes, Reader& in) {

@@ -3,28 +3,10 @@ transactions, so pgvalve listens on their behalf and fans notifications out."""
 
 from __future__ import annotations
 
-import select
-import time
-
 import psycopg
 import pytest
 
-
-def drain(conn: psycopg.Connection, want: int, timeout: float = 5.0):
-    """Notifications received while the connection sits idle, without sending anything."""
-    got = []
-    end = time.monotonic() + timeout
-    while len(got) < want:
-        left = end - time.monotonic()
-        if left <= 0:
-            break
-        ready, _, _ = select.select([conn.fileno()], [], [], left)
-        if not ready:
-            break
-        conn.pgconn.consume_input()
-        while (n := conn.pgconn.notifies()) is not None:
-            got.append((n.relname.decode(), n.extra.decode()))
-    return got
+from itutil import drain_notifies as drain
 
 
 @pytest.fixture

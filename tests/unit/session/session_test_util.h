@@ -19,6 +19,7 @@
 #include "protocol/prepared_statements.h"
 #include "routing/router.h"
 #include "session/session.h"
+#include "tests/support/fresh_server.h"
 
 namespace pgvalve::session::testing {
 
@@ -401,19 +402,7 @@ class SessionHarness {
   SessionState state() const { return session_.state(); }
 
   // A fresh server connection as the pool would hand it out.
-  static std::unique_ptr<ServerState> fresh_server() {
-    auto s = std::make_unique<ServerState>();
-    s->name = "db:5432";
-    s->settings.set("DateStyle", "ISO, MDY", true);
-    s->settings.set("TimeZone", "UTC", true);
-    s->settings.set("client_encoding", "UTF8", true);
-    s->settings.set("application_name", "", true);
-    s->startup_parameters = {{"DateStyle", "ISO, MDY"},
-                             {"TimeZone", "UTC"},
-                             {"client_encoding", "UTF8"},
-                             {"application_name", ""}};
-    return s;
-  }
+  static std::unique_ptr<ServerState> fresh_server() { return fresh_server_state(); }
 
   // ---- Raw steps ----
   Step client(std::string_view input, Clock::time_point now = T0) {
