@@ -21,6 +21,7 @@
 #include "config/config.h"
 #include "pool/server_pool.h"
 #include "proxy/cancel_registry.h"
+#include "proxy/checkout_deadlines.h"
 #include "proxy/client_session.h"
 #include "proxy/users.h"
 #include "session/input_buffer.h"
@@ -50,6 +51,7 @@ struct Worker {
   // These use the context: declared after it, so destroyed before it.
   std::unique_ptr<tcp::acceptor> acceptor;
   std::unique_ptr<asio::steady_timer> sweep_timer;
+  CheckoutDeadlines checkout_deadlines{context};
   std::thread thread;
 };
 

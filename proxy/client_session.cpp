@@ -66,6 +66,10 @@ void ClientSession::CheckoutWaiter::grant(std::unique_ptr<pool::Connection> conn
              });
 }
 
+void ClientSession::CheckoutWaiter::on_checkout_deadline() {
+  session_.checkout_timed_out();
+}
+
 ClientSession::ClientSession(App& app, Worker& worker, Socket socket, std::uint64_t id)
     : app_(app), worker_(worker), client_(std::move(socket)), id_(id) {
   worker_.add_session(this);
@@ -73,6 +77,7 @@ ClientSession::ClientSession(App& app, Worker& worker, Socket socket, std::uint6
 }
 
 ClientSession::~ClientSession() {
+  worker_.checkout_deadlines.remove(waiter_);
   // close() normally leaves nothing behind. A session that ends without it (shutdown destroys
   // the handlers that hold it) must not take places in its pools with it.
   if (wait_pool_) {
@@ -247,6 +252,7 @@ void ClientSession::on_drain() {
 
 void ClientSession::on_stopped() {
   const auto self = shared_from_this();  // destroyed, if at all, once this returns
+  waiting_self_.reset();
   client_writer_.abandon();
   for (auto& io : links_)
     io.writer.abandon();
@@ -255,6 +261,8 @@ void ClientSession::on_stopped() {
 void ClientSession::close() {
   if (closed_) return;
   closed_ = true;
+  // Callers hold the session too (every event handler does); this only stops the cycle.
+  std::shared_ptr<ClientSession> waited;
   error_code ignored;
   client_.close(ignored);
   client_writer_.abandon();
@@ -263,7 +271,9 @@ void ClientSession::close() {
   if (wait_pool_ && !granted_ && wait_pool_->cancel_wait(worker_.index, &waiter_)) {
     wait_pool_.reset();
     waiting_ = false;
+    waited = std::move(waiting_self_);
   }
+  worker_.checkout_deadlines.remove(waiter_);
   if (wait_timer_) wait_timer_->cancel();
   for (auto& io : links_) {
     io.writer.abandon();
@@ -388,8 +398,7 @@ void ClientSession::read_server(session::LinkId id) {
 
 void ClientSession::arm_timer() {
   if (closed_ || !core_) return;
-  auto at = core_->next_deadline();
-  if (waiting_) at = std::min(at, checkout_deadline_);
+  const auto at = core_->next_deadline();
   // Moved-later deadlines are found when the timer fires; only an earlier one re-arms it.
   if (at == session::Clock::time_point::max() || at >= timer_at_) return;
   if (!timer_) timer_ = std::make_unique<asio::steady_timer>(client_.get_executor());
@@ -398,8 +407,6 @@ void ClientSession::arm_timer() {
   timer_->async_wait([self = shared_from_this()](const error_code& ec) {
     if (ec || self->closed_) return;
     self->timer_at_ = session::Clock::time_point::max();
-    if (self->waiting_ && now() >= self->checkout_deadline_) self->checkout_timed_out();
-    if (self->closed_) return;
     self->carry_out(self->core_->on_timer(now()), Source::Event);
     self->arm_timer();
     // Nothing left to time (a client gone idle): it keeps no timer.
@@ -493,9 +500,11 @@ void ClientSession::take(pool::CheckoutResult result) {
             [self = shared_from_this()](std::exception_ptr e) { log_failure(self->id_, e); });
         return;
       case pool::CheckoutKind::Wait:
-        // on_granted(), or checkout_timed_out() at the deadline arm_timer() sets, ends it.
+        // on_granted(), or checkout_timed_out() at the deadline, ends it. Nothing else holds
+        // the session meanwhile (the pool and the deadline list know it by address).
         waiting_ = true;
-        arm_timer();
+        waiting_self_ = shared_from_this();
+        worker_.checkout_deadlines.add(waiter_, checkout_deadline_);
         return;
     }
   }
@@ -515,10 +524,13 @@ void ClientSession::on_granted(std::unique_ptr<pool::Connection> conn) {
   result.conn = std::move(conn);
   if (closed_ || !waiting_) {
     // Nobody waits any more: the connection (or the permit) goes straight back.
+    const auto self = std::move(waiting_self_);
     give_up(*pool, std::move(result));
     return;
   }
   waiting_ = false;
+  const auto self = std::move(waiting_self_);
+  worker_.checkout_deadlines.remove(waiter_);
   take(std::move(result));
 }
 
@@ -527,6 +539,7 @@ void ClientSession::checkout_timed_out() {
   if (!waiting_ || !wait_pool_ || !wait_pool_->cancel_wait(worker_.index, &waiter_)) return;
   const auto pool = std::move(wait_pool_);
   waiting_ = false;
+  const auto self = std::move(waiting_self_);
   pool->note_timeout(worker_.index);
   const auto& settings = pool->settings(worker_.index);
   carry_out(core_->on_checkout_failed(

@@ -33,6 +33,7 @@
 #include "config/config.h"
 #include "pool/server_pool.h"
 #include "proxy/cancel_registry.h"
+#include "proxy/checkout_deadlines.h"
 #include "proxy/io_util.h"
 #include "proxy/server_connection.h"
 #include "proxy/socket_writer.h"
@@ -73,10 +74,13 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   const std::string& database() const { return database_name_; }
 
  private:
-  class CheckoutWaiter final : public pool::Waiter {
+  // In a pool's queue while waiting for a server, and in the worker's list of checkout
+  // deadlines meanwhile.
+  class CheckoutWaiter final : public pool::Waiter, public CheckoutDeadlines::Entry {
    public:
     explicit CheckoutWaiter(ClientSession& session) : session_(session) {}
     void grant(std::unique_ptr<pool::Connection> conn) override;
+    void on_checkout_deadline() override;
 
    private:
     ClientSession& session_;
@@ -181,7 +185,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // A checkout in progress: from which pool, until when, and whether the pool queued us.
   std::shared_ptr<pool::ServerPool> checkout_pool_;
   session::Clock::time_point checkout_deadline_{};
-  bool waiting_ = false;  // the event handlers wait for a grant (on_granted() -> take())
+  // The event handlers wait for a grant (on_granted() -> take()); the worker's
+  // CheckoutDeadlines times the wait.
+  bool waiting_ = false;
+  std::shared_ptr<ClientSession> waiting_self_;  // holds the session while waiting_
   // The pool in whose queue waiter_ is (or whose grant has not been taken yet); null otherwise.
   // close() and the destructor cancel the wait there.
   std::shared_ptr<pool::ServerPool> wait_pool_;

@@ -1,0 +1,61 @@
+// The checkout deadlines of one worker's waiting clients, kept by one timer.
+//
+// A client that waits for a server must get 53300 at pool.checkout_timeout_ms. A timer per
+// client would stay allocated (and armed) long after its checkout succeeded — a few hundred
+// bytes for every idle client of a busy pool. Instead the worker keeps its waiting clients in
+// one list ordered by deadline and one timer armed for the earliest; a client leaves the list
+// when it is granted a server, gives up, or closes.
+#pragma once
+
+#include <chrono>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+namespace pgvalve::proxy {
+
+class CheckoutDeadlines {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  // A place in the list; the waiting client derives from it.
+  class Entry {
+   public:
+    virtual ~Entry() = default;
+    // The deadline passed while still in the list (it has been taken out).
+    virtual void on_checkout_deadline() = 0;
+    bool queued() const { return queued_; }
+
+   private:
+    friend class CheckoutDeadlines;
+    Entry* prev_ = nullptr;
+    Entry* next_ = nullptr;
+    Clock::time_point deadline_{};
+    bool queued_ = false;
+  };
+
+  explicit CheckoutDeadlines(boost::asio::io_context& context) : timer_(context) {}
+  // Entries may outlive the list (a worker's sessions die with its loop, after this): they are
+  // let go, so that their remove() does not reach back here.
+  ~CheckoutDeadlines();
+  CheckoutDeadlines(const CheckoutDeadlines&) = delete;
+  CheckoutDeadlines& operator=(const CheckoutDeadlines&) = delete;
+
+  // Inserted from the back: deadlines of one timeout arrive in order, so this is O(1) unless
+  // the timeout was shortened by a reload.
+  void add(Entry& entry, Clock::time_point deadline);
+  void remove(Entry& entry);
+
+ private:
+  void arm();
+  void fire();
+
+  boost::asio::steady_timer timer_;
+  // When the timer is due; max when it is not armed. An entry that leaves does not disarm it:
+  // the timer finds the list changed when it fires, so a granted checkout costs no timer call.
+  Clock::time_point armed_at_ = Clock::time_point::max();
+  Entry* head_ = nullptr;
+  Entry* tail_ = nullptr;
+};
+
+}  // namespace pgvalve::proxy
