@@ -237,6 +237,9 @@ std::string enum_words(const std::array<E, N>& values) {
 
 constexpr std::array kLogLevels{LogLevel::Debug, LogLevel::Info, LogLevel::Warn, LogLevel::Error};
 constexpr std::array kTlsModes{TlsMode::Disable, TlsMode::Prefer, TlsMode::Require};
+constexpr std::array kServerTlsModes{ServerTlsMode::Disable, ServerTlsMode::Prefer,
+                                     ServerTlsMode::Require, ServerTlsMode::VerifyCa,
+                                     ServerTlsMode::VerifyFull};
 constexpr std::array kPoolModes{PoolMode::Session, PoolMode::Transaction, PoolMode::Statement};
 constexpr std::array kHashes{HashFunction::Xxh3, HashFunction::Md5Mod, HashFunction::PgPartition};
 constexpr std::array kReadsTo{ReadsTo::Replicas, ReadsTo::Primary, ReadsTo::Any};
@@ -255,9 +258,10 @@ struct PendingRange {
 
 class Loader {
  public:
-  explicit Loader(std::vector<ConfigError>& errors) : errors_(errors) {}
+  Loader(std::vector<ConfigError>& errors, Keys keys) : errors_(errors), keys_(keys) {}
 
   void read_root(const YAML::Node& root, Config& c);
+  void refuse_what_does_not_work_yet(const YAML::Node& root, const Config& c);
 
  private:
   using Reader = std::function<void(const YAML::Node& value, const std::string& path)>;
@@ -332,6 +336,7 @@ class Loader {
                         std::vector<PendingRange>& ranges, Sharding& sharding);
 
   std::vector<ConfigError>& errors_;
+  const Keys keys_;
 };
 
 std::optional<std::string> Loader::expand(std::string_view text, const std::string& path, Pos pos) {
@@ -967,7 +972,8 @@ void Loader::read_root(const YAML::Node& root, Config& c) {
           {"log_level", enum_field(c.log_level, kLogLevels)},
           {"shutdown_timeout_s", int_field(c.shutdown_timeout_s, 0)},
           {"tls", [&](const YAML::Node& n, const std::string& p) { read_tls(n, p, c.tls); }},
-          {"server_tls", enum_field(c.server_tls, kTlsModes)},
+          {"server_tls", enum_field(c.server_tls, kServerTlsModes)},
+          {"server_tls_ca", string_field(c.server_tls_ca)},
           {"users", [&](const YAML::Node& n, const std::string& p) { read_users(n, p, c.users); }},
           {"pool", section([&](const YAML::Node& n, const std::string& p) {
              read_map(n, p,
@@ -1060,6 +1066,7 @@ void Loader::read_root(const YAML::Node& root, Config& c) {
   if (!present.contains("databases")) {
     error("databases", root, "required: at least one database");
   }
+  if (keys_ == Keys::Working) refuse_what_does_not_work_yet(root, c);
   // Both are bound at start; the same port on an overlapping address could never work.
   auto wildcard = [](const Endpoint& e) { return e.host == "0.0.0.0" || e.host == "::"; };
   if (c.listen.port == c.admin_listen.port &&
@@ -1069,7 +1076,68 @@ void Loader::read_root(const YAML::Node& root, Config& c) {
   }
 }
 
-LoadResult load(const std::string& yaml, const std::string& source_path) {
+// Keys of DESIGN.md §3 that pgvalve reads and validates but does not carry out yet. Each is
+// refused where it appears, so that a file never promises more than pgvalve does; the
+// capability's issue removes its line here when the key starts to work. docs/configuration.md
+// lists the same keys.
+void Loader::refuse_what_does_not_work_yet(const YAML::Node& root, const Config& c) {
+  // `key` of `map`, if present, is refused; the error points at the key (a section's value
+  // starts on the line after it).
+  auto refuse = [&](const YAML::Node& map, std::string_view key, const std::string& path,
+                    std::string_view now) {
+    if (!map || !map.IsMap()) return;
+    for (const auto& kv : map) {
+      if (kv.first.IsScalar() && kv.first.Scalar() == key) {
+        error(path, kv.first, "not supported yet: " + std::string(now));
+        return;
+      }
+    }
+  };
+  refuse(root, "tls", "tls",
+         "pgvalve answers N to SSLRequest and talks to clients in plaintext; remove the tls "
+         "section, or put a TLS terminator in front of pgvalve");
+  if (c.server_tls != ServerTlsMode::Disable) {
+    refuse(root, "server_tls", "server_tls",
+           "pgvalve connects to PostgreSQL without TLS; the only value accepted today is "
+           "disable");
+  }
+  refuse(root, "server_tls_ca", "server_tls_ca",
+         "pgvalve connects to PostgreSQL without TLS; remove it");
+  for (const char* key : {"connections_per_ip", "connect_rate_per_ip", "connect_burst_per_ip"}) {
+    refuse(root["limits"], key, child("limits", key),
+           "connections are limited only by pool.max_client_connections today; remove it");
+  }
+  if (const YAML::Node dbs = root["databases"]; dbs && dbs.IsMap()) {
+    for (const auto& db : dbs) {
+      const std::string path = child("databases", db.first.Scalar());
+      refuse(db.second, "sharding", child(path, "sharding"),
+             "one shard per database today; remove the sharding section");
+      const YAML::Node shards = db.second.IsMap() ? db.second["shards"] : YAML::Node();
+      if (!shards || !shards.IsSequence()) continue;
+      for (std::size_t i = 0; i < shards.size(); ++i) {
+        const std::string shard_path = indexed(child(path, "shards"), i);
+        if (i > 0) {
+          error(shard_path, shards[i],
+                "not supported yet: one shard per database today (every statement goes to the "
+                "first shard's primary); list one shard");
+        }
+        const YAML::Node replicas = shards[i].IsMap() ? shards[i]["replicas"] : YAML::Node();
+        if (replicas && !(replicas.IsSequence() && replicas.size() == 0)) {
+          refuse(shards[i], "replicas", child(shard_path, "replicas"),
+                 "every statement goes to the primary today; remove the replicas (an empty "
+                 "list is accepted)");
+        }
+      }
+    }
+  }
+  refuse(root, "routing", "routing", "every statement goes to the primary; remove the section");
+  refuse(root, "health", "health", "no health checks run; remove the section");
+  refuse(root, "failover", "failover", "no failover happens; remove the section");
+  refuse(root, "stats", "stats", "no query statistics are kept; remove the section");
+}
+
+LoadResult load(const std::string& yaml, const std::string& source_path,
+               Keys keys = Keys::Working) {
   LoadResult result;
   try {
     std::vector<YAML::Node> documents;
@@ -1093,7 +1161,7 @@ LoadResult load(const std::string& yaml, const std::string& source_path) {
     }
     auto config = std::make_shared<Config>();
     config->source_path = source_path;
-    Loader loader(result.errors);
+    Loader loader(result.errors, keys);
     loader.read_root(documents[0], *config);
     if (result.errors.empty()) {
       result.config = std::move(config);
@@ -1144,9 +1212,10 @@ LoadResult load_config_file(const std::string& path) {
   }
 }
 
-LoadResult load_config_string(const std::string& yaml, const std::string& source_name) {
+LoadResult load_config_string(const std::string& yaml, const std::string& source_name,
+                              Keys keys) {
   (void)source_name;  // errors carry no file name; the caller passes it to ConfigError::to_string
-  return load(yaml, "");
+  return load(yaml, "", keys);
 }
 
 }  // namespace pgvalve::config

@@ -53,7 +53,8 @@ App::~App() {
 
 std::shared_ptr<pool::ServerPool> App::pool_for(const config::Database& db, const std::string& user,
                                                 const config::Endpoint& host) {
-  std::string key = db.name + '\0' + user + '\0' + host.to_string();
+  // dbname too: after a reload changes it, new logins must not get connections to the old one.
+  std::string key = db.name + '\0' + db.dbname + '\0' + user + '\0' + host.to_string();
   std::lock_guard lock(pools_mutex_);
   auto& pool = pools_[key];
   if (!pool) {
@@ -74,7 +75,9 @@ std::vector<std::shared_ptr<pool::ServerPool>> App::pools() {
 std::shared_ptr<ListenHub> App::listen_hub_for(const config::Database& db,
                                                const config::User& user) {
   std::lock_guard lock(pools_mutex_);
-  auto& hub = listen_hubs_[db.name + '\0' + user.name];
+  // Keyed like the pools: a reload that moves the database gives new listeners a new hub.
+  auto& hub = listen_hubs_[db.name + '\0' + db.dbname + '\0' + user.name + '\0' +
+                           db.shards.front().primary.to_string() + '\0' + user.server_password];
   if (!hub) {
     ServerLogin login;
     login.host = db.shards.front().primary;
@@ -113,10 +116,21 @@ bool App::reload() {
             {"action", "kept the running configuration"});
     return false;
   }
-  auto next = result.config;
-  if (!(next->listen == current->listen) || next->workers != current->workers) {
-    PGV_LOG(Warn, "reload_needs_restart", {"keys", "listen, workers"});
+  auto next = std::make_shared<config::Config>(*result.config);
+  for (const auto& change : config::diff(*current, *next)) {
+    if (change.needs_restart) {
+      PGV_LOG(Warn, "reload_needs_restart", {"key", change.key}, {"in_effect", change.old_value},
+              {"in_file", change.new_value},
+              {"action", "kept the value in effect until pgvalve restarts"});
+    } else {
+      PGV_LOG(Info, "reload_changed", {"key", change.key}, {"from", change.old_value},
+              {"to", change.new_value});
+    }
   }
+  // The sockets and threads made at start stay as they are: SHOW CONFIG and /status say so.
+  next->listen = current->listen;
+  next->admin_listen = current->admin_listen;
+  next->workers = current->workers;
   users_.store(std::make_shared<const UserDirectory>(next, users_.load().get()));
   config_.store(next);
   set_log_level(next->log_level);

@@ -452,8 +452,8 @@ class Pgvalve:
         self.config["pool"] = pool
 
     def default_config(self) -> dict:
-        shard = {"name": "s0", "primary": f"127.0.0.1:{self.cluster.primary.port}",
-                 "replicas": [f"127.0.0.1:{r.port}" for r in self.cluster.replicas]}
+        # Replicas are refused until read/write routing works ("not supported yet").
+        shard = {"name": "s0", "primary": f"127.0.0.1:{self.cluster.primary.port}"}
         return {
             "listen": f"127.0.0.1:{self.port}",
             "admin_listen": f"127.0.0.1:{self.admin_port}",

@@ -1,6 +1,6 @@
 """What every application relies on: psql and psycopg (libpq) work through pgvalve as they do
 against PostgreSQL: simple and multi-statement queries, the extended protocol, real SQLSTATEs,
-COPY both ways, NOTICEs and transactions. Default routing (read/write split on)."""
+COPY both ways, NOTICEs and transactions."""
 
 import subprocess
 

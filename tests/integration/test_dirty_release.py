@@ -18,8 +18,7 @@ def pv(pgvalve, cluster):
     cluster.primary.psql("drop table if exists t; create table t(id int primary key, v int);"
                          "insert into t values (1, 0); alter table t owner to app;",
                          dbname=APP_DB)
-    return pgvalve(mode="transaction", pool_size=1, max_overflow=0, checkout_timeout_ms=8000,
-                   routing={"read_write_split": False})
+    return pgvalve(mode="transaction", pool_size=1, max_overflow=0, checkout_timeout_ms=8000)
 
 
 def raw_client(pv):

@@ -26,8 +26,7 @@ CONNECTIONS = 4
 
 @pytest.fixture
 def pv(pgvalve):
-    return pgvalve(mode="transaction", pool_size=2, max_overflow=0, checkout_timeout_ms=15000,
-                   routing={"read_write_split": False})
+    return pgvalve(mode="transaction", pool_size=2, max_overflow=0, checkout_timeout_ms=15000)
 
 
 def app_backends(cluster):

@@ -112,7 +112,6 @@ def test_stalled_senders_hold_little_and_are_cut_after_message_timeout(pgvalve):
     # A checkout that waited for a stalled sender's server would fail with 53300 after 1 s,
     # long before the senders are cut.
     pv = pgvalve(mode="transaction", pool_size=2, max_overflow=0, checkout_timeout_ms=1000,
-                 routing={"read_write_split": False},
                  limits={"message_timeout_ms": timeout_ms})
     warm_up(pv)
     n = 40
@@ -322,8 +321,7 @@ def test_pipeline_past_the_in_flight_cap_without_sync_completes(pgvalve):
     4,096 unanswered requests (asking the server to flush what it holds) and reads it again as
     the answers come; every answer arrives, nothing hangs, and the server goes back to the pool
     afterwards."""
-    pv = pgvalve(mode="transaction", pool_size=1, max_overflow=0,
-                 routing={"read_write_split": False})
+    pv = pgvalve(mode="transaction", pool_size=1, max_overflow=0)
     r = raw_login(pv, timeout=30)
     n = 10_000
     batch = parse("", "select 1") + (bind("") + execute()) * n + sync()
@@ -356,8 +354,7 @@ def test_pipeline_past_the_in_flight_cap_without_sync_completes(pgvalve):
 
 @pytest.fixture
 def pv_caps(pgvalve):
-    return pgvalve(mode="transaction", pool_size=2, max_overflow=0,
-                   routing={"read_write_split": False})
+    return pgvalve(mode="transaction", pool_size=2, max_overflow=0)
 
 
 def check_bystander(pv, bystander):

@@ -41,8 +41,7 @@ def assert_pgvalve_message(msg):
 # --- checkout timeout ----------------------------------------------------------------------
 
 def test_checkout_timeout_53300_and_connection_kept(pgvalve):
-    pv = pgvalve(mode="transaction", pool_size=1, max_overflow=0, checkout_timeout_ms=500,
-                 routing={"read_write_split": False})
+    pv = pgvalve(mode="transaction", pool_size=1, max_overflow=0, checkout_timeout_ms=500)
     with pv.connect(autocommit=False) as a, pv.connect(autocommit=True) as b:
         a.execute("select 1")  # BEGIN; select 1 -> a holds the only server
         t0 = time.monotonic()

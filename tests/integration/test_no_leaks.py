@@ -47,7 +47,6 @@ def setup_db(cluster):
 @pytest.fixture
 def pv(pgvalve, setup_db):
     return pgvalve(mode="transaction", pool_size=1, max_overflow=0, checkout_timeout_ms=10000,
-                   routing={"read_write_split": False},
                    users=[{"name": APP_USER, "password": APP_PASSWORD},
                           {"name": SUPER, "password": SUPER_PASSWORD}])
 
@@ -273,8 +272,7 @@ def test_several_sets_in_one_query(pair, cluster):
 
 @pytest.fixture
 def pv2(pgvalve, setup_db):
-    return pgvalve(mode="transaction", pool_size=2, max_overflow=0, checkout_timeout_ms=15000,
-                   routing={"read_write_split": False})
+    return pgvalve(mode="transaction", pool_size=2, max_overflow=0, checkout_timeout_ms=15000)
 
 
 def run(cmd, timeout, **kw):

@@ -18,8 +18,7 @@ ROUNDS = 5
 
 @pytest.fixture
 def pv(pgvalve):
-    return pgvalve(mode="transaction", pool_size=1, max_overflow=0, checkout_timeout_ms=5000,
-                   routing={"read_write_split": False})
+    return pgvalve(mode="transaction", pool_size=1, max_overflow=0, checkout_timeout_ms=5000)
 
 
 @contextlib.contextmanager

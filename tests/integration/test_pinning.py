@@ -22,8 +22,7 @@ CHECKOUT_MS = 700
 @pytest.fixture
 def pv(pgvalve):
     return pgvalve(mode="transaction", pool_size=2, max_overflow=0,
-                   checkout_timeout_ms=CHECKOUT_MS, users=APP_AND_OPS,
-                   routing={"read_write_split": False})
+                   checkout_timeout_ms=CHECKOUT_MS, users=APP_AND_OPS)
 
 
 def connect(pv):
@@ -271,8 +270,7 @@ def test_pinned_client_disconnect_cleans_its_server(pv, cluster):
 # --- the switch ------------------------------------------------------------------------------------------
 
 def test_pin_session_state_false_refuses(pgvalve):
-    pv = pgvalve(mode="transaction", pool_size=2, max_overflow=0, pin_session_state=False,
-                 routing={"read_write_split": False})
+    pv = pgvalve(mode="transaction", pool_size=2, max_overflow=0, pin_session_state=False)
     with connect(pv) as a:
         with pytest.raises(psycopg.Error) as ei:
             a.execute("select pg_advisory_lock(1)")

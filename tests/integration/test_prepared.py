@@ -3,8 +3,8 @@ client's statements, gives them server-side names (pgv_<hash>) that cannot colli
 them again wherever the client lands, keeps at most pool.max_prepared_statements per server
 connection, and answers Close / DEALLOCATE itself without disturbing other clients.
 
-Everything goes to the primary (read_write_split off) with few server connections, so clients
-really share servers and land on different ones between transactions."""
+Few server connections, so clients really share servers and land on different ones between
+transactions."""
 
 import json
 import re
@@ -19,14 +19,13 @@ from pgcluster import APP_DB, APP_USER, wait_until
 from pgwire_ext import ExtClient, bind, close, describe, execute, flush, parse, sync
 from test_pgbench import check_balances, pgbench, pgbench_init
 
-PRIMARY_ONLY = {"read_write_split": False}
 PGV_STATEMENTS = r"select count(*) from pg_prepared_statements where name like 'pgv\_%'"
 
 
 def tx_pool(pgvalve, **kw):
     kw.setdefault("max_overflow", 0)
     kw.setdefault("checkout_timeout_ms", 15000)
-    return pgvalve(mode="transaction", routing=PRIMARY_ONLY, **kw)
+    return pgvalve(mode="transaction", **kw)
 
 
 def server_pids(cluster):

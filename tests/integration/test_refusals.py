@@ -21,7 +21,7 @@ TX = pq.TransactionStatus
 @pytest.fixture
 def pv(pgvalve):
     return pgvalve(mode="transaction", pool_size=1, max_overflow=0, checkout_timeout_ms=5000,
-                   pin_session_state=False, routing={"read_write_split": False})
+                   pin_session_state=False)
 
 
 def connect(pv, **kw):
@@ -149,8 +149,7 @@ def test_what_is_allowed(pv):
 @pytest.mark.parametrize("begin", ["BEGIN", "begin transaction isolation level serializable",
                                    "START TRANSACTION"])
 def test_statement_mode_refuses_transaction_blocks(pgvalve, begin):
-    pv = pgvalve(mode="statement", pool_size=1, max_overflow=0,
-                 routing={"read_write_split": False})
+    pv = pgvalve(mode="statement", pool_size=1, max_overflow=0)
     with connect(pv) as conn:
         with pytest.raises(psycopg.Error) as ei:
             conn.execute(begin)

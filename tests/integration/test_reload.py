@@ -97,8 +97,7 @@ def test_valid_reload_adds_user_without_dropping_clients(pgvalve, app2):
 def test_sigterm_drains_open_transaction(pgvalve, cluster):
     cluster.primary.psql("drop table if exists drain; create table drain(id int);"
                          "alter table drain owner to app", dbname=APP_DB)
-    pv = pgvalve(mode="transaction", pool_size=2, shutdown_timeout_s=5,
-                 routing={"read_write_split": False})
+    pv = pgvalve(mode="transaction", pool_size=2, shutdown_timeout_s=5)
     with pv.connect(autocommit=False) as c:
         c.execute("insert into drain values (1)")
         t0 = time.monotonic()
@@ -119,8 +118,7 @@ def test_sigterm_drains_open_transaction(pgvalve, cluster):
 
 
 def test_sigterm_gives_up_after_shutdown_timeout(pgvalve, cluster):
-    pv = pgvalve(mode="transaction", pool_size=2, shutdown_timeout_s=3,
-                 routing={"read_write_split": False})
+    pv = pgvalve(mode="transaction", pool_size=2, shutdown_timeout_s=3)
     c = pv.connect(autocommit=False)
     try:
         c.execute("select 1")  # a transaction that never ends
@@ -152,3 +150,62 @@ def test_sigterm_without_clients_exits_promptly(pgvalve):
     assert rc is not None, "pgvalve with no transaction running did not exit within 4 s"
     assert rc == 0
     assert time.monotonic() - t0 < 4
+
+
+def show_config(pv) -> dict:
+    from itutil import OPS_PASSWORD, OPS_USER
+    with psycopg.connect(pv.dsn(user=OPS_USER, password=OPS_PASSWORD, dbname="pgvalve"),
+                         autocommit=True) as admin:
+        return dict(admin.execute("SHOW CONFIG").fetchall())
+
+
+def test_reload_logs_each_change_and_keeps_restart_keys_in_effect(pgvalve):
+    from itutil import APP_AND_OPS
+    pv = pgvalve(mode="transaction", pool_size=2, users=APP_AND_OPS)
+    listen_before = f"127.0.0.1:{pv.port}"
+    assert show_config(pv)["listen"] == listen_before
+    cfg = copy.deepcopy(pv.config)
+    cfg["pool"]["pool_size"] = 3
+    cfg["listen"] = "127.0.0.1:1"  # only a restart could bind it
+    cfg["workers"] = 1
+    offset = len(pv.log_text())
+    pv.reload(cfg)
+    wait_until(lambda: "reload_ok" in new_log(pv, offset), 5, message="reload_ok logged")
+    log = new_log(pv, offset)
+    assert re.search(r"event=reload_changed key=pool\.pool_size from=2 to=3", log), log
+    assert re.search(r"level=warn event=reload_needs_restart key=listen in_effect=" +
+                     re.escape(listen_before) + r" in_file=127\.0\.0\.1:1 ", log), log
+    assert re.search(r"event=reload_needs_restart key=workers in_effect=2 in_file=1", log), log
+    shown = show_config(pv)
+    assert shown["pool.pool_size"] == "3"  # applied
+    assert shown["listen"] == listen_before  # still the socket pgvalve listens on
+    assert shown["workers"] == "2"
+    with pv.connect() as c:
+        assert c.execute("select 1").fetchone() == (1,)
+
+
+def test_key_not_supported_yet_is_refused_at_start_check_and_reload(pgvalve, tmp_path):
+    """A key that would do nothing stops the start, fails --check, and a reload to it is refused
+    while the running config keeps serving."""
+    pv = pgvalve(mode="transaction", pool_size=2)
+    cfg = copy.deepcopy(pv.config)
+    cfg["routing"] = {"reads": "replicas"}
+    text = pv.render(cfg)
+    path = tmp_path / "routing.yaml"
+    path.write_text(text)
+    line = next(i for i, l in enumerate(text.splitlines(), 1) if l.startswith("routing:"))
+    want = f"{path}:{line}:1: routing: not supported yet"
+    import subprocess
+    check = subprocess.run([pv.binary, "--config", str(path), "--check"], capture_output=True,
+                           text=True, timeout=30)
+    assert check.returncode == 1, check
+    assert want in check.stdout + check.stderr, check
+    start = subprocess.run([pv.binary, "--config", str(path)], capture_output=True, text=True,
+                           timeout=30)
+    assert start.returncode != 0 and want in start.stdout + start.stderr, start
+    offset = len(pv.log_text())
+    pv.reload(cfg)
+    wait_until(lambda: "reload_failed" in new_log(pv, offset), 5, message="reload refused")
+    assert "routing: not supported yet" in new_log(pv, offset)
+    with pv.connect() as c:
+        assert c.execute("select 1").fetchone() == (1,)

@@ -10,8 +10,7 @@ from pgcluster import APP_DB
 
 @pytest.fixture
 def pv(pgvalve):
-    return pgvalve(mode="session", pool_size=1, max_overflow=0, checkout_timeout_ms=5000,
-                   routing={"read_write_split": False})
+    return pgvalve(mode="session", pool_size=1, max_overflow=0, checkout_timeout_ms=5000)
 
 
 def one(conn, sql, params=None):

@@ -28,8 +28,7 @@ def schemas(cluster):
 
 @pytest.fixture
 def pv(pgvalve):
-    return pgvalve(mode="transaction", pool_size=2, max_overflow=0, checkout_timeout_ms=10000,
-                   routing={"read_write_split": False})
+    return pgvalve(mode="transaction", pool_size=2, max_overflow=0, checkout_timeout_ms=10000)
 
 
 def connect(pv, **params):

@@ -33,7 +33,7 @@ QUERY_TIMEOUT_MS = 1000
 @pytest.fixture
 def pv_qt(pgvalve):
     return pgvalve(mode="transaction", pool_size=2, max_overflow=0, checkout_timeout_ms=5000,
-                   query_timeout_ms=QUERY_TIMEOUT_MS, routing={"read_write_split": False})
+                   query_timeout_ms=QUERY_TIMEOUT_MS)
 
 
 def backend_alive(cluster, backend_pid) -> bool:
@@ -194,7 +194,7 @@ def test_idle_in_transaction_25P03(pgvalve, cluster):
     cluster.primary.sql(f"drop table if exists idle_tx; create table idle_tx(x int); "
                         f"alter table idle_tx owner to {APP_USER}", dbname=APP_DB)
     pv = pgvalve(mode="transaction", pool_size=1, max_overflow=0, checkout_timeout_ms=5000,
-                 idle_transaction_timeout_ms=1000, routing={"read_write_split": False})
+                 idle_transaction_timeout_ms=1000)
     idle_outside = pv.connect()
     r = raw_login(pv)
     r.query("BEGIN")
@@ -225,7 +225,7 @@ def test_idle_in_transaction_25P03(pgvalve, cluster):
 
 def test_active_transaction_is_not_cut(pgvalve):
     pv = pgvalve(mode="transaction", pool_size=1, max_overflow=0,
-                 idle_transaction_timeout_ms=1000, routing={"read_write_split": False})
+                 idle_transaction_timeout_ms=1000)
     with pv.connect() as c:
         with c.transaction():
             for i in range(5):  # 2.5 s in the transaction, never idle for 1 s

@@ -21,7 +21,7 @@ BIG = f"select repeat('x', {ROW_BYTES}) from generate_series(1, {ROWS})"
 
 def make(pgvalve):
     return pgvalve(mode="transaction", pool_size=1, max_overflow=0, checkout_timeout_ms=3000,
-                   users=APP_AND_OPS, routing={"read_write_split": False})
+                   users=APP_AND_OPS)
 
 
 def checked_out(pv) -> int:

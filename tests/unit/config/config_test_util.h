@@ -39,6 +39,12 @@ inline ::testing::AssertionResult has_error(const LoadResult& result, std::strin
                                        << dump(result);
 }
 
+// Loads with every key of the design read and validated: these tests check the validators,
+// including those of keys pgvalve refuses until they work (not_supported_test.cpp checks that).
+inline LoadResult load_design(const std::string& yaml) {
+  return load_config_string(yaml, "<string>", Keys::WholeDesign);
+}
+
 // A minimal valid file; tests append or prepend sections.
 inline constexpr const char* kMinimal =
     "users:\n"
@@ -50,7 +56,7 @@ inline constexpr const char* kMinimal =
     "      - primary: 127.0.0.1:5432\n";
 
 inline LoadResult load_ok(const std::string& yaml) {
-  LoadResult result = load_config_string(yaml);
+  LoadResult result = load_design(yaml);
   EXPECT_TRUE(result.errors.empty()) << dump(result);
   EXPECT_NE(result.config, nullptr);
   return result;

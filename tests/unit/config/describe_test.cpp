@@ -65,7 +65,7 @@ TEST(Describe, ListsEveryKeyWithDefaults) {
       {"log_level", "info"},
       {"shutdown_timeout_s", "30"},
       {"tls", "none"},
-      {"server_tls", "prefer"},
+      {"server_tls", "disable"},
       {"pool.mode", "transaction"},
       {"pool.pool_size", "20"},
       {"pool.max_overflow", "30"},
@@ -99,29 +99,15 @@ TEST(Describe, ListsEveryKeyWithDefaults) {
       {"databases.telemetry.sharding.bucket_map.s1", "512-1023"},
       {"databases.telemetry.sharding.tables", "telemetry"},
       {"databases.telemetry.sharding.reference_tables", "\"\""},
-      {"routing.read_write_split", "true"},
-      {"routing.reads", "replicas"},
-      {"routing.load_balance", "least_connections"},
-      {"routing.max_replica_lag_ms", "5000"},
-      {"routing.read_your_writes", "lsn"},
-      {"routing.read_your_writes_window_ms", "2000"},
-      {"routing.write_functions",
-       "nextval,setval,pg_advisory_lock,pg_advisory_xact_lock,pg_notify,txid_current"},
-      {"health.interval_ms", "1000"},
-      {"health.timeout_ms", "2000"},
-      {"health.failures_before_down", "3"},
-      {"failover.mode", "follow"},
-      {"failover.promote_after_ms", "5000"},
-      {"failover.hold_writes_ms", "10000"},
-      {"stats.slow_query_ms", "100"},
-      {"stats.slow_query_samples", "1000"},
-      {"stats.max_fingerprints", "5000"},
-      {"stats.explain_slow", "false"},
-      {"stats.redact_literals", "true"},
   };
   for (const auto& [key, value] : expected) {
     ASSERT_TRUE(m.contains(key)) << key;
     EXPECT_EQ(m.at(key), value) << key;
+  }
+  // Refused at load until they work: no line would describe anything that happens.
+  for (const char* section : {"routing.", "health.", "failover.", "stats."}) {
+    for (const auto& [key, value] : m)
+      EXPECT_FALSE(key.starts_with(section)) << key;
   }
   EXPECT_EQ(describe(*result.config).front().first, "listen");  // file order, not sorted
 }

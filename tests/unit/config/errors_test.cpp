@@ -14,17 +14,18 @@ namespace {
 using test::dump;
 using test::has_error;
 using test::kMinimal;
+using test::load_design;
 
 // kMinimal is 7 lines; sections appended to it start on line 8.
 LoadResult load_with(const std::string& extra) {
-  LoadResult result = load_config_string(std::string(kMinimal) + extra);
+  LoadResult result = load_design(std::string(kMinimal) + extra);
   EXPECT_EQ(result.config, nullptr) << "expected errors";
   EXPECT_FALSE(result.errors.empty());
   return result;
 }
 
 TEST(Errors, YamlSyntaxErrorIsOneErrorWithPosition) {
-  const LoadResult result = load_config_string("users:\n  - name: app\n    password: [pw\n");
+  const LoadResult result = load_design("users:\n  - name: app\n    password: [pw\n");
   EXPECT_EQ(result.config, nullptr);
   ASSERT_EQ(result.errors.size(), 1u) << dump(result);
   EXPECT_EQ(result.errors[0].path, "");
@@ -34,27 +35,27 @@ TEST(Errors, YamlSyntaxErrorIsOneErrorWithPosition) {
 }
 
 TEST(Errors, TabIndentationIsASyntaxError) {
-  const LoadResult result = load_config_string("listen: 0.0.0.0:6432\n\tworkers: 2\n");
+  const LoadResult result = load_design("listen: 0.0.0.0:6432\n\tworkers: 2\n");
   ASSERT_EQ(result.errors.size(), 1u) << dump(result);
   EXPECT_EQ(result.errors[0].line, 2);
   EXPECT_EQ(result.errors[0].column, 1);
 }
 
 TEST(Errors, EmptyAndNonMapDocuments) {
-  EXPECT_TRUE(has_error(load_config_string(""), "", 0, "empty"));
-  EXPECT_TRUE(has_error(load_config_string("# only a comment\n"), "", 0, "empty"));
-  EXPECT_TRUE(has_error(load_config_string("- a\n- b\n"), "", 1, "expected a map"));
-  EXPECT_TRUE(has_error(load_config_string("just text\n"), "", 1, "expected a map"));
-  EXPECT_TRUE(has_error(load_config_string(std::string(kMinimal) + "---\nworkers: 1\n"), "", 0,
+  EXPECT_TRUE(has_error(load_design(""), "", 0, "empty"));
+  EXPECT_TRUE(has_error(load_design("# only a comment\n"), "", 0, "empty"));
+  EXPECT_TRUE(has_error(load_design("- a\n- b\n"), "", 1, "expected a map"));
+  EXPECT_TRUE(has_error(load_design("just text\n"), "", 1, "expected a map"));
+  EXPECT_TRUE(has_error(load_design(std::string(kMinimal) + "---\nworkers: 1\n"), "", 0,
                         "only one YAML document"));
 }
 
 TEST(Errors, UsersAndDatabasesAreRequired) {
-  const LoadResult missing = load_config_string("workers: 2\n");
+  const LoadResult missing = load_design("workers: 2\n");
   EXPECT_TRUE(has_error(missing, "users", 1, "required"));
   EXPECT_TRUE(has_error(missing, "databases", 1, "required"));
 
-  const LoadResult empty = load_config_string("users: []\ndatabases: {}\n");
+  const LoadResult empty = load_design("users: []\ndatabases: {}\n");
   EXPECT_TRUE(has_error(empty, "users", 1, "at least one user"));
   EXPECT_TRUE(has_error(empty, "databases", 2, "at least one database"));
 }
@@ -68,7 +69,7 @@ TEST(Errors, UnknownKeysWithHint) {
 }
 
 TEST(Errors, UnknownKeysInNestedSections) {
-  const LoadResult result = load_config_string(R"(users:
+  const LoadResult result = load_design(R"(users:
   - name: app
     password: pw
     role: admin
@@ -111,7 +112,7 @@ health: [1, 2]
 }
 
 TEST(Errors, MapWhereAListIsExpected) {
-  const LoadResult result = load_config_string(R"(users:
+  const LoadResult result = load_design(R"(users:
   name: app
   password: pw
 databases:
@@ -124,7 +125,7 @@ databases:
 }
 
 TEST(Errors, ListWhereAMapIsExpected) {
-  const LoadResult result = load_config_string(R"(users:
+  const LoadResult result = load_design(R"(users:
   - app
 databases:
   - telemetry
@@ -219,7 +220,7 @@ limits:
 }
 
 TEST(Errors, BadEndpoints) {
-  const LoadResult result = load_config_string(R"(listen: 0.0.0.0
+  const LoadResult result = load_design(R"(listen: 0.0.0.0
 admin_listen: 127.0.0.1:70000
 users: [{name: app, password: pw}]
 databases:
@@ -255,7 +256,8 @@ failover: {mode: auto}
 )");
   EXPECT_TRUE(has_error(result, "log_level", 8,
                         "unknown value \"verbose\", expected debug, info, warn or error"));
-  EXPECT_TRUE(has_error(result, "server_tls", 9, "expected disable, prefer or require"));
+  EXPECT_TRUE(has_error(result, "server_tls", 9,
+                        "expected disable, prefer, require, verify-ca or verify-full"));
   EXPECT_TRUE(has_error(result, "tls.mode", 10, "unknown value \"optional\""));
   EXPECT_TRUE(has_error(result, "pool.mode", 11, "expected session, transaction or statement"));
   EXPECT_TRUE(has_error(result, "routing.reads", 12, "expected replicas, primary or any"));
@@ -268,12 +270,12 @@ TEST(Errors, TlsNeedsCertAndKeyUnlessDisabled) {
   const LoadResult result = load_with("tls:\n  mode: require\n");
   EXPECT_TRUE(has_error(result, "tls.cert", 9, "required"));
   EXPECT_TRUE(has_error(result, "tls.key", 9, "required"));
-  EXPECT_EQ(load_config_string(std::string(kMinimal) + "tls:\n  mode: disable\n").errors.size(),
+  EXPECT_EQ(load_design(std::string(kMinimal) + "tls:\n  mode: disable\n").errors.size(),
             0u);
 }
 
 TEST(Errors, Users) {
-  const LoadResult result = load_config_string(std::string(R"(users:
+  const LoadResult result = load_design(std::string(R"(users:
   - name: app
     password: pw
   - password: pw2
@@ -310,7 +312,7 @@ databases:
 }
 
 TEST(Errors, Databases) {
-  const LoadResult result = load_config_string(R"(users: [{name: app, password: pw}]
+  const LoadResult result = load_design(R"(users: [{name: app, password: pw}]
 databases:
   pgvalve:
     shards:
@@ -334,7 +336,7 @@ databases:
 }
 
 TEST(Errors, Shards) {
-  const LoadResult result = load_config_string(R"(users: [{name: app, password: pw}]
+  const LoadResult result = load_design(R"(users: [{name: app, password: pw}]
 databases:
   telemetry:
     shards:
@@ -363,7 +365,7 @@ databases:
 }
 
 TEST(Errors, SeveralShardsNeedASharding) {
-  const LoadResult result = load_config_string(R"(users: [{name: app, password: pw}]
+  const LoadResult result = load_design(R"(users: [{name: app, password: pw}]
 databases:
   telemetry:
     shards:
@@ -385,7 +387,7 @@ databases:
 }
 
 TEST(Errors, BucketMapOverlap) {
-  const LoadResult result = load_config_string(sharded(R"(      buckets: 1024
+  const LoadResult result = load_design(sharded(R"(      buckets: 1024
       bucket_map:
         s0: 0-511
         s1: 500-1023
@@ -396,7 +398,7 @@ TEST(Errors, BucketMapOverlap) {
 }
 
 TEST(Errors, BucketMapGaps) {
-  const LoadResult result = load_config_string(sharded(R"(      buckets: 1024
+  const LoadResult result = load_design(sharded(R"(      buckets: 1024
       bucket_map:
         s0: ["1-100", "200-511"]
         s1: 512-1000
@@ -407,7 +409,7 @@ TEST(Errors, BucketMapGaps) {
 }
 
 TEST(Errors, BucketMapExceedsBuckets) {
-  const LoadResult result = load_config_string(sharded(R"(      buckets: 16
+  const LoadResult result = load_design(sharded(R"(      buckets: 16
       bucket_map:
         s0: 0-7
         s1: [8-15, 16-31]
@@ -417,7 +419,7 @@ TEST(Errors, BucketMapExceedsBuckets) {
 }
 
 TEST(Errors, BucketMapBadEntries) {
-  const LoadResult result = load_config_string(sharded(R"(      bucket_map:
+  const LoadResult result = load_design(sharded(R"(      bucket_map:
         s0: 0-511
         s1: 1023-512
         s9: 512-1023
@@ -426,14 +428,14 @@ TEST(Errors, BucketMapBadEntries) {
   EXPECT_TRUE(has_error(result, "databases.telemetry.sharding.bucket_map.s1", 10, "is backwards"));
   EXPECT_TRUE(has_error(result, "databases.telemetry.sharding.bucket_map.s0", 12, "duplicate"));
 
-  const LoadResult unknown = load_config_string(sharded(R"(      bucket_map:
+  const LoadResult unknown = load_design(sharded(R"(      bucket_map:
         s0: 0-511
         s9: 512-1023
 )"));
   EXPECT_TRUE(
       has_error(unknown, "databases.telemetry.sharding.bucket_map.s9", 10, "no shard named"));
 
-  const LoadResult garbage = load_config_string(sharded(R"(      bucket_map:
+  const LoadResult garbage = load_design(sharded(R"(      bucket_map:
         s0: all
         s1: {from: 1}
 )"));
@@ -444,21 +446,21 @@ TEST(Errors, BucketMapBadEntries) {
 }
 
 TEST(Errors, BucketMapNeedsXxh3AndEnoughBuckets) {
-  const LoadResult md5 = load_config_string(sharded(R"(      hash: md5_mod
+  const LoadResult md5 = load_design(sharded(R"(      hash: md5_mod
       bucket_map: {s0: 0-511, s1: 512-1023}
 )"));
   EXPECT_TRUE(has_error(md5, "databases.telemetry.sharding.bucket_map", 9, "only applies to"));
 
-  const LoadResult few = load_config_string(sharded("      buckets: 1\n"));
+  const LoadResult few = load_design(sharded("      buckets: 1\n"));
   EXPECT_TRUE(has_error(few, "databases.telemetry.sharding.buckets", 8, "at least the number"));
 
-  const LoadResult bad_hash = load_config_string(sharded("      hash: crc32\n"));
+  const LoadResult bad_hash = load_design(sharded("      hash: crc32\n"));
   EXPECT_TRUE(has_error(bad_hash, "databases.telemetry.sharding.hash", 8,
                         "expected xxh3, md5_mod or pg_partition"));
 }
 
 TEST(Errors, ShardingTables) {
-  const LoadResult result = load_config_string(sharded(R"(      key: ""
+  const LoadResult result = load_design(sharded(R"(      key: ""
       tables: [telemetry, telemetry]
       reference_tables: [device_types, telemetry]
 )"));
@@ -469,7 +471,7 @@ TEST(Errors, ShardingTables) {
 }
 
 TEST(Errors, AllErrorsAreReportedInFileOrder) {
-  const LoadResult result = load_config_string(R"(workers: many
+  const LoadResult result = load_design(R"(workers: many
 log_level: loud
 users:
   - name: app
@@ -516,7 +518,7 @@ TEST(Errors, OddInputsNeverThrow) {
   };
   for (const std::string& input : inputs) {
     LoadResult result;
-    EXPECT_NO_THROW(result = load_config_string(input)) << input;
+    EXPECT_NO_THROW(result = load_design(input)) << input;
     EXPECT_EQ(result.config, nullptr) << input;
     EXPECT_FALSE(result.errors.empty()) << input;
   }

@@ -1,0 +1,113 @@
+// pgvalve's own loads refuse every key of the design it does not carry out yet, at the key's
+// line, so that no file means more than pgvalve does. One test per key; when a capability lands
+// its test here turns into a test that the key works.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "config/config.h"
+#include "config_test_util.h"
+
+namespace pgvalve::config {
+namespace {
+
+using test::dump;
+using test::has_error;
+using test::kMinimal;
+
+// kMinimal is 7 lines: what follows starts on line 8.
+LoadResult load_working(const std::string& extra) {
+  return load_config_string(std::string(kMinimal) + extra);
+}
+
+void expect_refused(const std::string& extra, std::string_view path, int line) {
+  const LoadResult result = load_working(extra);
+  EXPECT_EQ(result.config, nullptr);
+  EXPECT_TRUE(has_error(result, path, line, "not supported yet: ")) << extra;
+  // Nothing else is wrong with these files: the same text loads when every key is read.
+  EXPECT_TRUE(test::load_design(std::string(kMinimal) + extra).errors.empty()) << extra;
+}
+
+TEST(NotSupportedYet, TheMinimalFileLoads) {
+  const LoadResult result = load_working("");
+  EXPECT_TRUE(result.errors.empty()) << dump(result);
+}
+
+TEST(NotSupportedYet, ClientTls) {
+  expect_refused("tls:\n  cert: a.crt\n  key: a.key\n  mode: require\n", "tls", 8);
+  expect_refused("tls: {mode: disable}\n", "tls", 8);
+}
+
+TEST(NotSupportedYet, ServerTlsOtherThanDisable) {
+  for (const char* mode : {"prefer", "require", "verify-ca", "verify-full"}) {
+    expect_refused(std::string("server_tls: ") + mode + "\n", "server_tls", 8);
+  }
+  const LoadResult disable = load_working("server_tls: disable\n");
+  EXPECT_TRUE(disable.errors.empty()) << dump(disable);
+}
+
+TEST(NotSupportedYet, ServerTlsCa) {
+  expect_refused("server_tls_ca: /etc/ssl/root.crt\n", "server_tls_ca", 8);
+}
+
+TEST(NotSupportedYet, PerAddressConnectionLimits) {
+  expect_refused("limits:\n  auth_timeout_ms: 5000\n  connections_per_ip: 10\n",
+                 "limits.connections_per_ip", 10);
+  expect_refused("limits:\n  connect_rate_per_ip: 5\n", "limits.connect_rate_per_ip", 9);
+  expect_refused("limits:\n  connect_burst_per_ip: 5\n", "limits.connect_burst_per_ip", 9);
+  const LoadResult others = load_working("limits:\n  auth_timeout_ms: 5000\n");
+  EXPECT_TRUE(others.errors.empty()) << dump(others);
+}
+
+TEST(NotSupportedYet, Replicas) {
+  const std::string file = std::string(R"(users:
+  - name: app
+    password: secret
+databases:
+  telemetry:
+    shards:
+      - primary: 127.0.0.1:5432
+        replicas: [127.0.0.1:5433]
+)");
+  const LoadResult result = load_config_string(file);
+  EXPECT_TRUE(has_error(result, "databases.telemetry.shards[0].replicas", 8, "not supported yet"));
+  const LoadResult empty = load_config_string(std::string(kMinimal) + "        replicas: []\n");
+  EXPECT_TRUE(empty.errors.empty()) << dump(empty);
+}
+
+TEST(NotSupportedYet, SecondShardAndSharding) {
+  const std::string file = std::string(R"(users:
+  - name: app
+    password: secret
+databases:
+  telemetry:
+    shards:
+      - primary: 127.0.0.1:5432
+      - primary: 127.0.0.1:5442
+    sharding:
+      key: device_id
+      tables: [telemetry]
+)");
+  const LoadResult result = load_config_string(file);
+  EXPECT_TRUE(has_error(result, "databases.telemetry.shards[1]", 8, "not supported yet"));
+  EXPECT_TRUE(has_error(result, "databases.telemetry.sharding", 9, "not supported yet"));
+  EXPECT_TRUE(test::load_design(file).errors.empty());
+}
+
+TEST(NotSupportedYet, RoutingHealthFailoverStats) {
+  expect_refused("routing:\n  reads: primary\n", "routing", 8);
+  expect_refused("health:\n  interval_ms: 500\n", "health", 8);
+  expect_refused("failover:\n  mode: off\n", "failover", 8);
+  expect_refused("stats: {slow_query_ms: 50}\n", "stats", 8);
+}
+
+TEST(NotSupportedYet, TheMessageSaysWhatHappensInstead) {
+  const LoadResult result = load_working("routing:\n  reads: replicas\n");
+  ASSERT_EQ(result.errors.size(), 1u) << dump(result);
+  EXPECT_EQ(result.errors[0].to_string("pgvalve.yaml"),
+            "pgvalve.yaml:8:1: routing: not supported yet: every statement goes to the primary; "
+            "remove the section");
+}
+
+}  // namespace
+}  // namespace pgvalve::config
