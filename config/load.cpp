@@ -1137,7 +1137,7 @@ void Loader::refuse_what_does_not_work_yet(const YAML::Node& root, const Config&
 }
 
 LoadResult load(const std::string& yaml, const std::string& source_path,
-               Keys keys = Keys::Working) {
+                Keys keys = Keys::Working) {
   LoadResult result;
   try {
     std::vector<YAML::Node> documents;
@@ -1212,8 +1212,7 @@ LoadResult load_config_file(const std::string& path) {
   }
 }
 
-LoadResult load_config_string(const std::string& yaml, const std::string& source_name,
-                              Keys keys) {
+LoadResult load_config_string(const std::string& yaml, const std::string& source_name, Keys keys) {
   (void)source_name;  // errors carry no file name; the caller passes it to ConfigError::to_string
   return load(yaml, "", keys);
 }

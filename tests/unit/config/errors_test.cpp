@@ -270,8 +270,7 @@ TEST(Errors, TlsNeedsCertAndKeyUnlessDisabled) {
   const LoadResult result = load_with("tls:\n  mode: require\n");
   EXPECT_TRUE(has_error(result, "tls.cert", 9, "required"));
   EXPECT_TRUE(has_error(result, "tls.key", 9, "required"));
-  EXPECT_EQ(load_design(std::string(kMinimal) + "tls:\n  mode: disable\n").errors.size(),
-            0u);
+  EXPECT_EQ(load_design(std::string(kMinimal) + "tls:\n  mode: disable\n").errors.size(), 0u);
 }
 
 TEST(Errors, Users) {
@@ -291,7 +290,7 @@ TEST(Errors, Users) {
   - name: upstream
     password: pw
     server_password: ")") + test::kScramVerifier +
-                                               R"("
+                                        R"("
   - name: notbool
     password: pw
     admin: sometimes
