@@ -1,6 +1,7 @@
 // YAML -> validated Config. Every problem becomes a ConfigError with its key path and the
 // 1-based line/column of the offending node; loading goes on after an error so that one run of
 // `--check` reports everything.
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -14,6 +15,7 @@
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <string>
@@ -1136,25 +1138,62 @@ void Loader::refuse_what_does_not_work_yet(const YAML::Node& root, const Config&
   refuse(root, "stats", "stats", "no query statistics are kept; remove the section");
 }
 
+// Where the parser starts each document; nothing else is kept.
+class DocumentStarts final : public YAML::EventHandler {
+ public:
+  std::vector<YAML::Mark> starts;
+  void OnDocumentStart(const YAML::Mark& mark) override { starts.push_back(mark); }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+
+// The one document of the file. Not YAML::LoadAll: in yaml-cpp 0.7 (Debian 12) it loops for
+// ever, allocating, on a document that starts with a token no node can start with (a lone ",":
+// yaml-cpp issue #1040, fixed upstream in 0.8 by PR #1319), which would take a reload down with
+// it. Here the parser is asked for at most two documents, and a second one that starts where
+// the first did is that bug: a syntax error at that place.
+std::optional<YAML::Node> one_document(const std::string& yaml, LoadResult& result) {
+  DocumentStarts events;
+  {
+    std::istringstream in(yaml);
+    YAML::Parser parser(in);
+    if (parser.HandleNextDocument(events)) parser.HandleNextDocument(events);
+  }
+  if (events.starts.size() == 2) {
+    const Pos pos = pos_of(events.starts[1]);
+    const bool stuck = events.starts[1].pos == events.starts[0].pos;
+    result.errors.push_back({"", pos.line, pos.column,
+                             stuck ? "YAML syntax error: no value can start here"
+                                   : "only one YAML document is allowed (found a second \"---\")"});
+    return std::nullopt;
+  }
+  return YAML::Load(yaml);
+}
+
 LoadResult load(const std::string& yaml, const std::string& source_path,
                 Keys keys = Keys::Working) {
   LoadResult result;
   try {
-    std::vector<YAML::Node> documents;
+    std::optional<YAML::Node> document;
     try {
-      documents = YAML::LoadAll(yaml);
+      document = one_document(yaml, result);
     } catch (const YAML::ParserException& e) {
       const Pos pos = pos_of(e.mark);
       result.errors.push_back({"", pos.line, pos.column, "YAML syntax error: " + e.msg});
       return result;
     }
-    if (documents.size() > 1) {
-      const Pos pos = pos_of(documents[1]);
-      result.errors.push_back(
-          {"", pos.line, pos.column, "only one YAML document is allowed (found a second \"---\")"});
-      return result;
-    }
-    if (documents.empty() || documents[0].IsNull()) {
+    if (!document) return result;
+    const std::vector<YAML::Node> documents{*document};
+    if (documents[0].IsNull()) {
       result.errors.push_back(
           {"", 0, 0, "the configuration is empty: users and databases are required"});
       return result;

@@ -191,6 +191,28 @@ def session_seeds() -> dict:
     }
 
 
+def config_seeds() -> dict:
+    minimal = (b"users:\n  - name: app\n    password: secret\n"
+               b"databases:\n  telemetry:\n    shards:\n      - primary: 127.0.0.1:5432\n")
+    return {
+        "minimal": minimal,
+        "pool_and_limits": minimal + b"pool:\n  mode: session\n  pool_size: 3\n"
+                           b"limits: {max_message_bytes: 4096, message_timeout_ms: 0}\n",
+        "env_and_admin": b"listen: ${HOST}:6432\nusers:\n  - {name: ops, password: ${PW}, "
+                         b"admin: true}\ndatabases: {t: {shards: [{primary: \"[::1]:5432\"}]}}\n",
+        "not_supported": minimal + b"        replicas: [127.0.0.1:5433]\n"
+                         b"routing: {reads: replicas}\ntls: {cert: a, key: b}\n",
+        "sharded": b"users: [{name: a, password: p}]\ndatabases:\n  t:\n    shards:\n"
+                   b"      - {name: s0, primary: 10.0.0.1:5432}\n"
+                   b"      - {name: s1, primary: 10.0.0.2:5432}\n"
+                   b"    sharding:\n      key: device_id\n      buckets: 16\n"
+                   b"      bucket_map: {s0: 0-7, s1: [\"8-11\", \"12-15\"]}\n"
+                   b"      tables: [telemetry]\n",
+        "anchors": b"x: &a {name: app, password: p}\nusers: [*a, *a]\n",
+        "broken": b"users:\n  - name: app\n\tpassword: [x\n",
+    }
+
+
 def write(target: str, seeds: dict) -> None:
     out = HERE / "corpus" / target
     shutil.rmtree(out, ignore_errors=True)
@@ -203,3 +225,4 @@ if __name__ == "__main__":
     write("protocol_fuzz", protocol_seeds())
     write("lexer_fuzz", lexer_seeds())
     write("session_fuzz", session_seeds())
+    write("config_fuzz", config_seeds())

@@ -50,6 +50,18 @@ TEST(Errors, EmptyAndNonMapDocuments) {
                         "only one YAML document"));
 }
 
+// yaml-cpp 0.7's LoadAll loops for ever, allocating, on these (upstream issue #1040); found by
+// tests/fuzz/config_fuzz. They are syntax errors at the token no value can start with.
+TEST(Errors, ADocumentStartingWithACommaIsASyntaxErrorNotAHang) {
+  EXPECT_TRUE(has_error(load_design(",\n"), "", 1, "YAML syntax error"));
+  EXPECT_TRUE(has_error(load_design(",sers:\n  - name: app\n"), "", 1, "YAML syntax error"));
+  const LoadResult indented = load_design("# users first\n  , x\n");
+  ASSERT_EQ(indented.errors.size(), 1u) << dump(indented);
+  EXPECT_EQ(indented.errors[0].line, 2);
+  EXPECT_EQ(indented.errors[0].column, 3);
+  EXPECT_TRUE(has_error(load_design("workers: 1\n---\n,\n"), "", 2, "only one YAML document"));
+}
+
 TEST(Errors, UsersAndDatabasesAreRequired) {
   const LoadResult missing = load_design("workers: 2\n");
   EXPECT_TRUE(has_error(missing, "users", 1, "required"));
