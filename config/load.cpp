@@ -1105,10 +1105,6 @@ void Loader::refuse_what_does_not_work_yet(const YAML::Node& root, const Config&
   }
   refuse(root, "server_tls_ca", "server_tls_ca",
          "pgvalve connects to PostgreSQL without TLS; remove it");
-  for (const char* key : {"connections_per_ip", "connect_rate_per_ip", "connect_burst_per_ip"}) {
-    refuse(root["limits"], key, child("limits", key),
-           "connections are limited only by pool.max_client_connections today; remove it");
-  }
   if (const YAML::Node dbs = root["databases"]; dbs && dbs.IsMap()) {
     for (const auto& db : dbs) {
       const std::string path = child("databases", db.first.Scalar());

@@ -58,19 +58,31 @@ void show_pools(App& app, std::string& out) {
       shard = db->shards.front().name;
     }
     const int clients = pool->clients();
-    rows.push_back({key.database, key.user, shard, key.host.to_string(), "primary",
-                    std::to_string(std::max(0, clients - s.waiting)), std::to_string(s.waiting),
-                    std::to_string(s.checked_out), std::to_string(s.checked_in), "0", "0",
-                    std::to_string(s.opening), std::to_string(s.max_wait_us), mode,
-                    std::to_string(s.size), std::to_string(s.checked_in),
-                    std::to_string(s.checked_out), std::to_string(s.overflow), "0",
+    rows.push_back({key.database,
+                    key.user,
+                    shard,
+                    key.host.to_string(),
+                    "primary",
+                    std::to_string(std::max(0, clients - s.waiting)),
+                    std::to_string(s.waiting),
+                    std::to_string(s.checked_out),
+                    std::to_string(s.checked_in),
+                    "0",
+                    "0",
+                    std::to_string(s.opening),
+                    std::to_string(s.max_wait_us),
+                    mode,
+                    std::to_string(s.size),
+                    std::to_string(s.checked_in),
+                    std::to_string(s.checked_out),
+                    std::to_string(s.overflow),
+                    "0",
                     std::to_string(s.pinned)});
   }
-  append_result(out,
-                {"database", "user", "shard", "host", "role", "cl_active", "cl_waiting",
-                 "sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login", "maxwait_us",
-                 "pool_mode", "size", "checked_in", "checked_out", "overflow", "invalid",
-                 "pinned"},
+  append_result(out, {"database",   "user",        "shard",      "host",      "role",
+                      "cl_active",  "cl_waiting",  "sv_active",  "sv_idle",   "sv_used",
+                      "sv_tested",  "sv_login",    "maxwait_us", "pool_mode", "size",
+                      "checked_in", "checked_out", "overflow",   "invalid",   "pinned"},
                 rows);
 }
 

@@ -19,8 +19,7 @@ namespace pgvalve::proxy {
 class App;
 
 // Sends the login reply, then serves commands until the client leaves.
-boost::asio::awaitable<void> serve_admin_console(App& app, Socket& client,
-                                                 session::InputBuffer& in, const std::string& user,
-                                                 std::uint64_t client_id);
+boost::asio::awaitable<void> serve_admin_console(App& app, Socket& client, session::InputBuffer& in,
+                                                 const std::string& user, std::uint64_t client_id);
 
 }  // namespace pgvalve::proxy

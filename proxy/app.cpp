@@ -1,5 +1,7 @@
 #include "proxy/app.h"
 
+#include <sys/resource.h>
+
 #include <csignal>
 
 #include <boost/asio/co_spawn.hpp>
@@ -90,14 +92,28 @@ std::shared_ptr<ListenHub> App::listen_hub_for(const config::Database& db,
   return hub;
 }
 
-bool App::try_add_client() {
-  const int limit = config()->pool.max_client_connections;
-  int now = clients_.fetch_add(1, std::memory_order_relaxed) + 1;
-  if (now > limit) {
-    clients_.fetch_sub(1, std::memory_order_relaxed);
-    return false;
-  }
-  return true;
+admission::Verdict App::admit(const admission::Address& from) {
+  const auto cfg = config();
+  const admission::Limits limits{.max_clients = cfg->pool.max_client_connections,
+                                 .per_address = cfg->limits.connections_per_ip,
+                                 .rate_per_s = cfg->limits.connect_rate_per_ip,
+                                 .burst = cfg->limits.connect_burst_per_ip};
+  std::lock_guard lock(door_mutex_);
+  return door_.admit(from, limits, admission::Clock::now());
+}
+
+void App::leave(const admission::Address& from) {
+  std::lock_guard lock(door_mutex_);
+  door_.leave(from);
+}
+
+int App::open_sockets() const {
+  std::lock_guard lock(door_mutex_);
+  return door_.open();
+}
+
+void App::add_client() {
+  clients_.fetch_add(1, std::memory_order_relaxed);
 }
 
 void App::remove_client() {
@@ -168,6 +184,35 @@ void App::start_listeners() {
           {"pool_mode", config::to_string(cfg->pool.mode)});
 }
 
+namespace {
+
+admission::Address address_of(const Socket& socket) {
+  error_code ec;
+  const auto remote = socket.remote_endpoint(ec);
+  if (ec) return {};
+  const auto address = remote.address();
+  if (address.is_v4()) return admission::Address::v4(address.to_v4().to_uint());
+  const auto v6 = address.to_v6();
+  if (v6.is_v4_mapped()) {
+    return admission::Address::v4(asio::ip::make_address_v4(asio::ip::v4_mapped, v6).to_uint());
+  }
+  return admission::Address::v6(v6.to_bytes());
+}
+
+// Sockets being told they were refused at the door (each reads one startup packet, for at most
+// kRefusalTimeout, then gets 53300).
+constexpr int kMaxRefusing = 256;
+
+}  // namespace
+
+int App::begin_refusal() {
+  return refusing_.fetch_add(1, std::memory_order_relaxed) + 1;
+}
+
+void App::end_refusal() {
+  refusing_.fetch_sub(1, std::memory_order_relaxed);
+}
+
 asio::awaitable<void> App::accept_loop(Worker& worker) {
   static std::atomic<std::uint64_t> next_client_id{1};
   for (;;) {
@@ -176,12 +221,24 @@ asio::awaitable<void> App::accept_loop(Worker& worker) {
     co_await worker.acceptor->async_accept(socket, asio::redirect_error(asio::use_awaitable, ec));
     if (ec) {
       if (ec == asio::error::operation_aborted || !worker.acceptor->is_open()) co_return;
-      PGV_LOG(Warn, "accept_failed", {"error", ec.message()});
+      // Out of file descriptors (or kernel memory): the pending connection stays queued and
+      // accept would fail again at once. Pause instead of spinning; closing clients free some.
+      PGV_LOG(Warn, "accept_failed", {"error", ec.message()}, {"action", "pausing 100 ms"});
+      asio::steady_timer pause(worker.context, std::chrono::milliseconds(100));
+      co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       continue;
     }
     socket.set_option(tcp::no_delay(true), ec);
+    const admission::Address from = address_of(socket);
+    const admission::Verdict verdict = admit(from);
+    if (verdict != admission::Verdict::Admit &&
+        refusing_.load(std::memory_order_relaxed) >= kMaxRefusing) {
+      // A flood: telling each one why would cost more than the flood. Closed unanswered.
+      socket.close(ec);
+      continue;
+    }
     auto session = std::make_shared<ClientSession>(*this, worker, std::move(socket),
-                                                   next_client_id.fetch_add(1));
+                                                   next_client_id.fetch_add(1), from, verdict);
     asio::co_spawn(worker.context, session->serve(), [session](std::exception_ptr e) {
       if (!e) return;
       try {
@@ -276,7 +333,35 @@ void App::stop_all() {
     pool->take_all_idle();
 }
 
+// Every client and every server connection is a descriptor: the soft limit (often 1024) would
+// cap clients far below pool.max_client_connections. Raised to the hard limit, and said.
+void App::raise_open_files_limit() {
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) return;
+  if (limit.rlim_cur < limit.rlim_max) {
+    const rlim_t before = limit.rlim_cur;
+    limit.rlim_cur = limit.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &limit) != 0) limit.rlim_cur = before;
+  }
+  const auto cfg = config();
+  long long needed = cfg->pool.max_client_connections + 64;
+  for (const auto& db : cfg->databases) {
+    needed += static_cast<long long>(db.shards.size()) * cfg->users.size() *
+              (cfg->pool.pool_size + cfg->pool.max_overflow);
+  }
+  const auto have = static_cast<long long>(limit.rlim_cur);
+  if (have < needed) {
+    PGV_LOG(Warn, "open_files_limit", {"limit", have}, {"needed", needed},
+            {"action",
+             "clients beyond the limit wait in the listen queue; raise LimitNOFILE / "
+             "ulimit -n"});
+  } else {
+    PGV_LOG(Info, "open_files_limit", {"limit", have}, {"needed", needed});
+  }
+}
+
 int App::run() {
+  raise_open_files_limit();
   try {
     start_listeners();
   } catch (const std::exception& e) {

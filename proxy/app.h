@@ -18,6 +18,7 @@
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include "admission/admission.h"
 #include "config/config.h"
 #include "pool/server_pool.h"
 #include "proxy/cancel_registry.h"
@@ -85,8 +86,17 @@ class App : public pool::Handoff {
   // The LISTEN/NOTIFY hub of (database, user), on the control thread.
   std::shared_ptr<ListenHub> listen_hub_for(const config::Database& db, const config::User& user);
 
-  // Client connection accounting for max_client_connections.
-  bool try_add_client();
+  // The door (admission/): every accepted socket counts against pool.max_client_connections
+  // and the per-address limits until its session ends (leave()).
+  admission::Verdict admit(const admission::Address& from);
+  void leave(const admission::Address& from);
+  int open_sockets() const;
+  // A refused socket being told why (bounded: beyond the bound they are closed at accept).
+  int begin_refusal();
+  void end_refusal();
+
+  // Logged-in client sessions (what a drain waits for).
+  void add_client();
   void remove_client();
   int client_count() const { return clients_.load(std::memory_order_relaxed); }
 
@@ -100,6 +110,7 @@ class App : public pool::Handoff {
   bool reload();
 
  private:
+  void raise_open_files_limit();
   void start_listeners();
   asio::awaitable<void> accept_loop(Worker& worker);
   void on_signal(const boost::system::error_code& ec, int signal);
@@ -116,6 +127,10 @@ class App : public pool::Handoff {
   std::unordered_map<std::string, std::shared_ptr<pool::ServerPool>> pools_;
   std::unordered_map<std::string, std::shared_ptr<ListenHub>> listen_hubs_;  // under pools_mutex_
   std::atomic<int> clients_{0};
+  mutable std::mutex door_mutex_;  // taken once per accept and once per close
+  admission::Admission door_;
+  // Sockets refused at the door that are still being told why; beyond a bound, closed at once.
+  std::atomic<int> refusing_{0};
   std::atomic<bool> draining_{false};
   std::atomic<std::uint64_t> next_server_id_{1};
   std::vector<std::unique_ptr<Worker>> workers_;

@@ -33,6 +33,10 @@ std::string random_bytes(std::size_t n) {
 asio::awaitable<void> ClientSession::serve() {
   config_ = app_.config();
   users_ = app_.users();
+  if (door_ != admission::Verdict::Admit) {
+    co_await refuse_at_door();
+    co_return;
+  }
   enable_keepalive(client_);
   bool ok;
   {
@@ -52,6 +56,48 @@ asio::awaitable<void> ClientSession::serve() {
     co_return;
   }
   co_await start_session();
+}
+
+// Refused at accept (App::admit()). The client is told why in answer to its startup packet, as
+// PostgreSQL does, so that libpq and drivers show the message; a cancel request is still
+// forwarded, so queries can be cancelled while the door is full.
+asio::awaitable<void> ClientSession::refuse_at_door() {
+  app_.begin_refusal();
+  struct EndRefusal {
+    App& app;
+    ~EndRefusal() { app.end_refusal(); }
+  } end{app_};
+  bool ok;
+  {
+    Deadline deadline(client_,
+                      std::chrono::milliseconds(std::min(config_->limits.auth_timeout_ms, 2000)));
+    ok = co_await read_startup();
+  }
+  if (!ok) co_return;
+  const std::string from = from_.to_string();
+  std::string message;
+  switch (door_) {
+    case admission::Verdict::TooManyClients:
+      message = "pgvalve: too many client connections (pool.max_client_connections = " +
+                std::to_string(config_->pool.max_client_connections) +
+                "); try again later, or raise the limit";
+      break;
+    case admission::Verdict::TooManyFromAddress:
+      message = "pgvalve: too many connections from " + from + " (limits.connections_per_ip = " +
+                std::to_string(config_->limits.connections_per_ip) +
+                "); close some, or raise the limit";
+      break;
+    case admission::Verdict::TooFastFromAddress:
+      message = "pgvalve: connecting too fast from " + from + " (limits.connect_rate_per_ip = " +
+                std::to_string(config_->limits.connect_rate_per_ip) +
+                " per second, limits.connect_burst_per_ip = " +
+                std::to_string(config_->limits.connect_burst_per_ip) +
+                "); retry after a pause, or reuse connections";
+      break;
+    case admission::Verdict::Admit:
+      co_return;
+  }
+  co_await send_fatal("53300", message);
 }
 
 asio::awaitable<void> ClientSession::send_fatal(std::string_view sqlstate,
@@ -231,14 +277,7 @@ asio::awaitable<bool> ClientSession::start_session() {
     co_await send_fatal("57P01", "pgvalve: shutting down; connect again shortly");
     co_return false;
   }
-  if (!app_.try_add_client()) {
-    co_await send_fatal("53300",
-                        "pgvalve: too many client connections (pool.max_client_connections"
-                        " = " +
-                            std::to_string(config_->pool.max_client_connections) +
-                            "); try again later or raise the limit");
-    co_return false;
-  }
+  app_.add_client();
   counted_ = true;
   pool_ = app_.pool_for(*database_, user_name_, database_->shards.front().primary);
   pool_->client_joined();

@@ -70,8 +70,9 @@ void ClientSession::CheckoutWaiter::on_checkout_deadline() {
   session_.checkout_timed_out();
 }
 
-ClientSession::ClientSession(App& app, Worker& worker, Socket socket, std::uint64_t id)
-    : app_(app), worker_(worker), client_(std::move(socket)), id_(id) {
+ClientSession::ClientSession(App& app, Worker& worker, Socket socket, std::uint64_t id,
+                             const admission::Address& from, admission::Verdict verdict)
+    : app_(app), worker_(worker), client_(std::move(socket)), id_(id), from_(from), door_(verdict) {
   worker_.add_session(this);
   client_in_.set_budget(&app_.message_memory());
 }
@@ -97,6 +98,7 @@ ClientSession::~ClientSession() {
   worker_.remove_session(this);
   if (pool_) pool_->client_left();
   if (counted_) app_.remove_client();
+  if (door_ == admission::Verdict::Admit) app_.leave(from_);
 }
 
 // ---- Carrying out actions ------------------------------------------------------------------

@@ -30,6 +30,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include "admission/admission.h"
 #include "config/config.h"
 #include "pool/server_pool.h"
 #include "proxy/cancel_registry.h"
@@ -51,7 +52,10 @@ class NotificationSink;
 
 class ClientSession : public std::enable_shared_from_this<ClientSession> {
  public:
-  ClientSession(App& app, Worker& worker, Socket socket, std::uint64_t id);
+  // `verdict` is the door's (App::admit()) for this socket: an admitted one is counted until
+  // this session ends; a refused one is told why after its startup packet.
+  ClientSession(App& app, Worker& worker, Socket socket, std::uint64_t id,
+                const admission::Address& from, admission::Verdict verdict);
   ~ClientSession();
 
   // Login, then hands the connection over to the event handlers. The caller keeps the session
@@ -88,6 +92,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   class Sink;
 
   // ---- Login (client_login.cpp) ----
+  asio::awaitable<void> refuse_at_door();
   asio::awaitable<bool> read_startup();
   asio::awaitable<bool> authenticate();
   asio::awaitable<bool> authenticate_scram(const UserAuth& auth);
@@ -149,6 +154,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   Worker& worker_;
   Socket client_;
   const std::uint64_t id_;
+  const admission::Address from_;
+  const admission::Verdict door_;
   config::ConfigPtr config_;
   std::shared_ptr<const UserDirectory> users_;
   const config::User* user_ = nullptr;

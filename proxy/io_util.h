@@ -60,8 +60,8 @@ asio::awaitable<ReadStatus> read_frame(Stream& socket, session::InputBuffer& in,
     auto space = in.prepare();
     if (space.empty()) co_return ReadStatus::NoMemory;
     error_code ec;
-    std::size_t n = co_await socket.async_read_some(asio::buffer(space.data(), space.size()),
-                                                    await_ec(ec));
+    std::size_t n =
+        co_await socket.async_read_some(asio::buffer(space.data(), space.size()), await_ec(ec));
     if (ec) co_return ReadStatus::Closed;
     in.commit(n);
   }

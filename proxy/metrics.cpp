@@ -15,7 +15,7 @@ namespace pgvalve::proxy {
 Snapshot take_snapshot(App& app) {
   Snapshot s;
   s.config = app.config();
-  s.client_connections = app.client_count();
+  s.client_connections = app.open_sockets();
   s.draining = app.draining();
   for (const auto& pool : app.pools()) {
     s.pools.push_back({pool->key(), pool->stats(), pool->clients()});

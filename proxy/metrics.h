@@ -23,7 +23,7 @@ struct PoolSample {
 
 struct Snapshot {
   config::ConfigPtr config;
-  int client_connections = 0;  // every open client connection (App::client_count())
+  int client_connections = 0;  // every open client socket, logging in or not (App::open_sockets())
   bool draining = false;
   std::vector<PoolSample> pools;  // sorted by database, user, host
 };

@@ -491,7 +491,25 @@ class Pgvalve:
                 f"pgvalve did not accept TCP on 127.0.0.1:{self.port} within {timeout}s "
                 f"(exit code {rc})\nconfig:\n{self.config_path.read_text()}\n"
                 f"log tail:\n{self.log_tail()}")
+        # The port probe was a client socket too (it counts against the connection limits):
+        # wait until pgvalve has seen it go, so that tests start with an empty door.
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and self.open_client_sockets() not in (0, None):
+            time.sleep(0.02)
         return self
+
+    def open_client_sockets(self) -> int | None:
+        """pgvalve_client_connections_open from /metrics; None when it cannot be read."""
+        import urllib.request
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/metrics",
+                                        timeout=2) as r:
+                for line in r.read().decode().splitlines():
+                    if line.startswith("pgvalve_client_connections_open "):
+                        return int(float(line.split()[1]))
+        except OSError:
+            return None
+        return None
 
     @property
     def pid(self) -> int | None:

@@ -1,0 +1,84 @@
+// Who may connect: the decision taken for every accepted socket, before a byte is read.
+//
+// Counts every open client socket (logging in, logged in, admin console) against
+// pool.max_client_connections, and per source address against limits.connections_per_ip, and
+// meters new connections per address with a token bucket (limits.connect_rate_per_ip per
+// second, limits.connect_burst_per_ip at once), as nginx's limit_conn / limit_req do. Pure and
+// single-threaded: the proxy holds it under a lock it takes once per accept and once per close.
+//
+// Memory is bounded: an address is tracked while it has open connections (at most
+// max_client_connections of them) or while its bucket is refilling; of the latter at most
+// `max_idle_addresses` are kept, the least recently seen forgotten first (it gets a full burst
+// again, the only cost).
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <list>
+#include <string>
+#include <unordered_map>
+
+namespace pgvalve::admission {
+
+using Clock = std::chrono::steady_clock;
+
+// An IPv4 address is stored IPv4-mapped (::ffff:a.b.c.d), so both families share one table.
+struct Address {
+  std::array<std::uint8_t, 16> bytes{};
+  bool operator==(const Address&) const = default;
+  static Address v4(std::uint32_t host_order);
+  static Address v6(const std::array<std::uint8_t, 16>& bytes);
+  std::string to_string() const;
+};
+
+struct AddressHash {
+  std::size_t operator()(const Address& a) const noexcept;
+};
+
+struct Limits {
+  int max_clients = 10000;  // pool.max_client_connections
+  int per_address = 0;      // limits.connections_per_ip; 0 = unlimited
+  int rate_per_s = 0;       // limits.connect_rate_per_ip; 0 = unlimited
+  int burst = 20;           // limits.connect_burst_per_ip
+};
+
+enum class Verdict {
+  Admit,
+  TooManyClients,      // max_clients sockets are open
+  TooManyFromAddress,  // per_address sockets from this address are open
+  TooFastFromAddress,  // this address has no token left
+};
+
+class Admission {
+ public:
+  explicit Admission(std::size_t max_idle_addresses = 16384)
+      : max_idle_addresses_(max_idle_addresses) {}
+
+  // Admit counts the socket until leave(). A refusal counts nothing, and takes no token: an
+  // address hammering a full door is not locked out once the door has room.
+  Verdict admit(const Address& from, const Limits& limits, Clock::time_point now);
+  void leave(const Address& from);
+
+  int open() const { return open_; }
+  int open_from(const Address& from) const;
+  std::size_t tracked_addresses() const { return addresses_.size(); }
+
+ private:
+  struct Entry {
+    int open = 0;
+    double tokens = 0;
+    Clock::time_point refilled{};
+    std::list<Address>::iterator idle_position;  // valid while open == 0
+  };
+  void refill(Entry& e, const Limits& limits, Clock::time_point now) const;
+  void became_idle(const Address& from, Entry& e);
+
+  std::unordered_map<Address, Entry, AddressHash> addresses_;
+  std::list<Address> idle_;  // addresses with no open socket, least recently seen first
+  const std::size_t max_idle_addresses_;
+  int open_ = 0;
+};
+
+}  // namespace pgvalve::admission

@@ -1,0 +1,174 @@
+"""The door (DESIGN §3 limits, §7; issue 7): every accepted socket counts against
+pool.max_client_connections — clients still logging in and admin console sessions too — and
+limits.connections_per_ip / connect_rate_per_ip / connect_burst_per_ip limit each source address.
+A refused client reads 53300 and a `pgvalve:` message in answer to its startup packet; a cancel
+request still gets through a full door; out of file descriptors, the accept loop pauses instead
+of spinning."""
+
+import os
+import socket
+import subprocess
+import threading
+import time
+
+import psycopg
+import pytest
+
+from itutil import APP_AND_OPS, OPS_PASSWORD, OPS_USER
+from pgcluster import APP_DB, wait_until
+from test_limits import assert_closed, assert_pgvalve_message, raw
+from pgwire import PgWireError
+
+
+def refused(pv, fragment):
+    r = raw(pv)
+    with pytest.raises(PgWireError) as ei:
+        r.connect()
+    assert ei.value.sqlstate == "53300", ei.value.fields
+    assert_pgvalve_message(ei.value.message)
+    assert fragment in ei.value.message, ei.value.message
+    assert_closed(r.sock)
+    return ei.value.message
+
+
+def bare_sockets(pv, n):
+    """Connected sockets that never send a byte: clients still logging in."""
+    out = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", pv.port), timeout=5)
+        out.append(s)
+    return out
+
+
+def can_connect(pv):
+    try:
+        with psycopg.connect(pv.dsn(), autocommit=True, connect_timeout=5) as c:
+            return c.execute("select 1").fetchone() == (1,)
+    except psycopg.OperationalError:
+        return False
+
+
+def test_sockets_still_logging_in_and_admin_sessions_count(pgvalve):
+    pv = pgvalve(mode="transaction", pool_size=2, max_client_connections=4, users=APP_AND_OPS,
+                 limits={"auth_timeout_ms": 20000})
+    admin = psycopg.connect(pv.dsn(user=OPS_USER, password=OPS_PASSWORD, dbname="pgvalve"),
+                            autocommit=True)
+    app = pv.connect()
+    silent = bare_sockets(pv, 2)
+    try:
+        time.sleep(0.3)  # the accepts happened
+        msg = refused(pv, "pool.max_client_connections = 4")
+        assert "too many client connections" in msg
+        # Those admitted are unaffected.
+        assert app.execute("select 1").fetchone() == (1,)
+        assert admin.execute("SHOW VERSION").fetchone()
+        # A silent socket that goes away frees its place.
+        silent.pop().close()
+        wait_until(lambda: can_connect(pv), 5, interval=0.2, message="a freed place")
+    finally:
+        for s in silent:
+            s.close()
+        app.close()
+        admin.close()
+
+
+def test_cancel_gets_through_a_full_door(pgvalve):
+    pv = pgvalve(mode="transaction", pool_size=2, max_client_connections=1)
+    conn = pv.connect()
+    try:
+        assert not can_connect(pv)  # full
+        timer = threading.Timer(1.0, conn.cancel)
+        timer.start()
+        t0 = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("select pg_sleep(30)")
+        assert time.monotonic() - t0 < 10
+        timer.join()
+        assert conn.execute("select 2").fetchone() == (2,)
+    finally:
+        conn.close()
+
+
+def test_connections_per_ip(pgvalve):
+    pv = pgvalve(mode="transaction", pool_size=2, limits={"connections_per_ip": 3})
+    conns = [pv.connect() for _ in range(3)]
+    try:
+        msg = refused(pv, "limits.connections_per_ip = 3")
+        assert "too many connections from 127.0.0.1" in msg
+        for c in conns:
+            assert c.execute("select 1").fetchone() == (1,)
+        conns.pop().close()
+        wait_until(lambda: can_connect(pv), 5, interval=0.2, message="a freed place")
+    finally:
+        for c in conns:
+            c.close()
+
+
+def test_connect_rate_per_ip_token_bucket(pgvalve):
+    pv = pgvalve(mode="transaction", pool_size=2,
+                 limits={"connect_rate_per_ip": 2, "connect_burst_per_ip": 3})
+    time.sleep(1.6)  # the fixture's readiness probes took tokens: let the bucket fill again
+    ok = 0
+    t0 = time.monotonic()
+    for _ in range(3):  # the burst
+        with pv.connect() as c:
+            c.execute("select 1")
+            ok += 1
+    assert time.monotonic() - t0 < 1.0, "the burst took too long to test the rate"
+    msg = refused(pv, "limits.connect_rate_per_ip = 2 per second")
+    assert "connecting too fast from 127.0.0.1" in msg
+    # Tokens come back at 2 per second.
+    time.sleep(0.6)
+    assert can_connect(pv)
+
+
+def test_reload_turns_a_limit_on_for_sockets_already_open(pgvalve):
+    pv = pgvalve(mode="transaction", pool_size=2)
+    conns = [pv.connect() for _ in range(2)]
+    try:
+        cfg = dict(pv.config)
+        cfg["limits"] = {"connections_per_ip": 2}
+        pv.reload(cfg)
+        wait_until(lambda: "reload_ok" in pv.log_text(), 5, message="reload applied")
+        refused(pv, "limits.connections_per_ip = 2")
+    finally:
+        for c in conns:
+            c.close()
+
+
+def test_out_of_file_descriptors_pauses_accepting(pgvalve, tmp_path):
+    """With a tiny descriptor limit, clients beyond it wait in the listen queue while pgvalve
+    pauses its accept loop (no spinning at 100% CPU); once clients leave, the waiting ones get
+    in."""
+    pv = pgvalve(mode="transaction", pool_size=1, max_overflow=0, workers=1)
+    pid = pv.proc.pid
+    # Lower the running process's limit: the few descriptors above it (epoll, listeners, the
+    # pool's server connection) leave room for only a handful of clients.
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    limit = fds + 3
+    subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={limit}:{limit}"], check=True)
+    held = bare_sockets(pv, 8)  # accepted up to the limit, the rest wait in the listen queue
+    try:
+        time.sleep(1.0)
+        cpu0 = sum(int(x) for x in open(f"/proc/{pid}/stat").read().split()[13:15])
+        time.sleep(2.0)
+        cpu1 = sum(int(x) for x in open(f"/proc/{pid}/stat").read().split()[13:15])
+        ticks = os.sysconf("SC_CLK_TCK")
+        assert (cpu1 - cpu0) / ticks < 0.5, f"accept loop spun: {(cpu1 - cpu0) / ticks:.2f}s CPU in 2s"
+        assert "accept_failed" in pv.log_text()
+    finally:
+        for s in held:
+            s.close()
+    wait_until(lambda: can_connect(pv), 10, interval=0.3, message="accepting again")
+    assert pv.alive()
+
+
+def test_open_files_limit_raised_to_the_hard_limit_and_logged(pgvalve):
+    pv = pgvalve(mode="transaction", pool_size=2)
+    with open(f"/proc/{pv.proc.pid}/limits") as f:
+        line = next(l for l in f if l.startswith("Max open files"))
+    soft, hard = line.split()[3:5]
+    assert soft == hard, line
+    import re
+    m = re.search(r"event=open_files_limit limit=(\d+) needed=(\d+)", pv.log_text())
+    assert m and m.group(1) == soft, pv.log_text()[-2000:]

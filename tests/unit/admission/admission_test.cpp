@@ -1,0 +1,124 @@
+// The door: total and per-address socket counts, the per-address token bucket, and the bound on
+// what is remembered about addresses.
+#include "admission/admission.h"
+
+#include <gtest/gtest.h>
+
+namespace pgvalve::admission {
+namespace {
+
+using namespace std::chrono_literals;
+
+const Address kA = Address::v4(0x0a000005);  // 10.0.0.5
+const Address kB = Address::v4(0x0a000006);
+const Clock::time_point t0{};
+
+TEST(Address, PrintsBothFamilies) {
+  EXPECT_EQ(kA.to_string(), "10.0.0.5");
+  std::array<std::uint8_t, 16> v6{0x20, 0x01, 0x0d, 0xb8};
+  v6[15] = 1;
+  EXPECT_EQ(Address::v6(v6).to_string(), "2001:db8:0:0:0:0:0:1");
+  EXPECT_FALSE(Address::v6(v6) == kA);
+}
+
+TEST(Admission, CountsEverySocketAgainstMaxClients) {
+  Admission door;
+  const Limits limits{.max_clients = 2};
+  EXPECT_EQ(door.admit(kA, limits, t0), Verdict::Admit);
+  EXPECT_EQ(door.admit(kB, limits, t0), Verdict::Admit);
+  EXPECT_EQ(door.admit(kB, limits, t0), Verdict::TooManyClients);
+  EXPECT_EQ(door.open(), 2);
+  door.leave(kA);
+  EXPECT_EQ(door.admit(kB, limits, t0), Verdict::Admit);
+  EXPECT_EQ(door.open_from(kB), 2);
+}
+
+TEST(Admission, LimitsSocketsPerAddress) {
+  Admission door;
+  const Limits limits{.max_clients = 100, .per_address = 2};
+  EXPECT_EQ(door.admit(kA, limits, t0), Verdict::Admit);
+  EXPECT_EQ(door.admit(kA, limits, t0), Verdict::Admit);
+  EXPECT_EQ(door.admit(kA, limits, t0), Verdict::TooManyFromAddress);
+  EXPECT_EQ(door.admit(kB, limits, t0), Verdict::Admit);  // another address is not affected
+  door.leave(kA);
+  EXPECT_EQ(door.admit(kA, limits, t0), Verdict::Admit);
+}
+
+TEST(Admission, RateAllowsABurstThenRefillsOverTime) {
+  Admission door;
+  const Limits limits{.max_clients = 100, .rate_per_s = 2, .burst = 3};
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(door.admit(kA, limits, t0), Verdict::Admit) << i;
+    door.leave(kA);  // closing does not give a token back
+  }
+  EXPECT_EQ(door.admit(kA, limits, t0), Verdict::TooFastFromAddress);
+  EXPECT_EQ(door.admit(kA, limits, t0 + 400ms), Verdict::TooFastFromAddress);  // 0.8 token
+  EXPECT_EQ(door.admit(kA, limits, t0 + 500ms), Verdict::Admit);               // 1 token
+  EXPECT_EQ(door.admit(kA, limits, t0 + 500ms), Verdict::TooFastFromAddress);
+  EXPECT_EQ(door.admit(kB, limits, t0 + 500ms), Verdict::Admit);
+  // A long pause refills to the burst, not beyond.
+  for (int i = 0; i < 3; ++i)
+    EXPECT_EQ(door.admit(kA, limits, t0 + 60s), Verdict::Admit) << i;
+  EXPECT_EQ(door.admit(kA, limits, t0 + 60s), Verdict::TooFastFromAddress);
+}
+
+TEST(Admission, RefusalsTakeNothing) {
+  Admission door;
+  const Limits full{.max_clients = 1, .rate_per_s = 1, .burst = 1};
+  EXPECT_EQ(door.admit(kA, full, t0), Verdict::Admit);
+  for (int i = 0; i < 10; ++i)
+    EXPECT_EQ(door.admit(kB, full, t0), Verdict::TooManyClients);
+  door.leave(kA);
+  EXPECT_EQ(door.admit(kB, full, t0), Verdict::Admit);  // kB's token was never spent
+  EXPECT_EQ(door.open(), 1);
+}
+
+TEST(Admission, LeaveOfAnUnknownAddressIsHarmless) {
+  Admission door;
+  door.leave(kA);
+  EXPECT_EQ(door.open(), 0);
+  EXPECT_EQ(door.admit(kA, Limits{}, t0), Verdict::Admit);
+  door.leave(kA);
+  door.leave(kA);
+  EXPECT_EQ(door.open(), 0);
+}
+
+TEST(Admission, RemembersABoundedNumberOfIdleAddresses) {
+  Admission door(/*max_idle_addresses=*/100);
+  const Limits limits{.max_clients = 1000000, .rate_per_s = 1, .burst = 1};
+  // A spray from many addresses, each connecting once and leaving.
+  for (std::uint32_t i = 0; i < 10000; ++i) {
+    const Address a = Address::v4(0x0b000000 + i);
+    ASSERT_EQ(door.admit(a, limits, t0), Verdict::Admit);
+    door.leave(a);
+  }
+  EXPECT_LE(door.tracked_addresses(), 100u);
+  // Addresses with open sockets are never forgotten.
+  ASSERT_EQ(door.admit(kA, limits, t0), Verdict::Admit);
+  for (std::uint32_t i = 0; i < 1000; ++i) {
+    const Address a = Address::v4(0x0c000000 + i);
+    door.admit(a, limits, t0);
+    door.leave(a);
+  }
+  EXPECT_EQ(door.open_from(kA), 1);
+  door.leave(kA);
+  EXPECT_EQ(door.open(), 0);
+}
+
+TEST(Admission, TheMostRecentlyRefusedAddressIsForgottenLast) {
+  Admission door(/*max_idle_addresses=*/2);
+  const Limits limits{.max_clients = 100, .rate_per_s = 1, .burst = 1};
+  ASSERT_EQ(door.admit(kA, limits, t0), Verdict::Admit);
+  door.leave(kA);
+  ASSERT_EQ(door.admit(kB, limits, t0), Verdict::Admit);
+  door.leave(kB);
+  EXPECT_EQ(door.admit(kA, limits, t0), Verdict::TooFastFromAddress);  // kA now most recent
+  const Address c = Address::v4(0x0a000007);
+  ASSERT_EQ(door.admit(c, limits, t0), Verdict::Admit);
+  door.leave(c);  // a third idle address: kB, the least recently seen, goes
+  EXPECT_EQ(door.admit(kA, limits, t0), Verdict::TooFastFromAddress);  // still remembered
+  EXPECT_EQ(door.admit(kB, limits, t0), Verdict::Admit);               // forgotten: fresh burst
+}
+
+}  // namespace
+}  // namespace pgvalve::admission
