@@ -203,6 +203,7 @@ Pairs describe_impl(const Config& c, bool hide_secrets) {
     add("tls.cert", shown(c.tls->cert));
     add("tls.key", shown(c.tls->key));
     add("tls.mode", to_string(c.tls->mode));
+    add("tls.client_ca", shown(c.tls->client_ca));
   } else {
     add("tls", "none");
   }

@@ -28,6 +28,8 @@ struct TlsConfig {
   std::string cert;
   std::string key;
   TlsMode mode = TlsMode::Prefer;
+  std::string client_ca;  // set: clients must present a certificate this CA signed
+  bool operator==(const TlsConfig&) const = default;
 };
 
 struct User {

@@ -543,6 +543,7 @@ void Loader::read_tls(const YAML::Node& node, const std::string& path,
                                     {"cert", string_field(tls.cert)},
                                     {"key", string_field(tls.key)},
                                     {"mode", enum_field(tls.mode, kTlsModes)},
+                                    {"client_ca", string_field(tls.client_ca)},
                                 });
   if (tls.mode != TlsMode::Disable) {
     // Without both files the listener could not offer TLS at all.
@@ -1095,9 +1096,6 @@ void Loader::refuse_what_does_not_work_yet(const YAML::Node& root, const Config&
       }
     }
   };
-  refuse(root, "tls", "tls",
-         "pgvalve answers N to SSLRequest and talks to clients in plaintext; remove the tls "
-         "section, or put a TLS terminator in front of pgvalve");
   if (c.server_tls != ServerTlsMode::Disable) {
     refuse(root, "server_tls", "server_tls",
            "pgvalve connects to PostgreSQL without TLS; the only value accepted today is "

@@ -11,6 +11,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
 
+#include "proxy/client_stream.h"
 #include "proxy/io_util.h"
 #include "session/input_buffer.h"
 
@@ -19,7 +20,8 @@ namespace pgvalve::proxy {
 class App;
 
 // Sends the login reply, then serves commands until the client leaves.
-boost::asio::awaitable<void> serve_admin_console(App& app, Socket& client, session::InputBuffer& in,
-                                                 const std::string& user, std::uint64_t client_id);
+boost::asio::awaitable<void> serve_admin_console(App& app, ClientStream& client,
+                                                 session::InputBuffer& in, const std::string& user,
+                                                 std::uint64_t client_id);
 
 }  // namespace pgvalve::proxy

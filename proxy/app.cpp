@@ -133,6 +133,18 @@ bool App::reload() {
     return false;
   }
   auto next = std::make_shared<config::Config>(*result.config);
+  std::shared_ptr<const TlsServerContext> tls;
+  if (next->tls && next->tls->mode != config::TlsMode::Disable) {
+    std::string error;
+    tls = TlsServerContext::make(*next->tls, error);
+    if (!tls) {
+      PGV_LOG(Error, "reload_failed", {"file", current->source_path}, {"error", error},
+              {"action", "kept the running configuration and certificate"});
+      return false;
+    }
+    PGV_LOG(Info, "tls_loaded", {"certificate", tls->description()},
+            {"mode", config::to_string(tls->mode())});
+  }
   for (const auto& change : config::diff(*current, *next)) {
     if (change.needs_restart) {
       PGV_LOG(Warn, "reload_needs_restart", {"key", change.key}, {"in_effect", change.old_value},
@@ -148,6 +160,7 @@ bool App::reload() {
   next->admin_listen = current->admin_listen;
   next->workers = current->workers;
   users_.store(std::make_shared<const UserDirectory>(next, users_.load().get()));
+  tls_.store(tls);
   config_.store(next);
   set_log_level(next->log_level);
   message_memory_.set_limit(next->limits.message_memory_bytes);
@@ -362,6 +375,18 @@ void App::raise_open_files_limit() {
 
 int App::run() {
   raise_open_files_limit();
+  if (const auto& cfg = config(); cfg->tls && cfg->tls->mode != config::TlsMode::Disable) {
+    std::string error;
+    auto tls = TlsServerContext::make(*cfg->tls, error);
+    if (!tls) {
+      PGV_LOG(Error, "tls_failed", {"error", error},
+              {"action", "not started: fix tls.cert / tls.key / tls.client_ca"});
+      return 1;
+    }
+    PGV_LOG(Info, "tls_loaded", {"certificate", tls->description()},
+            {"mode", config::to_string(tls->mode())});
+    tls_.store(std::move(tls));
+  }
   try {
     start_listeners();
   } catch (const std::exception& e) {

@@ -24,6 +24,7 @@
 #include "proxy/cancel_registry.h"
 #include "proxy/checkout_deadlines.h"
 #include "proxy/client_session.h"
+#include "proxy/tls.h"
 #include "proxy/users.h"
 #include "session/input_buffer.h"
 #include "session/session.h"
@@ -75,6 +76,9 @@ class App : public pool::Handoff {
 
   config::ConfigPtr config() const { return config_.load(); }
   std::shared_ptr<const UserDirectory> users() const { return users_.load(); }
+  // Client-facing TLS as configured (tls.*), or null when it is not offered. Loaded at start and
+  // on every reload (certificate files are read again).
+  std::shared_ptr<const TlsServerContext> tls() const { return tls_.load(); }
   CancelRegistry& cancels() { return cancels_; }
   // Bytes held by all clients for messages still being received (limits.message_memory_bytes).
   session::MemoryBudget& message_memory() { return message_memory_; }
@@ -121,6 +125,7 @@ class App : public pool::Handoff {
 
   std::atomic<config::ConfigPtr> config_;
   std::atomic<std::shared_ptr<const UserDirectory>> users_;
+  std::atomic<std::shared_ptr<const TlsServerContext>> tls_;
   CancelRegistry cancels_;
   session::MemoryBudget message_memory_{0};
   std::mutex pools_mutex_;

@@ -37,7 +37,7 @@ asio::awaitable<void> ClientSession::serve() {
     co_await refuse_at_door();
     co_return;
   }
-  enable_keepalive(client_);
+  enable_keepalive(client_.socket());
   bool ok;
   {
     Deadline auth_deadline(client_, std::chrono::milliseconds(config_->limits.auth_timeout_ms));
@@ -131,13 +131,47 @@ asio::awaitable<bool> ClientSession::read_startup() {
       co_return false;
     }
     client_in_.consume(r.consumed);
-    if (std::holds_alternative<pr::SslRequest>(r.packet) ||
-        std::holds_alternative<pr::GssEncRequest>(r.packet)) {
-      if (!co_await write_all(client_, "N")) co_return false;  // not offered
+    if (std::holds_alternative<pr::GssEncRequest>(r.packet)) {
+      if (!co_await write_all(client_, "N")) co_return false;  // GSSAPI is not offered
+      continue;
+    }
+    if (std::holds_alternative<pr::SslRequest>(r.packet)) {
+      if (client_.tls()) {
+        co_await send_fatal("08P01", "pgvalve: SSLRequest received inside TLS");
+        co_return false;
+      }
+      auto tls = app_.tls();
+      if (!tls) {
+        if (!co_await write_all(client_, "N")) co_return false;  // not offered
+        continue;
+      }
+      if (!client_in_.empty()) {
+        // Bytes sent before the answer would be read as if they had come through TLS
+        // (CVE-2021-23214 in PostgreSQL): refused, in plaintext.
+        co_await send_fatal("08P01",
+                            "pgvalve: data received after SSLRequest before the TLS handshake; "
+                            "the client must wait for the server's answer");
+        co_return false;
+      }
+      if (!co_await write_all(client_, "S")) co_return false;
+      std::string error;
+      if (!co_await client_.start_tls(std::move(tls), error)) {
+        PGV_LOG(Info, "client_tls_failed", {"client", id_}, {"reason", error});
+        co_return false;
+      }
+      PGV_LOG(Debug, "client_tls", {"client", id_}, {"version", client_.tls()->version()},
+              {"cipher", client_.tls()->cipher()});
       continue;
     }
     if (auto* cancel = std::get_if<pr::CancelRequest>(&r.packet)) {
+      // Allowed in plaintext whatever tls.mode says: libpq sends cancels without TLS.
       co_await forward_cancel(cancel->process_id, cancel->secret_key);
+      co_return false;
+    }
+    if (auto tls = app_.tls(); tls && tls->mode() == config::TlsMode::Require && !client_.tls()) {
+      co_await send_fatal("28000",
+                          "pgvalve: TLS is required (tls.mode = require); connect with "
+                          "sslmode=require (or verify-ca / verify-full)");
       co_return false;
     }
     auto& startup = std::get<pr::StartupMessage>(r.packet);
@@ -311,7 +345,7 @@ asio::awaitable<bool> ClientSession::start_session() {
                   links_[0].conn->key.secret_key);
   }
   error_code ec;
-  client_.non_blocking(true, ec);
+  client_.socket().non_blocking(true, ec);
   PGV_LOG(Info, "client_login", {"client", id_}, {"user", user_name_}, {"database", database_name_},
           {"mode", config::to_string(config_->pool.mode)});
   const auto& actions =

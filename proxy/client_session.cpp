@@ -116,8 +116,7 @@ void ClientSession::carry_out(const Actions& actions, Source source, session::Li
     }
   }
   if (!actions.to_client.empty() || !actions.outbox.empty()) {
-    if (client_writer_.write(client_, actions.to_client, actions.outbox) ==
-        SocketWriter::Result::Backlog) {
+    if (write_client(actions.to_client, actions.outbox) == SocketWriter::Result::Backlog) {
       client_writer_.on_drained(drained_callback());
     }
   }
@@ -159,6 +158,14 @@ void ClientSession::carry_out(const Actions& actions, Source source, session::Li
   arm_timer();
 }
 
+SocketWriter::Result ClientSession::write_client(std::span<const session::Chunk> chunks,
+                                                 std::string_view tail) {
+  if (!client_.tls()) return client_writer_.write(client_.socket(), chunks, tail);
+  std::string_view sealed;
+  if (!client_.seal(chunks, tail, sealed)) return SocketWriter::Result::Failed;
+  return client_writer_.write(client_.socket(), {}, sealed);
+}
+
 // Holds the session: while a writer has a backlog nothing else may (no read is armed). The
 // writer drops it as it runs it, and on abandon() (close(), a server given back).
 std::function<void()> ClientSession::drained_callback() {
@@ -197,7 +204,16 @@ void ClientSession::watch_client() {
   }
   if (watching_client_ || !core_->wants_client_input()) return;
   watching_client_ = true;
-  client_.async_wait(Socket::wait_read, [self = shared_from_this()](const error_code& ec) {
+  if (client_.buffered()) {
+    // TLS holds plaintext (or a record) already read from the socket, which will not become
+    // readable for it: read it on the next turn.
+    asio::post(client_.get_executor(), [self = shared_from_this()] {
+      self->watching_client_ = false;
+      if (!self->closed_) self->read_client();
+    });
+    return;
+  }
+  client_.socket().async_wait(Socket::wait_read, [self = shared_from_this()](const error_code& ec) {
     self->watching_client_ = false;
     if (self->closed_) return;
     if (ec) {
@@ -217,6 +233,13 @@ void ClientSession::read_client() {
   }
   error_code ec;
   const std::size_t n = client_.read_some(asio::buffer(space.data(), space.size()), ec);
+  if (client_.has_output()) {
+    // TLS answered something while reading (an alert, a key update): it goes out first.
+    const auto out = client_.take_output();
+    if (client_writer_.write(client_.socket(), {}, out) == SocketWriter::Result::Backlog) {
+      client_writer_.on_drained(drained_callback());
+    }
+  }
   if (ec == asio::error::would_block || ec == asio::error::try_again) {
     watch_client();
     return;

@@ -35,6 +35,7 @@
 #include "pool/server_pool.h"
 #include "proxy/cancel_registry.h"
 #include "proxy/checkout_deadlines.h"
+#include "proxy/client_stream.h"
 #include "proxy/io_util.h"
 #include "proxy/server_connection.h"
 #include "proxy/socket_writer.h"
@@ -105,6 +106,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // ---- Events (client_session.cpp) ----
   enum class Source : std::uint8_t { Client, Server, Event };
   void carry_out(const session::Actions& actions, Source source, session::LinkId link = 0);
+  // Plaintext to the client, through TLS when it is on.
+  SocketWriter::Result write_client(std::span<const session::Chunk> chunks, std::string_view tail);
   void on_drained();
   std::function<void()> drained_callback();
   bool writers_busy() const;
@@ -152,7 +155,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
 
   App& app_;
   Worker& worker_;
-  Socket client_;
+  ClientStream client_;
   const std::uint64_t id_;
   const admission::Address from_;
   const admission::Verdict door_;

@@ -33,9 +33,13 @@ TEST(NotSupportedYet, TheMinimalFileLoads) {
   EXPECT_TRUE(result.errors.empty()) << dump(result);
 }
 
-TEST(NotSupportedYet, ClientTls) {
-  expect_refused("tls:\n  cert: a.crt\n  key: a.key\n  mode: require\n", "tls", 8);
-  expect_refused("tls: {mode: disable}\n", "tls", 8);
+TEST(NotSupportedYet, ClientTlsWorks) {
+  const LoadResult result =
+      load_working("tls:\n  cert: a.crt\n  key: a.key\n  mode: require\n  client_ca: ca.crt\n");
+  ASSERT_TRUE(result.errors.empty()) << dump(result);
+  ASSERT_TRUE(result.config->tls.has_value());
+  EXPECT_EQ(result.config->tls->mode, TlsMode::Require);
+  EXPECT_EQ(result.config->tls->client_ca, "ca.crt");
 }
 
 TEST(NotSupportedYet, ServerTlsOtherThanDisable) {

@@ -1,0 +1,162 @@
+#include "proxy/client_stream.h"
+
+#include <array>
+
+namespace pgvalve::proxy {
+
+namespace {
+
+// Ciphertext read from a socket on its way into OpenSSL, and records on their way out. Per
+// thread: used only between two suspension points (never across a co_await).
+constexpr std::size_t kRecordBytes = 16 * 1024 + 512;
+
+std::array<char, kRecordBytes>& raw_scratch() {
+  thread_local std::array<char, kRecordBytes> buffer;
+  return buffer;
+}
+
+std::string& plain_scratch() {
+  thread_local std::string s;
+  return s;
+}
+
+std::string& cipher_scratch() {
+  thread_local std::string s;
+  return s;
+}
+
+}  // namespace
+
+asio::awaitable<bool> ClientStream::start_tls(std::shared_ptr<const TlsServerContext> context,
+                                              std::string& error) {
+  tls_ = std::make_unique<TlsChannel>(std::move(context));
+  std::string out;
+  std::string in(kRecordBytes, '\0');
+  for (;;) {
+    const auto status = tls_->handshake();
+    out.clear();
+    tls_->take_output(out);
+    if (!out.empty()) {
+      error_code ec;
+      co_await asio::async_write(socket_, asio::buffer(out), await_ec(ec));
+      if (ec) {
+        error = "writing the handshake: " + ec.message();
+        co_return false;
+      }
+    }
+    if (status == TlsChannel::Status::Ok) co_return true;
+    if (status != TlsChannel::Status::WantInput) {
+      error = status == TlsChannel::Status::Closed ? "closed during the handshake" : tls_->error();
+      co_return false;
+    }
+    error_code ec;
+    const std::size_t n = co_await socket_.async_read_some(asio::buffer(in), await_ec(ec));
+    if (ec) {
+      error = "reading the handshake: " + ec.message();
+      co_return false;
+    }
+    tls_->feed({in.data(), n});
+  }
+}
+
+asio::awaitable<std::size_t> ClientStream::async_read_some(
+    asio::mutable_buffer into, decltype(await_ec(std::declval<error_code&>())) token) {
+  error_code& ec = token.ec_;
+  if (!tls_) {
+    const std::size_t n = co_await socket_.async_read_some(into, await_ec(ec));
+    co_return n;
+  }
+  std::string raw;
+  for (;;) {
+    std::size_t n = 0;
+    const auto status = tls_->read({static_cast<char*>(into.data()), into.size()}, n);
+    if (tls_->has_output()) {
+      std::string out;
+      tls_->take_output(out);
+      error_code wec;
+      co_await asio::async_write(socket_, asio::buffer(out), await_ec(wec));
+    }
+    switch (status) {
+      case TlsChannel::Status::Ok:
+        ec = {};
+        co_return n;
+      case TlsChannel::Status::Closed:
+        ec = asio::error::eof;
+        co_return 0;
+      case TlsChannel::Status::Failed:
+        ec = asio::error::connection_aborted;
+        co_return 0;
+      case TlsChannel::Status::WantInput:
+        break;
+    }
+    if (raw.empty()) raw.resize(kRecordBytes);
+    const std::size_t got = co_await socket_.async_read_some(asio::buffer(raw), await_ec(ec));
+    if (ec) co_return 0;
+    tls_->feed({raw.data(), got});
+  }
+}
+
+asio::awaitable<bool> ClientStream::write_all(std::string_view plaintext) {
+  error_code ec;
+  if (!tls_) {
+    co_await asio::async_write(socket_, asio::buffer(plaintext.data(), plaintext.size()),
+                               await_ec(ec));
+    co_return !ec;
+  }
+  std::string out;
+  if (!tls_->write(plaintext)) co_return false;
+  tls_->take_output(out);
+  co_await asio::async_write(socket_, asio::buffer(out), await_ec(ec));
+  co_return !ec;
+}
+
+std::size_t ClientStream::read_some(asio::mutable_buffer into, error_code& ec) {
+  if (!tls_) return socket_.read_some(into, ec);
+  for (;;) {
+    std::size_t n = 0;
+    switch (tls_->read({static_cast<char*>(into.data()), into.size()}, n)) {
+      case TlsChannel::Status::Ok:
+        ec = {};
+        return n;
+      case TlsChannel::Status::Closed:
+        ec = asio::error::eof;
+        return 0;
+      case TlsChannel::Status::Failed:
+        ec = asio::error::connection_aborted;
+        return 0;
+      case TlsChannel::Status::WantInput:
+        break;
+    }
+    // OpenSSL needs another record: read what the socket has (would_block when nothing).
+    auto& raw = raw_scratch();
+    const std::size_t got = socket_.read_some(asio::buffer(raw), ec);
+    if (ec) return 0;
+    tls_->feed({raw.data(), got});
+  }
+}
+
+bool ClientStream::seal(std::span<const session::Chunk> chunks, std::string_view tail,
+                        std::string_view& out) {
+  auto& plain = plain_scratch();
+  plain.clear();
+  for (const auto& c : chunks)
+    plain.append(c.data, c.size);
+  plain.append(tail);
+  auto& cipher = cipher_scratch();
+  cipher.clear();
+  // Whatever a read left to send goes first, in order.
+  tls_->take_output(cipher);
+  if (!tls_->write(plain)) return false;
+  tls_->take_output(cipher);
+  out = cipher;
+  return true;
+}
+
+std::string_view ClientStream::take_output() {
+  auto& cipher = cipher_scratch();
+  cipher.clear();
+  if (tls_) tls_->take_output(cipher);
+  return cipher;
+}
+
+}  // namespace pgvalve::proxy

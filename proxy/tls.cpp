@@ -1,0 +1,178 @@
+#include "proxy/tls.h"
+
+#include <openssl/err.h>
+#include <openssl/x509.h>
+
+#include <climits>
+
+namespace pgvalve::proxy {
+
+namespace {
+
+std::string openssl_errors() {
+  std::string out;
+  while (unsigned long e = ERR_get_error()) {
+    char buf[256];
+    ERR_error_string_n(e, buf, sizeof buf);
+    if (!out.empty()) out += "; ";
+    out += buf;
+  }
+  return out.empty() ? "unknown TLS error" : out;
+}
+
+std::string describe_certificate(SSL_CTX* ctx) {
+  X509* cert = SSL_CTX_get0_certificate(ctx);
+  if (!cert) return "";
+  char subject[256] = {};
+  X509_NAME_oneline(X509_get_subject_name(cert), subject, sizeof subject);
+  std::string out = subject;
+  if (BIO* b = BIO_new(BIO_s_mem())) {
+    if (ASN1_TIME_print(b, X509_get0_notAfter(cert)) == 1) {
+      char* data = nullptr;
+      const long n = BIO_get_mem_data(b, &data);
+      out += ", expires " + std::string(data, static_cast<std::size_t>(n));
+    }
+    BIO_free(b);
+  }
+  return out;
+}
+
+}  // namespace
+
+std::shared_ptr<const TlsServerContext> TlsServerContext::make(const config::TlsConfig& tls,
+                                                               std::string& error) {
+  std::shared_ptr<TlsServerContext> c(new TlsServerContext());
+  c->mode_ = tls.mode;
+  ERR_clear_error();
+  c->ctx_ = SSL_CTX_new(TLS_server_method());
+  if (!c->ctx_) {
+    error = openssl_errors();
+    return nullptr;
+  }
+  SSL_CTX_set_min_proto_version(c->ctx_, TLS1_2_VERSION);
+  SSL_CTX_set_options(c->ctx_, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_NO_TICKET |
+                                   SSL_OP_CIPHER_SERVER_PREFERENCE);
+  // An idle client keeps no read or write buffer inside OpenSSL.
+  SSL_CTX_set_mode(c->ctx_, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE);
+  if (SSL_CTX_use_certificate_chain_file(c->ctx_, tls.cert.c_str()) != 1) {
+    error = "tls.cert " + tls.cert + ": " + openssl_errors();
+    return nullptr;
+  }
+  if (SSL_CTX_use_PrivateKey_file(c->ctx_, tls.key.c_str(), SSL_FILETYPE_PEM) != 1) {
+    error = "tls.key " + tls.key + ": " + openssl_errors();
+    return nullptr;
+  }
+  if (SSL_CTX_check_private_key(c->ctx_) != 1) {
+    error = "tls.key " + tls.key + " does not match tls.cert " + tls.cert;
+    return nullptr;
+  }
+  if (!tls.client_ca.empty()) {
+    if (SSL_CTX_load_verify_locations(c->ctx_, tls.client_ca.c_str(), nullptr) != 1) {
+      error = "tls.client_ca " + tls.client_ca + ": " + openssl_errors();
+      return nullptr;
+    }
+    STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(tls.client_ca.c_str());
+    if (names) SSL_CTX_set_client_CA_list(c->ctx_, names);
+    SSL_CTX_set_verify(c->ctx_, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nullptr);
+  }
+  c->description_ = describe_certificate(c->ctx_);
+  return c;
+}
+
+TlsServerContext::~TlsServerContext() {
+  if (ctx_) SSL_CTX_free(ctx_);
+}
+
+TlsChannel::TlsChannel(std::shared_ptr<const TlsServerContext> context)
+    : context_(std::move(context)) {
+  ssl_ = SSL_new(context_->native());
+  in_ = BIO_new(BIO_s_mem());
+  out_ = BIO_new(BIO_s_mem());
+  // An empty input BIO means "no data yet", not end of file.
+  BIO_set_mem_eof_return(in_, -1);
+  BIO_set_mem_eof_return(out_, -1);
+  SSL_set_bio(ssl_, in_, out_);
+  SSL_set_accept_state(ssl_);
+}
+
+TlsChannel::~TlsChannel() {
+  SSL_free(ssl_);  // frees both BIOs
+}
+
+void TlsChannel::feed(std::span<const char> ciphertext) {
+  if (!ciphertext.empty()) BIO_write(in_, ciphertext.data(), static_cast<int>(ciphertext.size()));
+}
+
+bool TlsChannel::buffered() const {
+  return SSL_pending(ssl_) > 0 || BIO_ctrl_pending(in_) > 0;
+}
+
+TlsChannel::Status TlsChannel::fail(int ret) {
+  switch (SSL_get_error(ssl_, ret)) {
+    case SSL_ERROR_WANT_READ:
+      return Status::WantInput;
+    case SSL_ERROR_ZERO_RETURN:
+      return Status::Closed;
+    default:
+      error_ = openssl_errors();
+      if (long v = SSL_get_verify_result(ssl_); v != X509_V_OK) {
+        error_ += std::string(" (certificate: ") + X509_verify_cert_error_string(v) + ")";
+      }
+      return Status::Failed;
+  }
+}
+
+TlsChannel::Status TlsChannel::handshake() {
+  ERR_clear_error();
+  const int r = SSL_do_handshake(ssl_);
+  return r == 1 ? Status::Ok : fail(r);
+}
+
+TlsChannel::Status TlsChannel::read(std::span<char> into, std::size_t& n) {
+  n = 0;
+  if (into.empty()) return Status::Ok;
+  ERR_clear_error();
+  const int want = static_cast<int>(std::min<std::size_t>(into.size(), INT_MAX));
+  const int r = SSL_read(ssl_, into.data(), want);
+  if (r > 0) {
+    n = static_cast<std::size_t>(r);
+    return Status::Ok;
+  }
+  return fail(r);
+}
+
+bool TlsChannel::write(std::string_view plaintext) {
+  ERR_clear_error();
+  while (!plaintext.empty()) {
+    const int chunk = static_cast<int>(std::min<std::size_t>(plaintext.size(), 1 << 30));
+    const int r = SSL_write(ssl_, plaintext.data(), chunk);
+    if (r <= 0) {
+      fail(r);
+      return false;
+    }
+    plaintext.remove_prefix(static_cast<std::size_t>(r));
+  }
+  return true;
+}
+
+void TlsChannel::take_output(std::string& out) {
+  char* data = nullptr;
+  const long n = BIO_get_mem_data(out_, &data);
+  if (n <= 0) return;
+  out.append(data, static_cast<std::size_t>(n));
+  (void)BIO_reset(out_);
+}
+
+bool TlsChannel::has_output() const {
+  return BIO_ctrl_pending(out_) > 0;
+}
+
+std::string TlsChannel::version() const {
+  return SSL_get_version(ssl_);
+}
+
+std::string TlsChannel::cipher() const {
+  return SSL_get_cipher_name(ssl_);
+}
+
+}  // namespace pgvalve::proxy

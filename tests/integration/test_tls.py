@@ -1,0 +1,215 @@
+"""TLS to clients (DESIGN §3 `tls`, issue 7): SSLRequest answered 'S' and a TLS handshake
+(OpenSSL, TLS 1.2 and later), `tls.mode` disable / prefer / require, client certificates checked
+against `tls.client_ca`, certificate files read again on SIGHUP. A test CA, server and client
+certificates are made here with the openssl CLI. Clients: psql and psycopg (libpq, sslmode
+require / verify-full), PgJDBC over TLS, and raw sockets for what drivers never send."""
+
+import copy
+import re
+import socket
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pgcluster import APP_DB, APP_PASSWORD, APP_USER, wait_until
+from pgwire import PgWireError, RawClient
+from test_drivers import DRIVERS, JDBC_JAR, run
+from test_limits import assert_closed, assert_pgvalve_message
+
+SSL_REQUEST = struct.pack("!ii", 8, 80877103)
+GSSENC_REQUEST = struct.pack("!ii", 8, 80877104)
+
+
+def openssl(*args, cwd):
+    r = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, f"openssl {' '.join(args)}\n{r.stdout}\n{r.stderr}"
+    return r.stdout
+
+
+def make_ca(d: Path, name: str):
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+            f"/CN={name}", "-keyout", f"{name}.key", "-out", f"{name}.crt", cwd=d)
+
+
+def make_cert(d: Path, ca: str, name: str, cn: str, san: str | None = None):
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}", "-keyout",
+            f"{name}.key", "-out", f"{name}.csr", cwd=d)
+    ext = d / f"{name}.ext"
+    ext.write_text(f"subjectAltName={san}\n" if san else "basicConstraints=CA:FALSE\n")
+    openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+            "-CAcreateserial", "-days", "2", "-extfile", str(ext), "-out", f"{name}.crt", cwd=d)
+    (d / f"{name}.key").chmod(0o600)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pki")
+    make_ca(d, "ca")
+    make_ca(d, "other_ca")
+    make_cert(d, "ca", "server", "pgvalve-test", "IP:127.0.0.1,DNS:localhost")
+    make_cert(d, "ca", "server2", "pgvalve-renewed", "IP:127.0.0.1,DNS:localhost")
+    make_cert(d, "ca", "client", APP_USER)
+    make_cert(d, "other_ca", "stranger", APP_USER)
+    return d
+
+
+def tls_conf(pki, mode="require", **extra):
+    return {"cert": str(pki / "server.crt"), "key": str(pki / "server.key"), "mode": mode,
+            **extra}
+
+
+def one(conn, sql):
+    return conn.execute(sql).fetchone()[0]
+
+
+def subject_seen_by_client(pv) -> str:
+    """The server certificate's subject, as a client sees it (openssl s_client speaks the
+    PostgreSQL SSLRequest itself)."""
+    r = subprocess.run(["openssl", "s_client", "-starttls", "postgres", "-connect",
+                        f"127.0.0.1:{pv.port}", "-brief"], input="", capture_output=True,
+                       text=True, timeout=20)
+    m = re.search(r"Peer certificate: (.*)", r.stdout + r.stderr)
+    return m.group(1) if m else r.stdout + r.stderr
+
+
+def test_require_serves_tls_and_refuses_plaintext_28000(pgvalve, pki):
+    pv = pgvalve(mode="transaction", pool_size=2, tls=tls_conf(pki, "require"))
+    with psycopg.connect(pv.dsn(sslmode="require"), autocommit=True) as c:
+        assert c.pgconn.ssl_in_use
+        assert one(c, "select 41 + 1") == 42
+        # A result far larger than one TLS record, and a large statement the other way.
+        big = "x" * 3_000_000
+        assert one(c, f"select length(repeat('ab', 1500000))") == 3_000_000
+        assert one(c, f"select length('{big}')") == len(big)
+    with pytest.raises(psycopg.OperationalError) as ei:
+        psycopg.connect(pv.dsn(sslmode="disable"))
+    assert "28000" in str(ei.value) or "TLS is required" in str(ei.value), ei.value
+    r = RawClient("127.0.0.1", pv.port, APP_USER, APP_PASSWORD, APP_DB, timeout=5)
+    with pytest.raises(PgWireError) as pe:
+        r.connect()
+    assert pe.value.sqlstate == "28000", pe.value.fields
+    assert_pgvalve_message(pe.value.message)
+    assert "tls.mode = require" in pe.value.message
+
+
+def test_verify_full_with_the_test_ca_and_psql(pgvalve, pki):
+    pv = pgvalve(mode="transaction", pool_size=2, tls=tls_conf(pki, "prefer"))
+    dsn = (f"host=localhost port={pv.port} dbname={APP_DB} user={APP_USER} "
+           f"password={APP_PASSWORD} sslmode=verify-full sslrootcert={pki / 'ca.crt'}")
+    r = subprocess.run(["psql", dsn, "-XAtc", "select 'through tls'", "-c", "\\conninfo"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert "through tls" in r.stdout and "SSL connection" in r.stdout, r.stdout
+    # The same client with another CA refuses pgvalve's certificate.
+    bad = dsn.replace(str(pki / "ca.crt"), str(pki / "other_ca.crt"))
+    r = subprocess.run(["psql", bad, "-XAtc", "select 1"], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode != 0 and "certificate verify failed" in r.stderr, r.stderr
+    # prefer: plaintext clients are still served.
+    with psycopg.connect(pv.dsn(sslmode="disable"), autocommit=True) as c:
+        assert not c.pgconn.ssl_in_use
+        assert one(c, "select 1") == 1
+
+
+def test_client_certificates_against_client_ca(pgvalve, pki):
+    pv = pgvalve(mode="transaction", pool_size=2,
+                 tls=tls_conf(pki, "require", client_ca=str(pki / "ca.crt")))
+    with psycopg.connect(pv.dsn(sslmode="require", sslcert=pki / "client.crt",
+                                sslkey=pki / "client.key"), autocommit=True) as c:
+        assert one(c, "select 1") == 1
+    for cert in (None, "stranger"):
+        kw = {} if cert is None else {"sslcert": pki / f"{cert}.crt", "sslkey": pki / f"{cert}.key"}
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(pv.dsn(sslmode="require", **kw))
+    assert "client_tls_failed" in pv.log_text()
+
+
+def test_jdbc_over_tls(pgvalve, pki, cluster, tmp_path):
+    assert JDBC_JAR.exists()
+    pv = pgvalve(mode="transaction", pool_size=2, max_overflow=0, checkout_timeout_ms=15000,
+                 tls=tls_conf(pki, "require"))
+    cluster.primary.sql("drop table if exists jdbc_results; "
+                        "create table jdbc_results (thread int, i int); "
+                        f"alter table jdbc_results owner to {APP_USER}", dbname=APP_DB)
+    r, out = run(["javac", "-cp", str(JDBC_JAR), "-d", str(tmp_path),
+                  str(DRIVERS / "JdbcPrepared.java")], timeout=120)
+    assert r.returncode == 0, out
+    url = (f"jdbc:postgresql://localhost:{pv.port}/{APP_DB}?sslmode=verify-full"
+           f"&sslrootcert={pki / 'ca.crt'}")
+    r, out = run(["java", "-cp", f"{tmp_path}:{JDBC_JAR}", "JdbcPrepared", url, APP_USER,
+                  APP_PASSWORD, "3", "50"], timeout=150)
+    assert r.returncode == 0 and r.stdout.startswith("OK"), out
+
+
+def test_bytes_after_sslrequest_before_the_handshake_are_refused(pgvalve, pki):
+    pv = pgvalve(mode="transaction", pool_size=2, tls=tls_conf(pki, "prefer"))
+    s = socket.create_connection(("127.0.0.1", pv.port), timeout=5)
+    # SSLRequest and, in the same write, what a plaintext startup would be.
+    s.sendall(SSL_REQUEST + struct.pack("!ii", 9, 196608) + b"\0")
+    data = s.recv(4096)
+    assert data[:1] == b"E", data  # no 'S': an error, in plaintext, then the close
+    assert b"before the TLS handshake" in data
+    assert_closed(s)
+    s.close()
+
+
+def test_gssencrequest_is_answered_n(pgvalve, pki):
+    pv = pgvalve(mode="transaction", pool_size=2, tls=tls_conf(pki, "prefer"))
+    with socket.create_connection(("127.0.0.1", pv.port), timeout=5) as s:
+        s.sendall(GSSENC_REQUEST)
+        assert s.recv(1) == b"N"
+    # libpq tries GSS encryption first when it can, then TLS: both work out.
+    with psycopg.connect(pv.dsn(sslmode="require", gssencmode="prefer"), autocommit=True) as c:
+        assert c.pgconn.ssl_in_use
+
+
+def test_tls_1_1_is_refused(pgvalve, pki):
+    pv = pgvalve(mode="transaction", pool_size=2, tls=tls_conf(pki, "require"))
+    r = subprocess.run(["openssl", "s_client", "-starttls", "postgres", "-connect",
+                        f"127.0.0.1:{pv.port}", "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"],
+                       input="", capture_output=True, text=True, timeout=20)
+    # The client is willing (security level 0 allows TLS 1.1); pgvalve is not.
+    assert r.returncode != 0 and "protocol version" in r.stdout + r.stderr, r.stdout + r.stderr
+    with psycopg.connect(pv.dsn(sslmode="require", ssl_min_protocol_version="TLSv1.2"),
+                         autocommit=True) as c:
+        assert one(c, "select 1") == 1
+
+
+def test_sighup_reads_the_certificate_files_again(pgvalve, pki, tmp_path):
+    cert, key = tmp_path / "live.crt", tmp_path / "live.key"
+    cert.write_bytes((pki / "server.crt").read_bytes())
+    key.write_bytes((pki / "server.key").read_bytes())
+    key.chmod(0o600)
+    pv = pgvalve(mode="transaction", pool_size=2,
+                 tls={"cert": str(cert), "key": str(key), "mode": "require"})
+    assert "CN = pgvalve-test" in subject_seen_by_client(pv) or \
+        "CN=pgvalve-test" in subject_seen_by_client(pv)
+    held = psycopg.connect(pv.dsn(sslmode="require"), autocommit=True)
+    cert.write_bytes((pki / "server2.crt").read_bytes())
+    key.write_bytes((pki / "server2.key").read_bytes())
+    pv.reload()
+    wait_until(lambda: "renewed" in subject_seen_by_client(pv), 5, interval=0.2,
+               message="the renewed certificate is served")
+    assert one(held, "select 2") == 2  # a client on the old certificate is not dropped
+    # A broken file is refused with the reload; the certificate in use stays.
+    key.write_text("not a key\n")
+    offset = len(pv.log_text())
+    pv.reload()
+    wait_until(lambda: "reload_failed" in pv.log_text()[offset:], 5, message="reload refused")
+    assert "renewed" in subject_seen_by_client(pv)
+    with psycopg.connect(pv.dsn(sslmode="require"), autocommit=True) as c:
+        assert one(c, "select 3") == 3
+    held.close()
+
+
+def test_a_missing_certificate_stops_the_start(pgvalve, pki, cluster, tmp_path):
+    from pgcluster import Pgvalve
+    pv = Pgvalve(cluster, tmp_path / "pv", tls={"cert": str(tmp_path / "nope.crt"),
+                                              "key": str(pki / "server.key"), "mode": "prefer"})
+    with pytest.raises(RuntimeError):
+        pv.start(timeout=5)
+    assert "tls_failed" in pv.log_text() and "nope.crt" in pv.log_text()
