@@ -63,7 +63,10 @@ Verdict Admission::admit(const Address& from, const Limits& limits, Clock::time_
   if (it == addresses_.end()) {
     // Tracked even with no per-address limit, so that limits a reload turns on count the
     // sockets already open.
-    it = addresses_.emplace(from, Entry{0, static_cast<double>(limits.burst), now, {}}).first;
+    Entry fresh;
+    fresh.tokens = limits.burst;
+    fresh.refilled = now;
+    it = addresses_.emplace(from, fresh).first;
     idle_.push_back(from);
     it->second.idle_position = std::prev(idle_.end());
   }
@@ -100,6 +103,22 @@ void Admission::leave(const Address& from) {
   if (it == addresses_.end() || it->second.open == 0) return;
   --open_;
   if (--it->second.open == 0) became_idle(from, it->second);
+}
+
+std::chrono::milliseconds Admission::login_failed(const Address& from, Clock::time_point now) {
+  auto it = addresses_.find(from);
+  if (it == addresses_.end()) return std::chrono::milliseconds(0);
+  Entry& e = it->second;
+  if (now - e.last_login_failure > std::chrono::minutes(1)) e.login_failures = 0;
+  e.last_login_failure = now;
+  if (++e.login_failures <= kFreeLoginFailures) return std::chrono::milliseconds(0);
+  const int doublings = std::min(e.login_failures - kFreeLoginFailures - 1, 16);
+  return std::min(std::chrono::milliseconds(100) * (1 << doublings), kMaxLoginDelay);
+}
+
+void Admission::login_succeeded(const Address& from) {
+  auto it = addresses_.find(from);
+  if (it != addresses_.end()) it->second.login_failures = 0;
 }
 
 int Admission::open_from(const Address& from) const {

@@ -61,6 +61,16 @@ class Admission {
   Verdict admit(const Address& from, const Limits& limits, Clock::time_point now);
   void leave(const Address& from);
 
+  // A failed login from `from`: how long to wait before answering it. The first few cost
+  // nothing; from then on each failure waits twice as long as the one before, up to 5 s, so
+  // guessing passwords from one address slows to a crawl. A successful login, or a minute
+  // without failures, forgets them. Only addresses with open sockets are counted (the client
+  // is connected while it fails).
+  std::chrono::milliseconds login_failed(const Address& from, Clock::time_point now);
+  void login_succeeded(const Address& from);
+  static constexpr int kFreeLoginFailures = 3;
+  static constexpr std::chrono::milliseconds kMaxLoginDelay{5000};
+
   int open() const { return open_; }
   int open_from(const Address& from) const;
   std::size_t tracked_addresses() const { return addresses_.size(); }
@@ -70,6 +80,8 @@ class Admission {
     int open = 0;
     double tokens = 0;
     Clock::time_point refilled{};
+    int login_failures = 0;
+    Clock::time_point last_login_failure{};
     std::list<Address>::iterator idle_position;  // valid while open == 0
   };
   void refill(Entry& e, const Limits& limits, Clock::time_point now) const;

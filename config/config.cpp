@@ -209,6 +209,7 @@ Pairs describe_impl(const Config& c, bool hide_secrets) {
   }
   add("server_tls", to_string(c.server_tls));
   if (!c.server_tls_ca.empty()) add("server_tls_ca", c.server_tls_ca);
+  add("server_allow_insecure_auth", flag(c.server_allow_insecure_auth));
 
   for (const User& user : c.users) {
     const std::string prefix = "users." + user.name + ".";

@@ -151,6 +151,9 @@ struct Config {
   // disable, and that is what pgvalve does.
   ServerTlsMode server_tls = ServerTlsMode::Disable;
   std::string server_tls_ca;
+  // Whether pgvalve answers PostgreSQL's cleartext or md5 password requests over a link without
+  // TLS; false: only SCRAM-SHA-256 (or trust).
+  bool server_allow_insecure_auth = false;
   std::vector<User> users;
   PoolSettings pool;
   Limits limits;

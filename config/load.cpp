@@ -977,6 +977,7 @@ void Loader::read_root(const YAML::Node& root, Config& c) {
           {"tls", [&](const YAML::Node& n, const std::string& p) { read_tls(n, p, c.tls); }},
           {"server_tls", enum_field(c.server_tls, kServerTlsModes)},
           {"server_tls_ca", string_field(c.server_tls_ca)},
+          {"server_allow_insecure_auth", bool_field(c.server_allow_insecure_auth)},
           {"users", [&](const YAML::Node& n, const std::string& p) { read_users(n, p, c.users); }},
           {"pool", section([&](const YAML::Node& n, const std::string& p) {
              read_map(n, p,

@@ -56,10 +56,6 @@ std::string xor_bytes(std::string_view a, std::string_view b) {
   return out;
 }
 
-bool equal_secret(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
-}
-
 std::string to_hex(const unsigned char* p, std::size_t n) {
   static constexpr char kHex[] = "0123456789abcdef";
   std::string out;
@@ -148,6 +144,20 @@ std::string escape_saslname(std::string_view user) {
 }
 
 }  // namespace
+
+bool equal_secret(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+ScramVerifier mock_scram_verifier(std::string_view secret, std::string_view user) {
+  const std::string name(user);
+  ScramVerifier v;
+  v.iterations = kDefaultScramIterations;
+  v.salt = hmac_sha256(secret, "mock salt\0" + name).substr(0, 16);
+  v.stored_key = hmac_sha256(secret, "mock stored key\0" + name);
+  v.server_key = hmac_sha256(secret, "mock server key\0" + name);
+  return v;
+}
 
 // ---- base64 ------------------------------------------------------------------------------------
 
@@ -443,6 +453,11 @@ std::optional<std::string> ScramClient::handle_server_first(std::string_view mes
   auto iterations = parse_positive_int(*iterations_text);
   if (!iterations) {
     error = "malformed SCRAM server-first-message (invalid iteration count)";
+    return std::nullopt;
+  }
+  if (*iterations > kMaxScramIterations) {
+    error = "SCRAM iteration count " + std::to_string(*iterations) + " is above the " +
+            std::to_string(kMaxScramIterations) + " pgvalve accepts";
     return std::nullopt;
   }
 

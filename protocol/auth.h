@@ -18,12 +18,17 @@ std::string md5_password_hash(std::string_view user, std::string_view password);
 // What the client sends for salt `salt4`, given the stored hash ("md5..." as above):
 // "md5" + hex(md5(hex_part + salt)).
 std::string md5_salted_response(std::string_view stored_hash, std::string_view salt4);
-inline bool is_md5_hash(std::string_view s) { return s.size() == 35 && s.substr(0, 3) == "md5"; }
+inline bool is_md5_hash(std::string_view s) {
+  return s.size() == 35 && s.substr(0, 3) == "md5";
+}
 
 // ---- SCRAM-SHA-256 -------------------------------------------------------------------------
 
 inline constexpr std::string_view kScramSha256 = "SCRAM-SHA-256";
 inline constexpr int kDefaultScramIterations = 4096;
+// The most PBKDF2 iterations pgvalve runs for a server's SCRAM salt: more would let a server (or
+// whoever answers in its place) make each login cost pgvalve seconds of CPU.
+inline constexpr int kMaxScramIterations = 1'000'000;
 
 // "SCRAM-SHA-256$<iterations>:<salt b64>$<StoredKey b64>:<ServerKey b64>", as in pg_authid.
 struct ScramVerifier {
@@ -37,7 +42,18 @@ struct ScramVerifier {
                                      int iterations = kDefaultScramIterations);
   std::string to_string() const;
 };
-inline bool is_scram_verifier(std::string_view s) { return s.starts_with("SCRAM-SHA-256$"); }
+inline bool is_scram_verifier(std::string_view s) {
+  return s.starts_with("SCRAM-SHA-256$");
+}
+
+// The verifier of a user that does not exist: derived from `secret` (random per process) and the
+// name, so one name always gets the same salt. A login as an unknown user then goes through the
+// same SCRAM exchange as a real one and fails at the proof with the same error, so user names
+// cannot be probed (PostgreSQL's scram_mock_salt does the same).
+ScramVerifier mock_scram_verifier(std::string_view secret, std::string_view user);
+
+// Equality in time that depends only on the sizes.
+bool equal_secret(std::string_view a, std::string_view b);
 
 // Server role: pgvalve checks a client's proof against a verifier.
 class ScramServer {

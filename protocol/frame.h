@@ -63,7 +63,7 @@ enum class DecodeStatus {
 // A view of one tagged message inside a caller-owned buffer.
 struct Frame {
   char tag = 0;
-  std::string_view body;  // bytes after the length field
+  std::string_view body;   // bytes after the length field
   std::string_view whole;  // tag + length + body, for forwarding unchanged
 };
 

@@ -126,9 +126,9 @@ void append_sync(std::string& out);
 void append_flush(std::string& out);
 
 struct ParseMessage {
-  std::string_view statement;     // "" = unnamed
+  std::string_view statement;  // "" = unnamed
   std::string_view query;
-  std::string_view param_types;   // raw: n * int32 OIDs, big-endian
+  std::string_view param_types;  // raw: n * int32 OIDs, big-endian
   std::uint16_t param_count() const { return static_cast<std::uint16_t>(param_types.size() / 4); }
   std::uint32_t param_type(std::size_t i) const { return read_u32(param_types.data() + 4 * i); }
 };

@@ -22,11 +22,11 @@ struct PendingResponse {
     Synthetic,      // answered by pgvalve: no server message; emitted when it reaches the front
   };
   Kind kind = Kind::ReadyForQuery;
-  bool swallow = false;     // the request was pgvalve's own: its completion is not forwarded
-  bool failed = false;      // an ErrorResponse arrived for it
-  bool internal = false;    // the request was pgvalve's own: none of its answer is forwarded
-  std::uint8_t action = 0;  // what the session does when it completes (session-defined)
-  std::uint32_t note = 0;   // session-defined index (statement, setting, message)
+  bool swallow = false;          // the request was pgvalve's own: its completion is not forwarded
+  bool failed = false;           // an ErrorResponse arrived for it
+  bool internal = false;         // the request was pgvalve's own: none of its answer is forwarded
+  std::uint8_t action = 0;       // what the session does when it completes (session-defined)
+  std::uint32_t note = 0;        // session-defined index (statement, setting, message)
   std::uint16_t note_count = 0;  // session-defined: notes from `note` on belong to this request
   std::uint16_t notes_done = 0;  // session-defined: how many of them have been settled
   std::uint64_t statement_hash = 0;

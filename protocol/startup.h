@@ -41,7 +41,7 @@ struct StartupResult {
   DecodeStatus status = DecodeStatus::NeedMoreData;
   StartupPacket packet;
   std::size_t consumed = 0;  // bytes of `in` the packet used (Ok only)
-  std::string error;         // for Invalid: a message for the client, e.g. "startup packet too large"
+  std::string error;  // for Invalid: a message for the client, e.g. "startup packet too large"
 };
 
 // Decodes the first untagged packet of `in`. Invalid for: length < 8 or above

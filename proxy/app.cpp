@@ -87,6 +87,7 @@ std::shared_ptr<ListenHub> App::listen_hub_for(const config::Database& db,
     login.password = user.server_password;
     login.dbname = db.dbname;
     login.max_message_bytes = static_cast<std::size_t>(config()->limits.max_message_bytes);
+    login.allow_insecure_auth = config()->server_allow_insecure_auth;
     hub = std::make_shared<ListenHub>(control_, std::move(login));
   }
   return hub;
@@ -105,6 +106,16 @@ admission::Verdict App::admit(const admission::Address& from) {
 void App::leave(const admission::Address& from) {
   std::lock_guard lock(door_mutex_);
   door_.leave(from);
+}
+
+std::chrono::milliseconds App::login_failed(const admission::Address& from) {
+  std::lock_guard lock(door_mutex_);
+  return door_.login_failed(from, admission::Clock::now());
+}
+
+void App::login_succeeded(const admission::Address& from) {
+  std::lock_guard lock(door_mutex_);
+  door_.login_succeeded(from);
 }
 
 int App::open_sockets() const {

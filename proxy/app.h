@@ -95,6 +95,8 @@ class App : public pool::Handoff {
   admission::Verdict admit(const admission::Address& from);
   void leave(const admission::Address& from);
   int open_sockets() const;
+  std::chrono::milliseconds login_failed(const admission::Address& from);
+  void login_succeeded(const admission::Address& from);
   // A refused socket being told why (bounded: beyond the bound they are closed at accept).
   int begin_refusal();
   void end_refusal();

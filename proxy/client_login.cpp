@@ -100,6 +100,18 @@ asio::awaitable<void> ClientSession::refuse_at_door() {
   co_await send_fatal("53300", message);
 }
 
+// A wrong password or unknown user: 28P01, answered later and later as failures from the same
+// address pile up (admission::Admission::login_failed), the same way for both.
+asio::awaitable<void> ClientSession::refuse_login(const std::string& message) {
+  const auto delay = app_.login_failed(from_);
+  if (delay.count() > 0) {
+    asio::steady_timer wait(client_.get_executor(), delay);
+    error_code ignored;
+    co_await wait.async_wait(await_ec(ignored));
+  }
+  co_await send_fatal("28P01", message);
+}
+
 asio::awaitable<void> ClientSession::send_fatal(std::string_view sqlstate,
                                                 std::string_view message) {
   std::string out;
@@ -212,13 +224,16 @@ asio::awaitable<bool> ClientSession::authenticate() {
       "pgvalve: password authentication failed for user \"" + user_name_ + "\"";
   const UserAuth* auth = users_->find(user_name_);
   if (!auth) {
-    co_await send_fatal("28P01", failed);
+    // The same exchange as a known user's, failing at the proof with the same message.
+    const UserAuth unknown = UserDirectory::unknown(user_name_);
+    co_await authenticate_scram(unknown);
     co_return false;
   }
   user_ = auth->user;
   bool ok = auth->method == AuthMethod::Md5 ? co_await authenticate_md5(*auth)
                                             : co_await authenticate_scram(*auth);
   if (!ok) co_return false;
+  app_.login_succeeded(from_);
   if (database_name_ == "pgvalve" && !user_->admin) {
     co_await send_fatal("28000", "pgvalve: user \"" + user_name_ +
                                      "\" may not use the admin console; set admin: true for "
@@ -245,7 +260,7 @@ asio::awaitable<bool> ClientSession::authenticate_scram(const UserAuth& auth) {
     co_return false;
   }
   if (!auth.verifier) {
-    co_await send_fatal("28P01", failed);
+    co_await refuse_login(failed);
     co_return false;
   }
   pr::ScramServer scram(*auth.verifier, random_bytes(18));
@@ -264,7 +279,7 @@ asio::awaitable<bool> ClientSession::authenticate_scram(const UserAuth& auth) {
   auto server_final = scram.handle_client_final(pr::read_sasl_response(f), error);
   client_in_.consume(f.whole.size());
   if (!server_final) {
-    co_await send_fatal("28P01", failed);
+    co_await refuse_login(failed);
     co_return false;
   }
   out.clear();
@@ -280,11 +295,12 @@ asio::awaitable<bool> ClientSession::authenticate_md5(const UserAuth& auth) {
   pr::Frame f;
   if (!co_await read_password_frame(f)) co_return false;
   auto password = pr::read_password(f);
-  const bool ok = password && *password == pr::md5_salted_response(auth.md5_hash, salt);
+  const bool ok =
+      password && pr::equal_secret(*password, pr::md5_salted_response(auth.md5_hash, salt));
   client_in_.consume(f.whole.size());
   if (!ok) {
-    co_await send_fatal("28P01",
-                        "pgvalve: password authentication failed for user \"" + user_name_ + "\"");
+    co_await refuse_login("pgvalve: password authentication failed for user \"" + user_name_ +
+                          "\"");
   }
   co_return ok;
 }

@@ -672,6 +672,7 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::open_server(
   login.password = user_->server_password;
   login.dbname = database_->dbname;
   login.max_message_bytes = static_cast<std::size_t>(config_->limits.max_message_bytes);
+  login.allow_insecure_auth = config_->server_allow_insecure_auth;
   const auto remaining = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now());
   login.timeout = std::max(std::chrono::milliseconds(1000), remaining);
   auto fresh = co_await open_server_connection(login, failure);

@@ -102,6 +102,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   asio::awaitable<bool> start_session();
   asio::awaitable<void> forward_cancel(std::int32_t process_id, std::int32_t secret_key);
   asio::awaitable<void> send_fatal(std::string_view sqlstate, std::string_view message);
+  asio::awaitable<void> refuse_login(const std::string& message);
 
   // ---- Events (client_session.cpp) ----
   enum class Source : std::uint8_t { Client, Server, Event };

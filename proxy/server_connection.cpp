@@ -168,6 +168,19 @@ asio::awaitable<std::unique_ptr<ServerConnection>> open_server_connection(const 
                             login.user + "\"; set users[].server_password in the config"};
     return false;
   };
+  // The password itself (cleartext), or a hash anyone who sees it can attack offline (md5),
+  // would cross a link without TLS.
+  auto insecure_allowed = [&](const char* method) -> bool {
+    if (login.allow_insecure_auth) return true;
+    failure = {"28000", "pgvalve: server " + server + " asks for " + method +
+                            " password authentication, which would send the password (or a "
+                            "hash of it) without TLS; use scram-sha-256 on the server, or set "
+                            "server_allow_insecure_auth: true"};
+    return false;
+  };
+  // AuthenticationOk is believed only once the server proved, with its SCRAM signature, that
+  // it knows the password: a server that skips the signature is an impostor.
+  bool scram_verified = false;
 
   for (;;) {
     pr::Frame f;
@@ -189,13 +202,19 @@ asio::awaitable<std::unique_ptr<ServerConnection>> open_server_connection(const 
         }
         switch (static_cast<pr::AuthCode>(req->code)) {
           case pr::AuthCode::Ok:
+            if (scram && !scram_verified) {
+              failure = {"28000", "pgvalve: server " + server +
+                                      " ended the SCRAM exchange without proving it knows the "
+                                      "password (no server signature)"};
+              co_return nullptr;
+            }
             break;
           case pr::AuthCode::CleartextPassword:
-            if (!need_password()) co_return nullptr;
+            if (!need_password() || !insecure_allowed("cleartext")) co_return nullptr;
             pr::append_password(out, login.password);
             break;
           case pr::AuthCode::Md5Password: {
-            if (!need_password()) co_return nullptr;
+            if (!need_password() || !insecure_allowed("md5")) co_return nullptr;
             auto stored = pr::md5_password_hash(login.user, login.password);
             pr::append_password(out, pr::md5_salted_response(stored, req->data));
             break;
@@ -229,6 +248,7 @@ asio::awaitable<std::unique_ptr<ServerConnection>> open_server_connection(const 
                          "pgvalve: server " + server + " failed SCRAM verification: " + error};
               co_return nullptr;
             }
+            scram_verified = true;
             break;
           }
           default:

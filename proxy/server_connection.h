@@ -31,6 +31,9 @@ struct ServerLogin {
   std::string dbname;
   std::chrono::milliseconds timeout{10000};
   std::size_t max_message_bytes = 1 << 20;
+  // server_allow_insecure_auth: answer a cleartext or md5 password request on a link without
+  // TLS (all of them until server_tls works).
+  bool allow_insecure_auth = false;
 };
 
 // Why an open or an internal query failed, in words for the client.

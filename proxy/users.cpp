@@ -36,6 +36,17 @@ UserDirectory::UserDirectory(config::ConfigPtr config, const UserDirectory* prev
   }
 }
 
+UserAuth UserDirectory::unknown(std::string_view name) {
+  static const std::string secret = [] {
+    std::string s(32, '\0');
+    RAND_bytes(reinterpret_cast<unsigned char*>(s.data()), static_cast<int>(s.size()));
+    return s;
+  }();
+  UserAuth auth;
+  auth.verifier = protocol::mock_scram_verifier(secret, name);
+  return auth;
+}
+
 const UserAuth* UserDirectory::find(std::string_view name) const {
   auto it = users_.find(std::string(name));
   return it == users_.end() ? nullptr : &it->second;

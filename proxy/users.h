@@ -28,6 +28,9 @@ class UserDirectory {
   // costs a PBKDF2 run).
   UserDirectory(config::ConfigPtr config, const UserDirectory* previous);
   const UserAuth* find(std::string_view name) const;
+  // For a name find() does not know: a SCRAM login that fails only at the proof
+  // (protocol::mock_scram_verifier under a secret drawn once per process).
+  static UserAuth unknown(std::string_view name);
 
  private:
   config::ConfigPtr config_;

@@ -410,6 +410,7 @@ def _yaml_scalar(v) -> str:
 
 
 TOP_LEVEL_KEYS = {"listen", "admin_listen", "workers", "log_level", "shutdown_timeout_s", "tls",
+                  "server_tls_ca", "server_allow_insecure_auth",
                   "server_tls", "users", "pool", "limits", "databases", "routing", "health",
                   "failover", "stats"}
 

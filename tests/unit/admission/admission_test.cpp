@@ -122,3 +122,37 @@ TEST(Admission, TheMostRecentlyRefusedAddressIsForgottenLast) {
 
 }  // namespace
 }  // namespace pgvalve::admission
+
+namespace pgvalve::admission {
+namespace {
+
+TEST(LoginFailures, TheFirstFewAreFreeThenEachWaitsTwiceAsLongUpToACap) {
+  Admission door;
+  ASSERT_EQ(door.admit(kA, Limits{}, t0), Verdict::Admit);
+  for (int i = 0; i < Admission::kFreeLoginFailures; ++i)
+    EXPECT_EQ(door.login_failed(kA, t0).count(), 0) << i;
+  EXPECT_EQ(door.login_failed(kA, t0).count(), 100);
+  EXPECT_EQ(door.login_failed(kA, t0).count(), 200);
+  EXPECT_EQ(door.login_failed(kA, t0).count(), 400);
+  for (int i = 0; i < 20; ++i)
+    door.login_failed(kA, t0);
+  EXPECT_EQ(door.login_failed(kA, t0), Admission::kMaxLoginDelay);
+  // Another address is not slowed.
+  ASSERT_EQ(door.admit(kB, Limits{}, t0), Verdict::Admit);
+  EXPECT_EQ(door.login_failed(kB, t0).count(), 0);
+}
+
+TEST(LoginFailures, ASuccessOrAQuietMinuteForgetsThem) {
+  Admission door;
+  ASSERT_EQ(door.admit(kA, Limits{}, t0), Verdict::Admit);
+  for (int i = 0; i < 6; ++i)
+    door.login_failed(kA, t0);
+  door.login_succeeded(kA);
+  EXPECT_EQ(door.login_failed(kA, t0).count(), 0);
+  for (int i = 0; i < 6; ++i)
+    door.login_failed(kA, t0);
+  EXPECT_EQ(door.login_failed(kA, t0 + std::chrono::seconds(61)).count(), 0);
+}
+
+}  // namespace
+}  // namespace pgvalve::admission

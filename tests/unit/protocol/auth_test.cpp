@@ -340,6 +340,41 @@ TEST(ScramServer, OutOfOrderCalls) {
   EXPECT_FALSE(server.handle_client_first(kRfcClientFirst, error));
 }
 
+// ---- Unknown users: a mock verifier ---------------------------------------------------------
+
+TEST(MockScramVerifier, StablePerNameDifferentBetweenNamesAndSecrets) {
+  const auto a1 = mock_scram_verifier("secret-1", "alice");
+  const auto a2 = mock_scram_verifier("secret-1", "alice");
+  const auto b = mock_scram_verifier("secret-1", "bob");
+  const auto a_other = mock_scram_verifier("secret-2", "alice");
+  EXPECT_EQ(a1.to_string(), a2.to_string());  // the same salt every time: no tell
+  EXPECT_NE(a1.salt, b.salt);
+  EXPECT_NE(a1.salt, a_other.salt);
+  EXPECT_EQ(a1.iterations, kDefaultScramIterations);
+  EXPECT_EQ(a1.salt.size(), 16u);
+  EXPECT_EQ(a1.stored_key.size(), 32u);
+  EXPECT_EQ(a1.server_key.size(), 32u);
+  EXPECT_TRUE(ScramVerifier::parse(a1.to_string()).has_value());
+}
+
+TEST(MockScramVerifier, TheExchangeRunsAndFailsAtTheProof) {
+  ScramServer server(mock_scram_verifier("secret", "nobody"), "server-nonce-bytes");
+  ScramClient client("any password", "client-nonce");
+  std::string error;
+  const auto server_first = server.handle_client_first(client.client_first(), error);
+  ASSERT_TRUE(server_first) << error;
+  const auto client_final = client.handle_server_first(*server_first, error);
+  ASSERT_TRUE(client_final) << error;
+  EXPECT_FALSE(server.handle_client_final(*client_final, error));
+}
+
+TEST(EqualSecret, ComparesWholeValues) {
+  EXPECT_TRUE(equal_secret("md5abc", "md5abc"));
+  EXPECT_FALSE(equal_secret("md5abc", "md5abd"));
+  EXPECT_FALSE(equal_secret("md5abc", "md5ab"));
+  EXPECT_TRUE(equal_secret("", ""));
+}
+
 // ---- SCRAM client: what a server may get wrong -------------------------------------------------
 
 TEST(ScramClient, RefusesBadServerFirst) {
@@ -358,6 +393,9 @@ TEST(ScramClient, RefusesBadServerFirst) {
            "r=rOprNGfwEbeRWgbNEkqOxyz," + salt + ",i=4096,x=1",
            "m=ext,r=rOprNGfwEbeRWgbNEkqOxyz," + salt + ",i=4096",
            salt + ",r=rOprNGfwEbeRWgbNEkqOxyz,i=4096",
+           // a salt that would cost pgvalve seconds of PBKDF2 per login
+           "r=rOprNGfwEbeRWgbNEkqOxyz," + salt + ",i=1000001",
+           "r=rOprNGfwEbeRWgbNEkqOxyz," + salt + ",i=2147483647",
        }) {
     ScramClient client = ScramClient::with_encoded_nonce("pencil", "rOprNGfwEbeRWgbNEkqO");
     std::string error;

@@ -1,0 +1,177 @@
+"""Hardened logins (issue 7): an unknown user goes through the same SCRAM exchange as a known
+one and fails the same way (no user-name probing); failed logins from one address are answered
+more and more slowly; towards PostgreSQL, AuthenticationOk is believed only after the server's
+SCRAM signature, iteration counts are capped, and cleartext or md5 is refused over a link
+without TLS unless server_allow_insecure_auth says otherwise. The server side is played by a
+small fake PostgreSQL here, since a real one never misbehaves."""
+
+import base64
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from pgcluster import APP_DB, APP_PASSWORD, APP_USER
+from pgwire import PgWireError, RawClient, message, read_message, recv_exact
+from test_limits import assert_pgvalve_message
+
+
+def sasl_server_first(pv, user):
+    """Starts a login as `user` and returns pgvalve's SCRAM server-first-message."""
+    r = RawClient("127.0.0.1", pv.port, user, "x", APP_DB, timeout=5)
+    s = r.open()
+    from pgwire import startup_packet
+    s.sendall(startup_packet({"user": user, "database": APP_DB}))
+    kind, payload = read_message(s)
+    assert kind == b"R" and struct.unpack("!I", payload[:4])[0] == 10, (kind, payload)
+    first = b"n,,n=,r=clientnonce123"
+    s.sendall(message(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", len(first)) + first))
+    kind, payload = read_message(s)
+    assert kind == b"R" and struct.unpack("!I", payload[:4])[0] == 11, (kind, payload)
+    s.close()
+    return dict(kv.split("=", 1) for kv in payload[4:].decode().split(","))
+
+
+def login_error(pv, user, password):
+    r = RawClient("127.0.0.1", pv.port, user, password, APP_DB, timeout=15)
+    t0 = time.monotonic()
+    with pytest.raises(PgWireError) as ei:
+        r.connect()
+    r.sock.close()
+    return ei.value, time.monotonic() - t0
+
+
+def test_unknown_user_cannot_be_told_from_a_wrong_password(pgvalve):
+    pv = pgvalve(mode="transaction", pool_size=1)
+    ghost1, ghost2 = sasl_server_first(pv, "ghost"), sasl_server_first(pv, "ghost")
+    assert ghost1["s"] == ghost2["s"] and ghost1["i"] == "4096"  # stable, like a real user's
+    assert sasl_server_first(pv, "phantom")["s"] != ghost1["s"]
+    assert len(base64.b64decode(ghost1["s"])) == 16
+    known, _ = login_error(pv, APP_USER, "wrong")
+    unknown, _ = login_error(pv, "ghost", "wrong")
+    assert known.sqlstate == unknown.sqlstate == "28P01"
+    assert known.message.replace(APP_USER, "U") == unknown.message.replace("ghost", "U")
+    assert_pgvalve_message(unknown.message)
+
+
+def test_failed_logins_from_one_address_slow_down(pgvalve):
+    pv = pgvalve(mode="transaction", pool_size=1)
+    times = [login_error(pv, APP_USER, "wrong")[1] for _ in range(6)]
+    assert max(times[:3]) < 0.5, times                  # the first three are free
+    assert times[3] >= 0.1 and times[5] >= 0.4, times  # then 0.1 s, 0.2 s, 0.4 s, ...
+    # A success forgets them.
+    RawClient("127.0.0.1", pv.port, APP_USER, APP_PASSWORD, APP_DB, timeout=10).connect()
+    assert login_error(pv, "ghost", "wrong")[1] < 0.5
+
+
+class FakeServer:
+    """Accepts one connection at a time, reads the startup packet and plays `script`."""
+
+    def __init__(self, script):
+        self.script = script
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.received = []
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                c.settimeout(10)
+                (length,) = struct.unpack("!I", recv_exact(c, 4))
+                recv_exact(c, length - 4)
+                self.script(self, c)
+            except Exception:
+                pass
+            finally:
+                c.close()
+
+    def close(self):
+        self.sock.close()
+
+
+def auth(code, data=b""):
+    return message(b"R", struct.pack("!I", code) + data)
+
+
+def stop_with_error(c, text):
+    c.sendall(message(b"E", b"SFATAL\0C28000\0M" + text.encode() + b"\0\0"))
+
+
+def skip_signature(server, c):
+    c.sendall(auth(10, b"SCRAM-SHA-256\0\0"))
+    kind, payload = read_message(c)
+    client_first = payload[len(b"SCRAM-SHA-256\0") + 4:].decode()
+    nonce = client_first.split("r=", 1)[1]
+    salt = base64.b64encode(b"0123456789abcdef").decode()
+    c.sendall(auth(11, f"r={nonce}server,s={salt},i=4096".encode()))
+    read_message(c)  # the client's proof
+    c.sendall(auth(0))  # AuthenticationOk with no SASLFinal: an impostor
+    time.sleep(0.5)
+
+
+def huge_iterations(server, c):
+    c.sendall(auth(10, b"SCRAM-SHA-256\0\0"))
+    kind, payload = read_message(c)
+    nonce = payload[len(b"SCRAM-SHA-256\0") + 4:].decode().split("r=", 1)[1]
+    salt = base64.b64encode(b"0123456789abcdef").decode()
+    c.sendall(auth(11, f"r={nonce}server,s={salt},i=2000000000".encode()))
+    time.sleep(0.5)
+
+
+def asks_cleartext(server, c):
+    c.sendall(auth(3))
+    try:
+        kind, payload = read_message(c)
+        server.received.append((kind, payload))
+        stop_with_error(c, "fake server stops here")
+    except Exception:
+        pass
+
+
+def pv_on(pgvalve, fake, **kw):
+    return pgvalve(mode="transaction", pool_size=1, max_overflow=0,
+                   users=[{"name": APP_USER, "password": APP_PASSWORD}],
+                   databases={APP_DB: {"shards": [{"name": "s0",
+                                                   "primary": f"127.0.0.1:{fake.port}"}]}},
+                   **kw)
+
+
+@pytest.mark.parametrize("script,fragment", [
+    (skip_signature, "no server signature"),
+    (huge_iterations, "iteration count 2000000000"),
+    (asks_cleartext, "server_allow_insecure_auth"),
+])
+def test_server_login_refuses_what_a_real_server_never_does(pgvalve, script, fragment):
+    fake = FakeServer(script)
+    try:
+        pv = pv_on(pgvalve, fake)
+        t0 = time.monotonic()
+        err, _ = login_error(pv, APP_USER, APP_PASSWORD)
+        assert time.monotonic() - t0 < 10
+        assert fragment in err.message, err.message
+        assert_pgvalve_message(err.message)
+        assert not fake.received  # the password never went out
+    finally:
+        fake.close()
+
+
+def test_cleartext_to_the_server_when_the_config_allows_it(pgvalve):
+    fake = FakeServer(asks_cleartext)
+    try:
+        pv = pv_on(pgvalve, fake, server_allow_insecure_auth=True)
+        err, _ = login_error(pv, APP_USER, APP_PASSWORD)
+        assert "fake server stops here" in err.message, err.message
+        assert fake.received and fake.received[0][0] == b"p"
+        assert fake.received[0][1] == APP_PASSWORD.encode() + b"\0"
+    finally:
+        fake.close()
