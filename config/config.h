@@ -147,9 +147,8 @@ struct Config {
   LogLevel log_level = LogLevel::Info;
   int shutdown_timeout_s = 30;
   std::optional<TlsConfig> tls;
-  // DESIGN.md's default is prefer; until TLS to servers works the only accepted value is
-  // disable, and that is what pgvalve does.
-  ServerTlsMode server_tls = ServerTlsMode::Disable;
+  // As libpq's default sslmode: TLS when the server offers it, plaintext otherwise.
+  ServerTlsMode server_tls = ServerTlsMode::Prefer;
   std::string server_tls_ca;
   // Whether pgvalve answers PostgreSQL's cleartext or md5 password requests over a link without
   // TLS; false: only SCRAM-SHA-256 (or trust).

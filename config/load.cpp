@@ -263,7 +263,7 @@ class Loader {
   Loader(std::vector<ConfigError>& errors, Keys keys) : errors_(errors), keys_(keys) {}
 
   void read_root(const YAML::Node& root, Config& c);
-  void refuse_what_does_not_work_yet(const YAML::Node& root, const Config& c);
+  void refuse_what_does_not_work_yet(const YAML::Node& root);
 
  private:
   using Reader = std::function<void(const YAML::Node& value, const std::string& path)>;
@@ -1070,7 +1070,7 @@ void Loader::read_root(const YAML::Node& root, Config& c) {
   if (!present.contains("databases")) {
     error("databases", root, "required: at least one database");
   }
-  if (keys_ == Keys::Working) refuse_what_does_not_work_yet(root, c);
+  if (keys_ == Keys::Working) refuse_what_does_not_work_yet(root);
   // Both are bound at start; the same port on an overlapping address could never work.
   auto wildcard = [](const Endpoint& e) { return e.host == "0.0.0.0" || e.host == "::"; };
   if (c.listen.port == c.admin_listen.port &&
@@ -1084,7 +1084,7 @@ void Loader::read_root(const YAML::Node& root, Config& c) {
 // refused where it appears, so that a file never promises more than pgvalve does; the
 // capability's issue removes its line here when the key starts to work. docs/configuration.md
 // lists the same keys.
-void Loader::refuse_what_does_not_work_yet(const YAML::Node& root, const Config& c) {
+void Loader::refuse_what_does_not_work_yet(const YAML::Node& root) {
   // `key` of `map`, if present, is refused; the error points at the key (a section's value
   // starts on the line after it).
   auto refuse = [&](const YAML::Node& map, std::string_view key, const std::string& path,
@@ -1097,13 +1097,6 @@ void Loader::refuse_what_does_not_work_yet(const YAML::Node& root, const Config&
       }
     }
   };
-  if (c.server_tls != ServerTlsMode::Disable) {
-    refuse(root, "server_tls", "server_tls",
-           "pgvalve connects to PostgreSQL without TLS; the only value accepted today is "
-           "disable");
-  }
-  refuse(root, "server_tls_ca", "server_tls_ca",
-         "pgvalve connects to PostgreSQL without TLS; remove it");
   if (const YAML::Node dbs = root["databases"]; dbs && dbs.IsMap()) {
     for (const auto& db : dbs) {
       const std::string path = child("databases", db.first.Scalar());

@@ -103,9 +103,8 @@ void error(std::string& out, std::string_view sqlstate, std::string_view message
 
 }  // namespace
 
-boost::asio::awaitable<void> serve_admin_console(App& app, ClientStream& client,
-                                                 session::InputBuffer& in, const std::string& user,
-                                                 std::uint64_t client_id) {
+boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, session::InputBuffer& in,
+                                                 const std::string& user, std::uint64_t client_id) {
   std::string out;
   pr::append_authentication_ok(out);
   pr::append_parameter_status(out, "server_version", "15.0 (pgvalve " PGVALVE_VERSION ")");

@@ -11,8 +11,8 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/ip/tcp.hpp>
 
-#include "proxy/client_stream.h"
 #include "proxy/io_util.h"
+#include "proxy/stream.h"
 #include "session/input_buffer.h"
 
 namespace pgvalve::proxy {
@@ -20,8 +20,7 @@ namespace pgvalve::proxy {
 class App;
 
 // Sends the login reply, then serves commands until the client leaves.
-boost::asio::awaitable<void> serve_admin_console(App& app, ClientStream& client,
-                                                 session::InputBuffer& in, const std::string& user,
-                                                 std::uint64_t client_id);
+boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, session::InputBuffer& in,
+                                                 const std::string& user, std::uint64_t client_id);
 
 }  // namespace pgvalve::proxy

@@ -88,6 +88,7 @@ std::shared_ptr<ListenHub> App::listen_hub_for(const config::Database& db,
     login.dbname = db.dbname;
     login.max_message_bytes = static_cast<std::size_t>(config()->limits.max_message_bytes);
     login.allow_insecure_auth = config()->server_allow_insecure_auth;
+    login.tls = server_tls();
     hub = std::make_shared<ListenHub>(control_, std::move(login));
   }
   return hub;
@@ -156,6 +157,16 @@ bool App::reload() {
     PGV_LOG(Info, "tls_loaded", {"certificate", tls->description()},
             {"mode", config::to_string(tls->mode())});
   }
+  std::shared_ptr<const TlsClientContext> server_tls;
+  if (next->server_tls != config::ServerTlsMode::Disable) {
+    std::string error;
+    server_tls = TlsClientContext::make(next->server_tls, next->server_tls_ca, error);
+    if (!server_tls) {
+      PGV_LOG(Error, "reload_failed", {"file", current->source_path}, {"error", error},
+              {"action", "kept the running configuration"});
+      return false;
+    }
+  }
   for (const auto& change : config::diff(*current, *next)) {
     if (change.needs_restart) {
       PGV_LOG(Warn, "reload_needs_restart", {"key", change.key}, {"in_effect", change.old_value},
@@ -172,6 +183,7 @@ bool App::reload() {
   next->workers = current->workers;
   users_.store(std::make_shared<const UserDirectory>(next, users_.load().get()));
   tls_.store(tls);
+  server_tls_.store(server_tls);
   config_.store(next);
   set_log_level(next->log_level);
   message_memory_.set_limit(next->limits.message_memory_bytes);
@@ -397,6 +409,16 @@ int App::run() {
     PGV_LOG(Info, "tls_loaded", {"certificate", tls->description()},
             {"mode", config::to_string(tls->mode())});
     tls_.store(std::move(tls));
+  }
+  if (const auto& cfg = config(); cfg->server_tls != config::ServerTlsMode::Disable) {
+    std::string error;
+    auto server_tls = TlsClientContext::make(cfg->server_tls, cfg->server_tls_ca, error);
+    if (!server_tls) {
+      PGV_LOG(Error, "server_tls_failed", {"error", error},
+              {"action", "not started: fix server_tls_ca"});
+      return 1;
+    }
+    server_tls_.store(std::move(server_tls));
   }
   try {
     start_listeners();

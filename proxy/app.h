@@ -79,6 +79,8 @@ class App : public pool::Handoff {
   // Client-facing TLS as configured (tls.*), or null when it is not offered. Loaded at start and
   // on every reload (certificate files are read again).
   std::shared_ptr<const TlsServerContext> tls() const { return tls_.load(); }
+  // TLS to PostgreSQL (server_tls, server_tls_ca), or null for disable; made at start and reload.
+  std::shared_ptr<const TlsClientContext> server_tls() const { return server_tls_.load(); }
   CancelRegistry& cancels() { return cancels_; }
   // Bytes held by all clients for messages still being received (limits.message_memory_bytes).
   session::MemoryBudget& message_memory() { return message_memory_; }
@@ -128,6 +130,7 @@ class App : public pool::Handoff {
   std::atomic<config::ConfigPtr> config_;
   std::atomic<std::shared_ptr<const UserDirectory>> users_;
   std::atomic<std::shared_ptr<const TlsServerContext>> tls_;
+  std::atomic<std::shared_ptr<const TlsClientContext>> server_tls_;
   CancelRegistry cancels_;
   session::MemoryBudget message_memory_{0};
   std::mutex pools_mutex_;

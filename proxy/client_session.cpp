@@ -111,7 +111,8 @@ void ClientSession::carry_out(const Actions& actions, Source source, session::Li
   if (!actions.to_server.empty() && actions.server_link < links_.size() &&
       links_[actions.server_link].conn) {
     LinkIO& io = links_[actions.server_link];
-    if (io.writer.write(io.conn->socket, actions.to_server, {}) == SocketWriter::Result::Backlog) {
+    if (write_to(io.conn->stream, io.writer, actions.to_server, {}) ==
+        SocketWriter::Result::Backlog) {
       io.writer.on_drained(drained_callback());
     }
   }
@@ -160,10 +161,16 @@ void ClientSession::carry_out(const Actions& actions, Source source, session::Li
 
 SocketWriter::Result ClientSession::write_client(std::span<const session::Chunk> chunks,
                                                  std::string_view tail) {
-  if (!client_.tls()) return client_writer_.write(client_.socket(), chunks, tail);
+  return write_to(client_, client_writer_, chunks, tail);
+}
+
+SocketWriter::Result ClientSession::write_to(Stream& stream, SocketWriter& writer,
+                                             std::span<const session::Chunk> chunks,
+                                             std::string_view tail) {
+  if (!stream.tls()) return writer.write(stream.socket(), chunks, tail);
   std::string_view sealed;
-  if (!client_.seal(chunks, tail, sealed)) return SocketWriter::Result::Failed;
-  return client_writer_.write(client_.socket(), {}, sealed);
+  if (!stream.seal(chunks, tail, sealed)) return SocketWriter::Result::Failed;
+  return writer.write(stream.socket(), {}, sealed);
 }
 
 // Holds the session: while a writer has a backlog nothing else may (no read is armed). The
@@ -324,12 +331,21 @@ void ClientSession::watch_server(session::LinkId id) {
   }
   io.watching = true;
   const std::uint32_t generation = io.generation;
-  if (core_->state() == session::SessionState::Active) {
+  if (io.conn->stream.buffered()) {
+    // TLS holds a record already read from the socket, which will not become readable for it.
+    asio::post(client_.get_executor(), [self = shared_from_this(), id, generation] {
+      if (id >= self->links_.size() || self->links_[id].generation != generation) return;
+      self->links_[id].watching = false;
+      if (!self->closed_ && self->links_[id].conn) self->read_server(id);
+    });
+    return;
+  }
+  if (core_->state() == session::SessionState::Active && !io.conn->stream.tls()) {
     // An answer is due: read it as it comes. Asio re-registers a socket with epoll for every
     // plain wait (one epoll_ctl per wait); a read it was told the kernel had drained needs none.
     auto space = io.conn->in.prepare();
     if (!space.empty()) {
-      io.conn->socket.async_read_some(
+      io.conn->stream.socket().async_read_some(
           asio::buffer(space.data(), space.size()),
           [self = shared_from_this(), id, generation, room = space.size()](const error_code& ec,
                                                                            std::size_t n) {
@@ -358,7 +374,7 @@ void ClientSession::watch_server(session::LinkId id) {
       return;
     }
   }
-  io.conn->socket.async_wait(
+  io.conn->stream.socket().async_wait(
       Socket::wait_read, [self = shared_from_this(), id, generation](const error_code& ec) {
         if (id >= self->links_.size()) return;
         LinkIO& io = self->links_[id];
@@ -393,7 +409,7 @@ void ClientSession::read_server(session::LinkId id) {
     error_code ec;
     std::size_t n = 0;
     if (!space.empty()) {
-      n = io.conn->socket.read_some(asio::buffer(space.data(), space.size()), ec);
+      n = io.conn->stream.read_some(asio::buffer(space.data(), space.size()), ec);
     }
     if (ec == asio::error::would_block || ec == asio::error::try_again) {
       watch_server(id);
@@ -632,7 +648,7 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::acquire(
     if (server && settings.pre_ping &&
         now() - server->last_used_at >= std::chrono::seconds(settings.pre_ping_idle_s)) {
       ServerFailure ping_failure;
-      Deadline ping_deadline(server->socket, 2s);
+      Deadline ping_deadline(server->stream, 2s);
       if (!co_await server->run_query("", ping_failure)) {
         PGV_LOG(Info, "server_pre_ping_failed", {"server", server->id});
         pool->discard(worker_.index, std::move(server));
@@ -673,6 +689,7 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::open_server(
   login.dbname = database_->dbname;
   login.max_message_bytes = static_cast<std::size_t>(config_->limits.max_message_bytes);
   login.allow_insecure_auth = config_->server_allow_insecure_auth;
+  login.tls = app_.server_tls();
   const auto remaining = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now());
   login.timeout = std::max(std::chrono::milliseconds(1000), remaining);
   auto fresh = co_await open_server_connection(login, failure);
@@ -684,7 +701,7 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::open_server(
   fresh->id = app_.next_server_id();
   fresh->home_worker = worker_.index;
   error_code ec;
-  auto remote = fresh->socket.remote_endpoint(ec);
+  auto remote = fresh->stream.socket().remote_endpoint(ec);
   fresh->host_index = app_.cancels().host_index(remote);
   if (!pool.has_server_parameters()) pool.set_server_parameters(fresh->state.startup_parameters);
   PGV_LOG(Debug, "server_connected", {"server", fresh->id}, {"host", login.host.to_string()},
@@ -717,7 +734,7 @@ void ClientSession::carry_out_link_op(const LinkOp& op) {
   io.writer.abandon();
   cancel_->unlink();
   error_code ignored;
-  server->socket.cancel(ignored);  // the wait armed on it belongs to this link
+  server->stream.cancel(ignored);  // the wait armed on it belongs to this link
   LinkOp::Kind kind = op.kind;
   if (unsent && (kind == LinkOp::Kind::Release || kind == LinkOp::Kind::CleanAndRelease)) {
     kind = LinkOp::Kind::Close;
@@ -734,7 +751,7 @@ void ClientSession::carry_out_link_op(const LinkOp& op) {
     case LinkOp::Kind::CancelAndClose:
       // The query may still run: stop it before closing, or it runs on for nobody.
       asio::co_spawn(client_.get_executor(),
-                     send_cancel(CancelDestination{server->socket.remote_endpoint(ignored),
+                     send_cancel(CancelDestination{server->stream.socket().remote_endpoint(ignored),
                                                    server->key.process_id, server->key.secret_key}),
                      asio::detached);
       PGV_LOG(Info, "server_closed_dirty", {"client", id_}, {"server", server->id});
@@ -754,7 +771,7 @@ asio::awaitable<void> ClientSession::clean_and_release(std::unique_ptr<ServerCon
                                                        std::shared_ptr<pool::ServerPool> pool,
                                                        std::string_view sql1,
                                                        std::string_view sql2) {
-  Deadline deadline(server->socket, 5s);
+  Deadline deadline(server->stream, 5s);
   ServerFailure failure;
   bool clean = co_await server->run_query(sql1, failure);
   if (clean && !sql2.empty()) clean = co_await server->run_query(sql2, failure);

@@ -35,10 +35,10 @@
 #include "pool/server_pool.h"
 #include "proxy/cancel_registry.h"
 #include "proxy/checkout_deadlines.h"
-#include "proxy/client_stream.h"
 #include "proxy/io_util.h"
 #include "proxy/server_connection.h"
 #include "proxy/socket_writer.h"
+#include "proxy/stream.h"
 #include "proxy/users.h"
 #include "routing/router.h"
 #include "session/input_buffer.h"
@@ -109,6 +109,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   void carry_out(const session::Actions& actions, Source source, session::LinkId link = 0);
   // Plaintext to the client, through TLS when it is on.
   SocketWriter::Result write_client(std::span<const session::Chunk> chunks, std::string_view tail);
+  static SocketWriter::Result write_to(Stream& stream, SocketWriter& writer,
+                                       std::span<const session::Chunk> chunks,
+                                       std::string_view tail);
   void on_drained();
   std::function<void()> drained_callback();
   bool writers_busy() const;
@@ -156,7 +159,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
 
   App& app_;
   Worker& worker_;
-  ClientStream client_;
+  Stream client_;
   const std::uint64_t id_;
   const admission::Address from_;
   const admission::Verdict door_;

@@ -106,7 +106,7 @@ asio::awaitable<void> ListenHub::write_outbox(std::shared_ptr<ListenHub> self) {
   while (!self->outbox_.empty() && self->server_) {
     std::string out = std::move(self->outbox_);
     self->outbox_.clear();
-    if (!co_await write_all(self->server_->socket, out)) break;
+    if (!co_await write_all(self->server_->stream, out)) break;
   }
   self->writing_ = false;
 }
@@ -144,7 +144,7 @@ asio::awaitable<void> ListenHub::run() {
   std::optional<std::string> error;
   for (;;) {
     pr::Frame f;
-    if (co_await read_frame(server_->socket, server_->in, login_.max_message_bytes, f) !=
+    if (co_await read_frame(server_->stream, server_->in, login_.max_message_bytes, f) !=
         ReadStatus::Ok) {
       break;
     }

@@ -13,6 +13,7 @@
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/address.hpp>
+#include <boost/asio/read.hpp>
 #include <boost/asio/this_coro.hpp>
 
 #include "protocol/auth.h"
@@ -25,6 +26,7 @@ namespace pr = protocol;
 
 bool ServerConnection::adopt(asio::io_context& ctx, int worker) {
   home_worker = worker;
+  Socket& socket = stream.socket();
   if (&socket.get_executor().context() == &ctx) return true;
   // Runs inside a handler of the loop: nothing here may throw.
   error_code ec;
@@ -47,14 +49,15 @@ bool ServerConnection::adopt(asio::io_context& ctx, int worker) {
 bool ServerConnection::idle_and_open() {
   if (!in.empty()) return false;
   char byte;
-  const auto n = ::recv(socket.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (stream.buffered()) return false;  // TLS holds something the server sent while idle
+  const auto n = ::recv(stream.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
   return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
 asio::awaitable<bool> ServerConnection::run_query(std::string_view sql, ServerFailure& failure) {
   std::string out;
   pr::append_query(out, sql);
-  if (!co_await write_all(socket, out)) {
+  if (!co_await write_all(stream, out)) {
     failure = {"08006",
                "pgvalve: lost the connection to server " + host.to_string() + "; try again"};
     co_return false;
@@ -62,7 +65,7 @@ asio::awaitable<bool> ServerConnection::run_query(std::string_view sql, ServerFa
   bool ok = true;
   for (;;) {
     pr::Frame f;
-    if (co_await read_frame(socket, in, max_message_bytes, f) != ReadStatus::Ok) {
+    if (co_await read_frame(stream, in, max_message_bytes, f) != ReadStatus::Ok) {
       failure = {"08006",
                  "pgvalve: lost the connection to server " + host.to_string() + "; try again"};
       co_return false;
@@ -143,22 +146,50 @@ asio::awaitable<std::unique_ptr<ServerConnection>> open_server_connection(const 
   conn->host = login.host;
   conn->state.name = login.host.to_string();
   conn->max_message_bytes = login.max_message_bytes;
-  Deadline deadline(conn->socket, login.timeout);
+  Deadline deadline(conn->stream, login.timeout);
   auto timed_out = [&] {
     failure = {"08006", "pgvalve: timed out logging in to server " + login.host.to_string() +
                             "; check that PostgreSQL is running and not overloaded"};
     return nullptr;
   };
 
-  if (!co_await connect_socket(conn->socket, login.host, failure)) {
+  if (!co_await connect_socket(conn->stream.socket(), login.host, failure)) {
     if (deadline.expired()) co_return timed_out();
     co_return nullptr;
   }
   std::string out;
+  if (login.tls) {
+    // server_tls: ask for TLS the way libpq does (SSLRequest, one byte back).
+    const auto mode = login.tls->mode();
+    pr::append_ssl_request(out);
+    if (!co_await write_all(conn->stream, out)) co_return timed_out();
+    char answer = 0;
+    error_code ec;
+    co_await asio::async_read(conn->stream.socket(), asio::buffer(&answer, 1), await_ec(ec));
+    if (ec) co_return timed_out();
+    if (answer == 'S') {
+      std::string error;
+      if (!co_await conn->stream.start_tls_client(login.tls, login.host.host, error)) {
+        PGV_LOG(Warn, "server_tls_failed", {"host", login.host.to_string()},
+                {"server_tls", config::to_string(mode)}, {"reason", error});
+        failure = {"08006", "pgvalve: TLS with server " + login.host.to_string() +
+                                " failed (server_tls = " + config::to_string(mode) + "): " + error};
+        co_return nullptr;
+      }
+    } else if (answer != 'N' || mode != config::ServerTlsMode::Prefer) {
+      failure = {"08006",
+                 "pgvalve: server " + login.host.to_string() +
+                     (answer == 'N' ? " does not offer TLS" : " answered SSLRequest oddly") +
+                     ", and server_tls = " + config::to_string(mode) +
+                     " requires it; enable ssl on the server, or lower server_tls"};
+      co_return nullptr;
+    }
+    out.clear();
+  }
   const std::pair<std::string_view, std::string_view> params[] = {{"user", login.user},
                                                                   {"database", login.dbname}};
   pr::append_startup_message(out, params);
-  if (!co_await write_all(conn->socket, out)) co_return timed_out();
+  if (!co_await write_all(conn->stream, out)) co_return timed_out();
 
   std::optional<pr::ScramClient> scram;
   const std::string server = login.host.to_string();
@@ -171,7 +202,7 @@ asio::awaitable<std::unique_ptr<ServerConnection>> open_server_connection(const 
   // The password itself (cleartext), or a hash anyone who sees it can attack offline (md5),
   // would cross a link without TLS.
   auto insecure_allowed = [&](const char* method) -> bool {
-    if (login.allow_insecure_auth) return true;
+    if (login.allow_insecure_auth || conn->stream.tls()) return true;
     failure = {"28000", "pgvalve: server " + server + " asks for " + method +
                             " password authentication, which would send the password (or a "
                             "hash of it) without TLS; use scram-sha-256 on the server, or set "
@@ -184,7 +215,7 @@ asio::awaitable<std::unique_ptr<ServerConnection>> open_server_connection(const 
 
   for (;;) {
     pr::Frame f;
-    auto st = co_await read_frame(conn->socket, conn->in, login.max_message_bytes, f);
+    auto st = co_await read_frame(conn->stream, conn->in, login.max_message_bytes, f);
     if (st != ReadStatus::Ok) {
       if (deadline.expired()) co_return timed_out();
       failure = {"08006", "pgvalve: server " + server +
@@ -258,7 +289,7 @@ asio::awaitable<std::unique_ptr<ServerConnection>> open_server_connection(const 
                                     std::to_string(req->code) + "); use scram-sha-256 or md5"};
             co_return nullptr;
         }
-        if (!out.empty() && !co_await write_all(conn->socket, out)) co_return timed_out();
+        if (!out.empty() && !co_await write_all(conn->stream, out)) co_return timed_out();
         break;
       }
       case 'E': {
@@ -282,7 +313,7 @@ asio::awaitable<std::unique_ptr<ServerConnection>> open_server_connection(const 
         deadline.disarm();
         conn->state.tx_status = 'I';
         // Sessions read and write it without blocking; coroutines still work as before.
-        conn->socket.non_blocking(true);
+        conn->stream.socket().non_blocking(true);
         conn->created_at = conn->last_used_at = pool::Clock::now();
         co_return conn;
       default:  // NoticeResponse, NegotiateProtocolVersion: nothing to do

@@ -19,6 +19,7 @@
 #include "pool/server_pool.h"
 #include "protocol/messages.h"
 #include "proxy/io_util.h"
+#include "proxy/stream.h"
 #include "session/input_buffer.h"
 #include "session/server_state.h"
 
@@ -34,6 +35,8 @@ struct ServerLogin {
   // server_allow_insecure_auth: answer a cleartext or md5 password request on a link without
   // TLS (all of them until server_tls works).
   bool allow_insecure_auth = false;
+  // server_tls (null: disable).
+  std::shared_ptr<const TlsClientContext> tls;
 };
 
 // Why an open or an internal query failed, in words for the client.
@@ -44,7 +47,7 @@ struct ServerFailure {
 
 class ServerConnection : public pool::Connection {
  public:
-  explicit ServerConnection(asio::io_context& context) : socket(context) {}
+  explicit ServerConnection(asio::io_context& context) : stream(context) {}
 
   // Re-registers the socket with `ctx` when it belongs to another worker's event loop. False
   // when that failed (the connection is unusable: discard it); never throws.
@@ -59,7 +62,7 @@ class ServerConnection : public pool::Connection {
   // values and the transaction status in `state`. False on I/O failure or an ErrorResponse.
   asio::awaitable<bool> run_query(std::string_view sql, ServerFailure& failure);
 
-  Socket socket;
+  Stream stream;  // TLS over the socket when server_tls negotiated it
   session::InputBuffer in;
   config::Endpoint host;
   std::uint32_t host_index = 0;  // in the cancel registry's host table

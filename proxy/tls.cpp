@@ -2,6 +2,7 @@
 
 #include <openssl/err.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include <climits>
 
@@ -83,9 +84,45 @@ TlsServerContext::~TlsServerContext() {
   if (ctx_) SSL_CTX_free(ctx_);
 }
 
-TlsChannel::TlsChannel(std::shared_ptr<const TlsServerContext> context)
-    : context_(std::move(context)) {
-  ssl_ = SSL_new(context_->native());
+std::shared_ptr<const TlsClientContext> TlsClientContext::make(config::ServerTlsMode mode,
+                                                               const std::string& ca_file,
+                                                               std::string& error) {
+  std::shared_ptr<TlsClientContext> c(new TlsClientContext());
+  c->mode_ = mode;
+  ERR_clear_error();
+  c->ctx_ = SSL_CTX_new(TLS_client_method());
+  if (!c->ctx_) {
+    error = openssl_errors();
+    return nullptr;
+  }
+  SSL_CTX_set_min_proto_version(c->ctx_, TLS1_2_VERSION);
+  SSL_CTX_set_options(c->ctx_, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_NO_TICKET);
+  SSL_CTX_set_mode(c->ctx_, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE);
+  const bool verify =
+      mode == config::ServerTlsMode::VerifyCa || mode == config::ServerTlsMode::VerifyFull;
+  if (verify) {
+    const int loaded = ca_file.empty()
+                           ? SSL_CTX_set_default_verify_paths(c->ctx_)
+                           : SSL_CTX_load_verify_locations(c->ctx_, ca_file.c_str(), nullptr);
+    if (loaded != 1) {
+      error = (ca_file.empty() ? std::string("the system's CA certificates")
+                               : "server_tls_ca " + ca_file) +
+              ": " + openssl_errors();
+      return nullptr;
+    }
+    SSL_CTX_set_verify(c->ctx_, SSL_VERIFY_PEER, nullptr);
+  } else {
+    SSL_CTX_set_verify(c->ctx_, SSL_VERIFY_NONE, nullptr);
+  }
+  return c;
+}
+
+TlsClientContext::~TlsClientContext() {
+  if (ctx_) SSL_CTX_free(ctx_);
+}
+
+TlsChannel::TlsChannel(std::shared_ptr<const TlsServerContext> context) : context_(context) {
+  ssl_ = SSL_new(context->native());
   in_ = BIO_new(BIO_s_mem());
   out_ = BIO_new(BIO_s_mem());
   // An empty input BIO means "no data yet", not end of file.
@@ -93,6 +130,30 @@ TlsChannel::TlsChannel(std::shared_ptr<const TlsServerContext> context)
   BIO_set_mem_eof_return(out_, -1);
   SSL_set_bio(ssl_, in_, out_);
   SSL_set_accept_state(ssl_);
+}
+
+TlsChannel::TlsChannel(std::shared_ptr<const TlsClientContext> context, const std::string& host)
+    : context_(context) {
+  ssl_ = SSL_new(context->native());
+  in_ = BIO_new(BIO_s_mem());
+  out_ = BIO_new(BIO_s_mem());
+  BIO_set_mem_eof_return(in_, -1);
+  BIO_set_mem_eof_return(out_, -1);
+  SSL_set_bio(ssl_, in_, out_);
+  SSL_set_connect_state(ssl_);
+  ASN1_OCTET_STRING* ip = a2i_IPADDRESS(host.c_str());
+  if (ip) {
+    ASN1_OCTET_STRING_free(ip);
+  } else {
+    SSL_set_tlsext_host_name(ssl_, host.c_str());  // SNI takes names only
+  }
+  if (context->mode() == config::ServerTlsMode::VerifyFull) {
+    X509_VERIFY_PARAM* param = SSL_get0_param(ssl_);
+    if (X509_VERIFY_PARAM_set1_ip_asc(param, host.c_str()) != 1) {
+      X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+      SSL_set1_host(ssl_, host.c_str());
+    }
+  }
 }
 
 TlsChannel::~TlsChannel() {

@@ -40,10 +40,33 @@ class TlsServerContext {
   std::string description_;
 };
 
-// One client's TLS session.
+// pgvalve's side of TLS to PostgreSQL (server_tls, server_tls_ca), with libpq's sslmode
+// meanings: prefer and require encrypt without checking the certificate, verify-ca checks it
+// against server_tls_ca (or the system's CAs), verify-full also checks that it names the host.
+class TlsClientContext {
+ public:
+  static std::shared_ptr<const TlsClientContext> make(config::ServerTlsMode mode,
+                                                      const std::string& ca_file,
+                                                      std::string& error);
+  ~TlsClientContext();
+  TlsClientContext(const TlsClientContext&) = delete;
+  TlsClientContext& operator=(const TlsClientContext&) = delete;
+
+  SSL_CTX* native() const { return ctx_; }
+  config::ServerTlsMode mode() const { return mode_; }
+
+ private:
+  TlsClientContext() = default;
+  SSL_CTX* ctx_ = nullptr;
+  config::ServerTlsMode mode_ = config::ServerTlsMode::Disable;
+};
+
+// One TLS session: a client's (pgvalve accepts) or a server link's (pgvalve connects).
 class TlsChannel {
  public:
   explicit TlsChannel(std::shared_ptr<const TlsServerContext> context);
+  // Connecting to `host`: sent as SNI, and with verify-full the certificate must name it.
+  TlsChannel(std::shared_ptr<const TlsClientContext> context, const std::string& host);
   ~TlsChannel();
   TlsChannel(const TlsChannel&) = delete;
   TlsChannel& operator=(const TlsChannel&) = delete;
@@ -77,7 +100,7 @@ class TlsChannel {
  private:
   Status fail(int ret);
 
-  std::shared_ptr<const TlsServerContext> context_;
+  std::shared_ptr<const void> context_;  // keeps the SSL_CTX alive
   SSL* ssl_ = nullptr;
   BIO* in_ = nullptr;   // ciphertext from the client (owned by ssl_)
   BIO* out_ = nullptr;  // ciphertext to the client (owned by ssl_)

@@ -213,3 +213,88 @@ def test_a_missing_certificate_stops_the_start(pgvalve, pki, cluster, tmp_path):
     with pytest.raises(RuntimeError):
         pv.start(timeout=5)
     assert "tls_failed" in pv.log_text() and "nope.crt" in pv.log_text()
+
+
+# --- TLS to PostgreSQL (server_tls) --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ssl_cluster(pki):
+    """A primary with ssl = on and a certificate for 127.0.0.1 (plus one naming only another
+    host, for verify-full's negative case)."""
+    import shutil
+    import tempfile
+    from pgcluster import PgCluster, _chown_pg
+    base = Path(tempfile.mkdtemp(prefix="pgvalve-it-tls-"))
+    certs = base / "certs"
+    certs.mkdir()
+    make_cert(pki, "ca", "pg_ok", "postgres-test", "IP:127.0.0.1,DNS:localhost")
+    make_cert(pki, "ca", "pg_wrong", "postgres-elsewhere", "DNS:db.elsewhere.example")
+    for name in ("pg_ok", "pg_wrong"):
+        for ext in ("crt", "key"):
+            shutil.copy(pki / f"{name}.{ext}", certs / f"{name}.{ext}")
+            _chown_pg(certs / f"{name}.{ext}")
+        (certs / f"{name}.key").chmod(0o600)
+    certs.chmod(0o755)
+    _chown_pg(certs)
+    c = PgCluster(replicas=0, base=str(base),
+                  extra_conf=f"ssl = on\nssl_cert_file = '{certs}/pg_ok.crt'\n"
+                             f"ssl_key_file = '{certs}/pg_ok.key'\n")
+    c.start()
+    c.certs = certs
+    yield c
+    c.teardown()
+
+
+def pv_for(cluster, tmp_path, **overrides):
+    from pgcluster import Pgvalve
+    return Pgvalve(cluster, tmp_path / "pv", **overrides)
+
+
+@pytest.mark.parametrize("mode", ["prefer", "require", "verify-ca", "verify-full"])
+def test_server_tls_encrypts_the_link_to_postgresql(ssl_cluster, pki, tmp_path, mode):
+    pv = pv_for(ssl_cluster, tmp_path, mode="transaction", pool_size=1, max_overflow=0,
+                server_tls=mode, server_tls_ca=str(pki / "ca.crt")).start()
+    try:
+        with pv.connect() as c:
+            pid = one(c, "select pg_backend_pid()")
+            ssl, version = ssl_cluster.primary.sql(
+                f"select ssl, version from pg_stat_ssl where pid = {pid}", dbname="postgres")[0]
+            assert ssl in (True, "t"), (ssl, version)
+            assert version in ("TLSv1.2", "TLSv1.3")
+            assert one(c, "select count(*) from generate_series(1, 100000)") == 100000
+    finally:
+        pv.stop()
+
+
+def test_server_tls_verify_full_refuses_a_certificate_for_another_host(ssl_cluster, pki,
+                                                                       tmp_path):
+    for sql in (f"alter system set ssl_cert_file = '{ssl_cluster.certs}/pg_wrong.crt'",
+                f"alter system set ssl_key_file = '{ssl_cluster.certs}/pg_wrong.key'",
+                "select pg_reload_conf()"):
+        ssl_cluster.primary.psql(sql)
+    time.sleep(0.5)
+    pv = pv_for(ssl_cluster, tmp_path, mode="transaction", pool_size=1,
+                server_tls="verify-full", server_tls_ca=str(pki / "ca.crt")).start()
+    try:
+        with pytest.raises(psycopg.OperationalError) as ei:
+            pv.connect()
+        assert "TLS with server" in str(ei.value), ei.value
+        log = pv.log_text()
+        assert "event=server_tls_failed" in log and "server_tls=verify-full" in log, log[-2000:]
+        assert re.search(r"hostname mismatch|IP address mismatch|certificate verify failed", log)
+    finally:
+        pv.stop()
+        for sql in ("alter system reset ssl_cert_file", "alter system reset ssl_key_file",
+                    "select pg_reload_conf()"):
+            ssl_cluster.primary.psql(sql)
+        time.sleep(0.5)
+
+
+def test_server_tls_require_refuses_a_server_without_tls(pgvalve):
+    pv = pgvalve(mode="transaction", pool_size=1, server_tls="require")  # the plain cluster
+    with pytest.raises(psycopg.OperationalError) as ei:
+        pv.connect()
+    assert "does not offer TLS" in str(ei.value), ei.value
+    pv2 = pgvalve(mode="transaction", pool_size=1, server_tls="prefer")
+    with pv2.connect() as c:  # prefer falls back to plaintext
+        assert one(c, "select 1") == 1

@@ -65,7 +65,7 @@ TEST(Describe, ListsEveryKeyWithDefaults) {
       {"log_level", "info"},
       {"shutdown_timeout_s", "30"},
       {"tls", "none"},
-      {"server_tls", "disable"},
+      {"server_tls", "prefer"},
       {"pool.mode", "transaction"},
       {"pool.pool_size", "20"},
       {"pool.max_overflow", "30"},

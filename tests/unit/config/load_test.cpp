@@ -252,7 +252,7 @@ TEST(Load, MinimalFileGetsEveryDefault) {
   EXPECT_EQ(c.log_level, LogLevel::Info);
   EXPECT_EQ(c.shutdown_timeout_s, 30);
   EXPECT_FALSE(c.tls.has_value());
-  EXPECT_EQ(c.server_tls, ServerTlsMode::Disable);  // until TLS to servers works
+  EXPECT_EQ(c.server_tls, ServerTlsMode::Prefer);
   EXPECT_EQ(c.pool, PoolSettings{});
   EXPECT_EQ(c.pool.mode, PoolMode::Transaction);
   EXPECT_EQ(c.pool.pool_size, 20);

@@ -1,4 +1,4 @@
-#include "proxy/client_stream.h"
+#include "proxy/stream.h"
 
 #include <array>
 
@@ -27,9 +27,19 @@ std::string& cipher_scratch() {
 
 }  // namespace
 
-asio::awaitable<bool> ClientStream::start_tls(std::shared_ptr<const TlsServerContext> context,
-                                              std::string& error) {
+asio::awaitable<bool> Stream::start_tls(std::shared_ptr<const TlsServerContext> context,
+                                        std::string& error) {
   tls_ = std::make_unique<TlsChannel>(std::move(context));
+  co_return co_await handshake(error);
+}
+
+asio::awaitable<bool> Stream::start_tls_client(std::shared_ptr<const TlsClientContext> context,
+                                               const std::string& host, std::string& error) {
+  tls_ = std::make_unique<TlsChannel>(std::move(context), host);
+  co_return co_await handshake(error);
+}
+
+asio::awaitable<bool> Stream::handshake(std::string& error) {
   std::string out;
   std::string in(kRecordBytes, '\0');
   for (;;) {
@@ -59,7 +69,7 @@ asio::awaitable<bool> ClientStream::start_tls(std::shared_ptr<const TlsServerCon
   }
 }
 
-asio::awaitable<std::size_t> ClientStream::async_read_some(
+asio::awaitable<std::size_t> Stream::async_read_some(
     asio::mutable_buffer into, decltype(await_ec(std::declval<error_code&>())) token) {
   error_code& ec = token.ec_;
   if (!tls_) {
@@ -96,7 +106,7 @@ asio::awaitable<std::size_t> ClientStream::async_read_some(
   }
 }
 
-asio::awaitable<bool> ClientStream::write_all(std::string_view plaintext) {
+asio::awaitable<bool> Stream::write_all(std::string_view plaintext) {
   error_code ec;
   if (!tls_) {
     co_await asio::async_write(socket_, asio::buffer(plaintext.data(), plaintext.size()),
@@ -110,7 +120,7 @@ asio::awaitable<bool> ClientStream::write_all(std::string_view plaintext) {
   co_return !ec;
 }
 
-std::size_t ClientStream::read_some(asio::mutable_buffer into, error_code& ec) {
+std::size_t Stream::read_some(asio::mutable_buffer into, error_code& ec) {
   if (!tls_) return socket_.read_some(into, ec);
   for (;;) {
     std::size_t n = 0;
@@ -135,8 +145,8 @@ std::size_t ClientStream::read_some(asio::mutable_buffer into, error_code& ec) {
   }
 }
 
-bool ClientStream::seal(std::span<const session::Chunk> chunks, std::string_view tail,
-                        std::string_view& out) {
+bool Stream::seal(std::span<const session::Chunk> chunks, std::string_view tail,
+                  std::string_view& out) {
   auto& plain = plain_scratch();
   plain.clear();
   for (const auto& c : chunks)
@@ -152,7 +162,7 @@ bool ClientStream::seal(std::span<const session::Chunk> chunks, std::string_view
   return true;
 }
 
-std::string_view ClientStream::take_output() {
+std::string_view Stream::take_output() {
   auto& cipher = cipher_scratch();
   cipher.clear();
   if (tls_) tls_->take_output(cipher);

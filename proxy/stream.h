@@ -1,7 +1,7 @@
-// A client's byte stream: its TCP socket, and TLS over it once the client asked for it
-// (SSLRequest answered 'S'). Everything above reads and writes plaintext through this; with TLS
-// the socket carries ciphertext made and read by TlsChannel (memory BIOs), so the session's
-// non-blocking reads and SocketWriter's backlog work the same for both.
+// A peer's byte stream — a client's, or a server link's: its TCP socket, and TLS over it once
+// negotiated (SSLRequest answered 'S'). Everything above reads and writes plaintext through
+// this; with TLS the socket carries ciphertext made and read by TlsChannel (memory BIOs), so the
+// session's non-blocking reads and SocketWriter's backlog work the same for both.
 #pragma once
 
 #include <memory>
@@ -15,9 +15,10 @@
 
 namespace pgvalve::proxy {
 
-class ClientStream {
+class Stream {
  public:
-  explicit ClientStream(Socket socket) : socket_(std::move(socket)) {}
+  explicit Stream(Socket socket) : socket_(std::move(socket)) {}
+  explicit Stream(asio::io_context& context) : socket_(context) {}
 
   Socket& socket() { return socket_; }
   Socket::executor_type get_executor() { return socket_.get_executor(); }
@@ -29,6 +30,9 @@ class ClientStream {
   // then sent whatever alert OpenSSL made, best effort).
   asio::awaitable<bool> start_tls(std::shared_ptr<const TlsServerContext> context,
                                   std::string& error);
+  // The same as the connecting side, towards PostgreSQL at `host`.
+  asio::awaitable<bool> start_tls_client(std::shared_ptr<const TlsClientContext> context,
+                                         const std::string& host, std::string& error);
 
   // For the login and admin-console coroutines: wait for plaintext, write it all.
   asio::awaitable<std::size_t> async_read_some(
@@ -47,12 +51,14 @@ class ClientStream {
   std::string_view take_output();
 
  private:
+  asio::awaitable<bool> handshake(std::string& error);
+
   Socket socket_;
   std::unique_ptr<TlsChannel> tls_;
 };
 
 // The coroutines' write_all, for a client stream (plaintext in, TLS applied when on).
-inline asio::awaitable<bool> write_all(ClientStream& stream, std::string_view bytes) {
+inline asio::awaitable<bool> write_all(Stream& stream, std::string_view bytes) {
   return stream.write_all(bytes);
 }
 
