@@ -176,12 +176,14 @@ asio::awaitable<std::unique_ptr<ServerConnection>> open_server_connection(const 
                                 " failed (server_tls = " + config::to_string(mode) + "): " + error};
         co_return nullptr;
       }
-    } else if (answer != 'N' || mode != config::ServerTlsMode::Prefer) {
-      failure = {"08006",
-                 "pgvalve: server " + login.host.to_string() +
-                     (answer == 'N' ? " does not offer TLS" : " answered SSLRequest oddly") +
-                     ", and server_tls = " + config::to_string(mode) +
-                     " requires it; enable ssl on the server, or lower server_tls"};
+    } else if (answer != 'N') {
+      failure = {"08006", "pgvalve: server " + login.host.to_string() +
+                              " answered SSLRequest with neither S nor N; is it PostgreSQL?"};
+      co_return nullptr;
+    } else if (mode != config::ServerTlsMode::Prefer) {
+      failure = {"08006", "pgvalve: server " + login.host.to_string() +
+                              " does not offer TLS, and server_tls = " + config::to_string(mode) +
+                              " requires it; enable ssl on the server, or lower server_tls"};
       co_return nullptr;
     }
     out.clear();

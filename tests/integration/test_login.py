@@ -88,7 +88,11 @@ class FakeServer:
             try:
                 c.settimeout(10)
                 (length,) = struct.unpack("!I", recv_exact(c, 4))
-                recv_exact(c, length - 4)
+                body = recv_exact(c, length - 4)
+                if body == struct.pack("!I", 80877103):  # SSLRequest (server_tls: prefer)
+                    c.sendall(b"N")
+                    (length,) = struct.unpack("!I", recv_exact(c, 4))
+                    recv_exact(c, length - 4)
                 self.script(self, c)
             except Exception:
                 pass
