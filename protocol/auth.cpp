@@ -1,5 +1,10 @@
 #include "protocol/auth.h"
 
+#include <idn-free.h>
+#include <stringprep.h>
+
+#include <algorithm>
+
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -40,12 +45,11 @@ std::string hmac_sha256(std::string_view key, std::string_view data) {
 // RFC 5802 Hi(): PBKDF2 with HMAC-SHA-256 and one output block.
 std::string salted_password(std::string_view password, std::string_view salt, int iterations) {
   std::string out(kKeyLen, '\0');
-  // No SASLprep: ASCII passwords are unchanged by it (PostgreSQL falls back to the raw bytes
-  // when prep fails), so only non-ASCII passwords that NFKC would alter can disagree.
-  PKCS5_PBKDF2_HMAC(reinterpret_cast<const char*>(bytes(password)),
-                    static_cast<int>(password.size()), bytes(salt), static_cast<int>(salt.size()),
-                    iterations, EVP_sha256(), static_cast<int>(kKeyLen),
-                    reinterpret_cast<unsigned char*>(out.data()));
+  // SASLprep'd first, as PostgreSQL does when it stores a verifier and libpq when it logs in.
+  const std::string prepared = saslprep(password);
+  PKCS5_PBKDF2_HMAC(prepared.data(), static_cast<int>(prepared.size()), bytes(salt),
+                    static_cast<int>(salt.size()), iterations, EVP_sha256(),
+                    static_cast<int>(kKeyLen), reinterpret_cast<unsigned char*>(out.data()));
   return out;
 }
 
@@ -147,6 +151,23 @@ std::string escape_saslname(std::string_view user) {
 
 bool equal_secret(std::string_view a, std::string_view b) {
   return a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
+}
+
+std::string saslprep(std::string_view password) {
+  const bool ascii = std::all_of(password.begin(), password.end(),
+                                 [](char c) { return static_cast<unsigned char>(c) < 0x80; });
+  if (ascii || password.find('\0') != std::string_view::npos) return std::string(password);
+  const std::string in(password);
+  char* out = nullptr;
+  // Unassigned code points are prohibited, as for stored strings (RFC 4013 §2.5).
+  const int rc = stringprep_profile(in.c_str(), &out, "SASLprep", STRINGPREP_NO_UNASSIGNED);
+  if (rc != STRINGPREP_OK || out == nullptr) {
+    if (out) idn_free(out);
+    return in;
+  }
+  std::string prepared(out);
+  idn_free(out);
+  return prepared;
 }
 
 ScramVerifier mock_scram_verifier(std::string_view secret, std::string_view user) {

@@ -52,6 +52,11 @@ inline bool is_scram_verifier(std::string_view s) {
 // cannot be probed (PostgreSQL's scram_mock_salt does the same).
 ScramVerifier mock_scram_verifier(std::string_view secret, std::string_view user);
 
+// RFC 4013 SASLprep of a password, as PostgreSQL's pg_saslprep: ASCII passwords and ones that
+// are not valid UTF-8 or contain prohibited characters are used as they are; others are
+// normalised (NFKC, soft hyphens and the like dropped, non-ASCII spaces mapped to ' ').
+std::string saslprep(std::string_view password);
+
 // Equality in time that depends only on the sizes.
 bool equal_secret(std::string_view a, std::string_view b);
 

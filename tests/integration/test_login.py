@@ -179,3 +179,24 @@ def test_cleartext_to_the_server_when_the_config_allows_it(pgvalve):
         assert fake.received[0][1] == APP_PASSWORD.encode() + b"\0"
     finally:
         fake.close()
+
+
+def test_non_ascii_passwords_are_saslprepped_on_both_legs(pgvalve, cluster):
+    """libpq and PostgreSQL SASLprep a password before SCRAM; pgvalve must too, on its client
+    side (a verifier made from a plain-text password) and towards the server, or a password
+    that normalisation changes (a decomposed umlaut, a no-break space, a soft hyphen) fails."""
+    password = "pa\u0308ss\u00a0wo\u0308rd\u00ad!"
+    cluster.primary.sql("drop role if exists saslprep_user")
+    cluster.primary.sql(f"create role saslprep_user login password '{password}'")
+    cluster.primary.sql(f"grant connect on database {APP_DB} to saslprep_user")
+    pv = pgvalve(mode="transaction", pool_size=1,
+                 users=[{"name": APP_USER, "password": APP_PASSWORD},
+                        {"name": "saslprep_user", "password": password}])
+    import psycopg
+    with psycopg.connect(host="127.0.0.1", port=pv.port, dbname=APP_DB, user="saslprep_user",
+                         password=password, autocommit=True) as c:
+        assert c.execute("select current_user").fetchone()[0] == "saslprep_user"
+    # The normalised form is the same password to everyone.
+    with psycopg.connect(host="127.0.0.1", port=pv.port, dbname=APP_DB, user="saslprep_user",
+                         password="p\u00e4ss wo\u0308rd!", autocommit=True) as c:
+        assert c.execute("select 1").fetchone()[0] == 1

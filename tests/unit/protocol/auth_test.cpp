@@ -422,3 +422,46 @@ TEST(ScramClient, RefusesBadServerFinal) {
 
 }  // namespace
 }  // namespace pgvalve::protocol
+
+namespace pgvalve::protocol {
+namespace {
+
+// RFC 4013 §3's examples, and what PostgreSQL's pg_saslprep does with what SASLprep refuses.
+TEST(Saslprep, NormalisesAsRfc4013) {
+  EXPECT_EQ(saslprep("I\xC2\xAD"
+                     "X"),
+            "IX");                            // SOFT HYPHEN mapped to nothing
+  EXPECT_EQ(saslprep("user"), "user");        // ASCII: unchanged
+  EXPECT_EQ(saslprep("USER"), "USER");        // case is kept
+  EXPECT_EQ(saslprep("\xC2\xAA"), "a");       // FEMININE ORDINAL, NFKC
+  EXPECT_EQ(saslprep("\xE2\x85\xA8"), "IX");  // ROMAN NUMERAL NINE, NFKC
+  EXPECT_EQ(saslprep("a\xC2\xA0"
+                     "b"),
+            "a b");                                    // NO-BREAK SPACE mapped to SPACE
+  EXPECT_EQ(saslprep("p\xC3\xA4ss"), "p\xC3\xA4ss");   // already NFKC
+  EXPECT_EQ(saslprep("pa\xCC\x88ss"), "p\xC3\xA4ss");  // a + COMBINING DIAERESIS composed
+}
+
+TEST(Saslprep, WhatItRefusesIsUsedAsItIs) {
+  EXPECT_EQ(saslprep("\x07"
+                     "\xC3\xA4"),
+            "\x07"
+            "\xC3\xA4");  // prohibited control character
+  EXPECT_EQ(saslprep("\xD8\xA7"
+                     "1"),
+            "\xD8\xA7"
+            "1");                               // bidi rule (RandALCat then L)
+  EXPECT_EQ(saslprep("\xFF\xFE"), "\xFF\xFE");  // not UTF-8
+}
+
+TEST(Saslprep, AVerifierFromAPasswordMatchesItsPreparedForm) {
+  const auto raw = ScramVerifier::from_password(
+      "I\xC2\xAD"
+      "X",
+      "salt-salt-salt");
+  const auto prepared = ScramVerifier::from_password("IX", "salt-salt-salt");
+  EXPECT_EQ(raw.to_string(), prepared.to_string());
+}
+
+}  // namespace
+}  // namespace pgvalve::protocol
