@@ -77,7 +77,8 @@ std::vector<std::shared_ptr<pool::ServerPool>> App::pools() {
 std::shared_ptr<ListenHub> App::listen_hub_for(const config::Database& db,
                                                const config::User& user) {
   std::lock_guard lock(pools_mutex_);
-  // Keyed like the pools: a reload that moves the database gives new listeners a new hub.
+  // Keyed like the pools, and by the password the hub logs in with: a reload that moves the
+  // database or changes that password gives new listeners a new hub.
   auto& hub = listen_hubs_[db.name + '\0' + db.dbname + '\0' + user.name + '\0' +
                            db.shards.front().primary.to_string() + '\0' + user.server_password];
   if (!hub) {
@@ -236,7 +237,7 @@ admission::Address address_of(const Socket& socket) {
 }
 
 // Sockets being told they were refused at the door (each reads one startup packet, for at most
-// kRefusalTimeout, then gets 53300).
+// 2 s, then gets 53300).
 constexpr int kMaxRefusing = 256;
 
 }  // namespace
@@ -251,6 +252,7 @@ void App::end_refusal() {
 
 asio::awaitable<void> App::accept_loop(Worker& worker) {
   static std::atomic<std::uint64_t> next_client_id{1};
+  auto last_accept_warning = std::chrono::steady_clock::time_point{};
   for (;;) {
     error_code ec;
     Socket socket(worker.context);
@@ -259,7 +261,13 @@ asio::awaitable<void> App::accept_loop(Worker& worker) {
       if (ec == asio::error::operation_aborted || !worker.acceptor->is_open()) co_return;
       // Out of file descriptors (or kernel memory): the pending connection stays queued and
       // accept would fail again at once. Pause instead of spinning; closing clients free some.
-      PGV_LOG(Warn, "accept_failed", {"error", ec.message()}, {"action", "pausing 100 ms"});
+      // Said once per 10 s while it lasts, not at every pause.
+      const auto now = std::chrono::steady_clock::now();
+      if (now - last_accept_warning >= std::chrono::seconds(10)) {
+        last_accept_warning = now;
+        PGV_LOG(Warn, "accept_failed", {"error", ec.message()},
+                {"action", "pausing accept 100 ms at a time; clients wait in the listen queue"});
+      }
       asio::steady_timer pause(worker.context, std::chrono::milliseconds(100));
       co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       continue;
