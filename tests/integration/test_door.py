@@ -56,7 +56,8 @@ def test_sockets_still_logging_in_and_admin_sessions_count(pgvalve):
     app = pv.connect()
     silent = bare_sockets(pv, 2)
     try:
-        time.sleep(0.3)  # the accepts happened
+        wait_until(lambda: pv.open_client_sockets() == 4, 5, interval=0.05,
+                   message="pgvalve accepted the two silent sockets")
         msg = refused(pv, "pool.max_client_connections = 4")
         assert "too many client connections" in msg
         # Those admitted are unaffected.
@@ -105,20 +106,30 @@ def test_connections_per_ip(pgvalve):
 
 
 def test_connect_rate_per_ip_token_bucket(pgvalve):
+    rate, burst = 2, 3
     pv = pgvalve(mode="transaction", pool_size=2,
-                 limits={"connect_rate_per_ip": 2, "connect_burst_per_ip": 3})
-    time.sleep(1.6)  # the fixture's readiness probes took tokens: let the bucket fill again
-    ok = 0
-    t0 = time.monotonic()
-    for _ in range(3):  # the burst
-        with pv.connect() as c:
-            c.execute("select 1")
+                 limits={"connect_rate_per_ip": rate, "connect_burst_per_ip": burst})
+    time.sleep(burst / rate + 0.2)  # the fixture's readiness probes took tokens: refill
+    ok, message, t0 = 0, None, time.monotonic()
+    while ok <= 20:
+        r = raw(pv)
+        try:
+            r.connect()
+            r.sock.close()
             ok += 1
-    assert time.monotonic() - t0 < 1.0, "the burst took too long to test the rate"
-    msg = refused(pv, "limits.connect_rate_per_ip = 2 per second")
-    assert "connecting too fast from 127.0.0.1" in msg
-    # Tokens come back at 2 per second.
-    time.sleep(0.6)
+        except PgWireError as e:
+            assert e.sqlstate == "53300", e.fields
+            message = e.message
+            assert_closed(r.sock)
+            break
+    elapsed = time.monotonic() - t0
+    assert message is not None, f"{ok} connections in {elapsed:.2f}s, none refused"
+    assert_pgvalve_message(message)
+    assert "connecting too fast from 127.0.0.1" in message
+    assert "limits.connect_rate_per_ip = 2 per second" in message
+    # The burst, plus what the bucket refilled while they were made: no more.
+    assert burst <= ok <= burst + int(elapsed * rate) + 1, (ok, elapsed)
+    time.sleep(1 / rate + 0.2)  # one token back
     assert can_connect(pv)
 
 
