@@ -49,6 +49,8 @@ def test_dockerfile_installs_packages_that_exist_and_copies_what_the_build_needs
     # The runtime stage carries every library the binary links (ldd of the one built here).
     r = run(["ldd", pgvalve_bin()])
     for lib in re.findall(r"^\s*(\S+\.so[.\d]*) =>", r.stdout, re.M):
+        if re.match(r"lib(a|ub|l|t)san", lib):
+            continue  # PGVALVE_SANITIZE builds only; the image is a Release build
         owner = run(["dpkg", "-S", f"*/{lib}"]).stdout.split(":")[0]
         assert owner in packages | {"libc6", "libstdc++6", "libgcc-s1", "libc6-i386"}, \
             f"{lib} ({owner}) is not installed in the runtime stage"
