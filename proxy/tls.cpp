@@ -55,6 +55,10 @@ std::shared_ptr<const TlsServerContext> TlsServerContext::make(const config::Tls
                                    SSL_OP_CIPHER_SERVER_PREFERENCE);
   // An idle client keeps no read or write buffer inside OpenSSL.
   SSL_CTX_set_mode(c->ctx_, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE);
+  // No resumption: a server-side session cache (20,480 sessions by default) would be memory
+  // that clients fill, and TLS 1.3 tickets would fill it too.
+  SSL_CTX_set_session_cache_mode(c->ctx_, SSL_SESS_CACHE_OFF);
+  SSL_CTX_set_num_tickets(c->ctx_, 0);
   if (SSL_CTX_use_certificate_chain_file(c->ctx_, tls.cert.c_str()) != 1) {
     error = "tls.cert " + tls.cert + ": " + openssl_errors();
     return nullptr;
