@@ -25,6 +25,24 @@ std::string& cipher_scratch() {
   return s;
 }
 
+// One TLS read as a socket read would end: false when OpenSSL needs more ciphertext first.
+bool settled(TlsChannel::Status status, error_code& ec) {
+  switch (status) {
+    case TlsChannel::Status::Ok:
+      ec = {};
+      return true;
+    case TlsChannel::Status::Closed:
+      ec = asio::error::eof;
+      return true;
+    case TlsChannel::Status::Failed:
+      ec = asio::error::connection_aborted;
+      return true;
+    case TlsChannel::Status::WantInput:
+      return false;
+  }
+  return false;
+}
+
 }  // namespace
 
 asio::awaitable<bool> Stream::start_tls(std::shared_ptr<const TlsServerContext> context,
@@ -86,19 +104,7 @@ asio::awaitable<std::size_t> Stream::async_read_some(
       error_code wec;
       co_await asio::async_write(socket_, asio::buffer(out), await_ec(wec));
     }
-    switch (status) {
-      case TlsChannel::Status::Ok:
-        ec = {};
-        co_return n;
-      case TlsChannel::Status::Closed:
-        ec = asio::error::eof;
-        co_return 0;
-      case TlsChannel::Status::Failed:
-        ec = asio::error::connection_aborted;
-        co_return 0;
-      case TlsChannel::Status::WantInput:
-        break;
-    }
+    if (settled(status, ec)) co_return ec ? 0 : n;
     if (raw.empty()) raw.resize(kRecordBytes);
     const std::size_t got = co_await socket_.async_read_some(asio::buffer(raw), await_ec(ec));
     if (ec) co_return 0;
@@ -124,18 +130,8 @@ std::size_t Stream::read_some(asio::mutable_buffer into, error_code& ec) {
   if (!tls_) return socket_.read_some(into, ec);
   for (;;) {
     std::size_t n = 0;
-    switch (tls_->read({static_cast<char*>(into.data()), into.size()}, n)) {
-      case TlsChannel::Status::Ok:
-        ec = {};
-        return n;
-      case TlsChannel::Status::Closed:
-        ec = asio::error::eof;
-        return 0;
-      case TlsChannel::Status::Failed:
-        ec = asio::error::connection_aborted;
-        return 0;
-      case TlsChannel::Status::WantInput:
-        break;
+    if (settled(tls_->read({static_cast<char*>(into.data()), into.size()}, n), ec)) {
+      return ec ? 0 : n;
     }
     // OpenSSL needs another record: read what the socket has (would_block when nothing).
     auto& raw = raw_scratch();

@@ -38,23 +38,30 @@ std::string describe_certificate(SSL_CTX* ctx) {
   return out;
 }
 
+// What both sides share: TLS 1.2 and later, no renegotiation, compression or tickets, and no
+// read or write buffer kept inside OpenSSL while a peer is idle. Null (and `error`) on failure.
+SSL_CTX* new_context(const SSL_METHOD* method, std::string& error) {
+  ERR_clear_error();
+  SSL_CTX* ctx = SSL_CTX_new(method);
+  if (!ctx) {
+    error = openssl_errors();
+    return nullptr;
+  }
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_NO_TICKET);
+  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE);
+  return ctx;
+}
+
 }  // namespace
 
 std::shared_ptr<const TlsServerContext> TlsServerContext::make(const config::TlsConfig& tls,
                                                                std::string& error) {
   std::shared_ptr<TlsServerContext> c(new TlsServerContext());
   c->mode_ = tls.mode;
-  ERR_clear_error();
-  c->ctx_ = SSL_CTX_new(TLS_server_method());
-  if (!c->ctx_) {
-    error = openssl_errors();
-    return nullptr;
-  }
-  SSL_CTX_set_min_proto_version(c->ctx_, TLS1_2_VERSION);
-  SSL_CTX_set_options(c->ctx_, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_NO_TICKET |
-                                   SSL_OP_CIPHER_SERVER_PREFERENCE);
-  // An idle client keeps no read or write buffer inside OpenSSL.
-  SSL_CTX_set_mode(c->ctx_, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE);
+  c->ctx_ = new_context(TLS_server_method(), error);
+  if (!c->ctx_) return nullptr;
+  SSL_CTX_set_options(c->ctx_, SSL_OP_CIPHER_SERVER_PREFERENCE);
   // No resumption: a server-side session cache (20,480 sessions by default) would be memory
   // that clients fill, and TLS 1.3 tickets would fill it too.
   SSL_CTX_set_session_cache_mode(c->ctx_, SSL_SESS_CACHE_OFF);
@@ -93,15 +100,8 @@ std::shared_ptr<const TlsClientContext> TlsClientContext::make(config::ServerTls
                                                                std::string& error) {
   std::shared_ptr<TlsClientContext> c(new TlsClientContext());
   c->mode_ = mode;
-  ERR_clear_error();
-  c->ctx_ = SSL_CTX_new(TLS_client_method());
-  if (!c->ctx_) {
-    error = openssl_errors();
-    return nullptr;
-  }
-  SSL_CTX_set_min_proto_version(c->ctx_, TLS1_2_VERSION);
-  SSL_CTX_set_options(c->ctx_, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_NO_TICKET);
-  SSL_CTX_set_mode(c->ctx_, SSL_MODE_RELEASE_BUFFERS | SSL_MODE_ENABLE_PARTIAL_WRITE);
+  c->ctx_ = new_context(TLS_client_method(), error);
+  if (!c->ctx_) return nullptr;
   const bool verify =
       mode == config::ServerTlsMode::VerifyCa || mode == config::ServerTlsMode::VerifyFull;
   if (verify) {
@@ -125,25 +125,24 @@ TlsClientContext::~TlsClientContext() {
   if (ctx_) SSL_CTX_free(ctx_);
 }
 
-TlsChannel::TlsChannel(std::shared_ptr<const TlsServerContext> context) : context_(context) {
-  ssl_ = SSL_new(context->native());
+void TlsChannel::open(SSL_CTX* ctx) {
+  ssl_ = SSL_new(ctx);
   in_ = BIO_new(BIO_s_mem());
   out_ = BIO_new(BIO_s_mem());
   // An empty input BIO means "no data yet", not end of file.
   BIO_set_mem_eof_return(in_, -1);
   BIO_set_mem_eof_return(out_, -1);
   SSL_set_bio(ssl_, in_, out_);
+}
+
+TlsChannel::TlsChannel(std::shared_ptr<const TlsServerContext> context) : context_(context) {
+  open(context->native());
   SSL_set_accept_state(ssl_);
 }
 
 TlsChannel::TlsChannel(std::shared_ptr<const TlsClientContext> context, const std::string& host)
     : context_(context) {
-  ssl_ = SSL_new(context->native());
-  in_ = BIO_new(BIO_s_mem());
-  out_ = BIO_new(BIO_s_mem());
-  BIO_set_mem_eof_return(in_, -1);
-  BIO_set_mem_eof_return(out_, -1);
-  SSL_set_bio(ssl_, in_, out_);
+  open(context->native());
   SSL_set_connect_state(ssl_);
   ASN1_OCTET_STRING* ip = a2i_IPADDRESS(host.c_str());
   if (ip) {

@@ -99,6 +99,7 @@ class TlsChannel {
 
  private:
   Status fail(int ret);
+  void open(SSL_CTX* ctx);  // the SSL object and its two memory BIOs
 
   std::shared_ptr<const void> context_;  // keeps the SSL_CTX alive
   SSL* ssl_ = nullptr;
