@@ -159,7 +159,8 @@ def test_pinned_clients_in_metrics_and_status(pv):
     a = connect(pv)
     try:
         a.execute("select pg_advisory_lock(1)")
-        assert pinned(pv) == 1
+        # The pin check runs as the server is about to go back, after the client's answer.
+        wait_until(lambda: pinned(pv) == 1, 5, message="SHOW POOLS pinned = 1")
         samples, in_status = pinned_figures(pv)
         assert len(samples) == 1, samples
         assert f'user="{APP_USER}"' in samples[0] and samples[0].endswith(" 1"), samples
