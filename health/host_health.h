@@ -1,0 +1,71 @@
+// What pgvalve knows about one PostgreSQL host from its health checks, and the rule that turns
+// check results into up and down (DESIGN.md §4.5): `failures_before_down` missed checks in a row
+// mark a host down, one success marks it up. Pure: results and times in, figures out; the checks
+// themselves run in proxy/health_checker.cpp.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace pgvalve::health {
+
+using Clock = std::chrono::steady_clock;
+// A WAL position (pg_lsn) as a 64-bit number: "16/B374D848" is 0x16'B374D848.
+using Lsn = std::uint64_t;
+
+// "16/B374D848" -> 0x16B374D848; nullopt-like 0 with ok=false on anything else.
+bool parse_lsn(std::string_view text, Lsn& out);
+std::string format_lsn(Lsn lsn);
+
+// The part a host plays in its shard, as pgvalve routes to it.
+enum class Role : std::uint8_t {
+  Primary,  // takes writes
+  Replica,  // takes reads
+  Retired,  // takes nothing: a former primary after a switchover or failover, until an operator
+            // puts it back in the configuration
+};
+std::string_view role_name(Role role);
+
+// What one successful check read from the host.
+struct Probe {
+  bool in_recovery = false;  // pg_is_in_recovery(): a standby
+  // Primary: pg_current_wal_lsn(). Standby: pg_last_wal_replay_lsn().
+  Lsn lsn = 0;
+  // Standby: pg_last_wal_receive_lsn() (0 when it streams nothing).
+  Lsn receive_lsn = 0;
+  // Primary: the timeline it writes; standby: the timeline it receives (0 when not visible to
+  // the health check's role, which then needs pg_monitor).
+  std::uint32_t timeline = 0;
+};
+
+// The figures SHOW HOSTS and the routing decisions read.
+struct HostFigures {
+  bool checked = false;  // at least one check has finished (either way)
+  bool up = false;
+  bool in_recovery = false;  // as of the last successful check
+  Lsn lsn = 0;
+  Lsn receive_lsn = 0;
+  std::uint32_t timeline = 0;
+  int failures = 0;  // checks failed in a row
+  Clock::time_point last_check{};
+  Clock::time_point last_success{};
+  Clock::time_point down_since{};  // meaningful while !up
+  std::string last_error;          // of the last failed check
+};
+
+class HostHealth {
+ public:
+  // Returns true when the host went from down (or never checked) to up.
+  bool succeeded(const Probe& probe, Clock::time_point now);
+  // Returns true when this failure marks the host down.
+  bool failed(std::string_view error, Clock::time_point now, int failures_before_down);
+
+  const HostFigures& figures() const { return figures_; }
+
+ private:
+  HostFigures figures_;
+};
+
+}  // namespace pgvalve::health

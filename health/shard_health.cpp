@@ -1,0 +1,168 @@
+#include "health/shard_health.h"
+
+#include <algorithm>
+
+namespace pgvalve::health {
+
+namespace {
+// Distinct primary WAL positions kept for lag in time: at one check a second of steady writes,
+// over eight minutes, far beyond any useful max_replica_lag_ms.
+constexpr std::size_t kMaxSamples = 512;
+}  // namespace
+
+ShardHealth::ShardHealth(std::size_t host_count, ShardRules rules)
+    : rules_(rules), hosts_(host_count), assessed_(host_count), retired_(host_count, false) {
+  for (std::size_t i = 1; i < host_count; ++i)
+    assessed_[i].role = Role::Replica;
+  if (host_count > 0) assessed_[0].role = Role::Primary;
+}
+
+void ShardHealth::succeeded(std::size_t host, const Probe& probe, Clock::time_point now) {
+  hosts_[host].succeeded(probe, now);
+  if (host == primary_ && !probe.in_recovery) note_primary_sample(probe.lsn, now);
+}
+
+void ShardHealth::failed(std::size_t host, std::string_view error, Clock::time_point now) {
+  hosts_[host].failed(error, now, rules_.failures_before_down);
+}
+
+void ShardHealth::note_primary_sample(Lsn lsn, Clock::time_point at) {
+  // Only the first time the primary was seen at each position matters.
+  if (!samples_.empty() && samples_.back().lsn >= lsn) return;
+  samples_.push_back({at, lsn});
+  if (samples_.size() > kMaxSamples) samples_.pop_front();
+}
+
+std::int64_t ShardHealth::lag_ms_of(const HostFigures& replica) const {
+  if (samples_.empty()) return -1;
+  // The first moment the primary was seen past what the replica has replayed.
+  auto it = std::upper_bound(samples_.begin(), samples_.end(), replica.lsn,
+                             [](Lsn lsn, const Sample& s) { return lsn < s.lsn; });
+  if (it == samples_.end()) return 0;
+  const auto behind = replica.last_success - it->at;
+  if (behind.count() <= 0) return 0;
+  return std::chrono::duration_cast<std::chrono::milliseconds>(behind).count();
+}
+
+void ShardHealth::assess(Clock::time_point now) {
+  split_brain_ = false;
+  if (rules_.failover != config::FailoverMode::Off) {
+    std::vector<std::size_t> claimants;
+    for (std::size_t i = 0; i < hosts_.size(); ++i) {
+      const HostFigures& f = hosts_[i].figures();
+      if (f.up && !f.in_recovery && !retired_[i]) claimants.push_back(i);
+    }
+    if (!claimants.empty()) {
+      std::uint32_t top = 0;
+      for (std::size_t i : claimants)
+        top = std::max(top, hosts_[i].figures().timeline);
+      std::vector<std::size_t> winners;
+      for (std::size_t i : claimants) {
+        if (hosts_[i].figures().timeline == top) winners.push_back(i);
+      }
+      if (winners.size() == 1) {
+        if (winners[0] != primary_) {
+          primary_ = winners[0];
+          samples_.clear();
+          note_primary_sample(hosts_[primary_].figures().lsn,
+                              hosts_[primary_].figures().last_success);
+        }
+        for (std::size_t i : claimants) {
+          if (i != primary_) retired_[i] = true;
+        }
+      } else {
+        split_brain_ = true;
+      }
+    }
+  }
+  const HostFigures& p = hosts_[primary_].figures();
+  // A retired host that follows the primary's timeline as a standby was rejoined.
+  for (std::size_t i = 0; i < hosts_.size(); ++i) {
+    const HostFigures& f = hosts_[i].figures();
+    if (retired_[i] && i != primary_ && f.up && f.in_recovery && f.timeline != 0 &&
+        f.timeline == p.timeline) {
+      retired_[i] = false;
+    }
+  }
+
+  const bool writable = writable_primary().has_value();
+  if (writable) {
+    had_primary_ = true;
+  } else if (had_primary_) {
+    had_primary_ = false;
+    no_primary_since_ = now;
+  }
+
+  const bool primary_known = p.checked && p.up && !p.in_recovery;
+  for (std::size_t i = 0; i < hosts_.size(); ++i) {
+    HostAssessment& a = assessed_[i];
+    const HostFigures& f = hosts_[i].figures();
+    a.role = retired_[i] ? Role::Retired : (i == primary_ ? Role::Primary : Role::Replica);
+    a.lag_ms = -1;
+    a.lag_bytes = -1;
+    a.readable = false;
+    if (a.role != Role::Replica) continue;
+    if (primary_known && f.checked && f.up) {
+      a.lag_bytes = p.lsn > f.lsn ? static_cast<std::int64_t>(p.lsn - f.lsn) : 0;
+      a.lag_ms = lag_ms_of(f);
+    }
+    const bool same_timeline = f.timeline == 0 || p.timeline == 0 || f.timeline == p.timeline;
+    a.readable = f.up && f.in_recovery && same_timeline &&
+                 (a.lag_ms < 0 || a.lag_ms <= rules_.max_replica_lag_ms);
+  }
+}
+
+std::optional<std::size_t> ShardHealth::writable_primary() const {
+  if (split_brain_ || retired_[primary_]) return std::nullopt;
+  const HostFigures& p = hosts_[primary_].figures();
+  // Before its first check the primary of the configuration is trusted: pgvalve serves at once.
+  if (!p.checked) return primary_;
+  if (p.up && !p.in_recovery) return primary_;
+  return std::nullopt;
+}
+
+std::optional<std::size_t> ShardHealth::promotion_candidate(Clock::time_point now) const {
+  promotion_blocked_ = {};
+  if (rules_.failover != config::FailoverMode::Promote || writable_primary()) return std::nullopt;
+  if (split_brain_) {
+    promotion_blocked_ = "two hosts claim the primary role on the same timeline";
+    return std::nullopt;
+  }
+  const HostFigures& p = hosts_[primary_].figures();
+  if (!p.checked) return std::nullopt;
+  if (p.up) {
+    promotion_blocked_ = "the primary is up and reports it is in recovery";
+    return std::nullopt;
+  }
+  if (now - no_primary_since_ < std::chrono::milliseconds(rules_.promote_after_ms)) {
+    return std::nullopt;
+  }
+  std::optional<std::size_t> best;
+  for (std::size_t i = 0; i < hosts_.size(); ++i) {
+    const HostFigures& f = hosts_[i].figures();
+    if (i == primary_ || retired_[i] || !f.up || !f.in_recovery) continue;
+    if (p.timeline != 0 && f.timeline > p.timeline) {
+      promotion_blocked_ =
+          "a replica follows a newer timeline than the primary's: another host "
+          "was promoted";
+      return std::nullopt;
+    }
+    if (!best || f.lsn > hosts_[*best].figures().lsn) best = i;
+  }
+  if (!best) promotion_blocked_ = "no replica is up";
+  return best;
+}
+
+void ShardHealth::promoted(std::size_t host, Clock::time_point now) {
+  if (host != primary_) retired_[primary_] = true;
+  retired_[host] = false;
+  primary_ = host;
+  samples_.clear();
+  assess(now);
+}
+
+void ShardHealth::retire(std::size_t host) {
+  retired_[host] = true;
+}
+
+}  // namespace pgvalve::health

@@ -1,0 +1,111 @@
+// The health of one shard's hosts taken together: which host is the primary now, how far each
+// replica lags behind it, which replicas may take reads, and when pgvalve should promote one
+// (DESIGN.md §4.3, §4.5). Pure and single-threaded: the health checker feeds it check results
+// on its own thread and publishes the outcome (ShardStatus) for the sessions of every worker.
+//
+// Host 0 is the primary of the configuration, hosts 1.. its replicas, in configuration order.
+//
+// Who is the primary:
+//  - failover off: host 0, always; writes fail while it is down or in recovery.
+//  - follow / promote: the role a host reports is the truth. A host that is up and not in
+//    recovery claims the primary role; among several claimants the one on the highest timeline
+//    wins and the others are retired (no traffic); claimants tied on the highest timeline are a
+//    split brain: no primary (writes fail with 57P03) until it is resolved.
+// A retired host stays retired until it reports being a standby on the primary's timeline
+// again (an operator rejoined it) or the configuration is reloaded with another host list.
+//
+// Replica lag in time: the primary's WAL positions are sampled with the time of each check;
+// a replica whose replay position is L lags by (its check time - the time of the first sample
+// past L). This does not depend on pg_last_xact_replay_timestamp(), which makes a replica of an
+// idle primary look minutes behind.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <optional>
+#include <string_view>
+#include <vector>
+
+#include "config/config.h"
+#include "health/host_health.h"
+
+namespace pgvalve::health {
+
+struct ShardRules {
+  config::FailoverMode failover = config::FailoverMode::Follow;
+  int failures_before_down = 3;
+  int max_replica_lag_ms = 5000;
+  int promote_after_ms = 5000;
+};
+
+// One host as routing and SHOW HOSTS see it after an assessment.
+struct HostAssessment {
+  Role role = Role::Replica;
+  bool readable = false;        // a replica that may take reads now
+  std::int64_t lag_ms = -1;     // -1: unknown (no primary figures)
+  std::int64_t lag_bytes = -1;  // -1: unknown
+};
+
+class ShardHealth {
+ public:
+  ShardHealth(std::size_t host_count, ShardRules rules);
+
+  std::size_t size() const { return hosts_.size(); }
+  const ShardRules& rules() const { return rules_; }
+  void set_rules(const ShardRules& rules) { rules_ = rules; }
+
+  // Check results; each is followed by assess().
+  void succeeded(std::size_t host, const Probe& probe, Clock::time_point now);
+  void failed(std::size_t host, std::string_view error, Clock::time_point now);
+
+  // Recomputes the primary, roles, lags and readable replicas from the latest figures.
+  void assess(Clock::time_point now);
+
+  // The host taking writes: up (or not checked yet) and not in recovery; nullopt when none is.
+  std::optional<std::size_t> writable_primary() const;
+  // The host that is, or last was, the primary (for SHOW HOSTS and the failover drills).
+  std::size_t primary() const { return primary_; }
+  bool split_brain() const { return split_brain_; }
+  // Since when no host takes writes (meaningful while writable_primary() is empty).
+  Clock::time_point no_primary_since() const { return no_primary_since_; }
+
+  const HostFigures& figures(std::size_t host) const { return hosts_[host].figures(); }
+  const HostAssessment& assessment(std::size_t host) const { return assessed_[host]; }
+
+  // Promote mode: the replica pgvalve should promote now, if any — when no host has taken writes
+  // for promote_after_ms (and the primary was marked down after failures_before_down misses),
+  // the healthy replica with the highest replay position. Nothing when a timeline shows that
+  // another host was already promoted (a split brain in the making).
+  std::optional<std::size_t> promotion_candidate(Clock::time_point now) const;
+  // Why promotion_candidate() gave nothing while a primary is missing ("" when it did or when
+  // nothing is missing), for the log.
+  std::string_view promotion_blocked() const { return promotion_blocked_; }
+
+  // Switchover/failover drills: `host` becomes the primary now (it was promoted) and the former
+  // primary is retired.
+  void promoted(std::size_t host, Clock::time_point now);
+  // An operator retired `host` (it takes no traffic).
+  void retire(std::size_t host);
+
+ private:
+  struct Sample {
+    Clock::time_point at;
+    Lsn lsn;
+  };
+  void note_primary_sample(Lsn lsn, Clock::time_point at);
+  std::int64_t lag_ms_of(const HostFigures& replica) const;
+
+  ShardRules rules_;
+  std::vector<HostHealth> hosts_;
+  std::vector<HostAssessment> assessed_;
+  std::vector<bool> retired_;
+  std::size_t primary_ = 0;
+  bool split_brain_ = false;
+  bool had_primary_ = true;
+  Clock::time_point no_primary_since_{};
+  std::deque<Sample> samples_;  // of the current primary, oldest first, bounded
+  mutable std::string_view promotion_blocked_;
+};
+
+}  // namespace pgvalve::health

@@ -1,0 +1,297 @@
+#include "health/shard_health.h"
+
+#include <gtest/gtest.h>
+
+#include "health/shard_status.h"
+
+namespace pgvalve::health {
+namespace {
+
+using namespace std::chrono_literals;
+using config::FailoverMode;
+
+Clock::time_point at(int ms) {
+  return Clock::time_point{} + std::chrono::milliseconds(ms);
+}
+
+Probe primary_probe(Lsn lsn, std::uint32_t timeline = 1) {
+  return Probe{false, lsn, 0, timeline};
+}
+Probe standby_probe(Lsn lsn, std::uint32_t timeline = 1) {
+  return Probe{true, lsn, lsn, timeline};
+}
+
+ShardRules rules(FailoverMode mode = FailoverMode::Follow) {
+  ShardRules r;
+  r.failover = mode;
+  r.failures_before_down = 2;
+  r.max_replica_lag_ms = 1000;
+  r.promote_after_ms = 500;
+  return r;
+}
+
+TEST(Lsn, ParsesAndFormatsPostgresNotation) {
+  Lsn lsn = 0;
+  ASSERT_TRUE(parse_lsn("16/B374D848", lsn));
+  EXPECT_EQ(lsn, 0x16B374D848u);
+  EXPECT_EQ(format_lsn(lsn), "16/B374D848");
+  ASSERT_TRUE(parse_lsn("0/0", lsn));
+  EXPECT_EQ(lsn, 0u);
+  EXPECT_FALSE(parse_lsn("", lsn));
+  EXPECT_FALSE(parse_lsn("16B374D848", lsn));
+  EXPECT_FALSE(parse_lsn("/1", lsn));
+  EXPECT_FALSE(parse_lsn("1/", lsn));
+  EXPECT_FALSE(parse_lsn("1/xyz", lsn));
+  EXPECT_FALSE(parse_lsn("123456789/0", lsn));
+}
+
+TEST(HostHealth, DownAfterFailuresInARowUpAfterOneSuccess) {
+  HostHealth h;
+  EXPECT_TRUE(h.succeeded(primary_probe(10), at(0)));
+  EXPECT_FALSE(h.failed("timeout", at(1), 3));
+  EXPECT_FALSE(h.failed("timeout", at(2), 3));
+  EXPECT_TRUE(h.figures().up);
+  EXPECT_TRUE(h.failed("timeout", at(3), 3));
+  EXPECT_FALSE(h.figures().up);
+  EXPECT_EQ(h.figures().failures, 3);
+  EXPECT_EQ(h.figures().last_error, "timeout");
+  EXPECT_EQ(h.figures().down_since, at(3));
+  EXPECT_TRUE(h.succeeded(primary_probe(11), at(4)));
+  EXPECT_EQ(h.figures().failures, 0);
+  EXPECT_TRUE(h.figures().last_error.empty());
+}
+
+TEST(HostHealth, AHostNeverSeenUpIsDownAtItsFirstFailedCheck) {
+  HostHealth h;
+  EXPECT_FALSE(h.figures().checked);
+  EXPECT_TRUE(h.failed("connection refused", at(0), 3));
+  EXPECT_FALSE(h.figures().up);
+}
+
+TEST(HostHealth, ASuccessInBetweenResetsTheCount) {
+  HostHealth h;
+  h.succeeded(primary_probe(1), at(0));
+  h.failed("x", at(1), 2);
+  h.succeeded(primary_probe(1), at(2));
+  EXPECT_FALSE(h.failed("x", at(3), 2));
+  EXPECT_TRUE(h.figures().up);
+}
+
+TEST(ShardHealth, ThePrimaryOfTheConfigurationTakesWritesBeforeItsFirstCheck) {
+  ShardHealth s(3, rules());
+  s.assess(at(0));
+  EXPECT_EQ(s.writable_primary(), 0u);
+  EXPECT_FALSE(s.assessment(1).readable);  // replicas wait for their first healthy check
+}
+
+TEST(ShardHealth, ReplicasTakeReadsAfterAHealthyCheck) {
+  ShardHealth s(3, rules());
+  s.succeeded(0, primary_probe(100), at(0));
+  s.succeeded(1, standby_probe(100), at(0));
+  s.failed(2, "connection refused", at(0));
+  s.assess(at(0));
+  EXPECT_EQ(s.writable_primary(), 0u);
+  EXPECT_TRUE(s.assessment(1).readable);
+  EXPECT_EQ(s.assessment(1).lag_bytes, 0);
+  EXPECT_EQ(s.assessment(1).lag_ms, 0);
+  EXPECT_FALSE(s.assessment(2).readable);
+  EXPECT_EQ(s.assessment(0).role, Role::Primary);
+  EXPECT_EQ(s.assessment(1).role, Role::Replica);
+}
+
+TEST(ShardHealth, LagInTimeCountsFromWhenThePrimaryPassedTheReplica) {
+  ShardHealth s(2, rules());
+  s.succeeded(0, primary_probe(100), at(0));
+  s.succeeded(1, standby_probe(100), at(0));
+  s.assess(at(0));
+  // Replay stops at 100 while the primary moves on.
+  s.succeeded(0, primary_probe(200), at(1000));
+  s.succeeded(0, primary_probe(300), at(2000));
+  s.succeeded(1, standby_probe(100), at(2100));
+  s.assess(at(2100));
+  EXPECT_EQ(s.assessment(1).lag_bytes, 200);
+  EXPECT_EQ(s.assessment(1).lag_ms, 1100);
+  EXPECT_FALSE(s.assessment(1).readable);  // max_replica_lag_ms is 1000
+  // It catches up: reads again.
+  s.succeeded(1, standby_probe(300), at(2500));
+  s.assess(at(2500));
+  EXPECT_EQ(s.assessment(1).lag_ms, 0);
+  EXPECT_EQ(s.assessment(1).lag_bytes, 0);
+  EXPECT_TRUE(s.assessment(1).readable);
+}
+
+TEST(ShardHealth, AReplicaOfAnIdlePrimaryDoesNotLag) {
+  ShardHealth s(2, rules());
+  s.succeeded(0, primary_probe(100), at(0));
+  s.succeeded(0, primary_probe(100), at(600000));
+  s.succeeded(1, standby_probe(100), at(600000));
+  s.assess(at(600000));
+  EXPECT_EQ(s.assessment(1).lag_ms, 0);
+  EXPECT_TRUE(s.assessment(1).readable);
+}
+
+TEST(ShardHealth, AWriteBetweenChecksOnAnIdlePrimaryIsASmallLag) {
+  ShardHealth s(2, rules());
+  s.succeeded(0, primary_probe(100), at(0));
+  s.succeeded(1, standby_probe(100), at(0));
+  s.succeeded(0, primary_probe(150), at(300000));
+  s.succeeded(1, standby_probe(100), at(300200));
+  s.assess(at(300200));
+  EXPECT_EQ(s.assessment(1).lag_ms, 200);
+  EXPECT_TRUE(s.assessment(1).readable);
+}
+
+TEST(ShardHealth, AReplicaOnAnotherTimelineTakesNoReads) {
+  ShardHealth s(2, rules());
+  s.succeeded(0, primary_probe(100, 2), at(0));
+  s.succeeded(1, standby_probe(100, 1), at(0));
+  s.assess(at(0));
+  EXPECT_FALSE(s.assessment(1).readable);
+}
+
+TEST(ShardHealth, FailoverOffKeepsTheConfiguredPrimary) {
+  ShardHealth s(2, rules(FailoverMode::Off));
+  s.succeeded(0, primary_probe(100), at(0));
+  s.succeeded(1, standby_probe(100), at(0));
+  s.assess(at(0));
+  s.failed(0, "refused", at(100));
+  s.failed(0, "refused", at(200));
+  s.succeeded(1, primary_probe(100, 2), at(200));  // promoted by someone else
+  s.assess(at(200));
+  EXPECT_FALSE(s.writable_primary());
+  EXPECT_EQ(s.primary(), 0u);
+  EXPECT_FALSE(s.assessment(1).readable);  // not in recovery: not a replica to read from
+}
+
+TEST(ShardHealth, FollowMovesToTheHostThatReportsBeingThePrimary) {
+  ShardHealth s(3, rules());
+  s.succeeded(0, primary_probe(100), at(0));
+  s.succeeded(1, standby_probe(100), at(0));
+  s.succeeded(2, standby_probe(100), at(0));
+  s.assess(at(0));
+  s.failed(0, "refused", at(100));
+  s.failed(0, "refused", at(200));
+  s.assess(at(200));
+  EXPECT_FALSE(s.writable_primary());
+  EXPECT_EQ(s.no_primary_since(), at(200));
+  // An external tool promotes host 2.
+  s.succeeded(2, primary_probe(110, 2), at(300));
+  s.assess(at(300));
+  EXPECT_EQ(s.writable_primary(), 2u);
+  EXPECT_EQ(s.assessment(2).role, Role::Primary);
+  EXPECT_EQ(s.assessment(0).role, Role::Replica);  // down, not retired: it did not claim
+  // Host 1 still follows timeline 1 until it is repointed: no reads from it.
+  s.succeeded(1, standby_probe(100, 1), at(300));
+  s.assess(at(300));
+  EXPECT_FALSE(s.assessment(1).readable);
+  s.succeeded(1, standby_probe(110, 2), at(400));
+  s.assess(at(400));
+  EXPECT_TRUE(s.assessment(1).readable);
+}
+
+TEST(ShardHealth, TheOldPrimaryComingBackIsRetiredUntilRejoinedAsAStandby) {
+  ShardHealth s(2, rules());
+  s.succeeded(0, primary_probe(100, 1), at(0));
+  s.succeeded(1, standby_probe(100, 1), at(0));
+  s.assess(at(0));
+  s.failed(0, "refused", at(100));
+  s.failed(0, "refused", at(200));
+  s.succeeded(1, primary_probe(120, 2), at(300));
+  s.assess(at(300));
+  ASSERT_EQ(s.writable_primary(), 1u);
+  // The old primary restarts as a primary on its old timeline: a lower timeline loses.
+  s.succeeded(0, primary_probe(105, 1), at(400));
+  s.assess(at(400));
+  EXPECT_EQ(s.writable_primary(), 1u);
+  EXPECT_EQ(s.assessment(0).role, Role::Retired);
+  EXPECT_FALSE(s.assessment(0).readable);
+  // An operator rewinds it and makes it a standby of the new primary.
+  s.succeeded(0, standby_probe(120, 2), at(500));
+  s.assess(at(500));
+  EXPECT_EQ(s.assessment(0).role, Role::Replica);
+  EXPECT_TRUE(s.assessment(0).readable);
+}
+
+TEST(ShardHealth, TwoPrimariesOnTheSameTimelineAreASplitBrain) {
+  ShardHealth s(2, rules());
+  s.succeeded(0, primary_probe(100, 3), at(0));
+  s.succeeded(1, primary_probe(100, 3), at(0));
+  s.assess(at(0));
+  EXPECT_TRUE(s.split_brain());
+  EXPECT_FALSE(s.writable_primary());
+  // Resolved when one of them steps down.
+  s.succeeded(1, standby_probe(100, 3), at(100));
+  s.assess(at(100));
+  EXPECT_FALSE(s.split_brain());
+  EXPECT_EQ(s.writable_primary(), 0u);
+}
+
+TEST(ShardHealth, PromoteChoosesTheMostAdvancedReplicaAfterTheWait) {
+  ShardHealth s(3, rules(FailoverMode::Promote));
+  s.succeeded(0, primary_probe(100), at(0));
+  s.succeeded(1, standby_probe(90), at(0));
+  s.succeeded(2, standby_probe(95), at(0));
+  s.assess(at(0));
+  EXPECT_FALSE(s.promotion_candidate(at(0)));
+  s.failed(0, "refused", at(100));
+  s.assess(at(100));
+  EXPECT_FALSE(s.promotion_candidate(at(5000)));  // one miss is not down
+  s.failed(0, "refused", at(200));
+  s.assess(at(200));
+  EXPECT_FALSE(s.promotion_candidate(at(600)));  // promote_after_ms not over
+  EXPECT_EQ(s.promotion_candidate(at(700)), 2u);
+  s.promoted(2, at(700));
+  EXPECT_EQ(s.primary(), 2u);
+  EXPECT_EQ(s.assessment(0).role, Role::Retired);
+  // Until the promoted host reports it, writes wait.
+  EXPECT_FALSE(s.writable_primary());
+  s.succeeded(2, primary_probe(96, 2), at(800));
+  s.assess(at(800));
+  EXPECT_EQ(s.writable_primary(), 2u);
+}
+
+TEST(ShardHealth, PromoteRefusesWhenATimelineShowsAnotherPromotion) {
+  ShardHealth s(3, rules(FailoverMode::Promote));
+  s.succeeded(0, primary_probe(100, 1), at(0));
+  s.succeeded(1, standby_probe(100, 1), at(0));
+  s.succeeded(2, standby_probe(100, 1), at(0));
+  s.assess(at(0));
+  s.failed(0, "refused", at(100));
+  s.failed(0, "refused", at(200));
+  s.succeeded(1, standby_probe(100, 2), at(200));  // follows a primary pgvalve does not see
+  s.assess(at(200));
+  EXPECT_FALSE(s.promotion_candidate(at(5000)));
+  EXPECT_NE(s.promotion_blocked().find("newer timeline"), std::string_view::npos);
+}
+
+TEST(ShardHealth, FollowModeNeverPromotes) {
+  ShardHealth s(2, rules(FailoverMode::Follow));
+  s.succeeded(0, primary_probe(100), at(0));
+  s.succeeded(1, standby_probe(100), at(0));
+  s.failed(0, "refused", at(100));
+  s.failed(0, "refused", at(200));
+  s.assess(at(200));
+  EXPECT_FALSE(s.promotion_candidate(at(100000)));
+}
+
+TEST(ShardStatus, PublishesWhatSessionsRead) {
+  ShardHealth s(2, rules());
+  ShardStatus status(2);
+  EXPECT_EQ(status.primary(), 0);
+  EXPECT_FALSE(status.host(1).readable.load());
+  s.succeeded(0, primary_probe(100), at(0));
+  s.succeeded(1, standby_probe(80), at(0));
+  s.assess(at(0));
+  status.publish(s);
+  EXPECT_EQ(status.primary(), 0);
+  EXPECT_TRUE(status.host(1).readable.load());
+  EXPECT_EQ(status.host(1).lsn.load(), 80u);
+  s.failed(0, "x", at(1));
+  s.failed(0, "x", at(2));
+  s.assess(at(2));
+  status.publish(s);
+  EXPECT_EQ(status.primary(), -1);
+}
+
+}  // namespace
+}  // namespace pgvalve::health
