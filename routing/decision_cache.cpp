@@ -1,0 +1,139 @@
+#include "routing/decision_cache.h"
+
+#include <algorithm>
+#include <bit>
+
+#include "routing/fingerprint.h"
+
+namespace pgvalve::routing {
+
+DecisionCache::DecisionCache(std::size_t capacity) {
+  capacity = std::clamp<std::size_t>(capacity, 1, kNone - 1);
+  entries_.resize(capacity);
+  // At most half full, so probe sequences stay short.
+  slots_.assign(std::bit_ceil(capacity * 2), kNone);
+  mask_ = slots_.size() - 1;
+}
+
+std::size_t DecisionCache::home_slot(std::uint64_t fingerprint) const {
+  // Fingerprints are XXH3 values already; the multiply spreads tests' small keys too.
+  return static_cast<std::size_t>((fingerprint * 0x9E3779B97F4A7C15ULL) >> 17) & mask_;
+}
+
+std::size_t DecisionCache::find_slot(std::uint64_t fingerprint) const {
+  for (std::size_t i = home_slot(fingerprint);; i = (i + 1) & mask_) {
+    const std::uint32_t index = slots_[i];
+    if (index == kNone) return slots_.size();
+    if (entries_[index].fingerprint == fingerprint) return i;
+  }
+}
+
+// Backward-shift deletion: later members of the probe run move up, so no tombstones pile up.
+void DecisionCache::erase_slot(std::size_t slot) {
+  std::size_t hole = slot;
+  std::size_t j = slot;
+  while (true) {
+    j = (j + 1) & mask_;
+    const std::uint32_t index = slots_[j];
+    if (index == kNone) break;
+    const std::size_t home = home_slot(entries_[index].fingerprint);
+    // The entry at j may fill the hole unless its home lies cyclically in (hole, j].
+    const bool stays = hole <= j ? (hole < home && home <= j) : (hole < home || home <= j);
+    if (stays) continue;
+    slots_[hole] = index;
+    hole = j;
+  }
+  slots_[hole] = kNone;
+}
+
+void DecisionCache::unlink(std::uint32_t index) {
+  Entry& e = entries_[index];
+  if (e.prev != kNone) {
+    entries_[e.prev].next = e.next;
+  } else {
+    head_ = e.next;
+  }
+  if (e.next != kNone) {
+    entries_[e.next].prev = e.prev;
+  } else {
+    tail_ = e.prev;
+  }
+  e.prev = e.next = kNone;
+}
+
+void DecisionCache::push_front(std::uint32_t index) {
+  Entry& e = entries_[index];
+  e.prev = kNone;
+  e.next = head_;
+  if (head_ != kNone) entries_[head_].prev = index;
+  head_ = index;
+  if (tail_ == kNone) tail_ = index;
+}
+
+const StatementAccess* DecisionCache::lookup(std::uint64_t fingerprint) {
+  const std::size_t slot = find_slot(fingerprint);
+  if (slot == slots_.size()) {
+    ++stats_.misses;
+    return nullptr;
+  }
+  ++stats_.hits;
+  const std::uint32_t index = slots_[slot];
+  if (index != head_) {
+    unlink(index);
+    push_front(index);
+  }
+  return &entries_[index].value;
+}
+
+void DecisionCache::insert(std::uint64_t fingerprint, const StatementAccess& value) {
+  if (const std::size_t slot = find_slot(fingerprint); slot != slots_.size()) {
+    const std::uint32_t index = slots_[slot];
+    entries_[index].value = value;
+    unlink(index);
+    push_front(index);
+    return;
+  }
+  std::uint32_t index;
+  if (size_ < entries_.size()) {
+    index = static_cast<std::uint32_t>(size_++);
+  } else {
+    index = tail_;
+    erase_slot(find_slot(entries_[index].fingerprint));
+    unlink(index);
+    ++stats_.evictions;
+  }
+  entries_[index].fingerprint = fingerprint;
+  entries_[index].value = value;
+  push_front(index);
+  std::size_t i = home_slot(fingerprint);
+  while (slots_[i] != kNone)
+    i = (i + 1) & mask_;
+  slots_[i] = index;
+}
+
+const StatementAccess& DecisionCache::decide(std::string_view sql,
+                                             const std::vector<std::string>& write_functions) {
+  return decide(fingerprint(sql), sql, write_functions);
+}
+
+const StatementAccess& DecisionCache::decide(std::uint64_t fp, std::string_view sql,
+                                             const std::vector<std::string>& write_functions) {
+  if (const StatementAccess* cached = lookup(fp)) return *cached;
+  const StatementAccess decided = decide_access(sql, write_functions);
+  if (!decided.parsed) {
+    uncached_ = decided;
+    return uncached_;
+  }
+  insert(fp, decided);
+  return entries_[head_].value;
+}
+
+void DecisionCache::clear() {
+  std::fill(slots_.begin(), slots_.end(), kNone);
+  for (std::size_t i = 0; i < size_; ++i)
+    entries_[i].prev = entries_[i].next = kNone;
+  size_ = 0;
+  head_ = tail_ = kNone;
+}
+
+}  // namespace pgvalve::routing

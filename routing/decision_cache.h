@@ -1,0 +1,82 @@
+// A bounded LRU of read/write decisions keyed by statement fingerprint, so that libpg_query
+// parses each statement shape once. One per worker thread: NOT thread-safe, no locking.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "routing/read_write.h"
+
+namespace pgvalve::routing {
+
+class DecisionCache {
+ public:
+  static constexpr std::size_t kDefaultCapacity = 4096;
+
+  struct Stats {
+    std::uint64_t hits = 0;
+    std::uint64_t misses = 0;
+    std::uint64_t evictions = 0;
+  };
+
+  // All memory is taken here (capacity >= 1; 0 is taken as 1); lookups and inserts never
+  // allocate.
+  explicit DecisionCache(std::size_t capacity = kDefaultCapacity);
+
+  // The cached decision for `fingerprint`, made the most recently used; nullptr on a miss.
+  // Counts a hit or a miss. The pointer is valid until the next insert() or clear().
+  const StatementAccess* lookup(std::uint64_t fingerprint);
+
+  // Stores (or replaces) the decision, evicting the least recently used entry when full.
+  void insert(std::uint64_t fingerprint, const StatementAccess& value);
+
+  // fingerprint(sql), then lookup, and on a miss decide_access() and insert. A statement that
+  // does not parse is answered but not cached: its literal may be what broke it (an
+  // unterminated string has the fingerprint of a terminated one), and the next statement of that
+  // shape deserves a parse of its own. The reference is valid until the next call of any
+  // non-const member.
+  // Decisions depend on write_functions too: the owner calls clear() when that list changes.
+  const StatementAccess& decide(std::string_view sql,
+                                const std::vector<std::string>& write_functions);
+  // The same with fingerprint(sql) already at hand (statistics compute it for every statement);
+  // a hit then costs one table probe.
+  const StatementAccess& decide(std::uint64_t fingerprint, std::string_view sql,
+                                const std::vector<std::string>& write_functions);
+
+  // Forgets every entry (e.g. after a configuration reload); the statistics stay.
+  void clear();
+
+  std::size_t size() const { return size_; }
+  std::size_t capacity() const { return entries_.size(); }
+  const Stats& stats() const { return stats_; }
+
+ private:
+  static constexpr std::uint32_t kNone = UINT32_MAX;
+
+  struct Entry {
+    std::uint64_t fingerprint = 0;
+    std::uint32_t prev = kNone;  // towards the most recently used
+    std::uint32_t next = kNone;  // towards the least recently used
+    StatementAccess value;
+  };
+
+  std::size_t home_slot(std::uint64_t fingerprint) const;
+  std::size_t find_slot(std::uint64_t fingerprint) const;  // slots_.size() when absent
+  void erase_slot(std::size_t slot);
+  void unlink(std::uint32_t index);
+  void push_front(std::uint32_t index);
+
+  std::vector<Entry> entries_;        // fixed at capacity
+  std::vector<std::uint32_t> slots_;  // open addressing, linear probing: entry index or kNone
+  std::size_t mask_ = 0;
+  std::size_t size_ = 0;
+  std::uint32_t head_ = kNone;  // most recently used
+  std::uint32_t tail_ = kNone;  // least recently used
+  Stats stats_;
+  StatementAccess uncached_;  // decide()'s answer for a statement that does not parse
+};
+
+}  // namespace pgvalve::routing
