@@ -355,8 +355,6 @@ std::string_view access_reason_name(AccessReason reason) {
       return "COPY TO a file or program";
     case AccessReason::ExplainAnalyzeWrite:
       return "EXPLAIN ANALYZE of a write";
-    case AccessReason::TooDeep:
-      return "nested too deeply";
   }
   return "?";
 }

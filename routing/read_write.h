@@ -30,7 +30,6 @@ enum class AccessReason : std::uint8_t {
   CopyFrom,
   CopyToFile,           // COPY ... TO 'file' / PROGRAM: the file lands on the server that runs it
   ExplainAnalyzeWrite,  // EXPLAIN ANALYZE runs the statement (detail: which)
-  TooDeep,              // the tree nests deeper than decide_access walks
 };
 
 std::string_view access_reason_name(AccessReason reason);
