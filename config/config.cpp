@@ -270,14 +270,32 @@ Pairs describe_impl(const Config& c, bool hide_secrets) {
     }
   }
 
-  // routing, health, failover and stats are refused at load until they work (load.cpp,
+  const Routing& r = c.routing;
+  add("routing.read_write_split", flag(r.read_write_split));
+  add("routing.reads", to_string(r.reads));
+  add("routing.load_balance", to_string(r.load_balance));
+  add("routing.max_replica_lag_ms", num(r.max_replica_lag_ms));
+  add("routing.read_your_writes", to_string(r.read_your_writes));
+  add("routing.read_your_writes_window_ms", num(r.read_your_writes_window_ms));
+  add("routing.write_functions", shown(join(r.write_functions)));
+
+  const Health& h = c.health;
+  add("health.interval_ms", num(h.interval_ms));
+  add("health.timeout_ms", num(h.timeout_ms));
+  add("health.failures_before_down", num(h.failures_before_down));
+  add("health.user", shown(h.user));
+  add("health.password", secret(h.password));
+  add("health.dbname", h.dbname);
+
+  // failover and stats are refused at load until they work (load.cpp,
   // refuse_what_does_not_work_yet): their defaults would describe nothing that happens.
   return out;
 }
 
 bool is_secret_key(const std::string& key) {
-  return key.starts_with("users.") &&
-         (key.ends_with(".password") || key.ends_with(".server_password"));
+  return key == "health.password" ||
+         (key.starts_with("users.") &&
+          (key.ends_with(".password") || key.ends_with(".server_password")));
 }
 
 }  // namespace

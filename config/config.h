@@ -121,6 +121,11 @@ struct Health {
   int interval_ms = 1000;
   int timeout_ms = 2000;
   int failures_before_down = 3;
+  // The role the checks (and promotions) log in as; empty: the first user, with its
+  // server_password.
+  std::string user;
+  std::string password;
+  std::string dbname = "postgres";
 };
 
 enum class FailoverMode { Off, Follow, Promote };

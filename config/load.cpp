@@ -1043,6 +1043,9 @@ void Loader::read_root(const YAML::Node& root, Config& c) {
                           {"interval_ms", int_field(c.health.interval_ms, 1)},
                           {"timeout_ms", int_field(c.health.timeout_ms, 1)},
                           {"failures_before_down", int_field(c.health.failures_before_down, 1)},
+                          {"user", string_field(c.health.user)},
+                          {"password", string_field(c.health.password)},
+                          {"dbname", string_field(c.health.dbname)},
                       });
            })},
           {"failover", section([&](const YAML::Node& n, const std::string& p) {
@@ -1069,6 +1072,11 @@ void Loader::read_root(const YAML::Node& root, Config& c) {
   }
   if (!present.contains("databases")) {
     error("databases", root, "required: at least one database");
+  }
+  // The health checks log in as the first user unless told otherwise.
+  if (c.health.user.empty() && !c.users.empty()) {
+    c.health.user = c.users.front().name;
+    if (c.health.password.empty()) c.health.password = c.users.front().server_password;
   }
   if (keys_ == Keys::Working) refuse_what_does_not_work_yet(root);
   // Both are bound at start; the same port on an overlapping address could never work.
@@ -1111,17 +1119,9 @@ void Loader::refuse_what_does_not_work_yet(const YAML::Node& root) {
                 "not supported yet: one shard per database today (every statement goes to the "
                 "first shard's primary); list one shard");
         }
-        const YAML::Node replicas = shards[i].IsMap() ? shards[i]["replicas"] : YAML::Node();
-        if (replicas && !(replicas.IsSequence() && replicas.size() == 0)) {
-          refuse(shards[i], "replicas", child(shard_path, "replicas"),
-                 "every statement goes to the primary today; remove the replicas (an empty "
-                 "list is accepted)");
-        }
       }
     }
   }
-  refuse(root, "routing", "routing", "every statement goes to the primary; remove the section");
-  refuse(root, "health", "health", "no health checks run; remove the section");
   refuse(root, "failover", "failover", "no failover happens; remove the section");
   refuse(root, "stats", "stats", "no query statistics are kept; remove the section");
 }

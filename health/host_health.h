@@ -9,15 +9,14 @@
 #include <string>
 #include <string_view>
 
+#include "protocol/lsn.h"
+
 namespace pgvalve::health {
 
 using Clock = std::chrono::steady_clock;
-// A WAL position (pg_lsn) as a 64-bit number: "16/B374D848" is 0x16'B374D848.
-using Lsn = std::uint64_t;
-
-// "16/B374D848" -> 0x16B374D848; nullopt-like 0 with ok=false on anything else.
-bool parse_lsn(std::string_view text, Lsn& out);
-std::string format_lsn(Lsn lsn);
+using protocol::format_lsn;
+using protocol::Lsn;
+using protocol::parse_lsn;
 
 // The part a host plays in its shard, as pgvalve routes to it.
 enum class Role : std::uint8_t {

@@ -71,6 +71,9 @@ class ShardHealth {
   Clock::time_point no_primary_since() const { return no_primary_since_; }
 
   const HostFigures& figures(std::size_t host) const { return hosts_[host].figures(); }
+  const HostHealth& host(std::size_t host) const { return hosts_[host]; }
+  // A reload changed the shard's host list: a host it had before keeps what its checks found.
+  void seed(std::size_t host, const HostHealth& known) { hosts_[host] = known; }
   const HostAssessment& assessment(std::size_t host) const { return assessed_[host]; }
 
   // Promote mode: the replica pgvalve should promote now, if any — when no host has taken writes

@@ -378,6 +378,15 @@ config::PoolSettings ServerPool::settings() const {
   return settings_;
 }
 
+int ServerPool::in_use(int worker) {
+  const config::PoolSettings& s = local_settings(state(worker));
+  int idle = 0;
+  for (const auto& w : workers_)
+    idle += w->idle_count.load(std::memory_order_relaxed);
+  const int size = s.pool_size + s.max_overflow - budget_.load(std::memory_order_relaxed);
+  return std::max(0, size - idle);
+}
+
 PoolStats ServerPool::stats(Clock::time_point now) const {
   PoolStats s;
   int limit = 0;

@@ -164,6 +164,9 @@ class ServerPool : public std::enable_shared_from_this<ServerPool> {
   // On that worker's thread only; valid until its next call into the pool.
   const config::PoolSettings& settings(int worker) { return local_settings(state(worker)); }
   PoolStats stats(Clock::time_point now = Clock::now()) const;
+  // Connections lent out or being opened now, from the lock-free figures (least_connections
+  // load balancing reads it per read). On `worker`'s thread.
+  int in_use(int worker);
 
   // Server parameters (ParameterStatus) seen on the first connection: what clients are told at
   // login, and the defaults their own settings differ from. Set once, never modified after.

@@ -66,6 +66,49 @@ std::shared_ptr<pool::ServerPool> App::pool_for(const config::Database& db, cons
   return pool;
 }
 
+std::shared_ptr<const UserPools> App::user_pools(const config::Database& db,
+                                                 const std::string& user) {
+  std::shared_ptr<const Topology> topology;
+  {
+    std::lock_guard lock(pools_mutex_);
+    topology = topology_;
+  }
+  auto out = std::make_shared<UserPools>();
+  const std::vector<ShardTopology>* shards = topology ? topology->find(db.name) : nullptr;
+  if (!shards) {
+    // Not (or no longer) in the topology: the configuration's primaries, always writable.
+    for (const auto& shard : db.shards) {
+      UserPools::Shard s;
+      s.status = std::make_shared<const health::ShardStatus>(1);
+      s.hosts.push_back(pool_for(db, user, shard.primary));
+      out->shards.push_back(std::move(s));
+    }
+    return out;
+  }
+  out->generation = topology->generation;
+  for (const ShardTopology& shard : *shards) {
+    UserPools::Shard s;
+    s.status = shard.status;
+    for (const auto& host : shard.hosts)
+      s.hosts.push_back(pool_for(db, user, host));
+    out->shards.push_back(std::move(s));
+  }
+  return out;
+}
+
+void App::set_topology(std::shared_ptr<const Topology> topology) {
+  const std::uint64_t generation = topology->generation;
+  {
+    std::lock_guard lock(pools_mutex_);
+    topology_ = std::move(topology);
+  }
+  topology_generation_.store(generation, std::memory_order_release);
+}
+
+std::vector<HostRow> App::hosts() const {
+  return health_ ? health_->hosts() : std::vector<HostRow>{};
+}
+
 std::vector<std::shared_ptr<pool::ServerPool>> App::pools() {
   std::lock_guard lock(pools_mutex_);
   std::vector<std::shared_ptr<pool::ServerPool>> out;
@@ -190,6 +233,15 @@ bool App::reload() {
   message_memory_.set_limit(next->limits.message_memory_bytes);
   for (auto& pool : pools())
     pool->update_settings(next->pool);
+  // The hosts to check and route to; the checker lives on the control thread.
+  asio::post(control_, [this, next] {
+    if (health_) set_topology(health_->configure(next));
+  });
+  // Read/write decisions depend on routing.write_functions.
+  if (next->routing.write_functions != current->routing.write_functions) {
+    for (auto& w : workers_)
+      asio::post(w->context, [w = w.get()] { w->decisions.clear(); });
+  }
   PGV_LOG(Info, "reload_ok", {"file", next->source_path});
   return true;
 }
@@ -363,6 +415,7 @@ void App::on_signal(const error_code& ec, int signal) {
 
 void App::stop_all() {
   if (http_) http_->close();
+  if (health_) health_->stop();
   for (auto& w : workers_)
     w->context.stop();
   for (auto& w : workers_) {
@@ -442,6 +495,8 @@ int App::run() {
             {"error", e.what()});
     return 1;
   }
+  health_ = std::make_unique<HealthChecker>(control_);
+  set_topology(health_->configure(config()));
   signals_.add(SIGHUP);
   signals_.add(SIGTERM);
   signals_.add(SIGINT);

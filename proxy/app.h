@@ -24,8 +24,10 @@
 #include "proxy/cancel_registry.h"
 #include "proxy/checkout_deadlines.h"
 #include "proxy/client_session.h"
+#include "proxy/health_checker.h"
 #include "proxy/tls.h"
 #include "proxy/users.h"
+#include "routing/decision_cache.h"
 #include "session/input_buffer.h"
 #include "session/session.h"
 
@@ -37,6 +39,18 @@ using error_code = boost::system::error_code;
 
 class ListenHub;
 class HttpServer;
+
+// A (database, user)'s pools for every host of every shard, aligned with the topology's host
+// lists, and the shards' published health: what a session needs to pick a server without a
+// lock. Rebuilt when the topology changes (reload); sessions notice the generation.
+struct UserPools {
+  std::uint64_t generation = 0;
+  struct Shard {
+    std::shared_ptr<const health::ShardStatus> status;
+    std::vector<std::shared_ptr<pool::ServerPool>> hosts;  // [0]: configured primary
+  };
+  std::vector<Shard> shards;
+};
 
 struct Worker {
   int index = 0;
@@ -54,6 +68,11 @@ struct Worker {
   std::unique_ptr<tcp::acceptor> acceptor;
   std::unique_ptr<asio::steady_timer> sweep_timer;
   CheckoutDeadlines checkout_deadlines{context};
+  // Read/write decisions per statement shape, for this worker's sessions (not thread-safe).
+  routing::DecisionCache decisions;
+  // Load balancing state of this worker's reads (round_robin turn, random draws).
+  std::uint64_t replica_turn = 0;
+  std::uint64_t random_state = 0x9e3779b97f4a7c15ull;
   std::thread thread;
 };
 
@@ -89,6 +108,14 @@ class App : public pool::Handoff {
   std::shared_ptr<pool::ServerPool> pool_for(const config::Database& db, const std::string& user,
                                              const config::Endpoint& host);
   std::vector<std::shared_ptr<pool::ServerPool>> pools();
+  // The pools of every host of `db` for `user` as of the current topology.
+  std::shared_ptr<const UserPools> user_pools(const config::Database& db, const std::string& user);
+  // Changes whenever the hosts sessions route to do (a reload); read per checkout, lock-free.
+  std::uint64_t topology_generation() const {
+    return topology_generation_.load(std::memory_order_acquire);
+  }
+  // SHOW HOSTS, /status.
+  std::vector<HostRow> hosts() const;
   // The LISTEN/NOTIFY hub of (database, user), on the control thread.
   std::shared_ptr<ListenHub> listen_hub_for(const config::Database& db, const config::User& user);
 
@@ -136,6 +163,8 @@ class App : public pool::Handoff {
   std::mutex pools_mutex_;
   std::unordered_map<std::string, std::shared_ptr<pool::ServerPool>> pools_;
   std::unordered_map<std::string, std::shared_ptr<ListenHub>> listen_hubs_;  // under pools_mutex_
+  std::shared_ptr<const Topology> topology_;                                 // under pools_mutex_
+  std::atomic<std::uint64_t> topology_generation_{0};
   std::atomic<int> clients_{0};
   mutable std::mutex door_mutex_;  // taken once per accept and once per close
   admission::Admission door_;
@@ -154,6 +183,9 @@ class App : public pool::Handoff {
   // HTTP on admin_listen (/health /ready /status /metrics), on control_. Declared after
   // control_ so it is destroyed first.
   std::unique_ptr<HttpServer> http_;
+  // The health checks, on control_.
+  std::unique_ptr<HealthChecker> health_;
+  void set_topology(std::shared_ptr<const Topology> topology);
 };
 
 }  // namespace pgvalve::proxy

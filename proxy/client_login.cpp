@@ -332,7 +332,19 @@ asio::awaitable<bool> ClientSession::start_session() {
   pool_ = app_.pool_for(*database_, user_name_, database_->shards.front().primary);
   pool_->client_joined();
   cancel_ = app_.cancels().register_client();
-  router_ = routing::Router(static_cast<int>(database_->shards.size()));
+  pools_ = app_.user_pools(*database_, user_name_);
+  {
+    const auto& r = config_->routing;
+    bool replicas = false;
+    for (const auto& shard : database_->shards)
+      replicas = replicas || !shard.replicas.empty();
+    routing::RoutingPolicy policy;
+    policy.split = r.read_write_split && r.reads != config::ReadsTo::Primary && replicas &&
+                   config_->pool.mode != config::PoolMode::Session;
+    policy.write_functions = &r.write_functions;
+    router_ =
+        routing::Router(static_cast<int>(database_->shards.size()), policy, &worker_.decisions);
+  }
   core_.emplace(session::SessionOptions::from(*config_), router_, worker_.workspaces);
 
   // The client is told the parameters of a real server, so one must have been seen; session

@@ -1,5 +1,7 @@
 #include "proxy/client_session.h"
 
+#include <array>
+
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
@@ -7,6 +9,7 @@
 #include "proxy/app.h"
 #include "proxy/listen_hub.h"
 #include "proxy/log.h"
+#include "routing/replica_choice.h"
 
 namespace pgvalve::proxy {
 
@@ -458,9 +461,52 @@ void ClientSession::arm_timer() {
 // ---- Checking out and giving back ------------------------------------------------------------
 
 std::shared_ptr<pool::ServerPool> ClientSession::pool_for(const routing::Route& route) {
-  const auto shard = static_cast<std::size_t>(route.shard);
-  if (shard == 0 || shard >= database_->shards.size()) return pool_;
-  return app_.pool_for(*database_, user_name_, database_->shards[shard].primary);
+  if (pools_->generation != app_.topology_generation()) {
+    // A reload changed the hosts: the database as the new configuration has it.
+    const auto config = app_.config();
+    if (const auto* db = config->find_database(database_name_)) {
+      pools_ = app_.user_pools(*db, user_name_);
+    }
+  }
+  const auto index = static_cast<std::size_t>(route.shard);
+  if (index >= pools_->shards.size()) return nullptr;
+  const UserPools::Shard& shard = pools_->shards[index];
+  const health::ShardStatus& status = *shard.status;
+  const int primary = status.primary();
+  if (route.kind == routing::Route::Kind::Replica) {
+    const auto& r = config_->routing;
+    std::array<routing::ReplicaCandidate, 16> storage;
+    std::size_t count = 0;
+    for (std::size_t i = 0; i < shard.hosts.size() && i < status.size() && count < storage.size();
+         ++i) {
+      const health::HostStatus& host = status.host(i);
+      const bool candidate = static_cast<int>(i) == primary
+                                 ? r.reads == config::ReadsTo::Any
+                                 : host.readable.load(std::memory_order_relaxed) &&
+                                       host.lsn.load(std::memory_order_relaxed) >= route.after_lsn;
+      if (!candidate) continue;
+      const int in_use = r.load_balance == config::LoadBalance::LeastConnections
+                             ? shard.hosts[i]->in_use(worker_.index)
+                             : 0;
+      storage[count++] = {i, in_use};
+    }
+    // xorshift64: a draw per read, no shared state.
+    std::uint64_t& x = worker_.random_state;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    const auto policy =
+        r.load_balance == config::LoadBalance::RoundRobin ? routing::LoadBalance::RoundRobin
+        : r.load_balance == config::LoadBalance::Random   ? routing::LoadBalance::Random
+                                                          : routing::LoadBalance::LeastConnections;
+    if (auto chosen =
+            routing::choose_replica({storage.data(), count}, policy, worker_.replica_turn, x)) {
+      return shard.hosts[*chosen];
+    }
+    // No replica can take it: the primary does (routing.reads = replicas falls back).
+  }
+  if (primary < 0 || static_cast<std::size_t>(primary) >= shard.hosts.size()) return nullptr;
+  return shard.hosts[static_cast<std::size_t>(primary)];
 }
 
 std::unique_ptr<ServerConnection> ClientSession::usable(std::unique_ptr<pool::Connection> conn,
@@ -485,6 +531,15 @@ std::unique_ptr<ServerConnection> ClientSession::usable(std::unique_ptr<pool::Co
 // pre-ping runs a coroutine.
 void ClientSession::check_out(const routing::Route& route) {
   checkout_pool_ = pool_for(route);
+  if (!checkout_pool_) {
+    carry_out(core_->on_checkout_failed(
+                  "57P03",
+                  "pgvalve: no primary is available for database \"" + database_name_ +
+                      "\" (it is down or being failed over); retry shortly, and see SHOW HOSTS",
+                  now()),
+              Source::Client);
+    return;
+  }
   const auto& settings = checkout_pool_->settings(worker_.index);
   checkout_deadline_ = now() + std::chrono::milliseconds(settings.checkout_timeout_ms);
   take(checkout_from(checkout_pool_));

@@ -47,6 +47,7 @@
 namespace pgvalve::proxy {
 
 class App;
+struct UserPools;
 struct Worker;
 class ListenHub;
 class NotificationSink;
@@ -125,6 +126,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   void close();
 
   // ---- Servers ----
+  // The pool of the host `route` goes to now; null when the shard has no usable primary.
   std::shared_ptr<pool::ServerPool> pool_for(const routing::Route& route);
   void check_out(const routing::Route& route);
   // pool->checkout(); a Wait is recorded in wait_pool_.
@@ -173,12 +175,13 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   bool counted_ = false;
 
   session::InputBuffer client_in_{session::InputBuffer::kClientBytes};
-  routing::Router router_{1};
+  routing::Router router_;
   // Made at login; one allocation with this object.
   std::optional<session::Session> core_;
   SocketWriter client_writer_;
 
-  std::shared_ptr<pool::ServerPool> pool_;  // the primary of the first shard
+  std::shared_ptr<pool::ServerPool> pool_;  // the primary of the first shard at login (counts)
+  std::shared_ptr<const UserPools> pools_;  // every host's pool, as of a topology generation
   std::shared_ptr<CancelTarget> cancel_;
   CheckoutWaiter waiter_{*this};
 

@@ -1,6 +1,6 @@
 // Where one statement (or the transaction it starts) goes: the value a Router returns and a
-// client session carries out. Today the router always answers "the primary of the first shard";
-// the replica, sharding and failover work fill in the other kinds.
+// client session carries out: the primary or a replica of the first shard today; sharding fills
+// in the other kinds.
 #pragma once
 
 #include <cstdint>
@@ -29,6 +29,13 @@ struct Route {
   Kind kind = Kind::Primary;
   std::uint16_t shard = 0;
   std::uint64_t shards = 0;  // Shards: bit i set = shard i takes part
+  // Primary: the statement may write (false: a read sent to the primary by a hint, a setting or
+  // read_your_writes), so with read_your_writes = lsn the session learns the primary's WAL
+  // position when the transaction ends.
+  bool write = true;
+  // Replica: only a replica that has replayed at least this far (the client's last write) may
+  // take it; else the primary does. 0: any.
+  std::uint64_t after_lsn = 0;
   // Refuse only; shared so that a Route stays small and cheap to copy.
   std::shared_ptr<const Refusal> refusal;
 
@@ -44,7 +51,8 @@ struct Route {
 
   // Two routes reach the same servers (what a session compares with the links it holds).
   bool same_target(const Route& other) const {
-    return kind == other.kind && shard == other.shard && shards == other.shards;
+    return kind == other.kind && shard == other.shard && shards == other.shards &&
+           after_lsn == other.after_lsn;
   }
 };
 

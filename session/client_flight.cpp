@@ -166,6 +166,8 @@ const Actions& Session::on_linked(ServerState& server, Clock::time_point now) {
   l.reset();
   l.server = &server;
   l.route = pending_route_;
+  l.may_write = router_.splits() && pending_route_.kind == routing::Route::Kind::Primary &&
+                pending_route_.write;
   l.last_activity = now;
   l.reserved = true;
   Workspace& w = work();
@@ -293,7 +295,14 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
       return out;
     }
     routing::RouteContext context;
+    context.recent_write = options_.read_your_writes == config::ReadYourWrites::Time &&
+                           last_write_at_ != Clock::time_point{} &&
+                           now - last_write_at_ < options_.read_your_writes_window;
     routing::Route route = router_.route(route_text(flight), context);
+    if (route.kind == routing::Route::Kind::Replica &&
+        options_.read_your_writes == config::ReadYourWrites::Lsn) {
+      route.after_lsn = write_lsn_;
+    }
     if (route.kind == routing::Route::Kind::Refuse) {
       fail_requests(frames, route.refusal->sqlstate, route.refusal->message, out.outbox);
       out.consumed = end;
@@ -307,6 +316,11 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
   }
   if (l->syncing) return out;
   const LinkId id = l->id;
+  const bool one_request = l->route.kind == routing::Route::Kind::Replica;
+  if (one_request && l->in_flight > 0) {
+    input_waits_for_link_ = true;
+    return out;
+  }
   if (!l->busy() && l->server->tx_status == 'I' && !l->reserved &&
       !settings_match(*l->server, true)) {
     // Settings changed on this server since it was linked (a RESET back to startup values in
@@ -344,6 +358,12 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
     auto r = pr::decode_frame(frames.substr(planned), options_.max_message_bytes);
     plan_frame(r.frame, planned, *l, flight);
     planned += r.frame.whole.size();
+    // On a replica, the request ends here; what follows is routed once it is answered.
+    if (one_request && l->in_flight > 0 && planned < frames.size()) {
+      input_waits_for_link_ = true;
+      terminate = false;  // seen again with the rest
+      break;
+    }
   }
   for (const Span& s : w.client_spans) {
     const char* base = s.scratch ? w.client_scratch.data() : frames.data();

@@ -6,6 +6,7 @@
 // whether state pins it.
 #include <algorithm>
 
+#include "protocol/lsn.h"
 #include "protocol/wire.h"
 #include "session/limits.h"
 #include "session/session_internal.h"
@@ -35,6 +36,17 @@ const std::string& pin_check_message() {
   static const std::string message = [] {
     std::string m;
     pr::append_query(m, kPinCheckSql);
+    return m;
+  }();
+  return message;
+}
+
+constexpr std::string_view kWalPositionSql = "SELECT pg_catalog.pg_current_wal_lsn()";
+
+const std::string& wal_position_message() {
+  static const std::string message = [] {
+    std::string m;
+    pr::append_query(m, kWalPositionSql);
     return m;
   }();
   return message;
@@ -191,6 +203,7 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
       if (f.tag == 'E') head.failed = true;
       if (head.internal) {
         if (head.action == kActionPinCheck && f.tag == 'D') read_pin_check(l, f);
+        if (head.action == kActionWalPosition && f.tag == 'D') read_wal_position(f);
         return passed;
       }
       if (head.action == kActionEmptyAsTag && f.tag == 'I') {
@@ -450,6 +463,10 @@ void Session::settle(Link& l, LinkId id, Actions& out) {
     enter(SessionState::Active);
     return;
   }
+  if (input_waits_for_link_) {
+    input_waits_for_link_ = false;
+    out.resume_client = true;
+  }
   if (l.server->tx_status != 'I') {
     enter(SessionState::Holding);
     return;
@@ -467,6 +484,15 @@ void Session::settle(Link& l, LinkId id, Actions& out) {
     enter(SessionState::Holding);
     if (drain_requested_) close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);
     return;
+  }
+  if (l.may_write) {
+    l.may_write = false;
+    if (options_.read_your_writes == config::ReadYourWrites::Time) last_write_at_ = now_;
+    if (options_.read_your_writes == config::ReadYourWrites::Lsn) {
+      start_wal_position(l, id, out);
+      enter(SessionState::Active);
+      return;
+    }
   }
   unlink(id, LinkOp::Kind::Release, out);
   if (!linked_link()) enter(SessionState::Idle);
@@ -509,6 +535,28 @@ void Session::finish_pin_check(Link& l, bool failed, Actions& out) {
     out.pinned_change -= 1;
   }
   if (!holds) server_listens_.clear();
+}
+
+void Session::start_wal_position(Link& l, LinkId id, Actions& out) {
+  const std::string& message = wal_position_message();
+  out.to_server.push_back({message.data(), message.size()});
+  out.server_link = id;
+  pr::PendingResponse ask{Kind::ReadyForQuery};
+  ask.internal = true;
+  ask.action = kActionWalPosition;
+  l.pending.push(ask);
+  ++l.in_flight;
+}
+
+void Session::read_wal_position(const pr::Frame& f) {
+  pr::Cursor c(f.body);
+  auto columns = c.u16();
+  if (!columns || *columns != 1) return;
+  auto len = c.i32();
+  if (!len || *len < 0) return;
+  auto value = c.bytes(static_cast<std::size_t>(*len));
+  pr::Lsn lsn = 0;
+  if (value && pr::parse_lsn(*value, lsn) && lsn > write_lsn_) write_lsn_ = lsn;
 }
 
 }  // namespace pgvalve::session

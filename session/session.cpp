@@ -81,6 +81,8 @@ SessionOptions SessionOptions::from(const config::Config& config) {
   o.idle_transaction_timeout = std::chrono::milliseconds(config.pool.idle_transaction_timeout_ms);
   o.message_timeout = std::chrono::milliseconds(config.limits.message_timeout_ms);
   o.sync_timeout = std::chrono::milliseconds(std::max(1000, config.pool.checkout_timeout_ms));
+  o.read_your_writes = config.routing.read_your_writes;
+  o.read_your_writes_window = std::chrono::milliseconds(config.routing.read_your_writes_window_ms);
   return o;
 }
 

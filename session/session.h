@@ -61,6 +61,9 @@ struct SessionOptions {
   // notice) passes through as it arrives instead of being held whole. Smaller ones are held,
   // so a server dying in the middle of one still leaves a clean stream for an error.
   std::size_t stream_server_messages_above = 1u << 20;
+  // routing.read_your_writes (only when the router splits reads from writes).
+  config::ReadYourWrites read_your_writes = config::ReadYourWrites::Lsn;
+  std::chrono::milliseconds read_your_writes_window{2000};
 
   static SessionOptions from(const config::Config& config);
 };
@@ -153,6 +156,8 @@ class Session {
   bool linked(LinkId link) const;
   std::size_t link_count() const;
   bool pinned() const { return pinned_; }
+  // The WAL position the client's reads must see (read_your_writes = lsn); 0 before any write.
+  std::uint64_t read_your_writes_lsn() const { return write_lsn_; }
   // Nothing is in flight and no server is linked: the session holds only its durable state.
   bool idle() const { return state_ == SessionState::Idle; }
   // Gives transient memory back to the worker's pool; call when the I/O layer has finished
@@ -236,6 +241,10 @@ class Session {
   void start_pin_check(Link& l, LinkId id, Actions& out);
   void read_pin_check(Link& l, const protocol::Frame& f);
   void finish_pin_check(Link& l, bool failed, Actions& out);
+  // read_your_writes = lsn: asks the primary for its WAL position once the client's write
+  // transaction ended, before the server goes back to the pool.
+  void start_wal_position(Link& l, LinkId id, Actions& out);
+  void read_wal_position(const protocol::Frame& f);
 
   // ---- failures and endings ----
   void fail_pending(Link& l, std::string_view sqlstate, std::string_view message, std::string& out);
@@ -277,6 +286,13 @@ class Session {
   bool pipeline_full_ = false;    // kMaxRequestsInFlight unanswered: the client is not read
   bool error_sent_in_flight_ = false;
   routing::Route pending_route_;  // of the request waiting for a server
+  // Read-your-writes: the primary's WAL position after the client's last write (lsn), and when
+  // that write ended (time).
+  std::uint64_t write_lsn_ = 0;
+  Clock::time_point last_write_at_{};
+  // A replica link takes one request at a time (the next may be a write): the rest of the
+  // client's input waits, and is planned again once the link has answered.
+  bool input_waits_for_link_ = false;
   // A partial message is being received since `partial_since_`.
   bool partial_ = false;
   Clock::time_point partial_since_{};

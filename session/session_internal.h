@@ -59,6 +59,7 @@ enum : std::uint8_t {
   kActionSync,                // pgvalve's settings query
   kActionPinCheck,            // pgvalve's query about session state that pins the server
   kActionEvictClose,          // pgvalve's Close of `statement_hash` for the LRU cap
+  kActionWalPosition,         // pgvalve's query for the primary's WAL position (read-your-writes)
 };
 
 struct Link {
@@ -86,6 +87,9 @@ struct Link {
   bool reserved = false;         // linked for a request that is not planned yet: not released
   bool pin_check_holds = false;  // the running pin check found state
   bool paused = false;           // not read while the client catches up
+  // Linked for a route that may write while reads go to replicas: at the end of its transaction
+  // the client's read-your-writes mark moves (routing.read_your_writes).
+  bool may_write = false;
 
   bool busy() const { return in_flight > 0 || open_extended || !pending.empty(); }
   // The server has been asked to answer (a Query, Sync, Flush or function call): its silence
@@ -108,6 +112,7 @@ struct Link {
     reserved = false;
     pin_check_holds = false;
     paused = false;
+    may_write = false;
   }
 };
 

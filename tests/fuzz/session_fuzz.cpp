@@ -690,7 +690,11 @@ class Harness {
 
   session::SessionOptions options_;
   session::WorkspacePool workspaces_;
-  routing::Router router_{1};
+  // Reads go to replicas, so the fuzzer also drives the router, its decision cache and the
+  // one-request-at-a-time planning of replica links.
+  std::vector<std::string> write_functions_{"nextval", "setval"};
+  routing::DecisionCache decisions_{64};
+  routing::Router router_{1, routing::RoutingPolicy{true, &write_functions_}, &decisions_};
   Session session_;
   Clock::time_point now_ = Clock::time_point{} + std::chrono::hours(1);
   std::vector<std::unique_ptr<ServerState>> servers_;

@@ -453,7 +453,7 @@ class Pgvalve:
         self.config["pool"] = pool
 
     def default_config(self) -> dict:
-        # Replicas are refused until read/write routing works ("not supported yet").
+        # The primary only: tests of replicas list them (test_replicas.py).
         shard = {"name": "s0", "primary": f"127.0.0.1:{self.cluster.primary.port}"}
         return {
             "listen": f"127.0.0.1:{self.port}",

@@ -50,6 +50,7 @@ TEST(Describe, HidesPasswords) {
   EXPECT_EQ(m.at("users.app.password"), "<hidden>");
   EXPECT_EQ(m.at("users.app.server_password"), "<hidden>");
   EXPECT_EQ(m.at("users.ops.password"), "<hidden>");
+  EXPECT_EQ(m.at("health.password"), "<hidden>");        // the first user's server password
   EXPECT_EQ(m.at("users.ops.server_password"), "\"\"");  // none: shown as empty
   EXPECT_EQ(m.at("users.ops.admin"), "true");
 }
@@ -99,13 +100,25 @@ TEST(Describe, ListsEveryKeyWithDefaults) {
       {"databases.telemetry.sharding.bucket_map.s1", "512-1023"},
       {"databases.telemetry.sharding.tables", "telemetry"},
       {"databases.telemetry.sharding.reference_tables", "\"\""},
+      {"routing.read_write_split", "true"},
+      {"routing.reads", "replicas"},
+      {"routing.load_balance", "least_connections"},
+      {"routing.max_replica_lag_ms", "5000"},
+      {"routing.read_your_writes", "lsn"},
+      {"routing.read_your_writes_window_ms", "2000"},
+      {"routing.write_functions",
+       "nextval,setval,pg_advisory_lock,pg_advisory_xact_lock,pg_notify,txid_current"},
+      {"health.interval_ms", "1000"},
+      {"health.timeout_ms", "2000"},
+      {"health.failures_before_down", "3"},
+      {"health.dbname", "postgres"},
   };
   for (const auto& [key, value] : expected) {
     ASSERT_TRUE(m.contains(key)) << key;
     EXPECT_EQ(m.at(key), value) << key;
   }
   // Refused at load until they work: no line would describe anything that happens.
-  for (const char* section : {"routing.", "health.", "failover.", "stats."}) {
+  for (const char* section : {"failover.", "stats."}) {
     for (const auto& [key, value] : m)
       EXPECT_FALSE(key.starts_with(section)) << key;
   }

@@ -65,7 +65,7 @@ TEST(NotSupportedYet, PerAddressConnectionLimitsWork) {
   EXPECT_EQ(result.config->limits.connect_burst_per_ip, 8);
 }
 
-TEST(NotSupportedYet, Replicas) {
+TEST(NotSupportedYet, ReplicasRoutingAndHealthWork) {
   const std::string file = std::string(R"(users:
   - name: app
     password: secret
@@ -73,12 +73,47 @@ databases:
   telemetry:
     shards:
       - primary: 127.0.0.1:5432
-        replicas: [127.0.0.1:5433]
+        replicas: [127.0.0.1:5433, 127.0.0.1:5434]
+routing:
+  reads: any
+  load_balance: round_robin
+  max_replica_lag_ms: 250
+  read_your_writes: time
+  read_your_writes_window_ms: 900
+  write_functions: [nextval, bump_counter]
+health:
+  interval_ms: 500
+  timeout_ms: 700
+  failures_before_down: 2
+  user: monitor
+  password: watch
+  dbname: ops
 )");
   const LoadResult result = load_config_string(file);
-  EXPECT_TRUE(has_error(result, "databases.telemetry.shards[0].replicas", 8, "not supported yet"));
-  const LoadResult empty = load_config_string(std::string(kMinimal) + "        replicas: []\n");
-  EXPECT_TRUE(empty.errors.empty()) << dump(empty);
+  ASSERT_TRUE(result.errors.empty()) << dump(result);
+  const Config& c = *result.config;
+  ASSERT_EQ(c.databases[0].shards[0].replicas.size(), 2u);
+  EXPECT_EQ(c.databases[0].shards[0].replicas[1].port, 5434);
+  EXPECT_EQ(c.routing.reads, ReadsTo::Any);
+  EXPECT_EQ(c.routing.load_balance, LoadBalance::RoundRobin);
+  EXPECT_EQ(c.routing.max_replica_lag_ms, 250);
+  EXPECT_EQ(c.routing.read_your_writes, ReadYourWrites::Time);
+  EXPECT_EQ(c.routing.read_your_writes_window_ms, 900);
+  EXPECT_EQ(c.routing.write_functions, (std::vector<std::string>{"nextval", "bump_counter"}));
+  EXPECT_EQ(c.health.interval_ms, 500);
+  EXPECT_EQ(c.health.timeout_ms, 700);
+  EXPECT_EQ(c.health.failures_before_down, 2);
+  EXPECT_EQ(c.health.user, "monitor");
+  EXPECT_EQ(c.health.password, "watch");
+  EXPECT_EQ(c.health.dbname, "ops");
+}
+
+TEST(NotSupportedYet, HealthChecksLogInAsTheFirstUserByDefault) {
+  const LoadResult result = load_working("");
+  ASSERT_TRUE(result.errors.empty()) << dump(result);
+  EXPECT_EQ(result.config->health.user, result.config->users.front().name);
+  EXPECT_EQ(result.config->health.password, result.config->users.front().server_password);
+  EXPECT_EQ(result.config->health.dbname, "postgres");
 }
 
 TEST(NotSupportedYet, SecondShardAndSharding) {
@@ -100,19 +135,17 @@ databases:
   EXPECT_TRUE(test::load_design(file).errors.empty());
 }
 
-TEST(NotSupportedYet, RoutingHealthFailoverStats) {
-  expect_refused("routing:\n  reads: primary\n", "routing", 8);
-  expect_refused("health:\n  interval_ms: 500\n", "health", 8);
+TEST(NotSupportedYet, FailoverStats) {
   expect_refused("failover:\n  mode: off\n", "failover", 8);
   expect_refused("stats: {slow_query_ms: 50}\n", "stats", 8);
 }
 
 TEST(NotSupportedYet, TheMessageSaysWhatHappensInstead) {
-  const LoadResult result = load_working("routing:\n  reads: replicas\n");
+  const LoadResult result = load_working("stats:\n  slow_query_ms: 5\n");
   ASSERT_EQ(result.errors.size(), 1u) << dump(result);
   EXPECT_EQ(result.errors[0].to_string("pgvalve.yaml"),
-            "pgvalve.yaml:8:1: routing: not supported yet: every statement goes to the primary; "
-            "remove the section");
+            "pgvalve.yaml:8:1: stats: not supported yet: no query statistics are kept; remove the "
+            "section");
 }
 
 }  // namespace

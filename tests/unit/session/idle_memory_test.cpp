@@ -78,7 +78,7 @@ TEST(SessionIdleMemory, ALocallyAnsweredRequestLeavesNothingHeld) {
 
 TEST(SessionIdleMemory, DestroyedSessionGivesItsWorkspaceBack) {
   WorkspacePool pool;
-  routing::Router router(1);
+  routing::Router router;
   {
     Session session({}, router, pool);
     session.start({}, std::make_shared<const ServerParameters>(default_parameters()), {1, 2},

@@ -384,7 +384,7 @@ class SessionHarness {
   explicit SessionHarness(SessionOptions options = {},
                           std::vector<std::pair<std::string, std::string>> startup = {},
                           ServerState* login_server = nullptr)
-      : router_(1), session_(options, router_, workspaces_) {
+      : session_(options, router_, workspaces_) {
     defaults_ = std::make_shared<const ServerParameters>(default_parameters());
     login = track(session_.start(startup, defaults_, {1, 2}, login_server, T0));
     login_reply = login.to_client;

@@ -1,0 +1,100 @@
+// The health checker (DESIGN.md §4.5): one libpq connection per PostgreSQL host, driven without
+// blocking from the control thread's event loop, that every health.interval_ms asks the host
+// whether it is in recovery, where its WAL is and which timeline it is on. The results go to
+// the pure health::ShardHealth of every shard the host belongs to, whose verdict (the primary,
+// readable replicas, their replay positions) is published in health::ShardStatus for the
+// sessions of every worker. Promotions (failover: promote) are run from here too.
+//
+// Everything here runs on the control thread, except hosts() (any thread, for SHOW HOSTS and
+// /status) and the published statuses (lock-free reads).
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <utility>  // Boost 1.74 awaitable.hpp needs std::exchange
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+
+#include "config/config.h"
+#include "health/shard_health.h"
+#include "health/shard_status.h"
+
+namespace pgvalve::proxy {
+
+namespace asio = boost::asio;
+
+// One shard's hosts as sessions route to them: host 0 is the configured primary, then the
+// replicas; `status` says which takes writes and which may take reads now.
+struct ShardTopology {
+  std::string name;
+  std::vector<config::Endpoint> hosts;
+  std::shared_ptr<const health::ShardStatus> status;
+};
+
+// Every database's shards, as of one configuration. Replaced (never modified) on reload.
+struct Topology {
+  std::uint64_t generation = 0;
+  std::map<std::string, std::vector<ShardTopology>, std::less<>> databases;
+  const std::vector<ShardTopology>* find(std::string_view database) const;
+};
+
+// A row of SHOW HOSTS.
+struct HostRow {
+  std::string database;
+  std::string shard;
+  config::Endpoint host;
+  health::Role role = health::Role::Replica;
+  bool up = false;
+  bool checked = false;
+  bool readable = false;
+  std::int64_t lag_ms = -1;
+  std::int64_t lag_bytes = -1;
+  health::Lsn lsn = 0;
+  std::uint32_t timeline = 0;
+  std::chrono::system_clock::time_point last_check{};  // epoch when never checked
+  int failures = 0;
+  std::string last_error;
+};
+
+class HealthChecker {
+ public:
+  explicit HealthChecker(asio::io_context& control);
+  ~HealthChecker();
+  HealthChecker(const HealthChecker&) = delete;
+  HealthChecker& operator=(const HealthChecker&) = delete;
+
+  // Starts checking the hosts of `config` and returns the topology sessions route by. On a
+  // reload: shards whose host list is unchanged keep their state (a replica keeps taking reads),
+  // new hosts take reads after their first healthy check, removed hosts stop being checked.
+  std::shared_ptr<const Topology> configure(const config::ConfigPtr& config);
+  void stop();
+
+  // Any thread.
+  std::vector<HostRow> hosts() const;
+
+ private:
+  struct Host;
+  struct Monitor;
+
+  asio::awaitable<void> watch(std::shared_ptr<Host> host);
+  void report(Host& host, bool ok, const health::Probe& probe, const std::string& error);
+  void assess(Monitor& m, std::chrono::steady_clock::time_point now);
+  void snapshot();
+
+  asio::io_context& control_;
+  config::ConfigPtr config_;
+  std::uint64_t generation_ = 0;
+  std::map<std::string, std::shared_ptr<Host>> hosts_;  // by "host:port"
+  std::vector<std::shared_ptr<Monitor>> monitors_;
+  mutable std::mutex rows_mutex_;  // SHOW HOSTS and /status read; not on the query path
+  std::vector<HostRow> rows_;
+};
+
+}  // namespace pgvalve::proxy

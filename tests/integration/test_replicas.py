@@ -1,0 +1,226 @@
+"""Read/write routing over real streaming replication: a primary and two replicas made with
+pg_basebackup -R. Where a statement ran is proven by the server itself (pg_is_in_recovery(),
+inet_server_port()), never by pgvalve's own account."""
+
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+
+from pgcluster import APP_DB, PgCluster, wait_until
+from itutil import one
+
+
+@pytest.fixture(scope="module")
+def cluster(request):
+    c = PgCluster(replicas=2)
+    request.addfinalizer(c.teardown)
+    c.start()
+    c.primary.psql("CREATE TABLE readings (id bigserial PRIMARY KEY, device_id int, value float8)",
+                   dbname=APP_DB)
+    c.primary.psql("CREATE SEQUENCE ticket", dbname=APP_DB)
+    c.primary.psql("GRANT ALL ON ALL TABLES IN SCHEMA public TO app", dbname=APP_DB)
+    c.primary.psql("GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO app", dbname=APP_DB)
+    # The health checks see standbys' timelines through pg_stat_wal_receiver (pg_monitor).
+    c.primary.psql("GRANT pg_monitor TO app")
+    c.wait_replay()
+    return c
+
+
+def replicated(cluster, **overrides):
+    shard = {"name": "s0", "primary": f"127.0.0.1:{cluster.primary.port}",
+             "replicas": [f"127.0.0.1:{r.port}" for r in cluster.replicas]}
+    conf = {"databases": {APP_DB: {"shards": [shard]}},
+            "health": {"interval_ms": 100, "timeout_ms": 1000, "failures_before_down": 2}}
+    conf.update(overrides)
+    return conf
+
+
+def where(conn, sql="select pg_is_in_recovery(), inet_server_port()"):
+    """(in_recovery, port) of the server that ran `sql` through `conn`."""
+    return tuple(conn.execute(sql).fetchone())
+
+
+def replicas_ready(pv, cluster, count=2, timeout=10):
+    """Waits until reads reach `count` distinct replicas."""
+    ports = {r.port for r in cluster.replicas}
+    seen = set()
+
+    def check():
+        with pv.connect() as c:
+            for _ in range(8):
+                rec, port = where(c)
+                if rec:
+                    seen.add(port)
+        return len(seen & ports) >= count
+
+    wait_until(check, timeout, message=f"reads reaching {count} replicas ({seen})")
+
+
+def test_autocommit_reads_go_to_replicas_and_writes_to_the_primary(cluster, pgvalve):
+    pv = pgvalve(**replicated(cluster, routing={"load_balance": "round_robin"}))
+    replicas_ready(pv, cluster)
+    replica_ports = {r.port for r in cluster.replicas}
+    with pv.connect() as c:
+        counts = {}
+        for _ in range(40):
+            rec, port = where(c)
+            assert rec is True, "an autocommit read ran on the primary"
+            counts[port] = counts.get(port, 0) + 1
+        assert set(counts) == replica_ports
+        assert min(counts.values()) >= 15, counts  # round_robin shares them
+        # Writes: on the primary, or they would fail on a standby.
+        row = c.execute("insert into readings (device_id, value) values (7, 1.5) "
+                        "returning pg_is_in_recovery(), inet_server_port()").fetchone()
+        assert tuple(row) == (False, cluster.primary.port)
+        assert one(c, "select nextval('ticket') > 0") is True  # a write function: primary
+        assert one(c, "select txid_current() > 0") is True
+        # A writable CTE and FOR UPDATE would fail on a replica: they reach the primary.
+        assert where(c, "with d as (delete from readings where id < 0 returning id) "
+                        "select pg_is_in_recovery(), inet_server_port()") == \
+            (False, cluster.primary.port)
+        assert where(c, "select pg_is_in_recovery(), inet_server_port() "
+                        "from readings for update limit 1") == (False, cluster.primary.port)
+
+
+def test_transactions_hints_and_read_only(cluster, pgvalve):
+    # read_your_writes off: after the first transaction (a write route) this client's reads
+    # would rightly go to the primary until the replicas are seen past its commit.
+    pv = pgvalve(**replicated(cluster, routing={"read_your_writes": "off"}))
+    replicas_ready(pv, cluster)
+    with pv.connect() as c:
+        # BEGIN goes to the primary for the whole transaction.
+        c.execute("begin")
+        assert where(c) == (False, cluster.primary.port)
+        assert where(c)[0] is False
+        c.execute("commit")
+        # BEGIN READ ONLY may use a replica, and stays there.
+        c.execute("begin read only")
+        first = where(c)
+        assert first[0] is True
+        assert where(c) == first
+        c.execute("commit")
+        # Hint comments.
+        assert where(c, "/* pgvalve: primary */ select pg_is_in_recovery(), inet_server_port()") \
+            == (False, cluster.primary.port)
+        assert where(c, "/* pgvalve: replica */ select pg_is_in_recovery(), inet_server_port()")[0]
+        # A function pgvalve does not know to be read-only goes to the primary.
+        c.execute("create or replace function bump() returns int language sql as 'select 1'")
+        assert where(c, "select pg_is_in_recovery(), inet_server_port() from bump()") == \
+            (False, cluster.primary.port)
+        # Multi-statement strings go to the primary.
+        cur = c.execute("select 1; select pg_is_in_recovery(), inet_server_port()")
+        assert cur.nextset()
+        assert tuple(cur.fetchone()) == (False, cluster.primary.port)
+
+
+def test_extended_protocol_and_prepared_statements_on_both_sides(cluster, pgvalve):
+    pv = pgvalve(**replicated(cluster))
+    replicas_ready(pv, cluster)
+    # prepare_threshold=0: psycopg prepares every statement as a named server-side statement.
+    with psycopg.connect(pv.dsn(), autocommit=True, prepare_threshold=0) as c:
+        seen_replica = seen_primary = False
+        for i in range(30):
+            rec, _ = c.execute("select pg_is_in_recovery(), inet_server_port() where %s > 0",
+                               (i + 1,)).fetchone()
+            seen_replica |= rec
+            row = c.execute("insert into readings (device_id, value) values (%s, %s) "
+                            "returning pg_is_in_recovery()", (i, 0.5)).fetchone()
+            assert row[0] is False
+            seen_primary = True
+        assert seen_replica and seen_primary
+
+
+def test_reads_primary_keeps_every_statement_on_the_primary(cluster, pgvalve):
+    pv = pgvalve(**replicated(cluster, routing={"reads": "primary"}))
+    with pv.connect() as c:
+        for _ in range(10):
+            assert where(c) == (False, cluster.primary.port)
+
+
+def test_reads_any_uses_primary_and_replicas(cluster, pgvalve):
+    pv = pgvalve(**replicated(cluster, routing={"reads": "any", "load_balance": "round_robin"}))
+    replicas_ready(pv, cluster)
+    with pv.connect() as c:
+        ports = {where(c)[1] for _ in range(30)}
+    assert ports == {cluster.primary.port} | {r.port for r in cluster.replicas}
+
+
+def test_a_lagging_replica_takes_no_reads_until_it_catches_up(cluster, pgvalve):
+    pv = pgvalve(**replicated(cluster, routing={"max_replica_lag_ms": 300,
+                                                "read_your_writes": "off"}))
+    replicas_ready(pv, cluster)
+    lagging = cluster.replicas[0]
+    lagging.psql("select pg_wal_replay_pause()")
+    try:
+        stop = time.monotonic() + 1.5
+        while time.monotonic() < stop:  # the primary moves on; the paused replica does not
+            cluster.primary.psql("insert into readings (device_id, value) values (1, 1)",
+                                 dbname=APP_DB)
+            time.sleep(0.05)
+
+        def lagging_gets_no_reads():
+            with pv.connect() as c:
+                return all(where(c)[1] != lagging.port for _ in range(20))
+
+        wait_until(lagging_gets_no_reads, 5, message="the paused replica stops taking reads")
+        assert "replica_takes_no_reads" in pv.log_text()
+    finally:
+        lagging.psql("select pg_wal_replay_resume()")
+    replicas_ready(pv, cluster)  # both again once it has caught up
+
+
+def test_read_your_writes_lsn_sees_every_write_with_replay_paused(cluster, pgvalve):
+    pv = pgvalve(**replicated(cluster, routing={"max_replica_lag_ms": 600000,
+                                                "read_your_writes": "lsn"}))
+    replicas_ready(pv, cluster)
+    for r in cluster.replicas:
+        r.psql("select pg_wal_replay_pause()")
+    try:
+        with pv.connect() as writer, pv.connect() as other:
+            for i in range(1000):
+                rid = writer.execute("insert into readings (device_id, value) values (42, %s) "
+                                     "returning id", (i,)).fetchone()[0]
+                assert writer.execute("select count(*) from readings where id = %s",
+                                      (rid,)).fetchone()[0] == 1, f"pair {i} lost its write"
+            # Another client is not held to this client's writes: it reads from the (paused,
+            # but within max lag) replicas, which do not have the rows — the test above could
+            # have failed.
+            rec, _ = where(other)
+            assert rec is True
+            assert other.execute("select count(*) from readings where id = %s",
+                                 (rid,)).fetchone()[0] == 0
+    finally:
+        for r in cluster.replicas:
+            r.psql("select pg_wal_replay_resume()")
+    cluster.wait_replay()
+
+
+def test_read_your_writes_time_window(cluster, pgvalve):
+    pv = pgvalve(**replicated(cluster, routing={"read_your_writes": "time",
+                                                "read_your_writes_window_ms": 800}))
+    replicas_ready(pv, cluster)
+    with pv.connect() as c:
+        c.execute("insert into readings (device_id, value) values (3, 3)")
+        assert where(c)[0] is False  # within the window: the primary
+        time.sleep(1.0)
+        assert where(c)[0] is True
+
+
+def test_an_unreachable_replica_is_down_and_takes_no_reads(cluster, pgvalve):
+    pv = pgvalve(**replicated(cluster))
+    replicas_ready(pv, cluster)
+    # A replica that refuses connections is down after two checks and takes no reads.
+    bad = "127.0.0.1:1"
+    conf = replicated(cluster)
+    conf["databases"][APP_DB]["shards"][0]["replicas"].append(bad)
+    pv.config.update(conf)
+    pv.reload(pv.config)
+    wait_until(lambda: "event=host_down" in pv.log_text() and bad in pv.log_text(), 5,
+               message="the unreachable replica marked down")
+    with pv.connect() as c:
+        for _ in range(20):
+            rec, port = where(c)
+            assert port != 1
