@@ -11,7 +11,11 @@ constexpr std::size_t kMaxSamples = 512;
 }  // namespace
 
 ShardHealth::ShardHealth(std::size_t host_count, ShardRules rules)
-    : rules_(rules), hosts_(host_count), assessed_(host_count), retired_(host_count, false) {
+    : rules_(rules),
+      hosts_(host_count),
+      assessed_(host_count),
+      retired_(host_count, false),
+      suspect_(host_count, false) {
   for (std::size_t i = 1; i < host_count; ++i)
     assessed_[i].role = Role::Replica;
   if (host_count > 0) assessed_[0].role = Role::Primary;
@@ -19,6 +23,7 @@ ShardHealth::ShardHealth(std::size_t host_count, ShardRules rules)
 
 void ShardHealth::succeeded(std::size_t host, const Probe& probe, Clock::time_point now) {
   hosts_[host].succeeded(probe, now);
+  suspect_[host] = false;
   if (host == primary_ && !probe.in_recovery) note_primary_sample(probe.lsn, now);
 }
 
@@ -107,7 +112,7 @@ void ShardHealth::assess(Clock::time_point now) {
       a.lag_ms = lag_ms_of(f);
     }
     const bool same_timeline = f.timeline == 0 || p.timeline == 0 || f.timeline == p.timeline;
-    a.readable = f.up && f.in_recovery && same_timeline &&
+    a.readable = f.up && f.in_recovery && same_timeline && !suspect_[i] &&
                  (a.lag_ms < 0 || a.lag_ms <= rules_.max_replica_lag_ms);
   }
 }
@@ -163,6 +168,12 @@ void ShardHealth::promoted(std::size_t host, Clock::time_point now) {
 
 void ShardHealth::retire(std::size_t host) {
   retired_[host] = true;
+}
+
+void ShardHealth::suspect(std::size_t host) {
+  if (host == primary_) return;  // the checks decide about the primary: writes would stop
+  suspect_[host] = true;
+  assessed_[host].readable = false;
 }
 
 }  // namespace pgvalve::health

@@ -90,6 +90,9 @@ class ShardHealth {
   void promoted(std::size_t host, Clock::time_point now);
   // An operator retired `host` (it takes no traffic).
   void retire(std::size_t host);
+  // A session lost its connection to replica `host` or could not open one: it takes no reads
+  // until its next successful check (which the checker runs at once).
+  void suspect(std::size_t host);
 
  private:
   struct Sample {
@@ -103,6 +106,7 @@ class ShardHealth {
   std::vector<HostHealth> hosts_;
   std::vector<HostAssessment> assessed_;
   std::vector<bool> retired_;
+  std::vector<bool> suspect_;
   std::size_t primary_ = 0;
   bool split_brain_ = false;
   bool had_primary_ = true;

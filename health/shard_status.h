@@ -28,15 +28,19 @@ class ShardStatus {
   // The host taking writes, -1 when none does now.
   int primary() const { return primary_.load(std::memory_order_relaxed); }
   const HostStatus& host(std::size_t i) const { return hosts_[i]; }
+  // A session found replica `i` unreachable: no reads until the checker says otherwise (it
+  // publishes again after checking it at once). Any thread.
+  void distrust(std::size_t i) const { hosts_[i].readable.store(false, std::memory_order_relaxed); }
 
-  void publish(const ShardHealth& shard) {
+  // `writes_paused`: a switchover is under way; writes wait as if there were no primary.
+  void publish(const ShardHealth& shard, bool writes_paused = false) {
     for (std::size_t i = 0; i < count_ && i < shard.size(); ++i) {
       hosts_[i].lsn.store(shard.figures(i).lsn, std::memory_order_relaxed);
       hosts_[i].readable.store(shard.assessment(i).readable, std::memory_order_relaxed);
       hosts_[i].retired.store(shard.assessment(i).role == Role::Retired, std::memory_order_relaxed);
     }
     const auto p = shard.writable_primary();
-    primary_.store(p ? static_cast<int>(*p) : -1, std::memory_order_relaxed);
+    primary_.store(p && !writes_paused ? static_cast<int>(*p) : -1, std::memory_order_relaxed);
   }
 
  private:

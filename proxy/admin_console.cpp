@@ -2,8 +2,15 @@
 
 #include <algorithm>
 #include <cctype>
+#include <charconv>
+#include <chrono>
+#include <ctime>
+#include <functional>
+#include <mutex>
 #include <optional>
 #include <vector>
+
+#include <boost/asio/steady_timer.hpp>
 
 #include "protocol/messages.h"
 #include "proxy/app.h"
@@ -31,8 +38,8 @@ void append_result(std::string& out, const std::vector<std::string_view>& column
   pr::append_command_complete(out, tag);
 }
 
-// Upper-cased words of the command, without a trailing ';'.
-std::vector<std::string> words_of(std::string_view sql) {
+// The words as written (names keep their case).
+std::vector<std::string> raw_words(std::string_view sql) {
   std::vector<std::string> words;
   std::string word;
   for (char c : sql) {
@@ -40,10 +47,19 @@ std::vector<std::string> words_of(std::string_view sql) {
       if (!word.empty()) words.push_back(std::move(word));
       word.clear();
     } else {
-      word += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+      word += c;
     }
   }
   if (!word.empty()) words.push_back(std::move(word));
+  return words;
+}
+
+// Upper-cased, to match command words.
+std::vector<std::string> words_of(std::string_view sql) {
+  auto words = raw_words(sql);
+  for (auto& w : words)
+    std::transform(w.begin(), w.end(), w.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::toupper(c)); });
   return words;
 }
 
@@ -84,6 +100,96 @@ void show_pools(App& app, std::string& out) {
                       "sv_tested",  "sv_login",    "maxwait_us", "pool_mode", "size",
                       "checked_in", "checked_out", "overflow",   "invalid",   "pinned"},
                 rows);
+}
+
+std::string iso_time(std::chrono::system_clock::time_point t) {
+  if (t == std::chrono::system_clock::time_point{}) return "";
+  const std::time_t secs = std::chrono::system_clock::to_time_t(t);
+  const auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()) % 1000;
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buffer[64];
+  std::snprintf(buffer, sizeof buffer, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                static_cast<int>(ms.count()));
+  return buffer;
+}
+
+void show_hosts(App& app, std::string& out) {
+  static constexpr std::string_view kColumns[] = {
+      "database", "shard",     "host", "port",     "role",       "state",    "readable",
+      "lag_ms",   "lag_bytes", "lsn",  "timeline", "last_check", "failures", "last_error"};
+  pr::append_row_description(out, kColumns);
+  std::vector<std::optional<std::string_view>> values;
+  std::vector<std::string> cells;
+  for (const HostRow& h : app.hosts()) {
+    const auto figure = [](std::int64_t v) { return v < 0 ? std::string() : std::to_string(v); };
+    cells = {h.database,
+             h.shard,
+             h.host.host,
+             std::to_string(h.host.port),
+             std::string(health::role_name(h.role)),
+             !h.checked ? "unknown" : (h.up ? "up" : "down"),
+             h.readable ? "yes" : "no",
+             figure(h.lag_ms),
+             figure(h.lag_bytes),
+             h.checked && h.lsn ? health::format_lsn(h.lsn) : "",
+             h.timeline ? std::to_string(h.timeline) : "",
+             iso_time(h.last_check),
+             std::to_string(h.failures),
+             h.last_error};
+    values.clear();
+    for (std::size_t i = 0; i < cells.size(); ++i) {
+      // Unknown figures are NULL, as psql shows them: empty.
+      const bool null =
+          cells[i].empty() && (i == 7 || i == 8 || i == 9 || i == 10 || i == 11 || i == 13);
+      values.push_back(null ? std::nullopt : std::optional<std::string_view>(cells[i]));
+    }
+    pr::append_data_row(out, values);
+  }
+  pr::append_command_complete(out, "SHOW");
+}
+
+// Runs a drill on the control thread and waits for its outcome here.
+boost::asio::awaitable<DrillResult> await_drill(
+    Stream& client, const std::function<void(HealthChecker::DrillDone)>& start) {
+  struct Shared {
+    std::mutex mutex;
+    bool done = false;
+    DrillResult result;
+  };
+  auto shared = std::make_shared<Shared>();
+  start([shared](DrillResult r) {
+    std::lock_guard lock(shared->mutex);
+    shared->result = std::move(r);
+    shared->done = true;
+  });
+  boost::asio::steady_timer timer(client.get_executor());
+  for (;;) {
+    {
+      std::lock_guard lock(shared->mutex);
+      if (shared->done) co_return shared->result;
+    }
+    timer.expires_after(std::chrono::milliseconds(20));
+    error_code ec;
+    co_await timer.async_wait(await_ec(ec));
+  }
+}
+
+std::optional<config::Endpoint> parse_endpoint(std::string_view text) {
+  const auto colon = text.rfind(':');
+  if (colon == std::string_view::npos || colon == 0) return std::nullopt;
+  int port = 0;
+  const auto digits = text.substr(colon + 1);
+  auto r = std::from_chars(digits.data(), digits.data() + digits.size(), port);
+  if (r.ec != std::errc() || r.ptr != digits.data() + digits.size() || port <= 0 || port > 65535) {
+    return std::nullopt;
+  }
+  std::string host(text.substr(0, colon));
+  for (char& c : host)
+    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return config::Endpoint{host, static_cast<std::uint16_t>(port)};
 }
 
 void show_config(App& app, std::string& out) {
@@ -138,6 +244,47 @@ boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, sessi
         show_config(app, out);
       } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "VERSION") {
         append_result(out, {"version"}, {{"pgvalve " PGVALVE_VERSION}});
+      } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "HOSTS") {
+        show_hosts(app, out);
+      } else if (!words.empty() && (words[0] == "SWITCHOVER" || words[0] == "FAILOVER")) {
+        // Names as written (databases and shards are case-sensitive), after the command word.
+        const auto raw = raw_words(sql);
+        const bool switchover = words[0] == "SWITCHOVER";
+        std::string database = raw.size() > 1 ? raw[1] : "";
+        std::string shard;
+        std::optional<config::Endpoint> to;
+        bool bad = database.empty();
+        std::size_t i = 2;
+        if (raw.size() > i && words[i] != "TO") shard = raw[i++];
+        if (switchover && raw.size() > i && words[i] == "TO") {
+          to = raw.size() > i + 1 ? parse_endpoint(raw[i + 1]) : std::nullopt;
+          bad = bad || !to;
+          i += 2;
+        }
+        bad = bad || raw.size() > i;
+        if (bad) {
+          error(out, "42601",
+                switchover ? "pgvalve: usage: SWITCHOVER <database> [shard] [TO host:port]"
+                           : "pgvalve: usage: FAILOVER <database> [shard]");
+        } else {
+          const DrillResult r = co_await await_drill(client, [&](HealthChecker::DrillDone done) {
+            if (switchover) {
+              app.switchover(database, shard, to, std::move(done));
+            } else {
+              app.failover(database, shard, std::move(done));
+            }
+          });
+          if (r.ok) {
+            pr::ErrorFields notice;
+            notice.severity = "NOTICE";
+            notice.sqlstate = "00000";
+            notice.message = r.message;
+            pr::append_notice_response(out, notice);
+            pr::append_command_complete(out, words[0]);
+          } else {
+            error(out, "55000", r.message);
+          }
+        }
       } else if (words.size() == 1 && words[0] == "RELOAD") {
         if (app.reload()) {
           pr::append_command_complete(out, "RELOAD");
@@ -148,8 +295,9 @@ boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, sessi
         }
       } else {
         error(out, "42601",
-              "pgvalve: unknown admin command; available: SHOW POOLS, SHOW CONFIG, SHOW "
-              "VERSION, RELOAD");
+              "pgvalve: unknown admin command; available: SHOW POOLS, SHOW HOSTS, SHOW CONFIG, "
+              "SHOW VERSION, RELOAD, SWITCHOVER <database> [shard] [TO host:port], FAILOVER "
+              "<database> [shard]");
       }
       pr::append_ready_for_query(out, 'I');
     }

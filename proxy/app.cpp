@@ -109,6 +109,38 @@ std::vector<HostRow> App::hosts() const {
   return health_ ? health_->hosts() : std::vector<HostRow>{};
 }
 
+void App::report_unreachable(const config::Endpoint& host) {
+  asio::post(control_, [this, host] {
+    if (health_) health_->suspect(host);
+  });
+}
+
+void App::switchover(std::string database, std::string shard, std::optional<config::Endpoint> to,
+                     HealthChecker::DrillDone done) {
+  asio::post(control_, [this, database = std::move(database), shard = std::move(shard),
+                        to = std::move(to), done = std::move(done)]() mutable {
+    if (health_) health_->switchover(database, shard, std::move(to), std::move(done));
+  });
+}
+
+void App::failover(std::string database, std::string shard, HealthChecker::DrillDone done) {
+  asio::post(control_, [this, database = std::move(database), shard = std::move(shard),
+                        done = std::move(done)]() mutable {
+    if (health_) health_->failover(database, shard, std::move(done));
+  });
+}
+
+int App::lent_on(const config::Endpoint& host) {
+  int lent = 0;
+  for (const auto& pool : pools()) {
+    if (pool->key().host == host) {
+      const auto s = pool->stats();
+      lent += s.checked_out + s.opening;
+    }
+  }
+  return lent;
+}
+
 std::vector<std::shared_ptr<pool::ServerPool>> App::pools() {
   std::lock_guard lock(pools_mutex_);
   std::vector<std::shared_ptr<pool::ServerPool>> out;
@@ -495,7 +527,8 @@ int App::run() {
             {"error", e.what()});
     return 1;
   }
-  health_ = std::make_unique<HealthChecker>(control_);
+  health_ = std::make_unique<HealthChecker>(
+      control_, [this](const config::Endpoint& host) { return lent_on(host); });
   set_topology(health_->configure(config()));
   signals_.add(SIGHUP);
   signals_.add(SIGTERM);

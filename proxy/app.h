@@ -116,6 +116,16 @@ class App : public pool::Handoff {
   }
   // SHOW HOSTS, /status.
   std::vector<HostRow> hosts() const;
+  std::uint64_t failovers() const { return health_ ? health_->failovers() : 0; }
+  // A session could not reach `host`: no reads there until a check finds it healthy.
+  void report_unreachable(const config::Endpoint& host);
+  // SWITCHOVER / FAILOVER from the admin console, run on the control thread; `done` is called
+  // there.
+  void switchover(std::string database, std::string shard, std::optional<config::Endpoint> to,
+                  HealthChecker::DrillDone done);
+  void failover(std::string database, std::string shard, HealthChecker::DrillDone done);
+  // Server connections lent out now on `host` (every pool of it). Takes the pools lock.
+  int lent_on(const config::Endpoint& host);
   // The LISTEN/NOTIFY hub of (database, user), on the control thread.
   std::shared_ptr<ListenHub> listen_hub_for(const config::Database& db, const config::User& user);
 

@@ -264,7 +264,8 @@ void ClientSession::read_client() {
 
 void ClientSession::feed_client() {
   if (closed_) return;
-  if (client_in_.empty() || !core_->wants_client_input() || writers_busy()) {
+  if ((client_in_.empty() && !core_->has_own_input()) || !core_->wants_client_input() ||
+      writers_busy()) {
     watch_client();
     return;
   }
@@ -423,6 +424,7 @@ void ClientSession::read_server(session::LinkId id) {
       PGV_LOG(Warn, "server_lost", {"client", id_}, {"server", io.conn->id},
               {"host", io.conn->state.name},
               {"reason", space.empty() ? "no buffer space" : ec.message()});
+      if (io.pool) distrust(*io.pool);
       carry_out(core_->on_server_lost(id, now()), Source::Event);
       return;
     }
@@ -532,14 +534,67 @@ std::unique_ptr<ServerConnection> ClientSession::usable(std::unique_ptr<pool::Co
 void ClientSession::check_out(const routing::Route& route) {
   checkout_pool_ = pool_for(route);
   if (!checkout_pool_) {
-    carry_out(core_->on_checkout_failed(
-                  "57P03",
-                  "pgvalve: no primary is available for database \"" + database_name_ +
-                      "\" (it is down or being failed over); retry shortly, and see SHOW HOSTS",
-                  now()),
-              Source::Client);
+    asio::co_spawn(
+        client_.get_executor(), hold_for_primary(route),
+        [self = shared_from_this()](std::exception_ptr e) { log_failure(self->id_, e); });
     return;
   }
+  check_out_from_pool();
+}
+
+asio::awaitable<void> ClientSession::hold_for_primary(routing::Route route) {
+  auto self = shared_from_this();
+  const auto hold = std::chrono::milliseconds(config_->failover.hold_writes_ms);
+  const auto deadline = now() + hold;
+  asio::steady_timer timer(client_.get_executor());
+  PGV_LOG(Info, "writes_held", {"client", id_}, {"database", database_name_},
+          {"hold_writes_ms", hold.count()});
+  for (;;) {
+    if (closed_) co_return;
+    if (auto pool = pool_for(route)) {
+      checkout_pool_ = std::move(pool);
+      check_out_from_pool();
+      co_return;
+    }
+    if (now() >= deadline) break;
+    timer.expires_after(std::chrono::milliseconds(20));
+    error_code ec;
+    co_await timer.async_wait(await_ec(ec));
+  }
+  carry_out(core_->on_checkout_failed(
+                "57P03",
+                "pgvalve: no primary is available for database \"" + database_name_ +
+                    "\" (down, or a failover or switchover is under way) after waiting " +
+                    std::to_string(hold.count()) +
+                    " ms (failover.hold_writes_ms); retry shortly, and see SHOW HOSTS",
+                now()),
+            Source::Client);
+}
+
+void ClientSession::distrust(const pool::ServerPool& pool) {
+  for (const auto& shard : pools_->shards) {
+    for (std::size_t i = 0; i < shard.hosts.size(); ++i) {
+      if (shard.hosts[i].get() != &pool || static_cast<int>(i) == shard.status->primary()) continue;
+      shard.status->distrust(i);
+      app_.report_unreachable(pool.key().host);
+    }
+  }
+}
+
+bool ClientSession::retry_on_another_host(pool::ServerPool& failed) {
+  const routing::Route& route = core_->pending_route();
+  if (route.kind != routing::Route::Kind::Replica) return false;
+  distrust(failed);
+  auto next = pool_for(route);  // the replica is no longer a candidate
+  if (!next || next.get() == &failed) return false;
+  PGV_LOG(Info, "read_moved", {"client", id_}, {"from", failed.key().host.to_string()},
+          {"to", next->key().host.to_string()});
+  checkout_pool_ = std::move(next);
+  take(checkout_from(checkout_pool_));
+  return true;
+}
+
+void ClientSession::check_out_from_pool() {
   const auto& settings = checkout_pool_->settings(worker_.index);
   checkout_deadline_ = now() + std::chrono::milliseconds(settings.checkout_timeout_ms);
   take(checkout_from(checkout_pool_));
@@ -732,6 +787,7 @@ asio::awaitable<void> ClientSession::check_out_slowly(std::shared_ptr<pool::Serv
     link(std::move(server), pool);
     co_return;
   }
+  if (retry_on_another_host(*pool)) co_return;
   carry_out(core_->on_checkout_failed(failure.sqlstate, failure.message, now()), Source::Client);
 }
 

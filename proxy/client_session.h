@@ -129,6 +129,16 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // The pool of the host `route` goes to now; null when the shard has no usable primary.
   std::shared_ptr<pool::ServerPool> pool_for(const routing::Route& route);
   void check_out(const routing::Route& route);
+  // Checks out from checkout_pool_ (set), with the deadline of pool.checkout_timeout_ms.
+  void check_out_from_pool();
+  // The shard has no usable primary (down, failing over, a switchover pausing writes): the
+  // request waits up to failover.hold_writes_ms for one, then gets 57P03.
+  asio::awaitable<void> hold_for_primary(routing::Route route);
+  // `pool`'s host could not be reached (a connection died, or opening one failed): a replica
+  // takes no reads until the health checker finds it healthy again.
+  void distrust(const pool::ServerPool& pool);
+  // Opening a server for a read failed on a replica: another host takes the read.
+  bool retry_on_another_host(pool::ServerPool& failed);
   // pool->checkout(); a Wait is recorded in wait_pool_.
   pool::CheckoutResult checkout_from(const std::shared_ptr<pool::ServerPool>& pool);
   // Gives back whatever `result` holds: an idle connection, a permit to open one, or the place

@@ -3,14 +3,18 @@
 #include <libpq-fe.h>
 
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/connect.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/read.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <charconv>
 #include <set>
 
+#include "protocol/messages.h"
+#include "proxy/io_util.h"
 #include "proxy/log.h"
 
 namespace pgvalve::proxy {
@@ -71,21 +75,247 @@ const std::vector<ShardTopology>* Topology::find(std::string_view database) cons
   return it == databases.end() ? nullptr : &it->second;
 }
 
-// One host's checking connection and its loop.
-struct HealthChecker::Host {
-  explicit Host(asio::io_context& io, config::Endpoint e) : endpoint(std::move(e)), pause(io) {}
-  ~Host() { close(); }
+// One libpq connection driven by the control loop: the health checks' (one per host, kept open
+// between checks) and the drills' (opened for a step, then closed).
+struct PgLink {
+  ~PgLink() { close(); }
   void close() {
     if (conn) PQfinish(conn);
     conn = nullptr;
   }
-
-  config::Endpoint endpoint;
   PGconn* conn = nullptr;
   bool stopped = false;
   bool timed_out = false;
   asio::posix::stream_descriptor* waiting = nullptr;  // the wait a deadline cancels
-  asio::steady_timer pause;                           // between checks
+};
+
+namespace {
+
+// Waits for libpq's socket (without taking it: libpq owns and may replace it) until it is
+// ready or the deadline cancels the wait.
+asio::awaitable<bool> wait_socket(asio::io_context& io, PgLink& link, bool for_write) {
+  const int fd = PQsocket(link.conn);
+  if (fd < 0) co_return false;
+  // Released, never closed, however the wait ends (also when the loop is destroyed with it).
+  struct Borrowed {
+    asio::posix::stream_descriptor d;
+    PgLink& link;
+    ~Borrowed() {
+      link.waiting = nullptr;
+      d.release();
+    }
+  } borrowed{asio::posix::stream_descriptor(io, fd), link};
+  link.waiting = &borrowed.d;
+  error_code ec;
+  co_await borrowed.d.async_wait(for_write ? asio::posix::stream_descriptor::wait_write
+                                           : asio::posix::stream_descriptor::wait_read,
+                                 asio::redirect_error(asio::use_awaitable, ec));
+  co_return !ec && !link.timed_out && !link.stopped;
+}
+
+// libpq 15 answers whatever password request a server makes (require_auth came in 16). Where
+// pgvalve's own server links would refuse — cleartext or md5 over a link without TLS, unless
+// server_allow_insecure_auth — the checks must too: before libpq gets the password, a probe
+// connection asks for TLS as libpq will, and when there is none, reads which password request
+// the server makes. Returns why the password must not be sent, or "".
+asio::awaitable<std::string> insecure_auth_probe(asio::io_context& io, const config::Config& config,
+                                                 const config::Endpoint& host,
+                                                 std::chrono::milliseconds timeout) {
+  using asio::ip::tcp;
+  if (config.server_allow_insecure_auth || config.health.password.empty()) co_return "";
+  if (config.server_tls != config::ServerTlsMode::Disable &&
+      config.server_tls != config::ServerTlsMode::Prefer) {
+    co_return "";  // libpq will use TLS or not connect at all
+  }
+  tcp::socket socket(io);
+  asio::steady_timer deadline(io);
+  deadline.expires_after(timeout);
+  deadline.async_wait([&socket](const error_code& ec) {
+    if (!ec) socket.close();
+  });
+  error_code ec;
+  tcp::resolver resolver(io);
+  auto found = co_await resolver.async_resolve(host.host, std::to_string(host.port), await_ec(ec));
+  if (!ec) co_await asio::async_connect(socket, found, await_ec(ec));
+  if (ec) co_return "";  // libpq reports why it cannot connect
+  std::string out;
+  char answer = 'N';
+  if (config.server_tls == config::ServerTlsMode::Prefer) {
+    protocol::append_ssl_request(out);
+    co_await asio::async_write(socket, asio::buffer(out), await_ec(ec));
+    if (!ec) co_await asio::async_read(socket, asio::buffer(&answer, 1), await_ec(ec));
+    if (ec || answer == 'S') co_return "";  // TLS: any password request is allowed over it
+  }
+  out.clear();
+  const std::pair<std::string_view, std::string_view> params[] = {
+      {"user", config.health.user}, {"database", config.health.dbname}};
+  protocol::append_startup_message(out, params);
+  co_await asio::async_write(socket, asio::buffer(out), await_ec(ec));
+  char head[9];
+  if (!ec) co_await asio::async_read(socket, asio::buffer(head, sizeof head), await_ec(ec));
+  deadline.cancel();
+  if (ec || head[0] != 'R') co_return "";
+  const auto byte = [&](int i) {
+    return static_cast<std::uint32_t>(static_cast<unsigned char>(head[i]));
+  };
+  const auto code = static_cast<protocol::AuthCode>(
+      static_cast<std::int32_t>((byte(5) << 24) | (byte(6) << 16) | (byte(7) << 8) | byte(8)));
+  if (code != protocol::AuthCode::CleartextPassword && code != protocol::AuthCode::Md5Password) {
+    co_return "";
+  }
+  co_return std::string("the server asks for a ") +
+      (code == protocol::AuthCode::Md5Password ? "md5" : "cleartext") +
+      " password over a connection without TLS; the health check did not send it (enable TLS on "
+      "the server, use SCRAM, or set server_allow_insecure_auth: true)";
+}
+
+struct QueryOutcome {
+  bool ok = false;
+  std::vector<std::optional<std::string>> row;  // the first row
+  std::string error;
+};
+
+// Connects `link` to `host` when it is not connected, runs `sql` and returns its first row,
+// all within `timeout`. On failure the connection is closed (the next call opens a new one).
+// The same TLS settings as pgvalve's own server links (server_tls, server_tls_ca).
+asio::awaitable<QueryOutcome> query(asio::io_context& io, std::shared_ptr<PgLink> keep,
+                                    const config::Config& config, const config::Endpoint& host,
+                                    const char* sql, std::chrono::milliseconds timeout) {
+  PgLink& link = *keep;
+  QueryOutcome out;
+  link.timed_out = false;
+  asio::steady_timer deadline(io);
+  deadline.expires_after(timeout);
+  deadline.async_wait([keep](const error_code& ec) {
+    if (ec) return;
+    keep->timed_out = true;
+    if (keep->waiting) keep->waiting->cancel();
+  });
+  bool ok = true;
+  if (!link.conn) {
+    out.error = co_await insecure_auth_probe(io, config, host, timeout);
+    if (!out.error.empty()) {
+      deadline.cancel();
+      co_return out;
+    }
+  }
+  if (!link.conn) {
+    const std::string port = std::to_string(host.port);
+    const std::string& ca = config.server_tls_ca;
+    const char* keys[] = {"host",    "port",        "dbname",           "user", "password",
+                          "sslmode", "sslrootcert", "application_name", nullptr};
+    const char* values[] = {host.host.c_str(),
+                            port.c_str(),
+                            config.health.dbname.c_str(),
+                            config.health.user.c_str(),
+                            config.health.password.c_str(),
+                            sslmode(config.server_tls),
+                            ca.empty() ? kSystemCaFile : ca.c_str(),
+                            "pgvalve health check",
+                            nullptr};
+    link.conn = PQconnectStartParams(keys, values, 0);
+    if (!link.conn || PQstatus(link.conn) == CONNECTION_BAD) {
+      ok = false;
+      out.error = link.conn ? trimmed(PQerrorMessage(link.conn)) : "out of memory";
+    }
+    PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+    while (ok && st != PGRES_POLLING_OK) {
+      if (st == PGRES_POLLING_FAILED) {
+        ok = false;
+        out.error = trimmed(PQerrorMessage(link.conn));
+        break;
+      }
+      if (!co_await wait_socket(io, link, st == PGRES_POLLING_WRITING)) {
+        ok = false;
+        break;
+      }
+      st = PQconnectPoll(link.conn);
+    }
+    if (ok) PQsetnonblocking(link.conn, 1);
+  }
+  if (ok && !PQsendQuery(link.conn, sql)) {
+    ok = false;
+    out.error = trimmed(PQerrorMessage(link.conn));
+  }
+  while (ok) {
+    const int flushed = PQflush(link.conn);
+    if (flushed == 0) break;
+    if (flushed < 0 || !co_await wait_socket(io, link, true)) ok = false;
+  }
+  bool have_row = false;
+  while (ok) {
+    if (!PQconsumeInput(link.conn)) {
+      ok = false;
+      out.error = trimmed(PQerrorMessage(link.conn));
+      break;
+    }
+    bool done = false;
+    while (!PQisBusy(link.conn)) {
+      PGresult* r = PQgetResult(link.conn);
+      if (!r) {
+        done = true;
+        break;
+      }
+      if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) >= 1 && !have_row) {
+        for (int i = 0; i < PQnfields(r); ++i) {
+          if (PQgetisnull(r, 0, i)) {
+            out.row.emplace_back();
+          } else {
+            out.row.emplace_back(PQgetvalue(r, 0, i));
+          }
+        }
+        have_row = true;
+      } else if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        out.error = trimmed(PQresultErrorMessage(r));
+      }
+      PQclear(r);
+    }
+    if (done) break;
+    if (!co_await wait_socket(io, link, false)) ok = false;
+  }
+  if (ok && !have_row) {
+    ok = false;
+    if (out.error.empty()) out.error = "the query returned no row";
+  }
+  deadline.cancel();
+  if (!ok) {
+    if (out.error.empty()) {
+      out.error = link.timed_out ? "no answer within " + std::to_string(timeout.count()) + " ms"
+                                 : "connection lost";
+    }
+    link.close();
+  }
+  out.ok = ok;
+  co_return out;
+}
+
+// The health check's row (kCheckSql) as a probe.
+bool read_probe(const QueryOutcome& q, health::Probe& probe, std::string& error) {
+  if (q.row.size() != 4 || !q.row[0] || !q.row[1]) {
+    error = "the health check query returned an unexpected row";
+    return false;
+  }
+  probe.in_recovery = (*q.row[0])[0] == 't';
+  health::parse_lsn(*q.row[1], probe.lsn);
+  if (q.row[2]) health::parse_lsn(*q.row[2], probe.receive_lsn);
+  if (q.row[3]) {
+    const std::string& t = *q.row[3];
+    std::from_chars(t.data(), t.data() + t.size(), probe.timeline);
+  }
+  return true;
+}
+
+}  // namespace
+
+// One host's checking connection and its loop.
+struct HealthChecker::Host {
+  Host(asio::io_context& io, config::Endpoint e)
+      : endpoint(std::move(e)), link(std::make_shared<PgLink>()), pause(io) {}
+
+  config::Endpoint endpoint;
+  std::shared_ptr<PgLink> link;
+  bool stopped = false;
+  asio::steady_timer pause;  // between checks; cancelled to check at once
 };
 
 struct HealthChecker::Monitor {
@@ -94,9 +324,11 @@ struct HealthChecker::Monitor {
   std::vector<config::Endpoint> hosts;
   health::ShardHealth health;
   std::shared_ptr<health::ShardStatus> status;
+  bool writes_paused = false;  // a switchover is under way
+  bool drill_running = false;  // a promotion (automatic or a drill) is under way
   // What was last logged, so that only changes are.
   std::optional<std::size_t> logged_primary;
-  bool logged_split_brain = false;
+  std::string_view logged_blocked;
   std::vector<char> logged_up;
   std::vector<char> logged_readable;
 
@@ -112,7 +344,8 @@ struct HealthChecker::Monitor {
         logged_readable(hosts.size(), 0) {}
 };
 
-HealthChecker::HealthChecker(asio::io_context& control) : control_(control) {}
+HealthChecker::HealthChecker(asio::io_context& control, LentCounter lent)
+    : control_(control), lent_(std::move(lent)) {}
 
 HealthChecker::~HealthChecker() {
   stop();
@@ -121,8 +354,9 @@ HealthChecker::~HealthChecker() {
 void HealthChecker::stop() {
   for (auto& [key, host] : hosts_) {
     host->stopped = true;
+    host->link->stopped = true;
     host->pause.cancel();
-    if (host->waiting) host->waiting->cancel();
+    if (host->link->waiting) host->link->waiting->cancel();
   }
   hosts_.clear();
 }
@@ -188,7 +422,7 @@ std::shared_ptr<const Topology> HealthChecker::configure(const config::ConfigPtr
         }
       }
       m->health.assess(now);
-      m->status->publish(m->health);
+      m->status->publish(m->health, m->writes_paused);
       monitors.push_back(m);
       shards.push_back(ShardTopology{shard.name, hosts, m->status});
       for (const auto& h : hosts)
@@ -201,8 +435,9 @@ std::shared_ptr<const Topology> HealthChecker::configure(const config::ConfigPtr
   for (auto it = hosts_.begin(); it != hosts_.end();) {
     if (!endpoints.contains(it->first)) {
       it->second->stopped = true;
+      it->second->link->stopped = true;
       it->second->pause.cancel();
-      if (it->second->waiting) it->second->waiting->cancel();
+      if (it->second->link->waiting) it->second->link->waiting->cancel();
       PGV_LOG(Info, "health_check_stopped", {"host", it->first});
       it = hosts_.erase(it);
     } else {
@@ -222,146 +457,24 @@ std::shared_ptr<const Topology> HealthChecker::configure(const config::ConfigPtr
   return topology;
 }
 
-namespace {
-
-// Waits for libpq's socket (without taking it: libpq owns and may replace it) until it is
-// ready or the check's deadline cancels the wait.
-template <typename HostT>
-asio::awaitable<bool> wait_socket(asio::io_context& io, HostT& h, bool for_write) {
-  const int fd = PQsocket(h.conn);
-  if (fd < 0) co_return false;
-  // Released, never closed, however the wait ends (also when the loop is destroyed with it).
-  struct Borrowed {
-    asio::posix::stream_descriptor d;
-    HostT& h;
-    ~Borrowed() {
-      h.waiting = nullptr;
-      d.release();
-    }
-  } borrowed{asio::posix::stream_descriptor(io, fd), h};
-  h.waiting = &borrowed.d;
-  error_code ec;
-  co_await borrowed.d.async_wait(for_write ? asio::posix::stream_descriptor::wait_write
-                                           : asio::posix::stream_descriptor::wait_read,
-                                 asio::redirect_error(asio::use_awaitable, ec));
-  co_return !ec && !h.timed_out && !h.stopped;
-}
-
-}  // namespace
-
 asio::awaitable<void> HealthChecker::watch(std::shared_ptr<Host> host) {
   Host& h = *host;
   while (!h.stopped) {
     const config::ConfigPtr config = config_;
     const auto started = Clock::now();
-    const auto timeout = std::chrono::milliseconds(config->health.timeout_ms);
-    h.timed_out = false;
-    asio::steady_timer deadline(control_);
-    deadline.expires_after(timeout);
-    deadline.async_wait([host](const error_code& ec) {
-      if (ec) return;
-      host->timed_out = true;
-      if (host->waiting) host->waiting->cancel();
-    });
-
-    std::string error;
-    health::Probe probe;
-    bool ok = true;
-    if (!h.conn) {
-      const std::string port = std::to_string(h.endpoint.port);
-      const std::string& ca = config->server_tls_ca;
-      const char* keys[] = {"host",    "port",        "dbname",           "user", "password",
-                            "sslmode", "sslrootcert", "application_name", nullptr};
-      const char* values[] = {h.endpoint.host.c_str(),
-                              port.c_str(),
-                              config->health.dbname.c_str(),
-                              config->health.user.c_str(),
-                              config->health.password.c_str(),
-                              sslmode(config->server_tls),
-                              ca.empty() ? kSystemCaFile : ca.c_str(),
-                              "pgvalve health check",
-                              nullptr};
-      h.conn = PQconnectStartParams(keys, values, 0);
-      if (!h.conn || PQstatus(h.conn) == CONNECTION_BAD) {
-        ok = false;
-        error = h.conn ? trimmed(PQerrorMessage(h.conn)) : "out of memory";
-      }
-      PostgresPollingStatusType st = PGRES_POLLING_WRITING;
-      while (ok && st != PGRES_POLLING_OK) {
-        if (st == PGRES_POLLING_FAILED) {
-          ok = false;
-          error = trimmed(PQerrorMessage(h.conn));
-          break;
-        }
-        if (!co_await wait_socket(control_, h, st == PGRES_POLLING_WRITING)) {
-          ok = false;
-          break;
-        }
-        st = PQconnectPoll(h.conn);
-      }
-      if (ok) PQsetnonblocking(h.conn, 1);
-    }
-    if (ok && !PQsendQuery(h.conn, kCheckSql)) {
-      ok = false;
-      error = trimmed(PQerrorMessage(h.conn));
-    }
-    while (ok) {
-      const int flushed = PQflush(h.conn);
-      if (flushed == 0) break;
-      if (flushed < 0 || !co_await wait_socket(control_, h, true)) ok = false;
-    }
-    bool have_row = false;
-    while (ok) {
-      if (!PQconsumeInput(h.conn)) {
-        ok = false;
-        error = trimmed(PQerrorMessage(h.conn));
-        break;
-      }
-      bool done = false;
-      while (!PQisBusy(h.conn)) {
-        PGresult* r = PQgetResult(h.conn);
-        if (!r) {
-          done = true;
-          break;
-        }
-        if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 && PQnfields(r) == 4) {
-          probe.in_recovery = PQgetvalue(r, 0, 0)[0] == 't';
-          health::parse_lsn(PQgetvalue(r, 0, 1), probe.lsn);
-          if (!PQgetisnull(r, 0, 2)) health::parse_lsn(PQgetvalue(r, 0, 2), probe.receive_lsn);
-          if (!PQgetisnull(r, 0, 3)) {
-            const char* t = PQgetvalue(r, 0, 3);
-            std::from_chars(t, t + std::char_traits<char>::length(t), probe.timeline);
-          }
-          have_row = true;
-        } else if (PQresultStatus(r) != PGRES_TUPLES_OK) {
-          error = trimmed(PQresultErrorMessage(r));
-        }
-        PQclear(r);
-      }
-      if (done) break;
-      if (!co_await wait_socket(control_, h, false)) ok = false;
-    }
-    if (ok && !have_row) {
-      ok = false;
-      if (error.empty()) error = "the health check query returned no row";
-    }
-    deadline.cancel();
+    const QueryOutcome q = co_await query(control_, h.link, *config, h.endpoint, kCheckSql,
+                                          std::chrono::milliseconds(config->health.timeout_ms));
     if (h.stopped) break;
-    if (!ok) {
-      if (error.empty()) {
-        error = h.timed_out ? "no answer within health.timeout_ms (" +
-                                  std::to_string(config->health.timeout_ms) + " ms)"
-                            : "connection lost";
-      }
-      h.close();  // the next check starts from a new connection
-    }
+    health::Probe probe;
+    std::string error = q.error;
+    const bool ok = q.ok && read_probe(q, probe, error);
     report(h, ok, probe, error);
 
     h.pause.expires_at(started + std::chrono::milliseconds(config_->health.interval_ms));
     error_code ec;
     co_await h.pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
   }
-  h.close();
+  h.link->close();
 }
 
 void HealthChecker::report(Host& host, bool ok, const health::Probe& probe,
@@ -383,7 +496,7 @@ void HealthChecker::report(Host& host, bool ok, const health::Probe& probe,
 
 void HealthChecker::assess(Monitor& m, Clock::time_point now) {
   m.health.assess(now);
-  m.status->publish(m.health);
+  m.status->publish(m.health, m.writes_paused);
   for (std::size_t i = 0; i < m.hosts.size(); ++i) {
     const auto& f = m.health.figures(i);
     const auto& a = m.health.assessment(i);
@@ -424,6 +537,21 @@ void HealthChecker::assess(Monitor& m, Clock::time_point now) {
     }
     m.logged_primary = primary;
   }
+  if (m.drill_running) return;
+  if (auto candidate = m.health.promotion_candidate(now)) {
+    for (const auto& shared : monitors_) {
+      if (shared.get() != &m) continue;
+      m.drill_running = true;
+      asio::co_spawn(control_, run_failover(shared, "failover.mode = promote"),
+                     [](std::exception_ptr, DrillResult) {});
+    }
+  } else if (const auto why = m.health.promotion_blocked(); why != m.logged_blocked) {
+    if (!why.empty()) {
+      PGV_LOG(Warn, "promotion_blocked", {"database", m.database}, {"shard", m.shard},
+              {"reason", why});
+    }
+    m.logged_blocked = why;
+  }
 }
 
 void HealthChecker::snapshot() {
@@ -462,6 +590,230 @@ void HealthChecker::snapshot() {
 std::vector<HostRow> HealthChecker::hosts() const {
   std::lock_guard lock(rows_mutex_);
   return rows_;
+}
+
+std::shared_ptr<HealthChecker::Monitor> HealthChecker::find(const std::string& database,
+                                                            const std::string& shard) const {
+  for (const auto& m : monitors_) {
+    if (m->database == database && (shard.empty() || m->shard == shard)) return m;
+  }
+  return nullptr;
+}
+
+void HealthChecker::suspect(const config::Endpoint& host) {
+  for (auto& m : monitors_) {
+    for (std::size_t i = 0; i < m->hosts.size(); ++i) {
+      if (!(m->hosts[i] == host)) continue;
+      m->health.suspect(i);
+      m->status->publish(m->health, m->writes_paused);
+    }
+  }
+  if (auto it = hosts_.find(key_of(host)); it != hosts_.end()) it->second->pause.cancel();
+}
+
+asio::awaitable<std::string> HealthChecker::promote(std::shared_ptr<Monitor> m, std::size_t host) {
+  const config::ConfigPtr config = config_;
+  const config::Endpoint target = m->hosts[host];
+  auto link = std::make_shared<PgLink>();
+  // pg_promote waits (up to 60 s) until the promotion is complete.
+  const QueryOutcome q =
+      co_await query(control_, link, *config, target, "SELECT pg_catalog.pg_promote(true, 60)",
+                     std::chrono::milliseconds(65000));
+  if (!q.ok) co_return "pg_promote() on " + target.to_string() + " failed: " + q.error;
+  if (q.row.empty() || !q.row[0] || *q.row[0] != "t") {
+    co_return "pg_promote() on " + target.to_string() + " did not finish within 60 s";
+  }
+  const auto now = Clock::now();
+  m->health.promoted(host, now);
+  // Its next check would say so within health.interval_ms; writes resume at once instead.
+  const QueryOutcome check = co_await query(control_, link, *config, target, kCheckSql,
+                                            std::chrono::milliseconds(config->health.timeout_ms));
+  health::Probe probe;
+  std::string error;
+  if (check.ok && read_probe(check, probe, error)) m->health.succeeded(host, probe, Clock::now());
+  failovers_.fetch_add(1, std::memory_order_relaxed);
+  assess(*m, Clock::now());
+  snapshot();
+  co_return "";
+}
+
+asio::awaitable<DrillResult> HealthChecker::run_failover(std::shared_ptr<Monitor> m,
+                                                         std::string why) {
+  m->drill_running = true;
+  std::optional<std::size_t> best;
+  for (std::size_t i = 0; i < m->hosts.size(); ++i) {
+    const auto& f = m->health.figures(i);
+    if (i == m->health.primary() || m->health.assessment(i).role == health::Role::Retired) continue;
+    if (!f.up || !f.in_recovery) continue;
+    if (!best || f.lsn > m->health.figures(*best).lsn) best = i;
+  }
+  DrillResult result;
+  if (!best) {
+    result.message = "pgvalve: no healthy replica to promote in shard " + m->shard;
+  } else {
+    const std::string old = m->hosts[m->health.primary()].to_string();
+    const std::string target = m->hosts[*best].to_string();
+    PGV_LOG(Warn, "failover_started", {"database", m->database}, {"shard", m->shard}, {"from", old},
+            {"to", target}, {"reason", why},
+            {"replay_lsn", health::format_lsn(m->health.figures(*best).lsn)});
+    const std::string error = co_await promote(m, *best);
+    if (error.empty()) {
+      result.ok = true;
+      result.message = "promoted " + target + "; " + old + " is retired";
+      PGV_LOG(Warn, "failover_done", {"database", m->database}, {"shard", m->shard},
+              {"primary", target}, {"retired", old});
+    } else {
+      result.message = "pgvalve: " + error;
+      PGV_LOG(Error, "failover_failed", {"database", m->database}, {"shard", m->shard},
+              {"to", target}, {"error", error});
+    }
+  }
+  m->drill_running = false;
+  co_return result;
+}
+
+asio::awaitable<DrillResult> HealthChecker::run_switchover(std::shared_ptr<Monitor> m,
+                                                           std::optional<config::Endpoint> to) {
+  DrillResult result;
+  const auto primary = m->health.writable_primary();
+  if (!primary) {
+    result.message = "pgvalve: shard " + m->shard +
+                     " has no primary to switch over from; use FAILOVER for a dead primary";
+    co_return result;
+  }
+  std::optional<std::size_t> target;
+  for (std::size_t i = 0; i < m->hosts.size(); ++i) {
+    const auto& f = m->health.figures(i);
+    if (i == *primary || !f.up || !f.in_recovery) continue;
+    if (m->health.assessment(i).role == health::Role::Retired) continue;
+    if (to) {
+      if (m->hosts[i] == *to) target = i;
+    } else if (!target || f.lsn > m->health.figures(*target).lsn) {
+      target = i;
+    }
+  }
+  if (!target) {
+    result.message = to ? "pgvalve: " + to->to_string() + " is not a healthy replica of shard " +
+                              m->shard + " (see SHOW HOSTS)"
+                        : "pgvalve: shard " + m->shard + " has no healthy replica to switch to";
+    co_return result;
+  }
+  m->drill_running = true;
+  const config::ConfigPtr config = config_;
+  const config::Endpoint old = m->hosts[*primary];
+  const config::Endpoint next = m->hosts[*target];
+  const auto started = Clock::now();
+  const auto limit = std::chrono::milliseconds(std::max(1000, config->failover.hold_writes_ms));
+  PGV_LOG(Warn, "switchover_started", {"database", m->database}, {"shard", m->shard},
+          {"from", old.to_string()}, {"to", next.to_string()});
+  m->writes_paused = true;
+  m->status->publish(m->health, true);
+  std::string error;
+  asio::steady_timer pause(control_);
+  auto sleep = [&](int ms) -> asio::awaitable<void> {
+    pause.expires_after(std::chrono::milliseconds(ms));
+    error_code ec;
+    co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  };
+  // 1. Transactions already running on the primary finish there (new ones wait).
+  int lent = lent_ ? lent_(old) : 0;
+  while (lent > 0 && Clock::now() - started < limit) {
+    co_await sleep(10);
+    lent = lent_ ? lent_(old) : 0;
+  }
+  if (lent > 0) {
+    error = std::to_string(lent) + " server connection(s) to " + old.to_string() +
+            " still lent to clients (open transactions, session mode or pinned clients) after " +
+            std::to_string(limit.count()) + " ms";
+  }
+  // 2. The target replays everything the primary wrote.
+  auto old_link = std::make_shared<PgLink>();
+  auto next_link = std::make_shared<PgLink>();
+  health::Lsn written = 0;
+  if (error.empty()) {
+    const QueryOutcome q =
+        co_await query(control_, old_link, *config, old, "SELECT pg_catalog.pg_current_wal_lsn()",
+                       std::chrono::milliseconds(config->health.timeout_ms));
+    if (!q.ok || q.row.empty() || !q.row[0] || !health::parse_lsn(*q.row[0], written)) {
+      error = "could not read the primary's WAL position: " + q.error;
+    }
+  }
+  while (error.empty()) {
+    const QueryOutcome q = co_await query(control_, next_link, *config, next,
+                                          "SELECT pg_catalog.pg_last_wal_replay_lsn()",
+                                          std::chrono::milliseconds(config->health.timeout_ms));
+    health::Lsn replayed = 0;
+    if (!q.ok || q.row.empty() || !q.row[0] || !health::parse_lsn(*q.row[0], replayed)) {
+      error = "could not read " + next.to_string() + "'s replay position: " + q.error;
+      break;
+    }
+    if (replayed >= written) break;
+    if (Clock::now() - started >= limit) {
+      error = next.to_string() + " replayed only " + health::format_lsn(replayed) + " of " +
+              health::format_lsn(written) + " within " + std::to_string(limit.count()) + " ms";
+      break;
+    }
+    co_await sleep(5);
+  }
+  // 3. Promote; writes go to the new primary.
+  if (error.empty()) error = co_await promote(m, *target);
+  m->writes_paused = false;
+  m->drill_running = false;
+  m->status->publish(m->health, false);
+  const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started);
+  if (error.empty()) {
+    result.ok = true;
+    result.message = "switched over to " + next.to_string() + " in " +
+                     std::to_string(took.count()) + " ms; " + old.to_string() + " is retired";
+    PGV_LOG(Warn, "switchover_done", {"database", m->database}, {"shard", m->shard},
+            {"primary", next.to_string()}, {"retired", old.to_string()},
+            {"writes_paused_ms", took.count()}, {"lsn", health::format_lsn(written)});
+  } else {
+    result.message =
+        "pgvalve: switchover refused, writes resumed on " + old.to_string() + ": " + error;
+    PGV_LOG(Error, "switchover_failed", {"database", m->database}, {"shard", m->shard},
+            {"error", error});
+  }
+  snapshot();
+  co_return result;
+}
+
+void HealthChecker::switchover(const std::string& database, const std::string& shard,
+                               std::optional<config::Endpoint> to, DrillDone done) {
+  auto m = find(database, shard);
+  if (!m) {
+    done({false, "pgvalve: no shard \"" + (shard.empty() ? database : shard) + "\" in database \"" +
+                     database + "\" (see SHOW HOSTS)"});
+    return;
+  }
+  if (m->drill_running) {
+    done({false, "pgvalve: a promotion of shard " + m->shard + " is already under way"});
+    return;
+  }
+  asio::co_spawn(control_, run_switchover(m, std::move(to)),
+                 [done](std::exception_ptr e, DrillResult r) {
+                   if (e) r = {false, "pgvalve: the switchover failed unexpectedly"};
+                   done(std::move(r));
+                 });
+}
+
+void HealthChecker::failover(const std::string& database, const std::string& shard,
+                             DrillDone done) {
+  auto m = find(database, shard);
+  if (!m) {
+    done({false, "pgvalve: no shard \"" + (shard.empty() ? database : shard) + "\" in database \"" +
+                     database + "\" (see SHOW HOSTS)"});
+    return;
+  }
+  if (m->drill_running) {
+    done({false, "pgvalve: a promotion of shard " + m->shard + " is already under way"});
+    return;
+  }
+  asio::co_spawn(control_, run_failover(m, "FAILOVER from the admin console"),
+                 [done](std::exception_ptr e, DrillResult r) {
+                   if (e) r = {false, "pgvalve: the failover failed unexpectedly"};
+                   done(std::move(r));
+                 });
 }
 
 }  // namespace pgvalve::proxy

@@ -9,11 +9,13 @@
 // /status) and the published statuses (lock-free reads).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -63,9 +65,20 @@ struct HostRow {
   std::string last_error;
 };
 
+// What a drill (SWITCHOVER, FAILOVER from the admin console) reports when it ends.
+struct DrillResult {
+  bool ok = false;
+  std::string message;  // what happened, or why it did not
+};
+
 class HealthChecker {
  public:
-  explicit HealthChecker(asio::io_context& control);
+  // Server connections lent out now to clients on a host (all pools of it): a switchover waits
+  // for the old primary's to come back before it promotes.
+  using LentCounter = std::function<int(const config::Endpoint&)>;
+  using DrillDone = std::function<void(DrillResult)>;
+
+  HealthChecker(asio::io_context& control, LentCounter lent);
   ~HealthChecker();
   HealthChecker(const HealthChecker&) = delete;
   HealthChecker& operator=(const HealthChecker&) = delete;
@@ -78,6 +91,23 @@ class HealthChecker {
 
   // Any thread.
   std::vector<HostRow> hosts() const;
+  // Promotions done (automatic, FAILOVER, SWITCHOVER) since start; any thread.
+  std::uint64_t failovers() const { return failovers_.load(std::memory_order_relaxed); }
+
+  // A session could not reach replica `host` (its connection died, or opening one failed): no
+  // reads go there until a check, run at once, finds it healthy.
+  void suspect(const config::Endpoint& host);
+
+  // SWITCHOVER <database> [shard] [TO host:port]: pauses writes, waits for the primary's lent
+  // connections to come back and for the target replica to replay everything the primary
+  // wrote, promotes it, routes writes there, resumes; the old primary is retired. `shard`
+  // empty: the first; `to` empty: the most advanced healthy replica. `done` runs on the control
+  // thread.
+  void switchover(const std::string& database, const std::string& shard,
+                  std::optional<config::Endpoint> to, DrillDone done);
+  // FAILOVER <database> [shard]: promotes the most advanced healthy replica at once (the
+  // primary is dead; if it is not, it is retired and takes no more traffic).
+  void failover(const std::string& database, const std::string& shard, DrillDone done);
 
  private:
   struct Host;
@@ -87,8 +117,16 @@ class HealthChecker {
   void report(Host& host, bool ok, const health::Probe& probe, const std::string& error);
   void assess(Monitor& m, std::chrono::steady_clock::time_point now);
   void snapshot();
+  std::shared_ptr<Monitor> find(const std::string& database, const std::string& shard) const;
+  // Promotes `host` of `m` and makes it the primary; "" on success, else why not.
+  asio::awaitable<std::string> promote(std::shared_ptr<Monitor> m, std::size_t host);
+  asio::awaitable<DrillResult> run_switchover(std::shared_ptr<Monitor> m,
+                                              std::optional<config::Endpoint> to);
+  asio::awaitable<DrillResult> run_failover(std::shared_ptr<Monitor> m, std::string why);
 
   asio::io_context& control_;
+  LentCounter lent_;
+  std::atomic<std::uint64_t> failovers_{0};
   config::ConfigPtr config_;
   std::uint64_t generation_ = 0;
   std::map<std::string, std::shared_ptr<Host>> hosts_;  // by "host:port"

@@ -188,8 +188,18 @@ const Actions& Session::on_checkout_failed(std::string_view sqlstate, std::strin
   now_ = now;
   Actions& out = client_actions();
   if (state_ != SessionState::WaitingForServer) return out;
-  work().failure_sqlstate = std::string(sqlstate);
-  work().failure = std::string(message);
+  Workspace& w = work();
+  if (w.retry_pending) {
+    // The read being retried was consumed long ago: it is answered now.
+    w.retry_pending = false;
+    fail_requests(w.retry_request, sqlstate, message, out.outbox);
+    enter(SessionState::Idle);
+    out.resume_client = true;
+    if (drain_requested_) close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);
+    return out;
+  }
+  w.failure_sqlstate = std::string(sqlstate);
+  w.failure = std::string(message);
   enter(SessionState::Idle);
   out.resume_client = true;
   if (drain_requested_) close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);
@@ -234,6 +244,15 @@ bool Session::check_partial(std::string_view rest, Actions& out, Clock::time_poi
 const Actions& Session::plan_client(std::string_view input, Clock::time_point now) {
   Actions& out = work().client_actions;
   Workspace& w = work();
+  if (w.retry_pending) {
+    // A read whose replica died runs again on the server linked for it; the client's input
+    // waits its turn.
+    Link* l = linked_link();
+    if (!l || l->syncing) return out;
+    w.retry_pending = false;
+    plan_on_link(*l, w.retry_request, false, out, now, true);
+    return out;
+  }
   // Whole messages at the front; each validated once here.
   std::size_t end = 0;
   bool terminate = false;
@@ -315,11 +334,20 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
     return out;
   }
   if (l->syncing) return out;
+  plan_on_link(*l, frames, terminate, out, now, false);
+  return out;
+}
+
+// Plans `frames` (the client's input, or a read being retried) on the linked server `l`.
+void Session::plan_on_link(Link& link, std::string_view frames, bool terminate, Actions& out,
+                           Clock::time_point now, bool retry) {
+  Link* l = &link;
+  Workspace& w = work();
   const LinkId id = l->id;
   const bool one_request = l->route.kind == routing::Route::Kind::Replica;
   if (one_request && l->in_flight > 0) {
     input_waits_for_link_ = true;
-    return out;
+    return;
   }
   if (!l->busy() && l->server->tx_status == 'I' && !l->reserved &&
       !settings_match(*l->server, true)) {
@@ -333,7 +361,7 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
       out.server_link = id;
       l->reserved = true;
       enter(SessionState::Syncing);
-      return out;
+      return;
     }
   }
   l->reserved = false;
@@ -370,7 +398,17 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
     out.to_server.push_back({base + s.offset, s.size});
   }
   out.server_link = id;
-  out.consumed = planned;
+  out.consumed = retry ? 0 : planned;
+  // An autocommit read on a replica is kept until answered: if the replica dies before any of
+  // the answer reached the client, it runs once more elsewhere (on_server_lost).
+  if (one_request && !retry) {
+    w.retry_used = false;
+    if (planned <= kMaxRetriedRequestBytes && l->server->tx_status == 'I') {
+      w.retry_request.assign(frames.data(), planned);
+    } else {
+      w.retry_request.clear();
+    }
+  }
   // A ParseComplete pgvalve answers itself is due now when nothing before it is outstanding:
   // the server may send nothing more for a while (Parse then Flush).
   if (l->stream_remaining == 0) {
@@ -386,7 +424,7 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
   l->last_activity = now;
   settle(*l, id, out);
   if (terminate) close_with({}, {}, out);
-  return out;
+  return;
 }
 
 // The SQL that decides the route of a request: the first Query's text, or the text of the

@@ -16,5 +16,7 @@ inline constexpr std::size_t kMaxTransactionSavepoints = 4096;        // open at
 // Requests sent to a server and not yet answered. Past it pgvalve reads no more of the client
 // until half are answered: backpressure, not an error.
 inline constexpr std::size_t kMaxRequestsInFlight = 4096;
+// A read sent to a replica up to this size is kept to run again elsewhere if the replica dies.
+inline constexpr std::size_t kMaxRetriedRequestBytes = 16u << 10;
 
 }  // namespace pgvalve::session

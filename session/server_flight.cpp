@@ -164,6 +164,7 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
   auto pass = [&] {
     const std::size_t size = f.whole.size();
     passed = true;
+    l.answered = true;
     if (!l.spans.empty() && !l.spans.back().scratch &&
         l.spans.back().offset + l.spans.back().size == offset) {
       l.spans.back().size += size;

@@ -100,6 +100,10 @@ void Workspace::clear() {
   reply_scratch.clear();
   client_actions.clear();
   event_actions.clear();
+  retry_request.clear();
+  shrink(retry_request);
+  retry_pending = false;
+  retry_used = false;
   for (auto& l : links) {
     l.reset();
     l.actions.clear();
@@ -217,6 +221,10 @@ bool Session::wants_client_input() const {
     default:
       return false;
   }
+}
+
+bool Session::has_own_input() const {
+  return work_ && work_->retry_pending && state_ == SessionState::Holding;
 }
 
 bool Session::wants_server_input(LinkId id) const {
@@ -539,11 +547,30 @@ const Actions& Session::on_server_lost(LinkId id, Clock::time_point now) {
                out);
     return out;
   }
+  if (retry_elsewhere(l, id, out)) return out;
   lose_link(l, id,
             "pgvalve: the server connection was lost; the transaction was rolled back, run it "
             "again",
             LinkOp::Kind::Close, out);
   return out;
+}
+
+bool Session::retry_elsewhere(Link& l, LinkId id, Actions& out) {
+  Workspace& w = work();
+  if (l.route.kind != routing::Route::Kind::Replica || w.retry_used || w.retry_request.empty() ||
+      l.answered || l.in_flight != 1 || l.server->tx_status != 'I' || l.syncing ||
+      l.stream_remaining > 0 || drain_requested_) {
+    return false;
+  }
+  w.retry_used = true;
+  w.retry_pending = true;
+  const routing::Route route = l.route;
+  unlink(id, LinkOp::Kind::Close, out);
+  pending_route_ = route;
+  out.check_out = true;
+  out.route = route;
+  enter(SessionState::WaitingForServer);
+  return true;
 }
 
 // The link's server can no longer be used: outstanding requests get `message`, an open

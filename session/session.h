@@ -152,10 +152,15 @@ class Session {
   // Clock::time_point::max() when none.
   Clock::time_point next_deadline() const;
   bool wants_client_input() const;
+  // The core has a request of its own to plan (a read being retried): call on_client_data()
+  // even when the client sent nothing new.
+  bool has_own_input() const;
   bool wants_server_input(LinkId link) const;
   bool linked(LinkId link) const;
   std::size_t link_count() const;
   bool pinned() const { return pinned_; }
+  // The route of the request waiting for a checkout (WaitingForServer).
+  const routing::Route& pending_route() const { return pending_route_; }
   // The WAL position the client's reads must see (read_your_writes = lsn); 0 before any write.
   std::uint64_t read_your_writes_lsn() const { return write_lsn_; }
   // Nothing is in flight and no server is linked: the session holds only its durable state.
@@ -195,6 +200,11 @@ class Session {
 
   // ---- client requests (client_flight.cpp) ----
   const Actions& plan_client(std::string_view input, Clock::time_point now);
+  void plan_on_link(Link& l, std::string_view frames, bool terminate, Actions& out,
+                    Clock::time_point now, bool retry);
+  // The link's server died with a request that may run again elsewhere (an autocommit read on
+  // a replica, nothing of its answer sent yet): it is checked out again.
+  bool retry_elsewhere(Link& l, LinkId id, Actions& out);
   bool check_partial(std::string_view rest, Actions& out, Clock::time_point now);
   bool answer_parse_locally(Flight& flight, Actions& out);
   bool answer_listen_locally(Flight& flight, Actions& out);

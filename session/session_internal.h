@@ -90,6 +90,7 @@ struct Link {
   // Linked for a route that may write while reads go to replicas: at the end of its transaction
   // the client's read-your-writes mark moves (routing.read_your_writes).
   bool may_write = false;
+  bool answered = false;  // a message of the server's went to the client
 
   bool busy() const { return in_flight > 0 || open_extended || !pending.empty(); }
   // The server has been asked to answer (a Query, Sync, Flush or function call): its silence
@@ -113,6 +114,7 @@ struct Link {
     pin_check_holds = false;
     paused = false;
     may_write = false;
+    answered = false;
   }
 };
 
@@ -185,6 +187,11 @@ struct Workspace {
   static constexpr std::size_t kMaxTrackedPortals = 64;
   std::vector<PortalNote> named_portals;
   std::vector<Note> review_notes;
+  // The last request sent to a replica (at most kMaxRetriedRequestBytes), to run again
+  // elsewhere if the replica dies before answering; retry_pending: linked for that.
+  std::string retry_request;
+  bool retry_pending = false;
+  bool retry_used = false;
 
   void clear();
 };

@@ -39,7 +39,9 @@ bool transition_allowed(SessionState from, SessionState to) {
     case S::Syncing:
       return to == S::Active || to == S::Idle || to == S::Holding;
     case S::Active:
-      return to == S::Idle || to == S::Holding;
+      // WaitingForServer: the replica of an autocommit read died before answering; the read
+      // runs again elsewhere.
+      return to == S::Idle || to == S::Holding || to == S::WaitingForServer;
     case S::Holding:
       // Syncing: the linked server's settings changed since the last request (session mode
       // RESET back to startup values) and are made the client's again.

@@ -12,6 +12,7 @@
 //     │                                       WaitingForServer ──linked, in sync──► Holding
 //   Active ──ReadyForQuery 'I', nothing pending──► Idle (server released)
 //     │    ──ReadyForQuery 'T'/'E' or session mode or pinned──► Holding
+//     │    ──its replica died before answering an autocommit read──► WaitingForServer (retry)
 //   Holding ──client bytes──► Active
 //           ──client bytes, the server's settings changed since (session mode RESET)──► Syncing
 //   any ──client gone, Terminate, fatal error, drained──► Closing

@@ -274,6 +274,34 @@ TEST(ShardHealth, FollowModeNeverPromotes) {
   EXPECT_FALSE(s.promotion_candidate(at(100000)));
 }
 
+TEST(ShardHealth, ASuspectReplicaTakesNoReadsUntilItsNextGoodCheck) {
+  ShardHealth s(2, rules());
+  s.succeeded(0, primary_probe(100), at(0));
+  s.succeeded(1, standby_probe(100), at(0));
+  s.assess(at(0));
+  ASSERT_TRUE(s.assessment(1).readable);
+  s.suspect(1);
+  EXPECT_FALSE(s.assessment(1).readable);
+  s.assess(at(10));
+  EXPECT_FALSE(s.assessment(1).readable);  // still up by the checks' count, but suspect
+  s.succeeded(1, standby_probe(100), at(20));
+  s.assess(at(20));
+  EXPECT_TRUE(s.assessment(1).readable);
+  s.suspect(0);  // the primary is the checks' business
+  EXPECT_EQ(s.writable_primary(), 0u);
+}
+
+TEST(ShardStatus, PausedWritesPublishNoPrimary) {
+  ShardHealth s(2, rules());
+  ShardStatus status(2);
+  s.succeeded(0, primary_probe(100), at(0));
+  s.assess(at(0));
+  status.publish(s, true);
+  EXPECT_EQ(status.primary(), -1);
+  status.publish(s, false);
+  EXPECT_EQ(status.primary(), 0);
+}
+
 TEST(ShardStatus, PublishesWhatSessionsRead) {
   ShardHealth s(2, rules());
   ShardStatus status(2);
