@@ -287,8 +287,12 @@ Pairs describe_impl(const Config& c, bool hide_secrets) {
   add("health.password", secret(h.password));
   add("health.dbname", h.dbname);
 
-  // failover and stats are refused at load until they work (load.cpp,
-  // refuse_what_does_not_work_yet): their defaults would describe nothing that happens.
+  add("failover.mode", to_string(c.failover.mode));
+  add("failover.promote_after_ms", num(c.failover.promote_after_ms));
+  add("failover.hold_writes_ms", num(c.failover.hold_writes_ms));
+
+  // stats is refused at load until it works (load.cpp, refuse_what_does_not_work_yet): its
+  // defaults would describe nothing that happens.
   return out;
 }
 

@@ -1122,7 +1122,6 @@ void Loader::refuse_what_does_not_work_yet(const YAML::Node& root) {
       }
     }
   }
-  refuse(root, "failover", "failover", "no failover happens; remove the section");
   refuse(root, "stats", "stats", "no query statistics are kept; remove the section");
 }
 

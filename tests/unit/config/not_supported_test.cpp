@@ -135,8 +135,16 @@ databases:
   EXPECT_TRUE(test::load_design(file).errors.empty());
 }
 
-TEST(NotSupportedYet, FailoverStats) {
-  expect_refused("failover:\n  mode: off\n", "failover", 8);
+TEST(NotSupportedYet, FailoverWorks) {
+  const LoadResult result = load_working(
+      "failover:\n  mode: promote\n  promote_after_ms: 1500\n  hold_writes_ms: 3000\n");
+  ASSERT_TRUE(result.errors.empty()) << dump(result);
+  EXPECT_EQ(result.config->failover.mode, FailoverMode::Promote);
+  EXPECT_EQ(result.config->failover.promote_after_ms, 1500);
+  EXPECT_EQ(result.config->failover.hold_writes_ms, 3000);
+}
+
+TEST(NotSupportedYet, Stats) {
   expect_refused("stats: {slow_query_ms: 50}\n", "stats", 8);
 }
 

@@ -381,10 +381,14 @@ inline ServerParameters default_parameters() {
 // the step functions below, which copy the Actions and check the state transition.
 class SessionHarness {
  public:
+  // `split_reads`: the router sends proven reads to replicas (as with replicas configured).
   explicit SessionHarness(SessionOptions options = {},
                           std::vector<std::pair<std::string, std::string>> startup = {},
-                          ServerState* login_server = nullptr)
-      : session_(options, router_, workspaces_) {
+                          ServerState* login_server = nullptr, bool split_reads = false)
+      : router_(split_reads ? routing::Router(1, routing::RoutingPolicy{true, &write_functions_},
+                                              &decisions_)
+                            : routing::Router()),
+        session_(options, router_, workspaces_) {
     defaults_ = std::make_shared<const ServerParameters>(default_parameters());
     login = track(session_.start(startup, defaults_, {1, 2}, login_server, T0));
     login_reply = login.to_client;
@@ -490,6 +494,8 @@ class SessionHarness {
   }
 
   WorkspacePool workspaces_;
+  std::vector<std::string> write_functions_{"nextval"};
+  routing::DecisionCache decisions_{64};
   routing::Router router_;
   std::shared_ptr<const ServerParameters> defaults_;
   Session session_;

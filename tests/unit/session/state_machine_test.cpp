@@ -33,6 +33,7 @@ TEST(SessionStateMachine, TransitionTableIsTheDiagram) {
       {S::Syncing, S::Holding},
       {S::Active, S::Idle},
       {S::Active, S::Holding},
+      {S::Active, S::WaitingForServer},  // an autocommit read retried elsewhere
       {S::Holding, S::Active},
       {S::Holding, S::Idle},
       {S::Holding, S::Syncing},

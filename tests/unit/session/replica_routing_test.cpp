@@ -1,0 +1,198 @@
+// What the core does when reads may go to replicas: the route of each request, one request at a
+// time on a replica, the client's read-your-writes mark, and a read retried elsewhere when its
+// replica dies before answering.
+#include <gtest/gtest.h>
+
+#include "session_test_util.h"
+
+namespace pgvalve::session::testing {
+namespace {
+
+using routing::Route;
+
+SessionOptions with_read_your_writes(config::ReadYourWrites mode) {
+  SessionOptions o;
+  o.read_your_writes = mode;
+  o.read_your_writes_window = 1000ms;
+  return o;
+}
+
+SessionHarness replicated(config::ReadYourWrites mode = config::ReadYourWrites::Off) {
+  return SessionHarness(with_read_your_writes(mode), {}, nullptr, true);
+}
+
+TEST(SessionReplicaRouting, ReadsAskForAReplicaAndWritesForThePrimary) {
+  auto h = replicated();
+  Step s = h.client(query("select avg(value) from readings where device_id = 1"));
+  ASSERT_TRUE(s.check_out);
+  EXPECT_EQ(s.route.kind, Route::Kind::Replica);
+  h.checkout_failed("53300");
+  h.client(query("select 1"));  // answers the failure
+  s = h.client(query("insert into readings values (1)"));
+  ASSERT_TRUE(s.check_out);
+  EXPECT_EQ(s.route.kind, Route::Kind::Primary);
+  EXPECT_TRUE(s.route.write);
+}
+
+TEST(SessionReplicaRouting, WithoutSplittingEveryRouteIsThePrimary) {
+  SessionHarness h;
+  Step s = h.client(query("select 1"));
+  ASSERT_TRUE(s.check_out);
+  EXPECT_EQ(s.route.kind, Route::Kind::Primary);
+}
+
+TEST(SessionReplicaRouting, AReplicaTakesOneRequestAtATime) {
+  auto h = replicated();
+  auto replica = SessionHarness::fresh_server();
+  const std::string read = query("select 1");
+  const std::string write = query("insert into readings values (1)");
+  const std::string input = read + write;
+  Step s = h.client(input);
+  ASSERT_EQ(s.route.kind, Route::Kind::Replica);
+  h.linked(*replica);
+  s = h.client(input);
+  EXPECT_EQ(s.consumed, read.size());  // the write waits
+  EXPECT_EQ(queries_in(s.to_server), std::vector<std::string>{"select 1"});
+  // More client bytes while the read runs change nothing.
+  s = h.client(write);
+  EXPECT_EQ(s.consumed, 0u);
+  EXPECT_TRUE(s.to_server.empty());
+  s = h.server(row_result("1", "SELECT 1"));
+  EXPECT_EQ(tags_of(s.to_client), "TDCZ");
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Release));
+  EXPECT_TRUE(s.resume_client);  // the write is routed now
+  s = h.client(write);
+  ASSERT_TRUE(s.check_out);
+  EXPECT_EQ(s.route.kind, Route::Kind::Primary);
+}
+
+TEST(SessionReplicaRouting, AReadOnlyTransactionStaysOnItsReplica) {
+  auto h = replicated();
+  auto replica = SessionHarness::fresh_server();
+  Step s = h.client(query("begin read only"));
+  ASSERT_TRUE(s.check_out);
+  EXPECT_EQ(s.route.kind, Route::Kind::Replica);
+  h.linked(*replica);
+  h.client(query("begin read only"));
+  s = h.server(command_result("BEGIN", 'T'));
+  EXPECT_FALSE(s.has_op(LinkOp::Kind::Release));
+  EXPECT_EQ(h.state(), SessionState::Holding);
+  s = h.client(query("select 1"));
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(queries_in(s.to_server), std::vector<std::string>{"select 1"});
+}
+
+TEST(SessionReplicaRouting, AWriteTransactionMovesTheReadYourWritesMark) {
+  auto h = replicated(config::ReadYourWrites::Lsn);
+  auto primary = SessionHarness::fresh_server();
+  Step s = h.client(query("insert into readings values (1)"));
+  ASSERT_EQ(s.route.kind, Route::Kind::Primary);
+  h.linked(*primary);
+  h.client(query("insert into readings values (1)"));
+  // The client has its answer at once; pgvalve asks for the WAL position before release.
+  s = h.server(command_result("INSERT 0 1"));
+  EXPECT_EQ(tags_of(s.to_client), "CZ");
+  EXPECT_FALSE(s.has_op(LinkOp::Kind::Release));
+  EXPECT_EQ(queries_in(s.to_server),
+            std::vector<std::string>{"SELECT pg_catalog.pg_current_wal_lsn()"});
+  s = h.server(row_result("16/B374D848", "SELECT 1"));
+  EXPECT_TRUE(s.to_client.empty());  // pgvalve's own answer
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Release));
+  EXPECT_EQ(h.session().read_your_writes_lsn(), 0x16B374D848u);
+  s = h.client(query("select 1"));
+  ASSERT_TRUE(s.check_out);
+  EXPECT_EQ(s.route.kind, Route::Kind::Replica);
+  EXPECT_EQ(s.route.after_lsn, 0x16B374D848u);
+}
+
+TEST(SessionReplicaRouting, AReadOnTheReplicaDoesNotMoveTheMark) {
+  auto h = replicated(config::ReadYourWrites::Lsn);
+  auto replica = SessionHarness::fresh_server();
+  h.send(query("select 1"), *replica);
+  Step s = h.server(row_result("1", "SELECT 1"));
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Release));
+  EXPECT_EQ(h.session().read_your_writes_lsn(), 0u);
+}
+
+TEST(SessionReplicaRouting, TimeModeSendsReadsToThePrimaryWithinTheWindow) {
+  auto h = replicated(config::ReadYourWrites::Time);
+  auto primary = SessionHarness::fresh_server();
+  h.send(query("insert into readings values (1)"), *primary);
+  Step s = h.server(command_result("INSERT 0 1"));
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Release));
+  s = h.client(query("select 1"), T0 + 500ms);
+  EXPECT_EQ(s.route.kind, Route::Kind::Primary);
+  EXPECT_FALSE(s.route.write);
+  h.checkout_failed("53300", T0 + 500ms);
+  h.client(query("select 1"), T0 + 500ms);
+  s = h.client(query("select 1"), T0 + 1500ms);
+  EXPECT_EQ(s.route.kind, Route::Kind::Replica);
+}
+
+TEST(SessionReplicaRouting, AReadCutBeforeAnyAnswerRunsOnceMoreElsewhere) {
+  auto h = replicated();
+  auto dead = SessionHarness::fresh_server();
+  auto other = SessionHarness::fresh_server();
+  h.send(query("select 42"), *dead);
+  Step s = h.lost();
+  EXPECT_TRUE(s.to_client.empty());  // no error: it is retried
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Close));
+  ASSERT_TRUE(s.check_out);
+  EXPECT_EQ(s.route.kind, Route::Kind::Replica);
+  EXPECT_EQ(h.state(), SessionState::WaitingForServer);
+  s = h.linked(*other);
+  EXPECT_TRUE(s.resume_client);
+  EXPECT_TRUE(h.session().has_own_input());
+  s = h.client("");  // the client sent nothing new: the core plans its own copy
+  EXPECT_EQ(queries_in(s.to_server), std::vector<std::string>{"select 42"});
+  EXPECT_EQ(s.consumed, 0u);
+  s = h.server(row_result("42", "SELECT 1"));
+  EXPECT_EQ(tags_of(s.to_client), "TDCZ");
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+TEST(SessionReplicaRouting, ARetriedReadIsNotRetriedTwice) {
+  auto h = replicated();
+  auto dead = SessionHarness::fresh_server();
+  auto also_dead = SessionHarness::fresh_server();
+  h.send(query("select 42"), *dead);
+  h.lost();
+  h.linked(*also_dead);
+  h.client("");
+  Step s = h.lost();
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  EXPECT_EQ(statuses_in(s.to_client), "I");
+}
+
+TEST(SessionReplicaRouting, ARetryWithoutAServerAnswersTheRead) {
+  auto h = replicated();
+  auto dead = SessionHarness::fresh_server();
+  h.send(query("select 42"), *dead);
+  h.lost();
+  Step s = h.checkout_failed("57P03");
+  EXPECT_EQ(tags_of(s.to_client), "EZ");
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+TEST(SessionReplicaRouting, AReadCutAfterPartOfItsAnswerIsNotRetried) {
+  auto h = replicated();
+  auto dead = SessionHarness::fresh_server();
+  h.send(query("select 42"), *dead);
+  h.answer(row_description());
+  Step s = h.lost();
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+}
+
+TEST(SessionReplicaRouting, AWriteCutOnThePrimaryIsNotRetried) {
+  auto h = replicated();
+  auto primary = SessionHarness::fresh_server();
+  h.send(query("insert into readings values (1)"), *primary);
+  Step s = h.lost();
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+}
+
+}  // namespace
+}  // namespace pgvalve::session::testing
