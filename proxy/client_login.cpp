@@ -329,10 +329,14 @@ asio::awaitable<bool> ClientSession::start_session() {
   }
   app_.add_client();
   counted_ = true;
-  pool_ = app_.pool_for(*database_, user_name_, database_->shards.front().primary);
+  pools_ = app_.user_pools(*database_, user_name_);
+  // The primary as the health checks see it (after a failover, not the configured one); a
+  // replica while there is none, so clients can still log in and read.
+  pool_ = pool_for(routing::Route::primary(0));
+  if (!pool_) pool_ = pool_for(routing::Route::replica(0));
+  if (!pool_) pool_ = app_.pool_for(*database_, user_name_, database_->shards.front().primary);
   pool_->client_joined();
   cancel_ = app_.cancels().register_client();
-  pools_ = app_.user_pools(*database_, user_name_);
   {
     const auto& r = config_->routing;
     bool replicas = false;

@@ -534,38 +534,46 @@ std::unique_ptr<ServerConnection> ClientSession::usable(std::unique_ptr<pool::Co
 void ClientSession::check_out(const routing::Route& route) {
   checkout_pool_ = pool_for(route);
   if (!checkout_pool_) {
-    asio::co_spawn(
-        client_.get_executor(), hold_for_primary(route),
-        [self = shared_from_this()](std::exception_ptr e) { log_failure(self->id_, e); });
+    hold(route);
     return;
   }
   check_out_from_pool();
 }
 
-asio::awaitable<void> ClientSession::hold_for_primary(routing::Route route) {
+void ClientSession::hold(const routing::Route& route, std::shared_ptr<pool::ServerPool> failed) {
+  if (hold_until_ == session::Clock::time_point::max()) {
+    hold_until_ = now() + std::chrono::milliseconds(config_->failover.hold_writes_ms);
+    PGV_LOG(Info, "writes_held", {"client", id_}, {"database", database_name_},
+            {"hold_writes_ms", config_->failover.hold_writes_ms});
+  }
+  asio::co_spawn(client_.get_executor(), hold_for_primary(route, std::move(failed)),
+                 [self = shared_from_this()](std::exception_ptr e) { log_failure(self->id_, e); });
+}
+
+asio::awaitable<void> ClientSession::hold_for_primary(routing::Route route,
+                                                      std::shared_ptr<pool::ServerPool> failed) {
   auto self = shared_from_this();
-  const auto hold = std::chrono::milliseconds(config_->failover.hold_writes_ms);
-  const auto deadline = now() + hold;
+  const auto failed_at = now();
   asio::steady_timer timer(client_.get_executor());
-  PGV_LOG(Info, "writes_held", {"client", id_}, {"database", database_name_},
-          {"hold_writes_ms", hold.count()});
   for (;;) {
     if (closed_) co_return;
-    if (auto pool = pool_for(route)) {
+    auto pool = pool_for(route);
+    if (pool && (pool != failed || now() - failed_at >= std::chrono::milliseconds(500))) {
       checkout_pool_ = std::move(pool);
       check_out_from_pool();
       co_return;
     }
-    if (now() >= deadline) break;
+    if (now() >= hold_until_) break;
     timer.expires_after(std::chrono::milliseconds(20));
     error_code ec;
     co_await timer.async_wait(await_ec(ec));
   }
+  hold_until_ = session::Clock::time_point::max();
   carry_out(core_->on_checkout_failed(
                 "57P03",
                 "pgvalve: no primary is available for database \"" + database_name_ +
                     "\" (down, or a failover or switchover is under way) after waiting " +
-                    std::to_string(hold.count()) +
+                    std::to_string(config_->failover.hold_writes_ms) +
                     " ms (failover.hold_writes_ms); retry shortly, and see SHOW HOSTS",
                 now()),
             Source::Client);
@@ -788,6 +796,16 @@ asio::awaitable<void> ClientSession::check_out_slowly(std::shared_ptr<pool::Serv
     co_return;
   }
   if (retry_on_another_host(*pool)) co_return;
+  if (core_->pending_route().kind != routing::Route::Kind::Replica &&
+      failure.sqlstate.starts_with("08") &&
+      (hold_until_ == session::Clock::time_point::max() || now() < hold_until_)) {
+    // The primary cannot be reached: the health checker looks at once, and the request waits
+    // (failover.hold_writes_ms) for it to come back or for another primary.
+    app_.report_unreachable(pool->key().host);
+    hold(core_->pending_route(), pool);
+    co_return;
+  }
+  hold_until_ = session::Clock::time_point::max();
   carry_out(core_->on_checkout_failed(failure.sqlstate, failure.message, now()), Source::Client);
 }
 
@@ -822,6 +840,7 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::open_server(
 
 void ClientSession::link(std::unique_ptr<ServerConnection> server,
                          const std::shared_ptr<pool::ServerPool>& pool) {
+  hold_until_ = session::Clock::time_point::max();
   if (links_.empty()) links_.resize(1);
   LinkIO& io = links_[0];
   io.conn = std::move(server);

@@ -133,7 +133,11 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   void check_out_from_pool();
   // The shard has no usable primary (down, failing over, a switchover pausing writes): the
   // request waits up to failover.hold_writes_ms for one, then gets 57P03.
-  asio::awaitable<void> hold_for_primary(routing::Route route);
+  // `failed`: the primary that could not be reached just now; it is tried again every 500 ms
+  // until the health checks move writes elsewhere.
+  void hold(const routing::Route& route, std::shared_ptr<pool::ServerPool> failed = nullptr);
+  asio::awaitable<void> hold_for_primary(routing::Route route,
+                                         std::shared_ptr<pool::ServerPool> failed);
   // `pool`'s host could not be reached (a connection died, or opening one failed): a replica
   // takes no reads until the health checker finds it healthy again.
   void distrust(const pool::ServerPool& pool);
@@ -212,6 +216,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // A checkout in progress: from which pool, until when, and whether the pool queued us.
   std::shared_ptr<pool::ServerPool> checkout_pool_;
   session::Clock::time_point checkout_deadline_{};
+  // Writes wait for a primary until then (failover.hold_writes_ms); max(): not holding.
+  session::Clock::time_point hold_until_ = session::Clock::time_point::max();
   // The event handlers wait for a grant (on_granted() -> take()); the worker's
   // CheckoutDeadlines times the wait.
   bool waiting_ = false;

@@ -316,6 +316,7 @@ struct HealthChecker::Host {
   std::shared_ptr<PgLink> link;
   bool stopped = false;
   asio::steady_timer pause;  // between checks; cancelled to check at once
+  Clock::time_point last_started{};
 };
 
 struct HealthChecker::Monitor {
@@ -462,6 +463,7 @@ asio::awaitable<void> HealthChecker::watch(std::shared_ptr<Host> host) {
   while (!h.stopped) {
     const config::ConfigPtr config = config_;
     const auto started = Clock::now();
+    h.last_started = started;
     const QueryOutcome q = co_await query(control_, h.link, *config, h.endpoint, kCheckSql,
                                           std::chrono::milliseconds(config->health.timeout_ms));
     if (h.stopped) break;
@@ -608,7 +610,12 @@ void HealthChecker::suspect(const config::Endpoint& host) {
       m->status->publish(m->health, m->writes_paused);
     }
   }
-  if (auto it = hosts_.find(key_of(host)); it != hosts_.end()) it->second->pause.cancel();
+  // Checked at once — but not more than every 100 ms however many sessions report it.
+  if (auto it = hosts_.find(key_of(host));
+      it != hosts_.end() &&
+      Clock::now() - it->second->last_started >= std::chrono::milliseconds(100)) {
+    it->second->pause.cancel();
+  }
 }
 
 asio::awaitable<std::string> HealthChecker::promote(std::shared_ptr<Monitor> m, std::size_t host) {

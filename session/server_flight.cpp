@@ -195,6 +195,11 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
     pass();  // a notice or notification between requests
     return passed;
   }
+  if (f.tag == 'E' && retryable(l)) {
+    // A replica shutting down (postmaster gone, fast shutdown, terminated backend) says so with
+    // a FATAL error and closes: the read it had not answered runs elsewhere instead.
+    if (auto e = pr::read_error_response(f); e && e->severity == "FATAL") return passed;
+  }
   auto& head = l.pending.front();
   switch (pr::match_response(head.kind, f.tag)) {
     case pr::ResponseMatch::Async:

@@ -555,13 +555,16 @@ const Actions& Session::on_server_lost(LinkId id, Clock::time_point now) {
   return out;
 }
 
+bool Session::retryable(const Link& l) const {
+  const Workspace& w = *work_;
+  return l.route.kind == routing::Route::Kind::Replica && !w.retry_used &&
+         !w.retry_request.empty() && !l.answered && l.in_flight == 1 &&
+         l.server->tx_status == 'I' && !l.syncing && l.stream_remaining == 0 && !drain_requested_;
+}
+
 bool Session::retry_elsewhere(Link& l, LinkId id, Actions& out) {
   Workspace& w = work();
-  if (l.route.kind != routing::Route::Kind::Replica || w.retry_used || w.retry_request.empty() ||
-      l.answered || l.in_flight != 1 || l.server->tx_status != 'I' || l.syncing ||
-      l.stream_remaining > 0 || drain_requested_) {
-    return false;
-  }
+  if (!retryable(l)) return false;
   w.retry_used = true;
   w.retry_pending = true;
   const routing::Route route = l.route;

@@ -205,6 +205,7 @@ class Session {
   // The link's server died with a request that may run again elsewhere (an autocommit read on
   // a replica, nothing of its answer sent yet): it is checked out again.
   bool retry_elsewhere(Link& l, LinkId id, Actions& out);
+  bool retryable(const Link& l) const;
   bool check_partial(std::string_view rest, Actions& out, Clock::time_point now);
   bool answer_parse_locally(Flight& flight, Actions& out);
   bool answer_listen_locally(Flight& flight, Actions& out);

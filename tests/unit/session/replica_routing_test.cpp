@@ -151,6 +151,29 @@ TEST(SessionReplicaRouting, AReadCutBeforeAnyAnswerRunsOnceMoreElsewhere) {
   EXPECT_EQ(h.state(), SessionState::Idle);
 }
 
+TEST(SessionReplicaRouting, AReplicaShuttingDownWithAFatalErrorIsRetriedToo) {
+  auto h = replicated();
+  auto dying = SessionHarness::fresh_server();
+  auto other = SessionHarness::fresh_server();
+  h.send(query("select 42"), *dying);
+  // "terminating connection due to unexpected postmaster exit", then the socket closes.
+  Step s = h.server(error_message("57P01", "FATAL"));
+  EXPECT_TRUE(s.to_client.empty());
+  s = h.lost();
+  ASSERT_TRUE(s.check_out);
+  h.linked(*other);
+  s = h.client("");
+  EXPECT_EQ(queries_in(s.to_server), std::vector<std::string>{"select 42"});
+}
+
+TEST(SessionReplicaRouting, AnErrorOfTheReadItselfReachesTheClient) {
+  auto h = replicated();
+  auto replica = SessionHarness::fresh_server();
+  h.send(query("select 1/0"), *replica);
+  Step s = h.server(error_result("22012"));
+  EXPECT_EQ(sqlstates_in(s.to_client), "22012");
+}
+
 TEST(SessionReplicaRouting, ARetriedReadIsNotRetriedTwice) {
   auto h = replicated();
   auto dead = SessionHarness::fresh_server();

@@ -1,0 +1,307 @@
+"""Failover drills against real streaming replication: each test builds its own primary and two
+replicas (pg_basebackup -R), because a drill leaves the old primary dead or retired. Whether a
+write landed is checked on the servers themselves, never through pgvalve."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+import time
+
+import psycopg
+import pytest
+
+from pgcluster import APP_DB, APP_PASSWORD, APP_USER, PG_BIN, PgCluster, wait_until
+
+OPS_USER = "ops"
+OPS_PASSWORD = "ops-secret"
+
+
+def new_cluster(extra_conf: str = "") -> PgCluster:
+    c = PgCluster(replicas=2, extra_conf=extra_conf)
+    c.start()
+    c.primary.psql("CREATE TABLE drill (id bigserial PRIMARY KEY, client int, n int)",
+                   dbname=APP_DB)
+    c.primary.psql("GRANT ALL ON ALL TABLES IN SCHEMA public TO app", dbname=APP_DB)
+    c.primary.psql("GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO app", dbname=APP_DB)
+    # The health checks' role: sees standbys' timelines (pg_monitor) and may promote.
+    c.primary.psql("GRANT pg_monitor TO app")
+    c.primary.psql("GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO app")
+    c.wait_replay()
+    return c
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Each test makes its own cluster (fresh); pgvalve's default config only needs a port."""
+
+    class Stub:
+        class primary:  # noqa: N801
+            port = 1
+
+    return Stub()
+
+
+@pytest.fixture
+def fresh(request):
+    made = []
+
+    def make(**kw):
+        c = new_cluster(**kw)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.teardown()
+
+
+def config_for(cluster, **overrides):
+    shard = {"name": "s0", "primary": f"127.0.0.1:{cluster.primary.port}",
+             "replicas": [f"127.0.0.1:{r.port}" for r in cluster.replicas]}
+    conf = {
+        "databases": {APP_DB: {"shards": [shard]}},
+        "users": [{"name": APP_USER, "password": APP_PASSWORD},
+                  {"name": OPS_USER, "password": OPS_PASSWORD, "admin": True}],
+        "health": {"interval_ms": 500, "timeout_ms": 1000, "failures_before_down": 2,
+                   "user": APP_USER, "password": APP_PASSWORD},
+        "routing": {"read_your_writes": "off"},
+    }
+    conf.update(overrides)
+    return conf
+
+
+def admin(pv):
+    return psycopg.connect(pv.dsn(user=OPS_USER, password=OPS_PASSWORD, dbname="pgvalve"),
+                           autocommit=True)
+
+
+def show_hosts(pv) -> list[dict]:
+    with admin(pv) as a:
+        cur = a.execute("SHOW HOSTS")
+        cols = [d.name for d in cur.description]
+        return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+
+def wait_hosts_checked(pv, timeout=10):
+    wait_until(lambda: all(h["state"] == "up" for h in show_hosts(pv)), timeout,
+               message="every host checked and up")
+
+
+def test_show_hosts_lists_every_host_with_its_role_and_figures(fresh, pgvalve):
+    c = fresh()
+    pv = pgvalve(**config_for(c))
+    wait_hosts_checked(pv)
+    hosts = show_hosts(pv)
+    assert [h["role"] for h in hosts] == ["primary", "replica", "replica"]
+    assert [int(h["port"]) for h in hosts] == [c.primary.port] + [r.port for r in c.replicas]
+    for h in hosts:
+        assert h["database"] == APP_DB and h["shard"] == "s0"
+        assert h["state"] == "up" and h["failures"] == "0"
+        assert re.fullmatch(r"[0-9A-F]+/[0-9A-F]+", h["lsn"])
+        assert h["timeline"] == "1"
+        assert h["last_check"]
+    for h in hosts[1:]:
+        assert h["readable"] == "yes"
+        assert int(h["lag_ms"]) >= 0 and int(h["lag_bytes"]) >= 0
+    # A replica that stops is down after failures_before_down checks, and takes no reads.
+    c.replicas[1].stop(mode="immediate")
+    wait_until(lambda: show_hosts(pv)[2]["state"] == "down", 5, message="replica down")
+    row = show_hosts(pv)[2]
+    assert row["readable"] == "no" and int(row["failures"]) >= 2 and row["last_error"]
+    with admin(pv) as a:
+        with pytest.raises(psycopg.errors.SyntaxError):
+            a.execute("SWITCHOVER")
+
+
+def read_load(pv, seconds: float, threads: int = 4):
+    """Autocommit reads from `threads` clients for `seconds`; returns (ok, errors)."""
+    ok = [0]
+    errors: list[str] = []
+    stop = time.monotonic() + seconds
+    lock = threading.Lock()
+
+    def run():
+        with pv.connect() as conn:
+            while time.monotonic() < stop:
+                try:
+                    conn.execute("select count(*) from drill").fetchone()
+                    with lock:
+                        ok[0] += 1
+                except psycopg.Error as e:
+                    with lock:
+                        errors.append(f"{type(e).__name__}: {e}")
+
+    ts = [threading.Thread(target=run) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    return ts, ok, errors
+
+
+def test_a_replica_killed_under_read_load_costs_no_read(fresh, pgvalve):
+    c = fresh()
+    pv = pgvalve(**config_for(c, pool_size=8))
+    wait_hosts_checked(pv)
+    ts, ok, errors = read_load(pv, 4.0)
+    time.sleep(1.5)
+    c.replicas[0].kill9()
+    for t in ts:
+        t.join()
+    assert errors == []
+    assert ok[0] > 100
+    assert "event=read_moved" in pv.log_text() or "event=server_lost" in pv.log_text()
+
+
+def writer(pv, n_writes: int, results: dict, name: str):
+    """One client connection writing rows n=0..; records the acknowledged ones and errors."""
+    acked, errors = [], []
+    results[name] = (acked, errors)
+    with pv.connect() as conn:
+        for i in range(n_writes):
+            try:
+                conn.execute("insert into drill (client, n) values (%s, %s)", (hash(name) % 1000, i))
+                acked.append(i)
+            except psycopg.Error as e:
+                errors.append((i, getattr(e, "sqlstate", None), str(e)))
+            time.sleep(0.01)
+
+
+def test_follow_the_primary_an_external_tool_promotes(fresh, pgvalve):
+    c = fresh()
+    pv = pgvalve(**config_for(c, failover={"mode": "follow", "hold_writes_ms": 15000}))
+    wait_hosts_checked(pv)
+    with pv.connect() as conn:
+        conn.execute("insert into drill (client, n) values (1, 0)")
+        c.primary.kill9()
+        killed = time.monotonic()
+        c.replicas[0].promote()
+        # The same client connection writes again: held until pgvalve sees the new primary.
+        row = conn.execute("insert into drill (client, n) values (1, 1) "
+                           "returning inet_server_port()").fetchone()
+        took = time.monotonic() - killed
+    assert row[0] == c.replicas[0].port
+    assert c.replicas[0].scalar("select count(*) from drill where client = 1", dbname=APP_DB) == 2
+    assert "event=primary " in pv.log_text()
+    hosts = show_hosts(pv)
+    assert hosts[1]["role"] == "primary" and hosts[1]["timeline"] == "2"
+    print(f"follow: first write {took:.2f}s after kill -9")
+
+
+def test_promote_mode_fails_over_by_itself_and_reports_the_time(fresh, pgvalve):
+    c = fresh()
+    pv = pgvalve(**config_for(c, failover={"mode": "promote", "promote_after_ms": 0,
+                                           "hold_writes_ms": 15000}))
+    wait_hosts_checked(pv)
+    results: dict = {}
+    t = threading.Thread(target=writer, args=(pv, 400, results, "w"))
+    t.start()
+    time.sleep(0.5)
+    c.primary.kill9()
+    killed = time.monotonic()
+    with pv.connect() as conn:
+        conn.execute("insert into drill (client, n) values (-1, 0)")
+    took = time.monotonic() - killed
+    t.join()
+    acked, errors = results["w"]
+    # A write cut by the dying server may fail (08006); none other does, and none waits out.
+    assert all(e[1] in ("08006",) for e in errors), errors
+    assert len(errors) <= 1
+    new_primary = next(r for r in c.replicas if not r.scalar("select pg_is_in_recovery()"))
+    have = {r[0] for r in new_primary.sql("select n from drill where client = %s",
+                                          (hash("w") % 1000,), dbname=APP_DB)}
+    lost = [i for i in acked if i not in have and i < acked[-1]]
+    # Without synchronous replication, writes acknowledged just before the crash may be lost
+    # (asynchronous replicas); every write after the failover is there.
+    after = [i for i in acked if i > (errors[0][0] if errors else 0)]
+    assert all(i in have for i in after[5:]), lost
+    assert "event=failover_done" in pv.log_text()
+    print(f"promote: first write {took:.2f}s after kill -9 (interval_ms 500, "
+          f"failures_before_down 2)")
+    assert took < 3.0
+
+
+def test_switchover_under_pgbench_write_load_loses_no_acknowledged_write(fresh, pgvalve,
+                                                                          tmp_path):
+    c = fresh()
+    # Synchronous replication to replica1, the switchover's target: an acknowledged commit is
+    # applied there.
+    c.primary.psql("ALTER SYSTEM SET synchronous_standby_names = 'replica1'")
+    c.primary.psql("ALTER SYSTEM SET synchronous_commit = 'remote_apply'")
+    c.primary.psql("select pg_reload_conf()")
+    pv = pgvalve(**config_for(c, pool_size=4, failover={"mode": "follow",
+                                                       "hold_writes_ms": 10000}))
+    wait_hosts_checked(pv)
+    script = tmp_path / "write.sql"
+    script.write_text("insert into drill (client, n) values (:client_id, 1);\n")
+    logdir = tmp_path / "log"
+    logdir.mkdir()
+    env = {"PGPASSWORD": APP_PASSWORD, "PATH": "/usr/bin:/bin"}
+    bench = subprocess.Popen(
+        [str(PG_BIN / "pgbench"), "-h", "127.0.0.1", "-p", str(pv.port), "-U", APP_USER,
+         "-n", "-c", "4", "-T", "6", "-f", str(script), "-l", "--log-prefix",
+         str(logdir / "tx"), APP_DB],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        cwd=str(tmp_path))
+    time.sleep(2)
+    with admin(pv) as a:
+        a.execute(f"SWITCHOVER {APP_DB} s0 TO 127.0.0.1:{c.replicas[0].port}")
+    out, _ = bench.communicate(timeout=60)
+    assert bench.returncode == 0, out
+    assert "aborted" not in out or re.search(r"number of failed transactions: 0", out), out
+    # Every transaction pgbench logged (acknowledged) is on the new primary.
+    acked: dict[int, int] = {}
+    for f in logdir.iterdir():
+        for line in f.read_text().splitlines():
+            client = int(line.split()[0])
+            acked[client] = acked.get(client, 0) + 1
+    new_primary = c.replicas[0]
+    assert new_primary.scalar("select pg_is_in_recovery()") is False
+    rows = dict(new_primary.sql("select client, count(*) from drill group by client",
+                                dbname=APP_DB))
+    for client, n in acked.items():
+        assert rows.get(client, 0) >= n, (client, n, rows)
+    assert sum(acked.values()) > 50
+    hosts = show_hosts(pv)
+    assert hosts[0]["role"] == "retired" and hosts[1]["role"] == "primary"
+    log = pv.log_text()
+    assert "event=switchover_done" in log
+    print(re.search(r"event=switchover_done.*", log).group(0))
+
+
+def test_failover_command_promotes_for_a_dead_primary(fresh, pgvalve):
+    c = fresh()
+    pv = pgvalve(**config_for(c, failover={"mode": "off", "hold_writes_ms": 500}))
+    wait_hosts_checked(pv)
+    c.primary.kill9()
+    wait_until(lambda: show_hosts(pv)[0]["state"] == "down", 5, message="primary down")
+    with pv.connect() as conn:
+        with pytest.raises(psycopg.errors.CannotConnectNow):  # 57P03 after hold_writes_ms
+            conn.execute("insert into drill (client, n) values (2, 0)")
+    with admin(pv) as a:
+        a.execute(f"FAILOVER {APP_DB}")
+    with pv.connect() as conn:
+        port = conn.execute("insert into drill (client, n) values (2, 1) "
+                            "returning inet_server_port()").fetchone()[0]
+    assert port in {r.port for r in c.replicas}
+
+
+def test_reload_adds_and_removes_a_replica_under_load(fresh, pgvalve):
+    c = fresh()
+    conf = config_for(c, pool_size=8, routing={"read_your_writes": "off",
+                                               "load_balance": "round_robin"})
+    conf["databases"][APP_DB]["shards"][0]["replicas"] = [f"127.0.0.1:{c.replicas[0].port}"]
+    pv = pgvalve(**conf)
+    wait_until(lambda: show_hosts(pv)[1]["state"] == "up", 5, message="replica1 checked")
+    ts, ok, errors = read_load(pv, 4.0)
+    time.sleep(1)
+    pv.config["databases"][APP_DB]["shards"][0]["replicas"] = [
+        f"127.0.0.1:{c.replicas[1].port}"]
+    pv.reload(pv.config)
+    for t in ts:
+        t.join()
+    assert errors == []
+    assert [int(h["port"]) for h in show_hosts(pv)] == [c.primary.port, c.replicas[1].port]
+    with pv.connect() as conn:
+        ports = {conn.execute("select inet_server_port()").fetchone()[0] for _ in range(10)}
+    assert ports == {c.replicas[1].port}
