@@ -207,7 +207,7 @@ std::unique_ptr<Connection> ServerPool::checkin(int worker, std::unique_ptr<Conn
   WorkerState& w = state(worker);
   const config::PoolSettings& s = local_settings(w);
   conn->last_used_at = now;
-  if (s.recycle_s > 0 && now - conn->created_at >= secs(s.recycle_s)) {
+  if (retired() || (s.recycle_s > 0 && now - conn->created_at >= secs(s.recycle_s))) {
     bump(w.closed);
     budget_.fetch_add(1);
     offer_permit(worker);
@@ -322,7 +322,7 @@ std::vector<std::unique_ptr<Connection>> ServerPool::collect_expired(int worker,
       const Connection& conn = *w.idle[i];
       const auto idle_for = now - conn.last_used_at;
       bool close = false;
-      if ((s.idle_timeout_s > 0 && idle_for >= secs(s.idle_timeout_s)) ||
+      if (retired() || (s.idle_timeout_s > 0 && idle_for >= secs(s.idle_timeout_s)) ||
           (s.recycle_s > 0 && now - conn.created_at >= secs(s.recycle_s))) {
         budget_.fetch_add(1);
         close = budget_back = true;

@@ -155,6 +155,11 @@ class ServerPool : public std::enable_shared_from_this<ServerPool> {
   // A prepared statement was closed on a server to keep max_prepared_statements.
   void note_statement_eviction() { evictions_.fetch_add(1, std::memory_order_relaxed); }
 
+  // The host left the configuration (a reload): connections coming back are closed, idle ones
+  // at the next collect_expired(); nothing new is lent. Thread-safe.
+  void retire() { retired_.store(true, std::memory_order_relaxed); }
+  bool retired() const { return retired_.load(std::memory_order_relaxed); }
+
   // Thread-safe. A bigger limit lets queued clients open connections at once; a smaller one
   // closes the surplus as connections come back.
   void update_settings(const config::PoolSettings& settings);
@@ -242,6 +247,7 @@ class ServerPool : public std::enable_shared_from_this<ServerPool> {
   std::atomic<int> clients_{0};
   std::atomic<int> pinned_{0};
   std::atomic<std::uint64_t> evictions_{0};
+  std::atomic<bool> retired_{false};
 };
 
 }  // namespace pgvalve::pool

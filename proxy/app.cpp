@@ -3,6 +3,7 @@
 #include <sys/resource.h>
 
 #include <csignal>
+#include <set>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -107,6 +108,46 @@ void App::set_topology(std::shared_ptr<const Topology> topology) {
 
 std::vector<HostRow> App::hosts() const {
   return health_ ? health_->hosts() : std::vector<HostRow>{};
+}
+
+// Pools of hosts (or databases, or users) a reload removed: clients in a transaction finish on
+// them, then their connections close; each worker closes its own idle ones now.
+void App::retire_pools_not_in(const config::Config& next) {
+  std::set<std::string> live;
+  for (const auto& db : next.databases) {
+    for (const auto& user : next.users) {
+      for (const auto& shard : db.shards) {
+        live.insert(db.name + '\0' + db.dbname + '\0' + user.name + '\0' +
+                    shard.primary.to_string());
+        for (const auto& r : shard.replicas)
+          live.insert(db.name + '\0' + db.dbname + '\0' + user.name + '\0' + r.to_string());
+      }
+    }
+  }
+  std::vector<std::shared_ptr<pool::ServerPool>> retired;
+  {
+    std::lock_guard lock(pools_mutex_);
+    for (auto it = pools_.begin(); it != pools_.end();) {
+      if (live.contains(it->first)) {
+        ++it;
+        continue;
+      }
+      it->second->retire();
+      retired.push_back(std::move(it->second));
+      it = pools_.erase(it);
+    }
+  }
+  if (retired.empty()) return;
+  for (const auto& p : retired) {
+    PGV_LOG(Info, "pool_retired", {"database", p->key().database}, {"user", p->key().user},
+            {"host", p->key().host.to_string()});
+  }
+  for (auto& w : workers_) {
+    asio::post(w->context, [w = w.get(), retired] {
+      for (const auto& p : retired)
+        p->collect_expired(w->index, pool::Clock::now());  // destroyed here: closed on this thread
+    });
+  }
 }
 
 void App::report_unreachable(const config::Endpoint& host) {
@@ -268,6 +309,7 @@ bool App::reload() {
   // The hosts to check and route to; the checker lives on the control thread.
   asio::post(control_, [this, next] {
     if (health_) set_topology(health_->configure(next));
+    retire_pools_not_in(*next);
   });
   // Read/write decisions depend on routing.write_functions.
   if (next->routing.write_functions != current->routing.write_functions) {

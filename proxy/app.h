@@ -196,6 +196,7 @@ class App : public pool::Handoff {
   // The health checks, on control_.
   std::unique_ptr<HealthChecker> health_;
   void set_topology(std::shared_ptr<const Topology> topology);
+  void retire_pools_not_in(const config::Config& next);
 };
 
 }  // namespace pgvalve::proxy

@@ -333,7 +333,10 @@ asio::awaitable<bool> ClientSession::start_session() {
   // The primary as the health checks see it (after a failover, not the configured one); a
   // replica while there is none, so clients can still log in and read.
   pool_ = pool_for(routing::Route::primary(0));
-  if (!pool_) pool_ = pool_for(routing::Route::replica(0));
+  // Session mode keeps its login server for writes: never a replica.
+  if (!pool_ && config_->pool.mode != config::PoolMode::Session) {
+    pool_ = pool_for(routing::Route::replica(0));
+  }
   if (!pool_) pool_ = app_.pool_for(*database_, user_name_, database_->shards.front().primary);
   pool_->client_joined();
   cancel_ = app_.cancels().register_client();

@@ -308,12 +308,14 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
   Link* l = linked_link();
   if (!l) {
     Flight flight{frames, &w.reply_scratch, &w.reply_spans, &out};
-    if (answer_parse_locally(flight, out) || answer_listen_locally(flight, out)) {
+    if (answer_route_setting(frames, 'I', out) || answer_parse_locally(flight, out) ||
+        answer_listen_locally(flight, out)) {
       out.consumed = end;
       if (terminate) close_with({}, {}, out);
       return out;
     }
     routing::RouteContext context;
+    context.preference = preference_;
     context.recent_write = options_.read_your_writes == config::ReadYourWrites::Time &&
                            last_write_at_ != Clock::time_point{} &&
                            now - last_write_at_ < options_.read_your_writes_window;
@@ -334,6 +336,11 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
     return out;
   }
   if (l->syncing) return out;
+  if (!l->busy() && answer_route_setting(frames, l->server->tx_status, out)) {
+    out.consumed = end;
+    if (terminate) close_with({}, {}, out);
+    return out;
+  }
   plan_on_link(*l, frames, terminate, out, now, false);
   return out;
 }
@@ -567,27 +574,15 @@ void Session::forget_all_statements() {
 // One LISTEN or UNLISTEN between transactions — a simple query, or Parse/Bind/[Describe]/
 // Execute/Sync of one statement as JDBC and postgres.js send it — goes to the shared listening
 // connection of the client's (database, user); the answer comes in on_hub_done().
-bool Session::answer_listen_locally(Flight& flight, Actions& out) {
-  const char first = flight.input.empty() ? '\0' : flight.input[0];
-  if (options_.mode == config::PoolMode::Session || (first != 'Q' && first != 'P')) return false;
-  if (first == 'Q') {
-    // A LISTEN or UNLISTEN starts with 'l' or 'u' (or a comment): anything else is not one.
-    auto r = pr::decode_frame(flight.input, options_.max_message_bytes);
-    const std::string_view body = r.frame.body;
-    std::size_t i = 0;
-    while (i < body.size() &&
-           (body[i] == ' ' || body[i] == '\n' || body[i] == '\t' || body[i] == '\r'))
-      ++i;
-    const char c = i < body.size() ? static_cast<char>(body[i] | 0x20) : '\0';
-    if (c != 'l' && c != 'u' && c != '/' && c != '-') return false;
-  }
-  std::string_view sql;
-  HubReply reply;
+// The flight is one statement pgvalve can answer itself: a Query alone, or an unnamed
+// Parse, Bind, optional Describe of the portal, Execute and Sync. `sql` is its text; `reply`
+// says which extended-protocol answers precede the result.
+bool Session::local_flight(std::string_view input, std::string_view& sql, HubReply& reply) const {
   bool query = false;
   bool execute = false;
   bool sync = false;
-  for (std::size_t pos = 0; pos < flight.input.size();) {
-    auto r = pr::decode_frame(flight.input.substr(pos), options_.max_message_bytes);
+  for (std::size_t pos = 0; pos < input.size();) {
+    auto r = pr::decode_frame(input.substr(pos), options_.max_message_bytes);
     const pr::Frame& f = r.frame;
     pos += f.whole.size();
     if (sync) return false;  // more after the Sync
@@ -637,7 +632,70 @@ bool Session::answer_listen_locally(Flight& flight, Actions& out) {
         return false;
     }
   }
-  if (!sync || !contains_ci(sql, 0, "listen")) return false;
+  return sync;
+}
+
+// SET pgvalve.route = primary | replica | auto (and RESET, SET ... TO DEFAULT): the client's
+// routing preference, kept by pgvalve and never sent to PostgreSQL.
+bool Session::answer_route_setting(std::string_view input, char tx_status, Actions& out) {
+  if (input.empty() || (input[0] != 'Q' && input[0] != 'P') ||
+      !contains_ci(input, 0, "pgvalve.route")) {
+    return false;
+  }
+  std::string_view sql;
+  HubReply reply;
+  if (!local_flight(input, sql, reply)) return false;
+  const auto info = routing::classify(sql);
+  const bool set = info.kind == StatementKind::Set || info.kind == StatementKind::SetLocal;
+  if ((!set && info.kind != StatementKind::Reset) || info.multiple_statements ||
+      info.name.view() != "pgvalve.route") {
+    return false;
+  }
+  std::string& r = out.outbox;
+  if (reply.parse) pr::append_parse_complete(r);
+  if (reply.bind) pr::append_bind_complete(r);
+  if (reply.describe) pr::append_no_data(r);
+  std::string_view value = info.value;
+  if (value.size() >= 2 && value.front() == '\'' && value.back() == '\'') {
+    value = value.substr(1, value.size() - 2);
+  }
+  using Preference = routing::RouteContext::Preference;
+  if (!set || info.value_is_default || routing::iequals(value, "auto")) {
+    preference_ = Preference::Auto;
+  } else if (routing::iequals(value, "primary")) {
+    preference_ = Preference::Primary;
+  } else if (routing::iequals(value, "replica")) {
+    preference_ = Preference::Replica;
+  } else {
+    append_error(r, "22023",
+                 "pgvalve: invalid value for pgvalve.route: \"" + std::string(value) +
+                     "\"; use primary, replica or auto");
+    pr::append_ready_for_query(r, tx_status);
+    return true;
+  }
+  pr::append_command_complete(r, set ? "SET" : "RESET");
+  pr::append_ready_for_query(r, tx_status);
+  return true;
+}
+
+bool Session::answer_listen_locally(Flight& flight, Actions& out) {
+  const char first = flight.input.empty() ? '\0' : flight.input[0];
+  if (options_.mode == config::PoolMode::Session || (first != 'Q' && first != 'P')) return false;
+  if (first == 'Q') {
+    // A LISTEN or UNLISTEN starts with 'l' or 'u' (or a comment): anything else is not one.
+    auto r = pr::decode_frame(flight.input, options_.max_message_bytes);
+    const std::string_view body = r.frame.body;
+    std::size_t i = 0;
+    while (i < body.size() &&
+           (body[i] == ' ' || body[i] == '\n' || body[i] == '\t' || body[i] == '\r'))
+      ++i;
+    const char c = i < body.size() ? static_cast<char>(body[i] | 0x20) : '\0';
+    if (c != 'l' && c != 'u' && c != '/' && c != '-') return false;
+  }
+  std::string_view sql;
+  HubReply reply;
+  if (!local_flight(flight.input, sql, reply)) return false;
+  if (!contains_ci(sql, 0, "listen")) return false;
   auto info = routing::classify(sql);
   const bool listen = info.kind == StatementKind::Listen;
   if ((!listen && info.kind != StatementKind::Unlisten) || info.multiple_statements ||

@@ -78,6 +78,7 @@ struct Note;
 struct Link;
 struct Flight;
 struct Review;
+struct HubReply;
 
 // One workspace pool per worker thread; not thread-safe.
 class WorkspacePool {
@@ -209,6 +210,8 @@ class Session {
   bool check_partial(std::string_view rest, Actions& out, Clock::time_point now);
   bool answer_parse_locally(Flight& flight, Actions& out);
   bool answer_listen_locally(Flight& flight, Actions& out);
+  bool local_flight(std::string_view input, std::string_view& sql, HubReply& reply) const;
+  bool answer_route_setting(std::string_view input, char tx_status, Actions& out);
   std::string_view route_text(Flight& flight);
   void plan_frame(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
   void plan_query(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
@@ -301,6 +304,8 @@ class Session {
   // that write ended (time).
   std::uint64_t write_lsn_ = 0;
   Clock::time_point last_write_at_{};
+  // SET pgvalve.route: where this client's statements go when no hint says otherwise.
+  routing::RouteContext::Preference preference_ = routing::RouteContext::Preference::Auto;
   // A replica link takes one request at a time (the next may be a write): the rest of the
   // client's input waits, and is planned again once the link has answered.
   bool input_waits_for_link_ = false;

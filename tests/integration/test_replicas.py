@@ -224,3 +224,18 @@ def test_an_unreachable_replica_is_down_and_takes_no_reads(cluster, pgvalve):
         for _ in range(20):
             rec, port = where(c)
             assert port != 1
+
+
+def test_set_pgvalve_route_is_kept_by_pgvalve(cluster, pgvalve):
+    pv = pgvalve(**replicated(cluster, routing={"read_your_writes": "off"}))
+    replicas_ready(pv, cluster)
+    with pv.connect() as c:
+        c.execute("SET pgvalve.route = primary")
+        assert all(where(c) == (False, cluster.primary.port) for _ in range(5))
+        # PostgreSQL never saw it: no such setting on the server.
+        assert c.execute("select current_setting('pgvalve.route', true)").fetchone()[0] is None
+        c.execute("SET pgvalve.route = replica")
+        assert all(where(c)[0] for _ in range(5))
+        c.execute("RESET pgvalve.route")
+        with pytest.raises(psycopg.errors.InvalidParameterValue):
+            c.execute("SET pgvalve.route = sideways")

@@ -565,6 +565,24 @@ TEST_F(ServerPoolTest, CheckinPastRecycleReturnsConnectionToClose) {
   EXPECT_EQ(s.total_closed, 1u);
 }
 
+TEST_F(ServerPoolTest, ARetiredPoolClosesWhatComesBackAndWhatIsIdle) {
+  auto pool = make_pool(make_settings(4, 0));
+  auto lent = open_new(*pool, 1, 0, T0);
+  auto idle = open_new(*pool, 2, 0, T0);
+  park(*pool, 0, std::move(idle), T0);
+  pool->retire();
+  EXPECT_TRUE(pool->retired());
+  auto back = pool->checkin(0, std::move(lent), T0 + seconds(1));
+  ASSERT_NE(back, nullptr);
+  EXPECT_EQ(back->id, 1u);
+  auto expired = pool->collect_expired(0, T0 + seconds(1));
+  ASSERT_EQ(expired.size(), 1u);
+  EXPECT_EQ(expired[0]->id, 2u);
+  auto s = pool->stats(T0);
+  EXPECT_EQ(s.size, 0);
+  EXPECT_EQ(s.checked_in, 0);
+}
+
 TEST_F(ServerPoolTest, CheckinPastRecyclePermitsWaiter) {
   auto settings = make_settings(1, 0);
   settings.recycle_s = 100;

@@ -129,6 +129,54 @@ TEST(SessionReplicaRouting, TimeModeSendsReadsToThePrimaryWithinTheWindow) {
   EXPECT_EQ(s.route.kind, Route::Kind::Replica);
 }
 
+TEST(SessionReplicaRouting, SetPgvalveRouteIsKeptByPgvalve) {
+  auto h = replicated();
+  Step s = h.client(query("SET pgvalve.route = primary"));
+  EXPECT_FALSE(s.check_out);  // never sent to PostgreSQL
+  EXPECT_EQ(tags_of(s.to_client), "CZ");
+  s = h.client(query("select 1"));
+  EXPECT_EQ(s.route.kind, Route::Kind::Primary);
+  h.checkout_failed("53300");
+  h.client(query("select 1"));
+  // A hint on the statement wins over the setting.
+  s = h.client(query("/* pgvalve: replica */ select 1"));
+  EXPECT_EQ(s.route.kind, Route::Kind::Replica);
+  h.checkout_failed("53300");
+  h.client(query("select 1"));
+  // Through the extended protocol too (JDBC, postgres.js).
+  s = h.client(parse("", "set pgvalve.route to 'replica'") + bind_to("", "") + describe('P', "") +
+               execute() + sync());
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(tags_of(s.to_client), "12nCZ");
+  s = h.client(query("insert into readings values (1)"));
+  EXPECT_EQ(s.route.kind, Route::Kind::Replica);
+  h.checkout_failed("53300");
+  h.client(query("select 1"));
+  s = h.client(query("RESET pgvalve.route"));
+  EXPECT_EQ(tags_of(s.to_client), "CZ");
+  s = h.client(query("insert into readings values (1)"));
+  EXPECT_EQ(s.route.kind, Route::Kind::Primary);
+}
+
+TEST(SessionReplicaRouting, AnInvalidPgvalveRouteIsAnError) {
+  auto h = replicated();
+  Step s = h.client(query("SET pgvalve.route = sideways"));
+  EXPECT_EQ(sqlstates_in(s.to_client), "22023");
+  EXPECT_EQ(statuses_in(s.to_client), "I");
+  EXPECT_NE(errors_in(s.to_client)[0].message.find("pgvalve:"), std::string::npos);
+}
+
+TEST(SessionReplicaRouting, SetPgvalveRouteInsideATransactionAnswersWithItsStatus) {
+  auto h = replicated();
+  auto primary = SessionHarness::fresh_server();
+  h.send(query("begin"), *primary);
+  h.answer(command_result("BEGIN", 'T'));
+  Step s = h.client(query("set pgvalve.route = replica"));
+  EXPECT_TRUE(s.to_server.empty());
+  EXPECT_EQ(tags_of(s.to_client), "CZ");
+  EXPECT_EQ(statuses_in(s.to_client), "T");
+}
+
 TEST(SessionReplicaRouting, AReadCutBeforeAnyAnswerRunsOnceMoreElsewhere) {
   auto h = replicated();
   auto dead = SessionHarness::fresh_server();
