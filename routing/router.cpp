@@ -1,5 +1,6 @@
 #include "routing/router.h"
 
+#include "routing/fingerprint.h"
 #include "routing/sql_lexer.h"
 #include "routing/statement.h"
 
@@ -31,6 +32,37 @@ Route read_on_primary() {
 
 }  // namespace
 
+// Whether a statement may run on a replica: a read the parse tree proves, or BEGIN READ ONLY.
+// Cached per fingerprint (which keeps every keyword, so BEGIN and BEGIN READ ONLY differ), so
+// a statement seen before costs one lexer pass and a lookup.
+bool Router::replica_eligible(std::string_view sql) const {
+  const std::uint64_t fp = fingerprint(sql);
+  if (const StatementAccess* known = cache_->lookup(fp)) return known->read;
+  const StatementInfo info = classify(sql);
+  StatementAccess verdict;
+  switch (info.kind) {
+    case StatementKind::Begin:
+      verdict.parsed = true;
+      verdict.read = info.read_only && !info.multiple_statements;
+      verdict.reason = verdict.read ? AccessReason::Read : AccessReason::NotRead;
+      break;
+    case StatementKind::Select:
+    case StatementKind::Show:
+    case StatementKind::Explain:
+    case StatementKind::Copy:
+      verdict = decide_access(sql, *policy_.write_functions);
+      // A statement that does not parse is not cached: its literal may be what broke it.
+      if (!verdict.parsed) return false;
+      break;
+    default:
+      verdict.parsed = true;
+      verdict.reason = AccessReason::NotRead;
+      break;
+  }
+  cache_->insert(fp, verdict);
+  return verdict.read;
+}
+
 Route Router::route(std::string_view sql, const RouteContext& context) const {
   if (!policy_.split) return Route::primary(0);
   // A hint on the statement, then the session's preference.
@@ -40,26 +72,8 @@ Route Router::route(std::string_view sql, const RouteContext& context) const {
   }
   if (context.preference == RouteContext::Preference::Primary) return Route::primary(0);
   if (context.preference == RouteContext::Preference::Replica) return Route::replica(0);
-  if (sql.empty()) return Route::primary(0);
-
-  const StatementInfo info = classify(sql);
-  switch (info.kind) {
-    case StatementKind::Begin:
-      // The transaction can only read: a replica may hold it. Anything else may write.
-      if (info.read_only && !info.multiple_statements) {
-        return context.recent_write ? read_on_primary() : Route::replica(0);
-      }
-      return Route::primary(0);
-    case StatementKind::Select:
-    case StatementKind::Show:
-    case StatementKind::Explain:
-    case StatementKind::Copy:
-      break;
-    default:
-      return Route::primary(0);
-  }
-  if (!cache_ || !policy_.write_functions) return Route::primary(0);
-  if (!cache_->decide(sql, *policy_.write_functions).read) return Route::primary(0);
+  if (sql.empty() || !cache_ || !policy_.write_functions) return Route::primary(0);
+  if (!replica_eligible(sql)) return Route::primary(0);
   return context.recent_write ? read_on_primary() : Route::replica(0);
 }
 

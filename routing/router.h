@@ -1,8 +1,8 @@
 // Decides the Route of a statement. Pure: the statement text and what the session knows in,
 // a Route out; no sockets, no clocks. Reads and writes are told apart by PostgreSQL's own
-// grammar (read_write.h), parsed once per statement shape and cached per worker thread
-// (decision_cache.h), so a statement seen before costs two lexer passes (its kind, its
-// fingerprint) and a hash lookup.
+// grammar (read_write.h), parsed once per statement shape; the verdict (may it run on a
+// replica) is cached per fingerprint per worker thread (decision_cache.h), so a statement seen
+// before costs one lexer pass (its fingerprint) and a hash lookup.
 #pragma once
 
 #include <cstdint>
@@ -51,6 +51,8 @@ class Router {
   bool splits() const { return policy_.split; }
 
  private:
+  bool replica_eligible(std::string_view sql) const;
+
   int shard_count_ = 1;
   RoutingPolicy policy_;
   DecisionCache* cache_ = nullptr;

@@ -1,0 +1,106 @@
+#include "routing/router.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+namespace pgvalve::routing {
+namespace {
+
+using Kind = Route::Kind;
+
+class RouterTest : public ::testing::Test {
+ protected:
+  std::vector<std::string> write_functions{"nextval", "setval", "pg_notify"};
+  DecisionCache cache{16};
+  Router router{1, RoutingPolicy{true, &write_functions}, &cache};
+
+  Kind kind(std::string_view sql, RouteContext context = {}) {
+    return router.route(sql, context).kind;
+  }
+};
+
+TEST_F(RouterTest, ProvenReadsGoToAReplicaEverythingElseToThePrimary) {
+  EXPECT_EQ(kind("select avg(value) from readings where device_id = 7"), Kind::Replica);
+  EXPECT_EQ(kind("SHOW work_mem"), Kind::Replica);
+  EXPECT_EQ(kind("explain select 1"), Kind::Replica);
+  EXPECT_EQ(kind("copy readings to stdout"), Kind::Replica);
+  EXPECT_EQ(kind("insert into readings values (1)"), Kind::Primary);
+  EXPECT_EQ(kind("select nextval('s')"), Kind::Primary);
+  EXPECT_EQ(kind("select * from readings for update"), Kind::Primary);
+  EXPECT_EQ(kind("select 1; delete from readings"), Kind::Primary);
+  EXPECT_EQ(kind("set work_mem = '1MB'"), Kind::Primary);
+  EXPECT_EQ(kind("select from"), Kind::Primary);  // does not parse
+  EXPECT_EQ(kind(""), Kind::Primary);
+}
+
+TEST_F(RouterTest, WritesAreMarkedAsWrites) {
+  EXPECT_TRUE(router.route("insert into t values (1)", {}).write);
+}
+
+TEST_F(RouterTest, TransactionsGoToThePrimaryUnlessReadOnly) {
+  EXPECT_EQ(kind("begin"), Kind::Primary);
+  EXPECT_EQ(kind("START TRANSACTION ISOLATION LEVEL REPEATABLE READ"), Kind::Primary);
+  EXPECT_EQ(kind("begin read only"), Kind::Replica);
+  EXPECT_EQ(kind("START TRANSACTION READ ONLY"), Kind::Replica);
+  EXPECT_EQ(kind("begin read only; insert into t values (1)"), Kind::Primary);
+  EXPECT_EQ(kind("begin read write"), Kind::Primary);
+}
+
+TEST_F(RouterTest, HintsWin) {
+  EXPECT_EQ(kind("/* pgvalve: primary */ select 1"), Kind::Primary);
+  EXPECT_EQ(kind("/* pgvalve: replica */ insert into t values (1)"), Kind::Replica);
+  EXPECT_EQ(kind("/* PGVALVE: Replica */ select 1"), Kind::Replica);
+  RouteContext primary;
+  primary.preference = RouteContext::Preference::Primary;
+  EXPECT_EQ(kind("/* pgvalve: replica */ select 1", primary), Kind::Replica);
+}
+
+TEST_F(RouterTest, TheSessionsPreference) {
+  RouteContext c;
+  c.preference = RouteContext::Preference::Primary;
+  EXPECT_EQ(kind("select 1", c), Kind::Primary);
+  c.preference = RouteContext::Preference::Replica;
+  EXPECT_EQ(kind("insert into t values (1)", c), Kind::Replica);
+}
+
+TEST_F(RouterTest, ARecentWriteSendsReadsToThePrimaryAsReads) {
+  RouteContext c;
+  c.recent_write = true;
+  const Route r = router.route("select 1", c);
+  EXPECT_EQ(r.kind, Kind::Primary);
+  EXPECT_FALSE(r.write);
+  EXPECT_TRUE(router.route("insert into t values (1)", c).write);
+}
+
+TEST_F(RouterTest, EachShapeIsParsedOnce) {
+  kind("select * from readings where device_id = 1");
+  const auto misses = cache.stats().misses;
+  EXPECT_EQ(kind("select * from readings where device_id = 2"), Kind::Replica);
+  EXPECT_EQ(kind("SELECT *   FROM readings WHERE device_id = 99"), Kind::Replica);
+  EXPECT_EQ(cache.stats().misses, misses);
+  EXPECT_GE(cache.stats().hits, 2u);
+  // BEGIN and BEGIN READ ONLY are different shapes.
+  EXPECT_EQ(kind("begin"), Kind::Primary);
+  EXPECT_EQ(kind("begin read only"), Kind::Replica);
+}
+
+TEST_F(RouterTest, ANonParsingStatementIsNotCached) {
+  EXPECT_EQ(kind("select 'abc"), Kind::Primary);
+  EXPECT_EQ(kind("select 'abc'"), Kind::Replica);
+}
+
+TEST(Router, WithoutSplittingEveryRouteIsThePrimaryAndNothingIsParsed) {
+  DecisionCache cache{4};
+  std::vector<std::string> wf;
+  Router off(1, RoutingPolicy{false, &wf}, &cache);
+  EXPECT_EQ(off.route("select 1", {}).kind, Kind::Primary);
+  EXPECT_EQ(off.route("/* pgvalve: replica */ select 1", {}).kind, Kind::Primary);
+  EXPECT_EQ(cache.stats().misses, 0u);
+  Router none;
+  EXPECT_EQ(none.route("select 1", {}).kind, Kind::Primary);
+}
+
+}  // namespace
+}  // namespace pgvalve::routing
