@@ -206,7 +206,23 @@ std::shared_ptr<ListenHub> App::listen_hub_for(const config::Database& db,
     login.max_message_bytes = static_cast<std::size_t>(config()->limits.max_message_bytes);
     login.allow_insecure_auth = config()->server_allow_insecure_auth;
     login.tls = server_tls();
-    hub = std::make_shared<ListenHub>(control_, std::move(login));
+    // Reconnects go to the primary the health checks see (after a failover, not the one in
+    // the file).
+    auto primary = [this, name = db.name, configured = db.shards.front().primary] {
+      std::shared_ptr<const Topology> topology;
+      {
+        std::lock_guard lock(pools_mutex_);
+        topology = topology_;
+      }
+      const auto* shards = topology ? topology->find(name) : nullptr;
+      if (!shards || shards->empty()) return configured;
+      const ShardTopology& shard = shards->front();
+      const int p = shard.status->primary();
+      return p >= 0 && static_cast<std::size_t>(p) < shard.hosts.size()
+                 ? shard.hosts[static_cast<std::size_t>(p)]
+                 : configured;
+    };
+    hub = std::make_shared<ListenHub>(control_, std::move(login), std::move(primary));
   }
   return hub;
 }

@@ -22,8 +22,9 @@ std::string quoted(std::string_view channel) {
 }
 }  // namespace
 
-ListenHub::ListenHub(asio::io_context& context, ServerLogin login)
-    : context_(context), login_(std::move(login)) {}
+ListenHub::ListenHub(asio::io_context& context, ServerLogin login,
+                     std::function<config::Endpoint()> primary)
+    : context_(context), login_(std::move(login)), primary_(std::move(primary)) {}
 
 void ListenHub::listen(std::shared_ptr<NotificationSink> sink, std::string channel, Done done) {
   asio::post(context_, [self = shared_from_this(), sink = std::move(sink),
@@ -125,15 +126,17 @@ void ListenHub::fail_all(const std::string& error) {
 asio::awaitable<void> ListenHub::run() {
   auto self = shared_from_this();
   ServerFailure failure;
-  server_ = co_await open_server_connection(login_, failure);
+  ServerLogin login = login_;
+  if (primary_) login.host = primary_();
+  server_ = co_await open_server_connection(login, failure);
   if (!server_) {
-    PGV_LOG(Warn, "listen_connection_failed", {"host", login_.host.to_string()},
+    PGV_LOG(Warn, "listen_connection_failed", {"host", login.host.to_string()},
             {"reason", failure.message});
     fail_all(failure.message);
     running_ = false;
     co_return;
   }
-  PGV_LOG(Info, "listen_connection_open", {"host", login_.host.to_string()},
+  PGV_LOG(Info, "listen_connection_open", {"host", login.host.to_string()},
           {"database", login_.dbname}, {"user", login_.user});
   // Listen again on every channel clients still want (after a reconnect), then the queue.
   std::string resubscribe;
@@ -178,7 +181,7 @@ asio::awaitable<void> ListenHub::run() {
     }
     server_->in.consume(f.whole.size());
   }
-  PGV_LOG(Warn, "listen_connection_lost", {"host", login_.host.to_string()});
+  PGV_LOG(Warn, "listen_connection_lost", {"host", login.host.to_string()});
   server_.reset();
   fail_all("pgvalve: the listening server connection was lost; LISTEN again");
   outbox_.clear();

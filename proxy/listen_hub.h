@@ -34,7 +34,10 @@ class ListenHub : public std::enable_shared_from_this<ListenHub> {
   // after the client's LISTEN returns can be missed). Called on the hub's thread.
   using Done = std::function<void(std::optional<std::string> error)>;
 
-  ListenHub(asio::io_context& context, ServerLogin login);
+  // `primary` names the host to (re)connect to at each connection: the shard's primary as the
+  // health checks see it, so the hub follows a failover.
+  ListenHub(asio::io_context& context, ServerLogin login,
+            std::function<config::Endpoint()> primary = {});
 
   // From any thread.
   void listen(std::shared_ptr<NotificationSink> sink, std::string channel, Done done);
@@ -57,6 +60,7 @@ class ListenHub : public std::enable_shared_from_this<ListenHub> {
 
   asio::io_context& context_;
   const ServerLogin login_;
+  const std::function<config::Endpoint()> primary_;
   std::unique_ptr<ServerConnection> server_;
   bool running_ = false;
   std::map<std::string, std::set<NotificationSink*>> channels_;

@@ -372,6 +372,10 @@ void Session::plan_on_link(Link& link, std::string_view frames, bool terminate, 
     }
   }
   l->reserved = false;
+  // A request pipelined behind pgvalve's WAL position query may write too: asked again after it.
+  if (router_.splits() && l->route.kind == routing::Route::Kind::Primary && l->route.write) {
+    l->may_write = true;
+  }
   w.client_scratch.clear();
   w.client_spans.clear();
   Flight flight{frames, &w.client_scratch, &w.client_spans, &out};

@@ -12,6 +12,7 @@ import time
 import psycopg
 import pytest
 
+from itutil import drain_notifies
 from pgcluster import APP_DB, APP_PASSWORD, APP_USER, PG_BIN, PgCluster, wait_until
 
 OPS_USER = "ops"
@@ -305,3 +306,22 @@ def test_reload_adds_and_removes_a_replica_under_load(fresh, pgvalve):
     with pv.connect() as conn:
         ports = {conn.execute("select inet_server_port()").fetchone()[0] for _ in range(10)}
     assert ports == {c.replicas[1].port}
+
+
+def test_listeners_follow_the_primary_after_a_failover(fresh, pgvalve):
+    c = fresh()
+    pv = pgvalve(**config_for(c, failover={"mode": "follow", "hold_writes_ms": 15000}))
+    wait_hosts_checked(pv)
+    with pv.connect() as listener, pv.connect() as sender:
+        listener.execute("LISTEN drill_events")
+        c.primary.kill9()
+        c.replicas[0].promote()
+        wait_until(lambda: show_hosts(pv)[1]["role"] == "primary", 10,
+                   message="pgvalve follows the promotion")
+        got = []
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            sender.execute("NOTIFY drill_events, 'after failover'")
+            got = drain_notifies(listener, 1, timeout=0.5)
+        assert got == [("drill_events", "after failover")]
+    assert f"event=listen_connection_open host=127.0.0.1:{c.replicas[0].port}" in pv.log_text()

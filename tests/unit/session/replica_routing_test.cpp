@@ -105,6 +105,26 @@ TEST(SessionReplicaRouting, AWriteTransactionMovesTheReadYourWritesMark) {
   EXPECT_EQ(s.route.after_lsn, 0x16B374D848u);
 }
 
+TEST(SessionReplicaRouting, AWritePipelinedBehindTheWalQueryIsAskedAboutToo) {
+  auto h = replicated(config::ReadYourWrites::Lsn);
+  auto primary = SessionHarness::fresh_server();
+  h.client(query("insert into readings values (1)"));
+  h.linked(*primary);
+  h.client(query("insert into readings values (1)"));
+  h.server(command_result("INSERT 0 1"));  // the WAL position query goes out
+  // The client sends its next write before that query is answered: same server.
+  Step s = h.client(query("insert into readings values (2)"));
+  EXPECT_FALSE(s.check_out);
+  h.server(row_result("0/100", "SELECT 1"));
+  s = h.server(command_result("INSERT 0 1"));
+  EXPECT_FALSE(s.has_op(LinkOp::Kind::Release));
+  EXPECT_EQ(queries_in(s.to_server),
+            std::vector<std::string>{"SELECT pg_catalog.pg_current_wal_lsn()"});
+  s = h.server(row_result("0/200", "SELECT 1"));
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Release));
+  EXPECT_EQ(h.session().read_your_writes_lsn(), 0x200u);
+}
+
 TEST(SessionReplicaRouting, AReadOnTheReplicaDoesNotMoveTheMark) {
   auto h = replicated(config::ReadYourWrites::Lsn);
   auto replica = SessionHarness::fresh_server();
