@@ -69,10 +69,17 @@ std::shared_ptr<pool::ServerPool> App::pool_for(const config::Database& db, cons
 
 std::shared_ptr<const UserPools> App::user_pools(const config::Database& db,
                                                  const std::string& user) {
+  // Shared by every session of (database, user) until the topology changes: a client holds a
+  // reference, not a copy.
+  const std::string key = db.name + '\0' + db.dbname + '\0' + user;
   std::shared_ptr<const Topology> topology;
   {
     std::lock_guard lock(pools_mutex_);
     topology = topology_;
+    if (auto it = user_pools_.find(key);
+        it != user_pools_.end() && topology && it->second->generation == topology->generation) {
+      return it->second;
+    }
   }
   auto out = std::make_shared<UserPools>();
   const std::vector<ShardTopology>* shards = topology ? topology->find(db.name) : nullptr;
@@ -94,6 +101,8 @@ std::shared_ptr<const UserPools> App::user_pools(const config::Database& db,
       s.hosts.push_back(pool_for(db, user, host));
     out->shards.push_back(std::move(s));
   }
+  std::lock_guard lock(pools_mutex_);
+  user_pools_[key] = out;
   return out;
 }
 

@@ -174,6 +174,8 @@ class App : public pool::Handoff {
   std::unordered_map<std::string, std::shared_ptr<pool::ServerPool>> pools_;
   std::unordered_map<std::string, std::shared_ptr<ListenHub>> listen_hubs_;  // under pools_mutex_
   std::shared_ptr<const Topology> topology_;                                 // under pools_mutex_
+  // Shared by the sessions of one (database, user) for one topology generation; pools_mutex_.
+  std::unordered_map<std::string, std::shared_ptr<const UserPools>> user_pools_;
   std::atomic<std::uint64_t> topology_generation_{0};
   std::atomic<int> clients_{0};
   mutable std::mutex door_mutex_;  // taken once per accept and once per close
