@@ -195,9 +195,11 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
     pass();  // a notice or notification between requests
     return passed;
   }
-  if (f.tag == 'E' && retryable(l)) {
-    // A replica shutting down (postmaster gone, fast shutdown, terminated backend) says so with
-    // a FATAL error and closes: the read it had not answered runs elsewhere instead.
+  if (f.tag == 'E' && options_.mode != config::PoolMode::Session) {
+    // A server going away (postmaster gone, shutdown, terminated backend) says so with a FATAL
+    // error and closes. That ends the server connection, not the client's: the client gets
+    // 08006 when the close arrives (on_server_lost), or its read runs elsewhere, and keeps its
+    // connection. Forwarded, a FATAL would tell drivers to drop theirs.
     if (auto e = pr::read_error_response(f); e && e->severity == "FATAL") return passed;
   }
   auto& head = l.pending.front();

@@ -234,6 +234,18 @@ TEST(SessionReplicaRouting, AReplicaShuttingDownWithAFatalErrorIsRetriedToo) {
   EXPECT_EQ(queries_in(s.to_server), std::vector<std::string>{"select 42"});
 }
 
+TEST(SessionReplicaRouting, APrimaryShuttingDownCutsTheWriteWith08006NotAFatal) {
+  auto h = replicated();
+  auto primary = SessionHarness::fresh_server();
+  h.send(query("insert into readings values (1)"), *primary);
+  Step s = h.server(error_message("57P01", "FATAL"));
+  EXPECT_TRUE(s.to_client.empty());
+  s = h.lost();
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  EXPECT_EQ(errors_in(s.to_client)[0].severity, "ERROR");
+  EXPECT_FALSE(s.close_client);
+}
+
 TEST(SessionReplicaRouting, AnErrorOfTheReadItselfReachesTheClient) {
   auto h = replicated();
   auto replica = SessionHarness::fresh_server();
