@@ -785,8 +785,9 @@ asio::awaitable<DrillResult> HealthChecker::run_switchover(std::shared_ptr<Monit
   co_return result;
 }
 
-void HealthChecker::switchover(const std::string& database, const std::string& shard,
-                               std::optional<config::Endpoint> to, DrillDone done) {
+void HealthChecker::start_drill(
+    const std::string& database, const std::string& shard, DrillDone done,
+    std::function<asio::awaitable<DrillResult>(std::shared_ptr<Monitor>)> drill) {
   auto m = find(database, shard);
   if (!m) {
     done({false, "pgvalve: no shard \"" + (shard.empty() ? database : shard) + "\" in database \"" +
@@ -797,30 +798,23 @@ void HealthChecker::switchover(const std::string& database, const std::string& s
     done({false, "pgvalve: a promotion of shard " + m->shard + " is already under way"});
     return;
   }
-  asio::co_spawn(control_, run_switchover(m, std::move(to)),
-                 [done](std::exception_ptr e, DrillResult r) {
-                   if (e) r = {false, "pgvalve: the switchover failed unexpectedly"};
-                   done(std::move(r));
-                 });
+  asio::co_spawn(control_, drill(m), [done](std::exception_ptr e, DrillResult r) {
+    if (e) r = {false, "pgvalve: the drill failed unexpectedly; see the log"};
+    done(std::move(r));
+  });
+}
+
+void HealthChecker::switchover(const std::string& database, const std::string& shard,
+                               std::optional<config::Endpoint> to, DrillDone done) {
+  start_drill(database, shard, std::move(done),
+              [this, to](std::shared_ptr<Monitor> m) { return run_switchover(std::move(m), to); });
 }
 
 void HealthChecker::failover(const std::string& database, const std::string& shard,
                              DrillDone done) {
-  auto m = find(database, shard);
-  if (!m) {
-    done({false, "pgvalve: no shard \"" + (shard.empty() ? database : shard) + "\" in database \"" +
-                     database + "\" (see SHOW HOSTS)"});
-    return;
-  }
-  if (m->drill_running) {
-    done({false, "pgvalve: a promotion of shard " + m->shard + " is already under way"});
-    return;
-  }
-  asio::co_spawn(control_, run_failover(m, "FAILOVER from the admin console"),
-                 [done](std::exception_ptr e, DrillResult r) {
-                   if (e) r = {false, "pgvalve: the failover failed unexpectedly"};
-                   done(std::move(r));
-                 });
+  start_drill(database, shard, std::move(done), [this](std::shared_ptr<Monitor> m) {
+    return run_failover(std::move(m), "FAILOVER from the admin console");
+  });
 }
 
 }  // namespace pgvalve::proxy

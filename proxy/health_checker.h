@@ -118,6 +118,9 @@ class HealthChecker {
   void assess(Monitor& m, std::chrono::steady_clock::time_point now);
   void snapshot();
   std::shared_ptr<Monitor> find(const std::string& database, const std::string& shard) const;
+  // Runs `drill` on the shard unless it is unknown or a promotion is already under way.
+  void start_drill(const std::string& database, const std::string& shard, DrillDone done,
+                   std::function<asio::awaitable<DrillResult>(std::shared_ptr<Monitor>)> drill);
   // Promotes `host` of `m` and makes it the primary; "" on success, else why not.
   asio::awaitable<std::string> promote(std::shared_ptr<Monitor> m, std::size_t host);
   asio::awaitable<DrillResult> run_switchover(std::shared_ptr<Monitor> m,

@@ -507,15 +507,20 @@ void Session::settle(Link& l, LinkId id, Actions& out) {
   if (drain_requested_) close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);
 }
 
-void Session::start_pin_check(Link& l, LinkId id, Actions& out) {
-  const std::string& message = pin_check_message();
+// pgvalve's own simple query on the link, answered to itself (`action` says how).
+void Session::ask_server(Link& l, LinkId id, const std::string& message, std::uint8_t action,
+                         Actions& out) {
   out.to_server.push_back({message.data(), message.size()});
   out.server_link = id;
-  pr::PendingResponse check{Kind::ReadyForQuery};
-  check.internal = true;
-  check.action = kActionPinCheck;
-  l.pending.push(check);
+  pr::PendingResponse ask{Kind::ReadyForQuery};
+  ask.internal = true;
+  ask.action = action;
+  l.pending.push(ask);
   ++l.in_flight;
+}
+
+void Session::start_pin_check(Link& l, LinkId id, Actions& out) {
+  ask_server(l, id, pin_check_message(), kActionPinCheck, out);
   l.pin_check_holds = false;
 }
 
@@ -546,14 +551,7 @@ void Session::finish_pin_check(Link& l, bool failed, Actions& out) {
 }
 
 void Session::start_wal_position(Link& l, LinkId id, Actions& out) {
-  const std::string& message = wal_position_message();
-  out.to_server.push_back({message.data(), message.size()});
-  out.server_link = id;
-  pr::PendingResponse ask{Kind::ReadyForQuery};
-  ask.internal = true;
-  ask.action = kActionWalPosition;
-  l.pending.push(ask);
-  ++l.in_flight;
+  ask_server(l, id, wal_position_message(), kActionWalPosition, out);
 }
 
 void Session::read_wal_position(const pr::Frame& f) {

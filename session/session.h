@@ -252,6 +252,8 @@ class Session {
   void add_tx_note(Note&& note);
   void commit_notes(Link& l, Actions& out);
   void drop_notes();
+  void ask_server(Link& l, LinkId id, const std::string& message, std::uint8_t action,
+                  Actions& out);
   void start_pin_check(Link& l, LinkId id, Actions& out);
   void read_pin_check(Link& l, const protocol::Frame& f);
   void finish_pin_check(Link& l, bool failed, Actions& out);
