@@ -572,6 +572,8 @@ void HealthChecker::snapshot() {
       row.up = f.up;
       row.checked = f.checked;
       row.readable = a.readable;
+      row.writable = m->health.writable_primary() == i && !m->writes_paused;
+      row.split_brain = m->health.split_brain();
       row.lag_ms = a.lag_ms;
       row.lag_bytes = a.lag_bytes;
       row.lsn = f.lsn;

@@ -56,6 +56,8 @@ struct HostRow {
   bool up = false;
   bool checked = false;
   bool readable = false;
+  bool writable = false;     // takes writes now (the shard's primary, up, no switchover pause)
+  bool split_brain = false;  // of its shard: two hosts claim the primary role on one timeline
   std::int64_t lag_ms = -1;
   std::int64_t lag_bytes = -1;
   health::Lsn lsn = 0;

@@ -333,13 +333,44 @@ asio::awaitable<Response> ready(std::shared_ptr<State> st, unsigned version) {
     config::Endpoint host;
     int open = 0;  // server connections open to it (idle or lent) in pgvalve's pools
   };
+  // Shards the health checks have decided about; the others (checks not finished yet) are
+  // probed below.
   std::vector<Check> checks;
+  bool all_ok = true;
+  std::string details;
+  const auto rows = st->app.hosts();
   for (const auto& db : snap.config->databases) {
     for (const auto& shard : db.shards) {
-      Check c{db.name + "/" + shard.name + " primary " + shard.primary.to_string(),
-              shard.primary.to_string(), shard.primary, 0};
+      const HostRow* primary = nullptr;
+      const HostRow* writable = nullptr;
+      bool split = false;
+      for (const auto& r : rows) {
+        if (r.database != db.name || r.shard != shard.name) continue;
+        if (r.role == health::Role::Primary) primary = &r;
+        if (r.writable) writable = &r;
+        split = split || r.split_brain;
+      }
+      const std::string where = db.name + "/" + shard.name + " primary ";
+      if (writable && writable->checked) {
+        details += where + writable->host.to_string() + ": ok (health check: up, timeline " +
+                   std::to_string(writable->timeline) + ")\n";
+        continue;
+      }
+      if (primary && primary->checked) {
+        all_ok = false;
+        details += where + primary->host.to_string() + ": not ready: " +
+                   (split          ? std::string("two hosts claim the primary role on one timeline")
+                    : !primary->up ? "down (" + primary->last_error + ")"
+                                   : std::string("no host takes writes now (a switchover "
+                                                 "pauses them, or the host is in recovery; see "
+                                                 "SHOW HOSTS)")) +
+                   "\n";
+        continue;
+      }
+      const config::Endpoint host = primary ? primary->host : shard.primary;
+      Check c{where + host.to_string(), host.to_string(), host, 0};
       for (const auto& p : snap.pools) {
-        if (p.key.database == db.name && p.key.host == shard.primary) {
+        if (p.key.database == db.name && p.key.host == host) {
           c.open += p.stats.checked_in + p.stats.checked_out;
         }
       }
@@ -375,8 +406,6 @@ asio::awaitable<Response> ready(std::shared_ptr<State> st, unsigned version) {
     co_await timer->async_wait(await_ec(ec));
   }
 
-  bool all_ok = true;
-  std::string details;
   for (const auto& c : checks) {
     details += c.where;
     if (c.open > 0) {
@@ -394,7 +423,7 @@ asio::awaitable<Response> ready(std::shared_ptr<State> st, unsigned version) {
       details += ": not ready: " + probe.error + "\n";
     }
   }
-  if (checks.empty()) details = "no databases configured\n";
+  if (snap.config->databases.empty()) details = "no databases configured\n";
   if (all_ok) co_return text(version, http::status::ok, "ready\n" + details);
   co_return text(version, http::status::service_unavailable, "not ready\n" + details);
 }

@@ -183,6 +183,12 @@ def test_follow_the_primary_an_external_tool_promotes(fresh, pgvalve):
         took = time.monotonic() - killed
     assert row[0] == c.replicas[0].port
     assert c.replicas[0].scalar("select count(*) from drill where client = 1", dbname=APP_DB) == 2
+    # /ready follows the health checks: ready, with the new primary.
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{pv.admin_port}/ready", timeout=5) as r:
+        body = r.read().decode()
+        assert r.status == 200, body
+    assert f"primary 127.0.0.1:{c.replicas[0].port}: ok (health check: up, timeline 2)" in body
     assert "event=primary " in pv.log_text()
     hosts = show_hosts(pv)
     assert hosts[1]["role"] == "primary" and hosts[1]["timeline"] == "2"
