@@ -527,6 +527,10 @@ void App::stop_all() {
   // Idle server sockets belong to the workers' loops: close them while every loop exists.
   for (auto& pool : pools())
     pool->take_all_idle();
+  // The listening connections belong to the control loop, destroyed before the hubs map.
+  std::lock_guard lock(pools_mutex_);
+  for (auto& [_, hub] : listen_hubs_)
+    hub->close();
 }
 
 // Every client and every server connection is a descriptor: the soft limit (often 1024) would

@@ -46,6 +46,9 @@ class ListenHub : public std::enable_shared_from_this<ListenHub> {
   void forget(NotificationSink* sink);
 
   std::size_t channel_count() const { return channels_.size(); }
+  // Shutdown, with the hub's loop stopped: closes the listening connection while its loop
+  // still exists.
+  void close() { server_.reset(); }
 
  private:
   struct Command {
