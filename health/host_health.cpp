@@ -23,13 +23,21 @@ bool HostHealth::succeeded(const Probe& probe, Clock::time_point now) {
   figures_.receive_lsn = probe.receive_lsn;
   if (probe.timeline != 0) figures_.timeline = probe.timeline;
   figures_.failures = 0;
+  figures_.refused = false;
   figures_.last_check = now;
   figures_.last_success = now;
   figures_.last_error.clear();
   return came_up;
 }
 
+void HostHealth::refused(std::string_view error, Clock::time_point now) {
+  figures_.refused = true;
+  figures_.last_check = now;
+  figures_.last_error = std::string(error);
+}
+
 bool HostHealth::failed(std::string_view error, Clock::time_point now, int failures_before_down) {
+  figures_.refused = false;
   const bool first_check = !figures_.checked;
   figures_.checked = true;
   ++figures_.failures;

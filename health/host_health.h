@@ -48,6 +48,9 @@ struct HostFigures {
   Lsn receive_lsn = 0;
   std::uint32_t timeline = 0;
   int failures = 0;  // checks failed in a row
+  // The last check reached the server but it refused the check's login (wrong health.user /
+  // password / dbname, pg_hba.conf): the host is not known to be down, nor up.
+  bool refused = false;
   Clock::time_point last_check{};
   Clock::time_point last_success{};
   Clock::time_point down_since{};  // meaningful while !up
@@ -60,6 +63,10 @@ class HostHealth {
   bool succeeded(const Probe& probe, Clock::time_point now);
   // Returns true when this failure marks the host down.
   bool failed(std::string_view error, Clock::time_point now, int failures_before_down);
+  // The server answered but refused the check (its login, or the query's privileges): says
+  // nothing of up or down — a misconfigured check must not take a working primary out of
+  // service — and nothing new of its role or position.
+  void refused(std::string_view error, Clock::time_point now);
 
   const HostFigures& figures() const { return figures_; }
 

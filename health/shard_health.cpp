@@ -27,6 +27,10 @@ void ShardHealth::succeeded(std::size_t host, const Probe& probe, Clock::time_po
   if (host == primary_ && !probe.in_recovery) note_primary_sample(probe.lsn, now);
 }
 
+void ShardHealth::refused(std::size_t host, std::string_view error, Clock::time_point now) {
+  hosts_[host].refused(error, now);
+}
+
 void ShardHealth::failed(std::size_t host, std::string_view error, Clock::time_point now) {
   hosts_[host].failed(error, now, rules_.failures_before_down);
 }

@@ -58,6 +58,7 @@ class ShardHealth {
   // Check results; each is followed by assess().
   void succeeded(std::size_t host, const Probe& probe, Clock::time_point now);
   void failed(std::size_t host, std::string_view error, Clock::time_point now);
+  void refused(std::size_t host, std::string_view error, Clock::time_point now);
 
   // Recomputes the primary, roles, lags and readable replicas from the latest figures.
   void assess(Clock::time_point now);

@@ -130,7 +130,9 @@ void show_hosts(App& app, std::string& out) {
              h.host.host,
              std::to_string(h.host.port),
              std::string(health::role_name(h.role)),
-             !h.checked ? "unknown" : (h.up ? "up" : "down"),
+             h.refused    ? "refused"
+             : !h.checked ? "unknown"
+                          : (h.up ? "up" : "down"),
              h.readable ? "yes" : "no",
              figure(h.lag_ms),
              figure(h.lag_bytes),

@@ -289,6 +289,19 @@ asio::awaitable<QueryOutcome> query(asio::io_context& io, std::shared_ptr<PgLink
   co_return out;
 }
 
+// The server answered the check, but refused it: its login (password, pg_hba.conf, a database
+// that does not exist), the query's privileges, or a password pgvalve would not send. The host
+// is alive; the check is misconfigured. "the database system is starting up / shutting down /
+// in recovery mode" and terminated connections are the host not serving: failures.
+bool answered_but_refused(std::string_view error) {
+  if (error.find("the database system is") != std::string_view::npos ||
+      error.find("terminating connection") != std::string_view::npos) {
+    return false;
+  }
+  return error.find("FATAL:") != std::string_view::npos || error.starts_with("ERROR:") ||
+         error.starts_with("the server asks for a");
+}
+
 // The health check's row (kCheckSql) as a probe.
 bool read_probe(const QueryOutcome& q, health::Probe& probe, std::string& error) {
   if (q.row.size() != 4 || !q.row[0] || !q.row[1]) {
@@ -470,7 +483,7 @@ asio::awaitable<void> HealthChecker::watch(std::shared_ptr<Host> host) {
     health::Probe probe;
     std::string error = q.error;
     const bool ok = q.ok && read_probe(q, probe, error);
-    report(h, ok, probe, error);
+    report(h, ok, probe, error, !ok && answered_but_refused(error));
 
     h.pause.expires_at(started + std::chrono::milliseconds(config_->health.interval_ms));
     error_code ec;
@@ -480,13 +493,23 @@ asio::awaitable<void> HealthChecker::watch(std::shared_ptr<Host> host) {
 }
 
 void HealthChecker::report(Host& host, bool ok, const health::Probe& probe,
-                           const std::string& error) {
+                           const std::string& error, bool refused) {
   const auto now = Clock::now();
   for (auto& m : monitors_) {
     for (std::size_t i = 0; i < m->hosts.size(); ++i) {
       if (!(m->hosts[i] == host.endpoint)) continue;
       if (ok) {
         m->health.succeeded(i, probe, now);
+      } else if (refused) {
+        if (!m->health.figures(i).refused) {
+          PGV_LOG(Error, "health_check_refused", {"database", m->database}, {"shard", m->shard},
+                  {"host", host.endpoint.to_string()}, {"error", error},
+                  {"action",
+                   "the host answers but refuses the check: fix health.user / health.password / "
+                   "health.dbname (or pg_hba.conf); until then it is trusted as configured "
+                   "(primary) or takes no reads (replica)"});
+        }
+        m->health.refused(i, error, now);
       } else {
         m->health.failed(i, error, now);
       }
@@ -571,6 +594,7 @@ void HealthChecker::snapshot() {
       row.role = a.role;
       row.up = f.up;
       row.checked = f.checked;
+      row.refused = f.refused;
       row.readable = a.readable;
       row.writable = m->health.writable_primary() == i && !m->writes_paused;
       row.split_brain = m->health.split_brain();

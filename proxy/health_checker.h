@@ -55,6 +55,7 @@ struct HostRow {
   health::Role role = health::Role::Replica;
   bool up = false;
   bool checked = false;
+  bool refused = false;  // the last check reached the server and was refused (misconfigured)
   bool readable = false;
   bool writable = false;     // takes writes now (the shard's primary, up, no switchover pause)
   bool split_brain = false;  // of its shard: two hosts claim the primary role on one timeline
@@ -116,7 +117,9 @@ class HealthChecker {
   struct Monitor;
 
   asio::awaitable<void> watch(std::shared_ptr<Host> host);
-  void report(Host& host, bool ok, const health::Probe& probe, const std::string& error);
+  // `refused`: the server answered but refused the check (HostHealth::refused).
+  void report(Host& host, bool ok, const health::Probe& probe, const std::string& error,
+              bool refused);
   void assess(Monitor& m, std::chrono::steady_clock::time_point now);
   void snapshot();
   std::shared_ptr<Monitor> find(const std::string& database, const std::string& shard) const;

@@ -239,3 +239,30 @@ def test_set_pgvalve_route_is_kept_by_pgvalve(cluster, pgvalve):
         c.execute("RESET pgvalve.route")
         with pytest.raises(psycopg.errors.InvalidParameterValue):
             c.execute("SET pgvalve.route = sideways")
+
+
+def test_a_misconfigured_health_check_takes_no_working_primary_out_of_service(cluster, pgvalve):
+    conf = replicated(cluster)
+    conf["health"] = dict(conf["health"], password="not-the-password")
+    pv = pgvalve(**conf)
+    wait_until(lambda: "event=health_check_refused" in pv.log_text(), 5,
+               message="the refused check logged")
+    time.sleep(0.5)  # several more refused checks
+    with pv.connect() as c:
+        # Writes still reach the primary (trusted as configured); reads too, since no replica
+        # was ever seen healthy.
+        c.execute("insert into readings (device_id, value) values (9, 9)")
+        assert all(where(c) == (False, cluster.primary.port) for _ in range(5))
+    status, body = pv_ready(pv)
+    assert status == 200, body  # the primary answers: ready
+    assert "password authentication failed" in pv.log_text()
+
+
+def pv_ready(pv):
+    import urllib.error
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{pv.admin_port}/ready", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()

@@ -291,6 +291,28 @@ TEST(ShardHealth, ASuspectReplicaTakesNoReadsUntilItsNextGoodCheck) {
   EXPECT_EQ(s.writable_primary(), 0u);
 }
 
+TEST(ShardHealth, ARefusedCheckTakesNoWorkingPrimaryOutOfService) {
+  ShardHealth s(2, rules());
+  for (int i = 0; i < 5; ++i) {
+    s.refused(0, "password authentication failed", at(i * 100));
+    s.refused(1, "password authentication failed", at(i * 100));
+  }
+  s.assess(at(500));
+  EXPECT_EQ(s.writable_primary(), 0u);     // trusted as configured
+  EXPECT_FALSE(s.assessment(1).readable);  // never seen healthy: no reads
+  EXPECT_TRUE(s.figures(0).refused);
+  EXPECT_EQ(s.figures(0).failures, 0);
+  // An up host stays up; a real failure still counts.
+  s.succeeded(0, primary_probe(10), at(600));
+  s.refused(0, "permission denied", at(700));
+  s.assess(at(700));
+  EXPECT_EQ(s.writable_primary(), 0u);
+  s.failed(0, "refused", at(800));
+  s.failed(0, "refused", at(900));
+  s.assess(at(900));
+  EXPECT_FALSE(s.writable_primary());
+}
+
 TEST(ShardStatus, PausedWritesPublishNoPrimary) {
   ShardHealth s(2, rules());
   ShardStatus status(2);
