@@ -223,9 +223,9 @@ def test_promote_mode_fails_over_by_itself_and_reports_the_time(fresh, pgvalve):
     after = [i for i in acked if i > (errors[0][0] if errors else 0)]
     assert all(i in have for i in after[5:]), lost
     assert "event=failover_done" in pv.log_text()
+    # Reported (docs/benchmarks.md), not asserted: timings are the benchmarks' business.
     print(f"promote: first write {took:.2f}s after kill -9 (interval_ms 500, "
           f"failures_before_down 2)")
-    assert took < 3.0
 
 
 def test_switchover_under_pgbench_write_load_loses_no_acknowledged_write(fresh, pgvalve,
