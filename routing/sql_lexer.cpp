@@ -919,6 +919,10 @@ void SqlLexer::lex_operator(Token& token, std::size_t start) {
 }
 
 std::string_view leading_hint(std::string_view sql) {
+  return find_leading_hint(sql).text;
+}
+
+HintComment find_leading_hint(std::string_view sql) {
   constexpr std::string_view kPrefix = "pgvalve:";
   auto trim = [](std::string_view s) {
     while (!s.empty() && is_space(s.front()))
@@ -936,6 +940,7 @@ std::string_view leading_hint(std::string_view sql) {
       while (i < n && !is_newline(sql[i]))
         ++i;
     } else if (sql[i] == '/' && i + 1 < n && sql[i + 1] == '*') {
+      const std::size_t start = i;
       const std::size_t body = i + 2;
       std::size_t depth = 1;
       i = body;
@@ -953,7 +958,7 @@ std::string_view leading_hint(std::string_view sql) {
       if (depth > 0) return {};
       const std::string_view content = trim(sql.substr(body, i - 2 - body));
       if (content.size() >= kPrefix.size() && iequals(content.substr(0, kPrefix.size()), kPrefix)) {
-        return trim(content.substr(kPrefix.size()));
+        return {trim(content.substr(kPrefix.size())), start, i};
       }
     } else {
       return {};

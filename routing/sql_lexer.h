@@ -77,4 +77,13 @@ class SqlLexer {
 // Only comments before the first token count; the first pgvalve hint among them wins.
 std::string_view leading_hint(std::string_view sql);
 
+// Where that hint comment stands in `sql`: [begin, end) covers `/* ... */`; both 0 when there
+// is none. pgvalve removes it before the statement reaches PostgreSQL.
+struct HintComment {
+  std::string_view text;  // as leading_hint()
+  std::size_t begin = 0;
+  std::size_t end = 0;
+};
+HintComment find_leading_hint(std::string_view sql);
+
 }  // namespace pgvalve::routing

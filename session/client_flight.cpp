@@ -815,11 +815,32 @@ void Session::raise_on_server(std::string_view sqlstate, std::string_view messag
   flight.drop_until_sync = true;
 }
 
+// A Query goes on as the client sent it, but without a leading `/* pgvalve: ... */` hint:
+// that is pgvalve's, not PostgreSQL's.
+void Session::forward_query(const pr::Frame& f, std::string_view sql, std::size_t offset,
+                            Flight& flight) {
+  const routing::HintComment hint = routing::find_leading_hint(sql);
+  if (hint.end == 0) {
+    pass_client(flight, offset, f.whole.size());
+    return;
+  }
+  std::string stripped;
+  stripped.reserve(sql.size() - (hint.end - hint.begin));
+  stripped.append(sql.substr(0, hint.begin)).append(sql.substr(hint.end));
+  const std::size_t from = flight.scratch->size();
+  pr::append_query(*flight.scratch, stripped);
+  mark_scratch(flight, from);
+}
+
 void Session::plan_query(const pr::Frame& f, std::size_t offset, Link& l, Flight& flight) {
   auto sql = pr::read_query(f);
   pr::PendingResponse rfq{Kind::ReadyForQuery};
   if (!sql || plain_statement(*sql)) {
-    pass_client(flight, offset, f.whole.size());
+    if (sql) {
+      forward_query(f, *sql, offset, flight);
+    } else {
+      pass_client(flight, offset, f.whole.size());
+    }
     l.pending.push(rfq);
     return;
   }
@@ -865,7 +886,7 @@ void Session::plan_query(const pr::Frame& f, std::size_t offset, Link& l, Flight
       if (is_setting_note(l.notes[i].kind)) ++l.pending_setting_notes;
     }
   }
-  pass_client(flight, offset, f.whole.size());
+  forward_query(f, *sql, offset, flight);
   l.pending.push(rfq);
 }
 

@@ -215,6 +215,8 @@ class Session {
   std::string_view route_text(Flight& flight);
   void plan_frame(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
   void plan_query(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
+  void forward_query(const protocol::Frame& f, std::string_view sql, std::size_t offset,
+                     Flight& flight);
   void plan_parse(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
   void plan_bind(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
   void plan_describe(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);

@@ -106,6 +106,10 @@ def test_transactions_hints_and_read_only(cluster, pgvalve):
         assert where(c, "/* pgvalve: primary */ select pg_is_in_recovery(), inet_server_port()") \
             == (False, cluster.primary.port)
         assert where(c, "/* pgvalve: replica */ select pg_is_in_recovery(), inet_server_port()")[0]
+        # The hint is pgvalve's: PostgreSQL sees the statement without it.
+        seen = c.execute("/* pgvalve: primary */ select query from pg_stat_activity "
+                         "where pid = pg_backend_pid()").fetchone()[0]
+        assert "pgvalve" not in seen and seen.strip().startswith("select query"), seen
         # A function pgvalve does not know to be read-only goes to the primary.
         c.execute("create or replace function bump() returns int language sql as 'select 1'")
         assert where(c, "select pg_is_in_recovery(), inet_server_port() from bump()") == \

@@ -1,4 +1,5 @@
 #include "routing/router.h"
+#include "routing/sql_lexer.h"
 
 #include <gtest/gtest.h>
 
@@ -89,6 +90,15 @@ TEST_F(RouterTest, EachShapeIsParsedOnce) {
 TEST_F(RouterTest, ANonParsingStatementIsNotCached) {
   EXPECT_EQ(kind("select 'abc"), Kind::Primary);
   EXPECT_EQ(kind("select 'abc'"), Kind::Replica);
+}
+
+TEST(Router, FindsTheHintCommentItRoutesBy) {
+  const std::string sql = "  -- a\n/* other */ /* pgvalve: replica */ select 1";
+  const HintComment hint = find_leading_hint(sql);
+  EXPECT_EQ(hint.text, "replica");
+  EXPECT_EQ(sql.substr(hint.begin, hint.end - hint.begin), "/* pgvalve: replica */");
+  EXPECT_EQ(find_leading_hint("select 1 /* pgvalve: replica */").end, 0u);
+  EXPECT_EQ(find_leading_hint("/* pgvalve: replica").end, 0u);
 }
 
 TEST(Router, WithoutSplittingEveryRouteIsThePrimaryAndNothingIsParsed) {

@@ -178,6 +178,21 @@ TEST(SessionReplicaRouting, SetPgvalveRouteIsKeptByPgvalve) {
   EXPECT_EQ(s.route.kind, Route::Kind::Primary);
 }
 
+TEST(SessionReplicaRouting, HintCommentsAreNotSentToPostgres) {
+  auto h = replicated();
+  auto primary = SessionHarness::fresh_server();
+  const std::string sent =
+      h.send(query("-- keep\n/* pgvalve: primary */ insert into readings values (1)"), *primary);
+  EXPECT_EQ(queries_in(sent),
+            std::vector<std::string>{"-- keep\n insert into readings values (1)"});
+  h.answer(command_result("INSERT 0 1"));
+  // Other comments stay.
+  auto other = SessionHarness::fresh_server();
+  SessionHarness plain;
+  EXPECT_EQ(queries_in(plain.send(query("/* app: x */ select 1"), *other)),
+            std::vector<std::string>{"/* app: x */ select 1"});
+}
+
 TEST(SessionReplicaRouting, AnInvalidPgvalveRouteIsAnError) {
   auto h = replicated();
   Step s = h.client(query("SET pgvalve.route = sideways"));
