@@ -116,7 +116,6 @@ class App : public pool::Handoff {
   }
   // SHOW HOSTS, /status.
   std::vector<HostRow> hosts() const;
-  std::uint64_t failovers() const { return health_ ? health_->failovers() : 0; }
   // A session could not reach `host`: no reads there until a check finds it healthy.
   void report_unreachable(const config::Endpoint& host);
   // SWITCHOVER / FAILOVER from the admin console, run on the control thread; `done` is called

@@ -664,7 +664,6 @@ asio::awaitable<std::string> HealthChecker::promote(std::shared_ptr<Monitor> m, 
   health::Probe probe;
   std::string error;
   if (check.ok && read_probe(check, probe, error)) m->health.succeeded(host, probe, Clock::now());
-  failovers_.fetch_add(1, std::memory_order_relaxed);
   assess(*m, Clock::now());
   snapshot();
   co_return "";

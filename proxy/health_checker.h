@@ -9,7 +9,6 @@
 // /status) and the published statuses (lock-free reads).
 #pragma once
 
-#include <atomic>
 #include <chrono>
 #include <functional>
 #include <map>
@@ -94,8 +93,6 @@ class HealthChecker {
 
   // Any thread.
   std::vector<HostRow> hosts() const;
-  // Promotions done (automatic, FAILOVER, SWITCHOVER) since start; any thread.
-  std::uint64_t failovers() const { return failovers_.load(std::memory_order_relaxed); }
 
   // A session could not reach replica `host` (its connection died, or opening one failed): no
   // reads go there until a check, run at once, finds it healthy.
@@ -134,7 +131,6 @@ class HealthChecker {
 
   asio::io_context& control_;
   LentCounter lent_;
-  std::atomic<std::uint64_t> failovers_{0};
   config::ConfigPtr config_;
   std::uint64_t generation_ = 0;
   std::map<std::string, std::shared_ptr<Host>> hosts_;  // by "host:port"
