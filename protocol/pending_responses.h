@@ -49,6 +49,7 @@ class PendingResponses {
   bool empty() const { return size_ == 0; }
   std::size_t size() const { return size_; }
   PendingResponse& front() { return ring_[head_]; }
+  const PendingResponse& front() const { return ring_[head_]; }
   void push(const PendingResponse& r);
   void pop();
   void clear() { head_ = size_ = 0; }

@@ -346,8 +346,7 @@ asio::awaitable<bool> ClientSession::start_session() {
     for (const auto& shard : database_->shards)
       replicas = replicas || !shard.replicas.empty();
     routing::RoutingPolicy policy;
-    policy.split = r.read_write_split && r.reads != config::ReadsTo::Primary && replicas &&
-                   config_->pool.mode != config::PoolMode::Session;
+    policy.split = r.read_write_split && r.reads != config::ReadsTo::Primary && replicas;
     policy.write_functions = &r.write_functions;
     router_ =
         routing::Router(static_cast<int>(database_->shards.size()), policy, &worker_.decisions);

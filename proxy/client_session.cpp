@@ -327,7 +327,7 @@ void ClientSession::close() {
 
 void ClientSession::watch_server(session::LinkId id) {
   LinkIO& io = links_[id];
-  if (closed_ || !io.conn || io.watching) return;
+  if (closed_ || !io.conn || io.watching || !core_->wants_server_input(id)) return;
   // While the client has a backlog, the server's answers wait in the kernel.
   if (client_writer_.busy()) {
     core_->set_server_paused(id, true, now());
@@ -365,6 +365,7 @@ void ClientSession::watch_server(session::LinkId id) {
               return;
             }
             io.conn->in.commit(n);
+            if (!self->core_->wants_server_input(id)) return;  // resume_own_server() comes back
             self->carry_out(self->core_->on_server_data(id, io.conn->in.readable(), now()),
                             Source::Server, id);
             // A read that did not fill the space found the kernel drained: wait for more
@@ -400,7 +401,7 @@ void ClientSession::read_server(session::LinkId id) {
   for (int reads = 0;; ++reads) {
     if (closed_ || id >= links_.size()) return;
     LinkIO& io = links_[id];
-    if (io.generation != generation || !io.conn) return;
+    if (io.generation != generation || !io.conn || !core_->wants_server_input(id)) return;
     if (client_writer_.busy()) {  // on_drained() comes back
       core_->set_server_paused(id, true, now());
       return;
@@ -533,6 +534,7 @@ std::unique_ptr<ServerConnection> ClientSession::usable(std::unique_ptr<pool::Co
 // pre-ping runs a coroutine.
 void ClientSession::check_out(const routing::Route& route) {
   checkout_pool_ = pool_for(route);
+  if (runs_on_own_server(checkout_pool_)) return;
   if (!checkout_pool_) {
     hold(route);
     return;
@@ -594,11 +596,31 @@ bool ClientSession::retry_on_another_host(pool::ServerPool& failed) {
   if (route.kind != routing::Route::Kind::Replica) return false;
   distrust(failed);
   auto next = pool_for(route);  // the replica is no longer a candidate
+  if (runs_on_own_server(next)) return true;
   if (!next || next.get() == &failed) return false;
   PGV_LOG(Info, "read_moved", {"client", id_}, {"from", failed.key().host.to_string()},
           {"to", next->key().host.to_string()});
   checkout_pool_ = std::move(next);
   take(checkout_from(checkout_pool_));
+  return true;
+}
+
+void ClientSession::resume_own_server(std::uint32_t generation) {
+  if (closed_ || links_.empty() || links_[0].generation != generation || !links_[0].conn) return;
+  if (!core_->wants_server_input(0)) return;
+  LinkIO& io = links_[0];
+  if (!io.conn->in.readable().empty()) {
+    carry_out(core_->on_server_data(0, io.conn->in.readable(), now()), Source::Server, 0);
+  }
+  if (!closed_ && links_[0].generation == generation) watch_server(0);
+}
+
+bool ClientSession::runs_on_own_server(const std::shared_ptr<pool::ServerPool>& pool) {
+  const session::LinkId id = core_->pending_link();
+  if (id == 0 || links_.empty() || !links_[0].conn) return false;
+  if (pool && pool != links_[0].pool) return false;
+  checkout_pool_.reset();
+  carry_out(core_->on_checkout_failed({}, {}, now()), Source::Client);
   return true;
 }
 
@@ -841,15 +863,17 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::open_server(
 void ClientSession::link(std::unique_ptr<ServerConnection> server,
                          const std::shared_ptr<pool::ServerPool>& pool) {
   hold_until_ = session::Clock::time_point::max();
-  if (links_.empty()) links_.resize(1);
-  LinkIO& io = links_[0];
+  const session::LinkId id = core_->pending_link();
+  if (links_.size() <= id) links_.resize(id + 1u);
+  LinkIO& io = links_[id];
   io.conn = std::move(server);
   if (io.pool != pool) io.pool = pool;  // usually the same: no copy per transaction
   io.watching = false;
   ++io.generation;
+  // A cancel reaches the server running the client's request: the newest link.
   cancel_->link(io.conn->host_index, io.conn->key.process_id, io.conn->key.secret_key);
   carry_out(core_->on_linked(io.conn->state, now()), Source::Client);
-  if (!closed_ && links_[0].conn) watch_server(0);
+  if (!closed_ && id < links_.size() && links_[id].conn) watch_server(id);
 }
 
 void ClientSession::carry_out_link_op(const LinkOp& op) {
@@ -863,6 +887,16 @@ void ClientSession::carry_out_link_op(const LinkOp& op) {
   const bool unsent = io.writer.busy() || io.writer.failed();
   io.writer.abandon();
   cancel_->unlink();
+  // A session-mode client's own server is the cancel target again once its replica goes, and
+  // is read again (after this step: its bytes go to the core then).
+  if (op.link != 0 && links_[0].conn) {
+    const ServerConnection& own = *links_[0].conn;
+    cancel_->link(own.host_index, own.key.process_id, own.key.secret_key);
+    asio::post(client_.get_executor(),
+               [self = shared_from_this(), generation = links_[0].generation] {
+                 self->resume_own_server(generation);
+               });
+  }
   error_code ignored;
   server->stream.cancel(ignored);  // the wait armed on it belongs to this link
   LinkOp::Kind kind = op.kind;

@@ -143,6 +143,12 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   void distrust(const pool::ServerPool& pool);
   // Opening a server for a read failed on a replica: another host takes the read.
   bool retry_on_another_host(pool::ServerPool& failed);
+  // A session-mode client's read meant for a replica, when `pool` (the one pool_for chose) is
+  // none or its own server's: the core runs it on that server. True when so.
+  bool runs_on_own_server(const std::shared_ptr<pool::ServerPool>& pool);
+  // Reads the client's own server (link 0) again after a read on a replica: what it sent
+  // meanwhile was held.
+  void resume_own_server(std::uint32_t generation);
   // pool->checkout(); a Wait is recorded in wait_pool_.
   pool::CheckoutResult checkout_from(const std::shared_ptr<pool::ServerPool>& pool);
   // Gives back whatever `result` holds: an idle connection, a permit to open one, or the place

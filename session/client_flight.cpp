@@ -162,7 +162,7 @@ const Actions& Session::on_linked(ServerState& server, Clock::time_point now) {
   now_ = now;
   Actions& out = client_actions();
   if (state_ != SessionState::WaitingForServer) return out;
-  Link& l = link(0);
+  Link& l = link(pending_link_);
   l.reset();
   l.server = &server;
   l.route = pending_route_;
@@ -174,7 +174,7 @@ const Actions& Session::on_linked(ServerState& server, Clock::time_point now) {
   w.client_scratch.clear();
   if (start_sync(l, w.client_scratch, now)) {
     out.to_server.push_back({w.client_scratch.data(), w.client_scratch.size()});
-    out.server_link = 0;
+    out.server_link = pending_link_;
     enter(SessionState::Syncing);
     return out;
   }
@@ -189,6 +189,16 @@ const Actions& Session::on_checkout_failed(std::string_view sqlstate, std::strin
   Actions& out = client_actions();
   if (state_ != SessionState::WaitingForServer) return out;
   Workspace& w = work();
+  if (pending_link_ != 0 && linked(0)) {
+    // A session-mode read meant for a replica: the client's own server answers it (a read
+    // being retried too).
+    pending_link_ = 0;
+    stay_on_own_server_ = true;
+    enter(SessionState::Holding);
+    out.resume_client = true;
+    return out;
+  }
+  pending_link_ = 0;
   if (w.retry_pending) {
     // The read being retried was consumed long ago: it is answered now.
     w.retry_pending = false;
@@ -200,7 +210,7 @@ const Actions& Session::on_checkout_failed(std::string_view sqlstate, std::strin
   }
   w.failure_sqlstate = std::string(sqlstate);
   w.failure = std::string(message);
-  enter(SessionState::Idle);
+  enter_between_requests();
   out.resume_client = true;
   if (drain_requested_) close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);
   return out;
@@ -330,6 +340,7 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
       return out;
     }
     pending_route_ = route;
+    pending_link_ = 0;
     out.check_out = true;
     out.route = std::move(route);
     enter(SessionState::WaitingForServer);
@@ -341,8 +352,115 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
     if (terminate) close_with({}, {}, out);
     return out;
   }
+  if (router_.splits() && l->only_own_query() && l->server->tx_status == 'I') {
+    // pgvalve's WAL position query after a write runs: the next request waits for it, to be
+    // routed afresh (a read may go to a replica) rather than follow on this server.
+    input_waits_for_link_ = true;
+    return out;
+  }
+  if (options_.mode == config::PoolMode::Session && l->id == 0 &&
+      route_away_from_own_server(frames, *l, out)) {
+    return out;
+  }
   plan_on_link(*l, frames, terminate, out, now, false);
   return out;
+}
+
+namespace {
+
+// The first request of `frames` names no prepared statement or portal (session mode keeps the
+// client's names on its own server, where a replica would not know them). The request ends at
+// its first Query or Sync.
+bool self_contained_request(std::string_view frames, std::size_t max_message_bytes) {
+  for (std::size_t pos = 0; pos < frames.size();) {
+    auto r = pr::decode_frame(frames.substr(pos), max_message_bytes);
+    const pr::Frame& f = r.frame;
+    switch (f.tag) {
+      case 'Q':
+      case 'S':
+        return true;
+      case 'H':
+        break;
+      case 'P': {
+        auto p = pr::read_parse(f);
+        if (!p || !p->statement.empty()) return false;
+        break;
+      }
+      case 'B': {
+        auto b = pr::read_bind_head(f);
+        if (!b || !b->statement.empty() || !b->portal.empty()) return false;
+        break;
+      }
+      case 'D': {
+        auto d = pr::read_describe(f);
+        if (!d || !d->name.empty()) return false;
+        break;
+      }
+      case 'E': {
+        auto e = pr::read_execute(f);
+        if (!e || !e->portal.empty()) return false;
+        break;
+      }
+      default:
+        return false;
+    }
+    pos += f.whole.size();
+  }
+  return false;  // not a whole request yet
+}
+
+// `frames` hold exactly one request: one Query, or extended messages up to one final Sync.
+bool single_request(std::string_view frames, std::size_t max_message_bytes) {
+  int ends = 0;
+  char last = 0;
+  for (std::size_t pos = 0; pos < frames.size();) {
+    auto r = pr::decode_frame(frames.substr(pos), max_message_bytes);
+    last = r.frame.tag;
+    if (last == 'Q' || last == 'S' || last == 'F') ++ends;
+    pos += r.frame.whole.size();
+  }
+  return ends == 1 && (last == 'Q' || last == 'S' || last == 'F');
+}
+
+}  // namespace
+
+bool Session::route_away_from_own_server(std::string_view frames, Link& own, Actions& out) {
+  const bool stay = stay_on_own_server_;
+  stay_on_own_server_ = false;
+  if (!router_.splits()) return false;
+  // In a transaction, or with requests outstanding, everything goes where the rest went; what
+  // runs there may write.
+  if (own.busy() || own.reserved || own.server->tx_status != 'I') {
+    own.may_write = true;
+    return false;
+  }
+  Workspace& w = work();
+  Flight flight{frames, &w.reply_scratch, &w.reply_spans, &out};
+  routing::RouteContext context;
+  context.preference = preference_;
+  context.recent_write = options_.read_your_writes == config::ReadYourWrites::Time &&
+                         last_write_at_ != Clock::time_point{} &&
+                         now_ - last_write_at_ < options_.read_your_writes_window;
+  routing::Route route = router_.route(route_text(flight), context);
+  // A single read on the own server moves no read-your-writes mark; anything else may write.
+  const bool read = route.kind == routing::Route::Kind::Replica ||
+                    (route.kind == routing::Route::Kind::Primary && !route.write);
+  own.may_write = !(read && single_request(frames, options_.max_message_bytes));
+  if (route.kind != routing::Route::Kind::Replica) return false;
+  // What only the own server has: temporary tables, settings pgvalve could not follow, the
+  // client's prepared statements and portals.
+  if (stay || own.server->touched_temp || own.server->settings_unknown || pinned_ ||
+      !self_contained_request(frames, options_.max_message_bytes)) {
+    return false;
+  }
+  if (options_.read_your_writes == config::ReadYourWrites::Lsn) route.after_lsn = write_lsn_;
+  own.may_write = false;
+  pending_route_ = route;
+  pending_link_ = 1;
+  out.check_out = true;
+  out.route = std::move(route);
+  enter(SessionState::WaitingForServer);
+  return true;
 }
 
 // Plans `frames` (the client's input, or a read being retried) on the linked server `l`.
@@ -373,7 +491,9 @@ void Session::plan_on_link(Link& link, std::string_view frames, bool terminate, 
   }
   l->reserved = false;
   // A request pipelined behind pgvalve's WAL position query may write too: asked again after it.
-  if (router_.splits() && l->route.kind == routing::Route::Kind::Primary && l->route.write) {
+  // (Session mode decides per request, in route_away_from_own_server.)
+  if (router_.splits() && options_.mode != config::PoolMode::Session &&
+      l->route.kind == routing::Route::Kind::Primary && l->route.write) {
     l->may_write = true;
   }
   w.client_scratch.clear();
@@ -817,18 +937,23 @@ void Session::raise_on_server(std::string_view sqlstate, std::string_view messag
 
 // A Query goes on as the client sent it, but without a leading `/* pgvalve: ... */` hint:
 // that is pgvalve's, not PostgreSQL's.
+std::string_view Session::without_hint(std::string_view sql) {
+  const routing::HintComment hint = routing::find_leading_hint(sql);
+  if (hint.end == 0) return sql;
+  std::string& out = work().unhinted;
+  out.assign(sql.substr(0, hint.begin)).append(sql.substr(hint.end));
+  return out;
+}
+
 void Session::forward_query(const pr::Frame& f, std::string_view sql, std::size_t offset,
                             Flight& flight) {
-  const routing::HintComment hint = routing::find_leading_hint(sql);
-  if (hint.end == 0) {
+  const std::string_view text = without_hint(sql);
+  if (text.size() == sql.size()) {
     pass_client(flight, offset, f.whole.size());
     return;
   }
-  std::string stripped;
-  stripped.reserve(sql.size() - (hint.end - hint.begin));
-  stripped.append(sql.substr(0, hint.begin)).append(sql.substr(hint.end));
   const std::size_t from = flight.scratch->size();
-  pr::append_query(*flight.scratch, stripped);
+  pr::append_query(*flight.scratch, text);
   mark_scratch(flight, from);
 }
 
@@ -901,8 +1026,8 @@ void Session::prepare_on_server(const pr::PreparedStatement& stmt, bool swallow,
     l.pending.push(close);
     ++flight.out->statement_evictions;
   }
-  pr::append_parse_raw(*flight.scratch, pr::server_statement_name(stmt.hash), stmt.query,
-                       stmt.param_types);
+  pr::append_parse_raw(*flight.scratch, pr::server_statement_name(stmt.hash),
+                       without_hint(stmt.query), stmt.param_types);
   pr::PendingResponse parse{Kind::ParseComplete, swallow};
   parse.statement_hash = stmt.hash;
   l.pending.push(parse);
@@ -938,7 +1063,14 @@ void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight
       w.unnamed_statement_note = std::move(note);
       w.unnamed_statement_pins = pins;
     }
-    pass_client(flight, offset, f.whole.size());
+    const std::string_view text = without_hint(parse->query);
+    if (text.size() == parse->query.size()) {
+      pass_client(flight, offset, f.whole.size());
+    } else {
+      const std::size_t from = flight.scratch->size();
+      pr::append_parse_raw(*flight.scratch, parse->statement, text, parse->param_types);
+      mark_scratch(flight, from);
+    }
     l.pending.push({Kind::ParseComplete});
     return;
   }

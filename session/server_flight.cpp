@@ -488,11 +488,6 @@ void Session::settle(Link& l, LinkId id, Actions& out) {
     enter(SessionState::Active);
     return;
   }
-  if (!translate || pinned_) {
-    enter(SessionState::Holding);
-    if (drain_requested_) close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);
-    return;
-  }
   if (l.may_write) {
     l.may_write = false;
     if (options_.read_your_writes == config::ReadYourWrites::Time) last_write_at_ = now_;
@@ -502,8 +497,15 @@ void Session::settle(Link& l, LinkId id, Actions& out) {
       return;
     }
   }
+  // A session-mode client keeps its own server (link 0); a replica it borrowed for a read goes
+  // back.
+  if ((!translate && id == 0) || pinned_) {
+    enter(SessionState::Holding);
+    if (drain_requested_) close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);
+    return;
+  }
   unlink(id, LinkOp::Kind::Release, out);
-  if (!linked_link()) enter(SessionState::Idle);
+  enter_between_requests();
   if (drain_requested_) close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);
 }
 

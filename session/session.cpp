@@ -189,12 +189,18 @@ LinkId Session::id_of(const Link& l) {
   return l.id;
 }
 
+// The link the client's next request goes to: a session-mode client's replica link (1) while
+// it has one, else its own server.
 Link* Session::linked_link() {
   if (!work_) return nullptr;
-  for (auto& l : work_->links) {
-    if (l.server) return &l;
+  for (auto it = work_->links.rbegin(); it != work_->links.rend(); ++it) {
+    if (it->server) return &*it;
   }
   return nullptr;
+}
+
+void Session::enter_between_requests() {
+  enter(linked_link() ? SessionState::Holding : SessionState::Idle);
 }
 
 bool Session::linked(LinkId id) const {
@@ -228,6 +234,9 @@ bool Session::has_own_input() const {
 }
 
 bool Session::wants_server_input(LinkId id) const {
+  // While a session-mode client's read runs on a replica its own server is not read: what that
+  // server may send meanwhile (a notification) waits, not to land inside the replica's answer.
+  if (id == 0 && linked(1)) return false;
   return state_ != SessionState::Closing && linked(id);
 }
 
@@ -383,7 +392,7 @@ void Session::finish_sync(Link& l, bool ok, Actions& out) {
     work().failure_sqlstate = "08006";
     work().failure = message;
     unlink(id_of(l), LinkOp::Kind::Close, out);
-    enter(SessionState::Idle);
+    enter_between_requests();
     out.resume_client = true;
     return;
   }
@@ -570,6 +579,7 @@ bool Session::retry_elsewhere(Link& l, LinkId id, Actions& out) {
   const routing::Route route = l.route;
   unlink(id, LinkOp::Kind::Close, out);
   pending_route_ = route;
+  pending_link_ = id;
   out.check_out = true;
   out.route = route;
   enter(SessionState::WaitingForServer);
@@ -610,7 +620,9 @@ void Session::lose_link(Link& l, LinkId id, std::string_view message, LinkOp::Ki
     out.pinned_change -= 1;
   }
   unlink(id, kind, out);
-  if (state_ != SessionState::Closing && !linked_link()) enter(SessionState::Idle);
+  if (state_ != SessionState::Closing && state_ != SessionState::WaitingForServer) {
+    enter_between_requests();
+  }
   if (drain_requested_ && state_ == SessionState::Idle) {
     close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);
   }

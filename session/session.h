@@ -119,9 +119,11 @@ class Session {
   // `input` is everything received from the client and not yet consumed. Call again with the
   // same input after resume_client.
   const Actions& on_client_data(std::string_view input, Clock::time_point now);
-  // The checkout asked for by `check_out` found `server`; it is linked as link 0.
+  // The checkout asked for by `check_out` found `server`; it is linked as pending_link().
   const Actions& on_linked(ServerState& server, Clock::time_point now);
-  // It did not: the waiting request gets this error; the client stays connected.
+  // It did not: the waiting request gets this error; the client stays connected. In session
+  // mode a read that was to go to a replica runs on the client's own server instead (the I/O
+  // layer says so this way too when no replica can take it).
   const Actions& on_checkout_failed(std::string_view sqlstate, std::string_view message,
                                     Clock::time_point now);
   // The client's buffer may not grow (limits.message_memory_bytes): the client is refused.
@@ -160,8 +162,11 @@ class Session {
   bool linked(LinkId link) const;
   std::size_t link_count() const;
   bool pinned() const { return pinned_; }
-  // The route of the request waiting for a checkout (WaitingForServer).
+  // The route of the request waiting for a checkout (WaitingForServer), and the link its
+  // server becomes: 0, or 1 for a read a session-mode client sends to a replica while it keeps
+  // its own server as link 0.
   const routing::Route& pending_route() const { return pending_route_; }
+  LinkId pending_link() const { return pending_link_; }
   // The WAL position the client's reads must see (read_your_writes = lsn); 0 before any write.
   std::uint64_t read_your_writes_lsn() const { return write_lsn_; }
   // Nothing is in flight and no server is linked: the session holds only its durable state.
@@ -207,6 +212,12 @@ class Session {
   // a replica, nothing of its answer sent yet): it is checked out again.
   bool retry_elsewhere(Link& l, LinkId id, Actions& out);
   bool retryable(const Link& l) const;
+  // Session mode: the client's own server (link 0) is between transactions; a read the router
+  // sends to a replica is checked out as link 1, when nothing of the session's state is needed
+  // to answer it. True when a checkout was asked for.
+  bool route_away_from_own_server(std::string_view frames, Link& own, Actions& out);
+  // Holding when a server is still linked, else Idle.
+  void enter_between_requests();
   bool check_partial(std::string_view rest, Actions& out, Clock::time_point now);
   bool answer_parse_locally(Flight& flight, Actions& out);
   bool answer_listen_locally(Flight& flight, Actions& out);
@@ -217,6 +228,9 @@ class Session {
   void plan_query(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
   void forward_query(const protocol::Frame& f, std::string_view sql, std::size_t offset,
                      Flight& flight);
+  // `sql` without a leading pgvalve hint comment (the hint is pgvalve's, not PostgreSQL's);
+  // `sql` itself when it has none.
+  std::string_view without_hint(std::string_view sql);
   void plan_parse(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
   void plan_bind(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
   void plan_describe(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
@@ -304,6 +318,9 @@ class Session {
   bool pipeline_full_ = false;    // kMaxRequestsInFlight unanswered: the client is not read
   bool error_sent_in_flight_ = false;
   routing::Route pending_route_;  // of the request waiting for a server
+  LinkId pending_link_ = 0;
+  // Session mode: the next request runs on the client's own server (no replica could take it).
+  bool stay_on_own_server_ = false;
   // Read-your-writes: the primary's WAL position after the client's last write (lsn), and when
   // that write ended (time).
   std::uint64_t write_lsn_ = 0;

@@ -93,6 +93,10 @@ struct Link {
   bool answered = false;  // a message of the server's went to the client
 
   bool busy() const { return in_flight > 0 || open_extended || !pending.empty(); }
+  // Only pgvalve's own query is outstanding (a WAL position, a pin check).
+  bool only_own_query() const {
+    return in_flight == 1 && !open_extended && pending.size() == 1 && pending.front().internal;
+  }
   // The server has been asked to answer (a Query, Sync, Flush or function call): its silence
   // counts against pool.query_timeout_ms. Parse/Bind/Execute alone are not sent until then.
   bool owes_answer() const { return in_flight > 0 || (flushed && !pending.empty()); }
@@ -190,6 +194,7 @@ struct Workspace {
   // The last request sent to a replica (at most kMaxRetriedRequestBytes), to run again
   // elsewhere if the replica dies before answering; retry_pending: linked for that.
   std::string retry_request;
+  std::string unhinted;  // a statement's text without its pgvalve hint comment
   bool retry_pending = false;
   bool retry_used = false;
 

@@ -44,8 +44,9 @@ bool transition_allowed(SessionState from, SessionState to) {
       return to == S::Idle || to == S::Holding || to == S::WaitingForServer;
     case S::Holding:
       // Syncing: the linked server's settings changed since the last request (session mode
-      // RESET back to startup values) and are made the client's again.
-      return to == S::Active || to == S::Idle || to == S::Syncing;
+      // RESET back to startup values) and are made the client's again. WaitingForServer: a
+      // session-mode client's read goes to a replica while it keeps its own server.
+      return to == S::Active || to == S::Idle || to == S::Syncing || to == S::WaitingForServer;
     case S::WaitingForHub:
       return to == S::Idle;
     case S::Closing:

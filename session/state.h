@@ -14,6 +14,7 @@
 //     │    ──ReadyForQuery 'T'/'E' or session mode or pinned──► Holding
 //     │    ──its replica died before answering an autocommit read──► WaitingForServer (retry)
 //   Holding ──client bytes──► Active
+//           ──session mode: a read for a replica, the own server kept──► WaitingForServer
 //           ──client bytes, the server's settings changed since (session mode RESET)──► Syncing
 //   any ──client gone, Terminate, fatal error, drained──► Closing
 #pragma once

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from pgcluster import APP_DB, PgCluster, wait_until
-from itutil import one
+from itutil import drain_notifies, one
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +110,14 @@ def test_transactions_hints_and_read_only(cluster, pgvalve):
         seen = c.execute("/* pgvalve: primary */ select query from pg_stat_activity "
                          "where pid = pg_backend_pid()").fetchone()[0]
         assert "pgvalve" not in seen and seen.strip().startswith("select query"), seen
+        # Through the extended protocol too (a parameter makes psycopg send Parse/Bind), named
+        # or not.
+        for threshold in (None, 0):
+            c.prepare_threshold = threshold
+            seen = c.execute("/* pgvalve: primary */ select query from pg_stat_activity "
+                             "where pid = pg_backend_pid() and %s", (True,)).fetchone()[0]
+            assert "pgvalve" not in seen and seen.strip().startswith("select query"), seen
+        c.prepare_threshold = 5
         # A function pgvalve does not know to be read-only goes to the primary.
         c.execute("create or replace function bump() returns int language sql as 'select 1'")
         assert where(c, "select pg_is_in_recovery(), inet_server_port() from bump()") == \
@@ -135,6 +143,70 @@ def test_extended_protocol_and_prepared_statements_on_both_sides(cluster, pgvalv
             assert row[0] is False
             seen_primary = True
         assert seen_replica and seen_primary
+
+
+def test_session_mode_reads_borrow_a_replica_and_the_session_stays_on_the_primary(cluster,
+                                                                                    pgvalve):
+    pv = pgvalve(**replicated(cluster, mode="session", pool_size=8,
+                              routing={"max_replica_lag_ms": 600000, "read_your_writes": "lsn"}))
+    replicas_ready(pv, cluster)
+    # prepare_threshold=None: psycopg never names its statements (named ones stay on the own
+    # server, below).
+    with pv.connect(prepare_threshold=None) as c, pv.connect() as notifier:
+        # Autocommit reads: replicas; writes: the client's own primary server, every time.
+        assert where(c)[0] is True
+        row = c.execute("insert into readings (device_id, value) values (9, 1) "
+                        "returning pg_is_in_recovery(), inet_server_port()").fetchone()
+        assert tuple(row) == (False, cluster.primary.port)
+        # Session settings follow the client to the replica that takes its read (once the
+        # health checks see a replica past the client's write).
+        c.execute("set statement_timeout = '7s'")
+        wait_until(lambda: c.execute("select current_setting('statement_timeout'), "
+                                     "pg_is_in_recovery()").fetchone() == ("7s", True), 10,
+                   message="a read on a replica with the client's setting")
+        # A transaction stays on the own server, and so does one server process for the session.
+        c.execute("begin")
+        pid = one(c, "select pg_backend_pid()")
+        assert where(c) == (False, cluster.primary.port)
+        c.execute("commit")
+        c.execute("insert into readings (device_id, value) values (9, 2)")
+        assert one(c, "select pg_backend_pid() from readings limit 1 for update") == pid
+        # LISTEN on the own server: a notification sent while reads ran elsewhere arrives.
+        got = []
+        c.add_notify_handler(lambda n: got.append(n.payload))
+        c.execute("listen telemetry")
+        # (once the health checks have seen both replicas past the client's last write)
+        wait_until(lambda: all(where(c)[0] for _ in range(4)), 10,
+                   message="reads on replicas after the write")
+        notifier.execute("notify telemetry, 'hello'")
+        for _ in range(5):
+            assert where(c)[0] is True
+        got += [payload for _, payload in drain_notifies(c, 1 - len(got), timeout=3)]
+        assert got == ["hello"]
+        # A temporary table exists only there: from now on reads stay.
+        c.execute("create temp table scratch (x int)")
+        c.execute("insert into scratch values (1)")
+        assert where(c, "select pg_is_in_recovery(), inet_server_port() from scratch") == \
+            (False, cluster.primary.port)
+    # Named prepared statements keep their name on the own server: they run there.
+    with psycopg.connect(pv.dsn(), autocommit=True, prepare_threshold=0) as c:
+        for i in range(5):
+            row = c.execute("select pg_is_in_recovery() where %s > 0", (i + 1,)).fetchone()
+            assert row[0] is False
+    # Read-your-writes in session mode, with replay paused everywhere.
+    for r in cluster.replicas:
+        r.psql("select pg_wal_replay_pause()")
+    try:
+        with pv.connect() as writer:
+            for i in range(200):
+                rid = writer.execute("insert into readings (device_id, value) values (43, %s) "
+                                     "returning id", (i,)).fetchone()[0]
+                assert writer.execute("select count(*) from readings where id = %s",
+                                      (rid,)).fetchone()[0] == 1, f"pair {i} lost its write"
+    finally:
+        for r in cluster.replicas:
+            r.psql("select pg_wal_replay_resume()")
+    cluster.wait_replay()
 
 
 def test_reads_primary_keeps_every_statement_on_the_primary(cluster, pgvalve):

@@ -105,24 +105,28 @@ TEST(SessionReplicaRouting, AWriteTransactionMovesTheReadYourWritesMark) {
   EXPECT_EQ(s.route.after_lsn, 0x16B374D848u);
 }
 
-TEST(SessionReplicaRouting, AWritePipelinedBehindTheWalQueryIsAskedAboutToo) {
+TEST(SessionReplicaRouting, ARequestBehindTheWalQueryWaitsAndIsRoutedAfresh) {
   auto h = replicated(config::ReadYourWrites::Lsn);
   auto primary = SessionHarness::fresh_server();
   h.client(query("insert into readings values (1)"));
   h.linked(*primary);
   h.client(query("insert into readings values (1)"));
   h.server(command_result("INSERT 0 1"));  // the WAL position query goes out
-  // The client sends its next write before that query is answered: same server.
-  Step s = h.client(query("insert into readings values (2)"));
+  // The client's next request arrives before that query is answered: it waits for it...
+  const std::string read = query("select 1");
+  Step s = h.client(read);
   EXPECT_FALSE(s.check_out);
-  h.server(row_result("0/100", "SELECT 1"));
-  s = h.server(command_result("INSERT 0 1"));
-  EXPECT_FALSE(s.has_op(LinkOp::Kind::Release));
-  EXPECT_EQ(queries_in(s.to_server),
-            std::vector<std::string>{"SELECT pg_catalog.pg_current_wal_lsn()"});
+  EXPECT_EQ(s.consumed, 0u);
+  EXPECT_TRUE(s.to_server.empty());
   s = h.server(row_result("0/200", "SELECT 1"));
   EXPECT_TRUE(s.has_op(LinkOp::Kind::Release));
+  EXPECT_TRUE(s.resume_client);
   EXPECT_EQ(h.session().read_your_writes_lsn(), 0x200u);
+  // ... and is routed afresh: a read may go to a replica that has replayed the write.
+  s = h.client(read);
+  ASSERT_TRUE(s.check_out);
+  EXPECT_EQ(s.route.kind, Route::Kind::Replica);
+  EXPECT_EQ(s.route.after_lsn, 0x200u);
 }
 
 TEST(SessionReplicaRouting, AReadOnTheReplicaDoesNotMoveTheMark) {
@@ -310,6 +314,184 @@ TEST(SessionReplicaRouting, AWriteCutOnThePrimaryIsNotRetried) {
   Step s = h.lost();
   EXPECT_FALSE(s.check_out);
   EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+}
+
+TEST(SessionReplicaRouting, HintCommentsNeverReachTheServer) {
+  auto h = replicated();
+  auto primary = SessionHarness::fresh_server();
+  // Simple protocol.
+  std::string sent = h.send(query("/* pgvalve: primary */ select 1"), *primary);
+  EXPECT_EQ(h.last.route.kind, Route::Kind::Primary);
+  EXPECT_EQ(queries_in(sent), std::vector<std::string>{" select 1"});
+  h.answer(row_result("1", "SELECT 1"));
+  // Extended protocol, unnamed statement.
+  sent = h.send(parse("", "/* pgvalve: primary */ select 2") + bind_to("", "") + execute() + sync(),
+                *primary);
+  EXPECT_EQ(parsed_in(sent), std::vector<std::string>{" select 2"});
+  h.answer(parse_complete() + bind_complete() + command_result("SELECT 1"));
+  // A named statement: prepared on the server without the hint, routed with it at every Bind.
+  sent = h.send(
+      parse("s1", "/* pgvalve: primary */ select 3") + bind_to("", "s1") + execute() + sync(),
+      *primary);
+  EXPECT_EQ(h.last.route.kind, Route::Kind::Primary);
+  ASSERT_EQ(parsed_in(sent).size(), 1u);
+  EXPECT_EQ(parsed_in(sent)[0], " select 3");
+  h.answer(parse_complete() + bind_complete() + command_result("SELECT 1"));
+  Step s = h.client(bind_to("", "s1") + execute() + sync());
+  ASSERT_TRUE(s.check_out);
+  EXPECT_EQ(s.route.kind, Route::Kind::Primary);
+}
+
+// ---- Session mode: the client keeps its own server; reads borrow a replica ------------------
+
+inline SessionOptions session_mode(config::ReadYourWrites mode = config::ReadYourWrites::Off) {
+  SessionOptions o = with_read_your_writes(mode);
+  o.mode = config::PoolMode::Session;
+  return o;
+}
+
+TEST(SessionModeRouting, AnAutocommitReadBorrowsAReplicaAndGivesItBack) {
+  auto own = SessionHarness::fresh_server();
+  SessionHarness h(session_mode(), {}, own.get(), true);
+  ASSERT_EQ(h.state(), SessionState::Holding);
+  const std::string read = query("select avg(value) from readings");
+  Step s = h.client(read);
+  ASSERT_TRUE(s.check_out);
+  EXPECT_EQ(s.route.kind, Route::Kind::Replica);
+  EXPECT_EQ(h.session().pending_link(), 1);
+  auto replica = SessionHarness::fresh_server();
+  h.linked(*replica);
+  EXPECT_TRUE(h.session().linked(0));
+  EXPECT_TRUE(h.session().linked(1));
+  // The own server is not read while the replica answers.
+  EXPECT_FALSE(h.session().wants_server_input(0));
+  s = h.client(read);
+  EXPECT_EQ(s.server_link, 1);
+  EXPECT_EQ(queries_in(s.to_server), std::vector<std::string>{"select avg(value) from readings"});
+  s = h.server(row_result("1", "SELECT 1"), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "TDCZ");
+  ASSERT_EQ(s.ops.size(), 1u);
+  EXPECT_EQ(s.ops[0].kind, LinkOp::Kind::Release);
+  EXPECT_EQ(s.ops[0].link, 1);
+  EXPECT_EQ(h.state(), SessionState::Holding);
+  EXPECT_TRUE(h.session().linked(0));
+  EXPECT_TRUE(h.session().wants_server_input(0));
+  // A write runs on the own server, no checkout.
+  s = h.client(query("insert into readings values (1)"));
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(s.server_link, 0);
+}
+
+TEST(SessionModeRouting, StateOnlyTheOwnServerHasKeepsReadsThere) {
+  auto own = SessionHarness::fresh_server();
+  SessionHarness h(session_mode(), {}, own.get(), true);
+  // A named prepared statement lives on the own server under the client's name.
+  const std::string parse_named = parse("s1", "select 1") + sync();
+  Step s = h.client(parse_named);
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(s.server_link, 0);
+  h.server(parse_complete() + ready('I'));
+  // An unnamed one is self-contained: it may go.
+  const std::string unnamed = parse("", "select 1") + bind_to("", "") + execute() + sync();
+  s = h.client(unnamed);
+  EXPECT_TRUE(s.check_out);
+  h.checkout_failed("53300");  // no replica: the own server answers instead
+  EXPECT_EQ(h.state(), SessionState::Holding);
+  s = h.client(unnamed);
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(s.server_link, 0);
+  EXPECT_EQ(sqlstates_in(s.to_client), "");
+  h.server(parse_complete() + bind_complete() + command_result("SELECT 1"));
+  // Temporary tables exist only there.
+  h.client(query("create temp table t (x int)"));
+  h.server(command_result("CREATE TABLE"));
+  s = h.client(query("select * from t"));
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(s.server_link, 0);
+}
+
+TEST(SessionModeRouting, InATransactionEverythingStaysOnTheOwnServer) {
+  auto own = SessionHarness::fresh_server();
+  SessionHarness h(session_mode(), {}, own.get(), true);
+  h.client(query("begin"));
+  h.server(command_result("BEGIN", 'T'));
+  Step s = h.client(query("select 1"));
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(s.server_link, 0);
+}
+
+TEST(SessionModeRouting, AReadOnlyTransactionRunsOnTheReplicaUntilItEnds) {
+  auto own = SessionHarness::fresh_server();
+  SessionHarness h(session_mode(), {}, own.get(), true);
+  Step s = h.client(query("begin read only"));
+  ASSERT_TRUE(s.check_out);
+  auto replica = SessionHarness::fresh_server();
+  h.linked(*replica);
+  h.client(query("begin read only"));
+  s = h.server(command_result("BEGIN", 'T'), T0, 1);
+  EXPECT_FALSE(s.has_op(LinkOp::Kind::Release));
+  s = h.client(query("select 1"));
+  EXPECT_EQ(s.server_link, 1);
+  h.server(row_result("1", "SELECT 1", 'T'), T0, 1);
+  s = h.client(query("commit"));
+  EXPECT_EQ(s.server_link, 1);
+  s = h.server(command_result("COMMIT"), T0, 1);
+  ASSERT_TRUE(s.has_op(LinkOp::Kind::Release));
+  EXPECT_EQ(s.ops[0].link, 1);
+  EXPECT_TRUE(h.session().linked(0));
+}
+
+TEST(SessionModeRouting, SettingsFollowTheClientToTheReplica) {
+  auto own = SessionHarness::fresh_server();
+  SessionHarness h(session_mode(), {}, own.get(), true);
+  h.client(query("set statement_timeout = '5s'"));
+  h.server(command_result("SET"));
+  h.client(query("select 1"));
+  auto replica = SessionHarness::fresh_server();
+  Step s = h.linked(*replica);
+  EXPECT_EQ(s.server_link, 1);
+  EXPECT_NE(s.to_server.find("statement_timeout"), std::string::npos);
+}
+
+TEST(SessionModeRouting, AWriteMovesTheReadYourWritesMark) {
+  auto own = SessionHarness::fresh_server();
+  SessionHarness h(session_mode(config::ReadYourWrites::Lsn), {}, own.get(), true);
+  h.client(query("insert into readings values (1)"));
+  Step s = h.server(command_result("INSERT 0 1"));
+  EXPECT_EQ(queries_in(s.to_server),
+            std::vector<std::string>{"SELECT pg_catalog.pg_current_wal_lsn()"});
+  h.server(row_result("0/300", "SELECT 1"));
+  EXPECT_EQ(h.state(), SessionState::Holding);
+  s = h.client(query("select 1"));
+  ASSERT_TRUE(s.check_out);
+  EXPECT_EQ(s.route.after_lsn, 0x300u);
+  // A read on the own server asks nothing afterwards.
+  h.checkout_failed("53300");
+  s = h.client(query("select 1"));
+  EXPECT_EQ(s.server_link, 0);
+  s = h.server(row_result("1", "SELECT 1"));
+  EXPECT_TRUE(s.to_server.empty());
+}
+
+TEST(SessionModeRouting, AReadCutOnTheReplicaRunsAgain) {
+  auto own = SessionHarness::fresh_server();
+  SessionHarness h(session_mode(), {}, own.get(), true);
+  h.client(query("select 1"));
+  auto replica = SessionHarness::fresh_server();
+  h.linked(*replica);
+  h.client(query("select 1"));
+  Step s = h.lost(T0, 1);
+  ASSERT_TRUE(s.check_out);
+  EXPECT_EQ(h.session().pending_link(), 1);
+  // No other replica: the own server runs it.
+  s = h.checkout_failed("53300");
+  EXPECT_TRUE(s.resume_client);
+  ASSERT_TRUE(h.session().has_own_input());
+  s = h.client("");
+  EXPECT_EQ(s.server_link, 0);
+  EXPECT_EQ(queries_in(s.to_server), std::vector<std::string>{"select 1"});
+  s = h.server(row_result("1", "SELECT 1"));
+  EXPECT_EQ(tags_of(s.to_client), "TDCZ");
 }
 
 }  // namespace

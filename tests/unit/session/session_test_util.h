@@ -245,6 +245,16 @@ inline std::vector<std::string> queries_in(std::string_view stream) {
   return out;
 }
 
+// The statement texts of the Parse messages of a byte stream, in order.
+inline std::vector<std::string> parsed_in(std::string_view stream) {
+  std::vector<std::string> out;
+  for (const auto& m : messages_of(stream)) {
+    if (m.tag != 'P') continue;
+    if (auto p = protocol::read_parse(frame_of(m))) out.emplace_back(p->query);
+  }
+  return out;
+}
+
 struct ErrorSeen {
   std::string severity;
   std::string sqlstate;

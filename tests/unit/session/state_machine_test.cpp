@@ -37,6 +37,7 @@ TEST(SessionStateMachine, TransitionTableIsTheDiagram) {
       {S::Holding, S::Active},
       {S::Holding, S::Idle},
       {S::Holding, S::Syncing},
+      {S::Holding, S::WaitingForServer},
       {S::WaitingForHub, S::Idle},
   };
   for (S from : kAll) {
