@@ -332,6 +332,8 @@ asio::awaitable<bool> ClientSession::start_session() {
   pools_ = app_.user_pools(*database_, user_name_);
   // The primary as the health checks see it (after a failover, not the configured one); a
   // replica while there is none, so clients can still log in and read.
+  reads_ = config_->routing.reads;
+  load_balance_ = config_->routing.load_balance;
   pool_ = pool_for(routing::Route::primary(0));
   // Session mode keeps its login server for writes: never a replica.
   if (!pool_ && config_->pool.mode != config::PoolMode::Session) {

@@ -470,25 +470,27 @@ std::shared_ptr<pool::ServerPool> ClientSession::pool_for(const routing::Route& 
     if (const auto* db = config->find_database(database_name_)) {
       pools_ = app_.user_pools(*db, user_name_);
     }
+    // How reads are spread follows the reload too, for clients already connected.
+    reads_ = config->routing.reads;
+    load_balance_ = config->routing.load_balance;
   }
   const auto index = static_cast<std::size_t>(route.shard);
   if (index >= pools_->shards.size()) return nullptr;
   const UserPools::Shard& shard = pools_->shards[index];
   const health::ShardStatus& status = *shard.status;
   const int primary = status.primary();
-  if (route.kind == routing::Route::Kind::Replica) {
-    const auto& r = config_->routing;
+  if (route.kind == routing::Route::Kind::Replica && reads_ != config::ReadsTo::Primary) {
     std::array<routing::ReplicaCandidate, 16> storage;
     std::size_t count = 0;
     for (std::size_t i = 0; i < shard.hosts.size() && i < status.size() && count < storage.size();
          ++i) {
       const health::HostStatus& host = status.host(i);
       const bool candidate = static_cast<int>(i) == primary
-                                 ? r.reads == config::ReadsTo::Any
+                                 ? reads_ == config::ReadsTo::Any
                                  : host.readable.load(std::memory_order_relaxed) &&
                                        host.lsn.load(std::memory_order_relaxed) >= route.after_lsn;
       if (!candidate) continue;
-      const int in_use = r.load_balance == config::LoadBalance::LeastConnections
+      const int in_use = load_balance_ == config::LoadBalance::LeastConnections
                              ? shard.hosts[i]->in_use(worker_.index)
                              : 0;
       storage[count++] = {i, in_use};
@@ -499,9 +501,9 @@ std::shared_ptr<pool::ServerPool> ClientSession::pool_for(const routing::Route& 
     x ^= x >> 7;
     x ^= x << 17;
     const auto policy =
-        r.load_balance == config::LoadBalance::RoundRobin ? routing::LoadBalance::RoundRobin
-        : r.load_balance == config::LoadBalance::Random   ? routing::LoadBalance::Random
-                                                          : routing::LoadBalance::LeastConnections;
+        load_balance_ == config::LoadBalance::RoundRobin ? routing::LoadBalance::RoundRobin
+        : load_balance_ == config::LoadBalance::Random   ? routing::LoadBalance::Random
+                                                         : routing::LoadBalance::LeastConnections;
     if (auto chosen =
             routing::choose_replica({storage.data(), count}, policy, worker_.replica_turn, x)) {
       return shard.hosts[*chosen];

@@ -202,6 +202,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
 
   std::shared_ptr<pool::ServerPool> pool_;  // the primary of the first shard at login (counts)
   std::shared_ptr<const UserPools> pools_;  // every host's pool, as of a topology generation
+  // routing.reads and routing.load_balance as of that generation.
+  config::ReadsTo reads_ = config::ReadsTo::Replicas;
+  config::LoadBalance load_balance_ = config::LoadBalance::LeastConnections;
   std::shared_ptr<CancelTarget> cancel_;
   CheckoutWaiter waiter_{*this};
 

@@ -345,7 +345,7 @@ class Harness {
     ServerState* server = nullptr;
     if (options_.mode == config::PoolMode::Session || (startup_byte & 8)) {
       server = new_server();
-      linked_ = server;
+      linked_[0] = server;
     }
     step(session_.start(startup, defaults, {1, 2}, server, now_), Source::Client, {}, server);
   }
@@ -379,9 +379,12 @@ class Harness {
           server_bytes(m, in);
           break;
         }
-        case 7:
-          step(session_.on_server_lost(0, now_), Source::Event, {}, nullptr, in);
+        case 7: {
+          // Either linked server may die (session mode holds two while a read runs on a replica).
+          const LinkId id = linked_[1] && (in.byte() & 1) ? 1 : 0;
+          step(session_.on_server_lost(id, now_), Source::Event, {}, nullptr, in);
           break;
+        }
         case 8:
           now_ += std::chrono::milliseconds(in.byte() * 37);
           step(session_.on_timer(now_), Source::Event, {}, nullptr, in);
@@ -424,7 +427,7 @@ class Harness {
           break;
         default: {
           // Bytes from a server that is not linked (any more): consumed and dropped.
-          if (linked_) break;
+          if (linked_[0]) break;
           const std::string m = server_message(in);
           const Actions& a = session_.on_server_data(0, m, now_);
           CHECK(a.consumed == m.size());
@@ -481,11 +484,16 @@ class Harness {
     step(a, Source::Client, input, nullptr, in);
   }
 
+  // The bytes come from the server the session reads: its replica link while it has one.
   void server_bytes(std::string_view bytes, Reader& in) {
-    if (!linked_) return;  // nobody reads a server that is not linked
-    server_in_.append(bytes);
-    const std::string input = server_in_;
-    const Actions& a = session_.on_server_data(0, input, now_);
+    const LinkId id = linked_[1] ? 1 : 0;
+    if (!linked_[id]) return;  // nobody reads a server that is not linked
+    CHECK(session_.wants_server_input(id) || session_.state() == SessionState::Closing);
+    if (linked_[1]) CHECK(!session_.wants_server_input(0));
+    server_in_[id].append(bytes);
+    const std::string input = server_in_[id];
+    server_link_ = id;
+    const Actions& a = session_.on_server_data(id, input, now_);
     step(a, Source::Server, input, nullptr, in);
   }
 
@@ -539,8 +547,8 @@ class Harness {
     }
     read_client_stream(a.outbox, false);
     if (!to_server.empty()) {
-      CHECK(a.server_link == 0);
-      CHECK(linked_ != nullptr || linked_now != nullptr);
+      CHECK(a.server_link <= 1);
+      CHECK(linked_[a.server_link] != nullptr || linked_now != nullptr);
       check_whole_frontend_messages(to_server);
     }
 
@@ -549,28 +557,32 @@ class Harness {
       CHECK(input == std::string_view(client_in_).substr(0, input.size()));
       client_in_.erase(0, a.consumed);
     } else if (source == Source::Server) {
-      server_in_.erase(0, a.consumed);
+      server_in_[server_link_].erase(0, a.consumed);
     }
 
     // Commands.
-    int ops_on_0 = 0;
+    int ops_on[2] = {0, 0};
     for (const LinkOp& op : a.link_ops) {
-      CHECK(op.link == 0);
-      CHECK(linked_ != nullptr);
-      CHECK(++ops_on_0 == 1);
+      CHECK(op.link <= 1);
+      ServerState*& server = linked_[op.link];
+      CHECK(server != nullptr);
+      CHECK(++ops_on[op.link] == 1);
       if (op.kind == LinkOp::Kind::Release) {
-        CHECK(linked_->tx_status == 'I');
-        idle_.push_back(linked_);
+        CHECK(server->tx_status == 'I');
+        idle_.push_back(server);
       } else if (op.kind == LinkOp::Kind::CleanAndRelease) {
         CHECK(!op.sql[0].empty());
-        linked_->tx_status = 'I';  // what the clean-up leaves
-        idle_.push_back(linked_);
+        server->tx_status = 'I';  // what the clean-up leaves
+        idle_.push_back(server);
       }
-      linked_ = nullptr;
-      server_in_.clear();
+      server = nullptr;
+      server_in_[op.link].clear();
     }
-    CHECK(session_.linked(0) == (linked_ != nullptr));
-    CHECK(session_.link_count() == (linked_ ? 1u : 0u));
+    // Link 1 only in session mode (its own server, link 0, may have died meanwhile).
+    if (linked_[1]) CHECK(options_.mode == config::PoolMode::Session);
+    CHECK(session_.linked(0) == (linked_[0] != nullptr));
+    CHECK(session_.linked(1) == (linked_[1] != nullptr));
+    CHECK(session_.link_count() == (linked_[0] ? 1u : 0u) + (linked_[1] ? 1u : 0u));
 
     pinned_ += a.pinned_change;
     CHECK(pinned_ == (session_.pinned() ? 1 : 0));
@@ -601,7 +613,10 @@ class Harness {
         } else {
           server = new_server();
         }
-        linked_ = server;
+        const LinkId id = session_.pending_link();
+        CHECK(id <= 1);
+        CHECK(linked_[id] == nullptr);
+        linked_[id] = server;
         const Actions& got = session_.on_linked(*server, now_);
         step(got, Source::Client, {}, server, in);
       }
@@ -699,9 +714,10 @@ class Harness {
   Clock::time_point now_ = Clock::time_point{} + std::chrono::hours(1);
   std::vector<std::unique_ptr<ServerState>> servers_;
   std::vector<ServerState*> idle_;
-  ServerState* linked_ = nullptr;
+  ServerState* linked_[2] = {nullptr, nullptr};
+  LinkId server_link_ = 0;  // of the server step being checked
   std::string client_in_;
-  std::string server_in_;
+  std::string server_in_[2];
   std::string client_header_;
   std::size_t client_remaining_ = 0;
   bool mid_server_message_ = false;

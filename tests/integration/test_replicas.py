@@ -209,6 +209,29 @@ def test_session_mode_reads_borrow_a_replica_and_the_session_stays_on_the_primar
     cluster.wait_replay()
 
 
+def test_a_reload_changes_where_connected_clients_read(cluster, pgvalve):
+    conf = replicated(cluster, routing={"read_your_writes": "off",
+                                        "load_balance": "least_connections"})
+    pv = pgvalve(**conf)
+    replicas_ready(pv, cluster)
+    with pv.connect() as c:
+        assert where(c)[0] is True
+        # reads: primary, then round_robin over the replicas: the same connection follows.
+        pv.config["routing"]["reads"] = "primary"
+        pv.reload(pv.config)
+        wait_until(lambda: where(c) == (False, cluster.primary.port), 10,
+                   message="reads on the primary after the reload")
+        assert all(where(c) == (False, cluster.primary.port) for _ in range(10))
+        pv.config["routing"]["reads"] = "replicas"
+        pv.config["routing"]["load_balance"] = "round_robin"
+        pv.reload(pv.config)
+        wait_until(lambda: where(c)[0], 10, message="reads on replicas again")
+        ports = [where(c)[1] for _ in range(10)]
+        # round_robin alternates; least_connections would pick the first idle replica each time.
+        assert set(ports) == {r.port for r in cluster.replicas}
+        assert all(a != b for a, b in zip(ports, ports[1:])), ports
+
+
 def test_reads_primary_keeps_every_statement_on_the_primary(cluster, pgvalve):
     pv = pgvalve(**replicated(cluster, routing={"reads": "primary"}))
     with pv.connect() as c:
