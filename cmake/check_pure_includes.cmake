@@ -1,7 +1,7 @@
 # Run with `cmake -DROOT=<source dir> -P check_pure_includes.cmake` (every build does, see
 # CMakeLists.txt). The pure folders decide; proxy/ does the I/O. A socket, event-loop or thread
 # header in a pure folder fails the build, naming the file and line.
-set(pure_dirs protocol routing session pool admission health config)
+set(pure_dirs protocol routing stats session pool admission health config)
 set(forbidden "#[ \t]*include[ \t]*[<\"](boost/asio|boost/beast|sys/socket|sys/epoll|netinet/|arpa/|poll\\.h|unistd\\.h|thread>)")
 set(found "")
 foreach(dir ${pure_dirs})

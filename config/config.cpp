@@ -291,8 +291,11 @@ Pairs describe_impl(const Config& c, bool hide_secrets) {
   add("failover.promote_after_ms", num(c.failover.promote_after_ms));
   add("failover.hold_writes_ms", num(c.failover.hold_writes_ms));
 
-  // stats is refused at load until it works (load.cpp, refuse_what_does_not_work_yet): its
-  // defaults would describe nothing that happens.
+  add("stats.slow_query_ms", num(c.stats.slow_query_ms));
+  add("stats.slow_query_samples", num(c.stats.slow_query_samples));
+  add("stats.max_fingerprints", num(c.stats.max_fingerprints));
+  add("stats.explain_slow", c.stats.explain_slow ? "true" : "false");
+  add("stats.redact_literals", c.stats.redact_literals ? "true" : "false");
   return out;
 }
 

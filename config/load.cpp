@@ -1122,7 +1122,22 @@ void Loader::refuse_what_does_not_work_yet(const YAML::Node& root) {
       }
     }
   }
-  refuse(root, "stats", "stats", "no query statistics are kept; remove the section");
+  if (const YAML::Node stats = root["stats"]; stats && stats.IsMap()) {
+    auto is = [&](std::string_view key, bool value) {
+      const YAML::Node n = stats[std::string(key)];
+      bool v = !value;
+      return n && n.IsScalar() && YAML::convert<bool>::decode(n, v) && v == value;
+    };
+    if (is("explain_slow", true)) {
+      refuse(stats, "explain_slow", "stats.explain_slow",
+             "slow statements are not EXPLAINed yet; remove the key or set it to false");
+    }
+    if (is("redact_literals", false)) {
+      refuse(stats, "redact_literals", "stats.redact_literals",
+             "slow-query samples always show the normalised text ($1 for constants); remove the "
+             "key or set it to true");
+    }
+  }
 }
 
 // Where the parser starts each document; nothing else is kept.

@@ -30,6 +30,10 @@ struct PendingResponse {
   std::uint16_t note_count = 0;  // session-defined: notes from `note` on belong to this request
   std::uint16_t notes_done = 0;  // session-defined: how many of them have been settled
   std::uint64_t statement_hash = 0;
+  // Statistics (session-defined): the shape of the statement this request runs (a Query or an
+  // Execute; 0: not counted) and when it was sent.
+  std::uint64_t fingerprint = 0;
+  std::int64_t started = 0;
 };
 
 enum class ResponseMatch {

@@ -25,11 +25,13 @@ const PreparedStatement* ClientStatements::find(std::string_view name) const {
 }
 
 const PreparedStatement& ClientStatements::define(std::string_view name, std::string_view query,
-                                                  std::string_view param_types) {
+                                                  std::string_view param_types,
+                                                  std::uint64_t fingerprint) {
   auto& s = by_name_[std::string(name)];
   s.query.assign(query);
   s.param_types.assign(param_types);
   s.hash = statement_hash(query, param_types);
+  s.fingerprint = fingerprint;
   return s;
 }
 

@@ -17,6 +17,7 @@ struct PreparedStatement {
   std::string query;
   std::string param_types;  // raw int32 OIDs, as in Parse
   std::uint64_t hash = 0;
+  std::uint64_t fingerprint = 0;  // of the query's shape (statistics); 0: not computed
 };
 
 // "pgv_" + 16 hex digits of the hash, without allocating.
@@ -40,7 +41,7 @@ class ClientStatements {
  public:
   const PreparedStatement* find(std::string_view name) const;
   const PreparedStatement& define(std::string_view name, std::string_view query,
-                                  std::string_view param_types);
+                                  std::string_view param_types, std::uint64_t fingerprint = 0);
   bool erase(std::string_view name);
   void clear() { by_name_.clear(); }
   std::size_t size() const { return by_name_.size(); }

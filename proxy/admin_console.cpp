@@ -153,6 +153,76 @@ void show_hosts(App& app, std::string& out) {
   pr::append_command_complete(out, "SHOW");
 }
 
+std::string millis_text(double micros) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, "%.3f", micros / 1000.0);
+  return buffer;
+}
+
+std::string fingerprint_text(std::uint64_t fingerprint) {
+  char buffer[17];
+  std::snprintf(buffer, sizeof buffer, "%016llx", static_cast<unsigned long long>(fingerprint));
+  return buffer;
+}
+
+// Bit i of `shards`: the shard names of `database`'s config, in order.
+std::string shard_names(App& app, std::uint64_t shards) {
+  std::string out;
+  const auto config = app.config();
+  for (const auto& db : config->databases) {
+    for (std::size_t i = 0; i < db.shards.size() && i < 64; ++i) {
+      if (!(shards >> i & 1)) continue;
+      if (out.find(db.shards[i].name) != std::string::npos) continue;
+      if (!out.empty()) out += ",";
+      out += db.shards[i].name;
+    }
+  }
+  return out;
+}
+
+void show_queries(App& app, std::string& out) {
+  const stats::Snapshot snap = app.query_stats();
+  std::vector<Row> rows;
+  for (const auto& q : snap.queries) {
+    const double calls = static_cast<double>(q.calls);
+    char share[32];
+    std::snprintf(share, sizeof share, "%.2f", calls > 0 ? q.replica_calls / calls : 0.0);
+    rows.push_back({fingerprint_text(q.fingerprint), q.text, std::to_string(q.calls),
+                    std::to_string(q.rows), std::to_string(q.errors),
+                    millis_text(static_cast<double>(q.total_micros)),
+                    millis_text(calls > 0 ? q.total_micros / calls : 0),
+                    millis_text(static_cast<double>(q.min_micros)),
+                    millis_text(static_cast<double>(q.max_micros)),
+                    millis_text(static_cast<double>(q.durations.quantile_micros(0.50))),
+                    millis_text(static_cast<double>(q.durations.quantile_micros(0.95))),
+                    millis_text(static_cast<double>(q.durations.quantile_micros(0.99))), share,
+                    shard_names(app, q.shards)});
+  }
+  append_result(out,
+                {"fingerprint", "query", "calls", "rows", "errors", "total_ms", "mean_ms", "min_ms",
+                 "max_ms", "p50_ms", "p95_ms", "p99_ms", "replica_share", "shards"},
+                rows);
+}
+
+void show_slow_queries(App& app, std::string& out) {
+  const stats::Snapshot snap = app.query_stats();
+  const auto config = app.config();
+  std::vector<Row> rows;
+  for (const auto& s : snap.slow) {
+    std::string shard;
+    if (const auto* db = config->find_database(s.database); db && s.shard < db->shards.size()) {
+      shard = db->shards[s.shard].name;
+    }
+    rows.push_back({iso_time(s.at), s.database, s.user, shard, s.host,
+                    millis_text(static_cast<double>(s.micros)), fingerprint_text(s.fingerprint),
+                    s.text, s.advice});
+  }
+  append_result(out,
+                {"time", "database", "user", "shard", "host", "duration_ms", "fingerprint", "query",
+                 "advice"},
+                rows);
+}
+
 // Runs a drill on the control thread and waits for its outcome here.
 boost::asio::awaitable<DrillResult> await_drill(
     Stream& client, const std::function<void(HealthChecker::DrillDone)>& start) {
@@ -248,6 +318,13 @@ boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, sessi
         append_result(out, {"version"}, {{"pgvalve " PGVALVE_VERSION}});
       } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "HOSTS") {
         show_hosts(app, out);
+      } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "QUERIES") {
+        show_queries(app, out);
+      } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "SLOW_QUERIES") {
+        show_slow_queries(app, out);
+      } else if (words.size() == 2 && words[0] == "RESET" && words[1] == "QUERIES") {
+        app.reset_query_stats();
+        pr::append_command_complete(out, "RESET");
       } else if (!words.empty() && (words[0] == "SWITCHOVER" || words[0] == "FAILOVER")) {
         // Names as written (databases and shards are case-sensitive), after the command word.
         const auto raw = raw_words(sql);
@@ -297,9 +374,9 @@ boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, sessi
         }
       } else {
         error(out, "42601",
-              "pgvalve: unknown admin command; available: SHOW POOLS, SHOW HOSTS, SHOW CONFIG, "
-              "SHOW VERSION, RELOAD, SWITCHOVER <database> [shard] [TO host:port], FAILOVER "
-              "<database> [shard]");
+              "pgvalve: unknown admin command; available: SHOW POOLS, SHOW HOSTS, SHOW QUERIES, "
+              "SHOW SLOW_QUERIES, SHOW CONFIG, SHOW VERSION, RELOAD, RESET QUERIES, SWITCHOVER "
+              "<database> [shard] [TO host:port], FAILOVER <database> [shard]");
       }
       pr::append_ready_for_query(out, 'I');
     }

@@ -36,6 +36,18 @@ void Worker::remove_session(ClientSession* s) {
   s->next_on_worker = s->prev_on_worker = nullptr;
 }
 
+namespace {
+
+stats::Limits stats_limits(const config::Config& c) {
+  stats::Limits l;
+  l.max_fingerprints = static_cast<std::size_t>(c.stats.max_fingerprints);
+  l.slow_query = std::chrono::milliseconds(c.stats.slow_query_ms);
+  l.slow_samples = static_cast<std::size_t>(c.stats.slow_query_samples);
+  return l;
+}
+
+}  // namespace
+
 App::App(config::ConfigPtr config) {
   set_log_level(config->log_level);
   message_memory_.set_limit(config->limits.message_memory_bytes);
@@ -46,6 +58,7 @@ App::App(config::ConfigPtr config) {
   for (int i = 0; i < workers; ++i) {
     auto w = std::make_unique<Worker>();
     w->index = i;
+    w->query_stats.set_limits(stats_limits(*config));
     workers_.push_back(std::move(w));
   }
 }
@@ -113,6 +126,19 @@ void App::set_topology(std::shared_ptr<const Topology> topology) {
     topology_ = std::move(topology);
   }
   topology_generation_.store(generation, std::memory_order_release);
+}
+
+stats::Snapshot App::query_stats() const {
+  std::vector<const stats::QueryStats*> all;
+  for (const auto& w : workers_)
+    all.push_back(&w->query_stats);
+  return stats::QueryStats::snapshot(all,
+                                     static_cast<std::size_t>(config()->stats.max_fingerprints));
+}
+
+void App::reset_query_stats() {
+  for (auto& w : workers_)
+    w->query_stats.reset();
 }
 
 std::vector<HostRow> App::hosts() const {
@@ -331,6 +357,8 @@ bool App::reload() {
   message_memory_.set_limit(next->limits.message_memory_bytes);
   for (auto& pool : pools())
     pool->update_settings(next->pool);
+  for (auto& w : workers_)
+    w->query_stats.set_limits(stats_limits(*next));
   // The hosts to check and route to; the checker lives on the control thread.
   asio::post(control_, [this, next] {
     if (health_) set_topology(health_->configure(next));

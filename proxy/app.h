@@ -30,6 +30,7 @@
 #include "routing/decision_cache.h"
 #include "session/input_buffer.h"
 #include "session/session.h"
+#include "stats/query_stats.h"
 
 namespace pgvalve::proxy {
 
@@ -73,6 +74,8 @@ struct Worker {
   // Load balancing state of this worker's reads (round_robin turn, random draws).
   std::uint64_t replica_turn = 0;
   std::uint64_t random_state = 0x9e3779b97f4a7c15ull;
+  // Statistics per statement shape of this worker's sessions (SHOW QUERIES sums the workers).
+  stats::QueryStats query_stats;
   std::thread thread;
 };
 
@@ -116,6 +119,9 @@ class App : public pool::Handoff {
   }
   // SHOW HOSTS, /status.
   std::vector<HostRow> hosts() const;
+  // Every worker's statement statistics, summed (SHOW QUERIES, SHOW SLOW_QUERIES).
+  stats::Snapshot query_stats() const;
+  void reset_query_stats();
   // A session could not reach `host`: no reads there until a check finds it healthy.
   void report_unreachable(const config::Endpoint& host);
   // SWITCHOVER / FAILOVER from the admin console, run on the control thread; `done` is called

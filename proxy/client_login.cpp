@@ -353,7 +353,8 @@ asio::awaitable<bool> ClientSession::start_session() {
     router_ =
         routing::Router(static_cast<int>(database_->shards.size()), policy, &worker_.decisions);
   }
-  core_.emplace(session::SessionOptions::from(*config_), router_, worker_.workspaces);
+  recorder_ = {&worker_.query_stats, {&database_name_, &user_name_}};
+  core_.emplace(session::SessionOptions::from(*config_), router_, worker_.workspaces, &recorder_);
 
   // The client is told the parameters of a real server, so one must have been seen; session
   // mode keeps its server from the start.

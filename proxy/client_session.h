@@ -196,6 +196,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
 
   session::InputBuffer client_in_{session::InputBuffer::kClientBytes};
   routing::Router router_;
+  stats::Recorder recorder_;  // the worker's statement statistics, with this client's names
   // Made at login; one allocation with this object.
   std::optional<session::Session> core_;
   SocketWriter client_writer_;

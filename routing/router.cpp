@@ -35,8 +35,8 @@ Route read_on_primary() {
 // Whether a statement may run on a replica: a read the parse tree proves, or BEGIN READ ONLY.
 // Cached per fingerprint (which keeps every keyword, so BEGIN and BEGIN READ ONLY differ), so
 // a statement seen before costs one lexer pass and a lookup.
-bool Router::replica_eligible(std::string_view sql) const {
-  const std::uint64_t fp = fingerprint(sql);
+bool Router::replica_eligible(std::string_view sql, std::uint64_t known) const {
+  const std::uint64_t fp = known ? known : fingerprint(sql);
   if (const StatementAccess* known = cache_->lookup(fp)) return known->read;
   const StatementInfo info = classify(sql);
   StatementAccess verdict;
@@ -73,7 +73,7 @@ Route Router::route(std::string_view sql, const RouteContext& context) const {
   if (context.preference == RouteContext::Preference::Primary) return Route::primary(0);
   if (context.preference == RouteContext::Preference::Replica) return Route::replica(0);
   if (sql.empty() || !cache_ || !policy_.write_functions) return Route::primary(0);
-  if (!replica_eligible(sql)) return Route::primary(0);
+  if (!replica_eligible(sql, context.fingerprint)) return Route::primary(0);
   return context.recent_write ? read_on_primary() : Route::replica(0);
 }
 

@@ -32,6 +32,8 @@ struct RouteContext {
   // routing.read_your_writes = time: this client wrote within the window; its reads go to the
   // primary.
   bool recent_write = false;
+  // routing::fingerprint() of the statement when the caller has it already; 0: computed here.
+  std::uint64_t fingerprint = 0;
 };
 
 class Router {
@@ -51,7 +53,7 @@ class Router {
   bool splits() const { return policy_.split; }
 
  private:
-  bool replica_eligible(std::string_view sql) const;
+  bool replica_eligible(std::string_view sql, std::uint64_t fingerprint = 0) const;
 
   int shard_count_ = 1;
   RoutingPolicy policy_;

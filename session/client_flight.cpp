@@ -254,6 +254,7 @@ bool Session::check_partial(std::string_view rest, Actions& out, Clock::time_poi
 const Actions& Session::plan_client(std::string_view input, Clock::time_point now) {
   Actions& out = work().client_actions;
   Workspace& w = work();
+  w.fingerprinted_text = nullptr;  // the input buffer's bytes are new
   if (w.retry_pending) {
     // A read whose replica died runs again on the server linked for it; the client's input
     // waits its turn.
@@ -329,7 +330,9 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
     context.recent_write = options_.read_your_writes == config::ReadYourWrites::Time &&
                            last_write_at_ != Clock::time_point{} &&
                            now - last_write_at_ < options_.read_your_writes_window;
-    routing::Route route = router_.route(route_text(flight), context);
+    const std::string_view text = route_text(flight);
+    if (router_.splits() && !text.empty()) context.fingerprint = fingerprint_of(text);
+    routing::Route route = router_.route(text, context);
     if (route.kind == routing::Route::Kind::Replica &&
         options_.read_your_writes == config::ReadYourWrites::Lsn) {
       route.after_lsn = write_lsn_;
@@ -441,7 +444,9 @@ bool Session::route_away_from_own_server(std::string_view frames, Link& own, Act
   context.recent_write = options_.read_your_writes == config::ReadYourWrites::Time &&
                          last_write_at_ != Clock::time_point{} &&
                          now_ - last_write_at_ < options_.read_your_writes_window;
-  routing::Route route = router_.route(route_text(flight), context);
+  const std::string_view text = route_text(flight);
+  if (!text.empty()) context.fingerprint = fingerprint_of(text);
+  routing::Route route = router_.route(text, context);
   // A single read on the own server moves no read-your-writes mark; anything else may write.
   const bool read = route.kind == routing::Route::Kind::Replica ||
                     (route.kind == routing::Route::Kind::Primary && !route.write);
@@ -678,7 +683,9 @@ const pr::PreparedStatement& Session::define_statement(std::string_view name,
     statement_bytes_ -= old->query.size() + old->param_types.size();
   }
   statement_bytes_ += query.size() + param_types.size();
-  return statements_->define(name, query, param_types);
+  const std::uint64_t fingerprint = recorder_ ? fingerprint_of(query) : 0;
+  if (fingerprint) recorder_->stats->prepare(fingerprint, query);
+  return statements_->define(name, query, param_types, fingerprint);
 }
 
 bool Session::forget_statement(std::string_view name) {
@@ -960,6 +967,7 @@ void Session::forward_query(const pr::Frame& f, std::string_view sql, std::size_
 void Session::plan_query(const pr::Frame& f, std::size_t offset, Link& l, Flight& flight) {
   auto sql = pr::read_query(f);
   pr::PendingResponse rfq{Kind::ReadyForQuery};
+  if (sql) count_request(rfq, *sql);
   if (!sql || plain_statement(*sql)) {
     if (sql) {
       forward_query(f, *sql, offset, flight);
@@ -1062,6 +1070,11 @@ void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight
     if (parse->statement.empty()) {
       w.unnamed_statement_note = std::move(note);
       w.unnamed_statement_pins = pins;
+      w.unnamed_statement_fingerprint = 0;
+      if (recorder_ && !parse->query.empty()) {
+        w.unnamed_statement_fingerprint = fingerprint_of(parse->query);
+        recorder_->stats->prepare(w.unnamed_statement_fingerprint, parse->query);
+      }
     }
     const std::string_view text = without_hint(parse->query);
     if (text.size() == parse->query.size()) {
@@ -1125,6 +1138,8 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
     if (head->portal.empty()) {
       w.unnamed_portal_note = std::move(note);
       w.unnamed_portal_pins = pins;
+      w.unnamed_portal_fingerprint = head->statement.empty() ? w.unnamed_statement_fingerprint
+                                                             : (stmt ? stmt->fingerprint : 0);
     } else {
       remember_portal(head->portal, std::move(note), pins, l);
     }
@@ -1196,6 +1211,7 @@ void Session::plan_execute(const pr::Frame& f, std::size_t offset, Link& l, Flig
   if (e && e->portal.empty()) {
     note = &w.unnamed_portal_note;
     pins = w.unnamed_portal_pins;
+    count_request(execute, w.unnamed_portal_fingerprint);
   } else if (e && !w.named_portals.empty()) {
     for (const auto& p : w.named_portals) {
       if (p.portal == e->portal) {

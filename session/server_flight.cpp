@@ -223,12 +223,20 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
       if (f.tag == 'C' && head.note_count > 0) {
         settle_statement(l, head, pr::read_command_complete(f).value_or(""), out);
       }
+      if (f.tag == 'C' && head.fingerprint) {
+        l.rows += stats::rows_of_tag(pr::read_command_complete(f).value_or(""));
+      }
       pass();
       return passed;
     case pr::ResponseMatch::Completes:
       if (f.tag == 'C' && head.note_count > 0) {
         settle_statement(l, head, pr::read_command_complete(f).value_or(""), out);
       }
+      if (head.fingerprint) {
+        if (f.tag == 'C') l.rows += stats::rows_of_tag(pr::read_command_complete(f).value_or(""));
+        record_execution(l, head, head.failed);
+      }
+      l.rows = 0;
       if (!head.swallow && !head.internal) pass();
       complete_front(l, f.tag, out);
       return passed;
@@ -237,6 +245,8 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
       // The failed request and everything up to the next Sync get no answer of their own.
       while (!l.pending.empty() && l.pending.front().kind != Kind::ReadyForQuery) {
         auto& dropped = l.pending.front();
+        if (dropped.fingerprint) record_execution(l, dropped, true);
+        l.rows = 0;
         if (dropped.action == kActionEvictClose) {
           // The server skipped the Close: the statement is still prepared there (forgetting
           // it would make the next Parse of it fail with "already exists").

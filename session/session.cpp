@@ -118,6 +118,10 @@ void Workspace::clear() {
   unnamed_portal_note = {};
   unnamed_statement_pins = false;
   unnamed_portal_pins = false;
+  unnamed_statement_fingerprint = 0;
+  unnamed_portal_fingerprint = 0;
+  fingerprinted_text = nullptr;
+  fingerprinted_size = 0;
   named_portals.clear();
   review_notes.clear();
   shrink(client_scratch);
@@ -146,8 +150,11 @@ void WorkspacePool::give_back(std::unique_ptr<Workspace> workspace) {
 // ---- Session -------------------------------------------------------------------------------
 
 Session::Session(const SessionOptions& options, const routing::Router& router,
-                 WorkspacePool& workspaces)
-    : options_(options), router_(router), workspaces_(workspaces) {}
+                 WorkspacePool& workspaces, const stats::Recorder* recorder)
+    : options_(options),
+      router_(router),
+      workspaces_(workspaces),
+      recorder_(recorder && recorder->stats ? recorder : nullptr) {}
 
 Session::~Session() {
   if (work_) workspaces_.give_back(std::move(work_));

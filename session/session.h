@@ -42,6 +42,7 @@
 #include "session/settings.h"
 #include "session/settings_sync.h"
 #include "session/state.h"
+#include "stats/query_stats.h"
 
 namespace pgvalve::session {
 
@@ -97,7 +98,9 @@ class WorkspacePool {
 
 class Session {
  public:
-  Session(const SessionOptions& options, const routing::Router& router, WorkspacePool& workspaces);
+  // `recorder` (may be null: no statistics) outlives the session.
+  Session(const SessionOptions& options, const routing::Router& router, WorkspacePool& workspaces,
+          const stats::Recorder* recorder = nullptr);
   ~Session();
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -278,6 +281,16 @@ class Session {
   void start_wal_position(Link& l, LinkId id, Actions& out);
   void read_wal_position(const protocol::Frame& f);
 
+  // ---- statistics ----
+  // The fingerprint of `sql`, computed once per step for the same text (routing and
+  // statistics share it).
+  std::uint64_t fingerprint_of(std::string_view sql);
+  // `request` runs `sql`: it is counted when it completes.
+  void count_request(protocol::PendingResponse& request, std::string_view sql);
+  void count_request(protocol::PendingResponse& request, std::uint64_t fingerprint);
+  // `request` completed (`error`: with an error); `rows` from its CommandComplete tags.
+  void record_execution(const Link& l, const protocol::PendingResponse& request, bool error);
+
   // ---- failures and endings ----
   void fail_pending(Link& l, std::string_view sqlstate, std::string_view message, std::string& out);
   void lose_link(Link& l, LinkId id, std::string_view message, LinkOp::Kind kind, Actions& out);
@@ -295,6 +308,7 @@ class Session {
   SessionOptions options_;
   const routing::Router& router_;
   WorkspacePool& workspaces_;
+  const stats::Recorder* recorder_;
   std::unique_ptr<Workspace> work_;
   SessionState state_ = SessionState::LoggingIn;
   Clock::time_point now_{};  // of the event being handled

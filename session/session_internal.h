@@ -90,7 +90,8 @@ struct Link {
   // Linked for a route that may write while reads go to replicas: at the end of its transaction
   // the client's read-your-writes mark moves (routing.read_your_writes).
   bool may_write = false;
-  bool answered = false;  // a message of the server's went to the client
+  bool answered = false;   // a message of the server's went to the client
+  std::uint64_t rows = 0;  // rows of the front request's statements so far (statistics)
 
   bool busy() const { return in_flight > 0 || open_extended || !pending.empty(); }
   // Only pgvalve's own query is outstanding (a WAL position, a pin check).
@@ -119,6 +120,7 @@ struct Link {
     paused = false;
     may_write = false;
     answered = false;
+    rows = 0;
   }
 };
 
@@ -195,6 +197,13 @@ struct Workspace {
   // elsewhere if the replica dies before answering; retry_pending: linked for that.
   std::string retry_request;
   std::string unhinted;  // a statement's text without its pgvalve hint comment
+  // Statistics: the fingerprints of the unnamed statement and portal, and the last text
+  // fingerprinted in this step (its address and size) with its value.
+  std::uint64_t unnamed_statement_fingerprint = 0;
+  std::uint64_t unnamed_portal_fingerprint = 0;
+  const char* fingerprinted_text = nullptr;
+  std::size_t fingerprinted_size = 0;
+  std::uint64_t fingerprinted_value = 0;
   bool retry_pending = false;
   bool retry_used = false;
 

@@ -331,7 +331,7 @@ struct Kept {
 class Harness {
  public:
   explicit Harness(std::uint8_t options_byte, std::uint8_t startup_byte)
-      : options_(options_for(options_byte)), session_(options_, router_, workspaces_) {
+      : options_(options_for(options_byte)), session_(options_, router_, workspaces_, &recorder_) {
     auto defaults = std::make_shared<const session::ServerParameters>(
         session::ServerParameters{{"DateStyle", "ISO, MDY"},
                                   {"TimeZone", "UTC"},
@@ -710,6 +710,11 @@ class Harness {
   std::vector<std::string> write_functions_{"nextval", "setval"};
   routing::DecisionCache decisions_{64};
   routing::Router router_{1, routing::RoutingPolicy{true, &write_functions_}, &decisions_};
+  // Statements are counted too (a small cap, so eviction runs).
+  const std::string database_ = "d";
+  const std::string user_ = "u";
+  stats::QueryStats query_stats_{stats::Limits{8, std::chrono::milliseconds(1), 4}};
+  stats::Recorder recorder_{&query_stats_, {&database_, &user_}};
   Session session_;
   Clock::time_point now_ = Clock::time_point{} + std::chrono::hours(1);
   std::vector<std::unique_ptr<ServerState>> servers_;

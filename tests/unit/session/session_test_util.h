@@ -394,11 +394,12 @@ class SessionHarness {
   // `split_reads`: the router sends proven reads to replicas (as with replicas configured).
   explicit SessionHarness(SessionOptions options = {},
                           std::vector<std::pair<std::string, std::string>> startup = {},
-                          ServerState* login_server = nullptr, bool split_reads = false)
+                          ServerState* login_server = nullptr, bool split_reads = false,
+                          const stats::Recorder* recorder = nullptr)
       : router_(split_reads ? routing::Router(1, routing::RoutingPolicy{true, &write_functions_},
                                               &decisions_)
                             : routing::Router()),
-        session_(options, router_, workspaces_) {
+        session_(options, router_, workspaces_, recorder) {
     defaults_ = std::make_shared<const ServerParameters>(default_parameters());
     login = track(session_.start(startup, defaults_, {1, 2}, login_server, T0));
     login_reply = login.to_client;

@@ -1,0 +1,52 @@
+// What the session core tells the worker's statistics (stats/query_stats.h): each Query and
+// each Execute is counted once it completes, with its duration from when it was sent, the rows
+// of its CommandComplete tags, whether it failed, and where it ran.
+#include "routing/fingerprint.h"
+#include "session/session_internal.h"
+
+namespace pgvalve::session {
+
+std::uint64_t Session::fingerprint_of(std::string_view sql) {
+  Workspace& w = work();
+  if (w.fingerprinted_text == sql.data() && w.fingerprinted_size == sql.size()) {
+    return w.fingerprinted_value;
+  }
+  w.fingerprinted_text = sql.data();
+  w.fingerprinted_size = sql.size();
+  w.fingerprinted_value = routing::fingerprint(sql);
+  return w.fingerprinted_value;
+}
+
+void Session::count_request(protocol::PendingResponse& request, std::string_view sql) {
+  if (!recorder_ || sql.empty()) return;
+  const std::uint64_t fingerprint = fingerprint_of(sql);
+  recorder_->stats->prepare(fingerprint, sql);
+  count_request(request, fingerprint);
+}
+
+void Session::count_request(protocol::PendingResponse& request, std::uint64_t fingerprint) {
+  if (!recorder_ || fingerprint == 0) return;
+  request.fingerprint = fingerprint;
+  request.started = now_.time_since_epoch().count();
+}
+
+void Session::record_execution(const Link& l, const protocol::PendingResponse& request,
+                               bool error) {
+  if (!recorder_ || request.fingerprint == 0 || request.internal || !l.server) return;
+  const Clock::time_point started{Clock::duration(request.started)};
+  stats::Execution e;
+  e.fingerprint = request.fingerprint;
+  e.micros =
+      now_ > started
+          ? static_cast<std::uint64_t>(
+                std::chrono::duration_cast<std::chrono::microseconds>(now_ - started).count())
+          : 0;
+  e.rows = l.rows;
+  e.error = error;
+  e.replica = l.route.kind == routing::Route::Kind::Replica;
+  e.shard = l.route.shard;
+  e.host = l.server->name;
+  recorder_->stats->record(e, recorder_->labels);
+}
+
+}  // namespace pgvalve::session

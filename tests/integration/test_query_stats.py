@@ -1,0 +1,104 @@
+"""Statement statistics through the admin console: after a known workload against real
+PostgreSQL, SHOW QUERIES and SHOW SLOW_QUERIES report exactly what ran."""
+
+from __future__ import annotations
+
+import subprocess
+
+import psycopg
+import pytest
+
+from itutil import APP_AND_OPS, OPS_PASSWORD, OPS_USER
+
+
+def admin(pv):
+    return psycopg.connect(pv.dsn(user=OPS_USER, password=OPS_PASSWORD, dbname="pgvalve"),
+                           autocommit=True)
+
+
+def rows_of(pv, command):
+    with admin(pv) as a:
+        cur = a.execute(command)
+        cols = [d.name for d in cur.description]
+        return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+
+def by_query(pv):
+    return {r["query"]: r for r in rows_of(pv, "SHOW QUERIES")}
+
+
+@pytest.fixture
+def pv(pgvalve):
+    return pgvalve(users=APP_AND_OPS, pool_size=4, stats={"slow_query_ms": 100})
+
+
+def test_calls_rows_and_errors_per_statement_shape(pv):
+    with pv.connect(prepare_threshold=None) as c:  # extended protocol, unnamed statements
+        c.execute("create temp table t (device_id int, value float8)")
+        for i in range(100):
+            c.execute("insert into t values (%s, %s)", (i, i * 0.5))
+        for i in range(10):
+            c.execute("select * from t where device_id < %s", (i + 1,)).fetchall()
+        for _ in range(3):
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                c.execute("select 1 / %s", (0,))
+    # Simple protocol, constants written out: one shape whatever the constant.
+    for i in range(5):
+        subprocess.run(["psql", pv.dsn(), "-Xqc", f"select {i} + 1"], check=True,
+                       capture_output=True)
+    q = by_query(pv)
+    ins = q["insert into t values ($1, $2)"]
+    assert (int(ins["calls"]), int(ins["rows"]), int(ins["errors"])) == (100, 100, 0)
+    sel = q["select * from t where device_id < $1"]
+    assert (int(sel["calls"]), int(sel["rows"])) == (10, sum(range(1, 11)))
+    # PostgreSQL's normaliser numbers the constant after the statement's own parameter.
+    err = q["select $2 / $1"]
+    assert (int(err["calls"]), int(err["errors"])) == (3, 3)
+    plus = q["select $1 + $2"]
+    assert int(plus["calls"]) == 5
+    for r in (ins, sel):
+        assert float(r["min_ms"]) <= float(r["p50_ms"]) <= float(r["p95_ms"]) <= \
+            float(r["p99_ms"]) <= float(r["max_ms"]) * 1.13
+        assert abs(float(r["mean_ms"]) * int(r["calls"]) - float(r["total_ms"])) < 0.01 * \
+            int(r["calls"])
+        assert r["replica_share"] == "0.00"
+        assert r["fingerprint"] and len(r["fingerprint"]) == 16
+    # Named prepared statements (psycopg prepares after 0 executions here) count the same way.
+    with pv.connect(prepare_threshold=0) as c:
+        for i in range(20):
+            c.execute("select %s::int * 2 as twice", (i,)).fetchone()
+    assert int(by_query(pv)["select $1::int * $2 as twice"]["calls"]) == 20
+
+
+def test_slow_statements_are_sampled_without_their_constants(pv):
+    with pv.connect() as c:
+        c.execute("select pg_sleep(0.2), 'secret-constant'")
+        c.execute("select pg_sleep(0.01)")
+    slow = rows_of(pv, "SHOW SLOW_QUERIES")
+    assert len(slow) == 1, slow
+    s = slow[0]
+    assert s["query"].startswith("select pg_sleep($1)"), s
+    assert "secret-constant" not in s["query"]
+    assert float(s["duration_ms"]) >= 200
+    assert (s["database"], s["user"]) == ("telemetry", "app")
+    assert s["shard"] and s["host"].startswith("127.0.0.1:")
+    assert s["advice"] == ""
+    q = by_query(pv)
+    assert int(q[s["query"]]["calls"]) == 1
+
+
+def test_reset_queries_forgets_the_figures(pv):
+    with pv.connect() as c:
+        c.execute("select 42")
+    assert by_query(pv)
+    with admin(pv) as a:
+        assert a.execute("RESET QUERIES").statusmessage == "RESET"
+    assert by_query(pv) == {}
+
+
+def test_max_fingerprints_bounds_what_is_kept(pgvalve):
+    pv = pgvalve(users=APP_AND_OPS, stats={"max_fingerprints": 20})
+    with pv.connect() as c:
+        for i in range(200):
+            c.execute(f"select {i} as c{i}")
+    assert 0 < len(by_query(pv)) <= 20

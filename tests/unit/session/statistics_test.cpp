@@ -1,0 +1,108 @@
+// What the session core reports to the worker's statement statistics: one execution per Query
+// and per Execute, with its time from sending to the last answer, its rows and errors.
+#include <gtest/gtest.h>
+
+#include "routing/fingerprint.h"
+#include "session_test_util.h"
+
+namespace pgvalve::session::testing {
+namespace {
+
+class SessionStatistics : public ::testing::Test {
+ protected:
+  const std::string database_ = "telemetry";
+  const std::string user_ = "app";
+  stats::QueryStats stats_{stats::Limits{100, std::chrono::milliseconds(50), 10}};
+  stats::Recorder recorder_{&stats_, {&database_, &user_}};
+
+  const stats::QueryFigures* figures(std::string_view sql) {
+    snapshot_ = stats::QueryStats::snapshot({&stats_}, 100);
+    for (const auto& q : snapshot_.queries) {
+      if (q.fingerprint == routing::fingerprint(sql)) return &q;
+    }
+    return nullptr;
+  }
+  stats::Snapshot snapshot_;
+};
+
+TEST_F(SessionStatistics, ASimpleQueryIsTimedFromSendingToReadyForQuery) {
+  SessionHarness h({}, {}, nullptr, false, &recorder_);
+  auto server = SessionHarness::fresh_server();
+  h.send(query("select * from readings where device_id = 7"), *server, nullptr, T0);
+  h.answer(row_description() + data_row({"1"}) + data_row({"2"}) + complete("SELECT 2"), T0 + 3ms);
+  EXPECT_EQ(figures("select 1"), nullptr);
+  ASSERT_EQ(figures("select * from readings where device_id = 1"), nullptr)
+      << "counted before its ReadyForQuery";
+  h.answer(ready('I'), T0 + 4ms);
+  const auto* f = figures("select * from readings where device_id = 1");
+  ASSERT_NE(f, nullptr);
+  EXPECT_EQ(f->calls, 1u);
+  EXPECT_EQ(f->rows, 2u);
+  EXPECT_EQ(f->errors, 0u);
+  EXPECT_EQ(f->total_micros, 4000u);
+  EXPECT_EQ(f->text, "select * from readings where device_id = $1");
+}
+
+TEST_F(SessionStatistics, AFailedQueryCountsAsAnError) {
+  SessionHarness h({}, {}, nullptr, false, &recorder_);
+  auto server = SessionHarness::fresh_server();
+  h.send(query("select 1/0"), *server);
+  h.answer(error_result("22012"));
+  const auto* f = figures("select 1/0");
+  ASSERT_NE(f, nullptr);
+  EXPECT_EQ(f->calls, 1u);
+  EXPECT_EQ(f->errors, 1u);
+}
+
+TEST_F(SessionStatistics, EachExecuteIsCountedWithItsStatementsShape) {
+  SessionHarness h({}, {}, nullptr, false, &recorder_);
+  auto server = SessionHarness::fresh_server();
+  const std::string flight =
+      parse("", "insert into readings values ($1)") + bind_to("", "") + execute() + sync();
+  h.send(flight, *server, nullptr, T0);
+  h.answer(parse_complete() + bind_complete() + complete("INSERT 0 1") + ready('I'), T0 + 1ms);
+  // A named statement, bound twice in one flight.
+  const std::string named = parse("s1", "select value from readings where id = $1") +
+                            bind_to("", "s1") + execute() + bind_to("", "s1") + execute() + sync();
+  h.send(named, *server, nullptr, T0 + 2ms);
+  h.answer(parse_complete() + bind_complete() + complete("SELECT 1") + bind_complete() +
+               complete("SELECT 1") + ready('I'),
+           T0 + 4ms);
+  const auto* insert = figures("insert into readings values ($1)");
+  ASSERT_NE(insert, nullptr);
+  EXPECT_EQ(insert->calls, 1u);
+  EXPECT_EQ(insert->rows, 1u);
+  const auto* select = figures("select value from readings where id = $1");
+  ASSERT_NE(select, nullptr);
+  EXPECT_EQ(select->calls, 2u);
+  EXPECT_EQ(select->rows, 2u);
+}
+
+TEST_F(SessionStatistics, SlowExecutionsAreSampledWithTheClientsNames) {
+  SessionHarness h({}, {}, nullptr, false, &recorder_);
+  auto server = SessionHarness::fresh_server();
+  server->name = "10.0.0.5:5432";
+  h.send(query("select pg_sleep(0.1)"), *server, nullptr, T0);
+  h.answer(row_result("", "SELECT 1"), T0 + 100ms);
+  snapshot_ = stats::QueryStats::snapshot({&stats_}, 100);
+  ASSERT_EQ(snapshot_.slow.size(), 1u);
+  EXPECT_EQ(snapshot_.slow[0].database, "telemetry");
+  EXPECT_EQ(snapshot_.slow[0].user, "app");
+  EXPECT_EQ(snapshot_.slow[0].host, "10.0.0.5:5432");
+  EXPECT_EQ(snapshot_.slow[0].micros, 100000u);
+}
+
+TEST_F(SessionStatistics, PgvalvesOwnQueriesAreNotCounted) {
+  SessionHarness h({}, {{"application_name", "meter"}}, nullptr, false, &recorder_);
+  auto server = SessionHarness::fresh_server();
+  bool synced = false;
+  h.send(query("select 1"), *server, &synced);
+  EXPECT_TRUE(synced);  // pgvalve's settings query ran first
+  h.answer(row_result("1", "SELECT 1"));
+  snapshot_ = stats::QueryStats::snapshot({&stats_}, 100);
+  ASSERT_EQ(snapshot_.queries.size(), 1u);
+  EXPECT_EQ(snapshot_.queries[0].fingerprint, routing::fingerprint("select 1"));
+}
+
+}  // namespace
+}  // namespace pgvalve::session::testing

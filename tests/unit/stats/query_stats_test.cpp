@@ -1,0 +1,153 @@
+#include "stats/query_stats.h"
+
+#include <gtest/gtest.h>
+
+#include "routing/fingerprint.h"
+
+namespace pgvalve::stats {
+namespace {
+
+Execution run(std::string_view sql, std::uint64_t micros, std::uint64_t rows = 1,
+              bool error = false, bool replica = false) {
+  Execution e;
+  e.fingerprint = routing::fingerprint(sql);
+  e.micros = micros;
+  e.rows = rows;
+  e.error = error;
+  e.replica = replica;
+  e.host = "127.0.0.1:5432";
+  return e;
+}
+
+const std::string kDb = "telemetry";
+const std::string kUser = "app";
+const ClientLabels kWho{&kDb, &kUser};
+
+TEST(QueryStats, OneShapeWithOtherConstantsIsOneEntry) {
+  QueryStats s;
+  for (int i = 0; i < 100; ++i) {
+    const std::string sql = "SELECT value FROM readings WHERE device_id = " + std::to_string(i);
+    s.prepare(routing::fingerprint(sql), sql);
+    s.record(run(sql, 100 + i, 2, i == 7, i % 2 == 0), kWho);
+  }
+  const Snapshot snap = QueryStats::snapshot({&s}, 100);
+  ASSERT_EQ(snap.queries.size(), 1u);
+  const QueryFigures& q = snap.queries[0];
+  EXPECT_EQ(q.calls, 100u);
+  EXPECT_EQ(q.rows, 200u);
+  EXPECT_EQ(q.errors, 1u);
+  EXPECT_EQ(q.replica_calls, 50u);
+  EXPECT_EQ(q.min_micros, 100u);
+  EXPECT_EQ(q.max_micros, 199u);
+  EXPECT_EQ(q.total_micros, 100u * 100 + 99 * 100 / 2);
+  EXPECT_EQ(q.shards, 1u);
+  // PostgreSQL's normalisation of the first sample: constants become $n.
+  EXPECT_EQ(q.text, "SELECT value FROM readings WHERE device_id = $1");
+}
+
+TEST(QueryStats, DifferentStatementsAreDifferentEntriesByTotalTime) {
+  QueryStats s;
+  const std::string fast = "select 1";
+  const std::string slow = "select pg_sleep(1)";
+  s.prepare(routing::fingerprint(fast), fast);
+  s.prepare(routing::fingerprint(slow), slow);
+  s.record(run(fast, 10), kWho);
+  s.record(run(slow, 1000000), kWho);
+  const Snapshot snap = QueryStats::snapshot({&s}, 100);
+  ASSERT_EQ(snap.queries.size(), 2u);
+  EXPECT_EQ(snap.queries[0].fingerprint, routing::fingerprint(slow));
+}
+
+TEST(QueryStats, WorkersAreSummed) {
+  QueryStats a, b;
+  const std::string sql = "select * from readings where id = 5";
+  for (QueryStats* s : {&a, &b}) {
+    s->prepare(routing::fingerprint(sql), sql);
+    s->record(run(sql, 50), kWho);
+  }
+  a.record(run(sql, 70), kWho);
+  const Snapshot snap = QueryStats::snapshot({&a, &b}, 100);
+  ASSERT_EQ(snap.queries.size(), 1u);
+  EXPECT_EQ(snap.queries[0].calls, 3u);
+  EXPECT_EQ(snap.queries[0].durations.count(), 3u);
+  EXPECT_EQ(snap.queries[0].min_micros, 50u);
+  EXPECT_EQ(snap.queries[0].max_micros, 70u);
+}
+
+TEST(QueryStats, TheCapEvictsAndCounts) {
+  Limits limits;
+  limits.max_fingerprints = 10;
+  QueryStats s(limits);
+  const std::string hot = "select hot from t";
+  s.prepare(routing::fingerprint(hot), hot);
+  for (int i = 0; i < 1000; ++i)
+    s.record(run(hot, 5), kWho);
+  for (int i = 0; i < 200; ++i) {
+    const std::string sql = "select c" + std::to_string(i) + " from t";
+    s.prepare(routing::fingerprint(sql), sql);
+    s.record(run(sql, 5), kWho);
+  }
+  const Snapshot snap = QueryStats::snapshot({&s}, 100);
+  EXPECT_LE(snap.queries.size(), 10u);
+  EXPECT_GE(snap.evictions, 190u);
+  // The statement called most is kept.
+  bool kept = false;
+  for (const auto& q : snap.queries)
+    kept = kept || q.fingerprint == routing::fingerprint(hot);
+  EXPECT_TRUE(kept);
+}
+
+TEST(QueryStats, SlowExecutionsGoToABoundedRingWithoutConstants) {
+  Limits limits;
+  limits.slow_query = std::chrono::milliseconds(100);
+  limits.slow_samples = 3;
+  QueryStats s(limits);
+  const std::string sql = "select * from readings where secret = 'hunter2'";
+  s.prepare(routing::fingerprint(sql), sql);
+  s.record(run(sql, 99000), kWho);  // under the threshold
+  for (int i = 0; i < 5; ++i)
+    s.record(run(sql, 200000 + i), kWho);
+  const Snapshot snap = QueryStats::snapshot({&s}, 100);
+  EXPECT_EQ(snap.slow_total, 5u);
+  ASSERT_EQ(snap.slow.size(), 3u);
+  for (const auto& q : snap.slow) {
+    EXPECT_GE(q.micros, 200000u);
+    EXPECT_EQ(q.database, "telemetry");
+    EXPECT_EQ(q.user, "app");
+    EXPECT_EQ(q.host, "127.0.0.1:5432");
+    EXPECT_EQ(q.text.find("hunter2"), std::string::npos) << q.text;
+  }
+}
+
+TEST(QueryStats, ResetForgetsEverything) {
+  QueryStats s;
+  const std::string sql = "select 1";
+  s.prepare(routing::fingerprint(sql), sql);
+  s.record(run(sql, 5), kWho);
+  s.reset();
+  EXPECT_TRUE(QueryStats::snapshot({&s}, 100).queries.empty());
+  // Recorded without a prepare (evicted or reset meanwhile): not counted.
+  s.record(run(sql, 5), kWho);
+  EXPECT_TRUE(QueryStats::snapshot({&s}, 100).queries.empty());
+}
+
+TEST(QueryStats, TextOfAStatementThatDoesNotParseIsStillNormalised) {
+  const std::string text = QueryStats::normalized_text("selec 'abc' from");
+  EXPECT_EQ(text.find("abc"), std::string::npos) << text;
+  EXPECT_LE(QueryStats::normalized_text(std::string(10000, 'x')).size(),
+            QueryStats::kMaxTextBytes + 3);
+}
+
+TEST(QueryStats, RowsOfCommandTags) {
+  EXPECT_EQ(rows_of_tag("SELECT 5"), 5u);
+  EXPECT_EQ(rows_of_tag("INSERT 0 12"), 12u);
+  EXPECT_EQ(rows_of_tag("UPDATE 3"), 3u);
+  EXPECT_EQ(rows_of_tag("DELETE 0"), 0u);
+  EXPECT_EQ(rows_of_tag("COPY 100"), 100u);
+  EXPECT_EQ(rows_of_tag("CREATE TABLE"), 0u);
+  EXPECT_EQ(rows_of_tag("SET"), 0u);
+  EXPECT_EQ(rows_of_tag(""), 0u);
+}
+
+}  // namespace
+}  // namespace pgvalve::stats
