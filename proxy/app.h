@@ -119,6 +119,7 @@ class App : public pool::Handoff {
   }
   // SHOW HOSTS, /status.
   std::vector<HostRow> hosts() const;
+  std::uint64_t failovers() const { return health_ ? health_->failovers() : 0; }
   // Every worker's statement statistics, summed (SHOW QUERIES, SHOW SLOW_QUERIES).
   stats::Snapshot query_stats() const;
   void reset_query_stats();

@@ -342,6 +342,7 @@ struct HealthChecker::Monitor {
   bool drill_running = false;  // a promotion (automatic or a drill) is under way
   // What was last logged, so that only changes are.
   std::optional<std::size_t> logged_primary;
+  std::size_t last_writable = 0;  // the host that last took writes (failovers_total)
   std::string_view logged_blocked;
   std::vector<char> logged_up;
   std::vector<char> logged_readable;
@@ -555,6 +556,10 @@ void HealthChecker::assess(Monitor& m, Clock::time_point now) {
       PGV_LOG(Warn, "primary", {"database", m.database}, {"shard", m.shard},
               {"host", m.hosts[*primary].to_string()},
               {"timeline", m.health.figures(*primary).timeline});
+      if (*primary != m.last_writable) {
+        failovers_.fetch_add(1, std::memory_order_relaxed);
+        m.last_writable = *primary;
+      }
     } else {
       PGV_LOG(Warn, "no_primary", {"database", m.database}, {"shard", m.shard},
               {"last_primary", m.hosts[m.health.primary()].to_string()},

@@ -9,6 +9,7 @@
 // /status) and the published statuses (lock-free reads).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <functional>
 #include <map>
@@ -93,6 +94,8 @@ class HealthChecker {
 
   // Any thread.
   std::vector<HostRow> hosts() const;
+  // Times a shard's writes moved to another host (followed, promoted, switched over).
+  std::uint64_t failovers() const { return failovers_.load(std::memory_order_relaxed); }
 
   // A session could not reach replica `host` (its connection died, or opening one failed): no
   // reads go there until a check, run at once, finds it healthy.
@@ -135,6 +138,7 @@ class HealthChecker {
   std::uint64_t generation_ = 0;
   std::map<std::string, std::shared_ptr<Host>> hosts_;  // by "host:port"
   std::vector<std::shared_ptr<Monitor>> monitors_;
+  std::atomic<std::uint64_t> failovers_{0};
   mutable std::mutex rows_mutex_;  // SHOW HOSTS and /status read; not on the query path
   std::vector<HostRow> rows_;
 };

@@ -5,6 +5,7 @@
 
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
@@ -24,6 +25,9 @@ Snapshot take_snapshot(App& app) {
     return std::tie(a.key.database, a.key.user, a.key.host.host, a.key.host.port) <
            std::tie(b.key.database, b.key.user, b.key.host.host, b.key.host.port);
   });
+  s.statements = app.query_stats();
+  s.hosts = app.hosts();
+  s.failovers = app.failovers();
   return s;
 }
 
@@ -41,6 +45,108 @@ HostPlace place_of(const config::Config& config, std::string_view database,
   }
   return {};
 }
+
+namespace {
+
+std::string shard_name(const config::Config* config, const std::string& database,
+                       std::uint16_t shard) {
+  if (config) {
+    if (const auto* db = config->find_database(database); db && shard < db->shards.size()) {
+      return db->shards[shard].name;
+    }
+  }
+  return "s" + std::to_string(shard);
+}
+
+void render_statement_metrics(const Snapshot& snapshot, prometheus::Registry& registry) {
+  using prometheus::BuildCounter;
+  const stats::Snapshot& st = snapshot.statements;
+  auto& queries = BuildCounter()
+                      .Name("pgvalve_queries_total")
+                      .Help(
+                          "Statements run for clients (a simple query string or an Execute), by "
+                          "database, shard, role of the host and kind (from the command tag)")
+                      .Register(registry);
+  for (const auto& q : st.queries_by_label) {
+    queries
+        .Add({{"database", q.database},
+              {"shard", shard_name(snapshot.config.get(), q.database, q.shard)},
+              {"role", q.replica ? "replica" : "primary"},
+              {"kind", std::string(stats::kind_name(q.kind))}})
+        .Increment(static_cast<double>(q.queries));
+  }
+  auto& transactions = BuildCounter()
+                           .Name("pgvalve_transactions_total")
+                           .Help("Client transactions ended (an autocommit statement is one)")
+                           .Register(registry);
+  auto& durations =
+      prometheus::BuildHistogram()
+          .Name("pgvalve_query_duration_seconds")
+          .Help("Time from sending a statement to the server until its last answer arrived")
+          .Register(registry);
+  const prometheus::Histogram::BucketBoundaries bounds(std::begin(stats::kDurationBounds),
+                                                       std::end(stats::kDurationBounds));
+  for (const auto& d : st.databases) {
+    transactions.Add({{"database", d.database}}).Increment(static_cast<double>(d.transactions));
+    std::vector<double> counts(std::begin(d.duration_counts), std::end(d.duration_counts));
+    durations.Add({{"database", d.database}}, bounds)
+        .ObserveMultiple(counts, d.duration_sum_seconds);
+  }
+  auto& errors = BuildCounter()
+                     .Name("pgvalve_errors_total")
+                     .Help(
+                         "Statements that ended in an error, by SQLSTATE class (first two "
+                         "characters: 23 integrity, 40 rollback, 57 operator intervention, ...)")
+                     .Register(registry);
+  for (const auto& e : st.errors) {
+    errors.Add({{"sqlstate_class", std::string(e.sqlstate_class, 2)}})
+        .Increment(static_cast<double>(e.errors));
+  }
+  BuildCounter()
+      .Name("pgvalve_slow_queries_total")
+      .Help("Statements slower than stats.slow_query_ms")
+      .Register(registry)
+      .Add({})
+      .Increment(static_cast<double>(st.slow_total));
+  BuildCounter()
+      .Name("pgvalve_query_fingerprints_evicted_total")
+      .Help("Statement shapes dropped from SHOW QUERIES to stay within stats.max_fingerprints")
+      .Register(registry)
+      .Add({})
+      .Increment(static_cast<double>(st.evictions));
+}
+
+void render_host_metrics(const Snapshot& snapshot, prometheus::Registry& registry) {
+  using prometheus::BuildGauge;
+  auto& up = BuildGauge()
+                 .Name("pgvalve_host_up")
+                 .Help("1 when the host's last health checks passed, else 0")
+                 .Register(registry);
+  auto& lag = BuildGauge()
+                  .Name("pgvalve_replica_lag_seconds")
+                  .Help("How far a replica's replay is behind the primary (only while known)")
+                  .Register(registry);
+  for (const HostRow& h : snapshot.hosts) {
+    const std::string host = h.host.to_string();
+    up.Add({{"database", h.database},
+            {"shard", h.shard},
+            {"host", host},
+            {"role", std::string(health::role_name(h.role))}})
+        .Set(h.checked && h.up ? 1 : 0);
+    if (h.role == health::Role::Replica && h.lag_ms >= 0) {
+      lag.Add({{"database", h.database}, {"shard", h.shard}, {"host", host}})
+          .Set(static_cast<double>(h.lag_ms) / 1000.0);
+    }
+  }
+  prometheus::BuildCounter()
+      .Name("pgvalve_failovers_total")
+      .Help("Times a shard's writes moved to another host (followed, promoted, switched over)")
+      .Register(registry)
+      .Add({})
+      .Increment(static_cast<double>(snapshot.failovers));
+}
+
+}  // namespace
 
 std::string render_metrics(const Snapshot& snapshot) {
   using prometheus::BuildCounter;
@@ -156,6 +262,8 @@ std::string render_metrics(const Snapshot& snapshot) {
     handoffs.Add(pool_labels).Increment(static_cast<double>(s.total_handoffs));
   }
 
+  render_statement_metrics(snapshot, registry);
+  render_host_metrics(snapshot, registry);
   return prometheus::TextSerializer().Serialize(registry.Collect());
 }
 

@@ -1,7 +1,7 @@
-// What the HTTP endpoint reports: a snapshot of the proxy's figures (pools, clients, config),
-// and its Prometheus text form (/metrics, built with prometheus-cpp). Only figures that have a
-// real source are reported; DESIGN.md §6 metrics without one yet (queries, hosts, latency) are
-// left out rather than faked.
+// What the HTTP endpoint reports: a snapshot of the proxy's figures (pools, clients, config,
+// statements, hosts), and its Prometheus text form (/metrics, built with prometheus-cpp). Only
+// figures that have a real source are reported; DESIGN.md §6 metrics without one yet (checkout
+// wait histogram, bytes) are left out rather than faked.
 #pragma once
 
 #include <string>
@@ -10,6 +10,8 @@
 
 #include "config/config.h"
 #include "pool/server_pool.h"
+#include "proxy/health_checker.h"
+#include "stats/query_stats.h"
 
 namespace pgvalve::proxy {
 
@@ -26,6 +28,9 @@ struct Snapshot {
   int client_connections = 0;  // every open client socket, logging in or not (App::open_sockets())
   bool draining = false;
   std::vector<PoolSample> pools;  // sorted by database, user, host
+  stats::Snapshot statements;     // every worker's statement figures, summed
+  std::vector<HostRow> hosts;     // as SHOW HOSTS
+  std::uint64_t failovers = 0;
 };
 
 Snapshot take_snapshot(App& app);

@@ -223,9 +223,7 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
       if (f.tag == 'C' && head.note_count > 0) {
         settle_statement(l, head, pr::read_command_complete(f).value_or(""), out);
       }
-      if (f.tag == 'C' && head.fingerprint) {
-        l.rows += stats::rows_of_tag(pr::read_command_complete(f).value_or(""));
-      }
+      if (head.fingerprint) note_answer(l, f);
       pass();
       return passed;
     case pr::ResponseMatch::Completes:
@@ -233,7 +231,7 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
         settle_statement(l, head, pr::read_command_complete(f).value_or(""), out);
       }
       if (head.fingerprint) {
-        if (f.tag == 'C') l.rows += stats::rows_of_tag(pr::read_command_complete(f).value_or(""));
+        note_answer(l, f);
         record_execution(l, head, head.failed);
       }
       l.rows = 0;
@@ -242,6 +240,7 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
       return passed;
     case pr::ResponseMatch::Error:
       if (!head.internal) pass();
+      if (recorder_) note_answer(l, f);  // its SQLSTATE class, for the counted request it ends
       // The failed request and everything up to the next Sync get no answer of their own.
       while (!l.pending.empty() && l.pending.front().kind != Kind::ReadyForQuery) {
         auto& dropped = l.pending.front();
@@ -268,6 +267,9 @@ void Session::complete_front(Link& l, char tag, Actions& out) {
   l.pending.pop();
   if (tag == 'Z') {
     end_request(l, head, l.server->tx_status);
+    if (recorder_ && !head.internal && l.server->tx_status == 'I') {
+      recorder_->stats->count_transaction(recorder_->labels);
+    }
     if (head.internal && head.action == kActionSync) finish_sync(l, !head.failed, out);
     if (head.internal && head.action == kActionPinCheck) finish_pin_check(l, head.failed, out);
   }

@@ -289,7 +289,9 @@ class Session {
   void count_request(protocol::PendingResponse& request, std::string_view sql);
   void count_request(protocol::PendingResponse& request, std::uint64_t fingerprint);
   // `request` completed (`error`: with an error); `rows` from its CommandComplete tags.
-  void record_execution(const Link& l, const protocol::PendingResponse& request, bool error);
+  void record_execution(Link& l, const protocol::PendingResponse& request, bool error);
+  // A counted request's CommandComplete (rows, kind) or ErrorResponse (SQLSTATE class).
+  void note_answer(Link& l, const protocol::Frame& f);
 
   // ---- failures and endings ----
   void fail_pending(Link& l, std::string_view sqlstate, std::string_view message, std::string& out);

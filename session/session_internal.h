@@ -92,6 +92,8 @@ struct Link {
   bool may_write = false;
   bool answered = false;   // a message of the server's went to the client
   std::uint64_t rows = 0;  // rows of the front request's statements so far (statistics)
+  stats::StatementKind kind = stats::StatementKind::Other;  // ... its last command tag's
+  char error_class[2] = {};                                 // ... its error's SQLSTATE class
 
   bool busy() const { return in_flight > 0 || open_extended || !pending.empty(); }
   // Only pgvalve's own query is outstanding (a WAL position, a pin check).
@@ -121,6 +123,7 @@ struct Link {
     may_write = false;
     answered = false;
     rows = 0;
+    kind = stats::StatementKind::Other;
   }
 };
 

@@ -30,8 +30,20 @@ void Session::count_request(protocol::PendingResponse& request, std::uint64_t fi
   request.started = now_.time_since_epoch().count();
 }
 
-void Session::record_execution(const Link& l, const protocol::PendingResponse& request,
-                               bool error) {
+void Session::note_answer(Link& l, const protocol::Frame& f) {
+  if (f.tag == 'C') {
+    const std::string_view tag = protocol::read_command_complete(f).value_or("");
+    l.rows += stats::rows_of_tag(tag);
+    l.kind = stats::kind_of_tag(tag);
+  } else if (f.tag == 'E') {
+    if (auto e = protocol::read_error_response(f); e && e->sqlstate.size() >= 2) {
+      l.error_class[0] = e->sqlstate[0];
+      l.error_class[1] = e->sqlstate[1];
+    }
+  }
+}
+
+void Session::record_execution(Link& l, const protocol::PendingResponse& request, bool error) {
   if (!recorder_ || request.fingerprint == 0 || request.internal || !l.server) return;
   const Clock::time_point started{Clock::duration(request.started)};
   stats::Execution e;
@@ -46,7 +58,14 @@ void Session::record_execution(const Link& l, const protocol::PendingResponse& r
   e.replica = l.route.kind == routing::Route::Kind::Replica;
   e.shard = l.route.shard;
   e.host = l.server->name;
+  e.kind = l.kind;
+  if (error) {
+    e.sqlstate_class[0] = l.error_class[0] ? l.error_class[0] : 'X';
+    e.sqlstate_class[1] = l.error_class[1] ? l.error_class[1] : 'X';
+  }
   recorder_->stats->record(e, recorder_->labels);
+  l.kind = stats::StatementKind::Other;
+  l.error_class[0] = l.error_class[1] = 0;
 }
 
 }  // namespace pgvalve::session

@@ -89,8 +89,95 @@ void QueryStats::evict_one() {
   ++evictions_;
 }
 
-void QueryStats::record(const Execution& e, const ClientLabels& who) {
+std::string_view kind_name(StatementKind kind) {
+  switch (kind) {
+    case StatementKind::Select:
+      return "select";
+    case StatementKind::Insert:
+      return "insert";
+    case StatementKind::Update:
+      return "update";
+    case StatementKind::Delete:
+      return "delete";
+    case StatementKind::Copy:
+      return "copy";
+    case StatementKind::Other:
+      return "other";
+  }
+  return "other";
+}
+
+StatementKind kind_of_tag(std::string_view tag) {
+  const std::string_view verb = tag.substr(0, tag.find(' '));
+  if (verb == "SELECT" || verb == "FETCH") return StatementKind::Select;
+  if (verb == "INSERT") return StatementKind::Insert;
+  if (verb == "UPDATE" || verb == "MERGE") return StatementKind::Update;
+  if (verb == "DELETE") return StatementKind::Delete;
+  if (verb == "COPY") return StatementKind::Copy;
+  return StatementKind::Other;
+}
+
+DatabaseTotals& QueryStats::database_totals(const std::string& database) {
+  for (auto& d : databases_) {
+    if (d.database == database) return d;
+  }
+  DatabaseTotals& d = databases_.emplace_back();
+  d.database = database;
+  return d;
+}
+
+void QueryStats::count_transaction(const ClientLabels& who) {
+  static const std::string kNone;
   std::lock_guard lock(mutex_);
+  ++database_totals(who.database ? *who.database : kNone).transactions;
+}
+
+void QueryStats::record(const Execution& e, const ClientLabels& who) {
+  static const std::string kNone;
+  const std::string& database = who.database ? *who.database : kNone;
+  std::lock_guard lock(mutex_);
+  // Totals for /metrics: every execution, tracked fingerprint or not.
+  {
+    QueryTotals* t = nullptr;
+    for (auto& q : queries_by_label_) {
+      if (q.shard == e.shard && q.replica == e.replica && q.kind == e.kind &&
+          q.database == database) {
+        t = &q;
+        break;
+      }
+    }
+    if (!t) {
+      t = &queries_by_label_.emplace_back();
+      t->database = database;
+      t->shard = e.shard;
+      t->replica = e.replica;
+      t->kind = e.kind;
+    }
+    ++t->queries;
+    DatabaseTotals& d = database_totals(database);
+    const double seconds = static_cast<double>(e.micros) / 1e6;
+    std::size_t b = 0;
+    while (b < std::size(kDurationBounds) && seconds > kDurationBounds[b])
+      ++b;
+    ++d.duration_counts[b];
+    d.duration_sum_seconds += seconds;
+    if (e.error) {
+      ErrorTotals* err = nullptr;
+      for (auto& x : errors_) {
+        if (x.sqlstate_class[0] == e.sqlstate_class[0] &&
+            x.sqlstate_class[1] == e.sqlstate_class[1]) {
+          err = &x;
+          break;
+        }
+      }
+      if (!err) {
+        err = &errors_.emplace_back();
+        err->sqlstate_class[0] = e.sqlstate_class[0];
+        err->sqlstate_class[1] = e.sqlstate_class[1];
+      }
+      ++err->errors;
+    }
+  }
   auto it = index_.find(e.fingerprint);
   if (it == index_.end()) return;
   QueryFigures& f = entries_[it->second];
@@ -127,17 +214,51 @@ void QueryStats::record(const Execution& e, const ClientLabels& who) {
 }
 
 void QueryStats::collect(std::unordered_map<std::uint64_t, QueryFigures>& into,
-                         std::vector<SlowQuery>& slow, std::uint64_t& evictions,
-                         std::uint64_t& slow_total) const {
+                         Snapshot& totals) const {
   std::lock_guard lock(mutex_);
   for (const auto& f : entries_) {
     if (f.calls == 0) continue;
     into[f.fingerprint].merge(f);
     into[f.fingerprint].fingerprint = f.fingerprint;
   }
-  slow.insert(slow.end(), slow_.begin(), slow_.end());
-  evictions += evictions_;
-  slow_total += slow_total_;
+  totals.slow.insert(totals.slow.end(), slow_.begin(), slow_.end());
+  totals.evictions += evictions_;
+  totals.slow_total += slow_total_;
+  for (const auto& q : queries_by_label_) {
+    auto it = std::find_if(totals.queries_by_label.begin(), totals.queries_by_label.end(),
+                           [&](const QueryTotals& t) {
+                             return t.database == q.database && t.shard == q.shard &&
+                                    t.replica == q.replica && t.kind == q.kind;
+                           });
+    if (it == totals.queries_by_label.end()) {
+      totals.queries_by_label.push_back(q);
+    } else {
+      it->queries += q.queries;
+    }
+  }
+  for (const auto& d : databases_) {
+    auto it = std::find_if(totals.databases.begin(), totals.databases.end(),
+                           [&](const DatabaseTotals& t) { return t.database == d.database; });
+    if (it == totals.databases.end()) {
+      totals.databases.push_back(d);
+      continue;
+    }
+    it->transactions += d.transactions;
+    for (std::size_t b = 0; b < kDurationBuckets; ++b)
+      it->duration_counts[b] += d.duration_counts[b];
+    it->duration_sum_seconds += d.duration_sum_seconds;
+  }
+  for (const auto& e : errors_) {
+    auto it = std::find_if(totals.errors.begin(), totals.errors.end(), [&](const ErrorTotals& t) {
+      return t.sqlstate_class[0] == e.sqlstate_class[0] &&
+             t.sqlstate_class[1] == e.sqlstate_class[1];
+    });
+    if (it == totals.errors.end()) {
+      totals.errors.push_back(e);
+    } else {
+      it->errors += e.errors;
+    }
+  }
 }
 
 void QueryStats::reset() {
@@ -146,8 +267,7 @@ void QueryStats::reset() {
   index_.clear();
   slow_.clear();
   slow_next_ = 0;
-  evictions_ = 0;
-  slow_total_ = 0;
+  // The /metrics counters (slow_total_, evictions_, the totals) never go back.
 }
 
 void QueryStats::set_limits(const Limits& limits) {
@@ -166,7 +286,7 @@ Snapshot QueryStats::snapshot(const std::vector<const QueryStats*>& workers,
   Snapshot out;
   std::unordered_map<std::uint64_t, QueryFigures> all;
   for (const QueryStats* w : workers)
-    w->collect(all, out.slow, out.evictions, out.slow_total);
+    w->collect(all, out);
   out.queries.reserve(all.size());
   for (auto& [fp, f] : all)
     out.queries.push_back(std::move(f));

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <iterator>
 #include <mutex>
 #include <string>
 #include <string_view>
@@ -39,6 +40,36 @@ struct Recorder {
   ClientLabels labels;
 };
 
+// What a statement was, from its command tag (the Prometheus `kind` label).
+enum class StatementKind : std::uint8_t { Select, Insert, Update, Delete, Copy, Other };
+constexpr std::size_t kStatementKinds = 6;
+std::string_view kind_name(StatementKind kind);
+StatementKind kind_of_tag(std::string_view tag);
+
+// Upper bounds (seconds) of the query_duration_seconds histogram buckets; +Inf follows.
+inline constexpr double kDurationBounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                                             0.1,    0.25,  0.5,    1,     2.5,  5,     10};
+constexpr std::size_t kDurationBuckets = std::size(kDurationBounds) + 1;
+
+// Totals per (database, shard, role, kind) and per database, for /metrics.
+struct QueryTotals {
+  std::string database;
+  std::uint16_t shard = 0;
+  bool replica = false;
+  StatementKind kind = StatementKind::Other;
+  std::uint64_t queries = 0;
+};
+struct DatabaseTotals {
+  std::string database;
+  std::uint64_t transactions = 0;
+  std::uint64_t duration_counts[kDurationBuckets] = {};  // not cumulative
+  double duration_sum_seconds = 0;
+};
+struct ErrorTotals {
+  char sqlstate_class[3] = {};  // two characters and NUL
+  std::uint64_t errors = 0;
+};
+
 // One execution of a statement, as the session core saw it complete.
 struct Execution {
   std::uint64_t fingerprint = 0;
@@ -48,6 +79,8 @@ struct Execution {
   bool replica = false;
   std::uint16_t shard = 0;
   std::string_view host;
+  StatementKind kind = StatementKind::Other;
+  char sqlstate_class[2] = {};  // of its error, when `error`
 };
 
 // A fingerprint's figures (one worker's, or the sum of all).
@@ -85,6 +118,9 @@ struct Snapshot {
   std::vector<SlowQuery> slow;        // newest first
   std::uint64_t evictions = 0;
   std::uint64_t slow_total = 0;
+  std::vector<QueryTotals> queries_by_label;
+  std::vector<DatabaseTotals> databases;
+  std::vector<ErrorTotals> errors;
 };
 
 class QueryStats {
@@ -98,10 +134,12 @@ class QueryStats {
   void prepare(std::uint64_t fingerprint, std::string_view sql);
   // It completed. An execution whose entry was evicted meanwhile is not counted.
   void record(const Execution& e, const ClientLabels& who);
+  // A client's transaction (or autocommit statement) ended.
+  void count_transaction(const ClientLabels& who);
 
   // Adds this worker's figures to `into` (keyed by fingerprint) and its slow samples to `slow`.
-  void collect(std::unordered_map<std::uint64_t, QueryFigures>& into, std::vector<SlowQuery>& slow,
-               std::uint64_t& evictions, std::uint64_t& slow_total) const;
+  void collect(std::unordered_map<std::uint64_t, QueryFigures>& into, Snapshot& totals) const;
+  // RESET QUERIES: the figures per fingerprint and the slow samples (counters stay).
   void reset();
   void set_limits(const Limits& limits);
 
@@ -117,6 +155,7 @@ class QueryStats {
 
  private:
   void evict_one();
+  DatabaseTotals& database_totals(const std::string& database);
 
   mutable std::mutex mutex_;
   Limits limits_;
@@ -127,6 +166,10 @@ class QueryStats {
   std::vector<SlowQuery> slow_;  // ring of limits_.slow_samples
   std::size_t slow_next_ = 0;
   std::uint64_t slow_total_ = 0;
+  // Few entries (databases x shards x roles x kinds): searched in order.
+  std::vector<QueryTotals> queries_by_label_;
+  std::vector<DatabaseTotals> databases_;
+  std::vector<ErrorTotals> errors_;
 };
 
 // The row count of a CommandComplete tag ("SELECT 5", "INSERT 0 5", "UPDATE 3"); 0 for others.

@@ -47,7 +47,8 @@ def parse_metrics(text):
         m = LINE.match(line)
         assert m, f"not a Prometheus sample line: {line!r}"
         name, labels, value = m.group(1), m.group(2) or "", float(m.group(3))
-        assert name in typed, f"{name} has no # TYPE line"
+        family = re.sub(r"_(bucket|sum|count)$", "", name) if name not in typed else name
+        assert family in typed, f"{name} has no # TYPE line"
         samples.append((name, dict(LABEL.findall(labels)), value))
     return samples
 
@@ -212,6 +213,36 @@ def test_metrics_follow_the_pool(pv, cluster):
     assert status_pool["checked_in"] == int(row["checked_in"])
     assert metric(now, "pgvalve_pool_checkouts_total", **pool) <= status_pool["total_checkouts"]
     assert metric(now, "pgvalve_pool_checkout_timeouts_total", **pool) == 0
+
+
+def test_metrics_count_statements_transactions_errors_and_hosts(pv, cluster):
+    with pv.connect() as conn:
+        for i in range(20):
+            conn.execute("select %s::int", (i,))
+        conn.execute("create temp table m (x int)")
+        with conn.transaction():
+            for i in range(3):
+                conn.execute("insert into m values (%s)", (i,))
+        conn.execute("update m set x = x + 1")
+        for _ in range(2):
+            with pytest.raises(psycopg.errors.UniqueViolation):
+                conn.execute("do $$ begin raise unique_violation using message = 'dup'; end $$")
+    s = scrape(pv)
+    base = dict(database=APP_DB, shard="s0", role="primary")
+    assert metric(s, "pgvalve_queries_total", kind="select", **base) == 20
+    assert metric(s, "pgvalve_queries_total", kind="insert", **base) == 3
+    assert metric(s, "pgvalve_queries_total", kind="update", **base) == 1
+    # 20 selects + create + begin/3 inserts/commit as one + update + 2 failed DO blocks.
+    assert metric(s, "pgvalve_transactions_total", database=APP_DB) == 20 + 1 + 1 + 1 + 2
+    assert metric(s, "pgvalve_errors_total", sqlstate_class="23") == 2
+    total = 20 + 3 + 1 + 1 + 2 + 2  # selects, inserts, update, create, begin+commit, DO blocks
+    assert metric(s, "pgvalve_query_duration_seconds_count", database=APP_DB) == total
+    assert metric(s, "pgvalve_query_duration_seconds_bucket", database=APP_DB, le="+Inf") == total
+    assert metric(s, "pgvalve_query_duration_seconds_sum", database=APP_DB) > 0
+    assert metric(s, "pgvalve_slow_queries_total") == 0
+    assert metric(s, "pgvalve_failovers_total") == 0
+    wait_until(lambda: metric(scrape(pv), "pgvalve_host_up", host=primary_host(cluster),
+                              role="primary") == 1, 10, message="host_up after the first check")
 
 
 def test_status_json(pv, cluster):

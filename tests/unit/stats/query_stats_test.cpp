@@ -151,3 +151,64 @@ TEST(QueryStats, RowsOfCommandTags) {
 
 }  // namespace
 }  // namespace pgvalve::stats
+
+namespace pgvalve::stats {
+namespace {
+
+TEST(QueryStatsTotals, CountedPerLabelDatabaseAndErrorClassEvenWhenNotTracked) {
+  QueryStats a, b;
+  Execution select = run("select 1", 700);
+  select.kind = StatementKind::Select;
+  Execution failed = run("insert into t values (1)", 20000, 0, true);
+  failed.kind = StatementKind::Insert;
+  failed.sqlstate_class[0] = '2';
+  failed.sqlstate_class[1] = '3';
+  // No prepare(): the fingerprint is not tracked, the totals still count.
+  a.record(select, kWho);
+  b.record(select, kWho);
+  Execution on_replica = select;
+  on_replica.replica = true;
+  b.record(on_replica, kWho);
+  a.record(failed, kWho);
+  a.count_transaction(kWho);
+  b.count_transaction(kWho);
+  const Snapshot s = QueryStats::snapshot({&a, &b}, 10);
+  EXPECT_TRUE(s.queries.empty());
+  std::uint64_t primary_selects = 0, replica_selects = 0, inserts = 0;
+  for (const auto& q : s.queries_by_label) {
+    EXPECT_EQ(q.database, "telemetry");
+    if (q.kind == StatementKind::Select)
+      (q.replica ? replica_selects : primary_selects) += q.queries;
+    if (q.kind == StatementKind::Insert) inserts += q.queries;
+  }
+  EXPECT_EQ(primary_selects, 2u);
+  EXPECT_EQ(replica_selects, 1u);
+  EXPECT_EQ(inserts, 1u);
+  ASSERT_EQ(s.databases.size(), 1u);
+  EXPECT_EQ(s.databases[0].transactions, 2u);
+  std::uint64_t observed = 0;
+  for (auto c : s.databases[0].duration_counts)
+    observed += c;
+  EXPECT_EQ(observed, 4u);
+  EXPECT_EQ(s.databases[0].duration_counts[1], 3u);  // 0.7 ms: in (0.5 ms, 1 ms]
+  EXPECT_NEAR(s.databases[0].duration_sum_seconds, 3 * 0.0007 + 0.02, 1e-9);
+  ASSERT_EQ(s.errors.size(), 1u);
+  EXPECT_EQ(std::string(s.errors[0].sqlstate_class, 2), "23");
+  EXPECT_EQ(s.errors[0].errors, 1u);
+  // RESET QUERIES leaves the counters alone.
+  a.reset();
+  EXPECT_EQ(QueryStats::snapshot({&a}, 10).databases[0].transactions, 1u);
+}
+
+TEST(QueryStatsTotals, KindsFromCommandTags) {
+  EXPECT_EQ(kind_of_tag("SELECT 3"), StatementKind::Select);
+  EXPECT_EQ(kind_of_tag("INSERT 0 1"), StatementKind::Insert);
+  EXPECT_EQ(kind_of_tag("UPDATE 2"), StatementKind::Update);
+  EXPECT_EQ(kind_of_tag("DELETE 0"), StatementKind::Delete);
+  EXPECT_EQ(kind_of_tag("COPY 5"), StatementKind::Copy);
+  EXPECT_EQ(kind_of_tag("CREATE TABLE"), StatementKind::Other);
+  EXPECT_EQ(kind_name(StatementKind::Update), "update");
+}
+
+}  // namespace
+}  // namespace pgvalve::stats
