@@ -193,9 +193,9 @@ void show_queries(App& app, std::string& out) {
                     millis_text(calls > 0 ? q.total_micros / calls : 0),
                     millis_text(static_cast<double>(q.min_micros)),
                     millis_text(static_cast<double>(q.max_micros)),
-                    millis_text(static_cast<double>(q.durations.quantile_micros(0.50))),
-                    millis_text(static_cast<double>(q.durations.quantile_micros(0.95))),
-                    millis_text(static_cast<double>(q.durations.quantile_micros(0.99))), share,
+                    millis_text(static_cast<double>(q.percentile_micros(0.50))),
+                    millis_text(static_cast<double>(q.percentile_micros(0.95))),
+                    millis_text(static_cast<double>(q.percentile_micros(0.99))), share,
                     shard_names(app, q.shards)});
   }
   append_result(out,

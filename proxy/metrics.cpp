@@ -138,6 +138,22 @@ void render_host_metrics(const Snapshot& snapshot, prometheus::Registry& registr
           .Set(static_cast<double>(h.lag_ms) / 1000.0);
     }
   }
+  // A shard has a primary when one of its hosts takes writes now (what /ready checks).
+  auto& primary_up = BuildGauge()
+                         .Name("pgvalve_shard_primary_up")
+                         .Help("1 when a host of the shard takes writes now, else 0")
+                         .Register(registry);
+  std::vector<std::pair<std::string, std::string>> shards;
+  for (const HostRow& h : snapshot.hosts) {
+    const auto key = std::make_pair(h.database, h.shard);
+    if (std::find(shards.begin(), shards.end(), key) != shards.end()) continue;
+    shards.push_back(key);
+    const bool writable =
+        std::any_of(snapshot.hosts.begin(), snapshot.hosts.end(), [&](const HostRow& o) {
+          return o.database == h.database && o.shard == h.shard && o.writable;
+        });
+    primary_up.Add({{"database", h.database}, {"shard", h.shard}}).Set(writable ? 1 : 0);
+  }
   prometheus::BuildCounter()
       .Name("pgvalve_failovers_total")
       .Help("Times a shard's writes moved to another host (followed, promoted, switched over)")
@@ -215,6 +231,12 @@ std::string render_metrics(const Snapshot& snapshot) {
                          "Clients whose session state (advisory lock, temporary table, WITH HOLD "
                          "cursor, SQL PREPARE, LISTEN in a transaction) pins a server to them")
                      .Register(registry);
+  auto& max_wait = BuildGauge()
+                       .Name("pgvalve_pool_max_wait_seconds")
+                       .Help(
+                           "How long the oldest client still waiting for a server connection "
+                           "has waited (0 when none waits)")
+                       .Register(registry);
   auto& handoffs = BuildCounter()
                        .Name("pgvalve_pool_handoffs_total")
                        .Help("Server connections moved to another worker for waiting clients")
@@ -259,6 +281,7 @@ std::string render_metrics(const Snapshot& snapshot) {
     closed.Add(pool_labels).Increment(static_cast<double>(s.total_closed));
     evictions.Add(pool_labels).Increment(static_cast<double>(s.total_statement_evictions));
     pinned.Add(pool_labels).Set(s.pinned);
+    max_wait.Add(pool_labels).Set(static_cast<double>(s.max_wait_us) / 1e6);
     handoffs.Add(pool_labels).Increment(static_cast<double>(s.total_handoffs));
   }
 

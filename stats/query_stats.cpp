@@ -24,6 +24,11 @@ void QueryFigures::merge(const QueryFigures& other) {
   durations.merge(other.durations);
 }
 
+std::uint64_t QueryFigures::percentile_micros(double q) const {
+  if (calls == 0) return 0;
+  return std::clamp(durations.quantile_micros(q), min_micros, max_micros);
+}
+
 QueryStats::QueryStats(Limits limits) : limits_(limits) {}
 
 std::string QueryStats::normalized_text(std::string_view sql) {

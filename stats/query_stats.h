@@ -98,6 +98,9 @@ struct QueryFigures {
   LatencyHistogram durations;
 
   void merge(const QueryFigures& other);
+  // The duration at quantile q from the histogram, kept within [min, max] (a bucket's middle
+  // may lie outside the durations actually seen).
+  std::uint64_t percentile_micros(double q) const;
 };
 
 struct SlowQuery {

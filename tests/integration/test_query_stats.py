@@ -58,7 +58,7 @@ def test_calls_rows_and_errors_per_statement_shape(pv):
     assert int(plus["calls"]) == 5
     for r in (ins, sel):
         assert float(r["min_ms"]) <= float(r["p50_ms"]) <= float(r["p95_ms"]) <= \
-            float(r["p99_ms"]) <= float(r["max_ms"]) * 1.13
+            float(r["p99_ms"]) <= float(r["max_ms"])
         assert abs(float(r["mean_ms"]) * int(r["calls"]) - float(r["total_ms"])) < 0.01 * \
             int(r["calls"])
         assert r["replica_share"] == "0.00"

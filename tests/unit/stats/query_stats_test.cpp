@@ -212,3 +212,21 @@ TEST(QueryStatsTotals, KindsFromCommandTags) {
 
 }  // namespace
 }  // namespace pgvalve::stats
+
+namespace pgvalve::stats {
+namespace {
+
+TEST(QueryStats, PercentilesStayWithinWhatWasSeen) {
+  QueryStats s;
+  const std::string sql = "select 1";
+  s.prepare(routing::fingerprint(sql), sql);
+  for (int i = 0; i < 10; ++i)
+    s.record(run(sql, 109), kWho);  // the bucket [96, 112) has its middle at 104
+  const Snapshot snap = QueryStats::snapshot({&s}, 10);
+  ASSERT_EQ(snap.queries.size(), 1u);
+  EXPECT_EQ(snap.queries[0].percentile_micros(0.5), 109u);
+  EXPECT_EQ(snap.queries[0].percentile_micros(0.99), 109u);
+}
+
+}  // namespace
+}  // namespace pgvalve::stats
