@@ -223,6 +223,75 @@ void show_slow_queries(App& app, std::string& out) {
                 rows);
 }
 
+// Every command, for SHOW HELP and the error for an unknown one.
+constexpr std::pair<std::string_view, std::string_view> kCommands[] = {
+    {"SHOW HELP", "this list"},
+    {"SHOW POOLS", "pools per database, user and host: clients, server connections, waits"},
+    {"SHOW HOSTS", "every host of every shard: role, state, lag, LSN, timeline"},
+    {"SHOW SHARDS", "each database's shards: primary now, replicas, statements and rows"},
+    {"SHOW QUERIES", "statistics per statement fingerprint, by total time"},
+    {"SHOW SLOW_QUERIES", "recent executions over stats.slow_query_ms"},
+    {"SHOW CONFIG", "the effective configuration"},
+    {"SHOW VERSION", "the pgvalve version"},
+    {"RELOAD", "re-read the configuration file"},
+    {"PAUSE [database]", "new transactions wait; returns once no server connection is lent"},
+    {"RESUME [database]", "end a PAUSE"},
+    {"RESET QUERIES", "forget SHOW QUERIES and SHOW SLOW_QUERIES figures"},
+    {"SWITCHOVER <database> [shard] [TO host:port]", "planned change of primary"},
+    {"FAILOVER <database> [shard]", "promote a replica now (dead primary)"},
+};
+
+std::string command_list() {
+  std::string out;
+  for (const auto& [command, _] : kCommands) {
+    if (!out.empty()) out += ", ";
+    out += command;
+  }
+  return out;
+}
+
+void show_help(std::string& out) {
+  std::vector<Row> rows;
+  for (const auto& [command, what] : kCommands)
+    rows.push_back({std::string(command), std::string(what)});
+  append_result(out, {"command", "description"}, rows);
+}
+
+void show_shards(App& app, std::string& out) {
+  const auto config = app.config();
+  const stats::Snapshot snap = app.query_stats();
+  const auto hosts = app.hosts();
+  std::vector<Row> rows;
+  for (const auto& db : config->databases) {
+    for (std::size_t i = 0; i < db.shards.size(); ++i) {
+      const auto& shard = db.shards[i];
+      std::string primary;
+      for (const auto& h : hosts) {
+        if (h.database == db.name && h.shard == shard.name && h.writable) {
+          primary = h.host.to_string();
+        }
+      }
+      std::string replicas;
+      for (const auto& r : shard.replicas) {
+        if (!replicas.empty()) replicas += ",";
+        replicas += r.to_string();
+      }
+      std::uint64_t statements = 0;
+      std::uint64_t rows_routed = 0;
+      for (const auto& q : snap.queries_by_label) {
+        if (q.database == db.name && q.shard == i) {
+          statements += q.queries;
+          rows_routed += q.rows;
+        }
+      }
+      rows.push_back({db.name, shard.name, primary, replicas, std::to_string(statements),
+                      std::to_string(rows_routed)});
+    }
+  }
+  append_result(out, {"database", "shard", "primary", "replicas", "statements", "rows_routed"},
+                rows);
+}
+
 // Runs a drill on the control thread and waits for its outcome here.
 boost::asio::awaitable<DrillResult> await_drill(
     Stream& client, const std::function<void(HealthChecker::DrillDone)>& start) {
@@ -322,6 +391,29 @@ boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, sessi
         show_queries(app, out);
       } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "SLOW_QUERIES") {
         show_slow_queries(app, out);
+      } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "HELP") {
+        show_help(out);
+      } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "SHARDS") {
+        show_shards(app, out);
+      } else if ((words[0] == "PAUSE" || words[0] == "RESUME") && words.size() <= 2) {
+        const std::string database = words.size() == 2 ? raw_words(sql)[1] : "";
+        if (!database.empty() && !app.config()->find_database(database)) {
+          error(out, "3D000", "pgvalve: no database \"" + database + "\" in the configuration");
+        } else if (words[0] == "RESUME") {
+          app.resume(database);
+          PGV_LOG(Warn, "resumed", {"database", database.empty() ? "*" : database});
+          pr::append_command_complete(out, "RESUME");
+        } else {
+          app.pause(database);
+          PGV_LOG(Warn, "paused", {"database", database.empty() ? "*" : database});
+          // PgBouncer's meaning: PAUSE returns once every server connection is back.
+          boost::asio::steady_timer timer(client.get_executor());
+          while (app.lent_in(database) > 0 && app.paused(database)) {
+            timer.expires_after(std::chrono::milliseconds(20));
+            co_await timer.async_wait(boost::asio::use_awaitable);
+          }
+          pr::append_command_complete(out, "PAUSE");
+        }
       } else if (words.size() == 2 && words[0] == "RESET" && words[1] == "QUERIES") {
         app.reset_query_stats();
         pr::append_command_complete(out, "RESET");
@@ -373,10 +465,7 @@ boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, sessi
                 "configuration is unchanged");
         }
       } else {
-        error(out, "42601",
-              "pgvalve: unknown admin command; available: SHOW POOLS, SHOW HOSTS, SHOW QUERIES, "
-              "SHOW SLOW_QUERIES, SHOW CONFIG, SHOW VERSION, RELOAD, RESET QUERIES, SWITCHOVER "
-              "<database> [shard] [TO host:port], FAILOVER <database> [shard]");
+        error(out, "42601", "pgvalve: unknown admin command; available: " + command_list());
       }
       pr::append_ready_for_query(out, 'I');
     }

@@ -217,6 +217,46 @@ int App::lent_on(const config::Endpoint& host) {
   return lent;
 }
 
+int App::lent_in(const std::string& database) {
+  int lent = 0;
+  for (const auto& pool : pools()) {
+    if (database.empty() || pool->key().database == database) {
+      const auto s = pool->stats();
+      lent += s.checked_out + s.opening;
+    }
+  }
+  return lent;
+}
+
+void App::pause(const std::string& database) {
+  std::lock_guard lock(pause_mutex_);
+  if (std::find(paused_.begin(), paused_.end(), database) == paused_.end()) {
+    paused_.push_back(database);
+  }
+  paused_count_.store(static_cast<int>(paused_.size()), std::memory_order_relaxed);
+}
+
+void App::resume(const std::string& database) {
+  std::lock_guard lock(pause_mutex_);
+  if (database.empty()) {
+    paused_.clear();
+  } else {
+    std::erase(paused_, database);
+  }
+  paused_count_.store(static_cast<int>(paused_.size()), std::memory_order_relaxed);
+}
+
+bool App::paused_slow(const std::string& database) const {
+  std::lock_guard lock(pause_mutex_);
+  return std::any_of(paused_.begin(), paused_.end(),
+                     [&](const std::string& p) { return p.empty() || p == database; });
+}
+
+std::vector<std::string> App::paused_databases() const {
+  std::lock_guard lock(pause_mutex_);
+  return paused_;
+}
+
 std::vector<std::shared_ptr<pool::ServerPool>> App::pools() {
   std::lock_guard lock(pools_mutex_);
   std::vector<std::shared_ptr<pool::ServerPool>> out;

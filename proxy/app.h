@@ -132,6 +132,17 @@ class App : public pool::Handoff {
   void failover(std::string database, std::string shard, HealthChecker::DrillDone done);
   // Server connections lent out now on `host` (every pool of it). Takes the pools lock.
   int lent_on(const config::Endpoint& host);
+  // ... and to clients of `database` ("" = every database).
+  int lent_in(const std::string& database);
+
+  // PAUSE / RESUME from the admin console: checkouts for a paused database ("" = all) wait
+  // (up to pool.checkout_timeout_ms) until it is resumed.
+  void pause(const std::string& database);
+  void resume(const std::string& database);
+  bool paused(const std::string& database) const {
+    return paused_count_.load(std::memory_order_relaxed) > 0 && paused_slow(database);
+  }
+  std::vector<std::string> paused_databases() const;
   // The LISTEN/NOTIFY hub of (database, user), on the control thread.
   std::shared_ptr<ListenHub> listen_hub_for(const config::Database& db, const config::User& user);
 
@@ -189,6 +200,11 @@ class App : public pool::Handoff {
   // Sockets refused at the door that are still being told why; beyond a bound, closed at once.
   std::atomic<int> refusing_{0};
   std::atomic<bool> draining_{false};
+  // Paused databases ("" = all); the count lets a checkout skip the lock when none is.
+  bool paused_slow(const std::string& database) const;
+  mutable std::mutex pause_mutex_;
+  std::vector<std::string> paused_;
+  std::atomic<int> paused_count_{0};
   std::atomic<std::uint64_t> next_server_id_{1};
   std::vector<std::unique_ptr<Worker>> workers_;
 

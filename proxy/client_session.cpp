@@ -535,6 +535,12 @@ std::unique_ptr<ServerConnection> ClientSession::usable(std::unique_ptr<pool::Co
 // worker) or as a grant from the pool while the session waits; only opening a new connection or a
 // pre-ping runs a coroutine.
 void ClientSession::check_out(const routing::Route& route) {
+  if (app_.paused(database_name_)) {
+    asio::co_spawn(
+        client_.get_executor(), wait_while_paused(route),
+        [self = shared_from_this()](std::exception_ptr e) { log_failure(self->id_, e); });
+    return;
+  }
   checkout_pool_ = pool_for(route);
   if (runs_on_own_server(checkout_pool_)) return;
   if (!checkout_pool_) {
@@ -542,6 +548,30 @@ void ClientSession::check_out(const routing::Route& route) {
     return;
   }
   check_out_from_pool();
+}
+
+asio::awaitable<void> ClientSession::wait_while_paused(routing::Route route) {
+  auto self = shared_from_this();
+  const auto deadline = now() + std::chrono::milliseconds(config_->pool.checkout_timeout_ms);
+  asio::steady_timer timer(client_.get_executor());
+  while (!closed_ && app_.paused(database_name_)) {
+    if (now() >= deadline) {
+      carry_out(
+          core_->on_checkout_failed("53300",
+                                    "pgvalve: database \"" + database_name_ +
+                                        "\" is paused (PAUSE on the admin console) for longer than "
+                                        "pool.checkout_timeout_ms (" +
+                                        std::to_string(config_->pool.checkout_timeout_ms) +
+                                        " ms); retry after RESUME",
+                                    now()),
+          Source::Client);
+      co_return;
+    }
+    timer.expires_after(std::chrono::milliseconds(10));
+    error_code ec;
+    co_await timer.async_wait(await_ec(ec));
+  }
+  if (!closed_) check_out(route);
 }
 
 void ClientSession::hold(const routing::Route& route, std::shared_ptr<pool::ServerPool> failed) {

@@ -138,6 +138,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   void hold(const routing::Route& route, std::shared_ptr<pool::ServerPool> failed = nullptr);
   asio::awaitable<void> hold_for_primary(routing::Route route,
                                          std::shared_ptr<pool::ServerPool> failed);
+  // The client's database is paused (PAUSE): the checkout waits for RESUME, at most
+  // pool.checkout_timeout_ms, then the request gets 53300.
+  asio::awaitable<void> wait_while_paused(routing::Route route);
   // `pool`'s host could not be reached (a connection died, or opening one failed): a replica
   // takes no reads until the health checker finds it healthy again.
   void distrust(const pool::ServerPool& pool);

@@ -19,6 +19,7 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
+#include <nlohmann/json.hpp>
 
 #include "proxy/app.h"
 #include "proxy/io_util.h"
@@ -104,173 +105,109 @@ Response text(unsigned version, http::status status, std::string body) {
 
 // ---- JSON ----------------------------------------------------------------------------------
 
-// Length of the valid UTF-8 sequence starting at s[i], or 0 when it is not one.
-std::size_t utf8_length(std::string_view s, std::size_t i) {
-  const auto at = [&](std::size_t k) { return static_cast<unsigned char>(s[k]); };
-  const unsigned char c = at(i);
-  std::size_t n = 0;
-  unsigned char lo = 0x80, hi = 0xBF;  // allowed range of the second byte
-  if (c >= 0xC2 && c <= 0xDF) {
-    n = 2;
-  } else if (c >= 0xE0 && c <= 0xEF) {
-    n = 3;
-    if (c == 0xE0) lo = 0xA0;
-    if (c == 0xED) hi = 0x9F;  // no surrogates
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    n = 4;
-    if (c == 0xF0) lo = 0x90;
-    if (c == 0xF4) hi = 0x8F;
-  } else {
-    return 0;
-  }
-  if (i + n > s.size()) return 0;
-  if (at(i + 1) < lo || at(i + 1) > hi) return 0;
-  for (std::size_t k = 2; k < n; ++k) {
-    if (at(i + k) < 0x80 || at(i + k) > 0xBF) return 0;
-  }
-  return n;
-}
-
-// A JSON string literal; bytes that are not valid UTF-8 become U+FFFD.
-void append_json_string(std::string& out, std::string_view s) {
-  out += '"';
-  for (std::size_t i = 0; i < s.size();) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    if (c >= 0x80) {
-      const std::size_t n = utf8_length(s, i);
-      if (n == 0) {
-        out += "\\ufffd";
-        ++i;
-      } else {
-        out.append(s.substr(i, n));
-        i += n;
-      }
-      continue;
-    }
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\b':
-        out += "\\b";
-        break;
-      case '\f':
-        out += "\\f";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (c < 0x20 || c == 0x7F) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", c);
-          out += buf;
-        } else {
-          out += static_cast<char>(c);
-        }
-    }
-    ++i;
-  }
-  out += '"';
-}
-
-// Appends `"key":` (after a comma unless first).
-void json_key(std::string& out, std::string_view key, bool& first) {
-  if (!first) out += ',';
-  first = false;
-  append_json_string(out, key);
-  out += ':';
-}
-
-void json_field(std::string& out, std::string_view key, std::string_view value, bool& first) {
-  json_key(out, key, first);
-  append_json_string(out, value);
-}
-
-template <typename Int>
-void json_field_int(std::string& out, std::string_view key, Int value, bool& first) {
-  json_key(out, key, first);
-  out += std::to_string(value);
-}
-
+// /status: what an on-call needs during a drill, as JSON (nlohmann::json; text a client sent
+// that is not valid UTF-8 is shown with U+FFFD).
 std::string status_json(const Snapshot& s) {
-  std::string out = "{";
-  bool first = true;
-  json_field(out, "version", PGVALVE_VERSION, first);
-  json_field_int(out, "clients", s.client_connections, first);
-  json_key(out, "draining", first);
-  out += s.draining ? "true" : "false";
-
-  json_key(out, "pools", first);
-  out += '[';
-  for (std::size_t i = 0; i < s.pools.size(); ++i) {
-    const auto& p = s.pools[i];
-    if (i) out += ',';
-    out += '{';
-    bool f = true;
-    json_field(out, "database", p.key.database, f);
-    json_field(out, "user", p.key.user, f);
-    json_field(out, "host", p.key.host.to_string(), f);
-    json_field_int(out, "size", p.stats.size, f);
-    json_field_int(out, "checked_in", p.stats.checked_in, f);
-    json_field_int(out, "checked_out", p.stats.checked_out, f);
-    json_field_int(out, "opening", p.stats.opening, f);
-    json_field_int(out, "overflow", p.stats.overflow, f);
-    json_field_int(out, "waiting", p.stats.waiting, f);
-    json_field_int(out, "clients", p.clients, f);
-    json_field_int(out, "total_checkouts", p.stats.total_checkouts, f);
-    json_field_int(out, "total_waits", p.stats.total_waits, f);
-    json_field_int(out, "total_timeouts", p.stats.total_timeouts, f);
-    json_field_int(out, "total_created", p.stats.total_created, f);
-    json_field_int(out, "total_closed", p.stats.total_closed, f);
-    json_field_int(out, "total_statement_evictions", p.stats.total_statement_evictions, f);
-    json_field_int(out, "pinned", p.stats.pinned, f);
-    json_field_int(out, "total_handoffs", p.stats.total_handoffs, f);
-    out += '}';
+  using nlohmann::json;
+  json out;
+  out["version"] = PGVALVE_VERSION;
+  out["clients"] = s.client_connections;
+  out["draining"] = s.draining;
+  out["failovers"] = s.failovers;
+  json pools = json::array();
+  for (const auto& p : s.pools) {
+    pools.push_back({{"database", p.key.database},
+                     {"user", p.key.user},
+                     {"host", p.key.host.to_string()},
+                     {"size", p.stats.size},
+                     {"checked_in", p.stats.checked_in},
+                     {"checked_out", p.stats.checked_out},
+                     {"opening", p.stats.opening},
+                     {"overflow", p.stats.overflow},
+                     {"waiting", p.stats.waiting},
+                     {"max_wait_us", p.stats.max_wait_us},
+                     {"clients", p.clients},
+                     {"total_checkouts", p.stats.total_checkouts},
+                     {"total_waits", p.stats.total_waits},
+                     {"total_timeouts", p.stats.total_timeouts},
+                     {"total_created", p.stats.total_created},
+                     {"total_closed", p.stats.total_closed},
+                     {"total_statement_evictions", p.stats.total_statement_evictions},
+                     {"pinned", p.stats.pinned},
+                     {"total_handoffs", p.stats.total_handoffs}});
   }
-  out += ']';
-
-  json_key(out, "databases", first);
-  out += '[';
+  out["pools"] = std::move(pools);
+  json databases = json::array();
   if (s.config) {
-    bool first_db = true;
     for (const auto& db : s.config->databases) {
-      if (!first_db) out += ',';
-      first_db = false;
-      out += '{';
-      bool f = true;
-      json_field(out, "name", db.name, f);
-      json_key(out, "shards", f);
-      out += '[';
-      for (std::size_t i = 0; i < db.shards.size(); ++i) {
-        const auto& shard = db.shards[i];
-        if (i) out += ',';
-        out += '{';
-        bool g = true;
-        json_field(out, "name", shard.name, g);
-        json_field(out, "primary", shard.primary.to_string(), g);
-        json_key(out, "replicas", g);
-        out += '[';
-        for (std::size_t r = 0; r < shard.replicas.size(); ++r) {
-          if (r) out += ',';
-          append_json_string(out, shard.replicas[r].to_string());
-        }
-        out += "]}";
+      json shards = json::array();
+      for (const auto& shard : db.shards) {
+        json replicas = json::array();
+        for (const auto& r : shard.replicas)
+          replicas.push_back(r.to_string());
+        shards.push_back({{"name", shard.name},
+                          {"primary", shard.primary.to_string()},
+                          {"replicas", std::move(replicas)}});
       }
-      out += "]}";
+      databases.push_back({{"name", db.name}, {"shards", std::move(shards)}});
     }
   }
-  out += "]}\n";
-  return out;
+  out["databases"] = std::move(databases);
+  json hosts = json::array();
+  for (const HostRow& h : s.hosts) {
+    json row = {{"database", h.database},
+                {"shard", h.shard},
+                {"host", h.host.to_string()},
+                {"role", std::string(health::role_name(h.role))},
+                {"state", h.refused    ? "refused"
+                          : !h.checked ? "unknown"
+                          : h.up       ? "up"
+                                       : "down"},
+                {"readable", h.readable},
+                {"writable", h.writable},
+                {"failures", h.failures}};
+    row["lag_ms"] = h.lag_ms >= 0 ? json(h.lag_ms) : json(nullptr);
+    row["lag_bytes"] = h.lag_bytes >= 0 ? json(h.lag_bytes) : json(nullptr);
+    row["timeline"] = h.timeline ? json(h.timeline) : json(nullptr);
+    row["last_error"] = h.last_error.empty() ? json(nullptr) : json(h.last_error);
+    hosts.push_back(std::move(row));
+  }
+  out["hosts"] = std::move(hosts);
+  // The statements that cost the most, and the latest slow ones: the console has all of them.
+  constexpr std::size_t kShown = 20;
+  json queries = json::array();
+  for (std::size_t i = 0; i < s.statements.queries.size() && i < kShown; ++i) {
+    const auto& q = s.statements.queries[i];
+    char fingerprint[17];
+    std::snprintf(fingerprint, sizeof fingerprint, "%016llx",
+                  static_cast<unsigned long long>(q.fingerprint));
+    queries.push_back({{"fingerprint", fingerprint},
+                       {"query", q.text},
+                       {"calls", q.calls},
+                       {"rows", q.rows},
+                       {"errors", q.errors},
+                       {"total_ms", static_cast<double>(q.total_micros) / 1000.0},
+                       {"mean_ms", static_cast<double>(q.total_micros) / 1000.0 /
+                                       static_cast<double>(std::max<std::uint64_t>(q.calls, 1))},
+                       {"p95_ms", static_cast<double>(q.percentile_micros(0.95)) / 1000.0},
+                       {"replica_calls", q.replica_calls}});
+  }
+  out["queries"] = std::move(queries);
+  json slow = json::array();
+  for (std::size_t i = 0; i < s.statements.slow.size() && i < kShown; ++i) {
+    const auto& q = s.statements.slow[i];
+    slow.push_back(
+        {{"at_unix_ms",
+          std::chrono::duration_cast<std::chrono::milliseconds>(q.at.time_since_epoch()).count()},
+         {"database", q.database},
+         {"user", q.user},
+         {"host", q.host},
+         {"duration_ms", static_cast<double>(q.micros) / 1000.0},
+         {"query", q.text},
+         {"advice", q.advice}});
+  }
+  out["slow_queries"] = std::move(slow);
+  return out.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
 }
 
 // ---- /ready --------------------------------------------------------------------------------

@@ -159,6 +159,7 @@ void QueryStats::record(const Execution& e, const ClientLabels& who) {
       t->kind = e.kind;
     }
     ++t->queries;
+    t->rows += e.rows;
     DatabaseTotals& d = database_totals(database);
     const double seconds = static_cast<double>(e.micros) / 1e6;
     std::size_t b = 0;
@@ -239,6 +240,7 @@ void QueryStats::collect(std::unordered_map<std::uint64_t, QueryFigures>& into,
       totals.queries_by_label.push_back(q);
     } else {
       it->queries += q.queries;
+      it->rows += q.rows;
     }
   }
   for (const auto& d : databases_) {

@@ -58,6 +58,7 @@ struct QueryTotals {
   bool replica = false;
   StatementKind kind = StatementKind::Other;
   std::uint64_t queries = 0;
+  std::uint64_t rows = 0;
 };
 struct DatabaseTotals {
   std::string database;

@@ -265,6 +265,18 @@ def test_status_json(pv, cluster):
     [db] = doc["databases"]
     assert db["name"] == APP_DB
     assert db["shards"] == [{"name": "s0", "primary": primary_host(cluster), "replicas": []}]
+    # Hosts as SHOW HOSTS has them, the costliest statements and the latest slow ones.
+    wait_until(lambda: json.loads(get(pv, "/status")[1])["hosts"][0]["state"] == "up", 10,
+               message="the primary checked")
+    doc = json.loads(get(pv, "/status")[1])
+    [host] = doc["hosts"]
+    assert (host["host"], host["role"], host["writable"]) == (primary_host(cluster), "primary",
+                                                               True)
+    assert host["lag_ms"] is None and host["last_error"] is None
+    [query] = [q for q in doc["queries"] if q["query"] == "select $1"]
+    assert query["calls"] == 1 and query["rows"] == 1 and len(query["fingerprint"]) == 16
+    assert query["p95_ms"] <= query["total_ms"]
+    assert doc["slow_queries"] == [] and doc["failovers"] == 0
 
 
 def test_admin_listen_bind_failure_exits_1(cluster, tmp_path):

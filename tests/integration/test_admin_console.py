@@ -1,0 +1,97 @@
+"""The admin console's own commands against real PostgreSQL: SHOW HELP, SHOW SHARDS, PAUSE and
+RESUME under a pgbench write load (nothing lost, nothing fails), unknown commands."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import threading
+import time
+
+import psycopg
+import pytest
+
+from itutil import APP_AND_OPS, OPS_PASSWORD, OPS_USER
+from pgcluster import APP_DB, wait_until
+from test_pgbench import check_balances, pgbench, pgbench_init
+
+
+def admin(pv):
+    # prepare_threshold=None: psycopg never prepares (the console takes simple queries only).
+    return psycopg.connect(pv.dsn(user=OPS_USER, password=OPS_PASSWORD, dbname="pgvalve"),
+                           autocommit=True, prepare_threshold=None)
+
+
+def rows_of(a, command):
+    cur = a.execute(command)
+    cols = [d.name for d in cur.description]
+    return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+
+def test_help_lists_every_command_and_unknown_ones_are_refused(pgvalve):
+    pv = pgvalve(users=APP_AND_OPS)
+    with admin(pv) as a:
+        commands = [r["command"] for r in rows_of(a, "SHOW HELP")]
+        for c in ("SHOW POOLS", "SHOW HOSTS", "SHOW SHARDS", "SHOW QUERIES", "SHOW SLOW_QUERIES",
+                  "PAUSE [database]", "RESUME [database]", "RESET QUERIES", "RELOAD"):
+            assert c in commands
+        with pytest.raises(psycopg.errors.SyntaxError) as e:
+            a.execute("SHOW NONSENSE")
+        assert str(e.value).startswith("pgvalve: unknown admin command; available: SHOW HELP")
+        with pytest.raises(psycopg.errors.InvalidCatalogName):
+            a.execute("PAUSE nosuchdb")
+
+
+def test_show_shards_counts_statements_and_rows(pgvalve, cluster):
+    pv = pgvalve(users=APP_AND_OPS)
+    with pv.connect() as c:
+        for _ in range(4):
+            c.execute("select * from generate_series(1, 5)").fetchall()
+    with admin(pv) as a:
+        wait_until(lambda: rows_of(a, "SHOW SHARDS")[0]["primary"], 10,
+                   message="the primary checked")
+        (row,) = [r for r in rows_of(a, "SHOW SHARDS") if r["database"] == APP_DB]
+    assert row["shard"] == "s0"
+    assert row["primary"] == f"127.0.0.1:{cluster.primary.port}"
+    assert row["statements"] == "4" and row["rows_routed"] == "20"
+
+
+def test_pause_and_resume_under_pgbench_lose_nothing(pgvalve, cluster):
+    pv = pgvalve(users=APP_AND_OPS, pool_size=4, checkout_timeout_ms=10000)
+    pgbench_init(pv)
+    result = {}
+
+    def load():
+        result["r"] = pgbench(pv, "-c", "8", "-j", "2", "-T", "6", timeout=60)
+
+    t = threading.Thread(target=load)
+    t.start()
+    time.sleep(1.5)
+    with admin(pv) as a:
+        started = time.monotonic()
+        assert a.execute("PAUSE").statusmessage == "PAUSE"
+        # PAUSE returned: no server connection is lent, and none is while paused.
+        for _ in range(10):
+            pools = [p for p in rows_of(a, "SHOW POOLS") if p["database"] == APP_DB]
+            assert all(int(p["sv_active"]) == 0 for p in pools), pools
+            time.sleep(0.1)
+        assert a.execute("RESUME").statusmessage == "RESUME"
+        assert time.monotonic() - started < 5
+    t.join()
+    r = result["r"]
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert int(re.search(r"number of failed transactions: (\d+)", out).group(1)) == 0, out
+    processed = int(re.search(r"number of transactions actually processed: (\d+)", out).group(1))
+    check_balances(cluster, processed)
+
+
+def test_a_pause_longer_than_checkout_timeout_fails_clearly(pgvalve):
+    pv = pgvalve(users=APP_AND_OPS, checkout_timeout_ms=300)
+    with admin(pv) as a, pv.connect() as c:
+        a.execute(f"PAUSE {APP_DB}")
+        with pytest.raises(psycopg.errors.TooManyConnections) as e:
+            c.execute("select 1")
+        assert "is paused (PAUSE on the admin console)" in str(e.value)
+        a.execute(f"RESUME {APP_DB}")
+        assert c.execute("select 1").fetchone() == (1,)
