@@ -237,6 +237,7 @@ constexpr std::pair<std::string_view, std::string_view> kCommands[] = {
     {"PAUSE [database]", "new transactions wait; returns once no server connection is lent"},
     {"RESUME [database]", "end a PAUSE"},
     {"RESET QUERIES", "forget SHOW QUERIES and SHOW SLOW_QUERIES figures"},
+    {"SHUTDOWN", "stop as SIGTERM does: clients leave at their next transaction boundary"},
     {"SWITCHOVER <database> [shard] [TO host:port]", "planned change of primary"},
     {"FAILOVER <database> [shard]", "promote a replica now (dead primary)"},
 };
@@ -414,6 +415,9 @@ boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, sessi
           }
           pr::append_command_complete(out, "PAUSE");
         }
+      } else if (words.size() == 1 && words[0] == "SHUTDOWN") {
+        app.shutdown();
+        pr::append_command_complete(out, "SHUTDOWN");
       } else if (words.size() == 2 && words[0] == "RESET" && words[1] == "QUERIES") {
         app.reset_query_stats();
         pr::append_command_complete(out, "RESET");

@@ -538,6 +538,13 @@ void App::schedule_sweep(Worker& worker) {
   });
 }
 
+void App::shutdown() {
+  asio::post(control_, [this] {
+    PGV_LOG(Info, "shutdown_requested", {"by", "admin console"});
+    begin_drain();
+  });
+}
+
 void App::begin_drain() {
   if (draining_.exchange(true)) return;
   const int timeout = config()->shutdown_timeout_s;

@@ -170,6 +170,8 @@ class App : public pool::Handoff {
   // Re-reads the config file; on success new users and pool settings apply to new logins and
   // checkouts. Returns false (old config kept, problems logged) when the file is refused.
   bool reload();
+  // SHUTDOWN from the admin console: the drain SIGTERM starts (from any thread).
+  void shutdown();
 
  private:
   void raise_open_files_limit();

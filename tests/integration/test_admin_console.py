@@ -95,3 +95,20 @@ def test_a_pause_longer_than_checkout_timeout_fails_clearly(pgvalve):
         assert "is paused (PAUSE on the admin console)" in str(e.value)
         a.execute(f"RESUME {APP_DB}")
         assert c.execute("select 1").fetchone() == (1,)
+
+
+def test_shutdown_drains_like_sigterm(pgvalve):
+    pv = pgvalve(users=APP_AND_OPS)
+    with pv.connect() as c:
+        c.execute("begin")
+        c.execute("select 1")
+        with admin(pv) as a:
+            assert a.execute("SHUTDOWN").statusmessage == "SHUTDOWN"
+        # The open transaction finishes; then the client is told to leave (FATAL 57P01 right
+        # after its commit, which libpq reads as the connection closing).
+        c.execute("select 2")
+        c.execute("commit")
+        with pytest.raises(psycopg.OperationalError):
+            c.execute("select 3")
+    assert pv.proc.wait(timeout=15) == 0
+    assert "shutdown_requested" in pv.log_text()
