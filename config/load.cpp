@@ -1128,10 +1128,6 @@ void Loader::refuse_what_does_not_work_yet(const YAML::Node& root) {
       bool v = !value;
       return n && n.IsScalar() && YAML::convert<bool>::decode(n, v) && v == value;
     };
-    if (is("explain_slow", true)) {
-      refuse(stats, "explain_slow", "stats.explain_slow",
-             "slow statements are not EXPLAINed yet; remove the key or set it to false");
-    }
     if (is("redact_literals", false)) {
       refuse(stats, "redact_literals", "stats.redact_literals",
              "slow-query samples always show the normalised text ($1 for constants); remove the "

@@ -43,6 +43,7 @@ stats::Limits stats_limits(const config::Config& c) {
   l.max_fingerprints = static_cast<std::size_t>(c.stats.max_fingerprints);
   l.slow_query = std::chrono::milliseconds(c.stats.slow_query_ms);
   l.slow_samples = static_cast<std::size_t>(c.stats.slow_query_samples);
+  l.explain_slow = c.stats.explain_slow;
   return l;
 }
 
@@ -676,6 +677,8 @@ int App::run() {
   health_ = std::make_unique<HealthChecker>(
       control_, [this](const config::Endpoint& host) { return lent_on(host); });
   set_topology(health_->configure(config()));
+  explainer_ = std::make_unique<SlowQueryExplainer>(*this, control_);
+  asio::co_spawn(control_, explainer_->run(), asio::detached);
   signals_.add(SIGHUP);
   signals_.add(SIGTERM);
   signals_.add(SIGINT);

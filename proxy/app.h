@@ -25,6 +25,7 @@
 #include "proxy/checkout_deadlines.h"
 #include "proxy/client_session.h"
 #include "proxy/health_checker.h"
+#include "proxy/slow_query_explainer.h"
 #include "proxy/tls.h"
 #include "proxy/users.h"
 #include "routing/decision_cache.h"
@@ -221,6 +222,7 @@ class App : public pool::Handoff {
   std::unique_ptr<HttpServer> http_;
   // The health checks, on control_.
   std::unique_ptr<HealthChecker> health_;
+  std::unique_ptr<SlowQueryExplainer> explainer_;
   void set_topology(std::shared_ptr<const Topology> topology);
   void retire_pools_not_in(const config::Config& next);
 };

@@ -684,7 +684,7 @@ const pr::PreparedStatement& Session::define_statement(std::string_view name,
   }
   statement_bytes_ += query.size() + param_types.size();
   const std::uint64_t fingerprint = recorder_ ? fingerprint_of(query) : 0;
-  if (fingerprint) recorder_->stats->prepare(fingerprint, query);
+  if (fingerprint) recorder_->stats->prepare(fingerprint, query, recorder_->labels);
   return statements_->define(name, query, param_types, fingerprint);
 }
 
@@ -1073,7 +1073,7 @@ void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight
       w.unnamed_statement_fingerprint = 0;
       if (recorder_ && !parse->query.empty()) {
         w.unnamed_statement_fingerprint = fingerprint_of(parse->query);
-        recorder_->stats->prepare(w.unnamed_statement_fingerprint, parse->query);
+        recorder_->stats->prepare(w.unnamed_statement_fingerprint, parse->query, recorder_->labels);
       }
     }
     const std::string_view text = without_hint(parse->query);

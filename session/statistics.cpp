@@ -20,7 +20,7 @@ std::uint64_t Session::fingerprint_of(std::string_view sql) {
 void Session::count_request(protocol::PendingResponse& request, std::string_view sql) {
   if (!recorder_ || sql.empty()) return;
   const std::uint64_t fingerprint = fingerprint_of(sql);
-  recorder_->stats->prepare(fingerprint, sql);
+  recorder_->stats->prepare(fingerprint, sql, recorder_->labels);
   count_request(request, fingerprint);
 }
 

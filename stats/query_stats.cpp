@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <utility>
 
 #include "routing/fingerprint.h"
 
@@ -14,6 +15,7 @@ void QueryFigures::merge(const QueryFigures& other) {
     min_micros = other.min_micros;
   }
   if (text.empty()) text = other.text;
+  if (advice.empty()) advice = other.advice;
   calls += other.calls;
   rows += other.rows;
   errors += other.errors;
@@ -52,10 +54,45 @@ std::string QueryStats::normalized_text(std::string_view sql) {
   return text;
 }
 
-void QueryStats::prepare(std::uint64_t fingerprint, std::string_view sql) {
+namespace {
+
+// A `$n` parameter outside quotes: the statement cannot be EXPLAINed without its values.
+bool has_parameters(std::string_view sql) {
+  char quote = 0;
+  for (std::size_t i = 0; i + 1 < sql.size(); ++i) {
+    const char c = sql[i];
+    if (quote) {
+      if (c == quote) quote = 0;
+    } else if (c == '\'' || c == '"') {
+      quote = c;
+    } else if (c == '$' && sql[i + 1] >= '0' && sql[i + 1] <= '9') {
+      return true;
+    }
+  }
+  return false;
+}
+
+constexpr std::size_t kMaxExplainedBytes = 16384;
+
+}  // namespace
+
+void QueryStats::prepare(std::uint64_t fingerprint, std::string_view sql, const ClientLabels& who) {
   {
     std::lock_guard lock(mutex_);
-    if (index_.contains(fingerprint) || limits_.max_fingerprints == 0) return;
+    if (limits_.max_fingerprints == 0) return;
+    if (auto it = index_.find(fingerprint); it != index_.end()) {
+      QueryFigures& f = entries_[it->second];
+      if (f.explain == QueryFigures::Explain::Wanted) {
+        // A slow SELECT seen again: this execution's text is EXPLAINed (once per shape).
+        if (has_parameters(sql) || sql.size() > kMaxExplainedBytes || !who.database || !who.user) {
+          f.explain = QueryFigures::Explain::Done;
+        } else {
+          f.explain = QueryFigures::Explain::Requested;
+          explain_requests_.push_back({fingerprint, std::string(sql), *who.database, *who.user});
+        }
+      }
+      return;
+    }
   }
   // Normalising parses the statement: outside the lock, once per new shape.
   std::string text = normalized_text(sql);
@@ -191,6 +228,11 @@ void QueryStats::record(const Execution& e, const ClientLabels& who) {
   ++f.calls;
   f.rows += e.rows;
   if (e.error) ++f.errors;
+  if (limits_.explain_slow && f.explain == QueryFigures::Explain::No && !e.error &&
+      e.kind == StatementKind::Select && limits_.slow_query.count() > 0 &&
+      e.micros > static_cast<std::uint64_t>(limits_.slow_query.count())) {
+    f.explain = QueryFigures::Explain::Wanted;
+  }
   f.total_micros += e.micros;
   f.max_micros = std::max(f.max_micros, e.micros);
   if (e.replica) ++f.replica_calls;
@@ -211,6 +253,7 @@ void QueryStats::record(const Execution& e, const ClientLabels& who) {
   s.micros = e.micros;
   s.fingerprint = e.fingerprint;
   s.text = f.text;
+  s.advice = f.advice;
   if (slow_.size() < limits_.slow_samples) {
     slow_.push_back(std::move(s));
   } else {
@@ -264,6 +307,23 @@ void QueryStats::collect(std::unordered_map<std::uint64_t, QueryFigures>& into,
       totals.errors.push_back(e);
     } else {
       it->errors += e.errors;
+    }
+  }
+}
+
+std::vector<ExplainRequest> QueryStats::take_explain_requests() {
+  std::lock_guard lock(mutex_);
+  return std::exchange(explain_requests_, {});
+}
+
+void QueryStats::set_advice(std::uint64_t fingerprint, const std::string& advice) {
+  std::lock_guard lock(mutex_);
+  if (auto it = index_.find(fingerprint); it != index_.end()) {
+    QueryFigures& f = entries_[it->second];
+    f.advice = advice;
+    f.explain = QueryFigures::Explain::Done;
+    for (auto& s : slow_) {
+      if (s.fingerprint == fingerprint) s.advice = advice;
     }
   }
 }

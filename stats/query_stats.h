@@ -24,6 +24,8 @@ struct Limits {
   std::size_t max_fingerprints = 5000;
   std::chrono::microseconds slow_query{100000};  // 0: no slow samples
   std::size_t slow_samples = 1000;
+  // stats.explain_slow: a slow SELECT's shape is sampled once for EXPLAIN (take_explain_requests).
+  bool explain_slow = false;
 };
 
 // Who ran a statement, for slow samples: the client's names live as long as its session.
@@ -97,6 +99,9 @@ struct QueryFigures {
   std::uint64_t replica_calls = 0;
   std::uint64_t shards = 0;  // bit i: ran on shard i
   LatencyHistogram durations;
+  std::string advice;  // from its plan (explain_slow); empty: none, or not EXPLAINed
+  enum class Explain : std::uint8_t { No, Wanted, Requested, Done };
+  Explain explain = Explain::No;
 
   void merge(const QueryFigures& other);
   // The duration at quantile q from the histogram, kept within [min, max] (a bucket's middle
@@ -114,6 +119,15 @@ struct SlowQuery {
   std::uint64_t fingerprint = 0;
   std::string text;  // normalised: no constant of the sample is kept
   std::string advice;
+};
+
+// A slow SELECT to EXPLAIN: the text of one execution (constants included, never shown), and
+// the client's names, whose privileges the EXPLAIN needs.
+struct ExplainRequest {
+  std::uint64_t fingerprint = 0;
+  std::string sql;
+  std::string database;
+  std::string user;
 };
 
 // What a snapshot gathers from every worker.
@@ -135,7 +149,7 @@ class QueryStats {
 
   // A statement is about to run: its fingerprint has an entry, with its text normalised by
   // PostgreSQL's parser the first time it is seen.
-  void prepare(std::uint64_t fingerprint, std::string_view sql);
+  void prepare(std::uint64_t fingerprint, std::string_view sql, const ClientLabels& who);
   // It completed. An execution whose entry was evicted meanwhile is not counted.
   void record(const Execution& e, const ClientLabels& who);
   // A client's transaction (or autocommit statement) ended.
@@ -143,6 +157,10 @@ class QueryStats {
 
   // Adds this worker's figures to `into` (keyed by fingerprint) and its slow samples to `slow`.
   void collect(std::unordered_map<std::uint64_t, QueryFigures>& into, Snapshot& totals) const;
+  // explain_slow: the statements sampled since the last call (the control thread EXPLAINs them).
+  std::vector<ExplainRequest> take_explain_requests();
+  // The advice for a fingerprint's plan ("" when none): shown with it from now on.
+  void set_advice(std::uint64_t fingerprint, const std::string& advice);
   // RESET QUERIES: the figures per fingerprint and the slow samples (counters stay).
   void reset();
   void set_limits(const Limits& limits);
@@ -174,6 +192,7 @@ class QueryStats {
   std::vector<QueryTotals> queries_by_label_;
   std::vector<DatabaseTotals> databases_;
   std::vector<ErrorTotals> errors_;
+  std::vector<ExplainRequest> explain_requests_;
 };
 
 // The row count of a CommandComplete tag ("SELECT 5", "INSERT 0 5", "UPDATE 3"); 0 for others.

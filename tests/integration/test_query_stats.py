@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from itutil import APP_AND_OPS, OPS_PASSWORD, OPS_USER
+from pgcluster import wait_until
 
 
 def admin(pv):
@@ -102,3 +103,32 @@ def test_max_fingerprints_bounds_what_is_kept(pgvalve):
         for i in range(200):
             c.execute(f"select {i} as c{i}")
     assert 0 < len(by_query(pv)) <= 20
+
+
+def test_explain_slow_advises_an_index_for_a_seq_scan_on_a_large_table(pgvalve, cluster):
+    cluster.primary.sql("drop table if exists big_readings", dbname="telemetry")
+    cluster.primary.sql("create table big_readings as select g % 5000 as device_id, "
+                        "random() as value from generate_series(1, 200000) g",
+                        dbname="telemetry")
+    cluster.primary.sql("grant select on big_readings to app", dbname="telemetry")
+    cluster.primary.sql("analyze big_readings", dbname="telemetry")
+    pv = pgvalve(users=APP_AND_OPS, stats={"slow_query_ms": 1, "explain_slow": True})
+    try:
+        def run(device):
+            subprocess.run(["psql", pv.dsn(), "-Xqc",
+                            f"select avg(value) from big_readings where device_id = {device}"],
+                           check=True, capture_output=True)
+
+        def advice():
+            run(7)  # slow: sampled, then EXPLAINed in the background within a second
+            rows = [r for r in rows_of(pv, "SHOW SLOW_QUERIES") if "big_readings" in r["query"]]
+            return rows and rows[0]["advice"]
+
+        got = wait_until(advice, 20, message="EXPLAIN advice for the slow seq scan")
+        assert "sequential scan of big_readings" in got, got
+        assert "an index on big_readings (device_id)" in got, got
+        q = [r for r in rows_of(pv, "SHOW QUERIES") if "big_readings" in r["query"]]
+        assert q and "7" not in q[0]["query"]
+        assert "slow_query_explained" in pv.log_text()
+    finally:
+        cluster.primary.sql("drop table big_readings", dbname="telemetry")

@@ -144,23 +144,22 @@ TEST(NotSupportedYet, FailoverWorks) {
   EXPECT_EQ(result.config->failover.hold_writes_ms, 3000);
 }
 
-TEST(NotSupportedYet, StatsWorkButExplainSlowAndUnredactedSamplesDoNot) {
+TEST(NotSupportedYet, StatsWorkButUnredactedSamplesDoNot) {
   const LoadResult ok = load_working(
       "stats:\n  slow_query_ms: 50\n  max_fingerprints: 10\n  explain_slow: false\n  "
       "redact_literals: true\n");
   ASSERT_TRUE(ok.errors.empty()) << dump(ok);
   EXPECT_EQ(ok.config->stats.slow_query_ms, 50);
   EXPECT_EQ(ok.config->stats.max_fingerprints, 10);
-  expect_refused("stats:\n  explain_slow: true\n", "stats.explain_slow", 9);
   expect_refused("stats:\n  redact_literals: false\n", "stats.redact_literals", 9);
 }
 
 TEST(NotSupportedYet, TheMessageSaysWhatHappensInstead) {
-  const LoadResult result = load_working("stats:\n  explain_slow: true\n");
+  const LoadResult result = load_working("stats:\n  redact_literals: false\n");
   ASSERT_EQ(result.errors.size(), 1u) << dump(result);
   EXPECT_EQ(result.errors[0].to_string("pgvalve.yaml"),
-            "pgvalve.yaml:9:3: stats.explain_slow: not supported yet: slow statements are not "
-            "EXPLAINed yet; remove the key or set it to false");
+            "pgvalve.yaml:9:3: stats.redact_literals: not supported yet: slow-query samples always "
+            "show the normalised text ($1 for constants); remove the key or set it to true");
 }
 
 }  // namespace

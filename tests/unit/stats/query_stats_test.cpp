@@ -27,7 +27,7 @@ TEST(QueryStats, OneShapeWithOtherConstantsIsOneEntry) {
   QueryStats s;
   for (int i = 0; i < 100; ++i) {
     const std::string sql = "SELECT value FROM readings WHERE device_id = " + std::to_string(i);
-    s.prepare(routing::fingerprint(sql), sql);
+    s.prepare(routing::fingerprint(sql), sql, kWho);
     s.record(run(sql, 100 + i, 2, i == 7, i % 2 == 0), kWho);
   }
   const Snapshot snap = QueryStats::snapshot({&s}, 100);
@@ -49,8 +49,8 @@ TEST(QueryStats, DifferentStatementsAreDifferentEntriesByTotalTime) {
   QueryStats s;
   const std::string fast = "select 1";
   const std::string slow = "select pg_sleep(1)";
-  s.prepare(routing::fingerprint(fast), fast);
-  s.prepare(routing::fingerprint(slow), slow);
+  s.prepare(routing::fingerprint(fast), fast, kWho);
+  s.prepare(routing::fingerprint(slow), slow, kWho);
   s.record(run(fast, 10), kWho);
   s.record(run(slow, 1000000), kWho);
   const Snapshot snap = QueryStats::snapshot({&s}, 100);
@@ -62,7 +62,7 @@ TEST(QueryStats, WorkersAreSummed) {
   QueryStats a, b;
   const std::string sql = "select * from readings where id = 5";
   for (QueryStats* s : {&a, &b}) {
-    s->prepare(routing::fingerprint(sql), sql);
+    s->prepare(routing::fingerprint(sql), sql, kWho);
     s->record(run(sql, 50), kWho);
   }
   a.record(run(sql, 70), kWho);
@@ -79,12 +79,12 @@ TEST(QueryStats, TheCapEvictsAndCounts) {
   limits.max_fingerprints = 10;
   QueryStats s(limits);
   const std::string hot = "select hot from t";
-  s.prepare(routing::fingerprint(hot), hot);
+  s.prepare(routing::fingerprint(hot), hot, kWho);
   for (int i = 0; i < 1000; ++i)
     s.record(run(hot, 5), kWho);
   for (int i = 0; i < 200; ++i) {
     const std::string sql = "select c" + std::to_string(i) + " from t";
-    s.prepare(routing::fingerprint(sql), sql);
+    s.prepare(routing::fingerprint(sql), sql, kWho);
     s.record(run(sql, 5), kWho);
   }
   const Snapshot snap = QueryStats::snapshot({&s}, 100);
@@ -103,7 +103,7 @@ TEST(QueryStats, SlowExecutionsGoToABoundedRingWithoutConstants) {
   limits.slow_samples = 3;
   QueryStats s(limits);
   const std::string sql = "select * from readings where secret = 'hunter2'";
-  s.prepare(routing::fingerprint(sql), sql);
+  s.prepare(routing::fingerprint(sql), sql, kWho);
   s.record(run(sql, 99000), kWho);  // under the threshold
   for (int i = 0; i < 5; ++i)
     s.record(run(sql, 200000 + i), kWho);
@@ -122,7 +122,7 @@ TEST(QueryStats, SlowExecutionsGoToABoundedRingWithoutConstants) {
 TEST(QueryStats, ResetForgetsEverything) {
   QueryStats s;
   const std::string sql = "select 1";
-  s.prepare(routing::fingerprint(sql), sql);
+  s.prepare(routing::fingerprint(sql), sql, kWho);
   s.record(run(sql, 5), kWho);
   s.reset();
   EXPECT_TRUE(QueryStats::snapshot({&s}, 100).queries.empty());
@@ -219,13 +219,74 @@ namespace {
 TEST(QueryStats, PercentilesStayWithinWhatWasSeen) {
   QueryStats s;
   const std::string sql = "select 1";
-  s.prepare(routing::fingerprint(sql), sql);
+  s.prepare(routing::fingerprint(sql), sql, kWho);
   for (int i = 0; i < 10; ++i)
     s.record(run(sql, 109), kWho);  // the bucket [96, 112) has its middle at 104
   const Snapshot snap = QueryStats::snapshot({&s}, 10);
   ASSERT_EQ(snap.queries.size(), 1u);
   EXPECT_EQ(snap.queries[0].percentile_micros(0.5), 109u);
   EXPECT_EQ(snap.queries[0].percentile_micros(0.99), 109u);
+}
+
+}  // namespace
+}  // namespace pgvalve::stats
+
+namespace pgvalve::stats {
+namespace {
+
+TEST(QueryStatsExplain, ASlowSelectIsSampledOnceTheNextTimeItRuns) {
+  Limits limits;
+  limits.slow_query = std::chrono::milliseconds(10);
+  limits.explain_slow = true;
+  QueryStats s(limits);
+  const std::string first = "select * from readings where device_id = 7";
+  const std::string next = "select * from readings where device_id = 8";
+  const auto fp = routing::fingerprint(first);
+  s.prepare(fp, first, kWho);
+  Execution e = run(first, 50000);
+  e.kind = StatementKind::Select;
+  s.record(e, kWho);
+  EXPECT_TRUE(s.take_explain_requests().empty());  // its text is gone: the next run's is taken
+  s.prepare(fp, next, kWho);
+  auto requests = s.take_explain_requests();
+  ASSERT_EQ(requests.size(), 1u);
+  EXPECT_EQ(requests[0].sql, next);
+  EXPECT_EQ(requests[0].database, "telemetry");
+  EXPECT_EQ(requests[0].user, "app");
+  s.record(e, kWho);
+  s.prepare(fp, next, kWho);
+  EXPECT_TRUE(s.take_explain_requests().empty());  // once per shape
+  s.set_advice(fp, "an index on readings (device_id)");
+  const Snapshot snap = QueryStats::snapshot({&s}, 10);
+  EXPECT_EQ(snap.queries[0].advice, "an index on readings (device_id)");
+  ASSERT_FALSE(snap.slow.empty());
+  EXPECT_EQ(snap.slow[0].advice, "an index on readings (device_id)");
+}
+
+TEST(QueryStatsExplain, WritesFastStatementsAndParametersAreNotExplained) {
+  Limits limits;
+  limits.slow_query = std::chrono::milliseconds(10);
+  limits.explain_slow = true;
+  QueryStats s(limits);
+  const std::string insert = "insert into t values (1)";
+  s.prepare(routing::fingerprint(insert), insert, kWho);
+  Execution w = run(insert, 50000);
+  w.kind = StatementKind::Insert;
+  s.record(w, kWho);
+  s.prepare(routing::fingerprint(insert), insert, kWho);
+  const std::string fast = "select 1";
+  s.prepare(routing::fingerprint(fast), fast, kWho);
+  Execution f = run(fast, 5);
+  f.kind = StatementKind::Select;
+  s.record(f, kWho);
+  s.prepare(routing::fingerprint(fast), fast, kWho);
+  const std::string param = "select * from t where a = $1";
+  s.prepare(routing::fingerprint(param), param, kWho);
+  Execution p = run(param, 50000);
+  p.kind = StatementKind::Select;
+  s.record(p, kWho);
+  s.prepare(routing::fingerprint(param), param, kWho);
+  EXPECT_TRUE(s.take_explain_requests().empty());
 }
 
 }  // namespace

@@ -1,0 +1,261 @@
+#include "proxy/pg_link.h"
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+
+#include "protocol/messages.h"
+#include "proxy/io_util.h"
+
+namespace pgvalve::proxy {
+
+namespace {
+
+using error_code = boost::system::error_code;
+
+// Debian's bundle of the system's CA certificates: what OpenSSL's default verify paths (and so
+// pgvalve's own server links) trust when server_tls_ca is not set. libpq 15 has no such default.
+constexpr const char* kSystemCaFile = "/etc/ssl/certs/ca-certificates.crt";
+
+const char* sslmode(config::ServerTlsMode mode) {
+  switch (mode) {
+    case config::ServerTlsMode::Disable:
+      return "disable";
+    case config::ServerTlsMode::Prefer:
+      return "prefer";
+    case config::ServerTlsMode::Require:
+      return "require";
+    case config::ServerTlsMode::VerifyCa:
+      return "verify-ca";
+    case config::ServerTlsMode::VerifyFull:
+      return "verify-full";
+  }
+  return "prefer";
+}
+
+std::string trimmed(const char* message) {
+  std::string s = message ? message : "";
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' '))
+    s.pop_back();
+  for (char& c : s) {
+    if (c == '\n') c = ' ';
+  }
+  return s;
+}
+
+// Waits for libpq's socket (without taking it: libpq owns and may replace it) until it is
+// ready or the deadline cancels the wait.
+asio::awaitable<bool> wait_socket(asio::io_context& io, PgLink& link, bool for_write) {
+  const int fd = PQsocket(link.conn);
+  if (fd < 0) co_return false;
+  // Released, never closed, however the wait ends (also when the loop is destroyed with it).
+  struct Borrowed {
+    asio::posix::stream_descriptor d;
+    PgLink& link;
+    ~Borrowed() {
+      link.waiting = nullptr;
+      d.release();
+    }
+  } borrowed{asio::posix::stream_descriptor(io, fd), link};
+  link.waiting = &borrowed.d;
+  error_code ec;
+  co_await borrowed.d.async_wait(for_write ? asio::posix::stream_descriptor::wait_write
+                                           : asio::posix::stream_descriptor::wait_read,
+                                 asio::redirect_error(asio::use_awaitable, ec));
+  co_return !ec && !link.timed_out && !link.stopped;
+}
+
+// libpq 15 answers whatever password request a server makes (require_auth came in 16). Where
+// pgvalve's own server links would refuse — cleartext or md5 over a link without TLS, unless
+// server_allow_insecure_auth — the checks must too: before libpq gets the password, a probe
+// connection asks for TLS as libpq will, and when there is none, reads which password request
+// the server makes. Returns why the password must not be sent, or "".
+asio::awaitable<std::string> insecure_auth_probe(asio::io_context& io, const config::Config& config,
+                                                 const config::Endpoint& host, const PgLogin& login,
+                                                 std::chrono::milliseconds timeout) {
+  using asio::ip::tcp;
+  if (config.server_allow_insecure_auth || login.password.empty()) co_return "";
+  if (config.server_tls != config::ServerTlsMode::Disable &&
+      config.server_tls != config::ServerTlsMode::Prefer) {
+    co_return "";  // libpq will use TLS or not connect at all
+  }
+  tcp::socket socket(io);
+  asio::steady_timer deadline(io);
+  deadline.expires_after(timeout);
+  deadline.async_wait([&socket](const error_code& ec) {
+    if (!ec) socket.close();
+  });
+  error_code ec;
+  tcp::resolver resolver(io);
+  auto found = co_await resolver.async_resolve(host.host, std::to_string(host.port), await_ec(ec));
+  if (!ec) co_await asio::async_connect(socket, found, await_ec(ec));
+  if (ec) co_return "";  // libpq reports why it cannot connect
+  std::string out;
+  char answer = 'N';
+  if (config.server_tls == config::ServerTlsMode::Prefer) {
+    protocol::append_ssl_request(out);
+    co_await asio::async_write(socket, asio::buffer(out), await_ec(ec));
+    if (!ec) co_await asio::async_read(socket, asio::buffer(&answer, 1), await_ec(ec));
+    if (ec || answer == 'S') co_return "";  // TLS: any password request is allowed over it
+  }
+  out.clear();
+  const std::pair<std::string_view, std::string_view> params[] = {{"user", login.user},
+                                                                  {"database", login.dbname}};
+  protocol::append_startup_message(out, params);
+  co_await asio::async_write(socket, asio::buffer(out), await_ec(ec));
+  char head[9];
+  if (!ec) co_await asio::async_read(socket, asio::buffer(head, sizeof head), await_ec(ec));
+  deadline.cancel();
+  if (ec || head[0] != 'R') co_return "";
+  const auto byte = [&](int i) {
+    return static_cast<std::uint32_t>(static_cast<unsigned char>(head[i]));
+  };
+  const auto code = static_cast<protocol::AuthCode>(
+      static_cast<std::int32_t>((byte(5) << 24) | (byte(6) << 16) | (byte(7) << 8) | byte(8)));
+  if (code != protocol::AuthCode::CleartextPassword && code != protocol::AuthCode::Md5Password) {
+    co_return "";
+  }
+  co_return std::string("the server asks for a ") +
+      (code == protocol::AuthCode::Md5Password ? "md5" : "cleartext") +
+      " password over a connection without TLS; pgvalve did not send it (enable TLS on the "
+      "server, use SCRAM, or set server_allow_insecure_auth: true)";
+}
+
+// Connects `link` to `host` when it is not connected, runs `sql` and returns its first row,
+// all within `timeout`. On failure the connection is closed (the next call opens a new one).
+// The same TLS settings as pgvalve's own server links (server_tls, server_tls_ca).
+}  // namespace
+
+PgLogin PgLogin::health(const config::Config& config) {
+  return {config.health.user, config.health.password, config.health.dbname, "pgvalve health check"};
+}
+
+asio::awaitable<QueryOutcome> query(asio::io_context& io, std::shared_ptr<PgLink> keep,
+                                    const config::Config& config, const config::Endpoint& host,
+                                    const char* sql, std::chrono::milliseconds timeout) {
+  co_return co_await query(io, std::move(keep), config, host, PgLogin::health(config), sql, timeout,
+                           false);
+}
+
+asio::awaitable<QueryOutcome> query(asio::io_context& io, std::shared_ptr<PgLink> keep,
+                                    const config::Config& config, const config::Endpoint& host,
+                                    const PgLogin& login, const std::string& sql,
+                                    std::chrono::milliseconds timeout, bool single_statement) {
+  PgLink& link = *keep;
+  QueryOutcome out;
+  link.timed_out = false;
+  asio::steady_timer deadline(io);
+  deadline.expires_after(timeout);
+  deadline.async_wait([keep](const error_code& ec) {
+    if (ec) return;
+    keep->timed_out = true;
+    if (keep->waiting) keep->waiting->cancel();
+  });
+  bool ok = true;
+  if (!link.conn) {
+    out.error = co_await insecure_auth_probe(io, config, host, login, timeout);
+    if (!out.error.empty()) {
+      deadline.cancel();
+      co_return out;
+    }
+  }
+  if (!link.conn) {
+    const std::string port = std::to_string(host.port);
+    const std::string& ca = config.server_tls_ca;
+    const char* keys[] = {"host",    "port",        "dbname",           "user", "password",
+                          "sslmode", "sslrootcert", "application_name", nullptr};
+    const char* values[] = {host.host.c_str(),
+                            port.c_str(),
+                            login.dbname.c_str(),
+                            login.user.c_str(),
+                            login.password.c_str(),
+                            sslmode(config.server_tls),
+                            ca.empty() ? kSystemCaFile : ca.c_str(),
+                            login.application_name.c_str(),
+                            nullptr};
+    link.conn = PQconnectStartParams(keys, values, 0);
+    if (!link.conn || PQstatus(link.conn) == CONNECTION_BAD) {
+      ok = false;
+      out.error = link.conn ? trimmed(PQerrorMessage(link.conn)) : "out of memory";
+    }
+    PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+    while (ok && st != PGRES_POLLING_OK) {
+      if (st == PGRES_POLLING_FAILED) {
+        ok = false;
+        out.error = trimmed(PQerrorMessage(link.conn));
+        break;
+      }
+      if (!co_await wait_socket(io, link, st == PGRES_POLLING_WRITING)) {
+        ok = false;
+        break;
+      }
+      st = PQconnectPoll(link.conn);
+    }
+    if (ok) PQsetnonblocking(link.conn, 1);
+  }
+  // The extended protocol refuses a string of several statements: pgvalve runs what it means.
+  const int sent = !ok                ? 1
+                   : single_statement ? PQsendQueryParams(link.conn, sql.c_str(), 0, nullptr,
+                                                          nullptr, nullptr, nullptr, 0)
+                                      : PQsendQuery(link.conn, sql.c_str());
+  if (ok && !sent) {
+    ok = false;
+    out.error = trimmed(PQerrorMessage(link.conn));
+  }
+  while (ok) {
+    const int flushed = PQflush(link.conn);
+    if (flushed == 0) break;
+    if (flushed < 0 || !co_await wait_socket(io, link, true)) ok = false;
+  }
+  bool have_row = false;
+  while (ok) {
+    if (!PQconsumeInput(link.conn)) {
+      ok = false;
+      out.error = trimmed(PQerrorMessage(link.conn));
+      break;
+    }
+    bool done = false;
+    while (!PQisBusy(link.conn)) {
+      PGresult* r = PQgetResult(link.conn);
+      if (!r) {
+        done = true;
+        break;
+      }
+      if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) >= 1 && !have_row) {
+        for (int i = 0; i < PQnfields(r); ++i) {
+          if (PQgetisnull(r, 0, i)) {
+            out.row.emplace_back();
+          } else {
+            out.row.emplace_back(PQgetvalue(r, 0, i));
+          }
+        }
+        have_row = true;
+      } else if (PQresultStatus(r) != PGRES_TUPLES_OK) {
+        out.error = trimmed(PQresultErrorMessage(r));
+      }
+      PQclear(r);
+    }
+    if (done) break;
+    if (!co_await wait_socket(io, link, false)) ok = false;
+  }
+  if (ok && !have_row) {
+    ok = false;
+    if (out.error.empty()) out.error = "the query returned no row";
+  }
+  deadline.cancel();
+  if (!ok) {
+    if (out.error.empty()) {
+      out.error = link.timed_out ? "no answer within " + std::to_string(timeout.count()) + " ms"
+                                 : "connection lost";
+    }
+    link.close();
+  }
+  out.ok = ok;
+  co_return out;
+}
+
+}  // namespace pgvalve::proxy

@@ -1,0 +1,147 @@
+#include "stats/plan_advice.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <set>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace pgvalve::stats {
+
+namespace {
+
+using nlohmann::json;
+
+std::string megabytes(double bytes) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, "%.0f MB", bytes / (1024.0 * 1024.0));
+  return buffer;
+}
+
+// Column names a filter compares: identifiers directly before a comparison operator
+// ("(device_id = 7)", "((ts > '...') AND (value < 3))", "(name ~~ 'a%'::text)").
+std::vector<std::string> filtered_columns(std::string_view filter) {
+  std::vector<std::string> out;
+  std::set<std::string> seen;
+  static constexpr std::string_view kOps[] = {"=", "<", ">", "~~", "<>", "!=", " IS ", " IN "};
+  for (std::size_t i = 0; i < filter.size();) {
+    const char c = filter[i];
+    if (!(std::isalpha(static_cast<unsigned char>(c)) || c == '_')) {
+      ++i;
+      continue;
+    }
+    std::size_t j = i;
+    while (j < filter.size() && (std::isalnum(static_cast<unsigned char>(filter[j])) ||
+                                 filter[j] == '_' || filter[j] == '.')) {
+      ++j;
+    }
+    std::string name(filter.substr(i, j - i));
+    const bool quoted_before = i > 0 && filter[i - 1] == '\'';
+    std::size_t k = j;
+    while (k < filter.size() && filter[k] == ' ')
+      ++k;
+    bool compared = false;
+    for (std::string_view op : kOps) {
+      const std::string_view at = filter.substr(k > 0 && op.front() == ' ' ? k - 1 : k);
+      if (at.substr(0, op.size()) == op) compared = true;
+    }
+    if (const auto dot = name.rfind('.'); dot != std::string::npos) name = name.substr(dot + 1);
+    if (compared && !quoted_before && !name.empty() && seen.insert(name).second) {
+      out.push_back(name);
+    }
+    i = j;
+  }
+  return out;
+}
+
+std::string joined(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) {
+    if (!out.empty()) out += ", ";
+    out += n;
+  }
+  return out;
+}
+
+void walk(const json& node, const PlanSettings& settings, std::vector<std::string>& advice) {
+  if (!node.is_object()) return;
+  const std::string type = node.value("Node Type", "");
+  const double rows = node.value("Plan Rows", 0.0);
+  const double width = node.value("Plan Width", 0.0);
+  const double cost = node.value("Total Cost", 0.0);
+  if (type == "Seq Scan" && node.contains("Filter") && cost >= settings.large_scan_cost) {
+    const std::string table = node.value("Relation Name", "?");
+    const auto columns = filtered_columns(node.value("Filter", ""));
+    std::string a = "sequential scan of " + table + " with a filter (estimated cost " +
+                    std::to_string(static_cast<long long>(cost)) + ", " +
+                    std::to_string(static_cast<long long>(rows)) + " rows kept)";
+    if (!columns.empty()) {
+      a += ": an index on " + table + " (" + joined(columns) +
+           ") would let PostgreSQL read only the matching rows";
+    } else {
+      a += ": an index on the filtered columns would avoid reading the whole table";
+    }
+    advice.push_back(std::move(a));
+  }
+  const double bytes = rows * width;
+  if (type == "Sort" && bytes > static_cast<double>(settings.work_mem_bytes)) {
+    std::string key;
+    if (node.contains("Sort Key") && node["Sort Key"].is_array()) {
+      for (const auto& k : node["Sort Key"]) {
+        if (!key.empty()) key += ", ";
+        key += k.is_string() ? k.get<std::string>() : "";
+      }
+    }
+    advice.push_back("sort of about " + megabytes(bytes) + ", more than work_mem (" +
+                     megabytes(static_cast<double>(settings.work_mem_bytes)) +
+                     "): it spills to disk; raise work_mem for this statement" +
+                     (key.empty() ? std::string() : " or add an index on (" + key + ")"));
+  }
+  if (type == "Hash" &&
+      bytes > static_cast<double>(settings.work_mem_bytes) * settings.hash_mem_multiplier) {
+    advice.push_back("hash table of about " + megabytes(bytes) +
+                     ", more than work_mem x hash_mem_multiplier: the join spills to disk; "
+                     "raise work_mem or filter the hashed side first");
+  }
+  if (node.contains("Plans") && node["Plans"].is_array()) {
+    for (const auto& child : node["Plans"])
+      walk(child, settings, advice);
+  }
+}
+
+}  // namespace
+
+std::string plan_advice(std::string_view explain_json, const PlanSettings& settings) {
+  const json doc = json::parse(explain_json, nullptr, /*allow_exceptions=*/false);
+  if (doc.is_discarded() || !doc.is_array() || doc.empty() || !doc[0].is_object() ||
+      !doc[0].contains("Plan")) {
+    return "";
+  }
+  std::vector<std::string> advice;
+  walk(doc[0]["Plan"], settings, advice);
+  std::string out;
+  for (const auto& a : advice) {
+    if (!out.empty()) out += "; ";
+    out += a;
+  }
+  return out;
+}
+
+std::uint64_t parse_memory_setting(std::string_view text) {
+  std::uint64_t n = 0;
+  std::size_t i = 0;
+  while (i < text.size() && text[i] >= '0' && text[i] <= '9')
+    n = n * 10 + static_cast<std::uint64_t>(text[i++] - '0');
+  if (i == 0) return 0;
+  const std::string_view unit = text.substr(i);
+  if (unit == "kB") return n << 10;
+  if (unit == "MB") return n << 20;
+  if (unit == "GB") return n << 30;
+  if (unit == "TB") return n << 40;
+  if (unit.empty() || unit == "B") return n;
+  return 0;
+}
+
+}  // namespace pgvalve::stats

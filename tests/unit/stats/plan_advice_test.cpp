@@ -1,0 +1,90 @@
+#include "stats/plan_advice.h"
+
+#include <gtest/gtest.h>
+
+namespace pgvalve::stats {
+namespace {
+
+// EXPLAIN (FORMAT JSON) SELECT * FROM readings WHERE device_id = 7, on PostgreSQL 15 with 200k
+// rows and no index (trimmed to the fields PostgreSQL prints).
+constexpr std::string_view kSeqScan = R"J([
+  {
+    "Plan": {
+      "Node Type": "Gather", "Parallel Aware": false, "Startup Cost": 1000.00,
+      "Total Cost": 3721.43, "Plan Rows": 20, "Plan Width": 20, "Workers Planned": 1,
+      "Plans": [
+        {
+          "Node Type": "Seq Scan", "Parent Relationship": "Outer", "Parallel Aware": true,
+          "Relation Name": "readings", "Alias": "readings", "Startup Cost": 0.00,
+          "Total Cost": 2719.43, "Plan Rows": 12, "Plan Width": 20,
+          "Filter": "(device_id = 7)"
+        }
+      ]
+    }
+  }
+])J";
+
+TEST(PlanAdvice, ASeqScanWithAFilterOnALargeTableSuggestsAnIndex) {
+  const std::string a = plan_advice(kSeqScan);
+  EXPECT_NE(a.find("sequential scan of readings"), std::string::npos) << a;
+  EXPECT_NE(a.find("an index on readings (device_id)"), std::string::npos) << a;
+}
+
+TEST(PlanAdvice, SeveralFilteredColumnsAreNamedOnceEach) {
+  const std::string plan = R"J([{"Plan": {"Node Type": "Seq Scan", "Relation Name": "t",
+    "Total Cost": 5000, "Plan Rows": 3, "Plan Width": 8,
+    "Filter": "((t.a = 1) AND (b > '2026-01-01'::date) AND (a < 9) AND (c ~~ 'x%'::text))"}}])J";
+  const std::string a = plan_advice(plan);
+  EXPECT_NE(a.find("an index on t (a, b, c)"), std::string::npos) << a;
+}
+
+TEST(PlanAdvice, SmallTablesAndIndexScansNeedNothing) {
+  EXPECT_EQ(plan_advice(R"J([{"Plan": {"Node Type": "Seq Scan", "Relation Name": "t",
+    "Total Cost": 12.5, "Plan Rows": 1, "Plan Width": 8, "Filter": "(a = 1)"}}])J"),
+            "");
+  EXPECT_EQ(plan_advice(R"J([{"Plan": {"Node Type": "Index Scan", "Relation Name": "t",
+    "Index Name": "t_a", "Total Cost": 8.3, "Plan Rows": 1, "Plan Width": 8}}])J"),
+            "");
+  // A seq scan without a filter reads everything on purpose.
+  EXPECT_EQ(plan_advice(R"J([{"Plan": {"Node Type": "Seq Scan", "Relation Name": "t",
+    "Total Cost": 99999, "Plan Rows": 100000, "Plan Width": 8}}])J"),
+            "");
+}
+
+TEST(PlanAdvice, ASortLargerThanWorkMemSpills) {
+  const std::string plan = R"J([{"Plan": {"Node Type": "Sort", "Total Cost": 90000,
+    "Plan Rows": 1000000, "Plan Width": 64, "Sort Key": ["readings.value DESC"],
+    "Plans": [{"Node Type": "Seq Scan", "Relation Name": "readings", "Total Cost": 20000,
+               "Plan Rows": 1000000, "Plan Width": 64}]}}])J";
+  PlanSettings s;
+  s.work_mem_bytes = 4u << 20;
+  const std::string a = plan_advice(plan, s);
+  EXPECT_NE(a.find("sort of about 61 MB, more than work_mem (4 MB)"), std::string::npos) << a;
+  EXPECT_NE(a.find("index on (readings.value DESC)"), std::string::npos) << a;
+  s.work_mem_bytes = 1u << 30;
+  EXPECT_EQ(plan_advice(plan, s), "");
+}
+
+TEST(PlanAdvice, AHashLargerThanItsMemorySpills) {
+  const std::string plan = R"J([{"Plan": {"Node Type": "Hash Join", "Total Cost": 50000,
+    "Plan Rows": 10, "Plan Width": 16, "Plans": [
+      {"Node Type": "Hash", "Total Cost": 30000, "Plan Rows": 2000000, "Plan Width": 16}]}}])J";
+  EXPECT_NE(plan_advice(plan).find("hash table of about 31 MB"), std::string::npos);
+}
+
+TEST(PlanAdvice, WhatIsNotAPlanGivesNoAdvice) {
+  EXPECT_EQ(plan_advice(""), "");
+  EXPECT_EQ(plan_advice("not json"), "");
+  EXPECT_EQ(plan_advice("{}"), "");
+  EXPECT_EQ(plan_advice("[{\"Plan\": 3}]"), "");
+}
+
+TEST(PlanAdvice, MemorySettingsAsShowPrintsThem) {
+  EXPECT_EQ(parse_memory_setting("4MB"), 4u << 20);
+  EXPECT_EQ(parse_memory_setting("64kB"), 64u << 10);
+  EXPECT_EQ(parse_memory_setting("1GB"), 1u << 30);
+  EXPECT_EQ(parse_memory_setting("x"), 0u);
+}
+
+}  // namespace
+}  // namespace pgvalve::stats
