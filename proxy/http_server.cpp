@@ -25,6 +25,7 @@
 #include "proxy/io_util.h"
 #include "proxy/log.h"
 #include "proxy/metrics.h"
+#include "proxy/status_page.h"
 
 namespace pgvalve::proxy {
 
@@ -372,12 +373,21 @@ asio::awaitable<Response> respond(std::shared_ptr<State> st, const Request& req)
   std::string_view path(req.target().data(), req.target().size());
   if (auto q = path.find('?'); q != std::string_view::npos) path = path.substr(0, q);
 
-  const bool known =
-      path == "/health" || path == "/ready" || path == "/status" || path == "/metrics";
+  const bool known = path == "/" || path == "/health" || path == "/ready" || path == "/status" ||
+                     path == "/metrics";
   if (!known) co_return text(version, http::status::not_found, "not found\n");
   if (req.method() != http::verb::get) {
     auto res = text(version, http::status::method_not_allowed, "method not allowed\n");
     res.set(http::field::allow, "GET");
+    co_return res;
+  }
+  if (path == "/") {
+    auto res = make_response(version, http::status::ok, "text/html; charset=utf-8",
+                             std::string(status_page_html()));
+    // Self-contained: nothing may be loaded from elsewhere, and scripts only run inline.
+    res.set("Content-Security-Policy",
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+            "connect-src 'self'");
     co_return res;
   }
   if (path == "/health") co_return text(version, http::status::ok, "ok\n");
@@ -497,7 +507,7 @@ void HttpServer::start(const config::Endpoint& where) {
   st.acceptor.listen(asio::socket_base::max_listen_connections);
   asio::co_spawn(st.context, accept_loop(state_), log_failure("http_accept_loop_failed"));
   PGV_LOG(Info, "admin_listening", {"address", where.to_string()},
-          {"endpoints", "/health /ready /status /metrics"});
+          {"endpoints", "/ /health /ready /status /metrics"});
 }
 
 void HttpServer::close() {

@@ -87,7 +87,7 @@ def test_health(pv):
 
 def test_not_found_and_method_not_allowed(pv):
     assert get(pv, "/nope")[0] == 404
-    assert get(pv, "/")[0] == 404
+    assert get(pv, "/index.html")[0] == 404
     status, _, headers = get(pv, "/health", method="POST")
     assert status == 405
     assert headers["Allow"] == "GET"
