@@ -16,6 +16,7 @@
 #include "proxy/app.h"
 #include "proxy/io_util.h"
 #include "proxy/log.h"
+#include "proxy/metrics.h"
 
 namespace pgvalve::proxy {
 
@@ -65,20 +66,29 @@ std::vector<std::string> words_of(std::string_view sql) {
 
 void show_pools(App& app, std::string& out) {
   std::vector<Row> rows;
-  const auto mode = config::to_string(app.config()->pool.mode);
+  const auto config = app.config();
+  const auto mode = config::to_string(config->pool.mode);
+  const auto hosts = app.hosts();
   for (const auto& pool : app.pools()) {
     const auto s = pool->stats();
     const auto& key = pool->key();
-    std::string shard = "s0";
-    if (const auto* db = app.config()->find_database(key.database); db && !db->shards.empty()) {
-      shard = db->shards.front().name;
+    // The host's shard as configured, and its role now (after a failover the health checks'
+    // view, not the file's).
+    const HostPlace place = place_of(*config, key.database, key.host);
+    std::string shard = place.shard;
+    std::string role = place.role.empty() ? "unknown" : place.role;
+    for (const auto& h : hosts) {
+      if (h.database == key.database && h.host == key.host) {
+        shard = h.shard;
+        role = std::string(health::role_name(h.role));
+      }
     }
     const int clients = pool->clients();
     rows.push_back({key.database,
                     key.user,
                     shard,
                     key.host.to_string(),
-                    "primary",
+                    role,
                     std::to_string(std::max(0, clients - s.waiting)),
                     std::to_string(s.waiting),
                     std::to_string(s.checked_out),

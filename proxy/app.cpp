@@ -137,6 +137,13 @@ stats::Snapshot App::query_stats() const {
                                      static_cast<std::size_t>(config()->stats.max_fingerprints));
 }
 
+stats::CounterTotals App::counter_totals() const {
+  stats::CounterTotals t;
+  for (const auto& w : workers_)
+    w->counters.add_to(t);
+  return t;
+}
+
 void App::reset_query_stats() {
   for (auto& w : workers_)
     w->query_stats.reset();

@@ -32,6 +32,7 @@
 #include "session/input_buffer.h"
 #include "session/session.h"
 #include "stats/query_stats.h"
+#include "stats/worker_counters.h"
 
 namespace pgvalve::proxy {
 
@@ -77,6 +78,7 @@ struct Worker {
   std::uint64_t random_state = 0x9e3779b97f4a7c15ull;
   // Statistics per statement shape of this worker's sessions (SHOW QUERIES sums the workers).
   stats::QueryStats query_stats;
+  stats::WorkerCounters counters;  // bumped without a lock by this worker, summed by a scrape
   std::thread thread;
 };
 
@@ -123,6 +125,7 @@ class App : public pool::Handoff {
   std::uint64_t failovers() const { return health_ ? health_->failovers() : 0; }
   // Every worker's statement statistics, summed (SHOW QUERIES, SHOW SLOW_QUERIES).
   stats::Snapshot query_stats() const;
+  stats::CounterTotals counter_totals() const;
   void reset_query_stats();
   // A session could not reach `host`: no reads there until a check finds it healthy.
   void report_unreachable(const config::Endpoint& host);

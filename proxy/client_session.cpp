@@ -120,6 +120,10 @@ void ClientSession::carry_out(const Actions& actions, Source source, session::Li
     }
   }
   if (!actions.to_client.empty() || !actions.outbox.empty()) {
+    std::size_t bytes = actions.outbox.size();
+    for (const auto& c : actions.to_client)
+      bytes += c.size;
+    worker_.counters.add_sent(bytes);
     if (write_client(actions.to_client, actions.outbox) == SocketWriter::Result::Backlog) {
       client_writer_.on_drained(drained_callback());
     }
@@ -259,6 +263,7 @@ void ClientSession::read_client() {
     return;
   }
   client_in_.commit(n);
+  worker_.counters.add_received(n);
   feed_client();
 }
 
@@ -535,6 +540,8 @@ std::unique_ptr<ServerConnection> ClientSession::usable(std::unique_ptr<pool::Co
 // worker) or as a grant from the pool while the session waits; only opening a new connection or a
 // pre-ping runs a coroutine.
 void ClientSession::check_out(const routing::Route& route) {
+  // The wait ends when a server is linked (link()) or the request fails (on_checkout_failed).
+  if (checkout_started_ == session::Clock::time_point{}) checkout_started_ = now();
   if (app_.paused(database_name_)) {
     asio::co_spawn(
         client_.get_executor(), wait_while_paused(route),
@@ -556,6 +563,7 @@ asio::awaitable<void> ClientSession::wait_while_paused(routing::Route route) {
   asio::steady_timer timer(client_.get_executor());
   while (!closed_ && app_.paused(database_name_)) {
     if (now() >= deadline) {
+      end_checkout_wait();
       carry_out(
           core_->on_checkout_failed("53300",
                                     "pgvalve: database \"" + database_name_ +
@@ -603,6 +611,7 @@ asio::awaitable<void> ClientSession::hold_for_primary(routing::Route route,
     co_await timer.async_wait(await_ec(ec));
   }
   hold_until_ = session::Clock::time_point::max();
+  end_checkout_wait();
   carry_out(core_->on_checkout_failed(
                 "57P03",
                 "pgvalve: no primary is available for database \"" + database_name_ +
@@ -647,11 +656,19 @@ void ClientSession::resume_own_server(std::uint32_t generation) {
   if (!closed_ && links_[0].generation == generation) watch_server(0);
 }
 
+void ClientSession::end_checkout_wait() {
+  if (checkout_started_ == session::Clock::time_point{}) return;
+  worker_.counters.record_checkout_wait(static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(now() - checkout_started_).count()));
+  checkout_started_ = {};
+}
+
 bool ClientSession::runs_on_own_server(const std::shared_ptr<pool::ServerPool>& pool) {
   const session::LinkId id = core_->pending_link();
   if (id == 0 || links_.empty() || !links_[0].conn) return false;
   if (pool && pool != links_[0].pool) return false;
   checkout_pool_.reset();
+  end_checkout_wait();
   carry_out(core_->on_checkout_failed({}, {}, now()), Source::Client);
   return true;
 }
@@ -755,6 +772,7 @@ void ClientSession::checkout_timed_out() {
   const auto self = std::move(waiting_self_);
   pool->note_timeout(worker_.index);
   const auto& settings = pool->settings(worker_.index);
+  end_checkout_wait();
   carry_out(core_->on_checkout_failed(
                 "53300",
                 "pgvalve: no server connection became available within "
@@ -860,6 +878,7 @@ asio::awaitable<void> ClientSession::check_out_slowly(std::shared_ptr<pool::Serv
     co_return;
   }
   hold_until_ = session::Clock::time_point::max();
+  end_checkout_wait();
   carry_out(core_->on_checkout_failed(failure.sqlstate, failure.message, now()), Source::Client);
 }
 
@@ -895,6 +914,7 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::open_server(
 void ClientSession::link(std::unique_ptr<ServerConnection> server,
                          const std::shared_ptr<pool::ServerPool>& pool) {
   hold_until_ = session::Clock::time_point::max();
+  end_checkout_wait();
   const session::LinkId id = core_->pending_link();
   if (links_.size() <= id) links_.resize(id + 1u);
   LinkIO& io = links_[id];

@@ -149,6 +149,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // A session-mode client's read meant for a replica, when `pool` (the one pool_for chose) is
   // none or its own server's: the core runs it on that server. True when so.
   bool runs_on_own_server(const std::shared_ptr<pool::ServerPool>& pool);
+  // A server was linked, or the request waiting for one failed: how long it waited is counted.
+  void end_checkout_wait();
   // Reads the client's own server (link 0) again after a read on a replica: what it sent
   // meanwhile was held.
   void resume_own_server(std::uint32_t generation);
@@ -229,6 +231,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // A checkout in progress: from which pool, until when, and whether the pool queued us.
   std::shared_ptr<pool::ServerPool> checkout_pool_;
   session::Clock::time_point checkout_deadline_{};
+  // When the request waiting for a server asked for one (pool_checkout_wait_seconds); zero when
+  // none waits.
+  session::Clock::time_point checkout_started_{};
   // Writes wait for a primary until then (failover.hold_writes_ms); max(): not holding.
   session::Clock::time_point hold_until_ = session::Clock::time_point::max();
   // The event handlers wait for a grant (on_granted() -> take()); the worker's

@@ -28,6 +28,7 @@ Snapshot take_snapshot(App& app) {
   s.statements = app.query_stats();
   s.hosts = app.hosts();
   s.failovers = app.failovers();
+  s.counters = app.counter_totals();
   return s;
 }
 
@@ -114,6 +115,27 @@ void render_statement_metrics(const Snapshot& snapshot, prometheus::Registry& re
       .Register(registry)
       .Add({})
       .Increment(static_cast<double>(st.evictions));
+}
+
+void render_counter_metrics(const Snapshot& snapshot, prometheus::Registry& registry) {
+  const stats::CounterTotals& c = snapshot.counters;
+  auto& bytes = prometheus::BuildCounter()
+                    .Name("pgvalve_bytes_total")
+                    .Help("PostgreSQL protocol bytes from and to clients (after TLS)")
+                    .Register(registry);
+  bytes.Add({{"direction", "received"}}).Increment(static_cast<double>(c.bytes_received));
+  bytes.Add({{"direction", "sent"}}).Increment(static_cast<double>(c.bytes_sent));
+  const prometheus::Histogram::BucketBoundaries bounds(std::begin(stats::kCheckoutWaitBounds),
+                                                       std::end(stats::kCheckoutWaitBounds));
+  std::vector<double> counts(c.checkout_waits.begin(), c.checkout_waits.end());
+  prometheus::BuildHistogram()
+      .Name("pgvalve_pool_checkout_wait_seconds")
+      .Help(
+          "How long a request waited for a server connection (checkout, pause, failover "
+          "hold), counted when it got one or gave up")
+      .Register(registry)
+      .Add({}, bounds)
+      .ObserveMultiple(counts, static_cast<double>(c.checkout_wait_micros) / 1e6);
 }
 
 void render_host_metrics(const Snapshot& snapshot, prometheus::Registry& registry) {
@@ -286,6 +308,7 @@ std::string render_metrics(const Snapshot& snapshot) {
   }
 
   render_statement_metrics(snapshot, registry);
+  render_counter_metrics(snapshot, registry);
   render_host_metrics(snapshot, registry);
   return prometheus::TextSerializer().Serialize(registry.Collect());
 }

@@ -1,7 +1,6 @@
 // What the HTTP endpoint reports: a snapshot of the proxy's figures (pools, clients, config,
 // statements, hosts), and its Prometheus text form (/metrics, built with prometheus-cpp). Only
-// figures that have a real source are reported; DESIGN.md §6 metrics without one yet (checkout
-// wait histogram, bytes) are left out rather than faked.
+// figures that have a real source are reported; nothing is faked.
 #pragma once
 
 #include <string>
@@ -12,6 +11,7 @@
 #include "pool/server_pool.h"
 #include "proxy/health_checker.h"
 #include "stats/query_stats.h"
+#include "stats/worker_counters.h"
 
 namespace pgvalve::proxy {
 
@@ -31,6 +31,7 @@ struct Snapshot {
   stats::Snapshot statements;     // every worker's statement figures, summed
   std::vector<HostRow> hosts;     // as SHOW HOSTS
   std::uint64_t failovers = 0;
+  stats::CounterTotals counters;  // bytes, checkout waits (every worker's, summed)
 };
 
 Snapshot take_snapshot(App& app);

@@ -240,6 +240,13 @@ def test_metrics_count_statements_transactions_errors_and_hosts(pv, cluster):
     assert metric(s, "pgvalve_query_duration_seconds_bucket", database=APP_DB, le="+Inf") == total
     assert metric(s, "pgvalve_query_duration_seconds_sum", database=APP_DB) > 0
     assert metric(s, "pgvalve_slow_queries_total") == 0
+    # Each of the 20 selects and the CREATE asked for a server (transaction pooling) and got
+    # one; the temporary table then pinned the server to the client: no more checkouts.
+    assert metric(s, "pgvalve_pool_checkout_wait_seconds_count") == 21
+    assert metric(s, "pgvalve_pool_checkout_wait_seconds_bucket", le="+Inf") == \
+        metric(s, "pgvalve_pool_checkout_wait_seconds_count")
+    assert metric(s, "pgvalve_bytes_total", direction="received") > 29 * 20
+    assert metric(s, "pgvalve_bytes_total", direction="sent") > 29 * 20
     assert metric(s, "pgvalve_failovers_total") == 0
     wait_until(lambda: metric(scrape(pv), "pgvalve_host_up", host=primary_host(cluster),
                               role="primary") == 1, 10, message="host_up after the first check")

@@ -365,3 +365,15 @@ def pv_ready(pv):
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
+
+
+def test_show_pools_names_each_hosts_shard_and_role(cluster, pgvalve):
+    from itutil import APP_AND_OPS, show_pools
+    pv = pgvalve(**replicated(cluster, users=APP_AND_OPS, routing={"read_your_writes": "off"}))
+    replicas_ready(pv, cluster)
+    with pv.connect() as c:
+        c.execute("insert into readings (device_id, value) values (1, 1)")
+    roles = {int(p["host"].rsplit(":", 1)[1]): (p["shard"], p["role"]) for p in show_pools(pv)}
+    assert roles[cluster.primary.port] == ("s0", "primary"), roles
+    for r in cluster.replicas:
+        assert roles[r.port] == ("s0", "replica"), roles
