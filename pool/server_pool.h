@@ -169,6 +169,12 @@ class ServerPool : public std::enable_shared_from_this<ServerPool> {
   // On that worker's thread only; valid until its next call into the pool.
   const config::PoolSettings& settings(int worker) { return local_settings(state(worker)); }
   PoolStats stats(Clock::time_point now = Clock::now()) const;
+  // The idle connections parked on `worker`; only on that worker's thread (SHOW SERVERS).
+  template <typename F>
+  void for_each_idle(int worker, F&& f) {
+    for (const auto& conn : state(worker).idle)
+      f(*conn);
+  }
   // Connections lent out or being opened now, from the lock-free figures (least_connections
   // load balancing reads it per read). On `worker`'s thread.
   int in_use(int worker);

@@ -6,11 +6,14 @@
 #include <chrono>
 #include <ctime>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <vector>
 
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
 
 #include "protocol/messages.h"
 #include "proxy/app.h"
@@ -239,6 +242,8 @@ constexpr std::pair<std::string_view, std::string_view> kCommands[] = {
     {"SHOW POOLS", "pools per database, user and host: clients, server connections, waits"},
     {"SHOW HOSTS", "every host of every shard: role, state, lag, LSN, timeline"},
     {"SHOW SHARDS", "each database's shards: primary now, replicas, statements and rows"},
+    {"SHOW CLIENTS", "one row per client connection: state, address, times, its server"},
+    {"SHOW SERVERS", "one row per server connection: lent (active, and to whom) or idle"},
     {"SHOW QUERIES", "statistics per statement fingerprint, by total time"},
     {"SHOW SLOW_QUERIES", "recent executions over stats.slow_query_ms"},
     {"SHOW CONFIG", "the effective configuration"},
@@ -300,6 +305,81 @@ void show_shards(App& app, std::string& out) {
     }
   }
   append_result(out, {"database", "shard", "primary", "replicas", "statements", "rows_routed"},
+                rows);
+}
+
+using ConnectionRow = ClientSession::ConnectionRow;
+
+// Every worker lists its own sessions and idle server connections on its thread; the console
+// waits for them here (at most 2 s: a worker that no longer runs answers nothing).
+boost::asio::awaitable<std::vector<ConnectionRow>> collect_connections(App& app, Stream& client) {
+  struct Shared {
+    std::mutex mutex;
+    std::vector<ConnectionRow> rows;
+    int left = 0;
+  };
+  auto shared = std::make_shared<Shared>();
+  shared->left = app.worker_count();
+  const auto config = app.config();
+  for (int i = 0; i < app.worker_count(); ++i) {
+    boost::asio::post(app.worker(i).context, [shared, &app, i, config] {
+      std::vector<ConnectionRow> rows;
+      app.worker(i).for_each_session([&](ClientSession& s) { s.describe(rows); });
+      const auto steady_now = pool::Clock::now();
+      const auto wall = [&](pool::Clock::time_point t) {
+        return std::chrono::system_clock::now() -
+               std::chrono::duration_cast<std::chrono::system_clock::duration>(steady_now - t);
+      };
+      for (const auto& pool : app.pools()) {
+        pool->for_each_idle(i, [&](const pool::Connection& c) {
+          ConnectionRow r;
+          r.type = 'S';
+          r.id = c.id;
+          r.user = pool->key().user;
+          r.database = pool->key().database;
+          r.state = "idle";
+          r.addr = pool->key().host.host;
+          r.port = pool->key().host.port;
+          r.connect_time = wall(c.created_at);
+          r.request_time = wall(c.last_used_at);
+          r.shard = place_of(*config, r.database, pool->key().host).shard;
+          r.host = pool->key().host.to_string();
+          rows.push_back(std::move(r));
+        });
+      }
+      std::lock_guard lock(shared->mutex);
+      for (auto& r : rows)
+        shared->rows.push_back(std::move(r));
+      --shared->left;
+    });
+  }
+  boost::asio::steady_timer timer(client.get_executor());
+  for (int waited = 0; waited < 400; ++waited) {
+    {
+      std::lock_guard lock(shared->mutex);
+      if (shared->left == 0) break;
+    }
+    timer.expires_after(std::chrono::milliseconds(5));
+    co_await timer.async_wait(boost::asio::use_awaitable);
+  }
+  std::lock_guard lock(shared->mutex);
+  std::vector<ConnectionRow> rows = std::move(shared->rows);
+  std::sort(rows.begin(), rows.end(),
+            [](const ConnectionRow& a, const ConnectionRow& b) { return a.id < b.id; });
+  co_return rows;
+}
+
+void show_connections(const std::vector<ConnectionRow>& all, char type, std::string& out) {
+  std::vector<Row> rows;
+  for (const auto& r : all) {
+    if (r.type != type) continue;
+    rows.push_back({std::string(1, type), std::to_string(r.id), r.user, r.database, r.state, r.addr,
+                    std::to_string(r.port), iso_time(r.connect_time), iso_time(r.request_time),
+                    r.shard, r.host, r.peer ? std::to_string(r.peer) : ""});
+  }
+  append_result(out,
+                {"type", "id", "user", "database", "state", "addr", "port", "connect_time",
+                 "request_time", "shard", "host", type == 'C' ? "server" : "client"},
                 rows);
 }
 
@@ -402,6 +482,10 @@ boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, sessi
         show_queries(app, out);
       } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "SLOW_QUERIES") {
         show_slow_queries(app, out);
+      } else if (words.size() == 2 && words[0] == "SHOW" &&
+                 (words[1] == "CLIENTS" || words[1] == "SERVERS")) {
+        const auto rows = co_await collect_connections(app, client);
+        show_connections(rows, words[1] == "CLIENTS" ? 'C' : 'S', out);
       } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "HELP") {
         show_help(out);
       } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "SHARDS") {

@@ -264,6 +264,7 @@ void ClientSession::read_client() {
   }
   client_in_.commit(n);
   worker_.counters.add_received(n);
+  last_request_ = now();
   feed_client();
 }
 
@@ -654,6 +655,57 @@ void ClientSession::resume_own_server(std::uint32_t generation) {
     carry_out(core_->on_server_data(0, io.conn->in.readable(), now()), Source::Server, 0);
   }
   if (!closed_ && links_[0].generation == generation) watch_server(0);
+}
+
+void ClientSession::describe(std::vector<ConnectionRow>& rows) {
+  const auto wall = [](session::Clock::time_point t) {
+    if (t == session::Clock::time_point{}) return std::chrono::system_clock::time_point{};
+    return std::chrono::system_clock::now() -
+           std::chrono::duration_cast<std::chrono::system_clock::duration>(now() - t);
+  };
+  ConnectionRow c;
+  c.type = 'C';
+  c.id = id_;
+  c.user = user_name_;
+  c.database = database_name_;
+  c.state = core_ ? std::string(session::state_name(core_->state())) : "logging_in";
+  c.addr = from_.to_string();
+  error_code ec;
+  const auto remote = client_.socket().remote_endpoint(ec);
+  if (!ec) c.port = remote.port();
+  c.connect_time = connected_at_;
+  c.request_time = wall(last_request_);
+  for (const auto& io : links_) {
+    if (!io.conn) continue;
+    ConnectionRow s;
+    s.type = 'S';
+    s.id = io.conn->id;
+    s.user = user_name_;
+    s.database = database_name_;
+    s.state = "active";
+    s.addr = io.conn->host.host;
+    s.port = io.conn->host.port;
+    s.connect_time = wall(io.conn->created_at);
+    s.request_time = c.request_time;
+    s.host = io.conn->host.to_string();
+    s.peer = id_;
+    if (io.pool) {
+      if (const auto* db = config_->find_database(database_name_)) {
+        for (const auto& shard : db->shards) {
+          if (shard.primary == io.conn->host ||
+              std::find(shard.replicas.begin(), shard.replicas.end(), io.conn->host) !=
+                  shard.replicas.end()) {
+            s.shard = shard.name;
+          }
+        }
+      }
+    }
+    c.host = s.host;
+    c.shard = s.shard;
+    c.peer = s.id;
+    rows.push_back(std::move(s));
+  }
+  rows.push_back(std::move(c));
 }
 
 void ClientSession::end_checkout_wait() {

@@ -74,6 +74,24 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   ClientSession* next_on_worker = nullptr;
   ClientSession* prev_on_worker = nullptr;
 
+  // One row for SHOW CLIENTS (type 'C') and one per linked server for SHOW SERVERS ('S');
+  // on the session's worker thread.
+  struct ConnectionRow {
+    char type = 'C';
+    std::uint64_t id = 0;
+    std::string user;
+    std::string database;
+    std::string state;
+    std::string addr;
+    int port = 0;
+    std::chrono::system_clock::time_point connect_time{};
+    std::chrono::system_clock::time_point request_time{};  // last client bytes / last use
+    std::string shard;
+    std::string host;        // the server (C: the one linked now, if any)
+    std::uint64_t peer = 0;  // C: its linked server's id; S: the client it serves (0: idle)
+  };
+  void describe(std::vector<ConnectionRow>& rows);
+
   // For SHOW CLIENTS.
   std::uint64_t id() const { return id_; }
   const std::string& user() const { return user_name_; }
@@ -198,6 +216,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::string database_name_;
   std::vector<std::pair<std::string, std::string>> startup_params_;  // dropped after login
   bool counted_ = false;
+  std::chrono::system_clock::time_point connected_at_ = std::chrono::system_clock::now();
+  session::Clock::time_point last_request_{};  // last bytes read from the client
 
   session::InputBuffer client_in_{session::InputBuffer::kClientBytes};
   routing::Router router_;

@@ -112,3 +112,30 @@ def test_shutdown_drains_like_sigterm(pgvalve):
             c.execute("select 3")
     assert pv.proc.wait(timeout=15) == 0
     assert "shutdown_requested" in pv.log_text()
+
+
+def test_show_clients_and_servers_list_every_connection(pgvalve, cluster):
+    pv = pgvalve(users=APP_AND_OPS, pool_size=4)
+    with pv.connect() as busy, pv.connect() as idle:
+        busy.execute("begin")
+        pid = busy.execute("select pg_backend_pid()").fetchone()[0]
+        idle.execute("select 1")
+        with admin(pv) as a:
+            clients = [r for r in rows_of(a, "SHOW CLIENTS") if r["database"] == APP_DB]
+            servers = [r for r in rows_of(a, "SHOW SERVERS") if r["database"] == APP_DB]
+        assert len(clients) == 2, clients
+        holding = [c for c in clients if c["state"] == "holding"]
+        assert len(holding) == 1 and holding[0]["server"], clients
+        assert holding[0]["host"] == f"127.0.0.1:{cluster.primary.port}"
+        assert holding[0]["addr"] == "127.0.0.1" and int(holding[0]["port"]) > 0
+        assert [c["state"] for c in clients if c is not holding[0]] == ["idle"]
+        active = [s for s in servers if s["state"] == "active"]
+        assert len(active) == 1 and active[0]["client"] == holding[0]["id"]
+        assert active[0]["id"] == holding[0]["server"]
+        assert all(s["state"] in ("active", "idle") for s in servers)
+        assert len([s for s in servers if s["state"] == "idle"]) >= 1
+        assert all(s["shard"] == "s0" and s["connect_time"] for s in servers)
+        # The server PostgreSQL lists for the transaction is the one lent.
+        assert cluster.primary.sql(
+            "select count(*) from pg_stat_activity where pid = %s", (pid,))[0][0] == 1
+        busy.execute("commit")
