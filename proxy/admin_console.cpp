@@ -242,6 +242,7 @@ constexpr std::pair<std::string_view, std::string_view> kCommands[] = {
     {"SHOW POOLS", "pools per database, user and host: clients, server connections, waits"},
     {"SHOW HOSTS", "every host of every shard: role, state, lag, LSN, timeline"},
     {"SHOW SHARDS", "each database's shards: primary now, replicas, statements and rows"},
+    {"SHOW STATS", "per database: transactions, statements, bytes, time in each, waits"},
     {"SHOW CLIENTS", "one row per client connection: state, address, times, its server"},
     {"SHOW SERVERS", "one row per server connection: lent (active, and to whom) or idle"},
     {"SHOW QUERIES", "statistics per statement fingerprint, by total time"},
@@ -264,6 +265,25 @@ std::string command_list() {
     out += command;
   }
   return out;
+}
+
+void show_stats(App& app, std::string& out) {
+  std::vector<Row> rows;
+  for (const auto& d : app.database_stats()) {
+    const auto avg = [](std::uint64_t total, std::uint64_t n) {
+      return std::to_string(n ? total / n : 0);
+    };
+    rows.push_back({d.database, std::to_string(d.transactions), std::to_string(d.queries),
+                    std::to_string(d.bytes_received), std::to_string(d.bytes_sent),
+                    std::to_string(d.transaction_micros), std::to_string(d.query_micros),
+                    std::to_string(d.wait_micros), avg(d.transaction_micros, d.transactions),
+                    avg(d.query_micros, d.queries)});
+  }
+  append_result(
+      out,
+      {"database", "total_xact_count", "total_query_count", "total_received", "total_sent",
+       "total_xact_time", "total_query_time", "total_wait_time", "avg_xact_time", "avg_query_time"},
+      rows);
 }
 
 void show_help(std::string& out) {
@@ -486,6 +506,8 @@ boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, sessi
                  (words[1] == "CLIENTS" || words[1] == "SERVERS")) {
         const auto rows = co_await collect_connections(app, client);
         show_connections(rows, words[1] == "CLIENTS" ? 'C' : 'S', out);
+      } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "STATS") {
+        show_stats(app, out);
       } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "HELP") {
         show_help(out);
       } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "SHARDS") {

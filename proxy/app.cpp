@@ -144,6 +144,37 @@ stats::CounterTotals App::counter_totals() const {
   return t;
 }
 
+std::vector<App::DatabaseStats> App::database_stats() const {
+  std::vector<DatabaseStats> out;
+  auto row = [&](const std::string& database) -> DatabaseStats& {
+    for (auto& r : out) {
+      if (r.database == database) return r;
+    }
+    out.push_back({database});
+    return out.back();
+  };
+  const stats::Snapshot snap = query_stats();
+  for (const auto& d : snap.databases) {
+    auto& r = row(d.database);
+    r.transactions += d.transactions;
+    r.transaction_micros += d.transaction_micros;
+    r.query_micros += static_cast<std::uint64_t>(d.duration_sum_seconds * 1e6);
+  }
+  for (const auto& q : snap.queries_by_label)
+    row(q.database).queries += q.queries;
+  for (const auto& w : workers_) {
+    w->database_counters.for_each([&](const stats::DatabaseCounters& d) {
+      auto& r = row(d.database);
+      r.bytes_received += d.bytes_received.load(std::memory_order_relaxed);
+      r.bytes_sent += d.bytes_sent.load(std::memory_order_relaxed);
+      r.wait_micros += d.checkout_wait_micros.load(std::memory_order_relaxed);
+    });
+  }
+  std::sort(out.begin(), out.end(),
+            [](const DatabaseStats& a, const DatabaseStats& b) { return a.database < b.database; });
+  return out;
+}
+
 void App::reset_query_stats() {
   for (auto& w : workers_)
     w->query_stats.reset();

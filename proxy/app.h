@@ -79,6 +79,7 @@ struct Worker {
   // Statistics per statement shape of this worker's sessions (SHOW QUERIES sums the workers).
   stats::QueryStats query_stats;
   stats::WorkerCounters counters;  // bumped without a lock by this worker, summed by a scrape
+  stats::DatabaseCounterSet database_counters;  // the same per database (SHOW STATS)
   std::thread thread;
 };
 
@@ -126,6 +127,14 @@ class App : public pool::Handoff {
   // Every worker's statement statistics, summed (SHOW QUERIES, SHOW SLOW_QUERIES).
   stats::Snapshot query_stats() const;
   stats::CounterTotals counter_totals() const;
+  // SHOW STATS: one row per database seen, every worker's figures summed.
+  struct DatabaseStats {
+    std::string database;
+    std::uint64_t transactions = 0, transaction_micros = 0;
+    std::uint64_t queries = 0, query_micros = 0;
+    std::uint64_t bytes_received = 0, bytes_sent = 0, wait_micros = 0;
+  };
+  std::vector<DatabaseStats> database_stats() const;
   void reset_query_stats();
   // A session could not reach `host`: no reads there until a check finds it healthy.
   void report_unreachable(const config::Endpoint& host);

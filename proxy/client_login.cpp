@@ -354,6 +354,7 @@ asio::awaitable<bool> ClientSession::start_session() {
         routing::Router(static_cast<int>(database_->shards.size()), policy, &worker_.decisions);
   }
   recorder_ = {&worker_.query_stats, {&database_name_, &user_name_}};
+  database_counters_ = &worker_.database_counters.of(database_name_);
   core_.emplace(session::SessionOptions::from(*config_), router_, worker_.workspaces, &recorder_);
 
   // The client is told the parameters of a real server, so one must have been seen; session

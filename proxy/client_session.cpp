@@ -124,6 +124,9 @@ void ClientSession::carry_out(const Actions& actions, Source source, session::Li
     for (const auto& c : actions.to_client)
       bytes += c.size;
     worker_.counters.add_sent(bytes);
+    if (database_counters_) {
+      database_counters_->bytes_sent.fetch_add(bytes, std::memory_order_relaxed);
+    }
     if (write_client(actions.to_client, actions.outbox) == SocketWriter::Result::Backlog) {
       client_writer_.on_drained(drained_callback());
     }
@@ -264,6 +267,8 @@ void ClientSession::read_client() {
   }
   client_in_.commit(n);
   worker_.counters.add_received(n);
+  if (database_counters_)
+    database_counters_->bytes_received.fetch_add(n, std::memory_order_relaxed);
   last_request_ = now();
   feed_client();
 }
@@ -710,8 +715,12 @@ void ClientSession::describe(std::vector<ConnectionRow>& rows) {
 
 void ClientSession::end_checkout_wait() {
   if (checkout_started_ == session::Clock::time_point{}) return;
-  worker_.counters.record_checkout_wait(static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::microseconds>(now() - checkout_started_).count()));
+  const auto micros = static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(now() - checkout_started_).count());
+  worker_.counters.record_checkout_wait(micros);
+  if (database_counters_) {
+    database_counters_->checkout_wait_micros.fetch_add(micros, std::memory_order_relaxed);
+  }
   checkout_started_ = {};
 }
 

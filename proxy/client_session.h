@@ -43,6 +43,7 @@
 #include "routing/router.h"
 #include "session/input_buffer.h"
 #include "session/session.h"
+#include "stats/worker_counters.h"
 
 namespace pgvalve::proxy {
 
@@ -217,7 +218,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::vector<std::pair<std::string, std::string>> startup_params_;  // dropped after login
   bool counted_ = false;
   std::chrono::system_clock::time_point connected_at_ = std::chrono::system_clock::now();
-  session::Clock::time_point last_request_{};  // last bytes read from the client
+  session::Clock::time_point last_request_{};             // last bytes read from the client
+  stats::DatabaseCounters* database_counters_ = nullptr;  // the worker's, of this database
 
   session::InputBuffer client_in_{session::InputBuffer::kClientBytes};
   routing::Router router_;

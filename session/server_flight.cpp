@@ -268,7 +268,13 @@ void Session::complete_front(Link& l, char tag, Actions& out) {
   if (tag == 'Z') {
     end_request(l, head, l.server->tx_status);
     if (recorder_ && !head.internal && l.server->tx_status == 'I') {
-      recorder_->stats->count_transaction(recorder_->labels);
+      const auto took = l.transaction_started == Clock::time_point{} ? Clock::duration{}
+                                                                     : now_ - l.transaction_started;
+      recorder_->stats->count_transaction(
+          recorder_->labels,
+          static_cast<std::uint64_t>(
+              std::chrono::duration_cast<std::chrono::microseconds>(took).count()));
+      l.transaction_started = {};
     }
     if (head.internal && head.action == kActionSync) finish_sync(l, !head.failed, out);
     if (head.internal && head.action == kActionPinCheck) finish_pin_check(l, head.failed, out);

@@ -94,6 +94,7 @@ struct Link {
   std::uint64_t rows = 0;  // rows of the front request's statements so far (statistics)
   stats::StatementKind kind = stats::StatementKind::Other;  // ... its last command tag's
   char error_class[2] = {};                                 // ... its error's SQLSTATE class
+  Clock::time_point transaction_started{};  // a client request began a transaction (statistics)
 
   bool busy() const { return in_flight > 0 || open_extended || !pending.empty(); }
   // Only pgvalve's own query is outstanding (a WAL position, a pin check).
@@ -124,6 +125,7 @@ struct Link {
     answered = false;
     rows = 0;
     kind = stats::StatementKind::Other;
+    transaction_started = {};
   }
 };
 

@@ -25,7 +25,15 @@ void Session::count_request(protocol::PendingResponse& request, std::string_view
 }
 
 void Session::count_request(protocol::PendingResponse& request, std::uint64_t fingerprint) {
-  if (!recorder_ || fingerprint == 0) return;
+  if (!recorder_) return;
+  // The first request on a server between transactions begins one (an autocommit statement
+  // is one too): counted when a ReadyForQuery 'I' ends it.
+  Link* l = linked_link();
+  if (l && l->server && l->server->tx_status == 'I' &&
+      l->transaction_started == Clock::time_point{}) {
+    l->transaction_started = now_;
+  }
+  if (fingerprint == 0) return;
   request.fingerprint = fingerprint;
   request.started = now_.time_since_epoch().count();
 }

@@ -168,10 +168,12 @@ DatabaseTotals& QueryStats::database_totals(const std::string& database) {
   return d;
 }
 
-void QueryStats::count_transaction(const ClientLabels& who) {
+void QueryStats::count_transaction(const ClientLabels& who, std::uint64_t micros) {
   static const std::string kNone;
   std::lock_guard lock(mutex_);
-  ++database_totals(who.database ? *who.database : kNone).transactions;
+  DatabaseTotals& d = database_totals(who.database ? *who.database : kNone);
+  ++d.transactions;
+  d.transaction_micros += micros;
 }
 
 void QueryStats::record(const Execution& e, const ClientLabels& who) {
@@ -294,6 +296,7 @@ void QueryStats::collect(std::unordered_map<std::uint64_t, QueryFigures>& into,
       continue;
     }
     it->transactions += d.transactions;
+    it->transaction_micros += d.transaction_micros;
     for (std::size_t b = 0; b < kDurationBuckets; ++b)
       it->duration_counts[b] += d.duration_counts[b];
     it->duration_sum_seconds += d.duration_sum_seconds;

@@ -65,6 +65,7 @@ struct QueryTotals {
 struct DatabaseTotals {
   std::string database;
   std::uint64_t transactions = 0;
+  std::uint64_t transaction_micros = 0;  // time from a transaction's first request to its end
   std::uint64_t duration_counts[kDurationBuckets] = {};  // not cumulative
   double duration_sum_seconds = 0;
 };
@@ -153,7 +154,7 @@ class QueryStats {
   // It completed. An execution whose entry was evicted meanwhile is not counted.
   void record(const Execution& e, const ClientLabels& who);
   // A client's transaction (or autocommit statement) ended.
-  void count_transaction(const ClientLabels& who);
+  void count_transaction(const ClientLabels& who, std::uint64_t micros);
 
   // Adds this worker's figures to `into` (keyed by fingerprint) and its slow samples to `slow`.
   void collect(std::unordered_map<std::uint64_t, QueryFigures>& into, Snapshot& totals) const;

@@ -7,7 +7,10 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <iterator>
+#include <mutex>
+#include <string>
 
 namespace pgvalve::stats {
 
@@ -49,6 +52,39 @@ class alignas(64) WorkerCounters {
   std::atomic<std::uint64_t> bytes_sent_{0};
   std::array<std::atomic<std::uint64_t>, kCheckoutWaitBuckets> waits_{};
   std::atomic<std::uint64_t> wait_micros_{0};
+};
+
+// The same figures per database (SHOW STATS), for one worker. A client finds its database's
+// entry once, at login, and bumps it without a lock; the list only grows, under a lock that
+// only a new database and a reader take.
+struct alignas(64) DatabaseCounters {
+  explicit DatabaseCounters(std::string name) : database(std::move(name)) {}
+  const std::string database;
+  std::atomic<std::uint64_t> bytes_received{0};
+  std::atomic<std::uint64_t> bytes_sent{0};
+  std::atomic<std::uint64_t> checkout_wait_micros{0};
+};
+
+class DatabaseCounterSet {
+ public:
+  // The entry of `database`; its address stays valid as long as the set.
+  DatabaseCounters& of(const std::string& database) {
+    std::lock_guard lock(mutex_);
+    for (auto& d : all_) {
+      if (d.database == database) return d;
+    }
+    return all_.emplace_back(database);
+  }
+  template <typename F>
+  void for_each(F&& f) const {
+    std::lock_guard lock(mutex_);
+    for (const auto& d : all_)
+      f(d);
+  }
+
+ private:
+  mutable std::mutex mutex_;
+  std::deque<DatabaseCounters> all_;
 };
 
 }  // namespace pgvalve::stats

@@ -139,3 +139,25 @@ def test_show_clients_and_servers_list_every_connection(pgvalve, cluster):
         assert cluster.primary.sql(
             "select count(*) from pg_stat_activity where pid = %s", (pid,))[0][0] == 1
         busy.execute("commit")
+
+
+def test_show_stats_sums_a_known_workload_per_database(pgvalve):
+    pv = pgvalve(users=APP_AND_OPS)
+    with pv.connect() as c:
+        for i in range(10):
+            c.execute("select %s::int", (i,))
+        with c.transaction():
+            c.execute("select 1")
+            c.execute("select pg_sleep(0.05)")
+    with admin(pv) as a:
+        (row,) = [r for r in rows_of(a, "SHOW STATS") if r["database"] == APP_DB]
+    figures = {k: int(v) for k, v in row.items() if k != "database"}
+    # 10 autocommit statements and one transaction of BEGIN, 2 statements, COMMIT.
+    assert figures["total_xact_count"] == 11
+    assert figures["total_query_count"] == 14
+    assert figures["total_xact_time"] >= 50000  # microseconds: the sleep is in a transaction
+    assert figures["total_query_time"] >= 50000
+    assert figures["total_received"] > 0 and figures["total_sent"] > 0
+    assert figures["total_wait_time"] >= 0
+    assert figures["avg_query_time"] == figures["total_query_time"] // 14
+    assert figures["avg_xact_time"] == figures["total_xact_time"] // 11

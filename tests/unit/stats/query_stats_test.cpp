@@ -170,8 +170,8 @@ TEST(QueryStatsTotals, CountedPerLabelDatabaseAndErrorClassEvenWhenNotTracked) {
   on_replica.replica = true;
   b.record(on_replica, kWho);
   a.record(failed, kWho);
-  a.count_transaction(kWho);
-  b.count_transaction(kWho);
+  a.count_transaction(kWho, 100);
+  b.count_transaction(kWho, 200);
   const Snapshot s = QueryStats::snapshot({&a, &b}, 10);
   EXPECT_TRUE(s.queries.empty());
   std::uint64_t primary_selects = 0, replica_selects = 0, inserts = 0;
@@ -186,6 +186,7 @@ TEST(QueryStatsTotals, CountedPerLabelDatabaseAndErrorClassEvenWhenNotTracked) {
   EXPECT_EQ(inserts, 1u);
   ASSERT_EQ(s.databases.size(), 1u);
   EXPECT_EQ(s.databases[0].transactions, 2u);
+  EXPECT_EQ(s.databases[0].transaction_micros, 300u);
   std::uint64_t observed = 0;
   for (auto c : s.databases[0].duration_counts)
     observed += c;
