@@ -8,6 +8,8 @@ import re
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import psycopg
 import pytest
@@ -331,3 +333,31 @@ def test_listeners_follow_the_primary_after_a_failover(fresh, pgvalve):
             got = drain_notifies(listener, 1, timeout=0.5)
         assert got == [("drill_events", "after failover")]
     assert f"event=listen_connection_open host=127.0.0.1:{c.replicas[0].port}" in pv.log_text()
+
+
+def test_ready_and_metrics_follow_a_stopped_primary_and_its_return(fresh, pgvalve):
+    c = fresh()
+    pv = pgvalve(**config_for(c, failover={"mode": "off"}))
+    wait_hosts_checked(pv)
+    base = f"http://127.0.0.1:{pv.admin_port}"
+
+    def ready():
+        try:
+            with urllib.request.urlopen(base + "/ready", timeout=5) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    def primary_up():
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as r:
+            text = r.read().decode()
+        line = next(l for l in text.splitlines() if l.startswith("pgvalve_shard_primary_up{"))
+        return float(line.rsplit(" ", 1)[1])
+
+    assert ready() == 200 and primary_up() == 1
+    c.primary.stop()
+    wait_until(lambda: ready() == 503 and primary_up() == 0, 10,
+               message="/ready 503 and shard_primary_up 0 with the primary stopped")
+    c.primary.start()
+    wait_until(lambda: ready() == 200 and primary_up() == 1, 15,
+               message="/ready 200 again once the primary is back")
