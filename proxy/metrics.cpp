@@ -1,12 +1,9 @@
 #include "proxy/metrics.h"
 
 #include <algorithm>
+#include <limits>
 #include <tuple>
 
-#include <prometheus/counter.h>
-#include <prometheus/gauge.h>
-#include <prometheus/histogram.h>
-#include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
 #include "proxy/app.h"
@@ -49,6 +46,58 @@ HostPlace place_of(const config::Config& config, std::string_view database,
 
 namespace {
 
+using prometheus::ClientMetric;
+using prometheus::MetricFamily;
+using prometheus::MetricType;
+using Labels = std::vector<ClientMetric::Label>;
+
+// Metric families built straight from a snapshot: no registry, nothing kept between scrapes.
+// Samples with the same labels add up (pools of several users on one host).
+class Families {
+ public:
+  std::size_t family(std::string name, std::string help, MetricType type) {
+    out_.push_back({std::move(name), std::move(help), type, {}});
+    return out_.size() - 1;
+  }
+  void add(std::size_t f, Labels labels, double value) {
+    ClientMetric& m = sample(f, std::move(labels));
+    if (out_[f].type == MetricType::Counter) {
+      m.counter.value += value;
+    } else {
+      m.gauge.value += value;
+    }
+  }
+  // `counts` per bucket, not cumulative; one more than `bounds` (+Inf).
+  template <typename Bounds, typename Counts>
+  void histogram(std::size_t f, Labels labels, const Bounds& bounds, const Counts& counts,
+                 double sum) {
+    ClientMetric& m = sample(f, std::move(labels));
+    std::uint64_t cumulative = 0;
+    std::size_t i = 0;
+    for (double bound : bounds) {
+      cumulative += counts[i++];
+      m.histogram.bucket.push_back({cumulative, bound});
+    }
+    cumulative += counts[i];
+    m.histogram.bucket.push_back({cumulative, std::numeric_limits<double>::infinity()});
+    m.histogram.sample_count = cumulative;
+    m.histogram.sample_sum = sum;
+  }
+  std::vector<MetricFamily> take() { return std::move(out_); }
+
+ private:
+  ClientMetric& sample(std::size_t f, Labels labels) {
+    for (auto& m : out_[f].metric) {
+      if (m.label == labels) return m;
+    }
+    ClientMetric& m = out_[f].metric.emplace_back();
+    m.label = std::move(labels);
+    return m;
+  }
+
+  std::vector<MetricFamily> out_;
+};
+
 std::string shard_name(const config::Config* config, const std::string& database,
                        std::uint16_t shard) {
   if (config) {
@@ -59,258 +108,206 @@ std::string shard_name(const config::Config* config, const std::string& database
   return "s" + std::to_string(shard);
 }
 
-void render_statement_metrics(const Snapshot& snapshot, prometheus::Registry& registry) {
-  using prometheus::BuildCounter;
-  const stats::Snapshot& st = snapshot.statements;
-  auto& queries = BuildCounter()
-                      .Name("pgvalve_queries_total")
-                      .Help(
-                          "Statements run for clients (a simple query string or an Execute), by "
-                          "database, shard, role of the host and kind (from the command tag)")
-                      .Register(registry);
-  for (const auto& q : st.queries_by_label) {
-    queries
-        .Add({{"database", q.database},
-              {"shard", shard_name(snapshot.config.get(), q.database, q.shard)},
-              {"role", q.replica ? "replica" : "primary"},
-              {"kind", std::string(stats::kind_name(q.kind))}})
-        .Increment(static_cast<double>(q.queries));
-  }
-  auto& transactions = BuildCounter()
-                           .Name("pgvalve_transactions_total")
-                           .Help("Client transactions ended (an autocommit statement is one)")
-                           .Register(registry);
-  auto& durations =
-      prometheus::BuildHistogram()
-          .Name("pgvalve_query_duration_seconds")
-          .Help("Time from sending a statement to the server until its last answer arrived")
-          .Register(registry);
-  const prometheus::Histogram::BucketBoundaries bounds(std::begin(stats::kDurationBounds),
-                                                       std::end(stats::kDurationBounds));
-  for (const auto& d : st.databases) {
-    transactions.Add({{"database", d.database}}).Increment(static_cast<double>(d.transactions));
-    std::vector<double> counts(std::begin(d.duration_counts), std::end(d.duration_counts));
-    durations.Add({{"database", d.database}}, bounds)
-        .ObserveMultiple(counts, d.duration_sum_seconds);
-  }
-  auto& errors = BuildCounter()
-                     .Name("pgvalve_errors_total")
-                     .Help(
-                         "Statements that ended in an error, by SQLSTATE class (first two "
-                         "characters: 23 integrity, 40 rollback, 57 operator intervention, ...)")
-                     .Register(registry);
-  for (const auto& e : st.errors) {
-    errors.Add({{"sqlstate_class", std::string(e.sqlstate_class, 2)}})
-        .Increment(static_cast<double>(e.errors));
-  }
-  BuildCounter()
-      .Name("pgvalve_slow_queries_total")
-      .Help("Statements slower than stats.slow_query_ms")
-      .Register(registry)
-      .Add({})
-      .Increment(static_cast<double>(st.slow_total));
-  BuildCounter()
-      .Name("pgvalve_query_fingerprints_evicted_total")
-      .Help("Statement shapes dropped from SHOW QUERIES to stay within stats.max_fingerprints")
-      .Register(registry)
-      .Add({})
-      .Increment(static_cast<double>(st.evictions));
-}
-
-void render_counter_metrics(const Snapshot& snapshot, prometheus::Registry& registry) {
-  const stats::CounterTotals& c = snapshot.counters;
-  auto& bytes = prometheus::BuildCounter()
-                    .Name("pgvalve_bytes_total")
-                    .Help("PostgreSQL protocol bytes from and to clients (after TLS)")
-                    .Register(registry);
-  bytes.Add({{"direction", "received"}}).Increment(static_cast<double>(c.bytes_received));
-  bytes.Add({{"direction", "sent"}}).Increment(static_cast<double>(c.bytes_sent));
-  const prometheus::Histogram::BucketBoundaries bounds(std::begin(stats::kCheckoutWaitBounds),
-                                                       std::end(stats::kCheckoutWaitBounds));
-  std::vector<double> counts(c.checkout_waits.begin(), c.checkout_waits.end());
-  prometheus::BuildHistogram()
-      .Name("pgvalve_pool_checkout_wait_seconds")
-      .Help(
-          "How long a request waited for a server connection (checkout, pause, failover "
-          "hold), counted when it got one or gave up")
-      .Register(registry)
-      .Add({}, bounds)
-      .ObserveMultiple(counts, static_cast<double>(c.checkout_wait_micros) / 1e6);
-}
-
-void render_host_metrics(const Snapshot& snapshot, prometheus::Registry& registry) {
-  using prometheus::BuildGauge;
-  auto& up = BuildGauge()
-                 .Name("pgvalve_host_up")
-                 .Help("1 when the host's last health checks passed, else 0")
-                 .Register(registry);
-  auto& lag = BuildGauge()
-                  .Name("pgvalve_replica_lag_seconds")
-                  .Help("How far a replica's replay is behind the primary (only while known)")
-                  .Register(registry);
-  for (const HostRow& h : snapshot.hosts) {
-    const std::string host = h.host.to_string();
-    up.Add({{"database", h.database},
-            {"shard", h.shard},
-            {"host", host},
-            {"role", std::string(health::role_name(h.role))}})
-        .Set(h.checked && h.up ? 1 : 0);
-    if (h.role == health::Role::Replica && h.lag_ms >= 0) {
-      lag.Add({{"database", h.database}, {"shard", h.shard}, {"host", host}})
-          .Set(static_cast<double>(h.lag_ms) / 1000.0);
-    }
-  }
-  // A shard has a primary when one of its hosts takes writes now (what /ready checks).
-  auto& primary_up = BuildGauge()
-                         .Name("pgvalve_shard_primary_up")
-                         .Help("1 when a host of the shard takes writes now, else 0")
-                         .Register(registry);
-  std::vector<std::pair<std::string, std::string>> shards;
-  for (const HostRow& h : snapshot.hosts) {
-    const auto key = std::make_pair(h.database, h.shard);
-    if (std::find(shards.begin(), shards.end(), key) != shards.end()) continue;
-    shards.push_back(key);
-    const bool writable =
-        std::any_of(snapshot.hosts.begin(), snapshot.hosts.end(), [&](const HostRow& o) {
-          return o.database == h.database && o.shard == h.shard && o.writable;
-        });
-    primary_up.Add({{"database", h.database}, {"shard", h.shard}}).Set(writable ? 1 : 0);
-  }
-  prometheus::BuildCounter()
-      .Name("pgvalve_failovers_total")
-      .Help("Times a shard's writes moved to another host (followed, promoted, switched over)")
-      .Register(registry)
-      .Add({})
-      .Increment(static_cast<double>(snapshot.failovers));
-}
-
-}  // namespace
-
-std::string render_metrics(const Snapshot& snapshot) {
-  using prometheus::BuildCounter;
-  using prometheus::BuildGauge;
-  prometheus::Registry registry;
-
-  BuildGauge()
-      .Name("pgvalve_build_info")
-      .Help("Always 1; the labels say which pgvalve is running")
-      .Register(registry)
-      .Add({{"version", PGVALVE_VERSION}})
-      .Set(1);
-
-  BuildGauge()
-      .Name("pgvalve_client_connections_open")
-      .Help(
-          "Client connections open, including ones still logging in and admin console "
-          "sessions (what max_client_connections limits)")
-      .Register(registry)
-      .Add({})
-      .Set(snapshot.client_connections);
-
-  auto& clients = BuildGauge()
-                      .Name("pgvalve_client_connections")
-                      .Help(
-                          "Clients logged in to a pool: active (served or idle) or waiting "
-                          "for a server connection")
-                      .Register(registry);
-  auto& clients_active = clients.Add({{"state", "active"}});
-  auto& clients_waiting = clients.Add({{"state", "waiting"}});
-
-  auto& servers = BuildGauge()
-                      .Name("pgvalve_server_connections")
-                      .Help(
-                          "Server connections by state: idle (in the pool), active (lent to a "
-                          "client), login (being opened)")
-                      .Register(registry);
-  auto& pool_size = BuildGauge()
-                        .Name("pgvalve_pool_size")
-                        .Help("Server connections that exist or are being opened, per pool")
-                        .Register(registry);
-  auto& checkouts = BuildCounter()
-                        .Name("pgvalve_pool_checkouts_total")
-                        .Help("Server connections handed to clients")
-                        .Register(registry);
-  auto& waits = BuildCounter()
-                    .Name("pgvalve_pool_checkout_waits_total")
-                    .Help("Checkouts that had to queue for a server connection")
-                    .Register(registry);
-  auto& timeouts = BuildCounter()
-                       .Name("pgvalve_pool_checkout_timeouts_total")
-                       .Help("Checkouts that gave up after checkout_timeout_ms")
-                       .Register(registry);
-  auto& opened = BuildCounter()
-                     .Name("pgvalve_server_connections_opened_total")
-                     .Help("Server connections opened successfully")
-                     .Register(registry);
-  auto& closed = BuildCounter()
-                     .Name("pgvalve_server_connections_closed_total")
-                     .Help("Server connections closed (expired, recycled, broken or surplus)")
-                     .Register(registry);
-
-  auto& pinned = BuildGauge()
-                     .Name("pgvalve_pinned_clients")
-                     .Help(
-                         "Clients whose session state (advisory lock, temporary table, WITH HOLD "
-                         "cursor, SQL PREPARE, LISTEN in a transaction) pins a server to them")
-                     .Register(registry);
-  auto& max_wait = BuildGauge()
-                       .Name("pgvalve_pool_max_wait_seconds")
-                       .Help(
-                           "How long the oldest client still waiting for a server connection "
-                           "has waited (0 when none waits)")
-                       .Register(registry);
-  auto& handoffs = BuildCounter()
-                       .Name("pgvalve_pool_handoffs_total")
-                       .Help("Server connections moved to another worker for waiting clients")
-                       .Register(registry);
-
-  auto& evictions = BuildCounter()
-                        .Name("pgvalve_prepared_statement_evictions_total")
-                        .Help(
-                            "Prepared statements closed on a server to stay within "
-                            "pool.max_prepared_statements")
-                        .Register(registry);
-
+void pool_metrics(const Snapshot& snapshot, Families& f) {
+  const auto clients = f.family(
+      "pgvalve_client_connections",
+      "Clients logged in to a pool: active (served or idle) or waiting for a server connection",
+      MetricType::Gauge);
+  const auto servers = f.family("pgvalve_server_connections",
+                                "Server connections by state: idle (in the pool), active (lent "
+                                "to a client), login (being opened)",
+                                MetricType::Gauge);
+  const auto size =
+      f.family("pgvalve_pool_size", "Server connections that exist or are being opened, per pool",
+               MetricType::Gauge);
+  const auto checkouts = f.family("pgvalve_pool_checkouts_total",
+                                  "Server connections handed to clients", MetricType::Counter);
+  const auto waits =
+      f.family("pgvalve_pool_checkout_waits_total",
+               "Checkouts that had to queue for a server connection", MetricType::Counter);
+  const auto timeouts =
+      f.family("pgvalve_pool_checkout_timeouts_total",
+               "Checkouts that gave up after checkout_timeout_ms", MetricType::Counter);
+  const auto opened = f.family("pgvalve_server_connections_opened_total",
+                               "Server connections opened successfully", MetricType::Counter);
+  const auto closed = f.family("pgvalve_server_connections_closed_total",
+                               "Server connections closed (expired, recycled, broken or surplus)",
+                               MetricType::Counter);
+  const auto pinned = f.family("pgvalve_pinned_clients",
+                               "Clients whose session state (advisory lock, temporary table, "
+                               "WITH HOLD cursor, SQL PREPARE, LISTEN in a transaction) pins a "
+                               "server to them",
+                               MetricType::Gauge);
+  const auto max_wait = f.family("pgvalve_pool_max_wait_seconds",
+                                 "How long the oldest client still waiting for a server "
+                                 "connection has waited (0 when none waits)",
+                                 MetricType::Gauge);
+  const auto handoffs = f.family("pgvalve_pool_handoffs_total",
+                                 "Server connections moved to another worker for waiting clients",
+                                 MetricType::Counter);
+  const auto evictions =
+      f.family("pgvalve_prepared_statement_evictions_total",
+               "Prepared statements closed on a server to stay within pool.max_prepared_statements",
+               MetricType::Counter);
+  f.add(clients, {{"state", "active"}}, 0);
+  f.add(clients, {{"state", "waiting"}}, 0);
   for (const auto& p : snapshot.pools) {
     const auto& s = p.stats;
-    clients_active.Increment(std::max(0, p.clients - s.waiting));
-    clients_waiting.Increment(s.waiting);
-
+    f.add(clients, {{"state", "active"}}, std::max(0, p.clients - s.waiting));
+    f.add(clients, {{"state", "waiting"}}, s.waiting);
     const std::string host = p.key.host.to_string();
     HostPlace place;
     if (snapshot.config) place = place_of(*snapshot.config, p.key.database, p.key.host);
     if (place.role.empty()) place.role = "unknown";
     // No user label (DESIGN.md §6): pools of different users on one host add up.
-    auto server_labels = [&](const char* state) -> prometheus::Labels {
+    auto server_labels = [&](const char* state) -> Labels {
       return {{"database", p.key.database},
-              {"shard", place.shard},
               {"host", host},
               {"role", place.role},
+              {"shard", place.shard},
               {"state", state}};
     };
-    servers.Add(server_labels("idle")).Increment(s.checked_in);
-    servers.Add(server_labels("active")).Increment(s.checked_out);
-    servers.Add(server_labels("login")).Increment(s.opening);
-
-    const prometheus::Labels pool_labels{
-        {"database", p.key.database}, {"user", p.key.user}, {"host", host}};
-    pool_size.Add(pool_labels).Set(s.size);
-    // Counters start at 0 in this per-scrape registry: incrementing sets the pool's total.
-    checkouts.Add(pool_labels).Increment(static_cast<double>(s.total_checkouts));
-    waits.Add(pool_labels).Increment(static_cast<double>(s.total_waits));
-    timeouts.Add(pool_labels).Increment(static_cast<double>(s.total_timeouts));
-    opened.Add(pool_labels).Increment(static_cast<double>(s.total_created));
-    closed.Add(pool_labels).Increment(static_cast<double>(s.total_closed));
-    evictions.Add(pool_labels).Increment(static_cast<double>(s.total_statement_evictions));
-    pinned.Add(pool_labels).Set(s.pinned);
-    max_wait.Add(pool_labels).Set(static_cast<double>(s.max_wait_us) / 1e6);
-    handoffs.Add(pool_labels).Increment(static_cast<double>(s.total_handoffs));
+    f.add(servers, server_labels("idle"), s.checked_in);
+    f.add(servers, server_labels("active"), s.checked_out);
+    f.add(servers, server_labels("login"), s.opening);
+    const Labels pool{{"database", p.key.database}, {"host", host}, {"user", p.key.user}};
+    f.add(size, pool, s.size);
+    f.add(checkouts, pool, static_cast<double>(s.total_checkouts));
+    f.add(waits, pool, static_cast<double>(s.total_waits));
+    f.add(timeouts, pool, static_cast<double>(s.total_timeouts));
+    f.add(opened, pool, static_cast<double>(s.total_created));
+    f.add(closed, pool, static_cast<double>(s.total_closed));
+    f.add(evictions, pool, static_cast<double>(s.total_statement_evictions));
+    f.add(pinned, pool, s.pinned);
+    f.add(max_wait, pool, static_cast<double>(s.max_wait_us) / 1e6);
+    f.add(handoffs, pool, static_cast<double>(s.total_handoffs));
   }
+}
 
-  render_statement_metrics(snapshot, registry);
-  render_counter_metrics(snapshot, registry);
-  render_host_metrics(snapshot, registry);
-  return prometheus::TextSerializer().Serialize(registry.Collect());
+void statement_metrics(const Snapshot& snapshot, Families& f) {
+  const stats::Snapshot& st = snapshot.statements;
+  const auto queries = f.family("pgvalve_queries_total",
+                                "Statements run for clients (a simple query string or an "
+                                "Execute), by database, shard, role of the host and kind (from "
+                                "the command tag)",
+                                MetricType::Counter);
+  for (const auto& q : st.queries_by_label) {
+    f.add(queries,
+          {{"database", q.database},
+           {"kind", std::string(stats::kind_name(q.kind))},
+           {"role", q.replica ? "replica" : "primary"},
+           {"shard", shard_name(snapshot.config.get(), q.database, q.shard)}},
+          static_cast<double>(q.queries));
+  }
+  const auto transactions =
+      f.family("pgvalve_transactions_total",
+               "Client transactions ended (an autocommit statement is one)", MetricType::Counter);
+  const auto durations =
+      f.family("pgvalve_query_duration_seconds",
+               "Time from sending a statement to the server until its last answer arrived",
+               MetricType::Histogram);
+  for (const auto& d : st.databases) {
+    f.add(transactions, {{"database", d.database}}, static_cast<double>(d.transactions));
+    f.histogram(durations, {{"database", d.database}}, stats::kDurationBounds, d.duration_counts,
+                d.duration_sum_seconds);
+  }
+  const auto errors = f.family("pgvalve_errors_total",
+                               "Statements that ended in an error, by SQLSTATE class (first two "
+                               "characters: 23 integrity, 40 rollback, 57 operator "
+                               "intervention, ...)",
+                               MetricType::Counter);
+  for (const auto& e : st.errors) {
+    f.add(errors, {{"sqlstate_class", std::string(e.sqlstate_class, 2)}},
+          static_cast<double>(e.errors));
+  }
+  f.add(f.family("pgvalve_slow_queries_total", "Statements slower than stats.slow_query_ms",
+                 MetricType::Counter),
+        {}, static_cast<double>(st.slow_total));
+  f.add(f.family("pgvalve_query_fingerprints_evicted_total",
+                 "Statement shapes dropped from SHOW QUERIES to stay within "
+                 "stats.max_fingerprints",
+                 MetricType::Counter),
+        {}, static_cast<double>(st.evictions));
+}
+
+void counter_metrics(const Snapshot& snapshot, Families& f) {
+  const stats::CounterTotals& c = snapshot.counters;
+  const auto bytes =
+      f.family("pgvalve_bytes_total", "PostgreSQL protocol bytes from and to clients (after TLS)",
+               MetricType::Counter);
+  f.add(bytes, {{"direction", "received"}}, static_cast<double>(c.bytes_received));
+  f.add(bytes, {{"direction", "sent"}}, static_cast<double>(c.bytes_sent));
+  f.histogram(f.family("pgvalve_pool_checkout_wait_seconds",
+                       "How long a request waited for a server connection (checkout, pause, "
+                       "failover hold), counted when it got one or gave up",
+                       MetricType::Histogram),
+              {}, stats::kCheckoutWaitBounds, c.checkout_waits,
+              static_cast<double>(c.checkout_wait_micros) / 1e6);
+}
+
+void host_metrics(const Snapshot& snapshot, Families& f) {
+  const auto up = f.family("pgvalve_host_up", "1 when the host's last health checks passed, else 0",
+                           MetricType::Gauge);
+  const auto lag = f.family("pgvalve_replica_lag_seconds",
+                            "How far a replica's replay is behind the primary (only while known)",
+                            MetricType::Gauge);
+  // A shard has a primary when one of its hosts takes writes now (what /ready checks).
+  const auto primary_up =
+      f.family("pgvalve_shard_primary_up", "1 when a host of the shard takes writes now, else 0",
+               MetricType::Gauge);
+  for (const HostRow& h : snapshot.hosts) {
+    const std::string host = h.host.to_string();
+    f.add(up,
+          {{"database", h.database},
+           {"host", host},
+           {"role", std::string(health::role_name(h.role))},
+           {"shard", h.shard}},
+          h.checked && h.up ? 1 : 0);
+    if (h.role == health::Role::Replica && h.lag_ms >= 0) {
+      f.add(lag, {{"database", h.database}, {"host", host}, {"shard", h.shard}},
+            static_cast<double>(h.lag_ms) / 1000.0);
+    }
+    // Summing 0s and 1s per shard: any writable host makes it 1 (set to at most 1 below).
+    f.add(primary_up, {{"database", h.database}, {"shard", h.shard}}, h.writable ? 1 : 0);
+  }
+  f.add(f.family("pgvalve_failovers_total",
+                 "Times a shard's writes moved to another host (followed, promoted, switched "
+                 "over)",
+                 MetricType::Counter),
+        {}, static_cast<double>(snapshot.failovers));
+}
+
+}  // namespace
+
+std::vector<prometheus::MetricFamily> collect_metrics(const Snapshot& snapshot) {
+  Families f;
+  f.add(f.family("pgvalve_build_info", "Always 1; the labels say which pgvalve is running",
+                 MetricType::Gauge),
+        {{"version", PGVALVE_VERSION}}, 1);
+  f.add(f.family("pgvalve_client_connections_open",
+                 "Client connections open, including ones still logging in and admin console "
+                 "sessions (what max_client_connections limits)",
+                 MetricType::Gauge),
+        {}, snapshot.client_connections);
+  pool_metrics(snapshot, f);
+  statement_metrics(snapshot, f);
+  counter_metrics(snapshot, f);
+  host_metrics(snapshot, f);
+  auto families = f.take();
+  for (auto& family : families) {
+    if (family.name != "pgvalve_shard_primary_up") continue;
+    for (auto& m : family.metric)
+      m.gauge.value = m.gauge.value > 0 ? 1 : 0;
+  }
+  return families;
+}
+
+std::vector<prometheus::MetricFamily> MetricsCollectable::Collect() const {
+  return collect_metrics(take_snapshot(app_));
+}
+
+std::string render_metrics(const Snapshot& snapshot) {
+  return prometheus::TextSerializer().Serialize(collect_metrics(snapshot));
 }
 
 }  // namespace pgvalve::proxy

@@ -7,6 +7,9 @@
 #include <string_view>
 #include <vector>
 
+#include <prometheus/collectable.h>
+#include <prometheus/metric_family.h>
+
 #include "config/config.h"
 #include "pool/server_pool.h"
 #include "proxy/health_checker.h"
@@ -44,6 +47,20 @@ struct HostPlace {
 };
 HostPlace place_of(const config::Config& config, std::string_view database,
                    const config::Endpoint& host);
+
+// The metric families of a snapshot, built directly (no registry kept or rebuilt per scrape).
+std::vector<prometheus::MetricFamily> collect_metrics(const Snapshot& snapshot);
+
+// pgvalve's metrics as a prometheus-cpp Collectable: a snapshot of the live figures (summed
+// over the workers) per Collect().
+class MetricsCollectable final : public prometheus::Collectable {
+ public:
+  explicit MetricsCollectable(App& app) : app_(app) {}
+  std::vector<prometheus::MetricFamily> Collect() const override;
+
+ private:
+  App& app_;
+};
 
 // Prometheus text exposition format 0.0.4.
 std::string render_metrics(const Snapshot& snapshot);
