@@ -193,8 +193,7 @@ std::string shard_names(App& app, std::uint64_t shards) {
   return out;
 }
 
-void show_queries(App& app, std::string& out) {
-  const stats::Snapshot snap = app.query_stats();
+void show_queries(App& app, const stats::Snapshot& snap, std::string& out) {
   std::vector<Row> rows;
   for (const auto& q : snap.queries) {
     const double calls = static_cast<double>(q.calls);
@@ -217,8 +216,7 @@ void show_queries(App& app, std::string& out) {
                 rows);
 }
 
-void show_slow_queries(App& app, std::string& out) {
-  const stats::Snapshot snap = app.query_stats();
+void show_slow_queries(App& app, const stats::Snapshot& snap, std::string& out) {
   const auto config = app.config();
   std::vector<Row> rows;
   for (const auto& s : snap.slow) {
@@ -267,9 +265,9 @@ std::string command_list() {
   return out;
 }
 
-void show_stats(App& app, std::string& out) {
+void show_stats(const std::vector<App::DatabaseStats>& stats, std::string& out) {
   std::vector<Row> rows;
-  for (const auto& d : app.database_stats()) {
+  for (const auto& d : stats) {
     const auto avg = [](std::uint64_t total, std::uint64_t n) {
       return std::to_string(n ? total / n : 0);
     };
@@ -293,9 +291,8 @@ void show_help(std::string& out) {
   append_result(out, {"command", "description"}, rows);
 }
 
-void show_shards(App& app, std::string& out) {
+void show_shards(App& app, const stats::Snapshot& snap, std::string& out) {
   const auto config = app.config();
-  const stats::Snapshot snap = app.query_stats();
   const auto hosts = app.hosts();
   std::vector<Row> rows;
   for (const auto& db : config->databases) {
@@ -403,6 +400,23 @@ void show_connections(const std::vector<ConnectionRow>& all, char type, std::str
                 rows);
 }
 
+// SHOW QUERIES / SLOW_QUERIES / SHARDS / STATS: the figures are gathered on the worker threads.
+boost::asio::awaitable<void> answer_statistics(App& app, std::string command, std::string& out) {
+  if (command == "STATS") {
+    std::vector<App::DatabaseStats> per_database = co_await app.database_stats();
+    show_stats(per_database, out);
+    co_return;
+  }
+  stats::Snapshot snapshot = co_await app.query_stats();
+  if (command == "QUERIES") {
+    show_queries(app, snapshot, out);
+  } else if (command == "SLOW_QUERIES") {
+    show_slow_queries(app, snapshot, out);
+  } else {
+    show_shards(app, snapshot, out);
+  }
+}
+
 // Runs a drill on the control thread and waits for its outcome here.
 boost::asio::awaitable<DrillResult> await_drill(
     Stream& client, const std::function<void(HealthChecker::DrillDone)>& start) {
@@ -499,19 +513,19 @@ boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, sessi
       } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "HOSTS") {
         show_hosts(app, out);
       } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "QUERIES") {
-        show_queries(app, out);
+        co_await answer_statistics(app, words[1], out);
       } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "SLOW_QUERIES") {
-        show_slow_queries(app, out);
+        co_await answer_statistics(app, words[1], out);
       } else if (words.size() == 2 && words[0] == "SHOW" &&
                  (words[1] == "CLIENTS" || words[1] == "SERVERS")) {
         const auto rows = co_await collect_connections(app, client);
         show_connections(rows, words[1] == "CLIENTS" ? 'C' : 'S', out);
       } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "STATS") {
-        show_stats(app, out);
+        co_await answer_statistics(app, words[1], out);
       } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "HELP") {
         show_help(out);
       } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "SHARDS") {
-        show_shards(app, out);
+        co_await answer_statistics(app, words[1], out);
       } else if ((words[0] == "PAUSE" || words[0] == "RESUME") && words.size() <= 2) {
         const std::string database = words.size() == 2 ? raw_words(sql)[1] : "";
         if (!database.empty() && !app.config()->find_database(database)) {
@@ -535,7 +549,7 @@ boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, sessi
         app.shutdown();
         pr::append_command_complete(out, "SHUTDOWN");
       } else if (words.size() == 2 && words[0] == "RESET" && words[1] == "QUERIES") {
-        app.reset_query_stats();
+        co_await app.reset_query_stats();
         pr::append_command_complete(out, "RESET");
       } else if (!words.empty() && (words[0] == "SWITCHOVER" || words[0] == "FAILOVER")) {
         // Names as written (databases and shards are case-sensitive), after the command word.

@@ -129,12 +129,25 @@ void App::set_topology(std::shared_ptr<const Topology> topology) {
   topology_generation_.store(generation, std::memory_order_release);
 }
 
-stats::Snapshot App::query_stats() const {
-  std::vector<const stats::QueryStats*> all;
-  for (const auto& w : workers_)
-    all.push_back(&w->query_stats);
-  return stats::QueryStats::snapshot(all,
-                                     static_cast<std::size_t>(config()->stats.max_fingerprints));
+asio::awaitable<stats::Snapshot> App::query_stats() {
+  struct Gathered {
+    std::mutex mutex;
+    std::unordered_map<std::uint64_t, stats::QueryFigures> all;
+    stats::Snapshot totals;
+  };
+  auto gathered = std::make_shared<Gathered>();
+  const auto gather = [gathered](Worker& w) {
+    std::lock_guard lock(gathered->mutex);  // the readers' lock: the hot path never takes it
+    w.query_stats.collect(gathered->all, gathered->totals);
+  };
+  co_await on_every_worker(gather);
+  stats::Snapshot out;
+  {
+    std::lock_guard lock(gathered->mutex);
+    out = stats::QueryStats::finish(std::move(gathered->all), std::move(gathered->totals),
+                                    static_cast<std::size_t>(config()->stats.max_fingerprints));
+  }
+  co_return out;
 }
 
 stats::CounterTotals App::counter_totals() const {
@@ -144,7 +157,7 @@ stats::CounterTotals App::counter_totals() const {
   return t;
 }
 
-std::vector<App::DatabaseStats> App::database_stats() const {
+asio::awaitable<std::vector<App::DatabaseStats>> App::database_stats() {
   std::vector<DatabaseStats> out;
   auto row = [&](const std::string& database) -> DatabaseStats& {
     for (auto& r : out) {
@@ -153,7 +166,7 @@ std::vector<App::DatabaseStats> App::database_stats() const {
     out.push_back({database});
     return out.back();
   };
-  const stats::Snapshot snap = query_stats();
+  const stats::Snapshot snap = co_await query_stats();
   for (const auto& d : snap.databases) {
     auto& r = row(d.database);
     r.transactions += d.transactions;
@@ -172,12 +185,12 @@ std::vector<App::DatabaseStats> App::database_stats() const {
   }
   std::sort(out.begin(), out.end(),
             [](const DatabaseStats& a, const DatabaseStats& b) { return a.database < b.database; });
-  return out;
+  co_return out;
 }
 
-void App::reset_query_stats() {
-  for (auto& w : workers_)
-    w->query_stats.reset();
+asio::awaitable<void> App::reset_query_stats() {
+  const auto reset = [](Worker& w) { w.query_stats.reset(); };
+  co_await on_every_worker(reset);
 }
 
 std::vector<HostRow> App::hosts() const {
@@ -436,8 +449,10 @@ bool App::reload() {
   message_memory_.set_limit(next->limits.message_memory_bytes);
   for (auto& pool : pools())
     pool->update_settings(next->pool);
-  for (auto& w : workers_)
-    w->query_stats.set_limits(stats_limits(*next));
+  for (auto& w : workers_) {
+    asio::post(w->context,
+               [w = w.get(), limits = stats_limits(*next)] { w->query_stats.set_limits(limits); });
+  }
   // The hosts to check and route to; the checker lives on the control thread.
   asio::post(control_, [this, next] {
     if (health_) set_topology(health_->configure(next));

@@ -13,10 +13,16 @@
 #include <unordered_map>
 #include <vector>
 
+#include <utility>  // Boost 1.74 awaitable.hpp needs std::exchange
+
+#include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
 
 #include "admission/admission.h"
 #include "config/config.h"
@@ -124,8 +130,16 @@ class App : public pool::Handoff {
   // SHOW HOSTS, /status.
   std::vector<HostRow> hosts() const;
   std::uint64_t failovers() const { return health_ ? health_->failovers() : 0; }
-  // Every worker's statement statistics, summed (SHOW QUERIES, SHOW SLOW_QUERIES).
-  stats::Snapshot query_stats() const;
+  // Runs `f(worker)` on every worker's thread (what only that thread may touch: its sessions,
+  // its statement statistics, its idle server connections) and waits for them here, at most
+  // 2 s (a worker that no longer runs answers nothing; `f` keeps what it uses alive itself).
+  // From a coroutine on any thread, a worker's included. `f` is taken by reference and must be
+  // a named object of the caller's (GCC 12 destroys a temporary passed by value to a coroutine
+  // twice).
+  template <typename F>
+  asio::awaitable<void> on_every_worker(const F& f);
+  // Every worker's statement statistics, summed (SHOW QUERIES, SLOW_QUERIES, /metrics).
+  asio::awaitable<stats::Snapshot> query_stats();
   stats::CounterTotals counter_totals() const;
   // SHOW STATS: one row per database seen, every worker's figures summed.
   struct DatabaseStats {
@@ -134,8 +148,8 @@ class App : public pool::Handoff {
     std::uint64_t queries = 0, query_micros = 0;
     std::uint64_t bytes_received = 0, bytes_sent = 0, wait_micros = 0;
   };
-  std::vector<DatabaseStats> database_stats() const;
-  void reset_query_stats();
+  asio::awaitable<std::vector<DatabaseStats>> database_stats();
+  asio::awaitable<void> reset_query_stats();
   // A session could not reach `host`: no reads there until a check finds it healthy.
   void report_unreachable(const config::Endpoint& host);
   // SWITCHOVER / FAILOVER from the admin console, run on the control thread; `done` is called
@@ -238,5 +252,22 @@ class App : public pool::Handoff {
   void set_topology(std::shared_ptr<const Topology> topology);
   void retire_pools_not_in(const config::Config& next);
 };
+
+template <typename F>
+asio::awaitable<void> App::on_every_worker(const F& f) {
+  auto left = std::make_shared<std::atomic<int>>(worker_count());
+  for (auto& w : workers_) {
+    asio::post(w->context, [f, left, worker = w.get()]() mutable {
+      f(*worker);
+      left->fetch_sub(1, std::memory_order_acq_rel);
+    });
+  }
+  const auto executor = co_await asio::this_coro::executor;
+  asio::steady_timer timer(executor);
+  for (int waited = 0; waited < 1000 && left->load(std::memory_order_acquire) > 0; ++waited) {
+    timer.expires_after(std::chrono::milliseconds(2));
+    co_await timer.async_wait(asio::use_awaitable);
+  }
+}
 
 }  // namespace pgvalve::proxy

@@ -10,6 +10,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include <prometheus/text_serializer.h>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/address.hpp>
@@ -264,7 +265,7 @@ asio::awaitable<void> run_probe(std::shared_ptr<State> st, config::Endpoint targ
 asio::awaitable<Response> ready(std::shared_ptr<State> st, unsigned version) {
   if (st->app.draining()) co_return text(version, http::status::service_unavailable, "draining\n");
 
-  const Snapshot snap = take_snapshot(st->app);
+  const Snapshot snap = co_await take_snapshot(st->app);
   struct Check {
     std::string where;  // "database/shard primary host:port"
     std::string key;    // host:port
@@ -393,11 +394,13 @@ asio::awaitable<Response> respond(std::shared_ptr<State> st, const Request& req)
   if (path == "/health") co_return text(version, http::status::ok, "ok\n");
   if (path == "/ready") co_return co_await ready(st, version);
   if (path == "/status") {
-    co_return make_response(version, http::status::ok, "application/json",
-                            status_json(take_snapshot(st->app)));
+    const Snapshot for_status = co_await take_snapshot(st->app);
+    co_return make_response(version, http::status::ok, "application/json", status_json(for_status));
   }
-  co_return make_response(version, http::status::ok, kMetricsContentType,
-                          render_metrics(take_snapshot(st->app)));
+  const Snapshot for_metrics = co_await take_snapshot(st->app);
+  co_return make_response(
+      version, http::status::ok, kMetricsContentType,
+      prometheus::TextSerializer().Serialize(MetricsCollectable(for_metrics).Collect()));
 }
 
 bool is_request_error(const error_code& ec) {

@@ -10,7 +10,7 @@
 
 namespace pgvalve::proxy {
 
-Snapshot take_snapshot(App& app) {
+boost::asio::awaitable<Snapshot> take_snapshot(App& app) {
   Snapshot s;
   s.config = app.config();
   s.client_connections = app.open_sockets();
@@ -22,11 +22,11 @@ Snapshot take_snapshot(App& app) {
     return std::tie(a.key.database, a.key.user, a.key.host.host, a.key.host.port) <
            std::tie(b.key.database, b.key.user, b.key.host.host, b.key.host.port);
   });
-  s.statements = app.query_stats();
+  s.statements = co_await app.query_stats();
   s.hosts = app.hosts();
   s.failovers = app.failovers();
   s.counters = app.counter_totals();
-  return s;
+  co_return s;
 }
 
 HostPlace place_of(const config::Config& config, std::string_view database,
@@ -303,7 +303,7 @@ std::vector<prometheus::MetricFamily> collect_metrics(const Snapshot& snapshot) 
 }
 
 std::vector<prometheus::MetricFamily> MetricsCollectable::Collect() const {
-  return collect_metrics(take_snapshot(app_));
+  return collect_metrics(snapshot_);
 }
 
 std::string render_metrics(const Snapshot& snapshot) {

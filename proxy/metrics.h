@@ -7,8 +7,11 @@
 #include <string_view>
 #include <vector>
 
+#include <utility>  // Boost 1.74 awaitable.hpp needs std::exchange
+
 #include <prometheus/collectable.h>
 #include <prometheus/metric_family.h>
+#include <boost/asio/awaitable.hpp>
 
 #include "config/config.h"
 #include "pool/server_pool.h"
@@ -37,7 +40,8 @@ struct Snapshot {
   stats::CounterTotals counters;  // bytes, checkout waits (every worker's, summed)
 };
 
-Snapshot take_snapshot(App& app);
+// Every figure at once; the statement statistics are gathered on the worker threads.
+boost::asio::awaitable<Snapshot> take_snapshot(App& app);
 
 // Where a host sits in a database's shards: the shard's name and "primary" or "replica".
 // Empty strings when the host is not (or no longer) in the configuration.
@@ -51,15 +55,15 @@ HostPlace place_of(const config::Config& config, std::string_view database,
 // The metric families of a snapshot, built directly (no registry kept or rebuilt per scrape).
 std::vector<prometheus::MetricFamily> collect_metrics(const Snapshot& snapshot);
 
-// pgvalve's metrics as a prometheus-cpp Collectable: a snapshot of the live figures (summed
-// over the workers) per Collect().
+// pgvalve's metrics as a prometheus-cpp Collectable over one snapshot of the live figures
+// (summed over the workers when it was taken).
 class MetricsCollectable final : public prometheus::Collectable {
  public:
-  explicit MetricsCollectable(App& app) : app_(app) {}
+  explicit MetricsCollectable(Snapshot snapshot) : snapshot_(std::move(snapshot)) {}
   std::vector<prometheus::MetricFamily> Collect() const override;
 
  private:
-  App& app_;
+  Snapshot snapshot_;
 };
 
 // Prometheus text exposition format 0.0.4.

@@ -1,9 +1,11 @@
 #include "proxy/slow_query_explainer.h"
 
+#include <mutex>
 #include <set>
 #include <string>
 #include <vector>
 
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -29,10 +31,24 @@ boost::asio::awaitable<void> SlowQueryExplainer::run() {
     boost::system::error_code ec;
     co_await timer.async_wait(await_ec(ec));
     if (ec || app_.draining()) co_return;
+    // Each worker's statistics are its own thread's: the requests are taken there.
+    struct Taken {
+      std::mutex mutex;
+      std::vector<stats::ExplainRequest> requests;
+    };
+    auto taken = std::make_shared<Taken>();
+    const auto take = [taken](Worker& w) {
+      auto mine = w.query_stats.take_explain_requests();
+      std::lock_guard lock(taken->mutex);
+      for (auto& r : mine)
+        taken->requests.push_back(std::move(r));
+    };
+    co_await app_.on_every_worker(take);
     std::vector<stats::ExplainRequest> requests;
     std::set<std::uint64_t> seen;
-    for (int i = 0; i < app_.worker_count(); ++i) {
-      for (auto& r : app_.worker(i).query_stats.take_explain_requests()) {
+    {
+      std::lock_guard lock(taken->mutex);
+      for (auto& r : taken->requests) {
         if (seen.insert(r.fingerprint).second) requests.push_back(std::move(r));
       }
     }
@@ -85,8 +101,12 @@ boost::asio::awaitable<void> SlowQueryExplainer::explain(const stats::ExplainReq
       error = q.error.empty() ? "no plan" : q.error;
     }
   }
-  for (int i = 0; i < app_.worker_count(); ++i)
-    app_.worker(i).query_stats.set_advice(r.fingerprint, advice);
+  for (int i = 0; i < app_.worker_count(); ++i) {
+    Worker& w = app_.worker(i);
+    boost::asio::post(w.context, [&w, fingerprint = r.fingerprint, advice] {
+      w.query_stats.set_advice(fingerprint, advice);
+    });
+  }
   char fingerprint[17];
   std::snprintf(fingerprint, sizeof fingerprint, "%016llx",
                 static_cast<unsigned long long>(r.fingerprint));

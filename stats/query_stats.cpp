@@ -77,27 +77,22 @@ constexpr std::size_t kMaxExplainedBytes = 16384;
 }  // namespace
 
 void QueryStats::prepare(std::uint64_t fingerprint, std::string_view sql, const ClientLabels& who) {
-  {
-    std::lock_guard lock(mutex_);
-    if (limits_.max_fingerprints == 0) return;
-    if (auto it = index_.find(fingerprint); it != index_.end()) {
-      QueryFigures& f = entries_[it->second];
-      if (f.explain == QueryFigures::Explain::Wanted) {
-        // A slow SELECT seen again: this execution's text is EXPLAINed (once per shape).
-        if (has_parameters(sql) || sql.size() > kMaxExplainedBytes || !who.database || !who.user) {
-          f.explain = QueryFigures::Explain::Done;
-        } else {
-          f.explain = QueryFigures::Explain::Requested;
-          explain_requests_.push_back({fingerprint, std::string(sql), *who.database, *who.user});
-        }
+  if (limits_.max_fingerprints == 0) return;
+  if (auto it = index_.find(fingerprint); it != index_.end()) {
+    QueryFigures& f = entries_[it->second];
+    if (f.explain == QueryFigures::Explain::Wanted) {
+      // A slow SELECT seen again: this execution's text is EXPLAINed (once per shape).
+      if (has_parameters(sql) || sql.size() > kMaxExplainedBytes || !who.database || !who.user) {
+        f.explain = QueryFigures::Explain::Done;
+      } else {
+        f.explain = QueryFigures::Explain::Requested;
+        explain_requests_.push_back({fingerprint, std::string(sql), *who.database, *who.user});
       }
-      return;
     }
+    return;
   }
-  // Normalising parses the statement: outside the lock, once per new shape.
+  // A new shape: its text is normalised by PostgreSQL's parser, once.
   std::string text = normalized_text(sql);
-  std::lock_guard lock(mutex_);
-  if (index_.contains(fingerprint)) return;
   while (entries_.size() >= limits_.max_fingerprints)
     evict_one();
   QueryFigures& f = entries_.emplace_back();
@@ -170,7 +165,6 @@ DatabaseTotals& QueryStats::database_totals(const std::string& database) {
 
 void QueryStats::count_transaction(const ClientLabels& who, std::uint64_t micros) {
   static const std::string kNone;
-  std::lock_guard lock(mutex_);
   DatabaseTotals& d = database_totals(who.database ? *who.database : kNone);
   ++d.transactions;
   d.transaction_micros += micros;
@@ -179,7 +173,6 @@ void QueryStats::count_transaction(const ClientLabels& who, std::uint64_t micros
 void QueryStats::record(const Execution& e, const ClientLabels& who) {
   static const std::string kNone;
   const std::string& database = who.database ? *who.database : kNone;
-  std::lock_guard lock(mutex_);
   // Totals for /metrics: every execution, tracked fingerprint or not.
   {
     QueryTotals* t = nullptr;
@@ -266,7 +259,6 @@ void QueryStats::record(const Execution& e, const ClientLabels& who) {
 
 void QueryStats::collect(std::unordered_map<std::uint64_t, QueryFigures>& into,
                          Snapshot& totals) const {
-  std::lock_guard lock(mutex_);
   for (const auto& f : entries_) {
     if (f.calls == 0) continue;
     into[f.fingerprint].merge(f);
@@ -315,12 +307,10 @@ void QueryStats::collect(std::unordered_map<std::uint64_t, QueryFigures>& into,
 }
 
 std::vector<ExplainRequest> QueryStats::take_explain_requests() {
-  std::lock_guard lock(mutex_);
   return std::exchange(explain_requests_, {});
 }
 
 void QueryStats::set_advice(std::uint64_t fingerprint, const std::string& advice) {
-  std::lock_guard lock(mutex_);
   if (auto it = index_.find(fingerprint); it != index_.end()) {
     QueryFigures& f = entries_[it->second];
     f.advice = advice;
@@ -332,7 +322,6 @@ void QueryStats::set_advice(std::uint64_t fingerprint, const std::string& advice
 }
 
 void QueryStats::reset() {
-  std::lock_guard lock(mutex_);
   entries_.clear();
   index_.clear();
   slow_.clear();
@@ -341,7 +330,6 @@ void QueryStats::reset() {
 }
 
 void QueryStats::set_limits(const Limits& limits) {
-  std::lock_guard lock(mutex_);
   limits_ = limits;
   while (entries_.size() > limits_.max_fingerprints)
     evict_one();
@@ -353,10 +341,16 @@ void QueryStats::set_limits(const Limits& limits) {
 
 Snapshot QueryStats::snapshot(const std::vector<const QueryStats*>& workers,
                               std::size_t max_fingerprints) {
-  Snapshot out;
+  Snapshot totals;
   std::unordered_map<std::uint64_t, QueryFigures> all;
   for (const QueryStats* w : workers)
-    w->collect(all, out);
+    w->collect(all, totals);
+  return finish(std::move(all), std::move(totals), max_fingerprints);
+}
+
+Snapshot QueryStats::finish(std::unordered_map<std::uint64_t, QueryFigures>&& all,
+                            Snapshot&& totals, std::size_t max_fingerprints) {
+  Snapshot out = std::move(totals);
   out.queries.reserve(all.size());
   for (auto& [fp, f] : all)
     out.queries.push_back(std::move(f));

@@ -1,7 +1,7 @@
 // Statistics per statement shape (fingerprint), kept per worker thread: calls, rows, errors,
 // durations (total, min, max and a histogram for percentiles), where they ran; and a ring of
-// slow executions. The hot path takes only this worker's own lock, which nothing else holds
-// except a snapshot (SHOW QUERIES, /metrics) summing the workers. Bounded: at most
+// slow executions. Owned by one worker thread: every call, readers' collect() included, runs on
+// that thread (the proxy posts them there), so the hot path takes no lock at all. Bounded: at most
 // `max_fingerprints` shapes (the least called of a few sampled is evicted for a new one, and
 // counted) and `slow_samples` slow executions.
 #pragma once
@@ -10,7 +10,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <iterator>
-#include <mutex>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -166,8 +165,11 @@ class QueryStats {
   void reset();
   void set_limits(const Limits& limits);
 
-  // Sums `workers` into one snapshot (queries by total time, slow ones newest first), at most
+  // Orders what collect() gathered (queries by total time, slow ones newest first), at most
   // `max_fingerprints` queries.
+  static Snapshot finish(std::unordered_map<std::uint64_t, QueryFigures>&& all, Snapshot&& totals,
+                         std::size_t max_fingerprints);
+  // collect() of each of `workers` then finish(), on one thread (tests, single-threaded use).
   static Snapshot snapshot(const std::vector<const QueryStats*>& workers,
                            std::size_t max_fingerprints);
 
@@ -180,7 +182,6 @@ class QueryStats {
   void evict_one();
   DatabaseTotals& database_totals(const std::string& database);
 
-  mutable std::mutex mutex_;
   Limits limits_;
   std::vector<QueryFigures> entries_;
   std::unordered_map<std::uint64_t, std::uint32_t> index_;  // fingerprint -> entries_ position
