@@ -419,6 +419,8 @@ PoolStats ServerPool::stats(Clock::time_point now) const {
   s.overflow = std::max(0, s.size - pool_size);
   s.pinned = pinned_.load(std::memory_order_relaxed);
   s.total_statement_evictions = evictions_.load(std::memory_order_relaxed);
+  s.testing = testing_.load(std::memory_order_relaxed);
+  s.total_invalid = invalid_.load(std::memory_order_relaxed);
   if (oldest != 0) s.max_wait_us = std::max<std::int64_t>(0, (to_ns(now) - oldest) / 1000);
   return s;
 }

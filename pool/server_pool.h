@@ -96,6 +96,8 @@ struct PoolStats {
   std::uint64_t total_handoffs = 0;  // connections moved to another worker
   std::int64_t max_wait_us = 0;      // longest current wait
   std::uint64_t total_statement_evictions = 0;
+  int testing = 0;                  // idle connections being checked (pre_ping) before a lend
+  std::uint64_t total_invalid = 0;  // connections found dead when about to be lent
 };
 
 struct PoolKey {
@@ -154,6 +156,11 @@ class ServerPool : public std::enable_shared_from_this<ServerPool> {
   void client_unpinned() { pinned_.fetch_sub(1, std::memory_order_relaxed); }
   // A prepared statement was closed on a server to keep max_prepared_statements.
   void note_statement_eviction() { evictions_.fetch_add(1, std::memory_order_relaxed); }
+  // pre_ping checks and connections found dead when about to be lent (SHOW POOLS sv_tested,
+  // invalid).
+  void testing_started() { testing_.fetch_add(1, std::memory_order_relaxed); }
+  void testing_ended() { testing_.fetch_sub(1, std::memory_order_relaxed); }
+  void note_invalid() { invalid_.fetch_add(1, std::memory_order_relaxed); }
 
   // The host left the configuration (a reload): connections coming back are closed, idle ones
   // at the next collect_expired(); nothing new is lent. Thread-safe.
@@ -253,6 +260,8 @@ class ServerPool : public std::enable_shared_from_this<ServerPool> {
   std::atomic<int> clients_{0};
   std::atomic<int> pinned_{0};
   std::atomic<std::uint64_t> evictions_{0};
+  std::atomic<int> testing_{0};
+  std::atomic<std::uint64_t> invalid_{0};
   std::atomic<bool> retired_{false};
 };
 

@@ -67,7 +67,8 @@ std::vector<std::string> words_of(std::string_view sql) {
   return words;
 }
 
-void show_pools(App& app, std::string& out) {
+void show_pools(App& app, const std::vector<ClientSession::ConnectionRow>& connections,
+                std::string& out) {
   std::vector<Row> rows;
   const auto config = app.config();
   const auto mode = config::to_string(config->pool.mode);
@@ -87,6 +88,20 @@ void show_pools(App& app, std::string& out) {
       }
     }
     const int clients = pool->clients();
+    // sv_used: idle connections pre_ping will check before their next lend (idle at least
+    // pre_ping_idle_s); none without pre_ping.
+    int needs_test = 0;
+    const auto settings = pool->settings();
+    if (settings.pre_ping) {
+      const auto limit =
+          std::chrono::system_clock::now() - std::chrono::seconds(settings.pre_ping_idle_s);
+      for (const auto& c : connections) {
+        if (c.type == 'S' && c.state == "idle" && c.database == key.database &&
+            c.user == key.user && c.host == key.host.to_string() && c.request_time <= limit) {
+          ++needs_test;
+        }
+      }
+    }
     rows.push_back({key.database,
                     key.user,
                     shard,
@@ -96,8 +111,8 @@ void show_pools(App& app, std::string& out) {
                     std::to_string(s.waiting),
                     std::to_string(s.checked_out),
                     std::to_string(s.checked_in),
-                    "0",
-                    "0",
+                    std::to_string(needs_test),
+                    std::to_string(s.testing),
                     std::to_string(s.opening),
                     std::to_string(s.max_wait_us),
                     mode,
@@ -105,7 +120,7 @@ void show_pools(App& app, std::string& out) {
                     std::to_string(s.checked_in),
                     std::to_string(s.checked_out),
                     std::to_string(s.overflow),
-                    "0",
+                    std::to_string(s.total_invalid),
                     std::to_string(s.pinned)});
   }
   append_result(out, {"database",   "user",        "shard",      "host",      "role",
@@ -505,7 +520,9 @@ boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, sessi
       if (words.empty()) {
         pr::append_empty_query_response(out);
       } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "POOLS") {
-        show_pools(app, out);
+        const std::vector<ConnectionRow> pool_connections =
+            co_await collect_connections(app, client);
+        show_pools(app, pool_connections, out);
       } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "CONFIG") {
         show_config(app, out);
       } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "VERSION") {

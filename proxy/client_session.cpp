@@ -536,6 +536,7 @@ std::unique_ptr<ServerConnection> ClientSession::usable(std::unique_ptr<pool::Co
   }
   if (now() - server->last_used_at >= kPeekIdleAfter && !server->idle_and_open()) {
     PGV_LOG(Info, "server_gone_while_idle", {"server", server->id}, {"host", server->state.name});
+    pool.note_invalid();
     pool.discard(worker_.index, std::move(server));
     return nullptr;
   }
@@ -900,8 +901,12 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::acquire(
         now() - server->last_used_at >= std::chrono::seconds(settings.pre_ping_idle_s)) {
       ServerFailure ping_failure;
       Deadline ping_deadline(server->stream, 2s);
-      if (!co_await server->run_query("", ping_failure)) {
+      pool->testing_started();
+      const bool alive = co_await server->run_query("", ping_failure);
+      pool->testing_ended();
+      if (!alive) {
         PGV_LOG(Info, "server_pre_ping_failed", {"server", server->id});
+        pool->note_invalid();
         pool->discard(worker_.index, std::move(server));
       }
     }

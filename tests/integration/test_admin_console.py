@@ -161,3 +161,25 @@ def test_show_stats_sums_a_known_workload_per_database(pgvalve):
     assert figures["total_wait_time"] >= 0
     assert figures["avg_query_time"] == figures["total_query_time"] // 14
     assert figures["avg_xact_time"] == figures["total_xact_time"] // 11
+
+
+def test_show_pools_counts_connections_to_test_and_found_dead(pgvalve, cluster):
+    import time as _time
+    pv = pgvalve(users=APP_AND_OPS, pool_size=2, pre_ping=True, pre_ping_idle_s=1)
+    with pv.connect() as c:
+        c.execute("select 1")
+        pid = c.execute("select pg_backend_pid()").fetchone()[0]
+        _time.sleep(1.3)  # idle past pre_ping_idle_s: checked before its next lend
+        with admin(pv) as a:
+            (pool,) = [p for p in rows_of(a, "SHOW POOLS") if p["database"] == APP_DB and
+                       p["user"] == "app"]
+        assert int(pool["sv_used"]) == int(pool["sv_idle"]) >= 1, pool
+        assert pool["sv_tested"] == "0" and pool["invalid"] == "0"
+        # The server dies while idle: the next lend finds it dead, counts it, opens another.
+        cluster.primary.sql("select pg_terminate_backend(%s)", (pid,))
+        _time.sleep(0.1)
+        assert c.execute("select 2").fetchone() == (2,)
+    with admin(pv) as a:
+        (pool,) = [p for p in rows_of(a, "SHOW POOLS") if p["database"] == APP_DB and
+                   p["user"] == "app"]
+    assert int(pool["invalid"]) == 1, pool
