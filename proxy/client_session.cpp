@@ -674,7 +674,9 @@ void ClientSession::describe(std::vector<ConnectionRow>& rows) {
   c.id = id_;
   c.user = user_name_;
   c.database = database_name_;
-  c.state = core_ ? std::string(session::state_name(core_->state())) : "logging_in";
+  c.state = core_                         ? std::string(session::state_name(core_->state()))
+            : database_name_ == "pgvalve" ? "admin_console"
+                                          : "logging_in";
   c.addr = from_.to_string();
   error_code ec;
   const auto remote = client_.socket().remote_endpoint(ec);

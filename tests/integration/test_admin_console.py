@@ -124,6 +124,9 @@ def test_show_clients_and_servers_list_every_connection(pgvalve, cluster):
             clients = [r for r in rows_of(a, "SHOW CLIENTS") if r["database"] == APP_DB]
             servers = [r for r in rows_of(a, "SHOW SERVERS") if r["database"] == APP_DB]
         assert len(clients) == 2, clients
+        with admin(pv) as a:
+            consoles = [r for r in rows_of(a, "SHOW CLIENTS") if r["database"] == "pgvalve"]
+        assert consoles and all(r["state"] == "admin_console" for r in consoles), consoles
         holding = [c for c in clients if c["state"] == "holding"]
         assert len(holding) == 1 and holding[0]["server"], clients
         assert holding[0]["host"] == f"127.0.0.1:{cluster.primary.port}"
