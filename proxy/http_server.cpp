@@ -265,7 +265,7 @@ asio::awaitable<void> run_probe(std::shared_ptr<State> st, config::Endpoint targ
 asio::awaitable<Response> ready(std::shared_ptr<State> st, unsigned version) {
   if (st->app.draining()) co_return text(version, http::status::service_unavailable, "draining\n");
 
-  const Snapshot snap = co_await take_snapshot(st->app);
+  const Snapshot snap = take_pool_snapshot(st->app);
   struct Check {
     std::string where;  // "database/shard primary host:port"
     std::string key;    // host:port

@@ -10,7 +10,7 @@
 
 namespace pgvalve::proxy {
 
-boost::asio::awaitable<Snapshot> take_snapshot(App& app) {
+Snapshot take_pool_snapshot(App& app) {
   Snapshot s;
   s.config = app.config();
   s.client_connections = app.open_sockets();
@@ -22,10 +22,15 @@ boost::asio::awaitable<Snapshot> take_snapshot(App& app) {
     return std::tie(a.key.database, a.key.user, a.key.host.host, a.key.host.port) <
            std::tie(b.key.database, b.key.user, b.key.host.host, b.key.host.port);
   });
-  s.statements = co_await app.query_stats();
   s.hosts = app.hosts();
   s.failovers = app.failovers();
   s.counters = app.counter_totals();
+  return s;
+}
+
+boost::asio::awaitable<Snapshot> take_snapshot(App& app) {
+  Snapshot s = take_pool_snapshot(app);
+  s.statements = co_await app.query_stats();
   co_return s;
 }
 

@@ -40,7 +40,9 @@ struct Snapshot {
   stats::CounterTotals counters;  // bytes, checkout waits (every worker's, summed)
 };
 
-// Every figure at once; the statement statistics are gathered on the worker threads.
+// Every figure but the statement statistics, at once (what /ready needs).
+Snapshot take_pool_snapshot(App& app);
+// Every figure; the statement statistics are gathered on the worker threads.
 boost::asio::awaitable<Snapshot> take_snapshot(App& app);
 
 // Where a host sits in a database's shards: the shard's name and "primary" or "replica".

@@ -73,6 +73,9 @@ bool has_parameters(std::string_view sql) {
 }
 
 constexpr std::size_t kMaxExplainedBytes = 16384;
+// Requests waiting for the explainer (it takes them every second): past this, a shape stays
+// wanted and is sampled at a later execution.
+constexpr std::size_t kMaxExplainRequests = 32;
 
 }  // namespace
 
@@ -84,7 +87,7 @@ void QueryStats::prepare(std::uint64_t fingerprint, std::string_view sql, const 
       // A slow SELECT seen again: this execution's text is EXPLAINed (once per shape).
       if (has_parameters(sql) || sql.size() > kMaxExplainedBytes || !who.database || !who.user) {
         f.explain = QueryFigures::Explain::Done;
-      } else {
+      } else if (explain_requests_.size() < kMaxExplainRequests) {
         f.explain = QueryFigures::Explain::Requested;
         explain_requests_.push_back({fingerprint, std::string(sql), *who.database, *who.user});
       }

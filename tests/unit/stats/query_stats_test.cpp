@@ -292,3 +292,32 @@ TEST(QueryStatsExplain, WritesFastStatementsAndParametersAreNotExplained) {
 
 }  // namespace
 }  // namespace pgvalve::stats
+
+namespace pgvalve::stats {
+namespace {
+
+TEST(QueryStatsExplain, WaitingRequestsAreBoundedAndTheRestComeLater) {
+  Limits limits;
+  limits.slow_query = std::chrono::milliseconds(10);
+  limits.explain_slow = true;
+  QueryStats s(limits);
+  std::vector<std::string> shapes;
+  for (int i = 0; i < 40; ++i)
+    shapes.push_back("select c" + std::to_string(i) + " from t where a = 1");
+  for (int round = 0; round < 2; ++round) {
+    for (const auto& sql : shapes) {
+      s.prepare(routing::fingerprint(sql), sql, kWho);
+      Execution e = run(sql, 50000);
+      e.kind = StatementKind::Select;
+      s.record(e, kWho);
+    }
+  }
+  const auto first = s.take_explain_requests();
+  EXPECT_EQ(first.size(), 32u);
+  for (const auto& sql : shapes)
+    s.prepare(routing::fingerprint(sql), sql, kWho);
+  EXPECT_EQ(s.take_explain_requests().size(), 8u);  // still wanted: sampled now
+}
+
+}  // namespace
+}  // namespace pgvalve::stats
