@@ -104,6 +104,20 @@ const char* to_string(HashFunction hash) {
   return "?";
 }
 
+const char* to_string(ShardKeyType type) {
+  switch (type) {
+    case ShardKeyType::Auto:
+      return "auto";
+    case ShardKeyType::Bigint:
+      return "bigint";
+    case ShardKeyType::Text:
+      return "text";
+    case ShardKeyType::Uuid:
+      return "uuid";
+  }
+  return "?";
+}
+
 const char* to_string(ReadsTo reads) {
   switch (reads) {
     case ReadsTo::Replicas:
@@ -259,6 +273,7 @@ Pairs describe_impl(const Config& c, bool hide_secrets) {
       const std::string sp = prefix + "sharding.";
       add(sp + "key", s.key);
       add(sp + "hash", to_string(s.hash));
+      add(sp + "key_type", to_string(s.key_type));
       add(sp + "buckets", num(s.buckets));
       for (const auto& [shard, ranges] : s.bucket_map) {
         add(sp + "bucket_map." + shard, ranges_to_string(ranges));

@@ -79,6 +79,9 @@ struct Shard {
 };
 
 enum class HashFunction { Xxh3, Md5Mod, PgPartition };
+// How a shard-key value is read: auto (integers as integers, the rest as text), or the column's
+// type, which pg_partition needs to hash as PostgreSQL does.
+enum class ShardKeyType { Auto, Bigint, Text, Uuid };
 
 struct BucketRange {
   int first = 0;
@@ -88,6 +91,7 @@ struct BucketRange {
 struct Sharding {
   std::string key = "device_id";
   HashFunction hash = HashFunction::Xxh3;
+  ShardKeyType key_type = ShardKeyType::Auto;
   int buckets = 1024;
   std::map<std::string, std::vector<BucketRange>> bucket_map;  // shard name -> ranges
   std::vector<std::string> tables;
@@ -210,6 +214,7 @@ const char* to_string(LogLevel level);
 const char* to_string(TlsMode mode);
 const char* to_string(ServerTlsMode mode);
 const char* to_string(HashFunction hash);
+const char* to_string(ShardKeyType type);
 const char* to_string(ReadsTo reads);
 const char* to_string(LoadBalance balance);
 const char* to_string(ReadYourWrites mode);

@@ -259,6 +259,35 @@ std::optional<BindHead> read_bind_head(const Frame& f) {
   return BindHead{*portal, *statement, c.rest()};
 }
 
+std::optional<BindParameter> read_bind_parameter(std::string_view rest, std::size_t index) {
+  Cursor c(rest);
+  auto formats = c.i16();
+  if (!formats || *formats < 0) return std::nullopt;
+  std::int16_t format = 0;
+  for (std::int16_t i = 0; i < *formats; ++i) {
+    auto f = c.i16();
+    if (!f) return std::nullopt;
+    if (*formats == 1 || static_cast<std::size_t>(i) == index) format = *f;
+  }
+  auto count = c.i16();
+  if (!count || *count < 0 || index >= static_cast<std::size_t>(*count)) return std::nullopt;
+  if (*formats > 1 && static_cast<std::size_t>(*formats) != static_cast<std::size_t>(*count)) {
+    return std::nullopt;
+  }
+  for (std::size_t i = 0;; ++i) {
+    auto len = c.i32();
+    if (!len) return std::nullopt;
+    std::optional<std::string_view> value;
+    if (*len >= 0) {
+      value = c.bytes(static_cast<std::size_t>(*len));
+      if (!value) return std::nullopt;
+    } else if (*len != -1) {
+      return std::nullopt;
+    }
+    if (i == index) return BindParameter{format, value};
+  }
+}
+
 void append_bind(std::string& out, std::string_view portal, std::string_view statement,
                  std::string_view rest) {
   const std::size_t len_pos = begin_message(out, tag_of(FrontendTag::Bind));

@@ -161,6 +161,14 @@ struct BindHead {
   std::string_view rest;
 };
 std::optional<BindHead> read_bind_head(const Frame& f);
+// Parameter `index` (from 0) of a Bind whose body after the names is `rest`, without reading the
+// others into memory: its format (0 text, 1 binary) and value (nullopt: NULL). nullopt when the
+// Bind has no such parameter or is malformed.
+struct BindParameter {
+  std::int16_t format = 0;
+  std::optional<std::string_view> value;
+};
+std::optional<BindParameter> read_bind_parameter(std::string_view rest, std::size_t index);
 // A Bind of `statement` into `portal` whose remaining body is `rest` as raw bytes.
 void append_bind(std::string& out, std::string_view portal, std::string_view statement,
                  std::string_view rest);

@@ -16,6 +16,7 @@
 #include "proxy/http_server.h"
 #include "proxy/listen_hub.h"
 #include "proxy/log.h"
+#include "session/sharding_policy.h"
 
 namespace pgvalve::proxy {
 
@@ -79,6 +80,20 @@ std::shared_ptr<pool::ServerPool> App::pool_for(const config::Database& db, cons
                                               worker_count(), *this);
   }
   return pool;
+}
+
+std::shared_ptr<const App::Sharding> App::sharding(const config::ConfigPtr& config,
+                                                   const config::Database& db) {
+  if (!db.sharding || db.shards.size() < 2) return nullptr;
+  std::lock_guard lock(sharding_mutex_);
+  std::shared_ptr<const Sharding>& known = sharding_[db.name];
+  if (known && known->config == config) return known;
+  auto built = std::make_shared<Sharding>();
+  built->config = config;
+  built->policy = session::sharding_policy_of(db);
+  built->id = ++sharding_ids_;
+  known = built;
+  return built;
 }
 
 std::shared_ptr<const UserPools> App::user_pools(const config::Database& db,

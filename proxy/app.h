@@ -35,6 +35,7 @@
 #include "proxy/tls.h"
 #include "proxy/users.h"
 #include "routing/decision_cache.h"
+#include "session/sharding_policy.h"
 #include "session/input_buffer.h"
 #include "session/session.h"
 #include "stats/query_stats.h"
@@ -123,6 +124,12 @@ class App : public pool::Handoff {
   std::vector<std::shared_ptr<pool::ServerPool>> pools();
   // The pools of every host of `db` for `user` as of the current topology.
   std::shared_ptr<const UserPools> user_pools(const config::Database& db, const std::string& user);
+  // The router's view of a sharded database's sharding.* (null for one shard): built once per
+  // configuration and database, shared by its sessions, with an id that keeps its cached shard
+  // plans apart from other databases'.
+  using Sharding = session::DatabaseSharding;
+  std::shared_ptr<const Sharding> sharding(const config::ConfigPtr& config,
+                                           const config::Database& db);
   // Changes whenever the hosts sessions route to do (a reload); read per checkout, lock-free.
   std::uint64_t topology_generation() const {
     return topology_generation_.load(std::memory_order_acquire);
@@ -223,6 +230,9 @@ class App : public pool::Handoff {
   // Shared by the sessions of one (database, user) for one topology generation; pools_mutex_.
   std::unordered_map<std::string, std::shared_ptr<const UserPools>> user_pools_;
   std::atomic<std::uint64_t> topology_generation_{0};
+  std::mutex sharding_mutex_;  // taken at login only
+  std::unordered_map<std::string, std::shared_ptr<const Sharding>> sharding_;
+  std::uint32_t sharding_ids_ = 0;  // under sharding_mutex_
   std::atomic<int> clients_{0};
   mutable std::mutex door_mutex_;  // taken once per accept and once per close
   admission::Admission door_;

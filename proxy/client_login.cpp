@@ -350,6 +350,11 @@ asio::awaitable<bool> ClientSession::start_session() {
     routing::RoutingPolicy policy;
     policy.split = r.read_write_split && r.reads != config::ReadsTo::Primary && replicas;
     policy.write_functions = &r.write_functions;
+    sharding_ = app_.sharding(config_, *database_);
+    if (sharding_) {
+      policy.sharding = &sharding_->policy;
+      policy.sharding_id = sharding_->id;
+    }
     router_ =
         routing::Router(static_cast<int>(database_->shards.size()), policy, &worker_.decisions);
   }

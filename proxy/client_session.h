@@ -43,6 +43,7 @@
 #include "routing/router.h"
 #include "session/input_buffer.h"
 #include "session/session.h"
+#include "session/sharding_policy.h"
 #include "stats/worker_counters.h"
 
 namespace pgvalve::proxy {
@@ -223,6 +224,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
 
   session::InputBuffer client_in_{session::InputBuffer::kClientBytes};
   routing::Router router_;
+  std::shared_ptr<const session::DatabaseSharding> sharding_;  // what router_ points into; null: one shard
   stats::Recorder recorder_;  // the worker's statement statistics, with this client's names
   // Made at login; one allocation with this object.
   std::optional<session::Session> core_;

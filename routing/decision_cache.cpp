@@ -89,6 +89,7 @@ void DecisionCache::insert(std::uint64_t fingerprint, const StatementAccess& val
   if (const std::size_t slot = find_slot(fingerprint); slot != slots_.size()) {
     const std::uint32_t index = slots_[slot];
     entries_[index].value = value;
+    entries_[index].shard_plan_for = 0;
     unlink(index);
     push_front(index);
     return;
@@ -104,6 +105,7 @@ void DecisionCache::insert(std::uint64_t fingerprint, const StatementAccess& val
   }
   entries_[index].fingerprint = fingerprint;
   entries_[index].value = value;
+  entries_[index].shard_plan_for = 0;
   push_front(index);
   std::size_t i = home_slot(fingerprint);
   while (slots_[i] != kNone)
@@ -126,6 +128,22 @@ const StatementAccess& DecisionCache::decide(std::uint64_t fp, std::string_view 
   }
   insert(fp, decided);
   return entries_[head_].value;
+}
+
+const ShardPlan* DecisionCache::shard_plan(std::uint64_t fingerprint, std::uint32_t policy) const {
+  const std::size_t slot = find_slot(fingerprint);
+  if (slot == slots_.size()) return nullptr;
+  const Entry& e = entries_[slots_[slot]];
+  return e.shard_plan_for == policy ? &e.shard_plan : nullptr;
+}
+
+void DecisionCache::set_shard_plan(std::uint64_t fingerprint, std::uint32_t policy,
+                                   const ShardPlan& plan) {
+  const std::size_t slot = find_slot(fingerprint);
+  if (slot == slots_.size()) return;
+  Entry& e = entries_[slots_[slot]];
+  e.shard_plan = plan;
+  e.shard_plan_for = policy;
 }
 
 void DecisionCache::clear() {

@@ -1,5 +1,6 @@
-// A bounded LRU of read/write decisions keyed by statement fingerprint, so that libpg_query
-// parses each statement shape once. One per worker thread: NOT thread-safe, no locking.
+// A bounded LRU of read/write decisions (and, for sharded databases, shard plans) keyed by
+// statement fingerprint, so that libpg_query parses each statement shape once. One per worker
+// thread: NOT thread-safe, no locking.
 #pragma once
 
 #include <cstddef>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "routing/read_write.h"
+#include "routing/shard_plan.h"
 
 namespace pgvalve::routing {
 
@@ -46,6 +48,13 @@ class DecisionCache {
   const StatementAccess& decide(std::uint64_t fingerprint, std::string_view sql,
                                 const std::vector<std::string>& write_functions);
 
+  // The shard plan cached with `fingerprint`'s decision for the sharding policy `policy`
+  // (RoutingPolicy::sharding_id); nullptr when there is none. set_shard_plan stores one next to
+  // an entry insert() made (nothing when the entry is gone). One statement shape in two sharded
+  // databases keeps the plan of the last one asked.
+  const ShardPlan* shard_plan(std::uint64_t fingerprint, std::uint32_t policy) const;
+  void set_shard_plan(std::uint64_t fingerprint, std::uint32_t policy, const ShardPlan& plan);
+
   // Forgets every entry (e.g. after a configuration reload); the statistics stay.
   void clear();
 
@@ -61,6 +70,8 @@ class DecisionCache {
     std::uint32_t prev = kNone;  // towards the most recently used
     std::uint32_t next = kNone;  // towards the least recently used
     StatementAccess value;
+    ShardPlan shard_plan;
+    std::uint32_t shard_plan_for = 0;  // RoutingPolicy::sharding_id; 0: no plan
   };
 
   std::size_t home_slot(std::uint64_t fingerprint) const;

@@ -415,4 +415,12 @@ StatementAccess decide_access(std::string_view sql,
   return out;
 }
 
+bool is_valid_sql(std::string_view sql) {
+  const std::string text(sql);
+  PgQueryParseResult result = pg_query_parse(text.c_str());
+  const bool ok = result.error == nullptr;
+  pg_query_free_parse_result(result);
+  return ok;
+}
+
 }  // namespace pgvalve::routing

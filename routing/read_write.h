@@ -68,4 +68,7 @@ struct StatementAccess {
 StatementAccess decide_access(std::string_view sql,
                               const std::vector<std::string>& write_functions);
 
+// PostgreSQL 15's grammar accepts `sql` (a libpg_query parse; allocates).
+bool is_valid_sql(std::string_view sql);
+
 }  // namespace pgvalve::routing

@@ -1,6 +1,5 @@
 // Where one statement (or the transaction it starts) goes: the value a Router returns and a
-// client session carries out: the primary or a replica of the first shard today; sharding fills
-// in the other kinds.
+// client session carries out.
 #pragma once
 
 #include <cstdint>
@@ -36,6 +35,10 @@ struct Route {
   // Replica: only a replica that has replayed at least this far (the client's last write) may
   // take it; else the primary does. 0: any.
   std::uint64_t after_lsn = 0;
+  // Sharded databases: the statement needs no particular shard (no table, only reference tables
+  // read, a Parse/Describe of a statement whose key is a $n): `shard` is a default, and a
+  // transaction already on another shard may run it there.
+  bool any_shard = false;
   // Refuse only; shared so that a Route stays small and cheap to copy.
   std::shared_ptr<const Refusal> refusal;
 

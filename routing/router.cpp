@@ -24,10 +24,36 @@ std::string_view route_kind_name(Route::Kind kind) {
 
 namespace {
 
-Route read_on_primary() {
-  Route r = Route::primary(0);
+Route read_on_primary(std::uint16_t shard) {
+  Route r = Route::primary(shard);
   r.write = false;
   return r;
+}
+
+bool starts_with_ci(std::string_view text, std::string_view prefix) {
+  return text.size() >= prefix.size() && iequals(text.substr(0, prefix.size()), prefix);
+}
+
+std::string_view trimmed(std::string_view s) {
+  while (!s.empty() && (s.front() == ' ' || s.front() == '\'' || s.front() == '"'))
+    s.remove_prefix(1);
+  while (!s.empty() && (s.back() == ' ' || s.back() == '\'' || s.back() == '"'))
+    s.remove_suffix(1);
+  return s;
+}
+
+std::string_view key_type_name(KeyType type) {
+  switch (type) {
+    case KeyType::Auto:
+      return "auto";
+    case KeyType::Bigint:
+      return "bigint";
+    case KeyType::Text:
+      return "text";
+    case KeyType::Uuid:
+      return "uuid";
+  }
+  return "?";
 }
 
 }  // namespace
@@ -63,18 +89,147 @@ bool Router::replica_eligible(std::string_view sql, std::uint64_t known) const {
   return verdict.read;
 }
 
-Route Router::route(std::string_view sql, const RouteContext& context) const {
-  if (!policy_.split) return Route::primary(0);
+Route Router::role(std::string_view sql, std::string_view hint, const RouteContext& context,
+                   std::uint16_t shard) const {
+  if (!policy_.split) return Route::primary(shard);
   // A hint on the statement, then the session's preference.
-  if (const std::string_view hint = leading_hint(sql); !hint.empty()) {
-    if (iequals(hint, "primary")) return Route::primary(0);
-    if (iequals(hint, "replica")) return Route::replica(0);
+  if (!hint.empty()) {
+    if (iequals(hint, "primary")) return Route::primary(shard);
+    if (iequals(hint, "replica")) return Route::replica(shard);
   }
-  if (context.preference == RouteContext::Preference::Primary) return Route::primary(0);
-  if (context.preference == RouteContext::Preference::Replica) return Route::replica(0);
-  if (sql.empty() || !cache_ || !policy_.write_functions) return Route::primary(0);
-  if (!replica_eligible(sql, context.fingerprint)) return Route::primary(0);
-  return context.recent_write ? read_on_primary() : Route::replica(0);
+  if (context.preference == RouteContext::Preference::Primary) return Route::primary(shard);
+  if (context.preference == RouteContext::Preference::Replica) return Route::replica(shard);
+  if (sql.empty() || !cache_ || !policy_.write_functions) return Route::primary(shard);
+  if (!replica_eligible(sql, context.fingerprint)) return Route::primary(shard);
+  return context.recent_write ? read_on_primary(shard) : Route::replica(shard);
+}
+
+Route Router::route(std::string_view sql, const RouteContext& context) const {
+  if (policy_.sharding) return route_sharded(sql, context);
+  return role(sql, leading_hint(sql), context, 0);
+}
+
+const ShardPlan& Router::shard_plan(std::string_view sql, std::uint64_t fp) const {
+  if (const ShardPlan* known = cache_->shard_plan(fp, policy_.sharding_id)) return *known;
+  // The plan is stored next to the read/write decision, which replica_eligible() cached.
+  scratch_plan_ = plan_shards(sql, *policy_.sharding);
+  cache_->set_shard_plan(fp, policy_.sharding_id, scratch_plan_);
+  return scratch_plan_;
+}
+
+Route Router::route_sharded(std::string_view sql, const RouteContext& context) const {
+  const ShardingPolicy& sharding = *policy_.sharding;
+  const std::uint64_t all =
+      shard_count_ >= 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << shard_count_) - 1;
+  auto invalid = [&](std::string_view value) {
+    return Route::refuse(
+        "22P02", "pgvalve: \"" + std::string(value) + "\" is not a valid " + sharding.key +
+                     " (sharding.key_type: " + std::string(key_type_name(sharding.map.key_type())) +
+                     "); pass a " + sharding.key +
+                     " of that type to route the statement to its shard");
+  };
+  auto any = [&](std::string_view hint) {
+    Route r = role(sql, hint, context, 0);
+    r.any_shard = true;
+    return r;
+  };
+  auto several = [&](std::uint64_t shards, bool write) {
+    Route r{Route::Kind::Shards};
+    r.shards = shards;
+    r.write = write;
+    return r;
+  };
+  auto one = [&](int shard, std::string_view hint) {
+    return role(sql, hint, context, static_cast<std::uint16_t>(shard));
+  };
+  const std::string_view hint = leading_hint(sql);
+  if (!hint.empty()) {
+    if (starts_with_ci(hint, "shard=")) {
+      const std::string_view name = trimmed(hint.substr(6));
+      const int shard = sharding.shard_named(name);
+      if (shard < 0) {
+        return Route::refuse("0A000",
+                             "pgvalve: the hint names shard \"" + std::string(name) +
+                                 "\", which this database does not have; SHOW SHARDS lists them");
+      }
+      return one(shard, {});
+    }
+    if (starts_with_ci(hint, sharding.key) && hint.size() > sharding.key.size() &&
+        hint[sharding.key.size()] == '=') {
+      const std::string_view value = trimmed(hint.substr(sharding.key.size() + 1));
+      const int shard = shard_of_text(value, sharding);
+      if (shard < 0) return invalid(value);
+      return one(shard, {});
+    }
+  }
+  if (!context.device_id.empty()) {
+    const int shard = shard_of_text(context.device_id, sharding);
+    if (shard < 0) return invalid(context.device_id);
+    return one(shard, hint);
+  }
+  if (sql.empty() || !cache_ || !policy_.write_functions) return any(hint);
+  const std::uint64_t fp = context.fingerprint ? context.fingerprint : fingerprint(sql);
+  const bool read = replica_eligible(sql, fp);
+  const ShardPlan plan = shard_plan(sql, fp);
+  if (iequals(hint, "all_shards")) return several(all, !read);
+  const ShardKeys keys = shard_keys(sql, plan, sharding, context.params);
+  switch (keys.status) {
+    case ShardKeys::Status::Found:
+      if ((keys.shards & (keys.shards - 1)) == 0) {
+        return one(__builtin_ctzll(keys.shards), hint);
+      }
+      return several(keys.shards, !read);
+    case ShardKeys::Status::NotBound:
+      return any(hint);
+    case ShardKeys::Status::Null:
+      return Route::refuse("22004", "pgvalve: " + sharding.key +
+                                        " is NULL, so no shard holds the row; give every row a " +
+                                        sharding.key);
+    case ShardKeys::Status::Invalid:
+      return invalid(keys.bad_value);
+    case ShardKeys::Status::NoKey:
+      break;
+  }
+  const std::string hint_text = "add /* pgvalve: " + sharding.key +
+                                "=<value> */ when every row has that " + sharding.key +
+                                ", or /* pgvalve: all_shards */ to run it on every shard";
+  switch (plan.key) {
+    case ShardPlan::Key::InsertNoKey:
+      return Route::refuse("0A000",
+                           "pgvalve: this INSERT into a sharded table gives no " + sharding.key +
+                               " value pgvalve can read; list " + sharding.key +
+                               " among the columns with a constant or $n for every row",
+                           hint_text);
+    case ShardPlan::Key::InsertSelect:
+      return Route::refuse("0A000",
+                           "pgvalve: INSERT ... SELECT into a sharded table cannot be routed "
+                           "row by row; insert with VALUES, or name the shard",
+                           hint_text);
+    case ShardPlan::Key::Multiple:
+      return Route::refuse("0A000",
+                           "pgvalve: several statements in one query on a sharded database; "
+                           "send them one at a time so each goes to its shard",
+                           hint_text);
+    case ShardPlan::Key::Unparsed:
+      return any(hint);  // PostgreSQL says what is wrong
+    default:
+      break;
+  }
+  if (plan.ddl) return several(all, true);
+  switch (plan.tables) {
+    case ShardPlan::Tables::None:
+      return any(hint);
+    case ShardPlan::Tables::ReferenceOnly:
+      return read ? any(hint) : several(all, true);
+    case ShardPlan::Tables::Sharded:
+      break;
+  }
+  if (read) return several(all, false);
+  return Route::refuse("0A000",
+                       "pgvalve: this statement writes to a sharded table without a " +
+                           sharding.key + " pgvalve can read (WHERE " + sharding.key +
+                           " = ... at the top level), so it would have to run on every shard",
+                       hint_text);
 }
 
 }  // namespace pgvalve::routing

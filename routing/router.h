@@ -12,6 +12,7 @@
 
 #include "routing/decision_cache.h"
 #include "routing/route.h"
+#include "routing/shard_plan.h"
 
 namespace pgvalve::routing {
 
@@ -22,6 +23,10 @@ struct RoutingPolicy {
   // database has replicas. Off: every route is the primary and no statement is parsed.
   bool split = false;
   const std::vector<std::string>* write_functions = nullptr;  // routing.write_functions
+  // sharding.* of a database with several shards; null: one shard, no key needed. `sharding_id`
+  // tells its shard plans apart from other databases' in the shared DecisionCache (non-zero).
+  const ShardingPolicy* sharding = nullptr;
+  std::uint32_t sharding_id = 0;
 };
 
 // What the session tells the router besides the statement.
@@ -34,6 +39,10 @@ struct RouteContext {
   bool recent_write = false;
   // routing::fingerprint() of the statement when the caller has it already; 0: computed here.
   std::uint64_t fingerprint = 0;
+  // Sharded databases: SET pgvalve.device_id (a hint comment on the statement wins); empty:
+  // none. `params`: the Bind values of the statement's $n, when it is bound.
+  std::string_view device_id;
+  const ParamSource* params = nullptr;
 };
 
 class Router {
@@ -46,18 +55,28 @@ class Router {
   // `sql` is the first statement text of the client's next request (a Query, or the text of
   // the statement a Parse/Bind names); empty when the request carries no SQL (a Sync alone).
   // Replica routes are for statements proven to read (and BEGIN READ ONLY, whose transaction
-  // can only read); everything else goes to the primary of the first shard until sharding.
+  // can only read); everything else goes to the primary. With several shards, the shard comes
+  // from a hint, SET pgvalve.device_id or the statement's key (shard_plan.h); a statement that
+  // needs no particular shard says so with Route::any_shard.
   Route route(std::string_view sql, const RouteContext& context) const;
 
   int shard_count() const { return shard_count_; }
   bool splits() const { return policy_.split; }
+  bool sharded() const { return policy_.sharding != nullptr; }
+  const ShardingPolicy* sharding() const { return policy_.sharding; }
 
  private:
   bool replica_eligible(std::string_view sql, std::uint64_t fingerprint = 0) const;
+  // The read/write role within one shard, as for an unsharded database.
+  Route role(std::string_view sql, std::string_view hint, const RouteContext& context,
+             std::uint16_t shard) const;
+  Route route_sharded(std::string_view sql, const RouteContext& context) const;
+  const ShardPlan& shard_plan(std::string_view sql, std::uint64_t fingerprint) const;
 
   int shard_count_ = 1;
   RoutingPolicy policy_;
   DecisionCache* cache_ = nullptr;
+  mutable ShardPlan scratch_plan_;  // a plan the cache could not keep
 };
 
 }  // namespace pgvalve::routing

@@ -172,7 +172,23 @@ const Actions& Session::on_linked(ServerState& server, Clock::time_point now) {
   l.reserved = true;
   Workspace& w = work();
   w.client_scratch.clear();
-  if (start_sync(l, w.client_scratch, now)) {
+  bool wait = start_sync(l, w.client_scratch, now);
+  if (!deferred_begin_.empty()) {
+    // The BEGIN answered earlier runs first; the client's request waits for its answer, so
+    // that nothing of the transaction runs outside it.
+    pr::append_query(w.client_scratch, deferred_begin_);
+    deferred_begin_.clear();
+    pr::PendingResponse begin{pr::PendingResponse::Kind::ReadyForQuery};
+    begin.internal = true;
+    begin.action = kActionBegin;
+    l.pending.push(begin);
+    ++l.in_flight;
+    l.begin_pending = true;
+    l.syncing = true;
+    l.sync_started = now;
+    wait = true;
+  }
+  if (wait) {
     out.to_server.push_back({w.client_scratch.data(), w.client_scratch.size()});
     out.server_link = pending_link_;
     enter(SessionState::Syncing);
@@ -319,27 +335,41 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
   Link* l = linked_link();
   if (!l) {
     Flight flight{frames, &w.reply_scratch, &w.reply_spans, &out};
-    if (answer_route_setting(frames, 'I', out) || answer_parse_locally(flight, out) ||
-        answer_listen_locally(flight, out)) {
+    if (answer_route_setting(frames, client_tx_status(), out) ||
+        answer_parse_locally(flight, out) || answer_listen_locally(flight, out)) {
       out.consumed = end;
       if (terminate) close_with({}, {}, out);
       return out;
     }
-    routing::RouteContext context;
-    context.preference = preference_;
-    context.recent_write = options_.read_your_writes == config::ReadYourWrites::Time &&
-                           last_write_at_ != Clock::time_point{} &&
-                           now - last_write_at_ < options_.read_your_writes_window;
-    const std::string_view text = route_text(flight);
-    if (router_.splits() && !text.empty()) context.fingerprint = fingerprint_of(text);
-    routing::Route route = router_.route(text, context);
-    if (route.kind == routing::Route::Kind::Replica &&
-        options_.read_your_writes == config::ReadYourWrites::Lsn) {
-      route.after_lsn = write_lsn_;
+    const RequestText request = request_text(flight);
+    if (!deferred_begin_.empty() && end_deferred_transaction(frames, out)) {
+      out.consumed = end;
+      if (terminate) close_with({}, {}, out);
+      return out;
+    }
+    routing::Route route = route_request(request);
+    if (route.kind == routing::Route::Kind::Shards) {
+      // Scatter-gather is not carried out yet: refused, never answered from one shard.
+      route = routing::Route::refuse(
+          "0A000",
+          "pgvalve: this statement needs several shards (it has no " + router_.sharding()->key +
+              " pgvalve can read, or its values live on different "
+              "shards), and pgvalve does not run statements across shards yet",
+          "name one " + router_.sharding()->key + " (WHERE " + router_.sharding()->key +
+              " = ...), or add /* pgvalve: " + router_.sharding()->key +
+              "=<value> */ or /* pgvalve: shard=<name> */");
     }
     if (route.kind == routing::Route::Kind::Refuse) {
-      fail_requests(frames, route.refusal->sqlstate, route.refusal->message, out.outbox);
+      // The refused statement ends a deferred transaction: nothing ran on any server.
+      deferred_begin_.clear();
+      fail_requests(frames, route.refusal->sqlstate, route.refusal->message, out.outbox,
+                    route.refusal->hint);
       out.consumed = end;
+      return out;
+    }
+    if (defer_begin(frames, request.sql, route, out)) {
+      out.consumed = end;
+      if (terminate) close_with({}, {}, out);
       return out;
     }
     pending_route_ = route;
@@ -474,7 +504,8 @@ void Session::plan_on_link(Link& link, std::string_view frames, bool terminate, 
   Link* l = &link;
   Workspace& w = work();
   const LinkId id = l->id;
-  const bool one_request = l->route.kind == routing::Route::Kind::Replica;
+  // Sharded databases route each request afresh too: the next may need another shard.
+  const bool one_request = l->route.kind == routing::Route::Kind::Replica || router_.sharded();
   if (one_request && l->in_flight > 0) {
     input_waits_for_link_ = true;
     return;
@@ -583,19 +614,172 @@ std::string_view Session::route_text(Flight& flight) {
   return {};
 }
 
+RequestText Session::request_text(Flight& flight) {
+  RequestText request;
+  const bool sharded = router_.sharded();
+  for (std::size_t pos = 0; pos < flight.input.size();) {
+    auto r = pr::decode_frame(flight.input.substr(pos), options_.max_message_bytes);
+    const pr::Frame& f = r.frame;
+    pos += f.whole.size();
+    if (f.tag == 'Q') {
+      if (request.sql.empty()) request.sql = pr::read_query(f).value_or(std::string_view{});
+      break;
+    }
+    if (f.tag == 'P') {
+      auto p = pr::read_parse(f);
+      if (!p) continue;
+      // JDBC sends BEGIN in the flight of the transaction's first statement: that one routes.
+      if (sharded && pos < flight.input.size() &&
+          routing::classify(p->query).kind == StatementKind::Begin) {
+        continue;
+      }
+      if (!request.sql.empty()) break;
+      request.sql = p->query;
+      request.param_types = p->param_types;
+      continue;
+    }
+    if (f.tag == 'B') {
+      auto b = pr::read_bind_head(f);
+      if (!b) continue;
+      if (request.sql.empty() && statements_) {
+        if (const auto* s = statements_->find(b->statement)) {
+          if (sharded && pos < flight.input.size() &&
+              routing::classify(s->query).kind == StatementKind::Begin) {
+            continue;
+          }
+          request.sql = s->query;
+          request.param_types = s->param_types;
+        }
+      }
+      if (!request.sql.empty()) {
+        request.bound = true;
+        request.bind_rest = b->rest;
+        break;
+      }
+      continue;
+    }
+    if (f.tag == 'S' && !request.sql.empty()) break;
+  }
+  return request;
+}
+
+routing::Route Session::route_request(const RequestText& request) {
+  routing::RouteContext context;
+  context.preference = preference_;
+  context.recent_write = options_.read_your_writes == config::ReadYourWrites::Time &&
+                         last_write_at_ != Clock::time_point{} &&
+                         now_ - last_write_at_ < options_.read_your_writes_window;
+  if ((router_.splits() || router_.sharded()) && !request.sql.empty()) {
+    context.fingerprint = fingerprint_of(request.sql);
+  }
+  context.device_id = device_id_;
+  const BindParams params(request.bind_rest, request.param_types);
+  if (request.bound) context.params = &params;
+  routing::Route route = router_.route(request.sql, context);
+  if (route.kind == routing::Route::Kind::Replica &&
+      options_.read_your_writes == config::ReadYourWrites::Lsn) {
+    route.after_lsn = write_lsn_;
+  }
+  return route;
+}
+
+std::optional<routing::BoundParam> BindParams::param(int number) const {
+  if (number < 1) return std::nullopt;
+  const auto index = static_cast<std::size_t>(number - 1);
+  auto p = pr::read_bind_parameter(rest_, index);
+  if (!p) return std::nullopt;
+  routing::BoundParam out;
+  out.value = p->value;
+  out.binary = p->format == 1;
+  if (4 * index + 4 <= types_.size()) out.type_oid = pr::read_u32(types_.data() + 4 * index);
+  return out;
+}
+
+bool Session::defer_begin(std::string_view frames, std::string_view, const routing::Route& route,
+                          Actions& out) {
+  if (!router_.sharded() || !route.any_shard) return false;
+  std::string_view sql;
+  HubReply reply;
+  if (!local_flight(frames, sql, reply)) return false;  // one request: a Query, or P/B/(D)/E/S
+  const routing::StatementInfo info = routing::classify(sql);
+  if (info.kind != StatementKind::Begin || info.multiple_statements ||
+      sql.size() > kMaxDeferredBegin) {
+    return false;
+  }
+  // A BEGIN PostgreSQL would refuse must fail now, not at the first statement.
+  if (!routing::is_valid_sql(sql)) return false;
+  deferred_begin_.assign(without_hint(sql));
+  std::string& r = out.outbox;
+  if (reply.parse) pr::append_parse_complete(r);
+  if (reply.bind) pr::append_bind_complete(r);
+  if (reply.describe) pr::append_no_data(r);
+  pr::append_command_complete(r, "BEGIN");
+  pr::append_ready_for_query(r, 'T');
+  return true;
+}
+
+bool Session::end_deferred_transaction(std::string_view frames, Actions& out) {
+  std::string_view sql;
+  HubReply reply;
+  if (!local_flight(frames, sql, reply)) return false;
+  const routing::StatementInfo info = routing::classify(sql);
+  const bool commit = info.kind == StatementKind::Commit;
+  if ((!commit && info.kind != StatementKind::Rollback) || info.and_chain ||
+      info.multiple_statements) {
+    return false;
+  }
+  deferred_begin_.clear();
+  std::string& r = out.outbox;
+  if (reply.parse) pr::append_parse_complete(r);
+  if (reply.bind) pr::append_bind_complete(r);
+  if (reply.describe) pr::append_no_data(r);
+  pr::append_command_complete(r, commit ? "COMMIT" : "ROLLBACK");
+  pr::append_ready_for_query(r, 'I');
+  return true;
+}
+
+std::string Session::shard_conflict(const Link& l, std::string_view sql,
+                                    const routing::ParamSource* params) {
+  if (!router_.sharded() || sql.empty()) return {};
+  routing::RouteContext context;
+  context.device_id = device_id_;
+  context.params = params;
+  context.fingerprint = fingerprint_of(sql);
+  const routing::Route route = router_.route(sql, context);
+  const routing::ShardingPolicy& sharding = *router_.sharding();
+  if (route.kind == routing::Route::Kind::Refuse) return route.refusal->message;
+  if (route.any_shard) return {};
+  if (route.kind != routing::Route::Kind::Shards && route.shard == l.route.shard) return {};
+  const std::string here = l.route.shard < sharding.shard_names.size()
+                               ? sharding.shard_names[l.route.shard]
+                               : std::to_string(l.route.shard);
+  if (route.kind == routing::Route::Kind::Shards) {
+    return "pgvalve: this transaction runs on shard " + here +
+           ", and this statement needs several shards; a transaction on a sharded database "
+           "stays on one shard: name one " +
+           sharding.key + " or run it outside the transaction";
+  }
+  const std::string there = route.shard < sharding.shard_names.size()
+                                ? sharding.shard_names[route.shard]
+                                : std::to_string(route.shard);
+  return "pgvalve: this transaction runs on shard " + here + ", and this statement's " +
+         sharding.key + " lives on shard " + there +
+         "; a transaction on a sharded database stays on one shard: commit and start another";
+}
+
 void Session::fail_requests(std::string_view frames, std::string_view sqlstate,
-                            std::string_view message, std::string& out) {
+                            std::string_view message, std::string& out, std::string_view hint) {
   for (std::size_t pos = 0; pos < frames.size();) {
     auto r = pr::decode_frame(frames.substr(pos), options_.max_message_bytes);
     if (r.status != pr::DecodeStatus::Ok) break;
     switch (r.frame.tag) {
       case 'Q':
       case 'F':
-        append_error(out, sqlstate, message);
+        append_error(out, sqlstate, message, hint);
         pr::append_ready_for_query(out, 'I');
         break;
       case 'S':
-        if (!error_sent_in_flight_) append_error(out, sqlstate, message);
+        if (!error_sent_in_flight_) append_error(out, sqlstate, message, hint);
         pr::append_ready_for_query(out, 'I');
         error_sent_in_flight_ = false;
         skip_until_sync_ = false;
@@ -607,7 +791,7 @@ void Session::fail_requests(std::string_view frames, std::string_view sqlstate,
       case 'C':
       case 'H':
         if (!error_sent_in_flight_) {
-          append_error(out, sqlstate, message);
+          append_error(out, sqlstate, message, hint);
           error_sent_in_flight_ = true;
         }
         skip_until_sync_ = true;
@@ -769,8 +953,7 @@ bool Session::local_flight(std::string_view input, std::string_view& sql, HubRep
 // SET pgvalve.route = primary | replica | auto (and RESET, SET ... TO DEFAULT): the client's
 // routing preference, kept by pgvalve and never sent to PostgreSQL.
 bool Session::answer_route_setting(std::string_view input, char tx_status, Actions& out) {
-  if (input.empty() || (input[0] != 'Q' && input[0] != 'P') ||
-      !contains_ci(input, 0, "pgvalve.route")) {
+  if (input.empty() || (input[0] != 'Q' && input[0] != 'P') || !contains_ci(input, 0, "pgvalve.")) {
     return false;
   }
   std::string_view sql;
@@ -778,8 +961,10 @@ bool Session::answer_route_setting(std::string_view input, char tx_status, Actio
   if (!local_flight(input, sql, reply)) return false;
   const auto info = routing::classify(sql);
   const bool set = info.kind == StatementKind::Set || info.kind == StatementKind::SetLocal;
+  const bool key = info.name.view() == "pgvalve.device_id" ||
+                   (router_.sharded() && info.name.view() == "pgvalve." + router_.sharding()->key);
   if ((!set && info.kind != StatementKind::Reset) || info.multiple_statements ||
-      info.name.view() != "pgvalve.route") {
+      (info.name.view() != "pgvalve.route" && !key)) {
     return false;
   }
   std::string& r = out.outbox;
@@ -789,6 +974,34 @@ bool Session::answer_route_setting(std::string_view input, char tx_status, Actio
   std::string_view value = info.value;
   if (value.size() >= 2 && value.front() == '\'' && value.back() == '\'') {
     value = value.substr(1, value.size() - 2);
+  }
+  if (key) {
+    // The shard key of this client's next statements; RESET (or DEFAULT) forgets it.
+    const std::string_view name = info.name.view();
+    std::string refusal;
+    if (!router_.sharded()) {
+      refusal = "pgvalve: " + std::string(name) + " only applies to a sharded database";
+    } else if (set && !info.value_is_default && value.size() > kMaxShardKeyBytes) {
+      refusal = "pgvalve: " + std::string(name) + " is longer than " +
+                std::to_string(kMaxShardKeyBytes) + " bytes";
+    } else if (set && !info.value_is_default &&
+               routing::shard_of_text(value, *router_.sharding()) < 0) {
+      refusal = "pgvalve: \"" + std::string(value) + "\" is not a valid " +
+                router_.sharding()->key + " for sharding.key_type";
+    }
+    if (!refusal.empty()) {
+      append_error(r, "22023", refusal);
+      pr::append_ready_for_query(r, tx_status);
+      return true;
+    }
+    if (!set || info.value_is_default) {
+      device_id_.clear();
+    } else {
+      device_id_.assign(value);
+    }
+    pr::append_command_complete(r, set ? "SET" : "RESET");
+    pr::append_ready_for_query(r, tx_status);
+    return true;
   }
   using Preference = routing::RouteContext::Preference;
   if (!set || info.value_is_default || routing::iequals(value, "auto")) {
@@ -966,6 +1179,12 @@ void Session::forward_query(const pr::Frame& f, std::string_view sql, std::size_
 
 void Session::plan_query(const pr::Frame& f, std::size_t offset, Link& l, Flight& flight) {
   auto sql = pr::read_query(f);
+  if (sql && router_.sharded()) {
+    if (const std::string why = shard_conflict(l, *sql, nullptr); !why.empty()) {
+      raise_on_server("0A000", why, false, l, flight);
+      return;
+    }
+  }
   pr::PendingResponse rfq{Kind::ReadyForQuery};
   if (sql) count_request(rfq, *sql);
   if (!sql || plain_statement(*sql)) {
@@ -1068,6 +1287,10 @@ void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight
   }
   if (!translate || parse->statement.empty()) {
     if (parse->statement.empty()) {
+      if (router_.sharded()) {
+        w.unnamed_statement_text.assign(parse->query);
+        w.unnamed_statement_types.assign(parse->param_types);
+      }
       w.unnamed_statement_note = std::move(note);
       w.unnamed_statement_pins = pins;
       w.unnamed_statement_fingerprint = 0;
@@ -1122,6 +1345,21 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
                                           ? statements_->find(head->statement)
                                           : nullptr;
   // What the portal's statement means for settings and pinning, remembered for its Execute.
+  if (head && router_.sharded()) {
+    const bool unnamed = head->statement.empty();
+    const pr::PreparedStatement* named =
+        unnamed || !statements_ ? nullptr : statements_->find(head->statement);
+    const std::string_view sql =
+        unnamed ? std::string_view(w.unnamed_statement_text)
+                : (named ? std::string_view(named->query) : std::string_view{});
+    const BindParams params(
+        head->rest, unnamed ? std::string_view(w.unnamed_statement_types)
+                            : (named ? std::string_view(named->param_types) : std::string_view{}));
+    if (const std::string why = shard_conflict(l, sql, &params); !why.empty()) {
+      raise_on_server("0A000", why, true, l, flight);
+      return;
+    }
+  }
   if (head) {
     Note note;
     bool pins = false;

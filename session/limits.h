@@ -16,6 +16,10 @@ inline constexpr std::size_t kMaxTransactionSavepoints = 4096;        // open at
 // Requests sent to a server and not yet answered. Past it pgvalve reads no more of the client
 // until half are answered: backpressure, not an error.
 inline constexpr std::size_t kMaxRequestsInFlight = 4096;
+// Sharded databases: a longer BEGIN is sent at once (to any shard) rather than held back.
+inline constexpr std::size_t kMaxDeferredBegin = 1024;
+// SET pgvalve.device_id: a longer value is refused (22023).
+inline constexpr std::size_t kMaxShardKeyBytes = 256;
 // A read sent to a replica up to this size is kept to run again elsewhere if the replica dies.
 inline constexpr std::size_t kMaxRetriedRequestBytes = 16u << 10;
 

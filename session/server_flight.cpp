@@ -277,6 +277,7 @@ void Session::complete_front(Link& l, char tag, Actions& out) {
       l.transaction_started = {};
     }
     if (head.internal && head.action == kActionSync) finish_sync(l, !head.failed, out);
+    if (head.internal && head.action == kActionBegin) finish_begin(l, !head.failed, out);
     if (head.internal && head.action == kActionPinCheck) finish_pin_check(l, head.failed, out);
   }
   if (l.pending.empty()) {

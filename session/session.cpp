@@ -426,7 +426,29 @@ void Session::finish_sync(Link& l, bool ok, Actions& out) {
     l.spans.push_back({true, from, l.scratch.size() - from});
     return;
   }
-  // The request that waited for this server can go on.
+  // The request that waited for this server can go on (after its transaction's BEGIN).
+  if (l.begin_pending) {
+    l.syncing = true;
+    return;
+  }
+  enter(SessionState::Holding);
+  out.resume_client = true;
+}
+
+void Session::finish_begin(Link& l, bool ok, Actions& out) {
+  l.begin_pending = false;
+  l.syncing = false;
+  if (!ok) {
+    // Checked with PostgreSQL's grammar before it was answered, so only the server can have
+    // failed it; the client's transaction did not start, and its request is answered so.
+    work().failure_sqlstate = "08006";
+    work().failure = "pgvalve: the transaction could not start on server " + l.server->name +
+                     "; it was rolled back, run it again";
+    unlink(id_of(l), LinkOp::Kind::Close, out);
+    enter_between_requests();
+    out.resume_client = true;
+    return;
+  }
   enter(SessionState::Holding);
   out.resume_client = true;
 }

@@ -80,6 +80,7 @@ struct Link;
 struct Flight;
 struct Review;
 struct HubReply;
+struct RequestText;
 
 // One workspace pool per worker thread; not thread-safe.
 class WorkspacePool {
@@ -227,6 +228,21 @@ class Session {
   bool local_flight(std::string_view input, std::string_view& sql, HubReply& reply) const;
   bool answer_route_setting(std::string_view input, char tx_status, Actions& out);
   std::string_view route_text(Flight& flight);
+  // The same, with the Bind that follows (sharded databases skip a BEGIN at the front of an
+  // extended flight: the statement after it names the shard).
+  RequestText request_text(Flight& flight);
+  routing::Route route_request(const RequestText& request);
+  // Sharded databases: a BEGIN alone, with no shard named yet, is answered here and sent with
+  // the transaction's first statement; COMMIT or ROLLBACK of such a transaction is answered here.
+  bool defer_begin(std::string_view frames, std::string_view sql, const routing::Route& route,
+                   Actions& out);
+  bool end_deferred_transaction(std::string_view frames, Actions& out);
+  void finish_begin(Link& l, bool ok, Actions& out);
+  // Sharded databases: why `sql` may not run on the shard the link's transaction is on; empty
+  // when it may.
+  std::string shard_conflict(const Link& l, std::string_view sql,
+                             const routing::ParamSource* params);
+  char client_tx_status() const { return deferred_begin_.empty() ? 'I' : 'T'; }
   void plan_frame(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
   void plan_query(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
   void forward_query(const protocol::Frame& f, std::string_view sql, std::size_t offset,
@@ -255,7 +271,7 @@ class Session {
   void pass_client(Flight& flight, std::size_t offset, std::size_t size);
   void mark_scratch(Flight& flight, std::size_t from);
   void fail_requests(std::string_view frames, std::string_view sqlstate, std::string_view message,
-                     std::string& out);
+                     std::string& out, std::string_view hint = {});
 
   // ---- server answers (server_flight.cpp) ----
   const Actions& plan_server(Link& l, LinkId id, std::string_view input);
@@ -341,6 +357,11 @@ class Session {
   // that write ended (time).
   std::uint64_t write_lsn_ = 0;
   Clock::time_point last_write_at_{};
+  // SET pgvalve.device_id: the shard key of this client's statements (sharded databases).
+  std::string device_id_;
+  // A BEGIN answered by pgvalve and not sent yet: it goes first to the shard the transaction's
+  // first statement needs.
+  std::string deferred_begin_;
   // SET pgvalve.route: where this client's statements go when no hint says otherwise.
   routing::RouteContext::Preference preference_ = routing::RouteContext::Preference::Auto;
   // A replica link takes one request at a time (the next may be a write): the rest of the

@@ -60,6 +60,7 @@ enum : std::uint8_t {
   kActionPinCheck,            // pgvalve's query about session state that pins the server
   kActionEvictClose,          // pgvalve's Close of `statement_hash` for the LRU cap
   kActionWalPosition,         // pgvalve's query for the primary's WAL position (read-your-writes)
+  kActionBegin,               // the client's BEGIN, held back until its shard was known
 };
 
 struct Link {
@@ -75,6 +76,7 @@ struct Link {
   bool flushed = false;           // ... and a Flush among them: the server owes their answers
   bool check_pins = false;        // ask the server about pinned state when its transaction ends
   bool login = false;             // linked at login: the login reply waits for the sync
+  bool begin_pending = false;     // the client's deferred BEGIN runs first (sharded databases)
   std::size_t stream_remaining = 0;  // bytes of a large server message still passing through
   bool stream_forward = true;        // ... forwarded to the client (false: dropped)
   Clock::time_point last_activity{};
@@ -115,6 +117,7 @@ struct Link {
     flushed = false;
     check_pins = false;
     login = false;
+    begin_pending = false;
     stream_remaining = 0;
     stream_forward = true;
     syncing = false;
@@ -127,6 +130,26 @@ struct Link {
     kind = stats::StatementKind::Other;
     transaction_started = {};
   }
+};
+
+// The $n values of a Bind, for the router of a sharded database.
+class BindParams final : public routing::ParamSource {
+ public:
+  BindParams(std::string_view bind_rest, std::string_view param_types)
+      : rest_(bind_rest), types_(param_types) {}
+  std::optional<routing::BoundParam> param(int number) const override;
+
+ private:
+  std::string_view rest_;
+  std::string_view types_;  // raw n * int32 OIDs, as in Parse
+};
+
+// What routes a request: its first statement's text and, when a Bind follows, its values.
+struct RequestText {
+  std::string_view sql;
+  bool bound = false;
+  std::string_view bind_rest;
+  std::string_view param_types;
 };
 
 // Planning state of one client step.
@@ -205,6 +228,9 @@ struct Workspace {
   // Statistics: the fingerprints of the unnamed statement and portal, and the last text
   // fingerprinted in this step (its address and size) with its value.
   std::uint64_t unnamed_statement_fingerprint = 0;
+  // Sharded databases: the unnamed statement's text and parameter types, to route its Binds.
+  std::string unnamed_statement_text;
+  std::string unnamed_statement_types;
   std::uint64_t unnamed_portal_fingerprint = 0;
   const char* fingerprinted_text = nullptr;
   std::size_t fingerprinted_size = 0;

@@ -116,8 +116,8 @@ TEST(NotSupportedYet, HealthChecksLogInAsTheFirstUserByDefault) {
   EXPECT_EQ(result.config->health.dbname, "postgres");
 }
 
-TEST(NotSupportedYet, SecondShardAndSharding) {
-  const std::string file = std::string(R"(users:
+TEST(NotSupportedYet, ShardsWorkInTransactionModeNotInSessionMode) {
+  const std::string shards = R"(users:
   - name: app
     password: secret
 databases:
@@ -127,12 +127,20 @@ databases:
       - primary: 127.0.0.1:5442
     sharding:
       key: device_id
+      key_type: bigint
+      hash: md5_mod
       tables: [telemetry]
-)");
-  const LoadResult result = load_config_string(file);
-  EXPECT_TRUE(has_error(result, "databases.telemetry.shards[1]", 8, "not supported yet"));
-  EXPECT_TRUE(has_error(result, "databases.telemetry.sharding", 9, "not supported yet"));
-  EXPECT_TRUE(test::load_design(file).errors.empty());
+)";
+  const LoadResult ok = load_config_string(shards);
+  ASSERT_TRUE(ok.errors.empty()) << dump(ok);
+  const Sharding& s = *ok.config->databases[0].sharding;
+  EXPECT_EQ(s.hash, HashFunction::Md5Mod);
+  EXPECT_EQ(s.key_type, ShardKeyType::Bigint);
+
+  const std::string session = shards + "pool:\n  mode: session\n";
+  const LoadResult refused = load_config_string(session);
+  EXPECT_TRUE(has_error(refused, "pool.mode", 15, "not supported yet"));
+  EXPECT_TRUE(test::load_design(session).errors.empty());
 }
 
 TEST(NotSupportedYet, FailoverWorks) {

@@ -1,0 +1,590 @@
+#include "routing/shard_plan.h"
+
+#include <pg_query.h>
+
+#include <algorithm>
+#include <array>
+#include <charconv>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "routing/normalized_walk.h"
+#include "routing/sql_lexer.h"
+
+namespace pgvalve::routing {
+
+int ShardingPolicy::shard_named(std::string_view name) const {
+  for (std::size_t i = 0; i < shard_names.size(); ++i) {
+    if (shard_names[i] == name) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+namespace {
+
+using Json = nlohmann::json;
+
+const Json* field(const Json& node, const char* name) {
+  if (!node.is_object()) return nullptr;
+  auto it = node.find(name);
+  return it == node.end() ? nullptr : &*it;
+}
+
+// {"Kind": {...}} -> the inner object when the node is of that kind.
+const Json* as(const Json& node, const char* kind) {
+  const Json* inner = field(node, kind);
+  return inner != nullptr && inner->is_object() ? inner : nullptr;
+}
+
+int location_of(const Json& node) {
+  const Json* loc = field(node, "location");
+  return loc != nullptr && loc->is_number_integer() ? loc->get<int>() : -1;
+}
+
+std::string_view sval(const Json& node) {
+  const Json* s = as(node, "String");
+  if (s == nullptr) return {};
+  const Json* v = field(*s, "sval");
+  return v != nullptr && v->is_string() ? std::string_view(v->get_ref<const std::string&>())
+                                        : std::string_view{};
+}
+
+// The single-name operator of an A_Expr ("=", "-"), or empty.
+std::string_view operator_name(const Json& expr) {
+  const Json* name = field(expr, "name");
+  if (name == nullptr || !name->is_array() || name->size() != 1) return {};
+  return sval(name->front());
+}
+
+class Analyzer {
+ public:
+  explicit Analyzer(const ShardingPolicy& policy) : policy_(policy) {}
+
+  ShardPlan plan;
+  std::vector<int> key_locations;  // offsets of key values, in statement order
+
+  void run(std::string_view sql) {
+    const std::string text(sql);
+    PgQueryParseResult result = pg_query_parse(text.c_str());
+    struct Free {
+      PgQueryParseResult& r;
+      ~Free() { pg_query_free_parse_result(r); }
+    } free_result{result};
+    if (result.error != nullptr) {
+      plan.key = ShardPlan::Key::Unparsed;
+      return;
+    }
+    const Json tree = Json::parse(result.parse_tree, nullptr, false);
+    const Json* stmts = field(tree, "stmts");
+    if (stmts == nullptr || !stmts->is_array() || stmts->empty()) return;
+    collect_tables(tree);
+    if (stmts->size() > 1) {
+      plan.key = ShardPlan::Key::Multiple;
+      return;
+    }
+    const Json* stmt = field(stmts->front(), "stmt");
+    if (stmt != nullptr) statement(*stmt);
+  }
+
+ private:
+  bool sharded_table(std::string_view name) const {
+    return std::find(policy_.reference_tables.begin(), policy_.reference_tables.end(), name) ==
+           policy_.reference_tables.end();
+  }
+
+  // Every table named anywhere (subqueries, joins, CTE bodies); CTE names are not tables.
+  void collect_tables(const Json& tree) {
+    std::set<std::string> ctes;
+    find_ctes(tree, ctes);
+    bool any = false;
+    bool sharded = false;
+    visit_range_vars(tree, [&](const Json& rv) {
+      const Json* rel = field(rv, "relname");
+      if (rel == nullptr || !rel->is_string()) return;
+      const std::string& name = rel->get_ref<const std::string&>();
+      if (field(rv, "schemaname") == nullptr && ctes.contains(name)) return;
+      any = true;
+      if (sharded_table(name)) sharded = true;
+    });
+    plan.tables = !any      ? ShardPlan::Tables::None
+                  : sharded ? ShardPlan::Tables::Sharded
+                            : ShardPlan::Tables::ReferenceOnly;
+  }
+
+  static void find_ctes(const Json& node, std::set<std::string>& out) {
+    if (node.is_object()) {
+      if (const Json* cte = as(node, "CommonTableExpr")) {
+        const Json* name = field(*cte, "ctename");
+        if (name != nullptr && name->is_string()) out.insert(name->get<std::string>());
+      }
+      for (const auto& [k, v] : node.items())
+        find_ctes(v, out);
+    } else if (node.is_array()) {
+      for (const Json& v : node)
+        find_ctes(v, out);
+    }
+  }
+
+  template <class F>
+  static void visit_range_vars(const Json& node, const F& f) {
+    if (node.is_object()) {
+      for (const auto& [k, v] : node.items()) {
+        if (k == "RangeVar" && v.is_object()) f(v);
+        // INSERT/UPDATE/DELETE name their target as a bare RangeVar body under "relation".
+        if (k == "relation" && v.is_object() && field(v, "relname") != nullptr) f(v);
+        visit_range_vars(v, f);
+      }
+    } else if (node.is_array()) {
+      for (const Json& v : node)
+        visit_range_vars(v, f);
+    }
+  }
+
+  void statement(const Json& stmt) {
+    if (const Json* s = as(stmt, "SelectStmt")) return select(*s);
+    if (const Json* s = as(stmt, "UpdateStmt")) return where(field(*s, "whereClause"));
+    if (const Json* s = as(stmt, "DeleteStmt")) return where(field(*s, "whereClause"));
+    if (const Json* s = as(stmt, "InsertStmt")) return insert(*s);
+    if (const Json* s = as(stmt, "ExplainStmt")) {
+      if (const Json* q = field(*s, "query")) statement(*q);
+      return;
+    }
+    static constexpr const char* kDdl[] = {"CreateStmt",
+                                           "AlterTableStmt",
+                                           "IndexStmt",
+                                           "DropStmt",
+                                           "ViewStmt",
+                                           "CreateSeqStmt",
+                                           "AlterSeqStmt",
+                                           "CreateFunctionStmt",
+                                           "CommentStmt",
+                                           "GrantStmt",
+                                           "RenameStmt",
+                                           "CreateSchemaStmt",
+                                           "CreateExtensionStmt",
+                                           "CreateEnumStmt",
+                                           "CompositeTypeStmt",
+                                           "CreateDomainStmt",
+                                           "AlterEnumStmt",
+                                           "CreateTrigStmt",
+                                           "AlterDomainStmt",
+                                           "AlterFunctionStmt",
+                                           "CreateStatsStmt",
+                                           "AlterObjectSchemaStmt",
+                                           "AlterOwnerStmt"};
+    for (const char* kind : kDdl) {
+      if (as(stmt, kind) != nullptr) {
+        plan.ddl = true;
+        return;
+      }
+    }
+  }
+
+  void select(const Json& s) {
+    const Json* op = field(s, "op");
+    if (op != nullptr && op->is_string() && op->get_ref<const std::string&>() != "SETOP_NONE") {
+      return;  // UNION/INTERSECT/EXCEPT: each side may need other shards
+    }
+    where(field(s, "whereClause"));
+  }
+
+  // The first conjunct of the top-level AND chain that fixes the key.
+  void where(const Json* clause) {
+    if (clause == nullptr) return;
+    std::vector<int> found;
+    if (conjunct(*clause, found)) {
+      key_locations = std::move(found);
+      plan.key = ShardPlan::Key::Slots;
+    }
+  }
+
+  bool conjunct(const Json& node, std::vector<int>& found) {
+    if (const Json* b = as(node, "BoolExpr")) {
+      const Json* op = field(*b, "boolop");
+      const Json* args = field(*b, "args");
+      if (op == nullptr || !op->is_string() || op->get_ref<const std::string&>() != "AND_EXPR" ||
+          args == nullptr || !args->is_array()) {
+        return false;
+      }
+      for (const Json& arg : *args) {
+        if (conjunct(arg, found)) return true;
+      }
+      return false;
+    }
+    const Json* e = as(node, "A_Expr");
+    if (e == nullptr || operator_name(*e) != "=") return false;
+    const Json* kind = field(*e, "kind");
+    if (kind == nullptr || !kind->is_string()) return false;
+    const Json* l = field(*e, "lexpr");
+    const Json* r = field(*e, "rexpr");
+    if (l == nullptr || r == nullptr) return false;
+    const std::string& k = kind->get_ref<const std::string&>();
+    if (k == "AEXPR_OP") {
+      int at = -1;
+      if (is_key_column(*l)) at = value_location(*r);
+      if (at < 0 && is_key_column(*r)) at = value_location(*l);
+      if (at < 0) return false;
+      found.push_back(at);
+      return true;
+    }
+    if (k == "AEXPR_IN" && is_key_column(*l)) {
+      const Json* list = as(*r, "List");
+      const Json* items = list != nullptr ? field(*list, "items") : nullptr;
+      if (items == nullptr || !items->is_array() || items->empty()) return false;
+      for (const Json& item : *items) {
+        const int at = value_location(item);
+        if (at < 0) return false;
+        found.push_back(at);
+      }
+      return true;
+    }
+    return false;
+  }
+
+  bool is_key_column(const Json& node) const {
+    const Json* c = as(node, "ColumnRef");
+    const Json* fields = c != nullptr ? field(*c, "fields") : nullptr;
+    if (fields == nullptr || !fields->is_array() || fields->empty()) return false;
+    return sval(fields->back()) == policy_.key;
+  }
+
+  // Where a constant or $n (under casts and a minus sign) starts; -1 for anything else.
+  static int value_location(const Json& node) {
+    if (const Json* c = as(node, "A_Const")) {
+      return field(*c, "isnull") != nullptr ? -1 : location_of(*c);
+    }
+    if (const Json* p = as(node, "ParamRef")) return location_of(*p);
+    if (const Json* t = as(node, "TypeCast")) {
+      const Json* arg = field(*t, "arg");
+      return arg != nullptr ? value_location(*arg) : -1;
+    }
+    if (const Json* e = as(node, "A_Expr")) {
+      // A minus sign the lexer folds into the number after it.
+      const Json* r = field(*e, "rexpr");
+      if (field(*e, "lexpr") == nullptr && operator_name(*e) == "-" && r != nullptr) {
+        const Json* inner = r;
+        if (const Json* t = as(*r, "TypeCast")) inner = field(*t, "arg");
+        if (inner != nullptr && as(*inner, "A_Const") != nullptr) return location_of(*e);
+      }
+    }
+    return -1;
+  }
+
+  void insert(const Json& s) {
+    const Json* rel = field(s, "relation");
+    const Json* relname = rel != nullptr ? field(*rel, "relname") : nullptr;
+    if (relname == nullptr || !relname->is_string() ||
+        !sharded_table(relname->get_ref<const std::string&>())) {
+      return;  // a reference table: every shard
+    }
+    const Json* cols = field(s, "cols");
+    int key_index = -1;
+    if (cols != nullptr && cols->is_array()) {
+      for (std::size_t i = 0; i < cols->size(); ++i) {
+        const Json* target = as((*cols)[i], "ResTarget");
+        const Json* name = target != nullptr ? field(*target, "name") : nullptr;
+        if (name != nullptr && name->is_string() &&
+            name->get_ref<const std::string&>() == policy_.key) {
+          key_index = static_cast<int>(i);
+        }
+      }
+    }
+    const Json* select = field(s, "selectStmt");
+    const Json* values = nullptr;
+    if (select != nullptr) {
+      if (const Json* sel = as(*select, "SelectStmt")) values = field(*sel, "valuesLists");
+    }
+    if (values == nullptr || !values->is_array() || values->empty()) {
+      plan.key = ShardPlan::Key::InsertSelect;
+      return;
+    }
+    if (key_index < 0) {
+      plan.key = ShardPlan::Key::InsertNoKey;
+      return;
+    }
+    std::vector<int> found;
+    for (const Json& row : *values) {
+      const Json* list = as(row, "List");
+      const Json* items = list != nullptr ? field(*list, "items") : nullptr;
+      if (items == nullptr || !items->is_array() ||
+          static_cast<std::size_t>(key_index) >= items->size()) {
+        plan.key = ShardPlan::Key::InsertNoKey;
+        return;
+      }
+      const int at = value_location((*items)[static_cast<std::size_t>(key_index)]);
+      if (at < 0) {
+        plan.key = ShardPlan::Key::InsertNoKey;  // DEFAULT or an expression: no value to route by
+        return;
+      }
+      found.push_back(at);
+    }
+    key_locations = std::move(found);
+    plan.key = ShardPlan::Key::Slots;
+  }
+
+  const ShardingPolicy& policy_;
+};
+
+// Literal slots, in order, with their ordinal.
+class SlotRecorder {
+ public:
+  void put(std::string_view, bool) {}
+  void slot(const LiteralSlot& s) { slots.push_back(s); }
+  std::vector<LiteralSlot> slots;
+};
+
+// Slot ordinals of `locations`: a location starts a slot, or lies inside a list slot (one
+// ordinal for the whole list). Empty when one is not found: the lexer and the grammar disagree
+// about where a value is, so no key is claimed.
+std::vector<std::uint32_t> ordinals_of(std::string_view sql, const std::vector<int>& locations) {
+  SlotRecorder recorder;
+  normalized_walk(sql, recorder);
+  std::vector<std::uint32_t> out;
+  for (const int at : locations) {
+    const auto pos = static_cast<std::size_t>(at);
+    bool found = false;
+    for (std::size_t i = 0; i < recorder.slots.size(); ++i) {
+      const LiteralSlot& s = recorder.slots[i];
+      if (s.unterminated) continue;
+      if (s.begin == pos || (s.list && s.begin < pos && pos < s.end)) {
+        if (out.empty() || out.back() != i) out.push_back(static_cast<std::uint32_t>(i));
+        found = true;
+        break;
+      }
+    }
+    if (!found) return {};
+  }
+  return out;
+}
+
+struct Analysis {
+  ShardPlan plan;
+  std::vector<std::uint32_t> ordinals;
+};
+
+Analysis analyze(std::string_view sql, const ShardingPolicy& policy) {
+  Analyzer a(policy);
+  a.run(sql);
+  Analysis out{a.plan, {}};
+  if (out.plan.key != ShardPlan::Key::Slots) return out;
+  out.ordinals = ordinals_of(sql, a.key_locations);
+  if (out.ordinals.empty()) {
+    // Values the lexer cannot point at: treated as no key (writes are then refused, reads
+    // scattered), never guessed.
+    out.plan.key = ShardPlan::Key::None;
+    return out;
+  }
+  const std::size_t n = out.ordinals.size();
+  const std::uint32_t first = out.ordinals[0];
+  const std::uint32_t stride = n > 1 ? out.ordinals[1] - first : 1;
+  bool regular = n <= UINT16_MAX && first <= UINT16_MAX && stride <= UINT16_MAX && stride > 0;
+  for (std::size_t i = 1; regular && i < n; ++i) {
+    regular = out.ordinals[i] == first + i * stride;
+  }
+  if (regular) {
+    out.plan.first_slot = static_cast<std::uint16_t>(first);
+    out.plan.stride = static_cast<std::uint16_t>(stride);
+    out.plan.count = static_cast<std::uint16_t>(n);
+  } else {
+    out.plan.key = ShardPlan::Key::Reparse;
+  }
+  return out;
+}
+
+// Reads key values out of literal slots and adds their shards to a ShardKeys.
+class KeyReader {
+ public:
+  KeyReader(std::string_view sql, const ShardingPolicy& policy, const ParamSource* params)
+      : sql_(sql), policy_(policy), params_(params) {}
+
+  ShardKeys keys;
+  bool any = false;
+
+  void add(const LiteralSlot& s) {
+    if (done()) return;
+    if (!s.list) return add_token(sql_.substr(s.begin, s.end - s.begin));
+    SqlLexer lexer(sql_.substr(0, s.end), s.begin);
+    Token t;
+    lexer.next(t);  // the opening bracket
+    while (!done() && lexer.next(t)) {
+      if (t.is_punct(',') || t.is_punct(')') || t.is_punct(']')) continue;
+      if (t.is_operator("-")) {
+        Token number;
+        if (!lexer.next(number)) break;
+        add_token(sql_.substr(t.offset, number.end() - t.offset));
+        continue;
+      }
+      add_token(t.text);
+    }
+  }
+
+ private:
+  bool done() const { return stop_; }
+  void finish(ShardKeys::Status status) {
+    keys.status = status;
+    stop_ = true;
+  }
+
+  void add_value(std::optional<KeyValue> value, std::string_view text) {
+    if (!value) {
+      keys.bad_value = text;
+      return finish(ShardKeys::Status::Invalid);
+    }
+    keys.shards |= std::uint64_t{1} << policy_.map.shard_of(*value);
+    keys.status = ShardKeys::Status::Found;
+    any = true;
+  }
+
+  void add_token(std::string_view text) {
+    if (text.empty()) return;
+    const KeyType type = policy_.map.key_type();
+    if (text[0] == '$' && text.size() > 1 && text[1] >= '0' && text[1] <= '9') {
+      int number = 0;
+      const auto [p, ec] = std::from_chars(text.data() + 1, text.data() + text.size(), number);
+      if (ec != std::errc() || params_ == nullptr) return finish(ShardKeys::Status::NotBound);
+      const std::optional<BoundParam> param = params_->param(number);
+      if (!param) return finish(ShardKeys::Status::NotBound);
+      if (!param->value) return finish(ShardKeys::Status::Null);
+      return add_value(param->binary ? key_from_binary(*param->value, param->type_oid, type)
+                                     : key_from_text(*param->value, type),
+                       param->binary ? std::string_view("(binary parameter)") : *param->value);
+    }
+    if (text[0] == '$') {  // $tag$...$tag$
+      const std::size_t open = text.find('$', 1);
+      if (open == std::string_view::npos || text.size() < 2 * (open + 1)) return unreadable();
+      const std::string_view body = text.substr(open + 1, text.size() - 2 * (open + 1));
+      return add_value(key_from_text(body, type), body);
+    }
+    std::string_view quoted = text;
+    if (quoted[0] == 'E' || quoted[0] == 'e') {
+      quoted.remove_prefix(1);
+      if (quoted.find('\\') != std::string_view::npos) return unreadable();
+    }
+    if (quoted[0] == '\'') {
+      if (quoted.size() < 2 || quoted.back() != '\'') return unreadable();
+      const std::string_view body = quoted.substr(1, quoted.size() - 2);
+      if (body.find('\'') == std::string_view::npos)
+        return add_value(key_from_text(body, type), body);
+      // '' inside: undone into scratch (a key value longer than it is not read).
+      if (body.size() > scratch_.size()) return unreadable();
+      std::size_t n = 0;
+      for (std::size_t i = 0; i < body.size(); ++i) {
+        scratch_[n++] = body[i];
+        if (body[i] == '\'') ++i;
+      }
+      const std::string_view value(scratch_.data(), n);
+      return add_value(key_from_text(value, type), text);
+    }
+    if ((text[0] >= '0' && text[0] <= '9') || text[0] == '-' || text[0] == '.') {
+      std::string_view number = text;
+      if (number[0] == '-') {
+        // `- 42`: the sign and the digits may stand apart.
+        std::size_t i = 1;
+        while (i < number.size() &&
+               (number[i] == ' ' || number[i] == '\t' || number[i] == '\n' || number[i] == '\r')) {
+          ++i;
+        }
+        if (i > 1) {
+          if (number.size() - i + 1 > scratch_.size()) return unreadable();
+          scratch_[0] = '-';
+          std::copy(number.begin() + static_cast<std::ptrdiff_t>(i), number.end(),
+                    scratch_.begin() + 1);
+          number = std::string_view(scratch_.data(), number.size() - i + 1);
+        }
+      }
+      return add_value(key_from_text(number, type), text);
+    }
+    unreadable();  // N'', U&'', B'', X'', or something the grammar took for a value
+  }
+
+  void unreadable() {
+    keys.shards = 0;
+    finish(ShardKeys::Status::NoKey);
+  }
+
+ public:
+  bool stopped() const { return stop_; }
+
+ private:
+  std::string_view sql_;
+  const ShardingPolicy& policy_;
+  const ParamSource* params_;
+  std::array<char, 256> scratch_{};
+  bool stop_ = false;
+};
+
+// Feeds the slots a plan names to a KeyReader, in one lexer pass.
+class PlannedSlots {
+ public:
+  PlannedSlots(const ShardPlan& plan, KeyReader& reader) : plan_(plan), reader_(reader) {}
+  void put(std::string_view, bool) {}
+  void slot(const LiteralSlot& s) {
+    const std::uint32_t i = ordinal_++;
+    if (reader_.stopped() || i < plan_.first_slot) return;
+    const std::uint32_t from_first = i - plan_.first_slot;
+    if (from_first % plan_.stride != 0 || from_first / plan_.stride >= plan_.count) return;
+    ++seen_;
+    reader_.add(s);
+  }
+  std::uint32_t seen() const { return seen_; }
+
+ private:
+  const ShardPlan& plan_;
+  KeyReader& reader_;
+  std::uint32_t ordinal_ = 0;
+  std::uint32_t seen_ = 0;
+};
+
+class ListedSlots {
+ public:
+  ListedSlots(const std::vector<std::uint32_t>& ordinals, KeyReader& reader)
+      : ordinals_(ordinals), reader_(reader) {}
+  void put(std::string_view, bool) {}
+  void slot(const LiteralSlot& s) {
+    const std::uint32_t i = ordinal_++;
+    if (!reader_.stopped() && std::binary_search(ordinals_.begin(), ordinals_.end(), i)) {
+      reader_.add(s);
+    }
+  }
+
+ private:
+  const std::vector<std::uint32_t>& ordinals_;
+  KeyReader& reader_;
+  std::uint32_t ordinal_ = 0;
+};
+
+}  // namespace
+
+ShardPlan plan_shards(std::string_view sql, const ShardingPolicy& policy) {
+  return analyze(sql, policy).plan;
+}
+
+ShardKeys shard_keys(std::string_view sql, const ShardPlan& plan, const ShardingPolicy& policy,
+                     const ParamSource* params) {
+  KeyReader reader(sql, policy, params);
+  if (plan.key == ShardPlan::Key::Slots) {
+    PlannedSlots slots(plan, reader);
+    normalized_walk(sql, slots);
+    // A statement of another shape than the plan's (a fingerprint collision) reads no key.
+    if (slots.seen() != plan.count) return ShardKeys{};
+  } else if (plan.key == ShardPlan::Key::Reparse) {
+    const Analysis fresh = analyze(sql, policy);
+    if (fresh.plan.key != ShardPlan::Key::Slots && fresh.plan.key != ShardPlan::Key::Reparse) {
+      return ShardKeys{};
+    }
+    ListedSlots slots(fresh.ordinals, reader);
+    normalized_walk(sql, slots);
+  } else {
+    return ShardKeys{};
+  }
+  if (reader.keys.status == ShardKeys::Status::Found && !reader.any) return ShardKeys{};
+  return reader.keys;
+}
+
+int shard_of_text(std::string_view value, const ShardingPolicy& policy) {
+  const std::optional<KeyValue> key = key_from_text(value, policy.map.key_type());
+  return key ? policy.map.shard_of(*key) : -1;
+}
+
+}  // namespace pgvalve::routing

@@ -1,0 +1,99 @@
+// Which shards a statement needs (DESIGN.md §4.4). PostgreSQL's parse tree (libpg_query) says,
+// once per fingerprint, which literal slots (normalized_walk.h) or $n hold the shard key and which
+// tables the statement touches: a ShardPlan, cached next to the read/write decision. Each later
+// statement of that shape finds its key values by walking its literal slots with the lexer and
+// reading the slots the plan names, or the Bind values they refer to.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "routing/shard_map.h"
+
+namespace pgvalve::routing {
+
+// sharding.* of one database, mapped by the session's owner (routing/ reads no configuration).
+struct ShardingPolicy {
+  std::string key = "device_id";  // column name as PostgreSQL folds it
+  std::vector<std::string> tables;
+  std::vector<std::string> reference_tables;
+  ShardMap map;
+  std::vector<std::string> shard_names;  // index = shard
+
+  // The shard called `name`, or -1.
+  int shard_named(std::string_view name) const;
+};
+
+// What the parse tree says about one statement shape. Small and trivially copyable: it lives in
+// a DecisionCache entry.
+struct ShardPlan {
+  enum class Tables : std::uint8_t {
+    None,           // no table at all (SELECT 1, SHOW, SET, transaction control)
+    ReferenceOnly,  // only reference tables: reads go to any shard, writes to all
+    Sharded,        // a table split by key (listed in sharding.tables, or not listed at all)
+  };
+  enum class Key : std::uint8_t {
+    None,          // no key found: see `tables`
+    Slots,         // key values in literal slots first_slot + i * stride, i < count
+    Reparse,       // key values found, but not at regular slots: ask the parse tree each time
+    InsertNoKey,   // INSERT into a sharded table without the key column in its column list
+    InsertSelect,  // INSERT ... SELECT / DEFAULT VALUES into a sharded table
+    Multiple,      // several statements in one string
+    Unparsed,      // not valid SQL: PostgreSQL will say so, any shard can
+  };
+  Tables tables = Tables::None;
+  Key key = Key::None;
+  bool ddl = false;  // schema change: every shard
+  std::uint16_t first_slot = 0;
+  std::uint16_t stride = 0;
+  std::uint16_t count = 0;
+};
+
+// Parses `sql` (allocates; call once per fingerprint) and finds where the key is: in the top-level
+// AND chain of a SELECT/UPDATE/DELETE WHERE clause (`key = v`, `v = key`, `t.key = v`,
+// `key IN (v, ...)`, casts and a minus sign allowed around v), or in the rows of an
+// INSERT ... (..., key, ...) VALUES. v is a constant or a $n.
+ShardPlan plan_shards(std::string_view sql, const ShardingPolicy& policy);
+
+// A Bind parameter, as the session finds it for a $n.
+struct BoundParam {
+  std::optional<std::string_view> value;  // nullopt: NULL
+  bool binary = false;
+  std::uint32_t type_oid = 0;  // from the Parse; 0: unspecified
+};
+
+class ParamSource {
+ public:
+  // $number's value; nullopt when the statement is not bound (a Parse or Describe alone).
+  virtual std::optional<BoundParam> param(int number) const = 0;
+
+ protected:
+  ~ParamSource() = default;
+};
+
+struct ShardKeys {
+  enum class Status : std::uint8_t {
+    Found,     // `shards` has every shard a key value maps to
+    NotBound,  // the key is a $n and no Bind is at hand (Parse/Describe): any shard can answer
+    NoKey,     // the plan has no key (or it could not be read)
+    Null,      // a key value is NULL
+    Invalid,   // a key value is not a value of sharding.key_type (`bad_value` says which)
+  };
+  Status status = Status::NoKey;
+  std::uint64_t shards = 0;  // bit i: shard i
+  std::string_view bad_value;
+};
+
+// The shards of `sql` under `plan` (made from a statement with the same fingerprint). Walks the
+// literal slots once; allocates nothing (Reparse plans parse again).
+ShardKeys shard_keys(std::string_view sql, const ShardPlan& plan, const ShardingPolicy& policy,
+                     const ParamSource* params);
+
+// The shard of one key value given as text (a hint, SET pgvalve.device_id): -1 when it is not a
+// value of sharding.key_type.
+int shard_of_text(std::string_view value, const ShardingPolicy& policy);
+
+}  // namespace pgvalve::routing

@@ -1,0 +1,251 @@
+"""Sharding by device_id over real PostgreSQL clusters: shard s0 is a primary with a streaming
+replica, shard s1 a primary alone. Where a row landed is checked on each shard directly, against
+the placement the outside scheme computes (Python's hashlib for md5_mod, python3-xxhash for xxh3,
+PostgreSQL's own satisfies_hash_partition() for pg_partition), never against pgvalve's account.
+
+Statements that need several shards (scatter-gather) are refused with 0A000 today: the tests
+check that they are refused, and that nothing is answered from a single shard."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+import psycopg
+import pytest
+import xxhash
+
+from pgcluster import APP_DB, PgCluster, wait_until
+
+TABLE = "CREATE TABLE telemetry (device_id bigint NOT NULL, ts timestamptz NOT NULL DEFAULT now(), " \
+        "value float8, note text)"
+
+
+@pytest.fixture(scope="module")
+def shards(request, cluster):
+    s1 = PgCluster(replicas=0)
+    request.addfinalizer(s1.teardown)
+    s1.start()
+    nodes = [cluster, s1]
+    for c in nodes:
+        c.primary.psql("DROP TABLE IF EXISTS telemetry, device_types, pp_parent", dbname=APP_DB)
+        c.primary.psql(TABLE, dbname=APP_DB)
+        c.primary.psql("CREATE TABLE device_types (id int PRIMARY KEY, name text)", dbname=APP_DB)
+        c.primary.psql("INSERT INTO device_types VALUES (1, 'thermometer'), (2, 'hygrometer')",
+                       dbname=APP_DB)
+        # pg_partition's oracle: the parent of a hash partitioning with modulus 2.
+        c.primary.psql("CREATE TABLE pp_parent (device_id bigint) PARTITION BY HASH (device_id)",
+                       dbname=APP_DB)
+        c.primary.psql("GRANT ALL ON ALL TABLES IN SCHEMA public TO app", dbname=APP_DB)
+        c.primary.psql("GRANT pg_monitor TO app")
+    cluster.wait_replay()
+    return nodes
+
+
+def config(shards, hash_="md5_mod", key_type="bigint", **extra):
+    s0, s1 = shards
+    sharding = {"key": "device_id", "hash": hash_, "key_type": key_type,
+                "tables": ["telemetry"], "reference_tables": ["device_types"]}
+    sharding.update(extra)
+    return {
+        "databases": {APP_DB: {
+            "shards": [
+                {"name": "s0", "primary": f"127.0.0.1:{s0.primary.port}",
+                 "replicas": [f"127.0.0.1:{r.port}" for r in s0.replicas]},
+                {"name": "s1", "primary": f"127.0.0.1:{s1.primary.port}"},
+            ],
+            "sharding": sharding,
+        }},
+        "health": {"interval_ms": 100, "timeout_ms": 1000, "failures_before_down": 2},
+    }
+
+
+def md5_mod(device_id, n=2) -> int:
+    return int(hashlib.md5(str(device_id).encode()).hexdigest(), 16) % n
+
+
+def clear(shards):
+    for c in shards:
+        c.primary.psql("TRUNCATE telemetry", dbname=APP_DB)
+    shards[0].wait_replay()
+
+
+def rows_on(cluster, query="SELECT device_id FROM telemetry") -> list:
+    with cluster.primary.connect(dbname=APP_DB) as conn:
+        return [r[0] for r in conn.execute(query).fetchall()]
+
+
+def refused(conn, sql, params=None, sqlstate="0A000") -> psycopg.Error:
+    with pytest.raises(psycopg.Error) as e:
+        conn.execute(sql, params)
+    assert e.value.sqlstate == sqlstate, e.value
+    assert str(e.value).startswith("pgvalve:"), e.value
+    return e.value
+
+
+def test_each_row_lands_on_the_shard_md5_mod_names(shards, pgvalve):
+    clear(shards)
+    pv = pgvalve(**config(shards))
+    devices = list(range(1, 201))
+    with pv.connect() as conn:
+        for d in devices:  # extended protocol, $n bound as text
+            conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, %s)", (d, d * 1.5))
+        for d in devices[:50]:  # simple protocol, literal key
+            conn.execute(f"INSERT INTO telemetry (value, device_id) VALUES ({d}, {d})",
+                         prepare=False)
+    for i, c in enumerate(shards):
+        placed = rows_on(c)
+        assert placed, f"no rows on shard s{i}"
+        assert all(md5_mod(d) == i for d in placed), f"a row on s{i} belongs elsewhere"
+    assert sorted(rows_on(shards[0]) + rows_on(shards[1])) == sorted(devices + devices[:50])
+
+
+def test_reads_by_device_find_rows_the_application_placed(shards, pgvalve):
+    """An existing deployment moves behind pgvalve without moving a row: rows placed by the
+    app-side md5(str(id)) % 2 scheme are found by device_id through pgvalve, on either shard
+    (shard s0 answers from its replica)."""
+    clear(shards)
+    expected = {}
+    for d in range(1000, 1060):
+        n = d % 4 + 1
+        target = shards[md5_mod(d)]
+        target.primary.psql(
+            f"INSERT INTO telemetry (device_id, value) SELECT {d}, g FROM generate_series(1,{n}) g",
+            dbname=APP_DB)
+        expected[d] = n
+    shards[0].wait_replay()
+    pv = pgvalve(**config(shards))
+    with pv.connect() as conn:
+        for d, n in expected.items():
+            got = conn.execute("SELECT count(*), sum(value) FROM telemetry WHERE device_id = %s",
+                               (d,)).fetchone()
+            assert got == (n, n * (n + 1) / 2), d
+            # The same through the simple protocol, a cast and a qualified column.
+            got = conn.execute(f"SELECT count(*) FROM telemetry t WHERE t.device_id = '{d}'::bigint",
+                               prepare=False).fetchone()[0]
+            assert got == n
+        # IN with every value on one shard is that shard's answer.
+        same = [d for d in expected if md5_mod(d) == 1][:5]
+        got = conn.execute(f"SELECT count(*) FROM telemetry WHERE device_id IN ({','.join(map(str, same))})",
+                           prepare=False).fetchone()[0]
+        assert got == sum(expected[d] for d in same)
+        # The replica of s0 answered the reads of its devices.
+        d0 = next(d for d in expected if md5_mod(d) == 0)
+        on_replica = conn.execute(
+            "SELECT pg_is_in_recovery() FROM telemetry WHERE device_id = %s LIMIT 1", (d0,)
+        ).fetchone()[0]
+        assert on_replica is True
+
+
+def test_statements_that_need_several_shards_are_refused_not_answered_from_one(shards, pgvalve):
+    clear(shards)
+    pv = pgvalve(**config(shards))
+    with pv.connect() as conn:
+        for d in range(1, 21):
+            conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 1)", (d,))
+        e = refused(conn, "SELECT count(*) FROM telemetry")
+        assert "device_id" in e.diag.message_hint
+        refused(conn, "UPDATE telemetry SET value = 2")
+        refused(conn, "DELETE FROM telemetry WHERE value > 0")
+        a, b = next(d for d in range(1, 21) if md5_mod(d) == 0), next(
+            d for d in range(1, 21) if md5_mod(d) == 1)
+        refused(conn, f"SELECT * FROM telemetry WHERE device_id IN ({a}, {b})")
+        refused(conn, f"INSERT INTO telemetry (device_id, value) VALUES ({a}, 1), ({b}, 1)")
+        refused(conn, "INSERT INTO telemetry VALUES (1, now(), 1)")  # no column list
+        refused(conn, "INSERT INTO telemetry (device_id) SELECT 5")
+        refused(conn, "SELECT count(*) FROM telemetry WHERE device_id = 'abc'", sqlstate="22P02")
+        # The connection is fine afterwards, and nothing changed on either shard.
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert sorted(rows_on(shards[0]) + rows_on(shards[1])) == list(range(1, 21))
+    with shards[0].primary.connect(dbname=APP_DB) as direct:
+        assert direct.execute("SELECT count(*) FROM telemetry WHERE value <> 1").fetchone()[0] == 0
+
+
+def test_hints_and_set_device_id_choose_the_shard(shards, pgvalve):
+    clear(shards)
+    pv = pgvalve(**config(shards))
+    d1 = next(d for d in range(1, 50) if md5_mod(d) == 1)
+    with pv.connect() as conn:
+        conn.execute(f"/* pgvalve: device_id={d1} */ INSERT INTO telemetry (device_id, value) "
+                     f"SELECT {d1}, g FROM generate_series(1, 3) g", prepare=False)
+        # A keyless read of one shard, named by a hint or by the session's key.
+        assert conn.execute("/* pgvalve: shard=s1 */ SELECT count(*) FROM telemetry",
+                            prepare=False).fetchone()[0] == 3
+        assert conn.execute("/* pgvalve: shard=s0 */ SELECT count(*) FROM telemetry",
+                            prepare=False).fetchone()[0] == 0
+        refused(conn, "/* pgvalve: shard=nope */ SELECT 1")
+        conn.execute(f"SET pgvalve.device_id = '{d1}'")
+        assert conn.execute("SELECT count(*) FROM telemetry").fetchone()[0] == 3
+        conn.execute("RESET pgvalve.device_id")
+        refused(conn, "SELECT count(*) FROM telemetry")
+        refused(conn, "SET pgvalve.device_id = 'not-a-number'", sqlstate="22023")
+        # Statements on no table, and reads of reference tables, run on any shard.
+        assert conn.execute("SELECT 41 + 1").fetchone() == (42,)
+        assert conn.execute("SELECT name FROM device_types WHERE id = 2").fetchone() == ("hygrometer",)
+    assert rows_on(shards[1]) == [d1] * 3 and rows_on(shards[0]) == []
+
+
+def test_a_transaction_runs_on_the_shard_of_its_first_statement(shards, pgvalve):
+    """psycopg sends BEGIN before the first statement: pgvalve holds it back and starts the
+    transaction on the shard that statement names; another shard in the same transaction is
+    refused, and the transaction rolls back as PostgreSQL's would after an error."""
+    clear(shards)
+    pv = pgvalve(**config(shards))
+    d0 = next(d for d in range(1, 50) if md5_mod(d) == 0)
+    d1 = next(d for d in range(1, 50) if md5_mod(d) == 1)
+    d1b = next(d for d in range(d1 + 1, 99) if md5_mod(d) == 1)
+    with pv.connect(autocommit=False) as conn:
+        conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 1)", (d1,))
+        conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 2)", (d1b,))
+        assert conn.execute("SELECT count(*) FROM telemetry WHERE device_id = %s",
+                            (d1,)).fetchone()[0] == 1
+        conn.commit()
+        conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 3)", (d1,))
+        with pytest.raises(psycopg.Error) as e:
+            conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 4)", (d0,))
+        assert e.value.sqlstate == "0A000" and "shard" in str(e.value)
+        conn.rollback()
+        # A transaction that only begins and ends touches no server.
+        conn.commit()
+        # BEGIN and ROLLBACK around one shard's statements.
+        conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 5)", (d0,))
+        conn.rollback()
+    assert sorted(rows_on(shards[1])) == sorted([d1, d1b])
+    assert rows_on(shards[0]) == []
+
+
+def test_pg_partition_places_rows_as_postgresql_hash_partitioning_would(shards, pgvalve):
+    clear(shards)
+    pv = pgvalve(**config(shards, hash_="pg_partition"))
+    ids = list(range(-50, 150)) + [2**40 + 7, -(2**35)]
+    with pv.connect() as conn:
+        for d in ids:
+            conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 0)", (d,))
+    for i, c in enumerate(shards):
+        with c.primary.connect(dbname=APP_DB) as direct:
+            wrong = direct.execute(
+                "SELECT device_id FROM telemetry WHERE NOT satisfies_hash_partition("
+                "'pp_parent'::regclass, 2, %s, device_id)", (i,)).fetchall()
+            assert wrong == [], f"rows on s{i} that PostgreSQL would place elsewhere: {wrong[:5]}"
+    assert sorted(rows_on(shards[0]) + rows_on(shards[1])) == sorted(ids)
+
+
+def test_xxh3_bucket_map_places_rows_by_bucket(shards, pgvalve):
+    clear(shards)
+    # s1 owns only buckets 0-9 of 64: a skewed map, so a wrong bucket rule shows.
+    pv = pgvalve(**config(shards, hash_="xxh3", key_type="auto", buckets=64,
+                          bucket_map={"s0": "10-63", "s1": "0-9"}))
+    ids = list(range(1, 301))
+    with pv.connect() as conn:
+        for d in ids:
+            conn.execute(f"INSERT INTO telemetry (device_id, value) VALUES ({d}, 0)",
+                         prepare=False)
+
+    def shard_of(d):
+        bucket = xxhash.xxh3_64_intdigest(struct.pack("<q", d)) % 64
+        return 1 if bucket <= 9 else 0
+
+    for i, c in enumerate(shards):
+        placed = rows_on(c)
+        assert all(shard_of(d) == i for d in placed), f"a row on s{i} belongs elsewhere"
+    assert len(rows_on(shards[1])) == sum(1 for d in ids if shard_of(d) == 1) > 0
