@@ -181,15 +181,6 @@ std::string join(const std::vector<std::string>& items) {
   return out;
 }
 
-std::string ranges_to_string(const std::vector<BucketRange>& ranges) {
-  std::string out;
-  for (const BucketRange& range : ranges) {
-    if (!out.empty()) out += ",";
-    out += std::to_string(range.first) + "-" + std::to_string(range.last);
-  }
-  return out;
-}
-
 // An empty value is shown as "" so that "unset" is visible in `--check` output.
 std::string shown(const std::string& value) {
   return value.empty() ? "\"\"" : value;
@@ -321,6 +312,15 @@ bool is_secret_key(const std::string& key) {
 }
 
 }  // namespace
+
+std::string ranges_to_string(const std::vector<BucketRange>& ranges) {
+  std::string out;
+  for (const BucketRange& range : ranges) {
+    if (!out.empty()) out += ",";
+    out += std::to_string(range.first) + "-" + std::to_string(range.last);
+  }
+  return out;
+}
 
 std::vector<std::pair<std::string, std::string>> describe(const Config& config) {
   return describe_impl(config, true);

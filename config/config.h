@@ -215,6 +215,8 @@ const char* to_string(TlsMode mode);
 const char* to_string(ServerTlsMode mode);
 const char* to_string(HashFunction hash);
 const char* to_string(ShardKeyType type);
+// "0-511,768-1023": bucket ranges as bucket_map writes them.
+std::string ranges_to_string(const std::vector<BucketRange>& ranges);
 const char* to_string(ReadsTo reads);
 const char* to_string(LoadBalance balance);
 const char* to_string(ReadYourWrites mode);

@@ -332,12 +332,22 @@ void show_shards(App& app, const stats::Snapshot& snap, std::string& out) {
           rows_routed += q.rows;
         }
       }
-      rows.push_back({db.name, shard.name, primary, replicas, std::to_string(statements),
+      // What the shard owns: its xxh3 bucket ranges, or its remainder of md5_mod / pg_partition.
+      std::string buckets = "all";
+      if (db.sharding && db.sharding->hash == config::HashFunction::Xxh3) {
+        const auto it = db.sharding->bucket_map.find(shard.name);
+        buckets = it == db.sharding->bucket_map.end() ? "" : config::ranges_to_string(it->second);
+      } else if (db.sharding) {
+        buckets = std::string(config::to_string(db.sharding->hash)) + " remainder " +
+                  std::to_string(i) + " of " + std::to_string(db.shards.size());
+      }
+      rows.push_back({db.name, shard.name, buckets, primary, replicas, std::to_string(statements),
                       std::to_string(rows_routed)});
     }
   }
-  append_result(out, {"database", "shard", "primary", "replicas", "statements", "rows_routed"},
-                rows);
+  append_result(
+      out, {"database", "shard", "buckets", "primary", "replicas", "statements", "rows_routed"},
+      rows);
 }
 
 using ConnectionRow = ClientSession::ConnectionRow;

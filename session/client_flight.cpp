@@ -738,33 +738,38 @@ bool Session::end_deferred_transaction(std::string_view frames, Actions& out) {
   return true;
 }
 
-std::string Session::shard_conflict(const Link& l, std::string_view sql,
-                                    const routing::ParamSource* params) {
+std::pair<std::string_view, std::string> Session::shard_conflict(
+    const Link& l, std::string_view sql, const routing::ParamSource* params) {
   if (!router_.sharded() || sql.empty()) return {};
+  constexpr std::string_view kNotSupported = "0A000";
   routing::RouteContext context;
   context.device_id = device_id_;
   context.params = params;
   context.fingerprint = fingerprint_of(sql);
   const routing::Route route = router_.route(sql, context);
   const routing::ShardingPolicy& sharding = *router_.sharding();
-  if (route.kind == routing::Route::Kind::Refuse) return route.refusal->message;
+  if (route.kind == routing::Route::Kind::Refuse) {
+    return {route.refusal->sqlstate, route.refusal->message};
+  }
   if (route.any_shard) return {};
   if (route.kind != routing::Route::Kind::Shards && route.shard == l.route.shard) return {};
   const std::string here = l.route.shard < sharding.shard_names.size()
                                ? sharding.shard_names[l.route.shard]
                                : std::to_string(l.route.shard);
   if (route.kind == routing::Route::Kind::Shards) {
-    return "pgvalve: this transaction runs on shard " + here +
-           ", and this statement needs several shards; a transaction on a sharded database "
-           "stays on one shard: name one " +
-           sharding.key + " or run it outside the transaction";
+    return {kNotSupported,
+            "pgvalve: this transaction runs on shard " + here +
+                ", and this statement needs several shards; a transaction on a sharded database "
+                "stays on one shard: name one " +
+                sharding.key + " or run it outside the transaction"};
   }
   const std::string there = route.shard < sharding.shard_names.size()
                                 ? sharding.shard_names[route.shard]
                                 : std::to_string(route.shard);
-  return "pgvalve: this transaction runs on shard " + here + ", and this statement's " +
-         sharding.key + " lives on shard " + there +
-         "; a transaction on a sharded database stays on one shard: commit and start another";
+  return {kNotSupported,
+          "pgvalve: this transaction runs on shard " + here + ", and this statement's " +
+              sharding.key + " lives on shard " + there +
+              "; a transaction on a sharded database stays on one shard: commit and start another"};
 }
 
 void Session::fail_requests(std::string_view frames, std::string_view sqlstate,
@@ -1180,8 +1185,8 @@ void Session::forward_query(const pr::Frame& f, std::string_view sql, std::size_
 void Session::plan_query(const pr::Frame& f, std::size_t offset, Link& l, Flight& flight) {
   auto sql = pr::read_query(f);
   if (sql && router_.sharded()) {
-    if (const std::string why = shard_conflict(l, *sql, nullptr); !why.empty()) {
-      raise_on_server("0A000", why, false, l, flight);
+    if (const auto [sqlstate, why] = shard_conflict(l, *sql, nullptr); !why.empty()) {
+      raise_on_server(sqlstate, why, false, l, flight);
       return;
     }
   }
@@ -1355,8 +1360,8 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
     const BindParams params(
         head->rest, unnamed ? std::string_view(w.unnamed_statement_types)
                             : (named ? std::string_view(named->param_types) : std::string_view{}));
-    if (const std::string why = shard_conflict(l, sql, &params); !why.empty()) {
-      raise_on_server("0A000", why, true, l, flight);
+    if (const auto [sqlstate, why] = shard_conflict(l, sql, &params); !why.empty()) {
+      raise_on_server(sqlstate, why, true, l, flight);
       return;
     }
   }

@@ -238,10 +238,10 @@ class Session {
                    Actions& out);
   bool end_deferred_transaction(std::string_view frames, Actions& out);
   void finish_begin(Link& l, bool ok, Actions& out);
-  // Sharded databases: why `sql` may not run on the shard the link's transaction is on; empty
-  // when it may.
-  std::string shard_conflict(const Link& l, std::string_view sql,
-                             const routing::ParamSource* params);
+  // Sharded databases: why `sql` may not run on the shard the link's transaction is on (a
+  // refusal's SQLSTATE and message); an empty message when it may.
+  std::pair<std::string_view, std::string> shard_conflict(const Link& l, std::string_view sql,
+                                                          const routing::ParamSource* params);
   char client_tx_status() const { return deferred_begin_.empty() ? 'I' : 'T'; }
   void plan_frame(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
   void plan_query(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);

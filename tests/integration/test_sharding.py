@@ -249,3 +249,47 @@ def test_xxh3_bucket_map_places_rows_by_bucket(shards, pgvalve):
         placed = rows_on(c)
         assert all(shard_of(d) == i for d in placed), f"a row on s{i} belongs elsewhere"
     assert len(rows_on(shards[1])) == sum(1 for d in ids if shard_of(d) == 1) > 0
+
+
+def test_show_shards_lists_each_shard_with_what_it_owns_and_routed(shards, pgvalve):
+    from itutil import APP_AND_OPS, OPS_PASSWORD, OPS_USER
+    clear(shards)
+    pv = pgvalve(users=APP_AND_OPS, **config(shards))
+    d1 = next(d for d in range(1, 50) if md5_mod(d) == 1)
+    with pv.connect() as conn:
+        for _ in range(3):
+            conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 1)", (d1,))
+        assert conn.execute("SELECT count(*) FROM telemetry WHERE device_id = %s",
+                            (d1,)).fetchone()[0] == 3
+    with psycopg.connect(pv.dsn(user=OPS_USER, password=OPS_PASSWORD, dbname="pgvalve"),
+                         autocommit=True, prepare_threshold=None) as a:
+        def rows():
+            cur = a.execute("SHOW SHARDS")
+            cols = [d.name for d in cur.description]
+            return {r[cols.index("shard")]: dict(zip(cols, r)) for r in cur.fetchall()
+                    if r[cols.index("database")] == APP_DB}
+        wait_until(lambda: all(r["primary"] for r in rows().values()), 10,
+                   message="both primaries checked")
+        got = rows()
+    assert set(got) == {"s0", "s1"}
+    assert got["s1"]["buckets"] == "md5_mod remainder 1 of 2"
+    assert got["s1"]["primary"] == f"127.0.0.1:{shards[1].primary.port}"
+    assert got["s0"]["replicas"] == f"127.0.0.1:{shards[0].replicas[0].port}"
+    # 3 inserts and a count on s1: 4 statements, 3 rows written + 1 row read.
+    assert got["s1"]["statements"] == "4" and got["s1"]["rows_routed"] == "4"
+    assert got["s0"]["statements"] == "0"
+
+
+def test_a_bad_key_inside_a_transaction_fails_the_transaction(shards, pgvalve):
+    clear(shards)
+    pv = pgvalve(**config(shards))
+    d1 = next(d for d in range(1, 50) if md5_mod(d) == 1)
+    with pv.connect(autocommit=False) as conn:
+        conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 1)", (d1,))
+        with pytest.raises(psycopg.Error) as e:
+            conn.execute("SELECT * FROM telemetry WHERE device_id = 'x'")
+        assert e.value.sqlstate == "22P02" and str(e.value).startswith("pgvalve:")
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            conn.execute("SELECT 1")
+        conn.rollback()
+    assert rows_on(shards[1]) == []
