@@ -205,6 +205,12 @@ Route Router::route_sharded(std::string_view sql, const RouteContext& context) c
                            "pgvalve: INSERT ... SELECT into a sharded table cannot be routed "
                            "row by row; insert with VALUES, or name the shard",
                            hint_text);
+    case ShardPlan::Key::UpdatesKey:
+      return Route::refuse("0A000",
+                           "pgvalve: an UPDATE that sets " + sharding.key +
+                               " would move rows to another shard, which pgvalve does not do; "
+                               "DELETE the rows and INSERT them with the new " +
+                               sharding.key);
     case ShardPlan::Key::Multiple:
       return Route::refuse("0A000",
                            "pgvalve: several statements in one query on a sharded database; "

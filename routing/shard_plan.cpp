@@ -142,9 +142,35 @@ class Analyzer {
   }
 
   void statement(const Json& stmt) {
+    for (const char* kind : {"SelectStmt", "UpdateStmt", "DeleteStmt", "InsertStmt"}) {
+      const Json* s = as(stmt, kind);
+      // A data-modifying WITH writes rows the outer statement's key says nothing about.
+      if (s != nullptr && writes_in_with(*s)) return;
+    }
     if (const Json* s = as(stmt, "SelectStmt")) return select(*s);
-    if (const Json* s = as(stmt, "UpdateStmt")) return where(field(*s, "whereClause"));
-    if (const Json* s = as(stmt, "DeleteStmt")) return where(field(*s, "whereClause"));
+    // A reference table has its rows on every shard: a write to it goes to all of them, whatever
+    // its WHERE says.
+    if (const Json* s = as(stmt, "UpdateStmt")) {
+      if (!sharded_target(*s)) return;
+      // A new key value would belong on another shard: the row cannot move by an UPDATE.
+      if (const Json* targets = field(*s, "targetList"); targets && targets->is_array()) {
+        for (const Json& t : *targets) {
+          const Json* target = as(t, "ResTarget");
+          const Json* name = target != nullptr ? field(*target, "name") : nullptr;
+          if (name != nullptr && name->is_string() &&
+              name->get_ref<const std::string&>() == policy_.key) {
+            plan.key = ShardPlan::Key::UpdatesKey;
+            return;
+          }
+        }
+      }
+      where(field(*s, "whereClause"));
+      return;
+    }
+    if (const Json* s = as(stmt, "DeleteStmt")) {
+      if (sharded_target(*s)) where(field(*s, "whereClause"));
+      return;
+    }
     if (const Json* s = as(stmt, "InsertStmt")) return insert(*s);
     if (const Json* s = as(stmt, "ExplainStmt")) {
       if (const Json* q = field(*s, "query")) statement(*q);
@@ -179,6 +205,29 @@ class Analyzer {
         return;
       }
     }
+  }
+
+  // The target of an INSERT/UPDATE/DELETE is a sharded table.
+  bool sharded_target(const Json& s) const {
+    const Json* rel = field(s, "relation");
+    const Json* relname = rel != nullptr ? field(*rel, "relname") : nullptr;
+    return relname != nullptr && relname->is_string() &&
+           sharded_table(relname->get_ref<const std::string&>());
+  }
+
+  static bool writes_in_with(const Json& s) {
+    const Json* with = field(s, "withClause");
+    const Json* ctes = with != nullptr ? field(*with, "ctes") : nullptr;
+    if (ctes == nullptr || !ctes->is_array()) return false;
+    for (const Json& cte : *ctes) {
+      const Json* c = as(cte, "CommonTableExpr");
+      const Json* q = c != nullptr ? field(*c, "ctequery") : nullptr;
+      if (q == nullptr) continue;
+      for (const char* kind : {"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt"}) {
+        if (as(*q, kind) != nullptr) return true;
+      }
+    }
+    return false;
   }
 
   void select(const Json& s) {
@@ -264,7 +313,11 @@ class Analyzer {
       const Json* r = field(*e, "rexpr");
       if (field(*e, "lexpr") == nullptr && operator_name(*e) == "-" && r != nullptr) {
         const Json* inner = r;
-        if (const Json* t = as(*r, "TypeCast")) inner = field(*t, "arg");
+        while (inner != nullptr) {
+          const Json* t = as(*inner, "TypeCast");
+          if (t == nullptr) break;
+          inner = field(*t, "arg");
+        }
         if (inner != nullptr && as(*inner, "A_Const") != nullptr) return location_of(*e);
       }
     }
@@ -272,12 +325,7 @@ class Analyzer {
   }
 
   void insert(const Json& s) {
-    const Json* rel = field(s, "relation");
-    const Json* relname = rel != nullptr ? field(*rel, "relname") : nullptr;
-    if (relname == nullptr || !relname->is_string() ||
-        !sharded_table(relname->get_ref<const std::string&>())) {
-      return;  // a reference table: every shard
-    }
+    if (!sharded_target(s)) return;  // a reference table: every shard
     const Json* cols = field(s, "cols");
     int key_index = -1;
     if (cols != nullptr && cols->is_array()) {
@@ -423,6 +471,7 @@ class KeyReader {
   bool done() const { return stop_; }
   void finish(ShardKeys::Status status) {
     keys.status = status;
+    if (status != ShardKeys::Status::Found) keys.shards = 0;
     stop_ = true;
   }
 
@@ -466,32 +515,42 @@ class KeyReader {
       const std::string_view body = quoted.substr(1, quoted.size() - 2);
       if (body.find('\'') == std::string_view::npos)
         return add_value(key_from_text(body, type), body);
-      // '' inside: undone into scratch (a key value longer than it is not read).
+      // '' inside, or 'a' <newline> 'b' (one literal, 'ab'): undone into scratch (a key value
+      // longer than it is not read).
       if (body.size() > scratch_.size()) return unreadable();
       std::size_t n = 0;
       for (std::size_t i = 0; i < body.size(); ++i) {
-        scratch_[n++] = body[i];
-        if (body[i] == '\'') ++i;
+        if (body[i] != '\'') {
+          scratch_[n++] = body[i];
+        } else if (i + 1 < body.size() && body[i + 1] == '\'') {
+          scratch_[n++] = '\'';
+          ++i;
+        } else {
+          // The end of one part: only whitespace and -- comments (which may hold quotes) stand
+          // before the quote that opens the next.
+          for (++i; i < body.size() && body[i] != '\''; ++i) {
+            if (body[i] == '-' && i + 1 < body.size() && body[i + 1] == '-') {
+              while (i + 1 < body.size() && body[i + 1] != '\n' && body[i + 1] != '\r')
+                ++i;
+            }
+          }
+        }
       }
       const std::string_view value(scratch_.data(), n);
       return add_value(key_from_text(value, type), text);
     }
     if ((text[0] >= '0' && text[0] <= '9') || text[0] == '-' || text[0] == '.') {
       std::string_view number = text;
-      if (number[0] == '-') {
-        // `- 42`: the sign and the digits may stand apart.
-        std::size_t i = 1;
-        while (i < number.size() &&
-               (number[i] == ' ' || number[i] == '\t' || number[i] == '\n' || number[i] == '\r')) {
-          ++i;
-        }
-        if (i > 1) {
-          if (number.size() - i + 1 > scratch_.size()) return unreadable();
-          scratch_[0] = '-';
-          std::copy(number.begin() + static_cast<std::ptrdiff_t>(i), number.end(),
-                    scratch_.begin() + 1);
-          number = std::string_view(scratch_.data(), number.size() - i + 1);
-        }
+      if (number[0] == '-' && number.size() > 1 && !(number[1] >= '0' && number[1] <= '9') &&
+          number[1] != '.') {
+        // `- 42`, `- /* c */ 42`: whitespace and comments may stand between sign and digits.
+        SqlLexer lexer(number, 1);
+        Token digits;
+        if (!lexer.next(digits) || digits.kind != TokenKind::Number) return unreadable();
+        if (digits.text.size() + 1 > scratch_.size()) return unreadable();
+        scratch_[0] = '-';
+        std::copy(digits.text.begin(), digits.text.end(), scratch_.begin() + 1);
+        number = std::string_view(scratch_.data(), digits.text.size() + 1);
       }
       return add_value(key_from_text(number, type), text);
     }
@@ -521,11 +580,13 @@ class PlannedSlots {
   void put(std::string_view, bool) {}
   void slot(const LiteralSlot& s) {
     const std::uint32_t i = ordinal_++;
-    if (reader_.stopped() || i < plan_.first_slot) return;
+    if (i < plan_.first_slot) return;
     const std::uint32_t from_first = i - plan_.first_slot;
     if (from_first % plan_.stride != 0 || from_first / plan_.stride >= plan_.count) return;
+    // Counted even once the reader has stopped (a NULL, an unbound $n, a bad value): the count
+    // tells a statement of the plan's shape from another, not how far the reading went.
     ++seen_;
-    reader_.add(s);
+    if (!reader_.stopped()) reader_.add(s);
   }
   std::uint32_t seen() const { return seen_; }
 

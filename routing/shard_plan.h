@@ -41,6 +41,7 @@ struct ShardPlan {
     Reparse,       // key values found, but not at regular slots: ask the parse tree each time
     InsertNoKey,   // INSERT into a sharded table without the key column in its column list
     InsertSelect,  // INSERT ... SELECT / DEFAULT VALUES into a sharded table
+    UpdatesKey,    // UPDATE ... SET key = ...: the row would belong on another shard
     Multiple,      // several statements in one string
     Unparsed,      // not valid SQL: PostgreSQL will say so, any shard can
   };
