@@ -205,6 +205,9 @@ const Actions& Session::on_checkout_failed(std::string_view sqlstate, std::strin
   Actions& out = client_actions();
   if (state_ != SessionState::WaitingForServer) return out;
   Workspace& w = work();
+  // The request is answered with an error and ReadyForQuery 'I': a BEGIN held back for it is
+  // forgotten with it, or the client's next statement would run in a transaction it ended.
+  deferred_begin_.clear();
   if (pending_link_ != 0 && linked(0)) {
     // A session-mode read meant for a replica: the client's own server answers it (a read
     // being retried too).
