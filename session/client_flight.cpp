@@ -178,11 +178,7 @@ const Actions& Session::on_linked(ServerState& server, Clock::time_point now) {
     // that nothing of the transaction runs outside it.
     pr::append_query(w.client_scratch, deferred_begin_);
     deferred_begin_.clear();
-    pr::PendingResponse begin{pr::PendingResponse::Kind::ReadyForQuery};
-    begin.internal = true;
-    begin.action = kActionBegin;
-    l.pending.push(begin);
-    ++l.in_flight;
+    expect_own_answer(l, kActionBegin);
     l.begin_pending = true;
     l.syncing = true;
     l.sync_started = now;
@@ -370,7 +366,7 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
       out.consumed = end;
       return out;
     }
-    if (defer_begin(frames, request.sql, route, out)) {
+    if (defer_begin(frames, route, out)) {
       out.consumed = end;
       if (terminate) close_with({}, {}, out);
       return out;
@@ -477,7 +473,7 @@ bool Session::route_away_from_own_server(std::string_view frames, Link& own, Act
   context.recent_write = options_.read_your_writes == config::ReadYourWrites::Time &&
                          last_write_at_ != Clock::time_point{} &&
                          now_ - last_write_at_ < options_.read_your_writes_window;
-  const std::string_view text = route_text(flight);
+  const std::string_view text = request_text(flight).sql;
   if (!text.empty()) context.fingerprint = fingerprint_of(text);
   routing::Route route = router_.route(text, context);
   // A single read on the own server moves no read-your-writes mark; anything else may write.
@@ -599,24 +595,6 @@ void Session::plan_on_link(Link& link, std::string_view frames, bool terminate, 
 
 // The SQL that decides the route of a request: the first Query's text, or the text of the
 // statement the first Parse or Bind names.
-std::string_view Session::route_text(Flight& flight) {
-  for (std::size_t pos = 0; pos < flight.input.size();) {
-    auto r = pr::decode_frame(flight.input.substr(pos), options_.max_message_bytes);
-    const pr::Frame& f = r.frame;
-    if (f.tag == 'Q') return pr::read_query(f).value_or(std::string_view{});
-    if (f.tag == 'P') {
-      if (auto p = pr::read_parse(f)) return p->query;
-    }
-    if (f.tag == 'B' && statements_) {
-      if (auto b = pr::read_bind_head(f)) {
-        if (const auto* s = statements_->find(b->statement)) return s->query;
-      }
-    }
-    pos += f.whole.size();
-  }
-  return {};
-}
-
 RequestText Session::request_text(Flight& flight) {
   RequestText request;
   const bool sharded = router_.sharded();
@@ -698,8 +676,7 @@ std::optional<routing::BoundParam> BindParams::param(int number) const {
   return out;
 }
 
-bool Session::defer_begin(std::string_view frames, std::string_view, const routing::Route& route,
-                          Actions& out) {
+bool Session::defer_begin(std::string_view frames, const routing::Route& route, Actions& out) {
   if (!router_.sharded() || !route.any_shard) return false;
   std::string_view sql;
   HubReply reply;
@@ -713,9 +690,7 @@ bool Session::defer_begin(std::string_view frames, std::string_view, const routi
   if (!routing::is_valid_sql(sql)) return false;
   deferred_begin_.assign(without_hint(sql));
   std::string& r = out.outbox;
-  if (reply.parse) pr::append_parse_complete(r);
-  if (reply.bind) pr::append_bind_complete(r);
-  if (reply.describe) pr::append_no_data(r);
+  append_local_heads(reply, r);
   pr::append_command_complete(r, "BEGIN");
   pr::append_ready_for_query(r, 'T');
   return true;
@@ -733,9 +708,7 @@ bool Session::end_deferred_transaction(std::string_view frames, Actions& out) {
   }
   deferred_begin_.clear();
   std::string& r = out.outbox;
-  if (reply.parse) pr::append_parse_complete(r);
-  if (reply.bind) pr::append_bind_complete(r);
-  if (reply.describe) pr::append_no_data(r);
+  append_local_heads(reply, r);
   pr::append_command_complete(r, commit ? "COMMIT" : "ROLLBACK");
   pr::append_ready_for_query(r, 'I');
   return true;
@@ -756,9 +729,7 @@ std::pair<std::string_view, std::string> Session::shard_conflict(
   }
   if (route.any_shard) return {};
   if (route.kind != routing::Route::Kind::Shards && route.shard == l.route.shard) return {};
-  const std::string here = l.route.shard < sharding.shard_names.size()
-                               ? sharding.shard_names[l.route.shard]
-                               : std::to_string(l.route.shard);
+  const std::string& here = sharding.shard_names.at(l.route.shard);
   if (route.kind == routing::Route::Kind::Shards) {
     return {kNotSupported,
             "pgvalve: this transaction runs on shard " + here +
@@ -766,9 +737,7 @@ std::pair<std::string_view, std::string> Session::shard_conflict(
                 "stays on one shard: name one " +
                 sharding.key + " or run it outside the transaction"};
   }
-  const std::string there = route.shard < sharding.shard_names.size()
-                                ? sharding.shard_names[route.shard]
-                                : std::to_string(route.shard);
+  const std::string& there = sharding.shard_names.at(route.shard);
   return {kNotSupported,
           "pgvalve: this transaction runs on shard " + here + ", and this statement's " +
               sharding.key + " lives on shard " + there +
@@ -900,6 +869,12 @@ void Session::forget_all_statements() {
 // The flight is one statement pgvalve can answer itself: a Query alone, or an unnamed
 // Parse, Bind, optional Describe of the portal, Execute and Sync. `sql` is its text; `reply`
 // says which extended-protocol answers precede the result.
+void append_local_heads(const HubReply& reply, std::string& out) {
+  if (reply.parse) pr::append_parse_complete(out);
+  if (reply.bind) pr::append_bind_complete(out);
+  if (reply.describe) pr::append_no_data(out);
+}
+
 bool Session::local_flight(std::string_view input, std::string_view& sql, HubReply& reply) const {
   bool query = false;
   bool execute = false;
@@ -976,9 +951,7 @@ bool Session::answer_route_setting(std::string_view input, char tx_status, Actio
     return false;
   }
   std::string& r = out.outbox;
-  if (reply.parse) pr::append_parse_complete(r);
-  if (reply.bind) pr::append_bind_complete(r);
-  if (reply.describe) pr::append_no_data(r);
+  append_local_heads(reply, r);
   std::string_view value = info.value;
   if (value.size() >= 2 && value.front() == '\'' && value.back() == '\'') {
     value = value.substr(1, value.size() - 2);
@@ -1059,9 +1032,7 @@ bool Session::answer_listen_locally(Flight& flight, Actions& out) {
       std::find(listen_channels_.begin(), listen_channels_.end(), channel) ==
           listen_channels_.end()) {
     std::string& r = out.outbox;
-    if (reply.parse) pr::append_parse_complete(r);
-    if (reply.bind) pr::append_bind_complete(r);
-    if (reply.describe) pr::append_no_data(r);
+    append_local_heads(reply, r);
     append_error(r, "53400",
                  "pgvalve: a client may listen on at most " +
                      std::to_string(kMaxClientListenChannels) +

@@ -533,6 +533,10 @@ void Session::ask_server(Link& l, LinkId id, const std::string& message, std::ui
                          Actions& out) {
   out.to_server.push_back({message.data(), message.size()});
   out.server_link = id;
+  expect_own_answer(l, action);
+}
+
+void Session::expect_own_answer(Link& l, std::uint8_t action) {
   pr::PendingResponse ask{Kind::ReadyForQuery};
   ask.internal = true;
   ask.action = action;

@@ -371,11 +371,7 @@ bool Session::start_sync(Link& l, std::string& out, Clock::time_point now, bool 
     return false;
   }
   pr::append_query(out, plan.sql);
-  pr::PendingResponse sync{pr::PendingResponse::Kind::ReadyForQuery};
-  sync.internal = true;
-  sync.action = kActionSync;
-  l.pending.push(sync);
-  ++l.in_flight;
+  expect_own_answer(l, kActionSync);
   l.syncing = true;
   l.sync_started = now;
   l.last_activity = now;
@@ -770,9 +766,7 @@ const Actions& Session::on_hub_done(std::optional<std::string_view> error) {
   if (state_ != SessionState::WaitingForHub) return out;
   const HubRequest::Kind kind = work().hub_request;
   std::string& reply = out.outbox;
-  if (work().hub_reply.parse) pr::append_parse_complete(reply);
-  if (work().hub_reply.bind) pr::append_bind_complete(reply);
-  if (work().hub_reply.describe) pr::append_no_data(reply);
+  append_local_heads(work().hub_reply, reply);
   if (error) {
     append_error(reply, "08006", *error);
   } else {

@@ -227,15 +227,14 @@ class Session {
   bool answer_listen_locally(Flight& flight, Actions& out);
   bool local_flight(std::string_view input, std::string_view& sql, HubReply& reply) const;
   bool answer_route_setting(std::string_view input, char tx_status, Actions& out);
-  std::string_view route_text(Flight& flight);
-  // The same, with the Bind that follows (sharded databases skip a BEGIN at the front of an
-  // extended flight: the statement after it names the shard).
+  // The first statement text of the client's next request (a Query, or the text of the
+  // statement a Parse/Bind names) and the Bind that follows it; sharded databases skip a BEGIN at
+  // the front of an extended flight, since the statement after it names the shard.
   RequestText request_text(Flight& flight);
   routing::Route route_request(const RequestText& request);
   // Sharded databases: a BEGIN alone, with no shard named yet, is answered here and sent with
   // the transaction's first statement; COMMIT or ROLLBACK of such a transaction is answered here.
-  bool defer_begin(std::string_view frames, std::string_view sql, const routing::Route& route,
-                   Actions& out);
+  bool defer_begin(std::string_view frames, const routing::Route& route, Actions& out);
   bool end_deferred_transaction(std::string_view frames, Actions& out);
   void finish_begin(Link& l, bool ok, Actions& out);
   // Sharded databases: why `sql` may not run on the shard the link's transaction is on (a
@@ -287,6 +286,9 @@ class Session {
   void add_tx_note(Note&& note);
   void commit_notes(Link& l, Actions& out);
   void drop_notes();
+  // pgvalve's own simple query was queued on `l`: its answer, up to ReadyForQuery, is not the
+  // client's and ends with `action` (kAction*).
+  void expect_own_answer(Link& l, std::uint8_t action);
   void ask_server(Link& l, LinkId id, const std::string& message, std::uint8_t action,
                   Actions& out);
   void start_pin_check(Link& l, LinkId id, Actions& out);

@@ -184,6 +184,8 @@ struct HubReply {
   bool bind = false;
   bool describe = false;
 };
+// ParseComplete, BindComplete and NoData for the messages of a flight pgvalve answers itself.
+void append_local_heads(const HubReply& reply, std::string& out);
 
 struct Workspace {
   // A waiting request whose checkout or settings sync failed gets this error.
