@@ -172,6 +172,17 @@ Route Router::route_sharded(std::string_view sql, const RouteContext& context) c
   const bool read = replica_eligible(sql, fp);
   const ShardPlan plan = shard_plan(sql, fp);
   if (iequals(hint, "all_shards")) return several(all, !read);
+  if (plan.tables == ShardPlan::Tables::Unlisted) {
+    // Split by key, or the same on every shard? Only the configuration can say.
+    return Route::refuse(
+        "0A000",
+        "pgvalve: table \"" + std::string(plan.unlisted_table()) +
+            "\" is in neither sharding.tables nor sharding.reference_tables, so pgvalve cannot "
+            "tell which shards hold its rows; list it in one of them",
+        "a hint /* pgvalve: " + sharding.key +
+            "=<value> */ or /* pgvalve: shard=<name> */ "
+            "runs the statement on one shard anyway");
+  }
   const ShardKeys keys = shard_keys(sql, plan, sharding, context.params);
   switch (keys.status) {
     case ShardKeys::Status::Found:
@@ -228,6 +239,7 @@ Route Router::route_sharded(std::string_view sql, const RouteContext& context) c
     case ShardPlan::Tables::ReferenceOnly:
       return read ? any(hint) : several(all, true);
     case ShardPlan::Tables::Sharded:
+    case ShardPlan::Tables::Unlisted:
       break;
   }
   if (read) return several(all, false);

@@ -21,6 +21,11 @@ int ShardingPolicy::shard_named(std::string_view name) const {
   return -1;
 }
 
+void ShardPlan::set_unlisted_table(std::string_view name) {
+  unlisted_size_ = static_cast<std::uint8_t>(std::min(name.size(), unlisted_.size()));
+  std::copy_n(name.data(), unlisted_size_, unlisted_.data());
+}
+
 namespace {
 
 using Json = nlohmann::json;
@@ -99,17 +104,40 @@ class Analyzer {
     find_ctes(tree, ctes);
     bool any = false;
     bool sharded = false;
+    bool unlisted = false;
     visit_range_vars(tree, [&](const Json& rv) {
       const Json* rel = field(rv, "relname");
       if (rel == nullptr || !rel->is_string()) return;
       const std::string& name = rel->get_ref<const std::string&>();
-      if (field(rv, "schemaname") == nullptr && ctes.contains(name)) return;
+      const Json* schema = field(rv, "schemaname");
+      if (schema == nullptr && ctes.contains(name)) return;
       any = true;
-      if (sharded_table(name)) sharded = true;
+      const std::string_view schema_name =
+          schema != nullptr && schema->is_string()
+              ? std::string_view(schema->get_ref<const std::string&>())
+              : std::string_view{};
+      if (catalog(schema_name, name) || listed(policy_.reference_tables, name)) return;
+      if (listed(policy_.tables, name)) {
+        sharded = true;
+      } else if (!unlisted) {
+        unlisted = true;
+        plan.set_unlisted_table(name);
+      }
     });
-    plan.tables = !any      ? ShardPlan::Tables::None
-                  : sharded ? ShardPlan::Tables::Sharded
-                            : ShardPlan::Tables::ReferenceOnly;
+    plan.tables = !any       ? ShardPlan::Tables::None
+                  : unlisted ? ShardPlan::Tables::Unlisted
+                  : sharded  ? ShardPlan::Tables::Sharded
+                             : ShardPlan::Tables::ReferenceOnly;
+  }
+
+  static bool listed(const std::vector<std::string>& names, std::string_view name) {
+    return std::find(names.begin(), names.end(), name) != names.end();
+  }
+
+  // The same on every server: drivers' and tools' catalog queries run on any shard.
+  static bool catalog(std::string_view schema, std::string_view name) {
+    if (schema == "pg_catalog" || schema == "information_schema") return true;
+    return schema.empty() && name.starts_with("pg_");
   }
 
   static void find_ctes(const Json& node, std::set<std::string>& out) {

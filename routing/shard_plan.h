@@ -5,6 +5,7 @@
 // reading the slots the plan names, or the Bind values they refer to.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -32,8 +33,10 @@ struct ShardingPolicy {
 struct ShardPlan {
   enum class Tables : std::uint8_t {
     None,           // no table at all (SELECT 1, SHOW, SET, transaction control)
-    ReferenceOnly,  // only reference tables: reads go to any shard, writes to all
-    Sharded,        // a table split by key (listed in sharding.tables, or not listed at all)
+    ReferenceOnly,  // only reference tables and system catalogs: reads go to any shard, writes
+                    // to all
+    Sharded,        // a table of sharding.tables (and maybe reference tables)
+    Unlisted,       // a table in neither list: where its rows are is unknown (unlisted_table())
   };
   enum class Key : std::uint8_t {
     None,          // no key found: see `tables`
@@ -51,9 +54,19 @@ struct ShardPlan {
   std::uint16_t first_slot = 0;
   std::uint16_t stride = 0;
   std::uint16_t count = 0;
+
+  // Tables::Unlisted: the first such table's name (cut to 63 bytes), for the client's error.
+  std::string_view unlisted_table() const { return {unlisted_.data(), unlisted_size_}; }
+  void set_unlisted_table(std::string_view name);
+
+ private:
+  std::array<char, 63> unlisted_{};
+  std::uint8_t unlisted_size_ = 0;
 };
 
-// Parses `sql` (allocates; call once per fingerprint) and finds where the key is: in the top-level
+// Parses `sql` (allocates; call once per fingerprint), sorts the tables it names (system catalogs,
+// pg_catalog.* and information_schema.* and unqualified pg_*, count as reference tables: every
+// shard has the same ones) and finds where the key is: in the top-level
 // AND chain of a SELECT/UPDATE/DELETE WHERE clause (`key = v`, `v = key`, `t.key = v`,
 // `key IN (v, ...)`, casts and a minus sign allowed around v), or in the rows of an
 // INSERT ... (..., key, ...) VALUES. v is a constant or a $n.

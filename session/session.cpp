@@ -120,6 +120,9 @@ void Workspace::clear() {
   unnamed_portal_pins = false;
   unnamed_statement_fingerprint = 0;
   unnamed_portal_fingerprint = 0;
+  unnamed_statement_text.clear();
+  unnamed_statement_types.clear();
+  shrink(unnamed_statement_text);
   fingerprinted_text = nullptr;
   fingerprinted_size = 0;
   named_portals.clear();

@@ -293,3 +293,71 @@ def test_a_bad_key_inside_a_transaction_fails_the_transaction(shards, pgvalve):
             conn.execute("SELECT 1")
         conn.rollback()
     assert rows_on(shards[1]) == []
+
+
+def test_extended_flights_route_by_their_statement_not_by_begin(shards, pgvalve):
+    """JDBC sends BEGIN in the flight of the transaction's first statement; a client may pipeline
+    autocommit statements for devices on different shards: each reaches its own shard."""
+    from pgwire_ext import ExtClient, bind, execute, parse, sync
+    clear(shards)
+    pv = pgvalve(**config(shards))
+    d0 = next(d for d in range(1, 50) if md5_mod(d) == 0)
+    d1 = next(d for d in range(1, 50) if md5_mod(d) == 1)
+    insert = "INSERT INTO telemetry (device_id, value) VALUES ($1, 1)"
+    c = ExtClient.login(pv)
+    try:
+        r = c.run([parse("", "BEGIN"), bind(""), execute(),
+                   parse("", insert), bind("", [str(d1)]), execute(), sync()]).raise_for_error()
+        assert r.tags == ["BEGIN", "INSERT 0 1"] and r.status == "T"
+        assert c.simple("COMMIT").raise_for_error().status == "I"
+        r = c.run([parse("", insert), bind("", [str(d0)]), execute(), sync(),
+                   parse("", insert), bind("", [str(d1)]), execute(), sync()]).raise_for_error()
+        assert r.tags == ["INSERT 0 1", "INSERT 0 1"]
+    finally:
+        c.terminate()
+    assert rows_on(shards[0]) == [d0]
+    assert rows_on(shards[1]) == [d1, d1]
+
+
+def test_a_held_back_begin_ends_with_a_request_that_got_no_server(shards, pgvalve):
+    """The client is told its transaction ended (ReadyForQuery 'I') when its first statement
+    gets no server: its next statement must run, and commit, on its own."""
+    from itutil import APP_AND_OPS, OPS_PASSWORD, OPS_USER
+    from pgwire_ext import ExtClient
+    clear(shards)
+    pv = pgvalve(users=APP_AND_OPS, checkout_timeout_ms=300, **config(shards))
+    d1 = next(d for d in range(1, 50) if md5_mod(d) == 1)
+    c = ExtClient.login(pv)
+    try:
+        assert c.simple("BEGIN").raise_for_error().status == "T"
+        with psycopg.connect(pv.dsn(user=OPS_USER, password=OPS_PASSWORD, dbname="pgvalve"),
+                             autocommit=True, prepare_threshold=None) as a:
+            a.execute(f"PAUSE {APP_DB}")
+            r = c.simple(f"INSERT INTO telemetry (device_id, value) VALUES ({d1}, 1)")
+            assert r.errors and r.errors[0]["C"] == "53300" and r.status == "I"
+            a.execute(f"RESUME {APP_DB}")
+        r = c.simple(f"INSERT INTO telemetry (device_id, value) VALUES ({d1}, 2)")
+        assert r.raise_for_error().status == "I"
+    finally:
+        c.terminate()
+    with shards[1].primary.connect(dbname=APP_DB) as direct:
+        assert direct.execute("SELECT value FROM telemetry").fetchall() == [(2.0,)]
+
+
+def test_tables_pgvalve_cannot_place_are_refused_and_catalogs_answer(shards, pgvalve):
+    pv = pgvalve(**config(shards))
+    with pv.connect() as conn:
+        e = refused(conn, "SELECT count(*) FROM pp_parent WHERE device_id = 1")
+        assert '"pp_parent"' in str(e) and "sharding.tables" in str(e)
+        refused(conn, "UPDATE telemetry SET device_id = 2 WHERE device_id = 1")
+        # Drivers' and tools' catalog queries are the same on every shard.
+        assert conn.execute("SELECT typname FROM pg_type WHERE oid = 23").fetchone() == ("int4",)
+        assert conn.execute("SELECT count(*) FROM information_schema.tables "
+                            "WHERE table_name = 'telemetry'").fetchone() == (1,)
+
+
+def test_set_device_id_on_a_database_of_one_shard_says_it_does_not_apply(pgvalve):
+    pv = pgvalve()
+    with pv.connect() as conn:
+        e = refused(conn, "SET pgvalve.device_id = '7'", sqlstate="22023")
+        assert "only applies to a sharded database" in str(e)

@@ -105,6 +105,8 @@ std::string tables_name(Tables t) {
       return "ReferenceOnly";
     case Tables::Sharded:
       return "Sharded";
+    case Tables::Unlisted:
+      return "Unlisted";
   }
   return "?";
 }
@@ -1095,13 +1097,19 @@ TEST(ShardPlanTest, TheTablesAStatementTouches) {
            {"DELETE FROM device_types", Tables::ReferenceOnly},
            {"SELECT * FROM telemetry", Tables::Sharded},
            {"SELECT * FROM device_events", Tables::Sharded},
-           {"SELECT * FROM some_unlisted_table", Tables::Sharded},
+           {"SELECT * FROM some_unlisted_table", Tables::Unlisted},
+           {"SELECT * FROM telemetry t JOIN some_unlisted_table u USING (device_id)",
+            Tables::Unlisted},
+           {"SELECT * FROM pg_catalog.pg_type", Tables::ReferenceOnly},
+           {"SELECT * FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace",
+            Tables::ReferenceOnly},
+           {"SELECT * FROM information_schema.columns", Tables::ReferenceOnly},
            {"SELECT * FROM public.telemetry", Tables::Sharded},
            {"SELECT * FROM device_types d JOIN telemetry t ON t.type_id = d.id", Tables::Sharded},
            {"SELECT * FROM device_types WHERE id IN (SELECT type_id FROM device_events)",
             Tables::Sharded},
            {"WITH c AS (SELECT * FROM telemetry) SELECT * FROM c", Tables::Sharded},
-           {"WITH x AS (SELECT 1) SELECT * FROM public.x", Tables::Sharded},
+           {"WITH x AS (SELECT 1) SELECT * FROM public.x", Tables::Unlisted},
            {"INSERT INTO telemetry (device_id) VALUES (1)", Tables::Sharded},
            {"UPDATE device_types SET n = t.v FROM telemetry t", Tables::Sharded},
            {"SELECT 1; SELECT * FROM telemetry", Tables::Sharded},
@@ -1420,4 +1428,32 @@ TEST(ShardPlan, UpdateThatSetsTheKeyIsPlannedAsUpdatesKey) {
   EXPECT_EQ(
       pgvalve::routing::plan_shards("UPDATE telemetry SET value = 7 WHERE device_id = 5", p).key,
       pgvalve::routing::ShardPlan::Key::Slots);
+}
+
+TEST(ShardRouting, UnlistedTablesAreRefusedAndCatalogsGoToAnyShard) {
+  pgvalve::routing::ShardingPolicy p;
+  p.tables = {"telemetry"};
+  p.reference_tables = {"device_types"};
+  p.shard_names = {"s0", "s1"};
+  p.map = pgvalve::routing::ShardMap(pgvalve::routing::ShardHash::Md5Mod,
+                                     pgvalve::routing::KeyType::Auto, 2, {});
+  const std::vector<std::string> write_functions;
+  pgvalve::routing::DecisionCache cache{16};
+  pgvalve::routing::RoutingPolicy policy;
+  policy.write_functions = &write_functions;
+  policy.sharding = &p;
+  policy.sharding_id = 1;
+  const pgvalve::routing::Router router(2, policy, &cache);
+  const pgvalve::routing::RouteContext context;
+
+  const auto unlisted = router.route("SELECT * FROM readings WHERE device_id = 5", context);
+  ASSERT_EQ(unlisted.kind, pgvalve::routing::Route::Kind::Refuse);
+  EXPECT_EQ(unlisted.refusal->sqlstate, "0A000");
+  EXPECT_NE(unlisted.refusal->message.find("\"readings\""), std::string::npos);
+  // A hint takes the responsibility.
+  EXPECT_EQ(router.route("/* pgvalve: shard=s1 */ SELECT * FROM readings", context).shard, 1);
+
+  const auto catalog = router.route("SELECT typname FROM pg_type WHERE oid = 23", context);
+  EXPECT_EQ(catalog.kind, pgvalve::routing::Route::Kind::Primary);
+  EXPECT_TRUE(catalog.any_shard);
 }
