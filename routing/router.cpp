@@ -68,7 +68,9 @@ bool Router::replica_eligible(std::string_view sql, std::uint64_t known) const {
   StatementAccess verdict;
   switch (info.kind) {
     case StatementKind::Begin:
-      verdict.parsed = true;
+      // Parsed once per shape too: a sharded database answers a valid BEGIN itself (valid_begin).
+      verdict.parsed = is_valid_sql(sql);
+      if (!verdict.parsed) return false;
       verdict.read = info.read_only && !info.multiple_statements;
       verdict.reason = verdict.read ? AccessReason::Read : AccessReason::NotRead;
       break;
@@ -102,6 +104,11 @@ Route Router::role(std::string_view sql, std::string_view hint, const RouteConte
   if (sql.empty() || !cache_ || !policy_.write_functions) return Route::primary(shard);
   if (!replica_eligible(sql, context.fingerprint)) return Route::primary(shard);
   return context.recent_write ? read_on_primary(shard) : Route::replica(shard);
+}
+
+bool Router::valid_begin(std::uint64_t fingerprint) const {
+  const StatementAccess* known = cache_ ? cache_->lookup(fingerprint) : nullptr;
+  return known != nullptr && known->parsed;
 }
 
 Route Router::route(std::string_view sql, const RouteContext& context) const {

@@ -63,6 +63,9 @@ class Router {
   int shard_count() const { return shard_count_; }
   bool splits() const { return policy_.split; }
   bool sharded() const { return policy_.sharding != nullptr; }
+  // The statement of `fingerprint`, routed before (a BEGIN: route() caches its verdict), is valid
+  // SQL; false when it is not, or not known.
+  bool valid_begin(std::uint64_t fingerprint) const;
   const ShardingPolicy* sharding() const { return policy_.sharding; }
 
  private:

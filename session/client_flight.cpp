@@ -597,6 +597,7 @@ void Session::plan_on_link(Link& link, std::string_view frames, bool terminate, 
 // statement the first Parse or Bind names.
 RequestText Session::request_text(Flight& flight) {
   RequestText request;
+  std::string_view begin;  // a BEGIN passed over, the request's text when nothing follows it
   const bool sharded = router_.sharded();
   for (std::size_t pos = 0; pos < flight.input.size();) {
     auto r = pr::decode_frame(flight.input.substr(pos), options_.max_message_bytes);
@@ -612,6 +613,7 @@ RequestText Session::request_text(Flight& flight) {
       // JDBC sends BEGIN in the flight of the transaction's first statement: that one routes.
       if (sharded && pos < flight.input.size() &&
           routing::classify(p->query).kind == StatementKind::Begin) {
+        if (begin.empty()) begin = p->query;
         continue;
       }
       if (!request.sql.empty()) break;
@@ -626,6 +628,7 @@ RequestText Session::request_text(Flight& flight) {
         if (const auto* s = statements_->find(b->statement)) {
           if (sharded && pos < flight.input.size() &&
               routing::classify(s->query).kind == StatementKind::Begin) {
+            if (begin.empty()) begin = s->query;
             continue;
           }
           request.sql = s->query;
@@ -641,6 +644,7 @@ RequestText Session::request_text(Flight& flight) {
     }
     if (f.tag == 'S' && !request.sql.empty()) break;
   }
+  if (request.sql.empty()) request.sql = begin;
   return request;
 }
 
@@ -686,8 +690,9 @@ bool Session::defer_begin(std::string_view frames, const routing::Route& route, 
       sql.size() > kMaxDeferredBegin) {
     return false;
   }
-  // A BEGIN PostgreSQL would refuse must fail now, not at the first statement.
-  if (!routing::is_valid_sql(sql)) return false;
+  // A BEGIN PostgreSQL would refuse must fail now, not at the first statement (the router
+  // parsed its shape once).
+  if (!router_.valid_begin(fingerprint_of(sql))) return false;
   deferred_begin_.assign(without_hint(sql));
   std::string& r = out.outbox;
   append_local_heads(reply, r);

@@ -361,3 +361,12 @@ def test_set_device_id_on_a_database_of_one_shard_says_it_does_not_apply(pgvalve
     with pv.connect() as conn:
         e = refused(conn, "SET pgvalve.device_id = '7'", sqlstate="22023")
         assert "only applies to a sharded database" in str(e)
+
+
+def test_a_begin_postgresql_refuses_fails_at_once(shards, pgvalve):
+    pv = pgvalve(**config(shards))
+    with pv.connect() as conn:
+        with pytest.raises(psycopg.errors.SyntaxError) as e:
+            conn.execute("BEGIN ISOLATION LEVEL NONSENSE")
+        assert not str(e.value).startswith("pgvalve:")  # PostgreSQL's own answer
+        assert conn.execute("SELECT 1").fetchone() == (1,)
