@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <limits>
 
+#include <xxhash.h>
+
 #include "routing/sql_lexer.h"
 #include "routing/sql_text.h"
 #include "session/limits.h"
@@ -166,6 +168,7 @@ const Actions& Session::on_linked(ServerState& server, Clock::time_point now) {
   l.reset();
   l.server = &server;
   l.route = pending_route_;
+  l.first_routed = router_.sharded();
   l.may_write = router_.splits() && pending_route_.kind == routing::Route::Kind::Primary &&
                 pending_route_.write;
   l.last_activity = now;
@@ -567,7 +570,8 @@ void Session::plan_on_link(Link& link, std::string_view frames, bool terminate, 
   out.consumed = retry ? 0 : planned;
   // An autocommit read on a replica is kept until answered: if the replica dies before any of
   // the answer reached the client, it runs once more elsewhere (on_server_lost).
-  if (one_request && !retry) {
+  // Only a replica's read may run again elsewhere (retryable()): only it is kept.
+  if (l->route.kind == routing::Route::Kind::Replica && !retry) {
     w.retry_used = false;
     if (planned <= kMaxRetriedRequestBytes && l->server->tx_status == 'I') {
       w.retry_request.assign(frames.data(), planned);
@@ -588,6 +592,7 @@ void Session::plan_on_link(Link& link, std::string_view frames, bool terminate, 
   // The server is timed from the last request sent to it: a client streaming COPY data keeps
   // it legitimately silent.
   l->last_activity = now;
+  l->first_routed = false;  // only the flight the checkout was for
   settle(*l, id, out);
   if (terminate) close_with({}, {}, out);
   return;
@@ -648,6 +653,15 @@ RequestText Session::request_text(Flight& flight) {
   return request;
 }
 
+namespace {
+
+std::uint64_t request_identity(std::string_view sql, std::string_view bind_rest) {
+  return XXH3_64bits(sql.data(), sql.size()) ^
+         (XXH3_64bits(bind_rest.data(), bind_rest.size()) * 0x9e3779b97f4a7c15ull);
+}
+
+}  // namespace
+
 routing::Route Session::route_request(const RequestText& request) {
   routing::RouteContext context;
   context.preference = preference_;
@@ -664,6 +678,9 @@ routing::Route Session::route_request(const RequestText& request) {
   if (route.kind == routing::Route::Kind::Replica &&
       options_.read_your_writes == config::ReadYourWrites::Lsn) {
     route.after_lsn = write_lsn_;
+  }
+  if (router_.sharded()) {
+    routed_request_ = request_identity(request.sql, request.bound ? request.bind_rest : "");
   }
   return route;
 }
@@ -719,9 +736,13 @@ bool Session::end_deferred_transaction(std::string_view frames, Actions& out) {
   return true;
 }
 
-std::pair<std::string_view, std::string> Session::shard_conflict(
-    const Link& l, std::string_view sql, const routing::ParamSource* params) {
+std::pair<std::string_view, std::string> Session::shard_conflict(Link& l, std::string_view sql,
+                                                                 const BindParams* params) {
   if (!router_.sharded() || sql.empty()) return {};
+  if (l.first_routed) {
+    l.first_routed = false;
+    if (request_identity(sql, params ? params->rest() : "") == routed_request_) return {};
+  }
   constexpr std::string_view kNotSupported = "0A000";
   routing::RouteContext context;
   context.device_id = device_id_;

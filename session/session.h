@@ -81,6 +81,7 @@ struct Flight;
 struct Review;
 struct HubReply;
 struct RequestText;
+class BindParams;
 
 // One workspace pool per worker thread; not thread-safe.
 class WorkspacePool {
@@ -239,8 +240,8 @@ class Session {
   void finish_begin(Link& l, bool ok, Actions& out);
   // Sharded databases: why `sql` may not run on the shard the link's transaction is on (a
   // refusal's SQLSTATE and message); an empty message when it may.
-  std::pair<std::string_view, std::string> shard_conflict(const Link& l, std::string_view sql,
-                                                          const routing::ParamSource* params);
+  std::pair<std::string_view, std::string> shard_conflict(Link& l, std::string_view sql,
+                                                          const BindParams* params);
   char client_tx_status() const { return deferred_begin_.empty() ? 'I' : 'T'; }
   void plan_frame(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
   void plan_query(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
@@ -361,6 +362,9 @@ class Session {
   Clock::time_point last_write_at_{};
   // SET pgvalve.device_id: the shard key of this client's statements (sharded databases).
   std::string device_id_;
+  // Sharded databases: what identifies the request the last checkout was routed by (a hash of
+  // its text and Bind values), so that it is not routed a second time on the server it got.
+  std::uint64_t routed_request_ = 0;
   // A BEGIN answered by pgvalve and not sent yet: it goes first to the shard the transaction's
   // first statement needs.
   std::string deferred_begin_;

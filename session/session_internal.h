@@ -77,6 +77,9 @@ struct Link {
   bool check_pins = false;        // ask the server about pinned state when its transaction ends
   bool login = false;             // linked at login: the login reply waits for the sync
   bool begin_pending = false;     // the client's deferred BEGIN runs first (sharded databases)
+  // Sharded databases: the first statement planned on this link may be the one its checkout was
+  // routed by (Session::routed_request_), which need not be routed again.
+  bool first_routed = false;
   std::size_t stream_remaining = 0;  // bytes of a large server message still passing through
   bool stream_forward = true;        // ... forwarded to the client (false: dropped)
   Clock::time_point last_activity{};
@@ -118,6 +121,7 @@ struct Link {
     check_pins = false;
     login = false;
     begin_pending = false;
+    first_routed = false;
     stream_remaining = 0;
     stream_forward = true;
     syncing = false;
@@ -138,6 +142,7 @@ class BindParams final : public routing::ParamSource {
   BindParams(std::string_view bind_rest, std::string_view param_types)
       : rest_(bind_rest), types_(param_types) {}
   std::optional<routing::BoundParam> param(int number) const override;
+  std::string_view rest() const { return rest_; }
 
  private:
   std::string_view rest_;

@@ -313,6 +313,11 @@ def test_extended_flights_route_by_their_statement_not_by_begin(shards, pgvalve)
         r = c.run([parse("", insert), bind("", [str(d0)]), execute(), sync(),
                    parse("", insert), bind("", [str(d1)]), execute(), sync()]).raise_for_error()
         assert r.tags == ["INSERT 0 1", "INSERT 0 1"]
+        # Two Binds before one Sync are one implicit transaction: the second shard is refused,
+        # and the first row rolls back with it.
+        r = c.run([parse("", insert), bind("", [str(d0)]), execute(),
+                   bind("", [str(d1)]), execute(), sync()])
+        assert r.errors and r.errors[0]["C"] == "0A000" and r.status == "I"
     finally:
         c.terminate()
     assert rows_on(shards[0]) == [d0]
