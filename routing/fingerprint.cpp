@@ -1,6 +1,7 @@
 #include "routing/fingerprint.h"
 
 #include <array>
+#include <vector>
 
 #include "routing/normalized_walk.h"
 #include "routing/sql_lexer.h"
@@ -83,6 +84,39 @@ std::string normalize(std::string_view sql) {
   out.reserve(sql.size());
   StringSink sink(out);
   normalized_walk(sql, sink);
+  return out;
+}
+
+namespace {
+
+// Literal slots, in order, with their ordinal.
+class SlotRecorder {
+ public:
+  void put(std::string_view, bool) {}
+  void slot(const LiteralSlot& s) { slots.push_back(s); }
+  std::vector<LiteralSlot> slots;
+};
+
+}  // namespace
+
+std::vector<std::uint32_t> slot_ordinals(std::string_view sql, const std::vector<int>& locations) {
+  SlotRecorder recorder;
+  normalized_walk(sql, recorder);
+  std::vector<std::uint32_t> out;
+  for (const int at : locations) {
+    const auto pos = static_cast<std::size_t>(at);
+    bool found = false;
+    for (std::size_t i = 0; i < recorder.slots.size(); ++i) {
+      const LiteralSlot& s = recorder.slots[i];
+      if (s.unterminated) continue;
+      if (s.begin == pos || (s.list && s.begin < pos && pos < s.end)) {
+        if (out.empty() || out.back() != i) out.push_back(static_cast<std::uint32_t>(i));
+        found = true;
+        break;
+      }
+    }
+    if (!found) return {};
+  }
   return out;
 }
 

@@ -6,8 +6,10 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <initializer_list>
 #include <string_view>
+#include <vector>
 
 #include "routing/sql_lexer.h"
 
@@ -23,6 +25,11 @@ struct LiteralSlot {
   bool list = false;
   bool unterminated = false;
 };
+
+// Slot ordinals of parse-tree `locations` (byte offsets): a location starts a slot, or lies
+// inside a list slot (one ordinal for the whole list). Empty when one is not found: the lexer
+// and the grammar disagree about where a value is, so nothing is claimed. Allocates.
+std::vector<std::uint32_t> slot_ordinals(std::string_view sql, const std::vector<int>& locations);
 
 // A Sink has put(text, lower) for the normalised bytes and slot(const LiteralSlot&), called just
 // before the `$?` it stands for is put.

@@ -1,15 +1,12 @@
 #include "routing/shard_plan.h"
 
-#include <pg_query.h>
-
 #include <algorithm>
 #include <array>
 #include <charconv>
 #include <set>
 
-#include <nlohmann/json.hpp>
-
 #include "routing/normalized_walk.h"
+#include "routing/parse_tree.h"
 #include "routing/sql_lexer.h"
 
 namespace pgvalve::routing {
@@ -28,40 +25,6 @@ void ShardPlan::set_unlisted_table(std::string_view name) {
 
 namespace {
 
-using Json = nlohmann::json;
-
-const Json* field(const Json& node, const char* name) {
-  if (!node.is_object()) return nullptr;
-  auto it = node.find(name);
-  return it == node.end() ? nullptr : &*it;
-}
-
-// {"Kind": {...}} -> the inner object when the node is of that kind.
-const Json* as(const Json& node, const char* kind) {
-  const Json* inner = field(node, kind);
-  return inner != nullptr && inner->is_object() ? inner : nullptr;
-}
-
-int location_of(const Json& node) {
-  const Json* loc = field(node, "location");
-  return loc != nullptr && loc->is_number_integer() ? loc->get<int>() : -1;
-}
-
-std::string_view sval(const Json& node) {
-  const Json* s = as(node, "String");
-  if (s == nullptr) return {};
-  const Json* v = field(*s, "sval");
-  return v != nullptr && v->is_string() ? std::string_view(v->get_ref<const std::string&>())
-                                        : std::string_view{};
-}
-
-// The single-name operator of an A_Expr ("=", "-"), or empty.
-std::string_view operator_name(const Json& expr) {
-  const Json* name = field(expr, "name");
-  if (name == nullptr || !name->is_array() || name->size() != 1) return {};
-  return sval(name->front());
-}
-
 class Analyzer {
  public:
   explicit Analyzer(const ShardingPolicy& policy) : policy_(policy) {}
@@ -70,17 +33,12 @@ class Analyzer {
   std::vector<int> key_locations;  // offsets of key values, in statement order
 
   void run(std::string_view sql) {
-    const std::string text(sql);
-    PgQueryParseResult result = pg_query_parse(text.c_str());
-    struct Free {
-      PgQueryParseResult& r;
-      ~Free() { pg_query_free_parse_result(r); }
-    } free_result{result};
-    if (result.error != nullptr) {
+    const std::optional<Json> parsed = parse_tree(sql);
+    if (!parsed) {
       plan.key = ShardPlan::Key::Unparsed;
       return;
     }
-    const Json tree = Json::parse(result.parse_tree, nullptr, false);
+    const Json& tree = *parsed;
     const Json* stmts = field(tree, "stmts");
     if (stmts == nullptr || !stmts->is_array() || stmts->empty()) return;
     collect_tables(tree);
@@ -402,38 +360,6 @@ class Analyzer {
   const ShardingPolicy& policy_;
 };
 
-// Literal slots, in order, with their ordinal.
-class SlotRecorder {
- public:
-  void put(std::string_view, bool) {}
-  void slot(const LiteralSlot& s) { slots.push_back(s); }
-  std::vector<LiteralSlot> slots;
-};
-
-// Slot ordinals of `locations`: a location starts a slot, or lies inside a list slot (one
-// ordinal for the whole list). Empty when one is not found: the lexer and the grammar disagree
-// about where a value is, so no key is claimed.
-std::vector<std::uint32_t> ordinals_of(std::string_view sql, const std::vector<int>& locations) {
-  SlotRecorder recorder;
-  normalized_walk(sql, recorder);
-  std::vector<std::uint32_t> out;
-  for (const int at : locations) {
-    const auto pos = static_cast<std::size_t>(at);
-    bool found = false;
-    for (std::size_t i = 0; i < recorder.slots.size(); ++i) {
-      const LiteralSlot& s = recorder.slots[i];
-      if (s.unterminated) continue;
-      if (s.begin == pos || (s.list && s.begin < pos && pos < s.end)) {
-        if (out.empty() || out.back() != i) out.push_back(static_cast<std::uint32_t>(i));
-        found = true;
-        break;
-      }
-    }
-    if (!found) return {};
-  }
-  return out;
-}
-
 struct Analysis {
   ShardPlan plan;
   std::vector<std::uint32_t> ordinals;
@@ -444,7 +370,7 @@ Analysis analyze(std::string_view sql, const ShardingPolicy& policy) {
   a.run(sql);
   Analysis out{a.plan, {}};
   if (out.plan.key != ShardPlan::Key::Slots) return out;
-  out.ordinals = ordinals_of(sql, a.key_locations);
+  out.ordinals = slot_ordinals(sql, a.key_locations);
   if (out.ordinals.empty()) {
     // Values the lexer cannot point at: treated as no key (writes are then refused, reads
     // scattered), never guessed.

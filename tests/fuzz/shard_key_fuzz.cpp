@@ -5,12 +5,14 @@
 //
 // Input: byte 0 picks the parameter format and type, bytes 1-16 are the parameter value, the rest
 // is the statement. Besides crashes it checks that the plan read slot by slot (the cached path)
-// and the plan's slots found afresh (the re-parse path) agree, and that shards stay in range.
+// and the plan's slots found afresh (the re-parse path) agree, that shards stay in range, and
+// that a scatter plan is either made or refused with a reason.
 #include <cstdint>
 #include <cstdlib>
 #include <optional>
 #include <string_view>
 
+#include "routing/scatter_plan.h"
 #include "routing/shard_plan.h"
 
 namespace {
@@ -73,5 +75,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const ShardKeys again = shard_keys(sql, reparse, policy(), &params);
     check(again.status == keys.status && again.shards == keys.shards);
   }
+  const ScatterPlan scatter = plan_scatter(sql, policy());
+  check(scatter.ok != !scatter.refusal.empty());
   return 0;
 }

@@ -1,0 +1,32 @@
+// PostgreSQL 15 parse trees (libpg_query's JSON) and the small readers routing/ walks them with.
+// Internal to routing/: the planners parse a statement shape once and keep what they found.
+#pragma once
+
+#include <optional>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+namespace pgvalve::routing {
+
+using Json = nlohmann::json;
+
+// The parse tree of `sql` ({"version":..., "stmts":[...]}); nullopt when PostgreSQL's grammar
+// refuses it. Allocates.
+std::optional<Json> parse_tree(std::string_view sql);
+
+// `node[name]`, or nullptr.
+const Json* field(const Json& node, const char* name);
+// {"Kind": {...}} -> the inner object when the node is of that kind, else nullptr.
+const Json* as(const Json& node, const char* kind);
+// The node's "location" (a byte offset into the statement), or -1.
+int location_of(const Json& node);
+// The text of a {"String": {"sval": ...}} node, or empty.
+std::string_view sval(const Json& node);
+// The single-name operator of an A_Expr ("=", "-"), or empty.
+std::string_view operator_name(const Json& expr);
+// The name a String-list names by its last part ("pg_catalog.count" -> "count"); empty when
+// `list` is not such a list.
+std::string_view last_name(const Json* list);
+
+}  // namespace pgvalve::routing

@@ -1,0 +1,413 @@
+#include "routing/scatter_plan.h"
+
+#include <algorithm>
+
+#include "routing/normalized_walk.h"
+#include "routing/parse_tree.h"
+
+namespace pgvalve::routing {
+
+namespace {
+
+using SortKey = ScatterPlan::SortKey;
+using Combine = ScatterPlan::Combine;
+
+// PostgreSQL 15's built-in aggregates (pg_proc.prokind = 'a'); an integration test checks the
+// list against a live server.
+constexpr std::string_view kAggregates[] = {"array_agg",
+                                            "avg",
+                                            "bit_and",
+                                            "bit_or",
+                                            "bit_xor",
+                                            "bool_and",
+                                            "bool_or",
+                                            "corr",
+                                            "count",
+                                            "covar_pop",
+                                            "covar_samp",
+                                            "cume_dist",
+                                            "dense_rank",
+                                            "every",
+                                            "json_agg",
+                                            "json_object_agg",
+                                            "jsonb_agg",
+                                            "jsonb_object_agg",
+                                            "max",
+                                            "min",
+                                            "mode",
+                                            "percent_rank",
+                                            "percentile_cont",
+                                            "percentile_disc",
+                                            "range_agg",
+                                            "range_intersect_agg",
+                                            "rank",
+                                            "regr_avgx",
+                                            "regr_avgy",
+                                            "regr_count",
+                                            "regr_intercept",
+                                            "regr_r2",
+                                            "regr_slope",
+                                            "regr_sxx",
+                                            "regr_sxy",
+                                            "regr_syy",
+                                            "stddev",
+                                            "stddev_pop",
+                                            "stddev_samp",
+                                            "string_agg",
+                                            "sum",
+                                            "var_pop",
+                                            "var_samp",
+                                            "variance",
+                                            "xmlagg"};
+
+// A copy without "location" keys, so that two spellings of one expression compare equal.
+Json without_locations(const Json& node) {
+  if (node.is_object()) {
+    Json out = Json::object();
+    for (const auto& [k, v] : node.items()) {
+      if (k != "location") out[k] = without_locations(v);
+    }
+    return out;
+  }
+  if (node.is_array()) {
+    Json out = Json::array();
+    for (const Json& v : node)
+      out.push_back(without_locations(v));
+    return out;
+  }
+  return node;
+}
+
+template <class F>
+bool any_node(const Json& node, const F& f) {
+  if (f(node)) return true;
+  if (node.is_object()) {
+    for (const auto& [k, v] : node.items()) {
+      if (any_node(v, f)) return true;
+    }
+  } else if (node.is_array()) {
+    for (const Json& v : node) {
+      if (any_node(v, f)) return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+bool is_builtin_aggregate(std::string_view name) {
+  return std::find(std::begin(kAggregates), std::end(kAggregates), name) != std::end(kAggregates);
+}
+
+namespace {
+
+const Json* aggregate_call(const Json& node) {
+  const Json* call = as(node, "FuncCall");
+  if (call == nullptr || field(*call, "over") != nullptr) return nullptr;
+  return is_builtin_aggregate(last_name(field(*call, "funcname"))) ? call : nullptr;
+}
+
+bool contains_aggregate(const Json& node) {
+  return any_node(node, [](const Json& n) { return aggregate_call(n) != nullptr; });
+}
+
+class Planner {
+ public:
+  Planner(std::string_view sql, const ShardingPolicy& policy) : sql_(sql), policy_(policy) {}
+
+  ScatterPlan run() {
+    const std::optional<Json> tree = parse_tree(sql_);
+    if (!tree) return refuse("it is not valid SQL");
+    const Json* stmts = field(*tree, "stmts");
+    if (stmts == nullptr || !stmts->is_array() || stmts->size() != 1) {
+      return refuse("several statements in one query are not combined");
+    }
+    const Json* stmt = field(stmts->front(), "stmt");
+    const Json* s = stmt != nullptr ? as(*stmt, "SelectStmt") : nullptr;
+    if (s == nullptr) return refuse("only a SELECT is combined from several shards");
+    return select(*s);
+  }
+
+ private:
+  ScatterPlan refuse(std::string why) {
+    ScatterPlan p;
+    p.refusal = std::move(why);
+    return p;
+  }
+
+  bool sharded(const Json& range_var) const {
+    const Json* rel = field(range_var, "relname");
+    return rel != nullptr && rel->is_string() &&
+           std::find(policy_.tables.begin(), policy_.tables.end(),
+                     rel->get_ref<const std::string&>()) != policy_.tables.end();
+  }
+
+  bool is_key(const Json& node) const {
+    const Json* c = as(node, "ColumnRef");
+    return c != nullptr && last_name(field(*c, "fields")) == policy_.key;
+  }
+
+  // `a.key = b.key` somewhere in the top-level AND chain of `clause`.
+  int key_equalities(const Json* clause) const {
+    if (clause == nullptr) return 0;
+    if (const Json* b = as(*clause, "BoolExpr")) {
+      const Json* op = field(*b, "boolop");
+      const Json* args = field(*b, "args");
+      if (op == nullptr || !op->is_string() || op->get_ref<const std::string&>() != "AND_EXPR" ||
+          args == nullptr || !args->is_array()) {
+        return 0;
+      }
+      int n = 0;
+      for (const Json& arg : *args)
+        n += key_equalities(&arg);
+      return n;
+    }
+    const Json* e = as(*clause, "A_Expr");
+    if (e == nullptr || operator_name(*e) != "=") return 0;
+    const Json* l = field(*e, "lexpr");
+    const Json* r = field(*e, "rexpr");
+    return l != nullptr && r != nullptr && is_key(*l) && is_key(*r) ? 1 : 0;
+  }
+
+  // Rows of several sharded tables meet on one shard when the tables are joined on the key.
+  bool colocated(const Json& s, int sharded_tables) const {
+    int equalities = key_equalities(field(s, "whereClause"));
+    any_node(s, [&](const Json& n) {
+      const Json* join = as(n, "JoinExpr");
+      if (join == nullptr) return false;
+      // Rows with one key value live on one shard, so a join on the key (inner or outer) finds
+      // every partner a single database would.
+      if (const Json* using_clause = field(*join, "usingClause");
+          using_clause != nullptr && using_clause->is_array()) {
+        for (const Json& name : *using_clause) {
+          if (sval(name) == policy_.key) ++equalities;
+        }
+      }
+      equalities += key_equalities(field(*join, "quals"));
+      return false;
+    });
+    return equalities >= sharded_tables - 1;
+  }
+
+  // The output column an ORDER BY / GROUP BY item names: by position, by output name (ORDER BY
+  // only, as PostgreSQL resolves it), or as the same expression. -1: none.
+  int column_of(const Json& item, const Json& targets, bool by_name) const {
+    if (const Json* c = as(item, "A_Const")) {
+      const Json* ival = field(*c, "ival");
+      if (ival != nullptr) {
+        const Json* v = field(*ival, "ival");
+        const int k = v != nullptr && v->is_number_integer() ? v->get<int>() : 0;
+        return k >= 1 && static_cast<std::size_t>(k) <= targets.size() ? k - 1 : -1;
+      }
+      return -1;
+    }
+    if (by_name) {
+      const Json* c = as(item, "ColumnRef");
+      const Json* fields = c != nullptr ? field(*c, "fields") : nullptr;
+      if (fields != nullptr && fields->is_array() && fields->size() == 1) {
+        const std::string_view name = sval(fields->front());
+        for (std::size_t i = 0; i < targets.size(); ++i) {
+          const Json* t = as(targets[i], "ResTarget");
+          const Json* alias = t != nullptr ? field(*t, "name") : nullptr;
+          if (alias != nullptr && alias->is_string() &&
+              alias->get_ref<const std::string&>() == name) {
+            return static_cast<int>(i);
+          }
+        }
+      }
+    }
+    const Json wanted = without_locations(item);
+    for (std::size_t i = 0; i < targets.size(); ++i) {
+      const Json* t = as(targets[i], "ResTarget");
+      const Json* val = t != nullptr ? field(*t, "val") : nullptr;
+      if (val != nullptr && without_locations(*val) == wanted) return static_cast<int>(i);
+    }
+    return -1;
+  }
+
+  ScatterPlan select(const Json& s) {
+    const Json* op = field(s, "op");
+    if (op != nullptr && op->is_string() && op->get_ref<const std::string&>() != "SETOP_NONE") {
+      return refuse("UNION, INTERSECT and EXCEPT are not combined across shards yet");
+    }
+    if (field(s, "withClause") != nullptr) return refuse("WITH is not combined across shards yet");
+    if (field(s, "havingClause") != nullptr) {
+      return refuse("HAVING filters groups that only exist once the shards' rows are combined");
+    }
+    if (field(s, "windowClause") != nullptr || any_node(s, [](const Json& n) {
+          const Json* call = as(n, "FuncCall");
+          return call != nullptr && field(*call, "over") != nullptr;
+        })) {
+      return refuse("window functions need every shard's rows at once");
+    }
+    if (any_node(s, [](const Json& n) { return as(n, "GroupingSet") != nullptr; })) {
+      return refuse("GROUPING SETS, ROLLUP and CUBE are not combined across shards");
+    }
+    // Subqueries over sharded tables would see one shard's rows each.
+    bool nested = false;
+    any_node(s, [&](const Json& n) {
+      const Json* sub = as(n, "SubLink");
+      if (sub == nullptr) sub = as(n, "RangeSubselect");
+      if (sub != nullptr && any_node(*sub, [&](const Json& m) {
+            const Json* rv = as(m, "RangeVar");
+            return rv != nullptr && sharded(*rv);
+          })) {
+        nested = true;
+      }
+      return nested;
+    });
+    if (nested) return refuse("a subquery over a sharded table would see one shard's rows");
+    int sharded_tables = 0;
+    any_node(s, [&](const Json& n) {
+      const Json* rv = as(n, "RangeVar");
+      if (rv != nullptr && sharded(*rv)) ++sharded_tables;
+      return false;
+    });
+    if (sharded_tables > 1 && !colocated(s, sharded_tables)) {
+      return refuse("sharded tables joined other than by inner joins on " + policy_.key +
+                    " meet rows of other shards");
+    }
+
+    ScatterPlan plan;
+    const Json* targets = field(s, "targetList");
+    if (targets == nullptr || !targets->is_array() || targets->empty()) {
+      return refuse("a SELECT without output columns");
+    }
+    bool star = false;
+    bool aggregates = false;
+    for (const Json& t : *targets) {
+      const Json* rt = as(t, "ResTarget");
+      const Json* val = rt != nullptr ? field(*rt, "val") : nullptr;
+      if (val == nullptr) return refuse("an output column pgvalve cannot read");
+      if (any_node(*val, [](const Json& n) { return as(n, "A_Star") != nullptr; })) star = true;
+      if (aggregate_call(*val) != nullptr) {
+        aggregates = true;
+      } else if (contains_aggregate(*val)) {
+        return refuse(
+            "an expression over an aggregate is computed per shard; select the "
+            "aggregates themselves");
+      }
+    }
+    const Json* groups = field(s, "groupClause");
+    const bool grouped =
+        aggregates || (groups != nullptr && groups->is_array() && !groups->empty());
+    if (grouped) {
+      if (star) return refuse("* in a grouped query across shards");
+      std::vector<bool> grouping(targets->size(), false);
+      if (groups != nullptr && groups->is_array()) {
+        for (const Json& g : *groups) {
+          const int column = column_of(g, *targets, false);
+          if (column < 0) {
+            return refuse("GROUP BY on an expression that is not an output column; select it");
+          }
+          grouping[static_cast<std::size_t>(column)] = true;
+        }
+      }
+      for (std::size_t i = 0; i < targets->size(); ++i) {
+        const Json& val = *field(*as((*targets)[i], "ResTarget"), "val");
+        const Json* call = aggregate_call(val);
+        if (call == nullptr) {
+          if (!grouping[i])
+            return refuse("an output column that is neither grouped nor an aggregate");
+          plan.combine.push_back(Combine::Group);
+          continue;
+        }
+        const std::string_view name = last_name(field(*call, "funcname"));
+        const bool distinct = field(*call, "agg_distinct") != nullptr;
+        if (name == "count" || name == "sum") {
+          if (distinct) {
+            // Distinct values of the key never repeat across shards: their counts add up.
+            const Json* args = field(*call, "args");
+            if (name == "sum" || args == nullptr || !args->is_array() || args->size() != 1 ||
+                !is_key(args->front())) {
+              return refuse(std::string(name) +
+                            "(DISTINCT ...) across shards counts a value once per "
+                            "shard");
+            }
+          }
+          plan.combine.push_back(Combine::Sum);
+        } else if (name == "min") {
+          plan.combine.push_back(Combine::Min);
+        } else if (name == "max") {
+          plan.combine.push_back(Combine::Max);
+        } else if (name == "avg") {
+          return refuse(
+              "avg() across shards is not rewritten yet; select sum() and count() and "
+              "divide");
+        } else {
+          return refuse(std::string(name) +
+                        "() does not combine across shards; count, sum, min and "
+                        "max do");
+        }
+      }
+    }
+    if (const Json* distinct = field(s, "distinctClause"); distinct != nullptr) {
+      const bool plain = distinct->is_array() && distinct->size() == 1 &&
+                         distinct->front().is_object() && distinct->front().empty();
+      if (!plain) return refuse("DISTINCT ON is not combined across shards");
+      plan.distinct = true;
+    }
+    if (const Json* sorts = field(s, "sortClause"); sorts != nullptr && sorts->is_array()) {
+      for (const Json& item : *sorts) {
+        const Json* by = as(item, "SortBy");
+        const Json* node = by != nullptr ? field(*by, "node") : nullptr;
+        if (node == nullptr) return refuse("an ORDER BY item pgvalve cannot read");
+        const int column = column_of(*node, *targets, true);
+        if (column < 0) {
+          return refuse(
+              "ORDER BY on something that is not an output column; select it (and order "
+              "by it)");
+        }
+        const Json* dir = field(*by, "sortby_dir");
+        const Json* nulls = field(*by, "sortby_nulls");
+        const std::string d = dir != nullptr && dir->is_string() ? dir->get<std::string>() : "";
+        const std::string n =
+            nulls != nullptr && nulls->is_string() ? nulls->get<std::string>() : "";
+        if (d == "SORTBY_USING") return refuse("ORDER BY ... USING is not combined across shards");
+        SortKey key;
+        key.column = static_cast<std::uint16_t>(column);
+        key.descending = d == "SORTBY_DESC";
+        key.nulls_first = n == "SORTBY_NULLS_FIRST" || (n != "SORTBY_NULLS_LAST" && key.descending);
+        plan.order.push_back(key);
+      }
+    }
+    if (const Json* option = field(s, "limitOption");
+        option != nullptr && option->is_string() &&
+        option->get_ref<const std::string&>() == "LIMIT_OPTION_WITH_TIES") {
+      return refuse("FETCH ... WITH TIES is not combined across shards");
+    }
+    std::vector<int> at;
+    for (const char* clause : {"limitCount", "limitOffset"}) {
+      const Json* value = field(s, clause);
+      if (value == nullptr) {
+        at.push_back(-1);
+        continue;
+      }
+      const Json* c = as(*value, "A_Const");
+      const Json* p = as(*value, "ParamRef");
+      if ((c == nullptr || field(*c, "isnull") != nullptr) && p == nullptr) {
+        return refuse("LIMIT and OFFSET across shards take a number or $n");
+      }
+      at.push_back(location_of(c != nullptr ? *c : *p));
+    }
+    for (std::size_t i = 0; i < at.size(); ++i) {
+      if (at[i] < 0) continue;
+      const std::vector<std::uint32_t> slot = slot_ordinals(sql_, {at[i]});
+      if (slot.size() != 1) return refuse("a LIMIT or OFFSET pgvalve cannot read");
+      (i == 0 ? plan.limit_slot : plan.offset_slot) = static_cast<std::int32_t>(slot[0]);
+    }
+    plan.ok = true;
+    return plan;
+  }
+
+  std::string_view sql_;
+  const ShardingPolicy& policy_;
+};
+
+}  // namespace
+
+ScatterPlan plan_scatter(std::string_view sql, const ShardingPolicy& policy) {
+  return Planner(sql, policy).run();
+}
+
+}  // namespace pgvalve::routing

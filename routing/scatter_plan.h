@@ -1,0 +1,54 @@
+// How the answers of a read that runs on several shards combine into the one answer a single
+// database would give (DESIGN.md §4.4), decided from PostgreSQL's parse tree once per statement
+// shape, or why they cannot. Pure; allocates (call once per fingerprint and keep the plan).
+//
+// Not carried out yet: the session still refuses every statement that needs several shards.
+// This is the plan the gathering step will follow.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "routing/shard_plan.h"
+
+namespace pgvalve::routing {
+
+struct ScatterPlan {
+  // One ORDER BY item, resolved to an output column (0-based).
+  struct SortKey {
+    std::uint16_t column = 0;
+    bool descending = false;
+    bool nulls_first = false;  // PostgreSQL's default: NULLS LAST ascending, FIRST descending
+    bool operator==(const SortKey&) const = default;
+  };
+  // What each output column of an aggregate query does when rows of several shards meet.
+  enum class Combine : std::uint8_t {
+    Group,  // a GROUP BY value: rows with equal values in every Group column are one row
+    Sum,    // count(...) and sum(...): added
+    Min,
+    Max,
+  };
+
+  bool ok = false;
+  std::string refusal;  // !ok: why the shards' answers cannot be combined correctly (for 0A000)
+
+  std::vector<SortKey> order;    // merge-sort the shards' sorted rows by these; empty: concatenate
+  std::vector<Combine> combine;  // empty: rows are not combined
+  bool distinct = false;         // SELECT DISTINCT: equal rows from different shards are one
+  // LIMIT / OFFSET as literal slots (normalized_walk.h) of the statement, -1 when absent: their
+  // values come from each statement. They apply after the merge; a shard is asked for
+  // LIMIT + OFFSET rows when nothing is combined.
+  std::int32_t limit_slot = -1;
+  std::int32_t offset_slot = -1;
+};
+
+// Tables of the plan are the policy's: `tables` are split by key (the router has refused tables
+// in neither list before a statement gets here).
+ScatterPlan plan_scatter(std::string_view sql, const ShardingPolicy& policy);
+
+// `name` is one of PostgreSQL 15's built-in aggregate functions.
+bool is_builtin_aggregate(std::string_view name);
+
+}  // namespace pgvalve::routing
