@@ -344,6 +344,12 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
       return out;
     }
     const RequestText request = request_text(flight);
+    if (router_.sharded() && !request.bound && !request.ended) {
+      // The Bind still on its way may hold the key (a Parse and its Bind can arrive in separate
+      // reads): the request is routed once it is here, or once the client asks for answers
+      // (Sync, Flush), which a server would wait for too.
+      return out;
+    }
     if (!deferred_begin_.empty() && end_deferred_transaction(frames, out)) {
       out.consumed = end;
       if (terminate) close_with({}, {}, out);
@@ -608,6 +614,7 @@ RequestText Session::request_text(Flight& flight) {
     auto r = pr::decode_frame(flight.input.substr(pos), options_.max_message_bytes);
     const pr::Frame& f = r.frame;
     pos += f.whole.size();
+    if (f.tag == 'Q' || f.tag == 'S' || f.tag == 'H') request.ended = true;
     if (f.tag == 'Q') {
       if (request.sql.empty()) request.sql = pr::read_query(f).value_or(std::string_view{});
       break;

@@ -153,6 +153,7 @@ class BindParams final : public routing::ParamSource {
 struct RequestText {
   std::string_view sql;
   bool bound = false;
+  bool ended = false;  // a Query, Sync or Flush is among the frames: nothing more is awaited
   std::string_view bind_rest;
   std::string_view param_types;
 };

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import time
 
 import psycopg
 import pytest
@@ -313,6 +314,11 @@ def test_extended_flights_route_by_their_statement_not_by_begin(shards, pgvalve)
         r = c.run([parse("", insert), bind("", [str(d0)]), execute(), sync(),
                    parse("", insert), bind("", [str(d1)]), execute(), sync()]).raise_for_error()
         assert r.tags == ["INSERT 0 1", "INSERT 0 1"]
+        # A Parse and its Bind in separate writes: the request waits for the Bind's key.
+        c.sock.sendall(parse("", insert))
+        time.sleep(0.2)
+        r = c.run([bind("", [str(d1)]), execute(), sync()]).raise_for_error()
+        assert r.tags == ["INSERT 0 1"]
         # Two Binds before one Sync are one implicit transaction: the second shard is refused,
         # and the first row rolls back with it.
         r = c.run([parse("", insert), bind("", [str(d0)]), execute(),
@@ -321,7 +327,7 @@ def test_extended_flights_route_by_their_statement_not_by_begin(shards, pgvalve)
     finally:
         c.terminate()
     assert rows_on(shards[0]) == [d0]
-    assert rows_on(shards[1]) == [d1, d1]
+    assert rows_on(shards[1]) == [d1, d1, d1]
 
 
 def test_a_held_back_begin_ends_with_a_request_that_got_no_server(shards, pgvalve):
