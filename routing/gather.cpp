@@ -1,0 +1,501 @@
+#include "routing/gather.h"
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <cstdlib>
+#include <unordered_map>
+
+#include "protocol/messages.h"
+#include "protocol/wire.h"
+
+namespace pgvalve::routing {
+
+namespace {
+
+namespace pr = protocol;
+
+constexpr std::uint32_t kBool = 16, kName = 19, kInt8 = 20, kInt2 = 21, kInt4 = 23, kText = 25,
+                        kOid = 26, kFloat4 = 700, kFloat8 = 701, kBpchar = 1042, kVarchar = 1043,
+                        kDate = 1082, kTime = 1083, kTimestamp = 1114, kTimestamptz = 1184,
+                        kNumeric = 1700, kUuid = 2950;
+
+std::optional<std::int64_t> integer(std::string_view s) {
+  std::int64_t v = 0;
+  const auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || p != s.data() + s.size()) return std::nullopt;
+  return v;
+}
+
+double floating(std::string_view s) {
+  const std::string text(s);  // strtod needs a terminated string
+  if (text == "NaN") return std::nan("");
+  return std::strtod(text.c_str(), nullptr);
+}
+
+// PostgreSQL orders NaN above every other value.
+int compare_doubles(double a, double b) {
+  if (std::isnan(a) || std::isnan(b)) return std::isnan(a) - std::isnan(b);
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
+// A numeric's text: [-]digits[.digits], NaN, Infinity, -Infinity.
+struct Decimal {
+  bool negative = false;
+  int special = 0;  // 0 finite, 1 +Infinity, 2 NaN, -1 -Infinity
+  std::string_view whole;
+  std::string_view fraction;
+};
+
+Decimal decimal(std::string_view s) {
+  Decimal d;
+  if (s == "NaN") {
+    d.special = 2;
+    return d;
+  }
+  if (s == "Infinity") {
+    d.special = 1;
+    return d;
+  }
+  if (s == "-Infinity") {
+    d.special = -1;
+    return d;
+  }
+  if (!s.empty() && s[0] == '-') {
+    d.negative = true;
+    s.remove_prefix(1);
+  }
+  const std::size_t dot = s.find('.');
+  d.whole = s.substr(0, dot);
+  d.fraction = dot == std::string_view::npos ? std::string_view{} : s.substr(dot + 1);
+  while (d.whole.size() > 1 && d.whole[0] == '0')
+    d.whole.remove_prefix(1);
+  while (!d.fraction.empty() && d.fraction.back() == '0')
+    d.fraction.remove_suffix(1);
+  if (d.whole == "0" && d.fraction.empty()) d.negative = false;  // -0 is 0
+  return d;
+}
+
+int compare_magnitudes(const Decimal& a, const Decimal& b) {
+  if (a.whole.size() != b.whole.size()) return a.whole.size() < b.whole.size() ? -1 : 1;
+  if (const int c = a.whole.compare(b.whole); c != 0) return c < 0 ? -1 : 1;
+  const std::size_t n = std::max(a.fraction.size(), b.fraction.size());
+  for (std::size_t i = 0; i < n; ++i) {
+    const char x = i < a.fraction.size() ? a.fraction[i] : '0';
+    const char y = i < b.fraction.size() ? b.fraction[i] : '0';
+    if (x != y) return x < y ? -1 : 1;
+  }
+  return 0;
+}
+
+int compare_decimals(std::string_view x, std::string_view y) {
+  const Decimal a = decimal(x);
+  const Decimal b = decimal(y);
+  auto rank = [](const Decimal& d) {
+    return d.special == 2 ? 3 : d.special == 1 ? 2 : d.special == -1 ? 0 : 1;
+  };
+  if (rank(a) != rank(b) || rank(a) != 1) return rank(a) < rank(b) ? -1 : rank(a) > rank(b) ? 1 : 0;
+  if (a.negative != b.negative) return a.negative ? -1 : 1;
+  const int m = compare_magnitudes(a, b);
+  return a.negative ? -m : m;
+}
+
+// Digits of |a| + |b| or |a| - |b| (|a| >= |b|), aligned on the decimal point.
+std::string add_magnitudes(const Decimal& a, const Decimal& b, bool subtract) {
+  const std::size_t frac = std::max(a.fraction.size(), b.fraction.size());
+  const std::size_t whole = std::max(a.whole.size(), b.whole.size());
+  auto digit = [&](const Decimal& d, std::size_t pos) {  // pos from the right, over whole+frac
+    if (pos < frac) {
+      const std::size_t i = frac - 1 - pos;
+      return i < d.fraction.size() ? d.fraction[i] - '0' : 0;
+    }
+    const std::size_t w = pos - frac;
+    return w < d.whole.size() ? d.whole[d.whole.size() - 1 - w] - '0' : 0;
+  };
+  std::string out;
+  int carry = 0;
+  for (std::size_t pos = 0; pos < frac + whole; ++pos) {
+    int v =
+        subtract ? digit(a, pos) - digit(b, pos) - carry : digit(a, pos) + digit(b, pos) + carry;
+    carry = 0;
+    if (v < 0) {
+      v += 10;
+      carry = 1;
+    } else if (v > 9) {
+      v -= 10;
+      carry = 1;
+    }
+    out.push_back(static_cast<char>('0' + v));
+    if (pos + 1 == frac) out.push_back('.');
+  }
+  if (carry) out.push_back('1');
+  std::reverse(out.begin(), out.end());
+  // Leading zeros of the whole part go; the fraction keeps its scale, as numeric's sum does.
+  std::size_t start = 0;
+  while (start + 1 < out.size() && out[start] == '0' && out[start + 1] != '.')
+    ++start;
+  return out.substr(start);
+}
+
+// The numeric sum of two numeric texts; nullopt for NaN or infinities (left to PostgreSQL).
+std::optional<std::string> add_decimals(std::string_view x, std::string_view y) {
+  const Decimal a = decimal(x);
+  const Decimal b = decimal(y);
+  if (a.special != 0 || b.special != 0) return std::nullopt;
+  // The scale of a sum is the larger scale of its terms, as PostgreSQL's numeric addition keeps.
+  auto scale = [](std::string_view s) {
+    const std::size_t dot = s.find('.');
+    return dot == std::string_view::npos ? 0 : s.size() - dot - 1;
+  };
+  const std::size_t want = std::max(scale(x), scale(y));
+  std::string out;
+  if (a.negative == b.negative) {
+    out = add_magnitudes(a, b, false);
+    if (a.negative && out.find_first_not_of("0.") != std::string::npos) out.insert(0, "-");
+  } else {
+    const bool a_bigger = compare_magnitudes(a, b) >= 0;
+    out = add_magnitudes(a_bigger ? a : b, a_bigger ? b : a, true);
+    const bool negative = a_bigger ? a.negative : b.negative;
+    if (negative && out.find_first_not_of("0.") != std::string::npos) out.insert(0, "-");
+  }
+  const std::size_t dot = out.find('.');
+  std::size_t have = dot == std::string::npos ? 0 : out.size() - dot - 1;
+  if (have == 0 && want > 0) out.push_back('.');
+  for (; have < want; ++have)
+    out.push_back('0');
+  return out;
+}
+
+}  // namespace
+
+std::optional<std::string_view> Gather::Row::value(std::size_t i) const {
+  const Field& f = fields[i];
+  if (f.size < 0) return std::nullopt;
+  return std::string_view(body).substr(static_cast<std::size_t>(f.offset),
+                                       static_cast<std::size_t>(f.size));
+}
+
+Gather::Gather(const ScatterPlan& plan, int shards, std::int64_t limit, std::int64_t offset,
+               std::size_t max_bytes)
+    : plan_(plan), shards_(shards), limit_(limit), offset_(offset), max_bytes_(max_bytes) {}
+
+bool Gather::fail(std::string_view sqlstate, std::string message) {
+  if (failed_) return false;
+  failed_ = true;
+  std::string body;
+  pr::ErrorFields e;
+  e.severity = "ERROR";
+  e.sqlstate = sqlstate;
+  e.message = message;
+  pr::append_error_response(body, e);
+  error_ = body.substr(5);  // without the tag and length
+  rows_.clear();
+  return false;
+}
+
+bool Gather::add(int shard, const pr::Frame& f) {
+  if (failed_ || shard < 0 || shard >= shards_) return false;
+  switch (f.tag) {
+    case 'T':
+      return read_description(f);
+    case 'D':
+      return read_row(f);
+    case 'C': {
+      const std::string_view tag = pr::read_command_complete(f).value_or("");
+      if (!tag.starts_with("SELECT")) other_tag_ = tag;
+      return true;
+    }
+    case 'I':
+      empty_query_ = true;
+      return true;
+    case 'E':
+      failed_ = true;
+      error_.assign(f.body);
+      rows_.clear();
+      return false;
+    default:
+      return true;  // notices, parameter reports: not part of the answer
+  }
+}
+
+bool Gather::read_description(const pr::Frame& f) {
+  if (!description_.empty()) {
+    if (f.body != description_) {
+      return fail("0A000",
+                  "pgvalve: the shards answered with different columns; check that "
+                  "every shard has the same schema");
+    }
+    return true;
+  }
+  pr::Cursor c(f.body);
+  const auto count = c.i16();
+  if (!count || *count < 0)
+    return fail("08P01", "pgvalve: a shard sent a malformed RowDescription");
+  for (std::int16_t i = 0; i < *count; ++i) {
+    const auto name = c.cstr();
+    const auto table = c.i32();
+    const auto column = c.i16();
+    const auto type = c.i32();
+    const auto size = c.i16();
+    const auto modifier = c.i32();
+    const auto format = c.i16();
+    if (!name || !table || !column || !type || !size || !modifier || !format) {
+      return fail("08P01", "pgvalve: a shard sent a malformed RowDescription");
+    }
+    if (*format != 0) {
+      return fail("0A000",
+                  "pgvalve: binary results of a statement over several shards are not "
+                  "combined yet; ask for text results");
+    }
+    switch (static_cast<std::uint32_t>(*type)) {
+      case kInt2:
+      case kInt4:
+      case kInt8:
+      case kOid:
+        kinds_.push_back(Kind::Integer);
+        break;
+      case kFloat4:
+      case kFloat8:
+        kinds_.push_back(Kind::Float);
+        break;
+      case kNumeric:
+        kinds_.push_back(Kind::Numeric);
+        break;
+      case kBool:
+      case kName:
+      case kText:
+      case kBpchar:
+      case kVarchar:
+      case kDate:
+      case kTime:
+      case kTimestamp:
+      case kTimestamptz:
+      case kUuid:
+        kinds_.push_back(Kind::Bytes);
+        break;
+      default:
+        kinds_.push_back(Kind::Other);
+        break;
+    }
+  }
+  for (const ScatterPlan::SortKey& k : plan_.order) {
+    if (k.column >= kinds_.size() || kinds_[k.column] == Kind::Other) {
+      return fail("0A000",
+                  "pgvalve: ORDER BY across shards on a column of this type is not "
+                  "supported; order by a number, text or time column");
+    }
+  }
+  for (std::size_t i = 0; i < plan_.combine.size() && i < kinds_.size(); ++i) {
+    const ScatterPlan::Combine op = plan_.combine[i];
+    const Kind k = kinds_[i];
+    if ((op == ScatterPlan::Combine::Sum && k != Kind::Integer && k != Kind::Numeric &&
+         k != Kind::Float) ||
+        ((op == ScatterPlan::Combine::Min || op == ScatterPlan::Combine::Max) &&
+         k == Kind::Other)) {
+      return fail("0A000", "pgvalve: this aggregate's type does not combine across shards");
+    }
+  }
+  if (!plan_.combine.empty() && plan_.combine.size() != kinds_.size()) {
+    return fail("0A000", "pgvalve: the shards' columns do not match the statement");
+  }
+  description_.assign(f.body);
+  return true;
+}
+
+bool Gather::read_row(const pr::Frame& f) {
+  if (description_.empty())
+    return fail("08P01", "pgvalve: a shard sent rows before their description");
+  bytes_ += f.body.size() + sizeof(Row);
+  if (bytes_ > max_bytes_) {
+    return fail("54000", "pgvalve: the rows of this statement across shards exceed " +
+                             std::to_string(max_bytes_ >> 20) +
+                             " MiB; add a LIMIT, or name one device_id");
+  }
+  Row row;
+  row.body.assign(f.body);
+  pr::Cursor c(row.body);
+  const auto count = c.i16();
+  if (!count || static_cast<std::size_t>(*count) != kinds_.size()) {
+    return fail("08P01", "pgvalve: a shard sent a row that does not match its description");
+  }
+  for (std::int16_t i = 0; i < *count; ++i) {
+    const auto size = c.i32();
+    if (!size) return fail("08P01", "pgvalve: a shard sent a malformed row");
+    Field field;
+    field.offset = static_cast<std::int32_t>(row.body.size() - c.remaining());
+    field.size = *size < 0 ? -1 : *size;
+    if (*size > 0 && !c.bytes(static_cast<std::size_t>(*size))) {
+      return fail("08P01", "pgvalve: a shard sent a malformed row");
+    }
+    row.fields.push_back(field);
+  }
+  rows_.push_back(std::move(row));
+  return true;
+}
+
+int Gather::compare(Kind kind, std::string_view a, std::string_view b) const {
+  switch (kind) {
+    case Kind::Integer: {
+      const auto x = integer(a);
+      const auto y = integer(b);
+      if (x && y) return *x < *y ? -1 : *x > *y ? 1 : 0;
+      break;
+    }
+    case Kind::Float:
+      return compare_doubles(floating(a), floating(b));
+    case Kind::Numeric:
+      return compare_decimals(a, b);
+    default:
+      break;
+  }
+  const int c = a.compare(b);
+  return c < 0 ? -1 : c > 0 ? 1 : 0;
+}
+
+bool Gather::less(const Row& a, const Row& b) const {
+  for (const ScatterPlan::SortKey& k : plan_.order) {
+    const auto x = a.value(k.column);
+    const auto y = b.value(k.column);
+    if (!x || !y) {
+      if (!x && !y) continue;
+      return !x == k.nulls_first;  // a NULL comes first exactly when NULLS FIRST
+    }
+    const int c = compare(kinds_[k.column], *x, *y);
+    if (c != 0) return k.descending ? c > 0 : c < 0;
+  }
+  return false;
+}
+
+void Gather::rebuild(Row& row, const std::vector<std::optional<std::string>>& values) {
+  row.body.clear();
+  row.fields.clear();
+  pr::append_i16(row.body, static_cast<std::int16_t>(values.size()));
+  for (const auto& v : values) {
+    Field f;
+    if (v) {
+      pr::append_i32(row.body, static_cast<std::int32_t>(v->size()));
+      f.offset = static_cast<std::int32_t>(row.body.size());
+      f.size = static_cast<std::int32_t>(v->size());
+      row.body.append(*v);
+    } else {
+      pr::append_i32(row.body, -1);
+    }
+    row.fields.push_back(f);
+  }
+}
+
+bool Gather::combine_into(Row& into, const Row& from) {
+  std::vector<std::optional<std::string>> values;
+  for (std::size_t i = 0; i < plan_.combine.size(); ++i) {
+    const auto a = into.value(i);
+    const auto b = from.value(i);
+    std::optional<std::string> v = a ? std::optional<std::string>(std::string(*a)) : std::nullopt;
+    if (b) {
+      switch (plan_.combine[i]) {
+        case ScatterPlan::Combine::Group:
+          break;
+        case ScatterPlan::Combine::Sum:
+          if (!a) {
+            v = std::string(*b);
+          } else if (kinds_[i] == Kind::Integer) {
+            const auto x = integer(*a);
+            const auto y = integer(*b);
+            std::int64_t s = 0;
+            if (!x || !y || __builtin_add_overflow(*x, *y, &s)) {
+              return fail("22003", "pgvalve: the sum across shards is out of range for bigint");
+            }
+            v = std::to_string(s);
+          } else if (kinds_[i] == Kind::Numeric) {
+            const auto s = add_decimals(*a, *b);
+            if (!s)
+              return fail("0A000", "pgvalve: a NaN or infinite sum does not combine across shards");
+            v = *s;
+          } else {
+            const double s = floating(*a) + floating(*b);
+            char buffer[32];
+            const auto r = std::to_chars(buffer, buffer + sizeof buffer, s);
+            v = std::string(buffer, r.ptr);
+            if (std::isinf(s)) v = s > 0 ? "Infinity" : "-Infinity";
+            if (std::isnan(s)) v = "NaN";
+          }
+          break;
+        case ScatterPlan::Combine::Min:
+          if (!a || compare(kinds_[i], *b, *a) < 0) v = std::string(*b);
+          break;
+        case ScatterPlan::Combine::Max:
+          if (!a || compare(kinds_[i], *b, *a) > 0) v = std::string(*b);
+          break;
+      }
+    }
+    values.push_back(std::move(v));
+  }
+  rebuild(into, values);
+  return true;
+}
+
+void Gather::finish(std::string& out) {
+  if (failed_) {
+    const std::size_t at = pr::begin_message(out, 'E');
+    out.append(error_);
+    pr::end_message(out, at);
+    return;
+  }
+  if (description_.empty()) {
+    // No rows were described: an empty query, or a statement without a result (SHOW answers
+    // with one).
+    if (empty_query_) {
+      pr::append_empty_query_response(out);
+    } else {
+      pr::append_command_complete(out, other_tag_);
+    }
+    return;
+  }
+  if (!plan_.combine.empty()) {
+    // Rows with equal group values become one; a query without GROUP BY is one group.
+    std::vector<Row> groups;
+    std::unordered_map<std::string, std::size_t> index;
+    for (Row& row : rows_) {
+      std::string key;
+      for (std::size_t i = 0; i < plan_.combine.size(); ++i) {
+        if (plan_.combine[i] != ScatterPlan::Combine::Group) continue;
+        const auto v = row.value(i);
+        key.push_back(v ? 'v' : 'n');
+        if (v) key.append(std::to_string(v->size())).append(":").append(*v);
+      }
+      const auto [it, fresh] = index.emplace(std::move(key), groups.size());
+      if (fresh) {
+        groups.push_back(std::move(row));
+      } else if (!combine_into(groups[it->second], row)) {
+        return finish(out);
+      }
+    }
+    rows_ = std::move(groups);
+  }
+  if (plan_.distinct) {
+    std::unordered_map<std::string, bool> seen;
+    std::vector<Row> unique;
+    for (Row& row : rows_) {
+      if (seen.emplace(row.body, true).second) unique.push_back(std::move(row));
+    }
+    rows_ = std::move(unique);
+  }
+  if (!plan_.order.empty()) {
+    std::stable_sort(rows_.begin(), rows_.end(),
+                     [this](const Row& a, const Row& b) { return less(a, b); });
+  }
+  const std::size_t from = std::min<std::size_t>(
+      rows_.size(), static_cast<std::size_t>(std::max<std::int64_t>(offset_, 0)));
+  std::size_t to = rows_.size();
+  if (limit_ >= 0) to = std::min(to, from + static_cast<std::size_t>(limit_));
+  const std::size_t at = pr::begin_message(out, 'T');
+  out.append(description_);
+  pr::end_message(out, at);
+  for (std::size_t i = from; i < to; ++i) {
+    const std::size_t row_at = pr::begin_message(out, 'D');
+    out.append(rows_[i].body);
+    pr::end_message(out, row_at);
+  }
+  pr::append_command_complete(out, "SELECT " + std::to_string(to - from));
+}
+
+}  // namespace pgvalve::routing

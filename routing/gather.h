@@ -1,0 +1,76 @@
+// Gathers the answers of several shards to one read into the answer a single database would
+// give, following a ScatterPlan (scatter_plan.h): the RowDescription once; rows concatenated, or
+// merged in ORDER BY order (NULLS FIRST/LAST, DESC); count/sum/min/max combined per group;
+// DISTINCT rows once; LIMIT/OFFSET applied after all that; one CommandComplete with the total.
+// An error from any shard is the client's answer. Pure: backend messages in, client messages
+// out. Not used by the session yet: statements over several shards are still refused.
+//
+// Values are compared in text format, typed by the RowDescription's OIDs: integers, floats and
+// numeric by value; bool, text, varchar, bpchar, name, uuid, date, time, timestamp and
+// timestamptz by their bytes. That is the C collation for text (a database whose ORDER BY uses
+// another collation can order differently), and ISO dates of years 1-9999. A sort or
+// min/max on any other type, or a binary-format result, is refused.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "protocol/frame.h"
+#include "routing/scatter_plan.h"
+
+namespace pgvalve::routing {
+
+class Gather {
+ public:
+  // `limit` < 0: none. The rows kept in memory may take `max_bytes`; beyond, the answer is an
+  // error (54000).
+  Gather(const ScatterPlan& plan, int shards, std::int64_t limit, std::int64_t offset,
+         std::size_t max_bytes);
+
+  // One message of shard `shard`'s answer before its ReadyForQuery. False once the answer is
+  // decided to be an error: the rest of every shard's answer can be dropped.
+  bool add(int shard, const protocol::Frame& f);
+
+  // Every shard has answered: the client's messages.
+  void finish(std::string& out);
+
+ private:
+  struct Field {
+    std::int32_t offset = 0;  // into Row::body
+    std::int32_t size = -1;   // -1: NULL
+  };
+  struct Row {
+    std::string body;  // DataRow body
+    std::vector<Field> fields;
+    std::optional<std::string_view> value(std::size_t i) const;
+  };
+  enum class Kind : std::uint8_t { Integer, Float, Numeric, Bytes, Other };
+
+  bool fail(std::string_view sqlstate, std::string message);
+  bool read_description(const protocol::Frame& f);
+  bool read_row(const protocol::Frame& f);
+  int compare(Kind kind, std::string_view a, std::string_view b) const;
+  bool less(const Row& a, const Row& b) const;
+  bool combine_into(Row& into, const Row& from);
+  static void rebuild(Row& row, const std::vector<std::optional<std::string>>& values);
+
+  const ScatterPlan& plan_;
+  int shards_;
+  std::int64_t limit_;
+  std::int64_t offset_;
+  std::size_t max_bytes_;
+  std::size_t bytes_ = 0;
+  std::string description_;  // the first shard's RowDescription body
+  std::vector<Kind> kinds_;  // per column
+  std::vector<Row> rows_;
+  std::string error_;  // an ErrorResponse body (a shard's, or pgvalve's)
+  bool failed_ = false;
+  bool empty_query_ = false;
+  std::string other_tag_;  // a CommandComplete that is not SELECT (e.g. SHOW has none)
+};
+
+}  // namespace pgvalve::routing

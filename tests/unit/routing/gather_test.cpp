@@ -1,0 +1,266 @@
+// Gather: the answers of several shards combined as one database would answer.
+#include "routing/gather.h"
+
+#include <gtest/gtest.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "protocol/frame.h"
+#include "protocol/wire.h"
+
+namespace pgvalve::routing {
+namespace {
+
+namespace pr = protocol;
+using Value = std::optional<std::string>;
+using Rows = std::vector<std::vector<Value>>;
+
+constexpr std::uint32_t kInt8 = 20, kText = 25, kFloat8 = 701, kNumeric = 1700, kInterval = 1186;
+
+// A whole backend message, kept alive with its Frame.
+struct Message {
+  std::string bytes;
+  pr::Frame frame() const {
+    pr::Frame f;
+    f.tag = bytes[0];
+    f.body = std::string_view(bytes).substr(5);
+    f.whole = bytes;
+    return f;
+  }
+};
+
+Message description(const std::vector<std::uint32_t>& types, std::int16_t format = 0) {
+  Message m;
+  const std::size_t at = pr::begin_message(m.bytes, 'T');
+  pr::append_i16(m.bytes, static_cast<std::int16_t>(types.size()));
+  for (std::size_t i = 0; i < types.size(); ++i) {
+    pr::append_cstr(m.bytes, "c" + std::to_string(i));
+    pr::append_i32(m.bytes, 0);
+    pr::append_i16(m.bytes, 0);
+    pr::append_i32(m.bytes, static_cast<std::int32_t>(types[i]));
+    pr::append_i16(m.bytes, -1);
+    pr::append_i32(m.bytes, -1);
+    pr::append_i16(m.bytes, format);
+  }
+  pr::end_message(m.bytes, at);
+  return m;
+}
+
+Message row(const std::vector<Value>& values) {
+  Message m;
+  const std::size_t at = pr::begin_message(m.bytes, 'D');
+  pr::append_i16(m.bytes, static_cast<std::int16_t>(values.size()));
+  for (const Value& v : values) {
+    if (!v) {
+      pr::append_i32(m.bytes, -1);
+      continue;
+    }
+    pr::append_i32(m.bytes, static_cast<std::int32_t>(v->size()));
+    m.bytes.append(*v);
+  }
+  pr::end_message(m.bytes, at);
+  return m;
+}
+
+Message complete(std::string_view tag) {
+  Message m;
+  const std::size_t at = pr::begin_message(m.bytes, 'C');
+  pr::append_cstr(m.bytes, tag);
+  pr::end_message(m.bytes, at);
+  return m;
+}
+
+Message error(std::string_view sqlstate, std::string_view text) {
+  Message m;
+  const std::size_t at = pr::begin_message(m.bytes, 'E');
+  m.bytes += 'S';
+  pr::append_cstr(m.bytes, "ERROR");
+  m.bytes += 'C';
+  pr::append_cstr(m.bytes, sqlstate);
+  m.bytes += 'M';
+  pr::append_cstr(m.bytes, text);
+  m.bytes += '\0';
+  pr::end_message(m.bytes, at);
+  return m;
+}
+
+// What the client gets: the rows, the command tag, or the error's SQLSTATE.
+struct Answer {
+  Rows rows;
+  std::string tag;
+  std::string sqlstate;
+  std::string message;
+};
+
+Answer read_answer(const std::string& out) {
+  Answer a;
+  std::size_t pos = 0;
+  while (pos < out.size()) {
+    auto r = pr::decode_frame(std::string_view(out).substr(pos), 1 << 30);
+    EXPECT_EQ(r.status, pr::DecodeStatus::Ok);
+    const pr::Frame& f = r.frame;
+    pr::Cursor c(f.body);
+    if (f.tag == 'D') {
+      std::vector<Value> values;
+      const auto n = c.i16();
+      for (std::int16_t i = 0; i < *n; ++i) {
+        const auto size = c.i32();
+        values.push_back(*size < 0 ? Value{} : Value{std::string(*c.bytes(*size))});
+      }
+      a.rows.push_back(values);
+    } else if (f.tag == 'C') {
+      a.tag = std::string(*c.cstr());
+    } else if (f.tag == 'E') {
+      while (true) {
+        const auto code = c.u8();
+        if (!code || *code == 0) break;
+        const std::string value(*c.cstr());
+        if (*code == 'C') a.sqlstate = value;
+        if (*code == 'M') a.message = value;
+      }
+    }
+    pos += f.whole.size();
+  }
+  return a;
+}
+
+// Each shard: its RowDescription (the same for all), its rows, then SELECT n.
+Answer gather(const ScatterPlan& plan, const std::vector<std::uint32_t>& types,
+              const std::vector<Rows>& shards, std::int64_t limit = -1, std::int64_t offset = 0,
+              std::size_t max_bytes = 1 << 20) {
+  Gather g(plan, static_cast<int>(shards.size()), limit, offset, max_bytes);
+  for (std::size_t s = 0; s < shards.size(); ++s) {
+    g.add(static_cast<int>(s), description(types).frame());
+    for (const auto& r : shards[s])
+      g.add(static_cast<int>(s), row(r).frame());
+    g.add(static_cast<int>(s), complete("SELECT " + std::to_string(shards[s].size())).frame());
+  }
+  std::string out;
+  g.finish(out);
+  return read_answer(out);
+}
+
+ScatterPlan ordered(std::vector<ScatterPlan::SortKey> keys) {
+  ScatterPlan p;
+  p.ok = true;
+  p.order = std::move(keys);
+  return p;
+}
+
+ScatterPlan combined(std::vector<ScatterPlan::Combine> ops,
+                     std::vector<ScatterPlan::SortKey> keys = {}) {
+  ScatterPlan p = ordered(std::move(keys));
+  p.combine = std::move(ops);
+  return p;
+}
+
+using C = ScatterPlan::Combine;
+
+TEST(Gather, RowsAreConcatenatedWithOneDescriptionAndTheTotal) {
+  const Answer a =
+      gather(ordered({}), {kInt8, kText}, {{{"1", "a"}, {"2", "b"}}, {{"3", std::nullopt}}});
+  EXPECT_EQ(a.rows, (Rows{{"1", "a"}, {"2", "b"}, {"3", std::nullopt}}));
+  EXPECT_EQ(a.tag, "SELECT 3");
+}
+
+TEST(Gather, OrderByMergesByValueWithNullsWhereAsked) {
+  // ORDER BY 1 DESC (NULLS FIRST by default): integers by value, not by their text.
+  Answer a = gather(ordered({{0, true, true}}), {kInt8},
+                    {{{"9"}, {"-3"}}, {{std::nullopt}, {"10"}, {"2"}}});
+  EXPECT_EQ(a.rows, (Rows{{std::nullopt}, {"10"}, {"9"}, {"2"}, {"-3"}}));
+  a = gather(ordered({{0, false, false}}), {kNumeric},
+             {{{"10.5"}, {"NaN"}}, {{"9.75"}, {"-1"}, {std::nullopt}, {"-1.50"}}});
+  EXPECT_EQ(a.rows, (Rows{{"-1.50"}, {"-1"}, {"9.75"}, {"10.5"}, {"NaN"}, {std::nullopt}}));
+  a = gather(ordered({{0, false, true}, {1, true, false}}), {kText, kFloat8},
+             {{{"b", "1.5"}, {"a", "-Infinity"}}, {{"a", "NaN"}, {std::nullopt, "0"}}});
+  EXPECT_EQ(a.rows, (Rows{{std::nullopt, "0"}, {"a", "NaN"}, {"a", "-Infinity"}, {"b", "1.5"}}));
+}
+
+TEST(Gather, LimitAndOffsetApplyAfterTheMerge) {
+  const Answer a = gather(ordered({{0, false, false}}), {kInt8},
+                          {{{"1"}, {"4"}, {"5"}}, {{"2"}, {"3"}, {"6"}}}, 2, 2);
+  EXPECT_EQ(a.rows, (Rows{{"3"}, {"4"}}));
+  EXPECT_EQ(a.tag, "SELECT 2");
+}
+
+TEST(Gather, CountSumMinMaxCombineIntoOneRow) {
+  const Answer a = gather(combined({C::Sum, C::Sum, C::Min, C::Max, C::Sum}),
+                          {kInt8, kNumeric, kText, kText, kNumeric},
+                          {{{"3", "1.50", "b", "x", std::nullopt}},
+                           {{"0", std::nullopt, std::nullopt, std::nullopt, std::nullopt}},
+                           {{"4", "2.5", "a", "y", "-0.75"}}});
+  EXPECT_EQ(a.rows, (Rows{{"7", "4.00", "a", "y", "-0.75"}}));
+  EXPECT_EQ(a.tag, "SELECT 1");
+}
+
+TEST(Gather, NumericSumsKeepPostgresScaleAndSign) {
+  auto sum = [](std::string a, std::string b) {
+    return gather(combined({C::Sum}), {kNumeric}, {{{a}}, {{b}}}).rows.at(0).at(0).value();
+  };
+  EXPECT_EQ(sum("9.99", "0.01"), "10.00");
+  EXPECT_EQ(sum("-3.25", "1"), "-2.25");
+  EXPECT_EQ(sum("-1", "1"), "0");
+  EXPECT_EQ(sum("0.5", "-0.75"), "-0.25");
+  EXPECT_EQ(sum("123456789012345678901234567890", "1"), "123456789012345678901234567891");
+  EXPECT_EQ(sum("-0.001", "-0.0020"), "-0.0030");
+}
+
+TEST(Gather, FloatSumsPrintAsPostgresDoes) {
+  const Answer a = gather(combined({C::Sum}), {kFloat8}, {{{"0.1"}}, {{"0.2"}}});
+  EXPECT_EQ(a.rows, (Rows{{"0.30000000000000004"}}));
+}
+
+TEST(Gather, GroupsFromDifferentShardsBecomeOneRow) {
+  // SELECT note, count(*), max(v) ... GROUP BY note ORDER BY 2 DESC
+  const Answer a =
+      gather(combined({C::Group, C::Sum, C::Max}, {{1, true, true}}), {kText, kInt8, kInt8},
+             {{{"ok", "2", "5"}, {std::nullopt, "1", "1"}},
+              {{"warn", "1", "9"}, {"ok", "2", "3"}, {std::nullopt, "4", "2"}}});
+  EXPECT_EQ(a.rows, (Rows{{std::nullopt, "5", "2"}, {"ok", "4", "5"}, {"warn", "1", "9"}}));
+}
+
+TEST(Gather, DistinctRowsAppearOnce) {
+  ScatterPlan p = ordered({{0, false, false}});
+  p.distinct = true;
+  const Answer a = gather(p, {kText}, {{{"b"}, {"a"}}, {{"a"}, {std::nullopt}}, {{"b"}}});
+  EXPECT_EQ(a.rows, (Rows{{"a"}, {"b"}, {std::nullopt}}));
+}
+
+TEST(Gather, AnErrorOfOneShardIsTheAnswer) {
+  Gather g(ordered({}), 2, -1, 0, 1 << 20);
+  g.add(0, description({kInt8}).frame());
+  g.add(0, row({"1"}).frame());
+  g.add(0, complete("SELECT 1").frame());
+  EXPECT_FALSE(g.add(1, error("57014", "canceling statement due to statement timeout").frame()));
+  std::string out;
+  g.finish(out);
+  const Answer a = read_answer(out);
+  EXPECT_TRUE(a.rows.empty());
+  EXPECT_EQ(a.sqlstate, "57014");
+  EXPECT_EQ(a.tag, "");
+}
+
+TEST(Gather, WhatCannotBeCombinedIsAClearError) {
+  Answer a = gather(ordered({}), {kText}, {{{"0123456789"}}, {{"0123456789"}}}, -1, 0, 60);
+  EXPECT_EQ(a.sqlstate, "54000");
+  EXPECT_EQ(a.message.rfind("pgvalve:", 0), 0u) << a.message;
+  a = gather(combined({C::Sum}), {kInt8}, {{{"9223372036854775807"}}, {{"1"}}});
+  EXPECT_EQ(a.sqlstate, "22003");
+  a = gather(ordered({{0, false, false}}), {kInterval}, {{{"1 day"}}, {{"2 hours"}}});
+  EXPECT_EQ(a.sqlstate, "0A000");
+
+  Gather g(ordered({}), 2, -1, 0, 1 << 20);
+  g.add(0, description({kInt8}, 1).frame());
+  std::string out;
+  g.finish(out);
+  EXPECT_EQ(read_answer(out).sqlstate, "0A000");
+
+  Gather mismatch(ordered({}), 2, -1, 0, 1 << 20);
+  mismatch.add(0, description({kInt8}).frame());
+  EXPECT_FALSE(mismatch.add(1, description({kText}).frame()));
+}
+
+}  // namespace
+}  // namespace pgvalve::routing
