@@ -58,7 +58,7 @@ class Gather {
   bool combine_into(Row& into, const Row& from);
   static void rebuild(Row& row, const std::vector<std::optional<std::string>>& values);
 
-  const ScatterPlan& plan_;
+  ScatterPlan plan_;  // a copy: the cached plan may be evicted while shards answer
   int shards_;
   std::int64_t limit_;
   std::int64_t offset_;
