@@ -218,6 +218,10 @@ void ClientSession::watch_client() {
     core_->trim();
     client_in_.release();
     client_writer_.trim();
+    if (links_.size() > 1) {
+      links_.resize(1);  // after a read over several shards
+      links_.shrink_to_fit();
+    }
   }
   if (watching_client_ || !core_->wants_client_input()) return;
   watching_client_ = true;
@@ -984,7 +988,11 @@ void ClientSession::link(std::unique_ptr<ServerConnection> server,
   hold_until_ = session::Clock::time_point::max();
   end_checkout_wait();
   const session::LinkId id = core_->pending_link();
-  if (links_.size() <= id) links_.resize(id + 1u);
+  // A read over several shards links one server per shard: room for all of them at once, so
+  // that no LinkIO moves while a writer of another is busy.
+  const std::size_t wanted =
+      std::max<std::size_t>(id + 1u, core_->scattering() ? router_.shard_count() : 1u);
+  if (links_.size() < wanted) links_.resize(wanted);
   LinkIO& io = links_[id];
   io.conn = std::move(server);
   if (io.pool != pool) io.pool = pool;  // usually the same: no copy per transaction

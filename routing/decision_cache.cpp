@@ -90,6 +90,7 @@ void DecisionCache::insert(std::uint64_t fingerprint, const StatementAccess& val
     const std::uint32_t index = slots_[slot];
     entries_[index].value = value;
     entries_[index].shard_plan_for = 0;
+    entries_[index].scatter_plan.reset();
     unlink(index);
     push_front(index);
     return;
@@ -106,6 +107,7 @@ void DecisionCache::insert(std::uint64_t fingerprint, const StatementAccess& val
   entries_[index].fingerprint = fingerprint;
   entries_[index].value = value;
   entries_[index].shard_plan_for = 0;
+  entries_[index].scatter_plan.reset();
   push_front(index);
   std::size_t i = home_slot(fingerprint);
   while (slots_[i] != kNone)
@@ -144,6 +146,24 @@ void DecisionCache::set_shard_plan(std::uint64_t fingerprint, std::uint32_t poli
   Entry& e = entries_[slots_[slot]];
   e.shard_plan = plan;
   e.shard_plan_for = policy;
+  e.scatter_plan.reset();
+}
+
+const ScatterPlan* DecisionCache::scatter_plan(std::uint64_t fingerprint,
+                                               std::uint32_t policy) const {
+  const std::size_t slot = find_slot(fingerprint);
+  if (slot == slots_.size()) return nullptr;
+  const Entry& e = entries_[slots_[slot]];
+  return e.shard_plan_for == policy ? e.scatter_plan.get() : nullptr;
+}
+
+void DecisionCache::set_scatter_plan(std::uint64_t fingerprint, std::uint32_t policy,
+                                     ScatterPlan plan) {
+  const std::size_t slot = find_slot(fingerprint);
+  if (slot == slots_.size()) return;
+  Entry& e = entries_[slots_[slot]];
+  if (e.shard_plan_for != policy) return;
+  e.scatter_plan = std::make_unique<ScatterPlan>(std::move(plan));
 }
 
 void DecisionCache::clear() {

@@ -5,11 +5,13 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "routing/read_write.h"
+#include "routing/scatter_plan.h"
 #include "routing/shard_plan.h"
 
 namespace pgvalve::routing {
@@ -54,6 +56,10 @@ class DecisionCache {
   // databases keeps the plan of the last one asked.
   const ShardPlan* shard_plan(std::uint64_t fingerprint, std::uint32_t policy) const;
   void set_shard_plan(std::uint64_t fingerprint, std::uint32_t policy, const ShardPlan& plan);
+  // The scatter plan of a statement over several shards, kept with its shard plan (the same
+  // policy); nullptr when none was stored.
+  const ScatterPlan* scatter_plan(std::uint64_t fingerprint, std::uint32_t policy) const;
+  void set_scatter_plan(std::uint64_t fingerprint, std::uint32_t policy, ScatterPlan plan);
 
   // Forgets every entry (e.g. after a configuration reload); the statistics stay.
   void clear();
@@ -72,6 +78,8 @@ class DecisionCache {
     StatementAccess value;
     ShardPlan shard_plan;
     std::uint32_t shard_plan_for = 0;  // RoutingPolicy::sharding_id; 0: no plan
+    // Only statements that ran over several shards have one (allocated then, once per shape).
+    std::unique_ptr<ScatterPlan> scatter_plan;
   };
 
   std::size_t home_slot(std::uint64_t fingerprint) const;

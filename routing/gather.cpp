@@ -219,14 +219,7 @@ bool Gather::add(int shard, const pr::Frame& f) {
 }
 
 bool Gather::read_description(const pr::Frame& f) {
-  if (!description_.empty()) {
-    if (f.body != description_) {
-      return fail("0A000",
-                  "pgvalve: the shards answered with different columns; check that "
-                  "every shard has the same schema");
-    }
-    return true;
-  }
+  std::vector<Column> columns;
   pr::Cursor c(f.body);
   const auto count = c.i16();
   if (!count || *count < 0)
@@ -242,12 +235,19 @@ bool Gather::read_description(const pr::Frame& f) {
     if (!name || !table || !column || !type || !size || !modifier || !format) {
       return fail("08P01", "pgvalve: a shard sent a malformed RowDescription");
     }
-    if (*format != 0) {
+    columns.push_back({std::string(*name), *type, *size, *modifier, *format});
+  }
+  if (!description_.empty()) {
+    if (columns != columns_) {
       return fail("0A000",
-                  "pgvalve: binary results of a statement over several shards are not "
-                  "combined yet; ask for text results");
+                  "pgvalve: the shards answered with different columns; check that "
+                  "every shard has the same schema");
     }
-    switch (static_cast<std::uint32_t>(*type)) {
+    return true;
+  }
+  for (const Column& column : columns) {
+    columns_.push_back(column);
+    switch (static_cast<std::uint32_t>(column.type)) {
       case kInt2:
       case kInt4:
       case kInt8:
@@ -277,6 +277,37 @@ bool Gather::read_description(const pr::Frame& f) {
         kinds_.push_back(Kind::Other);
         break;
     }
+  }
+  // Columns of `SELECT *` the ORDER BY names.
+  for (ScatterPlan::SortKey& k : plan_.order) {
+    if (k.name.empty()) continue;
+    int found = -1;
+    for (std::size_t i = 0; i < columns.size(); ++i) {
+      if (columns[i].name != k.name) continue;
+      if (found >= 0) {
+        return fail("0A000", "pgvalve: ORDER BY \"" + k.name +
+                                 "\" across shards names more than one output column");
+      }
+      found = static_cast<int>(i);
+    }
+    if (found < 0) {
+      return fail("0A000", "pgvalve: ORDER BY \"" + k.name +
+                               "\" across shards names no output column; select it");
+    }
+    k.column = static_cast<std::uint16_t>(found);
+  }
+  // Rows only concatenated pass in any format; values pgvalve compares must be text.
+  bool compared_binary = false;
+  for (const ScatterPlan::SortKey& k : plan_.order)
+    compared_binary |= k.column < columns.size() && columns[k.column].format != 0;
+  if (!plan_.combine.empty() || plan_.distinct) {
+    for (const Column& column : columns)
+      compared_binary |= column.format != 0;
+  }
+  if (compared_binary) {
+    return fail("0A000",
+                "pgvalve: binary results of a statement over several shards are not merged or "
+                "combined yet; ask for text results");
   }
   for (const ScatterPlan::SortKey& k : plan_.order) {
     if (k.column >= kinds_.size() || kinds_[k.column] == Kind::Other) {
@@ -433,7 +464,7 @@ bool Gather::combine_into(Row& into, const Row& from) {
   return true;
 }
 
-void Gather::finish(std::string& out) {
+void Gather::finish(std::string& out, bool describe) {
   if (failed_) {
     const std::size_t at = pr::begin_message(out, 'E');
     out.append(error_);
@@ -466,7 +497,7 @@ void Gather::finish(std::string& out) {
       if (fresh) {
         groups.push_back(std::move(row));
       } else if (!combine_into(groups[it->second], row)) {
-        return finish(out);
+        return finish(out, describe);
       }
     }
     rows_ = std::move(groups);
@@ -487,9 +518,11 @@ void Gather::finish(std::string& out) {
       rows_.size(), static_cast<std::size_t>(std::max<std::int64_t>(offset_, 0)));
   std::size_t to = rows_.size();
   if (limit_ >= 0) to = std::min(to, from + static_cast<std::size_t>(limit_));
-  const std::size_t at = pr::begin_message(out, 'T');
-  out.append(description_);
-  pr::end_message(out, at);
+  if (describe) {
+    const std::size_t at = pr::begin_message(out, 'T');
+    out.append(description_);
+    pr::end_message(out, at);
+  }
   for (std::size_t i = from; i < to; ++i) {
     const std::size_t row_at = pr::begin_message(out, 'D');
     out.append(rows_[i].body);

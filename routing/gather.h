@@ -3,13 +3,14 @@
 // merged in ORDER BY order (NULLS FIRST/LAST, DESC); count/sum/min/max combined per group;
 // DISTINCT rows once; LIMIT/OFFSET applied after all that; one CommandComplete with the total.
 // An error from any shard is the client's answer. Pure: backend messages in, client messages
-// out. Not used by the session yet: statements over several shards are still refused.
+// out; the session carries it out (session/scatter.h).
 //
 // Values are compared in text format, typed by the RowDescription's OIDs: integers, floats and
 // numeric by value; bool, text, varchar, bpchar, name, uuid, date, time, timestamp and
 // timestamptz by their bytes. That is the C collation for text (a database whose ORDER BY uses
 // another collation can order differently), and ISO dates of years 1-9999. A sort or
-// min/max on any other type, or a binary-format result, is refused.
+// min/max on any other type, or a binary-format value pgvalve must compare, is refused (rows
+// that are only concatenated pass in any format).
 #pragma once
 
 #include <cstddef>
@@ -35,8 +36,10 @@ class Gather {
   // decided to be an error: the rest of every shard's answer can be dropped.
   bool add(int shard, const protocol::Frame& f);
 
-  // Every shard has answered: the client's messages.
-  void finish(std::string& out);
+  // Every shard has answered: the client's messages (the RowDescription first when
+  // `describe`; an Execute's answer has none).
+  void finish(std::string& out, bool describe = true);
+  bool failed() const { return failed_; }
 
  private:
   struct Field {
@@ -49,6 +52,16 @@ class Gather {
     std::optional<std::string_view> value(std::size_t i) const;
   };
   enum class Kind : std::uint8_t { Integer, Float, Numeric, Bytes, Other };
+  // What a column is, without the table OID and column number of its source, which differ
+  // between shards whose tables were created apart.
+  struct Column {
+    std::string name;
+    std::int32_t type = 0;
+    std::int16_t size = 0;
+    std::int32_t modifier = 0;
+    std::int16_t format = 0;
+    bool operator==(const Column&) const = default;
+  };
 
   bool fail(std::string_view sqlstate, std::string message);
   bool read_description(const protocol::Frame& f);
@@ -65,6 +78,7 @@ class Gather {
   std::size_t max_bytes_;
   std::size_t bytes_ = 0;
   std::string description_;  // the first shard's RowDescription body
+  std::vector<Column> columns_;
   std::vector<Kind> kinds_;  // per column
   std::vector<Row> rows_;
   std::string error_;  // an ErrorResponse body (a shard's, or pgvalve's)

@@ -124,6 +124,23 @@ const ShardPlan& Router::shard_plan(std::string_view sql, std::uint64_t fp) cons
   return scratch_plan_;
 }
 
+Route Router::on_shard(std::string_view sql, const RouteContext& context,
+                       std::uint16_t shard) const {
+  return role(sql, leading_hint(sql), context, shard);
+}
+
+const ScatterPlan& Router::scatter_plan(std::string_view sql, std::uint64_t fp) const {
+  if (cache_ != nullptr) {
+    if (const ScatterPlan* known = cache_->scatter_plan(fp, policy_.sharding_id)) return *known;
+  }
+  scratch_scatter_ = plan_scatter(sql, *policy_.sharding);
+  if (cache_ != nullptr) {
+    cache_->set_scatter_plan(fp, policy_.sharding_id, scratch_scatter_);
+    if (const ScatterPlan* kept = cache_->scatter_plan(fp, policy_.sharding_id)) return *kept;
+  }
+  return scratch_scatter_;
+}
+
 Route Router::route_sharded(std::string_view sql, const RouteContext& context) const {
   const ShardingPolicy& sharding = *policy_.sharding;
   const std::uint64_t all =

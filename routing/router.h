@@ -12,6 +12,7 @@
 
 #include "routing/decision_cache.h"
 #include "routing/route.h"
+#include "routing/scatter_plan.h"
 #include "routing/shard_plan.h"
 
 namespace pgvalve::routing {
@@ -68,6 +69,13 @@ class Router {
   bool valid_begin(std::uint64_t fingerprint) const;
   const ShardingPolicy* sharding() const { return policy_.sharding; }
 
+  // A statement over several shards (Route::Kind::Shards): its part on `shard`, a read sent to
+  // a replica or the primary by the same rules as a statement on one shard.
+  Route on_shard(std::string_view sql, const RouteContext& context, std::uint16_t shard) const;
+  // How the shards' answers to `sql` combine (parsed once per statement shape); valid until the
+  // next call of route() or scatter_plan().
+  const ScatterPlan& scatter_plan(std::string_view sql, std::uint64_t fingerprint) const;
+
  private:
   bool replica_eligible(std::string_view sql, std::uint64_t fingerprint = 0) const;
   // The read/write role within one shard, as for an unsharded database.
@@ -80,6 +88,7 @@ class Router {
   RoutingPolicy policy_;
   DecisionCache* cache_ = nullptr;
   mutable ShardPlan scratch_plan_;  // a plan the cache could not keep
+  mutable ScatterPlan scratch_scatter_;
 };
 
 }  // namespace pgvalve::routing

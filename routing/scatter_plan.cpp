@@ -1,6 +1,8 @@
 #include "routing/scatter_plan.h"
 
 #include <algorithm>
+#include <cstdint>
+#include <optional>
 
 #include "routing/normalized_walk.h"
 #include "routing/parse_tree.h"
@@ -352,8 +354,18 @@ class Planner {
         const Json* by = as(item, "SortBy");
         const Json* node = by != nullptr ? field(*by, "node") : nullptr;
         if (node == nullptr) return refuse("an ORDER BY item pgvalve cannot read");
-        const int column = column_of(*node, *targets, true);
-        if (column < 0) {
+        int column = column_of(*node, *targets, true);
+        std::string_view by_name;
+        if (column < 0 && star) {
+          // A column of `*`: found by name in the shards' RowDescription.
+          const Json* c = as(*node, "ColumnRef");
+          const Json* fields = c != nullptr ? field(*c, "fields") : nullptr;
+          if (fields != nullptr && fields->is_array() && !fields->empty() &&
+              as(fields->back(), "String") != nullptr) {
+            by_name = sval(fields->back());
+          }
+        }
+        if (column < 0 && by_name.empty()) {
           return refuse(
               "ORDER BY on something that is not an output column; select it (and order "
               "by it)");
@@ -365,7 +377,8 @@ class Planner {
             nulls != nullptr && nulls->is_string() ? nulls->get<std::string>() : "";
         if (d == "SORTBY_USING") return refuse("ORDER BY ... USING is not combined across shards");
         SortKey key;
-        key.column = static_cast<std::uint16_t>(column);
+        key.column = column < 0 ? 0 : static_cast<std::uint16_t>(column);
+        key.name = std::string(by_name);
         key.descending = d == "SORTBY_DESC";
         key.nulls_first = n == "SORTBY_NULLS_FIRST" || (n != "SORTBY_NULLS_LAST" && key.descending);
         plan.order.push_back(key);
@@ -385,7 +398,11 @@ class Planner {
       }
       const Json* c = as(*value, "A_Const");
       const Json* p = as(*value, "ParamRef");
-      if ((c == nullptr || field(*c, "isnull") != nullptr) && p == nullptr) {
+      if (c != nullptr && field(*c, "isnull") != nullptr) {
+        at.push_back(-1);  // LIMIT ALL, LIMIT NULL: none
+        continue;
+      }
+      if (c == nullptr && p == nullptr) {
         return refuse("LIMIT and OFFSET across shards take a number or $n");
       }
       at.push_back(location_of(c != nullptr ? *c : *p));
@@ -408,6 +425,184 @@ class Planner {
 
 ScatterPlan plan_scatter(std::string_view sql, const ShardingPolicy& policy) {
   return Planner(sql, policy).run();
+}
+
+}  // namespace pgvalve::routing
+
+namespace pgvalve::routing {
+
+namespace {
+
+// The LIMIT and OFFSET slots of one statement, found in one lexer pass.
+class LimitSlots {
+ public:
+  LimitSlots(std::int32_t limit, std::int32_t offset) : want_{limit, offset} {}
+  void put(std::string_view, bool) {}
+  void slot(const LiteralSlot& s) {
+    for (int i = 0; i < 2; ++i) {
+      if (want_[i] >= 0 && static_cast<std::uint32_t>(want_[i]) == ordinal_) {
+        found_[i] = s;
+        seen_[i] = true;
+      }
+    }
+    ++ordinal_;
+  }
+  bool seen(int i) const { return want_[i] < 0 || seen_[i]; }
+  const LiteralSlot& at(int i) const { return found_[i]; }
+
+ private:
+  std::int32_t want_[2];
+  LiteralSlot found_[2]{};
+  bool seen_[2] = {false, false};
+  std::uint32_t ordinal_ = 0;
+};
+
+std::optional<std::int64_t> parse_integer(std::string_view text) {
+  while (!text.empty() && (text.front() == ' ' || text.front() == '\t'))
+    text.remove_prefix(1);
+  while (!text.empty() && (text.back() == ' ' || text.back() == '\t'))
+    text.remove_suffix(1);
+  bool negative = false;
+  if (!text.empty() && (text.front() == '-' || text.front() == '+')) {
+    negative = text.front() == '-';
+    text.remove_prefix(1);
+    while (!text.empty() && text.front() == ' ')
+      text.remove_prefix(1);
+  }
+  if (text.empty()) return std::nullopt;
+  std::int64_t v = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9' || v > (INT64_MAX - (c - '0')) / 10) return std::nullopt;
+    v = v * 10 + (c - '0');
+  }
+  return negative ? -v : v;
+}
+
+// What one LIMIT or OFFSET slot holds.
+struct SlotValue {
+  enum class Kind : std::uint8_t { Number, Null, Param, Unreadable };
+  Kind kind = Kind::Unreadable;
+  std::int64_t value = 0;
+  int param = 0;  // Param: its number
+};
+
+SlotValue read_slot(std::string_view text, const ParamSource* params) {
+  SlotValue out;
+  if (text.starts_with('$')) {
+    const auto number = parse_integer(text.substr(1));
+    if (!number || *number < 1 || *number > 65535) return out;
+    out.param = static_cast<int>(*number);
+    const std::optional<BoundParam> p = params ? params->param(out.param) : std::nullopt;
+    if (!p) return out;  // not bound: the shards say what is wrong
+    if (!p->value) {
+      out.kind = SlotValue::Kind::Null;
+      return out;
+    }
+    std::optional<std::int64_t> v;
+    if (p->binary) {
+      const std::string_view b = *p->value;
+      if (b.size() == 2 || b.size() == 4 || b.size() == 8) {
+        std::uint64_t u = 0;
+        for (char c : b)
+          u = (u << 8) | static_cast<unsigned char>(c);
+        const unsigned shift = 64 - 8 * static_cast<unsigned>(b.size());
+        v = static_cast<std::int64_t>(u << shift) >> shift;  // sign-extended
+      }
+    } else {
+      v = parse_integer(*p->value);
+    }
+    if (!v) return out;
+    out.kind = SlotValue::Kind::Param;
+    out.value = *v;
+    return out;
+  }
+  if (text.size() >= 2 && text.front() == '\'' && text.back() == '\'') {
+    text = text.substr(1, text.size() - 2);
+  }
+  const auto v = parse_integer(text);
+  if (!v) return out;
+  out.kind = SlotValue::Kind::Number;
+  out.value = *v;
+  return out;
+}
+
+}  // namespace
+
+ShardStatement shard_statement(std::string_view sql, const ScatterPlan& plan,
+                               const ParamSource* params) {
+  ShardStatement out;
+  if (plan.limit_slot < 0 && plan.offset_slot < 0) return out;
+  LimitSlots slots(plan.limit_slot, plan.offset_slot);
+  normalized_walk(sql, slots);
+  if (!slots.seen(0) || !slots.seen(1)) {
+    out.ok = false;
+    out.refusal = "a LIMIT or OFFSET pgvalve cannot read";
+    return out;
+  }
+  SlotValue v[2];
+  std::string_view text[2];
+  for (int i = 0; i < 2; ++i) {
+    if ((i == 0 ? plan.limit_slot : plan.offset_slot) < 0) {
+      v[i].kind = SlotValue::Kind::Null;
+      continue;
+    }
+    const LiteralSlot& s = slots.at(i);
+    text[i] = sql.substr(s.begin, s.end - s.begin);
+    v[i] = read_slot(text[i], params);
+    if (v[i].kind == SlotValue::Kind::Unreadable) {
+      out.ok = false;
+      out.refusal = "LIMIT and OFFSET across shards take a whole number; " + std::string(text[i]) +
+                    " is not one pgvalve reads";
+      return out;
+    }
+    // A negative value: each shard runs the statement as written and PostgreSQL refuses it.
+    if (v[i].kind != SlotValue::Kind::Null && v[i].value < 0) return out;
+  }
+  const bool has_limit = v[0].kind != SlotValue::Kind::Null;
+  const std::int64_t offset = v[1].kind == SlotValue::Kind::Null ? 0 : v[1].value;
+  out.limit = has_limit ? v[0].value : -1;
+  out.offset = offset;
+  const bool combined = !plan.combine.empty();
+  const bool rewrite_offset = plan.offset_slot >= 0 && offset > 0;
+  const bool rewrite_limit = has_limit && (combined || rewrite_offset);
+  if (!rewrite_offset && !rewrite_limit) return out;
+  constexpr std::string_view kNoLimit = "9223372036854775807";
+  auto as_int8 = [&](int i) { return "$" + std::to_string(v[i].param) + "::int8"; };
+  std::string replacement[2];
+  if (rewrite_limit) {
+    if (combined) {
+      replacement[0] = v[0].kind == SlotValue::Kind::Param
+                           ? "(0 * " + as_int8(0) + " + " + std::string(kNoLimit) + ")"
+                           : std::string(kNoLimit);
+    } else if (v[0].kind == SlotValue::Kind::Param || v[1].kind == SlotValue::Kind::Param) {
+      const std::string a =
+          v[0].kind == SlotValue::Kind::Param ? as_int8(0) : std::to_string(v[0].value);
+      const std::string b =
+          v[1].kind == SlotValue::Kind::Param ? as_int8(1) : std::to_string(v[1].value);
+      replacement[0] = "(" + a + " + " + b + ")";
+    } else {
+      const std::int64_t max = INT64_MAX;
+      replacement[0] = std::to_string(v[0].value > max - offset ? max : v[0].value + offset);
+    }
+  }
+  if (rewrite_offset) {
+    replacement[1] = v[1].kind == SlotValue::Kind::Param ? "(0 * " + as_int8(1) + ")" : "0";
+  }
+  // Replaced from the back, so the front offsets stay valid.
+  struct Edit {
+    std::size_t begin, end;
+    const std::string* with;
+  };
+  Edit edits[2];
+  int n = 0;
+  for (int i = 0; i < 2; ++i) {
+    if (!replacement[i].empty()) edits[n++] = {slots.at(i).begin, slots.at(i).end, &replacement[i]};
+  }
+  if (n == 2 && edits[0].begin < edits[1].begin) std::swap(edits[0], edits[1]);
+  out.sql.assign(sql);
+  for (int i = 0; i < n; ++i)
+    out.sql.replace(edits[i].begin, edits[i].end - edits[i].begin, *edits[i].with);
+  return out;
 }
 
 }  // namespace pgvalve::routing

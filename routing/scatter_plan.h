@@ -2,8 +2,8 @@
 // database would give (DESIGN.md §4.4), decided from PostgreSQL's parse tree once per statement
 // shape, or why they cannot. Pure; allocates (call once per fingerprint and keep the plan).
 //
-// Not carried out yet: the session still refuses every statement that needs several shards.
-// This is the plan the gathering step will follow.
+// The session carries it out: it sends each shard the statement shard_statement() writes and
+// feeds their answers to a Gather (gather.h).
 #pragma once
 
 #include <cstdint>
@@ -21,6 +21,9 @@ struct ScatterPlan {
     std::uint16_t column = 0;
     bool descending = false;
     bool nulls_first = false;  // PostgreSQL's default: NULLS LAST ascending, FIRST descending
+    // Non-empty: a column of `SELECT *`, found by this name in the shards' RowDescription
+    // (`column` is then meaningless).
+    std::string name;
     bool operator==(const SortKey&) const = default;
   };
   // What each output column of an aggregate query does when rows of several shards meet.
@@ -47,6 +50,22 @@ struct ScatterPlan {
 // Tables of the plan are the policy's: `tables` are split by key (the router has refused tables
 // in neither list before a statement gets here).
 ScatterPlan plan_scatter(std::string_view sql, const ShardingPolicy& policy);
+
+// What each shard runs for one statement of `plan`'s shape, and the LIMIT/OFFSET applied after
+// the merge. A shard cannot apply an OFFSET (the rows it skips may be the ones the merge keeps),
+// nor a LIMIT on rows that are combined afterwards (a group's part on another shard would be
+// cut), so those are rewritten: LIMIT n OFFSET m runs as LIMIT n+m OFFSET 0, and combined
+// rows run without a limit. A $n keeps its place (its value comes with the Bind):
+// `LIMIT $1 OFFSET $2` runs as `LIMIT ($1::int8 + $2::int8) OFFSET (0 * $2::int8)`.
+struct ShardStatement {
+  bool ok = true;
+  std::string refusal;      // !ok: why (for 0A000)
+  std::string sql;          // empty: the statement runs as the client wrote it
+  std::int64_t limit = -1;  // after the merge; -1: none
+  std::int64_t offset = 0;
+};
+ShardStatement shard_statement(std::string_view sql, const ScatterPlan& plan,
+                               const ParamSource* params);
 
 // `name` is one of PostgreSQL 15's built-in aggregate functions.
 bool is_builtin_aggregate(std::string_view name);

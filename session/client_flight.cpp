@@ -168,6 +168,11 @@ const Actions& Session::on_linked(ServerState& server, Clock::time_point now) {
   l.reset();
   l.server = &server;
   l.route = pending_route_;
+  l.last_activity = now;
+  if (scattering()) {
+    link_scatter(l, out);
+    return out;
+  }
   l.first_routed = router_.sharded();
   l.may_write = router_.splits() && pending_route_.kind == routing::Route::Kind::Primary &&
                 pending_route_.write;
@@ -203,6 +208,10 @@ const Actions& Session::on_checkout_failed(std::string_view sqlstate, std::strin
   now_ = now;
   Actions& out = client_actions();
   if (state_ != SessionState::WaitingForServer) return out;
+  if (scattering()) {
+    scatter_checkout_failed(sqlstate, message, out);
+    return out;
+  }
   Workspace& w = work();
   // The request is answered with an error and ReadyForQuery 'I': a BEGIN held back for it is
   // forgotten with it, or the client's next statement would run in a transaction it ended.
@@ -356,16 +365,9 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
       return out;
     }
     routing::Route route = route_request(request);
-    if (route.kind == routing::Route::Kind::Shards) {
-      // Scatter-gather is not carried out yet: refused, never answered from one shard.
-      route = routing::Route::refuse(
-          "0A000",
-          "pgvalve: this statement needs several shards (it has no " + router_.sharding()->key +
-              " pgvalve can read, or its values live on different "
-              "shards), and pgvalve does not run statements across shards yet",
-          "name one " + router_.sharding()->key + " (WHERE " + router_.sharding()->key +
-              " = ...), or add /* pgvalve: " + router_.sharding()->key +
-              "=<value> */ or /* pgvalve: shard=<name> */");
+    if (route.kind == routing::Route::Kind::Shards &&
+        start_scatter(frames, request, route, out) != ScatterStart::NotScattered) {
+      return out;
     }
     if (route.kind == routing::Route::Kind::Refuse) {
       // The refused statement ends a deferred transaction: nothing ran on any server.

@@ -114,6 +114,17 @@ const Actions& Session::plan_server(Link& l, LinkId id, std::string_view input) 
     if (r.status == pr::DecodeStatus::NeedMoreData) {
       // A large message pgvalve needs only the type of passes through as it arrives, so a
       // client asking for a huge row never makes pgvalve hold it whole.
+      if (l.scatter_shard >= 0 && r.needed > options_.stream_server_messages_above) {
+        // Gathered rows are held whole; one this large is dropped as it arrives.
+        work().scatter.scatter->fail(
+            "54000",
+            "pgvalve: a row of this statement is larger than pgvalve holds for a "
+            "statement over several shards; name one device_id to read it");
+        l.stream_remaining = r.needed - rest.size();
+        l.stream_forward = false;
+        pos = input.size();
+        break;
+      }
       if (r.needed > options_.stream_server_messages_above && streamable(rest[0])) {
         pr::Frame head;
         head.tag = rest[0];
@@ -203,6 +214,15 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
     if (auto e = pr::read_error_response(f); e && e->severity == "FATAL") return passed;
   }
   auto& head = l.pending.front();
+  if (head.internal && head.action == kActionScatter) {
+    // A shard's part of a read over several shards: gathered, sent to the client at the end.
+    if (f.tag == 'Z') {
+      complete_front(l, f.tag, out);
+    } else {
+      work().scatter.scatter->add(l.scatter_shard, f);
+    }
+    return passed;
+  }
   switch (pr::match_response(head.kind, f.tag)) {
     case pr::ResponseMatch::Async:
       if (!head.internal || f.tag == 'A') pass();
@@ -279,6 +299,12 @@ void Session::complete_front(Link& l, char tag, Actions& out) {
     if (head.internal && head.action == kActionSync) finish_sync(l, !head.failed, out);
     if (head.internal && head.action == kActionBegin) finish_begin(l, !head.failed, out);
     if (head.internal && head.action == kActionPinCheck) finish_pin_check(l, head.failed, out);
+    if (head.internal && head.action == kActionScatter) {
+      const std::size_t from = l.scratch.size();
+      end_scatter_link(l, LinkOp::Kind::Release, l.scratch, out);
+      if (l.scratch.size() > from) l.spans.push_back({true, from, l.scratch.size() - from});
+      return;
+    }
   }
   if (l.pending.empty()) {
     l.notes.clear();
@@ -486,6 +512,7 @@ void Session::apply_note(const Note& note, Link& l, Actions& out) {
 // waiting request keeps it.
 void Session::settle(Link& l, LinkId id, Actions& out) {
   if (l.syncing || l.reserved || state_ == SessionState::Closing) return;
+  if (l.scatter_shard >= 0) return;  // goes when its part is answered (end_scatter_link)
   if (l.busy()) {
     enter(SessionState::Active);
     return;

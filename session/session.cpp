@@ -111,6 +111,7 @@ void Workspace::clear() {
     l.spans.clear();
     shrink(l.scratch);
   }
+  scatter = {};
   tx_notes.clear();
   savepoints.clear();
   notifications.clear();
@@ -391,6 +392,12 @@ void Session::finish_sync(Link& l, bool ok, Actions& out) {
         "pgvalve: could not apply the client's session settings on "
         "server " +
         l.server->name + "; check the settings the client uses";
+    if (l.scatter_shard >= 0 && scattering()) {
+      // The shard's part ran without the client's settings: not the client's answer.
+      work().scatter.scatter->fail("08006", message);
+      l.discard = true;
+      return;
+    }
     if (login) {
       close_with("08006", message, out);
       return;
@@ -418,6 +425,7 @@ void Session::finish_sync(Link& l, bool ok, Actions& out) {
     l.spans.push_back({true, reports_from, l.scratch.size() - reports_from});
   }
   apply_sync(l.sync_plan, client_settings_, *l.server, settings_fingerprint());
+  if (l.scatter_shard >= 0) return;  // its part of the read follows
   if (login) {
     // The values the server reported during the sync are in the reply.
     const std::size_t from = l.scratch.size();
@@ -594,7 +602,7 @@ const Actions& Session::on_server_lost(LinkId id, Clock::time_point now) {
 
 bool Session::retryable(const Link& l) const {
   const Workspace& w = *work_;
-  return l.route.kind == routing::Route::Kind::Replica && !w.retry_used &&
+  return l.route.kind == routing::Route::Kind::Replica && l.scatter_shard < 0 && !w.retry_used &&
          !w.retry_request.empty() && !l.answered && l.in_flight == 1 &&
          l.server->tx_status == 'I' && !l.syncing && l.stream_remaining == 0 && !drain_requested_;
 }
@@ -619,6 +627,11 @@ bool Session::retry_elsewhere(Link& l, LinkId id, Actions& out) {
 // gets it too.
 void Session::lose_link(Link& l, LinkId id, std::string_view message, LinkOp::Kind kind,
                         Actions& out) {
+  if (l.scatter_shard >= 0 && scattering()) {
+    work().scatter.scatter->fail("08006", message);
+    end_scatter_link(l, kind, out.outbox, out);
+    return;
+  }
   if (l.stream_remaining > 0 && l.stream_forward) {
     // Part of a message went to the client and the rest never will: nothing can follow it,
     // not even an error, so the client's connection is closed.

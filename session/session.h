@@ -172,6 +172,8 @@ class Session {
   // its own server as link 0.
   const routing::Route& pending_route() const { return pending_route_; }
   LinkId pending_link() const { return pending_link_; }
+  // A read over several shards is being carried out: links 0 .. n-1 are its shards' servers.
+  bool scattering() const;
   // The WAL position the client's reads must see (read_your_writes = lsn); 0 before any write.
   std::uint64_t read_your_writes_lsn() const { return write_lsn_; }
   // Nothing is in flight and no server is linked: the session holds only its durable state.
@@ -242,6 +244,20 @@ class Session {
   // refusal's SQLSTATE and message); an empty message when it may.
   std::pair<std::string_view, std::string> shard_conflict(Link& l, std::string_view sql,
                                                           const BindParams* params);
+  // Sharded databases: a read the router sends to several shards (Route::Kind::Shards). Started:
+  // the shards' servers are being checked out; Waiting: the rest of the request (its Sync) is
+  // not here yet; NotScattered: `route` is now a refusal, or one shard (a request that executes
+  // nothing).
+  enum class ScatterStart : std::uint8_t { Started, Waiting, NotScattered };
+  ScatterStart start_scatter(std::string_view frames, const RequestText& request,
+                             routing::Route& route, Actions& out);
+  void check_out_next_shard(Actions& out);
+  void link_scatter(Link& l, Actions& out);
+  void scatter_checkout_failed(std::string_view sqlstate, std::string_view message, Actions& out);
+  // The shard's link answered up to its ReadyForQuery (`how` Release), or was lost: it goes;
+  // after the last one the client gets the gathered answer in `into`.
+  void end_scatter_link(Link& l, LinkOp::Kind how, std::string& into, Actions& out);
+  void finish_scatter(std::string& into, Actions& out);
   char client_tx_status() const { return deferred_begin_.empty() ? 'I' : 'T'; }
   void plan_frame(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
   void plan_query(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);

@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "session/scatter.h"
 #include "session/session.h"
 #include "session/settings_sync.h"
 
@@ -61,6 +62,7 @@ enum : std::uint8_t {
   kActionEvictClose,          // pgvalve's Close of `statement_hash` for the LRU cap
   kActionWalPosition,         // pgvalve's query for the primary's WAL position (read-your-writes)
   kActionBegin,               // the client's BEGIN, held back until its shard was known
+  kActionScatter,             // the shard's part of a read over several shards (scatter.h)
 };
 
 struct Link {
@@ -80,6 +82,9 @@ struct Link {
   // Sharded databases: the first statement planned on this link may be the one its checkout was
   // routed by (Session::routed_request_), which need not be routed again.
   bool first_routed = false;
+  // Linked for a read over several shards: its index there (Scatter::add), -1 otherwise.
+  int scatter_shard = -1;
+  bool discard = false;              // closed, not released, once it has answered (its sync failed)
   std::size_t stream_remaining = 0;  // bytes of a large server message still passing through
   bool stream_forward = true;        // ... forwarded to the client (false: dropped)
   Clock::time_point last_activity{};
@@ -122,6 +127,8 @@ struct Link {
     login = false;
     begin_pending = false;
     first_routed = false;
+    scatter_shard = -1;
+    discard = false;
     stream_remaining = 0;
     stream_forward = true;
     syncing = false;
@@ -245,6 +252,18 @@ struct Workspace {
   std::uint64_t fingerprinted_value = 0;
   bool retry_pending = false;
   bool retry_used = false;
+
+  // A read over several shards being carried out (null: none).
+  struct ScatterRun {
+    std::unique_ptr<Scatter> scatter;
+    std::vector<routing::Route> routes;  // one per shard taking part, in checkout order
+    std::size_t next = 0;                // routes[next] is checked out next
+    int open = 0;                        // links that have not answered yet
+    bool waiting = false;                // a checkout for routes[next - 1] is under way
+    std::uint64_t fingerprint = 0;
+    Clock::time_point started{};
+  };
+  ScatterRun scatter;
 
   void clear();
 };

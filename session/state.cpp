@@ -16,6 +16,8 @@ std::string_view state_name(SessionState state) {
       return "active";
     case SessionState::Holding:
       return "holding";
+    case SessionState::Scattering:
+      return "scattering";
     case SessionState::WaitingForHub:
       return "waiting_for_hub";
     case SessionState::Closing:
@@ -35,7 +37,13 @@ bool transition_allowed(SessionState from, SessionState to) {
       return to == S::WaitingForServer || to == S::WaitingForHub || to == S::Active;
     case S::WaitingForServer:
       // Holding: linked with nothing to sync; the waiting request is planned next.
-      return to == S::Syncing || to == S::Holding || to == S::Active || to == S::Idle;
+      // Scattering: the last shard of a read over several shards was linked.
+      return to == S::Syncing || to == S::Holding || to == S::Active || to == S::Idle ||
+             to == S::Scattering;
+    case S::Scattering:
+      // Idle: every shard answered. WaitingForServer: (while shards answer) the next shard's
+      // server is checked out.
+      return to == S::Idle || to == S::WaitingForServer;
     case S::Syncing:
       return to == S::Active || to == S::Idle || to == S::Holding;
     case S::Active:

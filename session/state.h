@@ -16,6 +16,8 @@
 //   Holding ──client bytes──► Active
 //           ──session mode: a read for a replica, the own server kept──► WaitingForServer
 //           ──client bytes, the server's settings changed since (session mode RESET)──► Syncing
+//   Idle ──a read over several shards──► WaitingForServer (shard 1) ──linked, sent──►
+//        WaitingForServer (shard 2) ... ──last shard linked──► Scattering ──all answered──► Idle
 //   any ──client gone, Terminate, fatal error, drained──► Closing
 #pragma once
 
@@ -32,6 +34,7 @@ enum class SessionState : std::uint8_t {
   Active,            // requests outstanding on the linked server
   Holding,           // server linked, nothing outstanding: a transaction is open, session mode,
                      // or session state pins the server (transaction mode)
+  Scattering,        // a read runs on several shards; their answers are gathered (scatter.h)
   WaitingForHub,     // a LISTEN/UNLISTEN waits for the shared listening connection
   Closing,           // the session ends: servers are given back clean or closed
 };

@@ -31,14 +31,16 @@ struct Message {
   }
 };
 
-Message description(const std::vector<std::uint32_t>& types, std::int16_t format = 0) {
+// `table`: the OID of the columns' table, which differs between shards.
+Message description(const std::vector<std::uint32_t>& types, std::int16_t format = 0,
+                    std::int32_t table = 0) {
   Message m;
   const std::size_t at = pr::begin_message(m.bytes, 'T');
   pr::append_i16(m.bytes, static_cast<std::int16_t>(types.size()));
   for (std::size_t i = 0; i < types.size(); ++i) {
     pr::append_cstr(m.bytes, "c" + std::to_string(i));
-    pr::append_i32(m.bytes, 0);
-    pr::append_i16(m.bytes, 0);
+    pr::append_i32(m.bytes, table);
+    pr::append_i16(m.bytes, static_cast<std::int16_t>(table != 0 ? i + 1 : 0));
     pr::append_i32(m.bytes, static_cast<std::int32_t>(types[i]));
     pr::append_i16(m.bytes, -1);
     pr::append_i32(m.bytes, -1);
@@ -132,7 +134,7 @@ Answer gather(const ScatterPlan& plan, const std::vector<std::uint32_t>& types,
               std::size_t max_bytes = 1 << 20) {
   Gather g(plan, static_cast<int>(shards.size()), limit, offset, max_bytes);
   for (std::size_t s = 0; s < shards.size(); ++s) {
-    g.add(static_cast<int>(s), description(types).frame());
+    g.add(static_cast<int>(s), description(types, 0, static_cast<std::int32_t>(16384 + s)).frame());
     for (const auto& r : shards[s])
       g.add(static_cast<int>(s), row(r).frame());
     g.add(static_cast<int>(s), complete("SELECT " + std::to_string(shards[s].size())).frame());
@@ -242,6 +244,15 @@ TEST(Gather, AnErrorOfOneShardIsTheAnswer) {
   EXPECT_EQ(a.tag, "");
 }
 
+TEST(Gather, ColumnsOfSelectStarAreOrderedByName) {
+  ScatterPlan p = ordered({{0, true, false, "c1"}});
+  Answer a = gather(p, {kText, kInt8}, {{{"a", "1"}, {"b", "5"}}, {{"c", "3"}}});
+  EXPECT_EQ(a.rows, (std::vector<std::vector<Value>>{{"b", "5"}, {"c", "3"}, {"a", "1"}}));
+  a = gather(ordered({{0, false, false, "nope"}}), {kText}, {{{"a"}}, {{"b"}}});
+  EXPECT_EQ(a.sqlstate, "0A000");
+  EXPECT_NE(a.message.find("names no output column"), std::string::npos) << a.message;
+}
+
 TEST(Gather, WhatCannotBeCombinedIsAClearError) {
   Answer a = gather(ordered({}), {kText}, {{{"0123456789"}}, {{"0123456789"}}}, -1, 0, 60);
   EXPECT_EQ(a.sqlstate, "54000");
@@ -251,11 +262,19 @@ TEST(Gather, WhatCannotBeCombinedIsAClearError) {
   a = gather(ordered({{0, false, false}}), {kInterval}, {{{"1 day"}}, {{"2 hours"}}});
   EXPECT_EQ(a.sqlstate, "0A000");
 
-  Gather g(ordered({}), 2, -1, 0, 1 << 20);
+  // Binary values cannot be compared; rows that are only concatenated pass in any format.
+  Gather g(ordered({{0, false, false}}), 2, -1, 0, 1 << 20);
   g.add(0, description({kInt8}, 1).frame());
   std::string out;
   g.finish(out);
   EXPECT_EQ(read_answer(out).sqlstate, "0A000");
+  Gather binary(ordered({}), 2, -1, 0, 1 << 20);
+  EXPECT_TRUE(binary.add(0, description({kInt8}, 1).frame()));
+  EXPECT_TRUE(binary.add(1, description({kInt8}, 1).frame()));
+  EXPECT_TRUE(binary.add(1, row({std::string("\0\0\0\0\0\0\0\x07", 8)}).frame()));
+  out.clear();
+  binary.finish(out);
+  EXPECT_EQ(read_answer(out).rows.size(), 1u);
 
   Gather mismatch(ordered({}), 2, -1, 0, 1 << 20);
   mismatch.add(0, description({kInt8}).frame());

@@ -51,11 +51,15 @@ TEST(ScatterPlan, OrderByResolvesToOutputColumns) {
   p = plan("SELECT t.device_id FROM telemetry t ORDER BY t.device_id");
   ASSERT_TRUE(p.ok) << p.refusal;
   EXPECT_EQ(p.order, (std::vector<SortKey>{{0, false, false}}));
+  // Columns of * are found by name in the shards' RowDescription.
+  p = plan("SELECT * FROM telemetry t ORDER BY t.ts DESC, device_id");
+  ASSERT_TRUE(p.ok) << p.refusal;
+  EXPECT_EQ(p.order, (std::vector<SortKey>{{0, true, true, "ts"}, {0, false, false, "device_id"}}));
 }
 
 TEST(ScatterPlan, OrderByOutsideTheOutputIsRefused) {
   expect_refused("SELECT device_id FROM telemetry ORDER BY ts", "not an output column");
-  expect_refused("SELECT * FROM telemetry ORDER BY ts", "not an output column");
+  expect_refused("SELECT * FROM telemetry ORDER BY ts + interval '1 day'", "not an output column");
   expect_refused("SELECT device_id FROM telemetry ORDER BY 2", "not an output column");
   expect_refused("SELECT device_id FROM telemetry ORDER BY device_id USING >", "USING");
 }
@@ -176,6 +180,99 @@ TEST(ScatterPlan, BuiltinAggregatesAreKnownByName) {
   for (const char* name : {"lower", "now", "coalesce", ""}) {
     EXPECT_FALSE(is_builtin_aggregate(name)) << name;
   }
+}
+
+}  // namespace
+}  // namespace pgvalve::routing
+
+namespace pgvalve::routing {
+namespace {
+
+// Bind values by $n (1-based), text unless given as binary bytes.
+class Params final : public ParamSource {
+ public:
+  explicit Params(std::vector<BoundParam> values) : values_(std::move(values)) {}
+  std::optional<BoundParam> param(int number) const override {
+    if (number < 1 || static_cast<std::size_t>(number) > values_.size()) return std::nullopt;
+    return values_[static_cast<std::size_t>(number - 1)];
+  }
+
+ private:
+  std::vector<BoundParam> values_;
+};
+
+ShardStatement rewritten(std::string_view sql, const ParamSource* params = nullptr) {
+  const ScatterPlan p = plan_scatter(sql, policy());
+  EXPECT_TRUE(p.ok) << sql << ": " << p.refusal;
+  return shard_statement(sql, p, params);
+}
+
+TEST(ShardStatement, ALimitAloneRunsOnEachShardAsWritten) {
+  ShardStatement s = rewritten("SELECT ts FROM telemetry ORDER BY ts");
+  EXPECT_TRUE(s.ok);
+  EXPECT_EQ(s.sql, "");
+  EXPECT_EQ(s.limit, -1);
+  s = rewritten("SELECT ts FROM telemetry ORDER BY ts LIMIT 5");
+  EXPECT_EQ(s.sql, "");
+  EXPECT_EQ(s.limit, 5);
+  EXPECT_EQ(s.offset, 0);
+  s = rewritten("SELECT ts FROM telemetry ORDER BY ts LIMIT 5 OFFSET 0");
+  EXPECT_EQ(s.sql, "");
+}
+
+TEST(ShardStatement, AnOffsetIsAppliedAfterTheMerge) {
+  ShardStatement s = rewritten("SELECT ts FROM telemetry ORDER BY ts LIMIT 5 OFFSET 10");
+  EXPECT_EQ(s.sql, "SELECT ts FROM telemetry ORDER BY ts LIMIT 15 OFFSET 0");
+  EXPECT_EQ(s.limit, 5);
+  EXPECT_EQ(s.offset, 10);
+  s = rewritten("SELECT ts FROM telemetry ORDER BY ts OFFSET 3 ROWS FETCH FIRST 2 ROWS ONLY");
+  EXPECT_EQ(s.sql, "SELECT ts FROM telemetry ORDER BY ts OFFSET 0 ROWS FETCH FIRST 5 ROWS ONLY");
+  s = rewritten("SELECT ts FROM telemetry ORDER BY ts LIMIT ALL OFFSET 7");
+  EXPECT_EQ(s.sql, "SELECT ts FROM telemetry ORDER BY ts LIMIT ALL OFFSET 0");
+  EXPECT_EQ(s.limit, -1);
+  EXPECT_EQ(s.offset, 7);
+  s = rewritten("SELECT ts FROM telemetry LIMIT 9223372036854775807 OFFSET 10");
+  EXPECT_EQ(s.sql, "SELECT ts FROM telemetry LIMIT 9223372036854775807 OFFSET 0");
+  s = rewritten("SELECT ts FROM telemetry LIMIT 2.5 OFFSET 10");
+  EXPECT_FALSE(s.ok);
+  EXPECT_NE(s.refusal.find("whole number"), std::string::npos) << s.refusal;
+}
+
+TEST(ShardStatement, CombinedRowsAreNotLimitedOnTheShards) {
+  const ShardStatement s =
+      rewritten("SELECT note, count(*) FROM telemetry GROUP BY note ORDER BY 2 LIMIT 3");
+  EXPECT_EQ(s.sql,
+            "SELECT note, count(*) FROM telemetry GROUP BY note ORDER BY 2 LIMIT "
+            "9223372036854775807");
+  EXPECT_EQ(s.limit, 3);
+}
+
+TEST(ShardStatement, BoundValuesKeepTheirPlace) {
+  const Params text({{std::string_view("5")}, {std::string_view("2")}});
+  ShardStatement s = rewritten("SELECT ts FROM telemetry ORDER BY ts LIMIT $1 OFFSET $2", &text);
+  EXPECT_EQ(s.sql,
+            "SELECT ts FROM telemetry ORDER BY ts LIMIT ($1::int8 + $2::int8) OFFSET (0 * "
+            "$2::int8)");
+  EXPECT_EQ(s.limit, 5);
+  EXPECT_EQ(s.offset, 2);
+  const Params binary({{std::string_view("\0\0\0\x04", 4), true}, {std::string_view("3")}});
+  s = rewritten("SELECT ts FROM telemetry ORDER BY ts LIMIT $1 OFFSET 6", &binary);
+  EXPECT_EQ(s.sql, "SELECT ts FROM telemetry ORDER BY ts LIMIT ($1::int8 + 6) OFFSET 0");
+  EXPECT_EQ(s.limit, 4);
+  const Params null({BoundParam{}});
+  s = rewritten("SELECT ts FROM telemetry ORDER BY ts LIMIT $1", &null);
+  EXPECT_EQ(s.sql, "");
+  EXPECT_EQ(s.limit, -1);
+}
+
+TEST(ShardStatement, NegativeValuesAreLeftForPostgresToRefuse) {
+  ShardStatement s = rewritten("SELECT ts FROM telemetry LIMIT -1 OFFSET 4");
+  EXPECT_EQ(s.sql, "");
+  EXPECT_EQ(s.limit, -1);
+  const Params negative({{std::string_view("-3")}});
+  s = rewritten("SELECT ts FROM telemetry OFFSET $1", &negative);
+  EXPECT_EQ(s.sql, "");
+  EXPECT_EQ(s.offset, 0);
 }
 
 }  // namespace

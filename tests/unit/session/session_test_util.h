@@ -400,9 +400,14 @@ class SessionHarness {
                                               &decisions_)
                             : routing::Router()),
         session_(options, router_, workspaces_, recorder) {
-    defaults_ = std::make_shared<const ServerParameters>(default_parameters());
-    login = track(session_.start(startup, defaults_, {1, 2}, login_server, T0));
-    login_reply = login.to_client;
+    log_in(startup, login_server);
+  }
+  // A client of a sharded database (`sharding` outlives the harness).
+  explicit SessionHarness(const routing::ShardingPolicy& sharding, SessionOptions options = {})
+      : router_(sharding.map.shard_count(),
+                routing::RoutingPolicy{false, &write_functions_, &sharding, 1}, &decisions_),
+        session_(options, router_, workspaces_, nullptr) {
+    log_in({}, nullptr);
   }
 
   static SessionOptions session_mode() {
@@ -494,6 +499,13 @@ class SessionHarness {
 
  private:
   Step server_step_for_sync(Clock::time_point now) { return server(sync_answer, now); }
+
+  void log_in(const std::vector<std::pair<std::string, std::string>>& startup,
+              ServerState* login_server) {
+    defaults_ = std::make_shared<const ServerParameters>(default_parameters());
+    login = track(session_.start(startup, defaults_, {1, 2}, login_server, T0));
+    login_reply = login.to_client;
+  }
 
   Step track(const Actions& a) {
     const SessionState now = session_.state();

@@ -1,0 +1,180 @@
+#include "session/scatter.h"
+
+#include "protocol/messages.h"
+
+namespace pgvalve::session {
+
+namespace pr = protocol;
+
+namespace {
+
+// Notices of the first shard that reach the client; more are dropped.
+constexpr std::size_t kMaxNoticeBytes = 64 * 1024;
+
+}  // namespace
+
+std::string Scatter::start(std::string_view frames, std::string_view sql,
+                           std::string_view param_types, const routing::ScatterPlan& plan,
+                           const routing::ShardStatement& statement, int shards,
+                           std::size_t max_bytes, std::size_t max_message_bytes) {
+  const std::string_view text = statement.sql.empty() ? sql : std::string_view(statement.sql);
+  std::string_view bind_rest;
+  bool synced = false;
+  for (std::size_t pos = 0; pos < frames.size();) {
+    auto r = pr::decode_frame(frames.substr(pos), max_message_bytes);
+    if (r.status != pr::DecodeStatus::Ok) break;
+    const pr::Frame& f = r.frame;
+    pos += f.whole.size();
+    const bool first = steps_.empty();
+    auto once = [&](char step) { return steps_.find(step) == std::string::npos; };
+    switch (f.tag) {
+      case 'Q':
+        if (!first) return "a Query inside an extended-protocol request";
+        steps_.push_back('Q');
+        synced = true;
+        break;
+      case 'P':
+        if (!first) return "a Parse after other messages of the request";
+        steps_.push_back('P');
+        break;
+      case 'D': {
+        const auto d = pr::read_describe(f);
+        const char step = d && d->kind == 'S' ? 'S' : 'D';
+        if (!d || !once(step)) return "more than one Describe of a kind in one request";
+        steps_.push_back(step);
+        break;
+      }
+      case 'B': {
+        const auto b = pr::read_bind_head(f);
+        if (!b || !once('B')) return "more than one Bind in one request";
+        bind_rest = b->rest;
+        steps_.push_back('B');
+        break;
+      }
+      case 'E': {
+        const auto e = pr::read_execute(f);
+        if (!e || !once('E') || once('B')) return "an Execute without its own Bind";
+        if (e->max_rows != 0) {
+          return "fetching rows in parts (Execute with a row limit) is not done across shards; "
+                 "fetch them all at once";
+        }
+        steps_.push_back('E');
+        break;
+      }
+      case 'S':
+        synced = true;
+        break;
+      default:
+        return "this request has messages other than Parse, Bind, Describe, Execute and Sync";
+    }
+    if (synced) break;
+  }
+  if (!synced) return "the request has no Sync";
+  if (steps_ != "Q" &&
+      (steps_.find('B') == std::string::npos || steps_.find('E') == std::string::npos)) {
+    return "the request does not execute a statement";
+  }
+  if (steps_ == "Q") {
+    pr::append_query(request_, text);
+  } else {
+    pr::append_parse_raw(request_, "", text, param_types);
+    if (steps_.find('S') != std::string::npos) pr::append_describe(request_, 'S', "");
+    pr::append_bind(request_, "", "", bind_rest);
+    pr::append_describe(request_, 'P', "");
+    pr::append_execute(request_, "", 0);
+    pr::append_sync(request_);
+  }
+  gather_.emplace(plan, shards, statement.limit, statement.offset, max_bytes);
+  rows_.assign(static_cast<std::size_t>(shards), 0);
+  bound_.assign(static_cast<std::size_t>(shards), false);
+  return {};
+}
+
+void Scatter::add(int shard, const pr::Frame& f) {
+  if (!gather_ || shard < 0 || shard >= shards()) return;
+  const auto i = static_cast<std::size_t>(shard);
+  const bool first = shard == 0;
+  switch (f.tag) {
+    case '1':
+      parsed_ |= first;
+      return;
+    case '2':
+      bound_[i] = true;
+      bound_first_ |= first;
+      return;
+    case 't':
+      if (first) statement_description_.emplace(f.whole);
+      return;
+    case 'n':
+    case 'T':
+      if (steps_ != "Q" && !bound_[i]) {
+        // The answer to Describe statement, sent before the Bind.
+        if (first && statement_description_) {
+          statement_description_->append(f.whole);
+          statement_described_ = true;
+        }
+        return;
+      }
+      if (first && steps_ != "Q") portal_description_.emplace(f.whole);
+      if (f.tag == 'T') gather_->add(shard, f);
+      return;
+    case 'D':
+      ++rows_[i];
+      gather_->add(shard, f);
+      return;
+    case 'N':
+      if (first && notices_.size() + f.whole.size() <= kMaxNoticeBytes) notices_.append(f.whole);
+      return;
+    case 's':
+      fail("08P01", "pgvalve: a shard suspended a portal pgvalve asked for in full");
+      return;
+    default:
+      gather_->add(shard, f);  // CommandComplete, EmptyQueryResponse, ErrorResponse
+      return;
+  }
+}
+
+void Scatter::fail(std::string_view sqlstate, std::string_view message) {
+  if (!gather_ || gather_->failed()) return;
+  pr::ErrorFields e;
+  e.severity = "ERROR";
+  e.sqlstate = sqlstate;
+  e.message = message;
+  std::string body;
+  pr::append_error_response(body, e);
+  pr::Frame f;
+  f.tag = 'E';
+  f.whole = body;
+  f.body = std::string_view(body).substr(5);
+  gather_->add(0, f);
+}
+
+void Scatter::finish(std::string& out) {
+  out.append(notices_);
+  if (steps_ == "Q") {
+    gather_->finish(out, true);
+    pr::append_ready_for_query(out, 'I');
+    return;
+  }
+  const bool ok = !gather_->failed();
+  for (char step : steps_) {
+    // After an error, only what the first shard answered before it.
+    if (step == 'P' && (ok || parsed_)) {
+      pr::append_parse_complete(out);
+    } else if (step == 'S' && statement_described_) {
+      out.append(*statement_description_);
+    } else if (step == 'B' && (ok || bound_first_)) {
+      pr::append_bind_complete(out);
+    } else if (step == 'D' && portal_description_) {
+      out.append(*portal_description_);
+    } else if (step == 'E' && ok) {
+      gather_->finish(out, false);
+    } else {
+      break;
+    }
+  }
+  if (!ok) gather_->finish(out);
+  pr::append_ready_for_query(out, 'I');
+}
+
+}  // namespace pgvalve::session

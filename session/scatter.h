@@ -1,0 +1,72 @@
+// One read that runs on several shards at once, from the client's request to its answer:
+// the request every shard gets (the client's, with LIMIT/OFFSET rewritten by
+// routing::shard_statement and its names made unnamed), the shards' answers gathered
+// (routing::Gather), and the answer the client expects for the messages it sent. Pure: the
+// session links one server per shard, sends request() to each, feeds their messages to add()
+// and sends finish() to the client.
+//
+// A request is a simple Query, or Parse / Describe / Bind / Describe / Execute / Sync of one
+// statement (each at most once; Parse may be absent when the statement was prepared before).
+// Each shard runs Parse, Bind, Describe portal, Execute and Sync (plus Describe statement when the
+// client asked for it): the portal's RowDescription gives the gather the column types even when
+// the client did not ask for it. The client's ParseComplete, BindComplete and descriptions are
+// the first shard's; its rows and CommandComplete are the gather's; its ReadyForQuery says 'I'
+// (a statement over several shards never runs inside a transaction).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "protocol/frame.h"
+#include "routing/gather.h"
+#include "routing/scatter_plan.h"
+
+namespace pgvalve::session {
+
+class Scatter {
+ public:
+  // `frames`: the client's request up to and including its Query or Sync. `sql` and
+  // `param_types`: the statement it runs (a prepared one resolved by the caller). `shards`:
+  // how many take part. Empty when the request is carried out; else why it cannot be (for a
+  // 0A000 refusal). The rows held while shards answer may take `max_bytes`.
+  std::string start(std::string_view frames, std::string_view sql, std::string_view param_types,
+                    const routing::ScatterPlan& plan, const routing::ShardStatement& statement,
+                    int shards, std::size_t max_bytes, std::size_t max_message_bytes);
+
+  // What each shard is sent.
+  std::string_view request() const { return request_; }
+  int shards() const { return static_cast<int>(rows_.size()); }
+
+  // One message of shard `shard`'s answer before its ReadyForQuery (0 is the first shard).
+  void add(int shard, const protocol::Frame& f);
+  // The answer is this error (a shard lost, no server for a shard); the first error wins.
+  void fail(std::string_view sqlstate, std::string_view message);
+  bool failed() const { return gather_ && gather_->failed(); }
+  std::uint64_t rows(int shard) const { return rows_.at(static_cast<std::size_t>(shard)); }
+
+  // Every shard has answered (or failed): the client's answer, up to its ReadyForQuery.
+  void finish(std::string& out);
+
+ private:
+  // The client's messages that get an answer, in its order: 'P' Parse, 'S' Describe statement,
+  // 'B' Bind, 'D' Describe portal, 'E' Execute; 'Q' a simple Query.
+  std::string steps_;
+  std::string request_;
+  std::optional<routing::Gather> gather_;
+  std::vector<std::uint64_t> rows_;  // per shard
+  std::vector<bool> bound_;          // per shard: its BindComplete came
+  // What the first shard answered, for the client's Parse, Describes and Bind.
+  bool parsed_ = false;
+  bool bound_first_ = false;
+  std::optional<std::string>
+      statement_description_;                      // ParameterDescription + RowDescription/NoData
+  bool statement_described_ = false;               // ... both of them came
+  std::optional<std::string> portal_description_;  // RowDescription or NoData
+  std::string notices_;
+};
+
+}  // namespace pgvalve::session

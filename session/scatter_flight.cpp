@@ -1,0 +1,238 @@
+// A read over several shards (sharded databases): the client's request is checked out on one
+// server per shard, one after the other in shard order (so two clients never wait for each
+// other's shards), and sent to each as soon as it is linked, so the shards run it in parallel.
+// Each link goes back to the pool when its answer is in; after the last one the client gets the
+// gathered answer (scatter.h). Nothing runs inside a transaction, and an error from any shard,
+// a lost shard or a shard without a server is the client's one error.
+#include <bit>
+
+#include "protocol/messages.h"
+#include "session/limits.h"
+#include "session/session_internal.h"
+
+namespace pgvalve::session {
+
+namespace pr = protocol;
+
+Session::ScatterStart Session::start_scatter(std::string_view frames, const RequestText& request,
+                                             routing::Route& route, Actions& out) {
+  const routing::ShardingPolicy& sharding = *router_.sharding();
+  const std::string hint = "name one " + sharding.key + " (WHERE " + sharding.key +
+                           " = ...), or add /* pgvalve: " + sharding.key +
+                           "=<value> */ or /* pgvalve: shard=<name> */";
+  auto refuse = [&](std::string_view sqlstate, std::string why) {
+    route = routing::Route::refuse(
+        sqlstate, "pgvalve: this statement needs several shards, and " + std::move(why), hint);
+    return ScatterStart::NotScattered;
+  };
+  // The request: up to its Query or Sync.
+  std::size_t end = 0;
+  bool executes = false;
+  bool ended = false;
+  for (std::size_t pos = 0; pos < frames.size() && !ended;) {
+    auto r = pr::decode_frame(frames.substr(pos), options_.max_message_bytes);
+    if (r.status != pr::DecodeStatus::Ok) break;
+    const char tag = r.frame.tag;
+    pos += r.frame.whole.size();
+    end = pos;
+    if (tag == 'E' || tag == 'Q') executes = true;
+    if (tag == 'Q' || tag == 'S') ended = true;
+    if (tag == 'H') {
+      return refuse("0A000",
+                    "pgvalve gathers the shards' answers for a whole request: send its Sync "
+                    "instead of a Flush");
+    }
+  }
+  if (!ended) return ScatterStart::Waiting;
+  if (!executes) {
+    // A Parse or Describe alone: any shard knows the answer.
+    routing::RouteContext context;
+    context.preference = preference_;
+    route = router_.on_shard(request.sql, context,
+                             static_cast<std::uint16_t>(std::countr_zero(route.shards)));
+    route.any_shard = true;
+    return ScatterStart::NotScattered;
+  }
+  if (!deferred_begin_.empty()) {
+    return refuse("0A000",
+                  "a transaction on a sharded database stays on one shard; run it outside the "
+                  "transaction");
+  }
+  if (route.write) {
+    return refuse("0A000", "pgvalve does not write to several shards in one statement yet");
+  }
+  const std::uint64_t fingerprint = fingerprint_of(request.sql);
+  const routing::ScatterPlan& plan = router_.scatter_plan(request.sql, fingerprint);
+  if (!plan.ok) return refuse("0A000", "pgvalve cannot combine its answers: " + plan.refusal);
+  const BindParams params(request.bind_rest, request.param_types);
+  const routing::ShardStatement statement =
+      routing::shard_statement(request.sql, plan, request.bound ? &params : nullptr);
+  if (!statement.ok) {
+    return refuse("0A000", "pgvalve cannot combine its answers: " + statement.refusal);
+  }
+  auto scatter = std::make_unique<Scatter>();
+  const int shards = std::popcount(route.shards);
+  const std::string why =
+      scatter->start(frames.substr(0, end), request.sql, request.param_types, plan, statement,
+                     shards, kMaxGatheredBytes, options_.max_message_bytes);
+  if (!why.empty()) return refuse("0A000", "pgvalve cannot run it across shards: " + why);
+
+  // A Parse of a named statement defines it for the client's later Binds, as on one shard.
+  Workspace& w = work();
+  if (auto head = pr::decode_frame(frames, options_.max_message_bytes);
+      head.status == pr::DecodeStatus::Ok && head.frame.tag == 'P') {
+    const auto parse = pr::read_parse(head.frame);
+    if (parse && parse->statement.empty()) {
+      w.unnamed_statement_text.assign(parse->query);
+      w.unnamed_statement_types.assign(parse->param_types);
+      w.unnamed_statement_note = {};
+      w.unnamed_statement_pins = false;
+      w.unnamed_statement_fingerprint = fingerprint;
+    } else if (parse) {
+      const bool known = statements_ && statements_->find(parse->statement);
+      if (!known && prepared_statement_count() >= kMaxClientStatements) {
+        route = routing::Route::refuse(
+            "53400", "pgvalve: a client may have at most " + std::to_string(kMaxClientStatements) +
+                         " named prepared statements; close (DEALLOCATE) the ones it no longer "
+                         "uses");
+        return ScatterStart::NotScattered;
+      }
+      if (statement_bytes_ + parse->query.size() > kMaxClientStatementBytes) {
+        route = routing::Route::refuse(
+            "54000",
+            "pgvalve: the named prepared statements of this client hold more than 32 MiB of "
+            "text; close (DEALLOCATE) the ones it no longer uses");
+        return ScatterStart::NotScattered;
+      }
+      define_statement(parse->statement, parse->query, parse->param_types);
+    }
+  }
+
+  auto& run = w.scatter;
+  run.scatter = std::move(scatter);
+  run.routes.clear();
+  run.next = 0;
+  run.open = 0;
+  run.fingerprint = fingerprint;
+  run.started = now_;
+  routing::RouteContext context;
+  context.preference = preference_;
+  context.fingerprint = fingerprint;
+  context.recent_write = options_.read_your_writes == config::ReadYourWrites::Time &&
+                         last_write_at_ != Clock::time_point{} &&
+                         now_ - last_write_at_ < options_.read_your_writes_window;
+  for (std::uint64_t rest = route.shards; rest != 0; rest &= rest - 1) {
+    routing::Route part =
+        router_.on_shard(request.sql, context, static_cast<std::uint16_t>(std::countr_zero(rest)));
+    if (part.kind == routing::Route::Kind::Replica &&
+        options_.read_your_writes == config::ReadYourWrites::Lsn) {
+      part.after_lsn = write_lsn_;
+    }
+    run.routes.push_back(std::move(part));
+  }
+  if (recorder_) recorder_->stats->prepare(fingerprint, request.sql, recorder_->labels);
+  out.consumed = end;
+  check_out_next_shard(out);
+  return ScatterStart::Started;
+}
+
+bool Session::scattering() const {
+  return work_ && work_->scatter.scatter != nullptr;
+}
+
+void Session::check_out_next_shard(Actions& out) {
+  auto& run = work().scatter;
+  run.waiting = true;
+  pending_link_ = static_cast<LinkId>(run.next);
+  pending_route_ = run.routes[run.next];
+  ++run.next;
+  out.check_out = true;
+  out.route = pending_route_;
+  enter(SessionState::WaitingForServer);
+}
+
+// A shard's server was linked: its settings are made the client's and the request sent, in one
+// write; the next shard is checked out meanwhile.
+void Session::link_scatter(Link& l, Actions& out) {
+  auto& run = work().scatter;
+  Workspace& w = work();
+  run.waiting = false;
+  l.scatter_shard = l.id;
+  if (run.scatter->failed()) {
+    // Another shard's answer already decided the client's (an error): this one is not asked.
+    unlink(l.id, LinkOp::Kind::Release, out);
+    if (run.open == 0) {
+      finish_scatter(out.outbox, out);
+    } else {
+      enter(SessionState::Scattering);
+    }
+    return;
+  }
+  w.client_scratch.clear();
+  start_sync(l, w.client_scratch, now_);
+  if (!w.client_scratch.empty()) {
+    out.to_server.push_back({w.client_scratch.data(), w.client_scratch.size()});
+  }
+  const std::string_view request = run.scatter->request();
+  out.to_server.push_back({request.data(), request.size()});
+  out.server_link = l.id;
+  expect_own_answer(l, kActionScatter);
+  ++run.open;
+  if (run.next < run.routes.size()) {
+    check_out_next_shard(out);
+  } else {
+    enter(SessionState::Scattering);
+  }
+}
+
+void Session::scatter_checkout_failed(std::string_view sqlstate, std::string_view message,
+                                      Actions& out) {
+  auto& run = work().scatter;
+  run.waiting = false;
+  run.scatter->fail(sqlstate, message);
+  run.next = run.routes.size();
+  if (run.open == 0) {
+    finish_scatter(out.outbox, out);
+  } else {
+    enter(SessionState::Scattering);
+  }
+}
+
+void Session::end_scatter_link(Link& l, LinkOp::Kind how, std::string& into, Actions& out) {
+  auto& run = work().scatter;
+  if (recorder_) {
+    stats::Execution e;
+    e.fingerprint = run.fingerprint;
+    e.micros = static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::microseconds>(now_ - run.started).count());
+    e.rows = run.scatter->rows(l.scatter_shard);
+    e.error = run.scatter->failed();
+    e.replica = l.route.kind == routing::Route::Kind::Replica;
+    e.shard = l.route.shard;
+    e.host = l.server->name;
+    e.kind = stats::StatementKind::Select;
+    if (e.error) e.sqlstate_class[0] = e.sqlstate_class[1] = 'X';
+    recorder_->stats->record(e, recorder_->labels);
+  }
+  if (how == LinkOp::Kind::Release && (l.discard || l.server->tx_status != 'I')) {
+    how = LinkOp::Kind::Close;
+  }
+  unlink(l.id, how, out);
+  --run.open;
+  if (run.open == 0 && !run.waiting && (run.next == run.routes.size() || run.scatter->failed())) {
+    finish_scatter(into, out);
+  }
+}
+
+void Session::finish_scatter(std::string& into, Actions& out) {
+  Workspace& w = work();
+  w.scatter.scatter->finish(into);
+  w.scatter = {};
+  deliver_queued_notifications(into);
+  pending_link_ = 0;
+  enter(SessionState::Idle);
+  out.resume_client = true;
+  if (drain_requested_) close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);
+}
+
+}  // namespace pgvalve::session

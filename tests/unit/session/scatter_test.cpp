@@ -1,0 +1,223 @@
+// A read over several shards, as the session carries it out: one server checked out per shard in
+// shard order, the request sent to each as soon as it is linked, each server given back when its
+// part is answered, and the client answered once, as one database would.
+#include <gtest/gtest.h>
+
+#include "protocol/messages.h"
+#include "protocol/wire.h"
+#include "tests/unit/session/session_test_util.h"
+
+namespace pgvalve::session::testing {
+namespace {
+
+routing::ShardingPolicy two_shards() {
+  routing::ShardingPolicy p;
+  p.tables = {"telemetry"};
+  p.map = routing::ShardMap(routing::ShardHash::Md5Mod, routing::KeyType::Auto, 2, {});
+  p.shard_names = {"s0", "s1"};
+  return p;
+}
+
+std::string int8_description(std::string_view name = "count") {
+  std::string out;
+  const std::size_t at = protocol::begin_message(out, 'T');
+  protocol::append_i16(out, 1);
+  protocol::append_cstr(out, name);
+  protocol::append_i32(out, 0);
+  protocol::append_i16(out, 0);
+  protocol::append_i32(out, 20);  // int8
+  protocol::append_i16(out, 8);
+  protocol::append_i32(out, -1);
+  protocol::append_i16(out, 0);
+  protocol::end_message(out, at);
+  return out;
+}
+
+std::vector<std::string> values_in(std::string_view stream) {
+  std::vector<std::string> out;
+  for (const auto& m : messages_of(stream)) {
+    if (m.tag != 'D') continue;
+    protocol::Cursor c(m.body);
+    c.u16();
+    const auto len = c.i32();
+    out.emplace_back(*len < 0 ? "NULL" : std::string(*c.bytes(static_cast<std::size_t>(*len))));
+  }
+  return out;
+}
+
+class Scatter : public ::testing::Test {
+ protected:
+  routing::ShardingPolicy policy = two_shards();
+  SessionHarness h{policy};
+  std::unique_ptr<ServerState> s0 = SessionHarness::fresh_server();
+  std::unique_ptr<ServerState> s1 = SessionHarness::fresh_server();
+
+  // Sends `input`; links s0 then s1 as the session asks. Returns what each server was sent.
+  std::pair<std::string, std::string> start(std::string_view input) {
+    Step s = h.client(input);
+    EXPECT_TRUE(s.check_out);
+    EXPECT_EQ(s.route.kind, routing::Route::Kind::Primary);
+    EXPECT_EQ(s.route.shard, 0);
+    EXPECT_EQ(h.state(), SessionState::WaitingForServer);
+    consumed = s.consumed;
+    s = h.linked(*s0);
+    EXPECT_EQ(s.server_link, 0);
+    const std::string to_s0 = s.to_server;
+    EXPECT_TRUE(s.check_out) << "the next shard is checked out while the first runs";
+    EXPECT_EQ(s.route.shard, 1);
+    s = h.linked(*s1);
+    EXPECT_EQ(s.server_link, 1);
+    EXPECT_FALSE(s.check_out);
+    EXPECT_EQ(h.state(), SessionState::Scattering);
+    return {to_s0, s.to_server};
+  }
+
+  std::size_t consumed = 0;
+};
+
+TEST_F(Scatter, ASimpleQueryIsAnsweredOnceWithEveryShardsRows) {
+  const std::string q = query("SELECT count(*) FROM telemetry");
+  const auto [to_s0, to_s1] = start(q);
+  EXPECT_EQ(consumed, q.size());
+  EXPECT_EQ(queries_in(to_s0), std::vector<std::string>{"SELECT count(*) FROM telemetry"});
+  EXPECT_EQ(to_s1, to_s0);
+
+  Step s = h.server(int8_description() + data_row({"2"}) + complete("SELECT 1") + ready(), T0, 0);
+  EXPECT_EQ(s.to_client, "") << "nothing reaches the client before every shard answered";
+  ASSERT_EQ(s.ops.size(), 1u);
+  EXPECT_EQ(s.ops[0].kind, LinkOp::Kind::Release);
+  EXPECT_EQ(s.ops[0].link, 0);
+  EXPECT_EQ(h.state(), SessionState::Scattering);
+
+  s = h.server(int8_description() + data_row({"3"}) + complete("SELECT 1") + ready(), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "TDCZ");
+  EXPECT_EQ(values_in(s.to_client), std::vector<std::string>{"5"});
+  EXPECT_EQ(statuses_in(s.to_client), "I");
+  ASSERT_EQ(s.ops.size(), 1u);
+  EXPECT_EQ(s.ops[0].link, 1);
+  EXPECT_EQ(h.state(), SessionState::Idle);
+  EXPECT_TRUE(s.resume_client);
+  EXPECT_EQ(h.session().link_count(), 0u);
+}
+
+TEST_F(Scatter, AnExtendedRequestGetsTheAnswersItsMessagesAskFor) {
+  // A bound LIMIT on an aggregate.
+  std::string in;
+  protocol::append_parse(in, "", "SELECT count(*) FROM telemetry LIMIT $1", {});
+  std::string bind_rest;
+  protocol::append_i16(bind_rest, 0);  // parameter formats: text
+  protocol::append_i16(bind_rest, 1);
+  protocol::append_i32(bind_rest, 1);
+  bind_rest += "1";
+  protocol::append_i16(bind_rest, 0);  // result formats: text
+  protocol::append_bind(in, "", "", bind_rest);
+  in += execute() + sync();  // no Describe: the client gets no RowDescription
+  const auto [to_s0, to_s1] = start(in);
+  EXPECT_EQ(tags_of(to_s0), "PBDES") << "the shards describe the portal for the gather";
+  EXPECT_EQ(parsed_in(to_s0), std::vector<std::string>{"SELECT count(*) FROM telemetry LIMIT (0 * "
+                                                       "$1::int8 + 9223372036854775807)"})
+      << "rows combined after the merge are not limited on the shards";
+
+  const std::string part = parse_complete() + bind_complete() + int8_description();
+  h.server(part + data_row({"4"}) + complete("SELECT 1") + ready(), T0, 0);
+  const Step s = h.server(part + data_row({"7"}) + complete("SELECT 1") + ready(), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "12DCZ");
+  EXPECT_EQ(values_in(s.to_client), std::vector<std::string>{"11"});
+}
+
+TEST_F(Scatter, AnErrorOfAnyShardIsTheClientsOneError) {
+  std::string in = parse("", "SELECT count(*) FROM telemetry") + bind_to("", "") +
+                   describe('P', "") + execute() + sync();
+  start(in);
+  h.server(
+      parse_complete() + bind_complete() + int8_description() + error_message("22012") + ready(),
+      T0, 0);
+  const Step s = h.server(parse_complete() + bind_complete() + int8_description() +
+                              data_row({"1"}) + complete("SELECT 1") + ready(),
+                          T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "12TEZ");
+  EXPECT_EQ(sqlstates_in(s.to_client), "22012");
+  EXPECT_EQ(statuses_in(s.to_client), "I");
+}
+
+TEST_F(Scatter, AShardWithoutAServerFailsTheReadAfterTheOthersAnswer) {
+  const std::string q = query("SELECT count(*) FROM telemetry");
+  h.client(q);
+  Step s = h.linked(*s0);
+  EXPECT_TRUE(s.check_out);
+  s = h.checkout_failed("53300");
+  EXPECT_EQ(s.to_client, "") << "shard 0 still runs the read";
+  EXPECT_EQ(h.state(), SessionState::Scattering);
+  s = h.server(int8_description() + data_row({"2"}) + complete("SELECT 1") + ready(), T0, 0);
+  EXPECT_EQ(sqlstates_in(s.to_client), "53300");
+  EXPECT_EQ(statuses_in(s.to_client), "I");
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Release));
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+TEST_F(Scatter, ALostShardIsAnErrorAndTheOthersGoBackToThePool) {
+  start(query("SELECT count(*) FROM telemetry"));
+  Step s = h.lost(T0, 1);
+  EXPECT_EQ(s.to_client, "");
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Close));
+  s = h.server(int8_description() + data_row({"2"}) + complete("SELECT 1") + ready(), T0, 0);
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Release));
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+TEST_F(Scatter, ASilentShardIsCancelledAfterTheQueryTimeout) {
+  SessionOptions options;
+  options.query_timeout = 1s;
+  SessionHarness t(policy, options);
+  t.client(query("SELECT count(*) FROM telemetry"));
+  t.linked(*s0);
+  t.linked(*s1);
+  t.server(int8_description() + data_row({"2"}) + complete("SELECT 1") + ready(), T0, 0);
+  const Step s = t.timer(T0 + 2s);
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::CancelAndClose));
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  EXPECT_EQ(t.state(), SessionState::Idle);
+}
+
+TEST_F(Scatter, TheClientsNextRequestWaitsForTheGatheredAnswer) {
+  const std::string first = query("SELECT count(*) FROM telemetry");
+  const std::string next = query("SELECT 1");
+  start(first + next);
+  EXPECT_EQ(consumed, first.size());
+  EXPECT_FALSE(h.session().wants_client_input());
+}
+
+TEST_F(Scatter, WhatCannotRunAcrossShardsIsRefusedWithoutAServer) {
+  for (std::string_view sql :
+       {"SELECT avg(value) FROM telemetry", "DELETE FROM telemetry WHERE value < 0"}) {
+    const Step s = h.client(query(sql));
+    EXPECT_FALSE(s.check_out) << sql;
+    EXPECT_EQ(sqlstates_in(s.to_client), "0A000") << sql;
+    EXPECT_EQ(h.state(), SessionState::Idle);
+  }
+  // A row limit on Execute asks for rows in parts, which the gather does not do.
+  const Step s =
+      h.client(parse("", "SELECT * FROM telemetry") + bind_to("", "") + execute("", 10) + sync());
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(sqlstates_in(s.to_client), "0A000");
+}
+
+TEST_F(Scatter, InsideATransactionAReadOverSeveralShardsIsRefused) {
+  Step s = h.client(query("BEGIN"));
+  EXPECT_EQ(statuses_in(s.to_client), "T");
+  s = h.client(query("SELECT count(*) FROM telemetry"));
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(sqlstates_in(s.to_client), "0A000");
+  EXPECT_NE(errors_in(s.to_client)[0].message.find("stays on one shard"), std::string::npos);
+}
+
+TEST_F(Scatter, ADescribeAloneGoesToOneShard) {
+  const Step s = h.client(parse("", "SELECT * FROM telemetry") + describe('S', "") + sync());
+  EXPECT_TRUE(s.check_out);
+  EXPECT_EQ(s.route.kind, routing::Route::Kind::Primary);
+  EXPECT_TRUE(s.route.any_shard);
+}
+
+}  // namespace
+}  // namespace pgvalve::session::testing
