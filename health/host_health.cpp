@@ -22,6 +22,7 @@ bool HostHealth::succeeded(const Probe& probe, Clock::time_point now) {
   figures_.lsn = probe.lsn;
   figures_.receive_lsn = probe.receive_lsn;
   if (probe.timeline != 0) figures_.timeline = probe.timeline;
+  figures_.prepared = probe.prepared;
   figures_.failures = 0;
   figures_.refused = false;
   figures_.last_check = now;

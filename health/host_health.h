@@ -37,6 +37,9 @@ struct Probe {
   // Primary: the timeline it writes; standby: the timeline it receives (0 when not visible to
   // the health check's role, which then needs pg_monitor).
   std::uint32_t timeline = 0;
+  // Transactions of pgvalve's two-phase commits left prepared (gid 'pgvalve:...'): a write to
+  // several shards cut short between PREPARE TRANSACTION and COMMIT PREPARED.
+  std::uint32_t prepared = 0;
 };
 
 // The figures SHOW HOSTS and the routing decisions read.
@@ -47,7 +50,8 @@ struct HostFigures {
   Lsn lsn = 0;
   Lsn receive_lsn = 0;
   std::uint32_t timeline = 0;
-  int failures = 0;  // checks failed in a row
+  std::uint32_t prepared = 0;  // Probe::prepared, as of the last successful check
+  int failures = 0;            // checks failed in a row
   // The last check reached the server but it refused the check's login (wrong health.user /
   // password / dbname, pg_hba.conf): the host is not known to be down, nor up.
   bool refused = false;

@@ -314,9 +314,14 @@ void show_shards(App& app, const stats::Snapshot& snap, std::string& out) {
     for (std::size_t i = 0; i < db.shards.size(); ++i) {
       const auto& shard = db.shards[i];
       std::string primary;
+      std::uint32_t prepared = 0;
       for (const auto& h : hosts) {
         if (h.database == db.name && h.shard == shard.name && h.writable) {
           primary = h.host.to_string();
+        }
+        // A replica holds its primary's prepared transactions too: the most any host reports.
+        if (h.database == db.name && h.shard == shard.name) {
+          prepared = std::max(prepared, h.prepared);
         }
       }
       std::string replicas;
@@ -342,12 +347,15 @@ void show_shards(App& app, const stats::Snapshot& snap, std::string& out) {
                   std::to_string(i) + " of " + std::to_string(db.shards.size());
       }
       rows.push_back({db.name, shard.name, buckets, primary, replicas, std::to_string(statements),
-                      std::to_string(rows_routed)});
+                      std::to_string(rows_routed), std::to_string(prepared)});
     }
   }
-  append_result(
-      out, {"database", "shard", "buckets", "primary", "replicas", "statements", "rows_routed"},
-      rows);
+  // prepared: pgvalve's two-phase commits cut short and left prepared on the shard's hosts
+  // (docs/sharding.md says how to resolve them).
+  append_result(out,
+                {"database", "shard", "buckets", "primary", "replicas", "statements", "rows_routed",
+                 "prepared"},
+                rows);
 }
 
 using ConnectionRow = ClientSession::ConnectionRow;

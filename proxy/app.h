@@ -35,9 +35,9 @@
 #include "proxy/tls.h"
 #include "proxy/users.h"
 #include "routing/decision_cache.h"
-#include "session/sharding_policy.h"
 #include "session/input_buffer.h"
 #include "session/session.h"
+#include "session/sharding_policy.h"
 #include "stats/query_stats.h"
 #include "stats/worker_counters.h"
 

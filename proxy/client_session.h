@@ -224,7 +224,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
 
   session::InputBuffer client_in_{session::InputBuffer::kClientBytes};
   routing::Router router_;
-  std::shared_ptr<const session::DatabaseSharding> sharding_;  // what router_ points into; null: one shard
+  std::shared_ptr<const session::DatabaseSharding>
+      sharding_;              // what router_ points into; null: one shard
   stats::Recorder recorder_;  // the worker's statement statistics, with this client's names
   // Made at login; one allocation with this object.
   std::optional<session::Session> core_;

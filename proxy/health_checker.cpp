@@ -33,7 +33,8 @@ constexpr const char* kCheckSql =
     "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, "
     "pg_last_wal_receive_lsn(), "
     "CASE WHEN pg_is_in_recovery() THEN (SELECT received_tli FROM pg_stat_wal_receiver) "
-    "ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END";
+    "ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, "
+    "(SELECT count(*) FROM pg_catalog.pg_prepared_xacts WHERE gid LIKE 'pgvalve:%')";
 
 std::string key_of(const config::Endpoint& e) {
   return e.to_string();
@@ -63,7 +64,7 @@ bool answered_but_refused(std::string_view error) {
 
 // The health check's row (kCheckSql) as a probe.
 bool read_probe(const QueryOutcome& q, health::Probe& probe, std::string& error) {
-  if (q.row.size() != 4 || !q.row[0] || !q.row[1]) {
+  if (q.row.size() != 5 || !q.row[0] || !q.row[1]) {
     error = "the health check query returned an unexpected row";
     return false;
   }
@@ -73,6 +74,10 @@ bool read_probe(const QueryOutcome& q, health::Probe& probe, std::string& error)
   if (q.row[3]) {
     const std::string& t = *q.row[3];
     std::from_chars(t.data(), t.data() + t.size(), probe.timeline);
+  }
+  if (q.row[4]) {
+    const std::string& n = *q.row[4];
+    std::from_chars(n.data(), n.data() + n.size(), probe.prepared);
   }
   return true;
 }
@@ -366,6 +371,7 @@ void HealthChecker::snapshot() {
       row.lag_bytes = a.lag_bytes;
       row.lsn = f.lsn;
       row.timeline = f.timeline;
+      row.prepared = f.prepared;
       if (f.checked) {
         row.last_check = wall_now - std::chrono::duration_cast<std::chrono::system_clock::duration>(
                                         steady_now - f.last_check);

@@ -202,7 +202,20 @@ bool Gather::add(int shard, const pr::Frame& f) {
       return read_row(f);
     case 'C': {
       const std::string_view tag = pr::read_command_complete(f).value_or("");
-      if (!tag.starts_with("SELECT")) other_tag_ = tag;
+      if (tag.starts_with("SELECT")) return true;  // counted from the rows kept
+      // A write's row count (INSERT 0 n, UPDATE n, DELETE n, ...) is the sum of the shards';
+      // a tag without one (CREATE TABLE) is the same on every shard.
+      const std::size_t space = tag.rfind(' ');
+      std::uint64_t n = 0;
+      const char* end = tag.data() + tag.size();
+      if (space != std::string_view::npos &&
+          std::from_chars(tag.data() + space + 1, end, n).ptr == end && space + 1 < tag.size()) {
+        if (other_tag_.empty()) other_tag_ = tag.substr(0, space);
+        other_rows_ += n;
+        counted_tag_ = true;
+      } else if (other_tag_.empty()) {
+        other_tag_ = tag;
+      }
       return true;
     }
     case 'I':
@@ -477,7 +490,7 @@ void Gather::finish(std::string& out, bool describe) {
     if (empty_query_) {
       pr::append_empty_query_response(out);
     } else {
-      pr::append_command_complete(out, other_tag_);
+      pr::append_command_complete(out, write_tag());
     }
     return;
   }
@@ -528,7 +541,13 @@ void Gather::finish(std::string& out, bool describe) {
     out.append(rows_[i].body);
     pr::end_message(out, row_at);
   }
-  pr::append_command_complete(out, "SELECT " + std::to_string(to - from));
+  // Rows a write RETURNING keeps its own tag.
+  pr::append_command_complete(
+      out, other_tag_.empty() ? "SELECT " + std::to_string(to - from) : write_tag());
+}
+
+std::string Gather::write_tag() const {
+  return counted_tag_ ? other_tag_ + " " + std::to_string(other_rows_) : other_tag_;
 }
 
 }  // namespace pgvalve::routing

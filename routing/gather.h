@@ -84,7 +84,12 @@ class Gather {
   std::string error_;  // an ErrorResponse body (a shard's, or pgvalve's)
   bool failed_ = false;
   bool empty_query_ = false;
-  std::string other_tag_;  // a CommandComplete that is not SELECT (e.g. SHOW has none)
+  // A CommandComplete that is not SELECT (a write's, DDL's): its words, and the rows of every
+  // shard's when it counts them.
+  std::string other_tag_;
+  std::uint64_t other_rows_ = 0;
+  bool counted_tag_ = false;
+  std::string write_tag() const;
 };
 
 }  // namespace pgvalve::routing

@@ -195,7 +195,22 @@ Route Router::route_sharded(std::string_view sql, const RouteContext& context) c
   const std::uint64_t fp = context.fingerprint ? context.fingerprint : fingerprint(sql);
   const bool read = replica_eligible(sql, fp);
   const ShardPlan plan = shard_plan(sql, fp);
-  if (iequals(hint, "all_shards")) return several(all, !read);
+  // The rows of an INSERT into a sharded table belong to their keys' shards: run on several
+  // shards as one statement, each shard would get every row.
+  auto insert_across = [&] {
+    return Route::refuse(
+        "0A000",
+        "pgvalve: this INSERT puts rows of several shards' " + sharding.key +
+            " values into a sharded table, and pgvalve does not split an INSERT between shards "
+            "yet; insert each shard's rows in a statement of its own",
+        "group the rows by " + sharding.key +
+            ", or name the shard with /* pgvalve: " + sharding.key + "=<value> */");
+  };
+  auto insert = [&] { return !read && classify(sql).kind == StatementKind::Insert; };
+  if (iequals(hint, "all_shards")) {
+    if (insert() && plan.tables != ShardPlan::Tables::ReferenceOnly) return insert_across();
+    return several(all, !read);
+  }
   if (plan.tables == ShardPlan::Tables::Unlisted) {
     // Split by key, or the same on every shard? Only the configuration can say.
     return Route::refuse(
@@ -213,6 +228,7 @@ Route Router::route_sharded(std::string_view sql, const RouteContext& context) c
       if ((keys.shards & (keys.shards - 1)) == 0) {
         return one(__builtin_ctzll(keys.shards), hint);
       }
+      if (insert()) return insert_across();
       return several(keys.shards, !read);
     case ShardKeys::Status::NotBound:
       return any(hint);

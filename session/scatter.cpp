@@ -16,7 +16,8 @@ constexpr std::size_t kMaxNoticeBytes = 64 * 1024;
 std::string Scatter::start(std::string_view frames, std::string_view sql,
                            std::string_view param_types, const routing::ScatterPlan& plan,
                            const routing::ShardStatement& statement, int shards,
-                           std::size_t max_bytes, std::size_t max_message_bytes) {
+                           std::size_t max_bytes, std::size_t max_message_bytes,
+                           std::string_view gid) {
   const std::string_view text = statement.sql.empty() ? sql : std::string_view(statement.sql);
   std::string_view bind_rest;
   bool synced = false;
@@ -74,6 +75,8 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
       (steps_.find('B') == std::string::npos || steps_.find('E') == std::string::npos)) {
     return "the request does not execute a statement";
   }
+  write_ = !gid.empty();
+  if (write_) pr::append_query(request_, "BEGIN");
   if (steps_ == "Q") {
     pr::append_query(request_, text);
   } else {
@@ -84,6 +87,7 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
     pr::append_execute(request_, "", 0);
     pr::append_sync(request_);
   }
+  if (write_) pr::append_query(request_, "PREPARE TRANSACTION '" + std::string(gid) + "'");
   gather_.emplace(plan, shards, statement.limit, statement.offset, max_bytes);
   rows_.assign(static_cast<std::size_t>(shards), 0);
   bound_.assign(static_cast<std::size_t>(shards), false);

@@ -35,7 +35,11 @@ class Scatter {
   // 0A000 refusal). The rows held while shards answer may take `max_bytes`.
   std::string start(std::string_view frames, std::string_view sql, std::string_view param_types,
                     const routing::ScatterPlan& plan, const routing::ShardStatement& statement,
-                    int shards, std::size_t max_bytes, std::size_t max_message_bytes);
+                    int shards, std::size_t max_bytes, std::size_t max_message_bytes,
+                    std::string_view gid = {});
+  // A write (start() got a `gid`): each shard runs it between BEGIN and PREPARE TRANSACTION
+  // 'gid'; the session commits or rolls back the prepared parts.
+  bool write() const { return write_; }
 
   // What each shard is sent.
   std::string_view request() const { return request_; }
@@ -56,6 +60,7 @@ class Scatter {
   // 'B' Bind, 'D' Describe portal, 'E' Execute; 'Q' a simple Query.
   std::string steps_;
   std::string request_;
+  bool write_ = false;
   std::optional<routing::Gather> gather_;
   std::vector<std::uint64_t> rows_;  // per shard
   std::vector<bool> bound_;          // per shard: its BindComplete came

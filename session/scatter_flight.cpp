@@ -58,11 +58,15 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
                   "a transaction on a sharded database stays on one shard; run it outside the "
                   "transaction");
   }
-  if (route.write) {
-    return refuse("0A000", "pgvalve does not write to several shards in one statement yet");
-  }
   const std::uint64_t fingerprint = fingerprint_of(request.sql);
-  const routing::ScatterPlan& plan = router_.scatter_plan(request.sql, fingerprint);
+  // A write's answers are its row counts (and rows it RETURNs): concatenated and added up.
+  static const routing::ScatterPlan kConcatenate = [] {
+    routing::ScatterPlan p;
+    p.ok = true;
+    return p;
+  }();
+  const routing::ScatterPlan& plan =
+      route.write ? kConcatenate : router_.scatter_plan(request.sql, fingerprint);
   if (!plan.ok) return refuse("0A000", "pgvalve cannot combine its answers: " + plan.refusal);
   const BindParams params(request.bind_rest, request.param_types);
   const routing::ShardStatement statement =
@@ -72,9 +76,16 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
   }
   auto scatter = std::make_unique<Scatter>();
   const int shards = std::popcount(route.shards);
+  // A write runs in a transaction on each shard, prepared there, and committed on all of them
+  // only when every shard prepared it (two-phase commit).
+  std::string gid;
+  if (route.write) {
+    gid = "pgvalve:" + std::to_string(key_.process_id) + ":" +
+          std::to_string(now_.time_since_epoch().count()) + ":" + std::to_string(++scatter_writes_);
+  }
   const std::string why =
       scatter->start(frames.substr(0, end), request.sql, request.param_types, plan, statement,
-                     shards, kMaxGatheredBytes, options_.max_message_bytes);
+                     shards, kMaxGatheredBytes, options_.max_message_bytes, gid);
   if (!why.empty()) return refuse("0A000", "pgvalve cannot run it across shards: " + why);
 
   // A Parse of a named statement defines it for the client's later Binds, as on one shard.
@@ -115,6 +126,7 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
   run.open = 0;
   run.fingerprint = fingerprint;
   run.started = now_;
+  run.gid = std::move(gid);
   routing::RouteContext context;
   context.preference = preference_;
   context.fingerprint = fingerprint;
@@ -162,7 +174,7 @@ void Session::link_scatter(Link& l, Actions& out) {
     // Another shard's answer already decided the client's (an error): this one is not asked.
     unlink(l.id, LinkOp::Kind::Release, out);
     if (run.open == 0) {
-      finish_scatter(out.outbox, out);
+      settle_scatter(out.outbox, out);
     } else {
       enter(SessionState::Scattering);
     }
@@ -176,7 +188,14 @@ void Session::link_scatter(Link& l, Actions& out) {
   const std::string_view request = run.scatter->request();
   out.to_server.push_back({request.data(), request.size()});
   out.server_link = l.id;
-  expect_own_answer(l, kActionScatter);
+  if (run.scatter->write()) {
+    // BEGIN; the statement; PREPARE TRANSACTION: three answers, each up to a ReadyForQuery.
+    expect_own_answer(l, kActionScatterBegin);
+    expect_own_answer(l, kActionScatter);
+    expect_own_answer(l, kActionScatterPrepare);
+  } else {
+    expect_own_answer(l, kActionScatter);
+  }
   ++run.open;
   if (run.next < run.routes.size()) {
     check_out_next_shard(out);
@@ -192,36 +211,156 @@ void Session::scatter_checkout_failed(std::string_view sqlstate, std::string_vie
   run.scatter->fail(sqlstate, message);
   run.next = run.routes.size();
   if (run.open == 0) {
-    finish_scatter(out.outbox, out);
+    settle_scatter(out.outbox, out);
   } else {
     enter(SessionState::Scattering);
   }
 }
 
-void Session::end_scatter_link(Link& l, LinkOp::Kind how, std::string& into, Actions& out) {
+void Session::scatter_frame(Link& l, const pr::Frame& f, Actions& out) {
   auto& run = work().scatter;
-  if (recorder_) {
-    stats::Execution e;
-    e.fingerprint = run.fingerprint;
-    e.micros = static_cast<std::uint64_t>(
-        std::chrono::duration_cast<std::chrono::microseconds>(now_ - run.started).count());
-    e.rows = run.scatter->rows(l.scatter_shard);
-    e.error = run.scatter->failed();
-    e.replica = l.route.kind == routing::Route::Kind::Replica;
-    e.shard = l.route.shard;
-    e.host = l.server->name;
-    e.kind = stats::StatementKind::Select;
-    if (e.error) e.sqlstate_class[0] = e.sqlstate_class[1] = 'X';
-    recorder_->stats->record(e, recorder_->labels);
+  const std::uint8_t action = l.pending.front().action;
+  if (f.tag == 'Z') {
+    complete_front(l, f.tag, out);
+    return;
   }
+  switch (action) {
+    case kActionScatter:
+      run.scatter->add(l.scatter_shard, f);
+      return;
+    case kActionScatterPrepare:
+      if (f.tag == 'C') {
+        // An aborted transaction answers PREPARE TRANSACTION with ROLLBACK.
+        l.prepared = pr::read_command_complete(f).value_or("") == "PREPARE TRANSACTION";
+      } else if (f.tag == 'E') {
+        const auto e = pr::read_error_response(f);
+        if (e && e->sqlstate == "55000") {
+          run.scatter->fail("55000",
+                            "pgvalve: a write to several shards commits with two-phase commit, "
+                            "which server " +
+                                l.server->name +
+                                " does not allow; set max_prepared_transactions above 0 on every "
+                                "shard, or write to one shard at a time");
+        } else {
+          run.scatter->add(l.scatter_shard, f);
+        }
+      }
+      return;
+    case kActionScatterFinish:
+      if (f.tag == 'E') l.discard = true;  // the COMMIT/ROLLBACK PREPARED failed
+      return;
+    default:
+      return;  // BEGIN's answer
+  }
+}
+
+void Session::scatter_answered(Link& l, std::uint8_t action, std::string& into, Actions& out) {
+  auto& run = work().scatter;
+  switch (action) {
+    case kActionScatter:
+      if (!run.scatter->write()) end_scatter_link(l, LinkOp::Kind::Release, into, out);
+      return;
+    case kActionScatterPrepare:
+      record_scatter_part(l);
+      --run.open;
+      if (run.open == 0 && !run.waiting) settle_scatter(into, out);
+      return;
+    case kActionScatterFinish: {
+      if (l.discard && run.commit) {
+        run.scatter->fail("XX000", "pgvalve: COMMIT PREPARED '" + run.gid + "' failed on server " +
+                                       l.server->name +
+                                       " after other shards committed the write; it stays "
+                                       "prepared there until committed (SHOW SHARDS counts it)");
+      }
+      unlink(l.id, l.discard ? LinkOp::Kind::Close : LinkOp::Kind::Release, out);
+      settle_scatter(into, out);
+      return;
+    }
+    default:
+      return;
+  }
+}
+
+void Session::record_scatter_part(Link& l) {
+  auto& run = work().scatter;
+  if (!recorder_) return;
+  stats::Execution e;
+  e.fingerprint = run.fingerprint;
+  e.micros = static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::microseconds>(now_ - run.started).count());
+  e.rows = run.scatter->rows(l.scatter_shard);
+  e.error = run.scatter->failed();
+  e.replica = l.route.kind == routing::Route::Kind::Replica;
+  e.shard = l.route.shard;
+  e.host = l.server->name;
+  e.kind = run.scatter->write() ? stats::StatementKind::Other : stats::StatementKind::Select;
+  if (e.error) e.sqlstate_class[0] = e.sqlstate_class[1] = 'X';
+  recorder_->stats->record(e, recorder_->labels);
+}
+
+void Session::end_scatter_link(Link& l, LinkOp::Kind how, std::string& into, Actions& out,
+                               std::string_view lost) {
+  auto& run = work().scatter;
+  const bool answering = l.in_flight > 0 || !l.pending.empty();
+  if (how != LinkOp::Kind::Release && run.scatter->write() && (l.prepared || l.finishing)) {
+    // Lost with its part prepared (or being committed): the transaction stays prepared there.
+    if (!run.deciding) {
+      run.scatter->fail("08006", "pgvalve: lost server " + l.server->name +
+                                     " before a write to several shards committed; it was rolled "
+                                     "back on the other shards, and stays prepared there as '" +
+                                     run.gid + "' until rolled back (SHOW SHARDS counts it)");
+    } else if (run.commit) {
+      run.scatter->fail("08006", "pgvalve: lost server " + l.server->name +
+                                     " while committing a write to several shards; other shards "
+                                     "committed it, and it stays prepared there as '" +
+                                     run.gid + "' until committed (SHOW SHARDS counts it)");
+    }
+    const bool was_finishing = l.finishing;
+    unlink(l.id, how, out);
+    if (was_finishing) settle_scatter(into, out);
+    return;
+  }
+  if (!lost.empty()) run.scatter->fail("08006", lost);
+  if (answering || how == LinkOp::Kind::Release) record_scatter_part(l);
   if (how == LinkOp::Kind::Release && (l.discard || l.server->tx_status != 'I')) {
     how = LinkOp::Kind::Close;
   }
   unlink(l.id, how, out);
   --run.open;
-  if (run.open == 0 && !run.waiting && (run.next == run.routes.size() || run.scatter->failed())) {
+  if (run.open == 0 && !run.waiting) settle_scatter(into, out);
+}
+
+// Every shard has answered its part (or failed): a read is answered; a write is committed or
+// rolled back on each shard that prepared it, one shard after the other in shard order (the
+// first COMMIT PREPARED decides), then answered.
+void Session::settle_scatter(std::string& into, Actions& out) {
+  auto& run = work().scatter;
+  if (!run.scatter->write()) {
     finish_scatter(into, out);
+    return;
   }
+  if (!run.deciding) {
+    run.deciding = true;
+    run.commit = !run.scatter->failed();
+    run.decision.clear();
+    pr::append_query(run.decision, std::string(run.commit ? "COMMIT" : "ROLLBACK") + " PREPARED '" +
+                                       run.gid + "'");
+  }
+  // Shards where nothing is prepared are done.
+  for (Link& l : work().links) {
+    if (!l.server || l.scatter_shard < 0 || l.finishing || l.prepared) continue;
+    unlink(l.id, l.server->tx_status == 'I' ? LinkOp::Kind::Release : LinkOp::Kind::Close, out);
+  }
+  for (Link& l : work().links) {
+    if (!l.server || l.scatter_shard < 0 || l.finishing) continue;
+    l.finishing = true;
+    out.to_server.push_back({run.decision.data(), run.decision.size()});
+    out.server_link = l.id;
+    expect_own_answer(l, kActionScatterFinish);
+    l.last_activity = now_;
+    return;
+  }
+  finish_scatter(into, out);
 }
 
 void Session::finish_scatter(std::string& into, Actions& out) {

@@ -202,6 +202,9 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
       break;
   }
   emit_synthetic_heads(l);
+  // A shard's server waiting for the commit decision sends nothing the client asked for (a
+  // FATAL as it goes down is followed by on_server_lost).
+  if (l.pending.empty() && l.scatter_shard >= 0) return passed;
   if (l.pending.empty()) {
     pass();  // a notice or notification between requests
     return passed;
@@ -214,13 +217,9 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
     if (auto e = pr::read_error_response(f); e && e->severity == "FATAL") return passed;
   }
   auto& head = l.pending.front();
-  if (head.internal && head.action == kActionScatter) {
-    // A shard's part of a read over several shards: gathered, sent to the client at the end.
-    if (f.tag == 'Z') {
-      complete_front(l, f.tag, out);
-    } else {
-      work().scatter.scatter->add(l.scatter_shard, f);
-    }
+  if (head.internal && head.action >= kActionScatter && head.action <= kActionScatterFinish) {
+    // A shard's part of a statement over several shards: gathered, sent to the client at the end.
+    scatter_frame(l, f, out);
     return passed;
   }
   switch (pr::match_response(head.kind, f.tag)) {
@@ -299,9 +298,9 @@ void Session::complete_front(Link& l, char tag, Actions& out) {
     if (head.internal && head.action == kActionSync) finish_sync(l, !head.failed, out);
     if (head.internal && head.action == kActionBegin) finish_begin(l, !head.failed, out);
     if (head.internal && head.action == kActionPinCheck) finish_pin_check(l, head.failed, out);
-    if (head.internal && head.action == kActionScatter) {
+    if (head.internal && head.action >= kActionScatter && head.action <= kActionScatterFinish) {
       const std::size_t from = l.scratch.size();
-      end_scatter_link(l, LinkOp::Kind::Release, l.scratch, out);
+      scatter_answered(l, head.action, l.scratch, out);
       if (l.scratch.size() > from) l.spans.push_back({true, from, l.scratch.size() - from});
       return;
     }

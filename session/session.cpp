@@ -247,7 +247,7 @@ bool Session::has_own_input() const {
 bool Session::wants_server_input(LinkId id) const {
   // While a session-mode client's read runs on a replica its own server is not read: what that
   // server may send meanwhile (a notification) waits, not to land inside the replica's answer.
-  if (id == 0 && linked(1)) return false;
+  if (id == 0 && linked(1) && options_.mode == config::PoolMode::Session) return false;
   return state_ != SessionState::Closing && linked(id);
 }
 
@@ -628,8 +628,7 @@ bool Session::retry_elsewhere(Link& l, LinkId id, Actions& out) {
 void Session::lose_link(Link& l, LinkId id, std::string_view message, LinkOp::Kind kind,
                         Actions& out) {
   if (l.scatter_shard >= 0 && scattering()) {
-    work().scatter.scatter->fail("08006", message);
-    end_scatter_link(l, kind, out.outbox, out);
+    end_scatter_link(l, kind, out.outbox, out, message);
     return;
   }
   if (l.stream_remaining > 0 && l.stream_forward) {

@@ -254,10 +254,18 @@ class Session {
   void check_out_next_shard(Actions& out);
   void link_scatter(Link& l, Actions& out);
   void scatter_checkout_failed(std::string_view sqlstate, std::string_view message, Actions& out);
-  // The shard's link answered up to its ReadyForQuery (`how` Release), or was lost: it goes;
-  // after the last one the client gets the gathered answer in `into`.
-  void end_scatter_link(Link& l, LinkOp::Kind how, std::string& into, Actions& out);
+  // A message of a shard's part (pending action kActionScatter*); its ReadyForQuery ends the
+  // part (scatter_answered).
+  void scatter_frame(Link& l, const protocol::Frame& f, Actions& out);
+  void scatter_answered(Link& l, std::uint8_t action, std::string& into, Actions& out);
+  // The shard's link answered its part (`how` Release), or was lost: it goes; once every shard
+  // is done, settle_scatter() answers the client in `into` (a write is committed first).
+  // `lost`: why the link went (its server lost or silent), the client's error.
+  void end_scatter_link(Link& l, LinkOp::Kind how, std::string& into, Actions& out,
+                        std::string_view lost = {});
+  void settle_scatter(std::string& into, Actions& out);
   void finish_scatter(std::string& into, Actions& out);
+  void record_scatter_part(Link& l);
   char client_tx_status() const { return deferred_begin_.empty() ? 'I' : 'T'; }
   void plan_frame(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
   void plan_query(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
@@ -384,6 +392,7 @@ class Session {
   // A BEGIN answered by pgvalve and not sent yet: it goes first to the shard the transaction's
   // first statement needs.
   std::string deferred_begin_;
+  std::uint32_t scatter_writes_ = 0;  // numbers the two-phase commits of this client
   // SET pgvalve.route: where this client's statements go when no hint says otherwise.
   routing::RouteContext::Preference preference_ = routing::RouteContext::Preference::Auto;
   // A replica link takes one request at a time (the next may be a write): the rest of the

@@ -62,7 +62,10 @@ enum : std::uint8_t {
   kActionEvictClose,          // pgvalve's Close of `statement_hash` for the LRU cap
   kActionWalPosition,         // pgvalve's query for the primary's WAL position (read-your-writes)
   kActionBegin,               // the client's BEGIN, held back until its shard was known
-  kActionScatter,             // the shard's part of a read over several shards (scatter.h)
+  kActionScatter,             // the shard's part of a statement over several shards (scatter.h)
+  kActionScatterBegin,        // ... a write's BEGIN before it
+  kActionScatterPrepare,      // ... its PREPARE TRANSACTION after it
+  kActionScatterFinish,       // ... its COMMIT PREPARED or ROLLBACK PREPARED
 };
 
 struct Link {
@@ -85,6 +88,8 @@ struct Link {
   // Linked for a read over several shards: its index there (Scatter::add), -1 otherwise.
   int scatter_shard = -1;
   bool discard = false;              // closed, not released, once it has answered (its sync failed)
+  bool prepared = false;             // a write's part is prepared on it (two-phase commit)
+  bool finishing = false;            // ... and its COMMIT / ROLLBACK PREPARED was sent
   std::size_t stream_remaining = 0;  // bytes of a large server message still passing through
   bool stream_forward = true;        // ... forwarded to the client (false: dropped)
   Clock::time_point last_activity{};
@@ -129,6 +134,8 @@ struct Link {
     first_routed = false;
     scatter_shard = -1;
     discard = false;
+    prepared = false;
+    finishing = false;
     stream_remaining = 0;
     stream_forward = true;
     syncing = false;
@@ -260,6 +267,12 @@ struct Workspace {
     std::size_t next = 0;                // routes[next] is checked out next
     int open = 0;                        // links that have not answered yet
     bool waiting = false;                // a checkout for routes[next - 1] is under way
+    // A write: its two-phase commit's transaction name, and once every part was answered
+    // whether it commits, with the message that says so to each shard.
+    std::string gid;
+    bool deciding = false;
+    bool commit = false;
+    std::string decision;
     std::uint64_t fingerprint = 0;
     Clock::time_point started{};
   };

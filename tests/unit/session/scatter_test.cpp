@@ -12,7 +12,7 @@ namespace {
 
 routing::ShardingPolicy two_shards() {
   routing::ShardingPolicy p;
-  p.tables = {"telemetry"};
+  p.tables = {"telemetry", "archive"};
   p.map = routing::ShardMap(routing::ShardHash::Md5Mod, routing::KeyType::Auto, 2, {});
   p.shard_names = {"s0", "s1"};
   return p;
@@ -69,6 +69,8 @@ class Scatter : public ::testing::Test {
     EXPECT_EQ(s.server_link, 1);
     EXPECT_FALSE(s.check_out);
     EXPECT_EQ(h.state(), SessionState::Scattering);
+    EXPECT_TRUE(h.session().wants_server_input(0) && h.session().wants_server_input(1))
+        << "every shard's server is read";
     return {to_s0, s.to_server};
   }
 
@@ -217,6 +219,119 @@ TEST_F(Scatter, ADescribeAloneGoesToOneShard) {
   EXPECT_TRUE(s.check_out);
   EXPECT_EQ(s.route.kind, routing::Route::Kind::Primary);
   EXPECT_TRUE(s.route.any_shard);
+}
+
+}  // namespace
+}  // namespace pgvalve::session::testing
+
+namespace pgvalve::session::testing {
+namespace {
+
+std::string write_part(std::string_view tag, std::string_view prepared = "PREPARE TRANSACTION") {
+  return complete("BEGIN") + ready('T') + complete(tag) + ready('T') + complete(prepared) +
+         ready('I');
+}
+
+TEST_F(Scatter, AWriteToSeveralShardsCommitsOnlyOnceEveryShardPreparedIt) {
+  const auto [to_s0, to_s1] = start(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
+  const auto sent = queries_in(to_s0);
+  ASSERT_EQ(sent.size(), 3u);
+  EXPECT_EQ(sent[0], "BEGIN");
+  EXPECT_EQ(sent[1], "/* pgvalve: all_shards */ DELETE FROM telemetry");
+  EXPECT_TRUE(sent[2].starts_with("PREPARE TRANSACTION 'pgvalve:")) << sent[2];
+  const std::string gid = sent[2].substr(sent[2].find('\''));
+
+  Step s = h.server(write_part("DELETE 2"), T0, 0);
+  EXPECT_EQ(s.to_server, "") << "nothing commits before every shard prepared";
+  EXPECT_TRUE(s.ops.empty());
+  s = h.server(write_part("DELETE 3"), T0, 1);
+  EXPECT_EQ(s.server_link, 0);
+  EXPECT_EQ(queries_in(s.to_server), std::vector<std::string>{"COMMIT PREPARED " + gid});
+  EXPECT_EQ(s.to_client, "");
+  // Shard order: the first shard's COMMIT PREPARED decides, then the next.
+  s = h.server(complete("COMMIT PREPARED") + ready(), T0, 0);
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Release));
+  EXPECT_EQ(s.server_link, 1);
+  EXPECT_EQ(queries_in(s.to_server), std::vector<std::string>{"COMMIT PREPARED " + gid});
+  s = h.server(complete("COMMIT PREPARED") + ready(), T0, 1);
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Release));
+  EXPECT_EQ(tags_of(s.to_client), "CZ");
+  const auto msgs = messages_of(s.to_client);
+  EXPECT_EQ(protocol::read_command_complete(frame_of(msgs[0])).value_or(""), "DELETE 5");
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+TEST_F(Scatter, AWriteThatFailsOnOneShardIsRolledBackOnTheOthers) {
+  start(query("/* pgvalve: all_shards */ UPDATE telemetry SET value = 0"));
+  h.server(write_part("UPDATE 4"), T0, 0);
+  Step s = h.server(complete("BEGIN") + ready('T') + error_message("23514") + ready('E') +
+                        complete("ROLLBACK") + ready('I'),
+                    T0, 1);
+  // Shard 1's transaction is over; shard 0's prepared part is rolled back.
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Release));
+  EXPECT_EQ(s.server_link, 0);
+  ASSERT_EQ(queries_in(s.to_server).size(), 1u);
+  EXPECT_TRUE(queries_in(s.to_server)[0].starts_with("ROLLBACK PREPARED 'pgvalve:"));
+  s = h.server(complete("ROLLBACK PREPARED") + ready(), T0, 0);
+  EXPECT_EQ(sqlstates_in(s.to_client), "23514");
+  EXPECT_EQ(statuses_in(s.to_client), "I");
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+TEST_F(Scatter, WithoutPreparedTransactionsAWriteToSeveralShardsIsRefusedAndRolledBack) {
+  start(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
+  h.server(write_part("DELETE 1"), T0, 0);
+  Step s = h.server(complete("BEGIN") + ready('T') + complete("DELETE 1") + ready('T') +
+                        error_message("55000") + ready('I'),
+                    T0, 1);
+  EXPECT_TRUE(queries_in(s.to_server)[0].starts_with("ROLLBACK PREPARED"));
+  s = h.server(complete("ROLLBACK PREPARED") + ready(), T0, 0);
+  const auto errors = errors_in(s.to_client);
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0].sqlstate, "55000");
+  EXPECT_NE(errors[0].message.find("max_prepared_transactions"), std::string::npos);
+}
+
+TEST_F(Scatter, AShardLostWhilePreparedMakesTheWriteRollBack) {
+  start(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
+  h.server(write_part("DELETE 1"), T0, 0);
+  Step s = h.lost(T0, 0);
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Close));
+  s = h.server(write_part("DELETE 1"), T0, 1);
+  EXPECT_EQ(s.server_link, 1);
+  EXPECT_TRUE(queries_in(s.to_server)[0].starts_with("ROLLBACK PREPARED"));
+  s = h.server(complete("ROLLBACK PREPARED") + ready(), T0, 1);
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  EXPECT_NE(errors_in(s.to_client)[0].message.find("SHOW SHARDS"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace pgvalve::session::testing
+
+namespace pgvalve::session::testing {
+namespace {
+
+TEST_F(Scatter, DdlThroughTheSimpleProtocolReachesEveryShard) {
+  const auto [to_s0, to_s1] = start(query("CREATE TABLE archive (device_id bigint)"));
+  EXPECT_EQ(tags_of(to_s0), "QQQ");
+}
+
+TEST_F(Scatter, DdlThroughTheExtendedProtocolReachesEveryShard) {
+  const std::string in = parse("", "CREATE TABLE archive (device_id bigint)") + bind_to("", "") +
+                         describe('P', "") + execute() + sync();
+  const auto [to_s0, to_s1] = start(in);
+  EXPECT_EQ(tags_of(to_s0), "QPBDESQ");
+  const std::string part = complete("BEGIN") + ready('T') + parse_complete() + bind_complete() +
+                           no_data() + complete("CREATE TABLE") + ready('T') +
+                           complete("PREPARE TRANSACTION") + ready('I');
+  h.server(part, T0, 0);
+  Step s = h.server(part, T0, 1);
+  EXPECT_EQ(s.server_link, 0);
+  s = h.server(complete("COMMIT PREPARED") + ready(), T0, 0);
+  EXPECT_EQ(s.server_link, 1);
+  s = h.server(complete("COMMIT PREPARED") + ready(), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "12nCZ");
+  EXPECT_EQ(h.state(), SessionState::Idle);
 }
 
 }  // namespace

@@ -1,0 +1,201 @@
+"""Writes to several shards in one statement, against real PostgreSQL: DDL and writes to
+reference tables reach every shard, as do UPDATE/DELETE whose keys span shards or that are hinted
+`all_shards`; each runs in a transaction per shard, prepared there, and committed on all of them
+only once every shard prepared it (two-phase commit). A write that fails on one shard changes no
+shard; servers without prepared transactions refuse the write and keep nothing of it; a shard
+lost between PREPARE and COMMIT leaves the others rolled back and its own part prepared, which
+SHOW SHARDS reports until an operator resolves it."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+
+import psycopg
+import pytest
+
+from itutil import APP_AND_OPS, OPS_PASSWORD, OPS_USER
+from pgcluster import APP_DB, PgCluster, wait_until
+
+PREPARED = "max_prepared_transactions = 10"
+
+
+@pytest.fixture(scope="module")
+def two_pc(request):
+    """Two shards whose servers allow prepared transactions."""
+    nodes = [PgCluster(replicas=0, extra_conf=PREPARED) for _ in range(2)]
+    for c in nodes:
+        request.addfinalizer(c.teardown)
+        c.start()
+    return nodes
+
+
+def prepare_schema(nodes):
+    for c in nodes:
+        c.primary.psql("DROP TABLE IF EXISTS telemetry, device_types, archive", dbname=APP_DB)
+        c.primary.psql("CREATE TABLE telemetry (device_id bigint NOT NULL, value float8)",
+                       dbname=APP_DB)
+        c.primary.psql("CREATE TABLE device_types (id int PRIMARY KEY, name text)", dbname=APP_DB)
+        c.primary.psql("GRANT ALL ON ALL TABLES IN SCHEMA public TO app", dbname=APP_DB)
+        c.primary.psql("GRANT CREATE ON SCHEMA public TO app", dbname=APP_DB)
+
+
+def config(nodes):
+    return {
+        "databases": {APP_DB: {
+            "shards": [{"name": f"s{i}", "primary": f"127.0.0.1:{c.primary.port}"}
+                       for i, c in enumerate(nodes)],
+            "sharding": {"key": "device_id", "hash": "md5_mod", "key_type": "bigint",
+                         "tables": ["telemetry", "archive"],
+                         "reference_tables": ["device_types"]},
+        }},
+        "health": {"interval_ms": 100, "timeout_ms": 1000, "failures_before_down": 2},
+    }
+
+
+def md5_mod(device_id, n=2) -> int:
+    return int(hashlib.md5(str(device_id).encode()).hexdigest(), 16) % n
+
+
+def on(node, query):
+    with node.primary.connect(dbname=APP_DB) as conn:
+        return conn.execute(query).fetchall()
+
+
+def prepared_on(node):
+    return on(node, "SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'pgvalve:%'")
+
+
+def refused(conn, sql, sqlstate) -> psycopg.Error:
+    with pytest.raises(psycopg.Error) as e:
+        conn.execute(sql)
+    assert e.value.sqlstate == sqlstate, e.value
+    assert str(e.value).startswith("pgvalve:"), e.value
+    return e.value
+
+
+def test_ddl_reference_and_keyless_writes_reach_every_shard(two_pc, pgvalve):
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    a = next(d for d in range(1, 50) if md5_mod(d) == 0)
+    b = next(d for d in range(1, 50) if md5_mod(d) == 1)
+    with pv.connect() as conn:
+        conn.execute("CREATE TABLE archive (device_id bigint, value float8)")
+        cur = conn.execute("INSERT INTO device_types VALUES (1, 'thermometer'), (2, 'barometer')")
+        assert cur.rowcount == 4  # two rows on each of two shards
+        conn.execute("UPDATE device_types SET name = %s WHERE id = %s", ("hygrometer", 2))
+        for d in (a, b, a, b):
+            conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, -1)", (d,))
+        # Keys on both shards: each shard deletes its own rows.
+        cur = conn.execute(f"DELETE FROM telemetry WHERE device_id IN ({a}, {b}) AND value < 0 "
+                           "AND device_id > 0")
+        assert cur.rowcount == 4
+        conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 5)", (a,))
+        conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 6)", (b,))
+        refused(conn, "UPDATE telemetry SET value = 0", "0A000")  # no key, no hint
+        cur = conn.execute("/* pgvalve: all_shards */ UPDATE telemetry SET value = value * 10")
+        assert cur.rowcount == 2
+        # RETURNING rows of every shard, with the write's own tag.
+        got = conn.execute("/* pgvalve: all_shards */ UPDATE telemetry SET value = value + 1 "
+                           "RETURNING device_id, value").fetchall()
+        assert sorted(got) == sorted([(a, 51.0), (b, 61.0)])
+        assert conn.execute("SELECT count(*) FROM archive").fetchone() == (0,)
+    for node in two_pc:
+        assert on(node, "SELECT * FROM device_types ORDER BY id") == [
+            (1, "thermometer"), (2, "hygrometer")]
+        assert on(node, "SELECT count(*) FROM archive") == [(0,)]
+        assert prepared_on(node) == []
+    assert on(two_pc[0], "SELECT device_id, value FROM telemetry") == [(a, 51.0)]
+    assert on(two_pc[1], "SELECT device_id, value FROM telemetry") == [(b, 61.0)]
+
+
+def test_a_write_that_fails_on_one_shard_changes_no_shard(two_pc, pgvalve):
+    prepare_schema(two_pc)
+    # Only shard s1 refuses this name.
+    two_pc[1].primary.psql("ALTER TABLE device_types ADD CHECK (name <> 'forbidden')",
+                           dbname=APP_DB)
+    pv = pgvalve(**config(two_pc))
+    with pv.connect() as conn:
+        with pytest.raises(psycopg.Error) as e:
+            conn.execute("INSERT INTO device_types VALUES (%s, %s)", (9, "forbidden"))
+        assert e.value.sqlstate == "23514"
+        # The connection goes on; nothing was left on either shard.
+        conn.execute("INSERT INTO device_types VALUES (%s, %s)", (10, "fine"))
+    for node in two_pc:
+        assert on(node, "SELECT id FROM device_types ORDER BY id") == [(10,)]
+        assert prepared_on(node) == []
+
+
+def test_without_prepared_transactions_a_write_to_several_shards_is_refused(two_pc, cluster,
+                                                                             pgvalve):
+    # s1 is the session's cluster: max_prepared_transactions = 0.
+    nodes = [two_pc[0], cluster]
+    prepare_schema(nodes)
+    pv = pgvalve(**config(nodes))
+    with pv.connect() as conn:
+        e = refused(conn, "INSERT INTO device_types VALUES (4, 'x')", "55000")
+        assert "max_prepared_transactions" in str(e)
+        # Writes to one shard are not affected.
+        conn.execute("INSERT INTO telemetry (device_id, value) VALUES (1, 1)")
+    for node in nodes:
+        assert on(node, "SELECT count(*) FROM device_types") == [(0,)]
+    assert prepared_on(two_pc[0]) == []
+
+
+def test_a_shard_lost_between_prepare_and_commit_is_reported_in_show_shards(two_pc, pgvalve):
+    """s0's part waits on a lock while s1 prepares; s1 is then killed. The write rolls back on
+    s0, the client gets an error naming SHOW SHARDS, and once s1 is back its prepared part is
+    counted there until an operator rolls it back."""
+    prepare_schema(two_pc)
+    pv = pgvalve(users=APP_AND_OPS, **config(two_pc))
+    blocker = two_pc[0].primary.connect(dbname=APP_DB)
+    blocker.execute("BEGIN")
+    blocker.execute("LOCK TABLE device_types IN ACCESS EXCLUSIVE MODE")
+    outcome = {}
+
+    def write():
+        try:
+            with pv.connect() as conn:
+                conn.execute("INSERT INTO device_types VALUES (7, 'seven')")
+                outcome["ok"] = True
+        except psycopg.Error as e:
+            outcome["error"] = e
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        wait_until(lambda: len(prepared_on(two_pc[1])) == 1, 15, message="s1 prepared its part")
+        gid = prepared_on(two_pc[1])[0][0]
+        two_pc[1].primary.stop("immediate")  # a crash: the prepared part is in its WAL
+        time.sleep(0.3)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    writer.join(30)
+    assert not writer.is_alive()
+    assert "error" in outcome, outcome
+    assert outcome["error"].sqlstate == "08006"
+    assert "SHOW SHARDS" in str(outcome["error"]) and gid in str(outcome["error"])
+    # s0 rolled its part back: nothing there, nothing prepared.
+    assert on(two_pc[0], "SELECT count(*) FROM device_types") == [(0,)]
+    assert prepared_on(two_pc[0]) == []
+
+    # s1 comes back with its part still prepared (two-phase state survives a crash).
+    two_pc[1].primary.start()
+    with psycopg.connect(pv.dsn(user=OPS_USER, password=OPS_PASSWORD, dbname="pgvalve"),
+                         autocommit=True, prepare_threshold=None) as admin:
+        def shards():
+            cur = admin.execute("SHOW SHARDS")
+            cols = [d.name for d in cur.description]
+            return {r[cols.index("shard")]: dict(zip(cols, r)) for r in cur.fetchall()
+                    if r[cols.index("database")] == APP_DB}
+        wait_until(lambda: shards()["s1"]["prepared"] == "1", 15,
+                   message="SHOW SHARDS counts the prepared part on s1")
+        assert shards()["s0"]["prepared"] == "0"
+        # The operator resolves it as the error said: nothing committed anywhere, roll it back.
+        with two_pc[1].primary.connect(dbname=APP_DB, autocommit=True) as direct:
+            direct.execute(f"ROLLBACK PREPARED '{gid}'")
+        wait_until(lambda: shards()["s1"]["prepared"] == "0", 15,
+                   message="SHOW SHARDS no longer counts it")
+    assert on(two_pc[1], "SELECT count(*) FROM device_types") == [(0,)]
