@@ -288,6 +288,44 @@ std::optional<BindParameter> read_bind_parameter(std::string_view rest, std::siz
   }
 }
 
+bool bind_rest_subset(std::string_view rest, std::span<const std::uint16_t> numbers,
+                      std::string& out) {
+  Cursor c(rest);
+  auto formats = c.i16();
+  if (!formats || *formats < 0) return false;
+  std::vector<std::int16_t> codes;
+  for (std::int16_t i = 0; i < *formats; ++i) {
+    auto f = c.i16();
+    if (!f) return false;
+    codes.push_back(*f);
+  }
+  auto count = c.i16();
+  if (!count || *count < 0 || (*formats > 1 && *formats != *count)) return false;
+  std::vector<std::string_view> values;  // each with its length prefix
+  for (std::int16_t i = 0; i < *count; ++i) {
+    const std::size_t at = rest.size() - c.remaining();
+    auto len = c.i32();
+    if (!len || *len < -1 || (*len > 0 && !c.bytes(static_cast<std::size_t>(*len)))) return false;
+    values.push_back(rest.substr(at, rest.size() - c.remaining() - at));
+  }
+  for (std::uint16_t n : numbers) {
+    if (n < 1 || n > values.size()) return false;
+  }
+  if (*formats > 1) {
+    append_i16(out, static_cast<std::int16_t>(numbers.size()));
+    for (std::uint16_t n : numbers)
+      append_i16(out, codes[n - 1u]);
+  } else {
+    append_i16(out, *formats);
+    if (*formats == 1) append_i16(out, codes[0]);
+  }
+  append_i16(out, static_cast<std::int16_t>(numbers.size()));
+  for (std::uint16_t n : numbers)
+    out.append(values[n - 1u]);
+  out.append(rest.substr(rest.size() - c.remaining()));  // the result formats
+  return true;
+}
+
 void append_bind(std::string& out, std::string_view portal, std::string_view statement,
                  std::string_view rest) {
   const std::size_t len_pos = begin_message(out, tag_of(FrontendTag::Bind));

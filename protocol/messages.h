@@ -169,6 +169,11 @@ struct BindParameter {
   std::optional<std::string_view> value;
 };
 std::optional<BindParameter> read_bind_parameter(std::string_view rest, std::size_t index);
+// The body after the names of a Bind with only the parameters `numbers` (from 1, in that order)
+// of `rest`, their format codes with them, and the same result formats; false when `rest` is
+// malformed or has no such parameter.
+bool bind_rest_subset(std::string_view rest, std::span<const std::uint16_t> numbers,
+                      std::string& out);
 // A Bind of `statement` into `portal` whose remaining body is `rest` as raw bytes.
 void append_bind(std::string& out, std::string_view portal, std::string_view statement,
                  std::string_view rest);

@@ -39,6 +39,9 @@ struct Route {
   // read, a Parse/Describe of a statement whose key is a $n): `shard` is a default, and a
   // transaction already on another shard may run it there.
   bool any_shard = false;
+  // Shards: an INSERT whose rows belong to different shards; each shard gets only its own rows
+  // (Router::split_insert).
+  bool split_rows = false;
   // Refuse only; shared so that a Route stays small and cheap to copy.
   std::shared_ptr<const Refusal> refusal;
 

@@ -129,6 +129,12 @@ Route Router::on_shard(std::string_view sql, const RouteContext& context,
   return role(sql, leading_hint(sql), context, shard);
 }
 
+InsertSplit Router::split_insert(std::string_view sql, const RouteContext& context) const {
+  const std::uint64_t fp = context.fingerprint ? context.fingerprint : fingerprint(sql);
+  replica_eligible(sql, fp);  // the shard plan is kept with this decision
+  return routing::split_insert(sql, shard_plan(sql, fp), *policy_.sharding, context.params);
+}
+
 const ScatterPlan& Router::scatter_plan(std::string_view sql, std::uint64_t fp) const {
   if (cache_ != nullptr) {
     if (const ScatterPlan* known = cache_->scatter_plan(fp, policy_.sharding_id)) return *known;
@@ -195,20 +201,17 @@ Route Router::route_sharded(std::string_view sql, const RouteContext& context) c
   const std::uint64_t fp = context.fingerprint ? context.fingerprint : fingerprint(sql);
   const bool read = replica_eligible(sql, fp);
   const ShardPlan plan = shard_plan(sql, fp);
-  // The rows of an INSERT into a sharded table belong to their keys' shards: run on several
-  // shards as one statement, each shard would get every row.
-  auto insert_across = [&] {
-    return Route::refuse(
-        "0A000",
-        "pgvalve: this INSERT puts rows of several shards' " + sharding.key +
-            " values into a sharded table, and pgvalve does not split an INSERT between shards "
-            "yet; insert each shard's rows in a statement of its own",
-        "group the rows by " + sharding.key +
-            ", or name the shard with /* pgvalve: " + sharding.key + "=<value> */");
-  };
+  // The rows of an INSERT into a sharded table belong to their keys' shards: run everywhere,
+  // each shard would get every row.
   auto insert = [&] { return !read && classify(sql).kind == StatementKind::Insert; };
   if (iequals(hint, "all_shards")) {
-    if (insert() && plan.tables != ShardPlan::Tables::ReferenceOnly) return insert_across();
+    if (insert() && plan.tables != ShardPlan::Tables::ReferenceOnly) {
+      return Route::refuse(
+          "0A000",
+          "pgvalve: rows inserted into a sharded table go to the shards of their " + sharding.key +
+              " values, not to every shard",
+          "drop the all_shards hint");
+    }
     return several(all, !read);
   }
   if (plan.tables == ShardPlan::Tables::Unlisted) {
@@ -228,7 +231,11 @@ Route Router::route_sharded(std::string_view sql, const RouteContext& context) c
       if ((keys.shards & (keys.shards - 1)) == 0) {
         return one(__builtin_ctzll(keys.shards), hint);
       }
-      if (insert()) return insert_across();
+      if (insert()) {
+        Route r = several(keys.shards, true);
+        r.split_rows = true;
+        return r;
+      }
       return several(keys.shards, !read);
     case ShardKeys::Status::NotBound:
       return any(hint);

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "routing/decision_cache.h"
+#include "routing/insert_split.h"
 #include "routing/route.h"
 #include "routing/scatter_plan.h"
 #include "routing/shard_plan.h"
@@ -72,6 +73,8 @@ class Router {
   // A statement over several shards (Route::Kind::Shards): its part on `shard`, a read sent to
   // a replica or the primary by the same rules as a statement on one shard.
   Route on_shard(std::string_view sql, const RouteContext& context, std::uint16_t shard) const;
+  // A Route with split_rows: the INSERT cut into one statement per shard.
+  InsertSplit split_insert(std::string_view sql, const RouteContext& context) const;
   // How the shards' answers to `sql` combine (parsed once per statement shape); valid until the
   // next call of route() or scatter_plan().
   const ScatterPlan& scatter_plan(std::string_view sql, std::uint64_t fingerprint) const;

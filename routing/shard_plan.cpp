@@ -597,6 +597,40 @@ ShardKeys shard_keys(std::string_view sql, const ShardPlan& plan, const Sharding
   return reader.keys;
 }
 
+std::vector<std::uint16_t> insert_row_shards(std::string_view sql, const ShardPlan& plan,
+                                             const ShardingPolicy& policy,
+                                             const ParamSource* params) {
+  if (plan.key != ShardPlan::Key::Slots || plan.stride == 0) return {};
+  // Each key slot is read on its own, so each row gets its own shard.
+  struct RowSlots {
+    const ShardPlan& plan;
+    std::string_view sql;
+    const ShardingPolicy& policy;
+    const ParamSource* params;
+    std::vector<std::uint16_t> shards;
+    bool ok = true;
+    std::uint32_t ordinal = 0;
+    void put(std::string_view, bool) {}
+    void slot(const LiteralSlot& s) {
+      const std::uint32_t i = ordinal++;
+      if (i < plan.first_slot) return;
+      const std::uint32_t from_first = i - plan.first_slot;
+      if (from_first % plan.stride != 0 || from_first / plan.stride >= plan.count) return;
+      KeyReader reader(sql, policy, params);
+      reader.add(s);
+      if (reader.keys.status != ShardKeys::Status::Found || !reader.any ||
+          (reader.keys.shards & (reader.keys.shards - 1)) != 0) {
+        ok = false;
+        return;
+      }
+      shards.push_back(static_cast<std::uint16_t>(__builtin_ctzll(reader.keys.shards)));
+    }
+  } rows{plan, sql, policy, params, {}};
+  normalized_walk(sql, rows);
+  if (!rows.ok || rows.shards.size() != plan.count) return {};
+  return std::move(rows.shards);
+}
+
 int shard_of_text(std::string_view value, const ShardingPolicy& policy) {
   const std::optional<KeyValue> key = key_from_text(value, policy.map.key_type());
   return key ? policy.map.shard_of(*key) : -1;

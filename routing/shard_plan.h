@@ -106,6 +106,12 @@ struct ShardKeys {
 ShardKeys shard_keys(std::string_view sql, const ShardPlan& plan, const ShardingPolicy& policy,
                      const ParamSource* params);
 
+// An INSERT ... VALUES planned with Key::Slots: the shard of each row, in row order (one key
+// slot per row). Empty when a row's key cannot be read (route() has refused such statements).
+std::vector<std::uint16_t> insert_row_shards(std::string_view sql, const ShardPlan& plan,
+                                             const ShardingPolicy& policy,
+                                             const ParamSource* params);
+
 // The shard of one key value given as text (a hint, SET pgvalve.device_id): -1 when it is not a
 // value of sharding.key_type.
 int shard_of_text(std::string_view value, const ShardingPolicy& policy);

@@ -17,7 +17,7 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
                            std::string_view param_types, const routing::ScatterPlan& plan,
                            const routing::ShardStatement& statement, int shards,
                            std::size_t max_bytes, std::size_t max_message_bytes,
-                           std::string_view gid) {
+                           std::string_view gid, const std::vector<Part>* parts) {
   const std::string_view text = statement.sql.empty() ? sql : std::string_view(statement.sql);
   std::string_view bind_rest;
   bool synced = false;
@@ -76,18 +76,30 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
     return "the request does not execute a statement";
   }
   write_ = !gid.empty();
-  if (write_) pr::append_query(request_, "BEGIN");
-  if (steps_ == "Q") {
-    pr::append_query(request_, text);
+  const bool statement_described = steps_.find('S') != std::string::npos;
+  auto build = [&](std::string& out, std::string_view text, std::string_view types,
+                   std::string_view rest) {
+    if (write_) pr::append_query(out, "BEGIN");
+    if (steps_ == "Q") {
+      pr::append_query(out, text);
+    } else {
+      pr::append_parse_raw(out, "", text, types);
+      if (statement_described) pr::append_describe(out, 'S', "");
+      pr::append_bind(out, "", "", rest);
+      pr::append_describe(out, 'P', "");
+      pr::append_execute(out, "", 0);
+      pr::append_sync(out);
+    }
+    if (write_) pr::append_query(out, "PREPARE TRANSACTION '" + std::string(gid) + "'");
+  };
+  if (parts != nullptr) {
+    for (const Part& part : *parts) {
+      requests_.emplace_back();
+      build(requests_.back(), part.sql, part.param_types, part.bind_rest);
+    }
   } else {
-    pr::append_parse_raw(request_, "", text, param_types);
-    if (steps_.find('S') != std::string::npos) pr::append_describe(request_, 'S', "");
-    pr::append_bind(request_, "", "", bind_rest);
-    pr::append_describe(request_, 'P', "");
-    pr::append_execute(request_, "", 0);
-    pr::append_sync(request_);
+    build(request_, text, param_types, bind_rest);
   }
-  if (write_) pr::append_query(request_, "PREPARE TRANSACTION '" + std::string(gid) + "'");
   gather_.emplace(plan, shards, statement.limit, statement.offset, max_bytes);
   rows_.assign(static_cast<std::size_t>(shards), 0);
   bound_.assign(static_cast<std::size_t>(shards), false);

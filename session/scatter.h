@@ -33,16 +33,26 @@ class Scatter {
   // `param_types`: the statement it runs (a prepared one resolved by the caller). `shards`:
   // how many take part. Empty when the request is carried out; else why it cannot be (for a
   // 0A000 refusal). The rows held while shards answer may take `max_bytes`.
+  // `parts`, when given: each shard runs a statement of its own (an INSERT whose rows were
+  // split between shards), one per shard in shard order.
+  struct Part {
+    std::string sql;
+    std::string param_types;  // raw, as in Parse
+    std::string bind_rest;    // the Bind's body after its names, with this part's parameters
+  };
   std::string start(std::string_view frames, std::string_view sql, std::string_view param_types,
                     const routing::ScatterPlan& plan, const routing::ShardStatement& statement,
                     int shards, std::size_t max_bytes, std::size_t max_message_bytes,
-                    std::string_view gid = {});
+                    std::string_view gid = {}, const std::vector<Part>* parts = nullptr);
   // A write (start() got a `gid`): each shard runs it between BEGIN and PREPARE TRANSACTION
   // 'gid'; the session commits or rolls back the prepared parts.
   bool write() const { return write_; }
 
-  // What each shard is sent.
-  std::string_view request() const { return request_; }
+  // What shard `shard` (0 is the first taking part) is sent.
+  std::string_view request(int shard) const {
+    return requests_.empty() ? std::string_view(request_)
+                             : std::string_view(requests_.at(static_cast<std::size_t>(shard)));
+  }
   int shards() const { return static_cast<int>(rows_.size()); }
 
   // One message of shard `shard`'s answer before its ReadyForQuery (0 is the first shard).
@@ -59,7 +69,8 @@ class Scatter {
   // The client's messages that get an answer, in its order: 'P' Parse, 'S' Describe statement,
   // 'B' Bind, 'D' Describe portal, 'E' Execute; 'Q' a simple Query.
   std::string steps_;
-  std::string request_;
+  std::string request_;                // the same for every shard
+  std::vector<std::string> requests_;  // or one per shard
   bool write_ = false;
   std::optional<routing::Gather> gather_;
   std::vector<std::uint64_t> rows_;  // per shard

@@ -83,9 +83,32 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
     gid = "pgvalve:" + std::to_string(key_.process_id) + ":" +
           std::to_string(now_.time_since_epoch().count()) + ":" + std::to_string(++scatter_writes_);
   }
-  const std::string why =
-      scatter->start(frames.substr(0, end), request.sql, request.param_types, plan, statement,
-                     shards, kMaxGatheredBytes, options_.max_message_bytes, gid);
+  // An INSERT whose rows belong to several shards: each shard gets its own rows.
+  std::vector<Scatter::Part> parts;
+  if (route.split_rows) {
+    routing::RouteContext context;
+    context.fingerprint = fingerprint;
+    context.params = request.bound ? &params : nullptr;
+    const routing::InsertSplit split = router_.split_insert(request.sql, context);
+    if (!split.ok) return refuse("0A000", split.refusal);
+    for (const routing::InsertPart& part : split.parts) {
+      Scatter::Part p;
+      p.sql = part.sql;
+      for (std::uint16_t n : part.params) {
+        const std::size_t at = 4u * (n - 1u);
+        p.param_types.append(at + 4 <= request.param_types.size()
+                                 ? request.param_types.substr(at, 4)
+                                 : std::string_view("\0\0\0\0", 4));
+      }
+      if (request.bound && !pr::bind_rest_subset(request.bind_rest, part.params, p.bind_rest)) {
+        return refuse("0A000", "pgvalve could not read this INSERT's Bind to split it");
+      }
+      parts.push_back(std::move(p));
+    }
+  }
+  const std::string why = scatter->start(
+      frames.substr(0, end), request.sql, request.param_types, plan, statement, shards,
+      kMaxGatheredBytes, options_.max_message_bytes, gid, route.split_rows ? &parts : nullptr);
   if (!why.empty()) return refuse("0A000", "pgvalve cannot run it across shards: " + why);
 
   // A Parse of a named statement defines it for the client's later Binds, as on one shard.
@@ -185,7 +208,7 @@ void Session::link_scatter(Link& l, Actions& out) {
   if (!w.client_scratch.empty()) {
     out.to_server.push_back({w.client_scratch.data(), w.client_scratch.size()});
   }
-  const std::string_view request = run.scatter->request();
+  const std::string_view request = run.scatter->request(l.scatter_shard);
   out.to_server.push_back({request.data(), request.size()});
   out.server_link = l.id;
   if (run.scatter->write()) {

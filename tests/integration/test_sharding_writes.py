@@ -110,6 +110,35 @@ def test_ddl_reference_and_keyless_writes_reach_every_shard(two_pc, pgvalve):
     assert on(two_pc[1], "SELECT device_id, value FROM telemetry") == [(b, 61.0)]
 
 
+def test_an_insert_whose_rows_span_shards_is_split_between_them(two_pc, pgvalve):
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    ids = list(range(1, 41))
+    with pv.connect() as conn:
+        # Literal rows (simple protocol), then bound rows (extended, $1..$2n).
+        values = ", ".join(f"({d}, {d}.5)" for d in ids[:20])
+        cur = conn.execute(f"INSERT INTO telemetry (device_id, value) VALUES {values}",
+                           prepare=False)
+        assert cur.rowcount == 20
+        slots = ", ".join("(%s, %s)" for _ in ids[20:])
+        params = [x for d in ids[20:] for x in (d, d + 0.5)]
+        got = conn.execute(f"INSERT INTO telemetry (device_id, value) VALUES {slots} "
+                           "RETURNING device_id", params).fetchall()
+        assert sorted(r[0] for r in got) == ids[20:]
+        # The same statement again, as a named prepared statement.
+        conn.execute(f"INSERT INTO telemetry (device_id, value) VALUES {slots}",
+                     [x for d in ids[20:] for x in (d + 100, 0.0)], prepare=True)
+        assert conn.execute("SELECT count(*) FROM telemetry").fetchone() == (60,)
+    for i, node in enumerate(two_pc):
+        placed = [r[0] for r in on(node, "SELECT device_id FROM telemetry")]
+        assert placed and all(md5_mod(d) == i for d in placed), f"s{i}: a row of another shard"
+        assert prepared_on(node) == []
+    rows = on(two_pc[0], "SELECT device_id, value FROM telemetry") + on(
+        two_pc[1], "SELECT device_id, value FROM telemetry")
+    assert sorted(rows) == sorted([(d, d + 0.5) for d in ids] +
+                                  [(d + 100, 0.0) for d in ids[20:]])
+
+
 def test_a_write_that_fails_on_one_shard_changes_no_shard(two_pc, pgvalve):
     prepare_schema(two_pc)
     # Only shard s1 refuses this name.

@@ -197,6 +197,42 @@ TEST(Bind, Reads) {
   EXPECT_TRUE(bind->result_formats.empty());
 }
 
+TEST(Bind, ASubsetOfParametersKeepsTheirFormats) {
+  const auto head = read_bind_head(frame_of(kBind));
+  ASSERT_TRUE(head);
+  std::string out;
+  const std::uint16_t second_then_first[] = {2, 1};
+  ASSERT_TRUE(bind_rest_subset(head->rest, second_then_first, out));
+  EXPECT_EQ(out,
+            "\0\x01\0\x01"  // one format for all stays one
+            "\0\x02"
+            "\xff\xff\xff\xff"
+            "\0\0\0\x02"
+            "42"
+            "\0\0"s);
+  // A format per parameter: the chosen ones' formats, in the new order; result formats kept.
+  const std::string rest =
+      "\0\x03\0\0\0\x01\0\0"
+      "\0\x03"
+      "\0\0\0\x01"
+      "a"
+      "\0\0\0\x02"
+      "bb"
+      "\0\0\0\x01"
+      "c"
+      "\0\x01\0\x01"s;
+  out.clear();
+  const std::uint16_t second[] = {2};
+  ASSERT_TRUE(bind_rest_subset(rest, second, out));
+  EXPECT_EQ(out,
+            "\0\x01\0\x01\0\x01\0\0\0\x02"
+            "bb"
+            "\0\x01\0\x01"s);
+  const std::uint16_t missing[] = {4};
+  EXPECT_FALSE(bind_rest_subset(rest, missing, out));
+  EXPECT_FALSE(bind_rest_subset(rest.substr(0, 9), second, out));
+}
+
 TEST(Bind, RenamedIsByteExact) {
   auto bind = read_bind(frame_of(kBind));
   ASSERT_TRUE(bind);

@@ -336,3 +336,56 @@ TEST_F(Scatter, DdlThroughTheExtendedProtocolReachesEveryShard) {
 
 }  // namespace
 }  // namespace pgvalve::session::testing
+
+namespace pgvalve::session::testing {
+namespace {
+
+std::string text_bind(const std::vector<std::string>& values) {
+  std::string rest;
+  protocol::append_i16(rest, 0);
+  protocol::append_i16(rest, static_cast<std::int16_t>(values.size()));
+  for (const auto& v : values) {
+    protocol::append_i32(rest, static_cast<std::int32_t>(v.size()));
+    rest += v;
+  }
+  protocol::append_i16(rest, 0);
+  std::string out;
+  protocol::append_bind(out, "", "", rest);
+  return out;
+}
+
+std::vector<std::string> bound_values(std::string_view stream) {
+  std::vector<std::string> out;
+  for (const auto& m : messages_of(stream)) {
+    if (m.tag != 'B') continue;
+    const auto b = protocol::read_bind(frame_of(m));
+    for (const auto& p : b->params)
+      out.emplace_back(p.value_or("NULL"));
+  }
+  return out;
+}
+
+TEST_F(Scatter, AnInsertWhoseRowsSpanShardsSendsEachShardItsOwnRows) {
+  // md5("1") % 2 == 1, md5("2") % 2 == 0.
+  const std::string in =
+      parse("", "INSERT INTO telemetry (device_id, v) VALUES ($1, $2), ($3, $4)") +
+      text_bind({"1", "a", "2", "b"}) + describe('P', "") + execute() + sync();
+  const auto [to_s0, to_s1] = start(in);
+  EXPECT_EQ(parsed_in(to_s0),
+            std::vector<std::string>{"INSERT INTO telemetry (device_id, v) VALUES ($1, $2)"});
+  EXPECT_EQ(bound_values(to_s0), (std::vector<std::string>{"2", "b"}));
+  EXPECT_EQ(bound_values(to_s1), (std::vector<std::string>{"1", "a"}));
+  const std::string part = complete("BEGIN") + ready('T') + parse_complete() + bind_complete() +
+                           no_data() + complete("INSERT 0 1") + ready('T') +
+                           complete("PREPARE TRANSACTION") + ready('I');
+  h.server(part, T0, 0);
+  h.server(part, T0, 1);
+  h.server(complete("COMMIT PREPARED") + ready(), T0, 0);
+  const Step s = h.server(complete("COMMIT PREPARED") + ready(), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "12nCZ");
+  EXPECT_EQ(protocol::read_command_complete(frame_of(messages_of(s.to_client)[3])).value_or(""),
+            "INSERT 0 2");
+}
+
+}  // namespace
+}  // namespace pgvalve::session::testing
