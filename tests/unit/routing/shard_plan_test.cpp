@@ -1336,10 +1336,15 @@ TEST_F(ShardRouterTest, SeveralShards) {
   const std::string b = std::to_string(ab.second);
   const std::string insert = "INSERT INTO telemetry (ts, device_id, v) VALUES (now(), " + a +
                              ", 1), (now(), " + b + ", 2), (now(), " + a + ", 3)";
-  // An INSERT whose rows belong to several shards is not split yet: refused, also when hinted.
-  expect_refused(route(insert), "0A000", "does not split an INSERT");
-  expect_refused(route("/* pgvalve: all_shards */ " + insert), "0A000", "does not split");
+  // An INSERT whose rows belong to several shards is split between them; hinted all_shards, it
+  // is refused (its rows belong to their keys' shards, not to every shard).
   const std::uint64_t both = (std::uint64_t{1} << shard(a)) | (std::uint64_t{1} << shard(b));
+  const Route split = route(insert);
+  EXPECT_EQ(split.kind, Kind::Shards);
+  EXPECT_EQ(split.shards, both);
+  EXPECT_TRUE(split.write);
+  EXPECT_TRUE(split.split_rows);
+  expect_refused(route("/* pgvalve: all_shards */ " + insert), "0A000", "all_shards insert");
   const Route r = route("DELETE FROM telemetry WHERE device_id IN (" + a + ", " + b + ")");
   EXPECT_EQ(r.kind, Kind::Shards);
   EXPECT_EQ(r.shards, both);
