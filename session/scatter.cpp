@@ -1,6 +1,7 @@
 #include "session/scatter.h"
 
 #include "protocol/messages.h"
+#include "routing/sql_lexer.h"
 
 namespace pgvalve::session {
 
@@ -77,8 +78,15 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
   }
   write_ = !gid.empty();
   const bool statement_described = steps_.find('S') != std::string::npos;
-  auto build = [&](std::string& out, std::string_view text, std::string_view types,
+  auto build = [&](std::string& out, std::string_view statement_text, std::string_view types,
                    std::string_view rest) {
+    // The hint comment is pgvalve's, not PostgreSQL's.
+    std::string unhinted;
+    std::string_view text = statement_text;
+    if (const routing::HintComment hint = routing::find_leading_hint(text); hint.end != 0) {
+      unhinted.assign(text.substr(0, hint.begin)).append(text.substr(hint.end));
+      text = unhinted;
+    }
     if (write_) pr::append_query(out, "BEGIN");
     if (steps_ == "Q") {
       pr::append_query(out, text);
