@@ -1287,6 +1287,19 @@ TEST_F(ShardRouterTest, TheSessionsDeviceId) {
   expect_refused(bigint_router.route("SELECT * FROM telemetry", bad), "22P02", "device_id");
 }
 
+TEST_F(ShardRouterTest, CopyIntoOrOutOfAShardedTableNeedsAShard) {
+  // Rows are not routed one by one yet: without a hint, COPY of a sharded table is refused,
+  // never run on one shard as if it held every row.
+  for (const char* sql : {"COPY telemetry FROM STDIN", "COPY telemetry (device_id, v) FROM STDIN",
+                          "COPY telemetry TO STDOUT"}) {
+    const Route r = route(sql);
+    EXPECT_TRUE(r.kind == Kind::Refuse || (r.kind == Kind::Shards && r.shards == 0xfu && !r.write))
+        << sql << " " << route_kind_name(r.kind);
+    EXPECT_FALSE(r.any_shard) << sql;
+  }
+  EXPECT_EQ(route("/* pgvalve: device_id=1 */ COPY telemetry FROM STDIN").kind, Kind::Primary);
+}
+
 TEST_F(ShardRouterTest, KeylessStatements) {
   const Route read = route("SELECT * FROM telemetry WHERE ts > now() - interval '1 hour'");
   EXPECT_EQ(read.kind, Kind::Shards);
