@@ -1,9 +1,11 @@
-// A read over several shards (sharded databases): the client's request is checked out on one
-// server per shard, one after the other in shard order (so two clients never wait for each
-// other's shards), and sent to each as soon as it is linked, so the shards run it in parallel.
-// Each link goes back to the pool when its answer is in; after the last one the client gets the
-// gathered answer (scatter.h). Nothing runs inside a transaction, and an error from any shard,
-// a lost shard or a shard without a server is the client's one error.
+// A statement over several shards (sharded databases): one server per shard is checked out,
+// one after the other in shard order (so two clients never wait for each other's shards), and
+// each is sent its part as soon as it is linked, so the shards run it in parallel. A read's link
+// goes back to the pool when its answer is in; after the last one the client gets the gathered
+// answer (scatter.h). A write's parts are prepared on each shard and committed, one shard after
+// the other, only once every shard prepared its part (else rolled back). Nothing runs inside a
+// client's transaction, and an error from any shard, a lost shard or a shard without a server is
+// the client's one error.
 #include <bit>
 
 #include "protocol/messages.h"
@@ -105,6 +107,9 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
       }
       parts.push_back(std::move(p));
     }
+    if (static_cast<int>(parts.size()) != shards) {
+      return refuse("0A000", "pgvalve could not place this INSERT's rows on their shards");
+    }
   }
   const std::string why = scatter->start(
       frames.substr(0, end), request.sql, request.param_types, plan, statement, shards,
@@ -157,8 +162,10 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
                          last_write_at_ != Clock::time_point{} &&
                          now_ - last_write_at_ < options_.read_your_writes_window;
   for (std::uint64_t rest = route.shards; rest != 0; rest &= rest - 1) {
-    routing::Route part =
-        router_.on_shard(request.sql, context, static_cast<std::uint16_t>(std::countr_zero(rest)));
+    const auto shard = static_cast<std::uint16_t>(std::countr_zero(rest));
+    // A write's parts go to the primaries; a read's follow the replica rules of each shard.
+    routing::Route part = route.write ? routing::Route::primary(shard)
+                                      : router_.on_shard(request.sql, context, shard);
     if (part.kind == routing::Route::Kind::Replica &&
         options_.read_your_writes == config::ReadYourWrites::Lsn) {
       part.after_lsn = write_lsn_;
