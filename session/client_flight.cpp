@@ -498,7 +498,9 @@ bool Session::route_away_from_own_server(std::string_view frames, Link& own, Act
       !self_contained_request(frames, options_.max_message_bytes)) {
     return false;
   }
-  if (options_.read_your_writes == config::ReadYourWrites::Lsn) route.after_lsn = write_lsn_;
+  if (options_.read_your_writes == config::ReadYourWrites::Lsn) {
+    route.after_lsn = read_your_writes_lsn(route.shard);
+  }
   own.may_write = false;
   pending_route_ = route;
   pending_link_ = 1;
@@ -686,7 +688,7 @@ routing::Route Session::route_request(const RequestText& request) {
   routing::Route route = router_.route(request.sql, context);
   if (route.kind == routing::Route::Kind::Replica &&
       options_.read_your_writes == config::ReadYourWrites::Lsn) {
-    route.after_lsn = write_lsn_;
+    route.after_lsn = read_your_writes_lsn(route.shard);
   }
   if (router_.sharded()) {
     routed_request_ = request_identity(request.sql, request.bound ? request.bind_rest : "");

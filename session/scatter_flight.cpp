@@ -168,7 +168,7 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
                                       : router_.on_shard(request.sql, context, shard);
     if (part.kind == routing::Route::Kind::Replica &&
         options_.read_your_writes == config::ReadYourWrites::Lsn) {
-      part.after_lsn = write_lsn_;
+      part.after_lsn = read_your_writes_lsn(shard);
     }
     run.routes.push_back(std::move(part));
   }
@@ -395,6 +395,9 @@ void Session::settle_scatter(std::string& into, Actions& out) {
 
 void Session::finish_scatter(std::string& into, Actions& out) {
   Workspace& w = work();
+  // read_your_writes = time: the client's reads go to primaries for the window after a write.
+  // (With lsn, a write over several shards does not move the marks yet.)
+  if (w.scatter.scatter->write() && w.scatter.commit) last_write_at_ = now_;
   w.scatter.scatter->finish(into);
   w.scatter = {};
   deliver_queued_notifications(into);

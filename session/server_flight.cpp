@@ -230,7 +230,7 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
       if (f.tag == 'E') head.failed = true;
       if (head.internal) {
         if (head.action == kActionPinCheck && f.tag == 'D') read_pin_check(l, f);
-        if (head.action == kActionWalPosition && f.tag == 'D') read_wal_position(f);
+        if (head.action == kActionWalPosition && f.tag == 'D') read_wal_position(l, f);
         return passed;
       }
       if (head.action == kActionEmptyAsTag && f.tag == 'I') {
@@ -605,7 +605,7 @@ void Session::start_wal_position(Link& l, LinkId id, Actions& out) {
   ask_server(l, id, wal_position_message(), kActionWalPosition, out);
 }
 
-void Session::read_wal_position(const pr::Frame& f) {
+void Session::read_wal_position(const Link& l, const pr::Frame& f) {
   pr::Cursor c(f.body);
   auto columns = c.u16();
   if (!columns || *columns != 1) return;
@@ -613,7 +613,11 @@ void Session::read_wal_position(const pr::Frame& f) {
   if (!len || *len < 0) return;
   auto value = c.bytes(static_cast<std::size_t>(*len));
   pr::Lsn lsn = 0;
-  if (value && pr::parse_lsn(*value, lsn) && lsn > write_lsn_) write_lsn_ = lsn;
+  if (!value || !pr::parse_lsn(*value, lsn)) return;
+  // WAL positions of different shards' clusters are not comparable: one mark per shard.
+  const std::size_t shard = l.route.shard;
+  if (shard >= write_lsns_.size()) write_lsns_.resize(shard + 1, 0);
+  if (lsn > write_lsns_[shard]) write_lsns_[shard] = lsn;
 }
 
 }  // namespace pgvalve::session

@@ -174,8 +174,11 @@ class Session {
   LinkId pending_link() const { return pending_link_; }
   // A read over several shards is being carried out: links 0 .. n-1 are its shards' servers.
   bool scattering() const;
-  // The WAL position the client's reads must see (read_your_writes = lsn); 0 before any write.
-  std::uint64_t read_your_writes_lsn() const { return write_lsn_; }
+  // The WAL position the client's reads of `shard` must see (read_your_writes = lsn); 0 before
+  // any write there.
+  std::uint64_t read_your_writes_lsn(std::uint16_t shard = 0) const {
+    return shard < write_lsns_.size() ? write_lsns_[shard] : 0;
+  }
   // Nothing is in flight and no server is linked: the session holds only its durable state.
   bool idle() const { return state_ == SessionState::Idle; }
   // Gives transient memory back to the worker's pool; call when the I/O layer has finished
@@ -322,7 +325,7 @@ class Session {
   // read_your_writes = lsn: asks the primary for its WAL position once the client's write
   // transaction ended, before the server goes back to the pool.
   void start_wal_position(Link& l, LinkId id, Actions& out);
-  void read_wal_position(const protocol::Frame& f);
+  void read_wal_position(const Link& l, const protocol::Frame& f);
 
   // ---- statistics ----
   // The fingerprint of `sql`, computed once per step for the same text (routing and
@@ -380,9 +383,9 @@ class Session {
   LinkId pending_link_ = 0;
   // Session mode: the next request runs on the client's own server (no replica could take it).
   bool stay_on_own_server_ = false;
-  // Read-your-writes: the primary's WAL position after the client's last write (lsn), and when
-  // that write ended (time).
-  std::uint64_t write_lsn_ = 0;
+  // Read-your-writes: per shard, the primary's WAL position after the client's last write there
+  // (lsn; empty until the first), and when the last write ended (time).
+  std::vector<std::uint64_t> write_lsns_;
   Clock::time_point last_write_at_{};
   // SET pgvalve.device_id: the shard key of this client's statements (sharded databases).
   std::string device_id_;

@@ -9,37 +9,64 @@
 //   SESSION_FUZZ_TRACE=1 build-fuzz/session_fuzz <file>   # ... printing every step
 //
 // Input: byte 0 picks the options (pool mode, pin_session_state, timeouts, caps), byte 1 the
-// client's startup parameters; then steps, each an opcode byte and its operands (see play()).
+// client's startup parameters and the database: bit 0x10 makes it sharded (3 shards, md5_mod,
+// tables telemetry and archive, reference table device_types; transaction mode instead of
+// session mode), 0x20 then sends its reads to replicas; without 0x10 it is one shard whose reads
+// go to replicas. Then steps, each an opcode byte and its operands (see play()).
 // Seeds: tests/fuzz/corpus/session_fuzz/ (from tests/fuzz/make_corpus.py).
+//
+// Servers are FakeServers: each answers the frontend messages it was sent, in order, as
+// PostgreSQL would (transaction status, prepared statements and portals, prepared transactions,
+// COPY), when a step says so and with the faults the step picks (an error, an answer cut in two,
+// a FATAL and the connection lost). Raw or canned server bytes (opcodes 4, 5) make a server
+// unfaithful: the invariants that rely on its answers being PostgreSQL's are not checked on it.
 //
 // Invariants (a violation aborts with its name):
 //  - consumed <= the input of the step; events consume nothing;
 //  - chunks are readable, and those pointing into the session's own memory keep their bytes
-//    until the next step from the same source (client, server link, events);
+//    until the next step from the same source (client, one server link, events);
 //  - every state change is allowed by session/state.h's table;
-//  - bytes for a server are whole frontend messages, for a linked server only; bytes for the
-//    client parse as a stream of backend messages (nothing lands inside a message);
-//  - link operations name linked servers only, a server is released only outside a transaction,
-//    and what the session says is linked matches the operations it asked for;
-//  - a checkout is asked for only when the session waits for a server;
+//  - bytes for a server are whole frontend messages, for a linked server only: the link whose
+//    bytes the step read or, for a statement over several shards, another of its links; bytes
+//    for the client parse as a stream of backend messages (nothing lands inside a message);
+//  - link operations name linked servers only, a server is released only outside a transaction
+//    (and, when it answered faithfully, with nothing left to answer), and what the session says
+//    is linked matches the operations it asked for;
+//  - a checkout is asked for only when the session waits for a server; over several shards, one
+//    per shard in shard order, as links 0, 1, 2, ..., none held before the first;
+//  - a faithful server is never sent a Bind or Describe of a pgvalve-named statement it does not
+//    have, nor a Parse of one it has;
+//  - two-phase commit: a write is committed (COMMIT PREPARED) only when every shard's server
+//    prepared it and is still linked, never both committed and rolled back, decided only where
+//    it was prepared and on one server at a time; a faithful server keeps nothing prepared once
+//    the statement is answered; a rolled-back write is an error for the client, and a statement
+//    over several shards is answered with one ReadyForQuery, with no server held after it;
 //  - after close_client nothing more is written or asked; after on_client_gone no server is held;
 //  - pinned_change keeps pinned() and the pool's count equal;
 //  - a request that waited resumes in a bounded number of steps.
+#include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "protocol/frame.h"
 #include "protocol/messages.h"
+#include "protocol/wire.h"
 #include "routing/router.h"
+#include "routing/statement.h"
 #include "session/session.h"
 #include "session/state.h"
 #include "tests/support/fresh_server.h"
@@ -138,10 +165,68 @@ const char* const kSql[] = {
     "DO $$BEGIN SET search_path = x; END$$",
     "DO $$BEGIN CREATE TEMP TABLE t (a int); END$$",
     "select 1/0",
+    // Added after the first ones, so that older inputs keep their statements. For a sharded
+    // database: reads and writes over several shards (scatter, two-phase commit), one shard,
+    // refusals; on one shard they are plain statements.
+    "SELECT count(*) FROM telemetry",
+    "SELECT * FROM telemetry ORDER BY device_id LIMIT 2",
+    "SELECT device_id, count(*) FROM telemetry GROUP BY device_id",
+    "SELECT * FROM telemetry WHERE device_id IN (1, 2, 3)",
+    "SELECT * FROM telemetry WHERE device_id = $1",
+    "/* pgvalve: all_shards */ DELETE FROM telemetry",
+    "INSERT INTO telemetry (device_id, v) VALUES (1, 'a'), (2, 'b')",
+    "INSERT INTO telemetry (device_id, v) VALUES ($1, $2), ($3, $4), ($5, $6)",
+    "UPDATE archive SET v = 'x' WHERE device_id IN (1, 2, 3)",
+    "CREATE TABLE archive (device_id bigint)",
+    "INSERT INTO device_types VALUES (1, 'x')",
+    "SELECT * FROM device_types",
+    "SET pgvalve.device_id = 2",
+    "/* pgvalve: shard=s1 */ select 1",
+    "SELECT avg(v) FROM telemetry",
+    "SELECT count(*) FROM telemetry LIMIT $1",
 };
 constexpr std::size_t kSqlCount = sizeof kSql / sizeof kSql[0];
 
 const char* const kNames[] = {"", "s1", "s2", "p"};
+
+bool contains_ci(std::string_view hay, std::string_view needle) {
+  if (needle.size() > hay.size()) return false;
+  for (std::size_t i = 0; i + needle.size() <= hay.size(); ++i) {
+    std::size_t k = 0;
+    while (k < needle.size() && std::tolower(static_cast<unsigned char>(hay[i + k])) ==
+                                    std::tolower(static_cast<unsigned char>(needle[k]))) {
+      ++k;
+    }
+    if (k == needle.size()) return true;
+  }
+  return false;
+}
+
+// The highest $n of `sql` (at most 9).
+int max_param(std::string_view sql) {
+  int n = 0;
+  for (std::size_t i = 0; i + 1 < sql.size(); ++i) {
+    if (sql[i] == '$' && sql[i + 1] >= '1' && sql[i + 1] <= '9') n = std::max(n, sql[i + 1] - '0');
+  }
+  return n;
+}
+
+// A Bind's body after its names with a text value for each $n of `sql` (none: the same bytes as
+// protocol::kBindWithoutParameters).
+std::string bind_rest_for(std::string_view sql) {
+  static const char* const values[] = {"1", "a", "2", "b", "3", "c", "4", "d", "5"};
+  const int n = max_param(sql);
+  std::string rest;
+  protocol::append_i16(rest, 0);
+  protocol::append_i16(rest, static_cast<std::int16_t>(n));
+  for (int i = 0; i < n; ++i) {
+    const std::string_view v = values[i];
+    protocol::append_i32(rest, static_cast<std::int32_t>(v.size()));
+    rest += v;
+  }
+  protocol::append_i16(rest, 0);
+  return rest;
+}
 
 std::string client_message(Reader& in) {
   std::string out;
@@ -157,7 +242,7 @@ std::string client_message(Reader& in) {
       protocol::append_parse(out, name, sql, {});
       break;
     case 3:
-      protocol::append_bind(out, kind & 0x80 ? "p" : "", name, protocol::kBindWithoutParameters);
+      protocol::append_bind(out, kind & 0x80 ? "p" : "", name, bind_rest_for(sql));
       break;
     case 4:
       protocol::append_describe(out, kind & 0x80 ? 'P' : 'S', name);
@@ -190,7 +275,7 @@ std::string client_message(Reader& in) {
     case 14:
       // A whole extended flight of one statement.
       protocol::append_parse(out, name, sql, {});
-      protocol::append_bind(out, "", name, protocol::kBindWithoutParameters);
+      protocol::append_bind(out, "", name, bind_rest_for(sql));
       if (kind & 0x10) protocol::append_describe(out, 'P', "");
       protocol::append_execute(out, "", 0);
       protocol::append_sync(out);
@@ -317,13 +402,640 @@ std::string server_message(Reader& in) {
   return out;
 }
 
+// ---- Servers that answer as PostgreSQL would ----------------------------------------------------
+
+// A server as the session sees it through its link: it answers the frontend messages it was sent,
+// in order, following what PostgreSQL does with them (transaction status, prepared statements and
+// portals, prepared transactions, COPY from stdin), with the faults a step asks for. The answers
+// are shaped so that a statement over several shards can be gathered: the same columns on every
+// shard for the same statement, count(*) as one int8, rows in device_id order.
+class FakeServer {
+ public:
+  // False once bytes that are not this model's answers reached the session for this server (raw
+  // or canned server bytes): the session's view of it may then differ from the model's.
+  bool faithful = true;
+  char tx = 'I';
+  std::deque<std::string> queue;  // frontend messages not answered yet
+  std::string unsent;             // answer bytes made but not delivered yet (an answer cut)
+  std::set<std::string> prepared;  // prepared transactions, by their gid literal ('...')
+
+  void receive(std::string_view bytes) {
+    while (!bytes.empty()) {
+      auto r = protocol::decode_frame(bytes, 1u << 30);
+      if (r.status != protocol::DecodeStatus::Ok) return;  // checked whole by the caller
+      queue.emplace_back(r.frame.whole);
+      bytes.remove_prefix(r.frame.whole.size());
+    }
+  }
+
+  bool idle() const { return queue.empty() && unsent.empty() && !copy_in_; }
+
+  // A COMMIT PREPARED or ROLLBACK PREPARED waits for its answer here.
+  bool decision_queued() const {
+    for (const std::string& m : queue) {
+      if (m[0] != 'Q') continue;
+      const auto k = routing::classify(std::string_view(m).substr(5)).kind;
+      if (k == routing::StatementKind::CommitPrepared ||
+          k == routing::StatementKind::RollbackPrepared) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  // Given back to the pool (the pool drops what it was not sent).
+  void released() {
+    queue.clear();
+    unsent.clear();
+    copy_in_ = false;
+    skipping_ = false;
+  }
+  // What LinkOp::CleanAndRelease's statement leaves.
+  void clean(std::string_view sql) {
+    released();
+    if (sql.empty()) return;
+    tx = 'I';
+    portals_.clear();
+    if (sql == "DISCARD ALL") statements_.clear();
+  }
+
+  // Answers the next messages: `unit` 0: up to the end of the next request (a Query, Sync or
+  // FunctionCall answered with ReadyForQuery); else that many messages. `fail`: the first
+  // statement (or Parse, Bind, Execute) that can fail does. `v` shapes the answers.
+  std::string answer(int unit, bool fail, std::uint8_t v) {
+    std::string out = std::move(unsent);
+    unsent.clear();
+    int answered = 0;
+    while (!queue.empty()) {
+      const std::string m = std::move(queue.front());
+      queue.pop_front();
+      if (one(m, fail, v, out)) fail = false;
+      ++answered;
+      const char tag = m[0];
+      if (unit == 0 ? (tag == 'Q' || tag == 'S' || tag == 'F' || tag == 'c' || tag == 'f')
+                    : answered >= unit) {
+        break;
+      }
+    }
+    return out;
+  }
+
+ private:
+  struct Statement {
+    std::string sql;
+    int params = 0;
+  };
+  struct Portal {
+    std::string sql;
+    bool done = false;  // suspended and resumed: nothing left
+  };
+  struct Column {
+    std::string_view name;
+    std::int32_t type;
+    std::int16_t size;
+  };
+
+  static void error(std::string& out, std::string_view sqlstate, std::string_view message,
+                    std::string_view severity = "ERROR") {
+    protocol::ErrorFields e;
+    e.severity = severity;
+    e.sqlstate = sqlstate;
+    e.message = message;
+    protocol::append_error_response(out, e);
+  }
+  // An error inside a statement: an open transaction is aborted.
+  bool fail_statement(std::string& out, std::string_view sqlstate, std::string_view message) {
+    error(out, sqlstate, message);
+    if (tx == 'T') tx = 'E';
+    return false;
+  }
+  // An error of an extended-protocol message: the rest up to Sync is skipped.
+  void fail_extended(std::string& out, std::string_view sqlstate, std::string_view message) {
+    fail_statement(out, sqlstate, message);
+    skipping_ = true;
+  }
+  void ready(std::string& out) {
+    protocol::append_ready_for_query(out, tx);
+    if (tx == 'I') portals_.clear();  // the transaction's end closes its portals
+  }
+  static bool exits_transaction(routing::StatementKind k) {
+    return k == routing::StatementKind::Commit || k == routing::StatementKind::Rollback ||
+           k == routing::StatementKind::RollbackToSavepoint;
+  }
+  static bool returns_rows(routing::StatementKind k) {
+    return k == routing::StatementKind::Select || k == routing::StatementKind::Show ||
+           k == routing::StatementKind::Explain || k == routing::StatementKind::Execute;
+  }
+
+  // The columns of a statement's rows, the same for the same text on every server.
+  static std::vector<Column> columns_for(std::string_view sql) {
+    if (contains_ci(sql, "pg_locks")) {  // the pin check: five counts
+      return std::vector<Column>(5, Column{"count", 20, 8});
+    }
+    if (contains_ci(sql, "pg_current_wal_lsn")) return {{"pg_current_wal_lsn", 3220, 8}};
+    if (contains_ci(sql, "count(")) {
+      if (contains_ci(sql, "device_id,")) return {{"device_id", 20, 8}, {"count", 20, 8}};
+      return {{"count", 20, 8}};
+    }
+    if (contains_ci(sql, "avg(")) return {{"avg", 1700, -1}};
+    if (contains_ci(sql, "telemetry") || contains_ci(sql, "archive") ||
+        contains_ci(sql, "device_types")) {
+      return {{"device_id", 20, 8}, {"v", 25, -1}};
+    }
+    if (routing::classify(sql).kind == routing::StatementKind::Show) return {{"setting", 25, -1}};
+    return {{"?column?", 23, 4}};
+  }
+  static void describe_rows(std::string_view sql, std::string& out) {
+    if (!returns_rows(routing::classify(sql).kind)) {
+      protocol::append_no_data(out);
+      return;
+    }
+    const std::size_t at = protocol::begin_message(out, 'T');
+    const auto columns = columns_for(sql);
+    protocol::append_i16(out, static_cast<std::int16_t>(columns.size()));
+    for (const Column& c : columns) {
+      protocol::append_cstr(out, c.name);
+      protocol::append_i32(out, 0);
+      protocol::append_i16(out, 0);
+      protocol::append_i32(out, c.type);
+      protocol::append_i16(out, c.size);
+      protocol::append_i32(out, -1);
+      protocol::append_i16(out, 0);
+    }
+    protocol::end_message(out, at);
+  }
+  // The rows of a statement that returns rows, and its CommandComplete (or PortalSuspended when
+  // `max_rows` cuts them).
+  void rows(std::string_view sql, std::string_view tag, bool describe, std::uint8_t v,
+            std::int32_t max_rows, Portal* portal, std::string& out) {
+    if (describe) describe_rows(sql, out);
+    const auto columns = columns_for(sql);
+    const bool one_row = columns.size() == 5 || columns[0].type == 3220 ||
+                         (columns.size() == 1 && columns[0].name != "v");
+    int n = one_row ? 1 : (v >> 3) % 4;
+    if (portal && portal->done) n = 0;
+    bool suspended = false;
+    if (max_rows > 0 && n > max_rows) {
+      n = max_rows;
+      suspended = true;
+    }
+    for (int i = 0; i < n; ++i) {
+      std::vector<std::string> text;
+      for (std::size_t c = 0; c < columns.size(); ++c) {
+        const Column& col = columns[c];
+        if (columns.size() == 5) {
+          text.emplace_back(c == 0 && (v & 0x40) ? "1" : "0");
+        } else if (col.type == 3220) {
+          text.emplace_back("0/" + std::to_string(1000 + v));
+        } else if (col.name == "device_id") {
+          text.emplace_back(std::to_string(v % 5 + 2 * i));
+        } else if (col.name == "count") {
+          text.emplace_back(std::to_string(v % 7));
+        } else if (col.type == 1700) {
+          text.emplace_back("1.5");
+        } else if (col.type == 23) {
+          text.emplace_back("1");
+        } else {
+          text.emplace_back(v & 0x80 ? "" : "x");
+        }
+      }
+      std::vector<std::optional<std::string_view>> values;
+      for (const std::string& t : text) {
+        if (t.empty()) {
+          values.emplace_back(std::nullopt);
+        } else {
+          values.emplace_back(t);
+        }
+      }
+      protocol::append_data_row(out, values);
+    }
+    if (suspended) {
+      if (portal) portal->done = true;
+      out += std::string("s\0\0\0\4", 5);
+      return;
+    }
+    protocol::append_command_complete(out, tag.empty() ? "SELECT " + std::to_string(n)
+                                                        : std::string(tag));
+  }
+
+  static std::string upper_word(std::string_view text) {
+    std::string w;
+    for (char c : text) {
+      if (!std::isalpha(static_cast<unsigned char>(c))) break;
+      w += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    }
+    return w.empty() ? "OK" : w;
+  }
+
+  // One statement; false when it failed (its ErrorResponse is in `out`). `simple`: of a Query
+  // (its rows have a RowDescription).
+  bool statement(const routing::StatementInfo& info, bool simple, bool fail, std::uint8_t v,
+                 std::string& out, std::int32_t max_rows = 0, Portal* portal = nullptr) {
+    using K = routing::StatementKind;
+    const K k = info.kind;
+    if (tx == 'E' && !exits_transaction(k)) {
+      return fail_statement(out, "25P02",
+                            "current transaction is aborted, commands ignored until end of "
+                            "transaction block");
+    }
+    if (fail || contains_ci(info.text, "1/0")) {
+      std::string_view sqlstate = "22012";
+      if (fail) {
+        sqlstate = k == K::PrepareTransaction ? (v & 0x20 ? "55000" : "40001")
+                   : (k == K::Insert || k == K::Update || k == K::Delete) ? "23505"
+                                                                           : "42P01";
+      }
+      if (k == K::PrepareTransaction) {
+        // A PREPARE TRANSACTION that fails rolls the transaction back.
+        error(out, sqlstate, "prepared transactions are disabled");
+        tx = 'I';
+        return false;
+      }
+      return fail_statement(out, sqlstate, "fault");
+    }
+    auto tag = [&](std::string_view t) {
+      protocol::append_command_complete(out, t);
+      return true;
+    };
+    const std::string name(info.name.view());
+    const std::string value(info.value);
+    switch (k) {
+      case K::Begin:
+        if (tx == 'I') tx = 'T';
+        return tag("BEGIN");
+      case K::Commit: {
+        const bool failed = tx == 'E';
+        tx = 'I';
+        return tag(failed ? "ROLLBACK" : "COMMIT");
+      }
+      case K::Rollback:
+        tx = 'I';
+        return tag("ROLLBACK");
+      case K::RollbackToSavepoint:
+        if (tx == 'I') return fail_statement(out, "25P01", "no transaction block");
+        tx = 'T';
+        return tag("ROLLBACK");
+      case K::Savepoint:
+        if (tx == 'I') return fail_statement(out, "25P01", "no transaction block");
+        return tag("SAVEPOINT");
+      case K::Release:
+        if (tx == 'I') return fail_statement(out, "25P01", "no transaction block");
+        return tag("RELEASE");
+      case K::PrepareTransaction:
+        if (tx == 'T') {
+          prepared.insert(value);
+          tx = 'I';
+          return tag("PREPARE TRANSACTION");
+        }
+        tx = 'I';
+        return tag("ROLLBACK");
+      case K::CommitPrepared:
+      case K::RollbackPrepared:
+        if (tx != 'I') {
+          return fail_statement(out, "25001", "cannot run inside a transaction block");
+        }
+        if (prepared.erase(value) == 0) {
+          return fail_statement(out, "42704", "prepared transaction does not exist");
+        }
+        return tag(k == K::CommitPrepared ? "COMMIT PREPARED" : "ROLLBACK PREPARED");
+      case K::Set: {
+        static const std::pair<std::string_view, std::string_view> reported[] = {
+            {"application_name", "application_name"},
+            {"timezone", "TimeZone"},
+            {"datestyle", "DateStyle"},
+            {"client_encoding", "client_encoding"}};
+        for (const auto& [lower, canonical] : reported) {
+          if (name != lower) continue;
+          std::string_view text = info.value;
+          if (text.size() >= 2 && text.front() == '\'' && text.back() == '\'') {
+            text = text.substr(1, text.size() - 2);
+          }
+          protocol::append_parameter_status(out, canonical, text);
+        }
+        return tag("SET");
+      }
+      case K::SetLocal:
+      case K::SetTransaction:
+        return tag("SET");
+      case K::Reset:
+      case K::ResetAll:
+        return tag("RESET");
+      case K::Discard:
+        if (!info.discard_all) return tag("DISCARD");
+        if (tx != 'I') {
+          return fail_statement(out, "25001", "DISCARD ALL cannot run inside a transaction block");
+        }
+        statements_.clear();
+        portals_.clear();
+        return tag("DISCARD ALL");
+      case K::Deallocate:
+        if (info.all) {
+          auto unnamed = statements_.find("");
+          std::optional<Statement> keep;
+          if (unnamed != statements_.end()) keep = unnamed->second;
+          statements_.clear();
+          if (keep) statements_[""] = *keep;
+          return tag("DEALLOCATE ALL");
+        }
+        if (statements_.erase(name) == 0) {
+          return fail_statement(out, "26000", "prepared statement does not exist");
+        }
+        return tag("DEALLOCATE");
+      case K::Prepare: {
+        if (statements_.count(name)) {
+          return fail_statement(out, "42P05", "prepared statement already exists");
+        }
+        std::string_view text = info.text;
+        std::size_t as = 0;
+        for (std::size_t i = 0; i + 4 <= text.size(); ++i) {
+          if (contains_ci(text.substr(i, 4), " AS ")) {
+            as = i + 4;
+            break;
+          }
+        }
+        statements_[name] = {std::string(text.substr(as)), 0};
+        return tag("PREPARE");
+      }
+      case K::Execute: {
+        auto it = statements_.find(name);
+        if (it == statements_.end()) {
+          return fail_statement(out, "26000", "prepared statement does not exist");
+        }
+        const std::string sql = it->second.sql;
+        rows(sql, {}, simple, v, max_rows, portal, out);
+        return true;
+      }
+      case K::Listen:
+        return tag("LISTEN");
+      case K::Unlisten:
+        return tag("UNLISTEN");
+      case K::Notify:
+        return tag("NOTIFY");
+      case K::Show:
+        rows(info.text, "SHOW", simple, v, max_rows, portal, out);
+        return true;
+      case K::Select:
+      case K::Explain:
+        rows(info.text, k == K::Explain ? "EXPLAIN" : "", simple, v, max_rows, portal, out);
+        return true;
+      case K::Insert:
+        return tag("INSERT 0 " + std::to_string(1 + v % 3));
+      case K::Update:
+        return tag("UPDATE " + std::to_string(v % 4));
+      case K::Delete:
+        return tag("DELETE " + std::to_string(v % 4));
+      case K::Copy:
+        if (contains_ci(info.text, "stdin")) {
+          out += std::string("G\0\0\0\7\0\0\0", 8);  // CopyInResponse, text, no columns
+          copy_in_ = true;
+          copy_simple_ = simple;
+          return true;
+        }
+        out += std::string("H\0\0\0\7\0\0\0", 8);  // CopyOutResponse
+        out += std::string("d\0\0\0\6a\n", 7);
+        out += std::string("c\0\0\0\4", 5);
+        return tag("COPY 1");
+      case K::Declare:
+        return tag("DECLARE CURSOR");
+      case K::Close:
+        return tag("CLOSE CURSOR");
+      case K::Create:
+        return tag("CREATE TABLE");
+      case K::Alter:
+        return tag("ALTER TABLE");
+      case K::Drop:
+        return tag("DROP TABLE");
+      default:
+        return tag(upper_word(info.text));
+    }
+  }
+
+  // A simple Query; true when it used `fail`.
+  bool query(std::string_view sql, bool fail, std::uint8_t v, std::string& out) {
+    bool any = false;
+    bool used = false;
+    for (std::size_t pos = 0; pos < sql.size();) {
+      const routing::StatementInfo info = routing::classify(sql.substr(pos));
+      if (info.kind == routing::StatementKind::Empty) break;
+      used = used || fail;
+      any = true;
+      const bool ok = statement(info, true, fail, v, out);
+      fail = false;
+      if (!ok || copy_in_ || info.next_offset == 0) break;
+      pos += info.next_offset;
+    }
+    if (!any) protocol::append_empty_query_response(out);
+    if (!copy_in_) ready(out);
+    return used;
+  }
+
+  // A message the model cannot read: PostgreSQL would end the connection; the session is not
+  // expected to follow.
+  bool unreadable(std::string& out) {
+    faithful = false;
+    fail_extended(out, "08P01", "invalid message");
+    return false;
+  }
+
+  static bool pgvalve_named(std::string_view name) { return name.starts_with("pgv_"); }
+
+  // Answers one message; true when it used `fail`.
+  bool one(const std::string& m, bool fail, std::uint8_t v, std::string& out) {
+    const auto r = protocol::decode_frame(m, 1u << 30);
+    const protocol::Frame& f = r.frame;
+    if (copy_in_) {
+      switch (f.tag) {
+        case 'd':
+        case 'H':
+        case 'S':
+          return false;  // ignored during COPY from stdin
+        case 'c':
+          copy_in_ = false;
+          protocol::append_command_complete(out, "COPY 1");
+          if (copy_simple_) ready(out);
+          return false;
+        default:
+          copy_in_ = false;
+          if (f.tag == 'f') {
+            error(out, "57014", "COPY from stdin failed");
+          } else {
+            error(out, "08P01", "unexpected message type during COPY from stdin");
+          }
+          if (tx == 'T') tx = 'E';
+          if (copy_simple_) {
+            ready(out);
+          } else {
+            skipping_ = true;
+          }
+          return false;
+      }
+    }
+    if (skipping_ && f.tag != 'S') return false;
+    switch (f.tag) {
+      case 'Q': {
+        const auto sql = protocol::read_query(f);
+        if (!sql) return unreadable(out);
+        return query(*sql, fail, v, out);
+      }
+      case 'P': {
+        const auto p = protocol::read_parse(f);
+        if (!p) return unreadable(out);
+        const routing::StatementInfo info = routing::classify(p->query);
+        if (tx == 'E' && !exits_transaction(info.kind)) {
+          fail_extended(out, "25P02", "current transaction is aborted");
+          return false;
+        }
+        if (fail) {
+          fail_extended(out, "42601", "syntax error");
+          return true;
+        }
+        if (info.multiple_statements) {
+          fail_extended(out, "42601", "cannot insert multiple commands into a prepared statement");
+          return false;
+        }
+        const std::string name(p->statement);
+        if (!name.empty() && statements_.count(name)) {
+          if (faithful && pgvalve_named(name)) {
+            violated("pgvalve prepares a statement the server already has", __LINE__);
+          }
+          fail_extended(out, "42P05", "prepared statement already exists");
+          return false;
+        }
+        statements_[name] = {std::string(p->query),
+                             std::max<int>(max_param(p->query), p->param_count())};
+        protocol::append_parse_complete(out);
+        return false;
+      }
+      case 'B': {
+        const auto b = protocol::read_bind(f);
+        if (!b) return unreadable(out);
+        const auto it = statements_.find(std::string(b->statement));
+        if (it == statements_.end()) {
+          if (faithful && pgvalve_named(b->statement)) {
+            violated("pgvalve binds a statement the server does not have", __LINE__);
+          }
+          fail_extended(out, "26000", "prepared statement does not exist");
+          return false;
+        }
+        if (tx == 'E' && !exits_transaction(routing::classify(it->second.sql).kind)) {
+          fail_extended(out, "25P02", "current transaction is aborted");
+          return false;
+        }
+        if (fail) {
+          fail_extended(out, "22P02", "invalid input syntax");
+          return true;
+        }
+        if (static_cast<int>(b->params.size()) != it->second.params) {
+          fail_extended(out, "08P01", "bind message supplies the wrong number of parameters");
+          return false;
+        }
+        const std::string portal(b->portal);
+        if (!portal.empty() && portals_.count(portal)) {
+          fail_extended(out, "42P03", "portal already exists");
+          return false;
+        }
+        portals_[portal] = {it->second.sql};
+        protocol::append_bind_complete(out);
+        return false;
+      }
+      case 'D': {
+        const auto d = protocol::read_describe(f);
+        if (!d) return unreadable(out);
+        if (d->kind == 'S') {
+          const auto it = statements_.find(std::string(d->name));
+          if (it == statements_.end()) {
+            if (faithful && pgvalve_named(d->name)) {
+              violated("pgvalve describes a statement the server does not have", __LINE__);
+            }
+            fail_extended(out, "26000", "prepared statement does not exist");
+            return false;
+          }
+          const std::size_t at = protocol::begin_message(out, 't');
+          protocol::append_i16(out, static_cast<std::int16_t>(it->second.params));
+          for (int i = 0; i < it->second.params; ++i)
+            protocol::append_i32(out, 25);
+          protocol::end_message(out, at);
+          describe_rows(it->second.sql, out);
+          return false;
+        }
+        const auto it = portals_.find(std::string(d->name));
+        if (it == portals_.end()) {
+          fail_extended(out, "34000", "portal does not exist");
+          return false;
+        }
+        describe_rows(it->second.sql, out);
+        return false;
+      }
+      case 'E': {
+        const auto e = protocol::read_execute(f);
+        if (!e) return unreadable(out);
+        const auto it = portals_.find(std::string(e->portal));
+        if (it == portals_.end()) {
+          fail_extended(out, "34000", "portal does not exist");
+          return false;
+        }
+        const std::string sql = it->second.sql;
+        const routing::StatementInfo info = routing::classify(sql);
+        if (info.kind == routing::StatementKind::Empty) {
+          protocol::append_empty_query_response(out);
+          return false;
+        }
+        if (!statement(info, false, fail, v, out, e->max_rows, &it->second)) skipping_ = true;
+        return fail;
+      }
+      case 'C': {
+        const auto c = protocol::read_close(f);
+        if (!c) return unreadable(out);
+        if (c->kind == 'S') {
+          statements_.erase(std::string(c->name));
+        } else {
+          portals_.erase(std::string(c->name));
+        }
+        protocol::append_close_complete(out);
+        return false;
+      }
+      case 'S':
+        skipping_ = false;
+        ready(out);
+        return false;
+      case 'F':
+        if (tx == 'E') {
+          error(out, "25P02", "current transaction is aborted");
+        } else {
+          out += std::string("V\0\0\0\x8\xff\xff\xff\xff", 9);  // FunctionCallResponse, NULL
+        }
+        ready(out);
+        return false;
+      case 'H':  // Flush: what is due was sent
+      case 'X':
+      case 'd':  // COPY messages outside COPY are ignored
+      case 'c':
+      case 'f':
+        return false;
+      default:
+        return unreadable(out);
+    }
+  }
+
+  std::map<std::string, Statement> statements_;  // "" is the unnamed statement
+  std::map<std::string, Portal> portals_;
+  bool skipping_ = false;  // an extended-protocol message failed: the rest up to Sync is skipped
+  bool copy_in_ = false;
+  bool copy_simple_ = false;
+};
+
 // ---- The I/O layer, with checks ----------------------------------------------------------------
 
 enum class Source { Client, Server, Event };
 
+constexpr LinkId kMaxLinks = 4;
+constexpr LinkId kAnyLink = 0xff;  // a client step that may write to any linked server
+constexpr int kShardCount = 3;
+
 // Bytes of a chunk pointing into the session's own memory, to compare later.
 struct Kept {
   Source source;
+  LinkId link;  // of a server step
   const char* data;
   std::string copy;
 };
@@ -331,7 +1043,10 @@ struct Kept {
 class Harness {
  public:
   explicit Harness(std::uint8_t options_byte, std::uint8_t startup_byte)
-      : options_(options_for(options_byte)), session_(options_, router_, workspaces_, &recorder_) {
+      : sharded_((startup_byte & 0x10) != 0),
+        options_(options_for(options_byte, sharded_)),
+        router_(make_router(startup_byte)),
+        session_(options_, router_, workspaces_, &recorder_) {
     auto defaults = std::make_shared<const session::ServerParameters>(
         session::ServerParameters{{"DateStyle", "ISO, MDY"},
                                   {"TimeZone", "UTC"},
@@ -347,7 +1062,8 @@ class Harness {
       server = new_server();
       linked_[0] = server;
     }
-    step(session_.start(startup, defaults, {1, 2}, server, now_), Source::Client, {}, server);
+    Reader none(nullptr, 0);
+    step(session_.start(startup, defaults, {1, 2}, server, now_), Source::Client, {}, none, 0);
   }
 
   void play(Reader& in) {
@@ -370,40 +1086,42 @@ class Harness {
           client_bytes(m, in);
           break;
         }
-        case 4:
-          server_bytes(in.bytes(in.byte()), in);
+        case 4: {
+          const LinkId id = server_to_read(op);
+          server_bytes(id, in.bytes(in.byte()), in, false);
           break;
-        case 5:
-        case 6: {
+        }
+        case 5: {
+          const LinkId id = server_to_read(op);
           std::string m = server_message(in);
-          server_bytes(m, in);
+          server_bytes(id, m, in, false);
           break;
         }
-        case 7: {
-          // Either linked server may die (session mode holds two while a read runs on a replica).
-          const LinkId id = linked_[1] && (in.byte() & 1) ? 1 : 0;
-          step(session_.on_server_lost(id, now_), Source::Event, {}, nullptr, in);
+        case 6:
+          answer(in);
           break;
-        }
+        case 7:
+          lose_server(in);
+          break;
         case 8:
           now_ += std::chrono::milliseconds(in.byte() * 37);
-          step(session_.on_timer(now_), Source::Event, {}, nullptr, in);
+          step(session_.on_timer(now_), Source::Event, {}, in);
           break;
         case 9: {
           std::string n;
           const std::string payload(in.byte() * 4, 'p');
           protocol::append_notification_response(n, {9, "jobs", payload});
           const std::size_t unsent = static_cast<std::size_t>(in.byte()) * 8192;
-          step(session_.on_notification(n, unsent), Source::Event, {}, nullptr, in);
+          step(session_.on_notification(n, unsent), Source::Event, {}, in);
           break;
         }
         case 10: {
           const bool error = in.byte() & 1;
           if (error) {
             step(session_.on_hub_done(std::string_view("pgvalve: hub down")), Source::Event, {},
-                 nullptr, in);
+                 in);
           } else {
-            step(session_.on_hub_done(std::nullopt), Source::Event, {}, nullptr, in);
+            step(session_.on_hub_done(std::nullopt), Source::Event, {}, in);
           }
           break;
         }
@@ -411,11 +1129,11 @@ class Harness {
           client_gone(in);
           break;
         case 12:
-          step(session_.on_drain(), Source::Event, {}, nullptr, in);
+          step(session_.on_drain(), Source::Event, {}, in);
           break;
         case 13:
           if (in.byte() % 4 == 0) {
-            step(session_.on_client_memory_exhausted(), Source::Event, {}, nullptr, in);
+            step(session_.on_client_memory_exhausted(), Source::Event, {}, in);
           }
           break;
         case 14:
@@ -427,9 +1145,10 @@ class Harness {
           break;
         default: {
           // Bytes from a server that is not linked (any more): consumed and dropped.
-          if (linked_[0]) break;
+          const LinkId id = sharded_ ? static_cast<LinkId>((op >> 4) % kMaxLinks) : 0;
+          if (linked_[id]) break;
           const std::string m = server_message(in);
-          const Actions& a = session_.on_server_data(0, m, now_);
+          const Actions& a = session_.on_server_data(id, m, now_);
           CHECK(a.consumed == m.size());
           CHECK(!a.writes());
           CHECK(a.link_ops.empty());
@@ -442,14 +1161,15 @@ class Harness {
   }
 
  private:
-  static session::SessionOptions options_for(std::uint8_t b) {
+  static session::SessionOptions options_for(std::uint8_t b, bool sharded) {
     session::SessionOptions o;
     switch (b % 3) {
       case 0:
         o.mode = config::PoolMode::Transaction;
         break;
       case 1:
-        o.mode = config::PoolMode::Session;
+        // A sharded database cannot be used in session mode (config/load.cpp refuses it).
+        o.mode = sharded ? config::PoolMode::Transaction : config::PoolMode::Session;
         break;
       default:
         o.mode = config::PoolMode::Statement;
@@ -467,9 +1187,109 @@ class Harness {
     return o;
   }
 
+  static routing::ShardingPolicy sharding_policy() {
+    routing::ShardingPolicy p;
+    p.tables = {"telemetry", "archive"};
+    p.reference_tables = {"device_types"};
+    p.map = routing::ShardMap(routing::ShardHash::Md5Mod, routing::KeyType::Auto, kShardCount, {});
+    p.shard_names = {"s0", "s1", "s2"};
+    return p;
+  }
+
+  // One shard whose reads go to replicas; or three shards (reads to replicas with 0x20).
+  routing::Router make_router(std::uint8_t startup_byte) {
+    if (!sharded_) {
+      return routing::Router{1, routing::RoutingPolicy{true, &write_functions_}, &decisions_};
+    }
+    const bool split = (startup_byte & 0x20) != 0;
+    return routing::Router{
+        kShardCount, routing::RoutingPolicy{split, &write_functions_, &sharding_, 1}, &decisions_};
+  }
+
   ServerState* new_server() {
     servers_.push_back(session::testing::fresh_server_state());
     return servers_.back().get();
+  }
+
+  FakeServer& fake(const ServerState* server) { return fakes_[server]; }
+
+  bool is_linked(const ServerState* server) const {
+    return std::find(std::begin(linked_), std::end(linked_), server) != std::end(linked_);
+  }
+
+  int linked_ids(LinkId (&ids)[kMaxLinks]) const {
+    int n = 0;
+    for (LinkId i = 0; i < kMaxLinks; ++i) {
+      if (linked_[i]) ids[n++] = i;
+    }
+    return n;
+  }
+
+  // The link whose server sends bytes: one shard's replica link while it has one (as before
+  // sharding); for a sharded database the high bits of the opcode pick one (0: the last).
+  LinkId server_to_read(std::uint8_t op) const {
+    if (!sharded_) return linked_[1] ? 1 : 0;
+    LinkId ids[kMaxLinks];
+    const int n = linked_ids(ids);
+    if (n == 0) return 0;
+    return (op >> 4) == 0 ? ids[n - 1] : ids[(op >> 4) % n];
+  }
+
+  void lose_server(Reader& in) {
+    const std::uint8_t b = in.byte();
+    LinkId id = 0;
+    if (!sharded_) {
+      // Either linked server may die (session mode holds two while a read runs on a replica).
+      id = linked_[1] && (b & 1) ? 1 : 0;
+    } else {
+      LinkId ids[kMaxLinks];
+      const int n = linked_ids(ids);
+      id = n == 0 ? 0 : ids[b % n];
+    }
+    step(session_.on_server_lost(id, now_), Source::Event, {}, in);
+  }
+
+  // A server answers what it was sent, as PostgreSQL would. Operands: `sel` picks the server
+  // (bits 0-1: among the linked servers the session reads), how much it answers (bits 2-4: 0 the
+  // next request up to its ReadyForQuery, else that many messages) and the fault (bits 5-7: 4 an
+  // error, 5 the answer cut in two, the rest sent by a later answer, 6 a FATAL after part of it
+  // and the connection lost, 7 an error and a cut); `v` shapes the answer (rows, values, which
+  // error).
+  void answer(Reader& in) {
+    const std::uint8_t sel = in.byte();
+    const std::uint8_t v = in.byte();
+    LinkId ids[kMaxLinks];
+    int n = 0;
+    for (LinkId i = 0; i < kMaxLinks; ++i) {
+      if (linked_[i] && session_.wants_server_input(i)) ids[n++] = i;
+    }
+    if (n == 0) return;
+    const LinkId id = ids[(sel & 3) % n];
+    ServerState* server = linked_[id];
+    FakeServer& f = fake(server);
+    const int unit = (sel >> 2) & 7;
+    const int fault = sel >> 5;
+    std::string bytes = f.answer(unit, fault == 4 || fault == 7, v);
+    if (fault >= 5) {
+      const std::size_t cut = bytes.size() * v / 256;
+      if (fault != 6) f.unsent = bytes.substr(cut);
+      bytes.resize(cut);
+    }
+    if (fault == 6) {
+      protocol::ErrorFields e;
+      e.severity = "FATAL";
+      e.sqlstate = "57P01";
+      e.message = "terminating connection due to administrator command";
+      protocol::append_error_response(bytes, e);
+    }
+    if (trace_) {
+      std::fprintf(stderr, "answer link %u: %s%s\n", id, tags_of(bytes).c_str(),
+                   fault == 6 ? " (then lost)" : "");
+    }
+    if (!bytes.empty()) server_bytes(id, bytes, in, true);
+    if (fault == 6 && linked_[id] == server) {
+      step(session_.on_server_lost(id, now_), Source::Event, {}, in);
+    }
   }
 
   void client_bytes(std::string_view bytes, Reader& in) {
@@ -481,43 +1301,111 @@ class Harness {
     if (client_in_.empty() || !session_.wants_client_input()) return;
     const std::string input = client_in_;  // the step's input stays put while it is read
     const Actions& a = session_.on_client_data(input, now_);
-    step(a, Source::Client, input, nullptr, in);
+    step(a, Source::Client, input, in, kAnyLink);
   }
 
-  // The bytes come from the server the session reads: its replica link while it has one.
-  void server_bytes(std::string_view bytes, Reader& in) {
-    const LinkId id = linked_[1] ? 1 : 0;
+  // Bytes from the server of link `id` (`faithful`: the FakeServer's own answers).
+  void server_bytes(LinkId id, std::string_view bytes, Reader& in, bool faithful) {
     if (!linked_[id]) return;  // nobody reads a server that is not linked
     CHECK(session_.wants_server_input(id) || session_.state() == SessionState::Closing);
-    if (linked_[1]) CHECK(!session_.wants_server_input(0));
+    if (!sharded_ && linked_[1]) CHECK(!session_.wants_server_input(0));
+    if (!faithful) fake(linked_[id]).faithful = false;
     server_in_[id].append(bytes);
     const std::string input = server_in_[id];
-    server_link_ = id;
     const Actions& a = session_.on_server_data(id, input, now_);
-    step(a, Source::Server, input, nullptr, in);
+    step(a, Source::Server, input, in, id);
   }
 
   void client_gone(Reader& in) {
-    step(session_.on_client_gone(), Source::Event, {}, nullptr, in);
+    step(session_.on_client_gone(), Source::Event, {}, in);
     CHECK(session_.state() == SessionState::Closing);
     CHECK(session_.link_count() == 0);
     gone_ = true;
   }
 
-  // Checks one step's Actions and carries them out. `linked_now`: a server this step linked.
-  void step(const Actions& a, Source source, std::string_view input, ServerState* linked_now) {
-    Reader none(nullptr, 0);
-    step(a, source, input, linked_now, none);
+  void begin_scatter() {
+    scatter_next_ = 0;
+    scatter_last_shard_ = -1;
+    scatter_checkouts_ = 0;
+    scatter_checkout_failed_ = false;
+    scatter_tags_.clear();
+    scatter_gid_.clear();
   }
 
-  void step(const Actions& a, Source source, std::string_view input, ServerState* linked_now,
-            Reader& in) {
+  // A statement over several shards was answered.
+  void end_scatter() {
+    if (session_.state() == SessionState::Closing) return;
+    CHECK(session_.state() == SessionState::Idle);
+    CHECK(session_.link_count() == 0);
+    // One answer, ending with its ReadyForQuery.
+    CHECK(std::count(scatter_tags_.begin(), scatter_tags_.end(), 'Z') == 1);
+    if (scatter_gid_.empty()) return;
+    // A write rolled back is an error for the client.
+    if (commit_decisions_[scatter_gid_] == 'R') CHECK(scatter_tags_.find('E') != std::string::npos);
+    // Nothing stays prepared on a server that answered faithfully and is still there.
+    for (const ServerState* s : prepares_[scatter_gid_]) {
+      auto it = fakes_.find(s);
+      if (it == fakes_.end() || !it->second.faithful) continue;
+      CHECK(it->second.prepared.count(scatter_gid_) == 0);
+    }
+  }
+
+  // Two-phase commit of a write over several shards, as the session sends it to `target`.
+  void check_two_phase(std::string_view to_server, const ServerState* target) {
+    while (!to_server.empty()) {
+      const auto r = protocol::decode_frame(to_server, 1u << 30);
+      to_server.remove_prefix(r.frame.whole.size());
+      if (r.frame.tag != 'Q') continue;
+      const auto sql = protocol::read_query(r.frame);
+      if (!sql) continue;
+      const routing::StatementInfo info = routing::classify(*sql);
+      const std::string gid(info.value);
+      if (!gid.starts_with("'pgvalve:")) continue;
+      using K = routing::StatementKind;
+      if (info.kind == K::PrepareTransaction) {
+        CHECK(session_.scattering());
+        prepares_[gid].push_back(target);
+        scatter_gid_ = gid;
+        continue;
+      }
+      if (info.kind != K::CommitPrepared && info.kind != K::RollbackPrepared) continue;
+      const char decision = info.kind == K::CommitPrepared ? 'C' : 'R';
+      char& decided = commit_decisions_[gid];
+      // Never committed on some shards and rolled back on others.
+      CHECK(decided == 0 || decided == decision);
+      // Decided only where it was prepared...
+      const auto& sent = prepares_[gid];
+      CHECK(std::find(sent.begin(), sent.end(), target) != sent.end());
+      // ... on one server after the other.
+      for (const auto& [server, f] : fakes_) {
+        if (f.faithful) CHECK(!f.decision_queued());
+      }
+      if (decided == 0 && decision == 'C') {
+        // Committed only when every shard's server prepared it and is still there.
+        CHECK(!scatter_checkout_failed_);
+        CHECK(sent.size() == scatter_checkouts_);
+        for (const ServerState* s : sent) {
+          CHECK(is_linked(s));
+          const FakeServer& f = fake(s);
+          if (f.faithful) CHECK(f.prepared.count(gid) == 1);
+        }
+      }
+      decided = decision;
+    }
+  }
+
+  // Checks one step's Actions and carries them out. `link`: the link whose bytes a server step
+  // read, or the link an on_linked step linked (kAnyLink: a client step).
+  void step(const Actions& a, Source source, std::string_view input, Reader& in,
+            LinkId link = kAnyLink) {
     if (++depth_ > 32) violated("a waiting request does not resume in bounded steps", __LINE__);
-    check_kept(source);
+    check_kept(source, link);
     const SessionState now_state = session_.state();
-    if (trace_) print_step(a, source, now_state);
+    if (trace_) print_step(a, source, link, now_state);
     CHECK(session::transition_allowed(state_, now_state));
     state_ = now_state;
+    const bool scattering = session_.scattering();
+    if (scattering && !scattering_) begin_scatter();
 
     CHECK(a.consumed <= input.size());
     if (source == Source::Event) CHECK(a.consumed == 0);
@@ -530,26 +1418,38 @@ class Harness {
     // Writes: every chunk readable; those in the session's memory remembered.
     const char* in_begin = input.data();
     const char* in_end = input.data() + input.size();
+    const LinkId kept_link = source == Source::Server ? link : 0;
     std::string to_server;
     for (const Chunk& c : a.to_server) {
       CHECK(c.data != nullptr || c.size == 0);
       to_server.append(c.data, c.size);
       if (!(c.data >= in_begin && c.data + c.size <= in_end)) {
-        kept_.push_back({source, c.data, std::string(c.data, c.size)});
+        kept_.push_back({source, kept_link, c.data, std::string(c.data, c.size)});
       }
     }
     for (const Chunk& c : a.to_client) {
       CHECK(c.data != nullptr || c.size == 0);
       const bool in_input = c.data >= in_begin && c.data + c.size <= in_end;
-      if (!in_input) kept_.push_back({source, c.data, std::string(c.data, c.size)});
+      if (!in_input) kept_.push_back({source, kept_link, c.data, std::string(c.data, c.size)});
       // Only the server's own bytes may continue a message of the server.
       read_client_stream({c.data, c.size}, source == Source::Server && in_input);
     }
     read_client_stream(a.outbox, false);
     if (!to_server.empty()) {
-      CHECK(a.server_link <= 1);
-      CHECK(linked_[a.server_link] != nullptr || linked_now != nullptr);
+      CHECK(a.server_link < kMaxLinks);
+      ServerState* target = linked_[a.server_link];
+      CHECK(target != nullptr);
       check_whole_frontend_messages(to_server);
+      // A server step writes to the server it read; an event or a step for another link only
+      // to a shard's server while a statement runs over several shards (its commit decision).
+      if (source == Source::Event) {
+        CHECK(scatter_link_[a.server_link]);
+      } else if (link != kAnyLink && a.server_link != link) {
+        CHECK(scatter_link_[a.server_link]);
+        CHECK(link < kMaxLinks && scatter_link_[link]);
+      }
+      check_two_phase(to_server, target);
+      fake(target).receive(to_server);
     }
 
     // Consumed input.
@@ -557,32 +1457,66 @@ class Harness {
       CHECK(input == std::string_view(client_in_).substr(0, input.size()));
       client_in_.erase(0, a.consumed);
     } else if (source == Source::Server) {
-      server_in_[server_link_].erase(0, a.consumed);
+      server_in_[link].erase(0, a.consumed);
     }
 
     // Commands.
-    int ops_on[2] = {0, 0};
+    int ops_on[kMaxLinks] = {};
     for (const LinkOp& op : a.link_ops) {
-      CHECK(op.link <= 1);
+      CHECK(op.link < kMaxLinks);
       ServerState*& server = linked_[op.link];
       CHECK(server != nullptr);
       CHECK(++ops_on[op.link] == 1);
+      FakeServer& f = fake(server);
       if (op.kind == LinkOp::Kind::Release) {
         CHECK(server->tx_status == 'I');
+        // A server that answered as PostgreSQL would owes nothing more and is outside a
+        // transaction.
+        if (f.faithful) {
+          CHECK(f.tx == 'I');
+          CHECK(f.idle());
+        }
+        f.released();
         idle_.push_back(server);
       } else if (op.kind == LinkOp::Kind::CleanAndRelease) {
         CHECK(!op.sql[0].empty());
+        if (f.faithful) CHECK(f.idle());
         server->tx_status = 'I';  // what the clean-up leaves
+        f.clean(op.sql[0]);
+        f.clean(op.sql[1]);
         idle_.push_back(server);
+      } else {
+        fakes_.erase(server);  // closed
       }
       server = nullptr;
       server_in_[op.link].clear();
+      scatter_link_[op.link] = false;
     }
-    // Link 1 only in session mode (its own server, link 0, may have died meanwhile).
-    if (linked_[1]) CHECK(options_.mode == config::PoolMode::Session);
-    CHECK(session_.linked(0) == (linked_[0] != nullptr));
-    CHECK(session_.linked(1) == (linked_[1] != nullptr));
-    CHECK(session_.link_count() == (linked_[0] ? 1u : 0u) + (linked_[1] ? 1u : 0u));
+    if (!sharded_) {
+      // Link 1 only in session mode (its own server, link 0, may have died meanwhile).
+      if (linked_[1]) CHECK(options_.mode == config::PoolMode::Session);
+      for (LinkId i = 2; i < kMaxLinks; ++i)
+        CHECK(linked_[i] == nullptr);
+    } else {
+      // Links past 0 only for a statement over several shards.
+      for (LinkId i = 1; i < kMaxLinks; ++i) {
+        if (linked_[i]) CHECK(scattering);
+      }
+    }
+    std::size_t count = 0;
+    for (LinkId i = 0; i < kMaxLinks; ++i) {
+      CHECK(session_.linked(i) == (linked_[i] != nullptr));
+      if (linked_[i]) ++count;
+    }
+    CHECK(session_.link_count() == count);
+    if (scattering) {
+      CHECK(now_state == SessionState::WaitingForServer || now_state == SessionState::Scattering ||
+            now_state == SessionState::Closing);
+      for (LinkId i = scatter_next_; i < kMaxLinks; ++i)
+        CHECK(linked_[i] == nullptr);
+    }
+    if (!scattering && scattering_) end_scatter();
+    scattering_ = scattering;
 
     pinned_ += a.pinned_change;
     CHECK(pinned_ == (session_.pinned() ? 1 : 0));
@@ -597,14 +1531,31 @@ class Harness {
     }
     const bool resume = a.resume_client;
     const bool check_out = a.check_out;
-    if (check_out) CHECK(session_.state() == SessionState::WaitingForServer);
     if (check_out) {
+      CHECK(session_.state() == SessionState::WaitingForServer);
+      CHECK(a.route.kind == routing::Route::Kind::Primary ||
+            a.route.kind == routing::Route::Kind::Replica);
+      CHECK(a.route.shard < (sharded_ ? kShardCount : 1));
+      const LinkId id = session_.pending_link();
+      CHECK(id < kMaxLinks);
+      CHECK(linked_[id] == nullptr);
+      const bool scatter = session_.scattering();
+      if (scatter) {
+        // One server per shard, in shard order, as links 0, 1, 2, ...; none held before.
+        CHECK(id == scatter_next_);
+        if (id == 0) CHECK(session_.link_count() == 0);
+        CHECK(static_cast<int>(a.route.shard) > scatter_last_shard_);
+        scatter_last_shard_ = a.route.shard;
+        ++scatter_next_;
+        ++scatter_checkouts_;
+      }
       // The pool answers: a server (a fresh one or one given back earlier), or none.
       const std::uint8_t b = in.byte();
       if (b % 8 == 7) {
+        if (scatter) scatter_checkout_failed_ = true;
         const Actions& failed =
             session_.on_checkout_failed("53300", "pgvalve: no server within the timeout", now_);
-        step(failed, Source::Client, {}, nullptr, in);
+        step(failed, Source::Client, {}, in);
       } else {
         ServerState* server = nullptr;
         if ((b & 8) && !idle_.empty()) {
@@ -613,12 +1564,10 @@ class Harness {
         } else {
           server = new_server();
         }
-        const LinkId id = session_.pending_link();
-        CHECK(id <= 1);
-        CHECK(linked_[id] == nullptr);
         linked_[id] = server;
+        scatter_link_[id] = scatter;
         const Actions& got = session_.on_linked(*server, now_);
-        step(got, Source::Client, {}, server, in);
+        step(got, Source::Client, {}, in, id);
       }
     }
     if (resume) feed_client(in);
@@ -636,7 +1585,7 @@ class Harness {
     return tags;
   }
 
-  void print_step(const Actions& a, Source source, SessionState now_state) const {
+  void print_step(const Actions& a, Source source, LinkId link, SessionState now_state) const {
     std::string to_client;
     for (const Chunk& c : a.to_client)
       to_client.append(c.data, c.size);
@@ -645,20 +1594,34 @@ class Harness {
     for (const Chunk& c : a.to_server)
       to_server.append(c.data, c.size);
     const char* names[] = {"client", "server", "event"};
+    std::string from = names[static_cast<int>(source)];
+    if (link != kAnyLink && source != Source::Event) from += std::to_string(link);
+    std::string ops;
+    for (const LinkOp& op : a.link_ops) {
+      static const char* const kinds[] = {"release", "close", "cancel+close", "clean+release"};
+      ops += " " + std::string(kinds[static_cast<int>(op.kind)]) + ":" + std::to_string(op.link);
+    }
     std::fprintf(stderr,
-                 "%-6s %-18s consumed=%zu to_client=%s to_server=%s ops=%zu checkout=%d "
-                 "resume=%d close=%d pinned%+d\n",
-                 names[static_cast<int>(source)],
-                 std::string(session::state_name(now_state)).c_str(), a.consumed,
-                 tags_of(to_client).c_str(), tags_of(to_server).c_str(), a.link_ops.size(),
-                 a.check_out, a.resume_client, a.close_client, a.pinned_change);
+                 "%-7s %-16s consumed=%zu to_client=%s to_server%s=%s ops=[%s ] checkout=%d%s "
+                 "resume=%d close=%d pinned%+d%s\n",
+                 from.c_str(), std::string(session::state_name(now_state)).c_str(), a.consumed,
+                 tags_of(to_client).c_str(),
+                 to_server.empty() ? "" : std::to_string(a.server_link).c_str(),
+                 tags_of(to_server).c_str(), ops.c_str(), a.check_out,
+                 a.check_out ? (" link" + std::to_string(session_.pending_link()) + " shard" +
+                                std::to_string(a.route.shard))
+                                   .c_str()
+                             : "",
+                 a.resume_client, a.close_client, a.pinned_change,
+                 session_.scattering() ? " scattering" : "");
   }
 
   // Chunks kept from earlier steps of other sources still hold their bytes.
-  void check_kept(Source source) {
+  void check_kept(Source source, LinkId link) {
     std::vector<Kept> still;
     for (auto& k : kept_) {
-      if (k.source == source) continue;  // the new step of that source may reuse it
+      // The new step of that source may reuse it.
+      if (k.source == source && (source != Source::Server || k.link == link)) continue;
       CHECK(std::memcmp(k.data, k.copy.data(), k.copy.size()) == 0);
       still.push_back(std::move(k));
     }
@@ -693,6 +1656,7 @@ class Harness {
       if (client_header_.size() < protocol::kFrameHeaderSize) break;
       const std::uint32_t length = protocol::read_u32(client_header_.data() + 1);
       CHECK(length >= 4);
+      if (scattering_ || session_.scattering()) scatter_tags_ += client_header_[0];
       client_remaining_ = length - 4;
       client_header_.clear();
       // A message that does not end in this chunk: only a server's can (pgvalve writes its own
@@ -703,13 +1667,16 @@ class Harness {
     if (client_remaining_ == 0) mid_server_message_ = false;
   }
 
+  const bool sharded_;
   session::SessionOptions options_;
   session::WorkspacePool workspaces_;
   // Reads go to replicas, so the fuzzer also drives the router, its decision cache and the
-  // one-request-at-a-time planning of replica links.
+  // one-request-at-a-time planning of replica links; sharded, also the shard plans, scatter
+  // plans and INSERT splits.
   std::vector<std::string> write_functions_{"nextval", "setval"};
   routing::DecisionCache decisions_{64};
-  routing::Router router_{1, routing::RoutingPolicy{true, &write_functions_}, &decisions_};
+  const routing::ShardingPolicy sharding_ = sharding_policy();
+  routing::Router router_;
   // Statements are counted too (a small cap, so eviction runs).
   const std::string database_ = "d";
   const std::string user_ = "u";
@@ -719,15 +1686,27 @@ class Harness {
   Clock::time_point now_ = Clock::time_point{} + std::chrono::hours(1);
   std::vector<std::unique_ptr<ServerState>> servers_;
   std::vector<ServerState*> idle_;
-  ServerState* linked_[2] = {nullptr, nullptr};
-  LinkId server_link_ = 0;  // of the server step being checked
+  std::unordered_map<const ServerState*, FakeServer> fakes_;
+  ServerState* linked_[kMaxLinks] = {};
+  bool scatter_link_[kMaxLinks] = {};  // linked for a statement over several shards
   std::string client_in_;
-  std::string server_in_[2];
+  std::string server_in_[kMaxLinks];
   std::string client_header_;
   std::size_t client_remaining_ = 0;
   bool mid_server_message_ = false;
   std::vector<Kept> kept_;
   SessionState state_ = SessionState::LoggingIn;
+  // The statement over several shards running now (session_.scattering()).
+  bool scattering_ = false;
+  LinkId scatter_next_ = 0;      // the link its next checkout is for
+  int scatter_last_shard_ = -1;  // the shard of its last checkout
+  std::size_t scatter_checkouts_ = 0;
+  bool scatter_checkout_failed_ = false;
+  std::string scatter_tags_;  // the types of the messages the client got since it started
+  std::string scatter_gid_;   // a write's prepared transaction
+  // Writes over several shards: where each gid was prepared, and how it was decided.
+  std::map<std::string, std::vector<const ServerState*>> prepares_;
+  std::map<std::string, char> commit_decisions_;
   int pinned_ = 0;
   int depth_ = 0;
   bool gone_ = false;
