@@ -491,6 +491,7 @@ void Gather::finish(std::string& out, bool describe) {
       pr::append_empty_query_response(out);
     } else {
       pr::append_command_complete(out, write_tag());
+      rows_answered_ = other_rows_;
     }
     return;
   }
@@ -541,6 +542,7 @@ void Gather::finish(std::string& out, bool describe) {
     out.append(rows_[i].body);
     pr::end_message(out, row_at);
   }
+  rows_answered_ = other_tag_.empty() ? to - from : other_rows_;
   // Rows a write RETURNING keeps its own tag.
   pr::append_command_complete(
       out, other_tag_.empty() ? "SELECT " + std::to_string(to - from) : write_tag());

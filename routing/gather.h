@@ -40,6 +40,8 @@ class Gather {
   // `describe`; an Execute's answer has none).
   void finish(std::string& out, bool describe = true);
   bool failed() const { return failed_; }
+  // After finish(): the rows the client got (or, for a write, the row count of its tag).
+  std::uint64_t rows_answered() const { return rows_answered_; }
 
  private:
   struct Field {
@@ -90,6 +92,7 @@ class Gather {
   std::uint64_t other_rows_ = 0;
   bool counted_tag_ = false;
   std::string write_tag() const;
+  std::uint64_t rows_answered_ = 0;
 };
 
 }  // namespace pgvalve::routing

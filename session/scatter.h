@@ -61,6 +61,8 @@ class Scatter {
   void fail(std::string_view sqlstate, std::string_view message);
   bool failed() const { return gather_ && gather_->failed(); }
   std::uint64_t rows(int shard) const { return rows_.at(static_cast<std::size_t>(shard)); }
+  // After finish(): the rows the client got (a write: its tag's count).
+  std::uint64_t rows_answered() const { return gather_ ? gather_->rows_answered() : 0; }
 
   // Every shard has answered (or failed): the client's answer, up to its ReadyForQuery.
   void finish(std::string& out);

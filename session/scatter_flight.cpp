@@ -324,7 +324,7 @@ void Session::record_scatter_part(Link& l) {
   e.shard = l.route.shard;
   e.host = l.server->name;
   e.kind = run.scatter->write() ? stats::StatementKind::Other : stats::StatementKind::Select;
-  if (e.error) e.sqlstate_class[0] = e.sqlstate_class[1] = 'X';
+  e.scope = stats::Execution::Scope::ShardPart;
   recorder_->stats->record(e, recorder_->labels);
 }
 
@@ -398,7 +398,36 @@ void Session::finish_scatter(std::string& into, Actions& out) {
   // read_your_writes = time: the client's reads go to primaries for the window after a write.
   // (With lsn, a write over several shards does not move the marks yet.)
   if (w.scatter.scatter->write() && w.scatter.commit) last_write_at_ = now_;
+  const std::size_t answer_from = into.size();
   w.scatter.scatter->finish(into);
+  if (recorder_) {
+    // The client's one statement, once for its fingerprint.
+    stats::Execution e;
+    e.fingerprint = w.scatter.fingerprint;
+    e.micros = static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::microseconds>(now_ - w.scatter.started).count());
+    e.rows = w.scatter.scatter->rows_answered();
+    e.error = w.scatter.scatter->failed();
+    e.shard = w.scatter.routes.empty() ? 0 : w.scatter.routes.front().shard;
+    e.kind =
+        w.scatter.scatter->write() ? stats::StatementKind::Other : stats::StatementKind::Select;
+    e.scope = stats::Execution::Scope::Gathered;
+    if (e.error) {
+      // The SQLSTATE class of the client's error.
+      for (std::size_t pos = answer_from; pos < into.size();) {
+        auto r = pr::decode_frame(std::string_view(into).substr(pos), options_.max_message_bytes);
+        if (r.status != pr::DecodeStatus::Ok) break;
+        pos += r.frame.whole.size();
+        if (r.frame.tag != 'E') continue;
+        if (const auto err = pr::read_error_response(r.frame); err && err->sqlstate.size() >= 2) {
+          e.sqlstate_class[0] = err->sqlstate[0];
+          e.sqlstate_class[1] = err->sqlstate[1];
+        }
+        break;
+      }
+    }
+    recorder_->stats->record(e, recorder_->labels);
+  }
   w.scatter = {};
   deliver_queued_notifications(into);
   pending_link_ = 0;

@@ -176,8 +176,9 @@ void QueryStats::count_transaction(const ClientLabels& who, std::uint64_t micros
 void QueryStats::record(const Execution& e, const ClientLabels& who) {
   static const std::string kNone;
   const std::string& database = who.database ? *who.database : kNone;
+  using Scope = Execution::Scope;
   // Totals for /metrics: every execution, tracked fingerprint or not.
-  {
+  if (e.scope != Scope::Gathered) {
     QueryTotals* t = nullptr;
     for (auto& q : queries_by_label_) {
       if (q.shard == e.shard && q.replica == e.replica && q.kind == e.kind &&
@@ -195,6 +196,8 @@ void QueryStats::record(const Execution& e, const ClientLabels& who) {
     }
     ++t->queries;
     t->rows += e.rows;
+  }
+  if (e.scope != Scope::ShardPart) {
     DatabaseTotals& d = database_totals(database);
     const double seconds = static_cast<double>(e.micros) / 1e6;
     std::size_t b = 0;
@@ -222,6 +225,8 @@ void QueryStats::record(const Execution& e, const ClientLabels& who) {
   auto it = index_.find(e.fingerprint);
   if (it == index_.end()) return;
   QueryFigures& f = entries_[it->second];
+  if (e.shard < 64) f.shards |= std::uint64_t{1} << e.shard;
+  if (e.scope == Scope::ShardPart) return;
   if (f.calls == 0 || e.micros < f.min_micros) f.min_micros = e.micros;
   ++f.calls;
   f.rows += e.rows;
@@ -234,7 +239,6 @@ void QueryStats::record(const Execution& e, const ClientLabels& who) {
   f.total_micros += e.micros;
   f.max_micros = std::max(f.max_micros, e.micros);
   if (e.replica) ++f.replica_calls;
-  if (e.shard < 64) f.shards |= std::uint64_t{1} << e.shard;
   f.durations.record(e.micros);
   if (limits_.slow_query.count() <= 0 ||
       e.micros <= static_cast<std::uint64_t>(limits_.slow_query.count())) {

@@ -84,6 +84,15 @@ struct Execution {
   std::string_view host;
   StatementKind kind = StatementKind::Other;
   char sqlstate_class[2] = {};  // of its error, when `error`
+  // A statement over several shards is one client statement with a part on each shard: each
+  // part counts for its shard (SHOW SHARDS, statements per shard in /metrics), the statement
+  // once for its fingerprint (SHOW QUERIES calls, rows, duration, errors, slow queries).
+  enum class Scope : std::uint8_t {
+    Whole,      // a statement on one server
+    ShardPart,  // one shard's part of a statement over several
+    Gathered,   // the client's statement over several shards, answered once
+  };
+  Scope scope = Scope::Whole;
 };
 
 // A fingerprint's figures (one worker's, or the sum of all).

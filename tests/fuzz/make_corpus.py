@@ -126,6 +126,18 @@ SESSION_SQL = [
     "copy t from stdin", "select 1 into temp t2", "", "LISTEN a; select 1",
     "SET TimeZone = 'Europe/Paris'", "DO $$BEGIN SET search_path = x; END$$",
     "DO $$BEGIN CREATE TEMP TABLE t (a int); END$$", "select 1/0",
+    # Sharded database statements (appended, so that the indices above stay).
+    "SELECT count(*) FROM telemetry", "SELECT * FROM telemetry ORDER BY device_id LIMIT 2",
+    "SELECT device_id, count(*) FROM telemetry GROUP BY device_id",
+    "SELECT * FROM telemetry WHERE device_id IN (1, 2, 4)",
+    "SELECT * FROM telemetry WHERE device_id = $1",
+    "/* pgvalve: all_shards */ DELETE FROM telemetry",
+    "INSERT INTO telemetry (device_id, v) VALUES (1, 'a'), (2, 'b')",
+    "INSERT INTO telemetry (device_id, v) VALUES ($1, $2), ($3, $4), ($5, $6)",
+    "UPDATE archive SET v = 'x' WHERE device_id IN (1, 2, 4)",
+    "CREATE TABLE archive (device_id bigint)", "INSERT INTO device_types VALUES (1, 'x')",
+    "SELECT * FROM device_types", "SET pgvalve.device_id = 2", "/* pgvalve: shard=s1 */ select 1",
+    "SELECT avg(v) FROM telemetry", "SELECT count(*) FROM telemetry LIMIT $1",
 ]
 SESSION_NAMES = ["", "s1", "s2", "p"]
 SESSION_TAGS = ["SELECT 1", "SET", "COMMIT", "ROLLBACK", "BEGIN", "RESET", "DISCARD ALL", "LISTEN"]
@@ -154,6 +166,24 @@ def session_seeds() -> dict:
 
     fresh = bytes([0])  # the pool's answer to a checkout: a fresh server
     reused = bytes([8])  # a server given back earlier, when there is one
+    no_server = bytes([7])  # the pool found none: on_checkout_failed
+
+    def answer(link=0, unit=0, fault=0, v=0):
+        """Opcode 6: the FakeServer of a linked server answers what it was sent, as PostgreSQL
+        would. `link`: which of the linked servers (by position among them, 0 the lowest link);
+        `unit`: 0 the next request up to its ReadyForQuery, else that many messages; `fault`:
+        0 none, 4 an error (PREPARE TRANSACTION: 55000 when v & 0x20), 5 the answer cut at
+        v/256 (the rest comes with the next answer), 6 a FATAL after that part and the server
+        lost, 7 an error and a cut; `v` shapes rows and values."""
+        return bytes([6, link | unit << 2 | fault << 5, v])
+
+    def lost(link=0):
+        """Opcode 7: the server of the link-th linked link is lost."""
+        return bytes([7, link])
+
+    sharded = bytes([0, 0x10])  # transaction mode, 3 shards
+    everything = 7  # answer up to 7 messages: a write's BEGIN, statement and PREPARE at once
+    shards3 = fresh * 3
     select_answer = server(10) + server(11) + tag("SELECT 1") + server(0)
     return {
         "transaction_simple": bytes([0, 0]) + client(0) + fresh + select_answer
@@ -188,6 +218,61 @@ def session_seeds() -> dict:
                      + bytes([4, 200]) + b"x" * 200 + bytes([7]),
         "hostile": bytes([16, 0]) + bytes([0, 3]) + b"Q\0\0" + bytes([8, 20])
                    + bytes([0, 5]) + b"Q\0\0\0\1",
+        # Sharded: a read over every shard, simple then extended (P/B/D/E/S), then ordered.
+        "scatter_read": sharded + client(0, "SELECT count(*) FROM telemetry") + shards3
+                        + answer(v=3) + answer(v=4) + answer(v=5)
+                        + client(14 | 0x10, "SELECT count(*) FROM telemetry") + reused * 3
+                        + answer(unit=everything) * 3
+                        + client(0, "SELECT * FROM telemetry ORDER BY device_id LIMIT 2")
+                        + shards3 + answer(v=0x10) + answer(v=0x19) + answer(v=0x0a)
+                        + client(0, "SELECT * FROM telemetry WHERE device_id = $1")
+                        + fresh + answer(),
+        # A write over every shard: BEGIN; DELETE; PREPARE TRANSACTION on each, then COMMIT
+        # PREPARED one shard after the other.
+        "scatter_write": sharded
+                         + client(0, "/* pgvalve: all_shards */ DELETE FROM telemetry") + shards3
+                         + answer(0, everything) + answer(1, everything)
+                         + answer(2, everything) + answer() + answer() + answer(),
+        # An INSERT whose rows are split between shards, simple then extended with Bind values
+        # (1, 'a', 2, 'b', 4, 'c').
+        # (md5_mod over 3 shards: keys 2 and 1 are shards 0 and 1, the Bind's 1, 2, 4 all three.)
+        "scatter_insert": sharded
+                          + client(0, "INSERT INTO telemetry (device_id, v) VALUES (1, 'a'), (2, 'b')")
+                          + fresh * 2 + answer(0, everything) + answer(1, everything)
+                          + answer() + answer()
+                          + client(14, "INSERT INTO telemetry (device_id, v) VALUES "
+                                       "($1, $2), ($3, $4), ($5, $6)")
+                          + reused * 3 + answer(0, everything) + answer(1, everything)
+                          + answer(2, everything) + answer() + answer() + answer(),
+        # DDL and a reference table's write reach every shard (extended DDL: BEGIN, P/B/D/E/S,
+        # PREPARE).
+        "scatter_ddl": sharded + client(0, "CREATE TABLE archive (device_id bigint)") + shards3
+                       + answer(0, everything) + answer(1, everything) + answer(2, everything)
+                       + answer() + answer() + answer()
+                       + client(14 | 0x10, "CREATE TABLE archive (device_id bigint)") + shards3
+                       + answer(0, everything) + answer(1, everything) + answer(2, everything)
+                       + answer() + answer() + answer()
+                       + client(0, "INSERT INTO device_types VALUES (1, 'x')") + shards3
+                       + answer(0, everything) + answer(1, everything) + answer(2, everything)
+                       + answer() + answer() + answer(),
+        # Failures: no server for the second shard of a read; a shard lost after preparing; a
+        # shard without prepared transactions (55000); a shard lost while committing; a server
+        # dying mid-answer.
+        "scatter_failures": sharded
+                            + client(0, "SELECT count(*) FROM telemetry") + fresh + no_server
+                            + answer()
+                            + client(0, "/* pgvalve: all_shards */ DELETE FROM telemetry")
+                            + shards3 + answer(0, everything) + answer(1, everything)
+                            + lost(1) + answer(1, everything) + answer() + answer()
+                            + client(0, "UPDATE archive SET v = 'x' WHERE device_id IN (1, 2, 4)")
+                            + shards3 + answer(0, everything) + answer(1, 2)
+                            + answer(1, fault=4, v=0x20) + answer(2, everything)
+                            + answer() + answer()
+                            + client(0, "/* pgvalve: all_shards */ DELETE FROM telemetry")
+                            + shards3 + answer(0, everything) + answer(1, everything)
+                            + answer(2, everything) + lost(0) + answer() + answer()
+                            + client(0, "SELECT count(*) FROM telemetry") + shards3
+                            + answer(1, fault=6, v=0xa0) + answer() + answer(),
     }
 
 

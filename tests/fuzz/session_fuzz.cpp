@@ -7,6 +7,8 @@
 //   FUZZ_SECONDS=60 tests/fuzz/run session_fuzz
 //   build-fuzz/session_fuzz <crash-file>             # replay a reproducer it reported
 //   SESSION_FUZZ_TRACE=1 build-fuzz/session_fuzz <file>   # ... printing every step
+//   SESSION_FUZZ_TRACE=2 build-fuzz/session_fuzz <file>   # ... and what each server is sent
+//   SESSION_FUZZ_KNOWN=1 build-fuzz/session_fuzz <file>   # known findings abort too (below)
 //
 // Input: byte 0 picks the options (pool mode, pin_session_state, timeouts, caps), byte 1 the
 // client's startup parameters and the database: bit 0x10 makes it sharded (3 shards, md5_mod,
@@ -44,6 +46,10 @@
 //  - after close_client nothing more is written or asked; after on_client_gone no server is held;
 //  - pinned_change keeps pinned() and the pool's count equal;
 //  - a request that waited resumes in a bounded number of steps.
+//
+// Known findings (reported, not fixed yet; see known_finding() calls) end an input quietly, so
+// that a run finds the others; SESSION_FUZZ_KNOWN=1 makes them violations. Remove a guard once
+// its bug is fixed.
 #include <algorithm>
 #include <cctype>
 #include <chrono>
@@ -91,6 +97,17 @@ using session::SessionState;
   do {                                      \
     if (!(cond)) violated(#cond, __LINE__); \
   } while (0)
+
+// Findings reported and not fixed yet: an input that reaches one ends there quietly, so that the
+// fuzzer goes on looking for others, unless SESSION_FUZZ_KNOWN=1 makes them violations again.
+struct KnownFinding {
+  const char* what;
+};
+[[noreturn]] void known_finding(const char* what, int line) {
+  static const bool report = std::getenv("SESSION_FUZZ_KNOWN") != nullptr;
+  if (report) violated(what, line);
+  throw KnownFinding{what};
+}
 
 class Reader {
  public:
@@ -171,12 +188,12 @@ const char* const kSql[] = {
     "SELECT count(*) FROM telemetry",
     "SELECT * FROM telemetry ORDER BY device_id LIMIT 2",
     "SELECT device_id, count(*) FROM telemetry GROUP BY device_id",
-    "SELECT * FROM telemetry WHERE device_id IN (1, 2, 3)",
+    "SELECT * FROM telemetry WHERE device_id IN (1, 2, 4)",
     "SELECT * FROM telemetry WHERE device_id = $1",
     "/* pgvalve: all_shards */ DELETE FROM telemetry",
     "INSERT INTO telemetry (device_id, v) VALUES (1, 'a'), (2, 'b')",
     "INSERT INTO telemetry (device_id, v) VALUES ($1, $2), ($3, $4), ($5, $6)",
-    "UPDATE archive SET v = 'x' WHERE device_id IN (1, 2, 3)",
+    "UPDATE archive SET v = 'x' WHERE device_id IN (1, 2, 4)",
     "CREATE TABLE archive (device_id bigint)",
     "INSERT INTO device_types VALUES (1, 'x')",
     "SELECT * FROM device_types",
@@ -214,7 +231,7 @@ int max_param(std::string_view sql) {
 // A Bind's body after its names with a text value for each $n of `sql` (none: the same bytes as
 // protocol::kBindWithoutParameters).
 std::string bind_rest_for(std::string_view sql) {
-  static const char* const values[] = {"1", "a", "2", "b", "3", "c", "4", "d", "5"};
+  static const char* const values[] = {"1", "a", "2", "b", "4", "c", "3", "d", "5"};
   const int n = max_param(sql);
   std::string rest;
   protocol::append_i16(rest, 0);
@@ -418,6 +435,7 @@ class FakeServer {
   std::deque<std::string> queue;  // frontend messages not answered yet
   std::string unsent;             // answer bytes made but not delivered yet (an answer cut)
   std::set<std::string> prepared;  // prepared transactions, by their gid literal ('...')
+  bool begin_failed = false;       // the last BEGIN was answered with an error
 
   void receive(std::string_view bytes) {
     while (!bytes.empty()) {
@@ -456,15 +474,14 @@ class FakeServer {
     if (sql.empty()) return;
     tx = 'I';
     portals_.clear();
-    if (sql == "DISCARD ALL") statements_.clear();
+    if (sql == "DISCARD ALL") forget_statements();
   }
 
   // Answers the next messages: `unit` 0: up to the end of the next request (a Query, Sync or
   // FunctionCall answered with ReadyForQuery); else that many messages. `fail`: the first
   // statement (or Parse, Bind, Execute) that can fail does. `v` shapes the answers.
   std::string answer(int unit, bool fail, std::uint8_t v) {
-    std::string out = std::move(unsent);
-    unsent.clear();
+    std::string out;
     int answered = 0;
     while (!queue.empty()) {
       const std::string m = std::move(queue.front());
@@ -645,6 +662,7 @@ class FakeServer {
                    : (k == K::Insert || k == K::Update || k == K::Delete) ? "23505"
                                                                            : "42P01";
       }
+      if (k == K::Begin) begin_failed = true;
       if (k == K::PrepareTransaction) {
         // A PREPARE TRANSACTION that fails rolls the transaction back.
         error(out, sqlstate, "prepared transactions are disabled");
@@ -662,6 +680,7 @@ class FakeServer {
     switch (k) {
       case K::Begin:
         if (tx == 'I') tx = 'T';
+        begin_failed = false;
         return tag("BEGIN");
       case K::Commit: {
         const bool failed = tx == 'E';
@@ -686,6 +705,13 @@ class FakeServer {
           prepared.insert(value);
           tx = 'I';
           return tag("PREPARE TRANSACTION");
+        }
+        if (tx == 'I') {
+          protocol::ErrorFields w;
+          w.severity = "WARNING";
+          w.sqlstate = "25P01";
+          w.message = "there is no transaction in progress";
+          protocol::append_notice_response(out, w);
         }
         tx = 'I';
         return tag("ROLLBACK");
@@ -725,7 +751,7 @@ class FakeServer {
         if (tx != 'I') {
           return fail_statement(out, "25001", "DISCARD ALL cannot run inside a transaction block");
         }
-        statements_.clear();
+        forget_statements();
         portals_.clear();
         return tag("DISCARD ALL");
       case K::Deallocate:
@@ -733,7 +759,7 @@ class FakeServer {
           auto unnamed = statements_.find("");
           std::optional<Statement> keep;
           if (unnamed != statements_.end()) keep = unnamed->second;
-          statements_.clear();
+          forget_statements();
           if (keep) statements_[""] = *keep;
           return tag("DEALLOCATE ALL");
         }
@@ -839,6 +865,12 @@ class FakeServer {
 
   static bool pgvalve_named(std::string_view name) { return name.starts_with("pgv_"); }
 
+  void forget_statements() {
+    for (const auto& [name, statement] : statements_)
+      unparsed_.insert(name);
+    statements_.clear();
+  }
+
   // Answers one message; true when it used `fail`.
   bool one(const std::string& m, bool fail, std::uint8_t v, std::string& out) {
     const auto r = protocol::decode_frame(m, 1u << 30);
@@ -870,7 +902,12 @@ class FakeServer {
           return false;
       }
     }
-    if (skipping_ && f.tag != 'S') return false;
+    if (skipping_ && f.tag != 'S') {
+      if (f.tag == 'P') {
+        if (const auto p = protocol::read_parse(f)) unparsed_.insert(std::string(p->statement));
+      }
+      return false;
+    }
     switch (f.tag) {
       case 'Q': {
         const auto sql = protocol::read_query(f);
@@ -880,6 +917,8 @@ class FakeServer {
       case 'P': {
         const auto p = protocol::read_parse(f);
         if (!p) return unreadable(out);
+        const std::string name(p->statement);
+        unparsed_.insert(name);  // until it succeeds
         const routing::StatementInfo info = routing::classify(p->query);
         if (tx == 'E' && !exits_transaction(info.kind)) {
           fail_extended(out, "25P02", "current transaction is aborted");
@@ -893,7 +932,6 @@ class FakeServer {
           fail_extended(out, "42601", "cannot insert multiple commands into a prepared statement");
           return false;
         }
-        const std::string name(p->statement);
         if (!name.empty() && statements_.count(name)) {
           if (faithful && pgvalve_named(name)) {
             violated("pgvalve prepares a statement the server already has", __LINE__);
@@ -903,6 +941,7 @@ class FakeServer {
         }
         statements_[name] = {std::string(p->query),
                              std::max<int>(max_param(p->query), p->param_count())};
+        unparsed_.erase(name);
         protocol::append_parse_complete(out);
         return false;
       }
@@ -911,7 +950,7 @@ class FakeServer {
         if (!b) return unreadable(out);
         const auto it = statements_.find(std::string(b->statement));
         if (it == statements_.end()) {
-          if (faithful && pgvalve_named(b->statement)) {
+          if (faithful && pgvalve_named(b->statement) && !unparsed_.count(std::string(b->statement))) {
             violated("pgvalve binds a statement the server does not have", __LINE__);
           }
           fail_extended(out, "26000", "prepared statement does not exist");
@@ -944,7 +983,7 @@ class FakeServer {
         if (d->kind == 'S') {
           const auto it = statements_.find(std::string(d->name));
           if (it == statements_.end()) {
-            if (faithful && pgvalve_named(d->name)) {
+            if (faithful && pgvalve_named(d->name) && !unparsed_.count(std::string(d->name))) {
               violated("pgvalve describes a statement the server does not have", __LINE__);
             }
             fail_extended(out, "26000", "prepared statement does not exist");
@@ -1017,7 +1056,11 @@ class FakeServer {
     }
   }
 
-  std::map<std::string, Statement> statements_;  // "" is the unnamed statement
+  // The statements it has ("" is the unnamed one), and those it was asked to prepare without
+  // success, or had until DISCARD ALL / DEALLOCATE ALL: a Bind the session pipelined after such a
+  // Parse fails as it would for a client of PostgreSQL itself, which is not the session's fault.
+  std::map<std::string, Statement> statements_;
+  std::set<std::string> unparsed_;
   std::map<std::string, Portal> portals_;
   bool skipping_ = false;  // an extended-protocol message failed: the rest up to Sync is skipped
   bool copy_in_ = false;
@@ -1038,6 +1081,11 @@ struct Kept {
   LinkId link;  // of a server step
   const char* data;
   std::string copy;
+  // Sent to a server while a statement ran over several shards: the session keeps such bytes
+  // (the shards' request, the commit decision) while the statement runs, and frees them with it
+  // in the step that answers it, whichever source that is. The I/O layer has copied what the
+  // kernel did not take by then (proxy/socket_writer.cpp).
+  bool scatter = false;
 };
 
 class Harness {
@@ -1066,6 +1114,11 @@ class Harness {
     step(session_.start(startup, defaults, {1, 2}, server, now_), Source::Client, {}, none, 0);
   }
 
+  // Opcodes (op % 16): 0 raw client bytes, 1-2 a canned client message, 3 part of one, 4 raw
+  // server bytes, 5 a canned server message (4 and 5: from the last linked server, or for a
+  // sharded database the one op >> 4 picks), 6 a FakeServer answers (answer()), 7 a server lost,
+  // 8 time passes, 9 a notification, 10 the listen hub answers, 11 the client leaves, 12 drain,
+  // 13 client memory exhausted, 14 trim, 15 bytes from a server that is not linked.
   void play(Reader& in) {
     while (!in.empty()) {
       const std::uint8_t op = in.byte();
@@ -1269,10 +1322,25 @@ class Harness {
     FakeServer& f = fake(server);
     const int unit = (sel >> 2) & 7;
     const int fault = sel >> 5;
-    std::string bytes = f.answer(unit, fault == 4 || fault == 7, v);
+    // What an earlier answer cut in two left goes first.
+    std::string bytes = std::move(f.unsent);
+    f.unsent.clear();
+    const std::size_t carried = bytes.size();
+    bytes += f.answer(unit, fault == 4 || fault == 7, v);
     if (fault >= 5) {
-      const std::size_t cut = bytes.size() * v / 256;
-      if (fault != 6) f.unsent = bytes.substr(cut);
+      std::size_t cut = bytes.size() * v / 256;
+      if (fault == 6) {
+        // A server going down ends its last whole message first.
+        std::size_t whole = carried;
+        while (whole < cut) {
+          const auto r = protocol::decode_frame(std::string_view(bytes).substr(whole), 1u << 30);
+          if (r.status != protocol::DecodeStatus::Ok || whole + r.frame.whole.size() > cut) break;
+          whole += r.frame.whole.size();
+        }
+        cut = whole;
+      } else {
+        f.unsent = bytes.substr(cut);
+      }
       bytes.resize(cut);
     }
     if (fault == 6) {
@@ -1283,7 +1351,7 @@ class Harness {
       protocol::append_error_response(bytes, e);
     }
     if (trace_) {
-      std::fprintf(stderr, "answer link %u: %s%s\n", id, tags_of(bytes).c_str(),
+      std::fprintf(stderr, "answer link %d: %s%s\n", id, tags_of(bytes).c_str(),
                    fault == 6 ? " (then lost)" : "");
     }
     if (!bytes.empty()) server_bytes(id, bytes, in, true);
@@ -1330,6 +1398,7 @@ class Harness {
     scatter_checkout_failed_ = false;
     scatter_tags_.clear();
     scatter_gid_.clear();
+    lost_answered_part_ = false;
   }
 
   // A statement over several shards was answered.
@@ -1350,8 +1419,40 @@ class Harness {
     }
   }
 
+  // The client left (or was closed) while a write over several shards ran: no server that
+  // answered faithfully went back to the pool with its part still prepared, undecided.
+  void check_left_prepared() {
+    if (scatter_gid_.empty()) return;
+    for (const ServerState* s : prepares_[scatter_gid_]) {
+      auto it = fakes_.find(s);
+      if (it == fakes_.end() || !it->second.faithful) continue;
+      CHECK(it->second.prepared.count(scatter_gid_) == 0);
+    }
+  }
+
   // Two-phase commit of a write over several shards, as the session sends it to `target`.
-  void check_two_phase(std::string_view to_server, const ServerState* target) {
+  bool closes_scatter_link(const std::vector<LinkOp>& ops) const {
+    for (const LinkOp& op : ops) {
+      if (op.link < kMaxLinks && scatter_link_[op.link] &&
+          (op.kind == LinkOp::Kind::Close || op.kind == LinkOp::Kind::CancelAndClose)) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  bool closing(const ServerState* server, const std::vector<LinkOp>& ops) const {
+    for (const LinkOp& op : ops) {
+      if (op.link < kMaxLinks && linked_[op.link] == server &&
+          (op.kind == LinkOp::Kind::Close || op.kind == LinkOp::Kind::CancelAndClose)) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  void check_two_phase(std::string_view to_server, const ServerState* target,
+                       const std::vector<LinkOp>& ops) {
     while (!to_server.empty()) {
       const auto r = protocol::decode_frame(to_server, 1u << 30);
       to_server.remove_prefix(r.frame.whole.size());
@@ -1376,9 +1477,9 @@ class Harness {
       // Decided only where it was prepared...
       const auto& sent = prepares_[gid];
       CHECK(std::find(sent.begin(), sent.end(), target) != sent.end());
-      // ... on one server after the other.
+      // ... on one server after the other (a server this step closes no longer counts).
       for (const auto& [server, f] : fakes_) {
-        if (f.faithful) CHECK(!f.decision_queued());
+        if (f.faithful && !closing(server, ops)) CHECK(!f.decision_queued());
       }
       if (decided == 0 && decision == 'C') {
         // Committed only when every shard's server prepared it and is still there.
@@ -1387,6 +1488,12 @@ class Harness {
         for (const ServerState* s : sent) {
           CHECK(is_linked(s));
           const FakeServer& f = fake(s);
+          if (f.faithful && f.prepared.count(gid) == 0 && f.begin_failed) {
+            // Known: a shard's BEGIN failed; its answer is not looked at (scatter_frame), the
+            // statement then runs (and commits) outside a transaction and PREPARE TRANSACTION
+            // answers ROLLBACK, which is not taken for a failure: the others are committed.
+            known_finding("a write is committed though a shard's BEGIN failed", __LINE__);
+          }
           if (f.faithful) CHECK(f.prepared.count(gid) == 1);
         }
       }
@@ -1398,13 +1505,26 @@ class Harness {
   // read, or the link an on_linked step linked (kAnyLink: a client step).
   void step(const Actions& a, Source source, std::string_view input, Reader& in,
             LinkId link = kAnyLink) {
-    if (++depth_ > 32) violated("a waiting request does not resume in bounded steps", __LINE__);
+    // Steps nested in one another (a checkout answered, the client resumed) without reading any
+    // input: a request that waited resumes in a bounded number of them. (A pipeline of requests
+    // that each read their part of the input nests as deep as it is long.)
+    struct Nesting {
+      int& depth;
+      bool counts;
+      ~Nesting() {
+        if (counts) --depth;
+      }
+    } nesting{unproductive_depth_, a.consumed == 0};
+    if (nesting.counts && ++unproductive_depth_ > 32) {
+      violated("a waiting request does not resume in bounded steps", __LINE__);
+    }
+    const bool scattering = session_.scattering();
+    if (scattering_ && !scattering) std::erase_if(kept_, [](const Kept& k) { return k.scatter; });
     check_kept(source, link);
     const SessionState now_state = session_.state();
     if (trace_) print_step(a, source, link, now_state);
     CHECK(session::transition_allowed(state_, now_state));
     state_ = now_state;
-    const bool scattering = session_.scattering();
     if (scattering && !scattering_) begin_scatter();
 
     CHECK(a.consumed <= input.size());
@@ -1424,7 +1544,7 @@ class Harness {
       CHECK(c.data != nullptr || c.size == 0);
       to_server.append(c.data, c.size);
       if (!(c.data >= in_begin && c.data + c.size <= in_end)) {
-        kept_.push_back({source, kept_link, c.data, std::string(c.data, c.size)});
+        kept_.push_back({source, kept_link, c.data, std::string(c.data, c.size), scattering});
       }
     }
     for (const Chunk& c : a.to_client) {
@@ -1448,7 +1568,7 @@ class Harness {
         CHECK(scatter_link_[a.server_link]);
         CHECK(link < kMaxLinks && scatter_link_[link]);
       }
-      check_two_phase(to_server, target);
+      check_two_phase(to_server, target, a.link_ops);
       fake(target).receive(to_server);
     }
 
@@ -1462,6 +1582,7 @@ class Harness {
 
     // Commands.
     int ops_on[kMaxLinks] = {};
+    const bool closes_scatter = closes_scatter_link(a.link_ops) && !scatter_gid_.empty();
     for (const LinkOp& op : a.link_ops) {
       CHECK(op.link < kMaxLinks);
       ServerState*& server = linked_[op.link];
@@ -1469,10 +1590,25 @@ class Harness {
       CHECK(++ops_on[op.link] == 1);
       FakeServer& f = fake(server);
       if (op.kind == LinkOp::Kind::Release) {
+        if (server->tx_status != 'I' && scatter_link_[op.link] && !scatter_gid_.empty() &&
+            commit_decisions_[scatter_gid_] != 0) {
+          // Known: a shard whose COMMIT/ROLLBACK PREPARED is answered with ReadyForQuery 'T' or
+          // 'E' (no PostgreSQL does; a server that is not one may) is released all the same
+          // (scatter_flight.cpp scatter_answered, kActionScatterFinish), not closed.
+          known_finding("a shard in a transaction is released after its commit decision",
+                        __LINE__);
+        }
         CHECK(server->tx_status == 'I');
         // A server that answered as PostgreSQL would owes nothing more and is outside a
         // transaction.
         if (f.faithful) {
+          if (!f.idle() && scatter_link_[op.link] && (closes_scatter || lost_answered_part_)) {
+            // Known: a write's shard lost after its PREPARE TRANSACTION failed is counted as
+            // answered twice (session/scatter_flight.cpp end_scatter_link), so the write is
+            // settled while another shard still runs its part: that server is released with
+            // BEGIN; ...; PREPARE TRANSACTION still to answer (and may prepare it afterwards).
+            known_finding("a write's shard is released before it answered its part", __LINE__);
+          }
           CHECK(f.tx == 'I');
           CHECK(f.idle());
         }
@@ -1486,6 +1622,12 @@ class Harness {
         f.clean(op.sql[1]);
         idle_.push_back(server);
       } else {
+        // A write's shard lost after it answered its part without preparing it (the known
+        // finding above; an unfaithful server may have answered it as far as the session knows).
+        if (scatter_link_[op.link] && !scatter_gid_.empty() &&
+            ((f.idle() && f.prepared.count(scatter_gid_) == 0) || !f.faithful)) {
+          lost_answered_part_ = true;
+        }
         fakes_.erase(server);  // closed
       }
       server = nullptr;
@@ -1526,7 +1668,7 @@ class Harness {
       CHECK(session_.state() == SessionState::Closing);
       CHECK(session_.link_count() == 0);
       after_close_ = true;
-      --depth_;
+      if (scattering_ || scattering) check_left_prepared();
       return;
     }
     const bool resume = a.resume_client;
@@ -1571,7 +1713,6 @@ class Harness {
       }
     }
     if (resume) feed_client(in);
-    --depth_;
   }
 
   static std::string tags_of(std::string_view bytes) {
@@ -1614,6 +1755,39 @@ class Harness {
                              : "",
                  a.resume_client, a.close_client, a.pinned_change,
                  session_.scattering() ? " scattering" : "");
+    if (trace_ > 1) std::fprintf(stderr, "%s", frontend_detail(to_server).c_str());
+  }
+
+  // SESSION_FUZZ_TRACE=2: what the frontend messages for a server say.
+  static std::string frontend_detail(std::string_view bytes) {
+    std::string out;
+    while (!bytes.empty()) {
+      const auto r = protocol::decode_frame(bytes, 1u << 30);
+      if (r.status != protocol::DecodeStatus::Ok) break;
+      const protocol::Frame& f = r.frame;
+      bytes.remove_prefix(f.whole.size());
+      std::string d(1, f.tag);
+      if (f.tag == 'Q') {
+        d += " " + std::string(protocol::read_query(f).value_or("?"));
+      } else if (f.tag == 'P') {
+        if (auto p = protocol::read_parse(f)) {
+          d += " " + std::string(p->statement) + ": " + std::string(p->query);
+        }
+      } else if (f.tag == 'B') {
+        if (auto b = protocol::read_bind_head(f)) {
+          d += " " + std::string(b->portal) + " <- " + std::string(b->statement);
+        }
+      } else if (f.tag == 'D' || f.tag == 'C') {
+        if (auto c = f.tag == 'D' ? protocol::read_describe(f) : protocol::read_close(f)) {
+          d += std::string(" ") + c->kind + " " + std::string(c->name);
+        }
+      } else if (f.tag == 'E') {
+        if (auto e = protocol::read_execute(f)) d += " " + std::string(e->portal);
+      }
+      if (d.size() > 90) d = d.substr(0, 87) + "...";
+      out += "    > " + d + "\n";
+    }
+    return out;
   }
 
   // Chunks kept from earlier steps of other sources still hold their bytes.
@@ -1704,14 +1878,16 @@ class Harness {
   bool scatter_checkout_failed_ = false;
   std::string scatter_tags_;  // the types of the messages the client got since it started
   std::string scatter_gid_;   // a write's prepared transaction
+  bool lost_answered_part_ = false;
   // Writes over several shards: where each gid was prepared, and how it was decided.
   std::map<std::string, std::vector<const ServerState*>> prepares_;
   std::map<std::string, char> commit_decisions_;
   int pinned_ = 0;
-  int depth_ = 0;
+  int unproductive_depth_ = 0;
   bool gone_ = false;
   bool after_close_ = false;
-  bool trace_ = std::getenv("SESSION_FUZZ_TRACE") != nullptr;
+  // SESSION_FUZZ_TRACE=1: every step; 2: also what each server is sent.
+  int trace_ = std::getenv("SESSION_FUZZ_TRACE") ? std::max(1, std::atoi(std::getenv("SESSION_FUZZ_TRACE"))) : 0;
 };
 
 }  // namespace
@@ -1720,6 +1896,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (size < 2) return 0;
   Reader in(data + 2, size - 2);
   Harness h(data[0], data[1]);
-  h.play(in);
+  try {
+    h.play(in);
+  } catch (const KnownFinding& k) {
+    if (std::getenv("SESSION_FUZZ_TRACE")) std::fprintf(stderr, "known finding: %s\n", k.what);
+  }
   return 0;
 }

@@ -388,3 +388,30 @@ def test_a_begin_postgresql_refuses_fails_at_once(shards, pgvalve):
             conn.execute("BEGIN ISOLATION LEVEL NONSENSE")
         assert not str(e.value).startswith("pgvalve:")  # PostgreSQL's own answer
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_statistics_count_a_statement_over_several_shards_once_and_each_shards_part(shards,
+                                                                                  pgvalve):
+    from itutil import APP_AND_OPS, OPS_PASSWORD, OPS_USER
+    clear(shards)
+    pv = pgvalve(users=APP_AND_OPS, **config(shards))
+    with pv.connect() as conn:
+        for d in range(1, 11):
+            conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 1)", (d,))
+        for _ in range(3):
+            assert conn.execute("SELECT count(*) FROM telemetry WHERE value > 0").fetchone() == (10,)
+    with psycopg.connect(pv.dsn(user=OPS_USER, password=OPS_PASSWORD, dbname="pgvalve"),
+                         autocommit=True, prepare_threshold=None) as a:
+        def rows(command):
+            cur = a.execute(command)
+            cols = [d.name for d in cur.description]
+            return [dict(zip(cols, r)) for r in cur.fetchall()]
+        (q,) = [r for r in rows("SHOW QUERIES") if "count(*)" in r["query"]]
+        assert q["calls"] == "3" and q["rows"] == "3", q  # the client's statements, once each
+        assert set(q["shards"].split(",")) == {"s0", "s1"}, q
+        by_shard = {r["shard"]: r for r in rows("SHOW SHARDS") if r["database"] == APP_DB}
+        # Each shard ran its part of the three reads, besides the inserts it got.
+        inserted = {"s0": sum(md5_mod(d) == 0 for d in range(1, 11)),
+                    "s1": sum(md5_mod(d) == 1 for d in range(1, 11))}
+        for name in ("s0", "s1"):
+            assert int(by_shard[name]["statements"]) == inserted[name] + 3, by_shard[name]

@@ -45,6 +45,40 @@ TEST(QueryStats, OneShapeWithOtherConstantsIsOneEntry) {
   EXPECT_EQ(q.text, "SELECT value FROM readings WHERE device_id = $1");
 }
 
+TEST(QueryStats, AStatementOverSeveralShardsIsOneCallWithAPartPerShard) {
+  QueryStats s;
+  const std::string sql = "SELECT count(*) FROM readings";
+  s.prepare(routing::fingerprint(sql), sql, kWho);
+  for (std::uint16_t shard = 0; shard < 4; ++shard) {
+    Execution part = run(sql, 100 + shard, 1);
+    part.shard = shard;
+    part.scope = Execution::Scope::ShardPart;
+    s.record(part, kWho);
+  }
+  Execution whole = run(sql, 250, 1);
+  whole.scope = Execution::Scope::Gathered;
+  s.record(whole, kWho);
+  const Snapshot snap = QueryStats::snapshot({&s}, 100);
+  ASSERT_EQ(snap.queries.size(), 1u);
+  EXPECT_EQ(snap.queries[0].calls, 1u);
+  EXPECT_EQ(snap.queries[0].rows, 1u);
+  EXPECT_EQ(snap.queries[0].total_micros, 250u);
+  EXPECT_EQ(snap.queries[0].shards, 0xfu);
+  // Per shard (SHOW SHARDS): one statement on each.
+  std::uint64_t per_shard[4] = {};
+  for (const auto& q : snap.queries_by_label) {
+    if (q.shard < 4) per_shard[q.shard] += q.queries;
+  }
+  EXPECT_EQ(per_shard[0] + per_shard[1] + per_shard[2] + per_shard[3], 4u);
+  EXPECT_EQ(per_shard[3], 1u);
+  // The duration histogram counts the client's statement once.
+  ASSERT_EQ(snap.databases.size(), 1u);
+  std::uint64_t statements = 0;
+  for (std::uint64_t n : snap.databases[0].duration_counts)
+    statements += n;
+  EXPECT_EQ(statements, 1u);
+}
+
 TEST(QueryStats, DifferentStatementsAreDifferentEntriesByTotalTime) {
   QueryStats s;
   const std::string fast = "select 1";
