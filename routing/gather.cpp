@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <unordered_map>
 
 #include "protocol/messages.h"
@@ -31,6 +33,64 @@ double floating(std::string_view s) {
   const std::string text(s);  // strtod needs a terminated string
   if (text == "NaN") return std::nan("");
   return std::strtod(text.c_str(), nullptr);
+}
+
+// A binary-format integer (int2, int4, int8; date, time and timestamps are int32/int64 too).
+std::optional<std::int64_t> binary_integer(std::string_view s) {
+  if (s.size() != 2 && s.size() != 4 && s.size() != 8) return std::nullopt;
+  std::uint64_t u = 0;
+  for (char c : s)
+    u = (u << 8) | static_cast<unsigned char>(c);
+  const unsigned shift = 64 - 8 * static_cast<unsigned>(s.size());
+  return static_cast<std::int64_t>(u << shift) >> shift;
+}
+
+// `v` as a binary-format integer `width` bytes wide; nullopt when it does not fit.
+std::optional<std::string> binary_integer_of(std::int64_t v, std::size_t width) {
+  if (width < 8) {
+    const std::int64_t limit = std::int64_t{1} << (8 * width - 1);
+    if (v < -limit || v >= limit) return std::nullopt;
+  }
+  std::string out(width, '\0');
+  auto u = static_cast<std::uint64_t>(v);
+  for (std::size_t i = width; i > 0; --i) {
+    out[i - 1] = static_cast<char>(u & 0xff);
+    u >>= 8;
+  }
+  return out;
+}
+
+double binary_float(std::string_view s) {
+  std::uint64_t u = 0;
+  for (char c : s)
+    u = (u << 8) | static_cast<unsigned char>(c);
+  if (s.size() == 4) {
+    float f;
+    const auto bits = static_cast<std::uint32_t>(u);
+    std::memcpy(&f, &bits, sizeof f);
+    return f;
+  }
+  double d = 0;
+  if (s.size() == 8) std::memcpy(&d, &u, sizeof d);
+  return d;
+}
+
+std::string binary_float_of(double v, std::size_t width) {
+  std::uint64_t u = 0;
+  if (width == 4) {
+    const auto f = static_cast<float>(v);
+    std::uint32_t bits;
+    std::memcpy(&bits, &f, sizeof bits);
+    u = bits;
+  } else {
+    std::memcpy(&u, &v, sizeof u);
+  }
+  std::string out(width, '\0');
+  for (std::size_t i = width; i > 0; --i) {
+    out[i - 1] = static_cast<char>(u & 0xff);
+    u >>= 8;
+  }
+  return out;
 }
 
 // PostgreSQL orders NaN above every other value.
@@ -166,6 +226,90 @@ std::optional<std::string> add_decimals(std::string_view x, std::string_view y) 
   return out;
 }
 
+// A binary-format numeric (int16 ndigits, int16 weight, uint16 sign, int16 dscale, then base-10000
+// digits) as its text; nullopt for NaN, infinities, or bytes that are not one.
+std::optional<std::string> numeric_text(std::string_view b) {
+  if (b.size() < 8) return std::nullopt;
+  auto u16 = [&](std::size_t at) {
+    return static_cast<std::uint16_t>((static_cast<unsigned char>(b[at]) << 8) |
+                                      static_cast<unsigned char>(b[at + 1]));
+  };
+  const int ndigits = static_cast<std::int16_t>(u16(0));
+  const int weight = static_cast<std::int16_t>(u16(2));
+  const std::uint16_t sign = u16(4);
+  const int dscale = static_cast<std::int16_t>(u16(6));
+  if (ndigits < 0 || dscale < 0 || (sign != 0 && sign != 0x4000) ||
+      b.size() != 8 + 2 * static_cast<std::size_t>(ndigits)) {
+    return std::nullopt;
+  }
+  std::string integer_part;
+  std::string fraction;
+  for (int i = 0; i < ndigits; ++i) {
+    const int group = u16(8 + 2 * static_cast<std::size_t>(i));
+    if (group > 9999) return std::nullopt;
+    char digits[5];
+    std::snprintf(digits, sizeof digits, "%04d", group);
+    const int position = weight - i;  // this group counts 10000^position
+    if (position >= 0) {
+      integer_part += digits;
+    } else {
+      if (fraction.empty()) fraction.assign(static_cast<std::size_t>(4 * (-position - 1)), '0');
+      fraction += digits;
+    }
+  }
+  for (int position = weight - ndigits; position >= 0; --position)
+    integer_part += "0000";  // trailing zero groups of the integer part are not stored
+  const std::size_t first = integer_part.find_first_not_of('0');
+  integer_part = first == std::string::npos ? "0" : integer_part.substr(first);
+  fraction.resize(static_cast<std::size_t>(dscale), '0');
+  std::string out = sign == 0x4000 ? "-" : "";
+  out += integer_part;
+  if (dscale > 0) out += "." + fraction;
+  return out;
+}
+
+// The text of a numeric ([-]digits[.digits]) in binary format.
+std::optional<std::string> numeric_binary(std::string_view text) {
+  bool negative = false;
+  if (!text.empty() && text[0] == '-') {
+    negative = true;
+    text.remove_prefix(1);
+  }
+  const std::size_t dot = text.find('.');
+  std::string integer_part(text.substr(0, dot));
+  std::string fraction(dot == std::string_view::npos ? "" : text.substr(dot + 1));
+  if (integer_part.empty() || integer_part.find_first_not_of("0123456789") != std::string::npos ||
+      fraction.find_first_not_of("0123456789") != std::string::npos || fraction.size() > 16383) {
+    return std::nullopt;
+  }
+  const auto dscale = static_cast<std::int16_t>(fraction.size());
+  integer_part.insert(0, (4 - integer_part.size() % 4) % 4, '0');
+  fraction.append((4 - fraction.size() % 4) % 4, '0');
+  std::vector<std::uint16_t> groups;
+  for (std::size_t i = 0; i < integer_part.size(); i += 4)
+    groups.push_back(static_cast<std::uint16_t>(std::stoi(integer_part.substr(i, 4))));
+  int weight = static_cast<int>(groups.size()) - 1;
+  for (std::size_t i = 0; i < fraction.size(); i += 4)
+    groups.push_back(static_cast<std::uint16_t>(std::stoi(fraction.substr(i, 4))));
+  std::size_t lead = 0;
+  while (lead < groups.size() && groups[lead] == 0) {
+    ++lead;
+    --weight;
+  }
+  std::size_t end = groups.size();
+  while (end > lead && groups[end - 1] == 0)
+    --end;
+  if (lead == end) weight = 0;  // zero: no digits
+  std::string out;
+  pr::append_i16(out, static_cast<std::int16_t>(end - lead));
+  pr::append_i16(out, static_cast<std::int16_t>(weight));
+  pr::append_u16(out, negative && lead != end ? 0x4000 : 0);
+  pr::append_i16(out, dscale);
+  for (std::size_t i = lead; i < end; ++i)
+    pr::append_u16(out, groups[i]);
+  return out;
+}
+
 }  // namespace
 
 std::optional<std::string_view> Gather::Row::value(std::size_t i) const {
@@ -260,29 +404,34 @@ bool Gather::read_description(const pr::Frame& f) {
   }
   for (const Column& column : columns) {
     columns_.push_back(column);
+    const bool binary = column.format != 0;
     switch (static_cast<std::uint32_t>(column.type)) {
       case kInt2:
       case kInt4:
       case kInt8:
+        kinds_.push_back(binary ? Kind::BinaryInteger : Kind::Integer);
+        break;
       case kOid:
-        kinds_.push_back(Kind::Integer);
+        kinds_.push_back(binary ? Kind::Other : Kind::Integer);  // unsigned
         break;
       case kFloat4:
       case kFloat8:
-        kinds_.push_back(Kind::Float);
+        kinds_.push_back(binary ? Kind::BinaryFloat : Kind::Float);
         break;
       case kNumeric:
-        kinds_.push_back(Kind::Numeric);
+        kinds_.push_back(binary ? Kind::BinaryNumeric : Kind::Numeric);
+        break;
+      case kDate:
+      case kTime:
+      case kTimestamp:
+      case kTimestamptz:
+        kinds_.push_back(binary ? Kind::BinaryInteger : Kind::Bytes);
         break;
       case kBool:
       case kName:
       case kText:
       case kBpchar:
       case kVarchar:
-      case kDate:
-      case kTime:
-      case kTimestamp:
-      case kTimestamptz:
       case kUuid:
         kinds_.push_back(Kind::Bytes);
         break;
@@ -309,19 +458,6 @@ bool Gather::read_description(const pr::Frame& f) {
     }
     k.column = static_cast<std::uint16_t>(found);
   }
-  // Rows only concatenated pass in any format; values pgvalve compares must be text.
-  bool compared_binary = false;
-  for (const ScatterPlan::SortKey& k : plan_.order)
-    compared_binary |= k.column < columns.size() && columns[k.column].format != 0;
-  if (!plan_.combine.empty() || plan_.distinct) {
-    for (const Column& column : columns)
-      compared_binary |= column.format != 0;
-  }
-  if (compared_binary) {
-    return fail("0A000",
-                "pgvalve: binary results of a statement over several shards are not merged or "
-                "combined yet; ask for text results");
-  }
   for (const ScatterPlan::SortKey& k : plan_.order) {
     if (k.column >= kinds_.size() || kinds_[k.column] == Kind::Other) {
       return fail("0A000",
@@ -332,8 +468,13 @@ bool Gather::read_description(const pr::Frame& f) {
   for (std::size_t i = 0; i < plan_.combine.size() && i < kinds_.size(); ++i) {
     const ScatterPlan::Combine op = plan_.combine[i];
     const Kind k = kinds_[i];
-    if ((op == ScatterPlan::Combine::Sum && k != Kind::Integer && k != Kind::Numeric &&
-         k != Kind::Float) ||
+    const bool sums = k == Kind::Integer || k == Kind::Numeric || k == Kind::Float ||
+                      k == Kind::BinaryFloat || k == Kind::BinaryNumeric ||
+                      (k == Kind::BinaryInteger && kinds_.size() > i &&
+                       (columns_[i].type == static_cast<std::int32_t>(kInt2) ||
+                        columns_[i].type == static_cast<std::int32_t>(kInt4) ||
+                        columns_[i].type == static_cast<std::int32_t>(kInt8)));
+    if ((op == ScatterPlan::Combine::Sum && !sums) ||
         ((op == ScatterPlan::Combine::Min || op == ScatterPlan::Combine::Max) &&
          k == Kind::Other)) {
       return fail("0A000", "pgvalve: this aggregate's type does not combine across shards");
@@ -389,6 +530,20 @@ int Gather::compare(Kind kind, std::string_view a, std::string_view b) const {
       return compare_doubles(floating(a), floating(b));
     case Kind::Numeric:
       return compare_decimals(a, b);
+    case Kind::BinaryInteger: {
+      const auto x = binary_integer(a);
+      const auto y = binary_integer(b);
+      if (x && y) return *x < *y ? -1 : *x > *y ? 1 : 0;
+      break;
+    }
+    case Kind::BinaryFloat:
+      return compare_doubles(binary_float(a), binary_float(b));
+    case Kind::BinaryNumeric: {
+      const auto x = numeric_text(a);
+      const auto y = numeric_text(b);
+      if (x && y) return compare_decimals(*x, *y);
+      break;
+    }
     default:
       break;
   }
@@ -449,6 +604,28 @@ bool Gather::combine_into(Row& into, const Row& from) {
               return fail("22003", "pgvalve: the sum across shards is out of range for bigint");
             }
             v = std::to_string(s);
+          } else if (kinds_[i] == Kind::BinaryInteger) {
+            const auto x = binary_integer(*a);
+            const auto y = binary_integer(*b);
+            std::int64_t s = 0;
+            std::optional<std::string> sum;
+            if (x && y && !__builtin_add_overflow(*x, *y, &s))
+              sum = binary_integer_of(s, a->size());
+            if (!sum) {
+              return fail("22003", "pgvalve: the sum across shards is out of range for its type");
+            }
+            v = std::move(sum);
+          } else if (kinds_[i] == Kind::BinaryNumeric) {
+            const auto x = numeric_text(*a);
+            const auto y = numeric_text(*b);
+            const auto s = x && y ? add_decimals(*x, *y) : std::nullopt;
+            const auto bytes = s ? numeric_binary(*s) : std::nullopt;
+            if (!bytes) {
+              return fail("0A000", "pgvalve: a NaN or infinite sum does not combine across shards");
+            }
+            v = *bytes;
+          } else if (kinds_[i] == Kind::BinaryFloat) {
+            v = binary_float_of(binary_float(*a) + binary_float(*b), a->size());
           } else if (kinds_[i] == Kind::Numeric) {
             const auto s = add_decimals(*a, *b);
             if (!s)

@@ -8,9 +8,11 @@
 // Values are compared in text format, typed by the RowDescription's OIDs: integers, floats and
 // numeric by value; bool, text, varchar, bpchar, name, uuid, date, time, timestamp and
 // timestamptz by their bytes. That is the C collation for text (a database whose ORDER BY uses
-// another collation can order differently), and ISO dates of years 1-9999. A sort or
-// min/max on any other type, or a binary-format value pgvalve must compare, is refused (rows
-// that are only concatenated pass in any format).
+// another collation can order differently), and ISO dates of years 1-9999. Binary-format values
+// (JDBC asks for them once a statement is prepared) compare by value too: integers, dates, times
+// and timestamps as big-endian integers, floats as IEEE values, numeric through its digits,
+// text-like types and uuid by their bytes. A sort or min/max on any other type is refused (rows
+// that are only concatenated pass whatever their type and format).
 #pragma once
 
 #include <cstddef>
@@ -53,7 +55,19 @@ class Gather {
     std::vector<Field> fields;
     std::optional<std::string_view> value(std::size_t i) const;
   };
-  enum class Kind : std::uint8_t { Integer, Float, Numeric, Bytes, Other };
+  // How a column's values compare. Binary-format results (JDBC asks for them once a statement
+  // is prepared) of integers, dates and times compare as big-endian signed integers, of floats
+  // as IEEE values, of text-like types and uuid byte by byte, as their text does.
+  enum class Kind : std::uint8_t {
+    Integer,
+    Float,
+    Numeric,
+    Bytes,
+    BinaryInteger,
+    BinaryFloat,
+    BinaryNumeric,
+    Other,
+  };
   // What a column is, without the table OID and column number of its source, which differ
   // between shards whose tables were created apart.
   struct Column {

@@ -415,3 +415,26 @@ def test_statistics_count_a_statement_over_several_shards_once_and_each_shards_p
                     "s1": sum(md5_mod(d) == 1 for d in range(1, 11))}
         for name in ("s0", "s1"):
             assert int(by_shard[name]["statements"]) == inserted[name] + 3, by_shard[name]
+
+
+def test_jdbc_reads_over_several_shards_also_once_prepared(shards, pgvalve, tmp_path):
+    """PgJDBC switches a PreparedStatement to a named server-side statement with binary integer
+    results from its fifth execution: the gathered answers stay right."""
+    import subprocess
+    from pathlib import Path
+    jar = Path("/usr/share/java/postgresql.jar")
+    assert jar.exists(), f"{jar} missing: apt-get install libpostgresql-jdbc-java"
+    clear(shards)
+    pv = pgvalve(**config(shards))
+    with pv.connect() as conn:
+        for d in range(1, 21):
+            conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 1)", (d,))
+    src = Path(__file__).parent / "drivers" / "JdbcSharded.java"
+    r = subprocess.run(["javac", "-cp", str(jar), "-d", str(tmp_path), str(src)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    from pgcluster import APP_PASSWORD, APP_USER
+    r = subprocess.run(["java", "-cp", f"{tmp_path}:{jar}", "JdbcSharded",
+                        f"jdbc:postgresql://127.0.0.1:{pv.port}/{APP_DB}", APP_USER, APP_PASSWORD,
+                        "20"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("OK"), r.stdout + r.stderr

@@ -244,6 +244,69 @@ TEST(Gather, AnErrorOfOneShardIsTheAnswer) {
   EXPECT_EQ(a.tag, "");
 }
 
+// Binary int8 values, as JDBC asks for them once a statement is prepared.
+std::string int8_bytes(std::int64_t v) {
+  std::string out(8, '\0');
+  auto u = static_cast<std::uint64_t>(v);
+  for (int i = 7; i >= 0; --i) {
+    out[static_cast<std::size_t>(i)] = static_cast<char>(u & 0xff);
+    u >>= 8;
+  }
+  return out;
+}
+
+TEST(Gather, BinaryIntegersAreOrderedAndAddedByValue) {
+  Gather g(combined({C::Sum}), 2, -1, 0, 1 << 20);
+  g.add(0, description({kInt8}, 1).frame());
+  g.add(0, row({int8_bytes(300)}).frame());
+  g.add(1, description({kInt8}, 1).frame());
+  g.add(1, row({int8_bytes(-44)}).frame());
+  std::string out;
+  g.finish(out);
+  Answer a = read_answer(out);
+  ASSERT_EQ(a.rows.size(), 1u) << a.message;
+  EXPECT_EQ(a.rows[0][0], int8_bytes(256));
+
+  Gather sorted(ordered({{0, true, false}}), 2, -1, 0, 1 << 20);
+  sorted.add(0, description({kInt8}, 1).frame());
+  sorted.add(0, row({int8_bytes(-5)}).frame());
+  sorted.add(0, row({int8_bytes(70000)}).frame());
+  sorted.add(1, description({kInt8}, 1).frame());
+  sorted.add(1, row({int8_bytes(3)}).frame());
+  out.clear();
+  sorted.finish(out);
+  a = read_answer(out);
+  EXPECT_EQ(a.rows, (Rows{{int8_bytes(70000)}, {int8_bytes(3)}, {int8_bytes(-5)}}));
+}
+
+// A binary numeric: ndigits, weight, sign, dscale, base-10000 digits.
+std::string numeric_bytes(std::int16_t weight, std::int16_t dscale,
+                          std::vector<std::uint16_t> digits, bool negative = false) {
+  std::string out;
+  pr::append_i16(out, static_cast<std::int16_t>(digits.size()));
+  pr::append_i16(out, weight);
+  pr::append_u16(out, negative ? 0x4000 : 0);
+  pr::append_i16(out, dscale);
+  for (std::uint16_t d : digits)
+    pr::append_u16(out, d);
+  return out;
+}
+
+TEST(Gather, BinaryNumericsAreAddedExactlyAndCompared) {
+  Gather g(combined({C::Sum, C::Max}), 2, -1, 0, 1 << 20);
+  g.add(0, description({kNumeric, kNumeric}, 1).frame());
+  g.add(0,
+        row({numeric_bytes(0, 2, {12, 5000}), numeric_bytes(1, 0, {1})}).frame());  // 12.50, 10000
+  g.add(1, description({kNumeric, kNumeric}, 1).frame());
+  g.add(1, row({numeric_bytes(-1, 4, {5005}), numeric_bytes(0, 1, {9999, 9000})}).frame());
+  std::string out;
+  g.finish(out);
+  const Answer a = read_answer(out);
+  ASSERT_EQ(a.rows.size(), 1u) << a.message;
+  EXPECT_EQ(a.rows[0][0], numeric_bytes(0, 4, {13, 5}));  // 13.0005
+  EXPECT_EQ(a.rows[0][1], numeric_bytes(1, 0, {1}));      // 10000 > 9999.9
+}
+
 TEST(Gather, ColumnsOfSelectStarAreOrderedByName) {
   ScatterPlan p = ordered({{0, true, false, "c1"}});
   Answer a = gather(p, {kText, kInt8}, {{{"a", "1"}, {"b", "5"}}, {{"c", "3"}}});
@@ -262,9 +325,9 @@ TEST(Gather, WhatCannotBeCombinedIsAClearError) {
   a = gather(ordered({{0, false, false}}), {kInterval}, {{{"1 day"}}, {{"2 hours"}}});
   EXPECT_EQ(a.sqlstate, "0A000");
 
-  // Binary values cannot be compared; rows that are only concatenated pass in any format.
+  // A binary interval cannot be compared; rows that are only concatenated pass in any format.
   Gather g(ordered({{0, false, false}}), 2, -1, 0, 1 << 20);
-  g.add(0, description({kInt8}, 1).frame());
+  g.add(0, description({kInterval}, 1).frame());
   std::string out;
   g.finish(out);
   EXPECT_EQ(read_answer(out).sqlstate, "0A000");
