@@ -167,6 +167,12 @@ def session_seeds() -> dict:
     fresh = bytes([0])  # the pool's answer to a checkout: a fresh server
     reused = bytes([8])  # a server given back earlier, when there is one
     no_server = bytes([7])  # the pool found none: on_checkout_failed
+    later = bytes([6])  # the pool makes the checkout wait: answered by pool_answers()
+
+    def pool_answers(answer=0):
+        """Opcode 14 with high bits: the pool answers the checkout it made wait (0 a fresh
+        server, 7 none)."""
+        return bytes([0x1e, answer])
 
     def answer(link=0, unit=0, fault=0, v=0):
         """Opcode 6: the FakeServer of a linked server answers what it was sent, as PostgreSQL
@@ -273,6 +279,21 @@ def session_seeds() -> dict:
                             + answer(2, everything) + lost(0) + answer() + answer()
                             + client(0, "SELECT count(*) FROM telemetry") + shards3
                             + answer(1, fault=6, v=0xa0) + answer() + answer(),
+        # The pool makes a shard's checkout wait: meanwhile the first shard answers (an error
+        # decides a read; a write's part is prepared), a timer fires, the wait ends with a server
+        # or none; last the client leaves while a write waits for its third shard.
+        "scatter_waits": sharded
+                         + client(0, "SELECT count(*) FROM telemetry") + fresh + later
+                         + answer(fault=4) + bytes([8, 10]) + pool_answers()
+                         + client(0, "/* pgvalve: all_shards */ DELETE FROM telemetry")
+                         + fresh + later + answer(0, everything) + pool_answers() + fresh
+                         + answer(1, everything) + answer(2, everything)
+                         + answer() + answer() + answer()
+                         + client(0, "CREATE TABLE archive (device_id bigint)") + fresh * 2
+                         + later + answer(0, everything) + pool_answers(7)
+                         + answer(1, everything) + answer() + answer()
+                         + client(0, "INSERT INTO device_types VALUES (1, 'x')") + fresh * 2
+                         + later + bytes([11]),
     }
 
 
