@@ -260,8 +260,14 @@ void Session::scatter_frame(Link& l, const pr::Frame& f, Actions& out) {
       return;
     case kActionScatterPrepare:
       if (f.tag == 'C') {
-        // An aborted transaction answers PREPARE TRANSACTION with ROLLBACK.
+        // An aborted transaction answers PREPARE TRANSACTION with ROLLBACK (its error is the
+        // client's already); any other answer means the part ran outside a transaction.
         l.prepared = pr::read_command_complete(f).value_or("") == "PREPARE TRANSACTION";
+        if (!l.prepared) {
+          run.scatter->fail("XX000", "pgvalve: server " + l.server->name +
+                                         " did not prepare its part of a write to several "
+                                         "shards; the write was rolled back where it was prepared");
+        }
       } else if (f.tag == 'E') {
         const auto e = pr::read_error_response(f);
         if (e && e->sqlstate == "55000") {
@@ -280,7 +286,12 @@ void Session::scatter_frame(Link& l, const pr::Frame& f, Actions& out) {
       if (f.tag == 'E') l.discard = true;  // the COMMIT/ROLLBACK PREPARED failed
       return;
     default:
-      return;  // BEGIN's answer
+      // BEGIN's answer: without its transaction the part could not be rolled back.
+      if (f.tag == 'E') {
+        run.scatter->fail("XX000", "pgvalve: server " + l.server->name +
+                                       " could not begin its part of a write to several shards");
+      }
+      return;
   }
 }
 
@@ -292,6 +303,7 @@ void Session::scatter_answered(Link& l, std::uint8_t action, std::string& into, 
       return;
     case kActionScatterPrepare:
       record_scatter_part(l);
+      l.part_answered = true;
       --run.open;
       if (run.open == 0 && !run.waiting) settle_scatter(into, out);
       return;
@@ -302,7 +314,8 @@ void Session::scatter_answered(Link& l, std::uint8_t action, std::string& into, 
                                        " after other shards committed the write; it stays "
                                        "prepared there until committed (SHOW SHARDS counts it)");
       }
-      unlink(l.id, l.discard ? LinkOp::Kind::Close : LinkOp::Kind::Release, out);
+      const bool clean = !l.discard && l.server->tx_status == 'I';
+      unlink(l.id, clean ? LinkOp::Kind::Release : LinkOp::Kind::Close, out);
       settle_scatter(into, out);
       return;
     }
@@ -351,6 +364,11 @@ void Session::end_scatter_link(Link& l, LinkOp::Kind how, std::string& into, Act
     return;
   }
   if (!lost.empty()) run.scatter->fail("08006", lost);
+  if (l.part_answered) {
+    // Its part was answered (and counted) already; nothing of the write is prepared there.
+    unlink(l.id, how, out);
+    return;
+  }
   if (answering || how == LinkOp::Kind::Release) record_scatter_part(l);
   if (how == LinkOp::Kind::Release && (l.discard || l.server->tx_status != 'I')) {
     how = LinkOp::Kind::Close;

@@ -90,6 +90,7 @@ struct Link {
   bool discard = false;              // closed, not released, once it has answered (its sync failed)
   bool prepared = false;             // a write's part is prepared on it (two-phase commit)
   bool finishing = false;            // ... and its COMMIT / ROLLBACK PREPARED was sent
+  bool part_answered = false;        // its part of a write was answered up to PREPARE TRANSACTION
   std::size_t stream_remaining = 0;  // bytes of a large server message still passing through
   bool stream_forward = true;        // ... forwarded to the client (false: dropped)
   Clock::time_point last_activity{};
@@ -136,6 +137,7 @@ struct Link {
     discard = false;
     prepared = false;
     finishing = false;
+    part_answered = false;
     stream_remaining = 0;
     stream_forward = true;
     syncing = false;

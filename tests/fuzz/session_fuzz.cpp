@@ -432,8 +432,8 @@ class FakeServer {
   // or canned server bytes): the session's view of it may then differ from the model's.
   bool faithful = true;
   char tx = 'I';
-  std::deque<std::string> queue;  // frontend messages not answered yet
-  std::string unsent;             // answer bytes made but not delivered yet (an answer cut)
+  std::deque<std::string> queue;   // frontend messages not answered yet
+  std::string unsent;              // answer bytes made but not delivered yet (an answer cut)
   std::set<std::string> prepared;  // prepared transactions, by their gid literal ('...')
   bool begin_failed = false;       // the last BEGIN was answered with an error
 
@@ -639,8 +639,8 @@ class FakeServer {
       out += std::string("s\0\0\0\4", 5);
       return;
     }
-    protocol::append_command_complete(out, tag.empty() ? "SELECT " + std::to_string(n)
-                                                        : std::string(tag));
+    protocol::append_command_complete(
+        out, tag.empty() ? "SELECT " + std::to_string(n) : std::string(tag));
   }
 
   static std::string upper_word(std::string_view text) {
@@ -668,7 +668,7 @@ class FakeServer {
       if (fail) {
         sqlstate = k == K::PrepareTransaction ? (v & 0x20 ? "55000" : "40001")
                    : (k == K::Insert || k == K::Update || k == K::Delete) ? "23505"
-                                                                           : "42P01";
+                                                                          : "42P01";
       }
       if (k == K::Begin) begin_failed = true;
       if (k == K::PrepareTransaction) {
@@ -968,7 +968,8 @@ class FakeServer {
         if (!b) return unreadable(out);
         const auto it = statements_.find(std::string(b->statement));
         if (it == statements_.end()) {
-          if (faithful && pgvalve_named(b->statement) && !unparsed_.count(std::string(b->statement))) {
+          if (faithful && pgvalve_named(b->statement) &&
+              !unparsed_.count(std::string(b->statement))) {
             violated("pgvalve binds a statement the server does not have", __LINE__);
           }
           fail_extended(out, "26000", "prepared statement does not exist");
@@ -1423,7 +1424,6 @@ class Harness {
     scatter_checkout_failed_ = false;
     scatter_tags_.clear();
     scatter_gid_.clear();
-    lost_answered_part_ = false;
   }
 
   // A statement over several shards was answered.
@@ -1455,21 +1455,9 @@ class Harness {
         // Known: release_all_for_close gives a shard's server back as it is, its part prepared
         // and neither committed nor rolled back (in doubt, holding its locks), even when the
         // write was committed on other shards already.
-        known_finding("a write's prepared part is left undecided when the client leaves",
-                      __LINE__);
+        known_finding("a write's prepared part is left undecided when the client leaves", __LINE__);
       }
     }
-  }
-
-  // Two-phase commit of a write over several shards, as the session sends it to `target`.
-  bool closes_scatter_link(const std::vector<LinkOp>& ops) const {
-    for (const LinkOp& op : ops) {
-      if (op.link < kMaxLinks && scatter_link_[op.link] &&
-          (op.kind == LinkOp::Kind::Close || op.kind == LinkOp::Kind::CancelAndClose)) {
-        return true;
-      }
-    }
-    return false;
   }
 
   bool closing(const ServerState* server, const std::vector<LinkOp>& ops) const {
@@ -1519,12 +1507,6 @@ class Harness {
         for (const ServerState* s : sent) {
           CHECK(is_linked(s));
           const FakeServer& f = fake(s);
-          if (f.faithful && f.prepared.count(gid) == 0 && f.begin_failed) {
-            // Known: a shard's BEGIN failed; its answer is not looked at (scatter_frame), the
-            // statement then runs (and commits) outside a transaction and PREPARE TRANSACTION
-            // answers ROLLBACK, which is not taken for a failure: the others are committed.
-            known_finding("a write is committed though a shard's BEGIN failed", __LINE__);
-          }
           if (f.faithful) CHECK(f.prepared.count(gid) == 1);
         }
       }
@@ -1657,7 +1639,6 @@ class Harness {
 
     // Commands.
     int ops_on[kMaxLinks] = {};
-    const bool closes_scatter = closes_scatter_link(a.link_ops) && !scatter_gid_.empty();
     for (const LinkOp& op : a.link_ops) {
       CHECK(op.link < kMaxLinks);
       ServerState*& server = linked_[op.link];
@@ -1665,25 +1646,10 @@ class Harness {
       CHECK(++ops_on[op.link] == 1);
       FakeServer& f = fake(server);
       if (op.kind == LinkOp::Kind::Release) {
-        if (server->tx_status != 'I' && scatter_link_[op.link] && !scatter_gid_.empty() &&
-            commit_decisions_[scatter_gid_] != 0) {
-          // Known: a shard whose COMMIT/ROLLBACK PREPARED is answered with ReadyForQuery 'T' or
-          // 'E' (no PostgreSQL does; a server that is not one may) is released all the same
-          // (scatter_flight.cpp scatter_answered, kActionScatterFinish), not closed.
-          known_finding("a shard in a transaction is released after its commit decision",
-                        __LINE__);
-        }
         CHECK(server->tx_status == 'I');
         // A server that answered as PostgreSQL would owes nothing more and is outside a
         // transaction.
         if (f.faithful) {
-          if (!f.idle() && scatter_link_[op.link] && (closes_scatter || lost_answered_part_)) {
-            // Known: a write's shard lost after its PREPARE TRANSACTION failed is counted as
-            // answered twice (session/scatter_flight.cpp end_scatter_link), so the write is
-            // settled while another shard still runs its part: that server is released with
-            // BEGIN; ...; PREPARE TRANSACTION still to answer (and may prepare it afterwards).
-            known_finding("a write's shard is released before it answered its part", __LINE__);
-          }
           CHECK(f.tx == 'I');
           CHECK(f.idle());
         }
@@ -1697,12 +1663,6 @@ class Harness {
         f.clean(op.sql[1]);
         idle_.push_back(server);
       } else {
-        // A write's shard lost after it answered its part without preparing it (the known
-        // finding above; an unfaithful server may have answered it as far as the session knows).
-        if (scatter_link_[op.link] && !scatter_gid_.empty() &&
-            ((f.idle() && f.prepared.count(scatter_gid_) == 0) || !f.faithful)) {
-          lost_answered_part_ = true;
-        }
         fakes_.erase(server);  // closed
       }
       server = nullptr;
@@ -1946,7 +1906,6 @@ class Harness {
   bool scatter_checkout_failed_ = false;
   std::string scatter_tags_;  // the types of the messages the client got since it started
   std::string scatter_gid_;   // a write's prepared transaction
-  bool lost_answered_part_ = false;
   // Writes over several shards: where each gid was prepared, and how it was decided.
   std::map<std::string, std::vector<const ServerState*>> prepares_;
   std::map<std::string, char> commit_decisions_;
@@ -1955,7 +1914,9 @@ class Harness {
   bool gone_ = false;
   bool after_close_ = false;
   // SESSION_FUZZ_TRACE=1: every step; 2: also what each server is sent.
-  int trace_ = std::getenv("SESSION_FUZZ_TRACE") ? std::max(1, std::atoi(std::getenv("SESSION_FUZZ_TRACE"))) : 0;
+  int trace_ = std::getenv("SESSION_FUZZ_TRACE")
+                   ? std::max(1, std::atoi(std::getenv("SESSION_FUZZ_TRACE")))
+                   : 0;
 };
 
 }  // namespace

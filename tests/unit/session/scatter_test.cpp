@@ -389,3 +389,41 @@ TEST_F(Scatter, AnInsertWhoseRowsSpanShardsSendsEachShardItsOwnRows) {
 
 }  // namespace
 }  // namespace pgvalve::session::testing
+
+namespace pgvalve::session::testing {
+namespace {
+
+// Found by the session fuzz target: a shard whose part failed to prepare and whose server was
+// then lost was counted as answered twice, settling the write while another shard still ran.
+TEST_F(Scatter, AShardLostAfterItsPartFailedIsCountedOnce) {
+  start(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
+  Step s = h.server(complete("BEGIN") + ready('T') + complete("DELETE 1") + ready('T') +
+                        error_message("40001") + ready('I'),
+                    T0, 0);
+  EXPECT_EQ(s.to_server, "");
+  s = h.lost(T0, 0);
+  EXPECT_EQ(s.to_client, "") << "shard 1 has not answered its part";
+  EXPECT_EQ(h.state(), SessionState::Scattering);
+  s = h.server(write_part("DELETE 2"), T0, 1);
+  EXPECT_TRUE(queries_in(s.to_server)[0].starts_with("ROLLBACK PREPARED"));
+  s = h.server(complete("ROLLBACK PREPARED") + ready(), T0, 1);
+  EXPECT_EQ(sqlstates_in(s.to_client), "40001");
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+// Found by the session fuzz target: a part whose BEGIN failed ran outside a transaction, and the
+// write was committed on the other shards.
+TEST_F(Scatter, APartThatDidNotPrepareRollsTheWriteBack) {
+  start(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
+  h.server(write_part("DELETE 1"), T0, 0);
+  Step s = h.server(error_message("XX000") + ready('I') + complete("DELETE 1") + ready('I') +
+                        notice() + complete("ROLLBACK") + ready('I'),
+                    T0, 1);
+  ASSERT_FALSE(queries_in(s.to_server).empty());
+  EXPECT_TRUE(queries_in(s.to_server)[0].starts_with("ROLLBACK PREPARED"));
+  s = h.server(complete("ROLLBACK PREPARED") + ready(), T0, 0);
+  EXPECT_EQ(sqlstates_in(s.to_client), "XX000");
+}
+
+}  // namespace
+}  // namespace pgvalve::session::testing
