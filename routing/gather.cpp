@@ -35,14 +35,28 @@ double floating(std::string_view s) {
   return std::strtod(text.c_str(), nullptr);
 }
 
-// A binary-format integer (int2, int4, int8; date, time and timestamps are int32/int64 too).
-std::optional<std::int64_t> binary_integer(std::string_view s) {
-  if (s.size() != 2 && s.size() != 4 && s.size() != 8) return std::nullopt;
+// Big-endian bytes of binary-format values.
+std::uint64_t read_big_endian(std::string_view s) {
   std::uint64_t u = 0;
   for (char c : s)
     u = (u << 8) | static_cast<unsigned char>(c);
+  return u;
+}
+
+std::string big_endian(std::uint64_t u, std::size_t width) {
+  std::string out(width, '\0');
+  for (std::size_t i = width; i > 0; --i) {
+    out[i - 1] = static_cast<char>(u & 0xff);
+    u >>= 8;
+  }
+  return out;
+}
+
+// A binary-format integer (int2, int4, int8; date, time and timestamps are int32/int64 too).
+std::optional<std::int64_t> binary_integer(std::string_view s) {
+  if (s.size() != 2 && s.size() != 4 && s.size() != 8) return std::nullopt;
   const unsigned shift = 64 - 8 * static_cast<unsigned>(s.size());
-  return static_cast<std::int64_t>(u << shift) >> shift;
+  return static_cast<std::int64_t>(read_big_endian(s) << shift) >> shift;
 }
 
 // `v` as a binary-format integer `width` bytes wide; nullopt when it does not fit.
@@ -51,19 +65,11 @@ std::optional<std::string> binary_integer_of(std::int64_t v, std::size_t width) 
     const std::int64_t limit = std::int64_t{1} << (8 * width - 1);
     if (v < -limit || v >= limit) return std::nullopt;
   }
-  std::string out(width, '\0');
-  auto u = static_cast<std::uint64_t>(v);
-  for (std::size_t i = width; i > 0; --i) {
-    out[i - 1] = static_cast<char>(u & 0xff);
-    u >>= 8;
-  }
-  return out;
+  return big_endian(static_cast<std::uint64_t>(v), width);
 }
 
 double binary_float(std::string_view s) {
-  std::uint64_t u = 0;
-  for (char c : s)
-    u = (u << 8) | static_cast<unsigned char>(c);
+  const std::uint64_t u = read_big_endian(s);
   if (s.size() == 4) {
     float f;
     const auto bits = static_cast<std::uint32_t>(u);
@@ -85,12 +91,7 @@ std::string binary_float_of(double v, std::size_t width) {
   } else {
     std::memcpy(&u, &v, sizeof u);
   }
-  std::string out(width, '\0');
-  for (std::size_t i = width; i > 0; --i) {
-    out[i - 1] = static_cast<char>(u & 0xff);
-    u >>= 8;
-  }
-  return out;
+  return big_endian(u, width);
 }
 
 // PostgreSQL orders NaN above every other value.
