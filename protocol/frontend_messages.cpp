@@ -140,6 +140,21 @@ void append_flush(std::string& out) {
   append_empty(out, FrontendTag::Flush);
 }
 
+void append_copy_done(std::string& out) {
+  const std::size_t len_pos = begin_message(out, tag_of(FrontendTag::CopyDone));
+  end_message(out, len_pos);
+}
+void append_copy_fail(std::string& out, std::string_view message) {
+  const std::size_t len_pos = begin_message(out, tag_of(FrontendTag::CopyFail));
+  append_cstr(out, message);
+  end_message(out, len_pos);
+}
+std::optional<std::string_view> read_copy_fail(const Frame& f) {
+  if (f.tag != tag_of(FrontendTag::CopyFail)) return std::nullopt;
+  Cursor c(f.body);
+  return c.cstr();
+}
+
 // ---- Extended query --------------------------------------------------------------------------
 
 std::optional<ParseMessage> read_parse(const Frame& f) {

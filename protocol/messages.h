@@ -125,6 +125,12 @@ void append_terminate(std::string& out);
 void append_sync(std::string& out);
 void append_flush(std::string& out);
 
+// ---- COPY FROM STDIN (client to server) ------------------------------------------------------
+
+void append_copy_done(std::string& out);
+void append_copy_fail(std::string& out, std::string_view message);
+std::optional<std::string_view> read_copy_fail(const Frame& f);  // the client's reason
+
 struct ParseMessage {
   std::string_view statement;  // "" = unnamed
   std::string_view query;

@@ -119,6 +119,16 @@ void ClientSession::carry_out(const Actions& actions, Source source, session::Li
       io.writer.on_drained(drained_callback());
     }
   }
+  // Chunks for several servers (COPY rows routed by shard). A writer with a backlog queues what
+  // follows it, so chunks of one link may go one by one.
+  for (const session::LinkChunk& c : actions.to_links) {
+    if (c.link >= links_.size() || !links_[c.link].conn) continue;
+    LinkIO& io = links_[c.link];
+    if (write_to(io.conn->stream, io.writer, std::span(&c.chunk, 1), {}) ==
+        SocketWriter::Result::Backlog) {
+      io.writer.on_drained(drained_callback());
+    }
+  }
   if (!actions.to_client.empty() || !actions.outbox.empty()) {
     std::size_t bytes = actions.outbox.size();
     for (const auto& c : actions.to_client)

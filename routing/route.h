@@ -42,6 +42,9 @@ struct Route {
   // Shards: an INSERT whose rows belong to different shards; each shard gets only its own rows
   // (Router::split_insert).
   bool split_rows = false;
+  // Shards: COPY ... FROM STDIN into a sharded or reference table; every shard runs the COPY and
+  // each row goes to its key's shard (routing/copy_rows.h).
+  bool copy_rows = false;
   // Refuse only; shared so that a Route stays small and cheap to copy.
   std::shared_ptr<const Refusal> refusal;
 

@@ -204,6 +204,12 @@ Route Router::route_sharded(std::string_view sql, const RouteContext& context) c
   // The rows of an INSERT into a sharded table belong to their keys' shards: run everywhere,
   // each shard would get every row.
   auto insert = [&] { return !read && classify(sql).kind == StatementKind::Insert; };
+  if (plan.key == ShardPlan::Key::CopyFrom) {
+    // Its rows are in the data that follows, each routed by its own key (or refused there).
+    Route r = several(all, true);
+    r.copy_rows = true;
+    return r;
+  }
   if (iequals(hint, "all_shards")) {
     if (insert() && plan.tables != ShardPlan::Tables::ReferenceOnly) {
       return Route::refuse(

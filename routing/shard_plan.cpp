@@ -158,6 +158,13 @@ class Analyzer {
       return;
     }
     if (const Json* s = as(stmt, "InsertStmt")) return insert(*s);
+    if (const Json* s = as(stmt, "CopyStmt")) {
+      if (const Json* from = field(*s, "is_from");
+          from != nullptr && from->is_boolean() && from->get<bool>()) {
+        plan.key = ShardPlan::Key::CopyFrom;
+      }
+      return;
+    }
     if (const Json* s = as(stmt, "ExplainStmt")) {
       if (const Json* q = field(*s, "query")) statement(*q);
       return;

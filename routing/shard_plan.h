@@ -46,6 +46,7 @@ struct ShardPlan {
     InsertSelect,  // INSERT ... SELECT / DEFAULT VALUES into a sharded table
     UpdatesKey,    // UPDATE ... SET key = ...: the row would belong on another shard
     Multiple,      // several statements in one string
+    CopyFrom,      // COPY ... FROM: the keys are in the rows of its data (copy_rows.h)
     Unparsed,      // not valid SQL: PostgreSQL will say so, any shard can
   };
   Tables tables = Tables::None;

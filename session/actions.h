@@ -1,10 +1,10 @@
 // What one step of a client session asks the I/O layer to carry out. A step is the answer to
 // one event (client bytes, server bytes, a server linked, a timer, ...). The I/O layer does, in
-// this order: write `to_server` to the server of `server_link` and `to_client` (plus `outbox`)
-// to the client — the two writes are independent — then drops `consumed` bytes from the front
-// of the input the step read, then carries out the commands. Chunks point into that input or
-// into the session's own scratch memory and stay valid until the next step from the same
-// source (client input, one server link, or events); `outbox` is the I/O layer's to take.
+// this order: write `to_server` to the server of `server_link`, `to_links` to theirs, and
+// `to_client` (plus `outbox`) to the client — the writes are independent — then drops `consumed`
+// bytes from the front of the input the step read, then carries out the commands. Chunks point into
+// that input or into the session's own scratch memory and stay valid until the next step from the
+// same source (client input, one server link, or events); `outbox` is the I/O layer's to take.
 #pragma once
 
 #include <cstddef>
@@ -46,11 +46,18 @@ struct HubRequest {
   std::string channel;
 };
 
+// Bytes for one of several servers written in one step (COPY rows routed to their shards).
+struct LinkChunk {
+  LinkId link = 0;
+  Chunk chunk;
+};
+
 struct Actions {
   std::vector<Chunk> to_client;
   std::string outbox;  // bytes for the client owned by the I/O layer once taken (events)
   std::vector<Chunk> to_server;
   LinkId server_link = 0;
+  std::vector<LinkChunk> to_links;  // each link's chunks in order, after `to_server`
   std::size_t consumed = 0;
 
   bool check_out = false;  // find a server for `route`; then on_linked() or on_checkout_failed()
@@ -62,12 +69,15 @@ struct Actions {
   int pinned_change = 0;        // +1: the client became pinned to its server, -1: unpinned
   int statement_evictions = 0;  // prepared statements closed on a server for its LRU cap
 
-  bool writes() const { return !to_client.empty() || !outbox.empty() || !to_server.empty(); }
+  bool writes() const {
+    return !to_client.empty() || !outbox.empty() || !to_server.empty() || !to_links.empty();
+  }
   void clear() {
     to_client.clear();
     outbox.clear();
     to_server.clear();
     server_link = 0;
+    to_links.clear();
     consumed = 0;
     check_out = false;
     link_ops.clear();

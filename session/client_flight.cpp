@@ -316,6 +316,12 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
     return out;
   }
 
+  if (state_ == SessionState::Copying) {
+    copy_client_data(frames, out);
+    if (terminate && out.consumed == end) close_with({}, {}, out);
+    return out;
+  }
+
   // Requests that can only fail: a waiting request whose checkout or sync failed, a transaction
   // whose server died, the rest of an extended flight after a local error.
   if (!work().failure.empty() || lost_transaction_ || skip_until_sync_) {
@@ -365,8 +371,10 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
       return out;
     }
     routing::Route route = route_request(request);
-    if (route.kind == routing::Route::Kind::Shards &&
-        start_scatter(frames, request, route, out) != ScatterStart::NotScattered) {
+    if (route.kind == routing::Route::Kind::Shards && route.copy_rows) {
+      if (start_copy(frames, request, route, out) == ScatterStart::Started) return out;
+    } else if (route.kind == routing::Route::Kind::Shards &&
+               start_scatter(frames, request, route, out) != ScatterStart::NotScattered) {
       return out;
     }
     if (route.kind == routing::Route::Kind::Refuse) {
@@ -518,7 +526,8 @@ void Session::plan_on_link(Link& link, std::string_view frames, bool terminate, 
   const LinkId id = l->id;
   // Sharded databases route each request afresh too: the next may need another shard.
   const bool one_request = l->route.kind == routing::Route::Kind::Replica || router_.sharded();
-  if (one_request && l->in_flight > 0) {
+  // (A server taking COPY data takes the client's data before it answers.)
+  if (one_request && l->in_flight > 0 && !l->copy_in) {
     input_waits_for_link_ = true;
     return;
   }
@@ -566,7 +575,7 @@ void Session::plan_on_link(Link& link, std::string_view frames, bool terminate, 
     plan_frame(r.frame, planned, *l, flight);
     planned += r.frame.whole.size();
     // On a replica, the request ends here; what follows is routed once it is answered.
-    if (one_request && l->in_flight > 0 && planned < frames.size()) {
+    if (one_request && l->in_flight > 0 && !l->copy_in && planned < frames.size()) {
       input_waits_for_link_ = true;
       terminate = false;  // seen again with the rest
       break;
@@ -1093,6 +1102,14 @@ bool Session::answer_listen_locally(Flight& flight, Actions& out) {
 void Session::plan_frame(const pr::Frame& f, std::size_t offset, Link& l, Flight& flight) {
   const std::size_t size = f.whole.size();
   if (flight.drop_until_sync && f.tag != 'S') return;
+  if (l.copy_in) {
+    // The server takes COPY data: it ignores Flush and Sync until CopyDone or CopyFail.
+    if (f.tag == 'c' || f.tag == 'f') l.copy_in = false;
+    if (f.tag == 'c' || f.tag == 'f' || f.tag == 'd' || f.tag == 'H' || f.tag == 'S') {
+      pass_client(flight, offset, size);
+      return;
+    }
+  }
   switch (f.tag) {
     case 'P':
       l.open_extended = true;

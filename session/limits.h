@@ -22,6 +22,8 @@ inline constexpr std::size_t kMaxDeferredBegin = 1024;
 inline constexpr std::size_t kMaxShardKeyBytes = 256;
 // A read over several shards: the rows pgvalve holds while the shards answer (54000 beyond).
 inline constexpr std::size_t kMaxGatheredBytes = 16u << 20;
+// COPY FROM STDIN routed row by row: the longest row held while its end has not come (54000).
+inline constexpr std::size_t kMaxCopyRowBytes = 16u << 20;
 // A read sent to a replica up to this size is kept to run again elsewhere if the replica dies.
 inline constexpr std::size_t kMaxRetriedRequestBytes = 16u << 10;
 

@@ -18,7 +18,7 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
                            std::string_view param_types, const routing::ScatterPlan& plan,
                            const routing::ShardStatement& statement, int shards,
                            std::size_t max_bytes, std::size_t max_message_bytes,
-                           std::string_view gid, const std::vector<Part>* parts) {
+                           std::string_view gid, const std::vector<Part>* parts, bool copy) {
   const std::string_view text = statement.sql.empty() ? sql : std::string_view(statement.sql);
   std::string_view bind_rest;
   bool synced = false;
@@ -98,7 +98,7 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
       pr::append_execute(out, "", 0);
       pr::append_sync(out);
     }
-    if (write_) pr::append_query(out, "PREPARE TRANSACTION '" + std::string(gid) + "'");
+    if (write_ && !copy) pr::append_query(out, "PREPARE TRANSACTION '" + std::string(gid) + "'");
   };
   if (parts != nullptr) {
     for (const Part& part : *parts) {

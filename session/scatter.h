@@ -34,7 +34,8 @@ class Scatter {
   // how many take part. Empty when the request is carried out; else why it cannot be (for a
   // 0A000 refusal). The rows held while shards answer may take `max_bytes`.
   // `parts`, when given: each shard runs a statement of its own (an INSERT whose rows were
-  // split between shards), one per shard in shard order.
+  // split between shards), one per shard in shard order. `copy`: a write that is a COPY FROM
+  // STDIN; its request ends with the COPY, as the PREPARE TRANSACTION can only follow its data.
   struct Part {
     std::string sql;
     std::string param_types;  // raw, as in Parse
@@ -43,7 +44,8 @@ class Scatter {
   std::string start(std::string_view frames, std::string_view sql, std::string_view param_types,
                     const routing::ScatterPlan& plan, const routing::ShardStatement& statement,
                     int shards, std::size_t max_bytes, std::size_t max_message_bytes,
-                    std::string_view gid = {}, const std::vector<Part>* parts = nullptr);
+                    std::string_view gid = {}, const std::vector<Part>* parts = nullptr,
+                    bool copy = false);
   // A write (start() got a `gid`): each shard runs it between BEGIN and PREPARE TRANSACTION
   // 'gid'; the session commits or rolls back the prepared parts.
   bool write() const { return write_; }

@@ -81,10 +81,7 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
   // A write runs in a transaction on each shard, prepared there, and committed on all of them
   // only when every shard prepared it (two-phase commit).
   std::string gid;
-  if (route.write) {
-    gid = "pgvalve:" + std::to_string(key_.process_id) + ":" +
-          std::to_string(now_.time_since_epoch().count()) + ":" + std::to_string(++scatter_writes_);
-  }
+  if (route.write) gid = two_phase_gid();
   // An INSERT whose rows belong to several shards: each shard gets its own rows.
   std::vector<Scatter::Part> parts;
   if (route.split_rows) {
@@ -147,14 +144,7 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
     }
   }
 
-  auto& run = w.scatter;
-  run.scatter = std::move(scatter);
-  run.routes.clear();
-  run.next = 0;
-  run.open = 0;
-  run.fingerprint = fingerprint;
-  run.started = now_;
-  run.gid = std::move(gid);
+  std::vector<routing::Route> routes;
   routing::RouteContext context;
   context.preference = preference_;
   context.fingerprint = fingerprint;
@@ -170,12 +160,30 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
         options_.read_your_writes == config::ReadYourWrites::Lsn) {
       part.after_lsn = read_your_writes_lsn(shard);
     }
-    run.routes.push_back(std::move(part));
+    routes.push_back(std::move(part));
   }
+  open_scatter_run(std::move(scatter), std::move(routes), fingerprint, std::move(gid));
   if (recorder_) recorder_->stats->prepare(fingerprint, request.sql, recorder_->labels);
   out.consumed = end;
   check_out_next_shard(out);
   return ScatterStart::Started;
+}
+
+// The name of a two-phase commit's prepared parts: pgvalve's, this client's, unique.
+std::string Session::two_phase_gid() {
+  return "pgvalve:" + std::to_string(key_.process_id) + ":" +
+         std::to_string(now_.time_since_epoch().count()) + ":" + std::to_string(++scatter_writes_);
+}
+
+void Session::open_scatter_run(std::unique_ptr<Scatter> scatter, std::vector<routing::Route> routes,
+                               std::uint64_t fingerprint, std::string gid) {
+  auto& run = work().scatter;
+  run = {};
+  run.scatter = std::move(scatter);
+  run.routes = std::move(routes);
+  run.fingerprint = fingerprint;
+  run.started = now_;
+  run.gid = std::move(gid);
 }
 
 bool Session::scattering() const {
@@ -218,7 +226,11 @@ void Session::link_scatter(Link& l, Actions& out) {
   const std::string_view request = run.scatter->request(l.scatter_shard);
   out.to_server.push_back({request.data(), request.size()});
   out.server_link = l.id;
-  if (run.scatter->write()) {
+  if (run.copy) {
+    // BEGIN; the COPY, whose data and PREPARE TRANSACTION follow (copy_flight.cpp).
+    expect_own_answer(l, kActionScatterBegin);
+    expect_own_answer(l, kActionScatterCopy);
+  } else if (run.scatter->write()) {
     // BEGIN; the statement; PREPARE TRANSACTION: three answers, each up to a ReadyForQuery.
     expect_own_answer(l, kActionScatterBegin);
     expect_own_answer(l, kActionScatter);
@@ -240,6 +252,7 @@ void Session::scatter_checkout_failed(std::string_view sqlstate, std::string_vie
   run.waiting = false;
   run.scatter->fail(sqlstate, message);
   run.next = run.routes.size();
+  if (run.copy) end_copy(out);
   if (run.open == 0) {
     settle_scatter(out.outbox, out);
   } else {
@@ -257,6 +270,17 @@ void Session::scatter_frame(Link& l, const pr::Frame& f, Actions& out) {
   switch (action) {
     case kActionScatter:
       run.scatter->add(l.scatter_shard, f);
+      return;
+    case kActionScatterCopy:
+      if (f.tag == 'G') {
+        copy_shard_ready(l, f, out);
+        return;
+      }
+      run.scatter->add(l.scatter_shard, f);
+      if (f.tag == 'E') {
+        l.copy_in = false;  // the server left COPY; the others are told to leave it too
+        end_copy(out);
+      }
       return;
     case kActionScatterPrepare:
       if (f.tag == 'C') {
@@ -300,6 +324,9 @@ void Session::scatter_answered(Link& l, std::uint8_t action, std::string& into, 
   switch (action) {
     case kActionScatter:
       if (!run.scatter->write()) end_scatter_link(l, LinkOp::Kind::Release, into, out);
+      return;
+    case kActionScatterCopy:
+      copy_part_answered(l, out);
       return;
     case kActionScatterPrepare:
       record_scatter_part(l);
@@ -364,6 +391,10 @@ void Session::end_scatter_link(Link& l, LinkOp::Kind how, std::string& into, Act
     return;
   }
   if (!lost.empty()) run.scatter->fail("08006", lost);
+  if (run.copy && run.scatter->failed()) {
+    l.copy_in = false;
+    end_copy(out);
+  }
   if (l.part_answered) {
     // Its part was answered (and counted) already; nothing of the write is prepared there.
     unlink(l.id, how, out);

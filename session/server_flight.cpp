@@ -184,7 +184,12 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
     }
   };
   switch (f.tag) {
+    case 'G':
+      // COPY FROM STDIN: the client's data is for this server until its CopyDone or CopyFail.
+      l.copy_in = l.scatter_shard < 0;
+      break;
     case 'Z':
+      l.copy_in = false;
       saw_ready = true;
       if (auto status = pr::read_ready_for_query(f)) l.server->tx_status = *status;
       if (l.in_flight > 0) --l.in_flight;

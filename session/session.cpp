@@ -234,6 +234,7 @@ bool Session::wants_client_input() const {
     case SessionState::Idle:
     case SessionState::Active:
     case SessionState::Holding:
+    case SessionState::Copying:
       return true;
     default:
       return false;

@@ -81,6 +81,7 @@ struct Flight;
 struct Review;
 struct HubReply;
 struct RequestText;
+class Scatter;
 class BindParams;
 
 // One workspace pool per worker thread; not thread-safe.
@@ -254,6 +255,9 @@ class Session {
   enum class ScatterStart : std::uint8_t { Started, Waiting, NotScattered };
   ScatterStart start_scatter(std::string_view frames, const RequestText& request,
                              routing::Route& route, Actions& out);
+  std::string two_phase_gid();
+  void open_scatter_run(std::unique_ptr<Scatter> scatter, std::vector<routing::Route> routes,
+                        std::uint64_t fingerprint, std::string gid);
   void check_out_next_shard(Actions& out);
   void link_scatter(Link& l, Actions& out);
   void scatter_checkout_failed(std::string_view sqlstate, std::string_view message, Actions& out);
@@ -269,6 +273,14 @@ class Session {
   void settle_scatter(std::string& into, Actions& out);
   void finish_scatter(std::string& into, Actions& out);
   void record_scatter_part(Link& l);
+  // Sharded databases: COPY ... FROM STDIN routed row by row (Route::copy_rows,
+  // copy_flight.cpp).
+  ScatterStart start_copy(std::string_view frames, const RequestText& request,
+                          routing::Route& route, Actions& out);
+  void copy_shard_ready(Link& l, const protocol::Frame& f, Actions& out);
+  void copy_client_data(std::string_view frames, Actions& out);
+  void end_copy(Actions& out);
+  void copy_part_answered(Link& l, Actions& out);
   char client_tx_status() const { return deferred_begin_.empty() ? 'I' : 'T'; }
   void plan_frame(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
   void plan_query(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);

@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "routing/copy_rows.h"
 #include "session/scatter.h"
 #include "session/session.h"
 #include "session/settings_sync.h"
@@ -64,6 +65,7 @@ enum : std::uint8_t {
   kActionBegin,               // the client's BEGIN, held back until its shard was known
   kActionScatter,             // the shard's part of a statement over several shards (scatter.h)
   kActionScatterBegin,        // ... a write's BEGIN before it
+  kActionScatterCopy,         // ... a COPY FROM STDIN, whose rows pgvalve routes (copy_flight.cpp)
   kActionScatterPrepare,      // ... its PREPARE TRANSACTION after it
   kActionScatterFinish,       // ... its COMMIT PREPARED or ROLLBACK PREPARED
 };
@@ -87,10 +89,11 @@ struct Link {
   bool first_routed = false;
   // Linked for a read over several shards: its index there (Scatter::add), -1 otherwise.
   int scatter_shard = -1;
-  bool discard = false;              // closed, not released, once it has answered (its sync failed)
-  bool prepared = false;             // a write's part is prepared on it (two-phase commit)
-  bool finishing = false;            // ... and its COMMIT / ROLLBACK PREPARED was sent
-  bool part_answered = false;        // its part of a write was answered up to PREPARE TRANSACTION
+  bool discard = false;        // closed, not released, once it has answered (its sync failed)
+  bool prepared = false;       // a write's part is prepared on it (two-phase commit)
+  bool finishing = false;      // ... and its COMMIT / ROLLBACK PREPARED was sent
+  bool part_answered = false;  // its part of a write was answered up to PREPARE TRANSACTION
+  bool copy_in = false;  // its server takes COPY data (CopyInResponse came, CopyDone not sent)
   std::size_t stream_remaining = 0;  // bytes of a large server message still passing through
   bool stream_forward = true;        // ... forwarded to the client (false: dropped)
   Clock::time_point last_activity{};
@@ -119,7 +122,8 @@ struct Link {
   }
   // The server has been asked to answer (a Query, Sync, Flush or function call): its silence
   // counts against pool.query_timeout_ms. Parse/Bind/Execute alone are not sent until then.
-  bool owes_answer() const { return in_flight > 0 || (flushed && !pending.empty()); }
+  // A server taking COPY data owes nothing until the data ends.
+  bool owes_answer() const { return !copy_in && (in_flight > 0 || (flushed && !pending.empty())); }
   void reset() {
     server = nullptr;
     pending.clear();
@@ -138,6 +142,7 @@ struct Link {
     prepared = false;
     finishing = false;
     part_answered = false;
+    copy_in = false;
     stream_remaining = 0;
     stream_forward = true;
     syncing = false;
@@ -277,6 +282,16 @@ struct Workspace {
     std::string decision;
     std::uint64_t fingerprint = 0;
     Clock::time_point started{};
+    // COPY FROM STDIN over several shards (copy_flight.cpp): the client's rows cut and routed,
+    // each shard's CopyData message being filled this step, the first shard's CopyInResponse
+    // for the client, how many shards are ready for data, and the PREPARE TRANSACTION and the
+    // CopyDone or CopyFail each shard is sent.
+    std::unique_ptr<routing::CopyRows> copy;
+    std::vector<std::string> copy_out;
+    std::string copy_in_response;
+    int copy_ready = 0;
+    std::string prepare;
+    std::string copy_end;
   };
   ScatterRun scatter;
 

@@ -18,6 +18,8 @@ std::string_view state_name(SessionState state) {
       return "holding";
     case SessionState::Scattering:
       return "scattering";
+    case SessionState::Copying:
+      return "copying";
     case SessionState::WaitingForHub:
       return "waiting_for_hub";
     case SessionState::Closing:
@@ -42,8 +44,10 @@ bool transition_allowed(SessionState from, SessionState to) {
              to == S::Scattering;
     case S::Scattering:
       // Idle: every shard answered. WaitingForServer: (while shards answer) the next shard's
-      // server is checked out.
-      return to == S::Idle || to == S::WaitingForServer;
+      // server is checked out. Copying: every shard of a COPY FROM STDIN takes its data.
+      return to == S::Idle || to == S::WaitingForServer || to == S::Copying;
+    case S::Copying:
+      return to == S::Scattering;
     case S::Syncing:
       return to == S::Active || to == S::Idle || to == S::Holding;
     case S::Active:

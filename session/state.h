@@ -18,6 +18,8 @@
 //           ──client bytes, the server's settings changed since (session mode RESET)──► Syncing
 //   Idle ──a read over several shards──► WaitingForServer (shard 1) ──linked, sent──►
 //        WaitingForServer (shard 2) ... ──last shard linked──► Scattering ──all answered──► Idle
+//   Scattering ──every shard is ready for COPY data──► Copying ──CopyDone, CopyFail, an
+//        error──► Scattering (the COPY's parts end and commit together)
 //   any ──client gone, Terminate, fatal error, drained──► Closing
 #pragma once
 
@@ -35,6 +37,7 @@ enum class SessionState : std::uint8_t {
   Holding,           // server linked, nothing outstanding: a transaction is open, session mode,
                      // or session state pins the server (transaction mode)
   Scattering,        // a read runs on several shards; their answers are gathered (scatter.h)
+  Copying,           // COPY FROM STDIN over several shards: the client's rows go to their shards
   WaitingForHub,     // a LISTEN/UNLISTEN waits for the shared listening connection
   Closing,           // the session ends: servers are given back clean or closed
 };

@@ -84,6 +84,7 @@ using session::Actions;
 using session::Chunk;
 using session::Clock;
 using session::LinkId;
+using session::LinkChunk;
 using session::LinkOp;
 using session::ServerState;
 using session::Session;
@@ -201,6 +202,8 @@ const char* const kSql[] = {
     "/* pgvalve: shard=s1 */ select 1",
     "SELECT avg(v) FROM telemetry",
     "SELECT count(*) FROM telemetry LIMIT $1",
+    "COPY telemetry (device_id, v) FROM STDIN",
+    "COPY device_types (id, name) FROM STDIN WITH (FORMAT csv)",
 };
 constexpr std::size_t kSqlCount = sizeof kSql / sizeof kSql[0];
 
@@ -281,7 +284,12 @@ std::string client_message(Reader& in) {
       protocol::append_terminate(out);
       break;
     case 11:
-      out = std::string("d\0\0\0\6a\n", 7);  // CopyData
+      // CopyData: a row of one column, or two rows of two (of different shards when sharded).
+      out = kind & 0x80 ? std::string(
+                              "d\0\0\0\x0c"
+                              "1\tx\n2\ty\n",
+                              13)
+                        : std::string("d\0\0\0\6a\n", 7);
       break;
     case 12:
       out = std::string("c\0\0\0\4", 5);  // CopyDone
@@ -1628,6 +1636,26 @@ class Harness {
       check_two_phase(to_server, target, a.link_ops);
       fake(target).receive(to_server);
     }
+    // Bytes for several shards' servers in one step (COPY rows routed to their shards), each
+    // link's in order.
+    for (LinkId id = 0; id < kMaxLinks; ++id) {
+      std::string bytes;
+      for (const LinkChunk& c : a.to_links) {
+        CHECK(c.link < kMaxLinks);
+        CHECK(c.chunk.data != nullptr || c.chunk.size == 0);
+        if (c.link != id) continue;
+        bytes.append(c.chunk.data, c.chunk.size);
+        if (!(c.chunk.data >= in_begin && c.chunk.data + c.chunk.size <= in_end)) {
+          kept_.push_back({source, kept_link, c.chunk.data, std::string(c.chunk.view()), true});
+        }
+      }
+      if (bytes.empty()) continue;
+      CHECK(linked_[id] != nullptr);
+      CHECK(scatter_link_[id]);
+      check_whole_frontend_messages(bytes);
+      check_two_phase(bytes, linked_[id], a.link_ops);
+      fake(linked_[id]).receive(bytes);
+    }
 
     // Consumed input.
     if (source == Source::Client) {
@@ -1688,7 +1716,7 @@ class Harness {
     CHECK(session_.link_count() == count);
     if (scattering) {
       CHECK(now_state == SessionState::WaitingForServer || now_state == SessionState::Scattering ||
-            now_state == SessionState::Closing);
+            now_state == SessionState::Copying || now_state == SessionState::Closing);
       for (LinkId i = scatter_next_; i < kMaxLinks; ++i)
         CHECK(linked_[i] == nullptr);
     }

@@ -91,6 +91,8 @@ std::string key_name(Key k) {
       return "UpdatesKey";
     case Key::Multiple:
       return "Multiple";
+    case Key::CopyFrom:
+      return "CopyFrom";
     case Key::Unparsed:
       return "Unparsed";
   }
@@ -826,7 +828,6 @@ TEST(ShardPlanTest, NoKeyWhereTheStatementDoesNotFixOne) {
            "DELETE FROM telemetry WHERE device_id <> 3",
            "DELETE FROM telemetry",
            "TRUNCATE telemetry",
-           "COPY telemetry FROM STDIN",
        }) {
     const ShardPlan plan = plan_shards(sql, policy);
     const ShardKeys k = shard_keys(sql, plan, policy, nullptr);
@@ -1287,17 +1288,25 @@ TEST_F(ShardRouterTest, TheSessionsDeviceId) {
   expect_refused(bigint_router.route("SELECT * FROM telemetry", bad), "22P02", "device_id");
 }
 
-TEST_F(ShardRouterTest, CopyIntoOrOutOfAShardedTableNeedsAShard) {
-  // Rows are not routed one by one yet: without a hint, COPY of a sharded table is refused,
-  // never run on one shard as if it held every row.
+TEST_F(ShardRouterTest, CopyFromStdinRoutesEachRowAndCopyToStdoutReadsEveryShard) {
+  // COPY FROM: every shard runs it; the session sends each row to its key's shard.
   for (const char* sql : {"COPY telemetry FROM STDIN", "COPY telemetry (device_id, v) FROM STDIN",
-                          "COPY telemetry TO STDOUT"}) {
+                          "/* pgvalve: all_shards */ COPY telemetry (device_id) FROM STDIN",
+                          "COPY device_types FROM STDIN"}) {
     const Route r = route(sql);
-    EXPECT_TRUE(r.kind == Kind::Refuse || (r.kind == Kind::Shards && r.shards == 0xfu && !r.write))
-        << sql << " " << route_kind_name(r.kind);
-    EXPECT_FALSE(r.any_shard) << sql;
+    EXPECT_EQ(r.kind, Kind::Shards) << sql;
+    EXPECT_EQ(r.shards, 0xfu) << sql;
+    EXPECT_TRUE(r.write && r.copy_rows) << sql;
+    EXPECT_EQ(plan_shards(sql, policy).key, Key::CopyFrom) << sql;
   }
-  EXPECT_EQ(route("/* pgvalve: device_id=1 */ COPY telemetry FROM STDIN").kind, Kind::Primary);
+  // COPY TO STDOUT is a read of every shard (refused by the gather: only a SELECT combines).
+  const Route out = route("COPY telemetry TO STDOUT");
+  EXPECT_EQ(out.kind, Kind::Shards);
+  EXPECT_FALSE(out.write || out.copy_rows);
+  // A hint runs any COPY on its one shard, as it is.
+  const Route hinted = route("/* pgvalve: device_id=1 */ COPY telemetry FROM STDIN");
+  EXPECT_EQ(hinted.kind, Kind::Primary);
+  EXPECT_FALSE(hinted.copy_rows);
 }
 
 TEST_F(ShardRouterTest, KeylessStatements) {

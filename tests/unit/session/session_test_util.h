@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -342,6 +343,7 @@ struct Step {
   std::string outbox;
   std::string to_server;
   LinkId server_link = 0;
+  std::map<LinkId, std::string> to_links;  // to_links chunks, by link
   std::size_t consumed = 0;
   bool check_out = false;
   routing::Route route;
@@ -366,6 +368,8 @@ inline Step copy_step(const Actions& a) {
   s.outbox = a.outbox;
   s.to_server = bytes_of(a.to_server);
   s.server_link = a.server_link;
+  for (const auto& c : a.to_links)
+    s.to_links[c.link] += c.chunk.view();
   s.consumed = a.consumed;
   s.check_out = a.check_out;
   s.route = a.route;

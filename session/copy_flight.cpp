@@ -1,0 +1,192 @@
+// COPY ... FROM STDIN into a sharded database: every shard's server is checked out (as for a
+// statement over several shards, scatter_flight.cpp) and runs BEGIN and the COPY. Once all of
+// them take data the client gets one CopyInResponse, and each row of its data goes to the shard
+// of its key (routing::CopyRows), several shards written in one step. At the client's CopyDone
+// each shard ends its COPY and prepares its part; the parts commit together (two-phase commit)
+// and the client gets one COPY tag with every shard's rows added up. A bad row, a shard's error,
+// a lost shard or the client's CopyFail ends the COPY on every shard and rolls it back, and the
+// client gets the error at once, as PostgreSQL sends it mid-COPY; PostgreSQL ignores the COPY
+// data a client sends after that, and so does pgvalve.
+#include <bit>
+
+#include "protocol/messages.h"
+#include "protocol/wire.h"
+#include "session/limits.h"
+#include "session/session_internal.h"
+
+namespace pgvalve::session {
+
+namespace pr = protocol;
+
+Session::ScatterStart Session::start_copy(std::string_view frames, const RequestText& request,
+                                          routing::Route& route, Actions& out) {
+  const routing::ShardingPolicy& sharding = *router_.sharding();
+  const std::string hint = "a hint /* pgvalve: " + sharding.key +
+                           "=<value> */ or /* pgvalve: shard=<name> */ runs the COPY on one "
+                           "shard as it is";
+  auto refuse = [&](std::string why) {
+    route = routing::Route::refuse("0A000", "pgvalve: " + std::move(why), hint);
+    return ScatterStart::NotScattered;
+  };
+  const auto head = pr::decode_frame(frames, options_.max_message_bytes);
+  if (head.status != pr::DecodeStatus::Ok || head.frame.tag != 'Q') {
+    return refuse(
+        "COPY FROM STDIN into a sharded database is routed row by row when it comes "
+        "as a simple query; send it with the simple query protocol");
+  }
+  if (!deferred_begin_.empty()) {
+    return refuse(
+        "a transaction on a sharded database stays on one shard, and a COPY routed row "
+        "by row writes on every shard; run the COPY outside the transaction");
+  }
+  const routing::CopyPlan plan = routing::plan_copy(request.sql, sharding);
+  if (!plan.ok) return refuse(plan.refusal);
+  const int shards = std::popcount(route.shards);
+  if (shards != router_.shard_count()) return refuse("a COPY routed row by row needs every shard");
+
+  const std::uint64_t fingerprint = fingerprint_of(request.sql);
+  static const routing::ScatterPlan kConcatenate = [] {
+    routing::ScatterPlan p;
+    p.ok = true;
+    return p;
+  }();
+  std::string gid = two_phase_gid();
+  auto scatter = std::make_unique<Scatter>();
+  const std::string why =
+      scatter->start(head.frame.whole, request.sql, {}, kConcatenate, routing::ShardStatement{},
+                     shards, kMaxGatheredBytes, options_.max_message_bytes, gid, nullptr, true);
+  if (!why.empty()) return refuse("this COPY cannot be routed row by row: " + why);
+
+  std::vector<routing::Route> routes;
+  for (std::uint64_t rest = route.shards; rest != 0; rest &= rest - 1) {
+    routes.push_back(routing::Route::primary(static_cast<std::uint16_t>(std::countr_zero(rest))));
+  }
+  open_scatter_run(std::move(scatter), std::move(routes), fingerprint, std::move(gid));
+  auto& run = work().scatter;
+  run.copy = std::make_unique<routing::CopyRows>(plan, sharding, kMaxCopyRowBytes);
+  run.copy_out.assign(static_cast<std::size_t>(shards), {});
+  pr::append_query(run.prepare, "PREPARE TRANSACTION '" + run.gid + "'");
+  if (recorder_) recorder_->stats->prepare(fingerprint, request.sql, recorder_->labels);
+  out.consumed = head.frame.whole.size();
+  check_out_next_shard(out);
+  return ScatterStart::Started;
+}
+
+// A shard's server answered the COPY with CopyInResponse. Once every shard did, the client gets
+// the first shard's and its data is read; if the COPY failed meanwhile, it ends on every shard.
+void Session::copy_shard_ready(Link& l, const pr::Frame& f, Actions& out) {
+  auto& run = work().scatter;
+  l.copy_in = true;
+  if (l.scatter_shard == 0) run.copy_in_response.assign(f.whole);
+  ++run.copy_ready;
+  if (run.scatter->failed()) {
+    end_copy(out);
+    return;
+  }
+  if (run.copy_ready < static_cast<int>(run.routes.size())) return;
+  out.outbox.append(run.copy_in_response);
+  enter(SessionState::Copying);
+  out.resume_client = true;  // COPY data may have come with the COPY
+}
+
+// Client messages while Copying: CopyData is cut into rows and sent on to their shards; CopyDone
+// and CopyFail end the COPY on every shard; Flush and Sync are ignored, as PostgreSQL ignores
+// them during COPY.
+void Session::copy_client_data(std::string_view frames, Actions& out) {
+  auto& run = work().scatter;
+  for (std::string& o : run.copy_out) {
+    o.clear();
+    pr::begin_message(o, 'd');
+  }
+  std::size_t pos = 0;
+  bool ended = false;
+  while (pos < frames.size() && !ended) {
+    const auto r = pr::decode_frame(frames.substr(pos), options_.max_message_bytes);
+    if (r.status != pr::DecodeStatus::Ok) break;
+    const pr::Frame& f = r.frame;
+    pos += f.whole.size();
+    switch (f.tag) {
+      case 'd':
+        if (!run.copy->add(f.body, run.copy_out)) {
+          run.scatter->fail(run.copy->sqlstate(), run.copy->error());
+          ended = true;
+        }
+        break;
+      case 'c':
+        if (!run.copy->finish(run.copy_out)) {
+          run.scatter->fail(run.copy->sqlstate(), run.copy->error());
+        }
+        ended = true;
+        break;
+      case 'f': {
+        const std::string_view why = pr::read_copy_fail(f).value_or("");
+        run.scatter->fail("57014", "COPY from stdin failed: " + std::string(why));
+        ended = true;
+        break;
+      }
+      case 'H':
+      case 'S':
+        break;
+      default: {
+        const auto byte = static_cast<unsigned char>(f.tag);
+        const char hex[] = {'0', 'x', "0123456789abcdef"[byte >> 4], "0123456789abcdef"[byte & 15],
+                            '\0'};
+        run.scatter->fail("08P01", std::string("pgvalve: unexpected message type ") + hex +
+                                       " during COPY from stdin; end the COPY with CopyDone or "
+                                       "CopyFail first");
+        ended = true;
+        break;
+      }
+    }
+  }
+  out.consumed = pos;
+  if (!run.scatter->failed()) {
+    // The rows of this step, one CopyData per shard.
+    for (std::size_t i = 0; i < run.copy_out.size(); ++i) {
+      std::string& o = run.copy_out[i];
+      if (o.size() <= 5) continue;
+      pr::end_message(o, 1);
+      Link& l = link(static_cast<LinkId>(i));
+      if (!l.server || !l.copy_in) continue;
+      out.to_links.push_back({l.id, {o.data(), o.size()}});
+      l.last_activity = now_;
+    }
+  }
+  if (ended) end_copy(out);
+}
+
+// Every shard still taking data gets CopyDone (the COPY succeeded so far) or CopyFail; each then
+// answers its part and prepares it or rolls it back (scatter_answered).
+void Session::end_copy(Actions& out) {
+  auto& run = work().scatter;
+  if (state_ == SessionState::Copying) enter(SessionState::Scattering);
+  bool any = false;
+  for (const Link& l : work().links)
+    any = any || (l.server && l.copy_in);
+  if (!any) return;  // (copy_end may still back a write of an earlier step)
+  run.copy_end.clear();
+  if (run.scatter->failed()) {
+    pr::append_copy_fail(run.copy_end, "pgvalve: the COPY failed; see the client's error");
+  } else {
+    pr::append_copy_done(run.copy_end);
+  }
+  for (Link& l : work().links) {
+    if (!l.server || !l.copy_in) continue;
+    l.copy_in = false;
+    l.last_activity = now_;
+    out.to_links.push_back({l.id, {run.copy_end.data(), run.copy_end.size()}});
+  }
+}
+
+// A shard answered its COPY (its rows counted, or an error): its part is prepared, or rolled
+// back when its transaction failed (PREPARE TRANSACTION then answers ROLLBACK).
+void Session::copy_part_answered(Link& l, Actions& out) {
+  auto& run = work().scatter;
+  l.copy_in = false;
+  out.to_links.push_back({l.id, {run.prepare.data(), run.prepare.size()}});
+  expect_own_answer(l, kActionScatterPrepare);
+  l.last_activity = now_;
+  if (run.scatter->failed()) end_copy(out);
+}
+
+}  // namespace pgvalve::session

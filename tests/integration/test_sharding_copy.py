@@ -1,0 +1,190 @@
+"""COPY ... FROM STDIN into a sharded database, against real PostgreSQL: the client sends one
+COPY to one DSN; each row lands on the shard its device_id maps to, the client learns the total
+row count, and a COPY that fails anywhere (a bad row, a shard's constraint, the client's own
+CopyFail) leaves no row and no prepared transaction on any shard."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+
+import psycopg
+import pytest
+
+from pgcluster import APP_DB, PgCluster
+
+PREPARED = "max_prepared_transactions = 10"
+
+
+@pytest.fixture(scope="module")
+def two_pc(request):
+    nodes = [PgCluster(replicas=0, extra_conf=PREPARED) for _ in range(2)]
+    for c in nodes:
+        request.addfinalizer(c.teardown)
+        c.start()
+    return nodes
+
+
+def prepare_schema(nodes):
+    for c in nodes:
+        c.primary.psql("DROP TABLE IF EXISTS telemetry, device_types", dbname=APP_DB)
+        c.primary.psql("CREATE TABLE telemetry (device_id bigint NOT NULL, ts int, value float8, "
+                       "note text, CHECK (value > -1000))", dbname=APP_DB)
+        c.primary.psql("CREATE TABLE device_types (id int PRIMARY KEY, name text)", dbname=APP_DB)
+        c.primary.psql("GRANT ALL ON ALL TABLES IN SCHEMA public TO app", dbname=APP_DB)
+
+
+def config(nodes):
+    return {
+        "databases": {APP_DB: {
+            "shards": [{"name": f"s{i}", "primary": f"127.0.0.1:{c.primary.port}"}
+                       for i, c in enumerate(nodes)],
+            "sharding": {"key": "device_id", "hash": "md5_mod", "key_type": "bigint",
+                         "tables": ["telemetry"], "reference_tables": ["device_types"]},
+        }},
+    }
+
+
+def md5_mod(device_id, n=2) -> int:
+    return int(hashlib.md5(str(device_id).encode()).hexdigest(), 16) % n
+
+
+def on(node, query):
+    with node.primary.connect(dbname=APP_DB) as conn:
+        return conn.execute(query).fetchall()
+
+
+def rows_on(node):
+    return on(node, "SELECT device_id, ts, value, note FROM telemetry")
+
+
+def assert_nothing_left(nodes):
+    for node in nodes:
+        assert rows_on(node) == []
+        assert on(node, "SELECT gid FROM pg_prepared_xacts") == []
+
+
+def test_100k_rows_copied_through_pgvalve_land_on_their_shards(two_pc, pgvalve):
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    # 1,000 devices, 100 readings each; a few skewed devices, NULLs and awkward text.
+    rows = []
+    for i in range(100_000):
+        device = 7 if i % 10 == 0 else i % 1000
+        note = None if i % 7 == 0 else f"r{i}\t\\ \"quoted\", line\nbreak"
+        rows.append((device, i, i / 4, note))
+    with pv.connect() as conn:
+        with conn.cursor() as cur:
+            with cur.copy("COPY telemetry (device_id, ts, value, note) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            assert cur.rowcount == 100_000
+        assert conn.execute("SELECT count(*) FROM telemetry").fetchone() == (100_000,)
+    placed = []
+    for i, node in enumerate(two_pc):
+        got = rows_on(node)
+        assert got and all(md5_mod(r[0]) == i for r in got), f"s{i} holds a row of another shard"
+        placed += got
+        assert on(node, "SELECT gid FROM pg_prepared_xacts") == []
+    assert sorted(placed, key=lambda r: r[1]) == rows
+
+
+def test_psql_copy_of_a_csv_file_with_a_header(two_pc, pgvalve, tmp_path):
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    data = tmp_path / "readings.csv"
+    # The key is not the first column; a quoted field holds the delimiter and a newline.
+    data.write_text('ts;device_id;note\n1;1;"a;b"\n2;2;"multi\nline"\n3;3;\n4;2;""\n')
+    out = subprocess.run(
+        ["psql", "-X", "-v", "ON_ERROR_STOP=1", pv.dsn(), "-c",
+         f"\\copy telemetry (ts, device_id, note) FROM '{data}' WITH (FORMAT csv, HEADER, "
+         "DELIMITER ';')"],
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "COPY 4"
+    assert sorted(r[1] for r in rows_on(two_pc[0])) == [2, 4]
+    assert sorted(r[1] for r in rows_on(two_pc[1])) == [1, 3]
+    notes = {r[1]: r[3] for node in two_pc for r in rows_on(node)}
+    assert notes == {1: "a;b", 2: "multi\nline", 3: None, 4: ""}
+
+
+def test_reference_table_rows_reach_every_shard(two_pc, pgvalve):
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    with pv.connect() as conn:
+        with conn.cursor() as cur:
+            with cur.copy("COPY device_types (id, name) FROM STDIN") as copy:
+                copy.write_row((1, "thermometer"))
+                copy.write_row((2, "barometer"))
+            assert cur.rowcount == 4  # two rows on each of two shards, as a write's count
+    for node in two_pc:
+        assert on(node, "SELECT id, name FROM device_types ORDER BY id") == [
+            (1, "thermometer"), (2, "barometer")]
+
+
+def test_a_row_without_a_device_id_fails_the_whole_copy(two_pc, pgvalve):
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    with pv.connect() as conn:
+        with pytest.raises(psycopg.Error) as e:
+            with conn.cursor().copy("COPY telemetry (device_id, ts) FROM STDIN") as copy:
+                for i in range(1, 2000):
+                    copy.write_row((i, i))
+                copy.write_row((None, 0))
+                for i in range(1, 2000):
+                    copy.write_row((i, i))
+        assert e.value.sqlstate == "22004", e.value
+        assert str(e.value).startswith("pgvalve:") and "row 2000" in str(e.value), e.value
+        # The session goes on.
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert_nothing_left(two_pc)
+
+
+def test_a_shards_error_rolls_back_every_shard(two_pc, pgvalve):
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    bad = next(d for d in range(1, 50) if md5_mod(d) == 1)
+    with pv.connect() as conn:
+        with pytest.raises(psycopg.Error) as e:
+            with conn.cursor().copy("COPY telemetry (device_id, value) FROM STDIN") as copy:
+                for i in range(1, 500):
+                    copy.write_row((i, 1.0))
+                copy.write_row((bad, -5000.0))  # breaks the CHECK on s1 only
+        assert e.value.sqlstate == "23514", e.value
+        # The client's own CopyFail (an exception inside the block) is the same.
+        with pytest.raises(psycopg.Error) as e:
+            with conn.cursor().copy("COPY telemetry (device_id, value) FROM STDIN") as copy:
+                copy.write_row((1, 1.0))
+                raise RuntimeError("changed my mind")
+        assert e.value.sqlstate == "57014", e.value
+        conn.execute("INSERT INTO telemetry (device_id, value) VALUES (1, 1)")
+    assert rows_on(two_pc[0]) == []
+    assert rows_on(two_pc[1]) == [(1, None, 1.0, None)]
+    for node in two_pc:
+        assert on(node, "SELECT gid FROM pg_prepared_xacts") == []
+
+
+def test_copies_pgvalve_cannot_route_by_row_are_refused(two_pc, pgvalve):
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    with pv.connect() as conn:
+        for sql, why in [
+            ("COPY telemetry FROM STDIN", "list the columns"),
+            ("COPY telemetry (device_id) FROM STDIN WITH (FORMAT binary)", "binary"),
+        ]:
+            with pytest.raises(psycopg.Error) as e:
+                with conn.cursor().copy(sql) as copy:
+                    copy.write_row((1,))
+            assert e.value.sqlstate == "0A000", (sql, e.value)
+            assert str(e.value).startswith("pgvalve:") and why in str(e.value), e.value
+        # A hint runs the COPY on its shard as it is, whatever its form.
+        with conn.cursor().copy("/* pgvalve: device_id=2 */ COPY telemetry FROM STDIN") as copy:
+            copy.write_row((2, 1, 0.5, "x"))
+        # Inside a transaction (psycopg's default outside autocommit) it is refused too.
+    with pv.connect(autocommit=False) as conn:
+        with pytest.raises(psycopg.Error) as e:
+            with conn.cursor().copy("COPY telemetry (device_id) FROM STDIN") as copy:
+                copy.write_row((3,))
+        assert e.value.sqlstate == "0A000" and "outside the transaction" in str(e.value)
+    assert rows_on(two_pc[0]) == [(2, 1, 0.5, "x")]
+    assert rows_on(two_pc[1]) == []

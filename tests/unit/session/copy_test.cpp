@@ -1,0 +1,266 @@
+// COPY ... FROM STDIN into a sharded table, as the session carries it out: every shard's server
+// runs the COPY in a transaction, each row of the client's data goes to its key's shard, and the
+// parts commit together (two-phase commit) or roll back together.
+#include <gtest/gtest.h>
+
+#include "protocol/messages.h"
+#include "protocol/wire.h"
+#include "tests/unit/session/session_test_util.h"
+
+namespace pgvalve::session::testing {
+namespace {
+
+using namespace std::chrono_literals;
+
+routing::ShardingPolicy two_shards() {
+  routing::ShardingPolicy p;
+  p.tables = {"telemetry"};
+  p.reference_tables = {"device_types"};
+  p.map = routing::ShardMap(routing::ShardHash::Md5Mod, routing::KeyType::Bigint, 2, {});
+  p.shard_names = {"s0", "s1"};
+  return p;
+}
+
+std::string copy_in_response(int columns = 2) {
+  std::string out;
+  const std::size_t at = protocol::begin_message(out, 'G');
+  protocol::append_u8(out, 0);
+  protocol::append_i16(out, static_cast<std::int16_t>(columns));
+  for (int i = 0; i < columns; ++i)
+    protocol::append_i16(out, 0);
+  protocol::end_message(out, at);
+  return out;
+}
+
+std::string copy_data(std::string_view rows) {
+  return message('d', rows);
+}
+
+std::string copy_done() {
+  std::string out;
+  protocol::append_copy_done(out);
+  return out;
+}
+
+std::string copy_fail(std::string_view why) {
+  std::string out;
+  protocol::append_copy_fail(out, why);
+  return out;
+}
+
+// The bodies of the CopyData messages in `stream`, joined; CopyDone as "<done>", CopyFail as
+// "<fail>", other messages as "<X>".
+std::string copy_stream(std::string_view stream) {
+  std::string out;
+  for (const auto& m : messages_of(stream)) {
+    if (m.tag == 'd') {
+      out += m.body;
+    } else if (m.tag == 'c') {
+      out += "<done>";
+    } else if (m.tag == 'f') {
+      out += "<fail>";
+    } else {
+      out += "<" + std::string(1, m.tag) + ">";
+    }
+  }
+  return out;
+}
+
+SessionOptions with_query_timeout() {
+  SessionOptions o;
+  o.query_timeout = 1s;
+  return o;
+}
+
+class Copy : public ::testing::Test {
+ protected:
+  routing::ShardingPolicy policy = two_shards();
+  SessionHarness h{policy, with_query_timeout()};
+  std::unique_ptr<ServerState> s0 = SessionHarness::fresh_server();
+  std::unique_ptr<ServerState> s1 = SessionHarness::fresh_server();
+  std::string gid;
+
+  // Sends the COPY and links both shards; each runs BEGIN and the COPY and is ready for data.
+  Step start(std::string_view sql = "COPY telemetry (device_id, v) FROM STDIN") {
+    const std::string q = query(sql);
+    Step s = h.client(q);
+    EXPECT_TRUE(s.check_out);
+    EXPECT_EQ(s.consumed, q.size());
+    s = h.linked(*s0);
+    const auto sent = queries_in(s.to_server);
+    EXPECT_EQ(sent.size(), 2u);
+    EXPECT_EQ(sent.at(0), "BEGIN");
+    EXPECT_TRUE(s.check_out);
+    s = h.linked(*s1);
+    EXPECT_EQ(queries_in(s.to_server), sent);
+    EXPECT_EQ(h.state(), SessionState::Scattering);
+    s = h.server(complete("BEGIN") + ready('T') + copy_in_response(), T0, 0);
+    EXPECT_EQ(s.to_client, "") << "the client waits until every shard takes data";
+    s = h.server(complete("BEGIN") + ready('T') + copy_in_response(), T0, 1);
+    EXPECT_EQ(tags_of(s.to_client), "G");
+    EXPECT_TRUE(s.resume_client);
+    EXPECT_EQ(h.state(), SessionState::Copying);
+    return s;
+  }
+
+  // Both shards answer their part and prepare it; returns the step of the second.
+  Step prepare_both(std::string_view tag0, std::string_view tag1) {
+    Step s = h.server(complete(tag0) + ready('T'), T0, 0);
+    const auto prepare = queries_in(s.to_links[0]);
+    EXPECT_EQ(prepare.size(), 1u);
+    EXPECT_TRUE(prepare.at(0).starts_with("PREPARE TRANSACTION 'pgvalve:")) << prepare.at(0);
+    gid = prepare.at(0).substr(prepare.at(0).find('\''));
+    s = h.server(complete(tag1) + ready('T'), T0, 1);
+    EXPECT_EQ(queries_in(s.to_links[1]).at(0), prepare.at(0));
+    h.server(complete("PREPARE TRANSACTION") + ready('I'), T0, 0);
+    return h.server(complete("PREPARE TRANSACTION") + ready('I'), T0, 1);
+  }
+};
+
+// md5_mod over two shards: 2 is on s0; 1 and 3 on s1.
+TEST_F(Copy, EachRowGoesToTheShardOfItsKeyAndThePartsCommitTogether) {
+  start();
+  Step s = h.client(copy_data("1\ta\n2\tb\n3\tc\n") + copy_done());
+  EXPECT_EQ(copy_stream(s.to_links[0]), "2\tb\n<done>");
+  EXPECT_EQ(copy_stream(s.to_links[1]), "1\ta\n3\tc\n<done>");
+  EXPECT_EQ(s.to_client, "");
+  EXPECT_EQ(h.state(), SessionState::Scattering);
+
+  s = prepare_both("COPY 1", "COPY 2");
+  EXPECT_EQ(queries_in(s.to_server), std::vector<std::string>{"COMMIT PREPARED " + gid})
+      << "committed once both prepared, the first shard first";
+  EXPECT_EQ(s.server_link, 0);
+  s = h.server(complete("COMMIT PREPARED") + ready(), T0, 0);
+  EXPECT_EQ(queries_in(s.to_server), std::vector<std::string>{"COMMIT PREPARED " + gid});
+  s = h.server(complete("COMMIT PREPARED") + ready(), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "CZ");
+  const auto msgs = messages_of(s.to_client);
+  EXPECT_EQ(protocol::read_command_complete(frame_of(msgs[0])).value_or(""), "COPY 3");
+  EXPECT_EQ(statuses_in(s.to_client), "I");
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+TEST_F(Copy, RowsCutAcrossCopyDataMessagesArriveWhole) {
+  start();
+  Step s = h.client(copy_data("1\tfir"));
+  EXPECT_TRUE(s.to_links.empty()) << "half a row goes nowhere yet";
+  s = h.client(copy_data("st\n2\tsecond\n3"));
+  EXPECT_EQ(copy_stream(s.to_links[0]), "2\tsecond\n");
+  EXPECT_EQ(copy_stream(s.to_links[1]), "1\tfirst\n");
+  s = h.client(copy_data("\tthird") + copy_done());
+  EXPECT_EQ(copy_stream(s.to_links[0]), "<done>");
+  EXPECT_EQ(copy_stream(s.to_links[1]), "3\tthird<done>")
+      << "a last row without a newline is routed at CopyDone";
+}
+
+TEST_F(Copy, ClientDataSentWithTheCopyWaitsUntilEveryShardTakesData) {
+  const std::string q = query("COPY telemetry (device_id, v) FROM STDIN");
+  const std::string data = copy_data("2\tb\n") + copy_done();
+  Step s = h.client(q + data);
+  EXPECT_EQ(s.consumed, q.size()) << "only the COPY is taken before the shards are ready";
+  h.linked(*s0);
+  h.linked(*s1);
+  h.server(complete("BEGIN") + ready('T') + copy_in_response(), T0, 0);
+  s = h.server(complete("BEGIN") + ready('T') + copy_in_response(), T0, 1);
+  EXPECT_TRUE(s.resume_client);
+  s = h.client(data);
+  EXPECT_EQ(copy_stream(s.to_links[0]), "2\tb\n<done>");
+  EXPECT_EQ(copy_stream(s.to_links[1]), "<done>");
+}
+
+TEST_F(Copy, ARowWithoutAKeyFailsTheCopyOnEveryShardAndTheClientHearsAtOnce) {
+  start();
+  Step s = h.client(copy_data("1\ta\n\\N\tb\n3\tc\n"));
+  EXPECT_EQ(copy_stream(s.to_links[0]), "<fail>");
+  EXPECT_EQ(copy_stream(s.to_links[1]), "<fail>") << "nothing of the failed step is sent";
+  EXPECT_EQ(h.state(), SessionState::Scattering);
+  // Each shard's COPY fails; PREPARE TRANSACTION in a failed transaction rolls it back.
+  const std::string failed = error_message("57014") + ready('E');
+  s = h.server(failed, T0, 0);
+  EXPECT_TRUE(queries_in(s.to_links[0]).at(0).starts_with("PREPARE TRANSACTION"));
+  s = h.server(failed, T0, 1);
+  h.server(complete("ROLLBACK") + ready('I'), T0, 0);
+  s = h.server(complete("ROLLBACK") + ready('I'), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "EZ");
+  EXPECT_EQ(sqlstates_in(s.to_client), "22004");
+  EXPECT_NE(s.to_client.find("COPY row 2"), std::string::npos) << "the row is named";
+  EXPECT_FALSE(s.has_op(LinkOp::Kind::Close));
+  EXPECT_EQ(h.state(), SessionState::Idle);
+
+  // The rest of the client's COPY data is dropped, as PostgreSQL drops it after an error.
+  s = h.client(copy_data("4\td\n") + copy_done());
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(s.to_client, "");
+}
+
+TEST_F(Copy, AShardsErrorMidCopyEndsTheCopyOnTheOthers) {
+  start();
+  h.client(copy_data("1\ta\n2\tb\n"));
+  Step s = h.server(error_message("23505") + ready('E'), T0, 1);
+  EXPECT_EQ(copy_stream(s.to_links[0]), "<fail>") << "the other shard leaves COPY";
+  EXPECT_TRUE(queries_in(s.to_links[1]).at(0).starts_with("PREPARE TRANSACTION"));
+  EXPECT_EQ(h.state(), SessionState::Scattering) << "client data waits for the answer";
+  h.server(error_message("57014") + ready('E'), T0, 0);
+  h.server(complete("ROLLBACK") + ready('I'), T0, 1);
+  s = h.server(complete("ROLLBACK") + ready('I'), T0, 0);
+  EXPECT_EQ(sqlstates_in(s.to_client), "23505") << "the shard's error is the client's";
+  EXPECT_EQ(statuses_in(s.to_client), "I");
+}
+
+TEST_F(Copy, TheClientsCopyFailRollsBackEveryShard) {
+  start();
+  Step s = h.client(copy_data("1\ta\n") + copy_fail("changed my mind"));
+  EXPECT_EQ(copy_stream(s.to_links[0]), "<fail>");
+  EXPECT_EQ(copy_stream(s.to_links[1]), "<fail>");
+  const std::string failed = error_message("57014") + ready('E');
+  h.server(failed, T0, 0);
+  h.server(failed, T0, 1);
+  h.server(complete("ROLLBACK") + ready('I'), T0, 0);
+  s = h.server(complete("ROLLBACK") + ready('I'), T0, 1);
+  EXPECT_EQ(sqlstates_in(s.to_client), "57014");
+  EXPECT_NE(s.to_client.find("changed my mind"), std::string::npos);
+}
+
+TEST_F(Copy, AShardTakingDataIsNotTimedAsSilent) {
+  start();
+  EXPECT_EQ(h.session().next_deadline(), Clock::time_point::max())
+      << "a server waiting for COPY data owes no answer";
+  h.client(copy_data("1\ta\n") + copy_done());
+  EXPECT_NE(h.session().next_deadline(), Clock::time_point::max());
+}
+
+TEST_F(Copy, AReferenceTablesRowsGoToEveryShard) {
+  start("COPY device_types (id, name) FROM STDIN WITH (FORMAT csv)");
+  Step s = h.client(copy_data("1,sensor\n2,gateway\n"));
+  EXPECT_EQ(copy_stream(s.to_links[0]), "1,sensor\n2,gateway\n");
+  EXPECT_EQ(copy_stream(s.to_links[1]), "1,sensor\n2,gateway\n");
+}
+
+TEST_F(Copy, ACopyPgvalveCannotRouteByRowIsRefusedBeforeAnyServerIsAsked) {
+  for (const char* sql : {"COPY telemetry FROM STDIN", "COPY telemetry (v) FROM STDIN",
+                          "COPY telemetry (device_id, v) FROM STDIN WITH (FORMAT binary)"}) {
+    const Step s = h.client(query(sql));
+    EXPECT_FALSE(s.check_out) << sql;
+    EXPECT_EQ(sqlstates_in(s.to_client), "0A000") << sql;
+    EXPECT_EQ(statuses_in(s.to_client), "I") << sql;
+  }
+}
+
+TEST_F(Copy, AHintedCopyRunsOnItsShardAsItIs) {
+  const std::string q = query("/* pgvalve: device_id=2 */ COPY telemetry FROM STDIN");
+  const Step s = h.client(q);
+  EXPECT_TRUE(s.check_out);
+  EXPECT_EQ(s.route.kind, routing::Route::Kind::Primary);
+  EXPECT_EQ(s.route.shard, 0);
+  EXPECT_FALSE(s.route.copy_rows);
+}
+
+TEST_F(Copy, ACopyInsideATransactionIsRefused) {
+  h.client(query("BEGIN"));
+  const Step s = h.client(query("COPY telemetry (device_id, v) FROM STDIN"));
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(sqlstates_in(s.to_client), "0A000");
+}
+
+}  // namespace
+}  // namespace pgvalve::session::testing
