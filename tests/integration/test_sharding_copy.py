@@ -6,14 +6,19 @@ CopyFail) leaves no row and no prepared transaction on any shard."""
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import subprocess
+from pathlib import Path
 
 import psycopg
 import pytest
 
-from pgcluster import APP_DB, PgCluster
+from pgcluster import APP_DB, APP_PASSWORD, APP_USER, PgCluster
 
 PREPARED = "max_prepared_transactions = 10"
+DRIVERS = Path(__file__).resolve().parent / "drivers"
+JDBC_JAR = Path("/usr/share/java/postgresql.jar")
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +193,75 @@ def test_copies_pgvalve_cannot_route_by_row_are_refused(two_pc, pgvalve):
         assert e.value.sqlstate == "0A000" and "outside the transaction" in str(e.value)
     assert rows_on(two_pc[0]) == [(2, 1, 0.5, "x")]
     assert rows_on(two_pc[1]) == []
+
+
+# --- other drivers: PgJDBC's CopyManager, postgres.js's writable COPY ----------------------
+
+def run(cmd, timeout, **kw):
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    return r, f"$ {' '.join(map(str, cmd))}\nexit {r.returncode}\n" \
+              f"stdout:\n{r.stdout[-6000:]}\nstderr:\n{r.stderr[-6000:]}"
+
+
+def driver_rows(n, devices, notes):
+    """The rows the driver programs write: device_id = 1 + (i * 7919) % devices, ts = i."""
+    rows = []
+    for i in range(1, n + 1):
+        note = None if not notes or i % 5 == 0 else f"n{i} tab\there back\\slash"
+        rows.append((1 + (i * 7919) % devices, i, i + 0.5, note))
+    return rows
+
+
+def assert_on_their_shards(nodes, expected):
+    placed = []
+    for i, node in enumerate(nodes):
+        got = rows_on(node)
+        assert got and all(md5_mod(r[0]) == i for r in got), f"s{i} holds a row of another shard"
+        placed += got
+        assert on(node, "SELECT gid FROM pg_prepared_xacts") == []
+    assert len(placed) == len(expected)
+    assert sorted(placed, key=lambda r: r[1]) == expected
+
+
+def test_jdbc_copy_manager_loads_many_devices_onto_their_shards(two_pc, pgvalve, tmp_path):
+    """PgJDBC's CopyManager.copyIn of 5,000 rows for 200 devices: every row lands on its
+    device's shard, copyIn returns 5,000, and a COPY with a NULL device_id fails with 22004
+    leaving the connection usable."""
+    assert JDBC_JAR.exists(), f"{JDBC_JAR} missing: apt-get install libpostgresql-jdbc-java"
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    r, out = run(["javac", "-cp", str(JDBC_JAR), "-d", str(tmp_path),
+                  str(DRIVERS / "JdbcShardedCopy.java")], timeout=120)
+    assert r.returncode == 0, out
+    r, out = run(["java", "-cp", f"{tmp_path}:{JDBC_JAR}", "JdbcShardedCopy",
+                  f"jdbc:postgresql://127.0.0.1:{pv.port}/{APP_DB}", APP_USER, APP_PASSWORD,
+                  "5000", "200"], timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "OK 5000", out
+    expected = driver_rows(5000, 200, notes=True)
+    assert len({row[0] for row in expected}) == 200
+    # Only the good COPY's rows: the failed one left nothing behind on either shard.
+    assert_on_their_shards(two_pc, expected)
+
+
+def npm_install():
+    if (DRIVERS / "node_modules" / "postgres" / "package.json").exists():
+        return
+    r, out = run(["npm", "install", "--no-audit", "--no-fund", "--no-package-lock",
+                  "--loglevel=error"], timeout=180, cwd=str(DRIVERS))
+    assert r.returncode == 0, f"npm could not install postgres.js:\n{out}"
+
+
+def test_postgresjs_copy_stream_loads_many_devices_onto_their_shards(two_pc, pgvalve):
+    """postgres.js's sql`COPY ... FROM STDIN`.writable() fed 5,000 rows for 200 devices: every
+    row lands on its device's shard, and once the stream finished all of them are visible."""
+    npm_install()
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    env = dict(os.environ, PGHOST="127.0.0.1", PGPORT=str(pv.port), PGUSER=APP_USER,
+               PGPASSWORD=APP_PASSWORD, PGDATABASE=APP_DB)
+    r, out = run(["node", str(DRIVERS / "postgresjs_copy.js"), "5000", "200"],
+                 timeout=120, env=env, cwd=str(DRIVERS))
+    assert r.returncode == 0, out
+    # postgres.js keeps the COPY's tag to itself; count(*) through pgvalve stands in for it.
+    assert json.loads(r.stdout) == {"ok": True, "written": 5000, "count": 5000}, out
+    assert_on_their_shards(two_pc, driver_rows(5000, 200, notes=False))
