@@ -54,6 +54,8 @@ class PendingResponses {
   std::size_t size() const { return size_; }
   PendingResponse& front() { return ring_[head_]; }
   const PendingResponse& front() const { return ring_[head_]; }
+  // The `i`th from the front (i < size()).
+  const PendingResponse& at(std::size_t i) const { return ring_[(head_ + i) % ring_.size()]; }
   void push(const PendingResponse& r);
   void pop();
   void clear() { head_ = size_ = 0; }

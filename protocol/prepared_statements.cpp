@@ -32,7 +32,19 @@ const PreparedStatement& ClientStatements::define(std::string_view name, std::st
   s.param_types.assign(param_types);
   s.hash = statement_hash(query, param_types);
   s.fingerprint = fingerprint;
+  s.defined = ++defined_;
   return s;
+}
+
+std::size_t ClientStatements::erase_defined_up_to(std::uint64_t defined) {
+  std::size_t bytes = 0;
+  std::erase_if(by_name_, [&](const auto& entry) {
+    const PreparedStatement& s = entry.second;
+    if (s.defined > defined) return false;
+    bytes += s.query.size() + s.param_types.size();
+    return true;
+  });
+  return bytes;
 }
 
 bool ClientStatements::erase(std::string_view name) {

@@ -18,6 +18,7 @@ struct PreparedStatement {
   std::string param_types;  // raw int32 OIDs, as in Parse
   std::uint64_t hash = 0;
   std::uint64_t fingerprint = 0;  // of the query's shape (statistics); 0: not computed
+  std::uint64_t defined = 0;      // the client's definition order (ClientStatements)
 };
 
 // "pgv_" + 16 hex digits of the hash, without allocating.
@@ -45,6 +46,12 @@ class ClientStatements {
   bool erase(std::string_view name);
   void clear() { by_name_.clear(); }
   std::size_t size() const { return by_name_.size(); }
+  // The `defined` order of the latest definition (0: none yet).
+  std::uint64_t last_defined() const { return defined_; }
+  // Forgets the statements defined up to `defined` (DISCARD ALL / DEALLOCATE ALL sent then: the
+  // ones the client defined after it, pipelined behind it, outlive it); returns the bytes of
+  // text they held.
+  std::size_t erase_defined_up_to(std::uint64_t defined);
 
  private:
   struct Hash {
@@ -52,6 +59,7 @@ class ClientStatements {
     std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
   };
   std::unordered_map<std::string, PreparedStatement, Hash, std::equal_to<>> by_name_;
+  std::uint64_t defined_ = 0;
 };
 
 // The statements prepared on one server connection, least recently used first out.

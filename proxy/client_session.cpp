@@ -1063,7 +1063,8 @@ void ClientSession::carry_out_link_op(const LinkOp& op) {
       // Runs on after the client left: the completion handler keeps this session alive.
       asio::co_spawn(
           client_.get_executor(),
-          clean_and_release(std::move(server), io.pool, op.sql[0], op.sql[1]),
+          clean_and_release(std::move(server), io.pool, std::string(op.sql[0]),
+                            std::string(op.sql[1])),
           [self = shared_from_this()](std::exception_ptr e) { log_failure(self->id_, e); });
       return;
   }
@@ -1071,8 +1072,7 @@ void ClientSession::carry_out_link_op(const LinkOp& op) {
 
 asio::awaitable<void> ClientSession::clean_and_release(std::unique_ptr<ServerConnection> server,
                                                        std::shared_ptr<pool::ServerPool> pool,
-                                                       std::string_view sql1,
-                                                       std::string_view sql2) {
+                                                       std::string sql1, std::string sql2) {
   Deadline deadline(server->stream, 5s);
   ServerFailure failure;
   bool clean = co_await server->run_query(sql1, failure);
@@ -1080,6 +1080,10 @@ asio::awaitable<void> ClientSession::clean_and_release(std::unique_ptr<ServerCon
   clean = clean && !deadline.expired();
   if (sql1 == "ROLLBACK") {
     PGV_LOG(Info, "server_rolled_back", {"client", id_}, {"server", server->id});
+  } else if (sql1.ends_with("'") && sql1.find(" PREPARED '") != std::string::npos) {
+    // A write over several shards whose client left: its part here was decided after it.
+    PGV_LOG(Info, "prepared_part_decided", {"client", id_}, {"server", server->id},
+            {"statement", sql1}, {"ok", clean ? "true" : "false"});
   }
   if (!clean) {
     PGV_LOG(Info, "server_closed_dirty", {"client", id_}, {"server", server->id});

@@ -198,8 +198,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
             const std::shared_ptr<pool::ServerPool>& pool);
   void carry_out_link_op(const session::LinkOp& op);
   asio::awaitable<void> clean_and_release(std::unique_ptr<ServerConnection> server,
-                                          std::shared_ptr<pool::ServerPool> pool,
-                                          std::string_view sql1, std::string_view sql2);
+                                          std::shared_ptr<pool::ServerPool> pool, std::string sql1,
+                                          std::string sql2);
   void give_back(std::unique_ptr<ServerConnection> server, bool clean, pool::ServerPool& pool);
   void hub_request(const session::HubRequest& request);
   void deliver_notification(std::string message);

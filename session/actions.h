@@ -36,7 +36,7 @@ struct LinkOp {
   };
   Kind kind = Kind::Release;
   LinkId link = 0;
-  std::string_view sql[2];  // CleanAndRelease: up to two statements; static text
+  std::string_view sql[2];  // CleanAndRelease: up to two statements; copied when carried out
 };
 
 // A LISTEN or UNLISTEN pgvalve runs on the shared listening connection for the client.

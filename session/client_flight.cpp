@@ -904,9 +904,17 @@ bool Session::forget_statement(std::string_view name) {
   return false;
 }
 
-void Session::forget_all_statements() {
-  if (statements_) statements_->clear();
-  statement_bytes_ = 0;
+void Session::forget_statements_before(std::uint64_t defined, Link& l) {
+  if (statements_) statement_bytes_ -= statements_->erase_defined_up_to(defined);
+  // The server forgot its statements too, except those whose Parse, sent after the request
+  // that made it forget, is still to be answered.
+  l.server->statements.clear();
+  for (std::size_t i = 0; i < l.pending.size(); ++i) {
+    const pr::PendingResponse& p = l.pending.at(i);
+    if (p.kind == Kind::ParseComplete && p.statement_hash != 0) {
+      l.server->statements.add(p.statement_hash, 0);
+    }
+  }
 }
 
 // One LISTEN or UNLISTEN between transactions — a simple query, or Parse/Bind/[Describe]/
@@ -1568,9 +1576,11 @@ void Session::note_for(const routing::StatementInfo& info, Note& note) const {
       return;
     case StatementKind::Discard:
       if (info.discard_all) note.kind = NoteKind::Discard;
+      note.statements_before = statements_ ? statements_->last_defined() : 0;
       return;
     case StatementKind::Deallocate:
       if (info.all) note.kind = NoteKind::DeallocateAll;
+      note.statements_before = statements_ ? statements_->last_defined() : 0;
       return;
     case StatementKind::Commit:
       note.kind = NoteKind::Commit;

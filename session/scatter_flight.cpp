@@ -190,6 +190,17 @@ bool Session::scattering() const {
   return work_ && work_->scatter.scatter != nullptr;
 }
 
+// What a write's prepared parts are told: COMMIT PREPARED once the commit was decided (every
+// part prepared), else ROLLBACK PREPARED.
+std::string_view Session::scatter_decision_sql() {
+  auto& run = work().scatter;
+  const bool commit = run.deciding && run.commit;
+  std::string sql = std::string(commit ? "COMMIT" : "ROLLBACK") + " PREPARED '" + run.gid + "'";
+  // Views of it may be in this step's actions already (a part per link).
+  if (sql != run.decision_sql) run.decision_sql = std::move(sql);
+  return run.decision_sql;
+}
+
 void Session::check_out_next_shard(Actions& out) {
   auto& run = work().scatter;
   run.waiting = true;
@@ -422,8 +433,7 @@ void Session::settle_scatter(std::string& into, Actions& out) {
     run.deciding = true;
     run.commit = !run.scatter->failed();
     run.decision.clear();
-    pr::append_query(run.decision, std::string(run.commit ? "COMMIT" : "ROLLBACK") + " PREPARED '" +
-                                       run.gid + "'");
+    pr::append_query(run.decision, scatter_decision_sql());
   }
   // Shards where nothing is prepared are done.
   for (Link& l : work().links) {

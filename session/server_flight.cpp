@@ -341,8 +341,7 @@ void Session::settle_statement(Link& l, pr::PendingResponse& request, std::strin
       break;
     case NoteKind::DeallocateAll:
       // Not transactional: the server forgot every prepared statement, the client too.
-      forget_all_statements();
-      l.server->statements.clear();
+      forget_statements_before(note.statements_before, l);
       break;
     case NoteKind::Commit:
       if (tag == "COMMIT") {
@@ -494,10 +493,9 @@ void Session::apply_note(const Note& note, Link& l, Actions& out) {
     case NoteKind::Discard:
       server.settings.keep_reported_only();
       server.settings_unknown = false;
-      server.statements.clear();
       client_settings_.clear();
       restore_startup_settings();
-      forget_all_statements();
+      forget_statements_before(note.statements_before, l);
       server_listens_.clear();
       if (!listen_channels_.empty()) {
         listen_channels_.clear();

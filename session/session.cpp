@@ -504,6 +504,10 @@ void Session::release_all_for_close(Actions& out) {
         options_.mode == config::PoolMode::Session || pinned_ || l.check_pins;
     if (l.busy() || l.stream_remaining > 0) {
       unlink(id, LinkOp::Kind::CancelAndClose, out);
+    } else if (l.prepared && !l.finishing && scattering()) {
+      // A write over several shards whose client left: its part here is decided as the other
+      // shards' are (rolled back unless the commit had begun), not left prepared.
+      unlink(id, LinkOp::Kind::CleanAndRelease, out, scatter_decision_sql());
     } else if (options_.mode == config::PoolMode::Session && server.touched_temp) {
       unlink(id, LinkOp::Kind::Close, out);
     } else if (server.tx_status != 'I' || reset_session) {

@@ -256,6 +256,7 @@ class Session {
   ScatterStart start_scatter(std::string_view frames, const RequestText& request,
                              routing::Route& route, Actions& out);
   std::string two_phase_gid();
+  std::string_view scatter_decision_sql();
   void open_scatter_run(std::unique_ptr<Scatter> scatter, std::vector<routing::Route> routes,
                         std::uint64_t fingerprint, std::string gid);
   void check_out_next_shard(Actions& out);
@@ -306,7 +307,9 @@ class Session {
   const protocol::PreparedStatement& define_statement(std::string_view name, std::string_view query,
                                                       std::string_view param_types);
   bool forget_statement(std::string_view name);
-  void forget_all_statements();
+  // DISCARD ALL / DEALLOCATE ALL answered on `l`: the statements defined before it are gone, on
+  // the client's side and on the server's.
+  void forget_statements_before(std::uint64_t defined, Link& l);
   void pass_client(Flight& flight, std::size_t offset, std::size_t size);
   void mark_scratch(Flight& flight, std::size_t from);
   void fail_requests(std::string_view frames, std::string_view sqlstate, std::string_view message,

@@ -36,6 +36,9 @@ struct Note {
   SettingForm form = SettingForm::Literal;
   std::string name;
   std::string value;
+  // Discard, DeallocateAll: the client's statements defined before it was sent
+  // (ClientStatements::last_defined then). Those defined after it, pipelined behind it, stay.
+  std::uint64_t statements_before = 0;
 };
 using NoteKind = Note::Kind;
 
@@ -279,7 +282,8 @@ struct Workspace {
     std::string gid;
     bool deciding = false;
     bool commit = false;
-    std::string decision;
+    std::string decision;      // a Query message of decision_sql
+    std::string decision_sql;  // COMMIT PREPARED or ROLLBACK PREPARED 'gid'
     std::uint64_t fingerprint = 0;
     Clock::time_point started{};
     // COPY FROM STDIN over several shards (copy_flight.cpp): the client's rows cut and routed,

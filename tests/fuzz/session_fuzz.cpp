@@ -83,8 +83,8 @@ using namespace pgvalve;
 using session::Actions;
 using session::Chunk;
 using session::Clock;
-using session::LinkId;
 using session::LinkChunk;
+using session::LinkId;
 using session::LinkOp;
 using session::ServerState;
 using session::Session;
@@ -104,7 +104,7 @@ using session::SessionState;
 struct KnownFinding {
   const char* what;
 };
-[[noreturn]] void known_finding(const char* what, int line) {
+[[maybe_unused, noreturn]] void known_finding(const char* what, int line) {
   static const bool report = std::getenv("SESSION_FUZZ_KNOWN") != nullptr;
   if (report) violated(what, line);
   throw KnownFinding{what};
@@ -491,6 +491,10 @@ class FakeServer {
     tx = 'I';
     portals_.clear();
     if (sql == "DISCARD ALL") forget_statements();
+    // COMMIT / ROLLBACK PREPARED 'gid' of a write whose client left.
+    if (const std::size_t at = sql.find(" PREPARED '"); at != std::string_view::npos) {
+      prepared.erase(std::string(sql.substr(at + 10)));
+    }
   }
 
   // Answers the next messages: `unit` 0: up to the end of the next request (a Query, Sync or
@@ -885,7 +889,6 @@ class FakeServer {
     for (const auto& [name, statement] : statements_)
       unparsed_.insert(name);
     statements_.clear();
-    forgot_all_ = true;
   }
 
   // Answers one message; true when it used `fail`.
@@ -954,12 +957,6 @@ class FakeServer {
         }
         if (!name.empty() && statements_.count(name)) {
           if (faithful && pgvalve_named(name)) {
-            if (forgot_all_) {
-              // Known: DISCARD ALL / DEALLOCATE ALL answered after a Parse pipelined behind it
-              // makes the session forget that statement too (apply_note), though the server
-              // prepared it afterwards; the session prepares it again: 42P05 on this server.
-              known_finding("a statement prepared after DISCARD ALL is prepared again", __LINE__);
-            }
             violated("pgvalve prepares a statement the server already has", __LINE__);
           }
           fail_extended(out, "42P05", "prepared statement already exists");
@@ -1088,7 +1085,6 @@ class FakeServer {
   // Parse fails as it would for a client of PostgreSQL itself, which is not the session's fault.
   std::map<std::string, Statement> statements_;
   std::set<std::string> unparsed_;
-  bool forgot_all_ = false;  // DISCARD ALL or DEALLOCATE ALL ran
   std::map<std::string, Portal> portals_;
   bool skipping_ = false;  // an extended-protocol message failed: the rest up to Sync is skipped
   bool copy_in_ = false;
@@ -1460,10 +1456,7 @@ class Harness {
       auto it = fakes_.find(s);
       if (it == fakes_.end() || !it->second.faithful) continue;
       if (it->second.prepared.count(scatter_gid_) != 0) {
-        // Known: release_all_for_close gives a shard's server back as it is, its part prepared
-        // and neither committed nor rolled back (in doubt, holding its locks), even when the
-        // write was committed on other shards already.
-        known_finding("a write's prepared part is left undecided when the client leaves", __LINE__);
+        violated("a write's prepared part is left undecided when the client leaves", __LINE__);
       }
     }
   }
@@ -1685,6 +1678,15 @@ class Harness {
         idle_.push_back(server);
       } else if (op.kind == LinkOp::Kind::CleanAndRelease) {
         CHECK(!op.sql[0].empty());
+        if (const std::size_t at = op.sql[0].find(" PREPARED '"); at != std::string_view::npos) {
+          // The decision for a part whose client left: the same as the other shards'.
+          const std::string gid(op.sql[0].substr(at + 10));
+          const char decision = op.sql[0].starts_with("COMMIT") ? 'C' : 'R';
+          const char decided = commit_decisions_[gid];
+          CHECK(decided == decision || (decided == 0 && decision == 'R'));
+          const auto& sent = prepares_[gid];
+          CHECK(std::find(sent.begin(), sent.end(), server) != sent.end());
+        }
         if (f.faithful) CHECK(f.idle());
         server->tx_status = 'I';  // what the clean-up leaves
         f.clean(op.sql[0]);

@@ -61,5 +61,20 @@ TEST(PreparedStatements, EraseAndClearForgetStatements) {
   EXPECT_EQ(s.size(), 0u);
 }
 
+TEST(PreparedStatements, ForgettingUpToADefinitionKeepsTheLaterOnes) {
+  ClientStatements c;
+  c.define("a", "select 1", "");
+  c.define("b", "select 22", "");
+  const std::uint64_t before = c.last_defined();
+  c.define("c", "select 333", "");
+  c.define("a", "select 4444", "");  // defined again: later than the mark
+  EXPECT_EQ(c.erase_defined_up_to(before), std::string_view("select 22").size());
+  EXPECT_EQ(c.size(), 2u);
+  EXPECT_EQ(c.find("b"), nullptr);
+  ASSERT_NE(c.find("a"), nullptr);
+  EXPECT_EQ(c.find("a")->query, "select 4444");
+  EXPECT_NE(c.find("c"), nullptr);
+}
+
 }  // namespace
 }  // namespace pgvalve::protocol

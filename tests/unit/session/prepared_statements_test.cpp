@@ -254,6 +254,24 @@ TEST(SessionPreparedStatements, DeallocateAllForgetsEveryStatementOnBothSides) {
   EXPECT_EQ(server->statements.size(), 0u);
 }
 
+// PostgreSQL runs a Parse sent behind DEALLOCATE ALL or DISCARD ALL after it: that statement
+// exists afterwards, on the client's side and on the server (found by the session fuzz target).
+TEST(SessionPreparedStatements, AStatementPreparedBehindDeallocateAllOutlivesIt) {
+  for (const char* forget : {"DEALLOCATE ALL", "DISCARD ALL"}) {
+    SessionHarness h;
+    prepare_locally(h);
+    auto server = SessionHarness::fresh_server();
+    const std::string sent =
+        h.send(query(forget) + parse("s2", "select 2") + run_flight("s2"), *server);
+    EXPECT_EQ(tags_of(sent), "QPBES") << forget;
+    h.answer(command_result(forget) + parse_complete() + select_answer());
+    EXPECT_EQ(h.session().prepared_statement_count(), 1u) << forget << ": s1 went, s2 stays";
+    EXPECT_EQ(server->statements.size(), 1u) << forget;
+    EXPECT_EQ(tags_of(h.send(run_flight("s2"), *server)), "BES")
+        << forget << ": the server has s2 already; preparing it again would fail (42P05)";
+  }
+}
+
 TEST(SessionPreparedStatements, LeastRecentlyUsedStatementIsEvictedAtTheCap) {
   SessionOptions o;
   o.max_prepared_statements = 2;

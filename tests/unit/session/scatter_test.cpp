@@ -278,6 +278,32 @@ TEST_F(Scatter, AWriteThatFailsOnOneShardIsRolledBackOnTheOthers) {
   EXPECT_EQ(h.state(), SessionState::Idle);
 }
 
+// A client that leaves during a write's two-phase commit leaves no part undecided where its
+// server answered: before every part prepared, the prepared ones are rolled back; once the commit
+// began, the rest are committed (found by the session fuzz target).
+TEST_F(Scatter, AClientLeavingBeforeTheCommitDecisionRollsBackThePreparedParts) {
+  start(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
+  h.server(write_part("DELETE 1"), T0, 0);
+  const Step s = h.gone();
+  ASSERT_EQ(s.ops.size(), 2u);
+  EXPECT_EQ(s.ops[0].kind, LinkOp::Kind::CleanAndRelease);
+  EXPECT_TRUE(s.ops[0].sql1.starts_with("ROLLBACK PREPARED 'pgvalve:")) << s.ops[0].sql1;
+  EXPECT_EQ(s.ops[1].kind, LinkOp::Kind::CancelAndClose) << "shard 1 is still running its part";
+}
+
+TEST_F(Scatter, AClientLeavingDuringTheCommitCommitsTheRemainingParts) {
+  start(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
+  h.server(write_part("DELETE 1"), T0, 0);
+  Step s = h.server(write_part("DELETE 2"), T0, 1);
+  const std::string commit = queries_in(s.to_server).at(0);
+  ASSERT_TRUE(commit.starts_with("COMMIT PREPARED"));
+  s = h.gone();
+  ASSERT_EQ(s.ops.size(), 2u);
+  EXPECT_EQ(s.ops[0].kind, LinkOp::Kind::CancelAndClose) << "its COMMIT PREPARED is in flight";
+  EXPECT_EQ(s.ops[1].kind, LinkOp::Kind::CleanAndRelease);
+  EXPECT_EQ(s.ops[1].sql1, commit);
+}
+
 TEST_F(Scatter, WithoutPreparedTransactionsAWriteToSeveralShardsIsRefusedAndRolledBack) {
   start(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
   h.server(write_part("DELETE 1"), T0, 0);
