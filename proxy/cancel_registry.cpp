@@ -4,7 +4,8 @@
 
 namespace pgvalve::proxy {
 
-std::shared_ptr<CancelTarget> CancelRegistry::register_client() {
+std::shared_ptr<CancelTarget> CancelRegistry::register_client(
+    std::weak_ptr<ClientSession> session) {
   std::int32_t secret = 0;
   RAND_bytes(reinterpret_cast<unsigned char*>(&secret), sizeof secret);
   std::lock_guard lock(mutex_);
@@ -20,6 +21,7 @@ std::shared_ptr<CancelTarget> CancelRegistry::register_client() {
   });
   target->process_id = pid;
   target->secret_key = secret;
+  target->session = std::move(session);
   targets_[pid] = target;
   return target;
 }
@@ -32,6 +34,9 @@ std::optional<CancelDestination> CancelRegistry::find(std::int32_t process_id,
   if (it == targets_.end()) return std::nullopt;
   target = it->second.lock();
   if (!target || target->secret_key != secret_key) return std::nullopt;
+  if (target->several.load(std::memory_order_acquire)) {
+    if (auto session = target->session.lock()) return CancelDestination{{}, 0, 0, session};
+  }
   const auto key = target->server_key.load(std::memory_order_acquire);
   if (key == 0) return std::nullopt;
   const auto host = target->host_index.load(std::memory_order_relaxed);

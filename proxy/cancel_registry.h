@@ -14,6 +14,8 @@
 
 namespace pgvalve::proxy {
 
+class ClientSession;
+
 // Written by the client's own worker on every link/unlink (two relaxed atomics, no lock);
 // read by whichever worker receives the CancelRequest.
 struct CancelTarget {
@@ -21,6 +23,10 @@ struct CancelTarget {
   std::int32_t secret_key = 0;
   std::atomic<std::uint64_t> server_key{0};  // (server pid << 32) | server secret; 0 = none
   std::atomic<std::uint32_t> host_index{0};
+  // A statement runs on several shards: a cancel goes to each of their servers, which only the
+  // session knows (set while it scatters).
+  std::atomic<bool> several{false};
+  std::weak_ptr<ClientSession> session;  // set at registration
 
   void link(std::uint32_t host, std::int32_t pid, std::int32_t secret) {
     host_index.store(host, std::memory_order_relaxed);
@@ -34,12 +40,14 @@ struct CancelDestination {
   boost::asio::ip::tcp::endpoint host;
   std::int32_t process_id = 0;
   std::int32_t secret_key = 0;
+  // Set instead when the client's statement runs on several shards: that session cancels them.
+  std::shared_ptr<ClientSession> fan_out;
 };
 
 class CancelRegistry {
  public:
   // A new client's key (unique pid, random secret), registered until the target is destroyed.
-  std::shared_ptr<CancelTarget> register_client();
+  std::shared_ptr<CancelTarget> register_client(std::weak_ptr<ClientSession> session);
   // Where to send a cancel for this client key, if the key is valid and the client is running
   // something on a server.
   std::optional<CancelDestination> find(std::int32_t process_id, std::int32_t secret_key);

@@ -207,6 +207,10 @@ asio::awaitable<void> ClientSession::forward_cancel(std::int32_t process_id,
     PGV_LOG(Debug, "cancel_ignored", {"pid", process_id});
     co_return;
   }
+  if (dest->fan_out) {
+    dest->fan_out->cancel_every_server();
+    co_return;
+  }
   co_await send_cancel(*dest);
 }
 
@@ -341,7 +345,7 @@ asio::awaitable<bool> ClientSession::start_session() {
   }
   if (!pool_) pool_ = app_.pool_for(*database_, user_name_, database_->shards.front().primary);
   pool_->client_joined();
-  cancel_ = app_.cancels().register_client();
+  cancel_ = app_.cancels().register_client(weak_from_this());
   {
     const auto& r = config_->routing;
     bool replicas = false;

@@ -1008,10 +1008,28 @@ void ClientSession::link(std::unique_ptr<ServerConnection> server,
   if (io.pool != pool) io.pool = pool;  // usually the same: no copy per transaction
   io.watching = false;
   ++io.generation;
-  // A cancel reaches the server running the client's request: the newest link.
+  // A cancel reaches the server running the client's request: the newest link, or every shard's
+  // while a statement runs on several.
   cancel_->link(io.conn->host_index, io.conn->key.process_id, io.conn->key.secret_key);
+  cancel_->several.store(core_->scattering(), std::memory_order_release);
   carry_out(core_->on_linked(io.conn->state, now()), Source::Client);
   if (!closed_ && id < links_.size() && links_[id].conn) watch_server(id);
+}
+
+void ClientSession::cancel_every_server() {
+  asio::post(client_.get_executor(), [self = shared_from_this()] {
+    if (self->closed_) return;
+    for (const LinkIO& io : self->links_) {
+      if (!io.conn) continue;
+      error_code ignored;
+      asio::co_spawn(
+          self->client_.get_executor(),
+          send_cancel(CancelDestination{io.conn->stream.socket().remote_endpoint(ignored),
+                                        io.conn->key.process_id, io.conn->key.secret_key}),
+          asio::detached);
+    }
+    PGV_LOG(Info, "cancel_forwarded_to_shards", {"client", self->id_});
+  });
 }
 
 void ClientSession::carry_out_link_op(const LinkOp& op) {
@@ -1025,6 +1043,7 @@ void ClientSession::carry_out_link_op(const LinkOp& op) {
   const bool unsent = io.writer.busy() || io.writer.failed();
   io.writer.abandon();
   cancel_->unlink();
+  cancel_->several.store(core_->scattering(), std::memory_order_release);
   // A session-mode client's own server is the cancel target again once its replica goes, and
   // is read again (after this step: its bytes go to the core then).
   if (op.link != 0 && links_[0].conn) {

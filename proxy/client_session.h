@@ -67,6 +67,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   asio::awaitable<void> serve();
   // Shutdown began: leave at the next transaction boundary (now, if between transactions).
   void on_drain();
+  // A cancel for a statement running on several shards: each linked server gets one (carried
+  // out on this session's thread; callable from any).
+  void cancel_every_server();
   // The loops have stopped: drops what is still to be written, whose callbacks hold the session,
   // so that the session is destroyed with its loop's handlers.
   void on_stopped();

@@ -3,13 +3,15 @@ replica, shard s1 a primary alone. Where a row landed is checked on each shard d
 the placement the outside scheme computes (Python's hashlib for md5_mod, python3-xxhash for xxh3,
 PostgreSQL's own satisfies_hash_partition() for pg_partition), never against pgvalve's account.
 
-Statements that need several shards (scatter-gather) are refused with 0A000 today: the tests
-check that they are refused, and that nothing is answered from a single shard."""
+Reads over several shards are gathered (test_sharding_oracle.py compares them with one
+database); writes over several shards need prepared transactions, which these servers do not
+allow, so here they are refused (test_sharding_writes.py has servers that allow them)."""
 
 from __future__ import annotations
 
 import hashlib
 import struct
+import threading
 import time
 
 import psycopg
@@ -438,3 +440,35 @@ def test_jdbc_reads_over_several_shards_also_once_prepared(shards, pgvalve, tmp_
                         f"jdbc:postgresql://127.0.0.1:{pv.port}/{APP_DB}", APP_USER, APP_PASSWORD,
                         "20"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.startswith("OK"), r.stdout + r.stderr
+
+
+def test_a_cancel_stops_a_read_on_every_shard(shards, pgvalve):
+    """A cancelled read over several shards stops on each of them, not only on the last one
+    linked: the client gets 57014 at once and no shard keeps running the statement."""
+    clear(shards)
+    pv = pgvalve(**config(shards))
+    sleep = "SELECT count(*) FROM telemetry WHERE pg_sleep(20) IS NOT NULL"
+    with pv.connect() as conn:
+        for d in (next(d for d in range(1, 50) if md5_mod(d) == i) for i in range(2)):
+            conn.execute("INSERT INTO telemetry (device_id) VALUES (%s)", (d,))
+        shards[0].wait_replay()
+        canceller = threading.Timer(1.0, conn.cancel)
+        canceller.start()
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute(sleep)
+        took = time.monotonic() - started
+        canceller.join()
+        # A shard that got no cancel would have held the answer back for its whole sleep.
+        assert took < 10, f"the read ended {took:.1f}s after it began"
+
+        def sleeping(node):
+            with node.connect(dbname=APP_DB) as c:
+                return c.execute("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                                 "AND query LIKE '%pg_sleep(20)%' AND pid <> pg_backend_pid()"
+                                 ).fetchone()[0]
+
+        for cluster in shards:
+            for node in cluster.nodes:
+                wait_until(lambda: sleeping(node) == 0, 5, message=f"{node.port} stopped")
+        assert conn.execute("SELECT 1").fetchone() == (1,)
