@@ -2,6 +2,7 @@
 
 #include "protocol/messages.h"
 #include "routing/sql_lexer.h"
+#include "stats/query_stats.h"
 
 namespace pgvalve::session {
 
@@ -143,7 +144,7 @@ void Scatter::add(int shard, const pr::Frame& f) {
       if (f.tag == 'T') gather_->add(shard, f);
       return;
     case 'D':
-      ++rows_[i];
+      if (!write_) ++rows_[i];  // a write's rows are its tag's (RETURNING rows included)
       gather_->add(shard, f);
       return;
     case 'N':
@@ -153,6 +154,9 @@ void Scatter::add(int shard, const pr::Frame& f) {
       fail("08P01", "pgvalve: a shard suspended a portal pgvalve asked for in full");
       return;
     default:
+      if (f.tag == 'C' && write_) {
+        rows_[i] += stats::rows_of_tag(pr::read_command_complete(f).value_or(""));
+      }
       gather_->add(shard, f);  // CommandComplete, EmptyQueryResponse, ErrorResponse
       return;
   }

@@ -62,6 +62,7 @@ class Scatter {
   // The answer is this error (a shard lost, no server for a shard); the first error wins.
   void fail(std::string_view sqlstate, std::string_view message);
   bool failed() const { return gather_ && gather_->failed(); }
+  // Rows shard `shard` answered: a read's rows, a write's count from its command tag.
   std::uint64_t rows(int shard) const { return rows_.at(static_cast<std::size_t>(shard)); }
   // After finish(): the rows the client got (a write: its tag's count).
   std::uint64_t rows_answered() const { return gather_ ? gather_->rows_answered() : 0; }

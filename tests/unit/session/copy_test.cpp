@@ -5,6 +5,7 @@
 
 #include "protocol/messages.h"
 #include "protocol/wire.h"
+#include "session/scatter.h"
 #include "tests/unit/session/session_test_util.h"
 
 namespace pgvalve::session::testing {
@@ -260,6 +261,26 @@ TEST_F(Copy, ACopyInsideATransactionIsRefused) {
   const Step s = h.client(query("COPY telemetry (device_id, v) FROM STDIN"));
   EXPECT_FALSE(s.check_out);
   EXPECT_EQ(sqlstates_in(s.to_client), "0A000");
+}
+
+// SHOW SHARDS counts each shard's part of a write by the rows its tag reports.
+TEST(ScatterParts, AWritesPartCountsTheRowsOfItsCommandTag) {
+  session::Scatter scatter;
+  routing::ScatterPlan plan;
+  plan.ok = true;
+  const std::string q = query("COPY telemetry (device_id) FROM STDIN");
+  ASSERT_EQ(scatter.start(q, "COPY telemetry (device_id) FROM STDIN", {}, plan, {}, 2, 1u << 20,
+                          1u << 20, "pgvalve:1:2:3", nullptr, true),
+            "");
+  for (const auto& m : messages_of(complete("COPY 7")))
+    scatter.add(0, frame_of(m));
+  for (const auto& m : messages_of(complete("COPY 2")))
+    scatter.add(1, frame_of(m));
+  EXPECT_EQ(scatter.rows(0), 7u);
+  EXPECT_EQ(scatter.rows(1), 2u);
+  std::string answer;
+  scatter.finish(answer);
+  EXPECT_EQ(scatter.rows_answered(), 9u);
 }
 
 }  // namespace
