@@ -8,6 +8,7 @@
 #include <cstring>
 #include <unordered_map>
 
+#include "protocol/binary_values.h"
 #include "protocol/messages.h"
 #include "protocol/wire.h"
 
@@ -16,6 +17,10 @@ namespace pgvalve::routing {
 namespace {
 
 namespace pr = protocol;
+using pr::binary_float;
+using pr::binary_float_of;
+using pr::binary_integer;
+using pr::binary_integer_of;
 
 constexpr std::uint32_t kBool = 16, kName = 19, kInt8 = 20, kInt2 = 21, kInt4 = 23, kText = 25,
                         kOid = 26, kFloat4 = 700, kFloat8 = 701, kBpchar = 1042, kVarchar = 1043,
@@ -33,65 +38,6 @@ double floating(std::string_view s) {
   const std::string text(s);  // strtod needs a terminated string
   if (text == "NaN") return std::nan("");
   return std::strtod(text.c_str(), nullptr);
-}
-
-// Big-endian bytes of binary-format values.
-std::uint64_t read_big_endian(std::string_view s) {
-  std::uint64_t u = 0;
-  for (char c : s)
-    u = (u << 8) | static_cast<unsigned char>(c);
-  return u;
-}
-
-std::string big_endian(std::uint64_t u, std::size_t width) {
-  std::string out(width, '\0');
-  for (std::size_t i = width; i > 0; --i) {
-    out[i - 1] = static_cast<char>(u & 0xff);
-    u >>= 8;
-  }
-  return out;
-}
-
-// A binary-format integer (int2, int4, int8; date, time and timestamps are int32/int64 too).
-std::optional<std::int64_t> binary_integer(std::string_view s) {
-  if (s.size() != 2 && s.size() != 4 && s.size() != 8) return std::nullopt;
-  const unsigned shift = 64 - 8 * static_cast<unsigned>(s.size());
-  return static_cast<std::int64_t>(read_big_endian(s) << shift) >> shift;
-}
-
-// `v` as a binary-format integer `width` bytes wide; nullopt when it does not fit.
-std::optional<std::string> binary_integer_of(std::int64_t v, std::size_t width) {
-  if (width < 8) {
-    const std::int64_t limit = std::int64_t{1} << (8 * width - 1);
-    if (v < -limit || v >= limit) return std::nullopt;
-  }
-  return big_endian(static_cast<std::uint64_t>(v), width);
-}
-
-double binary_float(std::string_view s) {
-  const std::uint64_t u = read_big_endian(s);
-  if (s.size() == 4) {
-    float f;
-    const auto bits = static_cast<std::uint32_t>(u);
-    std::memcpy(&f, &bits, sizeof f);
-    return f;
-  }
-  double d = 0;
-  if (s.size() == 8) std::memcpy(&d, &u, sizeof d);
-  return d;
-}
-
-std::string binary_float_of(double v, std::size_t width) {
-  std::uint64_t u = 0;
-  if (width == 4) {
-    const auto f = static_cast<float>(v);
-    std::uint32_t bits;
-    std::memcpy(&bits, &f, sizeof bits);
-    u = bits;
-  } else {
-    std::memcpy(&u, &v, sizeof u);
-  }
-  return big_endian(u, width);
 }
 
 // PostgreSQL orders NaN above every other value.

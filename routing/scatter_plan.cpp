@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <optional>
 
+#include "protocol/binary_values.h"
 #include "routing/normalized_walk.h"
 #include "routing/parse_tree.h"
 
@@ -500,14 +501,7 @@ SlotValue read_slot(std::string_view text, const ParamSource* params) {
     }
     std::optional<std::int64_t> v;
     if (p->binary) {
-      const std::string_view b = *p->value;
-      if (b.size() == 2 || b.size() == 4 || b.size() == 8) {
-        std::uint64_t u = 0;
-        for (char c : b)
-          u = (u << 8) | static_cast<unsigned char>(c);
-        const unsigned shift = 64 - 8 * static_cast<unsigned>(b.size());
-        v = static_cast<std::int64_t>(u << shift) >> shift;  // sign-extended
-      }
+      v = protocol::binary_integer(*p->value);
     } else {
       v = parse_integer(*p->value);
     }

@@ -12,6 +12,8 @@
 #include <string>
 #include <utility>
 
+#include "protocol/binary_values.h"
+
 namespace pgvalve::routing {
 namespace {
 
@@ -96,13 +98,6 @@ UuidText uuid_text(const std::array<std::uint8_t, 16>& u) {
   return out;
 }
 
-std::uint64_t read_be(std::string_view bytes) {
-  std::uint64_t v = 0;
-  for (std::size_t i = 0; i < bytes.size(); ++i)
-    v = v << 8 | byte_at(bytes, i);
-  return v;
-}
-
 // numeric_send's layout: ndigits, weight, sign, dscale (16 bits each, big-endian), then ndigits
 // base-10000 digits, the first worth 10000^weight. Only integral values within int64 are keys.
 std::optional<std::int64_t> numeric_to_int64(std::string_view bytes) {
@@ -110,10 +105,10 @@ std::optional<std::int64_t> numeric_to_int64(std::string_view bytes) {
   constexpr std::uint16_t kNegative = 0x4000;
   constexpr std::uint16_t kDscaleMask = 0x3FFF;
   if (bytes.size() < 8) return std::nullopt;
-  const auto ndigits = static_cast<std::size_t>(read_be(bytes.substr(0, 2)));
-  const auto weight = static_cast<std::int16_t>(read_be(bytes.substr(2, 2)));
-  const auto sign = static_cast<std::uint16_t>(read_be(bytes.substr(4, 2)));
-  const auto dscale = static_cast<std::uint16_t>(read_be(bytes.substr(6, 2)));
+  const auto ndigits = static_cast<std::size_t>(protocol::read_big_endian(bytes.substr(0, 2)));
+  const auto weight = static_cast<std::int16_t>(protocol::read_big_endian(bytes.substr(2, 2)));
+  const auto sign = static_cast<std::uint16_t>(protocol::read_big_endian(bytes.substr(4, 2)));
+  const auto dscale = static_cast<std::uint16_t>(protocol::read_big_endian(bytes.substr(6, 2)));
   if (bytes.size() != 8 + 2 * ndigits) return std::nullopt;
   if (sign != kPositive && sign != kNegative) return std::nullopt;  // NaN, infinities, garbage
   if ((dscale & ~kDscaleMask) != 0) return std::nullopt;
@@ -123,7 +118,8 @@ std::optional<std::int64_t> numeric_to_int64(std::string_view bytes) {
   std::uint64_t magnitude = 0;
   std::int32_t exponent = weight;  // of the digit about to be read
   for (std::size_t i = 0; i < ndigits; ++i, --exponent) {
-    const auto digit = static_cast<std::uint64_t>(read_be(bytes.substr(8 + 2 * i, 2)));
+    const auto digit =
+        static_cast<std::uint64_t>(protocol::read_big_endian(bytes.substr(8 + 2 * i, 2)));
     if (digit > 9999) return std::nullopt;
     if (exponent < 0) {
       if (digit != 0) return std::nullopt;
@@ -337,17 +333,13 @@ std::optional<KeyValue> key_from_binary(std::string_view bytes, std::uint32_t ty
   std::optional<std::int64_t> integer;
   switch (type_oid) {
     case kOidInt2:
-      if (bytes.size() != 2) return std::nullopt;
-      integer = static_cast<std::int16_t>(read_be(bytes));
-      break;
     case kOidInt4:
-      if (bytes.size() != 4) return std::nullopt;
-      integer = static_cast<std::int32_t>(read_be(bytes));
+    case kOidInt8: {
+      const std::size_t size = type_oid == kOidInt2 ? 2 : type_oid == kOidInt4 ? 4 : 8;
+      if (bytes.size() != size) return std::nullopt;
+      integer = protocol::binary_integer(bytes);
       break;
-    case kOidInt8:
-      if (bytes.size() != 8) return std::nullopt;
-      integer = static_cast<std::int64_t>(read_be(bytes));
-      break;
+    }
     case kOidNumeric:
       integer = numeric_to_int64(bytes);
       if (!integer) return std::nullopt;
