@@ -362,20 +362,29 @@ void Session::scatter_answered(Link& l, std::uint8_t action, std::string& into, 
   }
 }
 
-void Session::record_scatter_part(Link& l) {
-  auto& run = work().scatter;
-  if (!recorder_) return;
+// The statistics of a statement over several shards, for one shard's part or for the client's
+// one answer (`scope`).
+stats::Execution Session::scatter_execution(stats::Execution::Scope scope) {
+  const auto& run = work().scatter;
   stats::Execution e;
   e.fingerprint = run.fingerprint;
   e.micros = static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::microseconds>(now_ - run.started).count());
-  e.rows = run.scatter->rows(l.scatter_shard);
   e.error = run.scatter->failed();
+  e.kind = run.copy               ? stats::StatementKind::Copy
+           : run.scatter->write() ? stats::StatementKind::Other
+                                  : stats::StatementKind::Select;
+  e.scope = scope;
+  return e;
+}
+
+void Session::record_scatter_part(Link& l) {
+  if (!recorder_) return;
+  stats::Execution e = scatter_execution(stats::Execution::Scope::ShardPart);
+  e.rows = work().scatter.scatter->rows(l.scatter_shard);
   e.replica = l.route.kind == routing::Route::Kind::Replica;
   e.shard = l.route.shard;
   e.host = l.server->name;
-  e.kind = run.scatter->write() ? stats::StatementKind::Other : stats::StatementKind::Select;
-  e.scope = stats::Execution::Scope::ShardPart;
   recorder_->stats->record(e, recorder_->labels);
 }
 
@@ -461,16 +470,9 @@ void Session::finish_scatter(std::string& into, Actions& out) {
   w.scatter.scatter->finish(into);
   if (recorder_) {
     // The client's one statement, once for its fingerprint.
-    stats::Execution e;
-    e.fingerprint = w.scatter.fingerprint;
-    e.micros = static_cast<std::uint64_t>(
-        std::chrono::duration_cast<std::chrono::microseconds>(now_ - w.scatter.started).count());
+    stats::Execution e = scatter_execution(stats::Execution::Scope::Gathered);
     e.rows = w.scatter.scatter->rows_answered();
-    e.error = w.scatter.scatter->failed();
     e.shard = w.scatter.routes.empty() ? 0 : w.scatter.routes.front().shard;
-    e.kind =
-        w.scatter.scatter->write() ? stats::StatementKind::Other : stats::StatementKind::Select;
-    e.scope = stats::Execution::Scope::Gathered;
     if (e.error) {
       // The SQLSTATE class of the client's error.
       for (std::size_t pos = answer_from; pos < into.size();) {

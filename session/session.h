@@ -273,6 +273,7 @@ class Session {
                         std::string_view lost = {});
   void settle_scatter(std::string& into, Actions& out);
   void finish_scatter(std::string& into, Actions& out);
+  stats::Execution scatter_execution(stats::Execution::Scope scope);
   void record_scatter_part(Link& l);
   // Sharded databases: COPY ... FROM STDIN routed row by row (Route::copy_rows,
   // copy_flight.cpp).
