@@ -215,20 +215,6 @@ void append_to(std::vector<std::string>& out, int to, std::string_view bytes) {
   }
 }
 
-std::string_view key_type_name(KeyType type) {
-  switch (type) {
-    case KeyType::Auto:
-      return "auto";
-    case KeyType::Bigint:
-      return "bigint";
-    case KeyType::Text:
-      return "text";
-    case KeyType::Uuid:
-      return "uuid";
-  }
-  return "?";
-}
-
 }  // namespace
 
 CopyPlan plan_copy(std::string_view sql, const ShardingPolicy& policy) {

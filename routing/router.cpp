@@ -42,20 +42,6 @@ std::string_view trimmed(std::string_view s) {
   return s;
 }
 
-std::string_view key_type_name(KeyType type) {
-  switch (type) {
-    case KeyType::Auto:
-      return "auto";
-    case KeyType::Bigint:
-      return "bigint";
-    case KeyType::Text:
-      return "text";
-    case KeyType::Uuid:
-      return "uuid";
-  }
-  return "?";
-}
-
 }  // namespace
 
 // Whether a statement may run on a replica: a read the parse tree proves, or BEGIN READ ONLY.

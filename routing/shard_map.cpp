@@ -306,6 +306,20 @@ auto with_canonical_bytes(const KeyValue& key, bool integer_as_decimal, Fn fn) {
 
 }  // namespace
 
+std::string_view key_type_name(KeyType type) {
+  switch (type) {
+    case KeyType::Auto:
+      return "auto";
+    case KeyType::Bigint:
+      return "bigint";
+    case KeyType::Text:
+      return "text";
+    case KeyType::Uuid:
+      return "uuid";
+  }
+  return "?";
+}
+
 std::optional<KeyValue> key_from_text(std::string_view text, KeyType type) {
   switch (type) {
     case KeyType::Auto:

@@ -24,6 +24,8 @@ namespace pgvalve::routing {
 //  - Uuid: what PostgreSQL's uuid_in accepts: 32 hex digits in either case, at most one hyphen
 //    after each group of four, optionally in braces; anything else is not a key value.
 enum class KeyType : std::uint8_t { Auto, Bigint, Text, Uuid };
+// As sharding.key_type spells it, for messages.
+std::string_view key_type_name(KeyType type);
 
 // One shard-key value. Borrows its text: valid while the bytes it was read from are.
 struct KeyValue {
