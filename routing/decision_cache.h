@@ -61,6 +61,11 @@ class DecisionCache {
   const ScatterPlan* scatter_plan(std::uint64_t fingerprint, std::uint32_t policy) const;
   void set_scatter_plan(std::uint64_t fingerprint, std::uint32_t policy, ScatterPlan plan);
 
+  // Where a plan no entry could keep is made (its decision was not cached): valid until the next
+  // such plan. Here, per worker, rather than in every client's Router.
+  ShardPlan& scratch_shard_plan() { return scratch_shard_plan_; }
+  ScatterPlan& scratch_scatter_plan() { return scratch_scatter_plan_; }
+
   // Forgets every entry (e.g. after a configuration reload); the statistics stay.
   void clear();
 
@@ -96,6 +101,8 @@ class DecisionCache {
   std::uint32_t tail_ = kNone;  // least recently used
   Stats stats_;
   StatementAccess uncached_;  // decide()'s answer for a statement that does not parse
+  ShardPlan scratch_shard_plan_;
+  ScatterPlan scratch_scatter_plan_;
 };
 
 }  // namespace pgvalve::routing

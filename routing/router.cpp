@@ -105,9 +105,10 @@ Route Router::route(std::string_view sql, const RouteContext& context) const {
 const ShardPlan& Router::shard_plan(std::string_view sql, std::uint64_t fp) const {
   if (const ShardPlan* known = cache_->shard_plan(fp, policy_.sharding_id)) return *known;
   // The plan is stored next to the read/write decision, which replica_eligible() cached.
-  scratch_plan_ = plan_shards(sql, *policy_.sharding);
-  cache_->set_shard_plan(fp, policy_.sharding_id, scratch_plan_);
-  return scratch_plan_;
+  ShardPlan& plan = cache_->scratch_shard_plan();
+  plan = plan_shards(sql, *policy_.sharding);
+  cache_->set_shard_plan(fp, policy_.sharding_id, plan);
+  return plan;
 }
 
 Route Router::on_shard(std::string_view sql, const RouteContext& context,
@@ -125,12 +126,16 @@ const ScatterPlan& Router::scatter_plan(std::string_view sql, std::uint64_t fp) 
   if (cache_ != nullptr) {
     if (const ScatterPlan* known = cache_->scatter_plan(fp, policy_.sharding_id)) return *known;
   }
-  scratch_scatter_ = plan_scatter(sql, *policy_.sharding);
-  if (cache_ != nullptr) {
-    cache_->set_scatter_plan(fp, policy_.sharding_id, scratch_scatter_);
-    if (const ScatterPlan* kept = cache_->scatter_plan(fp, policy_.sharding_id)) return *kept;
+  if (cache_ == nullptr) {
+    thread_local ScatterPlan uncached;
+    uncached = plan_scatter(sql, *policy_.sharding);
+    return uncached;
   }
-  return scratch_scatter_;
+  ScatterPlan& plan = cache_->scratch_scatter_plan();
+  plan = plan_scatter(sql, *policy_.sharding);
+  cache_->set_scatter_plan(fp, policy_.sharding_id, plan);
+  if (const ScatterPlan* kept = cache_->scatter_plan(fp, policy_.sharding_id)) return *kept;
+  return plan;
 }
 
 Route Router::route_sharded(std::string_view sql, const RouteContext& context) const {

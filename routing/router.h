@@ -90,8 +90,6 @@ class Router {
   int shard_count_ = 1;
   RoutingPolicy policy_;
   DecisionCache* cache_ = nullptr;
-  mutable ShardPlan scratch_plan_;  // a plan the cache could not keep
-  mutable ScatterPlan scratch_scatter_;
 };
 
 }  // namespace pgvalve::routing
