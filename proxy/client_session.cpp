@@ -232,6 +232,12 @@ void ClientSession::watch_client() {
       links_.resize(1);  // after a read over several shards
       links_.shrink_to_fit();
     }
+    if (timer_ && core_->next_deadline() == session::Clock::time_point::max()) {
+      // A deadline of the last request (a settings sync's) would keep the timer, its wait and
+      // this session alive until it passed.
+      timer_.reset();
+      timer_at_ = session::Clock::time_point::max();
+    }
   }
   if (watching_client_ || !core_->wants_client_input()) return;
   watching_client_ = true;
