@@ -784,6 +784,16 @@ std::pair<std::string_view, std::string> Session::shard_conflict(Link& l, std::s
                 sharding.key + " or run it outside the transaction"};
   }
   const std::string& there = sharding.shard_names.at(route.shard);
+  if (l.server->tx_status == 'I') {
+    // No transaction of the client's: the statements came in one flight (psycopg's executemany,
+    // JDBC's executeBatch), which PostgreSQL runs as one implicit transaction.
+    return {kNotSupported,
+            "pgvalve: statements sent together up to one Sync run as one transaction, here on "
+            "shard " +
+                here + ", and this statement's " + sharding.key + " lives on shard " + there +
+                "; send each with a Sync of its own, or the rows as one multi-row INSERT, which "
+                "pgvalve splits between shards"};
+  }
   return {kNotSupported,
           "pgvalve: this transaction runs on shard " + here + ", and this statement's " +
               sharding.key + " lives on shard " + there +

@@ -127,6 +127,32 @@ TEST_F(Scatter, AnExtendedRequestGetsTheAnswersItsMessagesAskFor) {
   EXPECT_EQ(values_in(s.to_client), std::vector<std::string>{"11"});
 }
 
+// psycopg's executemany and JDBC's executeBatch send rows in one flight, which PostgreSQL runs as
+// one implicit transaction: rows for two shards cannot be, and the refusal says why.
+TEST_F(Scatter, RowsForTwoShardsInOneFlightAreRefusedAsOneTransaction) {
+  auto bind_value = [](std::string_view value) {
+    std::string rest;
+    protocol::append_i16(rest, 0);
+    protocol::append_i16(rest, 1);
+    protocol::append_i32(rest, static_cast<std::int32_t>(value.size()));
+    rest += value;
+    protocol::append_i16(rest, 0);
+    std::string out;
+    protocol::append_bind(out, "", "", rest);
+    return out;
+  };
+  const std::string in = parse("", "INSERT INTO telemetry (device_id, v) VALUES ($1, 'x')") +
+                         bind_value("2") + execute() + bind_value("1") + execute() + sync();
+  Step s = h.client(in);
+  ASSERT_TRUE(s.check_out);
+  EXPECT_EQ(s.route.shard, 0) << "routed by the flight's first row";
+  h.linked(*s0);
+  s = h.client(in);  // the request that waited for its server
+  EXPECT_NE(s.to_server.find("sent together up to one Sync run as one transaction"),
+            std::string::npos)
+      << "the server raises pgvalve's refusal, so the whole flight rolls back";
+}
+
 TEST_F(Scatter, AnErrorOfAnyShardIsTheClientsOneError) {
   std::string in = parse("", "SELECT count(*) FROM telemetry") + bind_to("", "") +
                    describe('P', "") + execute() + sync();
