@@ -45,15 +45,10 @@ Session::ScatterStart Session::start_copy(std::string_view frames, const Request
   if (shards != router_.shard_count()) return refuse("a COPY routed row by row needs every shard");
 
   const std::uint64_t fingerprint = fingerprint_of(request.sql);
-  static const routing::ScatterPlan kConcatenate = [] {
-    routing::ScatterPlan p;
-    p.ok = true;
-    return p;
-  }();
   std::string gid = two_phase_gid();
   auto scatter = std::make_unique<Scatter>();
   const std::string why =
-      scatter->start(head.frame.whole, request.sql, {}, kConcatenate, routing::ShardStatement{},
+      scatter->start(head.frame.whole, request.sql, {}, concatenated(), routing::ShardStatement{},
                      shards, kMaxGatheredBytes, options_.max_message_bytes, gid, nullptr, true);
   if (!why.empty()) return refuse("this COPY cannot be routed row by row: " + why);
 

@@ -16,6 +16,15 @@ namespace pgvalve::session {
 
 namespace pr = protocol;
 
+const routing::ScatterPlan& concatenated() {
+  static const routing::ScatterPlan plan = [] {
+    routing::ScatterPlan p;
+    p.ok = true;
+    return p;
+  }();
+  return plan;
+}
+
 Session::ScatterStart Session::start_scatter(std::string_view frames, const RequestText& request,
                                              routing::Route& route, Actions& out) {
   const routing::ShardingPolicy& sharding = *router_.sharding();
@@ -62,13 +71,8 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
   }
   const std::uint64_t fingerprint = fingerprint_of(request.sql);
   // A write's answers are its row counts (and rows it RETURNs): concatenated and added up.
-  static const routing::ScatterPlan kConcatenate = [] {
-    routing::ScatterPlan p;
-    p.ok = true;
-    return p;
-  }();
   const routing::ScatterPlan& plan =
-      route.write ? kConcatenate : router_.scatter_plan(request.sql, fingerprint);
+      route.write ? concatenated() : router_.scatter_plan(request.sql, fingerprint);
   if (!plan.ok) return refuse("0A000", "pgvalve cannot combine its answers: " + plan.refusal);
   const BindParams params(request.bind_rest, request.param_types);
   const routing::ShardStatement statement =

@@ -217,6 +217,10 @@ struct HubReply {
 // ParseComplete, BindComplete and NoData for the messages of a flight pgvalve answers itself.
 void append_local_heads(const HubReply& reply, std::string& out);
 
+// How a write's answers over several shards combine: rows concatenated (RETURNING), counts
+// added up.
+const routing::ScatterPlan& concatenated();
+
 struct Workspace {
   // A waiting request whose checkout or settings sync failed gets this error.
   std::string failure_sqlstate;
