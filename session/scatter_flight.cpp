@@ -324,6 +324,9 @@ void Session::scatter_frame(Link& l, const pr::Frame& f, Actions& out) {
     case kActionScatterFinish:
       if (f.tag == 'E') l.discard = true;  // the COMMIT/ROLLBACK PREPARED failed
       return;
+    case kActionScatterWal:
+      if (f.tag == 'D') read_wal_position(l, f);
+      return;
     default:
       // BEGIN's answer: without its transaction the part could not be rolled back.
       if (f.tag == 'E') {
@@ -349,7 +352,9 @@ void Session::scatter_answered(Link& l, std::uint8_t action, std::string& into, 
       --run.open;
       if (run.open == 0 && !run.waiting) settle_scatter(into, out);
       return;
-    case kActionScatterFinish: {
+    case kActionScatterFinish:
+    case kActionScatterWal: {
+      if (!l.pending.empty()) return;  // the WAL position after the commit comes next
       if (l.discard && run.commit) {
         run.scatter->fail("XX000", "pgvalve: COMMIT PREPARED '" + run.gid + "' failed on server " +
                                        l.server->name +
@@ -447,6 +452,11 @@ void Session::settle_scatter(std::string& into, Actions& out) {
     run.commit = !run.scatter->failed();
     run.decision.clear();
     pr::append_query(run.decision, scatter_decision_sql());
+    // read_your_writes = lsn: where each primary's WAL is once it committed, so that the
+    // client's next reads of that shard wait for a replica that has the write.
+    run.wal_after =
+        run.commit && router_.splits() && options_.read_your_writes == config::ReadYourWrites::Lsn;
+    if (run.wal_after) run.decision.append(wal_position_message());
   }
   // Shards where nothing is prepared are done.
   for (Link& l : work().links) {
@@ -459,6 +469,7 @@ void Session::settle_scatter(std::string& into, Actions& out) {
     out.to_server.push_back({run.decision.data(), run.decision.size()});
     out.server_link = l.id;
     expect_own_answer(l, kActionScatterFinish);
+    if (run.wal_after) expect_own_answer(l, kActionScatterWal);
     l.last_activity = now_;
     return;
   }
@@ -467,8 +478,8 @@ void Session::settle_scatter(std::string& into, Actions& out) {
 
 void Session::finish_scatter(std::string& into, Actions& out) {
   Workspace& w = work();
-  // read_your_writes = time: the client's reads go to primaries for the window after a write.
-  // (With lsn, a write over several shards does not move the marks yet.)
+  // read_your_writes = time: the client's reads go to primaries for the window after a write
+  // (with lsn, each committed shard's mark moved as its WAL position came).
   if (w.scatter.scatter->write() && w.scatter.commit) last_write_at_ = now_;
   const std::size_t answer_from = into.size();
   w.scatter.scatter->finish(into);

@@ -41,18 +41,16 @@ const std::string& pin_check_message() {
   return message;
 }
 
-constexpr std::string_view kWalPositionSql = "SELECT pg_catalog.pg_current_wal_lsn()";
+}  // namespace
 
 const std::string& wal_position_message() {
   static const std::string message = [] {
     std::string m;
-    pr::append_query(m, kWalPositionSql);
+    pr::append_query(m, "SELECT pg_catalog.pg_current_wal_lsn()");
     return m;
   }();
   return message;
 }
-
-}  // namespace
 
 const Actions& Session::on_server_data(LinkId id, std::string_view input, Clock::time_point now) {
   now_ = now;
@@ -222,7 +220,7 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
     if (auto e = pr::read_error_response(f); e && e->severity == "FATAL") return passed;
   }
   auto& head = l.pending.front();
-  if (head.internal && head.action >= kActionScatter && head.action <= kActionScatterFinish) {
+  if (head.internal && is_scatter_action(head.action)) {
     // A shard's part of a statement over several shards: gathered, sent to the client at the end.
     scatter_frame(l, f, out);
     return passed;
@@ -303,7 +301,7 @@ void Session::complete_front(Link& l, char tag, Actions& out) {
     if (head.internal && head.action == kActionSync) finish_sync(l, !head.failed, out);
     if (head.internal && head.action == kActionBegin) finish_begin(l, !head.failed, out);
     if (head.internal && head.action == kActionPinCheck) finish_pin_check(l, head.failed, out);
-    if (head.internal && head.action >= kActionScatter && head.action <= kActionScatterFinish) {
+    if (head.internal && is_scatter_action(head.action)) {
       const std::size_t from = l.scratch.size();
       scatter_answered(l, head.action, l.scratch, out);
       if (l.scratch.size() > from) l.spans.push_back({true, from, l.scratch.size() - from});

@@ -71,7 +71,13 @@ enum : std::uint8_t {
   kActionScatterCopy,         // ... a COPY FROM STDIN, whose rows pgvalve routes (copy_flight.cpp)
   kActionScatterPrepare,      // ... its PREPARE TRANSACTION after it
   kActionScatterFinish,       // ... its COMMIT PREPARED or ROLLBACK PREPARED
+  kActionScatterWal,          // ... the primary's WAL position after the commit (lsn)
 };
+
+// A pending action of a shard's part of a statement over several shards (scatter_flight.cpp).
+inline bool is_scatter_action(std::uint8_t action) {
+  return action >= kActionScatter && action <= kActionScatterWal;
+}
 
 struct Link {
   LinkId id = 0;
@@ -217,6 +223,9 @@ struct HubReply {
 // ParseComplete, BindComplete and NoData for the messages of a flight pgvalve answers itself.
 void append_local_heads(const HubReply& reply, std::string& out);
 
+// pgvalve's query for a primary's WAL position (read_your_writes = lsn), as a Query message.
+const std::string& wal_position_message();
+
 // How a write's answers over several shards combine: rows concatenated (RETURNING), counts
 // added up.
 const routing::ScatterPlan& concatenated();
@@ -286,7 +295,8 @@ struct Workspace {
     std::string gid;
     bool deciding = false;
     bool commit = false;
-    std::string decision;      // a Query message of decision_sql
+    std::string decision;      // a Query message of decision_sql (and of wal_position_message)
+    bool wal_after = false;    // the commit is followed by the primary's WAL position
     std::string decision_sql;  // COMMIT PREPARED or ROLLBACK PREPARED 'gid'
     std::uint64_t fingerprint = 0;
     Clock::time_point started{};

@@ -330,6 +330,30 @@ TEST_F(Scatter, AClientLeavingDuringTheCommitCommitsTheRemainingParts) {
   EXPECT_EQ(s.ops[1].sql1, commit);
 }
 
+// read_your_writes = lsn: after a write over several shards, the client's reads of each shard go
+// only to a replica that has replayed that shard's commit.
+TEST_F(Scatter, ACommittedWriteMovesTheReadYourWritesMarkOfEachShard) {
+  SessionHarness t(policy, {}, true);
+  t.client(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
+  t.linked(*s0);
+  t.linked(*s1);
+  t.server(write_part("DELETE 1"), T0, 0);
+  Step s = t.server(write_part("DELETE 2"), T0, 1);
+  const auto sent = queries_in(s.to_server);
+  ASSERT_EQ(sent.size(), 2u);
+  EXPECT_TRUE(sent[0].starts_with("COMMIT PREPARED"));
+  EXPECT_EQ(sent[1], "SELECT pg_catalog.pg_current_wal_lsn()") << "after the commit, not before";
+  s = t.server(complete("COMMIT PREPARED") + ready(), T0, 0);
+  EXPECT_TRUE(s.ops.empty()) << "the server stays linked until its WAL position came";
+  s = t.server(row_result("0/3000060", "SELECT 1"), T0, 0);
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Release));
+  EXPECT_EQ(queries_in(s.to_server).at(0), sent[0]) << "then the next shard commits";
+  t.server(complete("COMMIT PREPARED") + ready() + row_result("0/5000000", "SELECT 1"), T0, 1);
+  EXPECT_EQ(t.state(), SessionState::Idle);
+  EXPECT_EQ(t.session().read_your_writes_lsn(0), 0x3000060u);
+  EXPECT_EQ(t.session().read_your_writes_lsn(1), 0x5000000u);
+}
+
 TEST_F(Scatter, WithoutPreparedTransactionsAWriteToSeveralShardsIsRefusedAndRolledBack) {
   start(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
   h.server(write_part("DELETE 1"), T0, 0);

@@ -406,10 +406,12 @@ class SessionHarness {
         session_(options, router_, workspaces_, recorder) {
     log_in(startup, login_server);
   }
-  // A client of a sharded database (`sharding` outlives the harness).
-  explicit SessionHarness(const routing::ShardingPolicy& sharding, SessionOptions options = {})
+  // A client of a sharded database (`sharding` outlives the harness); `split_reads`: its shards
+  // have replicas that take reads.
+  explicit SessionHarness(const routing::ShardingPolicy& sharding, SessionOptions options = {},
+                          bool split_reads = false)
       : router_(sharding.map.shard_count(),
-                routing::RoutingPolicy{false, &write_functions_, &sharding, 1}, &decisions_),
+                routing::RoutingPolicy{split_reads, &write_functions_, &sharding, 1}, &decisions_),
         session_(options, router_, workspaces_, nullptr) {
     log_in({}, nullptr);
   }
