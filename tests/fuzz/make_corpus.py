@@ -138,6 +138,8 @@ SESSION_SQL = [
     "CREATE TABLE archive (device_id bigint)", "INSERT INTO device_types VALUES (1, 'x')",
     "SELECT * FROM device_types", "SET pgvalve.device_id = 2", "/* pgvalve: shard=s1 */ select 1",
     "SELECT avg(v) FROM telemetry", "SELECT count(*) FROM telemetry LIMIT $1",
+    "COPY telemetry (device_id, v) FROM STDIN",
+    "COPY device_types (id, name) FROM STDIN WITH (FORMAT csv)",
 ]
 SESSION_NAMES = ["", "s1", "s2", "p"]
 SESSION_TAGS = ["SELECT 1", "SET", "COMMIT", "ROLLBACK", "BEGIN", "RESET", "DISCARD ALL", "LISTEN"]
@@ -279,6 +281,22 @@ def session_seeds() -> dict:
                             + answer(2, everything) + lost(0) + answer() + answer()
                             + client(0, "SELECT count(*) FROM telemetry") + shards3
                             + answer(1, fault=6, v=0xa0) + answer() + answer(),
+        # COPY FROM STDIN over every shard: BEGIN and the COPY on each, then two rows for two
+        # shards (CopyData kind 11 | 0x80) and CopyDone; each shard's part is prepared and
+        # committed. Then a reference table's COPY that the client fails (kind 12 is CopyDone; a
+        # Query mid-COPY fails it).
+        "scatter_copy": sharded
+                        + client(0, "COPY telemetry (device_id, v) FROM STDIN") + shards3
+                        + answer(0, everything) + answer(1, everything) + answer(2, everything)
+                        + client(11 | 0x80) + client(12)
+                        + answer(0, everything) + answer(1, everything) + answer(2, everything)
+                        + answer(0, everything) + answer(1, everything) + answer(2, everything)
+                        + answer() + answer() + answer()
+                        + client(0, "COPY device_types (id, name) FROM STDIN WITH (FORMAT csv)")
+                        + reused * 3 + answer(0, everything) + answer(1, everything)
+                        + answer(2, everything) + client(11) + client(0)
+                        + answer(0, everything) + answer(1, everything) + answer(2, everything)
+                        + answer() + answer() + answer(),
         # The pool makes a shard's checkout wait: meanwhile the first shard answers (an error
         # decides a read; a write's part is prepared), a timer fires, the wait ends with a server
         # or none; last the client leaves while a write waits for its third shard.

@@ -1,12 +1,15 @@
-"""Small helpers shared by the hostile-input, leak, pinning and timeout modules: the pgvalve
-process's resident memory, raw logins, the admin console's SHOW POOLS, and the assertions every
-refusal needs (SQLSTATE, `pgvalve:` message, connection closed)."""
+"""Small helpers shared by the integration modules: the pgvalve process's resident memory, raw
+logins, the admin console's SHOW POOLS, the assertions every refusal needs (SQLSTATE, `pgvalve:`
+message, connection closed), and running the driver programs of drivers/ (javac/java with PgJDBC,
+node with node-postgres and postgres.js)."""
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import time
+from pathlib import Path
 
 import psycopg
 
@@ -19,6 +22,9 @@ APP_AND_OPS = [{"name": APP_USER, "password": APP_PASSWORD},
                {"name": OPS_USER, "password": OPS_PASSWORD, "admin": True}]
 
 MiB = 1024 * 1024
+
+DRIVERS = Path(__file__).resolve().parent / "drivers"
+JDBC_JAR = Path("/usr/share/java/postgresql.jar")
 
 # `PGVALVE_SANITIZE=1 tests/run`: AddressSanitizer keeps freed memory in quarantine, so RSS
 # does not fall when pgvalve frees; only growth bounds are meaningful then.
@@ -98,3 +104,19 @@ def drain_notifies(conn, want: int, timeout: float = 5.0) -> list[tuple[str, str
         while (n := conn.pgconn.notifies()) is not None:
             got.append((n.relname.decode(), n.extra.decode()))
     return got
+
+
+def run(cmd, timeout, **kw):
+    """Runs a driver program (or its build); returns the result and a transcript for asserts."""
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    return r, f"$ {' '.join(map(str, cmd))}\nexit {r.returncode}\n" \
+              f"stdout:\n{r.stdout[-6000:]}\nstderr:\n{r.stderr[-6000:]}"
+
+
+def npm_install():
+    """node-postgres and postgres.js (drivers/package.json), unless they are installed."""
+    if all((DRIVERS / "node_modules" / p / "package.json").exists() for p in ("pg", "postgres")):
+        return
+    r, out = run(["npm", "install", "--no-audit", "--no-fund", "--no-package-lock",
+                  "--loglevel=error"], timeout=180, cwd=str(DRIVERS))
+    assert r.returncode == 0, f"npm could not install the node drivers:\n{out}"

@@ -8,19 +8,15 @@ directory; npm installs node-postgres into drivers/node_modules (not in git) whe
 A missing toolchain or an unreachable npm registry fails these tests: they do not skip."""
 
 import os
-import subprocess
 import threading
 import time
-from pathlib import Path
 
 import psycopg
 import pytest
 
+from itutil import DRIVERS, JDBC_JAR, npm_install, run
 from pgcluster import APP_DB, APP_PASSWORD, APP_USER
 
-HERE = Path(__file__).resolve().parent
-DRIVERS = HERE / "drivers"
-JDBC_JAR = Path("/usr/share/java/postgresql.jar")
 CONNECTIONS = 4
 
 
@@ -38,12 +34,6 @@ def app_backends(cluster):
 def fresh_table(cluster, ddl, name):
     cluster.primary.sql(f"drop table if exists {name}; create table {name}({ddl}); "
                         f"alter table {name} owner to {APP_USER}", dbname=APP_DB)
-
-
-def run(cmd, timeout, **kw):
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
-    return r, f"$ {' '.join(map(str, cmd))}\nexit {r.returncode}\n" \
-              f"stdout:\n{r.stdout[-6000:]}\nstderr:\n{r.stderr[-6000:]}"
 
 
 # --- psycopg --------------------------------------------------------------------------------
@@ -102,14 +92,6 @@ def test_psycopg(pv, cluster):
 
 
 # --- node-postgres --------------------------------------------------------------------------
-
-def npm_install():
-    if (DRIVERS / "node_modules" / "pg" / "package.json").exists():
-        return
-    r, out = run(["npm", "install", "--no-audit", "--no-fund", "--no-package-lock",
-                  "--loglevel=error"], timeout=180, cwd=str(DRIVERS))
-    assert r.returncode == 0, f"npm could not install node-postgres:\n{out}"
-
 
 def test_node_postgres(pv, cluster):
     npm_install()

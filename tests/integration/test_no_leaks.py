@@ -10,18 +10,13 @@ the client under test lands on both servers in turn."""
 from __future__ import annotations
 
 import os
-import subprocess
-from pathlib import Path
 
 import psycopg
 import pytest
 
-from itutil import one
+from itutil import DRIVERS, JDBC_JAR, npm_install, one, run
 from pgcluster import APP_DB, APP_PASSWORD, APP_USER
 
-HERE = Path(__file__).resolve().parent
-DRIVERS = HERE / "drivers"
-JDBC_JAR = Path("/usr/share/java/postgresql.jar")
 
 ROLE = "nl_r"
 SUPER = "nl_super"
@@ -275,12 +270,6 @@ def pv2(pgvalve, setup_db):
     return pgvalve(mode="transaction", pool_size=2, max_overflow=0, checkout_timeout_ms=15000)
 
 
-def run(cmd, timeout, **kw):
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
-    return r, f"$ {' '.join(map(str, cmd))}\nexit {r.returncode}\n" \
-              f"stdout:\n{r.stdout[-6000:]}\nstderr:\n{r.stderr[-6000:]}"
-
-
 @pytest.fixture(scope="module")
 def jdbc_classes(tmp_path_factory):
     assert JDBC_JAR.exists(), f"{JDBC_JAR} missing: apt-get install libpostgresql-jdbc-java"
@@ -298,14 +287,6 @@ def test_jdbc_set_and_listen(pv2, cluster, jdbc_classes, threshold):
     r, out = run(["java", "-cp", f"{jdbc_classes}:{JDBC_JAR}", "JdbcSessionState", url,
                   APP_USER, APP_PASSWORD, threshold, default, "6"], timeout=90)
     assert r.returncode == 0 and r.stdout.startswith("OK"), out
-
-
-def npm_install():
-    if (DRIVERS / "node_modules" / "postgres" / "package.json").exists():
-        return
-    r, out = run(["npm", "install", "--no-audit", "--no-fund", "--no-package-lock",
-                  "--loglevel=error"], timeout=180, cwd=str(DRIVERS))
-    assert r.returncode == 0, f"npm could not install postgres.js:\n{out}"
 
 
 def test_postgresjs_set_and_listen(pv2, cluster):

@@ -9,16 +9,14 @@ import hashlib
 import json
 import os
 import subprocess
-from pathlib import Path
 
 import psycopg
 import pytest
 
+from itutil import DRIVERS, JDBC_JAR, npm_install, run
 from pgcluster import APP_DB, APP_PASSWORD, APP_USER, PgCluster
 
 PREPARED = "max_prepared_transactions = 10"
-DRIVERS = Path(__file__).resolve().parent / "drivers"
-JDBC_JAR = Path("/usr/share/java/postgresql.jar")
 
 
 @pytest.fixture(scope="module")
@@ -197,12 +195,6 @@ def test_copies_pgvalve_cannot_route_by_row_are_refused(two_pc, pgvalve):
 
 # --- other drivers: PgJDBC's CopyManager, postgres.js's writable COPY ----------------------
 
-def run(cmd, timeout, **kw):
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
-    return r, f"$ {' '.join(map(str, cmd))}\nexit {r.returncode}\n" \
-              f"stdout:\n{r.stdout[-6000:]}\nstderr:\n{r.stderr[-6000:]}"
-
-
 def driver_rows(n, devices, notes):
     """The rows the driver programs write: device_id = 1 + (i * 7919) % devices, ts = i."""
     rows = []
@@ -241,14 +233,6 @@ def test_jdbc_copy_manager_loads_many_devices_onto_their_shards(two_pc, pgvalve,
     assert len({row[0] for row in expected}) == 200
     # Only the good COPY's rows: the failed one left nothing behind on either shard.
     assert_on_their_shards(two_pc, expected)
-
-
-def npm_install():
-    if (DRIVERS / "node_modules" / "postgres" / "package.json").exists():
-        return
-    r, out = run(["npm", "install", "--no-audit", "--no-fund", "--no-package-lock",
-                  "--loglevel=error"], timeout=180, cwd=str(DRIVERS))
-    assert r.returncode == 0, f"npm could not install postgres.js:\n{out}"
 
 
 def test_postgresjs_copy_stream_loads_many_devices_onto_their_shards(two_pc, pgvalve):
