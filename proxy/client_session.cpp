@@ -1004,10 +1004,10 @@ void ClientSession::link(std::unique_ptr<ServerConnection> server,
   hold_until_ = session::Clock::time_point::max();
   end_checkout_wait();
   const session::LinkId id = core_->pending_link();
-  // A read over several shards links one server per shard: room for all of them at once, so
-  // that no LinkIO moves while a writer of another is busy.
+  // A statement or a transaction over several shards links one server per shard: room for all
+  // of them at once, so that no LinkIO moves while a writer of another is busy.
   const std::size_t wanted =
-      std::max<std::size_t>(id + 1u, core_->scattering() ? router_.shard_count() : 1u);
+      std::max<std::size_t>(id + 1u, core_->several_servers() ? router_.shard_count() : 1u);
   if (links_.size() < wanted) links_.resize(wanted);
   LinkIO& io = links_[id];
   io.conn = std::move(server);
@@ -1015,9 +1015,9 @@ void ClientSession::link(std::unique_ptr<ServerConnection> server,
   io.watching = false;
   ++io.generation;
   // A cancel reaches the server running the client's request: the newest link, or every shard's
-  // while a statement runs on several.
+  // while a statement or a transaction runs on several.
   cancel_->link(io.conn->host_index, io.conn->key.process_id, io.conn->key.secret_key);
-  cancel_->several.store(core_->scattering(), std::memory_order_release);
+  cancel_->several.store(core_->several_servers(), std::memory_order_release);
   carry_out(core_->on_linked(io.conn->state, now()), Source::Client);
   if (!closed_ && id < links_.size() && links_[id].conn) watch_server(id);
 }
@@ -1049,7 +1049,7 @@ void ClientSession::carry_out_link_op(const LinkOp& op) {
   const bool unsent = io.writer.busy() || io.writer.failed();
   io.writer.abandon();
   cancel_->unlink();
-  cancel_->several.store(core_->scattering(), std::memory_order_release);
+  cancel_->several.store(core_->several_servers(), std::memory_order_release);
   // A session-mode client's own server is the cancel target again once its replica goes, and
   // is read again (after this step: its bytes go to the core then).
   if (op.link != 0 && links_[0].conn) {

@@ -173,6 +173,10 @@ const Actions& Session::on_linked(ServerState& server, Clock::time_point now) {
     link_scatter(l, out);
     return out;
   }
+  if (work().tx.joining) {
+    link_join(l, out);
+    return out;
+  }
   l.first_routed = router_.sharded();
   l.may_write = router_.splits() && pending_route_.kind == routing::Route::Kind::Primary &&
                 pending_route_.write;
@@ -185,6 +189,7 @@ const Actions& Session::on_linked(ServerState& server, Clock::time_point now) {
     // The BEGIN answered earlier runs first; the client's request waits for its answer, so
     // that nothing of the transaction runs outside it.
     pr::append_query(w.client_scratch, deferred_begin_);
+    w.tx.begin = std::move(deferred_begin_);  // a shard joining later runs it too
     deferred_begin_.clear();
     expect_own_answer(l, kActionBegin);
     l.begin_pending = true;
@@ -213,6 +218,20 @@ const Actions& Session::on_checkout_failed(std::string_view sqlstate, std::strin
     return out;
   }
   Workspace& w = work();
+  if (w.tx.abandoned) {
+    w.tx = {};
+    enter(SessionState::Idle);
+    out.resume_client = true;
+    return out;
+  }
+  if (w.tx.joining) {
+    // A shard that was to join the client's transaction: the transaction goes on where it was,
+    // and the statement for that shard is refused there.
+    std::string_view why = message;
+    if (why.starts_with("pgvalve: ")) why.remove_prefix(std::string_view("pgvalve: ").size());
+    join_failed(sqlstate, "could not join it: " + std::string(why), out);
+    return out;
+  }
   // The request is answered with an error and ReadyForQuery 'I': a BEGIN held back for it is
   // forgotten with it, or the client's next statement would run in a transaction it ended.
   deferred_begin_.clear();
@@ -401,6 +420,10 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
   if (!l->busy() && answer_route_setting(frames, l->server->tx_status, out)) {
     out.consumed = end;
     if (terminate) close_with({}, {}, out);
+    return out;
+  }
+  if (router_.sharded() && !scattering() && !l->busy() && !l->reserved &&
+      l->server->tx_status != 'I' && route_in_transaction(frames, l, out)) {
     return out;
   }
   if (router_.splits() && l->only_own_query() && l->server->tx_status == 'I') {
@@ -759,6 +782,10 @@ bool Session::end_deferred_transaction(std::string_view frames, Actions& out) {
 std::pair<std::string_view, std::string> Session::shard_conflict(Link& l, std::string_view sql,
                                                                  const BindParams* params) {
   if (!router_.sharded() || sql.empty()) return {};
+  auto& tx = work().tx;
+  if (tx.spans) {
+    if (std::string why = spanning_refusal(sql); !why.empty()) return {"0A000", std::move(why)};
+  }
   if (l.first_routed) {
     l.first_routed = false;
     if (request_identity(sql, params ? params->rest() : "") == routed_request_) return {};
@@ -794,10 +821,19 @@ std::pair<std::string_view, std::string> Session::shard_conflict(Link& l, std::s
                 "; send each with a Sync of its own, or the rows as one multi-row INSERT, which "
                 "pgvalve splits between shards"};
   }
+  if (!tx.refusal.empty()) {
+    // The shard could not join the transaction (route_in_transaction): said once.
+    std::string message = "pgvalve: this transaction runs on shard " + here + ", and this " +
+                          "statement's " + sharding.key + " lives on shard " + there + ", which " +
+                          tx.refusal;
+    tx.refusal.clear();
+    return {tx.refusal_sqlstate, std::move(message)};
+  }
   return {kNotSupported,
           "pgvalve: this transaction runs on shard " + here + ", and this statement's " +
               sharding.key + " lives on shard " + there +
-              "; a transaction on a sharded database stays on one shard: commit and start another"};
+              "; a transaction moves to another shard only with a request of its own: send this "
+              "statement in a Query, or with a Sync, of its own"};
 }
 
 void Session::fail_requests(std::string_view frames, std::string_view sqlstate,
@@ -1253,6 +1289,9 @@ void Session::plan_query(const pr::Frame& f, std::size_t offset, Link& l, Flight
     l.notes.resize(first_note);
     raise_on_server(r.refusal_sqlstate, r.refusal, false, l, flight);
     return;
+  }
+  if (router_.sharded() && (r.single || r.first.kind == StatementKind::Begin)) {
+    note_transaction_statement(r.first, l);
   }
   if (r.temporary && options_.mode == config::PoolMode::Session) l.server->touched_temp = true;
   if (r.check_pins) l.check_pins = true;

@@ -153,23 +153,25 @@ void Session::copy_client_data(std::string_view frames, Actions& out) {
 // Every shard still taking data gets CopyDone (the COPY succeeded so far) or CopyFail; each then
 // answers its part and prepares it or rolls it back (scatter_answered).
 void Session::end_copy(Actions& out) {
+  // Constant messages: a write of an earlier step may still be backed by either.
+  static const std::string done = [] {
+    std::string m;
+    pr::append_copy_done(m);
+    return m;
+  }();
+  static const std::string fail = [] {
+    std::string m;
+    pr::append_copy_fail(m, "pgvalve: the COPY failed; see the client's error");
+    return m;
+  }();
   auto& run = work().scatter;
   if (state_ == SessionState::Copying) enter(SessionState::Scattering);
-  bool any = false;
-  for (const Link& l : work().links)
-    any = any || (l.server && l.copy_in);
-  if (!any) return;  // (copy_end may still back a write of an earlier step)
-  run.copy_end.clear();
-  if (run.scatter->failed()) {
-    pr::append_copy_fail(run.copy_end, "pgvalve: the COPY failed; see the client's error");
-  } else {
-    pr::append_copy_done(run.copy_end);
-  }
+  const std::string& end = run.scatter->failed() ? fail : done;
   for (Link& l : work().links) {
     if (!l.server || !l.copy_in) continue;
     l.copy_in = false;
     l.last_activity = now_;
-    out.to_links.push_back({l.id, {run.copy_end.data(), run.copy_end.size()}});
+    out.to_links.push_back({l.id, {end.data(), end.size()}});
   }
 }
 

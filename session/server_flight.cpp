@@ -225,6 +225,10 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
     scatter_frame(l, f, out);
     return passed;
   }
+  if (head.internal && is_tx_action(head.action) && f.tag != 'Z') {
+    tx_frame(l, f);
+    return passed;
+  }
   switch (pr::match_response(head.kind, f.tag)) {
     case pr::ResponseMatch::Async:
       if (!head.internal || f.tag == 'A') pass();
@@ -304,6 +308,12 @@ void Session::complete_front(Link& l, char tag, Actions& out) {
     if (head.internal && is_scatter_action(head.action)) {
       const std::size_t from = l.scratch.size();
       scatter_answered(l, head.action, l.scratch, out);
+      if (l.scratch.size() > from) l.spans.push_back({true, from, l.scratch.size() - from});
+      return;
+    }
+    if (head.internal && is_tx_action(head.action)) {
+      const std::size_t from = l.scratch.size();
+      tx_answered(l, head.action, head.failed, l.scratch, out);
       if (l.scratch.size() > from) l.spans.push_back({true, from, l.scratch.size() - from});
       return;
     }
@@ -513,6 +523,7 @@ void Session::apply_note(const Note& note, Link& l, Actions& out) {
 void Session::settle(Link& l, LinkId id, Actions& out) {
   if (l.syncing || l.reserved || state_ == SessionState::Closing) return;
   if (l.scatter_shard >= 0) return;  // goes when its part is answered (end_scatter_link)
+  if (work().tx.ending) return;      // goes once the transaction's end is decided
   if (l.busy()) {
     enter(SessionState::Active);
     return;
@@ -524,6 +535,20 @@ void Session::settle(Link& l, LinkId id, Actions& out) {
   if (l.server->tx_status != 'I') {
     enter(SessionState::Holding);
     return;
+  }
+  if (router_.sharded()) {
+    auto& tx = work().tx;
+    // A part of a transaction over several shards ended on its own (its server ended it): the
+    // others cannot commit without it.
+    if (tx.spans || tx.joining) {
+      abandon_shard_transaction(
+          "pgvalve: a shard's part of this transaction ended on its own; the transaction was "
+          "rolled back on the other shards",
+          out);
+      enter_between_requests();
+      return;
+    }
+    if (!tx.begin.empty() || !tx.refusal.empty()) tx = {};
   }
   const bool translate = options_.mode != config::PoolMode::Session;
   // With pin_session_state false the statements that pin are refused; what still asks for a

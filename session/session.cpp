@@ -112,6 +112,7 @@ void Workspace::clear() {
     shrink(l.scratch);
   }
   scatter = {};
+  tx = {};
   tx_notes.clear();
   savepoints.clear();
   notifications.clear();
@@ -204,6 +205,10 @@ LinkId Session::id_of(const Link& l) {
 // it has one, else its own server.
 Link* Session::linked_link() {
   if (!work_) return nullptr;
+  // A transaction over several shards: the shard its last request went to.
+  if (work_->tx.spans && work_->links[work_->tx.current].server) {
+    return &work_->links[work_->tx.current];
+  }
   for (auto it = work_->links.rbegin(); it != work_->links.rend(); ++it) {
     if (it->server) return &*it;
   }
@@ -403,6 +408,14 @@ void Session::finish_sync(Link& l, bool ok, Actions& out) {
       close_with("08006", message, out);
       return;
     }
+    if (l.begin_pending && work().tx.joining) {
+      // A shard joining the client's transaction: the transaction goes on where it was.
+      unlink(id_of(l), LinkOp::Kind::Close, out);
+      join_failed("08006",
+                  "could not join it: " + message.substr(std::string_view("pgvalve: ").size()),
+                  out);
+      return;
+    }
     work().failure_sqlstate = "08006";
     work().failure = message;
     unlink(id_of(l), LinkOp::Kind::Close, out);
@@ -508,6 +521,9 @@ void Session::release_all_for_close(Actions& out) {
       // A write over several shards whose client left: its part here is decided as the other
       // shards' are (rolled back unless the commit had begun), not left prepared.
       unlink(id, LinkOp::Kind::CleanAndRelease, out, scatter_decision_sql());
+    } else if (l.prepared && !l.finishing && work_->tx.ending) {
+      // The same for a part of a transaction over several shards.
+      unlink(id, LinkOp::Kind::CleanAndRelease, out, tx_decision_sql());
     } else if (options_.mode == config::PoolMode::Session && server.touched_temp) {
       unlink(id, LinkOp::Kind::Close, out);
     } else if (server.tx_status != 'I' || reset_session) {
@@ -636,6 +652,11 @@ void Session::lose_link(Link& l, LinkId id, std::string_view message, LinkOp::Ki
     end_scatter_link(l, kind, out.outbox, out, message);
     return;
   }
+  if (work_ && (work_->tx.joining || work_->tx.ending) &&
+      shard_transaction_link_lost(l, kind, out)) {
+    return;
+  }
+  const bool spanned = work_ && (work_->tx.spans || work_->tx.joining);
   if (l.stream_remaining > 0 && l.stream_forward) {
     // Part of a message went to the client and the rest never will: nothing can follow it,
     // not even an error, so the client's connection is closed.
@@ -665,6 +686,8 @@ void Session::lose_link(Link& l, LinkId id, std::string_view message, LinkOp::Ki
     out.pinned_change -= 1;
   }
   unlink(id, kind, out);
+  // The other shards' parts of the client's transaction cannot commit without this one.
+  if (spanned) abandon_shard_transaction(message, out);
   if (state_ != SessionState::Closing && state_ != SessionState::WaitingForServer) {
     enter_between_requests();
   }

@@ -175,6 +175,9 @@ class Session {
   LinkId pending_link() const { return pending_link_; }
   // A read over several shards is being carried out: links 0 .. n-1 are its shards' servers.
   bool scattering() const;
+  // The client's request may run on any of several linked servers (a statement over several
+  // shards, a transaction that spans shards): a cancel goes to each of them.
+  bool several_servers() const;
   // The WAL position the client's reads of `shard` must see (read_your_writes = lsn); 0 before
   // any write there.
   std::uint64_t read_your_writes_lsn(std::uint16_t shard = 0) const {
@@ -284,6 +287,30 @@ class Session {
   void end_copy(Actions& out);
   void copy_part_answered(Link& l, Actions& out);
   char client_tx_status() const { return deferred_begin_.empty() ? 'I' : 'T'; }
+  // ---- a transaction over several shards (shard_transaction.cpp) ----
+  // The client's transaction is open on `l` and nothing is outstanding: its request goes to the
+  // shard it names (`l` becomes that shard's link), which joins the transaction when it is not
+  // in it yet. True when the step ends here (the request waits, a shard joins, or the request
+  // was the COMMIT or ROLLBACK of a transaction over several shards).
+  bool route_in_transaction(std::string_view frames, Link*& l, Actions& out);
+  // Why the transaction on `l` cannot take another shard; empty when it can.
+  std::string join_obstacle(const Link& l) const;
+  // Why `sql` may not run in a transaction over several shards; empty when it may.
+  std::string spanning_refusal(std::string_view sql) const;
+  void note_transaction_statement(const routing::StatementInfo& info, const Link& l);
+  void link_join(Link& l, Actions& out);
+  void finish_join(Link& l, bool ok, Actions& out);
+  void join_failed(std::string_view sqlstate, std::string why, Actions& out);
+  bool end_shard_transaction(std::string_view frames, Actions& out);
+  void set_tx_error(std::string_view sqlstate, std::string_view message);
+  void tx_frame(Link& l, const protocol::Frame& f);
+  void tx_answered(Link& l, std::uint8_t action, bool failed, std::string& into, Actions& out);
+  void decide_shard_transaction(std::string& into, Actions& out);
+  void next_decision(std::string& into, Actions& out);
+  std::string_view tx_decision_sql();
+  void finish_shard_transaction(std::string& into, Actions& out);
+  bool shard_transaction_link_lost(Link& l, LinkOp::Kind kind, Actions& out);
+  void abandon_shard_transaction(std::string_view message, Actions& out);
   void plan_frame(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
   void plan_query(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
   void forward_query(const protocol::Frame& f, std::string_view sql, std::size_t offset,

@@ -72,11 +72,20 @@ enum : std::uint8_t {
   kActionScatterPrepare,      // ... its PREPARE TRANSACTION after it
   kActionScatterFinish,       // ... its COMMIT PREPARED or ROLLBACK PREPARED
   kActionScatterWal,          // ... the primary's WAL position after the commit (lsn)
+  kActionTxJoin,     // a shard joining the client's transaction: its BEGIN, and whether its
+                     // server allows two-phase commit (shard_transaction.cpp)
+  kActionTxPrepare,  // the transaction's PREPARE TRANSACTION on one of its shards
+  kActionTxFinish,   // ... its COMMIT PREPARED, ROLLBACK PREPARED or ROLLBACK there
+  kActionTxWal,      // ... the primary's WAL position after the commit (lsn)
 };
 
 // A pending action of a shard's part of a statement over several shards (scatter_flight.cpp).
 inline bool is_scatter_action(std::uint8_t action) {
   return action >= kActionScatter && action <= kActionScatterWal;
+}
+// A pending action of a transaction over several shards (shard_transaction.cpp).
+inline bool is_tx_action(std::uint8_t action) {
+  return action >= kActionTxJoin && action <= kActionTxWal;
 }
 
 struct Link {
@@ -302,16 +311,49 @@ struct Workspace {
     Clock::time_point started{};
     // COPY FROM STDIN over several shards (copy_flight.cpp): the client's rows cut and routed,
     // each shard's CopyData message being filled this step, the first shard's CopyInResponse
-    // for the client, how many shards are ready for data, and the PREPARE TRANSACTION and the
-    // CopyDone or CopyFail each shard is sent.
+    // for the client, how many shards are ready for data, and the PREPARE TRANSACTION each
+    // shard is sent after its CopyDone or CopyFail.
     std::unique_ptr<routing::CopyRows> copy;
     std::vector<std::string> copy_out;
     std::string copy_in_response;
     int copy_ready = 0;
     std::string prepare;
-    std::string copy_end;
   };
   ScatterRun scatter;
+
+  // The client's transaction on a sharded database (shard_transaction.cpp). It runs on the shard
+  // its first statement names; a statement for another shard makes that shard join it (its own
+  // server, the same BEGIN), and COMMIT then prepares the transaction on every shard and commits
+  // the prepared parts (two-phase commit).
+  struct ShardTransaction {
+    std::string begin;     // the BEGIN (and SET TRANSACTION) that opened it, for joining shards
+    bool joining = false;  // a shard's server is being checked out or runs the BEGIN
+    // The transaction was abandoned (a part lost) while that checkout was under way: the server
+    // it brings goes straight back.
+    bool abandoned = false;
+    bool join_allowed = false;  // ... and it reported max_prepared_transactions above 0
+    bool spans = false;         // a second shard joined: `current` is where requests go
+    LinkId current = 0;
+    // Why the shard the client's next statement needs could not join (a 0A000 or the
+    // checkout's error), for the refusal that statement gets on the current shard.
+    std::string refusal_sqlstate;
+    std::string refusal;
+    // COMMIT or ROLLBACK of a transaction that spans shards, being carried out.
+    bool ending = false;
+    bool commit = false;    // the client committed and no part had failed
+    bool deciding = false;  // every part answered its PREPARE TRANSACTION
+    int open = 0;           // parts whose PREPARE TRANSACTION is not answered yet
+    std::string gid;
+    std::string prepare;   // Query: PREPARE TRANSACTION 'gid'
+    std::string decision;  // Query: COMMIT PREPARED / ROLLBACK PREPARED 'gid' (+ WAL position)
+    std::string decision_sql;
+    bool wal_after = false;
+    HubReply reply;     // the client's extended messages to answer before the tag
+    std::string tag;    // COMMIT or ROLLBACK
+    std::string error;  // an ErrorResponse for the client instead of the tag
+    Clock::time_point started{};
+  };
+  ShardTransaction tx;
 
   void clear();
 };

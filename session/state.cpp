@@ -20,6 +20,8 @@ std::string_view state_name(SessionState state) {
       return "scattering";
     case SessionState::Copying:
       return "copying";
+    case SessionState::Ending:
+      return "ending";
     case SessionState::WaitingForHub:
       return "waiting_for_hub";
     case SessionState::Closing:
@@ -48,6 +50,8 @@ bool transition_allowed(SessionState from, SessionState to) {
       return to == S::Idle || to == S::WaitingForServer || to == S::Copying;
     case S::Copying:
       return to == S::Scattering;
+    case S::Ending:
+      return to == S::Idle;
     case S::Syncing:
       return to == S::Active || to == S::Idle || to == S::Holding;
     case S::Active:
@@ -57,8 +61,10 @@ bool transition_allowed(SessionState from, SessionState to) {
     case S::Holding:
       // Syncing: the linked server's settings changed since the last request (session mode
       // RESET back to startup values) and are made the client's again. WaitingForServer: a
-      // session-mode client's read goes to a replica while it keeps its own server.
-      return to == S::Active || to == S::Idle || to == S::Syncing || to == S::WaitingForServer;
+      // session-mode client's read goes to a replica while it keeps its own server, or a shard
+      // joins the client's transaction. Ending: a transaction over several shards ends.
+      return to == S::Active || to == S::Idle || to == S::Syncing || to == S::WaitingForServer ||
+             to == S::Ending;
     case S::WaitingForHub:
       return to == S::Idle;
     case S::Closing:

@@ -20,6 +20,10 @@
 //        WaitingForServer (shard 2) ... ──last shard linked──► Scattering ──all answered──► Idle
 //   Scattering ──every shard is ready for COPY data──► Copying ──CopyDone, CopyFail, an
 //        error──► Scattering (the COPY's parts end and commit together)
+//   Holding (a transaction on one shard) ──a statement for another shard──► WaitingForServer
+//        ──linked──► Syncing (BEGIN there) ──► Holding (the transaction spans both)
+//   Holding (a transaction over several shards) ──COMMIT or ROLLBACK──► Ending ──every part
+//        prepared and committed, or rolled back──► Idle
 //   any ──client gone, Terminate, fatal error, drained──► Closing
 #pragma once
 
@@ -38,6 +42,7 @@ enum class SessionState : std::uint8_t {
                      // or session state pins the server (transaction mode)
   Scattering,        // a read runs on several shards; their answers are gathered (scatter.h)
   Copying,           // COPY FROM STDIN over several shards: the client's rows go to their shards
+  Ending,            // a transaction over several shards commits (two-phase) or rolls back on each
   WaitingForHub,     // a LISTEN/UNLISTEN waits for the shared listening connection
   Closing,           // the session ends: servers are given back clean or closed
 };

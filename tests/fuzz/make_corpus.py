@@ -140,6 +140,9 @@ SESSION_SQL = [
     "SELECT avg(v) FROM telemetry", "SELECT count(*) FROM telemetry LIMIT $1",
     "COPY telemetry (device_id, v) FROM STDIN",
     "COPY device_types (id, name) FROM STDIN WITH (FORMAT csv)",
+    "SELECT * FROM telemetry WHERE device_id = 2",
+    "INSERT INTO telemetry (device_id, v) VALUES (3, 'c')",
+    "UPDATE telemetry SET v = 'y' WHERE device_id = 4", "DELETE FROM telemetry WHERE device_id = 1",
 ]
 SESSION_NAMES = ["", "s1", "s2", "p"]
 SESSION_TAGS = ["SELECT 1", "SET", "COMMIT", "ROLLBACK", "BEGIN", "RESET", "DISCARD ALL", "LISTEN"]
@@ -281,6 +284,27 @@ def session_seeds() -> dict:
                             + answer(2, everything) + lost(0) + answer() + answer()
                             + client(0, "SELECT count(*) FROM telemetry") + shards3
                             + answer(1, fault=6, v=0xa0) + answer() + answer(),
+        # A transaction over three shards (keys 3, 4 and 2 are shards 1, 2 and 0): the first
+        # statement's shard runs the BEGIN, each other shard joins (BEGIN and its
+        # max_prepared_transactions), COMMIT prepares every part, then commits them one after the
+        # other, shard 0 first (link 2: positions count linked servers). Then one that fails on a
+        # part (1/0) and whose COMMIT rolls every part back.
+        "shard_transaction": sharded + client(0, "begin")
+                             + client(0, "INSERT INTO telemetry (device_id, v) VALUES (3, 'c')")
+                             + fresh + answer() + answer()
+                             + client(0, "UPDATE telemetry SET v = 'y' WHERE device_id = 4")
+                             + fresh + answer(1, everything) + answer(1)
+                             + client(0, "SELECT * FROM telemetry WHERE device_id = 2")
+                             + fresh + answer(2, everything) + answer(2)
+                             + client(0, "commit") + answer(0) + answer(1) + answer(2)
+                             + answer(2) + answer() + answer()
+                             + client(0, "begin")
+                             + client(0, "DELETE FROM telemetry WHERE device_id = 1")
+                             + reused + answer() + answer()
+                             + client(0, "SELECT * FROM telemetry WHERE device_id = 2")
+                             + reused + answer(1, everything) + answer(1)
+                             + client(0, "select 1/0") + answer(1)
+                             + client(0, "commit") + answer() + answer(),
         # COPY FROM STDIN over every shard: BEGIN and the COPY on each, then two rows for two
         # shards (CopyData kind 11 | 0x80) and CopyDone; each shard's part is prepared and
         # committed. Then a reference table's COPY that the client fails (kind 12 is CopyDone; a

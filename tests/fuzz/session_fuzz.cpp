@@ -204,6 +204,11 @@ const char* const kSql[] = {
     "SELECT count(*) FROM telemetry LIMIT $1",
     "COPY telemetry (device_id, v) FROM STDIN",
     "COPY device_types (id, name) FROM STDIN WITH (FORMAT csv)",
+    // One shard each, different ones: a transaction that runs them spans shards.
+    "SELECT * FROM telemetry WHERE device_id = 2",
+    "INSERT INTO telemetry (device_id, v) VALUES (3, 'c')",
+    "UPDATE telemetry SET v = 'y' WHERE device_id = 4",
+    "DELETE FROM telemetry WHERE device_id = 1",
 };
 constexpr std::size_t kSqlCount = sizeof kSql / sizeof kSql[0];
 
@@ -1448,6 +1453,18 @@ class Harness {
     }
   }
 
+  // A transaction over several shards ended: nothing of it stays prepared on a server that
+  // answered faithfully and is still there.
+  void end_shard_transaction() {
+    if (scatter_gid_.empty()) return;
+    for (const ServerState* s : prepares_[scatter_gid_]) {
+      auto it = fakes_.find(s);
+      if (it == fakes_.end() || !it->second.faithful) continue;
+      CHECK(it->second.prepared.count(scatter_gid_) == 0);
+    }
+    scatter_gid_.clear();
+  }
+
   // The client left (or was closed) while a write over several shards ran: no server that
   // answered faithfully went back to the pool with its part still prepared, undecided.
   void check_left_prepared() {
@@ -1484,7 +1501,9 @@ class Harness {
       if (!gid.starts_with("'pgvalve:")) continue;
       using K = routing::StatementKind;
       if (info.kind == K::PrepareTransaction) {
-        CHECK(session_.scattering());
+        CHECK(session_.several_servers());
+        // A transaction over several shards asks each of its parts at once.
+        if (!session_.scattering()) transaction_parts_[gid] = session_.link_count();
         prepares_[gid].push_back(target);
         scatter_gid_ = gid;
         continue;
@@ -1503,8 +1522,12 @@ class Harness {
       }
       if (decided == 0 && decision == 'C') {
         // Committed only when every shard's server prepared it and is still there.
-        CHECK(!scatter_checkout_failed_);
-        CHECK(sent.size() == scatter_checkouts_);
+        if (const auto parts = transaction_parts_.find(gid); parts != transaction_parts_.end()) {
+          CHECK(sent.size() == parts->second);
+        } else {
+          CHECK(!scatter_checkout_failed_);
+          CHECK(sent.size() == scatter_checkouts_);
+        }
         for (const ServerState* s : sent) {
           CHECK(is_linked(s));
           const FakeServer& f = fake(s);
@@ -1567,7 +1590,9 @@ class Harness {
       violated("a waiting request does not resume in bounded steps", __LINE__);
     }
     const bool scattering = session_.scattering();
-    if (scattering_ && !scattering) std::erase_if(kept_, [](const Kept& k) { return k.scatter; });
+    // A statement or a transaction over several shards.
+    const bool several = session_.several_servers();
+    if (several_ && !several) std::erase_if(kept_, [](const Kept& k) { return k.scatter; });
     check_kept(source, link);
     const SessionState now_state = session_.state();
     if (trace_) print_step(a, source, link, now_state);
@@ -1584,6 +1609,7 @@ class Harness {
       pending_checkout_ = false;
     }
     if (scattering && !scattering_) begin_scatter();
+    if (several && !several_ && !scattering) scatter_gid_.clear();
 
     CHECK(a.consumed <= input.size());
     if (source == Source::Event) CHECK(a.consumed == 0);
@@ -1602,7 +1628,7 @@ class Harness {
       CHECK(c.data != nullptr || c.size == 0);
       to_server.append(c.data, c.size);
       if (!(c.data >= in_begin && c.data + c.size <= in_end)) {
-        kept_.push_back({source, kept_link, c.data, std::string(c.data, c.size), scattering});
+        kept_.push_back({source, kept_link, c.data, std::string(c.data, c.size), several});
       }
     }
     for (const Chunk& c : a.to_client) {
@@ -1644,7 +1670,7 @@ class Harness {
       }
       if (bytes.empty()) continue;
       CHECK(linked_[id] != nullptr);
-      CHECK(scatter_link_[id]);
+      CHECK(scatter_link_[id] || several || several_);
       check_whole_frontend_messages(bytes);
       check_two_phase(bytes, linked_[id], a.link_ops);
       fake(linked_[id]).receive(bytes);
@@ -1705,9 +1731,9 @@ class Harness {
       for (LinkId i = 2; i < kMaxLinks; ++i)
         CHECK(linked_[i] == nullptr);
     } else {
-      // Links past 0 only for a statement over several shards.
+      // Links past 0 only for a statement or a transaction over several shards.
       for (LinkId i = 1; i < kMaxLinks; ++i) {
-        if (linked_[i]) CHECK(scattering);
+        if (linked_[i]) CHECK(several);
       }
     }
     std::size_t count = 0;
@@ -1723,7 +1749,9 @@ class Harness {
         CHECK(linked_[i] == nullptr);
     }
     if (!scattering && scattering_) end_scatter();
+    if (!several && several_ && !scattering_) end_shard_transaction();
     scattering_ = scattering;
+    several_ = several;
 
     pinned_ += a.pinned_change;
     CHECK(pinned_ == (session_.pinned() ? 1 : 0));
@@ -1733,7 +1761,7 @@ class Harness {
       CHECK(session_.state() == SessionState::Closing);
       CHECK(session_.link_count() == 0);
       after_close_ = true;
-      if (scattering_ || scattering) check_left_prepared();
+      if (several_ || several) check_left_prepared();
       return;
     }
     const bool resume = a.resume_client;
@@ -1851,6 +1879,10 @@ class Harness {
     for (auto& k : kept_) {
       // The new step of that source may reuse it.
       if (k.source == source && (source != Source::Server || k.link == link)) continue;
+      if (std::memcmp(k.data, k.copy.data(), k.copy.size()) != 0 && trace_) {
+        std::fprintf(stderr, "kept changed: source %d link %d scatter %d bytes %s\n",
+                     static_cast<int>(k.source), k.link, k.scatter, tags_of(k.copy).c_str());
+      }
       CHECK(std::memcmp(k.data, k.copy.data(), k.copy.size()) == 0);
       still.push_back(std::move(k));
     }
@@ -1930,6 +1962,9 @@ class Harness {
   SessionState state_ = SessionState::LoggingIn;
   // The statement over several shards running now (session_.scattering()).
   bool scattering_ = false;
+  bool several_ = false;  // session_.several_servers() after the last step
+  // A transaction over several shards: how many parts its PREPARE TRANSACTION went to, by gid.
+  std::map<std::string, std::size_t> transaction_parts_;
   LinkId scatter_next_ = 0;      // the link its next checkout is for
   int scatter_last_shard_ = -1;  // the shard of its last checkout
   std::size_t scatter_checkouts_ = 0;

@@ -1,0 +1,236 @@
+"""Transactions (BEGIN ... COMMIT) over several shards, against real PostgreSQL: each statement
+runs on its device's shard inside the one transaction, the shards it touched join it, and COMMIT
+commits every part with two-phase commit or none of them: after an error, at a failing PREPARE
+(a deferred constraint), or when a shard is lost between PREPARE and COMMIT, which SHOW SHARDS
+then reports."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+
+from itutil import APP_AND_OPS, DRIVERS, JDBC_JAR, OPS_PASSWORD, OPS_USER, run
+from pgcluster import APP_DB, APP_PASSWORD, APP_USER, PgCluster, wait_until
+from test_sharding_writes import PREPARED, config, md5_mod, on, prepared_on
+
+
+@pytest.fixture(scope="module")
+def two_pc(request):
+    """Two shards whose servers allow prepared transactions."""
+    nodes = [PgCluster(replicas=0, extra_conf=PREPARED) for _ in range(2)]
+    for c in nodes:
+        request.addfinalizer(c.teardown)
+        c.start()
+    return nodes
+
+
+def prepare_schema(nodes):
+    for c in nodes:
+        c.primary.psql("DROP TABLE IF EXISTS telemetry, archive, device_types", dbname=APP_DB)
+        c.primary.psql("CREATE TABLE telemetry (device_id bigint NOT NULL, value float8, "
+                       "CHECK (value > -1000))", dbname=APP_DB)
+        # Checked at COMMIT (its PREPARE TRANSACTION, on a shard).
+        c.primary.psql("CREATE TABLE archive (device_id bigint, value float8, "
+                       "UNIQUE (device_id) DEFERRABLE INITIALLY DEFERRED)", dbname=APP_DB)
+        c.primary.psql("CREATE TABLE device_types (id int PRIMARY KEY, name text)", dbname=APP_DB)
+        c.primary.psql("GRANT ALL ON ALL TABLES IN SCHEMA public TO app", dbname=APP_DB)
+
+
+def devices():
+    """A device on s0 and two on s1."""
+    d0 = next(d for d in range(1, 50) if md5_mod(d) == 0)
+    d1 = next(d for d in range(1, 50) if md5_mod(d) == 1)
+    d1b = next(d for d in range(d1 + 1, 99) if md5_mod(d) == 1)
+    return d0, d1, d1b
+
+
+def rows(node, table="telemetry"):
+    return sorted(on(node, f"SELECT device_id, value FROM {table}"))
+
+
+def test_a_transaction_over_two_shards_commits_on_both(two_pc, pgvalve):
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    d0, d1, d1b = devices()
+    with pv.connect(autocommit=False) as conn:
+        conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 1)", (d0,))
+        conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 2)", (d1,))
+        conn.execute("UPDATE telemetry SET value = 3 WHERE device_id = %s", (d0,))
+        # Each part sees the transaction's own writes; the shards' own clients do not yet.
+        assert conn.execute("SELECT value FROM telemetry WHERE device_id = %s",
+                            (d0,)).fetchall() == [(3.0,)]
+        assert conn.execute("SELECT value FROM telemetry WHERE device_id = %s",
+                            (d1,)).fetchall() == [(2.0,)]
+        assert rows(two_pc[0]) == [] and rows(two_pc[1]) == []
+        conn.commit()
+        # The next transaction starts on s1 and takes s0 second.
+        conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 4)", (d1b,))
+        conn.execute("DELETE FROM telemetry WHERE device_id = %s", (d0,))
+        conn.commit()
+    assert rows(two_pc[0]) == []
+    assert rows(two_pc[1]) == sorted([(d1, 2.0), (d1b, 4.0)])
+    for node in two_pc:
+        assert prepared_on(node) == []
+
+
+def test_rollback_and_an_error_leave_no_shard_changed(two_pc, pgvalve):
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    d0, d1, _ = devices()
+    with pv.connect(autocommit=False) as conn:
+        conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 1)", (d0,))
+        conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 1)", (d1,))
+        conn.rollback()
+        # An error on s1 aborts the whole transaction: s0's part refuses statements too, and
+        # COMMIT rolls back both.
+        conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 1)", (d0,))
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, -5000)", (d1,))
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            conn.execute("SELECT 1 FROM telemetry WHERE device_id = %s", (d0,))
+        conn.commit()
+        # The connection goes on.
+        conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 7)", (d0,))
+        conn.commit()
+    assert rows(two_pc[0]) == [(d0, 7.0)]
+    assert rows(two_pc[1]) == []
+    for node in two_pc:
+        assert prepared_on(node) == []
+
+
+def test_a_part_that_fails_to_prepare_rolls_back_every_part(two_pc, pgvalve):
+    """A deferred UNIQUE fails at s1's PREPARE TRANSACTION: the client's COMMIT fails with that
+    error, and s0's prepared part is rolled back."""
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    d0, d1, _ = devices()
+    with pv.connect(autocommit=False) as conn:
+        conn.execute("INSERT INTO archive (device_id, value) VALUES (%s, 1)", (d0,))
+        conn.execute("INSERT INTO archive (device_id, value) VALUES (%s, 1)", (d1,))
+        conn.execute("INSERT INTO archive (device_id, value) VALUES (%s, 2)", (d1,))
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.commit()
+        conn.execute("INSERT INTO archive (device_id, value) VALUES (%s, 3)", (d1,))
+        conn.commit()
+    assert rows(two_pc[0], "archive") == []
+    assert rows(two_pc[1], "archive") == [(d1, 3.0)]
+    for node in two_pc:
+        assert prepared_on(node) == []
+
+
+def test_what_applies_to_one_part_only_is_refused_once_it_spans(two_pc, pgvalve):
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    d0, d1, _ = devices()
+    with pv.connect(autocommit=False) as conn:
+        # A savepoint made on s0 keeps the transaction there.
+        conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 1)", (d0,))
+        conn.execute("SAVEPOINT a")
+        with pytest.raises(psycopg.Error) as e:
+            conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 1)", (d1,))
+        assert e.value.sqlstate == "0A000" and "savepoint" in str(e.value), e.value
+        conn.rollback()
+        # Once it spans two shards, a SET would change one part only.
+        conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 1)", (d0,))
+        conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 1)", (d1,))
+        with pytest.raises(psycopg.Error) as e:
+            conn.execute("SET LOCAL work_mem = '8MB'")
+        assert e.value.sqlstate == "0A000" and str(e.value).startswith("pgvalve:"), e.value
+        conn.rollback()
+    for node in two_pc:
+        assert rows(node) == []
+        assert prepared_on(node) == []
+
+
+def test_without_prepared_transactions_the_second_shard_is_refused(two_pc, cluster, pgvalve):
+    # s1 is the session's cluster: max_prepared_transactions = 0.
+    nodes = [two_pc[0], cluster]
+    prepare_schema(nodes)
+    pv = pgvalve(**config(nodes))
+    d0, d1, _ = devices()
+    with pv.connect(autocommit=False) as conn:
+        conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 1)", (d0,))
+        with pytest.raises(psycopg.Error) as e:
+            conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 1)", (d1,))
+        assert e.value.sqlstate == "0A000" and "max_prepared_transactions" in str(e.value)
+        conn.rollback()
+    for node in nodes:
+        assert rows(node) == []
+
+
+def test_pgjdbc_transactions_over_shards_commit_and_roll_back_whole(two_pc, pgvalve, tmp_path):
+    """PgJDBC with autocommit off sends BEGIN in the flight of each transaction's first
+    statement: 20 transactions of 10 devices each commit on both shards; one that fails after
+    rows on both rolls back on both."""
+    assert JDBC_JAR.exists(), f"{JDBC_JAR} missing: apt-get install libpostgresql-jdbc-java"
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    r, out = run(["javac", "-cp", str(JDBC_JAR), "-d", str(tmp_path),
+                  str(DRIVERS / "JdbcShardedTransaction.java")], timeout=120)
+    assert r.returncode == 0, out
+    r, out = run(["java", "-cp", f"{tmp_path}:{JDBC_JAR}", "JdbcShardedTransaction",
+                  f"jdbc:postgresql://127.0.0.1:{pv.port}/{APP_DB}", APP_USER, APP_PASSWORD,
+                  "20", "10"], timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "OK 200", out
+    placed = {i: [d for d, _ in rows(node)] for i, node in enumerate(two_pc)}
+    assert sorted(placed[0] + placed[1]) == list(range(1, 201))
+    for i in (0, 1):
+        assert all(md5_mod(d) == i for d in placed[i])
+        assert prepared_on(two_pc[i]) == []
+
+
+def test_a_shard_lost_between_prepare_and_commit_is_reported_in_show_shards(two_pc, pgvalve):
+    """s0's PREPARE runs a deferred trigger that sleeps while s1 prepares; s1 is then killed.
+    The transaction rolls back on s0, the client's COMMIT fails naming the prepared part and
+    SHOW SHARDS, which counts it once s1 is back, until an operator rolls it back."""
+    prepare_schema(two_pc)
+    s0 = two_pc[0].primary
+    s0.psql("CREATE OR REPLACE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$BEGIN PERFORM pg_sleep(2); RETURN NULL; END$$", dbname=APP_DB)
+    s0.psql("CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON archive DEFERRABLE "
+            "INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow()", dbname=APP_DB)
+    pv = pgvalve(users=APP_AND_OPS, **config(two_pc))
+    d0, d1, _ = devices()
+    outcome = {}
+
+    def transaction():
+        try:
+            with pv.connect(autocommit=False) as conn:
+                conn.execute("INSERT INTO archive (device_id, value) VALUES (%s, 1)", (d0,))
+                conn.execute("INSERT INTO archive (device_id, value) VALUES (%s, 1)", (d1,))
+                conn.commit()
+                outcome["ok"] = True
+        except psycopg.Error as e:
+            outcome["error"] = e
+
+    writer = threading.Thread(target=transaction)
+    writer.start()
+    wait_until(lambda: len(prepared_on(two_pc[1])) == 1, 15, message="s1 prepared its part")
+    gid = prepared_on(two_pc[1])[0][0]
+    two_pc[1].primary.stop("immediate")  # a crash: the prepared part is in its WAL
+    writer.join(30)
+    assert not writer.is_alive()
+    assert "error" in outcome, outcome
+    assert outcome["error"].sqlstate == "08006"
+    assert "SHOW SHARDS" in str(outcome["error"]) and gid in str(outcome["error"])
+    assert rows(two_pc[0], "archive") == []
+    assert prepared_on(two_pc[0]) == []
+
+    two_pc[1].primary.start()
+    with psycopg.connect(pv.dsn(user=OPS_USER, password=OPS_PASSWORD, dbname="pgvalve"),
+                         autocommit=True, prepare_threshold=None) as admin:
+        def shards():
+            cur = admin.execute("SHOW SHARDS")
+            cols = [d.name for d in cur.description]
+            return {r[cols.index("shard")]: dict(zip(cols, r)) for r in cur.fetchall()
+                    if r[cols.index("database")] == APP_DB}
+        wait_until(lambda: shards()["s1"]["prepared"] == "1", 15,
+                   message="SHOW SHARDS counts the prepared part on s1")
+        with two_pc[1].primary.connect(dbname=APP_DB, autocommit=True) as direct:
+            direct.execute(f"ROLLBACK PREPARED '{gid}'")
+        wait_until(lambda: shards()["s1"]["prepared"] == "0", 15,
+                   message="SHOW SHARDS no longer counts it")
+    assert rows(two_pc[1], "archive") == []

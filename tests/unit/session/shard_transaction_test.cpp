@@ -1,0 +1,437 @@
+// A client's transaction over several shards, as the session carries it out: a statement for a
+// shard the transaction has not touched makes that shard join (its own server, the same BEGIN,
+// max_prepared_transactions checked), each request goes to its shard's part, and COMMIT prepares
+// every part before any commits (two-phase commit); anything else rolls every part back.
+#include <gtest/gtest.h>
+
+#include "protocol/messages.h"
+#include "protocol/wire.h"
+#include "tests/unit/session/session_test_util.h"
+
+namespace pgvalve::session::testing {
+namespace {
+
+// md5_mod over two shards: device 2 is on s0; devices 1 and 3 on s1.
+routing::ShardingPolicy two_shards() {
+  routing::ShardingPolicy p;
+  p.tables = {"telemetry"};
+  p.map = routing::ShardMap(routing::ShardHash::Md5Mod, routing::KeyType::Auto, 2, {});
+  p.shard_names = {"s0", "s1"};
+  return p;
+}
+
+std::string insert(int device) {
+  return query("INSERT INTO telemetry (device_id, value) VALUES (" + std::to_string(device) +
+               ", 1)");
+}
+
+std::string join_answer(std::string_view max_prepared = "10") {
+  return complete("BEGIN") + row_description() + data_row({std::string(max_prepared)}) +
+         complete("SELECT 1") + ready('T');
+}
+
+std::string message_of(std::string_view stream) {
+  const auto errors = errors_in(stream);
+  return errors.empty() ? std::string() : errors.front().message;
+}
+
+class ShardTransaction : public ::testing::Test {
+ protected:
+  routing::ShardingPolicy policy = two_shards();
+  SessionHarness h{policy};
+  std::unique_ptr<ServerState> s0 = SessionHarness::fresh_server();
+  std::unique_ptr<ServerState> s1 = SessionHarness::fresh_server();
+
+  // BEGIN, then an INSERT on s0 (link 0) that the server answers.
+  void begin_on_s0(std::string_view begin = "BEGIN") {
+    Step s = h.client(query(begin));
+    EXPECT_EQ(statuses_in(s.to_client), "T") << "answered by pgvalve until a shard is known";
+    const std::string first = insert(2);
+    s = h.client(first);
+    ASSERT_TRUE(s.check_out);
+    EXPECT_EQ(s.route.shard, 0);
+    s = h.linked(*s0);
+    EXPECT_EQ(queries_in(s.to_server), std::vector<std::string>{std::string(begin)});
+    h.server(command_result("BEGIN", 'T'), T0, 0);
+    s = h.client(first);
+    EXPECT_EQ(s.server_link, 0);
+    EXPECT_EQ(s.consumed, first.size());
+    s = h.server(command_result("INSERT 0 1", 'T'), T0, 0);
+    EXPECT_EQ(statuses_in(s.to_client), "T");
+  }
+
+  // A statement for device 1 joins s1 (link 1); returns what s1 was asked while it joined.
+  std::string join_s1(std::string_view max_prepared = "10") {
+    const std::string second = insert(1);
+    Step s = h.client(second);
+    EXPECT_TRUE(s.check_out) << "s1 is checked out for the transaction";
+    EXPECT_EQ(s.route.kind, routing::Route::Kind::Primary);
+    EXPECT_EQ(s.route.shard, 1);
+    EXPECT_EQ(s.consumed, 0u) << "the statement waits for its shard";
+    EXPECT_EQ(h.state(), SessionState::WaitingForServer);
+    s = h.linked(*s1);
+    EXPECT_EQ(s.server_link, 1);
+    const std::string asked = s.to_server;
+    EXPECT_EQ(h.state(), SessionState::Syncing);
+    s = h.server(join_answer(max_prepared), T0, 1);
+    EXPECT_TRUE(s.resume_client);
+    EXPECT_EQ(s.to_client, "") << "the join is pgvalve's own";
+    EXPECT_EQ(h.state(), SessionState::Holding);
+    return asked;
+  }
+
+  // The statement for device 1 runs on s1, and s1 answers it.
+  void insert_on_s1() {
+    const std::string second = insert(1);
+    Step s = h.client(second);
+    EXPECT_FALSE(s.check_out);
+    EXPECT_EQ(s.server_link, 1);
+    EXPECT_EQ(queries_in(s.to_server),
+              std::vector<std::string>{"INSERT INTO telemetry (device_id, value) VALUES (1, 1)"});
+    s = h.server(command_result("INSERT 0 1", 'T'), T0, 1);
+    EXPECT_EQ(tags_of(s.to_client), "CZ");
+    EXPECT_EQ(statuses_in(s.to_client), "T");
+  }
+
+  // COMMIT: both parts are asked to prepare at once; returns the transaction's gid (quoted).
+  std::string commit() {
+    const Step s = h.client(query("COMMIT"));
+    EXPECT_EQ(h.state(), SessionState::Ending);
+    EXPECT_EQ(s.to_client, "");
+    EXPECT_EQ(s.to_links.size(), 2u);
+    const auto to0 = queries_in(s.to_links.count(0) ? s.to_links.at(0) : "");
+    const auto to1 = queries_in(s.to_links.count(1) ? s.to_links.at(1) : "");
+    EXPECT_EQ(to0.size(), 1u);
+    EXPECT_EQ(to0, to1) << "every part prepares under one name";
+    if (to0.empty()) return {};
+    EXPECT_TRUE(to0[0].starts_with("PREPARE TRANSACTION 'pgvalve:")) << to0[0];
+    return to0[0].substr(to0[0].find('\''));
+  }
+};
+
+TEST_F(ShardTransaction, AStatementForAnotherShardJoinsItAndCommitIsTwoPhase) {
+  begin_on_s0("BEGIN ISOLATION LEVEL REPEATABLE READ");
+  const std::string asked = join_s1();
+  EXPECT_EQ(queries_in(asked),
+            std::vector<std::string>{"BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT "
+                                     "pg_catalog.current_setting('max_prepared_transactions')"})
+      << "the joining shard runs the transaction's own BEGIN";
+  insert_on_s1();
+  EXPECT_EQ(h.session().link_count(), 2u);
+
+  // Back to s0's part, on the server it runs on: no checkout.
+  Step s = h.client(query("SELECT value FROM telemetry WHERE device_id = 2"));
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(s.server_link, 0);
+  h.server(row_result("1", "SELECT 1", 'T'), T0, 0);
+
+  const std::string gid = commit();
+  s = h.server(command_result("PREPARE TRANSACTION"), T0, 0);
+  EXPECT_TRUE(s.to_links.empty()) << "nothing commits before every part prepared";
+  EXPECT_TRUE(s.ops.empty());
+  s = h.server(command_result("PREPARE TRANSACTION"), T0, 1);
+  ASSERT_EQ(s.to_links.size(), 1u);
+  EXPECT_EQ(queries_in(s.to_links.at(0)), std::vector<std::string>{"COMMIT PREPARED " + gid})
+      << "shard order: s0 first";
+  s = h.server(command_result("COMMIT PREPARED"), T0, 0);
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Release));
+  ASSERT_EQ(s.to_links.count(1), 1u);
+  EXPECT_EQ(queries_in(s.to_links.at(1)), std::vector<std::string>{"COMMIT PREPARED " + gid});
+  EXPECT_EQ(s.to_client, "");
+  s = h.server(command_result("COMMIT PREPARED"), T0, 1);
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Release));
+  EXPECT_EQ(tags_of(s.to_client), "CZ");
+  EXPECT_EQ(protocol::read_command_complete(frame_of(messages_of(s.to_client)[0])).value_or(""),
+            "COMMIT");
+  EXPECT_EQ(statuses_in(s.to_client), "I");
+  EXPECT_EQ(h.state(), SessionState::Idle);
+  EXPECT_EQ(h.session().link_count(), 0u);
+  EXPECT_TRUE(s.resume_client);
+}
+
+TEST_F(ShardTransaction, SetTransactionAndSetLocalRunOnTheJoiningShardToo) {
+  begin_on_s0();
+  h.client(query("SET LOCAL statement_timeout = '5s'"));
+  h.server(command_result("SET", 'T'), T0, 0);
+  EXPECT_EQ(queries_in(join_s1()),
+            std::vector<std::string>{"BEGIN; SET LOCAL statement_timeout = '5s'; SELECT "
+                                     "pg_catalog.current_setting('max_prepared_transactions')"});
+}
+
+TEST_F(ShardTransaction, WithoutPreparedTransactionsTheSecondShardIsRefusedAndTheTransactionFails) {
+  begin_on_s0();
+  const std::string second = insert(1);
+  Step s = h.client(second);
+  ASSERT_TRUE(s.check_out);
+  h.linked(*s1);
+  s = h.server(join_answer("0"), T0, 1);
+  ASSERT_EQ(s.ops.size(), 1u);
+  EXPECT_EQ(s.ops[0].kind, LinkOp::Kind::CleanAndRelease) << "s1's BEGIN is rolled back";
+  EXPECT_EQ(s.ops[0].sql1, "ROLLBACK");
+  EXPECT_TRUE(s.resume_client);
+  // The statement fails on s0, as PostgreSQL fails a statement: the transaction is aborted.
+  s = h.client(second);
+  EXPECT_EQ(s.server_link, 0);
+  ASSERT_EQ(queries_in(s.to_server).size(), 1u);
+  const std::string raised = queries_in(s.to_server)[0];
+  EXPECT_NE(raised.find("max_prepared_transactions = 0"), std::string::npos) << raised;
+  EXPECT_NE(raised.find("shard s1"), std::string::npos) << raised;
+  EXPECT_EQ(h.session().link_count(), 1u);
+}
+
+TEST_F(ShardTransaction, AFailedCheckoutOfTheJoiningShardFailsTheStatementInTheTransaction) {
+  begin_on_s0();
+  const std::string second = insert(1);
+  h.client(second);
+  Step s = h.checkout_failed("53300");
+  EXPECT_TRUE(s.resume_client);
+  EXPECT_EQ(h.state(), SessionState::Holding);
+  s = h.client(second);
+  EXPECT_EQ(s.server_link, 0);
+  const std::string raised = queries_in(s.to_server).at(0);
+  EXPECT_NE(raised.find("53300"), std::string::npos) << raised;
+  EXPECT_NE(raised.find("no server"), std::string::npos) << raised;
+}
+
+TEST_F(ShardTransaction, ASavepointOrASettingKeepsTheTransactionOnItsShard) {
+  begin_on_s0();
+  h.client(query("SAVEPOINT a"));
+  h.server(command_result("SAVEPOINT", 'T'), T0, 0);
+  Step s = h.client(insert(1));
+  EXPECT_FALSE(s.check_out) << "a savepoint cannot span shards";
+  EXPECT_EQ(s.server_link, 0);
+  EXPECT_NE(queries_in(s.to_server).at(0).find("savepoint"), std::string::npos);
+}
+
+TEST_F(ShardTransaction, WhatWouldApplyToOnePartOnlyIsRefusedOnceItSpansShards) {
+  begin_on_s0();
+  join_s1();
+  insert_on_s1();
+  for (const std::string sql :
+       {"SET work_mem = '64MB'", "SAVEPOINT a", "SELECT set_config('a.b', 'c', false)",
+        "CREATE TEMP TABLE t (a int)",
+        "INSERT INTO telemetry (device_id, value) VALUES (1, 1); "
+        "INSERT INTO telemetry (device_id, value) VALUES (1, 2)",
+        "COMMIT AND CHAIN"}) {
+    const Step s = h.client(query(sql));
+    EXPECT_FALSE(s.check_out) << sql;
+    const auto sent = queries_in(s.to_server);
+    ASSERT_EQ(sent.size(), 1u) << sql;
+    EXPECT_TRUE(sent[0].starts_with("DO $pgvalve$")) << sql << ": " << sent[0];
+    EXPECT_NE(sent[0].find("0A000"), std::string::npos) << sql;
+    h.server(error_result("0A000", 'E'), T0, s.server_link);
+    // The transaction is aborted: ROLLBACK it, and start again.
+    const Step r = h.client(query("ROLLBACK"));
+    EXPECT_EQ(r.to_links.size(), 2u);
+    h.server(command_result("ROLLBACK"), T0, 0);
+    h.server(command_result("ROLLBACK"), T0, 1);
+    EXPECT_EQ(h.state(), SessionState::Idle);
+    begin_on_s0();
+    join_s1();
+    insert_on_s1();
+  }
+}
+
+TEST_F(ShardTransaction, AfterAnErrorEveryRequestGoesToTheFailedPartAndCommitRollsBack) {
+  begin_on_s0();
+  join_s1();
+  Step s = h.client(insert(1));
+  s = h.server(error_result("23505", 'E'), T0, 1);
+  EXPECT_EQ(statuses_in(s.to_client), "E");
+  // A statement for s0 would succeed there: it goes to s1, which answers 25P02.
+  s = h.client(query("SELECT value FROM telemetry WHERE device_id = 2"));
+  EXPECT_EQ(s.server_link, 1);
+  h.server(error_result("25P02", 'E'), T0, 1);
+  s = h.client(query("COMMIT"));
+  EXPECT_EQ(h.state(), SessionState::Ending);
+  ASSERT_EQ(s.to_links.size(), 2u);
+  EXPECT_EQ(queries_in(s.to_links.at(0)), std::vector<std::string>{"ROLLBACK"});
+  EXPECT_EQ(queries_in(s.to_links.at(1)), std::vector<std::string>{"ROLLBACK"});
+  s = h.server(command_result("ROLLBACK"), T0, 1);
+  EXPECT_EQ(s.to_client, "");
+  s = h.server(command_result("ROLLBACK"), T0, 0);
+  EXPECT_EQ(tags_of(s.to_client), "CZ");
+  EXPECT_EQ(protocol::read_command_complete(frame_of(messages_of(s.to_client)[0])).value_or(""),
+            "ROLLBACK")
+      << "as PostgreSQL answers COMMIT of a failed transaction";
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+TEST_F(ShardTransaction, APartThatFailsToPrepareRollsBackTheOthers) {
+  begin_on_s0();
+  join_s1();
+  insert_on_s1();
+  const std::string gid = commit();
+  Step s = h.server(command_result("PREPARE TRANSACTION"), T0, 0);
+  // A deferred constraint fails at PREPARE on s1: its part is rolled back by it.
+  s = h.server(error_result("23503", 'I'), T0, 1);
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Release));
+  ASSERT_EQ(s.to_links.count(0), 1u);
+  EXPECT_EQ(queries_in(s.to_links.at(0)), std::vector<std::string>{"ROLLBACK PREPARED " + gid});
+  s = h.server(command_result("ROLLBACK PREPARED"), T0, 0);
+  EXPECT_EQ(sqlstates_in(s.to_client), "23503") << "the server's own error";
+  EXPECT_EQ(statuses_in(s.to_client), "I");
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+TEST_F(ShardTransaction, AFirstShardWithoutPreparedTransactionsIsExplainedAtCommit) {
+  begin_on_s0();
+  join_s1();
+  insert_on_s1();
+  commit();
+  std::string disabled;
+  protocol::ErrorFields e;
+  e.severity = "ERROR";
+  e.sqlstate = "55000";
+  e.message = "prepared transactions are disabled";
+  protocol::append_error_response(disabled, e);
+  h.server(disabled + ready('I'), T0, 0);
+  Step s = h.server(command_result("PREPARE TRANSACTION"), T0, 1);
+  s = h.server(command_result("ROLLBACK PREPARED"), T0, 1);
+  EXPECT_EQ(sqlstates_in(s.to_client), "55000");
+  EXPECT_NE(message_of(s.to_client).find("max_prepared_transactions"), std::string::npos);
+}
+
+TEST_F(ShardTransaction, RollbackEndsEveryPartAtOnce) {
+  begin_on_s0();
+  join_s1();
+  insert_on_s1();
+  Step s = h.client(parse("", "ROLLBACK") + bind_to("", "") + execute() + sync());
+  ASSERT_EQ(s.to_links.size(), 2u);
+  h.server(command_result("ROLLBACK"), T0, 0);
+  s = h.server(command_result("ROLLBACK"), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "12CZ") << "the extended messages are answered";
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+// PgJDBC prepares its COMMIT as a named statement once it has sent it a few times.
+TEST_F(ShardTransaction, ANamedPreparedCommitEndsEveryPart) {
+  begin_on_s0();
+  join_s1();
+  insert_on_s1();
+  Step s = h.client(parse("S_1", "COMMIT") + bind_to("", "S_1") + execute() + sync());
+  EXPECT_EQ(h.state(), SessionState::Ending);
+  ASSERT_EQ(s.to_links.size(), 2u);
+  h.server(command_result("PREPARE TRANSACTION"), T0, 0);
+  h.server(command_result("PREPARE TRANSACTION"), T0, 1);
+  h.server(command_result("COMMIT PREPARED"), T0, 0);
+  s = h.server(command_result("COMMIT PREPARED"), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "12CZ");
+  EXPECT_EQ(h.session().prepared_statement_count(), 1u) << "S_1 is the client's from now on";
+
+  // The next transaction commits with a Bind of S_1 alone.
+  begin_on_s0();
+  join_s1();
+  s = h.client(bind_to("", "S_1") + execute() + sync());
+  EXPECT_EQ(h.state(), SessionState::Ending);
+  EXPECT_EQ(s.to_links.size(), 2u);
+}
+
+TEST_F(ShardTransaction, APartLostWhileAShardIsCheckedOutEndsTheTransaction) {
+  begin_on_s0();
+  const std::string second = insert(1);
+  Step s = h.client(second);
+  ASSERT_TRUE(s.check_out);
+  s = h.lost(T0, 0);
+  EXPECT_EQ(h.state(), SessionState::WaitingForServer);
+  s = h.linked(*s1);
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Release)) << "the joining server goes straight back";
+  EXPECT_EQ(h.state(), SessionState::Idle);
+  EXPECT_TRUE(s.resume_client);
+  s = h.client(second);
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  EXPECT_EQ(statuses_in(s.to_client), "I");
+}
+
+TEST_F(ShardTransaction, ExtendedRequestsMoveBetweenShardsByTheirBoundKey) {
+  begin_on_s0();
+  join_s1();
+  std::string bind_rest;
+  protocol::append_i16(bind_rest, 0);
+  protocol::append_i16(bind_rest, 1);
+  protocol::append_i32(bind_rest, 1);
+  bind_rest += "2";
+  protocol::append_i16(bind_rest, 0);
+  std::string in;
+  protocol::append_parse(in, "", "SELECT value FROM telemetry WHERE device_id = $1", {});
+  protocol::append_bind(in, "", "", bind_rest);
+  in += execute() + sync();
+  Step s = h.client(in);
+  EXPECT_EQ(s.server_link, 0) << "device 2 lives on s0";
+  EXPECT_EQ(s.consumed, in.size());
+}
+
+TEST_F(ShardTransaction, ALostPartRollsBackTheOthersAndTheClientLearnsItsTransactionIsOver) {
+  begin_on_s0();
+  join_s1();
+  insert_on_s1();
+  Step s = h.lost(T0, 1);
+  ASSERT_TRUE(s.has_op(LinkOp::Kind::CleanAndRelease));
+  for (const auto& op : s.ops) {
+    if (op.kind == LinkOp::Kind::CleanAndRelease) {
+      EXPECT_EQ(op.link, 0);
+      EXPECT_EQ(op.sql1, "ROLLBACK");
+    }
+  }
+  EXPECT_EQ(h.session().link_count(), 0u);
+  s = h.client(query("SELECT value FROM telemetry WHERE device_id = 2"));
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  EXPECT_EQ(statuses_in(s.to_client), "I");
+}
+
+TEST_F(ShardTransaction, APartLostBeforeItPreparedRollsBackThePreparedOnes) {
+  begin_on_s0();
+  join_s1();
+  insert_on_s1();
+  const std::string gid = commit();
+  h.server(command_result("PREPARE TRANSACTION"), T0, 0);
+  Step s = h.lost(T0, 1);
+  ASSERT_EQ(s.to_links.count(0), 1u);
+  EXPECT_EQ(queries_in(s.to_links.at(0)), std::vector<std::string>{"ROLLBACK PREPARED " + gid});
+  s = h.server(command_result("ROLLBACK PREPARED"), T0, 0);
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  EXPECT_NE(message_of(s.to_client).find(gid), std::string::npos)
+      << "its part may stay prepared: the error names it";
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+TEST_F(ShardTransaction, AClientLeavingDuringTheCommitCommitsTheRemainingParts) {
+  begin_on_s0();
+  join_s1();
+  insert_on_s1();
+  const std::string gid = commit();
+  h.server(command_result("PREPARE TRANSACTION"), T0, 0);
+  h.server(command_result("PREPARE TRANSACTION"), T0, 1);
+  const Step s = h.gone();
+  ASSERT_EQ(s.ops.size(), 2u);
+  EXPECT_EQ(s.ops[0].kind, LinkOp::Kind::CancelAndClose) << "its COMMIT PREPARED is in flight";
+  EXPECT_EQ(s.ops[1].kind, LinkOp::Kind::CleanAndRelease);
+  EXPECT_EQ(s.ops[1].sql1, "COMMIT PREPARED " + gid);
+}
+
+TEST_F(ShardTransaction, AClientLeavingBeforeTheDecisionRollsBackThePreparedParts) {
+  begin_on_s0();
+  join_s1();
+  insert_on_s1();
+  const std::string gid = commit();
+  h.server(command_result("PREPARE TRANSACTION"), T0, 0);
+  const Step s = h.gone();
+  ASSERT_EQ(s.ops.size(), 2u);
+  EXPECT_EQ(s.ops[0].kind, LinkOp::Kind::CleanAndRelease);
+  EXPECT_EQ(s.ops[0].sql1, "ROLLBACK PREPARED " + gid);
+  EXPECT_EQ(s.ops[1].kind, LinkOp::Kind::CancelAndClose);
+}
+
+TEST_F(ShardTransaction, ACommitAnsweredOnOneShardEndsWithoutTwoPhase) {
+  // A transaction that never left its shard commits there as usual.
+  begin_on_s0();
+  Step s = h.client(query("COMMIT"));
+  EXPECT_EQ(s.server_link, 0);
+  EXPECT_EQ(queries_in(s.to_server), std::vector<std::string>{"COMMIT"});
+  s = h.server(command_result("COMMIT"), T0, 0);
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Release));
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+}  // namespace
+}  // namespace pgvalve::session::testing
