@@ -548,7 +548,7 @@ void Session::settle(Link& l, LinkId id, Actions& out) {
       enter_between_requests();
       return;
     }
-    if (!tx.begin.empty() || !tx.refusal.empty()) tx = {};
+    if (!tx.begin.empty() || !tx.refusal.empty() || tx.begin_too_long) tx = {};
   }
   const bool translate = options_.mode != config::PoolMode::Session;
   // With pin_session_state false the statements that pin are refused; what still asks for a

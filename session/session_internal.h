@@ -326,8 +326,9 @@ struct Workspace {
   // server, the same BEGIN), and COMMIT then prepares the transaction on every shard and commits
   // the prepared parts (two-phase commit).
   struct ShardTransaction {
-    std::string begin;     // the BEGIN (and SET TRANSACTION) that opened it, for joining shards
-    bool joining = false;  // a shard's server is being checked out or runs the BEGIN
+    std::string begin;  // the BEGIN (and SET TRANSACTION) that opened it, for joining shards
+    bool begin_too_long = false;  // ... past kMaxDeferredBegin: not kept, no shard joins
+    bool joining = false;         // a shard's server is being checked out or runs the BEGIN
     // The transaction was abandoned (a part lost) while that checkout was under way: the server
     // it brings goes straight back.
     bool abandoned = false;

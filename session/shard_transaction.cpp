@@ -131,7 +131,7 @@ std::string Session::join_obstacle(const Link& l) const {
     return "cannot join it: the transaction may hold session state (an advisory lock, a "
            "temporary table, a cursor WITH HOLD) that lives on one shard's server";
   }
-  if (w.tx.begin.size() > kMaxDeferredBegin) {
+  if (w.tx.begin_too_long) {
     return "cannot join it: the transaction's BEGIN, SET TRANSACTION and SET LOCAL statements "
            "are longer than pgvalve keeps for a joining shard (1 KiB)";
   }
@@ -196,7 +196,8 @@ std::string Session::spanning_refusal(std::string_view sql) const {
 void Session::note_transaction_statement(const routing::StatementInfo& info, const Link& l) {
   auto& tx = work().tx;
   if (info.kind == StatementKind::Begin) {
-    tx.begin.assign(info.text);
+    tx.begin_too_long = info.text.size() > kMaxDeferredBegin;
+    tx.begin.assign(tx.begin_too_long ? std::string_view("BEGIN") : info.text);
     return;
   }
   const bool local = info.kind == StatementKind::SetTransaction ||
@@ -204,6 +205,11 @@ void Session::note_transaction_statement(const routing::StatementInfo& info, con
                      info.set_config == routing::StatementInfo::SetConfig::Local;
   if (!local || l.server->tx_status == 'I') return;
   if (tx.begin.empty()) tx.begin = "BEGIN";
+  // Kept only up to a bound: past it, the transaction takes no other shard (join_obstacle()).
+  if (tx.begin_too_long || tx.begin.size() + 2 + info.text.size() > kMaxDeferredBegin) {
+    tx.begin_too_long = true;
+    return;
+  }
   tx.begin.append("; ").append(info.text);
 }
 

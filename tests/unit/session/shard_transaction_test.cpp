@@ -158,6 +158,19 @@ TEST_F(ShardTransaction, SetTransactionAndSetLocalRunOnTheJoiningShardToo) {
                                      "pg_catalog.current_setting('max_prepared_transactions')"});
 }
 
+TEST_F(ShardTransaction, WhatAJoiningShardWouldRunIsBoundedAndPastItNoShardJoins) {
+  begin_on_s0();
+  const std::string set = "SET LOCAL application_name = '" + std::string(200, 'a') + "'";
+  for (int i = 0; i < 10; ++i) {
+    h.client(query(set));
+    h.server(command_result("SET", 'T'), T0, 0);
+  }
+  const Step s = h.client(insert(1));
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(s.server_link, 0);
+  EXPECT_NE(queries_in(s.to_server).at(0).find("longer than pgvalve keeps"), std::string::npos);
+}
+
 TEST_F(ShardTransaction, WithoutPreparedTransactionsTheSecondShardIsRefusedAndTheTransactionFails) {
   begin_on_s0();
   const std::string second = insert(1);
