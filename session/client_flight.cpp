@@ -806,9 +806,9 @@ std::pair<std::string_view, std::string> Session::shard_conflict(Link& l, std::s
   if (route.kind == routing::Route::Kind::Shards) {
     return {kNotSupported,
             "pgvalve: this transaction runs on shard " + here +
-                ", and this statement needs several shards; a transaction on a sharded database "
-                "stays on one shard: name one " +
-                sharding.key + " or run it outside the transaction"};
+                ", and this statement needs several shards, which a transaction runs only "
+                "before its first statement on a shard (a read, at READ COMMITTED): name one " +
+                sharding.key + ", or run it outside the transaction or before the others"};
   }
   const std::string& there = sharding.shard_names.at(route.shard);
   if (l.server->tx_status == 'I') {

@@ -36,8 +36,8 @@ Session::ScatterStart Session::start_copy(std::string_view frames, const Request
   }
   if (!deferred_begin_.empty()) {
     return refuse(
-        "a transaction on a sharded database stays on one shard, and a COPY routed row "
-        "by row writes on every shard; run the COPY outside the transaction");
+        "a COPY routed row by row commits on every shard as a transaction of its own; run "
+        "the COPY outside the client's transaction (autocommit)");
   }
   const routing::CopyPlan plan = routing::plan_copy(request.sql, sharding);
   if (!plan.ok) return refuse(plan.refusal);

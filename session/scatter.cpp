@@ -177,11 +177,11 @@ void Scatter::fail(std::string_view sqlstate, std::string_view message) {
   gather_->add(0, f);
 }
 
-void Scatter::finish(std::string& out) {
+void Scatter::finish(std::string& out, char tx_status) {
   out.append(notices_);
   if (steps_ == "Q") {
     gather_->finish(out, true);
-    pr::append_ready_for_query(out, 'I');
+    pr::append_ready_for_query(out, tx_status);
     return;
   }
   const bool ok = !gather_->failed();
@@ -202,7 +202,7 @@ void Scatter::finish(std::string& out) {
     }
   }
   if (!ok) gather_->finish(out);
-  pr::append_ready_for_query(out, 'I');
+  pr::append_ready_for_query(out, tx_status);
 }
 
 }  // namespace pgvalve::session

@@ -10,8 +10,9 @@
 // Each shard runs Parse, Bind, Describe portal, Execute and Sync (plus Describe statement when the
 // client asked for it): the portal's RowDescription gives the gather the column types even when
 // the client did not ask for it. The client's ParseComplete, BindComplete and descriptions are
-// the first shard's; its rows and CommandComplete are the gather's; its ReadyForQuery says 'I'
-// (a statement over several shards never runs inside a transaction).
+// the first shard's; its rows and CommandComplete are the gather's; its ReadyForQuery says
+// what the session tells it (a read over several shards runs outside the client's transaction,
+// which has run nothing on any server yet: session/scatter_flight.cpp).
 #pragma once
 
 #include <cstddef>
@@ -67,8 +68,9 @@ class Scatter {
   // After finish(): the rows the client got (a write: its tag's count).
   std::uint64_t rows_answered() const { return gather_ ? gather_->rows_answered() : 0; }
 
-  // Every shard has answered (or failed): the client's answer, up to its ReadyForQuery.
-  void finish(std::string& out);
+  // Every shard has answered (or failed): the client's answer, up to its ReadyForQuery with
+  // `tx_status`.
+  void finish(std::string& out, char tx_status = 'I');
 
  private:
   // The client's messages that get an answer, in its order: 'P' Parse, 'S' Describe statement,

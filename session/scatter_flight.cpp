@@ -4,8 +4,9 @@
 // goes back to the pool when its answer is in; after the last one the client gets the gathered
 // answer (scatter.h). A write's parts are prepared on each shard and committed, one shard after
 // the other, only once every shard prepared its part (else rolled back). Nothing runs inside a
-// client's transaction, and an error from any shard, a lost shard or a shard without a server is
-// the client's one error.
+// client's transaction (a read may run while the transaction has run nothing yet, outside it),
+// and an error from any shard, a lost shard or a shard without a server is the client's one
+// error.
 #include <bit>
 
 #include "protocol/messages.h"
@@ -64,10 +65,20 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
     route.any_shard = true;
     return ScatterStart::NotScattered;
   }
-  if (!deferred_begin_.empty()) {
+  // A transaction whose BEGIN pgvalve holds back has run nothing on any server yet. A read
+  // then runs on the shards outside it: at READ COMMITTED each statement takes a snapshot of its
+  // own and the transaction has no writes of its own to see, so the answer is the one it would
+  // get inside. (REPEATABLE READ and SERIALIZABLE share one snapshot between statements.)
+  if (!deferred_begin_.empty() && route.write) {
     return refuse("0A000",
-                  "a transaction on a sharded database stays on one shard; run it outside the "
-                  "transaction");
+                  "pgvalve runs a write over several shards as a transaction of its own; run it "
+                  "outside the client's transaction (autocommit)");
+  }
+  if (!deferred_begin_.empty() && !deferred_read_committed()) {
+    return refuse("0A000",
+                  "this transaction's isolation level (REPEATABLE READ or SERIALIZABLE) shares "
+                  "one snapshot between its statements, which a read over several shards cannot "
+                  "join; run it outside the transaction, or at READ COMMITTED");
   }
   const std::uint64_t fingerprint = fingerprint_of(request.sql);
   // A write's answers are its row counts (and rows it RETURNs): concatenated and added up.
@@ -476,13 +487,30 @@ void Session::settle_scatter(std::string& into, Actions& out) {
   finish_scatter(into, out);
 }
 
+bool Session::deferred_read_committed() const {
+  const auto stronger = [](std::string_view text) {
+    const std::string folded = lower(text);
+    return folded.find("repeatable") != std::string::npos ||
+           folded.find("serializable") != std::string::npos;
+  };
+  if (stronger(deferred_begin_)) return false;
+  for (const char* name :
+       {"default_transaction_isolation", "transaction_isolation", "session_characteristics"}) {
+    if (const Setting* s = client_settings_.find(name); s && stronger(s->value)) return false;
+  }
+  return true;
+}
+
 void Session::finish_scatter(std::string& into, Actions& out) {
   Workspace& w = work();
   // read_your_writes = time: the client's reads go to primaries for the window after a write
   // (with lsn, each committed shard's mark moved as its WAL position came).
   if (w.scatter.scatter->write() && w.scatter.commit) last_write_at_ = now_;
   const std::size_t answer_from = into.size();
-  w.scatter.scatter->finish(into);
+  // A read inside a transaction pgvalve holds the BEGIN of: the client stays in it, unless the
+  // read failed, which ends it as any refusal there does (nothing ran on a server).
+  if (w.scatter.scatter->failed()) deferred_begin_.clear();
+  w.scatter.scatter->finish(into, client_tx_status());
   if (recorder_) {
     // The client's one statement, once for its fingerprint.
     stats::Execution e = scatter_execution(stats::Execution::Scope::Gathered);

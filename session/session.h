@@ -287,6 +287,9 @@ class Session {
   void end_copy(Actions& out);
   void copy_part_answered(Link& l, Actions& out);
   char client_tx_status() const { return deferred_begin_.empty() ? 'I' : 'T'; }
+  // The transaction whose BEGIN is held back runs at READ COMMITTED (its BEGIN and the client's
+  // settings ask for nothing stronger).
+  bool deferred_read_committed() const;
   // ---- a transaction over several shards (shard_transaction.cpp) ----
   // The client's transaction is open on `l` and nothing is outstanding: its request goes to the
   // shard it names (`l` becomes that shard's link), which joins the transaction when it is not

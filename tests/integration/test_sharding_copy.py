@@ -188,7 +188,7 @@ def test_copies_pgvalve_cannot_route_by_row_are_refused(two_pc, pgvalve):
         with pytest.raises(psycopg.Error) as e:
             with conn.cursor().copy("COPY telemetry (device_id) FROM STDIN") as copy:
                 copy.write_row((3,))
-        assert e.value.sqlstate == "0A000" and "outside the transaction" in str(e.value)
+        assert e.value.sqlstate == "0A000" and "outside the client's transaction" in str(e.value)
     assert rows_on(two_pc[0]) == [(2, 1, 0.5, "x")]
     assert rows_on(two_pc[1]) == []
 

@@ -234,3 +234,37 @@ def test_a_shard_lost_between_prepare_and_commit_is_reported_in_show_shards(two_
         wait_until(lambda: shards()["s1"]["prepared"] == "0", 15,
                    message="SHOW SHARDS no longer counts it")
     assert rows(two_pc[1], "archive") == []
+
+
+def test_reads_over_every_shard_in_a_drivers_default_transaction(two_pc, pgvalve):
+    """psycopg outside autocommit opens a transaction before a connection's first statement (as
+    PgJDBC does with autocommit off). Reads over every shard as its first statements run outside
+    it, at READ COMMITTED, and the client stays in its transaction; once the transaction has run
+    on a shard, or at REPEATABLE READ, such a read is refused."""
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    d0, d1, d1b = devices()
+    with pv.connect(autocommit=True) as conn:
+        for d in (d0, d1, d1b):
+            conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 1)", (d,))
+    in_transaction = psycopg.pq.TransactionStatus.INTRANS
+    with pv.connect(autocommit=False) as conn:
+        assert conn.execute("SELECT count(*) FROM telemetry").fetchone() == (3,)
+        assert conn.info.transaction_status == in_transaction
+        assert [r[0] for r in conn.execute(
+            "SELECT device_id FROM telemetry ORDER BY device_id").fetchall()] == sorted(
+                [d0, d1, d1b])
+        conn.commit()
+        # After a statement on a shard, a read over every shard would not see the
+        # transaction's own writes: refused.
+        conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 2)", (d0,))
+        with pytest.raises(psycopg.Error) as e:
+            conn.execute("SELECT count(*) FROM telemetry")
+        assert e.value.sqlstate == "0A000" and "before its first statement" in str(e.value)
+        conn.rollback()
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        with pytest.raises(psycopg.Error) as e:
+            conn.execute("SELECT count(*) FROM telemetry")
+        assert e.value.sqlstate == "0A000" and "snapshot" in str(e.value), e.value
+        conn.rollback()
+    assert sorted(rows(two_pc[0]) + rows(two_pc[1])) == sorted((d, 1.0) for d in (d0, d1, d1b))

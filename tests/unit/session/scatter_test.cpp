@@ -231,13 +231,55 @@ TEST_F(Scatter, WhatCannotRunAcrossShardsIsRefusedWithoutAServer) {
   EXPECT_EQ(sqlstates_in(s.to_client), "0A000");
 }
 
-TEST_F(Scatter, InsideATransactionAReadOverSeveralShardsIsRefused) {
+// psycopg and PgJDBC open a transaction before a connection's first statement unless it is in
+// autocommit: a read over several shards as that transaction's first statements runs outside
+// it (at READ COMMITTED it sees what it would inside), and the client stays in its transaction.
+TEST_F(Scatter, AReadBeforeATransactionRanAnythingRunsOutsideIt) {
   Step s = h.client(query("BEGIN"));
   EXPECT_EQ(statuses_in(s.to_client), "T");
-  s = h.client(query("SELECT count(*) FROM telemetry"));
+  const auto [to_s0, to_s1] = start(query("SELECT count(*) FROM telemetry"));
+  EXPECT_EQ(queries_in(to_s0), std::vector<std::string>{"SELECT count(*) FROM telemetry"})
+      << "no BEGIN: the read runs outside the transaction";
+  h.server(int8_description() + data_row({"2"}) + complete("SELECT 1") + ready(), T0, 0);
+  s = h.server(int8_description() + data_row({"3"}) + complete("SELECT 1") + ready(), T0, 1);
+  EXPECT_EQ(values_in(s.to_client), std::vector<std::string>{"5"});
+  EXPECT_EQ(statuses_in(s.to_client), "T") << "the client is still in its transaction";
+  // Its COMMIT is answered by pgvalve: nothing ran inside the transaction.
+  s = h.client(query("COMMIT"));
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(tags_of(s.to_client), "CZ");
+  EXPECT_EQ(statuses_in(s.to_client), "I");
+}
+
+TEST_F(Scatter, AFailedReadBeforeATransactionRanAnythingEndsIt) {
+  h.client(query("BEGIN"));
+  start(query("SELECT count(*) FROM telemetry"));
+  h.server(error_result("42P01"), T0, 0);
+  const Step s =
+      h.server(int8_description() + data_row({"3"}) + complete("SELECT 1") + ready(), T0, 1);
+  EXPECT_EQ(sqlstates_in(s.to_client), "42P01");
+  EXPECT_EQ(statuses_in(s.to_client), "I") << "as any refusal of a deferred transaction's first "
+                                              "statement: nothing ran on a server";
+}
+
+TEST_F(Scatter, InsideARepeatableReadTransactionAReadOverSeveralShardsIsRefused) {
+  for (const char* begin : {"BEGIN ISOLATION LEVEL REPEATABLE READ",
+                            "START TRANSACTION ISOLATION LEVEL SERIALIZABLE"}) {
+    Step s = h.client(query(begin));
+    EXPECT_EQ(statuses_in(s.to_client), "T");
+    s = h.client(query("SELECT count(*) FROM telemetry"));
+    EXPECT_FALSE(s.check_out) << begin;
+    EXPECT_EQ(sqlstates_in(s.to_client), "0A000");
+    EXPECT_NE(errors_in(s.to_client)[0].message.find("snapshot"), std::string::npos);
+  }
+}
+
+TEST_F(Scatter, InsideATransactionAWriteOverSeveralShardsIsRefused) {
+  h.client(query("BEGIN"));
+  const Step s = h.client(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
   EXPECT_FALSE(s.check_out);
   EXPECT_EQ(sqlstates_in(s.to_client), "0A000");
-  EXPECT_NE(errors_in(s.to_client)[0].message.find("stays on one shard"), std::string::npos);
+  EXPECT_NE(errors_in(s.to_client)[0].message.find("autocommit"), std::string::npos);
 }
 
 TEST_F(Scatter, ADescribeAloneGoesToOneShard) {
