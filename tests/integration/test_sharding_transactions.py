@@ -183,13 +183,13 @@ def test_pgjdbc_transactions_over_shards_commit_and_roll_back_whole(two_pc, pgva
 
 
 def test_a_shard_lost_between_prepare_and_commit_is_reported_in_show_shards(two_pc, pgvalve):
-    """s0's PREPARE runs a deferred trigger that sleeps while s1 prepares; s1 is then killed.
+    """s0's PREPARE runs a deferred trigger that sleeps (5 s) while s1 prepares; s1 is then killed.
     The transaction rolls back on s0, the client's COMMIT fails naming the prepared part and
     SHOW SHARDS, which counts it once s1 is back, until an operator rolls it back."""
     prepare_schema(two_pc)
     s0 = two_pc[0].primary
     s0.psql("CREATE OR REPLACE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
-            "$$BEGIN PERFORM pg_sleep(2); RETURN NULL; END$$", dbname=APP_DB)
+            "$$BEGIN PERFORM pg_sleep(5); RETURN NULL; END$$", dbname=APP_DB)
     s0.psql("CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON archive DEFERRABLE "
             "INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow()", dbname=APP_DB)
     pv = pgvalve(users=APP_AND_OPS, **config(two_pc))
