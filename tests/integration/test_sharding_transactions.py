@@ -183,9 +183,9 @@ def test_pgjdbc_transactions_over_shards_commit_and_roll_back_whole(two_pc, pgva
 
 
 def test_a_shard_lost_between_prepare_and_commit_is_reported_in_show_shards(two_pc, pgvalve):
-    """s0's PREPARE runs a deferred trigger that sleeps (5 s) while s1 prepares; s1 is then killed.
-    The transaction rolls back on s0, the client's COMMIT fails naming the prepared part and
-    SHOW SHARDS, which counts it once s1 is back, until an operator rolls it back."""
+    """s0's PREPARE runs a deferred trigger that sleeps (5 s) while s1 prepares; s1 is then
+    killed. The transaction rolls back on s0, the client's COMMIT fails naming the prepared part
+    and SHOW SHARDS, which counts it once s1 is back, until an operator rolls it back."""
     prepare_schema(two_pc)
     s0 = two_pc[0].primary
     s0.psql("CREATE OR REPLACE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
