@@ -177,7 +177,7 @@ const Actions& Session::on_linked(ServerState& server, Clock::time_point now) {
     link_join(l, out);
     return out;
   }
-  l.first_routed = router_.sharded();
+  l.first_routed = router_.sharded() && !work().tx.route_again;
   l.may_write = router_.splits() && pending_route_.kind == routing::Route::Kind::Primary &&
                 pending_route_.write;
   l.last_activity = now;
@@ -235,6 +235,7 @@ const Actions& Session::on_checkout_failed(std::string_view sqlstate, std::strin
   // The request is answered with an error and ReadyForQuery 'I': a BEGIN held back for it is
   // forgotten with it, or the client's next statement would run in a transaction it ended.
   deferred_begin_.clear();
+  w.tx.route_again = false;
   if (pending_link_ != 0 && linked(0)) {
     // A session-mode read meant for a replica: the client's own server answers it (a read
     // being retried too).
@@ -422,7 +423,7 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
     if (terminate) close_with({}, {}, out);
     return out;
   }
-  if (router_.sharded() && !scattering() && !l->busy() && !l->reserved &&
+  if (router_.sharded() && !scattering() && !l->busy() && (!l->reserved || w.tx.route_again) &&
       l->server->tx_status != 'I' && route_in_transaction(frames, l, out)) {
     return out;
   }
@@ -804,11 +805,23 @@ std::pair<std::string_view, std::string> Session::shard_conflict(Link& l, std::s
   if (route.kind != routing::Route::Kind::Shards && route.shard == l.route.shard) return {};
   const std::string& here = sharding.shard_names.at(l.route.shard);
   if (route.kind == routing::Route::Kind::Shards) {
+    // Why it could not run on the transaction's parts (route_in_transaction), said once.
+    if (!tx.scatter_refusal.empty()) {
+      std::string message = std::move(tx.scatter_refusal);
+      tx.scatter_refusal.clear();
+      return {tx.refusal_sqlstate, std::move(message)};
+    }
+    if (!tx.refusal.empty()) {
+      std::string message = "pgvalve: this transaction runs on shard " + here +
+                            ", and this statement needs shard " +
+                            sharding.shard_names.at(tx.refused_shard) + " too, which " + tx.refusal;
+      tx.refusal.clear();
+      return {tx.refusal_sqlstate, std::move(message)};
+    }
     return {kNotSupported,
-            "pgvalve: this transaction runs on shard " + here +
-                ", and this statement needs several shards, which a transaction runs only "
-                "before its first statement on a shard (a read, at READ COMMITTED): name one " +
-                sharding.key + ", or run it outside the transaction or before the others"};
+            "pgvalve: this statement needs several shards and comes in one request with "
+            "statements for shard " +
+                here + "; send it in a Query, or with a Sync, of its own"};
   }
   const std::string& there = sharding.shard_names.at(route.shard);
   if (l.server->tx_status == 'I') {
@@ -826,6 +839,7 @@ std::pair<std::string_view, std::string> Session::shard_conflict(Link& l, std::s
     std::string message = "pgvalve: this transaction runs on shard " + here + ", and this " +
                           "statement's " + sharding.key + " lives on shard " + there + ", which " +
                           tx.refusal;
+    tx.scatter_refusal.clear();
     tx.refusal.clear();
     return {tx.refusal_sqlstate, std::move(message)};
   }

@@ -19,7 +19,8 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
                            std::string_view param_types, const routing::ScatterPlan& plan,
                            const routing::ShardStatement& statement, int shards,
                            std::size_t max_bytes, std::size_t max_message_bytes,
-                           std::string_view gid, const std::vector<Part>* parts, bool copy) {
+                           std::string_view gid, const std::vector<Part>* parts, bool copy,
+                           bool write) {
   const std::string_view text = statement.sql.empty() ? sql : std::string_view(statement.sql);
   std::string_view bind_rest;
   bool synced = false;
@@ -77,7 +78,8 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
       (steps_.find('B') == std::string::npos || steps_.find('E') == std::string::npos)) {
     return "the request does not execute a statement";
   }
-  write_ = !gid.empty();
+  write_ = write || !gid.empty();
+  const bool wrap = !gid.empty();
   const bool statement_described = steps_.find('S') != std::string::npos;
   auto build = [&](std::string& out, std::string_view statement_text, std::string_view types,
                    std::string_view rest) {
@@ -88,7 +90,7 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
       unhinted.assign(text.substr(0, hint.begin)).append(text.substr(hint.end));
       text = unhinted;
     }
-    if (write_) pr::append_query(out, "BEGIN");
+    if (wrap) pr::append_query(out, "BEGIN");
     if (steps_ == "Q") {
       pr::append_query(out, text);
     } else {
@@ -99,7 +101,7 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
       pr::append_execute(out, "", 0);
       pr::append_sync(out);
     }
-    if (write_ && !copy) pr::append_query(out, "PREPARE TRANSACTION '" + std::string(gid) + "'");
+    if (wrap && !copy) pr::append_query(out, "PREPARE TRANSACTION '" + std::string(gid) + "'");
   };
   if (parts != nullptr) {
     for (const Part& part : *parts) {

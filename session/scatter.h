@@ -37,6 +37,8 @@ class Scatter {
   // `parts`, when given: each shard runs a statement of its own (an INSERT whose rows were
   // split between shards), one per shard in shard order. `copy`: a write that is a COPY FROM
   // STDIN; its request ends with the COPY, as the PREPARE TRANSACTION can only follow its data.
+  // `write` without a `gid`: a write that runs inside the client's transaction (its answers are
+  // counted as a write's, and nothing wraps it).
   struct Part {
     std::string sql;
     std::string param_types;  // raw, as in Parse
@@ -46,9 +48,10 @@ class Scatter {
                     const routing::ScatterPlan& plan, const routing::ShardStatement& statement,
                     int shards, std::size_t max_bytes, std::size_t max_message_bytes,
                     std::string_view gid = {}, const std::vector<Part>* parts = nullptr,
-                    bool copy = false);
-  // A write (start() got a `gid`): each shard runs it between BEGIN and PREPARE TRANSACTION
-  // 'gid'; the session commits or rolls back the prepared parts.
+                    bool copy = false, bool write = false);
+  // A write: with a `gid`, each shard runs it between BEGIN and PREPARE TRANSACTION 'gid' and
+  // the session commits or rolls back the prepared parts; without, it runs in the client's
+  // transaction.
   bool write() const { return write_; }
 
   // What shard `shard` (0 is the first taking part) is sent.

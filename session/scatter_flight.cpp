@@ -7,7 +7,9 @@
 // client's transaction (a read may run while the transaction has run nothing yet, outside it),
 // and an error from any shard, a lost shard or a shard without a server is the client's one
 // error.
+#include <algorithm>
 #include <bit>
+#include <cassert>
 
 #include "protocol/messages.h"
 #include "session/limits.h"
@@ -27,7 +29,8 @@ const routing::ScatterPlan& concatenated() {
 }
 
 Session::ScatterStart Session::start_scatter(std::string_view frames, const RequestText& request,
-                                             routing::Route& route, Actions& out) {
+                                             routing::Route& route, Actions& out,
+                                             bool in_transaction) {
   const routing::ShardingPolicy& sharding = *router_.sharding();
   const std::string hint = "name one " + sharding.key + " (WHERE " + sharding.key +
                            " = ...), or add /* pgvalve: " + sharding.key +
@@ -69,16 +72,13 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
   // then runs on the shards outside it: at READ COMMITTED each statement takes a snapshot of its
   // own and the transaction has no writes of its own to see, so the answer is the one it would
   // get inside. (REPEATABLE READ and SERIALIZABLE share one snapshot between statements.)
-  if (!deferred_begin_.empty() && route.write) {
-    return refuse("0A000",
-                  "pgvalve runs a write over several shards as a transaction of its own; run it "
-                  "outside the client's transaction (autocommit)");
-  }
-  if (!deferred_begin_.empty() && !deferred_read_committed()) {
-    return refuse("0A000",
-                  "this transaction's isolation level (REPEATABLE READ or SERIALIZABLE) shares "
-                  "one snapshot between its statements, which a read over several shards cannot "
-                  "join; run it outside the transaction, or at READ COMMITTED");
+  if (!in_transaction && !deferred_begin_.empty() && (route.write || !deferred_read_committed())) {
+    // A write, or a read that must share the transaction's snapshot: the transaction starts on
+    // the first shard the statement needs, and the statement is routed again there, to run on
+    // every shard's part of it (route_in_transaction).
+    route = routing::Route::primary(static_cast<std::uint16_t>(std::countr_zero(route.shards)));
+    work().tx.route_again = true;
+    return ScatterStart::NotScattered;
   }
   const std::uint64_t fingerprint = fingerprint_of(request.sql);
   // A write's answers are its row counts (and rows it RETURNs): concatenated and added up.
@@ -95,8 +95,9 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
   const int shards = std::popcount(route.shards);
   // A write runs in a transaction on each shard, prepared there, and committed on all of them
   // only when every shard prepared it (two-phase commit).
+  // (Inside the client's transaction, its parts are the transaction's, committed with it.)
   std::string gid;
-  if (route.write) gid = two_phase_gid();
+  if (route.write && !in_transaction) gid = two_phase_gid();
   // An INSERT whose rows belong to several shards: each shard gets its own rows.
   std::vector<Scatter::Part> parts;
   if (route.split_rows) {
@@ -123,9 +124,10 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
       return refuse("0A000", "pgvalve could not place this INSERT's rows on their shards");
     }
   }
-  const std::string why = scatter->start(
-      frames.substr(0, end), request.sql, request.param_types, plan, statement, shards,
-      kMaxGatheredBytes, options_.max_message_bytes, gid, route.split_rows ? &parts : nullptr);
+  const std::string why =
+      scatter->start(frames.substr(0, end), request.sql, request.param_types, plan, statement,
+                     shards, kMaxGatheredBytes, options_.max_message_bytes, gid,
+                     route.split_rows ? &parts : nullptr, false, route.write);
   if (!why.empty()) return refuse("0A000", "pgvalve cannot run it across shards: " + why);
 
   // A Parse of a named statement defines it for the client's later Binds, as on one shard.
@@ -157,6 +159,33 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
       }
       define_statement(parse->statement, parse->query, parse->param_types);
     }
+  }
+
+  if (in_transaction) {
+    // Every shard it needs has joined the client's transaction (route_in_transaction): each
+    // part runs on its shard's server, all at once, and the servers stay the transaction's.
+    open_scatter_run(std::move(scatter), {}, fingerprint, {});
+    auto& run = w.scatter;
+    run.in_transaction = true;
+    int index = 0;
+    for (std::uint64_t rest = route.shards; rest != 0; rest &= rest - 1) {
+      const auto shard = static_cast<std::uint16_t>(std::countr_zero(rest));
+      Link* part = nullptr;
+      for (Link& o : w.links) {
+        if (o.server && o.route.shard == shard) part = &o;
+      }
+      assert(part != nullptr);
+      part->scatter_shard = index++;
+      part->last_activity = now_;
+      const std::string_view sent = run.scatter->request(part->scatter_shard);
+      out.to_links.push_back({part->id, {sent.data(), sent.size()}});
+      expect_own_answer(*part, kActionScatter);
+      ++run.open;
+    }
+    if (recorder_) recorder_->stats->prepare(fingerprint, request.sql, recorder_->labels);
+    out.consumed = end;
+    enter(SessionState::Scattering);
+    return ScatterStart::Started;
   }
 
   std::vector<routing::Route> routes;
@@ -352,6 +381,13 @@ void Session::scatter_answered(Link& l, std::uint8_t action, std::string& into, 
   auto& run = work().scatter;
   switch (action) {
     case kActionScatter:
+      if (run.in_transaction) {
+        // Its part is answered; the server stays the transaction's.
+        record_scatter_part(l);
+        l.scatter_shard = -1;
+        if (--run.open == 0) finish_scatter(into, out);
+        return;
+      }
       if (!run.scatter->write()) end_scatter_link(l, LinkOp::Kind::Release, into, out);
       return;
     case kActionScatterCopy:
@@ -412,6 +448,19 @@ void Session::end_scatter_link(Link& l, LinkOp::Kind how, std::string& into, Act
                                std::string_view lost) {
   auto& run = work().scatter;
   const bool answering = l.in_flight > 0 || !l.pending.empty();
+  if (run.in_transaction) {
+    // A part of the client's transaction is lost (or silent): the transaction is over on every
+    // part once the others have answered (finish_scatter).
+    run.lost = true;
+    run.scatter->fail("08006", lost.empty() ? std::string_view("pgvalve: a shard's server was "
+                                                               "lost; the transaction was rolled "
+                                                               "back, run it again")
+                                            : lost);
+    const bool unanswered = l.scatter_shard >= 0;
+    unlink(l.id, how, out);
+    if (unanswered && --run.open == 0) finish_scatter(into, out);
+    return;
+  }
   if (how != LinkOp::Kind::Release && run.scatter->write() && (l.prepared || l.finishing)) {
     // Lost with its part prepared (or being committed): the transaction stays prepared there.
     if (!run.deciding) {
@@ -507,10 +556,24 @@ void Session::finish_scatter(std::string& into, Actions& out) {
   // (with lsn, each committed shard's mark moved as its WAL position came).
   if (w.scatter.scatter->write() && w.scatter.commit) last_write_at_ = now_;
   const std::size_t answer_from = into.size();
-  // A read inside a transaction pgvalve holds the BEGIN of: the client stays in it, unless the
-  // read failed, which ends it as any refusal there does (nothing ran on a server).
-  if (w.scatter.scatter->failed()) deferred_begin_.clear();
-  w.scatter.scatter->finish(into, client_tx_status());
+  const bool in_transaction = w.scatter.in_transaction;
+  char status = 'I';
+  bool abandon = false;
+  if (in_transaction) {
+    // Inside the client's transaction: a part's error aborted it ('E'), as on one server. A
+    // failure no server saw (a part lost, rows past pgvalve's bound) ends it on every part.
+    const bool part_failed = std::any_of(w.links.begin(), w.links.end(), [](const Link& o) {
+      return o.server && o.server->tx_status == 'E';
+    });
+    abandon = w.scatter.scatter->failed() && (!part_failed || w.scatter.lost);
+    status = abandon ? 'I' : (part_failed ? 'E' : 'T');
+  } else {
+    // A read inside a transaction pgvalve holds the BEGIN of: the client stays in it, unless
+    // the read failed, which ends it as any refusal there does (nothing ran on a server).
+    if (w.scatter.scatter->failed()) deferred_begin_.clear();
+    status = client_tx_status();
+  }
+  w.scatter.scatter->finish(into, status);
   if (recorder_) {
     // The client's one statement, once for its fingerprint.
     stats::Execution e = scatter_execution(stats::Execution::Scope::Gathered);
@@ -533,6 +596,17 @@ void Session::finish_scatter(std::string& into, Actions& out) {
     recorder_->stats->record(e, recorder_->labels);
   }
   w.scatter = {};
+  if (in_transaction && !abandon) {
+    enter(SessionState::Holding);
+    out.resume_client = true;
+    return;
+  }
+  if (in_transaction) {
+    for (Link& o : w.links) {
+      if (o.server) unlink(o.id, LinkOp::Kind::CleanAndRelease, out, "ROLLBACK");
+    }
+    w.tx = {};
+  }
   deliver_queued_notifications(into);
   pending_link_ = 0;
   enter(SessionState::Idle);

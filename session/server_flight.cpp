@@ -206,8 +206,10 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
   }
   emit_synthetic_heads(l);
   // A shard's server waiting for the commit decision sends nothing the client asked for (a
-  // FATAL as it goes down is followed by on_server_lost).
-  if (l.pending.empty() && l.scatter_shard >= 0) return passed;
+  // FATAL as it goes down is followed by on_server_lost); nor does a part of the client's
+  // transaction that answered while the others still gather: nothing may come between the
+  // gathered answer's messages.
+  if (l.pending.empty() && (l.scatter_shard >= 0 || scattering())) return passed;
   if (l.pending.empty()) {
     pass();  // a notice or notification between requests
     return passed;
@@ -523,7 +525,21 @@ void Session::apply_note(const Note& note, Link& l, Actions& out) {
 void Session::settle(Link& l, LinkId id, Actions& out) {
   if (l.syncing || l.reserved || state_ == SessionState::Closing) return;
   if (l.scatter_shard >= 0) return;  // goes when its part is answered (end_scatter_link)
+  if (scattering()) return;          // a part of the client's transaction: the gather decides
   if (work().tx.ending) return;      // goes once the transaction's end is decided
+  if (work().tx.joining) {
+    // Another part answered while a shard joins the transaction (its server sent what nobody
+    // asked for): the join's end decides what comes next, unless that part's transaction ended.
+    if (l.server->tx_status == 'I') {
+      abandon_shard_transaction(
+          "pgvalve: a shard's part of this transaction ended on its own; the transaction was "
+          "rolled back on the other shards",
+          out);
+      // (While the joining shard's checkout is under way, the session still waits for it.)
+      if (state_ != SessionState::WaitingForServer) enter_between_requests();
+    }
+    return;
+  }
   if (l.busy()) {
     enter(SessionState::Active);
     return;

@@ -648,7 +648,7 @@ bool Session::retry_elsewhere(Link& l, LinkId id, Actions& out) {
 // gets it too.
 void Session::lose_link(Link& l, LinkId id, std::string_view message, LinkOp::Kind kind,
                         Actions& out) {
-  if (l.scatter_shard >= 0 && scattering()) {
+  if (scattering() && (l.scatter_shard >= 0 || work_->scatter.in_transaction)) {
     end_scatter_link(l, kind, out.outbox, out, message);
     return;
   }

@@ -256,8 +256,10 @@ class Session {
   // not here yet; NotScattered: `route` is now a refusal, or one shard (a request that executes
   // nothing).
   enum class ScatterStart : std::uint8_t { Started, Waiting, NotScattered };
+  // `in_transaction`: it runs on the servers of the client's transaction, every shard it needs
+  // having joined it (route_in_transaction).
   ScatterStart start_scatter(std::string_view frames, const RequestText& request,
-                             routing::Route& route, Actions& out);
+                             routing::Route& route, Actions& out, bool in_transaction = false);
   std::string two_phase_gid();
   std::string_view scatter_decision_sql();
   void open_scatter_run(std::unique_ptr<Scatter> scatter, std::vector<routing::Route> routes,
@@ -296,6 +298,7 @@ class Session {
   // in it yet. True when the step ends here (the request waits, a shard joins, or the request
   // was the COMMIT or ROLLBACK of a transaction over several shards).
   bool route_in_transaction(std::string_view frames, Link*& l, Actions& out);
+  bool join_shard(std::uint16_t shard, Link& l, Actions& out);
   // Why the transaction on `l` cannot take another shard; empty when it can.
   std::string join_obstacle(const Link& l) const;
   // Why `sql` may not run in a transaction over several shards; empty when it may.

@@ -307,6 +307,10 @@ struct Workspace {
     std::string decision;      // a Query message of decision_sql (and of wal_position_message)
     bool wal_after = false;    // the commit is followed by the primary's WAL position
     std::string decision_sql;  // COMMIT PREPARED or ROLLBACK PREPARED 'gid'
+    // Run on the servers of the client's transaction over several shards (shard_transaction.cpp):
+    // nothing is checked out or given back; `lost`: one of them was lost meanwhile.
+    bool in_transaction = false;
+    bool lost = false;
     std::uint64_t fingerprint = 0;
     Clock::time_point started{};
     // COPY FROM STDIN over several shards (copy_flight.cpp): the client's rows cut and routed,
@@ -328,7 +332,10 @@ struct Workspace {
   struct ShardTransaction {
     std::string begin;  // the BEGIN (and SET TRANSACTION) that opened it, for joining shards
     bool begin_too_long = false;  // ... past kMaxDeferredBegin: not kept, no shard joins
-    bool joining = false;         // a shard's server is being checked out or runs the BEGIN
+    // The request the transaction's first server was checked out for needs several shards: it
+    // is routed again once that server runs the BEGIN.
+    bool route_again = false;
+    bool joining = false;  // a shard's server is being checked out or runs the BEGIN
     // The transaction was abandoned (a part lost) while that checkout was under way: the server
     // it brings goes straight back.
     bool abandoned = false;
@@ -339,6 +346,9 @@ struct Workspace {
     // checkout's error), for the refusal that statement gets on the current shard.
     std::string refusal_sqlstate;
     std::string refusal;
+    std::uint16_t refused_shard = 0;  // the shard that could not join
+    // A statement over several shards that cannot run on the transaction's parts: its refusal.
+    std::string scatter_refusal;
     // COMMIT or ROLLBACK of a transaction that spans shards, being carried out.
     bool ending = false;
     bool commit = false;    // the client committed and no part had failed

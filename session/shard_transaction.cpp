@@ -13,6 +13,7 @@
 // (advisory locks, temporary objects, cursors WITH HOLD, SQL PREPARE, LISTEN). A transaction that
 // changed settings, made a savepoint or holds such state does not take a second shard.
 #include <algorithm>
+#include <bit>
 #include <charconv>
 #include <optional>
 
@@ -61,6 +62,11 @@ bool Session::several_servers() const {
 bool Session::route_in_transaction(std::string_view frames, Link*& l, Actions& out) {
   Workspace& w = work();
   auto& tx = w.tx;
+  if (tx.joining) return false;
+  if (tx.route_again) {
+    tx.route_again = false;
+    l->reserved = false;
+  }
   if (tx.spans) {
     if (end_shard_transaction(frames, out)) return true;
     // After an error PostgreSQL answers everything but the transaction's end with 25P02: the
@@ -84,23 +90,57 @@ bool Session::route_in_transaction(std::string_view frames, Link*& l, Actions& o
   const BindParams params(request.bind_rest, request.param_types);
   context.params = request.bound ? &params : nullptr;
   context.fingerprint = fingerprint_of(request.sql);
-  const routing::Route route = router_.route(request.sql, context);
+  routing::Route route = router_.route(request.sql, context);
+  auto part_of = [&](std::uint16_t shard) -> Link* {
+    for (Link& o : w.links) {
+      if (o.server && o.route.shard == shard) return &o;
+    }
+    return nullptr;
+  };
+  if (route.kind == routing::Route::Kind::Shards && !route.copy_rows) {
+    // A statement over several shards: each shard it needs joins first, one after the other;
+    // then it runs on their parts of the transaction. (What cannot is refused on the current
+    // shard, as an error would end the transaction: shard_conflict().)
+    if (!tx.refusal.empty() || !tx.scatter_refusal.empty()) return false;
+    for (std::uint64_t rest = route.shards; rest != 0; rest &= rest - 1) {
+      const auto shard = static_cast<std::uint16_t>(std::countr_zero(rest));
+      if (!part_of(shard)) return join_shard(shard, *l, out);
+    }
+    switch (start_scatter(frames, request, route, out, true)) {
+      case ScatterStart::Started:
+      case ScatterStart::Waiting:
+        return true;
+      case ScatterStart::NotScattered:
+        if (route.kind == routing::Route::Kind::Refuse) {
+          tx.refusal_sqlstate = route.refusal->sqlstate;
+          tx.scatter_refusal = route.refusal->message;
+        }
+        return false;  // a refusal, or a Parse or Describe alone: on the current shard
+    }
+    return false;
+  }
   const bool one_shard =
       route.kind == routing::Route::Kind::Primary || route.kind == routing::Route::Kind::Replica;
   if (!one_shard || route.any_shard || route.shard == l->route.shard) return false;
-  for (Link& o : w.links) {
-    if (o.server && o.route.shard == route.shard) {
-      tx.current = o.id;
-      l = &o;
-      return false;
-    }
+  if (Link* o = part_of(route.shard)) {
+    tx.current = o->id;
+    l = o;
+    return false;
   }
-  // The shard joins the transaction, unless it cannot (the request is then refused on the
-  // current shard, which ends the transaction's hope as an error would: shard_conflict()).
   if (!tx.refusal.empty()) return false;
-  if (std::string why = join_obstacle(*l); !why.empty()) {
+  return join_shard(route.shard, *l, out);
+}
+
+// `shard` joins the transaction on `l`, unless it cannot: then the request is refused on the
+// current shard, which ends the transaction as an error would (shard_conflict()). True when
+// its server is being checked out.
+bool Session::join_shard(std::uint16_t shard, Link& l, Actions& out) {
+  Workspace& w = work();
+  auto& tx = w.tx;
+  if (std::string why = join_obstacle(l); !why.empty()) {
     tx.refusal_sqlstate = "0A000";
     tx.refusal = std::move(why);
+    tx.refused_shard = shard;
     return false;
   }
   LinkId id = 0;
@@ -108,8 +148,9 @@ bool Session::route_in_transaction(std::string_view frames, Link*& l, Actions& o
     ++id;
   tx.joining = true;
   tx.join_allowed = false;
-  if (!tx.spans) tx.current = l->id;
-  pending_route_ = routing::Route::primary(route.shard);
+  tx.refused_shard = shard;  // named in the refusal if it cannot join
+  if (!tx.spans) tx.current = l.id;
+  pending_route_ = routing::Route::primary(shard);
   pending_link_ = id;
   out.check_out = true;
   out.route = pending_route_;

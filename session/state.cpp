@@ -47,7 +47,8 @@ bool transition_allowed(SessionState from, SessionState to) {
     case S::Scattering:
       // Idle: every shard answered. WaitingForServer: (while shards answer) the next shard's
       // server is checked out. Copying: every shard of a COPY FROM STDIN takes its data.
-      return to == S::Idle || to == S::WaitingForServer || to == S::Copying;
+      // Holding: a statement over the shards of the client's transaction was answered.
+      return to == S::Idle || to == S::WaitingForServer || to == S::Copying || to == S::Holding;
     case S::Copying:
       return to == S::Scattering;
     case S::Ending:
@@ -64,7 +65,7 @@ bool transition_allowed(SessionState from, SessionState to) {
       // session-mode client's read goes to a replica while it keeps its own server, or a shard
       // joins the client's transaction. Ending: a transaction over several shards ends.
       return to == S::Active || to == S::Idle || to == S::Syncing || to == S::WaitingForServer ||
-             to == S::Ending;
+             to == S::Ending || to == S::Scattering;
     case S::WaitingForHub:
       return to == S::Idle;
     case S::Closing:

@@ -24,6 +24,7 @@
 //        ──linked──► Syncing (BEGIN there) ──► Holding (the transaction spans both)
 //   Holding (a transaction over several shards) ──COMMIT or ROLLBACK──► Ending ──every part
 //        prepared and committed, or rolled back──► Idle
+//   Holding ──a statement over the transaction's shards──► Scattering ──gathered──► Holding
 //   any ──client gone, Terminate, fatal error, drained──► Closing
 #pragma once
 

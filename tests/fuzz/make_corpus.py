@@ -305,6 +305,26 @@ def session_seeds() -> dict:
                              + reused + answer(1, everything) + answer(1)
                              + client(0, "select 1/0") + answer(1)
                              + client(0, "commit") + answer() + answer(),
+        # Statements over several shards inside a transaction: each shard joins first (0, then
+        # 2), then the read and the write run on the three parts; COMMIT prepares them. Then a
+        # write over several shards as a transaction's first statement starts it on shard 0.
+        "shard_transaction_scatter": sharded + client(0, "begin")
+                                     + client(0, "INSERT INTO telemetry (device_id, v) VALUES (3, 'c')")
+                                     + fresh + answer() + answer()
+                                     + client(0, "SELECT count(*) FROM telemetry")
+                                     + fresh + answer(1, everything) + fresh
+                                     + answer(2, everything)
+                                     + answer(0) + answer(1) + answer(2)
+                                     + client(0, "/* pgvalve: all_shards */ DELETE FROM telemetry")
+                                     + answer(0) + answer(1) + answer(2)
+                                     + client(0, "commit") + answer(0) + answer(1) + answer(2)
+                                     + answer(1) + answer() + answer()
+                                     + client(0, "begin")
+                                     + client(0, "/* pgvalve: all_shards */ DELETE FROM telemetry")
+                                     + reused + answer() + reused + answer(1, everything)
+                                     + reused + answer(2, everything)
+                                     + answer(0) + answer(1) + answer(2)
+                                     + client(0, "rollback") + answer(0) + answer(0) + answer(0),
         # COPY FROM STDIN over every shard: BEGIN and the COPY on each, then two rows for two
         # shards (CopyData kind 11 | 0x80) and CopyDone; each shard's part is prepared and
         # committed. Then a reference table's COPY that the client fails (kind 12 is CopyDone; a

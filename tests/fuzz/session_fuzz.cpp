@@ -1427,6 +1427,9 @@ class Harness {
   }
 
   void begin_scatter() {
+    // A statement over the shards of the client's transaction runs on the servers it holds.
+    scatter_held_ = std::any_of(std::begin(linked_), std::end(linked_),
+                                [](const ServerState* s) { return s != nullptr; });
     scatter_next_ = 0;
     scatter_last_shard_ = -1;
     scatter_checkouts_ = 0;
@@ -1438,8 +1441,14 @@ class Harness {
   // A statement over several shards was answered.
   void end_scatter() {
     if (session_.state() == SessionState::Closing) return;
-    CHECK(session_.state() == SessionState::Idle);
-    CHECK(session_.link_count() == 0);
+    if (scatter_held_) {
+      // On the client's transaction's servers: they stay, unless the transaction ended.
+      CHECK(session_.state() == SessionState::Holding ||
+            (session_.state() == SessionState::Idle && session_.link_count() == 0));
+    } else {
+      CHECK(session_.state() == SessionState::Idle);
+      CHECK(session_.link_count() == 0);
+    }
     // One answer, ending with its ReadyForQuery.
     CHECK(std::count(scatter_tags_.begin(), scatter_tags_.end(), 'Z') == 1);
     if (scatter_gid_.empty()) return;
@@ -1592,7 +1601,9 @@ class Harness {
     const bool scattering = session_.scattering();
     // A statement or a transaction over several shards.
     const bool several = session_.several_servers();
-    if (several_ && !several) std::erase_if(kept_, [](const Kept& k) { return k.scatter; });
+    if ((several_ && !several) || (scattering_ && !scattering)) {
+      std::erase_if(kept_, [](const Kept& k) { return k.scatter; });
+    }
     check_kept(source, link);
     const SessionState now_state = session_.state();
     if (trace_) print_step(a, source, link, now_state);
@@ -1745,8 +1756,10 @@ class Harness {
     if (scattering) {
       CHECK(now_state == SessionState::WaitingForServer || now_state == SessionState::Scattering ||
             now_state == SessionState::Copying || now_state == SessionState::Closing);
-      for (LinkId i = scatter_next_; i < kMaxLinks; ++i)
-        CHECK(linked_[i] == nullptr);
+      if (!scatter_held_) {
+        for (LinkId i = scatter_next_; i < kMaxLinks; ++i)
+          CHECK(linked_[i] == nullptr);
+      }
     }
     if (!scattering && scattering_) end_scatter();
     if (!several && several_ && !scattering_) end_shard_transaction();
@@ -1962,7 +1975,8 @@ class Harness {
   SessionState state_ = SessionState::LoggingIn;
   // The statement over several shards running now (session_.scattering()).
   bool scattering_ = false;
-  bool several_ = false;  // session_.several_servers() after the last step
+  bool several_ = false;       // session_.several_servers() after the last step
+  bool scatter_held_ = false;  // the statement over several shards runs on held servers
   // A transaction over several shards: how many parts its PREPARE TRANSACTION went to, by gid.
   std::map<std::string, std::size_t> transaction_parts_;
   LinkId scatter_next_ = 0;      // the link its next checkout is for

@@ -236,11 +236,12 @@ def test_a_shard_lost_between_prepare_and_commit_is_reported_in_show_shards(two_
     assert rows(two_pc[1], "archive") == []
 
 
-def test_reads_over_every_shard_in_a_drivers_default_transaction(two_pc, pgvalve):
+def test_statements_over_every_shard_in_a_drivers_default_transaction(two_pc, pgvalve):
     """psycopg outside autocommit opens a transaction before a connection's first statement (as
     PgJDBC does with autocommit off). Reads over every shard as its first statements run outside
-    it, at READ COMMITTED, and the client stays in its transaction; once the transaction has run
-    on a shard, or at REPEATABLE READ, such a read is refused."""
+    it, at READ COMMITTED, and the client stays in its transaction. Later, or at REPEATABLE READ,
+    and for writes, every shard joins the transaction and the statement runs on each part: it sees
+    the transaction's own writes, and commits or rolls back with it."""
     prepare_schema(two_pc)
     pv = pgvalve(**config(two_pc))
     d0, d1, d1b = devices()
@@ -255,16 +256,24 @@ def test_reads_over_every_shard_in_a_drivers_default_transaction(two_pc, pgvalve
             "SELECT device_id FROM telemetry ORDER BY device_id").fetchall()] == sorted(
                 [d0, d1, d1b])
         conn.commit()
-        # After a statement on a shard, a read over every shard would not see the
-        # transaction's own writes: refused.
+        # After a statement on a shard, the read runs on every part and sees the transaction's
+        # own write.
         conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 2)", (d0,))
-        with pytest.raises(psycopg.Error) as e:
-            conn.execute("SELECT count(*) FROM telemetry")
-        assert e.value.sqlstate == "0A000" and "before its first statement" in str(e.value)
+        assert conn.execute("SELECT count(*) FROM telemetry").fetchone() == (4,)
         conn.rollback()
+        # A multi-row INSERT for both shards as the transaction's first statement: each shard
+        # gets its rows inside the transaction; nothing is visible before COMMIT.
+        conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 5), (%s, 5)", (d0, d1))
+        assert rows(two_pc[0]) == [(d0, 1.0)] and sorted(rows(two_pc[1])) == sorted(
+            [(d1, 1.0), (d1b, 1.0)])
+        assert conn.execute("SELECT count(*) FROM telemetry WHERE value = 5").fetchone() == (2,)
+        conn.commit()
+        # At REPEATABLE READ a read over every shard runs on the transaction's parts too.
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        with pytest.raises(psycopg.Error) as e:
-            conn.execute("SELECT count(*) FROM telemetry")
-        assert e.value.sqlstate == "0A000" and "snapshot" in str(e.value), e.value
+        assert conn.execute("SELECT count(*) FROM telemetry").fetchone() == (5,)
+        conn.execute("/* pgvalve: all_shards */ DELETE FROM telemetry WHERE value = 5")
         conn.rollback()
-    assert sorted(rows(two_pc[0]) + rows(two_pc[1])) == sorted((d, 1.0) for d in (d0, d1, d1b))
+    assert sorted(rows(two_pc[0]) + rows(two_pc[1])) == sorted(
+        [(d, 1.0) for d in (d0, d1, d1b)] + [(d0, 5.0), (d1, 5.0)])
+    for node in two_pc:
+        assert prepared_on(node) == []

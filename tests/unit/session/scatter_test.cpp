@@ -18,21 +18,6 @@ routing::ShardingPolicy two_shards() {
   return p;
 }
 
-std::string int8_description(std::string_view name = "count") {
-  std::string out;
-  const std::size_t at = protocol::begin_message(out, 'T');
-  protocol::append_i16(out, 1);
-  protocol::append_cstr(out, name);
-  protocol::append_i32(out, 0);
-  protocol::append_i16(out, 0);
-  protocol::append_i32(out, 20);  // int8
-  protocol::append_i16(out, 8);
-  protocol::append_i32(out, -1);
-  protocol::append_i16(out, 0);
-  protocol::end_message(out, at);
-  return out;
-}
-
 std::vector<std::string> values_in(std::string_view stream) {
   std::vector<std::string> out;
   for (const auto& m : messages_of(stream)) {
@@ -260,26 +245,6 @@ TEST_F(Scatter, AFailedReadBeforeATransactionRanAnythingEndsIt) {
   EXPECT_EQ(sqlstates_in(s.to_client), "42P01");
   EXPECT_EQ(statuses_in(s.to_client), "I") << "as any refusal of a deferred transaction's first "
                                               "statement: nothing ran on a server";
-}
-
-TEST_F(Scatter, InsideARepeatableReadTransactionAReadOverSeveralShardsIsRefused) {
-  for (const char* begin : {"BEGIN ISOLATION LEVEL REPEATABLE READ",
-                            "START TRANSACTION ISOLATION LEVEL SERIALIZABLE"}) {
-    Step s = h.client(query(begin));
-    EXPECT_EQ(statuses_in(s.to_client), "T");
-    s = h.client(query("SELECT count(*) FROM telemetry"));
-    EXPECT_FALSE(s.check_out) << begin;
-    EXPECT_EQ(sqlstates_in(s.to_client), "0A000");
-    EXPECT_NE(errors_in(s.to_client)[0].message.find("snapshot"), std::string::npos);
-  }
-}
-
-TEST_F(Scatter, InsideATransactionAWriteOverSeveralShardsIsRefused) {
-  h.client(query("BEGIN"));
-  const Step s = h.client(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
-  EXPECT_FALSE(s.check_out);
-  EXPECT_EQ(sqlstates_in(s.to_client), "0A000");
-  EXPECT_NE(errors_in(s.to_client)[0].message.find("autocommit"), std::string::npos);
 }
 
 TEST_F(Scatter, ADescribeAloneGoesToOneShard) {

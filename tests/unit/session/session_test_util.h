@@ -18,6 +18,7 @@
 
 #include "protocol/messages.h"
 #include "protocol/prepared_statements.h"
+#include "protocol/wire.h"
 #include "routing/router.h"
 #include "session/session.h"
 #include "tests/support/fresh_server.h"
@@ -138,6 +139,22 @@ inline std::string row_description(std::size_t columns = 1) {
   std::vector<std::string_view> names(columns, "c");
   std::string out;
   protocol::append_row_description(out, names);
+  return out;
+}
+
+// A RowDescription of one int8 column (what count(*) answers).
+inline std::string int8_description(std::string_view name = "count") {
+  std::string out;
+  const std::size_t at = protocol::begin_message(out, 'T');
+  protocol::append_i16(out, 1);
+  protocol::append_cstr(out, name);
+  protocol::append_i32(out, 0);
+  protocol::append_i16(out, 0);
+  protocol::append_i32(out, 20);  // int8
+  protocol::append_i16(out, 8);
+  protocol::append_i32(out, -1);
+  protocol::append_i16(out, 0);
+  protocol::end_message(out, at);
   return out;
 }
 

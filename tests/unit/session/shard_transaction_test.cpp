@@ -158,6 +158,95 @@ TEST_F(ShardTransaction, SetTransactionAndSetLocalRunOnTheJoiningShardToo) {
                                      "pg_catalog.current_setting('max_prepared_transactions')"});
 }
 
+// A statement over several shards inside a transaction runs on the transaction's parts: each
+// shard it needs joins first; the parts answer inside the transaction and stay linked.
+TEST_F(ShardTransaction, AReadOverSeveralShardsRunsOnEveryPartOfTheTransaction) {
+  begin_on_s0();
+  const std::string read = query("SELECT count(*) FROM telemetry");
+  Step s = h.client(read);
+  ASSERT_TRUE(s.check_out) << "s1 joins first";
+  EXPECT_EQ(s.route.shard, 1);
+  h.linked(*s1);
+  s = h.server(join_answer(), T0, 1);
+  EXPECT_TRUE(s.resume_client);
+  s = h.client(read);
+  EXPECT_EQ(h.state(), SessionState::Scattering);
+  EXPECT_EQ(s.consumed, read.size());
+  ASSERT_EQ(s.to_links.size(), 2u);
+  EXPECT_EQ(queries_in(s.to_links.at(0)),
+            std::vector<std::string>{"SELECT count(*) FROM telemetry"})
+      << "no BEGIN or PREPARE around it: it runs in the client's transaction";
+  EXPECT_EQ(s.to_links.at(1), s.to_links.at(0));
+  s = h.server(int8_description() + data_row({"2"}) + complete("SELECT 1") + ready('T'), T0, 0);
+  EXPECT_EQ(s.to_client, "");
+  EXPECT_TRUE(s.ops.empty()) << "the part stays the transaction's";
+  s = h.server(notice(), T0, 0);
+  EXPECT_EQ(s.to_client, "") << "nothing comes between the gathered answer's messages";
+  s = h.server(int8_description() + data_row({"3"}) + complete("SELECT 1") + ready('T'), T0, 1);
+  EXPECT_EQ(statuses_in(s.to_client), "T");
+  EXPECT_EQ(h.state(), SessionState::Holding);
+  EXPECT_EQ(h.session().link_count(), 2u);
+  // The transaction goes on, and commits with both parts.
+  commit();
+}
+
+TEST_F(ShardTransaction, AWriteOverSeveralShardsFirstInATransactionStartsItOnEveryShard) {
+  Step s = h.client(query("BEGIN ISOLATION LEVEL REPEATABLE READ"));
+  const std::string write = query("/* pgvalve: all_shards */ DELETE FROM telemetry");
+  s = h.client(write);
+  ASSERT_TRUE(s.check_out) << "the transaction starts on the first shard it needs";
+  EXPECT_EQ(s.route.shard, 0);
+  s = h.linked(*s0);
+  EXPECT_EQ(queries_in(s.to_server),
+            std::vector<std::string>{"BEGIN ISOLATION LEVEL REPEATABLE READ"});
+  s = h.server(command_result("BEGIN", 'T'), T0, 0);
+  EXPECT_TRUE(s.resume_client);
+  s = h.client(write);
+  ASSERT_TRUE(s.check_out) << "then s1 joins";
+  EXPECT_EQ(s.route.shard, 1);
+  s = h.linked(*s1);
+  EXPECT_EQ(queries_in(s.to_server),
+            std::vector<std::string>{"BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT "
+                                     "pg_catalog.current_setting('max_prepared_transactions')"});
+  h.server(join_answer(), T0, 1);
+  s = h.client(write);
+  ASSERT_EQ(s.to_links.size(), 2u);
+  EXPECT_EQ(queries_in(s.to_links.at(0)), std::vector<std::string>{" DELETE FROM telemetry"});
+  h.server(command_result("DELETE 2", 'T'), T0, 0);
+  s = h.server(command_result("DELETE 3", 'T'), T0, 1);
+  EXPECT_EQ(protocol::read_command_complete(frame_of(messages_of(s.to_client)[0])).value_or(""),
+            "DELETE 5");
+  EXPECT_EQ(statuses_in(s.to_client), "T");
+  commit();
+}
+
+TEST_F(ShardTransaction, AFailedPartOfAStatementOverSeveralShardsAbortsTheTransaction) {
+  begin_on_s0();
+  join_s1();
+  insert_on_s1();
+  Step s = h.client(query("SELECT count(*) FROM telemetry"));
+  h.server(error_result("42P01", 'E'), T0, 0);
+  s = h.server(int8_description() + data_row({"3"}) + complete("SELECT 1") + ready('T'), T0, 1);
+  EXPECT_EQ(sqlstates_in(s.to_client), "42P01");
+  EXPECT_EQ(statuses_in(s.to_client), "E");
+  s = h.client(query("COMMIT"));
+  EXPECT_EQ(queries_in(s.to_links.at(0)), std::vector<std::string>{"ROLLBACK"});
+}
+
+TEST_F(ShardTransaction, APartLostDuringAStatementOverSeveralShardsEndsTheTransaction) {
+  begin_on_s0();
+  join_s1();
+  h.client(query("SELECT count(*) FROM telemetry"));
+  Step s = h.lost(T0, 1);
+  EXPECT_EQ(s.to_client, "") << "the other part still answers";
+  s = h.server(int8_description() + data_row({"2"}) + complete("SELECT 1") + ready('T'), T0, 0);
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  EXPECT_EQ(statuses_in(s.to_client), "I");
+  ASSERT_TRUE(s.has_op(LinkOp::Kind::CleanAndRelease));
+  EXPECT_EQ(h.state(), SessionState::Idle);
+  EXPECT_EQ(h.session().link_count(), 0u);
+}
+
 TEST_F(ShardTransaction, WhatAJoiningShardWouldRunIsBoundedAndPastItNoShardJoins) {
   begin_on_s0();
   const std::string set = "SET LOCAL application_name = '" + std::string(200, 'a') + "'";
