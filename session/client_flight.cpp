@@ -1357,6 +1357,19 @@ void Session::prepare_on_server(const pr::PreparedStatement& stmt, bool swallow,
     l.pending.push(close);
     ++flight.out->statement_evictions;
   }
+  // The statement's own eviction Close may still be unanswered, in a flight whose error would
+  // make the server skip it: it is closed again first (closing a statement the server does not
+  // have is no error), or the Parse would find it there.
+  for (std::size_t i = 0; i < l.pending.size(); ++i) {
+    const pr::PendingResponse& p = l.pending.at(i);
+    if (p.action != kActionEvictClose || p.statement_hash != stmt.hash) continue;
+    pr::append_close(*flight.scratch, 'S', pr::server_statement_name(stmt.hash));
+    pr::PendingResponse close{Kind::CloseComplete, true};
+    close.action = kActionEvictClose;
+    close.statement_hash = stmt.hash;
+    l.pending.push(close);
+    break;
+  }
   pr::append_parse_raw(*flight.scratch, pr::server_statement_name(stmt.hash),
                        without_hint(stmt.query), stmt.param_types);
   pr::PendingResponse parse{Kind::ParseComplete, swallow};

@@ -270,19 +270,29 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
       if (!head.internal) pass();
       if (recorder_) note_answer(l, f);  // its SQLSTATE class, for the counted request it ends
       // The failed request and everything up to the next Sync get no answer of their own.
-      while (!l.pending.empty() && l.pending.front().kind != Kind::ReadyForQuery) {
-        auto& dropped = l.pending.front();
-        if (dropped.fingerprint) record_execution(l, dropped, true);
-        l.rows = 0;
-        if (dropped.action == kActionEvictClose) {
-          // The server skipped the Close: the statement is still prepared there (forgetting
-          // it would make the next Parse of it fail with "already exists").
-          l.server->statements.add(dropped.statement_hash, 0);
-        } else if (dropped.statement_hash) {
-          l.server->statements.erase(dropped.statement_hash);  // its Parse did not happen
+      {
+        // Statements whose eviction Close the server skipped here: it still has them, also when
+        // their Parse again, later in this flight, was skipped too.
+        std::uint64_t kept[8];
+        std::size_t kept_count = 0;
+        auto still_there = [&](std::uint64_t hash) {
+          return std::find(kept, kept + kept_count, hash) != kept + kept_count;
+        };
+        while (!l.pending.empty() && l.pending.front().kind != Kind::ReadyForQuery) {
+          auto& dropped = l.pending.front();
+          if (dropped.fingerprint) record_execution(l, dropped, true);
+          l.rows = 0;
+          if (dropped.action == kActionEvictClose) {
+            // The server skipped the Close: the statement is still prepared there (forgetting
+            // it would make the next Parse of it fail with "already exists").
+            l.server->statements.add(dropped.statement_hash, 0);
+            if (kept_count < std::size(kept)) kept[kept_count++] = dropped.statement_hash;
+          } else if (dropped.statement_hash && !still_there(dropped.statement_hash)) {
+            l.server->statements.erase(dropped.statement_hash);  // its Parse did not happen
+          }
+          end_request(l, dropped, 'E');
+          l.pending.pop();
         }
-        end_request(l, dropped, 'E');
-        l.pending.pop();
       }
       if (!l.pending.empty()) l.pending.front().failed = true;
       return passed;

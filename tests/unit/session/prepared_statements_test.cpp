@@ -318,6 +318,54 @@ TEST(SessionPreparedStatements, EvictionSkippedAfterAnErrorKeepsTheStatementKnow
   EXPECT_EQ(tags_of(h.send(run_flight("a"), *server)), "BES");
 }
 
+// Found by the session fuzz target: a statement whose eviction Close was pipelined behind a
+// request that then fails is still on the server; preparing it again in a later flight must
+// not find it there (42P05).
+TEST(SessionPreparedStatements, AStatementPreparedAgainAfterASkippedEvictionIsClosedFirst) {
+  SessionOptions o;
+  o.max_prepared_statements = 1;
+  SessionHarness h(o);
+  prepare_locally(h, "a", "select 1");
+  prepare_locally(h, "b", "select 2");
+  auto server = SessionHarness::fresh_server();
+  h.send(run_flight("a"), *server);
+  h.answer(parse_complete() + select_answer());
+  // a fails; b evicts a (skipped by the server after the error); then a is used again.
+  const std::string sent =
+      h.send(bind_to("", "a") + execute() + run_flight("b") + run_flight("a"), *server);
+  EXPECT_EQ(tags_of(sent), "BECPBESCCPBES");
+  EXPECT_EQ(targets_in(sent, 'C'),
+            (std::vector<std::string>{"S:" + server_name_of("select 1"),
+                                      "S:" + server_name_of("select 2"),
+                                      "S:" + server_name_of("select 1")}))
+      << "a is closed again before its Parse: its first Close may have been skipped";
+  h.answer(bind_complete() + error_message("22012") + ready());
+  EXPECT_TRUE(server->statements.contains(protocol::statement_hash("select 1", {})));
+  h.answer(close_complete() + close_complete() + parse_complete() + select_answer());
+  EXPECT_TRUE(server->statements.contains(protocol::statement_hash("select 1", {})));
+  EXPECT_FALSE(server->statements.contains(protocol::statement_hash("select 2", {})));
+}
+
+// The same, within one flight that fails: the statement evicted and prepared again in it is
+// still on the server after the error (its Close and its Parse were both skipped).
+TEST(SessionPreparedStatements, AStatementEvictedAndPreparedAgainInAFailedFlightIsStillKnown) {
+  SessionOptions o;
+  o.max_prepared_statements = 1;
+  SessionHarness h(o);
+  prepare_locally(h, "a", "select 1");
+  prepare_locally(h, "b", "select 2");
+  auto server = SessionHarness::fresh_server();
+  h.send(run_flight("a"), *server);
+  h.answer(parse_complete() + select_answer());
+  std::string flight = bind_to("", "a") + execute();
+  flight += bind_to("", "b") + execute() + bind_to("", "a") + execute() + sync();
+  h.send(flight, *server);
+  h.answer(bind_complete() + error_message("22012") + ready());
+  EXPECT_TRUE(server->statements.contains(protocol::statement_hash("select 1", {})))
+      << "its Close was skipped: a is still prepared there";
+  EXPECT_EQ(tags_of(h.send(run_flight("a"), *server)), "BES");
+}
+
 TEST(SessionPreparedStatements, ErrorOfTheRepreparationIsTheBindsError) {
   SessionHarness h;
   prepare_locally(h);
