@@ -334,10 +334,9 @@ TEST(SessionPreparedStatements, AStatementPreparedAgainAfterASkippedEvictionIsCl
   const std::string sent =
       h.send(bind_to("", "a") + execute() + run_flight("b") + run_flight("a"), *server);
   EXPECT_EQ(tags_of(sent), "BECPBESCCPBES");
-  EXPECT_EQ(targets_in(sent, 'C'),
-            (std::vector<std::string>{"S:" + server_name_of("select 1"),
-                                      "S:" + server_name_of("select 2"),
-                                      "S:" + server_name_of("select 1")}))
+  EXPECT_EQ(targets_in(sent, 'C'), (std::vector<std::string>{"S:" + server_name_of("select 1"),
+                                                             "S:" + server_name_of("select 2"),
+                                                             "S:" + server_name_of("select 1")}))
       << "a is closed again before its Parse: its first Close may have been skipped";
   h.answer(bind_complete() + error_message("22012") + ready());
   EXPECT_TRUE(server->statements.contains(protocol::statement_hash("select 1", {})));
