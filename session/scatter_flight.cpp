@@ -238,11 +238,16 @@ bool Session::scattering() const {
 // part prepared), else ROLLBACK PREPARED.
 std::string_view Session::scatter_decision_sql() {
   auto& run = work().scatter;
-  const bool commit = run.deciding && run.commit;
-  std::string sql = std::string(commit ? "COMMIT" : "ROLLBACK") + " PREPARED '" + run.gid + "'";
-  // Views of it may be in this step's actions already (a part per link).
-  if (sql != run.decision_sql) run.decision_sql = std::move(sql);
-  return run.decision_sql;
+  return decision_sql(run.gid, run.deciding && run.commit, run.decision_sql);
+}
+
+std::string_view decision_sql(std::string_view gid, bool commit, std::string& kept) {
+  std::string sql =
+      std::string(commit ? "COMMIT" : "ROLLBACK") + " PREPARED '" + std::string(gid) + "'";
+  // Views of it may be in this step's actions already (a part per link): changed only when the
+  // decision is.
+  if (sql != kept) kept = std::move(sql);
+  return kept;
 }
 
 void Session::check_out_next_shard(Actions& out) {

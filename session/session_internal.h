@@ -235,6 +235,10 @@ void append_local_heads(const HubReply& reply, std::string& out);
 // pgvalve's query for a primary's WAL position (read_your_writes = lsn), as a Query message.
 const std::string& wal_position_message();
 
+// What the prepared parts of a two-phase commit named `gid` are told (COMMIT PREPARED when
+// `commit`, else ROLLBACK PREPARED), kept in `kept`.
+std::string_view decision_sql(std::string_view gid, bool commit, std::string& kept);
+
 // How a write's answers over several shards combine: rows concatenated (RETURNING), counts
 // added up.
 const routing::ScatterPlan& concatenated();

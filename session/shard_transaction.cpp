@@ -562,11 +562,7 @@ void Session::next_decision(std::string& into, Actions& out) {
 
 std::string_view Session::tx_decision_sql() {
   auto& tx = work().tx;
-  const bool commit = tx.deciding && tx.commit;
-  std::string sql = std::string(commit ? "COMMIT" : "ROLLBACK") + " PREPARED '" + tx.gid + "'";
-  // Views of it may be in this step's actions already (a part per link).
-  if (sql != tx.decision_sql) tx.decision_sql = std::move(sql);
-  return tx.decision_sql;
+  return decision_sql(tx.gid, tx.deciding && tx.commit, tx.decision_sql);
 }
 
 void Session::finish_shard_transaction(std::string& into, Actions& out) {

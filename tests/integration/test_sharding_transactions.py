@@ -13,18 +13,10 @@ import psycopg
 import pytest
 
 from itutil import APP_AND_OPS, DRIVERS, JDBC_JAR, OPS_PASSWORD, OPS_USER, run
-from pgcluster import APP_DB, APP_PASSWORD, APP_USER, PgCluster, wait_until
-from test_sharding_writes import PREPARED, config, md5_mod, on, prepared_on
-
-
-@pytest.fixture(scope="module")
-def two_pc(request):
-    """Two shards whose servers allow prepared transactions."""
-    nodes = [PgCluster(replicas=0, extra_conf=PREPARED) for _ in range(2)]
-    for c in nodes:
-        request.addfinalizer(c.teardown)
-        c.start()
-    return nodes
+from pgcluster import APP_DB, APP_PASSWORD, APP_USER, wait_until
+# two_pc: two shards whose servers allow prepared transactions (a module fixture: this module
+# gets clusters of its own).
+from test_sharding_writes import config, md5_mod, on, prepared_on, two_pc  # noqa: F401
 
 
 def prepare_schema(nodes):

@@ -165,12 +165,13 @@ inline std::string data_row(const std::vector<std::string>& values) {
   return out;
 }
 
-inline std::string error_message(std::string_view sqlstate, std::string_view severity = "ERROR") {
+inline std::string error_message(std::string_view sqlstate, std::string_view severity = "ERROR",
+                                 std::string_view message = "boom") {
   std::string out;
   protocol::ErrorFields e;
   e.severity = severity;
   e.sqlstate = sqlstate;
-  e.message = "boom";
+  e.message = message;
   protocol::append_error_response(out, e);
   return out;
 }

@@ -381,13 +381,8 @@ TEST_F(ShardTransaction, AFirstShardWithoutPreparedTransactionsIsExplainedAtComm
   join_s1();
   insert_on_s1();
   commit();
-  std::string disabled;
-  protocol::ErrorFields e;
-  e.severity = "ERROR";
-  e.sqlstate = "55000";
-  e.message = "prepared transactions are disabled";
-  protocol::append_error_response(disabled, e);
-  h.server(disabled + ready('I'), T0, 0);
+  h.server(error_message("55000", "ERROR", "prepared transactions are disabled") + ready('I'), T0,
+           0);
   Step s = h.server(command_result("PREPARE TRANSACTION"), T0, 1);
   s = h.server(command_result("ROLLBACK PREPARED"), T0, 1);
   EXPECT_EQ(sqlstates_in(s.to_client), "55000");
