@@ -54,4 +54,12 @@ void PendingResponses::pop() {
   --size_;
 }
 
+void PendingResponses::drop_behind_front(std::size_t count) {
+  if (count == 0 || count >= size_) return;
+  const PendingResponse front = ring_[head_];
+  head_ = (head_ + count) % ring_.size();
+  ring_[head_] = front;
+  size_ -= count;
+}
+
 }  // namespace pgvalve::protocol

@@ -25,6 +25,8 @@ struct PendingResponse {
   bool swallow = false;          // the request was pgvalve's own: its completion is not forwarded
   bool failed = false;           // an ErrorResponse arrived for it
   bool internal = false;         // the request was pgvalve's own: none of its answer is forwarded
+  bool sync = false;             // the request is a Sync (ignored by a server taking COPY data)
+  bool after_copy_end = false;   // a CopyDone or CopyFail was sent between it and the one before
   std::uint8_t action = 0;       // what the session does when it completes (session-defined)
   std::uint32_t note = 0;        // session-defined index (statement, setting, message)
   std::uint16_t note_count = 0;  // session-defined: notes from `note` on belong to this request
@@ -56,8 +58,11 @@ class PendingResponses {
   const PendingResponse& front() const { return ring_[head_]; }
   // The `i`th from the front (i < size()).
   const PendingResponse& at(std::size_t i) const { return ring_[(head_ + i) % ring_.size()]; }
+  PendingResponse& at(std::size_t i) { return ring_[(head_ + i) % ring_.size()]; }
   void push(const PendingResponse& r);
   void pop();
+  // Removes the `count` entries right behind the front (count < size()).
+  void drop_behind_front(std::size_t count);
   void clear() { head_ = size_ = 0; }
 
  private:

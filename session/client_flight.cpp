@@ -44,6 +44,11 @@ bool client_may_send(char tag) {
   }
 }
 
+// What a server taking COPY data reads as such; it ignores Flush and Sync there.
+bool copy_in_message(char tag) {
+  return tag == 'd' || tag == 'c' || tag == 'f' || tag == 'H' || tag == 'S';
+}
+
 // A closed statement name no client statement maps to: closing it makes the server answer
 // CloseComplete where a client's Close of its own name is expected.
 constexpr std::string_view kNoStatement = "pgv_none";
@@ -596,6 +601,10 @@ void Session::plan_on_link(Link& link, std::string_view frames, bool terminate, 
       break;
     }
     auto r = pr::decode_frame(frames.substr(planned), options_.max_message_bytes);
+    if (l->copy_in && !copy_in_message(r.frame.tag)) {
+      refuse_request_during_copy(out);
+      return;
+    }
     plan_frame(r.frame, planned, *l, flight);
     planned += r.frame.whole.size();
     // On a replica, the request ends here; what follows is routed once it is answered.
@@ -1171,13 +1180,13 @@ void Session::plan_frame(const pr::Frame& f, std::size_t offset, Link& l, Flight
   const std::size_t size = f.whole.size();
   if (flight.drop_until_sync && f.tag != 'S') return;
   if (l.copy_in) {
-    // The server takes COPY data: it ignores Flush and Sync until CopyDone or CopyFail.
+    // The server takes COPY data: it ignores Flush and Sync until CopyDone or CopyFail
+    // (plan_on_link refuses any other message).
     if (f.tag == 'c' || f.tag == 'f') l.copy_in = false;
-    if (f.tag == 'c' || f.tag == 'f' || f.tag == 'd' || f.tag == 'H' || f.tag == 'S') {
-      pass_client(flight, offset, size);
-      return;
-    }
+    pass_client(flight, offset, size);
+    return;
   }
+  const std::size_t requests_before = l.pending.size();
   switch (f.tag) {
     case 'P':
       l.open_extended = true;
@@ -1210,7 +1219,7 @@ void Session::plan_frame(const pr::Frame& f, std::size_t offset, Link& l, Flight
       l.flushed = false;
       ++l.in_flight;
       pass_client(flight, offset, size);
-      l.pending.push({Kind::ReadyForQuery});
+      l.pending.push({.kind = Kind::ReadyForQuery, .sync = true});
       break;
     case 'Q':
       ++l.in_flight;
@@ -1228,8 +1237,15 @@ void Session::plan_frame(const pr::Frame& f, std::size_t offset, Link& l, Flight
       l.pending.push({Kind::ReadyForQuery});
       break;
     default:  // CopyData, CopyDone, CopyFail: no answer of their own
+      // Sent ahead of the server's CopyInResponse, a CopyDone or CopyFail ends the COPY there
+      // (copy_started).
+      if (f.tag == 'c' || f.tag == 'f') l.copy_end_sent = true;
       pass_client(flight, offset, size);
       break;
+  }
+  if (l.copy_end_sent && l.pending.size() > requests_before) {
+    l.pending.at(requests_before).after_copy_end = true;
+    l.copy_end_sent = false;
   }
 }
 

@@ -166,6 +166,35 @@ const Actions& Session::plan_server(Link& l, LinkId id, std::string_view input) 
   return out;
 }
 
+// COPY FROM STDIN: the client's data is for this server until its CopyDone or CopyFail. What
+// the client sent behind the COPY before the server asked for data, the server reads as COPY
+// data too: it ignores a Sync or Flush there (their answers never come), and any other request
+// would end the COPY with an error and never be answered. False when the client is refused.
+bool Session::copy_started(Link& l, Actions& out) {
+  bool ended = l.copy_end_sent;
+  std::size_t ignored_syncs = 0;
+  for (std::size_t i = 1; i < l.pending.size() && !ended; ++i) {
+    const pr::PendingResponse& request = l.pending.at(i);
+    if (request.after_copy_end) {
+      ended = true;
+    } else if (request.sync) {
+      ++ignored_syncs;
+    } else {
+      refuse_request_during_copy(out);
+      return false;
+    }
+  }
+  if (ignored_syncs > 0) {
+    l.pending.drop_behind_front(ignored_syncs);
+    l.in_flight -= static_cast<int>(ignored_syncs);
+    // An extended-protocol COPY still needs a Sync to end it.
+    if (l.pending.front().kind != Kind::ReadyForQuery) l.open_extended = true;
+  }
+  l.copy_end_sent = false;
+  l.copy_in = !ended;
+  return true;
+}
+
 // Decides what the client gets for one server message.
 bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Actions& out,
                            bool& saw_ready) {
@@ -183,8 +212,7 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
   };
   switch (f.tag) {
     case 'G':
-      // COPY FROM STDIN: the client's data is for this server until its CopyDone or CopyFail.
-      l.copy_in = l.scatter_shard < 0;
+      if (l.scatter_shard < 0 && !copy_started(l, out)) return passed;
       break;
     case 'Z':
       l.copy_in = false;

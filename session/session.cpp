@@ -570,6 +570,14 @@ void Session::close_with(std::string_view sqlstate, std::string_view message, Ac
   enter(SessionState::Closing);
 }
 
+void Session::refuse_request_during_copy(Actions& out) {
+  close_with("08P01",
+             "pgvalve: a request came during COPY FROM STDIN, where only CopyData, CopyDone, "
+             "CopyFail, Flush and Sync may; end the COPY with CopyDone or CopyFail before "
+             "sending the next request",
+             out);
+}
+
 const Actions& Session::on_client_gone() {
   Actions& out = event_actions();
   close_with({}, {}, out);

@@ -397,6 +397,10 @@ class Session {
   void append_error(std::string& out, std::string_view sqlstate, std::string_view message,
                     std::string_view hint = {}, bool fatal = false);
   void close_with(std::string_view sqlstate, std::string_view message, Actions& out);
+  // A request among the client's COPY data: the server would take it as the end of the COPY
+  // and never answer it, so pgvalve could no longer match answers to requests.
+  void refuse_request_during_copy(Actions& out);
+  bool copy_started(Link& l, Actions& out);
   // Notifications queued while a request was outstanding, once the client is between requests.
   void deliver_queued_notifications(std::string& out);
   // A linked server's message is passing through to the client and has not ended.

@@ -112,6 +112,7 @@ struct Link {
   bool finishing = false;      // ... and its COMMIT / ROLLBACK PREPARED was sent
   bool part_answered = false;  // its part of a write was answered up to PREPARE TRANSACTION
   bool copy_in = false;  // its server takes COPY data (CopyInResponse came, CopyDone not sent)
+  bool copy_end_sent = false;  // a CopyDone/CopyFail went to it after its last answered request
   std::size_t stream_remaining = 0;  // bytes of a large server message still passing through
   bool stream_forward = true;        // ... forwarded to the client (false: dropped)
   Clock::time_point last_activity{};
@@ -161,6 +162,7 @@ struct Link {
     finishing = false;
     part_answered = false;
     copy_in = false;
+    copy_end_sent = false;
     stream_remaining = 0;
     stream_forward = true;
     syncing = false;

@@ -227,6 +227,12 @@ def session_seeds() -> dict:
                     + server(12) + server(0) + bytes([12]),
         "large_row": bytes([0, 1]) + client(0) + fresh + server(10) + server(20, 0x80 | 5)
                      + bytes([4, 200]) + b"x" * 200 + bytes([7]),
+        # COPY as libpq runs it through the extended protocol (a Sync the server ignores, data,
+        # CopyDone and Sync), then a simple COPY with a query sent behind it (refused).
+        "copy_extended": bytes([0, 0]) + client(14 | 0x10, "copy t from stdin") + fresh
+                         + answer(unit=4) + client(11) + client(12) + client(6)
+                         + answer() * 3
+                         + client(0, "copy t from stdin") + client(0) + reused + answer(unit=1),
         "hostile": bytes([16, 0]) + bytes([0, 3]) + b"Q\0\0" + bytes([8, 20])
                    + bytes([0, 5]) + b"Q\0\0\0\1",
         # Sharded: a read over every shard, simple then extended (P/B/D/E/S), then ordered.

@@ -6,8 +6,9 @@ import subprocess
 
 import psycopg
 import pytest
-from psycopg import errors
+from psycopg import errors, pq
 
+from itutil import one
 from pgcluster import APP_DB
 
 @pytest.fixture
@@ -181,6 +182,32 @@ def test_copy_error_keeps_connection(conn):
     assert ei.value.sqlstate == "22P02"
     assert conn.execute("select count(*) from basic_copy_err").fetchone() == (0,)
     conn.execute("drop table basic_copy_err")
+
+
+def test_copy_through_the_extended_protocol(pgvalve):
+    """libpq runs a COPY given to PQexecParams as Parse/Bind/Describe/Execute/Sync and sends a
+    second Sync after CopyDone; the server ignores the first. With one server in the pool, the
+    next client's query shows it went back to the pool."""
+    pv = pgvalve(mode="transaction", pool_size=1)
+    with pv.connect(autocommit=True) as c:
+        c.execute("drop table if exists basic_copy_ext")
+        c.execute("create table basic_copy_ext(id int)")
+        pg = c.pgconn
+        pg.send_query_params(b"copy basic_copy_ext from stdin", None)
+        assert pg.get_result().status == pq.ExecStatus.COPY_IN
+        assert pg.put_copy_data(b"".join(b"%d\n" % i for i in range(100))) == 1
+        assert pg.put_copy_end() == 1
+        while pg.flush() != 0:
+            pass
+        result = pg.get_result()
+        assert result.status == pq.ExecStatus.COMMAND_OK, result.error_message
+        assert result.command_status == b"COPY 100"
+        assert pg.get_result() is None
+        assert c.execute("select count(*), sum(id) from basic_copy_ext").fetchone() == (
+            100, sum(range(100)))
+    with pv.connect(autocommit=True) as other:
+        assert one(other, "select count(*) from basic_copy_ext") == 100
+        other.execute("drop table basic_copy_ext")
 
 
 def test_notice_delivery(conn):

@@ -350,6 +350,38 @@ def test_pipeline_past_the_in_flight_cap_without_sync_completes(pgvalve):
         assert one(c, "select 3") == 3
 
 
+# --- requests among COPY data ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("when", ["before_copy_in_response", "among_the_data"])
+def test_request_during_copy_from_stdin_08P01(pgvalve, when):
+    """PostgreSQL takes any request that comes during COPY FROM STDIN as the end of the COPY and
+    never answers it; pgvalve refuses such a client rather than lose track of whose answer is
+    whose, and the pool's only server is replaced for the next client."""
+    pv = pgvalve(mode="transaction", pool_size=1)
+    with pv.connect() as admin:
+        admin.execute("drop table if exists hostile_copy")
+        admin.execute("create table hostile_copy(id int)")
+    r = raw_login(pv)
+    copy = query_message("copy hostile_copy from stdin")
+    insert = query_message("insert into hostile_copy values (42)")
+    if when == "before_copy_in_response":
+        r.sock.sendall(copy + insert)
+    else:
+        r.sock.sendall(copy)
+        assert read_message(r.sock)[0] == b"G"
+        rows = b"1\n2\n"
+        r.sock.sendall(b"d" + struct.pack("!I", 4 + len(rows)) + rows + insert)
+    err, closed, kinds = read_error_then_close(r.sock, 10)
+    r.sock.close()
+    assert_fatal(err, "08P01")
+    assert "CopyDone" in err["M"]
+    assert closed, f"not closed (messages {kinds})"
+    assert b"Z" not in kinds
+    with pv.connect() as after:
+        assert one(after, "select count(*) from hostile_copy") == 0
+        after.execute("drop table hostile_copy")
+
+
 # --- per-client caps -------------------------------------------------------------------------------
 
 @pytest.fixture

@@ -64,6 +64,33 @@ TEST(PendingResponses, FifoOrderSurvivesGrowthAndWrapAround) {
   EXPECT_EQ(next_in, next_out);
 }
 
+TEST(PendingResponses, DropBehindFrontKeepsTheFrontAndTheRestInOrder) {
+  PendingResponses q;
+  // Wrapped around: the front sits at the end of the ring.
+  for (std::uint32_t i = 0; i < 7; ++i) {
+    PendingResponse r;
+    r.note = i;
+    q.push(r);
+  }
+  for (int i = 0; i < 6; ++i)
+    q.pop();
+  for (std::uint32_t i = 7; i < 12; ++i) {
+    PendingResponse r;
+    r.note = i;
+    q.push(r);
+  }
+  q.drop_behind_front(2);  // 6 [7 8] 9 10 11
+  ASSERT_EQ(q.size(), 4u);
+  EXPECT_EQ(q.at(0).note, 6u);
+  EXPECT_EQ(q.at(1).note, 9u);
+  EXPECT_EQ(q.at(3).note, 11u);
+  q.drop_behind_front(4);  // more than stand behind the front: nothing
+  EXPECT_EQ(q.size(), 4u);
+  q.drop_behind_front(3);
+  ASSERT_EQ(q.size(), 1u);
+  EXPECT_EQ(q.front().note, 6u);
+}
+
 TEST(PendingResponses, ClearEmpties) {
   PendingResponses q;
   q.push({});

@@ -8,6 +8,10 @@
 namespace pgvalve::session::testing {
 namespace {
 
+std::string copy_in_response() {
+  return message('G', std::string("\0\0\0", 3));
+}
+
 TEST(SessionTransactionPooling, LoginWithoutServerAnswersAtOnce) {
   SessionHarness h;
   EXPECT_EQ(tags_of(h.login_reply), "RSSSSSKZ");
@@ -244,7 +248,7 @@ TEST(SessionTransactionPooling, CopyInKeepsTheServerUntilItsReadyForQuery) {
   SessionHarness h;
   auto server = SessionHarness::fresh_server();
   h.send(query("copy t from stdin"), *server);
-  h.answer(message('G', std::string("\0\0\0", 3)));
+  h.answer(copy_in_response());
   EXPECT_EQ(h.state(), SessionState::Active);
   const std::string data = message('d', "1\n") + message('c', "");
   Step s = h.client(data);
@@ -257,7 +261,7 @@ TEST(SessionTransactionPooling, CopyDataAfterAFailedCopyNeedsNoServer) {
   SessionHarness h;
   auto server = SessionHarness::fresh_server();
   h.send(query("copy t from stdin"), *server);
-  h.answer(message('G', std::string("\0\0\0", 3)));
+  h.answer(copy_in_response());
   h.client(message('d', "1\n"));
   // The COPY fails; the server goes back while the client is still sending.
   h.answer(error_result("22P02"));
@@ -268,6 +272,72 @@ TEST(SessionTransactionPooling, CopyDataAfterAFailedCopyNeedsNoServer) {
   EXPECT_EQ(s.consumed, rest.size());
   EXPECT_TRUE(s.to_client.empty());
   EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+// libpq runs a COPY given to PQexecParams or PQexecPrepared as Parse, Bind, Describe, Execute,
+// Sync, and sends another Sync after its CopyDone: the server ignores the first, which it reads
+// while taking COPY data, and answers the second.
+TEST(SessionTransactionPooling, ExtendedProtocolCopyIsAnsweredAtTheSyncAfterItsData) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  const std::string flight =
+      parse("", "copy t from stdin") + bind_to("", "") + describe('P', "") + execute() + sync();
+  h.send(flight, *server);
+  EXPECT_EQ(tags_of(h.answer(parse_complete() + bind_complete() + no_data() + copy_in_response())),
+            "12nG");
+  const std::string data = message('d', "1\n") + message('c', "") + sync();
+  EXPECT_EQ(h.client(data).to_server, data);
+  EXPECT_FALSE(h.last.has_op(LinkOp::Kind::Release));
+  EXPECT_EQ(tags_of(h.answer(complete("COPY 1") + ready())), "CZ");
+  EXPECT_TRUE(h.last.has_op(LinkOp::Kind::Release));
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+TEST(SessionTransactionPooling, SyncSentBehindASimpleCopyGetsNoAnswer) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(query("copy t from stdin") + sync(), *server);
+  h.answer(copy_in_response());
+  h.client(message('d', "1\n") + message('c', ""));
+  EXPECT_EQ(tags_of(h.answer(command_result("COPY 1"))), "CZ");
+  EXPECT_TRUE(h.last.has_op(LinkOp::Kind::Release));
+}
+
+TEST(SessionTransactionPooling, ACopyWithItsDataSentAheadIsFollowedByTheNextRequest) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  const std::string flight = query("copy t from stdin") + message('d', "1\n") + message('c', "") +
+                             sync() + query("select 1");
+  EXPECT_EQ(h.send(flight, *server), flight);
+  h.answer(copy_in_response() + command_result("COPY 1"));
+  EXPECT_FALSE(h.last.has_op(LinkOp::Kind::Release));
+  // The Sync after the CopyDone is answered as any Sync, then the query.
+  h.answer(ready() + row_description() + data_row({"1"}) + command_result("SELECT 1"));
+  EXPECT_TRUE(h.last.has_op(LinkOp::Kind::Release));
+}
+
+// The server would take the query as the end of the COPY, fail the COPY and never answer it.
+TEST(SessionTransactionPooling, AQuerySentBehindACopyBeforeTheServerAsksForDataIsRefused) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(query("copy t from stdin") + query("select 1"), *server);
+  Step s = h.server(copy_in_response());
+  EXPECT_TRUE(s.close_client);
+  EXPECT_EQ(sqlstates_in(s.to_client), "08P01");
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::CancelAndClose));
+}
+
+TEST(SessionTransactionPooling, ARequestAmongCopyDataIsRefused) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(query("copy t from stdin"), *server);
+  h.answer(copy_in_response());
+  Step s = h.client(message('d', "1\n") + parse("s1", "select 1"));
+  EXPECT_TRUE(s.close_client);
+  EXPECT_EQ(sqlstates_in(s.to_client), "08P01");
+  EXPECT_NE(errors_in(s.to_client).at(0).message.find("CopyDone"), std::string::npos);
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::CancelAndClose));
+  EXPECT_EQ(h.state(), SessionState::Closing);
 }
 
 TEST(SessionTransactionPooling, CheckoutFailureAnswersTheWaitingRequestAndKeepsTheClient) {
