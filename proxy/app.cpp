@@ -96,6 +96,16 @@ std::shared_ptr<const App::Sharding> App::sharding(const config::ConfigPtr& conf
   return built;
 }
 
+std::shared_ptr<const session::SessionOptions> App::session_options(
+    const config::ConfigPtr& config) {
+  std::lock_guard lock(sharding_mutex_);
+  if (!session_options_ || session_options_->config != config) {
+    session_options_ = std::make_shared<const SharedSessionOptions>(
+        SharedSessionOptions{config, session::SessionOptions::from(*config)});
+  }
+  return {session_options_, &session_options_->options};
+}
+
 std::shared_ptr<const UserPools> App::user_pools(const config::Database& db,
                                                  const std::string& user) {
   // Shared by every session of (database, user) until the topology changes: a client holds a

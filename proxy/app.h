@@ -130,6 +130,8 @@ class App : public pool::Handoff {
   using Sharding = session::DatabaseSharding;
   std::shared_ptr<const Sharding> sharding(const config::ConfigPtr& config,
                                            const config::Database& db);
+  // The session core's options of `config`: one copy shared by its sessions, not one each.
+  std::shared_ptr<const session::SessionOptions> session_options(const config::ConfigPtr& config);
   // Changes whenever the hosts sessions route to do (a reload); read per checkout, lock-free.
   std::uint64_t topology_generation() const {
     return topology_generation_.load(std::memory_order_acquire);
@@ -233,6 +235,11 @@ class App : public pool::Handoff {
   std::mutex sharding_mutex_;  // taken at login only
   std::unordered_map<std::string, std::shared_ptr<const Sharding>> sharding_;
   std::uint32_t sharding_ids_ = 0;  // under sharding_mutex_
+  struct SharedSessionOptions {
+    config::ConfigPtr config;
+    session::SessionOptions options;
+  };
+  std::shared_ptr<const SharedSessionOptions> session_options_;  // under sharding_mutex_
   std::atomic<int> clients_{0};
   mutable std::mutex door_mutex_;  // taken once per accept and once per close
   admission::Admission door_;

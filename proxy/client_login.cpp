@@ -364,7 +364,8 @@ asio::awaitable<bool> ClientSession::start_session() {
   }
   recorder_ = {&worker_.query_stats, {&database_name_, &user_name_}};
   database_counters_ = &worker_.database_counters.of(database_name_);
-  core_.emplace(session::SessionOptions::from(*config_), router_, worker_.workspaces, &recorder_);
+  session_options_ = app_.session_options(config_);
+  core_.emplace(*session_options_, router_, worker_.workspaces, &recorder_);
 
   // The client is told the parameters of a real server, so one must have been seen; session
   // mode keeps its server from the start.

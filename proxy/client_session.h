@@ -231,6 +231,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
       sharding_;              // what router_ points into; null: one shard
   stats::Recorder recorder_;  // the worker's statement statistics, with this client's names
   // Made at login; one allocation with this object.
+  std::shared_ptr<const session::SessionOptions> session_options_;  // what core_ refers to
   std::optional<session::Session> core_;
   SocketWriter client_writer_;
 

@@ -169,10 +169,10 @@ const Actions& Session::on_linked(ServerState& server, Clock::time_point now) {
   now_ = now;
   Actions& out = client_actions();
   if (state_ != SessionState::WaitingForServer) return out;
-  Link& l = link(pending_link_);
+  Link& l = link(work().pending_link);
   l.reset();
   l.server = &server;
-  l.route = pending_route_;
+  l.route = work().pending_route;
   l.last_activity = now;
   if (scattering()) {
     link_scatter(l, out);
@@ -183,19 +183,19 @@ const Actions& Session::on_linked(ServerState& server, Clock::time_point now) {
     return out;
   }
   l.first_routed = router_.sharded() && !work().tx.route_again;
-  l.may_write = router_.splits() && pending_route_.kind == routing::Route::Kind::Primary &&
-                pending_route_.write;
+  l.may_write = router_.splits() && work().pending_route.kind == routing::Route::Kind::Primary &&
+                work().pending_route.write;
   l.last_activity = now;
   l.reserved = true;
   Workspace& w = work();
   w.client_scratch.clear();
   bool wait = start_sync(l, w.client_scratch, now);
-  if (!deferred_begin_.empty()) {
+  if (!extras().deferred_begin.empty()) {
     // The BEGIN answered earlier runs first; the client's request waits for its answer, so
     // that nothing of the transaction runs outside it.
-    pr::append_query(w.client_scratch, deferred_begin_);
-    w.tx.begin = std::move(deferred_begin_);  // a shard joining later runs it too
-    deferred_begin_.clear();
+    pr::append_query(w.client_scratch, extras_->deferred_begin);
+    w.tx.begin = std::move(extras_->deferred_begin);  // a shard joining later runs it too
+    extras_->deferred_begin.clear();
     expect_own_answer(l, kActionBegin);
     l.begin_pending = true;
     l.syncing = true;
@@ -204,7 +204,7 @@ const Actions& Session::on_linked(ServerState& server, Clock::time_point now) {
   }
   if (wait) {
     out.to_server.push_back({w.client_scratch.data(), w.client_scratch.size()});
-    out.server_link = pending_link_;
+    out.server_link = work().pending_link;
     enter(SessionState::Syncing);
     return out;
   }
@@ -239,18 +239,18 @@ const Actions& Session::on_checkout_failed(std::string_view sqlstate, std::strin
   }
   // The request is answered with an error and ReadyForQuery 'I': a BEGIN held back for it is
   // forgotten with it, or the client's next statement would run in a transaction it ended.
-  deferred_begin_.clear();
+  forget_deferred_begin();
   w.tx.route_again = false;
-  if (pending_link_ != 0 && linked(0)) {
+  if (work().pending_link != 0 && linked(0)) {
     // A session-mode read meant for a replica: the client's own server answers it (a read
     // being retried too).
-    pending_link_ = 0;
+    work().pending_link = 0;
     stay_on_own_server_ = true;
     enter(SessionState::Holding);
     out.resume_client = true;
     return out;
   }
-  pending_link_ = 0;
+  work().pending_link = 0;
   if (w.retry_pending) {
     // The read being retried was consumed long ago: it is answered now.
     w.retry_pending = false;
@@ -390,7 +390,7 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
       // (Sync, Flush), which a server would wait for too.
       return out;
     }
-    if (!deferred_begin_.empty() && end_deferred_transaction(frames, out)) {
+    if (!extras().deferred_begin.empty() && end_deferred_transaction(frames, out)) {
       out.consumed = end;
       if (terminate) close_with({}, {}, out);
       return out;
@@ -404,7 +404,7 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
     }
     if (route.kind == routing::Route::Kind::Refuse) {
       // The refused statement ends a deferred transaction: nothing ran on any server.
-      deferred_begin_.clear();
+      forget_deferred_begin();
       fail_requests(frames, route.refusal->sqlstate, route.refusal->message, out.outbox,
                     route.refusal->hint);
       out.consumed = end;
@@ -415,8 +415,8 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
       if (terminate) close_with({}, {}, out);
       return out;
     }
-    pending_route_ = route;
-    pending_link_ = 0;
+    work().pending_route = route;
+    work().pending_link = 0;
     out.check_out = true;
     out.route = std::move(route);
     enter(SessionState::WaitingForServer);
@@ -539,8 +539,8 @@ bool Session::route_away_from_own_server(std::string_view frames, Link& own, Act
     route.after_lsn = read_your_writes_lsn(route.shard);
   }
   own.may_write = false;
-  pending_route_ = route;
-  pending_link_ = 1;
+  work().pending_route = route;
+  work().pending_link = 1;
   out.check_out = true;
   out.route = std::move(route);
   enter(SessionState::WaitingForServer);
@@ -724,7 +724,7 @@ routing::Route Session::route_request(const RequestText& request) {
   if ((router_.splits() || router_.sharded()) && !request.sql.empty()) {
     context.fingerprint = fingerprint_of(request.sql);
   }
-  context.device_id = device_id_;
+  context.device_id = extras().device_id;
   const BindParams params(request.bind_rest, request.param_types);
   if (request.bound) context.params = &params;
   routing::Route route = router_.route(request.sql, context);
@@ -763,7 +763,7 @@ bool Session::defer_begin(std::string_view frames, const routing::Route& route, 
   // A BEGIN PostgreSQL would refuse must fail now, not at the first statement (the router
   // parsed its shape once).
   if (!router_.valid_begin(fingerprint_of(sql))) return false;
-  deferred_begin_.assign(without_hint(sql));
+  extras_to_change().deferred_begin.assign(without_hint(sql));
   std::string& r = out.outbox;
   append_local_heads(reply, r);
   pr::append_command_complete(r, "BEGIN");
@@ -781,7 +781,7 @@ bool Session::end_deferred_transaction(std::string_view frames, Actions& out) {
       info.multiple_statements) {
     return false;
   }
-  deferred_begin_.clear();
+  forget_deferred_begin();
   std::string& r = out.outbox;
   append_local_heads(reply, r);
   pr::append_command_complete(r, commit ? "COMMIT" : "ROLLBACK");
@@ -802,7 +802,7 @@ std::pair<std::string_view, std::string> Session::shard_conflict(Link& l, std::s
   }
   constexpr std::string_view kNotSupported = "0A000";
   routing::RouteContext context;
-  context.device_id = device_id_;
+  context.device_id = extras().device_id;
   context.params = params;
   context.fingerprint = fingerprint_of(sql);
   const routing::Route route = router_.route(sql, context);
@@ -1099,9 +1099,9 @@ bool Session::answer_route_setting(std::string_view input, char tx_status, Actio
       return true;
     }
     if (!set || info.value_is_default) {
-      device_id_.clear();
+      if (extras_) extras_->device_id.clear();
     } else {
-      device_id_.assign(value);
+      extras_to_change().device_id.assign(value);
     }
     pr::append_command_complete(r, set ? "SET" : "RESET");
     pr::append_ready_for_query(r, tx_status);
@@ -1151,9 +1151,9 @@ bool Session::answer_listen_locally(Flight& flight, Actions& out) {
     return false;
   }
   const std::string channel(info.name.view());
-  if (listen && listen_channels_.size() >= kMaxClientListenChannels &&
-      std::find(listen_channels_.begin(), listen_channels_.end(), channel) ==
-          listen_channels_.end()) {
+  if (listen && extras().listen_channels.size() >= kMaxClientListenChannels &&
+      std::find(extras().listen_channels.begin(), extras().listen_channels.end(), channel) ==
+          extras().listen_channels.end()) {
     std::string& r = out.outbox;
     append_local_heads(reply, r);
     append_error(r, "53400",
@@ -1699,11 +1699,11 @@ void Session::note_for(const routing::StatementInfo& info, Note& note) const {
 
 // LISTEN/UNLISTEN that run on the client's own (pinned) server, for the channel cap.
 void Session::count_server_listens(const Review& r) {
-  if (r.unlisten_all) server_listens_.clear();
+  if (r.unlisten_all && extras_) extras_->server_listens.clear();
   for (const auto& name : r.unlistened)
-    std::erase(server_listens_, name);
+    std::erase(extras_to_change().server_listens, name);
   for (const auto& name : r.listened)
-    server_listens_.push_back(name);
+    extras_to_change().server_listens.push_back(name);
 }
 
 // Settings set by requests not yet answered (or by a transaction not yet committed) that the
@@ -1814,8 +1814,9 @@ Review Session::review(std::string_view sql, bool settling_transaction,
         auto has = [channel](const std::vector<std::string>& v) {
           return std::find(v.begin(), v.end(), channel) != v.end();
         };
-        if (!has(listen_channels_) && !has(server_listens_) && !has(r.listened)) {
-          if (listen_channels_.size() + server_listens_.size() + r.listened.size() >=
+        if (!has(extras().listen_channels) && !has(extras().server_listens) && !has(r.listened)) {
+          if (extras().listen_channels.size() + extras().server_listens.size() +
+                  r.listened.size() >=
               kMaxClientListenChannels) {
             r.refusal_sqlstate = "53400";
             r.refusal = "pgvalve: a client may listen on at most " +

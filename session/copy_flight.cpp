@@ -34,7 +34,7 @@ Session::ScatterStart Session::start_copy(std::string_view frames, const Request
         "COPY FROM STDIN into a sharded database is routed row by row when it comes "
         "as a simple query; send it with the simple query protocol");
   }
-  if (!deferred_begin_.empty()) {
+  if (!extras().deferred_begin.empty()) {
     return refuse(
         "a COPY routed row by row commits on every shard as a transaction of its own; run "
         "the COPY outside the client's transaction (autocommit)");

@@ -72,7 +72,8 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
   // then runs on the shards outside it: at READ COMMITTED each statement takes a snapshot of its
   // own and the transaction has no writes of its own to see, so the answer is the one it would
   // get inside. (REPEATABLE READ and SERIALIZABLE share one snapshot between statements.)
-  if (!in_transaction && !deferred_begin_.empty() && (route.write || !deferred_read_committed())) {
+  if (!in_transaction && !extras().deferred_begin.empty() &&
+      (route.write || !deferred_read_committed())) {
     // A write, or a read that must share the transaction's snapshot: the transaction starts on
     // the first shard the statement needs, and the statement is routed again there, to run on
     // every shard's part of it (route_in_transaction).
@@ -253,11 +254,11 @@ std::string_view decision_sql(std::string_view gid, bool commit, std::string& ke
 void Session::check_out_next_shard(Actions& out) {
   auto& run = work().scatter;
   run.waiting = true;
-  pending_link_ = static_cast<LinkId>(run.next);
-  pending_route_ = run.routes[run.next];
+  work().pending_link = static_cast<LinkId>(run.next);
+  work().pending_route = run.routes[run.next];
   ++run.next;
   out.check_out = true;
-  out.route = pending_route_;
+  out.route = work().pending_route;
   enter(SessionState::WaitingForServer);
 }
 
@@ -547,7 +548,7 @@ bool Session::deferred_read_committed() const {
     return folded.find("repeatable") != std::string::npos ||
            folded.find("serializable") != std::string::npos;
   };
-  if (stronger(deferred_begin_)) return false;
+  if (stronger(extras().deferred_begin)) return false;
   for (const char* name :
        {"default_transaction_isolation", "transaction_isolation", "session_characteristics"}) {
     if (const Setting* s = client_settings_.find(name); s && stronger(s->value)) return false;
@@ -575,7 +576,7 @@ void Session::finish_scatter(std::string& into, Actions& out) {
   } else {
     // A read inside a transaction pgvalve holds the BEGIN of: the client stays in it, unless
     // the read failed, which ends it as any refusal there does (nothing ran on a server).
-    if (w.scatter.scatter->failed()) deferred_begin_.clear();
+    if (w.scatter.scatter->failed()) forget_deferred_begin();
     status = client_tx_status();
   }
   w.scatter.scatter->finish(into, status);
@@ -613,7 +614,7 @@ void Session::finish_scatter(std::string& into, Actions& out) {
     w.tx = {};
   }
   deliver_queued_notifications(into);
-  pending_link_ = 0;
+  work().pending_link = 0;
   enter(SessionState::Idle);
   out.resume_client = true;
   if (drain_requested_) close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);

@@ -544,9 +544,9 @@ void Session::apply_note(const Note& note, Link& l, Actions& out) {
       client_settings_.clear();
       restore_startup_settings();
       forget_statements_before(note.statements_before, l);
-      server_listens_.clear();
-      if (!listen_channels_.empty()) {
-        listen_channels_.clear();
+      if (extras_) extras_->server_listens.clear();
+      if (!extras().listen_channels.empty()) {
+        extras_->listen_channels.clear();
         out.hub.kind = HubRequest::Kind::UnlistenAll;
       }
       return;
@@ -678,7 +678,7 @@ void Session::finish_pin_check(Link& l, bool failed, Actions& out) {
     pinned_ = false;
     out.pinned_change -= 1;
   }
-  if (!holds) server_listens_.clear();
+  if (!holds && extras_) extras_->server_listens.clear();
 }
 
 void Session::start_wal_position(Link& l, LinkId id, Actions& out) {

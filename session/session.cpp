@@ -91,6 +91,8 @@ SessionOptions SessionOptions::from(const config::Config& config) {
 void Workspace::clear() {
   failure_sqlstate.clear();
   failure.clear();
+  pending_route = {};
+  pending_link = 0;
   hub_request = HubRequest::Kind::None;
   hub_channel.clear();
   hub_reply = {};
@@ -174,6 +176,15 @@ void Session::enter(SessionState next) {
 Workspace& Session::work() {
   if (!work_) work_ = workspaces_.take();
   return *work_;
+}
+
+const routing::Route& Session::pending_route() const {
+  static const routing::Route none;
+  return work_ ? work_->pending_route : none;
+}
+
+LinkId Session::pending_link() const {
+  return work_ ? work_->pending_link : 0;
 }
 
 Actions& Session::client_actions() {
@@ -562,9 +573,9 @@ void Session::close_with(std::string_view sqlstate, std::string_view message, Ac
     append_error(out.outbox, sqlstate, message, {}, true);
   }
   release_all_for_close(out);
-  if (!listen_channels_.empty()) {
+  if (!extras().listen_channels.empty()) {
     out.hub.kind = HubRequest::Kind::UnlistenAll;
-    listen_channels_.clear();
+    extras_->listen_channels.clear();
   }
   out.close_client = true;
   enter(SessionState::Closing);
@@ -643,8 +654,8 @@ bool Session::retry_elsewhere(Link& l, LinkId id, Actions& out) {
   w.retry_pending = true;
   const routing::Route route = l.route;
   unlink(id, LinkOp::Kind::Close, out);
-  pending_route_ = route;
-  pending_link_ = id;
+  work().pending_route = route;
+  work().pending_link = id;
   out.check_out = true;
   out.route = route;
   enter(SessionState::WaitingForServer);
@@ -823,14 +834,14 @@ const Actions& Session::on_hub_done(std::optional<std::string_view> error) {
   } else {
     pr::append_command_complete(reply, kind == HubRequest::Kind::Listen ? "LISTEN" : "UNLISTEN");
     if (kind == HubRequest::Kind::Listen) {
-      if (std::find(listen_channels_.begin(), listen_channels_.end(), work().hub_channel) ==
-          listen_channels_.end()) {
-        listen_channels_.push_back(work().hub_channel);
+      auto& channels = extras_to_change().listen_channels;
+      if (std::find(channels.begin(), channels.end(), work().hub_channel) == channels.end()) {
+        channels.push_back(work().hub_channel);
       }
     } else if (kind == HubRequest::Kind::Unlisten) {
-      std::erase(listen_channels_, work().hub_channel);
+      std::erase(extras_to_change().listen_channels, work().hub_channel);
     } else {
-      listen_channels_.clear();
+      if (extras_) extras_->listen_channels.clear();
     }
   }
   pr::append_ready_for_query(reply, 'I');

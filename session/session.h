@@ -101,7 +101,7 @@ class WorkspacePool {
 
 class Session {
  public:
-  // `recorder` (may be null: no statistics) outlives the session.
+  // `options` and `recorder` (may be null: no statistics) outlive the session.
   Session(const SessionOptions& options, const routing::Router& router, WorkspacePool& workspaces,
           const stats::Recorder* recorder = nullptr);
   ~Session();
@@ -171,8 +171,8 @@ class Session {
   // The route of the request waiting for a checkout (WaitingForServer), and the link its
   // server becomes: 0, or 1 for a read a session-mode client sends to a replica while it keeps
   // its own server as link 0.
-  const routing::Route& pending_route() const { return pending_route_; }
-  LinkId pending_link() const { return pending_link_; }
+  const routing::Route& pending_route() const;
+  LinkId pending_link() const;
   // A read over several shards is being carried out: links 0 .. n-1 are its shards' servers.
   bool scattering() const;
   // The client's request may run on any of several linked servers (a statement over several
@@ -192,7 +192,7 @@ class Session {
   // For SHOW CLIENTS and tests.
   const Settings& client_settings() const { return client_settings_; }
   std::size_t prepared_statement_count() const;
-  std::size_t listen_channel_count() const { return listen_channels_.size(); }
+  std::size_t listen_channel_count() const { return extras().listen_channels.size(); }
 
  private:
   // ---- state ----
@@ -288,7 +288,7 @@ class Session {
   void copy_client_data(std::string_view frames, Actions& out);
   void end_copy(Actions& out);
   void copy_part_answered(Link& l, Actions& out);
-  char client_tx_status() const { return deferred_begin_.empty() ? 'I' : 'T'; }
+  char client_tx_status() const { return extras().deferred_begin.empty() ? 'I' : 'T'; }
   // The transaction whose BEGIN is held back runs at READ COMMITTED (its BEGIN and the client's
   // settings ask for nothing stronger).
   bool deferred_read_committed() const;
@@ -406,11 +406,35 @@ class Session {
   // A linked server's message is passing through to the client and has not ended.
   bool client_mid_message() const;
 
-  SessionOptions options_;
+  // What few clients have, out of line so that an ordinary client does not carry it; allocated
+  // on first use and kept.
+  struct Extras {
+    // SET pgvalve.device_id: the shard key of this client's statements (sharded databases).
+    std::string device_id;
+    // A BEGIN answered by pgvalve and not sent yet: it goes first to the shard the
+    // transaction's first statement needs.
+    std::string deferred_begin;
+    std::vector<std::string> listen_channels;  // through the listen hub
+    std::vector<std::string> server_listens;   // LISTENs run on its own pinned server
+  };
+  const Extras& extras() const {
+    static const Extras none;
+    return extras_ ? *extras_ : none;
+  }
+  Extras& extras_to_change() {
+    if (!extras_) extras_ = std::make_unique<Extras>();
+    return *extras_;
+  }
+  void forget_deferred_begin() {
+    if (extras_) extras_->deferred_begin.clear();
+  }
+
+  const SessionOptions& options_;  // outlives the session (shared by a configuration's)
   const routing::Router& router_;
   WorkspacePool& workspaces_;
   const stats::Recorder* recorder_;
   std::unique_ptr<Workspace> work_;
+  std::unique_ptr<Extras> extras_;
   SessionState state_ = SessionState::LoggingIn;
   Clock::time_point now_{};  // of the event being handled
 
@@ -421,8 +445,6 @@ class Session {
   protocol::BackendKeyData key_;
   std::unique_ptr<protocol::ClientStatements> statements_;
   std::size_t statement_bytes_ = 0;
-  std::vector<std::string> listen_channels_;  // through the listen hub
-  std::vector<std::string> server_listens_;   // LISTENs run on its own pinned server
   bool logged_in_ = false;
   bool drain_requested_ = false;
   bool pinned_ = false;
@@ -432,22 +454,15 @@ class Session {
   bool skip_until_sync_ = false;  // an extended flight failed: drop its messages until Sync
   bool pipeline_full_ = false;    // kMaxRequestsInFlight unanswered: the client is not read
   bool error_sent_in_flight_ = false;
-  routing::Route pending_route_;  // of the request waiting for a server
-  LinkId pending_link_ = 0;
   // Session mode: the next request runs on the client's own server (no replica could take it).
   bool stay_on_own_server_ = false;
   // Read-your-writes: per shard, the primary's WAL position after the client's last write there
   // (lsn; empty until the first), and when the last write ended (time).
   std::vector<std::uint64_t> write_lsns_;
   Clock::time_point last_write_at_{};
-  // SET pgvalve.device_id: the shard key of this client's statements (sharded databases).
-  std::string device_id_;
   // Sharded databases: what identifies the request the last checkout was routed by (a hash of
   // its text and Bind values), so that it is not routed a second time on the server it got.
   std::uint64_t routed_request_ = 0;
-  // A BEGIN answered by pgvalve and not sent yet: it goes first to the shard the transaction's
-  // first statement needs.
-  std::string deferred_begin_;
   std::uint32_t scatter_writes_ = 0;  // numbers the two-phase commits of this client
   // SET pgvalve.route: where this client's statements go when no hint says otherwise.
   routing::RouteContext::Preference preference_ = routing::RouteContext::Preference::Auto;

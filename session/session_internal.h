@@ -249,6 +249,9 @@ struct Workspace {
   // A waiting request whose checkout or settings sync failed gets this error.
   std::string failure_sqlstate;
   std::string failure;
+  // The request waiting for a server: its route, and the link the server is for.
+  routing::Route pending_route;
+  LinkId pending_link = 0;
   // A LISTEN/UNLISTEN waiting for the listen hub, and how to answer it.
   HubRequest::Kind hub_request = HubRequest::Kind::None;
   std::string hub_channel;

@@ -86,7 +86,7 @@ bool Session::route_in_transaction(std::string_view frames, Link*& l, Actions& o
   if (!request.bound && !request.ended)
     return true;  // its Bind, still on its way, may hold the key
   routing::RouteContext context;
-  context.device_id = device_id_;
+  context.device_id = extras().device_id;
   const BindParams params(request.bind_rest, request.param_types);
   context.params = request.bound ? &params : nullptr;
   context.fingerprint = fingerprint_of(request.sql);
@@ -150,10 +150,10 @@ bool Session::join_shard(std::uint16_t shard, Link& l, Actions& out) {
   tx.join_allowed = false;
   tx.refused_shard = shard;  // named in the refusal if it cannot join
   if (!tx.spans) tx.current = l.id;
-  pending_route_ = routing::Route::primary(shard);
-  pending_link_ = id;
+  work().pending_route = routing::Route::primary(shard);
+  work().pending_link = id;
   out.check_out = true;
-  out.route = pending_route_;
+  out.route = work().pending_route;
   enter(SessionState::WaitingForServer);
   return true;
 }
@@ -310,7 +310,7 @@ void Session::join_failed(std::string_view sqlstate, std::string why, Actions& o
   tx.joining = false;
   tx.refusal_sqlstate.assign(sqlstate);
   tx.refusal = std::move(why);
-  pending_link_ = 0;
+  work().pending_link = 0;
   enter(SessionState::Holding);
   out.resume_client = true;
 }
@@ -585,7 +585,7 @@ void Session::finish_shard_transaction(std::string& into, Actions& out) {
   }
   tx = {};
   deliver_queued_notifications(into);
-  pending_link_ = 0;
+  work().pending_link = 0;
   enter(SessionState::Idle);
   out.resume_client = true;
   if (drain_requested_) close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);

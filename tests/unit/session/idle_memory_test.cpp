@@ -80,7 +80,8 @@ TEST(SessionIdleMemory, DestroyedSessionGivesItsWorkspaceBack) {
   WorkspacePool pool;
   routing::Router router;
   {
-    Session session({}, router, pool);
+    const SessionOptions options;
+    Session session(options, router, pool);
     session.start({}, std::make_shared<const ServerParameters>(default_parameters()), {1, 2},
                   nullptr, T0);
     EXPECT_EQ(pool.spare(), 0u);

@@ -418,19 +418,21 @@ class SessionHarness {
                           std::vector<std::pair<std::string, std::string>> startup = {},
                           ServerState* login_server = nullptr, bool split_reads = false,
                           const stats::Recorder* recorder = nullptr)
-      : router_(split_reads ? routing::Router(1, routing::RoutingPolicy{true, &write_functions_},
+      : options_(options),
+        router_(split_reads ? routing::Router(1, routing::RoutingPolicy{true, &write_functions_},
                                               &decisions_)
                             : routing::Router()),
-        session_(options, router_, workspaces_, recorder) {
+        session_(options_, router_, workspaces_, recorder) {
     log_in(startup, login_server);
   }
   // A client of a sharded database (`sharding` outlives the harness); `split_reads`: its shards
   // have replicas that take reads.
   explicit SessionHarness(const routing::ShardingPolicy& sharding, SessionOptions options = {},
                           bool split_reads = false)
-      : router_(sharding.map.shard_count(),
+      : options_(options),
+        router_(sharding.map.shard_count(),
                 routing::RoutingPolicy{split_reads, &write_functions_, &sharding, 1}, &decisions_),
-        session_(options, router_, workspaces_, nullptr) {
+        session_(options_, router_, workspaces_, nullptr) {
     log_in({}, nullptr);
   }
 
@@ -540,6 +542,7 @@ class SessionHarness {
     return copy_step(a);
   }
 
+  SessionOptions options_;
   WorkspacePool workspaces_;
   std::vector<std::string> write_functions_{"nextval"};
   routing::DecisionCache decisions_{64};
