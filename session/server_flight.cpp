@@ -497,7 +497,8 @@ void Session::drop_notes() {
 }
 
 void Session::restore_startup_settings() {
-  for (const auto& s : startup_settings_.all())
+  if (!startup_settings_) return;
+  for (const auto& s : startup_settings_->all())
     client_settings_.set(s.name, s.value, s.reported, s.form);
 }
 
@@ -512,7 +513,7 @@ void Session::apply_note(const Note& note, Link& l, Actions& out) {
       return;
     case NoteKind::Reset:
       if (!is_synced_setting(note.name)) server.settings.erase(note.name);
-      if (const Setting* s = startup_settings_.find(note.name)) {
+      if (const Setting* s = startup_settings_ ? startup_settings_->find(note.name) : nullptr) {
         client_settings_.set(s->name, s->value, s->reported, s->form);
       } else {
         client_settings_.erase(note.name);

@@ -148,6 +148,18 @@ std::unique_ptr<Workspace> WorkspacePool::take() {
   return w;
 }
 
+std::shared_ptr<const Settings> WorkspacePool::share(Settings settings) {
+  const std::uint64_t key = settings.fingerprint();
+  std::weak_ptr<const Settings>& slot = shared_settings_[key];
+  if (auto known = slot.lock(); known && known->all() == settings.all()) return known;
+  auto made = std::make_shared<const Settings>(std::move(settings));
+  slot = made;
+  if (shared_settings_.size() > kMaxShared) {
+    std::erase_if(shared_settings_, [](const auto& entry) { return entry.second.expired(); });
+  }
+  return made;
+}
+
 void WorkspacePool::give_back(std::unique_ptr<Workspace> workspace) {
   if (!workspace || spare_.size() >= kSpareWorkspaces) return;
   workspace->clear();
@@ -305,11 +317,12 @@ void Session::set_server_paused(LinkId id, bool paused, Clock::time_point now) {
 // ---- Login ---------------------------------------------------------------------------------
 
 void Session::absorb_startup(const std::vector<std::pair<std::string, std::string>>& startup) {
+  Settings startup_settings;
   auto apply = [&](std::string_view name, std::string_view value) {
     const std::string key = lower(name);
     const bool reported = is_synced_setting(key);
     client_settings_.set(key, value, reported);
-    startup_settings_.set(key, value, reported);
+    startup_settings.set(key, value, reported);
   };
   for (const auto& [name, value] : startup) {
     if (name == "user" || name == "database" || name == "replication") continue;
@@ -320,6 +333,7 @@ void Session::absorb_startup(const std::vector<std::pair<std::string, std::strin
     }
     apply(name, value);
   }
+  startup_settings_ = workspaces_.share(std::move(startup_settings));
 }
 
 void Session::append_login_reply(std::string& out) {

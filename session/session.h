@@ -27,6 +27,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -84,7 +85,8 @@ struct RequestText;
 class Scatter;
 class BindParams;
 
-// One workspace pool per worker thread; not thread-safe.
+// One workspace pool per worker thread; not thread-safe. It also keeps one copy of each set of
+// startup settings its sessions share (most clients of an application log in with the same).
 class WorkspacePool {
  public:
   WorkspacePool();
@@ -94,9 +96,13 @@ class WorkspacePool {
   std::unique_ptr<Workspace> take();
   void give_back(std::unique_ptr<Workspace> workspace);
   std::size_t spare() const { return spare_.size(); }
+  // The shared copy of `settings`.
+  std::shared_ptr<const Settings> share(Settings settings);
 
  private:
+  static constexpr std::size_t kMaxShared = 256;
   std::vector<std::unique_ptr<Workspace>> spare_;
+  std::unordered_map<std::uint64_t, std::weak_ptr<const Settings>> shared_settings_;
 };
 
 class Session {
@@ -439,8 +445,8 @@ class Session {
   Clock::time_point now_{};  // of the event being handled
 
   // Durable per-client state (kept while idle).
-  Settings client_settings_;   // where they differ from the pool's server defaults
-  Settings startup_settings_;  // what RESET returns a setting to
+  Settings client_settings_;  // where they differ from the pool's server defaults
+  std::shared_ptr<const Settings> startup_settings_;  // what RESET returns a setting to
   std::shared_ptr<const ServerParameters> defaults_;
   protocol::BackendKeyData key_;
   std::unique_ptr<protocol::ClientStatements> statements_;

@@ -25,6 +25,7 @@ struct Setting {
   std::string value;
   bool reported = false;  // PostgreSQL announces it with ParameterStatus
   SettingForm form = SettingForm::Literal;
+  bool operator==(const Setting&) const = default;
 };
 
 // The session settings PostgreSQL reports with ParameterStatus that pgvalve keeps equal between

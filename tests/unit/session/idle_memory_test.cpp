@@ -76,6 +76,23 @@ TEST(SessionIdleMemory, ALocallyAnsweredRequestLeavesNothingHeld) {
   EXPECT_EQ(h.workspaces().spare(), 1u);
 }
 
+TEST(SessionIdleMemory, ClientsWithTheSameStartupSettingsShareOneCopy) {
+  WorkspacePool pool;
+  auto settings = [](std::string_view app) {
+    Settings s;
+    s.set("application_name", app, true);
+    s.set("datestyle", "ISO, DMY", true);
+    return s;
+  };
+  const auto first = pool.share(settings("telemetry-writer"));
+  const auto second = pool.share(settings("telemetry-writer"));
+  const auto other = pool.share(settings("dashboard"));
+  EXPECT_EQ(first.get(), second.get());
+  EXPECT_NE(first.get(), other.get());
+  EXPECT_EQ(other->find("application_name")->value, "dashboard");
+  EXPECT_EQ(first->find("application_name")->value, "telemetry-writer");
+}
+
 TEST(SessionIdleMemory, DestroyedSessionGivesItsWorkspaceBack) {
   WorkspacePool pool;
   routing::Router router;
