@@ -78,6 +78,9 @@ struct Worker {
   std::unique_ptr<tcp::acceptor> acceptor;
   std::unique_ptr<asio::steady_timer> sweep_timer;
   CheckoutDeadlines checkout_deadlines{context};
+  // Checkouts of this worker's clients that are between transactions, for the next to ask.
+  static constexpr std::size_t kSpareCheckouts = 64;
+  std::vector<std::unique_ptr<ClientSession::Checkout>> spare_checkouts;
   // Read/write decisions per statement shape, for this worker's sessions (not thread-safe).
   routing::DecisionCache decisions;
   // Load balancing state of this worker's reads (round_robin turn, random draws).

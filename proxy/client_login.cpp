@@ -39,9 +39,10 @@ asio::awaitable<void> ClientSession::serve() {
   }
   enable_keepalive(client_.socket());
   bool ok;
+  StartupParameters startup;  // the login's only: a logged-in client does not keep them
   {
     Deadline auth_deadline(client_, std::chrono::milliseconds(config_->limits.auth_timeout_ms));
-    ok = co_await read_startup();
+    ok = co_await read_startup(startup);
     if (ok) ok = co_await authenticate();
     if (!ok && auth_deadline.expired()) {
       co_await send_fatal("08P01",
@@ -55,7 +56,7 @@ asio::awaitable<void> ClientSession::serve() {
     co_await serve_admin_console(app_, client_, client_in_, user_name_, id_);
     co_return;
   }
-  co_await start_session();
+  co_await start_session(startup);
 }
 
 // Refused at accept (App::admit()). The client is told why in answer to its startup packet, as
@@ -71,7 +72,8 @@ asio::awaitable<void> ClientSession::refuse_at_door() {
   {
     Deadline deadline(client_,
                       std::chrono::milliseconds(std::min(config_->limits.auth_timeout_ms, 2000)));
-    ok = co_await read_startup();
+    StartupParameters ignored;
+    ok = co_await read_startup(ignored);
   }
   if (!ok) co_return;
   const std::string from = from_.to_string();
@@ -125,7 +127,7 @@ asio::awaitable<void> ClientSession::send_fatal(std::string_view sqlstate,
           {"database", database_name_}, {"sqlstate", sqlstate}, {"reason", message});
 }
 
-asio::awaitable<bool> ClientSession::read_startup() {
+asio::awaitable<bool> ClientSession::read_startup(StartupParameters& startup_params) {
   for (;;) {
     auto r = pr::decode_startup(client_in_.readable());
     if (r.status == pr::DecodeStatus::NeedMoreData) {
@@ -190,7 +192,7 @@ asio::awaitable<bool> ClientSession::read_startup() {
     user_name_ = std::string(startup.get("user"));
     database_name_ = std::string(startup.get("database"));
     if (database_name_.empty()) database_name_ = user_name_;
-    startup_params_ = std::move(startup.parameters);
+    startup_params = std::move(startup.parameters);
     if (!client_in_.empty()) {
       co_await send_fatal("08P01", "pgvalve: unexpected data after the startup packet");
       co_return false;
@@ -309,8 +311,8 @@ asio::awaitable<bool> ClientSession::authenticate_md5(const UserAuth& auth) {
   co_return ok;
 }
 
-asio::awaitable<bool> ClientSession::start_session() {
-  for (const auto& [name, value] : startup_params_) {
+asio::awaitable<bool> ClientSession::start_session(const StartupParameters& startup_params) {
+  for (const auto& [name, value] : startup_params) {
     if (name == "replication" && value != "false" && value != "0" && value != "off") {
       co_await send_fatal("0A000",
                           "pgvalve: replication connections are not supported; connect to "
@@ -397,9 +399,8 @@ asio::awaitable<bool> ClientSession::start_session() {
   PGV_LOG(Info, "client_login", {"client", id_}, {"user", user_name_}, {"database", database_name_},
           {"mode", config::to_string(config_->pool.mode)});
   const auto& actions =
-      core_->start(startup_params_, pool_->server_parameters(),
+      core_->start(startup_params, pool_->server_parameters(),
                    {cancel_->process_id, cancel_->secret_key}, state, session::Clock::now());
-  std::vector<std::pair<std::string, std::string>>().swap(startup_params_);
   carry_out(actions, Source::Client);
   if (!closed_ && !links_.empty() && links_[0].conn) watch_server(0);
   co_return true;

@@ -7,6 +7,7 @@
 #include <boost/asio/post.hpp>
 
 #include "proxy/app.h"
+#include "proxy/handler_memory.h"
 #include "proxy/listen_hub.h"
 #include "proxy/log.h"
 #include "routing/replica_choice.h"
@@ -63,14 +64,38 @@ class ClientSession::Sink final : public NotificationSink {
 
 void ClientSession::CheckoutWaiter::grant(std::unique_ptr<pool::Connection> conn) {
   // Called from inside another session's check-in: continue on our own turn of the loop.
-  asio::post(session_.client_.get_executor(),
-             [self = session_.shared_from_this(), conn = std::move(conn)]() mutable {
+  asio::post(session_->client_.get_executor(),
+             [self = session_->shared_from_this(), conn = std::move(conn)]() mutable {
                self->on_granted(std::move(conn));
              });
 }
 
 void ClientSession::CheckoutWaiter::on_checkout_deadline() {
-  session_.checkout_timed_out();
+  session_->checkout_timed_out();
+}
+
+ClientSession::Checkout& ClientSession::checkout() {
+  if (!checkout_) {
+    auto& spares = worker_.spare_checkouts;
+    if (spares.empty()) {
+      checkout_ = std::make_unique<Checkout>();
+    } else {
+      checkout_ = std::move(spares.back());
+      spares.pop_back();
+    }
+    checkout_->waiter.session_ = this;
+  }
+  return *checkout_;
+}
+
+void ClientSession::end_checkout() {
+  if (!checkout_ || !checkout_->done()) return;
+  checkout_->pool.reset();
+  checkout_->started = {};
+  if (worker_.spare_checkouts.size() < Worker::kSpareCheckouts) {
+    worker_.spare_checkouts.push_back(std::move(checkout_));
+  }
+  checkout_.reset();
 }
 
 ClientSession::ClientSession(App& app, Worker& worker, Socket socket, std::uint64_t id,
@@ -81,16 +106,19 @@ ClientSession::ClientSession(App& app, Worker& worker, Socket socket, std::uint6
 }
 
 ClientSession::~ClientSession() {
-  worker_.checkout_deadlines.remove(waiter_);
   // close() normally leaves nothing behind. A session that ends without it (shutdown destroys
   // the handlers that hold it) must not take places in its pools with it.
-  if (wait_pool_) {
-    if (!granted_) {
-      wait_pool_->cancel_wait(worker_.index, &waiter_);
-    } else if (grant_) {
-      wait_pool_->discard(worker_.index, std::move(grant_));
-    } else {
-      wait_pool_->create_failed(worker_.index);
+  if (checkout_) {
+    Checkout& c = *checkout_;
+    worker_.checkout_deadlines.remove(c.waiter);
+    if (c.wait_pool) {
+      if (!c.granted) {
+        c.wait_pool->cancel_wait(worker_.index, &c.waiter);
+      } else if (c.grant) {
+        c.wait_pool->discard(worker_.index, std::move(c.grant));
+      } else {
+        c.wait_pool->create_failed(worker_.index);
+      }
     }
   }
   for (auto& io : links_) {
@@ -226,6 +254,7 @@ void ClientSession::watch_client() {
   if (core_->idle() && client_in_.empty()) {
     // Between transactions: nothing held but this object and a wait for the client's socket.
     core_->trim();
+    end_checkout();
     client_in_.release();
     client_writer_.trim();
     if (links_.size() > 1) {
@@ -250,15 +279,16 @@ void ClientSession::watch_client() {
     });
     return;
   }
-  client_.socket().async_wait(Socket::wait_read, [self = shared_from_this()](const error_code& ec) {
-    self->watching_client_ = false;
-    if (self->closed_) return;
-    if (ec) {
-      if (ec != asio::error::operation_aborted) self->client_gone();
-      return;
-    }
-    self->read_client();
-  });
+  client_.socket().async_wait(
+      Socket::wait_read, with_exact_size_memory([self = shared_from_this()](const error_code& ec) {
+        self->watching_client_ = false;
+        if (self->closed_) return;
+        if (ec) {
+          if (ec != asio::error::operation_aborted) self->client_gone();
+          return;
+        }
+        self->read_client();
+      }));
 }
 
 void ClientSession::read_client() {
@@ -319,7 +349,7 @@ void ClientSession::on_drain() {
 
 void ClientSession::on_stopped() {
   const auto self = shared_from_this();  // destroyed, if at all, once this returns
-  waiting_self_.reset();
+  checkout().waiting_self.reset();
   client_writer_.abandon();
   for (auto& io : links_)
     io.writer.abandon();
@@ -335,21 +365,26 @@ void ClientSession::close() {
   client_writer_.abandon();
   if (timer_) timer_->cancel();
   // False: a grant is on its way; on_granted() or acquire() gives it back.
-  if (wait_pool_ && !granted_ && wait_pool_->cancel_wait(worker_.index, &waiter_)) {
-    wait_pool_.reset();
-    waiting_ = false;
-    waited = std::move(waiting_self_);
+  if (checkout_) {
+    Checkout& c = *checkout_;
+    if (c.wait_pool && !c.granted && c.wait_pool->cancel_wait(worker_.index, &c.waiter)) {
+      c.wait_pool.reset();
+      c.waiting = false;
+      waited = std::move(c.waiting_self);
+    }
+    worker_.checkout_deadlines.remove(c.waiter);
+    if (c.wait_timer) c.wait_timer->cancel();
   }
-  worker_.checkout_deadlines.remove(waiter_);
-  if (wait_timer_) wait_timer_->cancel();
   for (auto& io : links_) {
     io.writer.abandon();
     // The core gave every server back before asking to close; anything left is closed.
     if (io.conn) give_back(std::move(io.conn), false, *io.pool);
   }
-  if (hub_ && sink_) hub_->forget(sink_.get());
   client_in_.release();
-  waiting_for_hub_.reset();
+  if (listening_) {
+    listening_->hub->forget(listening_->sink.get());
+    listening_->waiting.reset();
+  }
   PGV_LOG(Info, "client_logout", {"client", id_}, {"user", user_name_},
           {"database", database_name_});
 }
@@ -568,16 +603,16 @@ std::unique_ptr<ServerConnection> ClientSession::usable(std::unique_ptr<pool::Co
 // pre-ping runs a coroutine.
 void ClientSession::check_out(const routing::Route& route) {
   // The wait ends when a server is linked (link()) or the request fails (on_checkout_failed).
-  if (checkout_started_ == session::Clock::time_point{}) checkout_started_ = now();
+  if (Checkout& c = checkout(); c.started == session::Clock::time_point{}) c.started = now();
   if (app_.paused(database_name_)) {
     asio::co_spawn(
         client_.get_executor(), wait_while_paused(route),
         [self = shared_from_this()](std::exception_ptr e) { log_failure(self->id_, e); });
     return;
   }
-  checkout_pool_ = pool_for(route);
-  if (runs_on_own_server(checkout_pool_)) return;
-  if (!checkout_pool_) {
+  checkout().pool = pool_for(route);
+  if (runs_on_own_server(checkout().pool)) return;
+  if (!checkout().pool) {
     hold(route);
     return;
   }
@@ -610,8 +645,8 @@ asio::awaitable<void> ClientSession::wait_while_paused(routing::Route route) {
 }
 
 void ClientSession::hold(const routing::Route& route, std::shared_ptr<pool::ServerPool> failed) {
-  if (hold_until_ == session::Clock::time_point::max()) {
-    hold_until_ = now() + std::chrono::milliseconds(config_->failover.hold_writes_ms);
+  if (Checkout& c = checkout(); c.hold_until == session::Clock::time_point::max()) {
+    c.hold_until = now() + std::chrono::milliseconds(config_->failover.hold_writes_ms);
     PGV_LOG(Info, "writes_held", {"client", id_}, {"database", database_name_},
             {"hold_writes_ms", config_->failover.hold_writes_ms});
   }
@@ -628,16 +663,16 @@ asio::awaitable<void> ClientSession::hold_for_primary(routing::Route route,
     if (closed_) co_return;
     auto pool = pool_for(route);
     if (pool && (pool != failed || now() - failed_at >= std::chrono::milliseconds(500))) {
-      checkout_pool_ = std::move(pool);
+      checkout().pool = std::move(pool);
       check_out_from_pool();
       co_return;
     }
-    if (now() >= hold_until_) break;
+    if (now() >= checkout().hold_until) break;
     timer.expires_after(std::chrono::milliseconds(20));
     error_code ec;
     co_await timer.async_wait(await_ec(ec));
   }
-  hold_until_ = session::Clock::time_point::max();
+  checkout().hold_until = session::Clock::time_point::max();
   end_checkout_wait();
   carry_out(core_->on_checkout_failed(
                 "57P03",
@@ -668,8 +703,8 @@ bool ClientSession::retry_on_another_host(pool::ServerPool& failed) {
   if (!next || next.get() == &failed) return false;
   PGV_LOG(Info, "read_moved", {"client", id_}, {"from", failed.key().host.to_string()},
           {"to", next->key().host.to_string()});
-  checkout_pool_ = std::move(next);
-  take(checkout_from(checkout_pool_));
+  checkout().pool = std::move(next);
+  take(checkout_from(checkout().pool));
   return true;
 }
 
@@ -737,35 +772,35 @@ void ClientSession::describe(std::vector<ConnectionRow>& rows) {
 }
 
 void ClientSession::end_checkout_wait() {
-  if (checkout_started_ == session::Clock::time_point{}) return;
+  if (!checkout_ || checkout_->started == session::Clock::time_point{}) return;
   const auto micros = static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::microseconds>(now() - checkout_started_).count());
+      std::chrono::duration_cast<std::chrono::microseconds>(now() - checkout().started).count());
   worker_.counters.record_checkout_wait(micros);
   if (database_counters_) {
     database_counters_->checkout_wait_micros.fetch_add(micros, std::memory_order_relaxed);
   }
-  checkout_started_ = {};
+  checkout().started = {};
 }
 
 bool ClientSession::runs_on_own_server(const std::shared_ptr<pool::ServerPool>& pool) {
   const session::LinkId id = core_->pending_link();
   if (id == 0 || links_.empty() || !links_[0].conn) return false;
   if (pool && pool != links_[0].pool) return false;
-  checkout_pool_.reset();
+  checkout().pool.reset();
   end_checkout_wait();
   carry_out(core_->on_checkout_failed({}, {}, now()), Source::Client);
   return true;
 }
 
 void ClientSession::check_out_from_pool() {
-  const auto& settings = checkout_pool_->settings(worker_.index);
-  checkout_deadline_ = now() + std::chrono::milliseconds(settings.checkout_timeout_ms);
-  take(checkout_from(checkout_pool_));
+  const auto& settings = checkout().pool->settings(worker_.index);
+  checkout().deadline = now() + std::chrono::milliseconds(settings.checkout_timeout_ms);
+  take(checkout_from(checkout().pool));
 }
 
 pool::CheckoutResult ClientSession::checkout_from(const std::shared_ptr<pool::ServerPool>& pool) {
-  auto result = pool->checkout(worker_.index, &waiter_);
-  if (result.kind == pool::CheckoutKind::Wait) wait_pool_ = pool;
+  auto result = pool->checkout(worker_.index, &checkout().waiter);
+  if (result.kind == pool::CheckoutKind::Wait) checkout().wait_pool = pool;
   return result;
 }
 
@@ -779,8 +814,9 @@ void ClientSession::give_up(pool::ServerPool& pool, pool::CheckoutResult result)
       return;
     case pool::CheckoutKind::Wait:
       // False: a grant is already on its way, and on_granted() gives it back.
-      if (wait_pool_ && !granted_ && wait_pool_->cancel_wait(worker_.index, &waiter_)) {
-        wait_pool_.reset();
+      if (Checkout& c = checkout();
+          c.wait_pool && !c.granted && c.wait_pool->cancel_wait(worker_.index, &c.waiter)) {
+        c.wait_pool.reset();
       }
       return;
   }
@@ -788,7 +824,7 @@ void ClientSession::give_up(pool::ServerPool& pool, pool::CheckoutResult result)
 
 // Carries out the pool's answer to a checkout.
 void ClientSession::take(pool::CheckoutResult result) {
-  pool::ServerPool& pool = *checkout_pool_;
+  pool::ServerPool& pool = *checkout().pool;
   for (;;) {
     switch (result.kind) {
       case pool::CheckoutKind::Idle: {
@@ -796,64 +832,68 @@ void ClientSession::take(pool::CheckoutResult result) {
         if (settings.pre_ping &&
             now() - result.conn->last_used_at >= std::chrono::seconds(settings.pre_ping_idle_s)) {
           asio::co_spawn(
-              client_.get_executor(), check_out_slowly(checkout_pool_, std::move(result)),
+              client_.get_executor(), check_out_slowly(checkout().pool, std::move(result)),
               [self = shared_from_this()](std::exception_ptr e) { log_failure(self->id_, e); });
           return;
         }
         if (auto server = usable(std::move(result.conn), pool)) {
-          link(std::move(server), checkout_pool_);
+          link(std::move(server), checkout().pool);
           return;
         }
         // It died while idle; the next one (each try discards one, so this ends).
-        result = checkout_from(checkout_pool_);
+        result = checkout_from(checkout().pool);
         continue;
       }
       case pool::CheckoutKind::Create:
         asio::co_spawn(
-            client_.get_executor(), check_out_slowly(checkout_pool_, std::move(result)),
+            client_.get_executor(), check_out_slowly(checkout().pool, std::move(result)),
             [self = shared_from_this()](std::exception_ptr e) { log_failure(self->id_, e); });
         return;
-      case pool::CheckoutKind::Wait:
+      case pool::CheckoutKind::Wait: {
         // on_granted(), or checkout_timed_out() at the deadline, ends it. Nothing else holds
         // the session meanwhile (the pool and the deadline list know it by address).
-        waiting_ = true;
-        waiting_self_ = shared_from_this();
-        worker_.checkout_deadlines.add(waiter_, checkout_deadline_);
+        Checkout& c = checkout();
+        c.waiting = true;
+        c.waiting_self = shared_from_this();
+        worker_.checkout_deadlines.add(c.waiter, c.deadline);
         return;
+      }
     }
   }
 }
 
 void ClientSession::on_granted(std::unique_ptr<pool::Connection> conn) {
-  if (wait_timer_) {  // acquire() waits; it takes the grant (and clears wait_pool_)
-    grant_ = std::move(conn);
-    granted_ = true;
-    wait_timer_->cancel();
+  Checkout& c = checkout();
+  if (c.wait_timer) {  // acquire() waits; it takes the grant (and clears wait_pool)
+    c.grant = std::move(conn);
+    c.granted = true;
+    c.wait_timer->cancel();
     return;
   }
-  auto pool = std::move(wait_pool_);
-  if (!pool) pool = checkout_pool_ ? checkout_pool_ : pool_;
+  auto pool = std::move(c.wait_pool);
+  if (!pool) pool = c.pool ? c.pool : pool_;
   pool::CheckoutResult result;
   result.kind = conn ? pool::CheckoutKind::Idle : pool::CheckoutKind::Create;
   result.conn = std::move(conn);
-  if (closed_ || !waiting_) {
+  if (closed_ || !c.waiting) {
     // Nobody waits any more: the connection (or the permit) goes straight back.
-    const auto self = std::move(waiting_self_);
+    const auto self = std::move(c.waiting_self);
     give_up(*pool, std::move(result));
     return;
   }
-  waiting_ = false;
-  const auto self = std::move(waiting_self_);
-  worker_.checkout_deadlines.remove(waiter_);
+  c.waiting = false;
+  const auto self = std::move(c.waiting_self);
+  worker_.checkout_deadlines.remove(c.waiter);
   take(std::move(result));
 }
 
 // The checkout deadline passed while waiting: the request gets 53300, the connection stays.
 void ClientSession::checkout_timed_out() {
-  if (!waiting_ || !wait_pool_ || !wait_pool_->cancel_wait(worker_.index, &waiter_)) return;
-  const auto pool = std::move(wait_pool_);
-  waiting_ = false;
-  const auto self = std::move(waiting_self_);
+  Checkout& c = checkout();
+  if (!c.waiting || !c.wait_pool || !c.wait_pool->cancel_wait(worker_.index, &c.waiter)) return;
+  const auto pool = std::move(c.wait_pool);
+  c.waiting = false;
+  const auto self = std::move(c.waiting_self);
   pool->note_timeout(worker_.index);
   const auto& settings = pool->settings(worker_.index);
   end_checkout_wait();
@@ -878,14 +918,15 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::acquire(
   for (int attempt = 0; attempt < attempts && !closed_; ++attempt) {
     if (result.kind == pool::CheckoutKind::Wait) {
       asio::steady_timer timer(client_.get_executor());
-      wait_timer_ = &timer;
-      granted_ = false;
+      checkout().wait_timer = &timer;
+      checkout().granted = false;
       timer.expires_at(deadline);
       error_code ec;
       co_await timer.async_wait(await_ec(ec));
-      if (!granted_ && !closed_ && wait_pool_ && wait_pool_->cancel_wait(worker_.index, &waiter_)) {
-        wait_timer_ = nullptr;
-        wait_pool_.reset();
+      if (!checkout().granted && !closed_ && checkout().wait_pool &&
+          checkout().wait_pool->cancel_wait(worker_.index, &checkout().waiter)) {
+        checkout().wait_timer = nullptr;
+        checkout().wait_pool.reset();
         pool->note_timeout(worker_.index);
         failure = {"53300",
                    "pgvalve: no server connection became available within "
@@ -895,17 +936,17 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::acquire(
         co_return nullptr;
       }
       // Granted while timing out: the hand-over is on its way.
-      while (!granted_ && !closed_) {
+      while (!checkout().granted && !closed_) {
         timer.expires_at(session::Clock::time_point::max());
         co_await timer.async_wait(await_ec(ec));
       }
-      wait_timer_ = nullptr;
+      checkout().wait_timer = nullptr;
       // Closed while queued: close() cancelled the wait, or on_granted() gives back the grant
       // still on its way.
-      if (!granted_) break;
-      granted_ = false;
-      wait_pool_.reset();
-      result.conn = std::move(grant_);
+      if (!checkout().granted) break;
+      checkout().granted = false;
+      checkout().wait_pool.reset();
+      result.conn = std::move(checkout().grant);
       result.kind = result.conn ? pool::CheckoutKind::Idle : pool::CheckoutKind::Create;
       if (closed_) break;
     }
@@ -958,14 +999,15 @@ asio::awaitable<void> ClientSession::check_out_slowly(std::shared_ptr<pool::Serv
   if (retry_on_another_host(*pool)) co_return;
   if (core_->pending_route().kind != routing::Route::Kind::Replica &&
       failure.sqlstate.starts_with("08") &&
-      (hold_until_ == session::Clock::time_point::max() || now() < hold_until_)) {
+      (checkout().hold_until == session::Clock::time_point::max() ||
+       now() < checkout().hold_until)) {
     // The primary cannot be reached: the health checker looks at once, and the request waits
     // (failover.hold_writes_ms) for it to come back or for another primary.
     app_.report_unreachable(pool->key().host);
     hold(core_->pending_route(), pool);
     co_return;
   }
-  hold_until_ = session::Clock::time_point::max();
+  checkout().hold_until = session::Clock::time_point::max();
   end_checkout_wait();
   carry_out(core_->on_checkout_failed(failure.sqlstate, failure.message, now()), Source::Client);
 }
@@ -1001,7 +1043,8 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::open_server(
 
 void ClientSession::link(std::unique_ptr<ServerConnection> server,
                          const std::shared_ptr<pool::ServerPool>& pool) {
-  hold_until_ = session::Clock::time_point::max();
+  // (`pool` may be the checkout's: used before carry_out() below may end the checkout.)
+  if (checkout_) checkout_->hold_until = session::Clock::time_point::max();
   end_checkout_wait();
   const session::LinkId id = core_->pending_link();
   // A statement or a transaction over several shards links one server per shard: room for all
@@ -1130,12 +1173,17 @@ void ClientSession::give_back(std::unique_ptr<ServerConnection> server, bool cle
 // ---- LISTEN through the hub ----------------------------------------------------------------
 
 void ClientSession::hub_request(const session::HubRequest& request) {
-  if (!hub_) hub_ = app_.listen_hub_for(*database_, *user_);
-  if (!sink_) sink_ = std::make_shared<Sink>(weak_from_this(), client_.get_executor());
+  if (!listening_) {
+    listening_ = std::make_unique<Listening>();
+    listening_->hub = app_.listen_hub_for(*database_, *user_);
+    listening_->sink = std::make_shared<Sink>(weak_from_this(), client_.get_executor());
+  }
+  ListenHub& hub = *listening_->hub;
+  const std::shared_ptr<NotificationSink>& sink = listening_->sink;
   ListenHub::Done done;
   if (core_->state() == session::SessionState::WaitingForHub) {
     // Nothing else holds the session while it waits for the hub's answer.
-    waiting_for_hub_ = shared_from_this();
+    listening_->waiting = shared_from_this();
     // Runs on the hub's thread: hold the session only weakly there, so that its last reference
     // (and its destruction) stays on its own worker.
     done = [weak = weak_from_this(),
@@ -1143,7 +1191,7 @@ void ClientSession::hub_request(const session::HubRequest& request) {
       asio::post(executor, [weak, error = std::move(error)] {
         auto self = weak.lock();
         if (!self) return;
-        self->waiting_for_hub_.reset();
+        if (self->listening_) self->listening_->waiting.reset();
         if (self->closed_) return;
         std::optional<std::string_view> e;
         if (error) e = *error;
@@ -1153,13 +1201,13 @@ void ClientSession::hub_request(const session::HubRequest& request) {
   }
   switch (request.kind) {
     case session::HubRequest::Kind::Listen:
-      hub_->listen(sink_, request.channel, std::move(done));
+      hub.listen(sink, request.channel, std::move(done));
       return;
     case session::HubRequest::Kind::Unlisten:
-      hub_->unlisten(sink_.get(), request.channel, std::move(done));
+      hub.unlisten(sink.get(), request.channel, std::move(done));
       return;
     case session::HubRequest::Kind::UnlistenAll:
-      hub_->unlisten(sink_.get(), "*", std::move(done));
+      hub.unlisten(sink.get(), "*", std::move(done));
       return;
     case session::HubRequest::Kind::None:
       return;

@@ -102,28 +102,60 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   const std::string& user() const { return user_name_; }
   const std::string& database() const { return database_name_; }
 
- private:
   // In a pool's queue while waiting for a server, and in the worker's list of checkout
   // deadlines meanwhile.
   class CheckoutWaiter final : public pool::Waiter, public CheckoutDeadlines::Entry {
    public:
-    explicit CheckoutWaiter(ClientSession& session) : session_(session) {}
     void grant(std::unique_ptr<pool::Connection> conn) override;
     void on_checkout_deadline() override;
 
    private:
-    ClientSession& session_;
+    friend class ClientSession;
+    ClientSession* session_ = nullptr;
   };
+  // A checkout under way: from which pool, until when, and the place in the pool's queue. A
+  // client has one only while it asks for servers; between transactions it goes back to the
+  // worker's spares (Worker::spare_checkouts), so an idle client holds none.
+  struct Checkout {
+    std::shared_ptr<pool::ServerPool> pool;
+    session::Clock::time_point deadline{};
+    // When the request waiting for a server asked for one (pool_checkout_wait_seconds); zero
+    // when none waits.
+    session::Clock::time_point started{};
+    // Writes wait for a primary until then (failover.hold_writes_ms); max(): not holding.
+    session::Clock::time_point hold_until = session::Clock::time_point::max();
+    // The event handlers wait for a grant (on_granted() -> take()); the worker's
+    // CheckoutDeadlines times the wait.
+    bool waiting = false;
+    std::shared_ptr<ClientSession> waiting_self;  // holds the session while `waiting`
+    // The pool in whose queue `waiter` is (or whose grant has not been taken yet); null
+    // otherwise. close() and the destructor cancel the wait there.
+    std::shared_ptr<pool::ServerPool> wait_pool;
+    // acquire() (login's checkout, and check_out_slowly()) waits as a coroutine; a grant wakes
+    // it through this timer.
+    bool granted = false;
+    std::unique_ptr<pool::Connection> grant;
+    asio::steady_timer* wait_timer = nullptr;
+    CheckoutWaiter waiter;
+    // Nothing refers to it any more: it may serve another client.
+    bool done() const {
+      return !waiting && !waiting_self && !wait_pool && !granted && !grant && !wait_timer &&
+             !waiter.queued() && hold_until == session::Clock::time_point::max();
+    }
+  };
+
+ private:
   class Sink;
 
   // ---- Login (client_login.cpp) ----
   asio::awaitable<void> refuse_at_door();
-  asio::awaitable<bool> read_startup();
+  using StartupParameters = std::vector<std::pair<std::string, std::string>>;
+  asio::awaitable<bool> read_startup(StartupParameters& startup_params);
   asio::awaitable<bool> authenticate();
   asio::awaitable<bool> authenticate_scram(const UserAuth& auth);
   asio::awaitable<bool> authenticate_md5(const UserAuth& auth);
   asio::awaitable<bool> read_password_frame(protocol::Frame& frame);
-  asio::awaitable<bool> start_session();
+  asio::awaitable<bool> start_session(const StartupParameters& startup_params);
   asio::awaitable<void> forward_cancel(std::int32_t process_id, std::int32_t secret_key);
   asio::awaitable<void> send_fatal(std::string_view sqlstate, std::string_view message);
   asio::awaitable<void> refuse_login(const std::string& message);
@@ -219,7 +251,6 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   const config::Database* database_ = nullptr;
   std::string user_name_;
   std::string database_name_;
-  std::vector<std::pair<std::string, std::string>> startup_params_;  // dropped after login
   bool counted_ = false;
   std::chrono::system_clock::time_point connected_at_ = std::chrono::system_clock::now();
   session::Clock::time_point last_request_{};             // last bytes read from the client
@@ -241,7 +272,6 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   config::ReadsTo reads_ = config::ReadsTo::Replicas;
   config::LoadBalance load_balance_ = config::LoadBalance::LeastConnections;
   std::shared_ptr<CancelTarget> cancel_;
-  CheckoutWaiter waiter_{*this};
 
   struct LinkIO {
     std::unique_ptr<ServerConnection> conn;
@@ -257,34 +287,21 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // What the pool was last told by pinned_change: undone at destruction if still set.
   bool pinned_ = false;
 
-  // A checkout in progress: from which pool, until when, and whether the pool queued us.
-  std::shared_ptr<pool::ServerPool> checkout_pool_;
-  session::Clock::time_point checkout_deadline_{};
-  // When the request waiting for a server asked for one (pool_checkout_wait_seconds); zero when
-  // none waits.
-  session::Clock::time_point checkout_started_{};
-  // Writes wait for a primary until then (failover.hold_writes_ms); max(): not holding.
-  session::Clock::time_point hold_until_ = session::Clock::time_point::max();
-  // The event handlers wait for a grant (on_granted() -> take()); the worker's
-  // CheckoutDeadlines times the wait.
-  bool waiting_ = false;
-  std::shared_ptr<ClientSession> waiting_self_;  // holds the session while waiting_
-  // The pool in whose queue waiter_ is (or whose grant has not been taken yet); null otherwise.
-  // close() and the destructor cancel the wait there.
-  std::shared_ptr<pool::ServerPool> wait_pool_;
-  // acquire() (login's checkout, and check_out_slowly()) waits as a coroutine; a grant wakes it
-  // through this timer.
-  bool granted_ = false;
-  std::unique_ptr<pool::Connection> grant_;
-  asio::steady_timer* wait_timer_ = nullptr;
+  std::unique_ptr<Checkout> checkout_;  // while asking for servers (checkout())
+  Checkout& checkout();
+  // The checkout is over: back to the worker's spares.
+  void end_checkout();
 
   std::unique_ptr<asio::steady_timer> timer_;  // made the first time the core has a deadline
   session::Clock::time_point timer_at_ = session::Clock::time_point::max();
 
-  // LISTEN/NOTIFY through the hub (transaction pooling).
-  std::shared_ptr<ListenHub> hub_;
-  std::shared_ptr<NotificationSink> sink_;
-  std::shared_ptr<ClientSession> waiting_for_hub_;  // keeps the session while the hub answers
+  // LISTEN/NOTIFY through the hub (transaction pooling), from the client's first LISTEN on.
+  struct Listening {
+    std::shared_ptr<ListenHub> hub;
+    std::shared_ptr<NotificationSink> sink;
+    std::shared_ptr<ClientSession> waiting;  // keeps the session while the hub answers
+  };
+  std::unique_ptr<Listening> listening_;
 };
 
 }  // namespace pgvalve::proxy
