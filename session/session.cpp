@@ -320,9 +320,7 @@ void Session::absorb_startup(const std::vector<std::pair<std::string, std::strin
   Settings startup_settings;
   auto apply = [&](std::string_view name, std::string_view value) {
     const std::string key = lower(name);
-    const bool reported = is_synced_setting(key);
-    client_settings_.set(key, value, reported);
-    startup_settings.set(key, value, reported);
+    startup_settings.set(key, value, is_synced_setting(key));
   };
   for (const auto& [name, value] : startup) {
     if (name == "user" || name == "database" || name == "replication") continue;
@@ -334,6 +332,8 @@ void Session::absorb_startup(const std::vector<std::pair<std::string, std::strin
     apply(name, value);
   }
   startup_settings_ = workspaces_.share(std::move(startup_settings));
+  // A copy that shares the startup list until the client changes a setting.
+  client_settings_ = *startup_settings_;
 }
 
 void Session::append_login_reply(std::string& out) {

@@ -37,54 +37,74 @@ std::string lower(std::string_view s) {
   return out;
 }
 
+const std::vector<Setting>& Settings::all() const {
+  static const std::vector<Setting> none;
+  return items_ ? *items_ : none;
+}
+
+std::vector<Setting>& Settings::own() {
+  if (!items_) {
+    items_ = std::make_shared<std::vector<Setting>>();
+  } else if (items_.use_count() > 1) {
+    items_ = std::make_shared<std::vector<Setting>>(*items_);
+  }
+  return *items_;
+}
+
 const Setting* Settings::find(std::string_view name) const {
-  for (const auto& s : items_) {
+  for (const auto& s : all()) {
     if (iequals(s.name, name)) return &s;
   }
   return nullptr;
 }
 
 bool Settings::set(std::string_view name, std::string_view value, bool reported, SettingForm form) {
-  for (auto& s : items_) {
-    if (iequals(s.name, name)) {
-      s.reported = s.reported || reported;
-      if (s.value == value && s.form == form) return false;
-      bytes_ = bytes_ - s.value.size() + value.size();
-      s.value.assign(value);
-      s.form = form;
-      ++version_;
-      return true;
-    }
+  const auto& items = all();
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    if (!iequals(items[i].name, name)) continue;
+    const bool same = items[i].value == value && items[i].form == form;
+    if (same && (items[i].reported || !reported)) return false;
+    Setting& s = own()[i];
+    s.reported = s.reported || reported;
+    if (same) return false;
+    bytes_ = bytes_ - s.value.size() + value.size();
+    s.value.assign(value);
+    s.form = form;
+    ++version_;
+    return true;
   }
-  items_.push_back({lower(name), std::string(value), reported, form});
+  own().push_back({lower(name), std::string(value), reported, form});
   bytes_ += name.size() + value.size();
   ++version_;
   return true;
 }
 
 void Settings::erase(std::string_view name) {
-  for (auto it = items_.begin(); it != items_.end(); ++it) {
-    if (iequals(it->name, name)) {
-      bytes_ -= it->name.size() + it->value.size();
-      items_.erase(it);
-      ++version_;
-      return;
-    }
+  const auto& items = all();
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    if (!iequals(items[i].name, name)) continue;
+    bytes_ -= items[i].name.size() + items[i].value.size();
+    auto& mine = own();
+    mine.erase(mine.begin() + static_cast<std::ptrdiff_t>(i));
+    ++version_;
+    return;
   }
 }
 
 void Settings::keep_reported_only() {
-  const auto removed = std::erase_if(items_, [](const Setting& s) { return !s.reported; });
-  if (removed == 0) return;
+  const auto& items = all();
+  if (std::all_of(items.begin(), items.end(), [](const Setting& s) { return s.reported; })) return;
+  auto& mine = own();
+  std::erase_if(mine, [](const Setting& s) { return !s.reported; });
   bytes_ = 0;
-  for (const auto& s : items_)
+  for (const auto& s : mine)
     bytes_ += s.name.size() + s.value.size();
   ++version_;
 }
 
 void Settings::clear() {
-  if (items_.empty()) return;
-  items_.clear();
+  if (all().empty()) return;
+  items_.reset();
   bytes_ = 0;
   ++version_;
 }
@@ -93,7 +113,7 @@ std::uint64_t Settings::fingerprint() const {
   if (fingerprint_version_ == version_) return fingerprint_;
   // Keyed: a client must not be able to make its settings look like another client's.
   protocol::KeyedHash hash;
-  for (const auto& s : items_) {
+  for (const auto& s : all()) {
     const char form = static_cast<char>('0' + static_cast<int>(s.form));
     hash.add(s.name).add(s.value).add(std::string_view(&form, 1));
   }

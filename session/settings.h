@@ -36,6 +36,9 @@ bool is_synced_setting(std::string_view name);
 // ASCII lower case, as PostgreSQL folds parameter names.
 std::string lower(std::string_view s);
 
+// A copy shares its items with the original until either changes (copy on write): every client
+// of an application that logs in with the same settings and never changes them shares one list.
+// Not thread-safe: copies are shared within one worker thread.
 class Settings {
  public:
   const Setting* find(std::string_view name) const;
@@ -46,8 +49,8 @@ class Settings {
   // Keeps only the settings PostgreSQL reports (after DISCARD ALL / RESET ALL).
   void keep_reported_only();
   void clear();
-  const std::vector<Setting>& all() const { return items_; }
-  std::size_t size() const { return items_.size(); }
+  const std::vector<Setting>& all() const;
+  std::size_t size() const { return all().size(); }
   // Bytes of names and values held, for the per-client cap.
   std::size_t bytes() const { return bytes_; }
   // Changes whenever the settings do.
@@ -56,7 +59,10 @@ class Settings {
   std::uint64_t fingerprint() const;
 
  private:
-  std::vector<Setting> items_;
+  // The items, copied first when shared with another Settings.
+  std::vector<Setting>& own();
+
+  std::shared_ptr<std::vector<Setting>> items_;  // null: none
   std::size_t bytes_ = 0;
   std::uint64_t version_ = 1;
   mutable std::uint64_t fingerprint_ = 0;

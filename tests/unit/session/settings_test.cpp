@@ -32,6 +32,30 @@ std::string run(SessionHarness& h, ServerState& server, std::string_view sql,
 
 // ---- Outside a transaction -----------------------------------------------------------------
 
+TEST(SettingsCopy, SharesItsItemsUntilEitherChanges) {
+  Settings original;
+  original.set("application_name", "meter", true);
+  original.set("datestyle", "ISO, DMY", true);
+  Settings copy = original;
+  EXPECT_EQ(&copy.all(), &original.all());
+  // Setting a value it already has changes nothing and copies nothing.
+  EXPECT_FALSE(copy.set("DateStyle", "ISO, DMY", true));
+  EXPECT_EQ(&copy.all(), &original.all());
+  EXPECT_TRUE(copy.set("datestyle", "SQL, MDY", true));
+  EXPECT_NE(&copy.all(), &original.all());
+  EXPECT_EQ(original.find("datestyle")->value, "ISO, DMY");
+  EXPECT_EQ(copy.find("datestyle")->value, "SQL, MDY");
+  Settings other = original;
+  other.erase("application_name");
+  other.keep_reported_only();
+  EXPECT_EQ(original.size(), 2u);
+  EXPECT_EQ(other.size(), 1u);
+  Settings cleared = original;
+  cleared.clear();
+  EXPECT_EQ(original.size(), 2u);
+  EXPECT_EQ(cleared.bytes(), 0u);
+}
+
 TEST(SessionSettings, SetOutsideATransactionIsFollowed) {
   SessionHarness h;
   auto server = SessionHarness::fresh_server();
