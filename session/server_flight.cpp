@@ -697,8 +697,9 @@ void Session::read_wal_position(const Link& l, const pr::Frame& f) {
   if (!value || !pr::parse_lsn(*value, lsn)) return;
   // WAL positions of different shards' clusters are not comparable: one mark per shard.
   const std::size_t shard = l.route.shard;
-  if (shard >= write_lsns_.size()) write_lsns_.resize(shard + 1, 0);
-  if (lsn > write_lsns_[shard]) write_lsns_[shard] = lsn;
+  auto& lsns = extras_to_change().write_lsns;
+  if (shard >= lsns.size()) lsns.resize(shard + 1, 0);
+  if (lsn > lsns[shard]) lsns[shard] = lsn;
 }
 
 }  // namespace pgvalve::session

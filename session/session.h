@@ -187,7 +187,8 @@ class Session {
   // The WAL position the client's reads of `shard` must see (read_your_writes = lsn); 0 before
   // any write there.
   std::uint64_t read_your_writes_lsn(std::uint16_t shard = 0) const {
-    return shard < write_lsns_.size() ? write_lsns_[shard] : 0;
+    const auto& lsns = extras().write_lsns;
+    return shard < lsns.size() ? lsns[shard] : 0;
   }
   // Nothing is in flight and no server is linked: the session holds only its durable state.
   bool idle() const { return state_ == SessionState::Idle; }
@@ -422,6 +423,9 @@ class Session {
     std::string deferred_begin;
     std::vector<std::string> listen_channels;  // through the listen hub
     std::vector<std::string> server_listens;   // LISTENs run on its own pinned server
+    // Read-your-writes (lsn): per shard, the primary's WAL position after the client's last
+    // write there.
+    std::vector<std::uint64_t> write_lsns;
   };
   const Extras& extras() const {
     static const Extras none;
@@ -462,9 +466,7 @@ class Session {
   bool error_sent_in_flight_ = false;
   // Session mode: the next request runs on the client's own server (no replica could take it).
   bool stay_on_own_server_ = false;
-  // Read-your-writes: per shard, the primary's WAL position after the client's last write there
-  // (lsn; empty until the first), and when the last write ended (time).
-  std::vector<std::uint64_t> write_lsns_;
+  // Read-your-writes: when the last write ended (time; the WAL positions are in extras_).
   Clock::time_point last_write_at_{};
   // Sharded databases: what identifies the request the last checkout was routed by (a hash of
   // its text and Bind values), so that it is not routed a second time on the server it got.
