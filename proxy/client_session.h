@@ -102,6 +102,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   const std::string& user() const { return user_name_; }
   const std::string& database() const { return database_name_; }
 
+  // (Public for the worker, which keeps spare Checkouts.)
   // In a pool's queue while waiting for a server, and in the worker's list of checkout
   // deadlines meanwhile.
   class CheckoutWaiter final : public pool::Waiter, public CheckoutDeadlines::Entry {
@@ -181,6 +182,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   void close();
 
   // ---- Servers ----
+  // The checkout under way, taken from the worker's spares when there is none.
+  Checkout& checkout();
+  // Between transactions: a checkout nothing refers to any more goes back to the spares.
+  void end_checkout();
   // The pool of the host `route` goes to now; null when the shard has no usable primary.
   std::shared_ptr<pool::ServerPool> pool_for(const routing::Route& route);
   void check_out(const routing::Route& route);
@@ -288,9 +293,6 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   bool pinned_ = false;
 
   std::unique_ptr<Checkout> checkout_;  // while asking for servers (checkout())
-  Checkout& checkout();
-  // The checkout is over: back to the worker's spares.
-  void end_checkout();
 
   std::unique_ptr<asio::steady_timer> timer_;  // made the first time the core has a deadline
   session::Clock::time_point timer_at_ = session::Clock::time_point::max();
