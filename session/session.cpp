@@ -154,8 +154,12 @@ std::shared_ptr<const Settings> WorkspacePool::share(Settings settings) {
   if (auto known = slot.lock(); known && known->all() == settings.all()) return known;
   auto made = std::make_shared<const Settings>(std::move(settings));
   slot = made;
-  if (shared_settings_.size() > kMaxShared) {
+  if (shared_settings_.size() >= next_sweep_) {
+    // Copies no client holds any more are forgotten; sweeping again only once the table has
+    // doubled keeps logins cheap when every client's settings differ (a device id as
+    // application_name).
     std::erase_if(shared_settings_, [](const auto& entry) { return entry.second.expired(); });
+    next_sweep_ = std::max(kFirstSweep, 2 * shared_settings_.size());
   }
   return made;
 }

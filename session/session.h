@@ -98,11 +98,13 @@ class WorkspacePool {
   std::size_t spare() const { return spare_.size(); }
   // The shared copy of `settings`.
   std::shared_ptr<const Settings> share(Settings settings);
+  std::size_t shared_settings_known() const { return shared_settings_.size(); }
 
  private:
-  static constexpr std::size_t kMaxShared = 256;
+  static constexpr std::size_t kFirstSweep = 256;
   std::vector<std::unique_ptr<Workspace>> spare_;
   std::unordered_map<std::uint64_t, std::weak_ptr<const Settings>> shared_settings_;
+  std::size_t next_sweep_ = kFirstSweep;
 };
 
 class Session {

@@ -93,6 +93,23 @@ TEST(SessionIdleMemory, ClientsWithTheSameStartupSettingsShareOneCopy) {
   EXPECT_EQ(first->find("application_name")->value, "telemetry-writer");
 }
 
+TEST(SessionIdleMemory, SharedSettingsNoClientHoldsAreForgotten) {
+  WorkspacePool pool;
+  auto device = [](int i) {
+    Settings s;
+    s.set("application_name", "device-" + std::to_string(i), true);
+    return s;
+  };
+  std::vector<std::shared_ptr<const Settings>> held;
+  for (int i = 0; i < 1000; ++i)
+    held.push_back(pool.share(device(i)));
+  EXPECT_GE(pool.shared_settings_known(), 1000u);
+  held.clear();  // those clients left
+  for (int i = 1000; i < 5000; ++i)
+    pool.share(device(i));  // each dropped at once
+  EXPECT_LE(pool.shared_settings_known(), 2048u);
+}
+
 TEST(SessionIdleMemory, DestroyedSessionGivesItsWorkspaceBack) {
   WorkspacePool pool;
   routing::Router router;
