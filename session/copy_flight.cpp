@@ -71,6 +71,7 @@ Session::ScatterStart Session::start_copy(std::string_view frames, const Request
 // the first shard's and its data is read; if the COPY failed meanwhile, it ends on every shard.
 void Session::copy_shard_ready(Link& l, const pr::Frame& f, Actions& out) {
   auto& run = work().scatter;
+  if (l.copy_in) return;  // said twice: still one shard
   l.copy_in = true;
   if (l.scatter_shard == 0) run.copy_in_response.assign(f.whole);
   ++run.copy_ready;

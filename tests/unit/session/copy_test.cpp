@@ -169,6 +169,21 @@ TEST_F(Copy, ClientDataSentWithTheCopyWaitsUntilEveryShardTakesData) {
   EXPECT_EQ(copy_stream(s.to_links[1]), "<done>");
 }
 
+// Found by session_fuzz: a server that (wrongly) sends CopyInResponse twice counted as two
+// shards ready, and the client was let in while a shard was still being checked out.
+TEST_F(Copy, AShardThatSaysReadyTwiceIsCountedOnce) {
+  const std::string q = query("COPY telemetry (device_id, v) FROM STDIN");
+  h.client(q);
+  h.linked(*s0);
+  Step s = h.server(complete("BEGIN") + ready('T') + copy_in_response() + copy_in_response());
+  EXPECT_EQ(s.to_client, "");
+  EXPECT_EQ(h.state(), SessionState::WaitingForServer) << "the second shard is being checked out";
+  h.linked(*s1);
+  s = h.server(complete("BEGIN") + ready('T') + copy_in_response(), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "G");
+  EXPECT_EQ(h.state(), SessionState::Copying);
+}
+
 TEST_F(Copy, ARowWithoutAKeyFailsTheCopyOnEveryShardAndTheClientHearsAtOnce) {
   start();
   Step s = h.client(copy_data("1\ta\n\\N\tb\n3\tc\n"));
