@@ -171,6 +171,7 @@ const Actions& Session::plan_server(Link& l, LinkId id, std::string_view input) 
 // data too: it ignores a Sync or Flush there (their answers never come), and any other request
 // would end the COPY with an error and never be answered. False when the client is refused.
 bool Session::copy_started(Link& l, Actions& out) {
+  emit_synthetic_heads(l);  // the front is then the COPY's own request
   bool ended = l.copy_end_sent;
   std::size_t ignored_syncs = 0;
   for (std::size_t i = 1; i < l.pending.size() && !ended; ++i) {

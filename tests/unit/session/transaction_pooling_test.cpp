@@ -293,6 +293,25 @@ TEST(SessionTransactionPooling, ExtendedProtocolCopyIsAnsweredAtTheSyncAfterItsD
   EXPECT_EQ(h.state(), SessionState::Idle);
 }
 
+// The Parse of a statement the server will have by then is answered by pgvalve: its
+// ParseComplete goes to the client before the COPY's CopyInResponse.
+TEST(SessionTransactionPooling, ACopyBehindAParseAnsweredByPgvalve) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(query("begin"), *server);
+  h.answer(command_result("BEGIN", 'T'));
+  h.client(parse("s1", "copy t from stdin") + bind_to("", "s1") + flush());
+  // Sent before those are answered: s1 will be prepared there by then.
+  Step s = h.client(parse("s1", "copy t from stdin") + execute() + sync());
+  EXPECT_EQ(tags_of(s.to_server), "ES");
+  s = h.server(parse_complete() + bind_complete() + copy_in_response());
+  EXPECT_FALSE(s.close_client);
+  EXPECT_EQ(tags_of(s.to_client), "121G");
+  h.client(message('d', "1\n") + message('c', "") + sync());
+  EXPECT_EQ(tags_of(h.answer(complete("COPY 1") + ready('T'))), "CZ");
+  EXPECT_EQ(h.state(), SessionState::Holding);
+}
+
 TEST(SessionTransactionPooling, SyncSentBehindASimpleCopyGetsNoAnswer) {
   SessionHarness h;
   auto server = SessionHarness::fresh_server();
