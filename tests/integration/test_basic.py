@@ -186,10 +186,10 @@ def test_copy_error_keeps_connection(conn):
 
 def test_copy_through_the_extended_protocol(pgvalve):
     """libpq runs a COPY given to PQexecParams as Parse/Bind/Describe/Execute/Sync and sends a
-    second Sync after CopyDone; the server ignores the first. With one server in the pool, the
-    next client's query shows it went back to the pool."""
-    pv = pgvalve(mode="transaction", pool_size=1)
-    with pv.connect(autocommit=True) as c:
+    second Sync after CopyDone; the server ignores the first. With one server in the pool, another
+    client's query while this one stays connected shows that the server went back to the pool."""
+    pv = pgvalve(mode="transaction", pool_size=1, max_overflow=0, checkout_timeout_ms=2000)
+    with pv.connect(autocommit=True) as c, pv.connect(autocommit=True) as other:
         c.execute("drop table if exists basic_copy_ext")
         c.execute("create table basic_copy_ext(id int)")
         pg = c.pgconn
@@ -203,10 +203,10 @@ def test_copy_through_the_extended_protocol(pgvalve):
         assert result.status == pq.ExecStatus.COMMAND_OK, result.error_message
         assert result.command_status == b"COPY 100"
         assert pg.get_result() is None
+        assert one(other, "select count(*) from basic_copy_ext") == 100
         assert c.execute("select count(*), sum(id) from basic_copy_ext").fetchone() == (
             100, sum(range(100)))
-    with pv.connect(autocommit=True) as other:
-        assert one(other, "select count(*) from basic_copy_ext") == 100
+        assert one(other, "select 1") == 1
         other.execute("drop table basic_copy_ext")
 
 
