@@ -235,7 +235,7 @@ class App : public pool::Handoff {
   // Shared by the sessions of one (database, user) for one topology generation; pools_mutex_.
   std::unordered_map<std::string, std::shared_ptr<const UserPools>> user_pools_;
   std::atomic<std::uint64_t> topology_generation_{0};
-  std::mutex sharding_mutex_;  // taken at login only
+  std::mutex sharding_mutex_;  // taken at login only (sharding_ and session_options_)
   std::unordered_map<std::string, std::shared_ptr<const Sharding>> sharding_;
   std::uint32_t sharding_ids_ = 0;  // under sharding_mutex_
   struct SharedSessionOptions {
