@@ -1178,7 +1178,7 @@ bool Session::answer_listen_locally(Flight& flight, Actions& out) {
 
 void Session::plan_frame(const pr::Frame& f, std::size_t offset, Link& l, Flight& flight) {
   const std::size_t size = f.whole.size();
-  if (flight.drop_until_sync && f.tag != 'S') return;
+  if ((flight.drop_until_sync || l.skipping_until_sync) && f.tag != 'S') return;
   if (l.copy_in) {
     // The server takes COPY data: it ignores Flush and Sync until CopyDone or CopyFail
     // (plan_on_link refuses any other message).
@@ -1215,6 +1215,7 @@ void Session::plan_frame(const pr::Frame& f, std::size_t offset, Link& l, Flight
       break;
     case 'S':
       flight.drop_until_sync = false;
+      l.skipping_until_sync = false;
       l.open_extended = false;
       l.flushed = false;
       ++l.in_flight;

@@ -304,6 +304,7 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
         // their Parse again, later in this flight, was skipped too.
         std::uint64_t kept[8];
         std::size_t kept_count = 0;
+        bool extended = false;
         auto still_there = [&](std::uint64_t hash) {
           return std::find(kept, kept + kept_count, hash) != kept + kept_count;
         };
@@ -321,7 +322,9 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
           }
           end_request(l, dropped, 'E');
           l.pending.pop();
+          extended = true;
         }
+        if (extended && l.pending.empty()) l.skipping_until_sync = true;
       }
       if (!l.pending.empty()) l.pending.front().failed = true;
       return passed;

@@ -113,6 +113,9 @@ struct Link {
   bool part_answered = false;  // its part of a write was answered up to PREPARE TRANSACTION
   bool copy_in = false;  // its server takes COPY data (CopyInResponse came, CopyDone not sent)
   bool copy_end_sent = false;  // a CopyDone/CopyFail went to it after its last answered request
+  // An extended-protocol request failed with no Sync behind it: the server discards whatever
+  // comes before the client's next Sync, so pgvalve does not send it.
+  bool skipping_until_sync = false;
   std::size_t stream_remaining = 0;  // bytes of a large server message still passing through
   bool stream_forward = true;        // ... forwarded to the client (false: dropped)
   Clock::time_point last_activity{};
@@ -163,6 +166,7 @@ struct Link {
     part_answered = false;
     copy_in = false;
     copy_end_sent = false;
+    skipping_until_sync = false;
     stream_remaining = 0;
     stream_forward = true;
     syncing = false;

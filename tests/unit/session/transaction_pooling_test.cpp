@@ -359,6 +359,24 @@ TEST(SessionTransactionPooling, ARequestAmongCopyDataIsRefused) {
   EXPECT_EQ(h.state(), SessionState::Closing);
 }
 
+// libpq's pipeline mode and drivers that pipeline with Flush: a request fails with no Sync
+// behind it, and what the client sends next up to its Sync is discarded by the server. pgvalve
+// does not expect answers to it, nor take its Parse as done (found by session_fuzz: the statement
+// was believed prepared, and parsed again later on top of itself).
+TEST(SessionTransactionPooling, WhatFollowsAFailedExtendedRequestUpToSyncGetsNoAnswer) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(parse("s1", "select 1/0") + bind_to("", "s1") + execute() + flush(), *server);
+  h.answer(parse_complete() + bind_complete() + error_message("22012"));
+  Step s = h.client(parse("s2", "select 2") + bind_to("", "s2") + execute() + sync());
+  EXPECT_EQ(tags_of(s.to_server), "S") << "the server would discard the rest";
+  EXPECT_EQ(tags_of(h.answer(ready())), "Z");
+  EXPECT_TRUE(h.last.has_op(LinkOp::Kind::Release));
+  // s2 was never prepared: its next use is parsed on the server.
+  const std::string again = parse("s2", "select 2") + bind_to("", "s2") + execute() + sync();
+  EXPECT_EQ(tags_of(h.send(again, *server)), "PBES");
+}
+
 TEST(SessionTransactionPooling, CheckoutFailureAnswersTheWaitingRequestAndKeepsTheClient) {
   SessionHarness h;
   const std::string q = query("select 1");
