@@ -360,6 +360,9 @@ void ClientSession::close() {
   closed_ = true;
   // Callers hold the session too (every event handler does); this only stops the cycle.
   std::shared_ptr<ClientSession> waited;
+  // The bytes held for its messages go back to the process-wide budget before the client can
+  // see the close: a client that reconnects at once finds them available.
+  client_in_.release();
   error_code ignored;
   client_.close(ignored);
   client_writer_.abandon();
@@ -380,7 +383,6 @@ void ClientSession::close() {
     // The core gave every server back before asking to close; anything left is closed.
     if (io.conn) give_back(std::move(io.conn), false, *io.pool);
   }
-  client_in_.release();
   if (listening_) {
     listening_->hub->forget(listening_->sink.get());
     listening_->waiting.reset();
