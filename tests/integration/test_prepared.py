@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from pgcluster import APP_DB, APP_USER, wait_until
+from pgwire import read_message
 from pgwire_ext import ExtClient, bind, close, describe, execute, flush, parse, sync
 from test_pgbench import check_balances, pgbench, pgbench_init
 
@@ -402,3 +403,24 @@ def test_parse_error_in_named_statement(pgvalve):
         assert a.execute("bad") == [["good"]]
     finally:
         a.terminate()
+
+
+def test_parse_discarded_after_a_failed_request_is_not_taken_as_done(pgvalve):
+    """Pipelining with Flush (libpq's pipeline mode): a request fails with no Sync behind it, and
+    PostgreSQL discards what the client sends before its Sync, a Parse included. The statement
+    does not exist then, and a later Parse of it must reach the server."""
+    pv = tx_pool(pgvalve, pool_size=1)
+    c = ExtClient.login(pv)
+    try:
+        c.sock.sendall(parse("", "select 1/0") + bind("") + execute() + flush())
+        kinds = []
+        while not kinds or kinds[-1] != b"E":
+            kinds.append(read_message(c.sock)[0])
+        assert kinds[0] == b"1" and kinds[-1] == b"E", kinds
+        r = c.run([parse("discarded", "select 42"), bind("discarded"), execute(), sync()])
+        assert r.kinds == b"Z", r.kinds  # discarded by the server, up to the Sync
+        r = c.run([parse("discarded", "select 42"), bind("discarded"), execute(), sync()])
+        assert not r.errors, r.errors
+        assert r.rows == [["42"]]
+    finally:
+        c.terminate()
