@@ -30,6 +30,7 @@
 #include "proxy/cancel_registry.h"
 #include "proxy/checkout_deadlines.h"
 #include "proxy/client_session.h"
+#include "proxy/event_clock.h"
 #include "proxy/health_checker.h"
 #include "proxy/slow_query_explainer.h"
 #include "proxy/tls.h"
@@ -90,6 +91,7 @@ struct Worker {
   stats::QueryStats query_stats;
   stats::WorkerCounters counters;  // bumped without a lock by this worker, summed by a scrape
   stats::DatabaseCounterSet database_counters;  // the same per database (SHOW STATS)
+  EventClock clock;  // the time of the event being carried out (client sessions' steps)
   std::thread thread;
 };
 

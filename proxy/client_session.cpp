@@ -24,10 +24,6 @@ namespace {
 // by the server meanwhile); one reused at once under load is not, to save the system call.
 constexpr auto kPeekIdleAfter = 10ms;
 
-session::Clock::time_point now() {
-  return session::Clock::now();
-}
-
 std::unique_ptr<ServerConnection> as_server(std::unique_ptr<pool::Connection> conn) {
   return std::unique_ptr<ServerConnection>(static_cast<ServerConnection*>(conn.release()));
 }
@@ -132,6 +128,10 @@ ClientSession::~ClientSession() {
   if (door_ == admission::Verdict::Admit) app_.leave(from_);
 }
 
+session::Clock::time_point ClientSession::now() const {
+  return worker_.clock.now();
+}
+
 // ---- Carrying out actions ------------------------------------------------------------------
 
 // Writes, then consumes the input the step read, then does what the actions ask. Bytes the
@@ -230,6 +230,7 @@ std::function<void()> ClientSession::drained_callback() {
 // A writer's backlog drained: what stopped for it reads again.
 void ClientSession::on_drained() {
   if (closed_) return;
+  EventClock::Event event(worker_.clock);
   for (std::size_t i = 0; i < links_.size(); ++i) {
     if (!links_[i].conn) continue;
     const auto id = static_cast<session::LinkId>(i);
@@ -293,6 +294,7 @@ void ClientSession::watch_client() {
 
 void ClientSession::read_client() {
   if (closed_) return;
+  EventClock::Event event(worker_.clock);
   auto space = client_in_.prepare();
   if (space.empty()) {
     carry_out(core_->on_client_memory_exhausted(), Source::Event);
@@ -434,7 +436,8 @@ void ClientSession::watch_server(session::LinkId id) {
             }
             io.conn->in.commit(n);
             if (!self->core_->wants_server_input(id)) return;  // resume_own_server() comes back
-            self->carry_out(self->core_->on_server_data(id, io.conn->in.readable(), now()),
+            EventClock::Event event(self->worker_.clock);
+            self->carry_out(self->core_->on_server_data(id, io.conn->in.readable(), self->now()),
                             Source::Server, id);
             // A read that did not fill the space found the kernel drained: wait for more
             // rather than ask again at once.
@@ -465,6 +468,7 @@ void ClientSession::watch_server(session::LinkId id) {
 // has a backlog (on_drained() comes back), or when the kernel has nothing more (a short read or
 // would_block: a wait).
 void ClientSession::read_server(session::LinkId id) {
+  EventClock::Event event(worker_.clock);
   const std::uint32_t generation = links_[id].generation;
   for (int reads = 0;; ++reads) {
     if (closed_ || id >= links_.size()) return;
@@ -521,8 +525,9 @@ void ClientSession::arm_timer() {
   timer_->expires_at(at);
   timer_->async_wait([self = shared_from_this()](const error_code& ec) {
     if (ec || self->closed_) return;
+    EventClock::Event event(self->worker_.clock);
     self->timer_at_ = session::Clock::time_point::max();
-    self->carry_out(self->core_->on_timer(now()), Source::Event);
+    self->carry_out(self->core_->on_timer(self->now()), Source::Event);
     self->arm_timer();
     // Nothing left to time (a client gone idle): it keeps no timer.
     if (self->timer_at_ == session::Clock::time_point::max()) self->timer_.reset();
@@ -724,7 +729,8 @@ void ClientSession::describe(std::vector<ConnectionRow>& rows) {
   const auto wall = [](session::Clock::time_point t) {
     if (t == session::Clock::time_point{}) return std::chrono::system_clock::time_point{};
     return std::chrono::system_clock::now() -
-           std::chrono::duration_cast<std::chrono::system_clock::duration>(now() - t);
+           std::chrono::duration_cast<std::chrono::system_clock::duration>(session::Clock::now() -
+                                                                           t);
   };
   ConnectionRow c;
   c.type = 'C';
@@ -801,7 +807,7 @@ void ClientSession::check_out_from_pool() {
 }
 
 pool::CheckoutResult ClientSession::checkout_from(const std::shared_ptr<pool::ServerPool>& pool) {
-  auto result = pool->checkout(worker_.index, &checkout().waiter);
+  auto result = pool->checkout(worker_.index, &checkout().waiter, now());
   if (result.kind == pool::CheckoutKind::Wait) checkout().wait_pool = pool;
   return result;
 }
@@ -865,6 +871,7 @@ void ClientSession::take(pool::CheckoutResult result) {
 }
 
 void ClientSession::on_granted(std::unique_ptr<pool::Connection> conn) {
+  EventClock::Event event(worker_.clock);
   Checkout& c = checkout();
   if (c.wait_timer) {  // acquire() waits; it takes the grant (and clears wait_pool)
     c.grant = std::move(conn);

@@ -162,6 +162,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   asio::awaitable<void> refuse_login(const std::string& message);
 
   // ---- Events (client_session.cpp) ----
+  // The time of the event being carried out (Worker::clock).
+  session::Clock::time_point now() const;
   enum class Source : std::uint8_t { Client, Server, Event };
   void carry_out(const session::Actions& actions, Source source, session::LinkId link = 0);
   // Plaintext to the client, through TLS when it is on.
