@@ -73,12 +73,25 @@ class ServerStatements {
   // (the caller closes it on the server), else 0.
   std::uint64_t add(std::uint64_t hash, std::size_t capacity);
   void erase(std::uint64_t hash) { used_.erase(hash); }
-  void clear() { used_.clear(); }
+  // `hash` may or may not be prepared on the server (a Close of it failed with its flight after
+  // an earlier one may have closed it): it counts as absent, and from now on every statement is
+  // closed before it is parsed on this server, which is right either way.
+  void forget_uncertain(std::uint64_t hash) {
+    used_.erase(hash);
+    close_before_parse_ = true;
+  }
+  bool close_before_parse() const { return close_before_parse_; }
+  // The server holds none of them any more (DEALLOCATE ALL, DISCARD ALL).
+  void clear() {
+    used_.clear();
+    close_before_parse_ = false;
+  }
   std::size_t size() const { return used_.size(); }
 
  private:
   std::unordered_map<std::uint64_t, std::uint64_t> used_;  // hash -> last use
   std::uint64_t clock_ = 0;
+  bool close_before_parse_ = false;
 };
 
 }  // namespace pgvalve::protocol

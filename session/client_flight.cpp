@@ -976,12 +976,15 @@ bool Session::forget_statement(std::string_view name) {
 void Session::forget_statements_before(std::uint64_t defined, Link& l) {
   if (statements_) statement_bytes_ -= statements_->erase_defined_up_to(defined);
   // The server forgot its statements too, except those whose Parse, sent after the request
-  // that made it forget, is still to be answered.
+  // that made it forget, is still to be answered — and not closed again (an eviction) after it.
   l.server->statements.clear();
   for (std::size_t i = 0; i < l.pending.size(); ++i) {
     const pr::PendingResponse& p = l.pending.at(i);
-    if (p.kind == Kind::ParseComplete && p.statement_hash != 0) {
+    if (p.statement_hash == 0) continue;
+    if (p.kind == Kind::ParseComplete) {
       l.server->statements.add(p.statement_hash, 0);
+    } else if (p.action == kActionEvictClose || p.action == kActionRecloseStatement) {
+      l.server->statements.erase(p.statement_hash);
     }
   }
 }
@@ -1369,23 +1372,21 @@ void Session::prepare_on_server(const pr::PreparedStatement& stmt, bool swallow,
   if (auto evicted = l.server->statements.add(stmt.hash, options_.max_prepared_statements)) {
     pr::append_close(*flight.scratch, 'S', pr::server_statement_name(evicted));
     pr::PendingResponse close{Kind::CloseComplete, true};
-    close.action = kActionEvictClose;
+    close.action = l.statement_pending(evicted) ? kActionRecloseStatement : kActionEvictClose;
     close.statement_hash = evicted;
     l.pending.push(close);
     ++flight.out->statement_evictions;
   }
-  // The statement's own eviction Close may still be unanswered, in a flight whose error would
-  // make the server skip it: it is closed again first (closing a statement the server does not
-  // have is no error), or the Parse would find it there.
-  for (std::size_t i = 0; i < l.pending.size(); ++i) {
-    const pr::PendingResponse& p = l.pending.at(i);
-    if (p.action != kActionEvictClose || p.statement_hash != stmt.hash) continue;
+  // Whether the server has the statement now may depend on answers still to come (its eviction
+  // Close or an earlier Parse, in a flight that may fail), or be unknown after such a failure:
+  // it is closed first (closing a statement the server does not have is no error), so that the
+  // Parse succeeds either way.
+  if (l.statement_pending(stmt.hash) || l.server->statements.close_before_parse()) {
     pr::append_close(*flight.scratch, 'S', pr::server_statement_name(stmt.hash));
     pr::PendingResponse close{Kind::CloseComplete, true};
-    close.action = kActionEvictClose;
+    close.action = kActionRecloseStatement;
     close.statement_hash = stmt.hash;
     l.pending.push(close);
-    break;
   }
   pr::append_parse_raw(*flight.scratch, pr::server_statement_name(stmt.hash),
                        without_hint(stmt.query), stmt.param_types);
@@ -1461,7 +1462,7 @@ void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight
     return;
   }
   const auto& stmt = define_statement(parse->statement, parse->query, parse->param_types);
-  if (l.server->statements.contains(stmt.hash)) {
+  if (l.server->statements.contains(stmt.hash) && !l.parse_unconfirmed(stmt.hash)) {
     l.server->statements.touch(stmt.hash);
     pr::PendingResponse done{Kind::Synthetic};
     done.action = kActionSynthParseComplete;
@@ -1521,7 +1522,7 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
     l.pending.push({Kind::BindComplete});
     return;
   }
-  if (l.server->statements.contains(stmt->hash)) {
+  if (l.server->statements.contains(stmt->hash) && !l.parse_unconfirmed(stmt->hash)) {
     l.server->statements.touch(stmt->hash);
   } else {
     prepare_on_server(*stmt, true, l, flight);
@@ -1542,7 +1543,7 @@ void Session::plan_describe(const pr::Frame& f, std::size_t offset, Link& l, Fli
   if (!stmt) {
     pass_client(flight, offset, f.whole.size());
   } else {
-    if (l.server->statements.contains(stmt->hash)) {
+    if (l.server->statements.contains(stmt->hash) && !l.parse_unconfirmed(stmt->hash)) {
       l.server->statements.touch(stmt->hash);
     } else {
       prepare_on_server(*stmt, true, l, flight);

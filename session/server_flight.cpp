@@ -5,6 +5,7 @@
 // last answer the session decides what happens to the server: released, kept, or asked first
 // whether state pins it.
 #include <algorithm>
+#include <span>
 
 #include "protocol/lsn.h"
 #include "protocol/wire.h"
@@ -18,6 +19,34 @@ namespace pr = protocol;
 using Kind = pr::PendingResponse::Kind;
 
 namespace {
+
+// After a failed flight: what the server really holds of each statement whose Parse or Close by
+// pgvalve it skipped. A request still on its way that parses or closes the same statement
+// decides it (its Parse is preceded by a Close: Session::prepare_on_server). Otherwise the state
+// before the skipped messages stands, which the first of them tells: a Parse was sent for a
+// statement the server did not have; an eviction Close for one it had (its Parse answered); a
+// Close sent while that was not known leaves it unknown.
+void settle_skipped_statements(Link& l, std::span<const Workspace::SkippedStatement> skipped) {
+  for (std::size_t i = 0; i < skipped.size(); ++i) {
+    const std::uint64_t hash = skipped[i].hash;
+    const auto same = [hash](const Workspace::SkippedStatement& s) { return s.hash == hash; };
+    if (std::any_of(skipped.begin(), skipped.begin() + static_cast<std::ptrdiff_t>(i), same)) {
+      continue;  // settled by its first
+    }
+    if (l.statement_pending(hash)) continue;
+    switch (skipped[i].action) {
+      case kActionEvictClose:
+        l.server->statements.add(hash, 0);
+        break;
+      case kActionRecloseStatement:
+        l.server->statements.forget_uncertain(hash);
+        break;
+      default:
+        l.server->statements.erase(hash);
+        break;
+    }
+  }
+}
 
 // Messages pgvalve only needs the type of.
 bool streamable(char tag) {
@@ -300,30 +329,27 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
       if (recorder_) note_answer(l, f);  // its SQLSTATE class, for the counted request it ends
       // The failed request and everything up to the next Sync get no answer of their own.
       {
-        // Statements whose eviction Close the server skipped here: it still has them, also when
-        // their Parse again, later in this flight, was skipped too.
-        std::uint64_t kept[8];
-        std::size_t kept_count = 0;
+        // The Parses and eviction Closes the server skipped: the statement set planned them as
+        // done.
+        std::vector<Workspace::SkippedStatement>& skipped = work().skipped_statements;
+        skipped.clear();
         bool extended = false;
-        auto still_there = [&](std::uint64_t hash) {
-          return std::find(kept, kept + kept_count, hash) != kept + kept_count;
-        };
         while (!l.pending.empty() && l.pending.front().kind != Kind::ReadyForQuery) {
           auto& dropped = l.pending.front();
           if (dropped.fingerprint) record_execution(l, dropped, true);
           l.rows = 0;
-          if (dropped.action == kActionEvictClose) {
-            // The server skipped the Close: the statement is still prepared there (forgetting
-            // it would make the next Parse of it fail with "already exists").
-            l.server->statements.add(dropped.statement_hash, 0);
-            if (kept_count < std::size(kept)) kept[kept_count++] = dropped.statement_hash;
-          } else if (dropped.statement_hash && !still_there(dropped.statement_hash)) {
-            l.server->statements.erase(dropped.statement_hash);  // its Parse did not happen
+          if (dropped.statement_hash != 0 &&
+              (dropped.action == kActionEvictClose || dropped.action == kActionRecloseStatement ||
+               dropped.kind == Kind::ParseComplete)) {
+            skipped.push_back({dropped.statement_hash, dropped.kind == Kind::ParseComplete
+                                                           ? std::uint8_t{0}
+                                                           : dropped.action});
           }
           end_request(l, dropped, 'E');
           l.pending.pop();
           extended = true;
         }
+        settle_skipped_statements(l, skipped);
         if (extended && l.pending.empty()) l.skipping_until_sync = true;
       }
       if (!l.pending.empty()) l.pending.front().failed = true;

@@ -131,6 +131,7 @@ void Workspace::clear() {
   fingerprinted_size = 0;
   named_portals.clear();
   review_notes.clear();
+  skipped_statements.clear();
   shrink(client_scratch);
   shrink(reply_scratch);
   shrink(notifications);
@@ -168,6 +169,33 @@ void WorkspacePool::give_back(std::unique_ptr<Workspace> workspace) {
   if (!workspace || spare_.size() >= kSpareWorkspaces) return;
   workspace->clear();
   spare_.push_back(std::move(workspace));
+}
+
+bool Link::statement_pending(std::uint64_t hash) const {
+  for (std::size_t i = 0; i < pending.size(); ++i) {
+    const protocol::PendingResponse& p = pending.at(i);
+    if (p.statement_hash == hash &&
+        (p.kind == protocol::PendingResponse::Kind::ParseComplete ||
+         p.action == kActionEvictClose || p.action == kActionRecloseStatement)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+bool Link::parse_unconfirmed(std::uint64_t hash) const {
+  bool parse = false;        // the latest pending Parse of it
+  bool behind_sync = false;  // ... has a Sync after it
+  for (std::size_t i = 0; i < pending.size(); ++i) {
+    const protocol::PendingResponse& p = pending.at(i);
+    if (p.kind == protocol::PendingResponse::Kind::ParseComplete && p.statement_hash == hash) {
+      parse = true;
+      behind_sync = false;
+    } else if (parse && p.kind == protocol::PendingResponse::Kind::ReadyForQuery) {
+      behind_sync = true;
+    }
+  }
+  return behind_sync;
 }
 
 // ---- Session -------------------------------------------------------------------------------

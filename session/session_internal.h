@@ -64,19 +64,22 @@ enum : std::uint8_t {
   kActionSync,                // pgvalve's settings query
   kActionPinCheck,            // pgvalve's query about session state that pins the server
   kActionEvictClose,          // pgvalve's Close of `statement_hash` for the LRU cap
-  kActionWalPosition,         // pgvalve's query for the primary's WAL position (read-your-writes)
-  kActionBegin,               // the client's BEGIN, held back until its shard was known
-  kActionScatter,             // the shard's part of a statement over several shards (scatter.h)
-  kActionScatterBegin,        // ... a write's BEGIN before it
-  kActionScatterCopy,         // ... a COPY FROM STDIN, whose rows pgvalve routes (copy_flight.cpp)
-  kActionScatterPrepare,      // ... its PREPARE TRANSACTION after it
-  kActionScatterFinish,       // ... its COMMIT PREPARED or ROLLBACK PREPARED
-  kActionScatterWal,          // ... the primary's WAL position after the commit (lsn)
-  kActionTxJoin,     // a shard joining the client's transaction: its BEGIN, and whether its
-                     // server allows two-phase commit (shard_transaction.cpp)
-  kActionTxPrepare,  // the transaction's PREPARE TRANSACTION on one of its shards
-  kActionTxFinish,   // ... its COMMIT PREPARED, ROLLBACK PREPARED or ROLLBACK there
-  kActionTxWal,      // ... the primary's WAL position after the commit (lsn)
+  // pgvalve's Close of `statement_hash` before parsing it, or for the cap, while whether the
+  // server has it depends on answers still to come or is unknown.
+  kActionRecloseStatement,
+  kActionWalPosition,     // pgvalve's query for the primary's WAL position (read-your-writes)
+  kActionBegin,           // the client's BEGIN, held back until its shard was known
+  kActionScatter,         // the shard's part of a statement over several shards (scatter.h)
+  kActionScatterBegin,    // ... a write's BEGIN before it
+  kActionScatterCopy,     // ... a COPY FROM STDIN, whose rows pgvalve routes (copy_flight.cpp)
+  kActionScatterPrepare,  // ... its PREPARE TRANSACTION after it
+  kActionScatterFinish,   // ... its COMMIT PREPARED or ROLLBACK PREPARED
+  kActionScatterWal,      // ... the primary's WAL position after the commit (lsn)
+  kActionTxJoin,          // a shard joining the client's transaction: its BEGIN, and whether its
+                          // server allows two-phase commit (shard_transaction.cpp)
+  kActionTxPrepare,       // the transaction's PREPARE TRANSACTION on one of its shards
+  kActionTxFinish,        // ... its COMMIT PREPARED, ROLLBACK PREPARED or ROLLBACK there
+  kActionTxWal,           // ... the primary's WAL position after the commit (lsn)
 };
 
 // A pending action of a shard's part of a statement over several shards (scatter_flight.cpp).
@@ -138,6 +141,12 @@ struct Link {
   Clock::time_point transaction_started{};  // a client request began a transaction (statistics)
 
   bool busy() const { return in_flight > 0 || open_extended || !pending.empty(); }
+  // A Parse of statement `hash`, or pgvalve's eviction Close of it, is still to be answered.
+  bool statement_pending(std::uint64_t hash) const;
+  // The latest Parse of `hash` is still to be answered in an earlier flight (a Sync is pending
+  // behind it): if that flight fails the server will not have it, though the statement set says
+  // so.
+  bool parse_unconfirmed(std::uint64_t hash) const;
   // Only pgvalve's own query is outstanding (a WAL position, a pin check).
   bool only_own_query() const {
     return in_flight == 1 && !open_extended && pending.size() == 1 && pending.front().internal;
@@ -288,6 +297,12 @@ struct Workspace {
   static constexpr std::size_t kMaxTrackedPortals = 64;
   std::vector<PortalNote> named_portals;
   std::vector<Note> review_notes;
+  // A failed flight's Parses and eviction Closes, which the server skipped (server_flight.cpp).
+  struct SkippedStatement {
+    std::uint64_t hash = 0;
+    std::uint8_t action = 0;  // kActionEvictClose, kActionRecloseStatement, or 0: its Parse
+  };
+  std::vector<SkippedStatement> skipped_statements;
   // The last request sent to a replica (at most kMaxRetriedRequestBytes), to run again
   // elsewhere if the replica dies before answering; retry_pending: linked for that.
   std::string retry_request;

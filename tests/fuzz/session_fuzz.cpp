@@ -1403,6 +1403,7 @@ class Harness {
   void feed_client(Reader& in) {
     if (client_in_.empty() || !session_.wants_client_input()) return;
     const std::string input = client_in_;  // the step's input stays put while it is read
+    if (trace_ > 1) std::fprintf(stderr, "client sends:\n%s", frontend_detail(input).c_str());
     const Actions& a = session_.on_client_data(input, now_);
     step(a, Source::Client, input, in, kAnyLink);
   }

@@ -365,6 +365,85 @@ TEST(SessionPreparedStatements, AStatementEvictedAndPreparedAgainInAFailedFlight
   EXPECT_EQ(tags_of(h.send(run_flight("a"), *server)), "BES");
 }
 
+// Found by the session fuzz target: DEALLOCATE ALL answered while a Parse pipelined after it and
+// that statement's eviction Close are still to be answered. The server ends without it.
+TEST(SessionPreparedStatements, AStatementEvictedRightAfterDeallocateAllIsPreparedAgain) {
+  SessionOptions o;
+  o.max_prepared_statements = 1;
+  SessionHarness h(o);
+  auto server = SessionHarness::fresh_server();
+  const std::string sent =
+      h.send(query("DEALLOCATE ALL") + parse("p", "select 1") + parse("q", "select 2"), *server);
+  EXPECT_EQ(tags_of(sent), "QPCP");
+  h.answer(command_result("DEALLOCATE ALL") + parse_complete() + close_complete() +
+           parse_complete());
+  EXPECT_FALSE(server->statements.contains(protocol::statement_hash("select 1", {})));
+  EXPECT_TRUE(server->statements.contains(protocol::statement_hash("select 2", {})));
+  const Step s = h.client(run_flight("p"));
+  EXPECT_EQ(tags_of(s.to_server), "CPBES");
+  const auto parses = parses_in(s.to_server);
+  ASSERT_EQ(parses.size(), 1u);
+  EXPECT_EQ(parses[0].first, server_name_of("select 1"));
+}
+
+// Found by the session fuzz target: a flight fails after pgvalve sent the next one, which evicts
+// the statement the failed flight parsed and prepares it again. The error must not undo what the
+// later flight does: the server ends with the statement.
+TEST(SessionPreparedStatements, AFailedFlightDoesNotUndoAPreparationPipelinedBehindIt) {
+  SessionOptions o;
+  o.max_prepared_statements = 1;
+  SessionHarness h(o);
+  auto server = SessionHarness::fresh_server();
+  EXPECT_EQ(tags_of(h.send(describe('S', "missing") + parse("p", "select 1") + sync(), *server)),
+            "DPS");
+  const Step s = h.client(parse("q", "select 2") + parse("r", "select 1") + run_flight("r"));
+  // Each Parse is preceded by a Close of the same statement: whether the server has it depends
+  // on the flight still to be answered.
+  EXPECT_EQ(tags_of(s.to_server), "CPCCPBES");
+  h.answer(error_message("26000") + ready('I'));
+  EXPECT_TRUE(server->statements.contains(protocol::statement_hash("select 1", {})));
+  h.answer(close_complete() + parse_complete() + close_complete() + close_complete() +
+           parse_complete() + select_answer());
+  EXPECT_TRUE(server->statements.contains(protocol::statement_hash("select 1", {})));
+  EXPECT_EQ(tags_of(h.send(run_flight("p"), *server)), "BES") << "prepared there: not again";
+}
+
+// A Bind pipelined behind a flight whose Parse of its statement is still unanswered: if that
+// flight fails the server will not have the statement, so it is closed and prepared again in the
+// Bind's own flight (which is right whether the first Parse happens or not).
+TEST(SessionPreparedStatements, ABindBehindAnUnansweredParseOfAnEarlierFlightPreparesItAgain) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  EXPECT_EQ(tags_of(h.send(describe('S', "missing") + parse("p", kSql) + sync(), *server)), "DPS");
+  const Step s = h.client(run_flight("p"));
+  EXPECT_EQ(tags_of(s.to_server), "CPBES");
+  EXPECT_EQ(bound_statements_in(s.to_server), std::vector<std::string>{server_name_of(kSql)});
+  h.answer(error_message("26000") + ready('I'));
+  EXPECT_EQ(h.answer(close_complete() + parse_complete() + select_answer()), select_answer());
+  EXPECT_TRUE(server->statements.contains(protocol::statement_hash(kSql, {})));
+}
+
+// After a failed flight whose eviction Close was itself uncertain, the statement counts as absent
+// and every later Parse on that server is preceded by a Close.
+TEST(SessionPreparedStatements, AnUncertainStatementIsClosedBeforeItIsParsedAgain) {
+  SessionOptions o;
+  o.max_prepared_statements = 1;
+  SessionHarness h(o);
+  auto server = SessionHarness::fresh_server();
+  // p's Parse is unanswered when q evicts it: that Close is uncertain. Both flights fail.
+  EXPECT_EQ(tags_of(h.send(describe('S', "missing") + parse("p", "select 1") + sync(), *server)),
+            "DPS");
+  EXPECT_EQ(tags_of(h.client(describe('S', "missing") + parse("q", "select 2") + sync()).to_server),
+            "DCPS");
+  h.answer(error_message("26000") + ready('I'));
+  h.answer(error_message("26000") + ready('I'));
+  EXPECT_FALSE(server->statements.contains(protocol::statement_hash("select 1", {})));
+  EXPECT_TRUE(server->statements.close_before_parse());
+  const std::string sent = h.send(run_flight("p"), *server);
+  EXPECT_EQ(tags_of(sent), "CPBES");
+  EXPECT_EQ(targets_in(sent, 'C'), std::vector<std::string>{"S:" + server_name_of("select 1")});
+}
+
 TEST(SessionPreparedStatements, ErrorOfTheRepreparationIsTheBindsError) {
   SessionHarness h;
   prepare_locally(h);
