@@ -362,6 +362,12 @@ def session_seeds() -> dict:
                          + answer(1, everything) + answer() + answer()
                          + client(0, "INSERT INTO device_types VALUES (1, 'x')") + fresh * 2
                          + later + bytes([11]),
+        # Findings, minimized (prepared statements after a failed pipelined flight; see
+        # prepared_statements_test.cpp): DEALLOCATE ALL answered before a Parse and its eviction
+        # Close; a failed flight's skipped Parse of a statement prepared again behind it.
+        "finding_deallocate_all_eviction": bytes.fromhex("2d00010017626262626272d1767676d1ae6276"),
+        "finding_skipped_parse_prepared_again":
+            bytes.fromhex("650072646174626262727676626276d1ae62767639767639d1ae627639"),
     }
 
 
