@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from pgcluster import APP_DB, APP_USER, wait_until
-from pgwire import read_message
+from pgwire import query_message, read_message
 from pgwire_ext import ExtClient, bind, close, describe, execute, flush, parse, sync
 from test_pgbench import check_balances, pgbench, pgbench_init
 
@@ -422,5 +422,43 @@ def test_parse_discarded_after_a_failed_request_is_not_taken_as_done(pgvalve):
         r = c.run([parse("discarded", "select 42"), bind("discarded"), execute(), sync()])
         assert not r.errors, r.errors
         assert r.rows == [["42"]]
+    finally:
+        c.terminate()
+
+
+def test_statement_evicted_behind_deallocate_all_is_prepared_again(pgvalve):
+    """DEALLOCATE ALL with two Parses pipelined behind it, the second evicting the first on the
+    server (max_prepared_statements: 1). When DEALLOCATE ALL is answered the first Parse and its
+    eviction Close are still on their way: the server ends without that statement, and using it
+    must prepare it again (found by the session fuzz target)."""
+    pv = tx_pool(pgvalve, pool_size=1, max_prepared_statements=1)
+    c = ExtClient.login(pv)
+    try:
+        r = c.run([query_message("DEALLOCATE ALL"), parse("p", "select 1"), parse("q", "select 2"),
+                   sync()])
+        assert not r.errors, r.errors
+        r = c.run([bind("p"), execute(), sync()])
+        assert not r.errors, r.errors
+        assert r.rows == [["1"]]
+        r = c.run([bind("q"), execute(), sync()])
+        assert not r.errors, r.errors
+        assert r.rows == [["2"]]
+    finally:
+        c.terminate()
+
+
+def test_bind_pipelined_behind_a_failed_parse_never_names_pgvalves_statement(pgvalve):
+    """A Parse in a flight that fails before it (the server skips it), and a Bind of that
+    statement pipelined in the next flight before the first is answered. PostgreSQL alone says
+    the client's statement does not exist; pgvalve prepares it again in the Bind's flight. What
+    the client must never see is an error about pgvalve's own server-side name."""
+    pv = tx_pool(pgvalve, pool_size=1)
+    c = ExtClient.login(pv)
+    try:
+        r = c.run([describe("S", "missing"), parse("p", "select 7"), sync(),
+                   bind("p"), execute(), sync()])
+        assert [e["C"] for e in r.errors] == ["26000"], r.errors  # the Describe's
+        assert "missing" in r.errors[0]["M"]
+        assert r.rows == [["7"]]
     finally:
         c.terminate()
