@@ -916,6 +916,11 @@ class FakeServer {
           if (f.tag == 'P') {  // ends the COPY with an error instead of preparing anything
             if (const auto p = protocol::read_parse(f)) unparsed_.insert(std::string(p->statement));
           }
+          if (f.tag == 'C') {  // ... or closing anything
+            if (const auto c = protocol::read_close(f); c && c->kind == 'S') {
+              unclosed_.insert(std::string(c->name));
+            }
+          }
           if (f.tag == 'f') {
             error(out, "57014", "COPY from stdin failed");
           } else {
@@ -961,7 +966,7 @@ class FakeServer {
           return false;
         }
         if (!name.empty() && statements_.count(name)) {
-          if (faithful && pgvalve_named(name)) {
+          if (faithful && pgvalve_named(name) && !unclosed_.count(name)) {
             violated("pgvalve prepares a statement the server already has", __LINE__);
           }
           fail_extended(out, "42P05", "prepared statement already exists");
@@ -1090,6 +1095,9 @@ class FakeServer {
   // Parse fails as it would for a client of PostgreSQL itself, which is not the session's fault.
   std::map<std::string, Statement> statements_;
   std::set<std::string> unparsed_;
+  // Statements whose Close came during COPY FROM STDIN and ended it instead (a request sent
+  // during COPY, which the session refuses once it sees the COPY begin): still prepared here.
+  std::set<std::string> unclosed_;
   std::map<std::string, Portal> portals_;
   bool skipping_ = false;  // an extended-protocol message failed: the rest up to Sync is skipped
   bool copy_in_ = false;
