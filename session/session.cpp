@@ -23,6 +23,11 @@ void shrink(std::string& s) {
   if (s.capacity() > kKeptScratchBytes) std::string().swap(s);
 }
 
+template <typename T>
+void shrink(std::vector<T>& v) {
+  if (v.capacity() * sizeof(T) > kKeptScratchBytes) std::vector<T>().swap(v);
+}
+
 // "-c name=value --name=value" as libpq sends PGOPTIONS; backslash escapes a space.
 std::vector<std::pair<std::string, std::string>> parse_options(std::string_view options) {
   std::vector<std::string> words;
@@ -132,6 +137,7 @@ void Workspace::clear() {
   named_portals.clear();
   review_notes.clear();
   skipped_statements.clear();
+  shrink(skipped_statements);
   shrink(client_scratch);
   shrink(reply_scratch);
   shrink(notifications);
