@@ -1061,6 +1061,7 @@ class FakeServer {
         if (!c) return unreadable(out);
         if (c->kind == 'S') {
           statements_.erase(std::string(c->name));
+          unclosed_.erase(std::string(c->name));
         } else {
           portals_.erase(std::string(c->name));
         }
