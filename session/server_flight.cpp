@@ -327,16 +327,19 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
     case pr::ResponseMatch::Error:
       if (!head.internal) pass();
       if (recorder_) note_answer(l, f);  // its SQLSTATE class, for the counted request it ends
-      // The failed request and everything up to the next Sync get no answer of their own.
+      // An extended-protocol message failed (a Query's error is Intermediate): the server
+      // ignores every message up to the next Sync, a simple Query or a function call among them
+      // included, and none gets an answer.
       {
         // The Parses and eviction Closes the server skipped: the statement set planned them as
         // done.
         std::vector<Workspace::SkippedStatement>& skipped = work().skipped_statements;
         skipped.clear();
-        bool extended = false;
-        while (!l.pending.empty() && l.pending.front().kind != Kind::ReadyForQuery) {
+        while (!l.pending.empty() &&
+               !(l.pending.front().kind == Kind::ReadyForQuery && l.pending.front().sync)) {
           auto& dropped = l.pending.front();
           if (dropped.fingerprint) record_execution(l, dropped, true);
+          if (dropped.kind == Kind::ReadyForQuery && l.in_flight > 0) --l.in_flight;
           l.rows = 0;
           if (dropped.statement_hash != 0 &&
               (dropped.action == kActionEvictClose || dropped.action == kActionRecloseStatement ||
@@ -347,10 +350,9 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
           }
           end_request(l, dropped, 'E');
           l.pending.pop();
-          extended = true;
         }
         settle_skipped_statements(l, skipped);
-        if (extended && l.pending.empty()) l.skipping_until_sync = true;
+        if (l.pending.empty()) l.skipping_until_sync = true;
       }
       if (!l.pending.empty()) l.pending.front().failed = true;
       return passed;

@@ -368,6 +368,8 @@ def session_seeds() -> dict:
         "finding_deallocate_all_eviction": bytes.fromhex("2d00010017626262626272d1767676d1ae6276"),
         "finding_skipped_parse_prepared_again":
             bytes.fromhex("650072646174626262727676626276d1ae62767639767639d1ae627639"),
+        # A simple Query between a failed extended-protocol message and its Sync.
+        "finding_query_after_failed_execute": bytes.fromhex("00021111111311255711111111b63ef61000113e3e11255711ffffb63e11b63eff113e3eb6"),
     }
 
 

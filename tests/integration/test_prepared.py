@@ -462,3 +462,26 @@ def test_bind_pipelined_behind_a_failed_parse_never_names_pgvalves_statement(pgv
         assert r.rows == [["7"]]
     finally:
         c.terminate()
+
+
+def test_query_between_a_failed_extended_request_and_its_sync_gets_no_answer(pgvalve):
+    """PostgreSQL ignores a simple Query sent after a failed extended-protocol message and before
+    the Sync: the client gets the error and one ReadyForQuery. pgvalve must not wait for the
+    Query's answer: the server goes back to the pool, and another client (pool of one) gets it
+    (found by the session fuzz target; before, the server stayed with the first client)."""
+    pv = tx_pool(pgvalve, pool_size=1, checkout_timeout_ms=3000)
+    c = ExtClient.login(pv)
+    other = ExtClient.login(pv)
+    try:
+        r = c.run([execute("missing"), query_message("select 1"), sync()], syncs=1)
+        assert r.kinds == b"EZ", r.kinds
+        assert [e["C"] for e in r.errors] == ["34000"], r.errors
+        r = c.simple("select 2")
+        assert not r.errors, r.errors
+        assert r.rows == [["2"]]
+        r = other.simple("select 3")
+        assert not r.errors, r.errors
+        assert r.rows == [["3"]]
+    finally:
+        c.terminate()
+        other.terminate()

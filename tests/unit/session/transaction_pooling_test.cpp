@@ -377,6 +377,23 @@ TEST(SessionTransactionPooling, WhatFollowsAFailedExtendedRequestUpToSyncGetsNoA
   EXPECT_EQ(tags_of(h.send(again, *server)), "PBES");
 }
 
+// Found by the session fuzz target: PostgreSQL ignores a simple Query sent after a failed
+// extended-protocol message and before its Sync; only the Sync is answered. The Query must not
+// be waited for (the server would stay linked, and every later answer be taken for the one
+// before it).
+TEST(SessionTransactionPooling, AQueryBetweenAFailedExtendedRequestAndItsSyncGetsNoAnswer) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  const std::string sent = h.send(execute("missing") + query("select 1") + sync(), *server);
+  EXPECT_EQ(tags_of(sent), "EQS");
+  const std::string answer = error_message("34000") + ready();
+  EXPECT_EQ(h.answer(answer), answer);
+  EXPECT_TRUE(h.last.has_op(LinkOp::Kind::Release));
+  EXPECT_EQ(h.state(), SessionState::Idle);
+  EXPECT_EQ(tags_of(h.send(query("select 2"), *server)), "Q");
+  EXPECT_EQ(h.answer(row_result("2", "SELECT 1")), row_result("2", "SELECT 1"));
+}
+
 TEST(SessionTransactionPooling, CheckoutFailureAnswersTheWaitingRequestAndKeepsTheClient) {
   SessionHarness h;
   const std::string q = query("select 1");
