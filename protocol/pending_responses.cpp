@@ -46,10 +46,12 @@ void PendingResponses::push(const PendingResponse& r) {
   }
   ring_[(head_ + size_) % ring_.size()] = r;
   ++size_;
+  if (r.kind == PendingResponse::Kind::ParseComplete) ++parses_;
 }
 
 void PendingResponses::pop() {
   if (size_ == 0) return;
+  if (ring_[head_].kind == PendingResponse::Kind::ParseComplete) --parses_;
   head_ = (head_ + 1) % ring_.size();
   --size_;
 }
@@ -57,6 +59,9 @@ void PendingResponses::pop() {
 void PendingResponses::drop_behind_front(std::size_t count) {
   if (count == 0 || count >= size_) return;
   const PendingResponse front = ring_[head_];
+  for (std::size_t i = 1; i <= count; ++i) {
+    if (ring_[(head_ + i) % ring_.size()].kind == PendingResponse::Kind::ParseComplete) --parses_;
+  }
   head_ = (head_ + count) % ring_.size();
   ring_[head_] = front;
   size_ -= count;

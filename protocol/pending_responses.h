@@ -63,12 +63,15 @@ class PendingResponses {
   void pop();
   // Removes the `count` entries right behind the front (count < size()).
   void drop_behind_front(std::size_t count);
-  void clear() { head_ = size_ = 0; }
+  void clear() { head_ = size_ = parses_ = 0; }
+  // ParseCompletes among them: lets a lookup for a Parse skip the scan when there is none.
+  std::size_t parses() const { return parses_; }
 
  private:
   std::vector<PendingResponse> ring_;  // allocated on first use: idle clients hold none
   std::size_t head_ = 0;
   std::size_t size_ = 0;
+  std::size_t parses_ = 0;
 };
 
 }  // namespace pgvalve::protocol

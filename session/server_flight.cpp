@@ -5,7 +5,7 @@
 // last answer the session decides what happens to the server: released, kept, or asked first
 // whether state pins it.
 #include <algorithm>
-#include <span>
+#include <vector>
 
 #include "protocol/lsn.h"
 #include "protocol/wire.h"
@@ -26,14 +26,26 @@ namespace {
 // before the skipped messages stands, which the first of them tells: a Parse was sent for a
 // statement the server did not have; an eviction Close for one it had (its Parse answered); a
 // Close sent while that was not known leaves it unknown.
-void settle_skipped_statements(Link& l, std::span<const Workspace::SkippedStatement> skipped) {
+void settle_skipped_statements(Link& l, std::vector<Workspace::SkippedStatement>& skipped,
+                               std::vector<std::uint64_t>& pending) {
+  if (skipped.empty()) return;
+  // Sorted, not scanned per statement: a flight of thousands of Parses costs a sort. Each
+  // statement's group keeps the order its messages were sent in.
+  std::stable_sort(skipped.begin(), skipped.end(),
+                   [](const auto& a, const auto& b) { return a.hash < b.hash; });
+  pending.clear();
+  for (std::size_t i = 0; i < l.pending.size(); ++i) {
+    const pr::PendingResponse& p = l.pending.at(i);
+    if (p.statement_hash != 0 && (p.kind == Kind::ParseComplete || p.action == kActionEvictClose ||
+                                  p.action == kActionRecloseStatement)) {
+      pending.push_back(p.statement_hash);
+    }
+  }
+  std::sort(pending.begin(), pending.end());
   for (std::size_t i = 0; i < skipped.size(); ++i) {
     const std::uint64_t hash = skipped[i].hash;
-    const auto same = [hash](const Workspace::SkippedStatement& s) { return s.hash == hash; };
-    if (std::any_of(skipped.begin(), skipped.begin() + static_cast<std::ptrdiff_t>(i), same)) {
-      continue;  // settled by its first
-    }
-    if (l.statement_pending(hash)) continue;
+    if (i > 0 && skipped[i - 1].hash == hash) continue;  // settled by its first
+    if (std::binary_search(pending.begin(), pending.end(), hash)) continue;
     switch (skipped[i].action) {
       case kActionEvictClose:
         l.server->statements.add(hash, 0);
@@ -351,7 +363,7 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
           end_request(l, dropped, 'E');
           l.pending.pop();
         }
-        settle_skipped_statements(l, skipped);
+        settle_skipped_statements(l, skipped, work().pending_statements);
         if (l.pending.empty()) l.skipping_until_sync = true;
       }
       if (!l.pending.empty()) l.pending.front().failed = true;

@@ -138,6 +138,8 @@ void Workspace::clear() {
   review_notes.clear();
   skipped_statements.clear();
   shrink(skipped_statements);
+  pending_statements.clear();
+  shrink(pending_statements);
   shrink(client_scratch);
   shrink(reply_scratch);
   shrink(notifications);
@@ -190,8 +192,9 @@ bool Link::statement_pending(std::uint64_t hash) const {
 }
 
 bool Link::parse_unconfirmed(std::uint64_t hash) const {
-  bool parse = false;        // the latest pending Parse of it
-  bool behind_sync = false;  // ... has a Sync after it
+  if (pending.parses() == 0) return false;  // the usual case: no scan per Bind
+  bool parse = false;                       // the latest pending Parse of it
+  bool behind_sync = false;                 // ... has a Sync after it
   for (std::size_t i = 0; i < pending.size(); ++i) {
     const protocol::PendingResponse& p = pending.at(i);
     if (p.kind == protocol::PendingResponse::Kind::ParseComplete && p.statement_hash == hash) {

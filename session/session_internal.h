@@ -303,6 +303,7 @@ struct Workspace {
     std::uint8_t action = 0;  // kActionEvictClose, kActionRecloseStatement, or 0: its Parse
   };
   std::vector<SkippedStatement> skipped_statements;
+  std::vector<std::uint64_t> pending_statements;  // ... and those still on their way behind them
   // The last request sent to a replica (at most kMaxRetriedRequestBytes), to run again
   // elsewhere if the replica dies before answering; retry_pending: linked for that.
   std::string retry_request;

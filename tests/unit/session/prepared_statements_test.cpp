@@ -24,6 +24,12 @@ std::string run_flight(std::string_view statement) {
   return bind_to("", statement) + execute() + sync();
 }
 
+// A flight that fails at its first message (a Describe of a statement nobody prepared): the
+// server skips the Parse behind it.
+std::string failing_flight_parsing(std::string_view name, std::string_view sql) {
+  return describe('S', "missing") + parse(name, sql) + sync();
+}
+
 std::string select_answer() {
   return bind_complete() + data_row({"1"}) + complete("SELECT 1") + ready('I');
 }
@@ -394,8 +400,7 @@ TEST(SessionPreparedStatements, AFailedFlightDoesNotUndoAPreparationPipelinedBeh
   o.max_prepared_statements = 1;
   SessionHarness h(o);
   auto server = SessionHarness::fresh_server();
-  EXPECT_EQ(tags_of(h.send(describe('S', "missing") + parse("p", "select 1") + sync(), *server)),
-            "DPS");
+  EXPECT_EQ(tags_of(h.send(failing_flight_parsing("p", "select 1"), *server)), "DPS");
   const Step s = h.client(parse("q", "select 2") + parse("r", "select 1") + run_flight("r"));
   // Each Parse is preceded by a Close of the same statement: whether the server has it depends
   // on the flight still to be answered.
@@ -414,7 +419,7 @@ TEST(SessionPreparedStatements, AFailedFlightDoesNotUndoAPreparationPipelinedBeh
 TEST(SessionPreparedStatements, ABindBehindAnUnansweredParseOfAnEarlierFlightPreparesItAgain) {
   SessionHarness h;
   auto server = SessionHarness::fresh_server();
-  EXPECT_EQ(tags_of(h.send(describe('S', "missing") + parse("p", kSql) + sync(), *server)), "DPS");
+  EXPECT_EQ(tags_of(h.send(failing_flight_parsing("p", kSql), *server)), "DPS");
   const Step s = h.client(run_flight("p"));
   EXPECT_EQ(tags_of(s.to_server), "CPBES");
   EXPECT_EQ(bound_statements_in(s.to_server), std::vector<std::string>{server_name_of(kSql)});
@@ -431,10 +436,8 @@ TEST(SessionPreparedStatements, AnUncertainStatementIsClosedBeforeItIsParsedAgai
   SessionHarness h(o);
   auto server = SessionHarness::fresh_server();
   // p's Parse is unanswered when q evicts it: that Close is uncertain. Both flights fail.
-  EXPECT_EQ(tags_of(h.send(describe('S', "missing") + parse("p", "select 1") + sync(), *server)),
-            "DPS");
-  EXPECT_EQ(tags_of(h.client(describe('S', "missing") + parse("q", "select 2") + sync()).to_server),
-            "DCPS");
+  EXPECT_EQ(tags_of(h.send(failing_flight_parsing("p", "select 1"), *server)), "DPS");
+  EXPECT_EQ(tags_of(h.client(failing_flight_parsing("q", "select 2")).to_server), "DCPS");
   h.answer(error_message("26000") + ready('I'));
   h.answer(error_message("26000") + ready('I'));
   EXPECT_FALSE(server->statements.contains(protocol::statement_hash("select 1", {})));
