@@ -125,6 +125,21 @@ void ListenHub::fail_all(const std::string& error) {
 
 asio::awaitable<void> ListenHub::run() {
   auto self = shared_from_this();
+  // Clients keep their channels across a lost or refused connection: the hub tries again each
+  // pause while any client still listens, so notifications resume once a primary answers
+  // (after a failover, the new one).
+  for (;;) {
+    co_await serve_one_connection();
+    if (channels_.empty() && queued_.empty()) break;
+    asio::steady_timer pause(context_, std::chrono::seconds(1));
+    error_code ignored;
+    co_await pause.async_wait(await_ec(ignored));
+    if (channels_.empty() && queued_.empty()) break;
+  }
+  running_ = false;
+}
+
+asio::awaitable<void> ListenHub::serve_one_connection() {
   ServerFailure failure;
   ServerLogin login = login_;
   if (primary_) login.host = primary_();
@@ -133,7 +148,6 @@ asio::awaitable<void> ListenHub::run() {
     PGV_LOG(Warn, "listen_connection_failed", {"host", login.host.to_string()},
             {"reason", failure.message});
     fail_all(failure.message);
-    running_ = false;
     co_return;
   }
   PGV_LOG(Info, "listen_connection_open", {"host", login.host.to_string()},
@@ -185,15 +199,6 @@ asio::awaitable<void> ListenHub::run() {
   server_.reset();
   fail_all("pgvalve: the listening server connection was lost; LISTEN again");
   outbox_.clear();
-  // Clients keep their channels: listen again on a fresh connection after a pause.
-  asio::steady_timer pause(context_, std::chrono::seconds(1));
-  error_code ignored;
-  co_await pause.async_wait(await_ec(ignored));
-  running_ = false;
-  if (!channels_.empty() || !queued_.empty()) {
-    running_ = true;
-    asio::co_spawn(context_, run(), asio::detached);
-  }
 }
 
 }  // namespace pgvalve::proxy

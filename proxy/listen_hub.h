@@ -59,6 +59,7 @@ class ListenHub : public std::enable_shared_from_this<ListenHub> {
   void flush_queue();
   static asio::awaitable<void> write_outbox(std::shared_ptr<ListenHub> self);
   asio::awaitable<void> run();
+  asio::awaitable<void> serve_one_connection();
   void fail_all(const std::string& error);
 
   asio::io_context& context_;

@@ -325,6 +325,10 @@ def test_listeners_follow_the_primary_after_a_failover(fresh, pgvalve):
     with pv.connect() as listener, pv.connect() as sender:
         listener.execute("LISTEN drill_events")
         c.primary.kill9()
+        # The listening connection's first attempt to reconnect fails before the promotion:
+        # it must keep trying while clients listen.
+        wait_until(lambda: "event=listen_connection_failed" in pv.log_text(), 10,
+                   message="the listening connection finds the primary gone")
         c.replicas[0].promote()
         wait_until(lambda: show_hosts(pv)[1]["role"] == "primary", 10,
                    message="pgvalve follows the promotion")
