@@ -370,6 +370,10 @@ def session_seeds() -> dict:
             bytes.fromhex("650072646174626262727676626276d1ae62767639767639d1ae627639"),
         # A simple Query between a failed extended-protocol message and its Sync.
         "finding_query_after_failed_execute": bytes.fromhex("00021111111311255711111111b63ef61000113e3e11255711ffffb63e11b63eff113e3eb6"),
+        # Pipelined sharded COPYs whose scatters fail at a shard's checkout, one after another
+        # (a false alarm of the harness's bounded-resumption check, kept as a deep pipeline).
+        "finding_pipelined_failing_scatters": bytes.fromhex(
+            "585841414141414141c1" + "41" * 88 + "58" + "ff" * 30),
     }
 
 

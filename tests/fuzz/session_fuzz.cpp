@@ -1596,16 +1596,16 @@ class Harness {
   void step(const Actions& a, Source source, std::string_view input, Reader& in,
             LinkId link = kAnyLink) {
     // Steps nested in one another (a checkout answered, the client resumed) without reading any
-    // input: a request that waited resumes in a bounded number of them. (A pipeline of requests
-    // that each read their part of the input nests as deep as it is long.)
+    // input: a request that waited resumes in a bounded number of them. A step that reads input
+    // starts the count again for the steps nested in it (a pipeline of requests, each read in
+    // its turn, nests as deep as it is long).
     struct Nesting {
       int& depth;
-      bool counts;
-      ~Nesting() {
-        if (counts) --depth;
-      }
-    } nesting{unproductive_depth_, a.consumed == 0};
-    if (nesting.counts && ++unproductive_depth_ > 32) {
+      int saved;
+      ~Nesting() { depth = saved; }
+    } nesting{unproductive_depth_, unproductive_depth_};
+    unproductive_depth_ = a.consumed == 0 ? unproductive_depth_ + 1 : 0;
+    if (unproductive_depth_ > 32) {
       violated("a waiting request does not resume in bounded steps", __LINE__);
     }
     const bool scattering = session_.scattering();
