@@ -374,6 +374,10 @@ def session_seeds() -> dict:
         # (a false alarm of the harness's bounded-resumption check, kept as a deep pipeline).
         "finding_pipelined_failing_scatters": bytes.fromhex(
             "585841414141414141c1" + "41" * 88 + "58" + "ff" * 30),
+        # A server that is not PostgreSQL ends the login's settings sync with a ReadyForQuery of
+        # its own; its late answers reach the client during a write over all shards.
+        "finding_unsolicited_ready_before_scatter":
+            bytes.fromhex("ffffe5da010035084675f1f15656565656565621215654"),
     }
 
 
