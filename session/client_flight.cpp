@@ -63,23 +63,18 @@ bool contains_at(std::string_view sql, std::size_t pos, std::string_view needle)
   return true;
 }
 
-// `needle` is lower case.
+// `needle` (lower case, starting with a letter) anywhere in `sql` from `from`, in any ASCII
+// case. Runs for every statement: only positions holding the needle's first letter are compared.
 bool contains_ci(std::string_view sql, std::size_t from, std::string_view needle) {
-  for (std::size_t p = from; p + needle.size() <= sql.size(); ++p) {
-    std::size_t k = 0;
-    while (k < needle.size()) {
-      const char c = sql[p + k];
-      if ((c >= 'A' && c <= 'Z' ? static_cast<char>(c + ('a' - 'A')) : c) != needle[k]) break;
-      ++k;
-    }
-    if (k == needle.size()) return true;
+  if (needle.empty() || sql.size() < needle.size()) return false;
+  const char first = needle[0];
+  const std::size_t last = sql.size() - needle.size();
+  for (std::size_t p = from; p <= last; ++p) {
+    if ((sql[p] | 0x20) == first && contains_at(sql, p, needle)) return true;
   }
   return false;
 }
 
-// True for the everyday statement that needs no closer look: it starts with a plain DML/query
-// keyword, is the only statement, and mentions nothing that changes session state (advisory
-// locks, temporary objects, set_config). Anything else goes through the classifier.
 // True for the everyday statement that needs no closer look: it starts with a plain DML/query
 // keyword, is the only statement, and mentions nothing that changes session state (advisory
 // locks, temporary objects, set_config). Anything else goes through the classifier. One pass.
