@@ -562,6 +562,16 @@ void Session::unlink(LinkId id, LinkOp::Kind kind, Actions& out, std::string_vie
   op.sql[0] = sql1;
   op.sql[1] = sql2;
   out.link_ops.push_back(op);
+  // A server that goes takes none of the shard traffic this step had for it (COPY rows, its
+  // PREPARE TRANSACTION: those bytes may live in memory this very step frees, when the write
+  // over several shards ends with this server), and one given back to the pool takes no
+  // request at all. (A server closed behind a request the client sent before Terminate still
+  // gets that request first.)
+  std::erase_if(out.to_links, [id](const LinkChunk& c) { return c.link == id; });
+  if (out.server_link == id &&
+      (kind == LinkOp::Kind::Release || kind == LinkOp::Kind::CleanAndRelease)) {
+    out.to_server.clear();
+  }
   l.reset();
   if (pipeline_full_) {
     pipeline_full_ = false;

@@ -378,6 +378,9 @@ def session_seeds() -> dict:
         # its own; its late answers reach the client during a write over all shards.
         "finding_unsolicited_ready_before_scatter":
             bytes.fromhex("ffffe5da010035084675f1f15656565656565621215654"),
+        # A shard's server that is not PostgreSQL answers the PREPARE TRANSACTION of a sharded
+        # COPY in the step that sends it: that step ends the write and closes the server.
+        "finding_prepare_to_a_server_that_goes": bytes.fromhex("7573414141414141414141776e657a25da87ffc63e"),
     }
 
 

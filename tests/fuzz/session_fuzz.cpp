@@ -1844,6 +1844,9 @@ class Harness {
     std::string to_server;
     for (const Chunk& c : a.to_server)
       to_server.append(c.data, c.size);
+    std::string to_links;
+    for (const LinkChunk& c : a.to_links)
+      to_links += " " + std::to_string(c.link) + ":" + std::to_string(c.chunk.size);
     const char* names[] = {"client", "server", "event"};
     std::string from = names[static_cast<int>(source)];
     if (link != kAnyLink && source != Source::Event) from += std::to_string(link);
@@ -1854,7 +1857,7 @@ class Harness {
     }
     std::fprintf(stderr,
                  "%-7s %-16s consumed=%zu to_client=%s to_server%s=%s ops=[%s ] checkout=%d%s "
-                 "resume=%d close=%d pinned%+d%s\n",
+                 "resume=%d close=%d pinned%+d%s%s%s\n",
                  from.c_str(), std::string(session::state_name(now_state)).c_str(), a.consumed,
                  tags_of(to_client).c_str(),
                  to_server.empty() ? "" : std::to_string(a.server_link).c_str(),
@@ -1864,8 +1867,20 @@ class Harness {
                                    .c_str()
                              : "",
                  a.resume_client, a.close_client, a.pinned_change,
-                 session_.scattering() ? " scattering" : "");
+                 session_.scattering() ? " scattering" : "", to_links.empty() ? "" : " to_links",
+                 to_links.c_str());
     if (trace_ > 1) std::fprintf(stderr, "%s", frontend_detail(to_server).c_str());
+    for (const LinkChunk& c : a.to_links) {
+      if (trace_ > 1) {
+        std::string hex;
+        for (char ch : c.chunk.view()) {
+          char b[4];
+          std::snprintf(b, sizeof b, "%02x", static_cast<unsigned char>(ch));
+          hex += b;
+        }
+        std::fprintf(stderr, "  to link %d: %s\n", c.link, hex.c_str());
+      }
+    }
   }
 
   // SESSION_FUZZ_TRACE=2: what the frontend messages for a server say.
@@ -1998,8 +2013,8 @@ class Harness {
   std::size_t scatter_checkouts_ = 0;
   bool scatter_checkout_failed_ = false;
   bool unfaithful_seen_ = false;  // a server of this session sent bytes of the fuzzer's
-  std::string scatter_tags_;  // the types of the messages the client got since it started
-  std::string scatter_gid_;   // a write's prepared transaction
+  std::string scatter_tags_;      // the types of the messages the client got since it started
+  std::string scatter_gid_;       // a write's prepared transaction
   // Writes over several shards: where each gid was prepared, and how it was decided.
   std::map<std::string, std::vector<const ServerState*>> prepares_;
   std::map<std::string, char> commit_decisions_;

@@ -223,6 +223,21 @@ TEST_F(Copy, AShardsErrorMidCopyEndsTheCopyOnTheOthers) {
   EXPECT_EQ(statuses_in(s.to_client), "I");
 }
 
+// A server that is not PostgreSQL (or a broken one) answers the PREPARE TRANSACTION in the step
+// that sends it, with something else: the write fails and that server goes at once. It is sent
+// nothing more in that step; the PREPARE lived in memory the step's end of the write freed, so
+// its bytes would have gone out mangled.
+TEST_F(Copy, AServerThatGoesInTheStepThatPreparesItsPartIsSentNothing) {
+  start();
+  h.client(copy_data("1\ta\n2\tb\n") + copy_done());
+  h.lost(T0, 1);
+  Step s = h.server(complete("COPY 1") + ready('T') + complete("SET") + ready('T'), T0, 0);
+  EXPECT_EQ(s.to_links.count(0), 0u) << copy_stream(s.to_links[0]);
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Close) || s.has_op(LinkOp::Kind::CancelAndClose));
+  EXPECT_EQ(tags_of(s.to_client), "EZ");
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
 TEST_F(Copy, TheClientsCopyFailRollsBackEveryShard) {
   start();
   Step s = h.client(copy_data("1\ta\n") + copy_fail("changed my mind"));
