@@ -581,7 +581,7 @@ boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, sessi
           pr::append_command_complete(out, "PAUSE");
         }
       } else if (words.size() == 1 && words[0] == "SHUTDOWN") {
-        app.shutdown();
+        co_await app.shutdown();
         pr::append_command_complete(out, "SHUTDOWN");
       } else if (words.size() == 2 && words[0] == "RESET" && words[1] == "QUERIES") {
         co_await app.reset_query_stats();

@@ -617,11 +617,14 @@ void App::schedule_sweep(Worker& worker) {
   });
 }
 
-void App::shutdown() {
+asio::awaitable<void> App::shutdown() {
   asio::post(control_, [this] {
     PGV_LOG(Info, "shutdown_requested", {"by", "admin console"});
     begin_drain();
   });
+  // begin_drain() also drains each worker, later and from the control thread; whichever comes
+  // first does it.
+  co_await on_every_worker([this](Worker& w) { drain_worker(w); });
 }
 
 void App::begin_drain() {
@@ -629,13 +632,17 @@ void App::begin_drain() {
   const int timeout = config()->shutdown_timeout_s;
   PGV_LOG(Info, "shutdown_started", {"timeout_s", timeout}, {"clients", client_count()});
   for (auto& w : workers_) {
-    asio::post(w->context, [w = w.get()] {
-      error_code ignored;
-      if (w->acceptor) w->acceptor->close(ignored);
-      w->for_each_session([](ClientSession& s) { s.on_drain(); });
-    });
+    asio::post(w->context, [this, w = w.get()] { drain_worker(*w); });
   }
   poll_drain(std::chrono::steady_clock::now() + std::chrono::seconds(timeout));
+}
+
+void App::drain_worker(Worker& w) {
+  if (w.draining) return;
+  w.draining = true;
+  error_code ignored;
+  if (w.acceptor) w.acceptor->close(ignored);
+  w.for_each_session([](ClientSession& s) { s.on_drain(); });
 }
 
 // Checks every 100 ms whether every client has left, until the deadline.

@@ -92,6 +92,7 @@ struct Worker {
   stats::WorkerCounters counters;  // bumped without a lock by this worker, summed by a scrape
   stats::DatabaseCounterSet database_counters;  // the same per database (SHOW STATS)
   EventClock clock;  // the time of the event being carried out (client sessions' steps)
+  bool draining = false;  // its clients were told to leave at their next transaction boundary
   std::thread thread;
 };
 
@@ -211,11 +212,13 @@ class App : public pool::Handoff {
   // Re-reads the config file; on success new users and pool settings apply to new logins and
   // checkouts. Returns false (old config kept, problems logged) when the file is refused.
   bool reload();
-  // SHUTDOWN from the admin console: the drain SIGTERM starts (from any thread).
-  void shutdown();
+  // SHUTDOWN from the admin console: the drain SIGTERM starts. Returns once every worker has
+  // begun it, so that no client starts a transaction after SHUTDOWN is answered.
+  asio::awaitable<void> shutdown();
 
  private:
   void raise_open_files_limit();
+  void drain_worker(Worker& worker);  // on the worker's thread; once
   void start_listeners();
   asio::awaitable<void> accept_loop(Worker& worker);
   void on_signal(const boost::system::error_code& ec, int signal);

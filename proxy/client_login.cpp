@@ -329,7 +329,8 @@ asio::awaitable<bool> ClientSession::start_session(const StartupParameters& star
                                      "\" is not configured; use one of: " + names);
     co_return false;
   }
-  if (app_.draining()) {
+  // The worker's own flag may be set first (SHUTDOWN drains each worker before it answers).
+  if (app_.draining() || worker_.draining) {
     co_await send_fatal("57P01", "pgvalve: shutting down; connect again shortly");
     co_return false;
   }

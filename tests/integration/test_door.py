@@ -14,7 +14,7 @@ import time
 import psycopg
 import pytest
 
-from itutil import APP_AND_OPS, OPS_PASSWORD, OPS_USER
+from itutil import APP_AND_OPS, OPS_PASSWORD, OPS_USER, SANITIZED
 from pgcluster import APP_DB, wait_until
 from test_limits import assert_closed, assert_pgvalve_message, raw
 from pgwire import PgWireError
@@ -147,6 +147,9 @@ def test_reload_turns_a_limit_on_for_sockets_already_open(pgvalve):
             c.close()
 
 
+# UBSan's vptr check probes memory through a pipe: with no descriptor left it takes every virtual
+# call for a bad one and aborts the process (a report of the tool, not of pgvalve).
+@pytest.mark.skipif(SANITIZED, reason="UBSan needs a spare file descriptor for its vptr check")
 def test_out_of_file_descriptors_pauses_accepting(pgvalve, tmp_path):
     """With a tiny descriptor limit, clients beyond it wait in the listen queue while pgvalve
     pauses its accept loop (no spinning at 100% CPU); once clients leave, the waiting ones get
