@@ -91,7 +91,7 @@ struct Worker {
   stats::QueryStats query_stats;
   stats::WorkerCounters counters;  // bumped without a lock by this worker, summed by a scrape
   stats::DatabaseCounterSet database_counters;  // the same per database (SHOW STATS)
-  EventClock clock;  // the time of the event being carried out (client sessions' steps)
+  EventClock clock;       // the time of the event being carried out (client sessions' steps)
   bool draining = false;  // its clients were told to leave at their next transaction boundary
   std::thread thread;
 };
