@@ -613,6 +613,7 @@ void App::schedule_sweep(Worker& worker) {
         PGV_LOG(Debug, "server_expired", {"server", conn->id});
       }
     }
+    worker.workspaces.sweep();
     schedule_sweep(worker);
   });
 }

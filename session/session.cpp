@@ -15,7 +15,6 @@ namespace pr = protocol;
 
 namespace {
 
-constexpr std::size_t kSpareWorkspaces = 8;
 // Scratch that grew past this for one unusual request is not kept for the next.
 constexpr std::size_t kKeptScratchBytes = 64 * 1024;
 
@@ -151,10 +150,22 @@ WorkspacePool::WorkspacePool() = default;
 WorkspacePool::~WorkspacePool() = default;
 
 std::unique_ptr<Workspace> WorkspacePool::take() {
+  peak_ = std::max(peak_, ++in_use_);
   if (spare_.empty()) return std::make_unique<Workspace>();
   auto w = std::move(spare_.back());
   spare_.pop_back();
   return w;
+}
+
+std::size_t WorkspacePool::keep() const {
+  return std::clamp(std::max(peak_, previous_peak_), kMinSpares, kMaxSpares);
+}
+
+void WorkspacePool::sweep() {
+  previous_peak_ = peak_;
+  peak_ = in_use_;
+  while (!spare_.empty() && spare_.size() + in_use_ > keep())
+    spare_.pop_back();
 }
 
 std::shared_ptr<const Settings> WorkspacePool::share(Settings settings) {
@@ -174,7 +185,9 @@ std::shared_ptr<const Settings> WorkspacePool::share(Settings settings) {
 }
 
 void WorkspacePool::give_back(std::unique_ptr<Workspace> workspace) {
-  if (!workspace || spare_.size() >= kSpareWorkspaces) return;
+  if (!workspace) return;
+  if (in_use_ > 0) --in_use_;
+  if (spare_.size() + in_use_ >= keep()) return;
   workspace->clear();
   spare_.push_back(std::move(workspace));
 }

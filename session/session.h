@@ -96,13 +96,24 @@ class WorkspacePool {
   std::unique_ptr<Workspace> take();
   void give_back(std::unique_ptr<Workspace> workspace);
   std::size_t spare() const { return spare_.size(); }
+  // Once a second or so: spares beyond what the last two periods used at their busiest go.
+  void sweep();
   // The shared copy of `settings`.
   std::shared_ptr<const Settings> share(Settings settings);
   std::size_t shared_settings_known() const { return shared_settings_.size(); }
 
  private:
   static constexpr std::size_t kFirstSweep = 256;
+  // As many workspaces are kept as sessions held at once lately (at least kMinSpares, at most
+  // kMaxSpares): under steady load every request finds one, and none is built and freed per
+  // transaction; after the load drops they go within two sweeps.
+  static constexpr std::size_t kMinSpares = 8;
+  static constexpr std::size_t kMaxSpares = 256;
+  std::size_t keep() const;
   std::vector<std::unique_ptr<Workspace>> spare_;
+  std::size_t in_use_ = 0;
+  std::size_t peak_ = 0;           // most in use at once since the last sweep
+  std::size_t previous_peak_ = 0;  // ... in the period before
   std::unordered_map<std::uint64_t, std::weak_ptr<const Settings>> shared_settings_;
   std::size_t next_sweep_ = kFirstSweep;
 };

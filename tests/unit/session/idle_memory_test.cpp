@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "session/session.h"
+#include "session/session_internal.h"
 #include "session_test_util.h"
 
 namespace pgvalve::session::testing {
@@ -74,6 +75,39 @@ TEST(SessionIdleMemory, ALocallyAnsweredRequestLeavesNothingHeld) {
   h.client(parse("s1", "select 1") + sync());
   h.session().trim();
   EXPECT_EQ(h.workspaces().spare(), 1u);
+}
+
+// 40 sessions at once on a worker (64 clients over two workers and a pool of 16: the waiting
+// ones hold workspaces too): all 40 are kept for the next round, so no transaction builds and
+// frees one; once the load is gone, two sweeps take the spares back to the minimum.
+TEST(SessionIdleMemory, WorkspacesAreKeptForAsManySessionsAsWereBusyLately) {
+  WorkspacePool pool;
+  std::vector<std::unique_ptr<Workspace>> busy;
+  for (int round = 0; round < 3; ++round) {
+    for (int i = 0; i < 40; ++i)
+      busy.push_back(pool.take());
+    if (round > 0) {
+      EXPECT_EQ(pool.spare(), 0u) << "every one came from the spares";
+    }
+    for (auto& w : busy)
+      pool.give_back(std::move(w));
+    busy.clear();
+    EXPECT_EQ(pool.spare(), 40u);
+  }
+  pool.sweep();
+  EXPECT_EQ(pool.spare(), 40u) << "the period that just ended was busy";
+  pool.sweep();
+  EXPECT_EQ(pool.spare(), 8u) << "a quiet period since";
+}
+
+TEST(SessionIdleMemory, SparesStayBoundedWhateverTheConcurrency) {
+  WorkspacePool pool;
+  std::vector<std::unique_ptr<Workspace>> busy;
+  for (int i = 0; i < 1000; ++i)
+    busy.push_back(pool.take());
+  for (auto& w : busy)
+    pool.give_back(std::move(w));
+  EXPECT_EQ(pool.spare(), 256u);
 }
 
 TEST(SessionIdleMemory, ClientsWithTheSameStartupSettingsShareOneCopy) {
