@@ -36,10 +36,7 @@ void settle_skipped_statements(Link& l, std::vector<Workspace::SkippedStatement>
   pending.clear();
   for (std::size_t i = 0; i < l.pending.size(); ++i) {
     const pr::PendingResponse& p = l.pending.at(i);
-    if (p.statement_hash != 0 && (p.kind == Kind::ParseComplete || p.action == kActionEvictClose ||
-                                  p.action == kActionRecloseStatement)) {
-      pending.push_back(p.statement_hash);
-    }
+    if (p.statement_hash != 0 && moves_statement(p)) pending.push_back(p.statement_hash);
   }
   std::sort(pending.begin(), pending.end());
   for (std::size_t i = 0; i < skipped.size(); ++i) {

@@ -195,11 +195,7 @@ void WorkspacePool::give_back(std::unique_ptr<Workspace> workspace) {
 bool Link::statement_pending(std::uint64_t hash) const {
   for (std::size_t i = 0; i < pending.size(); ++i) {
     const protocol::PendingResponse& p = pending.at(i);
-    if (p.statement_hash == hash &&
-        (p.kind == protocol::PendingResponse::Kind::ParseComplete ||
-         p.action == kActionEvictClose || p.action == kActionRecloseStatement)) {
-      return true;
-    }
+    if (p.statement_hash == hash && moves_statement(p)) return true;
   }
   return false;
 }

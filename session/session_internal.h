@@ -91,6 +91,13 @@ inline bool is_tx_action(std::uint8_t action) {
   return action >= kActionTxJoin && action <= kActionTxWal;
 }
 
+// An answer still to come that changes whether its server has statement `statement_hash`: the
+// statement's Parse, or pgvalve's Close of it.
+inline bool moves_statement(const protocol::PendingResponse& p) {
+  return p.kind == protocol::PendingResponse::Kind::ParseComplete ||
+         p.action == kActionEvictClose || p.action == kActionRecloseStatement;
+}
+
 struct Link {
   LinkId id = 0;
   ServerState* server = nullptr;
