@@ -7,6 +7,7 @@
 #include <boost/asio/post.hpp>
 
 #include "proxy/app.h"
+#include "proxy/arrival_wait.h"
 #include "proxy/handler_memory.h"
 #include "proxy/listen_hub.h"
 #include "proxy/log.h"
@@ -30,6 +31,12 @@ std::unique_ptr<ServerConnection> as_server(std::unique_ptr<pool::Connection> co
 
 // Server reads in a row for one link before the session lets the worker's other sessions run.
 constexpr int kServerReadsPerTurn = 16;
+
+// Plain TCP: one read empties what the kernel holds, the rule arrival waits need. A TLS stream
+// keeps plaintext and records of its own, so it waits as Asio does.
+bool uses_arrival_wait(const Stream& stream) {
+  return kArrivalWaitAvailable && !stream.tls();
+}
 
 void log_failure(std::uint64_t id, std::exception_ptr e) {
   if (!e) return;
@@ -397,61 +404,29 @@ void ClientSession::close() {
 
 void ClientSession::watch_server(session::LinkId id) {
   LinkIO& io = links_[id];
-  if (closed_ || !io.conn || io.watching || !core_->wants_server_input(id)) return;
+  if (closed_ || !io.conn) return;
+  // A socket whose write failed (a server that reset the connection while idle in the pool)
+  // may have nothing more to announce: its read tells what happened.
+  if (io.writer.failed()) io.drained = false;
+  // Bytes that arrive from here on must not go unnoticed, whatever stops the read below.
+  if (io.drained && !io.arrival_armed) arm_server_arrival(id);
+  if (io.watching || !core_->wants_server_input(id)) return;
   // While the client has a backlog, the server's answers wait in the kernel.
   if (client_writer_.busy()) {
     core_->set_server_paused(id, true, now());
     return;
   }
   io.watching = true;
-  const std::uint32_t generation = io.generation;
-  if (io.conn->stream.buffered()) {
-    // TLS holds a record already read from the socket, which will not become readable for it.
-    asio::post(client_.get_executor(), [self = shared_from_this(), id, generation] {
-      if (id >= self->links_.size() || self->links_[id].generation != generation) return;
-      self->links_[id].watching = false;
-      if (!self->closed_ && self->links_[id].conn) self->read_server(id);
-    });
+  if (io.conn->stream.buffered() || (uses_arrival_wait(io.conn->stream) && !io.drained)) {
+    // TLS holds a record already read from the socket, which will not become readable for it;
+    // or the kernel may hold bytes no arrival will announce: read on the next turn.
+    post_read_server(id);
     return;
   }
-  if (core_->state() == session::SessionState::Active && !io.conn->stream.tls()) {
-    // An answer is due: read it as it comes. Asio re-registers a socket with epoll for every
-    // plain wait (one epoll_ctl per wait); a read it was told the kernel had drained needs none.
-    auto space = io.conn->in.prepare();
-    if (!space.empty()) {
-      io.conn->stream.socket().async_read_some(
-          asio::buffer(space.data(), space.size()),
-          [self = shared_from_this(), id, generation, room = space.size()](const error_code& ec,
-                                                                           std::size_t n) {
-            if (id >= self->links_.size()) return;
-            LinkIO& io = self->links_[id];
-            // Given back meanwhile: closed, or released at a point where its server owed
-            // nothing (bytes it sent unasked are not kept by any lender).
-            if (io.generation != generation) return;
-            io.watching = false;
-            if (self->closed_ || !io.conn || ec == asio::error::operation_aborted) return;
-            if (ec) {  // the read sees it again and reports the server lost
-              self->read_server(id);
-              return;
-            }
-            io.conn->in.commit(n);
-            if (!self->core_->wants_server_input(id)) return;  // resume_own_server() comes back
-            EventClock::Event event(self->worker_.clock);
-            self->carry_out(self->core_->on_server_data(id, io.conn->in.readable(), self->now()),
-                            Source::Server, id);
-            // A read that did not fill the space found the kernel drained: wait for more
-            // rather than ask again at once.
-            if (n < room) {
-              if (!self->closed_ && id < self->links_.size()) self->watch_server(id);
-            } else {
-              self->read_server(id);
-            }
-          });
-      return;
-    }
-  }
+  if (uses_arrival_wait(io.conn->stream)) return;  // the armed arrival reads
   io.conn->stream.socket().async_wait(
-      Socket::wait_read, [self = shared_from_this(), id, generation](const error_code& ec) {
+      Socket::wait_read,
+      [self = shared_from_this(), id, generation = io.generation](const error_code& ec) {
         if (id >= self->links_.size()) return;
         LinkIO& io = self->links_[id];
         if (io.generation != generation) return;  // that server was given back meanwhile
@@ -460,6 +435,35 @@ void ClientSession::watch_server(session::LinkId id) {
         // Another error: the read sees it and reports the server lost.
         self->read_server(id);
       });
+}
+
+void ClientSession::arm_server_arrival(session::LinkId id) {
+  LinkIO& io = links_[id];
+  io.arrival_armed = true;
+  async_wait_for_arrival(
+      io.conn->stream.socket(),
+      [self = shared_from_this(), id, generation = io.generation](const error_code& ec) {
+        if (id >= self->links_.size()) return;
+        LinkIO& io = self->links_[id];
+        // Given back meanwhile (its wait was cancelled then): the link is another server's now.
+        if (io.generation != generation) return;
+        io.arrival_armed = false;
+        if (self->closed_ || !io.conn || ec == asio::error::operation_aborted) return;
+        io.drained = false;
+        // Not wanted now: the next watch_server() reads.
+        if (!io.watching) return;
+        io.watching = false;
+        self->read_server(id);  // an error shows there
+      });
+}
+
+void ClientSession::post_read_server(session::LinkId id) {
+  asio::post(client_.get_executor(),
+             [self = shared_from_this(), id, generation = links_[id].generation] {
+               if (id >= self->links_.size() || self->links_[id].generation != generation) return;
+               self->links_[id].watching = false;
+               if (!self->closed_ && self->links_[id].conn) self->read_server(id);
+             });
 }
 
 // Reads and carries out what the server sent while it has more, up to kServerReadsPerTurn reads
@@ -489,6 +493,7 @@ void ClientSession::read_server(session::LinkId id) {
       n = io.conn->stream.read_some(asio::buffer(space.data(), space.size()), ec);
     }
     if (ec == asio::error::would_block || ec == asio::error::try_again) {
+      io.drained = uses_arrival_wait(io.conn->stream);
       watch_server(id);
       return;
     }
@@ -501,15 +506,28 @@ void ClientSession::read_server(session::LinkId id) {
       carry_out(core_->on_server_lost(id, now()), Source::Event);
       return;
     }
-    // A read that did not fill the space found the kernel drained: the next one would only
-    // say so.
-    const bool drained = n < space.size();
+    // A read that did not fill the space found the kernel empty for now.
+    const bool short_read = n < space.size();
+    const bool was_due = core_->answer_due(id);
     io.conn->in.commit(n);
     carry_out(core_->on_server_data(id, io.conn->in.readable(), now()), Source::Server, id);
-    if (drained) {
-      if (!closed_ && id < links_.size() && links_[id].generation == generation) watch_server(id);
+    if (!short_read) continue;
+    if (closed_ || id >= links_.size() || links_[id].generation != generation || !links_[id].conn) {
       return;
     }
+    LinkIO& now_io = links_[id];
+    if (uses_arrival_wait(now_io.conn->stream)) {
+      // A hang-up that came with these bytes would still be in the kernel, and no arrival
+      // announces it: unless these bytes ended the answer the server owed, the next read finds
+      // out (usually would_block, which proves the kernel empty). Bytes the server sends unasked
+      // (a FATAL before it hangs up) are read again this way too.
+      if (!was_due || core_->answer_due(id)) continue;
+      // The answer is complete: a server that hung up right after it is found by the peek
+      // before its next lend or by the reset its socket gets when the next request reaches it.
+      now_io.drained = true;
+    }
+    watch_server(id);
+    return;
   }
 }
 
@@ -1066,6 +1084,12 @@ void ClientSession::link(std::unique_ptr<ServerConnection> server,
   if (io.pool != pool) io.pool = pool;  // usually the same: no copy per transaction
   io.watching = false;
   ++io.generation;
+  // An idle server owes nothing: what it says next answers what is sent next, after the wait
+  // that watch_server() arms below. (Bytes it sent while idle, if any, are read with that
+  // answer; one that hung up while idle is found by the peek before the lend, or by the reset
+  // its socket gets once the request reaches it.)
+  io.arrival_armed = false;
+  io.drained = uses_arrival_wait(io.conn->stream);
   // A cancel reaches the server running the client's request: the newest link, or every shard's
   // while a statement or a transaction runs on several.
   cancel_->link(io.conn->host_index, io.conn->key.process_id, io.conn->key.secret_key);
@@ -1096,6 +1120,8 @@ void ClientSession::carry_out_link_op(const LinkOp& op) {
   auto server = std::move(io.conn);
   ++io.generation;
   io.watching = false;
+  io.arrival_armed = false;  // cancelled below
+  io.drained = false;
   // Bytes not written yet (or a write that failed part-way) would reach whoever uses the server
   // next, or run into pgvalve's own clean-up queries: such a server is closed instead.
   const bool unsent = io.writer.busy() || io.writer.failed();

@@ -178,7 +178,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   void read_client();
   void feed_client();
   void watch_server(session::LinkId id);
+  void arm_server_arrival(session::LinkId id);
   void read_server(session::LinkId id);
+  void post_read_server(session::LinkId id);
   void arm_timer();
   void client_gone();
   void close();
@@ -284,8 +286,12 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
     std::unique_ptr<ServerConnection> conn;
     std::shared_ptr<pool::ServerPool> pool;
     SocketWriter writer;
-    bool watching = false;         // a wait for the server's socket is armed
+    bool watching = false;         // an arrival (or a wait) is to read the server's socket
     std::uint32_t generation = 0;  // changes whenever the link's server changes
+    // An arrival wait (arrival_wait.h) is armed on the server's socket; `drained`: the last read
+    // found the kernel empty and a wait has been armed since, so only an arrival brings bytes.
+    bool arrival_armed = false;
+    bool drained = false;
   };
   std::vector<LinkIO> links_;
 

@@ -292,6 +292,10 @@ void Session::enter_between_requests() {
   enter(linked_link() ? SessionState::Holding : SessionState::Idle);
 }
 
+bool Session::answer_due(LinkId id) const {
+  return linked(id) && work_->links[id].busy();
+}
+
 bool Session::linked(LinkId id) const {
   return work_ && id < work_->links.size() && work_->links[id].server != nullptr;
 }

@@ -184,6 +184,8 @@ class Session {
   // even when the client sent nothing new.
   bool has_own_input() const;
   bool wants_server_input(LinkId link) const;
+  // The link's server owes answers to requests already sent to it.
+  bool answer_due(LinkId link) const;
   bool linked(LinkId link) const;
   std::size_t link_count() const;
   bool pinned() const { return pinned_; }

@@ -45,6 +45,21 @@ TEST_F(SessionMode, ServerIsLinkedAtStartAndKept) {
   EXPECT_EQ(h->session().link_count(), 1u);
 }
 
+// The I/O layer reads a server again after a read that leaves an answer due (a hang-up that came
+// with those bytes would announce nothing more); once the answer is complete it only waits.
+TEST_F(SessionMode, TheServerOwesAnAnswerFromTheRequestToItsReadyForQuery) {
+  auto h = start();
+  EXPECT_FALSE(h->session().answer_due(0));
+  h->client(query("select 1"));
+  EXPECT_TRUE(h->session().answer_due(0));
+  h->server(row_description() + data_row({"1"}) + complete("SELECT 1"));
+  EXPECT_TRUE(h->session().answer_due(0)) << "ReadyForQuery is still to come";
+  h->server(ready());
+  EXPECT_FALSE(h->session().answer_due(0));
+  EXPECT_EQ(h->session().link_count(), 1u);
+  EXPECT_FALSE(h->session().answer_due(1)) << "no such link";
+}
+
 TEST_F(SessionMode, LoginWithStartupSettingsSyncsThemFirst) {
   auto h = std::make_unique<SessionHarness>(
       SessionHarness::session_mode(),

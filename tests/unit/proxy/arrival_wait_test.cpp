@@ -1,0 +1,150 @@
+// The arrival wait the sessions arm on their sockets: bytes, a hang-up or a cancel after it
+// starts complete it; bytes the kernel already held when it started do not (the reader drained
+// them), which is what spares the epoll_ctl of a plain wait.
+#include "proxy/arrival_wait.h"
+
+#include <chrono>
+#include <functional>
+#include <optional>
+#include <string>
+
+#include <gtest/gtest.h>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
+
+namespace pgvalve::proxy {
+namespace {
+
+using namespace std::chrono_literals;
+
+struct SocketPair {
+  explicit SocketPair(asio::io_context& io) : ours(io), peer(io) {
+    tcp::acceptor acceptor(io, tcp::endpoint(asio::ip::address_v4::loopback(), 0));
+    peer.connect(acceptor.local_endpoint());
+    acceptor.accept(ours);
+    ours.non_blocking(true);
+  }
+  void send(const std::string& bytes) { asio::write(peer, asio::buffer(bytes)); }
+  std::string drain() {
+    std::string got;
+    char buf[256];
+    error_code ec;
+    for (;;) {
+      const std::size_t n = ours.read_some(asio::buffer(buf), ec);
+      if (ec) break;
+      got.append(buf, n);
+    }
+    return got;
+  }
+  Socket ours;
+  tcp::socket peer;
+};
+
+// Lets the event loop run (and epoll report what it has) for `d`.
+void run_for(asio::io_context& io, std::chrono::milliseconds d) {
+  asio::steady_timer timer(io, d);
+  timer.async_wait([&io](const error_code&) { io.stop(); });
+  io.restart();
+  io.run();
+}
+
+TEST(ArrivalWait, BytesThatArriveAfterItStartsCompleteIt) {
+  asio::io_context io;
+  SocketPair s(io);
+  std::optional<error_code> done;
+  async_wait_for_arrival(s.ours, [&](const error_code& ec) { done = ec; });
+  run_for(io, 20ms);
+  EXPECT_FALSE(done);
+  s.send("Q");
+  run_for(io, 50ms);
+  ASSERT_TRUE(done);
+  EXPECT_FALSE(*done);
+  EXPECT_EQ(s.drain(), "Q");
+}
+
+TEST(ArrivalWait, BytesTheReaderLeftInTheKernelDoNotCompleteItLaterOnesDo) {
+  if (!kArrivalWaitAvailable) GTEST_SKIP() << "this Boost waits as socket.async_wait does";
+  asio::io_context io;
+  SocketPair s(io);
+  s.send("early");
+  run_for(io, 30ms);  // epoll reports the bytes while nothing waits for them
+  std::optional<error_code> done;
+  async_wait_for_arrival(s.ours, [&](const error_code& ec) { done = ec; });
+  run_for(io, 50ms);
+  EXPECT_FALSE(done) << "bytes held before the wait started are the reader's to drain";
+  s.send("late");
+  run_for(io, 50ms);
+  ASSERT_TRUE(done);
+  EXPECT_EQ(s.drain(), "earlylate");
+}
+
+TEST(ArrivalWait, APeerThatHangsUpCompletesIt) {
+  asio::io_context io;
+  SocketPair s(io);
+  std::optional<error_code> done;
+  async_wait_for_arrival(s.ours, [&](const error_code& ec) { done = ec; });
+  s.peer.close();
+  run_for(io, 50ms);
+  ASSERT_TRUE(done);
+  char byte;
+  error_code ec;
+  s.ours.read_some(asio::buffer(&byte, 1), ec);
+  EXPECT_EQ(ec, asio::error::eof);
+}
+
+// Why the session reads again after a short read that left an answer due: epoll reported the
+// hang-up together with the last bytes, and a wait armed after reading them hears nothing more.
+TEST(ArrivalWait, AHangUpThatCameWithTheBytesReadIsNotAnnouncedAgain) {
+  if (!kArrivalWaitAvailable) GTEST_SKIP() << "this Boost waits as socket.async_wait does";
+  asio::io_context io;
+  SocketPair s(io);
+  s.send("bye");
+  s.peer.close();
+  run_for(io, 30ms);
+  char buf[64];
+  error_code ec;
+  EXPECT_EQ(s.ours.read_some(asio::buffer(buf), ec), 3u);  // short: the kernel looks empty
+  std::optional<error_code> done;
+  async_wait_for_arrival(s.ours, [&](const error_code& e) { done = e; });
+  run_for(io, 50ms);
+  EXPECT_FALSE(done);
+  s.ours.read_some(asio::buffer(buf), ec);
+  EXPECT_EQ(ec, asio::error::eof) << "only another read finds the end";
+  s.ours.cancel();
+  run_for(io, 10ms);
+}
+
+TEST(ArrivalWait, ACancelCompletesItAsAborted) {
+  asio::io_context io;
+  SocketPair s(io);
+  std::optional<error_code> done;
+  async_wait_for_arrival(s.ours, [&](const error_code& ec) { done = ec; });
+  s.ours.cancel();
+  run_for(io, 10ms);
+  ASSERT_TRUE(done);
+  EXPECT_EQ(*done, asio::error::operation_aborted);
+}
+
+TEST(ArrivalWait, ItCanBeArmedAgainFromItsOwnCompletion) {
+  asio::io_context io;
+  SocketPair s(io);
+  int arrivals = 0;
+  std::function<void(const error_code&)> on_arrival = [&](const error_code& ec) {
+    if (ec) return;
+    ++arrivals;
+    async_wait_for_arrival(s.ours, on_arrival);  // before the read that drains (the rule)
+    s.drain();
+  };
+  async_wait_for_arrival(s.ours, on_arrival);
+  for (int i = 0; i < 3; ++i) {
+    s.send("x");
+    run_for(io, 30ms);
+  }
+  EXPECT_EQ(arrivals, 3);
+  s.ours.cancel();
+  run_for(io, 10ms);
+}
+
+}  // namespace
+}  // namespace pgvalve::proxy
