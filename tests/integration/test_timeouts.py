@@ -6,7 +6,9 @@
   server is cancelled, closed and replaced;
 - a client idle inside a transaction longer than idle_transaction_timeout_ms: FATAL 25P03, its
   transaction rolled back, its server back in the pool;
-- client and server sockets have SO_KEEPALIVE (seen in `ss -tno` as timer:(keepalive,...)).
+- client and server sockets have SO_KEEPALIVE (seen in `ss -tno` as timer:(keepalive,...));
+- a server that hangs up in the middle of an answer, its FATAL and its end read together: the
+  client hears of it at once, with no timeout needed.
 
 Backends stopped with SIGSTOP are always continued (SIGCONT) in a finally block."""
 
@@ -280,3 +282,42 @@ def test_tcp_keepalive_on_client_and_server_sockets(pv_qt, cluster):
             assert seconds(m.group(2)) <= 60, f"keepalive idle above 60 s: {line}"
     finally:
         conn.close()
+
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_a_server_that_hangs_up_mid_answer_is_found_at_once(pgvalve, cluster, mode):
+    """The backend's FATAL and its hang-up reach pgvalve together (pgvalve is stopped while
+    pg_terminate_backend ends the backend, so one read finds both): the client hears of it then,
+    with no query_timeout to fall back on. In transaction mode its connection stays and its next
+    query runs on a new server."""
+    pv = pgvalve(mode=mode, pool_size=1, max_overflow=0, checkout_timeout_ms=5000)
+    with pv.connect(autocommit=True) as c:
+        pid = c.execute("select pg_backend_pid()").fetchone()[0]
+        result = {}
+
+        def run():
+            try:
+                c.execute("select pg_sleep(60)")
+                result["error"] = None
+            except psycopg.Error as e:
+                result["error"] = e
+
+        t = threading.Thread(target=run)
+        t.start()
+        wait_until(lambda: cluster.primary.scalar(
+            "select count(*) from pg_stat_activity where pid = %s and query like %s",
+            (pid, "select pg_sleep%")), timeout=10, message="pg_sleep running")
+        os.kill(pv.proc.pid, signal.SIGSTOP)
+        try:
+            cluster.primary.sql("select pg_terminate_backend(%s)", (pid,))
+            wait_until(lambda: not backend_alive(cluster, pid), timeout=10,
+                       message="backend gone")
+            time.sleep(0.2)  # its socket closes as the process ends
+        finally:
+            os.kill(pv.proc.pid, signal.SIGCONT)
+        t.join(timeout=20)
+        assert not t.is_alive(), "the client still waits for an answer from a closed server"
+        assert result["error"] is not None
+        if mode == "transaction":
+            assert c.execute("select pg_backend_pid()").fetchone()[0] != pid
