@@ -8,12 +8,13 @@
 // without a system call to start it. PgBouncer's level-triggered libevent registrations cost
 // nothing per wait either; this is the same saving inside Asio's reactor.
 //
-// The rule for callers: arm it, before control returns to the event loop, only after a read
-// that emptied the kernel (would_block, or fewer bytes than there was room for) — and, after a
-// short read, only when no hang-up can have come with the bytes read: epoll reports a FIN that
-// arrived before the read once, together with those bytes, and never again, while the read
-// returns the bytes and leaves the end for the next one. Epoll reports what arrives later at the
-// loop's next turn, which finds the wait armed.
+// The rule for callers: arm it, before control returns to the event loop, only once the kernel
+// holds nothing more for the socket: no bytes, no end, no reset. Epoll reports what came before
+// the last read once, together with the bytes read, and never again — while a read returns the
+// bytes and leaves an end or a reset that came with them for the next read.
+// read_some_noting_rest() tells about bytes and an end (TCP_INQ); a reset only a further read
+// (or a failed write) shows. Epoll reports what arrives later at the loop's next turn, which
+// finds the wait armed.
 //
 // It reaches into Asio's epoll reactor, so it is built only for the Boost version it was written
 // against; elsewhere (and for TLS streams, whose reads are not one recv each) callers use
@@ -115,5 +116,15 @@ void async_wait_for_arrival(Socket& socket, Handler handler) {
 }
 inline constexpr bool kArrivalWaitAvailable = false;
 #endif
+
+// Asks the kernel to say, with every read of `socket`, whether it holds more (TCP_INQ, Linux
+// 4.18 on). False when it cannot: read_some_noting_rest() then always reports a rest.
+bool enable_rest_hint(Socket& socket);
+
+// One non-blocking read of a plain TCP socket (recvmsg). `rest` tells whether the kernel holds
+// more for it: bytes beyond `into`, or the peer's end (TCP_INQ counts a received FIN as one byte
+// still to read). Errors as Asio's read_some: would_block when there is nothing, eof at the end.
+std::size_t read_some_noting_rest(Socket& socket, asio::mutable_buffer into, error_code& ec,
+                                  bool& rest);
 
 }  // namespace pgvalve::proxy

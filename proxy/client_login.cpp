@@ -10,6 +10,7 @@
 #include "protocol/startup.h"
 #include "proxy/admin_console.h"
 #include "proxy/app.h"
+#include "proxy/arrival_wait.h"
 #include "proxy/client_session.h"
 #include "proxy/io_util.h"
 #include "proxy/log.h"
@@ -38,6 +39,7 @@ asio::awaitable<void> ClientSession::serve() {
     co_return;
   }
   enable_keepalive(client_.socket());
+  enable_rest_hint(client_.socket());
   bool ok;
   StartupParameters startup;  // the login's only: a logged-in client does not keep them
   {

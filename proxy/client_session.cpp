@@ -258,7 +258,12 @@ bool ClientSession::writers_busy() const {
 // ---- The client's socket -------------------------------------------------------------------
 
 void ClientSession::watch_client() {
-  if (closed_ || writers_busy()) return;
+  if (closed_) return;
+  // A socket whose write failed may have nothing more to announce: its read tells what happened.
+  if (client_writer_.failed()) client_drained_ = false;
+  // Bytes that arrive from here on must not go unnoticed, whatever stops the read below.
+  if (client_drained_ && !client_arrival_armed_) arm_client_arrival();
+  if (writers_busy()) return;
   if (core_->idle() && client_in_.empty()) {
     // Between transactions: nothing held but this object and a wait for the client's socket.
     core_->trim();
@@ -278,15 +283,14 @@ void ClientSession::watch_client() {
   }
   if (watching_client_ || !core_->wants_client_input()) return;
   watching_client_ = true;
-  if (client_.buffered()) {
+  if (client_.buffered() || (uses_arrival_wait(client_) && !client_drained_)) {
     // TLS holds plaintext (or a record) already read from the socket, which will not become
-    // readable for it: read it on the next turn.
-    asio::post(client_.get_executor(), [self = shared_from_this()] {
-      self->watching_client_ = false;
-      if (!self->closed_) self->read_client();
-    });
+    // readable for it; or the kernel holds more (bytes, or the client's end) that no arrival
+    // will announce: read on the next turn.
+    post_read_client();
     return;
   }
+  if (uses_arrival_wait(client_)) return;  // the armed arrival reads
   client_.socket().async_wait(
       Socket::wait_read, with_exact_size_memory([self = shared_from_this()](const error_code& ec) {
         self->watching_client_ = false;
@@ -299,6 +303,27 @@ void ClientSession::watch_client() {
       }));
 }
 
+void ClientSession::arm_client_arrival() {
+  client_arrival_armed_ = true;
+  async_wait_for_arrival(client_.socket(),
+                         with_exact_size_memory([self = shared_from_this()](const error_code& ec) {
+                           self->client_arrival_armed_ = false;
+                           if (self->closed_ || ec == asio::error::operation_aborted) return;
+                           self->client_drained_ = false;
+                           // Not wanted now: the next watch_client() reads.
+                           if (!self->watching_client_) return;
+                           self->watching_client_ = false;
+                           self->read_client();  // an error shows there
+                         }));
+}
+
+void ClientSession::post_read_client() {
+  asio::post(client_.get_executor(), [self = shared_from_this()] {
+    self->watching_client_ = false;
+    if (!self->closed_) self->read_client();
+  });
+}
+
 void ClientSession::read_client() {
   if (closed_) return;
   EventClock::Event event(worker_.clock);
@@ -308,7 +333,11 @@ void ClientSession::read_client() {
     return;
   }
   error_code ec;
-  const std::size_t n = client_.read_some(asio::buffer(space.data(), space.size()), ec);
+  bool rest = true;
+  const bool plain = uses_arrival_wait(client_);
+  const auto into = asio::buffer(space.data(), space.size());
+  const std::size_t n =
+      plain ? read_some_noting_rest(client_.socket(), into, ec, rest) : client_.read_some(into, ec);
   if (client_.has_output()) {
     // TLS answered something while reading (an alert, a key update): it goes out first.
     const auto out = client_.take_output();
@@ -317,12 +346,20 @@ void ClientSession::read_client() {
     }
   }
   if (ec == asio::error::would_block || ec == asio::error::try_again) {
+    client_drained_ = plain;
     watch_client();
     return;
   }
   if (ec) {
     client_gone();
     return;
+  }
+  if (plain) {
+    // The kernel holds nothing more (no bytes, not the client's end): only an arrival brings
+    // more, and the wait for it is armed before anything else runs. A reset that came with these
+    // bytes shows when the answer is written to the client (a failed write reads again).
+    client_drained_ = !rest;
+    if (client_drained_ && !client_arrival_armed_) arm_client_arrival();
   }
   client_in_.commit(n);
   worker_.counters.add_received(n);
@@ -489,11 +526,15 @@ void ClientSession::read_server(session::LinkId id) {
     auto space = io.conn->in.prepare();
     error_code ec;
     std::size_t n = 0;
+    bool rest = true;
+    const bool plain = uses_arrival_wait(io.conn->stream);
     if (!space.empty()) {
-      n = io.conn->stream.read_some(asio::buffer(space.data(), space.size()), ec);
+      const auto into = asio::buffer(space.data(), space.size());
+      n = plain ? read_some_noting_rest(io.conn->stream.socket(), into, ec, rest)
+                : io.conn->stream.read_some(into, ec);
     }
     if (ec == asio::error::would_block || ec == asio::error::try_again) {
-      io.drained = uses_arrival_wait(io.conn->stream);
+      io.drained = plain;
       watch_server(id);
       return;
     }
@@ -506,25 +547,25 @@ void ClientSession::read_server(session::LinkId id) {
       carry_out(core_->on_server_lost(id, now()), Source::Event);
       return;
     }
-    // A read that did not fill the space found the kernel empty for now.
-    const bool short_read = n < space.size();
+    // Over TLS, a read that did not fill the space found the socket drained (an Asio wait
+    // follows, which finds anything left). A plain read says whether the kernel holds more bytes
+    // or the server's end (epoll reported that end together with these bytes and will not
+    // report it again); a reset that came with them it does not count. So unless these bytes
+    // completed the answer the server owed, the next read finds out (usually would_block,
+    // which proves the kernel empty); bytes the server sent unasked (a FATAL before it hangs
+    // up) are read again this way too.
     const bool was_due = core_->answer_due(id);
     io.conn->in.commit(n);
     carry_out(core_->on_server_data(id, io.conn->in.readable(), now()), Source::Server, id);
-    if (!short_read) continue;
+    if (plain ? rest : n == space.size()) continue;
     if (closed_ || id >= links_.size() || links_[id].generation != generation || !links_[id].conn) {
       return;
     }
-    LinkIO& now_io = links_[id];
-    if (uses_arrival_wait(now_io.conn->stream)) {
-      // A hang-up that came with these bytes would still be in the kernel, and no arrival
-      // announces it: unless these bytes ended the answer the server owed, the next read finds
-      // out (usually would_block, which proves the kernel empty). Bytes the server sends unasked
-      // (a FATAL before it hangs up) are read again this way too.
+    if (plain) {
       if (!was_due || core_->answer_due(id)) continue;
-      // The answer is complete: a server that hung up right after it is found by the peek
-      // before its next lend or by the reset its socket gets when the next request reaches it.
-      now_io.drained = true;
+      // The answer is complete: a server reset right after it is found by the peek before its
+      // next lend or when the next request reaches it (a failed write, or the reset's report).
+      links_[id].drained = true;
     }
     watch_server(id);
     return;

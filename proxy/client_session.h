@@ -175,7 +175,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::function<void()> drained_callback();
   bool writers_busy() const;
   void watch_client();
+  void arm_client_arrival();
   void read_client();
+  void post_read_client();
   void feed_client();
   void watch_server(session::LinkId id);
   void arm_server_arrival(session::LinkId id);
@@ -288,14 +290,18 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
     SocketWriter writer;
     bool watching = false;         // an arrival (or a wait) is to read the server's socket
     std::uint32_t generation = 0;  // changes whenever the link's server changes
-    // An arrival wait (arrival_wait.h) is armed on the server's socket; `drained`: the last read
-    // found the kernel empty and a wait has been armed since, so only an arrival brings bytes.
+    // An arrival wait (arrival_wait.h) is armed on the server's socket; `drained`: the kernel
+    // held nothing more (no bytes, not the server's end) at the last read and a wait has been
+    // armed since, so only an arrival brings more.
     bool arrival_armed = false;
     bool drained = false;
   };
   std::vector<LinkIO> links_;
 
-  bool watching_client_ = false;  // a wait for the client's socket is armed
+  bool watching_client_ = false;  // an arrival (or a wait) is to read the client's socket
+  // The same as LinkIO's, for the client's socket.
+  bool client_arrival_armed_ = false;
+  bool client_drained_ = false;
   bool closed_ = false;
   // What the pool was last told by pinned_change: undone at destruction if still set.
   bool pinned_ = false;

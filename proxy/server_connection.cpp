@@ -17,6 +17,7 @@
 #include <boost/asio/this_coro.hpp>
 
 #include "protocol/auth.h"
+#include "proxy/arrival_wait.h"
 #include "proxy/io_util.h"
 #include "proxy/log.h"
 
@@ -133,6 +134,7 @@ asio::awaitable<bool> connect_socket(Socket& socket, const config::Endpoint& hos
   }
   socket.set_option(tcp::no_delay(true), ec);
   enable_keepalive(socket);
+  enable_rest_hint(socket);
   co_return true;
 }
 

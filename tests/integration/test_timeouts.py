@@ -25,9 +25,9 @@ import time
 import psycopg
 import pytest
 
-from itutil import assert_pgvalve_message, one, raw_login
+from itutil import assert_pgvalve_message, one, raw_login, wait_closed
 from pgcluster import APP_DB, APP_USER, wait_until
-from pgwire import read_error_then_close
+from pgwire import query_message, read_error_then_close
 
 QUERY_TIMEOUT_MS = 1000
 
@@ -321,3 +321,22 @@ def test_a_server_that_hangs_up_mid_answer_is_found_at_once(pgvalve, cluster, mo
         assert result["error"] is not None
         if mode == "transaction":
             assert c.execute("select pg_backend_pid()").fetchone()[0] != pid
+
+
+def test_a_client_that_hangs_up_with_its_request_leaves_at_once(pgvalve):
+    """The client's request and its end reach pgvalve together (pgvalve is stopped while the client
+    sends and shuts its side): its session ends at once, not at the next TCP keepalive."""
+    pv = pgvalve(mode="transaction", pool_size=1)
+    c = raw_login(pv)
+    c.query("select 1")
+    time.sleep(0.2)  # pgvalve waits for the client's next request
+    os.kill(pv.proc.pid, signal.SIGSTOP)
+    try:
+        c.sock.sendall(query_message("select 1"))
+        c.sock.shutdown(socket.SHUT_WR)
+        time.sleep(0.2)
+    finally:
+        os.kill(pv.proc.pid, signal.SIGCONT)
+    assert wait_closed(c.sock, 10), "pgvalve kept the session of a client that hung up"
+    wait_until(lambda: "event=client_logout" in pv.log_text(), timeout=10,
+               message="client_logout logged")

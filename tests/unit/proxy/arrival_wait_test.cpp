@@ -24,6 +24,7 @@ struct SocketPair {
     peer.connect(acceptor.local_endpoint());
     acceptor.accept(ours);
     ours.non_blocking(true);
+    hinted = enable_rest_hint(ours);
   }
   void send(const std::string& bytes) { asio::write(peer, asio::buffer(bytes)); }
   std::string drain() {
@@ -39,6 +40,7 @@ struct SocketPair {
   }
   Socket ours;
   tcp::socket peer;
+  bool hinted = false;
 };
 
 // Lets the event loop run (and epoll report what it has) for `d`.
@@ -93,26 +95,65 @@ TEST(ArrivalWait, APeerThatHangsUpCompletesIt) {
   EXPECT_EQ(ec, asio::error::eof);
 }
 
-// Why the session reads again after a short read that left an answer due: epoll reported the
-// hang-up together with the last bytes, and a wait armed after reading them hears nothing more.
+// Why a read must say whether the peer's end is still in the kernel: epoll reported the hang-up
+// together with the last bytes, and a wait armed after reading them hears nothing more.
 TEST(ArrivalWait, AHangUpThatCameWithTheBytesReadIsNotAnnouncedAgain) {
   if (!kArrivalWaitAvailable) GTEST_SKIP() << "this Boost waits as socket.async_wait does";
   asio::io_context io;
   SocketPair s(io);
+  ASSERT_TRUE(s.hinted) << "the kernel does not support TCP_INQ";
   s.send("bye");
   s.peer.close();
   run_for(io, 30ms);
   char buf[64];
   error_code ec;
-  EXPECT_EQ(s.ours.read_some(asio::buffer(buf), ec), 3u);  // short: the kernel looks empty
+  bool rest = false;
+  EXPECT_EQ(read_some_noting_rest(s.ours, asio::buffer(buf), ec, rest), 3u);
+  EXPECT_TRUE(rest) << "the end is still to be read";
   std::optional<error_code> done;
   async_wait_for_arrival(s.ours, [&](const error_code& e) { done = e; });
   run_for(io, 50ms);
   EXPECT_FALSE(done);
-  s.ours.read_some(asio::buffer(buf), ec);
+  read_some_noting_rest(s.ours, asio::buffer(buf), ec, rest);
   EXPECT_EQ(ec, asio::error::eof) << "only another read finds the end";
   s.ours.cancel();
   run_for(io, 10ms);
+}
+
+TEST(ArrivalWait, AReadSaysWhetherTheKernelHoldsMoreBytes) {
+  asio::io_context io;
+  SocketPair s(io);
+  ASSERT_TRUE(s.hinted) << "the kernel does not support TCP_INQ";
+  s.send(std::string(100, 'x'));
+  run_for(io, 20ms);
+  char buf[64];
+  error_code ec;
+  bool rest = false;
+  EXPECT_EQ(read_some_noting_rest(s.ours, asio::buffer(buf), ec, rest), 64u);
+  EXPECT_TRUE(rest);
+  EXPECT_EQ(read_some_noting_rest(s.ours, asio::buffer(buf), ec, rest), 36u);
+  EXPECT_FALSE(rest) << "drained, and the peer is still there";
+  read_some_noting_rest(s.ours, asio::buffer(buf), ec, rest);
+  EXPECT_EQ(ec, asio::error::would_block);
+}
+
+// Why the session reads a server again after bytes that leave an answer due: a reset that came
+// with them is not counted as a rest, and only the next read shows it.
+TEST(ArrivalWait, AResetThatCameWithTheBytesIsNotCountedAsARest) {
+  asio::io_context io;
+  SocketPair s(io);
+  ASSERT_TRUE(s.hinted) << "the kernel does not support TCP_INQ";
+  s.send("bye");
+  s.peer.set_option(asio::socket_base::linger(true, 0));
+  s.peer.close();  // a reset, not an end
+  run_for(io, 30ms);
+  char buf[64];
+  error_code ec;
+  bool rest = true;
+  EXPECT_EQ(read_some_noting_rest(s.ours, asio::buffer(buf), ec, rest), 3u);
+  EXPECT_FALSE(rest);
+  read_some_noting_rest(s.ours, asio::buffer(buf), ec, rest);
+  EXPECT_EQ(ec, asio::error::connection_reset);
 }
 
 TEST(ArrivalWait, ACancelCompletesItAsAborted) {
