@@ -32,8 +32,8 @@ std::unique_ptr<ServerConnection> as_server(std::unique_ptr<pool::Connection> co
 // Server reads in a row for one link before the session lets the worker's other sessions run.
 constexpr int kServerReadsPerTurn = 16;
 
-// Plain TCP: one read empties what the kernel holds, the rule arrival waits need. A TLS stream
-// keeps plaintext and records of its own, so it waits as Asio does.
+// Plain TCP: a read is one recvmsg that says whether the kernel holds more, which arrival waits
+// need. A TLS stream keeps plaintext and records of its own, so it waits as Asio does.
 bool uses_arrival_wait(const Stream& stream) {
   return kArrivalWaitAvailable && !stream.tls();
 }
