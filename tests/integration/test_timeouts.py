@@ -8,7 +8,8 @@
   transaction rolled back, its server back in the pool;
 - client and server sockets have SO_KEEPALIVE (seen in `ss -tno` as timer:(keepalive,...));
 - a server that hangs up in the middle of an answer, its FATAL and its end read together: the
-  client hears of it at once, with no timeout needed.
+  client hears of it at once, with no timeout needed; a client whose request and hang-up arrive
+  together is logged out at once, not at the next TCP keepalive.
 
 Backends stopped with SIGSTOP are always continued (SIGCONT) in a finally block."""
 
