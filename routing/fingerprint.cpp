@@ -1,6 +1,7 @@
 #include "routing/fingerprint.h"
 
 #include <array>
+#include <cstring>
 #include <vector>
 
 #include "routing/normalized_walk.h"
@@ -42,10 +43,21 @@ class HashSink {
  public:
   void slot(const LiteralSlot&) {}
   void put(std::string_view text, bool lower) {
-    for (char c : text) {
-      if (len_ == buffer_.size()) flush();
-      buffer_[len_++] = lower ? ascii_lower(c) : c;
+    if (text.size() > buffer_.size() - len_) {
+      for (char c : text) {
+        if (len_ == buffer_.size()) flush();
+        buffer_[len_++] = lower ? ascii_lower(c) : c;
+      }
+      return;
     }
+    char* out = buffer_.data() + len_;
+    len_ += text.size();
+    if (!lower) {
+      std::memcpy(out, text.data(), text.size());
+      return;
+    }
+    for (char c : text)
+      *out++ = ascii_lower(c);
   }
 
   std::uint64_t digest() {

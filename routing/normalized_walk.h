@@ -50,7 +50,8 @@ inline bool is_any_word(const Token& t, std::initializer_list<std::string_view> 
 // Where a '-' can only be a sign: at the start, after an operator or an opening bracket or
 // comma, or after a keyword that must be followed by an operand. Identifiers and value keywords
 // (current_date, a column called "date") are excluded on purpose: there '-' is subtraction and
-// folding it would make `date - 1` look like the typed literal `date '...'`.
+// folding it would make `date - 1` look like the typed literal `date '...'`. Every word listed is
+// a keyword, which no unquoted identifier spells, so the walk's lexer need not tell them apart.
 inline bool sign_position(const Token* prev) {
   if (prev == nullptr) return true;
   switch (prev->kind) {
@@ -60,6 +61,7 @@ inline bool sign_position(const Token* prev) {
       return prev->is_punct('(') || prev->is_punct(',') || prev->is_punct('[') ||
              prev->is_punct(';');
     case TokenKind::Keyword:
+    case TokenKind::Identifier:
       return is_any_word(*prev,
                          {"select", "where", "and",   "or",     "not",       "when",    "then",
                           "else",   "case",  "limit", "offset", "returning", "between", "having",
@@ -115,7 +117,9 @@ inline bool ends_sort_list(const Token& t) {
 template <typename Sink>
 void normalized_walk(std::string_view sql, Sink& sink) {
   using namespace walk_detail;
-  SqlLexer lexer(sql);
+  // Keywords and identifiers are alike here (both are lower-cased, sign_position lists only
+  // keywords): the keyword lookup of every word is skipped.
+  SqlLexer lexer(sql, 0, SqlLexer::Keywords::NotLookedUp);
   Token tok;
   Token prev;
   bool has_prev = false;

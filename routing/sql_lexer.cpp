@@ -585,14 +585,6 @@ std::string_view token_kind_name(TokenKind kind) {
   return "?";
 }
 
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (ascii_lower(a[i]) != ascii_lower(b[i])) return false;
-  }
-  return true;
-}
-
 bool is_keyword(std::string_view word) {
   if (word.empty() || word.size() > kMaxKeywordLength) return false;
   std::array<char, kMaxKeywordLength> lower;
@@ -607,10 +599,6 @@ bool is_keyword(std::string_view word) {
     if (entry == 0) return false;
     if (kKeywords[entry - 1] == key) return true;
   }
-}
-
-bool Token::is_word(std::string_view word) const {
-  return (kind == TokenKind::Keyword || kind == TokenKind::Identifier) && iequals(text, word);
 }
 
 bool SqlLexer::next(Token& token) {
@@ -693,7 +681,8 @@ bool SqlLexer::next(Token& token) {
       ++i;
     pos_ = i;
     const std::string_view word = sql_.substr(start, i - start);
-    token = {is_keyword(word) ? TokenKind::Keyword : TokenKind::Identifier, word, start};
+    const bool keyword = keywords_ == Keywords::Found && is_keyword(word);
+    token = {keyword ? TokenKind::Keyword : TokenKind::Identifier, word, start};
     return true;
   }
   if (is_op_char(c)) {

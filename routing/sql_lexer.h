@@ -30,7 +30,7 @@ struct Token {
   std::size_t offset = 0;
 
   // True for an unquoted word (keyword or identifier) equal to `word`, ignoring ASCII case.
-  bool is_word(std::string_view word) const;
+  bool is_word(std::string_view word) const;  // defined below iequals
   bool is_punct(char c) const {
     return kind == TokenKind::Punct && text.size() == 1 && text[0] == c;
   }
@@ -39,8 +39,20 @@ struct Token {
 };
 
 // ASCII-only case-insensitive equality, matching how PostgreSQL folds unquoted identifiers in
-// UTF-8 databases.
-bool iequals(std::string_view a, std::string_view b);
+// UTF-8 databases. Inline: the statement walks call it for nearly every word.
+inline bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    const char x = a[i] >= 'A' && a[i] <= 'Z' ? static_cast<char>(a[i] + ('a' - 'A')) : a[i];
+    const char y = b[i] >= 'A' && b[i] <= 'Z' ? static_cast<char>(b[i] + ('a' - 'A')) : b[i];
+    if (x != y) return false;
+  }
+  return true;
+}
+
+inline bool Token::is_word(std::string_view word) const {
+  return (kind == TokenKind::Keyword || kind == TokenKind::Identifier) && iequals(text, word);
+}
 
 // True when `word` (any ASCII case) is a PostgreSQL 15 keyword.
 bool is_keyword(std::string_view word);
@@ -50,7 +62,13 @@ bool is_keyword(std::string_view word);
 // Whitespace, -- comments and nested /* */ comments are skipped.
 class SqlLexer {
  public:
-  explicit SqlLexer(std::string_view sql, std::size_t start = 0) : sql_(sql), pos_(start) {}
+  // Off: every unquoted word is an Identifier, for walks that treat keywords and identifiers
+  // alike (fingerprints) and need not pay for the keyword lookup on each word.
+  enum class Keywords : bool { Found, NotLookedUp };
+
+  explicit SqlLexer(std::string_view sql, std::size_t start = 0,
+                    Keywords keywords = Keywords::Found)
+      : sql_(sql), pos_(start), keywords_(keywords) {}
 
   // Reads the next token; false at the end of input and after an Unterminated token.
   bool next(Token& token);
@@ -70,6 +88,7 @@ class SqlLexer {
 
   std::string_view sql_;
   std::size_t pos_;
+  Keywords keywords_;
   bool done_ = false;
 };
 

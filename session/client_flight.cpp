@@ -4,6 +4,7 @@
 // shared server-side names and are prepared where the client lands), or replaced by an error the
 // server raises so that an open transaction fails as it would on any error.
 #include <algorithm>
+#include <cstring>
 #include <limits>
 
 #include <xxhash.h>
@@ -64,23 +65,49 @@ bool contains_at(std::string_view sql, std::size_t pos, std::string_view needle)
 }
 
 // `needle` (lower case, starting with a letter) anywhere in `sql` from `from`, in any ASCII
-// case. Runs for every statement: only positions holding the needle's first letter are compared.
+// case. Runs for every statement, so memchr finds the candidates: the positions of the needle's
+// last byte when that is not a letter ('.' in "pgvalve." is rare in SQL), else of its first
+// letter in either case; only those are compared.
 bool contains_ci(std::string_view sql, std::size_t from, std::string_view needle) {
-  if (needle.empty() || sql.size() < needle.size()) return false;
-  const char first = needle[0];
-  const std::size_t last = sql.size() - needle.size();
-  for (std::size_t p = from; p <= last; ++p) {
-    if ((sql[p] | 0x20) == first && contains_at(sql, p, needle)) return true;
+  if (needle.empty() || sql.size() < needle.size() || from > sql.size() - needle.size()) {
+    return false;
+  }
+  const char last = needle.back();
+  const bool anchor_last = (last | 0x20) < 'a' || (last | 0x20) > 'z';
+  const std::size_t shift = anchor_last ? needle.size() - 1 : 0;
+  const char* const begin = sql.data() + from + shift;
+  const char* const end = sql.data() + (sql.size() - needle.size()) + 1 + shift;
+  const char lower = anchor_last ? last : needle[0];
+  const char upper = static_cast<char>(lower - ('a' - 'A'));
+  for (const char anchor : {lower, upper}) {
+    for (const char* p = begin; p < end; ++p) {
+      p = static_cast<const char*>(std::memchr(p, anchor, static_cast<std::size_t>(end - p)));
+      if (p == nullptr) break;
+      if (contains_at(sql, static_cast<std::size_t>(p - sql.data()) - shift, needle)) return true;
+    }
+    if (anchor_last) break;
   }
   return false;
 }
 
+// The four bytes at `p`, with ASCII letters lower-cased (and other bytes changed too: callers
+// compare with words of letters, for which this is exact, or verify).
+std::uint32_t lowered_quad(const char* p) {
+  std::uint32_t quad;
+  std::memcpy(&quad, p, sizeof quad);
+  return quad | 0x20202020u;
+}
+
+bool sql_space(char c) {
+  return c == ' ' || c == '\n' || c == '\t' || c == '\r';
+}
+
 // True for the everyday statement that needs no closer look: it starts with a plain DML/query
 // keyword, is the only statement, and mentions nothing that changes session state (advisory
-// locks, temporary objects, set_config). Anything else goes through the classifier. One pass.
+// locks, temporary objects, set_config). Anything else goes through the classifier.
 bool plain_statement(std::string_view sql) {
   std::size_t i = 0;
-  while (i < sql.size() && (sql[i] == ' ' || sql[i] == '\n' || sql[i] == '\t' || sql[i] == '\r'))
+  while (i < sql.size() && sql_space(sql[i]))
     ++i;
   std::size_t j = i;
   while (j < sql.size() && ((sql[j] | 0x20) >= 'a' && (sql[j] | 0x20) <= 'z'))
@@ -92,20 +119,25 @@ bool plain_statement(std::string_view sql) {
                    [&](std::string_view k) { return routing::iequals(word, k); })) {
     return false;
   }
-  // Another statement may follow a ';' (only trailing ones are harmless); the words that mean
-  // session state start with 'a', 't' or 's'.
-  bool semicolon = false;
-  for (std::size_t p = j; p < sql.size(); ++p) {
-    const char c = sql[p];
-    if (c == ';') {
-      semicolon = true;
-      continue;
+  // Another statement may follow a ';' (only trailing ones are harmless). No word that means
+  // session state holds a ';', so the search stops at the first.
+  std::size_t end = sql.find(';', j);
+  if (end != std::string_view::npos) {
+    for (std::size_t p = end + 1; p < sql.size(); ++p) {
+      if (sql[p] != ';' && !sql_space(sql[p])) return false;
     }
-    if (semicolon && c != ' ' && c != '\n' && c != '\t' && c != '\r') return false;
-    const char l = static_cast<char>(c | 0x20);
-    if ((l == 'a' && contains_at(sql, p, "advisory")) ||
-        (l == 't' && contains_at(sql, p, "temp")) ||
-        (l == 's' && contains_at(sql, p, "set_config"))) {
+  } else {
+    end = sql.size();
+  }
+  // One pass over four-byte windows (compared in host byte order, as loaded).
+  const std::string_view statement = sql.substr(0, end);
+  const std::uint32_t temp = lowered_quad("temp");
+  const std::uint32_t advi = lowered_quad("advi");
+  const std::uint32_t set_ = lowered_quad("set_");  // '_' | 0x20 is DEL: verified below
+  for (std::size_t p = j; p + 4 <= statement.size(); ++p) {
+    const std::uint32_t quad = lowered_quad(statement.data() + p);
+    if (quad == temp || (quad == advi && contains_at(statement, p, "advisory")) ||
+        (quad == set_ && contains_at(statement, p, "set_config"))) {
       return false;
     }
   }
