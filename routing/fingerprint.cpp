@@ -43,6 +43,10 @@ class HashSink {
  public:
   void slot(const LiteralSlot&) {}
   void put(std::string_view text, bool lower) {
+    if (text.size() == 1 && len_ < buffer_.size()) {  // the separating spaces, punctuation
+      buffer_[len_++] = lower ? ascii_lower(text[0]) : text[0];
+      return;
+    }
     if (text.size() > buffer_.size() - len_) {
       for (char c : text) {
         if (len_ == buffer_.size()) flush();
