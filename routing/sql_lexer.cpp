@@ -545,8 +545,9 @@ char ascii_lower(char c) {
   return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + ('a' - 'A')) : c;
 }
 
-// Every word the lexer sees is looked up, so the keyword set is an open-addressing hash table
-// built at compile time: one hash of the lower-cased word and usually one comparison.
+// Every word the lexer sees is looked up (unless told not to), so the keyword set is an
+// open-addressing hash table built at compile time: one hash of the lower-cased word and
+// usually one comparison.
 constexpr std::uint32_t kFnvOffset = 2166136261u;
 constexpr std::uint32_t kFnvPrime = 16777619u;
 constexpr std::size_t kKeywordSlots = 2048;  // power of two, load factor about 0.22

@@ -56,6 +56,17 @@ TEST(SqlLexer, KeywordsAndIdentifiers) {
                                                      {K::Identifier, "t_2"}});
 }
 
+TEST(SqlLexer, WithoutTheKeywordLookupEveryWordIsAnIdentifier) {
+  SqlLexer lexer("SELECT x FROM t", 0, SqlLexer::Keywords::NotLookedUp);
+  Token t;
+  int words = 0;
+  while (lexer.next(t)) {
+    EXPECT_EQ(t.kind, K::Identifier) << t.text;
+    ++words;
+  }
+  EXPECT_EQ(words, 4);
+}
+
 TEST(SqlLexer, UnreservedKeywordsAreKeywords) {
   EXPECT_TOKENS("begin Zone names",
                 {{K::Keyword, "begin"}, {K::Keyword, "Zone"}, {K::Keyword, "names"}});

@@ -72,7 +72,10 @@ TEST_F(SessionPinningFlow, NothingFoundReleasesTheServer) {
 
 TEST(SessionPinning, EachKindOfSessionStateIsChecked) {
   for (const char* sql : {"create temp table t (a int)", "create temporary table t (a int)",
-                          "select 1 into temp t", "PREPARE q AS select 1"}) {
+                          "select 1 into temp t", "PREPARE q AS select 1",
+                          // plain_statement's scan of a select: any case, anywhere before a ';'
+                          "SELECT 1 INTO TEMP t", "Select 1 Into Temporary t;",
+                          "SELECT PG_ADVISORY_LOCK(1)", "select pg_try_Advisory_lock(1) ;  "}) {
     SessionHarness h;
     auto server = SessionHarness::fresh_server();
     h.send(query(sql), *server);
