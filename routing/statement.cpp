@@ -1,5 +1,8 @@
 #include "routing/statement.h"
 
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
 #include <initializer_list>
 
 #include "routing/sql_lexer.h"
@@ -7,6 +10,28 @@
 namespace pgvalve::routing {
 
 namespace {
+
+// `needle` (lower case) at `pos` of `sql`, in any ASCII case.
+bool contains_at(std::string_view sql, std::size_t pos, std::string_view needle) {
+  if (sql.size() - pos < needle.size()) return false;
+  for (std::size_t k = 0; k < needle.size(); ++k) {
+    const char c = sql[pos + k];
+    if ((c >= 'A' && c <= 'Z' ? static_cast<char>(c + ('a' - 'A')) : c) != needle[k]) return false;
+  }
+  return true;
+}
+
+// The four bytes at `p`, with ASCII letters lower-cased (and other bytes changed too: callers
+// compare with words of letters, for which this is exact, or verify).
+std::uint32_t lowered_quad(const char* p) {
+  std::uint32_t quad;
+  std::memcpy(&quad, p, sizeof quad);
+  return quad | 0x20202020u;
+}
+
+bool sql_space(char c) {
+  return c == ' ' || c == '\n' || c == '\t' || c == '\r';
+}
 
 // PostgreSQL's NAMEDATALEN - 1: longer identifiers are cut (at a character boundary).
 constexpr std::size_t kMaxIdentifierBytes = 63;
@@ -869,6 +894,70 @@ StatementInfo classify(std::string_view sql) {
   StatementInfo info;
   Classifier(sql, info).run();
   return info;
+}
+
+// Runs for every statement, so memchr finds the candidates: the positions of the needle's
+// last byte when that is not a letter ('.' in "pgvalve." is rare in SQL), else of its first
+// letter in either case; only those are compared.
+bool contains_ci(std::string_view sql, std::size_t from, std::string_view needle) {
+  if (needle.empty() || sql.size() < needle.size() || from > sql.size() - needle.size()) {
+    return false;
+  }
+  const char last = needle.back();
+  const bool anchor_last = (last | 0x20) < 'a' || (last | 0x20) > 'z';
+  const std::size_t shift = anchor_last ? needle.size() - 1 : 0;
+  const char* const begin = sql.data() + from + shift;
+  const char* const end = sql.data() + (sql.size() - needle.size()) + 1 + shift;
+  const char lower = anchor_last ? last : needle[0];
+  const char upper = static_cast<char>(lower - ('a' - 'A'));
+  for (const char anchor : {lower, upper}) {
+    for (const char* p = begin; p < end; ++p) {
+      p = static_cast<const char*>(std::memchr(p, anchor, static_cast<std::size_t>(end - p)));
+      if (p == nullptr) break;
+      if (contains_at(sql, static_cast<std::size_t>(p - sql.data()) - shift, needle)) return true;
+    }
+    if (anchor_last) break;
+  }
+  return false;
+}
+
+bool plain_statement(std::string_view sql) {
+  std::size_t i = 0;
+  while (i < sql.size() && sql_space(sql[i]))
+    ++i;
+  std::size_t j = i;
+  while (j < sql.size() && ((sql[j] | 0x20) >= 'a' && (sql[j] | 0x20) <= 'z'))
+    ++j;
+  const std::string_view word = sql.substr(i, j - i);
+  static constexpr std::string_view kPlain[] = {"select", "insert", "update",
+                                                "delete", "with",   "values"};
+  if (std::none_of(std::begin(kPlain), std::end(kPlain),
+                   [&](std::string_view k) { return iequals(word, k); })) {
+    return false;
+  }
+  // Another statement may follow a ';' (only trailing ones are harmless). No word that means
+  // session state holds a ';', so the search stops at the first.
+  std::size_t end = sql.find(';', j);
+  if (end != std::string_view::npos) {
+    for (std::size_t p = end + 1; p < sql.size(); ++p) {
+      if (sql[p] != ';' && !sql_space(sql[p])) return false;
+    }
+  } else {
+    end = sql.size();
+  }
+  // One pass over four-byte windows (compared in host byte order, as loaded).
+  const std::string_view statement = sql.substr(0, end);
+  const std::uint32_t temp = lowered_quad("temp");
+  const std::uint32_t advi = lowered_quad("advi");
+  const std::uint32_t set_ = lowered_quad("set_");  // '_' | 0x20 is DEL: verified below
+  for (std::size_t p = j; p + 4 <= statement.size(); ++p) {
+    const std::uint32_t quad = lowered_quad(statement.data() + p);
+    if (quad == temp || (quad == advi && contains_at(statement, p, "advisory")) ||
+        (quad == set_ && contains_at(statement, p, "set_config"))) {
+      return false;
+    }
+  }
+  return true;
 }
 
 }  // namespace pgvalve::routing

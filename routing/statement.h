@@ -149,4 +149,14 @@ struct StatementInfo {
 // allocation. `sql` must outlive the string_views in the result.
 StatementInfo classify(std::string_view sql);
 
+// True for the everyday statement that needs no closer look: it starts with SELECT, INSERT,
+// UPDATE, DELETE, WITH or VALUES, is the only statement, and mentions nothing that changes
+// session state (advisory locks, temporary objects, set_config) anywhere, comments and literals
+// included. False sends it through classify() and the session-state review. No lexer pass.
+bool plain_statement(std::string_view sql);
+
+// `needle` (lower case, starting with a letter) anywhere in `sql` from `from`, in any ASCII case:
+// a quick test, on raw bytes, of whether a statement can be one worth a closer look.
+bool contains_ci(std::string_view sql, std::size_t from, std::string_view needle);
+
 }  // namespace pgvalve::routing

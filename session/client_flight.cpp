@@ -4,7 +4,6 @@
 // shared server-side names and are prepared where the client lands), or replaced by an error the
 // server raises so that an open transaction fails as it would on any error.
 #include <algorithm>
-#include <cstring>
 #include <limits>
 
 #include <xxhash.h>
@@ -53,96 +52,6 @@ bool copy_in_message(char tag) {
 // A closed statement name no client statement maps to: closing it makes the server answer
 // CloseComplete where a client's Close of its own name is expected.
 constexpr std::string_view kNoStatement = "pgv_none";
-
-// `needle` (lower case) at `pos` of `sql`, in any ASCII case.
-bool contains_at(std::string_view sql, std::size_t pos, std::string_view needle) {
-  if (sql.size() - pos < needle.size()) return false;
-  for (std::size_t k = 0; k < needle.size(); ++k) {
-    const char c = sql[pos + k];
-    if ((c >= 'A' && c <= 'Z' ? static_cast<char>(c + ('a' - 'A')) : c) != needle[k]) return false;
-  }
-  return true;
-}
-
-// `needle` (lower case, starting with a letter) anywhere in `sql` from `from`, in any ASCII
-// case. Runs for every statement, so memchr finds the candidates: the positions of the needle's
-// last byte when that is not a letter ('.' in "pgvalve." is rare in SQL), else of its first
-// letter in either case; only those are compared.
-bool contains_ci(std::string_view sql, std::size_t from, std::string_view needle) {
-  if (needle.empty() || sql.size() < needle.size() || from > sql.size() - needle.size()) {
-    return false;
-  }
-  const char last = needle.back();
-  const bool anchor_last = (last | 0x20) < 'a' || (last | 0x20) > 'z';
-  const std::size_t shift = anchor_last ? needle.size() - 1 : 0;
-  const char* const begin = sql.data() + from + shift;
-  const char* const end = sql.data() + (sql.size() - needle.size()) + 1 + shift;
-  const char lower = anchor_last ? last : needle[0];
-  const char upper = static_cast<char>(lower - ('a' - 'A'));
-  for (const char anchor : {lower, upper}) {
-    for (const char* p = begin; p < end; ++p) {
-      p = static_cast<const char*>(std::memchr(p, anchor, static_cast<std::size_t>(end - p)));
-      if (p == nullptr) break;
-      if (contains_at(sql, static_cast<std::size_t>(p - sql.data()) - shift, needle)) return true;
-    }
-    if (anchor_last) break;
-  }
-  return false;
-}
-
-// The four bytes at `p`, with ASCII letters lower-cased (and other bytes changed too: callers
-// compare with words of letters, for which this is exact, or verify).
-std::uint32_t lowered_quad(const char* p) {
-  std::uint32_t quad;
-  std::memcpy(&quad, p, sizeof quad);
-  return quad | 0x20202020u;
-}
-
-bool sql_space(char c) {
-  return c == ' ' || c == '\n' || c == '\t' || c == '\r';
-}
-
-// True for the everyday statement that needs no closer look: it starts with a plain DML/query
-// keyword, is the only statement, and mentions nothing that changes session state (advisory
-// locks, temporary objects, set_config). Anything else goes through the classifier.
-bool plain_statement(std::string_view sql) {
-  std::size_t i = 0;
-  while (i < sql.size() && sql_space(sql[i]))
-    ++i;
-  std::size_t j = i;
-  while (j < sql.size() && ((sql[j] | 0x20) >= 'a' && (sql[j] | 0x20) <= 'z'))
-    ++j;
-  const std::string_view word = sql.substr(i, j - i);
-  static constexpr std::string_view kPlain[] = {"select", "insert", "update",
-                                                "delete", "with",   "values"};
-  if (std::none_of(std::begin(kPlain), std::end(kPlain),
-                   [&](std::string_view k) { return routing::iequals(word, k); })) {
-    return false;
-  }
-  // Another statement may follow a ';' (only trailing ones are harmless). No word that means
-  // session state holds a ';', so the search stops at the first.
-  std::size_t end = sql.find(';', j);
-  if (end != std::string_view::npos) {
-    for (std::size_t p = end + 1; p < sql.size(); ++p) {
-      if (sql[p] != ';' && !sql_space(sql[p])) return false;
-    }
-  } else {
-    end = sql.size();
-  }
-  // One pass over four-byte windows (compared in host byte order, as loaded).
-  const std::string_view statement = sql.substr(0, end);
-  const std::uint32_t temp = lowered_quad("temp");
-  const std::uint32_t advi = lowered_quad("advi");
-  const std::uint32_t set_ = lowered_quad("set_");  // '_' | 0x20 is DEL: verified below
-  for (std::size_t p = j; p + 4 <= statement.size(); ++p) {
-    const std::uint32_t quad = lowered_quad(statement.data() + p);
-    if (quad == temp || (quad == advi && contains_at(statement, p, "advisory")) ||
-        (quad == set_ && contains_at(statement, p, "set_config"))) {
-      return false;
-    }
-  }
-  return true;
-}
 
 // The text inside a plain '...' literal, with '' unescaped.
 std::string unquote(std::string_view literal) {
@@ -1089,7 +998,8 @@ bool Session::local_flight(std::string_view input, std::string_view& sql, HubRep
 // SET pgvalve.route = primary | replica | auto (and RESET, SET ... TO DEFAULT): the client's
 // routing preference, kept by pgvalve and never sent to PostgreSQL.
 bool Session::answer_route_setting(std::string_view input, char tx_status, Actions& out) {
-  if (input.empty() || (input[0] != 'Q' && input[0] != 'P') || !contains_ci(input, 0, "pgvalve.")) {
+  if (input.empty() || (input[0] != 'Q' && input[0] != 'P') ||
+      !routing::contains_ci(input, 0, "pgvalve.")) {
     return false;
   }
   std::string_view sql;
@@ -1173,7 +1083,7 @@ bool Session::answer_listen_locally(Flight& flight, Actions& out) {
   std::string_view sql;
   HubReply reply;
   if (!local_flight(flight.input, sql, reply)) return false;
-  if (!contains_ci(sql, 0, "listen")) return false;
+  if (!routing::contains_ci(sql, 0, "listen")) return false;
   auto info = routing::classify(sql);
   const bool listen = info.kind == StatementKind::Listen;
   if ((!listen && info.kind != StatementKind::Unlisten) || info.multiple_statements ||
@@ -1335,7 +1245,7 @@ void Session::plan_query(const pr::Frame& f, std::size_t offset, Link& l, Flight
   }
   pr::PendingResponse rfq{Kind::ReadyForQuery};
   if (sql) count_request(rfq, *sql);
-  if (!sql || plain_statement(*sql)) {
+  if (!sql || routing::plain_statement(*sql)) {
     if (sql) {
       forward_query(f, *sql, offset, flight);
     } else {
@@ -1434,7 +1344,7 @@ void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight
   const bool translate = options_.mode != config::PoolMode::Session;
   Note note;
   bool pins = false;
-  if (!plain_statement(parse->query)) {
+  if (!routing::plain_statement(parse->query)) {
     std::vector<Note>& notes = w.review_notes;
     notes.clear();
     Review r = review(parse->query, true, notes);
@@ -1528,7 +1438,7 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
     if (head->statement.empty()) {
       note = w.unnamed_statement_note;
       pins = w.unnamed_statement_pins;
-    } else if (stmt && !plain_statement(stmt->query)) {
+    } else if (stmt && !routing::plain_statement(stmt->query)) {
       std::vector<Note>& notes = w.review_notes;
       notes.clear();
       Review r = review(stmt->query, true, notes);

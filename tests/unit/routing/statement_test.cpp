@@ -533,3 +533,37 @@ TEST(Classify, NameSurvivesCopy) {
 
 }  // namespace
 }  // namespace pgvalve::routing
+
+namespace pgvalve::routing {
+namespace {
+
+TEST(PlainStatement, EverydayStatementsNeedNoCloserLook) {
+  for (const char* sql : {"select 1", "  SELECT abalance FROM a WHERE aid = 5;",
+                          "insert into t values (1) ;  ", "With x as (select 1) select * from x",
+                          "values (1)", "update t set a = 1", "delete from t"}) {
+    EXPECT_TRUE(plain_statement(sql)) << sql;
+  }
+}
+
+TEST(PlainStatement, AnythingElseIsLookedAtCloser) {
+  for (const char* sql :
+       {"set a = 1", "begin", "", "select 1; select 2", "select 1;;x", "SELECT PG_ADVISORY_LOCK(1)",
+        "select 1 into Temp t", "select set_config('a', 'b', false)", "select 1 /* temporary */",
+        "select attempt from t"}) {
+    EXPECT_FALSE(plain_statement(sql)) << sql;
+  }
+}
+
+TEST(ContainsCi, FindsTheNeedleInAnyCaseFromTheGivenOffset) {
+  EXPECT_TRUE(contains_ci("SET PGVALVE.route = replica", 0, "pgvalve."));
+  EXPECT_TRUE(contains_ci("x pgValve.", 2, "pgvalve."));
+  EXPECT_FALSE(contains_ci("pgvalve.", 1, "pgvalve."));
+  EXPECT_FALSE(contains_ci("pgvalve", 0, "pgvalve."));
+  EXPECT_FALSE(contains_ci("a.b pgvalveX", 0, "pgvalve."));
+  EXPECT_TRUE(contains_ci("  LiStEn ch", 0, "listen"));
+  EXPECT_FALSE(contains_ci("lis ten", 0, "listen"));
+  EXPECT_FALSE(contains_ci("", 0, "listen"));
+}
+
+}  // namespace
+}  // namespace pgvalve::routing
