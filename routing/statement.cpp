@@ -1,6 +1,7 @@
 #include "routing/statement.h"
 
 #include <algorithm>
+#include <bit>
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
@@ -27,6 +28,31 @@ std::uint32_t lowered_quad(const char* p) {
   std::uint32_t quad;
   std::memcpy(&quad, p, sizeof quad);
   return quad | 0x20202020u;
+}
+
+std::uint64_t lowered_octet(const char* p) {
+  std::uint64_t octet;
+  std::memcpy(&octet, p, sizeof octet);
+  return octet | 0x2020202020202020u;
+}
+
+// The top bit of each byte of `octet` equal to `c` (and maybe of a byte above such a byte, where
+// the subtraction borrows: callers check each position they are given).
+std::uint64_t bytes_equal(std::uint64_t octet, int c) {
+  constexpr std::uint64_t kOnes = 0x0101010101010101u;
+  const std::uint64_t x = octet ^ (kOnes * static_cast<std::uint8_t>(c));
+  return (x - kOnes) & ~x & (kOnes << 7);
+}
+
+// A word that means session state starts at `p` (at least four bytes remain): "temp" (TEMP,
+// TEMPORARY, pg_temp), "advisory" (the advisory lock functions) or "set_config".
+bool session_state_word_at(std::string_view sql, std::size_t p) {
+  const std::uint32_t temp = lowered_quad("temp");
+  const std::uint32_t advi = lowered_quad("advi");
+  const std::uint32_t set_ = lowered_quad("set_");  // '_' | 0x20 is DEL: verified below
+  const std::uint32_t quad = lowered_quad(sql.data() + p);
+  return quad == temp || (quad == advi && contains_at(sql, p, "advisory")) ||
+         (quad == set_ && contains_at(sql, p, "set_config"));
 }
 
 bool sql_space(char c) {
@@ -945,17 +971,31 @@ bool plain_statement(std::string_view sql) {
   } else {
     end = sql.size();
   }
-  // One pass over four-byte windows (compared in host byte order, as loaded).
+  // Windows of four bytes that start like one of the words, found eight positions at a time
+  // (first and fourth letter compared together), then checked one by one. The last block is
+  // moved back to end with the statement, overlapping the one before.
   const std::string_view statement = sql.substr(0, end);
-  const std::uint32_t temp = lowered_quad("temp");
-  const std::uint32_t advi = lowered_quad("advi");
-  const std::uint32_t set_ = lowered_quad("set_");  // '_' | 0x20 is DEL: verified below
-  for (std::size_t p = j; p + 4 <= statement.size(); ++p) {
-    const std::uint32_t quad = lowered_quad(statement.data() + p);
-    if (quad == temp || (quad == advi && contains_at(statement, p, "advisory")) ||
-        (quad == set_ && contains_at(statement, p, "set_config"))) {
-      return false;
+  std::size_t p = j;
+  if constexpr (std::endian::native == std::endian::little) {
+    constexpr std::size_t kBlock = 8 + 3;  // bytes read for eight windows
+    if (statement.size() - p >= kBlock) {
+      for (;; p += 8) {
+        p = std::min(p, statement.size() - kBlock);
+        const std::uint64_t first = lowered_octet(statement.data() + p);
+        const std::uint64_t fourth = lowered_octet(statement.data() + p + 3);
+        std::uint64_t candidates = (bytes_equal(first, 't') & bytes_equal(fourth, 'p')) |
+                                   (bytes_equal(first, 'a') & bytes_equal(fourth, 'i')) |
+                                   (bytes_equal(first, 's') & bytes_equal(fourth, '_' | 0x20));
+        for (; candidates != 0; candidates &= candidates - 1) {
+          const std::size_t at = p + static_cast<std::size_t>(std::countr_zero(candidates)) / 8;
+          if (session_state_word_at(statement, at)) return false;
+        }
+        if (p + kBlock == statement.size()) return true;
+      }
     }
+  }
+  for (; p + 4 <= statement.size(); ++p) {
+    if (session_state_word_at(statement, p)) return false;
   }
   return true;
 }

@@ -2,7 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <cctype>
+#include <random>
 #include <string>
+#include <vector>
 
 namespace pgvalve::routing {
 
@@ -552,6 +555,52 @@ TEST(PlainStatement, AnythingElseIsLookedAtCloser) {
         "select attempt from t"}) {
     EXPECT_FALSE(plain_statement(sql)) << sql;
   }
+}
+
+// The scan looks at eight positions at a time: each word is found wherever it stands, in any
+// case, and the near misses around it are not.
+TEST(PlainStatement, SessionStateWordsAreFoundAtEveryOffset) {
+  for (const char* word :
+       {"temp", "TEMP", "advisory", "Pg_Advisory_Lock", "set_config", "SET_CONFIG"}) {
+    for (std::size_t pad = 0; pad < 24; ++pad) {
+      for (std::size_t tail = 0; tail < 10; ++tail) {
+        const std::string sql =
+            "select " + std::string(pad, 'x') + word + std::string(tail, 'y') + ";";
+        EXPECT_FALSE(plain_statement(sql)) << sql;
+      }
+    }
+  }
+  for (const char* near : {"tem_p", "tmp", "advisor", "adv_isory", "set-config", "set_confi",
+                           "setconfig", "set__config"}) {
+    for (std::size_t pad = 0; pad < 24; ++pad) {
+      const std::string sql = "select " + std::string(pad, 'x') + near + " from t";
+      EXPECT_TRUE(plain_statement(sql)) << sql;
+    }
+  }
+}
+
+// Against a plain substring search, over random text made of pieces of the words.
+TEST(PlainStatement, AgreesWithASubstringSearch) {
+  std::mt19937 random(42);
+  const std::vector<std::string> pieces = {"temp",  "TE",   "mp",   "t",      "advisory",   "ADVIS",
+                                           "ory",   "a",    "set_", "CONFIG", "set_config", "s",
+                                           "et_co", "nfig", "x",    " ",      "_",          "Mp"};
+  int found = 0;
+  for (int n = 0; n < 20000; ++n) {
+    std::string body;
+    for (auto k = random() % 12; k > 0; --k)
+      body += pieces[random() % pieces.size()];
+    std::string lowered = body;
+    for (char& c : lowered)
+      c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    const bool state = lowered.find("temp") != std::string::npos ||
+                       lowered.find("advisory") != std::string::npos ||
+                       lowered.find("set_config") != std::string::npos;
+    EXPECT_EQ(plain_statement("select " + body), !state) << body;
+    found += state;
+  }
+  EXPECT_GT(found, 2000);
+  EXPECT_LT(found, 18000);
 }
 
 TEST(ContainsCi, FindsTheNeedleInAnyCaseFromTheGivenOffset) {
