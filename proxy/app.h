@@ -27,6 +27,7 @@
 #include "admission/admission.h"
 #include "config/config.h"
 #include "pool/server_pool.h"
+#include "proxy/arrival_wait.h"
 #include "proxy/cancel_registry.h"
 #include "proxy/checkout_deadlines.h"
 #include "proxy/client_session.h"
@@ -76,6 +77,7 @@ struct Worker {
   void for_each_session(F&& f);
   asio::io_context context{1};
   // These use the context: declared after it, so destroyed before it.
+  ArrivalReactor reactor{context};
   std::unique_ptr<tcp::acceptor> acceptor;
   std::unique_ptr<asio::steady_timer> sweep_timer;
   CheckoutDeadlines checkout_deadlines{context};

@@ -86,14 +86,34 @@ struct SocketAccess : Socket {
 
 }  // namespace arrival_detail
 
+// The epoll reactor of an io_context, looked up once: asio::use_service takes the context's
+// service-registry mutex and compares type names on every call. Lives no longer than `context`.
+class ArrivalReactor {
+ public:
+  explicit ArrivalReactor(asio::io_context& context)
+      : context_(&context),
+        reactor_(&asio::use_service<boost::asio::detail::epoll_reactor>(context)) {}
+  // The reactor of `socket`'s context: the one kept when it is that context.
+  boost::asio::detail::epoll_reactor& of(Socket& socket) const {
+    asio::io_context& context = socket.get_executor().context();
+    if (&context == context_) return *reactor_;
+    return asio::use_service<boost::asio::detail::epoll_reactor>(context);
+  }
+
+ private:
+  asio::io_context* context_;
+  boost::asio::detail::epoll_reactor* reactor_;
+};
+
 // Calls handler(error_code) at the next arrival of bytes on `socket`, an error, or a cancel
-// (operation_aborted). See the rule above.
+// (operation_aborted). See the rule above. `arrival_reactor`: that of the caller's io_context.
 template <typename Handler>
-void async_wait_for_arrival(Socket& socket, Handler handler) {
+void async_wait_for_arrival(Socket& socket, const ArrivalReactor& arrival_reactor,
+                            Handler handler) {
   namespace ad = boost::asio::detail;
   using Op = arrival_detail::ArrivalWaitOp<Handler, Socket::executor_type>;
   auto& impl = (socket.*(&arrival_detail::SocketAccess::impl_)).get_implementation();
-  auto& reactor = asio::use_service<ad::epoll_reactor>(socket.get_executor().context());
+  ad::epoll_reactor& reactor = arrival_reactor.of(socket);
   typename Op::ptr p = {std::addressof(handler), Op::ptr::allocate(handler), nullptr};
   p.p = new (p.v) Op(handler, socket.get_executor());
   Op* op = p.p;
@@ -108,8 +128,22 @@ void async_wait_for_arrival(Socket& socket, Handler handler) {
   op->started = true;
 }
 
+template <typename Handler>
+void async_wait_for_arrival(Socket& socket, Handler handler) {
+  async_wait_for_arrival(socket, ArrivalReactor(socket.get_executor().context()),
+                         std::move(handler));
+}
+
 inline constexpr bool kArrivalWaitAvailable = true;
 #else
+class ArrivalReactor {
+ public:
+  explicit ArrivalReactor(asio::io_context&) {}
+};
+template <typename Handler>
+void async_wait_for_arrival(Socket& socket, const ArrivalReactor&, Handler handler) {
+  socket.async_wait(Socket::wait_read, std::move(handler));
+}
 template <typename Handler>
 void async_wait_for_arrival(Socket& socket, Handler handler) {
   socket.async_wait(Socket::wait_read, std::move(handler));

@@ -305,7 +305,7 @@ void ClientSession::watch_client() {
 
 void ClientSession::arm_client_arrival() {
   client_arrival_armed_ = true;
-  async_wait_for_arrival(client_.socket(),
+  async_wait_for_arrival(client_.socket(), worker_.reactor,
                          with_exact_size_memory([self = shared_from_this()](const error_code& ec) {
                            self->client_arrival_armed_ = false;
                            if (self->closed_ || ec == asio::error::operation_aborted) return;
@@ -478,7 +478,7 @@ void ClientSession::arm_server_arrival(session::LinkId id) {
   LinkIO& io = links_[id];
   io.arrival_armed = true;
   async_wait_for_arrival(
-      io.conn->stream.socket(),
+      io.conn->stream.socket(), worker_.reactor,
       [self = shared_from_this(), id, generation = io.generation](const error_code& ec) {
         if (id >= self->links_.size()) return;
         LinkIO& io = self->links_[id];
@@ -1160,12 +1160,15 @@ void ClientSession::carry_out_link_op(const LinkOp& op) {
   LinkIO& io = links_[op.link];
   auto server = std::move(io.conn);
   ++io.generation;
-  io.watching = false;
-  io.arrival_armed = false;  // cancelled below
-  io.drained = false;
   // Bytes not written yet (or a write that failed part-way) would reach whoever uses the server
   // next, or run into pgvalve's own clean-up queries: such a server is closed instead.
   const bool unsent = io.writer.busy() || io.writer.failed();
+  // Usually nothing waits on the socket by now (the answer's arrival completed the wait): the
+  // cancel, a lock of the reactor's, is then skipped.
+  const bool waited_on = io.arrival_armed || io.watching || unsent;
+  io.watching = false;
+  io.arrival_armed = false;  // cancelled below
+  io.drained = false;
   io.writer.abandon();
   cancel_->unlink();
   cancel_->several.store(core_->several_servers(), std::memory_order_release);
@@ -1180,7 +1183,7 @@ void ClientSession::carry_out_link_op(const LinkOp& op) {
                });
   }
   error_code ignored;
-  server->stream.cancel(ignored);  // the wait armed on it belongs to this link
+  if (waited_on) server->stream.cancel(ignored);  // the wait armed on it belongs to this link
   LinkOp::Kind kind = op.kind;
   if (unsent && (kind == LinkOp::Kind::Release || kind == LinkOp::Kind::CleanAndRelease)) {
     kind = LinkOp::Kind::Close;

@@ -480,9 +480,6 @@ static_assert(std::all_of(kKeywords.begin(), kKeywords.end(), [](std::string_vie
   return !k.empty() && k.size() <= kMaxKeywordLength;
 }));
 
-bool is_space(char c) {
-  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
-}
 bool is_horizontal_space(char c) {
   return c == ' ' || c == '\t' || c == '\f';
 }
@@ -495,51 +492,44 @@ bool is_digit(char c) {
 constexpr bool ident_start_byte(unsigned char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c >= 0x80;
 }
-// Words are most of every statement's bytes: one table lookup a byte instead of five compares.
+constexpr bool space_byte(unsigned char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+constexpr bool op_byte(unsigned char c) {
+  return std::string_view("~!@#^&|`?+-*/%<>=").find(static_cast<char>(c)) != std::string_view::npos;
+}
+// Words and spaces are most of every statement's bytes: one table lookup a byte instead of
+// several compares.
 constexpr std::uint8_t kIdentStart = 1;
 constexpr std::uint8_t kIdentCont = 2;
-constexpr auto kIdentClass = [] {
+constexpr std::uint8_t kSpace = 4;
+constexpr std::uint8_t kOperator = 8;
+constexpr auto kByteClass = [] {
   std::array<std::uint8_t, 256> table{};
   for (unsigned c = 0; c < table.size(); ++c) {
     const auto byte = static_cast<unsigned char>(c);
     const bool start = ident_start_byte(byte);
     const bool cont = start || (byte >= '0' && byte <= '9') || byte == '$';
-    table[c] = static_cast<std::uint8_t>((start ? kIdentStart : 0) | (cont ? kIdentCont : 0));
+    table[c] = static_cast<std::uint8_t>((start ? kIdentStart : 0) | (cont ? kIdentCont : 0) |
+                                         (space_byte(byte) ? kSpace : 0) |
+                                         (op_byte(byte) ? kOperator : 0));
   }
   return table;
 }();
+bool is_space(char c) {
+  return (kByteClass[static_cast<unsigned char>(c)] & kSpace) != 0;
+}
 bool is_ident_start(char c) {
-  return (kIdentClass[static_cast<unsigned char>(c)] & kIdentStart) != 0;
+  return (kByteClass[static_cast<unsigned char>(c)] & kIdentStart) != 0;
 }
 bool is_ident_cont(char c) {
-  return (kIdentClass[static_cast<unsigned char>(c)] & kIdentCont) != 0;
+  return (kByteClass[static_cast<unsigned char>(c)] & kIdentCont) != 0;
 }
 bool is_dollar_tag_cont(char c) {
   return is_ident_start(c) || is_digit(c);
 }
 bool is_op_char(char c) {
-  switch (c) {
-    case '~':
-    case '!':
-    case '@':
-    case '#':
-    case '^':
-    case '&':
-    case '|':
-    case '`':
-    case '?':
-    case '+':
-    case '-':
-    case '*':
-    case '/':
-    case '%':
-    case '<':
-    case '>':
-    case '=':
-      return true;
-    default:
-      return false;
-  }
+  return (kByteClass[static_cast<unsigned char>(c)] & kOperator) != 0;
 }
 char ascii_lower(char c) {
   return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + ('a' - 'A')) : c;
@@ -629,7 +619,6 @@ bool SqlLexer::next(Token& token) {
   const std::size_t start = pos_;
   const char c = sql_[start];
   const char c1 = start + 1 < n ? sql_[start + 1] : '\0';
-  const char c2 = start + 2 < n ? sql_[start + 2] : '\0';
 
   switch (c) {
     case '\'':
@@ -687,6 +676,7 @@ bool SqlLexer::next(Token& token) {
       }
     }
     if (lc == 'u' && c1 == '&') {
+      const char c2 = start + 2 < n ? sql_[start + 2] : '\0';
       if (c2 == '\'') return lex_quoted(token, start, start + 3, TokenKind::String, false, true);
       if (c2 == '"') {
         return lex_quoted(token, start, start + 3, TokenKind::QuotedIdentifier, false, true);

@@ -65,6 +65,24 @@ TEST(ArrivalWait, BytesThatArriveAfterItStartsCompleteIt) {
   EXPECT_EQ(s.drain(), "Q");
 }
 
+// Sessions pass their worker's reactor, looked up once when the worker starts.
+TEST(ArrivalWait, AReactorLookedUpOnceServesEveryWait) {
+  asio::io_context io;
+  const ArrivalReactor kept(io);
+  SocketPair s(io);
+  for (const std::string bytes : {"a", "b", "c"}) {
+    std::optional<error_code> done;
+    async_wait_for_arrival(s.ours, kept, [&](const error_code& ec) { done = ec; });
+    run_for(io, 20ms);
+    EXPECT_FALSE(done);
+    s.send(bytes);
+    run_for(io, 50ms);
+    ASSERT_TRUE(done);
+    EXPECT_FALSE(*done);
+    EXPECT_EQ(s.drain(), bytes);
+  }
+}
+
 TEST(ArrivalWait, BytesTheReaderLeftInTheKernelDoNotCompleteItLaterOnesDo) {
   if (!kArrivalWaitAvailable) GTEST_SKIP() << "this Boost waits as socket.async_wait does";
   asio::io_context io;

@@ -3,7 +3,10 @@
 #include <gtest/gtest.h>
 #include <xxhash.h>
 
+#include <algorithm>
+#include <random>
 #include <string>
+#include <vector>
 
 namespace pgvalve::routing {
 namespace {
@@ -110,6 +113,29 @@ TEST(Fingerprint, LongStatementsHashTheSameAsOneShot) {
   const std::string n = normalize(sql);
   ASSERT_GT(n.size(), 4096u);
   EXPECT_EQ(fingerprint(sql), XXH3_64bits(n.data(), n.size()));
+}
+
+// Words are lower-cased eight bytes at a time where the statement has eight more bytes to read:
+// random statements of words in mixed case (with UTF-8 and the bytes next to 'A' and 'Z'),
+// literals and punctuation hash as their normalised text, which is lower-cased byte by byte.
+TEST(Fingerprint, EqualsHashOfNormalizedTextForRandomStatements) {
+  std::mt19937 random(7);
+  const std::string word_bytes = "aAzZmMqQ_09$\xc3\x84\xc3\xa9";
+  const std::vector<std::string> between = {" ", ",", "(", ")", " = ", "'Lit'", " 12 ", ";", "@",
+                                            "[", "`", "{", "\"Quoted\"", " -3", "\n"};
+  for (int n = 0; n < 3000; ++n) {
+    std::string sql;
+    for (auto words = 1 + random() % (n % 100 == 0 ? 400 : 12); words > 0; --words) {
+      const auto length = 1 + random() % 20;
+      std::string word(1, "aAzZmMqQ_"[random() % 9]);
+      while (word.size() < length)
+        word += word_bytes[random() % word_bytes.size()];
+      sql += word + between[random() % between.size()];
+    }
+    sql.resize(sql.size() - random() % std::min<std::size_t>(sql.size(), 4));
+    const std::string normalized = normalize(sql);
+    ASSERT_EQ(fingerprint(sql), XXH3_64bits(normalized.data(), normalized.size())) << sql;
+  }
 }
 
 TEST(Fingerprint, IgnoresLiterals) {
