@@ -276,6 +276,8 @@ Actions& Session::event_actions() {
 
 Link& Session::link(LinkId id) {
   auto& links = work().links;
+  // Link 0 is nearly every lookup: the deque's front needs none of its index arithmetic.
+  if (id == 0 && !links.empty()) return links.front();
   while (links.size() <= id) {
     links.emplace_back();
     links.back().id = static_cast<LinkId>(links.size() - 1);
@@ -310,7 +312,10 @@ bool Session::answer_due(LinkId id) const {
 }
 
 bool Session::linked(LinkId id) const {
-  return work_ && id < work_->links.size() && work_->links[id].server != nullptr;
+  if (!work_) return false;
+  const auto& links = work_->links;
+  if (id == 0) return !links.empty() && links.front().server != nullptr;  // as link()
+  return id < links.size() && links[id].server != nullptr;
 }
 
 std::size_t Session::link_count() const {
@@ -343,7 +348,7 @@ bool Session::has_own_input() const {
 bool Session::wants_server_input(LinkId id) const {
   // While a session-mode client's read runs on a replica its own server is not read: what that
   // server may send meanwhile (a notification) waits, not to land inside the replica's answer.
-  if (id == 0 && linked(1) && options_.mode == config::PoolMode::Session) return false;
+  if (id == 0 && options_.mode == config::PoolMode::Session && linked(1)) return false;
   return state_ != SessionState::Closing && linked(id);
 }
 
