@@ -609,9 +609,14 @@ bool is_keyword(std::string_view word) {
 
 bool SqlLexer::next(Token& token) {
   if (done_) return false;
-  skip_space_and_comments();
-  if (done_) return unterminated(token, pos_);
   const std::size_t n = sql_.size();
+  // Tokens are mostly one space apart: comments only need the full skip.
+  while (pos_ < n && is_space(sql_[pos_]))
+    ++pos_;
+  if (pos_ < n && (sql_[pos_] == '-' || sql_[pos_] == '/')) {
+    skip_space_and_comments();
+    if (done_) return unterminated(token, pos_);
+  }
   if (pos_ >= n) {
     done_ = true;
     return false;
