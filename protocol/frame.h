@@ -79,15 +79,38 @@ struct FrameResult {
 
 inline constexpr std::size_t kFrameHeaderSize = 5;
 
-// Decodes the first frame of `in`. A frame whose total size (tag + length + body) exceeds
-// `max_message_bytes`, or whose length field is below 4, is Invalid.
-FrameResult decode_frame(std::string_view in, std::size_t max_message_bytes);
-
 // Big-endian integer helpers shared by readers and builders.
 inline std::uint32_t read_u32(const char* p) {
   auto b = reinterpret_cast<const unsigned char*>(p);
   return (std::uint32_t{b[0]} << 24) | (std::uint32_t{b[1]} << 16) | (std::uint32_t{b[2]} << 8) |
          std::uint32_t{b[3]};
+}
+
+// The Invalid result for a frame's header (length field and tag); out of line, as it is rare.
+FrameResult invalid_frame(std::uint32_t length, char tag, std::size_t max_message_bytes);
+
+// Decodes the first frame of `in`. A frame whose total size (tag + length + body) exceeds
+// `max_message_bytes`, or whose length field is below 4, is Invalid. Inline: every message of
+// every request and answer goes through it, several times.
+inline FrameResult decode_frame(std::string_view in, std::size_t max_message_bytes) {
+  FrameResult r;
+  if (in.size() < kFrameHeaderSize) return r;
+  const std::uint32_t length = read_u32(in.data() + 1);
+  const std::size_t total = std::size_t{1} + length;
+  // PostgreSQL reads the length as int32, so anything above INT32_MAX is negative to it. The
+  // size is checked before the body arrives, so an oversized message is refused unbuffered.
+  if (length < 4 || length > 0x7fffffffu || total > max_message_bytes) {
+    return invalid_frame(length, in[0], max_message_bytes);
+  }
+  if (in.size() < total) {
+    r.needed = total;
+    return r;
+  }
+  r.status = DecodeStatus::Ok;
+  r.frame.tag = in[0];
+  r.frame.whole = in.substr(0, total);
+  r.frame.body = in.substr(kFrameHeaderSize, total - kFrameHeaderSize);
+  return r;
 }
 inline std::uint16_t read_u16(const char* p) {
   auto b = reinterpret_cast<const unsigned char*>(p);
