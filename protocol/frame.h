@@ -112,6 +112,7 @@ inline FrameResult decode_frame(std::string_view in, std::size_t max_message_byt
   r.frame.body = in.substr(kFrameHeaderSize, total - kFrameHeaderSize);
   return r;
 }
+
 inline std::uint16_t read_u16(const char* p) {
   auto b = reinterpret_cast<const unsigned char*>(p);
   return static_cast<std::uint16_t>((b[0] << 8) | b[1]);
