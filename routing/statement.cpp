@@ -14,12 +14,7 @@ namespace {
 
 // `needle` (lower case) at `pos` of `sql`, in any ASCII case.
 bool contains_at(std::string_view sql, std::size_t pos, std::string_view needle) {
-  if (sql.size() - pos < needle.size()) return false;
-  for (std::size_t k = 0; k < needle.size(); ++k) {
-    const char c = sql[pos + k];
-    if ((c >= 'A' && c <= 'Z' ? static_cast<char>(c + ('a' - 'A')) : c) != needle[k]) return false;
-  }
-  return true;
+  return sql.size() - pos >= needle.size() && iequals(sql.substr(pos, needle.size()), needle);
 }
 
 // The four bytes at `p`, with ASCII letters lower-cased (and other bytes changed too: callers
