@@ -39,6 +39,20 @@ std::uint64_t bytes_equal(std::uint64_t octet, int c) {
   return (x - kOnes) & ~x & (kOnes << 7);
 }
 
+bool ascii_letter(char c) {
+  return (c | 0x20) >= 'a' && (c | 0x20) <= 'z';
+}
+
+// "temp" at `p` that can be the TEMP or TEMPORARY keyword or the end of pg_temp: no letter right
+// before it, and none right after it or after "temporary". Telemetry columns are often called
+// "temperature": as a substring it sent every statement naming one through the closer look.
+bool temp_word_at(std::string_view sql, std::size_t p) {
+  if (p > 0 && ascii_letter(sql[p - 1])) return false;
+  std::size_t end = p + 4;
+  if (contains_at(sql, end, "orary")) end += 5;
+  return end == sql.size() || !ascii_letter(sql[end]);
+}
+
 // A word that means session state starts at `p` (at least four bytes remain): "temp" (TEMP,
 // TEMPORARY, pg_temp), "advisory" (the advisory lock functions) or "set_config".
 bool session_state_word_at(std::string_view sql, std::size_t p) {
@@ -46,7 +60,8 @@ bool session_state_word_at(std::string_view sql, std::size_t p) {
   const std::uint32_t advi = lowered_quad("advi");
   const std::uint32_t set_ = lowered_quad("set_");  // '_' | 0x20 is DEL: verified below
   const std::uint32_t quad = lowered_quad(sql.data() + p);
-  return quad == temp || (quad == advi && contains_at(sql, p, "advisory")) ||
+  return (quad == temp && temp_word_at(sql, p)) ||
+         (quad == advi && contains_at(sql, p, "advisory")) ||
          (quad == set_ && contains_at(sql, p, "set_config"));
 }
 

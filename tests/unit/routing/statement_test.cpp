@@ -552,26 +552,40 @@ TEST(PlainStatement, AnythingElseIsLookedAtCloser) {
   for (const char* sql :
        {"set a = 1", "begin", "", "select 1; select 2", "select 1;;x", "SELECT PG_ADVISORY_LOCK(1)",
         "select 1 into Temp t", "select set_config('a', 'b', false)", "select 1 /* temporary */",
-        "select attempt from t"}) {
+        "select * from pg_temp.t", "select * from pg_temp_3.t", "select temp_c from t"}) {
     EXPECT_FALSE(plain_statement(sql)) << sql;
+  }
+}
+
+// Telemetry names its columns temperature: "temp" inside a longer word is no TEMP keyword.
+TEST(PlainStatement, TempInsideALongerWordIsNoTempKeyword) {
+  for (const char* sql :
+       {"select temperature from readings", "INSERT INTO r (device_id, Temperature) VALUES (1, 2)",
+        "select attempt from t", "select tempo, contempt from t", "select temporaryx from t"}) {
+    EXPECT_TRUE(plain_statement(sql)) << sql;
   }
 }
 
 // The scan looks at eight positions at a time: each word is found wherever it stands, in any
 // case, and the near misses around it are not.
 TEST(PlainStatement, SessionStateWordsAreFoundAtEveryOffset) {
-  for (const char* word :
-       {"temp", "TEMP", "advisory", "Pg_Advisory_Lock", "set_config", "SET_CONFIG"}) {
+  struct Word {
+    const char* text;
+    char pad;  // "temp" only counts with no letter around it
+  };
+  for (const Word word :
+       {Word{"temp", '_'}, Word{"TEMP", '1'}, Word{"TemPorary", '_'}, Word{"advisory", 'x'},
+        Word{"Pg_Advisory_Lock", 'x'}, Word{"set_config", 'x'}, Word{"SET_CONFIG", 'x'}}) {
     for (std::size_t pad = 0; pad < 24; ++pad) {
       for (std::size_t tail = 0; tail < 10; ++tail) {
         const std::string sql =
-            "select " + std::string(pad, 'x') + word + std::string(tail, 'y') + ";";
+            "select " + std::string(pad, word.pad) + word.text + std::string(tail, word.pad) + ";";
         EXPECT_FALSE(plain_statement(sql)) << sql;
       }
     }
   }
-  for (const char* near : {"tem_p", "tmp", "advisor", "adv_isory", "set-config", "set_confi",
-                           "setconfig", "set__config"}) {
+  for (const char* near : {"tem_p", "tmp", "xtemp", "tempx", "advisor", "adv_isory", "set-config",
+                           "set_confi", "setconfig", "set__config"}) {
     for (std::size_t pad = 0; pad < 24; ++pad) {
       const std::string sql = "select " + std::string(pad, 'x') + near + " from t";
       EXPECT_TRUE(plain_statement(sql)) << sql;
@@ -579,12 +593,13 @@ TEST(PlainStatement, SessionStateWordsAreFoundAtEveryOffset) {
   }
 }
 
-// Against a plain substring search, over random text made of pieces of the words.
+// Against a plain substring search (for "temp": one with no letter around it), over random
+// text made of pieces of the words.
 TEST(PlainStatement, AgreesWithASubstringSearch) {
   std::mt19937 random(42);
-  const std::vector<std::string> pieces = {"temp",  "TE",   "mp",   "t",      "advisory",   "ADVIS",
-                                           "ory",   "a",    "set_", "CONFIG", "set_config", "s",
-                                           "et_co", "nfig", "x",    " ",      "_",          "Mp"};
+  const std::vector<std::string> pieces = {
+      "temp",       "TE", "mp",    "t",    "advisory", "ADVIS", "ory", "a",  "set_",  "CONFIG",
+      "set_config", "s",  "et_co", "nfig", "x",        " ",     "_",   "Mp", "orary", "er"};
   int found = 0;
   for (int n = 0; n < 20000; ++n) {
     std::string body;
@@ -593,8 +608,14 @@ TEST(PlainStatement, AgreesWithASubstringSearch) {
     std::string lowered = body;
     for (char& c : lowered)
       c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    const bool state = lowered.find("temp") != std::string::npos ||
-                       lowered.find("advisory") != std::string::npos ||
+    const std::string text = "select " + lowered;
+    auto letter = [&](std::size_t i) { return i < text.size() && std::isalpha(text[i]) != 0; };
+    bool temp = false;
+    for (auto at = text.find("temp"); at != std::string::npos; at = text.find("temp", at + 1)) {
+      const std::size_t end = text.compare(at, 9, "temporary") == 0 ? at + 9 : at + 4;
+      temp = temp || (!letter(at - 1) && !letter(end));
+    }
+    const bool state = temp || lowered.find("advisory") != std::string::npos ||
                        lowered.find("set_config") != std::string::npos;
     EXPECT_EQ(plain_statement("select " + body), !state) << body;
     found += state;
