@@ -129,6 +129,7 @@ void normalized_walk(std::string_view sql, Sink& sink) {
   int sort_depth = -1;  // paren depth of the ORDER BY / GROUP BY list we are in, or -1
   bool sort_item_start = false;
 
+  // The rare tokens that add several pieces (a folded list, a signed number) emit each.
   auto put = [&](std::string_view text, bool lower) {
     if (!first) sink.put(" ", false);
     sink.put(text, lower);
@@ -143,6 +144,10 @@ void normalized_walk(std::string_view sql, Sink& sink) {
   while (lexer.next(tok)) {
     const bool item_start = sort_item_start;
     sort_item_start = false;
+    // What the token adds to the normalised text; put once below the switch, so that the
+    // everyday token takes one inlined path.
+    std::string_view text = tok.text;
+    bool lower = false;
     switch (tok.kind) {
       case TokenKind::Keyword:
       case TokenKind::Identifier: {
@@ -165,7 +170,7 @@ void normalized_walk(std::string_view sql, Sink& sink) {
             continue;
           }
         }
-        emit(tok.text, true);
+        lower = true;
         if (tok.is_word("by") && has_prev && (prev.is_word("order") || prev.is_word("group"))) {
           sort_depth = depth;
           sort_item_start = true;
@@ -175,18 +180,16 @@ void normalized_walk(std::string_view sql, Sink& sink) {
         break;
       }
       case TokenKind::Number:
-        if (item_start && sort_depth == depth && all_digits(tok.text) && ends_sort_item(lexer)) {
-          emit(tok.text, false);
-        } else {
+        if (!(item_start && sort_depth == depth && all_digits(tok.text) && ends_sort_item(lexer))) {
           sink.slot(LiteralSlot{tok.offset, tok.end(), false});
-          emit(kLiteral, false);
+          text = kLiteral;
         }
         break;
       case TokenKind::String:
       case TokenKind::DollarString:
       case TokenKind::Param:
         sink.slot(LiteralSlot{tok.offset, tok.end(), false});
-        emit(kLiteral, false);
+        text = kLiteral;
         break;
       case TokenKind::Operator:
         if (tok.text == "-" && sign_position(has_prev ? &prev : nullptr)) {
@@ -200,35 +203,44 @@ void normalized_walk(std::string_view sql, Sink& sink) {
             continue;
           }
         }
-        emit(tok.text, false);
         break;
       case TokenKind::Punct:
         if (tok.is_punct(';')) {
           ++pending_semicolons;
           sort_depth = -1;
           depth = 0;
-        } else {
-          if (tok.is_punct('(')) {
-            ++depth;
-          } else if (tok.is_punct(')')) {
-            --depth;
-            if (depth < sort_depth) sort_depth = -1;
-          } else if (tok.is_punct(',') && sort_depth == depth) {
-            sort_item_start = true;
-          }
-          emit(tok.text, false);
+          prev = tok;
+          has_prev = true;
+          continue;
+        }
+        if (tok.is_punct('(')) {
+          ++depth;
+        } else if (tok.is_punct(')')) {
+          --depth;
+          if (depth < sort_depth) sort_depth = -1;
+        } else if (tok.is_punct(',') && sort_depth == depth) {
+          sort_item_start = true;
         }
         break;
       case TokenKind::Unterminated:
-        if (!tok.text.starts_with("/*")) {
-          sink.slot(LiteralSlot{tok.offset, tok.end(), false, true});
-          emit(kLiteral, false);
+        if (tok.text.starts_with("/*")) {
+          prev = tok;
+          has_prev = true;
+          continue;
         }
+        sink.slot(LiteralSlot{tok.offset, tok.end(), false, true});
+        text = kLiteral;
         break;
       case TokenKind::QuotedIdentifier:
       case TokenKind::Other:
-        emit(tok.text, false);
         break;
+    }
+    if (pending_semicolons > 0) {
+      emit(text, lower);
+    } else {
+      if (!first) sink.put(" ", false);
+      sink.put(text, lower);
+      first = false;
     }
     prev = tok;
     has_prev = true;
