@@ -1,4 +1,5 @@
-// libFuzzer target for routing/: SQL lexer, leading_hint, fingerprint/normalize and classify.
+// libFuzzer target for routing/: SQL lexer, leading_hint, fingerprint/normalize, classify and
+// plain_statement.
 // Built with clang + libFuzzer + ASan + UBSan by tests/fuzz/run (a separate -DPGVALVE_FUZZ=ON
 // build in build-fuzz/) and run for 20 s by `tests/run` as ctest test fuzz.lexer_fuzz. By hand,
 // from the repository root:
@@ -76,6 +77,15 @@ void check_statements(std::string_view sql) {
   check(false);  // each statement consumes at least its ';'
 }
 
+// A statement plain_statement() lets skip the closer look has nothing that look would act on.
+void check_plain(std::string_view sql) {
+  if (!pgvalve::routing::plain_statement(sql)) return;
+  const StatementInfo info = classify(sql);
+  check(!info.multiple_statements && !info.temporary && !info.calls_advisory_session_lock &&
+        !info.calls_advisory_unlock && info.set_config == StatementInfo::SetConfig::None &&
+        !info.body_sets && !info.body_listens && info.hint.empty());
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -85,5 +95,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::string normalized = normalize(sql);
   check(fingerprint(sql) == XXH3_64bits(normalized.data(), normalized.size()));
   check_statements(sql);
+  check_plain(sql);
   return 0;
 }
