@@ -117,9 +117,247 @@ class HashSink {
   XXH3_state_t state_;
 };
 
+// What a byte can start in the one-pass path; Other: anything it leaves to the token walk
+// (comments, '-', quoted identifiers, $, prefixed strings' quotes are found by the word, bytes
+// past ASCII).
+enum class Start : std::uint8_t {
+  Other,
+  Space,
+  Word,
+  Digit,
+  Quote,
+  Punct,
+  Semicolon,
+  Dot,
+  Colon,
+  Op
+};
+
+constexpr std::array<Start, 256> kStart = [] {
+  std::array<Start, 256> table{};
+  for (unsigned c = 0; c < 256; ++c) {
+    Start k = Start::Other;
+    if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v') {
+      k = Start::Space;
+    } else if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_') {
+      k = Start::Word;
+    } else if (c >= '0' && c <= '9') {
+      k = Start::Digit;
+    } else if (c == '\'') {
+      k = Start::Quote;
+    } else if (c == '(' || c == ')' || c == ',' || c == '[' || c == ']') {
+      k = Start::Punct;
+    } else if (c == ';') {
+      k = Start::Semicolon;
+    } else if (c == '.') {
+      k = Start::Dot;
+    } else if (c == ':') {
+      k = Start::Colon;
+    } else if (std::string_view("~!@#^&|`?+*%<>=").find(static_cast<char>(c)) !=
+               std::string_view::npos) {
+      k = Start::Op;  // '-' and '/' (comments, signs) are left to the walk
+    }
+    table[c] = k;
+  }
+  return table;
+}();
+
+// Bytes that continue a word: letters, digits, '_' and '$' (past ASCII: the walk's).
+constexpr std::array<bool, 256> kWordByte = [] {
+  std::array<bool, 256> table{};
+  for (unsigned c = 0; c < 256; ++c) {
+    table[c] = kStart[c] == Start::Word || kStart[c] == Start::Digit || c == '$';
+  }
+  return table;
+}();
+
+bool word_byte(char c) {
+  return kWordByte[static_cast<unsigned char>(c)];
+}
+
+bool digit(char c) {
+  return c >= '0' && c <= '9';
+}
+
+bool op_byte(char c) {
+  return kStart[static_cast<unsigned char>(c)] == Start::Op || c == '-' || c == '/';
+}
+
+// End of the number at `i` (a digit, or a '.' before one), as SqlLexer::lex_number finds it.
+std::size_t number_end(std::string_view sql, std::size_t i) {
+  const std::size_t n = sql.size();
+  while (i < n && digit(sql[i]))
+    ++i;
+  if (i < n && sql[i] == '.' && !(i + 1 < n && sql[i + 1] == '.')) {
+    ++i;
+    while (i < n && digit(sql[i]))
+      ++i;
+  }
+  if (i < n && (sql[i] == 'e' || sql[i] == 'E')) {
+    std::size_t j = i + 1;
+    if (j < n && (sql[j] == '+' || sql[j] == '-')) ++j;
+    if (j < n && digit(sql[j])) {
+      while (j < n && digit(sql[j]))
+        ++j;
+      i = j;
+    }
+  }
+  return i;
+}
+
 }  // namespace
 
+// One pass over the bytes, writing what normalized_walk() would and hashing it the same way.
+// Everything it does not take on (see kStart, and the words "in", "array" and "by", which start
+// folded lists and sort items) sends the statement back to the walk: false.
+bool fingerprint_everyday(std::string_view sql, std::uint64_t& out) {
+  constexpr std::size_t kCapacity = 1024;
+  std::array<char, kCapacity + 8> normalized;
+  std::size_t len = 0;
+  std::size_t semicolons = 0;  // not written until a token follows: trailing ones are dropped
+  int depth = 0;
+  const std::size_t n = sql.size();
+  std::size_t i = 0;
+  // Room for the token's `size` bytes and what comes before it; false when there is none.
+  auto open = [&](std::size_t size) {
+    if (len + 2 * semicolons + 1 + size > kCapacity) return false;
+    for (; semicolons > 0; --semicolons) {
+      if (len > 0) normalized[len++] = ' ';
+      normalized[len++] = ';';
+    }
+    if (len > 0) normalized[len++] = ' ';
+    return true;
+  };
+  auto literal = [&] {
+    if (!open(2)) return false;
+    normalized[len++] = '$';
+    normalized[len++] = '?';
+    return true;
+  };
+  while (i < n) {
+    const char c = sql[i];
+    switch (kStart[static_cast<unsigned char>(c)]) {
+      case Start::Space:
+        ++i;
+        break;
+      case Start::Word: {
+        const char next = i + 1 < n ? sql[i + 1] : '\0';
+        const char lower = static_cast<char>(c | 0x20);
+        if (next == '\'' && (lower == 'e' || lower == 'n' || lower == 'b' || lower == 'x')) {
+          return false;
+        }
+        if (next == '&' && lower == 'u') return false;
+        std::size_t end = i + 1;
+        while (end < n && word_byte(sql[end]))
+          ++end;
+        if (end < n && static_cast<unsigned char>(sql[end]) >= 0x80) return false;
+        const std::string_view word = sql.substr(i, end - i);
+        if (iequals(word, "in") || iequals(word, "by") || iequals(word, "array")) return false;
+        if (!open(word.size())) return false;
+        // Eight bytes at a time while eight can be read; the buffer has room for the overrun.
+        std::size_t k = 0;
+        for (; k < word.size() && n - (i + k) >= 8; k += 8) {
+          std::uint64_t octet;
+          std::memcpy(&octet, word.data() + k, sizeof octet);
+          octet = lower_octet(octet);
+          std::memcpy(normalized.data() + len + k, &octet, sizeof octet);
+        }
+        for (; k < word.size(); ++k)
+          normalized[len + k] = ascii_lower(word[k]);
+        len += word.size();
+        i = end;
+        break;
+      }
+      case Start::Digit:
+        i = number_end(sql, i);
+        if (!literal()) return false;
+        break;
+      case Start::Quote: {
+        std::size_t end = i + 1;
+        while (true) {
+          while (end < n && sql[end] != '\'')
+            ++end;
+          if (end >= n) return false;  // unterminated
+          ++end;
+          if (end < n && sql[end] == '\'') {
+            ++end;
+            continue;
+          }
+          break;
+        }
+        // A quote after only spaces may continue the literal on the next line; a '-' may start
+        // a comment before such a quote: both are the walk's.
+        std::size_t after = end;
+        while (after < n && kStart[static_cast<unsigned char>(sql[after])] == Start::Space)
+          ++after;
+        if (after < n && (sql[after] == '\'' || sql[after] == '-')) return false;
+        i = end;
+        if (!literal()) return false;
+        break;
+      }
+      case Start::Punct:
+        // More ')' than '(' take the walk's depth to its "no sort list" mark, where a ','
+        // starts a sort item: that statement is the walk's.
+        if (c == '(') {
+          ++depth;
+        } else if (c == ')' && --depth < 0) {
+          return false;
+        }
+        if (!open(1)) return false;
+        normalized[len++] = c;
+        ++i;
+        break;
+      case Start::Semicolon:
+        ++semicolons;
+        depth = 0;
+        ++i;
+        break;
+      case Start::Dot:
+        if (i + 1 < n && digit(sql[i + 1])) {
+          i = number_end(sql, i);
+          if (!literal()) return false;
+        } else if (i + 1 < n && sql[i + 1] == '.') {
+          return false;  // the ".." operator
+        } else {
+          if (!open(1)) return false;
+          normalized[len++] = '.';
+          ++i;
+        }
+        break;
+      case Start::Colon: {
+        const std::size_t size = i + 1 < n && (sql[i + 1] == ':' || sql[i + 1] == '=') ? 2 : 1;
+        if (!open(size)) return false;
+        for (std::size_t k = 0; k < size; ++k)
+          normalized[len++] = sql[i + k];
+        i += size;
+        break;
+      }
+      case Start::Op: {
+        // A run of operator bytes is one operator when it holds no comment start and does not
+        // end in '+' or '-' (SqlLexer::lex_operator); others are the walk's.
+        std::size_t end = i + 1;
+        while (end < n && op_byte(sql[end]))
+          ++end;
+        for (std::size_t k = i; k < end; ++k) {
+          if (sql[k] == '-' || sql[k] == '/') return false;
+        }
+        if (end - i > 1 && sql[end - 1] == '+') return false;
+        if (!open(end - i)) return false;
+        for (std::size_t k = i; k < end; ++k)
+          normalized[len++] = sql[k];
+        i = end;
+        break;
+      }
+      case Start::Other:
+        return false;
+    }
+  }
+  out = XXH3_64bits(normalized.data(), len);
+  return true;
+}
+
 std::uint64_t fingerprint(std::string_view sql) {
+  if (std::uint64_t everyday = 0; fingerprint_everyday(sql, everyday)) return everyday;
   HashSink sink(sql);
   normalized_walk(sql, sink);
   return sink.digest();

@@ -23,6 +23,11 @@ namespace pgvalve::routing {
 //  - trailing `;` are dropped; an unterminated literal is `$?`, an unterminated comment nothing.
 std::uint64_t fingerprint(std::string_view sql);
 
+// fingerprint() of an everyday statement (words, numbers, plain strings, punctuation, simple
+// operators) in one pass over its bytes: true and the value in `out`; false, `out` untouched,
+// for anything that needs the token walk. Declared for tests.
+bool fingerprint_everyday(std::string_view sql, std::uint64_t& out);
+
 // The normalised text that fingerprint() hashes (allocates; for display and tests).
 std::string normalize(std::string_view sql);
 

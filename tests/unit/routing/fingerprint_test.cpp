@@ -121,8 +121,8 @@ TEST(Fingerprint, LongStatementsHashTheSameAsOneShot) {
 TEST(Fingerprint, EqualsHashOfNormalizedTextForRandomStatements) {
   std::mt19937 random(7);
   const std::string word_bytes = "aAzZmMqQ_09$\xc3\x84\xc3\xa9";
-  const std::vector<std::string> between = {" ", ",", "(", ")", " = ", "'Lit'", " 12 ", ";", "@",
-                                            "[", "`", "{", "\"Quoted\"", " -3", "\n"};
+  const std::vector<std::string> between = {" ", ",", "(", ")", " = ",        "'Lit'", " 12 ", ";",
+                                            "@", "[", "`", "{", "\"Quoted\"", " -3",   "\n"};
   for (int n = 0; n < 3000; ++n) {
     std::string sql;
     for (auto words = 1 + random() % (n % 100 == 0 ? 400 : 12); words > 0; --words) {
@@ -136,6 +136,68 @@ TEST(Fingerprint, EqualsHashOfNormalizedTextForRandomStatements) {
     const std::string normalized = normalize(sql);
     ASSERT_EQ(fingerprint(sql), XXH3_64bits(normalized.data(), normalized.size())) << sql;
   }
+}
+
+std::uint64_t walked(const std::string& sql) {
+  const std::string normalized = normalize(sql);
+  return XXH3_64bits(normalized.data(), normalized.size());
+}
+
+TEST(Fingerprint, EverydayStatementsTakeTheOnePassPath) {
+  for (const char* sql :
+       {"SELECT abalance FROM pgbench_accounts WHERE aid = 4711;",
+        "INSERT INTO readings (device_id, ts, temperature) VALUES (42, now(), 21.5);;",
+        "update t set a = (a + 1), b = 'it''s' where x.id >= .5e3 and y <> 1e",
+        "select a::int, b[1], c := 2 from t where d != 3 and e ~* 'x' limit 10",
+        " ;select 1abc, 1..2x", "select 'a'\n 'b' from t"}) {
+    std::uint64_t value = 0;
+    const bool everyday = fingerprint_everyday(sql, value);
+    // The last two hold a ".." and a string continued on the next line: the walk's.
+    EXPECT_EQ(everyday, std::string_view(sql).find("..") == std::string_view::npos &&
+                            std::string_view(sql).find("\n") == std::string_view::npos)
+        << sql;
+    if (everyday) {
+      EXPECT_EQ(value, walked(sql)) << sql;
+    }
+    EXPECT_EQ(fingerprint(sql), walked(sql)) << sql;
+  }
+}
+
+TEST(Fingerprint, WhatNeedsTheWalkIsLeftToIt) {
+  for (const char* sql :
+       {"select 1 -- c", "select /* c */ 1", "select -1", "select a/b", "select \"Q\"", "select $1",
+        "select $$x$$", "select E'x'", "select U&'x'", "select x'1f'",
+        "select * from t where a in (1, 2)", "select array[1]", "select 1 order by 1", "select 'x",
+        "select a++b", "M mt),1,);", "select caf\xc3\xa9", "select {"}) {
+    std::uint64_t value = 0;
+    EXPECT_FALSE(fingerprint_everyday(sql, value)) << sql;
+    EXPECT_EQ(fingerprint(sql), walked(sql)) << sql;
+  }
+}
+
+// Random statements from the pieces the one-pass path takes and a few it leaves: whenever it
+// answers, it answers what the walk does.
+TEST(Fingerprint, OnePassPathAgreesWithTheWalk) {
+  std::mt19937 random(11);
+  const std::vector<std::string> pieces = {
+      "select", "FROM", "Tbl_1", "a$b",   " ",     "  ", "\t",      "\n",       "(",    ")",  ",",
+      "[",      "]",    ";",     ".",     ":",     "::", ":=",      "=",        "<=",   "<>", "+",
+      "*",      "%",    "!=",    "+*",    "*+",    "~",  "1",       "23",       "4.5",  ".6", "7e8",
+      "9E-",    "1e+2", "3.",    "..",    "'s'",   "''", "'it''s'", "'u'\n'v'", "e",    "x",  "u",
+      "&",      "-",    "/",     "--c\n", "\"q\"", "$1", "in",      "By",       "ARRAY"};
+  int everyday = 0;
+  for (int n = 0; n < 20000; ++n) {
+    std::string sql;
+    for (auto k = 1 + random() % 14; k > 0; --k)
+      sql += pieces[random() % pieces.size()];
+    std::uint64_t value = 0;
+    if (fingerprint_everyday(sql, value)) {
+      ++everyday;
+      ASSERT_EQ(value, walked(sql)) << sql;
+    }
+    ASSERT_EQ(fingerprint(sql), walked(sql)) << sql;
+  }
+  EXPECT_GT(everyday, 2000);
 }
 
 TEST(Fingerprint, IgnoresLiterals) {
