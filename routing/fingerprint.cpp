@@ -118,19 +118,19 @@ class HashSink {
 };
 
 // What a byte can start in the one-pass path; Other: anything it leaves to the token walk
-// (comments, '-', quoted identifiers, $, prefixed strings' quotes are found by the word, bytes
-// past ASCII).
+// (quoted identifiers, dollar quotes, bytes past ASCII, ...).
 enum class Start : std::uint8_t {
   Other,
   Space,
   Word,
   Digit,
   Quote,
+  Dollar,
   Punct,
   Semicolon,
   Dot,
   Colon,
-  Op
+  Op,
 };
 
 constexpr std::array<Start, 256> kStart = [] {
@@ -145,6 +145,8 @@ constexpr std::array<Start, 256> kStart = [] {
       k = Start::Digit;
     } else if (c == '\'') {
       k = Start::Quote;
+    } else if (c == '$') {
+      k = Start::Dollar;
     } else if (c == '(' || c == ')' || c == ',' || c == '[' || c == ']') {
       k = Start::Punct;
     } else if (c == ';') {
@@ -153,9 +155,9 @@ constexpr std::array<Start, 256> kStart = [] {
       k = Start::Dot;
     } else if (c == ':') {
       k = Start::Colon;
-    } else if (std::string_view("~!@#^&|`?+*%<>=").find(static_cast<char>(c)) !=
+    } else if (std::string_view("~!@#^&|`?+-*/%<>=").find(static_cast<char>(c)) !=
                std::string_view::npos) {
-      k = Start::Op;  // '-' and '/' (comments, signs) are left to the walk
+      k = Start::Op;
     }
     table[c] = k;
   }
@@ -171,189 +173,381 @@ constexpr std::array<bool, 256> kWordByte = [] {
   return table;
 }();
 
-bool word_byte(char c) {
-  return kWordByte[static_cast<unsigned char>(c)];
+Start start_of(char c) {
+  return kStart[static_cast<unsigned char>(c)];
 }
 
 bool digit(char c) {
   return c >= '0' && c <= '9';
 }
 
-bool op_byte(char c) {
-  return kStart[static_cast<unsigned char>(c)] == Start::Op || c == '-' || c == '/';
+// The walk's sign_position() for a word before a '-'.
+bool sign_word(std::string_view word) {
+  for (std::string_view w : {"select", "where", "and",   "or",     "not",       "when",    "then",
+                             "else",   "case",  "limit", "offset", "returning", "between", "having",
+                             "on",     "by",    "to",    "like",   "ilike",     "default"}) {
+    if (iequals(word, w)) return true;
+  }
+  return false;
 }
 
-// End of the number at `i` (a digit, or a '.' before one), as SqlLexer::lex_number finds it.
-std::size_t number_end(std::string_view sql, std::size_t i) {
-  const std::size_t n = sql.size();
-  while (i < n && digit(sql[i]))
-    ++i;
-  if (i < n && sql[i] == '.' && !(i + 1 < n && sql[i + 1] == '.')) {
-    ++i;
-    while (i < n && digit(sql[i]))
-      ++i;
-  }
-  if (i < n && (sql[i] == 'e' || sql[i] == 'E')) {
-    std::size_t j = i + 1;
-    if (j < n && (sql[j] == '+' || sql[j] == '-')) ++j;
-    if (j < n && digit(sql[j])) {
-      while (j < n && digit(sql[j]))
-        ++j;
-      i = j;
-    }
-  }
-  return i;
-}
+// normalized_walk() with a HashSink for the statements it sees most, in one pass over the bytes
+// instead of the lexer's tokens: words, numbers, $n, plain '' strings, punctuation, operators,
+// signed numbers, ORDER BY lists without positions, IN and ARRAY lists. At anything else (a
+// comment, a quoted identifier, a dollar quote, a prefixed string, a string continued on the
+// next line, a byte past ASCII, ...) it gives up and the walk runs: every case it takes is one
+// whose tokens it knows exactly as SqlLexer finds them.
+class EverydayNormalizer {
+ public:
+  explicit EverydayNormalizer(std::string_view sql) : sql_(sql), n_(sql.size()) {}
 
-}  // namespace
-
-// One pass over the bytes, writing what normalized_walk() would and hashing it the same way.
-// Everything it does not take on (see kStart, and the words "in", "array" and "by", which start
-// folded lists and sort items) sends the statement back to the walk: false.
-bool fingerprint_everyday(std::string_view sql, std::uint64_t& out) {
-  constexpr std::size_t kCapacity = 1024;
-  std::array<char, kCapacity + 8> normalized;
-  std::size_t len = 0;
-  std::size_t semicolons = 0;  // not written until a token follows: trailing ones are dropped
-  int depth = 0;
-  const std::size_t n = sql.size();
-  std::size_t i = 0;
-  // Room for the token's `size` bytes and what comes before it; false when there is none.
-  auto open = [&](std::size_t size) {
-    if (len + 2 * semicolons + 1 + size > kCapacity) return false;
-    for (; semicolons > 0; --semicolons) {
-      if (len > 0) normalized[len++] = ' ';
-      normalized[len++] = ';';
+  bool run(std::uint64_t& out) {
+    while (true) {
+      while (i_ < n_ && start_of(sql_[i_]) == Start::Space)
+        ++i_;
+      if (i_ == n_) break;
+      if (!token()) return false;
     }
-    if (len > 0) normalized[len++] = ' ';
+    out = XXH3_64bits(normalized_.data(), len_);
     return true;
-  };
-  auto literal = [&] {
-    if (!open(2)) return false;
-    normalized[len++] = '$';
-    normalized[len++] = '?';
-    return true;
-  };
-  while (i < n) {
-    const char c = sql[i];
-    switch (kStart[static_cast<unsigned char>(c)]) {
-      case Start::Space:
-        ++i;
-        break;
-      case Start::Word: {
-        const char next = i + 1 < n ? sql[i + 1] : '\0';
-        const char lower = static_cast<char>(c | 0x20);
-        if (next == '\'' && (lower == 'e' || lower == 'n' || lower == 'b' || lower == 'x')) {
-          return false;
-        }
-        if (next == '&' && lower == 'u') return false;
-        std::size_t end = i + 1;
-        while (end < n && word_byte(sql[end]))
-          ++end;
-        if (end < n && static_cast<unsigned char>(sql[end]) >= 0x80) return false;
-        const std::string_view word = sql.substr(i, end - i);
-        if (iequals(word, "in") || iequals(word, "by") || iequals(word, "array")) return false;
-        if (!open(word.size())) return false;
-        // Eight bytes at a time while eight can be read; the buffer has room for the overrun.
-        std::size_t k = 0;
-        for (; k < word.size() && n - (i + k) >= 8; k += 8) {
-          std::uint64_t octet;
-          std::memcpy(&octet, word.data() + k, sizeof octet);
-          octet = lower_octet(octet);
-          std::memcpy(normalized.data() + len + k, &octet, sizeof octet);
-        }
-        for (; k < word.size(); ++k)
-          normalized[len + k] = ascii_lower(word[k]);
-        len += word.size();
-        i = end;
-        break;
-      }
+  }
+
+ private:
+  // What the last token was, as far as a following '-' and "by" care.
+  enum class Prev : std::uint8_t { None, SignBefore, Word, Value };
+
+  bool token() {
+    const char c = sql_[i_];
+    const bool item_start = item_start_;
+    item_start_ = false;
+    switch (start_of(c)) {
+      case Start::Space:  // skipped by run()
+        return false;
+      case Start::Word:
+        return word();
       case Start::Digit:
-        i = number_end(sql, i);
-        if (!literal()) return false;
-        break;
-      case Start::Quote: {
-        std::size_t end = i + 1;
-        while (true) {
-          while (end < n && sql[end] != '\'')
-            ++end;
-          if (end >= n) return false;  // unterminated
-          ++end;
-          if (end < n && sql[end] == '\'') {
-            ++end;
-            continue;
-          }
-          break;
+        if (sorting_ && item_start) return false;  // ORDER BY 1 stays as written
+        i_ = number_end(i_);
+        return literal();
+      case Start::Dot:
+        if (i_ + 1 < n_ && digit(sql_[i_ + 1])) {
+          if (sorting_ && item_start) return false;
+          i_ = number_end(i_);
+          return literal();
         }
-        // A quote after only spaces may continue the literal on the next line; a '-' may start
-        // a comment before such a quote: both are the walk's.
-        std::size_t after = end;
-        while (after < n && kStart[static_cast<unsigned char>(sql[after])] == Start::Space)
-          ++after;
-        if (after < n && (sql[after] == '\'' || sql[after] == '-')) return false;
-        i = end;
-        if (!literal()) return false;
-        break;
+        if (i_ + 1 < n_ && sql_[i_ + 1] == '.') return false;  // the ".." operator
+        ++i_;
+        prev_ = Prev::Value;
+        return put('.');
+      case Start::Quote: {
+        const std::size_t end = string_end(i_);
+        if (end == 0) return false;
+        i_ = end;
+        return literal();
+      }
+      case Start::Dollar: {
+        const std::size_t end = param_end(i_);
+        if (end == 0) return false;
+        i_ = end;
+        return literal();
       }
       case Start::Punct:
         // More ')' than '(' take the walk's depth to its "no sort list" mark, where a ','
         // starts a sort item: that statement is the walk's.
         if (c == '(') {
-          ++depth;
-        } else if (c == ')' && --depth < 0) {
+          ++depth_;
+        } else if (c == ')' && --depth_ < 0) {
           return false;
         }
-        if (!open(1)) return false;
-        normalized[len++] = c;
-        ++i;
-        break;
+        if (c == ',' && sorting_) item_start_ = true;
+        prev_ = (c == ')' || c == ']') ? Prev::Value : Prev::SignBefore;
+        ++i_;
+        return put(c);
       case Start::Semicolon:
-        ++semicolons;
-        depth = 0;
-        ++i;
-        break;
-      case Start::Dot:
-        if (i + 1 < n && digit(sql[i + 1])) {
-          i = number_end(sql, i);
-          if (!literal()) return false;
-        } else if (i + 1 < n && sql[i + 1] == '.') {
-          return false;  // the ".." operator
-        } else {
-          if (!open(1)) return false;
-          normalized[len++] = '.';
-          ++i;
-        }
-        break;
+        ++semicolons_;
+        depth_ = 0;
+        sorting_ = false;
+        prev_ = Prev::SignBefore;
+        ++i_;
+        return true;
       case Start::Colon: {
-        const std::size_t size = i + 1 < n && (sql[i + 1] == ':' || sql[i + 1] == '=') ? 2 : 1;
-        if (!open(size)) return false;
-        for (std::size_t k = 0; k < size; ++k)
-          normalized[len++] = sql[i + k];
-        i += size;
-        break;
+        const std::size_t size =
+            i_ + 1 < n_ && (sql_[i_ + 1] == ':' || sql_[i_ + 1] == '=') ? 2 : 1;
+        i_ += size;
+        prev_ = Prev::SignBefore;
+        return put(sql_.substr(i_ - size, size));
       }
-      case Start::Op: {
-        // A run of operator bytes is one operator when it holds no comment start and does not
-        // end in '+' or '-' (SqlLexer::lex_operator); others are the walk's.
-        std::size_t end = i + 1;
-        while (end < n && op_byte(sql[end]))
-          ++end;
-        for (std::size_t k = i; k < end; ++k) {
-          if (sql[k] == '-' || sql[k] == '/') return false;
-        }
-        if (end - i > 1 && sql[end - 1] == '+') return false;
-        if (!open(end - i)) return false;
-        for (std::size_t k = i; k < end; ++k)
-          normalized[len++] = sql[k];
-        i = end;
-        break;
-      }
+      case Start::Op:
+        return op();
       case Start::Other:
         return false;
     }
+    return false;
   }
-  out = XXH3_64bits(normalized.data(), len);
-  return true;
+
+  bool word() {
+    const char next = i_ + 1 < n_ ? sql_[i_ + 1] : '\0';
+    const char lower = static_cast<char>(sql_[i_] | 0x20);
+    if (next == '\'' && (lower == 'e' || lower == 'n' || lower == 'b' || lower == 'x')) {
+      return false;
+    }
+    if (next == '&' && lower == 'u') return false;
+    std::size_t end = i_ + 1;
+    while (end < n_ && kWordByte[static_cast<unsigned char>(sql_[end])])
+      ++end;
+    if (end < n_ && static_cast<unsigned char>(sql_[end]) >= 0x80) return false;
+    const std::string_view word = sql_.substr(i_, end - i_);
+    i_ = end;
+    const bool in = iequals(word, "in");
+    if (in || iequals(word, "array")) {
+      // A list of literals only is one `$?`; a list of anything else is walked token by token.
+      std::size_t after = 0;
+      switch (literal_list(in ? '(' : '[', in ? ')' : ']', after)) {
+        case List::Unsure:
+          return false;
+        case List::Literals:
+          i_ = after;
+          prev_ = Prev::Value;
+          return put_lower(word) && put(in ? '(' : '[') && literal() && put(in ? ')' : ']');
+        case List::Other:
+          break;
+      }
+    }
+    if (iequals(word, "by") && prev_ == Prev::Word &&
+        (iequals(prev_word_, "order") || iequals(prev_word_, "group"))) {
+      sorting_ = true;
+      item_start_ = true;
+    }
+    prev_ = Prev::Word;
+    prev_word_ = word;
+    return put_lower(word);
+  }
+
+  bool op() {
+    // A run of operator bytes is one operator when it holds no comment start and does not end
+    // in '+' or '-' (SqlLexer::lex_operator cuts those); others are the walk's.
+    std::size_t end = i_ + 1;
+    while (end < n_ && start_of(sql_[end]) == Start::Op)
+      ++end;
+    for (std::size_t k = i_; k + 1 < end; ++k) {
+      if ((sql_[k] == '-' && sql_[k + 1] == '-') || (sql_[k] == '/' && sql_[k + 1] == '*')) {
+        return false;
+      }
+    }
+    if (end - i_ > 1 && (sql_[end - 1] == '+' || sql_[end - 1] == '-')) return false;
+    const std::string_view op = sql_.substr(i_, end - i_);
+    const bool sign = op == "-" && (prev_ == Prev::None || prev_ == Prev::SignBefore ||
+                                    (prev_ == Prev::Word && sign_word(prev_word_)));
+    i_ = end;
+    if (sign) {
+      // A minus sign before a number folds into it.
+      const std::size_t at = skip_spaces(i_);
+      if (at == 0) return false;
+      if (at < n_ && (digit(sql_[at]) || (sql_[at] == '.' && at + 1 < n_ && digit(sql_[at + 1])))) {
+        i_ = number_end(at);
+        // The walk does not count a folded number that starts the statement as a token before
+        // the next one: a '-' after it is a sign too.
+        const Prev before = prev_;
+        const bool ok = literal();
+        if (before == Prev::None) prev_ = Prev::None;
+        return ok;
+      }
+    }
+    prev_ = Prev::SignBefore;
+    return put(op);
+  }
+
+  enum class List : std::uint8_t { Literals, Other, Unsure };
+
+  // consume_literal_list() of the walk, on bytes: after `in`/`array` at i_, `open` literal
+  // {, literal} `close`. Unsure where the bytes hold anything the one pass does not lex.
+  List literal_list(char open, char close, std::size_t& after) const {
+    std::size_t at = skip_spaces(i_);
+    if (at == 0) return List::Unsure;
+    if (at >= n_ || sql_[at] != open) return List::Other;
+    ++at;
+    while (true) {
+      at = skip_spaces(at);
+      if (at == 0) return List::Unsure;
+      if (at >= n_) return List::Other;
+      const char c = sql_[at];
+      if (c == '-') {
+        if (at + 1 < n_ && (start_of(sql_[at + 1]) == Start::Op)) return List::Unsure;
+        at = skip_spaces(at + 1);
+        if (at == 0) return List::Unsure;
+        if (at < n_ &&
+            (digit(sql_[at]) || (sql_[at] == '.' && at + 1 < n_ && digit(sql_[at + 1])))) {
+          at = number_end(at);
+        } else {
+          return List::Unsure;
+        }
+      } else if (digit(c) || (c == '.' && at + 1 < n_ && digit(sql_[at + 1]))) {
+        at = number_end(at);
+      } else if (c == '\'') {
+        at = string_end(at);
+        if (at == 0) return List::Unsure;
+      } else if (c == '$') {
+        at = param_end(at);
+        if (at == 0) return List::Unsure;
+      } else if (start_of(c) == Start::Word || start_of(c) == Start::Punct ||
+                 start_of(c) == Start::Semicolon || start_of(c) == Start::Colon) {
+        // Not a literal (a word, a bracket): unless it is a prefixed string, which is one.
+        if (start_of(c) == Start::Word && at + 1 < n_ &&
+            (sql_[at + 1] == '\'' || sql_[at + 1] == '&')) {
+          return List::Unsure;
+        }
+        return List::Other;
+      } else {
+        return List::Unsure;
+      }
+      at = skip_spaces(at);
+      if (at == 0) return List::Unsure;
+      if (at >= n_) return List::Other;
+      if (sql_[at] == close) {
+        after = at + 1;
+        return List::Literals;
+      }
+      if (sql_[at] == ',') {
+        ++at;
+        continue;
+      }
+      if (start_of(sql_[at]) == Start::Other || start_of(sql_[at]) == Start::Op) {
+        return List::Unsure;
+      }
+      return List::Other;
+    }
+  }
+
+  // Past the spaces from `at`; 0 where a comment starts (the walk's).
+  std::size_t skip_spaces(std::size_t at) const {
+    while (at < n_ && start_of(sql_[at]) == Start::Space)
+      ++at;
+    if (at + 1 < n_ &&
+        ((sql_[at] == '-' && sql_[at + 1] == '-') || (sql_[at] == '/' && sql_[at + 1] == '*'))) {
+      return 0;
+    }
+    return at;
+  }
+
+  // End of the number at `at` (a digit, or a '.' before one), as SqlLexer::lex_number finds it.
+  std::size_t number_end(std::size_t at) const {
+    while (at < n_ && digit(sql_[at]))
+      ++at;
+    if (at < n_ && sql_[at] == '.' && !(at + 1 < n_ && sql_[at + 1] == '.')) {
+      ++at;
+      while (at < n_ && digit(sql_[at]))
+        ++at;
+    }
+    if (at < n_ && (sql_[at] == 'e' || sql_[at] == 'E')) {
+      std::size_t j = at + 1;
+      if (j < n_ && (sql_[j] == '+' || sql_[j] == '-')) ++j;
+      if (j < n_ && digit(sql_[j])) {
+        while (j < n_ && digit(sql_[j]))
+          ++j;
+        at = j;
+      }
+    }
+    return at;
+  }
+
+  // End of the '' string at `at`; 0 when it is unterminated or may go on after a newline.
+  std::size_t string_end(std::size_t at) const {
+    std::size_t end = at + 1;
+    while (true) {
+      while (end < n_ && sql_[end] != '\'')
+        ++end;
+      if (end >= n_) return 0;
+      ++end;
+      if (end < n_ && sql_[end] == '\'') {
+        ++end;
+        continue;
+      }
+      break;
+    }
+    std::size_t next = end;
+    while (next < n_ && start_of(sql_[next]) == Start::Space)
+      ++next;
+    if (next < n_ && (sql_[next] == '\'' || sql_[next] == '-')) return 0;
+    return end;
+  }
+
+  // End of the $n parameter at `at`; 0 for any other '$' (dollar quotes are the walk's).
+  std::size_t param_end(std::size_t at) const {
+    std::size_t end = at + 1;
+    if (end >= n_ || !digit(sql_[end])) return 0;
+    while (end < n_ && digit(sql_[end]))
+      ++end;
+    return end;
+  }
+
+  bool literal() {
+    prev_ = Prev::Value;
+    if (!open(kLiteral.size())) return false;
+    normalized_[len_++] = kLiteral[0];
+    normalized_[len_++] = kLiteral[1];
+    return true;
+  }
+
+  bool put(char c) {
+    if (!open(1)) return false;
+    normalized_[len_++] = c;
+    return true;
+  }
+
+  // Room for `size` bytes after the pending ';' and a space: false when there is none.
+  bool open(std::size_t size) {
+    if (len_ + 2 * semicolons_ + 1 + size > kCapacity) return false;
+    for (; semicolons_ > 0; --semicolons_) {
+      if (len_ > 0) normalized_[len_++] = ' ';
+      normalized_[len_++] = ';';
+    }
+    if (len_ > 0) normalized_[len_++] = ' ';
+    return true;
+  }
+
+  bool put(std::string_view text) {
+    if (!open(text.size())) return false;
+    for (const char c : text)
+      normalized_[len_++] = c;
+    return true;
+  }
+
+  // A word lower-cased eight bytes at a time while eight can be read from the statement; the
+  // buffer has room for the last copy's overrun.
+  bool put_lower(std::string_view word) {
+    if (!open(word.size())) return false;
+    const std::size_t readable = n_ - static_cast<std::size_t>(word.data() - sql_.data());
+    std::size_t k = 0;
+    for (; k < word.size() && readable - k >= 8; k += 8) {
+      std::uint64_t octet;
+      std::memcpy(&octet, word.data() + k, sizeof octet);
+      octet = lower_octet(octet);
+      std::memcpy(normalized_.data() + len_ + k, &octet, sizeof octet);
+    }
+    for (; k < word.size(); ++k)
+      normalized_[len_ + k] = ascii_lower(word[k]);
+    len_ += word.size();
+    return true;
+  }
+
+  static constexpr std::size_t kCapacity = 1024;
+  std::string_view sql_;
+  std::size_t n_;
+  std::size_t i_ = 0;
+  std::array<char, kCapacity + 8> normalized_;
+  std::size_t len_ = 0;
+  std::size_t semicolons_ = 0;  // not written until a token follows: trailing ones are dropped
+  int depth_ = 0;
+  bool sorting_ = false;  // since ORDER BY or GROUP BY (until ';': more than the walk's)
+  bool item_start_ = false;
+  Prev prev_ = Prev::None;
+  std::string_view prev_word_;
+};
+
+}  // namespace
+
+bool fingerprint_everyday(std::string_view sql, std::uint64_t& out) {
+  return EverydayNormalizer(sql).run(out);
 }
 
 std::uint64_t fingerprint(std::string_view sql) {
