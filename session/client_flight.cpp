@@ -997,8 +997,28 @@ bool Session::local_flight(std::string_view input, std::string_view& sql, HubRep
 
 // SET pgvalve.route = primary | replica | auto (and RESET, SET ... TO DEFAULT): the client's
 // routing preference, kept by pgvalve and never sent to PostgreSQL.
+// Whether the statement of a Query or unnamed Parse at the input's start may be a SET or RESET:
+// its first byte after spaces is an 's', an 'r' or a comment's. Every request is asked, so this
+// looks at one byte instead of searching the whole text for "pgvalve.".
+namespace {
+bool may_set_or_reset(std::string_view input) {
+  std::size_t at = 5;  // tag, length
+  if (input[0] == 'P') {
+    if (input.size() <= at || input[at] != '\0') return false;  // named: not answered locally
+    ++at;
+  }
+  while (at < input.size() && (input[at] == ' ' || input[at] == '\n' || input[at] == '\t' ||
+                               input[at] == '\r' || input[at] == '\f' || input[at] == '\v')) {
+    ++at;
+  }
+  if (at >= input.size()) return false;
+  const char c = static_cast<char>(input[at] | 0x20);
+  return c == 's' || c == 'r' || input[at] == '/' || input[at] == '-';
+}
+}  // namespace
+
 bool Session::answer_route_setting(std::string_view input, char tx_status, Actions& out) {
-  if (input.empty() || (input[0] != 'Q' && input[0] != 'P') ||
+  if (input.empty() || (input[0] != 'Q' && input[0] != 'P') || !may_set_or_reset(input) ||
       !routing::contains_ci(input, 0, "pgvalve.")) {
     return false;
   }

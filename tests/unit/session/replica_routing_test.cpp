@@ -182,6 +182,21 @@ TEST(SessionReplicaRouting, SetPgvalveRouteIsKeptByPgvalve) {
   EXPECT_EQ(s.route.kind, Route::Kind::Primary);
 }
 
+// After spaces or a comment too; a statement that only mentions pgvalve.route goes on.
+TEST(SessionReplicaRouting, SetPgvalveRouteAfterSpacesAndCommentsIsKeptByPgvalve) {
+  auto h = replicated();
+  for (const char* set : {"\n\t SET pgvalve.route = replica", "-- c\nset pgvalve.route = replica",
+                          "/* c */ Set pgvalve.route = replica"}) {
+    Step s = h.client(query(set));
+    EXPECT_FALSE(s.check_out) << set;
+    EXPECT_EQ(tags_of(s.to_client), "CZ") << set;
+    s = h.client(query("  \rRESET pgvalve.route"));
+    EXPECT_EQ(tags_of(s.to_client), "CZ") << set;
+  }
+  Step s = h.client(query("select current_setting('pgvalve.route', true)"));
+  EXPECT_TRUE(s.check_out);
+}
+
 TEST(SessionReplicaRouting, HintCommentsAreNotSentToPostgres) {
   auto h = replicated();
   auto primary = SessionHarness::fresh_server();
