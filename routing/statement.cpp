@@ -958,11 +958,14 @@ bool plain_statement(std::string_view sql) {
   std::size_t j = i;
   while (j < sql.size() && ((sql[j] | 0x20) >= 'a' && (sql[j] | 0x20) <= 'z'))
     ++j;
-  const std::string_view word = sql.substr(i, j - i);
-  static constexpr std::string_view kPlain[] = {"select", "insert", "update",
-                                                "delete", "with",   "values"};
-  if (std::none_of(std::begin(kPlain), std::end(kPlain),
-                   [&](std::string_view k) { return iequals(word, k); })) {
+  // The word is ASCII letters only, so setting the case bit lower-cases it.
+  if (j - i != 4 && j - i != 6) return false;
+  char lowered[6];
+  for (std::size_t k = i; k < j; ++k)
+    lowered[k - i] = static_cast<char>(sql[k] | 0x20);
+  const std::string_view word(lowered, j - i);
+  if (word != "select" && word != "insert" && word != "update" && word != "delete" &&
+      word != "values" && word != "with") {
     return false;
   }
   // Another statement may follow a ';' (only trailing ones are harmless). No word that means
