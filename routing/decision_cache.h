@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "routing/fingerprint.h"
 #include "routing/read_write.h"
 #include "routing/scatter_plan.h"
 #include "routing/shard_plan.h"
@@ -66,6 +67,9 @@ class DecisionCache {
   ShardPlan& scratch_shard_plan() { return scratch_shard_plan_; }
   ScatterPlan& scratch_scatter_plan() { return scratch_scatter_plan_; }
 
+  // The worker's fingerprints of statement texts it saw before (extended-protocol Parses).
+  FingerprintCache& fingerprints() { return fingerprints_; }
+
   // Forgets every entry (e.g. after a configuration reload); the statistics stay.
   void clear();
 
@@ -103,6 +107,7 @@ class DecisionCache {
   StatementAccess uncached_;  // decide()'s answer for a statement that does not parse
   ShardPlan scratch_shard_plan_;
   ScatterPlan scratch_scatter_plan_;
+  FingerprintCache fingerprints_;
 };
 
 }  // namespace pgvalve::routing

@@ -557,6 +557,21 @@ std::uint64_t fingerprint(std::string_view sql) {
   return sink.digest();
 }
 
+std::uint64_t FingerprintCache::fingerprint(std::string_view sql) {
+  if (sql.size() > kMaxText) return routing::fingerprint(sql);
+  if (slots_.empty()) slots_.resize(kSlots);
+  const std::uint64_t text_hash = XXH3_64bits(sql.data(), sql.size());
+  Slot& slot = slots_[text_hash & (kSlots - 1)];
+  if (slot.text_hash == text_hash && slot.text == sql) {
+    ++hits_;
+    return slot.fingerprint;
+  }
+  slot.text_hash = text_hash;
+  slot.fingerprint = routing::fingerprint(sql);
+  slot.text.assign(sql);
+  return slot.fingerprint;
+}
+
 std::string normalize(std::string_view sql) {
   std::string out;
   out.reserve(sql.size());

@@ -1,8 +1,10 @@
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace pgvalve::routing {
 
@@ -27,6 +29,28 @@ std::uint64_t fingerprint(std::string_view sql);
 // operators) in one pass over its bytes: true and the value in `out`; false, `out` untouched,
 // for anything that needs the token walk. Declared for tests.
 bool fingerprint_everyday(std::string_view sql, std::uint64_t& out);
+
+// fingerprint() of texts seen before, found by the exact text: a driver sends the same
+// parameterised statement with every Parse, so each worker normalises it once. Bounded: kSlots
+// texts of at most kMaxText bytes, one per slot (the newest wins); longer texts are fingerprinted
+// each time. The slots are made on first use. One per worker thread: NOT thread-safe.
+class FingerprintCache {
+ public:
+  static constexpr std::size_t kSlots = 256;
+  static constexpr std::size_t kMaxText = 1024;
+
+  std::uint64_t fingerprint(std::string_view sql);
+  std::uint64_t hits() const { return hits_; }
+
+ private:
+  struct Slot {
+    std::uint64_t text_hash = 0;
+    std::uint64_t fingerprint = 0;
+    std::string text;
+  };
+  std::vector<Slot> slots_;
+  std::uint64_t hits_ = 0;
+};
 
 // The normalised text that fingerprint() hashes (allocates; for display and tests).
 std::string normalize(std::string_view sql);

@@ -69,6 +69,11 @@ class Router {
   // SQL; false when it is not, or not known.
   bool valid_begin(std::uint64_t fingerprint) const;
   const ShardingPolicy* sharding() const { return policy_.sharding; }
+  // fingerprint(sql) of a text the client will likely send again (a Parse's), through the
+  // worker's FingerprintCache when the router has one.
+  std::uint64_t fingerprint_of_repeated(std::string_view sql) const {
+    return cache_ ? cache_->fingerprints().fingerprint(sql) : fingerprint(sql);
+  }
 
   // A statement over several shards (Route::Kind::Shards): its part on `shard`, a read sent to
   // a replica or the primary by the same rules as a statement on one shard.

@@ -457,8 +457,9 @@ bool Session::route_away_from_own_server(std::string_view frames, Link& own, Act
   context.recent_write = options_.read_your_writes == config::ReadYourWrites::Time &&
                          last_write_at_ != Clock::time_point{} &&
                          now_ - last_write_at_ < options_.read_your_writes_window;
-  const std::string_view text = request_text(flight).sql;
-  if (!text.empty()) context.fingerprint = fingerprint_of(text);
+  const RequestText request = request_text(flight);
+  const std::string_view text = request.sql;
+  if (!text.empty()) context.fingerprint = fingerprint_of(text, request.parsed);
   routing::Route route = router_.route(text, context);
   // A single read on the own server moves no read-your-writes mark; anything else may write.
   const bool read = route.kind == routing::Route::Kind::Replica ||
@@ -590,6 +591,7 @@ void Session::plan_on_link(Link& link, std::string_view frames, bool terminate, 
 // statement the first Parse or Bind names.
 RequestText Session::request_text(Flight& flight) {
   RequestText request;
+  bool query = false;      // the text is a Query's
   std::string_view begin;  // a BEGIN passed over, the request's text when nothing follows it
   const bool sharded = router_.sharded();
   for (std::size_t pos = 0; pos < flight.input.size();) {
@@ -598,7 +600,10 @@ RequestText Session::request_text(Flight& flight) {
     pos += f.whole.size();
     if (f.tag == 'Q' || f.tag == 'S' || f.tag == 'H') request.ended = true;
     if (f.tag == 'Q') {
-      if (request.sql.empty()) request.sql = pr::read_query(f).value_or(std::string_view{});
+      if (request.sql.empty()) {
+        request.sql = pr::read_query(f).value_or(std::string_view{});
+        query = true;
+      }
       break;
     }
     if (f.tag == 'P') {
@@ -639,6 +644,7 @@ RequestText Session::request_text(Flight& flight) {
     if (f.tag == 'S' && !request.sql.empty()) break;
   }
   if (request.sql.empty()) request.sql = begin;
+  request.parsed = !request.sql.empty() && !query;
   return request;
 }
 
@@ -658,7 +664,7 @@ routing::Route Session::route_request(const RequestText& request) {
                          last_write_at_ != Clock::time_point{} &&
                          now_ - last_write_at_ < options_.read_your_writes_window;
   if ((router_.splits() || router_.sharded()) && !request.sql.empty()) {
-    context.fingerprint = fingerprint_of(request.sql);
+    context.fingerprint = fingerprint_of(request.sql, request.parsed);
   }
   context.device_id = extras().device_id;
   const BindParams params(request.bind_rest, request.param_types);
@@ -895,7 +901,7 @@ const pr::PreparedStatement& Session::define_statement(std::string_view name,
     statement_bytes_ -= old->query.size() + old->param_types.size();
   }
   statement_bytes_ += query.size() + param_types.size();
-  const std::uint64_t fingerprint = recorder_ ? fingerprint_of(query) : 0;
+  const std::uint64_t fingerprint = recorder_ ? fingerprint_of(query, true) : 0;
   if (fingerprint) recorder_->stats->prepare(fingerprint, query, recorder_->labels);
   return statements_->define(name, query, param_types, fingerprint);
 }
@@ -1387,7 +1393,7 @@ void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight
       w.unnamed_statement_pins = pins;
       w.unnamed_statement_fingerprint = 0;
       if (recorder_ && !parse->query.empty()) {
-        w.unnamed_statement_fingerprint = fingerprint_of(parse->query);
+        w.unnamed_statement_fingerprint = fingerprint_of(parse->query, true);
         recorder_->stats->prepare(w.unnamed_statement_fingerprint, parse->query, recorder_->labels);
       }
     }

@@ -400,8 +400,9 @@ class Session {
 
   // ---- statistics ----
   // The fingerprint of `sql`, computed once per step for the same text (routing and
-  // statistics share it).
-  std::uint64_t fingerprint_of(std::string_view sql);
+  // statistics share it). `parsed`: the text of a Parse, which drivers send again and again;
+  // found in the worker's cache of texts seen before.
+  std::uint64_t fingerprint_of(std::string_view sql, bool parsed = false);
   // `request` runs `sql`: it is counted when it completes.
   void count_request(protocol::PendingResponse& request, std::string_view sql);
   void count_request(protocol::PendingResponse& request, std::uint64_t fingerprint);

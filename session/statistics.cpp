@@ -6,14 +6,14 @@
 
 namespace pgvalve::session {
 
-std::uint64_t Session::fingerprint_of(std::string_view sql) {
+std::uint64_t Session::fingerprint_of(std::string_view sql, bool parsed) {
   Workspace& w = work();
   if (w.fingerprinted_text == sql.data() && w.fingerprinted_size == sql.size()) {
     return w.fingerprinted_value;
   }
   w.fingerprinted_text = sql.data();
   w.fingerprinted_size = sql.size();
-  w.fingerprinted_value = routing::fingerprint(sql);
+  w.fingerprinted_value = parsed ? router_.fingerprint_of_repeated(sql) : routing::fingerprint(sql);
   return w.fingerprinted_value;
 }
 

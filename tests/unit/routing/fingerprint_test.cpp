@@ -217,6 +217,27 @@ TEST(Fingerprint, OnePassPathAgreesWithTheWalk) {
   EXPECT_GT(everyday, 4000);
 }
 
+// The cache answers what fingerprint() does, for texts it holds, texts that pushed each other
+// out of a slot and texts too long to keep; a text sent again is a hit.
+TEST(FingerprintCache, AnswersWhatFingerprintDoes) {
+  FingerprintCache cache;
+  std::vector<std::string> texts;
+  for (int i = 0; i < 3 * static_cast<int>(FingerprintCache::kSlots); ++i) {
+    texts.push_back("select a" + std::to_string(i) + " from t where id = $1");
+  }
+  texts.push_back("select '" + std::string(FingerprintCache::kMaxText, 'x') + "' from t");
+  for (int round = 0; round < 2; ++round) {
+    for (const std::string& sql : texts)
+      ASSERT_EQ(cache.fingerprint(sql), fingerprint(sql)) << sql;
+  }
+  const std::uint64_t hits = cache.hits();
+  EXPECT_EQ(cache.fingerprint(texts.back()), fingerprint(texts.back()));
+  EXPECT_EQ(cache.hits(), hits);  // too long to keep
+  EXPECT_EQ(cache.fingerprint(texts.front()), fingerprint(texts.front()));
+  EXPECT_EQ(cache.fingerprint(texts.front()), fingerprint(texts.front()));
+  EXPECT_EQ(cache.hits(), hits + 1);
+}
+
 TEST(Fingerprint, IgnoresLiterals) {
   expect_same("select * from t where a = 1 and b = 'x'", "select * from t where a = 2 and b = 'y'");
   expect_same("select * from t where a = $1", "select * from t where a = 7");
