@@ -67,7 +67,7 @@ class DecisionCache {
   ShardPlan& scratch_shard_plan() { return scratch_shard_plan_; }
   ScatterPlan& scratch_scatter_plan() { return scratch_scatter_plan_; }
 
-  // The worker's fingerprints of statement texts it saw before (extended-protocol Parses).
+  // The worker's fingerprints of statement texts it saw before (Parse texts).
   FingerprintCache& fingerprints() { return fingerprints_; }
 
   // Forgets every entry (e.g. after a configuration reload); the statistics stay.

@@ -25,9 +25,11 @@ namespace pgvalve::routing {
 //  - trailing `;` are dropped; an unterminated literal is `$?`, an unterminated comment nothing.
 std::uint64_t fingerprint(std::string_view sql);
 
-// fingerprint() of an everyday statement (words, numbers, plain strings, punctuation, simple
-// operators) in one pass over its bytes: true and the value in `out`; false, `out` untouched,
-// for anything that needs the token walk. Declared for tests.
+// fingerprint() of an everyday statement (words, numbers, $n, plain strings, punctuation,
+// operators, signed numbers, ORDER BY lists without positions, IN/ARRAY lists) in one pass over
+// its bytes: true and the value in `out`; false, `out` untouched, for anything that needs the
+// token walk (comments, quoted identifiers, dollar quotes, prefixed strings, non-ASCII bytes, ...).
+// fingerprint() tries it first; declared for tests.
 bool fingerprint_everyday(std::string_view sql, std::uint64_t& out);
 
 // fingerprint() of texts seen before, found by the exact text: a driver sends the same

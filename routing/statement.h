@@ -151,8 +151,9 @@ StatementInfo classify(std::string_view sql);
 
 // True for the everyday statement that needs no closer look: it starts with SELECT, INSERT,
 // UPDATE, DELETE, WITH or VALUES, is the only statement, and mentions nothing that changes
-// session state (advisory locks, temporary objects, set_config) anywhere, comments and literals
-// included. False sends it through classify() and the session-state review. No lexer pass.
+// session state (advisory locks, temporary objects: "temp" as a word of its own or pg_temp,
+// set_config) anywhere, comments and literals included. False sends it through classify() and
+// the session-state review. No lexer pass.
 bool plain_statement(std::string_view sql);
 
 // `needle` (lower case, starting with a letter) anywhere in `sql` from `from`, in any ASCII case:
