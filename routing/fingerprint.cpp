@@ -429,26 +429,7 @@ class EverydayNormalizer {
     return at;
   }
 
-  // End of the number at `at` (a digit, or a '.' before one), as SqlLexer::lex_number finds it.
-  std::size_t number_end(std::size_t at) const {
-    while (at < n_ && digit(sql_[at]))
-      ++at;
-    if (at < n_ && sql_[at] == '.' && !(at + 1 < n_ && sql_[at + 1] == '.')) {
-      ++at;
-      while (at < n_ && digit(sql_[at]))
-        ++at;
-    }
-    if (at < n_ && (sql_[at] == 'e' || sql_[at] == 'E')) {
-      std::size_t j = at + 1;
-      if (j < n_ && (sql_[j] == '+' || sql_[j] == '-')) ++j;
-      if (j < n_ && digit(sql_[j])) {
-        while (j < n_ && digit(sql_[j]))
-          ++j;
-        at = j;
-      }
-    }
-    return at;
-  }
+  std::size_t number_end(std::size_t at) const { return routing::number_end(sql_, at); }
 
   // End of the '' string at `at`; 0 when it is unterminated or may go on after a newline.
   std::size_t string_end(std::size_t at) const {

@@ -850,27 +850,8 @@ bool SqlLexer::lex_dollar(Token& token, std::size_t start) {
 }
 
 void SqlLexer::lex_number(Token& token, std::size_t start) {
-  const std::size_t n = sql_.size();
-  std::size_t i = start;
-  while (i < n && is_digit(sql_[i]))
-    ++i;
-  // "1..5" is 1 followed by "..", as in PostgreSQL.
-  if (i < n && sql_[i] == '.' && !(i + 1 < n && sql_[i + 1] == '.')) {
-    ++i;
-    while (i < n && is_digit(sql_[i]))
-      ++i;
-  }
-  if (i < n && (sql_[i] == 'e' || sql_[i] == 'E')) {
-    std::size_t j = i + 1;
-    if (j < n && (sql_[j] == '+' || sql_[j] == '-')) ++j;
-    if (j < n && is_digit(sql_[j])) {
-      while (j < n && is_digit(sql_[j]))
-        ++j;
-      i = j;
-    }
-  }
-  pos_ = i;
-  token = {TokenKind::Number, sql_.substr(start, i - start), start};
+  pos_ = number_end(sql_, start);
+  token = {TokenKind::Number, sql_.substr(start, pos_ - start), start};
 }
 
 void SqlLexer::lex_operator(Token& token, std::size_t start) {

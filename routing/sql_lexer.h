@@ -54,6 +54,30 @@ inline bool Token::is_word(std::string_view word) const {
   return (kind == TokenKind::Keyword || kind == TokenKind::Identifier) && iequals(text, word);
 }
 
+// Where the numeric literal starting at `at` (a digit, or a '.' before one) ends, as PostgreSQL's
+// scanner reads it: digits, a fraction unless ".." follows ("1..5" is 1 and ".."), an exponent
+// when digits follow it. Inline: both fingerprint paths read every number with it.
+inline std::size_t number_end(std::string_view sql, std::size_t at) {
+  auto digit = [&](std::size_t i) { return i < sql.size() && sql[i] >= '0' && sql[i] <= '9'; };
+  while (digit(at))
+    ++at;
+  if (at < sql.size() && sql[at] == '.' && !(at + 1 < sql.size() && sql[at + 1] == '.')) {
+    ++at;
+    while (digit(at))
+      ++at;
+  }
+  if (at < sql.size() && (sql[at] == 'e' || sql[at] == 'E')) {
+    std::size_t j = at + 1;
+    if (j < sql.size() && (sql[j] == '+' || sql[j] == '-')) ++j;
+    if (digit(j)) {
+      while (digit(j))
+        ++j;
+      at = j;
+    }
+  }
+  return at;
+}
+
 // True when `word` (any ASCII case) is a PostgreSQL 15 keyword.
 bool is_keyword(std::string_view word);
 
