@@ -951,6 +951,15 @@ bool contains_ci(std::string_view sql, std::size_t from, std::string_view needle
   return false;
 }
 
+bool may_start_with(std::string_view sql, std::string_view letters) {
+  std::size_t i = 0;
+  while (i < sql.size() && (sql_space(sql[i]) || sql[i] == '\f' || sql[i] == '\v'))
+    ++i;
+  if (i >= sql.size()) return false;
+  return sql[i] == '/' || sql[i] == '-' ||
+         letters.find(static_cast<char>(sql[i] | 0x20)) != std::string_view::npos;
+}
+
 bool plain_statement(std::string_view sql) {
   std::size_t i = 0;
   while (i < sql.size() && sql_space(sql[i]))

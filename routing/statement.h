@@ -156,6 +156,11 @@ StatementInfo classify(std::string_view sql);
 // the session-state review. No lexer pass.
 bool plain_statement(std::string_view sql);
 
+// Whether the statement in `sql` may start with a word whose first letter (lower case) is in
+// `letters`: its first byte after spaces is one of them in any case, or starts a comment. A
+// one-byte test that rules most statements out before a closer look.
+bool may_start_with(std::string_view sql, std::string_view letters);
+
 // `needle` (lower case, starting with a letter) anywhere in `sql` from `from`, in any ASCII case:
 // a quick test, on raw bytes, of whether a statement can be one worth a closer look.
 bool contains_ci(std::string_view sql, std::size_t from, std::string_view needle);

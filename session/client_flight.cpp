@@ -1003,9 +1003,9 @@ bool Session::local_flight(std::string_view input, std::string_view& sql, HubRep
 
 // SET pgvalve.route = primary | replica | auto (and RESET, SET ... TO DEFAULT): the client's
 // routing preference, kept by pgvalve and never sent to PostgreSQL.
-// Whether the statement of a Query or unnamed Parse at the input's start may be a SET or RESET:
-// its first byte after spaces is an 's', an 'r' or a comment's. Every request is asked, so this
-// looks at one byte instead of searching the whole text for "pgvalve.".
+// Whether the statement of a Query or unnamed Parse at the input's start may be a SET or RESET.
+// Every request is asked, so this looks at one byte instead of searching the whole text for
+// "pgvalve.".
 namespace {
 bool may_set_or_reset(std::string_view input) {
   std::size_t at = 5;  // tag, length
@@ -1013,13 +1013,7 @@ bool may_set_or_reset(std::string_view input) {
     if (input.size() <= at || input[at] != '\0') return false;  // named: not answered locally
     ++at;
   }
-  while (at < input.size() && (input[at] == ' ' || input[at] == '\n' || input[at] == '\t' ||
-                               input[at] == '\r' || input[at] == '\f' || input[at] == '\v')) {
-    ++at;
-  }
-  if (at >= input.size()) return false;
-  const char c = static_cast<char>(input[at] | 0x20);
-  return c == 's' || c == 'r' || input[at] == '/' || input[at] == '-';
+  return at < input.size() && routing::may_start_with(input.substr(at), "sr");
 }
 }  // namespace
 
@@ -1098,13 +1092,7 @@ bool Session::answer_listen_locally(Flight& flight, Actions& out) {
   if (first == 'Q') {
     // A LISTEN or UNLISTEN starts with 'l' or 'u' (or a comment): anything else is not one.
     auto r = pr::decode_frame(flight.input, options_.max_message_bytes);
-    const std::string_view body = r.frame.body;
-    std::size_t i = 0;
-    while (i < body.size() &&
-           (body[i] == ' ' || body[i] == '\n' || body[i] == '\t' || body[i] == '\r'))
-      ++i;
-    const char c = i < body.size() ? static_cast<char>(body[i] | 0x20) : '\0';
-    if (c != 'l' && c != 'u' && c != '/' && c != '-') return false;
+    if (!routing::may_start_with(r.frame.body, "lu")) return false;
   }
   std::string_view sql;
   HubReply reply;

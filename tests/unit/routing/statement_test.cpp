@@ -624,6 +624,16 @@ TEST(PlainStatement, AgreesWithASubstringSearch) {
   EXPECT_LT(found, 18000);
 }
 
+TEST(MayStartWith, LooksAtTheFirstByteAfterSpaces) {
+  EXPECT_TRUE(may_start_with(" \n\t\f SET a = 1", "sr"));
+  EXPECT_TRUE(may_start_with("reset a", "sr"));
+  EXPECT_TRUE(may_start_with("/* c */ set a = 1", "sr"));
+  EXPECT_TRUE(may_start_with("-- c\nlisten x", "lu"));
+  EXPECT_FALSE(may_start_with("select 1", "lu"));
+  EXPECT_FALSE(may_start_with("   ", "sr"));
+  EXPECT_FALSE(may_start_with("", "sr"));
+}
+
 TEST(ContainsCi, FindsTheNeedleInAnyCaseFromTheGivenOffset) {
   EXPECT_TRUE(contains_ci("SET PGVALVE.route = replica", 0, "pgvalve."));
   EXPECT_TRUE(contains_ci("x pgValve.", 2, "pgvalve."));
