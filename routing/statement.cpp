@@ -1,6 +1,7 @@
 #include "routing/statement.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
@@ -951,13 +952,22 @@ bool contains_ci(std::string_view sql, std::size_t from, std::string_view needle
   return false;
 }
 
-bool may_start_with(std::string_view sql, std::string_view letters) {
+bool may_start_with(std::string_view sql, std::initializer_list<std::string_view> words) {
   std::size_t i = 0;
   while (i < sql.size() && (sql_space(sql[i]) || sql[i] == '\f' || sql[i] == '\v'))
     ++i;
   if (i >= sql.size()) return false;
-  return sql[i] == '/' || sql[i] == '-' ||
-         letters.find(static_cast<char>(sql[i] | 0x20)) != std::string_view::npos;
+  if (sql[i] == '/' || sql[i] == '-') return true;
+  const char first = static_cast<char>(sql[i] | 0x20);
+  for (const std::string_view word : words) {
+    if (first != word[0] || !contains_at(sql, i, word)) continue;
+    const std::size_t end = i + word.size();
+    // The word ends where an identifier would: "settings" is not SET.
+    if (end == sql.size()) return true;
+    const auto next = static_cast<unsigned char>(sql[end]);
+    if (next < 0x80 && !std::isalnum(next) && next != '_' && next != '$') return true;
+  }
+  return false;
 }
 
 bool plain_statement(std::string_view sql) {

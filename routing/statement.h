@@ -3,6 +3,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <string_view>
 
 namespace pgvalve::routing {
@@ -156,10 +157,11 @@ StatementInfo classify(std::string_view sql);
 // the session-state review. No lexer pass.
 bool plain_statement(std::string_view sql);
 
-// Whether the statement in `sql` may start with a word whose first letter (lower case) is in
-// `letters`: its first byte after spaces is one of them in any case, or starts a comment. A
-// one-byte test that rules most statements out before a closer look.
-bool may_start_with(std::string_view sql, std::string_view letters);
+// Whether the statement in `sql` may start with one of `words` (lower case): after spaces, one of
+// them in any ASCII case followed by a byte that cannot continue an identifier, or a comment
+// (which may hide the word). A test on the first bytes that rules most statements out before a
+// closer look.
+bool may_start_with(std::string_view sql, std::initializer_list<std::string_view> words);
 
 // `needle` (lower case, starting with a letter) anywhere in `sql` from `from`, in any ASCII case:
 // a quick test, on raw bytes, of whether a statement can be one worth a closer look.

@@ -1013,7 +1013,7 @@ bool may_set_or_reset(std::string_view input) {
     if (input.size() <= at || input[at] != '\0') return false;  // named: not answered locally
     ++at;
   }
-  return at < input.size() && routing::may_start_with(input.substr(at), "sr");
+  return at < input.size() && routing::may_start_with(input.substr(at), {"set", "reset"});
 }
 }  // namespace
 
@@ -1090,9 +1090,8 @@ bool Session::answer_listen_locally(Flight& flight, Actions& out) {
   const char first = flight.input.empty() ? '\0' : flight.input[0];
   if (options_.mode == config::PoolMode::Session || (first != 'Q' && first != 'P')) return false;
   if (first == 'Q') {
-    // A LISTEN or UNLISTEN starts with 'l' or 'u' (or a comment): anything else is not one.
     auto r = pr::decode_frame(flight.input, options_.max_message_bytes);
-    if (!routing::may_start_with(r.frame.body, "lu")) return false;
+    if (!routing::may_start_with(r.frame.body, {"listen", "unlisten"})) return false;
   }
   std::string_view sql;
   HubReply reply;

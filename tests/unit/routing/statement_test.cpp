@@ -624,14 +624,27 @@ TEST(PlainStatement, AgreesWithASubstringSearch) {
   EXPECT_LT(found, 18000);
 }
 
-TEST(MayStartWith, LooksAtTheFirstByteAfterSpaces) {
-  EXPECT_TRUE(may_start_with(" \n\t\f SET a = 1", "sr"));
-  EXPECT_TRUE(may_start_with("reset a", "sr"));
-  EXPECT_TRUE(may_start_with("/* c */ set a = 1", "sr"));
-  EXPECT_TRUE(may_start_with("-- c\nlisten x", "lu"));
-  EXPECT_FALSE(may_start_with("select 1", "lu"));
-  EXPECT_FALSE(may_start_with("   ", "sr"));
-  EXPECT_FALSE(may_start_with("", "sr"));
+TEST(MayStartWith, LooksAtTheFirstWordAfterSpaces) {
+  EXPECT_TRUE(may_start_with(" \n\t\f SET a = 1", {"set", "reset"}));
+  EXPECT_TRUE(may_start_with("reset a", {"set", "reset"}));
+  EXPECT_TRUE(may_start_with("ReSeT", {"set", "reset"}));
+  EXPECT_TRUE(may_start_with("set/**/a = 1", {"set", "reset"}));
+  EXPECT_TRUE(may_start_with("LISTEN\"chan\"", {"listen", "unlisten"}));
+  EXPECT_TRUE(may_start_with("unlisten *", {"listen", "unlisten"}));
+  // A comment may hide the word.
+  EXPECT_TRUE(may_start_with("/* c */ set a = 1", {"set", "reset"}));
+  EXPECT_TRUE(may_start_with("-- c\nlisten x", {"listen", "unlisten"}));
+  // Words that only begin like one are other words.
+  EXPECT_FALSE(may_start_with("select 1", {"set", "reset"}));
+  EXPECT_FALSE(may_start_with("settings", {"set", "reset"}));
+  EXPECT_FALSE(may_start_with("set_config('a', 'b', false)", {"set", "reset"}));
+  EXPECT_FALSE(may_start_with("set2 x", {"set", "reset"}));
+  EXPECT_FALSE(may_start_with("set$x", {"set", "reset"}));
+  EXPECT_FALSE(may_start_with("set\xc3\xa9 x", {"set", "reset"}));
+  EXPECT_FALSE(may_start_with("update t set a = 1", {"listen", "unlisten"}));
+  EXPECT_FALSE(may_start_with("se", {"set", "reset"}));
+  EXPECT_FALSE(may_start_with("   ", {"set", "reset"}));
+  EXPECT_FALSE(may_start_with("", {"set", "reset"}));
 }
 
 TEST(ContainsCi, FindsTheNeedleInAnyCaseFromTheGivenOffset) {
