@@ -113,6 +113,24 @@ inline FrameResult decode_frame(std::string_view in, std::size_t max_message_byt
   return r;
 }
 
+// The size of the whole frames tagged `tag` at the start of `in`: up to the first frame with
+// another tag, one the buffer ends inside, or one decode_frame() would refuse (the caller's
+// decode_frame() then finds it). Reads only headers: the rows of a result, or COPY data, that
+// pass through unchanged need no more than that.
+inline std::size_t frame_run(std::string_view in, char tag, std::size_t max_message_bytes) {
+  std::size_t pos = 0;
+  while (in.size() - pos >= kFrameHeaderSize && in[pos] == tag) {
+    const std::uint32_t length = read_u32(in.data() + pos + 1);
+    const std::size_t total = std::size_t{1} + length;
+    if (length < 4 || length > 0x7fffffffu || total > max_message_bytes ||
+        in.size() - pos < total) {
+      break;
+    }
+    pos += total;
+  }
+  return pos;
+}
+
 inline std::uint16_t read_u16(const char* p) {
   auto b = reinterpret_cast<const unsigned char*>(p);
   return static_cast<std::uint16_t>((b[0] << 8) | b[1]);

@@ -115,6 +115,13 @@ void Session::emit_synthetic_heads(Link& l) {
   }
 }
 
+// What server_frame() does with a DataRow or CopyData while the client's request (not one of
+// pgvalve's, which may read or gather its rows) waits for the rest of its answer: pass it on.
+bool Session::rows_pass_through(const Link& l) const {
+  return l.server && l.stream_remaining == 0 && !l.pending.empty() && !l.pending.front().internal &&
+         l.pending.front().kind != Kind::Synthetic;
+}
+
 const Actions& Session::plan_server(Link& l, LinkId id, std::string_view input) {
   Actions& out = l.actions;
   l.scratch.clear();
@@ -176,6 +183,14 @@ const Actions& Session::plan_server(Link& l, LinkId id, std::string_view input) 
     }
     server_frame(l, r.frame, pos, out, saw_ready);
     pos += r.frame.whole.size();
+    if ((r.frame.tag == 'D' || r.frame.tag == 'd') && rows_pass_through(l)) {
+      // The rows after it (or COPY data) in this read would each be passed on like this one:
+      // only their lengths are read.
+      const std::size_t run =
+          pr::frame_run(input.substr(pos), r.frame.tag, options_.max_message_bytes);
+      pass(pos, run);
+      pos += run;
+    }
   }
   if (!l.server) {
     // Unlinked while answering (a failed sync): the rest is of no use.

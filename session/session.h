@@ -376,6 +376,7 @@ class Session {
   // Returns true when the message (or the part of it received) is forwarded to the client.
   bool server_frame(Link& l, const protocol::Frame& f, std::size_t offset, Actions& out,
                     bool& saw_ready);
+  bool rows_pass_through(const Link& l) const;
   void emit_synthetic_heads(Link& l);
   void complete_front(Link& l, char tag, Actions& out);
   void settle_statement(Link& l, protocol::PendingResponse& request, std::string_view tag,

@@ -138,5 +138,32 @@ TEST(ReadInts, BigEndian) {
   EXPECT_EQ(read_u16(b.data() + 4), 0xfffe);
 }
 
+TEST(FrameRun, CoversTheWholeFramesOfOneTag) {
+  const std::string row = "D\0\0\0\x0a\0\x01\0\0\0\0"s;
+  const std::string done = "C\0\0\0\x0dSELECT 3\0"s;
+  EXPECT_EQ(frame_run(row + row + row + done, 'D', kMax), 3 * row.size());
+  EXPECT_EQ(frame_run(row + row, 'D', kMax), 2 * row.size());
+  EXPECT_EQ(frame_run(done + row, 'D', kMax), 0u);
+  EXPECT_EQ(frame_run("", 'D', kMax), 0u);
+}
+
+TEST(FrameRun, StopsAtAFrameTheBufferEndsInside) {
+  const std::string row = "D\0\0\0\x0a\0\x01\0\0\0\0"s;
+  for (std::size_t cut = 0; cut < row.size(); ++cut) {
+    EXPECT_EQ(frame_run(row + row.substr(0, cut), 'D', kMax), row.size()) << cut;
+  }
+}
+
+TEST(FrameRun, StopsWhereDecodeFrameWouldRefuse) {
+  const std::string row = "D\0\0\0\x0a\0\x01\0\0\0\0"s;
+  const std::string short_length = "D\0\0\0\x03"s;
+  const std::string negative_length = "D\xff\xff\xff\xff"s;
+  EXPECT_EQ(frame_run(row + short_length + row, 'D', kMax), row.size());
+  EXPECT_EQ(frame_run(row + negative_length + row, 'D', kMax), row.size());
+  // Over the size limit: the caller's decode_frame() refuses it.
+  EXPECT_EQ(frame_run(row + row, 'D', row.size()), 2 * row.size());
+  EXPECT_EQ(frame_run(row + row, 'D', row.size() - 1), 0u);
+}
+
 }  // namespace
 }  // namespace pgvalve::protocol
