@@ -114,11 +114,11 @@ const Actions& Session::on_linked(ServerState& server, Clock::time_point now) {
     link_scatter(l, out);
     return out;
   }
-  if (work().tx.joining) {
+  if (work().tx().joining) {
     link_join(l, out);
     return out;
   }
-  l.first_routed = router_.sharded() && !work().tx.route_again;
+  l.first_routed = router_.sharded() && !work().tx().route_again;
   l.may_write = router_.splits() && work().pending_route.kind == routing::Route::Kind::Primary &&
                 work().pending_route.write;
   l.last_activity = now;
@@ -130,7 +130,7 @@ const Actions& Session::on_linked(ServerState& server, Clock::time_point now) {
     // The BEGIN answered earlier runs first; the client's request waits for its answer, so
     // that nothing of the transaction runs outside it.
     pr::append_query(w.client_scratch, extras_->deferred_begin);
-    w.tx.begin = std::move(extras_->deferred_begin);  // a shard joining later runs it too
+    w.change_tx().begin = std::move(extras_->deferred_begin);  // a shard joining later runs it too
     extras_->deferred_begin.clear();
     expect_own_answer(l, kActionBegin);
     l.begin_pending = true;
@@ -159,13 +159,13 @@ const Actions& Session::on_checkout_failed(std::string_view sqlstate, std::strin
     return out;
   }
   Workspace& w = work();
-  if (w.tx.abandoned) {
-    w.tx = {};
+  if (w.tx().abandoned) {
+    w.change_tx() = {};
     enter(SessionState::Idle);
     out.resume_client = true;
     return out;
   }
-  if (w.tx.joining) {
+  if (w.tx().joining) {
     // A shard that was to join the client's transaction: the transaction goes on where it was,
     // and the statement for that shard is refused there.
     std::string_view why = message;
@@ -176,7 +176,7 @@ const Actions& Session::on_checkout_failed(std::string_view sqlstate, std::strin
   // The request is answered with an error and ReadyForQuery 'I': a BEGIN held back for it is
   // forgotten with it, or the client's next statement would run in a transaction it ended.
   forget_deferred_begin();
-  w.tx.route_again = false;
+  w.change_tx().route_again = false;
   if (work().pending_link != 0 && linked(0)) {
     // A session-mode read meant for a replica: the client's own server answers it (a read
     // being retried too).
@@ -196,8 +196,8 @@ const Actions& Session::on_checkout_failed(std::string_view sqlstate, std::strin
     if (drain_requested_) close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);
     return out;
   }
-  w.failure_sqlstate = std::string(sqlstate);
-  w.failure = std::string(message);
+  w.change_rare().failure_sqlstate = std::string(sqlstate);
+  w.change_rare().failure = std::string(message);
   enter_between_requests();
   out.resume_client = true;
   if (drain_requested_) close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);
@@ -285,16 +285,16 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
 
   // Requests that can only fail: a waiting request whose checkout or sync failed, a transaction
   // whose server died, the rest of an extended flight after a local error.
-  if (!work().failure.empty() || lost_transaction_ || skip_until_sync_) {
+  if (!work().rare().failure.empty() || lost_transaction_ || skip_until_sync_) {
     std::string sqlstate = "08006";
     std::string message =
         "pgvalve: the server connection was lost during this transaction; the transaction was "
         "rolled back, run it again";
-    if (!work().failure.empty()) {
-      sqlstate = std::move(work().failure_sqlstate);
-      message = std::move(work().failure);
-      work().failure.clear();
-      work().failure_sqlstate.clear();
+    if (!work().rare().failure.empty()) {
+      sqlstate = std::move(work().change_rare().failure_sqlstate);
+      message = std::move(work().change_rare().failure);
+      work().change_rare().failure.clear();
+      work().change_rare().failure_sqlstate.clear();
     }
     fail_requests(frames, sqlstate, message, out.outbox);
     lost_transaction_ = false;
@@ -364,7 +364,7 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
     if (terminate) close_with({}, {}, out);
     return out;
   }
-  if (router_.sharded() && !scattering() && !l->busy() && (!l->reserved || w.tx.route_again) &&
+  if (router_.sharded() && !scattering() && !l->busy() && (!l->reserved || w.tx().route_again) &&
       l->server->tx_status != 'I' && route_in_transaction(frames, l, out)) {
     return out;
   }
@@ -734,7 +734,7 @@ bool Session::end_deferred_transaction(std::string_view frames, Actions& out) {
 std::pair<std::string_view, std::string> Session::shard_conflict(Link& l, std::string_view sql,
                                                                  const BindParams* params) {
   if (!router_.sharded() || sql.empty()) return {};
-  auto& tx = work().tx;
+  auto& tx = work().change_tx();
   if (tx.spans) {
     if (std::string why = spanning_refusal(sql); !why.empty()) return {"0A000", std::move(why)};
   }
@@ -1116,13 +1116,13 @@ bool Session::answer_listen_locally(Flight& flight, Actions& out) {
     pr::append_ready_for_query(r, 'I');
     return true;
   }
-  work().hub_reply = reply;
-  work().hub_channel = info.all ? "*" : channel;
-  work().hub_request =
+  work().change_rare().hub_reply = reply;
+  work().change_rare().hub_channel = info.all ? "*" : channel;
+  work().change_rare().hub_request =
       listen ? HubRequest::Kind::Listen
              : (info.all ? HubRequest::Kind::UnlistenAll : HubRequest::Kind::Unlisten);
-  out.hub.kind = work().hub_request;
-  out.hub.channel = work().hub_channel;
+  out.hub.kind = work().rare().hub_request;
+  out.hub.channel = work().rare().hub_channel;
   enter(SessionState::WaitingForHub);
   return true;
 }
@@ -1268,7 +1268,7 @@ void Session::plan_query(const pr::Frame& f, std::size_t offset, Link& l, Flight
     return;
   }
   const std::size_t first_note = l.notes.size();
-  Review r = review(*sql, l.pending_setting_notes > 0 || !work().tx_notes.empty(), l.notes);
+  Review r = review(*sql, l.pending_setting_notes > 0 || !work().rare().tx_notes.empty(), l.notes);
   if (!r.refusal.empty()) {
     l.notes.resize(first_note);
     raise_on_server(r.refusal_sqlstate, r.refusal, false, l, flight);
@@ -1358,7 +1358,7 @@ void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight
   Note note;
   bool pins = false;
   if (!routing::plain_statement(parse->query)) {
-    std::vector<Note>& notes = w.review_notes;
+    std::vector<Note>& notes = w.change_rare().review_notes;
     notes.clear();
     Review r = review(parse->query, true, notes);
     if (!r.refusal.empty()) {
@@ -1373,8 +1373,8 @@ void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight
   if (!translate || parse->statement.empty()) {
     if (parse->statement.empty()) {
       if (router_.sharded()) {
-        w.unnamed_statement_text.assign(parse->query);
-        w.unnamed_statement_types.assign(parse->param_types);
+        w.change_rare().unnamed_statement_text.assign(parse->query);
+        w.change_rare().unnamed_statement_types.assign(parse->param_types);
       }
       w.unnamed_statement_note = std::move(note);
       w.unnamed_statement_pins = pins;
@@ -1435,10 +1435,10 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
     const pr::PreparedStatement* named =
         unnamed || !statements_ ? nullptr : statements_->find(head->statement);
     const std::string_view sql =
-        unnamed ? std::string_view(w.unnamed_statement_text)
+        unnamed ? std::string_view(w.rare().unnamed_statement_text)
                 : (named ? std::string_view(named->query) : std::string_view{});
     const BindParams params(
-        head->rest, unnamed ? std::string_view(w.unnamed_statement_types)
+        head->rest, unnamed ? std::string_view(w.rare().unnamed_statement_types)
                             : (named ? std::string_view(named->param_types) : std::string_view{}));
     if (const auto [sqlstate, why] = shard_conflict(l, sql, &params); !why.empty()) {
       raise_on_server(sqlstate, why, true, l, flight);
@@ -1452,7 +1452,7 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
       note = w.unnamed_statement_note;
       pins = w.unnamed_statement_pins;
     } else if (stmt && !routing::plain_statement(stmt->query)) {
-      std::vector<Note>& notes = w.review_notes;
+      std::vector<Note>& notes = w.change_rare().review_notes;
       notes.clear();
       Review r = review(stmt->query, true, notes);
       if (!notes.empty()) note = notes.front();
@@ -1507,9 +1507,9 @@ void Session::plan_describe(const pr::Frame& f, std::size_t offset, Link& l, Fli
 
 void Session::plan_close(const pr::Frame& f, std::size_t offset, Link& l, Flight& flight) {
   auto c = pr::read_close(f);
-  if (c && c->kind == 'P' && !c->name.empty()) {
-    std::erase_if(work().named_portals,
-                  [&](const Workspace::PortalNote& p) { return p.portal == c->name; });
+  if (c && c->kind == 'P' && !c->name.empty() && !work().rare().named_portals.empty()) {
+    std::erase_if(work().change_rare().named_portals,
+                  [&](const Workspace::Rare::PortalNote& p) { return p.portal == c->name; });
   }
   if (c && c->kind == 'S' && !c->name.empty() && options_.mode != config::PoolMode::Session &&
       forget_statement(c->name)) {
@@ -1535,8 +1535,8 @@ void Session::plan_execute(const pr::Frame& f, std::size_t offset, Link& l, Flig
     note = &w.unnamed_portal_note;
     pins = w.unnamed_portal_pins;
     count_request(execute, w.unnamed_portal_fingerprint);
-  } else if (e && !w.named_portals.empty()) {
-    for (const auto& p : w.named_portals) {
+  } else if (e && !w.rare().named_portals.empty()) {
+    for (const auto& p : w.rare().named_portals) {
       if (p.portal == e->portal) {
         note = &p.note;
         pins = p.pins;
@@ -1556,10 +1556,13 @@ void Session::plan_execute(const pr::Frame& f, std::size_t offset, Link& l, Flig
 
 // A named portal bound to a statement that changes settings or may pin: kept for its Execute.
 void Session::remember_portal(std::string_view portal, Note note, bool pins, Link& l) {
-  auto& portals = work().named_portals;
-  std::erase_if(portals, [portal](const Workspace::PortalNote& p) { return p.portal == portal; });
+  if (!work().rare().named_portals.empty()) {
+    std::erase_if(work().change_rare().named_portals,
+                  [portal](const Workspace::Rare::PortalNote& p) { return p.portal == portal; });
+  }
   if (note.kind == NoteKind::None && !pins) return;
-  if (portals.size() >= Workspace::kMaxTrackedPortals) {
+  auto& portals = work().change_rare().named_portals;
+  if (portals.size() >= Workspace::Rare::kMaxTrackedPortals) {
     // Past the bound: assume the worst of what the portal may do.
     if (pins) l.check_pins = true;
     if (note.kind != NoteKind::None) l.server->settings_unknown = true;
@@ -1671,7 +1674,7 @@ void Session::in_flight_settings(std::vector<std::string>& names, std::size_t& b
     for (const auto& n : l.notes)
       add(n);
   }
-  for (const auto& n : work_->tx_notes)
+  for (const auto& n : work_->rare().tx_notes)
     add(n);
 }
 
@@ -1690,7 +1693,7 @@ Review Session::review(std::string_view sql, bool settling_transaction,
   std::vector<std::string> new_settings;
   std::size_t new_setting_bytes = 0;
   bool counted_in_flight = false;
-  std::size_t open_savepoints = work_ ? work_->savepoints.size() : 0;
+  std::size_t open_savepoints = work_ ? work_->rare().savepoints.size() : 0;
   int count = 0;
   for (std::size_t offset = 0; offset < sql.size();) {
     auto info = routing::classify(sql.substr(offset));

@@ -57,7 +57,7 @@ Session::ScatterStart Session::start_copy(std::string_view frames, const Request
     routes.push_back(routing::Route::primary(static_cast<std::uint16_t>(std::countr_zero(rest))));
   }
   open_scatter_run(std::move(scatter), std::move(routes), fingerprint, std::move(gid));
-  auto& run = work().scatter;
+  auto& run = work().change_scatter();
   run.copy = std::make_unique<routing::CopyRows>(plan, sharding, kMaxCopyRowBytes);
   run.copy_out.assign(static_cast<std::size_t>(shards), {});
   pr::append_query(run.prepare, "PREPARE TRANSACTION '" + run.gid + "'");
@@ -70,7 +70,7 @@ Session::ScatterStart Session::start_copy(std::string_view frames, const Request
 // A shard's server answered the COPY with CopyInResponse. Once every shard did, the client gets
 // the first shard's and its data is read; if the COPY failed meanwhile, it ends on every shard.
 void Session::copy_shard_ready(Link& l, const pr::Frame& f, Actions& out) {
-  auto& run = work().scatter;
+  auto& run = work().change_scatter();
   if (l.copy_in) return;  // said twice: still one shard
   l.copy_in = true;
   if (l.scatter_shard == 0) run.copy_in_response.assign(f.whole);
@@ -89,7 +89,7 @@ void Session::copy_shard_ready(Link& l, const pr::Frame& f, Actions& out) {
 // and CopyFail end the COPY on every shard; Flush and Sync are ignored, as PostgreSQL ignores
 // them during COPY.
 void Session::copy_client_data(std::string_view frames, Actions& out) {
-  auto& run = work().scatter;
+  auto& run = work().change_scatter();
   for (std::string& o : run.copy_out) {
     o.clear();
     pr::begin_message(o, 'd');
@@ -165,7 +165,7 @@ void Session::end_copy(Actions& out) {
     pr::append_copy_fail(m, "pgvalve: the COPY failed; see the client's error");
     return m;
   }();
-  auto& run = work().scatter;
+  auto& run = work().change_scatter();
   if (state_ == SessionState::Copying) enter(SessionState::Scattering);
   const std::string& end = run.scatter->failed() ? fail : done;
   for (Link& l : work().links) {
@@ -179,7 +179,7 @@ void Session::end_copy(Actions& out) {
 // A shard answered its COPY (its rows counted, or an error): its part is prepared, or rolled
 // back when its transaction failed (PREPARE TRANSACTION then answers ROLLBACK).
 void Session::copy_part_answered(Link& l, Actions& out) {
-  auto& run = work().scatter;
+  auto& run = work().change_scatter();
   l.copy_in = false;
   out.to_links.push_back({l.id, {run.prepare.data(), run.prepare.size()}});
   expect_own_answer(l, kActionScatterPrepare);

@@ -78,7 +78,7 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
     // the first shard the statement needs, and the statement is routed again there, to run on
     // every shard's part of it (route_in_transaction).
     route = routing::Route::primary(static_cast<std::uint16_t>(std::countr_zero(route.shards)));
-    work().tx.route_again = true;
+    work().change_tx().route_again = true;
     return ScatterStart::NotScattered;
   }
   const std::uint64_t fingerprint = fingerprint_of(request.sql);
@@ -137,8 +137,8 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
       head.status == pr::DecodeStatus::Ok && head.frame.tag == 'P') {
     const auto parse = pr::read_parse(head.frame);
     if (parse && parse->statement.empty()) {
-      w.unnamed_statement_text.assign(parse->query);
-      w.unnamed_statement_types.assign(parse->param_types);
+      w.change_rare().unnamed_statement_text.assign(parse->query);
+      w.change_rare().unnamed_statement_types.assign(parse->param_types);
       w.unnamed_statement_note = {};
       w.unnamed_statement_pins = false;
       w.unnamed_statement_fingerprint = fingerprint;
@@ -166,7 +166,7 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
     // Every shard it needs has joined the client's transaction (route_in_transaction): each
     // part runs on its shard's server, all at once, and the servers stay the transaction's.
     open_scatter_run(std::move(scatter), {}, fingerprint, {});
-    auto& run = w.scatter;
+    auto& run = w.change_scatter();
     run.in_transaction = true;
     int index = 0;
     for (std::uint64_t rest = route.shards; rest != 0; rest &= rest - 1) {
@@ -222,7 +222,7 @@ std::string Session::two_phase_gid() {
 
 void Session::open_scatter_run(std::unique_ptr<Scatter> scatter, std::vector<routing::Route> routes,
                                std::uint64_t fingerprint, std::string gid) {
-  auto& run = work().scatter;
+  auto& run = work().change_scatter();
   run = {};
   run.scatter = std::move(scatter);
   run.routes = std::move(routes);
@@ -232,13 +232,13 @@ void Session::open_scatter_run(std::unique_ptr<Scatter> scatter, std::vector<rou
 }
 
 bool Session::scattering() const {
-  return work_ && work_->scatter.scatter != nullptr;
+  return work_ && work_->scatter().scatter != nullptr;
 }
 
 // What a write's prepared parts are told: COMMIT PREPARED once the commit was decided (every
 // part prepared), else ROLLBACK PREPARED.
 std::string_view Session::scatter_decision_sql() {
-  auto& run = work().scatter;
+  auto& run = work().change_scatter();
   return decision_sql(run.gid, run.deciding && run.commit, run.decision_sql);
 }
 
@@ -252,7 +252,7 @@ std::string_view decision_sql(std::string_view gid, bool commit, std::string& ke
 }
 
 void Session::check_out_next_shard(Actions& out) {
-  auto& run = work().scatter;
+  auto& run = work().change_scatter();
   run.waiting = true;
   work().pending_link = static_cast<LinkId>(run.next);
   work().pending_route = run.routes[run.next];
@@ -265,7 +265,7 @@ void Session::check_out_next_shard(Actions& out) {
 // A shard's server was linked: its settings are made the client's and the request sent, in one
 // write; the next shard is checked out meanwhile.
 void Session::link_scatter(Link& l, Actions& out) {
-  auto& run = work().scatter;
+  auto& run = work().change_scatter();
   Workspace& w = work();
   run.waiting = false;
   l.scatter_shard = l.id;
@@ -309,7 +309,7 @@ void Session::link_scatter(Link& l, Actions& out) {
 
 void Session::scatter_checkout_failed(std::string_view sqlstate, std::string_view message,
                                       Actions& out) {
-  auto& run = work().scatter;
+  auto& run = work().change_scatter();
   run.waiting = false;
   run.scatter->fail(sqlstate, message);
   run.next = run.routes.size();
@@ -322,7 +322,7 @@ void Session::scatter_checkout_failed(std::string_view sqlstate, std::string_vie
 }
 
 void Session::scatter_frame(Link& l, const pr::Frame& f, Actions& out) {
-  auto& run = work().scatter;
+  auto& run = work().change_scatter();
   const std::uint8_t action = l.pending.front().action;
   if (f.tag == 'Z') {
     complete_front(l, f.tag, out);
@@ -384,7 +384,7 @@ void Session::scatter_frame(Link& l, const pr::Frame& f, Actions& out) {
 }
 
 void Session::scatter_answered(Link& l, std::uint8_t action, std::string& into, Actions& out) {
-  auto& run = work().scatter;
+  auto& run = work().change_scatter();
   switch (action) {
     case kActionScatter:
       if (run.in_transaction) {
@@ -427,7 +427,7 @@ void Session::scatter_answered(Link& l, std::uint8_t action, std::string& into, 
 // The statistics of a statement over several shards, for one shard's part or for the client's
 // one answer (`scope`).
 stats::Execution Session::scatter_execution(stats::Execution::Scope scope) {
-  const auto& run = work().scatter;
+  const auto& run = work().scatter();
   stats::Execution e;
   e.fingerprint = run.fingerprint;
   e.micros = static_cast<std::uint64_t>(
@@ -443,7 +443,7 @@ stats::Execution Session::scatter_execution(stats::Execution::Scope scope) {
 void Session::record_scatter_part(Link& l) {
   if (!recorder_) return;
   stats::Execution e = scatter_execution(stats::Execution::Scope::ShardPart);
-  e.rows = work().scatter.scatter->rows(l.scatter_shard);
+  e.rows = work().scatter().scatter->rows(l.scatter_shard);
   e.replica = l.route.kind == routing::Route::Kind::Replica;
   e.shard = l.route.shard;
   e.host = l.server->name;
@@ -452,7 +452,7 @@ void Session::record_scatter_part(Link& l) {
 
 void Session::end_scatter_link(Link& l, LinkOp::Kind how, std::string& into, Actions& out,
                                std::string_view lost) {
-  auto& run = work().scatter;
+  auto& run = work().change_scatter();
   const bool answering = l.in_flight > 0 || !l.pending.empty();
   if (run.in_transaction) {
     // A part of the client's transaction is lost (or silent): the transaction is over on every
@@ -508,7 +508,7 @@ void Session::end_scatter_link(Link& l, LinkOp::Kind how, std::string& into, Act
 // rolled back on each shard that prepared it, one shard after the other in shard order (the
 // first COMMIT PREPARED decides), then answered.
 void Session::settle_scatter(std::string& into, Actions& out) {
-  auto& run = work().scatter;
+  auto& run = work().change_scatter();
   if (!run.scatter->write()) {
     finish_scatter(into, out);
     return;
@@ -560,9 +560,9 @@ void Session::finish_scatter(std::string& into, Actions& out) {
   Workspace& w = work();
   // read_your_writes = time: the client's reads go to primaries for the window after a write
   // (with lsn, each committed shard's mark moved as its WAL position came).
-  if (w.scatter.scatter->write() && w.scatter.commit) last_write_at_ = now_;
+  if (w.scatter().scatter->write() && w.scatter().commit) last_write_at_ = now_;
   const std::size_t answer_from = into.size();
-  const bool in_transaction = w.scatter.in_transaction;
+  const bool in_transaction = w.scatter().in_transaction;
   char status = 'I';
   bool abandon = false;
   if (in_transaction) {
@@ -571,20 +571,20 @@ void Session::finish_scatter(std::string& into, Actions& out) {
     const bool part_failed = std::any_of(w.links.begin(), w.links.end(), [](const Link& o) {
       return o.server && o.server->tx_status == 'E';
     });
-    abandon = w.scatter.scatter->failed() && (!part_failed || w.scatter.lost);
+    abandon = w.scatter().scatter->failed() && (!part_failed || w.scatter().lost);
     status = abandon ? 'I' : (part_failed ? 'E' : 'T');
   } else {
     // A read inside a transaction pgvalve holds the BEGIN of: the client stays in it, unless
     // the read failed, which ends it as any refusal there does (nothing ran on a server).
-    if (w.scatter.scatter->failed()) forget_deferred_begin();
+    if (w.scatter().scatter->failed()) forget_deferred_begin();
     status = client_tx_status();
   }
-  w.scatter.scatter->finish(into, status);
+  w.scatter().scatter->finish(into, status);
   if (recorder_) {
     // The client's one statement, once for its fingerprint.
     stats::Execution e = scatter_execution(stats::Execution::Scope::Gathered);
-    e.rows = w.scatter.scatter->rows_answered();
-    e.shard = w.scatter.routes.empty() ? 0 : w.scatter.routes.front().shard;
+    e.rows = w.scatter().scatter->rows_answered();
+    e.shard = w.scatter().routes.empty() ? 0 : w.scatter().routes.front().shard;
     if (e.error) {
       // The SQLSTATE class of the client's error.
       for (std::size_t pos = answer_from; pos < into.size();) {
@@ -601,7 +601,7 @@ void Session::finish_scatter(std::string& into, Actions& out) {
     }
     recorder_->stats->record(e, recorder_->labels);
   }
-  w.scatter = {};
+  w.change_scatter() = {};
   if (in_transaction && !abandon) {
     enter(SessionState::Holding);
     out.resume_client = true;
@@ -611,7 +611,7 @@ void Session::finish_scatter(std::string& into, Actions& out) {
     for (Link& o : w.links) {
       if (o.server) unlink(o.id, LinkOp::Kind::CleanAndRelease, out, "ROLLBACK");
     }
-    w.tx = {};
+    w.change_tx() = {};
   }
   deliver_queued_notifications(into);
   work().pending_link = 0;

@@ -26,7 +26,7 @@ namespace {
 // before the skipped messages stands, which the first of them tells: a Parse was sent for a
 // statement the server did not have; an eviction Close for one it had (its Parse answered); a
 // Close sent while that was not known leaves it unknown.
-void settle_skipped_statements(Link& l, std::vector<Workspace::SkippedStatement>& skipped,
+void settle_skipped_statements(Link& l, std::vector<Workspace::Rare::SkippedStatement>& skipped,
                                std::vector<std::uint64_t>& pending) {
   if (skipped.empty()) return;
   // Sorted, not scanned per statement: a flight of thousands of Parses costs a sort. Each
@@ -159,7 +159,7 @@ const Actions& Session::plan_server(Link& l, LinkId id, std::string_view input) 
       // client asking for a huge row never makes pgvalve hold it whole.
       if (l.scatter_shard >= 0 && r.needed > options_.stream_server_messages_above) {
         // Gathered rows are held whole; one this large is dropped as it arrives.
-        work().scatter.scatter->fail(
+        work().scatter().scatter->fail(
             "54000",
             "pgvalve: a row of this statement is larger than pgvalve holds for a "
             "statement over several shards; name one device_id to read it");
@@ -198,7 +198,7 @@ const Actions& Session::plan_server(Link& l, LinkId id, std::string_view input) 
     saw_ready = false;
   } else {
     emit_synthetic_heads(l);
-    if (!l.busy() && l.stream_remaining == 0 && !work().notifications.empty()) {
+    if (!l.busy() && l.stream_remaining == 0 && !work().rare().notifications.empty()) {
       // Notifications that came during the request (or inside a message passing through), now
       // that the client is between requests.
       const std::size_t from = l.scratch.size();
@@ -357,7 +357,8 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
       {
         // The Parses and eviction Closes the server skipped: the statement set planned them as
         // done.
-        std::vector<Workspace::SkippedStatement>& skipped = work().skipped_statements;
+        std::vector<Workspace::Rare::SkippedStatement>& skipped =
+            work().change_rare().skipped_statements;
         skipped.clear();
         while (!l.pending.empty() &&
                !(l.pending.front().kind == Kind::ReadyForQuery && l.pending.front().sync)) {
@@ -375,7 +376,7 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
           end_request(l, dropped, 'E');
           l.pending.pop();
         }
-        settle_skipped_statements(l, skipped, work().pending_statements);
+        settle_skipped_statements(l, skipped, work().change_rare().pending_statements);
         if (l.pending.empty()) l.skipping_until_sync = true;
       }
       if (!l.pending.empty()) l.pending.front().failed = true;
@@ -458,26 +459,26 @@ void Session::settle_statement(Link& l, pr::PendingResponse& request, std::strin
       drop_notes();
       break;
     case NoteKind::Savepoint:
-      w.savepoints.emplace_back(note.name, w.tx_notes.size());
+      w.change_rare().savepoints.emplace_back(note.name, w.rare().tx_notes.size());
       break;
     case NoteKind::Release:
-      for (auto it = w.savepoints.rbegin(); it != w.savepoints.rend(); ++it) {
+      for (auto it = w.rare().savepoints.rbegin(); it != w.rare().savepoints.rend(); ++it) {
         if (it->first == note.name) {
-          w.savepoints.erase(std::next(it).base(), w.savepoints.end());
+          w.change_rare().savepoints.erase(std::next(it).base(), w.rare().savepoints.end());
           break;
         }
       }
       break;
     case NoteKind::RollbackTo: {
       std::size_t keep = 0;  // a savepoint pgvalve did not see predates every note
-      for (auto it = w.savepoints.rbegin(); it != w.savepoints.rend(); ++it) {
+      for (auto it = w.rare().savepoints.rbegin(); it != w.rare().savepoints.rend(); ++it) {
         if (it->first == note.name) {
           keep = it->second;
-          w.savepoints.erase(it.base(), w.savepoints.end());
+          w.change_rare().savepoints.erase(it.base(), w.rare().savepoints.end());
           break;
         }
       }
-      if (keep < w.tx_notes.size()) w.tx_notes.resize(keep);
+      if (keep < w.rare().tx_notes.size()) w.change_rare().tx_notes.resize(keep);
       break;
     }
     case NoteKind::None:
@@ -500,15 +501,16 @@ void Session::end_request(Link& l, pr::PendingResponse& request, char tx_status)
   request.notes_done = request.note_count;
   if (tx_status != 'I' || request.kind != Kind::ReadyForQuery || request.internal) return;
   Workspace& w = work();
-  if (!w.tx_notes.empty()) {
+  if (!w.rare().tx_notes.empty()) {
     if (request.failed) {
       drop_notes();
     } else {
       commit_notes(l, l.actions);
     }
   }
-  w.savepoints.clear();
-  w.named_portals.clear();  // a transaction's end closes its portals
+  if (!w.rare().savepoints.empty()) w.change_rare().savepoints.clear();
+  // A transaction's end closes its portals.
+  if (!w.rare().named_portals.empty()) w.change_rare().named_portals.clear();
 }
 
 // Keeps what a transaction did to settings in as few notes as say the same: within one savepoint
@@ -516,8 +518,8 @@ void Session::end_request(Link& l, pr::PendingResponse& request, char tx_status)
 // transaction repeating `SET x = ...` thus holds one note, not one per statement.
 void Session::add_tx_note(Note&& note) {
   Workspace& w = work();
-  auto& notes = w.tx_notes;
-  const std::size_t level = w.savepoints.empty() ? 0 : w.savepoints.back().second;
+  auto& notes = w.change_rare().tx_notes;
+  const std::size_t level = w.rare().savepoints.empty() ? 0 : w.rare().savepoints.back().second;
   if (note.kind == NoteKind::ResetAll || note.kind == NoteKind::Discard) {
     notes.resize(level);
     notes.push_back(std::move(note));
@@ -542,14 +544,23 @@ void Session::add_tx_note(Note&& note) {
 
 void Session::commit_notes(Link& l, Actions& out) {
   Workspace& w = work();
-  for (const Note& note : w.tx_notes)
+  if (w.rare().tx_notes.empty()) return;
+  for (const Note& note : w.rare().tx_notes)
     apply_note(note, l, out);
-  w.tx_notes.clear();
+  w.change_rare().tx_notes.clear();
 }
 
 void Session::drop_notes() {
   Workspace& w = work();
-  w.tx_notes.clear();
+  if (!w.rare().tx_notes.empty()) w.change_rare().tx_notes.clear();
+}
+
+// The transaction's end without a commit (its server is gone or released): its notes and
+// savepoints go.
+void Session::forget_tx_notes() {
+  if (!work_) return;
+  drop_notes();
+  if (!work_->rare().savepoints.empty()) work_->change_rare().savepoints.clear();
 }
 
 void Session::restore_startup_settings() {
@@ -621,8 +632,8 @@ void Session::settle(Link& l, LinkId id, Actions& out) {
   if (l.syncing || l.reserved || state_ == SessionState::Closing) return;
   if (l.scatter_shard >= 0) return;  // goes when its part is answered (end_scatter_link)
   if (scattering()) return;          // a part of the client's transaction: the gather decides
-  if (work().tx.ending) return;      // goes once the transaction's end is decided
-  if (work().tx.joining) {
+  if (work().tx().ending) return;    // goes once the transaction's end is decided
+  if (work().tx().joining) {
     // Another part answered while a shard joins the transaction (its server sent what nobody
     // asked for): the join's end decides what comes next, unless that part's transaction ended.
     if (l.server->tx_status == 'I') {
@@ -648,7 +659,7 @@ void Session::settle(Link& l, LinkId id, Actions& out) {
     return;
   }
   if (router_.sharded()) {
-    auto& tx = work().tx;
+    auto& tx = work().change_tx();
     // A part of a transaction over several shards ended on its own (its server ended it): the
     // others cannot commit without it.
     if (tx.spans || tx.joining) {

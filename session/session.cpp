@@ -106,13 +106,8 @@ SessionOptions SessionOptions::from(const config::Config& config) {
 // ---- Workspaces ----------------------------------------------------------------------------
 
 void Workspace::clear() {
-  failure_sqlstate.clear();
-  failure.clear();
   rebuild(pending_route);
   pending_link = 0;
-  hub_request = HubRequest::Kind::None;
-  hub_channel.clear();
-  rebuild(hub_reply);
   client_scratch.clear();
   client_spans.clear();
   reply_spans.clear();
@@ -130,31 +125,26 @@ void Workspace::clear() {
     l.spans.clear();
     shrink(l.scratch);
   }
-  rebuild(scatter);
-  rebuild(tx);
-  tx_notes.clear();
-  savepoints.clear();
-  notifications.clear();
+  if (rare_touched_) {
+    // Rebuilt whole, so nothing a request left in it (and no memory it grew) stays.
+    rebuild(rare_);
+    rare_touched_ = false;
+  }
+  if (shard_work_touched_) {
+    rebuild(scatter_);
+    rebuild(tx_);
+    shard_work_touched_ = false;
+  }
   rebuild(unnamed_statement_note);
   rebuild(unnamed_portal_note);
   unnamed_statement_pins = false;
   unnamed_portal_pins = false;
   unnamed_statement_fingerprint = 0;
   unnamed_portal_fingerprint = 0;
-  unnamed_statement_text.clear();
-  unnamed_statement_types.clear();
-  shrink(unnamed_statement_text);
   fingerprinted_text = nullptr;
   fingerprinted_size = 0;
-  named_portals.clear();
-  review_notes.clear();
-  skipped_statements.clear();
-  shrink(skipped_statements);
-  pending_statements.clear();
-  shrink(pending_statements);
   shrink(client_scratch);
   shrink(reply_scratch);
-  shrink(notifications);
   shrink(client_actions.outbox);
   shrink(event_actions.outbox);
 }
@@ -294,8 +284,8 @@ LinkId Session::id_of(const Link& l) {
 Link* Session::linked_link() {
   if (!work_) return nullptr;
   // A transaction over several shards: the shard its last request went to.
-  if (work_->tx.spans && work_->links[work_->tx.current].server) {
-    return &work_->links[work_->tx.current];
+  if (work_->tx().spans && work_->links[work_->tx().current].server) {
+    return &work_->links[work_->tx().current];
   }
   for (auto it = work_->links.rbegin(); it != work_->links.rend(); ++it) {
     if (it->server) return &*it;
@@ -354,7 +344,7 @@ bool Session::wants_server_input(LinkId id) const {
 
 void Session::trim() {
   if (state_ != SessionState::Idle || !work_ || linked_link()) return;
-  if (!work_->notifications.empty()) return;
+  if (!work_->rare().notifications.empty()) return;
   workspaces_.give_back(std::move(work_));
 }
 
@@ -497,7 +487,7 @@ void Session::finish_sync(Link& l, bool ok, Actions& out) {
         l.server->name + "; check the settings the client uses";
     if (l.scatter_shard >= 0 && scattering()) {
       // The shard's part ran without the client's settings: not the client's answer.
-      work().scatter.scatter->fail("08006", message);
+      work().scatter().scatter->fail("08006", message);
       l.discard = true;
       return;
     }
@@ -505,7 +495,7 @@ void Session::finish_sync(Link& l, bool ok, Actions& out) {
       close_with("08006", message, out);
       return;
     }
-    if (l.begin_pending && work().tx.joining) {
+    if (l.begin_pending && work().tx().joining) {
       // A shard joining the client's transaction: the transaction goes on where it was.
       unlink(id_of(l), LinkOp::Kind::Close, out);
       join_failed("08006",
@@ -513,8 +503,8 @@ void Session::finish_sync(Link& l, bool ok, Actions& out) {
                   out);
       return;
     }
-    work().failure_sqlstate = "08006";
-    work().failure = message;
+    work().change_rare().failure_sqlstate = "08006";
+    work().change_rare().failure = message;
     unlink(id_of(l), LinkOp::Kind::Close, out);
     enter_between_requests();
     out.resume_client = true;
@@ -559,9 +549,9 @@ void Session::finish_begin(Link& l, bool ok, Actions& out) {
   if (!ok) {
     // Checked with PostgreSQL's grammar before it was answered, so only the server can have
     // failed it; the client's transaction did not start, and its request is answered so.
-    work().failure_sqlstate = "08006";
-    work().failure = "pgvalve: the transaction could not start on server " + l.server->name +
-                     "; it was rolled back, run it again";
+    work().change_rare().failure_sqlstate = "08006";
+    work().change_rare().failure = "pgvalve: the transaction could not start on server " +
+                                   l.server->name + "; it was rolled back, run it again";
     unlink(id_of(l), LinkOp::Kind::Close, out);
     enter_between_requests();
     out.resume_client = true;
@@ -628,7 +618,7 @@ void Session::release_all_for_close(Actions& out) {
       // A write over several shards whose client left: its part here is decided as the other
       // shards' are (rolled back unless the commit had begun), not left prepared.
       unlink(id, LinkOp::Kind::CleanAndRelease, out, scatter_decision_sql());
-    } else if (l.prepared && !l.finishing && work_->tx.ending) {
+    } else if (l.prepared && !l.finishing && work_->tx().ending) {
       // The same for a part of a transaction over several shards.
       unlink(id, LinkOp::Kind::CleanAndRelease, out, tx_decision_sql());
     } else if (options_.mode == config::PoolMode::Session && server.touched_temp) {
@@ -651,8 +641,7 @@ void Session::release_all_for_close(Actions& out) {
     pinned_ = false;
     out.pinned_change -= 1;
   }
-  work_->tx_notes.clear();
-  work_->savepoints.clear();
+  forget_tx_notes();
 }
 
 bool Session::client_mid_message() const {
@@ -763,15 +752,15 @@ bool Session::retry_elsewhere(Link& l, LinkId id, Actions& out) {
 // gets it too.
 void Session::lose_link(Link& l, LinkId id, std::string_view message, LinkOp::Kind kind,
                         Actions& out) {
-  if (scattering() && (l.scatter_shard >= 0 || work_->scatter.in_transaction)) {
+  if (scattering() && (l.scatter_shard >= 0 || work_->scatter().in_transaction)) {
     end_scatter_link(l, kind, out.outbox, out, message);
     return;
   }
-  if (work_ && (work_->tx.joining || work_->tx.ending) &&
+  if (work_ && (work_->tx().joining || work_->tx().ending) &&
       shard_transaction_link_lost(l, kind, out)) {
     return;
   }
-  const bool spanned = work_ && (work_->tx.spans || work_->tx.joining);
+  const bool spanned = work_ && (work_->tx().spans || work_->tx().joining);
   if (l.stream_remaining > 0 && l.stream_forward) {
     // Part of a message went to the client and the rest never will: nothing can follow it,
     // not even an error, so the client's connection is closed.
@@ -781,8 +770,8 @@ void Session::lose_link(Link& l, LinkId id, std::string_view message, LinkOp::Ki
   }
   const bool in_transaction = l.server->tx_status != 'I';
   if (l.syncing) {
-    work().failure_sqlstate = "08006";
-    work().failure = std::string(message);
+    work().change_rare().failure_sqlstate = "08006";
+    work().change_rare().failure = std::string(message);
     out.resume_client = true;
   } else {
     // Read before fail_pending clears it: a request in flight gets the error with a
@@ -792,8 +781,7 @@ void Session::lose_link(Link& l, LinkId id, std::string_view message, LinkOp::Ki
     if (!answered && in_transaction) lost_transaction_ = true;
   }
   if (work_) {
-    work_->tx_notes.clear();
-    work_->savepoints.clear();
+    forget_tx_notes();
     deliver_queued_notifications(out.outbox);
   }
   if (pinned_) {
@@ -903,7 +891,7 @@ const Actions& Session::on_notification(std::string_view message, std::size_t un
   // Not inside a server message passing through to the client: queued until its end.
   const bool between_requests =
       (state_ == SessionState::Idle || state_ == SessionState::Holding) && !client_mid_message();
-  std::string& queue = work().notifications;
+  std::string& queue = work().change_rare().notifications;
   if (unsent + queue.size() + message.size() > kMaxQueuedNotificationBytes) {
     close_with("53400",
                "pgvalve: more than 1 MiB of notifications waited for this client; it must read "
@@ -922,27 +910,28 @@ const Actions& Session::on_notification(std::string_view message, std::size_t un
 const Actions& Session::on_hub_done(std::optional<std::string_view> error) {
   Actions& out = event_actions();
   if (state_ != SessionState::WaitingForHub) return out;
-  const HubRequest::Kind kind = work().hub_request;
+  const HubRequest::Kind kind = work().rare().hub_request;
   std::string& reply = out.outbox;
-  append_local_heads(work().hub_reply, reply);
+  append_local_heads(work().rare().hub_reply, reply);
   if (error) {
     append_error(reply, "08006", *error);
   } else {
     pr::append_command_complete(reply, kind == HubRequest::Kind::Listen ? "LISTEN" : "UNLISTEN");
     if (kind == HubRequest::Kind::Listen) {
       auto& channels = extras_to_change().listen_channels;
-      if (std::find(channels.begin(), channels.end(), work().hub_channel) == channels.end()) {
-        channels.push_back(work().hub_channel);
+      if (std::find(channels.begin(), channels.end(), work().rare().hub_channel) ==
+          channels.end()) {
+        channels.push_back(work().rare().hub_channel);
       }
     } else if (kind == HubRequest::Kind::Unlisten) {
-      std::erase(extras_to_change().listen_channels, work().hub_channel);
+      std::erase(extras_to_change().listen_channels, work().rare().hub_channel);
     } else {
       if (extras_) extras_->listen_channels.clear();
     }
   }
   pr::append_ready_for_query(reply, 'I');
-  work().hub_channel.clear();
-  work().hub_request = HubRequest::Kind::None;
+  work().change_rare().hub_channel.clear();
+  work().change_rare().hub_request = HubRequest::Kind::None;
   enter(SessionState::Idle);
   // Notifications that came while the hub answered; the client is between requests now.
   deliver_queued_notifications(reply);
@@ -952,9 +941,9 @@ const Actions& Session::on_hub_done(std::optional<std::string_view> error) {
 }
 
 void Session::deliver_queued_notifications(std::string& out) {
-  if (!work_ || work_->notifications.empty()) return;
-  out += work_->notifications;
-  work_->notifications.clear();
+  if (!work_ || work_->rare().notifications.empty()) return;
+  out += work_->rare().notifications;
+  work_->change_rare().notifications.clear();
 }
 
 }  // namespace pgvalve::session

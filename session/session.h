@@ -386,6 +386,7 @@ class Session {
   void add_tx_note(Note&& note);
   void commit_notes(Link& l, Actions& out);
   void drop_notes();
+  void forget_tx_notes();
   // pgvalve's own simple query was queued on `l`: its answer, up to ReadyForQuery, is not the
   // client's and ends with `action` (kAction*).
   void expect_own_answer(Link& l, std::uint8_t action);

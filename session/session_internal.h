@@ -267,16 +267,9 @@ std::string_view decision_sql(std::string_view gid, bool commit, std::string& ke
 const routing::ScatterPlan& concatenated();
 
 struct Workspace {
-  // A waiting request whose checkout or settings sync failed gets this error.
-  std::string failure_sqlstate;
-  std::string failure;
   // The request waiting for a server: its route, and the link the server is for.
   routing::Route pending_route;
   LinkId pending_link = 0;
-  // A LISTEN/UNLISTEN waiting for the listen hub, and how to answer it.
-  HubRequest::Kind hub_request = HubRequest::Kind::None;
-  std::string hub_channel;
-  HubReply hub_reply;
 
   std::string client_scratch;
   std::vector<Span> client_spans;
@@ -286,49 +279,62 @@ struct Workspace {
   Actions event_actions;
   // A deque: adding a link never moves the others (their scratch backs chunks in flight).
   std::deque<Link> links;
-  std::vector<Note> tx_notes;  // settled in the open transaction, applied at commit
-  std::vector<std::pair<std::string, std::size_t>> savepoints;  // name, tx_notes size then
-  std::string notifications;  // waiting for the client to be between requests
   // The unnamed statement and portal, as far as settings are concerned.
   Note unnamed_statement_note;
   Note unnamed_portal_note;
   bool unnamed_statement_pins = false;
   bool unnamed_portal_pins = false;
-  // Named portals (they live until the transaction ends) whose statement changes settings or
-  // may pin the server: their Execute settles the note. Only such portals are kept, at most
-  // kMaxTrackedPortals; past that, what they do is treated as unknown.
-  struct PortalNote {
-    std::string portal;
-    Note note;
-    bool pins = false;
-  };
-  static constexpr std::size_t kMaxTrackedPortals = 64;
-  std::vector<PortalNote> named_portals;
-  std::vector<Note> review_notes;
-  // A failed flight's Parses and eviction Closes, which the server skipped (server_flight.cpp).
-  struct SkippedStatement {
-    std::uint64_t hash = 0;
-    std::uint8_t action = 0;  // kActionEvictClose, kActionRecloseStatement, or 0: its Parse
-  };
-  std::vector<SkippedStatement> skipped_statements;
-  std::vector<std::uint64_t> pending_statements;  // ... and those still on their way behind them
-  // The last request sent to a replica (at most kMaxRetriedRequestBytes), to run again
-  // elsewhere if the replica dies before answering; retry_pending: linked for that.
-  std::string retry_request;
   std::string unhinted;  // a statement's text without its pgvalve hint comment
   // Statistics: the fingerprints of the unnamed statement and portal, and the last text
   // fingerprinted in this step (its address and size) with its value.
   std::uint64_t unnamed_statement_fingerprint = 0;
-  // Sharded databases: the unnamed statement's text and parameter types, to route its Binds.
-  std::string unnamed_statement_text;
-  std::string unnamed_statement_types;
   std::uint64_t unnamed_portal_fingerprint = 0;
   const char* fingerprinted_text = nullptr;
   std::size_t fingerprinted_size = 0;
   std::uint64_t fingerprinted_value = 0;
+  // The last request sent to a replica (at most kMaxRetriedRequestBytes), to run again
+  // elsewhere if the replica dies before answering; retry_pending: linked for that.
+  std::string retry_request;
   bool retry_pending = false;
   bool retry_used = false;
 
+  // What only some requests need: a failure to report, LISTEN, settings changed inside a
+  // transaction, notifications, tracked portals, a failed flight, a sharded database's unnamed
+  // statement.
+  struct Rare {
+    // A waiting request whose checkout or settings sync failed gets this error.
+    std::string failure_sqlstate;
+    std::string failure;
+    // A LISTEN/UNLISTEN waiting for the listen hub, and how to answer it.
+    HubRequest::Kind hub_request = HubRequest::Kind::None;
+    std::string hub_channel;
+    HubReply hub_reply;
+    std::vector<Note> tx_notes;  // settled in the open transaction, applied at commit
+    std::vector<std::pair<std::string, std::size_t>> savepoints;  // name, tx_notes size then
+    std::string notifications;  // waiting for the client to be between requests
+    // Named portals (they live until the transaction ends) whose statement changes settings or
+    // may pin the server: their Execute settles the note. Only such portals are kept, at most
+    // kMaxTrackedPortals; past that, what they do is treated as unknown.
+    struct PortalNote {
+      std::string portal;
+      Note note;
+      bool pins = false;
+    };
+    static constexpr std::size_t kMaxTrackedPortals = 64;
+    std::vector<PortalNote> named_portals;
+    std::vector<Note> review_notes;
+    // A failed flight's Parses and eviction Closes, which the server skipped
+    // (server_flight.cpp).
+    struct SkippedStatement {
+      std::uint64_t hash = 0;
+      std::uint8_t action = 0;  // kActionEvictClose, kActionRecloseStatement, or 0: its Parse
+    };
+    std::vector<SkippedStatement> skipped_statements;
+    std::vector<std::uint64_t> pending_statements;  // ... and those still on their way behind
+    // Sharded databases: the unnamed statement's text and parameter types, to route its Binds.
+    std::string unnamed_statement_text;
+    std::string unnamed_statement_types;
+  };
   // A read over several shards being carried out (null: none).
   struct ScatterRun {
     std::unique_ptr<Scatter> scatter;
@@ -360,7 +366,6 @@ struct Workspace {
     int copy_ready = 0;
     std::string prepare;
   };
-  ScatterRun scatter;
 
   // The client's transaction on a sharded database (shard_transaction.cpp). It runs on the shard
   // its first statement names; a statement for another shard makes that shard join it (its own
@@ -379,6 +384,9 @@ struct Workspace {
     bool join_allowed = false;  // ... and it reported max_prepared_transactions above 0
     bool spans = false;         // a second shard joined: `current` is where requests go
     LinkId current = 0;
+    // COMMIT or ROLLBACK of a transaction that spans shards, being carried out (read by every
+    // request's settle(), so next to the flags above, in the first cache line).
+    bool ending = false;
     // Why the shard the client's next statement needs could not join (a 0A000 or the
     // checkout's error), for the refusal that statement gets on the current shard.
     std::string refusal_sqlstate;
@@ -386,8 +394,6 @@ struct Workspace {
     std::uint16_t refused_shard = 0;  // the shard that could not join
     // A statement over several shards that cannot run on the transaction's parts: its refusal.
     std::string scatter_refusal;
-    // COMMIT or ROLLBACK of a transaction that spans shards, being carried out.
-    bool ending = false;
     bool commit = false;    // the client committed and no part had failed
     bool deciding = false;  // every part answered its PREPARE TRANSACTION
     int open = 0;           // parts whose PREPARE TRANSACTION is not answered yet
@@ -401,9 +407,36 @@ struct Workspace {
     std::string error;  // an ErrorResponse for the client instead of the tag
     Clock::time_point started{};
   };
-  ShardTransaction tx;
+
+  // The rare part, work over several shards (scatter) and the client's transaction over them
+  // (tx), on sharded databases: changed only through change_rare(), change_scatter() and
+  // change_tx(), which mark them for clear() to reset. The everyday request only reads them and
+  // never touches (or resets) their cache lines, which a workspace cleared for every transaction
+  // would otherwise bring back into the cache each time.
+  const Rare& rare() const { return rare_; }
+  Rare& change_rare() {
+    rare_touched_ = true;
+    return rare_;
+  }
+  const ScatterRun& scatter() const { return scatter_; }
+  const ShardTransaction& tx() const { return tx_; }
+  ScatterRun& change_scatter() {
+    shard_work_touched_ = true;
+    return scatter_;
+  }
+  ShardTransaction& change_tx() {
+    shard_work_touched_ = true;
+    return tx_;
+  }
 
   void clear();
+
+ private:
+  bool rare_touched_ = false;
+  bool shard_work_touched_ = false;
+  Rare rare_;
+  ScatterRun scatter_;
+  ShardTransaction tx_;
 };
 
 }  // namespace pgvalve::session

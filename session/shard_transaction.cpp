@@ -56,12 +56,12 @@ std::string_view first_request(std::string_view frames, std::size_t max_message_
 }  // namespace
 
 bool Session::several_servers() const {
-  return scattering() || (work_ && (work_->tx.spans || work_->tx.joining));
+  return scattering() || (work_ && (work_->tx().spans || work_->tx().joining));
 }
 
 bool Session::route_in_transaction(std::string_view frames, Link*& l, Actions& out) {
   Workspace& w = work();
-  auto& tx = w.tx;
+  auto& tx = w.change_tx();
   if (tx.joining) return false;
   if (tx.route_again) {
     tx.route_again = false;
@@ -136,7 +136,7 @@ bool Session::route_in_transaction(std::string_view frames, Link*& l, Actions& o
 // its server is being checked out.
 bool Session::join_shard(std::uint16_t shard, Link& l, Actions& out) {
   Workspace& w = work();
-  auto& tx = w.tx;
+  auto& tx = w.change_tx();
   if (std::string why = join_obstacle(l); !why.empty()) {
     tx.refusal_sqlstate = "0A000";
     tx.refusal = std::move(why);
@@ -160,11 +160,11 @@ bool Session::join_shard(std::uint16_t shard, Link& l, Actions& out) {
 
 std::string Session::join_obstacle(const Link& l) const {
   const Workspace& w = *work_;
-  if (!w.tx_notes.empty() || l.pending_setting_notes > 0) {
+  if (!w.rare().tx_notes.empty() || l.pending_setting_notes > 0) {
     return "cannot join it: the transaction changed session settings (SET, set_config), which "
            "would apply to one shard's part only; change them before BEGIN";
   }
-  if (!w.savepoints.empty()) {
+  if (!w.rare().savepoints.empty()) {
     return "cannot join it: the transaction has a savepoint, which pgvalve does not carry "
            "across shards; release it first, or commit and start another transaction";
   }
@@ -172,7 +172,7 @@ std::string Session::join_obstacle(const Link& l) const {
     return "cannot join it: the transaction may hold session state (an advisory lock, a "
            "temporary table, a cursor WITH HOLD) that lives on one shard's server";
   }
-  if (w.tx.begin_too_long) {
+  if (w.tx().begin_too_long) {
     return "cannot join it: the transaction's BEGIN, SET TRANSACTION and SET LOCAL statements "
            "are longer than pgvalve keeps for a joining shard (1 KiB)";
   }
@@ -235,7 +235,7 @@ std::string Session::spanning_refusal(std::string_view sql) const {
 // A statement the client ran inside its transaction on a sharded database that a joining shard
 // must run too, after the BEGIN: SET TRANSACTION and SET LOCAL.
 void Session::note_transaction_statement(const routing::StatementInfo& info, const Link& l) {
-  auto& tx = work().tx;
+  auto& tx = work().change_tx();
   if (info.kind == StatementKind::Begin) {
     tx.begin_too_long = info.text.size() > kMaxDeferredBegin;
     tx.begin.assign(tx.begin_too_long ? std::string_view("BEGIN") : info.text);
@@ -258,7 +258,7 @@ void Session::note_transaction_statement(const routing::StatementInfo& info, con
 // transaction's BEGIN and tells whether it allows prepared transactions, in one write.
 void Session::link_join(Link& l, Actions& out) {
   Workspace& w = work();
-  auto& tx = w.tx;
+  auto& tx = w.change_tx();
   if (tx.abandoned) {
     unlink(l.id, LinkOp::Kind::Release, out);
     tx = {};
@@ -282,7 +282,7 @@ void Session::link_join(Link& l, Actions& out) {
 }
 
 void Session::finish_join(Link& l, bool ok, Actions& out) {
-  auto& tx = work().tx;
+  auto& tx = work().change_tx();
   l.begin_pending = false;
   l.syncing = false;
   l.reserved = false;
@@ -306,7 +306,7 @@ void Session::finish_join(Link& l, bool ok, Actions& out) {
 }
 
 void Session::join_failed(std::string_view sqlstate, std::string why, Actions& out) {
-  auto& tx = work().tx;
+  auto& tx = work().change_tx();
   tx.joining = false;
   tx.refusal_sqlstate.assign(sqlstate);
   tx.refusal = std::move(why);
@@ -384,7 +384,7 @@ bool Session::end_shard_transaction(std::string_view frames, Actions& out) {
     define_statement(parse->statement, parse->query, parse->param_types);
   }
   Workspace& w = work();
-  auto& tx = w.tx;
+  auto& tx = w.change_tx();
   const bool failed = std::any_of(w.links.begin(), w.links.end(), [](const Link& o) {
     return o.server && o.server->tx_status == 'E';
   });
@@ -419,14 +419,14 @@ bool Session::end_shard_transaction(std::string_view frames, Actions& out) {
 }
 
 void Session::set_tx_error(std::string_view sqlstate, std::string_view message) {
-  auto& tx = work().tx;
+  auto& tx = work().change_tx();
   if (tx.error.empty()) append_error(tx.error, sqlstate, message);
 }
 
 // A message of pgvalve's own query on a part of a transaction over several shards, before its
 // ReadyForQuery.
 void Session::tx_frame(Link& l, const pr::Frame& f) {
-  auto& tx = work().tx;
+  auto& tx = work().change_tx();
   auto& head = l.pending.front();
   if (f.tag == 'E') head.failed = true;
   switch (head.action) {
@@ -481,7 +481,7 @@ void Session::tx_frame(Link& l, const pr::Frame& f) {
 // pgvalve's own query on a part answered up to its ReadyForQuery.
 void Session::tx_answered(Link& l, std::uint8_t action, bool failed, std::string& into,
                           Actions& out) {
-  auto& tx = work().tx;
+  auto& tx = work().change_tx();
   switch (action) {
     case kActionTxJoin:
       finish_join(l, !failed, out);
@@ -512,7 +512,7 @@ void Session::tx_answered(Link& l, std::uint8_t action, bool failed, std::string
 // Every part answered its PREPARE TRANSACTION: the transaction commits when each one prepared.
 void Session::decide_shard_transaction(std::string& into, Actions& out) {
   Workspace& w = work();
-  auto& tx = w.tx;
+  auto& tx = w.change_tx();
   tx.deciding = true;
   tx.commit = tx.commit && tx.error.empty() &&
               std::all_of(w.links.begin(), w.links.end(),
@@ -539,7 +539,7 @@ void Session::decide_shard_transaction(std::string& into, Actions& out) {
 // PREPARED decides); the client is answered once no part is left.
 void Session::next_decision(std::string& into, Actions& out) {
   Workspace& w = work();
-  auto& tx = w.tx;
+  auto& tx = w.change_tx();
   if (tx.deciding) {
     Link* next = nullptr;
     for (Link& o : w.links) {
@@ -561,13 +561,13 @@ void Session::next_decision(std::string& into, Actions& out) {
 }
 
 std::string_view Session::tx_decision_sql() {
-  auto& tx = work().tx;
+  auto& tx = work().change_tx();
   return decision_sql(tx.gid, tx.deciding && tx.commit, tx.decision_sql);
 }
 
 void Session::finish_shard_transaction(std::string& into, Actions& out) {
   Workspace& w = work();
-  auto& tx = w.tx;
+  auto& tx = w.change_tx();
   const bool committed = tx.deciding && tx.commit;
   append_local_heads(tx.reply, into);
   if (!tx.error.empty()) {
@@ -594,7 +594,7 @@ void Session::finish_shard_transaction(std::string& into, Actions& out) {
 // A part's server is lost (or silent past its deadline) while the transaction spans shards,
 // joins one, or ends. True when handled here.
 bool Session::shard_transaction_link_lost(Link& l, LinkOp::Kind kind, Actions& out) {
-  auto& tx = work().tx;
+  auto& tx = work().change_tx();
   const std::string name = l.server->name;
   if (tx.joining && l.begin_pending) {
     unlink(l.id, kind, out);
@@ -647,9 +647,10 @@ void Session::abandon_shard_transaction(std::string_view message, Actions& out) 
       unlink(o.id, LinkOp::Kind::CleanAndRelease, out, "ROLLBACK");
     }
   }
-  const bool checking_out = w.tx.joining && state_ == SessionState::WaitingForServer;
-  w.tx = {};
-  w.tx.joining = w.tx.abandoned = checking_out;
+  const bool checking_out = w.tx().joining && state_ == SessionState::WaitingForServer;
+  auto& tx = w.change_tx();
+  tx = {};
+  tx.joining = tx.abandoned = checking_out;
   out.resume_client = true;
 }
 
