@@ -97,6 +97,44 @@ TEST(SessionIdleMemory, WorkspacesAreKeptForAsManySessionsAsWereBusyLately) {
   EXPECT_EQ(pool.spare(), 8u) << "a quiet period since";
 }
 
+TEST(SessionIdleMemory, AWorkspaceComesBackWithNothingItsLastRequestChanged) {
+  WorkspacePool pool;
+  auto w = pool.take();
+  Workspace* const first = w.get();
+  w->pending_link = 2;
+  w->client_scratch = "Q";
+  w->retry_request = "Q";
+  w->change_rare().failure = "pgvalve: no server";
+  w->change_rare().tx_notes.emplace_back();
+  w->change_rare().savepoints.emplace_back("s1", 0);
+  w->change_rare().notifications = "A";
+  w->change_rare().unnamed_statement_text = "select $1";
+  w->change_scatter().gid = "pgvalve_1";
+  w->change_tx().begin = "BEGIN";
+  w->change_tx().spans = true;
+  pool.give_back(std::move(w));
+  auto again = pool.take();
+  ASSERT_EQ(again.get(), first) << "the spare just given back is taken first";
+  EXPECT_EQ(again->pending_link, 0);
+  EXPECT_TRUE(again->client_scratch.empty());
+  EXPECT_TRUE(again->retry_request.empty());
+  EXPECT_TRUE(again->rare().failure.empty());
+  EXPECT_TRUE(again->rare().tx_notes.empty());
+  EXPECT_TRUE(again->rare().savepoints.empty());
+  EXPECT_TRUE(again->rare().notifications.empty());
+  EXPECT_TRUE(again->rare().unnamed_statement_text.empty());
+  EXPECT_TRUE(again->scatter().gid.empty());
+  EXPECT_TRUE(again->tx().begin.empty());
+  EXPECT_FALSE(again->tx().spans);
+  // Changed again after a clear that had nothing of them to reset: reset again.
+  again->change_tx().joining = true;
+  again->change_rare().hub_channel = "readings";
+  pool.give_back(std::move(again));
+  auto third = pool.take();
+  EXPECT_FALSE(third->tx().joining);
+  EXPECT_TRUE(third->rare().hub_channel.empty());
+}
+
 TEST(SessionIdleMemory, SparesStayBoundedWhateverTheConcurrency) {
   WorkspacePool pool;
   std::vector<std::unique_ptr<Workspace>> busy;
