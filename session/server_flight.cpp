@@ -458,27 +458,32 @@ void Session::settle_statement(Link& l, pr::PendingResponse& request, std::strin
     case NoteKind::Rollback:
       drop_notes();
       break;
-    case NoteKind::Savepoint:
-      w.change_rare().savepoints.emplace_back(note.name, w.rare().tx_notes.size());
+    case NoteKind::Savepoint: {
+      Workspace::Rare& rare = w.change_rare();
+      rare.savepoints.emplace_back(note.name, rare.tx_notes.size());
       break;
-    case NoteKind::Release:
-      for (auto it = w.rare().savepoints.rbegin(); it != w.rare().savepoints.rend(); ++it) {
+    }
+    case NoteKind::Release: {
+      auto& savepoints = w.change_rare().savepoints;
+      for (auto it = savepoints.rbegin(); it != savepoints.rend(); ++it) {
         if (it->first == note.name) {
-          w.change_rare().savepoints.erase(std::next(it).base(), w.rare().savepoints.end());
+          savepoints.erase(std::next(it).base(), savepoints.end());
           break;
         }
       }
       break;
+    }
     case NoteKind::RollbackTo: {
+      Workspace::Rare& rare = w.change_rare();
       std::size_t keep = 0;  // a savepoint pgvalve did not see predates every note
-      for (auto it = w.rare().savepoints.rbegin(); it != w.rare().savepoints.rend(); ++it) {
+      for (auto it = rare.savepoints.rbegin(); it != rare.savepoints.rend(); ++it) {
         if (it->first == note.name) {
           keep = it->second;
-          w.change_rare().savepoints.erase(it.base(), w.rare().savepoints.end());
+          rare.savepoints.erase(it.base(), rare.savepoints.end());
           break;
         }
       }
-      if (keep < w.rare().tx_notes.size()) w.change_rare().tx_notes.resize(keep);
+      if (keep < rare.tx_notes.size()) rare.tx_notes.resize(keep);
       break;
     }
     case NoteKind::None:

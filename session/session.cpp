@@ -105,6 +105,10 @@ SessionOptions SessionOptions::from(const config::Config& config) {
 
 // ---- Workspaces ----------------------------------------------------------------------------
 
+const Workspace::Rare Workspace::kUntouchedRare{};
+const Workspace::ScatterRun Workspace::kUntouchedScatter{};
+const Workspace::ShardTransaction Workspace::kUntouchedTx{};
+
 void Workspace::clear() {
   rebuild(pending_route);
   pending_link = 0;

@@ -413,13 +413,16 @@ struct Workspace {
   // change_tx(), which mark them for clear() to reset. The everyday request only reads them and
   // never touches (or resets) their cache lines, which a workspace cleared for every transaction
   // would otherwise bring back into the cache each time.
-  const Rare& rare() const { return rare_; }
+  // An untouched part reads as the shared kUntouched* value (the default), which stays in the
+  // cache, rather than as the workspace's own lines. So a const reference taken before a
+  // change_*() call may not show that change: take the reference from change_*() instead.
+  const Rare& rare() const { return rare_touched_ ? rare_ : kUntouchedRare; }
   Rare& change_rare() {
     rare_touched_ = true;
     return rare_;
   }
-  const ScatterRun& scatter() const { return scatter_; }
-  const ShardTransaction& tx() const { return tx_; }
+  const ScatterRun& scatter() const { return shard_work_touched_ ? scatter_ : kUntouchedScatter; }
+  const ShardTransaction& tx() const { return shard_work_touched_ ? tx_ : kUntouchedTx; }
   ScatterRun& change_scatter() {
     shard_work_touched_ = true;
     return scatter_;
@@ -432,6 +435,9 @@ struct Workspace {
   void clear();
 
  private:
+  static const Rare kUntouchedRare;
+  static const ScatterRun kUntouchedScatter;
+  static const ShardTransaction kUntouchedTx;
   bool rare_touched_ = false;
   bool shard_work_touched_ = false;
   Rare rare_;

@@ -118,21 +118,39 @@ TEST(SessionIdleMemory, AWorkspaceComesBackWithNothingItsLastRequestChanged) {
   EXPECT_EQ(again->pending_link, 0);
   EXPECT_TRUE(again->client_scratch.empty());
   EXPECT_TRUE(again->retry_request.empty());
-  EXPECT_TRUE(again->rare().failure.empty());
-  EXPECT_TRUE(again->rare().tx_notes.empty());
-  EXPECT_TRUE(again->rare().savepoints.empty());
-  EXPECT_TRUE(again->rare().notifications.empty());
-  EXPECT_TRUE(again->rare().unnamed_statement_text.empty());
+  // Read as they are, and as the next change starts from them.
+  const Workspace::Rare* read = &again->rare();
+  const Workspace::Rare* changed = &again->change_rare();
+  for (const Workspace::Rare* rare : {read, changed}) {
+    EXPECT_TRUE(rare->failure.empty());
+    EXPECT_TRUE(rare->tx_notes.empty());
+    EXPECT_TRUE(rare->savepoints.empty());
+    EXPECT_TRUE(rare->notifications.empty());
+    EXPECT_TRUE(rare->unnamed_statement_text.empty());
+  }
   EXPECT_TRUE(again->scatter().gid.empty());
+  EXPECT_TRUE(again->change_scatter().gid.empty());
   EXPECT_TRUE(again->tx().begin.empty());
-  EXPECT_FALSE(again->tx().spans);
-  // Changed again after a clear that had nothing of them to reset: reset again.
+  EXPECT_TRUE(again->change_tx().begin.empty());
+  EXPECT_FALSE(again->change_tx().spans);
+  // Changed again after a clear: reset again.
   again->change_tx().joining = true;
   again->change_rare().hub_channel = "readings";
   pool.give_back(std::move(again));
   auto third = pool.take();
-  EXPECT_FALSE(third->tx().joining);
-  EXPECT_TRUE(third->rare().hub_channel.empty());
+  EXPECT_FALSE(third->change_tx().joining);
+  EXPECT_TRUE(third->change_rare().hub_channel.empty());
+}
+
+TEST(SessionIdleMemory, AnUntouchedPartReadsAsTheDefaultAndChangesAsItsOwn) {
+  Workspace w;
+  const Workspace::Rare* shared = &w.rare();
+  w.change_rare().failure = "pgvalve: no server";
+  EXPECT_NE(&w.rare(), shared);
+  EXPECT_EQ(w.rare().failure, "pgvalve: no server");
+  EXPECT_TRUE(shared->failure.empty()) << "the shared default never changes";
+  w.clear();
+  EXPECT_TRUE(w.rare().failure.empty());
 }
 
 TEST(SessionIdleMemory, SparesStayBoundedWhateverTheConcurrency) {
