@@ -267,9 +267,16 @@ std::string_view decision_sql(std::string_view gid, bool commit, std::string& ke
 const routing::ScatterPlan& concatenated();
 
 struct Workspace {
+ private:
+  // Whether change_rare() / change_scatter() or change_tx() was called since the last clear():
+  // read by every request, so in the first cache line, next to the route.
+  bool rare_touched_ = false;
+  bool shard_work_touched_ = false;
+
+ public:
   // The request waiting for a server: its route, and the link the server is for.
-  routing::Route pending_route;
   LinkId pending_link = 0;
+  routing::Route pending_route;
 
   std::string client_scratch;
   std::vector<Span> client_spans;
@@ -438,8 +445,6 @@ struct Workspace {
   static const Rare kUntouchedRare;
   static const ScatterRun kUntouchedScatter;
   static const ShardTransaction kUntouchedTx;
-  bool rare_touched_ = false;
-  bool shard_work_touched_ = false;
   Rare rare_;
   ScatterRun scatter_;
   ShardTransaction tx_;
