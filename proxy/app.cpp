@@ -1,6 +1,7 @@
 #include "proxy/app.h"
 
 #include <sys/resource.h>
+#include <time.h>
 
 #include <csignal>
 #include <set>
@@ -16,11 +17,13 @@
 #include "proxy/http_server.h"
 #include "proxy/listen_hub.h"
 #include "proxy/log.h"
+#include "proxy/worker_balance.h"
 #include "session/sharding_policy.h"
 
 namespace pgvalve::proxy {
 
 void Worker::add_session(ClientSession* s) {
+  ++clients;
   s->next_on_worker = sessions;
   s->prev_on_worker = nullptr;
   if (sessions) sessions->prev_on_worker = s;
@@ -32,9 +35,27 @@ void Worker::remove_session(ClientSession* s) {
     s->prev_on_worker->next_on_worker = s->next_on_worker;
   } else if (sessions == s) {
     sessions = s->next_on_worker;
+  } else {
+    return;  // on no worker's list: destroyed on its way from one worker to another (shutdown)
   }
   if (s->next_on_worker) s->next_on_worker->prev_on_worker = s->prev_on_worker;
   s->next_on_worker = s->prev_on_worker = nullptr;
+  --clients;
+}
+
+void Worker::publish_load(std::chrono::steady_clock::time_point now) {
+  timespec cpu{};
+  if (::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu) != 0) return;
+  const std::int64_t cpu_ns = std::int64_t(cpu.tv_sec) * 1'000'000'000 + cpu.tv_nsec;
+  if (cpu_ns_at_sweep >= 0 && now > sweep_at) {
+    const double wall_ns = std::chrono::duration<double, std::nano>(now - sweep_at).count();
+    published_busy.store(double(cpu_ns - cpu_ns_at_sweep) / wall_ns, std::memory_order_relaxed);
+  }
+  cpu_ns_at_sweep = cpu_ns;
+  sweep_at = now;
+  published_clients.store(clients, std::memory_order_relaxed);
+  ++sweeps;
+  if (shed_left > 0 && sweeps - shed_since_sweep >= 2) shed_left = 0;
 }
 
 namespace {
@@ -614,7 +635,32 @@ void App::schedule_sweep(Worker& worker) {
       }
     }
     worker.workspaces.sweep();
+    worker.publish_load(std::chrono::steady_clock::now());
+    if (worker.index == 0) balance_workers();
     schedule_sweep(worker);
+  });
+}
+
+void App::balance_workers() {
+  if (workers_.size() < 2 || draining_.load(std::memory_order_relaxed)) return;
+  std::vector<WorkerLoad> loads(workers_.size());
+  for (std::size_t i = 0; i < loads.size(); ++i) {
+    loads[i].busy = workers_[i]->published_busy.load(std::memory_order_relaxed);
+    loads[i].clients = workers_[i]->published_clients.load(std::memory_order_relaxed);
+  }
+  const auto move = plan_client_move(loads);
+  if (!move) return;
+  Worker* from = workers_[static_cast<std::size_t>(move->from)].get();
+  Worker* to = workers_[static_cast<std::size_t>(move->to)].get();
+  PGV_LOG(Debug, "clients_moving", {"from", move->from}, {"to", move->to},
+          {"clients", move->clients},
+          {"from_cpu_permille", int(loads[std::size_t(move->from)].busy * 1000)},
+          {"to_cpu_permille", int(loads[std::size_t(move->to)].busy * 1000)});
+  asio::post(from->context, [this, from, to, clients = move->clients] {
+    if (draining_.load(std::memory_order_relaxed)) return;
+    from->shed_to = to;
+    from->shed_left = clients;
+    from->shed_since_sweep = from->sweeps;
   });
 }
 

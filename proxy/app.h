@@ -95,6 +95,25 @@ struct Worker {
   stats::DatabaseCounterSet database_counters;  // the same per database (SHOW STATS)
   EventClock clock;       // the time of the event being carried out (client sessions' steps)
   bool draining = false;  // its clients were told to leave at their next transaction boundary
+
+  // Packing and spreading clients over the workers (worker_balance.h). Each sweep publishes the
+  // worker's CPU use over the last second and its clients; worker 0's sweep decides and sends an
+  // order to the worker whose clients should go: up to `shed_left` of them move to `shed_to`,
+  // each at its next moment between transactions (ClientSession::watch_client). An order lapses
+  // at the worker's second sweep after it came. All but the published figures are this
+  // worker's thread's.
+  int clients = 0;
+  Worker* shed_to = nullptr;
+  int shed_left = 0;
+  std::uint64_t sweeps = 0;
+  std::uint64_t shed_since_sweep = 0;
+  std::int64_t cpu_ns_at_sweep = -1;
+  std::chrono::steady_clock::time_point sweep_at{};
+  std::atomic<double> published_busy{0};
+  std::atomic<int> published_clients{0};
+  // Measures and publishes; on this worker's thread.
+  void publish_load(std::chrono::steady_clock::time_point now);
+
   std::thread thread;
 };
 
@@ -223,6 +242,8 @@ class App : public pool::Handoff {
   void drain_worker(Worker& worker);  // on the worker's thread; once
   void start_listeners();
   asio::awaitable<void> accept_loop(Worker& worker);
+  // Worker 0's sweep: whose clients move where (worker_balance.h), sent as an order.
+  void balance_workers();
   void on_signal(const boost::system::error_code& ec, int signal);
   void begin_drain();
   void poll_drain(std::chrono::steady_clock::time_point deadline);

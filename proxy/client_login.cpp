@@ -332,7 +332,7 @@ asio::awaitable<bool> ClientSession::start_session(const StartupParameters& star
     co_return false;
   }
   // The worker's own flag may be set first (SHUTDOWN drains each worker before it answers).
-  if (app_.draining() || worker_.draining) {
+  if (app_.draining() || worker_->draining) {
     co_await send_fatal("57P01", "pgvalve: shutting down; connect again shortly");
     co_return false;
   }
@@ -365,12 +365,12 @@ asio::awaitable<bool> ClientSession::start_session(const StartupParameters& star
       policy.sharding_id = sharding_->id;
     }
     router_ =
-        routing::Router(static_cast<int>(database_->shards.size()), policy, &worker_.decisions);
+        routing::Router(static_cast<int>(database_->shards.size()), policy, &worker_->decisions);
   }
-  recorder_ = {&worker_.query_stats, {&database_name_, &user_name_}};
-  database_counters_ = &worker_.database_counters.of(database_name_);
+  recorder_ = {&worker_->query_stats, {&database_name_, &user_name_}};
+  database_counters_ = &worker_->database_counters.of(database_name_);
   session_options_ = app_.session_options(config_);
-  core_.emplace(*session_options_, router_, worker_.workspaces, &recorder_);
+  core_.emplace(*session_options_, router_, worker_->workspaces, &recorder_);
 
   // The client is told the parameters of a real server, so one must have been seen; session
   // mode keeps its server from the start.

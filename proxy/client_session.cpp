@@ -79,7 +79,7 @@ void ClientSession::CheckoutWaiter::on_checkout_deadline() {
 
 ClientSession::Checkout& ClientSession::checkout() {
   if (!checkout_) {
-    auto& spares = worker_.spare_checkouts;
+    auto& spares = worker_->spare_checkouts;
     if (spares.empty()) {
       checkout_ = std::make_unique<Checkout>();
     } else {
@@ -95,16 +95,21 @@ void ClientSession::end_checkout() {
   if (!checkout_ || !checkout_->done()) return;
   checkout_->pool.reset();
   checkout_->started = {};
-  if (worker_.spare_checkouts.size() < Worker::kSpareCheckouts) {
-    worker_.spare_checkouts.push_back(std::move(checkout_));
+  if (worker_->spare_checkouts.size() < Worker::kSpareCheckouts) {
+    worker_->spare_checkouts.push_back(std::move(checkout_));
   }
   checkout_.reset();
 }
 
 ClientSession::ClientSession(App& app, Worker& worker, Socket socket, std::uint64_t id,
                              const admission::Address& from, admission::Verdict verdict)
-    : app_(app), worker_(worker), client_(std::move(socket)), id_(id), from_(from), door_(verdict) {
-  worker_.add_session(this);
+    : app_(app),
+      worker_(&worker),
+      client_(std::move(socket)),
+      id_(id),
+      from_(from),
+      door_(verdict) {
+  worker_->add_session(this);
   client_in_.set_budget(&app_.message_memory());
 }
 
@@ -113,30 +118,30 @@ ClientSession::~ClientSession() {
   // the handlers that hold it) must not take places in its pools with it.
   if (checkout_) {
     Checkout& c = *checkout_;
-    worker_.checkout_deadlines.remove(c.waiter);
+    worker_->checkout_deadlines.remove(c.waiter);
     if (c.wait_pool) {
       if (!c.granted) {
-        c.wait_pool->cancel_wait(worker_.index, &c.waiter);
+        c.wait_pool->cancel_wait(worker_->index, &c.waiter);
       } else if (c.grant) {
-        c.wait_pool->discard(worker_.index, std::move(c.grant));
+        c.wait_pool->discard(worker_->index, std::move(c.grant));
       } else {
-        c.wait_pool->create_failed(worker_.index);
+        c.wait_pool->create_failed(worker_->index);
       }
     }
   }
   for (auto& io : links_) {
     io.writer.abandon();
-    if (io.conn && io.pool) io.pool->discard(worker_.index, std::move(io.conn));
+    if (io.conn && io.pool) io.pool->discard(worker_->index, std::move(io.conn));
   }
   if (pinned_ && pool_) pool_->client_unpinned();
-  worker_.remove_session(this);
+  worker_->remove_session(this);
   if (pool_) pool_->client_left();
   if (counted_) app_.remove_client();
   if (door_ == admission::Verdict::Admit) app_.leave(from_);
 }
 
 session::Clock::time_point ClientSession::now() const {
-  return worker_.clock.now();
+  return worker_->clock.now();
 }
 
 // ---- Carrying out actions ------------------------------------------------------------------
@@ -168,7 +173,7 @@ void ClientSession::carry_out(const Actions& actions, Source source, session::Li
     std::size_t bytes = actions.outbox.size();
     for (const auto& c : actions.to_client)
       bytes += c.size;
-    worker_.counters.add_sent(bytes);
+    worker_->counters.add_sent(bytes);
     if (database_counters_) {
       database_counters_->bytes_sent.fetch_add(bytes, std::memory_order_relaxed);
     }
@@ -237,7 +242,7 @@ std::function<void()> ClientSession::drained_callback() {
 // A writer's backlog drained: what stopped for it reads again.
 void ClientSession::on_drained() {
   if (closed_) return;
-  EventClock::Event event(worker_.clock);
+  EventClock::Event event(worker_->clock);
   for (std::size_t i = 0; i < links_.size(); ++i) {
     if (!links_[i].conn) continue;
     const auto id = static_cast<session::LinkId>(i);
@@ -258,7 +263,7 @@ bool ClientSession::writers_busy() const {
 // ---- The client's socket -------------------------------------------------------------------
 
 void ClientSession::watch_client() {
-  if (closed_) return;
+  if (closed_ || moving_to_) return;
   // A socket whose write failed may have nothing more to announce: its read tells what happened.
   if (client_writer_.failed()) client_drained_ = false;
   // Bytes that arrive from here on must not go unnoticed, whatever stops the read below.
@@ -280,6 +285,13 @@ void ClientSession::watch_client() {
       timer_.reset();
       timer_at_ = session::Clock::time_point::max();
     }
+    // A client connected for less than a second may be one of a transaction (pgbench -C, a
+    // script): moving it would cost more than it saves.
+    if (worker_->shed_left > 0 &&
+        std::chrono::system_clock::now() - connected_at_ >= std::chrono::seconds(1) && movable()) {
+      start_move();
+      return;
+    }
   }
   if (watching_client_ || !core_->wants_client_input()) return;
   watching_client_ = true;
@@ -294,6 +306,10 @@ void ClientSession::watch_client() {
   client_.socket().async_wait(
       Socket::wait_read, with_exact_size_memory([self = shared_from_this()](const error_code& ec) {
         self->watching_client_ = false;
+        if (self->moving_to_) {
+          self->finish_move();
+          return;
+        }
         if (self->closed_) return;
         if (ec) {
           if (ec != asio::error::operation_aborted) self->client_gone();
@@ -305,9 +321,14 @@ void ClientSession::watch_client() {
 
 void ClientSession::arm_client_arrival() {
   client_arrival_armed_ = true;
-  async_wait_for_arrival(client_.socket(), worker_.reactor,
+  async_wait_for_arrival(client_.socket(), worker_->reactor,
                          with_exact_size_memory([self = shared_from_this()](const error_code& ec) {
                            self->client_arrival_armed_ = false;
+                           if (self->moving_to_) {
+                             self->watching_client_ = false;  // it was this wait that watched
+                             self->finish_move();
+                             return;
+                           }
                            if (self->closed_ || ec == asio::error::operation_aborted) return;
                            self->client_drained_ = false;
                            // Not wanted now: the next watch_client() reads.
@@ -315,6 +336,71 @@ void ClientSession::arm_client_arrival() {
                            self->watching_client_ = false;
                            self->read_client();  // an error shows there
                          }));
+}
+
+bool ClientSession::movable() const {
+  if (closed_ || !core_ || !core_->idle() || core_->holds_workspace()) return false;
+  if (!client_in_.empty() || writers_busy() || client_writer_.failed()) return false;
+  // What watches the client may only be a wait for its socket, which start_move() cancels: the
+  // arrival wait on a drained plain socket, or Asio's wait on a TLS one (not a posted read).
+  if (watching_client_ && uses_arrival_wait(client_) && !(client_arrival_armed_ && client_drained_))
+    return false;
+  if (client_.buffered() || client_.has_output()) return false;
+  if (checkout_ || listening_ || pinned_ || timer_ || cleaning_ > 0) return false;
+  for (const auto& io : links_) {
+    if (io.conn) return false;
+  }
+  return true;
+}
+
+void ClientSession::start_move() {
+  --worker_->shed_left;
+  moving_to_ = worker_->shed_to;
+  if (client_arrival_armed_ || watching_client_) {
+    error_code ignored;
+    client_.socket().cancel(ignored);  // the wait's handler calls finish_move()
+    return;
+  }
+  asio::post(client_.get_executor(), [self = shared_from_this()] { self->finish_move(); });
+}
+
+void ClientSession::finish_move() {
+  Worker* to = std::exchange(moving_to_, nullptr);
+  if (!movable()) {
+    // Something came first (a timer's step, a drain): the session stays. A wait cancelled
+    // above may have missed an arrival, so the socket is read before it is waited on again.
+    client_drained_ = false;
+    watching_client_ = false;
+    watch_client();
+    return;
+  }
+  error_code ec;
+  client_.move_to(to->context, ec);
+  if (ec) {
+    PGV_LOG(Warn, "client_move_failed", {"client", id_}, {"error", ec.message()});
+    client_gone();
+    return;
+  }
+  worker_->remove_session(this);
+  worker_->counters.add_client_move();
+  worker_ = to;
+  asio::post(to->context, [self = shared_from_this()] { self->arrive(); });
+}
+
+void ClientSession::arrive() {
+  worker_->add_session(this);
+  router_.use_cache(&worker_->decisions);
+  recorder_.stats = &worker_->query_stats;
+  database_counters_ = &worker_->database_counters.of(database_name_);
+  core_->move_to(worker_->workspaces);
+  if (worker_->draining) {
+    on_drain();
+    if (closed_) return;
+  }
+  // What arrived meanwhile waits in the kernel: read before waiting on this worker's loop.
+  client_drained_ = false;
+  watching_client_ = false;
+  read_client();
 }
 
 void ClientSession::post_read_client() {
@@ -326,7 +412,7 @@ void ClientSession::post_read_client() {
 
 void ClientSession::read_client() {
   if (closed_) return;
-  EventClock::Event event(worker_.clock);
+  EventClock::Event event(worker_->clock);
   auto space = client_in_.prepare();
   if (space.empty()) {
     carry_out(core_->on_client_memory_exhausted(), Source::Event);
@@ -362,7 +448,7 @@ void ClientSession::read_client() {
     if (client_drained_ && !client_arrival_armed_) arm_client_arrival();
   }
   client_in_.commit(n);
-  worker_.counters.add_received(n);
+  worker_->counters.add_received(n);
   if (database_counters_)
     database_counters_->bytes_received.fetch_add(n, std::memory_order_relaxed);
   last_request_ = now();
@@ -416,12 +502,12 @@ void ClientSession::close() {
   // False: a grant is on its way; on_granted() or acquire() gives it back.
   if (checkout_) {
     Checkout& c = *checkout_;
-    if (c.wait_pool && !c.granted && c.wait_pool->cancel_wait(worker_.index, &c.waiter)) {
+    if (c.wait_pool && !c.granted && c.wait_pool->cancel_wait(worker_->index, &c.waiter)) {
       c.wait_pool.reset();
       c.waiting = false;
       waited = std::move(c.waiting_self);
     }
-    worker_.checkout_deadlines.remove(c.waiter);
+    worker_->checkout_deadlines.remove(c.waiter);
     if (c.wait_timer) c.wait_timer->cancel();
   }
   for (auto& io : links_) {
@@ -478,7 +564,7 @@ void ClientSession::arm_server_arrival(session::LinkId id) {
   LinkIO& io = links_[id];
   io.arrival_armed = true;
   async_wait_for_arrival(
-      io.conn->stream.socket(), worker_.reactor,
+      io.conn->stream.socket(), worker_->reactor,
       [self = shared_from_this(), id, generation = io.generation](const error_code& ec) {
         if (id >= self->links_.size()) return;
         LinkIO& io = self->links_[id];
@@ -509,7 +595,7 @@ void ClientSession::post_read_server(session::LinkId id) {
 // has a backlog (on_drained() comes back), or when the kernel has nothing more (a short read or
 // would_block: a wait).
 void ClientSession::read_server(session::LinkId id) {
-  EventClock::Event event(worker_.clock);
+  EventClock::Event event(worker_->clock);
   const std::uint32_t generation = links_[id].generation;
   for (int reads = 0;; ++reads) {
     if (closed_ || id >= links_.size()) return;
@@ -584,7 +670,7 @@ void ClientSession::arm_timer() {
   timer_->expires_at(at);
   timer_->async_wait([self = shared_from_this()](const error_code& ec) {
     if (ec || self->closed_) return;
-    EventClock::Event event(self->worker_.clock);
+    EventClock::Event event(self->worker_->clock);
     self->timer_at_ = session::Clock::time_point::max();
     self->carry_out(self->core_->on_timer(self->now()), Source::Event);
     self->arm_timer();
@@ -623,12 +709,12 @@ std::shared_ptr<pool::ServerPool> ClientSession::pool_for(const routing::Route& 
                                        host.lsn.load(std::memory_order_relaxed) >= route.after_lsn;
       if (!candidate) continue;
       const int in_use = load_balance_ == config::LoadBalance::LeastConnections
-                             ? shard.hosts[i]->in_use(worker_.index)
+                             ? shard.hosts[i]->in_use(worker_->index)
                              : 0;
       storage[count++] = {i, in_use};
     }
     // xorshift64: a draw per read, no shared state.
-    std::uint64_t& x = worker_.random_state;
+    std::uint64_t& x = worker_->random_state;
     x ^= x << 13;
     x ^= x >> 7;
     x ^= x << 17;
@@ -637,7 +723,7 @@ std::shared_ptr<pool::ServerPool> ClientSession::pool_for(const routing::Route& 
         : load_balance_ == config::LoadBalance::Random   ? routing::LoadBalance::Random
                                                          : routing::LoadBalance::LeastConnections;
     if (auto chosen =
-            routing::choose_replica({storage.data(), count}, policy, worker_.replica_turn, x)) {
+            routing::choose_replica({storage.data(), count}, policy, worker_->replica_turn, x)) {
       return shard.hosts[*chosen];
     }
     // No replica can take it: the primary does (routing.reads = replicas falls back).
@@ -650,15 +736,15 @@ std::unique_ptr<ServerConnection> ClientSession::usable(std::unique_ptr<pool::Co
                                                         pool::ServerPool& pool) {
   auto server = as_server(std::move(conn));
   // A connection another worker handed over is still registered with that worker's loop.
-  if (!server->adopt(worker_.context, worker_.index)) {
+  if (!server->adopt(worker_->context, worker_->index)) {
     PGV_LOG(Warn, "server_adopt_failed", {"server", server->id}, {"host", server->state.name});
-    pool.discard(worker_.index, std::move(server));
+    pool.discard(worker_->index, std::move(server));
     return nullptr;
   }
   if (now() - server->last_used_at >= kPeekIdleAfter && !server->idle_and_open()) {
     PGV_LOG(Info, "server_gone_while_idle", {"server", server->id}, {"host", server->state.name});
     pool.note_invalid();
-    pool.discard(worker_.index, std::move(server));
+    pool.discard(worker_->index, std::move(server));
     return nullptr;
   }
   return server;
@@ -842,7 +928,7 @@ void ClientSession::end_checkout_wait() {
   if (!checkout_ || checkout_->started == session::Clock::time_point{}) return;
   const auto micros = static_cast<std::uint64_t>(
       std::chrono::duration_cast<std::chrono::microseconds>(now() - checkout().started).count());
-  worker_.counters.record_checkout_wait(micros);
+  worker_->counters.record_checkout_wait(micros);
   if (database_counters_) {
     database_counters_->checkout_wait_micros.fetch_add(micros, std::memory_order_relaxed);
   }
@@ -860,13 +946,13 @@ bool ClientSession::runs_on_own_server(const std::shared_ptr<pool::ServerPool>& 
 }
 
 void ClientSession::check_out_from_pool() {
-  const auto& settings = checkout().pool->settings(worker_.index);
+  const auto& settings = checkout().pool->settings(worker_->index);
   checkout().deadline = now() + std::chrono::milliseconds(settings.checkout_timeout_ms);
   take(checkout_from(checkout().pool));
 }
 
 pool::CheckoutResult ClientSession::checkout_from(const std::shared_ptr<pool::ServerPool>& pool) {
-  auto result = pool->checkout(worker_.index, &checkout().waiter, now());
+  auto result = pool->checkout(worker_->index, &checkout().waiter, now());
   if (result.kind == pool::CheckoutKind::Wait) checkout().wait_pool = pool;
   return result;
 }
@@ -877,12 +963,12 @@ void ClientSession::give_up(pool::ServerPool& pool, pool::CheckoutResult result)
       if (result.conn) give_back(as_server(std::move(result.conn)), true, pool);
       return;
     case pool::CheckoutKind::Create:
-      pool.create_failed(worker_.index);
+      pool.create_failed(worker_->index);
       return;
     case pool::CheckoutKind::Wait:
       // False: a grant is already on its way, and on_granted() gives it back.
       if (Checkout& c = checkout();
-          c.wait_pool && !c.granted && c.wait_pool->cancel_wait(worker_.index, &c.waiter)) {
+          c.wait_pool && !c.granted && c.wait_pool->cancel_wait(worker_->index, &c.waiter)) {
         c.wait_pool.reset();
       }
       return;
@@ -895,7 +981,7 @@ void ClientSession::take(pool::CheckoutResult result) {
   for (;;) {
     switch (result.kind) {
       case pool::CheckoutKind::Idle: {
-        const auto& settings = pool.settings(worker_.index);
+        const auto& settings = pool.settings(worker_->index);
         if (settings.pre_ping &&
             now() - result.conn->last_used_at >= std::chrono::seconds(settings.pre_ping_idle_s)) {
           asio::co_spawn(
@@ -922,7 +1008,7 @@ void ClientSession::take(pool::CheckoutResult result) {
         Checkout& c = checkout();
         c.waiting = true;
         c.waiting_self = shared_from_this();
-        worker_.checkout_deadlines.add(c.waiter, c.deadline);
+        worker_->checkout_deadlines.add(c.waiter, c.deadline);
         return;
       }
     }
@@ -930,7 +1016,7 @@ void ClientSession::take(pool::CheckoutResult result) {
 }
 
 void ClientSession::on_granted(std::unique_ptr<pool::Connection> conn) {
-  EventClock::Event event(worker_.clock);
+  EventClock::Event event(worker_->clock);
   Checkout& c = checkout();
   if (c.wait_timer) {  // acquire() waits; it takes the grant (and clears wait_pool)
     c.grant = std::move(conn);
@@ -951,19 +1037,19 @@ void ClientSession::on_granted(std::unique_ptr<pool::Connection> conn) {
   }
   c.waiting = false;
   const auto self = std::move(c.waiting_self);
-  worker_.checkout_deadlines.remove(c.waiter);
+  worker_->checkout_deadlines.remove(c.waiter);
   take(std::move(result));
 }
 
 // The checkout deadline passed while waiting: the request gets 53300, the connection stays.
 void ClientSession::checkout_timed_out() {
   Checkout& c = checkout();
-  if (!c.waiting || !c.wait_pool || !c.wait_pool->cancel_wait(worker_.index, &c.waiter)) return;
+  if (!c.waiting || !c.wait_pool || !c.wait_pool->cancel_wait(worker_->index, &c.waiter)) return;
   const auto pool = std::move(c.wait_pool);
   c.waiting = false;
   const auto self = std::move(c.waiting_self);
-  pool->note_timeout(worker_.index);
-  const auto& settings = pool->settings(worker_.index);
+  pool->note_timeout(worker_->index);
+  const auto& settings = pool->settings(worker_->index);
   end_checkout_wait();
   carry_out(core_->on_checkout_failed(
                 "53300",
@@ -992,10 +1078,10 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::acquire(
       error_code ec;
       co_await timer.async_wait(await_ec(ec));
       if (!checkout().granted && !closed_ && checkout().wait_pool &&
-          checkout().wait_pool->cancel_wait(worker_.index, &checkout().waiter)) {
+          checkout().wait_pool->cancel_wait(worker_->index, &checkout().waiter)) {
         checkout().wait_timer = nullptr;
         checkout().wait_pool.reset();
-        pool->note_timeout(worker_.index);
+        pool->note_timeout(worker_->index);
         failure = {"53300",
                    "pgvalve: no server connection became available within "
                    "pool.checkout_timeout_ms (" +
@@ -1021,10 +1107,10 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::acquire(
     if (result.kind == pool::CheckoutKind::Create) {
       auto fresh = co_await open_server(*pool, deadline, failure);
       if (!fresh) {
-        pool->create_failed(worker_.index);
+        pool->create_failed(worker_->index);
         co_return nullptr;
       }
-      pool->created(worker_.index);
+      pool->created(worker_->index);
       co_return fresh;
     }
     auto server = usable(std::move(result.conn), *pool);
@@ -1038,7 +1124,7 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::acquire(
       if (!alive) {
         PGV_LOG(Info, "server_pre_ping_failed", {"server", server->id});
         pool->note_invalid();
-        pool->discard(worker_.index, std::move(server));
+        pool->discard(worker_->index, std::move(server));
       }
     }
     if (server) co_return server;
@@ -1099,7 +1185,7 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::open_server(
     co_return nullptr;
   }
   fresh->id = app_.next_server_id();
-  fresh->home_worker = worker_.index;
+  fresh->home_worker = worker_->index;
   error_code ec;
   auto remote = fresh->stream.socket().remote_endpoint(ec);
   fresh->host_index = app_.cancels().host_index(remote);
@@ -1208,11 +1294,14 @@ void ClientSession::carry_out_link_op(const LinkOp& op) {
       return;
     case LinkOp::Kind::CleanAndRelease:
       // Runs on after the client left: the completion handler keeps this session alive.
-      asio::co_spawn(
-          client_.get_executor(),
-          clean_and_release(std::move(server), io.pool, std::string(op.sql[0]),
-                            std::string(op.sql[1])),
-          [self = shared_from_this()](std::exception_ptr e) { log_failure(self->id_, e); });
+      ++cleaning_;
+      asio::co_spawn(client_.get_executor(),
+                     clean_and_release(std::move(server), io.pool, std::string(op.sql[0]),
+                                       std::string(op.sql[1])),
+                     [self = shared_from_this()](std::exception_ptr e) {
+                       --self->cleaning_;
+                       log_failure(self->id_, e);
+                     });
       return;
   }
 }
@@ -1242,10 +1331,10 @@ void ClientSession::give_back(std::unique_ptr<ServerConnection> server, bool cle
                               pool::ServerPool& pool) {
   server->in.shrink_if_empty();
   if (clean && server->in.empty()) {
-    auto closed = pool.checkin(worker_.index, std::move(server), now());
+    auto closed = pool.checkin(worker_->index, std::move(server), now());
     if (closed) PGV_LOG(Debug, "server_recycled", {"server", closed->id});
   } else {
-    pool.discard(worker_.index, std::move(server));
+    pool.discard(worker_->index, std::move(server));
   }
 }
 

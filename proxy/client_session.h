@@ -184,6 +184,16 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   void read_server(session::LinkId id);
   void post_read_server(session::LinkId id);
   void arm_timer();
+  // ---- Moving to another worker (worker_balance.h) ----
+  // Between transactions with nothing of this worker's held or awaited.
+  bool movable() const;
+  // The worker was asked to give clients away: the wait for the client's socket is cancelled,
+  // and when its handler (or, without one, a posted step) runs, finish_move() carries the
+  // session over — at the top of the stack, so nothing on this thread touches it afterwards.
+  void start_move();
+  void finish_move();
+  // On the new worker's thread: its lists, caches and statistics; then the client is read.
+  void arrive();
   void client_gone();
   void close();
 
@@ -251,7 +261,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   void deliver_notification(std::string message);
 
   App& app_;
-  Worker& worker_;
+  Worker* worker_;  // changes only when the session moves (move_to_worker)
   Stream client_;
   const std::uint64_t id_;
   const admission::Address from_;
@@ -305,6 +315,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   bool closed_ = false;
   // What the pool was last told by pinned_change: undone at destruction if still set.
   bool pinned_ = false;
+  // The worker the session is on its way to (start_move() to finish_move()); null otherwise.
+  Worker* moving_to_ = nullptr;
+  // Servers being cleaned after their release (clean_and_release): they run on this worker.
+  int cleaning_ = 0;
 
   std::unique_ptr<Checkout> checkout_;  // while asking for servers (checkout())
 

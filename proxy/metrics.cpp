@@ -25,6 +25,11 @@ Snapshot take_pool_snapshot(App& app) {
   s.hosts = app.hosts();
   s.failovers = app.failovers();
   s.counters = app.counter_totals();
+  for (int i = 0; i < app.worker_count(); ++i) {
+    const Worker& w = app.worker(i);
+    s.workers.push_back({w.published_clients.load(std::memory_order_relaxed),
+                         w.published_busy.load(std::memory_order_relaxed)});
+  }
   return s;
 }
 
@@ -248,6 +253,22 @@ void counter_metrics(const Snapshot& snapshot, Families& f) {
                        MetricType::Histogram),
               {}, stats::kCheckoutWaitBounds, c.checkout_waits,
               static_cast<double>(c.checkout_wait_micros) / 1e6);
+  f.add(f.family("pgvalve_client_moves_total",
+                 "Clients moved to another worker thread between transactions, to pack a light "
+                 "load onto fewer workers or spread a heavy one",
+                 MetricType::Counter),
+        {}, static_cast<double>(c.client_moves));
+  const auto clients =
+      f.family("pgvalve_worker_clients",
+               "Client sessions on each worker thread (updated every second)", MetricType::Gauge);
+  const auto busy =
+      f.family("pgvalve_worker_cpu_ratio",
+               "CPU time of each worker thread over the last second, in cores", MetricType::Gauge);
+  for (std::size_t i = 0; i < snapshot.workers.size(); ++i) {
+    const std::string worker = std::to_string(i);
+    f.add(clients, {{"worker", worker}}, snapshot.workers[i].clients);
+    f.add(busy, {{"worker", worker}}, snapshot.workers[i].busy);
+  }
 }
 
 void host_metrics(const Snapshot& snapshot, Families& f) {

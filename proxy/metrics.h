@@ -38,6 +38,12 @@ struct Snapshot {
   std::vector<HostRow> hosts;     // as SHOW HOSTS
   std::uint64_t failovers = 0;
   stats::CounterTotals counters;  // bytes, checkout waits (every worker's, summed)
+  // Per worker thread, as its last sweep (once a second) published them.
+  struct WorkerSample {
+    int clients = 0;
+    double busy = 0;  // CPU time over the last second, in cores
+  };
+  std::vector<WorkerSample> workers;
 };
 
 // Every figure but the statement statistics, at once (what /ready needs).

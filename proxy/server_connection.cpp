@@ -9,7 +9,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
-#include <unistd.h>
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/address.hpp>
@@ -27,24 +26,11 @@ namespace pr = protocol;
 
 bool ServerConnection::adopt(asio::io_context& ctx, int worker) {
   home_worker = worker;
-  Socket& socket = stream.socket();
-  if (&socket.get_executor().context() == &ctx) return true;
+  if (&stream.socket().get_executor().context() == &ctx) return true;
   // Runs inside a handler of the loop: nothing here may throw.
   error_code ec;
-  const auto endpoint = socket.local_endpoint(ec);
-  if (ec) return false;
-  const auto fd = socket.release(ec);
-  if (ec) return false;  // the socket still owns its descriptor
-  Socket moved(ctx);
-  moved.assign(endpoint.protocol(), fd, ec);
-  if (ec) {
-    ::close(fd);
-    return false;
-  }
-  moved.non_blocking(true, ec);
-  if (ec) return false;  // `moved` closes the descriptor
-  socket = std::move(moved);
-  return true;
+  stream.move_to(ctx, ec);
+  return !ec;
 }
 
 bool ServerConnection::idle_and_open() {

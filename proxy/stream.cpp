@@ -1,5 +1,7 @@
 #include "proxy/stream.h"
 
+#include <unistd.h>
+
 #include <array>
 
 namespace pgvalve::proxy {
@@ -44,6 +46,33 @@ bool settled(TlsChannel::Status status, error_code& ec) {
 }
 
 }  // namespace
+
+void Stream::move_to(asio::io_context& context, error_code& ec) {
+  error_code ignored;
+  const auto protocol = socket_.local_endpoint(ec).protocol();
+  if (ec) {
+    socket_.close(ignored);
+    return;
+  }
+  // Leaves this loop's epoll; the new socket joins the other loop's (no bytes are lost: they
+  // wait in the kernel for the first read there).
+  const auto fd = socket_.release(ec);
+  if (ec) {
+    socket_.close(ignored);
+    return;
+  }
+  Socket moved(context);
+  moved.assign(protocol, fd, ec);
+  if (ec) {
+    ::close(fd);
+    return;
+  }
+  // Asio forgets with the release that the socket is non-blocking: reads and writes that find
+  // nothing to do would otherwise wait in poll(), stopping the whole worker.
+  moved.non_blocking(true, ec);
+  if (ec) return;  // `moved` closes the descriptor
+  socket_ = std::move(moved);
+}
 
 asio::awaitable<bool> Stream::start_tls(std::shared_ptr<const TlsServerContext> context,
                                         std::string& error) {

@@ -24,6 +24,10 @@ class Stream {
   Socket::executor_type get_executor() { return socket_.get_executor(); }
   void cancel(error_code& ec) { socket_.cancel(ec); }  // for Deadline
   void close(error_code& ec) { socket_.close(ec); }
+  // The socket leaves this event loop for `context`'s (a client or a server connection moved to
+  // another worker), with its TLS state; it stays non-blocking. Nothing may wait on it. On
+  // failure the stream is closed.
+  void move_to(asio::io_context& context, error_code& ec);
   const TlsChannel* tls() const { return tls_.get(); }
 
   // The handshake, after 'S' went out. False with `error` set when it fails (the client is

@@ -53,6 +53,8 @@ class Router {
   // `cache` is the calling worker's (not thread-safe) and must outlive the router.
   Router(int shard_count, RoutingPolicy policy, DecisionCache* cache)
       : shard_count_(shard_count), policy_(policy), cache_(cache) {}
+  // The client moved to another worker, between statements: its cache from now on.
+  void use_cache(DecisionCache* cache) { cache_ = cache; }
 
   // `sql` is the first statement text of the client's next request (a Query, or the text of
   // the statement a Parse/Bind names); empty when the request carries no SQL (a Sync alone).

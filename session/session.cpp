@@ -229,11 +229,11 @@ Session::Session(const SessionOptions& options, const routing::Router& router,
                  WorkspacePool& workspaces, const stats::Recorder* recorder)
     : options_(options),
       router_(router),
-      workspaces_(workspaces),
+      workspaces_(&workspaces),
       recorder_(recorder && recorder->stats ? recorder : nullptr) {}
 
 Session::~Session() {
-  if (work_) workspaces_.give_back(std::move(work_));
+  if (work_) workspaces_->give_back(std::move(work_));
 }
 
 void Session::enter(SessionState next) {
@@ -243,7 +243,7 @@ void Session::enter(SessionState next) {
 }
 
 Workspace& Session::work() {
-  if (!work_) work_ = workspaces_.take();
+  if (!work_) work_ = workspaces_->take();
   return *work_;
 }
 
@@ -349,7 +349,7 @@ bool Session::wants_server_input(LinkId id) const {
 void Session::trim() {
   if (state_ != SessionState::Idle || !work_ || linked_link()) return;
   if (!work_->rare().notifications.empty()) return;
-  workspaces_.give_back(std::move(work_));
+  workspaces_->give_back(std::move(work_));
 }
 
 Clock::time_point Session::next_deadline() const {
@@ -397,7 +397,7 @@ void Session::absorb_startup(const std::vector<std::pair<std::string, std::strin
     }
     apply(name, value);
   }
-  startup_settings_ = workspaces_.share(std::move(startup_settings));
+  startup_settings_ = workspaces_->share(std::move(startup_settings));
   // A copy that shares the startup list until the client changes a setting.
   client_settings_ = *startup_settings_;
 }

@@ -20,6 +20,7 @@
 // The state (state.h) is one value changed in one place, enter().
 #pragma once
 
+#include <cassert>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -210,6 +211,13 @@ class Session {
   // Gives transient memory back to the worker's pool; call when the I/O layer has finished
   // every write of the last Actions and parks the client.
   void trim();
+  // Between transactions, after trim(), a session holds nothing of its worker's: it may move to
+  // another worker, whose workspace pool it borrows from from then on.
+  bool holds_workspace() const { return work_ != nullptr; }
+  void move_to(WorkspacePool& workspaces) {
+    assert(!work_);
+    workspaces_ = &workspaces;
+  }
 
   // For SHOW CLIENTS and tests.
   const Settings& client_settings() const { return client_settings_; }
@@ -459,7 +467,7 @@ class Session {
 
   const SessionOptions& options_;  // outlives the session (shared by a configuration's)
   const routing::Router& router_;
-  WorkspacePool& workspaces_;
+  WorkspacePool* workspaces_;
   const stats::Recorder* recorder_;
   std::unique_ptr<Workspace> work_;
   std::unique_ptr<Extras> extras_;

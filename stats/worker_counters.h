@@ -24,6 +24,7 @@ struct CounterTotals {
   std::uint64_t bytes_sent = 0;      // ... to clients
   std::array<std::uint64_t, kCheckoutWaitBuckets> checkout_waits{};  // not cumulative
   std::uint64_t checkout_wait_micros = 0;
+  std::uint64_t client_moves = 0;  // clients this worker gave to another (worker_balance.h)
 };
 
 class alignas(64) WorkerCounters {
@@ -38,6 +39,7 @@ class alignas(64) WorkerCounters {
     waits_[b].fetch_add(1, std::memory_order_relaxed);
     wait_micros_.fetch_add(micros, std::memory_order_relaxed);
   }
+  void add_client_move() { client_moves_.fetch_add(1, std::memory_order_relaxed); }
   // Adds this worker's figures to `into`.
   void add_to(CounterTotals& into) const {
     into.bytes_received += bytes_received_.load(std::memory_order_relaxed);
@@ -45,6 +47,7 @@ class alignas(64) WorkerCounters {
     for (std::size_t b = 0; b < kCheckoutWaitBuckets; ++b)
       into.checkout_waits[b] += waits_[b].load(std::memory_order_relaxed);
     into.checkout_wait_micros += wait_micros_.load(std::memory_order_relaxed);
+    into.client_moves += client_moves_.load(std::memory_order_relaxed);
   }
 
  private:
@@ -52,6 +55,7 @@ class alignas(64) WorkerCounters {
   std::atomic<std::uint64_t> bytes_sent_{0};
   std::array<std::atomic<std::uint64_t>, kCheckoutWaitBuckets> waits_{};
   std::atomic<std::uint64_t> wait_micros_{0};
+  std::atomic<std::uint64_t> client_moves_{0};
 };
 
 // The same figures per database (SHOW STATS), for one worker. A client finds its database's
