@@ -84,6 +84,7 @@ App::App(config::ConfigPtr config) {
     w->query_stats.set_limits(stats_limits(*config));
     workers_.push_back(std::move(w));
   }
+  active_workers_.store(workers, std::memory_order_relaxed);
 }
 
 App::~App() {
@@ -570,7 +571,6 @@ void App::end_refusal() {
 }
 
 asio::awaitable<void> App::accept_loop(Worker& worker) {
-  static std::atomic<std::uint64_t> next_client_id{1};
   auto last_accept_warning = std::chrono::steady_clock::time_point{};
   for (;;) {
     error_code ec;
@@ -600,17 +600,36 @@ asio::awaitable<void> App::accept_loop(Worker& worker) {
       socket.close(ec);
       continue;
     }
-    auto session = std::make_shared<ClientSession>(*this, worker, std::move(socket),
-                                                   next_client_id.fetch_add(1), from, verdict);
-    asio::co_spawn(worker.context, session->serve(), [session](std::exception_ptr e) {
-      if (!e) return;
-      try {
-        std::rethrow_exception(e);
-      } catch (const std::exception& ex) {
-        PGV_LOG(Error, "session_failed", {"client", session->id()}, {"error", ex.what()});
+    if (worker.shed_left == ClientMove::kAll && worker.shed_to) {
+      // A parked worker (worker_balance.h): an active one serves the client from the start.
+      Worker& to = *worker.shed_to;
+      move_socket(socket, to.context, ec);
+      if (ec) {  // closed
+        if (verdict == admission::Verdict::Admit) leave(from);
+        continue;
       }
-    });
+      asio::post(to.context, [this, &to, socket = std::move(socket), from, verdict]() mutable {
+        start_client(to, std::move(socket), from, verdict);
+      });
+      continue;
+    }
+    start_client(worker, std::move(socket), from, verdict);
   }
+}
+
+void App::start_client(Worker& worker, Socket socket, const admission::Address& from,
+                       admission::Verdict verdict) {
+  static std::atomic<std::uint64_t> next_client_id{1};
+  auto session = std::make_shared<ClientSession>(*this, worker, std::move(socket),
+                                                 next_client_id.fetch_add(1), from, verdict);
+  asio::co_spawn(worker.context, session->serve(), [session](std::exception_ptr e) {
+    if (!e) return;
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      PGV_LOG(Error, "session_failed", {"client", session->id()}, {"error", ex.what()});
+    }
+  });
 }
 
 std::uint64_t App::next_server_id() {
@@ -644,24 +663,39 @@ void App::schedule_sweep(Worker& worker) {
 void App::balance_workers() {
   if (workers_.size() < 2 || draining_.load(std::memory_order_relaxed)) return;
   std::vector<WorkerLoad> loads(workers_.size());
+  double total = 0;
   for (std::size_t i = 0; i < loads.size(); ++i) {
     loads[i].busy = workers_[i]->published_busy.load(std::memory_order_relaxed);
     loads[i].clients = workers_[i]->published_clients.load(std::memory_order_relaxed);
+    total += loads[i].busy;
   }
-  const auto move = plan_client_move(loads);
-  if (!move) return;
-  Worker* from = workers_[static_cast<std::size_t>(move->from)].get();
-  Worker* to = workers_[static_cast<std::size_t>(move->to)].get();
-  PGV_LOG(Debug, "clients_moving", {"from", move->from}, {"to", move->to},
-          {"clients", move->clients},
-          {"from_cpu_permille", int(loads[std::size_t(move->from)].busy * 1000)},
-          {"to_cpu_permille", int(loads[std::size_t(move->to)].busy * 1000)});
-  asio::post(from->context, [this, from, to, clients = move->clients] {
-    if (draining_.load(std::memory_order_relaxed)) return;
-    from->shed_to = to;
-    from->shed_left = clients;
-    from->shed_since_sweep = from->sweeps;
-  });
+  const int active = active_workers();
+  const WorkerPlan plan = plan_workers(loads, active);
+  if (plan.active != active) {
+    PGV_LOG(Info, "workers_active", {"active", plan.active}, {"before", active},
+            {"cpu_permille", static_cast<int>(total * 1000)});
+    active_workers_.store(plan.active, std::memory_order_relaxed);
+  }
+  // An unparked worker's standing order must not send back what it is given now.
+  for (int i = active; i < plan.active; ++i) {
+    Worker* w = workers_[static_cast<std::size_t>(i)].get();
+    asio::post(w->context, [w] { w->shed_left = 0; });
+  }
+  for (const ClientMove& move : plan.moves) {
+    Worker* from = workers_[static_cast<std::size_t>(move.from)].get();
+    Worker* to = workers_[static_cast<std::size_t>(move.to)].get();
+    if (move.clients != ClientMove::kAll) {
+      PGV_LOG(Info, "clients_spreading", {"from", move.from}, {"to", move.to},
+              {"clients", move.clients},
+              {"from_cpu_permille", static_cast<int>(loads[std::size_t(move.from)].busy * 1000)});
+    }
+    asio::post(from->context, [this, from, to, clients = move.clients] {
+      if (draining_.load(std::memory_order_relaxed)) return;
+      from->shed_to = to;
+      from->shed_left = clients;
+      from->shed_since_sweep = from->sweeps;
+    });
+  }
 }
 
 asio::awaitable<void> App::shutdown() {

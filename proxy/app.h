@@ -98,10 +98,12 @@ struct Worker {
 
   // Packing and spreading clients over the workers (worker_balance.h). Each sweep publishes the
   // worker's CPU use over the last second and its clients; worker 0's sweep decides and sends an
-  // order to the worker whose clients should go: up to `shed_left` of them move to `shed_to`,
-  // each at its next moment between transactions (ClientSession::watch_client). An order lapses
-  // at the worker's second sweep after it came. All but the published figures are this
-  // worker's thread's.
+  // order to each worker whose clients should go: up to `shed_left` of them move to `shed_to`,
+  // each at its next moment between transactions (ClientSession::watch_client); a parked
+  // worker's order is for all of them (ClientMove::kAll), and it hands the clients that connect
+  // to it over at once (App::accept_loop). An order lapses at the worker's second sweep after
+  // it came; standing orders are sent again every second. All but the published figures are
+  // this worker's thread's.
   int clients = 0;
   Worker* shed_to = nullptr;
   int shed_left = 0;
@@ -229,6 +231,7 @@ class App : public pool::Handoff {
   bool draining() const { return draining_.load(std::memory_order_relaxed); }
   Worker& worker(int index) { return *workers_[static_cast<std::size_t>(index)]; }
   int worker_count() const { return static_cast<int>(workers_.size()); }
+  int active_workers() const { return active_workers_.load(std::memory_order_relaxed); }
 
   // Re-reads the config file; on success new users and pool settings apply to new logins and
   // checkouts. Returns false (old config kept, problems logged) when the file is refused.
@@ -242,8 +245,11 @@ class App : public pool::Handoff {
   void drain_worker(Worker& worker);  // on the worker's thread; once
   void start_listeners();
   asio::awaitable<void> accept_loop(Worker& worker);
-  // Worker 0's sweep: whose clients move where (worker_balance.h), sent as an order.
+  // Worker 0's sweep: how many workers serve clients and whose clients move where
+  // (worker_balance.h), sent as orders.
   void balance_workers();
+  void start_client(Worker& worker, Socket socket, const admission::Address& from,
+                    admission::Verdict verdict);
   void on_signal(const boost::system::error_code& ec, int signal);
   void begin_drain();
   void poll_drain(std::chrono::steady_clock::time_point deadline);
@@ -277,6 +283,9 @@ class App : public pool::Handoff {
   // Sockets refused at the door that are still being told why; beyond a bound, closed at once.
   std::atomic<int> refusing_{0};
   std::atomic<bool> draining_{false};
+  // Workers 0 .. n-1 serve clients, the others are parked (worker_balance.h). Written by worker
+  // 0's sweep; read by /metrics.
+  std::atomic<int> active_workers_{0};
   // Paused databases ("" = all); the count lets a checkout skip the lock when none is.
   bool paused_slow(const std::string& database) const;
   mutable std::mutex pause_mutex_;

@@ -25,6 +25,7 @@ Snapshot take_pool_snapshot(App& app) {
   s.hosts = app.hosts();
   s.failovers = app.failovers();
   s.counters = app.counter_totals();
+  s.active_workers = app.active_workers();
   for (int i = 0; i < app.worker_count(); ++i) {
     const Worker& w = app.worker(i);
     s.workers.push_back({w.published_clients.load(std::memory_order_relaxed),
@@ -264,6 +265,11 @@ void counter_metrics(const Snapshot& snapshot, Families& f) {
   const auto busy =
       f.family("pgvalve_worker_cpu_ratio",
                "CPU time of each worker thread over the last second, in cores", MetricType::Gauge);
+  f.add(f.family("pgvalve_workers_active",
+                 "Worker threads serving clients; the others are parked while a light load "
+                 "is packed onto fewer",
+                 MetricType::Gauge),
+        {}, snapshot.active_workers);
   for (std::size_t i = 0; i < snapshot.workers.size(); ++i) {
     const std::string worker = std::to_string(i);
     f.add(clients, {{"worker", worker}}, snapshot.workers[i].clients);

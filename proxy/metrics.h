@@ -44,6 +44,7 @@ struct Snapshot {
     double busy = 0;  // CPU time over the last second, in cores
   };
   std::vector<WorkerSample> workers;
+  int active_workers = 0;  // the others are parked (worker_balance.h)
 };
 
 // Every figure but the statement statistics, at once (what /ready needs).

@@ -47,18 +47,18 @@ bool settled(TlsChannel::Status status, error_code& ec) {
 
 }  // namespace
 
-void Stream::move_to(asio::io_context& context, error_code& ec) {
+void move_socket(Socket& socket, asio::io_context& context, error_code& ec) {
   error_code ignored;
-  const auto protocol = socket_.local_endpoint(ec).protocol();
+  const auto protocol = socket.local_endpoint(ec).protocol();
   if (ec) {
-    socket_.close(ignored);
+    socket.close(ignored);
     return;
   }
   // Leaves this loop's epoll; the new socket joins the other loop's (no bytes are lost: they
   // wait in the kernel for the first read there).
-  const auto fd = socket_.release(ec);
+  const auto fd = socket.release(ec);
   if (ec) {
-    socket_.close(ignored);
+    socket.close(ignored);
     return;
   }
   Socket moved(context);
@@ -71,7 +71,7 @@ void Stream::move_to(asio::io_context& context, error_code& ec) {
   // nothing to do would otherwise wait in poll(), stopping the whole worker.
   moved.non_blocking(true, ec);
   if (ec) return;  // `moved` closes the descriptor
-  socket_ = std::move(moved);
+  socket = std::move(moved);
 }
 
 asio::awaitable<bool> Stream::start_tls(std::shared_ptr<const TlsServerContext> context,

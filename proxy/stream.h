@@ -15,6 +15,10 @@
 
 namespace pgvalve::proxy {
 
+// `socket` leaves its event loop for `context`'s and stays non-blocking. Nothing may wait on it.
+// On failure it is closed.
+void move_socket(Socket& socket, asio::io_context& context, error_code& ec);
+
 class Stream {
  public:
   explicit Stream(Socket socket) : socket_(std::move(socket)) {}
@@ -27,7 +31,7 @@ class Stream {
   // The socket leaves this event loop for `context`'s (a client or a server connection moved to
   // another worker), with its TLS state; it stays non-blocking. Nothing may wait on it. On
   // failure the stream is closed.
-  void move_to(asio::io_context& context, error_code& ec);
+  void move_to(asio::io_context& context, error_code& ec) { move_socket(socket_, context, ec); }
   const TlsChannel* tls() const { return tls_.get(); }
 
   // The handshake, after 'S' went out. False with `error` set when it fails (the client is

@@ -1,21 +1,23 @@
-// Which worker's clients should move to another worker: a pure decision, made once a second
-// from each worker's CPU use over the last second and its number of clients.
+// How many workers should serve clients now, and which clients should move: a pure decision,
+// made once a second from each worker's CPU use over the last second and its number of clients.
 //
 // Two workers that each use a fifth of a core cost more CPU per transaction than one that uses
 // two fifths: each sleeps and is woken for fewer events, so every event pays for a wake-up,
 // and on a machine that PostgreSQL shares every wake-up competes with its backends (measured in
-// docs/benchmarks.md). So clients are packed onto the fewest workers that carry them comfortably
-// and spread again when a worker gets busy:
-//  - pack: the highest-numbered worker with busy clients gives all of them to the lowest-numbered
-//    worker whose load, added to its own, stays under kPackBelow — once the two together use at
-//    least kPackFrom (below that there is nothing to save);
-//  - spread: a worker above kSpreadAbove gives part of its clients to the least busy worker, so
-//    that their loads come out about even.
+// docs/benchmarks.md). So the workers in use — the first `active` of them — are as few as carry
+// the load comfortably; the others are parked: their clients move to an active worker, and
+// clients that connect to them are handed over at once.
+//  - park one: once the load (at least kPackFrom: below that there is nothing to save) would
+//    keep one worker fewer under kPackBelow each;
+//  - spread: an active worker above kSpreadAbove unparks the next worker and gives it part of
+//    its clients, so that their loads come out about even; with every worker active, it gives
+//    them to the least busy one.
 // The gap between the two thresholds keeps a load from moving back and forth.
 #pragma once
 
-#include <optional>
+#include <climits>
 #include <span>
+#include <vector>
 
 namespace pgvalve::proxy {
 
@@ -25,52 +27,67 @@ struct WorkerLoad {
 };
 
 struct ClientMove {
+  static constexpr int kAll = INT_MAX;  // every client, and those that connect meanwhile
   int from = 0;
   int to = 0;
   int clients = 0;  // at most this many, each at its next moment between transactions
   bool operator==(const ClientMove&) const = default;
 };
 
+struct WorkerPlan {
+  int active = 1;  // workers 0 .. active-1 serve clients
+  std::vector<ClientMove> moves;
+};
+
 inline constexpr double kPackFrom = 0.02;
 inline constexpr double kPackBelow = 0.5;
 inline constexpr double kSpreadAbove = 0.75;
-inline constexpr double kWorthMoving = 0.005;
 
-inline std::optional<ClientMove> plan_client_move(std::span<const WorkerLoad> workers) {
+// `active`: the workers in use until now (all of them at start).
+inline WorkerPlan plan_workers(std::span<const WorkerLoad> workers, int active) {
   const int n = static_cast<int>(workers.size());
-  // Spread first: a worker near a full core is the one clients wait for.
+  WorkerPlan plan;
+  plan.active = active < 1 ? 1 : (active > n ? n : active);
+  if (n <= 1) return plan;
+  double total = 0;
+  for (const WorkerLoad& w : workers)
+    total += w.busy;
+  // A worker near a full core is the one clients wait for.
   int busiest = -1;
-  for (int i = 0; i < n; ++i) {
+  for (int i = 0; i < plan.active; ++i) {
     if (workers[i].busy > kSpreadAbove && workers[i].clients >= 2 &&
         (busiest < 0 || workers[i].busy > workers[busiest].busy))
       busiest = i;
   }
+  int spread_to = -1;
   if (busiest >= 0) {
-    int idlest = -1;
-    for (int i = 0; i < n; ++i) {
-      if (i != busiest && (idlest < 0 || workers[i].busy < workers[idlest].busy)) idlest = i;
+    if (plan.active < n) {
+      spread_to = plan.active++;
+    } else {
+      for (int i = 0; i < n; ++i) {
+        if (i != busiest && (spread_to < 0 || workers[i].busy < workers[spread_to].busy))
+          spread_to = i;
+      }
+      if (workers[spread_to].busy > kSpreadAbove / 2) spread_to = -1;
     }
-    if (idlest < 0 || workers[idlest].busy > kSpreadAbove / 2) return std::nullopt;
+  } else if (plan.active > 1 && total >= kPackFrom && total < kPackBelow * (plan.active - 1)) {
+    --plan.active;
+  }
+  if (spread_to >= 0) {
     const WorkerLoad& from = workers[busiest];
-    const double share = (from.busy - workers[idlest].busy) / (2 * from.busy);
+    const double share = (from.busy - workers[spread_to].busy) / (2 * from.busy);
     const int clients = static_cast<int>(from.clients * share);
-    return ClientMove{busiest, idlest, clients > 0 ? clients : 1};
+    plan.moves.push_back({busiest, spread_to, clients > 0 ? clients : 1});
   }
-  // Clients that run nothing are not worth a move (and only move when they do run something).
-  int last = -1;
-  for (int i = n - 1; i > 0; --i) {
-    if (workers[i].clients > 0 && workers[i].busy >= kWorthMoving) {
-      last = i;
-      break;
-    }
+  // Parked workers give every client to the least busy active worker (standing orders:
+  // repeated every period, so clients that connect there later follow).
+  int least = 0;
+  for (int i = 1; i < plan.active; ++i) {
+    if (workers[i].busy < workers[least].busy) least = i;
   }
-  if (last < 0) return std::nullopt;
-  for (int i = 0; i < last; ++i) {
-    const double together = workers[i].busy + workers[last].busy;
-    if (together >= kPackFrom && together < kPackBelow)
-      return ClientMove{last, i, workers[last].clients};
-  }
-  return std::nullopt;
+  for (int i = plan.active; i < n; ++i)
+    plan.moves.push_back({i, least, ClientMove::kAll});
+  return plan;
 }
 
 }  // namespace pgvalve::proxy

@@ -1,7 +1,8 @@
 """Clients move between worker threads between transactions (docs/internals.md, "Packing and
-spreading clients"): a light load spread over two workers is packed onto one, and a client that
-moves keeps its whole session — settings, prepared statements, TLS — and loses no statement.
-Session-mode clients, which hold their server, never move."""
+spreading clients"): a light load spread over two workers is packed onto one, the other is
+parked and hands the clients that connect to it over at once, and a client that moves keeps its
+whole session — settings, prepared statements, TLS — and loses no statement. Session-mode
+clients, which hold their server, never move."""
 
 import threading
 import time
@@ -21,6 +22,10 @@ def worker_clients(pv) -> list[int]:
 
 def moves(pv) -> int:
     return int(metric(scrape(pv), "pgvalve_client_moves_total"))
+
+
+def active_workers(pv) -> int:
+    return int(metric(scrape(pv), "pgvalve_workers_active"))
 
 
 def check_pgbench(r):
@@ -94,7 +99,17 @@ def test_a_light_load_is_packed_onto_one_worker_and_moved_clients_keep_their_ses
             bench.join(timeout=60)
         check_pgbench(done["r"])
         assert moves(pv) > 0
-        time.sleep(0.3)
+        assert active_workers(pv) == 1
+        assert "event=workers_active active=1 before=2" in pv.log_text()
+        # Worker 1 is parked: clients that connect now (half of them to it, by the kernel's
+        # choice) are served by worker 0 from their login on.
+        late = [pv.connect() for _ in range(8)]
+        for i, c in enumerate(late):
+            assert c.execute("SELECT %s::int", (i,)).fetchone()[0] == i
+        time.sleep(1.5)  # the figures are published once a second
+        assert worker_clients(pv) == [16, 0]  # the users and the late ones
+        for c in late:
+            c.close()
     assert not users.errors, users.errors
     assert all(n > 10 for n in users.checks), users.checks
     assert "client_move_failed" not in pv.log_text()
