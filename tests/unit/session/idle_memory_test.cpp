@@ -51,6 +51,27 @@ TEST(SessionIdleMemory, DurableStateSurvivesTrim) {
   EXPECT_EQ(tags_of(sent), "PBES");
 }
 
+TEST(SessionIdleMemory, AnIdleSessionMovedToAnotherWorkerBorrowsFromItsPool) {
+  WorkspacePool second;  // outlives the session, which gives its workspace back there
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.client(parse("s1", "select 1") + sync());
+  h.send(query("SET statement_timeout = '5s'"), *server);
+  h.answer(command_result("SET"));
+  h.session().trim();
+  ASSERT_FALSE(h.session().holds_workspace());
+  const std::size_t first_spares = h.workspaces().spare();
+  h.session().move_to(second);
+  // The next request takes its workspace from the new worker's pool and gives it back there;
+  // what the client set up before the move is all still there.
+  auto other = SessionHarness::fresh_server();
+  const std::string sent = h.send(bind_to("", "s1") + execute() + sync(), *other);
+  EXPECT_EQ(tags_of(sent), "PBES");
+  EXPECT_TRUE(h.session().holds_workspace());
+  EXPECT_EQ(h.workspaces().spare(), first_spares);
+  ASSERT_NE(h.session().client_settings().find("statement_timeout"), nullptr);
+}
+
 TEST(SessionIdleMemory, TrimKeepsTheWorkspaceWhileAServerIsLinked) {
   SessionHarness h;
   auto server = SessionHarness::fresh_server();
