@@ -261,7 +261,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   void deliver_notification(std::string message);
 
   App& app_;
-  Worker* worker_;  // changes only when the session moves (move_to_worker)
+  Worker* worker_;  // changes only when the session moves (finish_move)
   Stream client_;
   const std::uint64_t id_;
   const admission::Address from_;
