@@ -9,6 +9,14 @@
 namespace pgvalve::session::testing {
 namespace {
 
+// A client that prepared s1 and set statement_timeout, then went idle and gave its workspace back.
+void set_up_then_idle(SessionHarness& h, ServerState& server) {
+  h.client(parse("s1", "select 1") + sync());
+  h.send(query("SET statement_timeout = '5s'"), server);
+  h.answer(command_result("SET"));
+  h.session().trim();
+}
+
 TEST(SessionIdleMemory, AfterATransactionTheWorkspaceGoesBackToThePool) {
   SessionHarness h;
   auto server = SessionHarness::fresh_server();
@@ -39,10 +47,7 @@ TEST(SessionIdleMemory, TheNextRequestTakesAWorkspaceAgain) {
 TEST(SessionIdleMemory, DurableStateSurvivesTrim) {
   SessionHarness h;
   auto server = SessionHarness::fresh_server();
-  h.client(parse("s1", "select 1") + sync());
-  h.send(query("SET statement_timeout = '5s'"), *server);
-  h.answer(command_result("SET"));
-  h.session().trim();
+  set_up_then_idle(h, *server);
   EXPECT_EQ(h.session().prepared_statement_count(), 1u);
   ASSERT_NE(h.session().client_settings().find("statement_timeout"), nullptr);
   // s1 is still prepared where it is used.
@@ -55,10 +60,7 @@ TEST(SessionIdleMemory, AnIdleSessionMovedToAnotherWorkerBorrowsFromItsPool) {
   WorkspacePool second;  // outlives the session, which gives its workspace back there
   SessionHarness h;
   auto server = SessionHarness::fresh_server();
-  h.client(parse("s1", "select 1") + sync());
-  h.send(query("SET statement_timeout = '5s'"), *server);
-  h.answer(command_result("SET"));
-  h.session().trim();
+  set_up_then_idle(h, *server);
   ASSERT_FALSE(h.session().holds_workspace());
   const std::size_t first_spares = h.workspaces().spare();
   h.session().move_to(second);
@@ -68,6 +70,11 @@ TEST(SessionIdleMemory, AnIdleSessionMovedToAnotherWorkerBorrowsFromItsPool) {
   const std::string sent = h.send(bind_to("", "s1") + execute() + sync(), *other);
   EXPECT_EQ(tags_of(sent), "PBES");
   EXPECT_TRUE(h.session().holds_workspace());
+  h.answer(parse_complete() + bind_complete() + data_row({"1"}) + complete("SELECT 1") + ready());
+  EXPECT_TRUE(h.session().idle());
+  h.session().trim();
+  EXPECT_FALSE(h.session().holds_workspace());
+  EXPECT_EQ(second.spare(), 1u);
   EXPECT_EQ(h.workspaces().spare(), first_spares);
   ASSERT_NE(h.session().client_settings().find("statement_timeout"), nullptr);
 }
