@@ -7,11 +7,13 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
 
 #include <array>
 #include <charconv>
 #include <climits>
+#include <cstdlib>
+#include <initializer_list>
+#include <memory>
 
 namespace pgvalve::protocol {
 
@@ -26,21 +28,61 @@ const unsigned char* bytes(std::string_view s) {
   return s.empty() ? &kEmpty : reinterpret_cast<const unsigned char*>(s.data());
 }
 
+// OpenSSL 3 looks a digest up by name on every one-shot call (EVP_sha256() in HMAC(), EVP_Digest):
+// locks, string compares and a fresh context, several times the cost of the hashing itself for
+// the short inputs of a login. The digest is fetched once and each thread reuses one context.
+const EVP_MD* sha256_digest() {
+  static const std::unique_ptr<EVP_MD, decltype(&EVP_MD_free)> md(
+      EVP_MD_fetch(nullptr, "SHA256", nullptr), &EVP_MD_free);
+  if (!md) std::abort();  // the default provider is missing: no login could be checked
+  return md.get();
+}
+
+// SHA-256 of the concatenated parts, into out[0..32).
+void sha256_parts(std::initializer_list<std::string_view> parts, unsigned char* out) {
+  thread_local const std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(),
+                                                                                 &EVP_MD_CTX_free);
+  unsigned int len = 0;
+  if (!ctx || EVP_DigestInit_ex2(ctx.get(), sha256_digest(), nullptr) != 1) std::abort();
+  for (std::string_view part : parts)
+    EVP_DigestUpdate(ctx.get(), bytes(part), part.size());
+  EVP_DigestFinal_ex(ctx.get(), out, &len);
+}
+
 std::string sha256(std::string_view data) {
   std::string out(kKeyLen, '\0');
-  unsigned int len = 0;
-  EVP_Digest(bytes(data), data.size(), reinterpret_cast<unsigned char*>(out.data()), &len,
-             EVP_sha256(), nullptr);
+  sha256_parts({data}, reinterpret_cast<unsigned char*>(out.data()));
   return out;
 }
 
+}  // namespace
+
 std::string hmac_sha256(std::string_view key, std::string_view data) {
+  // RFC 2104 over SHA-256's 64-byte blocks; a longer key is hashed first.
+  constexpr std::size_t kBlock = 64;
+  std::array<unsigned char, kBlock> padded{};
+  if (key.size() > kBlock) {
+    sha256_parts({key}, padded.data());
+  } else {
+    std::copy(key.begin(), key.end(), padded.begin());
+  }
+  std::array<char, kBlock> pad;
+  for (std::size_t i = 0; i < kBlock; ++i)
+    pad[i] = static_cast<char>(padded[i] ^ 0x36);
+  std::array<unsigned char, kKeyLen> inner;
+  sha256_parts({{pad.data(), kBlock}, data}, inner.data());
+  for (std::size_t i = 0; i < kBlock; ++i)
+    pad[i] = static_cast<char>(padded[i] ^ 0x5c);
   std::string out(kKeyLen, '\0');
-  unsigned int len = 0;
-  HMAC(EVP_sha256(), key.data(), static_cast<int>(key.size()), bytes(data), data.size(),
-       reinterpret_cast<unsigned char*>(out.data()), &len);
+  sha256_parts({{pad.data(), kBlock}, {reinterpret_cast<const char*>(inner.data()), kKeyLen}},
+               reinterpret_cast<unsigned char*>(out.data()));
+  OPENSSL_cleanse(padded.data(), padded.size());
+  OPENSSL_cleanse(pad.data(), pad.size());
+  OPENSSL_cleanse(inner.data(), inner.size());
   return out;
 }
+
+namespace {
 
 // RFC 5802 Hi(): PBKDF2 with HMAC-SHA-256 and one output block.
 std::string salted_password(std::string_view password, std::string_view salt, int iterations) {
@@ -48,7 +90,7 @@ std::string salted_password(std::string_view password, std::string_view salt, in
   // SASLprep'd first, as PostgreSQL does when it stores a verifier and libpq when it logs in.
   const std::string prepared = saslprep(password);
   PKCS5_PBKDF2_HMAC(prepared.data(), static_cast<int>(prepared.size()), bytes(salt),
-                    static_cast<int>(salt.size()), iterations, EVP_sha256(),
+                    static_cast<int>(salt.size()), iterations, sha256_digest(),
                     static_cast<int>(kKeyLen), reinterpret_cast<unsigned char*>(out.data()));
   return out;
 }
