@@ -14,6 +14,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include "proxy/client_session.h"
+#include "proxy/connection_steering.h"
 #include "proxy/http_server.h"
 #include "proxy/listen_hub.h"
 #include "proxy/log.h"
@@ -675,6 +676,12 @@ void App::balance_workers() {
     PGV_LOG(Info, "workers_active", {"active", plan.active}, {"before", active},
             {"cpu_permille", static_cast<int>(total * 1000)});
     active_workers_.store(plan.active, std::memory_order_relaxed);
+    if (!steer_new_connections(workers_[0]->acceptor->native_handle(), plan.active) &&
+        !steering_refused_) {
+      steering_refused_ = true;
+      PGV_LOG(Warn, "connection_steering_refused",
+              {"action", "parked workers hand new clients over to active ones"});
+    }
   }
   // An unparked worker's standing order must not send back what it is given now.
   for (int i = active; i < plan.active; ++i) {

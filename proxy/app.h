@@ -286,6 +286,9 @@ class App : public pool::Handoff {
   // Workers 0 .. n-1 serve clients, the others are parked (worker_balance.h). Written by worker
   // 0's sweep; read by /metrics.
   std::atomic<int> active_workers_{0};
+  // Set once the kernel refused to steer new connections to the active workers
+  // (connection_steering.h); only worker 0's sweep reads and writes it.
+  bool steering_refused_ = false;
   // Paused databases ("" = all); the count lets a checkout skip the lock when none is.
   bool paused_slow(const std::string& database) const;
   mutable std::mutex pause_mutex_;
