@@ -77,17 +77,15 @@ void ClientSession::CheckoutWaiter::on_checkout_deadline() {
   session_->checkout_timed_out();
 }
 
-ClientSession::Checkout& ClientSession::checkout() {
-  if (!checkout_) {
-    auto& spares = worker_->spare_checkouts;
-    if (spares.empty()) {
-      checkout_ = std::make_unique<Checkout>();
-    } else {
-      checkout_ = std::move(spares.back());
-      spares.pop_back();
-    }
-    checkout_->waiter.session_ = this;
+ClientSession::Checkout& ClientSession::start_checkout() {
+  auto& spares = worker_->spare_checkouts;
+  if (spares.empty()) {
+    checkout_ = std::make_unique<Checkout>();
+  } else {
+    checkout_ = std::move(spares.back());
+    spares.pop_back();
   }
+  checkout_->waiter.session_ = this;
   return *checkout_;
 }
 

@@ -199,7 +199,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
 
   // ---- Servers ----
   // The checkout under way, taken from the worker's spares when there is none.
-  Checkout& checkout();
+  Checkout& checkout() { return checkout_ ? *checkout_ : start_checkout(); }
+  Checkout& start_checkout();
   // Between transactions: a checkout nothing refers to any more goes back to the spares.
   void end_checkout();
   // The pool of the host `route` goes to now; null when the shard has no usable primary.

@@ -242,8 +242,8 @@ void Session::enter(SessionState next) {
   state_ = next;
 }
 
-Workspace& Session::work() {
-  if (!work_) work_ = workspaces_->take();
+Workspace& Session::take_workspace() {
+  work_ = workspaces_->take();
   return *work_;
 }
 

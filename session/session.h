@@ -227,7 +227,9 @@ class Session {
  private:
   // ---- state ----
   void enter(SessionState next);
-  Workspace& work();
+  // Inline: the everyday transaction asks for it a score of times.
+  Workspace& work() { return work_ ? *work_ : take_workspace(); }
+  Workspace& take_workspace();
   Actions& client_actions();
   Actions& event_actions();
   Link& link(LinkId id);
