@@ -9,10 +9,10 @@
 namespace pgvalve::protocol {
 
 std::string base64_encode(std::string_view raw);
-
-// HMAC-SHA-256 (RFC 2104): 32 raw bytes.
-std::string hmac_sha256(std::string_view key, std::string_view data);
 std::optional<std::string> base64_decode(std::string_view text);
+
+// HMAC-SHA-256 (RFC 2104): 32 raw bytes. SCRAM's building block, public for its tests.
+std::string hmac_sha256(std::string_view key, std::string_view data);
 
 // ---- md5 ----------------------------------------------------------------------------------
 
