@@ -603,12 +603,15 @@ asio::awaitable<void> App::accept_loop(Worker& worker) {
     }
     if (worker.shed_left == ClientMove::kAll && worker.shed_to) {
       // A parked worker (worker_balance.h): an active one serves the client from the start.
+      // Only connections queued before the steering program changed, or all where the kernel
+      // refused it (connection_steering.h), come here.
       Worker& to = *worker.shed_to;
       move_socket(socket, to.context, ec);
       if (ec) {  // closed
         if (verdict == admission::Verdict::Admit) leave(from);
         continue;
       }
+      PGV_LOG(Debug, "client_handed_over", {"from", worker.index}, {"to", to.index});
       asio::post(to.context, [this, &to, socket = std::move(socket), from, verdict]() mutable {
         start_client(to, std::move(socket), from, verdict);
       });

@@ -101,13 +101,16 @@ def test_a_light_load_is_packed_onto_one_worker_and_moved_clients_keep_their_ses
         assert moves(pv) > 0
         assert active_workers(pv) == 1
         assert "event=workers_active active=1 before=2" in pv.log_text()
-        # Worker 1 is parked: clients that connect now (half of them to it, by the kernel's
-        # choice) are served by worker 0 from their login on.
-        late = [pv.connect() for _ in range(8)]
+        # Worker 1 is parked: clients that connect now reach worker 0's listener (the kernel's
+        # own spreading would give half of them to worker 1, to hand over: 32 all on worker 0
+        # by chance has a probability of 2^-32).
+        late = [pv.connect() for _ in range(32)]
         for i, c in enumerate(late):
             assert c.execute("SELECT %s::int", (i,)).fetchone()[0] == i
         time.sleep(1.5)  # the figures are published once a second
-        assert worker_clients(pv) == [16, 0]  # the users and the late ones
+        assert worker_clients(pv) == [40, 0]  # the users and the late ones
+        assert "connection_steering_refused" not in pv.log_text()
+        assert "event=client_handed_over" not in pv.log_text()
         for c in late:
             c.close()
     assert not users.errors, users.errors
