@@ -93,7 +93,11 @@ struct Worker {
   stats::QueryStats query_stats;
   stats::WorkerCounters counters;  // bumped without a lock by this worker, summed by a scrape
   stats::DatabaseCounterSet database_counters;  // the same per database (SHOW STATS)
-  EventClock clock;       // the time of the event being carried out (client sessions' steps)
+  EventClock clock;  // the time of the event being carried out (client sessions' steps)
+  // Grants made during the current step (ClientSession::Step), carried out as it ends; empty
+  // between steps. Its capacity stays, so a grant allocates nothing.
+  std::vector<ClientSession::Grant> grants;
+  int steps = 0;          // nested ClientSession::Step
   bool draining = false;  // its clients were told to leave at their next transaction boundary
 
   // Packing and spreading clients over the workers (worker_balance.h). Each sweep publishes the

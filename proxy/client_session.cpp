@@ -65,8 +65,31 @@ class ClientSession::Sink final : public NotificationSink {
   Socket::executor_type executor_;
 };
 
+ClientSession::Step::Step(Worker& worker) : worker_(worker) {
+  if (worker_.steps++ == 0) worker_.clock.begin();
+}
+
+ClientSession::Step::~Step() {
+  if (worker_.steps == 1) {
+    // Still counted as inside a step: grants these make join the list and are carried out here.
+    for (std::size_t i = 0; i < worker_.grants.size(); ++i) {
+      Grant grant = std::move(worker_.grants[i]);
+      grant.session->on_granted(std::move(grant.conn));
+    }
+    worker_.grants.clear();
+    worker_.clock.end();
+  }
+  --worker_.steps;
+}
+
 void ClientSession::CheckoutWaiter::grant(std::unique_ptr<pool::Connection> conn) {
-  // Called from inside another session's check-in: continue on our own turn of the loop.
+  // Called from inside another session's check-in, on this session's worker: the grant is
+  // carried out when that session's step ends.
+  if (Worker& w = *session_->worker_; w.steps > 0) {
+    w.grants.push_back({session_->shared_from_this(), std::move(conn)});
+    return;
+  }
+  // Outside a step (a pool's timer, a server sent over from another worker): on our own turn.
   asio::post(session_->client_.get_executor(),
              [self = session_->shared_from_this(), conn = std::move(conn)]() mutable {
                self->on_granted(std::move(conn));
@@ -240,7 +263,7 @@ std::function<void()> ClientSession::drained_callback() {
 // A writer's backlog drained: what stopped for it reads again.
 void ClientSession::on_drained() {
   if (closed_) return;
-  EventClock::Event event(worker_->clock);
+  Step step(*worker_);
   for (std::size_t i = 0; i < links_.size(); ++i) {
     if (!links_[i].conn) continue;
     const auto id = static_cast<session::LinkId>(i);
@@ -410,7 +433,7 @@ void ClientSession::post_read_client() {
 
 void ClientSession::read_client() {
   if (closed_) return;
-  EventClock::Event event(worker_->clock);
+  Step step(*worker_);
   auto space = client_in_.prepare();
   if (space.empty()) {
     carry_out(core_->on_client_memory_exhausted(), Source::Event);
@@ -593,7 +616,7 @@ void ClientSession::post_read_server(session::LinkId id) {
 // has a backlog (on_drained() comes back), or when the kernel has nothing more (a short read or
 // would_block: a wait).
 void ClientSession::read_server(session::LinkId id) {
-  EventClock::Event event(worker_->clock);
+  Step step(*worker_);
   const std::uint32_t generation = links_[id].generation;
   for (int reads = 0;; ++reads) {
     if (closed_ || id >= links_.size()) return;
@@ -668,7 +691,7 @@ void ClientSession::arm_timer() {
   timer_->expires_at(at);
   timer_->async_wait([self = shared_from_this()](const error_code& ec) {
     if (ec || self->closed_) return;
-    EventClock::Event event(self->worker_->clock);
+    Step step(*self->worker_);
     self->timer_at_ = session::Clock::time_point::max();
     self->carry_out(self->core_->on_timer(self->now()), Source::Event);
     self->arm_timer();
@@ -1014,7 +1037,7 @@ void ClientSession::take(pool::CheckoutResult result) {
 }
 
 void ClientSession::on_granted(std::unique_ptr<pool::Connection> conn) {
-  EventClock::Event event(worker_->clock);
+  Step step(*worker_);
   Checkout& c = checkout();
   if (c.wait_timer) {  // acquire() waits; it takes the grant (and clears wait_pool)
     c.grant = std::move(conn);

@@ -114,6 +114,12 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
     friend class ClientSession;
     ClientSession* session_ = nullptr;
   };
+  // A server (or a permit to open one: null) granted to a waiting client while another of the
+  // worker's clients carries out a step; the worker keeps it until that step ends (Step).
+  struct Grant {
+    std::shared_ptr<ClientSession> session;
+    std::unique_ptr<pool::Connection> conn;
+  };
   // A checkout under way: from which pool, until when, and the place in the pool's queue. A
   // client has one only while it asks for servers; between transactions it goes back to the
   // worker's spares (Worker::spare_checkouts), so an idle client holds none.
@@ -164,6 +170,19 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // ---- Events (client_session.cpp) ----
   // The time of the event being carried out (Worker::clock).
   session::Clock::time_point now() const;
+  // One step of the worker's client sessions: an event carried out at one time (EventClock).
+  // Grants made during it are carried out as the outermost step ends, not inside the check-in
+  // that made them, and without a turn of the worker's loop each.
+  class Step {
+   public:
+    explicit Step(Worker& worker);
+    ~Step();
+    Step(const Step&) = delete;
+    Step& operator=(const Step&) = delete;
+
+   private:
+    Worker& worker_;
+  };
   enum class Source : std::uint8_t { Client, Server, Event };
   void carry_out(const session::Actions& actions, Source source, session::LinkId link = 0);
   // Plaintext to the client, through TLS when it is on.

@@ -13,25 +13,18 @@ class EventClock {
  public:
   using Clock = std::chrono::steady_clock;  // session::Clock
 
-  Clock::time_point now() const { return depth_ > 0 ? at_ : Clock::now(); }
+  Clock::time_point now() const { return in_event_ ? at_ : Clock::now(); }
 
-  // Marks the span of one event on the worker's thread; nested marks keep the outer time.
-  class Event {
-   public:
-    explicit Event(EventClock& clock) : clock_(clock) {
-      if (clock_.depth_++ == 0) clock_.at_ = Clock::now();
-    }
-    ~Event() { --clock_.depth_; }
-    Event(const Event&) = delete;
-    Event& operator=(const Event&) = delete;
-
-   private:
-    EventClock& clock_;
-  };
+  // The span of one event on the worker's thread (ClientSession::Step, which handles nesting).
+  void begin() {
+    at_ = Clock::now();
+    in_event_ = true;
+  }
+  void end() { in_event_ = false; }
 
  private:
   Clock::time_point at_{};
-  int depth_ = 0;
+  bool in_event_ = false;
 };
 
 }  // namespace pgvalve::proxy
