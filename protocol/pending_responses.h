@@ -22,15 +22,16 @@ struct PendingResponse {
     Synthetic,      // answered by pgvalve: no server message; emitted when it reaches the front
   };
   Kind kind = Kind::ReadyForQuery;
-  bool swallow = false;          // the request was pgvalve's own: its completion is not forwarded
-  bool failed = false;           // an ErrorResponse arrived for it
-  bool internal = false;         // the request was pgvalve's own: none of its answer is forwarded
-  bool sync = false;             // the request is a Sync (ignored by a server taking COPY data)
-  bool after_copy_end = false;   // a CopyDone or CopyFail was sent between it and the one before
-  std::uint8_t action = 0;       // what the session does when it completes (session-defined)
-  std::uint32_t note = 0;        // session-defined index (statement, setting, message)
-  std::uint16_t note_count = 0;  // session-defined: notes from `note` on belong to this request
-  std::uint16_t notes_done = 0;  // session-defined: how many of them have been settled
+  bool swallow = false;            // the request was pgvalve's own: its completion is not forwarded
+  bool failed = false;             // an ErrorResponse arrived for it
+  bool internal = false;           // the request was pgvalve's own: none of its answer is forwarded
+  bool sync = false;               // the request is a Sync (ignored by a server taking COPY data)
+  bool after_copy_end = false;     // a CopyDone or CopyFail was sent between it and the one before
+  bool fingerprint_later = false;  // session-defined: `fingerprint` is filled in after sending
+  std::uint8_t action = 0;         // what the session does when it completes (session-defined)
+  std::uint32_t note = 0;          // session-defined index (statement, setting, message)
+  std::uint16_t note_count = 0;    // session-defined: notes from `note` on belong to this request
+  std::uint16_t notes_done = 0;    // session-defined: how many of them have been settled
   std::uint64_t statement_hash = 0;
   // Statistics (session-defined): the shape of the statement this request runs (a Query or an
   // Execute; 0: not counted) and when it was sent.

@@ -202,6 +202,7 @@ void ClientSession::carry_out(const Actions& actions, Source source, session::Li
       client_writer_.on_drained(drained_callback());
     }
   }
+  core_->account();
   if (source == Source::Client) {
     client_in_.consume(actions.consumed);
     // A pinned or in-transaction client keeps no large buffer after a large message.

@@ -1,7 +1,8 @@
 // What one step of a client session asks the I/O layer to carry out. A step is the answer to
 // one event (client bytes, server bytes, a server linked, a timer, ...). The I/O layer does, in
 // this order: write `to_server` to the server of `server_link`, `to_links` to theirs, and
-// `to_client` (plus `outbox`) to the client — the writes are independent — then drops `consumed`
+// `to_client` (plus `outbox`) to the client — the writes are independent — then calls
+// Session::account() (statistics left until the bytes are on their way), then drops `consumed`
 // bytes from the front of the input the step read, then carries out the commands. Chunks point into
 // that input or into the session's own scratch memory and stay valid until the next step from the
 // same source (client input, one server link, or events); `outbox` is the I/O layer's to take.

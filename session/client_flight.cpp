@@ -1257,7 +1257,7 @@ void Session::plan_query(const pr::Frame& f, std::size_t offset, Link& l, Flight
     }
   }
   pr::PendingResponse rfq{Kind::ReadyForQuery};
-  if (sql) count_request(rfq, *sql);
+  if (sql) count_request(rfq, *sql, l);
   if (!sql || routing::plain_statement(*sql)) {
     if (sql) {
       forward_query(f, *sql, offset, flight);

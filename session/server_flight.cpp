@@ -393,10 +393,8 @@ void Session::complete_front(Link& l, char tag, Actions& out) {
     if (recorder_ && !head.internal && l.server->tx_status == 'I') {
       const auto took = l.transaction_started == Clock::time_point{} ? Clock::duration{}
                                                                      : now_ - l.transaction_started;
-      recorder_->stats->count_transaction(
-          recorder_->labels,
-          static_cast<std::uint64_t>(
-              std::chrono::duration_cast<std::chrono::microseconds>(took).count()));
+      count_transaction(static_cast<std::uint64_t>(
+          std::chrono::duration_cast<std::chrono::microseconds>(took).count()));
       l.transaction_started = {};
     }
     if (head.internal && head.action == kActionSync) finish_sync(l, !head.failed, out);

@@ -147,6 +147,9 @@ void Workspace::clear() {
   unnamed_portal_fingerprint = 0;
   fingerprinted_text = nullptr;
   fingerprinted_size = 0;
+  accounting.text = nullptr;
+  accounting.execution_due = false;
+  accounting.transaction_due = false;
   shrink(client_scratch);
   shrink(reply_scratch);
   shrink(client_actions.outbox);

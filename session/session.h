@@ -211,6 +211,13 @@ class Session {
   // Gives transient memory back to the worker's pool; call when the I/O layer has finished
   // every write of the last Actions and parks the client.
   void trim();
+  // Statistics a step left until its writes were done (a statement's fingerprint, an execution
+  // and a transaction to record), so that they never delay the bytes. The I/O layer calls it
+  // after a step's writes and before it drops the bytes the step consumed: the fingerprint reads
+  // the statement there.
+  void account() {
+    if (accounting_due_) settle_accounting();
+  }
   // Between transactions, after trim(), a session holds nothing of its worker's: it may move to
   // another worker, whose workspace pool it borrows from from then on.
   bool holds_workspace() const { return work_ != nullptr; }
@@ -415,13 +422,17 @@ class Session {
   // statistics share it). `parsed`: the text of a Parse, which drivers send again and again;
   // found in the worker's cache of texts seen before.
   std::uint64_t fingerprint_of(std::string_view sql, bool parsed = false);
-  // `request` runs `sql`: it is counted when it completes.
-  void count_request(protocol::PendingResponse& request, std::string_view sql);
+  // `request`, about to be queued on `l`, runs `sql`: it is counted when it completes. Its
+  // fingerprint may be left for account().
+  void count_request(protocol::PendingResponse& request, std::string_view sql, Link& l);
   void count_request(protocol::PendingResponse& request, std::uint64_t fingerprint);
   // `request` completed (`error`: with an error); `rows` from its CommandComplete tags.
   void record_execution(Link& l, const protocol::PendingResponse& request, bool error);
   // A counted request's CommandComplete (rows, kind) or ErrorResponse (SQLSTATE class).
   void note_answer(Link& l, const protocol::Frame& f);
+  // A transaction ended after `micros`.
+  void count_transaction(std::uint64_t micros);
+  void settle_accounting();
 
   // ---- failures and endings ----
   void fail_pending(Link& l, std::string_view sqlstate, std::string_view message, std::string& out);
@@ -507,6 +518,7 @@ class Session {
   bool input_waits_for_link_ = false;
   // A partial message is being received since `partial_since_`.
   bool partial_ = false;
+  bool accounting_due_ = false;  // account() has statistics to record
   Clock::time_point partial_since_{};
   Clock::time_point client_activity_{};
   Clock::time_point held_since_{};  // entered Holding, or last client bytes while Holding

@@ -299,6 +299,20 @@ struct Workspace {
   const char* fingerprinted_text = nullptr;
   std::size_t fingerprinted_size = 0;
   std::uint64_t fingerprinted_value = 0;
+  // Statistics left for Session::account(), after the step's writes: the text of one Query
+  // whose fingerprint is due (for the newest request on `link` marked fingerprint_later; links
+  // stay in place), one execution and one transaction to record. Further ones in the same step
+  // are recorded at once.
+  struct Accounting {
+    const char* text = nullptr;
+    std::size_t size = 0;
+    Link* link = nullptr;
+    bool execution_due = false;
+    bool transaction_due = false;
+    std::uint64_t transaction_micros = 0;
+    stats::Execution execution;
+  };
+  Accounting accounting;
   // The last request sent to a replica (at most kMaxRetriedRequestBytes), to run again
   // elsewhere if the replica dies before answering; retry_pending: linked for that.
   std::string retry_request;

@@ -1,6 +1,10 @@
 // What the session core tells the worker's statistics (stats/query_stats.h): each Query and
 // each Execute is counted once it completes, with its duration from when it was sent, the rows
 // of its CommandComplete tags, whether it failed, and where it ran.
+//
+// What needs no decision of the step is left until its writes are done (account()): a Query's
+// fingerprint, an execution and a transaction to record. A statement is on its way to the server
+// before it is fingerprinted, and an answer on its way to the client before it is recorded.
 #include "routing/fingerprint.h"
 #include "session/session_internal.h"
 
@@ -17,8 +21,20 @@ std::uint64_t Session::fingerprint_of(std::string_view sql, bool parsed) {
   return w.fingerprinted_value;
 }
 
-void Session::count_request(protocol::PendingResponse& request, std::string_view sql) {
+void Session::count_request(protocol::PendingResponse& request, std::string_view sql, Link& l) {
   if (!recorder_ || sql.empty()) return;
+  Workspace& w = work();
+  const bool known = w.fingerprinted_text == sql.data() && w.fingerprinted_size == sql.size();
+  if (!known && !w.accounting.text) {
+    w.accounting.text = sql.data();
+    w.accounting.size = sql.size();
+    w.accounting.link = &l;
+    accounting_due_ = true;
+    count_request(request, std::uint64_t{0});  // the transaction it may begin
+    request.started = now_.time_since_epoch().count();
+    request.fingerprint_later = true;
+    return;
+  }
   const std::uint64_t fingerprint = fingerprint_of(sql);
   recorder_->stats->prepare(fingerprint, sql, recorder_->labels);
   count_request(request, fingerprint);
@@ -71,9 +87,54 @@ void Session::record_execution(Link& l, const protocol::PendingResponse& request
     e.sqlstate_class[0] = l.error_class[0] ? l.error_class[0] : 'X';
     e.sqlstate_class[1] = l.error_class[1] ? l.error_class[1] : 'X';
   }
-  recorder_->stats->record(e, recorder_->labels);
+  if (Workspace::Accounting& a = work().accounting; !a.execution_due) {
+    a.execution = e;
+    a.execution_due = true;
+    accounting_due_ = true;
+  } else {
+    recorder_->stats->record(e, recorder_->labels);
+  }
   l.kind = stats::StatementKind::Other;
   l.error_class[0] = l.error_class[1] = 0;
+}
+
+void Session::count_transaction(std::uint64_t micros) {
+  if (Workspace::Accounting& a = work().accounting; !a.transaction_due) {
+    a.transaction_micros = micros;
+    a.transaction_due = true;
+    accounting_due_ = true;
+  } else {
+    recorder_->stats->count_transaction(recorder_->labels, micros);
+  }
+}
+
+void Session::settle_accounting() {
+  accounting_due_ = false;
+  if (!work_ || !recorder_) return;
+  Workspace::Accounting& a = work_->accounting;
+  if (a.text) {
+    const std::string_view sql(a.text, a.size);
+    a.text = nullptr;
+    const std::uint64_t fingerprint = fingerprint_of(sql);
+    recorder_->stats->prepare(fingerprint, sql, recorder_->labels);
+    // The request it counts is the newest marked on its link (unless it was refused unqueued).
+    protocol::PendingResponses& pending = a.link->pending;
+    for (std::size_t i = pending.size(); i-- > 0;) {
+      protocol::PendingResponse& p = pending.at(i);
+      if (!p.fingerprint_later) continue;
+      p.fingerprint_later = false;
+      p.fingerprint = fingerprint;
+      break;
+    }
+  }
+  if (a.execution_due) {
+    a.execution_due = false;
+    recorder_->stats->record(a.execution, recorder_->labels);
+  }
+  if (a.transaction_due) {
+    a.transaction_due = false;
+    recorder_->stats->count_transaction(recorder_->labels, a.transaction_micros);
+  }
 }
 
 }  // namespace pgvalve::session

@@ -1701,6 +1701,9 @@ class Harness {
       fake(linked_[id]).receive(bytes);
     }
 
+    // Statistics left until the writes are done: they may read the step's input.
+    session_.account();
+
     // Consumed input.
     if (source == Source::Client) {
       CHECK(input == std::string_view(client_in_).substr(0, input.size()));

@@ -533,7 +533,9 @@ class SessionHarness {
     login_reply = login.to_client;
   }
 
+  // Carries out a step as the I/O layer does (its statistics after its writes) and keeps it.
   Step track(const Actions& a) {
+    session_.account();
     const SessionState now = session_.state();
     EXPECT_TRUE(transition_allowed(previous_, now))
         << "transition " << state_name(previous_) << " -> " << state_name(now);

@@ -104,5 +104,46 @@ TEST_F(SessionStatistics, PgvalvesOwnQueriesAreNotCounted) {
   EXPECT_EQ(snapshot_.queries[0].fingerprint, routing::fingerprint("select 1"));
 }
 
+// A step's statistics wait until its writes are done: the answer is on its way to the client
+// before its execution and transaction are recorded, by account().
+TEST_F(SessionStatistics, AnAnswerIsRecordedOnlyWhenTheStepIsAccounted) {
+  SessionHarness h({}, {}, nullptr, false, &recorder_);
+  auto server = SessionHarness::fresh_server();
+  h.send(query("select * from readings where device_id = 7"), *server, nullptr, T0);
+  const std::string answer =
+      row_description() + data_row({"1"}) + complete("SELECT 1") + ready('I');
+  const Actions& a = h.session().on_server_data(0, answer, T0 + 2ms);
+  EXPECT_EQ(a.to_client.size() + a.outbox.size() > 0, true);
+  EXPECT_EQ(figures("select * from readings where device_id = 1"), nullptr);
+  ASSERT_TRUE(snapshot_.databases.empty() || snapshot_.databases[0].transactions == 0);
+  h.session().account();
+  const auto* f = figures("select * from readings where device_id = 1");
+  ASSERT_NE(f, nullptr);
+  EXPECT_EQ(f->calls, 1u);
+  EXPECT_EQ(f->total_micros, 2000u);
+  ASSERT_EQ(snapshot_.databases.size(), 1u);
+  EXPECT_EQ(snapshot_.databases[0].transactions, 1u);
+}
+
+// Two Queries read in one step: the first is fingerprinted in account(), the second at once;
+// each execution gets its own statement's shape.
+TEST_F(SessionStatistics, QueriesReadTogetherKeepTheirOwnShapes) {
+  SessionHarness h({}, {}, nullptr, false, &recorder_);
+  auto server = SessionHarness::fresh_server();
+  h.send(query("select a from t where id = 1") + query("update t set a = 2 where id = 3"), *server,
+         nullptr, T0);
+  h.answer(row_description() + data_row({"1"}) + complete("SELECT 1") + ready('I') +
+               complete("UPDATE 1") + ready('I'),
+           T0 + 1ms);
+  const auto* select = figures("select a from t where id = 5");
+  ASSERT_NE(select, nullptr);
+  EXPECT_EQ(select->calls, 1u);
+  EXPECT_EQ(select->text, "select a from t where id = $1");
+  const auto* update = figures("update t set a = 5 where id = 6");
+  ASSERT_NE(update, nullptr);
+  EXPECT_EQ(update->calls, 1u);
+  EXPECT_EQ(update->rows, 1u);
+}
+
 }  // namespace
 }  // namespace pgvalve::session::testing
