@@ -202,6 +202,7 @@ void ClientSession::carry_out(const Actions& actions, Source source, session::Li
       client_writer_.on_drained(drained_callback());
     }
   }
+  // After the writes, so statistics never delay them; before the input they read is dropped.
   core_->account();
   if (source == Source::Client) {
     client_in_.consume(actions.consumed);
