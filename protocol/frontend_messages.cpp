@@ -303,6 +303,29 @@ std::optional<BindParameter> read_bind_parameter(std::string_view rest, std::siz
   }
 }
 
+bool bind_rest_with_extra_columns(std::string_view rest, std::size_t extra, std::string& out) {
+  Cursor c(rest);
+  const auto formats = c.u16();
+  if (!formats || !c.bytes(std::size_t{*formats} * 2)) return false;
+  const auto params = c.u16();
+  if (!params) return false;
+  for (std::uint16_t i = 0; i < *params; ++i) {
+    const auto len = c.i32();
+    if (!len || *len < -1 || (*len > 0 && !c.bytes(static_cast<std::size_t>(*len)))) return false;
+  }
+  const std::size_t results_at = rest.size() - c.remaining();
+  const auto results = c.u16();
+  if (!results || !c.bytes(std::size_t{*results} * 2) || !c.at_end()) return false;
+  out.assign(rest);
+  if (*results <= 1) return true;
+  if (*results + extra > 0xffff) return false;
+  out.resize(results_at);
+  append_u16(out, static_cast<std::uint16_t>(*results + extra));
+  out.append(rest.substr(results_at + 2));
+  out.append(2 * extra, '\0');
+  return true;
+}
+
 bool bind_rest_subset(std::string_view rest, std::span<const std::uint16_t> numbers,
                       std::string& out) {
   Cursor c(rest);

@@ -180,6 +180,10 @@ std::optional<BindParameter> read_bind_parameter(std::string_view rest, std::siz
 // malformed or has no such parameter.
 bool bind_rest_subset(std::string_view rest, std::span<const std::uint16_t> numbers,
                       std::string& out);
+// `rest` (a Bind's body after its names) for a statement with `extra` more output columns after
+// the client's: when it names a format per column, the extra ones are text; one format, or none,
+// already covers them. False when `rest` is malformed.
+bool bind_rest_with_extra_columns(std::string_view rest, std::size_t extra, std::string& out);
 // A Bind of `statement` into `portal` whose remaining body is `rest` as raw bytes.
 void append_bind(std::string& out, std::string_view portal, std::string_view statement,
                  std::string_view rest);

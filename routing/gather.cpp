@@ -6,6 +6,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
+#include <type_traits>
 #include <unordered_map>
 
 #include "protocol/binary_values.h"
@@ -34,10 +36,21 @@ std::optional<std::int64_t> integer(std::string_view s) {
   return v;
 }
 
-double floating(std::string_view s) {
+// A float's text as PostgreSQL writes it (NaN and infinities included), read in double or
+// single precision.
+template <class Float>
+Float float_value(std::string_view s) {
   const std::string text(s);  // strtod needs a terminated string
-  if (text == "NaN") return std::nan("");
-  return std::strtod(text.c_str(), nullptr);
+  if (text == "NaN") return std::numeric_limits<Float>::quiet_NaN();
+  if constexpr (std::is_same_v<Float, float>) {
+    return std::strtof(text.c_str(), nullptr);
+  } else {
+    return std::strtod(text.c_str(), nullptr);
+  }
+}
+
+double floating(std::string_view s) {
+  return float_value<double>(s);
 }
 
 // PostgreSQL orders NaN above every other value.
@@ -257,7 +270,192 @@ std::optional<std::string> numeric_binary(std::string_view text) {
   return out;
 }
 
+// PostgreSQL's float4 and float8 output with its default extra_float_digits (1): the shortest
+// text that reads back as the same value; positional for decimal exponents from -4 up to 5
+// (real) or 14 (double precision), else d.ddde+XX.
+template <class Float>
+std::string float_text(Float v) {
+  if (std::isnan(v)) return "NaN";
+  if (std::isinf(v)) return v > 0 ? "Infinity" : "-Infinity";
+  constexpr int kMaxPositional = std::is_same_v<Float, float> ? 5 : 14;
+  char buffer[64];
+  const auto r = std::to_chars(buffer, buffer + sizeof buffer, v, std::chars_format::scientific);
+  const std::string_view scientific(buffer, static_cast<std::size_t>(r.ptr - buffer));
+  const std::size_t e = scientific.find('e');
+  int exponent = 0;
+  std::from_chars(scientific.data() + e + (scientific[e + 1] == '+' ? 2 : 1),
+                  scientific.data() + scientific.size(), exponent);
+  if (exponent < -4 || exponent > kMaxPositional) return std::string(scientific);
+  std::string_view mantissa = scientific.substr(0, e);
+  std::string out;
+  if (mantissa.front() == '-') {
+    out.push_back('-');
+    mantissa.remove_prefix(1);
+  }
+  std::string digits;
+  for (char c : mantissa) {
+    if (c != '.') digits.push_back(c);
+  }
+  if (exponent < 0) {
+    out.append("0.").append(static_cast<std::size_t>(-exponent - 1), '0').append(digits);
+  } else if (const auto whole = static_cast<std::size_t>(exponent) + 1; digits.size() <= whole) {
+    out.append(digits).append(whole - digits.size(), '0');
+  } else {
+    out.append(digits, 0, whole).append(".").append(digits, whole);
+  }
+  return out;
+}
+
+// The weight (power of 10000) and value of the first non-zero base-10000 digit of a decimal
+// [-]whole[.fraction], as PostgreSQL's numeric stores it; 0 and 0 for zero.
+struct LeadingDigit {
+  int weight = 0;
+  int value = 0;
+};
+
+LeadingDigit leading_digit(std::string_view whole, std::string_view fraction) {
+  const std::size_t nonzero = whole.find_first_not_of('0');
+  if (nonzero != std::string_view::npos) {
+    whole.remove_prefix(nonzero);
+    const std::size_t head = (whole.size() - 1) % 4 + 1;
+    int value = 0;
+    std::from_chars(whole.data(), whole.data() + head, value);
+    return {static_cast<int>((whole.size() - 1) / 4), value};
+  }
+  const std::size_t first = fraction.find_first_not_of('0');
+  if (first == std::string_view::npos) return {};
+  const std::size_t group = first / 4;
+  std::string digits(fraction.substr(4 * group, 4));
+  digits.resize(4, '0');
+  return {-static_cast<int>(group) - 1, std::stoi(digits)};
+}
+
+// avg() of numeric and integer arguments: the exact sum over the count as PostgreSQL's
+// numeric_div gives it: select_div_scale's result scale (at least 16 significant digits, at
+// least the sum's scale), rounded half away from zero. nullopt for NaN or infinite sums.
+std::optional<std::string> numeric_average(std::string_view sum, std::int64_t count) {
+  if (count <= 0) return std::nullopt;
+  if (sum == "NaN" || sum == "Infinity" || sum == "-Infinity") return std::nullopt;
+  const bool negative = !sum.empty() && sum[0] == '-';
+  if (negative) sum.remove_prefix(1);
+  const std::size_t dot = sum.find('.');
+  const std::string_view whole = sum.substr(0, dot);
+  const std::string_view fraction =
+      dot == std::string_view::npos ? std::string_view{} : sum.substr(dot + 1);
+  if (whole.empty() || whole.find_first_not_of("0123456789") != std::string_view::npos ||
+      fraction.find_first_not_of("0123456789") != std::string_view::npos) {
+    return std::nullopt;
+  }
+  const std::string count_text = std::to_string(count);
+  const LeadingDigit a = leading_digit(whole, fraction);
+  const LeadingDigit b = leading_digit(count_text, {});
+  int quotient_weight = a.weight - b.weight;
+  if (a.value <= b.value) --quotient_weight;
+  const int sum_scale = static_cast<int>(fraction.size());
+  const int scale = std::min(std::max({16 - 4 * quotient_weight, sum_scale, 0}), 1000);
+  // Long division of the sum's digits, followed by zeros up to one digit past `scale`, by the
+  // count; that last digit rounds.
+  std::string digits;
+  digits.reserve(whole.size() + static_cast<std::size_t>(scale) + 1);
+  unsigned __int128 remainder = 0;
+  const auto divisor = static_cast<unsigned __int128>(count);
+  auto divide = [&](char c) {
+    remainder = remainder * 10 + static_cast<unsigned>(c - '0');
+    digits.push_back(static_cast<char>('0' + static_cast<int>(remainder / divisor)));
+    remainder %= divisor;
+  };
+  for (char c : whole)
+    divide(c);
+  for (int i = 0; i < scale + 1; ++i)
+    divide(i < sum_scale ? fraction[static_cast<std::size_t>(i)] : '0');
+  const bool round_up = digits.back() >= '5';
+  digits.pop_back();
+  if (round_up) {
+    std::size_t i = digits.size();
+    while (i > 0 && digits[i - 1] == '9')
+      digits[--i] = '0';
+    if (i == 0) {
+      digits.insert(digits.begin(), '1');
+    } else {
+      ++digits[i - 1];
+    }
+  }
+  const std::size_t whole_digits = digits.size() - static_cast<std::size_t>(scale);
+  std::string_view integer_part(digits.data(), whole_digits);
+  while (integer_part.size() > 1 && integer_part[0] == '0')
+    integer_part.remove_prefix(1);
+  const bool zero = digits.find_first_not_of('0') == std::string::npos;
+  std::string out = negative && !zero ? "-" : "";
+  out.append(integer_part);
+  if (scale > 0) out.append(".").append(digits, whole_digits);
+  return out;
+}
+
 }  // namespace
+
+ClientDescription client_description(const ScatterPlan& plan, std::string_view shard_body) {
+  ClientDescription out;
+  if (plan.averages.empty()) {
+    out.body.assign(shard_body);
+    return out;
+  }
+  pr::Cursor c(shard_body);
+  const auto count = c.i16();
+  const std::size_t columns = plan.combine.size();
+  if (!count || static_cast<std::size_t>(*count) != columns + plan.averages.size()) {
+    out.refusal = "the shards' columns do not match the statement";
+    return out;
+  }
+  pr::append_i16(out.body, static_cast<std::int16_t>(columns));
+  for (std::size_t i = 0; i < columns; ++i) {
+    const auto name = c.cstr();
+    const auto table = c.i32();
+    const auto column = c.i16();
+    const auto type = c.i32();
+    const auto size = c.i16();
+    const auto modifier = c.i32();
+    const auto format = c.i16();
+    if (!name || !table || !column || !type || !size || !modifier || !format) {
+      out.refusal = "a shard sent a malformed RowDescription";
+      return out;
+    }
+    if (plan.combine[i] != ScatterPlan::Combine::Avg) {
+      pr::append_cstr(out.body, *name);
+      pr::append_i32(out.body, *table);
+      pr::append_i16(out.body, *column);
+      pr::append_i32(out.body, *type);
+      pr::append_i16(out.body, *size);
+      pr::append_i32(out.body, *modifier);
+      pr::append_i16(out.body, *format);
+      continue;
+    }
+    // The sum's type says the argument's: bigint for smallint and integer, numeric for bigint
+    // and numeric, double precision for itself; avg() answers numeric for all but the last.
+    const auto sum_type = static_cast<std::uint32_t>(*type);
+    if (sum_type == kFloat4) {
+      out.refusal =
+          "avg() of real across shards would add up in single precision; cast the argument to "
+          "double precision";
+      return out;
+    }
+    if (sum_type != kInt8 && sum_type != kNumeric && sum_type != kFloat8) {
+      out.refusal = "avg() of this type does not combine across shards; average numbers";
+      return out;
+    }
+    const bool named =
+        std::any_of(plan.averages.begin(), plan.averages.end(),
+                    [&](const ScatterPlan::Average& a) { return a.column == i && a.named; });
+    const bool floating_point = sum_type == kFloat8;
+    pr::append_cstr(out.body, named ? *name : std::string_view("avg"));
+    pr::append_i32(out.body, 0);
+    pr::append_i16(out.body, 0);
+    pr::append_i32(out.body, static_cast<std::int32_t>(floating_point ? kFloat8 : kNumeric));
+    pr::append_i16(out.body, static_cast<std::int16_t>(floating_point ? 8 : -1));
+    pr::append_i32(out.body, -1);
+    pr::append_i16(out.body, *format);
+  }
+  return out;
+}
 
 std::optional<std::string_view> Gather::Row::value(std::size_t i) const {
   const Field& f = fields[i];
@@ -421,16 +619,18 @@ bool Gather::read_description(const pr::Frame& f) {
                        (columns_[i].type == static_cast<std::int32_t>(kInt2) ||
                         columns_[i].type == static_cast<std::int32_t>(kInt4) ||
                         columns_[i].type == static_cast<std::int32_t>(kInt8)));
-    if ((op == ScatterPlan::Combine::Sum && !sums) ||
+    if (((op == ScatterPlan::Combine::Sum || op == ScatterPlan::Combine::Avg) && !sums) ||
         ((op == ScatterPlan::Combine::Min || op == ScatterPlan::Combine::Max) &&
          k == Kind::Other)) {
       return fail("0A000", "pgvalve: this aggregate's type does not combine across shards");
     }
   }
-  if (!plan_.combine.empty() && plan_.combine.size() != kinds_.size()) {
+  if (!plan_.combine.empty() && plan_.combine.size() + plan_.averages.size() != kinds_.size()) {
     return fail("0A000", "pgvalve: the shards' columns do not match the statement");
   }
-  description_.assign(f.body);
+  ClientDescription client = client_description(plan_, f.body);
+  if (!client.refusal.empty()) return fail("0A000", "pgvalve: " + client.refusal);
+  description_ = std::move(client.body);
   return true;
 }
 
@@ -532,15 +732,19 @@ void Gather::rebuild(Row& row, const std::vector<std::optional<std::string>>& va
 
 bool Gather::combine_into(Row& into, const Row& from) {
   std::vector<std::optional<std::string>> values;
-  for (std::size_t i = 0; i < plan_.combine.size(); ++i) {
+  for (std::size_t i = 0; i < kinds_.size(); ++i) {
     const auto a = into.value(i);
     const auto b = from.value(i);
     std::optional<std::string> v = a ? std::optional<std::string>(std::string(*a)) : std::nullopt;
+    // An average's sum adds up, and so do the counts after the statement's columns.
+    const ScatterPlan::Combine op =
+        i < plan_.combine.size() ? plan_.combine[i] : ScatterPlan::Combine::Sum;
     if (b) {
-      switch (plan_.combine[i]) {
+      switch (op) {
         case ScatterPlan::Combine::Group:
           break;
         case ScatterPlan::Combine::Sum:
+        case ScatterPlan::Combine::Avg:
           if (!a) {
             v = std::string(*b);
           } else if (kinds_[i] == Kind::Integer) {
@@ -578,13 +782,11 @@ bool Gather::combine_into(Row& into, const Row& from) {
             if (!s)
               return fail("0A000", "pgvalve: a NaN or infinite sum does not combine across shards");
             v = *s;
+          } else if (columns_[i].type == static_cast<std::int32_t>(kFloat4)) {
+            // sum(real) adds in single precision on each shard, and so here.
+            v = float_text(float_value<float>(*a) + float_value<float>(*b));
           } else {
-            const double s = floating(*a) + floating(*b);
-            char buffer[32];
-            const auto r = std::to_chars(buffer, buffer + sizeof buffer, s);
-            v = std::string(buffer, r.ptr);
-            if (std::isinf(s)) v = s > 0 ? "Infinity" : "-Infinity";
-            if (std::isnan(s)) v = "NaN";
+            v = float_text(floating(*a) + floating(*b));
           }
           break;
         case ScatterPlan::Combine::Min:
@@ -598,6 +800,70 @@ bool Gather::combine_into(Row& into, const Row& from) {
     values.push_back(std::move(v));
   }
   rebuild(into, values);
+  return true;
+}
+
+// Each average's sum over its count, as avg() answers; the count columns go.
+bool Gather::finish_averages() {
+  const std::size_t columns = plan_.combine.size();
+  std::vector<std::optional<std::string>> values;
+  for (Row& row : rows_) {
+    values.clear();
+    for (std::size_t i = 0; i < columns; ++i) {
+      const auto v = row.value(i);
+      values.push_back(v ? std::optional<std::string>(std::string(*v)) : std::nullopt);
+    }
+    for (std::size_t j = 0; j < plan_.averages.size(); ++j) {
+      const std::size_t column = plan_.averages[j].column;
+      const std::size_t counted = columns + j;
+      const auto sum = row.value(column);
+      const auto counted_value = row.value(counted);
+      std::optional<std::int64_t> count = 0;
+      if (counted_value) {
+        count = kinds_[counted] == Kind::BinaryInteger ? binary_integer(*counted_value)
+                                                       : integer(*counted_value);
+      }
+      if (!count || *count < 0) {
+        return fail("08P01", "pgvalve: a shard sent a count that is not a number");
+      }
+      if (*count == 0 || !sum) {
+        values[column].reset();  // no value to average: NULL, as avg() answers
+        continue;
+      }
+      const bool binary = columns_[column].format != 0;
+      if (columns_[column].type == static_cast<std::int32_t>(kFloat8)) {
+        const double average =
+            (binary ? binary_float(*sum) : floating(*sum)) / static_cast<double>(*count);
+        values[column] = binary ? binary_float_of(average, 8) : float_text(average);
+        continue;
+      }
+      std::optional<std::string> text;
+      if (kinds_[column] == Kind::Integer || kinds_[column] == Kind::Numeric) {
+        text = std::string(*sum);
+      } else if (kinds_[column] == Kind::BinaryInteger) {
+        if (const auto x = binary_integer(*sum)) text = std::to_string(*x);
+      } else if (kinds_[column] == Kind::BinaryNumeric) {
+        text = numeric_text(*sum);
+      }
+      const auto average = text ? numeric_average(*text, *count) : std::nullopt;
+      const auto value = average && binary ? numeric_binary(*average) : average;
+      if (!value) {
+        return fail("0A000", "pgvalve: a NaN or infinite sum does not combine across shards");
+      }
+      values[column] = *value;
+    }
+    rebuild(row, values);
+  }
+  // From here on the averages sort as what they now are.
+  kinds_.resize(columns);
+  for (const ScatterPlan::Average& a : plan_.averages) {
+    const bool binary = columns_[a.column].format != 0;
+    if (columns_[a.column].type == static_cast<std::int32_t>(kFloat8)) {
+      kinds_[a.column] = binary ? Kind::BinaryFloat : Kind::Float;
+    } else {
+      kinds_[a.column] = binary ? Kind::BinaryNumeric : Kind::Numeric;
+    }
+  }
   return true;
 }
 
@@ -639,6 +905,7 @@ void Gather::finish(std::string& out, bool describe) {
       }
     }
     rows_ = std::move(groups);
+    if (!plan_.averages.empty() && !finish_averages()) return finish(out, describe);
   }
   if (plan_.distinct) {
     std::unordered_map<std::string, bool> seen;

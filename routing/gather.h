@@ -27,6 +27,17 @@
 
 namespace pgvalve::routing {
 
+// The RowDescription (its body, without tag and length) the client gets for a shard's when `plan`
+// has averages (ScatterPlan::Average): each average's sum described as avg() describes its
+// result (numeric; double precision for a double precision argument) and named "avg" unless
+// aliased, the count columns dropped. Without averages, `shard_body` as it is. A non-empty
+// `refusal` says why the averages cannot be combined (an argument of another type).
+struct ClientDescription {
+  std::string body;
+  std::string refusal;
+};
+ClientDescription client_description(const ScatterPlan& plan, std::string_view shard_body);
+
 class Gather {
  public:
   // `limit` < 0: none. The rows kept in memory may take `max_bytes`; beyond, the answer is an
@@ -42,6 +53,7 @@ class Gather {
   // `describe`; an Execute's answer has none).
   void finish(std::string& out, bool describe = true);
   bool failed() const { return failed_; }
+  const ScatterPlan& plan() const { return plan_; }
   // After finish(): the rows the client got (or, for a write, the row count of its tag).
   std::uint64_t rows_answered() const { return rows_answered_; }
 
@@ -85,6 +97,7 @@ class Gather {
   int compare(Kind kind, std::string_view a, std::string_view b) const;
   bool less(const Row& a, const Row& b) const;
   bool combine_into(Row& into, const Row& from);
+  bool finish_averages();
   static void rebuild(Row& row, const std::vector<std::optional<std::string>>& values);
 
   ScatterPlan plan_;  // a copy: the cached plan may be evicted while shards answer
@@ -93,9 +106,9 @@ class Gather {
   std::int64_t offset_;
   std::size_t max_bytes_;
   std::size_t bytes_ = 0;
-  std::string description_;  // the first shard's RowDescription body
-  std::vector<Column> columns_;
-  std::vector<Kind> kinds_;  // per column
+  std::string description_;      // the client's RowDescription body (client_description)
+  std::vector<Column> columns_;  // the shards' (with averages' counts)
+  std::vector<Kind> kinds_;      // per column of the shards' rows; the client's once averaged
   std::vector<Row> rows_;
   std::string error_;  // an ErrorResponse body (a shard's, or pgvalve's)
   bool failed_ = false;

@@ -3,14 +3,101 @@
 #include <algorithm>
 #include <cstdint>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "protocol/binary_values.h"
 #include "routing/normalized_walk.h"
 #include "routing/parse_tree.h"
+#include "routing/sql_lexer.h"
 
 namespace pgvalve::routing {
 
 namespace {
+
+// One `avg(...)` call in a statement's text: the function name's token and the span of its
+// arguments between the parentheses.
+struct AvgCall {
+  std::size_t name_begin = 0;
+  std::size_t name_end = 0;
+  std::size_t args_begin = 0;
+  std::size_t args_end = 0;
+};
+
+bool names_avg(const Token& t) {
+  return t.is_word("avg") || (t.kind == TokenKind::QuotedIdentifier && t.text == "\"avg\"");
+}
+
+// Every `avg (` of `sql` whose parenthesis closes, in order. Literals never hold one (they are
+// tokens of their own), so statements of one shape have the same calls in the same order.
+std::vector<AvgCall> avg_calls(std::string_view sql) {
+  std::vector<AvgCall> calls;
+  std::vector<std::size_t> open;  // indexes into `calls` of calls whose ')' is still ahead
+  std::vector<int> depth_at_open;
+  SqlLexer lexer(sql, 0, SqlLexer::Keywords::NotLookedUp);
+  Token t;
+  Token previous;
+  bool have_previous = false;
+  int depth = 0;
+  while (lexer.next(t)) {
+    if (t.is_punct('(')) {
+      if (have_previous && names_avg(previous)) {
+        calls.push_back({previous.offset, previous.end(), t.end(), t.end()});
+        open.push_back(calls.size() - 1);
+        depth_at_open.push_back(depth);
+      }
+      ++depth;
+    } else if (t.is_punct(')')) {
+      --depth;
+      if (!open.empty() && depth_at_open.back() == depth) {
+        calls[open.back()].args_end = t.offset;
+        open.pop_back();
+        depth_at_open.pop_back();
+      }
+    }
+    previous = t;
+    have_previous = true;
+  }
+  if (!open.empty()) calls.clear();  // unbalanced: PostgreSQL refuses the statement anyway
+  return calls;
+}
+
+// Where the output list of the statement's SELECT ends: right after its last token, before the
+// reserved word (FROM, WHERE, GROUP, ...) or ';' that follows it. std::nullopt without a SELECT.
+std::optional<std::size_t> target_list_end(std::string_view sql) {
+  SqlLexer lexer(sql, 0, SqlLexer::Keywords::NotLookedUp);
+  Token t;
+  bool in_targets = false;
+  int depth = 0;
+  std::size_t end = 0;
+  bool after_distinct = false;
+  while (lexer.next(t)) {
+    if (!in_targets) {
+      if (t.is_word("select")) {
+        in_targets = true;
+        end = t.end();
+      }
+      continue;
+    }
+    if (t.is_punct('(') || t.is_punct('[')) {
+      ++depth;
+    } else if (t.is_punct(')') || t.is_punct(']')) {
+      if (--depth < 0) return end;
+    } else if (depth == 0) {
+      if (t.is_punct(';')) return end;
+      for (std::string_view word :
+           {"from", "into", "where", "group", "having", "window", "union", "intersect", "except",
+            "order", "limit", "offset", "fetch", "for"}) {
+        // `a IS DISTINCT FROM b` is an expression, not the FROM clause.
+        if (t.is_word(word) && !(word == "from" && after_distinct)) return end;
+      }
+    }
+    after_distinct = t.is_word("distinct");
+    end = t.end();
+  }
+  if (!in_targets) return std::nullopt;
+  return end;
+}
 
 using SortKey = ScatterPlan::SortKey;
 using Combine = ScatterPlan::Combine;
@@ -334,13 +421,36 @@ class Planner {
         } else if (name == "max") {
           plan.combine.push_back(Combine::Max);
         } else if (name == "avg") {
-          return refuse(
-              "avg() across shards is not rewritten yet; select sum() and count() and "
-              "divide");
+          const Json* args = field(*call, "args");
+          if (distinct || field(*call, "agg_filter") != nullptr ||
+              field(*call, "agg_order") != nullptr || field(*call, "agg_within_group") != nullptr ||
+              args == nullptr || !args->is_array() || args->size() != 1) {
+            return refuse(
+                "avg() across shards takes one plain argument (no DISTINCT, FILTER or ORDER "
+                "BY); select sum() and count() and divide");
+          }
+          // Which avg( of the text this is: the first at or after the call's start (a
+          // schema-qualified name starts before its `avg`).
+          const int location = location_of(*call);
+          const std::vector<AvgCall> calls = avg_calls(sql_);
+          const std::optional<std::size_t> targets_end = target_list_end(sql_);
+          std::size_t k = 0;
+          while (k < calls.size() && location >= 0 &&
+                 calls[k].name_begin < static_cast<std::size_t>(location)) {
+            ++k;
+          }
+          if (location < 0 || k == calls.size() || !targets_end ||
+              calls[k].args_end > *targets_end) {
+            return refuse("an avg() pgvalve cannot find in the statement's text");
+          }
+          const Json* alias = field(*as((*targets)[i], "ResTarget"), "name");
+          plan.averages.push_back({static_cast<std::uint16_t>(i), static_cast<std::uint32_t>(k),
+                                   alias != nullptr && alias->is_string()});
+          plan.combine.push_back(Combine::Avg);
         } else {
           return refuse(std::string(name) +
-                        "() does not combine across shards; count, sum, min and "
-                        "max do");
+                        "() does not combine across shards; count, sum, min, max and "
+                        "avg do");
         }
       }
     }
@@ -522,16 +632,26 @@ SlotValue read_slot(std::string_view text, const ParamSource* params) {
 
 }  // namespace
 
-ShardStatement shard_statement(std::string_view sql, const ScatterPlan& plan,
-                               const ParamSource* params) {
-  ShardStatement out;
-  if (plan.limit_slot < 0 && plan.offset_slot < 0) return out;
+namespace {
+
+// A piece of the statement's text replaced by another ([begin, end) of the original; an insertion
+// when begin == end).
+struct Edit {
+  std::size_t begin = 0;
+  std::size_t end = 0;
+  std::string text;
+};
+
+// The rewrites of LIMIT and OFFSET (ShardStatement). False with `out.refusal` set when a value
+// cannot be read.
+bool limit_edits(std::string_view sql, const ScatterPlan& plan, const ParamSource* params,
+                 ShardStatement& out, std::vector<Edit>& edits) {
+  if (plan.limit_slot < 0 && plan.offset_slot < 0) return true;
   LimitSlots slots(plan.limit_slot, plan.offset_slot);
   normalized_walk(sql, slots);
   if (!slots.seen(0) || !slots.seen(1)) {
-    out.ok = false;
     out.refusal = "a LIMIT or OFFSET pgvalve cannot read";
-    return out;
+    return false;
   }
   SlotValue v[2];
   std::string_view text[2];
@@ -544,13 +664,12 @@ ShardStatement shard_statement(std::string_view sql, const ScatterPlan& plan,
     text[i] = sql.substr(s.begin, s.end - s.begin);
     v[i] = read_slot(text[i], params);
     if (v[i].kind == SlotValue::Kind::Unreadable) {
-      out.ok = false;
       out.refusal = "LIMIT and OFFSET across shards take a whole number; " + std::string(text[i]) +
                     " is not one pgvalve reads";
-      return out;
+      return false;
     }
     // A negative value: each shard runs the statement as written and PostgreSQL refuses it.
-    if (v[i].kind != SlotValue::Kind::Null && v[i].value < 0) return out;
+    if (v[i].kind != SlotValue::Kind::Null && v[i].value < 0) return true;
   }
   const bool has_limit = v[0].kind != SlotValue::Kind::Null;
   const std::int64_t offset = v[1].kind == SlotValue::Kind::Null ? 0 : v[1].value;
@@ -559,43 +678,72 @@ ShardStatement shard_statement(std::string_view sql, const ScatterPlan& plan,
   const bool combined = !plan.combine.empty();
   const bool rewrite_offset = plan.offset_slot >= 0 && offset > 0;
   const bool rewrite_limit = has_limit && (combined || rewrite_offset);
-  if (!rewrite_offset && !rewrite_limit) return out;
   constexpr std::string_view kNoLimit = "9223372036854775807";
   auto as_int8 = [&](int i) { return "$" + std::to_string(v[i].param) + "::int8"; };
-  std::string replacement[2];
   if (rewrite_limit) {
+    std::string limit;
     if (combined) {
-      replacement[0] = v[0].kind == SlotValue::Kind::Param
-                           ? "(0 * " + as_int8(0) + " + " + std::string(kNoLimit) + ")"
-                           : std::string(kNoLimit);
+      limit = v[0].kind == SlotValue::Kind::Param
+                  ? "(0 * " + as_int8(0) + " + " + std::string(kNoLimit) + ")"
+                  : std::string(kNoLimit);
     } else if (v[0].kind == SlotValue::Kind::Param || v[1].kind == SlotValue::Kind::Param) {
       const std::string a =
           v[0].kind == SlotValue::Kind::Param ? as_int8(0) : std::to_string(v[0].value);
       const std::string b =
           v[1].kind == SlotValue::Kind::Param ? as_int8(1) : std::to_string(v[1].value);
-      replacement[0] = "(" + a + " + " + b + ")";
+      limit = "(" + a + " + " + b + ")";
     } else {
       const std::int64_t max = INT64_MAX;
-      replacement[0] = std::to_string(v[0].value > max - offset ? max : v[0].value + offset);
+      limit = std::to_string(v[0].value > max - offset ? max : v[0].value + offset);
     }
+    edits.push_back({slots.at(0).begin, slots.at(0).end, std::move(limit)});
   }
   if (rewrite_offset) {
-    replacement[1] = v[1].kind == SlotValue::Kind::Param ? "(0 * " + as_int8(1) + ")" : "0";
+    edits.push_back({slots.at(1).begin, slots.at(1).end,
+                     v[1].kind == SlotValue::Kind::Param ? "(0 * " + as_int8(1) + ")" : "0"});
   }
-  // Replaced from the back, so the front offsets stay valid.
-  struct Edit {
-    std::size_t begin, end;
-    const std::string* with;
-  };
-  Edit edits[2];
-  int n = 0;
-  for (int i = 0; i < 2; ++i) {
-    if (!replacement[i].empty()) edits[n++] = {slots.at(i).begin, slots.at(i).end, &replacement[i]};
+  return true;
+}
+
+// avg(x) runs as sum(x), and count(x) joins the end of the output list (ScatterPlan::Average).
+bool average_edits(std::string_view sql, const ScatterPlan& plan, ShardStatement& out,
+                   std::vector<Edit>& edits) {
+  if (plan.averages.empty()) return true;
+  const std::vector<AvgCall> calls = avg_calls(sql);
+  const std::optional<std::size_t> targets_end = target_list_end(sql);
+  std::string counts;
+  for (const ScatterPlan::Average& a : plan.averages) {
+    if (a.call >= calls.size() || !targets_end || calls[a.call].args_end > *targets_end) {
+      out.refusal = "an avg() pgvalve cannot find in the statement's text";
+      return false;
+    }
+    const AvgCall& call = calls[a.call];
+    edits.push_back({call.name_begin, call.name_end, "sum"});
+    counts.append(", count(")
+        .append(sql.substr(call.args_begin, call.args_end - call.args_begin))
+        .append(")");
   }
-  if (n == 2 && edits[0].begin < edits[1].begin) std::swap(edits[0], edits[1]);
+  edits.push_back({*targets_end, *targets_end, std::move(counts)});
+  return true;
+}
+
+}  // namespace
+
+ShardStatement shard_statement(std::string_view sql, const ScatterPlan& plan,
+                               const ParamSource* params) {
+  ShardStatement out;
+  std::vector<Edit> edits;
+  if (!limit_edits(sql, plan, params, out, edits) || !average_edits(sql, plan, out, edits)) {
+    out.ok = false;
+    return out;
+  }
+  if (edits.empty()) return out;
+  // Applied from the back, so the offsets of those before stay valid (edits never overlap).
+  std::stable_sort(edits.begin(), edits.end(),
+                   [](const Edit& a, const Edit& b) { return a.begin > b.begin; });
   out.sql.assign(sql);
-  for (int i = 0; i < n; ++i)
-    out.sql.replace(edits[i].begin, edits[i].end - edits[i].begin, *edits[i].with);
+  for (const Edit& e : edits)
+    out.sql.replace(e.begin, e.end - e.begin, e.text);
   return out;
 }
 

@@ -32,6 +32,16 @@ struct ScatterPlan {
     Sum,    // count(...) and sum(...): added
     Min,
     Max,
+    Avg,  // avg(...): see `averages`
+  };
+  // An avg(...) output column. Each shard runs sum(...) in its place and count(...) of the same
+  // argument as an extra output column after the statement's own (one per average, in order);
+  // the gather adds both up and divides as PostgreSQL's avg() does.
+  struct Average {
+    std::uint16_t column = 0;  // the output column
+    std::uint32_t call = 0;    // which `avg(` of the statement's text (0: the first)
+    bool named = false;        // AS alias: else the client's column is named "avg"
+    bool operator==(const Average&) const = default;
   };
 
   bool ok = false;
@@ -39,7 +49,8 @@ struct ScatterPlan {
 
   std::vector<SortKey> order;    // merge-sort the shards' sorted rows by these; empty: concatenate
   std::vector<Combine> combine;  // empty: rows are not combined
-  bool distinct = false;         // SELECT DISTINCT: equal rows from different shards are one
+  std::vector<Average> averages;
+  bool distinct = false;  // SELECT DISTINCT: equal rows from different shards are one
   // LIMIT / OFFSET as literal slots (normalized_walk.h) of the statement, -1 when absent: their
   // values come from each statement. They apply after the merge; a shard is asked for
   // LIMIT + OFFSET rows when nothing is combined.
@@ -52,11 +63,12 @@ struct ScatterPlan {
 ScatterPlan plan_scatter(std::string_view sql, const ShardingPolicy& policy);
 
 // What each shard runs for one statement of `plan`'s shape, and the LIMIT/OFFSET applied after
-// the merge. A shard cannot apply an OFFSET (the rows it skips may be the ones the merge keeps),
-// nor a LIMIT on rows that are combined afterwards (a group's part on another shard would be
-// cut), so those are rewritten: LIMIT n OFFSET m runs as LIMIT n+m OFFSET 0, and combined
-// rows run without a limit. A $n keeps its place (its value comes with the Bind):
-// `LIMIT $1 OFFSET $2` runs as `LIMIT ($1::int8 + $2::int8) OFFSET (0 * $2::int8)`.
+// the merge. Averages run as sums, with their counts as extra columns (ScatterPlan::Average). A
+// shard cannot apply an OFFSET (the rows it skips may be the ones the merge keeps), nor a LIMIT on
+// rows that are combined afterwards (a group's part on another shard would be cut), so those are
+// rewritten: LIMIT n OFFSET m runs as LIMIT n+m OFFSET 0, and combined rows run without a limit. A
+// $n keeps its place (its value comes with the Bind): `LIMIT $1 OFFSET $2` runs as `LIMIT ($1::int8
+// + $2::int8) OFFSET (0 * $2::int8)`.
 struct ShardStatement {
   bool ok = true;
   std::string refusal;      // !ok: why (for 0A000)

@@ -1,6 +1,7 @@
 #include "session/scatter.h"
 
 #include "protocol/messages.h"
+#include "protocol/wire.h"
 #include "routing/sql_lexer.h"
 #include "stats/query_stats.h"
 
@@ -80,6 +81,14 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
   }
   write_ = write || !gid.empty();
   const bool wrap = !gid.empty();
+  // Averages add a count column per average to what each shard answers (ScatterPlan::Average).
+  std::string counted_rest;
+  if (!plan.averages.empty() && !bind_rest.empty()) {
+    if (!pr::bind_rest_with_extra_columns(bind_rest, plan.averages.size(), counted_rest)) {
+      return "the Bind message is malformed";
+    }
+    bind_rest = counted_rest;
+  }
   const bool statement_described = steps_.find('S') != std::string::npos;
   auto build = [&](std::string& out, std::string_view statement_text, std::string_view types,
                    std::string_view rest) {
@@ -137,12 +146,14 @@ void Scatter::add(int shard, const pr::Frame& f) {
       if (steps_ != "Q" && !bound_[i]) {
         // The answer to Describe statement, sent before the Bind.
         if (first && statement_description_) {
-          statement_description_->append(f.whole);
-          statement_described_ = true;
+          statement_described_ = as_client_gets(f, *statement_description_);
         }
         return;
       }
-      if (first && steps_ != "Q") portal_description_.emplace(f.whole);
+      if (first && steps_ != "Q") {
+        portal_description_.emplace();
+        if (!as_client_gets(f, *portal_description_)) portal_description_.reset();
+      }
       if (f.tag == 'T') gather_->add(shard, f);
       return;
     case 'D':
@@ -162,6 +173,22 @@ void Scatter::add(int shard, const pr::Frame& f) {
       gather_->add(shard, f);  // CommandComplete, EmptyQueryResponse, ErrorResponse
       return;
   }
+}
+
+bool Scatter::as_client_gets(const pr::Frame& f, std::string& out) {
+  if (f.tag != 'T') {
+    out.append(f.whole);
+    return true;
+  }
+  routing::ClientDescription client = routing::client_description(gather_->plan(), f.body);
+  if (!client.refusal.empty()) {
+    fail("0A000", "pgvalve: " + client.refusal);
+    return false;
+  }
+  const std::size_t at = pr::begin_message(out, 'T');
+  out.append(client.body);
+  pr::end_message(out, at);
+  return true;
 }
 
 void Scatter::fail(std::string_view sqlstate, std::string_view message) {

@@ -76,6 +76,9 @@ class Scatter {
   void finish(std::string& out, char tx_status = 'I');
 
  private:
+  // A shard's description as the client gets it (routing::client_description), appended to
+  // `out`; false when the answer is an error instead.
+  bool as_client_gets(const protocol::Frame& f, std::string& out);
   // The client's messages that get an answer, in its order: 'P' Parse, 'S' Describe statement,
   // 'B' Bind, 'D' Describe portal, 'E' Execute; 'Q' a simple Query.
   std::string steps_;

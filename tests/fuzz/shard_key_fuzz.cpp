@@ -5,13 +5,15 @@
 //
 // Input: byte 0 picks the parameter format and type, bytes 1-16 are the parameter value, the rest
 // is the statement. Besides crashes it checks that the plan read slot by slot (the cached path)
-// and the plan's slots found afresh (the re-parse path) agree, that shards stay in range, and
-// that a scatter plan is either made or refused with a reason.
+// and the plan's slots found afresh (the re-parse path) agree, that shards stay in range, that a
+// scatter plan is either made or refused with a reason, and that what a scatter plan has each
+// shard run for averages (sums, and counts after the output) is SQL PostgreSQL's parser takes.
 #include <cstdint>
 #include <cstdlib>
 #include <optional>
 #include <string_view>
 
+#include "routing/parse_tree.h"
 #include "routing/scatter_plan.h"
 #include "routing/shard_plan.h"
 
@@ -77,5 +79,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
   const ScatterPlan scatter = plan_scatter(sql, policy());
   check(scatter.ok != !scatter.refusal.empty());
+  if (scatter.ok) {
+    const ShardStatement statement = shard_statement(sql, scatter, &params);
+    check(statement.ok != !statement.refusal.empty());
+    if (statement.ok && !scatter.averages.empty()) {
+      check(!statement.sql.empty() && parse_tree(statement.sql).has_value());
+    }
+  }
   return 0;
 }

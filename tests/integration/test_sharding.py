@@ -13,6 +13,7 @@ import hashlib
 import struct
 import threading
 import time
+from decimal import Decimal
 
 import psycopg
 import pytest
@@ -152,8 +153,15 @@ def test_reads_over_several_shards_are_gathered_and_writes_refused(shards, pgval
             d for d in range(1, 21) if md5_mod(d) == 1)
         assert conn.execute(f"SELECT device_id FROM telemetry WHERE device_id IN ({a}, {b}) "
                             "ORDER BY 1").fetchall() == [(min(a, b),), (max(a, b),)]
+        # Averages run as sums and counts on each shard and are divided as avg() divides:
+        # numeric for integers (in text and in binary), double precision for itself.
+        want = Decimal("10.5000000000000000")
+        assert conn.execute("SELECT avg(device_id) FROM telemetry").fetchone() == (want,)
+        assert conn.execute("SELECT avg(device_id) FROM telemetry", binary=True).fetchone() == (
+            want,)
+        assert conn.execute("SELECT avg(value) AS mean FROM telemetry").fetchone() == (1.0,)
         # What cannot be combined correctly is refused, with a hint naming the key.
-        e = refused(conn, "SELECT avg(value) FROM telemetry")
+        e = refused(conn, "SELECT avg(DISTINCT value) FROM telemetry")
         assert "device_id" in e.diag.message_hint
         refused(conn, "UPDATE telemetry SET value = 2")
         refused(conn, "DELETE FROM telemetry WHERE value > 0")

@@ -1,10 +1,11 @@
 // PgJDBC against a sharded database through pgvalve: reads over several shards, gathered.
 // From the fifth execution on (prepareThreshold=5) PgJDBC runs a PreparedStatement as a named
 // server-side statement and asks for binary results of integer columns, which pgvalve must
-// combine (count, sum) and merge (ORDER BY) as well as text ones.
+// combine (count, sum, avg) and merge (ORDER BY) as well as text ones.
 // Usage: java -cp .:postgresql.jar JdbcSharded URL USER PASSWORD ROWS
 // Prints "OK" and exits 0 when every check passed; exits 1 otherwise.
 
+import java.math.BigDecimal;
 import java.sql.Connection;
 import java.sql.DriverManager;
 import java.sql.PreparedStatement;
@@ -25,7 +26,11 @@ public class JdbcSharded {
       try (PreparedStatement count = c.prepareStatement(
                "SELECT count(*), sum(device_id), max(device_id) FROM telemetry WHERE value > ?");
            PreparedStatement ordered = c.prepareStatement(
-               "SELECT device_id FROM telemetry WHERE value > ? ORDER BY device_id DESC LIMIT ?")) {
+               "SELECT device_id FROM telemetry WHERE value > ? ORDER BY device_id DESC LIMIT ?");
+           PreparedStatement averages = c.prepareStatement(
+               "SELECT avg(device_id), avg(value) AS mean FROM telemetry WHERE value > ?")) {
+        // avg() of bigint is numeric with PostgreSQL's scale: (rows + 1) / 2 to 16 places.
+        final BigDecimal mean = new BigDecimal(rows + 1).divide(new BigDecimal(2)).setScale(16);
         for (int i = 0; i < 10; ++i) {
           count.setDouble(1, 0.0);
           try (ResultSet r = count.executeQuery()) {
@@ -42,6 +47,14 @@ public class JdbcSharded {
               check(r.getLong(1) == want, "ordered " + r.getLong(1) + " for " + want);
             }
             check(!r.next(), "three rows");
+          }
+          averages.setDouble(1, 0.0);
+          try (ResultSet r = averages.executeQuery()) {
+            check(r.next(), "an average row");
+            check(r.getBigDecimal(1).equals(mean), "avg " + r.getBigDecimal(1) + " in execution " + i);
+            check(r.getDouble(2) == 1.0, "avg(value) " + r.getDouble(2));
+            check(r.getMetaData().getColumnLabel(2).equals("mean"), "the alias");
+            check(!r.next(), "one average row");
           }
         }
       }

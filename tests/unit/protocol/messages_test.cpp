@@ -233,6 +233,26 @@ TEST(Bind, ASubsetOfParametersKeepsTheirFormats) {
   EXPECT_FALSE(bind_rest_subset(rest.substr(0, 9), second, out));
 }
 
+TEST(Bind, ExtraColumnsGetTextResultFormatsOnlyWhenEachColumnHasOne) {
+  const std::string params =
+      "\0\x01\0\x01"  // one parameter format for all
+      "\0\x01"
+      "\0\0\0\x02"
+      "42"s;
+  std::string out;
+  // A format per column: two more, text.
+  ASSERT_TRUE(bind_rest_with_extra_columns(params + "\0\x02\0\x01\0\x00"s, 2, out));
+  EXPECT_EQ(out, params + "\0\x04\0\x01\0\0\0\0\0\0"s);
+  // One format for all, or none (text for all), covers the extra columns as they are.
+  ASSERT_TRUE(bind_rest_with_extra_columns(params + "\0\x01\0\x01"s, 2, out));
+  EXPECT_EQ(out, params + "\0\x01\0\x01"s);
+  ASSERT_TRUE(bind_rest_with_extra_columns(params + "\0\0"s, 1, out));
+  EXPECT_EQ(out, params + "\0\0"s);
+  // Malformed: a value running past the end, bytes after the result formats.
+  EXPECT_FALSE(bind_rest_with_extra_columns(params.substr(0, 9), 1, out));
+  EXPECT_FALSE(bind_rest_with_extra_columns(params + "\0\0\0"s, 1, out));
+}
+
 TEST(Bind, RenamedIsByteExact) {
   auto bind = read_bind(frame_of(kBind));
   ASSERT_TRUE(bind);

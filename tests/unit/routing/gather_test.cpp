@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "protocol/binary_values.h"
 #include "protocol/frame.h"
 #include "protocol/wire.h"
 
@@ -342,6 +343,174 @@ TEST(Gather, WhatCannotBeCombinedIsAClearError) {
   Gather mismatch(ordered({}), 2, -1, 0, 1 << 20);
   mismatch.add(0, description({kInt8}).frame());
   EXPECT_FALSE(mismatch.add(1, description({kText}).frame()));
+}
+
+// The client's RowDescription: (name, type, size, format) per column.
+struct Described {
+  std::string name;
+  std::int32_t type;
+  std::int16_t size;
+  std::int16_t format;
+  bool operator==(const Described&) const = default;
+};
+
+std::vector<Described> described(const std::string& out) {
+  std::vector<Described> columns;
+  auto r = pr::decode_frame(out, 1 << 30);
+  EXPECT_EQ(r.frame.tag, 'T');
+  pr::Cursor c(r.frame.body);
+  const auto n = c.i16();
+  for (std::int16_t i = 0; i < *n; ++i) {
+    Described d;
+    d.name = std::string(*c.cstr());
+    c.i32();
+    c.i16();
+    d.type = *c.i32();
+    d.size = *c.i16();
+    c.i32();
+    d.format = *c.i16();
+    columns.push_back(d);
+  }
+  return columns;
+}
+
+ScatterPlan averaged(std::vector<ScatterPlan::Combine> ops,
+                     std::vector<ScatterPlan::Average> averages,
+                     std::vector<ScatterPlan::SortKey> keys = {}) {
+  ScatterPlan p = combined(std::move(ops), std::move(keys));
+  p.averages = std::move(averages);
+  return p;
+}
+
+constexpr std::uint32_t kFloat4 = 700;
+
+TEST(Gather, AveragesAreTheSumOverTheCountAsPostgresDividesThem) {
+  // Each expected value is what PostgreSQL 15 answers for sum::numeric / count::numeric.
+  const struct {
+    const char* sum;
+    const char* count;
+    const char* average;
+  } cases[] = {
+      {"15", "4", "3.7500000000000000"},
+      {"1", "3", "0.33333333333333333333"},
+      {"2", "3", "0.66666666666666666667"},
+      {"-2", "3", "-0.66666666666666666667"},
+      {"0", "5", "0.00000000000000000000"},
+      {"123456789012345678901234567890", "7", "17636684144620811271604938270"},
+      {"0.000012345", "3", "0.000004115000000000000000"},
+      {"99999.99", "1", "99999.990000000000"},
+      {"12.30", "7", "1.7571428571428571"},
+      {"1000000", "3", "333333.333333333333"},
+      {"9999", "10000", "0.99990000000000000000"},
+      {"10000", "10000", "1.00000000000000000000"},
+      {"-0.001", "2", "-0.00050000000000000000"},
+      {"1", "30000", "0.000033333333333333333333"},
+      {"7", "9223372036854775807", "0.000000000000000000758941520739853104"},
+      {"19999", "2", "9999.5000000000000000"},
+      {"2", "20000", "0.000100000000000000000000"},
+  };
+  const ScatterPlan plan = averaged({C::Avg}, {{0, 0, false}});
+  for (const auto& c : cases) {
+    // One shard has every row, another none (its sum is NULL, its count 0).
+    const Answer a = gather(plan, {kNumeric, kInt8}, {{{c.sum, c.count}}, {{std::nullopt, "0"}}});
+    EXPECT_EQ(a.rows, (Rows{{c.average}})) << c.sum << " / " << c.count;
+  }
+  // Sums and counts of several shards add up first: (10 + 5) / (3 + 1).
+  Answer a = gather(plan, {kInt8, kInt8}, {{{"10", "3"}}, {{"5", "1"}}});
+  EXPECT_EQ(a.rows, (Rows{{"3.7500000000000000"}}));
+  EXPECT_EQ(a.tag, "SELECT 1");
+  // No value anywhere: NULL, as avg() answers.
+  a = gather(plan, {kNumeric, kInt8}, {{{std::nullopt, "0"}}, {{std::nullopt, "0"}}});
+  EXPECT_EQ(a.rows, (Rows{{std::nullopt}}));
+}
+
+TEST(Gather, AveragesOfDoublePrecisionDivideInDoublePrecision) {
+  const ScatterPlan plan = averaged({C::Avg}, {{0, 0, false}});
+  const struct {
+    const char* a;
+    const char* b;
+    const char* average;
+  } cases[] = {
+      {"0.5", "1", "0.5"},                    // (0.5 + 1) / 3
+      {"0.1", "0.2", "0.10000000000000002"},  // (0.1 + 0.2) / 3, PostgreSQL's shortest digits
+      {"1e+15", "2e+15", "1e+15"},
+      {"100000000000000", "200000000000000", "100000000000000"},
+      {"0.00003", "0", "1e-05"},
+      {"0.0003", "0", "9.999999999999999e-05"},
+      {"0.0015", "0", "0.0005"},
+      {"0.0012", "0", "0.00039999999999999996"},
+      {"-Infinity", "1", "-Infinity"},
+  };
+  for (const auto& c : cases) {
+    const Answer a = gather(plan, {kFloat8, kInt8}, {{{c.a, "1"}}, {{c.b, "2"}}});
+    EXPECT_EQ(a.rows, (Rows{{c.average}})) << c.a << " + " << c.b;
+  }
+}
+
+TEST(Gather, AveragesAreDescribedAsAvgAndTheirCountsDropped) {
+  const ScatterPlan plan = averaged({C::Group, C::Avg, C::Avg}, {{1, 0, true}, {2, 1, false}});
+  Gather g(plan, 1, -1, 0, 1 << 20);
+  g.add(0, description({kText, kInt8, kFloat8, kInt8, kInt8}).frame());
+  g.add(0, complete("SELECT 0").frame());
+  std::string out;
+  g.finish(out);
+  // The aliased average keeps its name (c1 here); the other is "avg".
+  EXPECT_EQ(described(out), (std::vector<Described>{{"c0", static_cast<std::int32_t>(kText), -1, 0},
+                                                    {"c1", 1700, -1, 0},
+                                                    {"avg", 701, 8, 0}}));
+  const ClientDescription real =
+      client_description(plan, description({kText, kFloat4, kFloat8, kInt8, kInt8}).frame().body);
+  EXPECT_NE(real.refusal.find("double precision"), std::string::npos) << real.refusal;
+  const ClientDescription interval =
+      client_description(plan, description({kText, kInterval, kFloat8, kInt8, kInt8}).frame().body);
+  EXPECT_NE(interval.refusal.find("does not combine"), std::string::npos) << interval.refusal;
+}
+
+TEST(Gather, AveragesAreGroupedAndSortedByTheirValue) {
+  // SELECT note, avg(x) AS mean ... GROUP BY note ORDER BY mean DESC
+  const ScatterPlan plan = averaged({C::Group, C::Avg}, {{1, 0, true}}, {{1, true, true}});
+  const Answer a = gather(
+      plan, {kText, kNumeric, kInt8},
+      {{{"a", "10", "4"}, {"b", "3", "1"}, {"c", "-1", "1"}}, {{"a", "2", "2"}, {"c", "21", "1"}}});
+  EXPECT_EQ(a.rows, (Rows{{"c", "10.0000000000000000"},
+                          {"b", "3.0000000000000000"},
+                          {"a", "2.0000000000000000"}}));
+}
+
+TEST(Gather, AnAverageOfRealIsRefused) {
+  const Answer a =
+      gather(averaged({C::Avg}, {{0, 0, false}}), {kFloat4, kInt8}, {{{"1.5", "1"}}, {{"2", "1"}}});
+  EXPECT_EQ(a.sqlstate, "0A000");
+  EXPECT_EQ(a.message.rfind("pgvalve: avg() of real", 0), 0u) << a.message;
+  EXPECT_TRUE(a.rows.empty());
+}
+
+TEST(Gather, BinaryAveragesAreBinaryNumerics) {
+  const ScatterPlan plan = averaged({C::Avg}, {{0, 0, false}});
+  Gather g(plan, 2, -1, 0, 1 << 20);
+  const std::string ten = pr::big_endian(10, 8), five = pr::big_endian(5, 8);
+  const std::string three = pr::big_endian(3, 8), one = pr::big_endian(1, 8);
+  for (int s = 0; s < 2; ++s) {
+    g.add(s, description({kInt8, kInt8}, 1).frame());
+    g.add(s, row({s == 0 ? ten : five, s == 0 ? three : one}).frame());
+    g.add(s, complete("SELECT 1").frame());
+  }
+  std::string out;
+  g.finish(out);
+  EXPECT_EQ(described(out), (std::vector<Described>{{"avg", 1700, -1, 1}}));
+  // 3.7500000000000000: digits 3 and 7500 (base 10000), weight 0, positive, scale 16.
+  std::string want;
+  for (int v : {2, 0, 0, 16, 3, 7500})
+    pr::append_i16(want, static_cast<std::int16_t>(v));
+  EXPECT_EQ(read_answer(out).rows, (Rows{{want}}));
+}
+
+TEST(Gather, SumsOfRealAddInSinglePrecision) {
+  // sum(real) of 0.1 and 0.2 is 0.3 in single precision (0.30000000000000004 in double).
+  const Answer a = gather(combined({C::Sum}), {kFloat4}, {{{"0.1"}}, {{"0.2"}}});
+  EXPECT_EQ(a.rows, (Rows{{"0.3"}}));
+  const Answer big = gather(combined({C::Sum}), {kFloat4}, {{{"600000"}}, {{"600000"}}});
+  EXPECT_EQ(big.rows, (Rows{{"1.2e+06"}}));
 }
 
 }  // namespace

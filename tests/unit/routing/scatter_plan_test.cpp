@@ -118,7 +118,10 @@ TEST(ScatterPlan, GroupByOnOutputColumnsCombinesGroups) {
 
 TEST(ScatterPlan, WhatDoesNotCombineIsRefused) {
   expect_refused("SELECT count(*) FROM telemetry GROUP BY device_id", "GROUP BY");
-  expect_refused("SELECT avg(value) FROM telemetry", "avg()");
+  expect_refused("SELECT avg(DISTINCT value) FROM telemetry", "avg()");
+  expect_refused("SELECT avg(value) FILTER (WHERE value > 0) FROM telemetry", "avg()");
+  expect_refused("SELECT avg(value ORDER BY ts) FROM telemetry", "avg()");
+  expect_refused("SELECT avg(value) + 1 FROM telemetry", "expression over an aggregate");
   expect_refused("SELECT string_agg(note, ',') FROM telemetry", "string_agg()");
   expect_refused("SELECT count(DISTINCT note) FROM telemetry", "DISTINCT");
   expect_refused("SELECT sum(DISTINCT value) FROM telemetry", "DISTINCT");
@@ -171,6 +174,21 @@ TEST(ScatterPlan, ShardedTablesMeetOnlyWhenJoinedOnTheKey) {
   expect_refused(
       "SELECT * FROM telemetry t JOIN device_events e ON t.device_id = e.device_id OR t.ts = e.ts",
       "joined");
+}
+
+TEST(ScatterPlan, AveragesAreFoundWithTheirCallAndName) {
+  ScatterPlan p = plan("SELECT avg(value) FROM telemetry");
+  ASSERT_TRUE(p.ok) << p.refusal;
+  EXPECT_EQ(p.combine, (std::vector<Combine>{Combine::Avg}));
+  EXPECT_EQ(p.averages, (std::vector<ScatterPlan::Average>{{0, 0, false}}));
+  // The second avg( of the text is the ORDER BY's; the third is the output's second average.
+  p = plan(
+      "SELECT note, avg(value) AS mean, max(ts), pg_catalog.avg(device_id) FROM telemetry "
+      "GROUP BY note ORDER BY avg(value) DESC");
+  ASSERT_TRUE(p.ok) << p.refusal;
+  EXPECT_EQ(p.combine,
+            (std::vector<Combine>{Combine::Group, Combine::Avg, Combine::Max, Combine::Avg}));
+  EXPECT_EQ(p.averages, (std::vector<ScatterPlan::Average>{{1, 0, true}, {3, 1, false}}));
 }
 
 TEST(ScatterPlan, BuiltinAggregatesAreKnownByName) {
@@ -245,6 +263,44 @@ TEST(ShardStatement, CombinedRowsAreNotLimitedOnTheShards) {
             "SELECT note, count(*) FROM telemetry GROUP BY note ORDER BY 2 LIMIT "
             "9223372036854775807");
   EXPECT_EQ(s.limit, 3);
+}
+
+TEST(ShardStatement, AveragesRunAsSumsWithTheirCountsAfterTheOutput) {
+  ShardStatement s = rewritten("SELECT avg(value) FROM telemetry");
+  EXPECT_TRUE(s.ok);
+  EXPECT_EQ(s.sql, "SELECT sum(value), count(value) FROM telemetry");
+  s = rewritten(
+      "SELECT note, AVG ( value * 2 ) AS mean, pg_catalog.\"avg\"(device_id) FROM telemetry "
+      "WHERE note <> 'avg(x)' GROUP BY note ORDER BY avg(value * 2) DESC LIMIT 3");
+  EXPECT_EQ(s.sql,
+            "SELECT note, sum ( value * 2 ) AS mean, pg_catalog.sum(device_id), count( value * 2 "
+            "), count(device_id) FROM telemetry WHERE note <> 'avg(x)' GROUP BY note ORDER BY "
+            "avg(value * 2) DESC LIMIT 9223372036854775807");
+  EXPECT_EQ(s.limit, 3);
+  // The output list ends at FROM, not at the FROM of IS DISTINCT FROM; nor inside parentheses.
+  s = rewritten(
+      "SELECT note IS DISTINCT FROM 'x', avg(extract(epoch FROM ts))\nFROM telemetry GROUP BY 1");
+  EXPECT_EQ(s.sql,
+            "SELECT note IS DISTINCT FROM 'x', sum(extract(epoch FROM ts)), count(extract(epoch "
+            "FROM ts))\nFROM telemetry GROUP BY 1");
+  s = rewritten("SELECT avg(value * $1) FROM telemetry WHERE ts > $2");
+  EXPECT_EQ(s.sql, "SELECT sum(value * $1), count(value * $1) FROM telemetry WHERE ts > $2");
+  s = rewritten("SELECT avg(value)");
+  EXPECT_EQ(s.sql, "SELECT sum(value), count(value)");
+}
+
+TEST(ShardStatement, AveragesAreFoundInEveryStatementOfTheShape) {
+  // The plan is made once per shape; literals of another length move the calls.
+  const ScatterPlan p = plan_scatter(
+      "SELECT avg(value) FROM telemetry WHERE note IN ('a', 'b') AND value > 1", policy());
+  ASSERT_TRUE(p.ok) << p.refusal;
+  const ShardStatement s = shard_statement(
+      "select  AVG(value)  from telemetry where note in ('abc', 'b', 'c') and value > 12345", p,
+      nullptr);
+  EXPECT_TRUE(s.ok);
+  EXPECT_EQ(s.sql,
+            "select  sum(value), count(value)  from telemetry where note in ('abc', 'b', 'c') and "
+            "value > 12345");
 }
 
 TEST(ShardStatement, BoundValuesKeepTheirPlace) {
