@@ -619,6 +619,14 @@ bool Gather::read_description(const pr::Frame& f) {
                        (columns_[i].type == static_cast<std::int32_t>(kInt2) ||
                         columns_[i].type == static_cast<std::int32_t>(kInt4) ||
                         columns_[i].type == static_cast<std::int32_t>(kInt8)));
+    const bool bitwise = op == ScatterPlan::Combine::BitAnd || op == ScatterPlan::Combine::BitOr ||
+                         op == ScatterPlan::Combine::BitXor;
+    const bool integers = k == Kind::Integer || (k == Kind::BinaryInteger && sums);
+    if (bitwise && !integers) {
+      return fail("0A000",
+                  "pgvalve: bit_and, bit_or and bit_xor combine across shards for "
+                  "integers only, not bit strings");
+    }
     if (((op == ScatterPlan::Combine::Sum || op == ScatterPlan::Combine::Avg) && !sums) ||
         ((op == ScatterPlan::Combine::Min || op == ScatterPlan::Combine::Max) &&
          k == Kind::Other)) {
@@ -795,6 +803,25 @@ bool Gather::combine_into(Row& into, const Row& from) {
         case ScatterPlan::Combine::Max:
           if (!a || compare(kinds_[i], *b, *a) > 0) v = std::string(*b);
           break;
+        case ScatterPlan::Combine::BitAnd:
+        case ScatterPlan::Combine::BitOr:
+        case ScatterPlan::Combine::BitXor: {
+          if (!a) {
+            v = std::string(*b);
+            break;
+          }
+          const bool binary = kinds_[i] == Kind::BinaryInteger;
+          const auto x = binary ? binary_integer(*a) : integer(*a);
+          const auto y = binary ? binary_integer(*b) : integer(*b);
+          if (!x || !y)
+            return fail("08P01", "pgvalve: a shard sent an integer pgvalve cannot read");
+          const std::int64_t r = op == ScatterPlan::Combine::BitAnd  ? (*x & *y)
+                                 : op == ScatterPlan::Combine::BitOr ? (*x | *y)
+                                                                     : (*x ^ *y);
+          v = binary ? binary_integer_of(r, a->size())
+                     : std::optional<std::string>(std::to_string(r));
+          break;
+        }
       }
     }
     values.push_back(std::move(v));

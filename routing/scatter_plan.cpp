@@ -15,50 +15,53 @@ namespace pgvalve::routing {
 
 namespace {
 
-// One `avg(...)` call in a statement's text: the function name's token and the span of its
-// arguments between the parentheses.
+// One `avg(...)` call in a statement's text: the function name's token, the span of its
+// arguments between the parentheses, and where the call ends (after a FILTER clause if any).
 struct AvgCall {
   std::size_t name_begin = 0;
   std::size_t name_end = 0;
   std::size_t args_begin = 0;
   std::size_t args_end = 0;
+  std::size_t end = 0;
 };
 
 bool names_avg(const Token& t) {
   return t.is_word("avg") || (t.kind == TokenKind::QuotedIdentifier && t.text == "\"avg\"");
 }
 
-// Every `avg (` of `sql` whose parenthesis closes, in order. Literals never hold one (they are
-// tokens of their own), so statements of one shape have the same calls in the same order.
-std::vector<AvgCall> avg_calls(std::string_view sql) {
-  std::vector<AvgCall> calls;
-  std::vector<std::size_t> open;  // indexes into `calls` of calls whose ')' is still ahead
-  std::vector<int> depth_at_open;
-  SqlLexer lexer(sql, 0, SqlLexer::Keywords::NotLookedUp);
-  Token t;
-  Token previous;
-  bool have_previous = false;
+// The index of the ')' that closes the '(' at `open`, or 0 when none does.
+std::size_t closing(const std::vector<Token>& tokens, std::size_t open) {
   int depth = 0;
-  while (lexer.next(t)) {
-    if (t.is_punct('(')) {
-      if (have_previous && names_avg(previous)) {
-        calls.push_back({previous.offset, previous.end(), t.end(), t.end()});
-        open.push_back(calls.size() - 1);
-        depth_at_open.push_back(depth);
-      }
-      ++depth;
-    } else if (t.is_punct(')')) {
-      --depth;
-      if (!open.empty() && depth_at_open.back() == depth) {
-        calls[open.back()].args_end = t.offset;
-        open.pop_back();
-        depth_at_open.pop_back();
-      }
-    }
-    previous = t;
-    have_previous = true;
+  for (std::size_t i = open; i < tokens.size(); ++i) {
+    if (tokens[i].is_punct('(')) ++depth;
+    if (tokens[i].is_punct(')') && --depth == 0) return i;
   }
-  if (!open.empty()) calls.clear();  // unbalanced: PostgreSQL refuses the statement anyway
+  return 0;
+}
+
+// Every `avg (` of `sql`, in order. Literals never hold one (they are tokens of their own), so
+// statements of one shape have the same calls in the same order. Empty when a parenthesis does
+// not close (PostgreSQL refuses the statement anyway).
+std::vector<AvgCall> avg_calls(std::string_view sql) {
+  std::vector<Token> tokens;
+  SqlLexer lexer(sql, 0, SqlLexer::Keywords::NotLookedUp);
+  for (Token t; lexer.next(t);)
+    tokens.push_back(t);
+  std::vector<AvgCall> calls;
+  for (std::size_t i = 0; i + 1 < tokens.size(); ++i) {
+    if (!names_avg(tokens[i]) || !tokens[i + 1].is_punct('(')) continue;
+    const std::size_t close = closing(tokens, i + 1);
+    if (close == 0) return {};
+    AvgCall call{tokens[i].offset, tokens[i].end(), tokens[i + 1].end(), tokens[close].offset,
+                 tokens[close].end()};
+    if (close + 2 < tokens.size() && tokens[close + 1].is_word("filter") &&
+        tokens[close + 2].is_punct('(')) {
+      const std::size_t filter_close = closing(tokens, close + 2);
+      if (filter_close == 0) return {};
+      call.end = tokens[filter_close].end();
+    }
+    calls.push_back(call);
+  }
   return calls;
 }
 
@@ -416,18 +419,25 @@ class Planner {
             }
           }
           plan.combine.push_back(Combine::Sum);
-        } else if (name == "min") {
-          plan.combine.push_back(Combine::Min);
-        } else if (name == "max") {
+        } else if (name == "min" || name == "bool_and" || name == "every") {
+          plan.combine.push_back(Combine::Min);  // false before true, as bool orders
+        } else if (name == "max" || name == "bool_or") {
           plan.combine.push_back(Combine::Max);
+        } else if (name == "bit_and" || name == "bit_or" || name == "bit_xor") {
+          if (distinct && name == "bit_xor") {
+            return refuse("bit_xor(DISTINCT ...) across shards counts a value once per shard");
+          }
+          plan.combine.push_back(name == "bit_and"  ? Combine::BitAnd
+                                 : name == "bit_or" ? Combine::BitOr
+                                                    : Combine::BitXor);
         } else if (name == "avg") {
           const Json* args = field(*call, "args");
-          if (distinct || field(*call, "agg_filter") != nullptr ||
-              field(*call, "agg_order") != nullptr || field(*call, "agg_within_group") != nullptr ||
-              args == nullptr || !args->is_array() || args->size() != 1) {
+          if (distinct || field(*call, "agg_order") != nullptr ||
+              field(*call, "agg_within_group") != nullptr || args == nullptr || !args->is_array() ||
+              args->size() != 1) {
             return refuse(
-                "avg() across shards takes one plain argument (no DISTINCT, FILTER or ORDER "
-                "BY); select sum() and count() and divide");
+                "avg() across shards takes one argument without DISTINCT or ORDER BY; select "
+                "sum() and count() and divide");
           }
           // Which avg( of the text this is: the first at or after the call's start (a
           // schema-qualified name starts before its `avg`).
@@ -439,8 +449,7 @@ class Planner {
                  calls[k].name_begin < static_cast<std::size_t>(location)) {
             ++k;
           }
-          if (location < 0 || k == calls.size() || !targets_end ||
-              calls[k].args_end > *targets_end) {
+          if (location < 0 || k == calls.size() || !targets_end || calls[k].end > *targets_end) {
             return refuse("an avg() pgvalve cannot find in the statement's text");
           }
           const Json* alias = field(*as((*targets)[i], "ResTarget"), "name");
@@ -449,8 +458,8 @@ class Planner {
           plan.combine.push_back(Combine::Avg);
         } else {
           return refuse(std::string(name) +
-                        "() does not combine across shards; count, sum, min, max and "
-                        "avg do");
+                        "() does not combine across shards; count, sum, min, max, avg, "
+                        "bool_and, bool_or, every and bit_and/or/xor do");
         }
       }
     }
@@ -713,15 +722,16 @@ bool average_edits(std::string_view sql, const ScatterPlan& plan, ShardStatement
   const std::optional<std::size_t> targets_end = target_list_end(sql);
   std::string counts;
   for (const ScatterPlan::Average& a : plan.averages) {
-    if (a.call >= calls.size() || !targets_end || calls[a.call].args_end > *targets_end) {
+    if (a.call >= calls.size() || !targets_end || calls[a.call].end > *targets_end) {
       out.refusal = "an avg() pgvalve cannot find in the statement's text";
       return false;
     }
     const AvgCall& call = calls[a.call];
     edits.push_back({call.name_begin, call.name_end, "sum"});
+    // count(x) over the rows avg(x) sees: its FILTER clause goes with it.
     counts.append(", count(")
         .append(sql.substr(call.args_begin, call.args_end - call.args_begin))
-        .append(")");
+        .append(sql.substr(call.args_end, call.end - call.args_end));
   }
   edits.push_back({*targets_end, *targets_end, std::move(counts)});
   return true;

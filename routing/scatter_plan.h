@@ -30,9 +30,12 @@ struct ScatterPlan {
   enum class Combine : std::uint8_t {
     Group,  // a GROUP BY value: rows with equal values in every Group column are one row
     Sum,    // count(...) and sum(...): added
-    Min,
-    Max,
-    Avg,  // avg(...): see `averages`
+    Min,    // min(...), and bool_and(...) and every(...): false before true
+    Max,    // max(...) and bool_or(...)
+    Avg,    // avg(...): see `averages`
+    BitAnd,
+    BitOr,
+    BitXor,
   };
   // An avg(...) output column. Each shard runs sum(...) in its place and count(...) of the same
   // argument as an extra output column after the statement's own (one per average, in order);

@@ -237,6 +237,12 @@ def across(data):
         ("SELECT device_id %% 4 AS k, avg(extract(minute FROM ts)) FROM telemetry "
          "WHERE value > %s GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 3", (-5,), True),
         ("SELECT avg(value::numeric) FROM telemetry WHERE value > 1000", None, True),  # NULL
+        ("SELECT avg(value::numeric) FILTER (WHERE note = 'ok'), bool_and(value > -20), "
+         "bool_or(value > 39), every(note IS NOT NULL), bit_and(device_id), bit_or(device_id), "
+         "bit_xor(device_id) FROM telemetry", None, True),
+        ("SELECT note, bit_or(device_id::int4), bool_or(value < 0), "
+         "avg(value::numeric) FILTER (WHERE value > 0) FROM telemetry GROUP BY note "
+         "ORDER BY note NULLS FIRST", None, True),
     ]
 
 
@@ -245,6 +251,7 @@ def across(data):
 REFUSED = [
     "SELECT avg(DISTINCT value) FROM telemetry",
     "SELECT avg(value::real) FROM telemetry",
+    "SELECT bit_and(device_id::bit(64)) FROM telemetry",
     "SELECT device_id, ts FROM telemetry ORDER BY value LIMIT 3",
     "SELECT string_agg(note, ',') FROM telemetry",
     "SELECT count(*) FROM (SELECT device_id FROM telemetry LIMIT 10) t",

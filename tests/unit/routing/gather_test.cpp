@@ -513,5 +513,30 @@ TEST(Gather, SumsOfRealAddInSinglePrecision) {
   EXPECT_EQ(big.rows, (Rows{{"1.2e+06"}}));
 }
 
+TEST(Gather, BooleansAndBitsCombineAsBoolAndOrAndBitwiseOperators) {
+  constexpr std::uint32_t kBool = 16, kInt4 = 23;
+  const Answer a = gather(combined({C::Min, C::Max, C::BitAnd, C::BitOr, C::BitXor}),
+                          {kBool, kBool, kInt4, kInt4, kInt8},
+                          {{{"t", "f", "12", "12", "12"}},
+                           {{std::nullopt, std::nullopt, std::nullopt, std::nullopt, std::nullopt}},
+                           {{"f", "t", "10", "3", "-1"}}});
+  EXPECT_EQ(a.rows, (Rows{{"f", "t", "8", "15", "-13"}}));
+  // In binary: booleans as bytes, integers by value at their width.
+  ScatterPlan plan = combined({C::Min, C::BitOr});
+  Gather g(plan, 2, -1, 0, 1 << 20);
+  for (int s = 0; s < 2; ++s) {
+    g.add(s, description({kBool, kInt4}, 1).frame());
+    g.add(s, row({std::string(1, static_cast<char>(s == 0)), pr::big_endian(s == 0 ? 5 : 8, 4)})
+                 .frame());
+    g.add(s, complete("SELECT 1").frame());
+  }
+  std::string out;
+  g.finish(out);
+  EXPECT_EQ(read_answer(out).rows, (Rows{{std::string(1, '\0'), pr::big_endian(13, 4)}}));
+  // Bit strings (bit, varbit) are not integers.
+  const Answer bits = gather(combined({C::BitAnd}), {1560}, {{{"101"}}, {{"110"}}});
+  EXPECT_EQ(bits.sqlstate, "0A000");
+}
+
 }  // namespace
 }  // namespace pgvalve::routing

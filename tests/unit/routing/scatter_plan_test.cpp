@@ -119,7 +119,7 @@ TEST(ScatterPlan, GroupByOnOutputColumnsCombinesGroups) {
 TEST(ScatterPlan, WhatDoesNotCombineIsRefused) {
   expect_refused("SELECT count(*) FROM telemetry GROUP BY device_id", "GROUP BY");
   expect_refused("SELECT avg(DISTINCT value) FROM telemetry", "avg()");
-  expect_refused("SELECT avg(value) FILTER (WHERE value > 0) FROM telemetry", "avg()");
+  expect_refused("SELECT bit_xor(DISTINCT device_id) FROM telemetry", "bit_xor(DISTINCT");
   expect_refused("SELECT avg(value ORDER BY ts) FROM telemetry", "avg()");
   expect_refused("SELECT avg(value) + 1 FROM telemetry", "expression over an aggregate");
   expect_refused("SELECT string_agg(note, ',') FROM telemetry", "string_agg()");
@@ -189,6 +189,16 @@ TEST(ScatterPlan, AveragesAreFoundWithTheirCallAndName) {
   EXPECT_EQ(p.combine,
             (std::vector<Combine>{Combine::Group, Combine::Avg, Combine::Max, Combine::Avg}));
   EXPECT_EQ(p.averages, (std::vector<ScatterPlan::Average>{{1, 0, true}, {3, 1, false}}));
+}
+
+TEST(ScatterPlan, BooleanAndBitwiseAggregatesCombine) {
+  const ScatterPlan p = plan(
+      "SELECT bool_and(value > 0), bool_or(value > 0), every(value > 0), bit_and(device_id), "
+      "bit_or(device_id), bit_xor(device_id), bit_or(DISTINCT device_id) FROM telemetry");
+  ASSERT_TRUE(p.ok) << p.refusal;
+  EXPECT_EQ(p.combine,
+            (std::vector<Combine>{Combine::Min, Combine::Max, Combine::Min, Combine::BitAnd,
+                                  Combine::BitOr, Combine::BitXor, Combine::BitOr}));
 }
 
 TEST(ScatterPlan, BuiltinAggregatesAreKnownByName) {
@@ -283,6 +293,11 @@ TEST(ShardStatement, AveragesRunAsSumsWithTheirCountsAfterTheOutput) {
   EXPECT_EQ(s.sql,
             "SELECT note IS DISTINCT FROM 'x', sum(extract(epoch FROM ts)), count(extract(epoch "
             "FROM ts))\nFROM telemetry GROUP BY 1");
+  // The count sees the rows the average sees.
+  s = rewritten("SELECT avg(value) FILTER (WHERE note IN ('ok', 'warn')) FROM telemetry");
+  EXPECT_EQ(s.sql,
+            "SELECT sum(value) FILTER (WHERE note IN ('ok', 'warn')), count(value) FILTER (WHERE "
+            "note IN ('ok', 'warn')) FROM telemetry");
   s = rewritten("SELECT avg(value * $1) FROM telemetry WHERE ts > $2");
   EXPECT_EQ(s.sql, "SELECT sum(value * $1), count(value * $1) FROM telemetry WHERE ts > $2");
   s = rewritten("SELECT avg(value)");
