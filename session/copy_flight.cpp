@@ -1,9 +1,11 @@
 // COPY ... FROM STDIN into a sharded database: every shard's server is checked out (as for a
-// statement over several shards, scatter_flight.cpp) and runs BEGIN and the COPY. Once all of
+// statement over several shards, scatter_flight.cpp) and runs BEGIN and the COPY (inside the
+// client's transaction: every shard joins it, and its part runs the COPY). Once all of
 // them take data the client gets one CopyInResponse, and each row of its data goes to the shard
 // of its key (routing::CopyRows), several shards written in one step. At the client's CopyDone
 // each shard ends its COPY and prepares its part; the parts commit together (two-phase commit)
-// and the client gets one COPY tag with every shard's rows added up. A bad row, a shard's error,
+// and the client gets one COPY tag with every shard's rows added up. (Inside a transaction the
+// parts stay open and commit with it.) A bad row, a shard's error,
 // a lost shard or the client's CopyFail ends the COPY on every shard and rolls it back, and the
 // client gets the error at once, as PostgreSQL sends it mid-COPY; PostgreSQL ignores the COPY
 // data a client sends after that, and so does pgvalve.
@@ -19,7 +21,8 @@ namespace pgvalve::session {
 namespace pr = protocol;
 
 Session::ScatterStart Session::start_copy(std::string_view frames, const RequestText& request,
-                                          routing::Route& route, Actions& out) {
+                                          routing::Route& route, Actions& out,
+                                          bool in_transaction) {
   const routing::ShardingPolicy& sharding = *router_.sharding();
   const std::string hint = "a hint /* pgvalve: " + sharding.key +
                            "=<value> */ or /* pgvalve: shard=<name> */ runs the COPY on one "
@@ -34,23 +37,38 @@ Session::ScatterStart Session::start_copy(std::string_view frames, const Request
         "COPY FROM STDIN into a sharded database is routed row by row when it comes "
         "as a simple query; send it with the simple query protocol");
   }
-  if (!extras().deferred_begin.empty()) {
-    return refuse(
-        "a COPY routed row by row commits on every shard as a transaction of its own; run "
-        "the COPY outside the client's transaction (autocommit)");
-  }
   const routing::CopyPlan plan = routing::plan_copy(request.sql, sharding);
   if (!plan.ok) return refuse(plan.refusal);
   const int shards = std::popcount(route.shards);
   if (shards != router_.shard_count()) return refuse("a COPY routed row by row needs every shard");
+  if (!in_transaction && !extras().deferred_begin.empty()) {
+    // The client's transaction (its BEGIN held back) starts on the first shard, and the COPY is
+    // routed again there, to run on every shard's part of it (route_in_transaction).
+    route = routing::Route::primary(static_cast<std::uint16_t>(std::countr_zero(route.shards)));
+    work().change_tx().route_again = true;
+    return ScatterStart::NotScattered;
+  }
 
   const std::uint64_t fingerprint = fingerprint_of(request.sql);
-  std::string gid = two_phase_gid();
+  // Outside a transaction, the COPY is one of its own on every shard, committed with two-phase
+  // commit; inside, each shard's part is the transaction's, committed with it.
+  std::string gid = in_transaction ? std::string() : two_phase_gid();
   auto scatter = std::make_unique<Scatter>();
-  const std::string why =
-      scatter->start(head.frame.whole, request.sql, {}, concatenated(), routing::ShardStatement{},
-                     shards, kMaxGatheredBytes, options_.max_message_bytes, gid, nullptr, true);
+  const std::string why = scatter->start(head.frame.whole, request.sql, {}, concatenated(),
+                                         routing::ShardStatement{}, shards, kMaxGatheredBytes,
+                                         options_.max_message_bytes, gid, nullptr, true, true);
   if (!why.empty()) return refuse("this COPY cannot be routed row by row: " + why);
+  if (in_transaction) {
+    open_scatter_run(std::move(scatter), {}, fingerprint, {});
+    send_to_transaction_parts(route.shards, kActionScatterCopy, out);
+    auto& run = work().change_scatter();
+    run.copy = std::make_unique<routing::CopyRows>(plan, sharding, kMaxCopyRowBytes);
+    run.copy_out.assign(static_cast<std::size_t>(shards), {});
+    if (recorder_) recorder_->stats->prepare(fingerprint, request.sql, recorder_->labels);
+    out.consumed = head.frame.whole.size();
+    enter(SessionState::Scattering);
+    return ScatterStart::Started;
+  }
 
   std::vector<routing::Route> routes;
   for (std::uint64_t rest = route.shards; rest != 0; rest &= rest - 1) {
@@ -79,7 +97,7 @@ void Session::copy_shard_ready(Link& l, const pr::Frame& f, Actions& out) {
     end_copy(out);
     return;
   }
-  if (run.copy_ready < static_cast<int>(run.routes.size())) return;
+  if (run.copy_ready < run.scatter->shards()) return;
   out.outbox.append(run.copy_in_response);
   enter(SessionState::Copying);
   out.resume_client = true;  // COPY data may have come with the COPY

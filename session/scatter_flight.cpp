@@ -163,26 +163,8 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
   }
 
   if (in_transaction) {
-    // Every shard it needs has joined the client's transaction (route_in_transaction): each
-    // part runs on its shard's server, all at once, and the servers stay the transaction's.
     open_scatter_run(std::move(scatter), {}, fingerprint, {});
-    auto& run = w.change_scatter();
-    run.in_transaction = true;
-    int index = 0;
-    for (std::uint64_t rest = route.shards; rest != 0; rest &= rest - 1) {
-      const auto shard = static_cast<std::uint16_t>(std::countr_zero(rest));
-      Link* part = nullptr;
-      for (Link& o : w.links) {
-        if (o.server && o.route.shard == shard) part = &o;
-      }
-      assert(part != nullptr);
-      part->scatter_shard = index++;
-      part->last_activity = now_;
-      const std::string_view sent = run.scatter->request(part->scatter_shard);
-      out.to_links.push_back({part->id, {sent.data(), sent.size()}});
-      expect_own_answer(*part, kActionScatter);
-      ++run.open;
-    }
+    send_to_transaction_parts(route.shards, kActionScatter, out);
     if (recorder_) recorder_->stats->prepare(fingerprint, request.sql, recorder_->labels);
     out.consumed = end;
     enter(SessionState::Scattering);
@@ -307,6 +289,36 @@ void Session::link_scatter(Link& l, Actions& out) {
   }
 }
 
+// Every shard the run needs has joined the client's transaction (route_in_transaction): each
+// part runs on its shard's server, all at once, and the servers stay the transaction's.
+void Session::send_to_transaction_parts(std::uint64_t shards, std::uint8_t action, Actions& out) {
+  Workspace& w = work();
+  auto& run = w.change_scatter();
+  run.in_transaction = true;
+  int index = 0;
+  for (std::uint64_t rest = shards; rest != 0; rest &= rest - 1) {
+    const auto shard = static_cast<std::uint16_t>(std::countr_zero(rest));
+    Link* part = nullptr;
+    for (Link& o : w.links) {
+      if (o.server && o.route.shard == shard) part = &o;
+    }
+    assert(part != nullptr);
+    part->scatter_shard = index++;
+    part->last_activity = now_;
+    const std::string_view sent = run.scatter->request(part->scatter_shard);
+    out.to_links.push_back({part->id, {sent.data(), sent.size()}});
+    expect_own_answer(*part, action);
+    ++run.open;
+  }
+}
+
+void Session::transaction_part_answered(Link& l, std::string& into, Actions& out) {
+  auto& run = work().change_scatter();
+  record_scatter_part(l);
+  l.scatter_shard = -1;
+  if (--run.open == 0) finish_scatter(into, out);
+}
+
 void Session::scatter_checkout_failed(std::string_view sqlstate, std::string_view message,
                                       Actions& out) {
   auto& run = work().change_scatter();
@@ -389,14 +401,19 @@ void Session::scatter_answered(Link& l, std::uint8_t action, std::string& into, 
     case kActionScatter:
       if (run.in_transaction) {
         // Its part is answered; the server stays the transaction's.
-        record_scatter_part(l);
-        l.scatter_shard = -1;
-        if (--run.open == 0) finish_scatter(into, out);
+        transaction_part_answered(l, into, out);
         return;
       }
       if (!run.scatter->write()) end_scatter_link(l, LinkOp::Kind::Release, into, out);
       return;
     case kActionScatterCopy:
+      if (run.in_transaction) {
+        // Its COPY is over; it commits with the transaction.
+        l.copy_in = false;
+        if (run.scatter->failed()) end_copy(out);
+        transaction_part_answered(l, into, out);
+        return;
+      }
       copy_part_answered(l, out);
       return;
     case kActionScatterPrepare:

@@ -303,6 +303,11 @@ class Session {
   std::string_view scatter_decision_sql();
   void open_scatter_run(std::unique_ptr<Scatter> scatter, std::vector<routing::Route> routes,
                         std::uint64_t fingerprint, std::string gid);
+  // Inside the client's transaction: the run's request goes to the transaction's part on each
+  // shard of `shards` (all of them joined), its answer expected as `action`.
+  void send_to_transaction_parts(std::uint64_t shards, std::uint8_t action, Actions& out);
+  // A part of a run inside the client's transaction answered; the last one answers the client.
+  void transaction_part_answered(Link& l, std::string& into, Actions& out);
   void check_out_next_shard(Actions& out);
   void link_scatter(Link& l, Actions& out);
   void scatter_checkout_failed(std::string_view sqlstate, std::string_view message, Actions& out);
@@ -320,9 +325,9 @@ class Session {
   stats::Execution scatter_execution(stats::Execution::Scope scope);
   void record_scatter_part(Link& l);
   // Sharded databases: COPY ... FROM STDIN routed row by row (Route::copy_rows,
-  // copy_flight.cpp).
+  // copy_flight.cpp). `in_transaction` as for start_scatter().
   ScatterStart start_copy(std::string_view frames, const RequestText& request,
-                          routing::Route& route, Actions& out);
+                          routing::Route& route, Actions& out, bool in_transaction = false);
   void copy_shard_ready(Link& l, const protocol::Frame& f, Actions& out);
   void copy_client_data(std::string_view frames, Actions& out);
   void end_copy(Actions& out);

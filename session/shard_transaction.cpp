@@ -97,16 +97,18 @@ bool Session::route_in_transaction(std::string_view frames, Link*& l, Actions& o
     }
     return nullptr;
   };
-  if (route.kind == routing::Route::Kind::Shards && !route.copy_rows) {
-    // A statement over several shards: each shard it needs joins first, one after the other;
-    // then it runs on their parts of the transaction. (What cannot is refused on the current
-    // shard, as an error would end the transaction: shard_conflict().)
+  if (route.kind == routing::Route::Kind::Shards) {
+    // A statement over several shards, or a COPY routed row by row: each shard it needs joins
+    // first, one after the other; then it runs on their parts of the transaction. (What cannot
+    // is refused on the current shard, as an error would end the transaction: shard_conflict().)
     if (!tx.refusal.empty() || !tx.scatter_refusal.empty()) return false;
     for (std::uint64_t rest = route.shards; rest != 0; rest &= rest - 1) {
       const auto shard = static_cast<std::uint16_t>(std::countr_zero(rest));
       if (!part_of(shard)) return join_shard(shard, *l, out);
     }
-    switch (start_scatter(frames, request, route, out, true)) {
+    const ScatterStart started = route.copy_rows ? start_copy(frames, request, route, out, true)
+                                                 : start_scatter(frames, request, route, out, true);
+    switch (started) {
       case ScatterStart::Started:
       case ScatterStart::Waiting:
         return true;

@@ -1,7 +1,8 @@
 """COPY ... FROM STDIN into a sharded database, against real PostgreSQL: the client sends one
 COPY to one DSN; each row lands on the shard its device_id maps to, the client learns the total
 row count, and a COPY that fails anywhere (a bad row, a shard's constraint, the client's own
-CopyFail) leaves no row and no prepared transaction on any shard."""
+CopyFail) leaves no row and no prepared transaction on any shard. Inside a client's transaction
+the COPY is part of it, committed or rolled back with it."""
 
 from __future__ import annotations
 
@@ -183,14 +184,57 @@ def test_copies_pgvalve_cannot_route_by_row_are_refused(two_pc, pgvalve):
         # A hint runs the COPY on its shard as it is, whatever its form.
         with conn.cursor().copy("/* pgvalve: device_id=2 */ COPY telemetry FROM STDIN") as copy:
             copy.write_row((2, 1, 0.5, "x"))
-        # Inside a transaction (psycopg's default outside autocommit) it is refused too.
-    with pv.connect(autocommit=False) as conn:
-        with pytest.raises(psycopg.Error) as e:
-            with conn.cursor().copy("COPY telemetry (device_id) FROM STDIN") as copy:
-                copy.write_row((3,))
-        assert e.value.sqlstate == "0A000" and "outside the client's transaction" in str(e.value)
     assert rows_on(two_pc[0]) == [(2, 1, 0.5, "x")]
     assert rows_on(two_pc[1]) == []
+
+
+def test_a_copy_inside_a_transaction_commits_and_rolls_back_with_it(two_pc, pgvalve):
+    """psycopg sends BEGIN before a COPY unless the connection is in autocommit: the COPY runs
+    on every shard's part of the client's transaction, and its rows are committed (two-phase
+    commit) or rolled back with the rest of the transaction."""
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    devices = range(1, 41)
+    with pv.connect(autocommit=False) as conn:
+        with conn.cursor().copy("COPY telemetry (device_id, ts) FROM STDIN") as copy:
+            for d in devices:
+                copy.write_row((d, d))
+        # The transaction goes on: its other statements see the copied rows.
+        assert conn.execute("SELECT count(*) FROM telemetry").fetchone() == (40,)
+        conn.execute("INSERT INTO telemetry (device_id, ts) VALUES (1, 100)")
+        for node in two_pc:
+            assert rows_on(node) == [], "nothing is visible before the COMMIT"
+        conn.commit()
+        for i, node in enumerate(two_pc):
+            want = sorted([(d, d) for d in devices if md5_mod(d) == i] +
+                          ([(1, 100)] if md5_mod(1) == i else []))
+            assert sorted(r[:2] for r in rows_on(node)) == want
+            assert on(node, "SELECT gid FROM pg_prepared_xacts") == []
+        # A COPY after the transaction's first statement: the other shard joins for it.
+        conn.execute("INSERT INTO telemetry (device_id, ts) VALUES (2, 200)")
+        with conn.cursor().copy("COPY telemetry (device_id, ts) FROM STDIN") as copy:
+            copy.write_row((3, 300))
+            copy.write_row((4, 400))
+        conn.commit()
+        assert conn.execute("SELECT count(*) FROM telemetry WHERE ts >= 200").fetchone() == (3,)
+        # A rolled back transaction takes its COPY with it.
+        with conn.cursor().copy("COPY telemetry (device_id, ts) FROM STDIN") as copy:
+            for d in devices:
+                copy.write_row((d, 1000 + d))
+        conn.rollback()
+        # A failed COPY fails the transaction, as on one server: only ROLLBACK is taken.
+        with pytest.raises(psycopg.Error) as e:
+            with conn.cursor().copy("COPY telemetry (device_id, ts) FROM STDIN") as copy:
+                copy.write_row((5, 1))
+                copy.write_row((None, 2))
+        assert str(e.value).startswith("pgvalve:"), e.value
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            conn.execute("SELECT 1")
+        conn.rollback()
+        assert conn.execute("SELECT count(*) FROM telemetry").fetchone() == (44,)
+    for node in two_pc:
+        assert on(node, "SELECT count(*) FROM telemetry WHERE ts >= 1000") == [(0,)]
+        assert on(node, "SELECT gid FROM pg_prepared_xacts") == []
 
 
 # --- other drivers: PgJDBC's CopyManager, postgres.js's writable COPY ----------------------

@@ -286,11 +286,81 @@ TEST_F(Copy, AHintedCopyRunsOnItsShardAsItIs) {
   EXPECT_FALSE(s.route.copy_rows);
 }
 
-TEST_F(Copy, ACopyInsideATransactionIsRefused) {
+// psycopg sends BEGIN before a COPY unless the connection is in autocommit: the transaction
+// starts on the first shard, every other shard joins it, each part runs the COPY, and the parts
+// commit with the transaction (two-phase commit at COMMIT).
+TEST_F(Copy, ACopyInsideATransactionRunsOnEveryShardsPartOfIt) {
+  Step s = h.client(query("BEGIN"));
+  EXPECT_EQ(statuses_in(s.to_client), "T");
+  const std::string copy = query("COPY telemetry (device_id, v) FROM STDIN");
+  s = h.client(copy);
+  ASSERT_TRUE(s.check_out) << "the transaction starts on the first shard";
+  EXPECT_EQ(s.route.shard, 0);
+  s = h.linked(*s0);
+  EXPECT_EQ(queries_in(s.to_server), std::vector<std::string>{"BEGIN"});
+  h.server(command_result("BEGIN", 'T'), T0, 0);
+  s = h.client(copy);
+  ASSERT_TRUE(s.check_out) << "then s1 joins";
+  EXPECT_EQ(s.route.shard, 1);
+  h.linked(*s1);
+  h.server(
+      complete("BEGIN") + row_description() + data_row({"10"}) + complete("SELECT 1") + ready('T'),
+      T0, 1);
+  s = h.client(copy);
+  EXPECT_EQ(s.consumed, copy.size());
+  ASSERT_EQ(s.to_links.size(), 2u);
+  for (int link : {0, 1}) {
+    EXPECT_EQ(queries_in(s.to_links.at(link)),
+              std::vector<std::string>{"COPY telemetry (device_id, v) FROM STDIN"})
+        << "no BEGIN and no PREPARE of its own";
+  }
+  s = h.server(copy_in_response(), T0, 0);
+  EXPECT_EQ(s.to_client, "");
+  s = h.server(copy_in_response(), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "G");
+  EXPECT_EQ(h.state(), SessionState::Copying);
+
+  s = h.client(copy_data("1\ta\n2\tb\n3\tc\n") + copy_done());
+  EXPECT_EQ(copy_stream(s.to_links[0]), "2\tb\n<done>");
+  EXPECT_EQ(copy_stream(s.to_links[1]), "1\ta\n3\tc\n<done>");
+  s = h.server(complete("COPY 1") + ready('T'), T0, 0);
+  EXPECT_TRUE(s.to_links.empty()) << "nothing is prepared before the client's COMMIT";
+  s = h.server(complete("COPY 2") + ready('T'), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "CZ");
+  EXPECT_EQ(protocol::read_command_complete(frame_of(messages_of(s.to_client)[0])).value_or(""),
+            "COPY 3");
+  EXPECT_EQ(statuses_in(s.to_client), "T") << "the client is still in its transaction";
+
+  s = h.client(query("COMMIT"));
+  ASSERT_EQ(s.to_links.size(), 2u);
+  EXPECT_TRUE(queries_in(s.to_links.at(0)).at(0).starts_with("PREPARE TRANSACTION 'pgvalve:"));
+  EXPECT_EQ(queries_in(s.to_links.at(1)), queries_in(s.to_links.at(0)));
+}
+
+TEST_F(Copy, ABadRowInsideATransactionFailsItOnEveryShard) {
   h.client(query("BEGIN"));
-  const Step s = h.client(query("COPY telemetry (device_id, v) FROM STDIN"));
-  EXPECT_FALSE(s.check_out);
-  EXPECT_EQ(sqlstates_in(s.to_client), "0A000");
+  const std::string copy = query("COPY telemetry (device_id, v) FROM STDIN");
+  h.client(copy);
+  h.linked(*s0);
+  h.server(command_result("BEGIN", 'T'), T0, 0);
+  h.client(copy);
+  h.linked(*s1);
+  h.server(
+      complete("BEGIN") + row_description() + data_row({"10"}) + complete("SELECT 1") + ready('T'),
+      T0, 1);
+  h.client(copy);
+  h.server(copy_in_response(), T0, 0);
+  h.server(copy_in_response(), T0, 1);
+  Step s = h.client(copy_data("2\tb\n\\N\tx\n"));
+  EXPECT_EQ(copy_stream(s.to_links[0]), "<fail>");
+  EXPECT_EQ(copy_stream(s.to_links[1]), "<fail>");
+  h.server(error_result("57014", 'E'), T0, 0);
+  s = h.server(error_result("57014", 'E'), T0, 1);
+  EXPECT_EQ(statuses_in(s.to_client), "E") << "the transaction failed, as on one server";
+  EXPECT_FALSE(sqlstates_in(s.to_client).empty());
+  s = h.client(query("ROLLBACK"));
+  EXPECT_EQ(queries_in(s.to_links.at(0)), std::vector<std::string>{"ROLLBACK"});
+  EXPECT_EQ(queries_in(s.to_links.at(1)), std::vector<std::string>{"ROLLBACK"});
 }
 
 // SHOW SHARDS counts each shard's part of a write by the rows its tag reports.
