@@ -855,6 +855,8 @@ int App::run() {
   set_topology(health_->configure(config()));
   explainer_ = std::make_unique<SlowQueryExplainer>(*this, control_);
   asio::co_spawn(control_, explainer_->run(), asio::detached);
+  prepared_parts_ = std::make_unique<PreparedPartResolver>(*this, control_);
+  asio::co_spawn(control_, prepared_parts_->run(), asio::detached);
   signals_.add(SIGHUP);
   signals_.add(SIGTERM);
   signals_.add(SIGINT);

@@ -33,6 +33,7 @@
 #include "proxy/client_session.h"
 #include "proxy/event_clock.h"
 #include "proxy/health_checker.h"
+#include "proxy/prepared_part_resolver.h"
 #include "proxy/slow_query_explainer.h"
 #include "proxy/tls.h"
 #include "proxy/users.h"
@@ -171,6 +172,8 @@ class App : public pool::Handoff {
   }
   // SHOW HOSTS, /status.
   std::vector<HostRow> hosts() const;
+  // Parts of two-phase commits left prepared on a lost server, decided once it is back.
+  PreparedPartResolver& prepared_parts() { return *prepared_parts_; }
   std::uint64_t failovers() const { return health_ ? health_->failovers() : 0; }
   // Runs `f(worker)` on every worker's thread (what only that thread may touch: its sessions,
   // its statement statistics, its idle server connections) and waits for them here, at most
@@ -313,6 +316,7 @@ class App : public pool::Handoff {
   // The health checks, on control_.
   std::unique_ptr<HealthChecker> health_;
   std::unique_ptr<SlowQueryExplainer> explainer_;
+  std::unique_ptr<PreparedPartResolver> prepared_parts_;
   void set_topology(std::shared_ptr<const Topology> topology);
   void retire_pools_not_in(const config::Config& next);
 };

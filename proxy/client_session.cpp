@@ -221,6 +221,11 @@ void ClientSession::carry_out(const Actions& actions, Source source, session::Li
   }
   for (int i = 0; i < actions.statement_evictions; ++i)
     pool_->note_statement_eviction();
+  for (const session::PreparedPart& part : actions.prepared_parts) {
+    if (!database_ || part.shard >= database_->shards.size()) continue;
+    app_.prepared_parts().add({database_name_, database_->dbname, user_name_,
+                               database_->shards[part.shard].name, part.gid, part.commit});
+  }
   // Neither reaches back into the core, so `actions` stays as it is meanwhile.
   for (const auto& op : actions.link_ops)
     carry_out_link_op(op);

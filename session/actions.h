@@ -47,6 +47,15 @@ struct HubRequest {
   std::string channel;
 };
 
+// A part of a two-phase commit (a write or a transaction over several shards) left prepared on
+// a shard whose server was lost, and the decision the other parts got: the I/O layer has it
+// carried out there once the shard takes writes again (proxy/prepared_part_resolver.h).
+struct PreparedPart {
+  std::uint16_t shard = 0;
+  std::string gid;
+  bool commit = false;  // else rolled back
+};
+
 // Bytes for one of several servers written in one step (COPY rows routed to their shards).
 struct LinkChunk {
   LinkId link = 0;
@@ -69,6 +78,7 @@ struct Actions {
   HubRequest hub;
   int pinned_change = 0;        // +1: the client became pinned to its server, -1: unpinned
   int statement_evictions = 0;  // prepared statements closed on a server for its LRU cap
+  std::vector<PreparedPart> prepared_parts;
 
   bool writes() const {
     return !to_client.empty() || !outbox.empty() || !to_server.empty() || !to_links.empty();
@@ -88,6 +98,7 @@ struct Actions {
     hub.channel.clear();
     pinned_change = 0;
     statement_evictions = 0;
+    prepared_parts.clear();
   }
 };
 

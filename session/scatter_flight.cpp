@@ -485,22 +485,30 @@ void Session::end_scatter_link(Link& l, LinkOp::Kind how, std::string& into, Act
     return;
   }
   if (how != LinkOp::Kind::Release && run.scatter->write() && (l.prepared || l.finishing)) {
-    // Lost with its part prepared (or being committed): the transaction stays prepared there.
+    // Lost with its part prepared (or being committed): the transaction stays prepared there
+    // until the decision the other parts got reaches it.
+    const bool commit = run.deciding && run.commit;
+    out.prepared_parts.push_back({l.route.shard, run.gid, commit});
     if (!run.deciding) {
       run.scatter->fail("08006", "pgvalve: lost server " + l.server->name +
                                      " before a write to several shards committed; it was rolled "
                                      "back on the other shards, and stays prepared there as '" +
-                                     run.gid + "' until rolled back (SHOW SHARDS counts it)");
+                                     run.gid + "' until " + kLeftPartRolledBack);
     } else if (run.commit) {
       run.scatter->fail("08006", "pgvalve: lost server " + l.server->name +
                                      " while committing a write to several shards; other shards "
                                      "committed it, and it stays prepared there as '" +
-                                     run.gid + "' until committed (SHOW SHARDS counts it)");
+                                     run.gid + "' until " + kLeftPartCommitted);
     }
     const bool was_finishing = l.finishing;
     unlink(l.id, how, out);
     if (was_finishing) settle_scatter(into, out);
     return;
+  }
+  if (how != LinkOp::Kind::Release && !run.gid.empty() && !l.part_answered) {
+    // Its PREPARE TRANSACTION may have run before the server was lost: the part is rolled back
+    // there too, once the shard is back.
+    out.prepared_parts.push_back({l.route.shard, run.gid, false});
   }
   if (!lost.empty()) run.scatter->fail("08006", lost);
   if (run.copy && run.scatter->failed()) {

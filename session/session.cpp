@@ -620,6 +620,15 @@ void Session::release_all_for_close(Actions& out) {
     const bool reset_session =
         options_.mode == config::PoolMode::Session || pinned_ || l.check_pins;
     if (l.busy() || l.stream_remaining > 0) {
+      // A part of a two-phase commit whose PREPARE or decision is still running may stay
+      // prepared there: the decision the others get follows it (Actions::prepared_parts).
+      if (scattering() && !work_->scatter().gid.empty()) {
+        const auto& run = work_->scatter();
+        out.prepared_parts.push_back({l.route.shard, run.gid, run.deciding && run.commit});
+      } else if (work_->tx().ending && !work_->tx().gid.empty()) {
+        const auto& tx = work_->tx();
+        out.prepared_parts.push_back({l.route.shard, tx.gid, tx.deciding && tx.commit});
+      }
       unlink(id, LinkOp::Kind::CancelAndClose, out);
     } else if (l.prepared && !l.finishing && scattering()) {
       // A write over several shards whose client left: its part here is decided as the other

@@ -258,6 +258,15 @@ void append_local_heads(const HubReply& reply, std::string& out);
 // pgvalve's query for a primary's WAL position (read_your_writes = lsn), as a Query message.
 const std::string& wal_position_message();
 
+// How a client's error ends about a part of a two-phase commit left prepared on a lost server
+// (Actions::prepared_parts).
+inline constexpr const char* kLeftPartRolledBack =
+    "pgvalve rolls it back there once the shard takes writes again (SHOW SHARDS counts it until "
+    "then)";
+inline constexpr const char* kLeftPartCommitted =
+    "pgvalve commits it there once the shard takes writes again (SHOW SHARDS counts it until "
+    "then)";
+
 // What the prepared parts of a two-phase commit named `gid` are told (COMMIT PREPARED when
 // `commit`, else ROLLBACK PREPARED), kept in `kept`.
 std::string_view decision_sql(std::string_view gid, bool commit, std::string& kept);

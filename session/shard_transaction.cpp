@@ -607,24 +607,29 @@ bool Session::shard_transaction_link_lost(Link& l, LinkOp::Kind kind, Actions& o
   if (!tx.ending) return false;
   std::string& into = out.outbox;
   if (!tx.deciding && tx.commit) {
-    // Its PREPARE TRANSACTION may or may not have run: the others roll back.
+    // Its PREPARE TRANSACTION may or may not have run: the others roll back, and so does it
+    // once its shard is back, if it did.
     const bool awaited = !l.part_answered;
+    if (awaited || l.prepared) out.prepared_parts.push_back({l.route.shard, tx.gid, false});
     set_tx_error("08006",
                  "pgvalve: lost server " + name +
                      " before the transaction committed on every shard; it was rolled back on "
                      "the other shards" +
                      (awaited || l.prepared ? ", and may stay prepared there as '" + tx.gid +
-                                                  "' until rolled back (SHOW SHARDS counts it)"
+                                                  "' until " + kLeftPartRolledBack
                                             : std::string()));
     unlink(l.id, kind, out);
     if (awaited && --tx.open == 0) decide_shard_transaction(into, out);
     return true;
   }
-  if (tx.deciding && tx.commit && l.prepared) {
-    set_tx_error("08006", "pgvalve: lost server " + name +
-                              " while committing a transaction over several shards; other "
-                              "shards committed it, and it stays prepared there as '" +
-                              tx.gid + "' until committed (SHOW SHARDS counts it)");
+  if (tx.deciding && l.prepared) {
+    out.prepared_parts.push_back({l.route.shard, tx.gid, tx.commit});
+    if (tx.commit) {
+      set_tx_error("08006", "pgvalve: lost server " + name +
+                                " while committing a transaction over several shards; other "
+                                "shards committed it, and it stays prepared there as '" +
+                                tx.gid + "' until " + kLeftPartCommitted);
+    }
   }
   const bool was_finishing = l.finishing;
   unlink(l.id, kind, out);

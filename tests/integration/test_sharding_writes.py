@@ -172,10 +172,12 @@ def test_without_prepared_transactions_a_write_to_several_shards_is_refused(two_
     assert prepared_on(two_pc[0]) == []
 
 
-def test_a_shard_lost_between_prepare_and_commit_is_reported_in_show_shards(two_pc, pgvalve):
+def test_a_part_left_prepared_on_a_lost_shard_is_rolled_back_once_the_shard_is_back(two_pc,
+                                                                                    pgvalve):
     """s0's part waits on a lock while s1 prepares; s1 is then killed. The write rolls back on
-    s0, the client gets an error naming SHOW SHARDS, and once s1 is back its prepared part is
-    counted there until an operator rolls it back."""
+    s0 and the client gets an error naming the transaction. s1 comes back with its part still
+    prepared (two-phase state survives a crash), and pgvalve rolls it back there by itself, as
+    it did on s0; SHOW SHARDS counts it until then."""
     prepare_schema(two_pc)
     pv = pgvalve(users=APP_AND_OPS, **config(two_pc))
     blocker = two_pc[0].primary.connect(dbname=APP_DB)
@@ -206,28 +208,37 @@ def test_a_shard_lost_between_prepare_and_commit_is_reported_in_show_shards(two_
     assert "error" in outcome, outcome
     assert outcome["error"].sqlstate == "08006"
     assert "SHOW SHARDS" in str(outcome["error"]) and gid in str(outcome["error"])
+    assert "pgvalve rolls it back there" in str(outcome["error"])
     # s0 rolled its part back: nothing there, nothing prepared.
     assert on(two_pc[0], "SELECT count(*) FROM device_types") == [(0,)]
     assert prepared_on(two_pc[0]) == []
+    # Waiting while s1 is down.
+    time.sleep(1.5)
+    assert "event=prepared_part_waiting" in pv.log_text()
+    assert "event=prepared_part_resolved" not in pv.log_text()
 
-    # s1 comes back with its part still prepared (two-phase state survives a crash).
+    # s1 comes back: pgvalve rolls its part back there, no operator needed.
     two_pc[1].primary.start()
+    wait_until(lambda: prepared_on(two_pc[1]) == [], 30,
+               message="pgvalve rolled back the part left prepared on s1")
+    wait_until(lambda: "event=prepared_part_resolved" in pv.log_text(), 5,
+               message="the resolution is logged")
+    line = next(li for li in pv.log_text().splitlines() if "event=prepared_part_resolved" in li)
+    assert gid in line and "decision=rollback" in line and "shard=s1" in line, line
+    assert on(two_pc[1], "SELECT count(*) FROM device_types") == [(0,)]
     with psycopg.connect(pv.dsn(user=OPS_USER, password=OPS_PASSWORD, dbname="pgvalve"),
                          autocommit=True, prepare_threshold=None) as admin:
-        def shards():
+        def prepared_counts():
             cur = admin.execute("SHOW SHARDS")
             cols = [d.name for d in cur.description]
-            return {r[cols.index("shard")]: dict(zip(cols, r)) for r in cur.fetchall()
+            return {r[cols.index("shard")]: r[cols.index("prepared")] for r in cur.fetchall()
                     if r[cols.index("database")] == APP_DB}
-        wait_until(lambda: shards()["s1"]["prepared"] == "1", 15,
-                   message="SHOW SHARDS counts the prepared part on s1")
-        assert shards()["s0"]["prepared"] == "0"
-        # The operator resolves it as the error said: nothing committed anywhere, roll it back.
-        with two_pc[1].primary.connect(dbname=APP_DB, autocommit=True) as direct:
-            direct.execute(f"ROLLBACK PREPARED '{gid}'")
-        wait_until(lambda: shards()["s1"]["prepared"] == "0", 15,
-                   message="SHOW SHARDS no longer counts it")
-    assert on(two_pc[1], "SELECT count(*) FROM device_types") == [(0,)]
+        wait_until(lambda: prepared_counts() == {"s0": "0", "s1": "0"}, 15,
+                   message="SHOW SHARDS counts nothing left prepared")
+    # The shard takes writes over both shards again.
+    with pv.connect() as conn:
+        conn.execute("INSERT INTO device_types VALUES (8, 'eight')")
+    assert on(two_pc[1], "SELECT count(*) FROM device_types") == [(1,)]
 
 
 @pytest.fixture(scope="module")

@@ -275,6 +275,7 @@ TEST_F(Scatter, ALostShardIsAnErrorAndTheOthersGoBackToThePool) {
   Step s = h.lost(T0, 1);
   EXPECT_EQ(s.to_client, "");
   EXPECT_TRUE(s.has_op(LinkOp::Kind::Close));
+  EXPECT_TRUE(s.prepared_parts.empty()) << "a read prepares nothing";
   s = h.server(int8_description() + data_row({"2"}) + complete("SELECT 1") + ready(), T0, 0);
   EXPECT_EQ(sqlstates_in(s.to_client), "08006");
   EXPECT_TRUE(s.has_op(LinkOp::Kind::Release));
@@ -477,11 +478,25 @@ TEST_F(Scatter, WithoutPreparedTransactionsAWriteToSeveralShardsIsRefusedAndRoll
   EXPECT_NE(errors[0].message.find("max_prepared_transactions"), std::string::npos);
 }
 
+TEST_F(Scatter, AShardLostBeforeItsPartAnsweredIsRolledBackThereOnceItIsBack) {
+  start(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
+  // Lost with BEGIN, the DELETE and PREPARE TRANSACTION sent: the PREPARE may have run.
+  const Step s = h.lost(T0, 1);
+  ASSERT_EQ(s.prepared_parts.size(), 1u);
+  EXPECT_EQ(s.prepared_parts[0].shard, 1);
+  EXPECT_FALSE(s.prepared_parts[0].commit);
+}
+
 TEST_F(Scatter, AShardLostWhilePreparedMakesTheWriteRollBack) {
   start(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
   h.server(write_part("DELETE 1"), T0, 0);
   Step s = h.lost(T0, 0);
   EXPECT_TRUE(s.has_op(LinkOp::Kind::Close));
+  // Its part stays prepared on s0: pgvalve rolls it back there once s0 takes writes again.
+  ASSERT_EQ(s.prepared_parts.size(), 1u);
+  EXPECT_EQ(s.prepared_parts[0].shard, 0);
+  EXPECT_TRUE(s.prepared_parts[0].gid.starts_with("pgvalve:")) << s.prepared_parts[0].gid;
+  EXPECT_FALSE(s.prepared_parts[0].commit);
   s = h.server(write_part("DELETE 1"), T0, 1);
   EXPECT_EQ(s.server_link, 1);
   EXPECT_TRUE(queries_in(s.to_server)[0].starts_with("ROLLBACK PREPARED"));

@@ -371,6 +371,7 @@ struct Step {
   HubRequest hub;
   int pinned_change = 0;
   int statement_evictions = 0;
+  std::vector<PreparedPart> prepared_parts;
 
   bool has_op(LinkOp::Kind kind) const {
     for (const auto& op : ops) {
@@ -398,6 +399,7 @@ inline Step copy_step(const Actions& a) {
   s.hub = a.hub;
   s.pinned_change = a.pinned_change;
   s.statement_evictions = a.statement_evictions;
+  s.prepared_parts = a.prepared_parts;
   return s;
 }
 

@@ -483,6 +483,11 @@ TEST_F(ShardTransaction, APartLostBeforeItPreparedRollsBackThePreparedOnes) {
   const std::string gid = commit();
   h.server(command_result("PREPARE TRANSACTION"), T0, 0);
   Step s = h.lost(T0, 1);
+  // Its PREPARE may have run: pgvalve rolls the part back on s1 once s1 is back.
+  ASSERT_EQ(s.prepared_parts.size(), 1u);
+  EXPECT_EQ(s.prepared_parts[0].shard, 1);
+  EXPECT_EQ("'" + s.prepared_parts[0].gid + "'", gid);
+  EXPECT_FALSE(s.prepared_parts[0].commit);
   ASSERT_EQ(s.to_links.count(0), 1u);
   EXPECT_EQ(queries_in(s.to_links.at(0)), std::vector<std::string>{"ROLLBACK PREPARED " + gid});
   s = h.server(command_result("ROLLBACK PREPARED"), T0, 0);
@@ -504,6 +509,32 @@ TEST_F(ShardTransaction, AClientLeavingDuringTheCommitCommitsTheRemainingParts) 
   EXPECT_EQ(s.ops[0].kind, LinkOp::Kind::CancelAndClose) << "its COMMIT PREPARED is in flight";
   EXPECT_EQ(s.ops[1].kind, LinkOp::Kind::CleanAndRelease);
   EXPECT_EQ(s.ops[1].sql1, "COMMIT PREPARED " + gid);
+  // The cancelled COMMIT PREPARED may not have run: the commit follows the part on s0.
+  ASSERT_EQ(s.prepared_parts.size(), 1u);
+  EXPECT_EQ(s.prepared_parts[0].shard, 0);
+  EXPECT_TRUE(s.prepared_parts[0].commit);
+}
+
+TEST_F(ShardTransaction, APartLostWhileCommittingIsCommittedOnceItsShardIsBack) {
+  begin_on_s0();
+  join_s1();
+  insert_on_s1();
+  const std::string gid = commit();
+  h.server(command_result("PREPARE TRANSACTION"), T0, 0);
+  Step s = h.server(command_result("PREPARE TRANSACTION"), T0, 1);
+  EXPECT_EQ(queries_in(s.to_links.count(0) ? s.to_links.at(0) : s.to_server),
+            std::vector<std::string>{"COMMIT PREPARED " + gid});
+  s = h.server(command_result("COMMIT PREPARED"), T0, 0);
+  EXPECT_EQ(queries_in(s.to_links.count(1) ? s.to_links.at(1) : s.to_server),
+            std::vector<std::string>{"COMMIT PREPARED " + gid});
+  s = h.lost(T0, 1);
+  ASSERT_EQ(s.prepared_parts.size(), 1u);
+  EXPECT_EQ(s.prepared_parts[0].shard, 1);
+  EXPECT_EQ("'" + s.prepared_parts[0].gid + "'", gid);
+  EXPECT_TRUE(s.prepared_parts[0].commit) << "s0 committed: so does s1's part";
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  EXPECT_NE(message_of(s.to_client).find("pgvalve commits it there"), std::string::npos)
+      << message_of(s.to_client);
 }
 
 TEST_F(ShardTransaction, AClientLeavingBeforeTheDecisionRollsBackThePreparedParts) {
