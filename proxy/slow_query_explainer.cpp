@@ -83,7 +83,10 @@ boost::asio::awaitable<void> SlowQueryExplainer::explain(const stats::ExplainReq
     error = "no host of the database is up";
   } else {
     auto link = std::make_shared<PgLink>();
-    const PgLogin login{user->name, user->server_password, r.database, "pgvalve explain_slow"};
+    // The database as the servers name it, which may differ from the clients' name for it.
+    const config::Database* db = config->find_database(r.database);
+    const PgLogin login{user->name, user->server_password, db ? db->dbname : r.database,
+                        "pgvalve explain_slow"};
     stats::PlanSettings settings;
     QueryOutcome q =
         co_await query(control_, link, *config, *host, login,

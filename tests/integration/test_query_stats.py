@@ -105,17 +105,24 @@ def test_max_fingerprints_bounds_what_is_kept(pgvalve):
     assert 0 < len(by_query(pv)) <= 20
 
 
-def test_explain_slow_advises_an_index_for_a_seq_scan_on_a_large_table(pgvalve, cluster):
+@pytest.mark.parametrize("name", ["telemetry", "dashboards"])
+def test_explain_slow_advises_an_index_for_a_seq_scan_on_a_large_table(pgvalve, cluster, name):
+    """`name`: what clients call the database; "dashboards" is the servers' "telemetry" (dbname),
+    which EXPLAIN must log in to."""
     cluster.primary.sql("drop table if exists big_readings", dbname="telemetry")
     cluster.primary.sql("create table big_readings as select g % 5000 as device_id, "
                         "random() as value from generate_series(1, 200000) g",
                         dbname="telemetry")
     cluster.primary.sql("grant select on big_readings to app", dbname="telemetry")
     cluster.primary.sql("analyze big_readings", dbname="telemetry")
-    pv = pgvalve(users=APP_AND_OPS, stats={"slow_query_ms": 1, "explain_slow": True})
+    databases = {name: {"dbname": "telemetry",
+                        "shards": [{"name": "s0",
+                                    "primary": f"127.0.0.1:{cluster.primary.port}"}]}}
+    pv = pgvalve(users=APP_AND_OPS, databases=databases,
+                 stats={"slow_query_ms": 1, "explain_slow": True})
     try:
         def run(device):
-            subprocess.run(["psql", pv.dsn(), "-Xqc",
+            subprocess.run(["psql", pv.dsn(dbname=name), "-Xqc",
                             f"select avg(value) from big_readings where device_id = {device}"],
                            check=True, capture_output=True)
 
