@@ -26,27 +26,31 @@ std::string quoted(const std::string& gid) {
   return out;
 }
 
+// A part pgvalve will not decide: the operator is told what to run.
+void left_to_operator(const PreparedPartResolver::Part& part, const char* reason) {
+  PGV_LOG(Error, "prepared_part_not_resolved", {"database", part.database}, {"shard", part.shard},
+          {"gid", part.gid}, {"decision", part.commit ? "commit" : "rollback"}, {"reason", reason},
+          {"action", std::string(part.commit ? "COMMIT" : "ROLLBACK") + " PREPARED " +
+                         quoted(part.gid) + " on the shard's primary"});
+}
+
 }  // namespace
 
 void PreparedPartResolver::add(Part part) {
-  std::unique_lock lock(mutex_);
-  if (waiting_.size() >= kMaxWaiting) {
-    lock.unlock();
-    PGV_LOG(Error, "prepared_part_not_resolved", {"database", part.database}, {"shard", part.shard},
-            {"gid", part.gid}, {"decision", part.commit ? "commit" : "rollback"},
-            {"reason", "too many parts are waiting"},
-            {"action", std::string(part.commit ? "COMMIT" : "ROLLBACK") + " PREPARED " +
-                           quoted(part.gid) + " on the shard's primary"});
+  bool kept = false;
+  {
+    std::lock_guard lock(mutex_);
+    if (waiting_.size() < kMaxWaiting) {
+      waiting_.push_back(part);
+      kept = true;
+    }
+  }
+  if (!kept) {
+    left_to_operator(part, "too many parts are waiting");
     return;
   }
   PGV_LOG(Info, "prepared_part_waiting", {"database", part.database}, {"shard", part.shard},
           {"gid", part.gid}, {"decision", part.commit ? "commit" : "rollback"});
-  waiting_.push_back(std::move(part));
-}
-
-std::size_t PreparedPartResolver::waiting() const {
-  std::lock_guard lock(mutex_);
-  return waiting_.size();
 }
 
 boost::asio::awaitable<void> PreparedPartResolver::run() {
@@ -83,29 +87,44 @@ boost::asio::awaitable<bool> PreparedPartResolver::decide(const Part& part) {
   const auto config = app_.config();
   const config::User* user = config->find_user(part.user);
   if (!user) {
-    PGV_LOG(Error, "prepared_part_not_resolved", {"database", part.database}, {"shard", part.shard},
-            {"gid", part.gid}, {"decision", part.commit ? "commit" : "rollback"},
-            {"reason", "its user is no longer in the configuration"},
-            {"action", std::string(part.commit ? "COMMIT" : "ROLLBACK") + " PREPARED " +
-                           quoted(part.gid) + " on the shard's primary"});
+    left_to_operator(part, "its user is no longer in the configuration");
     co_return true;
   }
   auto link = std::make_shared<PgLink>();
   const PgLogin login{user->name, user->server_password, part.dbname, "pgvalve resolve"};
+  const std::string count =
+      "SELECT count(*) FROM pg_catalog.pg_prepared_xacts WHERE gid = " + quoted(part.gid);
+  auto still_prepared = [](const QueryOutcome& q) -> std::optional<bool> {
+    if (!q.ok || q.row.empty() || !q.row[0]) return std::nullopt;
+    return *q.row[0] != "0";
+  };
+  auto retry = [&](const std::string& error) {
+    PGV_LOG(Warn, "prepared_part_retry", {"database", part.database}, {"shard", part.shard},
+            {"host", primary->to_string()}, {"gid", part.gid}, {"error", error});
+  };
+  const QueryOutcome before =
+      co_await query(control_, link, *config, *primary, login, count, kTimeout, true);
+  const std::optional<bool> found = still_prepared(before);
+  if (!found) {
+    retry(before.error);
+    co_return false;
+  }
+  if (!*found) {
+    // Its PREPARE never ran (the server was lost first), or someone decided it meanwhile.
+    PGV_LOG(Debug, "prepared_part_absent", {"database", part.database}, {"shard", part.shard},
+            {"gid", part.gid});
+    co_return true;
+  }
+  // A command returns no row, so only its error says anything: whether the part is still
+  // prepared afterwards is what counts.
   const std::string decision =
       std::string(part.commit ? "COMMIT" : "ROLLBACK") + " PREPARED " + quoted(part.gid);
-  // A command returns no row, so only its error says anything; whether the part is still
-  // prepared afterwards is what counts (another pgvalve or an operator may have decided it).
   const QueryOutcome done =
       co_await query(control_, link, *config, *primary, login, decision, kTimeout, true);
-  const QueryOutcome left = co_await query(
-      control_, link, *config, *primary, login,
-      "SELECT count(*) FROM pg_catalog.pg_prepared_xacts WHERE gid = " + quoted(part.gid), kTimeout,
-      true);
-  if (!left.ok || left.row.empty() || !left.row[0] || *left.row[0] != "0") {
-    PGV_LOG(Warn, "prepared_part_retry", {"database", part.database}, {"shard", part.shard},
-            {"host", primary->to_string()}, {"gid", part.gid},
-            {"error", left.ok ? done.error : left.error});
+  const QueryOutcome after =
+      co_await query(control_, link, *config, *primary, login, count, kTimeout, true);
+  if (still_prepared(after) != std::optional<bool>(false)) {
+    retry(after.ok ? done.error : after.error);
     co_return false;
   }
   PGV_LOG(Info, "prepared_part_resolved", {"database", part.database}, {"shard", part.shard},

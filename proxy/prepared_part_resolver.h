@@ -42,7 +42,6 @@ class PreparedPartResolver {
 
   // Any thread.
   void add(Part part);
-  std::size_t waiting() const;
 
   // Runs until the control loop stops: every second, each waiting part whose shard has a host
   // taking writes is decided there.

@@ -1,14 +1,14 @@
 // COPY ... FROM STDIN into a sharded database: every shard's server is checked out (as for a
-// statement over several shards, scatter_flight.cpp) and runs BEGIN and the COPY (inside the
-// client's transaction: every shard joins it, and its part runs the COPY). Once all of
-// them take data the client gets one CopyInResponse, and each row of its data goes to the shard
-// of its key (routing::CopyRows), several shards written in one step. At the client's CopyDone
-// each shard ends its COPY and prepares its part; the parts commit together (two-phase commit)
-// and the client gets one COPY tag with every shard's rows added up. (Inside a transaction the
-// parts stay open and commit with it.) A bad row, a shard's error,
-// a lost shard or the client's CopyFail ends the COPY on every shard and rolls it back, and the
-// client gets the error at once, as PostgreSQL sends it mid-COPY; PostgreSQL ignores the COPY
-// data a client sends after that, and so does pgvalve.
+// statement over several shards, scatter_flight.cpp) and runs BEGIN and the COPY; inside the
+// client's transaction, every shard joins it instead and its part runs the COPY. Once all of them
+// take data the client gets one CopyInResponse, and each row of its data goes to the shard of its
+// key (routing::CopyRows), several shards written in one step. At the client's CopyDone each
+// shard ends its COPY and prepares its part; the parts commit together (two-phase commit) and the
+// client gets one COPY tag with every shard's rows added up. (Inside a transaction the parts stay
+// open and commit with it.) A bad row, a shard's error, a lost shard or the client's CopyFail
+// ends the COPY on every shard and rolls it back, and the client gets the error at once, as
+// PostgreSQL sends it mid-COPY; PostgreSQL ignores the COPY data a client sends after that, and
+// so does pgvalve.
 #include <bit>
 
 #include "protocol/messages.h"

@@ -505,7 +505,11 @@ void Session::end_scatter_link(Link& l, LinkOp::Kind how, std::string& into, Act
     if (was_finishing) settle_scatter(into, out);
     return;
   }
-  if (how != LinkOp::Kind::Release && !run.gid.empty() && !l.part_answered) {
+  // A COPY's part is sent its PREPARE TRANSACTION only once the COPY ended (copy_part_answered).
+  bool prepare_sent = !run.copy;
+  for (std::size_t i = 0; i < l.pending.size(); ++i)
+    prepare_sent |= l.pending.at(i).action == kActionScatterPrepare;
+  if (how != LinkOp::Kind::Release && !run.gid.empty() && !l.part_answered && prepare_sent) {
     // Its PREPARE TRANSACTION may have run before the server was lost: the part is rolled back
     // there too, once the shard is back.
     out.prepared_parts.push_back({l.route.shard, run.gid, false});

@@ -238,6 +238,20 @@ TEST_F(Copy, AServerThatGoesInTheStepThatPreparesItsPartIsSentNothing) {
   EXPECT_EQ(h.state(), SessionState::Idle);
 }
 
+TEST_F(Copy, AShardLostBeforeItsPrepareLeavesNothingPrepared) {
+  start();
+  // Lost mid-COPY: its PREPARE TRANSACTION was not sent, so nothing of it can stay prepared.
+  Step s = h.lost(T0, 1);
+  EXPECT_TRUE(s.prepared_parts.empty());
+  // Lost after its COPY answered and its PREPARE was sent: it may have prepared.
+  h.client(copy_data("2\tb\n") + copy_done());
+  s = h.server(complete("COPY 1") + ready('T'), T0, 0);
+  s = h.lost(T0, 0);
+  ASSERT_EQ(s.prepared_parts.size(), 1u);
+  EXPECT_EQ(s.prepared_parts[0].shard, 0);
+  EXPECT_FALSE(s.prepared_parts[0].commit);
+}
+
 TEST_F(Copy, TheClientsCopyFailRollsBackEveryShard) {
   start();
   Step s = h.client(copy_data("1\ta\n") + copy_fail("changed my mind"));
