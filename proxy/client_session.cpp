@@ -221,10 +221,8 @@ void ClientSession::carry_out(const Actions& actions, Source source, session::Li
   }
   for (int i = 0; i < actions.statement_evictions; ++i)
     pool_->note_statement_eviction();
-  for (const session::PreparedPart& part : actions.prepared_parts) {
-    if (!database_ || part.shard >= database_->shards.size()) continue;
-    app_.prepared_parts().add({database_name_, database_->dbname, user_name_,
-                               database_->shards[part.shard].name, part.gid, part.commit});
+  if (!actions.prepared_parts.empty()) [[unlikely]] {
+    hand_over(actions.prepared_parts);
   }
   // Neither reaches back into the core, so `actions` stays as it is meanwhile.
   for (const auto& op : actions.link_ops)
@@ -1267,6 +1265,16 @@ void ClientSession::cancel_every_server() {
     }
     PGV_LOG(Info, "cancel_forwarded_to_shards", {"client", self->id_});
   });
+}
+
+// Parts of two-phase commits left prepared on lost servers go to the process's resolver.
+void ClientSession::hand_over(const std::vector<session::PreparedPart>& parts) {
+  for (const session::PreparedPart& part : parts) {
+    if (!database_ || part.shard >= database_->shards.size()) continue;
+    app_.prepared_parts().add({database_name_, database_->dbname, user_name_,
+                               database_->shards[part.shard].name, std::string(part.gid()),
+                               part.commit});
+  }
 }
 
 void ClientSession::carry_out_link_op(const LinkOp& op) {

@@ -273,6 +273,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   void link(std::unique_ptr<ServerConnection> server,
             const std::shared_ptr<pool::ServerPool>& pool);
   void carry_out_link_op(const session::LinkOp& op);
+  void hand_over(const std::vector<session::PreparedPart>& parts);
   asio::awaitable<void> clean_and_release(std::unique_ptr<ServerConnection> server,
                                           std::shared_ptr<pool::ServerPool> pool, std::string sql1,
                                           std::string sql2);

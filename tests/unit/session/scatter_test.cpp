@@ -495,7 +495,7 @@ TEST_F(Scatter, AShardLostWhilePreparedMakesTheWriteRollBack) {
   // Its part stays prepared on s0: pgvalve rolls it back there once s0 takes writes again.
   ASSERT_EQ(s.prepared_parts.size(), 1u);
   EXPECT_EQ(s.prepared_parts[0].shard, 0);
-  EXPECT_TRUE(s.prepared_parts[0].gid.starts_with("pgvalve:")) << s.prepared_parts[0].gid;
+  EXPECT_TRUE(s.prepared_parts[0].gid().starts_with("pgvalve:")) << s.prepared_parts[0].gid();
   EXPECT_FALSE(s.prepared_parts[0].commit);
   s = h.server(write_part("DELETE 1"), T0, 1);
   EXPECT_EQ(s.server_link, 1);

@@ -486,7 +486,7 @@ TEST_F(ShardTransaction, APartLostBeforeItPreparedRollsBackThePreparedOnes) {
   // Its PREPARE may have run: pgvalve rolls the part back on s1 once s1 is back.
   ASSERT_EQ(s.prepared_parts.size(), 1u);
   EXPECT_EQ(s.prepared_parts[0].shard, 1);
-  EXPECT_EQ("'" + s.prepared_parts[0].gid + "'", gid);
+  EXPECT_EQ("'" + std::string(s.prepared_parts[0].gid()) + "'", gid);
   EXPECT_FALSE(s.prepared_parts[0].commit);
   ASSERT_EQ(s.to_links.count(0), 1u);
   EXPECT_EQ(queries_in(s.to_links.at(0)), std::vector<std::string>{"ROLLBACK PREPARED " + gid});
@@ -530,7 +530,7 @@ TEST_F(ShardTransaction, APartLostWhileCommittingIsCommittedOnceItsShardIsBack) 
   s = h.lost(T0, 1);
   ASSERT_EQ(s.prepared_parts.size(), 1u);
   EXPECT_EQ(s.prepared_parts[0].shard, 1);
-  EXPECT_EQ("'" + s.prepared_parts[0].gid + "'", gid);
+  EXPECT_EQ("'" + std::string(s.prepared_parts[0].gid()) + "'", gid);
   EXPECT_TRUE(s.prepared_parts[0].commit) << "s0 committed: so does s1's part";
   EXPECT_EQ(sqlstates_in(s.to_client), "08006");
   EXPECT_NE(message_of(s.to_client).find("pgvalve commits it there"), std::string::npos)
