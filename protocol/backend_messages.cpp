@@ -272,6 +272,41 @@ void append_row_description(std::string& out, std::span<const std::string_view> 
   end_message(out, len_pos);
 }
 
+std::optional<std::vector<RowField>> read_row_fields(std::string_view body) {
+  Cursor c(body);
+  const auto count = c.i16();
+  // Each column takes at least 19 bytes: a count the body cannot hold reserves nothing.
+  if (!count || *count < 0 ||
+      std::size_t{static_cast<std::uint16_t>(*count)} * 19 > c.remaining()) {
+    return std::nullopt;
+  }
+  std::vector<RowField> fields;
+  fields.reserve(static_cast<std::size_t>(*count));
+  for (std::int16_t i = 0; i < *count; ++i) {
+    const auto name = c.cstr();
+    const auto table = c.i32();
+    const auto column = c.i16();
+    const auto type = c.i32();
+    const auto size = c.i16();
+    const auto modifier = c.i32();
+    const auto format = c.i16();
+    if (!name || !table || !column || !type || !size || !modifier || !format) return std::nullopt;
+    fields.push_back({*name, *table, *column, *type, *size, *modifier, *format});
+  }
+  if (!c.at_end()) return std::nullopt;
+  return fields;
+}
+
+void append_row_field(std::string& out, const RowField& field) {
+  append_cstr(out, field.name);
+  append_i32(out, field.table);
+  append_i16(out, field.column);
+  append_i32(out, field.type);
+  append_i16(out, field.size);
+  append_i32(out, field.modifier);
+  append_i16(out, field.format);
+}
+
 void append_data_row(std::string& out, std::span<const std::optional<std::string_view>> values) {
   const std::size_t len_pos = begin_message(out, tag_of(BackendTag::DataRow));
   append_i16(out, static_cast<std::int16_t>(values.size()));

@@ -112,6 +112,21 @@ struct NotificationResponse {
 std::optional<NotificationResponse> read_notification_response(const Frame& f);
 void append_notification_response(std::string& out, const NotificationResponse& n);
 
+// One column of a server's RowDescription.
+struct RowField {
+  std::string_view name;
+  std::int32_t table = 0;   // the source table's OID, 0 for a computed column
+  std::int16_t column = 0;  // its attribute number there
+  std::int32_t type = 0;
+  std::int16_t size = 0;  // typlen
+  std::int32_t modifier = 0;
+  std::int16_t format = 0;
+};
+// The columns of a RowDescription's body; nullopt when it is malformed.
+std::optional<std::vector<RowField>> read_row_fields(std::string_view body);
+// One column, as read_row_fields() reads it (after the column count).
+void append_row_field(std::string& out, const RowField& field);
+
 // Result sets built by pgvalve itself (admin console): every column is text (OID 25).
 void append_row_description(std::string& out, std::span<const std::string_view> column_names);
 // A NULL column is std::nullopt.

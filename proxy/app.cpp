@@ -636,6 +636,13 @@ void App::start_client(Worker& worker, Socket socket, const admission::Address& 
   });
 }
 
+asio::awaitable<bool> App::next_second(asio::steady_timer& timer) {
+  timer.expires_after(std::chrono::seconds(1));
+  error_code ec;
+  co_await timer.async_wait(await_ec(ec));
+  co_return !ec && !draining();
+}
+
 std::uint64_t App::next_server_id() {
   return next_server_id_.fetch_add(1);
 }

@@ -236,6 +236,9 @@ class App : public pool::Handoff {
 
   std::uint64_t next_server_id();
   bool draining() const { return draining_.load(std::memory_order_relaxed); }
+  // The control thread's background loops (EXPLAIN of slow statements, prepared parts) run once
+  // a second with `timer`: false once pgvalve drains or the timer is cancelled.
+  asio::awaitable<bool> next_second(asio::steady_timer& timer);
   Worker& worker(int index) { return *workers_[static_cast<std::size_t>(index)]; }
   int worker_count() const { return static_cast<int>(workers_.size()); }
   int active_workers() const { return active_workers_.load(std::memory_order_relaxed); }

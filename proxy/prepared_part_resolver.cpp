@@ -5,7 +5,6 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include "proxy/app.h"
-#include "proxy/io_util.h"
 #include "proxy/log.h"
 #include "proxy/pg_link.h"
 
@@ -55,11 +54,7 @@ void PreparedPartResolver::add(Part part) {
 
 boost::asio::awaitable<void> PreparedPartResolver::run() {
   boost::asio::steady_timer timer(control_);
-  for (;;) {
-    timer.expires_after(std::chrono::seconds(1));
-    boost::system::error_code ec;
-    co_await timer.async_wait(await_ec(ec));
-    if (ec || app_.draining()) co_return;
+  while (co_await app_.next_second(timer)) {
     std::vector<Part> parts;
     {
       std::lock_guard lock(mutex_);

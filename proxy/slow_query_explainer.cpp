@@ -10,7 +10,6 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include "proxy/app.h"
-#include "proxy/io_util.h"
 #include "proxy/log.h"
 #include "proxy/pg_link.h"
 #include "routing/statement.h"
@@ -26,11 +25,7 @@ constexpr std::chrono::milliseconds kTimeout{5000};
 
 boost::asio::awaitable<void> SlowQueryExplainer::run() {
   boost::asio::steady_timer timer(control_);
-  for (;;) {
-    timer.expires_after(std::chrono::seconds(1));
-    boost::system::error_code ec;
-    co_await timer.async_wait(await_ec(ec));
-    if (ec || app_.draining()) co_return;
+  while (co_await app_.next_second(timer)) {
     // Each worker's statistics are its own thread's: the requests are taken there.
     struct Taken {
       std::mutex mutex;

@@ -399,39 +399,26 @@ ClientDescription client_description(const ScatterPlan& plan, std::string_view s
     out.body.assign(shard_body);
     return out;
   }
-  pr::Cursor c(shard_body);
-  const auto count = c.i16();
+  const auto fields = pr::read_row_fields(shard_body);
   const std::size_t columns = plan.combine.size();
-  if (!count || static_cast<std::size_t>(*count) != columns + plan.averages.size()) {
+  if (!fields) {
+    out.refusal = "a shard sent a malformed RowDescription";
+    return out;
+  }
+  if (fields->size() != columns + plan.averages.size()) {
     out.refusal = "the shards' columns do not match the statement";
     return out;
   }
   pr::append_i16(out.body, static_cast<std::int16_t>(columns));
   for (std::size_t i = 0; i < columns; ++i) {
-    const auto name = c.cstr();
-    const auto table = c.i32();
-    const auto column = c.i16();
-    const auto type = c.i32();
-    const auto size = c.i16();
-    const auto modifier = c.i32();
-    const auto format = c.i16();
-    if (!name || !table || !column || !type || !size || !modifier || !format) {
-      out.refusal = "a shard sent a malformed RowDescription";
-      return out;
-    }
+    const pr::RowField& field = (*fields)[i];
     if (plan.combine[i] != ScatterPlan::Combine::Avg) {
-      pr::append_cstr(out.body, *name);
-      pr::append_i32(out.body, *table);
-      pr::append_i16(out.body, *column);
-      pr::append_i32(out.body, *type);
-      pr::append_i16(out.body, *size);
-      pr::append_i32(out.body, *modifier);
-      pr::append_i16(out.body, *format);
+      pr::append_row_field(out.body, field);
       continue;
     }
     // The sum's type says the argument's: bigint for smallint and integer, numeric for bigint
     // and numeric, double precision for itself; avg() answers numeric for all but the last.
-    const auto sum_type = static_cast<std::uint32_t>(*type);
+    const auto sum_type = static_cast<std::uint32_t>(field.type);
     if (sum_type == kFloat4) {
       out.refusal =
           "avg() of real across shards would add up in single precision; cast the argument to "
@@ -446,13 +433,13 @@ ClientDescription client_description(const ScatterPlan& plan, std::string_view s
         std::any_of(plan.averages.begin(), plan.averages.end(),
                     [&](const ScatterPlan::Average& a) { return a.column == i && a.named; });
     const bool floating_point = sum_type == kFloat8;
-    pr::append_cstr(out.body, named ? *name : std::string_view("avg"));
-    pr::append_i32(out.body, 0);
-    pr::append_i16(out.body, 0);
-    pr::append_i32(out.body, static_cast<std::int32_t>(floating_point ? kFloat8 : kNumeric));
-    pr::append_i16(out.body, static_cast<std::int16_t>(floating_point ? 8 : -1));
-    pr::append_i32(out.body, -1);
-    pr::append_i16(out.body, *format);
+    pr::RowField average;
+    average.name = named ? field.name : std::string_view("avg");
+    average.type = static_cast<std::int32_t>(floating_point ? kFloat8 : kNumeric);
+    average.size = static_cast<std::int16_t>(floating_point ? 8 : -1);
+    average.modifier = -1;
+    average.format = field.format;
+    pr::append_row_field(out.body, average);
   }
   return out;
 }
@@ -521,23 +508,12 @@ bool Gather::add(int shard, const pr::Frame& f) {
 }
 
 bool Gather::read_description(const pr::Frame& f) {
+  const auto fields = pr::read_row_fields(f.body);
+  if (!fields) return fail("08P01", "pgvalve: a shard sent a malformed RowDescription");
   std::vector<Column> columns;
-  pr::Cursor c(f.body);
-  const auto count = c.i16();
-  if (!count || *count < 0)
-    return fail("08P01", "pgvalve: a shard sent a malformed RowDescription");
-  for (std::int16_t i = 0; i < *count; ++i) {
-    const auto name = c.cstr();
-    const auto table = c.i32();
-    const auto column = c.i16();
-    const auto type = c.i32();
-    const auto size = c.i16();
-    const auto modifier = c.i32();
-    const auto format = c.i16();
-    if (!name || !table || !column || !type || !size || !modifier || !format) {
-      return fail("08P01", "pgvalve: a shard sent a malformed RowDescription");
-    }
-    columns.push_back({std::string(*name), *type, *size, *modifier, *format});
+  for (const pr::RowField& field : *fields) {
+    columns.push_back(
+        {std::string(field.name), field.type, field.size, field.modifier, field.format});
   }
   if (!description_.empty()) {
     if (columns != columns_) {

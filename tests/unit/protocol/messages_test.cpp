@@ -133,6 +133,35 @@ TEST(Builders, ResultSet) {
   EXPECT_EQ(built([](auto& o) { append_row_description(o, {}); }), "T\0\0\0\x06\0\0"s);
 }
 
+TEST(RowFields, ReadWhatAServerDescribesAndWriteItBack) {
+  // SELECT device_id, avg(value) FROM telemetry GROUP BY 1, as a server describes it.
+  const std::string body =
+      "\0\x02"
+      "device_id\0\0\0\x40\x01\0\x01\0\0\0\x14\0\x08\xff\xff\xff\xff\0\0"
+      "avg\0\0\0\0\0\0\0\0\0\x06\xa4\xff\xff\xff\xff\xff\xff\0\x01"s;
+  const auto fields = read_row_fields(body);
+  ASSERT_TRUE(fields);
+  ASSERT_EQ(fields->size(), 2u);
+  EXPECT_EQ((*fields)[0].name, "device_id");
+  EXPECT_EQ((*fields)[0].table, 16385);
+  EXPECT_EQ((*fields)[0].column, 1);
+  EXPECT_EQ((*fields)[0].type, 20);
+  EXPECT_EQ((*fields)[0].size, 8);
+  EXPECT_EQ((*fields)[1].name, "avg");
+  EXPECT_EQ((*fields)[1].type, 1700);
+  EXPECT_EQ((*fields)[1].size, -1);
+  EXPECT_EQ((*fields)[1].format, 1);
+  std::string again = "\0\x02"s;
+  for (const RowField& f : *fields)
+    append_row_field(again, f);
+  EXPECT_EQ(again, body);
+  // Cut short, with bytes left over, or announcing more columns than the body can hold.
+  EXPECT_FALSE(read_row_fields(body.substr(0, body.size() - 1)));
+  EXPECT_FALSE(read_row_fields(body + "x"));
+  EXPECT_FALSE(read_row_fields("\x7f\xff"s + body.substr(2)));
+  EXPECT_FALSE(read_row_fields("\xff\xff"s));
+}
+
 // A DataRow PostgreSQL 15 sent for SELECT 42, NULL::text (text format).
 TEST(Builders, DataRowMatchesPostgres) {
   const std::optional<std::string_view> values[] = {"42", std::nullopt};
