@@ -1279,6 +1279,10 @@ void ClientSession::hand_over(const std::vector<session::PreparedPart>& parts) {
 
 void ClientSession::carry_out_link_op(const LinkOp& op) {
   if (op.link >= links_.size() || !links_[op.link].conn) return;
+  if (op.kind == LinkOp::Kind::Read) {
+    watch_server(op.link);
+    return;
+  }
   LinkIO& io = links_[op.link];
   auto server = std::move(io.conn);
   ++io.generation;
@@ -1339,6 +1343,8 @@ void ClientSession::carry_out_link_op(const LinkOp& op) {
                        log_failure(self->id_, e);
                      });
       return;
+    case LinkOp::Kind::Read:
+      return;  // carried out above
   }
 }
 

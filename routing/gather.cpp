@@ -452,8 +452,20 @@ std::optional<std::string_view> Gather::Row::value(std::size_t i) const {
 }
 
 Gather::Gather(const ScatterPlan& plan, int shards, std::int64_t limit, std::int64_t offset,
-               std::size_t max_bytes)
-    : plan_(plan), shards_(shards), limit_(limit), offset_(offset), max_bytes_(max_bytes) {}
+               std::size_t max_bytes, bool stream)
+    : plan_(plan),
+      shards_(shards),
+      limit_(limit),
+      offset_(offset),
+      max_bytes_(max_bytes),
+      may_stream_(stream) {
+  const auto n = static_cast<std::size_t>(std::max(shards, 1));
+  // A shard's share: the merge needs one row of each, more only smooths the flow.
+  shard_bound_ = std::clamp<std::size_t>(max_bytes / (2 * n), 1, 1u << 20);
+  queues_.resize(n);
+  queued_bytes_.assign(n, 0);
+  progress_.assign(n, Progress::Waiting);
+}
 
 bool Gather::fail(std::string_view sqlstate, std::string message) {
   if (failed_) return false;
@@ -466,17 +478,23 @@ bool Gather::fail(std::string_view sqlstate, std::string message) {
   pr::append_error_response(body, e);
   error_ = body.substr(5);  // without the tag and length
   rows_.clear();
+  queues_.clear();
   return false;
 }
 
-bool Gather::add(int shard, const pr::Frame& f) {
+bool Gather::add(int shard, const pr::Frame& f, std::string* out) {
   if (failed_ || shard < 0 || shard >= shards_) return false;
   switch (f.tag) {
     case 'T':
-      return read_description(f);
+      return read_description(shard, f);
     case 'D':
-      return read_row(f);
+      return mode_ == Mode::Hold ? read_row(f) : stream_row(shard, f, out);
     case 'C': {
+      if (mode_ != Mode::Hold) {
+        // The shard's rows are all in: the merge no longer waits for it.
+        progress_[static_cast<std::size_t>(shard)] = Progress::Done;
+        if (out != nullptr) drain(*out);
+      }
       const std::string_view tag = pr::read_command_complete(f).value_or("");
       if (tag.starts_with("SELECT")) return true;  // counted from the rows kept
       // A write's row count (INSERT 0 n, UPDATE n, DELETE n, ...) is the sum of the shards';
@@ -501,19 +519,25 @@ bool Gather::add(int shard, const pr::Frame& f) {
       failed_ = true;
       error_.assign(f.body);
       rows_.clear();
+      queues_.clear();
       return false;
     default:
       return true;  // notices, parameter reports: not part of the answer
   }
 }
 
-bool Gather::read_description(const pr::Frame& f) {
+bool Gather::read_description(int shard, const pr::Frame& f) {
   const auto fields = pr::read_row_fields(f.body);
   if (!fields) return fail("08P01", "pgvalve: a shard sent a malformed RowDescription");
   std::vector<Column> columns;
   for (const pr::RowField& field : *fields) {
     columns.push_back(
         {std::string(field.name), field.type, field.size, field.modifier, field.format});
+  }
+  Progress& progress = progress_[static_cast<std::size_t>(shard)];
+  if (progress == Progress::Waiting) {
+    progress = Progress::Described;
+    ++described_;
   }
   if (!description_.empty()) {
     if (columns != columns_) {
@@ -615,6 +639,22 @@ bool Gather::read_description(const pr::Frame& f) {
   ClientDescription client = client_description(plan_, f.body);
   if (!client.refusal.empty()) return fail("0A000", "pgvalve: " + client.refusal);
   description_ = std::move(client.body);
+  if (may_stream_ && plan_.combine.empty() && plan_.averages.empty() && !plan_.distinct) {
+    mode_ = plan_.order.empty() ? Mode::Stream : mergeable() ? Mode::Merge : Mode::Hold;
+  }
+  return true;
+}
+
+// The shards sort their rows as pgvalve compares them: by value, or by bytes where PostgreSQL's
+// order is the bytes' too (name, uuid, bool, ISO dates and times). Text, varchar and char follow
+// the database's collation, which pgvalve does not know: held and sorted whole, in C order.
+bool Gather::mergeable() const {
+  for (const ScatterPlan::SortKey& k : plan_.order) {
+    const auto type = static_cast<std::uint32_t>(columns_[k.column].type);
+    if (kinds_[k.column] == Kind::Bytes && (type == kText || type == kVarchar || type == kBpchar)) {
+      return false;
+    }
+  }
   return true;
 }
 
@@ -628,6 +668,102 @@ bool Gather::read_row(const pr::Frame& f) {
                              " MiB; add a LIMIT, or name one device_id");
   }
   Row row;
+  if (!parse_row(f, row)) return false;
+  rows_.push_back(std::move(row));
+  return true;
+}
+
+// A row of a streamed read: passed on at once when rows are only concatenated and streaming
+// started; else kept in its shard's queue until the merge (or the start) takes it.
+bool Gather::stream_row(int shard, const pr::Frame& f, std::string* out) {
+  if (description_.empty())
+    return fail("08P01", "pgvalve: a shard sent rows before their description");
+  if (started_ && mode_ == Mode::Stream && out != nullptr) {
+    emit(f.body, *out);
+    return true;
+  }
+  const std::size_t size = f.body.size() + sizeof(Row);
+  // The shards' shares (waits()) keep the queues under the bound while the reads honour them.
+  if (bytes_ + size > max_bytes_) {
+    const std::string bound = std::to_string(max_bytes_ >> 20);
+    return fail("54000",
+                "pgvalve: the rows of this statement across shards waiting to be "
+                "merged exceed " +
+                    bound + " MiB; add a LIMIT, or name one device_id");
+  }
+  const auto i = static_cast<std::size_t>(shard);
+  Row row;
+  if (mode_ == Mode::Merge) {
+    if (!parse_row(f, row)) return false;
+  } else {
+    row.body.assign(f.body);  // only passed on: its fields are not read
+  }
+  bytes_ += size;
+  queued_bytes_[i] += size;
+  queues_[i].push_back(std::move(row));
+  if (out != nullptr) drain(*out);
+  return true;
+}
+
+void Gather::start_stream(std::string& out, bool describe) {
+  started_ = true;
+  if (describe) {
+    const std::size_t at = pr::begin_message(out, 'T');
+    out.append(description_);
+    pr::end_message(out, at);
+  }
+  drain(out);
+}
+
+// Sends the rows that may go: every waiting row when they are only concatenated; when merged,
+// the least head row as long as each shard still answering has one.
+void Gather::drain(std::string& out) {
+  if (!started_ || failed_) return;
+  auto pop = [&](std::size_t s) {
+    Row& row = queues_[s].front();
+    emit(row.body, out);
+    const std::size_t size = row.body.size() + sizeof(Row);
+    bytes_ -= size;
+    queued_bytes_[s] -= size;
+    queues_[s].pop_front();
+  };
+  const std::size_t shards = queues_.size();
+  if (mode_ == Mode::Stream) {
+    for (std::size_t s = 0; s < shards; ++s) {
+      while (!queues_[s].empty())
+        pop(s);
+    }
+    return;
+  }
+  for (;;) {
+    std::size_t best = shards;
+    for (std::size_t s = 0; s < shards; ++s) {
+      if (queues_[s].empty()) {
+        if (progress_[s] != Progress::Done) return;  // its next row may come first
+        continue;
+      }
+      // Equal rows go in shard order, as the held sort leaves them.
+      if (best == shards || less(queues_[s].front(), queues_[best].front())) best = s;
+    }
+    if (best == shards) return;
+    pop(best);
+  }
+}
+
+// One row in the client's order: OFFSET skips, LIMIT ends.
+void Gather::emit(std::string_view body, std::string& out) {
+  if (skipped_ < offset_) {
+    ++skipped_;
+    return;
+  }
+  if (limit_ >= 0 && sent_ >= limit_) return;
+  const std::size_t at = pr::begin_message(out, 'D');
+  out.append(body);
+  pr::end_message(out, at);
+  ++sent_;
+}
+
+bool Gather::parse_row(const pr::Frame& f, Row& row) {
   row.body.assign(f.body);
   pr::Cursor c(row.body);
   const auto count = c.i16();
@@ -645,7 +781,6 @@ bool Gather::read_row(const pr::Frame& f) {
     }
     row.fields.push_back(field);
   }
-  rows_.push_back(std::move(row));
   return true;
 }
 
@@ -871,10 +1006,28 @@ bool Gather::finish_averages() {
 }
 
 void Gather::finish(std::string& out, bool describe) {
+  if (!failed_ && mode_ != Mode::Hold && !started_) {
+    if (described_ == shards_) {
+      start_stream(out, describe);
+    } else {
+      // Some shards described rows and others did not.
+      fail("0A000",
+           "pgvalve: the shards answered with different columns; check that every shard has "
+           "the same schema");
+    }
+  }
   if (failed_) {
     const std::size_t at = pr::begin_message(out, 'E');
     out.append(error_);
     pr::end_message(out, at);
+    return;
+  }
+  if (started_) {
+    for (Progress& p : progress_)
+      p = Progress::Done;
+    drain(out);
+    rows_answered_ = static_cast<std::uint64_t>(sent_);
+    pr::append_command_complete(out, "SELECT " + std::to_string(sent_));
     return;
   }
   if (description_.empty()) {

@@ -5,6 +5,14 @@
 // An error from any shard is the client's answer. Pure: backend messages in, client messages
 // out; the session carries it out (session/scatter.h).
 //
+// Rows that need no combining stream: once every shard has described its rows, a read whose rows
+// are only concatenated passes each row on as it comes, and one with an ORDER BY that compares by
+// value (not text, whose order depends on the database's collation) merges the shards' sorted
+// rows as they come, holding only the rows that wait for another shard's next one. A shard whose
+// waiting rows reach its share of the bound is not read until the merge takes them (waits()), so
+// a streamed read of any size holds a bounded amount. Aggregates, DISTINCT and ORDER BY on text
+// hold every row until the last shard answered, up to the bound (then 54000).
+//
 // Values are compared in text format, typed by the RowDescription's OIDs: integers, floats and
 // numeric by value; bool, text, varchar, bpchar, name, uuid, date, time, timestamp and
 // timestamptz by their bytes. That is the C collation for text (a database whose ORDER BY uses
@@ -17,6 +25,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -41,16 +50,33 @@ ClientDescription client_description(const ScatterPlan& plan, std::string_view s
 class Gather {
  public:
   // `limit` < 0: none. The rows kept in memory may take `max_bytes`; beyond, the answer is an
-  // error (54000).
+  // error (54000). `stream`: rows that need no combining may stream (a read's; a write's answer
+  // is held until every part is prepared).
   Gather(const ScatterPlan& plan, int shards, std::int64_t limit, std::int64_t offset,
-         std::size_t max_bytes);
+         std::size_t max_bytes, bool stream = false);
 
   // One message of shard `shard`'s answer before its ReadyForQuery. False once the answer is
-  // decided to be an error: the rest of every shard's answer can be dropped.
-  bool add(int shard, const protocol::Frame& f);
+  // decided to be an error: the rest of every shard's answer can be dropped. Rows this message
+  // releases to the client, once streaming started, are appended to `out`.
+  bool add(int shard, const protocol::Frame& f, std::string* out = nullptr);
+
+  // Streaming: every shard described its rows, which need no combining. The caller writes what
+  // comes before the rows (for an extended-protocol request, ParseComplete and the like), then
+  // start_stream(), which appends the RowDescription when `describe` and the rows ready to go.
+  bool ready_to_stream() const {
+    return mode_ != Mode::Hold && !started_ && !failed_ && described_ == shards_;
+  }
+  void start_stream(std::string& out, bool describe);
+  bool streaming() const { return started_; }
+  // Shard `shard` has as many rows waiting for the merge as it may: do not read it for now.
+  bool waits(int shard) const {
+    return mode_ != Mode::Hold && !failed_ &&
+           queued_bytes_[static_cast<std::size_t>(shard)] >= shard_bound_;
+  }
 
   // Every shard has answered: the client's messages (the RowDescription first when
-  // `describe`; an Execute's answer has none).
+  // `describe`; an Execute's answer has none). Once streaming, only what is left: the rows still
+  // waiting and the command tag, or the error.
   void finish(std::string& out, bool describe = true);
   bool failed() const { return failed_; }
   const ScatterPlan& plan() const { return plan_; }
@@ -91,9 +117,19 @@ class Gather {
     bool operator==(const Column&) const = default;
   };
 
+  // Hold: every row until the end. Stream: rows in the order they come. Merge: the shards'
+  // sorted rows merged as they come. Decided by the first RowDescription.
+  enum class Mode : std::uint8_t { Hold, Stream, Merge };
+  enum class Progress : std::uint8_t { Waiting, Described, Done };
+
   bool fail(std::string_view sqlstate, std::string message);
-  bool read_description(const protocol::Frame& f);
+  bool read_description(int shard, const protocol::Frame& f);
+  bool parse_row(const protocol::Frame& f, Row& row);
   bool read_row(const protocol::Frame& f);
+  bool stream_row(int shard, const protocol::Frame& f, std::string* out);
+  bool mergeable() const;
+  void drain(std::string& out);
+  void emit(std::string_view body, std::string& out);
   int compare(Kind kind, std::string_view a, std::string_view b) const;
   bool less(const Row& a, const Row& b) const;
   bool combine_into(Row& into, const Row& from);
@@ -110,6 +146,18 @@ class Gather {
   std::vector<Column> columns_;  // the shards' (with averages' counts)
   std::vector<Kind> kinds_;      // per column of the shards' rows; the client's once averaged
   std::vector<Row> rows_;
+  // Streaming: each shard's rows not sent yet, their bytes, how far each shard's answer is; the
+  // rows skipped for OFFSET and sent so far.
+  Mode mode_ = Mode::Hold;
+  bool may_stream_ = false;
+  bool started_ = false;
+  int described_ = 0;
+  std::size_t shard_bound_ = 0;
+  std::vector<std::deque<Row>> queues_;
+  std::vector<std::size_t> queued_bytes_;
+  std::vector<Progress> progress_;
+  std::int64_t skipped_ = 0;
+  std::int64_t sent_ = 0;
   std::string error_;  // an ErrorResponse body (a shard's, or pgvalve's)
   bool failed_ = false;
   bool empty_query_ = false;

@@ -36,6 +36,7 @@ struct LinkOp {
     CancelAndClose,   // a query may still run on it: send a CancelRequest, then close
     CleanAndRelease,  // run `sql` (each a simple query, in order); release if all succeed,
                       // else close
+    Read,             // keep it; read it again (it was not wanted for a while)
   };
   Kind kind = Kind::Release;
   LinkId link = 0;

@@ -120,14 +120,58 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
   } else {
     build(request_, text, param_types, bind_rest);
   }
-  gather_.emplace(plan, shards, statement.limit, statement.offset, max_bytes);
+  gather_.emplace(plan, shards, statement.limit, statement.offset, max_bytes, !write_);
   rows_.assign(static_cast<std::size_t>(shards), 0);
   bound_.assign(static_cast<std::size_t>(shards), false);
   return {};
 }
 
-void Scatter::add(int shard, const pr::Frame& f) {
+void Scatter::add(int shard, const pr::Frame& f, std::string& client) {
   if (!gather_ || shard < 0 || shard >= shards()) return;
+  if (gather_->streaming()) {
+    // The client is getting rows: they, a notice of the first shard and the end may follow.
+    if (f.tag == 'D') {
+      ++rows_[static_cast<std::size_t>(shard)];
+      gather_->add(shard, f, &client);
+    } else if (f.tag == 'N') {
+      if (shard == 0 && notices_.size() + f.whole.size() <= kMaxNoticeBytes) {
+        notices_.append(f.whole);  // counted against the cap; sent now
+        client.append(f.whole);
+      }
+    } else if (f.tag == 's') {
+      fail("08P01", "pgvalve: a shard suspended a portal pgvalve asked for in full");
+    } else if (f.tag == 'C' || f.tag == 'E' || f.tag == 'T' || f.tag == 'I') {
+      gather_->add(shard, f, &client);
+    }
+    return;
+  }
+  add_held(shard, f);
+  if (gather_->ready_to_stream()) start_rows(client);
+}
+
+void Scatter::start_rows(std::string& out) {
+  out.append(notices_);
+  if (steps_ == "Q") {
+    gather_->start_stream(out, true);
+    return;
+  }
+  for (char step : steps_) {
+    if (step == 'P') {
+      pr::append_parse_complete(out);
+    } else if (step == 'S' && statement_described_) {
+      out.append(*statement_description_);
+    } else if (step == 'B') {
+      pr::append_bind_complete(out);
+    } else if (step == 'D' && portal_description_) {
+      out.append(*portal_description_);
+    } else if (step == 'E') {
+      break;
+    }
+  }
+  gather_->start_stream(out, false);
+}
+
+void Scatter::add_held(int shard, const pr::Frame& f) {
   const auto i = static_cast<std::size_t>(shard);
   const bool first = shard == 0;
   switch (f.tag) {
@@ -207,6 +251,11 @@ void Scatter::fail(std::string_view sqlstate, std::string_view message) {
 }
 
 void Scatter::finish(std::string& out, char tx_status) {
+  if (gather_->streaming()) {
+    gather_->finish(out, false);
+    pr::append_ready_for_query(out, tx_status);
+    return;
+  }
   out.append(notices_);
   if (steps_ == "Q") {
     gather_->finish(out, true);

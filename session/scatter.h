@@ -12,7 +12,9 @@
 // the client did not ask for it. The client's ParseComplete, BindComplete and descriptions are
 // the first shard's; its rows and CommandComplete are the gather's; its ReadyForQuery says
 // what the session tells it (a read over several shards runs outside the client's transaction,
-// which has run nothing on any server yet: session/scatter_flight.cpp).
+// which has run nothing on any server yet: session/scatter_flight.cpp). A read whose rows
+// stream (routing/gather.h) gets what comes before its rows once every shard described them,
+// and its rows as they come; the rest at finish().
 #pragma once
 
 #include <cstddef>
@@ -62,7 +64,11 @@ class Scatter {
   int shards() const { return static_cast<int>(rows_.size()); }
 
   // One message of shard `shard`'s answer before its ReadyForQuery (0 is the first shard).
-  void add(int shard, const protocol::Frame& f);
+  // What the client may have already (a streamed read's first messages and rows) is appended to
+  // `client`.
+  void add(int shard, const protocol::Frame& f, std::string& client);
+  // Shard `shard` has as many rows waiting for the others' as it may: not read for now.
+  bool waits(int shard) const { return gather_ && gather_->waits(shard); }
   // The answer is this error (a shard lost, no server for a shard); the first error wins.
   void fail(std::string_view sqlstate, std::string_view message);
   bool failed() const { return gather_ && gather_->failed(); }
@@ -79,6 +85,11 @@ class Scatter {
   // A shard's description as the client gets it (routing::client_description), appended to
   // `out`; false when the answer is an error instead.
   bool as_client_gets(const protocol::Frame& f, std::string& out);
+  // Until the client gets rows: the first shard's answers kept for the client's, the rest to the
+  // gather.
+  void add_held(int shard, const protocol::Frame& f);
+  // The client's answers before its rows, and the rows ready to go (a streamed read).
+  void start_rows(std::string& out);
   // The client's messages that get an answer, in its order: 'P' Parse, 'S' Describe statement,
   // 'B' Bind, 'D' Describe portal, 'E' Execute; 'Q' a simple Query.
   std::string steps_;

@@ -2,11 +2,12 @@
 // one after the other in shard order (so two clients never wait for each other's shards), and
 // each is sent its part as soon as it is linked, so the shards run it in parallel. A read's link
 // goes back to the pool when its answer is in; after the last one the client gets the gathered
-// answer (scatter.h). A write's parts are prepared on each shard and committed, one shard after
-// the other, only once every shard prepared its part (else rolled back). Nothing runs inside a
-// client's transaction (a read may run while the transaction has run nothing yet, outside it),
-// and an error from any shard, a lost shard or a shard without a server is the client's one
-// error.
+// answer (scatter.h), or the rest of it when its rows stream as they come. A write's parts are
+// prepared on each shard and committed, one shard after the other, only once every shard
+// prepared its part (else rolled back). A read while the client's transaction has run nothing
+// yet runs outside it; inside a transaction over shards, each part runs on that shard's part of
+// the transaction (shard_transaction.cpp). An error from any shard, a lost shard or a shard
+// without a server is the client's one error.
 #include <algorithm>
 #include <bit>
 #include <cassert>
@@ -323,7 +324,7 @@ void Session::scatter_checkout_failed(std::string_view sqlstate, std::string_vie
                                       Actions& out) {
   auto& run = work().change_scatter();
   run.waiting = false;
-  run.scatter->fail(sqlstate, message);
+  fail_scatter(sqlstate, message, out);
   run.next = run.routes.size();
   if (run.copy) end_copy(out);
   if (run.open == 0) {
@@ -341,15 +342,27 @@ void Session::scatter_frame(Link& l, const pr::Frame& f, Actions& out) {
     return;
   }
   switch (action) {
-    case kActionScatter:
-      run.scatter->add(l.scatter_shard, f);
+    case kActionScatter: {
+      // A streamed read's rows (and what comes before them) reach the client as they come.
+      const std::size_t from = l.scratch.size();
+      run.scatter->add(l.scatter_shard, f, l.scratch);
+      if (l.scratch.size() > from) {
+        if (!l.spans.empty() && l.spans.back().scratch &&
+            l.spans.back().offset + l.spans.back().size == from) {
+          l.spans.back().size += l.scratch.size() - from;
+        } else {
+          l.spans.push_back({true, from, l.scratch.size() - from});
+        }
+      }
+      hold_back_shards(out);
       return;
+    }
     case kActionScatterCopy:
       if (f.tag == 'G') {
         copy_shard_ready(l, f, out);
         return;
       }
-      run.scatter->add(l.scatter_shard, f);
+      run.scatter->add(l.scatter_shard, f, l.scratch);
       if (f.tag == 'E') {
         l.copy_in = false;  // the server left COPY; the others are told to leave it too
         end_copy(out);
@@ -375,7 +388,7 @@ void Session::scatter_frame(Link& l, const pr::Frame& f, Actions& out) {
                                 " does not allow; set max_prepared_transactions above 0 on every "
                                 "shard, or write to one shard at a time");
         } else {
-          run.scatter->add(l.scatter_shard, f);
+          run.scatter->add(l.scatter_shard, f, l.scratch);
         }
       }
       return;
@@ -393,6 +406,30 @@ void Session::scatter_frame(Link& l, const pr::Frame& f, Actions& out) {
       }
       return;
   }
+}
+
+// A streamed read's merge waits for one shard's next row: shards with rows enough waiting are
+// not read meanwhile (their servers wait in TCP), and are read again once the merge took them.
+void Session::hold_back_shards(Actions& out) {
+  if (!scattering()) return;
+  const Scatter& scatter = *work().scatter().scatter;
+  for (Link& o : work().links) {
+    if (!o.server || o.scatter_shard < 0) continue;
+    const bool hold = scatter.waits(o.scatter_shard);
+    if (hold == o.held_back) continue;
+    o.held_back = hold;
+    if (!hold) {
+      o.last_activity = now_;  // its silence counts again from now
+      out.link_ops.push_back({LinkOp::Kind::Read, o.id, {}});
+    }
+  }
+}
+
+// The client's answer is this error: shards held back for the merge are read again (the rest
+// of their answers is dropped).
+void Session::fail_scatter(std::string_view sqlstate, std::string_view message, Actions& out) {
+  work().scatter().scatter->fail(sqlstate, message);
+  hold_back_shards(out);
 }
 
 void Session::scatter_answered(Link& l, std::uint8_t action, std::string& into, Actions& out) {
@@ -475,10 +512,12 @@ void Session::end_scatter_link(Link& l, LinkOp::Kind how, std::string& into, Act
     // A part of the client's transaction is lost (or silent): the transaction is over on every
     // part once the others have answered (finish_scatter).
     run.lost = true;
-    run.scatter->fail("08006", lost.empty() ? std::string_view("pgvalve: a shard's server was "
-                                                               "lost; the transaction was rolled "
-                                                               "back, run it again")
-                                            : lost);
+    fail_scatter("08006",
+                 lost.empty() ? std::string_view("pgvalve: a shard's server was "
+                                                 "lost; the transaction was rolled "
+                                                 "back, run it again")
+                              : lost,
+                 out);
     const bool unanswered = l.scatter_shard >= 0;
     unlink(l.id, how, out);
     if (unanswered && --run.open == 0) finish_scatter(into, out);
@@ -514,7 +553,7 @@ void Session::end_scatter_link(Link& l, LinkOp::Kind how, std::string& into, Act
     // there too, once the shard is back.
     out.prepared_parts.push_back({l.route.shard, run.gid, false});
   }
-  if (!lost.empty()) run.scatter->fail("08006", lost);
+  if (!lost.empty()) fail_scatter("08006", lost, out);
   if (run.copy && run.scatter->failed()) {
     l.copy_in = false;
     end_copy(out);

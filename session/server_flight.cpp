@@ -158,11 +158,12 @@ const Actions& Session::plan_server(Link& l, LinkId id, std::string_view input) 
       // A large message pgvalve needs only the type of passes through as it arrives, so a
       // client asking for a huge row never makes pgvalve hold it whole.
       if (l.scatter_shard >= 0 && r.needed > options_.stream_server_messages_above) {
-        // Gathered rows are held whole; one this large is dropped as it arrives.
-        work().scatter().scatter->fail(
-            "54000",
-            "pgvalve: a row of this statement is larger than pgvalve holds for a "
-            "statement over several shards; name one device_id to read it");
+        // A row of a statement over several shards is held whole (to be merged, combined, or
+        // until every shard described its rows); one this large is dropped as it arrives.
+        fail_scatter("54000",
+                     "pgvalve: a row of this statement is larger than pgvalve holds for a "
+                     "statement over several shards; name one device_id to read it",
+                     out);
         l.stream_remaining = r.needed - rest.size();
         l.stream_forward = false;
         pos = input.size();

@@ -346,7 +346,7 @@ bool Session::wants_server_input(LinkId id) const {
   // While a session-mode client's read runs on a replica its own server is not read: what that
   // server may send meanwhile (a notification) waits, not to land inside the replica's answer.
   if (id == 0 && options_.mode == config::PoolMode::Session && linked(1)) return false;
-  return state_ != SessionState::Closing && linked(id);
+  return state_ != SessionState::Closing && linked(id) && !work_->links[id].held_back;
 }
 
 void Session::trim() {
@@ -494,7 +494,7 @@ void Session::finish_sync(Link& l, bool ok, Actions& out) {
         l.server->name + "; check the settings the client uses";
     if (l.scatter_shard >= 0 && scattering()) {
       // The shard's part ran without the client's settings: not the client's answer.
-      work().scatter().scatter->fail("08006", message);
+      fail_scatter("08006", message, out);
       l.discard = true;
       return;
     }

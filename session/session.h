@@ -314,6 +314,8 @@ class Session {
   // A message of a shard's part (pending action kActionScatter*); its ReadyForQuery ends the
   // part (scatter_answered).
   void scatter_frame(Link& l, const protocol::Frame& f, Actions& out);
+  void hold_back_shards(Actions& out);
+  void fail_scatter(std::string_view sqlstate, std::string_view message, Actions& out);
   void scatter_answered(Link& l, std::uint8_t action, std::string& into, Actions& out);
   // The shard's link answered its part (`how` Release), or was lost: it goes; once every shard
   // is done, settle_scatter() answers the client in `into` (a write is committed first).

@@ -138,6 +138,7 @@ struct Link {
   bool reserved = false;         // linked for a request that is not planned yet: not released
   bool pin_check_holds = false;  // the running pin check found state
   bool paused = false;           // not read while the client catches up
+  bool held_back = false;        // not read while a streamed merge waits for other shards
   // Linked for a route that may write while reads go to replicas: at the end of its transaction
   // the client's read-your-writes mark moves (routing.read_your_writes).
   bool may_write = false;
@@ -161,7 +162,9 @@ struct Link {
   // The server has been asked to answer (a Query, Sync, Flush or function call): its silence
   // counts against pool.query_timeout_ms. Parse/Bind/Execute alone are not sent until then.
   // A server taking COPY data owes nothing until the data ends.
-  bool owes_answer() const { return !copy_in && (in_flight > 0 || (flushed && !pending.empty())); }
+  bool owes_answer() const {
+    return !copy_in && !held_back && (in_flight > 0 || (flushed && !pending.empty()));
+  }
   void reset() {
     server = nullptr;
     pending.clear();
@@ -189,6 +192,7 @@ struct Link {
     reserved = false;
     pin_check_holds = false;
     paused = false;
+    held_back = false;
     may_write = false;
     answered = false;
     rows = 0;

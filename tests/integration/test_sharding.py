@@ -19,6 +19,7 @@ import psycopg
 import pytest
 import xxhash
 
+from itutil import SANITIZED, rss_bytes, settle_rss
 from pgcluster import APP_DB, PgCluster, wait_until
 
 TABLE = "CREATE TABLE telemetry (device_id bigint NOT NULL, ts timestamptz NOT NULL DEFAULT now(), " \
@@ -177,6 +178,59 @@ def test_reads_over_several_shards_are_gathered_and_writes_refused(shards, pgval
     assert sorted(rows_on(shards[0]) + rows_on(shards[1])) == list(range(1, 21))
     with shards[0].primary.connect(dbname=APP_DB) as direct:
         assert direct.execute("SELECT count(*) FROM telemetry WHERE value <> 1").fetchone()[0] == 0
+
+
+def test_reads_over_several_shards_stream_rows_past_what_pgvalve_holds(shards, pgvalve):
+    """A dashboard reading more rows than pgvalve would hold (16 MiB) gets them all: rows that
+    are only concatenated, or merged for an ORDER BY on a number or a time, go to the client as
+    the shards send them. pgvalve's memory does not follow the answer's size, and a client that
+    reads slowly holds the shards back instead of filling pgvalve."""
+    clear(shards)
+    per_shard = 12000  # 2 x 12000 rows of 1 KiB: about 24 MiB
+    for i, c in enumerate(shards):
+        c.primary.psql(
+            "INSERT INTO telemetry (device_id, ts, value, note) "
+            f"SELECT 2 * g + {i}, timestamptz '2026-01-01' + g * interval '1 second', g, "
+            f"repeat('x', 1000) FROM generate_series(1, {per_shard}) g", dbname=APP_DB)
+    shards[0].wait_replay()
+    pv = pgvalve(**config(shards))
+    with pv.connect() as conn:
+        conn.execute("SELECT 1")
+        base = settle_rss(pv.pid)
+        rows = conn.execute("SELECT device_id, note FROM telemetry").fetchall()
+        assert len(rows) == 2 * per_shard
+        assert sorted(r[0] for r in rows) == sorted(2 * g + i for i in (0, 1)
+                                                    for g in range(1, per_shard + 1))
+        assert all(len(r[1]) == 1000 for r in rows)
+        # Merged by value, in text and in binary (a prepared statement).
+        for binary in (False, True):
+            got = conn.execute("SELECT device_id, note FROM telemetry ORDER BY device_id DESC "
+                               "LIMIT 20000 OFFSET 10", binary=binary).fetchall()
+            want = sorted((2 * g + i for i in (0, 1) for g in range(1, per_shard + 1)),
+                          reverse=True)[10:20010]
+            assert [r[0] for r in got] == want
+        got = conn.execute("SELECT ts, device_id FROM telemetry ORDER BY ts, device_id").fetchall()
+        assert len(got) == 2 * per_shard
+        assert got == sorted(got)
+        # A client that reads slowly: pgvalve passes rows on as the client takes them.
+        with conn.cursor() as cur:
+            taken = 0
+            for _ in cur.stream("SELECT device_id, note FROM telemetry ORDER BY device_id"):
+                taken += 1
+                if taken == 100:
+                    time.sleep(1)
+                    held = rss_bytes(pv.pid) - base
+            assert taken == 2 * per_shard
+        grown = settle_rss(pv.pid) - base
+        # Text sorts in the database's collation, which pgvalve does not know: such rows are
+        # held and sorted whole, up to 16 MiB.
+        e = refused(conn, "SELECT device_id, note FROM telemetry ORDER BY note, device_id",
+                    sqlstate="54000")
+        assert "16 MiB" in str(e)
+        assert conn.execute("SELECT count(*) FROM telemetry").fetchone() == (2 * per_shard,)
+    if not SANITIZED:
+        assert held < 8 << 20, f"pgvalve grew by {held >> 10} KiB while the client paused"
+        assert grown < 8 << 20, f"pgvalve grew by {grown >> 10} KiB streaming 24 MiB reads"
 
 
 def test_hints_and_set_device_id_choose_the_shard(shards, pgvalve):

@@ -538,5 +538,172 @@ TEST(Gather, BooleansAndBitsCombineAsBoolAndOrAndBitwiseOperators) {
   EXPECT_EQ(bits.sqlstate, "0A000");
 }
 
+// ---- Streamed reads: rows that need no combining go out as they come ------------------------
+
+constexpr std::uint32_t kTimestamptz = 1184;
+
+// A streamed gather over two shards, fed message by message; `out` is what the client got.
+struct Stream {
+  Gather g;
+  std::string out;
+  Stream(const ScatterPlan& plan, std::int64_t limit = -1, std::int64_t offset = 0,
+         std::size_t max_bytes = 1 << 20, int shards = 2)
+      : g(plan, shards, limit, offset, max_bytes, true) {}
+  void add(int shard, const Message& m) {
+    g.add(shard, m.frame(), &out);
+    if (g.ready_to_stream()) g.start_stream(out, true);
+  }
+  // What the client got since the last call.
+  Answer take() {
+    Answer a = read_answer(out);
+    out.clear();
+    return a;
+  }
+};
+
+TEST(Gather, ConcatenatedRowsGoOutAsTheyComeOnceEveryShardDescribedThem) {
+  Stream st(ordered({}));
+  st.add(0, description({kInt8}));
+  st.add(0, row({"1"}));
+  EXPECT_EQ(st.out, "") << "another shard may yet describe other columns";
+  st.add(1, description({kInt8}));
+  EXPECT_EQ(st.take().rows, (Rows{{"1"}}));
+  st.add(1, row({"2"}));
+  EXPECT_EQ(st.take().rows, (Rows{{"2"}})) << "passed on at once";
+  st.add(0, row({"3"}));
+  st.add(0, complete("SELECT 2"));
+  st.add(1, complete("SELECT 1"));
+  EXPECT_EQ(st.take().rows, (Rows{{"3"}}));
+  st.g.finish(st.out, false);
+  const Answer end = st.take();
+  EXPECT_TRUE(end.rows.empty());
+  EXPECT_EQ(end.tag, "SELECT 3");
+  EXPECT_EQ(st.g.rows_answered(), 3u);
+}
+
+TEST(Gather, AStreamedMergeSendsARowOnceEveryShardStillAnsweringHasOne) {
+  Stream st(ordered({{0, false, false}}));
+  st.add(0, description({kInt8}));
+  st.add(1, description({kInt8}));
+  st.add(0, row({"1"}));
+  st.add(0, row({"4"}));
+  EXPECT_TRUE(st.take().rows.empty()) << "shard 1's first row may be smaller";
+  st.add(1, row({"2"}));
+  EXPECT_EQ(st.take().rows, (Rows{{"1"}, {"2"}}));
+  st.add(1, row({"3"}));
+  st.add(1, row({"6"}));
+  EXPECT_EQ(st.take().rows, (Rows{{"3"}, {"4"}}));
+  st.add(0, row({"5"}));
+  st.add(0, complete("SELECT 3"));
+  EXPECT_EQ(st.take().rows, (Rows{{"5"}, {"6"}})) << "shard 0 has no more rows";
+  st.add(1, complete("SELECT 3"));
+  st.g.finish(st.out, false);
+  EXPECT_EQ(st.take().tag, "SELECT 6");
+}
+
+TEST(Gather, AShardWhoseRowsWaitForTheMergeIsNotReadUntilTheyGo) {
+  // 64 KiB of rows per shard may wait; a shard past that is not read (waits()).
+  Stream st(ordered({{0, false, false}}), -1, 0, 256 << 10);
+  st.add(0, description({kInt8, kText}));
+  st.add(1, description({kInt8, kText}));
+  const std::string payload(1000, 'x');
+  int sent = 0;
+  while (!st.g.waits(0))
+    st.add(0, row({std::to_string(2 * ++sent), payload}));
+  EXPECT_GE(sent, 60);
+  EXPECT_LE(sent, 70);
+  EXPECT_FALSE(st.g.waits(1));
+  EXPECT_TRUE(st.take().rows.empty());
+  st.add(1, row({"1", "y"}));
+  st.add(1, row({std::to_string(2 * sent + 1), "y"}));
+  EXPECT_EQ(st.take().rows.size(), static_cast<std::size_t>(sent) + 1);
+  EXPECT_FALSE(st.g.waits(0)) << "the merge took them";
+  // A streamed read holds what waits, not what went: many times the bound goes through.
+  for (int i = 0; i < 1000; ++i) {
+    st.add(0, row({std::to_string(10000 + 2 * i), payload}));
+    st.add(1, row({std::to_string(10001 + 2 * i), payload}));
+  }
+  st.add(0, complete("SELECT n"));
+  st.add(1, complete("SELECT n"));
+  st.g.finish(st.out, false);
+  const Answer a = st.take();
+  EXPECT_EQ(a.sqlstate, "");
+  EXPECT_EQ(a.rows.size(), 2001u);
+  EXPECT_EQ(a.rows.back()[0], "11999");
+}
+
+TEST(Gather, LimitAndOffsetCutAStreamedRead) {
+  Stream st(ordered({{0, true, false}}), 2, 1);  // ORDER BY 1 DESC LIMIT 2 OFFSET 1
+  st.add(0, description({kNumeric}));
+  st.add(1, description({kNumeric}));
+  for (const char* v : {"9.5", "3", "-1"})
+    st.add(0, row({v}));
+  for (const char* v : {"10", "4.25", "0"})
+    st.add(1, row({v}));
+  st.add(0, complete("SELECT 3"));
+  st.add(1, complete("SELECT 3"));
+  st.g.finish(st.out, false);
+  const Answer a = st.take();
+  EXPECT_EQ(a.rows, (Rows{{"9.5"}, {"4.25"}}));
+  EXPECT_EQ(a.tag, "SELECT 2");
+}
+
+TEST(Gather, AnErrorAfterRowsWentOutEndsTheAnswer) {
+  Stream st(ordered({}));
+  st.add(0, description({kInt8}));
+  st.add(1, description({kInt8}));
+  st.add(0, row({"1"}));
+  EXPECT_EQ(st.take().rows, (Rows{{"1"}}));
+  st.add(1, error("57014", "canceling statement due to statement timeout"));
+  EXPECT_FALSE(st.g.waits(0));
+  st.add(0, row({"2"}));
+  st.g.finish(st.out, false);
+  const Answer a = st.take();
+  EXPECT_TRUE(a.rows.empty()) << "nothing after the error";
+  EXPECT_EQ(a.sqlstate, "57014");
+  EXPECT_EQ(a.tag, "");
+}
+
+TEST(Gather, OrdersThatDependOnACollationOrThatCombineAreHeldWhole) {
+  // Text sorts in the database's collation, which pgvalve does not know: held and sorted.
+  Stream text(ordered({{0, false, false}}));
+  text.add(0, description({kText}));
+  text.add(1, description({kText}));
+  EXPECT_FALSE(text.g.streaming());
+  text.add(0, row({"b"}));
+  text.add(1, row({"a"}));
+  EXPECT_EQ(text.out, "");
+  text.add(0, complete("SELECT 1"));
+  text.add(1, complete("SELECT 1"));
+  text.g.finish(text.out);
+  EXPECT_EQ(text.take().rows, (Rows{{"a"}, {"b"}}));
+  // Time with a time zone sorts by its ISO text: streamed.
+  Stream times(ordered({{0, false, false}}));
+  times.add(0, description({kTimestamptz}));
+  times.add(1, description({kTimestamptz}));
+  EXPECT_TRUE(times.g.streaming());
+  // Sums: held until every shard answered.
+  Stream sums(combined({C::Sum}));
+  sums.add(0, description({kInt8}));
+  sums.add(1, description({kInt8}));
+  EXPECT_FALSE(sums.g.streaming());
+  // A write's answer (RETURNING rows) waits for every part to prepare.
+  Gather write(ordered({}), 2, -1, 0, 1 << 20, false);
+  std::string out;
+  write.add(0, description({kInt8}).frame(), &out);
+  write.add(1, description({kInt8}).frame(), &out);
+  EXPECT_FALSE(write.ready_to_stream());
+}
+
+TEST(Gather, ShardsThatDoNotAllDescribeRowsAreAnError) {
+  Stream st(ordered({}));
+  st.add(0, description({kInt8}));
+  st.add(0, row({"1"}));
+  st.add(0, complete("SELECT 1"));
+  st.add(1, complete("SELECT 0"));
+  st.g.finish(st.out);
+  EXPECT_EQ(st.take().sqlstate, "0A000");
+}
+
 }  // namespace
 }  // namespace pgvalve::routing

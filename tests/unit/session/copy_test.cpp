@@ -386,10 +386,12 @@ TEST(ScatterParts, AWritesPartCountsTheRowsOfItsCommandTag) {
   ASSERT_EQ(scatter.start(q, "COPY telemetry (device_id) FROM STDIN", {}, plan, {}, 2, 1u << 20,
                           1u << 20, "pgvalve:1:2:3", nullptr, true),
             "");
+  std::string client;
   for (const auto& m : messages_of(complete("COPY 7")))
-    scatter.add(0, frame_of(m));
+    scatter.add(0, frame_of(m), client);
   for (const auto& m : messages_of(complete("COPY 2")))
-    scatter.add(1, frame_of(m));
+    scatter.add(1, frame_of(m), client);
+  EXPECT_EQ(client, "");  // a write's answer waits for its parts
   EXPECT_EQ(scatter.rows(0), 7u);
   EXPECT_EQ(scatter.rows(1), 2u);
   std::string answer;

@@ -30,6 +30,15 @@ std::vector<std::string> values_in(std::string_view stream) {
   return out;
 }
 
+// The CommandComplete tags of a stream, in order.
+std::vector<std::string> tags_in(std::string_view stream) {
+  std::vector<std::string> out;
+  for (const auto& m : messages_of(stream)) {
+    if (auto tag = protocol::read_command_complete(frame_of(m))) out.emplace_back(*tag);
+  }
+  return out;
+}
+
 class Scatter : public ::testing::Test {
  protected:
   routing::ShardingPolicy policy = two_shards();
@@ -57,6 +66,17 @@ class Scatter : public ::testing::Test {
     EXPECT_TRUE(h.session().wants_server_input(0) && h.session().wants_server_input(1))
         << "every shard's server is read";
     return {to_s0, s.to_server};
+  }
+
+  // A session whose servers must answer within a second, running `sql` on both shards.
+  std::unique_ptr<SessionHarness> timed(std::string_view sql) {
+    SessionOptions options;
+    options.query_timeout = 1s;
+    auto t = std::make_unique<SessionHarness>(policy, options);
+    t->client(query(sql));
+    t->linked(*s0);
+    t->linked(*s1);
+    return t;
   }
 
   std::size_t consumed = 0;
@@ -283,17 +303,113 @@ TEST_F(Scatter, ALostShardIsAnErrorAndTheOthersGoBackToThePool) {
 }
 
 TEST_F(Scatter, ASilentShardIsCancelledAfterTheQueryTimeout) {
-  SessionOptions options;
-  options.query_timeout = 1s;
-  SessionHarness t(policy, options);
-  t.client(query("SELECT count(*) FROM telemetry"));
-  t.linked(*s0);
-  t.linked(*s1);
+  const auto session = timed("SELECT count(*) FROM telemetry");
+  SessionHarness& t = *session;
   t.server(int8_description() + data_row({"2"}) + complete("SELECT 1") + ready(), T0, 0);
   const Step s = t.timer(T0 + 2s);
   EXPECT_TRUE(s.has_op(LinkOp::Kind::CancelAndClose));
   EXPECT_EQ(sqlstates_in(s.to_client), "08006");
   EXPECT_EQ(t.state(), SessionState::Idle);
+}
+
+// ---- Streamed reads ---------------------------------------------------------------------------
+
+// The (device_id int8, payload text) columns of a read of telemetry.
+std::string telemetry_description() {
+  return described_as({{"device_id", 20}, {"payload", 25}});
+}
+
+TEST_F(Scatter, ConcatenatedRowsReachTheClientAsTheShardsSendThem) {
+  start(query("SELECT device_id, payload FROM telemetry"));
+  Step s = h.server(telemetry_description() + data_row({"1", "a"}), T0, 0);
+  EXPECT_EQ(s.to_client, "") << "until every shard described the same columns";
+  s = h.server(telemetry_description() + data_row({"2", "b"}), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "TDD");
+  EXPECT_EQ(values_in(s.to_client), (std::vector<std::string>{"1", "2"}));
+  s = h.server(data_row({"3", "c"}) + complete("SELECT 2") + ready(), T0, 0);
+  EXPECT_EQ(values_in(s.to_client), std::vector<std::string>{"3"});
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Release)) << "shard 0's server goes back at once";
+  EXPECT_EQ(h.state(), SessionState::Scattering);
+  s = h.server(complete("SELECT 1") + ready(), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "CZ");
+  EXPECT_EQ(tags_in(s.to_client), std::vector<std::string>{"SELECT 3"});
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+TEST_F(Scatter, AStreamedExtendedRequestGetsItsAnswersBeforeTheRows) {
+  const std::string sql = "SELECT device_id, payload FROM telemetry";
+  start(parse("", sql) + bind_to("", "") + describe('P', "") + execute() + sync());
+  const std::string head = parse_complete() + bind_complete() + telemetry_description();
+  Step s = h.server(head + data_row({"1", "a"}), T0, 0);
+  EXPECT_EQ(s.to_client, "");
+  s = h.server(head, T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "12TD");
+  s = h.server(complete("SELECT 1") + ready(), T0, 0);
+  EXPECT_EQ(s.to_client, "");
+  s = h.server(data_row({"2", "b"}) + complete("SELECT 1") + ready(), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "DCZ");
+  EXPECT_EQ(tags_in(s.to_client), std::vector<std::string>{"SELECT 2"});
+}
+
+TEST_F(Scatter, AMergedReadDoesNotReadAShardWhoseRowsWaitForTheOthers) {
+  const auto session = timed("SELECT device_id, payload FROM telemetry ORDER BY device_id");
+  SessionHarness& t = *session;
+  t.server(telemetry_description(), T0, 1);
+  // Shard 0 sends rows while shard 1 sends none: they wait for shard 1's first row.
+  const std::string payload(1000, 'x');
+  std::string rows;
+  for (int i = 0; i < 2000; ++i)
+    rows += data_row({std::to_string(2 * i), payload});
+  Step s = t.server(telemetry_description() + rows, T0, 0);
+  EXPECT_EQ(tags_of(s.to_client), "T") << "every shard described its rows; none can go yet";
+  EXPECT_FALSE(t.session().wants_server_input(0)) << "shard 0's rows wait: it is not read";
+  EXPECT_TRUE(t.session().wants_server_input(1));
+  s = t.server(data_row({"1", "y"}), T0 + 900ms, 1);
+  EXPECT_EQ(values_in(s.to_client), (std::vector<std::string>{"0", "1"}));
+  EXPECT_FALSE(t.session().wants_server_input(0)) << "still more than its share waits";
+  // Shard 0's silence meanwhile is the merge's doing: only shard 1 owes an answer in time.
+  EXPECT_EQ(t.session().next_deadline(), T0 + 1900ms);
+  s = t.timer(T0 + 1500ms);
+  EXPECT_TRUE(s.ops.empty());
+  // Shard 1's end lets the merge take every waiting row: shard 0 is read again.
+  s = t.server(complete("SELECT 1") + ready(), T0 + 1800ms, 1);
+  EXPECT_EQ(values_in(s.to_client).size(), 1999u);
+  ASSERT_TRUE(s.has_op(LinkOp::Kind::Read));
+  EXPECT_TRUE(t.session().wants_server_input(0));
+  EXPECT_EQ(t.session().next_deadline(), T0 + 2800ms) << "its silence counts from now";
+  s = t.server(complete("SELECT 2000") + ready(), T0 + 1800ms, 0);
+  EXPECT_EQ(tags_in(s.to_client), std::vector<std::string>{"SELECT 2001"});
+  EXPECT_EQ(t.state(), SessionState::Idle);
+}
+
+TEST_F(Scatter, AShardLostWhileTheMergeWaitsForItLetsTheOthersBeReadToTheirEnd) {
+  start(query("SELECT device_id, payload FROM telemetry ORDER BY device_id"));
+  h.server(telemetry_description(), T0, 1);
+  std::string rows;
+  for (int i = 0; i < 2000; ++i)
+    rows += data_row({std::to_string(i), std::string(1000, 'x')});
+  h.server(telemetry_description() + rows, T0, 0);
+  ASSERT_FALSE(h.session().wants_server_input(0));
+  Step s = h.lost(T0, 1);
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Read)) << "the rest of shard 0's answer is read and dropped";
+  EXPECT_TRUE(h.session().wants_server_input(0));
+  s = h.server(data_row({"5000", "z"}) + complete("SELECT 2001") + ready(), T0, 0);
+  EXPECT_EQ(tags_of(s.to_client), "EZ");
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+TEST_F(Scatter, AShardLostAfterRowsWentOutEndsTheAnswerWithAnError) {
+  start(query("SELECT device_id, payload FROM telemetry"));
+  h.server(telemetry_description() + data_row({"1", "a"}), T0, 0);
+  Step s = h.server(telemetry_description(), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "TD");
+  s = h.lost(T0, 1);
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Close));
+  s = h.server(data_row({"2", "b"}) + complete("SELECT 2") + ready(), T0, 0);
+  EXPECT_EQ(tags_of(s.to_client), "EZ") << "no more rows, and no command tag";
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  EXPECT_EQ(h.state(), SessionState::Idle);
 }
 
 TEST_F(Scatter, TheClientsNextRequestWaitsForTheGatheredAnswer) {
