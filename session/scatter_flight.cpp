@@ -462,11 +462,27 @@ void Session::scatter_answered(Link& l, std::uint8_t action, std::string& into, 
     case kActionScatterFinish:
     case kActionScatterWal: {
       if (!l.pending.empty()) return;  // the WAL position after the commit comes next
-      if (l.discard && run.commit) {
+      if (l.discard && run.commit && !run.committed_some) {
+        // The first COMMIT PREPARED failed: no shard committed, so none does. The others are
+        // rolled back, and so is this part once pgvalve finds it still prepared.
+        run.commit = false;
+        run.wal_after = false;
+        // A message of its own: the COMMIT PREPARED sent by an earlier step stays as it was.
+        pr::append_query(run.undo, scatter_decision_sql());
+        out.prepared_parts.push_back({l.route.shard, run.gid, false});
+        run.scatter->fail("40000", "pgvalve: COMMIT PREPARED '" + run.gid + "' failed on server " +
+                                       l.server->name +
+                                       " before any shard committed the write; it was rolled "
+                                       "back on every shard, run it again");
+      } else if (l.discard && run.commit) {
+        out.prepared_parts.push_back({l.route.shard, run.gid, true});
         run.scatter->fail("XX000", "pgvalve: COMMIT PREPARED '" + run.gid + "' failed on server " +
                                        l.server->name +
                                        " after other shards committed the write; it stays "
-                                       "prepared there until committed (SHOW SHARDS counts it)");
+                                       "prepared there until " +
+                                       kLeftPartCommitted);
+      } else if (run.commit) {
+        run.committed_some = true;
       }
       const bool clean = !l.discard && l.server->tx_status == 'I';
       unlink(l.id, clean ? LinkOp::Kind::Release : LinkOp::Kind::Close, out);
@@ -600,7 +616,8 @@ void Session::settle_scatter(std::string& into, Actions& out) {
   for (Link& l : work().links) {
     if (!l.server || l.scatter_shard < 0 || l.finishing) continue;
     l.finishing = true;
-    out.to_server.push_back({run.decision.data(), run.decision.size()});
+    const std::string& decision = run.undo.empty() ? run.decision : run.undo;
+    out.to_server.push_back({decision.data(), decision.size()});
     out.server_link = l.id;
     expect_own_answer(l, kActionScatterFinish);
     if (run.wal_after) expect_own_answer(l, kActionScatterWal);

@@ -381,9 +381,11 @@ struct Workspace {
     std::string gid;
     bool deciding = false;
     bool commit = false;
-    std::string decision;      // a Query message of decision_sql (and of wal_position_message)
-    bool wal_after = false;    // the commit is followed by the primary's WAL position
-    std::string decision_sql;  // COMMIT PREPARED or ROLLBACK PREPARED 'gid'
+    bool committed_some = false;  // a part's COMMIT PREPARED succeeded: the commit is decided
+    std::string decision;         // a Query message of decision_sql (and of wal_position_message)
+    std::string undo;             // ... ROLLBACK PREPARED once the first COMMIT PREPARED failed
+    bool wal_after = false;       // the commit is followed by the primary's WAL position
+    std::string decision_sql;     // COMMIT PREPARED or ROLLBACK PREPARED 'gid'
     // Run on the servers of the client's transaction over several shards (shard_transaction.cpp):
     // nothing is checked out or given back; `lost`: one of them was lost meanwhile.
     bool in_transaction = false;
@@ -428,12 +430,14 @@ struct Workspace {
     std::uint16_t refused_shard = 0;  // the shard that could not join
     // A statement over several shards that cannot run on the transaction's parts: its refusal.
     std::string scatter_refusal;
-    bool commit = false;    // the client committed and no part had failed
-    bool deciding = false;  // every part answered its PREPARE TRANSACTION
-    int open = 0;           // parts whose PREPARE TRANSACTION is not answered yet
+    bool commit = false;          // the client committed and no part had failed
+    bool deciding = false;        // every part answered its PREPARE TRANSACTION
+    bool committed_some = false;  // a part's COMMIT PREPARED succeeded: the commit is decided
+    int open = 0;                 // parts whose PREPARE TRANSACTION is not answered yet
     std::string gid;
     std::string prepare;   // Query: PREPARE TRANSACTION 'gid'
     std::string decision;  // Query: COMMIT PREPARED / ROLLBACK PREPARED 'gid' (+ WAL position)
+    std::string undo;      // ... ROLLBACK PREPARED once the first COMMIT PREPARED failed
     std::string decision_sql;
     bool wal_after = false;
     HubReply reply;     // the client's extended messages to answer before the tag

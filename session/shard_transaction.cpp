@@ -495,11 +495,27 @@ void Session::tx_answered(Link& l, std::uint8_t action, bool failed, std::string
     case kActionTxFinish:
     case kActionTxWal: {
       if (!l.pending.empty()) return;  // the WAL position after the commit comes next
-      if (l.discard && tx.deciding && tx.commit) {
+      if (l.discard && tx.deciding && tx.commit && !tx.committed_some) {
+        // The first COMMIT PREPARED failed: no part committed, so none does. The others are
+        // rolled back, and so is this part once pgvalve finds it still prepared.
+        tx.commit = false;
+        tx.wal_after = false;
+        // A message of its own: the COMMIT PREPARED sent by an earlier step stays as it was.
+        pr::append_query(tx.undo, tx_decision_sql());
+        out.prepared_parts.push_back({l.route.shard, tx.gid, false});
+        set_tx_error("40000", "pgvalve: COMMIT PREPARED '" + tx.gid + "' failed on server " +
+                                  l.server->name +
+                                  " before any shard committed the transaction; it was rolled "
+                                  "back on every shard, run it again");
+      } else if (l.discard && tx.deciding && tx.commit) {
+        out.prepared_parts.push_back({l.route.shard, tx.gid, true});
         set_tx_error("XX000", "pgvalve: COMMIT PREPARED '" + tx.gid + "' failed on server " +
                                   l.server->name +
                                   " after other shards committed the transaction; it stays "
-                                  "prepared there until committed (SHOW SHARDS counts it)");
+                                  "prepared there until " +
+                                  kLeftPartCommitted);
+      } else if (tx.deciding && tx.commit) {
+        tx.committed_some = true;
       }
       const bool clean = !l.discard && l.server->tx_status == 'I';
       unlink(l.id, clean ? LinkOp::Kind::Release : LinkOp::Kind::Close, out);
@@ -552,7 +568,8 @@ void Session::next_decision(std::string& into, Actions& out) {
     if (next) {
       next->finishing = true;
       next->last_activity = now_;
-      out.to_links.push_back({next->id, {tx.decision.data(), tx.decision.size()}});
+      const std::string& decision = tx.undo.empty() ? tx.decision : tx.undo;
+      out.to_links.push_back({next->id, {decision.data(), decision.size()}});
       expect_own_answer(*next, kActionTxFinish);
       if (tx.wal_after) expect_own_answer(*next, kActionTxWal);
       return;

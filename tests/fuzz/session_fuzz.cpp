@@ -439,6 +439,12 @@ std::string server_message(Reader& in) {
 // portals, prepared transactions, COPY from stdin), with the faults a step asks for. The answers
 // are shaped so that a statement over several shards can be gathered: the same columns on every
 // shard for the same statement, count(*) as one int8, rows in device_id order.
+// The gids some server's COMMIT PREPARED committed, this run (cleared as each input starts).
+std::set<std::string>& committed_gids() {
+  static std::set<std::string> gids;
+  return gids;
+}
+
 class FakeServer {
  public:
   // False once bytes that are not this model's answers reached the session for this server (raw
@@ -748,6 +754,7 @@ class FakeServer {
         if (prepared.erase(value) == 0) {
           return fail_statement(out, "42704", "prepared transaction does not exist");
         }
+        if (k == K::CommitPrepared) committed_gids().insert(value);
         return tag(k == K::CommitPrepared ? "COMMIT PREPARED" : "ROLLBACK PREPARED");
       case K::Set: {
         static const std::pair<std::string_view, std::string_view> reported[] = {
@@ -1534,6 +1541,12 @@ class Harness {
       if (info.kind != K::CommitPrepared && info.kind != K::RollbackPrepared) continue;
       const char decision = info.kind == K::CommitPrepared ? 'C' : 'R';
       char& decided = commit_decisions_[gid];
+      // A first COMMIT PREPARED that failed committed nothing (a server this model answers for
+      // did not commit it; another says what it likes): the others may be rolled back.
+      if (decided == 'C' && decision == 'R' && commits_sent_[gid] == 1 &&
+          committed_gids().count(gid) == 0) {
+        decided = 0;
+      }
       // Never committed on some shards and rolled back on others.
       CHECK(decided == 0 || decided == decision);
       // Decided only where it was prepared...
@@ -1557,6 +1570,7 @@ class Harness {
           if (f.faithful) CHECK(f.prepared.count(gid) == 1);
         }
       }
+      if (decision == 'C') ++commits_sent_[gid];
       decided = decision;
     }
   }
@@ -2023,6 +2037,7 @@ class Harness {
   // Writes over several shards: where each gid was prepared, and how it was decided.
   std::map<std::string, std::vector<const ServerState*>> prepares_;
   std::map<std::string, char> commit_decisions_;
+  std::map<std::string, int> commits_sent_;  // COMMIT PREPAREDs, per gid
   int pinned_ = 0;
   int unproductive_depth_ = 0;
   bool gone_ = false;
@@ -2037,6 +2052,7 @@ class Harness {
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size < 2) return 0;
+  committed_gids().clear();
   Reader in(data + 2, size - 2);
   Harness h(data[0], data[1]);
   try {

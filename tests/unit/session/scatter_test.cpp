@@ -513,6 +513,38 @@ TEST_F(Scatter, AWriteToSeveralShardsCommitsOnlyOnceEveryShardPreparedIt) {
   EXPECT_EQ(h.state(), SessionState::Idle);
 }
 
+TEST_F(Scatter, AFirstCommitThatFailsRollsTheWriteBackOnEveryShard) {
+  const auto [to_s0, to_s1] = start(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
+  const std::string prepare = queries_in(to_s0)[2];
+  const std::string gid = prepare.substr(prepare.find('\''));
+  h.server(write_part("DELETE 2"), T0, 0);
+  h.server(write_part("DELETE 3"), T0, 1);
+  // The first COMMIT PREPARED fails (the part is gone, or the server could not commit it):
+  // nothing has committed anywhere, so nothing may.
+  Step s = h.server(error_message("58030", "ERROR", "could not fsync") + ready(), T0, 0);
+  EXPECT_EQ(s.server_link, 1);
+  EXPECT_EQ(queries_in(s.to_server), std::vector<std::string>{"ROLLBACK PREPARED " + gid});
+  ASSERT_EQ(s.prepared_parts.size(), 1u) << "the failed part is rolled back once found prepared";
+  EXPECT_EQ(s.prepared_parts[0].shard, 0);
+  EXPECT_FALSE(s.prepared_parts[0].commit);
+  s = h.server(complete("ROLLBACK PREPARED") + ready(), T0, 1);
+  EXPECT_EQ(sqlstates_in(s.to_client), "40000");
+  EXPECT_EQ(statuses_in(s.to_client), "I");
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+TEST_F(Scatter, ALaterCommitThatFailsIsFinishedByPgvalve) {
+  const auto [to_s0, to_s1] = start(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
+  h.server(write_part("DELETE 2"), T0, 0);
+  h.server(write_part("DELETE 3"), T0, 1);
+  h.server(complete("COMMIT PREPARED") + ready(), T0, 0);
+  const Step s = h.server(error_message("58030") + ready(), T0, 1);
+  ASSERT_EQ(s.prepared_parts.size(), 1u) << "shard 0 committed: so does shard 1, later";
+  EXPECT_EQ(s.prepared_parts[0].shard, 1);
+  EXPECT_TRUE(s.prepared_parts[0].commit);
+  EXPECT_EQ(sqlstates_in(s.to_client), "XX000");
+}
+
 TEST_F(Scatter, AWriteThatFailsOnOneShardIsRolledBackOnTheOthers) {
   start(query("/* pgvalve: all_shards */ UPDATE telemetry SET value = 0"));
   h.server(write_part("UPDATE 4"), T0, 0);

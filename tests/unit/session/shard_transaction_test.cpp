@@ -537,6 +537,26 @@ TEST_F(ShardTransaction, APartLostWhileCommittingIsCommittedOnceItsShardIsBack) 
       << message_of(s.to_client);
 }
 
+TEST_F(ShardTransaction, AFirstCommitThatFailsRollsBackEveryPart) {
+  begin_on_s0();
+  join_s1();
+  insert_on_s1();
+  const std::string gid = commit();
+  h.server(command_result("PREPARE TRANSACTION"), T0, 0);
+  h.server(command_result("PREPARE TRANSACTION"), T0, 1);
+  // s0's COMMIT PREPARED fails: no part committed, so the transaction is rolled back.
+  Step s = h.server(error_message("58030") + ready(), T0, 0);
+  ASSERT_EQ(s.to_links.count(1), 1u);
+  EXPECT_EQ(queries_in(s.to_links.at(1)), std::vector<std::string>{"ROLLBACK PREPARED " + gid});
+  ASSERT_EQ(s.prepared_parts.size(), 1u);
+  EXPECT_EQ(s.prepared_parts[0].shard, 0);
+  EXPECT_FALSE(s.prepared_parts[0].commit) << "rolled back too, if it is still prepared";
+  s = h.server(command_result("ROLLBACK PREPARED"), T0, 1);
+  EXPECT_EQ(sqlstates_in(s.to_client), "40000");
+  EXPECT_EQ(statuses_in(s.to_client), "I");
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
 TEST_F(ShardTransaction, AClientLeavingBeforeTheDecisionRollsBackThePreparedParts) {
   begin_on_s0();
   join_s1();
