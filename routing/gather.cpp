@@ -391,6 +391,18 @@ std::optional<std::string> numeric_average(std::string_view sum, std::int64_t co
   return out;
 }
 
+// A variance or standard deviation of double precision values from their count and population
+// variance, as PostgreSQL's float8_var_pop, float8_var_samp, float8_stddev_pop and
+// float8_stddev_samp answer (NULL for no value, and a sample of one).
+std::optional<double> statistic_value(ScatterPlan::Statistic statistic, const Gather::Spread& s) {
+  using S = ScatterPlan::Statistic;
+  const bool sample = statistic == S::VarSamp || statistic == S::StddevSamp;
+  if (s.count == 0 || (sample && s.count <= 1)) return std::nullopt;
+  const double sxx = s.var_pop * s.count;
+  const double variance = sample ? sxx / (s.count - 1) : sxx / s.count;
+  return statistic == S::StddevPop || statistic == S::StddevSamp ? std::sqrt(variance) : variance;
+}
+
 }  // namespace
 
 ClientDescription client_description(const ScatterPlan& plan, std::string_view shard_body) {
@@ -405,7 +417,7 @@ ClientDescription client_description(const ScatterPlan& plan, std::string_view s
     out.refusal = "a shard sent a malformed RowDescription";
     return out;
   }
-  if (fields->size() != columns + plan.averages.size()) {
+  if (fields->size() != columns + plan.extra_columns) {
     out.refusal = "the shards' columns do not match the statement";
     return out;
   }
@@ -416,9 +428,30 @@ ClientDescription client_description(const ScatterPlan& plan, std::string_view s
       pr::append_row_field(out.body, field);
       continue;
     }
+    const ScatterPlan::Average& a =
+        *std::find_if(plan.averages.begin(), plan.averages.end(),
+                      [&](const ScatterPlan::Average& x) { return x.column == i; });
     // The sum's type says the argument's: bigint for smallint and integer, numeric for bigint
     // and numeric, double precision for itself; avg() answers numeric for all but the last.
     const auto sum_type = static_cast<std::uint32_t>(field.type);
+    if (a.statistic != ScatterPlan::Statistic::Avg) {
+      // Of integers and numeric, PostgreSQL computes these in numeric, digit for digit; of
+      // real, it adds in double precision where a shard's sum() adds in single.
+      if (sum_type != kFloat8) {
+        out.refusal = a.function +
+                      "() across shards is combined for double precision only; cast the "
+                      "argument to double precision";
+        return out;
+      }
+      pr::RowField statistic;
+      statistic.name = a.named ? field.name : std::string_view(a.function);
+      statistic.type = static_cast<std::int32_t>(kFloat8);
+      statistic.size = 8;
+      statistic.modifier = -1;
+      statistic.format = field.format;
+      pr::append_row_field(out.body, statistic);
+      continue;
+    }
     if (sum_type == kFloat4) {
       out.refusal =
           "avg() of real across shards would add up in single precision; cast the argument to "
@@ -429,12 +462,9 @@ ClientDescription client_description(const ScatterPlan& plan, std::string_view s
       out.refusal = "avg() of this type does not combine across shards; average numbers";
       return out;
     }
-    const bool named =
-        std::any_of(plan.averages.begin(), plan.averages.end(),
-                    [&](const ScatterPlan::Average& a) { return a.column == i && a.named; });
     const bool floating_point = sum_type == kFloat8;
     pr::RowField average;
-    average.name = named ? field.name : std::string_view("avg");
+    average.name = a.named ? field.name : std::string_view("avg");
     average.type = static_cast<std::int32_t>(floating_point ? kFloat8 : kNumeric);
     average.size = static_cast<std::int16_t>(floating_point ? 8 : -1);
     average.modifier = -1;
@@ -633,7 +663,7 @@ bool Gather::read_description(int shard, const pr::Frame& f) {
       return fail("0A000", "pgvalve: this aggregate's type does not combine across shards");
     }
   }
-  if (!plan_.combine.empty() && plan_.combine.size() + plan_.averages.size() != kinds_.size()) {
+  if (!plan_.combine.empty() && plan_.combine.size() + plan_.extra_columns != kinds_.size()) {
     return fail("0A000", "pgvalve: the shards' columns do not match the statement");
   }
   ClientDescription client = client_description(plan_, f.body);
@@ -851,6 +881,16 @@ void Gather::rebuild(Row& row, const std::vector<std::optional<std::string>>& va
 
 bool Gather::combine_into(Row& into, const Row& from) {
   std::vector<std::optional<std::string>> values;
+  // A variance's var_pop column combines with both rows' counts and sums (below).
+  std::vector<std::pair<std::size_t, std::optional<std::string>>> spreads;
+  for (const ScatterPlan::Average& a : plan_.averages) {
+    if (a.statistic == ScatterPlan::Statistic::Avg) continue;
+    const std::size_t counted = plan_.combine.size() + a.extra;
+    const std::optional<Spread> x = spread_of(into, a.column, counted);
+    const std::optional<Spread> y = spread_of(from, a.column, counted);
+    if (!x || !y) return fail("08P01", "pgvalve: a shard sent a count that is not a number");
+    spreads.emplace_back(counted + 1, value_of_var_pop(combine_spreads(*x, *y), counted + 1));
+  }
   for (std::size_t i = 0; i < kinds_.size(); ++i) {
     const auto a = into.value(i);
     const auto b = from.value(i);
@@ -937,8 +977,52 @@ bool Gather::combine_into(Row& into, const Row& from) {
     }
     values.push_back(std::move(v));
   }
+  for (auto& [column, value] : spreads)
+    values[column] = std::move(value);
   rebuild(into, values);
   return true;
+}
+
+// The count, sum and population variance of a variance's column in `row` (a shard's, or
+// already combined); nullopt when the count is not a number.
+std::optional<Gather::Spread> Gather::spread_of(const Row& row, std::size_t sum_column,
+                                                std::size_t counted) const {
+  Spread out;
+  if (const auto n = row.value(counted)) {
+    const auto count = kinds_[counted] == Kind::BinaryInteger ? binary_integer(*n) : integer(*n);
+    if (!count || *count < 0) return std::nullopt;
+    out.count = static_cast<double>(*count);
+  }
+  if (out.count == 0) return out;
+  auto read = [&](std::size_t column) {
+    const auto v = row.value(column);
+    if (!v) return 0.0;
+    return kinds_[column] == Kind::BinaryFloat ? binary_float(*v) : floating(*v);
+  };
+  out.sum = read(sum_column);
+  out.var_pop = read(counted + 1);
+  return out;
+}
+
+// As PostgreSQL's float8_combine merges two partial states of a parallel aggregate: N = Na + Nb,
+// Sx = Sxa + Sxb, Sxx = Sxxa + Sxxb + Na * Nb * (Sxa / Na - Sxb / Nb)^2 / N.
+Gather::Spread Gather::combine_spreads(const Spread& a, const Spread& b) {
+  if (a.count == 0) return b;
+  if (b.count == 0) return a;
+  Spread out;
+  out.count = a.count + b.count;
+  out.sum = a.sum + b.sum;
+  const double gap = a.sum / a.count - b.sum / b.count;
+  const double sxx =
+      a.var_pop * a.count + b.var_pop * b.count + a.count * b.count * gap * gap / out.count;
+  out.var_pop = sxx / out.count;
+  return out;
+}
+
+std::optional<std::string> Gather::value_of_var_pop(const Spread& s, std::size_t column) const {
+  if (s.count == 0) return std::nullopt;
+  return kinds_[column] == Kind::BinaryFloat ? binary_float_of(s.var_pop, 8)
+                                             : std::optional<std::string>(float_text(s.var_pop));
 }
 
 // Each average's sum over its count, as avg() answers; the count columns go.
@@ -951,9 +1035,21 @@ bool Gather::finish_averages() {
       const auto v = row.value(i);
       values.push_back(v ? std::optional<std::string>(std::string(*v)) : std::nullopt);
     }
-    for (std::size_t j = 0; j < plan_.averages.size(); ++j) {
-      const std::size_t column = plan_.averages[j].column;
-      const std::size_t counted = columns + j;
+    for (const ScatterPlan::Average& a : plan_.averages) {
+      const std::size_t column = a.column;
+      const std::size_t counted = columns + a.extra;
+      if (a.statistic != ScatterPlan::Statistic::Avg) {
+        const std::optional<Spread> spread = spread_of(row, column, counted);
+        if (!spread) return fail("08P01", "pgvalve: a shard sent a count that is not a number");
+        const std::optional<double> value = statistic_value(a.statistic, *spread);
+        if (!value) {
+          values[column].reset();  // too few values: NULL, as PostgreSQL answers
+        } else {
+          values[column] = columns_[column].format != 0 ? binary_float_of(*value, 8)
+                                                        : std::optional(float_text(*value));
+        }
+        continue;
+      }
       const auto sum = row.value(column);
       const auto counted_value = row.value(counted);
       std::optional<std::int64_t> count = 0;

@@ -49,6 +49,13 @@ ClientDescription client_description(const ScatterPlan& plan, std::string_view s
 
 class Gather {
  public:
+  // A variance's partial state: how many values, their sum, their population variance.
+  struct Spread {
+    double count = 0;
+    double sum = 0;
+    double var_pop = 0;
+  };
+
   // `limit` < 0: none. The rows kept in memory may take `max_bytes`; beyond, the answer is an
   // error (54000). `stream`: rows that need no combining may stream (a read's; a write's answer
   // is held until every part is prepared).
@@ -134,6 +141,10 @@ class Gather {
   bool less(const Row& a, const Row& b) const;
   bool combine_into(Row& into, const Row& from);
   bool finish_averages();
+  std::optional<Spread> spread_of(const Row& row, std::size_t sum_column,
+                                  std::size_t counted) const;
+  static Spread combine_spreads(const Spread& a, const Spread& b);
+  std::optional<std::string> value_of_var_pop(const Spread& s, std::size_t column) const;
   static void rebuild(Row& row, const std::vector<std::optional<std::string>>& values);
 
   ScatterPlan plan_;  // a copy: the cached plan may be evicted while shards answer

@@ -15,8 +15,9 @@ namespace pgvalve::routing {
 
 namespace {
 
-// One `avg(...)` call in a statement's text: the function name's token, the span of its
-// arguments between the parentheses, and where the call ends (after a FILTER clause if any).
+// One `avg(...)` call (or of another statistic) in a statement's text: the function name's token,
+// the span of its arguments between the parentheses, and where the call ends (after a FILTER clause
+// if any).
 struct AvgCall {
   std::size_t name_begin = 0;
   std::size_t name_end = 0;
@@ -25,8 +26,29 @@ struct AvgCall {
   std::size_t end = 0;
 };
 
-bool names_avg(const Token& t) {
-  return t.is_word("avg") || (t.kind == TokenKind::QuotedIdentifier && t.text == "\"avg\"");
+// The aggregates a shard runs as sums with extra columns (ScatterPlan::Average).
+constexpr std::string_view kStatistics[] = {"avg",      "stddev",   "stddev_samp", "stddev_pop",
+                                            "variance", "var_samp", "var_pop"};
+
+bool names_statistic(const Token& t) {
+  for (std::string_view name : kStatistics) {
+    if (t.is_word(name)) return true;
+    if (t.kind == TokenKind::QuotedIdentifier && t.text.size() == name.size() + 2 &&
+        t.text.substr(1, name.size()) == name) {
+      return true;
+    }
+  }
+  return false;
+}
+
+std::optional<ScatterPlan::Statistic> statistic_of(std::string_view name) {
+  using S = ScatterPlan::Statistic;
+  if (name == "avg") return S::Avg;
+  if (name == "var_pop") return S::VarPop;
+  if (name == "variance" || name == "var_samp") return S::VarSamp;
+  if (name == "stddev_pop") return S::StddevPop;
+  if (name == "stddev" || name == "stddev_samp") return S::StddevSamp;
+  return std::nullopt;
 }
 
 // The index of the ')' that closes the '(' at `open`, or 0 when none does.
@@ -39,9 +61,9 @@ std::size_t closing(const std::vector<Token>& tokens, std::size_t open) {
   return 0;
 }
 
-// Every `avg (` of `sql`, in order. Literals never hold one (they are tokens of their own), so
-// statements of one shape have the same calls in the same order. Empty when a parenthesis does
-// not close (PostgreSQL refuses the statement anyway).
+// Every `avg (` (or of another statistic) of `sql`, in order. Literals never hold one (they are
+// tokens of their own), so statements of one shape have the same calls in the same order. Empty
+// when a parenthesis does not close (PostgreSQL refuses the statement anyway).
 std::vector<AvgCall> avg_calls(std::string_view sql) {
   std::vector<Token> tokens;
   SqlLexer lexer(sql, 0, SqlLexer::Keywords::NotLookedUp);
@@ -49,7 +71,7 @@ std::vector<AvgCall> avg_calls(std::string_view sql) {
     tokens.push_back(t);
   std::vector<AvgCall> calls;
   for (std::size_t i = 0; i + 1 < tokens.size(); ++i) {
-    if (!names_avg(tokens[i]) || !tokens[i + 1].is_punct('(')) continue;
+    if (!names_statistic(tokens[i]) || !tokens[i + 1].is_punct('(')) continue;
     const std::size_t close = closing(tokens, i + 1);
     if (close == 0) return {};
     AvgCall call{tokens[i].offset, tokens[i].end(), tokens[i + 1].end(), tokens[close].offset,
@@ -430,17 +452,16 @@ class Planner {
           plan.combine.push_back(name == "bit_and"  ? Combine::BitAnd
                                  : name == "bit_or" ? Combine::BitOr
                                                     : Combine::BitXor);
-        } else if (name == "avg") {
+        } else if (const std::optional<ScatterPlan::Statistic> statistic = statistic_of(name)) {
           const Json* args = field(*call, "args");
           if (distinct || field(*call, "agg_order") != nullptr ||
               field(*call, "agg_within_group") != nullptr || args == nullptr || !args->is_array() ||
               args->size() != 1) {
-            return refuse(
-                "avg() across shards takes one argument without DISTINCT or ORDER BY; select "
-                "sum() and count() and divide");
+            return refuse(std::string(name) +
+                          "() across shards takes one argument without DISTINCT or ORDER BY");
           }
-          // Which avg( of the text this is: the first at or after the call's start (a
-          // schema-qualified name starts before its `avg`).
+          // Which call of the text this is: the first at or after the call's start (a
+          // schema-qualified name starts before its function's name).
           const int location = location_of(*call);
           const std::vector<AvgCall> calls = avg_calls(sql_);
           const std::optional<std::size_t> targets_end = target_list_end(sql_);
@@ -450,16 +471,25 @@ class Planner {
             ++k;
           }
           if (location < 0 || k == calls.size() || !targets_end || calls[k].end > *targets_end) {
-            return refuse("an avg() pgvalve cannot find in the statement's text");
+            return refuse("an " + std::string(name) +
+                          "() pgvalve cannot find in the statement's text");
           }
           const Json* alias = field(*as((*targets)[i], "ResTarget"), "name");
-          plan.averages.push_back({static_cast<std::uint16_t>(i), static_cast<std::uint32_t>(k),
-                                   alias != nullptr && alias->is_string()});
+          ScatterPlan::Average a;
+          a.column = static_cast<std::uint16_t>(i);
+          a.call = static_cast<std::uint32_t>(k);
+          a.named = alias != nullptr && alias->is_string();
+          a.statistic = *statistic;
+          a.function = name;
+          a.extra = plan.extra_columns;
+          plan.extra_columns += *statistic == ScatterPlan::Statistic::Avg ? 1 : 2;
+          plan.averages.push_back(std::move(a));
           plan.combine.push_back(Combine::Avg);
         } else {
           return refuse(std::string(name) +
                         "() does not combine across shards; count, sum, min, max, avg, "
-                        "bool_and, bool_or, every and bit_and/or/xor do");
+                        "bool_and, bool_or, every, bit_and/or/xor, and stddev and variance of "
+                        "double precision do");
         }
       }
     }
@@ -714,7 +744,8 @@ bool limit_edits(std::string_view sql, const ScatterPlan& plan, const ParamSourc
   return true;
 }
 
-// avg(x) runs as sum(x), and count(x) joins the end of the output list (ScatterPlan::Average).
+// avg(x) runs as sum(x), and count(x) joins the end of the output list; a variance or standard
+// deviation of x runs as sum(x), and count(x) and var_pop(x) join the end (ScatterPlan::Average).
 bool average_edits(std::string_view sql, const ScatterPlan& plan, ShardStatement& out,
                    std::vector<Edit>& edits) {
   if (plan.averages.empty()) return true;
@@ -723,15 +754,18 @@ bool average_edits(std::string_view sql, const ScatterPlan& plan, ShardStatement
   std::string counts;
   for (const ScatterPlan::Average& a : plan.averages) {
     if (a.call >= calls.size() || !targets_end || calls[a.call].end > *targets_end) {
-      out.refusal = "an avg() pgvalve cannot find in the statement's text";
+      out.refusal = "an " + a.function + "() pgvalve cannot find in the statement's text";
       return false;
     }
     const AvgCall& call = calls[a.call];
     edits.push_back({call.name_begin, call.name_end, "sum"});
-    // count(x) over the rows avg(x) sees: its FILTER clause goes with it.
-    counts.append(", count(")
-        .append(sql.substr(call.args_begin, call.args_end - call.args_begin))
-        .append(sql.substr(call.args_end, call.end - call.args_end));
+    // Over the rows the call sees: its FILTER clause goes with them.
+    const std::string_view args = sql.substr(call.args_begin, call.args_end - call.args_begin);
+    const std::string_view rest = sql.substr(call.args_end, call.end - call.args_end);
+    counts.append(", count(").append(args).append(rest);
+    if (a.statistic != ScatterPlan::Statistic::Avg) {
+      counts.append(", var_pop(").append(args).append(rest);
+    }
   }
   edits.push_back({*targets_end, *targets_end, std::move(counts)});
   return true;

@@ -32,18 +32,24 @@ struct ScatterPlan {
     Sum,    // count(...) and sum(...): added
     Min,    // min(...), and bool_and(...) and every(...): false before true
     Max,    // max(...) and bool_or(...)
-    Avg,    // avg(...): see `averages`
+    Avg,    // avg(...), stddev(...), variance(...) and the like: see `averages`
     BitAnd,
     BitOr,
     BitXor,
   };
-  // An avg(...) output column. Each shard runs sum(...) in its place and count(...) of the same
-  // argument as an extra output column after the statement's own (one per average, in order);
-  // the gather adds both up and divides as PostgreSQL's avg() does.
+  // An avg(...) output column, or one of the variances and standard deviations. Each shard runs
+  // sum(...) in its place and, as extra output columns after the statement's own (in the order
+  // of `averages`), count(...) of the same argument and, for a variance or deviation,
+  // var_pop(...). The gather adds the sums and counts up and divides as PostgreSQL's avg()
+  // does; it combines variances as PostgreSQL combines the partial states of a parallel plan.
+  enum class Statistic : std::uint8_t { Avg, VarPop, VarSamp, StddevPop, StddevSamp };
   struct Average {
     std::uint16_t column = 0;  // the output column
-    std::uint32_t call = 0;    // which `avg(` of the statement's text (0: the first)
-    bool named = false;        // AS alias: else the client's column is named "avg"
+    std::uint32_t call = 0;    // which of the statement's calls ScatterPlan rewrites (0: first)
+    bool named = false;        // AS alias: else the client's column is named after the function
+    Statistic statistic = Statistic::Avg;
+    std::string function;     // as PostgreSQL names the column: avg, stddev, var_samp, ...
+    std::uint16_t extra = 0;  // its first extra column, counted after the statement's own
     bool operator==(const Average&) const = default;
   };
 
@@ -53,7 +59,8 @@ struct ScatterPlan {
   std::vector<SortKey> order;    // merge-sort the shards' sorted rows by these; empty: concatenate
   std::vector<Combine> combine;  // empty: rows are not combined
   std::vector<Average> averages;
-  bool distinct = false;  // SELECT DISTINCT: equal rows from different shards are one
+  std::uint16_t extra_columns = 0;  // what `averages` add to each shard's output columns
+  bool distinct = false;            // SELECT DISTINCT: equal rows from different shards are one
   // LIMIT / OFFSET as literal slots (normalized_walk.h) of the statement, -1 when absent: their
   // values come from each statement. They apply after the merge; a shard is asked for
   // LIMIT + OFFSET rows when nothing is combined.

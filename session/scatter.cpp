@@ -84,7 +84,7 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
   // Averages add a count column per average to what each shard answers (ScatterPlan::Average).
   std::string counted_rest;
   if (!plan.averages.empty() && !bind_rest.empty()) {
-    if (!pr::bind_rest_with_extra_columns(bind_rest, plan.averages.size(), counted_rest)) {
+    if (!pr::bind_rest_with_extra_columns(bind_rest, plan.extra_columns, counted_rest)) {
       return "the Bind message is malformed";
     }
     bind_rest = counted_rest;

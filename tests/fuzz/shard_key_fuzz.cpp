@@ -7,7 +7,8 @@
 // is the statement. Besides crashes it checks that the plan read slot by slot (the cached path)
 // and the plan's slots found afresh (the re-parse path) agree, that shards stay in range, that a
 // scatter plan is either made or refused with a reason, and that what a scatter plan has each
-// shard run for averages (sums, and counts after the output) is SQL PostgreSQL's parser takes.
+// shard run for averages, variances and deviations (sums, and counts and population variances
+// after the output) is SQL PostgreSQL's parser takes.
 #include <cstdint>
 #include <cstdlib>
 #include <optional>

@@ -379,7 +379,53 @@ ScatterPlan averaged(std::vector<ScatterPlan::Combine> ops,
                      std::vector<ScatterPlan::SortKey> keys = {}) {
   ScatterPlan p = combined(std::move(ops), std::move(keys));
   p.averages = std::move(averages);
+  // As plan_scatter() numbers them: one extra column for an average, two for a variance.
+  for (ScatterPlan::Average& a : p.averages) {
+    if (a.function.empty()) a.function = "avg";
+    a.extra = p.extra_columns;
+    p.extra_columns += a.statistic == ScatterPlan::Statistic::Avg ? 1 : 2;
+  }
   return p;
+}
+
+using S = ScatterPlan::Statistic;
+
+TEST(Gather, VariancesCombineAsPostgresCombinesParallelPartsAndAreDescribedAsTheirFunction) {
+  // SELECT stddev(x), var_pop(x) AS v: each shard answers sum, sum, count, var_pop, count,
+  // var_pop. Shard values {1, 2, 3} and {10, 20}: PostgreSQL over all five answers stddev
+  // 7.981227975693966 and var_pop 50.96.
+  const ScatterPlan plan = averaged({C::Avg, C::Avg}, {{0, 0, false, S::StddevSamp, "stddev"},
+                                                       {1, 1, true, S::VarPop, "var_pop"}});
+  const std::vector<std::uint32_t> types = {kFloat8, kFloat8, kInt8, kFloat8, kInt8, kFloat8};
+  Gather g(plan, 3, -1, 0, 1 << 20);
+  const std::vector<Rows> shards = {
+      {{"6", "6", "3", "0.6666666666666666", "3", "0.6666666666666666"}},
+      {{"30", "30", "2", "25", "2", "25"}},
+      {{std::nullopt, std::nullopt, "0", std::nullopt, "0", std::nullopt}}};
+  for (int s = 0; s < 3; ++s) {
+    g.add(s, description(types).frame());
+    for (const auto& r : shards[static_cast<std::size_t>(s)])
+      g.add(s, row(r).frame());
+    g.add(s, complete("SELECT 1").frame());
+  }
+  std::string out;
+  g.finish(out);
+  const Answer a = read_answer(out);
+  ASSERT_EQ(a.rows.size(), 1u) << a.message;
+  ASSERT_EQ(a.rows[0].size(), 2u);
+  EXPECT_NEAR(std::stod(*a.rows[0][0]), 7.981227975693966, 1e-12);
+  EXPECT_NEAR(std::stod(*a.rows[0][1]), 50.96, 1e-12);
+  EXPECT_EQ(described(out), (std::vector<Described>{{"stddev", 701, 8, 0}, {"c1", 701, 8, 0}}));
+  // One value: a sample has no variance (NULL); the population's is 0.
+  const Answer one = gather(plan, types,
+                            {{{"4", "4", "1", "0", "1", "0"}},
+                             {{std::nullopt, std::nullopt, "0", std::nullopt, "0", std::nullopt}}});
+  EXPECT_EQ(one.rows, (Rows{{std::nullopt, "0"}}));
+  // Of integers or numeric PostgreSQL computes in numeric: refused, with the cast to use.
+  const ClientDescription integers = client_description(
+      plan, description({kNumeric, kNumeric, kInt8, kNumeric, kInt8, kNumeric}).frame().body);
+  EXPECT_NE(integers.refusal.find("cast the argument to double precision"), std::string::npos)
+      << integers.refusal;
 }
 
 constexpr std::uint32_t kFloat4 = 700;

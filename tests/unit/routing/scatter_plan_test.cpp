@@ -10,6 +10,7 @@ namespace {
 
 using Combine = ScatterPlan::Combine;
 using SortKey = ScatterPlan::SortKey;
+using Statistic = ScatterPlan::Statistic;
 
 ShardingPolicy policy() {
   ShardingPolicy p;
@@ -180,7 +181,9 @@ TEST(ScatterPlan, AveragesAreFoundWithTheirCallAndName) {
   ScatterPlan p = plan("SELECT avg(value) FROM telemetry");
   ASSERT_TRUE(p.ok) << p.refusal;
   EXPECT_EQ(p.combine, (std::vector<Combine>{Combine::Avg}));
-  EXPECT_EQ(p.averages, (std::vector<ScatterPlan::Average>{{0, 0, false}}));
+  EXPECT_EQ(p.averages,
+            (std::vector<ScatterPlan::Average>{{0, 0, false, Statistic::Avg, "avg", 0}}));
+  EXPECT_EQ(p.extra_columns, 1);
   // The second avg( of the text is the ORDER BY's; the third is the output's second average.
   p = plan(
       "SELECT note, avg(value) AS mean, max(ts), pg_catalog.avg(device_id) FROM telemetry "
@@ -188,7 +191,27 @@ TEST(ScatterPlan, AveragesAreFoundWithTheirCallAndName) {
   ASSERT_TRUE(p.ok) << p.refusal;
   EXPECT_EQ(p.combine,
             (std::vector<Combine>{Combine::Group, Combine::Avg, Combine::Max, Combine::Avg}));
-  EXPECT_EQ(p.averages, (std::vector<ScatterPlan::Average>{{1, 0, true}, {3, 1, false}}));
+  EXPECT_EQ(p.averages,
+            (std::vector<ScatterPlan::Average>{{1, 0, true, Statistic::Avg, "avg", 0},
+                                               {3, 1, false, Statistic::Avg, "avg", 1}}));
+}
+
+TEST(ScatterPlan, VariancesAndDeviationsAreFoundWithTwoExtraColumnsEach) {
+  const ScatterPlan p = plan(
+      "SELECT note, stddev(value), var_pop(value) AS spread, avg(value), variance(value), "
+      "stddev_pop(value), var_samp(value), stddev_samp(value) FROM telemetry GROUP BY note");
+  ASSERT_TRUE(p.ok) << p.refusal;
+  EXPECT_EQ(p.averages, (std::vector<ScatterPlan::Average>{
+                            {1, 0, false, Statistic::StddevSamp, "stddev", 0},
+                            {2, 1, true, Statistic::VarPop, "var_pop", 2},
+                            {3, 2, false, Statistic::Avg, "avg", 4},
+                            {4, 3, false, Statistic::VarSamp, "variance", 5},
+                            {5, 4, false, Statistic::StddevPop, "stddev_pop", 7},
+                            {6, 5, false, Statistic::VarSamp, "var_samp", 9},
+                            {7, 6, false, Statistic::StddevSamp, "stddev_samp", 11}}));
+  EXPECT_EQ(p.extra_columns, 13);
+  expect_refused("SELECT stddev(DISTINCT value) FROM telemetry", "stddev()");
+  expect_refused("SELECT regr_slope(value, device_id) FROM telemetry", "regr_slope()");
 }
 
 TEST(ScatterPlan, BooleanAndBitwiseAggregatesCombine) {
@@ -302,6 +325,17 @@ TEST(ShardStatement, AveragesRunAsSumsWithTheirCountsAfterTheOutput) {
   EXPECT_EQ(s.sql, "SELECT sum(value * $1), count(value * $1) FROM telemetry WHERE ts > $2");
   s = rewritten("SELECT avg(value)");
   EXPECT_EQ(s.sql, "SELECT sum(value), count(value)");
+}
+
+TEST(ShardStatement, VariancesRunAsSumsWithCountsAndPopulationVariancesAfterTheOutput) {
+  ShardStatement s = rewritten(
+      "SELECT note, stddev(value) FILTER (WHERE value > 0), avg(value) FROM telemetry GROUP BY "
+      "note");
+  EXPECT_TRUE(s.ok) << s.refusal;
+  EXPECT_EQ(s.sql,
+            "SELECT note, sum(value) FILTER (WHERE value > 0), sum(value), count(value) FILTER "
+            "(WHERE value > 0), var_pop(value) FILTER (WHERE value > 0), count(value) FROM "
+            "telemetry GROUP BY note");
 }
 
 TEST(ShardStatement, AveragesAreFoundInEveryStatementOfTheShape) {

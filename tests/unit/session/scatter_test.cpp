@@ -3,6 +3,7 @@
 // part is answered, and the client answered once, as one database would.
 #include <gtest/gtest.h>
 
+#include "protocol/binary_values.h"
 #include "protocol/messages.h"
 #include "protocol/wire.h"
 #include "tests/unit/session/session_test_util.h"
@@ -133,7 +134,8 @@ TEST_F(Scatter, AnExtendedRequestGetsTheAnswersItsMessagesAskFor) {
 }
 
 // A RowDescription of columns named and typed as given (text format).
-std::string described_as(const std::vector<std::pair<std::string, std::int32_t>>& columns) {
+std::string described_as(const std::vector<std::pair<std::string, std::int32_t>>& columns,
+                         std::int16_t format = 0) {
   std::string out;
   const std::size_t at = protocol::begin_message(out, 'T');
   protocol::append_i16(out, static_cast<std::int16_t>(columns.size()));
@@ -144,7 +146,7 @@ std::string described_as(const std::vector<std::pair<std::string, std::int32_t>>
     protocol::append_i32(out, type);
     protocol::append_i16(out, -1);
     protocol::append_i32(out, -1);
-    protocol::append_i16(out, 0);
+    protocol::append_i16(out, format);
   }
   protocol::end_message(out, at);
   return out;
@@ -236,6 +238,58 @@ TEST_F(Scatter, AnAverageRunsAsASumAndACountAndIsDescribedAsAvg) {
 
 // psycopg's executemany and JDBC's executeBatch send rows in one flight, which PostgreSQL runs as
 // one implicit transaction: rows for two shards cannot be, and the refusal says why.
+TEST_F(Scatter, AStandardDeviationRunsAsASumACountAndAVarianceAlsoInBinary) {
+  std::string in = parse("", "SELECT stddev(value) FROM telemetry");
+  std::string bind_rest;
+  protocol::append_i16(bind_rest, 0);  // no parameters
+  protocol::append_i16(bind_rest, 0);
+  protocol::append_i16(bind_rest, 1);  // one result format, for every column: binary
+  protocol::append_i16(bind_rest, 1);
+  protocol::append_bind(in, "", "", bind_rest);
+  in += describe('P', "") + execute() + sync();
+  const auto [to_s0, to_s1] = start(in);
+  EXPECT_EQ(
+      parsed_in(to_s0),
+      std::vector<std::string>{"SELECT sum(value), count(value), var_pop(value) FROM telemetry"});
+  for (const auto& m : messages_of(to_s0)) {
+    if (m.tag != 'B') continue;
+    protocol::Cursor c(m.body);
+    c.cstr();
+    c.cstr();
+    c.i16();
+    c.i16();
+    EXPECT_EQ(c.i16(), 1) << "one format still covers every column, the added ones too";
+  }
+  auto binary_row = [](double sum, std::int64_t count, double var_pop) {
+    std::string out;
+    const std::size_t at = protocol::begin_message(out, 'D');
+    protocol::append_i16(out, 3);
+    for (const std::string& v : {protocol::binary_float_of(sum, 8),
+                                 protocol::big_endian(static_cast<std::uint64_t>(count), 8),
+                                 protocol::binary_float_of(var_pop, 8)}) {
+      protocol::append_i32(out, static_cast<std::int32_t>(v.size()));
+      out += v;
+    }
+    protocol::end_message(out, at);
+    return out;
+  };
+  const std::string described = described_as({{"sum", 701}, {"count", 20}, {"var_pop", 701}}, 1);
+  const std::string head = parse_complete() + bind_complete() + described;
+  // {1, 2, 3} and {10, 20}: stddev 7.981227975693966.
+  h.server(head + binary_row(6, 3, 2.0 / 3) + complete("SELECT 1") + ready(), T0, 0);
+  const Step s = h.server(head + binary_row(30, 2, 25) + complete("SELECT 1") + ready(), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "12TDCZ");
+  EXPECT_EQ(descriptions_in(s.to_client),
+            (std::vector<std::vector<std::pair<std::string, std::int32_t>>>{{{"stddev", 701}}}));
+  for (const auto& m : messages_of(s.to_client)) {
+    if (m.tag != 'D') continue;
+    protocol::Cursor c(m.body);
+    EXPECT_EQ(c.i16(), 1);
+    EXPECT_EQ(c.i32(), 8);
+    EXPECT_NEAR(protocol::binary_float(*c.bytes(8)), 7.981227975693966, 1e-12);
+  }
+}
+
 TEST_F(Scatter, RowsForTwoShardsInOneFlightAreRefusedAsOneTransaction) {
   auto bind_value = [](std::string_view value) {
     std::string rest;
