@@ -40,6 +40,20 @@ std::vector<std::string> tags_in(std::string_view stream) {
   return out;
 }
 
+// How many result formats the (parameterless) Bind of a stream sends; -1 without a Bind.
+int result_formats_in(std::string_view stream) {
+  for (const auto& m : messages_of(stream)) {
+    if (m.tag != 'B') continue;
+    protocol::Cursor c(m.body);
+    c.cstr();  // portal
+    c.cstr();  // statement
+    c.i16();   // parameter formats (none)
+    c.i16();   // parameters (none)
+    return c.i16().value_or(-1);
+  }
+  return -1;
+}
+
 class Scatter : public ::testing::Test {
  protected:
   routing::ShardingPolicy policy = two_shards();
@@ -192,15 +206,7 @@ TEST_F(Scatter, AnAverageRunsAsASumAndACountAndIsDescribedAsAvg) {
   EXPECT_EQ(parsed_in(to_s0), std::vector<std::string>{
                                   "SELECT note, sum(value), count(value) FROM telemetry GROUP BY "
                                   "note"});
-  for (const auto& m : messages_of(to_s0)) {
-    if (m.tag != 'B') continue;
-    protocol::Cursor c(m.body);
-    c.cstr();
-    c.cstr();
-    c.i16();
-    c.i16();
-    EXPECT_EQ(c.i16(), 3) << "the count column gets a result format too";
-  }
+  EXPECT_EQ(result_formats_in(to_s0), 3) << "the count column gets a result format too";
 
   std::string parameters;
   protocol::append_i16(parameters, 0);
@@ -251,15 +257,8 @@ TEST_F(Scatter, AStandardDeviationRunsAsASumACountAndAVarianceAlsoInBinary) {
   EXPECT_EQ(
       parsed_in(to_s0),
       std::vector<std::string>{"SELECT sum(value), count(value), var_pop(value) FROM telemetry"});
-  for (const auto& m : messages_of(to_s0)) {
-    if (m.tag != 'B') continue;
-    protocol::Cursor c(m.body);
-    c.cstr();
-    c.cstr();
-    c.i16();
-    c.i16();
-    EXPECT_EQ(c.i16(), 1) << "one format still covers every column, the added ones too";
-  }
+  EXPECT_EQ(result_formats_in(to_s0), 1)
+      << "one format still covers every column, the added ones too";
   auto binary_row = [](double sum, std::int64_t count, double var_pop) {
     std::string out;
     const std::size_t at = protocol::begin_message(out, 'D');
