@@ -346,7 +346,12 @@ bool Session::wants_server_input(LinkId id) const {
   // While a session-mode client's read runs on a replica its own server is not read: what that
   // server may send meanwhile (a notification) waits, not to land inside the replica's answer.
   if (id == 0 && options_.mode == config::PoolMode::Session && linked(1)) return false;
-  return state_ != SessionState::Closing && linked(id) && !work_->links[id].held_back;
+  if (state_ == SessionState::Closing || !work_) return false;
+  // As linked(), with the link found once (a deque's index costs more than its front).
+  const auto& links = work_->links;
+  const Link* l = id == 0 ? (links.empty() ? nullptr : &links.front())
+                          : (id < links.size() ? &links[id] : nullptr);
+  return l != nullptr && l->server != nullptr && !l->held_back;
 }
 
 void Session::trim() {
