@@ -156,6 +156,50 @@ def test_a_write_that_fails_on_one_shard_changes_no_shard(two_pc, pgvalve):
         assert prepared_on(node) == []
 
 
+def test_a_first_commit_that_fails_rolls_the_write_back_on_every_shard(two_pc, pgvalve):
+    """The first shard's COMMIT PREPARED decides a write over several shards. Here an operator
+    rolls back that shard's prepared part while the other shard's part waits on a lock; its
+    COMMIT PREPARED then fails, no shard has committed, and pgvalve rolls the other part back
+    instead of committing it: the write is on no shard, and the client hears 40000."""
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    a = next(d for d in range(1, 100) if md5_mod(d) == 0)
+    b = next(d for d in range(1, 100) if md5_mod(d) == 1)
+    with pv.connect() as conn:
+        conn.execute(f"INSERT INTO telemetry (device_id, value) VALUES ({a}, 1), ({b}, 1)")
+    locker = two_pc[1].primary.connect(dbname=APP_DB, autocommit=False)
+    locker.execute(f"SELECT * FROM telemetry WHERE device_id = {b} FOR UPDATE")
+    outcome = {}
+
+    def write():
+        with pv.connect() as c:
+            try:
+                c.execute("/* pgvalve: all_shards */ UPDATE telemetry SET value = 2")
+                outcome["ok"] = True
+            except psycopg.Error as e:
+                outcome["error"] = e
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        wait_until(lambda: prepared_on(two_pc[0]), 10, message="shard 0's part prepared")
+        gid = prepared_on(two_pc[0])[0][0]
+        with two_pc[0].primary.connect(dbname=APP_DB, autocommit=True) as operator:
+            operator.execute(f"ROLLBACK PREPARED '{gid}'")
+    finally:
+        locker.rollback()
+        locker.close()
+        writer.join(15)
+    assert "error" in outcome, outcome
+    assert outcome["error"].sqlstate == "40000", outcome["error"]
+    assert str(outcome["error"]).startswith("pgvalve:"), outcome["error"]
+    assert on(two_pc[0], "SELECT value FROM telemetry") == [(1.0,)]
+    assert on(two_pc[1], "SELECT value FROM telemetry") == [(1.0,)], "committed on shard 1 alone"
+    assert prepared_on(two_pc[1]) == []
+    with pv.connect() as conn:  # the client goes on
+        assert conn.execute("SELECT count(*) FROM telemetry").fetchone() == (2,)
+
+
 def test_without_prepared_transactions_a_write_to_several_shards_is_refused(two_pc, cluster,
                                                                              pgvalve):
     # s1 is the session's cluster: max_prepared_transactions = 0.
