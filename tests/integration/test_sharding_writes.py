@@ -2,9 +2,10 @@
 reference tables reach every shard, as do UPDATE/DELETE whose keys span shards or that are hinted
 `all_shards`; each runs in a transaction per shard, prepared there, and committed on all of them
 only once every shard prepared it (two-phase commit). A write that fails on one shard changes no
-shard; servers without prepared transactions refuse the write and keep nothing of it; a shard
-lost between PREPARE and COMMIT leaves the others rolled back and its own part prepared, which
-SHOW SHARDS reports until an operator resolves it."""
+shard, nor does one whose first COMMIT PREPARED fails; servers without prepared transactions
+refuse the write and keep nothing of it; a shard lost between PREPARE and COMMIT leaves the
+others rolled back and its own part prepared, which SHOW SHARDS reports until pgvalve rolls it
+back there once the shard is back."""
 
 from __future__ import annotations
 
