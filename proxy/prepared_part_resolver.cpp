@@ -26,7 +26,7 @@ std::string quoted(const std::string& gid) {
 }
 
 // A part pgvalve will not decide: the operator is told what to run.
-void left_to_operator(const PreparedPartResolver::Part& part, const char* reason) {
+void log_for_operator(const PreparedPartResolver::Part& part, const char* reason) {
   PGV_LOG(Error, "prepared_part_not_resolved", {"database", part.database}, {"shard", part.shard},
           {"gid", part.gid}, {"decision", part.commit ? "commit" : "rollback"}, {"reason", reason},
           {"action", std::string(part.commit ? "COMMIT" : "ROLLBACK") + " PREPARED " +
@@ -45,11 +45,21 @@ void PreparedPartResolver::add(Part part) {
     }
   }
   if (!kept) {
-    left_to_operator(part, "too many parts are waiting");
+    log_for_operator(part, "too many parts are waiting");
     return;
   }
   PGV_LOG(Info, "prepared_part_waiting", {"database", part.database}, {"shard", part.shard},
           {"gid", part.gid}, {"decision", part.commit ? "commit" : "rollback"});
+}
+
+void PreparedPartResolver::leave_to_operator() {
+  std::vector<Part> parts;
+  {
+    std::lock_guard lock(mutex_);
+    parts.swap(waiting_);
+  }
+  for (const Part& part : parts)
+    log_for_operator(part, "pgvalve stopped before the shard took writes again");
 }
 
 boost::asio::awaitable<void> PreparedPartResolver::run() {
@@ -82,7 +92,7 @@ boost::asio::awaitable<bool> PreparedPartResolver::decide(const Part& part) {
   const auto config = app_.config();
   const config::User* user = config->find_user(part.user);
   if (!user) {
-    left_to_operator(part, "its user is no longer in the configuration");
+    log_for_operator(part, "its user is no longer in the configuration");
     co_return true;
   }
   auto link = std::make_shared<PgLink>();

@@ -5,8 +5,8 @@
 // from the WAL). Until then a prepared part holds its locks and SHOW SHARDS counts it.
 //
 // add() is called from any worker; run() loops on the control thread. What is waiting lives in
-// pgvalve's memory only: a pgvalve that stops first leaves the parts to an operator
-// (docs/sharding.md).
+// pgvalve's memory only: a pgvalve that stops first logs each part with the command an operator
+// must run (leave_to_operator(), docs/sharding.md).
 #pragma once
 
 #include <chrono>
@@ -46,6 +46,10 @@ class PreparedPartResolver {
   // Runs until the control loop stops: every second, each waiting part whose shard has a host
   // taking writes is decided there.
   boost::asio::awaitable<void> run();
+
+  // pgvalve stops: each part still waiting is logged (prepared_part_not_resolved) with the
+  // COMMIT PREPARED or ROLLBACK PREPARED that finishes it, and forgotten.
+  void leave_to_operator();
 
  private:
   // True when the part is settled: decided now, or found decided already.

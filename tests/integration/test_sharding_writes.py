@@ -217,12 +217,14 @@ def test_without_prepared_transactions_a_write_to_several_shards_is_refused(two_
     assert prepared_on(two_pc[0]) == []
 
 
-def test_a_part_left_prepared_on_a_lost_shard_is_rolled_back_once_the_shard_is_back(two_pc,
-                                                                                    pgvalve):
+@pytest.mark.parametrize("pgvalve_stops", [False, True], ids=["pgvalve_runs", "pgvalve_stops"])
+def test_a_part_left_prepared_on_a_lost_shard_is_rolled_back_once_the_shard_is_back(
+        two_pc, pgvalve, pgvalve_stops):
     """s0's part waits on a lock while s1 prepares; s1 is then killed. The write rolls back on
     s0 and the client gets an error naming the transaction. s1 comes back with its part still
     prepared (two-phase state survives a crash), and pgvalve rolls it back there by itself, as
-    it did on s0; SHOW SHARDS counts it until then."""
+    it did on s0; SHOW SHARDS counts it until then. A pgvalve that stops first logs the command
+    that finishes the part, and an operator runs it."""
     prepare_schema(two_pc)
     pv = pgvalve(users=APP_AND_OPS, **config(two_pc))
     blocker = two_pc[0].primary.connect(dbname=APP_DB)
@@ -261,6 +263,20 @@ def test_a_part_left_prepared_on_a_lost_shard_is_rolled_back_once_the_shard_is_b
     time.sleep(1.5)
     assert "event=prepared_part_waiting" in pv.log_text()
     assert "event=prepared_part_resolved" not in pv.log_text()
+    if pgvalve_stops:
+        # The decision would leave with the process: the log keeps it, as a command to run.
+        pv.stop()
+        line = next(li for li in pv.log_text().splitlines()
+                    if "event=prepared_part_not_resolved" in li)
+        assert gid in line and "decision=rollback" in line and "shard=s1" in line, line
+        command = f"ROLLBACK PREPARED '{gid}'"
+        assert command in line, line
+        two_pc[1].primary.start()
+        assert prepared_on(two_pc[1]) == [(gid,)]
+        with two_pc[1].primary.connect(dbname=APP_DB) as operator:
+            operator.execute(command)
+        assert prepared_on(two_pc[1]) == []
+        return
 
     # s1 comes back: pgvalve rolls its part back there, no operator needed.
     two_pc[1].primary.start()
