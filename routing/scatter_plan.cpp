@@ -340,13 +340,54 @@ class Planner {
     return -1;
   }
 
+  // Rows that one FROM item yields come from sharded tables only, met by inner joins.
+  bool sharded_rows_only(const Json& item) const {
+    if (const Json* rv = as(item, "RangeVar")) return sharded(*rv);
+    if (const Json* join = as(item, "JoinExpr")) {
+      const Json* type = field(*join, "jointype");
+      const Json* l = field(*join, "larg");
+      const Json* r = field(*join, "rarg");
+      return type != nullptr && type->is_string() &&
+             type->get_ref<const std::string&>() == "JOIN_INNER" && l != nullptr && r != nullptr &&
+             sharded_rows_only(*l) && sharded_rows_only(*r);
+    }
+    return false;
+  }
+
+  // GROUP BY the key over sharded tables only (joined on the key, checked by the caller): all
+  // rows of a device are on its shard, so each group is whole there and every shard's groups
+  // are final, whatever the aggregates, HAVING included.
+  bool groups_by_key(const Json& s) const {
+    const Json* groups = field(s, "groupClause");
+    const Json* from = field(s, "fromClause");
+    if (groups == nullptr || !groups->is_array() || from == nullptr || !from->is_array() ||
+        from->empty()) {
+      return false;
+    }
+    const Json* targets = field(s, "targetList");
+    const auto names_key = [&](const Json& g) {
+      if (is_key(g)) return true;
+      // GROUP BY 1: the output column it numbers.
+      if (targets == nullptr || !targets->is_array() || as(g, "A_Const") == nullptr) return false;
+      const int column = column_of(g, *targets, false);
+      const Json* t =
+          column >= 0 ? as((*targets)[static_cast<std::size_t>(column)], "ResTarget") : nullptr;
+      const Json* val = t != nullptr ? field(*t, "val") : nullptr;
+      return val != nullptr && is_key(*val);
+    };
+    if (!std::any_of(groups->begin(), groups->end(), names_key)) return false;
+    return std::all_of(from->begin(), from->end(),
+                       [&](const Json& item) { return sharded_rows_only(item); });
+  }
+
   ScatterPlan select(const Json& s) {
     const Json* op = field(s, "op");
     if (op != nullptr && op->is_string() && op->get_ref<const std::string&>() != "SETOP_NONE") {
       return refuse("UNION, INTERSECT and EXCEPT are not combined across shards yet");
     }
     if (field(s, "withClause") != nullptr) return refuse("WITH is not combined across shards yet");
-    if (field(s, "havingClause") != nullptr) {
+    const bool local_groups = groups_by_key(s);
+    if (field(s, "havingClause") != nullptr && !local_groups) {
       return refuse("HAVING filters groups that only exist once the shards' rows are combined");
     }
     if (field(s, "windowClause") != nullptr || any_node(s, [](const Json& n) {
@@ -397,7 +438,7 @@ class Planner {
       if (any_node(*val, [](const Json& n) { return as(n, "A_Star") != nullptr; })) star = true;
       if (aggregate_call(*val) != nullptr) {
         aggregates = true;
-      } else if (contains_aggregate(*val)) {
+      } else if (contains_aggregate(*val) && !local_groups) {
         return refuse(
             "an expression over an aggregate is computed per shard; select the "
             "aggregates themselves");
@@ -406,7 +447,8 @@ class Planner {
     const Json* groups = field(s, "groupClause");
     const bool grouped =
         aggregates || (groups != nullptr && groups->is_array() && !groups->empty());
-    if (grouped) {
+    // Groups whole on their shard are rows like any other: concatenated or merged, not combined.
+    if (grouped && !local_groups) {
       if (star) return refuse("* in a grouped query across shards");
       std::vector<bool> grouping(targets->size(), false);
       if (groups != nullptr && groups->is_array()) {

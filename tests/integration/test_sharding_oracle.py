@@ -227,6 +227,19 @@ def across(data):
          "ORDER BY type_id", None, True),
         ("SELECT date_trunc('day', ts) AS day, count(*), min(value) FROM telemetry "
          "GROUP BY 1 ORDER BY 1", None, True),
+        # Groups by the key are whole on their shard: any aggregate, expressions over them,
+        # HAVING, each shard's LIMIT of rows.
+        ("SELECT device_id, count(*), max(value) - min(value), round(avg(value)::numeric, 6) "
+         "FROM telemetry GROUP BY device_id HAVING count(*) > 100 ORDER BY 2 DESC, 1 LIMIT 7",
+         None, True),
+        ("SELECT device_id, percentile_cont(0.5) WITHIN GROUP (ORDER BY value), "
+         "count(DISTINCT note) FROM telemetry GROUP BY 1 ORDER BY 1", None, True),
+        ("SELECT t.device_id, d.site, string_agg(t.note, ',' ORDER BY t.ts, t.note) "
+         "FROM telemetry t JOIN devices d USING (device_id) WHERE t.ts < %s GROUP BY 1, 2 "
+         "ORDER BY 1", (lo,), True),
+        ("SELECT count(*) FROM telemetry GROUP BY device_id", None, False),
+        ("SELECT device_id, avg(value) FROM telemetry GROUP BY device_id "
+         "ORDER BY 2 DESC NULLS LAST, 1 LIMIT 5 OFFSET 3", None, True),
         ("SELECT device_id, ts FROM telemetry WHERE value > 1000", None, True),  # no rows
         ("SELECT count(*) FROM telemetry WHERE value > 1000", None, True),
         ("SELECT max(value) FROM telemetry WHERE value > 1000", None, True),  # NULL

@@ -104,21 +104,50 @@ TEST(ScatterPlan, CountSumMinMaxCombine) {
 }
 
 TEST(ScatterPlan, GroupByOnOutputColumnsCombinesGroups) {
-  ScatterPlan p = plan(
-      "SELECT device_id, count(*), max(value) FROM telemetry GROUP BY device_id ORDER BY 2 DESC");
+  ScatterPlan p =
+      plan("SELECT note, count(*), max(value) FROM telemetry GROUP BY note ORDER BY 2 DESC");
   ASSERT_TRUE(p.ok) << p.refusal;
   EXPECT_EQ(p.combine, (std::vector<Combine>{Combine::Group, Combine::Sum, Combine::Max}));
   EXPECT_EQ(p.order, (std::vector<SortKey>{{1, true, true}}));
   p = plan("SELECT date_trunc('hour', ts), count(*) FROM telemetry GROUP BY 1");
   ASSERT_TRUE(p.ok) << p.refusal;
   EXPECT_EQ(p.combine, (std::vector<Combine>{Combine::Group, Combine::Sum}));
-  p = plan("SELECT note, device_id FROM telemetry GROUP BY device_id, note");
+  p = plan("SELECT note, ts FROM telemetry GROUP BY ts, note");
   ASSERT_TRUE(p.ok) << p.refusal;
   EXPECT_EQ(p.combine, (std::vector<Combine>{Combine::Group, Combine::Group}));
 }
 
+TEST(ScatterPlan, GroupsByTheKeyAreWholeOnTheirShardAndPassAsRows) {
+  // Every aggregate, expressions over them and HAVING: each shard's groups are final.
+  ScatterPlan p = plan(
+      "SELECT device_id, count(*), max(value) - min(value), percentile_cont(0.5) WITHIN GROUP "
+      "(ORDER BY value), string_agg(note, ','), count(DISTINCT note) FROM telemetry "
+      "GROUP BY device_id HAVING count(*) > 2 ORDER BY 2 DESC LIMIT 10");
+  ASSERT_TRUE(p.ok) << p.refusal;
+  EXPECT_TRUE(p.combine.empty());
+  EXPECT_TRUE(p.averages.empty());
+  EXPECT_EQ(p.order, (std::vector<SortKey>{{1, true, true}}));
+  p = plan("SELECT count(*) FROM telemetry GROUP BY device_id");
+  ASSERT_TRUE(p.ok) << p.refusal;
+  EXPECT_TRUE(p.combine.empty());
+  p = plan(
+      "SELECT t.device_id, count(DISTINCT e.kind) FROM telemetry t JOIN device_events e ON "
+      "e.device_id = t.device_id GROUP BY t.device_id HAVING count(*) > 1");
+  ASSERT_TRUE(p.ok) << p.refusal;
+  EXPECT_TRUE(p.combine.empty());
+  // A reference table's rows, or an outer join's, are on every shard: groups are combined.
+  expect_refused(
+      "SELECT t.device_id, count(*) FROM telemetry t JOIN device_types d ON d.id = t.device_id "
+      "GROUP BY 1 HAVING count(*) > 1",
+      "HAVING");
+  expect_refused(
+      "SELECT t.device_id, count(*) FROM telemetry t LEFT JOIN device_events e USING "
+      "(device_id) GROUP BY 1 HAVING count(*) > 1",
+      "HAVING");
+}
+
 TEST(ScatterPlan, WhatDoesNotCombineIsRefused) {
-  expect_refused("SELECT count(*) FROM telemetry GROUP BY device_id", "GROUP BY");
+  expect_refused("SELECT count(*) FROM telemetry GROUP BY note", "GROUP BY");
   expect_refused("SELECT avg(DISTINCT value) FROM telemetry", "avg()");
   expect_refused("SELECT bit_xor(DISTINCT device_id) FROM telemetry", "bit_xor(DISTINCT");
   expect_refused("SELECT avg(value ORDER BY ts) FROM telemetry", "avg()");
@@ -127,8 +156,7 @@ TEST(ScatterPlan, WhatDoesNotCombineIsRefused) {
   expect_refused("SELECT count(DISTINCT note) FROM telemetry", "DISTINCT");
   expect_refused("SELECT sum(DISTINCT value) FROM telemetry", "DISTINCT");
   expect_refused("SELECT count(*) + 1 FROM telemetry", "expression over an aggregate");
-  expect_refused("SELECT device_id, count(*) FROM telemetry GROUP BY 1 HAVING count(*) > 2",
-                 "HAVING");
+  expect_refused("SELECT note, count(*) FROM telemetry GROUP BY 1 HAVING count(*) > 2", "HAVING");
   expect_refused("SELECT rank() OVER (ORDER BY ts) FROM telemetry", "window");
   expect_refused("SELECT device_id FROM telemetry UNION SELECT device_id FROM device_events",
                  "UNION");
@@ -336,6 +364,16 @@ TEST(ShardStatement, VariancesRunAsSumsWithCountsAndPopulationVariancesAfterTheO
             "SELECT note, sum(value) FILTER (WHERE value > 0), sum(value), count(value) FILTER "
             "(WHERE value > 0), var_pop(value) FILTER (WHERE value > 0), count(value) FROM "
             "telemetry GROUP BY note");
+}
+
+TEST(ShardStatement, GroupsByTheKeyRunAsWrittenWithTheLimitOfRows) {
+  const ShardStatement s = rewritten(
+      "SELECT device_id, avg(value) FROM telemetry GROUP BY 1 ORDER BY 2 LIMIT 5 OFFSET 5");
+  EXPECT_EQ(s.sql,
+            "SELECT device_id, avg(value) FROM telemetry GROUP BY 1 ORDER BY 2 LIMIT 10 OFFSET 0")
+      << "avg() is exact on the shard; each shard's first rows are enough";
+  EXPECT_EQ(s.limit, 5);
+  EXPECT_EQ(s.offset, 5);
 }
 
 TEST(ShardStatement, AveragesAreFoundInEveryStatementOfTheShape) {
