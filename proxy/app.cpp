@@ -123,8 +123,10 @@ std::shared_ptr<const session::SessionOptions> App::session_options(
     const config::ConfigPtr& config) {
   std::lock_guard lock(sharding_mutex_);
   if (!session_options_ || session_options_->config != config) {
+    session::SessionOptions options = session::SessionOptions::from(*config);
+    options.instance = instance_;
     session_options_ = std::make_shared<const SharedSessionOptions>(
-        SharedSessionOptions{config, session::SessionOptions::from(*config)});
+        SharedSessionOptions{config, std::move(options)});
   }
   return {session_options_, &session_options_->options};
 }

@@ -8,6 +8,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <random>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -174,6 +175,7 @@ class App : public pool::Handoff {
   std::vector<HostRow> hosts() const;
   // Parts of two-phase commits left prepared on a lost server, decided once it is back.
   PreparedPartResolver& prepared_parts() { return *prepared_parts_; }
+  std::uint32_t instance() const { return instance_; }
   std::uint64_t failovers() const { return health_ ? health_->failovers() : 0; }
   // Runs `f(worker)` on every worker's thread (what only that thread may touch: its sessions,
   // its statement statistics, its idle server connections) and waits for them here, at most
@@ -320,6 +322,9 @@ class App : public pool::Handoff {
   std::unique_ptr<HealthChecker> health_;
   std::unique_ptr<SlowQueryExplainer> explainer_;
   std::unique_ptr<PreparedPartResolver> prepared_parts_;
+  // This process, in the names of its two-phase commits (session/two_phase.h): drawn at start,
+  // so that the resolver tells its own parts from those of a pgvalve that is gone.
+  const std::uint32_t instance_ = std::random_device{}();
   void set_topology(std::shared_ptr<const Topology> topology);
   void retire_pools_not_in(const config::Config& next);
 };

@@ -1273,7 +1273,7 @@ void ClientSession::hand_over(const std::vector<session::PreparedPart>& parts) {
     if (!database_ || part.shard >= database_->shards.size()) continue;
     app_.prepared_parts().add({database_name_, database_->dbname, user_name_,
                                database_->shards[part.shard].name, std::string(part.gid()),
-                               part.commit});
+                               part.commit, part.follow});
   }
 }
 

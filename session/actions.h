@@ -52,22 +52,28 @@ struct HubRequest {
 
 // A part of a two-phase commit (a write or a transaction over several shards) left prepared on
 // a shard whose server was lost, and the decision the other parts got: the I/O layer has it
-// carried out there once the shard takes writes again (proxy/prepared_part_resolver.h).
+// carried out there once the shard takes writes again (proxy/prepared_part_resolver.h). `follow`:
+// while the deciding part's COMMIT PREPARED is unconfirmed, the part is finished as that shard's
+// transaction ended (two_phase.h), not as `commit` says.
 // Trivially destructible, so that clearing Actions each step costs one store: the gid is kept
-// inline (pgvalve's own, "pgvalve:<pid>:<clock>:<n>", take at most 60 bytes).
+// inline (pgvalve's own, session/two_phase.h, take at most 77 bytes).
 class PreparedPart {
  public:
-  PreparedPart(std::uint16_t shard, std::string_view gid, bool commit)
-      : shard(shard), commit(commit), size_(static_cast<std::uint8_t>(std::min(gid.size(), kMax))) {
+  PreparedPart(std::uint16_t shard, std::string_view gid, bool commit, bool follow = false)
+      : shard(shard),
+        commit(commit),
+        follow(follow),
+        size_(static_cast<std::uint8_t>(std::min(gid.size(), kMax))) {
     std::memcpy(gid_, gid.data(), size_);
   }
   std::string_view gid() const { return {gid_, size_}; }
 
   std::uint16_t shard = 0;
   bool commit = false;  // else rolled back
+  bool follow = false;  // as the deciding shard's transaction ended
 
  private:
-  static constexpr std::size_t kMax = 72;
+  static constexpr std::size_t kMax = 80;
   std::uint8_t size_ = 0;
   char gid_[kMax] = {};
 };

@@ -52,14 +52,13 @@ Session::ScatterStart Session::start_copy(std::string_view frames, const Request
   const std::uint64_t fingerprint = fingerprint_of(request.sql);
   // Outside a transaction, the COPY is one of its own on every shard, committed with two-phase
   // commit; inside, each shard's part is the transaction's, committed with it.
-  std::string gid = in_transaction ? std::string() : two_phase_gid();
   auto scatter = std::make_unique<Scatter>();
-  const std::string why = scatter->start(head.frame.whole, request.sql, {}, concatenated(),
-                                         routing::ShardStatement{}, shards, kMaxGatheredBytes,
-                                         options_.max_message_bytes, gid, nullptr, true, true);
+  const std::string why = scatter->start(
+      head.frame.whole, request.sql, {}, concatenated(), routing::ShardStatement{}, shards,
+      kMaxGatheredBytes, options_.max_message_bytes, !in_transaction, nullptr, true);
   if (!why.empty()) return refuse("this COPY cannot be routed row by row: " + why);
   if (in_transaction) {
-    open_scatter_run(std::move(scatter), {}, fingerprint, {});
+    open_scatter_run(std::move(scatter), {}, fingerprint, false);
     send_to_transaction_parts(route.shards, kActionScatterCopy, out);
     auto& run = work().change_scatter();
     run.copy = std::make_unique<routing::CopyRows>(plan, sharding, kMaxCopyRowBytes);
@@ -74,11 +73,10 @@ Session::ScatterStart Session::start_copy(std::string_view frames, const Request
   for (std::uint64_t rest = route.shards; rest != 0; rest &= rest - 1) {
     routes.push_back(routing::Route::primary(static_cast<std::uint16_t>(std::countr_zero(rest))));
   }
-  open_scatter_run(std::move(scatter), std::move(routes), fingerprint, std::move(gid));
+  open_scatter_run(std::move(scatter), std::move(routes), fingerprint, true);
   auto& run = work().change_scatter();
   run.copy = std::make_unique<routing::CopyRows>(plan, sharding, kMaxCopyRowBytes);
   run.copy_out.assign(static_cast<std::size_t>(shards), {});
-  pr::append_query(run.prepare, "PREPARE TRANSACTION '" + run.gid + "'");
   if (recorder_) recorder_->stats->prepare(fingerprint, request.sql, recorder_->labels);
   out.consumed = head.frame.whole.size();
   check_out_next_shard(out);
@@ -199,9 +197,7 @@ void Session::end_copy(Actions& out) {
 void Session::copy_part_answered(Link& l, Actions& out) {
   auto& run = work().change_scatter();
   l.copy_in = false;
-  out.to_links.push_back({l.id, {run.prepare.data(), run.prepare.size()}});
-  expect_own_answer(l, kActionScatterPrepare);
-  l.last_activity = now_;
+  prepare_part(l, out);
   if (run.scatter->failed()) end_copy(out);
 }
 

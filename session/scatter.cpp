@@ -3,6 +3,7 @@
 #include "protocol/messages.h"
 #include "protocol/wire.h"
 #include "routing/sql_lexer.h"
+#include "session/two_phase.h"
 #include "stats/query_stats.h"
 
 namespace pgvalve::session {
@@ -19,9 +20,8 @@ constexpr std::size_t kMaxNoticeBytes = 64 * 1024;
 std::string Scatter::start(std::string_view frames, std::string_view sql,
                            std::string_view param_types, const routing::ScatterPlan& plan,
                            const routing::ShardStatement& statement, int shards,
-                           std::size_t max_bytes, std::size_t max_message_bytes,
-                           std::string_view gid, const std::vector<Part>* parts, bool copy,
-                           bool write) {
+                           std::size_t max_bytes, std::size_t max_message_bytes, bool two_phase,
+                           const std::vector<Part>* parts, bool write) {
   const std::string_view text = statement.sql.empty() ? sql : std::string_view(statement.sql);
   std::string_view bind_rest;
   bool synced = false;
@@ -79,8 +79,7 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
       (steps_.find('B') == std::string::npos || steps_.find('E') == std::string::npos)) {
     return "the request does not execute a statement";
   }
-  write_ = write || !gid.empty();
-  const bool wrap = !gid.empty();
+  write_ = write || two_phase;
   // Averages add a count column per average to what each shard answers (ScatterPlan::Average).
   std::string counted_rest;
   if (!plan.averages.empty() && !bind_rest.empty()) {
@@ -91,7 +90,7 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
   }
   const bool statement_described = steps_.find('S') != std::string::npos;
   auto build = [&](std::string& out, std::string_view statement_text, std::string_view types,
-                   std::string_view rest) {
+                   std::string_view rest, bool decider) {
     // The hint comment is pgvalve's, not PostgreSQL's.
     std::string unhinted;
     std::string_view text = statement_text;
@@ -99,7 +98,8 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
       unhinted.assign(text.substr(0, hint.begin)).append(text.substr(hint.end));
       text = unhinted;
     }
-    if (wrap) pr::append_query(out, "BEGIN");
+    if (two_phase) pr::append_query(out, "BEGIN");
+    if (two_phase && decider) pr::append_query(out, kXidQuery);
     if (steps_ == "Q") {
       pr::append_query(out, text);
     } else {
@@ -110,15 +110,15 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
       pr::append_execute(out, "", 0);
       pr::append_sync(out);
     }
-    if (wrap && !copy) pr::append_query(out, "PREPARE TRANSACTION '" + std::string(gid) + "'");
   };
   if (parts != nullptr) {
     for (const Part& part : *parts) {
       requests_.emplace_back();
-      build(requests_.back(), part.sql, part.param_types, part.bind_rest);
+      build(requests_.back(), part.sql, part.param_types, part.bind_rest, requests_.size() == 1);
     }
   } else {
-    build(request_, text, param_types, bind_rest);
+    build(request_, text, param_types, bind_rest, false);
+    if (two_phase) build(decider_request_, text, param_types, bind_rest, true);
   }
   gather_.emplace(plan, shards, statement.limit, statement.offset, max_bytes, !write_);
   rows_.assign(static_cast<std::size_t>(shards), 0);

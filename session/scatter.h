@@ -37,10 +37,11 @@ class Scatter {
   // how many take part. Empty when the request is carried out; else why it cannot be (for a
   // 0A000 refusal). The rows held while shards answer may take `max_bytes`.
   // `parts`, when given: each shard runs a statement of its own (an INSERT whose rows were
-  // split between shards), one per shard in shard order. `copy`: a write that is a COPY FROM
-  // STDIN; its request ends with the COPY, as the PREPARE TRANSACTION can only follow its data.
-  // `write` without a `gid`: a write that runs inside the client's transaction (its answers are
-  // counted as a write's, and nothing wraps it).
+  // split between shards), one per shard in shard order. `two_phase`: a write each shard runs in a
+  // transaction of its own, BEGIN first, to be prepared and committed by the session (the first
+  // shard's part, which decides, also tells its xid: two_phase.h); the session sends the PREPARE
+  // TRANSACTION once the name is known. `write` without `two_phase`: a write that runs inside the
+  // client's transaction (its answers are counted as a write's, and nothing wraps it).
   struct Part {
     std::string sql;
     std::string param_types;  // raw, as in Parse
@@ -49,17 +50,17 @@ class Scatter {
   std::string start(std::string_view frames, std::string_view sql, std::string_view param_types,
                     const routing::ScatterPlan& plan, const routing::ShardStatement& statement,
                     int shards, std::size_t max_bytes, std::size_t max_message_bytes,
-                    std::string_view gid = {}, const std::vector<Part>* parts = nullptr,
-                    bool copy = false, bool write = false);
-  // A write: with a `gid`, each shard runs it between BEGIN and PREPARE TRANSACTION 'gid' and
-  // the session commits or rolls back the prepared parts; without, it runs in the client's
-  // transaction.
+                    bool two_phase = false, const std::vector<Part>* parts = nullptr,
+                    bool write = false);
+  // A write: two-phase, each shard runs it in a transaction of its own that the session
+  // prepares and commits or rolls back; else it runs in the client's transaction.
   bool write() const { return write_; }
 
   // What shard `shard` (0 is the first taking part) is sent.
   std::string_view request(int shard) const {
-    return requests_.empty() ? std::string_view(request_)
-                             : std::string_view(requests_.at(static_cast<std::size_t>(shard)));
+    if (!requests_.empty()) return requests_.at(static_cast<std::size_t>(shard));
+    return shard == 0 && !decider_request_.empty() ? std::string_view(decider_request_)
+                                                   : std::string_view(request_);
   }
   int shards() const { return static_cast<int>(rows_.size()); }
 
@@ -94,6 +95,7 @@ class Scatter {
   // 'B' Bind, 'D' Describe portal, 'E' Execute; 'Q' a simple Query.
   std::string steps_;
   std::string request_;                // the same for every shard
+  std::string decider_request_;        // ... but the first, when it tells its xid
   std::vector<std::string> requests_;  // or one per shard
   bool write_ = false;
   std::optional<routing::Gather> gather_;

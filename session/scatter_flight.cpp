@@ -96,10 +96,10 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
   auto scatter = std::make_unique<Scatter>();
   const int shards = std::popcount(route.shards);
   // A write runs in a transaction on each shard, prepared there, and committed on all of them
-  // only when every shard prepared it (two-phase commit).
+  // only when every shard prepared it (two-phase commit, named after the first shard's
+  // transaction: two_phase.h).
   // (Inside the client's transaction, its parts are the transaction's, committed with it.)
-  std::string gid;
-  if (route.write && !in_transaction) gid = two_phase_gid();
+  const bool two_phase = route.write && !in_transaction;
   // An INSERT whose rows belong to several shards: each shard gets its own rows.
   std::vector<Scatter::Part> parts;
   if (route.split_rows) {
@@ -128,8 +128,8 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
   }
   const std::string why =
       scatter->start(frames.substr(0, end), request.sql, request.param_types, plan, statement,
-                     shards, kMaxGatheredBytes, options_.max_message_bytes, gid,
-                     route.split_rows ? &parts : nullptr, false, route.write);
+                     shards, kMaxGatheredBytes, options_.max_message_bytes, two_phase,
+                     route.split_rows ? &parts : nullptr, route.write);
   if (!why.empty()) return refuse("0A000", "pgvalve cannot run it across shards: " + why);
 
   // A Parse of a named statement defines it for the client's later Binds, as on one shard.
@@ -164,7 +164,7 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
   }
 
   if (in_transaction) {
-    open_scatter_run(std::move(scatter), {}, fingerprint, {});
+    open_scatter_run(std::move(scatter), {}, fingerprint, false);
     send_to_transaction_parts(route.shards, kActionScatter, out);
     if (recorder_) recorder_->stats->prepare(fingerprint, request.sql, recorder_->labels);
     out.consumed = end;
@@ -190,28 +190,72 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
     }
     routes.push_back(std::move(part));
   }
-  open_scatter_run(std::move(scatter), std::move(routes), fingerprint, std::move(gid));
+  open_scatter_run(std::move(scatter), std::move(routes), fingerprint, two_phase);
   if (recorder_) recorder_->stats->prepare(fingerprint, request.sql, recorder_->labels);
   out.consumed = end;
   check_out_next_shard(out);
   return ScatterStart::Started;
 }
 
-// The name of a two-phase commit's prepared parts: pgvalve's, this client's, unique.
-std::string Session::two_phase_gid() {
-  return "pgvalve:" + std::to_string(key_.process_id) + ":" +
-         std::to_string(now_.time_since_epoch().count()) + ":" + std::to_string(++scatter_writes_);
+// The name of a two-phase commit's prepared parts: pgvalve's, this process's, this client's,
+// unique, and naming the part that decides it (two_phase.h).
+std::string Session::two_phase_gid(std::uint16_t decider, std::uint64_t xid) {
+  TwoPhaseName name;
+  name.instance = options_.instance;
+  name.client = static_cast<std::uint32_t>(key_.process_id);
+  name.count = ++scatter_writes_;
+  name.decider = decider;
+  name.xid = xid;
+  return session::two_phase_gid(name);
 }
 
 void Session::open_scatter_run(std::unique_ptr<Scatter> scatter, std::vector<routing::Route> routes,
-                               std::uint64_t fingerprint, std::string gid) {
+                               std::uint64_t fingerprint, bool two_phase) {
   auto& run = work().change_scatter();
   run = {};
   run.scatter = std::move(scatter);
   run.routes = std::move(routes);
   run.fingerprint = fingerprint;
   run.started = now_;
-  run.gid = std::move(gid);
+  run.two_phase = two_phase;
+}
+
+// A part of a two-phase write is prepared once the decider told its xid (the gid is known then);
+// until then it waits (prepare_due). Without an xid every part rolls back instead: ROLLBACK,
+// answered as a PREPARE of a failed transaction is (not prepared).
+void Session::prepare_part(Link& l, Actions& out) {
+  auto& run = work().change_scatter();
+  if (run.xid == Workspace::XidState::Asked) {
+    l.prepare_due = true;
+    return;
+  }
+  l.prepare_due = false;
+  const std::string& sql = run.xid == Workspace::XidState::Known ? run.prepare : rollback_message();
+  out.to_links.push_back({l.id, {sql.data(), sql.size()}});
+  expect_own_answer(l, kActionScatterPrepare);
+  l.last_activity = now_;
+}
+
+void Session::prepare_due_parts(Actions& out) {
+  for (Link& o : work().links) {
+    if (o.server && o.scatter_shard >= 0 && o.prepare_due) prepare_part(o, out);
+  }
+}
+
+// The decider's xid came (or could not): the gid is known, and the parts waiting for it are
+// prepared (or rolled back).
+void Session::decider_answered(std::optional<std::uint64_t> xid, Actions& out) {
+  auto& run = work().change_scatter();
+  if (run.xid != Workspace::XidState::Asked) return;
+  if (xid && !run.scatter->failed()) {
+    run.xid = Workspace::XidState::Known;
+    run.gid = two_phase_gid(run.routes.front().shard, *xid);
+    run.prepare.clear();
+    pr::append_query(run.prepare, "PREPARE TRANSACTION '" + run.gid + "'");
+  } else {
+    run.xid = Workspace::XidState::Failed;
+  }
+  prepare_due_parts(out);
 }
 
 bool Session::scattering() const {
@@ -271,14 +315,18 @@ void Session::link_scatter(Link& l, Actions& out) {
   out.to_server.push_back({request.data(), request.size()});
   out.server_link = l.id;
   if (run.copy) {
-    // BEGIN; the COPY, whose data and PREPARE TRANSACTION follow (copy_flight.cpp).
+    // BEGIN (the decider's xid); the COPY, whose data and PREPARE TRANSACTION follow
+    // (copy_flight.cpp).
     expect_own_answer(l, kActionScatterBegin);
+    if (l.scatter_shard == 0) expect_own_answer(l, kActionScatterXid);
     expect_own_answer(l, kActionScatterCopy);
   } else if (run.scatter->write()) {
-    // BEGIN; the statement; PREPARE TRANSACTION: three answers, each up to a ReadyForQuery.
+    // BEGIN (the decider's xid); the statement; PREPARE TRANSACTION once the gid is known: each
+    // answer up to a ReadyForQuery.
     expect_own_answer(l, kActionScatterBegin);
+    if (l.scatter_shard == 0) expect_own_answer(l, kActionScatterXid);
     expect_own_answer(l, kActionScatter);
-    expect_own_answer(l, kActionScatterPrepare);
+    prepare_part(l, out);
   } else {
     expect_own_answer(l, kActionScatter);
   }
@@ -325,6 +373,8 @@ void Session::scatter_checkout_failed(std::string_view sqlstate, std::string_vie
   auto& run = work().change_scatter();
   run.waiting = false;
   fail_scatter(sqlstate, message, out);
+  // The decider's own checkout failed: no xid will come, and the parts roll back.
+  if (run.two_phase && run.next == 1) decider_answered(std::nullopt, out);
   run.next = run.routes.size();
   if (run.copy) end_copy(out);
   if (run.open == 0) {
@@ -342,6 +392,13 @@ void Session::scatter_frame(Link& l, const pr::Frame& f, Actions& out) {
     return;
   }
   switch (action) {
+    case kActionScatterXid:
+      if (f.tag == 'D') run.decider_xid = xid_in_row(f);
+      if (f.tag == 'E') {
+        run.scatter->fail("XX000", "pgvalve: server " + l.server->name +
+                                       " could not begin its part of a write to several shards");
+      }
+      return;
     case kActionScatter: {
       // A streamed read's rows (and what comes before them) reach the client as they come.
       const std::size_t from = l.scratch.size();
@@ -435,6 +492,9 @@ void Session::fail_scatter(std::string_view sqlstate, std::string_view message, 
 void Session::scatter_answered(Link& l, std::uint8_t action, std::string& into, Actions& out) {
   auto& run = work().change_scatter();
   switch (action) {
+    case kActionScatterXid:
+      decider_answered(run.decider_xid, out);
+      return;
     case kActionScatter:
       if (run.in_transaction) {
         // Its part is answered; the server stays the transaction's.
@@ -541,10 +601,27 @@ void Session::end_scatter_link(Link& l, LinkOp::Kind how, std::string& into, Act
   }
   if (how != LinkOp::Kind::Release && run.scatter->write() && (l.prepared || l.finishing)) {
     // Lost with its part prepared (or being committed): the transaction stays prepared there
-    // until the decision the other parts got reaches it.
+    // until the decision the other parts got reaches it. While the deciding part's COMMIT
+    // PREPARED is unconfirmed, the write is that shard's to decide: the parts follow it.
     const bool commit = run.deciding && run.commit;
-    out.prepared_parts.push_back({l.route.shard, run.gid, commit});
-    if (!run.deciding) {
+    const bool unconfirmed = commit && !run.committed_some;
+    out.prepared_parts.push_back({l.route.shard, run.gid, commit, unconfirmed && !l.finishing});
+    if (unconfirmed && l.finishing) {
+      // The decider itself: whether its COMMIT PREPARED ran is unknown. No other part commits
+      // before it has; each follows how its transaction ended (two_phase.h).
+      run.scatter->fail("40003", "pgvalve: lost server " + l.server->name +
+                                     " while committing a write to several shards, whose "
+                                     "outcome that shard decides; pgvalve finishes every shard "
+                                     "the same way once it takes writes again (SHOW SHARDS "
+                                     "counts the parts until then)");
+      for (Link& o : work().links) {
+        if (!o.server || o.id == l.id || o.scatter_shard < 0 || !o.prepared || o.finishing) {
+          continue;
+        }
+        out.prepared_parts.push_back({o.route.shard, run.gid, true, true});
+        unlink(o.id, o.server->tx_status == 'I' ? LinkOp::Kind::Release : LinkOp::Kind::Close, out);
+      }
+    } else if (!run.deciding) {
       run.scatter->fail("08006", "pgvalve: lost server " + l.server->name +
                                      " before a write to several shards committed; it was rolled "
                                      "back on the other shards, and stays prepared there as '" +
@@ -560,16 +637,30 @@ void Session::end_scatter_link(Link& l, LinkOp::Kind how, std::string& into, Act
     if (was_finishing) settle_scatter(into, out);
     return;
   }
-  // A COPY's part is sent its PREPARE TRANSACTION only once the COPY ended (copy_part_answered).
-  bool prepare_sent = !run.copy;
+  // A part is sent its PREPARE TRANSACTION once the gid is known (and a COPY's once the COPY
+  // ended): only then may it have run.
+  bool prepare_sent = false;
   for (std::size_t i = 0; i < l.pending.size(); ++i)
     prepare_sent |= l.pending.at(i).action == kActionScatterPrepare;
+  // The decider lost before it told its xid: no gid, and every part rolls back.
+  const bool decider_lost =
+      run.two_phase && run.xid == Workspace::XidState::Asked && l.scatter_shard == 0;
+  l.prepare_due = false;  // this part is over
   if (how != LinkOp::Kind::Release && !run.gid.empty() && !l.part_answered && prepare_sent) {
     // Its PREPARE TRANSACTION may have run before the server was lost: the part is rolled back
     // there too, once the shard is back.
     out.prepared_parts.push_back({l.route.shard, run.gid, false});
   }
   if (!lost.empty()) fail_scatter("08006", lost, out);
+  if (decider_lost) {
+    if (!run.scatter->failed()) {
+      fail_scatter("08006",
+                   "pgvalve: a shard's server was lost before a write to several shards "
+                   "committed; it was rolled back on every shard, run it again",
+                   out);
+    }
+    decider_answered(std::nullopt, out);
+  }
   if (run.copy && run.scatter->failed()) {
     l.copy_in = false;
     end_copy(out);

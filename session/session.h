@@ -53,6 +53,8 @@ using Clock = std::chrono::steady_clock;
 // What a session needs from the configuration; copied at login.
 struct SessionOptions {
   config::PoolMode mode = config::PoolMode::Transaction;
+  // This pgvalve process, in the names of its two-phase commits (two_phase.h).
+  std::uint32_t instance = 0;
   std::size_t max_message_bytes = 256u << 20;
   std::size_t max_prepared_statements = 500;  // per server connection (LRU)
   bool pin_session_state = true;
@@ -299,10 +301,14 @@ class Session {
   // having joined it (route_in_transaction).
   ScatterStart start_scatter(std::string_view frames, const RequestText& request,
                              routing::Route& route, Actions& out, bool in_transaction = false);
-  std::string two_phase_gid();
+  std::string two_phase_gid(std::uint16_t decider, std::uint64_t xid);
+  void prepare_part(Link& l, Actions& out);
+  void prepare_due_parts(Actions& out);
+  void decider_answered(std::optional<std::uint64_t> xid, Actions& out);
+  void prepare_transaction_parts(Link& decider, bool ok, std::string& into, Actions& out);
   std::string_view scatter_decision_sql();
   void open_scatter_run(std::unique_ptr<Scatter> scatter, std::vector<routing::Route> routes,
-                        std::uint64_t fingerprint, std::string gid);
+                        std::uint64_t fingerprint, bool two_phase);
   // Inside the client's transaction: the run's request goes to the transaction's part on each
   // shard of `shards` (all of them joined), its answer expected as `action`.
   void send_to_transaction_parts(std::uint64_t shards, std::uint8_t action, Actions& out);

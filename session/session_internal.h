@@ -12,6 +12,7 @@
 #include "session/scatter.h"
 #include "session/session.h"
 #include "session/settings_sync.h"
+#include "session/two_phase.h"
 
 namespace pgvalve::session {
 
@@ -71,12 +72,14 @@ enum : std::uint8_t {
   kActionBegin,           // the client's BEGIN, held back until its shard was known
   kActionScatter,         // the shard's part of a statement over several shards (scatter.h)
   kActionScatterBegin,    // ... a write's BEGIN before it
+  kActionScatterXid,      // ... the decider's pg_current_xact_id() after its BEGIN (two_phase.h)
   kActionScatterCopy,     // ... a COPY FROM STDIN, whose rows pgvalve routes (copy_flight.cpp)
   kActionScatterPrepare,  // ... its PREPARE TRANSACTION after it
   kActionScatterFinish,   // ... its COMMIT PREPARED or ROLLBACK PREPARED
   kActionScatterWal,      // ... the primary's WAL position after the commit (lsn)
   kActionTxJoin,          // a shard joining the client's transaction: its BEGIN, and whether its
                           // server allows two-phase commit (shard_transaction.cpp)
+  kActionTxXid,           // the decider part's pg_current_xact_id() at COMMIT (two_phase.h)
   kActionTxPrepare,       // the transaction's PREPARE TRANSACTION on one of its shards
   kActionTxFinish,        // ... its COMMIT PREPARED, ROLLBACK PREPARED or ROLLBACK there
   kActionTxWal,           // ... the primary's WAL position after the commit (lsn)
@@ -121,6 +124,7 @@ struct Link {
   bool prepared = false;       // a write's part is prepared on it (two-phase commit)
   bool finishing = false;      // ... and its COMMIT / ROLLBACK PREPARED was sent
   bool part_answered = false;  // its part of a write was answered up to PREPARE TRANSACTION
+  bool prepare_due = false;    // ... its PREPARE waits for the decider's xid (two_phase.h)
   bool copy_in = false;  // its server takes COPY data (CopyInResponse came, CopyDone not sent)
   bool copy_end_sent = false;  // a CopyDone/CopyFail went to it after its last answered request
   // An extended-protocol request failed with no Sync behind it: the server discards whatever
@@ -183,6 +187,7 @@ struct Link {
     prepared = false;
     finishing = false;
     part_answered = false;
+    prepare_due = false;
     copy_in = false;
     copy_end_sent = false;
     skipping_until_sync = false;
@@ -261,6 +266,10 @@ void append_local_heads(const HubReply& reply, std::string& out);
 
 // pgvalve's query for a primary's WAL position (read_your_writes = lsn), as a Query message.
 const std::string& wal_position_message();
+// A Query of ROLLBACK.
+const std::string& rollback_message();
+// The decider part's question for its xid (two_phase.h), as a Query message.
+const std::string& xid_message();
 
 // How a client's error ends about a part of a two-phase commit left prepared on a lost server
 // (Actions::prepared_parts).
@@ -369,6 +378,9 @@ struct Workspace {
     std::string unnamed_statement_text;
     std::string unnamed_statement_types;
   };
+  // The decider's xid of a two-phase commit (two_phase.h): asked, told (the gid is known), or
+  // not to be had (the decider failed or was lost first: every part rolls back).
+  enum class XidState : std::uint8_t { Asked, Known, Failed };
   // A read over several shards being carried out (null: none).
   struct ScatterRun {
     std::unique_ptr<Scatter> scatter;
@@ -376,8 +388,13 @@ struct Workspace {
     std::size_t next = 0;                // routes[next] is checked out next
     int open = 0;                        // links that have not answered yet
     bool waiting = false;                // a checkout for routes[next - 1] is under way
-    // A write: its two-phase commit's transaction name, and once every part was answered
-    // whether it commits, with the message that says so to each shard.
+    // A write: its two-phase commit's transaction name (known once the decider, the first
+    // shard's part, told its xid: two_phase.h), and once every part was answered whether it
+    // commits, with the message that says so to each shard.
+    bool two_phase = false;
+    XidState xid = XidState::Asked;
+    std::optional<std::uint64_t> decider_xid;  // read from its answer, used at its end
+    std::string prepare;  // Query: PREPARE TRANSACTION 'gid', once the gid is known
     std::string gid;
     bool deciding = false;
     bool commit = false;
@@ -400,7 +417,6 @@ struct Workspace {
     std::vector<std::string> copy_out;
     std::string copy_in_response;
     int copy_ready = 0;
-    std::string prepare;
   };
 
   // The client's transaction on a sharded database (shard_transaction.cpp). It runs on the shard
@@ -430,10 +446,12 @@ struct Workspace {
     std::uint16_t refused_shard = 0;  // the shard that could not join
     // A statement over several shards that cannot run on the transaction's parts: its refusal.
     std::string scatter_refusal;
-    bool commit = false;          // the client committed and no part had failed
-    bool deciding = false;        // every part answered its PREPARE TRANSACTION
-    bool committed_some = false;  // a part's COMMIT PREPARED succeeded: the commit is decided
-    int open = 0;                 // parts whose PREPARE TRANSACTION is not answered yet
+    bool commit = false;             // the client committed and no part had failed
+    bool deciding = false;           // every part answered its PREPARE TRANSACTION
+    bool committed_some = false;     // a part's COMMIT PREPARED succeeded: the commit is decided
+    int open = 0;                    // parts whose PREPARE TRANSACTION is not answered yet
+    XidState xid = XidState::Asked;  // COMMIT asks the decider, the lowest shard's part
+    std::optional<std::uint64_t> decider_xid;
     std::string gid;
     std::string prepare;   // Query: PREPARE TRANSACTION 'gid'
     std::string decision;  // Query: COMMIT PREPARED / ROLLBACK PREPARED 'gid' (+ WAL position)

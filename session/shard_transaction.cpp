@@ -32,6 +32,8 @@ namespace {
 constexpr std::string_view kTwoPhaseCheck =
     "SELECT pg_catalog.current_setting('max_prepared_transactions')";
 
+}  // namespace
+
 const std::string& rollback_message() {
   static const std::string message = [] {
     std::string m;
@@ -40,6 +42,17 @@ const std::string& rollback_message() {
   }();
   return message;
 }
+
+const std::string& xid_message() {
+  static const std::string message = [] {
+    std::string m;
+    pr::append_query(m, kXidQuery);
+    return m;
+  }();
+  return message;
+}
+
+namespace {
 
 // The first request of `frames`: up to and including its Query or Sync; empty when it has not
 // ended yet.
@@ -400,24 +413,54 @@ bool Session::end_shard_transaction(std::string_view frames, Actions& out) {
   tx.tag = tx.commit ? "COMMIT" : "ROLLBACK";
   enter(SessionState::Ending);
   if (tx.commit) {
-    tx.gid = two_phase_gid();
-    tx.prepare.clear();
-    pr::append_query(tx.prepare, "PREPARE TRANSACTION '" + tx.gid + "'");
+    // The decider, the lowest shard's part (committed first), names the commit with its xid
+    // (two_phase.h); every part is prepared under that name once it is told.
+    Link* decider = nullptr;
+    for (Link& o : w.links) {
+      if (o.server && (!decider || o.route.shard < decider->route.shard)) decider = &o;
+    }
+    tx.xid = Workspace::XidState::Asked;
+    decider->last_activity = now_;
+    out.to_links.push_back({decider->id, {xid_message().data(), xid_message().size()}});
+    expect_own_answer(*decider, kActionTxXid);
+    return true;
   }
   for (Link& o : w.links) {
     if (!o.server) continue;
     o.last_activity = now_;
-    if (tx.commit) {
-      out.to_links.push_back({o.id, {tx.prepare.data(), tx.prepare.size()}});
-      expect_own_answer(o, kActionTxPrepare);
-      ++tx.open;
-    } else {
-      out.to_links.push_back({o.id, {rollback_message().data(), rollback_message().size()}});
-      expect_own_answer(o, kActionTxFinish);
-      o.finishing = true;
-    }
+    out.to_links.push_back({o.id, {rollback_message().data(), rollback_message().size()}});
+    expect_own_answer(o, kActionTxFinish);
+    o.finishing = true;
   }
   return true;
+}
+
+// The decider told its xid (or could not): every part is asked to prepare under the name it
+// makes, or, without one, the transaction rolls back everywhere.
+void Session::prepare_transaction_parts(Link& decider, bool ok, std::string& into, Actions& out) {
+  Workspace& w = work();
+  auto& tx = w.change_tx();
+  if (!ok || !tx.decider_xid || !tx.error.empty()) {
+    tx.xid = Workspace::XidState::Failed;
+    if (tx.error.empty()) {
+      set_tx_error("XX000", "pgvalve: server " + decider.server->name +
+                                " could not name the transaction's commit; it was rolled back "
+                                "on every shard, run it again");
+    }
+    decide_shard_transaction(into, out);
+    return;
+  }
+  tx.xid = Workspace::XidState::Known;
+  tx.gid = two_phase_gid(decider.route.shard, *tx.decider_xid);
+  tx.prepare.clear();
+  pr::append_query(tx.prepare, "PREPARE TRANSACTION '" + tx.gid + "'");
+  for (Link& o : w.links) {
+    if (!o.server) continue;
+    o.last_activity = now_;
+    out.to_links.push_back({o.id, {tx.prepare.data(), tx.prepare.size()}});
+    expect_own_answer(o, kActionTxPrepare);
+    ++tx.open;
+  }
 }
 
 void Session::set_tx_error(std::string_view sqlstate, std::string_view message) {
@@ -432,6 +475,9 @@ void Session::tx_frame(Link& l, const pr::Frame& f) {
   auto& head = l.pending.front();
   if (f.tag == 'E') head.failed = true;
   switch (head.action) {
+    case kActionTxXid:
+      if (f.tag == 'D') tx.decider_xid = xid_in_row(f);
+      return;
     case kActionTxJoin:
       if (f.tag == 'D') {
         pr::Cursor c(f.body);
@@ -487,6 +533,9 @@ void Session::tx_answered(Link& l, std::uint8_t action, bool failed, std::string
   switch (action) {
     case kActionTxJoin:
       finish_join(l, !failed, out);
+      return;
+    case kActionTxXid:
+      prepare_transaction_parts(l, !failed, into, out);
       return;
     case kActionTxPrepare:
       l.part_answered = true;
@@ -623,6 +672,21 @@ bool Session::shard_transaction_link_lost(Link& l, LinkOp::Kind kind, Actions& o
   }
   if (!tx.ending) return false;
   std::string& into = out.outbox;
+  if (!tx.deciding && tx.commit && tx.xid == Workspace::XidState::Asked) {
+    // Lost before the commit was named (two_phase.h): nothing is prepared anywhere yet.
+    set_tx_error("08006", "pgvalve: lost server " + name +
+                              " before the transaction committed on every shard; it was "
+                              "rolled back on every shard");
+    bool decider = false;
+    for (std::size_t i = 0; i < l.pending.size(); ++i)
+      decider |= l.pending.at(i).action == kActionTxXid;
+    unlink(l.id, kind, out);
+    if (decider) {
+      tx.xid = Workspace::XidState::Failed;
+      decide_shard_transaction(into, out);
+    }
+    return true;
+  }
   if (!tx.deciding && tx.commit) {
     // Its PREPARE TRANSACTION may or may not have run: the others roll back, and so does it
     // once its shard is back, if it did.
@@ -640,8 +704,22 @@ bool Session::shard_transaction_link_lost(Link& l, LinkOp::Kind kind, Actions& o
     return true;
   }
   if (tx.deciding && l.prepared) {
-    out.prepared_parts.push_back({l.route.shard, tx.gid, tx.commit});
-    if (tx.commit) {
+    // While the deciding part's COMMIT PREPARED is unconfirmed, the transaction is that shard's
+    // to decide: the parts follow it (two_phase.h).
+    const bool unconfirmed = tx.commit && !tx.committed_some;
+    out.prepared_parts.push_back({l.route.shard, tx.gid, tx.commit, unconfirmed && !l.finishing});
+    if (unconfirmed && l.finishing) {
+      set_tx_error("40003", "pgvalve: lost server " + name +
+                                " while committing a transaction over several shards, whose "
+                                "outcome that shard decides; pgvalve finishes every shard the "
+                                "same way once it takes writes again (SHOW SHARDS counts the "
+                                "parts until then)");
+      for (Link& o : work().links) {
+        if (!o.server || o.id == l.id || !o.prepared || o.finishing) continue;
+        out.prepared_parts.push_back({o.route.shard, tx.gid, true, true});
+        unlink(o.id, o.server->tx_status == 'I' ? LinkOp::Kind::Release : LinkOp::Kind::Close, out);
+      }
+    } else if (tx.commit) {
       set_tx_error("08006", "pgvalve: lost server " + name +
                                 " while committing a transaction over several shards; other "
                                 "shards committed it, and it stays prepared there as '" +

@@ -439,22 +439,17 @@ std::string server_message(Reader& in) {
 // portals, prepared transactions, COPY from stdin), with the faults a step asks for. The answers
 // are shaped so that a statement over several shards can be gathered: the same columns on every
 // shard for the same statement, count(*) as one int8, rows in device_id order.
-// The gids some server's COMMIT PREPARED committed, this run (cleared as each input starts).
-std::set<std::string>& committed_gids() {
-  static std::set<std::string> gids;
-  return gids;
-}
-
 class FakeServer {
  public:
   // False once bytes that are not this model's answers reached the session for this server (raw
   // or canned server bytes): the session's view of it may then differ from the model's.
   bool faithful = true;
   char tx = 'I';
-  std::deque<std::string> queue;   // frontend messages not answered yet
-  std::string unsent;              // answer bytes made but not delivered yet (an answer cut)
-  std::set<std::string> prepared;  // prepared transactions, by their gid literal ('...')
-  bool begin_failed = false;       // the last BEGIN was answered with an error
+  std::deque<std::string> queue;    // frontend messages not answered yet
+  std::string unsent;               // answer bytes made but not delivered yet (an answer cut)
+  std::set<std::string> prepared;   // prepared transactions, by their gid literal ('...')
+  std::set<std::string> committed;  // ... and those it committed
+  bool begin_failed = false;        // the last BEGIN was answered with an error
 
   void receive(std::string_view bytes) {
     while (!bytes.empty()) {
@@ -581,6 +576,7 @@ class FakeServer {
       return std::vector<Column>(5, Column{"count", 20, 8});
     }
     if (contains_ci(sql, "pg_current_wal_lsn")) return {{"pg_current_wal_lsn", 3220, 8}};
+    if (contains_ci(sql, "pg_current_xact_id")) return {{"pg_current_xact_id", 5069, 8}};
     if (contains_ci(sql, "count(")) {
       if (contains_ci(sql, "device_id,")) return {{"device_id", 20, 8}, {"count", 20, 8}};
       return {{"count", 20, 8}};
@@ -635,6 +631,8 @@ class FakeServer {
           text.emplace_back(c == 0 && (v & 0x40) ? "1" : "0");
         } else if (col.type == 3220) {
           text.emplace_back("0/" + std::to_string(1000 + v));
+        } else if (col.type == 5069) {
+          text.emplace_back(std::to_string(700 + v));
         } else if (col.name == "device_id") {
           text.emplace_back(std::to_string(v % 5 + 2 * i));
         } else if (col.name == "count") {
@@ -754,7 +752,7 @@ class FakeServer {
         if (prepared.erase(value) == 0) {
           return fail_statement(out, "42704", "prepared transaction does not exist");
         }
-        if (k == K::CommitPrepared) committed_gids().insert(value);
+        if (k == K::CommitPrepared) committed.insert(value);
         return tag(k == K::CommitPrepared ? "COMMIT PREPARED" : "ROLLBACK PREPARED");
       case K::Set: {
         static const std::pair<std::string_view, std::string_view> reported[] = {
@@ -1475,7 +1473,9 @@ class Harness {
     if (scatter_gid_.empty()) return;
     // A write rolled back is an error for the client.
     if (commit_decisions_[scatter_gid_] == 'R') CHECK(scatter_tags_.find('E') != std::string::npos);
-    // Nothing stays prepared on a server that answered faithfully and is still there.
+    // Nothing stays prepared on a server that answered faithfully and is still there (unless
+    // the parts were left to follow the decider).
+    if (followed_.count(scatter_gid_) != 0) return;
     for (const ServerState* s : prepares_[scatter_gid_]) {
       auto it = fakes_.find(s);
       if (it == fakes_.end() || !it->second.faithful) continue;
@@ -1486,7 +1486,7 @@ class Harness {
   // A transaction over several shards ended: nothing of it stays prepared on a server that
   // answered faithfully and is still there.
   void end_shard_transaction() {
-    if (scatter_gid_.empty()) return;
+    if (scatter_gid_.empty() || followed_.count(scatter_gid_) != 0) return;
     for (const ServerState* s : prepares_[scatter_gid_]) {
       auto it = fakes_.find(s);
       if (it == fakes_.end() || !it->second.faithful) continue;
@@ -1498,7 +1498,7 @@ class Harness {
   // The client left (or was closed) while a write over several shards ran: no server that
   // answered faithfully went back to the pool with its part still prepared, undecided.
   void check_left_prepared() {
-    if (scatter_gid_.empty()) return;
+    if (scatter_gid_.empty() || followed_.count(scatter_gid_) != 0) return;
     for (const ServerState* s : prepares_[scatter_gid_]) {
       auto it = fakes_.find(s);
       if (it == fakes_.end() || !it->second.faithful) continue;
@@ -1541,10 +1541,12 @@ class Harness {
       if (info.kind != K::CommitPrepared && info.kind != K::RollbackPrepared) continue;
       const char decision = info.kind == K::CommitPrepared ? 'C' : 'R';
       char& decided = commit_decisions_[gid];
-      // A first COMMIT PREPARED that failed committed nothing (a server this model answers for
-      // did not commit it; another says what it likes): the others may be rolled back.
+      // A first COMMIT PREPARED that failed committed nothing (no server whose answers are this
+      // model's committed it; another says what it likes): the others may be rolled back.
       if (decided == 'C' && decision == 'R' && commits_sent_[gid] == 1 &&
-          committed_gids().count(gid) == 0) {
+          std::none_of(fakes_.begin(), fakes_.end(), [&](const auto& f) {
+            return f.second.faithful && f.second.committed.count(gid) != 0;
+          })) {
         decided = 0;
       }
       // Never committed on some shards and rolled back on others.
@@ -1623,6 +1625,15 @@ class Harness {
       ~Nesting() { depth = saved; }
     } nesting{unproductive_depth_, unproductive_depth_};
     unproductive_depth_ = a.consumed == 0 ? unproductive_depth_ + 1 : 0;
+    // Parts left to follow the deciding shard's outcome stay prepared by design: the resolver
+    // finishes them (two_phase.h).
+    for (const pgvalve::session::PreparedPart& p : a.prepared_parts) {
+      if (trace_) {
+        std::fprintf(stderr, "  part left prepared: shard %d %s commit %d follow %d\n", p.shard,
+                     std::string(p.gid()).c_str(), p.commit, p.follow);
+      }
+      if (p.follow) followed_.insert("'" + std::string(p.gid()) + "'");
+    }
     if (unproductive_depth_ > 32) {
       violated("a waiting request does not resume in bounded steps", __LINE__);
     }
@@ -2038,6 +2049,7 @@ class Harness {
   std::map<std::string, std::vector<const ServerState*>> prepares_;
   std::map<std::string, char> commit_decisions_;
   std::map<std::string, int> commits_sent_;  // COMMIT PREPAREDs, per gid
+  std::set<std::string> followed_;           // gids whose parts follow their decider
   int pinned_ = 0;
   int unproductive_depth_ = 0;
   bool gone_ = false;
@@ -2052,7 +2064,6 @@ class Harness {
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size < 2) return 0;
-  committed_gids().clear();
   Reader in(data + 2, size - 2);
   Harness h(data[0], data[1]);
   try {

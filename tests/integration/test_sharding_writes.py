@@ -302,6 +302,60 @@ def test_a_part_left_prepared_on_a_lost_shard_is_rolled_back_once_the_shard_is_b
     assert on(two_pc[1], "SELECT count(*) FROM device_types") == [(1,)]
 
 
+@pytest.mark.parametrize("decider_committed", [True, False], ids=["committed", "not_committed"])
+def test_parts_a_killed_pgvalve_left_prepared_are_finished_by_the_next_one(two_pc, pgvalve,
+                                                                           decider_committed):
+    """pgvalve is killed in the middle of a write's two-phase commit, with both parts prepared.
+    Every part is named after the deciding part's transaction (s0's), which commits first: the
+    next pgvalve asks s0 how that transaction ended and finishes s1's part the same way, with no
+    operator. Committed: s1 commits too. Not committed: s0's own part, prepared for longer than a
+    live pgvalve would leave it, is rolled back, then s1's."""
+    import signal
+    prepare_schema(two_pc)
+    a = next(d for d in range(1, 100) if md5_mod(d) == 0)
+    b = next(d for d in range(1, 100) if md5_mod(d) == 1)
+    first = pgvalve(**config(two_pc))
+    with first.connect() as conn:
+        conn.execute(f"INSERT INTO telemetry (device_id, value) VALUES ({a}, 1), ({b}, 1)")
+    # s1's part waits on a lock behind its UPDATE, its PREPARE queued after it.
+    locker = two_pc[1].primary.connect(dbname=APP_DB, autocommit=False)
+    locker.execute(f"SELECT * FROM telemetry WHERE device_id = {b} FOR UPDATE")
+
+    def write():
+        try:
+            with first.connect() as c:
+                c.execute("/* pgvalve: all_shards */ UPDATE telemetry SET value = 2")
+        except psycopg.Error:
+            pass  # its pgvalve is killed
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    wait_until(lambda: prepared_on(two_pc[0]), 10, message="s0's part prepared")
+    first.signal(signal.SIGKILL)
+    first.wait_exit(5)
+    locker.rollback()
+    locker.close()
+    wait_until(lambda: prepared_on(two_pc[1]), 30, message="s1's part prepared after pgvalve died")
+    gid = prepared_on(two_pc[0])[0][0]
+    assert prepared_on(two_pc[1]) == [(gid,)]
+    assert gid.endswith(":0:" + gid.rsplit(":", 1)[1]), gid  # s0 (shard 0) decides
+    if decider_committed:
+        # What the killed pgvalve had done first: the decider's COMMIT PREPARED.
+        with two_pc[0].primary.connect(dbname=APP_DB) as c:
+            c.execute(f"COMMIT PREPARED '{gid}'")
+    second = pgvalve(**config(two_pc))
+    wait_until(lambda: prepared_on(two_pc[0]) == [] and prepared_on(two_pc[1]) == [], 90,
+               message="the next pgvalve finished both parts")
+    want = [(2.0,)] if decider_committed else [(1.0,)]
+    assert on(two_pc[0], "SELECT value FROM telemetry") == want
+    assert on(two_pc[1], "SELECT value FROM telemetry") == want
+    log = second.log_text()
+    assert "event=prepared_part_recovered" in log, log[-3000:]
+    line = next(li for li in log.splitlines()
+                if "event=prepared_part_resolved" in li and "shard=s1" in li)
+    assert ("decision=commit" if decider_committed else "decision=rollback") in line, line
+
+
 @pytest.fixture(scope="module")
 def two_pc_replicated(request):
     """Two shards, each a primary allowing prepared transactions with one streaming replica."""

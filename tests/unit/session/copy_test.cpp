@@ -89,13 +89,14 @@ class Copy : public ::testing::Test {
     EXPECT_EQ(s.consumed, q.size());
     s = h.linked(*s0);
     const auto sent = queries_in(s.to_server);
-    EXPECT_EQ(sent.size(), 2u);
-    EXPECT_EQ(sent.at(0), "BEGIN");
+    EXPECT_EQ(sent, (std::vector<std::string>{"BEGIN", "SELECT pg_catalog.pg_current_xact_id()",
+                                              std::string(sql)}))
+        << "the first shard's part decides: it names the commit with its xid";
     EXPECT_TRUE(s.check_out);
     s = h.linked(*s1);
-    EXPECT_EQ(queries_in(s.to_server), sent);
+    EXPECT_EQ(queries_in(s.to_server), (std::vector<std::string>{"BEGIN", std::string(sql)}));
     EXPECT_EQ(h.state(), SessionState::Scattering);
-    s = h.server(complete("BEGIN") + ready('T') + copy_in_response(), T0, 0);
+    s = h.server(complete("BEGIN") + ready('T') + xid_result() + copy_in_response(), T0, 0);
     EXPECT_EQ(s.to_client, "") << "the client waits until every shard takes data";
     s = h.server(complete("BEGIN") + ready('T') + copy_in_response(), T0, 1);
     EXPECT_EQ(tags_of(s.to_client), "G");
@@ -161,7 +162,7 @@ TEST_F(Copy, ClientDataSentWithTheCopyWaitsUntilEveryShardTakesData) {
   EXPECT_EQ(s.consumed, q.size()) << "only the COPY is taken before the shards are ready";
   h.linked(*s0);
   h.linked(*s1);
-  h.server(complete("BEGIN") + ready('T') + copy_in_response(), T0, 0);
+  h.server(complete("BEGIN") + ready('T') + xid_result() + copy_in_response(), T0, 0);
   s = h.server(complete("BEGIN") + ready('T') + copy_in_response(), T0, 1);
   EXPECT_TRUE(s.resume_client);
   s = h.client(data);
@@ -175,7 +176,8 @@ TEST_F(Copy, AShardThatSaysReadyTwiceIsCountedOnce) {
   const std::string q = query("COPY telemetry (device_id, v) FROM STDIN");
   h.client(q);
   h.linked(*s0);
-  Step s = h.server(complete("BEGIN") + ready('T') + copy_in_response() + copy_in_response());
+  Step s = h.server(complete("BEGIN") + ready('T') + xid_result() + copy_in_response() +
+                    copy_in_response());
   EXPECT_EQ(s.to_client, "");
   EXPECT_EQ(h.state(), SessionState::WaitingForServer) << "the second shard is being checked out";
   h.linked(*s1);
@@ -346,6 +348,8 @@ TEST_F(Copy, ACopyInsideATransactionRunsOnEveryShardsPartOfIt) {
   EXPECT_EQ(statuses_in(s.to_client), "T") << "the client is still in its transaction";
 
   s = h.client(query("COMMIT"));
+  ASSERT_EQ(s.to_links.size(), 1u) << "the decider's xid first";
+  s = h.server(xid_result(), T0, 0);
   ASSERT_EQ(s.to_links.size(), 2u);
   EXPECT_TRUE(queries_in(s.to_links.at(0)).at(0).starts_with("PREPARE TRANSACTION 'pgvalve:"));
   EXPECT_EQ(queries_in(s.to_links.at(1)), queries_in(s.to_links.at(0)));
@@ -384,7 +388,7 @@ TEST(ScatterParts, AWritesPartCountsTheRowsOfItsCommandTag) {
   plan.ok = true;
   const std::string q = query("COPY telemetry (device_id) FROM STDIN");
   ASSERT_EQ(scatter.start(q, "COPY telemetry (device_id) FROM STDIN", {}, plan, {}, 2, 1u << 20,
-                          1u << 20, "pgvalve:1:2:3", nullptr, true),
+                          1u << 20, true, nullptr, true),
             "");
   std::string client;
   for (const auto& m : messages_of(complete("COPY 7")))

@@ -537,16 +537,38 @@ std::string write_part(std::string_view tag, std::string_view prepared = "PREPAR
          ready('I');
 }
 
+// The first shard's part of a write, which decides it: BEGIN, its xid (two_phase.h), then as
+// write_part().
+std::string decider_part(std::string_view tag, std::string_view prepared = "PREPARE TRANSACTION") {
+  return complete("BEGIN") + ready('T') + xid_result() + complete(tag) + ready('T') +
+         complete(prepared) + ready('I');
+}
+
+// The gid (quoted) of the PREPARE TRANSACTION a step sends to its links.
+std::string prepared_gid(const Step& s) {
+  for (const auto& [link, bytes] : s.to_links) {
+    for (const std::string& q : queries_in(bytes)) {
+      if (q.starts_with("PREPARE TRANSACTION ")) return q.substr(q.find('\''));
+    }
+  }
+  return {};
+}
+
 TEST_F(Scatter, AWriteToSeveralShardsCommitsOnlyOnceEveryShardPreparedIt) {
   const auto [to_s0, to_s1] = start(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
-  const auto sent = queries_in(to_s0);
-  ASSERT_EQ(sent.size(), 3u);
-  EXPECT_EQ(sent[0], "BEGIN");
-  EXPECT_EQ(sent[1], " DELETE FROM telemetry") << "the hint is pgvalve's, not the shards'";
-  EXPECT_TRUE(sent[2].starts_with("PREPARE TRANSACTION 'pgvalve:")) << sent[2];
-  const std::string gid = sent[2].substr(sent[2].find('\''));
+  EXPECT_EQ(queries_in(to_s0),
+            (std::vector<std::string>{"BEGIN", "SELECT pg_catalog.pg_current_xact_id()",
+                                      " DELETE FROM telemetry"}))
+      << "the first shard's part decides: it names the commit with its xid; the hint is "
+         "pgvalve's, not the shards'";
+  EXPECT_EQ(queries_in(to_s1), (std::vector<std::string>{"BEGIN", " DELETE FROM telemetry"}));
 
-  Step s = h.server(write_part("DELETE 2"), T0, 0);
+  Step s = h.server(decider_part("DELETE 2"), T0, 0);
+  // Every part is asked to prepare under the name the decider's xid makes.
+  ASSERT_EQ(s.to_links.size(), 2u);
+  const std::string gid = prepared_gid(s);
+  EXPECT_TRUE(gid.starts_with("'pgvalve:") && gid.ends_with(":0:4242'")) << gid;
+  EXPECT_EQ(queries_in(s.to_links.at(0)), queries_in(s.to_links.at(1)));
   EXPECT_EQ(s.to_server, "") << "nothing commits before every shard prepared";
   EXPECT_TRUE(s.ops.empty());
   s = h.server(write_part("DELETE 3"), T0, 1);
@@ -567,10 +589,8 @@ TEST_F(Scatter, AWriteToSeveralShardsCommitsOnlyOnceEveryShardPreparedIt) {
 }
 
 TEST_F(Scatter, AFirstCommitThatFailsRollsTheWriteBackOnEveryShard) {
-  const auto [to_s0, to_s1] = start(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
-  const std::string prepare = queries_in(to_s0)[2];
-  const std::string gid = prepare.substr(prepare.find('\''));
-  h.server(write_part("DELETE 2"), T0, 0);
+  start(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
+  const std::string gid = prepared_gid(h.server(decider_part("DELETE 2"), T0, 0));
   h.server(write_part("DELETE 3"), T0, 1);
   // The first COMMIT PREPARED fails (the part is gone, or the server could not commit it):
   // nothing has committed anywhere, so nothing may.
@@ -587,8 +607,8 @@ TEST_F(Scatter, AFirstCommitThatFailsRollsTheWriteBackOnEveryShard) {
 }
 
 TEST_F(Scatter, ALaterCommitThatFailsIsFinishedByPgvalve) {
-  const auto [to_s0, to_s1] = start(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
-  h.server(write_part("DELETE 2"), T0, 0);
+  start(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
+  h.server(decider_part("DELETE 2"), T0, 0);
   h.server(write_part("DELETE 3"), T0, 1);
   h.server(complete("COMMIT PREPARED") + ready(), T0, 0);
   const Step s = h.server(error_message("58030") + ready(), T0, 1);
@@ -600,7 +620,7 @@ TEST_F(Scatter, ALaterCommitThatFailsIsFinishedByPgvalve) {
 
 TEST_F(Scatter, AWriteThatFailsOnOneShardIsRolledBackOnTheOthers) {
   start(query("/* pgvalve: all_shards */ UPDATE telemetry SET value = 0"));
-  h.server(write_part("UPDATE 4"), T0, 0);
+  h.server(decider_part("UPDATE 4"), T0, 0);
   Step s = h.server(complete("BEGIN") + ready('T') + error_message("23514") + ready('E') +
                         complete("ROLLBACK") + ready('I'),
                     T0, 1);
@@ -620,7 +640,7 @@ TEST_F(Scatter, AWriteThatFailsOnOneShardIsRolledBackOnTheOthers) {
 // began, the rest are committed (found by the session fuzz target).
 TEST_F(Scatter, AClientLeavingBeforeTheCommitDecisionRollsBackThePreparedParts) {
   start(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
-  h.server(write_part("DELETE 1"), T0, 0);
+  h.server(decider_part("DELETE 1"), T0, 0);
   const Step s = h.gone();
   ASSERT_EQ(s.ops.size(), 2u);
   EXPECT_EQ(s.ops[0].kind, LinkOp::Kind::CleanAndRelease);
@@ -630,7 +650,7 @@ TEST_F(Scatter, AClientLeavingBeforeTheCommitDecisionRollsBackThePreparedParts) 
 
 TEST_F(Scatter, AClientLeavingDuringTheCommitCommitsTheRemainingParts) {
   start(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
-  h.server(write_part("DELETE 1"), T0, 0);
+  h.server(decider_part("DELETE 1"), T0, 0);
   Step s = h.server(write_part("DELETE 2"), T0, 1);
   const std::string commit = queries_in(s.to_server).at(0);
   ASSERT_TRUE(commit.starts_with("COMMIT PREPARED"));
@@ -648,7 +668,7 @@ TEST_F(Scatter, ACommittedWriteMovesTheReadYourWritesMarkOfEachShard) {
   t.client(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
   t.linked(*s0);
   t.linked(*s1);
-  t.server(write_part("DELETE 1"), T0, 0);
+  t.server(decider_part("DELETE 1"), T0, 0);
   Step s = t.server(write_part("DELETE 2"), T0, 1);
   const auto sent = queries_in(s.to_server);
   ASSERT_EQ(sent.size(), 2u);
@@ -667,7 +687,7 @@ TEST_F(Scatter, ACommittedWriteMovesTheReadYourWritesMarkOfEachShard) {
 
 TEST_F(Scatter, WithoutPreparedTransactionsAWriteToSeveralShardsIsRefusedAndRolledBack) {
   start(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
-  h.server(write_part("DELETE 1"), T0, 0);
+  h.server(decider_part("DELETE 1"), T0, 0);
   Step s = h.server(complete("BEGIN") + ready('T') + complete("DELETE 1") + ready('T') +
                         error_message("55000") + ready('I'),
                     T0, 1);
@@ -682,15 +702,62 @@ TEST_F(Scatter, WithoutPreparedTransactionsAWriteToSeveralShardsIsRefusedAndRoll
 TEST_F(Scatter, AShardLostBeforeItsPartAnsweredIsRolledBackThereOnceItIsBack) {
   start(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
   // Lost with BEGIN, the DELETE and PREPARE TRANSACTION sent: the PREPARE may have run.
+  h.server(complete("BEGIN") + ready('T') + xid_result(), T0, 0);
   const Step s = h.lost(T0, 1);
   ASSERT_EQ(s.prepared_parts.size(), 1u);
   EXPECT_EQ(s.prepared_parts[0].shard, 1);
   EXPECT_FALSE(s.prepared_parts[0].commit);
 }
 
+TEST_F(Scatter, AShardLostBeforeItWasAskedToPrepareLeavesNothingPrepared) {
+  start(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
+  // The decider has not named the commit yet: no PREPARE TRANSACTION went to shard 1.
+  Step s = h.lost(T0, 1);
+  EXPECT_TRUE(s.prepared_parts.empty());
+  // The decider's xid comes: it rolls back instead of preparing.
+  s = h.server(complete("BEGIN") + ready('T') + xid_result(), T0, 0);
+  EXPECT_EQ(queries_in(s.to_links.count(0) ? s.to_links.at(0) : ""),
+            std::vector<std::string>{"ROLLBACK"});
+  s = h.server(complete("DELETE 1") + ready('T') + complete("ROLLBACK") + ready('I'), T0, 0);
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+TEST_F(Scatter, ADeciderLostBeforeItsXidRollsTheOthersBack) {
+  start(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
+  h.server(complete("BEGIN") + ready('T') + complete("DELETE 2") + ready('T'), T0, 1);
+  Step s = h.lost(T0, 0);
+  EXPECT_TRUE(s.prepared_parts.empty()) << "no part was asked to prepare";
+  EXPECT_EQ(queries_in(s.to_links.count(1) ? s.to_links.at(1) : ""),
+            std::vector<std::string>{"ROLLBACK"})
+      << "shard 1's part, waiting for the name, rolls back";
+  s = h.server(complete("ROLLBACK") + ready('I'), T0, 1);
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Release));
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+TEST_F(Scatter, ADeciderLostDuringItsCommitLeavesEveryPartToFollowIt) {
+  start(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
+  const std::string gid = prepared_gid(h.server(decider_part("DELETE 1"), T0, 0));
+  Step s = h.server(write_part("DELETE 2"), T0, 1);
+  ASSERT_EQ(queries_in(s.to_server), std::vector<std::string>{"COMMIT PREPARED " + gid});
+  // Lost before it answered: whether the write committed is shard 0's to say.
+  s = h.lost(T0, 0);
+  ASSERT_EQ(s.prepared_parts.size(), 2u);
+  EXPECT_EQ(s.prepared_parts[0].shard, 0);
+  EXPECT_TRUE(s.prepared_parts[0].commit) << "the decision was to commit";
+  EXPECT_FALSE(s.prepared_parts[0].follow);
+  EXPECT_EQ(s.prepared_parts[1].shard, 1);
+  EXPECT_TRUE(s.prepared_parts[1].follow) << "not committed before the decider is";
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Release)) << "shard 1's server goes back, its part prepared";
+  EXPECT_EQ(sqlstates_in(s.to_client), "40003");
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
 TEST_F(Scatter, AShardLostWhilePreparedMakesTheWriteRollBack) {
   start(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
-  h.server(write_part("DELETE 1"), T0, 0);
+  h.server(decider_part("DELETE 1"), T0, 0);
   Step s = h.lost(T0, 0);
   EXPECT_TRUE(s.has_op(LinkOp::Kind::Close));
   // Its part stays prepared on s0: pgvalve rolls it back there once s0 takes writes again.
@@ -721,12 +788,13 @@ TEST_F(Scatter, DdlThroughTheExtendedProtocolReachesEveryShard) {
   const std::string in = parse("", "CREATE TABLE archive (device_id bigint)") + bind_to("", "") +
                          describe('P', "") + execute() + sync();
   const auto [to_s0, to_s1] = start(in);
-  EXPECT_EQ(tags_of(to_s0), "QPBDESQ");
-  const std::string part = complete("BEGIN") + ready('T') + parse_complete() + bind_complete() +
-                           no_data() + complete("CREATE TABLE") + ready('T') +
-                           complete("PREPARE TRANSACTION") + ready('I');
-  h.server(part, T0, 0);
-  Step s = h.server(part, T0, 1);
+  EXPECT_EQ(tags_of(to_s0), "QQPBDES") << "BEGIN, the decider's xid, the statement";
+  EXPECT_EQ(tags_of(to_s1), "QPBDES");
+  const std::string statement = parse_complete() + bind_complete() + no_data() +
+                                complete("CREATE TABLE") + ready('T') +
+                                complete("PREPARE TRANSACTION") + ready('I');
+  h.server(complete("BEGIN") + ready('T') + xid_result() + statement, T0, 0);
+  Step s = h.server(complete("BEGIN") + ready('T') + statement, T0, 1);
   EXPECT_EQ(s.server_link, 0);
   s = h.server(complete("COMMIT PREPARED") + ready(), T0, 0);
   EXPECT_EQ(s.server_link, 1);
@@ -776,11 +844,10 @@ TEST_F(Scatter, AnInsertWhoseRowsSpanShardsSendsEachShardItsOwnRows) {
             std::vector<std::string>{"INSERT INTO telemetry (device_id, v) VALUES ($1, $2)"});
   EXPECT_EQ(bound_values(to_s0), (std::vector<std::string>{"2", "b"}));
   EXPECT_EQ(bound_values(to_s1), (std::vector<std::string>{"1", "a"}));
-  const std::string part = complete("BEGIN") + ready('T') + parse_complete() + bind_complete() +
-                           no_data() + complete("INSERT 0 1") + ready('T') +
-                           complete("PREPARE TRANSACTION") + ready('I');
-  h.server(part, T0, 0);
-  h.server(part, T0, 1);
+  const std::string part = parse_complete() + bind_complete() + no_data() + complete("INSERT 0 1") +
+                           ready('T') + complete("PREPARE TRANSACTION") + ready('I');
+  h.server(complete("BEGIN") + ready('T') + xid_result() + part, T0, 0);
+  h.server(complete("BEGIN") + ready('T') + part, T0, 1);
   h.server(complete("COMMIT PREPARED") + ready(), T0, 0);
   const Step s = h.server(complete("COMMIT PREPARED") + ready(), T0, 1);
   EXPECT_EQ(tags_of(s.to_client), "12nCZ");
@@ -798,8 +865,8 @@ namespace {
 // then lost was counted as answered twice, settling the write while another shard still ran.
 TEST_F(Scatter, AShardLostAfterItsPartFailedIsCountedOnce) {
   start(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
-  Step s = h.server(complete("BEGIN") + ready('T') + complete("DELETE 1") + ready('T') +
-                        error_message("40001") + ready('I'),
+  Step s = h.server(complete("BEGIN") + ready('T') + xid_result() + complete("DELETE 1") +
+                        ready('T') + error_message("40001") + ready('I'),
                     T0, 0);
   EXPECT_EQ(s.to_server, "");
   s = h.lost(T0, 0);
@@ -816,7 +883,7 @@ TEST_F(Scatter, AShardLostAfterItsPartFailedIsCountedOnce) {
 // write was committed on the other shards.
 TEST_F(Scatter, APartThatDidNotPrepareRollsTheWriteBack) {
   start(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
-  h.server(write_part("DELETE 1"), T0, 0);
+  h.server(decider_part("DELETE 1"), T0, 0);
   Step s = h.server(error_message("XX000") + ready('I') + complete("DELETE 1") + ready('I') +
                         notice() + complete("ROLLBACK") + ready('I'),
                     T0, 1);

@@ -203,6 +203,11 @@ inline std::string row_result(std::string_view value, std::string_view tag, char
   return row_description() + data_row({std::string(value)}) + complete(tag) + ready(status);
 }
 
+// The decider part's answer to pg_current_xact_id() (two_phase.h), inside its transaction.
+inline std::string xid_result(std::string_view xid = "4242", char status = 'T') {
+  return row_description() + data_row({std::string(xid)}) + complete("SELECT 1") + ready(status);
+}
+
 inline std::string command_result(std::string_view tag, char status = 'I') {
   return complete(tag) + ready(status);
 }

@@ -6,6 +6,7 @@
 
 #include "protocol/messages.h"
 #include "protocol/wire.h"
+#include "session/two_phase.h"
 #include "tests/unit/session/session_test_util.h"
 
 namespace pgvalve::session::testing {
@@ -93,10 +94,16 @@ class ShardTransaction : public ::testing::Test {
     EXPECT_EQ(statuses_in(s.to_client), "T");
   }
 
-  // COMMIT: both parts are asked to prepare at once; returns the transaction's gid (quoted).
+  // COMMIT: the decider (s0's part, the lowest shard) is asked its xid, then both parts are
+  // asked to prepare at once under the name it makes; returns the transaction's gid (quoted).
   std::string commit() {
-    const Step s = h.client(query("COMMIT"));
+    Step s = h.client(query("COMMIT"));
     EXPECT_EQ(h.state(), SessionState::Ending);
+    EXPECT_EQ(s.to_client, "");
+    EXPECT_EQ(s.to_links.size(), 1u);
+    EXPECT_EQ(queries_in(s.to_links.count(0) ? s.to_links.at(0) : ""),
+              std::vector<std::string>{"SELECT pg_catalog.pg_current_xact_id()"});
+    s = h.server(xid_result("4242"), T0, 0);
     EXPECT_EQ(s.to_client, "");
     EXPECT_EQ(s.to_links.size(), 2u);
     const auto to0 = queries_in(s.to_links.count(0) ? s.to_links.at(0) : "");
@@ -408,6 +415,8 @@ TEST_F(ShardTransaction, ANamedPreparedCommitEndsEveryPart) {
   insert_on_s1();
   Step s = h.client(parse("S_1", "COMMIT") + bind_to("", "S_1") + execute() + sync());
   EXPECT_EQ(h.state(), SessionState::Ending);
+  ASSERT_EQ(s.to_links.size(), 1u) << "the decider's xid first";
+  s = h.server(xid_result(), T0, 0);
   ASSERT_EQ(s.to_links.size(), 2u);
   h.server(command_result("PREPARE TRANSACTION"), T0, 0);
   h.server(command_result("PREPARE TRANSACTION"), T0, 1);
@@ -421,7 +430,7 @@ TEST_F(ShardTransaction, ANamedPreparedCommitEndsEveryPart) {
   join_s1();
   s = h.client(bind_to("", "S_1") + execute() + sync());
   EXPECT_EQ(h.state(), SessionState::Ending);
-  EXPECT_EQ(s.to_links.size(), 2u);
+  EXPECT_EQ(s.to_links.size(), 1u);
 }
 
 TEST_F(ShardTransaction, APartLostWhileAShardIsCheckedOutEndsTheTransaction) {
@@ -554,6 +563,65 @@ TEST_F(ShardTransaction, AFirstCommitThatFailsRollsBackEveryPart) {
   s = h.server(command_result("ROLLBACK PREPARED"), T0, 1);
   EXPECT_EQ(sqlstates_in(s.to_client), "40000");
   EXPECT_EQ(statuses_in(s.to_client), "I");
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+TEST_F(ShardTransaction, EveryPartIsPreparedUnderTheNameOfTheDecidersTransaction) {
+  begin_on_s0();
+  join_s1();
+  insert_on_s1();
+  const std::string gid = commit();
+  const auto name = read_two_phase_gid(gid.substr(1, gid.size() - 2));
+  ASSERT_TRUE(name) << gid;
+  EXPECT_EQ(name->decider, 0) << "s0's part decides: it commits first";
+  EXPECT_EQ(name->xid, 4242u);
+}
+
+TEST_F(ShardTransaction, ADeciderLostBeforeItsXidRollsBackEveryPart) {
+  begin_on_s0();
+  join_s1();
+  insert_on_s1();
+  h.client(query("COMMIT"));
+  Step s = h.lost(T0, 0);
+  EXPECT_TRUE(s.prepared_parts.empty()) << "nothing was asked to prepare";
+  ASSERT_EQ(s.ops.size(), 2u);
+  EXPECT_EQ(s.ops[1].kind, LinkOp::Kind::CleanAndRelease);
+  EXPECT_EQ(s.ops[1].sql1, "ROLLBACK") << "s1's part rolls back";
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+TEST_F(ShardTransaction, ADeciderThatCannotTellItsXidRollsBackEveryPart) {
+  begin_on_s0();
+  join_s1();
+  insert_on_s1();
+  h.client(query("COMMIT"));
+  const Step s = h.server(error_message("53200") + ready('E'), T0, 0);
+  EXPECT_TRUE(s.to_links.empty()) << "no PREPARE without a name";
+  EXPECT_EQ(s.ops.size(), 2u);
+  for (const auto& op : s.ops) {
+    EXPECT_EQ(op.kind, LinkOp::Kind::CleanAndRelease);
+    EXPECT_EQ(op.sql1, "ROLLBACK");
+  }
+  EXPECT_EQ(sqlstates_in(s.to_client), "XX000");
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+TEST_F(ShardTransaction, ADeciderLostDuringItsCommitLeavesEveryPartToFollowIt) {
+  begin_on_s0();
+  join_s1();
+  insert_on_s1();
+  commit();
+  h.server(command_result("PREPARE TRANSACTION"), T0, 0);
+  h.server(command_result("PREPARE TRANSACTION"), T0, 1);
+  const Step s = h.lost(T0, 0);  // its COMMIT PREPARED unanswered
+  ASSERT_EQ(s.prepared_parts.size(), 2u);
+  EXPECT_EQ(s.prepared_parts[0].shard, 0);
+  EXPECT_FALSE(s.prepared_parts[0].follow);
+  EXPECT_EQ(s.prepared_parts[1].shard, 1);
+  EXPECT_TRUE(s.prepared_parts[1].follow);
+  EXPECT_TRUE(s.to_links.empty()) << "s1 is not committed before s0 is known to be";
+  EXPECT_EQ(sqlstates_in(s.to_client), "40003");
   EXPECT_EQ(h.state(), SessionState::Idle);
 }
 
