@@ -781,8 +781,8 @@ void App::stop_all() {
   for (auto& w : workers_) {
     if (w->thread.joinable()) w->thread.join();
   }
-  // Parts still waiting for their decision would be forgotten with this process: the log says
-  // what an operator must run for each.
+  // Parts still waiting for their decision: the log says what finishes each (the next pgvalve
+  // finishes them too, from their deciding shard: session/two_phase.h).
   if (prepared_parts_) prepared_parts_->leave_to_operator();
   // A session whose client has not read everything holds itself through its writer: let go, so
   // it is destroyed with its worker's loop.

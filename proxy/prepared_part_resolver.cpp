@@ -185,6 +185,13 @@ boost::asio::awaitable<void> PreparedPartResolver::recover() {
           }
         }
         Part part{db.name, db.dbname, owner, shard.name, gid, false, false};
+        if (config->find_user(owner) == nullptr) {
+          // Only its owner (or a superuser) may finish it: an operator does, once.
+          if (reported_.size() < kMaxWaiting) reported_.push_back(gid);
+          part.follow = true;
+          log_for_operator(part, "its owner is not a user of the configuration");
+          continue;
+        }
         session::DeciderState state = session::DeciderState::InProgress;
         if (name->decider != i) {
           const std::optional<session::DeciderState> found = co_await decider_state(part, *config);

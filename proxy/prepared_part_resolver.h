@@ -5,8 +5,8 @@
 // from the WAL). Until then a prepared part holds its locks and SHOW SHARDS counts it.
 //
 // add() is called from any worker; run() loops on the control thread. What is waiting lives in
-// pgvalve's memory only: a pgvalve that stops first logs each part with the command an operator
-// must run (leave_to_operator(), docs/sharding.md).
+// pgvalve's memory only: a pgvalve that stops first logs each part with the command that
+// finishes it (leave_to_operator(), docs/sharding.md), and the next pgvalve finds it (below).
 //
 // Parts whose pgvalve is gone (killed, or another instance's) are found too: every few seconds
 // each sharded database's primaries are asked for pgvalve's prepared parts, and a part another
