@@ -94,6 +94,13 @@ class ShardTransaction : public ::testing::Test {
     EXPECT_EQ(statuses_in(s.to_client), "T");
   }
 
+  // A transaction over both shards: BEGIN and an INSERT on s0, then s1 joins for another.
+  void span_both_shards() {
+    begin_on_s0();
+    join_s1();
+    insert_on_s1();
+  }
+
   // COMMIT: the decider (s0's part, the lowest shard) is asked its xid, then both parts are
   // asked to prepare at once under the name it makes; returns the transaction's gid (quoted).
   std::string commit() {
@@ -228,9 +235,7 @@ TEST_F(ShardTransaction, AWriteOverSeveralShardsFirstInATransactionStartsItOnEve
 }
 
 TEST_F(ShardTransaction, AFailedPartOfAStatementOverSeveralShardsAbortsTheTransaction) {
-  begin_on_s0();
-  join_s1();
-  insert_on_s1();
+  span_both_shards();
   Step s = h.client(query("SELECT count(*) FROM telemetry"));
   h.server(error_result("42P01", 'E'), T0, 0);
   s = h.server(int8_description() + data_row({"3"}) + complete("SELECT 1") + ready('T'), T0, 1);
@@ -313,9 +318,7 @@ TEST_F(ShardTransaction, ASavepointOrASettingKeepsTheTransactionOnItsShard) {
 }
 
 TEST_F(ShardTransaction, WhatWouldApplyToOnePartOnlyIsRefusedOnceItSpansShards) {
-  begin_on_s0();
-  join_s1();
-  insert_on_s1();
+  span_both_shards();
   for (const std::string sql :
        {"SET work_mem = '64MB'", "SAVEPOINT a", "SELECT set_config('a.b', 'c', false)",
         "CREATE TEMP TABLE t (a int)",
@@ -367,9 +370,7 @@ TEST_F(ShardTransaction, AfterAnErrorEveryRequestGoesToTheFailedPartAndCommitRol
 }
 
 TEST_F(ShardTransaction, APartThatFailsToPrepareRollsBackTheOthers) {
-  begin_on_s0();
-  join_s1();
-  insert_on_s1();
+  span_both_shards();
   const std::string gid = commit();
   Step s = h.server(command_result("PREPARE TRANSACTION"), T0, 0);
   // A deferred constraint fails at PREPARE on s1: its part is rolled back by it.
@@ -384,9 +385,7 @@ TEST_F(ShardTransaction, APartThatFailsToPrepareRollsBackTheOthers) {
 }
 
 TEST_F(ShardTransaction, AFirstShardWithoutPreparedTransactionsIsExplainedAtCommit) {
-  begin_on_s0();
-  join_s1();
-  insert_on_s1();
+  span_both_shards();
   commit();
   h.server(error_message("55000", "ERROR", "prepared transactions are disabled") + ready('I'), T0,
            0);
@@ -397,9 +396,7 @@ TEST_F(ShardTransaction, AFirstShardWithoutPreparedTransactionsIsExplainedAtComm
 }
 
 TEST_F(ShardTransaction, RollbackEndsEveryPartAtOnce) {
-  begin_on_s0();
-  join_s1();
-  insert_on_s1();
+  span_both_shards();
   Step s = h.client(parse("", "ROLLBACK") + bind_to("", "") + execute() + sync());
   ASSERT_EQ(s.to_links.size(), 2u);
   h.server(command_result("ROLLBACK"), T0, 0);
@@ -410,9 +407,7 @@ TEST_F(ShardTransaction, RollbackEndsEveryPartAtOnce) {
 
 // PgJDBC prepares its COMMIT as a named statement once it has sent it a few times.
 TEST_F(ShardTransaction, ANamedPreparedCommitEndsEveryPart) {
-  begin_on_s0();
-  join_s1();
-  insert_on_s1();
+  span_both_shards();
   Step s = h.client(parse("S_1", "COMMIT") + bind_to("", "S_1") + execute() + sync());
   EXPECT_EQ(h.state(), SessionState::Ending);
   ASSERT_EQ(s.to_links.size(), 1u) << "the decider's xid first";
@@ -468,9 +463,7 @@ TEST_F(ShardTransaction, ExtendedRequestsMoveBetweenShardsByTheirBoundKey) {
 }
 
 TEST_F(ShardTransaction, ALostPartRollsBackTheOthersAndTheClientLearnsItsTransactionIsOver) {
-  begin_on_s0();
-  join_s1();
-  insert_on_s1();
+  span_both_shards();
   Step s = h.lost(T0, 1);
   ASSERT_TRUE(s.has_op(LinkOp::Kind::CleanAndRelease));
   for (const auto& op : s.ops) {
@@ -486,9 +479,7 @@ TEST_F(ShardTransaction, ALostPartRollsBackTheOthersAndTheClientLearnsItsTransac
 }
 
 TEST_F(ShardTransaction, APartLostBeforeItPreparedRollsBackThePreparedOnes) {
-  begin_on_s0();
-  join_s1();
-  insert_on_s1();
+  span_both_shards();
   const std::string gid = commit();
   h.server(command_result("PREPARE TRANSACTION"), T0, 0);
   Step s = h.lost(T0, 1);
@@ -507,9 +498,7 @@ TEST_F(ShardTransaction, APartLostBeforeItPreparedRollsBackThePreparedOnes) {
 }
 
 TEST_F(ShardTransaction, AClientLeavingDuringTheCommitCommitsTheRemainingParts) {
-  begin_on_s0();
-  join_s1();
-  insert_on_s1();
+  span_both_shards();
   const std::string gid = commit();
   h.server(command_result("PREPARE TRANSACTION"), T0, 0);
   h.server(command_result("PREPARE TRANSACTION"), T0, 1);
@@ -525,9 +514,7 @@ TEST_F(ShardTransaction, AClientLeavingDuringTheCommitCommitsTheRemainingParts) 
 }
 
 TEST_F(ShardTransaction, APartLostWhileCommittingIsCommittedOnceItsShardIsBack) {
-  begin_on_s0();
-  join_s1();
-  insert_on_s1();
+  span_both_shards();
   const std::string gid = commit();
   h.server(command_result("PREPARE TRANSACTION"), T0, 0);
   Step s = h.server(command_result("PREPARE TRANSACTION"), T0, 1);
@@ -547,9 +534,7 @@ TEST_F(ShardTransaction, APartLostWhileCommittingIsCommittedOnceItsShardIsBack) 
 }
 
 TEST_F(ShardTransaction, AFirstCommitThatFailsRollsBackEveryPart) {
-  begin_on_s0();
-  join_s1();
-  insert_on_s1();
+  span_both_shards();
   const std::string gid = commit();
   h.server(command_result("PREPARE TRANSACTION"), T0, 0);
   h.server(command_result("PREPARE TRANSACTION"), T0, 1);
@@ -567,9 +552,7 @@ TEST_F(ShardTransaction, AFirstCommitThatFailsRollsBackEveryPart) {
 }
 
 TEST_F(ShardTransaction, EveryPartIsPreparedUnderTheNameOfTheDecidersTransaction) {
-  begin_on_s0();
-  join_s1();
-  insert_on_s1();
+  span_both_shards();
   const std::string gid = commit();
   const auto name = read_two_phase_gid(gid.substr(1, gid.size() - 2));
   ASSERT_TRUE(name) << gid;
@@ -578,9 +561,7 @@ TEST_F(ShardTransaction, EveryPartIsPreparedUnderTheNameOfTheDecidersTransaction
 }
 
 TEST_F(ShardTransaction, ADeciderLostBeforeItsXidRollsBackEveryPart) {
-  begin_on_s0();
-  join_s1();
-  insert_on_s1();
+  span_both_shards();
   h.client(query("COMMIT"));
   Step s = h.lost(T0, 0);
   EXPECT_TRUE(s.prepared_parts.empty()) << "nothing was asked to prepare";
@@ -592,9 +573,7 @@ TEST_F(ShardTransaction, ADeciderLostBeforeItsXidRollsBackEveryPart) {
 }
 
 TEST_F(ShardTransaction, ADeciderThatCannotTellItsXidRollsBackEveryPart) {
-  begin_on_s0();
-  join_s1();
-  insert_on_s1();
+  span_both_shards();
   h.client(query("COMMIT"));
   const Step s = h.server(error_message("53200") + ready('E'), T0, 0);
   EXPECT_TRUE(s.to_links.empty()) << "no PREPARE without a name";
@@ -608,9 +587,7 @@ TEST_F(ShardTransaction, ADeciderThatCannotTellItsXidRollsBackEveryPart) {
 }
 
 TEST_F(ShardTransaction, ADeciderLostDuringItsCommitLeavesEveryPartToFollowIt) {
-  begin_on_s0();
-  join_s1();
-  insert_on_s1();
+  span_both_shards();
   commit();
   h.server(command_result("PREPARE TRANSACTION"), T0, 0);
   h.server(command_result("PREPARE TRANSACTION"), T0, 1);
@@ -626,9 +603,7 @@ TEST_F(ShardTransaction, ADeciderLostDuringItsCommitLeavesEveryPartToFollowIt) {
 }
 
 TEST_F(ShardTransaction, AClientLeavingBeforeTheDecisionRollsBackThePreparedParts) {
-  begin_on_s0();
-  join_s1();
-  insert_on_s1();
+  span_both_shards();
   const std::string gid = commit();
   h.server(command_result("PREPARE TRANSACTION"), T0, 0);
   const Step s = h.gone();
