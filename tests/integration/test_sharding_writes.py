@@ -68,6 +68,23 @@ def prepared_on(node):
     return on(node, "SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'pgvalve:%'")
 
 
+def in_background(pv, sql):
+    """Runs `sql` through pgvalve on a thread of its own: (the thread, what it got)."""
+    outcome = {}
+
+    def run():
+        try:
+            with pv.connect() as conn:
+                conn.execute(sql)
+                outcome["ok"] = True
+        except psycopg.Error as e:
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
 def refused(conn, sql, sqlstate) -> psycopg.Error:
     with pytest.raises(psycopg.Error) as e:
         conn.execute(sql)
@@ -170,18 +187,7 @@ def test_a_first_commit_that_fails_rolls_the_write_back_on_every_shard(two_pc, p
         conn.execute(f"INSERT INTO telemetry (device_id, value) VALUES ({a}, 1), ({b}, 1)")
     locker = two_pc[1].primary.connect(dbname=APP_DB, autocommit=False)
     locker.execute(f"SELECT * FROM telemetry WHERE device_id = {b} FOR UPDATE")
-    outcome = {}
-
-    def write():
-        with pv.connect() as c:
-            try:
-                c.execute("/* pgvalve: all_shards */ UPDATE telemetry SET value = 2")
-                outcome["ok"] = True
-            except psycopg.Error as e:
-                outcome["error"] = e
-
-    writer = threading.Thread(target=write)
-    writer.start()
+    writer, outcome = in_background(pv, "/* pgvalve: all_shards */ UPDATE telemetry SET value = 2")
     try:
         wait_until(lambda: prepared_on(two_pc[0]), 10, message="shard 0's part prepared")
         gid = prepared_on(two_pc[0])[0][0]
@@ -230,18 +236,7 @@ def test_a_part_left_prepared_on_a_lost_shard_is_rolled_back_once_the_shard_is_b
     blocker = two_pc[0].primary.connect(dbname=APP_DB)
     blocker.execute("BEGIN")
     blocker.execute("LOCK TABLE device_types IN ACCESS EXCLUSIVE MODE")
-    outcome = {}
-
-    def write():
-        try:
-            with pv.connect() as conn:
-                conn.execute("INSERT INTO device_types VALUES (7, 'seven')")
-                outcome["ok"] = True
-        except psycopg.Error as e:
-            outcome["error"] = e
-
-    writer = threading.Thread(target=write)
-    writer.start()
+    writer, outcome = in_background(pv, "INSERT INTO device_types VALUES (7, 'seven')")
     try:
         wait_until(lambda: len(prepared_on(two_pc[1])) == 1, 15, message="s1 prepared its part")
         gid = prepared_on(two_pc[1])[0][0]
@@ -321,15 +316,7 @@ def test_parts_a_killed_pgvalve_left_prepared_are_finished_by_the_next_one(two_p
     locker = two_pc[1].primary.connect(dbname=APP_DB, autocommit=False)
     locker.execute(f"SELECT * FROM telemetry WHERE device_id = {b} FOR UPDATE")
 
-    def write():
-        try:
-            with first.connect() as c:
-                c.execute("/* pgvalve: all_shards */ UPDATE telemetry SET value = 2")
-        except psycopg.Error:
-            pass  # its pgvalve is killed
-
-    writer = threading.Thread(target=write, daemon=True)
-    writer.start()
+    in_background(first, "/* pgvalve: all_shards */ UPDATE telemetry SET value = 2")  # killed
     wait_until(lambda: prepared_on(two_pc[0]), 10, message="s0's part prepared")
     first.signal(signal.SIGKILL)
     first.wait_exit(5)
