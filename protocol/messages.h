@@ -136,6 +136,12 @@ void append_data_row(std::string& out, std::span<const std::optional<std::string
 
 std::optional<std::string_view> read_query(const Frame& f);  // text without the final NUL
 void append_query(std::string& out, std::string_view sql);
+// A Query message of its own (for messages pgvalve keeps and sends again and again).
+inline std::string query_message(std::string_view sql) {
+  std::string out;
+  append_query(out, sql);
+  return out;
+}
 void append_terminate(std::string& out);
 void append_sync(std::string& out);
 void append_flush(std::string& out);

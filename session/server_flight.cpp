@@ -71,22 +71,14 @@ constexpr std::string_view kPinCheckSql =
     "(SELECT count(*) FROM pg_catalog.pg_listening_channels())";
 
 const std::string& pin_check_message() {
-  static const std::string message = [] {
-    std::string m;
-    pr::append_query(m, kPinCheckSql);
-    return m;
-  }();
+  static const std::string message = pr::query_message(kPinCheckSql);
   return message;
 }
 
 }  // namespace
 
 const std::string& wal_position_message() {
-  static const std::string message = [] {
-    std::string m;
-    pr::append_query(m, "SELECT pg_catalog.pg_current_wal_lsn()");
-    return m;
-  }();
+  static const std::string message = pr::query_message("SELECT pg_catalog.pg_current_wal_lsn()");
   return message;
 }
 

@@ -35,20 +35,12 @@ constexpr std::string_view kTwoPhaseCheck =
 }  // namespace
 
 const std::string& rollback_message() {
-  static const std::string message = [] {
-    std::string m;
-    pr::append_query(m, "ROLLBACK");
-    return m;
-  }();
+  static const std::string message = pr::query_message("ROLLBACK");
   return message;
 }
 
 const std::string& xid_message() {
-  static const std::string message = [] {
-    std::string m;
-    pr::append_query(m, kXidQuery);
-    return m;
-  }();
+  static const std::string message = pr::query_message(kXidQuery);
   return message;
 }
 
