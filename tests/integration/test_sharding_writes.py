@@ -10,6 +10,7 @@ back there once the shard is back."""
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 
@@ -295,6 +296,44 @@ def test_a_part_left_prepared_on_a_lost_shard_is_rolled_back_once_the_shard_is_b
     with pv.connect() as conn:
         conn.execute("INSERT INTO device_types VALUES (8, 'eight')")
     assert on(two_pc[1], "SELECT count(*) FROM device_types") == [(1,)]
+
+
+def test_a_deciding_part_lost_during_its_commit_decides_every_part(two_pc, pgvalve):
+    """s0's part decides the write. Its server dies while its COMMIT PREPARED is unanswered:
+    whether the write committed is s0's to say, so pgvalve commits nothing else meanwhile and
+    the client hears 40003. Once s0 is back, pgvalve commits its part (the decision was to
+    commit) and s1's part follows how s0's transaction ended."""
+    import signal
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    a = next(d for d in range(1, 100) if md5_mod(d) == 0)
+    b = next(d for d in range(1, 100) if md5_mod(d) == 1)
+    with pv.connect() as conn:
+        conn.execute(f"INSERT INTO telemetry (device_id, value) VALUES ({a}, 1), ({b}, 1)")
+    locker = two_pc[1].primary.connect(dbname=APP_DB, autocommit=False)
+    locker.execute(f"SELECT * FROM telemetry WHERE device_id = {b} FOR UPDATE")
+    writer, outcome = in_background(pv, "/* pgvalve: all_shards */ UPDATE telemetry SET value = 2")
+    wait_until(lambda: prepared_on(two_pc[0]), 10, message="s0's part prepared")
+    gid = prepared_on(two_pc[0])[0][0]
+    # s0's server stops before the COMMIT PREPARED pgvalve sends once s1 has prepared.
+    backend = two_pc[0].primary.scalar(
+        "SELECT pid FROM pg_stat_activity WHERE query LIKE 'PREPARE TRANSACTION%'",
+        dbname=APP_DB)
+    os.kill(backend, signal.SIGSTOP)
+    locker.rollback()
+    locker.close()
+    wait_until(lambda: prepared_on(two_pc[1]), 10, message="s1's part prepared")
+    time.sleep(0.5)  # pgvalve's COMMIT PREPARED is in s0's socket, unread
+    os.kill(backend, signal.SIGKILL)  # s0 restarts: its part, prepared, survives
+    writer.join(30)
+    assert "error" in outcome, outcome
+    assert outcome["error"].sqlstate == "40003", outcome["error"]
+    assert str(outcome["error"]).startswith("pgvalve:")
+    assert prepared_on(two_pc[1]) == [(gid,)], "nothing committed before s0 is known to have"
+    wait_until(lambda: prepared_on(two_pc[0]) == [] and prepared_on(two_pc[1]) == [], 60,
+               message="s0's part committed once it is back, and s1's with it")
+    assert on(two_pc[0], "SELECT value FROM telemetry") == [(2.0,)]
+    assert on(two_pc[1], "SELECT value FROM telemetry") == [(2.0,)]
 
 
 @pytest.mark.parametrize("decider_committed", [True, False], ids=["committed", "not_committed"])
