@@ -207,7 +207,8 @@ std::unique_ptr<Connection> ServerPool::checkin(int worker, std::unique_ptr<Conn
   WorkerState& w = state(worker);
   const config::PoolSettings& s = local_settings(w);
   conn->last_used_at = now;
-  if (retired() || (s.recycle_s > 0 && now - conn->created_at >= secs(s.recycle_s))) {
+  if (retired() || close_needed(*conn) ||
+      (s.recycle_s > 0 && now - conn->created_at >= secs(s.recycle_s))) {
     bump(w.closed);
     budget_.fetch_add(1);
     offer_permit(worker);
@@ -305,6 +306,13 @@ void ServerPool::rebalance(int worker) {
   park(worker, std::move(conn));
 }
 
+void ServerPool::reconnect(std::uint64_t first_fresh_id) {
+  std::uint64_t below = reconnect_below_.load(std::memory_order_relaxed);
+  while (below < first_fresh_id && !reconnect_below_.compare_exchange_weak(
+                                       below, first_fresh_id, std::memory_order_relaxed)) {
+  }
+}
+
 std::vector<std::unique_ptr<Connection>> ServerPool::collect_expired(int worker,
                                                                      Clock::time_point now) {
   WorkerState& w = state(worker);
@@ -322,7 +330,8 @@ std::vector<std::unique_ptr<Connection>> ServerPool::collect_expired(int worker,
       const Connection& conn = *w.idle[i];
       const auto idle_for = now - conn.last_used_at;
       bool close = false;
-      if (retired() || (s.idle_timeout_s > 0 && idle_for >= secs(s.idle_timeout_s)) ||
+      if (retired() || close_needed(conn) ||
+          (s.idle_timeout_s > 0 && idle_for >= secs(s.idle_timeout_s)) ||
           (s.recycle_s > 0 && now - conn.created_at >= secs(s.recycle_s))) {
         budget_.fetch_add(1);
         close = budget_back = true;

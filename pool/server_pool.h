@@ -166,6 +166,13 @@ class ServerPool : public std::enable_shared_from_this<ServerPool> {
   // at the next collect_expired(); nothing new is lent. Thread-safe.
   void retire() { retired_.store(true, std::memory_order_relaxed); }
   bool retired() const { return retired_.load(std::memory_order_relaxed); }
+  // RECONNECT and KILL: connections with an id below `first_fresh_id` (ids only grow) are closed
+  // as they come back, idle ones at the next collect_expired(); new ones open as usual.
+  // Thread-safe.
+  void reconnect(std::uint64_t first_fresh_id);
+  bool close_needed(const Connection& conn) const {
+    return conn.id < reconnect_below_.load(std::memory_order_relaxed);
+  }
 
   // Thread-safe. A bigger limit lets queued clients open connections at once; a smaller one
   // closes the surplus as connections come back.
@@ -263,6 +270,7 @@ class ServerPool : public std::enable_shared_from_this<ServerPool> {
   std::atomic<int> testing_{0};
   std::atomic<std::uint64_t> invalid_{0};
   std::atomic<bool> retired_{false};
+  std::atomic<std::uint64_t> reconnect_below_{0};
 };
 
 }  // namespace pgvalve::pool

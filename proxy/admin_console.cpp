@@ -269,6 +269,16 @@ constexpr std::pair<std::string_view, std::string_view> kCommands[] = {
     {"SHUTDOWN", "stop as SIGTERM does: clients leave at their next transaction boundary"},
     {"SWITCHOVER <database> [shard] [TO host:port]", "planned change of primary"},
     {"FAILOVER <database> [shard]", "promote a replica now (dead primary)"},
+    {"SHOW DATABASES", "every host of every database: server database, pool limits, connections"},
+    {"SHOW USERS", "the configured users"},
+    {"SHOW LISTS", "how many databases, users, pools, clients and server connections"},
+    {"SHOW STATE", "paused, disabled, draining"},
+    {"RECONNECT [database]", "close server connections as they come back; new ones open"},
+    {"WAIT_CLOSE [database]", "return once the connections RECONNECT or KILL closes are gone"},
+    {"KILL [database]", "disconnect its clients and servers now; new requests wait for RESUME"},
+    {"KILL_CLIENT <id>", "disconnect one client (id from SHOW CLIENTS)"},
+    {"DISABLE <database>", "refuse new logins to it"},
+    {"ENABLE <database>", "end a DISABLE"},
 };
 
 std::string command_list() {
@@ -419,18 +429,123 @@ boost::asio::awaitable<std::vector<ConnectionRow>> collect_connections(App& app,
   co_return rows;
 }
 
-void show_connections(const std::vector<ConnectionRow>& all, char type, std::string& out) {
+void show_connections(App& app, const std::vector<ConnectionRow>& all, char type,
+                      std::string& out) {
   std::vector<Row> rows;
   for (const auto& r : all) {
     if (r.type != type) continue;
     rows.push_back({std::string(1, type), std::to_string(r.id), r.user, r.database, r.state, r.addr,
                     std::to_string(r.port), iso_time(r.connect_time), iso_time(r.request_time),
                     r.shard, r.host, r.peer ? std::to_string(r.peer) : ""});
+    if (type == 'S') rows.back().push_back(r.id < app.reconnect_below(r.database) ? "1" : "0");
+  }
+  if (type == 'C') {
+    append_result(out,
+                  {"type", "id", "user", "database", "state", "addr", "port", "connect_time",
+                   "request_time", "shard", "host", "server"},
+                  rows);
+  } else {
+    append_result(out,
+                  {"type", "id", "user", "database", "state", "addr", "port", "connect_time",
+                   "request_time", "shard", "host", "client", "close_needed"},
+                  rows);
+  }
+}
+
+// WAIT_CLOSE: server connections RECONNECT or KILL marked, still open.
+int connections_to_close(App& app, const std::vector<ConnectionRow>& all,
+                         const std::string& database) {
+  int left = 0;
+  for (const auto& r : all) {
+    if (r.type == 'S' && (database.empty() || r.database == database) &&
+        r.id < app.reconnect_below(r.database)) {
+      ++left;
+    }
+  }
+  return left;
+}
+
+void show_databases(App& app, std::string& out) {
+  const auto config = app.config();
+  const auto pools = app.pools();
+  std::vector<Row> rows;
+  for (const HostRow& h : app.hosts()) {
+    const config::Database* db = config->find_database(h.database);
+    if (!db) continue;
+    int connections = 0;
+    for (const auto& pool : pools) {
+      if (pool->key().database == h.database && pool->key().host == h.host) {
+        connections += pool->stats().size;
+      }
+    }
+    rows.push_back({h.database, h.shard, h.host.host, std::to_string(h.host.port),
+                    std::string(health::role_name(h.role)), db->dbname,
+                    std::to_string(config->pool.pool_size),
+                    std::to_string(config->pool.max_overflow),
+                    std::string(config::to_string(config->pool.mode)), std::to_string(connections),
+                    app.paused(h.database) ? "1" : "0", app.disabled(h.database) ? "1" : "0"});
   }
   append_result(out,
-                {"type", "id", "user", "database", "state", "addr", "port", "connect_time",
-                 "request_time", "shard", "host", type == 'C' ? "server" : "client"},
+                {"name", "shard", "host", "port", "role", "database", "pool_size", "max_overflow",
+                 "pool_mode", "current_connections", "paused", "disabled"},
                 rows);
+}
+
+void show_users(App& app, std::string& out) {
+  const auto config = app.config();
+  std::vector<Row> rows;
+  for (const auto& u : config->users) {
+    rows.push_back(
+        {u.name, u.admin ? "yes" : "no", std::string(config::to_string(config->pool.mode))});
+  }
+  append_result(out, {"name", "admin", "pool_mode"}, rows);
+}
+
+void show_lists(App& app, std::string& out) {
+  const auto config = app.config();
+  int servers = 0;
+  int idle = 0;
+  int waiting = 0;
+  const auto pools = app.pools();
+  for (const auto& pool : pools) {
+    const auto s = pool->stats();
+    servers += s.size;
+    idle += s.checked_in;
+    waiting += s.waiting;
+  }
+  const int clients = app.client_count();
+  std::vector<Row> rows = {
+      {"databases", std::to_string(config->databases.size())},
+      {"users", std::to_string(config->users.size())},
+      {"pools", std::to_string(pools.size())},
+      {"used_clients", std::to_string(clients)},
+      {"waiting_clients", std::to_string(waiting)},
+      {"login_clients", std::to_string(std::max(0, app.open_sockets() - clients))},
+      {"used_servers", std::to_string(servers)},
+      {"idle_servers", std::to_string(idle)},
+  };
+  append_result(out, {"list", "items"}, rows);
+}
+
+std::string joined(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) {
+    if (!out.empty()) out += ",";
+    out += n.empty() ? "*" : n;
+  }
+  return out;
+}
+
+void show_state(App& app, std::string& out) {
+  const auto paused = app.paused_databases();
+  const bool all_paused = std::find(paused.begin(), paused.end(), "") != paused.end();
+  std::vector<Row> rows = {
+      {"active", all_paused || app.draining() ? "no" : "yes"},
+      {"paused", joined(paused)},
+      {"disabled", joined(app.disabled_databases())},
+      {"draining", app.draining() ? "yes" : "no"},
+  };
+  append_result(out, {"key", "value"}, rows);
 }
 
 // SHOW QUERIES / SLOW_QUERIES / SHARDS / STATS: the figures are gathered on the worker threads.
@@ -506,6 +621,80 @@ void error(std::string& out, std::string_view sqlstate, std::string_view message
   pr::append_error_response(out, e);
 }
 
+void notice(std::string& out, std::string_view message) {
+  pr::ErrorFields n;
+  n.severity = "NOTICE";
+  n.sqlstate = "00000";
+  n.message = message;
+  pr::append_notice_response(out, n);
+}
+
+bool is_connection_command(const std::vector<std::string>& words) {
+  const std::string& w = words[0];
+  return w == "RECONNECT" || w == "WAIT_CLOSE" || w == "KILL" || w == "KILL_CLIENT" ||
+         w == "DISABLE" || w == "ENABLE";
+}
+
+// RECONNECT, WAIT_CLOSE, KILL, KILL_CLIENT, DISABLE, ENABLE: what they do to connections.
+boost::asio::awaitable<void> connection_command(App& app, Stream& client, std::string_view sql,
+                                                std::string& out) {
+  const auto raw = raw_words(sql);
+  const std::string command = words_of(sql)[0];
+  const bool needs_name = command == "DISABLE" || command == "ENABLE" || command == "KILL_CLIENT";
+  if (raw.size() > 2 || (needs_name && raw.size() != 2)) {
+    error(out, "42601",
+          "pgvalve: usage: " + command +
+              (command == "KILL_CLIENT" ? " <id>"
+               : needs_name             ? " <database>"
+                                        : " [database]"));
+    co_return;
+  }
+  const std::string name = raw.size() == 2 ? raw[1] : "";
+  if (command == "KILL_CLIENT") {
+    std::uint64_t id = 0;
+    const auto r = std::from_chars(name.data(), name.data() + name.size(), id);
+    if (r.ec != std::errc() || r.ptr != name.data() + name.size()) {
+      error(out, "42601", "pgvalve: usage: KILL_CLIENT <id>, the id a row of SHOW CLIENTS shows");
+    } else if (!co_await app.kill_client(id)) {
+      error(out, "42704",
+            "pgvalve: no application client " + name + "; SHOW CLIENTS lists the connected ones");
+    } else {
+      PGV_LOG(Warn, "client_killed", {"client", id});
+      pr::append_command_complete(out, "KILL_CLIENT");
+    }
+    co_return;
+  }
+  if (!name.empty() && !app.config()->find_database(name)) {
+    error(out, "3D000", "pgvalve: no database \"" + name + "\" in the configuration");
+    co_return;
+  }
+  const std::string logged = name.empty() ? "*" : name;
+  if (command == "RECONNECT") {
+    app.reconnect(name);
+    PGV_LOG(Warn, "reconnect", {"database", logged});
+  } else if (command == "WAIT_CLOSE") {
+    boost::asio::steady_timer timer(client.get_executor());
+    while (connections_to_close(app, co_await collect_connections(app, client), name) > 0 &&
+           !app.draining()) {
+      timer.expires_after(std::chrono::milliseconds(50));
+      co_await timer.async_wait(boost::asio::use_awaitable);
+    }
+  } else if (command == "KILL") {
+    const int killed = co_await app.kill(name);
+    PGV_LOG(Warn, "killed", {"database", logged}, {"clients", killed});
+    notice(out, "pgvalve: " + std::to_string(killed) + " client" + (killed == 1 ? "" : "s") +
+                    " disconnected; " + (name.empty() ? "every database" : name) +
+                    " is paused until RESUME");
+  } else if (command == "DISABLE") {
+    app.disable(name);
+    PGV_LOG(Warn, "disabled", {"database", name});
+  } else {
+    app.enable(name);
+    PGV_LOG(Warn, "enabled", {"database", name});
+  }
+  pr::append_command_complete(out, command);
+}
+
 }  // namespace
 
 boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, session::InputBuffer& in,
@@ -554,7 +743,7 @@ boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, sessi
       } else if (words.size() == 2 && words[0] == "SHOW" &&
                  (words[1] == "CLIENTS" || words[1] == "SERVERS")) {
         const auto rows = co_await collect_connections(app, client);
-        show_connections(rows, words[1] == "CLIENTS" ? 'C' : 'S', out);
+        show_connections(app, rows, words[1] == "CLIENTS" ? 'C' : 'S', out);
       } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "STATS") {
         co_await answer_statistics(app, words[1], out);
       } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "HELP") {
@@ -580,6 +769,16 @@ boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, sessi
           }
           pr::append_command_complete(out, "PAUSE");
         }
+      } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "DATABASES") {
+        show_databases(app, out);
+      } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "USERS") {
+        show_users(app, out);
+      } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "LISTS") {
+        show_lists(app, out);
+      } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "STATE") {
+        show_state(app, out);
+      } else if (is_connection_command(words)) {
+        co_await connection_command(app, client, sql, out);
       } else if (words.size() == 1 && words[0] == "SHUTDOWN") {
         co_await app.shutdown();
         pr::append_command_complete(out, "SHUTDOWN");

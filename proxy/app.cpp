@@ -359,6 +359,100 @@ std::vector<std::string> App::paused_databases() const {
   return paused_;
 }
 
+std::uint64_t App::reconnect(const std::string& database) {
+  const std::uint64_t first_fresh = next_server_id_.load();
+  {
+    std::lock_guard lock(pause_mutex_);
+    std::uint64_t& below = reconnect_below_[database];
+    below = std::max(below, first_fresh);
+  }
+  std::vector<std::shared_ptr<pool::ServerPool>> affected;
+  for (auto& pool : pools()) {
+    if (database.empty() || pool->key().database == database) {
+      pool->reconnect(first_fresh);
+      affected.push_back(std::move(pool));
+    }
+  }
+  // Idle connections belong to their worker: each closes its own.
+  for (auto& w : workers_) {
+    asio::post(w->context, [w = w.get(), affected] {
+      for (const auto& p : affected)
+        p->collect_expired(w->index, pool::Clock::now());  // destroyed here: closed
+    });
+  }
+  return first_fresh;
+}
+
+std::uint64_t App::reconnect_below(const std::string& database) const {
+  std::lock_guard lock(pause_mutex_);
+  std::uint64_t below = 0;
+  for (const auto& [name, id] : reconnect_below_) {
+    if (name.empty() || name == database) below = std::max(below, id);
+  }
+  return below;
+}
+
+asio::awaitable<int> App::kill(const std::string& database) {
+  pause(database);
+  reconnect(database);
+  auto killed = std::make_shared<std::atomic<int>>(0);
+  const auto close_clients = [database, killed](Worker& w) {
+    std::vector<std::shared_ptr<ClientSession>> victims;
+    w.for_each_session([&](ClientSession& s) {
+      if (s.serves_clients() && (database.empty() || s.database() == database)) {
+        victims.push_back(s.shared_from_this());
+      }
+    });
+    for (const auto& s : victims)
+      s->on_kill("pgvalve: disconnected by an administrator (KILL " +
+                 (database.empty() ? std::string("of every database") : database) +
+                 "); new connections wait until RESUME");
+    killed->fetch_add(static_cast<int>(victims.size()));
+  };
+  co_await on_every_worker(close_clients);
+  co_return killed->load();
+}
+
+asio::awaitable<bool> App::kill_client(std::uint64_t id) {
+  auto found = std::make_shared<std::atomic<bool>>(false);
+  const auto close_client = [id, found](Worker& w) {
+    std::shared_ptr<ClientSession> victim;
+    w.for_each_session([&](ClientSession& s) {
+      if (s.id() == id && s.serves_clients()) victim = s.shared_from_this();
+    });
+    if (!victim) return;
+    victim->on_kill("pgvalve: disconnected by an administrator (KILL_CLIENT " + std::to_string(id) +
+                    ")");
+    found->store(true);
+  };
+  co_await on_every_worker(close_client);
+  co_return found->load();
+}
+
+void App::disable(const std::string& database) {
+  std::lock_guard lock(pause_mutex_);
+  if (std::find(disabled_.begin(), disabled_.end(), database) == disabled_.end()) {
+    disabled_.push_back(database);
+  }
+  disabled_count_.store(static_cast<int>(disabled_.size()), std::memory_order_relaxed);
+}
+
+void App::enable(const std::string& database) {
+  std::lock_guard lock(pause_mutex_);
+  std::erase(disabled_, database);
+  disabled_count_.store(static_cast<int>(disabled_.size()), std::memory_order_relaxed);
+}
+
+bool App::disabled_slow(const std::string& database) const {
+  std::lock_guard lock(pause_mutex_);
+  return std::find(disabled_.begin(), disabled_.end(), database) != disabled_.end();
+}
+
+std::vector<std::string> App::disabled_databases() const {
+  std::lock_guard lock(pause_mutex_);
+  return disabled_;
+}
+
 std::vector<std::shared_ptr<pool::ServerPool>> App::pools() {
   std::lock_guard lock(pools_mutex_);
   std::vector<std::shared_ptr<pool::ServerPool>> out;

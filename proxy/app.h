@@ -217,6 +217,27 @@ class App : public pool::Handoff {
     return paused_count_.load(std::memory_order_relaxed) > 0 && paused_slow(database);
   }
   std::vector<std::string> paused_databases() const;
+  // RECONNECT [database] ("" = every database): the server connections open now are closed as
+  // they come back to the pool, idle ones at once; new ones open as needed. Returns the first
+  // server id that is not affected.
+  std::uint64_t reconnect(const std::string& database);
+  // WAIT_CLOSE: server connections of `database` with an id below this are still to be closed
+  // (after RECONNECT or KILL of it or of every database).
+  std::uint64_t reconnect_below(const std::string& database) const;
+  // KILL [database]: paused (new requests wait for RESUME), its clients disconnected with 57P01
+  // and its server connections closed. Returns how many clients were disconnected.
+  asio::awaitable<int> kill(const std::string& database);
+  // KILL_CLIENT <id>: that client (an application client, as SHOW CLIENTS lists it) is
+  // disconnected with 57P01; false when there is none.
+  asio::awaitable<bool> kill_client(std::uint64_t id);
+  // DISABLE / ENABLE <database>: new logins to a disabled database are refused (55000);
+  // connected clients go on.
+  void disable(const std::string& database);
+  void enable(const std::string& database);
+  bool disabled(const std::string& database) const {
+    return disabled_count_.load(std::memory_order_relaxed) > 0 && disabled_slow(database);
+  }
+  std::vector<std::string> disabled_databases() const;
   // The LISTEN/NOTIFY hub of (database, user), on the control thread.
   std::shared_ptr<ListenHub> listen_hub_for(const config::Database& db, const config::User& user);
 
@@ -306,6 +327,11 @@ class App : public pool::Handoff {
   mutable std::mutex pause_mutex_;
   std::vector<std::string> paused_;
   std::atomic<int> paused_count_{0};
+  std::vector<std::string> disabled_;  // under pause_mutex_
+  std::atomic<int> disabled_count_{0};
+  bool disabled_slow(const std::string& database) const;
+  // RECONNECT / KILL: per database ("" = every one), the first server id not to close.
+  std::unordered_map<std::string, std::uint64_t> reconnect_below_;  // under pause_mutex_
   std::atomic<std::uint64_t> next_server_id_{1};
   std::vector<std::unique_ptr<Worker>> workers_;
 

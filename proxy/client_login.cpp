@@ -331,6 +331,13 @@ asio::awaitable<bool> ClientSession::start_session(const StartupParameters& star
                                      "\" is not configured; use one of: " + names);
     co_return false;
   }
+  if (app_.disabled(database_name_)) {
+    co_await send_fatal("55000", "pgvalve: database \"" + database_name_ +
+                                     "\" is disabled by an administrator (DISABLE); connect "
+                                     "again once it is enabled (ENABLE " +
+                                     database_name_ + ")");
+    co_return false;
+  }
   // The worker's own flag may be set first (SHUTDOWN drains each worker before it answers).
   if (app_.draining() || worker_->draining) {
     co_await send_fatal("57P01", "pgvalve: shutting down; connect again shortly");

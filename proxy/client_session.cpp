@@ -505,6 +505,12 @@ void ClientSession::on_drain() {
   carry_out(core_->on_drain(), Source::Event);
 }
 
+void ClientSession::on_kill(std::string_view message) {
+  if (closed_ || !core_) return;
+  const auto self = shared_from_this();
+  carry_out(core_->on_kill(message), Source::Event);
+}
+
 void ClientSession::on_stopped() {
   const auto self = shared_from_this();  // destroyed, if at all, once this returns
   checkout().waiting_self.reset();

@@ -67,6 +67,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   asio::awaitable<void> serve();
   // Shutdown began: leave at the next transaction boundary (now, if between transactions).
   void on_drain();
+  // KILL / KILL_CLIENT from the admin console: the client is disconnected now with `message`.
+  void on_kill(std::string_view message);
+  // An application client past its login (not an admin console, not logging in).
+  bool serves_clients() const { return core_.has_value(); }
   // A cancel for a statement running on several shards: each linked server gets one (carried
   // out on this session's thread; callable from any).
   void cancel_every_server();

@@ -717,6 +717,12 @@ const Actions& Session::on_drain() {
   return out;
 }
 
+const Actions& Session::on_kill(std::string_view message) {
+  Actions& out = event_actions();
+  close_with("57P01", message, out);
+  return out;
+}
+
 const Actions& Session::on_client_memory_exhausted() {
   Actions& out = event_actions();
   close_with("53400",

@@ -173,6 +173,9 @@ class Session {
   const Actions& on_client_gone();
   // Shutdown: leave at the next transaction boundary (now, when between transactions).
   const Actions& on_drain();
+  // An operator disconnects the client (KILL, KILL_CLIENT): it is told `message` (57P01) and
+  // its servers are given back or closed as when a client leaves mid-transaction.
+  const Actions& on_kill(std::string_view message);
 
   // pgvalve stops reading the link's server while the client has not read what it got (and
   // starts again once it has): that time is not the server's silence (query_timeout).

@@ -583,6 +583,32 @@ TEST_F(ServerPoolTest, ARetiredPoolClosesWhatComesBackAndWhatIsIdle) {
   EXPECT_EQ(s.checked_in, 0);
 }
 
+TEST_F(ServerPoolTest, ReconnectClosesOlderConnectionsAsTheyComeBackAndKeepsNewerOnes) {
+  auto pool = make_pool(make_settings(4, 0));
+  auto lent = open_new(*pool, 1, 0, T0);
+  auto idle = open_new(*pool, 2, 0, T0);
+  park(*pool, 0, std::move(idle), T0);
+  pool->reconnect(3);
+  pool->reconnect(2);  // an older RECONNECT arriving late changes nothing
+  auto expired = pool->collect_expired(0, T0 + seconds(1));
+  ASSERT_EQ(expired.size(), 1u);
+  EXPECT_EQ(expired[0]->id, 2u);
+
+  auto fresh = open_new(*pool, 3, 0, T0);
+  EXPECT_TRUE(pool->close_needed(*lent));
+  EXPECT_FALSE(pool->close_needed(*fresh));
+  auto back = pool->checkin(0, std::move(lent), T0 + seconds(1));
+  ASSERT_NE(back, nullptr);
+  EXPECT_EQ(back->id, 1u);
+  park(*pool, 0, std::move(fresh), T0 + seconds(1));
+  EXPECT_TRUE(pool->collect_expired(0, T0 + seconds(2)).empty());
+  EXPECT_EQ(checkout_idle_id(*pool, 0), 3u);
+  auto s = pool->stats(T0);
+  EXPECT_EQ(s.size, 1);  // the closed ones gave their budget back
+  EXPECT_EQ(s.total_closed, 2u);
+  EXPECT_FALSE(pool->retired());
+}
+
 TEST_F(ServerPoolTest, CheckinPastRecyclePermitsWaiter) {
   auto settings = make_settings(1, 0);
   settings.recycle_s = 100;

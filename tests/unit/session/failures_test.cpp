@@ -392,6 +392,42 @@ TEST(SessionFailures, DrainWithAPartialMessageWaitsForIt) {
   EXPECT_TRUE(s.close_client);
 }
 
+// ---- An operator's KILL --------------------------------------------------------------------
+
+TEST(SessionFailures, KillWhenIdleClosesAtOnceWithTheMessage) {
+  SessionHarness h;
+  Step s = h.kill("pgvalve: disconnected by an administrator (KILL telemetry)");
+  EXPECT_TRUE(s.close_client);
+  const auto errors = errors_in(s.to_client);
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0].sqlstate, "57P01");
+  EXPECT_EQ(errors[0].severity, "FATAL");
+  EXPECT_EQ(errors[0].message, "pgvalve: disconnected by an administrator (KILL telemetry)");
+  EXPECT_EQ(h.state(), SessionState::Closing);
+}
+
+TEST(SessionFailures, KillInsideATransactionDoesNotWaitAndLeavesNoDirtyServer) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(query("begin"), *server);
+  h.answer(command_result("BEGIN", 'T'));
+  Step s = h.kill();
+  EXPECT_TRUE(s.close_client);
+  EXPECT_EQ(sqlstates_in(s.to_client), "57P01");
+  // The open transaction is not handed to the next client as it is.
+  ASSERT_EQ(s.ops.size(), 1u);
+  EXPECT_NE(s.ops[0].kind, LinkOp::Kind::Release);
+}
+
+TEST(SessionFailures, KillWhileWaitingForAServerClosesAtOnce) {
+  SessionHarness h;
+  h.client(query("select 1"));
+  ASSERT_EQ(h.state(), SessionState::WaitingForServer);
+  Step s = h.kill();
+  EXPECT_TRUE(s.close_client);
+  EXPECT_EQ(sqlstates_in(s.to_client), "57P01");
+}
+
 // ---- The client leaving --------------------------------------------------------------------
 
 TEST(SessionFailures, ClientGoneWithAQueryInFlightCancelsIt) {

@@ -476,6 +476,9 @@ class SessionHarness {
   Step timer(Clock::time_point now) { return track(session_.on_timer(now)); }
   Step gone() { return track(session_.on_client_gone()); }
   Step drain() { return track(session_.on_drain()); }
+  Step kill(std::string_view message = "pgvalve: disconnected by an administrator") {
+    return track(session_.on_kill(message));
+  }
   Step hub_done(std::optional<std::string_view> error = std::nullopt) {
     return track(session_.on_hub_done(error));
   }
