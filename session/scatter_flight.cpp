@@ -132,8 +132,10 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
                      route.split_rows ? &parts : nullptr, route.write);
   if (!why.empty()) return refuse("0A000", "pgvalve cannot run it across shards: " + why);
 
-  // A Parse of a named statement defines it for the client's later Binds, as on one shard.
+  // A Parse of a named statement defines it for the client's later Binds, as on one shard;
+  // once request.sql is no longer read: it may be the text of the statement it replaces.
   Workspace& w = work();
+  std::optional<pr::ParseMessage> define;
   if (auto head = pr::decode_frame(frames, options_.max_message_bytes);
       head.status == pr::DecodeStatus::Ok && head.frame.tag == 'P') {
     const auto parse = pr::read_parse(head.frame);
@@ -159,7 +161,7 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
             "text; close (DEALLOCATE) the ones it no longer uses");
         return ScatterStart::NotScattered;
       }
-      define_statement(parse->statement, parse->query, parse->param_types);
+      define = parse;
     }
   }
 
@@ -167,6 +169,7 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
     open_scatter_run(std::move(scatter), {}, fingerprint, false);
     send_to_transaction_parts(route.shards, kActionScatter, out);
     if (recorder_) recorder_->stats->prepare(fingerprint, request.sql, recorder_->labels);
+    if (define) define_statement(define->statement, define->query, define->param_types);
     out.consumed = end;
     enter(SessionState::Scattering);
     return ScatterStart::Started;
@@ -192,6 +195,7 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
   }
   open_scatter_run(std::move(scatter), std::move(routes), fingerprint, two_phase);
   if (recorder_) recorder_->stats->prepare(fingerprint, request.sql, recorder_->labels);
+  if (define) define_statement(define->statement, define->query, define->param_types);
   out.consumed = end;
   check_out_next_shard(out);
   return ScatterStart::Started;

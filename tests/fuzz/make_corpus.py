@@ -381,6 +381,9 @@ def session_seeds() -> dict:
         # A shard's server that is not PostgreSQL answers the PREPARE TRANSACTION of a sharded
         # COPY in the step that sends it: that step ends the write and closes the server.
         "finding_prepare_to_a_server_that_goes": bytes.fromhex("7573414141414141414141776e657a25da87ffc63e"),
+        # A sharded request whose own Parse replaces the named statement its Bind routes by
+        # (scatter_test.cpp: the old text was read after it was freed).
+        "finding_parse_replacing_the_routed_statement": bytes.fromhex("0013113e3eff113e6d"),
     }
 
 

@@ -147,6 +147,22 @@ TEST_F(Scatter, AnExtendedRequestGetsTheAnswersItsMessagesAskFor) {
   EXPECT_EQ(values_in(s.to_client), std::vector<std::string>{"11"});
 }
 
+TEST_F(Scatter, AFlightThatRedefinesTheStatementItBindsIsRoutedByTheOldTextSafely) {
+  // Found by session_fuzz: the request was routed by the text of the statement its Bind names,
+  // and its own Parse replaced that statement (freeing the text) before the routing was done.
+  start(parse("s", "SELECT count(*) FROM telemetry") + bind_to("", "s") + execute() + sync());
+  const std::string part = parse_complete() + bind_complete() + int8_description();
+  h.server(part + data_row({"4"}) + complete("SELECT 1") + ready(), T0, 0);
+  h.server(part + data_row({"7"}) + complete("SELECT 1") + ready(), T0, 1);
+  ASSERT_EQ(h.state(), SessionState::Idle);
+
+  const auto [to_s0, to_s1] = start(parse("s", "BEGIN") + bind_to("", "s") + execute() + sync());
+  // (PostgreSQL would refuse to redefine "s"; pgvalve replaces it, and this request runs what
+  // it was routed by. Under ASan the old text's reuse was a use after free.)
+  EXPECT_EQ(parsed_in(to_s0), std::vector<std::string>{"SELECT count(*) FROM telemetry"});
+  EXPECT_EQ(to_s1, to_s0);
+}
+
 // A RowDescription of columns named and typed as given (text format).
 std::string described_as(const std::vector<std::pair<std::string, std::int32_t>>& columns,
                          std::int16_t format = 0) {
