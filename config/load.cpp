@@ -1096,18 +1096,6 @@ void Loader::read_root(const YAML::Node& root, Config& c) {
 // capability's issue removes its line here when the key starts to work. docs/configuration.md
 // lists the same keys.
 void Loader::refuse_what_does_not_work_yet(const YAML::Node& root) {
-  // `key` of `map`, if present, is refused; the error points at the key (a section's value
-  // starts on the line after it).
-  auto refuse = [&](const YAML::Node& map, std::string_view key, const std::string& path,
-                    std::string_view now) {
-    if (!map || !map.IsMap()) return;
-    for (const auto& kv : map) {
-      if (kv.first.IsScalar() && kv.first.Scalar() == key) {
-        error(path, kv.first, "not supported yet: " + std::string(now));
-        return;
-      }
-    }
-  };
   if (const YAML::Node dbs = root["databases"]; dbs && dbs.IsMap()) {
     for (const auto& db : dbs) {
       const std::string path = child("databases", db.first.Scalar());
@@ -1122,18 +1110,6 @@ void Loader::refuse_what_does_not_work_yet(const YAML::Node& root) {
               "not supported yet: session mode with a sharded database (" + path + " has " +
                   std::to_string(shards.size()) + " shards); use transaction mode");
       }
-    }
-  }
-  if (const YAML::Node stats = root["stats"]; stats && stats.IsMap()) {
-    auto is = [&](std::string_view key, bool value) {
-      const YAML::Node n = stats[std::string(key)];
-      bool v = !value;
-      return n && n.IsScalar() && YAML::convert<bool>::decode(n, v) && v == value;
-    };
-    if (is("redact_literals", false)) {
-      refuse(stats, "redact_literals", "stats.redact_literals",
-             "slow-query samples always show the normalised text ($1 for constants); remove the "
-             "key or set it to true");
     }
   }
 }

@@ -37,6 +37,10 @@ struct PendingResponse {
   // Execute; 0: not counted) and when it was sent.
   std::uint64_t fingerprint = 0;
   std::int64_t started = 0;
+  // Session-defined: where its slow-query sample is kept (stats.redact_literals: false);
+  // sample_size 0: none.
+  std::uint32_t sample_at = 0;
+  std::uint32_t sample_size = 0;
 };
 
 enum class ResponseMatch {

@@ -67,6 +67,7 @@ stats::Limits stats_limits(const config::Config& c) {
   l.slow_query = std::chrono::milliseconds(c.stats.slow_query_ms);
   l.slow_samples = static_cast<std::size_t>(c.stats.slow_query_samples);
   l.explain_slow = c.stats.explain_slow;
+  l.redact_literals = c.stats.redact_literals;
   return l;
 }
 

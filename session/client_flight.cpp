@@ -1383,6 +1383,11 @@ void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight
         w.unnamed_statement_fingerprint = fingerprint_of(parse->query, true);
         recorder_->stats->prepare(w.unnamed_statement_fingerprint, parse->query, recorder_->labels);
       }
+      if (keeps_literals()) [[unlikely]] {
+        w.change_rare().unnamed_statement_sample.assign(
+            parse->query.substr(0, stats::QueryStats::kMaxTextBytes + 4));
+        w.change_rare().unnamed_statement_types.assign(parse->param_types);
+      }
     }
     const std::string_view text = without_hint(parse->query);
     if (text.size() == parse->query.size()) {
@@ -1463,6 +1468,17 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
       w.unnamed_portal_pins = pins;
       w.unnamed_portal_fingerprint = head->statement.empty() ? w.unnamed_statement_fingerprint
                                                              : (stmt ? stmt->fingerprint : 0);
+      if (keeps_literals()) [[unlikely]] {
+        Workspace::Rare& rare = w.change_rare();
+        if (head->statement.empty()) {
+          describe_sample(rare.unnamed_portal_sample, rare.unnamed_statement_sample, head->rest,
+                          rare.unnamed_statement_types);
+        } else if (stmt) {
+          describe_sample(rare.unnamed_portal_sample, stmt->query, head->rest, stmt->param_types);
+        } else {
+          rare.unnamed_portal_sample.clear();
+        }
+      }
     } else {
       remember_portal(head->portal, std::move(note), pins, l);
     }
@@ -1535,6 +1551,9 @@ void Session::plan_execute(const pr::Frame& f, std::size_t offset, Link& l, Flig
     note = &w.unnamed_portal_note;
     pins = w.unnamed_portal_pins;
     count_request(execute, w.unnamed_portal_fingerprint);
+    if (execute.fingerprint && keeps_literals()) [[unlikely]] {
+      keep_sample(execute, w.rare().unnamed_portal_sample, l);
+    }
   } else if (e && !w.rare().named_portals.empty()) {
     for (const auto& p : w.rare().named_portals) {
       if (p.portal == e->portal) {

@@ -26,5 +26,8 @@ inline constexpr std::size_t kMaxGatheredBytes = 16u << 20;
 inline constexpr std::size_t kMaxCopyRowBytes = 16u << 20;
 // A read sent to a replica up to this size is kept to run again elsewhere if the replica dies.
 inline constexpr std::size_t kMaxRetriedRequestBytes = 16u << 10;
+// stats.redact_literals: false: texts kept per server link for the slow-query samples of its
+// outstanding requests; past it a request's sample shows the normalised text.
+inline constexpr std::size_t kMaxSampleBytes = 64u << 10;
 
 }  // namespace pgvalve::session

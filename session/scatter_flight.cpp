@@ -142,6 +142,10 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
     if (parse && parse->statement.empty()) {
       w.change_rare().unnamed_statement_text.assign(parse->query);
       w.change_rare().unnamed_statement_types.assign(parse->param_types);
+      if (keeps_literals()) [[unlikely]] {
+        w.change_rare().unnamed_statement_sample.assign(
+            parse->query.substr(0, stats::QueryStats::kMaxTextBytes + 4));
+      }
       w.unnamed_statement_note = {};
       w.unnamed_statement_pins = false;
       w.unnamed_statement_fingerprint = fingerprint;
@@ -167,6 +171,10 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
 
   if (in_transaction) {
     open_scatter_run(std::move(scatter), {}, fingerprint, false);
+    if (keeps_literals()) [[unlikely]] {
+      describe_sample(w.change_scatter().sample, request.sql,
+                      request.bound ? request.bind_rest : std::string_view{}, request.param_types);
+    }
     send_to_transaction_parts(route.shards, kActionScatter, out);
     if (recorder_) recorder_->stats->prepare(fingerprint, request.sql, recorder_->labels);
     if (define) define_statement(define->statement, define->query, define->param_types);
@@ -194,6 +202,10 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
     routes.push_back(std::move(part));
   }
   open_scatter_run(std::move(scatter), std::move(routes), fingerprint, two_phase);
+  if (keeps_literals()) [[unlikely]] {
+    describe_sample(w.change_scatter().sample, request.sql,
+                    request.bound ? request.bind_rest : std::string_view{}, request.param_types);
+  }
   if (recorder_) recorder_->stats->prepare(fingerprint, request.sql, recorder_->labels);
   if (define) define_statement(define->statement, define->query, define->param_types);
   out.consumed = end;
@@ -763,6 +775,7 @@ void Session::finish_scatter(std::string& into, Actions& out) {
   if (recorder_) {
     // The client's one statement, once for its fingerprint.
     stats::Execution e = scatter_execution(stats::Execution::Scope::Gathered);
+    e.sample = w.scatter().sample;
     e.rows = w.scatter().scatter->rows_answered();
     e.shard = w.scatter().routes.empty() ? 0 : w.scatter().routes.front().shard;
     if (e.error) {

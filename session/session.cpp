@@ -128,6 +128,7 @@ void Workspace::clear() {
     l.scratch.clear();
     l.spans.clear();
     shrink(l.scratch);
+    shrink(l.samples);
   }
   if (rare_touched_) {
     // Rebuilt whole, so nothing a request left in it (and no memory it grew) stays.
@@ -150,6 +151,8 @@ void Workspace::clear() {
   accounting.text = nullptr;
   accounting.execution_due = false;
   accounting.transaction_due = false;
+  accounting.sample.clear();
+  shrink(accounting.sample);
   shrink(client_scratch);
   shrink(reply_scratch);
   shrink(client_actions.outbox);

@@ -444,6 +444,14 @@ class Session {
   void count_request(protocol::PendingResponse& request, std::uint64_t fingerprint);
   // `request` completed (`error`: with an error); `rows` from its CommandComplete tags.
   void record_execution(Link& l, const protocol::PendingResponse& request, bool error);
+  // stats.redact_literals: false — slow-query samples show statements as sent.
+  bool keeps_literals() const { return recorder_ && recorder_->stats->keeps_literals(); }
+  // `request`, about to be queued on `l`, shows `sample` if it is slow.
+  void keep_sample(protocol::PendingResponse& request, std::string_view sample, Link& l);
+  // What a slow sample shows of a statement: its text, then its Bind's parameters (if any) as
+  // PostgreSQL's log shows them; bounded.
+  static void describe_sample(std::string& out, std::string_view sql, std::string_view bind_rest,
+                              std::string_view param_types);
   // A counted request's CommandComplete (rows, kind) or ErrorResponse (SQLSTATE class).
   void note_answer(Link& l, const protocol::Frame& f);
   // A transaction ended after `micros`.

@@ -151,6 +151,9 @@ struct Link {
   stats::StatementKind kind = stats::StatementKind::Other;  // ... its last command tag's
   char error_class[2] = {};                                 // ... its error's SQLSTATE class
   Clock::time_point transaction_started{};  // a client request began a transaction (statistics)
+  // stats.redact_literals: false: the texts of its outstanding requests for slow-query samples
+  // (PendingResponse::sample_at / sample_size), at most kMaxSampleBytes.
+  std::string samples;
 
   bool busy() const { return in_flight > 0 || open_extended || !pending.empty(); }
   // A Parse of statement `hash`, or pgvalve's eviction Close of it, is still to be answered.
@@ -172,6 +175,7 @@ struct Link {
   void reset() {
     server = nullptr;
     pending.clear();
+    samples.clear();
     notes.clear();
     tags.clear();
     in_flight = 0;
@@ -333,6 +337,7 @@ struct Workspace {
     bool transaction_due = false;
     std::uint64_t transaction_micros = 0;
     stats::Execution execution;
+    std::string sample;  // what execution.sample shows, kept until it is recorded
   };
   Accounting accounting;
   // The last request sent to a replica (at most kMaxRetriedRequestBytes), to run again
@@ -348,6 +353,10 @@ struct Workspace {
     // A waiting request whose checkout or settings sync failed gets this error.
     std::string failure_sqlstate;
     std::string failure;
+    // stats.redact_literals: false: the unnamed statement's text, and the unnamed portal's
+    // statement with its Bind parameters, for the slow-query sample of its Execute.
+    std::string unnamed_statement_sample;
+    std::string unnamed_portal_sample;
     // A LISTEN/UNLISTEN waiting for the listen hub, and how to answer it.
     HubRequest::Kind hub_request = HubRequest::Kind::None;
     std::string hub_channel;
@@ -408,6 +417,7 @@ struct Workspace {
     bool in_transaction = false;
     bool lost = false;
     std::uint64_t fingerprint = 0;
+    std::string sample;  // stats.redact_literals: false: the client's statement as sent
     Clock::time_point started{};
     // COPY FROM STDIN over several shards (copy_flight.cpp): the client's rows cut and routed,
     // each shard's CopyData message being filled this step, the first shard's CopyInResponse

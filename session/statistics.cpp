@@ -6,6 +6,7 @@
 // fingerprint, an execution and a transaction to record. A statement is on its way to the server
 // before it is fingerprinted, and an answer on its way to the client before it is recorded.
 #include "routing/fingerprint.h"
+#include "session/limits.h"
 #include "session/session_internal.h"
 
 namespace pgvalve::session {
@@ -33,11 +34,85 @@ void Session::count_request(protocol::PendingResponse& request, std::string_view
     count_request(request, std::uint64_t{0});  // the transaction it may begin
     request.started = now_.time_since_epoch().count();
     request.fingerprint_later = true;
+    if (keeps_literals()) [[unlikely]]
+      keep_sample(request, sql, l);
     return;
   }
   const std::uint64_t fingerprint = fingerprint_of(sql);
   recorder_->stats->prepare(fingerprint, sql, recorder_->labels);
   count_request(request, fingerprint);
+  if (keeps_literals()) [[unlikely]]
+    keep_sample(request, sql, l);
+}
+
+void Session::keep_sample(protocol::PendingResponse& request, std::string_view sample, Link& l) {
+  request.sample_size = 0;
+  if (sample.empty()) return;
+  // What the link's earlier requests kept is read when they complete: with none outstanding it
+  // is no longer needed.
+  if (l.pending.empty()) l.samples.clear();
+  // Enough for the shown text to be cut with its "..." mark.
+  sample = sample.substr(0, stats::QueryStats::kMaxTextBytes + 4);
+  if (l.samples.size() + sample.size() > kMaxSampleBytes) return;  // the normalised text, then
+  request.sample_at = static_cast<std::uint32_t>(l.samples.size());
+  request.sample_size = static_cast<std::uint32_t>(sample.size());
+  l.samples.append(sample);
+}
+
+namespace {
+
+// A parameter's value as PostgreSQL's log shows it: 'text' with quotes doubled, NULL, and binary
+// integers of known types as numbers.
+void describe_value(std::string& out, const protocol::BindParameter& p, std::uint32_t type) {
+  constexpr std::size_t kMaxValueBytes = 256;
+  if (!p.value) {
+    out += "NULL";
+    return;
+  }
+  const std::string_view v = *p.value;
+  if (p.format == 1) {
+    const auto be = [&](std::size_t n) {
+      std::uint64_t x = 0;
+      for (std::size_t i = 0; i < n; ++i)
+        x = x << 8 | static_cast<unsigned char>(v[i]);
+      return x;
+    };
+    if ((type == 20 && v.size() == 8) || (type == 23 && v.size() == 4) ||
+        (type == 21 && v.size() == 2)) {
+      const std::uint64_t x = be(v.size());
+      const int shift = 64 - static_cast<int>(8 * v.size());
+      out += std::to_string(static_cast<std::int64_t>(x << shift) >> shift);
+    } else {
+      out += "(binary, " + std::to_string(v.size()) + " bytes)";
+    }
+    return;
+  }
+  out += '\'';
+  for (char c : v.substr(0, kMaxValueBytes)) {
+    if (c == '\'') out += '\'';
+    out += c;
+  }
+  out += v.size() > kMaxValueBytes ? "...'" : "'";
+}
+
+}  // namespace
+
+void Session::describe_sample(std::string& out, std::string_view sql, std::string_view bind_rest,
+                              std::string_view param_types) {
+  const std::size_t limit = stats::QueryStats::kMaxTextBytes + 4;
+  out.assign(sql.substr(0, limit));
+  for (std::size_t i = 0; out.size() < limit; ++i) {
+    const auto p = protocol::read_bind_parameter(bind_rest, i);
+    if (!p) break;
+    out += i == 0 ? " [parameters: $" : ", $";
+    out += std::to_string(i + 1);
+    out += " = ";
+    const std::uint32_t type =
+        4 * i + 4 <= param_types.size() ? protocol::read_u32(param_types.data() + 4 * i) : 0;
+    describe_value(out, *p, type);
+  }
+  if (out.size() > sql.size() && out.size() < limit) out += ']';
+  if (out.size() > limit) out.resize(limit);
 }
 
 void Session::count_request(protocol::PendingResponse& request, std::uint64_t fingerprint) {
@@ -87,8 +162,16 @@ void Session::record_execution(Link& l, const protocol::PendingResponse& request
     e.sqlstate_class[0] = l.error_class[0] ? l.error_class[0] : 'X';
     e.sqlstate_class[1] = l.error_class[1] ? l.error_class[1] : 'X';
   }
+  if (request.sample_size > 0 &&
+      std::size_t{request.sample_at} + request.sample_size <= l.samples.size()) [[unlikely]] {
+    e.sample = std::string_view(l.samples).substr(request.sample_at, request.sample_size);
+  }
   if (Workspace::Accounting& a = work().accounting; !a.execution_due) {
     a.execution = e;
+    if (!e.sample.empty()) [[unlikely]] {
+      a.sample.assign(e.sample);
+      a.execution.sample = a.sample;
+    }
     a.execution_due = true;
     accounting_due_ = true;
   } else {

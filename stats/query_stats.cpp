@@ -43,15 +43,18 @@ std::string QueryStats::normalized_text(std::string_view sql) {
     text = routing::normalize(sql);  // what the fingerprint hashes: literals already `$?`
   }
   pg_query_free_normalize_result(r);
-  if (text.size() > kMaxTextBytes) {
-    // Cut on a character boundary (UTF-8 continuation bytes are 10xxxxxx).
-    std::size_t cut = kMaxTextBytes;
-    while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80)
-      --cut;
-    text.resize(cut);
-    text += "...";
-  }
+  cut_to_max(text);
   return text;
+}
+
+void QueryStats::cut_to_max(std::string& text) {
+  if (text.size() <= kMaxTextBytes) return;
+  // Cut on a character boundary (UTF-8 continuation bytes are 10xxxxxx).
+  std::size_t cut = kMaxTextBytes;
+  while (cut > 0 && (static_cast<unsigned char>(text[cut]) & 0xC0) == 0x80)
+    --cut;
+  text.resize(cut);
+  text += "...";
 }
 
 namespace {
@@ -254,7 +257,12 @@ void QueryStats::record(const Execution& e, const ClientLabels& who) {
   s.host = std::string(e.host);
   s.micros = e.micros;
   s.fingerprint = e.fingerprint;
-  s.text = f.text;
+  if (!e.sample.empty() && !limits_.redact_literals) {
+    s.text.assign(e.sample.substr(0, kMaxTextBytes + 4));
+    cut_to_max(s.text);
+  } else {
+    s.text = f.text;
+  }
   s.advice = f.advice;
   if (slow_.size() < limits_.slow_samples) {
     slow_.push_back(std::move(s));
@@ -337,6 +345,13 @@ void QueryStats::reset() {
 }
 
 void QueryStats::set_limits(const Limits& limits) {
+  // Samples taken with their constants lose them when redaction is turned back on.
+  if (limits.redact_literals && !limits_.redact_literals) {
+    for (SlowQuery& s : slow_) {
+      const auto it = index_.find(s.fingerprint);
+      s.text = it != index_.end() ? entries_[it->second].text : std::string();
+    }
+  }
   limits_ = limits;
   while (entries_.size() > limits_.max_fingerprints)
     evict_one();

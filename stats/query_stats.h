@@ -25,6 +25,9 @@ struct Limits {
   std::size_t slow_samples = 1000;
   // stats.explain_slow: a slow SELECT's shape is sampled once for EXPLAIN (take_explain_requests).
   bool explain_slow = false;
+  // stats.redact_literals: false: a slow sample shows the statement as the client sent it
+  // (Execution::sample), constants and Bind parameters included.
+  bool redact_literals = true;
 };
 
 // Who ran a statement, for slow samples: the client's names live as long as its session.
@@ -84,6 +87,9 @@ struct Execution {
   std::string_view host;
   StatementKind kind = StatementKind::Other;
   char sqlstate_class[2] = {};  // of its error, when `error`
+  // The statement as sent, with its parameters (sample_text()); kept only when
+  // QueryStats::keeps_literals(). Empty: the fingerprint's normalised text is shown.
+  std::string_view sample;
   // A statement over several shards is one client statement with a part on each shard: each
   // part counts for its shard (SHOW SHARDS, statements per shard in /metrics), the statement
   // once for its fingerprint (SHOW QUERIES calls, rows, duration, errors, slow queries).
@@ -126,7 +132,7 @@ struct SlowQuery {
   std::string host;
   std::uint64_t micros = 0;
   std::uint64_t fingerprint = 0;
-  std::string text;  // normalised: no constant of the sample is kept
+  std::string text;  // normalised (no constant kept), or as sent with redact_literals: false
   std::string advice;
 };
 
@@ -173,6 +179,11 @@ class QueryStats {
   // RESET QUERIES: the figures per fingerprint and the slow samples (counters stay).
   void reset();
   void set_limits(const Limits& limits);
+  // Whether sessions should give each execution its sample (stats.redact_literals: false and
+  // slow samples kept).
+  bool keeps_literals() const {
+    return !limits_.redact_literals && limits_.slow_query.count() > 0 && limits_.slow_samples > 0;
+  }
 
   // Orders what collect() gathered (queries by total time, slow ones newest first), at most
   // `max_fingerprints` queries.
@@ -186,6 +197,8 @@ class QueryStats {
   // statement does not parse; at most kMaxTextBytes.
   static std::string normalized_text(std::string_view sql);
   static constexpr std::size_t kMaxTextBytes = 2048;
+  // Cuts `text` to at most kMaxTextBytes on a UTF-8 boundary, "..." marking the cut.
+  static void cut_to_max(std::string& text);
 
  private:
   void evict_one();

@@ -14,7 +14,8 @@
 // client's startup parameters and the database: bit 0x10 makes it sharded (3 shards, md5_mod,
 // tables telemetry and archive, reference table device_types; transaction mode instead of
 // session mode), 0x20 then sends its reads to replicas; without 0x10 it is one shard whose reads
-// go to replicas. Then steps, each an opcode byte and its operands (see play()).
+// go to replicas; 0x40 keeps slow-query samples unredacted (each request's text kept). Then
+// steps, each an opcode byte and its operands (see play()).
 // Seeds: tests/fuzz/corpus/session_fuzz/ (from tests/fuzz/make_corpus.py).
 //
 // Servers are FakeServers: each answers the frontend messages it was sent, in order, as
@@ -1144,6 +1145,11 @@ class Harness {
                                   {"client_encoding", "UTF8"},
                                   {"application_name", ""},
                                   {"server_version", "15.0"}});
+    if (startup_byte & 0x40) {  // stats.redact_literals: false: samples kept per request
+      stats::Limits limits{8, std::chrono::milliseconds(1), 4};
+      limits.redact_literals = false;
+      query_stats_.set_limits(limits);
+    }
     std::vector<std::pair<std::string, std::string>> startup = {{"user", "u"}, {"database", "d"}};
     if (startup_byte & 1) startup.emplace_back("DateStyle", "ISO");
     if (startup_byte & 2) startup.emplace_back("options", "-c statement_timeout=5s");

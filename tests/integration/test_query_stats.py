@@ -88,6 +88,37 @@ def test_slow_statements_are_sampled_without_their_constants(pv):
     assert int(q[s["query"]]["calls"]) == 1
 
 
+def test_unredacted_samples_show_constants_and_parameters_until_redaction_is_back(pgvalve):
+    pv = pgvalve(users=APP_AND_OPS, pool_size=4,
+                 stats={"slow_query_ms": 100, "redact_literals": False})
+    with pv.connect() as c:
+        c.execute("select pg_sleep(0.15), 'device-42'")
+        # psycopg binds its parameters (extended protocol, text and binary formats).
+        c.execute("select pg_sleep(%s), %s::text, %s::int8", (0.15, "sensor-7", 12345),
+                  prepare=False)
+        c.execute("select pg_sleep(0.01), 'fast'")
+    slow = {r["query"]: r for r in rows_of(pv, "SHOW SLOW_QUERIES")}
+    assert "select pg_sleep(0.15), 'device-42'" in slow, slow
+    (bound,) = [q for q in slow if q.startswith("select pg_sleep($1), $2::text, $3::int8")]
+    assert "[parameters: $1 = " in bound and "$2 = 'sensor-7'" in bound and "12345" in bound, bound
+    assert not any("fast" in q for q in slow)
+    # SHOW QUERIES keeps the normalised shapes.
+    assert "select pg_sleep($1), $2" in by_query(pv)
+
+    # Redaction back on (a reload): the samples kept lose their constants, new ones too.
+    config = dict(pv.config)
+    config["stats"] = {"slow_query_ms": 100, "redact_literals": True}
+    offset = len(pv.log_text())
+    pv.reload(config)
+    wait_until(lambda: "reload" in pv.log_text()[offset:], 10, message="the reload")
+    wait_until(lambda: not any("device-42" in r["query"] or "sensor-7" in r["query"]
+                               for r in rows_of(pv, "SHOW SLOW_QUERIES")), 10,
+               message="the samples redacted")
+    with pv.connect() as c:
+        c.execute("select pg_sleep(0.15), 'device-43'")
+    assert not any("device-43" in r["query"] for r in rows_of(pv, "SHOW SLOW_QUERIES"))
+
+
 def test_reset_queries_forgets_the_figures(pv):
     with pv.connect() as c:
         c.execute("select 42")

@@ -189,12 +189,17 @@ def test_key_not_supported_yet_is_refused_at_start_check_and_reload(pgvalve, tmp
     while the running config keeps serving."""
     pv = pgvalve(mode="transaction", pool_size=2)
     cfg = copy.deepcopy(pv.config)
-    cfg["stats"] = {"redact_literals": False}
+    # Session mode with a sharded database is not built yet.
+    db = cfg["databases"][APP_DB]
+    db["shards"] = [dict(db["shards"][0], name="s0"), dict(db["shards"][0], name="s1")]
+    db["sharding"] = {"key": "device_id", "tables": ["telemetry"]}
+    cfg["pool"]["mode"] = "session"
     text = pv.render(cfg)
-    path = tmp_path / "stats.yaml"
+    path = tmp_path / "session.yaml"
     path.write_text(text)
-    line = next(i for i, l in enumerate(text.splitlines(), 1) if "redact_literals:" in l)
-    want = f"{path}:{line}:3: stats.redact_literals: not supported yet"
+    line, column = next((i, l.index("session") + 1) for i, l in enumerate(text.splitlines(), 1)
+                        if l.strip() == "mode: session")
+    want = f"{path}:{line}:{column}: pool.mode: not supported yet"
     import subprocess
     check = subprocess.run([pv.binary, "--config", str(path), "--check"], capture_output=True,
                            text=True, timeout=30)
@@ -206,6 +211,6 @@ def test_key_not_supported_yet_is_refused_at_start_check_and_reload(pgvalve, tmp
     offset = len(pv.log_text())
     pv.reload(cfg)
     wait_until(lambda: "reload_failed" in new_log(pv, offset), 5, message="reload refused")
-    assert "stats.redact_literals: not supported yet" in new_log(pv, offset)
+    assert "pool.mode: not supported yet" in new_log(pv, offset)
     with pv.connect() as c:
         assert c.execute("select 1").fetchone() == (1,)

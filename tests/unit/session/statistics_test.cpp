@@ -145,5 +145,95 @@ TEST_F(SessionStatistics, QueriesReadTogetherKeepTheirOwnShapes) {
   EXPECT_EQ(update->rows, 1u);
 }
 
+// stats.redact_literals: false.
+class UnredactedSamples : public SessionStatistics {
+ protected:
+  UnredactedSamples() {
+    stats::Limits limits{100, std::chrono::milliseconds(50), 10};
+    limits.redact_literals = false;
+    stats_.set_limits(limits);
+  }
+  std::vector<std::string> slow_texts() {
+    snapshot_ = stats::QueryStats::snapshot({&stats_}, 100);
+    std::vector<std::string> out;
+    for (const auto& s : snapshot_.slow)
+      out.push_back(s.text);
+    return out;
+  }
+};
+
+TEST_F(UnredactedSamples, AQuerysSampleIsItsTextAndFastOnesKeepNone) {
+  SessionHarness h({}, {}, nullptr, false, &recorder_);
+  auto server = SessionHarness::fresh_server();
+  h.send(query("select * from readings where device_id = 7"), *server, nullptr, T0);
+  h.answer(row_result("1", "SELECT 1"), T0 + 60ms);
+  h.send(query("select * from readings where device_id = 8"), *server, nullptr, T0);
+  h.answer(row_result("1", "SELECT 1"), T0 + 1ms);
+  EXPECT_EQ(slow_texts(), std::vector<std::string>{"select * from readings where device_id = 7"});
+}
+
+TEST_F(UnredactedSamples, PipelinedQueriesEachKeepTheirOwn) {
+  SessionHarness h({}, {}, nullptr, false, &recorder_);
+  auto server = SessionHarness::fresh_server();
+  h.send(query("select 'first'") + query("select 'second'"), *server, nullptr, T0);
+  h.answer(row_result("first", "SELECT 1"), T0 + 60ms);
+  h.answer(row_result("second", "SELECT 1"), T0 + 70ms);
+  EXPECT_EQ(slow_texts(), (std::vector<std::string>{"select 'second'", "select 'first'"}));
+}
+
+TEST_F(UnredactedSamples, AnExecuteShowsItsStatementAndBindParameters) {
+  SessionHarness h({}, {}, nullptr, false, &recorder_);
+  auto server = SessionHarness::fresh_server();
+  // $1 bigint in binary, $2 text, $3 NULL, $4 text with a quote.
+  std::string types;
+  for (std::uint32_t oid : {20u, 25u, 25u, 25u})
+    protocol::append_i32(types, static_cast<std::int32_t>(oid));
+  std::string in;
+  protocol::append_parse_raw(in, "", "select $1, $2, $3, $4", types);
+  std::string rest;
+  protocol::append_i16(rest, 4);
+  for (std::int16_t f : {1, 0, 0, 0})
+    protocol::append_i16(rest, f);
+  protocol::append_i16(rest, 4);
+  protocol::append_i32(rest, 8);
+  for (int i = 0; i < 7; ++i)
+    rest += '\xff';
+  rest += '\xfe';  // -2
+  protocol::append_i32(rest, 9);
+  rest += "device-42";
+  protocol::append_i32(rest, -1);
+  protocol::append_i32(rest, 4);
+  rest += "it's";
+  protocol::append_i16(rest, 0);
+  protocol::append_bind(in, "", "", rest);
+  in += execute() + sync();
+  h.send(in, *server, nullptr, T0);
+  h.answer(parse_complete() + bind_complete() + data_row({"x"}) + complete("SELECT 1") + ready(),
+           T0 + 80ms);
+  EXPECT_EQ(slow_texts(),
+            std::vector<std::string>{"select $1, $2, $3, $4 [parameters: $1 = -2, $2 = "
+                                     "'device-42', $3 = NULL, $4 = 'it''s']"});
+  // A named statement's Execute, and a sample cut at the bound.
+  h.send(parse("s1", "select '" + std::string(3000, 'x') + "' where $1::int > 0") +
+             bind_to("", "s1") + execute() + sync(),
+         *server, nullptr, T0);
+  h.answer(parse_complete() + bind_complete() + complete("SELECT 0") + ready(), T0 + 90ms);
+  const auto texts = slow_texts();
+  ASSERT_EQ(texts.size(), 2u);
+  EXPECT_EQ(texts[0].size(), stats::QueryStats::kMaxTextBytes + 3);
+  EXPECT_EQ(texts[0].substr(0, 10), "select 'xx");
+}
+
+TEST_F(UnredactedSamples, WithRedactionEveryConstantIsGone) {
+  stats_.set_limits(stats::Limits{100, std::chrono::milliseconds(50), 10});
+  SessionHarness h({}, {}, nullptr, false, &recorder_);
+  auto server = SessionHarness::fresh_server();
+  h.send(parse("", "select $1 from readings where device_id = 7") + bind_to("", "") + execute() +
+             sync(),
+         *server, nullptr, T0);
+  h.answer(parse_complete() + bind_complete() + complete("SELECT 0") + ready(), T0 + 80ms);
+  EXPECT_EQ(slow_texts(), std::vector<std::string>{"select $1 from readings where device_id = $2"});
+}
+
 }  // namespace
 }  // namespace pgvalve::session::testing

@@ -153,6 +153,47 @@ TEST(QueryStats, SlowExecutionsGoToABoundedRingWithoutConstants) {
   }
 }
 
+TEST(QueryStats, UnredactedSlowSamplesShowTheStatementAsSentAndOnlyWhenAsked) {
+  Limits limits;
+  limits.slow_query = std::chrono::milliseconds(100);
+  EXPECT_FALSE(QueryStats(limits).keeps_literals());
+  limits.redact_literals = false;
+  QueryStats s(limits);
+  EXPECT_TRUE(s.keeps_literals());
+  const std::string sql = "select * from readings where device_id = 42";
+  s.prepare(routing::fingerprint(sql), sql, kWho);
+  Execution e = run(sql, 200000);
+  e.sample = sql;
+  s.record(e, kWho);
+  const std::string long_text = "select '" + std::string(3000, 'x') + "'";
+  s.prepare(routing::fingerprint(long_text), long_text, kWho);
+  e = run(long_text, 300000);
+  e.sample = long_text;
+  s.record(e, kWho);
+  s.record(run(sql, 400000), kWho);  // no sample given: the normalised text
+  Snapshot snap = QueryStats::snapshot({&s}, 100);
+  ASSERT_EQ(snap.slow.size(), 3u);
+  EXPECT_EQ(snap.slow[0].text, "select * from readings where device_id = $1");
+  EXPECT_EQ(snap.slow[1].text.size(), QueryStats::kMaxTextBytes + 3);
+  EXPECT_EQ(snap.slow[1].text.substr(QueryStats::kMaxTextBytes), "...");
+  EXPECT_EQ(snap.slow[2].text, sql);
+
+  // Redaction turned back on (a reload): the samples kept lose their constants.
+  limits.redact_literals = true;
+  s.set_limits(limits);
+  EXPECT_FALSE(s.keeps_literals());
+  snap = QueryStats::snapshot({&s}, 100);
+  for (const auto& q : snap.slow) {
+    EXPECT_EQ(q.text.find("42"), std::string::npos) << q.text;
+    EXPECT_EQ(q.text.find("xxx"), std::string::npos) << q.text;
+  }
+  e = run(sql, 500000);
+  e.sample = sql;
+  s.record(e, kWho);
+  EXPECT_EQ(QueryStats::snapshot({&s}, 100).slow[0].text,
+            "select * from readings where device_id = $1");
+}
+
 TEST(QueryStats, ResetForgetsEverything) {
   QueryStats s;
   const std::string sql = "select 1";
