@@ -775,7 +775,6 @@ void Session::finish_scatter(std::string& into, Actions& out) {
   if (recorder_) {
     // The client's one statement, once for its fingerprint.
     stats::Execution e = scatter_execution(stats::Execution::Scope::Gathered);
-    e.sample = w.scatter().sample;
     e.rows = w.scatter().scatter->rows_answered();
     e.shard = w.scatter().routes.empty() ? 0 : w.scatter().routes.front().shard;
     if (e.error) {
@@ -792,7 +791,7 @@ void Session::finish_scatter(std::string& into, Actions& out) {
         break;
       }
     }
-    recorder_->stats->record(e, recorder_->labels);
+    recorder_->stats->record(e, recorder_->labels, w.scatter().sample);
   }
   w.change_scatter() = {};
   if (in_transaction && !abandon) {

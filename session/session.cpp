@@ -128,7 +128,6 @@ void Workspace::clear() {
     l.scratch.clear();
     l.spans.clear();
     shrink(l.scratch);
-    shrink(l.samples);
   }
   if (rare_touched_) {
     // Rebuilt whole, so nothing a request left in it (and no memory it grew) stays.
@@ -151,8 +150,7 @@ void Workspace::clear() {
   accounting.text = nullptr;
   accounting.execution_due = false;
   accounting.transaction_due = false;
-  accounting.sample.clear();
-  shrink(accounting.sample);
+  accounting.sample.clear();  // an unsettled execution's (a session that closed)
   shrink(client_scratch);
   shrink(reply_scratch);
   shrink(client_actions.outbox);

@@ -152,7 +152,8 @@ struct Link {
   char error_class[2] = {};                                 // ... its error's SQLSTATE class
   Clock::time_point transaction_started{};  // a client request began a transaction (statistics)
   // stats.redact_literals: false: the texts of its outstanding requests for slow-query samples
-  // (PendingResponse::sample_at / sample_size), at most kMaxSampleBytes.
+  // (PendingResponse::sample_at / sample_size), at most kMaxSampleBytes; emptied when a request
+  // is kept while none is outstanding (keep_sample).
   std::string samples;
 
   bool busy() const { return in_flight > 0 || open_extended || !pending.empty(); }
@@ -175,7 +176,6 @@ struct Link {
   void reset() {
     server = nullptr;
     pending.clear();
-    samples.clear();
     notes.clear();
     tags.clear();
     in_flight = 0;
@@ -337,7 +337,7 @@ struct Workspace {
     bool transaction_due = false;
     std::uint64_t transaction_micros = 0;
     stats::Execution execution;
-    std::string sample;  // what execution.sample shows, kept until it is recorded
+    std::string sample;  // ... and its slow-query sample (keep_sample), if it has one
   };
   Accounting accounting;
   // The last request sent to a replica (at most kMaxRetriedRequestBytes), to run again

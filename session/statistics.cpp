@@ -49,8 +49,12 @@ void Session::keep_sample(protocol::PendingResponse& request, std::string_view s
   request.sample_size = 0;
   if (sample.empty()) return;
   // What the link's earlier requests kept is read when they complete: with none outstanding it
-  // is no longer needed.
-  if (l.pending.empty()) l.samples.clear();
+  // is no longer needed (and a buffer a pipeline grew is let go).
+  if (l.pending.empty()) {
+    if (l.samples.capacity() > 2 * (stats::QueryStats::kMaxTextBytes + 4))
+      std::string().swap(l.samples);
+    l.samples.clear();
+  }
   // Enough for the shown text to be cut with its "..." mark.
   sample = sample.substr(0, stats::QueryStats::kMaxTextBytes + 4);
   if (l.samples.size() + sample.size() > kMaxSampleBytes) return;  // the normalised text, then
@@ -142,6 +146,16 @@ void Session::note_answer(Link& l, const protocol::Frame& f) {
   }
 }
 
+namespace {
+
+// What keep_sample() kept for `request`.
+std::string_view sample_of(const Link& l, const protocol::PendingResponse& request) {
+  if (std::size_t{request.sample_at} + request.sample_size > l.samples.size()) return {};
+  return std::string_view(l.samples).substr(request.sample_at, request.sample_size);
+}
+
+}  // namespace
+
 void Session::record_execution(Link& l, const protocol::PendingResponse& request, bool error) {
   if (!recorder_ || request.fingerprint == 0 || request.internal || !l.server) return;
   const Clock::time_point started{Clock::duration(request.started)};
@@ -162,20 +176,16 @@ void Session::record_execution(Link& l, const protocol::PendingResponse& request
     e.sqlstate_class[0] = l.error_class[0] ? l.error_class[0] : 'X';
     e.sqlstate_class[1] = l.error_class[1] ? l.error_class[1] : 'X';
   }
-  if (request.sample_size > 0 &&
-      std::size_t{request.sample_at} + request.sample_size <= l.samples.size()) [[unlikely]] {
-    e.sample = std::string_view(l.samples).substr(request.sample_at, request.sample_size);
-  }
   if (Workspace::Accounting& a = work().accounting; !a.execution_due) {
     a.execution = e;
-    if (!e.sample.empty()) [[unlikely]] {
-      a.sample.assign(e.sample);
-      a.execution.sample = a.sample;
-    }
     a.execution_due = true;
     accounting_due_ = true;
+    // Its sample, if any, waits with it (a.sample is empty otherwise).
+    if (request.sample_size > 0) [[unlikely]]
+      a.sample.assign(sample_of(l, request));
   } else {
-    recorder_->stats->record(e, recorder_->labels);
+    recorder_->stats->record(e, recorder_->labels,
+                             request.sample_size > 0 ? sample_of(l, request) : std::string_view{});
   }
   l.kind = stats::StatementKind::Other;
   l.error_class[0] = l.error_class[1] = 0;
@@ -212,7 +222,12 @@ void Session::settle_accounting() {
   }
   if (a.execution_due) {
     a.execution_due = false;
-    recorder_->stats->record(a.execution, recorder_->labels);
+    if (a.sample.empty()) [[likely]] {
+      recorder_->stats->record(a.execution, recorder_->labels);
+    } else {
+      recorder_->stats->record(a.execution, recorder_->labels, a.sample);
+      a.sample.clear();
+    }
   }
   if (a.transaction_due) {
     a.transaction_due = false;

@@ -176,7 +176,7 @@ void QueryStats::count_transaction(const ClientLabels& who, std::uint64_t micros
   d.transaction_micros += micros;
 }
 
-void QueryStats::record(const Execution& e, const ClientLabels& who) {
+void QueryStats::record(const Execution& e, const ClientLabels& who, std::string_view sample) {
   static const std::string kNone;
   const std::string& database = who.database ? *who.database : kNone;
   using Scope = Execution::Scope;
@@ -257,8 +257,8 @@ void QueryStats::record(const Execution& e, const ClientLabels& who) {
   s.host = std::string(e.host);
   s.micros = e.micros;
   s.fingerprint = e.fingerprint;
-  if (!e.sample.empty() && !limits_.redact_literals) {
-    s.text.assign(e.sample.substr(0, kMaxTextBytes + 4));
+  if (!sample.empty() && !limits_.redact_literals) {
+    s.text.assign(sample.substr(0, kMaxTextBytes + 4));
     cut_to_max(s.text);
   } else {
     s.text = f.text;

@@ -26,7 +26,7 @@ struct Limits {
   // stats.explain_slow: a slow SELECT's shape is sampled once for EXPLAIN (take_explain_requests).
   bool explain_slow = false;
   // stats.redact_literals: false: a slow sample shows the statement as the client sent it
-  // (Execution::sample), constants and Bind parameters included.
+  // (record()'s `sample`), constants and Bind parameters included.
   bool redact_literals = true;
 };
 
@@ -87,9 +87,6 @@ struct Execution {
   std::string_view host;
   StatementKind kind = StatementKind::Other;
   char sqlstate_class[2] = {};  // of its error, when `error`
-  // The statement as sent, with its parameters (sample_text()); kept only when
-  // QueryStats::keeps_literals(). Empty: the fingerprint's normalised text is shown.
-  std::string_view sample;
   // A statement over several shards is one client statement with a part on each shard: each
   // part counts for its shard (SHOW SHARDS, statements per shard in /metrics), the statement
   // once for its fingerprint (SHOW QUERIES calls, rows, duration, errors, slow queries).
@@ -165,8 +162,10 @@ class QueryStats {
   // A statement is about to run: its fingerprint has an entry, with its text normalised by
   // PostgreSQL's parser the first time it is seen.
   void prepare(std::uint64_t fingerprint, std::string_view sql, const ClientLabels& who);
-  // It completed. An execution whose entry was evicted meanwhile is not counted.
-  void record(const Execution& e, const ClientLabels& who);
+  // It completed. An execution whose entry was evicted meanwhile is not counted. `sample`: the
+  // statement as sent, with its parameters, given only when keeps_literals(); empty: a slow
+  // sample shows the fingerprint's normalised text.
+  void record(const Execution& e, const ClientLabels& who, std::string_view sample = {});
   // A client's transaction (or autocommit statement) ended.
   void count_transaction(const ClientLabels& who, std::uint64_t micros);
 

@@ -162,14 +162,10 @@ TEST(QueryStats, UnredactedSlowSamplesShowTheStatementAsSentAndOnlyWhenAsked) {
   EXPECT_TRUE(s.keeps_literals());
   const std::string sql = "select * from readings where device_id = 42";
   s.prepare(routing::fingerprint(sql), sql, kWho);
-  Execution e = run(sql, 200000);
-  e.sample = sql;
-  s.record(e, kWho);
+  s.record(run(sql, 200000), kWho, sql);
   const std::string long_text = "select '" + std::string(3000, 'x') + "'";
   s.prepare(routing::fingerprint(long_text), long_text, kWho);
-  e = run(long_text, 300000);
-  e.sample = long_text;
-  s.record(e, kWho);
+  s.record(run(long_text, 300000), kWho, long_text);
   s.record(run(sql, 400000), kWho);  // no sample given: the normalised text
   Snapshot snap = QueryStats::snapshot({&s}, 100);
   ASSERT_EQ(snap.slow.size(), 3u);
@@ -187,9 +183,7 @@ TEST(QueryStats, UnredactedSlowSamplesShowTheStatementAsSentAndOnlyWhenAsked) {
     EXPECT_EQ(q.text.find("42"), std::string::npos) << q.text;
     EXPECT_EQ(q.text.find("xxx"), std::string::npos) << q.text;
   }
-  e = run(sql, 500000);
-  e.sample = sql;
-  s.record(e, kWho);
+  s.record(run(sql, 500000), kWho, sql);
   EXPECT_EQ(QueryStats::snapshot({&s}, 100).slow[0].text,
             "select * from readings where device_id = $1");
 }
