@@ -34,9 +34,10 @@ def client_id(a, raw) -> str:
 def test_reconnect_replaces_servers_and_wait_close_waits_for_the_lent_one(pgvalve, cluster):
     pv = pgvalve(users=APP_AND_OPS, pool_size=4)
     with pv.connect() as idle_client, pv.connect() as busy:
-        idle_pid = idle_client.execute("select pg_backend_pid()").fetchone()[0]
+        # The transaction holds one server; the other client's goes back to the pool idle.
         busy.execute("begin")
         busy_pid = busy.execute("select pg_backend_pid()").fetchone()[0]
+        idle_pid = idle_client.execute("select pg_backend_pid()").fetchone()[0]
         assert idle_pid != busy_pid
         with admin(pv) as a:
             assert a.execute(f"RECONNECT {APP_DB}").statusmessage == "RECONNECT"
