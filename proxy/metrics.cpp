@@ -26,6 +26,8 @@ Snapshot take_pool_snapshot(App& app) {
   s.failovers = app.failovers();
   s.counters = app.counter_totals();
   s.active_workers = app.active_workers();
+  s.paused = app.paused_databases();
+  s.disabled = app.disabled_databases();
   for (int i = 0; i < app.worker_count(); ++i) {
     const Worker& w = app.worker(i);
     s.workers.push_back({w.published_clients.load(std::memory_order_relaxed),
@@ -309,6 +311,28 @@ void host_metrics(const Snapshot& snapshot, Families& f) {
         {}, static_cast<double>(snapshot.failovers));
 }
 
+// PAUSE and DISABLE left on after a drill stop a database's traffic: a gauge per database that
+// alerts can watch.
+void admin_metrics(const Snapshot& snapshot, Families& f) {
+  if (!snapshot.config) return;
+  const auto paused = f.family("pgvalve_database_paused",
+                               "1 while the database is paused (PAUSE or KILL on the admin "
+                               "console) and its new transactions wait for RESUME, else 0",
+                               MetricType::Gauge);
+  const auto disabled = f.family(
+      "pgvalve_database_disabled",
+      "1 while new logins to the database are refused (DISABLE on the admin console), else 0",
+      MetricType::Gauge);
+  const auto listed = [](const std::vector<std::string>& names, const std::string& name) {
+    return std::any_of(names.begin(), names.end(),
+                       [&](const std::string& n) { return n.empty() || n == name; });
+  };
+  for (const auto& db : snapshot.config->databases) {
+    f.add(paused, {{"database", db.name}}, listed(snapshot.paused, db.name) ? 1 : 0);
+    f.add(disabled, {{"database", db.name}}, listed(snapshot.disabled, db.name) ? 1 : 0);
+  }
+}
+
 }  // namespace
 
 std::vector<prometheus::MetricFamily> collect_metrics(const Snapshot& snapshot) {
@@ -325,6 +349,7 @@ std::vector<prometheus::MetricFamily> collect_metrics(const Snapshot& snapshot) 
   statement_metrics(snapshot, f);
   counter_metrics(snapshot, f);
   host_metrics(snapshot, f);
+  admin_metrics(snapshot, f);
   auto families = f.take();
   for (auto& family : families) {
     if (family.name != "pgvalve_shard_primary_up") continue;

@@ -45,6 +45,9 @@ struct Snapshot {
   };
   std::vector<WorkerSample> workers;
   int active_workers = 0;  // the others are parked (worker_balance.h)
+  // PAUSE ("" = every database) and DISABLE from the admin console.
+  std::vector<std::string> paused;
+  std::vector<std::string> disabled;
 };
 
 // Every figure but the statement statistics, at once (what /ready needs).

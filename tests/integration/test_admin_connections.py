@@ -15,6 +15,7 @@ from itutil import APP_AND_OPS, APP_USER, OPS_USER, assert_pgvalve_message, raw_
 from pgcluster import APP_DB, wait_until
 from pgwire import PgWireError, read_error_then_close
 from test_admin_console import admin, rows_of
+from test_http import scrape
 
 
 def backends(cluster) -> set[int]:
@@ -199,3 +200,25 @@ def test_show_databases_users_lists_and_state(pgvalve, cluster):
         for command in ("SHOW DATABASES", "RECONNECT [database]", "WAIT_CLOSE [database]",
                         "KILL [database]", "KILL_CLIENT <id>", "DISABLE <database>"):
             assert command in commands
+
+
+def test_paused_and_disabled_databases_are_metrics(pgvalve):
+    pv = pgvalve(users=APP_AND_OPS)
+
+    def gauges():
+        return {name: value for name, labels, value in scrape(pv)
+                if name in ("pgvalve_database_paused", "pgvalve_database_disabled")
+                and labels == {"database": APP_DB}}
+
+    assert gauges() == {"pgvalve_database_paused": 0, "pgvalve_database_disabled": 0}
+    with admin(pv) as a:
+        a.execute("PAUSE")  # every database
+        a.execute(f"DISABLE {APP_DB}")
+        assert gauges() == {"pgvalve_database_paused": 1, "pgvalve_database_disabled": 1}
+        a.execute("RESUME")
+        a.execute(f"KILL {APP_DB}")
+        assert gauges() == {"pgvalve_database_paused": 1, "pgvalve_database_disabled": 1}
+        a.execute(f"RESUME {APP_DB}")
+        a.execute(f"ENABLE {APP_DB}")
+        assert gauges() == {"pgvalve_database_paused": 0, "pgvalve_database_disabled": 0}
+
