@@ -115,6 +115,12 @@ std::string status_json(const Snapshot& s) {
   out["version"] = PGVALVE_VERSION;
   out["clients"] = s.client_connections;
   out["draining"] = s.draining;
+  // PAUSE / KILL ("*": every database) and DISABLE from the admin console.
+  json paused = json::array();
+  for (const auto& d : s.paused)
+    paused.push_back(d.empty() ? "*" : d);
+  out["paused"] = std::move(paused);
+  out["disabled"] = s.disabled;
   out["failovers"] = s.failovers;
   json pools = json::array();
   for (const auto& p : s.pools) {

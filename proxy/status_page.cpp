@@ -66,6 +66,8 @@ function render(s) {
   document.getElementById("meta").textContent =
     "version " + s.version + " \u00b7 " + s.clients + " client connections \u00b7 " +
     s.failovers + " failovers since start" + (s.draining ? " \u00b7 shutting down" : "") +
+    ((s.paused || []).length ? " \u00b7 paused: " + s.paused.join(", ") : "") +
+    ((s.disabled || []).length ? " \u00b7 disabled: " + s.disabled.join(", ") : "") +
     " \u00b7 updated " + new Date().toLocaleTimeString();
   fill("hosts", s.hosts || [], (r, h) => {
     cell(r, h.database); cell(r, h.shard); cell(r, h.host); cell(r, h.role);

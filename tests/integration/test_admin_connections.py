@@ -5,6 +5,7 @@ SHOW DATABASES / USERS / LISTS / STATE."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -15,7 +16,7 @@ from itutil import APP_AND_OPS, APP_USER, OPS_USER, assert_pgvalve_message, raw_
 from pgcluster import APP_DB, wait_until
 from pgwire import PgWireError, read_error_then_close
 from test_admin_console import admin, rows_of
-from test_http import scrape
+from test_http import get, scrape
 
 
 def backends(cluster) -> set[int]:
@@ -202,7 +203,7 @@ def test_show_databases_users_lists_and_state(pgvalve, cluster):
             assert command in commands
 
 
-def test_paused_and_disabled_databases_are_metrics(pgvalve):
+def test_paused_and_disabled_databases_are_metrics_and_status(pgvalve):
     pv = pgvalve(users=APP_AND_OPS)
 
     def gauges():
@@ -215,10 +216,13 @@ def test_paused_and_disabled_databases_are_metrics(pgvalve):
         a.execute("PAUSE")  # every database
         a.execute(f"DISABLE {APP_DB}")
         assert gauges() == {"pgvalve_database_paused": 1, "pgvalve_database_disabled": 1}
+        status = json.loads(get(pv, "/status")[1])
+        assert (status["paused"], status["disabled"]) == (["*"], [APP_DB])
         a.execute("RESUME")
         a.execute(f"KILL {APP_DB}")
         assert gauges() == {"pgvalve_database_paused": 1, "pgvalve_database_disabled": 1}
         a.execute(f"RESUME {APP_DB}")
         a.execute(f"ENABLE {APP_DB}")
         assert gauges() == {"pgvalve_database_paused": 0, "pgvalve_database_disabled": 0}
-
+        status = json.loads(get(pv, "/status")[1])
+        assert (status["paused"], status["disabled"]) == ([], [])
