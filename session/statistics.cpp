@@ -105,6 +105,7 @@ void Session::describe_sample(std::string& out, std::string_view sql, std::strin
                               std::string_view param_types) {
   const std::size_t limit = stats::QueryStats::kMaxTextBytes + 4;
   out.assign(sql.substr(0, limit));
+  if (out.empty()) return;  // parameters without their statement say nothing
   for (std::size_t i = 0; out.size() < limit; ++i) {
     const auto p = protocol::read_bind_parameter(bind_rest, i);
     if (!p) break;
