@@ -265,7 +265,7 @@ class Loader {
   Loader(std::vector<ConfigError>& errors, Keys keys) : errors_(errors), keys_(keys) {}
 
   void read_root(const YAML::Node& root, Config& c);
-  void refuse_what_does_not_work_yet(const YAML::Node& root);
+  void refuse_what_does_not_work_yet(const YAML::Node& root, const Config& c);
 
  private:
   using Reader = std::function<void(const YAML::Node& value, const std::string& path)>;
@@ -1081,7 +1081,7 @@ void Loader::read_root(const YAML::Node& root, Config& c) {
     c.health.user = c.users.front().name;
     if (c.health.password.empty()) c.health.password = c.users.front().server_password;
   }
-  if (keys_ == Keys::Working) refuse_what_does_not_work_yet(root);
+  if (keys_ == Keys::Working) refuse_what_does_not_work_yet(root, c);
   // Both are bound at start; the same port on an overlapping address could never work.
   auto wildcard = [](const Endpoint& e) { return e.host == "0.0.0.0" || e.host == "::"; };
   if (c.listen.port == c.admin_listen.port &&
@@ -1095,22 +1095,19 @@ void Loader::read_root(const YAML::Node& root, Config& c) {
 // refused where it appears, so that a file never promises more than pgvalve does; the
 // capability's issue removes its line here when the key starts to work. docs/configuration.md
 // lists the same keys.
-void Loader::refuse_what_does_not_work_yet(const YAML::Node& root) {
-  if (const YAML::Node dbs = root["databases"]; dbs && dbs.IsMap()) {
-    for (const auto& db : dbs) {
-      const std::string path = child("databases", db.first.Scalar());
-      // Scatter-gather and per-shard session servers are not built: a session-mode client of a
-      // sharded database would need a server on every shard it touches.
-      const YAML::Node shards = db.second.IsMap() ? db.second["shards"] : YAML::Node();
-      if (!shards || !shards.IsSequence() || shards.size() < 2) continue;
-      const YAML::Node pool = root["pool"];
-      const YAML::Node mode = pool && pool.IsMap() ? pool["mode"] : YAML::Node();
-      if (mode && mode.IsScalar() && mode.Scalar() == "session") {
-        error("pool.mode", mode,
-              "not supported yet: session mode with a sharded database (" + path + " has " +
-                  std::to_string(shards.size()) + " shards); use transaction mode");
-      }
-    }
+void Loader::refuse_what_does_not_work_yet(const YAML::Node& root, const Config& c) {
+  // Per-shard session servers are not built: a session-mode client of a sharded database would
+  // need a server on every shard it touches. Decided on the values as read (`Session`,
+  // `${POOL_MODE}`), the error placed at the key.
+  if (c.pool.mode != PoolMode::Session) return;
+  const YAML::Node pool = root["pool"];
+  const YAML::Node mode = pool && pool.IsMap() ? pool["mode"] : YAML::Node();
+  for (const auto& db : c.databases) {
+    if (db.shards.size() < 2) continue;
+    error("pool.mode", mode ? mode : root,
+          "not supported yet: session mode with a sharded database (" +
+              child("databases", db.name) + " has " + std::to_string(db.shards.size()) +
+              " shards); use transaction mode");
   }
 }
 

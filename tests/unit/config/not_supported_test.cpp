@@ -3,6 +3,7 @@
 // its test here turns into a test that the key works.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <string>
 
 #include "config/config.h"
@@ -136,6 +137,13 @@ databases:
   EXPECT_EQ(refused.errors[0].to_string("pgvalve.yaml"),
             "pgvalve.yaml:15:9: pool.mode: not supported yet: session mode with a sharded database "
             "(databases.telemetry has 2 shards); use transaction mode");
+  // Whatever spelling the value has once read: another case, or from the environment.
+  EXPECT_TRUE(has_error(load_config_string(shards + "pool:\n  mode: Session\n"), "pool.mode", 15,
+                        "not supported yet"));
+  ::setenv("PGVALVE_TEST_POOL_MODE", "session", 1);
+  EXPECT_TRUE(has_error(load_config_string(shards + "pool:\n  mode: ${PGVALVE_TEST_POOL_MODE}\n"),
+                        "pool.mode", 15, "not supported yet"));
+  ::unsetenv("PGVALVE_TEST_POOL_MODE");
   EXPECT_TRUE(test::load_design(session).errors.empty());
 }
 
