@@ -406,7 +406,7 @@ TEST(SessionFailures, KillWhenIdleClosesAtOnceWithTheMessage) {
   EXPECT_EQ(h.state(), SessionState::Closing);
 }
 
-TEST(SessionFailures, KillInsideATransactionDoesNotWaitAndLeavesNoDirtyServer) {
+TEST(SessionFailures, KillInsideATransactionDoesNotWaitAndRollsItBack) {
   SessionHarness h;
   auto server = SessionHarness::fresh_server();
   h.send(query("begin"), *server);
@@ -414,9 +414,10 @@ TEST(SessionFailures, KillInsideATransactionDoesNotWaitAndLeavesNoDirtyServer) {
   Step s = h.kill();
   EXPECT_TRUE(s.close_client);
   EXPECT_EQ(sqlstates_in(s.to_client), "57P01");
-  // The open transaction is not handed to the next client as it is.
+  // As when the client leaves: the open transaction is not handed to the next client.
   ASSERT_EQ(s.ops.size(), 1u);
-  EXPECT_NE(s.ops[0].kind, LinkOp::Kind::Release);
+  EXPECT_EQ(s.ops[0].kind, LinkOp::Kind::CleanAndRelease);
+  EXPECT_EQ(s.ops[0].sql1, "ROLLBACK");
 }
 
 TEST(SessionFailures, KillWhileWaitingForAServerClosesAtOnce) {
