@@ -405,9 +405,9 @@ asio::awaitable<int> App::kill(const std::string& database) {
       }
     });
     for (const auto& s : victims)
-      s->on_kill("pgvalve: disconnected by an administrator (KILL " +
-                 (database.empty() ? std::string("of every database") : database) +
-                 "); new connections wait until RESUME");
+      s->on_kill("pgvalve: disconnected by an administrator (KILL" +
+                 (database.empty() ? std::string() : " " + database) +
+                 "); you may reconnect, but requests wait until the database is resumed");
     killed->fetch_add(static_cast<int>(victims.size()));
   };
   co_await on_every_worker(close_clients);
@@ -423,7 +423,7 @@ asio::awaitable<bool> App::kill_client(std::uint64_t id) {
     });
     if (!victim) return;
     victim->on_kill("pgvalve: disconnected by an administrator (KILL_CLIENT " + std::to_string(id) +
-                    ")");
+                    "); reconnect to continue");
     found->store(true);
   };
   co_await on_every_worker(close_client);

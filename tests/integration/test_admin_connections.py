@@ -100,7 +100,8 @@ def test_kill_disconnects_clients_closes_servers_and_pauses_until_resume(pgvalve
             assert closed and err is not None
             assert err["C"] == "57P01" and err["S"] == "FATAL"
             assert_pgvalve_message(err["M"])
-            assert f"(KILL {APP_DB})" in err["M"]
+            assert err["M"] == (f"pgvalve: disconnected by an administrator (KILL {APP_DB}); you "
+                                "may reconnect, but requests wait until the database is resumed")
         # Every server connection of the database is closed, the open transaction rolled back.
         wait_until(lambda: not (before & backends(cluster)), 5,
                    message="the killed database's server connections closed")
@@ -135,7 +136,8 @@ def test_kill_client_disconnects_that_client_only(pgvalve):
         assert a.execute(f"KILL_CLIENT {id_}").statusmessage == "KILL_CLIENT"
         err, closed, _ = read_error_then_close(victim.sock, 5)
         assert closed and err["C"] == "57P01"
-        assert err["M"] == f"pgvalve: disconnected by an administrator (KILL_CLIENT {id_})"
+        assert err["M"] == (f"pgvalve: disconnected by an administrator (KILL_CLIENT {id_}); "
+                            "reconnect to continue")
         assert other.rows("select 7") == [["7"]]
         assert id_ not in [r["id"] for r in rows_of(a, "SHOW CLIENTS")]
         with pytest.raises(psycopg.errors.UndefinedObject) as e:
