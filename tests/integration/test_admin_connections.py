@@ -127,6 +127,24 @@ def test_kill_disconnects_clients_closes_servers_and_pauses_until_resume(pgvalve
     assert "killed" in pv.log_text()
 
 
+def test_kill_in_session_mode_closes_the_clients_own_servers(pgvalve, cluster):
+    pv = pgvalve(users=APP_AND_OPS, mode="session", pool_size=4)
+    client = raw_login(pv)
+    (pid,) = client.rows("select pg_backend_pid()")[0]
+    assert int(pid) in backends(cluster)
+    with admin(pv) as a:
+        a.execute("KILL")  # every database
+        err, closed, _ = read_error_then_close(client.sock, 5)
+        assert closed and err["C"] == "57P01"
+        assert err["M"].startswith("pgvalve: disconnected by an administrator (KILL);")
+        wait_until(lambda: int(pid) not in backends(cluster), 5,
+                   message="the session's server closed, not kept for the next client")
+        assert rows_of(a, "SHOW STATE")[1] == {"key": "paused", "value": "*"}
+        a.execute("RESUME")
+    with pv.connect() as c:
+        assert c.execute("select pg_backend_pid()").fetchone()[0] != int(pid)
+
+
 def test_kill_client_disconnects_that_client_only(pgvalve):
     pv = pgvalve(users=APP_AND_OPS)
     victim = raw_login(pv)
