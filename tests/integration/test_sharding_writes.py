@@ -86,6 +86,22 @@ def in_background(pv, sql):
     return thread, outcome
 
 
+def write_waiting_on_s1(two_pc, pgvalve):
+    """A row on each shard, then a write over both whose s1 part waits on a lock another
+    connection holds on s1's row, so s0's part prepares first. Returns (pgvalve, the lock's
+    connection, the writer's thread, what the writer got)."""
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    a = next(d for d in range(1, 100) if md5_mod(d) == 0)
+    b = next(d for d in range(1, 100) if md5_mod(d) == 1)
+    with pv.connect() as conn:
+        conn.execute(f"INSERT INTO telemetry (device_id, value) VALUES ({a}, 1), ({b}, 1)")
+    locker = two_pc[1].primary.connect(dbname=APP_DB, autocommit=False)
+    locker.execute(f"SELECT * FROM telemetry WHERE device_id = {b} FOR UPDATE")
+    writer, outcome = in_background(pv, "/* pgvalve: all_shards */ UPDATE telemetry SET value = 2")
+    return pv, locker, writer, outcome
+
+
 def refused(conn, sql, sqlstate) -> psycopg.Error:
     with pytest.raises(psycopg.Error) as e:
         conn.execute(sql)
@@ -180,15 +196,7 @@ def test_a_first_commit_that_fails_rolls_the_write_back_on_every_shard(two_pc, p
     rolls back that shard's prepared part while the other shard's part waits on a lock; its
     COMMIT PREPARED then fails, no shard has committed, and pgvalve rolls the other part back
     instead of committing it: the write is on no shard, and the client hears 40000."""
-    prepare_schema(two_pc)
-    pv = pgvalve(**config(two_pc))
-    a = next(d for d in range(1, 100) if md5_mod(d) == 0)
-    b = next(d for d in range(1, 100) if md5_mod(d) == 1)
-    with pv.connect() as conn:
-        conn.execute(f"INSERT INTO telemetry (device_id, value) VALUES ({a}, 1), ({b}, 1)")
-    locker = two_pc[1].primary.connect(dbname=APP_DB, autocommit=False)
-    locker.execute(f"SELECT * FROM telemetry WHERE device_id = {b} FOR UPDATE")
-    writer, outcome = in_background(pv, "/* pgvalve: all_shards */ UPDATE telemetry SET value = 2")
+    pv, locker, writer, outcome = write_waiting_on_s1(two_pc, pgvalve)
     try:
         wait_until(lambda: prepared_on(two_pc[0]), 10, message="shard 0's part prepared")
         gid = prepared_on(two_pc[0])[0][0]
@@ -304,15 +312,7 @@ def test_a_deciding_part_lost_during_its_commit_decides_every_part(two_pc, pgval
     the client hears 40003. Once s0 is back, pgvalve commits its part (the decision was to
     commit) and s1's part follows how s0's transaction ended."""
     import signal
-    prepare_schema(two_pc)
-    pv = pgvalve(**config(two_pc))
-    a = next(d for d in range(1, 100) if md5_mod(d) == 0)
-    b = next(d for d in range(1, 100) if md5_mod(d) == 1)
-    with pv.connect() as conn:
-        conn.execute(f"INSERT INTO telemetry (device_id, value) VALUES ({a}, 1), ({b}, 1)")
-    locker = two_pc[1].primary.connect(dbname=APP_DB, autocommit=False)
-    locker.execute(f"SELECT * FROM telemetry WHERE device_id = {b} FOR UPDATE")
-    writer, outcome = in_background(pv, "/* pgvalve: all_shards */ UPDATE telemetry SET value = 2")
+    pv, locker, writer, outcome = write_waiting_on_s1(two_pc, pgvalve)
     wait_until(lambda: prepared_on(two_pc[0]), 10, message="s0's part prepared")
     gid = prepared_on(two_pc[0])[0][0]
     # s0's server stops before the COMMIT PREPARED pgvalve sends once s1 has prepared.
