@@ -482,12 +482,13 @@ std::optional<std::string_view> Gather::Row::value(std::size_t i) const {
 }
 
 Gather::Gather(const ScatterPlan& plan, int shards, std::int64_t limit, std::int64_t offset,
-               std::size_t max_bytes, bool stream)
+               std::size_t max_bytes, bool stream, const TextOrder* text_order)
     : plan_(plan),
       shards_(shards),
       limit_(limit),
       offset_(offset),
       max_bytes_(max_bytes),
+      text_order_(text_order),
       may_stream_(stream) {
   const auto n = static_cast<std::size_t>(std::max(shards, 1));
   // A shard's share: the merge needs one row of each, more only smooths the flow.
@@ -602,11 +603,15 @@ bool Gather::read_description(int shard, const pr::Frame& f) {
       case kTimestamptz:
         kinds_.push_back(binary ? Kind::BinaryInteger : Kind::Bytes);
         break;
-      case kBool:
-      case kName:
       case kText:
-      case kBpchar:
       case kVarchar:
+        kinds_.push_back(Kind::Text);
+        break;
+      case kBpchar:
+        kinds_.push_back(Kind::PaddedText);
+        break;
+      case kBool:
+      case kName:  // PostgreSQL orders name in the C collation
       case kUuid:
         kinds_.push_back(Kind::Bytes);
         break;
@@ -639,6 +644,7 @@ bool Gather::read_description(int shard, const pr::Frame& f) {
                   "pgvalve: ORDER BY across shards on a column of this type is not "
                   "supported; order by a number, text or time column");
     }
+    if (is_text(kinds_[k.column]) && !k.bytes && !text_order_known("ORDER BY")) return false;
   }
   for (std::size_t i = 0; i < plan_.combine.size() && i < kinds_.size(); ++i) {
     const ScatterPlan::Combine op = plan_.combine[i];
@@ -662,6 +668,10 @@ bool Gather::read_description(int shard, const pr::Frame& f) {
          k == Kind::Other)) {
       return fail("0A000", "pgvalve: this aggregate's type does not combine across shards");
     }
+    if ((op == ScatterPlan::Combine::Min || op == ScatterPlan::Combine::Max) && is_text(k) &&
+        !by_bytes(i) && !text_order_known("min() and max()")) {
+      return false;
+    }
   }
   if (!plan_.combine.empty() && plan_.combine.size() + plan_.extra_columns != kinds_.size()) {
     return fail("0A000", "pgvalve: the shards' columns do not match the statement");
@@ -670,22 +680,36 @@ bool Gather::read_description(int shard, const pr::Frame& f) {
   if (!client.refusal.empty()) return fail("0A000", "pgvalve: " + client.refusal);
   description_ = std::move(client.body);
   if (may_stream_ && plan_.combine.empty() && plan_.averages.empty() && !plan_.distinct) {
-    mode_ = plan_.order.empty() ? Mode::Stream : mergeable() ? Mode::Merge : Mode::Hold;
+    // The shards sort their rows as pgvalve compares them (text in the database's collation),
+    // so their sorted rows merge as they come.
+    mode_ = plan_.order.empty() ? Mode::Stream : Mode::Merge;
   }
   return true;
 }
 
-// The shards sort their rows as pgvalve compares them: by value, or by bytes where PostgreSQL's
-// order is the bytes' too (name, uuid, bool, ISO dates and times). Text, varchar and char follow
-// the database's collation, which pgvalve does not know: held and sorted whole, in C order.
-bool Gather::mergeable() const {
-  for (const ScatterPlan::SortKey& k : plan_.order) {
-    const auto type = static_cast<std::uint32_t>(columns_[k.column].type);
-    if (kinds_[k.column] == Kind::Bytes && (type == kText || type == kVarchar || type == kBpchar)) {
-      return false;
-    }
+bool Gather::text_order_known(std::string_view what) {
+  if (text_order_ == nullptr) {
+    return fail("0A000", "pgvalve: " + std::string(what) +
+                             " of text across shards needs the database's collation, which "
+                             "pgvalve has not read yet (the health checks read it); retry in a "
+                             "moment, or add COLLATE \"C\" (byte order)");
+  }
+  if (!text_order_->usable()) {
+    return fail("0A000", "pgvalve: " + std::string(what) +
+                             " of text across shards cannot follow PostgreSQL's order: " +
+                             text_order_->problem() +
+                             "; add COLLATE \"C\" (byte order), or name one device_id");
   }
   return true;
+}
+
+bool Gather::by_bytes(std::size_t column) const {
+  return std::find(plan_.bytes_combined.begin(), plan_.bytes_combined.end(), column) !=
+         plan_.bytes_combined.end();
+}
+
+const TextOrder* Gather::min_max_order(std::size_t column) const {
+  return by_bytes(column) ? &TextOrder::bytes() : text_order_;
 }
 
 bool Gather::read_row(const pr::Frame& f) {
@@ -814,8 +838,19 @@ bool Gather::parse_row(const pr::Frame& f, Row& row) {
   return true;
 }
 
-int Gather::compare(Kind kind, std::string_view a, std::string_view b) const {
+int Gather::compare(Kind kind, std::string_view a, std::string_view b,
+                    const TextOrder* order) const {
   switch (kind) {
+    case Kind::PaddedText:
+      // char(n) compares without its trailing spaces (PostgreSQL's bpcharcmp).
+      while (!a.empty() && a.back() == ' ')
+        a.remove_suffix(1);
+      while (!b.empty() && b.back() == ' ')
+        b.remove_suffix(1);
+      [[fallthrough]];
+    case Kind::Text:
+      if (order != nullptr) return order->compare(a, b);
+      break;
     case Kind::Integer: {
       const auto x = integer(a);
       const auto y = integer(b);
@@ -855,7 +890,7 @@ bool Gather::less(const Row& a, const Row& b) const {
       if (!x && !y) continue;
       return !x == k.nulls_first;  // a NULL comes first exactly when NULLS FIRST
     }
-    const int c = compare(kinds_[k.column], *x, *y);
+    const int c = compare(kinds_[k.column], *x, *y, k.bytes ? &TextOrder::bytes() : text_order_);
     if (c != 0) return k.descending ? c > 0 : c < 0;
   }
   return false;
@@ -949,10 +984,10 @@ bool Gather::combine_into(Row& into, const Row& from) {
           }
           break;
         case ScatterPlan::Combine::Min:
-          if (!a || compare(kinds_[i], *b, *a) < 0) v = std::string(*b);
+          if (!a || compare(kinds_[i], *b, *a, min_max_order(i)) < 0) v = std::string(*b);
           break;
         case ScatterPlan::Combine::Max:
-          if (!a || compare(kinds_[i], *b, *a) > 0) v = std::string(*b);
+          if (!a || compare(kinds_[i], *b, *a, min_max_order(i)) > 0) v = std::string(*b);
           break;
         case ScatterPlan::Combine::BitAnd:
         case ScatterPlan::Combine::BitOr:

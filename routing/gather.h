@@ -6,21 +6,22 @@
 // out; the session carries it out (session/scatter.h).
 //
 // Rows that need no combining stream: once every shard has described its rows, a read whose rows
-// are only concatenated passes each row on as it comes, and one with an ORDER BY that compares by
-// value (not text, whose order depends on the database's collation) merges the shards' sorted
-// rows as they come, holding only the rows that wait for another shard's next one. A shard whose
-// waiting rows reach its share of the bound is not read until the merge takes them (waits()), so
-// a streamed read of any size holds a bounded amount. Aggregates, DISTINCT and ORDER BY on text
+// are only concatenated passes each row on as it comes, and one with an ORDER BY merges the
+// shards' sorted rows as they come, holding only the rows that wait for another shard's next
+// one. A shard whose waiting rows reach its share of the bound is not read until the merge takes
+// them (waits()), so a streamed read of any size holds a bounded amount. Aggregates and DISTINCT
 // hold every row until the last shard answered, up to the bound (then 54000).
 //
 // Values are compared in text format, typed by the RowDescription's OIDs: integers, floats and
-// numeric by value; bool, text, varchar, bpchar, name, uuid, date, time, timestamp and
-// timestamptz by their bytes. That is the C collation for text (a database whose ORDER BY uses
-// another collation can order differently), and ISO dates of years 1-9999. Binary-format values
-// (JDBC asks for them once a statement is prepared) compare by value too: integers, dates, times
-// and timestamps as big-endian integers, floats as IEEE values, numeric through its digits,
-// text-like types and uuid by their bytes. A sort or min/max on any other type is refused (rows
-// that are only concatenated pass whatever their type and format).
+// numeric by value; text, varchar and char in the database's collation (text_order.h; char
+// without its trailing spaces, and by the bytes under COLLATE "C"); bool, name, uuid, date,
+// time, timestamp and timestamptz by their bytes, which is PostgreSQL's order for them (ISO
+// dates of years 1-9999). Binary-format values (JDBC asks for them once a statement is
+// prepared) compare by value too: integers, dates, times and timestamps as big-endian integers,
+// floats as IEEE values, numeric through its digits, text-like types as their text, uuid by its
+// bytes. A sort or min/max on any other type is refused (rows that are only concatenated pass
+// whatever their type and format), and so is one on text when the database's collation is not
+// known or cannot be reproduced.
 #pragma once
 
 #include <cstddef>
@@ -33,6 +34,7 @@
 
 #include "protocol/frame.h"
 #include "routing/scatter_plan.h"
+#include "routing/text_order.h"
 
 namespace pgvalve::routing {
 
@@ -58,9 +60,10 @@ class Gather {
 
   // `limit` < 0: none. The rows kept in memory may take `max_bytes`; beyond, the answer is an
   // error (54000). `stream`: rows that need no combining may stream (a read's; a write's answer
-  // is held until every part is prepared).
+  // is held until every part is prepared). `text_order`: the database's collation (outlives
+  // the gather; null while unknown), for sorts and min/max of text.
   Gather(const ScatterPlan& plan, int shards, std::int64_t limit, std::int64_t offset,
-         std::size_t max_bytes, bool stream = false);
+         std::size_t max_bytes, bool stream = false, const TextOrder* text_order = nullptr);
 
   // One message of shard `shard`'s answer before its ReadyForQuery. False once the answer is
   // decided to be an error: the rest of every shard's answer can be dropped. Rows this message
@@ -102,11 +105,13 @@ class Gather {
   };
   // How a column's values compare. Binary-format results (JDBC asks for them once a statement
   // is prepared) of integers, dates and times compare as big-endian signed integers, of floats
-  // as IEEE values, of text-like types and uuid byte by byte, as their text does.
+  // as IEEE values, of text-like types as their text, of uuid byte by byte.
   enum class Kind : std::uint8_t {
     Integer,
     Float,
     Numeric,
+    Text,        // text, varchar: in the database's collation
+    PaddedText,  // char(n): the same, without trailing spaces
     Bytes,
     BinaryInteger,
     BinaryFloat,
@@ -134,10 +139,16 @@ class Gather {
   bool parse_row(const protocol::Frame& f, Row& row);
   bool read_row(const protocol::Frame& f);
   bool stream_row(int shard, const protocol::Frame& f, std::string* out);
-  bool mergeable() const;
+  static bool is_text(Kind k) { return k == Kind::Text || k == Kind::PaddedText; }
+  // False (the answer is then an error) when text cannot be compared as PostgreSQL does.
+  bool text_order_known(std::string_view what);
+  // A min()/max() output column whose argument has COLLATE "C", and how its text compares.
+  bool by_bytes(std::size_t column) const;
+  const TextOrder* min_max_order(std::size_t column) const;
   void drain(std::string& out);
   void emit(std::string_view body, std::string& out);
-  int compare(Kind kind, std::string_view a, std::string_view b) const;
+  // `order`: for text kinds (null: by the bytes).
+  int compare(Kind kind, std::string_view a, std::string_view b, const TextOrder* order) const;
   bool less(const Row& a, const Row& b) const;
   bool combine_into(Row& into, const Row& from);
   bool finish_averages();
@@ -152,6 +163,7 @@ class Gather {
   std::int64_t limit_;
   std::int64_t offset_;
   std::size_t max_bytes_;
+  const TextOrder* text_order_;
   std::size_t bytes_ = 0;
   std::string description_;      // the client's RowDescription body (client_description)
   std::vector<Column> columns_;  // the shards' (with averages' counts)

@@ -306,6 +306,16 @@ class Planner {
 
   // The output column an ORDER BY / GROUP BY item names: by position, by output name (ORDER BY
   // only, as PostgreSQL resolves it), or as the same expression. -1: none.
+  // A CollateClause's collation: true for one that orders by the bytes, false for another,
+  // none for the database's default (whose order pgvalve follows).
+  static std::optional<bool> orders_by_bytes(const Json& collate) {
+    const Json* names = field(collate, "collname");
+    if (names == nullptr || !names->is_array() || names->empty()) return false;
+    const std::string_view name = sval(names->back());
+    if (name == "default") return std::nullopt;
+    return name == "C" || name == "POSIX" || name == "ucs_basic";
+  }
+
   int column_of(const Json& item, const Json& targets, bool by_name) const {
     if (const Json* c = as(item, "A_Const")) {
       const Json* ival = field(*c, "ival");
@@ -483,10 +493,23 @@ class Planner {
             }
           }
           plan.combine.push_back(Combine::Sum);
-        } else if (name == "min" || name == "bool_and" || name == "every") {
-          plan.combine.push_back(Combine::Min);  // false before true, as bool orders
-        } else if (name == "max" || name == "bool_or") {
-          plan.combine.push_back(Combine::Max);
+        } else if (name == "min" || name == "max" || name == "bool_and" || name == "every" ||
+                   name == "bool_or") {
+          const bool least = name == "min" || name == "bool_and" || name == "every";
+          plan.combine.push_back(least ? Combine::Min : Combine::Max);  // bool: false < true
+          // min(name COLLATE "C"): each shard's is the least by the bytes, and so is theirs.
+          const Json* args = field(*call, "args");
+          const Json* collate = args != nullptr && args->is_array() && args->size() == 1
+                                    ? as(args->front(), "CollateClause")
+                                    : nullptr;
+          const std::optional<bool> bytes =
+              collate != nullptr ? orders_by_bytes(*collate) : std::nullopt;
+          if (bytes && !*bytes) {
+            return refuse(
+                "min() and max() in a collation other than the database's or \"C\" are not "
+                "combined across shards");
+          }
+          if (bytes) plan.bytes_combined.push_back(static_cast<std::uint16_t>(i));
         } else if (name == "bit_and" || name == "bit_or" || name == "bit_xor") {
           if (distinct && name == "bit_xor") {
             return refuse("bit_xor(DISTINCT ...) across shards counts a value once per shard");
@@ -546,7 +569,26 @@ class Planner {
         const Json* by = as(item, "SortBy");
         const Json* node = by != nullptr ? field(*by, "node") : nullptr;
         if (node == nullptr) return refuse("an ORDER BY item pgvalve cannot read");
+        // true: by the bytes; false: another collation; none: the database's.
+        std::optional<bool> bytes;
+        if (const Json* collate = as(*node, "CollateClause")) {
+          bytes = orders_by_bytes(*collate);
+          node = field(*collate, "arg");
+          if (node == nullptr) return refuse("an ORDER BY item pgvalve cannot read");
+        }
         int column = column_of(*node, *targets, true);
+        if (!bytes && column >= 0) {
+          // `SELECT name COLLATE "C" AS n ... ORDER BY n` sorts in the column's collation.
+          const Json* t = as((*targets)[static_cast<std::size_t>(column)], "ResTarget");
+          const Json* val = t != nullptr ? field(*t, "val") : nullptr;
+          const Json* collate = val != nullptr ? as(*val, "CollateClause") : nullptr;
+          if (collate != nullptr) bytes = orders_by_bytes(*collate);
+        }
+        if (bytes && !*bytes) {
+          return refuse(
+              "ORDER BY in a collation other than the database's or \"C\" is not merged across "
+              "shards");
+        }
         std::string_view by_name;
         if (column < 0 && star) {
           // A column of `*`: found by name in the shards' RowDescription.
@@ -572,6 +614,7 @@ class Planner {
         key.column = column < 0 ? 0 : static_cast<std::uint16_t>(column);
         key.name = std::string(by_name);
         key.descending = d == "SORTBY_DESC";
+        key.bytes = bytes.value_or(false);
         key.nulls_first = n == "SORTBY_NULLS_FIRST" || (n != "SORTBY_NULLS_LAST" && key.descending);
         plan.order.push_back(key);
       }

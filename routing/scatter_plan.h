@@ -24,6 +24,9 @@ struct ScatterPlan {
     // Non-empty: a column of `SELECT *`, found by this name in the shards' RowDescription
     // (`column` is then meaningless).
     std::string name;
+    // COLLATE "C" (or "POSIX", ucs_basic) on the item or its output column: text by the bytes,
+    // not in the database's collation.
+    bool bytes = false;
     bool operator==(const SortKey&) const = default;
   };
   // What each output column of an aggregate query does when rows of several shards meet.
@@ -58,6 +61,8 @@ struct ScatterPlan {
 
   std::vector<SortKey> order;    // merge-sort the shards' sorted rows by these; empty: concatenate
   std::vector<Combine> combine;  // empty: rows are not combined
+  // Output columns of min()/max() whose argument has COLLATE "C": text compared by the bytes.
+  std::vector<std::uint16_t> bytes_combined;
   std::vector<Average> averages;
   std::uint16_t extra_columns = 0;  // what `averages` add to each shard's output columns
   bool distinct = false;            // SELECT DISTINCT: equal rows from different shards are one

@@ -7,12 +7,14 @@
 
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "routing/shard_map.h"
+#include "routing/text_order.h"
 
 namespace pgvalve::routing {
 
@@ -23,6 +25,9 @@ struct ShardingPolicy {
   std::vector<std::string> reference_tables;
   ShardMap map;
   std::vector<std::string> shard_names;  // index = shard
+  // The collation the shards' databases order text in, as the health checks read it (null in a
+  // policy no checker serves: text is then not merged).
+  std::shared_ptr<TextOrderSlot> text_order;
 
   // The shard called `name`, or -1.
   int shard_named(std::string_view name) const;

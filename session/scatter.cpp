@@ -21,7 +21,8 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
                            std::string_view param_types, const routing::ScatterPlan& plan,
                            const routing::ShardStatement& statement, int shards,
                            std::size_t max_bytes, std::size_t max_message_bytes, bool two_phase,
-                           const std::vector<Part>* parts, bool write) {
+                           const std::vector<Part>* parts, bool write,
+                           const routing::TextOrder* text_order) {
   const std::string_view text = statement.sql.empty() ? sql : std::string_view(statement.sql);
   std::string_view bind_rest;
   bool synced = false;
@@ -120,7 +121,7 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
     build(request_, text, param_types, bind_rest, false);
     if (two_phase) build(decider_request_, text, param_types, bind_rest, true);
   }
-  gather_.emplace(plan, shards, statement.limit, statement.offset, max_bytes, !write_);
+  gather_.emplace(plan, shards, statement.limit, statement.offset, max_bytes, !write_, text_order);
   rows_.assign(static_cast<std::size_t>(shards), 0);
   bound_.assign(static_cast<std::size_t>(shards), false);
   return {};

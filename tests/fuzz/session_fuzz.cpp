@@ -210,6 +210,9 @@ const char* const kSql[] = {
     "INSERT INTO telemetry (device_id, v) VALUES (3, 'c')",
     "UPDATE telemetry SET v = 'y' WHERE device_id = 4",
     "DELETE FROM telemetry WHERE device_id = 1",
+    // Text merged and combined in the database's collation (the shards describe text columns).
+    "SELECT v FROM telemetry ORDER BY v DESC",
+    "SELECT min(v), max(v) FROM telemetry",
 };
 constexpr std::size_t kSqlCount = sizeof kSql / sizeof kSql[0];
 
@@ -1301,6 +1304,9 @@ class Harness {
     p.reference_tables = {"device_types"};
     p.map = routing::ShardMap(routing::ShardHash::Md5Mod, routing::KeyType::Auto, kShardCount, {});
     p.shard_names = {"s0", "s1", "s2"};
+    // Text merged through strcoll_l (C.UTF-8 is on every glibc host), as a libc collation is.
+    p.text_order = std::make_shared<routing::TextOrderSlot>();
+    p.text_order->set(routing::TextOrder::of('c', "C.UTF-8"));
     return p;
   }
 

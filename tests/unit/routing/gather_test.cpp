@@ -132,8 +132,8 @@ Answer read_answer(const std::string& out) {
 // Each shard: its RowDescription (the same for all), its rows, then SELECT n.
 Answer gather(const ScatterPlan& plan, const std::vector<std::uint32_t>& types,
               const std::vector<Rows>& shards, std::int64_t limit = -1, std::int64_t offset = 0,
-              std::size_t max_bytes = 1 << 20) {
-  Gather g(plan, static_cast<int>(shards.size()), limit, offset, max_bytes);
+              std::size_t max_bytes = 1 << 20, const TextOrder* text = &TextOrder::bytes()) {
+  Gather g(plan, static_cast<int>(shards.size()), limit, offset, max_bytes, false, text);
   for (std::size_t s = 0; s < shards.size(); ++s) {
     g.add(static_cast<int>(s), description(types, 0, static_cast<std::int32_t>(16384 + s)).frame());
     for (const auto& r : shards[s])
@@ -593,8 +593,9 @@ struct Stream {
   Gather g;
   std::string out;
   Stream(const ScatterPlan& plan, std::int64_t limit = -1, std::int64_t offset = 0,
-         std::size_t max_bytes = 1 << 20, int shards = 2)
-      : g(plan, shards, limit, offset, max_bytes, true) {}
+         std::size_t max_bytes = 1 << 20, int shards = 2,
+         const TextOrder* text = &TextOrder::bytes())
+      : g(plan, shards, limit, offset, max_bytes, true, text) {}
   void add(int shard, const Message& m) {
     g.add(shard, m.frame(), &out);
     if (g.ready_to_stream()) g.start_stream(out, true);
@@ -710,19 +711,12 @@ TEST(Gather, AnErrorAfterRowsWentOutEndsTheAnswer) {
   EXPECT_EQ(a.tag, "");
 }
 
-TEST(Gather, OrdersThatDependOnACollationOrThatCombineAreHeldWhole) {
-  // Text sorts in the database's collation, which pgvalve does not know: held and sorted.
+TEST(Gather, OrdersThatCombineAreHeldWholeAndOthersStream) {
+  // Text sorts in the database's collation: the shards' sorted rows merge as they come.
   Stream text(ordered({{0, false, false}}));
   text.add(0, description({kText}));
   text.add(1, description({kText}));
-  EXPECT_FALSE(text.g.streaming());
-  text.add(0, row({"b"}));
-  text.add(1, row({"a"}));
-  EXPECT_EQ(text.out, "");
-  text.add(0, complete("SELECT 1"));
-  text.add(1, complete("SELECT 1"));
-  text.g.finish(text.out);
-  EXPECT_EQ(text.take().rows, (Rows{{"a"}, {"b"}}));
+  EXPECT_TRUE(text.g.streaming());
   // Time with a time zone sorts by its ISO text: streamed.
   Stream times(ordered({{0, false, false}}));
   times.add(0, description({kTimestamptz}));
@@ -739,6 +733,80 @@ TEST(Gather, OrdersThatDependOnACollationOrThatCombineAreHeldWhole) {
   write.add(0, description({kInt8}).frame(), &out);
   write.add(1, description({kInt8}).frame(), &out);
   EXPECT_FALSE(write.ready_to_stream());
+}
+
+// tests/run builds en_US.UTF-8 on the test host; without it the tests that need it say so.
+const TextOrder* english() {
+  const TextOrder* order = TextOrder::of('c', "en_US.UTF-8");
+  return order->usable() ? order : nullptr;
+}
+
+TEST(Gather, TextMergesInTheDatabasesCollation) {
+  const TextOrder* en = english();
+  if (en == nullptr) GTEST_SKIP() << "en_US.UTF-8 is not installed on this host";
+  // Each shard sorted its rows in en_US order; byte order would put the capitals first.
+  Stream st(ordered({{0, false, false}}), -1, 0, 1 << 20, 2, en);
+  st.add(0, description({kText}));
+  st.add(1, description({kText}));
+  ASSERT_TRUE(st.g.streaming());
+  for (const char* v : {"apple", "banana", "zebra"})
+    st.add(0, row({v}));
+  for (const char* v : {"Apple", "Banana", "Zebra"})
+    st.add(1, row({v}));
+  st.add(0, complete("SELECT 3"));
+  st.add(1, complete("SELECT 3"));
+  st.g.finish(st.out, false);
+  EXPECT_EQ(st.take().rows,
+            (Rows{{"apple"}, {"Apple"}, {"banana"}, {"Banana"}, {"zebra"}, {"Zebra"}}));
+  // min() and max() of text combine in the same order.
+  const Answer a = gather(combined({C::Min, C::Max}), {kText, kText},
+                          {{{"apple", "Zebra"}}, {{"Banana", "zebra"}}}, -1, 0, 1 << 20, en);
+  EXPECT_EQ(a.rows, (Rows{{"apple", "Zebra"}}));
+}
+
+TEST(Gather, CollateCOrdersByTheBytesWhateverTheDatabasesCollation) {
+  ScatterPlan plan = ordered({{0, false, false}});
+  plan.order[0].bytes = true;
+  const Answer a = gather(plan, {kText}, {{{"B"}, {"a"}}, {{"A"}, {"b"}}}, -1, 0, 1 << 20, nullptr);
+  EXPECT_EQ(a.rows, (Rows{{"A"}, {"B"}, {"a"}, {"b"}}));
+}
+
+TEST(Gather, MinAndMaxOfTextCollateCCombineByTheBytes) {
+  ScatterPlan plan = combined({C::Min, C::Max});
+  plan.bytes_combined = {0, 1};
+  const Answer a = gather(plan, {kText, kText}, {{{"a", "Z"}}, {{"B", "b"}}}, -1, 0, 1 << 20,
+                          TextOrder::of('i', "und"));
+  EXPECT_EQ(a.sqlstate, "") << a.message;
+  EXPECT_EQ(a.rows, (Rows{{"B", "b"}}));
+}
+
+TEST(Gather, CharComparesWithoutItsTrailingSpaces) {
+  constexpr std::uint32_t kBpchar = 1042;
+  // char(3): PostgreSQL compares 'a  ' as 'a' (bpcharcmp drops trailing spaces), which sorts
+  // before 'a\t'; with its spaces, the tab (0x09) would sort before the space (0x20).
+  const Answer a = gather(ordered({{0, false, false}}), {kBpchar}, {{{"a\t "}}, {{"a  "}}});
+  EXPECT_EQ(a.rows, (Rows{{"a  "}, {"a\t "}}));
+}
+
+TEST(Gather, TextComparisonsWaitForAKnownCollationThatPgvalveCanFollow) {
+  // Not read yet: the statement is refused, saying so.
+  Answer a =
+      gather(ordered({{0, false, false}}), {kText}, {{{"a"}}, {{"b"}}}, -1, 0, 1 << 20, nullptr);
+  EXPECT_EQ(a.sqlstate, "0A000");
+  EXPECT_NE(a.message.find("has not read yet"), std::string::npos) << a.message;
+  a = gather(combined({C::Max}), {kText}, {{{"a"}}, {{"b"}}}, -1, 0, 1 << 20, nullptr);
+  EXPECT_EQ(a.sqlstate, "0A000");
+  EXPECT_NE(a.message.find("min() and max() of text"), std::string::npos) << a.message;
+  // An ICU collation: refused with the reason.
+  a = gather(ordered({{0, true, true}}), {kText}, {{{"a"}}, {{"b"}}}, -1, 0, 1 << 20,
+             TextOrder::of('i', "und"));
+  EXPECT_EQ(a.sqlstate, "0A000");
+  EXPECT_NE(a.message.find("ICU collation \"und\""), std::string::npos) << a.message;
+  EXPECT_NE(a.message.find("COLLATE \"C\""), std::string::npos) << a.message;
+  // Numbers, and text only concatenated or counted, need no collation.
+  a = gather(ordered({{0, false, false}}), {kInt8, kText}, {{{"2", "x"}}, {{"1", "y"}}}, -1, 0,
+             1 << 20, nullptr);
+  EXPECT_EQ(a.rows, (Rows{{"1", "y"}, {"2", "x"}}));
 }
 
 TEST(Gather, ShardsThatDoNotAllDescribeRowsAreAnError) {

@@ -58,6 +58,32 @@ TEST(ScatterPlan, OrderByResolvesToOutputColumns) {
   EXPECT_EQ(p.order, (std::vector<SortKey>{{0, true, true, "ts"}, {0, false, false, "device_id"}}));
 }
 
+TEST(ScatterPlan, OrderByCollateCIsByTheBytesAndOtherCollationsAreRefused) {
+  ScatterPlan p = plan("SELECT note FROM telemetry ORDER BY note COLLATE \"C\" DESC");
+  ASSERT_TRUE(p.ok) << p.refusal;
+  EXPECT_EQ(p.order, (std::vector<SortKey>{{0, true, true, "", true}}));
+  p = plan("SELECT note COLLATE pg_catalog.\"POSIX\" AS n, ts FROM telemetry ORDER BY n, ts");
+  ASSERT_TRUE(p.ok) << p.refusal;
+  EXPECT_EQ(p.order, (std::vector<SortKey>{{0, false, false, "", true}, {1, false, false}}));
+  p = plan("SELECT * FROM telemetry ORDER BY note COLLATE ucs_basic");
+  ASSERT_TRUE(p.ok) << p.refusal;
+  EXPECT_EQ(p.order, (std::vector<SortKey>{{0, false, false, "note", true}}));
+  // The database's own collation is the one pgvalve follows.
+  p = plan("SELECT note FROM telemetry ORDER BY note COLLATE \"default\"");
+  ASSERT_TRUE(p.ok) << p.refusal;
+  EXPECT_EQ(p.order, (std::vector<SortKey>{{0, false, false}}));
+  expect_refused("SELECT note FROM telemetry ORDER BY note COLLATE \"en-x-icu\"",
+                 "collation other than the database's");
+  expect_refused("SELECT note COLLATE \"de_DE\" FROM telemetry ORDER BY 1",
+                 "collation other than the database's");
+  // min() and max() of text COLLATE "C" combine by the bytes too.
+  p = plan("SELECT max(note), min(note COLLATE \"C\") FROM telemetry");
+  ASSERT_TRUE(p.ok) << p.refusal;
+  EXPECT_EQ(p.bytes_combined, (std::vector<std::uint16_t>{1}));
+  expect_refused("SELECT min(note COLLATE \"en-x-icu\") FROM telemetry",
+                 "collation other than the database's");
+}
+
 TEST(ScatterPlan, OrderByOutsideTheOutputIsRefused) {
   expect_refused("SELECT device_id FROM telemetry ORDER BY ts", "not an output column");
   expect_refused("SELECT * FROM telemetry ORDER BY ts + interval '1 day'", "not an output column");

@@ -1,0 +1,137 @@
+#include "routing/text_order.h"
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+
+namespace pgvalve::routing {
+
+namespace {
+
+int by_bytes(std::string_view a, std::string_view b) {
+  const int c = a.compare(b);
+  return c < 0 ? -1 : c > 0 ? 1 : 0;
+}
+
+}  // namespace
+
+TextOrder::TextOrder(std::string name, locale_t locale, std::string problem)
+    : name_(std::move(name)), locale_(locale), problem_(std::move(problem)) {}
+
+TextOrder::~TextOrder() {
+  if (locale_ != nullptr) freelocale(locale_);
+}
+
+const TextOrder& TextOrder::bytes() {
+  static const TextOrder order("C", nullptr, "");
+  return order;
+}
+
+namespace {
+
+// Kept for the life of the process: sessions hold plain pointers. Only the health checker adds,
+// when a database's collation is first seen.
+struct Known {
+  std::mutex mutex;
+  std::map<std::string, std::unique_ptr<TextOrder>, std::less<>> orders;
+};
+
+Known& known() {
+  static Known k;
+  return k;
+}
+
+}  // namespace
+
+const TextOrder* TextOrder::of(char provider, std::string_view locale) {
+  std::string key(1, provider);
+  key.append(":").append(locale);
+  Known& k = known();
+  std::lock_guard lock(k.mutex);
+  if (auto it = k.orders.find(key); it != k.orders.end()) return it->second.get();
+  std::unique_ptr<TextOrder> order;
+  const std::string name(locale);
+  if (k.orders.size() >= kMaxKnown) {
+    static const TextOrder too_many("", nullptr,
+                                    "pgvalve has seen more than 64 collations and keeps no more");
+    return &too_many;
+  }
+  if (provider == 'c' && (name == "C" || name == "POSIX")) {
+    order.reset(new TextOrder(name, nullptr, ""));
+  } else if (provider == 'c') {
+    locale_t loaded = newlocale(LC_COLLATE_MASK, name.c_str(), static_cast<locale_t>(nullptr));
+    if (loaded != nullptr) {
+      order.reset(new TextOrder("libc " + name, loaded, ""));
+    } else {
+      order.reset(
+          new TextOrder("libc " + name, nullptr,
+                        "the database's collation \"" + name +
+                            "\" is not installed on pgvalve's host (add it there, for example with "
+                            "`localedef -i en_US -f UTF-8 en_US.UTF-8` for en_US.UTF-8)"));
+    }
+  } else if (provider == 'b') {
+    // C, C.UTF-8 and PG_UNICODE_FAST order by code point: UTF-8's bytes.
+    order.reset(new TextOrder("builtin " + name, nullptr, ""));
+  } else if (provider == 'i') {
+    order.reset(new TextOrder("icu " + name, nullptr,
+                              "the database orders text with the ICU collation \"" + name +
+                                  "\", which pgvalve does not reproduce"));
+  } else {
+    order.reset(new TextOrder(name, nullptr,
+                              "the database's collation provider '" + std::string(1, provider) +
+                                  "' is unknown to pgvalve"));
+  }
+  const TextOrder* result = order.get();
+  k.orders.emplace(std::move(key), std::move(order));
+  return result;
+}
+
+const TextOrder* TextOrder::from_catalog(std::string_view catalog, std::string_view dbname) {
+  while (!catalog.empty()) {
+    const std::size_t end = std::min(catalog.find('\n'), catalog.size());
+    const std::string_view line = catalog.substr(0, end);
+    catalog.remove_prefix(std::min(end + 1, catalog.size()));
+    const std::size_t tab = line.find('\t');
+    if (tab == std::string_view::npos || line.substr(0, tab) != dbname) continue;
+    const std::string_view rest = line.substr(tab + 1);
+    if (rest.size() < 2 || rest[1] != '\t') continue;
+    return of(rest[0], rest.substr(2));
+  }
+  return nullptr;
+}
+
+const TextOrder* TextOrder::differing(const TextOrder& a, const TextOrder& b) {
+  std::string key = "differ:" + a.name() + "|" + b.name();
+  Known& k = known();
+  std::lock_guard lock(k.mutex);
+  if (auto it = k.orders.find(key); it != k.orders.end()) return it->second.get();
+  if (k.orders.size() >= kMaxKnown) {
+    static const TextOrder too_many("", nullptr, "the shards' databases have different collations");
+    return &too_many;
+  }
+  auto order = std::unique_ptr<TextOrder>(
+      new TextOrder(a.name() + " / " + b.name(), nullptr,
+                    "the shards' databases have different collations (" + a.name() + " on one, " +
+                        b.name() + " on another)"));
+  const TextOrder* result = order.get();
+  k.orders.emplace(std::move(key), std::move(order));
+  return result;
+}
+
+int TextOrder::compare(std::string_view a, std::string_view b) const {
+  if (locale_ == nullptr) return by_bytes(a, b);
+  if (a == b) return 0;
+  // strcoll_l() reads NUL-terminated strings: copies into scratch each thread keeps.
+  thread_local std::string x;
+  thread_local std::string y;
+  x.assign(a);
+  y.assign(b);
+  const int c = strcoll_l(x.c_str(), y.c_str(), locale_);
+  // Equal in the collation but not in bytes: PostgreSQL breaks the tie by the bytes.
+  if (c == 0) return by_bytes(a, b);
+  return c < 0 ? -1 : 1;
+}
+
+}  // namespace pgvalve::routing
