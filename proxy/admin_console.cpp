@@ -321,6 +321,12 @@ void show_shards(App& app, const stats::Snapshot& snap, std::string& out) {
   const auto hosts = app.hosts();
   std::vector<Row> rows;
   for (const auto& db : config->databases) {
+    // The collation text merged across its shards follows; empty until the checks read it.
+    std::string collation;
+    if (const auto slot = app.text_order(db.name); slot && slot->get() != nullptr) {
+      const routing::TextOrder& order = *slot->get();
+      collation = order.usable() ? order.name() : order.name() + " (not followed)";
+    }
     for (std::size_t i = 0; i < db.shards.size(); ++i) {
       const auto& shard = db.shards[i];
       std::string primary;
@@ -357,14 +363,14 @@ void show_shards(App& app, const stats::Snapshot& snap, std::string& out) {
                   std::to_string(i) + " of " + std::to_string(db.shards.size());
       }
       rows.push_back({db.name, shard.name, buckets, primary, replicas, std::to_string(statements),
-                      std::to_string(rows_routed), std::to_string(prepared)});
+                      std::to_string(rows_routed), std::to_string(prepared), collation});
     }
   }
   // prepared: pgvalve's two-phase commits cut short and left prepared on the shard's hosts
   // (docs/sharding.md says how to resolve them).
   append_result(out,
                 {"database", "shard", "buckets", "primary", "replicas", "statements", "rows_routed",
-                 "prepared"},
+                 "prepared", "collation"},
                 rows);
 }
 

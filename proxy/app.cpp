@@ -109,15 +109,24 @@ std::shared_ptr<pool::ServerPool> App::pool_for(const config::Database& db, cons
 std::shared_ptr<const App::Sharding> App::sharding(const config::ConfigPtr& config,
                                                    const config::Database& db) {
   if (!db.sharding || db.shards.size() < 2) return nullptr;
+  std::shared_ptr<routing::TextOrderSlot> slot = text_order(db.name);
   std::lock_guard lock(sharding_mutex_);
   std::shared_ptr<const Sharding>& known = sharding_[db.name];
   if (known && known->config == config) return known;
   auto built = std::make_shared<Sharding>();
   built->config = config;
   built->policy = session::sharding_policy_of(db);
+  built->policy.text_order = std::move(slot);
   built->id = ++sharding_ids_;
   known = built;
   return built;
+}
+
+std::shared_ptr<routing::TextOrderSlot> App::text_order(std::string_view database) {
+  std::lock_guard lock(pools_mutex_);
+  if (!topology_) return nullptr;
+  auto it = topology_->text_orders.find(database);
+  return it == topology_->text_orders.end() ? nullptr : it->second;
 }
 
 std::shared_ptr<const session::SessionOptions> App::session_options(

@@ -173,6 +173,9 @@ class App : public pool::Handoff {
   }
   // SHOW HOSTS, /status.
   std::vector<HostRow> hosts() const;
+  // The slot of the collation `database`'s text is ordered in (null when not configured): what
+  // the health checks read from its shards (SHOW SHARDS; sharding policies).
+  std::shared_ptr<routing::TextOrderSlot> text_order(std::string_view database);
   // Parts of two-phase commits left prepared on a lost server, decided once it is back.
   PreparedPartResolver& prepared_parts() { return *prepared_parts_; }
   std::uint32_t instance() const { return instance_; }

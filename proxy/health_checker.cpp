@@ -28,13 +28,20 @@ using error_code = boost::system::error_code;
 // One round trip answers every question. On a standby the timeline it receives is only shown
 // to pg_read_all_stats (pg_monitor) members; without it the column is NULL and timelines are
 // not compared. pg_walfile_name() names the primary's current timeline without any privilege.
+// The last column lists the host's databases with the collation each orders text in, which a
+// sharded database's sessions need to merge text the shards sorted (routing/text_order.h); read
+// through to_jsonb, whose keys name the columns of PostgreSQL 15/16 (daticulocale) and 17
+// (datlocale) alike, and are absent before 15 (libc only).
 constexpr const char* kCheckSql =
     "SELECT pg_is_in_recovery(), "
     "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, "
     "pg_last_wal_receive_lsn(), "
     "CASE WHEN pg_is_in_recovery() THEN (SELECT received_tli FROM pg_stat_wal_receiver) "
     "ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, "
-    "(SELECT count(*) FROM pg_catalog.pg_prepared_xacts WHERE gid LIKE 'pgvalve:%')";
+    "(SELECT count(*) FROM pg_catalog.pg_prepared_xacts WHERE gid LIKE 'pgvalve:%'), "
+    "(SELECT string_agg(datname || chr(9) || coalesce(j->>'datlocprovider', 'c') || chr(9) || "
+    "coalesce(j->>'daticulocale', j->>'datlocale', datcollate), chr(10)) "
+    "FROM (SELECT datname, datcollate, to_jsonb(d) AS j FROM pg_catalog.pg_database d) x)";
 
 std::string key_of(const config::Endpoint& e) {
   return e.to_string();
@@ -64,7 +71,7 @@ bool answered_but_refused(std::string_view error) {
 
 // The health check's row (kCheckSql) as a probe.
 bool read_probe(const QueryOutcome& q, health::Probe& probe, std::string& error) {
-  if (q.row.size() != 5 || !q.row[0] || !q.row[1]) {
+  if (q.row.size() != 6 || !q.row[0] || !q.row[1]) {
     error = "the health check query returned an unexpected row";
     return false;
   }
@@ -92,6 +99,7 @@ struct HealthChecker::Host {
   config::Endpoint endpoint;
   std::shared_ptr<PgLink> link;
   bool stopped = false;
+  std::string databases;     // the check's list of databases and their collations, as last read
   asio::steady_timer pause;  // between checks; cancelled to check at once
   Clock::time_point last_started{};
 };
@@ -184,6 +192,9 @@ std::shared_ptr<const Topology> HealthChecker::configure(const config::ConfigPtr
   std::vector<std::shared_ptr<Monitor>> monitors;
   std::set<std::string> endpoints;
   for (const config::Database& db : config->databases) {
+    auto& slot = text_orders_[db.name];
+    if (!slot) slot = std::make_shared<routing::TextOrderSlot>();
+    topology->text_orders.emplace(db.name, slot);
     auto& shards = topology->databases[db.name];
     for (const config::Shard& shard : db.shards) {
       std::vector<config::Endpoint> hosts{shard.primary};
@@ -209,6 +220,7 @@ std::shared_ptr<const Topology> HealthChecker::configure(const config::ConfigPtr
     }
   }
   monitors_ = std::move(monitors);
+  learn_text_orders();
 
   // Hosts no shard lists any more stop being checked; new ones start.
   for (auto it = hosts_.begin(); it != hosts_.end();) {
@@ -249,12 +261,50 @@ asio::awaitable<void> HealthChecker::watch(std::shared_ptr<Host> host) {
     std::string error = q.error;
     const bool ok = q.ok && read_probe(q, probe, error);
     report(h, ok, probe, error, !ok && answered_but_refused(error));
+    if (ok && q.row[5] && *q.row[5] != h.databases) {
+      h.databases = *q.row[5];
+      learn_text_orders();
+    }
 
     h.pause.expires_at(started + std::chrono::milliseconds(config_->health.interval_ms));
     error_code ec;
     co_await h.pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
   }
   h.link->close();
+}
+
+// Each database's text order: its shards' (any host of a shard will do: replicas are copies),
+// which must agree. Known once every shard's is.
+void HealthChecker::learn_text_orders() {
+  for (const config::Database& db : config_->databases) {
+    const routing::TextOrder* order = nullptr;
+    bool every_shard = true;
+    for (const auto& m : monitors_) {
+      if (m->database != db.name) continue;
+      const routing::TextOrder* shard_order = nullptr;
+      for (std::size_t i = 0; i < m->hosts.size() && shard_order == nullptr; ++i) {
+        auto it = hosts_.find(key_of(m->hosts[i]));
+        if (it != hosts_.end()) {
+          shard_order = routing::TextOrder::from_catalog(it->second->databases, db.dbname);
+        }
+      }
+      if (shard_order == nullptr) every_shard = false;
+      if (shard_order == nullptr || shard_order == order) continue;
+      order = order == nullptr ? shard_order : routing::TextOrder::differing(*order, *shard_order);
+    }
+    auto slot = text_orders_.find(db.name);
+    if (order == nullptr || !every_shard || slot == text_orders_.end() ||
+        slot->second->get() == order)
+      continue;
+    slot->second->set(order);
+    if (order->usable()) {
+      PGV_LOG(Info, "text_order", {"database", db.name}, {"collation", order->name()});
+    } else {
+      PGV_LOG(Warn, "text_order", {"database", db.name}, {"collation", order->name()},
+              {"problem", order->problem()},
+              {"action", "ORDER BY, min() and max() of text over several shards are refused"});
+    }
+  }
 }
 
 void HealthChecker::report(Host& host, bool ok, const health::Probe& probe,

@@ -27,6 +27,7 @@
 #include "config/config.h"
 #include "health/shard_health.h"
 #include "health/shard_status.h"
+#include "routing/text_order.h"
 
 namespace pgvalve::proxy {
 
@@ -44,6 +45,8 @@ struct ShardTopology {
 struct Topology {
   std::uint64_t generation = 0;
   std::map<std::string, std::vector<ShardTopology>, std::less<>> databases;
+  // Each database's text order, as the checks read it from its servers (kept across reloads).
+  std::map<std::string, std::shared_ptr<routing::TextOrderSlot>, std::less<>> text_orders;
   const std::vector<ShardTopology>* find(std::string_view database) const;
 };
 
@@ -123,6 +126,7 @@ class HealthChecker {
               bool refused);
   void assess(Monitor& m, std::chrono::steady_clock::time_point now);
   void snapshot();
+  void learn_text_orders();
   std::shared_ptr<Monitor> find(const std::string& database, const std::string& shard) const;
   // Runs `drill` on the shard unless it is unknown or a promotion is already under way.
   void start_drill(const std::string& database, const std::string& shard, DrillDone done,
@@ -139,6 +143,7 @@ class HealthChecker {
   std::uint64_t generation_ = 0;
   std::map<std::string, std::shared_ptr<Host>> hosts_;  // by "host:port"
   std::vector<std::shared_ptr<Monitor>> monitors_;
+  std::map<std::string, std::shared_ptr<routing::TextOrderSlot>> text_orders_;  // by database
   std::atomic<std::uint64_t> failovers_{0};
   mutable std::mutex rows_mutex_;  // SHOW HOSTS and /status read; not on the query path
   std::vector<HostRow> rows_;
