@@ -55,8 +55,14 @@ def test_dockerfile_installs_packages_that_exist_and_copies_what_the_build_needs
         owner = run(["dpkg", "-S", f"*/{lib}"]).stdout.split(":")[0]
         assert owner in packages | {"libc6", "libstdc++6", "libgcc-s1", "libc6-i386"}, \
             f"{lib} ({owner}) is not installed in the runtime stage"
-    for src in re.findall(r"^COPY (?!--from)(\S+) ", text, re.M):
+    copied = re.findall(r"^COPY (?!--from)(\S+) ", text, re.M)
+    for src in copied:
         assert (ROOT / src).exists(), f"COPY {src}: no such path in the repository"
+    # Every folder CMakeLists.txt builds a library from (a missing one configures as an empty
+    # library and fails to link).
+    folders = re.findall(r"^pgvalve_library\(\S+ (\S+)\)", (ROOT / "CMakeLists.txt").read_text(),
+                         re.M)
+    assert len(folders) >= 9 and set(folders) <= set(copied), set(folders) - set(copied)
 
 
 def test_systemd_unit_verifies(tmp_path):
