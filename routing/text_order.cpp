@@ -1,10 +1,13 @@
 #include "routing/text_order.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
+
+#include <unicode/ucol.h>
 
 namespace pgvalve::routing {
 
@@ -17,11 +20,12 @@ int by_bytes(std::string_view a, std::string_view b) {
 
 }  // namespace
 
-TextOrder::TextOrder(std::string name, locale_t locale, std::string problem)
-    : name_(std::move(name)), locale_(locale), problem_(std::move(problem)) {}
+TextOrder::TextOrder(std::string name, locale_t locale, std::string problem, UCollator* icu)
+    : name_(std::move(name)), locale_(locale), icu_(icu), problem_(std::move(problem)) {}
 
 TextOrder::~TextOrder() {
   if (locale_ != nullptr) freelocale(locale_);
+  if (icu_ != nullptr) ucol_close(icu_);
 }
 
 const TextOrder& TextOrder::bytes() {
@@ -75,9 +79,18 @@ const TextOrder* TextOrder::of(char provider, std::string_view locale) {
     // C, C.UTF-8 and PG_UNICODE_FAST order by code point: UTF-8's bytes.
     order.reset(new TextOrder("builtin " + name, nullptr, ""));
   } else if (provider == 'i') {
-    order.reset(new TextOrder("icu " + name, nullptr,
-                              "the database orders text with the ICU collation \"" + name +
-                                  "\", which pgvalve does not reproduce"));
+    // As PostgreSQL opens it; an unknown locale falls back to ICU's root collation there and
+    // here alike (a warning, not a failure).
+    UErrorCode status = U_ZERO_ERROR;
+    UCollator* collator = ucol_open(name.c_str(), &status);
+    if (U_SUCCESS(status) && collator != nullptr) {
+      order.reset(new TextOrder("icu " + name, nullptr, "", collator));
+    } else {
+      if (collator != nullptr) ucol_close(collator);
+      order.reset(new TextOrder("icu " + name, nullptr,
+                                "ICU cannot open the database's collation \"" + name +
+                                    "\" on pgvalve's host (" + u_errorName(status) + ")"));
+    }
   } else {
     order.reset(new TextOrder(name, nullptr,
                               "the database's collation provider '" + std::string(1, provider) +
@@ -121,8 +134,16 @@ const TextOrder* TextOrder::differing(const TextOrder& a, const TextOrder& b) {
 }
 
 int TextOrder::compare(std::string_view a, std::string_view b) const {
-  if (locale_ == nullptr) return by_bytes(a, b);
+  if (locale_ == nullptr && icu_ == nullptr) return by_bytes(a, b);
   if (a == b) return 0;
+  if (icu_ != nullptr) {
+    UErrorCode status = U_ZERO_ERROR;
+    const UCollationResult c =
+        ucol_strcollUTF8(icu_, a.data(), static_cast<std::int32_t>(a.size()), b.data(),
+                         static_cast<std::int32_t>(b.size()), &status);
+    if (U_FAILURE(status) || c == UCOL_EQUAL) return by_bytes(a, b);
+    return c == UCOL_LESS ? -1 : 1;
+  }
   // strcoll_l() reads NUL-terminated strings: copies into scratch each thread keeps.
   thread_local std::string x;
   thread_local std::string y;

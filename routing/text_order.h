@@ -2,16 +2,18 @@
 // PostgreSQL computes it, so that text the shards sorted merges, and min()/max() of text
 // combine, in the order one database would give.
 //
-// PostgreSQL compares text in the "C" and "POSIX" collations by its bytes, and in any other libc
-// collation with the C library's strcoll_l() for the locale, ties broken by the bytes
-// (varstr_cmp); its builtin provider (PostgreSQL 17) orders by code point, which is the bytes'
-// order in UTF-8. pgvalve does the same with its host's C library: the order is exact when that
-// host has the locale and the glibc version the servers have (another glibc version may order
-// some strings differently, as it may between a primary and a replica). ICU collations are not
-// reproduced, and a locale missing on pgvalve's host cannot be: such an order is not usable(),
-// and a statement that needs it is refused with problem().
+// PostgreSQL compares text in the "C" and "POSIX" collations by its bytes; in any other libc
+// collation with the C library's strcoll_l() for the locale, and in an ICU collation with ICU's
+// ucol_strcollUTF8() for the ICU locale, ties broken by the bytes (varstr_cmp); its builtin
+// provider (PostgreSQL 17) orders by code point, which is the bytes' order in UTF-8. pgvalve
+// does the same with its host's libraries: the order is exact when that host has the locale and
+// the glibc or ICU version the servers have (another version may order some strings
+// differently, as it may between a primary and a replica). A libc locale missing on pgvalve's
+// host cannot be reproduced: such an order is not usable(), and a statement that needs it is
+// refused with problem().
 //
-// Construction loads the locale; compare() is pure and safe from any thread.
+// Construction loads the locale; compare() is pure and safe from any thread (strcoll_l() with a
+// locale_t, and ICU's comparison with a collator no thread modifies, are).
 #pragma once
 
 #include <locale.h>
@@ -19,6 +21,8 @@
 
 #include <string>
 #include <string_view>
+
+struct UCollator;  // ICU's
 
 namespace pgvalve::routing {
 
@@ -46,7 +50,7 @@ class TextOrder {
   // !usable(): why, as the end of a client's error ("the collation ... is not installed on
   // pgvalve's host").
   const std::string& problem() const { return problem_; }
-  // As SHOW SHARDS shows it: "C", "libc en_US.UTF-8", "icu und-u-ks-level2".
+  // As SHOW SHARDS shows it: "C", "libc en_US.UTF-8", "icu de-DE".
   const std::string& name() const { return name_; }
 
   // < 0, 0, > 0 as PostgreSQL's comparison of the two texts. `a` and `b` hold no NUL (text
@@ -54,10 +58,11 @@ class TextOrder {
   int compare(std::string_view a, std::string_view b) const;
 
  private:
-  TextOrder(std::string name, locale_t locale, std::string problem);
+  TextOrder(std::string name, locale_t locale, std::string problem, UCollator* icu = nullptr);
 
   std::string name_;
-  locale_t locale_ = nullptr;  // null: by the bytes
+  locale_t locale_ = nullptr;  // libc: strcoll_l()
+  UCollator* icu_ = nullptr;   // ICU: ucol_strcollUTF8(); neither: by the bytes
   std::string problem_;
 };
 

@@ -1,8 +1,8 @@
 """Text over several shards in the database's collation, against real PostgreSQL: rows the
 shards sorted by a text column merge in the order one database gives (PostgreSQL itself sorts the
-same values for the expected answer), as they come; min() and max() of text agree; COLLATE "C"
-orders by the bytes; a collation pgvalve cannot follow (ICU, or shards that differ) is refused
-with the reason instead of answering in another order.
+same values for the expected answer), as they come, in a libc and an ICU collation; min() and
+max() of text agree; COLLATE "C" orders by the bytes; shards whose collations differ are refused
+with the reason instead of answered in another order.
 
 Both PostgreSQL and pgvalve load en_US.UTF-8 from this host (tests/run builds it)."""
 
@@ -17,13 +17,14 @@ from itutil import SANITIZED, settle_rss
 from pgcluster import APP_USER, PgCluster, wait_until
 
 ENGLISH = "readings_en"  # en_US.UTF-8 on both shards
-ICU = "readings_icu"  # ICU's root collation on both
+ICU = "readings_icu"  # ICU's Swedish collation on both (ä after z)
 MIXED = "readings_mixed"  # en_US.UTF-8 on s0, C on s1
 
 # Words whose en_US order differs from their bytes': capitals, accents, punctuation, digits.
 NAMES = ["apple", "Apple", "APPLE", "banana", "Banana", "a-b", "ab", "a b", "\u00e9clair",
          "eclair", "Eclair", "Zebra", "zebra", "_under", "under", "10", "9", "\u00df", "ss",
-         "\u00c4rger", "arger", "zz", "\u00d8re", "ore", "co-op", "coop", "Co-op", "x", "X1", "x1"]
+         "\u00c4rger", "arger", "zz", "\u00d8re", "ore", "co-op", "coop", "Co-op", "x", "X1", "x1",
+         "\u00e4pple", "\u00e5l", "\u00f6l", "z\u00e4"]
 
 pytestmark = pytest.mark.skipif(
     "en_us.utf8" not in subprocess.run(["locale", "-a"], capture_output=True,
@@ -47,7 +48,7 @@ def shards(request, cluster):
     english = "LC_COLLATE 'en_US.UTF-8' LC_CTYPE 'en_US.UTF-8'"
     for c in (cluster, s1):
         create(c.primary, ENGLISH, english)
-        create(c.primary, ICU, "LOCALE_PROVIDER icu ICU_LOCALE 'und'")
+        create(c.primary, ICU, "LOCALE_PROVIDER icu ICU_LOCALE 'sv'")
     create(cluster.primary, MIXED, english)
     create(s1.primary, MIXED, "LC_COLLATE 'C' LC_CTYPE 'C'")
     cluster.wait_replay()
@@ -77,9 +78,9 @@ def start(pgvalve, shards):
     return pv
 
 
-def postgres_order(node, values, sql_type="text"):
-    """PostgreSQL's own order of `values` in database ENGLISH: the oracle."""
-    with node.connect(dbname=ENGLISH) as conn:
+def postgres_order(node, values, sql_type="text", db=ENGLISH):
+    """PostgreSQL's own order of `values` in database `db`: the oracle."""
+    with node.connect(dbname=db) as conn:
         return [r[0] for r in conn.execute(
             f"SELECT x FROM unnest(%s::{sql_type}[]) x ORDER BY x", (values,)).fetchall()]
 
@@ -168,30 +169,45 @@ def test_a_text_sort_larger_than_pgvalve_holds_streams_in_order(shards, pgvalve)
         assert grown < 8 << 20, f"pgvalve grew by {grown >> 10} KiB merging a 20 MiB text sort"
 
 
-def test_a_collation_pgvalve_cannot_follow_is_refused_with_the_reason(shards, pgvalve):
+def test_an_icu_collation_is_followed_too(shards, pgvalve):
+    for c in shards:
+        c.primary.psql("TRUNCATE devices", dbname=ICU)
     pv = start(pgvalve, shards)
-    for db in (ICU, MIXED):
-        for c in shards:
-            c.primary.psql("TRUNCATE devices", dbname=db)
-        with pv.connect(dbname=db) as conn:
-            for i, name in enumerate(NAMES[:8]):
-                conn.execute("INSERT INTO devices (device_id, name) VALUES (%s, %s)", (i, name))
-            message = refused(conn, "SELECT name FROM devices ORDER BY name")
-            if db == ICU:
-                assert 'ICU collation "und"' in message, message
-            else:
-                assert "different collations" in message, message
-            assert 'COLLATE "C"' in message, message
-            assert "min() and max() of text" in refused(conn, "SELECT max(name) FROM devices")
-            # What needs no collation still works.
-            got = [r[0] for r in conn.execute(
-                'SELECT name FROM devices ORDER BY name COLLATE "C"').fetchall()]
-            assert got == sorted(NAMES[:8], key=lambda s: s.encode())
-            got = [r[0] for r in conn.execute(
-                "SELECT device_id FROM devices ORDER BY device_id").fetchall()]
-            assert got == list(range(8))
-            assert conn.execute('SELECT min(name COLLATE "C") FROM devices').fetchone() == \
-                (min(NAMES[:8], key=lambda s: s.encode()),)
+    want = postgres_order(shards[0].primary, NAMES, db=ICU)
+    assert want != postgres_order(shards[0].primary, NAMES), "Swedish is not English"
+    with pv.connect(dbname=ICU) as conn:
+        for i, name in enumerate(NAMES):
+            conn.execute("INSERT INTO devices (device_id, name) VALUES (%s, %s)", (i, name))
+        got = [r[0] for r in conn.execute("SELECT name FROM devices ORDER BY name").fetchall()]
+        assert got == want
+        got = [r[0] for r in conn.execute(
+            "SELECT name FROM devices WHERE device_id >= %s ORDER BY name DESC LIMIT 5",
+            (0,), prepare=True, binary=True).fetchall()]
+        assert got == want[::-1][:5]
+        assert conn.execute("SELECT min(name), max(name) FROM devices").fetchone() == \
+            (want[0], want[-1])
+
+
+def test_shards_with_different_collations_are_refused_with_the_reason(shards, pgvalve):
+    pv = start(pgvalve, shards)
+    for c in shards:
+        c.primary.psql("TRUNCATE devices", dbname=MIXED)
+    with pv.connect(dbname=MIXED) as conn:
+        for i, name in enumerate(NAMES[:8]):
+            conn.execute("INSERT INTO devices (device_id, name) VALUES (%s, %s)", (i, name))
+        message = refused(conn, "SELECT name FROM devices ORDER BY name")
+        assert "different collations" in message, message
+        assert 'COLLATE "C"' in message, message
+        assert "min() and max() of text" in refused(conn, "SELECT max(name) FROM devices")
+        # What needs no collation still works.
+        got = [r[0] for r in conn.execute(
+            'SELECT name FROM devices ORDER BY name COLLATE "C"').fetchall()]
+        assert got == sorted(NAMES[:8], key=lambda s: s.encode())
+        got = [r[0] for r in conn.execute(
+            "SELECT device_id FROM devices ORDER BY device_id").fetchall()]
+        assert got == list(range(8))
+        assert conn.execute('SELECT min(name COLLATE "C") FROM devices').fetchone() == \
+            (min(NAMES[:8], key=lambda s: s.encode()),)
     log = pv.log_text()
     assert "event=text_order" in log and "different collations" in log
 
@@ -210,5 +226,5 @@ def test_show_shards_says_which_collation_text_follows(shards, pgvalve):
         wait_until(lambda: all(collations().values()), 5, message="every collation read")
         got = collations()
     assert got[(ENGLISH, "s0")] == got[(ENGLISH, "s1")] == "libc en_US.UTF-8"
-    assert got[(ICU, "s1")] == "icu und (not followed)"
+    assert got[(ICU, "s1")] == "icu sv"
     assert got[(MIXED, "s0")] == "libc en_US.UTF-8 / C (not followed)"
