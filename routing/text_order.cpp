@@ -6,8 +6,11 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <utility>
+#include <vector>
 
 #include <unicode/ucol.h>
+#include <unicode/uversion.h>
 
 namespace pgvalve::routing {
 
@@ -133,13 +136,47 @@ const TextOrder* TextOrder::differing(const TextOrder& a, const TextOrder& b) {
   return result;
 }
 
+namespace {
+
+// ICU's guide says a collator is not to be shared between threads: each thread compares with
+// its own clone of each, made on its first comparison and closed when the thread ends.
+class ThreadCollators {
+ public:
+  ~ThreadCollators() {
+    for (auto& [original, clone] : clones_)
+      ucol_close(clone);
+  }
+  UCollator* of(const UCollator* original) {
+    for (auto& [known, clone] : clones_) {
+      if (known == original) return clone;
+    }
+    UErrorCode status = U_ZERO_ERROR;
+#if U_ICU_VERSION_MAJOR_NUM >= 71
+    UCollator* clone = ucol_clone(original, &status);
+#else
+    UCollator* clone = ucol_safeClone(original, nullptr, nullptr, &status);
+#endif
+    if (U_FAILURE(status) || clone == nullptr) return nullptr;
+    clones_.emplace_back(original, clone);
+    return clone;
+  }
+
+ private:
+  std::vector<std::pair<const UCollator*, UCollator*>> clones_;  // at most one per TextOrder
+};
+
+}  // namespace
+
 int TextOrder::compare(std::string_view a, std::string_view b) const {
   if (locale_ == nullptr && icu_ == nullptr) return by_bytes(a, b);
   if (a == b) return 0;
   if (icu_ != nullptr) {
+    thread_local ThreadCollators collators;
+    UCollator* collator = collators.of(icu_);
+    if (collator == nullptr) collator = icu_;  // no memory for a clone: the shared one
     UErrorCode status = U_ZERO_ERROR;
     const UCollationResult c =
-        ucol_strcollUTF8(icu_, a.data(), static_cast<std::int32_t>(a.size()), b.data(),
+        ucol_strcollUTF8(collator, a.data(), static_cast<std::int32_t>(a.size()), b.data(),
                          static_cast<std::int32_t>(b.size()), &status);
     if (U_FAILURE(status) || c == UCOL_EQUAL) return by_bytes(a, b);
     return c == UCOL_LESS ? -1 : 1;

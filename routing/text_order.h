@@ -13,7 +13,7 @@
 // refused with problem().
 //
 // Construction loads the locale; compare() is pure and safe from any thread (strcoll_l() with a
-// locale_t, and ICU's comparison with a collator no thread modifies, are).
+// locale_t is; ICU collators are cloned per thread).
 #pragma once
 
 #include <locale.h>

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace pgvalve::routing {
@@ -68,6 +69,24 @@ TEST(TextOrder, AnIcuCollationOrdersAsIcuWithTiesBrokenByTheBytes) {
   // decide, as in PostgreSQL.
   EXPECT_GT(root->compare("\xc3\xa9", "e\xcc\x81"), 0) << "0xc3 after 'e'";
   EXPECT_LT(root->compare("e\xcc\x81", "\xc3\xa9"), 0);
+}
+
+TEST(TextOrder, ThreadsCompareAtOnce) {
+  std::vector<std::string> words;
+  for (int i = 0; i < 2000; ++i)
+    words.push_back((i % 3 ? "W" : "w") + std::to_string(i * 7919 % 2000) + "\xc3\xa4");
+  for (const TextOrder* order : {TextOrder::of('i', "sv"), english()}) {
+    if (order == nullptr) continue;
+    const std::vector<std::string> once = sorted(words, *order);
+    std::vector<std::vector<std::string>> results(4);
+    std::vector<std::thread> threads;
+    for (auto& r : results)
+      threads.emplace_back([&] { r = sorted(words, *order); });
+    for (auto& t : threads)
+      t.join();
+    for (const auto& r : results)
+      EXPECT_EQ(r, once) << order->name();
+  }
 }
 
 TEST(TextOrder, OneObjectPerCollation) {
