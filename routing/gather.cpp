@@ -482,13 +482,13 @@ std::optional<std::string_view> Gather::Row::value(std::size_t i) const {
 }
 
 Gather::Gather(const ScatterPlan& plan, int shards, std::int64_t limit, std::int64_t offset,
-               std::size_t max_bytes, bool stream, const TextOrder* text_order)
+               std::size_t max_bytes, bool stream, const TextOrderSlot* text_order)
     : plan_(plan),
       shards_(shards),
       limit_(limit),
       offset_(offset),
       max_bytes_(max_bytes),
-      text_order_(text_order),
+      text_order_slot_(text_order),
       may_stream_(stream) {
   const auto n = static_cast<std::size_t>(std::max(shards, 1));
   // A shard's share: the merge needs one row of each, more only smooths the flow.
@@ -578,6 +578,7 @@ bool Gather::read_description(int shard, const pr::Frame& f) {
     }
     return true;
   }
+  if (text_order_slot_ != nullptr) text_order_ = text_order_slot_->get();
   for (const Column& column : columns) {
     columns_.push_back(column);
     const bool binary = column.format != 0;

@@ -60,10 +60,12 @@ class Gather {
 
   // `limit` < 0: none. The rows kept in memory may take `max_bytes`; beyond, the answer is an
   // error (54000). `stream`: rows that need no combining may stream (a read's; a write's answer
-  // is held until every part is prepared). `text_order`: the database's collation (outlives
-  // the gather; null while unknown), for sorts and min/max of text.
+  // is held until every part is prepared). `text_order`: where the database's collation is
+  // published (outlives the gather; null: none), for sorts and min/max of text; read when the
+  // first shard describes its rows, so that a read started just before the health checks
+  // learned it still finds it.
   Gather(const ScatterPlan& plan, int shards, std::int64_t limit, std::int64_t offset,
-         std::size_t max_bytes, bool stream = false, const TextOrder* text_order = nullptr);
+         std::size_t max_bytes, bool stream = false, const TextOrderSlot* text_order = nullptr);
 
   // One message of shard `shard`'s answer before its ReadyForQuery. False once the answer is
   // decided to be an error: the rest of every shard's answer can be dropped. Rows this message
@@ -163,7 +165,8 @@ class Gather {
   std::int64_t limit_;
   std::int64_t offset_;
   std::size_t max_bytes_;
-  const TextOrder* text_order_;
+  const TextOrderSlot* text_order_slot_;
+  const TextOrder* text_order_ = nullptr;  // the slot's, as the first description found it
   std::size_t bytes_ = 0;
   std::string description_;      // the client's RowDescription body (client_description)
   std::vector<Column> columns_;  // the shards' (with averages' counts)

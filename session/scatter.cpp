@@ -22,7 +22,7 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
                            const routing::ShardStatement& statement, int shards,
                            std::size_t max_bytes, std::size_t max_message_bytes, bool two_phase,
                            const std::vector<Part>* parts, bool write,
-                           const routing::TextOrder* text_order) {
+                           const routing::TextOrderSlot* text_order) {
   const std::string_view text = statement.sql.empty() ? sql : std::string_view(statement.sql);
   std::string_view bind_rest;
   bool synced = false;

@@ -51,7 +51,7 @@ class Scatter {
                     const routing::ScatterPlan& plan, const routing::ShardStatement& statement,
                     int shards, std::size_t max_bytes, std::size_t max_message_bytes,
                     bool two_phase = false, const std::vector<Part>* parts = nullptr,
-                    bool write = false, const routing::TextOrder* text_order = nullptr);
+                    bool write = false, const routing::TextOrderSlot* text_order = nullptr);
   // A write: two-phase, each shard runs it in a transaction of its own that the session
   // prepares and commits or rolls back; else it runs in the client's transaction.
   bool write() const { return write_; }

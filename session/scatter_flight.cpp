@@ -126,10 +126,10 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
       return refuse("0A000", "pgvalve could not place this INSERT's rows on their shards");
     }
   }
-  const std::string why = scatter->start(
-      frames.substr(0, end), request.sql, request.param_types, plan, statement, shards,
-      kMaxGatheredBytes, options_.max_message_bytes, two_phase, route.split_rows ? &parts : nullptr,
-      route.write, sharding.text_order ? sharding.text_order->get() : nullptr);
+  const std::string why =
+      scatter->start(frames.substr(0, end), request.sql, request.param_types, plan, statement,
+                     shards, kMaxGatheredBytes, options_.max_message_bytes, two_phase,
+                     route.split_rows ? &parts : nullptr, route.write, sharding.text_order.get());
   if (!why.empty()) return refuse("0A000", "pgvalve cannot run it across shards: " + why);
 
   // A Parse of a named statement defines it for the client's later Binds, as on one shard;

@@ -3,6 +3,7 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -19,6 +20,14 @@ using Value = std::optional<std::string>;
 using Rows = std::vector<std::vector<Value>>;
 
 constexpr std::uint32_t kInt8 = 20, kText = 25, kFloat8 = 701, kNumeric = 1700, kInterval = 1186;
+
+// A slot that holds `order`, as the health checks publish one (kept for the test's life).
+const TextOrderSlot* slot(const TextOrder* order) {
+  static std::map<const TextOrder*, TextOrderSlot> slots;
+  TextOrderSlot& s = slots[order];
+  s.set(order);
+  return &s;
+}
 
 // A whole backend message, kept alive with its Frame.
 struct Message {
@@ -133,7 +142,7 @@ Answer read_answer(const std::string& out) {
 Answer gather(const ScatterPlan& plan, const std::vector<std::uint32_t>& types,
               const std::vector<Rows>& shards, std::int64_t limit = -1, std::int64_t offset = 0,
               std::size_t max_bytes = 1 << 20, const TextOrder* text = &TextOrder::bytes()) {
-  Gather g(plan, static_cast<int>(shards.size()), limit, offset, max_bytes, false, text);
+  Gather g(plan, static_cast<int>(shards.size()), limit, offset, max_bytes, false, slot(text));
   for (std::size_t s = 0; s < shards.size(); ++s) {
     g.add(static_cast<int>(s), description(types, 0, static_cast<std::int32_t>(16384 + s)).frame());
     for (const auto& r : shards[s])
@@ -595,7 +604,7 @@ struct Stream {
   Stream(const ScatterPlan& plan, std::int64_t limit = -1, std::int64_t offset = 0,
          std::size_t max_bytes = 1 << 20, int shards = 2,
          const TextOrder* text = &TextOrder::bytes())
-      : g(plan, shards, limit, offset, max_bytes, true, text) {}
+      : g(plan, shards, limit, offset, max_bytes, true, slot(text)) {}
   void add(int shard, const Message& m) {
     g.add(shard, m.frame(), &out);
     if (g.ready_to_stream()) g.start_stream(out, true);
@@ -762,6 +771,17 @@ TEST(Gather, TextMergesInTheDatabasesCollation) {
   const Answer a = gather(combined({C::Min, C::Max}), {kText, kText},
                           {{{"apple", "Zebra"}}, {{"Banana", "zebra"}}}, -1, 0, 1 << 20, en);
   EXPECT_EQ(a.rows, (Rows{{"apple", "Zebra"}}));
+}
+
+TEST(Gather, ACollationLearnedAfterTheReadStartedIsFollowed) {
+  TextOrderSlot learned;  // empty when the read starts
+  Gather g(ordered({{0, false, false}}), 2, -1, 0, 1 << 20, true, &learned);
+  learned.set(&TextOrder::bytes());  // the health check answers before the shards do
+  std::string out;
+  for (int s = 0; s < 2; ++s)
+    g.add(s, description({kText}).frame(), &out);
+  EXPECT_FALSE(g.failed());
+  EXPECT_TRUE(g.ready_to_stream());
 }
 
 TEST(Gather, CollateCOrdersByTheBytesWhateverTheDatabasesCollation) {
