@@ -53,6 +53,76 @@ double floating(std::string_view s) {
   return float_value<double>(s);
 }
 
+// A timestamptz's text in DateStyle ISO ("2026-10-25 02:30:00.5+02", "+05:30", " BC",
+// "infinity") as microseconds since 1970 UTC: its text is in the session's time zone, so in the
+// hour a zone repeats (autumn's change) the bytes' order is not the instants'. nullopt for
+// another DateStyle.
+std::optional<std::int64_t> timestamptz_micros(std::string_view s) {
+  if (s == "infinity") return std::numeric_limits<std::int64_t>::max();
+  if (s == "-infinity") return std::numeric_limits<std::int64_t>::min();
+  const bool bc = s.ends_with(" BC");
+  if (bc) s.remove_suffix(3);
+  std::size_t pos = 0;
+  auto number = [&](std::size_t min_digits, std::size_t max_digits) -> std::optional<std::int64_t> {
+    std::int64_t v = 0;
+    std::size_t n = 0;
+    while (pos < s.size() && n < max_digits && s[pos] >= '0' && s[pos] <= '9') {
+      v = v * 10 + (s[pos++] - '0');
+      ++n;
+    }
+    if (n < min_digits) return std::nullopt;
+    return v;
+  };
+  auto expect = [&](char c) { return pos < s.size() && s[pos++] == c; };
+  const auto year = number(4, 7);
+  if (!year || !expect('-')) return std::nullopt;
+  const auto month = number(2, 2);
+  if (!month || !expect('-')) return std::nullopt;
+  const auto day = number(2, 2);
+  if (!day || !expect(' ')) return std::nullopt;
+  const auto hour = number(2, 2);
+  if (!hour || !expect(':')) return std::nullopt;
+  const auto minute = number(2, 2);
+  if (!minute || !expect(':')) return std::nullopt;
+  const auto second = number(2, 2);
+  if (!second) return std::nullopt;
+  std::int64_t micros = 0;
+  if (pos < s.size() && s[pos] == '.') {
+    ++pos;
+    std::int64_t scale = 100000;
+    std::size_t n = 0;
+    while (pos < s.size() && s[pos] >= '0' && s[pos] <= '9' && n < 6) {
+      micros += (s[pos++] - '0') * scale;
+      scale /= 10;
+      ++n;
+    }
+    if (n == 0) return std::nullopt;
+  }
+  if (pos >= s.size() || (s[pos] != '+' && s[pos] != '-')) return std::nullopt;
+  const int sign = s[pos++] == '-' ? -1 : 1;
+  const auto offset_hours = number(2, 2);
+  if (!offset_hours) return std::nullopt;
+  std::int64_t offset = *offset_hours * 3600;
+  for (int part = 0; part < 2 && pos < s.size(); ++part) {
+    const auto more = expect(':') ? number(2, 2) : std::nullopt;
+    if (!more) return std::nullopt;
+    offset += *more * (part == 0 ? 60 : 1);
+  }
+  if (pos != s.size() || *month < 1 || *month > 12 || *day < 1 || *day > 31) return std::nullopt;
+  // Days since 1970-01-01 of the proleptic Gregorian date (Howard Hinnant's days_from_civil);
+  // 1 BC is year 0.
+  std::int64_t y = bc ? 1 - *year : *year;
+  const std::int64_t m = *month;
+  y -= m <= 2;
+  const std::int64_t era = (y >= 0 ? y : y - 399) / 400;
+  const std::int64_t yoe = y - era * 400;
+  const std::int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + *day - 1;
+  const std::int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  const std::int64_t days = era * 146097 + doe - 719468;
+  const std::int64_t seconds = days * 86400 + *hour * 3600 + *minute * 60 + *second - sign * offset;
+  return seconds * 1000000 + micros;
+}
+
 // PostgreSQL orders NaN above every other value.
 int compare_doubles(double a, double b) {
   if (std::isnan(a) || std::isnan(b)) return std::isnan(a) - std::isnan(b);
@@ -494,6 +564,8 @@ Gather::Gather(const ScatterPlan& plan, int shards, std::int64_t limit, std::int
   // A shard's share: the merge needs one row of each, more only smooths the flow.
   shard_bound_ = std::clamp<std::size_t>(max_bytes / (2 * n), 1, 1u << 20);
   queues_.resize(n);
+  last_rows_.resize(n);
+  has_last_.assign(n, 0);
   queued_bytes_.assign(n, 0);
   progress_.assign(n, Progress::Waiting);
 }
@@ -601,8 +673,10 @@ bool Gather::read_description(int shard, const pr::Frame& f) {
       case kDate:
       case kTime:
       case kTimestamp:
-      case kTimestamptz:
         kinds_.push_back(binary ? Kind::BinaryInteger : Kind::Bytes);
+        break;
+      case kTimestamptz:
+        kinds_.push_back(binary ? Kind::BinaryInteger : Kind::TimestampTz);
         break;
       case kText:
       case kVarchar:
@@ -749,7 +823,7 @@ bool Gather::stream_row(int shard, const pr::Frame& f, std::string* out) {
   const auto i = static_cast<std::size_t>(shard);
   Row row;
   if (mode_ == Mode::Merge) {
-    if (!parse_row(f, row)) return false;
+    if (!parse_row(f, row) || !in_shard_order(i, row)) return false;
   } else {
     row.body.assign(f.body);  // only passed on: its fields are not read
   }
@@ -757,6 +831,23 @@ bool Gather::stream_row(int shard, const pr::Frame& f, std::string* out) {
   queued_bytes_[i] += size;
   queues_[i].push_back(std::move(row));
   if (out != nullptr) drain(*out);
+  return true;
+}
+
+// A merge is right only if pgvalve compares as the shards sorted. A row that comes before its
+// shard's previous one by pgvalve's comparison says it does not (a column declared with a
+// collation of its own, a DateStyle other than ISO, dates BC): an error, not a wrong order.
+bool Gather::in_shard_order(std::size_t shard, const Row& row) {
+  Row& last = last_rows_[shard];
+  if (has_last_[shard] && less(row, last)) {
+    return fail("0A000",
+                "pgvalve: a shard sorted this ORDER BY in an order pgvalve does not reproduce "
+                "(a column declared with a collation of its own, a DateStyle other than ISO, "
+                "dates BC); add the column's COLLATE to the ORDER BY, or name one device_id");
+  }
+  last.body.assign(row.body);  // capacity kept: no allocation per row once grown
+  last.fields.assign(row.fields.begin(), row.fields.end());
+  has_last_[shard] = 1;
   return true;
 }
 
@@ -870,6 +961,12 @@ int Gather::compare(Kind kind, std::string_view a, std::string_view b,
     }
     case Kind::BinaryFloat:
       return compare_doubles(binary_float(a), binary_float(b));
+    case Kind::TimestampTz: {
+      const auto x = timestamptz_micros(a);
+      const auto y = timestamptz_micros(b);
+      if (x && y) return *x < *y ? -1 : *x > *y ? 1 : 0;
+      break;
+    }
     case Kind::BinaryNumeric: {
       const auto x = numeric_text(a);
       const auto y = numeric_text(b);

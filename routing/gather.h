@@ -14,9 +14,11 @@
 //
 // Values are compared in text format, typed by the RowDescription's OIDs: integers, floats and
 // numeric by value; text, varchar and char in the database's collation (text_order.h; char
-// without its trailing spaces, and by the bytes under COLLATE "C"); bool, name, uuid, date,
-// time, timestamp and timestamptz by their bytes, which is PostgreSQL's order for them (ISO
-// dates of years 1-9999). Binary-format values (JDBC asks for them once a statement is
+// without its trailing spaces, and by the bytes under COLLATE "C"); timestamptz by the instant
+// its ISO text names; bool, name, uuid, date, time and timestamp by their bytes, which is
+// PostgreSQL's order for them (ISO dates of years 1-9999). A merge checks that each shard's
+// rows come in that order, and fails (0A000) on one that does not: a wrong comparison is an
+// error, not a wrong order. Binary-format values (JDBC asks for them once a statement is
 // prepared) compare by value too: integers, dates, times and timestamps as big-endian integers,
 // floats as IEEE values, numeric through its digits, text-like types as their text, uuid by its
 // bytes. A sort or min/max on any other type is refused (rows that are only concatenated pass
@@ -112,8 +114,9 @@ class Gather {
     Integer,
     Float,
     Numeric,
-    Text,        // text, varchar: in the database's collation
-    PaddedText,  // char(n): the same, without trailing spaces
+    Text,         // text, varchar: in the database's collation
+    PaddedText,   // char(n): the same, without trailing spaces
+    TimestampTz,  // timestamptz as text: by the instant, whatever its offset
     Bytes,
     BinaryInteger,
     BinaryFloat,
@@ -141,6 +144,7 @@ class Gather {
   bool parse_row(const protocol::Frame& f, Row& row);
   bool read_row(const protocol::Frame& f);
   bool stream_row(int shard, const protocol::Frame& f, std::string* out);
+  bool in_shard_order(std::size_t shard, const Row& row);
   static bool is_text(Kind k) { return k == Kind::Text || k == Kind::PaddedText; }
   // False (the answer is then an error) when text cannot be compared as PostgreSQL does.
   bool text_order_known(std::string_view what);
@@ -180,6 +184,9 @@ class Gather {
   int described_ = 0;
   std::size_t shard_bound_ = 0;
   std::vector<std::deque<Row>> queues_;
+  // Merging: each shard's latest row, which its next may not precede (in_shard_order()).
+  std::vector<Row> last_rows_;
+  std::vector<char> has_last_;
   std::vector<std::size_t> queued_bytes_;
   std::vector<Progress> progress_;
   std::int64_t skipped_ = 0;

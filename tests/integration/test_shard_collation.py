@@ -169,6 +169,30 @@ def test_a_text_sort_larger_than_pgvalve_holds_streams_in_order(shards, pgvalve)
         assert grown < 8 << 20, f"pgvalve grew by {grown >> 10} KiB merging a 20 MiB text sort"
 
 
+def test_a_column_with_a_collation_of_its_own_is_an_error_not_a_wrong_order(shards, pgvalve):
+    """`name text COLLATE "C"` in an en_US.UTF-8 database: the shards sort it by the bytes,
+    which pgvalve's merge would misplace; it says so, and COLLATE "C" in the ORDER BY works."""
+    for c in shards:
+        c.primary.psql('DROP TABLE IF EXISTS tagged; CREATE TABLE tagged '
+                       '(device_id bigint, name text COLLATE "C")', dbname=ENGLISH)
+        c.primary.psql(f"GRANT ALL ON tagged TO {APP_USER}", dbname=ENGLISH)
+    cfg = config(shards)
+    cfg["databases"][ENGLISH]["sharding"] = dict(cfg["databases"][ENGLISH]["sharding"],
+                                                 tables=["devices", "tagged"])
+    pv = pgvalve(**cfg)
+    wait_until(lambda: "event=text_order" in pv.log_text(), 5, message="collations read")
+    words = ["Apple", "apple", "Banana", "banana", "cherry", "Cherry"]
+    with pv.connect(dbname=ENGLISH) as conn:
+        for i, w in enumerate(words):
+            conn.execute("INSERT INTO tagged (device_id, name) VALUES (%s, %s)",
+                         (1 if i < 4 else 2, w))
+        message = refused(conn, "SELECT name FROM tagged ORDER BY name")
+        assert "does not reproduce" in message and "COLLATE" in message, message
+        got = [r[0] for r in conn.execute(
+            'SELECT name FROM tagged ORDER BY name COLLATE "C"').fetchall()]
+        assert got == sorted(words)
+
+
 def test_an_icu_collation_is_followed_too(shards, pgvalve):
     for c in shards:
         c.primary.psql("TRUNCATE devices", dbname=ICU)

@@ -233,6 +233,39 @@ def test_reads_over_several_shards_stream_rows_past_what_pgvalve_holds(shards, p
         assert grown < 8 << 20, f"pgvalve grew by {grown >> 10} KiB streaming 24 MiB reads"
 
 
+def test_times_merge_in_time_order_also_in_the_hour_a_time_zone_repeats(shards, pgvalve):
+    """A dashboard in Europe/Berlin reading across the autumn change: 02:30+02 comes before
+    02:10+01. Orders pgvalve cannot follow (dates as DateStyle SQL writes them) are an error,
+    never a wrong order."""
+    clear(shards)
+    pv = pgvalve(**config(shards))
+    d0 = next(d for d in range(1, 50) if md5_mod(d) == 0)
+    d1 = next(d for d in range(1, 50) if md5_mod(d) == 1)
+    with pv.connect() as conn:
+        conn.execute("SET TimeZone = 'Europe/Berlin'")
+        for d in (d0, d1):
+            conn.execute(f"/* pgvalve: device_id={d} */ INSERT INTO telemetry (device_id, ts, "
+                         "value) SELECT %s, timestamptz '2026-10-25 00:00:00+00' + g * interval "
+                         "'7 minutes', g FROM generate_series(0, 20) g", (d,))
+        for binary in (False, True):
+            got = conn.execute("SELECT ts, device_id FROM telemetry ORDER BY ts, device_id",
+                               binary=binary).fetchall()
+            assert len(got) == 42
+            instants = [r[0].timestamp() for r in got]  # (Python compares wall times)
+            assert instants == sorted(instants)
+            assert [r[1] for r in got[:2]] == sorted((d0, d1))
+        texts = [r[0] for r in conn.execute(
+            "SELECT ts::text AS t FROM telemetry WHERE device_id = %s ORDER BY ts",
+            (d0,)).fetchall()]
+        assert texts != sorted(texts), "the text of these times sorts otherwise than the times"
+        conn.execute("SET DateStyle = 'SQL, DMY'")
+        e = refused(conn, "SELECT ts::date AS day, ts FROM telemetry "
+                          "WHERE ts > '2026-09-01' ORDER BY ts")
+        assert "does not reproduce" in str(e)
+        conn.execute("RESET DateStyle")
+        assert len(conn.execute("SELECT ts FROM telemetry ORDER BY ts").fetchall()) == 42
+
+
 def test_hints_and_set_device_id_choose_the_shard(shards, pgvalve):
     clear(shards)
     pv = pgvalve(**config(shards))
