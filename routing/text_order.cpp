@@ -61,11 +61,19 @@ const TextOrder* TextOrder::of(char provider, std::string_view locale) {
   std::unique_ptr<TextOrder> order;
   const std::string name(locale);
   if (k.orders.size() >= kMaxKnown) {
-    static const TextOrder too_many("", nullptr,
+    static const TextOrder too_many("(too many)", nullptr,
                                     "pgvalve has seen more than 64 collations and keeps no more");
     return &too_many;
   }
-  if (provider == 'c' && (name == "C" || name == "POSIX")) {
+  // A locale name with a slash is a path to glibc: only names as PostgreSQL's catalogs hold.
+  const bool plain =
+      !name.empty() && name.size() <= 128 && std::all_of(name.begin(), name.end(), [](char c) {
+        return c > ' ' && c < 0x7f && c != '/' && c != '\\';
+      });
+  if (!plain) {
+    order.reset(new TextOrder("(unreadable)", nullptr,
+                              "the database's collation has a name pgvalve does not load"));
+  } else if (provider == 'c' && (name == "C" || name == "POSIX")) {
     order.reset(new TextOrder(name, nullptr, ""));
   } else if (provider == 'c') {
     locale_t loaded = newlocale(LC_COLLATE_MASK, name.c_str(), static_cast<locale_t>(nullptr));
@@ -124,7 +132,8 @@ const TextOrder* TextOrder::differing(const TextOrder& a, const TextOrder& b) {
   std::lock_guard lock(k.mutex);
   if (auto it = k.orders.find(key); it != k.orders.end()) return it->second.get();
   if (k.orders.size() >= kMaxKnown) {
-    static const TextOrder too_many("", nullptr, "the shards' databases have different collations");
+    static const TextOrder too_many("(too many)", nullptr,
+                                    "the shards' databases have different collations");
     return &too_many;
   }
   auto order = std::unique_ptr<TextOrder>(
@@ -181,12 +190,16 @@ int TextOrder::compare(std::string_view a, std::string_view b) const {
     if (U_FAILURE(status) || c == UCOL_EQUAL) return by_bytes(a, b);
     return c == UCOL_LESS ? -1 : 1;
   }
-  // strcoll_l() reads NUL-terminated strings: copies into scratch each thread keeps.
+  // strcoll_l() reads NUL-terminated strings: copies into scratch each thread keeps (up to
+  // kKeptScratch; a longer value's copy goes with the comparison).
   thread_local std::string x;
   thread_local std::string y;
   x.assign(a);
   y.assign(b);
   const int c = strcoll_l(x.c_str(), y.c_str(), locale_);
+  constexpr std::size_t kKeptScratch = 64 << 10;
+  if (x.capacity() > kKeptScratch) std::string().swap(x);
+  if (y.capacity() > kKeptScratch) std::string().swap(y);
   // Equal in the collation but not in bytes: PostgreSQL breaks the tie by the bytes.
   if (c == 0) return by_bytes(a, b);
   return c < 0 ? -1 : 1;

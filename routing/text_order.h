@@ -54,7 +54,8 @@ class TextOrder {
   const std::string& name() const { return name_; }
 
   // < 0, 0, > 0 as PostgreSQL's comparison of the two texts. `a` and `b` hold no NUL (text
-  // cannot). Allocates only while a thread's scratch grows to the longest value it compared.
+  // cannot). Allocates only while a thread's scratch grows (to at most 64 KiB; a longer value
+  // is copied for its comparison).
   int compare(std::string_view a, std::string_view b) const;
 
  private:

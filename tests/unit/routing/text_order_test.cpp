@@ -100,6 +100,9 @@ TEST(TextOrder, OrdersPgvalveCannotReproduceSayWhy) {
   EXPECT_NE(missing->problem().find("\"xx_NOWHERE.UTF-8\" is not installed on pgvalve's host"),
             std::string::npos)
       << missing->problem();
+  for (const char* name : {"../../tmp/x", "/usr/lib/locale/en_US.utf8", "", "en US"}) {
+    EXPECT_FALSE(TextOrder::of('c', name)->usable()) << name;
+  }
   const TextOrder* differ =
       TextOrder::differing(*TextOrder::of('c', "C"), *TextOrder::of('i', "und"));
   EXPECT_FALSE(differ->usable());
