@@ -9,6 +9,7 @@
 #include <limits>
 #include <type_traits>
 #include <unordered_map>
+#include <utility>
 
 #include "protocol/binary_values.h"
 #include "protocol/messages.h"
@@ -54,12 +55,13 @@ double floating(std::string_view s) {
 }
 
 // A timestamptz's text in DateStyle ISO ("2026-10-25 02:30:00.5+02", "+05:30", " BC",
-// "infinity") as microseconds since 1970 UTC: its text is in the session's time zone, so in the
-// hour a zone repeats (autumn's change) the bytes' order is not the instants'. nullopt for
-// another DateStyle.
-std::optional<std::int64_t> timestamptz_micros(std::string_view s) {
-  if (s == "infinity") return std::numeric_limits<std::int64_t>::max();
-  if (s == "-infinity") return std::numeric_limits<std::int64_t>::min();
+// "infinity") as seconds since 1970 UTC and microseconds: its text is in the session's time
+// zone, so in the hour a zone repeats (autumn's change) the bytes' order is not the instants'.
+// nullopt for another DateStyle.
+using Instant = std::pair<std::int64_t, std::int64_t>;
+std::optional<Instant> timestamptz_instant(std::string_view s) {
+  if (s == "infinity") return Instant{std::numeric_limits<std::int64_t>::max(), 0};
+  if (s == "-infinity") return Instant{std::numeric_limits<std::int64_t>::min(), 0};
   const bool bc = s.ends_with(" BC");
   if (bc) s.remove_suffix(3);
   std::size_t pos = 0;
@@ -120,7 +122,7 @@ std::optional<std::int64_t> timestamptz_micros(std::string_view s) {
   const std::int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
   const std::int64_t days = era * 146097 + doe - 719468;
   const std::int64_t seconds = days * 86400 + *hour * 3600 + *minute * 60 + *second - sign * offset;
-  return seconds * 1000000 + micros;
+  return Instant{seconds, micros};
 }
 
 // PostgreSQL orders NaN above every other value.
@@ -962,8 +964,8 @@ int Gather::compare(Kind kind, std::string_view a, std::string_view b,
     case Kind::BinaryFloat:
       return compare_doubles(binary_float(a), binary_float(b));
     case Kind::TimestampTz: {
-      const auto x = timestamptz_micros(a);
-      const auto y = timestamptz_micros(b);
+      const auto x = timestamptz_instant(a);
+      const auto y = timestamptz_instant(b);
       if (x && y) return *x < *y ? -1 : *x > *y ? 1 : 0;
       break;
     }

@@ -833,12 +833,12 @@ TEST(Gather, TextComparisonsWaitForAKnownCollationThatPgvalveCanFollow) {
 TEST(Gather, TimestampsWithTimeZonesMergeByTheInstant) {
   // Berlin's autumn change repeats 02:00-03:00: 02:30+02 (00:30 UTC) comes before 02:10+01
   // (01:10 UTC), though its text sorts after.
-  Answer a = gather(ordered({{0, false, false}}), {kTimestamptz},
-                    {{{"2026-10-25 02:30:00+02"}, {"2026-10-25 02:40:00+01"}},
-                     {{"2026-10-25 02:10:00+01"}}});
-  EXPECT_EQ(a.rows, (Rows{{"2026-10-25 02:30:00+02"},
-                          {"2026-10-25 02:10:00+01"},
-                          {"2026-10-25 02:40:00+01"}}));
+  Answer a = gather(
+      ordered({{0, false, false}}), {kTimestamptz},
+      {{{"2026-10-25 02:30:00+02"}, {"2026-10-25 02:40:00+01"}}, {{"2026-10-25 02:10:00+01"}}});
+  EXPECT_EQ(
+      a.rows,
+      (Rows{{"2026-10-25 02:30:00+02"}, {"2026-10-25 02:10:00+01"}, {"2026-10-25 02:40:00+01"}}));
   // Offsets with minutes, fractions, years BC and the infinities, held and sorted.
   ScatterPlan plan = combined({C::Group}, {{0, false, false}});
   a = gather(plan, {kTimestamptz},
@@ -850,6 +850,10 @@ TEST(Gather, TimestampsWithTimeZonesMergeByTheInstant) {
                           {"2000-01-01 05:29:59.5+05:30"},
                           {"2000-01-01 00:00:00+00"},
                           {"infinity"}}));
+  // PostgreSQL's last year, where microseconds since 1970 would not fit in 64 bits.
+  a = gather(ordered({{0, true, true}}), {kTimestamptz},
+             {{{"294276-12-31 23:59:59+00"}}, {{"294276-12-31 23:59:59.999999+00"}}});
+  EXPECT_EQ(a.rows, (Rows{{"294276-12-31 23:59:59.999999+00"}, {"294276-12-31 23:59:59+00"}}));
 }
 
 TEST(Gather, AShardSortedOtherwiseThanPgvalveComparesIsAnErrorNotAWrongOrder) {
