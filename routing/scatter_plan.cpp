@@ -304,8 +304,6 @@ class Planner {
     return equalities >= sharded_tables - 1;
   }
 
-  // The output column an ORDER BY / GROUP BY item names: by position, by output name (ORDER BY
-  // only, as PostgreSQL resolves it), or as the same expression. -1: none.
   // A CollateClause's collation: true for one that orders by the bytes, false for another,
   // none for the database's default (whose order pgvalve follows).
   static std::optional<bool> orders_by_bytes(const Json& collate) {
@@ -316,6 +314,8 @@ class Planner {
     return name == "C" || name == "POSIX" || name == "ucs_basic";
   }
 
+  // The output column an ORDER BY / GROUP BY item names: by position, by output name (ORDER BY
+  // only, as PostgreSQL resolves it), or as the same expression. -1: none.
   int column_of(const Json& item, const Json& targets, bool by_name) const {
     if (const Json* c = as(item, "A_Const")) {
       const Json* ival = field(*c, "ival");
