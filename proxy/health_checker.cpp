@@ -28,11 +28,12 @@ using error_code = boost::system::error_code;
 // One round trip answers every question. On a standby the timeline it receives is only shown
 // to pg_read_all_stats (pg_monitor) members; without it the column is NULL and timelines are
 // not compared. pg_walfile_name() names the primary's current timeline without any privilege.
-// The last column lists the host's databases with the collation each orders text in, which a
-// sharded database's sessions need to merge text the shards sorted (routing/text_order.h); read
-// through to_jsonb, whose keys name the columns of PostgreSQL 15/16 (daticulocale) and 17
-// (datlocale) alike, and are absent before 15 (libc only).
-constexpr const char* kCheckSql =
+// The last column lists the databases pgvalve serves from the host with the collation each
+// orders text in, which a sharded database's sessions need to merge text the shards sorted
+// (routing/text_order.h); read through to_jsonb, whose keys name the columns of PostgreSQL
+// 15/16 (daticulocale) and 17 (datlocale) alike, and are absent before 15 (libc only).
+// Up to the list of database names check_sql() appends.
+constexpr const char* kCheckSqlHead =
     "SELECT pg_is_in_recovery(), "
     "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, "
     "pg_last_wal_receive_lsn(), "
@@ -41,7 +42,24 @@ constexpr const char* kCheckSql =
     "(SELECT count(*) FROM pg_catalog.pg_prepared_xacts WHERE gid LIKE 'pgvalve:%'), "
     "(SELECT string_agg(datname || chr(9) || coalesce(j->>'datlocprovider', 'c') || chr(9) || "
     "coalesce(j->>'daticulocale', j->>'datlocale', datcollate), chr(10)) "
-    "FROM (SELECT datname, datcollate, to_jsonb(d) AS j FROM pg_catalog.pg_database d) x)";
+    "FROM (SELECT datname, datcollate, to_jsonb(d) AS j FROM pg_catalog.pg_database d "
+    "WHERE datname IN (";
+
+// The check for a host that serves `dbnames` (none: no collations are read).
+std::string check_sql(const std::set<std::string>& dbnames) {
+  std::string sql = kCheckSqlHead;
+  if (dbnames.empty()) sql += "NULL";
+  for (const std::string& name : dbnames) {
+    if (sql.back() != '(') sql += ", ";
+    sql += '\'';
+    for (char c : name) {
+      if (c == '\'') sql += '\'';
+      sql += c;
+    }
+    sql += '\'';
+  }
+  return sql + ")) x)";
+}
 
 std::string key_of(const config::Endpoint& e) {
   return e.to_string();
@@ -69,7 +87,7 @@ bool answered_but_refused(std::string_view error) {
          error.starts_with("the server asks for a");
 }
 
-// The health check's row (kCheckSql) as a probe.
+// The health check's row (check_sql()) as a probe.
 bool read_probe(const QueryOutcome& q, health::Probe& probe, std::string& error) {
   if (q.row.size() != 6 || !q.row[0] || !q.row[1]) {
     error = "the health check query returned an unexpected row";
@@ -99,6 +117,7 @@ struct HealthChecker::Host {
   config::Endpoint endpoint;
   std::shared_ptr<PgLink> link;
   bool stopped = false;
+  std::string check_sql;     // check_sql() of the databases it serves
   std::string databases;     // the check's list of databases and their collations, as last read
   asio::steady_timer pause;  // between checks; cancelled to check at once
   Clock::time_point last_started{};
@@ -235,13 +254,21 @@ std::shared_ptr<const Topology> HealthChecker::configure(const config::ConfigPtr
       ++it;
     }
   }
+  std::map<std::string, std::set<std::string>> dbnames;  // by host
+  for (const config::Database& db : config->databases) {
+    for (const config::Shard& shard : db.shards) {
+      dbnames[key_of(shard.primary)].insert(db.dbname);
+      for (const auto& r : shard.replicas)
+        dbnames[key_of(r)].insert(db.dbname);
+    }
+  }
   for (const auto& m : monitors_) {
     for (const auto& e : m->hosts) {
       const std::string key = key_of(e);
-      if (hosts_.contains(key)) continue;
-      auto host = std::make_shared<Host>(control_, e);
-      hosts_.emplace(key, host);
-      asio::co_spawn(control_, watch(host), asio::detached);
+      auto [it, added] = hosts_.try_emplace(key);
+      if (added) it->second = std::make_shared<Host>(control_, e);
+      it->second->check_sql = check_sql(dbnames[key]);
+      if (added) asio::co_spawn(control_, watch(it->second), asio::detached);
     }
   }
   snapshot();
@@ -254,7 +281,8 @@ asio::awaitable<void> HealthChecker::watch(std::shared_ptr<Host> host) {
     const config::ConfigPtr config = config_;
     const auto started = Clock::now();
     h.last_started = started;
-    const QueryOutcome q = co_await query(control_, h.link, *config, h.endpoint, kCheckSql,
+    const std::string sql = h.check_sql;  // a reload may replace it meanwhile
+    const QueryOutcome q = co_await query(control_, h.link, *config, h.endpoint, sql.c_str(),
                                           std::chrono::milliseconds(config->health.timeout_ms));
     if (h.stopped) break;
     health::Probe probe;
@@ -479,11 +507,14 @@ asio::awaitable<std::string> HealthChecker::promote(std::shared_ptr<Monitor> m, 
   const auto now = Clock::now();
   m->health.promoted(host, now);
   // Its next check would say so within health.interval_ms; writes resume at once instead.
-  const QueryOutcome check = co_await query(control_, link, *config, target, kCheckSql,
-                                            std::chrono::milliseconds(config->health.timeout_ms));
+  const std::string check = check_sql({});
+  const QueryOutcome checked = co_await query(control_, link, *config, target, check.c_str(),
+                                              std::chrono::milliseconds(config->health.timeout_ms));
   health::Probe probe;
   std::string error;
-  if (check.ok && read_probe(check, probe, error)) m->health.succeeded(host, probe, Clock::now());
+  if (checked.ok && read_probe(checked, probe, error)) {
+    m->health.succeeded(host, probe, Clock::now());
+  }
   assess(*m, Clock::now());
   snapshot();
   co_return "";
