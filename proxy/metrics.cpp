@@ -28,6 +28,11 @@ Snapshot take_pool_snapshot(App& app) {
   s.active_workers = app.active_workers();
   s.paused = app.paused_databases();
   s.disabled = app.disabled_databases();
+  for (const auto& db : s.config->databases) {
+    const auto slot = app.text_order(db.name);
+    const routing::TextOrder* order = slot ? slot->get() : nullptr;
+    if (order != nullptr && order->usable()) s.text_order_followed.push_back(db.name);
+  }
   for (int i = 0; i < app.worker_count(); ++i) {
     const Worker& w = app.worker(i);
     s.workers.push_back({w.published_clients.load(std::memory_order_relaxed),
@@ -327,9 +332,19 @@ void admin_metrics(const Snapshot& snapshot, Families& f) {
     return std::any_of(names.begin(), names.end(),
                        [&](const std::string& n) { return n.empty() || n == name; });
   };
+  const auto followed = f.family(
+      "pgvalve_text_order_followed",
+      "Sharded databases: 1 when pgvalve orders text as the shards' collation does (read by the "
+      "health checks), else 0 and text sorts over several shards are refused",
+      MetricType::Gauge);
   for (const auto& db : snapshot.config->databases) {
     f.add(paused, {{"database", db.name}}, listed(snapshot.paused, db.name) ? 1 : 0);
     f.add(disabled, {{"database", db.name}}, listed(snapshot.disabled, db.name) ? 1 : 0);
+    if (db.sharding && db.shards.size() > 1) {
+      const auto& names = snapshot.text_order_followed;
+      f.add(followed, {{"database", db.name}},
+            std::find(names.begin(), names.end(), db.name) != names.end() ? 1 : 0);
+    }
   }
 }
 

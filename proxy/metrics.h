@@ -48,6 +48,8 @@ struct Snapshot {
   // PAUSE ("" = every database) and DISABLE from the admin console.
   std::vector<std::string> paused;
   std::vector<std::string> disabled;
+  // Sharded databases whose text order pgvalve follows (TextOrderSlot known and usable).
+  std::vector<std::string> text_order_followed;
 };
 
 // Every figure but the statement statistics, at once (what /ready needs).

@@ -8,7 +8,9 @@ Both PostgreSQL and pgvalve load en_US.UTF-8 from this host (tests/run builds it
 
 from __future__ import annotations
 
+import re
 import subprocess
+import urllib.request
 
 import psycopg
 import pytest
@@ -252,3 +254,9 @@ def test_show_shards_says_which_collation_text_follows(shards, pgvalve):
     assert got[(ENGLISH, "s0")] == got[(ENGLISH, "s1")] == "libc en_US.UTF-8"
     assert got[(ICU, "s1")] == "icu sv"
     assert got[(MIXED, "s0")] == "libc en_US.UTF-8 / C (not followed)"
+    # The gauge PgvalveTextOrderNotFollowed watches.
+    with urllib.request.urlopen(f"http://127.0.0.1:{pv.admin_port}/metrics", timeout=5) as r:
+        metrics = r.read().decode()
+    followed = dict(re.findall(r'^pgvalve_text_order_followed\{database="([^"]+)"\} (\S+)$',
+                               metrics, re.M))
+    assert followed == {ENGLISH: "1", ICU: "1", MIXED: "0"}, followed
