@@ -47,6 +47,11 @@ def shards(request, cluster):
     s1 = PgCluster(replicas=0)
     request.addfinalizer(s1.teardown)
     s1.start()
+
+    def drop():  # the session's cluster goes on to other modules
+        for db in (ENGLISH, ICU, MIXED):
+            cluster.primary.psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+    request.addfinalizer(drop)
     english = "LC_COLLATE 'en_US.UTF-8' LC_CTYPE 'en_US.UTF-8'"
     for c in (cluster, s1):
         create(c.primary, ENGLISH, english)
