@@ -28,10 +28,12 @@ Snapshot take_pool_snapshot(App& app) {
   s.active_workers = app.active_workers();
   s.paused = app.paused_databases();
   s.disabled = app.disabled_databases();
-  for (const auto& db : s.config->databases) {
-    const auto slot = app.text_order(db.name);
-    const routing::TextOrder* order = slot ? slot->get() : nullptr;
-    if (order != nullptr && order->usable()) s.text_order_followed.push_back(db.name);
+  if (s.config) {
+    for (const auto& db : s.config->databases) {
+      const auto slot = app.text_order(db.name);
+      const routing::TextOrder* order = slot ? slot->get() : nullptr;
+      if (order != nullptr && order->usable()) s.text_order_followed.push_back(db.name);
+    }
   }
   for (int i = 0; i < app.worker_count(); ++i) {
     const Worker& w = app.worker(i);

@@ -1,6 +1,7 @@
 #include "routing/scatter_plan.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -843,7 +844,10 @@ bool average_edits(std::string_view sql, const ScatterPlan& plan, ShardStatement
       return false;
     }
     const AvgCall& call = calls[a.call];
-    edits.push_back({call.name_begin, call.name_end, "sum"});
+    // `SELECT"variance"(x)`: a quoted name may touch the word before it, an unquoted one not.
+    const auto c = static_cast<unsigned char>(call.name_begin > 0 ? sql[call.name_begin - 1] : ' ');
+    const bool touches = std::isalnum(c) || c == '_' || c == '$' || c >= 0x80;
+    edits.push_back({call.name_begin, call.name_end, touches ? " sum" : "sum"});
     // Over the rows the call sees: its FILTER clause goes with them.
     const std::string_view args = sql.substr(call.args_begin, call.args_end - call.args_begin);
     const std::string_view rest = sql.substr(call.args_end, call.end - call.args_end);

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "routing/fingerprint.h"
+#include "routing/parse_tree.h"
 
 namespace pgvalve::routing {
 namespace {
@@ -390,6 +391,16 @@ TEST(ShardStatement, VariancesRunAsSumsWithCountsAndPopulationVariancesAfterTheO
             "SELECT note, sum(value) FILTER (WHERE value > 0), sum(value), count(value) FILTER "
             "(WHERE value > 0), var_pop(value) FILTER (WHERE value > 0), count(value) FROM "
             "telemetry GROUP BY note");
+}
+
+TEST(ShardStatement, AQuotedNameTouchingTheWordBeforeItStaysApart) {
+  // Found by shard_key_fuzz: `SELECT"variance"(...)` ran as `SELECTsum(...)`.
+  ShardStatement s = rewritten("SELECT\"variance\"(value) FROM telemetry");
+  EXPECT_TRUE(s.ok) << s.refusal;
+  EXPECT_EQ(s.sql, "SELECT sum(value), count(value), var_pop(value) FROM telemetry");
+  EXPECT_TRUE(parse_tree(s.sql).has_value());
+  s = rewritten("SELECT note,\"avg\"(value) FROM telemetry GROUP BY note");
+  EXPECT_EQ(s.sql, "SELECT note,sum(value), count(value) FROM telemetry GROUP BY note");
 }
 
 TEST(ShardStatement, GroupsByTheKeyRunAsWrittenWithTheLimitOfRows) {
