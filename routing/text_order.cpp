@@ -50,21 +50,32 @@ Known& known() {
   return k;
 }
 
-}  // namespace
-
-const TextOrder* TextOrder::of(char provider, std::string_view locale) {
-  std::string key(1, provider);
-  key.append(":").append(locale);
+// The kept order of `key`, made by `make()` the first time; null once kMaxKnown are kept.
+template <typename Make>
+const TextOrder* intern(const std::string& key, Make make) {
   Known& k = known();
   std::lock_guard lock(k.mutex);
   if (auto it = k.orders.find(key); it != k.orders.end()) return it->second.get();
-  std::unique_ptr<TextOrder> order;
+  if (k.orders.size() >= TextOrder::kMaxKnown) return nullptr;
+  std::unique_ptr<TextOrder> order = make();
+  const TextOrder* result = order.get();
+  k.orders.emplace(key, std::move(order));
+  return result;
+}
+
+}  // namespace
+
+const TextOrder* TextOrder::of(char provider, std::string_view locale) {
+  static const TextOrder too_many("(too many)", nullptr,
+                                  "pgvalve has seen more than 64 collations and keeps no more");
   const std::string name(locale);
-  if (k.orders.size() >= kMaxKnown) {
-    static const TextOrder too_many("(too many)", nullptr,
-                                    "pgvalve has seen more than 64 collations and keeps no more");
-    return &too_many;
-  }
+  const TextOrder* order =
+      intern(std::string(1, provider) + ":" + name, [&] { return load(provider, name); });
+  return order != nullptr ? order : &too_many;
+}
+
+std::unique_ptr<TextOrder> TextOrder::load(char provider, const std::string& name) {
+  std::unique_ptr<TextOrder> order;
   // A locale name with a slash is a path to glibc: only names as PostgreSQL's catalogs hold.
   const bool plain =
       !name.empty() && name.size() <= 128 && std::all_of(name.begin(), name.end(), [](char c) {
@@ -107,9 +118,7 @@ const TextOrder* TextOrder::of(char provider, std::string_view locale) {
                               "the database's collation provider '" + std::string(1, provider) +
                                   "' is unknown to pgvalve"));
   }
-  const TextOrder* result = order.get();
-  k.orders.emplace(std::move(key), std::move(order));
-  return result;
+  return order;
 }
 
 const TextOrder* TextOrder::from_catalog(std::string_view catalog, std::string_view dbname) {
@@ -127,22 +136,15 @@ const TextOrder* TextOrder::from_catalog(std::string_view catalog, std::string_v
 }
 
 const TextOrder* TextOrder::differing(const TextOrder& a, const TextOrder& b) {
-  std::string key = "differ:" + a.name() + "|" + b.name();
-  Known& k = known();
-  std::lock_guard lock(k.mutex);
-  if (auto it = k.orders.find(key); it != k.orders.end()) return it->second.get();
-  if (k.orders.size() >= kMaxKnown) {
-    static const TextOrder too_many("(too many)", nullptr,
-                                    "the shards' databases have different collations");
-    return &too_many;
-  }
-  auto order = std::unique_ptr<TextOrder>(
-      new TextOrder(a.name() + " / " + b.name(), nullptr,
-                    "the shards' databases have different collations (" + a.name() + " on one, " +
-                        b.name() + " on another)"));
-  const TextOrder* result = order.get();
-  k.orders.emplace(std::move(key), std::move(order));
-  return result;
+  static const TextOrder too_many("(too many)", nullptr,
+                                  "the shards' databases have different collations");
+  const TextOrder* order = intern("differ:" + a.name() + "|" + b.name(), [&] {
+    return std::unique_ptr<TextOrder>(
+        new TextOrder(a.name() + " / " + b.name(), nullptr,
+                      "the shards' databases have different collations (" + a.name() + " on one, " +
+                          b.name() + " on another)"));
+  });
+  return order != nullptr ? order : &too_many;
 }
 
 namespace {

@@ -18,6 +18,7 @@
 
 #include <locale.h>
 #include <atomic>
+#include <memory>
 
 #include <string>
 #include <string_view>
@@ -60,6 +61,8 @@ class TextOrder {
 
  private:
   TextOrder(std::string name, locale_t locale, std::string problem, UCollator* icu = nullptr);
+  // A new order of `provider` and `name` (of() keeps it).
+  static std::unique_ptr<TextOrder> load(char provider, const std::string& name);
 
   std::string name_;
   locale_t locale_ = nullptr;  // libc: strcoll_l()
