@@ -471,41 +471,74 @@ std::vector<std::shared_ptr<pool::ServerPool>> App::pools() {
   return out;
 }
 
-std::shared_ptr<ListenHub> App::listen_hub_for(const config::Database& db,
-                                               const config::User& user) {
+std::vector<std::shared_ptr<ListenHub>> App::listen_hubs_for(const config::Database& db,
+                                                             const config::User& user) {
   std::lock_guard lock(pools_mutex_);
-  // Keyed like the pools, and by the password the hub logs in with: a reload that moves the
-  // database or changes that password gives new listeners a new hub.
-  auto& hub = listen_hubs_[db.name + '\0' + db.dbname + '\0' + user.name + '\0' +
-                           db.shards.front().primary.to_string() + '\0' + user.server_password];
-  if (!hub) {
-    ServerLogin login;
-    login.host = db.shards.front().primary;
-    login.user = user.name;
-    login.password = user.server_password;
-    login.dbname = db.dbname;
-    login.max_message_bytes = static_cast<std::size_t>(config()->limits.max_message_bytes);
-    login.allow_insecure_auth = config()->server_allow_insecure_auth;
-    login.tls = server_tls();
-    // Reconnects go to the primary the health checks see (after a failover, not the one in
-    // the file).
-    auto primary = [this, name = db.name, configured = db.shards.front().primary] {
-      std::shared_ptr<const Topology> topology;
-      {
-        std::lock_guard lock(pools_mutex_);
-        topology = topology_;
-      }
-      const auto* shards = topology ? topology->find(name) : nullptr;
-      if (!shards || shards->empty()) return configured;
-      const ShardTopology& shard = shards->front();
-      const int p = shard.status->primary();
-      return p >= 0 && static_cast<std::size_t>(p) < shard.hosts.size()
-                 ? shard.hosts[static_cast<std::size_t>(p)]
-                 : configured;
-    };
-    hub = std::make_shared<ListenHub>(control_, std::move(login), std::move(primary));
+  std::vector<std::shared_ptr<ListenHub>> hubs;
+  hubs.reserve(db.shards.size());
+  for (const config::Shard& shard : db.shards) {
+    // Keyed like the pools, and by the password the hub logs in with: a reload that moves the
+    // database or changes that password gives new listeners a new hub.
+    auto& hub = listen_hubs_[db.name + '\0' + shard.name + '\0' + db.dbname + '\0' + user.name +
+                             '\0' + shard.primary.to_string() + '\0' + user.server_password];
+    if (!hub) {
+      ServerLogin login;
+      login.host = shard.primary;
+      login.user = user.name;
+      login.password = user.server_password;
+      login.dbname = db.dbname;
+      login.max_message_bytes = static_cast<std::size_t>(config()->limits.max_message_bytes);
+      login.allow_insecure_auth = config()->server_allow_insecure_auth;
+      login.tls = server_tls();
+      // Reconnects go to the primary the health checks see (after a failover, not the one in
+      // the file).
+      auto primary = [this, database = db.name,
+                      name = shard.name]() -> std::optional<config::Endpoint> {
+        std::shared_ptr<const Topology> topology;
+        {
+          std::lock_guard lock(pools_mutex_);
+          topology = topology_;
+        }
+        const auto* shards = topology ? topology->find(database) : nullptr;
+        if (!shards) return std::nullopt;
+        for (const ShardTopology& s : *shards) {
+          if (s.name != name) continue;
+          const int p = s.status->primary();
+          if (p < 0 || static_cast<std::size_t>(p) >= s.hosts.size()) return std::nullopt;
+          return s.hosts[static_cast<std::size_t>(p)];
+        }
+        return std::nullopt;
+      };
+      hub = std::make_shared<ListenHub>(control_, db.name, shard.name, std::move(login),
+                                        std::move(primary));
+    }
+    hubs.push_back(hub);
   }
-  return hub;
+  return hubs;
+}
+
+void App::move_listeners(const std::string& database, const std::string& shard,
+                         const std::optional<config::Endpoint>& primary,
+                         std::function<void()> moved) {
+  std::vector<std::shared_ptr<ListenHub>> hubs;
+  {
+    std::lock_guard lock(pools_mutex_);
+    for (const auto& [_, hub] : listen_hubs_) {
+      if (database.empty() || (hub->database() == database && hub->shard() == shard))
+        hubs.push_back(hub);
+    }
+  }
+  if (hubs.empty()) {
+    if (moved) moved();
+    return;
+  }
+  // Every hub answers on the control thread.
+  auto left = std::make_shared<std::size_t>(hubs.size());
+  for (auto& hub : hubs) {
+    hub->move_to(primary, [left, moved] {
+      if (--*left == 0 && moved) moved();
+    });
+  }
 }
 
 admission::Verdict App::admit(const admission::Address& from) {
@@ -611,6 +644,7 @@ bool App::reload() {
   asio::post(control_, [this, next] {
     if (health_) set_topology(health_->configure(next));
     retire_pools_not_in(*next);
+    move_listeners({}, {}, std::nullopt, {});  // to a primary the file moved
   });
   // Read/write decisions depend on routing.write_functions.
   if (next->routing.write_functions != current->routing.write_functions) {
@@ -967,7 +1001,9 @@ int App::run() {
     return 1;
   }
   health_ = std::make_unique<HealthChecker>(
-      control_, [this](const config::Endpoint& host) { return lent_on(host); });
+      control_, [this](const config::Endpoint& host) { return lent_on(host); },
+      [this](const std::string& database, const std::string& shard, const config::Endpoint& primary,
+             std::function<void()> moved) { move_listeners(database, shard, primary, moved); });
   set_topology(health_->configure(config()));
   explainer_ = std::make_unique<SlowQueryExplainer>(*this, control_);
   asio::co_spawn(control_, explainer_->run(), asio::detached);

@@ -8,6 +8,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -241,8 +242,15 @@ class App : public pool::Handoff {
     return disabled_count_.load(std::memory_order_relaxed) > 0 && disabled_slow(database);
   }
   std::vector<std::string> disabled_databases() const;
-  // The LISTEN/NOTIFY hub of (database, user), on the control thread.
-  std::shared_ptr<ListenHub> listen_hub_for(const config::Database& db, const config::User& user);
+  // The LISTEN/NOTIFY hubs of (database, user), one per shard (a notification may come from
+  // any), on the control thread.
+  std::vector<std::shared_ptr<ListenHub>> listen_hubs_for(const config::Database& db,
+                                                          const config::User& user);
+  // Moves the listening connections of a shard (database empty: of every database) to its
+  // primary (nullopt: the one the health checks see); `moved` runs on the control thread once
+  // every one listens there.
+  void move_listeners(const std::string& database, const std::string& shard,
+                      const std::optional<config::Endpoint>& primary, std::function<void()> moved);
 
   // The door (admission/): every accepted socket counts against pool.max_client_connections
   // and the per-address limits until its session ends (leave()).

@@ -548,7 +548,8 @@ void ClientSession::close() {
     if (io.conn) give_back(std::move(io.conn), false, *io.pool);
   }
   if (listening_) {
-    listening_->hub->forget(listening_->sink.get());
+    for (const auto& hub : listening_->hubs)
+      hub->forget(listening_->sink.get());
     listening_->waiting.reset();
   }
   PGV_LOG(Info, "client_logout", {"client", id_}, {"user", user_name_},
@@ -1391,10 +1392,9 @@ void ClientSession::give_back(std::unique_ptr<ServerConnection> server, bool cle
 void ClientSession::hub_request(const session::HubRequest& request) {
   if (!listening_) {
     listening_ = std::make_unique<Listening>();
-    listening_->hub = app_.listen_hub_for(*database_, *user_);
+    listening_->hubs = app_.listen_hubs_for(*database_, *user_);
     listening_->sink = std::make_shared<Sink>(weak_from_this(), client_.get_executor());
   }
-  ListenHub& hub = *listening_->hub;
   const std::shared_ptr<NotificationSink>& sink = listening_->sink;
   ListenHub::Done done;
   if (core_->state() == session::SessionState::WaitingForHub) {
@@ -1415,18 +1415,34 @@ void ClientSession::hub_request(const session::HubRequest& request) {
       });
     };
   }
-  switch (request.kind) {
-    case session::HubRequest::Kind::Listen:
-      hub.listen(sink, request.channel, std::move(done));
-      return;
-    case session::HubRequest::Kind::Unlisten:
-      hub.unlisten(sink.get(), request.channel, std::move(done));
-      return;
-    case session::HubRequest::Kind::UnlistenAll:
-      hub.unlisten(sink.get(), "*", std::move(done));
-      return;
-    case session::HubRequest::Kind::None:
-      return;
+  // Every shard's hub answers (on the control thread); the client hears once all did, with the
+  // first error.
+  if (done && listening_->hubs.size() > 1) {
+    struct Answers {
+      std::size_t left;
+      std::optional<std::string> error;
+      ListenHub::Done done;
+    };
+    auto answers = std::make_shared<Answers>(Answers{listening_->hubs.size(), {}, std::move(done)});
+    done = [answers](std::optional<std::string> error) {
+      if (error && !answers->error) answers->error = std::move(error);
+      if (--answers->left == 0) answers->done(std::move(answers->error));
+    };
+  }
+  for (const auto& hub : listening_->hubs) {
+    switch (request.kind) {
+      case session::HubRequest::Kind::Listen:
+        hub->listen(sink, request.channel, done);
+        break;
+      case session::HubRequest::Kind::Unlisten:
+        hub->unlisten(sink.get(), request.channel, done);
+        break;
+      case session::HubRequest::Kind::UnlistenAll:
+        hub->unlisten(sink.get(), "*", done);
+        break;
+      case session::HubRequest::Kind::None:
+        return;
+    }
   }
 }
 

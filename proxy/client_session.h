@@ -352,7 +352,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
 
   // LISTEN/NOTIFY through the hub (transaction pooling), from the client's first LISTEN on.
   struct Listening {
-    std::shared_ptr<ListenHub> hub;
+    std::vector<std::shared_ptr<ListenHub>> hubs;  // one per shard
     std::shared_ptr<NotificationSink> sink;
     std::shared_ptr<ClientSession> waiting;  // keeps the session while the hub answers
   };

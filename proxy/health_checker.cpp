@@ -150,8 +150,9 @@ struct HealthChecker::Monitor {
         logged_readable(hosts.size(), 0) {}
 };
 
-HealthChecker::HealthChecker(asio::io_context& control, LentCounter lent)
-    : control_(control), lent_(std::move(lent)) {}
+HealthChecker::HealthChecker(asio::io_context& control, LentCounter lent,
+                             PrimaryMoved primary_moved)
+    : control_(control), lent_(std::move(lent)), primary_moved_(std::move(primary_moved)) {}
 
 HealthChecker::~HealthChecker() {
   stop();
@@ -402,6 +403,7 @@ void HealthChecker::assess(Monitor& m, Clock::time_point now) {
         failovers_.fetch_add(1, std::memory_order_relaxed);
         m.last_writable = *primary;
       }
+      if (primary_moved_) primary_moved_(m.database, m.shard, m.hosts[*primary], {});
     } else {
       PGV_LOG(Warn, "no_primary", {"database", m.database}, {"shard", m.shard},
               {"last_primary", m.hosts[m.health.primary()].to_string()},
@@ -504,6 +506,7 @@ asio::awaitable<std::string> HealthChecker::promote(std::shared_ptr<Monitor> m, 
   if (q.row.empty() || !q.row[0] || *q.row[0] != "t") {
     co_return "pg_promote() on " + target.to_string() + " did not finish within 60 s";
   }
+  co_await move_listeners(*m, target, std::chrono::milliseconds(config->health.timeout_ms));
   const auto now = Clock::now();
   m->health.promoted(host, now);
   // Its next check would say so within health.interval_ms; writes resume at once instead.
@@ -518,6 +521,31 @@ asio::awaitable<std::string> HealthChecker::promote(std::shared_ptr<Monitor> m, 
   assess(*m, Clock::now());
   snapshot();
   co_return "";
+}
+
+asio::awaitable<void> HealthChecker::move_listeners(const Monitor& m,
+                                                    const config::Endpoint& primary,
+                                                    std::chrono::milliseconds limit) {
+  if (!primary_moved_) co_return;
+  struct Wait {
+    explicit Wait(asio::io_context& context, std::chrono::milliseconds limit)
+        : timer(context, limit) {}
+    asio::steady_timer timer;
+    bool moved = false;
+  };
+  auto wait = std::make_shared<Wait>(control_, limit);
+  primary_moved_(m.database, m.shard, primary, [wait] {
+    wait->moved = true;
+    wait->timer.cancel();
+  });
+  if (!wait->moved) {
+    error_code ec;
+    co_await wait->timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
+  if (!wait->moved) {
+    PGV_LOG(Warn, "listeners_not_moved", {"database", m.database}, {"shard", m.shard},
+            {"primary", primary.to_string()}, {"waited_ms", limit.count()});
+  }
 }
 
 asio::awaitable<DrillResult> HealthChecker::run_failover(std::shared_ptr<Monitor> m,

@@ -84,8 +84,13 @@ class HealthChecker {
   // for the old primary's to come back before it promotes.
   using LentCounter = std::function<int(const config::Endpoint&)>;
   using DrillDone = std::function<void(DrillResult)>;
+  // A shard's writes go to `primary` now, or will once `moved` runs: the LISTEN connections
+  // move there (`moved` runs on the control thread once they listen).
+  using PrimaryMoved =
+      std::function<void(const std::string& database, const std::string& shard,
+                         const config::Endpoint& primary, std::function<void()> moved)>;
 
-  HealthChecker(asio::io_context& control, LentCounter lent);
+  HealthChecker(asio::io_context& control, LentCounter lent, PrimaryMoved primary_moved = {});
   ~HealthChecker();
   HealthChecker(const HealthChecker&) = delete;
   HealthChecker& operator=(const HealthChecker&) = delete;
@@ -133,12 +138,17 @@ class HealthChecker {
                    std::function<asio::awaitable<DrillResult>(std::shared_ptr<Monitor>)> drill);
   // Promotes `host` of `m` and makes it the primary; "" on success, else why not.
   asio::awaitable<std::string> promote(std::shared_ptr<Monitor> m, std::size_t host);
+  // Before a promoted host takes writes: waits (at most `limit`) until the listeners listen
+  // there, so no notification sent there is missed.
+  asio::awaitable<void> move_listeners(const Monitor& m, const config::Endpoint& primary,
+                                       std::chrono::milliseconds limit);
   asio::awaitable<DrillResult> run_switchover(std::shared_ptr<Monitor> m,
                                               std::optional<config::Endpoint> to);
   asio::awaitable<DrillResult> run_failover(std::shared_ptr<Monitor> m, std::string why);
 
   asio::io_context& control_;
   LentCounter lent_;
+  PrimaryMoved primary_moved_;
   config::ConfigPtr config_;
   std::uint64_t generation_ = 0;
   std::map<std::string, std::shared_ptr<Host>> hosts_;  // by "host:port"

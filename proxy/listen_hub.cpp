@@ -22,9 +22,14 @@ std::string quoted(std::string_view channel) {
 }
 }  // namespace
 
-ListenHub::ListenHub(asio::io_context& context, ServerLogin login,
-                     std::function<config::Endpoint()> primary)
-    : context_(context), login_(std::move(login)), primary_(std::move(primary)) {}
+ListenHub::ListenHub(asio::io_context& context, std::string database, std::string shard,
+                     ServerLogin login, Primary primary)
+    : context_(context),
+      database_(std::move(database)),
+      shard_(std::move(shard)),
+      login_(std::move(login)),
+      primary_(std::move(primary)),
+      target_(login_.host) {}
 
 void ListenHub::listen(std::shared_ptr<NotificationSink> sink, std::string channel, Done done) {
   asio::post(context_, [self = shared_from_this(), sink = std::move(sink),
@@ -73,7 +78,53 @@ void ListenHub::forget(NotificationSink* sink) {
   });
 }
 
-// On the hub's thread.
+void ListenHub::move_to(std::optional<config::Endpoint> primary, std::function<void()> moved) {
+  asio::post(context_, [self = shared_from_this(), primary = std::move(primary),
+                        moved = std::move(moved)]() mutable {
+    if (primary) {
+      self->target_ = std::move(*primary);
+    } else {
+      self->next_host();
+    }
+    if (moved) self->move_waiters_.push_back(std::move(moved));
+    if (!self->running_) {
+      self->answer_move_waiters();
+      return;
+    }
+    if (self->pause_) self->pause_->cancel();  // waiting to retry a lost server: try now
+    self->follow_target();
+  });
+}
+
+// On the hub's thread from here on.
+const config::Endpoint& ListenHub::next_host() {
+  if (primary_) {
+    if (auto p = primary_()) target_ = std::move(*p);
+  }
+  return target_;
+}
+
+void ListenHub::follow_target() {
+  if (!server_ || !subscribed_ || moving_) return;
+  if (server_->host == target_) {
+    answer_move_waiters();
+    return;
+  }
+  // The answer to this query comes after every notification the old server has queued for
+  // the hub; then the hub leaves it.
+  moving_ = true;
+  submit({";", [self = shared_from_this(), id = connection_](const std::optional<std::string>&) {
+            if (self->connection_ == id) self->drained_ = true;
+          }});
+}
+
+void ListenHub::answer_move_waiters() {
+  auto waiters = std::move(move_waiters_);
+  move_waiters_.clear();
+  for (auto& moved : waiters)
+    moved();
+}
+
 void ListenHub::submit(Command command) {
   if (command.sql.empty() && in_flight_.empty() && queued_.empty()) {
     if (command.done) command.done(std::nullopt);
@@ -129,37 +180,50 @@ asio::awaitable<void> ListenHub::run() {
   // pause while any client still listens, so notifications resume once a primary answers
   // (after a failover, the new one).
   for (;;) {
-    co_await serve_one_connection();
+    const bool moved = co_await serve_one_connection();
     if (channels_.empty() && queued_.empty()) break;
+    if (moved) continue;
     asio::steady_timer pause(context_, std::chrono::seconds(1));
+    pause_ = &pause;
     error_code ignored;
     co_await pause.async_wait(await_ec(ignored));
+    pause_ = nullptr;
     if (channels_.empty() && queued_.empty()) break;
   }
   running_ = false;
+  answer_move_waiters();
 }
 
-asio::awaitable<void> ListenHub::serve_one_connection() {
+asio::awaitable<bool> ListenHub::serve_one_connection() {
   ServerFailure failure;
   ServerLogin login = login_;
-  if (primary_) login.host = primary_();
+  login.host = next_host();
+  ++connection_;
+  subscribed_ = moving_ = drained_ = false;
   server_ = co_await open_server_connection(login, failure);
   if (!server_) {
     PGV_LOG(Warn, "listen_connection_failed", {"host", login.host.to_string()},
             {"reason", failure.message});
     fail_all(failure.message);
-    co_return;
+    co_return false;
   }
   PGV_LOG(Info, "listen_connection_open", {"host", login.host.to_string()},
           {"database", login_.dbname}, {"user", login_.user});
-  // Listen again on every channel clients still want (after a reconnect), then the queue.
+  // Listen again on every channel clients still want (after a reconnect or a move), then the
+  // queue. Once the server listens, the hub is where it should be, or moves on.
   std::string resubscribe;
   for (const auto& [channel, _] : channels_)
     resubscribe += "LISTEN " + quoted(channel) + ";";
-  if (!resubscribe.empty()) queued_.push_front({resubscribe, nullptr});
+  queued_.push_front(
+      {resubscribe.empty() ? ";" : resubscribe,
+       [self = shared_from_this(), id = connection_](const std::optional<std::string>&) {
+         if (self->connection_ != id) return;
+         self->subscribed_ = true;
+         self->follow_target();
+       }});
   flush_queue();
   std::optional<std::string> error;
-  for (;;) {
+  while (!drained_) {
     pr::Frame f;
     if (co_await read_frame(server_->stream, server_->in, login_.max_message_bytes, f) !=
         ReadStatus::Ok) {
@@ -195,10 +259,21 @@ asio::awaitable<void> ListenHub::serve_one_connection() {
     }
     server_->in.consume(f.whole.size());
   }
-  PGV_LOG(Warn, "listen_connection_lost", {"host", login.host.to_string()});
   server_.reset();
-  fail_all("pgvalve: the listening server connection was lost; LISTEN again");
   outbox_.clear();
+  if (moving_) {
+    PGV_LOG(Info, "listen_connection_moved", {"from", login.host.to_string()},
+            {"to", target_.to_string()}, {"database", login_.dbname}, {"user", login_.user});
+    // Commands sent after the drain are answered on the next server, after its LISTENs, which
+    // cover them (a new server listens on exactly the channels clients want).
+    for (auto it = in_flight_.rbegin(); it != in_flight_.rend(); ++it)
+      queued_.push_front({std::string(), std::move(*it)});
+    in_flight_.clear();
+    co_return true;
+  }
+  PGV_LOG(Warn, "listen_connection_lost", {"host", login.host.to_string()});
+  fail_all("pgvalve: the listening server connection was lost; LISTEN again");
+  co_return false;
 }
 
 }  // namespace pgvalve::proxy

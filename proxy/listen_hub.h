@@ -12,9 +12,11 @@
 #include <set>
 #include <string>
 #include <utility>  // Boost 1.74 awaitable.hpp needs std::exchange
+#include <vector>
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include "proxy/server_connection.h"
 
@@ -34,10 +36,15 @@ class ListenHub : public std::enable_shared_from_this<ListenHub> {
   // after the client's LISTEN returns can be missed). Called on the hub's thread.
   using Done = std::function<void(std::optional<std::string> error)>;
 
-  // `primary` names the host to (re)connect to at each connection: the shard's primary as the
-  // health checks see it, so the hub follows a failover.
-  ListenHub(asio::io_context& context, ServerLogin login,
-            std::function<config::Endpoint()> primary = {});
+  // The host the health checks see taking writes now; nullopt while none does (down, or a
+  // switchover's pause), when the hub keeps the last one it knew.
+  using Primary = std::function<std::optional<config::Endpoint>()>;
+
+  // `database` and `shard` are pgvalve's names of what `login` reaches (its first shard).
+  // `primary` names the host to (re)connect to at each connection, so the hub follows a
+  // failover; login.host until it names one.
+  ListenHub(asio::io_context& context, std::string database, std::string shard, ServerLogin login,
+            Primary primary = {});
 
   // From any thread.
   void listen(std::shared_ptr<NotificationSink> sink, std::string channel, Done done);
@@ -45,6 +52,14 @@ class ListenHub : public std::enable_shared_from_this<ListenHub> {
   void unlisten(NotificationSink* sink, std::string channel, Done done);
   void forget(NotificationSink* sink);
 
+  // Moves the listening connection to `primary` (nullopt: the one `primary` names now) when it
+  // is elsewhere: notifications the old server has sent are read first (a query waits for them),
+  // then the new server listens on every channel before `moved` runs. `moved` also runs when
+  // nobody listens. Any thread; `moved` runs on the hub's.
+  void move_to(std::optional<config::Endpoint> primary, std::function<void()> moved);
+
+  const std::string& database() const { return database_; }
+  const std::string& shard() const { return shard_; }
   std::size_t channel_count() const { return channels_.size(); }
   // Shutdown, with the hub's loop stopped: closes the listening connection while its loop
   // still exists.
@@ -59,13 +74,27 @@ class ListenHub : public std::enable_shared_from_this<ListenHub> {
   void flush_queue();
   static asio::awaitable<void> write_outbox(std::shared_ptr<ListenHub> self);
   asio::awaitable<void> run();
-  asio::awaitable<void> serve_one_connection();
+  // True when it left the server on purpose to listen on another (no pause before the next).
+  asio::awaitable<bool> serve_one_connection();
   void fail_all(const std::string& error);
+  const config::Endpoint& next_host();
+  // Once the server listens: moves on if the primary is elsewhere, else answers move_to().
+  void follow_target();
+  void answer_move_waiters();
 
   asio::io_context& context_;
+  const std::string database_;
+  const std::string shard_;
   const ServerLogin login_;
-  const std::function<config::Endpoint()> primary_;
+  const Primary primary_;
+  config::Endpoint target_;  // where the hub should listen
   std::unique_ptr<ServerConnection> server_;
+  std::uint64_t connection_ = 0;  // counts connections, so a late answer finds its own
+  bool subscribed_ = false;       // the server listens on every channel
+  bool moving_ = false;           // reading what the old server has sent, then leaving it
+  bool drained_ = false;
+  std::vector<std::function<void()>> move_waiters_;
+  asio::steady_timer* pause_ = nullptr;  // between attempts to connect
   bool running_ = false;
   std::map<std::string, std::set<NotificationSink*>> channels_;
   std::map<NotificationSink*, std::weak_ptr<NotificationSink>> sinks_;

@@ -367,3 +367,49 @@ def test_ready_and_metrics_follow_a_stopped_primary_and_its_return(fresh, pgvalv
     c.primary.start()
     wait_until(lambda: ready() == 200 and primary_up() == 1, 15,
                message="/ready 200 again once the primary is back")
+
+
+def test_listeners_follow_the_primary_after_a_switchover(fresh, pgvalve):
+    # The retired primary keeps running, and with it the listening connection: the switchover
+    # moves that connection before writes resume, so the first NOTIFY on the new primary is heard.
+    c = fresh()
+    pv = pgvalve(**config_for(c, failover={"mode": "follow", "hold_writes_ms": 10000}))
+    wait_hosts_checked(pv)
+    with pv.connect() as listener, pv.connect() as sender:
+        listener.execute("LISTEN drill_events")
+        sender.execute("NOTIFY drill_events, 'before'")
+        assert drain_notifies(listener, 1, timeout=5) == [("drill_events", "before")]
+        with admin(pv) as a:
+            a.execute(f"SWITCHOVER {APP_DB} s0 TO 127.0.0.1:{c.replicas[0].port}")
+        assert c.primary.scalar("select pg_is_in_recovery()") is False  # still up, retired
+        cur = sender.execute("NOTIFY drill_events, 'after'; select inet_server_port()")
+        assert cur.nextset() and cur.fetchone()[0] == c.replicas[0].port
+        assert drain_notifies(listener, 1, timeout=5) == [("drill_events", "after")]
+    log = pv.log_text()
+    moved = log.index(f"event=listen_connection_moved from=127.0.0.1:{c.primary.port} "
+                      f"to=127.0.0.1:{c.replicas[0].port}")
+    assert moved < log.index("event=switchover_done")
+
+
+def test_no_notification_is_lost_when_pgvalve_promotes(fresh, pgvalve):
+    c = fresh()
+    pv = pgvalve(**config_for(c, failover={"mode": "promote", "promote_after_ms": 0,
+                                           "hold_writes_ms": 15000}))
+    wait_hosts_checked(pv)
+    with pv.connect() as listener, pv.connect() as sender:
+        listener.execute("LISTEN drill_events")
+        c.primary.kill9()
+        # Held until the promoted replica takes writes, which it does only once the listening
+        # connection listens there. A statement cut by the dying server sends no notification
+        # and may fail once.
+        for attempt in range(2):
+            try:
+                sender.execute("NOTIFY drill_events, 'first after the failover'")
+                break
+            except psycopg.OperationalError:
+                assert attempt == 0
+        assert drain_notifies(listener, 1, timeout=5) == [
+            ("drill_events", "first after the failover")]
+    log = pv.log_text()
+    assert log.index(f"event=listen_connection_open host=127.0.0.1:") < log.index(
+        "event=failover_done")

@@ -19,7 +19,7 @@ import psycopg
 import pytest
 import xxhash
 
-from itutil import SANITIZED, rss_bytes, settle_rss
+from itutil import SANITIZED, drain_notifies, rss_bytes, settle_rss
 from pgcluster import APP_DB, PgCluster, wait_until
 
 TABLE = "CREATE TABLE telemetry (device_id bigint NOT NULL, ts timestamptz NOT NULL DEFAULT now(), " \
@@ -569,3 +569,33 @@ def test_a_cancel_stops_a_read_on_every_shard(shards, pgvalve):
             for node in cluster.nodes:
                 wait_until(lambda: sleeping(node) == 0, 5, message=f"{node.port} stopped")
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_listeners_hear_notifications_from_every_shard(shards, pgvalve):
+    # A trigger on each shard announces new readings, the way a dashboard learns of them: a
+    # listener through pgvalve hears the readings of devices on either shard, once each.
+    clear(shards)
+    for c in shards:
+        c.primary.psql("CREATE FUNCTION announce() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                       "PERFORM pg_notify('readings', NEW.device_id::text); RETURN NEW; END $$;"
+                       "CREATE TRIGGER announce AFTER INSERT ON telemetry FOR EACH ROW "
+                       "EXECUTE FUNCTION announce()", dbname=APP_DB)
+    try:
+        pv = pgvalve(**config(shards))
+        devices = list(range(1, 9))
+        assert {md5_mod(d) for d in devices} == {0, 1}
+        with pv.connect() as listener, pv.connect() as writer:
+            listener.execute("LISTEN readings")
+            for d in devices:
+                writer.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 1)", (d,))
+            got = drain_notifies(listener, len(devices), timeout=10)
+            assert sorted(int(payload) for _, payload in got) == devices
+            assert drain_notifies(listener, 1, timeout=0.5) == []  # none twice
+            listener.execute("UNLISTEN readings")
+            for d in (1, 2):
+                writer.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 1)", (d,))
+            assert drain_notifies(listener, 1, timeout=1) == []
+    finally:
+        for c in shards:
+            c.primary.psql("DROP TRIGGER announce ON telemetry; DROP FUNCTION announce()",
+                           dbname=APP_DB)
