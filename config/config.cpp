@@ -6,6 +6,14 @@
 
 namespace pgvalve::config {
 
+bool same_placement(const Database& a, const Database& b) {
+  if (a.sharding != b.sharding || a.shards.size() != b.shards.size()) return false;
+  for (std::size_t i = 0; i < a.shards.size(); ++i) {
+    if (a.shards[i].name != b.shards[i].name) return false;
+  }
+  return true;
+}
+
 std::string Endpoint::to_string() const {
   // An IPv6 literal needs brackets, or its colons would be read as the port separator.
   if (host.find(':') != std::string::npos) return "[" + host + "]:" + std::to_string(port);

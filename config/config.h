@@ -86,6 +86,7 @@ enum class ShardKeyType { Auto, Bigint, Text, Uuid };
 struct BucketRange {
   int first = 0;
   int last = 0;  // inclusive
+  bool operator==(const BucketRange&) const = default;
 };
 
 struct Sharding {
@@ -96,6 +97,7 @@ struct Sharding {
   std::map<std::string, std::vector<BucketRange>> bucket_map;  // shard name -> ranges
   std::vector<std::string> tables;
   std::vector<std::string> reference_tables;
+  bool operator==(const Sharding&) const = default;
 };
 
 struct Database {
@@ -104,6 +106,10 @@ struct Database {
   std::vector<Shard> shards;
   std::optional<Sharding> sharding;  // absent = a single shard
 };
+
+// True when every statement of `a` and `b` would go to the same shard: the same shards, in the
+// same order, and the same sharding rules (hosts may differ).
+bool same_placement(const Database& a, const Database& b);
 
 enum class ReadsTo { Replicas, Primary, Any };
 enum class LoadBalance { LeastConnections, RoundRobin, Random };

@@ -402,6 +402,32 @@ std::uint64_t App::reconnect_below(const std::string& database) const {
   return below;
 }
 
+void App::leave_old_shard_maps(const config::Config& current, const config::ConfigPtr& next) {
+  const auto sharded = [](const config::Database& db) {
+    return db.sharding && db.shards.size() > 1;
+  };
+  for (const config::Database& db : next->databases) {
+    const config::Database* before = current.find_database(db.name);
+    if (!before || (!sharded(*before) && !sharded(db)) || config::same_placement(*before, db)) {
+      continue;
+    }
+    PGV_LOG(Warn, "shard_map_changed", {"database", db.name},
+            {"action",
+             "clients logged in before leave at their next transaction boundary (57P01); "
+             "requests not yet on a server are not run"});
+    for (auto& w : workers_) {
+      asio::post(w->context, [w = w.get(), name = db.name, next] {
+        std::vector<std::shared_ptr<ClientSession>> sessions;
+        w->for_each_session([&](ClientSession& s) {
+          if (s.serves_clients() && s.database() == name) sessions.push_back(s.shared_from_this());
+        });
+        for (const auto& s : sessions)
+          s->on_shard_map_changed(next);
+      });
+    }
+  }
+}
+
 asio::awaitable<int> App::kill(const std::string& database) {
   pause(database);
   reconnect(database);
@@ -633,6 +659,7 @@ bool App::reload() {
   server_tls_.store(server_tls);
   config_.store(next);
   set_log_level(next->log_level);
+  leave_old_shard_maps(*current, next);
   message_memory_.set_limit(next->limits.message_memory_bytes);
   for (auto& pool : pools())
     pool->update_settings(next->pool);

@@ -343,6 +343,17 @@ asio::awaitable<bool> ClientSession::start_session(const StartupParameters& star
     co_await send_fatal("57P01", "pgvalve: shutting down; connect again shortly");
     co_return false;
   }
+  // A reload since this login began may have changed where the database's keys live; from here
+  // to the session's start nothing waits, so a later reload reaches the session itself.
+  if (const auto now = app_.config(); now != config_) {
+    const config::Database* current = now->find_database(database_name_);
+    if (current && !config::same_placement(*current, *database_)) {
+      co_await send_fatal("57P01",
+                          "pgvalve: a reload changed this database's shards while you logged in; "
+                          "connect again");
+      co_return false;
+    }
+  }
   app_.add_client();
   counted_ = true;
   pools_ = app_.user_pools(*database_, user_name_);

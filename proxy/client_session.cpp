@@ -505,6 +505,14 @@ void ClientSession::on_drain() {
   carry_out(core_->on_drain(), Source::Event);
 }
 
+void ClientSession::on_shard_map_changed(const config::ConfigPtr& next) {
+  if (closed_ || !core_) return;
+  const config::Database* db = next->find_database(database_name_);
+  if (!db || config::same_placement(*db, *database_)) return;
+  const auto self = shared_from_this();
+  carry_out(core_->on_shard_map_changed(), Source::Event);
+}
+
 void ClientSession::on_kill(std::string_view message) {
   if (closed_ || !core_) return;
   const auto self = shared_from_this();

@@ -193,14 +193,14 @@ const Actions& Session::on_checkout_failed(std::string_view sqlstate, std::strin
     fail_requests(w.retry_request, sqlstate, message, out.outbox);
     enter(SessionState::Idle);
     out.resume_client = true;
-    if (drain_requested_) close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);
+    if (drain_requested_) close_with("57P01", drain_message(), out);
     return out;
   }
   w.change_rare().failure_sqlstate = std::string(sqlstate);
   w.change_rare().failure = std::string(message);
   enter_between_requests();
   out.resume_client = true;
-  if (drain_requested_) close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);
+  if (drain_requested_) close_with("57P01", drain_message(), out);
   return out;
 }
 
@@ -303,7 +303,7 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
       // Answered: the client is between requests again (its checkout or sync had failed).
       deliver_queued_notifications(out.outbox);
       if (drain_requested_ && !terminate) {
-        close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);
+        close_with("57P01", drain_message(), out);
       }
     }
     if (terminate) close_with({}, {}, out);
@@ -311,6 +311,11 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
   }
 
   Link* l = linked_link();
+  if (!l && shard_map_changed_) {
+    // Routed now, it would follow the map a reload replaced.
+    close_with("57P01", drain_message(), out);
+    return out;
+  }
   if (!l) {
     Flight flight{frames, &w.reply_scratch, &w.reply_spans, &out};
     if (answer_route_setting(frames, client_tx_status(), out) ||

@@ -809,7 +809,7 @@ void Session::finish_scatter(std::string& into, Actions& out) {
   work().pending_link = 0;
   enter(SessionState::Idle);
   out.resume_client = true;
-  if (drain_requested_) close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);
+  if (drain_requested_) close_with("57P01", drain_message(), out);
 }
 
 }  // namespace pgvalve::session

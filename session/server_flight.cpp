@@ -690,12 +690,12 @@ void Session::settle(Link& l, LinkId id, Actions& out) {
   // back.
   if ((!translate && id == 0) || pinned_) {
     enter(SessionState::Holding);
-    if (drain_requested_) close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);
+    if (drain_requested_) close_with("57P01", drain_message(), out);
     return;
   }
   unlink(id, LinkOp::Kind::Release, out);
   enter_between_requests();
-  if (drain_requested_) close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);
+  if (drain_requested_) close_with("57P01", drain_message(), out);
 }
 
 // pgvalve's own simple query on the link, answered to itself (`action` says how).

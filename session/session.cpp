@@ -704,6 +704,24 @@ const Actions& Session::on_client_gone() {
 
 const Actions& Session::on_drain() {
   Actions& out = event_actions();
+  drain(out);
+  return out;
+}
+
+const Actions& Session::on_shard_map_changed() {
+  Actions& out = event_actions();
+  shard_map_changed_ = true;
+  drain(out);
+  // A request waiting for its first server was routed by the old map and has run nowhere.
+  if (state_ == SessionState::WaitingForServer && work_ &&
+      std::none_of(work_->links.begin(), work_->links.end(),
+                   [](const Link& l) { return l.server != nullptr; })) {
+    close_with("57P01", drain_message(), out);
+  }
+  return out;
+}
+
+void Session::drain(Actions& out) {
   drain_requested_ = true;
   // Holding between requests: session mode, or a pinned client in transaction mode.
   const bool between_requests =
@@ -712,10 +730,14 @@ const Actions& Session::on_drain() {
        std::none_of(work_->links.begin(), work_->links.end(), [](const Link& l) {
          return l.server && (l.busy() || l.reserved || l.server->tx_status != 'I');
        }));
-  if (between_requests && !partial_) {
-    close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);
-  }
-  return out;
+  if (between_requests && !partial_) close_with("57P01", drain_message(), out);
+}
+
+std::string_view Session::drain_message() const {
+  return shard_map_changed_
+             ? "pgvalve: a reload changed this database's shards or how keys map to them; "
+               "reconnect to continue (a request not answered was not run)"
+             : "pgvalve: shutting down; reconnect to continue";
 }
 
 const Actions& Session::on_kill(std::string_view message) {
@@ -823,7 +845,7 @@ void Session::lose_link(Link& l, LinkId id, std::string_view message, LinkOp::Ki
     enter_between_requests();
   }
   if (drain_requested_ && state_ == SessionState::Idle) {
-    close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);
+    close_with("57P01", drain_message(), out);
   }
 }
 
@@ -964,7 +986,7 @@ const Actions& Session::on_hub_done(std::optional<std::string_view> error) {
   // Notifications that came while the hub answered; the client is between requests now.
   deliver_queued_notifications(reply);
   out.resume_client = true;
-  if (drain_requested_) close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);
+  if (drain_requested_) close_with("57P01", drain_message(), out);
   return out;
 }
 

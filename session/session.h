@@ -173,6 +173,10 @@ class Session {
   const Actions& on_client_gone();
   // Shutdown: leave at the next transaction boundary (now, when between transactions).
   const Actions& on_drain();
+  // A reload changed where the database's keys live (its shards or how keys map to them): the
+  // session routes by the old map, so it leaves at the next transaction boundary, and a request
+  // that has not reached any server is not run — now, or when it would be routed.
+  const Actions& on_shard_map_changed();
   // An operator disconnects the client (KILL, KILL_CLIENT): it is told `message` (57P01) and
   // its servers are given back or closed as when a client leaves mid-transaction.
   const Actions& on_kill(std::string_view message);
@@ -467,6 +471,10 @@ class Session {
   void append_error(std::string& out, std::string_view sqlstate, std::string_view message,
                     std::string_view hint = {}, bool fatal = false);
   void close_with(std::string_view sqlstate, std::string_view message, Actions& out);
+  // Leaves at the next transaction boundary (now, when between transactions).
+  void drain(Actions& out);
+  // What a drained client is told as it is closed (57P01).
+  std::string_view drain_message() const;
   // A request among the client's COPY data: the server would take it as the end of the COPY
   // and never answer it, so pgvalve could no longer match answers to requests.
   void refuse_request_during_copy(Actions& out);
@@ -520,6 +528,7 @@ class Session {
   std::size_t statement_bytes_ = 0;
   bool logged_in_ = false;
   bool drain_requested_ = false;
+  bool shard_map_changed_ = false;  // drained because of it: nothing more is routed
   bool pinned_ = false;
   // The server died while this client had a transaction open: its next requests get an error
   // until the next Sync / Query.

@@ -648,7 +648,7 @@ void Session::finish_shard_transaction(std::string& into, Actions& out) {
   work().pending_link = 0;
   enter(SessionState::Idle);
   out.resume_client = true;
-  if (drain_requested_) close_with("57P01", "pgvalve: shutting down; reconnect to continue", out);
+  if (drain_requested_) close_with("57P01", drain_message(), out);
 }
 
 // A part's server is lost (or silent past its deadline) while the transaction spans shards,

@@ -1235,7 +1235,11 @@ class Harness {
           client_gone(in);
           break;
         case 12:
-          step(session_.on_drain(), Source::Event, {}, in);
+          if (in.byte() & 1) {
+            step(session_.on_drain(), Source::Event, {}, in);
+          } else {
+            step(session_.on_shard_map_changed(), Source::Event, {}, in);
+          }
           break;
         case 13:
           if (in.byte() % 4 == 0) {

@@ -599,3 +599,52 @@ def test_listeners_hear_notifications_from_every_shard(shards, pgvalve):
         for c in shards:
             c.primary.psql("DROP TRIGGER announce ON telemetry; DROP FUNCTION announce()",
                            dbname=APP_DB)
+
+
+def test_a_reload_that_moves_buckets_leaves_no_client_on_the_old_map(shards, pgvalve):
+    # The runbook of sharding.md: PAUSE, move the rows, RELOAD the new bucket_map, RESUME. A
+    # client connected before the reload must not write by the old map afterwards.
+    from itutil import APP_AND_OPS, OPS_PASSWORD, OPS_USER
+    clear(shards)
+    conf = config(shards, hash_="xxh3", key_type="auto", buckets=64,
+                  bucket_map={"s0": "0-63", "s1": []})
+    pv = pgvalve(users=APP_AND_OPS, **conf)
+    admin = psycopg.connect(pv.dsn(user=OPS_USER, password=OPS_PASSWORD, dbname="pgvalve"),
+                            autocommit=True, prepare_threshold=None)
+    idle, in_tx, waiting = pv.connect(), pv.connect(), pv.connect()
+    idle.execute("INSERT INTO telemetry (device_id, value) VALUES (1, 0)")
+    in_tx.autocommit = False
+    in_tx.execute("INSERT INTO telemetry (device_id, value) VALUES (2, 0)")  # open on s0
+    paused = threading.Thread(target=admin.execute, args=(f"PAUSE {APP_DB}",))
+    paused.start()
+    in_tx.commit()  # PAUSE returns once no transaction holds a server
+    paused.join(10)
+    assert not paused.is_alive()
+    outcome = {}
+
+    def insert_while_paused():
+        try:
+            waiting.execute("INSERT INTO telemetry (device_id, value) VALUES (3, 0)")
+            outcome["waiting"] = "ran"
+        except psycopg.OperationalError as e:  # FATAL, then closed: psycopg keeps the text
+            outcome["waiting"] = str(e)
+    t = threading.Thread(target=insert_while_paused)
+    t.start()
+    time.sleep(0.3)  # its request waits for the pause, routed by the old map
+    pv.config["databases"][APP_DB]["sharding"]["bucket_map"] = {"s0": [], "s1": "0-63"}
+    pv.reload(pv.config)
+    wait_until(lambda: "event=shard_map_changed" in pv.log_text(), 5, message="reload seen")
+    t.join(10)
+    # Not run: refused, never written to s0.
+    assert "a reload changed this database's shards" in outcome["waiting"]
+    admin.execute(f"RESUME {APP_DB}")
+    for conn in (idle, in_tx):
+        with pytest.raises(psycopg.OperationalError, match="a reload changed this database's"):
+            conn.execute("INSERT INTO telemetry (device_id, value) VALUES (4, 0)")
+            conn.commit()
+    with pv.connect() as fresh:
+        fresh.execute("INSERT INTO telemetry (device_id, value) VALUES (5, 0)")
+    for conn in (idle, in_tx, waiting, admin):
+        conn.close()
+    assert sorted(rows_on(shards[0])) == [1, 2]
+    assert rows_on(shards[1]) == [5]

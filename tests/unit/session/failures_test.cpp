@@ -392,6 +392,56 @@ TEST(SessionFailures, DrainWithAPartialMessageWaitsForIt) {
   EXPECT_TRUE(s.close_client);
 }
 
+// ---- A reload changed the shard map -------------------------------------------------------
+
+TEST(SessionFailures, ShardMapChangeWhenIdleClosesAtOnce) {
+  SessionHarness h;
+  Step s = h.shard_map_changed();
+  EXPECT_TRUE(s.close_client);
+  const auto errors = errors_in(s.to_client);
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0].sqlstate, "57P01");
+  EXPECT_EQ(errors[0].severity, "FATAL");
+  EXPECT_NE(errors[0].message.find("a reload changed this database's shards"), std::string::npos);
+}
+
+TEST(SessionFailures, ShardMapChangeDropsARequestStillWaitingForItsServer) {
+  SessionHarness h;
+  h.client(query("insert into t values (1)"));
+  ASSERT_EQ(h.session().state(), SessionState::WaitingForServer);
+  // Unlike a shutdown's drain, which serves it: it was routed by the old map.
+  Step s = h.shard_map_changed();
+  EXPECT_TRUE(s.close_client);
+  EXPECT_EQ(sqlstates_in(s.to_client), "57P01");
+  EXPECT_TRUE(s.ops.empty());
+}
+
+TEST(SessionFailures, ShardMapChangeInATransactionClosesAtItsEnd) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(query("begin"), *server);
+  h.answer(command_result("BEGIN", 'T'));
+  Step s = h.shard_map_changed();
+  EXPECT_FALSE(s.close_client);
+  EXPECT_TRUE(s.to_client.empty());
+  h.client(query("commit"));
+  s = h.server(command_result("COMMIT"));
+  EXPECT_TRUE(s.close_client);
+  EXPECT_EQ(tags_of(s.to_client), "CZE");
+  EXPECT_EQ(sqlstates_in(s.to_client), "57P01");
+}
+
+TEST(SessionFailures, ShardMapChangeRefusesARequestWhoseLastBytesCameAfterIt) {
+  SessionHarness h;
+  const std::string q = query("insert into t values (1)");
+  h.client(q.substr(0, 6));
+  EXPECT_FALSE(h.shard_map_changed().close_client);
+  Step s = h.client(q);
+  EXPECT_TRUE(s.close_client);
+  EXPECT_EQ(sqlstates_in(s.to_client), "57P01");
+  EXPECT_FALSE(s.check_out);
+}
+
 // ---- An operator's KILL --------------------------------------------------------------------
 
 TEST(SessionFailures, KillWhenIdleClosesAtOnceWithTheMessage) {

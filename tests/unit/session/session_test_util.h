@@ -476,6 +476,7 @@ class SessionHarness {
   Step timer(Clock::time_point now) { return track(session_.on_timer(now)); }
   Step gone() { return track(session_.on_client_gone()); }
   Step drain() { return track(session_.on_drain()); }
+  Step shard_map_changed() { return track(session_.on_shard_map_changed()); }
   Step kill(std::string_view message = "pgvalve: disconnected by an administrator") {
     return track(session_.on_kill(message));
   }
