@@ -268,11 +268,15 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
       if (l.in_flight > 0) --l.in_flight;
       break;
     case 'S':
-      // Reported settings follow the server; before the login reply the client learns them
-      // from it, afterwards as they come.
+      // Reported settings follow the server. The client hears of its session's settings from
+      // report_settings() before its ReadyForQuery; other values (is_superuser, in_hot_standby)
+      // are the server's and pass as they come.
       if (auto ps = pr::read_parameter_status(f)) {
         l.server->settings.set(ps->name, ps->value, true);
-        if (is_synced_setting(ps->name)) client_settings_.set(ps->name, ps->value, true);
+        if (is_synced_setting(ps->name)) {
+          client_settings_.set(ps->name, ps->value, true);
+          return passed;
+        }
       }
       if (logged_in_) pass();
       return passed;
@@ -338,7 +342,17 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
         record_execution(l, head, head.failed);
       }
       l.rows = 0;
-      if (!head.swallow && !head.internal) pass();
+      if (!head.swallow && !head.internal) {
+        if (f.tag == 'Z') {
+          // What the request did to settings is settled first (complete_front would, after
+          // the ReadyForQuery), so that the client hears of it before.
+          end_request(l, head, l.server->tx_status);
+          const std::size_t from = l.scratch.size();
+          report_settings(l.scratch);
+          if (l.scratch.size() > from) l.spans.push_back({true, from, l.scratch.size() - from});
+        }
+        pass();
+      }
       complete_front(l, f.tag, out);
       return passed;
     case pr::ResponseMatch::Error:

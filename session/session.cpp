@@ -420,6 +420,25 @@ void Session::append_login_reply(std::string& out) {
   pr::append_backend_key_data(out, key_);
   pr::append_ready_for_query(out, 'I');
   logged_in_ = true;
+  told_ = client_settings_.share();
+}
+
+// PostgreSQL reports a changed setting just before ReadyForQuery; so does pgvalve, for the
+// client's session. The server's own ParameterStatus messages are not passed on: after a RESET
+// they tell the pool's defaults, not the client's startup values, and during pgvalve's syncs
+// values the client never changed.
+void Session::report_settings(std::string& out) {
+  auto now = client_settings_.share();
+  if (now == told_) return;
+  for (const auto& [name, fallback] : *defaults_) {
+    if (!is_synced_setting(name)) continue;
+    const Setting* before = Settings::find_in(told_.get(), name);
+    const Setting* after = Settings::find_in(now.get(), name);
+    const std::string_view was = before ? std::string_view(before->value) : fallback;
+    const std::string_view is = after ? std::string_view(after->value) : fallback;
+    if (was != is) pr::append_parameter_status(out, name, is);
+  }
+  told_ = std::move(now);
 }
 
 const Actions& Session::start(const std::vector<std::pair<std::string, std::string>>& startup,
@@ -524,20 +543,25 @@ void Session::finish_sync(Link& l, bool ok, Actions& out) {
     return;
   }
   // PostgreSQL may hold a normalised form of what the client asked for ("ISO" is "ISO, MDY")
-  // and reports nothing when that equals what it had: the client learns the server's value.
-  std::size_t reports_from = l.scratch.size();
+  // and reports nothing when that equals what it had: the client's session has the server's
+  // value (and hears of it before its request's ReadyForQuery). At login that form is also
+  // what RESET returns to, as on a server of the client's own.
+  std::optional<Settings> startup;
   for (const auto& [name, value] : l.server->startup_parameters) {
     if (!is_synced_setting(name)) continue;
     const Setting* have = l.server->settings.find(name);
-    const Setting* mine = client_settings_.find(name);
-    if (have && mine && mine->value != have->value) {
-      client_settings_.set(name, have->value, true);
-      if (!login) pr::append_parameter_status(l.scratch, name, have->value);
+    if (!have) continue;
+    if (login && startup_settings_) {
+      const Setting* given = startup_settings_->find(name);
+      if (given && given->value != have->value) {
+        if (!startup) startup = *startup_settings_;
+        startup->set(name, have->value, true);
+      }
     }
+    const Setting* mine = client_settings_.find(name);
+    if (mine && mine->value != have->value) client_settings_.set(name, have->value, true);
   }
-  if (l.scratch.size() > reports_from) {
-    l.spans.push_back({true, reports_from, l.scratch.size() - reports_from});
-  }
+  if (startup) startup_settings_ = workspaces_->share(std::move(*startup));
   apply_sync(l.sync_plan, client_settings_, *l.server, settings_fingerprint());
   if (l.scatter_shard >= 0) return;  // its part of the read follows
   if (login) {

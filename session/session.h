@@ -256,6 +256,8 @@ class Session {
   // ---- login and settings ----
   void absorb_startup(const std::vector<std::pair<std::string, std::string>>& startup);
   void append_login_reply(std::string& out);
+  // ParameterStatus for each reported setting the client's session changed since it was told.
+  void report_settings(std::string& out);
   // `own_changes`: the server has been this client's since its last sync (session mode, or
   // pinned), so what the client changed in ways pgvalve cannot follow is the client's own.
   bool settings_match(const ServerState& server, bool own_changes = false) const;
@@ -521,6 +523,8 @@ class Session {
 
   // Durable per-client state (kept while idle).
   Settings client_settings_;  // where they differ from the pool's server defaults
+  // client_settings_ as the client last heard of them (ParameterStatus), shared with it.
+  std::shared_ptr<const std::vector<Setting>> told_;
   std::shared_ptr<const Settings> startup_settings_;  // what RESET returns a setting to
   std::shared_ptr<const ServerParameters> defaults_;
   protocol::BackendKeyData key_;

@@ -52,7 +52,12 @@ std::vector<Setting>& Settings::own() {
 }
 
 const Setting* Settings::find(std::string_view name) const {
-  for (const auto& s : all()) {
+  return find_in(items_.get(), name);
+}
+
+const Setting* Settings::find_in(const std::vector<Setting>* items, std::string_view name) {
+  if (!items) return nullptr;
+  for (const auto& s : *items) {
     if (iequals(s.name, name)) return &s;
   }
   return nullptr;

@@ -42,6 +42,9 @@ std::string lower(std::string_view s);
 class Settings {
  public:
   const Setting* find(std::string_view name) const;
+  // The items as they are now (null: none), shared: nothing is copied until this list changes.
+  std::shared_ptr<const std::vector<Setting>> share() const { return items_; }
+  static const Setting* find_in(const std::vector<Setting>* items, std::string_view name);
   // Sets `value`; returns true when it changed.
   bool set(std::string_view name, std::string_view value, bool reported,
            SettingForm form = SettingForm::Literal);

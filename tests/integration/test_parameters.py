@@ -200,3 +200,26 @@ def test_search_path_set(pv, cluster):
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize("reset", ["reset all", "reset client_encoding", "discard all",
+                                   "set client_encoding to default"])
+def test_reset_leaves_a_latin1_client_writing_latin1(pv, cluster, reset):
+    # psycopg encodes each statement in the client_encoding it was last told (ParameterStatus).
+    # A RESET returns the client's session to its startup LATIN1, which PostgreSQL does not
+    # report; the pool's server goes back to UTF8 meanwhile, and telling the client that made
+    # it store 'café' as 'cafÃ©'.
+    cluster.primary.psql("create table if not exists enc (src text, t text); "
+                         "alter table enc owner to app; truncate enc", dbname=APP_DB)
+    for src, dsn in (("direct", cluster.primary.tcp_dsn() + "&client_encoding=LATIN1"),
+                     ("pgvalve", pv.dsn(client_encoding="LATIN1"))):
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute(reset)
+            assert c.pgconn.parameter_status(b"client_encoding") == b"LATIN1", src
+            c.execute("insert into enc values (%s, 'café')", (src,))
+            c.execute("insert into enc values (%s, %s)", (src, "naïve"))
+            assert [r[0] for r in c.execute("select t from enc where src = %s order by t",
+                                            (src,))] == ["café", "naïve"]
+    stored = cluster.primary.sql("select src, t from enc order by src, t", dbname=APP_DB)
+    assert stored == [("direct", "café"), ("direct", "naïve"),
+                      ("pgvalve", "café"), ("pgvalve", "naïve")]

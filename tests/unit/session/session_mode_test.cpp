@@ -117,13 +117,24 @@ TEST_F(SessionMode, DiscardAllReturnsToTheStartupValues) {
 }
 
 TEST_F(SessionMode, ResetOfAReportedSettingComesBackToTheStartupValue) {
-  auto h = start({{"DateStyle", "German"}});
-  request(*h, "RESET DateStyle",
-          complete("RESET") + parameter_status("DateStyle", "ISO, MDY") + ready());
-  Step s = h->client(query("select now()"));
-  EXPECT_EQ(queries_in(s.to_server), std::vector<std::string>{"SET \"datestyle\" TO 'German';"});
+  auto h = std::make_unique<SessionHarness>(
+      SessionHarness::session_mode(),
+      std::vector<std::pair<std::string, std::string>>{{"DateStyle", "German"}}, server.get());
+  // The login's sync, answered as PostgreSQL does: with the value in its normal form.
+  Step login = h->server(complete("SET") + parameter_status("DateStyle", "German, DMY") + ready());
+  EXPECT_NE(login.to_client.find(std::string("DateStyle") + '\0' + "German, DMY"),
+            std::string::npos);
+  h->client(query("RESET DateStyle"));
+  // The server went back to the pool's value; the client's session to its own, which it has.
+  Step s = h->server(complete("RESET") + parameter_status("DateStyle", "ISO, MDY") + ready());
+  EXPECT_EQ(tags_of(s.to_client), "CZ");
+  s = h->client(query("select now()"));
+  EXPECT_EQ(queries_in(s.to_server),
+            std::vector<std::string>{"SET \"datestyle\" TO 'German, DMY';"});
   s = h->server(complete("SET") + parameter_status("DateStyle", "German, DMY") + ready());
-  EXPECT_EQ(tags_of(s.to_client), "S");
+  EXPECT_EQ(tags_of(s.to_client), "");
+  s = h->server(row_result("x", "SELECT 1"));
+  EXPECT_EQ(tags_of(s.to_client), "TDCZ");
 }
 
 TEST_F(SessionMode, ResetWithoutStartupValueNeedsNoSync) {

@@ -444,12 +444,13 @@ TEST(SessionSettings, ClientSettingsAreSyncedBeforeItsRequestOnAnotherServer) {
   s = h.client(q);
   EXPECT_EQ(s.consumed, 0u);
   EXPECT_TRUE(s.to_server.empty());
-  // The sync's answers are pgvalve's own, except the ParameterStatus the client should see.
+  // The sync's answers are pgvalve's own, its ParameterStatus too: the client's TimeZone is
+  // what it was told when it set it.
   s = h.server(complete("SET") + complete("SET") + complete("SET") + row_description() +
                data_row({"app, public"}) + complete("SELECT 1") +
                parameter_status("TimeZone", "Europe/Paris") + complete("SET") + complete("RESET") +
                ready());
-  EXPECT_EQ(tags_of(s.to_client), "S");
+  EXPECT_EQ(tags_of(s.to_client), "");
   EXPECT_TRUE(s.resume_client);
   EXPECT_TRUE(s.ops.empty());
   s = h.client(q);
@@ -697,6 +698,51 @@ TEST(SessionSettings, CapRefusalInsideATransactionFailsItOnTheServer) {
   ASSERT_EQ(p.size(), 1u);
   EXPECT_NE(p[0].second.find("ERRCODE = '54000'"), std::string::npos);
   EXPECT_EQ(tags_of(sent), "PBES");
+}
+
+// ---- What the client is told (ParameterStatus) ----------------------------------------------
+
+// psycopg encodes the next statement in the client_encoding it was last told: a RESET that
+// reported the pool's UTF8 to a LATIN1 client made it send UTF-8 to a server it then set to
+// LATIN1 again, storing 'cafÃ©'.
+TEST(SessionSettings, ResetAllTellsTheClientNothingWhenItsSessionIsBackAtItsStartupValues) {
+  auto server = SessionHarness::fresh_server();
+  SessionHarness h({}, {{"client_encoding", "LATIN1"}});
+  h.sync_answer = complete("SET") + parameter_status("client_encoding", "LATIN1") + ready();
+  h.send(query("RESET ALL"), *server);
+  Step s = h.server(complete("RESET") + parameter_status("client_encoding", "UTF8") + ready());
+  EXPECT_EQ(tags_of(s.to_client), "CZ");
+}
+
+TEST(SessionSettings, ResetTellsTheClientItsStartupValueBeforeReadyForQuery) {
+  auto server = SessionHarness::fresh_server();
+  SessionHarness h({}, {{"client_encoding", "LATIN1"}});
+  h.sync_answer = complete("SET") + parameter_status("client_encoding", "LATIN1") + ready();
+  h.send(query("SET client_encoding = 'WIN1252'"), *server);
+  Step s = h.server(complete("SET") + parameter_status("client_encoding", "WIN1252") + ready());
+  EXPECT_EQ(tags_of(s.to_client), "CSZ");
+  h.send(query("RESET client_encoding"), *server);
+  s = h.server(complete("RESET") + parameter_status("client_encoding", "UTF8") + ready());
+  EXPECT_EQ(tags_of(s.to_client), "CSZ");
+  EXPECT_NE(messages_of(s.to_client)[1].body.find("LATIN1"), std::string::npos);
+}
+
+TEST(SessionSettings, InsideATransactionTheClientIsToldWhatTheServerUses) {
+  // The server's session runs the rest of the transaction with the pool's value; the client
+  // encodes for it until the transaction ends and its own value is back.
+  auto server = SessionHarness::fresh_server();
+  SessionHarness h({}, {{"client_encoding", "LATIN1"}});
+  h.sync_answer = complete("SET") + parameter_status("client_encoding", "LATIN1") + ready();
+  h.send(query("BEGIN"), *server);
+  h.answer(command_result("BEGIN", 'T'));
+  h.client(query("RESET ALL"));
+  Step s = h.server(complete("RESET") + parameter_status("client_encoding", "UTF8") + ready('T'));
+  EXPECT_EQ(tags_of(s.to_client), "CSZ");
+  EXPECT_NE(messages_of(s.to_client)[1].body.find("UTF8"), std::string::npos);
+  h.client(query("COMMIT"));
+  s = h.server(command_result("COMMIT"));
+  EXPECT_EQ(tags_of(s.to_client), "CSZ");
+  EXPECT_NE(messages_of(s.to_client)[1].body.find("LATIN1"), std::string::npos);
 }
 
 }  // namespace
