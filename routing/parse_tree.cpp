@@ -7,6 +7,7 @@
 namespace pgvalve::routing {
 
 std::optional<Json> parse_tree(std::string_view sql) {
+  if (sql.size() > kMaxParsedStatementBytes) return std::nullopt;
   const std::string text(sql);
   PgQueryParseResult result = pg_query_parse(text.c_str());
   struct Free {

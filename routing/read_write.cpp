@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "routing/parse_tree.h"
 #include "routing/read_only_functions.h"
 
 namespace pgvalve::routing {
@@ -387,6 +388,11 @@ StatementAccess decide_access(std::string_view sql,
   // libpg_query reads a C string: text after a NUL would go unseen (the protocol forbids NUL).
   if (sql.find('\0') != std::string_view::npos) {
     out.set_detail("NUL byte in the statement");
+    return out;
+  }
+  if (sql.size() > kMaxParsedStatementBytes) {
+    out.set_detail("longer than " + std::to_string(kMaxParsedStatementBytes / 1024) +
+                   " KiB, not parsed");
     return out;
   }
   const std::string text(sql);

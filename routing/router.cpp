@@ -1,6 +1,7 @@
 #include "routing/router.h"
 
 #include "routing/fingerprint.h"
+#include "routing/parse_tree.h"
 #include "routing/sql_lexer.h"
 #include "routing/statement.h"
 
@@ -192,6 +193,17 @@ Route Router::route_sharded(std::string_view sql, const RouteContext& context) c
   const std::uint64_t fp = context.fingerprint ? context.fingerprint : fingerprint(sql);
   const bool read = replica_eligible(sql, fp);
   const ShardPlan plan = shard_plan(sql, fp);
+  if (plan.key == ShardPlan::Key::TooLong) {
+    return Route::refuse(
+        "54000",
+        "pgvalve: this statement is longer than " +
+            std::to_string(kMaxParsedStatementBytes / 1024) +
+            " KiB, and pgvalve reads only shorter ones to find their shard; send fewer rows per "
+            "statement (COPY ... FROM STDIN for many), or name the shard",
+        "a hint /* pgvalve: " + sharding.key +
+            "=<value> */ or /* pgvalve: shard=<name> */ "
+            "runs it on one shard without reading it");
+  }
   // The rows of an INSERT into a sharded table belong to their keys' shards: run everywhere,
   // each shard would get every row.
   auto insert = [&] { return !read && classify(sql).kind == StatementKind::Insert; };
@@ -272,7 +284,8 @@ Route Router::route_sharded(std::string_view sql, const RouteContext& context) c
                            "send them one at a time so each goes to its shard",
                            hint_text);
     case ShardPlan::Key::Unparsed:
-      return any(hint);  // PostgreSQL says what is wrong
+      return any(hint);            // PostgreSQL says what is wrong
+    case ShardPlan::Key::TooLong:  // refused above
     default:
       break;
   }

@@ -33,6 +33,10 @@ class Analyzer {
   std::vector<int> key_locations;  // offsets of key values, in statement order
 
   void run(std::string_view sql) {
+    if (sql.size() > kMaxParsedStatementBytes) {
+      plan.key = ShardPlan::Key::TooLong;
+      return;
+    }
     const std::optional<Json> parsed = parse_tree(sql);
     if (!parsed) {
       plan.key = ShardPlan::Key::Unparsed;

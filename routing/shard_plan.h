@@ -53,6 +53,7 @@ struct ShardPlan {
     Multiple,      // several statements in one string
     CopyFrom,      // COPY ... FROM: the keys are in the rows of its data (copy_rows.h)
     Unparsed,      // not valid SQL: PostgreSQL will say so, any shard can
+    TooLong,       // longer than kMaxParsedStatementBytes: not parsed, so not placed
   };
   Tables tables = Tables::None;
   Key key = Key::None;

@@ -193,9 +193,10 @@ class QueryStats {
                            std::size_t max_fingerprints);
 
   // The text shown for a statement: libpg_query's normalisation, or pgvalve's own when the
-  // statement does not parse; at most kMaxTextBytes.
+  // statement does not parse or is longer than kMaxParsedTextBytes; at most kMaxTextBytes.
   static std::string normalized_text(std::string_view sql);
   static constexpr std::size_t kMaxTextBytes = 2048;
+  static constexpr std::size_t kMaxParsedTextBytes = 8192;
   // Cuts `text` to at most kMaxTextBytes on a UTF-8 boundary, "..." marking the cut.
   static void cut_to_max(std::string& text);
 

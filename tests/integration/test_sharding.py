@@ -648,3 +648,16 @@ def test_a_reload_that_moves_buckets_leaves_no_client_on_the_old_map(shards, pgv
         conn.close()
     assert sorted(rows_on(shards[0])) == [1, 2]
     assert rows_on(shards[1]) == [5]
+
+
+def test_a_statement_too_long_to_parse_is_refused_unless_a_hint_places_it(shards, pgvalve):
+    clear(shards)
+    pv = pgvalve(**config(shards))
+    rows = ", ".join(f"(1, {i})" for i in range(30_000))  # about 300 KiB
+    sql = f"INSERT INTO telemetry (device_id, value) VALUES {rows}"
+    with pv.connect() as conn:
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded, match="longer than 256 KiB"):
+            conn.execute(sql, prepare=False)
+        conn.execute("/* pgvalve: device_id=1 */ " + sql, prepare=False)
+    assert len(rows_on(shards[md5_mod(1)])) == 30_000
+    assert rows_on(shards[1 - md5_mod(1)]) == []

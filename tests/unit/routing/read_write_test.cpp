@@ -8,6 +8,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "routing/parse_tree.h"
 #include "routing/read_only_functions.h"
 
 namespace pgvalve::routing {
@@ -113,6 +114,16 @@ const std::vector<Case> kJoinsAndSubqueries = {
     {"(select 1) union (select 2) order by 1", R::Read},
     {"select * from (values (1), (2)) v(a)", R::Read},
 };
+
+TEST(DecideAccess, AStatementTooLongToParseIsAWrite) {
+  std::string sql = "SELECT * FROM t WHERE id IN (1";
+  while (sql.size() <= kMaxParsedStatementBytes)
+    sql += ",1";
+  sql += ")";
+  const StatementAccess access = decide_access(sql, {});
+  EXPECT_FALSE(access.parsed);
+  EXPECT_FALSE(access.read);
+}
 
 TEST(DecideAccess, JoinsAndSubqueries) {
   check(kJoinsAndSubqueries);
@@ -733,8 +744,9 @@ TEST(DecideAccessRobustness, DeepNesting) {
 
 TEST(DecideAccessRobustness, HugeStatements) {
   std::string wide = "select 1";
-  for (int i = 0; i < 100000; ++i)
+  for (int i = 0; i < 80000; ++i)
     wide += ", 1";
+  ASSERT_LE(wide.size(), kMaxParsedStatementBytes);
   EXPECT_TRUE(decide_access(wide, kConfig).read);
   wide += ", nextval('s')";
   EXPECT_FALSE(decide_access(wide, kConfig).read);
@@ -744,8 +756,9 @@ TEST(DecideAccessRobustness, HugeStatements) {
     many += "; select 1";
   EXPECT_EQ(decide_access(many, kConfig).reason, R::MultipleStatements);
 
+  // Longer than pgvalve parses: the primary takes it.
   const std::string long_literal = "select '" + std::string(1 << 20, 'x') + "'";
-  EXPECT_TRUE(decide_access(long_literal, kConfig).read);
+  EXPECT_FALSE(decide_access(long_literal, kConfig).read);
 }
 
 TEST(DecideAccessRobustness, Garbage) {

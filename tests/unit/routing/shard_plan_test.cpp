@@ -13,6 +13,7 @@
 
 #include "routing/decision_cache.h"
 #include "routing/fingerprint.h"
+#include "routing/parse_tree.h"
 #include "routing/router.h"
 #include "routing/shard_map.h"
 
@@ -95,6 +96,8 @@ std::string key_name(Key k) {
       return "CopyFrom";
     case Key::Unparsed:
       return "Unparsed";
+    case Key::TooLong:
+      return "TooLong";
   }
   return "?";
 }
@@ -1225,6 +1228,18 @@ class ShardRouterTest : public ::testing::Test {
     EXPECT_FALSE(r.refusal->message.empty());
   }
 };
+
+TEST_F(ShardRouterTest, AStatementTooLongToParseIsRefusedUnlessAHintPlacesIt) {
+  // Parsing it would take about a hundred times its size; guessing a shard would misplace rows.
+  std::string sql = "INSERT INTO telemetry (device_id, v) VALUES (1, 1)";
+  while (sql.size() <= kMaxParsedStatementBytes)
+    sql += ", (1, 1)";
+  expect_refused(route(sql), "54000", "long insert");
+  EXPECT_NE(route(sql).refusal->hint.find("device_id=<value>"), std::string::npos);
+  const Route hinted = route("/* pgvalve: device_id=1 */ " + sql);
+  EXPECT_EQ(hinted.kind, Kind::Primary);
+  EXPECT_EQ(hinted.shard, shard("1"));
+}
 
 TEST_F(ShardRouterTest, AStatementWithAKeyGoesToItsShard) {
   for (const char* v : {"42", "7", "-3", "abc"}) {

@@ -207,6 +207,17 @@ TEST(QueryStats, TextOfAStatementThatDoesNotParseIsStillNormalised) {
             QueryStats::kMaxTextBytes + 3);
 }
 
+TEST(QueryStats, TextOfALongStatementIsTheLexersFormOfItsStart) {
+  // 200,000 constants in 0.4 MiB: PostgreSQL's normaliser would take 1.6 GiB for it.
+  std::string sql = "select 'secret'";
+  while (sql.size() < 400000)
+    sql += ",1";
+  const std::string text = QueryStats::normalized_text(sql);
+  EXPECT_LE(text.size(), QueryStats::kMaxTextBytes + 3);
+  EXPECT_EQ(text.rfind("select $?", 0), 0u) << text.substr(0, 40);
+  EXPECT_EQ(text.find("secret"), std::string::npos);
+}
+
 TEST(QueryStats, RowsOfCommandTags) {
   EXPECT_EQ(rows_of_tag("SELECT 5"), 5u);
   EXPECT_EQ(rows_of_tag("INSERT 0 12"), 12u);
