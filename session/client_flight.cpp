@@ -869,7 +869,12 @@ bool Session::answer_parse_locally(Flight& flight, Actions& out) {
       if (!parse || parse->statement.empty()) return false;
       std::vector<Note> ignored;
       if (!review(parse->query, false, ignored).refusal.empty()) return false;
-      if (!statements_ || !statements_->find(parse->statement)) ++new_statements;
+      const pr::PreparedStatement* known =
+          statements_ ? statements_->find(parse->statement) : nullptr;
+      if (known && (known->query != parse->query || known->param_types != parse->param_types)) {
+        return false;  // the server path says it exists (42P05)
+      }
+      if (!known) ++new_statements;
       new_bytes += parse->query.size() + parse->param_types.size();
     } else if (f.tag != 'S' && f.tag != 'H' && f.tag != 'd' && f.tag != 'c' && f.tag != 'f') {
       return false;
@@ -1218,7 +1223,9 @@ void Session::raise_on_server(std::string_view sqlstate, std::string_view messag
   if (!extended) {
     pr::append_query(*flight.scratch, statement);
     mark_scratch(flight, from);
-    l.pending.push({Kind::ReadyForQuery});
+    pr::PendingResponse rfq{Kind::ReadyForQuery};
+    rfq.action = kActionRaised;
+    l.pending.push(rfq);
     return;
   }
   pr::append_parse_raw(*flight.scratch, "", statement, {});
@@ -1227,7 +1234,9 @@ void Session::raise_on_server(std::string_view sqlstate, std::string_view messag
   mark_scratch(flight, from);
   l.pending.push({Kind::ParseComplete, true});
   l.pending.push({Kind::BindComplete, true});
-  l.pending.push({Kind::Execute});
+  pr::PendingResponse execute{Kind::Execute};
+  execute.action = kActionRaised;
+  l.pending.push(execute);
   flight.drop_until_sync = true;
 }
 
@@ -1405,7 +1414,20 @@ void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight
     l.pending.push({Kind::ParseComplete});
     return;
   }
-  const bool known = statements_ && statements_->find(parse->statement);
+  const pr::PreparedStatement* existing =
+      statements_ ? statements_->find(parse->statement) : nullptr;
+  if (existing &&
+      (existing->query != parse->query || existing->param_types != parse->param_types)) {
+    // As PostgreSQL says. The same text again passes: after an error skipped its first Parse,
+    // the server forgot it, pgvalve did not, and the driver prepares it again.
+    raise_on_server("42P05",
+                    "pgvalve: prepared statement \"" + std::string(parse->statement) +
+                        "\" already exists; close it (Close or DEALLOCATE) before preparing "
+                        "another statement under its name",
+                    true, l, flight);
+    return;
+  }
+  const bool known = existing != nullptr;
   if (!known && prepared_statement_count() >= kMaxClientStatements) {
     raise_on_server("53400",
                     "pgvalve: a client may have at most " + std::to_string(kMaxClientStatements) +

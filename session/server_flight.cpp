@@ -321,6 +321,10 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
         if (head.action == kActionWalPosition && f.tag == 'D') read_wal_position(l, f);
         return passed;
       }
+      if (head.action == kActionRaised && f.tag == 'E') {
+        pass_raised_error(l, f);
+        return passed;
+      }
       if (head.action == kActionEmptyAsTag && f.tag == 'I') {
         const std::size_t from = l.scratch.size();
         pr::append_command_complete(l.scratch, l.tags[head.note]);
@@ -356,7 +360,11 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
       complete_front(l, f.tag, out);
       return passed;
     case pr::ResponseMatch::Error:
-      if (!head.internal) pass();
+      if (head.action == kActionRaised) {
+        pass_raised_error(l, f);
+      } else if (!head.internal) {
+        pass();
+      }
       if (recorder_) note_answer(l, f);  // its SQLSTATE class, for the counted request it ends
       // An extended-protocol message failed (a Query's error is Intermediate): the server
       // ignores every message up to the next Sync, a simple Query or a function call among them
@@ -390,6 +398,14 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
       return passed;
   }
   return passed;
+}
+
+void Session::pass_raised_error(Link& l, const pr::Frame& f) {
+  const auto e = pr::read_error_response(f);
+  if (!e) return;
+  const std::size_t from = l.scratch.size();
+  pr::append_error_response(l.scratch, *e);
+  l.spans.push_back({true, from, l.scratch.size() - from});
 }
 
 void Session::complete_front(Link& l, char tag, Actions& out) {

@@ -417,6 +417,8 @@ class Session {
                     bool& saw_ready);
   bool rows_pass_through(const Link& l) const;
   void emit_synthetic_heads(Link& l);
+  // The error pgvalve had the server raise (kActionRaised), as pgvalve would send it.
+  void pass_raised_error(Link& l, const protocol::Frame& f);
   void complete_front(Link& l, char tag, Actions& out);
   void settle_statement(Link& l, protocol::PendingResponse& request, std::string_view tag,
                         Actions& out);

@@ -83,6 +83,9 @@ enum : std::uint8_t {
   kActionTxPrepare,       // the transaction's PREPARE TRANSACTION on one of its shards
   kActionTxFinish,        // ... its COMMIT PREPARED, ROLLBACK PREPARED or ROLLBACK there
   kActionTxWal,           // ... the primary's WAL position after the commit (lsn)
+  // pgvalve's own error, raised by the server so that the client's transaction fails as it would
+  // (raise_on_server): the client gets it without the server's PL/pgSQL context and source.
+  kActionRaised,
 };
 
 // A pending action of a shard's part of a statement over several shards (scatter_flight.cpp).

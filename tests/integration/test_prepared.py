@@ -485,3 +485,22 @@ def test_query_between_a_failed_extended_request_and_its_sync_gets_no_answer(pgv
     finally:
         c.terminate()
         other.terminate()
+
+
+def test_another_statement_under_a_prepared_name_is_42P05_as_on_postgresql(pgvalve, cluster):
+    from psycopg import pq
+    pv = tx_pool(pgvalve, pool_size=1)
+    for dsn in (cluster.primary.tcp_dsn(), pv.dsn()):
+        with psycopg.connect(dsn, autocommit=True) as c:
+            pg = c.pgconn
+            assert pg.prepare(b"s1", b"select 1").status == pq.ExecStatus.COMMAND_OK
+            again = pg.prepare(b"s1", b"select 2")
+            assert again.status == pq.ExecStatus.FATAL_ERROR, dsn
+            assert again.error_field(pq.DiagnosticField.SQLSTATE) == b"42P05"
+            if dsn == pv.dsn():
+                message = again.error_field(pq.DiagnosticField.MESSAGE_PRIMARY)
+                assert message.startswith(b"pgvalve: prepared statement \"s1\" already exists")
+                # pgvalve's errors carry no PL/pgSQL context from how the server raised them.
+                assert again.error_field(pq.DiagnosticField.CONTEXT) is None
+            # The first definition stands.
+            assert pg.exec_prepared(b"s1", []).get_value(0, 0) == b"1"

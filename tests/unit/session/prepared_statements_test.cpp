@@ -479,6 +479,33 @@ TEST(SessionPreparedStatements, SessionModePassesNamesUnchanged) {
   EXPECT_EQ(s.to_server, flight);
 }
 
+TEST(SessionPreparedStatements, AnotherStatementUnderAKnownNameIs42P05AsOnPostgreSQL) {
+  SessionHarness h;
+  prepare_locally(h, "s1", "select 1");
+  auto server = SessionHarness::fresh_server();
+  const std::string sent = h.send(parse("s1", "select 2") + run_flight("s1"), *server);
+  EXPECT_TRUE(h.checked_out);
+  const auto parses = parses_in(sent);
+  ASSERT_EQ(parses.size(), 1u);
+  EXPECT_NE(parses[0].second.find("ERRCODE = '42P05'"), std::string::npos) << parses[0].second;
+  // The server raises it; the client gets it without the PL/pgSQL context.
+  std::string fields;
+  for (const std::string f :
+       {"SERROR", "VERROR", "C42P05", "Mpgvalve: prepared statement \"s1\" already exists",
+        "WPL/pgSQL function inline_code_block line 1 at RAISE", "Rexec_stmt_raise"}) {
+    fields += f;
+    fields += '\0';
+  }
+  fields += '\0';
+  const std::string error = message('E', fields);
+  Step s = h.server(message('1', "") + message('2', "") + error + ready());
+  EXPECT_EQ(tags_of(s.to_client), "EZ");
+  EXPECT_EQ(s.to_client.find("inline_code_block"), std::string::npos);
+  EXPECT_EQ(errors_in(s.to_client)[0].sqlstate, "42P05");
+  // The first definition stands.
+  EXPECT_EQ(h.session().prepared_statement_count(), 1u);
+}
+
 TEST(SessionPreparedStatements, TooManyStatementsAreRefusedWith53400OnTheServer) {
   SessionHarness h;
   std::string flight;
@@ -488,8 +515,8 @@ TEST(SessionPreparedStatements, TooManyStatementsAreRefusedWith53400OnTheServer)
   Step s = h.client(flight);
   ASSERT_FALSE(s.check_out);
   ASSERT_EQ(h.session().prepared_statement_count(), kMaxClientStatements);
-  // Redefining a known name is fine; one more name is not.
-  prepare_locally(h, "s0", "select 'again'");
+  // Preparing a known name again with its text is fine; one more name is not.
+  prepare_locally(h, "s0", "select 0");
   auto server = SessionHarness::fresh_server();
   const std::string sent = h.send(parse("one_more", "select 1") + run_flight("one_more"), *server);
   EXPECT_TRUE(h.checked_out);
