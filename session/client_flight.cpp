@@ -1709,10 +1709,13 @@ void Session::count_server_listens(const Review& r) {
 
 // Settings set by requests not yet answered (or by a transaction not yet committed) that the
 // client does not have yet: their names (each once) and bytes.
-void Session::in_flight_settings(std::vector<std::string>& names, std::size_t& bytes) const {
+void Session::in_flight_settings(std::vector<std::string>& names, std::size_t& bytes,
+                                 std::size_t& pending) const {
   if (!work_) return;
   auto add = [&](const Note& n) {
-    if (n.kind != NoteKind::Set || n.name.empty() || client_settings_.find(n.name)) return;
+    if (n.kind != NoteKind::Set || n.name.empty()) return;
+    pending += n.name.size() + n.value.size();
+    if (client_settings_.find(n.name)) return;
     bytes += n.name.size() + n.value.size();
     if (std::find(names.begin(), names.end(), n.name) == names.end()) names.push_back(n.name);
   };
@@ -1738,6 +1741,7 @@ Review Session::review(std::string_view sql, bool settling_transaction,
   // Names, each once; copies, as the notes they come from move while the review adds notes.
   std::vector<std::string> new_settings;
   std::size_t new_setting_bytes = 0;
+  std::size_t pending_setting_bytes = 0;
   bool counted_in_flight = false;
   std::size_t open_savepoints = work_ ? work_->rare().savepoints.size() : 0;
   int count = 0;
@@ -1835,11 +1839,21 @@ Review Session::review(std::string_view sql, bool settling_transaction,
           r.unlistened.emplace_back(info.name.view());
         }
       }
-      if (note.kind == NoteKind::Set && !is_synced_setting(note.name)) {
+      if (note.kind == NoteKind::Set) {
         if (!counted_in_flight) {
           counted_in_flight = true;
-          in_flight_settings(new_settings, new_setting_bytes);
+          in_flight_settings(new_settings, new_setting_bytes, pending_setting_bytes);
         }
+        pending_setting_bytes += note.name.size() + note.value.size();
+        if (pending_setting_bytes > kMaxClientSettingBytes) {
+          r.refusal_sqlstate = "54000";
+          r.refusal =
+              "pgvalve: the settings this client changed and has not committed hold more than "
+              "64 KiB; commit or roll back its transaction, or set smaller values";
+          return r;
+        }
+      }
+      if (note.kind == NoteKind::Set && !is_synced_setting(note.name)) {
         if (!client_settings_.find(note.name) &&
             std::find(new_settings.begin(), new_settings.end(), note.name) == new_settings.end()) {
           new_settings.push_back(note.name);

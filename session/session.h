@@ -397,7 +397,10 @@ class Session {
                        Flight& flight);
   Review review(std::string_view sql, bool settling_transaction, std::vector<Note>& notes) const;
   void note_for(const routing::StatementInfo& info, Note& note) const;
-  void in_flight_settings(std::vector<std::string>& names, std::size_t& bytes) const;
+  // `pending`: the bytes of every setting change not yet applied, whatever its name (a
+  // transaction's savepoints each keep theirs).
+  void in_flight_settings(std::vector<std::string>& names, std::size_t& bytes,
+                          std::size_t& pending) const;
   void count_server_listens(const Review& r);
   const protocol::PreparedStatement& define_statement(std::string_view name, std::string_view query,
                                                       std::string_view param_types);

@@ -113,6 +113,29 @@ TEST(SessionBounds, SavepointsOpenAtOnceAreCapped) {
   EXPECT_TRUE(queries_in(h.last.to_server).at(0).find("ERRCODE") == std::string::npos);
 }
 
+TEST(SessionBounds, SettingsChangedInATransactionHoldAt64KiBWhateverTheirNames) {
+  // Each savepoint keeps its level's changes: the same name set again at every level would
+  // otherwise hold 64 KiB per savepoint, with no cap on names passed.
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(query("BEGIN"), *server);
+  h.answer(command_result("BEGIN", 'T'));
+  const std::string value(20000, 'v');
+  for (int level = 0; level < 3; ++level) {
+    h.client(query("SAVEPOINT s" + std::to_string(level)));
+    h.answer(command_result("SAVEPOINT", 'T'));
+    Step s = h.client(query("SET application_name = '" + value + "'"));
+    EXPECT_EQ(queries_in(s.to_server).at(0).find("ERRCODE"), std::string::npos) << level;
+    h.answer(complete("SET") + parameter_status("application_name", "vvv") + ready('T'));
+  }
+  h.client(query("SAVEPOINT s3"));
+  h.answer(command_result("SAVEPOINT", 'T'));
+  Step s = h.client(query("SET application_name = '" + value + "'"));
+  const auto q = queries_in(s.to_server);
+  ASSERT_EQ(q.size(), 1u);
+  EXPECT_NE(q[0].find("ERRCODE = '54000'"), std::string::npos);
+}
+
 TEST(SessionBounds, AHugeQueryThatChangesSettingsIsRefused) {
   SessionHarness h;
   auto server = SessionHarness::fresh_server();
