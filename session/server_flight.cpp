@@ -317,6 +317,13 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
     case pr::ResponseMatch::Intermediate:
       if (f.tag == 'E') head.failed = true;
       if (head.internal) {
+        if (head.action == kActionSync && f.tag == 'E') {
+          if (auto e = pr::read_error_response(f)) {
+            Workspace::Rare& rare = work().change_rare();
+            rare.sync_error_sqlstate.assign(e->sqlstate);
+            rare.sync_error.assign(e->message);
+          }
+        }
         if (head.action == kActionPinCheck && f.tag == 'D') read_pin_check(l, f);
         if (head.action == kActionWalPosition && f.tag == 'D') read_wal_position(l, f);
         return passed;

@@ -512,6 +512,25 @@ void Session::finish_sync(Link& l, bool ok, Actions& out) {
   l.syncing = false;
   const bool login = l.login;
   l.login = false;
+  std::string refused_sqlstate;
+  std::string refused;
+  if (!ok && !work().rare().sync_error.empty()) {
+    Workspace::Rare& rare = work().change_rare();
+    refused_sqlstate = std::exchange(rare.sync_error_sqlstate, {});
+    refused = std::exchange(rare.sync_error, {});
+  }
+  if (!refused.empty() && l.scatter_shard < 0 && !(l.begin_pending && work().tx().joining) &&
+      l.server->tx_status == 'I') {
+    // The server refused the settings themselves (`work_mem=abc` at login): every server would,
+    // so the client is told now, as PostgreSQL would have at its login, rather than getting an
+    // error for each request and costing a new server connection each time. The sync ran as one
+    // implicit transaction: nothing of it stayed, and the server goes back clean.
+    close_with(refused_sqlstate,
+               "pgvalve: the server refused this client's session settings (" + refused +
+                   "); connect again with settings the server accepts",
+               out);
+    return;
+  }
   if (!ok) {
     const std::string message =
         "pgvalve: could not apply the client's session settings on "

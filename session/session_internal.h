@@ -356,6 +356,9 @@ struct Workspace {
     // A waiting request whose checkout or settings sync failed gets this error.
     std::string failure_sqlstate;
     std::string failure;
+    // The server's error for pgvalve's settings sync: the client's settings are refused.
+    std::string sync_error_sqlstate;
+    std::string sync_error;
     // stats.redact_literals: false: the unnamed statement's text, and the unnamed portal's
     // statement with its Bind parameters, for the slow-query sample of its Execute.
     std::string unnamed_statement_sample;

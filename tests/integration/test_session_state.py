@@ -380,3 +380,22 @@ def test_set_that_outlives_its_transaction_does_not_leak(pv, cluster, schemas, s
         a.close()
         for c in others:
             c.close()
+
+
+def test_settings_the_server_refuses_end_the_client_not_the_server(pv, cluster):
+    # PostgreSQL refuses such a login outright. Before, each query failed with 08006 and cost a
+    # new server connection: three such clients opened 1,800 backends in 5 s.
+    from test_http import metric, scrape
+    with connect(pv) as c:
+        one(c, "select 1")
+    opened = metric(scrape(pv), "pgvalve_server_connections_opened_total")
+    for _ in range(10):
+        with connect(pv, options="-c%20work_mem%3Dabc") as bad:
+            with pytest.raises(psycopg.OperationalError) as refused:
+                one(bad, "select 1")
+        assert "pgvalve: the server refused this client's session settings" in str(refused.value)
+        assert "work_mem" in str(refused.value)
+    # The pool's server connections, each given back clean: at most a second one opened.
+    assert metric(scrape(pv), "pgvalve_server_connections_opened_total") - opened <= 1
+    with connect(pv) as c:
+        assert one(c, "show work_mem") == server_default(cluster, "work_mem")
