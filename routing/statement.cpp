@@ -354,6 +354,7 @@ class Classifier {
   // in it, then peeks past it for another statement.
   void scan_statement(SqlLexer& lexer, Token t) {
     const bool is_do = t.is_word("do");
+    if (is_do) info_.opaque = true;
     const bool is_create = t.is_word("create");
     const bool is_select = t.is_word("select");
     const bool is_with = t.is_word("with");
@@ -404,6 +405,12 @@ class Classifier {
       }
       if (t.is_punct('(')) {
         ++depth;
+        if (has_prev && prev.kind == TokenKind::QuotedIdentifier && prev.text.size() > 2 &&
+            prev.text[1] == '&') {
+          // U&"\0073et_config"(...): what it calls is not worth decoding here.
+          info_.opaque = true;
+          info_.set_config = StatementInfo::SetConfig::Unknown;
+        }
         if (has_prev && is_advisory_session_lock_name(prev)) {
           info_.calls_advisory_session_lock = true;
         }
@@ -996,6 +1003,10 @@ bool plain_statement(std::string_view sql) {
     }
   } else {
     end = sql.size();
+  }
+  // A U&"" identifier may spell any function's name (U&"\0073et_config").
+  for (std::size_t amp = sql.find('&', j); amp < end; amp = sql.find('&', amp + 1)) {
+    if ((sql[amp - 1] | 0x20) == 'u' && amp + 1 < end && sql[amp + 1] == '"') return false;
   }
   // Windows of four bytes that start like one of the words, found sixteen positions at a time
   // (first and fourth letter compared together), then checked one by one. The last block is

@@ -114,6 +114,11 @@ struct StatementInfo {
   // ELSE or LOOP.
   bool body_sets = false;
   bool body_listens = false;
+  // What the statement runs cannot be read from its text: a DO block (it may EXECUTE a string
+  // it builds, or call anything), or a call of a function named by a U&"" identifier. Its
+  // settings are taken as unknown, and the server is asked afterwards what session state it
+  // holds.
+  bool opaque = false;
   std::string_view set_config_name;
   std::string_view set_config_value;
   // `name` could not be normalised inline (longer than NormalizedName::kCapacity, or a U&""

@@ -1622,7 +1622,7 @@ void Session::remember_portal(std::string_view portal, Note note, bool pins, Lin
 void Session::note_for(const routing::StatementInfo& info, Note& note) const {
   using SC = routing::StatementInfo::SetConfig;
   note = {};
-  if (info.set_config == SC::Unknown || info.body_sets) {
+  if (info.set_config == SC::Unknown || info.body_sets || info.opaque) {
     note.kind = NoteKind::Unknown;
     return;
   }
@@ -1813,7 +1813,7 @@ Review Session::review(std::string_view sql, bool settling_transaction,
           info.calls_advisory_unlock || info.kind == StatementKind::Drop ||
           info.kind == StatementKind::Close || info.kind == StatementKind::Discard ||
           info.kind == StatementKind::Deallocate || info.kind == StatementKind::Unlisten;
-      if (state_that_pins || (pinned_ && may_unpin)) r.check_pins = true;
+      if (state_that_pins || info.opaque || (pinned_ && may_unpin)) r.check_pins = true;
       if (info.kind == StatementKind::Listen && !info.name.empty()) {
         const std::string_view channel = info.name.view();
         auto has = [channel](const std::vector<std::string>& v) {

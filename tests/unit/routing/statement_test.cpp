@@ -552,9 +552,21 @@ TEST(PlainStatement, AnythingElseIsLookedAtCloser) {
   for (const char* sql :
        {"set a = 1", "begin", "", "select 1; select 2", "select 1;;x", "SELECT PG_ADVISORY_LOCK(1)",
         "select 1 into Temp t", "select set_config('a', 'b', false)", "select 1 /* temporary */",
-        "select * from pg_temp.t", "select * from pg_temp_3.t", "select temp_c from t"}) {
+        "select * from pg_temp.t", "select * from pg_temp_3.t", "select temp_c from t",
+        // A U&"" identifier may spell set_config or an advisory lock: looked at closer.
+        R"(select U&"\0073et_config"('role', 'r', false))", R"(select 1 from u&"t")"}) {
     EXPECT_FALSE(plain_statement(sql)) << sql;
   }
+  EXPECT_TRUE(plain_statement("select a & b from t"));
+}
+
+TEST(Classify, WhatADoBlockOrAUnicodeNamedCallRunsIsOpaque) {
+  EXPECT_TRUE(classify("DO $$ BEGIN EXECUTE 'CREATE TE' || 'MP TABLE x (a int)'; END $$").opaque);
+  const StatementInfo call = classify(R"(select U&"\0073et_config"('role', 'r', false))");
+  EXPECT_TRUE(call.opaque);
+  EXPECT_EQ(call.set_config, StatementInfo::SetConfig::Unknown);
+  EXPECT_FALSE(classify(R"(select * from U&"t")").opaque);
+  EXPECT_FALSE(classify("select f(1)").opaque);
 }
 
 // Telemetry names its columns temperature: "temp" inside a longer word is no TEMP keyword.

@@ -86,6 +86,20 @@ TEST(SessionPinning, EachKindOfSessionStateIsChecked) {
   }
 }
 
+TEST_F(SessionPinningFlow, ADoBlockIsCheckedAndLeavesItsServersSettingsUnknown) {
+  // Its body may EXECUTE a string it builds ('CREATE TE' || 'MP TABLE'), or SET ROLE: the
+  // server is asked what it holds, and its next lender gets every setting reset.
+  Step s = run_and_check("DO $$ BEGIN EXECUTE 'SELECT 1'; END $$", command_result("DO"), false);
+  ASSERT_EQ(s.ops.size(), 1u);
+  EXPECT_EQ(s.ops[0].kind, LinkOp::Kind::Release);
+  EXPECT_TRUE(server->settings_unknown);
+  SessionHarness next;
+  bool synced = false;
+  next.send(query("select 1"), *server, &synced);
+  EXPECT_TRUE(synced);
+  EXPECT_NE(next.last_sync.find("RESET ALL"), std::string::npos) << next.last_sync;
+}
+
 TEST_F(SessionPinningFlow, WithHoldCursorInATransactionIsCheckedAtItsEnd) {
   run("begin", command_result("BEGIN", 'T'));
   Step s = run("declare c cursor with hold for select 1", command_result("DECLARE CURSOR", 'T'));
