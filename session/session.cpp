@@ -378,6 +378,9 @@ Clock::time_point Session::next_deadline() const {
         l.server->tx_status != 'I') {
       earlier(held_since_ + options_.idle_transaction_timeout);
     }
+    if (options_.idle_transaction_timeout.count() > 0 && waits_for_client(l)) {
+      earlier(client_activity_ + options_.idle_transaction_timeout);
+    }
   }
   return deadline;
 }
@@ -974,8 +977,26 @@ const Actions& Session::on_timer(Clock::time_point now) {
                  out);
       return out;
     }
+    if (options_.idle_transaction_timeout.count() > 0 && waits_for_client(l) &&
+        now >= client_activity_ + options_.idle_transaction_timeout) {
+      close_with("25P03",
+                 "pgvalve: the client held a server connection in the middle of a COPY, or of "
+                 "an extended-protocol flight it did not end with Sync, and sent nothing for "
+                 "longer than pool.idle_transaction_timeout_ms (" +
+                     millis(options_.idle_transaction_timeout) +
+                     "); its work was rolled back; send the rest of the COPY, or the Sync, "
+                     "without pausing",
+                 out);
+      return out;
+    }
   }
   return out;
+}
+
+// The server can go on only once the client sends more: COPY data, or the Sync (or Flush) of
+// an extended flight whose answers, if any, have come. The client holds the server meanwhile.
+bool Session::waits_for_client(const Link& l) const {
+  return l.copy_in || (l.open_extended && !l.owes_answer() && state_ != SessionState::Syncing);
 }
 
 const Actions& Session::on_notification(std::string_view message, std::size_t unsent) {

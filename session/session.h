@@ -480,6 +480,8 @@ class Session {
   void close_with(std::string_view sqlstate, std::string_view message, Actions& out);
   // Leaves at the next transaction boundary (now, when between transactions).
   void drain(Actions& out);
+  // The link's server can go on only once the client sends more (pool.idle_transaction_timeout).
+  bool waits_for_client(const Link& l) const;
   // What a drained client is told as it is closed (57P01).
   std::string_view drain_message() const;
   // A request among the client's COPY data: the server would take it as the end of the COPY

@@ -28,7 +28,7 @@ import pytest
 
 from itutil import assert_pgvalve_message, one, raw_login, wait_closed
 from pgcluster import APP_DB, APP_USER, wait_until
-from pgwire import query_message, read_error_then_close
+from pgwire import query_message, read_error_then_close, read_message
 
 QUERY_TIMEOUT_MS = 1000
 
@@ -224,6 +224,37 @@ def test_idle_in_transaction_25P03(pgvalve, cluster):
     # a client idle outside a transaction is not affected
     assert one(idle_outside, "select 2") == 2
     idle_outside.close()
+
+
+@pytest.mark.parametrize("stall", ["mid_copy", "flight_without_sync"])
+def test_a_client_that_stalls_holding_a_server_is_cut_25P03(pgvalve, cluster, stall):
+    # The server waits for the client (the rest of a COPY, or the Sync of a flight whose
+    # answers PostgreSQL holds back until then): the pool's only server must not be kept.
+    from pgwire import message
+    from pgwire_ext import bind, execute, parse
+    cluster.primary.sql(f"drop table if exists stall; create table stall(x int); "
+                        f"alter table stall owner to {APP_USER}", dbname=APP_DB)
+    pv = pgvalve(mode="transaction", pool_size=1, max_overflow=0, checkout_timeout_ms=5000,
+                 idle_transaction_timeout_ms=1000)
+    r = raw_login(pv)
+    if stall == "mid_copy":
+        r.sock.sendall(query_message("copy stall from stdin"))
+        assert read_message(r.sock)[0] == b"G"
+        r.sock.sendall(message(b"d", b"1\n"))
+    else:
+        r.sock.sendall(parse("", "insert into stall values (1)") + bind("") +
+                       execute(""))
+    t0 = time.monotonic()
+    err, closed, kinds = read_error_then_close(r.sock, 6)
+    elapsed = time.monotonic() - t0
+    r.sock.close()
+    assert err is not None, f"no error within 6 s (closed={closed}, messages={kinds})"
+    assert err.get("C") == "25P03", err
+    assert_pgvalve_message(err.get("M"))
+    assert closed
+    assert 0.8 <= elapsed <= 4.0, f"disconnected after {elapsed:.2f}s (timeout 1 s)"
+    with pv.connect() as c:
+        assert one(c, "select count(*) from stall") == 0  # nothing of it committed
 
 
 def test_active_transaction_is_not_cut(pgvalve):

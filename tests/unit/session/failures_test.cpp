@@ -242,6 +242,38 @@ TEST(SessionFailures, IdleInTransactionDeadlineMovesWithTheClientsRequests) {
   EXPECT_FALSE(h.timer(T0 + 15s).close_client);
 }
 
+TEST(SessionFailures, AClientSilentMidCopyIsCutByTheIdleTransactionTimeout) {
+  // It holds its server, which waits for the rest of the data: as idle as a client in BEGIN.
+  SessionOptions o;
+  o.idle_transaction_timeout = 10s;
+  SessionHarness h(o);
+  auto server = SessionHarness::fresh_server();
+  h.send(query("copy t from stdin"), *server, nullptr, T0);
+  std::string copy_in = message('G', std::string("\0\0\1\0\0", 5));
+  h.answer(copy_in, T0);
+  h.client(message('d', "1\n"), T0 + 2s);
+  EXPECT_EQ(h.session().next_deadline(), T0 + 12s);
+  EXPECT_FALSE(h.timer(T0 + 11s).close_client);
+  Step s = h.timer(T0 + 12s);
+  EXPECT_TRUE(s.close_client);
+  EXPECT_EQ(sqlstates_in(s.to_client), "25P03");
+  ASSERT_EQ(s.ops.size(), 1u);
+  EXPECT_EQ(s.ops[0].kind, LinkOp::Kind::CancelAndClose);
+}
+
+TEST(SessionFailures, AClientSilentInAFlightWithoutSyncIsCutByTheIdleTransactionTimeout) {
+  SessionOptions o;
+  o.idle_transaction_timeout = 10s;
+  SessionHarness h(o);
+  auto server = SessionHarness::fresh_server();
+  // Parse/Bind/Execute and no Sync: PostgreSQL holds the answers and the implicit transaction.
+  h.send(parse("", "select 1") + bind_to("", "") + execute(), *server, nullptr, T0);
+  EXPECT_EQ(h.session().next_deadline(), T0 + 10s);
+  Step s = h.timer(T0 + 10s);
+  EXPECT_TRUE(s.close_client);
+  EXPECT_EQ(sqlstates_in(s.to_client), "25P03");
+}
+
 TEST(SessionFailures, IdleTransactionTimeoutDoesNotApplyOutsideATransaction) {
   SessionOptions o;
   o.idle_transaction_timeout = 10s;
