@@ -14,8 +14,12 @@ ServerStatementName::ServerStatementName(std::uint64_t hash) {
     text_[kLength - 1 - i] = kHex[(hash >> (4 * i)) & 0xf];
 }
 
-std::uint64_t statement_hash(std::string_view query, std::string_view param_types) {
-  const std::uint64_t h = KeyedHash().add(query).add(param_types).finish();
+std::uint64_t statement_hash(std::string_view query, std::string_view param_types,
+                             std::string_view search_path) {
+  KeyedHash hash;
+  hash.add(query).add(param_types);
+  if (!search_path.empty()) hash.add(search_path);
+  const std::uint64_t h = hash.finish();
   return h == 0 ? 1 : h;  // 0 means "no statement"
 }
 
@@ -26,11 +30,14 @@ const PreparedStatement* ClientStatements::find(std::string_view name) const {
 
 const PreparedStatement& ClientStatements::define(std::string_view name, std::string_view query,
                                                   std::string_view param_types,
-                                                  std::uint64_t fingerprint) {
+                                                  std::uint64_t fingerprint,
+                                                  std::string_view search_path) {
   auto& s = by_name_[std::string(name)];
   s.query.assign(query);
   s.param_types.assign(param_types);
-  s.hash = statement_hash(query, param_types);
+  const std::uint64_t hash = statement_hash(query, param_types, search_path);
+  if (hash != s.hash) s.confirmed = false;
+  s.hash = hash;
   s.fingerprint = fingerprint;
   s.defined = ++defined_;
   return s;
@@ -41,6 +48,23 @@ std::size_t ClientStatements::erase_defined_up_to(std::uint64_t defined) {
   std::erase_if(by_name_, [&](const auto& entry) {
     const PreparedStatement& s = entry.second;
     if (s.defined > defined) return false;
+    bytes += s.query.size() + s.param_types.size();
+    return true;
+  });
+  return bytes;
+}
+
+void ClientStatements::confirm(std::uint64_t hash) {
+  for (auto& [_, s] : by_name_) {
+    if (s.hash == hash) s.confirmed = true;
+  }
+}
+
+std::size_t ClientStatements::forget_unconfirmed(std::uint64_t hash) {
+  std::size_t bytes = 0;
+  std::erase_if(by_name_, [&](const auto& entry) {
+    const PreparedStatement& s = entry.second;
+    if (s.hash != hash || s.confirmed) return false;
     bytes += s.query.size() + s.param_types.size();
     return true;
   });

@@ -19,6 +19,9 @@ struct PreparedStatement {
   std::uint64_t hash = 0;
   std::uint64_t fingerprint = 0;  // of the query's shape (statistics); 0: not computed
   std::uint64_t defined = 0;      // the client's definition order (ClientStatements)
+  // A server has prepared it once: PostgreSQL accepted it. Until then a failed Parse of it means
+  // the client has no such statement, as on PostgreSQL.
+  bool confirmed = false;
 };
 
 // "pgv_" + 16 hex digits of the hash, without allocating.
@@ -35,15 +38,24 @@ inline ServerStatementName server_statement_name(std::uint64_t hash) {
   return ServerStatementName(hash);
 }
 // Keyed (protocol/keyed_hash.h): a client cannot make its statement's name equal another's.
-std::uint64_t statement_hash(std::string_view query, std::string_view param_types);
+// `search_path`: the client's, when it set one. PostgreSQL resolves a statement's names when it
+// prepares it, so the same text under another search_path is another statement.
+std::uint64_t statement_hash(std::string_view query, std::string_view param_types,
+                             std::string_view search_path = {});
 
 // One client's statements by the names it gave them.
 class ClientStatements {
  public:
   const PreparedStatement* find(std::string_view name) const;
   const PreparedStatement& define(std::string_view name, std::string_view query,
-                                  std::string_view param_types, std::uint64_t fingerprint = 0);
+                                  std::string_view param_types, std::uint64_t fingerprint = 0,
+                                  std::string_view search_path = {});
   bool erase(std::string_view name);
+  // A server prepared statements of `hash`: each is confirmed.
+  void confirm(std::uint64_t hash);
+  // A server refused to prepare statements of `hash`: those not confirmed are forgotten. Returns
+  // the bytes of text they held.
+  std::size_t forget_unconfirmed(std::uint64_t hash);
   void clear() { by_name_.clear(); }
   std::size_t size() const { return by_name_.size(); }
   // The `defined` order of the latest definition (0: none yet).

@@ -913,7 +913,10 @@ const pr::PreparedStatement& Session::define_statement(std::string_view name,
   statement_bytes_ += query.size() + param_types.size();
   const std::uint64_t fingerprint = recorder_ ? fingerprint_of(query, true) : 0;
   if (fingerprint) recorder_->stats->prepare(fingerprint, query, recorder_->labels);
-  return statements_->define(name, query, param_types, fingerprint);
+  const Setting* search_path = client_settings_.find("search_path");
+  return statements_->define(
+      name, query, param_types, fingerprint,
+      search_path ? std::string_view(search_path->value) : std::string_view());
 }
 
 bool Session::forget_statement(std::string_view name) {
@@ -1356,6 +1359,7 @@ void Session::prepare_on_server(const pr::PreparedStatement& stmt, bool swallow,
                        without_hint(stmt.query), stmt.param_types);
   pr::PendingResponse parse{Kind::ParseComplete, swallow};
   parse.statement_hash = stmt.hash;
+  if (!stmt.confirmed) parse.action = kActionFirstParse;
   l.pending.push(parse);
   mark_scratch(flight, from);
 }

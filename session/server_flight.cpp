@@ -345,6 +345,9 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
       pass();
       return passed;
     case pr::ResponseMatch::Completes:
+      if (head.action == kActionFirstParse && f.tag == '1' && statements_) {
+        statements_->confirm(head.statement_hash);
+      }
       if (f.tag == 'C' && head.note_count > 0) {
         settle_statement(l, head, pr::read_command_complete(f).value_or(""), out);
       }
@@ -367,6 +370,11 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
       complete_front(l, f.tag, out);
       return passed;
     case pr::ResponseMatch::Error:
+      if (head.action == kActionFirstParse && statements_) {
+        // PostgreSQL keeps no statement whose Parse failed: neither does the client, which may
+        // prepare another under the name.
+        statement_bytes_ -= statements_->forget_unconfirmed(head.statement_hash);
+      }
       if (head.action == kActionRaised) {
         pass_raised_error(l, f);
       } else if (!head.internal) {

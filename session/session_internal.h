@@ -86,6 +86,8 @@ enum : std::uint8_t {
   // pgvalve's own error, raised by the server so that the client's transaction fails as it would
   // (raise_on_server): the client gets it without the server's PL/pgSQL context and source.
   kActionRaised,
+  // The Parse of a client's statement no server has prepared yet (PreparedStatement::confirmed).
+  kActionFirstParse,
 };
 
 // A pending action of a shard's part of a statement over several shards (scatter_flight.cpp).

@@ -504,3 +504,30 @@ def test_another_statement_under_a_prepared_name_is_42P05_as_on_postgresql(pgval
                 assert again.error_field(pq.DiagnosticField.CONTEXT) is None
             # The first definition stands.
             assert pg.exec_prepared(b"s1", []).get_value(0, 0) == b"1"
+
+
+def test_the_same_text_under_another_search_path_is_its_own_statement(pgvalve, cluster):
+    # PostgreSQL resolves a statement's tables when it prepares it (a differential audit found
+    # q2 failing with 0A000, sharing q1's server-side statement).
+    cluster.primary.psql("drop schema if exists sp_a cascade; drop schema if exists sp_b cascade;"
+                         "create schema sp_a; create schema sp_b;"
+                         "create table sp_a.t (a int); insert into sp_a.t values (1);"
+                         "create table sp_b.t (x int, y text); insert into sp_b.t values (2, 'b');"
+                         "grant usage on schema sp_a, sp_b to app;"
+                         "grant select on all tables in schema sp_a, sp_b to app", dbname=APP_DB)
+    from psycopg import pq
+    pv = tx_pool(pgvalve, pool_size=1)
+    for dsn in (cluster.primary.tcp_dsn(), pv.dsn()):
+        with psycopg.connect(dsn, autocommit=True) as c:
+            pg = c.pgconn
+            c.execute("set search_path = sp_a")
+            assert pg.prepare(b"q1", b"select * from t").status == pq.ExecStatus.COMMAND_OK
+            assert pg.exec_prepared(b"q1", []).get_value(0, 0) == b"1"
+            c.execute("set search_path = sp_b")
+            assert pg.prepare(b"q2", b"select * from t").status == pq.ExecStatus.COMMAND_OK
+            described = pg.describe_prepared(b"q2")
+            assert described.status == pq.ExecStatus.COMMAND_OK, dsn
+            assert described.nfields == 2
+            res = pg.exec_prepared(b"q2", [])
+            assert res.status == pq.ExecStatus.TUPLES_OK, res.error_message
+            assert (res.get_value(0, 0), res.get_value(0, 1)) == (b"2", b"b")

@@ -34,6 +34,30 @@ std::string select_answer() {
   return bind_complete() + data_row({"1"}) + complete("SELECT 1") + ready('I');
 }
 
+TEST(SessionPreparedStatements, TheSameTextUnderAnotherSearchPathIsAnotherServerStatement) {
+  // PostgreSQL resolves a statement's tables when it prepares it: under search_path s_b the
+  // text means s_b.t, and reusing the one prepared under s_a would fail (0A000, cached plan must
+  // not change result type) or read the wrong table.
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(query("SET search_path = s_a"), *server);
+  h.answer(command_result("SET"));
+  prepare_locally(h, "q1", "select * from t");
+  h.send(query("SET search_path = s_b"), *server);
+  h.answer(command_result("SET"));
+  prepare_locally(h, "q2", "select * from t");
+  const std::string sent = h.send(run_flight("q1") + run_flight("q2"), *server);
+  const auto parses = parses_in(sent);
+  ASSERT_EQ(parses.size(), 2u);
+  EXPECT_NE(parses[0].first, parses[1].first);
+  // A client that never set a search_path keeps the name every such client shares.
+  SessionHarness plain;
+  prepare_locally(plain, "q", "select * from t");
+  auto other = SessionHarness::fresh_server();
+  EXPECT_EQ(parses_in(plain.send(run_flight("q"), *other)).at(0).first,
+            server_name_of("select * from t"));
+}
+
 TEST(SessionPreparedStatements, ParseAndSyncBetweenTransactionsAreAnsweredLocally) {
   SessionHarness h;
   prepare_locally(h);
@@ -457,8 +481,25 @@ TEST(SessionPreparedStatements, ErrorOfTheRepreparationIsTheBindsError) {
   EXPECT_EQ(h.answer(failure), failure);
   EXPECT_TRUE(h.last.has_op(LinkOp::Kind::Release));
   EXPECT_FALSE(server->statements.contains(protocol::statement_hash(kSql, {})));
-  // It is tried again next time.
-  EXPECT_EQ(tags_of(h.send(run_flight("s1"), *server)), "PBES");
+  // As PostgreSQL, whose Parse would have failed: the client has no s1 (the server says 26000
+  // to its next Bind), and may prepare another statement under the name.
+  EXPECT_EQ(h.session().prepared_statement_count(), 0u);
+  EXPECT_EQ(tags_of(h.send(run_flight("s1"), *server)), "BES");
+  h.answer(error_message("26000") + ready());
+  prepare_locally(h, "s1", "select 'fixed'");
+}
+
+TEST(SessionPreparedStatements, AStatementOnceAcceptedIsKeptWhenAnotherServerFailsItsParse) {
+  // A lock timeout while another server prepares it again: the client's statement stands.
+  SessionHarness h;
+  prepare_locally(h);
+  auto first = SessionHarness::fresh_server();
+  h.send(run_flight("s1"), *first);
+  h.answer(parse_complete() + select_answer());
+  auto second = SessionHarness::fresh_server();
+  h.send(run_flight("s1"), *second);
+  h.answer(error_message("55P03") + ready());
+  EXPECT_EQ(h.session().prepared_statement_count(), 1u);
 }
 
 TEST(SessionPreparedStatements, FailedParseOnTheServerIsForgottenThere) {
