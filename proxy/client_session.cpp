@@ -269,6 +269,7 @@ std::function<void()> ClientSession::drained_callback() {
 void ClientSession::on_drained() {
   if (closed_) return;
   Step step(*worker_);
+  if (core_) core_->set_client_held(false, now());
   for (std::size_t i = 0; i < links_.size(); ++i) {
     if (!links_[i].conn) continue;
     const auto id = static_cast<session::LinkId>(i);
@@ -294,7 +295,10 @@ void ClientSession::watch_client() {
   if (client_writer_.failed()) client_drained_ = false;
   // Bytes that arrive from here on must not go unnoticed, whatever stops the read below.
   if (client_drained_ && !client_arrival_armed_) arm_client_arrival();
-  if (writers_busy()) return;
+  if (writers_busy()) {
+    if (core_) core_->set_client_held(true, now());
+    return;
+  }
   if (core_->idle() && client_in_.empty()) {
     // Between transactions: nothing held but this object and a wait for the client's socket.
     core_->trim();
@@ -421,6 +425,11 @@ void ClientSession::arrive() {
   core_->move_to(worker_->workspaces);
   if (worker_->draining) {
     on_drain();
+    if (closed_) return;
+  }
+  // A reload's word to the workers may have passed both while the session was on its way.
+  if (const auto config = app_.config(); config != config_) {
+    on_shard_map_changed(config);
     if (closed_) return;
   }
   // What arrived meanwhile waits in the kernel: read before waiting on this worker's loop.

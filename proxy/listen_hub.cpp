@@ -83,6 +83,7 @@ void ListenHub::move_to(std::optional<config::Endpoint> primary, std::function<v
                         moved = std::move(moved)]() mutable {
     if (primary) {
       self->target_ = std::move(*primary);
+      self->told_target_ = true;
     } else {
       self->next_host();
     }
@@ -99,7 +100,12 @@ void ListenHub::move_to(std::optional<config::Endpoint> primary, std::function<v
 // On the hub's thread from here on.
 const config::Endpoint& ListenHub::next_host() {
   if (primary_) {
-    if (auto p = primary_()) target_ = std::move(*p);
+    // A host move_to() named wins until the health checks name it too: a promotion moves the
+    // listeners before it publishes the new primary.
+    if (auto p = primary_(); p && (!told_target_ || *p == target_)) {
+      told_target_ = false;
+      target_ = std::move(*p);
+    }
   }
   return target_;
 }

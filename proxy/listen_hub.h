@@ -87,7 +87,8 @@ class ListenHub : public std::enable_shared_from_this<ListenHub> {
   const std::string shard_;
   const ServerLogin login_;
   const Primary primary_;
-  config::Endpoint target_;  // where the hub should listen
+  config::Endpoint target_;   // where the hub should listen
+  bool told_target_ = false;  // target_ came from move_to(), ahead of the health checks
   std::unique_ptr<ServerConnection> server_;
   std::uint64_t connection_ = 0;  // counts connections, so a late answer finds its own
   bool subscribed_ = false;       // the server listens on every channel

@@ -104,6 +104,15 @@ Route Router::route(std::string_view sql, const RouteContext& context) const {
 }
 
 const ShardPlan& Router::shard_plan(std::string_view sql, std::uint64_t fp) const {
+  if (sql.size() > kMaxParsedStatementBytes) {
+    // Not parsed, so not kept for the shape: its short statements are planned as usual.
+    static const ShardPlan too_long = [] {
+      ShardPlan p;
+      p.key = ShardPlan::Key::TooLong;
+      return p;
+    }();
+    return too_long;
+  }
   if (const ShardPlan* known = cache_->shard_plan(fp, policy_.sharding_id)) return *known;
   // The plan is stored next to the read/write decision, which replica_eligible() cached.
   ShardPlan& plan = cache_->scratch_shard_plan();
@@ -190,10 +199,9 @@ Route Router::route_sharded(std::string_view sql, const RouteContext& context) c
     return one(shard, hint);
   }
   if (sql.empty() || !cache_ || !policy_.write_functions) return any(hint);
-  const std::uint64_t fp = context.fingerprint ? context.fingerprint : fingerprint(sql);
-  const bool read = replica_eligible(sql, fp);
-  const ShardPlan plan = shard_plan(sql, fp);
-  if (plan.key == ShardPlan::Key::TooLong) {
+  if (sql.size() > kMaxParsedStatementBytes) {
+    // Before any cached decision: the shape's short statements must not inherit this refusal,
+    // nor this statement a plan whose keys only a parse could read.
     return Route::refuse(
         "54000",
         "pgvalve: this statement is longer than " +
@@ -204,6 +212,9 @@ Route Router::route_sharded(std::string_view sql, const RouteContext& context) c
             "=<value> */ or /* pgvalve: shard=<name> */ "
             "runs it on one shard without reading it");
   }
+  const std::uint64_t fp = context.fingerprint ? context.fingerprint : fingerprint(sql);
+  const bool read = replica_eligible(sql, fp);
+  const ShardPlan plan = shard_plan(sql, fp);
   // The rows of an INSERT into a sharded table belong to their keys' shards: run everywhere,
   // each shard would get every row.
   auto insert = [&] { return !read && classify(sql).kind == StatementKind::Insert; };
@@ -285,7 +296,7 @@ Route Router::route_sharded(std::string_view sql, const RouteContext& context) c
                            hint_text);
     case ShardPlan::Key::Unparsed:
       return any(hint);            // PostgreSQL says what is wrong
-    case ShardPlan::Key::TooLong:  // refused above
+    case ShardPlan::Key::TooLong:  // refused before the plan was looked up
     default:
       break;
   }

@@ -400,17 +400,19 @@ class Classifier {
           main_verb_ = t;
         }
       }
+      if (t.kind == TokenKind::QuotedIdentifier && t.text.size() > 2 && (t.text[0] | 0x20) == 'u' &&
+          t.text[1] == '&') {
+        // U&"\0073et_config"(...), also with UESCAPE: what such a name calls is not worth
+        // decoding here.
+        info_.opaque = true;
+        info_.set_config = StatementInfo::SetConfig::Unknown;
+      }
       if (set_config_.active()) {
         if (!set_config_.feed(t, info_)) info_.set_config = StatementInfo::SetConfig::Unknown;
       }
       if (t.is_punct('(')) {
         ++depth;
-        if (has_prev && prev.kind == TokenKind::QuotedIdentifier && prev.text.size() > 2 &&
-            prev.text[1] == '&') {
-          // U&"\0073et_config"(...): what it calls is not worth decoding here.
-          info_.opaque = true;
-          info_.set_config = StatementInfo::SetConfig::Unknown;
-        }
+
         if (has_prev && is_advisory_session_lock_name(prev)) {
           info_.calls_advisory_session_lock = true;
         }

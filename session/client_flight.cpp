@@ -871,7 +871,8 @@ bool Session::answer_parse_locally(Flight& flight, Actions& out) {
       if (!review(parse->query, false, ignored).refusal.empty()) return false;
       const pr::PreparedStatement* known =
           statements_ ? statements_->find(parse->statement) : nullptr;
-      if (known && (known->query != parse->query || known->param_types != parse->param_types)) {
+      if (known && known->confirmed &&
+          (known->query != parse->query || known->param_types != parse->param_types)) {
         return false;  // the server path says it exists (42P05)
       }
       if (!known) ++new_statements;
@@ -1420,10 +1421,11 @@ void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight
   }
   const pr::PreparedStatement* existing =
       statements_ ? statements_->find(parse->statement) : nullptr;
-  if (existing &&
+  if (existing && existing->confirmed &&
       (existing->query != parse->query || existing->param_types != parse->param_types)) {
-    // As PostgreSQL says. The same text again passes: after an error skipped its first Parse,
-    // the server forgot it, pgvalve did not, and the driver prepares it again.
+    // As PostgreSQL says, of a statement a server accepted. One no server has prepared yet may
+    // be one PostgreSQL never got (its Parse answered by pgvalve, or skipped after an error
+    // earlier in its flight): it is replaced, as the driver means.
     raise_on_server("42P05",
                     "pgvalve: prepared statement \"" + std::string(parse->statement) +
                         "\" already exists; close it (Close or DEALLOCATE) before preparing "
@@ -1449,6 +1451,7 @@ void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight
   }
   const auto& stmt = define_statement(parse->statement, parse->query, parse->param_types);
   if (l.server->statements.contains(stmt.hash) && !l.parse_unconfirmed(stmt.hash)) {
+    if (!stmt.confirmed) statements_->confirm(stmt.hash);  // the server prepared it
     l.server->statements.touch(stmt.hash);
     pr::PendingResponse done{Kind::Synthetic};
     done.action = kActionSynthParseComplete;
@@ -1521,6 +1524,7 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
   }
   if (l.server->statements.contains(stmt->hash) && !l.parse_unconfirmed(stmt->hash)) {
     l.server->statements.touch(stmt->hash);
+    if (!stmt->confirmed) statements_->confirm(stmt->hash);  // the server prepared it
   } else {
     prepare_on_server(*stmt, true, l, flight);
   }

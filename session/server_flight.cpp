@@ -371,9 +371,14 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
       return passed;
     case pr::ResponseMatch::Error:
       if (head.action == kActionFirstParse && statements_) {
-        // PostgreSQL keeps no statement whose Parse failed: neither does the client, which may
-        // prepare another under the name.
-        statement_bytes_ -= statements_->forget_unconfirmed(head.statement_hash);
+        // PostgreSQL keeps no statement whose Parse failed for what it says (a syntax error, a
+        // missing table: class 42, or a bad constant: class 22): neither does the client, which
+        // may prepare another under the name. A failure of the moment (an aborted transaction,
+        // a lock timeout, a cancel) leaves it to be prepared again.
+        const auto e = pr::read_error_response(f);
+        if (e && (e->sqlstate.starts_with("42") || e->sqlstate.starts_with("22"))) {
+          statement_bytes_ -= statements_->forget_unconfirmed(head.statement_hash);
+        }
       }
       if (head.action == kActionRaised) {
         pass_raised_error(l, f);

@@ -996,7 +996,8 @@ const Actions& Session::on_timer(Clock::time_point now) {
 // The server can go on only once the client sends more: COPY data, or the Sync (or Flush) of
 // an extended flight whose answers, if any, have come. The client holds the server meanwhile.
 bool Session::waits_for_client(const Link& l) const {
-  return l.copy_in || (l.open_extended && !l.owes_answer() && state_ != SessionState::Syncing);
+  return !client_held_ &&
+         (l.copy_in || (l.open_extended && !l.owes_answer() && state_ != SessionState::Syncing));
 }
 
 const Actions& Session::on_notification(std::string_view message, std::size_t unsent) {

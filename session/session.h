@@ -184,6 +184,12 @@ class Session {
   // pgvalve stops reading the link's server while the client has not read what it got (and
   // starts again once it has): that time is not the server's silence (query_timeout).
   void set_server_paused(LinkId link, bool paused, Clock::time_point now);
+  // pgvalve stops reading the client while a server has not taken what it was sent (and starts
+  // again once it has): that time is not the client's silence (idle_transaction_timeout).
+  void set_client_held(bool held, Clock::time_point now) {
+    if (client_held_ && !held) client_activity_ = now;
+    client_held_ = held;
+  }
 
   // ---- What the I/O layer waits for ---------------------------------------------------------
   // The earliest deadline (partial message, silent server, idle in transaction, settings sync);
@@ -540,6 +546,7 @@ class Session {
   bool logged_in_ = false;
   bool drain_requested_ = false;
   bool shard_map_changed_ = false;  // drained because of it: nothing more is routed
+  bool client_held_ = false;        // set_client_held()
   bool pinned_ = false;
   // The server died while this client had a transaction open: its next requests get an error
   // until the next Sync / Query.

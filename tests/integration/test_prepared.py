@@ -494,6 +494,9 @@ def test_another_statement_under_a_prepared_name_is_42P05_as_on_postgresql(pgval
         with psycopg.connect(dsn, autocommit=True) as c:
             pg = c.pgconn
             assert pg.prepare(b"s1", b"select 1").status == pq.ExecStatus.COMMAND_OK
+            # Run once: pgvalve answers a lone Parse itself, and only a server's acceptance
+            # makes the name PostgreSQL's to refuse again.
+            assert pg.exec_prepared(b"s1", []).get_value(0, 0) == b"1"
             again = pg.prepare(b"s1", b"select 2")
             assert again.status == pq.ExecStatus.FATAL_ERROR, dsn
             assert again.error_field(pq.DiagnosticField.SQLSTATE) == b"42P05"

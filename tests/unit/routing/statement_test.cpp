@@ -565,7 +565,10 @@ TEST(Classify, WhatADoBlockOrAUnicodeNamedCallRunsIsOpaque) {
   const StatementInfo call = classify(R"(select U&"\0073et_config"('role', 'r', false))");
   EXPECT_TRUE(call.opaque);
   EXPECT_EQ(call.set_config, StatementInfo::SetConfig::Unknown);
-  EXPECT_FALSE(classify(R"(select * from U&"t")").opaque);
+  const StatementInfo escaped =
+      classify(R"(select U&"!0073et_config" UESCAPE '!'('role', 'r', false))");
+  EXPECT_TRUE(escaped.opaque);
+  EXPECT_EQ(escaped.set_config, StatementInfo::SetConfig::Unknown);
   EXPECT_FALSE(classify("select f(1)").opaque);
 }
 

@@ -261,6 +261,21 @@ TEST(SessionFailures, AClientSilentMidCopyIsCutByTheIdleTransactionTimeout) {
   EXPECT_EQ(s.ops[0].kind, LinkOp::Kind::CancelAndClose);
 }
 
+TEST(SessionFailures, AClientPgvalveStoppedReadingIsNotSilentMidCopy) {
+  // Its server did not take the data sent (a lock wait): pgvalve stopped reading the client.
+  SessionOptions o;
+  o.idle_transaction_timeout = 10s;
+  SessionHarness h(o);
+  auto server = SessionHarness::fresh_server();
+  h.send(query("copy t from stdin"), *server, nullptr, T0);
+  h.answer(message('G', std::string("\0\0\1\0\0", 5)), T0);
+  h.session().set_client_held(true, T0 + 1s);
+  EXPECT_EQ(h.session().next_deadline(), Clock::time_point::max());
+  EXPECT_FALSE(h.timer(T0 + 60s).close_client);
+  h.session().set_client_held(false, T0 + 60s);
+  EXPECT_EQ(h.session().next_deadline(), T0 + 70s);
+}
+
 TEST(SessionFailures, AClientSilentInAFlightWithoutSyncIsCutByTheIdleTransactionTimeout) {
   SessionOptions o;
   o.idle_transaction_timeout = 10s;

@@ -489,6 +489,16 @@ TEST(SessionPreparedStatements, ErrorOfTheRepreparationIsTheBindsError) {
   prepare_locally(h, "s1", "select 'fixed'");
 }
 
+TEST(SessionPreparedStatements, AFailureOfTheMomentLeavesAStatementNoServerAcceptedYet) {
+  // Its first Parse lands in an aborted transaction (25P02): it is prepared again next time.
+  SessionHarness h;
+  prepare_locally(h);
+  auto server = SessionHarness::fresh_server();
+  h.send(run_flight("s1"), *server);
+  h.answer(error_message("25P02") + ready('E'));
+  EXPECT_EQ(h.session().prepared_statement_count(), 1u);
+}
+
 TEST(SessionPreparedStatements, AStatementOnceAcceptedIsKeptWhenAnotherServerFailsItsParse) {
   // A lock timeout while another server prepares it again: the client's statement stands.
   SessionHarness h;
@@ -520,12 +530,25 @@ TEST(SessionPreparedStatements, SessionModePassesNamesUnchanged) {
   EXPECT_EQ(s.to_server, flight);
 }
 
+TEST(SessionPreparedStatements, AStatementNoServerAcceptedYetIsReplacedByAnotherParse) {
+  // Its Parse was answered by pgvalve (or skipped by the server after an earlier error):
+  // PostgreSQL never had it, and the driver prepares another under the name.
+  SessionHarness h;
+  prepare_locally(h, "s1", "select 1");
+  prepare_locally(h, "s1", "select 2");
+  auto server = SessionHarness::fresh_server();
+  const auto parses = parses_in(h.send(run_flight("s1"), *server));
+  ASSERT_EQ(parses.size(), 1u);
+  EXPECT_EQ(parses[0].second, "select 2");
+}
+
 TEST(SessionPreparedStatements, AnotherStatementUnderAKnownNameIs42P05AsOnPostgreSQL) {
   SessionHarness h;
   prepare_locally(h, "s1", "select 1");
   auto server = SessionHarness::fresh_server();
+  h.send(run_flight("s1"), *server);
+  h.answer(parse_complete() + select_answer());  // a server accepted it
   const std::string sent = h.send(parse("s1", "select 2") + run_flight("s1"), *server);
-  EXPECT_TRUE(h.checked_out);
   const auto parses = parses_in(sent);
   ASSERT_EQ(parses.size(), 1u);
   EXPECT_NE(parses[0].second.find("ERRCODE = '42P05'"), std::string::npos) << parses[0].second;
