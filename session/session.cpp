@@ -431,8 +431,8 @@ void Session::append_login_reply(std::string& out) {
 // they tell the pool's defaults, not the client's startup values, and during pgvalve's syncs
 // values the client never changed.
 void Session::report_settings(std::string& out) {
+  if (client_settings_.items() == told_.get()) return;  // every request but a few
   auto now = client_settings_.share();
-  if (now == told_) return;
   for (const auto& [name, fallback] : *defaults_) {
     if (!is_synced_setting(name)) continue;
     const Setting* before = Settings::find_in(told_.get(), name);

@@ -44,6 +44,8 @@ class Settings {
   const Setting* find(std::string_view name) const;
   // The items as they are now (null: none), shared: nothing is copied until this list changes.
   std::shared_ptr<const std::vector<Setting>> share() const { return items_; }
+  // The items' address: equal to a share()'s while neither changed (no reference count touched).
+  const std::vector<Setting>* items() const { return items_.get(); }
   static const Setting* find_in(const std::vector<Setting>* items, std::string_view name);
   // Sets `value`; returns true when it changed.
   bool set(std::string_view name, std::string_view value, bool reported,
