@@ -1,7 +1,8 @@
 // LISTEN/NOTIFY under transaction pooling. Clients hold no server between transactions, so one
-// listening server connection per (database, user) runs LISTEN/UNLISTEN for the union of its
-// clients' channels and fans each NotificationResponse out to the clients that listen on it.
-// Runs on one event loop (the control thread); clients talk to it from their own workers.
+// listening server connection per (database, user, shard) runs LISTEN/UNLISTEN for the union of
+// its clients' channels and fans each NotificationResponse out to the clients that listen on it;
+// it follows its shard's primary. Runs on one event loop (the control thread); clients talk to it
+// from their own workers.
 #pragma once
 
 #include <deque>
@@ -40,7 +41,7 @@ class ListenHub : public std::enable_shared_from_this<ListenHub> {
   // switchover's pause), when the hub keeps the last one it knew.
   using Primary = std::function<std::optional<config::Endpoint>()>;
 
-  // `database` and `shard` are pgvalve's names of what `login` reaches (its first shard).
+  // `database` and `shard` are pgvalve's names of what `login` reaches.
   // `primary` names the host to (re)connect to at each connection, so the hub follows a
   // failover; login.host until it names one.
   ListenHub(asio::io_context& context, std::string database, std::string shard, ServerLogin login,
