@@ -286,36 +286,6 @@ def test_valid_message_up_to_max_message_bytes(pv_strict):
 
 # --- results pass through ------------------------------------------------------------------------
 
-def test_huge_result_is_not_held(pgvalve):
-    pv = pgvalve(mode="transaction", pool_size=2)
-    warm_up(pv)
-    base = settle_rss(pv.pid)
-    peak = [base]
-    stop = threading.Event()
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], rss_bytes(pv.pid))
-            time.sleep(0.005)
-
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
-    try:
-        with pv.connect() as c:
-            for _ in range(2):
-                assert len(one(c, "select repeat('x', 50000000)")) == 50_000_000
-            # the extended protocol too
-            assert len(one(c, "select repeat('y', %s)", (50_000_000,))) == 50_000_000
-    finally:
-        stop.set()
-        th.join(5)
-    grown = peak[0] - base
-    print(f"peak RSS during 50 MB results: +{grown / MiB:.1f} MiB")
-    assert grown < 16 * MiB, f"pgvalve's RSS grew by {grown / MiB:.1f} MiB for a 50 MB row"
-
-
-# --- statements whose parse would cost far more than their bytes ------------------------------
-
 def peak_growth(pv, work) -> int:
     """The RSS pgvalve grows by (sampled every 5 ms) while `work()` runs."""
     base = settle_rss(pv.pid)
@@ -336,6 +306,23 @@ def peak_growth(pv, work) -> int:
         th.join(5)
     return peak[0] - base
 
+
+def test_huge_result_is_not_held(pgvalve):
+    pv = pgvalve(mode="transaction", pool_size=2)
+    warm_up(pv)
+
+    def run():
+        with pv.connect() as c:
+            for _ in range(2):
+                assert len(one(c, "select repeat('x', 50000000)")) == 50_000_000
+            # the extended protocol too
+            assert len(one(c, "select repeat('y', %s)", (50_000_000,))) == 50_000_000
+    grown = peak_growth(pv, run)
+    print(f"peak RSS during 50 MB results: +{grown / MiB:.1f} MiB")
+    assert grown < 16 * MiB, f"pgvalve's RSS grew by {grown / MiB:.1f} MiB for a 50 MB row"
+
+
+# --- statements whose parse would cost far more than their bytes ------------------------------
 
 def test_statements_costly_to_parse_are_not_parsed_whole(cluster, pgvalve):
     # PostgreSQL's parser and its tree take about a hundred to a thousand times a statement's
