@@ -279,3 +279,27 @@ def test_pin_session_state_false_refuses(pgvalve):
         assert_pgvalve_message(ei.value.diag.message_primary)
         assert one(a, "select count(*) from pg_locks where locktype = 'advisory'") == 0
         assert one(a, "select 1") == 1
+
+
+# --- DO blocks -------------------------------------------------------------------------------------
+
+def test_what_a_do_block_builds_and_executes_is_checked_and_reset(pv, cluster):
+    # Strings it builds hide what it runs from any reading of the text: the server is asked
+    # what it holds afterwards (a temporary table pins), and its settings are reset for the
+    # next client (a search_path set through set_config).
+    with connect(pv) as a:
+        a.execute("DO $$ BEGIN EXECUTE 'CREATE TE' || 'MP TABLE leak_tmp (secret text)'; "
+                  "EXECUTE 'INSERT INTO leak_tmp VALUES (''from a'')'; END $$")
+        server = pid(a)
+        assert_pinned_to(pv, a, server)
+        a.execute("DROP TABLE leak_tmp")
+        assert_unpinned(pv)
+    with connect(pv) as a:
+        a.execute("DO $$ BEGIN EXECUTE 'SELECT set_con' || 'fig(''search_path'', ''evil, public'', "
+                  "false)'; END $$")
+        # Every other client's transaction runs on a server whose settings are its own.
+        for _ in range(4):
+            with connect(pv) as b:
+                b.execute("BEGIN")
+                assert one(b, "show search_path") == '"$user", public'
+                b.execute("COMMIT")
