@@ -771,6 +771,9 @@ void Session::finish_scatter(std::string& into, Actions& out) {
     if (w.scatter().scatter->failed()) forget_deferred_begin();
     status = client_tx_status();
   }
+  // A shard's part may have synced the client's settings (normalised values): the client hears of
+  // them before the gathered answer's ReadyForQuery.
+  report_settings(into);
   w.scatter().scatter->finish(into, status);
   if (recorder_) {
     // The client's one statement, once for its fingerprint.

@@ -635,6 +635,7 @@ void Session::finish_shard_transaction(std::string& into, Actions& out) {
   } else {
     pr::append_command_complete(into, tx.tag);
   }
+  report_settings(into);
   pr::append_ready_for_query(into, 'I');
   // read_your_writes = time: the client's reads go to primaries for the window after it.
   if (committed) last_write_at_ = now_;
