@@ -364,12 +364,13 @@ TEST(SessionFailures, DrainWhenIdleClosesAtOnce) {
   EXPECT_EQ(errors[0].severity, "FATAL");
 }
 
-TEST(SessionFailures, DrainWhenBusyClosesAtTheNextRelease) {
-  SessionHarness h;
+// A drain (of either kind) inside a transaction: nothing until its end, then 57P01 and closed.
+// Returns the step of the COMMIT's answer.
+Step drained_in_a_transaction(SessionHarness& h, Step (SessionHarness::*drain)()) {
   auto server = SessionHarness::fresh_server();
   h.send(query("begin"), *server);
   h.answer(command_result("BEGIN", 'T'));
-  Step s = h.drain();
+  Step s = (h.*drain)();
   EXPECT_FALSE(s.close_client);
   EXPECT_TRUE(s.to_client.empty());
   h.client(query("commit"));
@@ -377,6 +378,12 @@ TEST(SessionFailures, DrainWhenBusyClosesAtTheNextRelease) {
   EXPECT_TRUE(s.close_client);
   EXPECT_EQ(tags_of(s.to_client), "CZE");
   EXPECT_EQ(sqlstates_in(s.to_client), "57P01");
+  return s;
+}
+
+TEST(SessionFailures, DrainWhenBusyClosesAtTheNextRelease) {
+  SessionHarness h;
+  Step s = drained_in_a_transaction(h, &SessionHarness::drain);
   ASSERT_EQ(s.ops.size(), 1u);
   EXPECT_EQ(s.ops[0].kind, LinkOp::Kind::Release);
 }
@@ -469,17 +476,7 @@ TEST(SessionFailures, ShardMapChangeDropsARequestStillWaitingForItsServer) {
 
 TEST(SessionFailures, ShardMapChangeInATransactionClosesAtItsEnd) {
   SessionHarness h;
-  auto server = SessionHarness::fresh_server();
-  h.send(query("begin"), *server);
-  h.answer(command_result("BEGIN", 'T'));
-  Step s = h.shard_map_changed();
-  EXPECT_FALSE(s.close_client);
-  EXPECT_TRUE(s.to_client.empty());
-  h.client(query("commit"));
-  s = h.server(command_result("COMMIT"));
-  EXPECT_TRUE(s.close_client);
-  EXPECT_EQ(tags_of(s.to_client), "CZE");
-  EXPECT_EQ(sqlstates_in(s.to_client), "57P01");
+  drained_in_a_transaction(h, &SessionHarness::shard_map_changed);
 }
 
 TEST(SessionFailures, ShardMapChangeRefusesARequestWhoseLastBytesCameAfterIt) {
