@@ -289,7 +289,6 @@ class Session {
   // Holding when a server is still linked, else Idle.
   void enter_between_requests();
   bool check_partial(std::string_view rest, Actions& out, Clock::time_point now);
-  bool answer_parse_locally(Flight& flight, Actions& out);
   bool answer_listen_locally(Flight& flight, Actions& out);
   bool local_flight(std::string_view input, std::string_view& sql, HubReply& reply) const;
   bool answer_route_setting(std::string_view input, char tx_status, Actions& out);
@@ -391,16 +390,27 @@ class Session {
   // `sql` without a leading pgvalve hint comment (the hint is pgvalve's, not PostgreSQL's);
   // `sql` itself when it has none.
   std::string_view without_hint(std::string_view sql);
+  void plan_execute(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
+  void remember_portal(std::string_view portal, Note note, bool pins, Link& l);
+  void raise_on_server(std::string_view sqlstate, std::string_view message, bool extended, Link& l,
+                       Flight& flight);
+
+  // ---- named prepared statements in transaction pooling (prepared_flight.cpp) ----
+  bool answer_parse_locally(Flight& flight, Actions& out);
   void plan_parse(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
   void plan_bind(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
   void plan_describe(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
   void plan_close(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
-  void plan_execute(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
-  void remember_portal(std::string_view portal, Note note, bool pins, Link& l);
   void prepare_on_server(const protocol::PreparedStatement& stmt, bool swallow, Link& l,
                          Flight& flight);
-  void raise_on_server(std::string_view sqlstate, std::string_view message, bool extended, Link& l,
-                       Flight& flight);
+  const protocol::PreparedStatement& define_statement(std::string_view name, std::string_view query,
+                                                      std::string_view param_types);
+  bool forget_statement(std::string_view name);
+  // DISCARD ALL / DEALLOCATE ALL answered on `l`: the statements defined before it are gone, on
+  // the client's side and on the server's.
+  void forget_statements_before(std::uint64_t defined, Link& l);
+
+  // ---- what a statement's text changes, pins or is refused for (statement_review.cpp) ----
   Review review(std::string_view sql, bool settling_transaction, std::vector<Note>& notes) const;
   void note_for(const routing::StatementInfo& info, Note& note) const;
   // `pending`: the bytes of every setting change not yet applied, whatever its name (a
@@ -408,12 +418,8 @@ class Session {
   void in_flight_settings(std::vector<std::string>& names, std::size_t& bytes,
                           std::size_t& pending) const;
   void count_server_listens(const Review& r);
-  const protocol::PreparedStatement& define_statement(std::string_view name, std::string_view query,
-                                                      std::string_view param_types);
-  bool forget_statement(std::string_view name);
-  // DISCARD ALL / DEALLOCATE ALL answered on `l`: the statements defined before it are gone, on
-  // the client's side and on the server's.
-  void forget_statements_before(std::uint64_t defined, Link& l);
+
+  // ---- client requests, continued (client_flight.cpp) ----
   void pass_client(Flight& flight, std::size_t offset, std::size_t size);
   void mark_scratch(Flight& flight, std::size_t from);
   void fail_requests(std::string_view frames, std::string_view sqlstate, std::string_view message,

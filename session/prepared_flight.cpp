@@ -1,0 +1,363 @@
+// Named prepared statements in transaction pooling. A client's statement names are its own:
+// each maps to a shared server-side statement named after a hash of its text (pgv_<hash>),
+// prepared on whichever server the client lands on, before the first Bind or Describe that needs
+// it there. Close is answered for the client; the server-side statement stays for the others.
+#include "session/limits.h"
+#include "session/session_internal.h"
+
+namespace pgvalve::session {
+
+namespace pr = protocol;
+using Kind = pr::PendingResponse::Kind;
+
+namespace {
+
+// A closed statement name no client statement maps to: closing it makes the server answer
+// CloseComplete where a client's Close of its own name is expected.
+constexpr std::string_view kNoStatement = "pgv_none";
+
+}  // namespace
+
+// A flight of named Parse messages and Sync/Flush only, between transactions: the statements
+// are defined and prepared where they are first used. A client that prepares synchronously while
+// its own other connections hold every server (pgbench -M prepared does) then cannot deadlock a
+// full pool. A syntax error surfaces at the first Bind. A Sync or Flush alone is answered the
+// same way (ReadyForQuery 'I', or nothing): it needs no server between transactions; so is COPY
+// data still coming after its COPY failed and the server went back (PostgreSQL ignores it
+// outside COPY).
+bool Session::answer_parse_locally(Flight& flight, Actions& out) {
+  // The usual flight starts with a Query or a Bind: no closer look.
+  const char first = flight.input.empty() ? '\0' : flight.input[0];
+  if (options_.mode == config::PoolMode::Session ||
+      (first != 'P' && first != 'S' && first != 'H' && first != 'd' && first != 'c' &&
+       first != 'f')) {
+    return false;
+  }
+  std::size_t new_statements = 0;
+  std::size_t new_bytes = 0;
+  for (std::size_t pos = 0; pos < flight.input.size();) {
+    auto r = pr::decode_frame(flight.input.substr(pos), options_.max_message_bytes);
+    const pr::Frame& f = r.frame;
+    if (f.tag == 'P') {
+      auto parse = pr::read_parse(f);
+      if (!parse || parse->statement.empty()) return false;
+      std::vector<Note> ignored;
+      if (!review(parse->query, false, ignored).refusal.empty()) return false;
+      const pr::PreparedStatement* known =
+          statements_ ? statements_->find(parse->statement) : nullptr;
+      if (known && known->confirmed &&
+          (known->query != parse->query || known->param_types != parse->param_types)) {
+        return false;  // the server path says it exists (42P05)
+      }
+      if (!known) ++new_statements;
+      new_bytes += parse->query.size() + parse->param_types.size();
+    } else if (f.tag != 'S' && f.tag != 'H' && f.tag != 'd' && f.tag != 'c' && f.tag != 'f') {
+      return false;
+    }
+    pos += f.whole.size();
+  }
+  // Over a cap: the server path raises the error where the client expects it.
+  if (prepared_statement_count() + new_statements > kMaxClientStatements ||
+      statement_bytes_ + new_bytes > kMaxClientStatementBytes) {
+    return false;
+  }
+  if (!statements_) statements_ = std::make_unique<pr::ClientStatements>();
+  std::string& reply = out.outbox;
+  for (std::size_t pos = 0; pos < flight.input.size();) {
+    auto r = pr::decode_frame(flight.input.substr(pos), options_.max_message_bytes);
+    const pr::Frame& f = r.frame;
+    if (f.tag == 'P') {
+      auto parse = pr::read_parse(f);
+      define_statement(parse->statement, parse->query, parse->param_types);
+      pr::append_parse_complete(reply);
+    } else if (f.tag == 'S') {
+      pr::append_ready_for_query(reply, 'I');
+    }
+    pos += f.whole.size();
+  }
+  return true;
+}
+
+const pr::PreparedStatement& Session::define_statement(std::string_view name,
+                                                       std::string_view query,
+                                                       std::string_view param_types) {
+  if (!statements_) statements_ = std::make_unique<pr::ClientStatements>();
+  if (const auto* old = statements_->find(name)) {
+    statement_bytes_ -= old->query.size() + old->param_types.size();
+  }
+  statement_bytes_ += query.size() + param_types.size();
+  const std::uint64_t fingerprint = recorder_ ? fingerprint_of(query, true) : 0;
+  if (fingerprint) recorder_->stats->prepare(fingerprint, query, recorder_->labels);
+  const Setting* search_path = client_settings_.find("search_path");
+  return statements_->define(
+      name, query, param_types, fingerprint,
+      search_path ? std::string_view(search_path->value) : std::string_view());
+}
+
+bool Session::forget_statement(std::string_view name) {
+  if (!statements_) return false;
+  if (const auto* old = statements_->find(name)) {
+    statement_bytes_ -= old->query.size() + old->param_types.size();
+    return statements_->erase(name);
+  }
+  return false;
+}
+
+void Session::forget_statements_before(std::uint64_t defined, Link& l) {
+  if (statements_) statement_bytes_ -= statements_->erase_defined_up_to(defined);
+  // The server forgot its statements too, except those whose Parse, sent after the request
+  // that made it forget, is still to be answered — and not closed again (an eviction) after it.
+  l.server->statements.clear();
+  for (std::size_t i = 0; i < l.pending.size(); ++i) {
+    const pr::PendingResponse& p = l.pending.at(i);
+    if (p.statement_hash == 0) continue;
+    if (p.kind == Kind::ParseComplete) {
+      l.server->statements.add(p.statement_hash, 0);
+    } else if (p.action == kActionEvictClose || p.action == kActionRecloseStatement) {
+      l.server->statements.erase(p.statement_hash);
+    }
+  }
+}
+
+void Session::prepare_on_server(const pr::PreparedStatement& stmt, bool swallow, Link& l,
+                                Flight& flight) {
+  const std::size_t from = flight.scratch->size();
+  if (auto evicted = l.server->statements.add(stmt.hash, options_.max_prepared_statements)) {
+    pr::append_close(*flight.scratch, 'S', pr::server_statement_name(evicted));
+    pr::PendingResponse close{Kind::CloseComplete, true};
+    close.action = l.statement_pending(evicted) ? kActionRecloseStatement : kActionEvictClose;
+    close.statement_hash = evicted;
+    l.pending.push(close);
+    ++flight.out->statement_evictions;
+  }
+  // Whether the server has the statement now may depend on answers still to come (its eviction
+  // Close or an earlier Parse, in a flight that may fail), or be unknown after such a failure:
+  // it is closed first (closing a statement the server does not have is no error), so that the
+  // Parse succeeds either way.
+  if (l.statement_pending(stmt.hash) || l.server->statements.close_before_parse()) {
+    pr::append_close(*flight.scratch, 'S', pr::server_statement_name(stmt.hash));
+    pr::PendingResponse close{Kind::CloseComplete, true};
+    close.action = kActionRecloseStatement;
+    close.statement_hash = stmt.hash;
+    l.pending.push(close);
+  }
+  pr::append_parse_raw(*flight.scratch, pr::server_statement_name(stmt.hash),
+                       without_hint(stmt.query), stmt.param_types);
+  pr::PendingResponse parse{Kind::ParseComplete, swallow};
+  parse.statement_hash = stmt.hash;
+  if (!stmt.confirmed) parse.action = kActionFirstParse;
+  l.pending.push(parse);
+  mark_scratch(flight, from);
+}
+
+void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight& flight) {
+  auto parse = pr::read_parse(f);
+  Workspace& w = work();
+  if (!parse) {
+    pass_client(flight, offset, f.whole.size());
+    l.pending.push({Kind::ParseComplete});
+    return;
+  }
+  const bool translate = options_.mode != config::PoolMode::Session;
+  Note note;
+  bool pins = false;
+  if (!routing::plain_statement(parse->query)) {
+    std::vector<Note>& notes = w.change_rare().review_notes;
+    notes.clear();
+    Review r = review(parse->query, true, notes);
+    if (!r.refusal.empty()) {
+      raise_on_server(r.refusal_sqlstate, r.refusal, true, l, flight);
+      return;
+    }
+    if (r.temporary && !translate) l.server->touched_temp = true;
+    count_server_listens(r);
+    if (!notes.empty()) note = notes.front();
+    pins = r.check_pins;
+  }
+  if (!translate || parse->statement.empty()) {
+    if (parse->statement.empty()) {
+      if (router_.sharded()) {
+        w.change_rare().unnamed_statement_text.assign(parse->query);
+        w.change_rare().unnamed_statement_types.assign(parse->param_types);
+      }
+      w.unnamed_statement_note = std::move(note);
+      w.unnamed_statement_pins = pins;
+      w.unnamed_statement_fingerprint = 0;
+      if (recorder_ && !parse->query.empty()) {
+        w.unnamed_statement_fingerprint = fingerprint_of(parse->query, true);
+        recorder_->stats->prepare(w.unnamed_statement_fingerprint, parse->query, recorder_->labels);
+      }
+      if (keeps_literals()) [[unlikely]] {
+        w.change_rare().unnamed_statement_sample.assign(
+            parse->query.substr(0, stats::QueryStats::kMaxTextBytes + 4));
+        w.change_rare().unnamed_statement_types.assign(parse->param_types);
+      }
+    }
+    const std::string_view text = without_hint(parse->query);
+    if (text.size() == parse->query.size()) {
+      pass_client(flight, offset, f.whole.size());
+    } else {
+      const std::size_t from = flight.scratch->size();
+      pr::append_parse_raw(*flight.scratch, parse->statement, text, parse->param_types);
+      mark_scratch(flight, from);
+    }
+    l.pending.push({Kind::ParseComplete});
+    return;
+  }
+  const pr::PreparedStatement* existing =
+      statements_ ? statements_->find(parse->statement) : nullptr;
+  if (existing && existing->confirmed &&
+      (existing->query != parse->query || existing->param_types != parse->param_types)) {
+    // As PostgreSQL says, of a statement a server accepted. One no server has prepared yet may
+    // be one PostgreSQL never got (its Parse answered by pgvalve, or skipped after an error
+    // earlier in its flight): it is replaced, as the driver means.
+    raise_on_server("42P05",
+                    "pgvalve: prepared statement \"" + std::string(parse->statement) +
+                        "\" already exists; close it (Close or DEALLOCATE) before preparing "
+                        "another statement under its name",
+                    true, l, flight);
+    return;
+  }
+  const bool known = existing != nullptr;
+  if (!known && prepared_statement_count() >= kMaxClientStatements) {
+    raise_on_server("53400",
+                    "pgvalve: a client may have at most " + std::to_string(kMaxClientStatements) +
+                        " named prepared statements; close (DEALLOCATE) the ones it no longer "
+                        "uses",
+                    true, l, flight);
+    return;
+  }
+  if (statement_bytes_ + parse->query.size() > kMaxClientStatementBytes) {
+    raise_on_server("54000",
+                    "pgvalve: the named prepared statements of this client hold more than 32 MiB "
+                    "of text; close (DEALLOCATE) the ones it no longer uses",
+                    true, l, flight);
+    return;
+  }
+  const auto& stmt = define_statement(parse->statement, parse->query, parse->param_types);
+  if (l.server->statements.contains(stmt.hash) && !l.parse_unconfirmed(stmt.hash)) {
+    if (!stmt.confirmed) statements_->confirm(stmt.hash);  // the server prepared it
+    l.server->statements.touch(stmt.hash);
+    pr::PendingResponse done{Kind::Synthetic};
+    done.action = kActionSynthParseComplete;
+    l.pending.push(done);
+    return;
+  }
+  prepare_on_server(stmt, false, l, flight);
+}
+
+void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight& flight) {
+  auto head = pr::read_bind_head(f);
+  Workspace& w = work();
+  const bool translate = options_.mode != config::PoolMode::Session;
+  const pr::PreparedStatement* stmt = head && !head->statement.empty() && statements_ && translate
+                                          ? statements_->find(head->statement)
+                                          : nullptr;
+  // What the portal's statement means for settings and pinning, remembered for its Execute.
+  if (head && router_.sharded()) {
+    const bool unnamed = head->statement.empty();
+    const pr::PreparedStatement* named =
+        unnamed || !statements_ ? nullptr : statements_->find(head->statement);
+    const std::string_view sql =
+        unnamed ? std::string_view(w.rare().unnamed_statement_text)
+                : (named ? std::string_view(named->query) : std::string_view{});
+    const BindParams params(
+        head->rest, unnamed ? std::string_view(w.rare().unnamed_statement_types)
+                            : (named ? std::string_view(named->param_types) : std::string_view{}));
+    if (const auto [sqlstate, why] = shard_conflict(l, sql, &params); !why.empty()) {
+      raise_on_server(sqlstate, why, true, l, flight);
+      return;
+    }
+  }
+  if (head) {
+    Note note;
+    bool pins = false;
+    if (head->statement.empty()) {
+      note = w.unnamed_statement_note;
+      pins = w.unnamed_statement_pins;
+    } else if (stmt && !routing::plain_statement(stmt->query)) {
+      std::vector<Note>& notes = w.change_rare().review_notes;
+      notes.clear();
+      Review r = review(stmt->query, true, notes);
+      if (!notes.empty()) note = notes.front();
+      pins = r.check_pins;
+    }
+    if (head->portal.empty()) {
+      w.unnamed_portal_note = std::move(note);
+      w.unnamed_portal_pins = pins;
+      w.unnamed_portal_fingerprint = head->statement.empty() ? w.unnamed_statement_fingerprint
+                                                             : (stmt ? stmt->fingerprint : 0);
+      if (keeps_literals()) [[unlikely]] {
+        Workspace::Rare& rare = w.change_rare();
+        if (head->statement.empty()) {
+          describe_sample(rare.unnamed_portal_sample, rare.unnamed_statement_sample, head->rest,
+                          rare.unnamed_statement_types);
+        } else if (stmt) {
+          describe_sample(rare.unnamed_portal_sample, stmt->query, head->rest, stmt->param_types);
+        } else {
+          rare.unnamed_portal_sample.clear();
+        }
+      }
+    } else {
+      remember_portal(head->portal, std::move(note), pins, l);
+    }
+  }
+  if (!stmt) {
+    pass_client(flight, offset, f.whole.size());
+    l.pending.push({Kind::BindComplete});
+    return;
+  }
+  if (l.server->statements.contains(stmt->hash) && !l.parse_unconfirmed(stmt->hash)) {
+    l.server->statements.touch(stmt->hash);
+    if (!stmt->confirmed) statements_->confirm(stmt->hash);  // the server prepared it
+  } else {
+    prepare_on_server(*stmt, true, l, flight);
+  }
+  // The same Bind with the server-side name; parameters are copied unchanged.
+  const std::size_t from = flight.scratch->size();
+  pr::append_bind(*flight.scratch, head->portal, pr::server_statement_name(stmt->hash), head->rest);
+  mark_scratch(flight, from);
+  l.pending.push({Kind::BindComplete});
+}
+
+void Session::plan_describe(const pr::Frame& f, std::size_t offset, Link& l, Flight& flight) {
+  auto d = pr::read_describe(f);
+  const pr::PreparedStatement* stmt = d && d->kind == 'S' && !d->name.empty() && statements_ &&
+                                              options_.mode != config::PoolMode::Session
+                                          ? statements_->find(d->name)
+                                          : nullptr;
+  if (!stmt) {
+    pass_client(flight, offset, f.whole.size());
+  } else {
+    if (l.server->statements.contains(stmt->hash) && !l.parse_unconfirmed(stmt->hash)) {
+      l.server->statements.touch(stmt->hash);
+    } else {
+      prepare_on_server(*stmt, true, l, flight);
+    }
+    const std::size_t from = flight.scratch->size();
+    pr::append_describe(*flight.scratch, 'S', pr::server_statement_name(stmt->hash));
+    mark_scratch(flight, from);
+  }
+  l.pending.push({Kind::Describe});
+}
+
+void Session::plan_close(const pr::Frame& f, std::size_t offset, Link& l, Flight& flight) {
+  auto c = pr::read_close(f);
+  if (c && c->kind == 'P' && !c->name.empty() && !work().rare().named_portals.empty()) {
+    std::erase_if(work().change_rare().named_portals,
+                  [&](const Workspace::Rare::PortalNote& p) { return p.portal == c->name; });
+  }
+  if (c && c->kind == 'S' && !c->name.empty() && options_.mode != config::PoolMode::Session &&
+      forget_statement(c->name)) {
+    // The server-side statement may be shared and stays prepared. Closing a name that does not
+    // exist is not an error, so the server still answers CloseComplete in its place.
+    const std::size_t from = flight.scratch->size();
+    pr::append_close(*flight.scratch, 'S', kNoStatement);
+    mark_scratch(flight, from);
+  } else {
+    pass_client(flight, offset, f.whole.size());
+  }
+  l.pending.push({Kind::CloseComplete});
+}
+
+}  // namespace pgvalve::session

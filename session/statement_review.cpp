@@ -1,0 +1,303 @@
+// Reviewing a statement's text before it goes to a server: what it changes in the session
+// (settings, prepared statements, savepoints — a Note each, settled when the server answers),
+// what may pin the server to the client, and what is refused (by pool mode or a per-client cap).
+#include <algorithm>
+
+#include "routing/sql_lexer.h"
+#include "session/limits.h"
+#include "session/session_internal.h"
+
+namespace pgvalve::session {
+
+using routing::StatementKind;
+
+namespace {
+
+// The text inside a plain '...' literal, with '' unescaped.
+std::string unquote(std::string_view literal) {
+  std::string out;
+  if (literal.size() < 2) return out;
+  const std::string_view body = literal.substr(1, literal.size() - 2);
+  for (std::size_t i = 0; i < body.size(); ++i) {
+    out += body[i];
+    if (body[i] == '\'' && i + 1 < body.size() && body[i + 1] == '\'') ++i;
+  }
+  return out;
+}
+
+}  // namespace
+
+void Session::note_for(const routing::StatementInfo& info, Note& note) const {
+  using SC = routing::StatementInfo::SetConfig;
+  note = {};
+  if (info.set_config == SC::Unknown || info.body_sets || info.opaque) {
+    note.kind = NoteKind::Unknown;
+    return;
+  }
+  if (info.set_config == SC::Session) {
+    note.kind = NoteKind::Set;
+    note.form = SettingForm::Function;
+    note.name = lower(unquote(info.set_config_name));
+    note.value = std::string(info.set_config_value);
+    return;
+  }
+  switch (info.kind) {
+    case StatementKind::Set: {
+      if (info.name_unsupported || info.name.empty()) {
+        note.kind = NoteKind::Unknown;
+        return;
+      }
+      const std::string_view name = info.name.view();
+      const std::string_view value = info.value;
+      if (name == "session_characteristics" ||
+          (value.size() >= 4 && routing::iequals(value.substr(0, 4), "from"))) {
+        note.kind = NoteKind::Unknown;  // SET ... FROM CURRENT, SESSION CHARACTERISTICS
+        return;
+      }
+      note.name = std::string(name);
+      if (info.value_is_default || (name == "role" && routing::iequals(value, "none"))) {
+        note.kind = NoteKind::Reset;
+        return;
+      }
+      note.kind = NoteKind::Set;
+      note.form = SettingForm::Raw;
+      note.value = std::string(value);
+      return;
+    }
+    case StatementKind::Reset:
+      if (info.name_unsupported || info.name.empty()) {
+        note.kind = NoteKind::Unknown;
+        return;
+      }
+      note.kind = NoteKind::Reset;
+      note.name = std::string(info.name.view());
+      return;
+    case StatementKind::ResetAll:
+      note.kind = NoteKind::ResetAll;
+      return;
+    case StatementKind::Discard:
+      if (info.discard_all) note.kind = NoteKind::Discard;
+      note.statements_before = statements_ ? statements_->last_defined() : 0;
+      return;
+    case StatementKind::Deallocate:
+      if (info.all) note.kind = NoteKind::DeallocateAll;
+      note.statements_before = statements_ ? statements_->last_defined() : 0;
+      return;
+    case StatementKind::Commit:
+      note.kind = NoteKind::Commit;
+      return;
+    case StatementKind::Rollback:
+      note.kind = NoteKind::Rollback;
+      return;
+    case StatementKind::Savepoint:
+      note.kind = NoteKind::Savepoint;
+      note.name = std::string(info.name.view());
+      return;
+    case StatementKind::Release:
+      note.kind = NoteKind::Release;
+      note.name = std::string(info.name.view());
+      return;
+    case StatementKind::RollbackToSavepoint:
+      note.kind = NoteKind::RollbackTo;
+      note.name = std::string(info.name.view());
+      return;
+    default:
+      return;
+  }
+}
+
+// LISTEN/UNLISTEN that run on the client's own (pinned) server, for the channel cap.
+void Session::count_server_listens(const Review& r) {
+  if (r.unlisten_all && extras_) extras_->server_listens.clear();
+  for (const auto& name : r.unlistened)
+    std::erase(extras_to_change().server_listens, name);
+  for (const auto& name : r.listened)
+    extras_to_change().server_listens.push_back(name);
+}
+
+// Settings set by requests not yet answered (or by a transaction not yet committed) that the
+// client does not have yet: their names (each once) and bytes.
+void Session::in_flight_settings(std::vector<std::string>& names, std::size_t& bytes,
+                                 std::size_t& pending) const {
+  if (!work_) return;
+  auto add = [&](const Note& n) {
+    if (n.kind != NoteKind::Set || n.name.empty()) return;
+    pending += n.name.size() + n.value.size();
+    if (client_settings_.find(n.name)) return;
+    bytes += n.name.size() + n.value.size();
+    if (std::find(names.begin(), names.end(), n.name) == names.end()) names.push_back(n.name);
+  };
+  for (const auto& l : work_->links) {
+    for (const auto& n : l.notes)
+      add(n);
+  }
+  for (const auto& n : work_->rare().tx_notes)
+    add(n);
+}
+
+// Classifies every statement of `sql`: refusals by pool mode and per-client caps, state that may
+// pin the server, temporary objects, and one note per statement when any statement needs one.
+// `settling_transaction`: notes of settings wait for the end of the transaction, so its
+// COMMIT/ROLLBACK needs a note too.
+Review Session::review(std::string_view sql, bool settling_transaction,
+                       std::vector<Note>& notes) const {
+  Review r;
+  const bool translate = options_.mode != config::PoolMode::Session;
+  const std::size_t first_note = notes.size();
+  // Settings and channels of requests still in flight count too: a client that pipelines
+  // thousands of SETs or LISTENs must not pass the caps before the first answer comes back.
+  // Names, each once; copies, as the notes they come from move while the review adds notes.
+  std::vector<std::string> new_settings;
+  std::size_t new_setting_bytes = 0;
+  std::size_t pending_setting_bytes = 0;
+  bool counted_in_flight = false;
+  std::size_t open_savepoints = work_ ? work_->rare().savepoints.size() : 0;
+  int count = 0;
+  for (std::size_t offset = 0; offset < sql.size();) {
+    auto info = routing::classify(sql.substr(offset));
+    if (info.kind == StatementKind::Empty) break;
+    if (count++ == 0) {
+      r.first = info;
+    } else {
+      r.single = false;
+    }
+    Note note;
+    note_for(info, note);
+    if (note.kind == NoteKind::Commit || note.kind == NoteKind::Rollback) {
+      // Nothing to settle at the end of a transaction that changed no setting.
+      if (!settling_transaction && !r.has_notes) note.kind = NoteKind::None;
+    }
+    if (info.temporary && !info.on_commit_drop) r.temporary = true;
+    if (translate) {
+      const char* why = nullptr;
+      const bool listens = info.kind == StatementKind::Listen || info.body_listens;
+      const bool state_that_pins = info.calls_advisory_session_lock ||
+                                   (info.kind == StatementKind::Declare && info.with_hold) ||
+                                   (info.temporary && !info.on_commit_drop) || listens ||
+                                   info.kind == StatementKind::Prepare;
+      if (options_.mode == config::PoolMode::Statement && info.kind == StatementKind::Begin) {
+        why =
+            "pgvalve: transaction blocks are not allowed in statement pool mode; use pool mode "
+            "transaction for multi-statement transactions";
+      } else if (info.kind == StatementKind::PrepareTransaction) {
+        why =
+            "pgvalve: PREPARE TRANSACTION is not supported through transaction pooling; use a "
+            "session pool";
+      } else if (state_that_pins && !options_.pin_session_state) {
+        if (info.calls_advisory_session_lock) {
+          why =
+              "pgvalve: session-level advisory locks cannot work in transaction pooling (the "
+              "lock would stay on a server other clients use); use pg_advisory_xact_lock, a "
+              "session pool, or pool.pin_session_state: true";
+        } else if (info.kind == StatementKind::Declare) {
+          why =
+              "pgvalve: WITH HOLD cursors cannot outlive a transaction in transaction pooling; "
+              "use a session pool or pool.pin_session_state: true";
+        } else if (listens) {
+          why =
+              "pgvalve: LISTEN inside a transaction or with other statements is not supported "
+              "in transaction pooling; send LISTEN on its own, use a session pool, or "
+              "pool.pin_session_state: true";
+        } else if (info.kind == StatementKind::Prepare) {
+          why =
+              "pgvalve: SQL PREPARE would leave the statement on a server other clients use in "
+              "transaction pooling; use your driver's protocol-level prepared statements, a "
+              "session pool, or pool.pin_session_state: true";
+        } else {
+          why =
+              "pgvalve: temporary tables outlive the transaction and would be seen by other "
+              "clients in transaction pooling; add ON COMMIT DROP, use a session pool, or "
+              "pool.pin_session_state: true";
+        }
+      }
+      if (why) {
+        r.refusal_sqlstate = "0A000";
+        r.refusal = why;
+        return r;
+      }
+      // What may release pinning state is worth a check only when the client is pinned: a
+      // DROP or DEALLOCATE of an unpinned client would otherwise cost a round trip each.
+      const bool may_unpin =
+          info.calls_advisory_unlock || info.kind == StatementKind::Drop ||
+          info.kind == StatementKind::Close || info.kind == StatementKind::Discard ||
+          info.kind == StatementKind::Deallocate || info.kind == StatementKind::Unlisten;
+      if (state_that_pins || info.opaque || (pinned_ && may_unpin)) r.check_pins = true;
+      if (info.kind == StatementKind::Listen && !info.name.empty()) {
+        const std::string_view channel = info.name.view();
+        auto has = [channel](const std::vector<std::string>& v) {
+          return std::find(v.begin(), v.end(), channel) != v.end();
+        };
+        if (!has(extras().listen_channels) && !has(extras().server_listens) && !has(r.listened)) {
+          if (extras().listen_channels.size() + extras().server_listens.size() +
+                  r.listened.size() >=
+              kMaxClientListenChannels) {
+            r.refusal_sqlstate = "53400";
+            r.refusal = "pgvalve: a client may listen on at most " +
+                        std::to_string(kMaxClientListenChannels) +
+                        " channels; UNLISTEN channels it no longer needs";
+            return r;
+          }
+          r.listened.emplace_back(channel);
+        }
+      }
+      if (info.kind == StatementKind::Unlisten) {
+        if (info.all) {
+          r.unlisten_all = true;
+        } else if (!info.name.empty()) {
+          r.unlistened.emplace_back(info.name.view());
+        }
+      }
+      if (note.kind == NoteKind::Set) {
+        if (!counted_in_flight) {
+          counted_in_flight = true;
+          in_flight_settings(new_settings, new_setting_bytes, pending_setting_bytes);
+        }
+        pending_setting_bytes += note.name.size() + note.value.size();
+        if (pending_setting_bytes > kMaxClientSettingBytes) {
+          r.refusal_sqlstate = "54000";
+          r.refusal =
+              "pgvalve: the settings this client changed and has not committed hold more than "
+              "64 KiB; commit or roll back its transaction, or set smaller values";
+          return r;
+        }
+      }
+      if (note.kind == NoteKind::Set && !is_synced_setting(note.name)) {
+        if (!client_settings_.find(note.name) &&
+            std::find(new_settings.begin(), new_settings.end(), note.name) == new_settings.end()) {
+          new_settings.push_back(note.name);
+        }
+        new_setting_bytes += note.name.size() + note.value.size();
+        if (client_settings_.size() + new_settings.size() > kMaxClientSettings) {
+          r.refusal_sqlstate = "53400";
+          r.refusal = "pgvalve: a client may change at most " + std::to_string(kMaxClientSettings) +
+                      " session settings; RESET the ones it no longer needs";
+          return r;
+        }
+        if (client_settings_.bytes() + new_setting_bytes > kMaxClientSettingBytes) {
+          r.refusal_sqlstate = "54000";
+          r.refusal =
+              "pgvalve: the session settings of this client hold more than 64 KiB; RESET the "
+              "ones it no longer needs";
+          return r;
+        }
+      }
+    }
+    if (note.kind == NoteKind::Savepoint && ++open_savepoints > kMaxTransactionSavepoints) {
+      r.refusal_sqlstate = "53400";
+      r.refusal = "pgvalve: a transaction may hold at most " +
+                  std::to_string(kMaxTransactionSavepoints) +
+                  " savepoints at once; RELEASE the ones it no longer needs";
+      return r;
+    }
+    if (note.kind != NoteKind::None) r.has_notes = true;
+    notes.push_back(std::move(note));
+    if (info.next_offset == 0 || !info.multiple_statements) break;
+    offset += info.next_offset;
+  }
+  if (!r.has_notes) notes.resize(first_note);
+  r.first_note = first_note;
+  r.note_count = notes.size() - first_note;
+  return r;
+}
+
+}  // namespace pgvalve::session
