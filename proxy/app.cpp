@@ -18,6 +18,7 @@
 #include "proxy/http_server.h"
 #include "proxy/listen_hub.h"
 #include "proxy/log.h"
+#include "proxy/shared_port.h"
 #include "proxy/worker_balance.h"
 #include "session/sharding_policy.h"
 
@@ -694,8 +695,10 @@ void App::start_listeners() {
   } else {
     endpoint = tcp::endpoint(address, cfg->listen.port);
   }
+  const bool shared = someone_listens_on(endpoint);
   // One acceptor per worker on the same port (SO_REUSEPORT): the kernel spreads clients over
-  // workers and no connection is handed between threads.
+  // workers and no connection is handed between threads. Another pgvalve may share the port too,
+  // for a restart without refused connections (docs/operations.md).
   for (auto& w : workers_) {
     w->acceptor = std::make_unique<tcp::acceptor>(w->context);
     w->acceptor->open(endpoint.protocol());
@@ -707,6 +710,12 @@ void App::start_listeners() {
   }
   PGV_LOG(Info, "listening", {"address", cfg->listen.to_string()}, {"workers", worker_count()},
           {"pool_mode", config::to_string(cfg->pool.mode)});
+  if (shared) {
+    PGV_LOG(Warn, "listen_port_shared", {"address", cfg->listen.to_string()},
+            {"action",
+             "another process listens on this port too and new clients are spread over both: "
+             "end the old pgvalve with SIGTERM when this is a restart, else stop this one"});
+  }
 }
 
 namespace {
@@ -896,6 +905,12 @@ void App::begin_drain() {
   if (draining_.exchange(true)) return;
   const int timeout = config()->shutdown_timeout_s;
   PGV_LOG(Info, "shutdown_started", {"timeout_s", timeout}, {"clients", client_count()});
+  // A new pgvalve shares the HTTP port (a restart): it answers from now on, so that /ready and
+  // /metrics do not alternate between a draining process and the one taking over.
+  if (http_ && listeners_on_port(config()->admin_listen.port) > 1) {
+    http_->close();
+    PGV_LOG(Info, "admin_listen_handed_over", {"address", config()->admin_listen.to_string()});
+  }
   for (auto& w : workers_) {
     asio::post(w->context, [this, w = w.get()] { drain_worker(*w); });
   }

@@ -26,6 +26,7 @@
 #include "proxy/io_util.h"
 #include "proxy/log.h"
 #include "proxy/metrics.h"
+#include "proxy/shared_port.h"
 #include "proxy/status_page.h"
 
 namespace pgvalve::proxy {
@@ -510,13 +511,22 @@ void HttpServer::start(const config::Endpoint& where) {
   } else {
     endpoint = tcp::endpoint(address, where.port);
   }
+  const bool shared = someone_listens_on(endpoint);
   st.acceptor.open(endpoint.protocol());
   st.acceptor.set_option(tcp::acceptor::reuse_address(true));
+  // Shared with the pgvalve this one replaces, during a restart; that one stops answering when
+  // it starts to drain.
+  int one = 1;
+  ::setsockopt(st.acceptor.native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
   st.acceptor.bind(endpoint);
   st.acceptor.listen(asio::socket_base::max_listen_connections);
   asio::co_spawn(st.context, accept_loop(state_), log_failure("http_accept_loop_failed"));
   PGV_LOG(Info, "admin_listening", {"address", where.to_string()},
           {"endpoints", "/ /health /ready /status /metrics"});
+  if (shared) {
+    PGV_LOG(Warn, "admin_listen_shared", {"address", where.to_string()},
+            {"action", "another process answers HTTP on this port until it drains"});
+  }
 }
 
 void HttpServer::close() {

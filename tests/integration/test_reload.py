@@ -214,3 +214,70 @@ def test_key_not_supported_yet_is_refused_at_start_check_and_reload(pgvalve, tmp
     assert "pool.mode: not supported yet" in new_log(pv, offset)
     with pv.connect() as c:
         assert c.execute("select 1").fetchone() == (1,)
+
+
+def test_restart_with_a_second_process_on_the_same_ports(pgvalve, cluster, tmp_path):
+    """docs/operations.md, "Restarting without closing the door": a new pgvalve started with the
+    same file shares both ports; the old one, sent SIGTERM, lets its transaction finish and
+    exits, and from its drain on the new one answers HTTP. Clients connecting all along get a
+    connection every time (with one retry, as a pool does, for one the old process was still
+    logging in when it stopped)."""
+    import threading
+    import urllib.request
+
+    from pgcluster import Pgvalve
+
+    cluster.primary.psql("drop table if exists handover; create table handover(id int);"
+                         "alter table handover owner to app", dbname=APP_DB)
+    old = pgvalve(mode="transaction", pool_size=2, shutdown_timeout_s=20)
+    new = Pgvalve(cluster, tmp_path / "new", binary=old.binary)
+    new.port, new.admin_port = old.port, old.admin_port
+    new.config = copy.deepcopy(old.config)
+    stop = threading.Event()
+    served, failures, second_failures = [0], [], []
+
+    def connect_all_along():
+        while not stop.is_set():
+            for attempt in (1, 2):
+                try:
+                    with psycopg.connect(old.dsn(connect_timeout=3), autocommit=True) as c:
+                        c.execute("select 1")
+                    served[0] += 1
+                    break
+                except psycopg.Error as e:
+                    (failures if attempt == 1 else second_failures).append(str(e))
+            time.sleep(0.01)
+
+    tx = old.connect(autocommit=False)
+    tx.execute("insert into handover values (1)")
+    loop = threading.Thread(target=connect_all_along, daemon=True)
+    try:
+        loop.start()
+        new.start()
+        wait_until(lambda: "event=admin_listen_shared" in new.log_text(), timeout=10,
+                   message="the new process listening on both ports")
+        assert "event=listen_port_shared" in new.log_text()
+        before = served[0]
+        old.signal(signal.SIGTERM)
+        wait_until(lambda: "event=admin_listen_handed_over" in old.log_text(), timeout=5,
+                   message="the draining process closing its HTTP listener")
+        # Only the new process answers HTTP now: not /ready's "draining" of the old one.
+        for _ in range(20):
+            with urllib.request.urlopen(f"http://127.0.0.1:{old.admin_port}/ready",
+                                        timeout=3) as r:
+                assert r.status == 200
+        assert old.alive(), "the old process exited with a transaction open"
+        tx.execute("insert into handover values (2)")
+        tx.commit()
+        tx.close()
+        assert old.wait_exit(10) == 0, "the old process did not exit after its last transaction"
+        time.sleep(0.5)
+        assert served[0] > before + 10, "clients stopped getting connections during the restart"
+        with psycopg.connect(new.dsn(), autocommit=True) as c:
+            assert c.execute("select count(*) from handover").fetchone()[0] == 2
+    finally:
+        stop.set()
+        loop.join(10)
+        new.stop()
+    assert not second_failures, second_failures[:3]
+    assert len(failures) <= 3, failures[:3]
