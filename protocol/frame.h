@@ -116,9 +116,12 @@ inline FrameResult decode_frame(std::string_view in, std::size_t max_message_byt
 // The size of the whole frames tagged `tag` at the start of `in`: up to the first frame with
 // another tag, one the buffer ends inside, or one decode_frame() would refuse (the caller's
 // decode_frame() then finds it). Reads only headers: the rows of a result, or COPY data, that
-// pass through unchanged need no more than that.
-inline std::size_t frame_run(std::string_view in, char tag, std::size_t max_message_bytes) {
+// pass through unchanged need no more than that. `frames`, when given, is increased by their
+// number.
+inline std::size_t frame_run(std::string_view in, char tag, std::size_t max_message_bytes,
+                             std::uint64_t* frames = nullptr) {
   std::size_t pos = 0;
+  std::uint64_t count = 0;
   while (in.size() - pos >= kFrameHeaderSize && in[pos] == tag) {
     const std::uint32_t length = read_u32(in.data() + pos + 1);
     const std::size_t total = std::size_t{1} + length;
@@ -127,7 +130,9 @@ inline std::size_t frame_run(std::string_view in, char tag, std::size_t max_mess
       break;
     }
     pos += total;
+    ++count;
   }
+  if (frames) *frames += count;
   return pos;
 }
 

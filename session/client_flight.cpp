@@ -1104,6 +1104,8 @@ void Session::plan_frame(const pr::Frame& f, std::size_t offset, Link& l, Flight
 // then not sent (the server would skip it anyway) up to its Sync.
 void Session::raise_on_server(std::string_view sqlstate, std::string_view message, bool extended,
                               Link& l, Flight& flight) {
+  // A refused request begins no transaction of the client's (statistics).
+  if (l.server->tx_status == 'I' && l.pending.empty()) l.transaction_started = {};
   const std::size_t from = flight.scratch->size();
   const std::string statement = routing::raise_error_statement(sqlstate, message);
   if (!extended) {
@@ -1235,6 +1237,7 @@ void Session::plan_execute(const pr::Frame& f, std::size_t offset, Link& l, Flig
       if (p.portal == e->portal) {
         note = &p.note;
         pins = p.pins;
+        count_request(execute, p.fingerprint);
         break;
       }
     }
@@ -1249,21 +1252,23 @@ void Session::plan_execute(const pr::Frame& f, std::size_t offset, Link& l, Flig
   l.pending.push(execute);
 }
 
-// A named portal bound to a statement that changes settings or may pin: kept for its Execute.
-void Session::remember_portal(std::string_view portal, Note note, bool pins, Link& l) {
+// A named portal (JDBC with a fetch size binds one) is kept for its Executes: the statement's
+// fingerprint, and what it changes in settings or may pin.
+void Session::remember_portal(std::string_view portal, Note note, bool pins,
+                              std::uint64_t fingerprint, Link& l) {
   if (!work().rare().named_portals.empty()) {
     std::erase_if(work().change_rare().named_portals,
                   [portal](const Workspace::Rare::PortalNote& p) { return p.portal == portal; });
   }
-  if (note.kind == NoteKind::None && !pins) return;
+  if (note.kind == NoteKind::None && !pins && fingerprint == 0) return;
   auto& portals = work().change_rare().named_portals;
   if (portals.size() >= Workspace::Rare::kMaxTrackedPortals) {
-    // Past the bound: assume the worst of what the portal may do.
+    // Past the bound: assume the worst of what the portal may do; its Executes go uncounted.
     if (pins) l.check_pins = true;
     if (note.kind != NoteKind::None) l.server->settings_unknown = true;
     return;
   }
-  portals.push_back({std::string(portal), std::move(note), pins});
+  portals.push_back({std::string(portal), std::move(note), pins, fingerprint});
 }
 
 }  // namespace pgvalve::session

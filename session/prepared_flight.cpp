@@ -299,7 +299,10 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
         }
       }
     } else {
-      remember_portal(head->portal, std::move(note), pins, l);
+      remember_portal(head->portal, std::move(note), pins,
+                      head->statement.empty() ? w.unnamed_statement_fingerprint
+                                              : (stmt ? stmt->fingerprint : 0),
+                      l);
     }
   }
   if (!stmt) {

@@ -180,7 +180,7 @@ const Actions& Session::plan_server(Link& l, LinkId id, std::string_view input) 
       // The rows after it (or COPY data) in this read would each be passed on like this one:
       // only their lengths are read.
       const std::size_t run =
-          pr::frame_run(input.substr(pos), r.frame.tag, options_.max_message_bytes);
+          pr::frame_run(input.substr(pos), r.frame.tag, options_.max_message_bytes, &l.data_rows);
       pass(pos, run);
       pos += run;
     }
@@ -289,16 +289,17 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
   // transaction that answered while the others still gather: nothing may come between the
   // gathered answer's messages.
   if (l.pending.empty() && (l.scatter_shard >= 0 || scattering())) return passed;
+  if (f.tag == 'E' && options_.mode != config::PoolMode::Session) {
+    // A server going away (postmaster gone, shutdown, terminated backend) says so with a FATAL
+    // error and closes, also while its client sits in a transaction between requests. That
+    // ends the server connection, not the client's: the client gets 08006 when the close
+    // arrives (on_server_lost), or its read runs elsewhere, and keeps its connection.
+    // Forwarded, a FATAL would tell drivers to drop theirs.
+    if (auto e = pr::read_error_response(f); e && e->severity == "FATAL") return passed;
+  }
   if (l.pending.empty()) {
     pass();  // a notice or notification between requests
     return passed;
-  }
-  if (f.tag == 'E' && options_.mode != config::PoolMode::Session) {
-    // A server going away (postmaster gone, shutdown, terminated backend) says so with a FATAL
-    // error and closes. That ends the server connection, not the client's: the client gets
-    // 08006 when the close arrives (on_server_lost), or its read runs elsewhere, and keeps its
-    // connection. Forwarded, a FATAL would tell drivers to drop theirs.
-    if (auto e = pr::read_error_response(f); e && e->severity == "FATAL") return passed;
   }
   auto& head = l.pending.front();
   if (head.internal && is_scatter_action(head.action)) {
@@ -356,6 +357,7 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
         record_execution(l, head, head.failed);
       }
       l.rows = 0;
+      l.data_rows = 0;
       if (!head.swallow && !head.internal) {
         if (f.tag == 'Z') {
           // What the request did to settings is settled first (complete_front would, after
@@ -395,12 +397,19 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
         std::vector<Workspace::Rare::SkippedStatement>& skipped =
             work().change_rare().skipped_statements;
         skipped.clear();
+        // The first statement among them is the one that failed (in its Parse, Bind or
+        // Execute); the server skipped the others, which ran nothing and are not counted.
+        bool failed_statement = true;
         while (!l.pending.empty() &&
                !(l.pending.front().kind == Kind::ReadyForQuery && l.pending.front().sync)) {
           auto& dropped = l.pending.front();
-          if (dropped.fingerprint) record_execution(l, dropped, true);
+          if (failed_statement && dropped.fingerprint) {
+            record_execution(l, dropped, true);
+            failed_statement = false;
+          }
           if (dropped.kind == Kind::ReadyForQuery && l.in_flight > 0) --l.in_flight;
           l.rows = 0;
+          l.data_rows = 0;
           if (dropped.statement_hash != 0 &&
               (dropped.action == kActionEvictClose || dropped.action == kActionRecloseStatement ||
                dropped.kind == Kind::ParseComplete)) {
@@ -423,6 +432,7 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
 void Session::pass_raised_error(Link& l, const pr::Frame& f) {
   const auto e = pr::read_error_response(f);
   if (!e) return;
+  if (recorder_) recorder_->stats->count_error(e->sqlstate);
   const std::size_t from = l.scratch.size();
   pr::append_error_response(l.scratch, *e);
   l.spans.push_back({true, from, l.scratch.size() - from});
@@ -433,11 +443,13 @@ void Session::complete_front(Link& l, char tag, Actions& out) {
   l.pending.pop();
   if (tag == 'Z') {
     end_request(l, head, l.server->tx_status);
-    if (recorder_ && !head.internal && l.server->tx_status == 'I') {
-      const auto took = l.transaction_started == Clock::time_point{} ? Clock::duration{}
-                                                                     : now_ - l.transaction_started;
+    // A transaction a client request began ended (not one of a refusal pgvalve had the server
+    // raise, which ran nothing of the client's).
+    if (recorder_ && !head.internal && l.server->tx_status == 'I' &&
+        l.transaction_started != Clock::time_point{}) {
       count_transaction(static_cast<std::uint64_t>(
-          std::chrono::duration_cast<std::chrono::microseconds>(took).count()));
+          std::chrono::duration_cast<std::chrono::microseconds>(now_ - l.transaction_started)
+              .count()));
       l.transaction_started = {};
     }
     if (head.internal && head.action == kActionSync) finish_sync(l, !head.failed, out);

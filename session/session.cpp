@@ -622,14 +622,24 @@ void Session::finish_begin(Link& l, bool ok, Actions& out) {
 
 // ---- Events ---------------------------------------------------------------------------------
 
-void Session::append_error(std::string& out, std::string_view sqlstate, std::string_view message,
-                           std::string_view hint, bool fatal) {
+namespace {
+
+void write_error(std::string& out, std::string_view sqlstate, std::string_view message,
+                 std::string_view hint = {}, bool fatal = false) {
   pr::ErrorFields e;
   e.severity = fatal ? "FATAL" : "ERROR";
   e.sqlstate = sqlstate;
   e.message = message;
   e.hint = hint;
   pr::append_error_response(out, e);
+}
+
+}  // namespace
+
+void Session::append_error(std::string& out, std::string_view sqlstate, std::string_view message,
+                           std::string_view hint, bool fatal) {
+  if (recorder_) recorder_->stats->count_error(sqlstate);
+  write_error(out, sqlstate, message, hint, fatal);
 }
 
 void Session::unlink(LinkId id, LinkOp::Kind kind, Actions& out, std::string_view sql1,
@@ -901,18 +911,37 @@ void Session::lose_link(Link& l, LinkId id, std::string_view message, LinkOp::Ki
 void Session::fail_pending(Link& l, std::string_view sqlstate, std::string_view message,
                            std::string& out) {
   int user_requests = 0;
+  bool recorded = false;
   while (!l.pending.empty()) {
     const auto& head = l.pending.front();
+    if (!recorded && head.fingerprint && !head.internal && sqlstate.size() >= 2) {
+      // The statement the server was running ended in this error: it counts as one (the
+      // statements behind it never ran). Its error is counted here, not as pgvalve's own.
+      l.error_class[0] = sqlstate[0];
+      l.error_class[1] = sqlstate[1];
+      record_execution(l, head, true);
+      recorded = true;
+    }
     if (head.kind == pr::PendingResponse::Kind::ReadyForQuery && !head.internal) ++user_requests;
     l.pending.pop();
   }
+  l.rows = 0;
+  l.data_rows = 0;
+  const auto error = [&] {
+    if (recorded) {
+      recorded = false;
+      write_error(out, sqlstate, message);  // counted with its statement
+    } else {
+      append_error(out, sqlstate, message);
+    }
+  };
   for (int i = 0; i < user_requests; ++i) {
-    append_error(out, sqlstate, message);
+    error();
     pr::append_ready_for_query(out, 'I');
   }
   // Messages after the last Sync: one error, then nothing up to their Sync.
   if (l.open_extended) {
-    append_error(out, sqlstate, message);
+    error();
     error_sent_in_flight_ = true;
     skip_until_sync_ = true;
   }

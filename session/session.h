@@ -391,7 +391,8 @@ class Session {
   // `sql` itself when it has none.
   std::string_view without_hint(std::string_view sql);
   void plan_execute(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
-  void remember_portal(std::string_view portal, Note note, bool pins, Link& l);
+  void remember_portal(std::string_view portal, Note note, bool pins, std::uint64_t fingerprint,
+                       Link& l);
   void raise_on_server(std::string_view sqlstate, std::string_view message, bool extended, Link& l,
                        Flight& flight);
 

@@ -153,6 +153,9 @@ struct Link {
   bool may_write = false;
   bool answered = false;   // a message of the server's went to the client
   std::uint64_t rows = 0;  // rows of the front request's statements so far (statistics)
+  // DataRows since the last CommandComplete: what an Execute suspended at its row limit sent,
+  // since its PortalSuspended has no tag to count from.
+  std::uint64_t data_rows = 0;
   stats::StatementKind kind = stats::StatementKind::Other;  // ... its last command tag's
   char error_class[2] = {};                                 // ... its error's SQLSTATE class
   Clock::time_point transaction_started{};  // a client request began a transaction (statistics)
@@ -210,6 +213,7 @@ struct Link {
     may_write = false;
     answered = false;
     rows = 0;
+    data_rows = 0;
     kind = stats::StatementKind::Other;
     transaction_started = {};
   }
@@ -379,6 +383,7 @@ struct Workspace {
       std::string portal;
       Note note;
       bool pins = false;
+      std::uint64_t fingerprint = 0;  // of its statement, for the statistics of its Executes
     };
     static constexpr std::size_t kMaxTrackedPortals = 64;
     std::vector<PortalNote> named_portals;

@@ -135,10 +135,17 @@ void Session::count_request(protocol::PendingResponse& request, std::uint64_t fi
 }
 
 void Session::note_answer(Link& l, const protocol::Frame& f) {
-  if (f.tag == 'C') {
+  if (f.tag == 'D') {
+    ++l.data_rows;
+  } else if (f.tag == 'C') {
     const std::string_view tag = protocol::read_command_complete(f).value_or("");
     l.rows += stats::rows_of_tag(tag);
     l.kind = stats::kind_of_tag(tag);
+    l.data_rows = 0;
+  } else if (f.tag == 's') {
+    l.rows += l.data_rows;
+    l.kind = stats::StatementKind::Select;
+    l.data_rows = 0;
   } else if (f.tag == 'E') {
     if (auto e = protocol::read_error_response(f); e && e->sqlstate.size() >= 2) {
       l.error_class[0] = e->sqlstate[0];

@@ -183,6 +183,23 @@ void QueryStats::count_transaction(const ClientLabels& who, std::uint64_t micros
   d.transaction_micros += micros;
 }
 
+void QueryStats::add_error(char c0, char c1) {
+  for (auto& x : errors_) {
+    if (x.sqlstate_class[0] == c0 && x.sqlstate_class[1] == c1) {
+      ++x.errors;
+      return;
+    }
+  }
+  ErrorTotals& err = errors_.emplace_back();
+  err.sqlstate_class[0] = c0;
+  err.sqlstate_class[1] = c1;
+  err.errors = 1;
+}
+
+void QueryStats::count_error(std::string_view sqlstate) {
+  if (sqlstate.size() >= 2) add_error(sqlstate[0], sqlstate[1]);
+}
+
 void QueryStats::record(const Execution& e, const ClientLabels& who, std::string_view sample) {
   static const std::string kNone;
   const std::string& database = who.database ? *who.database : kNone;
@@ -215,22 +232,7 @@ void QueryStats::record(const Execution& e, const ClientLabels& who, std::string
       ++b;
     ++d.duration_counts[b];
     d.duration_sum_seconds += seconds;
-    if (e.error) {
-      ErrorTotals* err = nullptr;
-      for (auto& x : errors_) {
-        if (x.sqlstate_class[0] == e.sqlstate_class[0] &&
-            x.sqlstate_class[1] == e.sqlstate_class[1]) {
-          err = &x;
-          break;
-        }
-      }
-      if (!err) {
-        err = &errors_.emplace_back();
-        err->sqlstate_class[0] = e.sqlstate_class[0];
-        err->sqlstate_class[1] = e.sqlstate_class[1];
-      }
-      ++err->errors;
-    }
+    if (e.error) add_error(e.sqlstate_class[0], e.sqlstate_class[1]);
   }
   auto it = index_.find(e.fingerprint);
   if (it == index_.end()) return;

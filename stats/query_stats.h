@@ -168,6 +168,9 @@ class QueryStats {
   void record(const Execution& e, const ClientLabels& who, std::string_view sample = {});
   // A client's transaction (or autocommit statement) ended.
   void count_transaction(const ClientLabels& who, std::uint64_t micros);
+  // An error pgvalve gave a client itself (a refusal, a lost server's 08006, a FATAL it closed
+  // the client with): counted by SQLSTATE class with the errors of statements.
+  void count_error(std::string_view sqlstate);
 
   // Adds this worker's figures to `into` (keyed by fingerprint) and its slow samples to `slow`.
   void collect(std::unordered_map<std::uint64_t, QueryFigures>& into, Snapshot& totals) const;
@@ -203,6 +206,7 @@ class QueryStats {
  private:
   void evict_one();
   DatabaseTotals& database_totals(const std::string& database);
+  void add_error(char c0, char c1);
 
   Limits limits_;
   std::vector<QueryFigures> entries_;

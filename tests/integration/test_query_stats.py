@@ -170,3 +170,104 @@ def test_explain_slow_advises_an_index_for_a_seq_scan_on_a_large_table(pgvalve, 
         assert "slow_query_explained" in pv.log_text()
     finally:
         cluster.primary.sql("drop table big_readings", dbname="telemetry")
+
+
+def stats_of(pv):
+    from pgcluster import APP_DB
+    return {k: int(v) for k, v in next(r for r in rows_of(pv, "SHOW STATS")
+                                       if r["database"] == APP_DB).items() if k != "database"}
+
+
+def stats_of_or_zero(pv):
+    from pgcluster import APP_DB
+    rows = [r for r in rows_of(pv, "SHOW STATS") if r["database"] == APP_DB]
+    return stats_of(pv) if rows else {"total_xact_count": 0, "total_query_count": 0}
+
+
+def errors_by_class(pv):
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{pv.admin_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("pgvalve_errors_total{"):
+            cls = line.split('sqlstate_class="', 1)[1].split('"', 1)[0]
+            out[cls] = int(float(line.rsplit(" ", 1)[1]))
+    return out
+
+
+@pytest.mark.parametrize("portal", ["", "fetch_portal"])
+def test_a_portal_read_in_chunks_counts_every_execute_and_row(pv, portal):
+    """JDBC with a fetch size binds a named portal and Executes it with a row limit: each
+    Execute is a call, and the rows of every chunk count (a PortalSuspended has no tag)."""
+    from pgwire_ext import ExtClient, bind, execute, parse, sync
+    from pgwire import query_message
+    c = ExtClient.login(pv)
+    try:
+        before = stats_of(pv)
+        c.run([query_message("begin")])
+        r = c.run([parse("", "select generate_series(1, 10) as chunked"),
+                   bind("", [], portal=portal)] + [execute(portal, 4)] * 3 + [sync()])
+        assert r.kinds.count(b"D") == 10 and r.kinds.count(b"s") == 2, r.kinds
+        c.run([query_message("commit")])
+    finally:
+        c.terminate()
+    q = by_query(pv)["select generate_series($1, $2) as chunked"]
+    assert (int(q["calls"]), int(q["rows"]), int(q["errors"])) == (3, 10, 0)
+    after = stats_of(pv)
+    assert after["total_query_count"] - before["total_query_count"] == 5  # begin, 3, commit
+    assert after["total_xact_count"] - before["total_xact_count"] == 1
+
+
+def test_a_pipeline_counts_the_failed_statement_once_and_not_the_skipped_one(pv):
+    from pgwire_ext import ExtClient, bind, execute, parse, sync
+    c = ExtClient.login(pv)
+    try:
+        before, errors_before = stats_of(pv), errors_by_class(pv)
+        c.run([parse("", "select 1 / $1::int as pipelined")]
+              + [bind("", [v]) + execute() for v in ("1", "0", "2")] + [sync()])
+    finally:
+        c.terminate()
+    q = by_query(pv)["select $2 / $1::int as pipelined"]
+    # The third Execute never ran: PostgreSQL skipped it after the error.
+    assert (int(q["calls"]), int(q["errors"])) == (2, 1)
+    assert stats_of(pv)["total_query_count"] - before["total_query_count"] == 2
+    errors = errors_by_class(pv)
+    assert errors.get("22", 0) - errors_before.get("22", 0) == 1
+    assert "XX" not in errors, errors
+
+
+def test_a_statement_cut_by_a_dying_server_is_counted_as_an_error(pv, cluster):
+    """The client gets 08006 and keeps its connection; the statement counts as a call that
+    ended in an error of class 08, slow when it ran past stats.slow_query_ms."""
+    import threading
+    errors_before = errors_by_class(pv)
+    with pv.connect() as c:
+        pid = c.execute("select pg_backend_pid()").fetchone()[0]
+        killer = threading.Timer(0.4, lambda: cluster.primary.psql(
+            f"select pg_terminate_backend({pid})"))
+        killer.start()
+        with pytest.raises(psycopg.OperationalError) as e:
+            c.execute("select pg_sleep(3) as cut_short")
+        killer.join()
+        assert e.value.sqlstate == "08006", e.value
+        assert c.execute("select 1").fetchone() == (1,)
+    q = by_query(pv)["select pg_sleep($1) as cut_short"]
+    assert (int(q["calls"]), int(q["errors"])) == (1, 1)
+    assert float(q["max_ms"]) >= 300
+    assert errors_by_class(pv).get("08", 0) - errors_before.get("08", 0) == 1
+    assert any(s["query"] == "select pg_sleep($1) as cut_short"
+               for s in rows_of(pv, "SHOW SLOW_QUERIES"))
+
+
+def test_errors_pgvalve_answers_itself_are_counted_and_begin_no_transaction(pgvalve):
+    pv = pgvalve(users=APP_AND_OPS, pool_size=2, pin_session_state=False)
+    before, errors_before = stats_of_or_zero(pv), errors_by_class(pv)
+    with pv.connect() as c:
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            c.execute("select pg_advisory_lock(1)")
+        c.execute("select 1")
+    after = stats_of(pv)
+    assert errors_by_class(pv).get("0A", 0) - errors_before.get("0A", 0) == 1
+    # The refused statement ran nothing: one transaction, the select's.
+    assert after["total_xact_count"] - before["total_xact_count"] == 1

@@ -369,3 +369,41 @@ def test_a_client_that_hangs_up_with_its_request_leaves_at_once(pgvalve):
     assert wait_closed(c.sock, 10), "pgvalve kept the session of a client that hung up"
     wait_until(lambda: "event=client_logout" in pv.log_text(), timeout=10,
                message="client_logout logged")
+
+
+def test_a_server_ended_while_its_client_idles_in_a_transaction_gives_one_08006(pgvalve,
+                                                                                  cluster):
+    """The server's FATAL goodbye (57P01 from pg_terminate_backend, or a postmaster going away)
+    is not passed to a client sitting in a transaction between requests: drivers that drop
+    their connection on a FATAL would lose it. The client's next request gets 08006 from
+    pgvalve, and the connection goes on."""
+    from pgwire import parse_fields
+    pv = pgvalve(mode="transaction", pool_size=2)
+    c = raw_login(pv)
+    try:
+        c.query("begin")
+        pid = c.rows("select pg_backend_pid()")[0][0]
+        cluster.primary.psql(f"select pg_terminate_backend({pid})")
+        time.sleep(0.5)
+        c.sock.settimeout(0.5)
+        try:
+            early = c.sock.recv(1, socket.MSG_PEEK)
+        except socket.timeout:
+            early = b""
+        assert early == b"", "a message reached the idle client after its server was ended"
+        c.sock.settimeout(10)
+        c.sock.sendall(query_message("commit"))
+        kinds, errors = [], []
+        while True:
+            kind, payload = read_message(c.sock)
+            kinds.append(kind)
+            if kind == b"E":
+                errors.append(parse_fields(payload))
+            if kind == b"Z":
+                break
+        assert len(errors) == 1, errors
+        assert errors[0]["C"] == "08006" and errors[0]["S"] == "ERROR", errors[0]
+        assert_pgvalve_message(errors[0]["M"])
+        assert c.rows("select 1") == [["1"]]
+    finally:
+        c.terminate()

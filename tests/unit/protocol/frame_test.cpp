@@ -142,6 +142,9 @@ TEST(FrameRun, CoversTheWholeFramesOfOneTag) {
   const std::string row = "D\0\0\0\x0a\0\x01\0\0\0\0"s;
   const std::string done = "C\0\0\0\x0dSELECT 3\0"s;
   EXPECT_EQ(frame_run(row + row + row + done, 'D', kMax), 3 * row.size());
+  std::uint64_t frames = 1;
+  EXPECT_EQ(frame_run(row + row + row + done, 'D', kMax, &frames), 3 * row.size());
+  EXPECT_EQ(frames, 4u);
   EXPECT_EQ(frame_run(row + row, 'D', kMax), 2 * row.size());
   EXPECT_EQ(frame_run(done + row, 'D', kMax), 0u);
   EXPECT_EQ(frame_run("", 'D', kMax), 0u);
