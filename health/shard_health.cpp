@@ -146,7 +146,6 @@ std::optional<std::size_t> ShardHealth::promotion_candidate(Clock::time_point no
   if (now - no_primary_since_ < std::chrono::milliseconds(rules_.promote_after_ms)) {
     return std::nullopt;
   }
-  std::optional<std::size_t> best;
   for (std::size_t i = 0; i < hosts_.size(); ++i) {
     const HostFigures& f = hosts_[i].figures();
     if (i == primary_ || retired_[i] || !f.up || !f.in_recovery) continue;
@@ -156,13 +155,41 @@ std::optional<std::size_t> ShardHealth::promotion_candidate(Clock::time_point no
           "was promoted";
       return std::nullopt;
     }
-    if (!best || f.lsn > hosts_[*best].figures().lsn) best = i;
   }
-  if (!best) promotion_blocked_ = "no replica is up";
+  const auto best = most_advanced_replica();
+  if (!best) {
+    promotion_blocked_ = "no replica on the primary's timeline is up";
+  }
+  return best;
+}
+
+std::string_view ShardHealth::not_promotable(std::size_t host) const {
+  const HostFigures& f = hosts_[host].figures();
+  if (host == primary_) return "it is the primary";
+  if (retired_[host]) return "it is retired";
+  if (!f.up || !f.in_recovery) return "it is not an up replica";
+  const std::uint32_t history = std::max(hosts_[primary_].figures().timeline, history_timeline_);
+  if (history != 0 && f.timeline != 0 && f.timeline < history) {
+    return "it is on an older timeline than the primary's and misses what the primary wrote "
+           "since its promotion; rejoin it to the primary (pg_rewind or a new base backup)";
+  }
+  return {};
+}
+
+std::optional<std::size_t> ShardHealth::most_advanced_replica() const {
+  std::optional<std::size_t> best;
+  for (std::size_t i = 0; i < hosts_.size(); ++i) {
+    if (!not_promotable(i).empty()) continue;
+    if (!best || hosts_[i].figures().lsn > hosts_[*best].figures().lsn) best = i;
+  }
   return best;
 }
 
 void ShardHealth::promoted(std::size_t host, Clock::time_point now) {
+  const HostFigures& f = hosts_[host].figures();
+  if (f.timeline != 0) {
+    history_timeline_ = std::max(history_timeline_, f.in_recovery ? f.timeline + 1 : f.timeline);
+  }
   if (host != primary_) retired_[primary_] = true;
   retired_[host] = false;
   primary_ = host;

@@ -86,6 +86,13 @@ class ShardHealth {
   // nothing is missing), for the log.
   std::string_view promotion_blocked() const { return promotion_blocked_; }
 
+  // What a promotion may choose (failover, switchover): an up replica, not retired, on the
+  // timeline of the primary's history — when timelines are known, not one still on an older
+  // timeline, which misses what the primary wrote since it was promoted. Why not, or "".
+  std::string_view not_promotable(std::size_t host) const;
+  // Of those, the one with the highest replay position; nullopt when none.
+  std::optional<std::size_t> most_advanced_replica() const;
+
   // Switchover/failover drills: `host` becomes the primary now (it was promoted) and the former
   // primary is retired.
   void promoted(std::size_t host, Clock::time_point now);
@@ -107,6 +114,9 @@ class ShardHealth {
   std::vector<HostHealth> hosts_;
   std::vector<HostAssessment> assessed_;
   std::vector<bool> retired_;
+  // The lowest timeline the primary's history can be on: a promoted replica's timeline is past
+  // the one it followed, even before a check has seen it (0: unknown).
+  std::uint32_t history_timeline_ = 0;
   std::vector<bool> suspect_;
   std::size_t primary_ = 0;
   bool split_brain_ = false;

@@ -150,6 +150,24 @@ struct HealthChecker::Monitor {
         logged_readable(hosts.size(), 0) {}
 };
 
+namespace {
+
+// ": host: why; host: why" for each replica a promotion may not choose (empty when none).
+std::string why_not_promotable(const std::vector<config::Endpoint>& hosts,
+                               const health::ShardHealth& health) {
+  std::string out;
+  for (std::size_t i = 0; i < hosts.size(); ++i) {
+    if (i == health.primary()) continue;
+    const auto why = health.not_promotable(i);
+    if (why.empty()) continue;
+    out += out.empty() ? ": " : "; ";
+    out += hosts[i].to_string() + " " + std::string(why);
+  }
+  return out;
+}
+
+}  // namespace
+
 HealthChecker::HealthChecker(asio::io_context& control, LentCounter lent,
                              PrimaryMoved primary_moved)
     : control_(control), lent_(std::move(lent)), primary_moved_(std::move(primary_moved)) {}
@@ -551,16 +569,11 @@ asio::awaitable<void> HealthChecker::move_listeners(const Monitor& m,
 asio::awaitable<DrillResult> HealthChecker::run_failover(std::shared_ptr<Monitor> m,
                                                          std::string why) {
   m->drill_running = true;
-  std::optional<std::size_t> best;
-  for (std::size_t i = 0; i < m->hosts.size(); ++i) {
-    const auto& f = m->health.figures(i);
-    if (i == m->health.primary() || m->health.assessment(i).role == health::Role::Retired) continue;
-    if (!f.up || !f.in_recovery) continue;
-    if (!best || f.lsn > m->health.figures(*best).lsn) best = i;
-  }
+  const std::optional<std::size_t> best = m->health.most_advanced_replica();
   DrillResult result;
   if (!best) {
-    result.message = "pgvalve: no healthy replica to promote in shard " + m->shard;
+    result.message = "pgvalve: no replica of shard " + m->shard + " can be promoted" +
+                     why_not_promotable(m->hosts, m->health);
   } else {
     const std::string old = m->hosts[m->health.primary()].to_string();
     const std::string target = m->hosts[*best].to_string();
@@ -593,20 +606,24 @@ asio::awaitable<DrillResult> HealthChecker::run_switchover(std::shared_ptr<Monit
     co_return result;
   }
   std::optional<std::size_t> target;
-  for (std::size_t i = 0; i < m->hosts.size(); ++i) {
-    const auto& f = m->health.figures(i);
-    if (i == *primary || !f.up || !f.in_recovery) continue;
-    if (m->health.assessment(i).role == health::Role::Retired) continue;
-    if (to) {
-      if (m->hosts[i] == *to) target = i;
-    } else if (!target || f.lsn > m->health.figures(*target).lsn) {
+  if (to) {
+    for (std::size_t i = 0; i < m->hosts.size(); ++i) {
+      if (m->hosts[i] != *to) continue;
+      if (const auto why = m->health.not_promotable(i); !why.empty()) {
+        result.message = "pgvalve: cannot switch over to " + to->to_string() + ": " +
+                         std::string(why) + " (see SHOW HOSTS)";
+        co_return result;
+      }
       target = i;
     }
+  } else {
+    target = m->health.most_advanced_replica();
   }
   if (!target) {
-    result.message = to ? "pgvalve: " + to->to_string() + " is not a healthy replica of shard " +
-                              m->shard + " (see SHOW HOSTS)"
-                        : "pgvalve: shard " + m->shard + " has no healthy replica to switch to";
+    result.message = to ? "pgvalve: " + to->to_string() + " is not a host of shard " + m->shard +
+                              " (see SHOW HOSTS)"
+                        : "pgvalve: shard " + m->shard + " has no replica to switch to" +
+                              why_not_promotable(m->hosts, m->health);
     co_return result;
   }
   m->drill_running = true;
@@ -637,13 +654,22 @@ asio::awaitable<DrillResult> HealthChecker::run_switchover(std::shared_ptr<Monit
             " still lent to clients (open transactions, session mode or pinned clients) after " +
             std::to_string(limit.count()) + " ms";
   }
-  // 2. The target replays everything the primary wrote.
+  // 2. The target replays everything the primary wrote. A commit acknowledged with
+  // synchronous_commit = off may be in the WAL buffers only, past pg_current_wal_lsn() (the
+  // position written), and a standby gets only what was flushed: pgvalve reads the insert
+  // position and commits a transaction of its own with a local flush, which writes and flushes
+  // every record before it. Its one record is a logical decoding message (prefix "pgvalve"),
+  // the only WAL a role without privileges can write outside a table; a transaction that wrote
+  // none would commit without a flush.
   auto old_link = std::make_shared<PgLink>();
   auto next_link = std::make_shared<PgLink>();
   health::Lsn written = 0;
   if (error.empty()) {
     const QueryOutcome q =
-        co_await query(control_, old_link, *config, old, "SELECT pg_catalog.pg_current_wal_lsn()",
+        co_await query(control_, old_link, *config, old,
+                       "BEGIN; SET LOCAL synchronous_commit = local; SELECT "
+                       "pg_catalog.pg_current_wal_insert_lsn(), "
+                       "pg_catalog.pg_logical_emit_message(true, 'pgvalve', 'switchover'); COMMIT",
                        std::chrono::milliseconds(config->health.timeout_ms));
     if (!q.ok || q.row.empty() || !q.row[0] || !health::parse_lsn(*q.row[0], written)) {
       error = "could not read the primary's WAL position: " + q.error;

@@ -232,17 +232,10 @@ def test_promote_mode_fails_over_by_itself_and_reports_the_time(fresh, pgvalve):
           f"failures_before_down 2)")
 
 
-def test_switchover_under_pgbench_write_load_loses_no_acknowledged_write(fresh, pgvalve,
-                                                                          tmp_path):
-    c = fresh()
-    # Synchronous replication to replica1, the switchover's target: an acknowledged commit is
-    # applied there.
-    c.primary.psql("ALTER SYSTEM SET synchronous_standby_names = 'replica1'")
-    c.primary.psql("ALTER SYSTEM SET synchronous_commit = 'remote_apply'")
-    c.primary.psql("select pg_reload_conf()")
-    pv = pgvalve(**config_for(c, pool_size=4, failover={"mode": "follow",
-                                                       "hold_writes_ms": 10000}))
-    wait_hosts_checked(pv)
+def switchover_under_pgbench_writes(pv, c, tmp_path):
+    """pgbench inserts rows for 6 s, logging every transaction it was told committed; a
+    SWITCHOVER to the first replica runs 2 s in. Asserts that every acknowledged row is on the
+    new primary."""
     script = tmp_path / "write.sql"
     script.write_text("insert into drill (client, n) values (:client_id, 1);\n")
     logdir = tmp_path / "log"
@@ -255,12 +248,13 @@ def test_switchover_under_pgbench_write_load_loses_no_acknowledged_write(fresh, 
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
         cwd=str(tmp_path))
     time.sleep(2)
-    with admin(pv) as a:
-        a.execute(f"SWITCHOVER {APP_DB} s0 TO 127.0.0.1:{c.replicas[0].port}")
-    out, _ = bench.communicate(timeout=60)
+    try:
+        with admin(pv) as a:
+            a.execute(f"SWITCHOVER {APP_DB} s0 TO 127.0.0.1:{c.replicas[0].port}")
+    finally:
+        out, _ = bench.communicate(timeout=60)
     assert bench.returncode == 0, out
     assert "aborted" not in out or re.search(r"number of failed transactions: 0", out), out
-    # Every transaction pgbench logged (acknowledged) is on the new primary.
     acked: dict[int, int] = {}
     for f in logdir.iterdir():
         for line in f.read_text().splitlines():
@@ -273,6 +267,20 @@ def test_switchover_under_pgbench_write_load_loses_no_acknowledged_write(fresh, 
     for client, n in acked.items():
         assert rows.get(client, 0) >= n, (client, n, rows)
     assert sum(acked.values()) > 50
+
+
+def test_switchover_under_pgbench_write_load_loses_no_acknowledged_write(fresh, pgvalve,
+                                                                          tmp_path):
+    c = fresh()
+    # Synchronous replication to replica1, the switchover's target: an acknowledged commit is
+    # applied there.
+    c.primary.psql("ALTER SYSTEM SET synchronous_standby_names = 'replica1'")
+    c.primary.psql("ALTER SYSTEM SET synchronous_commit = 'remote_apply'")
+    c.primary.psql("select pg_reload_conf()")
+    pv = pgvalve(**config_for(c, pool_size=4, failover={"mode": "follow",
+                                                       "hold_writes_ms": 10000}))
+    wait_hosts_checked(pv)
+    switchover_under_pgbench_writes(pv, c, tmp_path)
     hosts = show_hosts(pv)
     assert hosts[0]["role"] == "retired" and hosts[1]["role"] == "primary"
     log = pv.log_text()
@@ -413,3 +421,53 @@ def test_no_notification_is_lost_when_pgvalve_promotes(fresh, pgvalve):
     log = pv.log_text()
     assert log.index(f"event=listen_connection_open host=127.0.0.1:") < log.index(
         "event=failover_done")
+
+
+def test_switchover_loses_no_write_committed_without_waiting_for_its_flush(fresh, pgvalve,
+                                                                            tmp_path):
+    """synchronous_commit = off (common for telemetry ingest) acknowledges a commit before its
+    WAL is written, and a slow WAL writer keeps it in the buffers for seconds: the switchover
+    has the old primary flush it before it waits for the target's replay. Waiting for the WAL
+    writer instead would take longer than hold_writes_ms here, and the switchover would be
+    refused; not waiting would lose acknowledged rows."""
+    c = fresh()
+    c.primary.psql("ALTER SYSTEM SET synchronous_commit = off")
+    c.primary.psql("ALTER SYSTEM SET wal_writer_delay = '10s'")
+    c.primary.psql("select pg_reload_conf()")
+    pv = pgvalve(**config_for(c, pool_size=4, failover={"mode": "follow",
+                                                       "hold_writes_ms": 3000}))
+    wait_hosts_checked(pv)
+    switchover_under_pgbench_writes(pv, c, tmp_path)
+
+
+def test_a_replica_left_on_the_old_timeline_is_never_promoted(fresh, pgvalve):
+    """After a switchover, the other replica still follows the former primary (timeline 1)
+    until an operator rejoins it. When the new primary dies before that, promoting it would
+    lose every write since the switchover: promote mode blocks, and FAILOVER refuses."""
+    c = fresh()
+    pv = pgvalve(**config_for(c, failover={"mode": "promote", "promote_after_ms": 300,
+                                           "hold_writes_ms": 1000}))
+    wait_hosts_checked(pv)
+    with admin(pv) as a:
+        a.execute(f"SWITCHOVER {APP_DB} s0 TO 127.0.0.1:{c.replicas[0].port}")
+    with pv.connect() as conn:
+        for n in range(20):
+            conn.execute("insert into drill (client, n) values (7, %s)", (n,))
+    left_behind = c.replicas[1]
+    wait_until(lambda: show_hosts(pv)[1]["timeline"] == "2", 10,
+               message="the new primary's timeline seen")
+    assert show_hosts(pv)[2]["timeline"] == "1"
+    c.replicas[0].kill9()
+    wait_until(lambda: "no replica on the primary's timeline is up" in pv.log_text(), 15,
+               message="promotion_blocked logged")
+    time.sleep(1)
+    assert left_behind.scalar("select pg_is_in_recovery()") is True
+    assert "event=failover_started" not in pv.log_text()
+    with admin(pv) as a:
+        with pytest.raises(psycopg.Error) as e:
+            a.execute(f"FAILOVER {APP_DB}")
+    assert "older timeline" in str(e.value), e.value
+    assert left_behind.scalar("select pg_is_in_recovery()") is True
+    with pv.connect() as conn:
+        with pytest.raises(psycopg.errors.CannotConnectNow):  # 57P03 after hold_writes_ms
+            conn.execute("insert into drill (client, n) values (7, 100)")

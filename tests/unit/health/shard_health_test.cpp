@@ -264,6 +264,44 @@ TEST(ShardHealth, PromoteRefusesWhenATimelineShowsAnotherPromotion) {
   EXPECT_NE(s.promotion_blocked().find("newer timeline"), std::string_view::npos);
 }
 
+TEST(ShardHealth, AReplicaLeftOnTheOldTimelineIsNeverPromoted) {
+  // Host 1 was promoted (timeline 2); host 2 still follows the retired host 0 on timeline 1,
+  // replayed far, but without anything host 1 wrote since.
+  ShardHealth s(3, rules(FailoverMode::Promote));
+  s.succeeded(0, primary_probe(100, 1), at(0));
+  s.succeeded(1, standby_probe(100, 1), at(0));
+  s.succeeded(2, standby_probe(100, 1), at(0));
+  s.assess(at(0));
+  s.promoted(1, at(10));
+  EXPECT_EQ(s.assessment(0).role, Role::Retired);
+  // Before a check has seen host 1 on timeline 2, its promotion already rules timeline 1 out.
+  EXPECT_NE(s.not_promotable(2).find("older timeline"), std::string_view::npos);
+  s.succeeded(1, primary_probe(120, 2), at(100));
+  s.succeeded(2, standby_probe(500, 1), at(100));
+  s.assess(at(100));
+  EXPECT_FALSE(s.most_advanced_replica());
+  s.failed(1, "refused", at(200));
+  s.failed(1, "refused", at(300));
+  s.assess(at(300));
+  EXPECT_FALSE(s.promotion_candidate(at(5000)));
+  EXPECT_NE(s.promotion_blocked().find("timeline"), std::string_view::npos);
+  // Once rejoined to host 1's timeline it may be promoted again.
+  s.succeeded(2, standby_probe(110, 2), at(5100));
+  s.assess(at(5100));
+  EXPECT_EQ(s.promotion_candidate(at(5100)), 2u);
+}
+
+TEST(ShardHealth, UnknownTimelinesDoNotBlockAPromotion) {
+  // Without pg_monitor a standby's timeline reads as 0: the replay position decides.
+  ShardHealth s(3, rules(FailoverMode::Promote));
+  s.succeeded(0, primary_probe(100, 1), at(0));
+  s.succeeded(1, standby_probe(90, 0), at(0));
+  s.succeeded(2, standby_probe(95, 0), at(0));
+  s.assess(at(0));
+  EXPECT_EQ(s.most_advanced_replica(), 2u);
+  EXPECT_EQ(s.not_promotable(0), "it is the primary");
+}
+
 TEST(ShardHealth, FollowModeNeverPromotes) {
   ShardHealth s(2, rules(FailoverMode::Follow));
   s.succeeded(0, primary_probe(100), at(0));
