@@ -227,6 +227,9 @@ asio::awaitable<std::vector<App::DatabaseStats>> App::database_stats() {
     out.push_back({database});
     return out.back();
   };
+  // Every configured database has a row, with zeros before its first client (as PgBouncer).
+  for (const auto& db : config()->databases)
+    row(db.name);
   const stats::Snapshot snap = co_await query_stats();
   for (const auto& d : snap.databases) {
     auto& r = row(d.database);

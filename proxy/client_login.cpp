@@ -218,6 +218,11 @@ asio::awaitable<void> ClientSession::forward_cancel(std::int32_t process_id,
   co_await send_cancel(*dest);
 }
 
+asio::awaitable<bool> ClientSession::send_auth(const std::string& message) {
+  auth_bytes_sent_ += static_cast<std::uint32_t>(message.size());
+  co_return co_await write_all(client_, message);
+}
+
 asio::awaitable<bool> ClientSession::read_password_frame(pr::Frame& frame) {
   auto st = co_await read_frame(client_, client_in_, pr::kMaxStartupPacketBytes, frame);
   if (st == ReadStatus::Invalid || (st == ReadStatus::Ok && frame.tag != 'p')) {
@@ -257,7 +262,7 @@ asio::awaitable<bool> ClientSession::authenticate_scram(const UserAuth& auth) {
   std::string out;
   const std::string_view mechanisms[] = {pr::kScramSha256};
   pr::append_authentication_sasl(out, mechanisms);
-  if (!co_await write_all(client_, out)) co_return false;
+  if (!co_await send_auth(out)) co_return false;
 
   pr::Frame f;
   if (!co_await read_password_frame(f)) co_return false;
@@ -281,7 +286,7 @@ asio::awaitable<bool> ClientSession::authenticate_scram(const UserAuth& auth) {
   }
   out.clear();
   pr::append_authentication_sasl_continue(out, *server_first);
-  if (!co_await write_all(client_, out)) co_return false;
+  if (!co_await send_auth(out)) co_return false;
 
   if (!co_await read_password_frame(f)) co_return false;
   auto server_final = scram.handle_client_final(pr::read_sasl_response(f), error);
@@ -292,14 +297,14 @@ asio::awaitable<bool> ClientSession::authenticate_scram(const UserAuth& auth) {
   }
   out.clear();
   pr::append_authentication_sasl_final(out, *server_final);
-  co_return co_await write_all(client_, out);
+  co_return co_await send_auth(out);
 }
 
 asio::awaitable<bool> ClientSession::authenticate_md5(const UserAuth& auth) {
   const std::string salt = random_bytes(4);
   std::string out;
   pr::append_authentication_md5(out, salt);
-  if (!co_await write_all(client_, out)) co_return false;
+  if (!co_await send_auth(out)) co_return false;
   pr::Frame f;
   if (!co_await read_password_frame(f)) co_return false;
   auto password = pr::read_password(f);
@@ -387,6 +392,13 @@ asio::awaitable<bool> ClientSession::start_session(const StartupParameters& star
   }
   recorder_ = {&worker_->query_stats, {&database_name_, &user_name_}};
   database_counters_ = &worker_->database_counters.of(database_name_);
+  // The bytes of the login: what the client sent (startup, password or SASL messages, and
+  // anything it pipelined after them) and the authentication requests it was sent.
+  worker_->counters.add_received(client_in_.committed_total());
+  database_counters_->bytes_received.fetch_add(client_in_.committed_total(),
+                                               std::memory_order_relaxed);
+  worker_->counters.add_sent(auth_bytes_sent_);
+  database_counters_->bytes_sent.fetch_add(auth_bytes_sent_, std::memory_order_relaxed);
   session_options_ = app_.session_options(config_);
   core_.emplace(*session_options_, router_, worker_->workspaces, &recorder_);
 

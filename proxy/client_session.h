@@ -169,6 +169,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   asio::awaitable<bool> authenticate_scram(const UserAuth& auth);
   asio::awaitable<bool> authenticate_md5(const UserAuth& auth);
   asio::awaitable<bool> read_password_frame(protocol::Frame& frame);
+  // An authentication request to the client; its bytes count once the login succeeds.
+  asio::awaitable<bool> send_auth(const std::string& message);
   asio::awaitable<bool> start_session(const StartupParameters& startup_params);
   asio::awaitable<void> forward_cancel(std::int32_t process_id, std::int32_t secret_key);
   asio::awaitable<void> send_fatal(std::string_view sqlstate, std::string_view message);
@@ -298,6 +300,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::shared_ptr<const UserDirectory> users_;
   const config::User* user_ = nullptr;
   const config::Database* database_ = nullptr;
+  std::uint32_t auth_bytes_sent_ = 0;  // during login, for the byte statistics
   std::string user_name_;
   std::string database_name_;
   bool counted_ = false;

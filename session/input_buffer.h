@@ -64,7 +64,12 @@ class InputBuffer {
   // (the caller then refuses the message that needs it). Moves a partial message to the front
   // when that makes room; doubles the storage only when it is full of unconsumed bytes.
   std::span<char> prepare();
-  void commit(std::size_t n) { end_ += n; }
+  void commit(std::size_t n) {
+    end_ += n;
+    committed_ += n;
+  }
+  // Bytes committed since the buffer was made (statistics of a login's bytes).
+  std::uint64_t committed_total() const { return committed_; }
 
   // Gives the storage back to the thread's free list (oversized storage is freed, its budget
   // returned). Only when empty.
@@ -82,6 +87,7 @@ class InputBuffer {
   std::size_t capacity_ = 0;
   std::size_t begin_ = 0;
   std::size_t end_ = 0;
+  std::uint64_t committed_ = 0;
   MemoryBudget* budget_ = nullptr;
 };
 

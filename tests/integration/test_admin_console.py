@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from itutil import APP_AND_OPS, OPS_PASSWORD, OPS_USER
-from pgcluster import APP_DB, wait_until
+from pgcluster import APP_DB, APP_PASSWORD, APP_USER, wait_until
 from test_pgbench import check_balances, pgbench, pgbench_init
 
 
@@ -186,3 +186,44 @@ def test_show_pools_counts_connections_to_test_and_found_dead(pgvalve, cluster):
         (pool,) = [p for p in rows_of(a, "SHOW POOLS") if p["database"] == APP_DB and
                    p["user"] == "app"]
     assert int(pool["invalid"]) == 1, pool
+
+
+class CountingSocket:
+    """A client socket that counts the bytes it sends and receives."""
+
+    def __init__(self, sock):
+        self.sock, self.sent, self.received = sock, 0, 0
+
+    def sendall(self, data):
+        self.sent += len(data)
+        return self.sock.sendall(data)
+
+    def recv(self, n, *flags):
+        data = self.sock.recv(n, *flags)
+        self.received += len(data)
+        return data
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+
+def test_show_stats_counts_every_byte_of_a_login_both_ways(pgvalve):
+    """A database's row is there with zeros before its first client; then its figures are
+    exactly the bytes a client sent and got, the SCRAM exchange and Terminate included."""
+    from pgwire import RawClient
+    pv = pgvalve(users=APP_AND_OPS)
+
+    def figures():
+        with admin(pv) as a:
+            (row,) = [r for r in rows_of(a, "SHOW STATS") if r["database"] == APP_DB]
+        return {k: int(v) for k, v in row.items() if k != "database"}
+
+    assert figures() == {k: 0 for k in figures()}
+    c = RawClient("127.0.0.1", pv.port, APP_USER, APP_PASSWORD, APP_DB)
+    c.sock = CountingSocket(c.open())
+    c.connect()
+    c.query("select 1")
+    c.terminate()
+    wait_until(lambda: figures()["total_received"] == c.sock.sent, 5,
+               message=f"total_received == the {c.sock.sent} bytes the client sent")
+    assert figures()["total_sent"] == c.sock.received
