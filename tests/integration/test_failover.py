@@ -232,6 +232,12 @@ def test_promote_mode_fails_over_by_itself_and_reports_the_time(fresh, pgvalve):
           f"failures_before_down 2)")
 
 
+def set_on_primary(c, **settings):
+    for name, value in settings.items():
+        c.primary.psql(f"ALTER SYSTEM SET {name} = {value}")
+    c.primary.psql("select pg_reload_conf()")
+
+
 def switchover_under_pgbench_writes(pv, c, tmp_path):
     """pgbench inserts rows for 6 s, logging every transaction it was told committed; a
     SWITCHOVER to the first replica runs 2 s in. Asserts that every acknowledged row is on the
@@ -274,9 +280,7 @@ def test_switchover_under_pgbench_write_load_loses_no_acknowledged_write(fresh, 
     c = fresh()
     # Synchronous replication to replica1, the switchover's target: an acknowledged commit is
     # applied there.
-    c.primary.psql("ALTER SYSTEM SET synchronous_standby_names = 'replica1'")
-    c.primary.psql("ALTER SYSTEM SET synchronous_commit = 'remote_apply'")
-    c.primary.psql("select pg_reload_conf()")
+    set_on_primary(c, synchronous_standby_names="'replica1'", synchronous_commit="'remote_apply'")
     pv = pgvalve(**config_for(c, pool_size=4, failover={"mode": "follow",
                                                        "hold_writes_ms": 10000}))
     wait_hosts_checked(pv)
@@ -431,9 +435,7 @@ def test_switchover_loses_no_write_committed_without_waiting_for_its_flush(fresh
     writer instead would take longer than hold_writes_ms here, and the switchover would be
     refused; not waiting would lose acknowledged rows."""
     c = fresh()
-    c.primary.psql("ALTER SYSTEM SET synchronous_commit = off")
-    c.primary.psql("ALTER SYSTEM SET wal_writer_delay = '10s'")
-    c.primary.psql("select pg_reload_conf()")
+    set_on_primary(c, synchronous_commit="off", wal_writer_delay="'10s'")
     pv = pgvalve(**config_for(c, pool_size=4, failover={"mode": "follow",
                                                        "hold_writes_ms": 3000}))
     wait_hosts_checked(pv)
