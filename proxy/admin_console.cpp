@@ -73,7 +73,10 @@ void show_pools(App& app, const std::vector<ClientSession::ConnectionRow>& conne
   const auto config = app.config();
   const auto mode = config::to_string(config->pool.mode);
   const auto hosts = app.hosts();
-  for (const auto& pool : app.pools()) {
+  const auto pools = app.pools();
+  const auto clients_of = App::clients_by_pool(pools, hosts);
+  for (std::size_t i = 0; i < pools.size(); ++i) {
+    const auto& pool = pools[i];
     const auto s = pool->stats();
     const auto& key = pool->key();
     // The host's shard as configured, and its role now (after a failover the health checks'
@@ -87,7 +90,7 @@ void show_pools(App& app, const std::vector<ClientSession::ConnectionRow>& conne
         role = std::string(health::role_name(h.role));
       }
     }
-    const int clients = pool->clients();
+    const int clients = clients_of[i];
     // sv_used: idle connections pre_ping will check before their next lend (idle at least
     // pre_ping_idle_s); none without pre_ping.
     int needs_test = 0;

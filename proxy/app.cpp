@@ -218,6 +218,35 @@ stats::CounterTotals App::counter_totals() const {
   return t;
 }
 
+std::vector<int> App::clients_by_pool(const std::vector<std::shared_ptr<pool::ServerPool>>& pools,
+                                      const std::vector<HostRow>& hosts) {
+  const auto row_of = [&](const pool::PoolKey& key) -> const HostRow* {
+    for (const auto& h : hosts) {
+      if (h.database == key.database && h.host == key.host) return &h;
+    }
+    return nullptr;
+  };
+  std::vector<int> clients(pools.size());
+  for (std::size_t i = 0; i < pools.size(); ++i)
+    clients[i] += pools[i]->clients();
+  for (std::size_t i = 0; i < pools.size(); ++i) {
+    const pool::PoolKey& key = pools[i]->key();
+    const HostRow* h = row_of(key);
+    if (!h || h->role != health::Role::Retired || clients[i] == 0) continue;
+    for (std::size_t j = 0; j < pools.size(); ++j) {
+      const pool::PoolKey& other = pools[j]->key();
+      const HostRow* o = row_of(other);
+      if (o && o->role == health::Role::Primary && o->shard == h->shard &&
+          other.database == key.database && other.user == key.user) {
+        clients[j] += pools[i]->clients();
+        clients[i] -= pools[i]->clients();
+        break;
+      }
+    }
+  }
+  return clients;
+}
+
 asio::awaitable<std::vector<App::DatabaseStats>> App::database_stats() {
   std::vector<DatabaseStats> out;
   auto row = [&](const std::string& database) -> DatabaseStats& {

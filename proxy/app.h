@@ -158,6 +158,13 @@ class App : public pool::Handoff {
   std::shared_ptr<pool::ServerPool> pool_for(const config::Database& db, const std::string& user,
                                              const config::Endpoint& host);
   std::vector<std::shared_ptr<pool::ServerPool>> pools();
+  // The clients logged in to each of `pools`, as SHOW POOLS, /status and /metrics show them: a
+  // client joins the pool of its shard's primary when it logs in; after a switchover or a
+  // failover retired that host, its clients are shown on the pool of the primary now, where
+  // their writes go.
+  static std::vector<int> clients_by_pool(
+      const std::vector<std::shared_ptr<pool::ServerPool>>& pools,
+      const std::vector<HostRow>& hosts);
   // The pools of every host of `db` for `user` as of the current topology.
   std::shared_ptr<const UserPools> user_pools(const config::Database& db, const std::string& user);
   // The router's view of a sharded database's sharding.* (null for one shard): built once per

@@ -15,8 +15,10 @@ Snapshot take_pool_snapshot(App& app) {
   s.config = app.config();
   s.client_connections = app.open_sockets();
   s.draining = app.draining();
-  for (const auto& pool : app.pools()) {
-    s.pools.push_back({pool->key(), pool->stats(), pool->clients()});
+  const auto pools = app.pools();
+  const auto clients = App::clients_by_pool(pools, app.hosts());
+  for (std::size_t i = 0; i < pools.size(); ++i) {
+    s.pools.push_back({pools[i]->key(), pools[i]->stats(), clients[i]});
   }
   std::sort(s.pools.begin(), s.pools.end(), [](const PoolSample& a, const PoolSample& b) {
     return std::tie(a.key.database, a.key.user, a.key.host.host, a.key.host.port) <

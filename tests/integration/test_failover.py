@@ -14,7 +14,7 @@ import urllib.request
 import psycopg
 import pytest
 
-from itutil import drain_notifies
+from itutil import drain_notifies, show_pools
 from pgcluster import APP_DB, APP_PASSWORD, APP_USER, PG_BIN, PgCluster, wait_until
 
 OPS_USER = "ops"
@@ -473,3 +473,21 @@ def test_a_replica_left_on_the_old_timeline_is_never_promoted(fresh, pgvalve):
     with pv.connect() as conn:
         with pytest.raises(psycopg.errors.CannotConnectNow):  # 57P03 after hold_writes_ms
             conn.execute("insert into drill (client, n) values (7, 100)")
+
+
+def test_show_pools_counts_clients_on_the_primary_after_a_switchover(fresh, pgvalve):
+    """A client counts in the pool of its shard's primary; after a switchover it is shown on
+    the new primary's row, where its writes go, not on the retired host's."""
+    c = fresh()
+    pv = pgvalve(**config_for(c, failover={"mode": "follow"}))
+    wait_hosts_checked(pv)
+    with pv.connect() as conn:
+        conn.execute("insert into drill (client, n) values (8, 0)")
+        with admin(pv) as a:
+            a.execute(f"SWITCHOVER {APP_DB} s0 TO 127.0.0.1:{c.replicas[0].port}")
+        conn.execute("insert into drill (client, n) values (8, 1)")
+        rows = {r["host"]: r for r in show_pools(pv)}
+        old = rows[f"127.0.0.1:{c.primary.port}"]
+        new = rows[f"127.0.0.1:{c.replicas[0].port}"]
+        assert (old["role"], int(old["cl_active"])) == ("retired", 0), old
+        assert (new["role"], int(new["cl_active"])) == ("primary", 1), new
