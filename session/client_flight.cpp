@@ -271,9 +271,12 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
   // whose server died, the rest of an extended flight after a local error.
   if (!work().rare().failure.empty() || lost_transaction_ || skip_until_sync_) {
     std::string sqlstate = "08006";
-    std::string message =
-        "pgvalve: the server connection was lost during this transaction; the transaction was "
-        "rolled back, run it again";
+    std::string message = "pgvalve: the server connection was lost during this transaction";
+    if (lost_transaction_ && !extras().lost_goodbye.empty()) {
+      message += " (the server said: " + extras().lost_goodbye + ")";
+      extras_to_change().lost_goodbye.clear();
+    }
+    message += "; the transaction was rolled back, run it again";
     if (!work().rare().failure.empty()) {
       sqlstate = std::move(work().change_rare().failure_sqlstate);
       message = std::move(work().change_rare().failure);

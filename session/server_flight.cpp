@@ -295,7 +295,11 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
     // ends the server connection, not the client's: the client gets 08006 when the close
     // arrives (on_server_lost), or its read runs elsewhere, and keeps its connection.
     // Forwarded, a FATAL would tell drivers to drop theirs.
-    if (auto e = pr::read_error_response(f); e && e->severity == "FATAL") return passed;
+    if (auto e = pr::read_error_response(f); e && e->severity == "FATAL") {
+      work().change_rare().server_goodbye.assign(
+          e->message.substr(0, Workspace::Rare::kMaxGoodbyeBytes));
+      return passed;
+    }
   }
   if (l.pending.empty()) {
     pass();  // a notice or notification between requests

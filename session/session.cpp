@@ -823,11 +823,19 @@ const Actions& Session::on_server_lost(LinkId id, Clock::time_point now) {
                out);
     return out;
   }
+  std::string goodbye;
+  if (work_ && !work_->rare().server_goodbye.empty()) {
+    goodbye.swap(work_->change_rare().server_goodbye);
+  }
   if (retry_elsewhere(l, id, out)) return out;
-  lose_link(l, id,
-            "pgvalve: the server connection was lost; the transaction was rolled back, run it "
-            "again",
-            LinkOp::Kind::Close, out);
+  std::string message = "pgvalve: the server connection was lost";
+  if (!goodbye.empty()) message += " (the server said: " + goodbye + ")";
+  message += "; the transaction was rolled back, run it again";
+  lose_link(l, id, message, LinkOp::Kind::Close, out);
+  // Told at the client's next request, with the server's reason.
+  if (lost_transaction_ && (extras_ || !goodbye.empty())) {
+    extras_to_change().lost_goodbye.swap(goodbye);
+  }
   return out;
 }
 

@@ -519,6 +519,9 @@ class Session {
     // Read-your-writes (lsn): per shard, the primary's WAL position after the client's last
     // write there.
     std::vector<std::uint64_t> write_lsns;
+    // What the server of a transaction lost between the client's requests said as it went
+    // (its FATAL), quoted in the 08006 of the client's next request.
+    std::string lost_goodbye;
   };
   const Extras& extras() const {
     static const Extras none;

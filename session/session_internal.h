@@ -365,6 +365,10 @@ struct Workspace {
     // The server's error for pgvalve's settings sync: the client's settings are refused.
     std::string sync_error_sqlstate;
     std::string sync_error;
+    // The FATAL message a server said goodbye with (not passed on): the client's 08006 quotes
+    // it, cut to kMaxGoodbyeBytes.
+    static constexpr std::size_t kMaxGoodbyeBytes = 200;
+    std::string server_goodbye;
     // stats.redact_literals: false: the unnamed statement's text, and the unnamed portal's
     // statement with its Bind parameters, for the slow-query sample of its Execute.
     std::string unnamed_statement_sample;

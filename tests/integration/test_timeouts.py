@@ -404,6 +404,8 @@ def test_a_server_ended_while_its_client_idles_in_a_transaction_gives_one_08006(
         assert len(errors) == 1, errors
         assert errors[0]["C"] == "08006" and errors[0]["S"] == "ERROR", errors[0]
         assert_pgvalve_message(errors[0]["M"])
+        # The server's reason is quoted.
+        assert "terminating connection due to administrator command" in errors[0]["M"]
         assert c.rows("select 1") == [["1"]]
     finally:
         c.terminate()
