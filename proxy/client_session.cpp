@@ -986,6 +986,9 @@ void ClientSession::end_checkout_wait() {
 }
 
 bool ClientSession::runs_on_own_server(const std::shared_ptr<pool::ServerPool>& pool) {
+  // Only session mode has a server of its own: in transaction mode another link is another
+  // shard's part of the client's transaction, which waits for that shard's primary.
+  if (config_->pool.mode != config::PoolMode::Session) return false;
   const session::LinkId id = core_->pending_link();
   if (id == 0 || links_.empty() || !links_[0].conn) return false;
   if (pool && pool != links_[0].pool) return false;

@@ -154,6 +154,11 @@ const Actions& Session::on_checkout_failed(std::string_view sqlstate, std::strin
     // and the statement for that shard is refused there.
     std::string_view why = message;
     if (why.starts_with("pgvalve: ")) why.remove_prefix(std::string_view("pgvalve: ").size());
+    if (sqlstate.empty()) {
+      // "Use your own server" is for a session-mode read; a shard joining has none.
+      sqlstate = "08006";
+      why = "no server could be linked";
+    }
     join_failed(sqlstate, "could not join it: " + std::string(why), out);
     return out;
   }

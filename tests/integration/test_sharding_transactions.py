@@ -269,3 +269,29 @@ def test_statements_over_every_shard_in_a_drivers_default_transaction(two_pc, pg
         [(d, 1.0) for d in (d0, d1, d1b)] + [(d0, 5.0), (d1, 5.0)])
     for node in two_pc:
         assert prepared_on(node) == []
+
+
+def test_a_shard_without_a_primary_is_waited_for_then_refused_with_57P03(two_pc, pgvalve):
+    """A transaction on s0 needs s1 while s1 has no primary: the statement waits
+    failover.hold_writes_ms for one, as any write does, then gets 57P03 with pgvalve's message;
+    the transaction is rolled back on s0 too, and the connection goes on."""
+    prepare_schema(two_pc)
+    d0, d1, _ = devices()
+    pv = pgvalve(**config(two_pc), failover={"mode": "follow", "hold_writes_ms": 1500})
+    s1 = two_pc[1].primary
+    conn = pv.connect(autocommit=False)
+    try:
+        conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 1)", (d0,))
+        s1.stop()
+        wait_until(lambda: "event=no_primary" in pv.log_text(), 10, message="s1 has no primary")
+        t0 = time.monotonic()
+        with pytest.raises(psycopg.errors.CannotConnectNow) as e:
+            conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 2)", (d1,))
+        assert time.monotonic() - t0 >= 1.0, "refused without waiting for a primary"
+        assert str(e.value).startswith("pgvalve:"), e.value
+        conn.rollback()
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        conn.close()
+        s1.start()
+    assert rows(two_pc[0]) == []
