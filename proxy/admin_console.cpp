@@ -333,16 +333,23 @@ void show_shards(App& app, const stats::Snapshot& snap, std::string& out) {
     for (std::size_t i = 0; i < db.shards.size(); ++i) {
       const auto& shard = db.shards[i];
       std::string primary;
-      std::uint32_t prepared = 0;
+      // A replica holds its primary's prepared transactions too: the most any host reports, of
+      // those up now and not retired (a dead or retired host keeps what its last check saw,
+      // while pgvalve decides its parts on the new primary); of all, when none is up.
+      std::uint32_t prepared_up = 0;
+      std::uint32_t prepared_known = 0;
+      bool any_up = false;
       for (const auto& h : hosts) {
-        if (h.database == db.name && h.shard == shard.name && h.writable) {
-          primary = h.host.to_string();
-        }
-        // A replica holds its primary's prepared transactions too: the most any host reports.
-        if (h.database == db.name && h.shard == shard.name) {
-          prepared = std::max(prepared, h.prepared);
+        if (h.database != db.name || h.shard != shard.name) continue;
+        if (h.writable) primary = h.host.to_string();
+        if (h.role == health::Role::Retired) continue;
+        prepared_known = std::max(prepared_known, h.prepared);
+        if (h.up) {
+          any_up = true;
+          prepared_up = std::max(prepared_up, h.prepared);
         }
       }
+      const std::uint32_t prepared = any_up ? prepared_up : prepared_known;
       std::string replicas;
       for (const auto& r : shard.replicas) {
         if (!replicas.empty()) replicas += ",";

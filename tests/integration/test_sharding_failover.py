@@ -1,0 +1,98 @@
+"""A shard's primary lost in the middle of a two-phase commit over two shards, each shard a
+primary with a streaming replica: pgvalve promotes the replica, decides the part left prepared
+there, and SHOW SHARDS counts it only while it is left."""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg
+
+from itutil import APP_AND_OPS, OPS_PASSWORD, OPS_USER
+from pgcluster import APP_DB, APP_PASSWORD, APP_USER, PgCluster, wait_until
+from test_sharding_writes import PREPARED, md5_mod
+
+D0 = next(d for d in range(1, 99) if md5_mod(d) == 0)
+D1 = next(d for d in range(1, 99) if md5_mod(d) == 1)
+
+
+def shard_cluster() -> PgCluster:
+    c = PgCluster(replicas=1, extra_conf=PREPARED)
+    c.start()
+    p = c.primary
+    p.psql("CREATE TABLE telemetry (device_id bigint NOT NULL, n int)", dbname=APP_DB)
+    p.psql("GRANT ALL ON ALL TABLES IN SCHEMA public TO app", dbname=APP_DB)
+    p.psql("GRANT pg_monitor TO app")
+    p.psql("GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO app")
+    return c
+
+
+def on(node, query):
+    with node.connect(dbname=APP_DB) as conn:
+        return conn.execute(query).fetchall()
+
+
+def test_a_part_decided_on_a_promoted_replica_leaves_show_shards(pgvalve):
+    nodes = [shard_cluster(), shard_cluster()]
+    try:
+        # s0's PREPARE takes 3 s (a deferred trigger), so s1's part waits prepared meanwhile.
+        s0 = nodes[0].primary
+        s0.psql("CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$BEGIN PERFORM pg_sleep(3); RETURN NULL; END$$", dbname=APP_DB)
+        s0.psql("CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON telemetry DEFERRABLE "
+                "INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow()", dbname=APP_DB)
+        for c in nodes:
+            c.wait_replay()
+        pv = pgvalve(
+            databases={APP_DB: {
+                "shards": [{"name": f"s{i}", "primary": f"127.0.0.1:{c.primary.port}",
+                            "replicas": [f"127.0.0.1:{c.replicas[0].port}"]}
+                           for i, c in enumerate(nodes)],
+                "sharding": {"key": "device_id", "hash": "md5_mod", "key_type": "bigint",
+                             "tables": ["telemetry"]}}},
+            users=APP_AND_OPS,
+            health={"interval_ms": 250, "timeout_ms": 1000, "failures_before_down": 2,
+                    "user": APP_USER, "password": APP_PASSWORD},
+            failover={"mode": "promote", "promote_after_ms": 0, "hold_writes_ms": 15000})
+
+        def prepared_in_show_shards():
+            with psycopg.connect(pv.dsn(user=OPS_USER, password=OPS_PASSWORD,
+                                        dbname="pgvalve"), autocommit=True) as a:
+                cur = a.execute("SHOW SHARDS")
+                cols = [d.name for d in cur.description]
+                return {r["shard"]: r["prepared"] for r in (dict(zip(cols, x)) for x in cur)}
+
+        outcome = {}
+
+        def transaction():
+            with psycopg.connect(pv.dsn(), autocommit=False) as conn:
+                try:
+                    conn.execute("INSERT INTO telemetry (device_id, n) VALUES (%s, 1)", (D0,))
+                    conn.execute("INSERT INTO telemetry (device_id, n) VALUES (%s, 1)", (D1,))
+                    conn.commit()
+                    outcome["committed"] = True
+                except psycopg.Error as e:
+                    outcome["error"] = e
+
+        t = threading.Thread(target=transaction, daemon=True)
+        t.start()
+        s1 = nodes[1]
+        wait_until(lambda: on(s1.primary, "SELECT count(*) FROM pg_prepared_xacts") == [(1,)],
+                   10, message="s1's part prepared")
+        wait_until(lambda: prepared_in_show_shards()["s1"] == "1", 5,
+                   message="SHOW SHARDS counts the part")
+        s1.primary.kill9()
+        t.join(30)
+        # Promoted, and the part decided there as s0's transaction ended.
+        wait_until(lambda: on(s1.replicas[0], "SELECT pg_is_in_recovery()") == [(False,)], 20,
+                   message="s1's replica promoted")
+        wait_until(lambda: on(s1.replicas[0], "SELECT count(*) FROM pg_prepared_xacts")
+                   == [(0,)], 30, message="the part decided on the promoted replica")
+        wait_until(lambda: prepared_in_show_shards()["s1"] == "0", 10,
+                   message="SHOW SHARDS no longer counts the part")
+        rows = [on(n, "SELECT count(*) FROM telemetry")[0][0]
+                for n in (nodes[0].primary, s1.replicas[0])]
+        assert rows in ([0, 0], [1, 1]), (rows, outcome)
+    finally:
+        for c in nodes:
+            c.teardown()
