@@ -78,12 +78,13 @@ bool ClientStatements::erase(std::string_view name) {
   return true;
 }
 
-std::uint64_t ServerStatements::add(std::uint64_t hash, std::size_t capacity) {
-  used_[hash] = ++clock_;
+std::uint64_t ServerStatements::add(std::uint64_t hash, std::size_t capacity,
+                                    std::int64_t prepared_at) {
+  used_[hash] = {++clock_, prepared_at};
   if (used_.size() <= capacity || capacity == 0) return 0;
   auto oldest = used_.begin();
   for (auto it = used_.begin(); it != used_.end(); ++it) {
-    if (it->second < oldest->second) oldest = it;
+    if (it->second.last_use < oldest->second.last_use) oldest = it;
   }
   const auto evicted = oldest->first;
   used_.erase(oldest);

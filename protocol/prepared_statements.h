@@ -79,11 +79,17 @@ class ServerStatements {
  public:
   bool contains(std::uint64_t hash) const { return used_.count(hash) != 0; }
   void touch(std::uint64_t hash) {
-    if (auto it = used_.find(hash); it != used_.end()) it->second = ++clock_;
+    if (auto it = used_.find(hash); it != used_.end()) it->second.last_use = ++clock_;
   }
-  // Records `hash`; when that makes more than `capacity`, returns the evicted statement's hash
-  // (the caller closes it on the server), else 0.
-  std::uint64_t add(std::uint64_t hash, std::size_t capacity);
+  // Records `hash`, prepared at `prepared_at` (the caller's clock; 0: unknown); when that makes
+  // more than `capacity`, returns the evicted statement's hash (the caller closes it on the
+  // server), else 0.
+  std::uint64_t add(std::uint64_t hash, std::size_t capacity, std::int64_t prepared_at = 0);
+  // When `hash` was prepared here (0: unknown, or not prepared).
+  std::int64_t prepared_at(std::uint64_t hash) const {
+    auto it = used_.find(hash);
+    return it == used_.end() ? 0 : it->second.prepared_at;
+  }
   void erase(std::uint64_t hash) { used_.erase(hash); }
   // `hash` may or may not be prepared on the server (a Close of it failed with its flight after
   // an earlier one may have closed it): it counts as absent, and from now on every statement is
@@ -101,7 +107,11 @@ class ServerStatements {
   std::size_t size() const { return used_.size(); }
 
  private:
-  std::unordered_map<std::uint64_t, std::uint64_t> used_;  // hash -> last use
+  struct Entry {
+    std::uint64_t last_use = 0;
+    std::int64_t prepared_at = 0;
+  };
+  std::unordered_map<std::uint64_t, Entry> used_;
   std::uint64_t clock_ = 0;
   bool close_before_parse_ = false;
 };

@@ -122,7 +122,8 @@ void Session::forget_statements_before(std::uint64_t defined, Link& l) {
 void Session::prepare_on_server(const pr::PreparedStatement& stmt, bool swallow, Link& l,
                                 Flight& flight) {
   const std::size_t from = flight.scratch->size();
-  if (auto evicted = l.server->statements.add(stmt.hash, options_.max_prepared_statements)) {
+  if (auto evicted = l.server->statements.add(stmt.hash, options_.max_prepared_statements,
+                                              now_.time_since_epoch().count())) {
     pr::append_close(*flight.scratch, 'S', pr::server_statement_name(evicted));
     pr::PendingResponse close{Kind::CloseComplete, true};
     close.action = l.statement_pending(evicted) ? kActionRecloseStatement : kActionEvictClose;
@@ -235,7 +236,7 @@ void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight
     return;
   }
   const auto& stmt = define_statement(parse->statement, parse->query, parse->param_types);
-  if (l.server->statements.contains(stmt.hash) && !l.parse_unconfirmed(stmt.hash)) {
+  if (server_has_statement(l, stmt.hash)) {
     if (!stmt.confirmed) statements_->confirm(stmt.hash);  // the server prepared it
     l.server->statements.touch(stmt.hash);
     pr::PendingResponse done{Kind::Synthetic};
@@ -310,7 +311,7 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
     l.pending.push({Kind::BindComplete});
     return;
   }
-  if (l.server->statements.contains(stmt->hash) && !l.parse_unconfirmed(stmt->hash)) {
+  if (server_has_statement(l, stmt->hash)) {
     l.server->statements.touch(stmt->hash);
     if (!stmt->confirmed) statements_->confirm(stmt->hash);  // the server prepared it
   } else {
@@ -320,7 +321,19 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
   const std::size_t from = flight.scratch->size();
   pr::append_bind(*flight.scratch, head->portal, pr::server_statement_name(stmt->hash), head->rest);
   mark_scratch(flight, from);
-  l.pending.push({Kind::BindComplete});
+  pr::PendingResponse bound{Kind::BindComplete};
+  bound.statement_hash = stmt->hash;  // found stale if its Bind fails with 0A000
+  l.pending.push(bound);
+}
+
+bool Session::server_has_statement(Link& l, std::uint64_t hash) {
+  if (!l.server->statements.contains(hash) || l.parse_unconfirmed(hash)) return false;
+  if (const std::int64_t changed = workspaces_->statement_changed_at(hash);
+      changed != 0 && l.server->statements.prepared_at(hash) <= changed) {
+    l.server->statements.forget_uncertain(hash);  // closed before it is prepared again
+    return false;
+  }
+  return true;
 }
 
 void Session::plan_describe(const pr::Frame& f, std::size_t offset, Link& l, Flight& flight) {
@@ -332,7 +345,7 @@ void Session::plan_describe(const pr::Frame& f, std::size_t offset, Link& l, Fli
   if (!stmt) {
     pass_client(flight, offset, f.whole.size());
   } else {
-    if (l.server->statements.contains(stmt->hash) && !l.parse_unconfirmed(stmt->hash)) {
+    if (server_has_statement(l, stmt->hash)) {
       l.server->statements.touch(stmt->hash);
     } else {
       prepare_on_server(*stmt, true, l, flight);

@@ -667,7 +667,18 @@ void Session::end_scatter_link(Link& l, LinkOp::Kind how, std::string& into, Act
     // there too, once the shard is back.
     out.prepared_parts.push_back({l.route.shard, run.gid, false});
   }
-  if (!lost.empty()) fail_scatter("08006", lost, out);
+  if (!lost.empty() && !run.scatter->write()) {
+    // A read: say where, and that nothing is to be rolled back.
+    std::string why = "pgvalve: lost server " + l.server->name;
+    if (const auto* sharding = router_.sharding();
+        sharding && l.route.shard < sharding->shard_names.size()) {
+      why += " of shard " + sharding->shard_names[l.route.shard];
+    }
+    why += " during a read over several shards; run it again";
+    fail_scatter("08006", why, out);
+  } else if (!lost.empty()) {
+    fail_scatter("08006", lost, out);
+  }
   if (decider_lost) {
     if (!run.scatter->failed()) {
       fail_scatter("08006",

@@ -386,6 +386,15 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
           statement_bytes_ -= statements_->forget_unconfirmed(head.statement_hash);
         }
       }
+      if (head.kind == Kind::BindComplete && head.statement_hash != 0) {
+        // A table the shared statement reads changed since it was prepared ("cached plan must
+        // not change result type"): as PostgreSQL does, the client is told once; the statement
+        // is prepared again, here and on the worker's other servers, at its next use.
+        if (const auto e = pr::read_error_response(f); e && e->sqlstate == "0A000") {
+          l.server->statements.forget_uncertain(head.statement_hash);
+          workspaces_->statement_changed(head.statement_hash, now_.time_since_epoch().count());
+        }
+      }
       if (head.action == kActionRaised) {
         pass_raised_error(l, f);
       } else if (!head.internal) {

@@ -179,6 +179,15 @@ void WorkspacePool::sweep() {
     spare_.pop_back();
 }
 
+void WorkspacePool::statement_changed(std::uint64_t hash, std::int64_t at) {
+  if (changed_statements_.size() >= kMaxChangedStatements && !changed_statements_.contains(hash)) {
+    changed_statements_.erase(
+        std::min_element(changed_statements_.begin(), changed_statements_.end(),
+                         [](const auto& a, const auto& b) { return a.second < b.second; }));
+  }
+  changed_statements_[hash] = at;
+}
+
 std::shared_ptr<const Settings> WorkspacePool::share(Settings settings) {
   const std::uint64_t key = settings.fingerprint();
   std::weak_ptr<const Settings>& slot = shared_settings_[key];

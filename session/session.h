@@ -105,7 +105,22 @@ class WorkspacePool {
   std::shared_ptr<const Settings> share(Settings settings);
   std::size_t shared_settings_known() const { return shared_settings_.size(); }
 
+  // A server refused to bind a shared server-side statement because a table it reads changed
+  // since it was prepared (0A000, "cached plan must not change result type"): the statements of
+  // that hash prepared until `at` on the worker's other servers are stale too, and each is
+  // prepared again at its next use, so that each client sees the error at most once, as with
+  // statements of its own. At most kMaxChangedStatements are kept, the oldest forgotten first.
+  void statement_changed(std::uint64_t hash, std::int64_t at);
+  // When a statement of `hash` was last found stale (0: never).
+  std::int64_t statement_changed_at(std::uint64_t hash) const {
+    if (changed_statements_.empty()) return 0;
+    auto it = changed_statements_.find(hash);
+    return it == changed_statements_.end() ? 0 : it->second;
+  }
+
  private:
+  static constexpr std::size_t kMaxChangedStatements = 1024;
+  std::unordered_map<std::uint64_t, std::int64_t> changed_statements_;
   static constexpr std::size_t kFirstSweep = 256;
   // As many workspaces are kept as sessions held at once lately (at least kMinSpares, at most
   // kMaxSpares): under steady load every request finds one, and none is built and freed per
@@ -407,6 +422,9 @@ class Session {
   const protocol::PreparedStatement& define_statement(std::string_view name, std::string_view query,
                                                       std::string_view param_types);
   bool forget_statement(std::string_view name);
+  // The link's server has `hash` prepared, and not since before a server found statements of
+  // that hash stale (WorkspacePool::statement_changed).
+  bool server_has_statement(Link& l, std::uint64_t hash);
   // DISCARD ALL / DEALLOCATE ALL answered on `l`: the statements defined before it are gone, on
   // the client's side and on the server's.
   void forget_statements_before(std::uint64_t defined, Link& l);

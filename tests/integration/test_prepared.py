@@ -534,3 +534,49 @@ def test_the_same_text_under_another_search_path_is_its_own_statement(pgvalve, c
             res = pg.exec_prepared(b"q2", [])
             assert res.status == pq.ExecStatus.TUPLES_OK, res.error_message
             assert (res.get_value(0, 0), res.get_value(0, 1)) == (b"2", b"b")
+
+
+def test_a_statement_whose_table_changed_fails_once_as_on_postgresql(pgvalve, cluster):
+    """After ALTER TABLE changes what a prepared statement returns, PostgreSQL fails its next
+    Bind once (0A000, "cached plan must not change result type"); pgjdbc then prepares the
+    text again under a new name, and a new client preparing it gets the new columns. pgvalve
+    shares one server-side statement per text: each server that still holds the old one
+    prepares it again at its next use, instead of failing every client until it is evicted."""
+    from psycopg import pq
+
+    def outcome(res):
+        if res.status == pq.ExecStatus.TUPLES_OK:
+            return res.nfields
+        return res.error_field(pq.DiagnosticField.SQLSTATE).decode()
+
+    pv = tx_pool(pgvalve, pool_size=2)
+    seen = {}
+    for target, dsn in (("direct", cluster.primary.tcp_dsn()), ("pgvalve", pv.dsn())):
+        cluster.primary.psql("drop table if exists chg; create table chg (a int);"
+                             "insert into chg values (1); grant all on chg to app", dbname=APP_DB)
+        with psycopg.connect(dsn, autocommit=True) as a, \
+                psycopg.connect(dsn, autocommit=True) as b:
+            pa, pb = a.pgconn, b.pgconn
+            # b holds one server while a prepares on the other: both hold the statement.
+            b.execute("begin")
+            assert pb.prepare(b"s1", b"select * from chg").status == pq.ExecStatus.COMMAND_OK
+            assert outcome(pb.exec_prepared(b"s1", [])) == 1
+            assert pa.prepare(b"s1", b"select * from chg").status == pq.ExecStatus.COMMAND_OK
+            assert outcome(pa.exec_prepared(b"s1", [])) == 1
+            b.execute("commit")
+            cluster.primary.psql("alter table chg add column b int default 7", dbname=APP_DB)
+            runs = [outcome(pa.exec_prepared(b"s1", []))]
+            # As pgjdbc does after the error: the same text under a new name.
+            assert pa.prepare(b"s2", b"select * from chg").status == pq.ExecStatus.COMMAND_OK
+            for _ in range(4):
+                b.execute("begin")  # b holds either server: a runs on the other
+                b.execute("select 1")
+                runs.append(outcome(pa.exec_prepared(b"s2", [])))
+                b.execute("commit")
+            with psycopg.connect(dsn, autocommit=True) as c:
+                assert c.pgconn.prepare(b"s9", b"select * from chg").status == \
+                    pq.ExecStatus.COMMAND_OK
+                runs.append(outcome(c.pgconn.exec_prepared(b"s9", [])))
+        seen[target] = runs
+    assert seen["direct"] == ["0A000", 2, 2, 2, 2, 2], seen
+    assert seen["pgvalve"] == seen["direct"], seen
