@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "routing/fingerprint.h"
+#include "routing/sql_lexer.h"
 
 namespace pgvalve::stats {
 
@@ -33,6 +34,24 @@ std::uint64_t QueryFigures::percentile_micros(double q) const {
 
 QueryStats::QueryStats(Limits limits) : limits_(limits) {}
 
+namespace {
+
+// Whether `sql` still holds a string constant, which may be a value a client sent.
+bool holds_string_constant(std::string_view sql) {
+  routing::SqlLexer lexer(sql, 0, routing::SqlLexer::Keywords::NotLookedUp);
+  routing::Token token;
+  while (lexer.next(token)) {
+    if (token.kind == routing::TokenKind::String ||
+        token.kind == routing::TokenKind::DollarString ||
+        token.kind == routing::TokenKind::Unterminated) {
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
 std::string QueryStats::normalized_text(std::string_view sql) {
   std::string text;
   if (sql.size() > kMaxParsedTextBytes) {
@@ -44,10 +63,12 @@ std::string QueryStats::normalized_text(std::string_view sql) {
   }
   const std::string input(sql);
   PgQueryNormalizeResult r = pg_query_normalize(input.c_str());
-  if (!r.error && r.normalized_query) {
+  if (!r.error && r.normalized_query && !holds_string_constant(r.normalized_query)) {
     text = r.normalized_query;
   } else {
-    text = routing::normalize(sql);  // what the fingerprint hashes: literals already `$?`
+    // Not parsed, or a constant PostgreSQL's normaliser keeps (a NOTIFY payload): the form the
+    // fingerprint hashes, literals already `$?`.
+    text = routing::normalize(sql);
   }
   pg_query_free_normalize_result(r);
   cut_to_max(text);

@@ -207,6 +207,16 @@ TEST(QueryStats, TextOfAStatementThatDoesNotParseIsStillNormalised) {
             QueryStats::kMaxTextBytes + 3);
 }
 
+TEST(QueryStats, TextShowsNoStringConstantPostgresNormaliserKeeps) {
+  // pg_query_normalize leaves a NOTIFY payload as written.
+  const std::string text = QueryStats::normalized_text("NOTIFY readings, 'device 42 secret'");
+  EXPECT_EQ(text.find("secret"), std::string::npos) << text;
+  EXPECT_NE(text.find("$?"), std::string::npos) << text;
+  // What the normaliser replaces keeps its form.
+  EXPECT_EQ(QueryStats::normalized_text("SELECT * FROM t WHERE a = 'x' ORDER BY 1"),
+            "SELECT * FROM t WHERE a = $1 ORDER BY 1");
+}
+
 TEST(QueryStats, TextOfALongStatementIsTheLexersFormOfItsStart) {
   // 200,000 constants in 0.4 MiB: PostgreSQL's normaliser would take 1.6 GiB for it.
   std::string sql = "select 'secret'";
