@@ -358,7 +358,11 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
       }
       if (head.fingerprint) {
         note_answer(l, f);
-        record_execution(l, head, head.failed);
+        if (f.tag == 's') {
+          suspend_execution(l, head);
+        } else {
+          record_execution(l, head, head.failed);
+        }
       }
       l.rows = 0;
       l.data_rows = 0;
@@ -456,6 +460,8 @@ void Session::complete_front(Link& l, char tag, Actions& out) {
   l.pending.pop();
   if (tag == 'Z') {
     end_request(l, head, l.server->tx_status);
+    // Its portals ended with it.
+    if (l.server->tx_status == 'I') end_suspended_portal(l);
     // A transaction a client request began ended (not one of a refusal pgvalve had the server
     // raise, which ran nothing of the client's).
     if (recorder_ && !head.internal && l.server->tx_status == 'I' &&

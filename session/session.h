@@ -486,6 +486,10 @@ class Session {
   void count_request(protocol::PendingResponse& request, std::uint64_t fingerprint);
   // `request` completed (`error`: with an error); `rows` from its CommandComplete tags.
   void record_execution(Link& l, const protocol::PendingResponse& request, bool error);
+  // An Execute ended at its row limit (PortalSuspended): its chunk waits for the portal's end.
+  void suspend_execution(Link& l, const protocol::PendingResponse& request);
+  // The suspended portal's chunks, recorded as one execution (the portal ended unfinished).
+  void end_suspended_portal(Link& l);
   // stats.redact_literals: false — slow-query samples show statements as sent.
   bool keeps_literals() const { return recorder_ && recorder_->stats->keeps_literals(); }
   // `request`, about to be queued on `l`, shows `sample` if it is slow.

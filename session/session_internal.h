@@ -156,6 +156,16 @@ struct Link {
   // DataRows since the last CommandComplete: what an Execute suspended at its row limit sent,
   // since its PortalSuspended has no tag to count from.
   std::uint64_t data_rows = 0;
+  // A portal read in chunks (Executes with a row limit, as JDBC with a fetch size and cursors
+  // of postgres.js send) counts as one execution, as in pg_stat_statements: the chunks so far
+  // of the statement `fingerprint`, recorded when its last chunk completes, or when the portal
+  // ends unfinished (its transaction ends, or another statement's portal is suspended).
+  struct SuspendedPortal {
+    std::uint64_t fingerprint = 0;
+    std::uint64_t rows = 0;
+    std::uint64_t micros = 0;  // the chunks' time on the server, not the client's between them
+  };
+  SuspendedPortal suspended;
   stats::StatementKind kind = stats::StatementKind::Other;  // ... its last command tag's
   char error_class[2] = {};                                 // ... its error's SQLSTATE class
   Clock::time_point transaction_started{};  // a client request began a transaction (statistics)
@@ -214,6 +224,7 @@ struct Link {
     answered = false;
     rows = 0;
     data_rows = 0;
+    suspended = {};
     kind = stats::StatementKind::Other;
     transaction_started = {};
   }

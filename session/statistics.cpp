@@ -164,17 +164,50 @@ std::string_view sample_of(const Link& l, const protocol::PendingResponse& reque
 
 }  // namespace
 
+namespace {
+
+std::uint64_t micros_since(Clock::time_point now, const protocol::PendingResponse& request) {
+  const Clock::time_point started{Clock::duration(request.started)};
+  return now > started
+             ? static_cast<std::uint64_t>(
+                   std::chrono::duration_cast<std::chrono::microseconds>(now - started).count())
+             : 0;
+}
+
+}  // namespace
+
+void Session::suspend_execution(Link& l, const protocol::PendingResponse& request) {
+  if (!recorder_ || request.fingerprint == 0 || request.internal || !l.server) return;
+  if (l.suspended.fingerprint != request.fingerprint) end_suspended_portal(l);
+  l.suspended.fingerprint = request.fingerprint;
+  l.suspended.rows += l.rows;
+  l.suspended.micros += micros_since(now_, request);
+  l.kind = stats::StatementKind::Other;
+}
+
+void Session::end_suspended_portal(Link& l) {
+  if (l.suspended.fingerprint == 0) return;
+  protocol::PendingResponse portal;
+  portal.fingerprint = l.suspended.fingerprint;
+  portal.started = now_.time_since_epoch().count();  // its time is in `suspended.micros`
+  const std::uint64_t rows = std::exchange(l.rows, 0);
+  l.kind = stats::StatementKind::Select;
+  record_execution(l, portal, false);
+  l.rows = rows;
+}
+
 void Session::record_execution(Link& l, const protocol::PendingResponse& request, bool error) {
   if (!recorder_ || request.fingerprint == 0 || request.internal || !l.server) return;
-  const Clock::time_point started{Clock::duration(request.started)};
   stats::Execution e;
   e.fingerprint = request.fingerprint;
-  e.micros =
-      now_ > started
-          ? static_cast<std::uint64_t>(
-                std::chrono::duration_cast<std::chrono::microseconds>(now_ - started).count())
-          : 0;
+  e.micros = micros_since(now_, request);
   e.rows = l.rows;
+  if (l.suspended.fingerprint == request.fingerprint) {
+    // The last chunk of a portal read in chunks: one execution with all of them.
+    e.micros += l.suspended.micros;
+    e.rows += l.suspended.rows;
+    l.suspended = {};
+  }
   e.error = error;
   e.replica = l.route.kind == routing::Route::Kind::Replica;
   e.shard = l.route.shard;

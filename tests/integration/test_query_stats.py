@@ -197,9 +197,10 @@ def errors_by_class(pv):
 
 
 @pytest.mark.parametrize("portal", ["", "fetch_portal"])
-def test_a_portal_read_in_chunks_counts_every_execute_and_row(pv, portal):
-    """JDBC with a fetch size binds a named portal and Executes it with a row limit: each
-    Execute is a call, and the rows of every chunk count (a PortalSuspended has no tag)."""
+def test_a_portal_read_in_chunks_is_one_call_with_every_row(pv, portal):
+    """JDBC with a fetch size binds a named portal and Executes it with a row limit: as in
+    pg_stat_statements the portal is one call, its time the chunks' time, and the rows of every
+    chunk count (a PortalSuspended has no tag)."""
     from pgwire_ext import ExtClient, bind, execute, parse, sync
     from pgwire import query_message
     c = ExtClient.login(pv)
@@ -213,10 +214,25 @@ def test_a_portal_read_in_chunks_counts_every_execute_and_row(pv, portal):
     finally:
         c.terminate()
     q = by_query(pv)["select generate_series($1, $2) as chunked"]
-    assert (int(q["calls"]), int(q["rows"]), int(q["errors"])) == (3, 10, 0)
+    assert (int(q["calls"]), int(q["rows"]), int(q["errors"])) == (1, 10, 0)
     after = stats_of(pv)
-    assert after["total_query_count"] - before["total_query_count"] == 5  # begin, 3, commit
+    assert after["total_query_count"] - before["total_query_count"] == 3  # begin, it, commit
     assert after["total_xact_count"] - before["total_xact_count"] == 1
+
+
+def test_a_portal_left_unfinished_is_one_call_when_its_transaction_ends(pv):
+    from pgwire_ext import ExtClient, bind, execute, parse, sync
+    from pgwire import query_message
+    c = ExtClient.login(pv)
+    try:
+        c.run([query_message("begin")])
+        c.run([parse("", "select generate_series(1, 10) as left_open"),
+               bind("", [], portal="p")] + [execute("p", 3)] * 2 + [sync()])
+        c.run([query_message("commit")])
+    finally:
+        c.terminate()
+    q = by_query(pv)["select generate_series($1, $2) as left_open"]
+    assert (int(q["calls"]), int(q["rows"])) == (1, 6)
 
 
 def test_a_pipeline_counts_the_failed_statement_once_and_not_the_skipped_one(pv):
