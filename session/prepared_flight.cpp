@@ -208,10 +208,12 @@ void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight
   const pr::PreparedStatement* existing =
       statements_ ? statements_->find(parse->statement) : nullptr;
   if (existing && existing->confirmed &&
-      (existing->query != parse->query || existing->param_types != parse->param_types)) {
+      (existing->query != parse->query || existing->param_types != parse->param_types) &&
+      !forgotten_before_this(l, existing->defined)) {
     // As PostgreSQL says, of a statement a server accepted. One no server has prepared yet may
     // be one PostgreSQL never got (its Parse answered by pgvalve, or skipped after an error
-    // earlier in its flight): it is replaced, as the driver means.
+    // earlier in its flight): it is replaced, as the driver means; so is one a DISCARD ALL or
+    // DEALLOCATE ALL sent before this Parse forgets.
     raise_on_server("42P05",
                     "pgvalve: prepared statement \"" + std::string(parse->statement) +
                         "\" already exists; close it (Close or DEALLOCATE) before preparing "
@@ -324,6 +326,16 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
   pr::PendingResponse bound{Kind::BindComplete};
   bound.statement_hash = stmt->hash;  // found stale if its Bind fails with 0A000
   l.pending.push(bound);
+}
+
+bool Session::forgotten_before_this(const Link& l, std::uint64_t defined) const {
+  for (const Note& n : l.notes) {
+    if ((n.kind == NoteKind::Discard || n.kind == NoteKind::DeallocateAll) &&
+        n.statements_before >= defined) {
+      return true;
+    }
+  }
+  return false;
 }
 
 bool Session::server_has_statement(Link& l, std::uint64_t hash) {

@@ -425,6 +425,9 @@ class Session {
   // The link's server has `hash` prepared, and not since before a server found statements of
   // that hash stale (WorkspacePool::statement_changed).
   bool server_has_statement(Link& l, std::uint64_t hash);
+  // A DISCARD ALL or DEALLOCATE ALL sent on `l` and not answered yet forgets the client's
+  // statements defined up to `defined`.
+  bool forgotten_before_this(const Link& l, std::uint64_t defined) const;
   // DISCARD ALL / DEALLOCATE ALL answered on `l`: the statements defined before it are gone, on
   // the client's side and on the server's.
   void forget_statements_before(std::uint64_t defined, Link& l);

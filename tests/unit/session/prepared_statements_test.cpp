@@ -570,6 +570,23 @@ TEST(SessionPreparedStatements, AnotherStatementUnderAKnownNameIs42P05AsOnPostgr
   EXPECT_EQ(h.session().prepared_statement_count(), 1u);
 }
 
+TEST(SessionPreparedStatements, AParsePipelinedBehindDiscardAllMayReuseTheName) {
+  // PostgreSQL runs the DISCARD ALL before the Parse: the name is free again by then.
+  for (const char* forget : {"DISCARD ALL", "DEALLOCATE ALL"}) {
+    SessionHarness h;
+    prepare_locally(h, "s1", "select 1");
+    auto server = SessionHarness::fresh_server();
+    h.send(run_flight("s1"), *server);
+    h.answer(parse_complete() + select_answer());  // a server accepted it
+    const std::string sent =
+        h.send(query(forget) + parse("s1", "select 2") + run_flight("s1"), *server);
+    const auto parses = parses_in(sent);
+    ASSERT_EQ(parses.size(), 1u) << forget;
+    EXPECT_EQ(parses[0].second, "select 2") << forget;
+    EXPECT_EQ(h.session().prepared_statement_count(), 1u) << forget;
+  }
+}
+
 TEST(SessionPreparedStatements, TooManyStatementsAreRefusedWith53400OnTheServer) {
   SessionHarness h;
   std::string flight;
