@@ -35,14 +35,34 @@ std::optional<CancelDestination> CancelRegistry::find(std::int32_t process_id,
   target = it->second.lock();
   if (!target || target->secret_key != secret_key) return std::nullopt;
   if (target->several.load(std::memory_order_acquire)) {
-    if (auto session = target->session.lock()) return CancelDestination{{}, 0, 0, session};
+    if (auto session = target->session.lock()) return CancelDestination{{}, 0, 0, 0, session};
   }
-  const auto key = target->server_key.load(std::memory_order_acquire);
-  if (key == 0) return std::nullopt;
+  // Counted before the key is read: a session that unlinks after this read sees the count
+  // when it gives the server back (being_cancelled), and holds it until cancel_done().
+  in_flight_.fetch_add(1, std::memory_order_seq_cst);
+  const auto key = target->server_key.load(std::memory_order_seq_cst);
   const auto host = target->host_index.load(std::memory_order_relaxed);
-  if (host >= hosts_.size()) return std::nullopt;
+  if (key == 0 || host >= hosts_.size()) {
+    in_flight_.fetch_sub(1, std::memory_order_seq_cst);
+    return std::nullopt;
+  }
+  cancelling_.insert(key);
   return CancelDestination{hosts_[host], static_cast<std::int32_t>(key >> 32),
-                           static_cast<std::int32_t>(key & 0xffffffffu)};
+                           static_cast<std::int32_t>(key & 0xffffffffu), key};
+}
+
+void CancelRegistry::cancel_done(std::uint64_t server_key) {
+  std::lock_guard lock(mutex_);
+  if (auto it = cancelling_.find(server_key); it != cancelling_.end()) {
+    cancelling_.erase(it);
+    in_flight_.fetch_sub(1, std::memory_order_seq_cst);
+  }
+}
+
+bool CancelRegistry::being_cancelled(std::uint64_t server_key) {
+  if (in_flight_.load(std::memory_order_seq_cst) == 0) return false;
+  std::lock_guard lock(mutex_);
+  return cancelling_.contains(server_key);
 }
 
 std::uint32_t CancelRegistry::host_index(const boost::asio::ip::tcp::endpoint& host) {

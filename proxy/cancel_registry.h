@@ -9,12 +9,18 @@
 #include <mutex>
 #include <optional>
 #include <unordered_map>
+#include <unordered_set>
 
 #include <boost/asio/ip/tcp.hpp>
 
 namespace pgvalve::proxy {
 
 class ClientSession;
+
+// A server connection's BackendKeyData as one value (0 = none).
+inline std::uint64_t server_key_of(std::int32_t pid, std::int32_t secret) {
+  return (std::uint64_t(std::uint32_t(pid)) << 32) | std::uint32_t(secret);
+}
 
 // Written by the client's own worker on every link/unlink (two relaxed atomics, no lock);
 // read by whichever worker receives the CancelRequest.
@@ -30,16 +36,19 @@ struct CancelTarget {
 
   void link(std::uint32_t host, std::int32_t pid, std::int32_t secret) {
     host_index.store(host, std::memory_order_relaxed);
-    server_key.store((std::uint64_t(std::uint32_t(pid)) << 32) | std::uint32_t(secret),
-                     std::memory_order_release);
+    server_key.store(server_key_of(pid, secret), std::memory_order_release);
   }
-  void unlink() { server_key.store(0, std::memory_order_release); }
+  // Sequentially consistent with CancelRegistry::find(): a cancel either sees the server
+  // unlinked, or the session sees the cancel in flight when it gives the server back.
+  void unlink() { server_key.store(0, std::memory_order_seq_cst); }
 };
 
 struct CancelDestination {
   boost::asio::ip::tcp::endpoint host;
   std::int32_t process_id = 0;
   std::int32_t secret_key = 0;
+  // As CancelTarget::server_key; the registry counts the cancel in flight until cancel_done().
+  std::uint64_t server_key = 0;
   // Set instead when the client's statement runs on several shards: that session cancels them.
   std::shared_ptr<ClientSession> fan_out;
 };
@@ -49,8 +58,13 @@ class CancelRegistry {
   // A new client's key (unique pid, random secret), registered until the target is destroyed.
   std::shared_ptr<CancelTarget> register_client(std::weak_ptr<ClientSession> session);
   // Where to send a cancel for this client key, if the key is valid and the client is running
-  // something on a server.
+  // something on a server. Such a cancel is in flight until cancel_done(): meanwhile the server
+  // is not lent to another client (being_cancelled()), whose query it could otherwise stop.
   std::optional<CancelDestination> find(std::int32_t process_id, std::int32_t secret_key);
+  void cancel_done(std::uint64_t server_key);
+  // A cancel is on its way to the server with this key (CancelTarget::server_key). No lock
+  // while no cancel is in flight.
+  bool being_cancelled(std::uint64_t server_key);
   // Host table: stable small numbers for server addresses.
   std::uint32_t host_index(const boost::asio::ip::tcp::endpoint& host);
 
@@ -58,6 +72,8 @@ class CancelRegistry {
   std::mutex mutex_;
   std::int32_t next_pid_ = 1;
   std::unordered_map<std::int32_t, std::weak_ptr<CancelTarget>> targets_;
+  std::atomic<int> in_flight_{0};
+  std::unordered_multiset<std::uint64_t> cancelling_;
   std::deque<boost::asio::ip::tcp::endpoint> hosts_;
 };
 

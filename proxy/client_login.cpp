@@ -215,6 +215,13 @@ asio::awaitable<void> ClientSession::forward_cancel(std::int32_t process_id,
     dest->fan_out->cancel_every_server();
     co_return;
   }
+  // Until PostgreSQL has taken the cancel (it closes the connection once it has), the server
+  // stays with the client it was meant for; released before, it would wait (give_back).
+  struct Done {
+    CancelRegistry& registry;
+    std::uint64_t key;
+    ~Done() { registry.cancel_done(key); }
+  } done{app_.cancels(), dest->server_key};
   co_await send_cancel(*dest);
 }
 

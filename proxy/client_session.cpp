@@ -1396,9 +1396,40 @@ asio::awaitable<void> ClientSession::clean_and_release(std::unique_ptr<ServerCon
   give_back(std::move(server), clean, *pool);
 }
 
+namespace {
+
+// A cancel meant for the client that just gave `server` back is still on its way to PostgreSQL:
+// lent now, the server could run another client's query when the cancel lands. It goes back to
+// the pool once PostgreSQL has taken the cancel (or the cancel gave up, within 5 s).
+asio::awaitable<void> release_after_cancel(CancelRegistry& cancels,
+                                           std::unique_ptr<ServerConnection> server,
+                                           std::shared_ptr<pool::ServerPool> pool, int worker,
+                                           std::uint64_t key) {
+  asio::steady_timer timer(co_await asio::this_coro::executor);
+  const auto until = std::chrono::steady_clock::now() + 6s;
+  while (cancels.being_cancelled(key) && std::chrono::steady_clock::now() < until) {
+    timer.expires_after(1ms);
+    error_code ec;
+    co_await timer.async_wait(await_ec(ec));
+  }
+  PGV_LOG(Debug, "server_held_for_cancel", {"server", server->id});
+  auto closed = pool->checkin(worker, std::move(server), std::chrono::steady_clock::now());
+  if (closed) PGV_LOG(Debug, "server_recycled", {"server", closed->id});
+}
+
+}  // namespace
+
 void ClientSession::give_back(std::unique_ptr<ServerConnection> server, bool clean,
                               pool::ServerPool& pool) {
   server->in.shrink_if_empty();
+  const std::uint64_t key = server_key_of(server->key.process_id, server->key.secret_key);
+  if (clean && server->in.empty() && app_.cancels().being_cancelled(key)) [[unlikely]] {
+    asio::co_spawn(client_.get_executor(),
+                   release_after_cancel(app_.cancels(), std::move(server), pool.shared_from_this(),
+                                        worker_->index, key),
+                   [id = id_](std::exception_ptr e) { log_failure(id, e); });
+    return;
+  }
   if (clean && server->in.empty()) {
     auto closed = pool.checkin(worker_->index, std::move(server), now());
     if (closed) PGV_LOG(Debug, "server_recycled", {"server", closed->id});
