@@ -1,5 +1,6 @@
 #include "proxy/http_server.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <exception>
@@ -7,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
@@ -69,6 +71,10 @@ struct HttpServer::State {
   tcp::acceptor acceptor;
   bool closed = false;
   std::unordered_set<beast::tcp_stream*> connections;
+  // Connections waiting for (the rest of) a request, and since when: at the connection limit
+  // the one waiting longest makes room, so that slow or idle clients cannot keep a health
+  // probe or a scrape out.
+  std::unordered_map<beast::tcp_stream*, std::chrono::steady_clock::time_point> waiting;
   std::map<std::string, Probe> probes;  // by "host:port"
 };
 
@@ -421,7 +427,10 @@ asio::awaitable<void> serve_connection(std::shared_ptr<State> st, tcp::socket so
   struct Untrack {
     State* state;
     beast::tcp_stream* stream;
-    ~Untrack() { state->connections.erase(stream); }
+    ~Untrack() {
+      state->connections.erase(stream);
+      state->waiting.erase(stream);
+    }
   } untrack{st.get(), &stream};
 
   beast::flat_buffer buffer(kMaxHeaderBytes + kMaxBodyBytes);
@@ -431,7 +440,9 @@ asio::awaitable<void> serve_connection(std::shared_ptr<State> st, tcp::socket so
     parser.body_limit(kMaxBodyBytes);
     error_code ec;
     stream.expires_after(kReadTimeout);
+    st->waiting[&stream] = std::chrono::steady_clock::now();
     co_await http::async_read(stream, buffer, parser, await_ec(ec));
+    st->waiting.erase(&stream);
     if (ec) {
       // Closed between requests, timed out, reset: nothing to answer.
       if (ec == http::error::end_of_stream || ec == http::error::partial_message ||
@@ -479,9 +490,20 @@ asio::awaitable<void> accept_loop(std::shared_ptr<State> st) {
       continue;
     }
     if (st->connections.size() >= kMaxConnections) {
-      PGV_LOG(Warn, "http_too_many_connections", {"limit", kMaxConnections});
-      socket.close(ec);
-      continue;
+      // The connection that has waited longest for a request goes; with none waiting (every
+      // one being answered), the new one does.
+      auto oldest =
+          std::min_element(st->waiting.begin(), st->waiting.end(),
+                           [](const auto& a, const auto& b) { return a.second < b.second; });
+      PGV_LOG(Warn, "http_too_many_connections", {"limit", kMaxConnections},
+              {"closed", oldest == st->waiting.end() ? "the new one" : "the longest waiting"});
+      if (oldest == st->waiting.end()) {
+        socket.close(ec);
+        continue;
+      }
+      beast::tcp_stream* victim = oldest->first;
+      st->waiting.erase(oldest);
+      victim->socket().close(ec);  // its read ends; its coroutine untracks it
     }
     socket.set_option(tcp::no_delay(true), ec);
     asio::co_spawn(st->context, serve_connection(st, std::move(socket)),

@@ -128,6 +128,23 @@ def test_idle_http_client_is_dropped(pv):
     assert get(pv, "/health")[0] == 200
 
 
+def test_slow_clients_cannot_keep_a_health_probe_out(pv):
+    """More unfinished requests than the HTTP server keeps connections for (64): each new
+    connection closes the one that has waited longest, so probes and scrapes get answers."""
+    slow = []
+    try:
+        for _ in range(150):
+            s = socket.create_connection(("127.0.0.1", pv.admin_port), timeout=10)
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # never finished
+            slow.append(s)
+        for _ in range(10):
+            assert get(pv, "/health")[0] == 200
+            assert get(pv, "/metrics")[0] == 200
+    finally:
+        for s in slow:
+            s.close()
+
+
 def test_ready_ok(pv, cluster):
     # no client yet: the primary is checked with a TCP connect
     status, body, _ = get(pv, "/ready")
