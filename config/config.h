@@ -206,6 +206,8 @@ struct LoadResult {
 // too; only the validators' unit tests use it, ahead of the issues that make the keys work.
 enum class Keys { Working, WholeDesign };
 
+// Files larger than this are refused unread.
+inline constexpr std::size_t kMaxConfigFileBytes = 1 << 20;
 LoadResult load_config_file(const std::string& path);
 LoadResult load_config_string(const std::string& yaml, const std::string& source_name = "<string>",
                               Keys keys = Keys::Working);

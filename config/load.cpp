@@ -1,6 +1,7 @@
 // YAML -> validated Config. Every problem becomes a ConfigError with its key path and the
 // 1-based line/column of the offending node; loading goes on after an error so that one run of
 // `--check` reports everything.
+#include <sys/stat.h>
 #include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
@@ -1168,7 +1169,7 @@ LoadResult load(const std::string& yaml, const std::string& source_path,
     const std::vector<YAML::Node> documents{*document};
     if (documents[0].IsNull()) {
       result.errors.push_back(
-          {"", 0, 0, "the configuration is empty: users and databases are required"});
+          {"", 1, 1, "the configuration is empty: users and databases are required"});
       return result;
     }
     auto config = std::make_shared<Config>();
@@ -1201,22 +1202,30 @@ LoadResult load(const std::string& yaml, const std::string& source_path,
 }  // namespace
 
 LoadResult load_config_file(const std::string& path) {
+  const auto refused = [](std::string why) {
+    LoadResult result;
+    result.errors.push_back({"", 0, 0, std::move(why)});
+    return result;
+  };
   try {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+      return refused("is a directory, not a configuration file");
+    }
     std::ifstream in(path, std::ios::binary);
-    if (!in) {
-      LoadResult result;
-      result.errors.push_back(
-          {"", 0, 0, "cannot open the file: " + std::string(std::strerror(errno))});
-      return result;
+    if (!in) return refused("cannot open the file: " + std::string(std::strerror(errno)));
+    // Read whole before it is parsed: a file much larger than any configuration would hold the
+    // thread that reloads it, and the parser's memory, for as long as it is (one byte past the
+    // limit is enough to refuse it).
+    std::string text(kMaxConfigFileBytes + 1, '\0');
+    in.read(text.data(), static_cast<std::streamsize>(text.size()));
+    if (in.bad()) return refused("cannot read the file");
+    text.resize(static_cast<std::size_t>(in.gcount()));
+    if (text.size() > kMaxConfigFileBytes) {
+      return refused("the file is larger than " + std::to_string(kMaxConfigFileBytes >> 20) +
+                     " MiB; a configuration is far smaller (is this the right file?)");
     }
-    std::ostringstream text;
-    text << in.rdbuf();
-    if (in.bad()) {
-      LoadResult result;
-      result.errors.push_back({"", 0, 0, "cannot read the file"});
-      return result;
-    }
-    return load(text.str(), path);
+    return load(text, path);
   } catch (...) {
     LoadResult result;
     result.errors.push_back({"", 0, 0, "cannot read the file"});

@@ -841,7 +841,7 @@ boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, sessi
           }
         }
       } else if (words.size() == 1 && words[0] == "RELOAD") {
-        if (app.reload()) {
+        if (co_await app.reload_on_control()) {
           pr::append_command_complete(out, "RELOAD");
         } else {
           error(out, "F0000",

@@ -638,6 +638,17 @@ void App::remove_client() {
   clients_.fetch_sub(1, std::memory_order_relaxed);
 }
 
+asio::awaitable<bool> App::reload_on_control() {
+  auto outcome = std::make_shared<std::atomic<int>>(-1);  // -1 running, 0 refused, 1 done
+  asio::post(control_, [this, outcome] { outcome->store(reload() ? 1 : 0); });
+  asio::steady_timer timer(co_await asio::this_coro::executor);
+  while (outcome->load() < 0) {
+    timer.expires_after(std::chrono::milliseconds(5));
+    co_await timer.async_wait(asio::use_awaitable);
+  }
+  co_return outcome->load() == 1;
+}
+
 bool App::reload() {
   auto current = config();
   auto result = config::load_config_file(current->source_path);

@@ -290,6 +290,9 @@ class App : public pool::Handoff {
   // Re-reads the config file; on success new users and pool settings apply to new logins and
   // checkouts. Returns false (old config kept, problems logged) when the file is refused.
   bool reload();
+  // reload() on the control thread, where SIGHUP reloads too: one reload at a time, and none
+  // holds a worker that serves clients.
+  asio::awaitable<bool> reload_on_control();
   // SHUTDOWN from the admin console: the drain SIGTERM starts. Returns once every worker has
   // begun it, so that no client starts a transaction after SHUTDOWN is answered.
   asio::awaitable<void> shutdown();

@@ -66,6 +66,20 @@ def test_broken_yaml_is_refused_and_old_config_keeps_serving(pgvalve, app2):
             assert fresh.execute("select 5").fetchone() == (5,)
 
 
+def test_a_file_larger_than_any_configuration_is_refused_unread(pgvalve):
+    from itutil import APP_AND_OPS, OPS_PASSWORD, OPS_USER
+    pv = pgvalve(mode="transaction", pool_size=2, users=APP_AND_OPS)
+    with pv.connect() as c:
+        pv.write_config(pv.render() + "# " + "x" * (1 << 20) + "\n")
+        with psycopg.connect(pv.dsn(user=OPS_USER, password=OPS_PASSWORD, dbname="pgvalve"),
+                             autocommit=True) as admin:
+            with pytest.raises(psycopg.Error) as e:
+                admin.execute("RELOAD")
+        assert e.value.sqlstate == "F0000"
+        assert "larger than 1 MiB" in pv.log_text()
+        assert c.execute("select 1").fetchone() == (1,)
+
+
 def test_valid_reload_adds_user_without_dropping_clients(pgvalve, app2):
     pv = pgvalve(mode="transaction", pool_size=2)
     # before: app2 is unknown to pgvalve

@@ -529,6 +529,32 @@ TEST(LoadFile, ReadsAFileAndRecordsItsPath) {
   std::remove(path.c_str());
 }
 
+TEST(LoadFile, AFileLargerThanAnyConfigurationIsRefusedUnparsed) {
+  const std::string path = ::testing::TempDir() + "pgvalve_config_large.yaml";
+  {
+    std::ofstream out(path);
+    out << kMinimal << "# " << std::string(kMaxConfigFileBytes, 'x') << "\n";
+  }
+  const LoadResult result = load_config_file(path);
+  EXPECT_EQ(result.config, nullptr);
+  ASSERT_EQ(result.errors.size(), 1u) << dump(result);
+  EXPECT_NE(result.errors[0].message.find("larger than 1 MiB"), std::string::npos);
+  std::remove(path.c_str());
+}
+
+TEST(LoadFile, ADirectoryIsSaidToBeOne) {
+  const LoadResult result = load_config_file(::testing::TempDir());
+  ASSERT_EQ(result.errors.size(), 1u) << dump(result);
+  EXPECT_NE(result.errors[0].message.find("is a directory"), std::string::npos);
+}
+
+TEST(LoadFile, AnEmptyFileIsRefusedAtItsFirstLine) {
+  const LoadResult result = load_config_string("# nothing but a comment\n");
+  ASSERT_EQ(result.errors.size(), 1u) << dump(result);
+  EXPECT_EQ(result.errors[0].to_string("p.yaml"),
+            "p.yaml:1:1: the configuration is empty: users and databases are required");
+}
+
 TEST(LoadFile, MissingFileIsOneError) {
   const LoadResult result = load_config_file("/nonexistent/pgvalve.yaml");
   EXPECT_EQ(result.config, nullptr);
