@@ -629,9 +629,13 @@ void show_config(App& app, std::string& out) {
   append_result(out, {"key", "value"}, rows);
 }
 
-void error(std::string& out, std::string_view sqlstate, std::string_view message) {
+// Larger console messages end the console session (08P01).
+constexpr std::size_t kMaxCommandBytes = 1 << 20;
+
+void error(std::string& out, std::string_view sqlstate, std::string_view message,
+           bool fatal = false) {
   pr::ErrorFields e;
-  e.severity = "ERROR";
+  e.severity = fatal ? "FATAL" : "ERROR";
   e.sqlstate = sqlstate;
   e.message = message;
   pr::append_error_response(out, e);
@@ -728,18 +732,32 @@ boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, sessi
   if (!co_await write_all(client, out)) co_return;
   PGV_LOG(Info, "admin_login", {"client", client_id}, {"user", user});
 
+  bool refused_in_flight = false;  // an extended-protocol flight got its error; up to its Sync
   for (;;) {
     pr::Frame f;
-    if (co_await read_frame(client, in, 1 << 20, f) != ReadStatus::Ok) co_return;
+    const ReadStatus read = co_await read_frame(client, in, kMaxCommandBytes, f);
+    if (read == ReadStatus::Invalid || read == ReadStatus::NoMemory) {
+      out.clear();
+      error(out, "08P01",
+            "pgvalve: an admin console message may be at most 1 MiB; send the command alone", true);
+      co_await write_all(client, out);
+      co_return;
+    }
+    if (read != ReadStatus::Ok) co_return;
     out.clear();
     if (f.tag == 'X') co_return;
     if (f.tag != 'Q') {
-      error(out, "0A000", "pgvalve: the admin console accepts simple queries only");
+      // One error per flight, as PostgreSQL answers a failed extended-protocol request.
+      if (!refused_in_flight) {
+        error(out, "0A000", "pgvalve: the admin console accepts simple queries only");
+      }
+      refused_in_flight = f.tag != 'S';
       if (f.tag == 'S') pr::append_ready_for_query(out, 'I');
     } else {
       auto sql = pr::read_query(f).value_or("");
       auto words = words_of(sql);
-      PGV_LOG(Info, "admin_command", {"client", client_id}, {"command", sql});
+      PGV_LOG(Info, "admin_command", {"client", client_id},
+              {"command", sql.substr(0, 1024)});  // a command is short; a log line too
       if (words.empty()) {
         pr::append_empty_query_response(out);
       } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "POOLS") {

@@ -720,8 +720,10 @@ void HealthChecker::start_drill(
     std::function<asio::awaitable<DrillResult>(std::shared_ptr<Monitor>)> drill) {
   auto m = find(database, shard);
   if (!m) {
-    done({false, "pgvalve: no shard \"" + (shard.empty() ? database : shard) + "\" in database \"" +
-                     database + "\" (see SHOW HOSTS)"});
+    done({false, find(database, {}) ? "pgvalve: no shard \"" + shard + "\" in database \"" +
+                                          database + "\" (see SHOW SHARDS)"
+                                    : "pgvalve: no database \"" + database +
+                                          "\" in the configuration (see SHOW DATABASES)"});
     return;
   }
   if (m->drill_running) {

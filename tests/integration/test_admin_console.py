@@ -227,3 +227,27 @@ def test_show_stats_counts_every_byte_of_a_login_both_ways(pgvalve):
     wait_until(lambda: figures()["total_received"] == c.sock.sent, 5,
                message=f"total_received == the {c.sock.sent} bytes the client sent")
     assert figures()["total_sent"] == c.sock.received
+
+
+def test_the_console_answers_protocol_it_does_not_take_as_postgresql_would(pgvalve):
+    """An extended-protocol flight gets one error up to its Sync; a message over 1 MiB ends the
+    session with 08P01; a drill naming an unknown database says so."""
+    from itutil import OPS_PASSWORD, OPS_USER
+    from pgwire import parse_fields, query_message, read_message
+    from pgwire_ext import ExtClient, bind, execute, parse, sync
+    pv = pgvalve(users=APP_AND_OPS)
+    c = ExtClient.login(pv, user=OPS_USER, password=OPS_PASSWORD, dbname="pgvalve")
+    try:
+        r = c.run([parse("", "SHOW VERSION"), bind(""), execute(), sync()])
+        assert r.kinds == b"EZ", r.kinds
+        assert r.errors[0]["C"] == "0A000"
+        r = c.run([query_message("SWITCHOVER nosuchdb")])
+        assert "no database \"nosuchdb\"" in r.errors[0]["M"], r.errors
+        c.sock.sendall(query_message("SHOW " + "x" * (1 << 20)))
+        kind, payload = read_message(c.sock)
+        assert kind == b"E"
+        fields = parse_fields(payload)
+        assert (fields["S"], fields["C"]) == ("FATAL", "08P01")
+        assert fields["M"].startswith("pgvalve:")
+    finally:
+        c.close_abruptly()
