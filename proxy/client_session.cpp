@@ -829,13 +829,13 @@ asio::awaitable<void> ClientSession::wait_while_paused(routing::Route route) {
     if (now() >= deadline) {
       end_checkout_wait();
       carry_out(
-          core_->on_checkout_failed("53300",
-                                    "pgvalve: database \"" + database_name_ +
-                                        "\" is paused (PAUSE on the admin console) for longer than "
-                                        "pool.checkout_timeout_ms (" +
-                                        std::to_string(config_->pool.checkout_timeout_ms) +
-                                        " ms); retry after RESUME",
-                                    now()),
+          core_->on_checkout_failed(
+              "53300",
+              "pgvalve: database \"" + database_name_ +
+                  "\" is paused (PAUSE or KILL on the admin console) for longer than "
+                  "pool.checkout_timeout_ms (" +
+                  std::to_string(config_->pool.checkout_timeout_ms) + " ms); retry after RESUME",
+              now()),
           Source::Client);
       co_return;
     }

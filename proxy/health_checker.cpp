@@ -161,7 +161,7 @@ std::string why_not_promotable(const std::vector<config::Endpoint>& hosts,
     const auto why = health.not_promotable(i);
     if (why.empty()) continue;
     out += out.empty() ? ": " : "; ";
-    out += hosts[i].to_string() + " " + std::string(why);
+    out += hosts[i].to_string() + ": " + std::string(why);
   }
   return out;
 }

@@ -20,10 +20,16 @@ void set_log_level(LogLevel level) {
 
 namespace {
 
+bool is_control(char c) {
+  const auto u = static_cast<unsigned char>(c);
+  return u < 0x20 || u == 0x7f;
+}
+
+// One event is one line: control characters (a libpq message's newline and tab) are escaped.
 void append_value(std::string& line, std::string_view v) {
   bool quote = v.empty();
   for (char c : v) {
-    if (c == ' ' || c == '"' || c == '=' || c == '\n' || c == '\\') quote = true;
+    if (c == ' ' || c == '"' || c == '=' || c == '\\' || is_control(c)) quote = true;
   }
   if (!quote) {
     line += v;
@@ -31,12 +37,22 @@ void append_value(std::string& line, std::string_view v) {
   }
   line += '"';
   for (char c : v) {
-    if (c == '"' || c == '\\') line += '\\';
-    if (c == '\n') {
+    if (c == '"' || c == '\\') {
+      line += '\\';
+      line += c;
+    } else if (c == '\n') {
       line += "\\n";
-      continue;
+    } else if (c == '\t') {
+      line += "\\t";
+    } else if (is_control(c)) {
+      static constexpr char kHex[] = "0123456789abcdef";
+      const auto u = static_cast<unsigned char>(c);
+      line += "\\x";
+      line += kHex[u >> 4];
+      line += kHex[u & 15];
+    } else {
+      line += c;
     }
-    line += c;
   }
   line += '"';
 }

@@ -92,7 +92,7 @@ def test_a_pause_longer_than_checkout_timeout_fails_clearly(pgvalve):
         a.execute(f"PAUSE {APP_DB}")
         with pytest.raises(psycopg.errors.TooManyConnections) as e:
             c.execute("select 1")
-        assert "is paused (PAUSE on the admin console)" in str(e.value)
+        assert "is paused (PAUSE or KILL on the admin console)" in str(e.value)
         a.execute(f"RESUME {APP_DB}")
         assert c.execute("select 1").fetchone() == (1,)
 

@@ -170,6 +170,10 @@ def test_ready_503_when_primary_unreachable(pgvalve, cluster):
             f"{APP_DB}/s0 primary 127.0.0.1:{dead}: not ready: down (" in body), body
     # the process itself still serves
     assert get(pv, "/health")[0] == 200
+    # libpq's two-line error is one logfmt value: no raw newline or tab in the line
+    wait_until(lambda: "event=host_down" in pv.log_text(), 10, message="host_down logged")
+    line = next(l for l in pv.log_text().splitlines() if "event=host_down" in l)
+    assert "\t" not in line and "Is the server running" in line, line
 
 
 def test_ready_503_while_draining(pgvalve):
