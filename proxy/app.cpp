@@ -226,9 +226,10 @@ std::vector<int> App::clients_by_pool(const std::vector<std::shared_ptr<pool::Se
     }
     return nullptr;
   };
+  // Each count read once: a client logging in meanwhile must not make a row negative.
   std::vector<int> clients(pools.size());
   for (std::size_t i = 0; i < pools.size(); ++i)
-    clients[i] += pools[i]->clients();
+    clients[i] = pools[i]->clients();
   for (std::size_t i = 0; i < pools.size(); ++i) {
     const pool::PoolKey& key = pools[i]->key();
     const HostRow* h = row_of(key);
@@ -238,8 +239,8 @@ std::vector<int> App::clients_by_pool(const std::vector<std::shared_ptr<pool::Se
       const HostRow* o = row_of(other);
       if (o && o->role == health::Role::Primary && o->shard == h->shard &&
           other.database == key.database && other.user == key.user) {
-        clients[j] += pools[i]->clients();
-        clients[i] -= pools[i]->clients();
+        clients[j] += clients[i];  // a retired host's pool only gives
+        clients[i] = 0;
         break;
       }
     }
