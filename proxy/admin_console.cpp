@@ -735,7 +735,19 @@ boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, sessi
   bool refused_in_flight = false;  // an extended-protocol flight got its error; up to its Sync
   for (;;) {
     pr::Frame f;
-    const ReadStatus read = co_await read_frame(client, in, kMaxCommandBytes, f);
+    const int partial_ms = app.config()->limits.message_timeout_ms;
+    const ReadStatus read = co_await read_frame(client, in, kMaxCommandBytes, f, nullptr,
+                                                std::chrono::milliseconds(partial_ms));
+    if (read == ReadStatus::TimedOut) {
+      out.clear();
+      error(out, "08P01",
+            "pgvalve: the console started a message and did not send the rest within "
+            "limits.message_timeout_ms (" +
+                std::to_string(partial_ms) + " ms); send whole messages",
+            true);
+      co_await write_all(client, out);
+      co_return;
+    }
     if (read == ReadStatus::Invalid || read == ReadStatus::NoMemory) {
       out.clear();
       error(out, "08P01",

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string_view>
 
 #include <utility>  // Boost 1.74 awaitable.hpp needs std::exchange
@@ -37,42 +38,6 @@ inline auto await_ec(error_code& ec) {
 // Keepalive on a client or server socket: a peer that vanished without closing (a device that
 // lost power, a server behind a dead link) is found within about two minutes.
 void enable_keepalive(Socket& socket);
-
-enum class ReadStatus { Ok, Closed, Invalid, NoMemory };
-
-// Reads until `in` holds a whole frame at its front and returns it in `frame` (valid until `in`
-// is consumed). Invalid when the bytes are not a frame or exceed `max_bytes`; the buffer grows
-// only as bytes arrive.
-template <typename Stream>
-asio::awaitable<ReadStatus> read_frame(Stream& socket, session::InputBuffer& in,
-                                       std::size_t max_bytes, protocol::Frame& frame,
-                                       const char** why = nullptr) {
-  for (;;) {
-    auto r = protocol::decode_frame(in.readable(), max_bytes);
-    if (r.status == protocol::DecodeStatus::Ok) {
-      frame = r.frame;
-      co_return ReadStatus::Ok;
-    }
-    if (r.status == protocol::DecodeStatus::Invalid) {
-      if (why) *why = r.error;
-      co_return ReadStatus::Invalid;
-    }
-    auto space = in.prepare();
-    if (space.empty()) co_return ReadStatus::NoMemory;
-    error_code ec;
-    std::size_t n =
-        co_await socket.async_read_some(asio::buffer(space.data(), space.size()), await_ec(ec));
-    if (ec) co_return ReadStatus::Closed;
-    in.commit(n);
-  }
-}
-
-template <typename Stream>
-asio::awaitable<bool> write_all(Stream& socket, std::string_view bytes) {
-  error_code ec;
-  co_await asio::async_write(socket, asio::buffer(bytes.data(), bytes.size()), await_ec(ec));
-  co_return !ec;
-}
 
 // Cancels the socket's pending operations if not disarmed before `timeout`.
 class Deadline {
@@ -108,7 +73,49 @@ class Deadline {
     bool disarmed = false;
     bool expired = false;
   };
+
   std::shared_ptr<State> state_;
 };
+
+enum class ReadStatus { Ok, Closed, Invalid, NoMemory, TimedOut };
+
+// Reads until `in` holds a whole frame at its front and returns it in `frame` (valid until `in`
+// is consumed). Invalid when the bytes are not a frame or exceed `max_bytes`; the buffer grows
+// only as bytes arrive. With `partial_limit`, a message begun must be whole within it
+// (TimedOut); waiting for the next message has no limit.
+template <typename Stream>
+asio::awaitable<ReadStatus> read_frame(Stream& socket, session::InputBuffer& in,
+                                       std::size_t max_bytes, protocol::Frame& frame,
+                                       const char** why = nullptr,
+                                       std::chrono::milliseconds partial_limit = {}) {
+  std::optional<Deadline> deadline;
+  for (;;) {
+    auto r = protocol::decode_frame(in.readable(), max_bytes);
+    if (r.status == protocol::DecodeStatus::Ok) {
+      frame = r.frame;
+      co_return ReadStatus::Ok;
+    }
+    if (r.status == protocol::DecodeStatus::Invalid) {
+      if (why) *why = r.error;
+      co_return ReadStatus::Invalid;
+    }
+    if (partial_limit.count() > 0 && !in.empty() && !deadline)
+      deadline.emplace(socket, partial_limit);
+    auto space = in.prepare();
+    if (space.empty()) co_return ReadStatus::NoMemory;
+    error_code ec;
+    std::size_t n =
+        co_await socket.async_read_some(asio::buffer(space.data(), space.size()), await_ec(ec));
+    if (ec) co_return deadline && deadline->expired() ? ReadStatus::TimedOut : ReadStatus::Closed;
+    in.commit(n);
+  }
+}
+
+template <typename Stream>
+asio::awaitable<bool> write_all(Stream& socket, std::string_view bytes) {
+  error_code ec;
+  co_await asio::async_write(socket, asio::buffer(bytes.data(), bytes.size()), await_ec(ec));
+  co_return !ec;
+}
 
 }  // namespace pgvalve::proxy

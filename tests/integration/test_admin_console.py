@@ -251,3 +251,25 @@ def test_the_console_answers_protocol_it_does_not_take_as_postgresql_would(pgval
         assert fields["M"].startswith("pgvalve:")
     finally:
         c.close_abruptly()
+
+
+def test_a_console_that_stalls_mid_message_is_cut(pgvalve):
+    """As an application client: a message begun must be whole within
+    limits.message_timeout_ms; an idle console between commands is not cut."""
+    from itutil import OPS_PASSWORD, OPS_USER
+    from pgwire import parse_fields, read_message
+    from pgwire_ext import ExtClient
+    pv = pgvalve(users=APP_AND_OPS, limits={"message_timeout_ms": 500})
+    c = ExtClient.login(pv, user=OPS_USER, password=OPS_PASSWORD, dbname="pgvalve")
+    try:
+        time.sleep(1.0)  # idle between commands: fine
+        assert c.simple("SHOW VERSION").kinds.endswith(b"Z")
+        c.sock.sendall(b"Q\x00\x00\x00\x20SHOW")  # the rest never comes
+        t0 = time.monotonic()
+        kind, payload = read_message(c.sock)
+        assert kind == b"E" and time.monotonic() - t0 < 5
+        fields = parse_fields(payload)
+        assert (fields["S"], fields["C"]) == ("FATAL", "08P01")
+        assert "message_timeout_ms" in fields["M"]
+    finally:
+        c.close_abruptly()
