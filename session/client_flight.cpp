@@ -1227,7 +1227,6 @@ void Session::plan_query(const pr::Frame& f, std::size_t offset, Link& l, Flight
 }
 
 void Session::plan_execute(const pr::Frame& f, std::size_t offset, Link& l, Flight& flight) {
-  pass_client(flight, offset, f.whole.size());
   pr::PendingResponse execute{Kind::Execute};
   auto e = pr::read_execute(f);
   Workspace& w = work();
@@ -1250,6 +1249,20 @@ void Session::plan_execute(const pr::Frame& f, std::size_t offset, Link& l, Flig
       }
     }
   }
+  if (note && note->kind == NoteKind::Deallocate) [[unlikely]] {
+    if (!forget_statement(note->name)) {  // closed since its Parse
+      raise_on_server("26000", "prepared statement \"" + note->name + "\" does not exist", true, l,
+                      flight);
+      return;
+    }
+    pass_client(flight, offset, f.whole.size());
+    execute.action = kActionEmptyAsTag;
+    execute.note = static_cast<std::uint32_t>(l.tags.size());
+    l.tags.emplace_back("DEALLOCATE");
+    l.pending.push(execute);
+    return;
+  }
+  pass_client(flight, offset, f.whole.size());
   if (pins) l.check_pins = true;
   if (note && note->kind != NoteKind::None) {
     execute.note = static_cast<std::uint32_t>(l.notes.size());

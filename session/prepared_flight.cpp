@@ -162,6 +162,7 @@ void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight
   const bool translate = options_.mode != config::PoolMode::Session;
   Note note;
   bool pins = false;
+  bool deallocates = false;
   if (!routing::plain_statement(parse->query)) {
     std::vector<Note>& notes = w.change_rare().review_notes;
     notes.clear();
@@ -174,6 +175,19 @@ void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight
     count_server_listens(r);
     if (!notes.empty()) note = notes.front();
     pins = r.check_pins;
+    // psycopg 3 closes the statements it evicts from its cache with `DEALLOCATE name` sent
+    // this way. A name of the client's protocol-level statements is one no server knows: an
+    // empty query stands in and its Execute forgets the client's statement, in order. Other
+    // names (SQL PREPARE, which pins the server) go to the server, as does any DEALLOCATE in a
+    // failed transaction, which PostgreSQL refuses (25P02).
+    if (translate && parse->statement.empty() && r.single &&
+        r.first.kind == routing::StatementKind::Deallocate && !r.first.all &&
+        l.server->tx_status != 'E' && statements_ && statements_->find(r.first.name.view())) {
+      note = Note{};
+      note.kind = NoteKind::Deallocate;
+      note.name.assign(r.first.name.view());
+      deallocates = true;
+    }
   }
   if (!translate || parse->statement.empty()) {
     if (parse->statement.empty()) {
@@ -194,7 +208,7 @@ void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight
         w.change_rare().unnamed_statement_types.assign(parse->param_types);
       }
     }
-    const std::string_view text = without_hint(parse->query);
+    const std::string_view text = deallocates ? std::string_view{} : without_hint(parse->query);
     if (text.size() == parse->query.size()) {
       pass_client(flight, offset, f.whole.size());
     } else {

@@ -375,7 +375,13 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
           report_settings(l.scratch);
           if (l.scratch.size() > from) l.spans.push_back({true, from, l.scratch.size() - from});
         }
-        pass();
+        if (head.action == kActionEmptyAsTag && f.tag == 'I') {
+          const std::size_t from = l.scratch.size();
+          pr::append_command_complete(l.scratch, l.tags[head.note]);
+          l.spans.push_back({true, from, l.scratch.size() - from});
+        } else {
+          pass();
+        }
       }
       complete_front(l, f.tag, out);
       return passed;
@@ -519,6 +525,8 @@ void Session::settle_statement(Link& l, pr::PendingResponse& request, std::strin
     case NoteKind::DeallocateAll:
       // Not transactional: the server forgot every prepared statement, the client too.
       forget_statements_before(note.statements_before, l);
+      break;
+    case NoteKind::Deallocate:  // forgotten when its Execute was planned; never a pending note
       break;
     case NoteKind::Commit:
       if (tag == "COMMIT") {

@@ -32,6 +32,9 @@ struct Note {
     Release,        // RELEASE name
     RollbackTo,     // ROLLBACK TO name
     DeallocateAll,  // DEALLOCATE ALL (not transactional)
+    // DEALLOCATE name through the extended protocol: sent as an empty query, the client's
+    // statement `name` forgotten at its Execute (plan_execute)
+    Deallocate,
   };
   Kind kind = Kind::None;
   SettingForm form = SettingForm::Literal;

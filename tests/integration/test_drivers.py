@@ -91,6 +91,39 @@ def test_psycopg(pv, cluster):
         CONNECTIONS * (ITERATIONS // 10) * 5
 
 
+def test_psycopg_closes_statements_it_evicts_from_its_cache(pv):
+    # psycopg 3 keeps at most prepared_max statements and closes the least recently used with
+    # `DEALLOCATE name` through the extended protocol. The name is the client's: the server
+    # does not know it, and an error there (26000) used to fail the application's statement.
+    errors = []
+
+    def client(k):
+        try:
+            with psycopg.connect(pv.dsn(), autocommit=True) as conn:
+                conn.prepare_threshold = 0
+                conn.prepared_max = 3
+                for i in range(40):
+                    n = i % 8  # 8 texts over a cache of 3: evictions all along
+                    assert conn.execute(f"select {n} + %s::int", (k,)).fetchone() == (n + k,)
+                    if i % 10 == 0:
+                        with conn.transaction():
+                            assert conn.execute(f"select {n} * 2 + %s::int",
+                                                (k,)).fetchone() == (n * 2 + k,)
+                with conn.pipeline():
+                    cursors = [conn.execute(f"select {n} - %s::int", (k,)) for n in range(8)]
+                assert [c.fetchone()[0] for c in cursors] == [n - k for n in range(8)]
+        except Exception as e:  # noqa: BLE001 - collected and reported by the test
+            errors.append(f"client {k}: {e!r}")
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(CONNECTIONS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "psycopg clients still running after 60 s"
+    assert not errors, errors
+
+
 # --- node-postgres --------------------------------------------------------------------------
 
 def test_node_postgres(pv, cluster):

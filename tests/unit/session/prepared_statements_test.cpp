@@ -249,6 +249,71 @@ TEST(SessionPreparedStatements, DeallocateIsAnsweredWithoutTouchingTheSharedStat
   EXPECT_TRUE(h.last.has_op(LinkOp::Kind::Release));
 }
 
+// psycopg 3 evicts statements from its cache with `DEALLOCATE name` through the extended
+// protocol (Parse, Bind, Describe, Execute, Sync of the unnamed statement).
+std::string extended_deallocate(std::string_view name) {
+  return parse("", "DEALLOCATE " + std::string(name)) + bind_to("", "") + describe('P', "") +
+         execute() + sync();
+}
+
+TEST(SessionPreparedStatements, DeallocateThroughTheExtendedProtocolIsAnsweredInOrder) {
+  SessionHarness h;
+  prepare_locally(h);
+  auto server = SessionHarness::fresh_server();
+  h.send(run_flight("s1"), *server);
+  h.answer(parse_complete() + select_answer());
+  const std::string sent = h.send(extended_deallocate("s1"), *server);
+  // The server never hears the client's name: an empty query stands in.
+  const auto parses = parses_in(sent);
+  ASSERT_EQ(parses.size(), 1u);
+  EXPECT_EQ(parses[0], std::make_pair(std::string(), std::string()));
+  EXPECT_EQ(tags_of(sent), "PBDES");
+  std::string empty;
+  protocol::append_empty_query_response(empty);
+  EXPECT_EQ(h.answer(parse_complete() + bind_complete() + no_data() + empty + ready()),
+            parse_complete() + bind_complete() + no_data() + complete("DEALLOCATE") + ready());
+  EXPECT_EQ(h.session().prepared_statement_count(), 0u);
+  EXPECT_TRUE(server->statements.contains(protocol::statement_hash(kSql, {})));
+  // The name is free again, as on PostgreSQL.
+  prepare_locally(h, "s1", "select 2");
+  EXPECT_EQ(h.session().prepared_statement_count(), 1u);
+}
+
+TEST(SessionPreparedStatements, ExtendedDeallocateOfANameTheClientClosedMeanwhileIs26000) {
+  SessionHarness h;
+  prepare_locally(h);
+  auto server = SessionHarness::fresh_server();
+  const std::string sent = h.send(
+      parse("", "DEALLOCATE s1") + close_message('S', "s1") + bind_to("", "") + execute() + sync(),
+      *server);
+  const auto parses = parses_in(sent);
+  ASSERT_EQ(parses.size(), 2u);
+  EXPECT_EQ(parses[0].second, "");
+  EXPECT_NE(parses[1].second.find("ERRCODE = '26000'"), std::string::npos) << parses[1].second;
+  EXPECT_EQ(h.session().prepared_statement_count(), 0u);
+}
+
+TEST(SessionPreparedStatements, ExtendedDeallocateOfAnSqlPreparedStatementGoesToTheServer) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  const std::string flight = extended_deallocate("q1");  // PREPARE q1 AS ...: the server's own
+  EXPECT_EQ(h.send(flight, *server), flight);
+}
+
+TEST(SessionPreparedStatements, ExtendedDeallocateInAFailedTransactionGoesToTheServer) {
+  SessionHarness h;
+  prepare_locally(h);
+  auto server = SessionHarness::fresh_server();
+  h.send(query("begin"), *server);
+  h.answer(command_result("BEGIN", 'T'));
+  h.client(query("select 1/0"));
+  h.answer(error_result("22012", 'E'));
+  const std::string flight = extended_deallocate("s1");
+  EXPECT_EQ(h.client(flight).to_server, flight);
+  h.answer(error_message("25P02") + ready('E'));
+  EXPECT_EQ(h.session().prepared_statement_count(), 1u);
+}
+
 TEST(SessionPreparedStatements, DeallocateInAFailedTransactionFailsOnTheServerAndForgetsNothing) {
   SessionHarness h;
   prepare_locally(h);
