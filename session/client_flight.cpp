@@ -1251,8 +1251,10 @@ void Session::plan_execute(const pr::Frame& f, std::size_t offset, Link& l, Flig
   }
   if (note && note->kind == NoteKind::Deallocate) [[unlikely]] {
     if (!forget_statement(note->name)) {  // closed since its Parse
-      raise_on_server("26000", "prepared statement \"" + note->name + "\" does not exist", true, l,
-                      flight);
+      raise_on_server("26000",
+                      "pgvalve: prepared statement \"" + note->name +
+                          "\" does not exist; it was closed before this DEALLOCATE ran",
+                      true, l, flight);
       return;
     }
     pass_client(flight, offset, f.whole.size());
