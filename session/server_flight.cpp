@@ -77,8 +77,12 @@ const std::string& pin_check_message() {
 
 }  // namespace
 
+// The insert position, not pg_current_wal_lsn(): a commit with synchronous_commit = off may be
+// only in the WAL buffers, past the written position, and a replica that replayed up to that
+// would not have it.
 const std::string& wal_position_message() {
-  static const std::string message = pr::query_message("SELECT pg_catalog.pg_current_wal_lsn()");
+  static const std::string message =
+      pr::query_message("SELECT pg_catalog.pg_current_wal_insert_lsn()");
   return message;
 }
 

@@ -297,6 +297,31 @@ def test_read_your_writes_lsn_sees_every_write_with_replay_paused(cluster, pgval
     cluster.wait_replay()
 
 
+def test_read_your_writes_lsn_covers_commits_with_synchronous_commit_off(cluster, pgvalve):
+    """Telemetry writers often set synchronous_commit = off. Such a commit may sit in the
+    primary's WAL buffers, past pg_current_wal_lsn(), for up to wal_writer_delay: replicas that
+    replayed up to that position do not have it, and the writer's next read must not go there."""
+    pv = pgvalve(**replicated(cluster, routing={"max_replica_lag_ms": 600000,
+                                                "read_your_writes": "lsn"}))
+    replicas_ready(pv, cluster)
+    cluster.primary.psql("ALTER SYSTEM SET wal_writer_delay = '10s'")
+    cluster.primary.psql("select pg_reload_conf()")
+    try:
+        with pv.connect() as writer:
+            writer.execute("set synchronous_commit = off")
+            for i in range(30):
+                rid = writer.execute("insert into readings (device_id, value) values (43, %s) "
+                                     "returning id", (i,)).fetchone()[0]
+                if i % 3 == 0:
+                    time.sleep(0.25)  # health checks see the replicas' replay positions
+                assert writer.execute("select count(*) from readings where id = %s",
+                                      (rid,)).fetchone()[0] == 1, f"read {i} missed its write"
+    finally:
+        cluster.primary.psql("ALTER SYSTEM RESET wal_writer_delay")
+        cluster.primary.psql("select pg_reload_conf()")
+    cluster.wait_replay()
+
+
 def test_read_your_writes_time_window(cluster, pgvalve):
     pv = pgvalve(**replicated(cluster, routing={"read_your_writes": "time",
                                                 "read_your_writes_window_ms": 800}))

@@ -94,7 +94,7 @@ TEST(SessionReplicaRouting, AWriteTransactionMovesTheReadYourWritesMark) {
   EXPECT_EQ(tags_of(s.to_client), "CZ");
   EXPECT_FALSE(s.has_op(LinkOp::Kind::Release));
   EXPECT_EQ(queries_in(s.to_server),
-            std::vector<std::string>{"SELECT pg_catalog.pg_current_wal_lsn()"});
+            std::vector<std::string>{"SELECT pg_catalog.pg_current_wal_insert_lsn()"});
   s = h.server(row_result("16/B374D848", "SELECT 1"));
   EXPECT_TRUE(s.to_client.empty());  // pgvalve's own answer
   EXPECT_TRUE(s.has_op(LinkOp::Kind::Release));
@@ -474,7 +474,7 @@ TEST(SessionModeRouting, AWriteMovesTheReadYourWritesMark) {
   h.client(query("insert into readings values (1)"));
   Step s = h.server(command_result("INSERT 0 1"));
   EXPECT_EQ(queries_in(s.to_server),
-            std::vector<std::string>{"SELECT pg_catalog.pg_current_wal_lsn()"});
+            std::vector<std::string>{"SELECT pg_catalog.pg_current_wal_insert_lsn()"});
   h.server(row_result("0/300", "SELECT 1"));
   EXPECT_EQ(h.state(), SessionState::Holding);
   s = h.client(query("select 1"));
