@@ -30,6 +30,38 @@ namespace {
 constexpr std::int64_t kIntMax = std::numeric_limits<int>::max();
 constexpr std::int64_t kInt64Max = std::numeric_limits<std::int64_t>::max();
 
+// An IPv4 address written as four decimal numbers.
+std::optional<std::array<int, 4>> ipv4_literal(std::string_view host) {
+  std::array<int, 4> parts{};
+  for (std::size_t i = 0; i < 4; ++i) {
+    if (i > 0) {
+      if (host.empty() || host.front() != '.') return std::nullopt;
+      host.remove_prefix(1);
+    }
+    const auto [end, ec] = std::from_chars(host.data(), host.data() + host.size(), parts[i]);
+    if (ec != std::errc() || end == host.data() || parts[i] < 0 || parts[i] > 255) {
+      return std::nullopt;
+    }
+    host.remove_prefix(static_cast<std::size_t>(end - host.data()));
+  }
+  if (!host.empty()) return std::nullopt;
+  return parts;
+}
+
+// Whether two listen hosts may name a common address: a wildcard takes every address, and a
+// host name may resolve to the other's. (IPv6 literals are compared as written.)
+bool may_overlap(const std::string& a, const std::string& b) {
+  auto wildcard = [](const std::string& h) { return h == "0.0.0.0" || h == "::"; };
+  if (a == b || wildcard(a) || wildcard(b)) return true;
+  const auto x = ipv4_literal(a);
+  const auto y = ipv4_literal(b);
+  if (x && y) return *x == *y;
+  auto ipv6 = [](const std::string& h) { return h.find(':') != std::string::npos; };
+  if ((x && ipv6(b)) || (y && ipv6(a))) return false;
+  if (ipv6(a) && ipv6(b)) return false;
+  return true;
+}
+
 struct Pos {
   int line = 0;
   int column = 0;
@@ -548,6 +580,13 @@ void Loader::read_tls(const YAML::Node& node, const std::string& path,
                                     {"mode", enum_field(tls.mode, kTlsModes)},
                                     {"client_ca", string_field(tls.client_ca)},
                                 });
+  if (!tls.client_ca.empty() && tls.mode != TlsMode::Require) {
+    // A client that does not ask for TLS would log in without a certificate, or (disable) the
+    // file would never be read.
+    error(child(path, "client_ca"), node["client_ca"],
+          "needs mode: require; with mode " + std::string(to_string(tls.mode)) +
+              " a client could log in without TLS, and so without a certificate");
+  }
   if (tls.mode != TlsMode::Disable) {
     // Without both files the listener could not offer TLS at all.
     if (tls.cert.empty() && !present.contains("cert")) {
@@ -1083,10 +1122,16 @@ void Loader::read_root(const YAML::Node& root, Config& c) {
     if (c.health.password.empty()) c.health.password = c.users.front().server_password;
   }
   if (keys_ == Keys::Working) refuse_what_does_not_work_yet(root, c);
-  // Both are bound at start; the same port on an overlapping address could never work.
-  auto wildcard = [](const Endpoint& e) { return e.host == "0.0.0.0" || e.host == "::"; };
-  if (c.listen.port == c.admin_listen.port &&
-      (c.listen.host == c.admin_listen.host || wildcard(c.listen) || wildcard(c.admin_listen))) {
+  if (!c.server_tls_ca.empty() && c.server_tls != ServerTlsMode::VerifyCa &&
+      c.server_tls != ServerTlsMode::VerifyFull) {
+    error("server_tls_ca", root["server_tls_ca"] ? pos_of(root["server_tls_ca"]) : pos_of(root),
+          "is read only with server_tls verify-ca or verify-full (server_tls " +
+              std::string(to_string(c.server_tls)) + " checks no certificate)");
+  }
+  // Both are bound at start (SO_REUSEPORT, so the kernel would not refuse the second): the same
+  // port on an overlapping address would split connections between the two doors. A host name
+  // may resolve to either address.
+  if (c.listen.port == c.admin_listen.port && may_overlap(c.listen.host, c.admin_listen.host)) {
     error("admin_listen", root["admin_listen"] ? pos_of(root["admin_listen"]) : pos_of(root),
           "conflicts with listen (" + c.listen.to_string() + "): use another port");
   }

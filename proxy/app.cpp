@@ -703,6 +703,13 @@ bool App::reload() {
   tls_.store(tls);
   server_tls_.store(server_tls);
   config_.store(next);
+  if (next->server_tls != current->server_tls || next->server_tls_ca != current->server_tls_ca) {
+    // The server connections open now were made under the old rules (in plaintext, or trusting
+    // a certificate that is no longer trusted): as RECONNECT, each closes when it comes back.
+    reconnect("");
+    PGV_LOG(Info, "server_tls_changed", {"server_tls", config::to_string(next->server_tls)},
+            {"action", "server connections open now close as they come back to the pool"});
+  }
   set_log_level(next->log_level);
   leave_old_shard_maps(*current, next);
   message_memory_.set_limit(next->limits.message_memory_bytes);

@@ -20,6 +20,14 @@ using error_code = boost::system::error_code;
 // Debian's bundle of the system's CA certificates: what OpenSSL's default verify paths (and so
 // pgvalve's own server links) trust when server_tls_ca is not set. libpq 15 has no such default.
 constexpr const char* kSystemCaFile = "/etc/ssl/certs/ca-certificates.crt";
+// libpq checks the server's certificate against any root certificate file it finds, also for
+// sslmode=prefer and require (which pgvalve's own server connections do not check). A path
+// that cannot exist (/dev/null is no directory) keeps the health checks as trusting as they.
+constexpr const char* kNoRootCertificate = "/dev/null/pgvalve-checks-no-certificate";
+
+bool verifies(config::ServerTlsMode mode) {
+  return mode == config::ServerTlsMode::VerifyCa || mode == config::ServerTlsMode::VerifyFull;
+}
 
 const char* sslmode(config::ServerTlsMode mode) {
   switch (mode) {
@@ -174,7 +182,9 @@ asio::awaitable<QueryOutcome> query(asio::io_context& io, std::shared_ptr<PgLink
                             login.user.c_str(),
                             login.password.c_str(),
                             sslmode(config.server_tls),
-                            ca.empty() ? kSystemCaFile : ca.c_str(),
+                            !verifies(config.server_tls) ? kNoRootCertificate
+                            : ca.empty()                 ? kSystemCaFile
+                                                         : ca.c_str(),
                             login.application_name.c_str(),
                             nullptr};
     link.conn = PQconnectStartParams(keys, values, 0);

@@ -141,16 +141,19 @@ asio::awaitable<std::unique_ptr<ServerConnection>> open_server_connection(const 
     return nullptr;
   };
 
-  if (!co_await connect_socket(conn->stream.socket(), login.host, failure)) {
-    if (deadline.expired()) co_return timed_out();
-    co_return nullptr;
-  }
   std::string out;
-  if (login.tls) {
+  bool ask_for_tls = login.tls != nullptr;
+  for (;;) {
+    if (!co_await connect_socket(conn->stream.socket(), login.host, failure)) {
+      if (deadline.expired()) co_return timed_out();
+      co_return nullptr;
+    }
+    if (!ask_for_tls) break;
     // server_tls: ask for TLS the way libpq does (SSLRequest, one byte back).
     const auto mode = login.tls->mode();
     pr::append_ssl_request(out);
     if (!co_await write_all(conn->stream, out)) co_return timed_out();
+    out.clear();
     char answer = 0;
     error_code ec;
     co_await asio::async_read(conn->stream.socket(), asio::buffer(&answer, 1), await_ec(ec));
@@ -158,8 +161,17 @@ asio::awaitable<std::unique_ptr<ServerConnection>> open_server_connection(const 
     if (answer == 'S') {
       std::string error;
       if (!co_await conn->stream.start_tls_client(login.tls, login.host.host, error)) {
+        if (deadline.expired()) co_return timed_out();
+        const bool fall_back = mode == config::ServerTlsMode::Prefer;
         PGV_LOG(Warn, "server_tls_failed", {"host", login.host.to_string()},
-                {"server_tls", config::to_string(mode)}, {"reason", error});
+                {"server_tls", config::to_string(mode)}, {"reason", error},
+                {"then", fall_back ? "plaintext" : "refused"});
+        if (fall_back) {
+          // As libpq does for sslmode=prefer: a new connection without TLS.
+          conn->stream.reset(ec);
+          ask_for_tls = false;
+          continue;
+        }
         failure = {"08006", "pgvalve: TLS with server " + login.host.to_string() +
                                 " failed (server_tls = " + config::to_string(mode) + "): " + error};
         co_return nullptr;
@@ -174,7 +186,7 @@ asio::awaitable<std::unique_ptr<ServerConnection>> open_server_connection(const 
                               " requires it; enable ssl on the server, or lower server_tls"};
       co_return nullptr;
     }
-    out.clear();
+    break;
   }
   const std::pair<std::string_view, std::string_view> params[] = {{"user", login.user},
                                                                   {"database", login.dbname}};

@@ -33,6 +33,11 @@ class Stream {
   // failure the stream is closed.
   void move_to(asio::io_context& context, error_code& ec) { move_socket(socket_, context, ec); }
   const TlsChannel* tls() const { return tls_.get(); }
+  // Closed, and back to plaintext for a new connection on the same socket object.
+  void reset(error_code& ec) {
+    tls_.reset();
+    socket_.close(ec);
+  }
 
   // The handshake, after 'S' went out. False with `error` set when it fails (the client is
   // then sent whatever alert OpenSSL made, best effort).

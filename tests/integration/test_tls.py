@@ -252,10 +252,18 @@ def pv_for(cluster, tmp_path, **overrides):
 
 @pytest.mark.parametrize("mode", ["prefer", "require", "verify-ca", "verify-full"])
 def test_server_tls_encrypts_the_link_to_postgresql(ssl_cluster, pki, tmp_path, mode):
+    # prefer and require check no certificate: the server's comes from a CA pgvalve is not told
+    # of, and the health checks must trust it as the server connections do (they used to give
+    # libpq the system's CA bundle, which made it verify: the primary was marked down).
+    ca = {"server_tls_ca": str(pki / "ca.crt")} if mode.startswith("verify") else {}
     pv = pv_for(ssl_cluster, tmp_path, mode="transaction", pool_size=1, max_overflow=0,
-                server_tls=mode, server_tls_ca=str(pki / "ca.crt")).start()
+                server_tls=mode, health={"interval_ms": 100, "failures_before_down": 2},
+                **ca).start()
     try:
+        time.sleep(0.8)  # several health checks
+        assert "event=host_down" not in pv.log_text(), pv.log_text()[-2000:]
         with pv.connect() as c:
+            c.execute("create temp table t (x int) on commit drop")  # a write: needs the primary
             pid = one(c, "select pg_backend_pid()")
             ssl, version = ssl_cluster.primary.sql(
                 f"select ssl, version from pg_stat_ssl where pid = {pid}", dbname="postgres")[0]
@@ -288,6 +296,63 @@ def test_server_tls_verify_full_refuses_a_certificate_for_another_host(ssl_clust
                     "select pg_reload_conf()"):
             ssl_cluster.primary.psql(sql)
         time.sleep(0.5)
+
+
+def test_server_tls_prefer_falls_back_to_plaintext_when_the_handshake_fails(ssl_cluster,
+                                                                              tmp_path):
+    # As libpq's sslmode=prefer: the server says 'S', but offers only TLS 1.1, which pgvalve
+    # refuses; a new connection without TLS follows. require refuses.
+    for sql in ("alter system set ssl_min_protocol_version = 'TLSv1'",
+                "alter system set ssl_max_protocol_version = 'TLSv1.1'", "select pg_reload_conf()"):
+        ssl_cluster.primary.psql(sql)
+    time.sleep(0.5)
+    try:
+        pv = pv_for(ssl_cluster, tmp_path / "prefer", mode="transaction", pool_size=1,
+                    server_tls="prefer").start()
+        try:
+            with pv.connect() as c:
+                pid = one(c, "select pg_backend_pid()")
+            ssl = ssl_cluster.primary.sql(f"select ssl from pg_stat_ssl where pid = {pid}",
+                                          dbname="postgres")[0][0]
+            assert ssl in (False, "f")
+            assert re.search(r"event=server_tls_failed .*then=plaintext", pv.log_text())
+        finally:
+            pv.stop()
+        pv = pv_for(ssl_cluster, tmp_path / "require", mode="transaction", pool_size=1,
+                    server_tls="require").start()
+        try:
+            with pytest.raises(psycopg.OperationalError) as ei:
+                pv.connect()
+            assert "TLS with server" in str(ei.value), ei.value
+        finally:
+            pv.stop()
+    finally:
+        for sql in ("alter system reset ssl_min_protocol_version",
+                    "alter system reset ssl_max_protocol_version", "select pg_reload_conf()"):
+            ssl_cluster.primary.psql(sql)
+        time.sleep(0.5)
+
+
+def test_a_reload_that_changes_server_tls_replaces_the_open_server_connections(ssl_cluster,
+                                                                               tmp_path):
+    # As PgBouncer does: a connection opened under the old rules (here in plaintext) does not
+    # keep serving after the file asks for TLS.
+    pv = pv_for(ssl_cluster, tmp_path, mode="transaction", pool_size=1, max_overflow=0,
+                server_tls="disable").start()
+    try:
+        with pv.connect() as c:
+            before = one(c, "select pg_backend_pid()")
+            pv.config["server_tls"] = "require"
+            pv.reload(pv.config)
+            wait_until(lambda: "event=server_tls_changed" in pv.log_text(), 5,
+                       message="the reload logged")
+            after = one(c, "select pg_backend_pid()")
+        assert after != before
+        ssl = ssl_cluster.primary.sql(f"select ssl from pg_stat_ssl where pid = {after}",
+                                      dbname="postgres")[0][0]
+        assert ssl in (True, "t")
+    finally:
+        pv.stop()
 
 
 def test_server_tls_require_refuses_a_server_without_tls(pgvalve):

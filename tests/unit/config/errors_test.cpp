@@ -256,6 +256,34 @@ databases:
 TEST(Errors, ListenAndAdminListenMustNotCollide) {
   EXPECT_TRUE(has_error(load_with("admin_listen: 127.0.0.1:6432\n"), "admin_listen", 8,
                         "conflicts with listen"));
+  // Both doors share their ports (SO_REUSEPORT): a name that resolves to the other's address
+  // would have the kernel split connections between them.
+  for (const char* other : {"localhost:6432", "0.0.0.0:6432", "127.0.0.1:6432"}) {
+    EXPECT_TRUE(
+        has_error(load_with(std::string("listen: 127.0.0.1:6432\nadmin_listen: ") + other + "\n"),
+                  "admin_listen", 9, "conflicts with listen"))
+        << other;
+  }
+  for (const char* other : {"127.0.0.2:6432", "\"[::1]:6432\""}) {
+    const LoadResult result = load_design(std::string(kMinimal) +
+                                          "listen: 127.0.0.1:6432\nadmin_listen: " + other + "\n");
+    EXPECT_TRUE(result.errors.empty()) << dump(result);
+  }
+}
+
+TEST(Errors, CertificateFilesOnlyWhereAModeReadsThem) {
+  for (const char* mode : {"disable", "prefer", "require"}) {
+    EXPECT_TRUE(
+        has_error(load_with(std::string("server_tls: ") + mode + "\nserver_tls_ca: /etc/ca.crt\n"),
+                  "server_tls_ca", 9, "verify-ca or verify-full"))
+        << mode;
+  }
+  for (const char* mode : {"disable", "prefer"}) {
+    EXPECT_TRUE(has_error(load_with(std::string("tls: {cert: a.crt, key: a.key, mode: ") + mode +
+                                    ", client_ca: ca.crt}\n"),
+                          "tls.client_ca", 8, "needs mode: require"))
+        << mode;
+  }
 }
 
 TEST(Errors, UnknownEnumWords) {
