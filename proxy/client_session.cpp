@@ -305,6 +305,7 @@ void ClientSession::watch_client() {
     end_checkout();
     client_in_.release();
     client_writer_.trim();
+    client_.trim();
     if (links_.size() > 1) {
       links_.resize(1);  // after a read over several shards
       links_.shrink_to_fit();

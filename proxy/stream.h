@@ -56,6 +56,10 @@ class Stream {
   std::size_t read_some(asio::mutable_buffer into, error_code& ec);
   // Plaintext may be ready without the socket becoming readable (TLS holds a record).
   bool buffered() const { return tls_ && tls_->buffered(); }
+  // Between transactions: TLS buffers a large message grew are let go.
+  void trim() {
+    if (tls_) tls_->trim();
+  }
   // With TLS: `chunks` then `tail` encrypted into `out`, a buffer of this thread that stays
   // valid until the next seal() or take_output(). False when TLS failed. Without TLS: not called.
   bool seal(std::span<const session::Chunk> chunks, std::string_view tail, std::string_view& out);

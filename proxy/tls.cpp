@@ -1,5 +1,6 @@
 #include "proxy/tls.h"
 
+#include <openssl/buffer.h>
 #include <openssl/err.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
@@ -125,14 +126,45 @@ TlsClientContext::~TlsClientContext() {
   if (ctx_) SSL_CTX_free(ctx_);
 }
 
+namespace {
+
+BIO* memory_bio() {
+  BIO* b = BIO_new(BIO_s_mem());
+  // An empty input BIO means "no data yet", not end of file.
+  if (b) BIO_set_mem_eof_return(b, -1);
+  return b;
+}
+
+// What an empty memory BIO keeps allocated: BIO_reset keeps the buffer the largest flight grew.
+std::size_t capacity(BIO* b) {
+  BUF_MEM* memory = nullptr;
+  BIO_get_mem_ptr(b, &memory);
+  return memory ? memory->max : 0;
+}
+
+}  // namespace
+
 void TlsChannel::open(SSL_CTX* ctx) {
   ssl_ = SSL_new(ctx);
-  in_ = BIO_new(BIO_s_mem());
-  out_ = BIO_new(BIO_s_mem());
-  // An empty input BIO means "no data yet", not end of file.
-  BIO_set_mem_eof_return(in_, -1);
-  BIO_set_mem_eof_return(out_, -1);
+  in_ = memory_bio();
+  out_ = memory_bio();
   SSL_set_bio(ssl_, in_, out_);
+}
+
+void TlsChannel::trim() {
+  if (!ssl_) return;
+  if (BIO_ctrl_pending(in_) == 0 && capacity(in_) > kKeptBioBytes) {
+    if (BIO* fresh = memory_bio()) {
+      SSL_set0_rbio(ssl_, fresh);  // frees the old one
+      in_ = fresh;
+    }
+  }
+  if (BIO_ctrl_pending(out_) == 0 && capacity(out_) > kKeptBioBytes) {
+    if (BIO* fresh = memory_bio()) {
+      SSL_set0_wbio(ssl_, fresh);
+      out_ = fresh;
+    }
+  }
 }
 
 TlsChannel::TlsChannel(std::shared_ptr<const TlsServerContext> context) : context_(context) {

@@ -93,6 +93,11 @@ class TlsChannel {
   void take_output(std::string& out);
   bool has_output() const;
 
+  // For a client between transactions: ciphertext buffers that a large message grew past
+  // kKeptBioBytes are let go (an idle client would otherwise keep up to 1 MiB each).
+  void trim();
+  static constexpr std::size_t kKeptBioBytes = 4096;
+
   const std::string& error() const { return error_; }
   std::string version() const;  // "TLSv1.3"
   std::string cipher() const;

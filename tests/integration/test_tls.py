@@ -96,6 +96,31 @@ def test_require_serves_tls_and_refuses_plaintext_28000(pgvalve, pki):
     assert "tls.mode = require" in pe.value.message
 
 
+def test_an_idle_tls_client_lets_go_of_what_a_large_result_grew(pgvalve, pki):
+    # OpenSSL's memory buffers keep the size of the largest flight they carried: 100 clients
+    # that each read a 512 KiB row and then idle used to hold about 512 KiB each.
+    from itutil import rss_bytes
+    pv = pgvalve(mode="transaction", pool_size=4, tls=tls_conf(pki, "require"))
+    sql = "select repeat('x', 524288)"
+    with psycopg.connect(pv.dsn(sslmode="require"), autocommit=True) as warm:
+        warm.execute(sql).fetchone()
+    time.sleep(0.3)
+    before = rss_bytes(pv.pid)
+    clients = []
+    try:
+        for _ in range(100):
+            c = psycopg.connect(pv.dsn(sslmode="require"), autocommit=True)
+            clients.append(c)
+            assert len(one(c, sql)) == 524288
+        time.sleep(0.5)
+        per_client = (rss_bytes(pv.pid) - before) / len(clients)
+        # About 18 KiB: OpenSSL's state for a connection.
+        assert per_client < 64 * 1024, f"{per_client / 1024:.0f} KiB per idle TLS client"
+    finally:
+        for c in clients:
+            c.close()
+
+
 def test_verify_full_with_the_test_ca_and_psql(pgvalve, pki):
     pv = pgvalve(mode="transaction", pool_size=2, tls=tls_conf(pki, "prefer"))
     dsn = (f"host=localhost port={pv.port} dbname={APP_DB} user={APP_USER} "
