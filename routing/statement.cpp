@@ -437,7 +437,11 @@ class Classifier {
         if (calls.temporary) info_.temporary = true;
       }
       if (is_create && has_prev) {
-        if (t.is_punct('.') && prev.is_word("pg_temp")) info_.temporary = true;
+        if (t.is_punct('.') &&
+            (prev.is_word("pg_temp") ||
+             (prev.kind == TokenKind::QuotedIdentifier && prev.text == "\"pg_temp\""))) {
+          info_.temporary = true;
+        }
         if (depth == 0 && has_prev2 && t.is_word("drop") && prev.is_word("commit") &&
             prev2.is_word("on")) {
           info_.on_commit_drop = true;

@@ -66,7 +66,10 @@ bool streamable(char tag) {
 constexpr std::string_view kPinCheckSql =
     "SELECT (SELECT count(*) FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = "
     "pg_catalog.pg_backend_pid()), (SELECT count(*) FROM pg_catalog.pg_class WHERE relnamespace "
-    "= pg_catalog.pg_my_temp_schema()), (SELECT count(*) FROM pg_catalog.pg_cursors WHERE "
+    "= pg_catalog.pg_my_temp_schema()), (SELECT count(*) FROM pg_catalog.pg_proc WHERE "
+    "pronamespace = pg_catalog.pg_my_temp_schema()), (SELECT count(*) FROM pg_catalog.pg_type "
+    "WHERE typnamespace = pg_catalog.pg_my_temp_schema()), (SELECT count(*) FROM "
+    "pg_catalog.pg_cursors WHERE "
     "is_holdable), (SELECT count(*) FROM pg_catalog.pg_prepared_statements WHERE from_sql), "
     "(SELECT count(*) FROM pg_catalog.pg_listening_channels())";
 

@@ -205,8 +205,9 @@ Review Session::review(std::string_view sql, bool settling_transaction,
               "session pool, or pool.pin_session_state: true";
         } else {
           why =
-              "pgvalve: temporary tables outlive the transaction and would be seen by other "
-              "clients in transaction pooling; add ON COMMIT DROP, use a session pool, or "
+              "pgvalve: temporary objects (tables, views, sequences, functions, types) "
+              "outlive the transaction and would be seen by other clients in transaction "
+              "pooling; add ON COMMIT DROP to a table, use a session pool, or "
               "pool.pin_session_state: true";
         }
       }

@@ -192,6 +192,24 @@ def test_temp_table_pins_until_drop(pv):
         a.close()
 
 
+@pytest.mark.parametrize("create, drop", [
+    ('CREATE TABLE "pg_temp".t2(x int)', "DROP TABLE pg_temp.t2"),  # the schema quoted
+    ("CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS 'select 7'",
+     "DROP FUNCTION pg_temp.f()"),
+    ("CREATE TYPE pg_temp.mood AS ENUM ('ok', 'bad')", "DROP TYPE pg_temp.mood"),
+])
+def test_other_temporary_objects_pin_until_dropped(pv, create, drop):
+    a = connect(pv)
+    try:
+        a.execute(create)
+        server = pid(a)
+        assert_pinned_to(pv, a, server)
+        a.execute(drop)
+        assert_unpinned(pv)
+    finally:
+        a.close()
+
+
 def test_with_hold_cursor_pins_until_close(pv):
     a = connect(pv)
     try:
@@ -279,6 +297,12 @@ def test_pin_session_state_false_refuses(pgvalve):
         assert_pgvalve_message(ei.value.diag.message_primary)
         assert one(a, "select count(*) from pg_locks where locktype = 'advisory'") == 0
         assert one(a, "select 1") == 1
+        for sql in ('CREATE TABLE "pg_temp".t(x int)',
+                    "CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS 'select 7'"):
+            with pytest.raises(psycopg.Error) as ei:
+                a.execute(sql)
+            assert ei.value.sqlstate == "0A000", repr(ei.value)
+            assert "temporary objects" in ei.value.diag.message_primary
 
 
 # --- DO blocks -------------------------------------------------------------------------------------

@@ -359,7 +359,8 @@ TEST(Classify, CreateTemporary) {
   for (std::string_view sql :
        {"CREATE TEMP TABLE t (a int)", "create temporary table t as select 1",
         "CREATE LOCAL TEMPORARY TABLE t (a int)", "create global temp table t (a int)",
-        "CREATE OR REPLACE TEMP VIEW v AS SELECT 1", "create table pg_temp.t (a int)"}) {
+        "CREATE OR REPLACE TEMP VIEW v AS SELECT 1", "create table pg_temp.t (a int)",
+        "create table \"pg_temp\".t (a int)", "CREATE FUNCTION pg_temp.f() RETURNS int"}) {
     const StatementInfo info = classify(sql);
     EXPECT_EQ(info.kind, SK::Create) << sql;
     EXPECT_TRUE(info.temporary) << sql;
@@ -369,6 +370,8 @@ TEST(Classify, CreateTemporary) {
   EXPECT_TRUE(info.temporary);
   EXPECT_TRUE(info.on_commit_drop);
   EXPECT_FALSE(classify("create temp table t (a int) on commit delete rows").on_commit_drop);
+  // A quoted name is case-sensitive: "PG_TEMP" is an ordinary schema.
+  EXPECT_FALSE(classify("create table \"PG_TEMP\".t (a int)").temporary);
 }
 
 TEST(Classify, SelectIntoTemp) {
