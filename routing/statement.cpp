@@ -673,15 +673,46 @@ class Classifier {
     return true;
   }
 
+  // transaction_mode [[,] transaction_mode ...]: ISOLATION LEVEL ..., READ ONLY | WRITE,
+  // [NOT] DEFERRABLE.
   void read_transaction_modes(Cursor& c) {
+    using Flag = StatementInfo::Flag;
+    using Isolation = StatementInfo::Isolation;
+    auto count = [&] {
+      if (info_.transaction_modes < 255) ++info_.transaction_modes;
+    };
     Token t;
     while (c.take(t)) {
-      if (t.is_word("read")) {
-        if (c.accept("only")) {
-          info_.read_only = true;
-        } else if (c.accept("write")) {
-          info_.read_only = false;
+      if (t.is_word("isolation") && c.accept("level")) {
+        count();
+        if (c.accept("serializable")) {
+          info_.isolation = Isolation::Serializable;
+        } else if (c.accept("repeatable")) {
+          c.accept("read");
+          info_.isolation = Isolation::RepeatableRead;
+        } else if (c.accept("read")) {
+          if (c.accept("committed")) {
+            info_.isolation = Isolation::ReadCommitted;
+          } else if (c.accept("uncommitted")) {
+            info_.isolation = Isolation::ReadUncommitted;
+          }
         }
+      } else if (t.is_word("read")) {
+        if (c.accept("only")) {
+          count();
+          info_.read_only = true;
+          info_.access_read_only = Flag::On;
+        } else if (c.accept("write")) {
+          count();
+          info_.read_only = false;
+          info_.access_read_only = Flag::Off;
+        }
+      } else if (t.is_word("not") && c.accept("deferrable")) {
+        count();
+        info_.deferrable = Flag::Off;
+      } else if (t.is_word("deferrable")) {
+        count();
+        info_.deferrable = Flag::On;
       }
     }
   }

@@ -79,6 +79,19 @@ struct StatementInfo {
 
   // Begin, SetTransaction, Set (SESSION CHARACTERISTICS): the last access mode given is READ ONLY.
   bool read_only = false;
+  // ... the transaction modes given: how many, and the last of each kind.
+  enum class Isolation : std::uint8_t {
+    Unset,
+    ReadUncommitted,
+    ReadCommitted,
+    RepeatableRead,
+    Serializable
+  };
+  enum class Flag : std::uint8_t { Unset, Off, On };
+  std::uint8_t transaction_modes = 0;
+  Flag access_read_only = Flag::Unset;  // READ ONLY (On) or READ WRITE (Off)
+  Isolation isolation = Isolation::Unset;
+  Flag deferrable = Flag::Unset;
   // Commit, Rollback: AND CHAIN (a new transaction starts at once; the server stays lent).
   bool and_chain = false;
   // Create: the object is temporary (CREATE [GLOBAL|LOCAL] TEMP|TEMPORARY ..., or in pg_temp);

@@ -435,6 +435,7 @@ class Session {
   // ---- what a statement's text changes, pins or is refused for (statement_review.cpp) ----
   Review review(std::string_view sql, bool settling_transaction, std::vector<Note>& notes) const;
   void note_for(const routing::StatementInfo& info, Note& note) const;
+  static void session_characteristics_note(const routing::StatementInfo& info, Note& note);
   // `pending`: the bytes of every setting change not yet applied, whatever its name (a
   // transaction's savepoints each keep theirs).
   void in_flight_settings(std::vector<std::string>& names, std::size_t& bytes,

@@ -27,6 +27,44 @@ std::string unquote(std::string_view literal) {
 
 }  // namespace
 
+// SET SESSION CHARACTERISTICS AS TRANSACTION sets the default_transaction_* parameter of its
+// one mode (pgjdbc's setReadOnly with readOnlyMode=always, and setTransactionIsolation, send
+// one). Several modes at once are not followed.
+void Session::session_characteristics_note(const routing::StatementInfo& info, Note& note) {
+  using Flag = routing::StatementInfo::Flag;
+  using Isolation = routing::StatementInfo::Isolation;
+  note.kind = NoteKind::Unknown;
+  if (info.transaction_modes != 1) return;
+  auto on_off = [](Flag f) { return std::string(f == Flag::On ? "on" : "off"); };
+  if (info.access_read_only != Flag::Unset) {
+    note.name = "default_transaction_read_only";
+    note.value = on_off(info.access_read_only);
+  } else if (info.deferrable != Flag::Unset) {
+    note.name = "default_transaction_deferrable";
+    note.value = on_off(info.deferrable);
+  } else {
+    switch (info.isolation) {
+      case Isolation::Unset:
+        return;
+      case Isolation::ReadUncommitted:
+        note.value = "read uncommitted";
+        break;
+      case Isolation::ReadCommitted:
+        note.value = "read committed";
+        break;
+      case Isolation::RepeatableRead:
+        note.value = "repeatable read";
+        break;
+      case Isolation::Serializable:
+        note.value = "serializable";
+        break;
+    }
+    note.name = "default_transaction_isolation";
+  }
+  note.kind = NoteKind::Set;
+  note.form = SettingForm::Literal;
+}
+
 void Session::note_for(const routing::StatementInfo& info, Note& note) const {
   using SC = routing::StatementInfo::SetConfig;
   note = {};
@@ -49,9 +87,12 @@ void Session::note_for(const routing::StatementInfo& info, Note& note) const {
       }
       const std::string_view name = info.name.view();
       const std::string_view value = info.value;
-      if (name == "session_characteristics" ||
-          (value.size() >= 4 && routing::iequals(value.substr(0, 4), "from"))) {
-        note.kind = NoteKind::Unknown;  // SET ... FROM CURRENT, SESSION CHARACTERISTICS
+      if (name == "session_characteristics") {
+        session_characteristics_note(info, note);
+        return;
+      }
+      if (value.size() >= 4 && routing::iequals(value.substr(0, 4), "from")) {
+        note.kind = NoteKind::Unknown;  // SET ... FROM CURRENT
         return;
       }
       note.name = std::string(name);

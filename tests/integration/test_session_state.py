@@ -122,6 +122,41 @@ def test_set_timezone_survives_another_server(pv, cluster):
         b.close()
 
 
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_set_session_characteristics_stays_the_clients(pgvalve, cluster, mode):
+    """pgjdbc's setReadOnly(true) with readOnlyMode=always sends SET SESSION CHARACTERISTICS AS
+    TRANSACTION READ ONLY: the application's guard against writes. It was undone before the
+    client's next statement (also in session mode), and an INSERT succeeded."""
+    pv = pgvalve(mode=mode, pool_size=2, max_overflow=0, checkout_timeout_ms=10000)
+    cluster.primary.sql("create table if not exists guarded(x int); "
+                        "alter table guarded owner to app", dbname=APP_DB)
+    a = connect(pv)
+    try:
+        a.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        a.execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        others = [connect(pv) for _ in range(2)] if mode == "transaction" else []
+
+        def check(c, i):
+            if c is a:
+                assert one(c, "show default_transaction_read_only") == "on"
+                assert one(c, "show default_transaction_isolation") == "repeatable read"
+                with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                    c.execute("insert into guarded values (1)")
+            else:  # nothing reaches the next lenders
+                assert one(c, "show default_transaction_read_only") == "off"
+                c.execute("insert into guarded values (2)")
+
+        if mode == "transaction":
+            run_rounds(pv, [a] + others, check)
+        else:
+            for i in range(3):
+                check(a, i)
+        for c in others:
+            c.close()
+    finally:
+        a.close()
+
+
 def test_reset_all_restores_defaults(pv, cluster, schemas):
     defaults = {s: server_default(cluster, s) for s in ("TimeZone", "DateStyle", "work_mem",
                                                          "search_path")}

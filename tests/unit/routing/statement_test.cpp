@@ -52,6 +52,31 @@ TEST(Classify, BeginReadOnly) {
   EXPECT_FALSE(classify("begin isolation level read committed").read_only);
 }
 
+TEST(Classify, TransactionModes) {
+  using Flag = StatementInfo::Flag;
+  using Isolation = StatementInfo::Isolation;
+  StatementInfo info =
+      classify("START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE");
+  EXPECT_EQ(info.transaction_modes, 3);
+  EXPECT_EQ(info.isolation, Isolation::Serializable);
+  EXPECT_EQ(info.access_read_only, Flag::On);
+  EXPECT_EQ(info.deferrable, Flag::On);
+  info = classify("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED");
+  EXPECT_EQ(info.name.view(), "session_characteristics");
+  EXPECT_EQ(info.transaction_modes, 1);
+  EXPECT_EQ(info.isolation, Isolation::ReadCommitted);
+  EXPECT_EQ(info.access_read_only, Flag::Unset);
+  info = classify("set session characteristics as transaction not deferrable");
+  EXPECT_EQ(info.transaction_modes, 1);
+  EXPECT_EQ(info.deferrable, Flag::Off);
+  info = classify("begin isolation level repeatable read read write");
+  EXPECT_EQ(info.isolation, Isolation::RepeatableRead);
+  EXPECT_EQ(info.access_read_only, Flag::Off);
+  EXPECT_EQ(classify("begin isolation level read uncommitted").isolation,
+            Isolation::ReadUncommitted);
+  EXPECT_EQ(classify("begin").transaction_modes, 0);
+}
+
 TEST(Classify, StartTransactionReadWrite) {
   const StatementInfo info = classify("start transaction read write");
   EXPECT_EQ(info.kind, SK::Begin);

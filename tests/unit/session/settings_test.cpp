@@ -362,10 +362,40 @@ TEST(SessionSettings, SetFromCurrentMakesTheServerUnknown) {
   EXPECT_TRUE(server->settings_unknown);
 }
 
-TEST(SessionSettings, SetSessionCharacteristicsMakesTheServerUnknown) {
+// pgjdbc's setReadOnly (readOnlyMode=always) sends it: PostgreSQL reports the new
+// default_transaction_read_only, which must stay the client's, not be reset as another client's.
+TEST(SessionSettings, SetSessionCharacteristicsOfOneModeIsFollowed) {
   SessionHarness h;
   auto server = SessionHarness::fresh_server();
-  run(h, *server, "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY", command_result("SET"));
+  run(h, *server, "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+      parameter_status("default_transaction_read_only", "on") + command_result("SET"));
+  EXPECT_FALSE(server->settings_unknown);
+  EXPECT_EQ(value_of(h, "default_transaction_read_only"), "on");
+  bool synced = false;
+  h.send(query("insert into t values (1)"), *server, &synced);
+  EXPECT_FALSE(synced) << "the client's own setting is not undone: " << h.last_sync;
+  h.answer(error_result("25006"));
+  // Another server gets it before the client's next request.
+  auto other = SessionHarness::fresh_server();
+  h.send(query("select 1"), *other, &synced);
+  EXPECT_TRUE(synced);
+  EXPECT_NE(h.last_sync.find("SET \"default_transaction_read_only\" TO 'on'"), std::string::npos)
+      << h.last_sync;
+  h.answer(row_result("1", "SELECT 1"));
+  run(h, *server, "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+      command_result("SET"));
+  EXPECT_EQ(value_of(h, "default_transaction_isolation"), "repeatable read");
+  run(h, *server, "SET SESSION CHARACTERISTICS AS TRANSACTION NOT DEFERRABLE",
+      command_result("SET"));
+  EXPECT_EQ(value_of(h, "default_transaction_deferrable"), "off");
+  EXPECT_FALSE(server->settings_unknown);
+}
+
+TEST(SessionSettings, SetSessionCharacteristicsOfSeveralModesMakesTheServerUnknown) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  run(h, *server, "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY, DEFERRABLE",
+      command_result("SET"));
   EXPECT_TRUE(server->settings_unknown);
 }
 
