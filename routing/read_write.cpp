@@ -302,7 +302,14 @@ void decide_tree(const Json& tree, Checker& checker, StatementAccess& out) {
   if (type == "SelectStmt") {  // also VALUES, TABLE t, WITH ... SELECT
     out.read = checker.reads(*body);
   } else if (type == "VariableShowStmt") {
-    out.read = true;
+    const Json* name = member(*body, "name");
+    const std::string_view parameter =
+        name && name->is_string() ? name->get_ref<const std::string&>() : std::string_view{};
+    if (iequals(parameter, "transaction_read_only") || iequals(parameter, "in_hot_standby")) {
+      checker.fail(AccessReason::ServerRole, parameter);
+    } else {
+      out.read = true;
+    }
   } else if (type == "ExplainStmt") {
     decide_explain(*body, checker, out);
   } else if (type == "CopyStmt") {
@@ -356,6 +363,8 @@ std::string_view access_reason_name(AccessReason reason) {
       return "COPY TO a file or program";
     case AccessReason::ExplainAnalyzeWrite:
       return "EXPLAIN ANALYZE of a write";
+    case AccessReason::ServerRole:
+      return "asks the server's role";
   }
   return "?";
 }

@@ -30,6 +30,10 @@ enum class AccessReason : std::uint8_t {
   CopyFrom,
   CopyToFile,           // COPY ... TO 'file' / PROGRAM: the file lands on the server that runs it
   ExplainAnalyzeWrite,  // EXPLAIN ANALYZE runs the statement (detail: which)
+  // SHOW transaction_read_only or in_hot_standby: clients ask to learn whether they may write
+  // (pgjdbc's targetServerType), and the answer is the primary's. (pg_is_in_recovery() is a
+  // read: it tells which server ran it.)
+  ServerRole,
 };
 
 std::string_view access_reason_name(AccessReason reason);

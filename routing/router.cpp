@@ -58,7 +58,9 @@ bool Router::replica_eligible(std::string_view sql, std::uint64_t known) const {
       // Parsed once per shape too: a sharded database answers a valid BEGIN itself (valid_begin).
       verdict.parsed = is_valid_sql(sql);
       if (!verdict.parsed) return false;
-      verdict.read = info.read_only && !info.multiple_statements;
+      // A serializable transaction cannot run on a hot standby.
+      verdict.read = info.read_only && info.isolation != StatementInfo::Isolation::Serializable &&
+                     !info.multiple_statements;
       verdict.reason = verdict.read ? AccessReason::Read : AccessReason::NotRead;
       break;
     case StatementKind::Select:
@@ -90,7 +92,8 @@ Route Router::role(std::string_view sql, std::string_view hint, const RouteConte
   if (context.preference == RouteContext::Preference::Replica) return Route::replica(shard);
   if (sql.empty() || !cache_ || !policy_.write_functions) return Route::primary(shard);
   if (!replica_eligible(sql, context.fingerprint)) return Route::primary(shard);
-  return context.recent_write ? read_on_primary(shard) : Route::replica(shard);
+  return context.recent_write || context.serializable ? read_on_primary(shard)
+                                                      : Route::replica(shard);
 }
 
 bool Router::valid_begin(std::uint64_t fingerprint) const {

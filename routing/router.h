@@ -39,6 +39,9 @@ struct RouteContext {
   // routing.read_your_writes = time: this client wrote within the window; its reads go to the
   // primary.
   bool recent_write = false;
+  // The client's default_transaction_isolation is serializable, which a hot standby refuses
+  // ("cannot use serializable mode in a hot standby"): its reads go to the primary.
+  bool serializable = false;
   // routing::fingerprint() of the statement when the caller has it already; 0: computed here.
   std::uint64_t fingerprint = 0;
   // Sharded databases: SET pgvalve.device_id (a hint comment on the statement wins); empty:

@@ -451,6 +451,7 @@ bool Session::route_away_from_own_server(std::string_view frames, Link& own, Act
   Flight flight{frames, &w.reply_scratch, &w.reply_spans, &out};
   routing::RouteContext context;
   context.preference = preference_;
+  context.serializable = serializable_default_;
   context.recent_write = options_.read_your_writes == config::ReadYourWrites::Time &&
                          last_write_at_ != Clock::time_point{} &&
                          now_ - last_write_at_ < options_.read_your_writes_window;
@@ -469,6 +470,9 @@ bool Session::route_away_from_own_server(std::string_view frames, Link& own, Act
       !self_contained_request(frames, options_.max_message_bytes)) {
     return false;
   }
+  // A transaction (BEGIN READ ONLY) stays too: the statements the client names in it, and its
+  // cursors and settings, would be left on a replica connection other clients use.
+  if (routing::classify(text).kind == StatementKind::Begin) return false;
   if (options_.read_your_writes == config::ReadYourWrites::Lsn) {
     route.after_lsn = read_your_writes_lsn(route.shard);
   }
@@ -657,6 +661,7 @@ std::uint64_t request_identity(std::string_view sql, std::string_view bind_rest)
 routing::Route Session::route_request(const RequestText& request) {
   routing::RouteContext context;
   context.preference = preference_;
+  context.serializable = serializable_default_;
   context.recent_write = options_.read_your_writes == config::ReadYourWrites::Time &&
                          last_write_at_ != Clock::time_point{} &&
                          now_ - last_write_at_ < options_.read_your_writes_window;

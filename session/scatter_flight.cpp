@@ -64,6 +64,7 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
     // A Parse or Describe alone: any shard knows the answer.
     routing::RouteContext context;
     context.preference = preference_;
+    context.serializable = serializable_default_;
     route = router_.on_shard(request.sql, context,
                              static_cast<std::uint16_t>(std::countr_zero(route.shards)));
     route.any_shard = true;
@@ -186,6 +187,7 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
   std::vector<routing::Route> routes;
   routing::RouteContext context;
   context.preference = preference_;
+  context.serializable = serializable_default_;
   context.fingerprint = fingerprint;
   context.recent_write = options_.read_your_writes == config::ReadYourWrites::Time &&
                          last_write_at_ != Clock::time_point{} &&

@@ -9,6 +9,7 @@
 
 #include "protocol/lsn.h"
 #include "protocol/wire.h"
+#include "routing/sql_lexer.h"
 #include "session/limits.h"
 #include "session/session_internal.h"
 #include "session/settings_sync.h"
@@ -640,6 +641,18 @@ void Session::commit_notes(Link& l, Actions& out) {
   for (const Note& note : w.rare().tx_notes)
     apply_note(note, l, out);
   w.change_rare().tx_notes.clear();
+  note_default_isolation();
+}
+
+void Session::note_default_isolation() {
+  const Setting* s = client_settings_.find("default_transaction_isolation");
+  std::string_view value = s ? std::string_view(s->value) : std::string_view{};
+  // As written: 'serializable', serializable, "SERIALIZABLE".
+  while (!value.empty() && (value.front() == '\'' || value.front() == '"' || value.front() == ' '))
+    value.remove_prefix(1);
+  while (!value.empty() && (value.back() == '\'' || value.back() == '"' || value.back() == ' '))
+    value.remove_suffix(1);
+  serializable_default_ = routing::iequals(value, "serializable");
 }
 
 void Session::drop_notes() {

@@ -421,6 +421,7 @@ void Session::absorb_startup(const std::vector<std::pair<std::string, std::strin
   startup_settings_ = workspaces_->share(std::move(startup_settings));
   // A copy that shares the startup list until the client changes a setting.
   client_settings_ = *startup_settings_;
+  note_default_isolation();
 }
 
 void Session::append_login_reply(std::string& out) {

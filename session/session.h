@@ -436,6 +436,7 @@ class Session {
   Review review(std::string_view sql, bool settling_transaction, std::vector<Note>& notes) const;
   void note_for(const routing::StatementInfo& info, Note& note) const;
   static void session_characteristics_note(const routing::StatementInfo& info, Note& note);
+  void note_default_isolation();
   // `pending`: the bytes of every setting change not yet applied, whatever its name (a
   // transaction's savepoints each keep theirs).
   void in_flight_settings(std::vector<std::string>& names, std::size_t& bytes,
@@ -600,6 +601,8 @@ class Session {
   std::uint32_t scatter_writes_ = 0;  // numbers the two-phase commits of this client
   // SET pgvalve.route: where this client's statements go when no hint says otherwise.
   routing::RouteContext::Preference preference_ = routing::RouteContext::Preference::Auto;
+  // The client's default_transaction_isolation is serializable (RouteContext::serializable).
+  bool serializable_default_ = false;
   // A replica link takes one request at a time (the next may be a write): the rest of the
   // client's input waits, and is planned again once the link has answered.
   bool input_waits_for_link_ = false;

@@ -128,6 +128,34 @@ def test_transactions_hints_and_read_only(cluster, pgvalve):
         assert tuple(cur.fetchone()) == (False, cluster.primary.port)
 
 
+def test_serializable_transactions_and_the_question_may_i_write_go_to_the_primary(cluster,
+                                                                                  pgvalve):
+    """A hot standby refuses serializable transactions ("cannot use serializable mode in a hot
+    standby", 0A000), which directly on the primary work. And pgjdbc's
+    targetServerType=primary asks SHOW transaction_read_only: a replica's 'on' made it refuse to
+    connect."""
+    pv = pgvalve(**replicated(cluster, routing={"read_your_writes": "off"}))
+    replicas_ready(pv, cluster)
+    with pv.connect() as c:
+        for _ in range(4):
+            assert one(c, "show transaction_read_only") == "off"
+        c.execute("begin isolation level serializable, read only, deferrable")
+        assert where(c) == (False, cluster.primary.port)
+        c.execute("commit")
+        c.execute("begin isolation level repeatable read read only")  # still a replica's
+        assert where(c)[0] is True
+        c.execute("commit")
+        c.execute("set default_transaction_isolation = 'serializable'")
+        for _ in range(4):
+            assert where(c) == (False, cluster.primary.port)
+        c.execute("reset default_transaction_isolation")
+        wait_until(lambda: where(c)[0] is True, 5, message="reads on replicas again")
+    with psycopg.connect(pv.dsn(options="-c%20default_transaction_isolation%3Dserializable"),
+                         autocommit=True) as c:
+        for _ in range(4):
+            assert where(c) == (False, cluster.primary.port)
+
+
 def test_extended_protocol_and_prepared_statements_on_both_sides(cluster, pgvalve):
     pv = pgvalve(**replicated(cluster))
     replicas_ready(pv, cluster)
@@ -188,6 +216,16 @@ def test_session_mode_reads_borrow_a_replica_and_the_session_stays_on_the_primar
         c.execute("insert into scratch values (1)")
         assert where(c, "select pg_is_in_recovery(), inet_server_port() from scratch") == \
             (False, cluster.primary.port)
+    # A read-only transaction stays on the own server too. On a borrowed replica connection,
+    # the statements psycopg names after 5 uses (pgjdbc: its COMMIT) were left behind, and the
+    # next transaction on another connection failed with 26000 (or ran another client's).
+    with psycopg.connect(pv.dsn()) as c:
+        c.read_only = True
+        for i in range(10):
+            row = c.execute("select pg_is_in_recovery(), inet_server_port() where %s >= 0",
+                            (i,)).fetchone()
+            assert tuple(row) == (False, cluster.primary.port), i
+            c.commit()
     # Named prepared statements keep their name on the own server: they run there.
     with psycopg.connect(pv.dsn(), autocommit=True, prepare_threshold=0) as c:
         for i in range(5):

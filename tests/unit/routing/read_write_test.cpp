@@ -204,7 +204,7 @@ const std::vector<Case> kExpressionsAndBuiltins = {
     {"select gen_random_uuid()", R::Read},
     {"select clock_timestamp(), timeofday()", R::Read},
     {"select pg_sleep(1)", R::Read},
-    {"select pg_is_in_recovery()", R::Read},
+    {"select pg_is_in_recovery()", R::Read},  // tells which server ran it
     {"select pg_last_wal_replay_lsn(), pg_last_wal_receive_lsn(), "
      "pg_last_xact_replay_timestamp()",
      R::Read},
@@ -277,6 +277,8 @@ const std::vector<Case> kCtesValuesTableShow = {
     {"show all", R::Read},
     {"SHOW TimeZone", R::Read},
     {"show transaction isolation level", R::Read},
+    {"show transaction_read_only", R::ServerRole},  // pgjdbc's targetServerType=primary
+    {"SHOW in_hot_standby", R::ServerRole},
 };
 
 TEST(DecideAccess, CtesValuesTableShow) {

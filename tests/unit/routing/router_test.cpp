@@ -46,6 +46,9 @@ TEST_F(RouterTest, TransactionsGoToThePrimaryUnlessReadOnly) {
   EXPECT_EQ(kind("begin read only"), Kind::Replica);
   EXPECT_EQ(kind("START TRANSACTION READ ONLY"), Kind::Replica);
   EXPECT_EQ(kind("begin read only; insert into t values (1)"), Kind::Primary);
+  // A hot standby refuses serializable transactions.
+  EXPECT_EQ(kind("begin isolation level serializable read only deferrable"), Kind::Primary);
+  EXPECT_EQ(kind("start transaction read only, isolation level repeatable read"), Kind::Replica);
   EXPECT_EQ(kind("begin read write"), Kind::Primary);
 }
 
@@ -64,6 +67,15 @@ TEST_F(RouterTest, TheSessionsPreference) {
   EXPECT_EQ(kind("select 1", c), Kind::Primary);
   c.preference = RouteContext::Preference::Replica;
   EXPECT_EQ(kind("insert into t values (1)", c), Kind::Replica);
+}
+
+TEST_F(RouterTest, AClientWhoseTransactionsAreSerializableReadsOnThePrimary) {
+  RouteContext serializable;
+  serializable.serializable = true;
+  EXPECT_EQ(kind("select 1", serializable), Kind::Primary);
+  EXPECT_EQ(kind("begin read only", serializable), Kind::Primary);
+  EXPECT_FALSE(router.route("select 1", serializable).write);
+  EXPECT_EQ(kind("/* pgvalve: replica */ select 1", serializable), Kind::Replica);  // as asked
 }
 
 TEST_F(RouterTest, ARecentWriteSendsReadsToThePrimaryAsReads) {

@@ -34,6 +34,38 @@ TEST(SessionReplicaRouting, ReadsAskForAReplicaAndWritesForThePrimary) {
   EXPECT_TRUE(s.route.write);
 }
 
+// A hot standby refuses every statement of a session whose transactions are serializable
+// ("cannot use serializable mode in a hot standby"): such a client reads on the primary, as a
+// read (no read-your-writes mark).
+TEST(SessionReplicaRouting, AClientWhoseTransactionsAreSerializableReadsOnThePrimary) {
+  auto h = replicated();
+  auto server = SessionHarness::fresh_server();
+  h.send(query("SET default_transaction_isolation = 'serializable'"), *server);
+  h.answer(command_result("SET"));
+  // The route of a read, run to its end on `server`.
+  auto route_of_read = [&](SessionHarness& c) {
+    const std::string read = query("select 1");
+    Step s = c.client(read);
+    EXPECT_TRUE(s.check_out);
+    const Route route = s.route;
+    c.linked(*server);
+    c.client(read);
+    c.answer(row_result("1", "SELECT 1"));
+    return route;
+  };
+  Route route = route_of_read(h);
+  EXPECT_EQ(route.kind, Route::Kind::Primary);
+  EXPECT_FALSE(route.write);
+  h.send(query("RESET default_transaction_isolation"), *server);
+  h.answer(command_result("RESET"));
+  EXPECT_EQ(route_of_read(h).kind, Route::Kind::Replica);
+  // Given at login (options=-c default_transaction_isolation=serializable).
+  SessionHarness login(with_read_your_writes(config::ReadYourWrites::Off),
+                       {{"options", "-c default_transaction_isolation=serializable"}}, nullptr,
+                       true);
+  EXPECT_EQ(route_of_read(login).kind, Route::Kind::Primary);
+}
+
 TEST(SessionReplicaRouting, WithoutSplittingEveryRouteIsThePrimary) {
   SessionHarness h;
   Step s = h.client(query("select 1"));
@@ -435,25 +467,26 @@ TEST(SessionModeRouting, InATransactionEverythingStaysOnTheOwnServer) {
   EXPECT_EQ(s.server_link, 0);
 }
 
-TEST(SessionModeRouting, AReadOnlyTransactionRunsOnTheReplicaUntilItEnds) {
+// A statement pgjdbc names in a read-only transaction (its COMMIT, after one use) would be left
+// on the replica connection, for another client to run under the same name.
+TEST(SessionModeRouting, AReadOnlyTransactionStaysOnTheOwnServer) {
   auto own = SessionHarness::fresh_server();
   SessionHarness h(session_mode(), {}, own.get(), true);
-  Step s = h.client(query("begin read only"));
-  ASSERT_TRUE(s.check_out);
-  auto replica = SessionHarness::fresh_server();
-  h.linked(*replica);
-  h.client(query("begin read only"));
-  s = h.server(command_result("BEGIN", 'T'), T0, 1);
-  EXPECT_FALSE(s.has_op(LinkOp::Kind::Release));
-  s = h.client(query("select 1"));
-  EXPECT_EQ(s.server_link, 1);
-  h.server(row_result("1", "SELECT 1", 'T'), T0, 1);
-  s = h.client(query("commit"));
-  EXPECT_EQ(s.server_link, 1);
-  s = h.server(command_result("COMMIT"), T0, 1);
-  ASSERT_TRUE(s.has_op(LinkOp::Kind::Release));
-  EXPECT_EQ(s.ops[0].link, 1);
-  EXPECT_TRUE(h.session().linked(0));
+  for (const char* begin : {"begin read only", "START TRANSACTION READ ONLY"}) {
+    Step s = h.client(query(begin));
+    EXPECT_FALSE(s.check_out) << begin;
+    EXPECT_EQ(s.server_link, 0);
+    h.server(command_result("BEGIN", 'T'));
+    s = h.client(query("select 1"));
+    EXPECT_EQ(s.server_link, 0);
+    h.server(row_result("1", "SELECT 1", 'T'));
+    h.client(query("commit"));
+    h.server(command_result("COMMIT"));
+  }
+  // Through the extended protocol too.
+  Step s = h.client(parse("", "BEGIN READ ONLY") + bind_to("", "") + execute() + sync());
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(s.server_link, 0);
 }
 
 TEST(SessionModeRouting, SettingsFollowTheClientToTheReplica) {
