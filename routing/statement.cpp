@@ -186,19 +186,30 @@ bool is_plain_string(const Token& t) {
 class SetConfigReader {
  public:
   bool active() const { return step_ > 0; }
-  void start() { step_ = 1; }
+  void start() {
+    step_ = 1;
+    bound_ = false;
+  }
   // Returns false when the call does not have the followable shape.
   bool feed(const Token& t, StatementInfo& info) {
     switch (step_++) {
       case 1:
-        if (!is_plain_string(t)) return fail();
+        if (t.kind == TokenKind::Param) {
+          bound_ = true;
+        } else if (!is_plain_string(t)) {
+          return fail();
+        }
         info.set_config_name = t.text;
         return true;
       case 2:
       case 4:
         return t.is_punct(',') || fail();
       case 3:
-        if (!is_plain_string(t)) return fail();
+        if (t.kind == TokenKind::Param) {
+          bound_ = true;
+        } else if (!is_plain_string(t)) {
+          return fail();
+        }
         info.set_config_value = t.text;
         return true;
       case 5:
@@ -212,8 +223,10 @@ class SetConfigReader {
         return true;
       case 6:
         if (!t.is_punct(')')) return fail();
-        info.set_config =
-            local_ ? StatementInfo::SetConfig::Local : StatementInfo::SetConfig::Session;
+        if (bound_ && local_) return fail();  // a SET LOCAL to replay on other shards needs text
+        info.set_config = bound_   ? StatementInfo::SetConfig::SessionBound
+                          : local_ ? StatementInfo::SetConfig::Local
+                                   : StatementInfo::SetConfig::Session;
         step_ = 0;
         return true;
       default:
@@ -228,6 +241,7 @@ class SetConfigReader {
   }
   int step_ = 0;
   bool local_ = false;
+  bool bound_ = false;  // the name or the value is a parameter ($n)
 };
 
 // The code of a DO block: the inside of its string or dollar-quoted literal.

@@ -118,8 +118,10 @@ struct StatementInfo {
   // The first statement calls set_config() (also inside a DO body). Session: exactly one call
   // with two plain string literals and `false`, so the setting can be followed (set_config_name
   // and set_config_value hold the literals, quotes included); Local: one call with `true`, the
-  // setting ends with the transaction; Unknown: any other form.
-  enum class SetConfig : std::uint8_t { None, Session, Local, Unknown };
+  // setting ends with the transaction; SessionBound: as Session, with the name or the value (or
+  // both) a parameter `$n` (drivers and ORMs set a tenant id so, for row-level security), known
+  // at Bind; Unknown: any other form.
+  enum class SetConfig : std::uint8_t { None, Session, SessionBound, Local, Unknown };
   SetConfig set_config = SetConfig::None;
   // Other (DO): the body runs SET or RESET (also in a string it may EXECUTE), so session
   // settings change in ways that cannot be followed; body_listens: it runs LISTEN. PL/pgSQL is

@@ -299,6 +299,7 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
       if (!notes.empty()) note = notes.front();
       pins = r.check_pins;
     }
+    if (note.bound) bind_setting(note, head->rest);
     if (head->portal.empty()) {
       w.unnamed_portal_note = std::move(note);
       w.unnamed_portal_pins = pins;

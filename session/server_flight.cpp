@@ -518,6 +518,7 @@ void Session::settle_statement(Link& l, pr::PendingResponse& request, std::strin
   Note& note = l.notes[request.note + request.notes_done];
   ++request.notes_done;
   Workspace& w = work();
+  if (note.bound) note.kind = NoteKind::Unknown;  // never bound (a Query cannot bind $n)
   switch (note.kind) {
     case NoteKind::Set:
     case NoteKind::Reset:

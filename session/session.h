@@ -437,6 +437,7 @@ class Session {
   void note_for(const routing::StatementInfo& info, Note& note) const;
   static void session_characteristics_note(const routing::StatementInfo& info, Note& note);
   void note_default_isolation();
+  static void bind_setting(Note& note, std::string_view bind_rest);
   // `pending`: the bytes of every setting change not yet applied, whatever its name (a
   // transaction's savepoints each keep theirs).
   void in_flight_settings(std::vector<std::string>& names, std::size_t& bytes,

@@ -43,6 +43,9 @@ struct Note {
   // Discard, DeallocateAll: the client's statements defined before it was sent
   // (ClientStatements::last_defined then). Those defined after it, pipelined behind it, stay.
   std::uint64_t statements_before = 0;
+  // Set by set_config($1, $2, false): `name` or `value` is still a parameter reference ("$2"),
+  // filled in from the Bind (Session::bind_setting).
+  bool bound = false;
 };
 using NoteKind = Note::Kind;
 

@@ -2,8 +2,11 @@
 // (settings, prepared statements, savepoints — a Note each, settled when the server answers),
 // what may pin the server to the client, and what is refused (by pool mode or a per-client cap).
 #include <algorithm>
+#include <charconv>
+#include <optional>
 
 #include "routing/sql_lexer.h"
+#include "routing/sql_text.h"
 #include "session/limits.h"
 #include "session/session_internal.h"
 
@@ -65,6 +68,39 @@ void Session::session_characteristics_note(const routing::StatementInfo& info, N
   note.form = SettingForm::Literal;
 }
 
+// set_config($1, $2, false) through the extended protocol: the name and value its Bind gives.
+// A value pgvalve cannot read as text (NULL, binary) leaves the setting unknown.
+void Session::bind_setting(Note& note, std::string_view bind_rest) {
+  const BindParams params(bind_rest, {});
+  auto text_of = [&](std::string_view ref) -> std::optional<std::string_view> {
+    int number = 0;
+    const auto [end, ec] = std::from_chars(ref.data() + 1, ref.data() + ref.size(), number);
+    if (ec != std::errc() || end != ref.data() + ref.size()) return std::nullopt;
+    const auto p = params.param(number);
+    if (!p || !p->value || p->binary) return std::nullopt;
+    return p->value;
+  };
+  note.bound = false;
+  if (note.name.starts_with('$')) {
+    const auto name = text_of(note.name);
+    if (!name || name->empty()) {
+      note.kind = NoteKind::Unknown;
+      return;
+    }
+    note.name = lower(*name);
+  }
+  if (note.value.starts_with('$')) {
+    const auto value = text_of(note.value);
+    if (!value) {
+      note.kind = NoteKind::Unknown;
+      return;
+    }
+    std::string literal;
+    routing::append_literal(literal, *value);
+    note.value = std::move(literal);
+  }
+}
+
 void Session::note_for(const routing::StatementInfo& info, Note& note) const {
   using SC = routing::StatementInfo::SetConfig;
   note = {};
@@ -72,11 +108,14 @@ void Session::note_for(const routing::StatementInfo& info, Note& note) const {
     note.kind = NoteKind::Unknown;
     return;
   }
-  if (info.set_config == SC::Session) {
+  if (info.set_config == SC::Session || info.set_config == SC::SessionBound) {
     note.kind = NoteKind::Set;
     note.form = SettingForm::Function;
-    note.name = lower(unquote(info.set_config_name));
+    const bool name_bound = info.set_config_name.starts_with('$');
+    note.name =
+        name_bound ? std::string(info.set_config_name) : lower(unquote(info.set_config_name));
     note.value = std::string(info.set_config_value);
+    note.bound = info.set_config == SC::SessionBound;
     return;
   }
   switch (info.kind) {

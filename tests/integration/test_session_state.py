@@ -157,6 +157,27 @@ def test_set_session_characteristics_stays_the_clients(pgvalve, cluster, mode):
         a.close()
 
 
+def test_set_config_with_a_bound_value_follows_the_client(pv, cluster):
+    """Row-level security's tenant id, as drivers and ORMs set it: set_config with parameters,
+    through the extended protocol. It used to be dropped at the client's next transaction."""
+    a = connect(pv)
+    plain = connect(pv)
+    try:
+        a.execute("select set_config('app.tenant', %s, false)", ("tenant's 7",))
+
+        def check(c, i):
+            tenant = one(c, "select current_setting('app.tenant', true)")
+            if c is a:
+                assert tenant == "tenant's 7"
+            else:
+                assert tenant in (None, "")  # '' once a server has had the placeholder
+
+        run_rounds(pv, [a, plain], check)
+    finally:
+        a.close()
+        plain.close()
+
+
 def test_reset_all_restores_defaults(pv, cluster, schemas):
     defaults = {s: server_default(cluster, s) for s in ("TimeZone", "DateStyle", "work_mem",
                                                          "search_path")}

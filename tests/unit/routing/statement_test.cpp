@@ -588,6 +588,19 @@ TEST(PlainStatement, AnythingElseIsLookedAtCloser) {
   EXPECT_TRUE(plain_statement("select a & b from t"));
 }
 
+TEST(Classify, SetConfigWithParameters) {
+  using SC = StatementInfo::SetConfig;
+  StatementInfo info = classify("select set_config('app.tenant', $1, false)");
+  EXPECT_EQ(info.set_config, SC::SessionBound);
+  EXPECT_EQ(info.set_config_name, "'app.tenant'");
+  EXPECT_EQ(info.set_config_value, "$1");
+  EXPECT_EQ(classify("SELECT pg_catalog.set_config($1, $2, false)").set_config, SC::SessionBound);
+  // A local one is replayed as text on the shards a transaction joins: not with parameters.
+  EXPECT_EQ(classify("select set_config('a', $1, true)").set_config, SC::Unknown);
+  EXPECT_EQ(classify("select set_config('a', $1::text, false)").set_config, SC::Unknown);
+  EXPECT_EQ(classify("select set_config('a', 'b', false)").set_config, SC::Session);
+}
+
 TEST(Classify, WhatADoBlockOrAUnicodeNamedCallRunsIsOpaque) {
   EXPECT_TRUE(classify("DO $$ BEGIN EXECUTE 'CREATE TE' || 'MP TABLE x (a int)'; END $$").opaque);
   const StatementInfo call = classify(R"(select U&"\0073et_config"('role', 'r', false))");

@@ -320,6 +320,49 @@ TEST(SessionSettings, SetConfigWithComputedArgumentsMakesTheServerUnknown) {
   EXPECT_TRUE(h.last.has_op(LinkOp::Kind::Release));
 }
 
+// Text parameters (NULL: nullopt), then text results: the rest of a Bind after its names.
+std::string bind_rest_of(std::vector<std::optional<std::string>> values) {
+  std::string rest;
+  protocol::append_i16(rest, 0);  // parameter formats: all text
+  protocol::append_i16(rest, static_cast<std::int16_t>(values.size()));
+  for (const auto& v : values) {
+    protocol::append_i32(rest, v ? static_cast<std::int32_t>(v->size()) : -1);
+    if (v) rest += *v;
+  }
+  protocol::append_i16(rest, 0);
+  return rest;
+}
+
+// Drivers and ORMs set a tenant id for row-level security so: the values come from the Bind.
+TEST(SessionSettings, SetConfigWithBoundArgumentsIsFollowed) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  auto run_bound = [&](std::string_view sql, std::vector<std::optional<std::string>> values) {
+    std::string in;
+    protocol::append_parse(in, "", sql, {});
+    protocol::append_bind(in, "", "", bind_rest_of(std::move(values)));
+    in += execute() + sync();
+    h.send(in, *server);
+    h.answer(parse_complete() + bind_complete() + data_row({"x"}) + complete("SELECT 1") + ready());
+  };
+  run_bound("select set_config('app.tenant', $1, false)", {"it's 42"});
+  EXPECT_FALSE(server->settings_unknown);
+  EXPECT_EQ(value_of(h, "app.tenant"), "'it''s 42'");
+  run_bound("select set_config($1, $2, false)", {"App.Region", "eu"});
+  EXPECT_EQ(value_of(h, "app.region"), "'eu'");
+  // Another server gets them before the client's next request.
+  auto other = SessionHarness::fresh_server();
+  bool synced = false;
+  h.send(query("select 1"), *other, &synced);
+  EXPECT_TRUE(synced);
+  EXPECT_NE(h.last_sync.find("set_config('app.tenant', 'it''s 42', false)"), std::string::npos)
+      << h.last_sync;
+  h.answer(row_result("1", "SELECT 1"));
+  // NULL (a reset to the default) is not followed: the server is reset before its next lender.
+  run_bound("select set_config('app.tenant', $1, false)", {std::nullopt});
+  EXPECT_TRUE(server->settings_unknown);
+}
+
 TEST(SessionSettings, SetInsideADoBlockMakesTheServerUnknown) {
   for (const char* sql : {"DO $$BEGIN SET ROLE admin; END$$",
                           "DO $$BEGIN EXECUTE 'SET search_path TO ' || quote_ident('x'); END$$"}) {
