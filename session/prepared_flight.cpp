@@ -190,6 +190,9 @@ void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight
     }
   }
   if (!translate || parse->statement.empty()) {
+    if (!parse->statement.empty() && recorder_ && !parse->query.empty()) {
+      note_session_statement(parse->statement, parse->query);
+    }
     if (parse->statement.empty()) {
       if (router_.sharded()) {
         w.change_rare().unnamed_statement_text.assign(parse->query);
@@ -304,7 +307,8 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
       w.unnamed_portal_note = std::move(note);
       w.unnamed_portal_pins = pins;
       w.unnamed_portal_fingerprint = head->statement.empty() ? w.unnamed_statement_fingerprint
-                                                             : (stmt ? stmt->fingerprint : 0);
+                                     : stmt                  ? stmt->fingerprint
+                                            : session_statement_fingerprint(head->statement);
       if (keeps_literals()) [[unlikely]] {
         Workspace::Rare& rare = w.change_rare();
         if (head->statement.empty()) {
@@ -319,7 +323,8 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
     } else {
       remember_portal(head->portal, std::move(note), pins,
                       head->statement.empty() ? w.unnamed_statement_fingerprint
-                                              : (stmt ? stmt->fingerprint : 0),
+                      : stmt                  ? stmt->fingerprint
+                                              : session_statement_fingerprint(head->statement),
                       l);
     }
   }
@@ -341,6 +346,26 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
   pr::PendingResponse bound{Kind::BindComplete};
   bound.statement_hash = stmt->hash;  // found stale if its Bind fails with 0A000
   l.pending.push(bound);
+}
+
+// Session mode passes the client's statement names through; their texts are fingerprinted at
+// Parse for the statistics of their Executes.
+void Session::note_session_statement(std::string_view name, std::string_view query) {
+  const std::uint64_t fingerprint = fingerprint_of(query, true);
+  recorder_->stats->prepare(fingerprint, query, recorder_->labels);
+  auto& known = extras_to_change().statement_fingerprints;
+  if (auto it = known.find(name); it != known.end()) {
+    it->second = fingerprint;
+  } else if (known.size() < kMaxClientStatements) {
+    known.emplace(name, fingerprint);
+  }
+}
+
+std::uint64_t Session::session_statement_fingerprint(std::string_view name) const {
+  if (!extras_ || options_.mode != config::PoolMode::Session) return 0;
+  const auto& known = extras_->statement_fingerprints;
+  const auto it = known.find(name);
+  return it == known.end() ? 0 : it->second;
 }
 
 bool Session::forgotten_before_this(const Link& l, std::uint64_t defined) const {

@@ -534,6 +534,7 @@ void Session::settle_statement(Link& l, pr::PendingResponse& request, std::strin
     case NoteKind::DeallocateAll:
       // Not transactional: the server forgot every prepared statement, the client too.
       forget_statements_before(note.statements_before, l);
+      if (extras_) extras_->statement_fingerprints.clear();
       break;
     case NoteKind::Deallocate:  // forgotten when its Execute was planned; never a pending note
       break;
@@ -718,7 +719,10 @@ void Session::apply_note(const Note& note, Link& l, Actions& out) {
       client_settings_.clear();
       restore_startup_settings();
       forget_statements_before(note.statements_before, l);
-      if (extras_) extras_->server_listens.clear();
+      if (extras_) {
+        extras_->server_listens.clear();
+        extras_->statement_fingerprints.clear();
+      }
       if (!extras().listen_channels.empty()) {
         extras_->listen_channels.clear();
         out.hub.kind = HubRequest::Kind::UnlistenAll;

@@ -438,6 +438,8 @@ class Session {
   static void session_characteristics_note(const routing::StatementInfo& info, Note& note);
   void note_default_isolation();
   static void bind_setting(Note& note, std::string_view bind_rest);
+  void note_session_statement(std::string_view name, std::string_view query);
+  std::uint64_t session_statement_fingerprint(std::string_view name) const;
   // `pending`: the bytes of every setting change not yet applied, whatever its name (a
   // transaction's savepoints each keep theirs).
   void in_flight_settings(std::vector<std::string>& names, std::size_t& bytes,
@@ -550,6 +552,15 @@ class Session {
     // What the server of a transaction lost between the client's requests said as it went
     // (its FATAL), quoted in the 08006 of the client's next request.
     std::string lost_goodbye;
+    // Session mode: the fingerprints of the client's named statements, which reach its own
+    // server under their names, for the statistics of their Executes. At most
+    // kMaxClientStatements; later names go uncounted.
+    struct NameHash {
+      using is_transparent = void;
+      std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+    };
+    std::unordered_map<std::string, std::uint64_t, NameHash, std::equal_to<>>
+        statement_fingerprints;
   };
   const Extras& extras() const {
     static const Extras none;

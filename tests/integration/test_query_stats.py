@@ -71,6 +71,21 @@ def test_calls_rows_and_errors_per_statement_shape(pv):
     assert int(by_query(pv)["select $1::int * $2 as twice"]["calls"]) == 20
 
 
+def test_named_statements_are_counted_in_session_mode(pgvalve):
+    # Session mode passes statement names to the client's own server: their executions used to
+    # go uncounted once a driver named them (psycopg after prepare_threshold uses).
+    pv = pgvalve(users=APP_AND_OPS, pool_size=2, mode="session")
+    with pv.connect() as c:  # the default threshold: named after 5 uses
+        for i in range(9):
+            c.execute("select %s::int + 1 as next", (i,)).fetchone()
+    with pv.connect(prepare_threshold=0) as c:
+        for i in range(4):
+            c.execute("select %s::int + 2 as after_next", (i,)).fetchone()
+    q = by_query(pv)
+    assert int(q["select $1::int + $2 as next"]["calls"]) == 9
+    assert int(q["select $1::int + $2 as after_next"]["calls"]) == 4
+
+
 def test_slow_statements_are_sampled_without_their_constants(pv):
     with pv.connect() as c:
         c.execute("select pg_sleep(0.2), 'secret-constant'")

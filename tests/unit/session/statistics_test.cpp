@@ -78,6 +78,28 @@ TEST_F(SessionStatistics, EachExecuteIsCountedWithItsStatementsShape) {
   EXPECT_EQ(select->rows, 2u);
 }
 
+// Session mode passes statement names through: their Executes are counted all the same (a
+// driver names its statements after a few uses, and they used to vanish from SHOW QUERIES).
+TEST_F(SessionStatistics, NamedStatementsAreCountedInSessionModeToo) {
+  auto own = SessionHarness::fresh_server();
+  SessionHarness h(SessionHarness::session_mode(), {}, own.get(), false, &recorder_);
+  const std::string named = parse("s1", "select value from readings where id = $1") +
+                            bind_to("", "s1") + execute() + sync();
+  EXPECT_EQ(h.client(named).to_server, named) << "the name is passed as it is";
+  h.server(parse_complete() + bind_complete() + complete("SELECT 1") + ready('I'));
+  h.client(bind_to("", "s1") + execute() + sync());
+  h.server(bind_complete() + complete("SELECT 1") + ready('I'));
+  const auto* select = figures("select value from readings where id = $1");
+  ASSERT_NE(select, nullptr);
+  EXPECT_EQ(select->calls, 2u);
+  // DISCARD ALL forgets the names.
+  h.client(query("DISCARD ALL"));
+  h.server(command_result("DISCARD ALL"));
+  h.client(bind_to("", "s1") + execute() + sync());
+  h.server(error_result("26000"));
+  EXPECT_EQ(figures("select value from readings where id = $1")->calls, 2u);
+}
+
 TEST_F(SessionStatistics, SlowExecutionsAreSampledWithTheClientsNames) {
   SessionHarness h({}, {}, nullptr, false, &recorder_);
   auto server = SessionHarness::fresh_server();
