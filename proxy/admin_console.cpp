@@ -420,6 +420,10 @@ boost::asio::awaitable<std::vector<ConnectionRow>> collect_connections(App& app,
           r.request_time = wall(c.last_used_at);
           r.shard = place_of(*config, r.database, pool->key().host).shard;
           r.host = pool->key().host.to_string();
+          // Every connection a pool holds is a ServerConnection (ClientSession::as_server).
+          if (const TlsChannel* tls = static_cast<const ServerConnection&>(c).stream.tls()) {
+            r.tls = tls->describe();
+          }
           rows.push_back(std::move(r));
         });
       }
@@ -454,16 +458,17 @@ void show_connections(App& app, const std::vector<ConnectionRow>& all, char type
                     std::to_string(r.port), iso_time(r.connect_time), iso_time(r.request_time),
                     r.shard, r.host, r.peer ? std::to_string(r.peer) : ""});
     if (type == 'S') rows.back().push_back(r.id < app.reconnect_below(r.database) ? "1" : "0");
+    rows.back().push_back(r.tls);
   }
   if (type == 'C') {
     append_result(out,
                   {"type", "id", "user", "database", "state", "addr", "port", "connect_time",
-                   "request_time", "shard", "host", "server"},
+                   "request_time", "shard", "host", "server", "tls"},
                   rows);
   } else {
     append_result(out,
                   {"type", "id", "user", "database", "state", "addr", "port", "connect_time",
-                   "request_time", "shard", "host", "client", "close_needed"},
+                   "request_time", "shard", "host", "client", "close_needed", "tls"},
                   rows);
   }
 }

@@ -942,6 +942,7 @@ void ClientSession::describe(std::vector<ConnectionRow>& rows) {
   if (!ec) c.port = remote.port();
   c.connect_time = connected_at_;
   c.request_time = wall(last_request_);
+  if (const TlsChannel* tls = client_.tls()) c.tls = tls->describe();
   for (const auto& io : links_) {
     if (!io.conn) continue;
     ConnectionRow s;
@@ -956,6 +957,7 @@ void ClientSession::describe(std::vector<ConnectionRow>& rows) {
     s.request_time = c.request_time;
     s.host = io.conn->host.to_string();
     s.peer = id_;
+    if (const TlsChannel* tls = io.conn->stream.tls()) s.tls = tls->describe();
     if (io.pool) {
       if (const auto* db = config_->find_database(database_name_)) {
         for (const auto& shard : db->shards) {

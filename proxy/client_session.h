@@ -101,6 +101,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
     std::string shard;
     std::string host;        // the server (C: the one linked now, if any)
     std::uint64_t peer = 0;  // C: its linked server's id; S: the client it serves (0: idle)
+    std::string tls;         // "TLSv1.3/TLS_AES_256_GCM_SHA384"; empty: plaintext
   };
   void describe(std::vector<ConnectionRow>& rows);
 

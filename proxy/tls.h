@@ -101,6 +101,7 @@ class TlsChannel {
   const std::string& error() const { return error_; }
   std::string version() const;  // "TLSv1.3"
   std::string cipher() const;
+  std::string describe() const { return version() + "/" + cipher(); }  // SHOW CLIENTS, SERVERS
 
  private:
   Status fail(int ret);

@@ -18,6 +18,7 @@ import pytest
 from pgcluster import APP_DB, APP_PASSWORD, APP_USER, wait_until
 from pgwire import PgWireError, RawClient
 from test_drivers import DRIVERS, JDBC_JAR, run
+from itutil import APP_AND_OPS, OPS_PASSWORD, OPS_USER
 from test_limits import assert_closed, assert_pgvalve_message
 
 SSL_REQUEST = struct.pack("!ii", 8, 80877103)
@@ -77,10 +78,17 @@ def subject_seen_by_client(pv) -> str:
 
 
 def test_require_serves_tls_and_refuses_plaintext_28000(pgvalve, pki):
-    pv = pgvalve(mode="transaction", pool_size=2, tls=tls_conf(pki, "require"))
+    pv = pgvalve(mode="transaction", pool_size=2, tls=tls_conf(pki, "require"), users=APP_AND_OPS)
     with psycopg.connect(pv.dsn(sslmode="require"), autocommit=True) as c:
         assert c.pgconn.ssl_in_use
         assert one(c, "select 41 + 1") == 42
+        # SHOW CLIENTS tells who uses TLS (the console's own session too).
+        with psycopg.connect(pv.dsn(user=OPS_USER, password=OPS_PASSWORD, dbname="pgvalve",
+                                    sslmode="require"), autocommit=True) as a:
+            cur = a.execute("SHOW CLIENTS")
+            cols = [d.name for d in cur.description]
+            tls = [dict(zip(cols, r))["tls"] for r in cur.fetchall()]
+        assert len(tls) == 2 and all(t.startswith("TLSv1.") for t in tls), tls
         # A result far larger than one TLS record, and a large statement the other way.
         big = "x" * 3_000_000
         assert one(c, f"select length(repeat('ab', 1500000))") == 3_000_000
@@ -283,12 +291,19 @@ def test_server_tls_encrypts_the_link_to_postgresql(ssl_cluster, pki, tmp_path, 
     ca = {"server_tls_ca": str(pki / "ca.crt")} if mode.startswith("verify") else {}
     pv = pv_for(ssl_cluster, tmp_path, mode="transaction", pool_size=1, max_overflow=0,
                 server_tls=mode, health={"interval_ms": 100, "failures_before_down": 2},
-                **ca).start()
+                users=APP_AND_OPS, **ca).start()
     try:
         time.sleep(0.8)  # several health checks
         assert "event=host_down" not in pv.log_text(), pv.log_text()[-2000:]
         with pv.connect() as c:
             c.execute("create temp table t (x int) on commit drop")  # a write: needs the primary
+            # SHOW SERVERS tells which server connections are encrypted.
+            with psycopg.connect(pv.dsn(user=OPS_USER, password=OPS_PASSWORD, dbname="pgvalve"),
+                                 autocommit=True) as a:
+                cur = a.execute("SHOW SERVERS")
+                cols = [d.name for d in cur.description]
+                tls = [dict(zip(cols, r))["tls"] for r in cur.fetchall()]
+            assert tls and all(t.startswith("TLSv1.") for t in tls), tls
             pid = one(c, "select pg_backend_pid()")
             ssl, version = ssl_cluster.primary.sql(
                 f"select ssl, version from pg_stat_ssl where pid = {pid}", dbname="postgres")[0]
