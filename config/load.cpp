@@ -589,11 +589,12 @@ void Loader::read_tls(const YAML::Node& node, const std::string& path,
   }
   if (tls.mode != TlsMode::Disable) {
     // Without both files the listener could not offer TLS at all.
-    if (tls.cert.empty() && !present.contains("cert")) {
-      error(child(path, "cert"), node, "required unless mode is disable");
-    }
-    if (tls.key.empty() && !present.contains("key")) {
-      error(child(path, "key"), node, "required unless mode is disable");
+    for (const auto& [key, value] : {std::pair{"cert", &tls.cert}, std::pair{"key", &tls.key}}) {
+      if (!present.contains(key)) {
+        error(child(path, key), node, "required unless mode is disable");
+      } else if (value->empty() && !failed(child(path, key))) {
+        error(child(path, key), node[key], "must not be empty");
+      }
     }
   }
   out = std::move(tls);
@@ -1117,6 +1118,10 @@ void Loader::read_root(const YAML::Node& root, Config& c) {
     error("databases", root, "required: at least one database");
   }
   // The health checks log in as the first user unless told otherwise.
+  if (const YAML::Node health = root["health"]; health && health.IsMap() && health["user"] &&
+                                                c.health.user.empty() && !failed("health.user")) {
+    error("health.user", health["user"], "must not be empty (leave it out to use the first user)");
+  }
   if (c.health.user.empty() && !c.users.empty()) {
     c.health.user = c.users.front().name;
     if (c.health.password.empty()) c.health.password = c.users.front().server_password;

@@ -271,6 +271,14 @@ TEST(Errors, ListenAndAdminListenMustNotCollide) {
   }
 }
 
+TEST(Errors, EmptyNamesAreRefusedNotReadAsAbsent) {
+  const LoadResult result = load_with("tls: {cert: \"\", key: \"\", mode: require}\n");
+  EXPECT_TRUE(has_error(result, "tls.cert", 8, "must not be empty"));
+  EXPECT_TRUE(has_error(result, "tls.key", 8, "must not be empty"));
+  EXPECT_TRUE(has_error(load_with("health: {user: \"\"}\n"), "health.user", 8,
+                        "leave it out to use the first user"));
+}
+
 TEST(Errors, CertificateFilesOnlyWhereAModeReadsThem) {
   for (const char* mode : {"disable", "prefer", "require"}) {
     EXPECT_TRUE(
