@@ -427,6 +427,24 @@ std::uint64_t App::reconnect(const std::string& database) {
   return first_fresh;
 }
 
+void App::close_connections_to(const std::string& database, const config::Endpoint& host) {
+  const std::uint64_t first_fresh = next_server_id_.load();
+  std::vector<std::shared_ptr<pool::ServerPool>> affected;
+  for (auto& pool : pools()) {
+    if (pool->key().database == database && pool->key().host == host) {
+      pool->reconnect(first_fresh);
+      affected.push_back(std::move(pool));
+    }
+  }
+  if (affected.empty()) return;
+  for (auto& w : workers_) {
+    asio::post(w->context, [w = w.get(), affected] {
+      for (const auto& p : affected)
+        p->collect_expired(w->index, pool::Clock::now());  // destroyed here: closed
+    });
+  }
+}
+
 std::uint64_t App::reconnect_below(const std::string& database) const {
   std::lock_guard lock(pause_mutex_);
   std::uint64_t below = 0;
@@ -1096,7 +1114,10 @@ int App::run() {
   health_ = std::make_unique<HealthChecker>(
       control_, [this](const config::Endpoint& host) { return lent_on(host); },
       [this](const std::string& database, const std::string& shard, const config::Endpoint& primary,
-             std::function<void()> moved) { move_listeners(database, shard, primary, moved); });
+             std::function<void()> moved) { move_listeners(database, shard, primary, moved); },
+      [this](const std::string& database, const config::Endpoint& host) {
+        close_connections_to(database, host);
+      });
   set_topology(health_->configure(config()));
   explainer_ = std::make_unique<SlowQueryExplainer>(*this, control_);
   asio::co_spawn(control_, explainer_->run(), asio::detached);

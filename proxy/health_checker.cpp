@@ -137,6 +137,7 @@ struct HealthChecker::Monitor {
   std::string_view logged_blocked;
   std::vector<char> logged_up;
   std::vector<char> logged_readable;
+  std::vector<char> logged_retired;
 
   Monitor(std::string db, std::string name, std::vector<config::Endpoint> h,
           health::ShardRules rules)
@@ -147,7 +148,8 @@ struct HealthChecker::Monitor {
         status(std::make_shared<health::ShardStatus>(hosts.size())),
         logged_primary(0),
         logged_up(hosts.size(), 1),
-        logged_readable(hosts.size(), 0) {}
+        logged_readable(hosts.size(), 0),
+        logged_retired(hosts.size(), 0) {}
 };
 
 namespace {
@@ -169,8 +171,11 @@ std::string why_not_promotable(const std::vector<config::Endpoint>& hosts,
 }  // namespace
 
 HealthChecker::HealthChecker(asio::io_context& control, LentCounter lent,
-                             PrimaryMoved primary_moved)
-    : control_(control), lent_(std::move(lent)), primary_moved_(std::move(primary_moved)) {}
+                             PrimaryMoved primary_moved, HostRetired retired)
+    : control_(control),
+      lent_(std::move(lent)),
+      primary_moved_(std::move(primary_moved)),
+      retired_(std::move(retired)) {}
 
 HealthChecker::~HealthChecker() {
   stop();
@@ -397,6 +402,17 @@ void HealthChecker::assess(Monitor& m, Clock::time_point now) {
         PGV_LOG(Warn, "host_down", {"database", m.database}, {"shard", m.shard}, {"host", host},
                 {"role", health::role_name(a.role)}, {"failures", f.failures},
                 {"error", f.last_error});
+      }
+    }
+    if (const bool retired = a.role == health::Role::Retired;
+        static_cast<bool>(m.logged_retired[i]) != retired) {
+      m.logged_retired[i] = retired;
+      if (retired) {
+        PGV_LOG(Warn, "host_retired", {"database", m.database}, {"shard", m.shard}, {"host", host},
+                {"action",
+                 "takes no work until it follows the primary again; its idle server "
+                 "connections close"});
+        if (retired_) retired_(m.database, m.hosts[i]);
       }
     }
     if (static_cast<bool>(m.logged_readable[i]) != a.readable && a.role == health::Role::Replica) {

@@ -90,7 +90,13 @@ class HealthChecker {
       std::function<void(const std::string& database, const std::string& shard,
                          const config::Endpoint& primary, std::function<void()> moved)>;
 
-  HealthChecker(asio::io_context& control, LentCounter lent, PrimaryMoved primary_moved = {});
+  // A switchover or failover retired `host` (the former primary): nothing is sent there any
+  // more, and its idle server connections may close.
+  using HostRetired =
+      std::function<void(const std::string& database, const config::Endpoint& host)>;
+
+  HealthChecker(asio::io_context& control, LentCounter lent, PrimaryMoved primary_moved = {},
+                HostRetired retired = {});
   ~HealthChecker();
   HealthChecker(const HealthChecker&) = delete;
   HealthChecker& operator=(const HealthChecker&) = delete;
@@ -149,6 +155,7 @@ class HealthChecker {
   asio::io_context& control_;
   LentCounter lent_;
   PrimaryMoved primary_moved_;
+  HostRetired retired_;
   config::ConfigPtr config_;
   std::uint64_t generation_ = 0;
   std::map<std::string, std::shared_ptr<Host>> hosts_;  // by "host:port"

@@ -48,9 +48,12 @@ std::string_view trimmed(std::string_view s) {
 // Whether a statement may run on a replica: a read the parse tree proves, or BEGIN READ ONLY.
 // Cached per fingerprint (which keeps every keyword, so BEGIN and BEGIN READ ONLY differ), so
 // a statement seen before costs one lexer pass and a lookup.
-bool Router::replica_eligible(std::string_view sql, std::uint64_t known) const {
+bool Router::replica_eligible(std::string_view sql, std::uint64_t known, AccessReason* why) const {
   const std::uint64_t fp = known ? known : fingerprint(sql);
-  if (const StatementAccess* known = cache_->lookup(fp)) return known->read;
+  if (const StatementAccess* known = cache_->lookup(fp)) {
+    if (why) *why = known->reason;
+    return known->read;
+  }
   const StatementInfo info = classify(sql);
   StatementAccess verdict;
   switch (info.kind) {
@@ -77,6 +80,7 @@ bool Router::replica_eligible(std::string_view sql, std::uint64_t known) const {
       break;
   }
   cache_->insert(fp, verdict);
+  if (why) *why = verdict.reason;
   return verdict.read;
 }
 
@@ -91,7 +95,11 @@ Route Router::role(std::string_view sql, std::string_view hint, const RouteConte
   if (context.preference == RouteContext::Preference::Primary) return Route::primary(shard);
   if (context.preference == RouteContext::Preference::Replica) return Route::replica(shard);
   if (sql.empty() || !cache_ || !policy_.write_functions) return Route::primary(shard);
-  if (!replica_eligible(sql, context.fingerprint)) return Route::primary(shard);
+  AccessReason why = AccessReason::Read;
+  if (!replica_eligible(sql, context.fingerprint, &why)) {
+    // SHOW transaction_read_only: the primary's answer, and no write.
+    return why == AccessReason::ServerRole ? read_on_primary(shard) : Route::primary(shard);
+  }
   return context.recent_write || context.serializable ? read_on_primary(shard)
                                                       : Route::replica(shard);
 }

@@ -90,7 +90,9 @@ class Router {
   const ScatterPlan& scatter_plan(std::string_view sql, std::uint64_t fingerprint) const;
 
  private:
-  bool replica_eligible(std::string_view sql, std::uint64_t fingerprint = 0) const;
+  // `why`, when given, is set to the reason of a statement that is not (AccessReason).
+  bool replica_eligible(std::string_view sql, std::uint64_t fingerprint = 0,
+                        AccessReason* why = nullptr) const;
   // The read/write role within one shard, as for an unsharded database.
   Route role(std::string_view sql, std::string_view hint, const RouteContext& context,
              std::uint16_t shard) const;

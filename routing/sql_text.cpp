@@ -14,7 +14,18 @@ void append_quoted(std::string& out, std::string_view text, char quote) {
 }  // namespace
 
 void append_literal(std::string& out, std::string_view value) {
-  append_quoted(out, value, '\'');
+  if (value.find('\\') == std::string_view::npos) {
+    append_quoted(out, value, '\'');
+    return;
+  }
+  // E'...' with the backslashes doubled reads the same whatever standard_conforming_strings is
+  // on the server; a plain literal would not with it off.
+  out += "E'";
+  for (char c : value) {
+    if (c == '\'' || c == '\\') out += c;
+    out += c;
+  }
+  out += '\'';
 }
 
 void append_identifier(std::string& out, std::string_view name) {

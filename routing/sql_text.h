@@ -7,7 +7,8 @@
 
 namespace pgvalve::routing {
 
-// 'value' with quotes doubled (standard_conforming_strings assumed, as PostgreSQL's default).
+// 'value' with quotes doubled; E'value' with backslashes doubled too when it holds one, so that
+// it reads the same whatever standard_conforming_strings is.
 void append_literal(std::string& out, std::string_view value);
 // "name" with quotes doubled; keeps case.
 void append_identifier(std::string& out, std::string_view name);

@@ -1198,17 +1198,19 @@ void Session::plan_query(const pr::Frame& f, std::size_t offset, Link& l, Flight
   const bool translate = options_.mode != config::PoolMode::Session;
   // In a failed transaction DEALLOCATE fails (25P02) and forgets nothing: it goes to the server
   // as it is, which answers so.
-  if (translate && r.single && r.first.kind == StatementKind::Deallocate && !r.first.all &&
-      l.server->tx_status != 'E' && forget_statement(r.first.name.view())) {
+  const pr::PreparedStatement* deallocated =
+      translate && r.single && r.first.kind == StatementKind::Deallocate && !r.first.all &&
+              l.server->tx_status != 'E' && statements_
+          ? statements_->find(r.first.name.view())
+          : nullptr;
+  if (deallocated) {
     // The client's own protocol-level statement: the shared server-side one stays prepared.
     // An empty query stands in, so the answer still comes in order.
     l.notes.resize(first_note);
     const std::size_t from = flight.scratch->size();
     pr::append_query(*flight.scratch, "");
     mark_scratch(flight, from);
-    rfq.action = kActionEmptyAsTag;
-    rfq.note = static_cast<std::uint32_t>(l.tags.size());
-    l.tags.emplace_back("DEALLOCATE");
+    deallocate_when_answered(r.first.name.view(), *deallocated, rfq, l);
     l.pending.push(rfq);
     return;
   }
@@ -1255,7 +1257,8 @@ void Session::plan_execute(const pr::Frame& f, std::size_t offset, Link& l, Flig
     }
   }
   if (note && note->kind == NoteKind::Deallocate) [[unlikely]] {
-    if (!forget_statement(note->name)) {  // closed since its Parse
+    const pr::PreparedStatement* stmt = statements_ ? statements_->find(note->name) : nullptr;
+    if (!stmt) {  // closed since its Parse
       raise_on_server("26000",
                       "pgvalve: prepared statement \"" + note->name +
                           "\" does not exist; it was closed before this DEALLOCATE ran",
@@ -1263,9 +1266,7 @@ void Session::plan_execute(const pr::Frame& f, std::size_t offset, Link& l, Flig
       return;
     }
     pass_client(flight, offset, f.whole.size());
-    execute.action = kActionEmptyAsTag;
-    execute.note = static_cast<std::uint32_t>(l.tags.size());
-    l.tags.emplace_back("DEALLOCATE");
+    deallocate_when_answered(note->name, *stmt, execute, l);
     l.pending.push(execute);
     return;
   }
@@ -1278,6 +1279,19 @@ void Session::plan_execute(const pr::Frame& f, std::size_t offset, Link& l, Flig
     l.notes.push_back(*note);
   }
   l.pending.push(execute);
+}
+
+// The statement goes when the server has run the empty query standing in for its DEALLOCATE:
+// not if an earlier error of the flight makes the server skip it, as PostgreSQL would not.
+void Session::deallocate_when_answered(std::string_view name, const pr::PreparedStatement& stmt,
+                                       pr::PendingResponse& request, Link& l) {
+  Note note;
+  note.kind = NoteKind::Deallocate;
+  note.name = std::string(name);
+  note.statements_before = stmt.defined;
+  request.action = kActionDeallocate;
+  request.note = static_cast<std::uint32_t>(l.notes.size());
+  l.notes.push_back(std::move(note));
 }
 
 // A named portal (JDBC with a fetch size binds one) is kept for its Executes: the statement's

@@ -6,10 +6,13 @@
 
 namespace pgvalve::session {
 
-inline constexpr std::size_t kMaxClientStatements = 5000;             // 53400
-inline constexpr std::size_t kMaxClientStatementBytes = 32u << 20;    // 54000
-inline constexpr std::size_t kMaxClientSettings = 256;                // 53400
-inline constexpr std::size_t kMaxClientSettingBytes = 64u << 10;      // 54000
+inline constexpr std::size_t kMaxClientStatements = 5000;           // 53400
+inline constexpr std::size_t kMaxClientStatementBytes = 32u << 20;  // 54000
+inline constexpr std::size_t kMaxClientSettings = 256;              // 53400
+inline constexpr std::size_t kMaxClientSettingBytes = 64u << 10;    // 54000
+// set_config($1, $2, false): longer bound names and values are not followed (the setting is
+// taken as unknown), which bounds what a pipeline of them holds before it settles.
+inline constexpr std::size_t kMaxBoundSettingBytes = 1024;
 inline constexpr std::size_t kMaxClientListenChannels = 1024;         // 53400
 inline constexpr std::size_t kMaxQueuedNotificationBytes = 1u << 20;  // 53400, disconnected
 inline constexpr std::size_t kMaxTransactionSavepoints = 4096;        // open at once; 53400

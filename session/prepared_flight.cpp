@@ -190,8 +190,8 @@ void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight
     }
   }
   if (!translate || parse->statement.empty()) {
-    if (!parse->statement.empty() && recorder_ && !parse->query.empty()) {
-      note_session_statement(parse->statement, parse->query);
+    if (!translate && !parse->statement.empty()) {
+      note_session_statement(parse->statement, parse->query, note.kind != NoteKind::None, pins);
     }
     if (parse->statement.empty()) {
       if (router_.sharded()) {
@@ -292,23 +292,34 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
   if (head) {
     Note note;
     bool pins = false;
+    std::uint64_t fingerprint = 0;
     if (head->statement.empty()) {
       note = w.unnamed_statement_note;
       pins = w.unnamed_statement_pins;
-    } else if (stmt && !routing::plain_statement(stmt->query)) {
-      std::vector<Note>& notes = w.change_rare().review_notes;
-      notes.clear();
-      Review r = review(stmt->query, true, notes);
-      if (!notes.empty()) note = notes.front();
-      pins = r.check_pins;
+      fingerprint = w.unnamed_statement_fingerprint;
+    } else if (stmt) {
+      fingerprint = stmt->fingerprint;
+      if (!routing::plain_statement(stmt->query)) {
+        std::vector<Note>& notes = w.change_rare().review_notes;
+        notes.clear();
+        Review r = review(stmt->query, true, notes);
+        if (!notes.empty()) note = notes.front();
+        pins = r.check_pins;
+      }
+    } else if (!translate) {
+      // Session mode: the statement's name reached the server as it is; what its text does was
+      // noted at its Parse. A setting it changes is not followed: the client's reads then stay
+      // on its own server, where the setting is.
+      const Extras::NamedStatement named = session_statement(head->statement);
+      fingerprint = named.fingerprint;
+      if (named.changes_settings) note.kind = NoteKind::Unknown;
+      pins = named.pins;
     }
-    if (note.bound) bind_setting(note, head->rest);
+    if (note.bound) bind_setting(note, head->rest, l);
     if (head->portal.empty()) {
       w.unnamed_portal_note = std::move(note);
       w.unnamed_portal_pins = pins;
-      w.unnamed_portal_fingerprint = head->statement.empty() ? w.unnamed_statement_fingerprint
-                                     : stmt                  ? stmt->fingerprint
-                                            : session_statement_fingerprint(head->statement);
+      w.unnamed_portal_fingerprint = fingerprint;
       if (keeps_literals()) [[unlikely]] {
         Workspace::Rare& rare = w.change_rare();
         if (head->statement.empty()) {
@@ -321,11 +332,7 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
         }
       }
     } else {
-      remember_portal(head->portal, std::move(note), pins,
-                      head->statement.empty() ? w.unnamed_statement_fingerprint
-                      : stmt                  ? stmt->fingerprint
-                                              : session_statement_fingerprint(head->statement),
-                      l);
+      remember_portal(head->portal, std::move(note), pins, fingerprint, l);
     }
   }
   if (!stmt) {
@@ -348,24 +355,37 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
   l.pending.push(bound);
 }
 
-// Session mode passes the client's statement names through; their texts are fingerprinted at
-// Parse for the statistics of their Executes.
-void Session::note_session_statement(std::string_view name, std::string_view query) {
-  const std::uint64_t fingerprint = fingerprint_of(query, true);
-  recorder_->stats->prepare(fingerprint, query, recorder_->labels);
-  auto& known = extras_to_change().statement_fingerprints;
+// Session mode passes the client's statement names through; what their texts do is noted at
+// Parse, for their Binds.
+void Session::note_session_statement(std::string_view name, std::string_view query,
+                                     bool changes_settings, bool pins) {
+  auto& known = extras_to_change().named_statements;
+  if (name.size() > Extras::kMaxTrackedNameBytes) {
+    if (auto it = known.find(name); it != known.end()) known.erase(it);
+    return;
+  }
+  Extras::NamedStatement s;
+  s.changes_settings = changes_settings;
+  s.pins = pins;
+  if (recorder_ && !query.empty()) {
+    s.fingerprint = fingerprint_of(query, true);
+    recorder_->stats->prepare(s.fingerprint, query, recorder_->labels);
+  }
   if (auto it = known.find(name); it != known.end()) {
-    it->second = fingerprint;
+    it->second = s;
   } else if (known.size() < kMaxClientStatements) {
-    known.emplace(name, fingerprint);
+    known.emplace(name, s);
   }
 }
 
-std::uint64_t Session::session_statement_fingerprint(std::string_view name) const {
-  if (!extras_ || options_.mode != config::PoolMode::Session) return 0;
-  const auto& known = extras_->statement_fingerprints;
-  const auto it = known.find(name);
-  return it == known.end() ? 0 : it->second;
+Session::Extras::NamedStatement Session::session_statement(std::string_view name) const {
+  if (extras_) {
+    const auto& known = extras_->named_statements;
+    if (const auto it = known.find(name); it != known.end()) return it->second;
+  }
+  Extras::NamedStatement unknown;
+  unknown.changes_settings = true;
+  return unknown;
 }
 
 bool Session::forgotten_before_this(const Link& l, std::uint64_t defined) const {
@@ -374,6 +394,7 @@ bool Session::forgotten_before_this(const Link& l, std::uint64_t defined) const 
         n.statements_before >= defined) {
       return true;
     }
+    if (n.kind == NoteKind::Deallocate && n.statements_before == defined) return true;
   }
   return false;
 }
@@ -414,6 +435,11 @@ void Session::plan_close(const pr::Frame& f, std::size_t offset, Link& l, Flight
   if (c && c->kind == 'P' && !c->name.empty() && !work().rare().named_portals.empty()) {
     std::erase_if(work().change_rare().named_portals,
                   [&](const Workspace::Rare::PortalNote& p) { return p.portal == c->name; });
+  }
+  if (c && c->kind == 'S' && !c->name.empty() && extras_ &&
+      options_.mode == config::PoolMode::Session) {
+    if (auto it = extras_->named_statements.find(c->name); it != extras_->named_statements.end())
+      extras_->named_statements.erase(it);
   }
   if (c && c->kind == 'S' && !c->name.empty() && options_.mode != config::PoolMode::Session &&
       forget_statement(c->name)) {

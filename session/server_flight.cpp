@@ -345,10 +345,8 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
         pass_raised_error(l, f);
         return passed;
       }
-      if (head.action == kActionEmptyAsTag && f.tag == 'I') {
-        const std::size_t from = l.scratch.size();
-        pr::append_command_complete(l.scratch, l.tags[head.note]);
-        l.spans.push_back({true, from, l.scratch.size() - from});
+      if ((head.action == kActionEmptyAsTag || head.action == kActionDeallocate) && f.tag == 'I') {
+        answer_empty_query(l, head);
         return passed;
       }
       if (f.tag == 'C' && head.note_count > 0) {
@@ -383,10 +381,9 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
           report_settings(l.scratch);
           if (l.scratch.size() > from) l.spans.push_back({true, from, l.scratch.size() - from});
         }
-        if (head.action == kActionEmptyAsTag && f.tag == 'I') {
-          const std::size_t from = l.scratch.size();
-          pr::append_command_complete(l.scratch, l.tags[head.note]);
-          l.spans.push_back({true, from, l.scratch.size() - from});
+        if ((head.action == kActionEmptyAsTag || head.action == kActionDeallocate) &&
+            f.tag == 'I') {
+          answer_empty_query(l, head);
         } else {
           pass();
         }
@@ -511,6 +508,24 @@ void Session::complete_front(Link& l, char tag, Actions& out) {
 
 // ---- Following settings through transactions ------------------------------------------------
 
+// The empty query standing in for a statement pgvalve answers (kActionEmptyAsTag,
+// kActionDeallocate) ran: the client gets its statement's CommandComplete.
+void Session::answer_empty_query(Link& l, const pr::PendingResponse& head) {
+  std::string_view tag;
+  if (head.action == kActionDeallocate) {
+    const Note& note = l.notes[head.note];
+    // Not if a Parse pipelined behind the DEALLOCATE defined the name again.
+    const pr::PreparedStatement* stmt = statements_ ? statements_->find(note.name) : nullptr;
+    if (stmt && stmt->defined == note.statements_before) forget_statement(note.name);
+    tag = "DEALLOCATE";
+  } else {
+    tag = l.tags[head.note];
+  }
+  const std::size_t from = l.scratch.size();
+  pr::append_command_complete(l.scratch, tag);
+  l.spans.push_back({true, from, l.scratch.size() - from});
+}
+
 // A statement of `request` completed with `tag`: its note is settled.
 void Session::settle_statement(Link& l, pr::PendingResponse& request, std::string_view tag,
                                Actions& out) {
@@ -534,7 +549,7 @@ void Session::settle_statement(Link& l, pr::PendingResponse& request, std::strin
     case NoteKind::DeallocateAll:
       // Not transactional: the server forgot every prepared statement, the client too.
       forget_statements_before(note.statements_before, l);
-      if (extras_) extras_->statement_fingerprints.clear();
+      if (extras_) extras_->named_statements.clear();
       break;
     case NoteKind::Deallocate:  // forgotten when its Execute was planned; never a pending note
       break;
@@ -721,7 +736,7 @@ void Session::apply_note(const Note& note, Link& l, Actions& out) {
       forget_statements_before(note.statements_before, l);
       if (extras_) {
         extras_->server_listens.clear();
-        extras_->statement_fingerprints.clear();
+        extras_->named_statements.clear();
       }
       if (!extras().listen_channels.empty()) {
         extras_->listen_channels.clear();

@@ -437,9 +437,10 @@ class Session {
   void note_for(const routing::StatementInfo& info, Note& note) const;
   static void session_characteristics_note(const routing::StatementInfo& info, Note& note);
   void note_default_isolation();
-  static void bind_setting(Note& note, std::string_view bind_rest);
-  void note_session_statement(std::string_view name, std::string_view query);
-  std::uint64_t session_statement_fingerprint(std::string_view name) const;
+  void bind_setting(Note& note, std::string_view bind_rest, const Link& l) const;
+  void deallocate_when_answered(std::string_view name, const protocol::PreparedStatement& stmt,
+                                protocol::PendingResponse& request, Link& l);
+  void answer_empty_query(Link& l, const protocol::PendingResponse& head);
   // `pending`: the bytes of every setting change not yet applied, whatever its name (a
   // transaction's savepoints each keep theirs).
   void in_flight_settings(std::vector<std::string>& names, std::size_t& bytes,
@@ -552,15 +553,22 @@ class Session {
     // What the server of a transaction lost between the client's requests said as it went
     // (its FATAL), quoted in the 08006 of the client's next request.
     std::string lost_goodbye;
-    // Session mode: the fingerprints of the client's named statements, which reach its own
-    // server under their names, for the statistics of their Executes. At most
-    // kMaxClientStatements; later names go uncounted.
+    // Session mode: what the client's named statements do, which reach its own server under
+    // their names: their fingerprints for the statistics of their Executes, and whether they
+    // change settings or may pin (their Executes then keep the client's reads off replicas).
+    // At most kMaxClientStatements names of at most kMaxTrackedNameBytes; a Bind of another
+    // name is taken as changing settings.
+    struct NamedStatement {
+      std::uint64_t fingerprint = 0;
+      bool changes_settings = false;
+      bool pins = false;
+    };
+    static constexpr std::size_t kMaxTrackedNameBytes = 256;
     struct NameHash {
       using is_transparent = void;
       std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
     };
-    std::unordered_map<std::string, std::uint64_t, NameHash, std::equal_to<>>
-        statement_fingerprints;
+    std::unordered_map<std::string, NamedStatement, NameHash, std::equal_to<>> named_statements;
   };
   const Extras& extras() const {
     static const Extras none;
@@ -573,6 +581,11 @@ class Session {
   void forget_deferred_begin() {
     if (extras_) extras_->deferred_begin.clear();
   }
+  void note_session_statement(std::string_view name, std::string_view query, bool changes_settings,
+                              bool pins);
+  // Session mode: what the client's statement `name` does (an unknown name: it may change
+  // settings).
+  Extras::NamedStatement session_statement(std::string_view name) const;
 
   const SessionOptions& options_;  // outlives the session (shared by a configuration's)
   const routing::Router& router_;

@@ -32,8 +32,9 @@ struct Note {
     Release,        // RELEASE name
     RollbackTo,     // ROLLBACK TO name
     DeallocateAll,  // DEALLOCATE ALL (not transactional)
-    // DEALLOCATE name through the extended protocol: sent as an empty query, the client's
-    // statement `name` forgotten at its Execute (plan_execute)
+    // DEALLOCATE name of a client's protocol-level statement (kActionDeallocate): sent as an
+    // empty query; `statements_before` holds the statement's `defined`, forgotten when the
+    // server answers (a Parse pipelined behind it may define the name again)
     Deallocate,
   };
   Kind kind = Kind::None;
@@ -94,6 +95,9 @@ enum : std::uint8_t {
   kActionRaised,
   // The Parse of a client's statement no server has prepared yet (PreparedStatement::confirmed).
   kActionFirstParse,
+  // DEALLOCATE name, sent as an empty query: once the server answers it, the statement of the
+  // Deallocate note `note` is forgotten and the client gets CommandComplete DEALLOCATE.
+  kActionDeallocate,
 };
 
 // A pending action of a shard's part of a statement over several shards (scatter_flight.cpp).

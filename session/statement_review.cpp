@@ -69,8 +69,10 @@ void Session::session_characteristics_note(const routing::StatementInfo& info, N
 }
 
 // set_config($1, $2, false) through the extended protocol: the name and value its Bind gives.
-// A value pgvalve cannot read as text (NULL, binary) leaves the setting unknown.
-void Session::bind_setting(Note& note, std::string_view bind_rest) {
+// A value pgvalve cannot read as text (NULL, binary), a long one, or one past the client's
+// caps (counted here: the review saw only the placeholders) leaves the setting unknown, which
+// is safe: the server is reset before its next lender.
+void Session::bind_setting(Note& note, std::string_view bind_rest, const Link& l) const {
   const BindParams params(bind_rest, {});
   auto text_of = [&](std::string_view ref) -> std::optional<std::string_view> {
     int number = 0;
@@ -98,6 +100,15 @@ void Session::bind_setting(Note& note, std::string_view bind_rest) {
     std::string literal;
     routing::append_literal(literal, *value);
     note.value = std::move(literal);
+  }
+  const std::size_t bytes = note.name.size() + note.value.size();
+  const bool new_name = !client_settings_.find(note.name);
+  if (bytes > kMaxBoundSettingBytes ||
+      l.pending_setting_notes >= static_cast<int>(kMaxClientSettings) ||
+      (new_name && client_settings_.size() >= kMaxClientSettings) ||
+      client_settings_.bytes() + bytes > kMaxClientSettingBytes) {
+    note = Note{};
+    note.kind = NoteKind::Unknown;
   }
 }
 

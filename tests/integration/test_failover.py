@@ -491,3 +491,9 @@ def test_show_pools_counts_clients_on_the_primary_after_a_switchover(fresh, pgva
         new = rows[f"127.0.0.1:{c.replicas[0].port}"]
         assert (old["role"], int(old["cl_active"])) == ("retired", 0), old
         assert (new["role"], int(new["cl_active"])) == ("primary", 1), new
+        # The server connection the first insert left idle on the former primary is closed, not
+        # kept until pool.idle_timeout_s.
+        wait_until(lambda: int({r["host"]: r for r in show_pools(pv)}[
+            f"127.0.0.1:{c.primary.port}"]["sv_idle"]) == 0, 5,
+            message="the retired host's idle server connection closed")
+        assert "event=host_retired" in pv.log_text()

@@ -226,6 +226,15 @@ def test_session_mode_reads_borrow_a_replica_and_the_session_stays_on_the_primar
                             (i,)).fetchone()
             assert tuple(row) == (False, cluster.primary.port), i
             c.commit()
+    # A row-level security tenant set through set_config with a parameter: psycopg names the
+    # statement after 5 uses, and session mode does not follow what a named statement sets.
+    # Reads then stay on the own server, where the tenant is (a replica would get the last one
+    # pgvalve followed).
+    with pv.connect() as c:
+        for t in range(8):
+            c.execute("select set_config('app.tenant', %s, false)", (f"t{t}",))
+            time.sleep(0.3)  # past read-your-writes: the replicas could take the read
+            assert one(c, "select current_setting('app.tenant')") == f"t{t}", t
     # Named prepared statements keep their name on the own server: they run there.
     with psycopg.connect(pv.dsn(), autocommit=True, prepare_threshold=0) as c:
         for i in range(5):

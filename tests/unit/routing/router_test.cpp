@@ -69,6 +69,15 @@ TEST_F(RouterTest, TheSessionsPreference) {
   EXPECT_EQ(kind("insert into t values (1)", c), Kind::Replica);
 }
 
+TEST_F(RouterTest, MayIWriteIsAskedOfThePrimaryAsARead) {
+  // pgjdbc's targetServerType=primary asks it of every new connection: no read-your-writes mark.
+  for (const char* sql : {"show transaction_read_only", "SHOW in_hot_standby"}) {
+    const Route r = router.route(sql, {});
+    EXPECT_EQ(r.kind, Kind::Primary) << sql;
+    EXPECT_FALSE(r.write) << sql;
+  }
+}
+
 TEST_F(RouterTest, AClientWhoseTransactionsAreSerializableReadsOnThePrimary) {
   RouteContext serializable;
   serializable.serializable = true;

@@ -279,6 +279,41 @@ TEST(SessionPreparedStatements, DeallocateThroughTheExtendedProtocolIsAnsweredIn
   EXPECT_EQ(h.session().prepared_statement_count(), 1u);
 }
 
+// psycopg sends its DEALLOCATEs inside pipelines: one the server skips after an earlier error
+// of the flight runs nothing, and the client keeps its statement, as on PostgreSQL.
+TEST(SessionPreparedStatements, ADeallocateTheServerSkipsForgetsNothing) {
+  SessionHarness h;
+  prepare_locally(h);
+  auto server = SessionHarness::fresh_server();
+  h.send(describe('S', "missing") + extended_deallocate("s1"), *server);
+  h.answer(error_message("26000") + ready('I'));
+  EXPECT_EQ(h.session().prepared_statement_count(), 1u);
+}
+
+// A Parse pipelined behind DEALLOCATE may define the name again: the new statement stays.
+TEST(SessionPreparedStatements, AStatementDefinedAgainBehindItsDeallocateStays) {
+  SessionHarness h;
+  prepare_locally(h);
+  auto server = SessionHarness::fresh_server();
+  h.send(run_flight("s1"), *server);
+  h.answer(parse_complete() + select_answer());
+  const std::string sent = h.send(
+      query("DEALLOCATE s1") + parse("s1", "select 2") + bind_to("", "s1") + execute() + sync(),
+      *server);
+  EXPECT_EQ(queries_in(sent), std::vector<std::string>{""});
+  std::string empty;
+  protocol::append_empty_query_response(empty);
+  const std::string to_client = h.answer(empty + ready() + parse_complete() + bind_complete() +
+                                         data_row({"2"}) + complete("SELECT 1") + ready());
+  EXPECT_EQ(tags_of(to_client), "CZ12DCZ");
+  EXPECT_EQ(h.session().prepared_statement_count(), 1u);
+  // It is the new one: a Bind prepares "select 2" where it is missing.
+  auto other = SessionHarness::fresh_server();
+  const auto parses = parses_in(h.send(run_flight("s1"), *other));
+  ASSERT_EQ(parses.size(), 1u);
+  EXPECT_EQ(parses[0].second, "select 2");
+}
+
 TEST(SessionPreparedStatements, ExtendedDeallocateOfANameTheClientClosedMeanwhileIs26000) {
   SessionHarness h;
   prepare_locally(h);

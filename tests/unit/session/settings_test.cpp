@@ -363,6 +363,33 @@ TEST(SessionSettings, SetConfigWithBoundArgumentsIsFollowed) {
   EXPECT_TRUE(server->settings_unknown);
 }
 
+// The review saw only "$1": the caps are applied to the bound values.
+TEST(SessionSettings, ABoundSettingPastTheCapsIsUnknownNotFollowed) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  std::string in;
+  protocol::append_parse(in, "", "select set_config('app.blob', $1, false)", {});
+  protocol::append_bind(in, "", "", bind_rest_of({std::string(4096, 'x')}));
+  in += execute() + sync();
+  h.send(in, *server);
+  h.answer(parse_complete() + bind_complete() + data_row({"x"}) + complete("SELECT 1") + ready());
+  EXPECT_EQ(mine(h, "app.blob"), nullptr);
+  EXPECT_TRUE(server->settings_unknown);
+}
+
+// Session mode passes statement names through: a named statement that changes a setting is
+// not followed, and the client's reads stay on its own server, where the setting is.
+TEST(SessionSettings, ANamedStatementThatSetsInSessionModeMakesTheOwnServerUnknown) {
+  auto own = SessionHarness::fresh_server();
+  SessionHarness h(SessionHarness::session_mode(), {}, own.get());
+  std::string in = parse("s1", "select set_config('app.tenant', $1, false)");
+  protocol::append_bind(in, "", "s1", bind_rest_of({"7"}));
+  in += execute() + sync();
+  EXPECT_EQ(h.client(in).to_server, in);
+  h.server(parse_complete() + bind_complete() + data_row({"7"}) + complete("SELECT 1") + ready());
+  EXPECT_TRUE(own->settings_unknown);
+}
+
 TEST(SessionSettings, SetInsideADoBlockMakesTheServerUnknown) {
   for (const char* sql : {"DO $$BEGIN SET ROLE admin; END$$",
                           "DO $$BEGIN EXECUTE 'SET search_path TO ' || quote_ident('x'); END$$"}) {
