@@ -213,6 +213,12 @@ const char* const kSql[] = {
     // Text merged and combined in the database's collation (the shards describe text columns).
     "SELECT v FROM telemetry ORDER BY v DESC",
     "SELECT min(v), max(v) FROM telemetry",
+    // Settings whose values come from a Bind; transaction modes followed as settings.
+    "select set_config('x.y', $1, false)",
+    "select set_config($1, $2, false)",
+    "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+    "SET default_transaction_isolation = 'serializable'",
+    "show transaction_read_only",
 };
 constexpr std::size_t kSqlCount = sizeof kSql / sizeof kSql[0];
 
