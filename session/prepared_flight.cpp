@@ -177,7 +177,8 @@ void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight
     pins = r.check_pins;
     // psycopg 3 closes the statements it evicts from its cache with `DEALLOCATE name` sent
     // this way. A name of the client's protocol-level statements is one no server knows: an
-    // empty query stands in and its Execute forgets the client's statement, in order. Other
+    // empty query stands in, and the client's statement is forgotten once the server has run
+    // it (deallocate_when_answered). Other
     // names (SQL PREPARE, which pins the server) go to the server, as does any DEALLOCATE in a
     // failed transaction, which PostgreSQL refuses (25P02).
     if (translate && parse->statement.empty() && r.single &&
