@@ -243,7 +243,9 @@ def test_the_console_answers_protocol_it_does_not_take_as_postgresql_would(pgval
         assert r.errors[0]["C"] == "0A000"
         r = c.run([query_message("SWITCHOVER nosuchdb")])
         assert "no database \"nosuchdb\"" in r.errors[0]["M"], r.errors
-        c.sock.sendall(query_message("SHOW " + "x" * (1 << 20)))
+        # Its header alone: the console refuses on the announced length, and bytes still
+        # arriving when it closes would make the kernel reset the connection over its FATAL.
+        c.sock.sendall(query_message("SHOW " + "x" * (1 << 20))[:5])
         kind, payload = read_message(c.sock)
         assert kind == b"E"
         fields = parse_fields(payload)
