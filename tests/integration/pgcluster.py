@@ -20,6 +20,7 @@ and again from an atexit hook if a fixture finalizer never ran.
 from __future__ import annotations
 
 import atexit
+import collections
 import ctypes
 import json
 import os
@@ -65,11 +66,24 @@ def _atexit_cleanup():
 atexit.register(_atexit_cleanup)
 
 
+_RECENT_PORTS: collections.deque[int] = collections.deque(maxlen=256)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (bind port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that was free a moment ago (bind port 0).
+
+    The kernel may hand out the same ephemeral port twice in a row when
+    nothing has bound it yet (listen and admin_listen once got the same
+    port), so ports handed out recently by this process are skipped.
+    """
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _RECENT_PORTS:
+            _RECENT_PORTS.append(port)
+            return port
+    raise RuntimeError("no free TCP port found on 127.0.0.1")
 
 
 def wait_for_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> bool:

@@ -630,7 +630,13 @@ def test_a_reload_that_moves_buckets_leaves_no_client_on_the_old_map(shards, pgv
             outcome["waiting"] = str(e)
     t = threading.Thread(target=insert_while_paused)
     t.start()
-    time.sleep(0.3)  # its request waits for the pause, routed by the old map
+
+    def waiting_for_pause():  # its request waits for the pause, routed by the old map
+        cur = admin.execute("SHOW CLIENTS")
+        cols = [d.name for d in cur.description]
+        states = [dict(zip(cols, r))["state"] for r in cur.fetchall()]
+        return "waiting_for_server" in states
+    wait_until(waiting_for_pause, 10, message="the INSERT waits for RESUME")
     pv.config["databases"][APP_DB]["sharding"]["bucket_map"] = {"s0": [], "s1": "0-63"}
     pv.reload(pv.config)
     wait_until(lambda: "event=shard_map_changed" in pv.log_text(), 5, message="reload seen")
