@@ -299,9 +299,14 @@ std::string_view decision_sql(std::string_view gid, bool commit, std::string& ke
 void Session::check_out_next_shard(Actions& out) {
   auto& run = work().change_scatter();
   run.waiting = true;
-  work().pending_link = static_cast<LinkId>(run.next);
-  work().pending_route = run.routes[run.next];
-  ++run.next;
+  if (run.next < run.routes.size()) {
+    work().pending_link = static_cast<LinkId>(run.next);
+    ++run.next;
+  } else {
+    work().pending_link = run.again.back();
+    run.again.pop_back();
+  }
+  work().pending_route = run.routes[work().pending_link];
   out.check_out = true;
   out.route = work().pending_route;
   enter(SessionState::WaitingForServer);
@@ -349,11 +354,33 @@ void Session::link_scatter(Link& l, Actions& out) {
     expect_own_answer(l, kActionScatter);
   }
   ++run.open;
-  if (run.next < run.routes.size()) {
+  if (run.next < run.routes.size() || !run.again.empty()) {
     check_out_next_shard(out);
   } else {
     enter(SessionState::Scattering);
   }
+}
+
+bool Session::retry_scatter_part(Link& l, Actions& out) {
+  if (!scattering() || l.scatter_shard < 0 || drain_requested_ ||
+      l.route.kind != routing::Route::Kind::Replica || l.answered) {
+    return false;
+  }
+  auto& run = work().change_scatter();
+  if (run.in_transaction || run.two_phase || run.copy || run.scatter->write() ||
+      run.scatter->failed()) {
+    return false;
+  }
+  const auto part = static_cast<std::size_t>(l.scatter_shard);
+  if (part >= run.routes.size()) return false;
+  if (run.rerun.empty()) run.rerun.assign(run.routes.size(), false);
+  if (run.rerun[part]) return false;
+  run.rerun[part] = true;
+  unlink(l.id, LinkOp::Kind::Close, out);
+  --run.open;
+  run.again.push_back(static_cast<LinkId>(part));
+  if (!run.waiting) check_out_next_shard(out);
+  return true;
 }
 
 // Every shard the run needs has joined the client's transaction (route_in_transaction): each
@@ -394,6 +421,7 @@ void Session::scatter_checkout_failed(std::string_view sqlstate, std::string_vie
   // The decider's own checkout failed: no xid will come, and the parts roll back.
   if (run.two_phase && run.next == 1) decider_answered(std::nullopt, out);
   run.next = run.routes.size();
+  run.again.clear();
   if (run.copy) end_copy(out);
   if (run.open == 0) {
     settle_scatter(out.outbox, out);
@@ -405,6 +433,7 @@ void Session::scatter_checkout_failed(std::string_view sqlstate, std::string_vie
 void Session::scatter_frame(Link& l, const pr::Frame& f, Actions& out) {
   auto& run = work().change_scatter();
   const std::uint8_t action = l.pending.front().action;
+  l.answered = true;  // its part can no longer run elsewhere (retry_scatter_part)
   if (f.tag == 'Z') {
     complete_front(l, f.tag, out);
     return;

@@ -837,7 +837,7 @@ const Actions& Session::on_server_lost(LinkId id, Clock::time_point now) {
   if (work_ && !work_->rare().server_goodbye.empty()) {
     goodbye.swap(work_->change_rare().server_goodbye);
   }
-  if (retry_elsewhere(l, id, out)) return out;
+  if (retry_elsewhere(l, id, out) || retry_scatter_part(l, out)) return out;
   std::string message = "pgvalve: the server connection was lost";
   if (!goodbye.empty()) message += " (the server said: " + goodbye + ")";
   message += "; the transaction was rolled back, run it again";

@@ -343,8 +343,13 @@ class Session {
   void send_to_transaction_parts(std::uint64_t shards, std::uint8_t action, Actions& out);
   // A part of a run inside the client's transaction answered; the last one answers the client.
   void transaction_part_answered(Link& l, std::string& into, Actions& out);
+  // The next shard's server is checked out: a shard's first, or again for a part that runs
+  // elsewhere (retry_scatter_part).
   void check_out_next_shard(Actions& out);
   void link_scatter(Link& l, Actions& out);
+  // A read's part died on a replica before the shard answered anything: the part runs once more
+  // on another server of that shard, like a read on one shard (retry_elsewhere).
+  bool retry_scatter_part(Link& l, Actions& out);
   void scatter_checkout_failed(std::string_view sqlstate, std::string_view message, Actions& out);
   // A message of a shard's part (pending action kActionScatter*); its ReadyForQuery ends the
   // part (scatter_answered).

@@ -435,6 +435,10 @@ struct Workspace {
     std::size_t next = 0;                // routes[next] is checked out next
     int open = 0;                        // links that have not answered yet
     bool waiting = false;                // a checkout for routes[next - 1] is under way
+    // Parts of a read that run again (retry_scatter_part): checked out after routes[next..],
+    // each at most once (`rerun`, by index in routes).
+    std::vector<LinkId> again;
+    std::vector<bool> rerun;
     // A write: its two-phase commit's transaction name (known once the decider, the first
     // shard's part, told its xid: two_phase.h), and once every part was answered whether it
     // commits, with the message that says so to each shard.

@@ -1,10 +1,12 @@
-"""A shard's primary lost in the middle of a two-phase commit over two shards, each shard a
-primary with a streaming replica: pgvalve promotes the replica, decides the part left prepared
-there, and SHOW SHARDS counts it only while it is left."""
+"""Shards that each have a primary and a streaming replica, one of whose hosts dies: a primary
+lost in the middle of a two-phase commit over two shards (pgvalve promotes the replica, decides
+the part left prepared there, and SHOW SHARDS counts it only while it is left), and a replica
+lost under reads over both shards (no read fails)."""
 
 from __future__ import annotations
 
 import threading
+import time
 
 import psycopg
 
@@ -93,6 +95,57 @@ def test_a_part_decided_on_a_promoted_replica_leaves_show_shards(pgvalve):
         rows = [on(n, "SELECT count(*) FROM telemetry")[0][0]
                 for n in (nodes[0].primary, s1.replicas[0])]
         assert rows in ([0, 0], [1, 1]), (rows, outcome)
+    finally:
+        for c in nodes:
+            c.teardown()
+
+
+def test_a_replica_killed_under_reads_over_several_shards_costs_no_read(pgvalve):
+    # Reads over both shards run on replicas; one shard's replica dies under them. A part cut
+    # there before its shard answered runs again on that shard's primary, as a read on one shard
+    # does, so no client sees an error.
+    nodes = [shard_cluster(), shard_cluster()]
+    try:
+        for c in nodes:
+            c.primary.psql("INSERT INTO telemetry SELECT d, 1 FROM generate_series(1, 50) d",
+                           dbname=APP_DB)
+            c.wait_replay()
+        pv = pgvalve(
+            databases={APP_DB: {
+                "shards": [{"name": f"s{i}", "primary": f"127.0.0.1:{c.primary.port}",
+                            "replicas": [f"127.0.0.1:{c.replicas[0].port}"]}
+                           for i, c in enumerate(nodes)],
+                "sharding": {"key": "device_id", "hash": "md5_mod", "key_type": "bigint",
+                             "tables": ["telemetry"]}}},
+            users=APP_AND_OPS, pool_size=8,
+            routing={"read_your_writes": "off"},
+            health={"interval_ms": 500, "timeout_ms": 1000, "failures_before_down": 2,
+                    "user": APP_USER, "password": APP_PASSWORD})
+        ok, errors = [0], []
+        lock = threading.Lock()
+        stop = time.monotonic() + 4.0
+
+        def reader():
+            with psycopg.connect(pv.dsn(), autocommit=True) as conn:
+                while time.monotonic() < stop:
+                    try:
+                        assert conn.execute("SELECT count(*) FROM telemetry").fetchone() == (100,)
+                        with lock:
+                            ok[0] += 1
+                    except psycopg.Error as e:
+                        with lock:
+                            errors.append(f"{type(e).__name__}: {e}")
+
+        threads = [threading.Thread(target=reader) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(1.5)
+        before_kill = ok[0]
+        nodes[1].replicas[0].kill9()
+        for t in threads:
+            t.join(15)
+        assert errors == []
+        assert before_kill > 20 and ok[0] - before_kill > 20
     finally:
         for c in nodes:
             c.teardown()

@@ -371,6 +371,97 @@ TEST_F(Scatter, ALostShardIsAnErrorAndTheOthersGoBackToThePool) {
   EXPECT_EQ(h.state(), SessionState::Idle);
 }
 
+// ---- A part cut on a replica ------------------------------------------------------------------
+
+// Shards with replicas that take reads: each part of a read is routed to a replica of its shard.
+class ReplicaScatter : public Scatter {
+ protected:
+  SessionHarness r{policy, {}, true};
+  std::unique_ptr<ServerState> other = SessionHarness::fresh_server();
+  const std::string count_read = query("SELECT count(*) FROM telemetry");
+
+  void start_on_replicas() {
+    Step s = r.client(count_read);
+    ASSERT_TRUE(s.check_out);
+    EXPECT_EQ(s.route.kind, routing::Route::Kind::Replica);
+    r.linked(*s0);
+    s = r.linked(*s1);
+    EXPECT_EQ(r.state(), SessionState::Scattering);
+  }
+  static std::string answer(std::string_view count) {
+    return int8_description() + data_row({std::string(count)}) + complete("SELECT 1") + ready();
+  }
+};
+
+TEST_F(ReplicaScatter, APartCutBeforeItsShardAnsweredRunsOnceMoreOnThatShard) {
+  start_on_replicas();
+  Step s = r.lost(T0, 1);
+  EXPECT_EQ(s.to_client, "") << "no error: the part runs again";
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Close));
+  ASSERT_TRUE(s.check_out);
+  EXPECT_EQ(s.route.kind, routing::Route::Kind::Replica);
+  EXPECT_EQ(s.route.shard, 1);
+  EXPECT_EQ(r.state(), SessionState::WaitingForServer);
+  s = r.linked(*other);
+  EXPECT_EQ(s.server_link, 1);
+  EXPECT_EQ(queries_in(s.to_server), std::vector<std::string>{"SELECT count(*) FROM telemetry"});
+  EXPECT_EQ(r.state(), SessionState::Scattering);
+  s = r.server(answer("2"), T0, 0);
+  EXPECT_EQ(s.to_client, "");
+  s = r.server(answer("3"), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "TDCZ");
+  EXPECT_EQ(values_in(s.to_client), std::vector<std::string>{"5"});
+  EXPECT_EQ(r.state(), SessionState::Idle);
+}
+
+TEST_F(ReplicaScatter, APartRunsAgainOnlyOnce) {
+  start_on_replicas();
+  Step s = r.lost(T0, 1);
+  ASSERT_TRUE(s.check_out);
+  r.linked(*other);
+  s = r.lost(T0, 1);
+  EXPECT_FALSE(s.check_out);
+  s = r.server(answer("2"), T0, 0);
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  EXPECT_EQ(r.state(), SessionState::Idle);
+}
+
+TEST_F(ReplicaScatter, APartWhoseShardAnsweredAlreadyDoesNotRunAgain) {
+  start_on_replicas();
+  r.server(int8_description(), T0, 1);  // its rows could be in the merge already
+  Step s = r.lost(T0, 1);
+  EXPECT_FALSE(s.check_out);
+  s = r.server(answer("2"), T0, 0);
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+}
+
+TEST_F(ReplicaScatter, APartCutWhileAnotherShardIsCheckedOutRunsAfterIt) {
+  Step s = r.client(count_read);
+  r.linked(*s0);  // shard 1's checkout is under way
+  s = r.lost(T0, 0);
+  EXPECT_FALSE(s.check_out) << "one checkout at a time";
+  EXPECT_EQ(r.state(), SessionState::WaitingForServer);
+  s = r.linked(*s1);
+  EXPECT_EQ(s.server_link, 1);
+  ASSERT_TRUE(s.check_out);
+  EXPECT_EQ(s.route.shard, 0);
+  s = r.linked(*other);
+  EXPECT_EQ(s.server_link, 0);
+  EXPECT_EQ(r.state(), SessionState::Scattering);
+  r.server(answer("2"), T0, 1);
+  s = r.server(answer("3"), T0, 0);
+  EXPECT_EQ(values_in(s.to_client), std::vector<std::string>{"5"});
+}
+
+TEST_F(ReplicaScatter, APartWithNoServerLeftAnswersTheCheckoutsError) {
+  start_on_replicas();
+  r.lost(T0, 1);
+  Step s = r.checkout_failed("53300");
+  s = r.server(answer("2"), T0, 0);
+  EXPECT_EQ(sqlstates_in(s.to_client), "53300");
+  EXPECT_EQ(r.state(), SessionState::Idle);
+}
+
 TEST_F(Scatter, ASilentShardIsCancelledAfterTheQueryTimeout) {
   const auto session = timed("SELECT count(*) FROM telemetry");
   SessionHarness& t = *session;
