@@ -780,7 +780,8 @@ TEST_F(Scatter, ACommittedWriteMovesTheReadYourWritesMarkOfEachShard) {
   const auto sent = queries_in(s.to_server);
   ASSERT_EQ(sent.size(), 2u);
   EXPECT_TRUE(sent[0].starts_with("COMMIT PREPARED"));
-  EXPECT_EQ(sent[1], "SELECT pg_catalog.pg_current_wal_insert_lsn()") << "after the commit, not before";
+  EXPECT_EQ(sent[1], "SELECT pg_catalog.pg_current_wal_insert_lsn()")
+      << "after the commit, not before";
   s = t.server(complete("COMMIT PREPARED") + ready(), T0, 0);
   EXPECT_TRUE(s.ops.empty()) << "the server stays linked until its WAL position came";
   s = t.server(row_result("0/3000060", "SELECT 1"), T0, 0);
