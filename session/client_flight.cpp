@@ -115,7 +115,7 @@ const Actions& Session::on_linked(ServerState& server, Clock::time_point now) {
     // that nothing of the transaction runs outside it.
     pr::append_query(w.client_scratch, extras_->deferred_begin);
     w.change_tx().begin = std::move(extras_->deferred_begin);  // a shard joining later runs it too
-    extras_->deferred_begin.clear();
+    forget_deferred_begin();
     expect_own_answer(l, kActionBegin);
     l.begin_pending = true;
     l.syncing = true;
@@ -724,6 +724,11 @@ bool Session::end_deferred_transaction(std::string_view frames, Actions& out) {
   if ((!commit && info.kind != StatementKind::Rollback) || info.and_chain ||
       info.multiple_statements) {
     return false;
+  }
+  if (recorder_ && extras().deferred_read_at != Clock::time_point{}) {
+    count_transaction(static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::microseconds>(now_ - extras().deferred_read_at)
+            .count()));
   }
   forget_deferred_begin();
   std::string& r = out.outbox;

@@ -812,6 +812,14 @@ void Session::finish_scatter(std::string& into, Actions& out) {
     // the read failed, which ends it as any refusal there does (nothing ran on a server).
     if (w.scatter().scatter->failed()) forget_deferred_begin();
     status = client_tx_status();
+    // The client's transaction: this statement alone, or one whose BEGIN pgvalve holds.
+    if (status == 'I' && recorder_) {
+      count_transaction(static_cast<std::uint64_t>(
+          std::chrono::duration_cast<std::chrono::microseconds>(now_ - w.scatter().started)
+              .count()));
+    } else if (status != 'I' && extras().deferred_read_at == Clock::time_point{}) {
+      extras_to_change().deferred_read_at = w.scatter().started;
+    }
   }
   // A shard's part may have synced the client's settings (normalised values): the client hears of
   // them before the gathered answer's ReadyForQuery.

@@ -550,6 +550,9 @@ class Session {
     // A BEGIN answered by pgvalve and not sent yet: it goes first to the shard the
     // transaction's first statement needs.
     std::string deferred_begin;
+    // ... and when the first read over several shards ran inside it: the transaction, which no
+    // server sees, is counted when pgvalve answers its COMMIT or ROLLBACK.
+    Clock::time_point deferred_read_at{};
     std::vector<std::string> listen_channels;  // through the listen hub
     std::vector<std::string> server_listens;   // LISTENs run on its own pinned server
     // Read-your-writes (lsn): per shard, the primary's WAL position after the client's last
@@ -584,7 +587,9 @@ class Session {
     return *extras_;
   }
   void forget_deferred_begin() {
-    if (extras_) extras_->deferred_begin.clear();
+    if (!extras_) return;
+    extras_->deferred_begin.clear();
+    extras_->deferred_read_at = {};
   }
   void note_session_statement(std::string_view name, std::string_view query, bool changes_settings,
                               bool pins);

@@ -435,11 +435,11 @@ class SessionHarness {
   // A client of a sharded database (`sharding` outlives the harness); `split_reads`: its shards
   // have replicas that take reads.
   explicit SessionHarness(const routing::ShardingPolicy& sharding, SessionOptions options = {},
-                          bool split_reads = false)
+                          bool split_reads = false, const stats::Recorder* recorder = nullptr)
       : options_(options),
         router_(sharding.map.shard_count(),
                 routing::RoutingPolicy{split_reads, &write_functions_, &sharding, 1}, &decisions_),
-        session_(options_, router_, workspaces_, nullptr) {
+        session_(options_, router_, workspaces_, recorder) {
     log_in({}, nullptr);
   }
 

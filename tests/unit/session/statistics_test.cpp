@@ -147,6 +147,43 @@ TEST_F(SessionStatistics, AnAnswerIsRecordedOnlyWhenTheStepIsAccounted) {
   EXPECT_EQ(snapshot_.databases[0].transactions, 1u);
 }
 
+// A read over several shards is one transaction of the client's, however many shards ran it:
+// alone (autocommit), or inside a transaction whose BEGIN and COMMIT pgvalve answers itself.
+TEST_F(SessionStatistics, AReadOverSeveralShardsIsOneTransaction) {
+  routing::ShardingPolicy policy;
+  policy.tables = {"telemetry"};
+  policy.map = routing::ShardMap(routing::ShardHash::Md5Mod, routing::KeyType::Auto, 2, {});
+  policy.shard_names = {"s0", "s1"};
+  SessionHarness h(policy, {}, false, &recorder_);
+  auto s0 = SessionHarness::fresh_server();
+  auto s1 = SessionHarness::fresh_server();
+  const auto transactions = [&] {
+    snapshot_ = stats::QueryStats::snapshot({&stats_}, 100);
+    return snapshot_.databases.empty() ? 0u : snapshot_.databases[0].transactions;
+  };
+  const std::string count = query("select count(*) from telemetry");
+  const std::string answer =
+      int8_description() + data_row({"1"}) + complete("SELECT 1") + ready();
+  auto scatter = [&](Clock::time_point at) {
+    h.client(count, at);
+    h.linked(*s0, at);
+    h.linked(*s1, at);
+    h.server(answer, at + 1ms, 0);
+    const Step s = h.server(answer, at + 2ms, 1);
+    EXPECT_EQ(tags_of(s.to_client), "TDCZ");
+  };
+  scatter(T0);
+  EXPECT_EQ(transactions(), 1u);
+  Step s = h.client(query("begin"), T0 + 10ms);
+  EXPECT_EQ(tags_of(s.to_client), "CZ");
+  scatter(T0 + 11ms);
+  scatter(T0 + 20ms);
+  EXPECT_EQ(transactions(), 1u) << "counted when it ends";
+  h.client(query("commit"), T0 + 30ms);
+  EXPECT_EQ(transactions(), 2u);
+  EXPECT_EQ(snapshot_.databases[0].transaction_micros, 2000u + 19000u);
+}
+
 // Two Queries read in one step: the first is fingerprinted in account(), the second at once;
 // each execution gets its own statement's shape.
 TEST_F(SessionStatistics, QueriesReadTogetherKeepTheirOwnShapes) {
