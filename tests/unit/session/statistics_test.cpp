@@ -162,8 +162,7 @@ TEST_F(SessionStatistics, AReadOverSeveralShardsIsOneTransaction) {
     return snapshot_.databases.empty() ? 0u : snapshot_.databases[0].transactions;
   };
   const std::string count = query("select count(*) from telemetry");
-  const std::string answer =
-      int8_description() + data_row({"1"}) + complete("SELECT 1") + ready();
+  const std::string answer = int8_description() + data_row({"1"}) + complete("SELECT 1") + ready();
   auto scatter = [&](Clock::time_point at) {
     h.client(count, at);
     h.linked(*s0, at);
