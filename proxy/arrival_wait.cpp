@@ -2,6 +2,7 @@
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <cerrno>
@@ -17,6 +18,15 @@ bool enable_rest_hint(Socket& socket) {
   (void)socket;
   return false;
 #endif
+}
+
+bool peer_hung_up(Socket& socket) {
+  pollfd p{socket.native_handle(), POLLRDHUP, 0};
+  int n;
+  do {
+    n = ::poll(&p, 1, 0);
+  } while (n < 0 && errno == EINTR);
+  return n > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0;
 }
 
 std::size_t read_some_noting_rest(Socket& socket, asio::mutable_buffer into, error_code& ec,

@@ -155,6 +155,10 @@ inline constexpr bool kArrivalWaitAvailable = false;
 // 4.18 on). False when it cannot: read_some_noting_rest() then always reports a rest.
 bool enable_rest_hint(Socket& socket);
 
+// The peer closed its end of `socket` or the connection failed, whatever bytes the kernel still
+// holds for it (poll's POLLRDHUP, without reading them).
+bool peer_hung_up(Socket& socket);
+
 // One non-blocking read of a plain TCP socket (recvmsg). `rest` tells whether the kernel holds
 // more for it: bytes beyond `into`, or the peer's end (TCP_INQ counts a received FIN as one byte
 // still to read). Errors as Asio's read_some: would_block when there is nothing, eof at the end.

@@ -324,6 +324,11 @@ void ClientSession::watch_client() {
       return;
     }
   }
+  if (!watching_client_ && !core_->wants_client_input() &&
+      core_->state() == session::SessionState::WaitingForServer) {
+    watch_for_hang_up();
+    return;
+  }
   if (watching_client_ || !core_->wants_client_input()) return;
   watching_client_ = true;
   if (client_.buffered() || (uses_arrival_wait(client_) && !client_drained_)) {
@@ -350,6 +355,37 @@ void ClientSession::watch_client() {
       }));
 }
 
+void ClientSession::watch_for_hang_up() {
+  if (uses_arrival_wait(client_)) {
+    // Bytes the kernel may hold already (the end among them) no arrival will announce.
+    if (!client_drained_ && hung_up_while_waiting()) return;
+    // Edge-triggered: armed with bytes unread, it still reports the end when it comes.
+    if (!client_arrival_armed_) arm_client_arrival();
+    return;
+  }
+  // TLS: a level-triggered wait, once; bytes that come first (more requests, a close_notify)
+  // end the watch, so an end behind them goes unnoticed until the client is read again.
+  if (watching_hang_up_) return;
+  if (hung_up_while_waiting()) return;
+  watching_hang_up_ = true;
+  client_.socket().async_wait(
+      Socket::wait_read, with_exact_size_memory([self = shared_from_this()](const error_code& ec) {
+        self->watching_hang_up_ = false;
+        if (self->closed_ || ec == asio::error::operation_aborted) return;
+        self->hung_up_while_waiting();
+      }));
+}
+
+bool ClientSession::hung_up_while_waiting() {
+  if (closed_ || core_->state() != session::SessionState::WaitingForServer ||
+      !peer_hung_up(client_.socket())) {
+    return false;
+  }
+  PGV_LOG(Info, "client_left_while_waiting", {"client", id_}, {"database", database_name_});
+  client_gone();
+  return true;
+}
+
 void ClientSession::arm_client_arrival() {
   client_arrival_armed_ = true;
   async_wait_for_arrival(client_.socket(), worker_->reactor,
@@ -363,7 +399,13 @@ void ClientSession::arm_client_arrival() {
                            if (self->closed_ || ec == asio::error::operation_aborted) return;
                            self->client_drained_ = false;
                            // Not wanted now: the next watch_client() reads.
-                           if (!self->watching_client_) return;
+                           if (!self->watching_client_) {
+                             if (!self->hung_up_while_waiting() &&
+                                 self->core_->state() == session::SessionState::WaitingForServer) {
+                               self->arm_client_arrival();  // for the end, behind these bytes
+                             }
+                             return;
+                           }
                            self->watching_client_ = false;
                            self->read_client();  // an error shows there
                          }));

@@ -204,6 +204,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::function<void()> drained_callback();
   bool writers_busy() const;
   void watch_client();
+  // A client waiting for a server is not read, but its end is watched: one that hangs up leaves
+  // the queue, and its request is dropped instead of running later for nobody.
+  void watch_for_hang_up();
+  bool hung_up_while_waiting();
   void arm_client_arrival();
   void read_client();
   void post_read_client();
@@ -340,7 +344,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   };
   std::vector<LinkIO> links_;
 
-  bool watching_client_ = false;  // an arrival (or a wait) is to read the client's socket
+  bool watching_client_ = false;   // an arrival (or a wait) is to read the client's socket
+  bool watching_hang_up_ = false;  // a TLS client's socket is waited on for its end only
   // The same as LinkIO's, for the client's socket.
   bool client_arrival_armed_ = false;
   bool client_drained_ = false;

@@ -62,6 +62,35 @@ def test_checkout_timeout_53300_and_connection_kept(pgvalve):
         assert b.execute("select 3").fetchone() == (3,)
 
 
+@pytest.mark.parametrize("goodbye", ["close", "terminate_then_close"])
+def test_a_client_that_leaves_while_waiting_leaves_the_queue_and_its_request_is_dropped(
+        cluster, pgvalve, goodbye):
+    # A device that gives up waiting and reconnects to retry must not find its first attempt run
+    # later, after the retry: the request of a client gone while it waited never runs.
+    from itutil import APP_AND_OPS, show_pools
+    cluster.primary.psql("CREATE TABLE IF NOT EXISTS left_waiting (n int)", dbname=APP_DB)
+    cluster.primary.psql("GRANT ALL ON left_waiting TO app", dbname=APP_DB)
+    cluster.primary.psql("TRUNCATE left_waiting", dbname=APP_DB)
+    pv = pgvalve(mode="transaction", pool_size=1, max_overflow=0, checkout_timeout_ms=10000,
+                 users=APP_AND_OPS)
+    with pv.connect(autocommit=False) as holder:
+        holder.execute("select 1")  # holds the only server
+        gone = raw(pv).connect()
+        gone.sock.sendall(query_message("insert into left_waiting values (1)"))
+        wait_until(lambda: show_pools(pv)[0]["cl_waiting"] == "1", 5, message="it waits")
+        if goodbye == "terminate_then_close":
+            gone.sock.sendall(b"X\x00\x00\x00\x04")  # libpq's PQfinish
+        gone.sock.close()
+        wait_until(lambda: show_pools(pv)[0]["cl_waiting"] == "0", 5,
+                   message="the queue forgets it")
+        holder.commit()
+        # The server is free for the next client, and the request of the one that left did not run.
+        with pv.connect() as c:
+            assert c.execute("select count(*) from left_waiting").fetchone() == (0,)
+    assert "event=client_left_while_waiting" in pv.log_text()
+    assert "server_closed_dirty" not in pv.log_text()
+
+
 # --- max_client_connections ------------------------------------------------------------------
 
 def test_max_client_connections(pgvalve):
