@@ -407,6 +407,14 @@ void Session::absorb_startup(const std::vector<std::pair<std::string, std::strin
   Settings startup_settings;
   auto apply = [&](std::string_view name, std::string_view value) {
     const std::string key = lower(name);
+    if (key == "search_path" || key == "temp_tablespaces") {
+      // PostgreSQL reads a startup value as set_config() does: `foo,public` is a list of two
+      // names, where SET search_path TO 'foo,public' would name one schema.
+      std::string literal;
+      routing::append_literal(literal, value);
+      startup_settings.set(key, literal, is_synced_setting(key), SettingForm::Function);
+      return;
+    }
     startup_settings.set(key, value, is_synced_setting(key));
   };
   for (const auto& [name, value] : startup) {

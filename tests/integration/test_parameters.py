@@ -11,7 +11,8 @@ import os
 import psycopg
 import pytest
 
-from pgcluster import APP_DB
+from pgcluster import APP_DB, APP_PASSWORD, APP_USER
+from pgwire import RawClient
 
 ROUNDS = 5
 
@@ -200,6 +201,29 @@ def test_search_path_set(pv, cluster):
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_a_startup_search_path_is_a_list(pgvalve, cluster, mode):
+    # libpq's options=-c search_path=..., and PgJDBC's currentSchema (a startup parameter of its
+    # own): PostgreSQL reads the value as a list of schemas, and so must every server the client
+    # gets. The table exists only in the second schema of the list.
+    cluster.primary.psql(
+        "drop schema if exists sp_list cascade; create schema sp_list authorization app;"
+        "drop table if exists public.only_public; create table public.only_public(v text);"
+        "insert into public.only_public values ('public');"
+        "alter table public.only_public owner to app;", dbname=APP_DB)
+    pv = pgvalve(mode=mode, pool_size=1, max_overflow=0, checkout_timeout_ms=5000)
+    with connect(pv, options="-c%20search_path%3Dsp_list,public") as a:
+        assert a.execute("select current_schemas(false)").fetchone()[0] == ["sp_list", "public"]
+        assert a.execute("select v from only_public").fetchone() == ("public",)
+    b = RawClient("127.0.0.1", pv.port, APP_USER, APP_PASSWORD, APP_DB,
+                  params={"search_path": "sp_list,public"}).connect()
+    try:
+        assert b.rows("select current_schemas(false)") == [["{sp_list,public}"]]
+        assert b.rows("select v from only_public") == [["public"]]
+    finally:
+        b.sock.close()
 
 
 @pytest.mark.parametrize("reset", ["reset all", "reset client_encoding", "discard all",

@@ -101,6 +101,19 @@ TEST(SessionSettings, ResetReturnsToTheStartupValue) {
   EXPECT_EQ(value_of(h, "statement_timeout"), "7s");
 }
 
+// PostgreSQL reads a startup search_path as a list (libpq's options=-c search_path=foo,public,
+// PgJDBC's currentSchema): replayed with set_config, not as one quoted schema name.
+TEST(SessionSettings, AStartupSearchPathStaysAList) {
+  SessionHarness h({}, {{"options", "-c search_path=foo,public"}});
+  auto server = SessionHarness::fresh_server();
+  bool synced = false;
+  h.send(query("select 1"), *server, &synced);
+  EXPECT_TRUE(synced);
+  EXPECT_NE(h.last_sync.find("set_config('search_path', 'foo,public', false)"), std::string::npos)
+      << h.last_sync;
+  EXPECT_EQ(h.last_sync.find("SET search_path"), std::string::npos) << h.last_sync;
+}
+
 TEST(SessionSettings, ResetAllKeepsRoleAndSessionAuthorization) {
   SessionHarness h;
   auto server = SessionHarness::fresh_server();
