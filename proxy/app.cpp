@@ -1014,10 +1014,18 @@ void App::on_signal(const error_code& ec, int signal) {
     reload();
   } else if (signal == SIGTERM) {
     begin_drain();
-  } else if (signal == SIGINT) {
-    PGV_LOG(Info, "shutdown_immediate", {"signal", "SIGINT"});
+  } else if (signal == SIGINT || signal == SIGQUIT) {
+    PGV_LOG(Info, "shutdown_immediate", {"signal", signal == SIGINT ? "SIGINT" : "SIGQUIT"});
     control_.stop();
     return;
+  } else if (signal == SIGUSR1) {
+    // PgBouncer's meanings of SIGUSR1 and SIGUSR2: PAUSE and RESUME of every database (a
+    // maintenance script written for it must not end the process, their default action).
+    pause("");
+    PGV_LOG(Warn, "paused", {"database", "*"}, {"signal", "SIGUSR1"});
+  } else if (signal == SIGUSR2) {
+    resume("");
+    PGV_LOG(Warn, "resumed", {"database", "*"}, {"signal", "SIGUSR2"});
   }
   signals_.async_wait([this](const error_code& e, int s) { on_signal(e, s); });
 }
@@ -1126,6 +1134,9 @@ int App::run() {
   signals_.add(SIGHUP);
   signals_.add(SIGTERM);
   signals_.add(SIGINT);
+  signals_.add(SIGQUIT);
+  signals_.add(SIGUSR1);
+  signals_.add(SIGUSR2);
   signals_.async_wait([this](const error_code& e, int s) { on_signal(e, s); });
   for (auto& w : workers_) {
     asio::co_spawn(w->context, accept_loop(*w), asio::detached);

@@ -97,6 +97,24 @@ def test_a_pause_longer_than_checkout_timeout_fails_clearly(pgvalve):
         assert c.execute("select 1").fetchone() == (1,)
 
 
+def test_sigusr1_pauses_and_sigusr2_resumes_as_in_pgbouncer(pgvalve):
+    # A maintenance script written for PgBouncer pauses with kill -USR1: that must not end the
+    # process (the signal's default action).
+    import signal
+    pv = pgvalve(checkout_timeout_ms=5000)
+    with pv.connect() as c:
+        pv.signal(signal.SIGUSR1)
+        wait_until(lambda: "signal=SIGUSR1" in pv.log_text(), 5, message="the pause is logged")
+        ran = threading.Event()
+        t = threading.Thread(target=lambda: (c.execute("select 1"), ran.set()))
+        t.start()
+        assert not ran.wait(0.5), "a new transaction waits while paused"
+        pv.signal(signal.SIGUSR2)
+        t.join(5)
+        assert ran.is_set()
+    assert pv.proc.poll() is None
+
+
 def test_shutdown_drains_like_sigterm(pgvalve):
     pv = pgvalve(users=APP_AND_OPS)
     with pv.connect() as c:
