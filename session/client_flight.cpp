@@ -695,7 +695,10 @@ std::optional<routing::BoundParam> BindParams::param(int number) const {
 }
 
 bool Session::defer_begin(std::string_view frames, const routing::Route& route, Actions& out) {
-  if (!router_.sharded() || !route.any_shard) return false;
+  // Statement mode refuses BEGIN (statement review), sharded or not.
+  if (!router_.sharded() || !route.any_shard || options_.mode == config::PoolMode::Statement) {
+    return false;
+  }
   std::string_view sql;
   HubReply reply;
   if (!local_flight(frames, sql, reply)) return false;  // one request: a Query, or P/B/(D)/E/S

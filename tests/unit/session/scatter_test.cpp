@@ -615,6 +615,17 @@ TEST_F(Scatter, AReadBeforeATransactionRanAnythingRunsOutsideIt) {
   EXPECT_EQ(statuses_in(s.to_client), "I");
 }
 
+// Statement mode refuses transaction blocks on a sharded database too: BEGIN is not held back.
+TEST_F(Scatter, StatementModeRefusesBeginOnShards) {
+  SessionOptions o;
+  o.mode = config::PoolMode::Statement;
+  SessionHarness sh(policy, o);
+  const auto q = queries_in(sh.send(query("BEGIN"), *s0));
+  EXPECT_TRUE(sh.checked_out) << "refused through a server, as on one shard";
+  ASSERT_EQ(q.size(), 1u);
+  EXPECT_NE(q[0].find("ERRCODE = '0A000'"), std::string::npos) << q[0];
+}
+
 TEST_F(Scatter, AFailedReadBeforeATransactionRanAnythingEndsIt) {
   h.client(query("BEGIN"));
   start(query("SELECT count(*) FROM telemetry"));
