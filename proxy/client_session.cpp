@@ -224,11 +224,21 @@ void ClientSession::carry_out(const Actions& actions, Source source, session::Li
   if (!actions.prepared_parts.empty()) [[unlikely]] {
     hand_over(actions.prepared_parts);
   }
+  if (!actions.server_given_up.empty()) {
+    PGV_LOG(Warn, "server_given_up", {"client", id_}, {"user", user_name_},
+            {"database", database_name_}, {"reason", actions.server_given_up});
+  }
   // Neither reaches back into the core, so `actions` stays as it is meanwhile.
   for (const auto& op : actions.link_ops)
     carry_out_link_op(op);
   if (actions.hub.kind != session::HubRequest::Kind::None) hub_request(actions.hub);
   if (actions.close_client) {
+    if (!actions.close_sqlstate.empty()) {
+      // What the client was told as pgvalve closed it (a timeout, a setting its server refused).
+      PGV_LOG(Info, "client_closed", {"client", id_}, {"user", user_name_},
+              {"database", database_name_}, {"sqlstate", actions.close_sqlstate},
+              {"reason", actions.close_reason});
+    }
     close();
     return;
   }

@@ -97,6 +97,12 @@ struct Actions {
   std::vector<LinkOp> link_ops;
   bool resume_client = false;  // a request that waited can go on: call on_client_data() again
   bool close_client = false;   // close the client once the writes are done
+  // ... and the error it is told, for the log (empty when it left, or was told nothing).
+  std::string close_sqlstate;
+  std::string close_reason;
+  // A server given up for its silence (pool.query_timeout_ms, the settings sync's deadline): why,
+  // for the log.
+  std::string server_given_up;
   HubRequest hub;
   int pinned_change = 0;        // +1: the client became pinned to its server, -1: unpinned
   int statement_evictions = 0;  // prepared statements closed on a server for its LRU cap
@@ -116,6 +122,9 @@ struct Actions {
     link_ops.clear();
     resume_client = false;
     close_client = false;
+    close_sqlstate.clear();
+    close_reason.clear();
+    server_given_up.clear();
     hub.kind = HubRequest::Kind::None;
     hub.channel.clear();
     pinned_change = 0;

@@ -753,6 +753,8 @@ void Session::close_with(std::string_view sqlstate, std::string_view message, Ac
   if (!sqlstate.empty() && !client_mid_message()) {
     append_error(out.outbox, sqlstate, message, {}, true);
   }
+  out.close_sqlstate.assign(sqlstate);
+  out.close_reason.assign(message);
   release_all_for_close(out);
   if (!extras().listen_channels.empty()) {
     out.hub.kind = HubRequest::Kind::UnlistenAll;
@@ -1005,6 +1007,7 @@ const Actions& Session::on_timer(Clock::time_point now) {
                    out);
         return out;
       }
+      out.server_given_up = "settings sync past its deadline";
       lose_link(l, id,
                 "pgvalve: server " + l.server->name +
                     " did not apply the session settings in time; try again",
@@ -1013,6 +1016,7 @@ const Actions& Session::on_timer(Clock::time_point now) {
     }
     if (options_.query_timeout.count() > 0 && l.owes_answer() && !l.paused &&
         now >= l.last_activity + options_.query_timeout) {
+      out.server_given_up = "pool.query_timeout_ms";
       lose_link(l, id,
                 "pgvalve: server " + l.server->name + " sent nothing for pool.query_timeout_ms (" +
                     millis(options_.query_timeout) +

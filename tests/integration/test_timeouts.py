@@ -173,6 +173,9 @@ def test_long_silent_query_08006(pv_qt, cluster):
         # a query that runs shorter than the timeout is not affected
         assert one(conn, "select pg_sleep(0.5)::text") == ""
     assert_pool_whole(pv, None)
+    # The operator reads why in the log.
+    assert "event=server_given_up" in pv.log_text()
+    assert "reason=pool.query_timeout_ms" in pv.log_text()
 
 
 def test_slow_reading_client_is_not_cut(pv_qt):
@@ -229,6 +232,10 @@ def test_idle_in_transaction_25P03(pgvalve, cluster):
     # a client idle outside a transaction is not affected
     assert one(idle_outside, "select 2") == 2
     idle_outside.close()
+    # The operator reads who was closed and why in the log.
+    closed = [line for line in pv.log_text().splitlines() if "event=client_closed" in line]
+    assert len(closed) == 1 and "sqlstate=25P03" in closed[0], closed
+    assert "idle_transaction_timeout_ms" in closed[0]
 
 
 @pytest.mark.parametrize("stall", ["mid_copy", "flight_without_sync"])
