@@ -1259,12 +1259,13 @@ asio::awaitable<void> ClientSession::check_out_slowly(std::shared_ptr<pool::Serv
     co_return;
   }
   if (retry_on_another_host(*pool)) co_return;
-  if (core_->pending_route().kind != routing::Route::Kind::Replica &&
-      failure.sqlstate.starts_with("08") &&
+  if (failure.sqlstate.starts_with("08") &&
       (checkout().hold_until == session::Clock::time_point::max() ||
        now() < checkout().hold_until)) {
     // The primary cannot be reached: the health checker looks at once, and the request waits
-    // (failover.hold_writes_ms) for it to come back or for another primary.
+    // (failover.hold_writes_ms) for it to come back or for another primary. So does a read no
+    // other host could take (no replica has replayed the client's write yet, and the primary it
+    // fell back to is dying): hold_for_primary() routes it afresh, to a replica once one has.
     app_.report_unreachable(pool->key().host);
     hold(core_->pending_route(), pool);
     co_return;

@@ -891,7 +891,9 @@ void Session::read_wal_position(const Link& l, const pr::Frame& f) {
   const std::size_t shard = l.route.shard;
   auto& lsns = extras_to_change().write_lsns;
   if (shard >= lsns.size()) lsns.resize(shard + 1, 0);
-  if (lsn > lsns[shard]) lsns[shard] = lsn;
+  // A position learnt replaces an unknown one: the primary that answers has all it holds of
+  // the write whose position was lost (or it never survived a failover).
+  if (lsn > lsns[shard] || lsns[shard] == kUnknownWriteLsn) lsns[shard] = lsn;
 }
 
 }  // namespace pgvalve::session

@@ -908,6 +908,15 @@ void Session::lose_link(Link& l, LinkId id, std::string_view message, LinkOp::Ki
     work().change_rare().failure = std::string(message);
     out.resume_client = true;
   } else {
+    for (std::size_t i = 0; i < l.pending.size(); ++i) {
+      // pgvalve's WAL position query after the client's write was cut: the write may have
+      // committed (the client was told so), at a position pgvalve now never learns.
+      if (l.pending.at(i).internal && l.pending.at(i).action == kActionWalPosition) {
+        auto& lsns = extras_to_change().write_lsns;
+        if (l.route.shard >= lsns.size()) lsns.resize(l.route.shard + 1, 0);
+        lsns[l.route.shard] = kUnknownWriteLsn;
+      }
+    }
     // Read before fail_pending clears it: a request in flight gets the error with a
     // ReadyForQuery 'I', after which the client knows its transaction is over.
     const bool answered = l.in_flight > 0;
@@ -923,6 +932,13 @@ void Session::lose_link(Link& l, LinkId id, std::string_view message, LinkOp::Ki
     out.pinned_change -= 1;
   }
   unlink(id, kind, out);
+  // The client's next request waited for this link's answers (behind pgvalve's WAL position
+  // query, or a replica's one request): nothing else would plan it, and the client would wait
+  // forever for its answer.
+  if (input_waits_for_link_) {
+    input_waits_for_link_ = false;
+    out.resume_client = true;
+  }
   // The other shards' parts of the client's transaction cannot commit without this one.
   if (spanned) abandon_shard_transaction(message, out);
   if (state_ != SessionState::Closing && state_ != SessionState::WaitingForServer) {

@@ -230,8 +230,11 @@ class Session {
   // The client's request may run on any of several linked servers (a statement over several
   // shards, a transaction that spans shards): a cancel goes to each of them.
   bool several_servers() const;
+  // A read-your-writes mark no replica reaches: the server was lost before it told pgvalve the
+  // WAL position after the client's write, so only the primary is known to have that write.
+  static constexpr std::uint64_t kUnknownWriteLsn = ~std::uint64_t{0};
   // The WAL position the client's reads of `shard` must see (read_your_writes = lsn); 0 before
-  // any write there.
+  // any write there, kUnknownWriteLsn after a write whose position was never learnt.
   std::uint64_t read_your_writes_lsn(std::uint16_t shard = 0) const {
     const auto& lsns = extras().write_lsns;
     return shard < lsns.size() ? lsns[shard] : 0;

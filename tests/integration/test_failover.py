@@ -232,6 +232,30 @@ def test_promote_mode_fails_over_by_itself_and_reports_the_time(fresh, pgvalve):
           f"failures_before_down 2)")
 
 
+def test_a_read_after_the_own_write_waits_for_a_primary_like_a_write(fresh, pgvalve):
+    """read_your_writes lsn: right after a client's write no replica is known to have replayed it
+    (replay positions are as of the last check), so its read falls back to the primary. When
+    that primary has just died the read waits (failover.hold_writes_ms) as a write does, and
+    runs on a replica that has the write or on the new primary; it does not fail with 08006."""
+    c = fresh()
+    pv = pgvalve(**config_for(c, routing={"read_your_writes": "lsn"},
+                              health={"interval_ms": 1000, "timeout_ms": 1000,
+                                      "failures_before_down": 3,
+                                      "user": APP_USER, "password": APP_PASSWORD},
+                              failover={"mode": "follow", "hold_writes_ms": 10000}))
+    wait_hosts_checked(pv)
+    with pv.connect() as conn:
+        conn.execute("insert into drill (client, n) values (8, 1)")
+        c.wait_replay()
+        c.primary.stop(mode="immediate")
+        threading.Thread(target=lambda: (time.sleep(1.5), c.replicas[0].promote()),
+                         daemon=True).start()
+        row = conn.execute("select max(n), inet_server_port() from drill "
+                           "where client = 8").fetchone()
+    assert row[0] == 1
+    assert row[1] in {r.port for r in c.replicas}
+
+
 def set_on_primary(c, **settings):
     for name, value in settings.items():
         c.primary.psql(f"ALTER SYSTEM SET {name} = {value}")

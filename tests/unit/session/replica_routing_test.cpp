@@ -3,6 +3,9 @@
 // replica dies before answering.
 #include <gtest/gtest.h>
 
+#include <cstdint>
+#include <limits>
+
 #include "session_test_util.h"
 
 namespace pgvalve::session::testing {
@@ -159,6 +162,58 @@ TEST(SessionReplicaRouting, ARequestBehindTheWalQueryWaitsAndIsRoutedAfresh) {
   ASSERT_TRUE(s.check_out);
   EXPECT_EQ(s.route.kind, Route::Kind::Replica);
   EXPECT_EQ(s.route.after_lsn, 0x200u);
+}
+
+// The primary dies while it answers pgvalve's WAL position query: the client already has its
+// write's answer, and its next request, waiting behind that query, must still be planned.
+TEST(SessionReplicaRouting, ARequestBehindACutWalQueryIsRoutedWhenTheServerIsLost) {
+  auto h = replicated(config::ReadYourWrites::Lsn);
+  auto primary = SessionHarness::fresh_server();
+  h.client(query("insert into readings values (1)"));
+  h.linked(*primary);
+  h.client(query("insert into readings values (1)"));
+  Step s = h.server(command_result("INSERT 0 1"));  // the WAL position query goes out
+  EXPECT_EQ(tags_of(s.to_client), "CZ");
+  const std::string read = query("select 1");
+  s = h.client(read);
+  EXPECT_EQ(s.consumed, 0u);
+  s = h.lost();
+  EXPECT_TRUE(s.to_client.empty());  // nothing of the client's was outstanding
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Close));
+  EXPECT_TRUE(s.resume_client);  // else nothing reads the waiting request again
+  EXPECT_EQ(h.state(), SessionState::Idle);
+  s = h.client(read);
+  ASSERT_TRUE(s.check_out);
+  EXPECT_EQ(s.route.kind, Route::Kind::Replica);
+}
+
+// The write's WAL position is never learnt: no replica is known to have it, so the client's
+// reads go to the primary until its next write is marked.
+TEST(SessionReplicaRouting, AWriteWhoseWalQueryWasCutKeepsReadsOffReplicasUntilTheNextMark) {
+  auto h = replicated(config::ReadYourWrites::Lsn);
+  auto primary = SessionHarness::fresh_server();
+  h.send(query("insert into readings values (1)"), *primary);
+  h.answer(command_result("INSERT 0 1"));
+  h.answer(row_result("0/200", "SELECT 1"));
+  ASSERT_EQ(h.session().read_your_writes_lsn(), 0x200u);
+  auto next = SessionHarness::fresh_server();
+  h.send(query("insert into readings values (2)"), *next);
+  h.answer(command_result("INSERT 0 1"));
+  h.lost();  // the WAL position query is cut
+  const std::uint64_t unknown = std::numeric_limits<std::uint64_t>::max();
+  EXPECT_EQ(h.session().read_your_writes_lsn(), unknown);
+  Step s = h.client(query("select 1"));
+  ASSERT_TRUE(s.check_out);
+  EXPECT_EQ(s.route.kind, Route::Kind::Replica);
+  EXPECT_EQ(s.route.after_lsn, unknown);  // no replica's replay position reaches it
+  h.checkout_failed("53300");
+  h.client(query("select 1"));  // answers the failure
+  // The next write's mark replaces it (the new primary's position covers what it has).
+  auto promoted = SessionHarness::fresh_server();
+  h.send(query("insert into readings values (3)"), *promoted);
+  h.answer(command_result("INSERT 0 1"));
+  h.answer(row_result("0/100", "SELECT 1"));
+  EXPECT_EQ(h.session().read_your_writes_lsn(), 0x100u);
 }
 
 TEST(SessionReplicaRouting, AReadOnTheReplicaDoesNotMoveTheMark) {
@@ -352,6 +407,26 @@ TEST(SessionReplicaRouting, AReadCutAfterPartOfItsAnswerIsNotRetried) {
   Step s = h.lost();
   EXPECT_FALSE(s.check_out);
   EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+}
+
+// A replica takes one request at a time: the request behind a read cut after part of its
+// answer is routed once the read has its error, not left unread.
+TEST(SessionReplicaRouting, TheRequestBehindACutReadIsRoutedAfterItsError) {
+  auto h = replicated();
+  auto dead = SessionHarness::fresh_server();
+  const std::string read = query("select 42");
+  const std::string write = query("insert into readings values (1)");
+  h.client(read + write);
+  h.linked(*dead);
+  Step s = h.client(read + write);
+  EXPECT_EQ(s.consumed, read.size());
+  h.answer(row_description());
+  s = h.lost();
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  EXPECT_TRUE(s.resume_client);
+  s = h.client(write);
+  ASSERT_TRUE(s.check_out);
+  EXPECT_EQ(s.route.kind, Route::Kind::Primary);
 }
 
 TEST(SessionReplicaRouting, AWriteCutOnThePrimaryIsNotRetried) {
