@@ -126,6 +126,7 @@ const Actions& Session::plan_server(Link& l, LinkId id, std::string_view input) 
   Actions& out = l.actions;
   l.scratch.clear();
   l.spans.clear();
+  l.answered_earlier = l.answered;
   auto pass = [&](std::size_t offset, std::size_t size) {
     if (size == 0) return;
     if (!l.spans.empty() && !l.spans.back().scratch &&
@@ -250,6 +251,22 @@ bool Session::copy_started(Link& l, Actions& out) {
   return true;
 }
 
+// A replica going down flushes what it held of the read it was running (PostgreSQL buffers a
+// RowDescription until rows fill its buffer or the query ends) together with its goodbye: none of
+// it has left pgvalve yet, so it is dropped and the read can still run elsewhere
+// (retry_elsewhere) once the connection closes. True when it was.
+bool Session::unsend_cut_read(Link& l) {
+  if (l.answered_earlier || !l.answered || !work_) return false;
+  l.answered = false;  // as it was before this step, if what it sent goes
+  if (!retryable(l)) {
+    l.answered = true;
+    return false;
+  }
+  l.spans.clear();
+  l.scratch.clear();
+  return true;
+}
+
 // Decides what the client gets for one server message.
 bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Actions& out,
                            bool& saw_ready) {
@@ -306,6 +323,15 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
     if (auto e = pr::read_error_response(f); e && e->severity == "FATAL") {
       work().change_rare().server_goodbye.assign(
           e->message.substr(0, Workspace::Rare::kMaxGoodbyeBytes));
+      unsend_cut_read(l);
+      return passed;
+    }
+  }
+  if (f.tag == 'N' && l.route.kind == routing::Route::Kind::Replica &&
+      options_.mode != config::PoolMode::Session) {
+    // An immediate shutdown or a crash says goodbye with a WARNING (57P01, 57P02) instead.
+    if (auto e = pr::read_error_response(f);
+        e && e->sqlstate.starts_with("57P") && unsend_cut_read(l)) {
       return passed;
     }
   }

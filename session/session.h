@@ -300,6 +300,7 @@ class Session {
   // a replica, nothing of its answer sent yet): it is checked out again.
   bool retry_elsewhere(Link& l, LinkId id, Actions& out);
   bool retryable(const Link& l) const;
+  bool unsend_cut_read(Link& l);
   // Session mode: the client's own server (link 0) is between transactions; a read the router
   // sends to a replica is checked out as link 1, when nothing of the session's state is needed
   // to answer it. True when a checkout was asked for.

@@ -161,8 +161,9 @@ struct Link {
   // Linked for a route that may write while reads go to replicas: at the end of its transaction
   // the client's read-your-writes mark moves (routing.read_your_writes).
   bool may_write = false;
-  bool answered = false;   // a message of the server's went to the client
-  std::uint64_t rows = 0;  // rows of the front request's statements so far (statistics)
+  bool answered = false;          // a message of the server's went to the client
+  bool answered_earlier = false;  // ... before the step planning its server's bytes now
+  std::uint64_t rows = 0;         // rows of the front request's statements so far (statistics)
   // DataRows since the last CommandComplete: what an Execute suspended at its row limit sent,
   // since its PortalSuspended has no tag to count from.
   std::uint64_t data_rows = 0;

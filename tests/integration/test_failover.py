@@ -118,7 +118,7 @@ def test_show_hosts_lists_every_host_with_its_role_and_figures(fresh, pgvalve):
             a.execute("SWITCHOVER")
 
 
-def read_load(pv, seconds: float, threads: int = 4):
+def read_load(pv, seconds: float, threads: int = 4, sql: str = "select count(*) from drill"):
     """Autocommit reads from `threads` clients for `seconds`; returns (ok, errors)."""
     ok = [0]
     errors: list[str] = []
@@ -129,7 +129,7 @@ def read_load(pv, seconds: float, threads: int = 4):
         with pv.connect() as conn:
             while time.monotonic() < stop:
                 try:
-                    conn.execute("select count(*) from drill").fetchone()
+                    conn.execute(sql).fetchone()
                     with lock:
                         ok[0] += 1
                 except psycopg.Error as e:
@@ -154,6 +154,23 @@ def test_a_replica_killed_under_read_load_costs_no_read(fresh, pgvalve):
     assert errors == []
     assert ok[0] > 100
     assert "event=read_moved" in pv.log_text() or "event=server_lost" in pv.log_text()
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_a_replica_shut_down_under_running_reads_costs_no_read(fresh, pgvalve, mode):
+    # A shutdown flushes the start of the answer a backend held (its RowDescription) with its
+    # goodbye (a FATAL, or a WARNING when immediate): pgvalve drops it, unsent, and the read
+    # runs on another host.
+    c = fresh()
+    pv = pgvalve(**config_for(c, pool_size=8))
+    wait_hosts_checked(pv)
+    ts, ok, errors = read_load(pv, 4.0, threads=6, sql="select pg_sleep(0.02), count(*) from drill")
+    time.sleep(1.5)
+    c.replicas[0].stop(mode=mode)
+    for t in ts:
+        t.join()
+    assert errors == []
+    assert ok[0] > 100
 
 
 def writer(pv, n_writes: int, results: dict, name: str):

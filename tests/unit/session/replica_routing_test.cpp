@@ -409,6 +409,55 @@ TEST(SessionReplicaRouting, AReadCutAfterPartOfItsAnswerIsNotRetried) {
   EXPECT_EQ(sqlstates_in(s.to_client), "08006");
 }
 
+// A replica stopped in a fast shutdown flushes the RowDescription it held with its FATAL, in one
+// segment: nothing has reached the client, and the read runs elsewhere.
+TEST(SessionReplicaRouting, AReadWhoseStartCameWithTheReplicasGoodbyeRunsAgain) {
+  auto h = replicated();
+  auto dying = SessionHarness::fresh_server();
+  auto other = SessionHarness::fresh_server();
+  h.send(query("select 42"), *dying);
+  Step s = h.server(row_description() + error_message("57P01", "FATAL"));
+  EXPECT_TRUE(s.to_client.empty());
+  s = h.lost();
+  EXPECT_TRUE(s.to_client.empty());
+  ASSERT_TRUE(s.check_out);
+  h.linked(*other);
+  s = h.client("");
+  EXPECT_EQ(queries_in(s.to_server), std::vector<std::string>{"select 42"});
+  s = h.server(row_result("42", "SELECT 1"));
+  EXPECT_EQ(tags_of(s.to_client), "TDCZ");
+}
+
+// An immediate shutdown says goodbye with a WARNING: the same.
+TEST(SessionReplicaRouting, AReadWhoseStartCameWithAnImmediateShutdownWarningRunsAgain) {
+  auto h = replicated();
+  auto dying = SessionHarness::fresh_server();
+  h.send(query("select 42"), *dying);
+  std::string warning;
+  protocol::ErrorFields e;
+  e.severity = "WARNING";
+  e.sqlstate = "57P01";
+  e.message = "terminating connection due to immediate shutdown command";
+  protocol::append_notice_response(warning, e);
+  Step s = h.server(row_description() + warning);
+  EXPECT_TRUE(s.to_client.empty());
+  s = h.lost();
+  EXPECT_TRUE(s.to_client.empty());
+  EXPECT_TRUE(s.check_out);
+}
+
+// What reached the client in an earlier step stays: the read cannot run again.
+TEST(SessionReplicaRouting, AReadWhoseStartWentOutBeforeTheGoodbyeIsNotRetried) {
+  auto h = replicated();
+  auto dying = SessionHarness::fresh_server();
+  h.send(query("select 42"), *dying);
+  h.answer(row_description());
+  h.server(error_message("57P01", "FATAL"));
+  const Step s = h.lost();
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+}
+
 // A replica takes one request at a time: the request behind a read cut after part of its
 // answer is routed once the read has its error, not left unread.
 TEST(SessionReplicaRouting, TheRequestBehindACutReadIsRoutedAfterItsError) {
