@@ -75,6 +75,29 @@ bool ServerPool::take_budget() {
   return false;
 }
 
+bool ServerPool::take_open_budget(Clock::time_point now) {
+  if (open_held_until_ns_.load() == 0) [[likely]] {
+    return take_budget();
+  }
+  if (to_ns(now) < open_held_until_ns_.load()) return false;
+  // The hold is over: one client tries at a time, so a server still full sees one login per
+  // kRetryOpenAfter, not one per waiter.
+  if (probing_.exchange(true)) return false;
+  if (open_held_until_ns_.load() == 0) probing_.store(false);  // ended meanwhile
+  if (take_budget()) return true;
+  probing_.store(false);
+  return false;
+}
+
+void ServerPool::end_open_hold() {
+  if (open_held_until_ns_.load() == 0) [[likely]] {
+    return;
+  }
+  open_held_until_ns_.store(0);
+  refusal_.store(0, std::memory_order_relaxed);
+  probing_.store(false);
+}
+
 // Returns one unit only while the budget is below `ceiling`, so workers closing surplus
 // connections at the same moment never close more than the surplus between them.
 bool ServerPool::release_budget_below(int ceiling) {
@@ -151,11 +174,11 @@ CheckoutResult ServerPool::checkout(int worker, Waiter* waiter, Clock::time_poin
     return {CheckoutKind::Idle, std::move(conn)};
   }
   // Clients queued here before this one get any free budget first.
-  while (!w.waiters.empty() && take_budget()) {
+  while (!w.waiters.empty() && take_open_budget(now)) {
     bump(w.opening);
     pop_waiter(w)->grant(nullptr);
   }
-  if (w.waiters.empty() && take_budget()) {
+  if (w.waiters.empty() && take_open_budget(now)) {
     bump(w.opening);
     return {CheckoutKind::Create, nullptr};
   }
@@ -163,7 +186,7 @@ CheckoutResult ServerPool::checkout(int worker, Waiter* waiter, Clock::time_poin
   w.waiters.push_back({waiter, std::max<std::int64_t>(1, to_ns(now))});
   publish_waiters(w);
   // Budget returned between our first look and publishing was offered to nobody: look again.
-  while (take_budget()) {
+  while (take_open_budget(now)) {
     const bool ours = w.waiters.size() == 1;  // ours is the last one queued
     bump(w.opening);
     Waiter* first = pop_waiter(w);
@@ -194,12 +217,40 @@ void ServerPool::created(int worker) {
   bump(w.opening, -1);
   bump(w.created);
   bump(w.checkouts);
+  if (open_held_until_ns_.load() != 0) {
+    // The server took a login again: clients queued during the hold may open theirs.
+    end_open_hold();
+    offer_permit(worker);
+  }
 }
 
 void ServerPool::create_failed(int worker) {
   bump(state(worker).opening, -1);
+  // A try after a refusal failed otherwise (or its client left): no longer refused for room.
+  if (probing_.exchange(false)) end_open_hold();
   budget_.fetch_add(1);
   offer_permit(worker);
+}
+
+void ServerPool::create_refused(int worker, OpenRefusal why, Clock::time_point now) {
+  bump(state(worker).opening, -1);
+  refusal_.store(static_cast<int>(why), std::memory_order_relaxed);
+  open_held_until_ns_.store(std::max<std::int64_t>(1, to_ns(now + kRetryOpenAfter)));
+  probing_.store(false);
+  // Back in the budget, offered to nobody: the hold's end (a checkout, or the sweep's
+  // rebalance()) or a connection coming back serves the waiters.
+  budget_.fetch_add(1);
+}
+
+void ServerPool::note_login_failure(std::string_view sqlstate) {
+  std::lock_guard lock(failures_mutex_);
+  for (auto& [state, count] : login_failures_) {
+    if (state == sqlstate) {
+      ++count;
+      return;
+    }
+  }
+  login_failures_.emplace_back(std::string(sqlstate), 1);
 }
 
 std::unique_ptr<Connection> ServerPool::checkin(int worker, std::unique_ptr<Connection> conn,
@@ -210,8 +261,9 @@ std::unique_ptr<Connection> ServerPool::checkin(int worker, std::unique_ptr<Conn
   if (retired() || close_needed(*conn) ||
       (s.recycle_s > 0 && now - conn->created_at >= secs(s.recycle_s))) {
     bump(w.closed);
+    end_open_hold();
     budget_.fetch_add(1);
-    offer_permit(worker);
+    offer_permit(worker, now);
     return conn;
   }
   if (release_budget_below(0)) {  // the pool shrank: this one is surplus
@@ -248,6 +300,7 @@ void ServerPool::park(int worker, std::unique_ptr<Connection> conn) {
 void ServerPool::discard(int worker,
                          std::unique_ptr<Connection> /*conn: destroyed as the call ends*/) {
   bump(state(worker).closed);
+  end_open_hold();
   budget_.fetch_add(1);
   offer_permit(worker);
 }
@@ -273,14 +326,14 @@ void ServerPool::donate(int worker, int to) {
   send(to, std::move(conn));
 }
 
-void ServerPool::offer_permit(int worker) {
+void ServerPool::offer_permit(int worker, Clock::time_point now) {
   if (budget_.load() <= 0) return;
-  try_permits(worker);
+  try_permits(worker, now);
 }
 
-void ServerPool::try_permits(int worker) {
+void ServerPool::try_permits(int worker, Clock::time_point now) {
   WorkerState& w = state(worker);
-  while (!w.waiters.empty() && take_budget()) {
+  while (!w.waiters.empty() && take_open_budget(now)) {
     bump(w.opening);
     pop_waiter(w)->grant(nullptr);
   }
@@ -293,10 +346,10 @@ void ServerPool::try_permits(int worker) {
 
 // A safety net run periodically: whatever should have moved on an event (budget to waiters,
 // idle connections to another worker's waiters) is moved now.
-void ServerPool::rebalance(int worker) {
+void ServerPool::rebalance(int worker, Clock::time_point now) {
   WorkerState& w = state(worker);
   if (!w.waiters.empty()) {
-    try_permits(worker);
+    try_permits(worker, now);
     if (!w.waiters.empty()) request_steal(worker);
     return;
   }
@@ -346,9 +399,10 @@ std::vector<std::unique_ptr<Connection>> ServerPool::collect_expired(int worker,
     std::erase(w.idle, nullptr);
     w.idle_count.store(static_cast<int>(w.idle.size()));
     bump(w.closed, static_cast<std::uint64_t>(expired.size()));
-    if (budget_back) offer_permit(worker);
+    if (!expired.empty()) end_open_hold();
+    if (budget_back) offer_permit(worker, now);
   }
-  rebalance(worker);
+  rebalance(worker, now);
   return expired;
 }
 
@@ -431,6 +485,10 @@ PoolStats ServerPool::stats(Clock::time_point now) const {
   s.testing = testing_.load(std::memory_order_relaxed);
   s.total_invalid = invalid_.load(std::memory_order_relaxed);
   if (oldest != 0) s.max_wait_us = std::max<std::int64_t>(0, (to_ns(now) - oldest) / 1000);
+  {
+    std::lock_guard lock(failures_mutex_);
+    s.login_failures = login_failures_;
+  }
   return s;
 }
 

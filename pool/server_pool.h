@@ -27,6 +27,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -78,6 +79,17 @@ struct CheckoutResult {
   std::unique_ptr<Connection> conn;
 };
 
+// Why the pool opens no new connection for a while: the server, or pgvalve itself, has no room
+// for one. Clients wait for a connection to come back instead (up to checkout_timeout_ms).
+enum class OpenRefusal : int {
+  None = 0,
+  ServerFull,  // the server refused the login with 53300 (max_connections reached)
+  OutOfFiles,  // pgvalve is out of file descriptors (EMFILE/ENFILE)
+};
+
+// Opening is tried again this long after a refusal, by one client at a time.
+inline constexpr std::chrono::milliseconds kRetryOpenAfter{1000};
+
 // Figures for SHOW POOLS and metrics. Summed over the workers' published counters without a
 // lock: each figure is exact for its worker, the sum may mix moments a few microseconds apart.
 struct PoolStats {
@@ -95,6 +107,9 @@ struct PoolStats {
   std::uint64_t total_closed = 0;
   std::uint64_t total_handoffs = 0;  // connections moved to another worker
   std::int64_t max_wait_us = 0;      // longest current wait
+  // Server logins that failed, by SQLSTATE (the server's, or 08006 when it could not be
+  // reached), in the order first seen.
+  std::vector<std::pair<std::string, std::uint64_t>> login_failures;
   std::uint64_t total_statement_evictions = 0;
   int testing = 0;                  // idle connections being checked (pre_ping) before a lend
   std::uint64_t total_invalid = 0;  // connections found dead when about to be lent
@@ -130,6 +145,17 @@ class ServerPool : public std::enable_shared_from_this<ServerPool> {
   // Opening failed: the budget comes back and the next waiter (here or on another worker) gets
   // a permit to try.
   void create_failed(int worker);
+  // Opening failed because there is no room for another connection (`why`): the budget comes
+  // back, but no connection is opened until kRetryOpenAfter has passed (then by one client at a
+  // time, until one succeeds) or one of the pool's connections is closed. Waiters stay queued
+  // for a connection to come back.
+  void create_refused(int worker, OpenRefusal why, Clock::time_point now);
+  // Why new connections are not being opened now (None: they are). Any thread.
+  OpenRefusal open_refusal() const {
+    return static_cast<OpenRefusal>(refusal_.load(std::memory_order_relaxed));
+  }
+  // A server login failed with `sqlstate` (counted per SQLSTATE for /metrics). Any thread.
+  void note_login_failure(std::string_view sqlstate);
 
   // Returns a clean connection. One past recycle_s, or beyond the limit after the pool shrank,
   // is handed back to be closed (its budget is returned). Otherwise it goes to the waiter that
@@ -233,11 +259,16 @@ class ServerPool : public std::enable_shared_from_this<ServerPool> {
   // Runs on `worker`: another worker's clients wait; send one idle connection to `to`.
   void donate(int worker, int to);
   // A unit of budget came back: give a permit to a waiter here, or ask another worker to.
-  void offer_permit(int worker);
-  void try_permits(int worker);
+  void offer_permit(int worker, Clock::time_point now = {});
+  void try_permits(int worker, Clock::time_point now = {});
   const config::PoolSettings& local_settings(WorkerState& w);
 
   bool take_budget();
+  // take_budget(), unless opening is held after a refusal (see create_refused()). `now` before
+  // the hold's end (or unknown: a default time point) opens nothing.
+  bool take_open_budget(Clock::time_point now);
+  // One of the pool's connections was closed: a refusal's hold ends (its slot is free).
+  void end_open_hold();
   bool release_budget_below(int ceiling);
   // Into this worker's idle list, or on to another worker whose clients wait.
   void park(int worker, std::unique_ptr<Connection> conn);
@@ -248,7 +279,7 @@ class ServerPool : public std::enable_shared_from_this<ServerPool> {
   void request_steal(int worker);
   // The other worker whose oldest waiter has waited longest (-1: none) and when it was queued.
   std::pair<int, std::int64_t> longest_waiting_other(int worker) const;
-  void rebalance(int worker);
+  void rebalance(int worker, Clock::time_point now);
 
   const PoolKey key_;
   Handoff& handoff_;
@@ -270,6 +301,13 @@ class ServerPool : public std::enable_shared_from_this<ServerPool> {
   std::atomic<int> testing_{0};
   std::atomic<std::uint64_t> invalid_{0};
   std::atomic<bool> retired_{false};
+  // After a refusal (create_refused): nothing is opened before this (ns of Clock; 0: no hold),
+  // then one client at a time tries (probing_) until one succeeds.
+  std::atomic<std::int64_t> open_held_until_ns_{0};
+  std::atomic<bool> probing_{false};
+  std::atomic<int> refusal_{0};        // OpenRefusal while held
+  mutable std::mutex failures_mutex_;  // rare: failed logins only
+  std::vector<std::pair<std::string, std::uint64_t>> login_failures_;
   std::atomic<std::uint64_t> reconnect_below_{0};
 };
 

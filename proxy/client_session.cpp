@@ -38,6 +38,43 @@ bool uses_arrival_wait(const Stream& stream) {
   return kArrivalWaitAvailable && !stream.tls();
 }
 
+// Opening failed for lack of room (the server's max_connections, or pgvalve's own descriptors),
+// not because of the host: the client waits for a pooled connection to come back.
+pool::OpenRefusal refusal_of(const ServerFailure& failure) {
+  if (failure.out_of_files) return pool::OpenRefusal::OutOfFiles;
+  if (failure.sqlstate == "53300") return pool::OpenRefusal::ServerFull;
+  return pool::OpenRefusal::None;
+}
+
+// The host cannot be reached, or refuses logins while it starts up, shuts down or recovers
+// (57P03): what a failover hold (failover.hold_writes_ms) rides over.
+bool host_unavailable(const ServerFailure& failure) {
+  return !failure.out_of_files &&
+         (failure.sqlstate.starts_with("08") || failure.sqlstate == "57P03");
+}
+
+// What a client that waited checkout_timeout_ms for a server connection is told (53300).
+std::string checkout_timeout_message(const pool::ServerPool& pool, int timeout_ms) {
+  std::string message =
+      "pgvalve: no server connection became available within "
+      "pool.checkout_timeout_ms (" +
+      std::to_string(timeout_ms) + " ms)";
+  switch (pool.open_refusal()) {
+    case pool::OpenRefusal::ServerFull:
+      return message + ", and server " + pool.key().host.to_string() +
+             " refuses new connections (53300: its max_connections is reached); retry, and "
+             "lower pool_size and max_overflow to fit PostgreSQL's max_connections (or raise it)";
+    case pool::OpenRefusal::OutOfFiles:
+      return message +
+             ", and pgvalve is out of file descriptors, so it cannot open another; raise "
+             "pgvalve's open-files limit (LimitNOFILE / ulimit -n; see the open_files_limit "
+             "event in its log) or lower pool.max_client_connections";
+    case pool::OpenRefusal::None:
+      break;
+  }
+  return message + "; the pool is busy — retry, or raise pool_size or max_overflow";
+}
+
 void log_failure(std::uint64_t id, std::exception_ptr e) {
   if (!e) return;
   try {
@@ -116,6 +153,7 @@ void ClientSession::end_checkout() {
   if (!checkout_ || !checkout_->done()) return;
   checkout_->pool.reset();
   checkout_->started = {};
+  checkout_->deadline = {};
   if (worker_->spare_checkouts.size() < Worker::kSpareCheckouts) {
     worker_->spare_checkouts.push_back(std::move(checkout_));
   }
@@ -1160,12 +1198,7 @@ void ClientSession::checkout_timed_out() {
   const auto& settings = pool->settings(worker_->index);
   end_checkout_wait();
   carry_out(core_->on_checkout_failed(
-                "53300",
-                "pgvalve: no server connection became available within "
-                "pool.checkout_timeout_ms (" +
-                    std::to_string(settings.checkout_timeout_ms) +
-                    " ms); the pool is busy — retry, or raise pool_size or max_overflow",
-                now()),
+                "53300", checkout_timeout_message(*pool, settings.checkout_timeout_ms), now()),
             Source::Client);
 }
 
@@ -1174,7 +1207,11 @@ void ClientSession::checkout_timed_out() {
 asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::acquire(
     std::shared_ptr<pool::ServerPool> pool, pool::CheckoutResult result, ServerFailure& failure) {
   const auto settings = pool->settings();
-  const auto deadline = now() + std::chrono::milliseconds(settings.checkout_timeout_ms);
+  // A request that already waited in the queue (check_out_from_pool() set its deadline) waits
+  // no longer in all than checkout_timeout_ms.
+  const auto deadline = checkout().deadline > now()
+                            ? checkout().deadline
+                            : now() + std::chrono::milliseconds(settings.checkout_timeout_ms);
   // Every idle connection may have died together (a server restart): try them all.
   const int attempts = settings.pool_size + settings.max_overflow + 2;
   for (int attempt = 0; attempt < attempts && !closed_; ++attempt) {
@@ -1190,11 +1227,7 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::acquire(
         checkout().wait_timer = nullptr;
         checkout().wait_pool.reset();
         pool->note_timeout(worker_->index);
-        failure = {"53300",
-                   "pgvalve: no server connection became available within "
-                   "pool.checkout_timeout_ms (" +
-                       std::to_string(settings.checkout_timeout_ms) +
-                       " ms); the pool is busy — retry, or raise pool_size or max_overflow"};
+        failure = {"53300", checkout_timeout_message(*pool, settings.checkout_timeout_ms)};
         co_return nullptr;
       }
       // Granted while timing out: the hand-over is on its way.
@@ -1214,6 +1247,21 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::acquire(
     }
     if (result.kind == pool::CheckoutKind::Create) {
       auto fresh = co_await open_server(*pool, deadline, failure);
+      if (!fresh && !closed_) {
+        if (const auto why = refusal_of(failure); why != pool::OpenRefusal::None) {
+          // No room for another connection: wait in the queue for one to come back (the pool
+          // tries opening again later), as PgBouncer does, instead of failing at once.
+          pool->create_refused(worker_->index, why, now());
+          if (now() >= deadline) {
+            pool->note_timeout(worker_->index);
+            failure = {"53300", checkout_timeout_message(*pool, settings.checkout_timeout_ms)};
+            co_return nullptr;
+          }
+          result = checkout_from(pool);
+          --attempt;  // bounded by the deadline: a refusal holds opening for a while
+          continue;
+        }
+      }
       if (!fresh) {
         pool->create_failed(worker_->index);
         co_return nullptr;
@@ -1258,14 +1306,16 @@ asio::awaitable<void> ClientSession::check_out_slowly(std::shared_ptr<pool::Serv
     link(std::move(server), pool);
     co_return;
   }
-  if (retry_on_another_host(*pool)) co_return;
-  if (failure.sqlstate.starts_with("08") &&
-      (checkout().hold_until == session::Clock::time_point::max() ||
-       now() < checkout().hold_until)) {
-    // The primary cannot be reached: the health checker looks at once, and the request waits
-    // (failover.hold_writes_ms) for it to come back or for another primary. So does a read no
-    // other host could take (no replica has replayed the client's write yet, and the primary it
-    // fell back to is dying): hold_for_primary() routes it afresh, to a replica once one has.
+  // A replica that cannot serve goes out of the read's choice; not one whose pool merely had
+  // no connection free in time (53300).
+  if (refusal_of(failure) == pool::OpenRefusal::None && retry_on_another_host(*pool)) co_return;
+  if (host_unavailable(failure) && (checkout().hold_until == session::Clock::time_point::max() ||
+                                    now() < checkout().hold_until)) {
+    // The primary cannot be reached, or is starting up or shutting down: the health checker
+    // looks at once, and the request waits (failover.hold_writes_ms) for it to come back or for
+    // another primary. So does a read no other host could take (no replica has replayed the
+    // client's write yet, and the primary it fell back to is dying): hold_for_primary() routes
+    // it afresh, to a replica once one has.
     app_.report_unreachable(pool->key().host);
     hold(core_->pending_route(), pool);
     co_return;
@@ -1289,8 +1339,9 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::open_server(
   login.timeout = std::max(std::chrono::milliseconds(1000), remaining);
   auto fresh = co_await open_server_connection(login, failure);
   if (!fresh) {
+    if (!failure.out_of_files) pool.note_login_failure(failure.sqlstate);
     PGV_LOG(Warn, "server_connect_failed", {"host", login.host.to_string()}, {"user", user_name_},
-            {"reason", failure.message});
+            {"sqlstate", failure.sqlstate}, {"reason", failure.message});
     co_return nullptr;
   }
   fresh->id = app_.next_server_id();

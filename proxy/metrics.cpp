@@ -152,6 +152,12 @@ void pool_metrics(const Snapshot& snapshot, Families& f) {
                "Checkouts that gave up after checkout_timeout_ms", MetricType::Counter);
   const auto opened = f.family("pgvalve_server_connections_opened_total",
                                "Server connections opened successfully", MetricType::Counter);
+  const auto login_failures =
+      f.family("pgvalve_server_login_failures_total",
+               "Server connections that could not be opened, by SQLSTATE: the server's (53300 "
+               "max_connections reached, 57P03 starting up or shutting down, 28P01 password, "
+               "...), or 08006 when it could not be reached",
+               MetricType::Counter);
   const auto closed = f.family("pgvalve_server_connections_closed_total",
                                "Server connections closed (expired, recycled, broken or surplus)",
                                MetricType::Counter);
@@ -198,6 +204,14 @@ void pool_metrics(const Snapshot& snapshot, Families& f) {
     f.add(waits, pool, static_cast<double>(s.total_waits));
     f.add(timeouts, pool, static_cast<double>(s.total_timeouts));
     f.add(opened, pool, static_cast<double>(s.total_created));
+    for (const auto& [sqlstate, count] : s.login_failures) {
+      f.add(login_failures,
+            {{"database", p.key.database},
+             {"host", host},
+             {"sqlstate", sqlstate},
+             {"user", p.key.user}},
+            static_cast<double>(count));
+    }
     f.add(closed, pool, static_cast<double>(s.total_closed));
     f.add(evictions, pool, static_cast<double>(s.total_statement_evictions));
     f.add(pinned, pool, s.pinned);

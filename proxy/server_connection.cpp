@@ -114,6 +114,16 @@ asio::awaitable<bool> connect_socket(Socket& socket, const config::Endpoint& hos
     if (!ec) co_await asio::async_connect(socket, results, await_ec(ec));
   }
   if (ec) {
+    if (ec.category() == boost::system::system_category() &&
+        (ec.value() == EMFILE || ec.value() == ENFILE)) {
+      // The socket could not even be created: pgvalve's shortage, not the server's.
+      failure = {"53300",
+                 "pgvalve: cannot open a connection to server " + host.to_string() +
+                     ": pgvalve is out of file descriptors (" + ec.message() +
+                     "); raise its open-files limit (see the open_files_limit event in its log)",
+                 true};
+      co_return false;
+    }
     failure = {"08006", "pgvalve: cannot connect to server " + host.to_string() + " (" +
                             ec.message() + "); check that PostgreSQL runs there"};
     co_return false;

@@ -43,6 +43,8 @@ struct ServerLogin {
 struct ServerFailure {
   std::string sqlstate = "08006";
   std::string message;
+  // pgvalve itself is out of file descriptors (EMFILE/ENFILE): nothing is wrong with the host.
+  bool out_of_files = false;
 };
 
 class ServerConnection : public pool::Connection {

@@ -446,8 +446,11 @@ class Pgvalve:
     """
 
     def __init__(self, cluster: PgCluster, workdir: Path | str, binary: str | None = None,
-                 **overrides):
+                 wrapper: list[str] | None = None, **overrides):
         self.cluster = cluster
+        # A command the binary runs under, e.g. ["prlimit", "--nofile=64:64", "--"] (it must
+        # exec the binary, so that the pid is pgvalve's).
+        self.wrapper = list(wrapper or [])
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.binary = binary or os.environ.get("PGVALVE_BIN") or str(DEFAULT_PGVALVE_BIN)
@@ -494,7 +497,8 @@ class Pgvalve:
             raise RuntimeError(f"pgvalve binary not found at {self.binary} (set PGVALVE_BIN)")
         self.write_config()
         self._logf = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([self.binary, "--config", str(self.config_path)],
+        self.proc = subprocess.Popen([*self.wrapper, self.binary, "--config",
+                                      str(self.config_path)],
                                      stdin=subprocess.DEVNULL, stdout=self._logf,
                                      stderr=subprocess.STDOUT, cwd=str(self.workdir),
                                      preexec_fn=_set_pdeathsig)

@@ -371,6 +371,97 @@ TEST_F(ServerPoolTest, CreateFailedGivesWaiterOnOtherWorkerAPermit) {
   EXPECT_EQ(pool->stats(T0).checked_out, 1);
 }
 
+// --- create_refused: no room for another connection (server full, out of descriptors) ---
+
+TEST_F(ServerPoolTest, RefusedOpenQueuesClientsForTheConnectionsThatComeBack) {
+  auto pool = make_pool(make_settings(5, 0));
+  auto busy = open_new(*pool, 1);
+  RecordingWaiter opener, a, b;
+  ASSERT_EQ(pool->checkout(0, &opener, T0).kind, CheckoutKind::Create);
+  pool->create_refused(0, OpenRefusal::ServerFull, T0);
+  EXPECT_EQ(pool->open_refusal(), OpenRefusal::ServerFull);
+  auto s = pool->stats(T0);
+  EXPECT_EQ(s.size, 1);
+  EXPECT_EQ(s.opening, 0);
+
+  // Budget is left, but nothing is opened during the hold: clients queue.
+  EXPECT_EQ(pool->checkout(0, &a, T0 + milliseconds(10)).kind, CheckoutKind::Wait);
+  EXPECT_EQ(pool->checkout(0, &b, T0 + milliseconds(20)).kind, CheckoutKind::Wait);
+  EXPECT_EQ(pool->collect_expired(0, T0 + milliseconds(500)).size(), 0u);
+  EXPECT_EQ(a.granted() + b.granted(), 0);
+
+  // The busy connection comes back: the first waiter gets it.
+  EXPECT_EQ(pool->checkin(0, std::move(busy), T0 + milliseconds(600)), nullptr);
+  EXPECT_EQ(a.connections, 1);
+  EXPECT_EQ(b.granted(), 0);
+  EXPECT_EQ(pool->stats(T0).waiting, 1);
+}
+
+TEST_F(ServerPoolTest, AfterARefusalOneClientAtATimeTriesAgain) {
+  auto pool = make_pool(make_settings(5, 0));
+  RecordingWaiter opener, a, b, c;
+  ASSERT_EQ(pool->checkout(0, &opener, T0).kind, CheckoutKind::Create);
+  pool->create_refused(0, OpenRefusal::OutOfFiles, T0);
+  ASSERT_EQ(pool->checkout(0, &a, T0).kind, CheckoutKind::Wait);
+  ASSERT_EQ(pool->checkout(0, &b, T0).kind, CheckoutKind::Wait);
+
+  // The sweep after the hold gives one permit, not one per waiter.
+  pool->collect_expired(0, T0 + kRetryOpenAfter);
+  EXPECT_EQ(a.permits, 1);
+  EXPECT_EQ(b.granted(), 0);
+  // A newcomer meanwhile does not try too.
+  EXPECT_EQ(pool->checkout(0, &c, T0 + kRetryOpenAfter).kind, CheckoutKind::Wait);
+
+  // Refused again: held again, from then.
+  const auto again = T0 + kRetryOpenAfter + milliseconds(5);
+  pool->create_refused(0, OpenRefusal::OutOfFiles, again);
+  pool->collect_expired(0, again + milliseconds(500));
+  EXPECT_EQ(b.granted(), 0);
+  pool->collect_expired(0, again + kRetryOpenAfter);
+  EXPECT_EQ(b.permits, 1);
+  EXPECT_EQ(c.granted(), 0);
+
+  // That one succeeds: the hold ends and the rest open theirs at once.
+  pool->created(0);
+  EXPECT_EQ(pool->open_refusal(), OpenRefusal::None);
+  EXPECT_EQ(c.permits, 1);
+}
+
+TEST_F(ServerPoolTest, AClosedConnectionEndsTheHold) {
+  auto pool = make_pool(make_settings(5, 0));
+  auto broken = open_new(*pool, 1);
+  RecordingWaiter opener, a;
+  ASSERT_EQ(pool->checkout(0, &opener, T0).kind, CheckoutKind::Create);
+  pool->create_refused(0, OpenRefusal::ServerFull, T0);
+  ASSERT_EQ(pool->checkout(0, &a, T0).kind, CheckoutKind::Wait);
+  // Its slot on the server is free again: the waiter may open one at once.
+  pool->discard(0, std::move(broken));
+  EXPECT_EQ(a.permits, 1);
+  EXPECT_EQ(pool->open_refusal(), OpenRefusal::None);
+}
+
+TEST_F(ServerPoolTest, ARefusedProbeThatGivesUpLetsTheNextTry) {
+  auto pool = make_pool(make_settings(5, 0));
+  RecordingWaiter opener, a;
+  ASSERT_EQ(pool->checkout(0, &opener, T0).kind, CheckoutKind::Create);
+  pool->create_refused(0, OpenRefusal::ServerFull, T0);
+  ASSERT_EQ(pool->checkout(0, &opener, T0 + kRetryOpenAfter).kind, CheckoutKind::Create);
+  ASSERT_EQ(pool->checkout(0, &a, T0 + kRetryOpenAfter).kind, CheckoutKind::Wait);
+  pool->create_failed(0);  // the probing client left before trying
+  EXPECT_EQ(a.permits, 1);
+}
+
+TEST_F(ServerPoolTest, LoginFailuresAreCountedBySqlstate) {
+  auto pool = make_pool(make_settings(1, 0));
+  pool->note_login_failure("53300");
+  pool->note_login_failure("57P03");
+  pool->note_login_failure("53300");
+  const auto failures = pool->stats(T0).login_failures;
+  ASSERT_EQ(failures.size(), 2u);
+  EXPECT_EQ(failures[0], (std::pair<std::string, std::uint64_t>{"53300", 2}));
+  EXPECT_EQ(failures[1], (std::pair<std::string, std::uint64_t>{"57P03", 1}));
+}
+
 TEST_F(ServerPoolTest, CreateFailedWithoutWaitersReturnsTheBudget) {
   auto pool = make_pool(make_settings(1, 0));
   RecordingWaiter w;
