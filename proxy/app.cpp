@@ -816,6 +816,29 @@ void App::end_refusal() {
   refusing_.fetch_sub(1, std::memory_order_relaxed);
 }
 
+App::DoorRefusals App::door_refusals() const {
+  DoorRefusals r;
+  for (std::size_t i = 0; i < refused_.size(); ++i)
+    r.by_verdict[i] = refused_[i].load(std::memory_order_relaxed);
+  r.dropped = refusals_dropped_.load(std::memory_order_relaxed);
+  return r;
+}
+
+void App::log_dropped_refusals(Worker& worker, std::chrono::steady_clock::time_point now) {
+  if (worker.dropped_unlogged == 0 || now - worker.dropped_logged_at < std::chrono::seconds(10)) {
+    return;
+  }
+  PGV_LOG(Warn, "client_refusals_dropped", {"worker", worker.index},
+          {"dropped", worker.dropped_unlogged},
+          {"action",
+           "more refused connections than 256 were being told why at once: these were closed "
+           "without an answer (clients see the connection closed); look for a client that "
+           "reconnects in a loop, or raise the limit that refused them "
+           "(pgvalve_client_connections_refused_total)"});
+  worker.dropped_unlogged = 0;
+  worker.dropped_logged_at = now;
+}
+
 asio::awaitable<void> App::accept_loop(Worker& worker) {
   auto last_accept_warning = std::chrono::steady_clock::time_point{};
   for (;;) {
@@ -840,11 +863,17 @@ asio::awaitable<void> App::accept_loop(Worker& worker) {
     socket.set_option(tcp::no_delay(true), ec);
     const admission::Address from = address_of(socket);
     const admission::Verdict verdict = admit(from);
-    if (verdict != admission::Verdict::Admit &&
-        refusing_.load(std::memory_order_relaxed) >= kMaxRefusing) {
-      // A flood: telling each one why would cost more than the flood. Closed unanswered.
-      socket.close(ec);
-      continue;
+    if (verdict != admission::Verdict::Admit) {
+      refused_[static_cast<std::size_t>(verdict)].fetch_add(1, std::memory_order_relaxed);
+      if (refusing_.load(std::memory_order_relaxed) >= kMaxRefusing) {
+        // A flood: telling each one why would cost more than the flood. Closed unanswered,
+        // and counted; said in the log at most once per 10 s.
+        socket.close(ec);
+        refusals_dropped_.fetch_add(1, std::memory_order_relaxed);
+        ++worker.dropped_unlogged;
+        log_dropped_refusals(worker, std::chrono::steady_clock::now());
+        continue;
+      }
     }
     if (worker.shed_left == ClientMove::kAll && worker.shed_to) {
       // A parked worker (worker_balance.h): an active one serves the client from the start.
@@ -910,6 +939,7 @@ void App::schedule_sweep(Worker& worker) {
       }
     }
     worker.workspaces.sweep();
+    log_dropped_refusals(worker, std::chrono::steady_clock::now());  // the end of a flood
     worker.publish_load(std::chrono::steady_clock::now());
     if (worker.index == 0) balance_workers();
     schedule_sweep(worker);

@@ -3,6 +3,7 @@
 // through here.
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <functional>
@@ -120,6 +121,10 @@ struct Worker {
   std::chrono::steady_clock::time_point sweep_at{};
   std::atomic<double> published_busy{0};
   std::atomic<int> published_clients{0};
+  // Refused sockets this worker closed without an answer and has not logged yet, and when it
+  // last logged some (client_refusals_dropped: at most once per 10 s, the rest by the sweep).
+  std::uint64_t dropped_unlogged = 0;
+  std::chrono::steady_clock::time_point dropped_logged_at{};
   // Measures and publishes; on this worker's thread.
   void publish_load(std::chrono::steady_clock::time_point now);
 
@@ -275,6 +280,13 @@ class App : public pool::Handoff {
   // A refused socket being told why (bounded: beyond the bound they are closed at accept).
   int begin_refusal();
   void end_refusal();
+  // Sockets refused at the door since start, by Verdict (index 0, Admit, stays 0), and those of
+  // them closed without an answer (a flood past the bound above). Any thread.
+  struct DoorRefusals {
+    std::array<std::uint64_t, 4> by_verdict{};
+    std::uint64_t dropped = 0;
+  };
+  DoorRefusals door_refusals() const;
 
   // Logged-in client sessions (what a drain waits for).
   void add_client();
@@ -314,6 +326,9 @@ class App : public pool::Handoff {
   void begin_drain();
   void poll_drain(std::chrono::steady_clock::time_point deadline);
   void schedule_sweep(Worker& worker);
+  // client_refusals_dropped: what `worker` closed unanswered since its last line, at most once
+  // per 10 s (the sweep calls it too, for what the end of a flood left unsaid).
+  void log_dropped_refusals(Worker& worker, std::chrono::steady_clock::time_point now);
   void stop_all();
 
   std::atomic<config::ConfigPtr> config_;
@@ -342,6 +357,8 @@ class App : public pool::Handoff {
   admission::Admission door_;
   // Sockets refused at the door that are still being told why; beyond a bound, closed at once.
   std::atomic<int> refusing_{0};
+  std::array<std::atomic<std::uint64_t>, 4> refused_{};  // by admission::Verdict
+  std::atomic<std::uint64_t> refusals_dropped_{0};
   std::atomic<bool> draining_{false};
   // Workers 0 .. n-1 serve clients, the others are parked (worker_balance.h). Written by worker
   // 0's sweep; read by /metrics.

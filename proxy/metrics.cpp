@@ -26,6 +26,15 @@ Snapshot take_pool_snapshot(App& app) {
   });
   s.hosts = app.hosts();
   s.failovers = app.failovers();
+  {
+    const App::DoorRefusals door = app.door_refusals();
+    using admission::Verdict;
+    s.door_refused = {
+        {"max_client_connections", door.by_verdict[static_cast<int>(Verdict::TooManyClients)]},
+        {"connections_per_ip", door.by_verdict[static_cast<int>(Verdict::TooManyFromAddress)]},
+        {"connect_rate_per_ip", door.by_verdict[static_cast<int>(Verdict::TooFastFromAddress)]}};
+    s.door_dropped = door.dropped;
+  }
   s.counters = app.counter_totals();
   s.active_workers = app.active_workers();
   s.paused = app.paused_databases();
@@ -378,6 +387,18 @@ std::vector<prometheus::MetricFamily> collect_metrics(const Snapshot& snapshot) 
                  "sessions (what max_client_connections limits)",
                  MetricType::Gauge),
         {}, snapshot.client_connections);
+  const auto refused =
+      f.family("pgvalve_client_connections_refused_total",
+               "Client connections refused at the door (53300), by the limit that refused them",
+               MetricType::Counter);
+  for (const auto& [reason, count] : snapshot.door_refused) {
+    f.add(refused, {{"reason", reason}}, static_cast<double>(count));
+  }
+  f.add(f.family("pgvalve_client_refusals_dropped_total",
+                 "Client connections refused at the door and closed without an answer, because "
+                 "256 refusals were being answered already (a flood)",
+                 MetricType::Counter),
+        {}, static_cast<double>(snapshot.door_dropped));
   pool_metrics(snapshot, f);
   statement_metrics(snapshot, f);
   counter_metrics(snapshot, f);

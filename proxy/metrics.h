@@ -37,6 +37,9 @@ struct Snapshot {
   stats::Snapshot statements;     // every worker's statement figures, summed
   std::vector<HostRow> hosts;     // as SHOW HOSTS
   std::uint64_t failovers = 0;
+  // Sockets refused at the door, by reason (config key), and those closed without an answer.
+  std::vector<std::pair<std::string, std::uint64_t>> door_refused;
+  std::uint64_t door_dropped = 0;
   stats::CounterTotals counters;  // bytes, checkout waits (every worker's, summed)
   // Per worker thread, as its last sweep (once a second) published them.
   struct WorkerSample {

@@ -147,6 +147,36 @@ def test_reload_turns_a_limit_on_for_sockets_already_open(pgvalve):
             c.close()
 
 
+def test_a_refusal_flood_is_counted_and_the_unanswered_are_logged(pgvalve):
+    """Past 256 refusals being answered at once, refused sockets are closed unanswered: they are
+    counted (pgvalve_client_refusals_dropped_total) and said in the log at most once per 10 s,
+    as every door refusal is counted by its reason."""
+    from test_http import metric, scrape
+
+    pv = pgvalve(mode="transaction", pool_size=1, max_client_connections=5,
+                 limits={"auth_timeout_ms": 20000})
+    held = bare_sockets(pv, 5)
+    flood = []
+    try:
+        wait_until(lambda: pv.open_client_sockets() == 5, 5, message="the door full")
+        # Silent: each refused one waits (up to 2 s) for a startup packet, holding its place
+        # among the 256 being answered, so the rest of the 400 are closed at once.
+        flood = bare_sockets(pv, 400)
+        wait_until(lambda: metric(scrape(pv), "pgvalve_client_connections_refused_total",
+                                  reason="max_client_connections") == 400, 20,
+                   message="every refused socket counted")
+        dropped = metric(scrape(pv), "pgvalve_client_refusals_dropped_total")
+        assert 1 <= dropped <= 400 - 256, dropped
+        lines = [line for line in pv.log_text().splitlines()
+                 if "event=client_refusals_dropped" in line]
+        # Once per 10 s per worker thread (two here), not once per socket.
+        assert 1 <= len(lines) <= 2, lines
+        assert "dropped=" in lines[0] and "action=" in lines[0], lines[0]
+    finally:
+        for s in held + flood:
+            s.close()
+
+
 # UBSan's vptr check probes memory through a pipe: with no descriptor left it takes every virtual
 # call for a bad one and aborts the process (a report of the tool, not of pgvalve).
 @pytest.mark.skipif(SANITIZED, reason="UBSan needs a spare file descriptor for its vptr check")
