@@ -477,13 +477,24 @@ asio::awaitable<void> serve_connection(std::shared_ptr<State> st, tcp::socket so
 }
 
 asio::awaitable<void> accept_loop(std::shared_ptr<State> st) {
+  auto last_warning = std::chrono::steady_clock::time_point{};
+  int failures = 0;  // since the last warning
   for (;;) {
     error_code ec;
     tcp::socket socket(st->context);
     co_await st->acceptor.async_accept(socket, await_ec(ec));
     if (ec) {
       if (ec == asio::error::operation_aborted || st->closed || !st->acceptor.is_open()) co_return;
-      PGV_LOG(Warn, "http_accept_failed", {"error", ec.message()});
+      // A probe or a scraper keeps a connection queued for as long as descriptors are short:
+      // said once per 10 s, with how often it failed, as the client listener's accept_failed.
+      ++failures;
+      const auto now = std::chrono::steady_clock::now();
+      if (now - last_warning >= std::chrono::seconds(10)) {
+        last_warning = now;
+        PGV_LOG(Warn, "http_accept_failed", {"error", ec.message()}, {"failures", failures},
+                {"action", "pausing accept 100 ms at a time; requests wait in the listen queue"});
+        failures = 0;
+      }
       // Out of descriptors and the like: do not spin.
       asio::steady_timer pause(st->context, std::chrono::milliseconds(100));
       co_await pause.async_wait(await_ec(ec));

@@ -192,6 +192,8 @@ def test_out_of_file_descriptors_pauses_accepting(pgvalve, tmp_path):
     limit = fds + 3
     subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={limit}:{limit}"], check=True)
     held = bare_sockets(pv, 8)  # accepted up to the limit, the rest wait in the listen queue
+    # A probe queued on the HTTP port fails its accept too, every 100 ms.
+    held.append(socket.create_connection(("127.0.0.1", pv.admin_port), timeout=5))
     try:
         time.sleep(1.0)
         cpu0 = sum(int(x) for x in open(f"/proc/{pid}/stat").read().split()[13:15])
@@ -200,6 +202,10 @@ def test_out_of_file_descriptors_pauses_accepting(pgvalve, tmp_path):
         ticks = os.sysconf("SC_CLK_TCK")
         assert (cpu1 - cpu0) / ticks < 0.5, f"accept loop spun: {(cpu1 - cpu0) / ticks:.2f}s CPU in 2s"
         assert "accept_failed" in pv.log_text()
+        # Each listener says it once per 10 s, not at every pause.
+        log = pv.log_text()
+        assert log.count("event=accept_failed") == 1, log[-3000:]
+        assert log.count("event=http_accept_failed") == 1, log[-3000:]
     finally:
         for s in held:
             s.close()
