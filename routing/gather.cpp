@@ -601,7 +601,9 @@ bool Gather::add(int shard, const pr::Frame& f, std::string* out) {
         if (out != nullptr) drain(*out);
       }
       const std::string_view tag = pr::read_command_complete(f).value_or("");
-      if (tag.starts_with("SELECT")) return true;  // counted from the rows kept
+      // A read's rows are counted as they are kept; CREATE TABLE AS and SELECT INTO, which
+      // describe no rows, count theirs in the tag.
+      if (tag.starts_with("SELECT") && described_ != 0) return true;
       // A write's row count (INSERT 0 n, UPDATE n, DELETE n, ...) is the sum of the shards';
       // a tag without one (CREATE TABLE) is the same on every shard.
       const std::size_t space = tag.rfind(' ');

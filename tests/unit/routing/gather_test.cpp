@@ -744,6 +744,36 @@ TEST(Gather, OrdersThatCombineAreHeldWholeAndOthersStream) {
   EXPECT_FALSE(write.ready_to_stream());
 }
 
+// A write's answer: one tag with every shard's rows added up, and every shard's RETURNING rows.
+Answer write_answer(const ScatterPlan& plan, const std::vector<Rows>& returned,
+                    const std::vector<std::string>& tags, std::uint64_t* rows_answered = nullptr) {
+  Gather g(plan, static_cast<int>(tags.size()), -1, 0, 1 << 20, false);
+  for (std::size_t s = 0; s < tags.size(); ++s) {
+    const int shard = static_cast<int>(s);
+    if (!returned.empty()) g.add(shard, description({kInt8, kText}).frame());
+    for (const auto& r : returned.empty() ? Rows{} : returned[s])
+      g.add(shard, row(r).frame());
+    g.add(shard, complete(tags[s]).frame());
+  }
+  std::string out;
+  g.finish(out);
+  if (rows_answered != nullptr) *rows_answered = g.rows_answered();
+  return read_answer(out);
+}
+
+TEST(Gather, AWriteOverSeveralShardsAddsTheirCountsAndRows) {
+  std::uint64_t rows = 0;
+  Answer a = write_answer(ordered({}), {}, {"UPDATE 2", "UPDATE 3"}, &rows);
+  EXPECT_EQ(a.tag, "UPDATE 5");
+  EXPECT_EQ(rows, 5u);
+  a = write_answer(ordered({}), {{{"1", "a"}}, {{"2", "b"}}}, {"INSERT 0 1", "INSERT 0 1"});
+  EXPECT_EQ(a.rows, (Rows{{"1", "a"}, {"2", "b"}}));
+  EXPECT_EQ(a.tag, "INSERT 0 2");
+  EXPECT_EQ(write_answer(ordered({}), {}, {"CREATE TABLE", "CREATE TABLE"}).tag, "CREATE TABLE");
+  // CREATE TABLE AS describes no rows; its tag counts them.
+  EXPECT_EQ(write_answer(ordered({}), {}, {"SELECT 2", "SELECT 3"}).tag, "SELECT 5");
+}
+
 // tests/run builds en_US.UTF-8 on the test host; without it the tests that need it say so.
 const TextOrder* english() {
   const TextOrder* order = TextOrder::of('c', "en_US.UTF-8");
