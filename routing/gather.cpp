@@ -593,6 +593,7 @@ bool Gather::add(int shard, const pr::Frame& f, std::string* out) {
     case 'T':
       return read_description(shard, f);
     case 'D':
+      if (plan_.same_on_every_shard && shard != 0) return true;  // the first shard's are the rows
       return mode_ == Mode::Hold ? read_row(f) : stream_row(shard, f, out);
     case 'C': {
       if (mode_ != Mode::Hold) {
@@ -600,6 +601,7 @@ bool Gather::add(int shard, const pr::Frame& f, std::string* out) {
         progress_[static_cast<std::size_t>(shard)] = Progress::Done;
         if (out != nullptr) drain(*out);
       }
+      if (plan_.same_on_every_shard && shard != 0) return true;  // ... and its tag the tag
       const std::string_view tag = pr::read_command_complete(f).value_or("");
       // A read's rows are counted as they are kept; CREATE TABLE AS and SELECT INTO, which
       // describe no rows, count theirs in the tag.

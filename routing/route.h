@@ -45,6 +45,10 @@ struct Route {
   // Shards: COPY ... FROM STDIN into a sharded or reference table; every shard runs the COPY and
   // each row goes to its key's shard (routing/copy_rows.h).
   bool copy_rows = false;
+  // Shards: a write that names only reference tables (and catalogs), whose rows are the same on
+  // every shard: each shard answers alike, and the client gets one shard's answer, as one
+  // database would give it (ScatterPlan::same_on_every_shard).
+  bool same_on_every_shard = false;
   // Refuse only; shared so that a Route stays small and cheap to copy.
   std::shared_ptr<const Refusal> refusal;
 

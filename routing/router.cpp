@@ -235,6 +235,12 @@ Route Router::route_sharded(std::string_view sql, const RouteContext& context) c
     r.copy_rows = true;
     return r;
   }
+  // A write to reference tables changes the same rows on every shard.
+  auto on_every_shard = [&] {
+    Route r = several(all, true);
+    r.same_on_every_shard = plan.tables == ShardPlan::Tables::ReferenceOnly && plan.reference_table;
+    return r;
+  };
   if (iequals(hint, "all_shards")) {
     if (insert() && plan.tables != ShardPlan::Tables::ReferenceOnly) {
       return Route::refuse(
@@ -243,7 +249,7 @@ Route Router::route_sharded(std::string_view sql, const RouteContext& context) c
               " values, not to every shard",
           "drop the all_shards hint");
     }
-    return several(all, !read);
+    return read ? several(all, false) : on_every_shard();
   }
   if (plan.tables == ShardPlan::Tables::Unlisted) {
     // Split by key, or the same on every shard? Only the configuration can say.
@@ -311,12 +317,12 @@ Route Router::route_sharded(std::string_view sql, const RouteContext& context) c
     default:
       break;
   }
-  if (plan.ddl) return several(all, true);
+  if (plan.ddl) return on_every_shard();
   switch (plan.tables) {
     case ShardPlan::Tables::None:
       return any(hint);
     case ShardPlan::Tables::ReferenceOnly:
-      return read ? any(hint) : several(all, true);
+      return read ? any(hint) : on_every_shard();
     case ShardPlan::Tables::Sharded:
     case ShardPlan::Tables::Unlisted:
       break;

@@ -66,6 +66,10 @@ struct ScatterPlan {
   std::vector<Average> averages;
   std::uint16_t extra_columns = 0;  // what `averages` add to each shard's output columns
   bool distinct = false;            // SELECT DISTINCT: equal rows from different shards are one
+  // Every shard holds the same rows for the statement (a write to reference tables): the shards
+  // answer alike, and the client gets the first shard's rows and command tag, as one database
+  // would answer; the others' are checked only for an error and the same columns.
+  bool same_on_every_shard = false;
   // LIMIT / OFFSET as literal slots (normalized_walk.h) of the statement, -1 when absent: their
   // values come from each statement. They apply after the merge; a shard is asked for
   // LIMIT + OFFSET rows when nothing is combined.

@@ -78,7 +78,11 @@ class Analyzer {
           schema != nullptr && schema->is_string()
               ? std::string_view(schema->get_ref<const std::string&>())
               : std::string_view{};
-      if (catalog(schema_name, name) || listed(policy_.reference_tables, name)) return;
+      if (catalog(schema_name, name)) return;
+      if (listed(policy_.reference_tables, name)) {
+        plan.reference_table = true;
+        return;
+      }
       if (listed(policy_.tables, name)) {
         sharded = true;
       } else if (!unlisted) {

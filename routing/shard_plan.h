@@ -58,6 +58,10 @@ struct ShardPlan {
   Tables tables = Tables::None;
   Key key = Key::None;
   bool ddl = false;  // schema change: every shard
+  // Names a table of sharding.reference_tables (not only system catalogs, some of which, such as
+  // pg_stat_activity, differ between servers): with Tables::ReferenceOnly, every shard holds
+  // the same rows for the statement.
+  bool reference_table = false;
   std::uint16_t first_slot = 0;
   std::uint16_t stride = 0;
   std::uint16_t count = 0;

@@ -4,11 +4,11 @@
 // take data the client gets one CopyInResponse, and each row of its data goes to the shard of its
 // key (routing::CopyRows), several shards written in one step. At the client's CopyDone each
 // shard ends its COPY and prepares its part; the parts commit together (two-phase commit) and the
-// client gets one COPY tag with every shard's rows added up. (Inside a transaction the parts stay
-// open and commit with it.) A bad row, a shard's error, a lost shard or the client's CopyFail
-// ends the COPY on every shard and rolls it back, and the client gets the error at once, as
-// PostgreSQL sends it mid-COPY; PostgreSQL ignores the COPY data a client sends after that, and
-// so does pgvalve.
+// client gets one COPY tag with every shard's rows added up (a reference table's, which every
+// shard gets all of, once). (Inside a transaction the parts stay open and commit with it.) A bad
+// row, a shard's error, a lost shard or the client's CopyFail ends the COPY on every shard and
+// rolls it back, and the client gets the error at once, as PostgreSQL sends it mid-COPY;
+// PostgreSQL ignores the COPY data a client sends after that, and so does pgvalve.
 #include <bit>
 
 #include "protocol/messages.h"
@@ -53,9 +53,11 @@ Session::ScatterStart Session::start_copy(std::string_view frames, const Request
   // Outside a transaction, the COPY is one of its own on every shard, committed with two-phase
   // commit; inside, each shard's part is the transaction's, committed with it.
   auto scatter = std::make_unique<Scatter>();
+  // Every row of a reference table goes to every shard: each shard's COPY tag counts them all.
   const std::string why = scatter->start(
-      head.frame.whole, request.sql, {}, concatenated(), routing::ShardStatement{}, shards,
-      kMaxGatheredBytes, options_.max_message_bytes, !in_transaction, nullptr, true);
+      head.frame.whole, request.sql, {},
+      plan.key_column < 0 ? first_shards_answer() : concatenated(), routing::ShardStatement{},
+      shards, kMaxGatheredBytes, options_.max_message_bytes, !in_transaction, nullptr, true);
   if (!why.empty()) return refuse("this COPY cannot be routed row by row: " + why);
   if (in_transaction) {
     open_scatter_run(std::move(scatter), {}, fingerprint, false);

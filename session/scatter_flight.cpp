@@ -29,6 +29,16 @@ const routing::ScatterPlan& concatenated() {
   return plan;
 }
 
+const routing::ScatterPlan& first_shards_answer() {
+  static const routing::ScatterPlan plan = [] {
+    routing::ScatterPlan p;
+    p.ok = true;
+    p.same_on_every_shard = true;
+    return p;
+  }();
+  return plan;
+}
+
 Session::ScatterStart Session::start_scatter(std::string_view frames, const RequestText& request,
                                              routing::Route& route, Actions& out,
                                              bool in_transaction) {
@@ -84,9 +94,11 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
     return ScatterStart::NotScattered;
   }
   const std::uint64_t fingerprint = fingerprint_of(request.sql);
-  // A write's answers are its row counts (and rows it RETURNs): concatenated and added up.
-  const routing::ScatterPlan& plan =
-      route.write ? concatenated() : router_.scatter_plan(request.sql, fingerprint);
+  // A write's answers are its row counts (and rows it RETURNs): concatenated and added up, but
+  // once for a write to reference tables, which every shard answers alike.
+  const routing::ScatterPlan& plan = !route.write ? router_.scatter_plan(request.sql, fingerprint)
+                                     : route.same_on_every_shard ? first_shards_answer()
+                                                                 : concatenated();
   if (!plan.ok) return refuse("0A000", "pgvalve cannot combine its answers: " + plan.refusal);
   const BindParams params(request.bind_rest, request.param_types);
   const routing::ShardStatement statement =

@@ -320,8 +320,10 @@ inline constexpr const char* kLeftPartCommitted =
 std::string_view decision_sql(std::string_view gid, bool commit, std::string& kept);
 
 // How a write's answers over several shards combine: rows concatenated (RETURNING), counts
-// added up.
+// added up; or, for a write whose rows are the same on every shard (reference tables), the first
+// shard's rows and count, as one database answers.
 const routing::ScatterPlan& concatenated();
+const routing::ScatterPlan& first_shards_answer();
 
 struct Workspace {
  private:

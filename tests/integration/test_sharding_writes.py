@@ -118,7 +118,7 @@ def test_ddl_reference_and_keyless_writes_reach_every_shard(two_pc, pgvalve):
     with pv.connect() as conn:
         conn.execute("CREATE TABLE archive (device_id bigint, value float8)")
         cur = conn.execute("INSERT INTO device_types VALUES (1, 'thermometer'), (2, 'barometer')")
-        assert cur.rowcount == 4  # two rows on each of two shards
+        assert cur.rowcount == 2  # the same two rows on each shard: counted once
         conn.execute("UPDATE device_types SET name = %s WHERE id = %s", ("hygrometer", 2))
         for d in (a, b, a, b):
             conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, -1)", (d,))
@@ -143,6 +143,57 @@ def test_ddl_reference_and_keyless_writes_reach_every_shard(two_pc, pgvalve):
         assert prepared_on(node) == []
     assert on(two_pc[0], "SELECT device_id, value FROM telemetry") == [(a, 51.0)]
     assert on(two_pc[1], "SELECT device_id, value FROM telemetry") == [(b, 61.0)]
+
+
+def test_a_write_to_a_reference_table_answers_as_one_database(two_pc, pgvalve):
+    """A reference table has the same rows on every shard, and a write to it runs on each: the
+    client gets the tag and RETURNING rows one database gives (the first shard's), in the simple
+    and extended protocols, hinted or not, in a transaction or not; DDL's tags come once too."""
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    a = next(d for d in range(1, 50) if md5_mod(d) == 0)
+    b = next(d for d in range(1, 50) if md5_mod(d) == 1)
+    with pv.connect() as conn:
+        def write(sql, params=None, **kw):
+            cur = conn.execute(sql, params, **kw)
+            return cur.statusmessage, cur.rowcount, cur.fetchall() if cur.description else None
+
+        assert write("CREATE TABLE archive (device_id bigint, value float8)") == (
+            "CREATE TABLE", -1, None)
+        assert write("INSERT INTO device_types VALUES (1, 'sensor')", prepare=False) == (
+            "INSERT 0 1", 1, None)
+        assert write("INSERT INTO device_types VALUES (%s, %s), (%s, %s) RETURNING id, name",
+                     (2, "x", 3, "y")) == ("INSERT 0 2", 2, [(2, "x"), (3, "y")])
+        assert write("UPDATE device_types SET name = 'gauge' WHERE id = 1", prepare=False) == (
+            "UPDATE 1", 1, None)
+        for n in range(2):  # the second time as a named prepared statement
+            assert write("UPDATE device_types SET name = %s WHERE id >= %s RETURNING id",
+                         (f"meter{n}", 2), prepare=True)[:2] == ("UPDATE 2", 2)
+        assert write("/* pgvalve: all_shards */ UPDATE device_types SET name = name "
+                     "WHERE id = 3") == ("UPDATE 1", 1, None)
+        assert write("SELECT id FROM device_types WHERE id = 1 FOR UPDATE") == (
+            "SELECT 1", 1, [(1,)])
+        assert write("CREATE TABLE device_types_copy AS SELECT * FROM device_types") == (
+            "SELECT 3", 3, None)
+        assert write("DROP TABLE device_types_copy") == ("DROP TABLE", -1, None)
+        assert write("DELETE FROM device_types WHERE id = 3 RETURNING id") == (
+            "DELETE 1", 1, [(3,)])
+        # Writes to sharded tables over several shards still add up every shard's rows.
+        assert write(f"INSERT INTO telemetry (device_id, value) VALUES ({a}, 1), ({b}, 2) "
+                     "RETURNING device_id")[:2] == ("INSERT 0 2", 2)
+        assert write("/* pgvalve: all_shards */ UPDATE telemetry SET value = 0")[:2] == (
+            "UPDATE 2", 2)
+    # Inside a transaction over both shards.
+    with pv.connect(autocommit=False) as conn:
+        conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 3)", (a,))
+        cur = conn.execute("INSERT INTO device_types VALUES (4, 'tx') RETURNING id")
+        assert (cur.statusmessage, cur.rowcount, cur.fetchall()) == ("INSERT 0 1", 1, [(4,)])
+        cur = conn.execute("DELETE FROM device_types WHERE id IN (2, 4)")
+        assert (cur.statusmessage, cur.rowcount) == ("DELETE 2", 2)
+        conn.commit()
+    for node in two_pc:
+        assert on(node, "SELECT * FROM device_types ORDER BY id") == [(1, "gauge")]
+        assert prepared_on(node) == []
 
 
 def test_an_insert_whose_rows_span_shards_is_split_between_them(two_pc, pgvalve):

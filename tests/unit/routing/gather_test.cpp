@@ -774,6 +774,32 @@ TEST(Gather, AWriteOverSeveralShardsAddsTheirCountsAndRows) {
   EXPECT_EQ(write_answer(ordered({}), {}, {"SELECT 2", "SELECT 3"}).tag, "SELECT 5");
 }
 
+// A write to reference tables changes the same rows on every shard: the client gets one
+// shard's answer, as one database would give it.
+TEST(Gather, AWriteOfTheSameRowsOnEveryShardAnswersAsOneShard) {
+  ScatterPlan same = ordered({});
+  same.same_on_every_shard = true;
+  std::uint64_t rows = 0;
+  Answer a = write_answer(same, {}, {"UPDATE 1", "UPDATE 1"}, &rows);
+  EXPECT_EQ(a.tag, "UPDATE 1");
+  EXPECT_EQ(rows, 1u);
+  a = write_answer(same, {{{"1", "sensor"}, {"2", "gauge"}}, {{"1", "sensor"}, {"2", "gauge"}}},
+                   {"DELETE 2", "DELETE 2"}, &rows);
+  EXPECT_EQ(a.rows, (Rows{{"1", "sensor"}, {"2", "gauge"}}));
+  EXPECT_EQ(a.tag, "DELETE 2");
+  EXPECT_EQ(rows, 2u);
+  EXPECT_EQ(write_answer(same, {}, {"COPY 3", "COPY 3"}).tag, "COPY 3");
+  EXPECT_EQ(write_answer(same, {}, {"SELECT 4", "SELECT 4"}).tag, "SELECT 4");
+  EXPECT_EQ(write_answer(same, {}, {"ALTER TABLE", "ALTER TABLE"}).tag, "ALTER TABLE");
+  // An error of any shard is still the answer.
+  Gather g(same, 2, -1, 0, 1 << 20, false);
+  g.add(0, complete("UPDATE 1").frame());
+  g.add(1, error("23514", "check").frame());
+  std::string out;
+  g.finish(out);
+  EXPECT_EQ(read_answer(out).sqlstate, "23514");
+}
+
 // tests/run builds en_US.UTF-8 on the test host; without it the tests that need it say so.
 const TextOrder* english() {
   const TextOrder* order = TextOrder::of('c', "en_US.UTF-8");

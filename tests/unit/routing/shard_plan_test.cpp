@@ -1376,6 +1376,39 @@ TEST_F(ShardRouterTest, KeylessStatements) {
   }
 }
 
+// A write that names only reference tables changes the same rows on every shard, which then
+// answer alike: the client gets one shard's answer. Writes over sharded tables add theirs up.
+TEST_F(ShardRouterTest, AWriteToReferenceTablesIsTheSameOnEveryShard) {
+  for (const char* sql :
+       {"INSERT INTO device_types (id, name) VALUES (1, 'x') RETURNING id",
+        "UPDATE device_types SET name = 'y' WHERE id = 1", "DELETE FROM device_types RETURNING *",
+        "/* pgvalve: all_shards */ DELETE FROM device_types",
+        "SELECT * FROM device_types WHERE id = 1 FOR UPDATE",
+        "ALTER TABLE device_types ADD COLUMN x int",
+        "CREATE TABLE t AS SELECT * FROM device_types"}) {
+    const Route r = route(sql);
+    EXPECT_EQ(r.kind, Kind::Shards) << sql;
+    EXPECT_EQ(r.shards, 0xfu) << sql;
+    EXPECT_TRUE(r.write && r.same_on_every_shard) << sql;
+  }
+  // Rows that differ between shards: every shard's answer counts.
+  for (const char* sql :
+       {"/* pgvalve: all_shards */ DELETE FROM telemetry",
+        "/* pgvalve: all_shards */ SELECT * FROM device_types", "CREATE INDEX ON telemetry (ts)",
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity",
+        "/* pgvalve: all_shards */ UPDATE device_types SET name = t.name FROM "
+        "telemetry t"}) {
+    const Route r = route(sql);
+    EXPECT_EQ(r.kind, Kind::Shards) << sql;
+    EXPECT_FALSE(r.same_on_every_shard) << sql;
+  }
+  const std::pair<int, int> ab = two_shards();
+  const Route split = route("INSERT INTO telemetry (device_id) VALUES (" +
+                            std::to_string(ab.first) + "), (" + std::to_string(ab.second) + ")");
+  EXPECT_TRUE(split.split_rows);
+  EXPECT_FALSE(split.same_on_every_shard);
+}
+
 TEST_F(ShardRouterTest, SeveralShards) {
   const std::pair<int, int> ab = two_shards();
   const std::string a = std::to_string(ab.first);

@@ -276,11 +276,19 @@ TEST_F(Copy, AShardTakingDataIsNotTimedAsSilent) {
   EXPECT_NE(h.session().next_deadline(), Clock::time_point::max());
 }
 
+// ... and are counted once, as one database counts them.
 TEST_F(Copy, AReferenceTablesRowsGoToEveryShard) {
   start("COPY device_types (id, name) FROM STDIN WITH (FORMAT csv)");
   Step s = h.client(copy_data("1,sensor\n2,gateway\n"));
   EXPECT_EQ(copy_stream(s.to_links[0]), "1,sensor\n2,gateway\n");
   EXPECT_EQ(copy_stream(s.to_links[1]), "1,sensor\n2,gateway\n");
+  h.client(copy_done());
+  prepare_both("COPY 2", "COPY 2");
+  h.server(complete("COMMIT PREPARED") + ready(), T0, 0);
+  s = h.server(complete("COMMIT PREPARED") + ready(), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "CZ");
+  EXPECT_EQ(protocol::read_command_complete(frame_of(messages_of(s.to_client)[0])).value_or(""),
+            "COPY 2");
 }
 
 TEST_F(Copy, ACopyPgvalveCannotRouteByRowIsRefusedBeforeAnyServerIsAsked) {

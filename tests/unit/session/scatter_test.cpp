@@ -14,6 +14,7 @@ namespace {
 routing::ShardingPolicy two_shards() {
   routing::ShardingPolicy p;
   p.tables = {"telemetry", "archive"};
+  p.reference_tables = {"device_types"};
   p.map = routing::ShardMap(routing::ShardHash::Md5Mod, routing::KeyType::Auto, 2, {});
   p.shard_names = {"s0", "s1"};
   return p;
@@ -972,6 +973,38 @@ TEST_F(Scatter, AnInsertWhoseRowsSpanShardsSendsEachShardItsOwnRows) {
   EXPECT_EQ(tags_of(s.to_client), "12nCZ");
   EXPECT_EQ(protocol::read_command_complete(frame_of(messages_of(s.to_client)[3])).value_or(""),
             "INSERT 0 2");
+}
+
+// A reference table has the same rows on every shard, so each shard answers its write alike:
+// the client gets the first shard's tag and RETURNING rows, as one database would answer.
+TEST_F(Scatter, AWriteToAReferenceTableAnswersAsOneDatabase) {
+  start(query("INSERT INTO device_types VALUES (1, 'sensor') RETURNING id"));
+  const std::string returned = int8_description("id") + data_row({"1"}) + complete("INSERT 0 1");
+  h.server(complete("BEGIN") + ready('T') + xid_result() + returned + ready('T') +
+               complete("PREPARE TRANSACTION") + ready('I'),
+           T0, 0);
+  h.server(complete("BEGIN") + ready('T') + returned + ready('T') +
+               complete("PREPARE TRANSACTION") + ready('I'),
+           T0, 1);
+  h.server(complete("COMMIT PREPARED") + ready(), T0, 0);
+  const Step s = h.server(complete("COMMIT PREPARED") + ready(), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "TDCZ");
+  EXPECT_EQ(values_in(s.to_client), std::vector<std::string>{"1"}) << "the row once";
+  EXPECT_EQ(tags_in(s.to_client), std::vector<std::string>{"INSERT 0 1"});
+}
+
+TEST_F(Scatter, AnUpdateOfAReferenceTableThroughTheExtendedProtocolAnswersOneShardsCount) {
+  const std::string in = parse("", "UPDATE device_types SET name = $1 WHERE id = 1") +
+                         text_bind({"gauge"}) + describe('P', "") + execute() + sync();
+  start(in);
+  const std::string part = parse_complete() + bind_complete() + no_data() + complete("UPDATE 1") +
+                           ready('T') + complete("PREPARE TRANSACTION") + ready('I');
+  h.server(complete("BEGIN") + ready('T') + xid_result() + part, T0, 0);
+  h.server(complete("BEGIN") + ready('T') + part, T0, 1);
+  h.server(complete("COMMIT PREPARED") + ready(), T0, 0);
+  const Step s = h.server(complete("COMMIT PREPARED") + ready(), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "12nCZ");
+  EXPECT_EQ(tags_in(s.to_client), std::vector<std::string>{"UPDATE 1"});
 }
 
 }  // namespace

@@ -183,6 +183,33 @@ TEST_F(SessionStatistics, AReadOverSeveralShardsIsOneTransaction) {
   EXPECT_EQ(snapshot_.databases[0].transaction_micros, 2000u + 19000u);
 }
 
+// A write to a reference table runs on every shard; its rows are the client's count, once.
+TEST_F(SessionStatistics, AWriteToAReferenceTableCountsItsRowsOnce) {
+  routing::ShardingPolicy policy;
+  policy.tables = {"telemetry"};
+  policy.reference_tables = {"device_types"};
+  policy.map = routing::ShardMap(routing::ShardHash::Md5Mod, routing::KeyType::Auto, 2, {});
+  policy.shard_names = {"s0", "s1"};
+  SessionHarness h(policy, {}, false, &recorder_);
+  auto s0 = SessionHarness::fresh_server();
+  auto s1 = SessionHarness::fresh_server();
+  const std::string sql = "update device_types set name = 'gauge'";
+  h.client(query(sql), T0);
+  h.linked(*s0, T0);
+  h.linked(*s1, T0);
+  const std::string part =
+      complete("UPDATE 3") + ready('T') + complete("PREPARE TRANSACTION") + ready('I');
+  h.server(complete("BEGIN") + ready('T') + xid_result() + part, T0 + 1ms, 0);
+  h.server(complete("BEGIN") + ready('T') + part, T0 + 1ms, 1);
+  h.server(complete("COMMIT PREPARED") + ready(), T0 + 2ms, 0);
+  const Step s = h.server(complete("COMMIT PREPARED") + ready(), T0 + 2ms, 1);
+  EXPECT_EQ(tags_of(s.to_client), "CZ");
+  const stats::QueryFigures* f = figures(sql);
+  ASSERT_NE(f, nullptr);
+  EXPECT_EQ(f->calls, 1u);
+  EXPECT_EQ(f->rows, 3u) << "the rows the client was told of";
+}
+
 // Two Queries read in one step: the first is fingerprinted in account(), the second at once;
 // each execution gets its own statement's shape.
 TEST_F(SessionStatistics, QueriesReadTogetherKeepTheirOwnShapes) {
