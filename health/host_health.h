@@ -37,8 +37,9 @@ struct Probe {
   // Primary: the timeline it writes; standby: the timeline it receives (0 when not visible to
   // the health check's role, which then needs pg_monitor).
   std::uint32_t timeline = 0;
-  // Transactions of pgvalve's two-phase commits left prepared (gid 'pgvalve:...'): a write to
-  // several shards cut short between PREPARE TRANSACTION and COMMIT PREPARED.
+  // Transactions of pgvalve's two-phase commits prepared there (gid 'pgvalve:...'): a write to
+  // several shards cut short between PREPARE TRANSACTION and COMMIT PREPARED, or, for a moment,
+  // one still in progress.
   std::uint32_t prepared = 0;
 };
 

@@ -376,8 +376,9 @@ void show_shards(App& app, const stats::Snapshot& snap, std::string& out) {
                       std::to_string(rows_routed), std::to_string(prepared), collation});
     }
   }
-  // prepared: pgvalve's two-phase commits cut short and left prepared on the shard's hosts
-  // (docs/sharding.md says how to resolve them).
+  // prepared: pgvalve's parts prepared on the shard's hosts (pg_prepared_xacts, gid pgvalve:...):
+  // those of two-phase commits cut short, and for a moment those of commits in progress
+  // (docs/operations.md; docs/sharding.md says how the left ones are resolved).
   append_result(out,
                 {"database", "shard", "buckets", "primary", "replicas", "statements", "rows_routed",
                  "prepared", "collation"},

@@ -66,7 +66,7 @@ struct HostRow {
   std::int64_t lag_bytes = -1;
   health::Lsn lsn = 0;
   std::uint32_t timeline = 0;
-  std::uint32_t prepared = 0;  // pgvalve's two-phase commits left prepared there
+  std::uint32_t prepared = 0;  // pgvalve's two-phase parts prepared there (health::Probe)
   std::chrono::system_clock::time_point last_check{};  // epoch when never checked
   int failures = 0;
   std::string last_error;
