@@ -273,7 +273,7 @@ Pairs describe_impl(const Config& c, bool hide_secrets) {
       add(sp + "key", s.key);
       add(sp + "hash", to_string(s.hash));
       add(sp + "key_type", to_string(s.key_type));
-      add(sp + "buckets", num(s.buckets));
+      if (s.hash == HashFunction::Xxh3) add(sp + "buckets", num(s.buckets));
       for (const auto& [shard, ranges] : s.bucket_map) {
         add(sp + "bucket_map." + shard, ranges_to_string(ranges));
       }

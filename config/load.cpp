@@ -714,6 +714,7 @@ void Loader::read_database(const YAML::Node& node, const std::string& path, Data
   bool ranges_ok = true;
   Pos sharding_pos;  // where a "too few buckets" error points
   Pos bucket_map_pos;
+  bool buckets_given = false;
   const auto present = read_map(
       node, path,
       {
@@ -725,6 +726,7 @@ void Loader::read_database(const YAML::Node& node, const std::string& path, Data
              if (!expect_map(n, p)) return;
              db.sharding.emplace();
              sharding_pos = pos_of(n["buckets"] ? n["buckets"] : n);
+             buckets_given = static_cast<bool>(n["buckets"]);
              if (n["bucket_map"]) bucket_map_pos = pos_of(n["bucket_map"]);
              read_sharding(n, p, sharding, ranges, ranges_ok);
            }},
@@ -748,6 +750,12 @@ void Loader::read_database(const YAML::Node& node, const std::string& path, Data
     return;
   }
   const std::string sharding_path = child(path, "sharding");
+  if (buckets_given && sharding.hash != HashFunction::Xxh3) {
+    // md5_mod and pg_partition place a key by its hash modulo the number of shards.
+    error(child(sharding_path, "buckets"), sharding_pos,
+          std::string("buckets only applies to hash: xxh3 (hash is ") + to_string(sharding.hash) +
+              "); remove it");
+  }
   if (ranges_ok) {
     check_bucket_map(sharding_path, sharding_pos, bucket_map_pos, db, ranges, sharding);
   }

@@ -498,6 +498,12 @@ TEST(Errors, BucketMapNeedsXxh3AndEnoughBuckets) {
 )"));
   EXPECT_TRUE(has_error(md5, "databases.telemetry.sharding.bucket_map", 9, "only applies to"));
 
+  // buckets would be accepted and ignored: refused.
+  const LoadResult md5_buckets = load_design(sharded("      hash: md5_mod\n      buckets: 64\n"));
+  EXPECT_TRUE(has_error(md5_buckets, "databases.telemetry.sharding.buckets", 9,
+                        "buckets only applies to hash: xxh3"))
+      << dump(md5_buckets);
+
   const LoadResult few = load_design(sharded("      buckets: 1\n"));
   EXPECT_TRUE(has_error(few, "databases.telemetry.sharding.buckets", 8, "at least the number"));
 
