@@ -12,10 +12,17 @@
 
 namespace {
 
-int usage() {
-  std::fprintf(stderr,
+void print_usage(std::FILE* to) {
+  std::fprintf(to,
                "usage: pgvalve --config FILE [--check]\n"
-               "       pgvalve --version\n");
+               "       pgvalve --version\n"
+               "       pgvalve --help\n");
+}
+
+// A command line pgvalve cannot run with: what is wrong, then how to call it.
+int usage_error(const std::string& why) {
+  std::fprintf(stderr, "pgvalve: %s\n", why.c_str());
+  print_usage(stderr);
   return 2;
 }
 
@@ -32,17 +39,22 @@ int main(int argc, char** argv) {
     if (std::strcmp(argv[i], "--version") == 0) {
       std::printf("pgvalve %s\n", PGVALVE_VERSION);
       return 0;
+    } else if (std::strcmp(argv[i], "--help") == 0 || std::strcmp(argv[i], "-h") == 0) {
+      print_usage(stdout);
+      return 0;
     } else if (std::strcmp(argv[i], "--check") == 0) {
       check = true;
     } else if (std::strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
       config_path = argv[++i];
     } else if (std::strncmp(argv[i], "--config=", 9) == 0) {
       config_path = argv[i] + 9;
+    } else if (std::strcmp(argv[i], "--config") == 0) {
+      return usage_error("--config needs the path of a configuration file");
     } else {
-      return usage();
+      return usage_error(std::string("unknown option ") + argv[i]);
     }
   }
-  if (config_path.empty()) return usage();
+  if (config_path.empty()) return usage_error("--config FILE is required");
 
   auto loaded = pgvalve::config::load_config_file(config_path);
   if (!loaded.errors.empty()) {

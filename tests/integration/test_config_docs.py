@@ -40,3 +40,19 @@ def test_example_loads(name, tmp_path):
                        text=True, timeout=30, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "not supported yet" not in r.stdout + r.stderr
+
+
+def test_the_command_line_says_what_is_wrong():
+    binary = os.environ.get("PGVALVE_BIN") or str(DEFAULT_PGVALVE_BIN)
+
+    def run(*args):
+        return subprocess.run([binary, *args], capture_output=True, text=True, timeout=30)
+
+    r = run("--help")
+    assert r.returncode == 0 and "usage: pgvalve --config FILE" in r.stdout, r
+    r = run("--bogus")
+    assert r.returncode == 2 and "pgvalve: unknown option --bogus" in r.stderr, r
+    r = run()
+    assert r.returncode == 2 and "--config FILE is required" in r.stderr, r
+    r = run("--config")
+    assert r.returncode == 2 and "--config needs the path" in r.stderr, r
