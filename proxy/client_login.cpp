@@ -149,6 +149,7 @@ asio::awaitable<bool> ClientSession::read_startup(StartupParameters& startup_par
     client_in_.consume(r.consumed);
     if (std::holds_alternative<pr::GssEncRequest>(r.packet)) {
       if (!co_await write_all(client_, "N")) co_return false;  // GSSAPI is not offered
+      ++auth_bytes_sent_;                                      // counted as the request was
       continue;
     }
     if (std::holds_alternative<pr::SslRequest>(r.packet)) {
@@ -159,6 +160,7 @@ asio::awaitable<bool> ClientSession::read_startup(StartupParameters& startup_par
       auto tls = app_.tls();
       if (!tls) {
         if (!co_await write_all(client_, "N")) co_return false;  // not offered
+        ++auth_bytes_sent_;
         continue;
       }
       if (!client_in_.empty()) {
@@ -170,6 +172,7 @@ asio::awaitable<bool> ClientSession::read_startup(StartupParameters& startup_par
         co_return false;
       }
       if (!co_await write_all(client_, "S")) co_return false;
+      ++auth_bytes_sent_;
       std::string error;
       if (!co_await client_.start_tls(std::move(tls), error)) {
         PGV_LOG(Info, "client_tls_failed", {"client", id_}, {"reason", error});
