@@ -433,13 +433,8 @@ TEST(SessionReplicaRouting, AReadWhoseStartCameWithAnImmediateShutdownWarningRun
   auto h = replicated();
   auto dying = SessionHarness::fresh_server();
   h.send(query("select 42"), *dying);
-  std::string warning;
-  protocol::ErrorFields e;
-  e.severity = "WARNING";
-  e.sqlstate = "57P01";
-  e.message = "terminating connection due to immediate shutdown command";
-  protocol::append_notice_response(warning, e);
-  Step s = h.server(row_description() + warning);
+  Step s = h.server(row_description() +
+                    notice("WARNING", "57P01", "terminating connection due to immediate shutdown"));
   EXPECT_TRUE(s.to_client.empty());
   s = h.lost();
   EXPECT_TRUE(s.to_client.empty());

@@ -176,12 +176,13 @@ inline std::string error_message(std::string_view sqlstate, std::string_view sev
   return out;
 }
 
-inline std::string notice() {
+inline std::string notice(std::string_view severity = "NOTICE", std::string_view sqlstate = "00000",
+                          std::string_view message = "note") {
   std::string out;
   protocol::ErrorFields e;
-  e.severity = "NOTICE";
-  e.sqlstate = "00000";
-  e.message = "note";
+  e.severity = severity;
+  e.sqlstate = sqlstate;
+  e.message = message;
   protocol::append_notice_response(out, e);
   return out;
 }
