@@ -34,6 +34,16 @@ def on(node, query):
         return conn.execute(query).fetchall()
 
 
+def sharded_database(nodes) -> dict:
+    """The databases section for `nodes`, one shard each (its primary and replica)."""
+    return {APP_DB: {
+        "shards": [{"name": f"s{i}", "primary": f"127.0.0.1:{c.primary.port}",
+                    "replicas": [f"127.0.0.1:{c.replicas[0].port}"]}
+                   for i, c in enumerate(nodes)],
+        "sharding": {"key": "device_id", "hash": "md5_mod", "key_type": "bigint",
+                     "tables": ["telemetry"]}}}
+
+
 def test_a_part_decided_on_a_promoted_replica_leaves_show_shards(pgvalve):
     nodes = [shard_cluster(), shard_cluster()]
     try:
@@ -46,12 +56,7 @@ def test_a_part_decided_on_a_promoted_replica_leaves_show_shards(pgvalve):
         for c in nodes:
             c.wait_replay()
         pv = pgvalve(
-            databases={APP_DB: {
-                "shards": [{"name": f"s{i}", "primary": f"127.0.0.1:{c.primary.port}",
-                            "replicas": [f"127.0.0.1:{c.replicas[0].port}"]}
-                           for i, c in enumerate(nodes)],
-                "sharding": {"key": "device_id", "hash": "md5_mod", "key_type": "bigint",
-                             "tables": ["telemetry"]}}},
+            databases=sharded_database(nodes),
             users=APP_AND_OPS,
             health={"interval_ms": 250, "timeout_ms": 1000, "failures_before_down": 2,
                     "user": APP_USER, "password": APP_PASSWORD},
@@ -111,12 +116,7 @@ def test_a_replica_killed_under_reads_over_several_shards_costs_no_read(pgvalve)
                            dbname=APP_DB)
             c.wait_replay()
         pv = pgvalve(
-            databases={APP_DB: {
-                "shards": [{"name": f"s{i}", "primary": f"127.0.0.1:{c.primary.port}",
-                            "replicas": [f"127.0.0.1:{c.replicas[0].port}"]}
-                           for i, c in enumerate(nodes)],
-                "sharding": {"key": "device_id", "hash": "md5_mod", "key_type": "bigint",
-                             "tables": ["telemetry"]}}},
+            databases=sharded_database(nodes),
             users=APP_AND_OPS, pool_size=8,
             routing={"read_your_writes": "off"},
             health={"interval_ms": 500, "timeout_ms": 1000, "failures_before_down": 2,

@@ -95,6 +95,16 @@ class Scatter : public ::testing::Test {
     return t;
   }
 
+  // Both shards run their part of a two-phase write, answering `part` (the statement's answers up
+  // to PREPARE TRANSACTION's ReadyForQuery), and commit it; returns the client's answer.
+  Step commit_both(std::string_view part) {
+    const std::string begin = complete("BEGIN") + ready('T');
+    h.server(begin + xid_result() + std::string(part), T0, 0);
+    h.server(begin + std::string(part), T0, 1);
+    h.server(complete("COMMIT PREPARED") + ready(), T0, 0);
+    return h.server(complete("COMMIT PREPARED") + ready(), T0, 1);
+  }
+
   std::size_t consumed = 0;
 };
 
@@ -964,12 +974,9 @@ TEST_F(Scatter, AnInsertWhoseRowsSpanShardsSendsEachShardItsOwnRows) {
             std::vector<std::string>{"INSERT INTO telemetry (device_id, v) VALUES ($1, $2)"});
   EXPECT_EQ(bound_values(to_s0), (std::vector<std::string>{"2", "b"}));
   EXPECT_EQ(bound_values(to_s1), (std::vector<std::string>{"1", "a"}));
-  const std::string part = parse_complete() + bind_complete() + no_data() + complete("INSERT 0 1") +
-                           ready('T') + complete("PREPARE TRANSACTION") + ready('I');
-  h.server(complete("BEGIN") + ready('T') + xid_result() + part, T0, 0);
-  h.server(complete("BEGIN") + ready('T') + part, T0, 1);
-  h.server(complete("COMMIT PREPARED") + ready(), T0, 0);
-  const Step s = h.server(complete("COMMIT PREPARED") + ready(), T0, 1);
+  const Step s =
+      commit_both(parse_complete() + bind_complete() + no_data() + complete("INSERT 0 1") +
+                  ready('T') + complete("PREPARE TRANSACTION") + ready('I'));
   EXPECT_EQ(tags_of(s.to_client), "12nCZ");
   EXPECT_EQ(protocol::read_command_complete(frame_of(messages_of(s.to_client)[3])).value_or(""),
             "INSERT 0 2");
@@ -979,15 +986,8 @@ TEST_F(Scatter, AnInsertWhoseRowsSpanShardsSendsEachShardItsOwnRows) {
 // the client gets the first shard's tag and RETURNING rows, as one database would answer.
 TEST_F(Scatter, AWriteToAReferenceTableAnswersAsOneDatabase) {
   start(query("INSERT INTO device_types VALUES (1, 'sensor') RETURNING id"));
-  const std::string returned = int8_description("id") + data_row({"1"}) + complete("INSERT 0 1");
-  h.server(complete("BEGIN") + ready('T') + xid_result() + returned + ready('T') +
-               complete("PREPARE TRANSACTION") + ready('I'),
-           T0, 0);
-  h.server(complete("BEGIN") + ready('T') + returned + ready('T') +
-               complete("PREPARE TRANSACTION") + ready('I'),
-           T0, 1);
-  h.server(complete("COMMIT PREPARED") + ready(), T0, 0);
-  const Step s = h.server(complete("COMMIT PREPARED") + ready(), T0, 1);
+  const Step s = commit_both(int8_description("id") + data_row({"1"}) + complete("INSERT 0 1") +
+                             ready('T') + complete("PREPARE TRANSACTION") + ready('I'));
   EXPECT_EQ(tags_of(s.to_client), "TDCZ");
   EXPECT_EQ(values_in(s.to_client), std::vector<std::string>{"1"}) << "the row once";
   EXPECT_EQ(tags_in(s.to_client), std::vector<std::string>{"INSERT 0 1"});
@@ -997,12 +997,8 @@ TEST_F(Scatter, AnUpdateOfAReferenceTableThroughTheExtendedProtocolAnswersOneSha
   const std::string in = parse("", "UPDATE device_types SET name = $1 WHERE id = 1") +
                          text_bind({"gauge"}) + describe('P', "") + execute() + sync();
   start(in);
-  const std::string part = parse_complete() + bind_complete() + no_data() + complete("UPDATE 1") +
-                           ready('T') + complete("PREPARE TRANSACTION") + ready('I');
-  h.server(complete("BEGIN") + ready('T') + xid_result() + part, T0, 0);
-  h.server(complete("BEGIN") + ready('T') + part, T0, 1);
-  h.server(complete("COMMIT PREPARED") + ready(), T0, 0);
-  const Step s = h.server(complete("COMMIT PREPARED") + ready(), T0, 1);
+  const Step s = commit_both(parse_complete() + bind_complete() + no_data() + complete("UPDATE 1") +
+                             ready('T') + complete("PREPARE TRANSACTION") + ready('I'));
   EXPECT_EQ(tags_of(s.to_client), "12nCZ");
   EXPECT_EQ(tags_in(s.to_client), std::vector<std::string>{"UPDATE 1"});
 }
