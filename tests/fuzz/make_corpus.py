@@ -384,6 +384,10 @@ def session_seeds() -> dict:
         # A sharded request whose own Parse replaces the named statement its Bind routes by
         # (scatter_test.cpp: the old text was read after it was freed).
         "finding_parse_replacing_the_routed_statement": bytes.fromhex("0013113e3eff113e6d"),
+        # A read over three shards whose second part is cut on its replica during the settings
+        # sync: that part runs again under the same link (retry_scatter_part).
+        "finding_scatter_part_run_again": bytes.fromhex(
+            "00ffffff" + "1a" * 15 + "1e1a00061d00061e00070006000006000001003000000006c1a0060000060000"),
     }
 
 

@@ -1473,6 +1473,7 @@ class Harness {
     scatter_next_ = 0;
     scatter_last_shard_ = -1;
     scatter_checkouts_ = 0;
+    scatter_rerun_ = 0;
     scatter_checkout_failed_ = false;
     scatter_tags_.clear();
     scatter_gid_.clear();
@@ -1855,13 +1856,22 @@ class Harness {
       CHECK(linked_[id] == nullptr);
       const bool scatter = session_.scattering();
       if (scatter) {
-        // One server per shard, in shard order, as links 0, 1, 2, ...; none held before.
-        CHECK(id == scatter_next_);
-        if (id == 0) CHECK(session_.link_count() == 0);
-        CHECK(static_cast<int>(a.route.shard) > scatter_last_shard_);
-        scatter_last_shard_ = a.route.shard;
-        ++scatter_next_;
-        ++scatter_checkouts_;
+        if (id < scatter_next_) {
+          // A read's part cut on a replica runs again, once, on its shard, under its link.
+          CHECK(a.route.kind == routing::Route::Kind::Replica);
+          CHECK(a.route.shard == scatter_shard_of_[id]);
+          CHECK((scatter_rerun_ & (1u << id)) == 0);
+          scatter_rerun_ |= 1u << id;
+        } else {
+          // One server per shard, in shard order, as links 0, 1, 2, ...; none held before.
+          CHECK(id == scatter_next_);
+          if (id == 0) CHECK(session_.link_count() == 0);
+          CHECK(static_cast<int>(a.route.shard) > scatter_last_shard_);
+          scatter_last_shard_ = a.route.shard;
+          scatter_shard_of_[id] = a.route.shard;
+          ++scatter_next_;
+          ++scatter_checkouts_;
+        }
       }
       // The pool answers: a server (a fresh one or one given back earlier), none, or later (the
       // session waits meanwhile: its linked servers answer, the client leaves, time passes).
@@ -2063,6 +2073,8 @@ class Harness {
   LinkId scatter_next_ = 0;      // the link its next checkout is for
   int scatter_last_shard_ = -1;  // the shard of its last checkout
   std::size_t scatter_checkouts_ = 0;
+  std::uint16_t scatter_shard_of_[kMaxLinks] = {};  // the shard each link's part is for
+  std::uint32_t scatter_rerun_ = 0;                 // links whose part ran again
   bool scatter_checkout_failed_ = false;
   bool unfaithful_seen_ = false;  // a server of this session sent bytes of the fuzzer's
   std::string scatter_tags_;      // the types of the messages the client got since it started
