@@ -50,6 +50,29 @@ bool holds_string_constant(std::string_view sql) {
   return false;
 }
 
+// `sql` without its comments, each replaced by a space: a comment carries a request's own
+// values (sqlcommenter's traceparent, a tenant), which are not its shape's and are not shown.
+std::string without_comments(std::string_view sql) {
+  routing::SqlLexer lexer(sql, 0, routing::SqlLexer::Keywords::NotLookedUp);
+  routing::Token token;
+  std::string out;
+  out.reserve(sql.size());
+  std::size_t end = 0;  // where the token before ends
+  while (lexer.next(token)) {
+    const std::string_view gap = sql.substr(end, token.offset - end);
+    const bool comment =
+        gap.find("--") != std::string_view::npos || gap.find("/*") != std::string_view::npos;
+    if (!comment) {
+      out += gap;
+    } else if (!out.empty()) {
+      out += ' ';
+    }
+    out += token.text;
+    end = token.offset + token.text.size();
+  }
+  return out;
+}
+
 }  // namespace
 
 std::string QueryStats::normalized_text(std::string_view sql) {
@@ -64,7 +87,7 @@ std::string QueryStats::normalized_text(std::string_view sql) {
   const std::string input(sql);
   PgQueryNormalizeResult r = pg_query_normalize(input.c_str());
   if (!r.error && r.normalized_query && !holds_string_constant(r.normalized_query)) {
-    text = r.normalized_query;
+    text = without_comments(r.normalized_query);
   } else {
     // Not parsed, or a constant PostgreSQL's normaliser keeps (a NOTIFY payload): the form the
     // fingerprint hashes, literals already `$?`.

@@ -103,6 +103,17 @@ def test_slow_statements_are_sampled_without_their_constants(pv):
     assert int(q[s["query"]]["calls"]) == 1
 
 
+def test_a_slow_sample_shows_no_comment_of_another_request(pv):
+    """sqlcommenter-style comments carry each request's trace id and tenant: the text shown
+    for a shape is none of theirs (the shape's first execution was another request)."""
+    with pv.connect() as c:
+        c.execute("/* tenant='alice',traceparent='00-aaaa-01' */ select pg_sleep(0.01)")
+        c.execute("/* tenant='bob',traceparent='00-bbbb-01' */ select pg_sleep(0.2)")
+    slow = rows_of(pv, "SHOW SLOW_QUERIES")
+    assert [s["query"] for s in slow] == ["select pg_sleep($1)"], slow
+    assert int(by_query(pv)["select pg_sleep($1)"]["calls"]) == 2
+
+
 def test_unredacted_samples_show_constants_and_parameters_until_redaction_is_back(pgvalve):
     pv = pgvalve(users=APP_AND_OPS, pool_size=4,
                  stats={"slow_query_ms": 100, "redact_literals": False})

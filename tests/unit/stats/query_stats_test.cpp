@@ -217,6 +217,19 @@ TEST(QueryStats, TextShowsNoStringConstantPostgresNormaliserKeeps) {
             "SELECT * FROM t WHERE a = $1 ORDER BY 1");
 }
 
+TEST(QueryStats, TextShowsNoComment) {
+  // sqlcommenter and marginalia put each request's own ids in comments: not the shape's.
+  EXPECT_EQ(QueryStats::normalized_text(
+                "/* tenant='alice',traceparent='00-aaaa-01' */ select pg_sleep(0.2) -- bob"),
+            "select pg_sleep($1)");
+  EXPECT_EQ(QueryStats::normalized_text("select a /* x /* nested */ y */,b from t"),
+            "select a ,b from t");
+  EXPECT_EQ(QueryStats::normalized_text("select '/* not a comment */' --x\nfrom t"),
+            "select $1 from t");
+  // Not parsed: the lexer's form, which has no comments either.
+  EXPECT_EQ(QueryStats::normalized_text("select 1 /* never closed"), "select $?");
+}
+
 TEST(QueryStats, TextOfALongStatementIsTheLexersFormOfItsStart) {
   // 200,000 constants in 0.4 MiB: PostgreSQL's normaliser would take 1.6 GiB for it.
   std::string sql = "select 'secret'";
