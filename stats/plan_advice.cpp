@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
-#include <set>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -21,10 +20,13 @@ std::string megabytes(double bytes) {
 }
 
 // Column names a filter compares: identifiers directly before a comparison operator
-// ("(device_id = 7)", "((ts > '...') AND (value < 3))", "(name ~~ 'a%'::text)").
+// ("(device_id = 7)", "((ts > '...') AND (value < 3))", "(name ~~ 'a%'::text)"), in the order
+// an index on them serves the filter: the columns compared for equality (`=`, `= ANY`,
+// `IS NULL`) first, then the ranges and patterns. PostgreSQL prints the filter in its own
+// order, and an index led by a range column would not be used for the equality after it.
 std::vector<std::string> filtered_columns(std::string_view filter) {
-  std::vector<std::string> out;
-  std::set<std::string> seen;
+  std::vector<std::string> equal;
+  std::vector<std::string> other;
   static constexpr std::string_view kOps[] = {"=", "<", ">", "~~", "<>", "!=", " IS ", " IN "};
   for (std::size_t i = 0; i < filter.size();) {
     const char c = filter[i];
@@ -42,18 +44,27 @@ std::vector<std::string> filtered_columns(std::string_view filter) {
     std::size_t k = j;
     while (k < filter.size() && filter[k] == ' ')
       ++k;
-    bool compared = false;
+    std::string_view compared;
     for (std::string_view op : kOps) {
       const std::string_view at = filter.substr(k > 0 && op.front() == ' ' ? k - 1 : k);
-      if (at.substr(0, op.size()) == op) compared = true;
+      if (at.substr(0, op.size()) == op) compared = op;
     }
     if (const auto dot = name.rfind('.'); dot != std::string::npos) name = name.substr(dot + 1);
-    if (compared && !quoted_before && !name.empty() && seen.insert(name).second) {
-      out.push_back(name);
+    if (!compared.empty() && !quoted_before && !name.empty()) {
+      const bool equality = compared == "=" || compared == " IS " || compared == " IN ";
+      const bool known_equal = std::find(equal.begin(), equal.end(), name) != equal.end();
+      const auto in_other = std::find(other.begin(), other.end(), name);
+      if (equality && !known_equal) {
+        if (in_other != other.end()) other.erase(in_other);
+        equal.push_back(name);
+      } else if (!equality && !known_equal && in_other == other.end()) {
+        other.push_back(name);
+      }
     }
     i = j;
   }
-  return out;
+  equal.insert(equal.end(), other.begin(), other.end());
+  return equal;
 }
 
 std::string joined(const std::vector<std::string>& names) {
@@ -65,7 +76,17 @@ std::string joined(const std::vector<std::string>& names) {
   return out;
 }
 
-void walk(const json& node, const PlanSettings& settings, std::vector<std::string>& advice) {
+// Nodes that pass a Limit's row count on to the sort below them (PostgreSQL's
+// ExecSetTupleBound): such a sort keeps only that many rows (a top-N heapsort).
+bool passes_bound(std::string_view type) {
+  return type == "Gather" || type == "Gather Merge" || type == "Append" || type == "Merge Append" ||
+         type == "Result" || type == "Subquery Scan";
+}
+
+// `bound`: the rows a Limit above wants of this node, when it tells it (negative: none); the
+// plan has no OFFSET, so a bound under a large one is too low.
+void walk(const json& node, const PlanSettings& settings, double bound,
+          std::vector<std::string>& advice) {
   if (!node.is_object()) return;
   const std::string type = node.value("Node Type", "");
   const double rows = node.value("Plan Rows", 0.0);
@@ -86,7 +107,8 @@ void walk(const json& node, const PlanSettings& settings, std::vector<std::strin
     advice.push_back(std::move(a));
   }
   const double bytes = rows * width;
-  if (type == "Sort" && bytes > static_cast<double>(settings.work_mem_bytes)) {
+  const double sorted_bytes = (bound >= 0 ? std::min(rows, bound) : rows) * width;
+  if (type == "Sort" && sorted_bytes > static_cast<double>(settings.work_mem_bytes)) {
     std::string key;
     if (node.contains("Sort Key") && node["Sort Key"].is_array()) {
       for (const auto& k : node["Sort Key"]) {
@@ -94,7 +116,7 @@ void walk(const json& node, const PlanSettings& settings, std::vector<std::strin
         key += k.is_string() ? k.get<std::string>() : "";
       }
     }
-    advice.push_back("sort of about " + megabytes(bytes) + ", more than work_mem (" +
+    advice.push_back("sort of about " + megabytes(sorted_bytes) + ", more than work_mem (" +
                      megabytes(static_cast<double>(settings.work_mem_bytes)) +
                      "): it spills to disk; raise work_mem for this statement" +
                      (key.empty() ? std::string() : " or add an index on (" + key + ")"));
@@ -105,9 +127,10 @@ void walk(const json& node, const PlanSettings& settings, std::vector<std::strin
                      ", more than work_mem x hash_mem_multiplier: the join spills to disk; "
                      "raise work_mem or filter the hashed side first");
   }
+  const double child_bound = type == "Limit" ? rows : passes_bound(type) ? bound : -1;
   if (node.contains("Plans") && node["Plans"].is_array()) {
     for (const auto& child : node["Plans"])
-      walk(child, settings, advice);
+      walk(child, settings, child_bound, advice);
   }
 }
 
@@ -120,7 +143,7 @@ std::string plan_advice(std::string_view explain_json, const PlanSettings& setti
     return "";
   }
   std::vector<std::string> advice;
-  walk(doc[0]["Plan"], settings, advice);
+  walk(doc[0]["Plan"], settings, -1, advice);
   std::string out;
   for (const auto& a : advice) {
     if (!out.empty()) out += "; ";

@@ -198,6 +198,40 @@ def test_explain_slow_advises_an_index_for_a_seq_scan_on_a_large_table(pgvalve, 
         cluster.primary.sql("drop table big_readings", dbname="telemetry")
 
 
+
+def test_explain_slow_advice_follows_what_postgresql_does(pgvalve, cluster):
+    """The advised index leads with the columns compared for equality (PostgreSQL prints the
+    filter `id > 5 AND grp = 7` in its own order), and a top-N sort under a LIMIT, which never
+    spills, is no sort advice."""
+    cluster.primary.sql("drop table if exists big_notes", dbname="telemetry")
+    cluster.primary.sql("create table big_notes as select g as id, g % 100 as grp, "
+                        "md5(g::text) as note from generate_series(1, 200000) g",
+                        dbname="telemetry")
+    cluster.primary.sql("grant select on big_notes to app", dbname="telemetry")
+    cluster.primary.sql("analyze big_notes", dbname="telemetry")
+    pv = pgvalve(users=APP_AND_OPS, stats={"slow_query_ms": 1, "explain_slow": True})
+    try:
+        def advice_of(sql):
+            def explained():
+                subprocess.run(["psql", pv.dsn(), "-Xqc", sql], check=True, capture_output=True)
+                shown = [r for r in rows_of(pv, "SHOW QUERIES") if "big_notes" in r["query"]
+                         and ("limit" in r["query"]) == ("limit" in sql)]
+                if not shown:
+                    return None
+                for line in pv.log_text().splitlines():
+                    if ("slow_query_explained" in line
+                            and shown[0]["fingerprint"] in line):
+                        return line
+                return None
+            return wait_until(explained, 20, message=f"EXPLAIN of {sql}")
+
+        scan = advice_of("select count(*) from big_notes where id > 5 and grp = 7")
+        assert "an index on big_notes (grp, id)" in scan, scan
+        top = advice_of("select * from big_notes order by note limit 10")
+        assert "sort of" not in top and "advice=none" in top.replace('"', ""), top
+    finally:
+        cluster.primary.sql("drop table big_notes", dbname="telemetry")
+
 def stats_of(pv):
     from pgcluster import APP_DB
     return {k: int(v) for k, v in next(r for r in rows_of(pv, "SHOW STATS")

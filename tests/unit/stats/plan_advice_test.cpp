@@ -38,6 +38,16 @@ TEST(PlanAdvice, SeveralFilteredColumnsAreNamedOnceEach) {
   EXPECT_NE(a.find("an index on t (a, b, c)"), std::string::npos) << a;
 }
 
+TEST(PlanAdvice, AnIndexLeadsWithTheColumnsComparedForEquality) {
+  // PostgreSQL prints `id > 5 AND grp = 7` in its own order; an index on (id, grp) would not
+  // be used for it, one on (grp, id) would.
+  const std::string plan = R"J([{"Plan": {"Node Type": "Seq Scan", "Relation Name": "big",
+    "Total Cost": 8000, "Plan Rows": 30, "Plan Width": 8,
+    "Filter": "((id > 5) AND (grp = 7) AND (kind = ANY ('{1,2}'::integer[])) AND (note IS NULL))"}}])J";
+  const std::string a = plan_advice(plan);
+  EXPECT_NE(a.find("an index on big (grp, kind, note, id)"), std::string::npos) << a;
+}
+
 TEST(PlanAdvice, SmallTablesAndIndexScansNeedNothing) {
   EXPECT_EQ(plan_advice(R"J([{"Plan": {"Node Type": "Seq Scan", "Relation Name": "t",
     "Total Cost": 12.5, "Plan Rows": 1, "Plan Width": 8, "Filter": "(a = 1)"}}])J"),
@@ -63,6 +73,29 @@ TEST(PlanAdvice, ASortLargerThanWorkMemSpills) {
   EXPECT_NE(a.find("index on (readings.value DESC)"), std::string::npos) << a;
   s.work_mem_bytes = 1u << 30;
   EXPECT_EQ(plan_advice(plan, s), "");
+}
+
+TEST(PlanAdvice, ASortUnderALimitKeepsOnlyTheRowsTheLimitWants) {
+  // SELECT * FROM big ORDER BY note LIMIT 10: a top-N heapsort of 10 rows, 25 kB, never spills,
+  // also when a Gather Merge stands between the Limit and the Sort.
+  const std::string sort = R"J({"Node Type": "Sort", "Total Cost": 90000, "Plan Rows": 1000000,
+    "Plan Width": 64, "Sort Key": ["note"], "Plans": [{"Node Type": "Seq Scan",
+    "Relation Name": "big", "Total Cost": 20000, "Plan Rows": 1000000, "Plan Width": 64}]})J";
+  const auto under = [&](std::string_view limit_rows, bool gather) {
+    const std::string child = gather ? R"J({"Node Type": "Gather Merge", "Total Cost": 90000,
+      "Plan Rows": 1000000, "Plan Width": 64, "Plans": [)J" +
+                                           sort + "]}"
+                                     : sort;
+    return R"J([{"Plan": {"Node Type": "Limit", "Total Cost": 90001, "Plan Rows": )J" +
+           std::string(limit_rows) + R"J(, "Plan Width": 64, "Plans": [)J" + child + "]}}]";
+  };
+  PlanSettings s;
+  s.work_mem_bytes = 4u << 20;
+  EXPECT_EQ(plan_advice(under("10", false), s), "");
+  EXPECT_EQ(plan_advice(under("10", true), s), "");
+  // A limit of more rows than work_mem holds still spills.
+  const std::string a = plan_advice(under("500000", true), s);
+  EXPECT_NE(a.find("sort of about 31 MB, more than work_mem (4 MB)"), std::string::npos) << a;
 }
 
 TEST(PlanAdvice, AHashLargerThanItsMemorySpills) {
