@@ -50,6 +50,24 @@ bool holds_string_constant(std::string_view sql) {
   return false;
 }
 
+// Whether `sql` has true, false or null as a value (not in `IS [NOT] NULL`, `IS TRUE` or a
+// NOT NULL constraint). They are part of a statement's fingerprint, since they can change
+// where it goes (EXPLAIN (ANALYZE true) runs what it explains), but PostgreSQL's normaliser
+// makes them `$n` like any constant: shapes that differ only in them would look alike.
+bool holds_keyword_constant(std::string_view sql) {
+  routing::SqlLexer lexer(sql, 0, routing::SqlLexer::Keywords::NotLookedUp);
+  routing::Token token;
+  routing::Token before;
+  while (lexer.next(token)) {
+    if ((token.is_word("true") || token.is_word("false") || token.is_word("null")) &&
+        !before.is_word("is") && !before.is_word("not")) {
+      return true;
+    }
+    before = token;
+  }
+  return false;
+}
+
 // `sql` without its comments, each replaced by a space: a comment carries a request's own
 // values (sqlcommenter's traceparent, a tenant), which are not its shape's and are not shown.
 std::string without_comments(std::string_view sql) {
@@ -86,11 +104,12 @@ std::string QueryStats::normalized_text(std::string_view sql) {
   }
   const std::string input(sql);
   PgQueryNormalizeResult r = pg_query_normalize(input.c_str());
-  if (!r.error && r.normalized_query && !holds_string_constant(r.normalized_query)) {
+  if (!r.error && r.normalized_query && !holds_string_constant(r.normalized_query) &&
+      !holds_keyword_constant(sql)) {
     text = without_comments(r.normalized_query);
   } else {
-    // Not parsed, or a constant PostgreSQL's normaliser keeps (a NOTIFY payload): the form the
-    // fingerprint hashes, literals already `$?`.
+    // Not parsed, a constant PostgreSQL's normaliser keeps (a NOTIFY payload), or one it takes
+    // out that the fingerprint keeps (true, false, null): the form the fingerprint hashes.
     text = routing::normalize(sql);
   }
   pg_query_free_normalize_result(r);

@@ -114,6 +114,18 @@ def test_a_slow_sample_shows_no_comment_of_another_request(pv):
     assert int(by_query(pv)["select pg_sleep($1)"]["calls"]) == 2
 
 
+def test_shapes_that_differ_in_true_false_or_null_show_different_texts(pv):
+    """true, false and null are part of a fingerprint (EXPLAIN (ANALYZE true) runs what it
+    explains, false does not): each shape's row shows which it is."""
+    with pv.connect() as c:
+        c.execute("select 1 where true = true")
+        c.execute("select 1 where true = false")
+        c.execute("select 1 where true = true")
+    rows = [r for r in rows_of(pv, "SHOW QUERIES") if r["query"].startswith("select $? where")]
+    shown = sorted((r["query"], int(r["calls"])) for r in rows)
+    assert shown == [("select $? where true = false", 1), ("select $? where true = true", 2)], rows
+
+
 def test_unredacted_samples_show_constants_and_parameters_until_redaction_is_back(pgvalve):
     pv = pgvalve(users=APP_AND_OPS, pool_size=4,
                  stats={"slow_query_ms": 100, "redact_literals": False})

@@ -230,6 +230,19 @@ TEST(QueryStats, TextShowsNoComment) {
   EXPECT_EQ(QueryStats::normalized_text("select 1 /* never closed"), "select $?");
 }
 
+TEST(QueryStats, TextShowsTrueFalseAndNullWhichTellShapesApart) {
+  // They are part of the fingerprint: two shapes must not show the same text.
+  EXPECT_EQ(QueryStats::normalized_text("SELECT id FROM dev WHERE active = true AND id > 3"),
+            "select id from dev where active = true and id > $?");
+  EXPECT_EQ(QueryStats::normalized_text("UPDATE dev SET note = NULL WHERE id = 4"),
+            "update dev set note = null where id = $?");
+  // Where PostgreSQL's normaliser keeps them as written, its text stays.
+  EXPECT_EQ(QueryStats::normalized_text("SELECT id FROM dev WHERE note IS NOT NULL AND id = 4"),
+            "SELECT id FROM dev WHERE note IS NOT NULL AND id = $1");
+  EXPECT_EQ(QueryStats::normalized_text("CREATE TABLE t (a int NOT NULL)"),
+            "CREATE TABLE t (a int NOT NULL)");
+}
+
 TEST(QueryStats, TextOfALongStatementIsTheLexersFormOfItsStart) {
   // 200,000 constants in 0.4 MiB: PostgreSQL's normaliser would take 1.6 GiB for it.
   std::string sql = "select 'secret'";
