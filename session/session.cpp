@@ -886,6 +886,18 @@ bool Session::retry_elsewhere(Link& l, LinkId id, Actions& out) {
 // gets it too.
 void Session::lose_link(Link& l, LinkId id, std::string_view message, LinkOp::Kind kind,
                         Actions& out) {
+  for (std::size_t i = 0; i < l.pending.size(); ++i) {
+    // pgvalve's WAL position query after the client's write (on one shard, over several, or
+    // a transaction's commit) was cut: the write may have committed, at a position pgvalve
+    // now never learns.
+    const auto& p = l.pending.at(i);
+    if (p.internal && (p.action == kActionWalPosition || p.action == kActionScatterWal ||
+                       p.action == kActionTxWal)) {
+      auto& lsns = extras_to_change().write_lsns;
+      if (l.route.shard >= lsns.size()) lsns.resize(l.route.shard + 1, 0);
+      lsns[l.route.shard] = kUnknownWriteLsn;
+    }
+  }
   if (scattering() && (l.scatter_shard >= 0 || work_->scatter().in_transaction)) {
     end_scatter_link(l, kind, out.outbox, out, message);
     return;
@@ -908,15 +920,6 @@ void Session::lose_link(Link& l, LinkId id, std::string_view message, LinkOp::Ki
     work().change_rare().failure = std::string(message);
     out.resume_client = true;
   } else {
-    for (std::size_t i = 0; i < l.pending.size(); ++i) {
-      // pgvalve's WAL position query after the client's write was cut: the write may have
-      // committed (the client was told so), at a position pgvalve now never learns.
-      if (l.pending.at(i).internal && l.pending.at(i).action == kActionWalPosition) {
-        auto& lsns = extras_to_change().write_lsns;
-        if (l.route.shard >= lsns.size()) lsns.resize(l.route.shard + 1, 0);
-        lsns[l.route.shard] = kUnknownWriteLsn;
-      }
-    }
     // Read before fail_pending clears it: a request in flight gets the error with a
     // ReadyForQuery 'I', after which the client knows its transaction is over.
     const bool answered = l.in_flight > 0;

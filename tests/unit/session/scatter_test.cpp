@@ -3,6 +3,8 @@
 // part is answered, and the client answered once, as one database would.
 #include <gtest/gtest.h>
 
+#include <limits>
+
 #include "protocol/binary_values.h"
 #include "protocol/messages.h"
 #include "protocol/wire.h"
@@ -813,6 +815,22 @@ TEST_F(Scatter, ACommittedWriteMovesTheReadYourWritesMarkOfEachShard) {
   EXPECT_EQ(t.state(), SessionState::Idle);
   EXPECT_EQ(t.session().read_your_writes_lsn(0), 0x3000060u);
   EXPECT_EQ(t.session().read_your_writes_lsn(1), 0x5000000u);
+}
+
+// The shard's primary dies after COMMIT PREPARED, before its WAL position came: the write may
+// have committed there at a position never learnt, so no replica of that shard takes the
+// client's reads until its next write there is marked.
+TEST_F(Scatter, AShardWhoseWalPositionWasCutKeepsTheClientsReadsOffItsReplicas) {
+  SessionHarness t(policy, {}, true);
+  t.client(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
+  t.linked(*s0);
+  t.linked(*s1);
+  t.server(decider_part("DELETE 1"), T0, 0);
+  t.server(write_part("DELETE 2"), T0, 1);
+  t.server(complete("COMMIT PREPARED") + ready(), T0, 0);
+  t.lost(T0, 0);
+  const std::uint64_t unknown = std::numeric_limits<std::uint64_t>::max();
+  EXPECT_EQ(t.session().read_your_writes_lsn(0), unknown);
 }
 
 TEST_F(Scatter, WithoutPreparedTransactionsAWriteToSeveralShardsIsRefusedAndRolledBack) {
