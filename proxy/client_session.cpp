@@ -411,17 +411,31 @@ void ClientSession::watch_for_hang_up() {
     if (!client_arrival_armed_) arm_client_arrival();
     return;
   }
-  // TLS: a level-triggered wait, once; bytes that come first (more requests, a close_notify)
-  // end the watch, so an end behind them goes unnoticed until the client is read again.
   if (watching_hang_up_) return;
   if (hung_up_while_waiting()) return;
+  watch_tls_hang_up(false);
+}
+
+// A TLS client's socket, waited on for its end only (its bytes are read once it has a server):
+// level-triggered while nothing is unread; once bytes came first (more requests, the
+// close_notify before a FIN) that wait would fire again at once, so the watch goes on
+// edge-triggered, for the next arrival, the end among them.
+void ClientSession::watch_tls_hang_up(bool bytes_came) {
   watching_hang_up_ = true;
-  client_.socket().async_wait(
-      Socket::wait_read, with_exact_size_memory([self = shared_from_this()](const error_code& ec) {
-        self->watching_hang_up_ = false;
-        if (self->closed_ || ec == asio::error::operation_aborted) return;
-        self->hung_up_while_waiting();
-      }));
+  auto done = [self = shared_from_this()](const error_code& ec) {
+    self->watching_hang_up_ = false;
+    if (self->closed_ || ec == asio::error::operation_aborted) return;
+    if (self->hung_up_while_waiting()) return;
+    if (kArrivalWaitAvailable && !ec &&
+        self->core_->state() == session::SessionState::WaitingForServer) {
+      self->watch_tls_hang_up(true);
+    }
+  };
+  if (bytes_came) {
+    async_wait_for_arrival(client_.socket(), worker_->reactor, with_exact_size_memory(done));
+  } else {
+    client_.socket().async_wait(Socket::wait_read, with_exact_size_memory(done));
+  }
 }
 
 bool ClientSession::hung_up_while_waiting() {

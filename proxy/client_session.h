@@ -207,6 +207,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // A client waiting for a server is not read, but its end is watched: one that hangs up leaves
   // the queue, and its request is dropped instead of running later for nobody.
   void watch_for_hang_up();
+  void watch_tls_hang_up(bool bytes_came);
   bool hung_up_while_waiting();
   void arm_client_arrival();
   void read_client();

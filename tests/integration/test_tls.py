@@ -7,6 +7,7 @@ require / verify-full), PgJDBC over TLS, and raw sockets for what drivers never 
 import copy
 import re
 import socket
+import ssl
 import struct
 import subprocess
 import time
@@ -16,7 +17,7 @@ import psycopg
 import pytest
 
 from pgcluster import APP_DB, APP_PASSWORD, APP_USER, wait_until
-from pgwire import PgWireError, RawClient
+from pgwire import PgWireError, RawClient, query_message
 from test_drivers import DRIVERS, JDBC_JAR, run
 from itutil import APP_AND_OPS, OPS_PASSWORD, OPS_USER, SANITIZED
 from test_limits import assert_closed, assert_pgvalve_message
@@ -102,6 +103,49 @@ def test_require_serves_tls_and_refuses_plaintext_28000(pgvalve, pki):
     assert pe.value.sqlstate == "28000", pe.value.fields
     assert_pgvalve_message(pe.value.message)
     assert "tls.mode = require" in pe.value.message
+
+
+class TlsRawClient(RawClient):
+    """A raw client over TLS (no certificate check): SSLRequest, 'S', handshake."""
+
+    def open(self):
+        plain = super().open()
+        plain.sendall(SSL_REQUEST)
+        assert plain.recv(1) == b"S"
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        self.sock = context.wrap_socket(plain)
+        return self.sock
+
+
+def test_a_tls_client_that_leaves_while_waiting_leaves_the_queue(pgvalve, pki, cluster):
+    """libpq and most TLS stacks send close_notify before their FIN: the end behind it is seen
+    too, and the request of the client that left never runs."""
+    from itutil import show_pools
+    cluster.primary.psql("CREATE TABLE IF NOT EXISTS left_waiting_tls (n int)", dbname=APP_DB)
+    cluster.primary.psql("GRANT ALL ON left_waiting_tls TO app", dbname=APP_DB)
+    cluster.primary.psql("TRUNCATE left_waiting_tls", dbname=APP_DB)
+    pv = pgvalve(mode="transaction", pool_size=1, max_overflow=0, checkout_timeout_ms=10000,
+                 tls=tls_conf(pki, "require"), users=APP_AND_OPS)
+    with pv.connect(autocommit=False, sslmode="require") as holder:
+        holder.execute("select 1")  # holds the only server
+        gone = TlsRawClient("127.0.0.1", pv.port, APP_USER, APP_PASSWORD, APP_DB).connect()
+        gone.sock.sendall(query_message("insert into left_waiting_tls values (1)"))
+        wait_until(lambda: show_pools(pv)[0]["cl_waiting"] == "1", 5, message="it waits")
+        gone.sock.settimeout(0.3)
+        try:
+            gone.sock.unwrap()  # close_notify; pgvalve sends none back while it waits
+        except (OSError, ssl.SSLError):
+            pass
+        time.sleep(0.5)  # the FIN comes well after the close_notify
+        gone.sock.close()
+        wait_until(lambda: show_pools(pv)[0]["cl_waiting"] == "0", 5,
+                   message="the queue forgets it")
+        holder.commit()
+        with pv.connect(sslmode="require") as c:
+            assert c.execute("select count(*) from left_waiting_tls").fetchone() == (0,)
+    assert "event=client_left_while_waiting" in pv.log_text()
 
 
 @pytest.mark.skipif(SANITIZED, reason="AddressSanitizer keeps freed memory in quarantine")
