@@ -1344,7 +1344,11 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::open_server(
   ServerLogin login;
   login.host = pool.key().host;
   login.user = user_name_;
-  login.password = user_->server_password;
+  // The password of the configuration now: a reload that rotated it applies to the servers
+  // this client opens from now on (its own login was checked against the old one).
+  const auto config = app_.config();
+  const config::User* user = config->find_user(user_name_);
+  login.password = user ? user->server_password : user_->server_password;
   login.dbname = database_->dbname;
   login.max_message_bytes = static_cast<std::size_t>(config_->limits.max_message_bytes);
   login.allow_insecure_auth = config_->server_allow_insecure_auth;
@@ -1564,7 +1568,10 @@ void ClientSession::give_back(std::unique_ptr<ServerConnection> server, bool cle
 void ClientSession::hub_request(const session::HubRequest& request) {
   if (!listening_) {
     listening_ = std::make_unique<Listening>();
-    listening_->hubs = app_.listen_hubs_for(*database_, *user_);
+    // The user as the configuration has it now (a reload may have rotated its password).
+    const auto config = app_.config();
+    const config::User* user = config->find_user(user_name_);
+    listening_->hubs = app_.listen_hubs_for(*database_, user ? *user : *user_);
     listening_->sink = std::make_shared<Sink>(weak_from_this(), client_.get_executor());
   }
   const std::shared_ptr<NotificationSink>& sink = listening_->sink;

@@ -296,3 +296,36 @@ def test_restart_with_a_second_process_on_the_same_ports(pgvalve, cluster, tmp_p
         new.stop()
     assert not second_failures, second_failures[:3]
     assert len(failures) <= 6, failures[:3]
+
+
+def test_a_rotated_password_reaches_servers_opened_for_clients_logged_in_before(pgvalve,
+                                                                                 cluster):
+    """Password rotation: ALTER ROLE on the servers, then a reload with the new password. A
+    client logged in before keeps working: the servers opened for it from then on (and its
+    LISTEN's shared connection) log in with the new password, not the one of its login."""
+    from itutil import OPS_PASSWORD, OPS_USER, drain_notifies
+    cluster.primary.psql("DROP ROLE IF EXISTS rotating")
+    cluster.create_user("rotating", "before-rotation")
+    users = [{"name": "rotating", "password": "before-rotation"},
+             {"name": OPS_USER, "password": OPS_PASSWORD, "admin": True}]
+    pv = pgvalve(mode="transaction", pool_size=2, users=users)
+    with psycopg.connect(pv.dsn(user="rotating", password="before-rotation"),
+                         autocommit=True) as before:
+        assert before.execute("select 1").fetchone() == (1,)
+        cluster.primary.psql("ALTER ROLE rotating PASSWORD 'after-rotation'")
+        cfg = copy.deepcopy(pv.config)
+        cfg["users"][0]["password"] = "after-rotation"
+        offset = len(pv.log_text())
+        pv.reload(cfg)
+        wait_until(lambda: "reload" in new_log(pv, offset), 5, message="the reload is applied")
+        with psycopg.connect(pv.dsn(user=OPS_USER, password=OPS_PASSWORD, dbname="pgvalve"),
+                             autocommit=True) as admin:
+            admin.execute("RECONNECT")  # the pooled servers logged in with the old password go
+        for i in range(3):
+            assert before.execute("select %s::int", (i,)).fetchone() == (i,)
+        before.execute("listen rotated")
+        with psycopg.connect(pv.dsn(user="rotating", password="after-rotation"),
+                             autocommit=True) as after:
+            after.execute("notify rotated, 'hello'")
+        assert drain_notifies(before, 1, timeout=5) == [("rotated", "hello")]
+    assert "sqlstate=28P01" not in new_log(pv, offset)
