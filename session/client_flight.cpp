@@ -718,6 +718,76 @@ bool Session::defer_begin(std::string_view frames, const routing::Route& route, 
   return true;
 }
 
+// PgJDBC outside autocommit sends its BEGIN (Parse, Bind, Execute of an unnamed statement) in
+// the flight of the transaction's first statement. When that statement needs several shards,
+// the BEGIN is taken off the flight and held back as a BEGIN of its own would be; the rest then
+// runs in the client's transaction, on every shard's part of it (route_in_transaction).
+bool Session::defer_leading_begin(std::string_view frames, Actions& out) {
+  if (options_.mode == config::PoolMode::Statement || !extras().deferred_begin.empty()) {
+    return false;
+  }
+  std::string_view sql;
+  HubReply reply;
+  std::size_t end = 0;
+  for (std::size_t pos = 0; pos < frames.size() && end == 0;) {
+    auto r = pr::decode_frame(frames.substr(pos), options_.max_message_bytes);
+    if (r.status != pr::DecodeStatus::Ok) return false;
+    const pr::Frame& f = r.frame;
+    pos += f.whole.size();
+    switch (f.tag) {
+      case 'P': {
+        auto p = pr::read_parse(f);
+        if (reply.parse || !p || !p->statement.empty()) return false;
+        sql = p->query;
+        reply.parse = true;
+        break;
+      }
+      case 'B': {
+        auto b = pr::read_bind_head(f);
+        if (!reply.parse || reply.bind || !b || !b->statement.empty() || !b->portal.empty()) {
+          return false;
+        }
+        reply.bind = true;
+        break;
+      }
+      case 'D': {
+        auto d = pr::read_describe(f);
+        if (!reply.bind || reply.describe || !d || d->kind != 'P' || !d->name.empty()) {
+          return false;
+        }
+        reply.describe = true;
+        break;
+      }
+      case 'E':
+        if (!reply.bind) return false;
+        end = pos;
+        break;
+      default:
+        return false;
+    }
+  }
+  if (end == 0 || end >= frames.size() || frames[end] == 'S') return false;
+  const routing::StatementInfo info = routing::classify(sql);
+  if (info.kind != StatementKind::Begin || info.multiple_statements ||
+      sql.size() > kMaxDeferredBegin) {
+    return false;
+  }
+  // Routed like a BEGIN of its own, which parses its shape once: one PostgreSQL would refuse
+  // is sent on, to fail where the client expects it.
+  routing::RouteContext context;
+  context.fingerprint = fingerprint_of(sql);
+  if (router_.route(sql, context).kind == routing::Route::Kind::Refuse ||
+      !router_.valid_begin(context.fingerprint)) {
+    return false;
+  }
+  extras_to_change().deferred_begin.assign(without_hint(sql));
+  append_local_heads(reply, out.outbox);
+  pr::append_command_complete(out.outbox, "BEGIN");
+  out.consumed = end;
+  out.resume_client = true;  // the rest of the flight, now in the client's transaction
+  return true;
+}
+
 bool Session::end_deferred_transaction(std::string_view frames, Actions& out) {
   std::string_view sql;
   HubReply reply;

@@ -3,6 +3,7 @@
 #include "protocol/messages.h"
 #include "protocol/wire.h"
 #include "routing/sql_lexer.h"
+#include "routing/statement.h"
 #include "session/two_phase.h"
 #include "stats/query_stats.h"
 
@@ -14,6 +15,30 @@ namespace {
 
 // Notices of the first shard that reach the client; more are dropped.
 constexpr std::size_t kMaxNoticeBytes = 64 * 1024;
+
+// Whether `sql` is a statement that never returns rows (a write without RETURNING, a schema
+// change): an Execute row limit, which PgJDBC sends with every executeUpdate(), changes nothing
+// about how it runs, so it need not be refused.
+bool returns_no_rows(std::string_view sql) {
+  switch (routing::classify(sql).kind) {
+    case routing::StatementKind::Create:
+    case routing::StatementKind::Alter:
+    case routing::StatementKind::Drop:
+      return true;
+    case routing::StatementKind::Insert:
+    case routing::StatementKind::Update:
+    case routing::StatementKind::Delete: {
+      routing::SqlLexer lexer(sql, 0, routing::SqlLexer::Keywords::NotLookedUp);
+      routing::Token token;
+      while (lexer.next(token)) {
+        if (token.is_word("returning")) return false;
+      }
+      return true;
+    }
+    default:
+      return false;
+  }
+}
 
 }  // namespace
 
@@ -60,7 +85,7 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
       case 'E': {
         const auto e = pr::read_execute(f);
         if (!e || !once('E') || once('B')) return "an Execute without its own Bind";
-        if (e->max_rows != 0) {
+        if (e->max_rows != 0 && !returns_no_rows(text)) {
           return "fetching rows in parts (Execute with a row limit) is not done across shards; "
                  "fetch them all at once";
         }

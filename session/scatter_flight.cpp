@@ -70,6 +70,7 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
     }
   }
   if (!ended) return ScatterStart::Waiting;
+  if (!in_transaction && defer_leading_begin(frames, out)) return ScatterStart::Started;
   if (!executes) {
     // A Parse or Describe alone: any shard knows the answer.
     routing::RouteContext context;

@@ -319,6 +319,7 @@ class Session {
   // Sharded databases: a BEGIN alone, with no shard named yet, is answered here and sent with
   // the transaction's first statement; COMMIT or ROLLBACK of such a transaction is answered here.
   bool defer_begin(std::string_view frames, const routing::Route& route, Actions& out);
+  bool defer_leading_begin(std::string_view frames, Actions& out);
   bool end_deferred_transaction(std::string_view frames, Actions& out);
   void finish_begin(Link& l, bool ok, Actions& out);
   // Sharded databases: why `sql` may not run on the shard the link's transaction is on (a

@@ -174,6 +174,28 @@ def test_pgjdbc_transactions_over_shards_commit_and_roll_back_whole(two_pc, pgva
         assert prepared_on(two_pc[i]) == []
 
 
+def test_pgjdbc_batches_over_shards_are_split_and_committed(two_pc, pgvalve, tmp_path):
+    """PgJDBC's executeBatch() with reWriteBatchedInserts, which sharding.md recommends, and a
+    hand-written multi-row INSERT: in autocommit and in a transaction, with the default
+    prepareThreshold and with 1, every row lands on its shard."""
+    assert JDBC_JAR.exists(), f"{JDBC_JAR} missing: apt-get install libpostgresql-jdbc-java"
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    r, out = run(["javac", "-cp", str(JDBC_JAR), "-d", str(tmp_path),
+                  str(DRIVERS / "JdbcShardedBatch.java")], timeout=120)
+    assert r.returncode == 0, out
+    r, out = run(["java", "-cp", f"{tmp_path}:{JDBC_JAR}", "JdbcShardedBatch",
+                  f"jdbc:postgresql://127.0.0.1:{pv.port}/{APP_DB}", APP_USER, APP_PASSWORD],
+                 timeout=20)
+    assert r.returncode == 0 and r.stdout.strip() == "OK 40", out
+    placed = {i: [d for d, _ in rows(node)] for i, node in enumerate(two_pc)}
+    want = [s * 100 + d for s in range(4) for d in range(1, 11)]
+    assert sorted(placed[0] + placed[1]) == want
+    for i in (0, 1):
+        assert all(md5_mod(d) == i for d in placed[i])
+        assert prepared_on(two_pc[i]) == []
+
+
 def test_a_shard_lost_between_prepare_and_commit_is_reported_in_show_shards(two_pc, pgvalve):
     """s0's PREPARE runs a deferred trigger that sleeps (5 s) while s1 prepares; s1 is then
     killed. The transaction rolls back on s0, the client's COMMIT fails naming the prepared part

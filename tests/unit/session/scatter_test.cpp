@@ -1000,6 +1000,64 @@ TEST_F(Scatter, AnInsertWhoseRowsSpanShardsSendsEachShardItsOwnRows) {
             "INSERT 0 2");
 }
 
+// PgJDBC's executeUpdate() and executeBatch() send Execute with a row limit of 1: for a
+// statement that returns no rows it changes nothing, and the write is split as any other.
+TEST_F(Scatter, AnExecuteRowLimitOfAWriteWithoutRowsIsNoObstacle) {
+  const std::string in =
+      parse("", "INSERT INTO telemetry (device_id, v) VALUES ($1, $2), ($3, $4)") +
+      text_bind({"1", "a", "2", "b"}) + describe('P', "") + execute("", 1) + sync();
+  const auto [to_s0, to_s1] = start(in);
+  EXPECT_EQ(bound_values(to_s0), (std::vector<std::string>{"2", "b"}));
+  EXPECT_EQ(bound_values(to_s1), (std::vector<std::string>{"1", "a"}));
+  const Step s =
+      commit_both(parse_complete() + bind_complete() + no_data() + complete("INSERT 0 1") +
+                  ready('T') + complete("PREPARE TRANSACTION") + ready('I'));
+  EXPECT_EQ(tags_of(s.to_client), "12nCZ");
+  // With RETURNING it returns rows, which the gather does not hand out in parts.
+  const Step r = h.client(
+      parse("", "INSERT INTO telemetry (device_id, v) VALUES ($1, $2), ($3, $4) RETURNING v") +
+      text_bind({"1", "a", "2", "b"}) + describe('P', "") + execute("", 1) + sync());
+  EXPECT_FALSE(r.check_out);
+  EXPECT_EQ(sqlstates_in(r.to_client), "0A000");
+}
+
+// PgJDBC outside autocommit sends BEGIN in the flight of the transaction's first statement: for
+// a statement over several shards the BEGIN is held back, answered by pgvalve, and the statement
+// runs in the client's transaction, which the shards join.
+TEST_F(Scatter, ABeginInTheFlightOfAWriteOverShardsOpensTheClientsTransaction) {
+  const std::string begin = parse("", "BEGIN") + bind_to("", "") + execute("", 0);
+  const std::string insert =
+      parse("", "INSERT INTO telemetry (device_id, v) VALUES ($1, $2), ($3, $4)") +
+      text_bind({"1", "a", "2", "b"}) + describe('P', "") + execute("", 1) + sync();
+  Step s = h.client(begin + insert);
+  EXPECT_FALSE(s.check_out);
+  EXPECT_TRUE(s.resume_client) << "the rest of the flight is read on";
+  EXPECT_EQ(s.consumed, begin.size());
+  EXPECT_EQ(tags_of(s.to_client), "12C");
+  s = h.client(insert);
+  ASSERT_TRUE(s.check_out) << "the transaction starts on the first shard the write needs";
+  EXPECT_EQ(s.route.kind, routing::Route::Kind::Primary);
+  EXPECT_EQ(s.route.shard, 0);
+  s = h.linked(*s0);
+  const auto sent = queries_in(s.to_server);
+  ASSERT_FALSE(sent.empty());
+  EXPECT_EQ(sent[0], "BEGIN");
+  s = h.server(complete("BEGIN") + ready('T'), T0, 0);
+  EXPECT_TRUE(s.resume_client);
+  s = h.client(insert);
+  ASSERT_TRUE(s.check_out) << "the other shard joins the transaction";
+  EXPECT_EQ(s.route.shard, 1);
+  s = h.linked(*s1);
+  s = h.server(
+      complete("BEGIN") + row_description() + data_row({"10"}) + complete("SELECT 1") + ready('T'),
+      T0, 1);
+  s = h.client(insert);
+  EXPECT_EQ(s.consumed, insert.size());
+  ASSERT_EQ(s.to_links.size(), 2u) << "each shard's part of the transaction gets its rows";
+  EXPECT_EQ(bound_values(s.to_links.at(0)), (std::vector<std::string>{"2", "b"}));
+  EXPECT_EQ(bound_values(s.to_links.at(1)), (std::vector<std::string>{"1", "a"}));
+}
+
 // A reference table has the same rows on every shard, so each shard answers its write alike:
 // the client gets the first shard's tag and RETURNING rows, as one database would answer.
 TEST_F(Scatter, AWriteToAReferenceTableAnswersAsOneDatabase) {
