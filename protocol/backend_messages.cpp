@@ -335,5 +335,10 @@ void append_close_complete(std::string& out) {
 void append_no_data(std::string& out) {
   append_empty(out, BackendTag::NoData);
 }
+void append_no_parameters(std::string& out) {
+  const std::size_t len_pos = begin_message(out, tag_of(BackendTag::ParameterDescription));
+  append_i16(out, 0);
+  end_message(out, len_pos);
+}
 
 }  // namespace pgvalve::protocol

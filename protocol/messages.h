@@ -231,5 +231,7 @@ void append_parse_complete(std::string& out);
 void append_bind_complete(std::string& out);
 void append_close_complete(std::string& out);
 void append_no_data(std::string& out);
+// ParameterDescription of a statement without parameters.
+void append_no_parameters(std::string& out);
 
 }  // namespace pgvalve::protocol

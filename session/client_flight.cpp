@@ -923,6 +923,10 @@ void Session::fail_requests(std::string_view frames, std::string_view sqlstate,
 // says which extended-protocol answers precede the result.
 void append_local_heads(const HubReply& reply, std::string& out) {
   if (reply.parse) pr::append_parse_complete(out);
+  if (reply.statement_described) {
+    pr::append_no_parameters(out);
+    pr::append_no_data(out);
+  }
   if (reply.bind) pr::append_bind_complete(out);
   if (reply.describe) pr::append_no_data(out);
 }
@@ -962,8 +966,14 @@ bool Session::local_flight(std::string_view input, std::string_view& sql, HubRep
         break;
       }
       case 'D': {
-        // Of the portal: answered NoData (a statement would need a ParameterDescription too).
+        // Of the portal: answered NoData; of the statement before its Bind (postgres.js): no
+        // parameters and NoData.
         auto d = pr::read_describe(f);
+        if (d && d->kind == 'S' && d->name.empty() && reply.parse && !reply.bind &&
+            !reply.statement_described) {
+          reply.statement_described = true;
+          break;
+        }
         if (!reply.bind || reply.describe || !d || d->kind != 'P' || !d->name.empty()) {
           return false;
         }

@@ -293,10 +293,12 @@ struct Review {
 // How to answer a LISTEN/UNLISTEN sent through the extended protocol.
 struct HubReply {
   bool parse = false;
+  bool statement_described = false;  // Describe of the statement, between Parse and Bind
   bool bind = false;
   bool describe = false;
 };
-// ParseComplete, BindComplete and NoData for the messages of a flight pgvalve answers itself.
+// ParseComplete, [ParameterDescription and NoData,] BindComplete and NoData for the messages of a
+// flight pgvalve answers itself (a statement without parameters or rows).
 void append_local_heads(const HubReply& reply, std::string& out);
 
 // pgvalve's query for a primary's WAL position (read_your_writes = lsn), as a Query message.

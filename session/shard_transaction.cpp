@@ -328,7 +328,8 @@ bool Session::end_shard_transaction(std::string_view frames, Actions& out) {
   const std::string_view request = first_request(frames, options_.max_message_bytes);
   if (request.empty()) return false;
   // A Query, or Parse / Bind / Describe portal / Execute / Sync of one statement, named or not
-  // (PgJDBC prepares its COMMIT once it has sent it a few times).
+  // (PgJDBC prepares its COMMIT once it has sent it a few times); postgres.js describes the
+  // statement between its Parse and Bind.
   std::string_view sql;
   HubReply reply;
   std::optional<pr::ParseMessage> parse;
@@ -363,7 +364,13 @@ bool Session::end_shard_transaction(std::string_view frames, Actions& out) {
       }
       case 'D': {
         const auto d = pr::read_describe(f);
-        if (!reply.bind || reply.describe || !d || d->kind != 'P' || !d->name.empty()) return false;
+        if (!d) return false;
+        if (d->kind == 'S' && reply.parse && !reply.bind && !reply.statement_described &&
+            d->name == parse->statement) {
+          reply.statement_described = true;
+          break;
+        }
+        if (!reply.bind || reply.describe || d->kind != 'P' || !d->name.empty()) return false;
         reply.describe = true;
         break;
       }

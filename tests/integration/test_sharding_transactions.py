@@ -6,13 +6,15 @@ then reports."""
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 
 import psycopg
 import pytest
 
-from itutil import APP_AND_OPS, DRIVERS, JDBC_JAR, OPS_PASSWORD, OPS_USER, run
+from itutil import APP_AND_OPS, DRIVERS, JDBC_JAR, OPS_PASSWORD, OPS_USER, npm_install, run
 from pgcluster import APP_DB, APP_PASSWORD, APP_USER, wait_until
 # two_pc: two shards whose servers allow prepared transactions (a module fixture: this module
 # gets clusters of its own).
@@ -193,6 +195,25 @@ def test_pgjdbc_batches_over_shards_are_split_and_committed(two_pc, pgvalve, tmp
     assert sorted(placed[0] + placed[1]) == want
     for i in (0, 1):
         assert all(md5_mod(d) == i for d in placed[i])
+        assert prepared_on(two_pc[i]) == []
+
+
+def test_postgresjs_transactions_over_shards_commit(two_pc, pgvalve):
+    """postgres.js's sql.begin() with a row on each shard: its COMMIT (Parse, Describe of the
+    statement, Bind, Execute, Sync) commits both parts and ends the transaction."""
+    npm_install()
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    d0, d1, _ = devices()
+    env = dict(os.environ, PGHOST="127.0.0.1", PGPORT=str(pv.port), PGUSER=APP_USER,
+               PGPASSWORD=APP_PASSWORD, PGDATABASE=APP_DB)
+    r, out = run(["node", str(DRIVERS / "postgresjs_sharded_tx.js"), str(d0), str(d1)],
+                 timeout=60, env=env, cwd=str(DRIVERS))
+    assert r.returncode == 0, out
+    result = json.loads(r.stdout)
+    assert result["committed"] and result["after"] == 1, result
+    for i, d in enumerate((d0, d1)):
+        assert (d, 1.0) in rows(two_pc[i]), rows(two_pc[i])
         assert prepared_on(two_pc[i]) == []
 
 

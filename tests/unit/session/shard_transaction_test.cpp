@@ -428,6 +428,23 @@ TEST_F(ShardTransaction, ANamedPreparedCommitEndsEveryPart) {
   EXPECT_EQ(s.to_links.size(), 1u);
 }
 
+// postgres.js describes each statement between its Parse and Bind, COMMIT too.
+TEST_F(ShardTransaction, ACommitWhoseStatementIsDescribedEndsEveryPart) {
+  span_both_shards();
+  Step s = h.client(parse("", "COMMIT") + describe('S', "") + bind_to("", "") + execute() + sync());
+  EXPECT_EQ(h.state(), SessionState::Ending);
+  ASSERT_EQ(s.to_links.size(), 1u) << "the decider's xid first";
+  s = h.server(xid_result(), T0, 0);
+  ASSERT_EQ(s.to_links.size(), 2u);
+  h.server(command_result("PREPARE TRANSACTION"), T0, 0);
+  h.server(command_result("PREPARE TRANSACTION"), T0, 1);
+  h.server(command_result("COMMIT PREPARED"), T0, 0);
+  s = h.server(command_result("COMMIT PREPARED"), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "1tn2CZ");
+  EXPECT_EQ(statuses_in(s.to_client), "I");
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
 TEST_F(ShardTransaction, APartLostWhileAShardIsCheckedOutEndsTheTransaction) {
   begin_on_s0();
   const std::string second = insert(1);
