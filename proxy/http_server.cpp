@@ -382,17 +382,33 @@ asio::awaitable<Response> ready(std::shared_ptr<State> st, unsigned version) {
 
 // ---- dispatch ------------------------------------------------------------------------------
 
-asio::awaitable<Response> respond(std::shared_ptr<State> st, const Request& req) {
+// The path of the request target, without its query: origin form ("/metrics?x"), or absolute
+// form ("http://host:9930/metrics"), which a server must accept (RFC 9112 §3.2.2). The host in
+// it is not checked, as the Host header is not.
+std::string_view path_of(std::string_view target) {
+  for (std::string_view scheme : {"http://", "https://"}) {
+    if (target.size() < scheme.size() ||
+        !beast::iequals(bsv(target.substr(0, scheme.size())), bsv(scheme))) {
+      continue;
+    }
+    const std::size_t end = target.find_first_of("/?", scheme.size());
+    if (end == std::string_view::npos || target[end] == '?') return "/";  // an empty path is "/"
+    target = target.substr(end);
+    break;
+  }
+  return target.substr(0, target.find('?'));
+}
+
+asio::awaitable<Response> answer(std::shared_ptr<State> st, const Request& req) {
   const unsigned version = req.version();
-  std::string_view path(req.target().data(), req.target().size());
-  if (auto q = path.find('?'); q != std::string_view::npos) path = path.substr(0, q);
+  const std::string_view path = path_of({req.target().data(), req.target().size()});
 
   const bool known = path == "/" || path == "/health" || path == "/ready" || path == "/status" ||
                      path == "/metrics";
   if (!known) co_return text(version, http::status::not_found, "not found\n");
-  if (req.method() != http::verb::get) {
+  if (req.method() != http::verb::get && req.method() != http::verb::head) {
     auto res = text(version, http::status::method_not_allowed, "method not allowed\n");
-    res.set(http::field::allow, "GET");
+    res.set(http::field::allow, "GET, HEAD");
     co_return res;
   }
   if (path == "/") {
@@ -414,6 +430,18 @@ asio::awaitable<Response> respond(std::shared_ptr<State> st, const Request& req)
   co_return make_response(
       version, http::status::ok, kMetricsContentType,
       prometheus::TextSerializer().Serialize(MetricsCollectable(for_metrics).Collect()));
+}
+
+// HEAD is answered as GET, with the same headers (Content-Length too) and no body (RFC 9110
+// §9.3.2): load balancers and uptime checkers probe with it.
+asio::awaitable<Response> respond(std::shared_ptr<State> st, const Request& req) {
+  Response res = co_await answer(st, req);
+  if (req.method() == http::verb::head) {
+    const std::size_t length = res.body().size();
+    res.body().clear();
+    res.content_length(length);
+  }
+  co_return res;
 }
 
 bool is_request_error(const error_code& ec) {

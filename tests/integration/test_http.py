@@ -90,7 +90,7 @@ def test_not_found_and_method_not_allowed(pv):
     assert get(pv, "/index.html")[0] == 404
     status, _, headers = get(pv, "/health", method="POST")
     assert status == 405
-    assert headers["Allow"] == "GET"
+    assert headers["Allow"] == "GET, HEAD"
     assert get(pv, "/metrics", method="DELETE")[0] == 405
     # a query string does not change the route
     assert get(pv, "/health?verbose=1")[:2] == (200, "ok\n")
@@ -143,6 +143,44 @@ def test_slow_clients_cannot_keep_a_health_probe_out(pv):
     finally:
         for s in slow:
             s.close()
+
+
+def test_head_is_answered_as_get_without_a_body(pv):
+    """RFC 9110 §9.3.2: load balancers and uptime checkers probe with HEAD."""
+    c = http.client.HTTPConnection("127.0.0.1", pv.admin_port, timeout=10)
+    for path, want in [("/health", 200), ("/metrics", 200), ("/status", 200), ("/", 200),
+                       ("/nope", 404)]:
+        c.request("GET", path)
+        r = c.getresponse()
+        body = r.read()
+        c.request("HEAD", path)
+        h = c.getresponse()
+        assert (h.status, h.read()) == (want, b"")
+        assert h.getheader("Content-Type") == r.getheader("Content-Type")
+        if path in ("/", "/health", "/nope"):  # the others change from one answer to the next
+            assert int(h.getheader("Content-Length")) == len(body)
+        assert not h.will_close
+    # nothing of a body came after the HEAD answers: the next answer is whole
+    c.request("GET", "/health")
+    r = c.getresponse()
+    assert (r.status, r.read()) == (200, b"ok\n")
+    c.close()
+
+
+def test_absolute_form_targets_are_accepted(pv):
+    """RFC 9112 §3.2.2: a server must accept a target written as an absolute URL."""
+    c = http.client.HTTPConnection("127.0.0.1", pv.admin_port, timeout=10)
+    for target, want, start in [("http://pgvalve.example:9930/health", 200, b"ok\n"),
+                                ("HTTP://pgvalve.example/health?verbose=1", 200, b"ok\n"),
+                                ("http://pgvalve.example/metrics", 200, b"# HELP pgvalve_"),
+                                ("http://pgvalve.example", 200, b"<!doctype html>"),
+                                ("http://pgvalve.example/nope", 404, b"not found")]:
+        c.request("GET", target)
+        r = c.getresponse()
+        body = r.read()
+        assert r.status == want, target
+        assert body.lower().startswith(start.lower()), (target, body[:80])
+    c.close()
 
 
 def test_ready_ok(pv, cluster):
