@@ -1,6 +1,7 @@
 #include "proxy/http_server.h"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <exception>
@@ -9,7 +10,6 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 #include <prometheus/text_serializer.h>
@@ -48,6 +48,13 @@ constexpr std::size_t kMaxBodyBytes = 8 * 1024;
 constexpr auto kReadTimeout = std::chrono::seconds(10);
 constexpr auto kWriteTimeout = std::chrono::seconds(10);
 constexpr std::size_t kMaxConnections = 64;
+// Requests a connection may send ahead of their answers in a row: the answer to the last one
+// closes it, so that one client cannot queue work (a scrape each) without end.
+constexpr std::size_t kMaxPipelined = 100;
+// After its last answer, a connection closed by the server is read and dropped for at most
+// this long and this much (RFC 9112 §9.6).
+constexpr auto kLingerTimeout = std::chrono::seconds(2);
+constexpr std::size_t kMaxLingerBytes = 64 * 1024;
 constexpr auto kProbeTimeout = std::chrono::seconds(1);
 constexpr auto kProbeFreshFor = std::chrono::seconds(1);
 
@@ -70,11 +77,19 @@ struct HttpServer::State {
   asio::io_context& context;
   tcp::acceptor acceptor;
   bool closed = false;
-  std::unordered_set<beast::tcp_stream*> connections;
-  // Connections waiting for (the rest of) a request, and since when: at the connection limit
-  // the one waiting longest makes room, so that slow or idle clients cannot keep a health
-  // probe or a scrape out.
-  std::unordered_map<beast::tcp_stream*, std::chrono::steady_clock::time_point> waiting;
+  // What the connection limit looks at. At the limit the evictable connection with the oldest
+  // `since` makes room, so that slow or idle clients cannot keep a health probe or a scrape out.
+  struct Connection {
+    // Waiting for (the rest of) a request: since it began waiting. Behind (it sent requests
+    // ahead of their answers, or its answer is not taken): since the first request of that run.
+    Clock::time_point since{};
+    // False only while the answer to a request it did not send ahead is being prepared (a
+    // probe being answered is not the one to close).
+    bool evictable = true;
+    bool evicted = false;  // its socket is closed; its coroutine has yet to end
+  };
+  std::unordered_map<beast::tcp_stream*, Connection> connections;
+  std::size_t evicted = 0;
   std::map<std::string, Probe> probes;  // by "host:port"
 };
 
@@ -451,26 +466,33 @@ bool is_request_error(const error_code& ec) {
 
 asio::awaitable<void> serve_connection(std::shared_ptr<State> st, tcp::socket socket) {
   beast::tcp_stream stream(std::move(socket));
-  st->connections.insert(&stream);
+  State::Connection& me = st->connections[&stream];  // a node: stays put while others come and go
   struct Untrack {
     State* state;
     beast::tcp_stream* stream;
     ~Untrack() {
+      if (state->connections.at(stream).evicted) --state->evicted;
       state->connections.erase(stream);
-      state->waiting.erase(stream);
     }
   } untrack{st.get(), &stream};
 
   beast::flat_buffer buffer(kMaxHeaderBytes + kMaxBodyBytes);
-  while (!st->closed) {
+  bool answered_last = false;  // the loop ended after writing an answer that closes
+  Clock::time_point run_start{};
+  std::size_t in_a_row = 0;  // requests read since the connection last had nothing sent ahead
+  while (!st->closed && !me.evicted) {
     http::request_parser<http::string_body> parser;
     parser.header_limit(kMaxHeaderBytes);
     parser.body_limit(kMaxBodyBytes);
     error_code ec;
+    // Bytes already here: the client sent them before its last answer was written.
+    const bool ahead = buffer.size() > 0 || stream.socket().available(ec) > 0;
+    if (!ahead) in_a_row = 0;
+    me.since = in_a_row > 0 ? run_start : Clock::now();
+    me.evictable = true;
     stream.expires_after(kReadTimeout);
-    st->waiting[&stream] = std::chrono::steady_clock::now();
     co_await http::async_read(stream, buffer, parser, await_ec(ec));
-    st->waiting.erase(&stream);
+    if (me.evicted) break;
     if (ec) {
       // Closed between requests, timed out, reset: nothing to answer.
       if (ec == http::error::end_of_stream || ec == http::error::partial_message ||
@@ -485,22 +507,44 @@ asio::awaitable<void> serve_connection(std::shared_ptr<State> st, tcp::socket so
       stream.expires_after(kWriteTimeout);
       co_await http::async_write(stream, res, await_ec(ec));
       PGV_LOG(Debug, "http_bad_request", {"error", ec.message()});
+      answered_last = !ec;
       break;
     }
+    if (in_a_row++ == 0) run_start = Clock::now();
+    me.since = run_start;
+    me.evictable = in_a_row > 1;
     const Request& req = parser.get();
     Response res = co_await respond(st, req);
-    const bool keep_alive = req.keep_alive() && !st->closed;
+    if (me.evicted) break;
+    const bool keep_alive = req.keep_alive() && !st->closed && in_a_row < kMaxPipelined;
     res.keep_alive(keep_alive);
     PGV_LOG(Debug, "http_request",
             {"method", std::string_view(req.method_string().data(), req.method_string().size())},
             {"target", std::string_view(req.target().data(), req.target().size())},
             {"status", res.result_int()});
+    // Until the client takes the answer, it is behind.
+    me.evictable = true;
     stream.expires_after(kWriteTimeout);
     co_await http::async_write(stream, res, await_ec(ec));
+    answered_last = !ec && !keep_alive;
     if (ec || !keep_alive) break;
   }
   error_code ignored;
   stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+  if (answered_last && !me.evicted && !st->closed) {
+    // Closed with bytes it sent still unread, the connection would be reset, and the client
+    // could lose the answer before they reach it (requests pipelined behind the last one).
+    // Meanwhile it is the first to make room.
+    me.since = {};
+    me.evictable = true;
+    stream.expires_after(kLingerTimeout);
+    std::array<char, 4096> sink;
+    for (std::size_t dropped = 0; dropped < kMaxLingerBytes;) {
+      error_code ec;
+      dropped += co_await stream.async_read_some(asio::buffer(sink), await_ec(ec));
+      if (ec) break;
+    }
+  }
   stream.close();
 }
 
@@ -528,21 +572,25 @@ asio::awaitable<void> accept_loop(std::shared_ptr<State> st) {
       co_await pause.async_wait(await_ec(ec));
       continue;
     }
-    if (st->connections.size() >= kMaxConnections) {
-      // The connection that has waited longest for a request goes; with none waiting (every
-      // one being answered), the new one does.
-      auto oldest =
-          std::min_element(st->waiting.begin(), st->waiting.end(),
-                           [](const auto& a, const auto& b) { return a.second < b.second; });
+    if (st->connections.size() - st->evicted >= kMaxConnections) {
+      // The connection that has waited longest for a request, or been behind longest, goes;
+      // with none (every one is being answered a request it waited for), the new one does.
+      auto victim = st->connections.end();
+      for (auto it = st->connections.begin(); it != st->connections.end(); ++it) {
+        const auto& c = it->second;
+        if (!c.evictable || c.evicted) continue;
+        if (victim == st->connections.end() || c.since < victim->second.since) victim = it;
+      }
       PGV_LOG(Warn, "http_too_many_connections", {"limit", kMaxConnections},
-              {"closed", oldest == st->waiting.end() ? "the new one" : "the longest waiting"});
-      if (oldest == st->waiting.end()) {
+              {"closed",
+               victim == st->connections.end() ? "the new one" : "the longest waiting or behind"});
+      if (victim == st->connections.end()) {
         socket.close(ec);
         continue;
       }
-      beast::tcp_stream* victim = oldest->first;
-      st->waiting.erase(oldest);
-      victim->socket().close(ec);  // its read ends; its coroutine untracks it
+      victim->second.evicted = true;
+      ++st->evicted;
+      victim->first->socket().close(ec);  // its read or write ends; its coroutine untracks it
     }
     socket.set_option(tcp::no_delay(true), ec);
     asio::co_spawn(st->context, serve_connection(st, std::move(socket)),
@@ -597,8 +645,8 @@ void HttpServer::close() {
   error_code ignored;
   st.acceptor.close(ignored);
   // Posts the pending reads' completions; each connection then ends and untracks itself.
-  for (auto* stream : st.connections)
-    stream->close();
+  for (auto& entry : st.connections)
+    entry.first->close();
 }
 
 }  // namespace pgvalve::proxy

@@ -183,6 +183,62 @@ def test_absolute_form_targets_are_accepted(pv):
     c.close()
 
 
+def read_until_closed(s, timeout):
+    """Every byte until the server closes (or `timeout` passes without a byte)."""
+    s.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := s.recv(65536):
+            data += chunk
+    except (socket.timeout, ConnectionResetError):
+        pass
+    return data
+
+
+def test_pipelined_requests_are_bounded_per_connection(pv):
+    """The answer to the 100th request sent ahead in a row closes the connection; requests
+    that each wait for their answer keep it open."""
+    with socket.create_connection(("127.0.0.1", pv.admin_port), timeout=10) as s:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 150)
+        answers = read_until_closed(s, 5).split(b"HTTP/1.1 ")[1:]
+    assert len(answers) == 100
+    assert all(a.startswith(b"200 OK") for a in answers)
+    assert b"Connection: close" in answers[-1] and b"Connection: close" not in answers[-2]
+    c = http.client.HTTPConnection("127.0.0.1", pv.admin_port, timeout=10)
+    for _ in range(150):
+        c.request("GET", "/health")
+        r = c.getresponse()
+        assert (r.status, r.read()) == (200, b"ok\n")
+        assert not r.will_close
+    c.close()
+
+
+def test_clients_that_do_not_read_answers_cannot_keep_a_health_probe_out(pv):
+    """64 connections (the limit) that pipeline requests (fewer than the 100 that close a
+    connection) and never read the answers: each new connection closes the one that has been
+    behind longest, so probes and scrapes get answers."""
+    stuck = []
+    try:
+        for _ in range(64):
+            s = socket.socket()
+            # A small window and segment size: the server's socket buffer stays small, and its
+            # writes stall after a few answers.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536)
+            s.settimeout(10)
+            s.connect(("127.0.0.1", pv.admin_port))
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 90)
+            stuck.append(s)
+        time.sleep(1)  # their answers fill the socket buffers
+        for _ in range(5):
+            assert get(pv, "/health")[:2] == (200, "ok\n")
+            assert get(pv, "/metrics")[0] == 200
+    finally:
+        for s in stuck:
+            s.close()
+    assert 'closed="the longest waiting or behind"' in pv.log_text()
+
+
 def test_ready_ok(pv, cluster):
     # no client yet: the primary is checked with a TCP connect
     status, body, _ = get(pv, "/ready")
