@@ -647,6 +647,19 @@ void error(std::string& out, std::string_view sqlstate, std::string_view message
   pr::append_error_response(out, e);
 }
 
+// What is wrong with a Query message's body, or empty: it must be one NUL-terminated string.
+std::string malformed_query(std::string_view body) {
+  const std::size_t nul = body.find('\0');
+  if (nul == std::string_view::npos) {
+    return "its text does not end with a NUL byte; send one NUL-terminated string";
+  }
+  if (nul + 1 != body.size()) {
+    return "its text has a NUL byte at offset " + std::to_string(nul) + " of " +
+           std::to_string(body.size()) + " bytes; send one NUL-terminated string";
+  }
+  return {};
+}
+
 void notice(std::string& out, std::string_view message) {
   pr::ErrorFields n;
   n.severity = "NOTICE";
@@ -755,22 +768,44 @@ boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, sessi
       co_return;
     }
     if (read == ReadStatus::Invalid || read == ReadStatus::NoMemory) {
+      // The message can be neither taken nor skipped: the session ends, as in PostgreSQL.
       out.clear();
-      error(out, "08P01",
-            "pgvalve: an admin console message may be at most 1 MiB; send the command alone", true);
+      if (read == ReadStatus::NoMemory) {
+        error(out, "53400",
+              "pgvalve: too much memory is held for messages still being received "
+              "(limits.message_memory_bytes); send smaller messages or retry later",
+              true);
+      } else if (const std::uint32_t length = pr::read_u32(in.readable().data() + 1); length < 4) {
+        error(out, "08P01",
+              "pgvalve: invalid message length " + std::to_string(length) +
+                  " (a length counts its own 4 bytes, so it is at least 4); a client must send "
+                  "PostgreSQL protocol 3.0 messages",
+              true);
+      } else {
+        error(out, "08P01",
+              "pgvalve: a message of " + std::to_string(std::uint64_t{length} + 1) +
+                  " bytes is too large: an admin console message may be at most 1 MiB; send "
+                  "the command alone",
+              true);
+      }
       co_await write_all(client, out);
       co_return;
     }
     if (read != ReadStatus::Ok) co_return;
     out.clear();
     if (f.tag == 'X') co_return;
-    if (f.tag != 'Q') {
-      // One error per flight, as PostgreSQL answers a failed extended-protocol request.
+    if (f.tag != 'Q' || refused_in_flight) {
+      // One error per flight, as PostgreSQL answers a failed extended-protocol request; as it,
+      // the console then skips every message up to the Sync, a Query too.
       if (!refused_in_flight) {
         error(out, "0A000", "pgvalve: the admin console accepts simple queries only");
       }
       refused_in_flight = f.tag != 'S';
       if (f.tag == 'S') pr::append_ready_for_query(out, 'I');
+    } else if (const auto why = malformed_query(f.body); !why.empty()) {
+      // As PostgreSQL: an error, and the session goes on (the framing is intact).
+      error(out, "08P01", "pgvalve: malformed Query message: " + why);
+      pr::append_ready_for_query(out, 'I');
     } else {
       auto sql = pr::read_query(f).value_or("");
       auto words = words_of(sql);

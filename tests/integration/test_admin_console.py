@@ -300,3 +300,47 @@ def test_a_console_that_stalls_mid_message_is_cut(pgvalve):
         assert "message_timeout_ms" in fields["M"]
     finally:
         c.close_abruptly()
+
+
+def test_the_console_refuses_malformed_messages_clearly(pgvalve):
+    """As PostgreSQL: a Query that is not one NUL-terminated string gets 08P01 and the session
+    goes on; after a refused extended-protocol message a Query is skipped up to the Sync; a
+    length field below 4, or a message over 1 MiB, ends the session with FATAL 08P01, each
+    saying which."""
+    from itutil import OPS_PASSWORD, OPS_USER
+    from pgwire import message, parse_fields, query_message, read_error_then_close
+    from pgwire_ext import ExtClient, parse, sync
+    pv = pgvalve(users=APP_AND_OPS)
+
+    def login():
+        return ExtClient.login(pv, user=OPS_USER, password=OPS_PASSWORD, dbname="pgvalve")
+
+    c = login()
+    try:
+        for body, what in [(b"SHOW\0VERSION\0", "a NUL byte at offset 4"),
+                           (b"SHOW VERSION", "does not end with a NUL byte")]:
+            r = c.run([message(b"Q", body)])
+            assert r.kinds == b"EZ", (body, r.kinds)
+            e = r.errors[0]
+            assert (e["S"], e["C"]) == ("ERROR", "08P01")
+            assert e["M"].startswith("pgvalve: malformed Query message: ") and what in e["M"]
+        # one error for the flight; its Query is neither answered nor run
+        r = c.run([parse("", "SHOW VERSION"), query_message("PAUSE"), sync()], syncs=1)
+        assert r.kinds == b"EZ", r.kinds
+        assert r.errors[0]["C"] == "0A000"
+        r = c.simple("SHOW STATE")
+        assert ["active", "yes"] in r.rows, r.rows
+        c.sock.sendall(b"Q\x00\x00\x00\x03")
+        err, closed, _ = read_error_then_close(c.sock, 5)
+        assert closed and (err["S"], err["C"]) == ("FATAL", "08P01")
+        assert err["M"].startswith("pgvalve: invalid message length 3 "), err["M"]
+    finally:
+        c.close_abruptly()
+    c = login()
+    try:
+        c.sock.sendall(query_message("SHOW " + "x" * (1 << 20))[:5])
+        err, closed, _ = read_error_then_close(c.sock, 5)
+        assert closed and (err["S"], err["C"]) == ("FATAL", "08P01")
+        assert err["M"].startswith("pgvalve: a message of 1048587 bytes is too large"), err["M"]
+    finally:
+        c.close_abruptly()
