@@ -577,7 +577,9 @@ boost::asio::awaitable<void> answer_statistics(App& app, std::string command, st
     show_stats(per_database, out);
     co_return;
   }
-  stats::Snapshot snapshot = co_await app.query_stats();
+  // SHOW SHARDS needs only the counters; the other two every statement or sample.
+  const auto detail = command == "SHARDS" ? stats::Detail::Totals : stats::Detail::All;
+  stats::Snapshot snapshot = co_await app.query_stats(detail);
   if (command == "QUERIES") {
     show_queries(app, snapshot, out);
   } else if (command == "SLOW_QUERIES") {

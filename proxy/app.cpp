@@ -190,24 +190,63 @@ void App::set_topology(std::shared_ptr<const Topology> topology) {
   topology_generation_.store(generation, std::memory_order_release);
 }
 
-asio::awaitable<stats::Snapshot> App::query_stats() {
-  struct Gathered {
-    std::mutex mutex;
-    std::unordered_map<std::uint64_t, stats::QueryFigures> all;
-    stats::Snapshot totals;
+asio::awaitable<stats::Snapshot> App::query_stats(stats::Detail detail) {
+  const auto max_fingerprints = static_cast<std::size_t>(config()->stats.max_fingerprints);
+  // Each worker writes only its own slot, so the workers never wait for each other, and marks
+  // it done: a worker that answers after on_every_worker gave up on it is left out (its slot
+  // stays alive with `parts`, and is not read).
+  struct Part {
+    stats::Snapshot snapshot;
+    std::vector<stats::FingerprintTime> times;
+    std::atomic<bool> done{false};
   };
-  auto gathered = std::make_shared<Gathered>();
-  const auto gather = [gathered](Worker& w) {
-    std::lock_guard lock(gathered->mutex);  // the readers' lock: the hot path never takes it
-    w.query_stats.collect(gathered->all, gathered->totals);
+  auto parts = std::make_shared<std::vector<Part>>(workers_.size());
+  const auto finished = [&parts] {
+    std::vector<stats::Snapshot> out;
+    for (auto& p : *parts) {
+      if (p.done.load(std::memory_order_acquire)) out.push_back(std::move(p.snapshot));
+    }
+    return out;
   };
-  co_await on_every_worker(gather);
-  stats::Snapshot out;
-  {
-    std::lock_guard lock(gathered->mutex);
-    out = stats::QueryStats::finish(std::move(gathered->all), std::move(gathered->totals),
-                                    static_cast<std::size_t>(config()->stats.max_fingerprints));
+  if (detail != stats::Detail::Top) {
+    const auto collect = [parts, detail](Worker& w) {
+      Part& p = (*parts)[static_cast<std::size_t>(w.index)];
+      if (detail == stats::Detail::All) {
+        w.query_stats.collect_all(p.snapshot);
+      } else {
+        w.query_stats.collect_totals(p.snapshot);
+      }
+      p.done.store(true, std::memory_order_release);
+    };
+    co_await on_every_worker(collect);
+    co_return stats::QueryStats::merge(finished(), max_fingerprints);
   }
+  // Top: first each worker's total time per statement (no text or histogram), then, for the
+  // statements with the most in sum, their figures from every worker.
+  const auto times = [parts](Worker& w) {
+    Part& p = (*parts)[static_cast<std::size_t>(w.index)];
+    w.query_stats.collect_times(p.times);
+    p.done.store(true, std::memory_order_release);
+  };
+  co_await on_every_worker(times);
+  std::vector<std::vector<stats::FingerprintTime>> all_times;
+  for (auto& p : *parts) {
+    if (p.done.load(std::memory_order_acquire)) all_times.push_back(std::move(p.times));
+  }
+  auto top = std::make_shared<const std::vector<std::uint64_t>>(
+      stats::QueryStats::top_by_time(all_times, std::min(stats::kTopShown, max_fingerprints)));
+  // Fresh slots: one that was late for the first round may still be written to.
+  parts = std::make_shared<std::vector<Part>>(workers_.size());
+  const auto figures = [parts, top](Worker& w) {
+    Part& p = (*parts)[static_cast<std::size_t>(w.index)];
+    w.query_stats.collect_totals(p.snapshot);
+    w.query_stats.collect_figures(*top, p.snapshot);
+    w.query_stats.collect_latest_slow(stats::kTopShown, p.snapshot);
+    p.done.store(true, std::memory_order_release);
+  };
+  co_await on_every_worker(figures);
+  stats::Snapshot out = stats::QueryStats::merge(finished(), max_fingerprints);
+  if (out.slow.size() > stats::kTopShown) out.slow.resize(stats::kTopShown);
   co_return out;
 }
 
@@ -260,7 +299,7 @@ asio::awaitable<std::vector<App::DatabaseStats>> App::database_stats() {
   // Every configured database has a row, with zeros before its first client (as PgBouncer).
   for (const auto& db : config()->databases)
     row(db.name);
-  const stats::Snapshot snap = co_await query_stats();
+  const stats::Snapshot snap = co_await query_stats(stats::Detail::Totals);
   for (const auto& d : snap.databases) {
     auto& r = row(d.database);
     r.transactions += d.transactions;

@@ -201,8 +201,9 @@ class App : public pool::Handoff {
   // twice).
   template <typename F>
   asio::awaitable<void> on_every_worker(const F& f);
-  // Every worker's statement statistics, summed (SHOW QUERIES, SLOW_QUERIES, /metrics).
-  asio::awaitable<stats::Snapshot> query_stats();
+  // Every worker's statement statistics, summed, in as much `detail` as the reader needs (each
+  // worker copies only that: /metrics no statement at all).
+  asio::awaitable<stats::Snapshot> query_stats(stats::Detail detail);
   stats::CounterTotals counter_totals() const;
   // SHOW STATS: one row per database seen, every worker's figures summed.
   struct DatabaseStats {

@@ -204,7 +204,7 @@ std::string status_json(const Snapshot& s) {
   }
   out["hosts"] = std::move(hosts);
   // The statements that cost the most, and the latest slow ones: the console has all of them.
-  constexpr std::size_t kShown = 20;
+  constexpr std::size_t kShown = stats::kTopShown;
   json queries = json::array();
   for (std::size_t i = 0; i < s.statements.queries.size() && i < kShown; ++i) {
     const auto& q = s.statements.queries[i];
@@ -438,10 +438,10 @@ asio::awaitable<Response> answer(std::shared_ptr<State> st, const Request& req) 
   if (path == "/health") co_return text(version, http::status::ok, "ok\n");
   if (path == "/ready") co_return co_await ready(st, version);
   if (path == "/status") {
-    const Snapshot for_status = co_await take_snapshot(st->app);
+    const Snapshot for_status = co_await take_snapshot(st->app, stats::Detail::Top);
     co_return make_response(version, http::status::ok, "application/json", status_json(for_status));
   }
-  const Snapshot for_metrics = co_await take_snapshot(st->app);
+  const Snapshot for_metrics = co_await take_snapshot(st->app, stats::Detail::Totals);
   co_return make_response(
       version, http::status::ok, kMetricsContentType,
       prometheus::TextSerializer().Serialize(MetricsCollectable(for_metrics).Collect()));

@@ -54,9 +54,9 @@ Snapshot take_pool_snapshot(App& app) {
   return s;
 }
 
-boost::asio::awaitable<Snapshot> take_snapshot(App& app) {
+boost::asio::awaitable<Snapshot> take_snapshot(App& app, stats::Detail detail) {
   Snapshot s = take_pool_snapshot(app);
-  s.statements = co_await app.query_stats();
+  s.statements = co_await app.query_stats(detail);
   co_return s;
 }
 

@@ -34,7 +34,7 @@ struct Snapshot {
   int client_connections = 0;  // every open client socket, logging in or not (App::open_sockets())
   bool draining = false;
   std::vector<PoolSample> pools;  // sorted by database, user, host
-  stats::Snapshot statements;     // every worker's statement figures, summed
+  stats::Snapshot statements;     // every worker's statement figures, summed (as detailed as asked)
   std::vector<HostRow> hosts;     // as SHOW HOSTS
   std::uint64_t failovers = 0;
   // Sockets refused at the door, by reason (config key), and those closed without an answer.
@@ -57,8 +57,9 @@ struct Snapshot {
 
 // Every figure but the statement statistics, at once (what /ready needs).
 Snapshot take_pool_snapshot(App& app);
-// Every figure; the statement statistics are gathered on the worker threads.
-boost::asio::awaitable<Snapshot> take_snapshot(App& app);
+// Every figure; the statement statistics are gathered on the worker threads, in as much
+// `detail` as the reader needs (/metrics: Totals, /status: Top).
+boost::asio::awaitable<Snapshot> take_snapshot(App& app, stats::Detail detail);
 
 // Where a host sits in a database's shards: the shard's name and "primary" or "replica".
 // Empty strings when the host is not (or no longer) in the configuration.

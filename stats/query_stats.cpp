@@ -344,34 +344,30 @@ void QueryStats::record(const Execution& e, const ClientLabels& who, std::string
   slow_next_ = (slow_next_ + 1) % limits_.slow_samples;
 }
 
-void QueryStats::collect(std::unordered_map<std::uint64_t, QueryFigures>& into,
-                         Snapshot& totals) const {
-  for (const auto& f : entries_) {
-    if (f.calls == 0) continue;
-    into[f.fingerprint].merge(f);
-    into[f.fingerprint].fingerprint = f.fingerprint;
-  }
-  totals.slow.insert(totals.slow.end(), slow_.begin(), slow_.end());
-  totals.evictions += evictions_;
-  totals.slow_total += slow_total_;
-  for (const auto& q : queries_by_label_) {
-    auto it = std::find_if(totals.queries_by_label.begin(), totals.queries_by_label.end(),
+namespace {
+
+// Adds `part`'s counters to `into`'s, label by label.
+void add_totals(Snapshot& into, const Snapshot& part) {
+  into.evictions += part.evictions;
+  into.slow_total += part.slow_total;
+  for (const auto& q : part.queries_by_label) {
+    auto it = std::find_if(into.queries_by_label.begin(), into.queries_by_label.end(),
                            [&](const QueryTotals& t) {
                              return t.database == q.database && t.shard == q.shard &&
                                     t.replica == q.replica && t.kind == q.kind;
                            });
-    if (it == totals.queries_by_label.end()) {
-      totals.queries_by_label.push_back(q);
+    if (it == into.queries_by_label.end()) {
+      into.queries_by_label.push_back(q);
     } else {
       it->queries += q.queries;
       it->rows += q.rows;
     }
   }
-  for (const auto& d : databases_) {
-    auto it = std::find_if(totals.databases.begin(), totals.databases.end(),
+  for (const auto& d : part.databases) {
+    auto it = std::find_if(into.databases.begin(), into.databases.end(),
                            [&](const DatabaseTotals& t) { return t.database == d.database; });
-    if (it == totals.databases.end()) {
-      totals.databases.push_back(d);
+    if (it == into.databases.end()) {
+      into.databases.push_back(d);
       continue;
     }
     it->transactions += d.transactions;
@@ -380,15 +376,65 @@ void QueryStats::collect(std::unordered_map<std::uint64_t, QueryFigures>& into,
       it->duration_counts[b] += d.duration_counts[b];
     it->duration_sum_seconds += d.duration_sum_seconds;
   }
-  for (const auto& e : errors_) {
-    auto it = std::find_if(totals.errors.begin(), totals.errors.end(), [&](const ErrorTotals& t) {
+  for (const auto& e : part.errors) {
+    auto it = std::find_if(into.errors.begin(), into.errors.end(), [&](const ErrorTotals& t) {
       return t.sqlstate_class[0] == e.sqlstate_class[0] &&
              t.sqlstate_class[1] == e.sqlstate_class[1];
     });
-    if (it == totals.errors.end()) {
-      totals.errors.push_back(e);
+    if (it == into.errors.end()) {
+      into.errors.push_back(e);
     } else {
       it->errors += e.errors;
+    }
+  }
+}
+
+}  // namespace
+
+void QueryStats::collect_totals(Snapshot& part) const {
+  part.evictions += evictions_;
+  part.slow_total += slow_total_;
+  // Labels repeated across calls are summed by merge().
+  part.queries_by_label.insert(part.queries_by_label.end(), queries_by_label_.begin(),
+                               queries_by_label_.end());
+  part.databases.insert(part.databases.end(), databases_.begin(), databases_.end());
+  part.errors.insert(part.errors.end(), errors_.begin(), errors_.end());
+}
+
+void QueryStats::collect_all(Snapshot& part) const {
+  collect_totals(part);
+  for (const auto& f : entries_) {
+    if (f.calls > 0) part.queries.push_back(f);
+  }
+  part.slow.insert(part.slow.end(), slow_.begin(), slow_.end());
+}
+
+void QueryStats::collect_latest_slow(std::size_t n, Snapshot& part) const {
+  // By time rather than by place in the ring, which a smaller stats.slow_samples reorders.
+  std::vector<const SlowQuery*> newest;
+  newest.reserve(slow_.size());
+  for (const auto& s : slow_)
+    newest.push_back(&s);
+  const std::size_t k = std::min(n, newest.size());
+  std::partial_sort(newest.begin(), newest.begin() + static_cast<std::ptrdiff_t>(k), newest.end(),
+                    [](const SlowQuery* a, const SlowQuery* b) { return a->at > b->at; });
+  for (std::size_t i = 0; i < k; ++i)
+    part.slow.push_back(*newest[i]);
+}
+
+void QueryStats::collect_times(std::vector<FingerprintTime>& out) const {
+  out.reserve(out.size() + entries_.size());
+  for (const auto& f : entries_) {
+    if (f.calls > 0) out.push_back({f.fingerprint, f.total_micros});
+  }
+}
+
+void QueryStats::collect_figures(const std::vector<std::uint64_t>& fingerprints,
+                                 Snapshot& part) const {
+  for (const std::uint64_t fingerprint : fingerprints) {
+    const auto it = index_.find(fingerprint);
+    if (it != index_.end() && entries_[it->second].calls > 0) {
+      part.queries.push_back(entries_[it->second]);
     }
   }
 }
@@ -434,19 +480,50 @@ void QueryStats::set_limits(const Limits& limits) {
 }
 
 Snapshot QueryStats::snapshot(const std::vector<const QueryStats*>& workers,
-                              std::size_t max_fingerprints) {
-  Snapshot totals;
-  std::unordered_map<std::uint64_t, QueryFigures> all;
-  for (const QueryStats* w : workers)
-    w->collect(all, totals);
-  return finish(std::move(all), std::move(totals), max_fingerprints);
+                              std::size_t max_fingerprints, Detail detail) {
+  std::vector<Snapshot> parts(workers.size());
+  if (detail == Detail::Top) {
+    std::vector<std::vector<FingerprintTime>> times(workers.size());
+    for (std::size_t i = 0; i < workers.size(); ++i)
+      workers[i]->collect_times(times[i]);
+    const auto top = top_by_time(times, std::min(kTopShown, max_fingerprints));
+    for (std::size_t i = 0; i < workers.size(); ++i) {
+      workers[i]->collect_totals(parts[i]);
+      workers[i]->collect_figures(top, parts[i]);
+      workers[i]->collect_latest_slow(kTopShown, parts[i]);
+    }
+  } else {
+    for (std::size_t i = 0; i < workers.size(); ++i) {
+      if (detail == Detail::All) {
+        workers[i]->collect_all(parts[i]);
+      } else {
+        workers[i]->collect_totals(parts[i]);
+      }
+    }
+  }
+  Snapshot out = merge(std::move(parts), max_fingerprints);
+  if (detail == Detail::Top && out.slow.size() > kTopShown) out.slow.resize(kTopShown);
+  return out;
 }
 
-Snapshot QueryStats::finish(std::unordered_map<std::uint64_t, QueryFigures>&& all,
-                            Snapshot&& totals, std::size_t max_fingerprints) {
-  Snapshot out = std::move(totals);
-  out.queries.reserve(all.size());
-  for (auto& [fp, f] : all)
+Snapshot QueryStats::merge(std::vector<Snapshot>&& parts, std::size_t max_fingerprints) {
+  Snapshot out;
+  std::unordered_map<std::uint64_t, QueryFigures> by_fingerprint;
+  for (Snapshot& part : parts) {
+    add_totals(out, part);
+    for (QueryFigures& f : part.queries) {
+      auto [it, added] = by_fingerprint.try_emplace(f.fingerprint);
+      if (added) {
+        it->second = std::move(f);
+      } else {
+        it->second.merge(f);
+      }
+    }
+    out.slow.insert(out.slow.end(), std::make_move_iterator(part.slow.begin()),
+                    std::make_move_iterator(part.slow.end()));
+  }
+  out.queries.reserve(by_fingerprint.size());
+  for (auto& [fingerprint, f] : by_fingerprint)
     out.queries.push_back(std::move(f));
   std::sort(out.queries.begin(), out.queries.end(), [](const auto& a, const auto& b) {
     return a.total_micros != b.total_micros ? a.total_micros > b.total_micros
@@ -456,6 +533,30 @@ Snapshot QueryStats::finish(std::unordered_map<std::uint64_t, QueryFigures>&& al
   std::sort(out.slow.begin(), out.slow.end(),
             [](const SlowQuery& a, const SlowQuery& b) { return a.at > b.at; });
   return out;
+}
+
+std::vector<std::uint64_t> QueryStats::top_by_time(
+    const std::vector<std::vector<FingerprintTime>>& parts, std::size_t n) {
+  std::unordered_map<std::uint64_t, std::uint64_t> sums;
+  for (const auto& part : parts) {
+    for (const auto& t : part)
+      sums[t.fingerprint] += t.total_micros;
+  }
+  std::vector<FingerprintTime> all;
+  all.reserve(sums.size());
+  for (const auto& [fingerprint, total] : sums)
+    all.push_back({fingerprint, total});
+  const std::size_t k = std::min(n, all.size());
+  std::partial_sort(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(k), all.end(),
+                    [](const FingerprintTime& a, const FingerprintTime& b) {
+                      return a.total_micros != b.total_micros ? a.total_micros > b.total_micros
+                                                              : a.fingerprint < b.fingerprint;
+                    });
+  std::vector<std::uint64_t> top;
+  top.reserve(k);
+  for (std::size_t i = 0; i < k; ++i)
+    top.push_back(all[i].fingerprint);
+  return top;
 }
 
 std::uint64_t rows_of_tag(std::string_view tag) {

@@ -1,6 +1,6 @@
 // Statistics per statement shape (fingerprint), kept per worker thread: calls, rows, errors,
 // durations (total, min, max and a histogram for percentiles), where they ran; and a ring of
-// slow executions. Owned by one worker thread: every call, readers' collect() included, runs on
+// slow executions. Owned by one worker thread: every call, readers' collect_*() included, runs on
 // that thread (the proxy posts them there), so the hot path takes no lock at all. Bounded: at most
 // `max_fingerprints` shapes (the least called of a few sampled is evicted for a new one, and
 // counted) and `slow_samples` slow executions.
@@ -142,6 +142,22 @@ struct ExplainRequest {
   std::string user;
 };
 
+// How much of the statement figures a reader needs; a worker copies no more than that.
+enum class Detail : std::uint8_t {
+  Totals,  // the counters only (/metrics, SHOW STATS, SHOW SHARDS): no statement copied
+  Top,     // and the kTopShown statements with the most total time and the kTopShown latest
+           // slow samples (/status)
+  All,     // and every statement and slow sample (SHOW QUERIES, SHOW SLOW_QUERIES)
+};
+inline constexpr std::size_t kTopShown = 20;
+
+// A fingerprint's total time on one worker: what a Top reader ranks by before it copies the
+// figures of the few it shows.
+struct FingerprintTime {
+  std::uint64_t fingerprint = 0;
+  std::uint64_t total_micros = 0;
+};
+
 // What a snapshot gathers from every worker.
 struct Snapshot {
   std::vector<QueryFigures> queries;  // one per fingerprint, by total time, largest first
@@ -172,8 +188,18 @@ class QueryStats {
   // the client with): counted by SQLSTATE class with the errors of statements.
   void count_error(std::string_view sqlstate);
 
-  // Adds this worker's figures to `into` (keyed by fingerprint) and its slow samples to `slow`.
-  void collect(std::unordered_map<std::uint64_t, QueryFigures>& into, Snapshot& totals) const;
+  // A worker's part of a snapshot is collected on its thread into a Snapshot of its own (no
+  // lock shared between workers), and the parts are merged by merge() on the reader's thread.
+  // The counters (queries by label, databases, errors, slow and eviction totals).
+  void collect_totals(Snapshot& part) const;
+  // Every fingerprint called so far and every slow sample (order left to merge()).
+  void collect_all(Snapshot& part) const;
+  // The `n` newest slow samples, newest first.
+  void collect_latest_slow(std::size_t n, Snapshot& part) const;
+  // The total time of every fingerprint called so far: no text or histogram copied.
+  void collect_times(std::vector<FingerprintTime>& out) const;
+  // The figures of those of `fingerprints` called here so far.
+  void collect_figures(const std::vector<std::uint64_t>& fingerprints, Snapshot& part) const;
   // explain_slow: the statements sampled since the last call (the control thread EXPLAINs them).
   std::vector<ExplainRequest> take_explain_requests();
   // The advice for a fingerprint's plan ("" when none): shown with it from now on.
@@ -187,13 +213,19 @@ class QueryStats {
     return !limits_.redact_literals && limits_.slow_query.count() > 0 && limits_.slow_samples > 0;
   }
 
-  // Orders what collect() gathered (queries by total time, slow ones newest first), at most
-  // `max_fingerprints` queries.
-  static Snapshot finish(std::unordered_map<std::uint64_t, QueryFigures>&& all, Snapshot&& totals,
-                         std::size_t max_fingerprints);
-  // collect() of each of `workers` then finish(), on one thread (tests, single-threaded use).
+  // Sums the workers' parts (counters by label, figures by fingerprint) and orders them:
+  // queries by total time, largest first, at most `max_fingerprints`; slow samples newest first.
+  static Snapshot merge(std::vector<Snapshot>&& parts, std::size_t max_fingerprints);
+  // The `n` fingerprints with the most total time summed over the workers' collect_times()
+  // (ties: the smaller fingerprint first), most first: the ones whose figures a Top reader then
+  // collects from every worker, so that each figure shown is the sum of all of them (a
+  // worker's own top n would miss a statement that is 21st on each worker but first in sum).
+  static std::vector<std::uint64_t> top_by_time(
+      const std::vector<std::vector<FingerprintTime>>& parts, std::size_t n);
+  // A snapshot of `detail` of `workers`, all on this thread (tests, single-threaded use); the
+  // proxy runs the same steps with each worker's collect_*() on its own thread.
   static Snapshot snapshot(const std::vector<const QueryStats*>& workers,
-                           std::size_t max_fingerprints);
+                           std::size_t max_fingerprints, Detail detail = Detail::All);
 
   // The text shown for a statement: libpg_query's normalisation, or pgvalve's own when the
   // statement does not parse or is longer than kMaxParsedTextBytes; at most kMaxTextBytes.

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <thread>
+
 #include "routing/fingerprint.h"
 
 namespace pgvalve::stats {
@@ -433,6 +435,155 @@ TEST(QueryStatsExplain, WaitingRequestsAreBoundedAndTheRestComeLater) {
   for (const auto& sql : shapes)
     s.prepare(routing::fingerprint(sql), sql, kWho);
   EXPECT_EQ(s.take_explain_requests().size(), 8u);  // still wanted: sampled now
+}
+
+// Statement i on a worker: its own shape, `calls` executions of `micros` each.
+void run_shape(QueryStats& s, int i, int calls, std::uint64_t micros) {
+  const std::string sql = "select c" + std::to_string(i) + " from t";
+  s.prepare(routing::fingerprint(sql), sql, kWho);
+  for (int c = 0; c < calls; ++c)
+    s.record(run(sql, micros), kWho);
+}
+
+TEST(QueryStatsDetail, TopIsTheFirstOfAllWithEveryWorkersShareSummed) {
+  QueryStats a, b;
+  // 25 shapes of 1 ms on each worker, and a few on both with less.
+  for (int i = 0; i < 25; ++i) {
+    run_shape(a, i, 1, 1000);
+    run_shape(b, i + 25, 1, 1000);
+  }
+  for (int i = 50; i < 60; ++i) {
+    run_shape(a, i, 2, 100 + static_cast<std::uint64_t>(i));
+    run_shape(b, i, 1, 200 + static_cast<std::uint64_t>(i));
+  }
+  // 26th on each worker, second in sum: a worker's own top 20 would miss it.
+  run_shape(a, 100, 1, 600);
+  run_shape(b, 100, 1, 600);
+  // First on one worker: its small share on the other must be added too.
+  run_shape(a, 101, 10, 2000);
+  run_shape(b, 101, 1, 7);
+  const Snapshot all = QueryStats::snapshot({&a, &b}, 100, Detail::All);
+  const Snapshot top = QueryStats::snapshot({&a, &b}, 100, Detail::Top);
+  ASSERT_EQ(top.queries.size(), kTopShown);
+  ASSERT_GT(all.queries.size(), kTopShown);
+  for (std::size_t i = 0; i < kTopShown; ++i) {
+    const QueryFigures& want = all.queries[i];
+    const QueryFigures& got = top.queries[i];
+    EXPECT_EQ(got.fingerprint, want.fingerprint) << i;
+    EXPECT_EQ(got.text, want.text) << i;
+    EXPECT_EQ(got.calls, want.calls) << i;
+    EXPECT_EQ(got.rows, want.rows) << i;
+    EXPECT_EQ(got.total_micros, want.total_micros) << i;
+    EXPECT_EQ(got.min_micros, want.min_micros) << i;
+    EXPECT_EQ(got.max_micros, want.max_micros) << i;
+    EXPECT_EQ(got.durations.count(), want.durations.count()) << i;
+  }
+  const auto fingerprint = [](int i) {
+    return routing::fingerprint("select c" + std::to_string(i) + " from t");
+  };
+  EXPECT_EQ(top.queries[0].fingerprint, fingerprint(101));
+  EXPECT_EQ(top.queries[0].calls, 11u);
+  EXPECT_EQ(top.queries[0].min_micros, 7u);
+  EXPECT_EQ(top.queries[1].fingerprint, fingerprint(100));
+  EXPECT_EQ(top.queries[1].calls, 2u);
+}
+
+TEST(QueryStatsDetail, TopHasTheLatestSlowSamplesOfAllWorkers) {
+  Limits limits;
+  limits.slow_query = std::chrono::milliseconds(1);
+  QueryStats a(limits), b(limits);
+  const std::string sql = "select pg_sleep(0.1)";
+  for (QueryStats* s : {&a, &b})
+    s->prepare(routing::fingerprint(sql), sql, kWho);
+  // Newest on either worker in turns; b also has older ones first.
+  for (int i = 0; i < 30; ++i) {
+    b.record(run(sql, 5000 + static_cast<std::uint64_t>(i)), kWho);
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+  }
+  for (int i = 0; i < 30; ++i) {
+    (i % 3 == 0 ? b : a).record(run(sql, 10000 + static_cast<std::uint64_t>(i)), kWho);
+    std::this_thread::sleep_for(std::chrono::microseconds(20));
+  }
+  const Snapshot all = QueryStats::snapshot({&a, &b}, 100, Detail::All);
+  const Snapshot top = QueryStats::snapshot({&a, &b}, 100, Detail::Top);
+  ASSERT_EQ(all.slow.size(), 60u);
+  ASSERT_EQ(top.slow.size(), kTopShown);
+  for (std::size_t i = 0; i < kTopShown; ++i) {
+    EXPECT_EQ(top.slow[i].micros, all.slow[i].micros) << i;
+    EXPECT_EQ(top.slow[i].micros, 10029u - i) << i;
+  }
+  EXPECT_EQ(top.slow_total, 60u);
+}
+
+TEST(QueryStatsDetail, TotalsCopyNoStatementAndTheSameCounters) {
+  Limits limits;
+  limits.slow_query = std::chrono::milliseconds(1);
+  QueryStats a(limits), b(limits);
+  for (int i = 0; i < 30; ++i) {
+    run_shape(a, i, 2, 5000);
+    run_shape(b, i, 1, 50);
+  }
+  a.count_transaction(kWho, 10);
+  b.count_error("57014");
+  const Snapshot all = QueryStats::snapshot({&a, &b}, 100, Detail::All);
+  const Snapshot totals = QueryStats::snapshot({&a, &b}, 100, Detail::Totals);
+  EXPECT_TRUE(totals.queries.empty());
+  EXPECT_TRUE(totals.slow.empty());
+  EXPECT_EQ(totals.slow_total, 60u);
+  EXPECT_EQ(totals.slow_total, all.slow_total);
+  EXPECT_EQ(totals.evictions, all.evictions);
+  ASSERT_EQ(totals.queries_by_label.size(), 1u);
+  EXPECT_EQ(totals.queries_by_label[0].queries, 90u);
+  ASSERT_EQ(totals.databases.size(), 1u);
+  EXPECT_EQ(totals.databases[0].transactions, 1u);
+  EXPECT_EQ(totals.databases[0].duration_counts[0], all.databases[0].duration_counts[0]);
+  ASSERT_EQ(totals.errors.size(), 1u);
+  EXPECT_EQ(totals.errors[0].errors, 1u);
+}
+
+TEST(QueryStatsDetail, TopShowsNoMoreThanTheCap) {
+  QueryStats a;
+  for (int i = 0; i < 30; ++i)
+    run_shape(a, i, 1, 100 + static_cast<std::uint64_t>(i));
+  const Snapshot top = QueryStats::snapshot({&a}, 5, Detail::Top);
+  const Snapshot all = QueryStats::snapshot({&a}, 5, Detail::All);
+  ASSERT_EQ(top.queries.size(), 5u);
+  for (std::size_t i = 0; i < 5; ++i)
+    EXPECT_EQ(top.queries[i].fingerprint, all.queries[i].fingerprint);
+}
+
+TEST(QueryStatsDetail, TopByTimeSumsThePartsAndBreaksTiesByFingerprint) {
+  const std::vector<std::vector<FingerprintTime>> parts = {
+      {{1, 10}, {2, 30}, {3, 5}, {7, 20}},
+      {{3, 30}, {4, 20}, {5, 1}},
+  };
+  // Sums: 3 -> 35, 2 -> 30, 4 -> 20, 7 -> 20, 1 -> 10, 5 -> 1.
+  EXPECT_EQ(QueryStats::top_by_time(parts, 4), (std::vector<std::uint64_t>{3, 2, 4, 7}));
+  EXPECT_EQ(QueryStats::top_by_time(parts, 100), (std::vector<std::uint64_t>{3, 2, 4, 7, 1, 5}));
+  EXPECT_TRUE(QueryStats::top_by_time(parts, 0).empty());
+  EXPECT_TRUE(QueryStats::top_by_time({}, 20).empty());
+}
+
+TEST(QueryStatsDetail, AWorkerGivesOnlyWhatIsAsked) {
+  Limits limits;
+  limits.slow_query = std::chrono::milliseconds(1);
+  QueryStats s(limits);
+  for (int i = 0; i < 50; ++i)
+    run_shape(s, i, 1, 2000 + static_cast<std::uint64_t>(i));
+  std::vector<FingerprintTime> times;
+  s.collect_times(times);
+  EXPECT_EQ(times.size(), 50u);
+  Snapshot part;
+  const std::vector<std::uint64_t> wanted = {routing::fingerprint("select c3 from t"),
+                                             routing::fingerprint("select c99 from t")};
+  s.collect_figures(wanted, part);
+  ASSERT_EQ(part.queries.size(), 1u);  // c99 never ran here
+  EXPECT_EQ(part.queries[0].total_micros, 2003u);
+  s.collect_latest_slow(3, part);
+  ASSERT_EQ(part.slow.size(), 3u);
+  EXPECT_GE(part.slow[0].at, part.slow[1].at);
+  EXPECT_GE(part.slow[1].at, part.slow[2].at);
+  EXPECT_EQ(part.slow[0].micros, 2049u);
 }
 
 }  // namespace
