@@ -91,6 +91,16 @@ struct HttpServer::State {
   std::unordered_map<beast::tcp_stream*, Connection> connections;
   std::size_t evicted = 0;
   std::map<std::string, Probe> probes;  // by "host:port"
+
+  // A snapshot being taken for /metrics or /status; the requests for the same that arrive
+  // meanwhile wait for it and answer from it, so that concurrent scrapes make the workers
+  // gather once, and hold one snapshot, not one each.
+  struct Gathering {
+    std::shared_ptr<const Snapshot> result;  // null until taken (or when it failed)
+    std::vector<std::shared_ptr<asio::steady_timer>> waiters;  // cancelled when it is done
+  };
+  std::shared_ptr<Gathering> metrics_gathering;  // the one under way, if any
+  std::shared_ptr<Gathering> status_gathering;
 };
 
 namespace {
@@ -395,6 +405,40 @@ asio::awaitable<Response> ready(std::shared_ptr<State> st, unsigned version) {
   co_return text(version, http::status::service_unavailable, "not ready\n" + details);
 }
 
+// ---- snapshots -----------------------------------------------------------------------------
+
+// A snapshot of `detail` (Totals for /metrics, Top for /status): the one under way when there is
+// one, else a new one.
+asio::awaitable<std::shared_ptr<const Snapshot>> shared_snapshot(std::shared_ptr<State> st,
+                                                                 stats::Detail detail) {
+  auto& slot = detail == stats::Detail::Top ? st->status_gathering : st->metrics_gathering;
+  if (const auto under_way = slot) {
+    auto timer = std::make_shared<asio::steady_timer>(st->context);
+    timer->expires_at(asio::steady_timer::time_point::max());
+    under_way->waiters.push_back(timer);
+    error_code ec;
+    co_await timer->async_wait(await_ec(ec));
+    if (under_way->result) co_return under_way->result;
+    // It failed: this request takes its own below.
+  }
+  auto gathering = std::make_shared<State::Gathering>();
+  if (!slot) slot = gathering;
+  const auto done = [&] {
+    if (slot == gathering) slot.reset();
+    for (auto& w : gathering->waiters)
+      w->cancel();
+    gathering->waiters.clear();
+  };
+  try {
+    gathering->result = std::make_shared<const Snapshot>(co_await take_snapshot(st->app, detail));
+  } catch (...) {
+    done();
+    throw;
+  }
+  done();
+  co_return gathering->result;
+}
+
 // ---- dispatch ------------------------------------------------------------------------------
 
 // The path of the request target, without its query: origin form ("/metrics?x"), or absolute
@@ -438,13 +482,14 @@ asio::awaitable<Response> answer(std::shared_ptr<State> st, const Request& req) 
   if (path == "/health") co_return text(version, http::status::ok, "ok\n");
   if (path == "/ready") co_return co_await ready(st, version);
   if (path == "/status") {
-    const Snapshot for_status = co_await take_snapshot(st->app, stats::Detail::Top);
-    co_return make_response(version, http::status::ok, "application/json", status_json(for_status));
+    const auto for_status = co_await shared_snapshot(st, stats::Detail::Top);
+    co_return make_response(version, http::status::ok, "application/json",
+                            status_json(*for_status));
   }
-  const Snapshot for_metrics = co_await take_snapshot(st->app, stats::Detail::Totals);
+  const auto for_metrics = co_await shared_snapshot(st, stats::Detail::Totals);
   co_return make_response(
       version, http::status::ok, kMetricsContentType,
-      prometheus::TextSerializer().Serialize(MetricsCollectable(for_metrics).Collect()));
+      prometheus::TextSerializer().Serialize(MetricsCollectable(*for_metrics).Collect()));
 }
 
 // HEAD is answered as GET, with the same headers (Content-Length too) and no body (RFC 9110
