@@ -372,8 +372,7 @@ void ClientSession::watch_client() {
       return;
     }
   }
-  if (!watching_client_ && !core_->wants_client_input() &&
-      core_->state() == session::SessionState::WaitingForServer) {
+  if (!watching_client_ && !core_->wants_client_input() && watches_for_hang_up()) {
     watch_for_hang_up();
     return;
   }
@@ -426,8 +425,7 @@ void ClientSession::watch_tls_hang_up(bool bytes_came) {
     self->watching_hang_up_ = false;
     if (self->closed_ || ec == asio::error::operation_aborted) return;
     if (self->hung_up_while_waiting()) return;
-    if (kArrivalWaitAvailable && !ec &&
-        self->core_->state() == session::SessionState::WaitingForServer) {
+    if (kArrivalWaitAvailable && !ec && self->watches_for_hang_up()) {
       self->watch_tls_hang_up(true);
     }
   };
@@ -438,12 +436,19 @@ void ClientSession::watch_tls_hang_up(bool bytes_came) {
   }
 }
 
+// Waiting for a server, or for the shards of a statement over several: the client is not read
+// meanwhile, and one that left must not keep servers (or a place in the queue) until then.
+bool ClientSession::watches_for_hang_up() const {
+  const auto state = core_->state();
+  return state == session::SessionState::WaitingForServer ||
+         state == session::SessionState::Scattering;
+}
+
 bool ClientSession::hung_up_while_waiting() {
-  if (closed_ || core_->state() != session::SessionState::WaitingForServer ||
-      !peer_hung_up(client_.socket())) {
-    return false;
-  }
-  PGV_LOG(Info, "client_left_while_waiting", {"client", id_}, {"database", database_name_});
+  if (closed_ || !watches_for_hang_up() || !peer_hung_up(client_.socket())) return false;
+  PGV_LOG(
+      Info, "client_left_while_waiting", {"client", id_}, {"database", database_name_},
+      {"waiting_for", core_->state() == session::SessionState::Scattering ? "shards" : "a server"});
   client_gone();
   return true;
 }
@@ -462,8 +467,7 @@ void ClientSession::arm_client_arrival() {
                            self->client_drained_ = false;
                            // Not wanted now: the next watch_client() reads.
                            if (!self->watching_client_) {
-                             if (!self->hung_up_while_waiting() &&
-                                 self->core_->state() == session::SessionState::WaitingForServer) {
+                             if (!self->hung_up_while_waiting() && self->watches_for_hang_up()) {
                                self->arm_client_arrival();  // for the end, behind these bytes
                              }
                              return;

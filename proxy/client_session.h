@@ -204,10 +204,12 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   std::function<void()> drained_callback();
   bool writers_busy() const;
   void watch_client();
-  // A client waiting for a server is not read, but its end is watched: one that hangs up leaves
-  // the queue, and its request is dropped instead of running later for nobody.
+  // A client waiting for a server (or for the shards of a read) is not read, but its end is
+  // watched: one that hangs up leaves the queue, and its request is dropped instead of running
+  // later for nobody; the shards' servers are cancelled.
   void watch_for_hang_up();
   void watch_tls_hang_up(bool bytes_came);
+  bool watches_for_hang_up() const;
   bool hung_up_while_waiting();
   void arm_client_arrival();
   void read_client();

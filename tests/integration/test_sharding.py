@@ -571,6 +571,39 @@ def test_a_cancel_stops_a_read_on_every_shard(shards, pgvalve):
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
+def test_a_client_that_leaves_during_a_read_frees_every_shard(shards, pgvalve):
+    """A client gone while its read over several shards runs (a dashboard closed, a timed-out
+    HTTP handler) is not kept waiting for: every shard's server is cancelled and the pool gets
+    them back, so the next client is served at once."""
+    from pgwire import query_message
+    from test_limits import raw
+    clear(shards)
+    pv = pgvalve(**config(shards), pool_size=1, max_overflow=0, checkout_timeout_ms=2000)
+    with pv.connect() as conn:
+        for d in (next(d for d in range(1, 50) if md5_mod(d) == i) for i in range(2)):
+            conn.execute("INSERT INTO telemetry (device_id) VALUES (%s)", (d,))
+    shards[0].wait_replay()
+    gone = raw(pv).connect()
+    gone.sock.sendall(query_message(
+        "SELECT count(*) FROM telemetry WHERE pg_sleep(20) IS NOT NULL"))
+
+    def sleeping(node):
+        with node.connect(dbname=APP_DB) as c:
+            return c.execute("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                             "AND query LIKE '%pg_sleep(20)%' AND pid <> pg_backend_pid()"
+                             ).fetchone()[0]
+
+    wait_until(lambda: sum(sleeping(n) for c in shards for n in c.nodes) == 2, 5,
+               message="the read runs on both shards")
+    gone.close_abruptly()
+    for cluster in shards:
+        for node in cluster.nodes:
+            wait_until(lambda: sleeping(node) == 0, 5, message=f"{node.port} stopped")
+    with pv.connect() as c:  # pool_size 1: the servers came back
+        assert c.execute("SELECT count(*) FROM telemetry").fetchone() == (2,)
+    assert "event=client_left_while_waiting" in pv.log_text()
+
+
 def test_listeners_hear_notifications_from_every_shard(shards, pgvalve):
     # A trigger on each shard announces new readings, the way a dashboard learns of them: a
     # listener through pgvalve hears the readings of devices on either shard, once each.
