@@ -404,8 +404,9 @@ void ClientSession::watch_client() {
 
 void ClientSession::watch_for_hang_up() {
   if (uses_arrival_wait(client_)) {
-    // Bytes the kernel may hold already (the end among them) no arrival will announce.
-    if (!client_drained_ && hung_up_while_waiting()) return;
+    // Bytes the kernel may hold already (the end among them) no arrival will announce; nor a
+    // reset that came with the bytes last read (TCP_INQ tells of bytes and a FIN only).
+    if (hung_up_while_waiting()) return;
     // Edge-triggered: armed with bytes unread, it still reports the end when it comes.
     if (!client_arrival_armed_) arm_client_arrival();
     return;
@@ -587,8 +588,13 @@ void ClientSession::read_client() {
   if (plain) {
     // The kernel holds nothing more (no bytes, not the client's end): only an arrival brings
     // more, and the wait for it is armed before anything else runs. A reset that came with these
-    // bytes shows when the answer is written to the client (a failed write reads again).
+    // bytes shows when the answer is written to the client (a failed write reads again); during
+    // COPY FROM STDIN nothing is written to it until the end, so it is asked for here (TCP_INQ
+    // tells of bytes and a FIN only), and a further read finds it.
     client_drained_ = !rest;
+    if (client_drained_ && core_->copying_from_client() && peer_hung_up(client_.socket())) {
+      client_drained_ = false;
+    }
     if (client_drained_ && !client_arrival_armed_) arm_client_arrival();
   }
   client_in_.commit(n);

@@ -293,6 +293,13 @@ bool Session::scattering() const {
   return work_ && work_->scatter().scatter != nullptr;
 }
 
+bool Session::copying_from_client() const {
+  if (state_ == SessionState::Copying) return true;
+  if (!work_) return false;
+  return std::any_of(work_->links.begin(), work_->links.end(),
+                     [](const Link& l) { return l.server && l.copy_in; });
+}
+
 // What a write's prepared parts are told: COMMIT PREPARED once the commit was decided (every
 // part prepared), else ROLLBACK PREPARED.
 std::string_view Session::scatter_decision_sql() {

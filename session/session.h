@@ -227,6 +227,9 @@ class Session {
   LinkId pending_link() const;
   // A read over several shards is being carried out: links 0 .. n-1 are its shards' servers.
   bool scattering() const;
+  // The client streams COPY data to a server or to the shards: pgvalve writes it nothing until
+  // the COPY ends.
+  bool copying_from_client() const;
   // The client's request may run on any of several linked servers (a statement over several
   // shards, a transaction that spans shards): a cancel goes to each of them.
   bool several_servers() const;

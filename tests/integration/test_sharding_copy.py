@@ -294,3 +294,38 @@ def test_postgresjs_copy_stream_loads_many_devices_onto_their_shards(two_pc, pgv
     # postgres.js keeps the COPY's tag to itself; count(*) through pgvalve stands in for it.
     assert json.loads(r.stdout) == {"ok": True, "written": 5000, "count": 5000}, out
     assert_on_their_shards(two_pc, driver_rows(5000, 200, notes=False))
+
+
+@pytest.mark.parametrize("copy", ["/* pgvalve: shard=s1 */ COPY telemetry (device_id, ts) "
+                                  "FROM STDIN",
+                                  "COPY telemetry (device_id, ts) FROM STDIN"])
+def test_a_client_reset_during_copy_from_stdin_frees_its_servers(two_pc, pgvalve, copy):
+    """A client whose connection is reset right after its last CopyData (a crashed loader):
+    pgvalve writes nothing to it during the COPY, so the reset itself must be noticed; the COPY
+    fails on every shard, nothing stays, and the servers go back to the pool."""
+    import time
+
+    from pgwire import message, query_message, read_message
+    from test_limits import raw
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc), pool_size=1, max_overflow=0)
+    client = raw(pv).connect()
+    client.sock.sendall(query_message(copy))
+    assert read_message(client.sock)[0] == b"G"
+    rows = b"".join(b"%d\t%d\n" % (1 + i % 50, i) for i in range(20000))
+    for _ in range(5):
+        client.sock.sendall(message(b"d", rows))
+    client.sock.sendall(message(b"d", rows))
+    client.close_abruptly(reset=True)  # with the last CopyData, as a killed process's kernel does
+
+    def busy():
+        return sum(len(on(node, "SELECT pid FROM pg_stat_activity WHERE usename = 'app' "
+                               "AND state <> 'idle'")) for node in two_pc)
+
+    deadline = time.monotonic() + 5
+    while busy() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert busy() == 0, "a server is still in the COPY of a client that is gone"
+    assert_nothing_left(two_pc)
+    with pv.connect() as c:  # pool_size 1: every shard's server came back
+        assert c.execute("SELECT count(*) FROM telemetry").fetchone() == (0,)
