@@ -798,9 +798,13 @@ bool Gather::read_row(const pr::Frame& f) {
     return fail("08P01", "pgvalve: a shard sent rows before their description");
   bytes_ += f.body.size() + sizeof(Row);
   if (bytes_ > max_bytes_) {
-    return fail("54000", "pgvalve: the rows of this statement across shards exceed " +
-                             std::to_string(max_bytes_ >> 20) +
-                             " MiB; add a LIMIT, or name one device_id");
+    // A LIMIT reaches the shards only for DISTINCT (sharding.md): no use to advise it here.
+    return fail("54000",
+                "pgvalve: the rows pgvalve combines for this statement across shards "
+                "exceed " +
+                    std::to_string(max_bytes_ >> 20) +
+                    " MiB; name one device_id, or narrow the rows each shard "
+                    "returns with WHERE");
   }
   Row row;
   if (!parse_row(f, row)) return false;
