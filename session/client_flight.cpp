@@ -329,7 +329,19 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
       return out;
     }
     routing::Route route = route_request(request);
-    if (route.kind == routing::Route::Kind::Shards && route.copy_rows) {
+    if (route.kind != routing::Route::Kind::Refuse && extras().deferred_begin.empty() &&
+        describes_named_statements(frames)) {
+      // Any shard knows the answer; the server goes back once it gave it (flush_as_sync).
+      if (route.kind == routing::Route::Kind::Shards) {
+        routing::RouteContext context;
+        context.preference = preference_;
+        context.serializable = serializable_default_;
+        route = router_.on_shard(request.sql, context,
+                                 static_cast<std::uint16_t>(std::countr_zero(route.shards)));
+      }
+      route.any_shard = true;
+      work().flush_as_sync = true;
+    } else if (route.kind == routing::Route::Kind::Shards && route.copy_rows) {
       if (start_copy(frames, request, route, out) == ScatterStart::Started) return out;
     } else if (route.kind == routing::Route::Kind::Shards &&
                start_scatter(frames, request, route, out) != ScatterStart::NotScattered) {
@@ -586,6 +598,37 @@ void Session::plan_on_link(Link& link, std::string_view frames, bool terminate, 
   settle(*l, id, out);
   if (terminate) close_with({}, {}, out);
   return;
+}
+
+// Sharded databases: whether the first request of `frames` is Parses of named statements and
+// Describes of statements, ended by a Flush. The statements are the client's from then on
+// (pgvalve prepares them on whichever server a later Bind goes to); the unnamed statement is
+// not kept between requests, so its Describe keeps the server until its Bind.
+bool Session::describes_named_statements(std::string_view frames) const {
+  if (!router_.sharded()) return false;
+  for (std::size_t pos = 0; pos < frames.size();) {
+    auto r = pr::decode_frame(frames.substr(pos), options_.max_message_bytes);
+    if (r.status != pr::DecodeStatus::Ok) return false;
+    const pr::Frame& f = r.frame;
+    pos += f.whole.size();
+    switch (f.tag) {
+      case 'P': {
+        const auto p = pr::read_parse(f);
+        if (!p || p->statement.empty()) return false;
+        break;
+      }
+      case 'D': {
+        const auto d = pr::read_describe(f);
+        if (!d || d->kind != 'S' || d->name.empty()) return false;
+        break;
+      }
+      case 'H':
+        return pos > f.whole.size();  // something before it
+      default:
+        return false;
+    }
+  }
+  return false;
 }
 
 // The SQL that decides the route of a request: the first Query's text, or the text of the
@@ -1159,6 +1202,17 @@ void Session::plan_frame(const pr::Frame& f, std::size_t offset, Link& l, Flight
       plan_execute(f, offset, l, flight);
       break;
     case 'H':
+      if (work().flush_as_sync) {
+        work().flush_as_sync = false;
+        const std::size_t from = flight.scratch->size();
+        pr::append_sync(*flight.scratch);
+        mark_scratch(flight, from);
+        l.open_extended = false;
+        l.flushed = false;
+        ++l.in_flight;
+        l.pending.push({.kind = Kind::ReadyForQuery, .swallow = true, .sync = true});
+        break;
+      }
       l.open_extended = true;
       l.flushed = true;
       pass_client(flight, offset, size);

@@ -122,6 +122,7 @@ void Workspace::clear() {
   shrink(retry_request);
   retry_pending = false;
   retry_used = false;
+  flush_as_sync = false;
   for (auto& l : links) {
     l.reset();
     l.actions.clear();

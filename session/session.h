@@ -318,6 +318,7 @@ class Session {
   // statement a Parse/Bind names) and the Bind that follows it; sharded databases skip a BEGIN at
   // the front of an extended flight, since the statement after it names the shard.
   RequestText request_text(Flight& flight);
+  bool describes_named_statements(std::string_view frames) const;
   routing::Route route_request(const RequestText& request);
   // Sharded databases: a BEGIN alone, with no shard named yet, is answered here and sent with
   // the transaction's first statement; COMMIT or ROLLBACK of such a transaction is answered here.

@@ -380,6 +380,11 @@ struct Workspace {
   std::string retry_request;
   bool retry_pending = false;
   bool retry_used = false;
+  // Sharded databases: the request routed last is named statements' Parse and Describe ended by
+  // a Flush (postgres.js asks a statement's parameter types before it binds them). Its Flush
+  // goes to the server as a Sync, whose ReadyForQuery the client does not get, so that the
+  // server goes back to the pool and the Bind that follows is routed by its values.
+  bool flush_as_sync = false;
 
   // What only some requests need: a failure to report, LISTEN, settings changed inside a
   // transaction, notifications, tracked portals, a failed flight, a sharded database's unnamed

@@ -217,6 +217,24 @@ def test_postgresjs_transactions_over_shards_commit(two_pc, pgvalve):
         assert prepared_on(two_pc[i]) == []
 
 
+def test_postgresjs_first_uses_of_statements_route_by_their_values(two_pc, pgvalve):
+    """postgres.js describes each new statement (Parse, Describe, Flush) before it binds it:
+    the first insert and read for a device on the second shard, and reads over every shard with
+    a parameter, work on a fresh connection."""
+    npm_install()
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    d0, d1, _ = devices()
+    env = dict(os.environ, PGHOST="127.0.0.1", PGPORT=str(pv.port), PGUSER=APP_USER,
+               PGPASSWORD=APP_PASSWORD, PGDATABASE=APP_DB)
+    r, out = run(["node", str(DRIVERS / "postgresjs_sharded.js"), str(d0), str(d1)],
+                 timeout=60, env=env, cwd=str(DRIVERS))
+    assert r.returncode == 0, out
+    assert json.loads(r.stdout) == {"insert_d1": 1, "insert_d0": 1, "read_d1": 1,
+                                    "count_over": 2, "ordered": [d1, d0]}, out
+    assert rows(two_pc[0]) == [(d0, 2.0)] and rows(two_pc[1]) == [(d1, 1.0)]
+
+
 def test_a_shard_lost_between_prepare_and_commit_is_reported_in_show_shards(two_pc, pgvalve):
     """s0's PREPARE runs a deferred trigger that sleeps (5 s) while s1 prepares; s1 is then
     killed. The transaction rolls back on s0, the client's COMMIT fails naming the prepared part

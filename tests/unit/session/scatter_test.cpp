@@ -971,6 +971,20 @@ std::string text_bind(const std::vector<std::string>& values) {
   return out;
 }
 
+std::string text_bind_named(std::string_view statement, const std::vector<std::string>& values) {
+  std::string rest;
+  protocol::append_i16(rest, 0);
+  protocol::append_i16(rest, static_cast<std::int16_t>(values.size()));
+  for (const auto& v : values) {
+    protocol::append_i32(rest, static_cast<std::int32_t>(v.size()));
+    rest += v;
+  }
+  protocol::append_i16(rest, 0);
+  std::string out;
+  protocol::append_bind(out, "", statement, rest);
+  return out;
+}
+
 std::vector<std::string> bound_values(std::string_view stream) {
   std::vector<std::string> out;
   for (const auto& m : messages_of(stream)) {
@@ -1056,6 +1070,36 @@ TEST_F(Scatter, ABeginInTheFlightOfAWriteOverShardsOpensTheClientsTransaction) {
   ASSERT_EQ(s.to_links.size(), 2u) << "each shard's part of the transaction gets its rows";
   EXPECT_EQ(bound_values(s.to_links.at(0)), (std::vector<std::string>{"2", "b"}));
   EXPECT_EQ(bound_values(s.to_links.at(1)), (std::vector<std::string>{"1", "a"}));
+}
+
+// postgres.js prepares a statement with Parse, Describe of the statement and Flush, and binds it
+// once it knows the parameter types: any shard describes it, and its server goes back to the
+// pool, so that the Bind is routed by its values (to another shard, or to all of them).
+TEST_F(Scatter, AStatementDescribedBeforeItsBindIsRoutedByTheBind) {
+  const std::string prepare = parse("s1", "INSERT INTO telemetry (device_id, v) VALUES ($1, $2)") +
+                              describe('S', "s1") + flush();
+  Step s = h.client(prepare);
+  ASSERT_TRUE(s.check_out);
+  EXPECT_EQ(s.consumed, 0u);
+  h.linked(*s0);
+  s = h.client(prepare);
+  EXPECT_EQ(tags_of(s.to_server), "PDS") << "the Flush goes as a Sync";
+  EXPECT_EQ(s.consumed, prepare.size());
+  std::string description;
+  protocol::append_no_parameters(description);
+  s = h.server(parse_complete() + description + no_data() + ready(), T0, 0);
+  EXPECT_EQ(tags_of(s.to_client), "1tn") << "no ReadyForQuery: the client sent a Flush";
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Release));
+  EXPECT_EQ(h.state(), SessionState::Idle);
+  // md5("1") % 2 == 1: the Bind goes to s1, which gets the statement prepared first.
+  s = h.client(std::string(text_bind_named("s1", {"1", "a"})) + execute() + sync());
+  ASSERT_TRUE(s.check_out);
+  EXPECT_EQ(s.route.shard, 1);
+  h.linked(*s1);
+  s = h.client(std::string(text_bind_named("s1", {"1", "a"})) + execute() + sync());
+  EXPECT_EQ(tags_of(s.to_server), "PBES");
+  EXPECT_EQ(parsed_in(s.to_server),
+            std::vector<std::string>{"INSERT INTO telemetry (device_id, v) VALUES ($1, $2)"});
 }
 
 // A reference table has the same rows on every shard, so each shard answers its write alike:
