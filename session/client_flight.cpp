@@ -329,6 +329,7 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
       return out;
     }
     routing::Route route = route_request(request);
+    work().flush_as_sync = false;  // not left over from a request whose checkout failed
     if (route.kind != routing::Route::Kind::Refuse && extras().deferred_begin.empty() &&
         describes_named_statements(frames)) {
       // Any shard knows the answer; the server goes back once it gave it (flush_as_sync).

@@ -1102,6 +1102,22 @@ TEST_F(Scatter, AStatementDescribedBeforeItsBindIsRoutedByTheBind) {
             std::vector<std::string>{"INSERT INTO telemetry (device_id, v) VALUES ($1, $2)"});
 }
 
+TEST_F(Scatter, ADescribingRequestWhoseCheckoutFailedLeavesTheNextFlushAlone) {
+  const std::string describing =
+      parse("s1", "SELECT v FROM telemetry WHERE device_id = $1") + describe('S', "s1") + flush();
+  h.client(describing);
+  h.checkout_failed("53300");
+  const Step failed = h.client(describing);  // answered with the failure
+  EXPECT_EQ(sqlstates_in(failed.to_client), "53300");
+  h.client(sync());  // what the driver sends after an error, which skips up to it
+  const std::string next = parse("", "SELECT 1") + bind_to("", "") + execute() + flush();
+  Step s = h.client(next);
+  ASSERT_TRUE(s.check_out);
+  h.linked(*s0);
+  s = h.client(next);
+  EXPECT_EQ(tags_of(s.to_server), "PBEH") << "the client's Flush, as it sent it";
+}
+
 // A reference table has the same rows on every shard, so each shard answers its write alike:
 // the client gets the first shard's tag and RETURNING rows, as one database would answer.
 TEST_F(Scatter, AWriteToAReferenceTableAnswersAsOneDatabase) {
