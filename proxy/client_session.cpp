@@ -405,8 +405,12 @@ void ClientSession::watch_client() {
 void ClientSession::watch_for_hang_up() {
   if (uses_arrival_wait(client_)) {
     // Bytes the kernel may hold already (the end among them) no arrival will announce; nor a
-    // reset that came with the bytes last read (TCP_INQ tells of bytes and a FIN only).
-    if (hung_up_while_waiting()) return;
+    // reset that came with the bytes last read (TCP_INQ tells of bytes and a FIN only): asked
+    // once after each read, not at every step of a read over several shards.
+    if (!client_drained_ || !hang_up_asked_) {
+      hang_up_asked_ = true;
+      if (hung_up_while_waiting()) return;
+    }
     // Edge-triggered: armed with bytes unread, it still reports the end when it comes.
     if (!client_arrival_armed_) arm_client_arrival();
     return;
@@ -592,6 +596,7 @@ void ClientSession::read_client() {
     // COPY FROM STDIN nothing is written to it until the end, so it is asked for here (TCP_INQ
     // tells of bytes and a FIN only), and a further read finds it.
     client_drained_ = !rest;
+    hang_up_asked_ = false;
     if (client_drained_ && core_->copying_from_client() && peer_hung_up(client_.socket())) {
       client_drained_ = false;
     }

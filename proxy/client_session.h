@@ -352,6 +352,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // The same as LinkIO's, for the client's socket.
   bool client_arrival_armed_ = false;
   bool client_drained_ = false;
+  bool hang_up_asked_ = false;  // watch_for_hang_up() polled since the last read
   bool closed_ = false;
   // What the pool was last told by pinned_change: undone at destruction if still set.
   bool pinned_ = false;
