@@ -333,13 +333,7 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
     if (route.kind != routing::Route::Kind::Refuse && extras().deferred_begin.empty() &&
         describes_named_statements(frames)) {
       // Any shard knows the answer; the server goes back once it gave it (flush_as_sync).
-      if (route.kind == routing::Route::Kind::Shards) {
-        routing::RouteContext context;
-        context.preference = preference_;
-        context.serializable = serializable_default_;
-        route = router_.on_shard(request.sql, context,
-                                 static_cast<std::uint16_t>(std::countr_zero(route.shards)));
-      }
+      if (route.kind == routing::Route::Kind::Shards) route = on_any_of(request.sql, route.shards);
       route.any_shard = true;
       work().flush_as_sync = true;
     } else if (route.kind == routing::Route::Kind::Shards && route.copy_rows) {
@@ -778,36 +772,11 @@ bool Session::defer_leading_begin(std::string_view frames, Actions& out) {
     if (r.status != pr::DecodeStatus::Ok) return false;
     const pr::Frame& f = r.frame;
     pos += f.whole.size();
-    switch (f.tag) {
-      case 'P': {
-        auto p = pr::read_parse(f);
-        if (reply.parse || !p || !p->statement.empty()) return false;
-        sql = p->query;
-        reply.parse = true;
-        break;
-      }
-      case 'B': {
-        auto b = pr::read_bind_head(f);
-        if (!reply.parse || reply.bind || !b || !b->statement.empty() || !b->portal.empty()) {
-          return false;
-        }
-        reply.bind = true;
-        break;
-      }
-      case 'D': {
-        auto d = pr::read_describe(f);
-        if (!reply.bind || reply.describe || !d || d->kind != 'P' || !d->name.empty()) {
-          return false;
-        }
-        reply.describe = true;
-        break;
-      }
-      case 'E':
-        if (!reply.bind) return false;
-        end = pos;
-        break;
-      default:
-        return false;
+    if (f.tag == 'E') {
+      if (!reply.bind) return false;
+      end = pos;
+    } else if (!read_local_head(f, sql, reply)) {
+      return false;
     }
   }
   if (end == 0 || end >= frames.size() || frames[end] == 'S') return false;
@@ -975,6 +944,41 @@ void append_local_heads(const HubReply& reply, std::string& out) {
   if (reply.describe) pr::append_no_data(out);
 }
 
+bool read_local_head(const pr::Frame& f, std::string_view& sql, HubReply& reply) {
+  switch (f.tag) {
+    case 'P': {
+      auto p = pr::read_parse(f);
+      if (reply.parse || !p || !p->statement.empty()) return false;
+      sql = p->query;
+      reply.parse = true;
+      return true;
+    }
+    case 'B': {
+      auto b = pr::read_bind_head(f);
+      if (!reply.parse || reply.bind || !b || !b->statement.empty() || !b->portal.empty()) {
+        return false;
+      }
+      reply.bind = true;
+      return true;
+    }
+    case 'D': {
+      // Of the portal: answered NoData; of the statement before its Bind (postgres.js): no
+      // parameters and NoData.
+      auto d = pr::read_describe(f);
+      if (d && d->kind == 'S' && d->name.empty() && reply.parse && !reply.bind &&
+          !reply.statement_described) {
+        reply.statement_described = true;
+        return true;
+      }
+      if (!reply.bind || reply.describe || !d || d->kind != 'P' || !d->name.empty()) return false;
+      reply.describe = true;
+      return true;
+    }
+    default:
+      return false;
+  }
+}
+
 bool Session::local_flight(std::string_view input, std::string_view& sql, HubReply& reply) const {
   bool query = false;
   bool execute = false;
@@ -994,36 +998,13 @@ bool Session::local_flight(std::string_view input, std::string_view& sql, HubRep
         sync = true;
         break;
       }
-      case 'P': {
-        auto p = pr::read_parse(f);
-        if (query || reply.parse || !p || !p->statement.empty()) return false;
-        sql = p->query;
-        reply.parse = true;
+      case 'P':
+        if (query || !read_local_head(f, sql, reply)) return false;
         break;
-      }
-      case 'B': {
-        auto b = pr::read_bind_head(f);
-        if (!reply.parse || reply.bind || !b || !b->statement.empty() || !b->portal.empty()) {
-          return false;
-        }
-        reply.bind = true;
+      case 'B':
+      case 'D':
+        if (!read_local_head(f, sql, reply)) return false;
         break;
-      }
-      case 'D': {
-        // Of the portal: answered NoData; of the statement before its Bind (postgres.js): no
-        // parameters and NoData.
-        auto d = pr::read_describe(f);
-        if (d && d->kind == 'S' && d->name.empty() && reply.parse && !reply.bind &&
-            !reply.statement_described) {
-          reply.statement_described = true;
-          break;
-        }
-        if (!reply.bind || reply.describe || !d || d->kind != 'P' || !d->name.empty()) {
-          return false;
-        }
-        reply.describe = true;
-        break;
-      }
       case 'E':
         if (!reply.bind || execute) return false;
         execute = true;

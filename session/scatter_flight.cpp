@@ -39,6 +39,18 @@ const routing::ScatterPlan& first_shards_answer() {
   return plan;
 }
 
+// A request that runs nothing (a Parse, a Describe) of a statement for `shards`: the first of
+// them answers it as any would.
+routing::Route Session::on_any_of(std::string_view sql, std::uint64_t shards) const {
+  routing::RouteContext context;
+  context.preference = preference_;
+  context.serializable = serializable_default_;
+  routing::Route route =
+      router_.on_shard(sql, context, static_cast<std::uint16_t>(std::countr_zero(shards)));
+  route.any_shard = true;
+  return route;
+}
+
 Session::ScatterStart Session::start_scatter(std::string_view frames, const RequestText& request,
                                              routing::Route& route, Actions& out,
                                              bool in_transaction) {
@@ -73,12 +85,7 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
   if (!in_transaction && defer_leading_begin(frames, out)) return ScatterStart::Started;
   if (!executes) {
     // A Parse or Describe alone: any shard knows the answer.
-    routing::RouteContext context;
-    context.preference = preference_;
-    context.serializable = serializable_default_;
-    route = router_.on_shard(request.sql, context,
-                             static_cast<std::uint16_t>(std::countr_zero(route.shards)));
-    route.any_shard = true;
+    route = on_any_of(request.sql, route.shards);
     return ScatterStart::NotScattered;
   }
   // A transaction whose BEGIN pgvalve holds back has run nothing on any server yet. A read

@@ -319,6 +319,7 @@ class Session {
   // the front of an extended flight, since the statement after it names the shard.
   RequestText request_text(Flight& flight);
   bool describes_named_statements(std::string_view frames) const;
+  routing::Route on_any_of(std::string_view sql, std::uint64_t shards) const;
   routing::Route route_request(const RequestText& request);
   // Sharded databases: a BEGIN alone, with no shard named yet, is answered here and sent with
   // the transaction's first statement; COMMIT or ROLLBACK of such a transaction is answered here.

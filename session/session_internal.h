@@ -300,6 +300,9 @@ struct HubReply {
 // ParseComplete, [ParameterDescription and NoData,] BindComplete and NoData for the messages of a
 // flight pgvalve answers itself (a statement without parameters or rows).
 void append_local_heads(const HubReply& reply, std::string& out);
+// A Parse, Bind or Describe of such a flight (one unnamed statement and portal, in this order):
+// noted in `reply`, the Parse's text in `sql`. False for anything else.
+bool read_local_head(const protocol::Frame& f, std::string_view& sql, HubReply& reply);
 
 // pgvalve's query for a primary's WAL position (read_your_writes = lsn), as a Query message.
 const std::string& wal_position_message();

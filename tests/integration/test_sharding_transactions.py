@@ -198,19 +198,25 @@ def test_pgjdbc_batches_over_shards_are_split_and_committed(two_pc, pgvalve, tmp
         assert prepared_on(two_pc[i]) == []
 
 
-def test_postgresjs_transactions_over_shards_commit(two_pc, pgvalve):
-    """postgres.js's sql.begin() with a row on each shard: its COMMIT (Parse, Describe of the
-    statement, Bind, Execute, Sync) commits both parts and ends the transaction."""
+def run_postgresjs(two_pc, pgvalve, script, *args):
+    """Runs a postgres.js program of drivers/ against a fresh schema through a new pgvalve;
+    returns the JSON line it printed."""
     npm_install()
     prepare_schema(two_pc)
     pv = pgvalve(**config(two_pc))
-    d0, d1, _ = devices()
     env = dict(os.environ, PGHOST="127.0.0.1", PGPORT=str(pv.port), PGUSER=APP_USER,
                PGPASSWORD=APP_PASSWORD, PGDATABASE=APP_DB)
-    r, out = run(["node", str(DRIVERS / "postgresjs_sharded_tx.js"), str(d0), str(d1)],
-                 timeout=60, env=env, cwd=str(DRIVERS))
+    r, out = run(["node", str(DRIVERS / script), *map(str, args)], timeout=60, env=env,
+                 cwd=str(DRIVERS))
     assert r.returncode == 0, out
-    result = json.loads(r.stdout)
+    return json.loads(r.stdout)
+
+
+def test_postgresjs_transactions_over_shards_commit(two_pc, pgvalve):
+    """postgres.js's sql.begin() with a row on each shard: its COMMIT (Parse, Describe of the
+    statement, Bind, Execute, Sync) commits both parts and ends the transaction."""
+    d0, d1, _ = devices()
+    result = run_postgresjs(two_pc, pgvalve, "postgresjs_sharded_tx.js", d0, d1)
     assert result["committed"] and result["after"] == 1, result
     for i, d in enumerate((d0, d1)):
         assert (d, 1.0) in rows(two_pc[i]), rows(two_pc[i])
@@ -221,17 +227,10 @@ def test_postgresjs_first_uses_of_statements_route_by_their_values(two_pc, pgval
     """postgres.js describes each new statement (Parse, Describe, Flush) before it binds it:
     the first insert and read for a device on the second shard, and reads over every shard with
     a parameter, work on a fresh connection."""
-    npm_install()
-    prepare_schema(two_pc)
-    pv = pgvalve(**config(two_pc))
     d0, d1, _ = devices()
-    env = dict(os.environ, PGHOST="127.0.0.1", PGPORT=str(pv.port), PGUSER=APP_USER,
-               PGPASSWORD=APP_PASSWORD, PGDATABASE=APP_DB)
-    r, out = run(["node", str(DRIVERS / "postgresjs_sharded.js"), str(d0), str(d1)],
-                 timeout=60, env=env, cwd=str(DRIVERS))
-    assert r.returncode == 0, out
-    assert json.loads(r.stdout) == {"insert_d1": 1, "insert_d0": 1, "read_d1": 1,
-                                    "count_over": 2, "ordered": [d1, d0]}, out
+    result = run_postgresjs(two_pc, pgvalve, "postgresjs_sharded.js", d0, d1)
+    assert result == {"insert_d1": 1, "insert_d0": 1, "read_d1": 1, "count_over": 2,
+                      "ordered": [d1, d0]}, result
     assert rows(two_pc[0]) == [(d0, 2.0)] and rows(two_pc[1]) == [(d1, 1.0)]
 
 

@@ -957,21 +957,8 @@ TEST_F(Scatter, DdlThroughTheExtendedProtocolReachesEveryShard) {
 namespace pgvalve::session::testing {
 namespace {
 
-std::string text_bind(const std::vector<std::string>& values) {
-  std::string rest;
-  protocol::append_i16(rest, 0);
-  protocol::append_i16(rest, static_cast<std::int16_t>(values.size()));
-  for (const auto& v : values) {
-    protocol::append_i32(rest, static_cast<std::int32_t>(v.size()));
-    rest += v;
-  }
-  protocol::append_i16(rest, 0);
-  std::string out;
-  protocol::append_bind(out, "", "", rest);
-  return out;
-}
-
-std::string text_bind_named(std::string_view statement, const std::vector<std::string>& values) {
+// A Bind of `statement` (unnamed by default) with text parameters.
+std::string text_bind(const std::vector<std::string>& values, std::string_view statement = "") {
   std::string rest;
   protocol::append_i16(rest, 0);
   protocol::append_i16(rest, static_cast<std::int16_t>(values.size()));
@@ -1092,11 +1079,11 @@ TEST_F(Scatter, AStatementDescribedBeforeItsBindIsRoutedByTheBind) {
   EXPECT_TRUE(s.has_op(LinkOp::Kind::Release));
   EXPECT_EQ(h.state(), SessionState::Idle);
   // md5("1") % 2 == 1: the Bind goes to s1, which gets the statement prepared first.
-  s = h.client(std::string(text_bind_named("s1", {"1", "a"})) + execute() + sync());
+  s = h.client(std::string(text_bind({"1", "a"}, "s1")) + execute() + sync());
   ASSERT_TRUE(s.check_out);
   EXPECT_EQ(s.route.shard, 1);
   h.linked(*s1);
-  s = h.client(std::string(text_bind_named("s1", {"1", "a"})) + execute() + sync());
+  s = h.client(std::string(text_bind({"1", "a"}, "s1")) + execute() + sync());
   EXPECT_EQ(tags_of(s.to_server), "PBES");
   EXPECT_EQ(parsed_in(s.to_server),
             std::vector<std::string>{"INSERT INTO telemetry (device_id, v) VALUES ($1, $2)"});
