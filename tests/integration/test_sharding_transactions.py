@@ -155,47 +155,45 @@ def test_without_prepared_transactions_the_second_shard_is_refused(two_pc, clust
         assert rows(node) == []
 
 
-def test_pgjdbc_transactions_over_shards_commit_and_roll_back_whole(two_pc, pgvalve, tmp_path):
-    """PgJDBC with autocommit off sends BEGIN in the flight of each transaction's first
-    statement: 20 transactions of 10 devices each commit on both shards; one that fails after
-    rows on both rolls back on both."""
+def run_jdbc(two_pc, pgvalve, tmp_path, program, *args):
+    """Compiles and runs a PgJDBC program of drivers/ against a fresh schema through a new
+    pgvalve; returns what it printed."""
     assert JDBC_JAR.exists(), f"{JDBC_JAR} missing: apt-get install libpostgresql-jdbc-java"
     prepare_schema(two_pc)
     pv = pgvalve(**config(two_pc))
     r, out = run(["javac", "-cp", str(JDBC_JAR), "-d", str(tmp_path),
-                  str(DRIVERS / "JdbcShardedTransaction.java")], timeout=120)
+                  str(DRIVERS / f"{program}.java")], timeout=120)
     assert r.returncode == 0, out
-    r, out = run(["java", "-cp", f"{tmp_path}:{JDBC_JAR}", "JdbcShardedTransaction",
+    r, out = run(["java", "-cp", f"{tmp_path}:{JDBC_JAR}", program,
                   f"jdbc:postgresql://127.0.0.1:{pv.port}/{APP_DB}", APP_USER, APP_PASSWORD,
-                  "20", "10"], timeout=120)
-    assert r.returncode == 0 and r.stdout.strip() == "OK 200", out
+                  *map(str, args)], timeout=120)
+    assert r.returncode == 0, out
+    return r.stdout.strip()
+
+
+def assert_placed(two_pc, devices_written):
+    """Exactly these devices' rows, each on its shard, and nothing left prepared."""
     placed = {i: [d for d, _ in rows(node)] for i, node in enumerate(two_pc)}
-    assert sorted(placed[0] + placed[1]) == list(range(1, 201))
+    assert sorted(placed[0] + placed[1]) == devices_written
     for i in (0, 1):
         assert all(md5_mod(d) == i for d in placed[i])
         assert prepared_on(two_pc[i]) == []
+
+
+def test_pgjdbc_transactions_over_shards_commit_and_roll_back_whole(two_pc, pgvalve, tmp_path):
+    """PgJDBC with autocommit off sends BEGIN in the flight of each transaction's first
+    statement: 20 transactions of 10 devices each commit on both shards; one that fails after
+    rows on both rolls back on both."""
+    assert run_jdbc(two_pc, pgvalve, tmp_path, "JdbcShardedTransaction", 20, 10) == "OK 200"
+    assert_placed(two_pc, list(range(1, 201)))
 
 
 def test_pgjdbc_batches_over_shards_are_split_and_committed(two_pc, pgvalve, tmp_path):
     """PgJDBC's executeBatch() with reWriteBatchedInserts, which sharding.md recommends, and a
     hand-written multi-row INSERT: in autocommit and in a transaction, with the default
     prepareThreshold and with 1, every row lands on its shard."""
-    assert JDBC_JAR.exists(), f"{JDBC_JAR} missing: apt-get install libpostgresql-jdbc-java"
-    prepare_schema(two_pc)
-    pv = pgvalve(**config(two_pc))
-    r, out = run(["javac", "-cp", str(JDBC_JAR), "-d", str(tmp_path),
-                  str(DRIVERS / "JdbcShardedBatch.java")], timeout=120)
-    assert r.returncode == 0, out
-    r, out = run(["java", "-cp", f"{tmp_path}:{JDBC_JAR}", "JdbcShardedBatch",
-                  f"jdbc:postgresql://127.0.0.1:{pv.port}/{APP_DB}", APP_USER, APP_PASSWORD],
-                 timeout=20)
-    assert r.returncode == 0 and r.stdout.strip() == "OK 40", out
-    placed = {i: [d for d, _ in rows(node)] for i, node in enumerate(two_pc)}
-    want = [s * 100 + d for s in range(4) for d in range(1, 11)]
-    assert sorted(placed[0] + placed[1]) == want
-    for i in (0, 1):
-        assert all(md5_mod(d) == i for d in placed[i])
-        assert prepared_on(two_pc[i]) == []
+    assert run_jdbc(two_pc, pgvalve, tmp_path, "JdbcShardedBatch") == "OK 40"
+    assert_placed(two_pc, [s * 100 + d for s in range(4) for d in range(1, 11)])
 
 
 def run_postgresjs(two_pc, pgvalve, script, *args):

@@ -792,15 +792,20 @@ TEST_F(Scatter, AClientLeavingDuringTheCommitCommitsTheRemainingParts) {
   EXPECT_EQ(s.ops[1].sql1, commit);
 }
 
+// A write over both shards whose parts both prepared: the step of the second one's answer.
+Step prepared_on_both(SessionHarness& t, ServerState& s0, ServerState& s1) {
+  t.client(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
+  t.linked(s0);
+  t.linked(s1);
+  t.server(decider_part("DELETE 1"), T0, 0);
+  return t.server(write_part("DELETE 2"), T0, 1);
+}
+
 // read_your_writes = lsn: after a write over several shards, the client's reads of each shard go
 // only to a replica that has replayed that shard's commit.
 TEST_F(Scatter, ACommittedWriteMovesTheReadYourWritesMarkOfEachShard) {
   SessionHarness t(policy, {}, true);
-  t.client(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
-  t.linked(*s0);
-  t.linked(*s1);
-  t.server(decider_part("DELETE 1"), T0, 0);
-  Step s = t.server(write_part("DELETE 2"), T0, 1);
+  Step s = prepared_on_both(t, *s0, *s1);
   const auto sent = queries_in(s.to_server);
   ASSERT_EQ(sent.size(), 2u);
   EXPECT_TRUE(sent[0].starts_with("COMMIT PREPARED"));
@@ -822,11 +827,7 @@ TEST_F(Scatter, ACommittedWriteMovesTheReadYourWritesMarkOfEachShard) {
 // client's reads until its next write there is marked.
 TEST_F(Scatter, AShardWhoseWalPositionWasCutKeepsTheClientsReadsOffItsReplicas) {
   SessionHarness t(policy, {}, true);
-  t.client(query("/* pgvalve: all_shards */ DELETE FROM telemetry"));
-  t.linked(*s0);
-  t.linked(*s1);
-  t.server(decider_part("DELETE 1"), T0, 0);
-  t.server(write_part("DELETE 2"), T0, 1);
+  prepared_on_both(t, *s0, *s1);
   t.server(complete("COMMIT PREPARED") + ready(), T0, 0);
   t.lost(T0, 0);
   const std::uint64_t unknown = std::numeric_limits<std::uint64_t>::max();

@@ -101,6 +101,20 @@ class ShardTransaction : public ::testing::Test {
     insert_on_s1();
   }
 
+  // A COMMIT `request` over both parts, which both prepare and commit; the step of the last
+  // COMMIT PREPARED's answer.
+  Step committed(const std::string& request) {
+    Step s = h.client(request);
+    EXPECT_EQ(h.state(), SessionState::Ending);
+    EXPECT_EQ(s.to_links.size(), 1u) << "the decider's xid first";
+    s = h.server(xid_result(), T0, 0);
+    EXPECT_EQ(s.to_links.size(), 2u);
+    h.server(command_result("PREPARE TRANSACTION"), T0, 0);
+    h.server(command_result("PREPARE TRANSACTION"), T0, 1);
+    h.server(command_result("COMMIT PREPARED"), T0, 0);
+    return h.server(command_result("COMMIT PREPARED"), T0, 1);
+  }
+
   // COMMIT: the decider (s0's part, the lowest shard) is asked its xid, then both parts are
   // asked to prepare at once under the name it makes; returns the transaction's gid (quoted).
   std::string commit() {
@@ -408,15 +422,7 @@ TEST_F(ShardTransaction, RollbackEndsEveryPartAtOnce) {
 // PgJDBC prepares its COMMIT as a named statement once it has sent it a few times.
 TEST_F(ShardTransaction, ANamedPreparedCommitEndsEveryPart) {
   span_both_shards();
-  Step s = h.client(parse("S_1", "COMMIT") + bind_to("", "S_1") + execute() + sync());
-  EXPECT_EQ(h.state(), SessionState::Ending);
-  ASSERT_EQ(s.to_links.size(), 1u) << "the decider's xid first";
-  s = h.server(xid_result(), T0, 0);
-  ASSERT_EQ(s.to_links.size(), 2u);
-  h.server(command_result("PREPARE TRANSACTION"), T0, 0);
-  h.server(command_result("PREPARE TRANSACTION"), T0, 1);
-  h.server(command_result("COMMIT PREPARED"), T0, 0);
-  s = h.server(command_result("COMMIT PREPARED"), T0, 1);
+  Step s = committed(parse("S_1", "COMMIT") + bind_to("", "S_1") + execute() + sync());
   EXPECT_EQ(tags_of(s.to_client), "12CZ");
   EXPECT_EQ(h.session().prepared_statement_count(), 1u) << "S_1 is the client's from now on";
 
@@ -431,15 +437,8 @@ TEST_F(ShardTransaction, ANamedPreparedCommitEndsEveryPart) {
 // postgres.js describes each statement between its Parse and Bind, COMMIT too.
 TEST_F(ShardTransaction, ACommitWhoseStatementIsDescribedEndsEveryPart) {
   span_both_shards();
-  Step s = h.client(parse("", "COMMIT") + describe('S', "") + bind_to("", "") + execute() + sync());
-  EXPECT_EQ(h.state(), SessionState::Ending);
-  ASSERT_EQ(s.to_links.size(), 1u) << "the decider's xid first";
-  s = h.server(xid_result(), T0, 0);
-  ASSERT_EQ(s.to_links.size(), 2u);
-  h.server(command_result("PREPARE TRANSACTION"), T0, 0);
-  h.server(command_result("PREPARE TRANSACTION"), T0, 1);
-  h.server(command_result("COMMIT PREPARED"), T0, 0);
-  s = h.server(command_result("COMMIT PREPARED"), T0, 1);
+  const Step s =
+      committed(parse("", "COMMIT") + describe('S', "") + bind_to("", "") + execute() + sync());
   EXPECT_EQ(tags_of(s.to_client), "1tn2CZ");
   EXPECT_EQ(statuses_in(s.to_client), "I");
   EXPECT_EQ(h.state(), SessionState::Idle);
