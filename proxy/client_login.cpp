@@ -372,16 +372,9 @@ asio::awaitable<bool> ClientSession::start_session(const StartupParameters& star
   app_.add_client();
   counted_ = true;
   pools_ = app_.user_pools(*database_, user_name_);
-  // The primary as the health checks see it (after a failover, not the configured one); a
-  // replica while there is none, so clients can still log in and read.
   reads_ = config_->routing.reads;
   load_balance_ = config_->routing.load_balance;
-  pool_ = pool_for(routing::Route::primary(0));
-  // Session mode keeps its login server for writes: never a replica.
-  if (!pool_ && config_->pool.mode != config::PoolMode::Session) {
-    pool_ = pool_for(routing::Route::replica(0));
-  }
-  if (!pool_) pool_ = app_.pool_for(*database_, user_name_, database_->shards.front().primary);
+  pool_ = login_pool();
   pool_->client_joined();
   cancel_ = app_.cancels().register_client(weak_from_this());
   {
@@ -418,11 +411,15 @@ asio::awaitable<bool> ClientSession::start_session(const StartupParameters& star
   if (config_->pool.mode == config::PoolMode::Session || !pool_->has_server_parameters()) {
     ServerFailure failure;
     server = co_await acquire(pool_, checkout_from(pool_), failure);
+    if (!server && !closed_ && failure.host_unavailable()) {
+      server = co_await hold_login(failure);
+    }
     if (closed_) {  // shutdown closed the session meanwhile
       if (server) give_back(std::move(server), true, *pool_);
       co_return false;
     }
-    if (!server) {
+    if (!server &&
+        (config_->pool.mode == config::PoolMode::Session || !pool_->has_server_parameters())) {
       co_await send_fatal(failure.sqlstate, failure.message);
       co_return false;
     }
@@ -447,6 +444,62 @@ asio::awaitable<bool> ClientSession::start_session(const StartupParameters& star
   carry_out(actions, Source::Client);
   if (!closed_ && !links_.empty() && links_[0].conn) watch_server(0);
   co_return true;
+}
+
+std::shared_ptr<pool::ServerPool> ClientSession::login_pool() {
+  // The primary as the health checks see it (after a failover, not the configured one); a
+  // replica while there is none, so clients can still log in and read. Session mode keeps its
+  // login server for writes: never a replica.
+  auto pool = pool_for(routing::Route::primary(0));
+  if (!pool && config_->pool.mode != config::PoolMode::Session) {
+    pool = pool_for(routing::Route::replica(0));
+  }
+  if (!pool) pool = app_.pool_for(*database_, user_name_, database_->shards.front().primary);
+  return pool;
+}
+
+asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::hold_login(
+    ServerFailure& failure) {
+  // The login's server is down, starting up or shutting down (a restart, a failover): the login
+  // waits for it or for another primary as a write does (failover.hold_writes_ms), instead of
+  // failing a client that a moment later would have been served.
+  const auto until = now() + std::chrono::milliseconds(config_->failover.hold_writes_ms);
+  if (now() >= until) co_return nullptr;
+  PGV_LOG(Info, "login_held", {"client", id_}, {"database", database_name_},
+          {"host", pool_->key().host.to_string()}, {"sqlstate", failure.sqlstate},
+          {"hold_writes_ms", config_->failover.hold_writes_ms});
+  app_.report_unreachable(pool_->key().host);
+  asio::steady_timer timer(client_.get_executor());
+  auto tried_at = now();
+  while (!closed_ && now() < until) {
+    timer.expires_after(std::chrono::milliseconds(20));
+    error_code ec;
+    co_await timer.async_wait(await_ec(ec));
+    if (closed_) break;
+    auto next = login_pool();
+    const bool moved = next != pool_;
+    if (moved) {
+      pool_->client_left();
+      pool_ = std::move(next);
+      pool_->client_joined();
+    }
+    // A pool whose parameters are known serves a transaction-mode login without a server.
+    if (config_->pool.mode != config::PoolMode::Session && pool_->has_server_parameters()) {
+      co_return nullptr;
+    }
+    // The same host is tried again twice a second: each try may log a failed connect.
+    if (!moved && now() - tried_at < std::chrono::milliseconds(500)) continue;
+    tried_at = now();
+    ServerFailure again;
+    auto server = co_await acquire(pool_, checkout_from(pool_), again);
+    if (server || closed_ || !again.host_unavailable()) {
+      failure = std::move(again);
+      co_return server;
+    }
+    failure = std::move(again);
+    app_.report_unreachable(pool_->key().host);
+  }
+  co_return nullptr;
 }
 
 }  // namespace pgvalve::proxy

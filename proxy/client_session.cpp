@@ -46,13 +46,6 @@ pool::OpenRefusal refusal_of(const ServerFailure& failure) {
   return pool::OpenRefusal::None;
 }
 
-// The host cannot be reached, or refuses logins while it starts up, shuts down or recovers
-// (57P03): what a failover hold (failover.hold_writes_ms) rides over.
-bool host_unavailable(const ServerFailure& failure) {
-  return !failure.out_of_files &&
-         (failure.sqlstate.starts_with("08") || failure.sqlstate == "57P03");
-}
-
 // What a client that waited checkout_timeout_ms for a server connection is told (53300).
 std::string checkout_timeout_message(const pool::ServerPool& pool, int timeout_ms) {
   std::string message =
@@ -1338,8 +1331,8 @@ asio::awaitable<void> ClientSession::check_out_slowly(std::shared_ptr<pool::Serv
   // A replica that cannot serve goes out of the read's choice; not one whose pool merely had
   // no connection free in time (53300).
   if (refusal_of(failure) == pool::OpenRefusal::None && retry_on_another_host(*pool)) co_return;
-  if (host_unavailable(failure) && (checkout().hold_until == session::Clock::time_point::max() ||
-                                    now() < checkout().hold_until)) {
+  if (failure.host_unavailable() && (checkout().hold_until == session::Clock::time_point::max() ||
+                                     now() < checkout().hold_until)) {
     // The primary cannot be reached, or is starting up or shutting down: the health checker
     // looks at once, and the request waits (failover.hold_writes_ms) for it to come back or for
     // another primary. So does a read no other host could take (no replica has replayed the

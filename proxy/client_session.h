@@ -173,6 +173,13 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // An authentication request to the client; its bytes count once the login succeeds.
   asio::awaitable<bool> send_auth(const std::string& message);
   asio::awaitable<bool> start_session(const StartupParameters& startup_params);
+  // The pool a login takes its first server from (and a session-mode client keeps).
+  std::shared_ptr<pool::ServerPool> login_pool();
+  // The login's server cannot be reached or refuses logins (57P03): waits up to
+  // failover.hold_writes_ms for it or for another primary. Null, with `failure` the last try's,
+  // when none came, or when pool_ (moved to a new primary) no longer needs a server for a
+  // transaction-mode login.
+  asio::awaitable<std::unique_ptr<ServerConnection>> hold_login(ServerFailure& failure);
   asio::awaitable<void> forward_cancel(std::int32_t process_id, std::int32_t secret_key);
   asio::awaitable<void> send_fatal(std::string_view sqlstate, std::string_view message);
   asio::awaitable<void> refuse_login(const std::string& message);

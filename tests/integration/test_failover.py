@@ -21,8 +21,8 @@ OPS_USER = "ops"
 OPS_PASSWORD = "ops-secret"
 
 
-def new_cluster(extra_conf: str = "") -> PgCluster:
-    c = PgCluster(replicas=2, extra_conf=extra_conf)
+def new_cluster(extra_conf: str = "", replicas: int = 2) -> PgCluster:
+    c = PgCluster(replicas=replicas, extra_conf=extra_conf)
     c.start()
     c.primary.psql("CREATE TABLE drill (id bigserial PRIMARY KEY, client int, n int)",
                    dbname=APP_DB)
@@ -271,6 +271,51 @@ def test_a_read_after_the_own_write_waits_for_a_primary_like_a_write(fresh, pgva
                            "where client = 8").fetchone()
     assert row[0] == 1
     assert row[1] in {r.port for r in c.replicas}
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_a_first_login_waits_for_a_restarting_primary(fresh, pgvalve, mode):
+    """A pgvalve that has not seen a server yet needs one to log a client in (its parameters; in
+    session mode the client's own server). While the primary is shutting down (57P03) and then
+    down (connection refused), the login waits, as a write does (failover.hold_writes_ms), and
+    the client is served once the primary is back, instead of failing at once."""
+    c = fresh(replicas=0)
+    pv = pgvalve(**config_for(c, mode=mode, failover={"mode": "follow",
+                                                      "hold_writes_ms": 20000}))
+    holder = c.primary.connect()
+    # A smart shutdown waits for `holder`; meanwhile PostgreSQL refuses logins with 57P03.
+    c.primary.pg_ctl("-W", "-m", "smart", "stop")
+
+    def refused_while_shutting_down():
+        try:
+            c.primary.connect().close()
+        except psycopg.OperationalError as e:
+            return "shutting down" in str(e)
+        return False
+
+    wait_until(refused_while_shutting_down, 10, message="primary refusing logins (57P03)")
+    result: dict = {}
+
+    def client():
+        try:
+            with psycopg.connect(pv.dsn(), connect_timeout=30, autocommit=True) as conn:
+                result["port"] = conn.execute("select inet_server_port()").fetchone()[0]
+        except Exception as e:  # reported by the assertion below
+            result["error"] = e
+
+    t = threading.Thread(target=client, daemon=True)
+    t.start()
+    wait_until(lambda: "event=login_held" in pv.log_text(), 10, message="login held")
+    time.sleep(0.5)
+    # pgvalve's health check holds a connection too: a fast shutdown ends the smart one.
+    holder.close()
+    c.primary.stop(mode="fast")
+    time.sleep(0.5)  # refused connections now (08006)
+    assert t.is_alive() and not result, result
+    c.primary.start()
+    t.join(30)
+    assert result.get("port") == c.primary.port, result
+    assert "sqlstate=57P03" in pv.log_text()
 
 
 def set_on_primary(c, **settings):
