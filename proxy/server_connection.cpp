@@ -42,6 +42,7 @@ bool ServerConnection::idle_and_open() {
 }
 
 asio::awaitable<bool> ServerConnection::run_query(std::string_view sql, ServerFailure& failure) {
+  state.unnamed_statement_of = 0;  // a simple query ends the unnamed statement
   std::string out;
   pr::append_query(out, sql);
   if (!co_await write_all(stream, out)) {

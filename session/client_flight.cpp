@@ -331,7 +331,7 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
     routing::Route route = route_request(request);
     work().flush_as_sync = false;  // not left over from a request whose checkout failed
     if (route.kind != routing::Route::Kind::Refuse && extras().deferred_begin.empty() &&
-        describes_named_statements(frames)) {
+        describes_statements(frames)) {
       // Any shard knows the answer; the server goes back once it gave it (flush_as_sync).
       if (route.kind == routing::Route::Kind::Shards) route = on_any_of(request.sql, route.shards);
       route.any_shard = true;
@@ -595,12 +595,11 @@ void Session::plan_on_link(Link& link, std::string_view frames, bool terminate, 
   return;
 }
 
-// Sharded databases: whether the first request of `frames` is Parses of named statements and
-// Describes of statements, ended by a Flush. The statements are the client's from then on
-// (pgvalve prepares them on whichever server a later Bind goes to); the unnamed statement is
-// not kept between requests, so its Describe keeps the server until its Bind.
-bool Session::describes_named_statements(std::string_view frames) const {
-  if (!router_.sharded()) return false;
+// Whether the first request of `frames` is Parses and Describes of statements, ended by a
+// Flush (asyncpg's prepare(), postgres.js). The statements are the client's from then on:
+// pgvalve prepares them on whichever server a later Bind goes to (the unnamed one too, kept
+// since no Bind follows its Parse here), so the server need not wait for that Bind.
+bool Session::describes_statements(std::string_view frames) const {
   for (std::size_t pos = 0; pos < frames.size();) {
     auto r = pr::decode_frame(frames.substr(pos), options_.max_message_bytes);
     if (r.status != pr::DecodeStatus::Ok) return false;
@@ -608,13 +607,12 @@ bool Session::describes_named_statements(std::string_view frames) const {
     pos += f.whole.size();
     switch (f.tag) {
       case 'P': {
-        const auto p = pr::read_parse(f);
-        if (!p || p->statement.empty()) return false;
+        if (!pr::read_parse(f)) return false;
         break;
       }
       case 'D': {
         const auto d = pr::read_describe(f);
-        if (!d || d->kind != 'S' || d->name.empty()) return false;
+        if (!d || d->kind != 'S') return false;
         break;
       }
       case 'H':
@@ -662,7 +660,10 @@ RequestText Session::request_text(Flight& flight) {
     if (f.tag == 'B') {
       auto b = pr::read_bind_head(f);
       if (!b) continue;
-      if (request.sql.empty() && statements_) {
+      if (request.sql.empty() && b->statement.empty() && extras().unnamed_kept) {
+        request.sql = extras().unnamed_query;
+        request.param_types = extras().unnamed_types;
+      } else if (request.sql.empty() && statements_) {
         if (const auto* s = statements_->find(b->statement)) {
           if (sharded && pos < flight.input.size() &&
               routing::classify(s->query).kind == StatementKind::Begin) {
@@ -1289,6 +1290,9 @@ void Session::forward_query(const pr::Frame& f, std::string_view sql, std::size_
 
 void Session::plan_query(const pr::Frame& f, std::size_t offset, Link& l, Flight& flight) {
   auto sql = pr::read_query(f);
+  // A simple query ends the unnamed statement, the client's or another's.
+  l.server->unnamed_statement_of = 0;
+  forget_unnamed_statement();
   if (sql && router_.sharded()) {
     if (const auto [sqlstate, why] = shard_conflict(l, *sql, nullptr); !why.empty()) {
       raise_on_server(sqlstate, why, false, l, flight);

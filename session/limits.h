@@ -8,8 +8,11 @@ namespace pgvalve::session {
 
 inline constexpr std::size_t kMaxClientStatements = 5000;           // 53400
 inline constexpr std::size_t kMaxClientStatementBytes = 32u << 20;  // 54000
-inline constexpr std::size_t kMaxClientSettings = 256;              // 53400
-inline constexpr std::size_t kMaxClientSettingBytes = 64u << 10;    // 54000
+// The unnamed statement kept for a later request (Session::Extras::unnamed_query): a longer one
+// is not kept, and its later Bind is refused (26000) unless its server still holds it.
+inline constexpr std::size_t kMaxKeptUnnamedBytes = 1u << 20;
+inline constexpr std::size_t kMaxClientSettings = 256;            // 53400
+inline constexpr std::size_t kMaxClientSettingBytes = 64u << 10;  // 54000
 // set_config($1, $2, false): longer bound names and values are not followed (the setting is
 // taken as unknown), which bounds what a pipeline of them holds before it settles.
 inline constexpr std::size_t kMaxBoundSettingBytes = 1024;

@@ -195,22 +195,12 @@ void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight
       note_session_statement(parse->statement, parse->query, note.kind != NoteKind::None, pins);
     }
     if (parse->statement.empty()) {
-      if (router_.sharded()) {
-        w.change_rare().unnamed_statement_text.assign(parse->query);
-        w.change_rare().unnamed_statement_types.assign(parse->param_types);
+      if (translate) {
+        l.server->unnamed_statement_of = identity_;
+        l.server->unnamed_statement_version = ++unnamed_version_;
       }
-      w.unnamed_statement_note = std::move(note);
-      w.unnamed_statement_pins = pins;
-      w.unnamed_statement_fingerprint = 0;
-      if (recorder_ && !parse->query.empty()) {
-        w.unnamed_statement_fingerprint = fingerprint_of(parse->query, true);
-        recorder_->stats->prepare(w.unnamed_statement_fingerprint, parse->query, recorder_->labels);
-      }
-      if (keeps_literals()) [[unlikely]] {
-        w.change_rare().unnamed_statement_sample.assign(
-            parse->query.substr(0, stats::QueryStats::kMaxTextBytes + 4));
-        w.change_rare().unnamed_statement_types.assign(parse->param_types);
-      }
+      note_unnamed_statement(parse->query, parse->param_types, std::move(note), pins,
+                             flight.input.substr(offset + f.whole.size()));
     }
     const std::string_view text = deallocates ? std::string_view{} : without_hint(parse->query);
     if (text.size() == parse->query.size()) {
@@ -267,6 +257,94 @@ void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight
   prepare_on_server(stmt, false, l, flight);
 }
 
+void Session::note_unnamed_statement(std::string_view query, std::string_view param_types,
+                                     Note note, bool pins, std::string_view rest) {
+  Workspace& w = work();
+  if (router_.sharded()) {
+    w.change_rare().unnamed_statement_text.assign(query);
+    w.change_rare().unnamed_statement_types.assign(param_types);
+  }
+  w.unnamed_statement_note = std::move(note);
+  w.unnamed_statement_pins = pins;
+  w.unnamed_statement_noted = true;
+  w.unnamed_statement_fingerprint = 0;
+  if (recorder_ && !query.empty()) {
+    w.unnamed_statement_fingerprint = fingerprint_of(query, true);
+    recorder_->stats->prepare(w.unnamed_statement_fingerprint, query, recorder_->labels);
+  }
+  if (keeps_literals()) [[unlikely]] {
+    w.change_rare().unnamed_statement_sample.assign(
+        query.substr(0, stats::QueryStats::kMaxTextBytes + 4));
+    w.change_rare().unnamed_statement_types.assign(param_types);
+  }
+  if (options_.mode == config::PoolMode::Session) return;
+  // Drivers bind the unnamed statement right after its Parse (the usual case: nothing kept), or
+  // describe it first and bind it in a later request, which may reach another server.
+  for (std::size_t pos = 0; pos < rest.size();) {
+    auto r = pr::decode_frame(rest.substr(pos), options_.max_message_bytes);
+    if (r.status != pr::DecodeStatus::Ok) break;
+    pos += r.frame.whole.size();
+    const char tag = r.frame.tag;
+    if (tag == 'B') {
+      const auto b = pr::read_bind_head(r.frame);
+      if (b && b->statement.empty()) {
+        forget_unnamed_statement();
+        return;
+      }
+    } else if (tag == 'S' || tag == 'H' || tag == 'Q' || tag == 'P') {
+      break;
+    }
+  }
+  if (query.size() + param_types.size() > kMaxKeptUnnamedBytes) {
+    forget_unnamed_statement();
+    return;
+  }
+  Extras& e = extras_to_change();
+  e.unnamed_query.assign(query);
+  e.unnamed_types.assign(param_types);
+  e.unnamed_kept = true;
+}
+
+bool Session::unnamed_statement_on_server(Link& l, Flight& flight) {
+  const bool on_server = l.server->unnamed_statement_of == identity_ &&
+                         l.server->unnamed_statement_version == unnamed_version_;
+  if (on_server && (work().unnamed_statement_noted || !extras().unnamed_kept)) return true;
+  if (!on_server && !extras().unnamed_kept) {
+    raise_on_server("26000",
+                    "pgvalve: unnamed prepared statement does not exist on this server: with "
+                    "transaction pooling a Bind of the unnamed statement goes with its Parse "
+                    "(pgvalve keeps it for a later request only when no Bind followed it); send "
+                    "the Parse again, or use a named statement",
+                    true, l, flight);
+    return false;
+  }
+  const std::string& query = extras_->unnamed_query;
+  Note note;
+  bool pins = false;
+  if (!routing::plain_statement(query)) {
+    std::vector<Note>& notes = work().change_rare().review_notes;
+    notes.clear();
+    Review r = review(query, true, notes);
+    if (!r.refusal.empty()) {
+      raise_on_server(r.refusal_sqlstate, r.refusal, true, l, flight);
+      return false;
+    }
+    if (!notes.empty()) note = notes.front();
+    pins = r.check_pins;
+  }
+  if (!on_server) {
+    const std::size_t from = flight.scratch->size();
+    pr::append_parse_raw(*flight.scratch, {}, without_hint(query), extras_->unnamed_types);
+    mark_scratch(flight, from);
+    l.pending.push({Kind::ParseComplete, true});
+    l.server->unnamed_statement_of = identity_;
+    l.server->unnamed_statement_version = unnamed_version_;
+  }
+  // Kept still (assigned from itself): PostgreSQL's unnamed statement lasts until the next one.
+  note_unnamed_statement(query, extras_->unnamed_types, std::move(note), pins, {});
+  return true;
+}
+
 void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight& flight) {
   auto head = pr::read_bind_head(f);
   Workspace& w = work();
@@ -274,6 +352,9 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
   const pr::PreparedStatement* stmt = head && !head->statement.empty() && statements_ && translate
                                           ? statements_->find(head->statement)
                                           : nullptr;
+  if (head && translate && head->statement.empty() && !unnamed_statement_on_server(l, flight)) {
+    return;
+  }
   // What the portal's statement means for settings and pinning, remembered for its Execute.
   if (head && router_.sharded()) {
     const bool unnamed = head->statement.empty();
@@ -412,6 +493,10 @@ bool Session::server_has_statement(Link& l, std::uint64_t hash) {
 
 void Session::plan_describe(const pr::Frame& f, std::size_t offset, Link& l, Flight& flight) {
   auto d = pr::read_describe(f);
+  if (d && d->kind == 'S' && d->name.empty() && options_.mode != config::PoolMode::Session &&
+      !unnamed_statement_on_server(l, flight)) {
+    return;
+  }
   const pr::PreparedStatement* stmt = d && d->kind == 'S' && !d->name.empty() && statements_ &&
                                               options_.mode != config::PoolMode::Session
                                           ? statements_->find(d->name)
@@ -442,10 +527,19 @@ void Session::plan_close(const pr::Frame& f, std::size_t offset, Link& l, Flight
     if (auto it = extras_->named_statements.find(c->name); it != extras_->named_statements.end())
       extras_->named_statements.erase(it);
   }
-  if (c && c->kind == 'S' && !c->name.empty() && options_.mode != config::PoolMode::Session &&
-      forget_statement(c->name)) {
-    // The server-side statement may be shared and stays prepared. Closing a name that does not
-    // exist is not an error, so the server still answers CloseComplete in its place.
+  const bool closes_unnamed =
+      c && c->kind == 'S' && c->name.empty() && options_.mode != config::PoolMode::Session;
+  if (closes_unnamed) forget_unnamed_statement();
+  if (closes_unnamed && l.server->unnamed_statement_of == identity_ &&
+      l.server->unnamed_statement_version == unnamed_version_) {
+    l.server->unnamed_statement_of = 0;
+    pass_client(flight, offset, f.whole.size());
+  } else if (closes_unnamed ||
+             (c && c->kind == 'S' && !c->name.empty() &&
+              options_.mode != config::PoolMode::Session && forget_statement(c->name))) {
+    // The server-side statement may be shared (or, unnamed, another client's) and stays
+    // prepared. Closing a name that does not exist is not an error, so the server still
+    // answers CloseComplete in its place.
     const std::size_t from = flight.scratch->size();
     pr::append_close(*flight.scratch, 'S', kNoStatement);
     mark_scratch(flight, from);

@@ -862,6 +862,7 @@ void Session::ask_server(Link& l, LinkId id, const std::string& message, std::ui
 }
 
 void Session::expect_own_answer(Link& l, std::uint8_t action) {
+  l.server->unnamed_statement_of = 0;  // pgvalve's own simple query ends the unnamed statement
   pr::PendingResponse ask{Kind::ReadyForQuery};
   ask.internal = true;
   ask.action = action;

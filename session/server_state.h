@@ -29,6 +29,12 @@ struct ServerState {
   // Session mode: the session created temporary objects; the connection is closed at release
   // instead of being reused, since PostgreSQL remembers a backend's temporary namespace.
   bool touched_temp = false;
+  // Transaction pooling: the session (Session::identity()) whose Parse made the server's unnamed
+  // statement, and which of that session's unnamed statements it is; 0 when that is no
+  // client's (none yet, or a simple query destroyed it). A Bind or Describe of the unnamed
+  // statement must not reach a server holding another one as it is.
+  std::uint64_t unnamed_statement_of = 0;
+  std::uint64_t unnamed_statement_version = 0;
   std::string name;  // "host:port", for messages
 };
 

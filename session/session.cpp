@@ -2,6 +2,7 @@
 // leaving, shutdown) and the one place the state changes. Client requests are planned in
 // client_flight.cpp, server answers in server_flight.cpp.
 #include <algorithm>
+#include <atomic>
 #include <cassert>
 #include <memory>
 #include <type_traits>
@@ -143,6 +144,7 @@ void Workspace::clear() {
   rebuild(unnamed_statement_note);
   rebuild(unnamed_portal_note);
   unnamed_statement_pins = false;
+  unnamed_statement_noted = false;
   unnamed_portal_pins = false;
   unnamed_statement_fingerprint = 0;
   unnamed_portal_fingerprint = 0;
@@ -239,9 +241,20 @@ bool Link::parse_unconfirmed(std::uint64_t hash) const {
 
 // ---- Session -------------------------------------------------------------------------------
 
+namespace {
+
+// Once per login: no lock shared per query.
+std::uint64_t next_identity() {
+  static std::atomic<std::uint64_t> last{0};
+  return last.fetch_add(1, std::memory_order_relaxed) + 1;
+}
+
+}  // namespace
+
 Session::Session(const SessionOptions& options, const routing::Router& router,
                  WorkspacePool& workspaces, const stats::Recorder* recorder)
     : options_(options),
+      identity_(next_identity()),
       router_(router),
       workspaces_(&workspaces),
       recorder_(recorder && recorder->stats ? recorder : nullptr) {}

@@ -265,6 +265,8 @@ class Session {
   // For SHOW CLIENTS and tests.
   const Settings& client_settings() const { return client_settings_; }
   std::size_t prepared_statement_count() const;
+  // Unique in the process: marks what this session left on a server (ServerState).
+  std::uint64_t identity() const { return identity_; }
   std::size_t listen_channel_count() const { return extras().listen_channels.size(); }
 
  private:
@@ -318,7 +320,7 @@ class Session {
   // statement a Parse/Bind names) and the Bind that follows it; sharded databases skip a BEGIN at
   // the front of an extended flight, since the statement after it names the shard.
   RequestText request_text(Flight& flight);
-  bool describes_named_statements(std::string_view frames) const;
+  bool describes_statements(std::string_view frames) const;
   routing::Route on_any_of(std::string_view sql, std::uint64_t shards) const;
   routing::Route route_request(const RequestText& request);
   // Sharded databases: a BEGIN alone, with no shard named yet, is answered here and sent with
@@ -432,6 +434,21 @@ class Session {
   void plan_bind(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
   void plan_describe(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
   void plan_close(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
+  // What the client's unnamed statement (Parse of `query`) does, for its Binds; and, when no
+  // Bind of it follows in `rest` (the request after its Parse), its text kept for a later one.
+  void note_unnamed_statement(std::string_view query, std::string_view param_types, Note note,
+                              bool pins, std::string_view rest);
+  // Before a Bind or Describe of the unnamed statement: true when the server holds the client's
+  // (its kept Parse goes first to one that does not, and what it does is noted again for a
+  // request that did not parse it); false, with 26000 raised as on a server without one, when
+  // nothing is kept. Another client's unnamed statement is never bound.
+  bool unnamed_statement_on_server(Link& l, Flight& flight);
+  void forget_unnamed_statement() {
+    if (!extras_ || !extras_->unnamed_kept) return;
+    extras_->unnamed_kept = false;
+    extras_->unnamed_query = {};
+    extras_->unnamed_types = {};
+  }
   void prepare_on_server(const protocol::PreparedStatement& stmt, bool swallow, Link& l,
                          Flight& flight);
   const protocol::PreparedStatement& define_statement(std::string_view name, std::string_view query,
@@ -587,6 +604,12 @@ class Session {
       std::size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
     };
     std::unordered_map<std::string, NamedStatement, NameHash, std::equal_to<>> named_statements;
+    // Transaction pooling: the unnamed statement of a Parse that no Bind followed in its request
+    // (pgx's describe-then-execute, postgres.js with prepare: false), prepared again before its
+    // Bind when that reaches another server (or the same one after another client's use).
+    std::string unnamed_query;
+    std::string unnamed_types;
+    bool unnamed_kept = false;
   };
   const Extras& extras() const {
     static const Extras none;
@@ -608,6 +631,8 @@ class Session {
   Extras::NamedStatement session_statement(std::string_view name) const;
 
   const SessionOptions& options_;  // outlives the session (shared by a configuration's)
+  const std::uint64_t identity_;
+  std::uint64_t unnamed_version_ = 0;  // of the client's latest unnamed statement (ServerState)
   const routing::Router& router_;
   WorkspacePool* workspaces_;
   const stats::Recorder* recorder_;

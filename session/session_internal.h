@@ -354,6 +354,9 @@ struct Workspace {
   Note unnamed_statement_note;
   Note unnamed_portal_note;
   bool unnamed_statement_pins = false;
+  // The unnamed statement's note, pins and fingerprint above are this request's: set at its
+  // Parse here, or from the statement kept since an earlier request (Session::Extras).
+  bool unnamed_statement_noted = false;
   bool unnamed_portal_pins = false;
   std::string unhinted;  // a statement's text without its pgvalve hint comment
   // Statistics: the fingerprints of the unnamed statement and portal, and the last text

@@ -16,6 +16,7 @@ import pytest
 
 from itutil import DRIVERS, JDBC_JAR, npm_install, one, run
 from pgcluster import APP_DB, APP_PASSWORD, APP_USER
+from pgwire_ext import ExtClient, bind, describe, execute, parse, sync
 
 
 ROLE = "nl_r"
@@ -297,3 +298,24 @@ def test_postgresjs_set_and_listen(pv2, cluster):
     r, out = run(["node", str(DRIVERS / "node_postgresjs_state.js"), default, "6"],
                  timeout=90, env=env, cwd=str(DRIVERS))
     assert r.returncode == 0 and r.stdout.startswith("OK"), out
+
+
+def test_no_client_binds_another_clients_unnamed_statement(pgvalve):
+    """PostgreSQL keeps the unnamed statement until the next Parse of one: a server going from
+    client to client holds the last one's. A Bind of it by a client that parsed none is refused
+    (26000) instead of running the other client's statement, and the client whose Parse was
+    described in one request and bound in a later one (pgx's describe-then-execute) runs its
+    own statement wherever that Bind goes."""
+    pv = pgvalve(pool_size=1, workers=1)
+    a = ExtClient.login(pv)
+    b = ExtClient.login(pv)
+    a.run([parse("", "select 'secret of a'::text"), describe("S", ""), sync()]).raise_for_error()
+    r = b.run([bind(""), execute(), sync()])
+    assert r.rows == [] and r.errors and r.errors[0]["C"] == "26000", r.msgs
+    assert r.errors[0]["M"].startswith("pgvalve: unnamed prepared statement does not exist")
+    b.run([parse("", "select 'of b'::text"), bind(""), execute(), sync()]).raise_for_error()
+    assert a.run([bind(""), execute(), sync()]).raise_for_error().rows == [["secret of a"]]
+    # A simple query ends it, as on PostgreSQL.
+    a.simple("select 1").raise_for_error()
+    r = a.run([bind(""), execute(), sync()])
+    assert r.errors and r.errors[0]["C"] == "26000", r.msgs

@@ -221,12 +221,14 @@ def test_postgresjs_transactions_over_shards_commit(two_pc, pgvalve):
         assert prepared_on(two_pc[i]) == []
 
 
-def test_postgresjs_first_uses_of_statements_route_by_their_values(two_pc, pgvalve):
+@pytest.mark.parametrize("statements", ["named", "unnamed"])
+def test_postgresjs_first_uses_of_statements_route_by_their_values(two_pc, pgvalve, statements):
     """postgres.js describes each new statement (Parse, Describe, Flush) before it binds it:
     the first insert and read for a device on the second shard, and reads over every shard with
-    a parameter, work on a fresh connection."""
+    a parameter, work on a fresh connection; also with prepare: false, whose unnamed statement
+    pgvalve prepares again on the shards its Bind goes to."""
     d0, d1, _ = devices()
-    result = run_postgresjs(two_pc, pgvalve, "postgresjs_sharded.js", d0, d1)
+    result = run_postgresjs(two_pc, pgvalve, "postgresjs_sharded.js", d0, d1, statements)
     assert result == {"insert_d1": 1, "insert_d0": 1, "read_d1": 1, "count_over": 2,
                       "ordered": [d1, d0]}, result
     assert rows(two_pc[0]) == [(d0, 2.0)] and rows(two_pc[1]) == [(d1, 1.0)]

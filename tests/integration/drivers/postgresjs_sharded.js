@@ -2,18 +2,22 @@
 // each statement with Parse, Describe and Flush, and binds it once it knows the parameter types.
 // The first use of a statement for a device on another shard than the first, a keyed read, and
 // reads over every shard with a parameter must work like any later use.
-// Devices D0 and D1 (argv) live on different shards.
+// Devices D0 and D1 (argv) live on different shards. With "unnamed", postgres.js runs with
+// prepare: false: the same messages with the unnamed statement.
 // Connection settings come from PGHOST / PGPORT / PGUSER / PGPASSWORD / PGDATABASE.
-// Usage: node postgresjs_sharded.js D0 D1
+// Usage: node postgresjs_sharded.js D0 D1 [unnamed]
 // Prints one JSON line of what each step returned (or its error) and exits 0.
 'use strict';
 
 const postgres = require('postgres');
 
-const [d0, d1] = process.argv.slice(2).map((v) => parseInt(v, 10));
+const [d0, d1] = process.argv.slice(2, 4).map((v) => parseInt(v, 10));
+const prepare = process.argv[4] !== 'unnamed';
 
 (async () => {
-  const sql = postgres({ max: 1, idle_timeout: 0, connect_timeout: 10, onnotice: () => {} });
+  const sql = postgres({
+    max: 1, idle_timeout: 0, connect_timeout: 10, prepare, onnotice: () => {},
+  });
   const guard = setTimeout(() => {
     console.log(JSON.stringify({ error: 'no answer within 30 s' }));
     process.exit(0);

@@ -51,7 +51,8 @@ TEST(SessionBounds, PipelinedRequestsStopAtTheCapAndResumeAsAnswersCome) {
 TEST(SessionBounds, AnExtendedPipelineWithoutSyncIsFlushedAtTheCap) {
   SessionHarness h;
   auto server = SessionHarness::fresh_server();
-  const std::string pair = bind_to("", "") + execute();  // two answers each
+  server->unnamed_statement_of = h.session().identity();  // parsed by an earlier request
+  const std::string pair = bind_to("", "") + execute();   // two answers each
   std::string batch;
   for (std::size_t i = 0; i < kMaxRequestsInFlight; ++i)
     batch += pair;

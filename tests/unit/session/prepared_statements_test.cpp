@@ -735,5 +735,102 @@ TEST(SessionPreparedStatements, TooMuchStatementTextIsRefusedWith54000OnTheServe
   prepare_locally(h, "one_more", "select 1");
 }
 
+// ---- The unnamed statement between requests ----
+// PostgreSQL keeps the unnamed statement until the next one (or a simple query); with
+// transaction pooling the server of a later request may hold another client's.
+
+std::string bind_execute_sync() {
+  return bind_to("", "") + execute() + sync();
+}
+std::string no_parameters() {
+  return std::string("t\0\0\0\6\0\0", 7);
+}
+
+TEST(SessionUnnamedStatement, AnotherClientsUnnamedStatementIsNeverBound) {
+  auto server = SessionHarness::fresh_server();
+  SessionHarness a;
+  a.send(parse("", "select 'secret of a'") + sync(), *server);
+  a.answer(parse_complete() + ready());
+  SessionHarness b;  // never parsed one
+  const std::string sent = b.send(bind_execute_sync(), *server);
+  EXPECT_EQ(tags_of(sent), "PBES");  // the Bind runs an error in its place
+  EXPECT_TRUE(parses_in(sent)[0].second.find("'26000'") != std::string::npos);
+  EXPECT_TRUE(parses_in(sent)[0].second.find("pgvalve: unnamed prepared statement does not "
+                                             "exist") != std::string::npos);
+}
+
+// pgx's describe-then-execute: Parse and Describe with a Sync, the Bind in the next request.
+TEST(SessionUnnamedStatement, AStatementDescribedAndBoundLaterIsPreparedAgainElsewhere) {
+  auto first = SessionHarness::fresh_server();
+  auto second = SessionHarness::fresh_server();
+  SessionHarness h;
+  h.send(parse("", "select $1::int") + describe('S', "") + sync(), *first);
+  h.answer(parse_complete() + no_parameters() + row_description() + ready());
+  // On the server that still holds it: sent as it is.
+  EXPECT_EQ(tags_of(h.send(bind_execute_sync(), *first)), "BES");
+  h.answer(bind_complete() + data_row({"1"}) + complete("SELECT 1") + ready());
+  // On another: its Parse first, whose answer the client does not get.
+  const std::string sent = h.send(bind_execute_sync(), *second);
+  EXPECT_EQ(tags_of(sent), "PBES");
+  EXPECT_EQ(parses_in(sent)[0], std::make_pair(std::string(), std::string("select $1::int")));
+  EXPECT_EQ(h.answer(parse_complete() + bind_complete() + data_row({"1"}) + complete("SELECT 1") +
+                     ready()),
+            bind_complete() + data_row({"1"}) + complete("SELECT 1") + ready());
+  EXPECT_EQ(second->unnamed_statement_of, h.session().identity());
+}
+
+// A server that holds an older unnamed statement of the same client gets the newer one.
+TEST(SessionUnnamedStatement, AServerHoldingTheClientsOlderOneGetsTheNewer) {
+  auto first = SessionHarness::fresh_server();
+  auto second = SessionHarness::fresh_server();
+  SessionHarness h;
+  h.send(parse("", "select 1") + describe('S', "") + sync(), *first);
+  h.answer(parse_complete() + no_parameters() + row_description() + ready());
+  h.send(parse("", "select 2") + describe('S', "") + sync(), *second);
+  h.answer(parse_complete() + no_parameters() + row_description() + ready());
+  const std::string sent = h.send(bind_execute_sync(), *first);
+  EXPECT_EQ(tags_of(sent), "PBES");
+  EXPECT_EQ(parses_in(sent)[0], std::make_pair(std::string(), std::string("select 2")));
+}
+
+// node-postgres, libpq's PQexecParams: the Bind follows its Parse, nothing is kept; a later
+// Bind alone reaches only the server that still has the client's statement.
+TEST(SessionUnnamedStatement, AStatementBoundInItsRequestIsNotKept) {
+  auto first = SessionHarness::fresh_server();
+  auto second = SessionHarness::fresh_server();
+  SessionHarness h;
+  h.send(parse("", "select 1") + bind_execute_sync(), *first);
+  h.answer(parse_complete() + select_answer());
+  EXPECT_EQ(tags_of(h.send(bind_execute_sync(), *first)), "BES");
+  h.answer(select_answer());
+  const std::string sent = h.send(bind_execute_sync(), *second);
+  EXPECT_TRUE(parses_in(sent)[0].second.find("'26000'") != std::string::npos);
+}
+
+// A simple query ends the unnamed statement, on PostgreSQL as here; so does pgvalve's own.
+TEST(SessionUnnamedStatement, ASimpleQueryEndsIt) {
+  auto server = SessionHarness::fresh_server();
+  SessionHarness h;
+  h.send(parse("", "select 1") + describe('S', "") + sync(), *server);
+  h.answer(parse_complete() + no_parameters() + row_description() + ready());
+  h.send(query("select 2"), *server);
+  h.answer(select_answer());
+  EXPECT_EQ(server->unnamed_statement_of, 0u);
+  const std::string sent = h.send(bind_execute_sync(), *server);
+  EXPECT_TRUE(parses_in(sent)[0].second.find("'26000'") != std::string::npos);
+}
+
+// Closing the unnamed statement of another client would take it from that client.
+TEST(SessionUnnamedStatement, ClosingItLeavesAnotherClientsAlone) {
+  auto server = SessionHarness::fresh_server();
+  SessionHarness a;
+  a.send(parse("", "select 1") + describe('S', "") + sync(), *server);
+  a.answer(parse_complete() + no_parameters() + row_description() + ready());
+  SessionHarness b;
+  const std::string sent = b.send(close_message('S', "") + sync(), *server);
+  EXPECT_EQ(sent.find(std::string("C\0\0\0\6S\0", 7)), std::string::npos);
+  EXPECT_EQ(server->unnamed_statement_of, a.session().identity());
+}
+
 }  // namespace
 }  // namespace pgvalve::session::testing
