@@ -477,9 +477,17 @@ void App::close_connections_to(const std::string& database, const config::Endpoi
   }
   if (affected.empty()) return;
   for (auto& w : workers_) {
-    asio::post(w->context, [w = w.get(), affected] {
+    asio::post(w->context, [w = w.get(), affected, database, host] {
       for (const auto& p : affected)
         p->collect_expired(w->index, pool::Clock::now());  // destroyed here: closed
+      // Lent ones too: a session-mode or pinned client, or a transaction, would otherwise go on
+      // writing to a former primary that still runs, where nothing it commits survives.
+      std::vector<std::shared_ptr<ClientSession>> holders;
+      w->for_each_session([&](ClientSession& s) {
+        if (s.serves_clients() && s.database() == database) holders.push_back(s.shared_from_this());
+      });
+      for (const auto& s : holders)
+        s->on_host_retired(host);
     });
   }
 }

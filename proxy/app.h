@@ -242,7 +242,7 @@ class App : public pool::Handoff {
   // (after RECONNECT or KILL of it or of every database).
   std::uint64_t reconnect_below(const std::string& database) const;
   // A host the health checks retired (a former primary): its server connections close, idle
-  // ones at once, as RECONNECT does for a database.
+  // ones at once, and those lent to clients are cut (ClientSession::on_host_retired).
   void close_connections_to(const std::string& database, const config::Endpoint& host);
   // KILL [database]: paused (new requests wait for RESUME), its clients disconnected with 57P01
   // and its server connections closed. Returns how many clients were disconnected.

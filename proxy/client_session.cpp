@@ -641,6 +641,19 @@ void ClientSession::on_kill(std::string_view message) {
   carry_out(core_->on_kill(message), Source::Event);
 }
 
+void ClientSession::on_host_retired(const config::Endpoint& host) {
+  if (closed_ || !core_) return;
+  const auto self = shared_from_this();
+  Step step(*worker_);
+  for (std::size_t id = 0; id < links_.size() && !closed_; ++id) {
+    LinkIO& io = links_[id];
+    if (!io.conn || !io.pool || io.pool->key().host != host) continue;
+    PGV_LOG(Warn, "server_retired", {"client", id_}, {"server", io.conn->id},
+            {"host", io.conn->state.name});
+    carry_out(core_->on_server_lost(static_cast<session::LinkId>(id), now()), Source::Event);
+  }
+}
+
 void ClientSession::on_stopped() {
   const auto self = shared_from_this();  // destroyed, if at all, once this returns
   checkout().waiting_self.reset();

@@ -72,6 +72,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   void on_shard_map_changed(const config::ConfigPtr& next);
   // KILL / KILL_CLIENT from the admin console: the client is disconnected now with `message`.
   void on_kill(std::string_view message);
+  // A switchover or failover retired `host`, the former primary, which may still run: the
+  // client's server connections there are cut now, as if the server had gone, so that nothing
+  // more of its (a session-mode client's, a pinned one's, a transaction's) is written there.
+  void on_host_retired(const config::Endpoint& host);
   // An application client past its login (not an admin console, not logging in).
   bool serves_clients() const { return core_.has_value(); }
   // A cancel for a statement running on several shards: each linked server gets one (carried

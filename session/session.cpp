@@ -865,7 +865,20 @@ const Actions& Session::on_server_lost(LinkId id, Clock::time_point now) {
   std::string message = "pgvalve: the server connection was lost";
   if (!goodbye.empty()) message += " (the server said: " + goodbye + ")";
   message += "; the transaction was rolled back, run it again";
+  // Session mode: what the client prepared or created as temporary on its own server went
+  // with it, and a new server would fail each use of it (26000, 42P01). The client starts
+  // afresh instead, as after a server loss in PgBouncer's session mode.
+  const bool state_lost =
+      options_.mode == config::PoolMode::Session && id == 0 &&
+      ((extras_ && !extras_->named_statements.empty()) || l.server->touched_temp);
   lose_link(l, id, message, LinkOp::Kind::Close, out);
+  if (state_lost) {
+    close_with("08006",
+               "pgvalve: the server connection was lost, and with it this session's prepared "
+               "statements and temporary objects; reconnect",
+               out);
+    return out;
+  }
   // Told at the client's next request, with the server's reason.
   if (lost_transaction_ && (extras_ || !goodbye.empty())) {
     extras_to_change().lost_goodbye.swap(goodbye);

@@ -583,3 +583,36 @@ def test_show_pools_counts_clients_on_the_primary_after_a_switchover(fresh, pgva
             f"127.0.0.1:{c.primary.port}"]["sv_idle"]) == 0, 5,
             message="the retired host's idle server connection closed")
         assert "event=host_retired" in pv.log_text()
+
+
+def test_a_session_mode_client_writes_no_more_to_a_retired_primary(fresh, pgvalve):
+    """SHOW HOSTS / configuration.md: a retired former primary 'takes no traffic'. FAILOVER may be
+    run while the old primary still runs (the runbook says it promotes even then), and in follow
+    mode a tool may promote a replica with the old primary up. A session-mode client logged in
+    before holds a server connection to the old primary: its writes after the change must not be
+    acknowledged there (they would be lost with that host). Either they reach the new primary or
+    they fail (the client may be disconnected). Found by the operations audit: every later write of
+    such a client was acknowledged on the retired host, none reached the new primary."""
+    c = fresh()
+    pv = pgvalve(**config_for(c, mode="session", pool_size=4,
+                              failover={"mode": "follow", "hold_writes_ms": 5000}))
+    wait_hosts_checked(pv)
+    conn = pv.connect()
+    assert conn.execute("insert into drill (client, n) values (7, 0) "
+                        "returning inet_server_port()").fetchone()[0] == c.primary.port
+    with admin(pv) as a:
+        a.execute("FAILOVER telemetry")
+    new_primary = c.replicas[0] if not c.replicas[0].scalar("select pg_is_in_recovery()") \
+        else c.replicas[1]
+    acked_on = []
+    for i in range(1, 6):
+        try:
+            acked_on.append(conn.execute("insert into drill (client, n) values (7, %s) "
+                                         "returning inet_server_port()", (i,)).fetchone()[0])
+        except psycopg.Error:
+            if conn.closed:
+                conn = pv.connect()
+    conn.close()
+    assert c.primary.port not in acked_on, \
+        f"writes acknowledged on the retired primary {c.primary.port}: {acked_on}"
+    assert acked_on and all(p == new_primary.port for p in acked_on), acked_on

@@ -144,3 +144,33 @@ def test_temp_table_client_leaves_server_closed(pv):
     assert reused_pid == plain_pid, "a server without temporary objects was not reused"
     assert next_pid != reused_pid, \
         f"backend {reused_pid} that had a temporary table was given to the next client"
+
+
+def test_prepared_statements_are_not_lost_silently_when_the_server_is_replaced(pv, cluster):
+    """Session mode: when a client's server connection is lost (the primary restarted) and
+    pgvalve keeps the client connected on a new server, the statements the client prepared
+    (psycopg prepares a query after 5 executions, as pgbench -M prepared and JDBC do) must not
+    vanish under it: either they still work, or the client's connection is closed so that its
+    driver starts afresh. Never a 26000 'prepared statement does not exist' on every later
+    execution (found by the operations audit: a failover drill left session-mode psycopg
+    clients failing every statement until they were restarted)."""
+    a = psycopg.connect(pv.dsn(), autocommit=True)  # prepare_threshold: psycopg's default, 5
+    try:
+        for i in range(7):
+            assert one(a, "select %s::int + 1", (i,)) == i + 1
+        assert one(a, "select count(*) from pg_prepared_statements") >= 1
+        cluster.primary.stop(mode="fast")
+        cluster.primary.start()
+        sqlstates = []
+        for i in range(6):
+            try:
+                assert one(a, "select %s::int + 1", (i,)) == i + 1
+                sqlstates.append("ok")
+            except psycopg.Error as e:
+                sqlstates.append(e.sqlstate)
+                if a.closed:  # pgvalve ended the session: the application reconnects
+                    a = psycopg.connect(pv.dsn(), autocommit=True)
+        assert "26000" not in sqlstates, sqlstates
+        assert sqlstates[-3:] == ["ok"] * 3, sqlstates
+    finally:
+        a.close()

@@ -300,6 +300,26 @@ TEST(SessionFailures, IdleTransactionTimeoutDoesNotApplyOutsideATransaction) {
   EXPECT_FALSE(h.timer(T0 + 100s).close_client);
 }
 
+// Session mode keeps a client whose own server was lost (its settings go to the next one),
+// unless it prepared statements there: a new server would answer each use with 26000.
+TEST(SessionFailures, SessionModeClosesAClientWhosePreparedStatementsWentWithItsServer) {
+  auto server = SessionHarness::fresh_server();
+  SessionHarness h(SessionHarness::session_mode(), {}, server.get());
+  h.client(parse("s1", "select 1") + sync());
+  h.answer(parse_complete() + ready());
+  Step s = h.lost();
+  EXPECT_TRUE(s.close_client);
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+}
+
+TEST(SessionFailures, SessionModeKeepsAClientWithNothingPreparedAcrossAServerLoss) {
+  auto server = SessionHarness::fresh_server();
+  SessionHarness h(SessionHarness::session_mode(), {}, server.get());
+  h.client(query("select 1"));
+  h.answer(command_result("SELECT 1"));
+  EXPECT_FALSE(h.lost().close_client);
+}
+
 // ---- A sync that does not finish -----------------------------------------------------------
 
 TEST(SessionFailures, SyncTimeoutFailsTheWaitingRequest) {
