@@ -164,11 +164,18 @@ Route Router::route_sharded(std::string_view sql, const RouteContext& context) c
   const std::uint64_t all =
       shard_count_ >= 64 ? ~std::uint64_t{0} : (std::uint64_t{1} << shard_count_) - 1;
   auto invalid = [&](std::string_view value) {
+    const KeyType type = sharding.map.key_type();
+    if (value == kUntypedBinaryParameter && type == KeyType::Auto) {
+      // asyncpg sends every value in binary, typed only by the server's description.
+      return Route::refuse("22P02", "pgvalve: " + sharding.key +
+                                        " came as a binary parameter of no given type, which "
+                                        "sharding.key_type: auto cannot read; set key_type to "
+                                        "the column's type (bigint, text or uuid)");
+    }
     return Route::refuse(
         "22P02", "pgvalve: \"" + std::string(value) + "\" is not a valid " + sharding.key +
-                     " (sharding.key_type: " + std::string(key_type_name(sharding.map.key_type())) +
-                     "); pass a " + sharding.key +
-                     " of that type to route the statement to its shard");
+                     " (sharding.key_type: " + std::string(key_type_name(type)) + "); pass a " +
+                     sharding.key + " of that type to route the statement to its shard");
   };
   auto any = [&](std::string_view hint) {
     Route r = role(sql, hint, context, 0);

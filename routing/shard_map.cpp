@@ -363,6 +363,15 @@ std::optional<KeyValue> key_from_binary(std::string_view bytes, std::uint32_t ty
     case kOidBpchar:
     case kOidName:
       return key_from_text(bytes, type);
+    case 0:
+      // The client left the type to the server (asyncpg, pgx), which took it from the key
+      // column: of sharding.key_type. Under `auto` the bytes alone do not say which type.
+      if (type == KeyType::Text) return key_from_text(bytes, type);
+      if (type == KeyType::Uuid) return key_from_binary(bytes, kOidUuid, type);
+      if (type != KeyType::Bigint) return std::nullopt;
+      integer = protocol::binary_integer(bytes);
+      if (!integer) return std::nullopt;
+      break;
     case kOidUuid: {
       if (bytes.size() != 16 || (type != KeyType::Auto && type != KeyType::Uuid))
         return std::nullopt;

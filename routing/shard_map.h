@@ -57,8 +57,10 @@ std::optional<KeyValue> key_from_text(std::string_view text, KeyType type);
 // numeric 1700 with an integral value, text 25, varchar 1043, bpchar 1042, name 19, uuid 2950).
 // The text types are read as key_from_text(bytes, type). An integer is a key for Auto and Bigint
 // only (a Text key would need its decimal text, which there is none to borrow), a uuid for Auto
-// and Uuid only. nullopt: another type (0, unspecified, included), a malformed value (a size
-// other than the type's, numeric NaN/infinity/fraction/beyond int64), or not a value of `type`.
+// and Uuid only. Type 0 (unspecified: the server took it from the key column) is read as `type`
+// says (int2/int4/int8 by size for Bigint), and is no key for Auto. nullopt: another type, a
+// malformed value (a size other than the type's, numeric NaN/infinity/fraction/beyond int64),
+// or not a value of `type`.
 std::optional<KeyValue> key_from_binary(std::string_view bytes, std::uint32_t type_oid,
                                         KeyType type);
 

@@ -464,9 +464,12 @@ class KeyReader {
       const std::optional<BoundParam> param = params_->param(number);
       if (!param) return finish(ShardKeys::Status::NotBound);
       if (!param->value) return finish(ShardKeys::Status::Null);
+      const std::string_view shown = !param->binary    ? *param->value
+                                     : param->type_oid ? kBinaryParameter
+                                                       : kUntypedBinaryParameter;
       return add_value(param->binary ? key_from_binary(*param->value, param->type_oid, type)
                                      : key_from_text(*param->value, type),
-                       param->binary ? std::string_view("(binary parameter)") : *param->value);
+                       shown);
     }
     if (text[0] == '$') {  // $tag$...$tag$
       const std::size_t open = text.find('$', 1);

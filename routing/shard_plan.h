@@ -83,6 +83,10 @@ struct ShardPlan {
 // INSERT ... (..., key, ...) VALUES. v is a constant or a $n.
 ShardPlan plan_shards(std::string_view sql, const ShardingPolicy& policy);
 
+// How a binary key parameter is shown in a refusal (it has no text to quote).
+inline constexpr std::string_view kBinaryParameter = "(binary parameter)";
+inline constexpr std::string_view kUntypedBinaryParameter = "(binary parameter of no given type)";
+
 // A Bind parameter, as the session finds it for a $n.
 struct BoundParam {
   std::optional<std::string_view> value;  // nullopt: NULL

@@ -200,6 +200,22 @@ TEST(ShardHashVectors, ShardMapTakesTheRemainderAsTheShard) {
 }
 
 // A Bind parameter sent in binary lands on the same shard as the same value written as text.
+// asyncpg and pgx send values in binary with no type in the Parse: PostgreSQL types them by
+// the key column, which sharding.key_type names.
+TEST(ShardHashVectors, BinaryValuesOfNoGivenTypeAreReadAsTheKeyType) {
+  const auto eight = key_from_binary(be(static_cast<std::uint64_t>(-17), 8), 0, KeyType::Bigint);
+  ASSERT_TRUE(eight.has_value());
+  EXPECT_EQ(eight->integer, -17);
+  EXPECT_EQ(key_from_binary(be(42, 4), 0, KeyType::Bigint)->integer, 42);
+  EXPECT_FALSE(key_from_binary(be(42, 3), 0, KeyType::Bigint).has_value());
+  EXPECT_EQ(key_from_binary("dev-7", 0, KeyType::Text)->text, "dev-7");
+  const std::string uuid(
+      reinterpret_cast<const char*>(uuid_bytes("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11").data()), 16);
+  EXPECT_EQ(key_from_binary(uuid, 0, KeyType::Uuid)->kind, KeyValue::Kind::Uuid);
+  // Eight bytes may be an int8 or eight characters of text: `auto` cannot tell.
+  EXPECT_FALSE(key_from_binary(be(42, 8), 0, KeyType::Auto).has_value());
+}
+
 TEST(ShardHashVectors, BinaryFormsHashLikeTheirText) {
   for_each_vector([](const json& v, const KeyValue& key) {
     std::optional<KeyValue> bin;

@@ -361,7 +361,7 @@ ShardKeys expected_keys(const Stmt& s, const ShardingPolicy& policy, bool bound)
       case Val::Kind::BinaryParam:
         if (!bound) return ShardKeys{Status::NotBound, 0, {}};
         key = key_from_binary(v.text, v.oid, type);
-        bad = "(binary parameter)";
+        bad = v.oid ? kBinaryParameter : kUntypedBinaryParameter;
         break;
       case Val::Kind::NullParam:
         if (!bound) return ShardKeys{Status::NotBound, 0, {}};
@@ -708,7 +708,7 @@ TEST(ShardPlanTest, BindParametersInTextAndBinary) {
     params.binary(bytes, oid);
     const ShardKeys k = shard_keys(sql, plan, policy, &params);
     EXPECT_EQ(k.status, Status::Invalid) << "oid " << oid;
-    EXPECT_EQ(k.bad_value, "(binary parameter)");
+    EXPECT_EQ(k.bad_value, oid ? kBinaryParameter : kUntypedBinaryParameter);
   }
   TestParams null;
   null.null();
