@@ -44,6 +44,8 @@ std::optional<CancelDestination> CancelRegistry::find(std::int32_t process_id,
   const auto host = target->host_index.load(std::memory_order_relaxed);
   if (key == 0 || host >= hosts_.size()) {
     in_flight_.fetch_sub(1, std::memory_order_seq_cst);
+    // No server yet: the request may be waiting for one.
+    if (auto session = target->session.lock()) return CancelDestination{{}, 0, 0, 0, session};
     return std::nullopt;
   }
   cancelling_.insert(key);

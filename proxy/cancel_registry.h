@@ -49,8 +49,9 @@ struct CancelDestination {
   std::int32_t secret_key = 0;
   // As CancelTarget::server_key; the registry counts the cancel in flight until cancel_done().
   std::uint64_t server_key = 0;
-  // Set instead when the client's statement runs on several shards: that session cancels them.
-  std::shared_ptr<ClientSession> fan_out;
+  // Set instead when the session carries the cancel out: its statement runs on several shards,
+  // or waits for a server.
+  std::shared_ptr<ClientSession> carried_by;
 };
 
 class CancelRegistry {

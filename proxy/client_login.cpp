@@ -214,8 +214,8 @@ asio::awaitable<void> ClientSession::forward_cancel(std::int32_t process_id,
     PGV_LOG(Debug, "cancel_ignored", {"pid", process_id});
     co_return;
   }
-  if (dest->fan_out) {
-    dest->fan_out->cancel_every_server();
+  if (dest->carried_by) {
+    dest->carried_by->cancel_request();
     co_return;
   }
   // Until PostgreSQL has taken the cancel (it closes the connection once it has), the server

@@ -46,6 +46,11 @@ pool::OpenRefusal refusal_of(const ServerFailure& failure) {
   return pool::OpenRefusal::None;
 }
 
+// What a client whose request was cancelled in the queue for a server is told (57014).
+constexpr std::string_view kCancelledWhileWaiting =
+    "pgvalve: canceling statement due to user request (it was waiting for a server connection "
+    "and did not run)";
+
 // What a client that waited checkout_timeout_ms for a server connection is told (53300).
 std::string checkout_timeout_message(const pool::ServerPool& pool, int timeout_ms) {
   std::string message =
@@ -147,6 +152,7 @@ void ClientSession::end_checkout() {
   checkout_->pool.reset();
   checkout_->started = {};
   checkout_->deadline = {};
+  checkout_->cancelled = false;
   if (worker_->spare_checkouts.size() < Worker::kSpareCheckouts) {
     worker_->spare_checkouts.push_back(std::move(checkout_));
   }
@@ -1222,6 +1228,27 @@ void ClientSession::on_granted(std::unique_ptr<pool::Connection> conn) {
   take(std::move(result));
 }
 
+// A CancelRequest for a request waiting for a server: it fails as PostgreSQL fails a cancelled
+// statement, without running. Between the queue and a grant (acquire() connecting, a hold for
+// a primary) it runs; PostgreSQL would have cancelled it only once started, too.
+void ClientSession::cancel_waiting_request() {
+  Step step(*worker_);
+  Checkout& c = checkout();
+  PGV_LOG(Info, "cancel_while_waiting", {"client", id_});
+  if (c.wait_timer) {  // acquire() waits in the queue: it fails the request
+    c.cancelled = true;
+    c.wait_timer->cancel();
+    return;
+  }
+  if (!c.waiting || !c.wait_pool || !c.wait_pool->cancel_wait(worker_->index, &c.waiter)) return;
+  const auto pool = std::move(c.wait_pool);
+  c.waiting = false;
+  const auto self = std::move(c.waiting_self);
+  worker_->checkout_deadlines.remove(c.waiter);
+  end_checkout_wait();
+  carry_out(core_->on_checkout_failed("57014", kCancelledWhileWaiting, now()), Source::Client);
+}
+
 // The checkout deadline passed while waiting: the request gets 53300, the connection stays.
 void ClientSession::checkout_timed_out() {
   Checkout& c = checkout();
@@ -1261,6 +1288,10 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::acquire(
           checkout().wait_pool->cancel_wait(worker_->index, &checkout().waiter)) {
         checkout().wait_timer = nullptr;
         checkout().wait_pool.reset();
+        if (checkout().cancelled) {
+          failure = {"57014", std::string(kCancelledWhileWaiting)};
+          co_return nullptr;
+        }
         pool->note_timeout(worker_->index);
         failure = {"53300", checkout_timeout_message(*pool, settings.checkout_timeout_ms)};
         co_return nullptr;
@@ -1342,10 +1373,15 @@ asio::awaitable<void> ClientSession::check_out_slowly(std::shared_ptr<pool::Serv
     co_return;
   }
   // A replica that cannot serve goes out of the read's choice; not one whose pool merely had
-  // no connection free in time (53300).
-  if (refusal_of(failure) == pool::OpenRefusal::None && retry_on_another_host(*pool)) co_return;
-  if (failure.host_unavailable() && (checkout().hold_until == session::Clock::time_point::max() ||
-                                     now() < checkout().hold_until)) {
+  // no connection free in time (53300), nor a request the client cancelled.
+  const bool cancelled = std::exchange(checkout().cancelled, false);
+  if (!cancelled && refusal_of(failure) == pool::OpenRefusal::None &&
+      retry_on_another_host(*pool)) {
+    co_return;
+  }
+  if (!cancelled && failure.host_unavailable() &&
+      (checkout().hold_until == session::Clock::time_point::max() ||
+       now() < checkout().hold_until)) {
     // The primary cannot be reached, or is starting up or shutting down: the health checker
     // looks at once, and the request waits (failover.hold_writes_ms) for it to come back or for
     // another primary. So does a read no other host could take (no replica has replayed the
@@ -1424,9 +1460,13 @@ void ClientSession::link(std::unique_ptr<ServerConnection> server,
   if (!closed_ && id < links_.size() && links_[id].conn) watch_server(id);
 }
 
-void ClientSession::cancel_every_server() {
+void ClientSession::cancel_request() {
   asio::post(client_.get_executor(), [self = shared_from_this()] {
-    if (self->closed_) return;
+    if (self->closed_ || !self->core_) return;
+    if (self->checkout_ && self->core_->state() == session::SessionState::WaitingForServer) {
+      self->cancel_waiting_request();
+      return;
+    }
     for (const LinkIO& io : self->links_) {
       if (!io.conn) continue;
       error_code ignored;

@@ -78,9 +78,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   void on_host_retired(const config::Endpoint& host);
   // An application client past its login (not an admin console, not logging in).
   bool serves_clients() const { return core_.has_value(); }
-  // A cancel for a statement running on several shards: each linked server gets one (carried
-  // out on this session's thread; callable from any).
-  void cancel_every_server();
+  // A CancelRequest the session carries out itself (on its thread; callable from any): for a
+  // statement running on several shards each linked server gets one; a request still waiting
+  // for a server fails with 57014 without running.
+  void cancel_request();
   // The loops have stopped: drops what is still to be written, whose callbacks hold the session,
   // so that the session is destroyed with its loop's handlers.
   void on_stopped();
@@ -155,6 +156,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
     bool granted = false;
     std::unique_ptr<pool::Connection> grant;
     asio::steady_timer* wait_timer = nullptr;
+    // A CancelRequest came for the request while acquire() waited: it fails with 57014.
+    bool cancelled = false;
     CheckoutWaiter waiter;
     // Nothing refers to it any more: it may serve another client.
     bool done() const {
@@ -285,6 +288,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   void give_up(pool::ServerPool& pool, pool::CheckoutResult result);
   void take(pool::CheckoutResult result);
   void checkout_timed_out();
+  void cancel_waiting_request();
   asio::awaitable<void> check_out_slowly(std::shared_ptr<pool::ServerPool> pool,
                                          pool::CheckoutResult first);
   // Waits, opens or validates until a server is ready on this worker; null with `failure` set

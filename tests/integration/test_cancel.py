@@ -134,3 +134,22 @@ def test_a_cancel_on_its_way_never_stops_the_next_clients_query(pgvalve):
         a.terminate()
         b.terminate()
     assert counts["b"] > 20 and counts["b_cancelled"] == 0, counts
+
+
+def test_cancel_of_a_request_waiting_for_a_server(pgvalve):
+    """A cancel for a request still queued for a server (the pool is busy) fails it at once with
+    57014, and the statement never runs: drivers with timeouts (asyncpg's timeout=, psycopg's
+    cancel) would otherwise see it start, and wait for it, once a server frees up."""
+    pv = pgvalve(pool_size=1, max_overflow=0, workers=1, checkout_timeout_ms=20000)
+    holder = pv.connect(autocommit=False)
+    holder.execute("select 1")  # holds the pool's one server in its transaction
+    with pv.connect(autocommit=True) as conn:
+        exc, after_cancel = run_and_cancel(
+            conn, "select pg_sleep(3), set_config('application_name', 'ran', false)", delay=0.5)
+        assert isinstance(exc, errors.QueryCanceled), exc
+        assert "pgvalve:" in str(exc) and "waiting for a server" in str(exc)
+        assert after_cancel < 2
+        holder.rollback()
+        assert conn.execute("select 1").fetchone()[0] == 1
+        assert conn.execute("show application_name").fetchone()[0] != "ran"
+    holder.close()
