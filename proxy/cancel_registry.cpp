@@ -35,7 +35,7 @@ std::optional<CancelDestination> CancelRegistry::find(std::int32_t process_id,
   target = it->second.lock();
   if (!target || target->secret_key != secret_key) return std::nullopt;
   if (target->several.load(std::memory_order_acquire)) {
-    if (auto session = target->session.lock()) return CancelDestination{{}, 0, 0, 0, session};
+    if (auto session = target->session.lock()) return CancelDestination{{}, 0, 0, 0, session, true};
   }
   // Counted before the key is read: a session that unlinks after this read sees the count
   // when it gives the server back (being_cancelled), and holds it until cancel_done().

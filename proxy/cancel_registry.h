@@ -49,9 +49,10 @@ struct CancelDestination {
   std::int32_t secret_key = 0;
   // As CancelTarget::server_key; the registry counts the cancel in flight until cancel_done().
   std::uint64_t server_key = 0;
-  // Set instead when the session carries the cancel out: its statement runs on several shards,
-  // or waits for a server.
+  // Set instead when the session carries the cancel out: its statement runs on several shards
+  // (`several`), or it has no server (its request may be waiting for one).
   std::shared_ptr<ClientSession> carried_by;
+  bool several = false;
 };
 
 class CancelRegistry {

@@ -215,7 +215,7 @@ asio::awaitable<void> ClientSession::forward_cancel(std::int32_t process_id,
     co_return;
   }
   if (dest->carried_by) {
-    dest->carried_by->cancel_request();
+    dest->carried_by->cancel_request(dest->several);
     co_return;
   }
   // Until PostgreSQL has taken the cancel (it closes the connection once it has), the server

@@ -1460,11 +1460,15 @@ void ClientSession::link(std::unique_ptr<ServerConnection> server,
   if (!closed_ && id < links_.size() && links_[id].conn) watch_server(id);
 }
 
-void ClientSession::cancel_request() {
-  asio::post(client_.get_executor(), [self = shared_from_this()] {
+void ClientSession::cancel_request(bool several) {
+  asio::post(client_.get_executor(), [self = shared_from_this(), several] {
     if (self->closed_ || !self->core_) return;
-    if (self->checkout_ && self->core_->state() == session::SessionState::WaitingForServer) {
-      self->cancel_waiting_request();
+    if (!several) {
+      if (self->checkout_ && self->core_->state() == session::SessionState::WaitingForServer) {
+        self->cancel_waiting_request();
+      }
+      // Otherwise linked since the registry found no server, which may be another client's by
+      // the time a cancel reached it: dropped, as it was found.
       return;
     }
     for (const LinkIO& io : self->links_) {

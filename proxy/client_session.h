@@ -78,10 +78,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   void on_host_retired(const config::Endpoint& host);
   // An application client past its login (not an admin console, not logging in).
   bool serves_clients() const { return core_.has_value(); }
-  // A CancelRequest the session carries out itself (on its thread; callable from any): for a
-  // statement running on several shards each linked server gets one; a request still waiting
-  // for a server fails with 57014 without running.
-  void cancel_request();
+  // A CancelRequest the session carries out itself (on its thread; callable from any): a
+  // request still waiting for a server fails with 57014 without running; for a statement
+  // running on several shards (`several`) each linked server gets one.
+  void cancel_request(bool several);
   // The loops have stopped: drops what is still to be written, whose callbacks hold the session,
   // so that the session is destroyed with its loop's handlers.
   void on_stopped();
