@@ -980,7 +980,16 @@ bool read_local_head(const pr::Frame& f, std::string_view& sql, HubReply& reply)
   }
 }
 
-bool Session::local_flight(std::string_view input, std::string_view& sql, HubReply& reply) const {
+// The named statement the client prepared that a Bind (of the unnamed portal) runs, if any.
+const pr::PreparedStatement* Session::bound_statement(const pr::Frame& f) const {
+  if (f.tag != 'B' || !statements_) return nullptr;
+  auto b = pr::read_bind_head(f);
+  if (!b || b->statement.empty() || !b->portal.empty()) return nullptr;
+  return statements_->find(b->statement);
+}
+
+bool Session::local_flight(std::string_view input, std::string_view& sql, HubReply& reply,
+                           bool named) const {
   bool query = false;
   bool execute = false;
   bool sync = false;
@@ -1003,6 +1012,14 @@ bool Session::local_flight(std::string_view input, std::string_view& sql, HubRep
         if (query || !read_local_head(f, sql, reply)) return false;
         break;
       case 'B':
+        if (named && !reply.parse && !reply.bind) {
+          const pr::PreparedStatement* s = bound_statement(f);
+          if (!s) return false;
+          sql = s->query;
+          reply.bind = true;
+          break;
+        }
+        [[fallthrough]];
       case 'D':
         if (!read_local_head(f, sql, reply)) return false;
         break;
@@ -1111,14 +1128,22 @@ bool Session::answer_route_setting(std::string_view input, char tx_status, Actio
 // connection of the client's (database, user); the answer comes in on_hub_done().
 bool Session::answer_listen_locally(Flight& flight, Actions& out) {
   const char first = flight.input.empty() ? '\0' : flight.input[0];
-  if (options_.mode == config::PoolMode::Session || (first != 'Q' && first != 'P')) return false;
-  if (first == 'Q') {
+  if (options_.mode == config::PoolMode::Session ||
+      (first != 'Q' && first != 'P' && first != 'B')) {
+    return false;
+  }
+  if (first == 'Q' || first == 'B') {
     auto r = pr::decode_frame(flight.input, options_.max_message_bytes);
-    if (!routing::may_start_with(r.frame.body, {"listen", "unlisten"})) return false;
+    const pr::PreparedStatement* s = first == 'B' ? bound_statement(r.frame) : nullptr;
+    if (first == 'B' && !s) return false;
+    if (!routing::may_start_with(s ? std::string_view(s->query) : r.frame.body,
+                                 {"listen", "unlisten"})) {
+      return false;
+    }
   }
   std::string_view sql;
   HubReply reply;
-  if (!local_flight(flight.input, sql, reply)) return false;
+  if (!local_flight(flight.input, sql, reply, true)) return false;
   if (!routing::contains_ci(sql, 0, "listen")) return false;
   auto info = routing::classify(sql);
   const bool listen = info.kind == StatementKind::Listen;

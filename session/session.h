@@ -314,7 +314,11 @@ class Session {
   void enter_between_requests();
   bool check_partial(std::string_view rest, Actions& out, Clock::time_point now);
   bool answer_listen_locally(Flight& flight, Actions& out);
-  bool local_flight(std::string_view input, std::string_view& sql, HubReply& reply) const;
+  const protocol::PreparedStatement* bound_statement(const protocol::Frame& f) const;
+  // `named`: the flight may also bind a named statement the client prepared earlier (asyncpg
+  // runs every statement so).
+  bool local_flight(std::string_view input, std::string_view& sql, HubReply& reply,
+                    bool named = false) const;
   bool answer_route_setting(std::string_view input, char tx_status, Actions& out);
   // The first statement text of the client's next request (a Query, or the text of the
   // statement a Parse/Bind names) and the Bind that follows it; sharded databases skip a BEGIN at

@@ -85,6 +85,22 @@ TEST(SessionListen, ExtendedListenAsJdbcSendsItGoesToTheHub) {
   }
 }
 
+// asyncpg prepares every statement under a name and runs it later with Bind/Execute/Sync.
+TEST(SessionListen, ListenOfANamedStatementPreparedEarlierGoesToTheHub) {
+  SessionHarness h;
+  h.client(parse("__asyncpg_stmt_1__", "LISTEN \"jobs\"") + sync());  // answered by pgvalve
+  const std::string flight = bind_to("", "__asyncpg_stmt_1__") + execute() + sync();
+  Step s = h.client(flight);
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(s.consumed, flight.size());
+  EXPECT_EQ(s.hub.kind, HubRequest::Kind::Listen);
+  EXPECT_EQ(s.hub.channel, "jobs");
+  EXPECT_EQ(h.hub_done().to_client, bind_complete() + complete("LISTEN") + ready());
+  // Any other prepared statement runs on a server.
+  h.client(parse("s2", "select 1") + sync());
+  EXPECT_TRUE(h.client(bind_to("", "s2") + execute() + sync()).check_out);
+}
+
 TEST(SessionListen, ExtendedListenWithDescribeOfTheStatementGoesToAServer) {
   SessionHarness h;
   Step s =
