@@ -47,7 +47,12 @@ class Analyzer {
     if (stmts == nullptr || !stmts->is_array() || stmts->empty()) return;
     collect_tables(tree);
     if (stmts->size() > 1) {
-      plan.key = ShardPlan::Key::Multiple;
+      // Statements on no table that only read or reset the session (asyncpg's reset at pool
+      // release: SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL) run on any
+      // shard, as each alone would; anything else needs each statement sent to its shard.
+      if (plan.tables != ShardPlan::Tables::None || !all_session_statements(*stmts)) {
+        plan.key = ShardPlan::Key::Multiple;
+      }
       return;
     }
     const Json* stmt = field(stmts->front(), "stmt");
@@ -206,6 +211,22 @@ class Analyzer {
         return;
       }
     }
+  }
+
+  static bool all_session_statements(const Json& stmts) {
+    static constexpr const char* kSession[] = {"SelectStmt",       "VariableSetStmt",
+                                               "VariableShowStmt", "ClosePortalStmt",
+                                               "UnlistenStmt",     "DiscardStmt"};
+    for (const Json& s : stmts) {
+      const Json* stmt = field(s, "stmt");
+      if (stmt == nullptr || !stmt->is_object() || stmt->size() != 1) return false;
+      const std::string& kind = stmt->begin().key();
+      if (std::none_of(std::begin(kSession), std::end(kSession),
+                       [&](const char* k) { return kind == k; })) {
+        return false;
+      }
+    }
+    return true;
   }
 
   // The target of an INSERT/UPDATE/DELETE is a sharded table.

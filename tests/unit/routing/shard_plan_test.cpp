@@ -1365,6 +1365,15 @@ TEST_F(ShardRouterTest, KeylessStatements) {
   EXPECT_TRUE(ref.any_shard);
   EXPECT_NE(ref.kind, Kind::Shards);
   EXPECT_TRUE(route("select from where").any_shard);  // PostgreSQL says what is wrong
+  // asyncpg's reset at pool release: several statements, none on a table, none a change.
+  const Route reset =
+      route("SELECT pg_advisory_unlock_all();\nCLOSE ALL;\nUNLISTEN *;\nRESET ALL;");
+  EXPECT_TRUE(reset.any_shard);
+  EXPECT_NE(reset.kind, Kind::Refuse);
+  for (const char* sql : {"SELECT 1; CREATE FUNCTION f() RETURNS int AS 'select 1' LANGUAGE sql",
+                          "RESET ALL; SELECT * FROM device_types", "SELECT 1; BEGIN"}) {
+    expect_refused(route(sql), "0A000", sql);
+  }
 
   for (const char* sql :
        {"INSERT INTO device_types (id, name) VALUES (1, 'x')", "UPDATE device_types SET name = 'y'",
