@@ -234,6 +234,9 @@ void append_command_complete(std::string& out, std::string_view tag) {
 void append_empty_query_response(std::string& out) {
   append_empty(out, BackendTag::EmptyQueryResponse);
 }
+void append_portal_suspended(std::string& out) {
+  append_empty(out, BackendTag::PortalSuspended);
+}
 
 std::optional<NotificationResponse> read_notification_response(const Frame& f) {
   if (f.tag != tag_of(BackendTag::NotificationResponse)) return std::nullopt;

@@ -103,6 +103,7 @@ void append_notice_response(std::string& out, const ErrorFields& fields);
 std::optional<std::string_view> read_command_complete(const Frame& f);
 void append_command_complete(std::string& out, std::string_view tag);
 void append_empty_query_response(std::string& out);
+void append_portal_suspended(std::string& out);
 
 struct NotificationResponse {
   std::int32_t process_id = 0;

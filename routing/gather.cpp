@@ -913,6 +913,10 @@ void Gather::emit(std::string_view body, std::string& out) {
     return;
   }
   if (limit_ >= 0 && sent_ >= limit_) return;
+  if (fetch_limit_ > 0 && sent_ >= fetch_limit_) {
+    suspended_ = true;
+    return;
+  }
   const std::size_t at = pr::begin_message(out, 'D');
   out.append(body);
   pr::end_message(out, at);
@@ -1266,7 +1270,11 @@ void Gather::finish(std::string& out, bool describe) {
       p = Progress::Done;
     drain(out);
     rows_answered_ = static_cast<std::uint64_t>(sent_);
-    pr::append_command_complete(out, "SELECT " + std::to_string(sent_));
+    if (suspended_) {
+      pr::append_portal_suspended(out);
+    } else {
+      pr::append_command_complete(out, "SELECT " + std::to_string(sent_));
+    }
     return;
   }
   if (description_.empty()) {
@@ -1318,6 +1326,9 @@ void Gather::finish(std::string& out, bool describe) {
       rows_.size(), static_cast<std::size_t>(std::max<std::int64_t>(offset_, 0)));
   std::size_t to = rows_.size();
   if (limit_ >= 0) to = std::min(to, from + static_cast<std::size_t>(limit_));
+  const bool suspended =
+      fetch_limit_ > 0 && other_tag_.empty() && to - from > static_cast<std::size_t>(fetch_limit_);
+  if (suspended) to = from + static_cast<std::size_t>(fetch_limit_);
   if (describe) {
     const std::size_t at = pr::begin_message(out, 'T');
     out.append(description_);
@@ -1329,6 +1340,10 @@ void Gather::finish(std::string& out, bool describe) {
     pr::end_message(out, row_at);
   }
   rows_answered_ = other_tag_.empty() ? to - from : other_rows_;
+  if (suspended) {
+    pr::append_portal_suspended(out);
+    return;
+  }
   // Rows a write RETURNING keeps its own tag.
   pr::append_command_complete(
       out, other_tag_.empty() ? "SELECT " + std::to_string(to - from) : write_tag());

@@ -69,6 +69,11 @@ class Gather {
   Gather(const ScatterPlan& plan, int shards, std::int64_t limit, std::int64_t offset,
          std::size_t max_bytes, bool stream = false, const TextOrderSlot* text_order = nullptr);
 
+  // A read's Execute row limit (asyncpg's fetchrow() sends 1): at most `rows` rows go to the
+  // client, then PortalSuspended instead of the command tag when there were more, as a server
+  // answers. The portal is not kept for another Execute (the request ends with its Sync).
+  void set_fetch_limit(std::int64_t rows) { fetch_limit_ = rows; }
+
   // One message of shard `shard`'s answer before its ReadyForQuery. False once the answer is
   // decided to be an error: the rest of every shard's answer can be dropped. Rows this message
   // releases to the client, once streaming started, are appended to `out`.
@@ -167,6 +172,8 @@ class Gather {
   ScatterPlan plan_;  // a copy: the cached plan may be evicted while shards answer
   int shards_;
   std::int64_t limit_;
+  std::int64_t fetch_limit_ = 0;  // 0: none
+  bool suspended_ = false;        // a row beyond fetch_limit_ was dropped
   std::int64_t offset_;
   std::size_t max_bytes_;
   const TextOrderSlot* text_order_slot_;

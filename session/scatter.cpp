@@ -50,6 +50,7 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
                            const routing::TextOrderSlot* text_order) {
   const std::string_view text = statement.sql.empty() ? sql : std::string_view(statement.sql);
   std::string_view bind_rest;
+  std::int64_t fetch_limit = 0;
   bool synced = false;
   for (std::size_t pos = 0; pos < frames.size();) {
     auto r = pr::decode_frame(frames.substr(pos), max_message_bytes);
@@ -85,9 +86,14 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
       case 'E': {
         const auto e = pr::read_execute(f);
         if (!e || !once('E') || once('B')) return "an Execute without its own Bind";
+        // A read's row limit (asyncpg's fetchrow()) is kept for the gathered rows; a write's
+        // RETURNING rows would need the portal kept.
         if (e->max_rows != 0 && !returns_no_rows(text)) {
-          return "fetching rows in parts (Execute with a row limit) is not done across shards; "
-                 "fetch them all at once";
+          if (write || two_phase) {
+            return "fetching rows in parts (Execute with a row limit) of a write's RETURNING is "
+                   "not done across shards; fetch them all at once";
+          }
+          fetch_limit = e->max_rows;
         }
         steps_.push_back('E');
         break;
@@ -147,6 +153,7 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
     if (two_phase) build(decider_request_, text, param_types, bind_rest, true);
   }
   gather_.emplace(plan, shards, statement.limit, statement.offset, max_bytes, !write_, text_order);
+  gather_->set_fetch_limit(fetch_limit);
   rows_.assign(static_cast<std::size_t>(shards), 0);
   bound_.assign(static_cast<std::size_t>(shards), false);
   return {};

@@ -713,6 +713,10 @@ def test_asyncpg_fetchval_and_fetchrow_of_a_read_over_shards(sv, two_pc):
             out.append(tuple(await c.fetchrow(
                 "select device_id, value from telemetry order by value desc, device_id desc "
                 "limit 1")))
+            # The first of several rows (the server's portal suspends after it).
+            out.append(tuple(await c.fetchrow(
+                "select device_id, value from telemetry order by value, device_id")))
+            out.append(await c.fetchval("select count(*) from telemetry"))  # connection fine
         except asyncpg.PostgresError as e:
             out.append(f"{e.sqlstate}: {e}")
         await c.close()
@@ -720,7 +724,7 @@ def test_asyncpg_fetchval_and_fetchrow_of_a_read_over_shards(sv, two_pc):
 
     got = run(main())
     assert got[0][0]["count"] == 4
-    assert got[1:] == [4, (max(D0[0], D1[0]), 3.0)], got
+    assert got[1:] == [4, (max(D0[0], D1[0]), 3.0), (min(D0[0], D1[0]), 2.0), 4], got
 
 
 def test_asyncpg_on_shards_what_works(sv, two_pc):

@@ -6,6 +6,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "protocol/binary_values.h"
@@ -195,6 +196,29 @@ TEST(Gather, LimitAndOffsetApplyAfterTheMerge) {
                           {{{"1"}, {"4"}, {"5"}}, {{"2"}, {"3"}, {"6"}}}, 2, 2);
   EXPECT_EQ(a.rows, (Rows{{"3"}, {"4"}}));
   EXPECT_EQ(a.tag, "SELECT 2");
+}
+
+// An Execute row limit (asyncpg's fetchrow() sends 1): the first rows, then PortalSuspended
+// when there were more, as a server answers; the tag when there were not.
+TEST(Gather, AnExecuteRowLimitSuspendsAfterItsRows) {
+  for (const auto& [fetch, rows, suspended] : std::vector<std::tuple<std::int64_t, Rows, bool>>{
+           {2, Rows{{"1"}, {"2"}}, true}, {9, Rows{{"1"}, {"2"}, {"3"}}, false}}) {
+    Gather g(ordered({{0, false, false}}), 2, -1, 0, 1 << 20, false, slot(&TextOrder::bytes()));
+    g.set_fetch_limit(fetch);
+    const std::vector<Rows> shards = {{{"1"}, {"3"}}, {{"2"}}};
+    for (std::size_t s = 0; s < shards.size(); ++s) {
+      g.add(static_cast<int>(s), description({kInt8}, 0, 16384).frame());
+      for (const auto& r : shards[s])
+        g.add(static_cast<int>(s), row(r).frame());
+      g.add(static_cast<int>(s), complete("SELECT " + std::to_string(shards[s].size())).frame());
+    }
+    std::string out;
+    g.finish(out);
+    const Answer a = read_answer(out);
+    EXPECT_EQ(a.rows, rows) << fetch;
+    EXPECT_EQ(out.ends_with(std::string("s\0\0\0\4", 5)), suspended) << fetch;
+    EXPECT_EQ(a.tag, suspended ? "" : "SELECT 3") << fetch;
+  }
 }
 
 TEST(Gather, CountSumMinMaxCombineIntoOneRow) {

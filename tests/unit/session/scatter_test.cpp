@@ -601,11 +601,19 @@ TEST_F(Scatter, WhatCannotRunAcrossShardsIsRefusedWithoutAServer) {
     EXPECT_EQ(sqlstates_in(s.to_client), "0A000") << sql;
     EXPECT_EQ(h.state(), SessionState::Idle);
   }
-  // A row limit on Execute asks for rows in parts, which the gather does not do.
-  const Step s =
-      h.client(parse("", "SELECT * FROM telemetry") + bind_to("", "") + execute("", 10) + sync());
-  EXPECT_FALSE(s.check_out);
-  EXPECT_EQ(sqlstates_in(s.to_client), "0A000");
+}
+
+// A read's Execute row limit (asyncpg's fetchrow() sends 1): each shard runs the whole read;
+// the client gets the first rows, then PortalSuspended as from a server with more rows.
+TEST_F(Scatter, AReadsRowLimitGivesTheFirstRowsThenSuspends) {
+  const auto [to_s0, to_s1] = start(parse("", "SELECT count(*) FROM telemetry GROUP BY device_id") +
+                                    bind_to("", "") + execute("", 1) + sync());
+  EXPECT_NE(to_s0.find(execute("", 0)), std::string::npos) << "each shard runs it whole";
+  const std::string part = parse_complete() + bind_complete() + int8_description();
+  h.server(part + data_row({"4"}) + complete("SELECT 1") + ready(), T0, 0);
+  const Step s = h.server(part + data_row({"7"}) + complete("SELECT 1") + ready(), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "12DsZ");
+  EXPECT_EQ(h.state(), SessionState::Idle);
 }
 
 // psycopg and PgJDBC open a transaction before a connection's first statement unless it is in
