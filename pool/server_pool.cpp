@@ -208,6 +208,12 @@ bool ServerPool::cancel_wait(int worker, Waiter* waiter) {
   return true;
 }
 
+void ServerPool::release_waiters(int worker) {
+  WorkerState& w = state(worker);
+  while (!w.waiters.empty())
+    pop_waiter(w)->pool_retired();
+}
+
 void ServerPool::note_timeout(int worker) {
   bump(state(worker).timeouts);
 }

@@ -58,6 +58,9 @@ class Waiter {
   virtual ~Waiter() = default;
   // `conn` is an idle connection, or null: a permit to open a new one (the budget is taken).
   virtual void grant(std::unique_ptr<Connection> conn) = 0;
+  // The pool was retired (a reload removed its host) while this waited; it is no longer queued
+  // and should look for a connection elsewhere.
+  virtual void pool_retired() = 0;
 };
 
 // How the pool reaches another worker's thread. Implemented by the proxy (asio::post to the
@@ -138,6 +141,8 @@ class ServerPool : public std::enable_shared_from_this<ServerPool> {
   CheckoutResult checkout(int worker, Waiter* waiter, Clock::time_point now = Clock::now());
   // Removes a queued waiter; false when it is not queued (already granted).
   bool cancel_wait(int worker, Waiter* waiter);
+  // A retired pool's queue on this worker: each waiter is removed and told (pool_retired()).
+  void release_waiters(int worker);
   void note_timeout(int worker);
 
   // A connection opened after a Create permit is now lent out.

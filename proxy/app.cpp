@@ -364,8 +364,10 @@ void App::retire_pools_not_in(const config::Config& next) {
   }
   for (auto& w : workers_) {
     asio::post(w->context, [w = w.get(), retired] {
-      for (const auto& p : retired)
+      for (const auto& p : retired) {
         p->collect_expired(w->index, pool::Clock::now());  // destroyed here: closed on this thread
+        p->release_waiters(w->index);  // requests not started yet go to the hosts listed now
+      }
     });
   }
 }

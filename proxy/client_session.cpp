@@ -131,6 +131,11 @@ void ClientSession::CheckoutWaiter::grant(std::unique_ptr<pool::Connection> conn
              });
 }
 
+void ClientSession::CheckoutWaiter::pool_retired() {
+  asio::post(session_->client_.get_executor(),
+             [self = session_->shared_from_this()] { self->route_waiting_request_again(); });
+}
+
 void ClientSession::CheckoutWaiter::on_checkout_deadline() {
   session_->checkout_timed_out();
 }
@@ -153,6 +158,7 @@ void ClientSession::end_checkout() {
   checkout_->started = {};
   checkout_->deadline = {};
   checkout_->cancelled = false;
+  checkout_->pool_retired = false;
   if (worker_->spare_checkouts.size() < Worker::kSpareCheckouts) {
     worker_->spare_checkouts.push_back(std::move(checkout_));
   }
@@ -1249,6 +1255,26 @@ void ClientSession::cancel_waiting_request() {
   carry_out(core_->on_checkout_failed("57014", kCancelledWhileWaiting, now()), Source::Client);
 }
 
+// A reload removed the host whose pool the request waited in (no longer queued there): the
+// request has not started, so it is routed again, among the hosts the configuration lists now.
+void ClientSession::route_waiting_request_again() {
+  if (closed_ || !checkout_) return;
+  Step step(*worker_);
+  Checkout& c = checkout();
+  if (c.wait_timer) {  // acquire() waits: it fails over to another host (check_out_slowly)
+    c.pool_retired = true;
+    c.wait_timer->cancel();
+    return;
+  }
+  if (!c.waiting) return;
+  c.waiting = false;
+  c.wait_pool.reset();
+  const auto self = std::move(c.waiting_self);
+  worker_->checkout_deadlines.remove(c.waiter);
+  PGV_LOG(Info, "request_rerouted", {"client", id_}, {"reason", "pool_retired"});
+  check_out(core_->pending_route());
+}
+
 // The checkout deadline passed while waiting: the request gets 53300, the connection stays.
 void ClientSession::checkout_timed_out() {
   Checkout& c = checkout();
@@ -1284,6 +1310,14 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::acquire(
       timer.expires_at(deadline);
       error_code ec;
       co_await timer.async_wait(await_ec(ec));
+      if (checkout().pool_retired && !checkout().granted) {
+        // No longer queued: that pool's host is gone from the configuration.
+        checkout().wait_timer = nullptr;
+        checkout().wait_pool.reset();
+        failure = {"08006", "pgvalve: a reload removed server " + pool->key().host.to_string() +
+                                " while the request waited for it"};
+        co_return nullptr;
+      }
       if (!checkout().granted && !closed_ && checkout().wait_pool &&
           checkout().wait_pool->cancel_wait(worker_->index, &checkout().waiter)) {
         checkout().wait_timer = nullptr;

@@ -121,6 +121,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   class CheckoutWaiter final : public pool::Waiter, public CheckoutDeadlines::Entry {
    public:
     void grant(std::unique_ptr<pool::Connection> conn) override;
+    void pool_retired() override;
     void on_checkout_deadline() override;
 
    private:
@@ -158,6 +159,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
     asio::steady_timer* wait_timer = nullptr;
     // A CancelRequest came for the request while acquire() waited: it fails with 57014.
     bool cancelled = false;
+    // A reload removed the host of the pool acquire() waited in: it routes the request again.
+    bool pool_retired = false;
     CheckoutWaiter waiter;
     // Nothing refers to it any more: it may serve another client.
     bool done() const {
@@ -289,6 +292,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   void take(pool::CheckoutResult result);
   void checkout_timed_out();
   void cancel_waiting_request();
+  // The pool the request waited in was retired (CheckoutWaiter::pool_retired).
+  void route_waiting_request_again();
   asio::awaitable<void> check_out_slowly(std::shared_ptr<pool::ServerPool> pool,
                                          pool::CheckoutResult first);
   // Waits, opens or validates until a server is ready on this worker; null with `failure` set

@@ -4,6 +4,7 @@ inet_server_port()), never by pgvalve's own account."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import psycopg
@@ -449,3 +450,38 @@ def test_show_pools_names_each_hosts_shard_and_role(cluster, pgvalve):
     assert roles[cluster.primary.port] == ("s0", "primary"), roles
     for r in cluster.replicas:
         assert roles[r.port] == ("s0", "replica"), roles
+
+def test_reads_waiting_for_a_replica_a_reload_removed_run_elsewhere(cluster, pgvalve):
+    """configuration.md: hosts a reload no longer lists 'get no new work'. Reads queued for a
+    removed replica's pool (pool_size 1, saturated) have not started: after the reload they run
+    on a host that is still configured, not on the removed replica one by one, and none waits
+    out checkout_timeout_ms (found by the operations audit: they stayed queued on the retired
+    pool, invisible in SHOW POOLS, ran on the removed replica or failed with 53300)."""
+    conf = replicated(cluster, pool_size=1, max_overflow=0, checkout_timeout_ms=4000,
+                      routing={"read_your_writes": "off"})
+    conf["databases"][APP_DB]["shards"][0]["replicas"] = [f"127.0.0.1:{cluster.replicas[0].port}"]
+    pv = pgvalve(**conf)
+    replicas_ready(pv, cluster, count=1)
+    results = []
+
+    def reader():
+        try:
+            with pv.connect(prepare_threshold=None) as c:
+                results.append(c.execute("select inet_server_port(), pg_sleep(0.8)").fetchone()[0])
+        except psycopg.Error as e:
+            results.append(e.sqlstate)
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.4)  # one read runs on the replica, three wait for its only connection
+    del pv.config["databases"][APP_DB]["shards"][0]["replicas"]
+    pv.reload(pv.config)
+    for t in threads:
+        t.join(30)
+    assert len(results) == 4
+    assert "53300" not in results, results
+    removed = cluster.replicas[0].port
+    assert results.count(removed) <= 1, f"reads ran on the removed replica after the reload: {results}"
+
+

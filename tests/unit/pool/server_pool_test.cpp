@@ -88,11 +88,14 @@ class RecordingWaiter : public Waiter {
     if (log_) log_->push_back(name_);
   }
 
+  void pool_retired() override { ++released; }
+
   int granted() const { return static_cast<int>(grants.size()); }
 
   std::vector<std::unique_ptr<Connection>> grants;  // null entries are permits
   int permits = 0;
   int connections = 0;
+  int released = 0;  // pool_retired() calls
 
  private:
   std::string name_;
@@ -290,6 +293,24 @@ TEST_F(ServerPoolTest, CancelWaitRemovesQueuedWaiter) {
   park(*pool, 0, std::move(conn), T0 + seconds(1));
   EXPECT_EQ(w.granted(), 0);
   EXPECT_EQ(pool->stats(T0).checked_in, 1);
+}
+
+// A reload removed the pool's host: its waiters leave the queue, told to look elsewhere, and a
+// connection checked in afterwards grants nobody a permit to open one to that host.
+TEST_F(ServerPoolTest, ARetiredPoolReleasesItsWaiters) {
+  auto pool = make_pool(make_settings(1, 0));
+  auto conn = open_new(*pool, 1);
+  RecordingWaiter a, b;
+  ASSERT_EQ(pool->checkout(0, &a, T0).kind, CheckoutKind::Wait);
+  ASSERT_EQ(pool->checkout(0, &b, T0).kind, CheckoutKind::Wait);
+  pool->retire();
+  pool->release_waiters(0);
+  EXPECT_EQ(a.released, 1);
+  EXPECT_EQ(b.released, 1);
+  EXPECT_EQ(pool->stats(T0).waiting, 0);
+  EXPECT_FALSE(pool->cancel_wait(0, &a));
+  EXPECT_NE(pool->checkin(0, std::move(conn), T0 + seconds(1)), nullptr) << "closed, not kept";
+  EXPECT_EQ(a.granted() + b.granted(), 0);
 }
 
 TEST_F(ServerPoolTest, CancelWaitKeepsOthersInOrder) {
@@ -1136,6 +1157,7 @@ void run_stress(const StressOptions& options) {
       granted = true;
       granted_conn = std::move(conn);
     }
+    void pool_retired() override { ADD_FAILURE() << "the stress never retires its pool"; }
     State state = State::Free;
     bool granted = false;
     std::unique_ptr<Connection> granted_conn;
