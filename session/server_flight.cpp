@@ -417,6 +417,9 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
       complete_front(l, f.tag, out);
       return passed;
     case pr::ResponseMatch::Error:
+      // The server skips what follows up to the Sync, a Parse of the unnamed statement among
+      // them: whose unnamed statement it holds is no longer known.
+      l.server->unnamed_statement_of = 0;
       if (head.action == kActionFirstParse && statements_) {
         // PostgreSQL keeps no statement whose Parse failed for what it says (a syntax error, a
         // missing table: class 42, or a bad constant: class 22): neither does the client, which

@@ -820,6 +820,22 @@ TEST(SessionUnnamedStatement, ASimpleQueryEndsIt) {
   EXPECT_TRUE(parses_in(sent)[0].second.find("'26000'") != std::string::npos);
 }
 
+// A Parse the server skipped after an error earlier in its flight made nothing: the server
+// may still hold another client's unnamed statement, which a later Bind must not reach.
+TEST(SessionUnnamedStatement, AParseSkippedAfterAnErrorMarksNothing) {
+  auto server = SessionHarness::fresh_server();
+  SessionHarness a;
+  a.send(parse("", "select 'of a'") + describe('S', "") + sync(), *server);
+  a.answer(parse_complete() + no_parameters() + row_description() + ready());
+  SessionHarness b;
+  b.send(describe('S', "missing") + parse("", "select 'of b'") + describe('S', "") + sync(),
+         *server);
+  b.answer(error_message("26000") + ready());
+  const std::string sent = b.send(bind_execute_sync(), *server);
+  EXPECT_EQ(tags_of(sent), "PBES");
+  EXPECT_EQ(parses_in(sent)[0], std::make_pair(std::string(), std::string("select 'of b'")));
+}
+
 // Closing the unnamed statement of another client would take it from that client.
 TEST(SessionUnnamedStatement, ClosingItLeavesAnotherClientsAlone) {
   auto server = SessionHarness::fresh_server();
