@@ -1310,7 +1310,8 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::acquire(
       timer.expires_at(deadline);
       error_code ec;
       co_await timer.async_wait(await_ec(ec));
-      if (checkout().pool_retired && !checkout().granted) {
+      // (Consumed here: a retry in another pool waits afresh.)
+      if (std::exchange(checkout().pool_retired, false) && !checkout().granted) {
         // No longer queued: that pool's host is gone from the configuration.
         checkout().wait_timer = nullptr;
         checkout().wait_pool.reset();
