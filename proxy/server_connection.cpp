@@ -185,16 +185,19 @@ asio::awaitable<std::unique_ptr<ServerConnection>> open_server_connection(const 
         }
         failure = {"08006", "pgvalve: TLS with server " + login.host.to_string() +
                                 " failed (server_tls = " + config::to_string(mode) + "): " + error};
+        failure.lasting = true;
         co_return nullptr;
       }
     } else if (answer != 'N') {
       failure = {"08006", "pgvalve: server " + login.host.to_string() +
                               " answered SSLRequest with neither S nor N; is it PostgreSQL?"};
+      failure.lasting = true;
       co_return nullptr;
     } else if (mode != config::ServerTlsMode::Prefer) {
       failure = {"08006", "pgvalve: server " + login.host.to_string() +
                               " does not offer TLS, and server_tls = " + config::to_string(mode) +
                               " requires it; enable ssl on the server, or lower server_tls"};
+      failure.lasting = true;
       co_return nullptr;
     }
     break;

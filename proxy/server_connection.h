@@ -45,11 +45,14 @@ struct ServerFailure {
   std::string message;
   // pgvalve itself is out of file descriptors (EMFILE/ENFILE): nothing is wrong with the host.
   bool out_of_files = false;
+  // The host answered, and would answer so again (TLS failed or is missing, not PostgreSQL):
+  // waiting does not help.
+  bool lasting = false;
 
   // The host cannot be reached, or refuses logins while it starts up, shuts down or recovers
   // (57P03): what a failover hold (failover.hold_writes_ms) rides over.
   bool host_unavailable() const {
-    return !out_of_files && (sqlstate.starts_with("08") || sqlstate == "57P03");
+    return !out_of_files && !lasting && (sqlstate.starts_with("08") || sqlstate == "57P03");
   }
 };
 
