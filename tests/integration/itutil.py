@@ -120,3 +120,16 @@ def npm_install():
     r, out = run(["npm", "install", "--no-audit", "--no-fund", "--no-package-lock",
                   "--loglevel=error"], timeout=180, cwd=str(DRIVERS))
     assert r.returncode == 0, f"npm could not install the node drivers:\n{out}"
+
+
+def app_backends(cluster) -> int:
+    """The application's client backends on the primary (what a pool holds there)."""
+    return cluster.primary.scalar(
+        "select count(*) from pg_stat_activity where usename = %s and datname = %s "
+        "and backend_type = 'client backend'", (APP_USER, APP_DB))
+
+
+def fresh_table(cluster, name, ddl):
+    """Table `name` (columns `ddl`) created anew on the primary, owned by the application."""
+    cluster.primary.sql(f"drop table if exists {name} cascade; create table {name}({ddl}); "
+                        f"alter table {name} owner to {APP_USER}", dbname=APP_DB)

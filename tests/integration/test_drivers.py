@@ -14,7 +14,7 @@ import time
 import psycopg
 import pytest
 
-from itutil import DRIVERS, JDBC_JAR, npm_install, run
+from itutil import DRIVERS, JDBC_JAR, app_backends, fresh_table, npm_install, run
 from pgcluster import APP_DB, APP_PASSWORD, APP_USER
 
 CONNECTIONS = 4
@@ -23,17 +23,6 @@ CONNECTIONS = 4
 @pytest.fixture
 def pv(pgvalve):
     return pgvalve(mode="transaction", pool_size=2, max_overflow=0, checkout_timeout_ms=15000)
-
-
-def app_backends(cluster):
-    return cluster.primary.scalar(
-        "select count(*) from pg_stat_activity where usename = %s and datname = %s "
-        "and backend_type = 'client backend'", (APP_USER, APP_DB))
-
-
-def fresh_table(cluster, ddl, name):
-    cluster.primary.sql(f"drop table if exists {name}; create table {name}({ddl}); "
-                        f"alter table {name} owner to {APP_USER}", dbname=APP_DB)
 
 
 # --- psycopg --------------------------------------------------------------------------------
@@ -73,7 +62,7 @@ def psycopg_client(pv, k, prepare, errors, pids):
 
 
 def test_psycopg(pv, cluster):
-    fresh_table(cluster, "client int, i int", "psycopg_results")
+    fresh_table(cluster, "psycopg_results", "client int, i int")
     errors, pids = [], set()
     modes = [True, None] * (CONNECTIONS // 2)  # prepare=True, and the default threshold (5)
     threads = [threading.Thread(target=psycopg_client, args=(pv, k, m, errors, pids))
@@ -128,7 +117,7 @@ def test_psycopg_closes_statements_it_evicts_from_its_cache(pv):
 
 def test_node_postgres(pv, cluster):
     npm_install()
-    fresh_table(cluster, "client int, i int", "node_results")
+    fresh_table(cluster, "node_results", "client int, i int")
     env = dict(os.environ, PGHOST="127.0.0.1", PGPORT=str(pv.port), PGUSER=APP_USER,
                PGPASSWORD=APP_PASSWORD, PGDATABASE=APP_DB)
     r, out = run(["node", str(DRIVERS / "node_named.js"), str(CONNECTIONS), "200"],
@@ -145,7 +134,7 @@ def test_node_postgres(pv, cluster):
 
 def test_jdbc(pv, cluster, tmp_path):
     assert JDBC_JAR.exists(), f"{JDBC_JAR} missing: apt-get install libpostgresql-jdbc-java"
-    fresh_table(cluster, "thread int, i int", "jdbc_results")
+    fresh_table(cluster, "jdbc_results", "thread int, i int")
     r, out = run(["javac", "-cp", str(JDBC_JAR), "-d", str(tmp_path),
                   str(DRIVERS / "JdbcPrepared.java")], timeout=120)
     assert r.returncode == 0, out

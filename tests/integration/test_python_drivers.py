@@ -24,7 +24,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from itutil import drain_notifies
+from itutil import app_backends, drain_notifies, fresh_table
 from pgcluster import APP_DB, APP_PASSWORD, APP_USER
 from pgwire import message, query_message, read_message
 from pgwire_ext import ExtClient, describe, flush, parse
@@ -57,17 +57,6 @@ async def bounded(conn, coro, timeout: float):
             pass
         return False, None
     return True, task.result()
-
-
-def app_backends(cluster) -> int:
-    return cluster.primary.scalar(
-        "select count(*) from pg_stat_activity where usename = %s and datname = %s "
-        "and backend_type = 'client backend'", (APP_USER, APP_DB))
-
-
-def fresh_table(cluster, name, ddl):
-    cluster.primary.sql(f"drop table if exists {name} cascade; create table {name}({ddl}); "
-                        f"alter table {name} owner to {APP_USER}", dbname=APP_DB)
 
 
 def assert_pgvalve_refusal(err, sqlstate):

@@ -746,6 +746,12 @@ std::string no_parameters() {
   return std::string("t\0\0\0\6\0\0", 7);
 }
 
+// pgx's describe step: Parse and Describe of the unnamed statement, answered, with a Sync.
+void describe_unnamed(SessionHarness& h, ServerState& server, std::string_view sql) {
+  h.send(parse("", sql) + describe('S', "") + sync(), server);
+  h.answer(parse_complete() + no_parameters() + row_description() + ready());
+}
+
 TEST(SessionUnnamedStatement, AnotherClientsUnnamedStatementIsNeverBound) {
   auto server = SessionHarness::fresh_server();
   SessionHarness a;
@@ -764,8 +770,7 @@ TEST(SessionUnnamedStatement, AStatementDescribedAndBoundLaterIsPreparedAgainEls
   auto first = SessionHarness::fresh_server();
   auto second = SessionHarness::fresh_server();
   SessionHarness h;
-  h.send(parse("", "select $1::int") + describe('S', "") + sync(), *first);
-  h.answer(parse_complete() + no_parameters() + row_description() + ready());
+  describe_unnamed(h, *first, "select $1::int");
   // On the server that still holds it: sent as it is.
   EXPECT_EQ(tags_of(h.send(bind_execute_sync(), *first)), "BES");
   h.answer(bind_complete() + data_row({"1"}) + complete("SELECT 1") + ready());
@@ -784,10 +789,8 @@ TEST(SessionUnnamedStatement, AServerHoldingTheClientsOlderOneGetsTheNewer) {
   auto first = SessionHarness::fresh_server();
   auto second = SessionHarness::fresh_server();
   SessionHarness h;
-  h.send(parse("", "select 1") + describe('S', "") + sync(), *first);
-  h.answer(parse_complete() + no_parameters() + row_description() + ready());
-  h.send(parse("", "select 2") + describe('S', "") + sync(), *second);
-  h.answer(parse_complete() + no_parameters() + row_description() + ready());
+  describe_unnamed(h, *first, "select 1");
+  describe_unnamed(h, *second, "select 2");
   const std::string sent = h.send(bind_execute_sync(), *first);
   EXPECT_EQ(tags_of(sent), "PBES");
   EXPECT_EQ(parses_in(sent)[0], std::make_pair(std::string(), std::string("select 2")));
@@ -811,8 +814,7 @@ TEST(SessionUnnamedStatement, AStatementBoundInItsRequestIsNotKept) {
 TEST(SessionUnnamedStatement, ASimpleQueryEndsIt) {
   auto server = SessionHarness::fresh_server();
   SessionHarness h;
-  h.send(parse("", "select 1") + describe('S', "") + sync(), *server);
-  h.answer(parse_complete() + no_parameters() + row_description() + ready());
+  describe_unnamed(h, *server, "select 1");
   h.send(query("select 2"), *server);
   h.answer(select_answer());
   EXPECT_EQ(server->unnamed_statement_of, 0u);
@@ -825,8 +827,7 @@ TEST(SessionUnnamedStatement, ASimpleQueryEndsIt) {
 TEST(SessionUnnamedStatement, AParseSkippedAfterAnErrorMarksNothing) {
   auto server = SessionHarness::fresh_server();
   SessionHarness a;
-  a.send(parse("", "select 'of a'") + describe('S', "") + sync(), *server);
-  a.answer(parse_complete() + no_parameters() + row_description() + ready());
+  describe_unnamed(a, *server, "select 'of a'");
   SessionHarness b;
   b.send(describe('S', "missing") + parse("", "select 'of b'") + describe('S', "") + sync(),
          *server);
@@ -840,8 +841,7 @@ TEST(SessionUnnamedStatement, AParseSkippedAfterAnErrorMarksNothing) {
 TEST(SessionUnnamedStatement, ClosingItLeavesAnotherClientsAlone) {
   auto server = SessionHarness::fresh_server();
   SessionHarness a;
-  a.send(parse("", "select 1") + describe('S', "") + sync(), *server);
-  a.answer(parse_complete() + no_parameters() + row_description() + ready());
+  describe_unnamed(a, *server, "select 1");
   SessionHarness b;
   const std::string sent = b.send(close_message('S', "") + sync(), *server);
   EXPECT_EQ(sent.find(std::string("C\0\0\0\6S\0", 7)), std::string::npos);
