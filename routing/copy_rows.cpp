@@ -5,7 +5,9 @@
 #include <optional>
 #include <utility>
 
+#include "protocol/binary_values.h"
 #include "routing/parse_tree.h"
+#include "routing/shard_map.h"
 
 namespace pgvalve::routing {
 
@@ -257,6 +259,9 @@ CopyPlan plan_copy(std::string_view sql, const ShardingPolicy& policy) {
         "its rows; send them with COPY ... FROM STDIN" +
         or_name_shard);
   }
+  if (const Json* columns = field(*copy, "attlist"); columns != nullptr && columns->is_array()) {
+    plan.columns = static_cast<int>(columns->size());
+  }
   if (!reference) {
     const Json* columns = field(*copy, "attlist");
     if (columns == nullptr || !columns->is_array() || columns->empty()) {
@@ -337,8 +342,17 @@ CopyPlan plan_copy(std::string_view sql, const ShardingPolicy& policy) {
   }
   const std::string format_name = format.value_or("text");
   if (format_name == "binary") {
-    return refused("COPY data in binary format is not routed row by row; use text or csv" +
-                   or_name_shard);
+    if (!reference && policy.map.key_type() == KeyType::Auto) {
+      return refused("a binary " + std::string(key) +
+                     " field does not say its type, so under sharding.key_type: auto pgvalve "
+                     "cannot hash it as the column's type; set sharding.key_type to the type of " +
+                     std::string(key) + " (bigint, text or uuid), or send the COPY in text or csv" +
+                     or_name_shard);
+    }
+    // DELIMITER, NULL, HEADER and the like are PostgreSQL's to refuse in binary mode.
+    plan.format = CopyPlan::Format::Binary;
+    plan.ok = true;
+    return plan;
   }
   if (format_name != "text" && format_name != "csv") {
     return refused("COPY format \"" + format_name + "\" is not text, csv or binary");
@@ -362,6 +376,7 @@ CopyPlan plan_copy(std::string_view sql, const ShardingPolicy& policy) {
 CopyRows::CopyRows(const CopyPlan& plan, const ShardingPolicy& policy, std::size_t max_row_bytes)
     : plan_(plan), policy_(&policy), max_row_bytes_(max_row_bytes) {
   const auto stop_at = [this](char c) { special_[static_cast<unsigned char>(c)] = true; };
+  if (plan_.format == CopyPlan::Format::Binary) return;
   stop_at('\n');
   stop_at('\r');
   if (plan_.format == CopyPlan::Format::Text) {
@@ -462,6 +477,7 @@ CopyRows::Found CopyRows::scan(std::string_view data, std::size_t& pos, std::siz
 }
 
 int CopyRows::destination(std::string_view row) {
+  if (plan_.format == CopyPlan::Format::Binary) return binary_destination();
   ++line_;
   const std::string_view fields = row.substr(0, row.size() - trim_);
   if (marker_ || (plan_.format == CopyPlan::Format::Csv && trim_ > 0 && fields == "\\.")) {
@@ -531,9 +547,207 @@ int CopyRows::key_shard(std::string_view fields) {
   return shard;
 }
 
+// ---- binary format -----------------------------------------------------------------------------
+
+bool CopyRows::fail_header(std::string_view what) {
+  sqlstate_ = "22P04";
+  error_ = "pgvalve: COPY file header: " + std::string(what);
+  return false;
+}
+
+bool CopyRows::after_trailer() {
+  return fail("22P04", line_ + 1, "received copy data after EOF marker (the binary trailer)");
+}
+
+// Each part is a fixed-size number, kept in `got` until whole, or a value whose bytes are passed
+// over (the key field's kept in key_). Nothing is set aside for an announced length: a value is
+// read as its bytes arrive, and one that would make its tuple longer than max_row_bytes fails at
+// once.
+CopyRows::Found CopyRows::scan_binary(std::string_view data, std::size_t& pos, std::size_t limit) {
+  using Part = BinaryScan::Part;
+  BinaryScan& b = binary_;
+  while (pos < limit) {
+    if (b.part == Part::Extension || b.part == Part::FieldValue) {
+      const std::size_t n = std::min<std::size_t>(b.need, limit - pos);
+      if (b.part == Part::FieldValue && b.field == plan_.key_column) {
+        key_.append(data.substr(pos, n));
+      }
+      pos += n;
+      b.row_bytes += n;
+      b.need -= static_cast<std::uint32_t>(n);
+      if (b.need > 0) return Found::More;
+    } else {
+      b.got[b.have++] = data[pos++];
+      ++b.row_bytes;
+      if (b.have < b.need) continue;
+    }
+    const Found found = binary_part_read();
+    if (found != Found::More) return found;
+  }
+  return Found::More;
+}
+
+// A part was read whole: what comes next.
+CopyRows::Found CopyRows::binary_part_read() {
+  using Part = BinaryScan::Part;
+  using Row = BinaryScan::Row;
+  BinaryScan& b = binary_;
+  const std::string_view got(b.got.data(), b.have);
+  const auto next = [&b](Part part, std::uint32_t need) {
+    b.part = part;
+    b.need = need;
+    b.have = 0;
+  };
+  const auto too_long = [this](std::size_t bytes) {
+    fail("54000", line_ + 1,
+         "the tuple is longer than " + std::to_string(max_row_bytes_) + " bytes (at least " +
+             std::to_string(bytes) + "); pgvalve holds one tuple at a time while routing COPY by " +
+             policy_->key);
+    return Found::Error;
+  };
+  const auto field_read = [&] {
+    if (++b.field == b.fields) {
+      next(Part::FieldCount, 2);
+      return binary_row_found(Row::Tuple);
+    }
+    next(Part::FieldLength, 4);
+    return Found::More;
+  };
+  switch (b.part) {
+    case Part::Signature: {
+      static constexpr char kSignature[] = "PGCOPY\n\377\r\n";  // and its '\0'
+      if (got != std::string_view(kSignature, sizeof kSignature)) {
+        fail_header("COPY file signature not recognized");
+        return Found::Error;
+      }
+      next(Part::Flags, 4);
+      return Found::More;
+    }
+    case Part::Flags: {
+      const auto flags = static_cast<std::uint32_t>(protocol::binary_integer(got).value_or(0));
+      if ((flags & (1U << 16)) != 0) {
+        fail_header("invalid COPY file header (WITH OIDS)");
+        return Found::Error;
+      }
+      if ((flags & 0xFFFE0000U) != 0) {
+        fail_header("unrecognized critical flags in COPY file header");
+        return Found::Error;
+      }
+      next(Part::ExtensionLength, 4);
+      return Found::More;
+    }
+    case Part::ExtensionLength: {
+      const std::int64_t length = protocol::binary_integer(got).value_or(-1);
+      if (length < 0) {
+        fail_header("invalid COPY file header (missing length)");
+        return Found::Error;
+      }
+      if (length > 0) {
+        if (b.row_bytes + static_cast<std::size_t>(length) > max_row_bytes_) {
+          fail_header("the header extension is longer than " + std::to_string(max_row_bytes_) +
+                      " bytes");
+          return Found::Error;
+        }
+        next(Part::Extension, static_cast<std::uint32_t>(length));
+        return Found::More;
+      }
+      next(Part::FieldCount, 2);
+      return binary_row_found(Row::Header);
+    }
+    case Part::Extension:
+      next(Part::FieldCount, 2);
+      return binary_row_found(Row::Header);
+    case Part::FieldCount: {
+      const auto count = static_cast<std::int16_t>(protocol::binary_integer(got).value_or(0));
+      key_.clear();
+      b.key_null = false;
+      b.field = 0;
+      b.fields = count;
+      if (count == -1) {
+        next(Part::FieldCount, 2);
+        return binary_row_found(Row::Trailer);
+      }
+      // PostgreSQL checks the count against the column list; each shard sees only some tuples.
+      if (count < 0 || (plan_.columns > 0 && count != plan_.columns) || count <= plan_.key_column) {
+        fail("22P04", line_ + 1,
+             "row field count is " + std::to_string(count) +
+                 (plan_.columns > 0 ? ", expected " + std::to_string(plan_.columns) : ""));
+        return Found::Error;
+      }
+      if (count == 0) {
+        next(Part::FieldCount, 2);
+        return binary_row_found(Row::Tuple);
+      }
+      next(Part::FieldLength, 4);
+      return Found::More;
+    }
+    case Part::FieldLength: {
+      const std::int64_t length = protocol::binary_integer(got).value_or(-2);
+      if (length < -1) {
+        fail("22P04", line_ + 1, "invalid field size " + std::to_string(length));
+        return Found::Error;
+      }
+      if (length <= 0) {
+        if (length == -1 && b.field == plan_.key_column) b.key_null = true;
+        return field_read();
+      }
+      if (b.row_bytes + static_cast<std::size_t>(length) > max_row_bytes_) {
+        return too_long(b.row_bytes + static_cast<std::size_t>(length));
+      }
+      next(Part::FieldValue, static_cast<std::uint32_t>(length));
+      return Found::More;
+    }
+    case Part::FieldValue:
+      return field_read();
+  }
+  return Found::Error;
+}
+
+CopyRows::Found CopyRows::binary_row_found(BinaryScan::Row row) {
+  binary_.found = row;
+  binary_.row_bytes = 0;
+  return Found::Row;
+}
+
+// The header and the trailer go to every shard (a shard's COPY needs the header even when it
+// gets no tuple), a tuple to its key's shard.
+int CopyRows::binary_destination() {
+  using Row = BinaryScan::Row;
+  if (binary_.found == Row::Header) return kAll;
+  if (binary_.found == Row::Trailer) {
+    ended_ = true;
+    return kAll;
+  }
+  ++line_;
+  if (plan_.key_column < 0) {
+    ++rows_;
+    return kAll;
+  }
+  const std::string& key = policy_->key;
+  if (binary_.key_null) {
+    fail("22004", line_, key + " is NULL, so no shard holds the row; give every row a " + key);
+    return kFailed;
+  }
+  const KeyType type = policy_->map.key_type();
+  const std::optional<KeyValue> value = key_from_binary(key_, 0, type);
+  if (!value) {
+    fail("22P02", line_,
+         "a binary " + key + " of " + std::to_string(key_.size()) +
+             " bytes is not a value of sharding.key_type: " + std::string(key_type_name(type)) +
+             (type == KeyType::Bigint ? " (an int2, int4 or int8: 2, 4 or 8 bytes)"
+              : type == KeyType::Uuid ? " (16 bytes)"
+                                      : "") +
+             "; set key_type to the column's type");
+    return kFailed;
+  }
+  ++rows_;
+  return policy_->map.shard_of(*value);
+}
+
 bool CopyRows::add(std::string_view data, std::vector<std::string>& out) {
   if (failed()) return false;
-  if (ended_) return true;
+  const bool binary = plan_.format == CopyPlan::Format::Binary;
+  if (ended_) return !binary || data.empty() || after_trailer();
   // Rows that follow one another in `data` and go to the same place are appended at once.
   std::size_t run_begin = 0;
   std::size_t run_end = 0;
@@ -556,7 +770,7 @@ bool CopyRows::add(std::string_view data, std::vector<std::string>& out) {
     const std::size_t held = partial_.size();
     const std::size_t room = max_row_bytes_ - held;
     const std::size_t limit = data.size() - begin > room ? begin + room : data.size();
-    const Found found = scan(data, pos, limit);
+    const Found found = binary ? scan_binary(data, pos, limit) : scan(data, pos, limit);
     if (found == Found::Error) break;
     if (found == Found::More) {
       if (pos < data.size()) {
@@ -588,11 +802,23 @@ bool CopyRows::add(std::string_view data, std::vector<std::string>& out) {
     begin = pos;
   }
   flush();
+  if (binary && ended_ && pos < data.size() && !failed()) after_trailer();
   return !failed();
 }
 
 bool CopyRows::finish(std::vector<std::string>& out) {
   if (failed()) return false;
+  if (plan_.format == CopyPlan::Format::Binary) {
+    using Part = BinaryScan::Part;
+    const BinaryScan& b = binary_;
+    if (ended_ || (b.part == Part::FieldCount && b.have == 0)) {
+      ended_ = true;  // PostgreSQL takes the end of the data for the trailer
+      return true;
+    }
+    if (b.part == Part::Signature) return fail_header("COPY file signature not recognized");
+    if (b.part < Part::FieldCount) return fail_header("the data ends inside the file header");
+    return fail("22P04", line_ + 1, "unexpected EOF in COPY data: the data ends inside a tuple");
+  }
   if (ended_ || partial_.empty()) {
     ended_ = true;
     return true;

@@ -2,11 +2,10 @@
 // data cut into rows and each sent to its key's shard. Run by `tests/run` as fuzz.copy_rows_fuzz;
 // by hand: tests/fuzz/run copy_rows_fuzz. Seeds: tests/fuzz/corpus/copy_rows_fuzz/.
 //
-// Input: byte 0 picks the COPY's form (format, header, delimiter, key column, reference table),
-// byte 1 how the data is cut into CopyData messages, the rest is the data. Besides crashes it
-// checks that where the data is cut changes nothing (every shard gets the same bytes, the same
-// rows are counted, the same error), and that a shard never gets a row without its line ending
-// unless it is the last one.
+// Input: byte 0 picks the COPY's form (text, csv or binary, header, delimiter, key column,
+// reference table), byte 1 how the data is cut into CopyData messages, the rest is the data.
+// Besides crashes it checks that where the data is cut changes nothing (every shard gets the same
+// bytes, the same rows are counted, the same error).
 #include <cstdint>
 #include <cstdlib>
 #include <string>
@@ -23,16 +22,20 @@ void check(bool ok) {
   if (!ok) std::abort();
 }
 
-const ShardingPolicy& policy() {
-  static const ShardingPolicy p = [] {
-    ShardingPolicy s;
-    s.tables = {"telemetry"};
-    s.reference_tables = {"device_types"};
-    s.shard_names = {"s0", "s1", "s2"};
-    s.map = ShardMap(ShardHash::Md5Mod, KeyType::Auto, 3, {});
-    return s;
-  }();
-  return p;
+ShardingPolicy policy_of(KeyType type) {
+  ShardingPolicy s;
+  s.tables = {"telemetry"};
+  s.reference_tables = {"device_types"};
+  s.shard_names = {"s0", "s1", "s2"};
+  s.map = ShardMap(ShardHash::Md5Mod, type, 3, {});
+  return s;
+}
+
+// Text and csv under key_type auto; binary needs a typed key.
+const ShardingPolicy& policy(bool binary) {
+  static const ShardingPolicy automatic = policy_of(KeyType::Auto);
+  static const ShardingPolicy bigint = policy_of(KeyType::Bigint);
+  return binary ? bigint : automatic;
 }
 
 const char* const kStatements[] = {
@@ -44,6 +47,9 @@ const char* const kStatements[] = {
     "COPY telemetry (device_id, note) FROM STDIN WITH (FORMAT csv, ESCAPE '\\', NULL 'x')",
     "COPY telemetry (note, device_id) FROM STDIN WITH (HEADER, NULL '', DELIMITER ',')",
     "COPY device_types (id, name) FROM STDIN",
+    "COPY telemetry (device_id, v) FROM STDIN (FORMAT binary)",
+    "COPY telemetry (v, device_id, note) FROM STDIN BINARY",
+    "COPY device_types (id, name) FROM STDIN (FORMAT binary)",
 };
 
 struct Outcome {
@@ -54,7 +60,7 @@ struct Outcome {
 };
 
 Outcome run(const CopyPlan& plan, std::string_view data, std::uint8_t cut) {
-  CopyRows rows(plan, policy(), 256);
+  CopyRows rows(plan, policy(plan.format == CopyPlan::Format::Binary), 256);
   Outcome o;
   o.out.assign(3, {});
   std::size_t pos = 0;
@@ -82,7 +88,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (size < 2) return 0;
   const std::string_view bytes(reinterpret_cast<const char*>(data), size);
   const char* sql = kStatements[data[0] % (sizeof kStatements / sizeof kStatements[0])];
-  const CopyPlan plan = plan_copy(sql, policy());
+  const bool binary = std::string_view(sql).find("BINARY") != std::string_view::npos ||
+                      std::string_view(sql).find("binary") != std::string_view::npos;
+  const CopyPlan plan = plan_copy(sql, policy(binary));
   check(plan.ok);
   const std::string_view copy_data = bytes.substr(2);
   const Outcome whole = run(plan, copy_data, 0);

@@ -630,8 +630,8 @@ def on(node, query):
         return conn.execute(query).fetchall()
 
 
-D0 = [d for d in range(1, 100) if md5_mod(d) == 0][:3]
-D1 = [d for d in range(1, 100) if md5_mod(d) == 1][:3]
+D0 = [d for d in range(1, 100) if md5_mod(d) == 0][:4]
+D1 = [d for d in range(1, 100) if md5_mod(d) == 1][:4]
 
 
 @pytest.fixture
@@ -716,8 +716,8 @@ def test_asyncpg_fetchval_and_fetchrow_of_a_read_over_shards(sv, two_pc):
 
 def test_asyncpg_on_shards_what_works(sv, two_pc):
     # Without Bind values for the key: reads gathered from both shards with fetch(), a
-    # transaction over both shards (two-phase commit), text COPY split by row, and the
-    # documented refusal of binary COPY, after which the connection goes on.
+    # transaction over both shards (two-phase commit), text COPY split by row, and binary COPY
+    # (copy_records_to_table) split by tuple.
     for node, d in ((two_pc[0], D0[0]), (two_pc[1], D1[0])):
         node.primary.psql(f"INSERT INTO telemetry VALUES ({d}, 1), ({d}, 2)", dbname=APP_DB)
 
@@ -738,21 +738,22 @@ def test_asyncpg_on_shards_what_works(sv, two_pc):
         data = "".join(f"{d}\t{v}\n" for d in (D0[2], D1[2]) for v in range(3)).encode()
         out.append(await c.copy_to_table("archive", source=io.BytesIO(data),
                                          columns=["device_id", "value"]))
-        with pytest.raises(asyncpg.FeatureNotSupportedError) as e:
-            await c.copy_records_to_table("archive", records=[(D0[2], 1.0)],
-                                          columns=["device_id", "value"])
-        assert_pgvalve_refusal(e.value, "0A000")
+        out.append(await c.copy_records_to_table(
+            "archive", records=[(d, 10.0 + v) for d in (D0[3], D1[3]) for v in range(2)],
+            columns=["device_id", "value"]))
         out.append(await c.fetchval("select 5"))
         await c.close()
         return out
 
     d_lo, d_hi = sorted((D0[0], D1[0]))
     assert run(main()) == [[(d_lo, 2.0), (d_lo, 1.0), (d_hi, 2.0)], [(d_lo, 2), (d_hi, 2)],
-                           "COPY 6", 5]
+                           "COPY 6", "COPY 4", 5]
     assert sorted(on(two_pc[0], "select device_id, value from archive")) == \
-        sorted([(D0[1], 1.0)] + [(D0[2], float(v)) for v in range(3)])
+        sorted([(D0[1], 1.0)] + [(D0[2], float(v)) for v in range(3)] + [(D0[3], 10.0),
+                                                                         (D0[3], 11.0)])
     assert sorted(on(two_pc[1], "select device_id, value from archive")) == \
-        sorted([(D1[1], 2.0)] + [(D1[2], float(v)) for v in range(3)])
+        sorted([(D1[1], 2.0)] + [(D1[2], float(v)) for v in range(3)] + [(D1[3], 10.0),
+                                                                         (D1[3], 11.0)])
 
 
 def test_psycopg_pipelines_on_shards(sv, two_pc):

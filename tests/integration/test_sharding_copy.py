@@ -93,6 +93,52 @@ def test_100k_rows_copied_through_pgvalve_land_on_their_shards(two_pc, pgvalve):
     assert sorted(placed, key=lambda r: r[1]) == rows
 
 
+def test_binary_copy_lands_on_the_shards_of_its_device_ids(two_pc, pgvalve):
+    """psycopg's binary COPY (as asyncpg's copy_records_to_table and pgx's CopyFrom send it):
+    each tuple goes to its device_id's shard, the file header to both; an int4 key column is
+    hashed by its value like an int8 one; a tuple without a device_id writes nothing."""
+    prepare_schema(two_pc)
+    for node in two_pc:
+        node.primary.psql("DROP TABLE IF EXISTS narrow", dbname=APP_DB)
+        node.primary.psql("CREATE TABLE narrow (device_id int, note bytea)", dbname=APP_DB)
+        node.primary.psql("GRANT ALL ON narrow TO app", dbname=APP_DB)
+    pv_config = config(two_pc)
+    pv_config["databases"][APP_DB]["sharding"]["tables"].append("narrow")
+    pv = pgvalve(**pv_config)
+    rows = [(i % 50, i, i / 8, None if i % 9 == 0 else f"n{i}\n\t\\") for i in range(5000)]
+    with pv.connect() as conn:
+        with conn.cursor() as cur:
+            with cur.copy("COPY telemetry (device_id, ts, value, note) FROM STDIN "
+                          "(FORMAT binary)") as copy:
+                copy.set_types(["int8", "int4", "float8", "text"])
+                for row in rows:
+                    copy.write_row(row)
+            assert cur.statusmessage == "COPY 5000"
+            with cur.copy("COPY narrow (note, device_id) FROM STDIN BINARY") as copy:
+                copy.set_types(["bytea", "int4"])
+                for device in range(20):
+                    copy.write_row((bytes([device, 0, 255]), device))
+            assert cur.statusmessage == "COPY 20"
+        with pytest.raises(psycopg.Error) as e:
+            with conn.cursor().copy("COPY telemetry (device_id, ts) FROM STDIN (FORMAT binary)"
+                                    ) as copy:
+                copy.set_types(["int8", "int4"])
+                copy.write_row((1, 1))
+                copy.write_row((None, 2))
+        assert e.value.sqlstate == "22004", e.value
+        assert str(e.value).startswith("pgvalve: COPY row 2: device_id is NULL"), e.value
+    placed = []
+    for i, node in enumerate(two_pc):
+        got = rows_on(node)
+        assert got and all(md5_mod(r[0]) == i for r in got), f"s{i} holds a row of another shard"
+        placed += got
+        narrow = on(node, "SELECT device_id, note FROM narrow")
+        assert narrow and all(md5_mod(d) == i and bytes(n) == bytes([d, 0, 255])
+                              for d, n in narrow), narrow
+        assert on(node, "SELECT gid FROM pg_prepared_xacts") == []
+    assert sorted(placed, key=lambda r: r[1]) == rows
+
+
 def test_psql_copy_of_a_csv_file_with_a_header(two_pc, pgvalve, tmp_path):
     prepare_schema(two_pc)
     pv = pgvalve(**config(two_pc))
@@ -175,7 +221,7 @@ def test_copies_pgvalve_cannot_route_by_row_are_refused(two_pc, pgvalve):
     with pv.connect() as conn:
         for sql, why in [
             ("COPY telemetry FROM STDIN", "list the columns"),
-            ("COPY telemetry (device_id) FROM STDIN WITH (FORMAT binary)", "binary"),
+            ("COPY telemetry (device_id) FROM STDIN WHERE device_id > 0", "WHERE"),
         ]:
             with pytest.raises(psycopg.Error) as e:
                 with conn.cursor().copy(sql) as copy:

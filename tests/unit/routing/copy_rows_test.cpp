@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -241,18 +242,21 @@ TEST(CopyPlan, OnlyCopyFromStdinIsRouted) {
   }
 }
 
-TEST(CopyPlan, BinaryFormatIsRefused) {
+TEST(CopyPlan, BinaryFormatNeedsATypedKey) {
   for (std::string_view sql : {"COPY telemetry (device_id) FROM STDIN (FORMAT binary)",
-                               "COPY telemetry (device_id) FROM STDIN BINARY"}) {
-    const std::string why = refusal(sql);
-    EXPECT_NE(why.find("use text or csv, or name the shard with /* pgvalve: shard=<name> */"),
-              std::string::npos)
-        << why;
+                               "COPY telemetry (v, device_id) FROM STDIN BINARY"}) {
+    const CopyPlan plan = planned(sql, two_shards(KeyType::Bigint));
+    EXPECT_EQ(plan.format, Format::Binary) << sql;
+    // A binary field does not say whether its 8 bytes are an int8 or 8 characters.
+    const std::string why = refusal(sql, two_shards(KeyType::Auto));
+    EXPECT_NE(why.find("set sharding.key_type to the type of device_id"), std::string::npos) << why;
+    EXPECT_NE(why.find("shard=<name>"), std::string::npos) << why;
   }
-  // One shard would not do for a reference table.
-  const std::string why = refusal("COPY device_types FROM STDIN (FORMAT binary)");
-  EXPECT_NE(why.find("use text or csv"), std::string::npos) << why;
-  EXPECT_EQ(why.find("shard="), std::string::npos) << why;
+  // A reference table's rows go everywhere, whatever their fields hold.
+  const CopyPlan plan =
+      planned("COPY device_types (id, name) FROM STDIN (FORMAT binary)", two_shards());
+  EXPECT_EQ(plan.format, Format::Binary);
+  EXPECT_EQ(plan.columns, 2);
 }
 
 TEST(CopyPlan, UnknownFormatIsRefused) {
@@ -920,6 +924,194 @@ TEST(CopyRows, LongRowInSmallPieces) {
   ASSERT_TRUE(r.ok) << r.error;
   EXPECT_EQ(r.out[0], data);
   EXPECT_EQ(r.rows, 1u);
+}
+
+// ---- CopyRows: binary format -------------------------------------------------------------------
+
+constexpr std::string_view kBinary = "COPY telemetry (device_id, v) FROM STDIN (FORMAT binary)";
+
+std::string be(std::int64_t value, int bytes) {
+  std::string out;
+  for (int i = bytes - 1; i >= 0; --i)
+    out.push_back(static_cast<char>((static_cast<std::uint64_t>(value) >> (8 * i)) & 0xff));
+  return out;
+}
+
+std::string binary_header(std::string_view extension = "") {
+  return std::string("PGCOPY\n\377\r\n\0", 11) + be(0, 4) +
+         be(static_cast<std::int64_t>(extension.size()), 4) + std::string(extension);
+}
+
+// A tuple of the given fields; nullopt is NULL.
+std::string binary_tuple(const std::vector<std::optional<std::string>>& fields) {
+  std::string out = be(static_cast<std::int64_t>(fields.size()), 2);
+  for (const auto& f : fields) {
+    out += f ? be(static_cast<std::int64_t>(f->size()), 4) + *f : be(-1, 4);
+  }
+  return out;
+}
+
+const std::string kTrailer = be(-1, 2);
+
+// device_id as an int8 and v as a float8's 8 bytes.
+std::string reading(std::int64_t device, char v = 'v') {
+  return binary_tuple({be(device, 8), std::string(8, v)});
+}
+
+TEST(CopyRows, BinaryTuplesGoToTheShardOfTheirKey) {
+  const ShardingPolicy policy = two_shards(KeyType::Bigint);
+  const std::string data =
+      binary_header() + reading(1, 'a') + reading(2, 'b') + reading(3, 'c') + kTrailer;
+  // The header and the trailer reach every shard: each shard's COPY reads a whole file.
+  const std::string on0 = binary_header() + reading(2, 'b') + kTrailer;
+  const std::string on1 = binary_header() + reading(1, 'a') + reading(3, 'c') + kTrailer;
+  const Result whole = feed(kBinary, data, policy);
+  ASSERT_TRUE(whole.ok) << whole.error;
+  EXPECT_EQ(whole.out[0], on0);
+  EXPECT_EQ(whole.out[1], on1);
+  EXPECT_EQ(whole.rows, 3u);
+  const Result bytes = feed(planned(kBinary, policy), policy, bytes_of(data));
+  ASSERT_TRUE(bytes.ok) << bytes.error;
+  EXPECT_EQ(bytes.out, whole.out);
+  EXPECT_EQ(bytes.rows, 3u);
+}
+
+TEST(CopyRows, BinaryIntegerKeysOfEveryWidthHashAlike) {
+  // An int2 or int4 column sends 2 or 4 bytes; the value decides the shard, as in text.
+  const ShardingPolicy policy = two_shards(KeyType::Bigint);
+  for (int width : {2, 4, 8}) {
+    const std::string data = binary_header() + binary_tuple({be(2, width), "x"}) +
+                             binary_tuple({be(3, width), "y"}) + kTrailer;
+    const Result r = feed(kBinary, data, policy);
+    ASSERT_TRUE(r.ok) << width << ": " << r.error;
+    EXPECT_EQ(r.out[0], binary_header() + binary_tuple({be(2, width), "x"}) + kTrailer) << width;
+    EXPECT_EQ(r.out[1], binary_header() + binary_tuple({be(3, width), "y"}) + kTrailer) << width;
+  }
+}
+
+TEST(CopyRows, BinaryTextAndUuidKeys) {
+  const ShardingPolicy text = two_shards(KeyType::Text);
+  const std::string k0 = text_key_on(0, text);
+  const std::string k1 = text_key_on(1, text);
+  Result r =
+      feed(kBinary, binary_header() + binary_tuple({k1, "x"}) + binary_tuple({k0, "y"}), text);
+  ASSERT_TRUE(r.ok) << r.error;
+  EXPECT_EQ(r.out[0], binary_header() + binary_tuple({k0, "y"}));
+  EXPECT_EQ(r.out[1], binary_header() + binary_tuple({k1, "x"}));
+
+  // A uuid's 16 bytes go where its text form goes.
+  const ShardingPolicy uuid = two_shards(KeyType::Uuid);
+  const std::string u = "00112233-4455-6677-8899-aabbccddeeff";
+  std::string bytes;
+  for (std::size_t i = 0; i < u.size(); ++i) {
+    if (u[i] == '-') continue;
+    bytes.push_back(static_cast<char>(std::stoi(u.substr(i, 2), nullptr, 16)));
+    ++i;
+  }
+  const int shard = shard_of_text(u, uuid);
+  ASSERT_GE(shard, 0);
+  r = feed(kBinary, binary_header() + binary_tuple({bytes, "x"}) + kTrailer, uuid);
+  ASSERT_TRUE(r.ok) << r.error;
+  EXPECT_EQ(r.out[static_cast<std::size_t>(shard)],
+            binary_header() + binary_tuple({bytes, "x"}) + kTrailer);
+  EXPECT_EQ(r.out[static_cast<std::size_t>(1 - shard)], binary_header() + kTrailer);
+}
+
+TEST(CopyRows, BinaryHeaderExtensionAndNullFieldsPassUnchanged) {
+  const ShardingPolicy policy = two_shards(KeyType::Bigint);
+  const std::string tuple = binary_tuple({std::nullopt, be(2, 8), ""});
+  const std::string data = binary_header("ext!") + tuple;
+  const Result r = feed(planned("COPY telemetry (v, device_id, note) FROM STDIN BINARY", policy),
+                        policy, bytes_of(data));
+  ASSERT_TRUE(r.ok) << r.error;
+  // No trailer: PostgreSQL takes the end of the data for one, and so does each shard.
+  EXPECT_EQ(r.out[0], binary_header("ext!") + tuple);
+  EXPECT_EQ(r.out[1], binary_header("ext!"));
+  EXPECT_EQ(r.rows, 1u);
+}
+
+TEST(CopyRows, BinaryReferenceTableTuplesGoToEveryShard) {
+  const ShardingPolicy policy = two_shards(KeyType::Auto);
+  const std::string data = binary_header() + binary_tuple({be(7, 4), "seven"}) +
+                           binary_tuple({be(8, 4), std::nullopt}) + kTrailer;
+  const Result r = feed("COPY device_types (id, name) FROM STDIN (FORMAT binary)", data, policy);
+  ASSERT_TRUE(r.ok) << r.error;
+  EXPECT_EQ(r.out[0], data);
+  EXPECT_EQ(r.out[1], data);
+  EXPECT_EQ(r.rows, 2u);
+}
+
+TEST(CopyRows, BinaryErrorsNameTheTuple) {
+  const ShardingPolicy policy = two_shards(KeyType::Bigint);
+  struct Case {
+    std::string data;
+    std::string_view sqlstate;
+    std::string_view message;
+  };
+  const std::string ok = binary_header() + reading(1);
+  const Case cases[] = {
+      {std::string("PGCOPY\n\377\r\n\1", 11) + be(0, 8), "22P04",
+       "pgvalve: COPY file header: COPY file signature not recognized"},
+      {std::string("PGCOPY\n\377\r\n\0", 11) + be(1 << 16, 4) + be(0, 4), "22P04",
+       "pgvalve: COPY file header: invalid COPY file header (WITH OIDS)"},
+      {std::string("PGCOPY\n\377\r\n\0", 11) + be(0, 4) + be(-1, 4), "22P04",
+       "pgvalve: COPY file header: invalid COPY file header (missing length)"},
+      {ok + binary_tuple({std::nullopt, "x"}), "22004",
+       "pgvalve: COPY row 2: device_id is NULL, so no shard holds the row"},
+      {ok + binary_tuple({be(1, 8)}), "22P04",
+       "pgvalve: COPY row 2: row field count is 1, expected 2"},
+      {ok + binary_tuple({"abc", "x"}), "22P02",
+       "pgvalve: COPY row 2: a binary device_id of 3 bytes is not a value of sharding.key_type: "
+       "bigint (an int2, int4 or int8: 2, 4 or 8 bytes)"},
+      {ok + be(2, 2) + be(-2, 4), "22P04", "pgvalve: COPY row 2: invalid field size -2"},
+      {ok + kTrailer + "x", "22P04", "pgvalve: COPY row 2: received copy data after EOF marker"},
+  };
+  for (const Case& c : cases) {
+    const Result whole = feed(kBinary, c.data, policy);
+    EXPECT_FALSE(whole.ok);
+    EXPECT_EQ(whole.sqlstate, c.sqlstate) << whole.error;
+    EXPECT_TRUE(whole.error.starts_with(c.message)) << whole.error;
+    // The same error wherever the data is cut.
+    const Result bytes = feed(planned(kBinary, policy), policy, bytes_of(c.data));
+    EXPECT_EQ(bytes.error, whole.error);
+  }
+}
+
+TEST(CopyRows, BinaryDataEndingInsideAPartIsAnError) {
+  const ShardingPolicy policy = two_shards(KeyType::Bigint);
+  const std::string tuple = reading(1);
+  for (std::size_t cut = 1; cut < tuple.size(); ++cut) {
+    const Result r = feed(kBinary, binary_header() + tuple.substr(0, cut), policy);
+    EXPECT_FALSE(r.ok) << cut;
+    EXPECT_EQ(r.sqlstate, "22P04") << cut;
+    EXPECT_TRUE(r.error.starts_with("pgvalve: COPY row 1: unexpected EOF in COPY data")) << r.error;
+  }
+  const std::string header = binary_header();
+  for (std::size_t cut = 0; cut < header.size(); ++cut) {
+    const Result r = feed(kBinary, header.substr(0, cut), policy);
+    EXPECT_FALSE(r.ok) << cut;
+    EXPECT_TRUE(r.error.starts_with("pgvalve: COPY file header:")) << r.error;
+  }
+}
+
+TEST(CopyRows, BinaryFieldLongerThanTheLimitFailsAtItsLength) {
+  // A tuple announcing a 1 GB value fails as soon as its length is read: nothing waits for (or
+  // sets room aside for) bytes that were only announced.
+  const ShardingPolicy policy = two_shards(KeyType::Bigint);
+  const CopyPlan plan = planned(kBinary, policy);
+  CopyRows copy(plan, policy, 4096);
+  std::vector<std::string> out(2);
+  EXPECT_FALSE(copy.add(binary_header() + be(2, 2) + be(8, 4) + be(1, 8) + be(1 << 30, 4), out));
+  EXPECT_EQ(copy.sqlstate(), "54000");
+  EXPECT_TRUE(copy.error().starts_with("pgvalve: COPY row 1: the tuple is longer than 4096 bytes"))
+      << copy.error();
+  // A tuple of exactly the limit fits.
+  const std::size_t fixed = 2 + 4 + 8 + 4;
+  const std::string fits = binary_tuple({be(1, 8), std::string(4096 - fixed, 'v')});
+  ASSERT_EQ(fits.size(), 4096u);
+  const Result r = feed(plan, policy, {binary_header(), fits}, true, 4096);
+  ASSERT_TRUE(r.ok) << r.error;
+  EXPECT_EQ(r.out[1], binary_header() + fits);
 }
 
 TEST(CopyRows, OutputIsOnlyAppendedTo) {

@@ -291,9 +291,56 @@ TEST_F(Copy, AReferenceTablesRowsGoToEveryShard) {
             "COPY 2");
 }
 
+// Binary COPY (pgx's CopyFrom, asyncpg's copy_records_to_table): the file header goes to both
+// shards, each tuple to the shard of its int8 key, and the client gets the first shard's
+// CopyInResponse, which says binary.
+TEST_F(Copy, BinaryTuplesGoToTheirShardsWithTheHeaderOnEach) {
+  const auto be = [](std::int64_t v, int bytes) {
+    std::string out;
+    for (int i = bytes - 1; i >= 0; --i)
+      out.push_back(static_cast<char>((static_cast<std::uint64_t>(v) >> (8 * i)) & 0xff));
+    return out;
+  };
+  const std::string header = std::string("PGCOPY\n\377\r\n\0", 11) + be(0, 8);
+  const auto tuple = [&](std::int64_t device) {
+    return be(2, 2) + be(8, 4) + be(device, 8) + be(-1, 4);
+  };
+  start("COPY telemetry (device_id, v) FROM STDIN (FORMAT binary)");
+  // md5_mod: device 1 on shard 1, device 2 on shard 0.
+  Step s = h.client(copy_data(header + tuple(1) + tuple(2)) + copy_data(be(-1, 2)));
+  EXPECT_EQ(copy_stream(s.to_links.at(0)), header + tuple(2) + be(-1, 2));
+  EXPECT_EQ(copy_stream(s.to_links.at(1)), header + tuple(1) + be(-1, 2));
+  s = h.client(copy_done());
+  EXPECT_EQ(copy_stream(s.to_links.at(0)), "<done>");
+  prepare_both("COPY 1", "COPY 1");
+  h.server(complete("COMMIT PREPARED") + ready(), T0, 0);
+  s = h.server(complete("COMMIT PREPARED") + ready(), T0, 1);
+  EXPECT_EQ(protocol::read_command_complete(frame_of(messages_of(s.to_client)[0])).value_or(""),
+            "COPY 2");
+}
+
+// A binary tuple whose key is NULL fails the COPY on every shard, as a text row's does.
+TEST_F(Copy, ABinaryTupleWithoutAKeyFailsTheCopyEverywhere) {
+  start("COPY telemetry (device_id, v) FROM STDIN (FORMAT binary)");
+  std::string data = std::string("PGCOPY\n\377\r\n\0", 11) + std::string(8, '\0');
+  data += std::string("\0\2", 2) + std::string("\377\377\377\377", 4) +
+          std::string("\377\377\377\377", 4);
+  Step s = h.client(copy_data(data));
+  EXPECT_EQ(copy_stream(s.to_links.at(0)), "<fail>");
+  EXPECT_EQ(copy_stream(s.to_links.at(1)), "<fail>") << "not even the header is sent";
+  const std::string failed = error_message("57014") + ready('E');
+  h.server(failed, T0, 0);
+  h.server(failed, T0, 1);
+  h.server(complete("ROLLBACK") + ready('I'), T0, 0);
+  s = h.server(complete("ROLLBACK") + ready('I'), T0, 1);
+  EXPECT_EQ(sqlstates_in(s.to_client), "22004");
+  EXPECT_NE(s.to_client.find("COPY row 1: device_id is NULL"), std::string::npos);
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
 TEST_F(Copy, ACopyPgvalveCannotRouteByRowIsRefusedBeforeAnyServerIsAsked) {
   for (const char* sql : {"COPY telemetry FROM STDIN", "COPY telemetry (v) FROM STDIN",
-                          "COPY telemetry (device_id, v) FROM STDIN WITH (FORMAT binary)"}) {
+                          "COPY telemetry (device_id, v) FROM STDIN WITH (DELIMITER '||')"}) {
     const Step s = h.client(query(sql));
     EXPECT_FALSE(s.check_out) << sql;
     EXPECT_EQ(sqlstates_in(s.to_client), "0A000") << sql;
