@@ -142,6 +142,9 @@ class Checker {
     return true;
   }
 
+  // A pg_notify() call was passed over as a read.
+  bool notifies() const { return notifies_; }
+
   bool fail(AccessReason reason, std::string_view detail = {}) {
     out_.read = false;
     out_.reason = reason;
@@ -179,6 +182,11 @@ class Checker {
   bool function_reads(const Json* funcname) {
     Name name;
     if (!read_name(funcname, name)) return fail(AccessReason::UnknownFunction, "?");
+    // Whether or not write_functions names it: either way it stays off the replicas.
+    if (name.builtin_schema() && name.last() == "pg_notify") {
+      notifies_ = true;
+      return true;
+    }
     if (is_write_function(name)) return fail(AccessReason::WriteFunction, name.joined());
     if (name.builtin_schema() && is_read_only_builtin(name.last())) return true;
     return fail(AccessReason::UnknownFunction, name.joined());
@@ -211,6 +219,7 @@ class Checker {
   }
 
   const std::vector<std::string>& write_functions_;
+  bool notifies_ = false;
   StatementAccess& out_;
 };
 
@@ -365,6 +374,8 @@ std::string_view access_reason_name(AccessReason reason) {
       return "EXPLAIN ANALYZE of a write";
     case AccessReason::ServerRole:
       return "asks the server's role";
+    case AccessReason::Notify:
+      return "sends a notification";
   }
   return "?";
 }
@@ -423,6 +434,12 @@ StatementAccess decide_access(std::string_view sql,
   out.reason = AccessReason::Read;
   Checker checker(write_functions, out);
   decide_tree(tree, checker, out);
+  if (out.read && checker.notifies()) {
+    out.read = false;
+    out.reason = AccessReason::Notify;
+    out.set_detail("pg_notify");
+    return out;
+  }
   if (out.read) {
     out.reason = AccessReason::Read;
     out.set_detail({});

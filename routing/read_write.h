@@ -34,6 +34,9 @@ enum class AccessReason : std::uint8_t {
   // (pgjdbc's targetServerType), and the answer is the primary's. (pg_is_in_recovery() is a
   // read: it tells which server ran it.)
   ServerRole,
+  // Proven to read but for pg_notify() calls: a notification, which a hot standby cannot send,
+  // and no table written. On a sharded database any one shard's primary sends it.
+  Notify,
 };
 
 std::string_view access_reason_name(AccessReason reason);

@@ -231,7 +231,8 @@ Route Router::route_sharded(std::string_view sql, const RouteContext& context) c
             "runs it on one shard without reading it");
   }
   const std::uint64_t fp = context.fingerprint ? context.fingerprint : fingerprint(sql);
-  const bool read = replica_eligible(sql, fp);
+  AccessReason access = AccessReason::Read;
+  const bool read = replica_eligible(sql, fp, &access);
   const ShardPlan plan = shard_plan(sql, fp);
   // The rows of an INSERT into a sharded table belong to their keys' shards: run everywhere,
   // each shard would get every row.
@@ -329,7 +330,9 @@ Route Router::route_sharded(std::string_view sql, const RouteContext& context) c
     case ShardPlan::Tables::None:
       return any(hint);
     case ShardPlan::Tables::ReferenceOnly:
-      return read ? any(hint) : on_every_shard();
+      // pg_notify() in a read of reference tables: one notification, from any shard's primary
+      // (every shard would send it, and PostgreSQL cannot prepare a transaction that notified).
+      return read || access == AccessReason::Notify ? any(hint) : on_every_shard();
     case ShardPlan::Tables::Sharded:
     case ShardPlan::Tables::Unlisted:
       break;

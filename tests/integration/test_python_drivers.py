@@ -4,8 +4,7 @@ names, a pool of 10 connections over pool_size 2, executemany, transactions and 
 cursors, type introspection, binary COPY, LISTEN, the pool's reset on release, the retry after
 ALTER TABLE, timeouts that cancel) and psycopg 3's pipeline mode; on one server, with a replica
 taking reads, and over two shards by device_id. The answers asserted are those PostgreSQL
-itself gives the same code. An audit with these drivers found what the tests below pin; the one
-it found that is not fixed yet is marked xfail (strict: it fails the suite once it passes).
+itself gives the same code. An audit with these drivers found what the tests below pin.
 
 asyncpg runs in asyncio.run() inside each test; every wait is bounded (asyncio.wait with a
 timeout, then Connection.terminate(), since a cancelled asyncpg query waits for the server)."""
@@ -809,14 +808,10 @@ def test_asyncpg_listener_hears_every_shard(sv, two_pc):
     assert run(main()) == ["from-s0", "from-s1"]
 
 
-@pytest.mark.xfail(strict=True, reason="pg_notify() in a read of a reference table runs on every "
-                   "shard with two-phase commit, which PostgreSQL refuses (docs/sharding.md)")
 def test_notify_in_a_read_of_a_reference_table(sv):
-    """Not fixed yet: pg_notify() in a read of a reference table is taken for a write to it,
-    run on every shard and prepared for two-phase commit, which PostgreSQL refuses for a
-    transaction that notified: the client gets the server's 0A000 'cannot PREPARE a transaction
-    that has executed LISTEN, UNLISTEN, or NOTIFY', without a `pgvalve:` message (one
-    PostgreSQL: SELECT 1)."""
+    """pg_notify() in a read of a reference table sends one notification, from one shard's
+    primary: it used to be taken for a write to the table, run on every shard and prepared for
+    two-phase commit, which PostgreSQL refuses for a transaction that notified (0A000)."""
     with psycopg.connect(sv.dsn(), autocommit=True) as listener, \
             psycopg.connect(sv.dsn(), autocommit=True) as c:
         listener.execute("LISTEN ingest")

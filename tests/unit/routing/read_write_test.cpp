@@ -438,7 +438,7 @@ const std::vector<Case> kWriteFunctionCalls = {
     {"select setval('s', 1, false)", R::WriteFunction},
     {"select pg_advisory_lock(1)", R::WriteFunction, "pg_advisory_lock"},
     {"select pg_advisory_xact_lock(1)", R::WriteFunction, "pg_advisory_xact_lock"},
-    {"select pg_notify('c', 'p')", R::WriteFunction, "pg_notify"},
+    {"select \"PG_NOTIFY\"('c', 'p')", R::WriteFunction, "PG_NOTIFY"},
     {"select txid_current()", R::WriteFunction, "txid_current"},
     {"select * from t where id = nextval('s')", R::WriteFunction, "nextval"},
     {"select x from t where id = nextval('s')", R::WriteFunction},
@@ -481,6 +481,22 @@ const std::vector<Case> kWriteFunctionCalls = {
     {"values (1), (nextval('s'))", R::WriteFunction},
     {"select pg_advisory_lock(1), pg_notify('c', 'p')", R::WriteFunction},
 };
+
+// pg_notify() writes no table but cannot run on a hot standby: a reason of its own, which lets a
+// sharded database send it from one shard. Anything else that writes still wins.
+const std::vector<Case> kNotifications = {
+    {"select pg_notify('c', 'p')", R::Notify, "pg_notify"},
+    {"select pg_catalog.pg_notify('c', 'p')", R::Notify, "pg_notify"},
+    {"select pg_notify('c', name) from device_types where id = 1", R::Notify, "pg_notify"},
+    {"select pg_notify('c', 'p'), nextval('s')", R::WriteFunction, "nextval"},
+    {"select pg_notify('c', 'p') from t for update", R::LockingClause},
+    {"with x as (delete from t returning id) select pg_notify('c', 'p') from x", R::WritableCte},
+    {"select app.pg_notify('c', 'p')", R::UnknownFunction, "app.pg_notify"},
+};
+
+TEST(DecideAccess, NotificationsAreNotReadsButWriteNoTable) {
+  check(kNotifications);
+}
 
 TEST(DecideAccess, WriteFunctions) {
   check(kWriteFunctionCalls);

@@ -1387,6 +1387,27 @@ TEST_F(ShardRouterTest, KeylessStatements) {
 
 // A write that names only reference tables changes the same rows on every shard, which then
 // answer alike: the client gets one shard's answer. Writes over sharded tables add theirs up.
+// pg_notify() in a read of reference tables writes no table: one shard's primary sends the one
+// notification (every shard would send it, and could not prepare its part for two-phase commit).
+TEST_F(ShardRouterTest, ANotificationFromAReadOfReferenceTablesGoesToOneShardsPrimary) {
+  for (const char* sql : {"SELECT pg_notify('ingest', name) FROM device_types WHERE id = 1",
+                          "SELECT pg_notify('ingest', 'x')"}) {
+    const Route r = route(sql);
+    EXPECT_EQ(r.kind, Kind::Primary) << sql;
+    EXPECT_TRUE(r.any_shard) << sql;
+  }
+  // Anything else that writes still goes to every shard.
+  const Route r = route("SELECT pg_notify('ingest', name), nextval('s') FROM device_types");
+  EXPECT_EQ(r.kind, Kind::Shards);
+  EXPECT_TRUE(r.write && r.same_on_every_shard);
+  // One device's rows: that device's shard; rows of every shard: refused, as a write without a
+  // key is (each shard would notify).
+  const Route one = route("SELECT pg_notify('ingest', v::text) FROM telemetry WHERE device_id = 1");
+  EXPECT_EQ(one.kind, Kind::Primary);
+  EXPECT_EQ(one.shard, shard("1"));
+  expect_refused(route("SELECT pg_notify('ingest', v::text) FROM telemetry"), "0A000", "scatter");
+}
+
 TEST_F(ShardRouterTest, AWriteToReferenceTablesIsTheSameOnEveryShard) {
   for (const char* sql :
        {"INSERT INTO device_types (id, name) VALUES (1, 'x') RETURNING id",
