@@ -391,6 +391,42 @@ class Planner {
                        [&](const Json& item) { return sharded_rows_only(item); });
   }
 
+  // DISTINCT ON (..., key, ...) over sharded tables only, as groups_by_key: the rows of one
+  // device are on its shard, so every DISTINCT ON group is whole there, and each shard's first
+  // row of a group is the answer's. A bare name in DISTINCT ON means an output column first (as
+  // in ORDER BY), so an output column named after the key must be the key.
+  bool distinct_on_key(const Json& s, const Json& distinct) const {
+    const Json* from = field(s, "fromClause");
+    const Json* targets = field(s, "targetList");
+    if (!distinct.is_array() || from == nullptr || !from->is_array() || from->empty() ||
+        targets == nullptr || !targets->is_array()) {
+      return false;
+    }
+    for (const Json& t : *targets) {
+      const Json* rt = as(t, "ResTarget");
+      const Json* alias = rt != nullptr ? field(*rt, "name") : nullptr;
+      const Json* val = rt != nullptr ? field(*rt, "val") : nullptr;
+      if (alias != nullptr && alias->is_string() &&
+          alias->get_ref<const std::string&>() == policy_.key &&
+          (val == nullptr || !is_key(*val))) {
+        return false;
+      }
+    }
+    const auto names_key = [&](const Json& d) {
+      if (is_key(d)) return true;
+      // DISTINCT ON (1): the output column it numbers.
+      if (as(d, "A_Const") == nullptr) return false;
+      const int column = column_of(d, *targets, false);
+      const Json* t =
+          column >= 0 ? as((*targets)[static_cast<std::size_t>(column)], "ResTarget") : nullptr;
+      const Json* val = t != nullptr ? field(*t, "val") : nullptr;
+      return val != nullptr && is_key(*val);
+    };
+    if (!std::any_of(distinct.begin(), distinct.end(), names_key)) return false;
+    return std::all_of(from->begin(), from->end(),
+                       [&](const Json& item) { return sharded_rows_only(item); });
+  }
+
   ScatterPlan select(const Json& s) {
     const Json* op = field(s, "op");
     if (op != nullptr && op->is_string() && op->get_ref<const std::string&>() != "SETOP_NONE") {
@@ -562,8 +598,13 @@ class Planner {
     if (const Json* distinct = field(s, "distinctClause"); distinct != nullptr) {
       const bool plain = distinct->is_array() && distinct->size() == 1 &&
                          distinct->front().is_object() && distinct->front().empty();
-      if (!plain) return refuse("DISTINCT ON is not combined across shards");
-      plan.distinct = true;
+      if (plain) {
+        plan.distinct = true;
+      } else if (!distinct_on_key(s, *distinct) || (grouped && !local_groups)) {
+        return refuse("DISTINCT ON is combined across shards only over sharded tables and with " +
+                      policy_.key + " among its expressions (each device's rows are on one shard)");
+      }
+      // Otherwise each shard's rows are final: concatenated, or merged by the ORDER BY.
     }
     if (const Json* sorts = field(s, "sortClause"); sorts != nullptr && sorts->is_array()) {
       for (const Json& item : *sorts) {

@@ -2,10 +2,10 @@
 through pgvalve into four shards (xxh3, default bucket map; shard s0 answers reads from its
 streaming replica). Then a battery of statements runs against both. Every answer through pgvalve
 must equal the unsharded database's: statements on one shard, and statements scattered to every
-shard whose answers pgvalve gathers (merge order, combined aggregates, DISTINCT, LIMIT/OFFSET,
-literal and bound, simple and extended protocol, named prepared statements). What cannot be
-combined correctly must be refused by rule (0A000); nothing may be answered from a subset of the
-shards.
+shard whose answers pgvalve gathers (merge order, combined aggregates, DISTINCT, DISTINCT ON the
+key, LIMIT/OFFSET, literal and bound, simple and extended protocol, named prepared statements).
+What cannot be combined correctly must be refused by rule (0A000); nothing may be answered from a
+subset of the shards.
 
 The data set has bigint and text device ids, NULL values, and one skewed device with many more
 readings than the rest. Rows are placed through pgvalve with multi-row INSERTs (literal and
@@ -238,6 +238,17 @@ def across(data):
          "FROM telemetry t JOIN devices d USING (device_id) WHERE t.ts < %s GROUP BY 1, 2 "
          "ORDER BY 1", (lo,), True),
         ("SELECT count(*) FROM telemetry GROUP BY device_id", None, False),
+        # DISTINCT ON the key: each group is one device's rows, whole on its shard. The latest
+        # reading of every device, of some, and a page of them.
+        ("SELECT DISTINCT ON (device_id) device_id, ts, value FROM telemetry "
+         "ORDER BY device_id, ts DESC", None, True),
+        ("SELECT DISTINCT ON (device_id) device_id, ts, value, note FROM telemetry "
+         "WHERE value IS NOT NULL AND ts < %s ORDER BY device_id, value DESC, ts", (lo,), True),
+        ("SELECT DISTINCT ON (1) device_id, ts FROM telemetry ORDER BY 1, 2 DESC "
+         "LIMIT %s OFFSET %s", (5, 7), True),
+        ("SELECT DISTINCT ON (t.device_id, t.note) t.device_id, t.note, t.ts, d.site "
+         "FROM telemetry t JOIN devices d USING (device_id) "
+         "ORDER BY t.device_id, t.note NULLS FIRST, t.ts DESC", None, True),
         ("SELECT device_id, avg(value) FROM telemetry GROUP BY device_id "
          "ORDER BY 2 DESC NULLS LAST, 1 LIMIT 5 OFFSET 3", None, True),
         ("SELECT device_id, ts FROM telemetry WHERE value > 1000", None, True),  # no rows
@@ -299,7 +310,7 @@ REFUSED = [
     "SELECT device_id, ts FROM telemetry ORDER BY value LIMIT 3",
     "SELECT string_agg(note, ',') FROM telemetry",
     "SELECT count(*) FROM (SELECT device_id FROM telemetry LIMIT 10) t",
-    "SELECT DISTINCT ON (device_id) device_id, ts FROM telemetry ORDER BY device_id, ts",
+    "SELECT DISTINCT ON (note) note, device_id FROM telemetry ORDER BY note, device_id",
     "SELECT count(DISTINCT note) FROM telemetry",
     "DELETE FROM telemetry WHERE value < -100",
 ]

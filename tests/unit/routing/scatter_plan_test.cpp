@@ -188,7 +188,7 @@ TEST(ScatterPlan, WhatDoesNotCombineIsRefused) {
   expect_refused("SELECT device_id FROM telemetry UNION SELECT device_id FROM device_events",
                  "UNION");
   expect_refused("WITH r AS (SELECT * FROM telemetry) SELECT * FROM r", "WITH");
-  expect_refused("SELECT DISTINCT ON (device_id) device_id, ts FROM telemetry", "DISTINCT ON");
+  expect_refused("SELECT DISTINCT ON (note) device_id, note FROM telemetry", "DISTINCT ON");
   expect_refused("SELECT device_id, count(*) FROM telemetry GROUP BY ROLLUP (device_id)", "ROLLUP");
   expect_refused("SELECT * FROM telemetry; SELECT 1", "several statements");
   expect_refused("DELETE FROM telemetry", "only a SELECT");
@@ -205,6 +205,41 @@ TEST(ScatterPlan, SelectDistinctMergesEqualRows) {
   const ScatterPlan p = plan("SELECT DISTINCT note FROM telemetry ORDER BY 1");
   ASSERT_TRUE(p.ok) << p.refusal;
   EXPECT_TRUE(p.distinct);
+}
+
+// The latest reading of every device: each DISTINCT ON group holds one device's rows, all on its
+// shard, so each shard's rows are final and are merged by the ORDER BY.
+TEST(ScatterPlan, DistinctOnTheKeyIsWholeOnEachShard) {
+  ScatterPlan p = plan(
+      "SELECT DISTINCT ON (device_id) device_id, ts, value FROM telemetry "
+      "ORDER BY device_id, ts DESC LIMIT 10");
+  ASSERT_TRUE(p.ok) << p.refusal;
+  EXPECT_FALSE(p.distinct) << "no row of one shard equals another shard's";
+  EXPECT_TRUE(p.combine.empty());
+  EXPECT_EQ(p.order, (std::vector<SortKey>{{0, false, false}, {1, true, true}}));
+  for (const char* sql :
+       {"SELECT DISTINCT ON (1) device_id, ts FROM telemetry ORDER BY 1, 2 DESC",
+        "SELECT DISTINCT ON (t.device_id, note) t.device_id, note, ts FROM telemetry t",
+        "SELECT DISTINCT ON (device_id) device_id AS device_id, ts FROM telemetry",
+        "SELECT DISTINCT ON (t.device_id) t.device_id, e.kind FROM telemetry t JOIN "
+        "device_events e USING (device_id) ORDER BY t.device_id, e.kind",
+        "SELECT DISTINCT ON (device_id) device_id, max(ts) FROM telemetry GROUP BY device_id, "
+        "note"}) {
+    p = plan(sql);
+    EXPECT_TRUE(p.ok) << sql << ": " << p.refusal;
+    EXPECT_FALSE(p.distinct) << sql;
+  }
+  // Groups that may hold several devices, or rows of other tables, meet only once combined.
+  for (const char* sql :
+       {"SELECT DISTINCT ON (note) device_id, note FROM telemetry",
+        "SELECT DISTINCT ON (device_id) ts AS device_id, value FROM telemetry",
+        "SELECT DISTINCT ON (2) device_id, note FROM telemetry",
+        "SELECT DISTINCT ON (t.device_id) t.device_id, d.name FROM telemetry t JOIN "
+        "device_types d ON d.id = t.type_id",
+        "SELECT DISTINCT ON (t.device_id) t.device_id FROM telemetry t LEFT JOIN "
+        "device_events e USING (device_id)"}) {
+    expect_refused(sql, "DISTINCT ON");
+  }
 }
 
 TEST(ScatterPlan, SubqueriesOverShardedTablesAreRefused) {
@@ -411,6 +446,18 @@ TEST(ShardStatement, GroupsByTheKeyRunAsWrittenWithTheLimitOfRows) {
       << "avg() is exact on the shard; each shard's first rows are enough";
   EXPECT_EQ(s.limit, 5);
   EXPECT_EQ(s.offset, 5);
+}
+
+TEST(ShardStatement, DistinctOnTheKeyRunsAsWrittenWithTheLimitOfRows) {
+  const ShardStatement s = rewritten(
+      "SELECT DISTINCT ON (device_id) device_id, ts FROM telemetry ORDER BY 1, 2 DESC LIMIT 3 "
+      "OFFSET 4");
+  EXPECT_EQ(
+      s.sql,
+      "SELECT DISTINCT ON (device_id) device_id, ts FROM telemetry ORDER BY 1, 2 DESC LIMIT 7 "
+      "OFFSET 0");
+  EXPECT_EQ(s.limit, 3);
+  EXPECT_EQ(s.offset, 4);
 }
 
 TEST(ShardStatement, AveragesAreFoundInEveryStatementOfTheShape) {
