@@ -391,6 +391,67 @@ class Planner {
                        [&](const Json& item) { return sharded_rows_only(item); });
   }
 
+  // Whether `s` groups rows: GROUP BY, or an aggregate among its output columns.
+  static bool has_aggregates(const Json& s) {
+    const Json* groups = field(s, "groupClause");
+    if (groups != nullptr && groups->is_array() && !groups->empty()) return true;
+    const Json* targets = field(s, "targetList");
+    return targets != nullptr && contains_aggregate(*targets);
+  }
+
+  // Every window (inline or named, and those that build on a named one) is PARTITION BY the key,
+  // over sharded tables only (as groups_by_key): each partition is one device's rows, whole on
+  // its shard, so every shard computes the window functions of its rows as one server would.
+  bool windows_by_key(const Json& s) const {
+    const Json* from = field(s, "fromClause");
+    if (from == nullptr || !from->is_array() || from->empty() ||
+        !std::all_of(from->begin(), from->end(),
+                     [&](const Json& item) { return sharded_rows_only(item); })) {
+      return false;
+    }
+    const Json* named = field(s, "windowClause");
+    const auto named_window = [&](std::string_view name) -> const Json* {
+      if (named == nullptr || !named->is_array()) return nullptr;
+      for (const Json& w : *named) {
+        const Json* def = as(w, "WindowDef");
+        const Json* n = def != nullptr ? field(*def, "name") : nullptr;
+        if (n != nullptr && n->is_string() && n->get_ref<const std::string&>() == name) return def;
+      }
+      return nullptr;
+    };
+    // `OVER w` names a window (WindowDef.name); `OVER (w ORDER BY ...)` and `WINDOW w2 AS (w ...)`
+    // build on one (refname) and take its partitioning, PostgreSQL allowing no PARTITION BY of
+    // their own then. A chain of names is followed as far as the WINDOW clause is long.
+    const auto partitioned_by_key = [&](const Json* def, bool inline_over) {
+      for (std::size_t hops = 0; def != nullptr; ++hops) {
+        const Json* parts = field(*def, "partitionClause");
+        if (parts != nullptr && parts->is_array() && !parts->empty()) {
+          return std::any_of(parts->begin(), parts->end(),
+                             [&](const Json& p) { return is_key(p); });
+        }
+        const Json* ref = field(*def, "refname");
+        if (ref == nullptr && inline_over && hops == 0) ref = field(*def, "name");
+        if (ref == nullptr || !ref->is_string() || named == nullptr || hops > named->size()) {
+          return false;
+        }
+        def = named_window(ref->get_ref<const std::string&>());
+      }
+      return false;
+    };
+    bool all = true;
+    any_node(s, [&](const Json& n) {
+      const Json* call = as(n, "FuncCall");
+      if (const Json* over = call != nullptr ? field(*call, "over") : nullptr) {
+        const Json* def = as(*over, "WindowDef");
+        if (!partitioned_by_key(def != nullptr ? def : over, true)) all = false;
+      } else if (const Json* def = as(n, "WindowDef")) {
+        if (!partitioned_by_key(def, false)) all = false;
+      }
+      return !all;
+    });
+    return all;
+  }
+
   // DISTINCT ON (..., key, ...) over sharded tables only, as groups_by_key: the rows of one
   // device are on its shard, so every DISTINCT ON group is whole there, and each shard's first
   // row of a group is the answer's. A bare name in DISTINCT ON means an output column first (as
@@ -441,7 +502,13 @@ class Planner {
           const Json* call = as(n, "FuncCall");
           return call != nullptr && field(*call, "over") != nullptr;
         })) {
-      return refuse("window functions need every shard's rows at once");
+      // Windows over groups combined across shards would see one shard's part of each group.
+      if (!windows_by_key(s) || (has_aggregates(s) && !local_groups)) {
+        return refuse(
+            "window functions need every shard's rows at once, unless each window is "
+            "PARTITION BY " +
+            policy_.key + " over sharded tables only");
+      }
     }
     if (any_node(s, [](const Json& n) { return as(n, "GroupingSet") != nullptr; })) {
       return refuse("GROUPING SETS, ROLLUP and CUBE are not combined across shards");

@@ -2,10 +2,10 @@
 through pgvalve into four shards (xxh3, default bucket map; shard s0 answers reads from its
 streaming replica). Then a battery of statements runs against both. Every answer through pgvalve
 must equal the unsharded database's: statements on one shard, and statements scattered to every
-shard whose answers pgvalve gathers (merge order, combined aggregates, DISTINCT, DISTINCT ON the
-key, LIMIT/OFFSET, literal and bound, simple and extended protocol, named prepared statements).
-What cannot be combined correctly must be refused by rule (0A000); nothing may be answered from a
-subset of the shards.
+shard whose answers pgvalve gathers (merge order, combined aggregates, DISTINCT, DISTINCT ON and
+windows by the key, LIMIT/OFFSET, literal and bound, simple and extended protocol, named prepared
+statements). What cannot be combined correctly must be refused by rule (0A000); nothing may be
+answered from a subset of the shards.
 
 The data set has bigint and text device ids, NULL values, and one skewed device with many more
 readings than the rest. Rows are placed through pgvalve with multi-row INSERTs (literal and
@@ -249,6 +249,13 @@ def across(data):
         ("SELECT DISTINCT ON (t.device_id, t.note) t.device_id, t.note, t.ts, d.site "
          "FROM telemetry t JOIN devices d USING (device_id) "
          "ORDER BY t.device_id, t.note NULLS FIRST, t.ts DESC", None, True),
+        # Windows partitioned by the key: each partition is whole on its shard. The change
+        # between readings, and running figures per device.
+        ("SELECT device_id, ts, value - lag(value) OVER (PARTITION BY device_id ORDER BY ts) "
+         "AS delta FROM telemetry ORDER BY device_id, ts", None, True),
+        ("SELECT device_id, ts, row_number() OVER w, sum(value) OVER (w ORDER BY ts) "
+         "FROM telemetry WINDOW w AS (PARTITION BY device_id) ORDER BY 1, 2 "
+         "LIMIT %s OFFSET %s", (20, 300), True),
         ("SELECT device_id, avg(value) FROM telemetry GROUP BY device_id "
          "ORDER BY 2 DESC NULLS LAST, 1 LIMIT 5 OFFSET 3", None, True),
         ("SELECT device_id, ts FROM telemetry WHERE value > 1000", None, True),  # no rows
@@ -311,6 +318,7 @@ REFUSED = [
     "SELECT string_agg(note, ',') FROM telemetry",
     "SELECT count(*) FROM (SELECT device_id FROM telemetry LIMIT 10) t",
     "SELECT DISTINCT ON (note) note, device_id FROM telemetry ORDER BY note, device_id",
+    "SELECT device_id, rank() OVER (ORDER BY value) FROM telemetry",
     "SELECT count(DISTINCT note) FROM telemetry",
     "DELETE FROM telemetry WHERE value < -100",
 ]

@@ -242,6 +242,37 @@ TEST(ScatterPlan, DistinctOnTheKeyIsWholeOnEachShard) {
   }
 }
 
+// Windows partitioned by the key see one device's rows each, all on its shard: the change of a
+// counter between readings, a running total per device.
+TEST(ScatterPlan, WindowsPartitionedByTheKeyRunOnEachShard) {
+  for (const char* sql :
+       {"SELECT device_id, ts, value - lag(value) OVER (PARTITION BY device_id ORDER BY ts) "
+        "FROM telemetry ORDER BY device_id, ts",
+        "SELECT device_id, sum(value) OVER w, rank() OVER (w ORDER BY value) FROM telemetry "
+        "WINDOW w AS (PARTITION BY device_id)",
+        "SELECT device_id, row_number() OVER w2 FROM telemetry WINDOW w1 AS (PARTITION BY "
+        "note, t.device_id), w2 AS (w1 ORDER BY ts)",
+        "SELECT device_id, count(*), rank() OVER (PARTITION BY device_id ORDER BY count(*)) "
+        "FROM telemetry GROUP BY device_id, note"}) {
+    const ScatterPlan p = plan(sql);
+    EXPECT_TRUE(p.ok) << sql << ": " << p.refusal;
+    EXPECT_TRUE(p.combine.empty()) << sql;
+  }
+  for (const char* sql :
+       {"SELECT rank() OVER (ORDER BY ts) FROM telemetry",
+        "SELECT device_id, sum(value) OVER (PARTITION BY note) FROM telemetry",
+        "SELECT device_id, sum(value) OVER w, rank() OVER (ORDER BY ts) FROM telemetry "
+        "WINDOW w AS (PARTITION BY device_id)",
+        "SELECT device_id, row_number() OVER w FROM telemetry WINDOW w AS (ORDER BY ts)",
+        "SELECT device_id, sum(value) OVER () FROM telemetry",
+        "SELECT t.device_id, lag(d.name) OVER (PARTITION BY t.device_id) FROM telemetry t "
+        "JOIN device_types d ON d.id = t.type_id",
+        "SELECT note, count(*), sum(count(*)) OVER (PARTITION BY device_id) FROM telemetry "
+        "GROUP BY note"}) {
+    expect_refused(sql, "window");
+  }
+}
+
 TEST(ScatterPlan, SubqueriesOverShardedTablesAreRefused) {
   expect_refused("SELECT * FROM device_types WHERE id IN (SELECT type_id FROM telemetry)",
                  "subquery");
