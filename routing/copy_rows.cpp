@@ -259,11 +259,9 @@ CopyPlan plan_copy(std::string_view sql, const ShardingPolicy& policy) {
         "its rows; send them with COPY ... FROM STDIN" +
         or_name_shard);
   }
-  if (const Json* columns = field(*copy, "attlist"); columns != nullptr && columns->is_array()) {
-    plan.columns = static_cast<int>(columns->size());
-  }
+  const Json* columns = field(*copy, "attlist");
+  if (columns != nullptr && columns->is_array()) plan.columns = static_cast<int>(columns->size());
   if (!reference) {
-    const Json* columns = field(*copy, "attlist");
     if (columns == nullptr || !columns->is_array() || columns->empty()) {
       return refused("each row of a COPY into sharded table \"" + table +
                      "\" goes to the shard of its " + std::string(key) +
