@@ -365,30 +365,37 @@ class Planner {
     return false;
   }
 
+  // A GROUP BY or DISTINCT ON item that is the key: the key column, or the number of an output
+  // column that is (GROUP BY 1).
+  bool names_key(const Json& item, const Json* targets) const {
+    if (is_key(item)) return true;
+    if (targets == nullptr || !targets->is_array() || as(item, "A_Const") == nullptr) return false;
+    const int column = column_of(item, *targets, false);
+    const Json* t =
+        column >= 0 ? as((*targets)[static_cast<std::size_t>(column)], "ResTarget") : nullptr;
+    const Json* val = t != nullptr ? field(*t, "val") : nullptr;
+    return val != nullptr && is_key(*val);
+  }
+
+  // FROM names sharded tables only, met by inner joins (on the key, checked by the caller): the
+  // rows of one device are all on its shard.
+  bool from_sharded_rows_only(const Json& s) const {
+    const Json* from = field(s, "fromClause");
+    return from != nullptr && from->is_array() && !from->empty() &&
+           std::all_of(from->begin(), from->end(),
+                       [&](const Json& item) { return sharded_rows_only(item); });
+  }
+
   // GROUP BY the key over sharded tables only (joined on the key, checked by the caller): all
   // rows of a device are on its shard, so each group is whole there and every shard's groups
   // are final, whatever the aggregates, HAVING included.
   bool groups_by_key(const Json& s) const {
     const Json* groups = field(s, "groupClause");
-    const Json* from = field(s, "fromClause");
-    if (groups == nullptr || !groups->is_array() || from == nullptr || !from->is_array() ||
-        from->empty()) {
-      return false;
-    }
+    if (groups == nullptr || !groups->is_array()) return false;
     const Json* targets = field(s, "targetList");
-    const auto names_key = [&](const Json& g) {
-      if (is_key(g)) return true;
-      // GROUP BY 1: the output column it numbers.
-      if (targets == nullptr || !targets->is_array() || as(g, "A_Const") == nullptr) return false;
-      const int column = column_of(g, *targets, false);
-      const Json* t =
-          column >= 0 ? as((*targets)[static_cast<std::size_t>(column)], "ResTarget") : nullptr;
-      const Json* val = t != nullptr ? field(*t, "val") : nullptr;
-      return val != nullptr && is_key(*val);
-    };
-    if (!std::any_of(groups->begin(), groups->end(), names_key)) return false;
-    return std::all_of(from->begin(), from->end(),
-                       [&](const Json& item) { return sharded_rows_only(item); });
+    return std::any_of(groups->begin(), groups->end(),
+                       [&](const Json& g) { return names_key(g, targets); }) &&
+           from_sharded_rows_only(s);
   }
 
   // Whether `s` groups rows: GROUP BY, or an aggregate among its output columns.
@@ -403,12 +410,7 @@ class Planner {
   // over sharded tables only (as groups_by_key): each partition is one device's rows, whole on
   // its shard, so every shard computes the window functions of its rows as one server would.
   bool windows_by_key(const Json& s) const {
-    const Json* from = field(s, "fromClause");
-    if (from == nullptr || !from->is_array() || from->empty() ||
-        !std::all_of(from->begin(), from->end(),
-                     [&](const Json& item) { return sharded_rows_only(item); })) {
-      return false;
-    }
+    if (!from_sharded_rows_only(s)) return false;
     const Json* named = field(s, "windowClause");
     const auto named_window = [&](std::string_view name) -> const Json* {
       if (named == nullptr || !named->is_array()) return nullptr;
@@ -457,12 +459,8 @@ class Planner {
   // row of a group is the answer's. A bare name in DISTINCT ON means an output column first (as
   // in ORDER BY), so an output column named after the key must be the key.
   bool distinct_on_key(const Json& s, const Json& distinct) const {
-    const Json* from = field(s, "fromClause");
     const Json* targets = field(s, "targetList");
-    if (!distinct.is_array() || from == nullptr || !from->is_array() || from->empty() ||
-        targets == nullptr || !targets->is_array()) {
-      return false;
-    }
+    if (!distinct.is_array() || targets == nullptr || !targets->is_array()) return false;
     for (const Json& t : *targets) {
       const Json* rt = as(t, "ResTarget");
       const Json* alias = rt != nullptr ? field(*rt, "name") : nullptr;
@@ -473,19 +471,9 @@ class Planner {
         return false;
       }
     }
-    const auto names_key = [&](const Json& d) {
-      if (is_key(d)) return true;
-      // DISTINCT ON (1): the output column it numbers.
-      if (as(d, "A_Const") == nullptr) return false;
-      const int column = column_of(d, *targets, false);
-      const Json* t =
-          column >= 0 ? as((*targets)[static_cast<std::size_t>(column)], "ResTarget") : nullptr;
-      const Json* val = t != nullptr ? field(*t, "val") : nullptr;
-      return val != nullptr && is_key(*val);
-    };
-    if (!std::any_of(distinct.begin(), distinct.end(), names_key)) return false;
-    return std::all_of(from->begin(), from->end(),
-                       [&](const Json& item) { return sharded_rows_only(item); });
+    return std::any_of(distinct.begin(), distinct.end(),
+                       [&](const Json& d) { return names_key(d, targets); }) &&
+           from_sharded_rows_only(s);
   }
 
   ScatterPlan select(const Json& s) {
