@@ -354,6 +354,7 @@ class Planner {
   // Rows that one FROM item yields come from sharded tables only, met by inner joins.
   bool sharded_rows_only(const Json& item) const {
     if (const Json* rv = as(item, "RangeVar")) return sharded(*rv);
+    if (const Json* sub = as(item, "RangeSubselect")) return shard_local(*sub);
     if (const Json* join = as(item, "JoinExpr")) {
       const Json* type = field(*join, "jointype");
       const Json* l = field(*join, "larg");
@@ -460,20 +461,80 @@ class Planner {
   // in ORDER BY), so an output column named after the key must be the key.
   bool distinct_on_key(const Json& s, const Json& distinct) const {
     const Json* targets = field(s, "targetList");
-    if (!distinct.is_array() || targets == nullptr || !targets->is_array()) return false;
-    for (const Json& t : *targets) {
-      const Json* rt = as(t, "ResTarget");
-      const Json* alias = rt != nullptr ? field(*rt, "name") : nullptr;
-      const Json* val = rt != nullptr ? field(*rt, "val") : nullptr;
-      if (alias != nullptr && alias->is_string() &&
-          alias->get_ref<const std::string&>() == policy_.key &&
-          (val == nullptr || !is_key(*val))) {
-        return false;
-      }
+    if (!distinct.is_array() || targets == nullptr || !targets->is_array() ||
+        !key_name_is_key(*targets)) {
+      return false;
     }
     return std::any_of(distinct.begin(), distinct.end(),
                        [&](const Json& d) { return names_key(d, targets); }) &&
            from_sharded_rows_only(s);
+  }
+
+  // Whether no output column is named after the key but the key itself: then a name that is the
+  // key's means the key wherever it is read (DISTINCT ON and ORDER BY read output names first,
+  // and a query over a subquery reads its output columns).
+  bool key_name_is_key(const Json& targets) const {
+    return std::none_of(targets.begin(), targets.end(), [&](const Json& t) {
+      const Json* rt = as(t, "ResTarget");
+      const Json* alias = rt != nullptr ? field(*rt, "name") : nullptr;
+      const Json* val = rt != nullptr ? field(*rt, "val") : nullptr;
+      return alias != nullptr && alias->is_string() &&
+             alias->get_ref<const std::string&>() == policy_.key &&
+             (val == nullptr || !is_key(*val));
+    });
+  }
+
+  // A subquery in FROM whose rows on each shard are exactly those one database would yield for
+  // the shard's devices, so that the query around it can read them as a sharded table's: a
+  // SELECT over sharded tables only (or such subqueries) that never puts rows of two devices
+  // together: no LIMIT or OFFSET, set operation, WITH or subquery over sharded tables; grouping,
+  // DISTINCT ON and windows only by the key, a plain DISTINCT only with the key among its
+  // output columns; and no column renamed to the key's name (nor any renamed by the alias).
+  bool shard_local(const Json& range) const {
+    const Json* query = field(range, "subquery");
+    const Json* s = query != nullptr ? as(*query, "SelectStmt") : nullptr;
+    const Json* alias = field(range, "alias");
+    if (s == nullptr || (alias != nullptr && field(*alias, "colnames") != nullptr)) return false;
+    const Json* op = field(*s, "op");
+    if ((op != nullptr && op->is_string() && op->get_ref<const std::string&>() != "SETOP_NONE") ||
+        field(*s, "withClause") != nullptr || field(*s, "limitCount") != nullptr ||
+        field(*s, "limitOffset") != nullptr || !from_sharded_rows_only(*s)) {
+      return false;
+    }
+    const Json* targets = field(*s, "targetList");
+    if (targets == nullptr || !targets->is_array() || !key_name_is_key(*targets)) return false;
+    // Subqueries in its WHERE or output columns see one shard's rows.
+    if (any_node(*s, [&](const Json& n) {
+          const Json* sub = as(n, "SubLink");
+          return sub != nullptr && any_node(*sub, [&](const Json& m) {
+                   const Json* rv = as(m, "RangeVar");
+                   return rv != nullptr && sharded(*rv);
+                 });
+        })) {
+      return false;
+    }
+    if ((has_aggregates(*s) || field(*s, "havingClause") != nullptr) && !groups_by_key(*s)) {
+      return false;
+    }
+    if (field(*s, "windowClause") != nullptr || any_node(*s, [](const Json& n) {
+          const Json* call = as(n, "FuncCall");
+          return call != nullptr && field(*call, "over") != nullptr;
+        })) {
+      if (!windows_by_key(*s)) return false;
+    }
+    if (const Json* distinct = field(*s, "distinctClause"); distinct != nullptr) {
+      const bool plain = distinct->is_array() && distinct->size() == 1 &&
+                         distinct->front().is_object() && distinct->front().empty();
+      if (plain) {
+        return std::any_of(targets->begin(), targets->end(), [&](const Json& t) {
+          const Json* rt = as(t, "ResTarget");
+          const Json* val = rt != nullptr ? field(*rt, "val") : nullptr;
+          return val != nullptr && is_key(*val);
+        });
+      }
+      return distinct_on_key(*s, *distinct);
+    }
+    return true;
   }
 
   ScatterPlan select(const Json& s) {
@@ -501,11 +562,15 @@ class Planner {
     if (any_node(s, [](const Json& n) { return as(n, "GroupingSet") != nullptr; })) {
       return refuse("GROUPING SETS, ROLLUP and CUBE are not combined across shards");
     }
-    // Subqueries over sharded tables would see one shard's rows each.
+    // Subqueries over sharded tables would see one shard's rows each, unless they keep every
+    // device's rows apart (shard_local: a subquery in FROM read as a sharded table).
     bool nested = false;
     any_node(s, [&](const Json& n) {
       const Json* sub = as(n, "SubLink");
-      if (sub == nullptr) sub = as(n, "RangeSubselect");
+      if (sub == nullptr) {
+        sub = as(n, "RangeSubselect");
+        if (sub != nullptr && shard_local(*sub)) return false;
+      }
       if (sub != nullptr && any_node(*sub, [&](const Json& m) {
             const Json* rv = as(m, "RangeVar");
             return rv != nullptr && sharded(*rv);

@@ -2,10 +2,10 @@
 through pgvalve into four shards (xxh3, default bucket map; shard s0 answers reads from its
 streaming replica). Then a battery of statements runs against both. Every answer through pgvalve
 must equal the unsharded database's: statements on one shard, and statements scattered to every
-shard whose answers pgvalve gathers (merge order, combined aggregates, DISTINCT, DISTINCT ON and
-windows by the key, LIMIT/OFFSET, literal and bound, simple and extended protocol, named prepared
-statements). What cannot be combined correctly must be refused by rule (0A000); nothing may be
-answered from a subset of the shards.
+shard whose answers pgvalve gathers (merge order, combined aggregates, DISTINCT, DISTINCT ON,
+windows and subqueries by the key, LIMIT/OFFSET, literal and bound, simple and extended protocol,
+named prepared statements). What cannot be combined correctly must be refused by rule (0A000);
+nothing may be answered from a subset of the shards.
 
 The data set has bigint and text device ids, NULL values, and one skewed device with many more
 readings than the rest. Rows are placed through pgvalve with multi-row INSERTs (literal and
@@ -256,6 +256,18 @@ def across(data):
         ("SELECT device_id, ts, row_number() OVER w, sum(value) OVER (w ORDER BY ts) "
          "FROM telemetry WINDOW w AS (PARTITION BY device_id) ORDER BY 1, 2 "
          "LIMIT %s OFFSET %s", (20, 300), True),
+        # Subqueries that keep each device's rows apart, read as a sharded table: the last
+        # three readings of every device, the devices whose latest reading is high, each
+        # device's last reading time with its site.
+        ("SELECT device_id, ts, value FROM (SELECT device_id, ts, value, row_number() OVER "
+         "(PARTITION BY device_id ORDER BY ts DESC) AS n FROM telemetry) r WHERE n <= 3 "
+         "ORDER BY device_id, ts DESC", None, True),
+        ("SELECT count(*), max(value), min(device_id) FROM (SELECT DISTINCT ON (device_id) "
+         "device_id, value FROM telemetry ORDER BY device_id, ts DESC) latest "
+         "WHERE value > %s", (30,), True),
+        ("SELECT l.device_id, l.last, d.site FROM (SELECT device_id, max(ts) AS last "
+         "FROM telemetry GROUP BY device_id) l JOIN devices d USING (device_id) "
+         "ORDER BY l.last DESC, 1 LIMIT 10", None, True),
         ("SELECT device_id, avg(value) FROM telemetry GROUP BY device_id "
          "ORDER BY 2 DESC NULLS LAST, 1 LIMIT 5 OFFSET 3", None, True),
         ("SELECT device_id, ts FROM telemetry WHERE value > 1000", None, True),  # no rows
@@ -319,6 +331,7 @@ REFUSED = [
     "SELECT count(*) FROM (SELECT device_id FROM telemetry LIMIT 10) t",
     "SELECT DISTINCT ON (note) note, device_id FROM telemetry ORDER BY note, device_id",
     "SELECT device_id, rank() OVER (ORDER BY value) FROM telemetry",
+    "SELECT * FROM (SELECT device_id, ts FROM telemetry ORDER BY ts LIMIT 10) r",
     "SELECT count(DISTINCT note) FROM telemetry",
     "DELETE FROM telemetry WHERE value < -100",
 ]

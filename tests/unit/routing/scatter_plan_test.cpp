@@ -273,6 +273,46 @@ TEST(ScatterPlan, WindowsPartitionedByTheKeyRunOnEachShard) {
   }
 }
 
+// A subquery in FROM that keeps each device's rows apart yields, on each shard, the rows one
+// database would for that shard's devices: the query around it reads it as a sharded table.
+// The latest readings of each device, the devices whose latest reading is high.
+TEST(ScatterPlan, SubqueriesThatKeepDevicesApartAreReadAsShardedTables) {
+  for (const char* sql : {
+           "SELECT device_id, ts, value FROM (SELECT device_id, ts, value, row_number() OVER "
+           "(PARTITION BY device_id ORDER BY ts DESC) AS n FROM telemetry) r WHERE n <= 3 "
+           "ORDER BY device_id, ts DESC",
+           "SELECT count(*), max(value) FROM (SELECT DISTINCT ON (device_id) device_id, value "
+           "FROM telemetry ORDER BY device_id, ts DESC) latest WHERE value > 30",
+           "SELECT l.device_id, d.site FROM (SELECT device_id, max(ts) AS last FROM telemetry "
+           "GROUP BY device_id) l JOIN devices d USING (device_id) ORDER BY 1",
+           "SELECT device_id, count(*) FROM (SELECT DISTINCT device_id, note FROM telemetry) x "
+           "GROUP BY device_id",
+           "SELECT * FROM (SELECT * FROM (SELECT device_id, value FROM telemetry WHERE value > 0) "
+           "a) b",
+       }) {
+    const ScatterPlan p = plan(sql);
+    EXPECT_TRUE(p.ok) << sql << ": " << p.refusal;
+  }
+  // Rows of several devices meet in the subquery, or its key column is another.
+  for (const char* sql : {
+           "SELECT * FROM (SELECT device_id, ts FROM telemetry ORDER BY ts LIMIT 10) r",
+           "SELECT * FROM (SELECT note, count(*) FROM telemetry GROUP BY note) r",
+           "SELECT * FROM (SELECT DISTINCT note FROM telemetry) r",
+           "SELECT device_id, count(*) FROM (SELECT ts AS device_id FROM telemetry) r GROUP BY 1",
+           "SELECT * FROM (SELECT device_id FROM telemetry) r (device_id)",
+           "SELECT * FROM (SELECT device_id FROM telemetry UNION ALL SELECT device_id FROM "
+           "device_events) r",
+           "SELECT * FROM (SELECT device_id FROM telemetry WHERE value > (SELECT avg(value) FROM "
+           "telemetry)) r",
+           "SELECT * FROM (SELECT t.device_id FROM telemetry t JOIN device_types d ON d.id = "
+           "t.type_id) r",
+       }) {
+    expect_refused(sql, "subquery");
+  }
+  expect_refused("SELECT * FROM (SELECT device_id, rank() OVER (ORDER BY value) FROM telemetry) r",
+                 "window functions");
+}
+
 TEST(ScatterPlan, SubqueriesOverShardedTablesAreRefused) {
   expect_refused("SELECT * FROM device_types WHERE id IN (SELECT type_id FROM telemetry)",
                  "subquery");
