@@ -491,6 +491,16 @@ class Planner {
   // DISTINCT ON and windows only by the key, a plain DISTINCT only with the key among its
   // output columns; and no column renamed to the key's name (nor any renamed by the alias).
   bool shard_local(const Json& range) const {
+    // Each level looks at the levels under it: a bound on the nesting keeps that (and the
+    // recursion) small for any statement a client can send.
+    if (local_depth_ >= kMaxLocalDepth) return false;
+    ++local_depth_;
+    const bool local = shard_local_select(range);
+    --local_depth_;
+    return local;
+  }
+
+  bool shard_local_select(const Json& range) const {
     const Json* query = field(range, "subquery");
     const Json* s = query != nullptr ? as(*query, "SelectStmt") : nullptr;
     const Json* alias = field(range, "alias");
@@ -816,6 +826,8 @@ class Planner {
 
   std::string_view sql_;
   const ShardingPolicy& policy_;
+  static constexpr int kMaxLocalDepth = 8;
+  mutable int local_depth_ = 0;
 };
 
 }  // namespace

@@ -311,6 +311,15 @@ TEST(ScatterPlan, SubqueriesThatKeepDevicesApartAreReadAsShardedTables) {
   }
   expect_refused("SELECT * FROM (SELECT device_id, rank() OVER (ORDER BY value) FROM telemetry) r",
                  "window functions");
+  // Nested deeper than a query needs: refused, each level looked at a bounded number of times.
+  std::string deep = "SELECT device_id FROM telemetry";
+  for (int i = 0; i < 300; ++i)
+    deep = "SELECT * FROM (" + deep + ") a" + std::to_string(i);
+  expect_refused(deep, "subquery");
+  std::string nested = "SELECT device_id FROM telemetry";
+  for (int i = 0; i < 6; ++i)
+    nested = "SELECT * FROM (" + nested + ") a" + std::to_string(i);
+  EXPECT_TRUE(plan(nested).ok) << plan(nested).refusal;
 }
 
 TEST(ScatterPlan, SubqueriesOverShardedTablesAreRefused) {
