@@ -88,10 +88,30 @@ std::vector<AvgCall> avg_calls(std::string_view sql) {
   return calls;
 }
 
+// Where the statement's own SELECT starts: the first one outside parentheses, after the
+// queries of a WITH clause (or the first at all, in a parenthesized statement).
+std::size_t main_select(std::string_view sql) {
+  SqlLexer lexer(sql, 0, SqlLexer::Keywords::NotLookedUp);
+  Token t;
+  int depth = 0;
+  std::optional<std::size_t> first;
+  while (lexer.next(t)) {
+    if (t.is_punct('(') || t.is_punct('[')) {
+      ++depth;
+    } else if (t.is_punct(')') || t.is_punct(']')) {
+      --depth;
+    } else if (t.is_word("select")) {
+      if (depth <= 0) return t.offset;
+      if (!first) first = t.offset;
+    }
+  }
+  return first.value_or(0);
+}
+
 // Where the output list of the statement's SELECT ends: right after its last token, before the
 // reserved word (FROM, WHERE, GROUP, ...) or ';' that follows it. std::nullopt without a SELECT.
 std::optional<std::size_t> target_list_end(std::string_view sql) {
-  SqlLexer lexer(sql, 0, SqlLexer::Keywords::NotLookedUp);
+  SqlLexer lexer(sql, main_select(sql), SqlLexer::Keywords::NotLookedUp);
   Token t;
   bool in_targets = false;
   int depth = 0;
@@ -251,11 +271,16 @@ class Planner {
     return p;
   }
 
+  // A sharded table, or a query of the WITH clause read as one (local_ctes_).
   bool sharded(const Json& range_var) const {
     const Json* rel = field(range_var, "relname");
-    return rel != nullptr && rel->is_string() &&
-           std::find(policy_.tables.begin(), policy_.tables.end(),
-                     rel->get_ref<const std::string&>()) != policy_.tables.end();
+    if (rel == nullptr || !rel->is_string()) return false;
+    const std::string& name = rel->get_ref<const std::string&>();
+    if (field(range_var, "schemaname") == nullptr &&
+        std::find(local_ctes_.begin(), local_ctes_.end(), name) != local_ctes_.end()) {
+      return true;
+    }
+    return std::find(policy_.tables.begin(), policy_.tables.end(), name) != policy_.tables.end();
   }
 
   bool is_key(const Json& node) const {
@@ -505,6 +530,12 @@ class Planner {
     const Json* s = query != nullptr ? as(*query, "SelectStmt") : nullptr;
     const Json* alias = field(range, "alias");
     if (s == nullptr || (alias != nullptr && field(*alias, "colnames") != nullptr)) return false;
+    return shard_local_query(*s);
+  }
+
+  // The SELECT of such a subquery, or of a WITH query.
+  bool shard_local_query(const Json& query) const {
+    const Json* s = &query;
     const Json* op = field(*s, "op");
     if ((op != nullptr && op->is_string() && op->get_ref<const std::string&>() != "SETOP_NONE") ||
         field(*s, "withClause") != nullptr || field(*s, "limitCount") != nullptr ||
@@ -547,12 +578,42 @@ class Planner {
     return true;
   }
 
+  // WITH queries that keep each device's rows apart (as shard_local subqueries) are read as
+  // sharded tables by the statement, which is then planned without them; any other is refused.
   ScatterPlan select(const Json& s) {
+    const Json* with = field(s, "withClause");
+    if (with == nullptr) return select_body(s);
+    const Json* ctes = field(*with, "ctes");
+    const Json* recursive = field(*with, "recursive");
+    if ((recursive != nullptr && recursive->is_boolean() && recursive->get<bool>()) ||
+        ctes == nullptr || !ctes->is_array()) {
+      return refuse("WITH RECURSIVE is not combined across shards");
+    }
+    for (const Json& item : *ctes) {
+      const Json* cte = as(item, "CommonTableExpr");
+      const Json* query = cte != nullptr ? field(*cte, "ctequery") : nullptr;
+      const Json* select = query != nullptr ? as(*query, "SelectStmt") : nullptr;
+      const Json* name = cte != nullptr ? field(*cte, "ctename") : nullptr;
+      if (select == nullptr || name == nullptr || !name->is_string() ||
+          field(*cte, "aliascolnames") != nullptr || !shard_local_query(*select)) {
+        return refuse(
+            "WITH is combined across shards only when each of its queries keeps every "
+            "device's rows apart, as a subquery in FROM may (grouping, windows and "
+            "DISTINCT ON by " +
+            policy_.key + ", no LIMIT)");
+      }
+      local_ctes_.push_back(name->get<std::string>());
+    }
+    Json body = s;
+    body.erase("withClause");
+    return select_body(body);
+  }
+
+  ScatterPlan select_body(const Json& s) {
     const Json* op = field(s, "op");
     if (op != nullptr && op->is_string() && op->get_ref<const std::string&>() != "SETOP_NONE") {
       return refuse("UNION, INTERSECT and EXCEPT are not combined across shards yet");
     }
-    if (field(s, "withClause") != nullptr) return refuse("WITH is not combined across shards yet");
     const bool local_groups = groups_by_key(s);
     if (field(s, "havingClause") != nullptr && !local_groups) {
       return refuse("HAVING filters groups that only exist once the shards' rows are combined");
@@ -828,6 +889,7 @@ class Planner {
   const ShardingPolicy& policy_;
   static constexpr int kMaxLocalDepth = 8;
   mutable int local_depth_ = 0;
+  std::vector<std::string> local_ctes_;  // names of WITH queries read as sharded tables
 };
 
 }  // namespace

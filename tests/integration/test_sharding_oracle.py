@@ -3,9 +3,9 @@ through pgvalve into four shards (xxh3, default bucket map; shard s0 answers rea
 streaming replica). Then a battery of statements runs against both. Every answer through pgvalve
 must equal the unsharded database's: statements on one shard, and statements scattered to every
 shard whose answers pgvalve gathers (merge order, combined aggregates, DISTINCT, DISTINCT ON,
-windows and subqueries by the key, LIMIT/OFFSET, literal and bound, simple and extended protocol,
-named prepared statements). What cannot be combined correctly must be refused by rule (0A000);
-nothing may be answered from a subset of the shards.
+windows, subqueries and WITH by the key, LIMIT/OFFSET, literal and bound, simple and extended
+protocol, named prepared statements). What cannot be combined correctly must be refused by rule
+(0A000); nothing may be answered from a subset of the shards.
 
 The data set has bigint and text device ids, NULL values, and one skewed device with many more
 readings than the rest. Rows are placed through pgvalve with multi-row INSERTs (literal and
@@ -268,6 +268,12 @@ def across(data):
         ("SELECT l.device_id, l.last, d.site FROM (SELECT device_id, max(ts) AS last "
          "FROM telemetry GROUP BY device_id) l JOIN devices d USING (device_id) "
          "ORDER BY l.last DESC, 1 LIMIT 10", None, True),
+        ("WITH latest AS (SELECT DISTINCT ON (device_id) device_id, ts, value FROM telemetry "
+         "ORDER BY device_id, ts DESC) SELECT l.device_id, l.value, d.site FROM latest l "
+         "JOIN devices d USING (device_id) WHERE l.value > %s ORDER BY l.value DESC, 1",
+         (25,), True),
+        ("WITH m AS (SELECT device_id, avg(value::numeric) AS mean FROM telemetry "
+         "GROUP BY device_id) SELECT count(*), avg(mean), max(mean) FROM m", None, True),
         ("SELECT device_id, avg(value) FROM telemetry GROUP BY device_id "
          "ORDER BY 2 DESC NULLS LAST, 1 LIMIT 5 OFFSET 3", None, True),
         ("SELECT device_id, ts FROM telemetry WHERE value > 1000", None, True),  # no rows
@@ -332,6 +338,7 @@ REFUSED = [
     "SELECT DISTINCT ON (note) note, device_id FROM telemetry ORDER BY note, device_id",
     "SELECT device_id, rank() OVER (ORDER BY value) FROM telemetry",
     "SELECT * FROM (SELECT device_id, ts FROM telemetry ORDER BY ts LIMIT 10) r",
+    "WITH n AS (SELECT note, count(*) AS c FROM telemetry GROUP BY note) SELECT * FROM n",
     "SELECT count(DISTINCT note) FROM telemetry",
     "DELETE FROM telemetry WHERE value < -100",
 ]

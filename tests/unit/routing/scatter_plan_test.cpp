@@ -187,7 +187,7 @@ TEST(ScatterPlan, WhatDoesNotCombineIsRefused) {
   expect_refused("SELECT rank() OVER (ORDER BY ts) FROM telemetry", "window");
   expect_refused("SELECT device_id FROM telemetry UNION SELECT device_id FROM device_events",
                  "UNION");
-  expect_refused("WITH r AS (SELECT * FROM telemetry) SELECT * FROM r", "WITH");
+  expect_refused("WITH r AS (SELECT * FROM telemetry LIMIT 5) SELECT * FROM r", "WITH");
   expect_refused("SELECT DISTINCT ON (note) device_id, note FROM telemetry", "DISTINCT ON");
   expect_refused("SELECT device_id, count(*) FROM telemetry GROUP BY ROLLUP (device_id)", "ROLLUP");
   expect_refused("SELECT * FROM telemetry; SELECT 1", "several statements");
@@ -320,6 +320,32 @@ TEST(ScatterPlan, SubqueriesThatKeepDevicesApartAreReadAsShardedTables) {
   for (int i = 0; i < 6; ++i)
     nested = "SELECT * FROM (" + nested + ") a" + std::to_string(i);
   EXPECT_TRUE(plan(nested).ok) << plan(nested).refusal;
+}
+
+// A WITH query that keeps devices apart is read as a sharded table, as such a subquery is.
+TEST(ScatterPlan, WithQueriesThatKeepDevicesApartAreReadAsShardedTables) {
+  for (const char* sql : {
+           "WITH latest AS (SELECT DISTINCT ON (device_id) device_id, ts, value FROM telemetry "
+           "ORDER BY device_id, ts DESC) SELECT device_id, value FROM latest WHERE value > 30 "
+           "ORDER BY value DESC, device_id LIMIT 5",
+           "WITH r AS (SELECT device_id, value FROM telemetry), s AS (SELECT device_id, "
+           "max(value) AS top FROM r GROUP BY device_id) SELECT count(*), avg(top) FROM s",
+           "WITH l AS (SELECT device_id, max(ts) AS last FROM telemetry GROUP BY device_id) "
+           "SELECT d.site, count(*) FROM l JOIN devices d USING (device_id) GROUP BY 1",
+       }) {
+    const ScatterPlan p = plan(sql);
+    EXPECT_TRUE(p.ok) << sql << ": " << p.refusal;
+  }
+  for (const char* sql : {
+           "WITH n AS (SELECT note, count(*) FROM telemetry GROUP BY note) SELECT * FROM n",
+           "WITH RECURSIVE r AS (SELECT device_id FROM telemetry) SELECT * FROM r",
+           "WITH r (device_id) AS (SELECT ts FROM telemetry) SELECT device_id FROM r",
+           "WITH r AS (SELECT device_id FROM telemetry) SELECT * FROM telemetry WHERE device_id "
+           "IN (SELECT device_id FROM r)",
+       }) {
+    const ScatterPlan p = plan(sql);
+    EXPECT_FALSE(p.ok) << sql;
+  }
 }
 
 TEST(ScatterPlan, SubqueriesOverShardedTablesAreRefused) {
@@ -538,6 +564,16 @@ TEST(ShardStatement, DistinctOnTheKeyRunsAsWrittenWithTheLimitOfRows) {
       "OFFSET 0");
   EXPECT_EQ(s.limit, 3);
   EXPECT_EQ(s.offset, 4);
+}
+
+TEST(ShardStatement, AnAverageOverAWithQueryIsRewrittenInTheStatementOnly) {
+  const ShardStatement s = rewritten(
+      "WITH m AS (SELECT device_id, avg(value) AS mean FROM telemetry GROUP BY device_id) "
+      "SELECT avg(mean) FROM m");
+  EXPECT_EQ(s.sql,
+            "WITH m AS (SELECT device_id, avg(value) AS mean FROM telemetry GROUP BY device_id) "
+            "SELECT sum(mean), count(mean) FROM m")
+      << "each device's mean is whole on its shard; the means' average is combined";
 }
 
 TEST(ShardStatement, AveragesAreFoundInEveryStatementOfTheShape) {
