@@ -17,11 +17,14 @@ on each shard."""
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import json
 import os
 import shutil
 import struct
 import time
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -393,6 +396,51 @@ def test_pgx_on_two_shards(go_bin, sv, two_pc):
         sorted([(D0[2], 1.0), (D0[0], 5.0), (D0[1], 5.0)])
     assert sorted(on(two_pc[1], "select device_id, value from archive")) == \
         sorted([(D1[2], 2.0), (D1[0], 5.0), (D1[1], 5.0)])
+
+
+READINGS = "device_id bigint not null, ts timestamptz, value float8, reading numeric(10,3), " \
+    "tag text, id uuid, ok bool, day date"
+
+
+def readings():
+    """Rows of go_readings: ties in ts across devices, NULL readings, values that add up exactly."""
+    start = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    rows = []
+    for i in range(120):
+        ts = start + datetime.timedelta(minutes=17 * (i // 2))
+        reading = None if i % 23 == 5 else decimal.Decimal(i * 37 % 1000) / 1000
+        rows.append((i % 12, ts, (i % 9) * 0.25, reading, "abcd"[i % 4],
+                     uuid.UUID(int=(i * 2654435761) % (1 << 128)), i % 3 != 0, ts.date()))
+    return rows
+
+
+def test_pgx_reads_over_two_shards_answer_as_one_server(go_bin, two_pc, pgvalve, cluster):
+    # The same rows in go_readings on one server (the session's primary) and split by
+    # device_id over two shards; pgx reads them in binary (its default for these types) and
+    # in text, and the combined answers must be those of the one server.
+    conf = sharded_config(two_pc)
+    conf["databases"][APP_DB]["sharding"]["tables"] = ["go_readings"]
+    rows = readings()
+    targets = [(two_pc[0].primary, [r for r in rows if md5_mod(r[0]) == 0]),
+               (two_pc[1].primary, [r for r in rows if md5_mod(r[0]) == 1]),
+               (cluster.primary, rows)]
+    for node, part in targets:
+        assert part
+        with node.connect(dbname=APP_DB) as conn:
+            conn.execute(f"drop table if exists go_readings; create table go_readings ({READINGS});"
+                         f"grant all on go_readings to {APP_USER}")
+            with conn.cursor() as cur:
+                cur.executemany("insert into go_readings values (%s, %s, %s, %s, %s, %s, %s, %s)",
+                                part)
+    sv = pgvalve(**dict(conf, **POOL))
+    one = go(go_bin, "pgxaudit", "reads", cluster.primary.port, 3)
+    sharded = go(go_bin, "pgxaudit", "reads", sv.port, 3)
+    differ = [(i, kind, one[kind][i], sharded[kind][i]) for kind in ("binary", "text")
+              for i in range(len(one[kind])) if sharded[kind][i] != one[kind][i]]
+    assert not differ, "\n".join(f"query {i} ({kind}): one server {a!r}, two shards {b!r}"
+                                  for i, kind, a, b in differ)
+    assert all(isinstance(r, list) for r in one["binary"] + one["text"]), one
+    assert one["binary"][3][0][0] == 120 and len(one["binary"][11]) == 10
 
 
 @pytest.mark.xfail(strict=True, reason="binary COPY over shards: in progress")

@@ -154,10 +154,19 @@ func normalize(v interface{}) interface{} {
 	return v
 }
 
+// refusal names an error with pgvalve's message when pgvalve refused (its messages start with
+// "pgvalve:"; PostgreSQL's never do), else as errString.
+func refusal(err error) string {
+	if m := errMessage(err); strings.HasPrefix(m, "pgvalve:") {
+		return errString(err) + " " + m
+	}
+	return errString(err)
+}
+
 func values(ctx context.Context, c querier, sql string, args ...interface{}) interface{} {
 	rows, err := c.Query(ctx, sql, args...)
 	if err != nil {
-		return errString(err)
+		return refusal(err)
 	}
 	defer rows.Close()
 	var out []interface{}
@@ -172,7 +181,7 @@ func values(ctx context.Context, c querier, sql string, args ...interface{}) int
 		out = append(out, vals)
 	}
 	if rows.Err() != nil {
-		return errString(rows.Err())
+		return refusal(rows.Err())
 	}
 	return out
 }
@@ -1042,6 +1051,55 @@ func scenarioSharded(dsn string, devs []int64) result {
 	return out
 }
 
+// readQueries are reads of go_readings (device_id bigint, ts timestamptz, value float8,
+// reading numeric(10,3), tag text, id uuid, ok bool, day date) that a sharded pgvalve combines
+// from both shards; their answers are compared with one server holding the same rows.
+var readQueries = []struct {
+	sql  string
+	args []interface{}
+}{
+	{"select device_id, ts, value from go_readings where ts >= $1 order by ts desc, device_id limit $2",
+		[]interface{}{time.Date(2026, 1, 1, 5, 0, 0, 0, time.UTC), 7}},
+	{"select device_id, reading, ts from go_readings order by reading, device_id, ts limit 10", nil},
+	{"select device_id, reading, ts from go_readings order by reading desc nulls last, ts offset $1 limit 4",
+		[]interface{}{3}},
+	{"select count(*), sum(reading), avg(reading), avg(value), sum(value), min(ts), max(ts), min(reading), " +
+		"max(day), avg(device_id) from go_readings", nil},
+	{"select count(*), sum(reading), max(ts) from go_readings where value > $1", []interface{}{2.0}},
+	{"select tag, count(*), sum(reading), min(ts) from go_readings group by tag order by tag", nil},
+	{"select day, count(*), sum(value) from go_readings group by day order by day desc", nil},
+	{"select id, device_id from go_readings order by id limit 5", nil},
+	{"select distinct tag from go_readings order by tag", nil},
+	{"select device_id, string_agg(tag, ',' order by ts), max(reading) from go_readings group by device_id " +
+		"having max(reading) > $1 order by 3 desc, 1", []interface{}{0.5}},
+	{"select bool_and(ok), bool_or(ok), count(*) filter (where ok), count(distinct device_id) from go_readings", nil},
+	{"select ts, reading, id, ok from go_readings where device_id = $1 order by ts", []interface{}{int64(0)}},
+	{"select count(*) from go_readings where device_id = any($1)", []interface{}{[]int64{0, 1, 2}}},
+	{"select ts, device_id from go_readings where tag = $1 order by ts, device_id limit 3", []interface{}{"b"}},
+}
+
+// reads ARGS: the device of the point read. Each query in pgx's binary extended protocol and
+// in the simple protocol (text).
+func scenarioReads(dsn string, devs []int64) result {
+	ctx, cancel := bounded(30 * time.Second)
+	defer cancel()
+	c, err := pgx.Connect(ctx, dsn)
+	must(err, "connect")
+	defer c.Close(context.Background())
+	var binary, text []interface{}
+	for _, q := range readQueries {
+		args := q.args
+		if len(args) > 0 {
+			if _, ok := args[0].(int64); ok {
+				args = []interface{}{devs[0]}
+			}
+		}
+		binary = append(binary, values(ctx, c, q.sql, args...))
+		text = append(text, values(ctx, c, q.sql, append([]interface{}{pgx.QuerySimpleProtocol(true)}, args...)...))
+	}
+	return result{"binary": binary, "text": text}
+}
+
 // sharded_copy ARGS: like sharded. CopyFrom (binary COPY) into the sharded table.
 func scenarioShardedCopy(dsn string, devs []int64) result {
 	ctx, cancel := bounded(30 * time.Second)
@@ -1097,6 +1155,8 @@ func main() {
 		out = scenarioReplica(dsn)
 	case "sharded":
 		out = scenarioSharded(dsn, ints(os.Args[3:]))
+	case "reads":
+		out = scenarioReads(dsn, ints(os.Args[3:]))
 	case "sharded_copy":
 		out = scenarioShardedCopy(dsn, ints(os.Args[3:]))
 	default:
