@@ -109,9 +109,13 @@ def test_pgx_pool_of_eight_over_two_servers(go_bin, cluster, pv, cache_mode, cap
     assert through == direct
     assert direct["rows"] == 8 * 15
     for k, w in enumerate(direct["workers"]):
+        assert "error" not in w, w
         assert w["sum"] == 855 and w["tags"] == {"INSERT 0 1": 15}, w
         assert w["rowsum"] == sum(g + g * k for i in range(15) for g in range(1, i % 5 + 2))
         assert w["server_prepared"] is (cache_mode == "prepare"), w
+        if cache_mode == "prepare":
+            assert w["by_name"] == [1000 * k + i for i in range(3)], w
+            assert w["by_name_again"] == "yx", w
     assert app_backends(cluster) <= 2
 
 
@@ -176,6 +180,7 @@ def test_pgx_send_batch(go_bin, cluster, pv):
     assert direct["failing"][1] == "pg:23514" and direct["after_failing"] == 0
     assert direct["in_tx"] == ["INSERT 0 1", "", 1, "", "commit:"]
     assert direct["parallel"] == [[5 * (i + 1) for i in range(10)]] * 8
+    assert direct["big"] == ["", "", 3000]
 
 
 def test_pgx_transactions_savepoints_and_errors(go_bin, cluster, pv):
@@ -228,8 +233,9 @@ def test_pgx_copy_from(go_bin, cluster, pv):
     assert direct["in_tx"] == 10 and direct["in_tx_count"] == 10 and direct["commit"] == ""
     assert direct["failing"] == "pg:23502" and direct["after_failing"] == 0
     assert direct["tx_status"] == "I" and direct["parallel"] == [500] * 4
+    assert direct["big"] == 60000
     assert [r[:2] for r in direct["final"]] == [[1, 2000], [3, 10], [10, 500], [11, 500],
-                                               [12, 500], [13, 500]]
+                                               [12, 500], [13, 500], [20, 60000]]
 
 
 def test_pgx_simple_protocol(go_bin, cluster, pv):
@@ -361,8 +367,9 @@ def sv(two_pc, pgvalve):
     return pgvalve(**dict(sharded_config(two_pc), **POOL))
 
 
-def test_pgx_on_two_shards(go_bin, sv, two_pc):
-    got = go(go_bin, "pgxaudit", "sharded", sv.port, *D0, *D1)
+@pytest.mark.parametrize("cache_mode", ["prepare", "describe"])
+def test_pgx_on_two_shards(go_bin, sv, two_pc, cache_mode):
+    got = go(go_bin, "pgxaudit", "sharded", sv.port, *D0, *D1, statement_cache_mode=cache_mode)
     devices = [D0[0], D0[1], D0[0], D0[1], D1[0], D1[1], D1[0], D1[1]]
     for k, w in enumerate(got["inserts"]):
         assert w == ["INSERT 0 1"] * 5 + [50.0 * k + 10], (k, w)
@@ -396,6 +403,14 @@ def test_pgx_on_two_shards(go_bin, sv, two_pc):
         sorted([(D0[2], 1.0), (D0[0], 5.0), (D0[1], 5.0)])
     assert sorted(on(two_pc[1], "select device_id, value from archive")) == \
         sorted([(D1[2], 2.0), (D1[0], 5.0), (D1[1], 5.0)])
+
+
+def test_pgx_listen_on_a_sharded_database(go_bin, sv, two_pc):
+    # The listener listens on every shard's primary; pg_notify() with a parameter and NOTIFY
+    # run on any shard. What it hears is what it hears from one of the servers directly.
+    direct = go(go_bin, "pgxaudit", "listen", two_pc[0].primary.port)
+    assert direct["heard"] == ["Ingest.Other/plain", "ingest/p0", "ingest/p1", "ingest/p2"]
+    assert go(go_bin, "pgxaudit", "listen", sv.port) == direct
 
 
 READINGS = "device_id bigint not null, ts timestamptz, value float8, reading numeric(10,3), " \

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgconn"
+	"github.com/jackc/pgconn/stmtcache"
 	"github.com/jackc/pgtype"
 	"github.com/jackc/pgx/v4"
 	"github.com/jackc/pgx/v4/pgxpool"
@@ -243,6 +244,34 @@ func scenarioPool(dsn string) result {
 			tags[exec(ctx, c, "insert into go_pool values ($1, $2, $3, $4)", k, i,
 				time.Date(2026, 1, 1, 0, 0, i, 0, time.UTC), fmt.Sprintf("w%d", k))]++
 		}
+		// A statement prepared by name, the same name on every connection with a text of its
+		// own, used, deallocated and prepared again under that name with another text (pgx
+		// runs a name as SQL text in statement_cache_mode=describe).
+		var byName []int
+		var again string
+		if c.Conn().StatementCache().Mode() == stmtcache.ModeDescribe {
+			goto done
+		}
+		if _, err := c.Conn().Prepare(ctx, "ins", fmt.Sprintf("select $1::int + %d", 1000*k)); err != nil {
+			return result{"error": errString(err), "at": "prepare"}
+		}
+		for i := 0; i < 3; i++ {
+			var v int
+			if err := c.QueryRow(ctx, "ins", i).Scan(&v); err != nil {
+				return result{"error": errString(err), "at": "ins"}
+			}
+			byName = append(byName, v)
+		}
+		if err := c.Conn().Deallocate(ctx, "ins"); err != nil {
+			return result{"error": errString(err), "at": "deallocate"}
+		}
+		if _, err := c.Conn().Prepare(ctx, "ins", "select $1::text || 'x'"); err != nil {
+			return result{"error": errString(err), "at": "prepare again"}
+		}
+		if err := c.QueryRow(ctx, "ins", "y").Scan(&again); err != nil {
+			return result{"error": errString(err), "at": "ins again"}
+		}
+	done:
 		var named int
 		// The server holds prepared statements for this client (pgx's own names directly,
 		// pgvalve's pgv_* through pgvalve): 0 only in statement_cache_mode=describe.
@@ -250,7 +279,7 @@ func scenarioPool(dsn string) result {
 			return result{"error": errString(err), "at": "pg_prepared_statements"}
 		}
 		return result{"sum": sum, "rowsum": rowsum, "tags": tags, "cache": c.Conn().StatementCache().Len(),
-			"server_prepared": named > 0}
+			"server_prepared": named > 0, "by_name": byName, "by_name_again": again}
 	})
 	var count int
 	must(pool.QueryRow(ctx, "select count(*) from go_pool where note = 'w' || worker").Scan(&count), "count")
@@ -369,6 +398,18 @@ func scenarioBatch(dsn string) result {
 	out["in_tx"] = []interface{}{string(tag), errString(err1), n, errString(err2),
 		"commit:" + errString(tx.Commit(ctx))}
 	out["total"] = scalar(ctx, c, "select count(*) from go_batch")
+	// A large batch: 3000 statements before one Sync.
+	b = &pgx.Batch{}
+	for i := 0; i < 3000; i++ {
+		b.Queue("insert into go_batch values ($1, $2)", 5, float64(i))
+	}
+	br = c.SendBatch(ctx, b)
+	var bigErr error
+	for i := 0; i < 3000 && bigErr == nil; i++ {
+		_, bigErr = br.Exec()
+	}
+	out["big"] = []interface{}{errString(bigErr), errString(br.Close()),
+		scalar(ctx, c, "select count(*) from go_batch where device_id = $1", 5)}
 	c.Release()
 
 	conns := acquireN(ctx, pool, 8)
@@ -688,6 +729,12 @@ func scenarioCopy(dsn string) result {
 		defer conns[k].Release()
 		return copyFrom(conns[k], copyRows(int32(10+k), 500, -1))
 	})
+	// A large COPY: 60000 rows (about 5 MB of binary COPY data).
+	big := copyRows(20, 60000, -1)
+	for i := range big {
+		big[i][4] = []byte(strings.Repeat("x", 40) + strconv.Itoa(i))
+	}
+	out["big"] = copyFrom(pool, big)
 	out["final"] = summary(ctx, pool)
 	return out
 }
