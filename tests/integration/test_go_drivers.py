@@ -216,6 +216,23 @@ def test_pgx_context_timeout_and_statement_timeout(go_bin, cluster, pv):
     assert direct["rolled_back"] == 0
 
 
+def test_pgx_session_state_across_pooled_servers(go_bin, cluster, pv):
+    direct, through = both(go_bin, cluster, pv, "pgxaudit", "session")
+    assert through == direct
+    for k, w in enumerate(direct["workers"]):
+        assert w["startup"]["application_name"] == "gosvc" and w["ping"] == "", w
+        assert w["statement_timeout"] == "1500ms" and w["sleep_over_timeout"] == "pg:57014", w
+        zone = ["Asia/Tokyo", "America/New_York"][k % 2]
+        assert w["reported"] == [zone, f"gosvc-{k}"], w
+        assert w["steps"] == [
+            ["2026-01-01 09:00:00+09", "2025-12-31 19:00:00-05"][k % 2], f"t{k}", f"gosvc-{k}",
+            [[[1, "zero"]], [[1, 100, 7]]][k % 2]] * 4, w
+        assert w["notices"] == [f"NOTICE:hello {k}"], w
+        assert w["rows_then_error"] == "pg:22012" and w["after_error"] == k, w
+        assert w["after_reset"] == ["1500ms", "gosvc", '"$user", public'], w
+        assert w["reported_after_reset"] == "gosvc", w
+
+
 def test_pgx_listen_and_wait_for_notification(go_bin, cluster, pv):
     direct, through = both(go_bin, cluster, pv, "pgxaudit", "listen")
     assert through == direct
@@ -304,6 +321,15 @@ def test_pq_copy_in(go_bin, cluster, pv):
     assert [r[:3] for r in direct["summary"]] == [[1, 1000, 249750.0]] + \
         [[10 + k, 250, 15562.5] for k in range(4)]
     assert direct["usable"] == 5
+
+
+def test_pq_context_timeout_cancels_only_its_query(go_bin, cluster, pv):
+    direct, through = both(go_bin, cluster, pv, "pqaudit", "cancel")
+    assert through == direct
+    for k in range(3):
+        assert direct["workers"][k] == ["pg:57014", True, "driver: bad connection", k], direct
+    assert direct["workers"][3:] == [28] * 5 and direct["within_3s"] is True
+    assert direct["still_sleeping"] == 0
 
 
 def test_pq_listener(go_bin, cluster, pv):

@@ -606,6 +606,87 @@ func scenarioCancel(dsn string) result {
 		"rolled_back": scalar(ctx, pool, "select count(*) from go_cancel")}
 }
 
+// session: what a pgx connection sets up for itself and relies on across transactions on
+// pooled servers: startup parameters, ParameterStatus after SET, search_path with the same
+// statement text naming another schema's table, time zones, notices, Ping (an empty query),
+// and an error after some rows.
+func scenarioSession(dsn string) result {
+	ctx, cancel := bounded(40 * time.Second)
+	defer cancel()
+	admin, err := pgx.Connect(ctx, dsn)
+	must(err, "connect")
+	for _, q := range []string{
+		"drop schema if exists go_s0 cascade", "drop schema if exists go_s1 cascade",
+		"create schema go_s0", "create schema go_s1",
+		"create table go_s0.go_sp (id int, v text)", "create table go_s1.go_sp (id int, v int, w int)",
+		"insert into go_s0.go_sp values (1, 'zero')", "insert into go_s1.go_sp values (1, 100, 7)",
+	} {
+		_, err := admin.Exec(ctx, q)
+		must(err, q)
+	}
+	admin.Close(ctx)
+	cfg, err := pgxpool.ParseConfig(dsn)
+	must(err, "parse")
+	cfg.MaxConns = 8
+	cfg.ConnConfig.RuntimeParams["statement_timeout"] = "1500"
+	cfg.ConnConfig.RuntimeParams["application_name"] = "gosvc"
+	var mu sync.Mutex
+	notices := map[uint32][]string{}
+	cfg.ConnConfig.OnNotice = func(c *pgconn.PgConn, n *pgconn.Notice) {
+		mu.Lock()
+		defer mu.Unlock()
+		notices[c.PID()] = append(notices[c.PID()], n.Severity+":"+n.Message)
+	}
+	pool, err := pgxpool.ConnectConfig(ctx, cfg)
+	must(err, "pool")
+	defer pool.Close()
+	conns := acquireN(ctx, pool, 8)
+	workers := parallel(8, func(k int) interface{} {
+		c := conns[k]
+		defer c.Release()
+		pg := c.Conn().PgConn()
+		out := result{}
+		params := map[string]string{}
+		for _, p := range []string{"server_version", "client_encoding", "DateStyle", "IntervalStyle", "TimeZone",
+			"integer_datetimes", "standard_conforming_strings", "application_name", "is_superuser",
+			"session_authorization", "server_encoding"} {
+			params[p] = pg.ParameterStatus(p)
+		}
+		out["startup"] = params
+		out["ping"] = errString(c.Ping(ctx))
+		out["statement_timeout"] = scalar(ctx, c, "show statement_timeout")
+		out["sleep_over_timeout"] = scalar(ctx, c, "select pg_sleep(2)")
+		zone := []string{"Asia/Tokyo", "America/New_York"}[k%2]
+		out["set_tz"] = exec(ctx, c, "set timezone = '"+zone+"'")
+		out["set_app"] = exec(ctx, c, "set application_name = 'gosvc-"+strconv.Itoa(k)+"'")
+		out["reported"] = []string{pg.ParameterStatus("TimeZone"), pg.ParameterStatus("application_name")}
+		out["set_config"] = scalar(ctx, c, "select set_config('go.tenant', $1, false)", "t"+strconv.Itoa(k))
+		out["set_path"] = exec(ctx, c, fmt.Sprintf("set search_path = go_s%d, public", k%2))
+		var steps []interface{}
+		for i := 0; i < 4; i++ {
+			// Between these, other clients' transactions run on the same servers.
+			steps = append(steps, scalar(ctx, c, "select '2026-01-01 00:00:00+00'::timestamptz::text"),
+				scalar(ctx, c, "select current_setting('go.tenant')"),
+				scalar(ctx, c, "show application_name"),
+				values(ctx, c, "select * from go_sp where id = $1", 1))
+			time.Sleep(20 * time.Millisecond)
+		}
+		out["steps"] = steps
+		out["notice"] = exec(ctx, c, fmt.Sprintf("do $$ begin raise notice 'hello %%', %d; end $$", k))
+		out["rows_then_error"] = values(ctx, c, "select 10 / (3 - g) from generate_series(1, 5) g")
+		out["after_error"] = scalar(ctx, c, "select $1::int", k)
+		out["reset"] = exec(ctx, c, "reset all")
+		out["after_reset"] = []interface{}{scalar(ctx, c, "show statement_timeout"), scalar(ctx, c, "show application_name"),
+			scalar(ctx, c, "show search_path")}
+		out["reported_after_reset"] = pg.ParameterStatus("application_name")
+		mu.Lock()
+		out["notices"] = notices[pg.PID()]
+		mu.Unlock()
+		return out
+	})
+	return result{"workers": workers}
+}
+
 // listen: LISTEN on one pgx connection, WaitForNotification, NOTIFY and pg_notify() with a
 // parameter from pool connections; notifications that arrive during a query; UNLISTEN.
 func scenarioListen(dsn string) result {
@@ -1192,6 +1273,8 @@ func main() {
 		out = scenarioCancel(dsn)
 	case "listen":
 		out = scenarioListen(dsn)
+	case "session":
+		out = scenarioSession(dsn)
 	case "copy":
 		out = scenarioCopy(dsn)
 	case "simple":

@@ -383,6 +383,47 @@ func scenarioListener(dsn string) result {
 	return out
 }
 
+// cancel: lib/pq answers a context that expires during a query with a CancelRequest and keeps
+// the connection (57014 from the server); the other connections' queries are not cancelled.
+func scenarioCancel(dsn string) result {
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	db := open(dsn, 8)
+	defer db.Close()
+	cs := conns(ctx, db, 8)
+	started := time.Now()
+	workers := parallel(8, func(k int) interface{} {
+		c := cs[k]
+		if k < 3 {
+			// The query gets the server's 57014; lib/pq then closes that connection, and the
+			// pool's next one goes on.
+			qctx, qcancel := context.WithTimeout(ctx, 300*time.Millisecond)
+			t0 := time.Now()
+			var v interface{}
+			err := c.QueryRowContext(qctx, "select pg_sleep(5)").Scan(&v)
+			qcancel()
+			steps := []interface{}{errString(err), time.Since(t0) < 2*time.Second,
+				errString(c.PingContext(ctx))}
+			c.Close()
+			return append(steps, scalar(ctx, db, "select $1::int", k))
+		}
+		defer c.Close()
+		total := 0
+		for i := 0; i < 8; i++ {
+			var v int
+			if err := c.QueryRowContext(ctx, "select $1::int from pg_sleep(0.05)", i).Scan(&v); err != nil {
+				return errString(err)
+			}
+			total += v
+		}
+		return total
+	})
+	elapsed := time.Since(started)
+	return result{"workers": workers, "within_3s": elapsed < 3*time.Second,
+		"still_sleeping": scalar(ctx, db, "select count(*) from pg_stat_activity where query = 'select pg_sleep(5)' "+
+			"and state = 'active'")}
+}
+
 func main() {
 	if len(os.Args) < 3 {
 		fmt.Fprintln(os.Stderr, "usage: pqaudit SCENARIO DSN")
@@ -399,6 +440,8 @@ func main() {
 		out = scenarioTx(dsn)
 	case "copyin":
 		out = scenarioCopyIn(dsn)
+	case "cancel":
+		out = scenarioCancel(dsn)
 	case "listener":
 		out = scenarioListener(dsn)
 	default:
