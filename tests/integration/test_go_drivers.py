@@ -366,7 +366,8 @@ def test_pgx_reads_on_the_replica_writes_and_own_reads_on_the_primary(go_bin, rv
         assert w == {"read": True, "read_param": True, "read_simple": True, "write": False,
                      "own_write": 1, "own_writes": 6, "tx_read": False, "tx_write": "INSERT 0 1",
                      "tx_count": 7, "commit": "", "ro_tx_read": True, "ro_tx_param": k,
-                     "ro_commit": "",
+                     "ro_commit": "", "ro_rr_read": True, "ro_rr_commit": "",
+                     "ro_serializable_read": False, "ro_serializable_commit": "",
                      "batch": ["", 8, "", ""], "copy": [2, ""], "after_copy": 10}, (k, w)
     assert cluster.primary.scalar("select count(*) from go_rr", dbname=APP_DB) == 8 * 10
 
@@ -421,6 +422,13 @@ def test_pgx_on_two_shards(go_bin, sv, two_pc, cache_mode):
     assert got["batch_two_shards"] == ["", "pg:0A000", True, "close:pg:0A000"]
     assert got["after_batch"] == D1[1]
     assert got["batch_one_shard_again"] == ["", "", "close:"]
+    assert got["batch_in_tx_two_shards"] == ["INSERT 0 1", "", "pg:0A000", "pg:0A000", "pg:25P02",
+                                             "rollback:"]
+    assert got["reference"] == ["INSERT 0 2", "UPDATE 1", [[1, "thermometer"], [2, "barometer"]],
+                                [[D1[0], "thermometer"]]]
+    for node in two_pc:
+        assert on(node, "select id, name from device_types order by id") == \
+            [(1, "thermometer"), (2, "barometer")]
     assert sorted(on(two_pc[0], "select device_id, count(*) from telemetry group by 1")) == \
         [(d, 10) for d in sorted(D0[:2])]
     assert sorted(on(two_pc[1], "select device_id, count(*) from telemetry group by 1")) == \

@@ -1020,9 +1020,24 @@ func scenarioReplica(dsn string) result {
 		out["ro_tx_read"] = scalar(ctx, tx, w)
 		out["ro_tx_param"] = scalar(ctx, tx, "select $1::int", k)
 		out["ro_commit"] = errString(tx.Commit(ctx))
+		tx, err = c.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+		if err != nil {
+			return errString(err)
+		}
+		out["ro_rr_read"] = scalar(ctx, tx, w)
+		out["ro_rr_commit"] = errString(tx.Commit(ctx))
 		out["read"] = scalar(ctx, c, w)
 		out["read_param"] = scalar(ctx, c, "select pg_is_in_recovery() and $1::int >= 0", k)
 		out["read_simple"] = scalar(ctx, c, w, pgx.QuerySimpleProtocol(true))
+		// A hot standby refuses serializable transactions: those go to the primary (after
+		// which the client's reads may go to the primary for a while, as after a write).
+		tx, err = c.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.Serializable, AccessMode: pgx.ReadOnly,
+			DeferrableMode: pgx.Deferrable})
+		if err != nil {
+			return errString(err)
+		}
+		out["ro_serializable_read"] = scalar(ctx, tx, w)
+		out["ro_serializable_commit"] = errString(tx.Commit(ctx))
 		out["write"] = scalar(ctx, c, "insert into go_rr values ($1, $2) returning pg_is_in_recovery()", k, 1.0)
 		// Read-your-writes: right after its write the client reads it (from the primary).
 		out["own_write"] = scalar(ctx, c, "select count(*) from go_rr where device_id = $1", k)
@@ -1176,6 +1191,28 @@ func scenarioSharded(dsn string, devs []int64) result {
 	out["batch_two_shards"] = batch(d0[0], d1[0])
 	out["after_batch"] = scalar(ctx, c, "select $1::int8", d1[1])
 	out["batch_one_shard_again"] = batch(d1[0], d1[1])
+	// In a transaction: the refused batch aborts it, as any error does, and nothing of it stays.
+	tx, err = c.Begin(ctx)
+	must(err, "begin")
+	bt := []interface{}{exec(ctx, tx, "insert into archive (device_id, value) values ($1, $2)", d0[1], 6.0)}
+	b := &pgx.Batch{}
+	b.Queue("insert into archive (device_id, value) values ($1, $2)", d0[1], 6.0)
+	b.Queue("insert into archive (device_id, value) values ($1, $2)", d1[1], 6.0)
+	br := tx.SendBatch(ctx, b)
+	_, e1 := br.Exec()
+	_, e2 := br.Exec()
+	bt = append(bt, errString(e1), errString(e2), errString(br.Close()),
+		scalar(ctx, tx, "select count(*) from archive where device_id = $1", d0[1]),
+		"rollback:"+errString(tx.Rollback(ctx)))
+	out["batch_in_tx_two_shards"] = bt
+	// A reference table: written on every shard (two-phase commit), read from any.
+	out["reference"] = []interface{}{
+		exec(ctx, c, "insert into device_types (id, name) values ($1, $2), ($3, $4)", 1, "thermometer", 2, "hygrometer"),
+		exec(ctx, c, "update device_types set name = $1 where id = $2", "barometer", 2),
+		values(ctx, c, "select id, name from device_types order by id"),
+		values(ctx, c, "select t.device_id, d.name from telemetry t join device_types d on d.id = 1 "+
+			"where t.device_id = $1 limit 1", d1[0]),
+	}
 	return out
 }
 
