@@ -383,6 +383,65 @@ func scenarioListener(dsn string) result {
 	return out
 }
 
+// invalidate: a statement each of 8 connections prepared (c.Prepare), then ALTER TABLE ...
+// DROP COLUMN changes what it returns. PostgreSQL refuses each later Bind of such a statement
+// with 0A000 "cached plan must not change result type" (lib/pq does not prepare it again).
+func scenarioInvalidate(dsn string) result {
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	db := open(dsn, 9)
+	defer db.Close()
+	setupTable(ctx, db, "pq_inv", "a int, b int, c int")
+	_, err := db.ExecContext(ctx, "insert into pq_inv values (1, 2, 3)")
+	must(err, "insert")
+	cs := conns(ctx, db, 8)
+	stmts := make([]*sql.Stmt, 8)
+	use := func(k int) interface{} {
+		rows, err := stmts[k].QueryContext(ctx, 1)
+		if err != nil {
+			return errString(err)
+		}
+		defer rows.Close()
+		cols, _ := rows.Columns()
+		var got []interface{}
+		for rows.Next() {
+			vals := make([]interface{}, len(cols))
+			ptrs := make([]interface{}, len(cols))
+			for i := range vals {
+				ptrs[i] = &vals[i]
+			}
+			if err := rows.Scan(ptrs...); err != nil {
+				return errString(err)
+			}
+			got = append(got, vals)
+		}
+		if rows.Err() != nil {
+			return errString(rows.Err())
+		}
+		return []interface{}{cols, got}
+	}
+	out := result{}
+	var before []interface{}
+	for k, c := range cs {
+		st, err := c.PrepareContext(ctx, "select * from pq_inv where a = $1")
+		must(err, "prepare")
+		stmts[k] = st
+		before = append(before, use(k))
+	}
+	out["before"] = before
+	out["alter"] = exec(ctx, db, "alter table pq_inv drop column b")
+	var after []interface{}
+	for k := range cs {
+		after = append(after, []interface{}{use(k), use(k)})
+	}
+	out["after"] = after
+	for k, c := range cs {
+		stmts[k].Close()
+		c.Close()
+	}
+	return out
+}
+
 // cancel: lib/pq answers a context that expires during a query with a CancelRequest and keeps
 // the connection (57014 from the server); the other connections' queries are not cancelled.
 func scenarioCancel(dsn string) result {
@@ -442,6 +501,8 @@ func main() {
 		out = scenarioCopyIn(dsn)
 	case "cancel":
 		out = scenarioCancel(dsn)
+	case "invalidate":
+		out = scenarioInvalidate(dsn)
 	case "listener":
 		out = scenarioListener(dsn)
 	default:
