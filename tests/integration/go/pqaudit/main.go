@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -383,6 +384,49 @@ func scenarioListener(dsn string) result {
 	return out
 }
 
+// big: a multi-row INSERT of 60000 parameters and an 8 MiB parameter value, through the
+// unnamed statement, on 8 connections at once; with long, statements whose text is over 1 MiB
+// (a literal of 1.5 MiB) and has a parameter, three times on each connection.
+func scenarioBig(dsn string, long bool) result {
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	db := open(dsn, 8)
+	defer db.Close()
+	setupTable(ctx, db, "pq_big", "device_id int, payload text")
+	literal := strings.Repeat("0123456789abcdef", 96*1024) // 1.5 MiB
+	var sb strings.Builder
+	var args []interface{}
+	sb.WriteString("insert into pq_big values ")
+	for i := 0; i < 30000; i++ {
+		if i > 0 {
+			sb.WriteString(", ")
+		}
+		fmt.Fprintf(&sb, "($%d, $%d)", 2*i+1, 2*i+2)
+		args = append(args, 1000+i%7, "r")
+	}
+	multi := sb.String()
+	cs := conns(ctx, db, 8)
+	workers := parallel(8, func(k int) interface{} {
+		c := cs[k]
+		defer c.Close()
+		var steps []interface{}
+		for i := 0; long && i < 3; i++ {
+			steps = append(steps, exec(ctx, c, "insert into pq_big values ($1, '"+literal+"')", k),
+				scalar(ctx, c, "select length($1::text || '"+literal+"')", "x"))
+		}
+		if long {
+			return steps
+		}
+		if k < 2 {
+			steps = append(steps, exec(ctx, c, multi, args...))
+		}
+		steps = append(steps, exec(ctx, c, "insert into pq_big values ($1, $2)", 100+k, strings.Repeat("z", 8<<20)),
+			scalar(ctx, c, "select md5(payload) = md5(repeat('z', 8 * 1024 * 1024)) from pq_big where device_id = $1", 100+k))
+		return steps
+	})
+	return result{"workers": workers, "count": scalar(ctx, db, "select count(*) from pq_big")}
+}
+
 // invalidate: a statement each of 8 connections prepared (c.Prepare), then ALTER TABLE ...
 // DROP COLUMN changes what it returns. PostgreSQL refuses each later Bind of such a statement
 // with 0A000 "cached plan must not change result type" (lib/pq does not prepare it again).
@@ -503,6 +547,10 @@ func main() {
 		out = scenarioCancel(dsn)
 	case "invalidate":
 		out = scenarioInvalidate(dsn)
+	case "big":
+		out = scenarioBig(dsn, false)
+	case "long":
+		out = scenarioBig(dsn, true)
 	case "listener":
 		out = scenarioListener(dsn)
 	default:
