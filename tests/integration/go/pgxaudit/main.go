@@ -1241,6 +1241,9 @@ var readQueries = []struct {
 	{"select ts, reading, id, ok from go_readings where device_id = $1 order by ts", []interface{}{int64(0)}},
 	{"select count(*) from go_readings where device_id = any($1)", []interface{}{[]int64{0, 1, 2}}},
 	{"select ts, device_id from go_readings where tag = $1 order by ts, device_id limit 3", []interface{}{"b"}},
+	{"select ts, ts::text as ts_text, day::text, reading::text, id from go_readings order by ts desc, id limit 4", nil},
+	{"select device_id, 10 / (device_id - $1) from go_readings order by 1", []interface{}{int64(0)}},
+	{"select count(*) from go_readings where ts < $1", []interface{}{time.Date(2026, 1, 1, 3, 0, 0, 0, time.UTC)}},
 }
 
 // reads ARGS: the device of the point read. Each query in pgx's binary extended protocol and
@@ -1251,6 +1254,8 @@ func scenarioReads(dsn string, devs []int64) result {
 	c, err := pgx.Connect(ctx, dsn)
 	must(err, "connect")
 	defer c.Close(context.Background())
+	_, err = c.Exec(ctx, "set timezone = 'America/New_York'")
+	must(err, "set timezone")
 	var binary, text []interface{}
 	for _, q := range readQueries {
 		args := q.args

@@ -1,7 +1,7 @@
 // pqaudit runs one scenario of lib/pq (github.com/lib/pq) with database/sql against a DSN and
 // prints what it saw as one JSON object on stdout (see ../pgxaudit for the conventions).
 //
-//	pqaudit SCENARIO DSN
+//	pqaudit SCENARIO DSN [ARGS...]
 package main
 
 import (
@@ -427,6 +427,48 @@ func scenarioBig(dsn string, long bool) result {
 	return result{"workers": workers, "count": scalar(ctx, db, "select count(*) from pq_big")}
 }
 
+// sharded ARGS: three devices of shard 0, three of shard 1. Inserts and point reads with
+// device_id parameters (text, through the unnamed statement), a read over both shards, a
+// transaction over both, and pq.CopyIn (text COPY, routed row by row) into telemetry.
+func scenarioSharded(dsn string, devs []int64) result {
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	db := open(dsn, 8)
+	defer db.Close()
+	out := result{}
+	out["inserts"] = parallel(6, func(k int) interface{} {
+		var got []interface{}
+		for i := 0; i < 4; i++ {
+			got = append(got, exec(ctx, db, "insert into telemetry (device_id, value) values ($1, $2)", devs[k], float64(k*10+i)))
+		}
+		return append(got, scalar(ctx, db, "select sum(value) from telemetry where device_id = $1", devs[k]))
+	})
+	out["count_all"] = scalar(ctx, db, "select count(*) from telemetry where value >= $1", 0.0)
+	tx, err := db.BeginTx(ctx, nil)
+	must(err, "begin")
+	out["tx"] = []interface{}{
+		exec(ctx, tx, "insert into archive (device_id, value) values ($1, $2)", devs[0], 1.0),
+		exec(ctx, tx, "insert into archive (device_id, value) values ($1, $2)", devs[3], 2.0),
+		"commit:" + errString(tx.Commit()),
+	}
+	tx, err = db.BeginTx(ctx, nil)
+	must(err, "begin")
+	st, err := tx.PrepareContext(ctx, pq.CopyIn("archive", "device_id", "value"))
+	must(err, "copy in")
+	var copied []interface{}
+	for i, d := range devs {
+		for j := 0; j <= i; j++ {
+			_, err := st.ExecContext(ctx, d, float64(100+j))
+			copied = append(copied, errString(err))
+		}
+	}
+	_, err = st.ExecContext(ctx)
+	copied = append(copied, errString(err), errString(st.Close()), "commit:"+errString(tx.Commit()))
+	out["copy"] = copied
+	out["archive"] = scalar(ctx, db, "select count(*) from archive where value >= $1", 0.0)
+	return out
+}
+
 // invalidate: a statement each of 8 connections prepared (c.Prepare), then ALTER TABLE ...
 // DROP COLUMN changes what it returns. PostgreSQL refuses each later Bind of such a statement
 // with 0A000 "cached plan must not change result type" (lib/pq does not prepare it again).
@@ -529,7 +571,7 @@ func scenarioCancel(dsn string) result {
 
 func main() {
 	if len(os.Args) < 3 {
-		fmt.Fprintln(os.Stderr, "usage: pqaudit SCENARIO DSN")
+		fmt.Fprintln(os.Stderr, "usage: pqaudit SCENARIO DSN [ARGS...]")
 		os.Exit(2)
 	}
 	dsn := os.Args[2]
@@ -547,6 +589,14 @@ func main() {
 		out = scenarioCancel(dsn)
 	case "invalidate":
 		out = scenarioInvalidate(dsn)
+	case "sharded":
+		var devs []int64
+		for _, a := range os.Args[3:] {
+			var d int64
+			fmt.Sscan(a, &d)
+			devs = append(devs, d)
+		}
+		out = scenarioSharded(dsn, devs)
 	case "big":
 		out = scenarioBig(dsn, false)
 	case "long":
