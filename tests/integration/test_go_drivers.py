@@ -468,13 +468,17 @@ def on(node, query):
 
 
 @pytest.fixture
-def sv(two_pc, pgvalve):
+def shard_tables(two_pc):
     for c in two_pc:
         c.primary.psql("DROP TABLE IF EXISTS telemetry, archive, device_types", dbname=APP_DB)
         c.primary.psql("CREATE TABLE telemetry (device_id bigint NOT NULL, value float8); "
                        "CREATE TABLE archive (device_id bigint NOT NULL, value float8); "
                        "CREATE TABLE device_types (id int PRIMARY KEY, name text); "
                        "GRANT ALL ON ALL TABLES IN SCHEMA public TO app", dbname=APP_DB)
+
+
+@pytest.fixture
+def sv(two_pc, shard_tables, pgvalve):
     return pgvalve(**dict(sharded_config(two_pc), **POOL))
 
 
@@ -521,6 +525,26 @@ def test_pgx_on_two_shards(go_bin, sv, two_pc, cache_mode):
         sorted([(D0[2], 1.0), (D0[0], 5.0), (D0[1], 5.0)])
     assert sorted(on(two_pc[1], "select device_id, value from archive")) == \
         sorted([(D1[2], 2.0), (D1[0], 5.0), (D1[1], 5.0)])
+
+
+def test_pgx_on_two_shards_with_key_type_auto(go_bin, two_pc, shard_tables, pgvalve):
+    """pgx (statement_cache_mode=prepare, its default) prepares without parameter types and
+    sends device_id in binary, typed by the server's description, as asyncpg does: under
+    `key_type: auto` (the default) pgvalve cannot read it and refuses with 22P02 and the advice
+    to set key_type (docs/sharding.md). pgx's describe mode gives the types in its Parse and
+    works under auto."""
+    conf = sharded_config(two_pc)
+    del conf["databases"][APP_DB]["sharding"]["key_type"]
+    auto = pgvalve(**dict(conf, **POOL))
+    got = go(go_bin, "pgxaudit", "sharded", auto.port, *D0, *D1)
+    assert got["inserts"] == [["pg:22P02"] * 6] * 8
+    assert got["reference"][3] == (
+        "pg:22P02 pgvalve: device_id came as a binary parameter of no given type, which "
+        "sharding.key_type: auto cannot read; set key_type to the column's type (bigint, text "
+        "or uuid)")
+    got = go(go_bin, "pgxaudit", "sharded", auto.port, *D0, *D1, statement_cache_mode="describe")
+    assert got["inserts"] == [["INSERT 0 1"] * 5 + [50.0 * k + 10] for k in range(8)]
+    assert got["count_all"] == 40
 
 
 def test_pq_on_two_shards(go_bin, sv, two_pc):
