@@ -66,7 +66,7 @@ def go_bin(tmp_path_factory):
 
 
 def dsn(port: int, **params) -> str:
-    q = "&".join(f"{k}={v}" for k, v in dict(sslmode="disable", connect_timeout=10,
+    q = "&".join(f"{k}={v}" for k, v in dict(dict(sslmode="disable", connect_timeout=10),
                                                   **params).items())
     return f"postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{port}/{APP_DB}?{q}"
 
@@ -295,8 +295,10 @@ def test_pgx_simple_protocol(go_bin, cluster, pv):
     assert direct["per_query"] == [42, "x", ""] and direct["per_exec"] == "INSERT 0 1"
 
 
-def test_pgx_types(go_bin, cluster, pv):
-    direct, through = both(go_bin, cluster, pv, "pgxaudit", "types")
+@pytest.mark.parametrize("sslmode", ["disable", "prefer"])
+def test_pgx_types(go_bin, cluster, pv, sslmode):
+    # prefer (pgx's default): an SSLRequest that both answer 'N', then the session in plain.
+    direct, through = both(go_bin, cluster, pv, "pgxaudit", "types", sslmode=sslmode)
     assert through == direct
     for simple in ("false", "true"):
         got = direct[f"go_types_{simple}"]
@@ -444,8 +446,11 @@ def rv(pgvalve, cluster):
     return pv
 
 
-def test_pgx_reads_on_the_replica_writes_and_own_reads_on_the_primary(go_bin, rv, cluster):
-    got = go(go_bin, "pgxaudit", "replica", rv.port)
+@pytest.mark.parametrize("attrs", ["any", "read-write"])
+def test_pgx_reads_on_the_replica_writes_and_own_reads_on_the_primary(go_bin, rv, cluster, attrs):
+    # target_session_attrs=read-write: pgx asks `show transaction_read_only` at connect, which
+    # pgvalve answers from the primary.
+    got = go(go_bin, "pgxaudit", "replica", rv.port, target_session_attrs=attrs)
     for k, w in enumerate(got["workers"]):
         assert w == {"read": True, "read_param": True, "read_simple": True, "write": False,
                      "own_write": 1, "own_writes": 6, "tx_read": False, "tx_write": "INSERT 0 1",
