@@ -221,6 +221,7 @@ def test_pgx_transactions_savepoints_and_errors(go_bin, cluster, pv):
             "INSERT 0 1", "INSERT 0 1", "sp_rollback:", "INSERT 0 1", "pg:23514", "pg:25P02",
             "inner_rollback:", 2, "sp_commit:", "commit:",
             "INSERT 0 1", "rollback:",
+            "pg:42601", "pg:42703", k + 100, "INSERT 0 1", "pg:42703", "pg:25P02", "rollback:",
             "INSERT 0 1", "pg:22012", "pg:25P02", "commit:commit unexpectedly resulted in rollback",
             k * 2, "pg:22012", k * 3,
             [1, 3], "tx_status:I"], (k, steps)
@@ -266,6 +267,8 @@ def test_pgx_listen_and_wait_for_notification(go_bin, cluster, pv):
     assert direct["heard"] == ["Ingest.Other/plain", "ingest/p0", "ingest/p1", "ingest/p2"]
     assert direct["query_after"] == 7 and direct["slow_query"] == 1
     assert direct["heard_during"] == "ingest/during"
+    assert direct["bulk_sent"] == "" and direct["bulk_heard_in_order"] == 500
+    assert direct["big_payload"] == 1
     assert direct["heard_other"] == "Ingest.Other/still"
     assert direct["nothing_more"] == "timeout" and direct["usable_after_wait_timeout"] == "ok"
 

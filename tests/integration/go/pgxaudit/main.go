@@ -501,6 +501,17 @@ func scenarioTx(dsn string) result {
 		add(exec(ctx, tx, "insert into go_tx values ($1, $2)", k, 10))
 		add("rollback:" + errString(tx.Rollback(ctx)))
 
+		// Statements that fail to prepare (pgx's Parse/Describe/Sync of a named statement):
+		// outside a transaction the next one works, inside one the transaction is aborted.
+		add(scalar(ctx, c, "selec $1::int", k))
+		add(scalar(ctx, c, "select nope from go_tx where worker = $1", k))
+		add(scalar(ctx, c, "select $1::int + 100", k))
+		tx, _ = c.Begin(ctx)
+		add(exec(ctx, tx, "insert into go_tx values ($1, $2)", k, 30))
+		add(scalar(ctx, tx, "select nope from go_tx where worker = $1", k))
+		add(scalar(ctx, tx, "select $1::int + 200", k))
+		add("rollback:" + errString(tx.Rollback(ctx)))
+
 		// An error in the middle: the rest of the transaction fails, Commit rolls back, and
 		// the connection goes on.
 		tx, _ = c.Begin(ctx)
@@ -737,6 +748,52 @@ func scenarioListen(dsn string) result {
 		out["heard_during"] = n.Channel + "/" + n.Payload
 	}
 
+	// Many notifications, and the largest payload: all arrive, in the order they were sent
+	// (200 statements, then one transaction of 300, then one of 7999 bytes).
+	bulk := func() interface{} {
+		c, err := pool.Acquire(ctx)
+		if err != nil {
+			return errString(err)
+		}
+		defer c.Release()
+		for i := 0; i < 200; i++ {
+			if _, err := c.Exec(ctx, "select pg_notify('ingest', $1)", fmt.Sprintf("b%d", i)); err != nil {
+				return errString(err)
+			}
+		}
+		tx, err := c.Begin(ctx)
+		if err != nil {
+			return errString(err)
+		}
+		for i := 200; i < 500; i++ {
+			if _, err := tx.Exec(ctx, "select pg_notify('ingest', $1)", fmt.Sprintf("b%d", i)); err != nil {
+				return errString(err)
+			}
+		}
+		if err := tx.Commit(ctx); err != nil {
+			return errString(err)
+		}
+		_, err = c.Exec(ctx, "select pg_notify('ingest', repeat('x', 7999))")
+		return errString(err)
+	}
+	out["bulk_sent"] = bulk()
+	var inOrder, big int
+	for i := 0; i < 501; i++ {
+		wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+		n, err := l.WaitForNotification(wctx)
+		wcancel()
+		if err != nil {
+			break
+		}
+		if i < 500 && n.Payload == fmt.Sprintf("b%d", i) {
+			inOrder++
+		}
+		if i == 500 && n.Payload == strings.Repeat("x", 7999) {
+			big++
+		}
+	}
+	out["bulk_heard_in_order"] = inOrder
+	out["big_payload"] = big
 	out["unlisten"] = exec(ctx, l, "unlisten ingest")
 	out["notify_after_unlisten"] = exec(ctx, pool, "notify ingest, 'unheard'")
 	out["notify_other"] = exec(ctx, pool, `notify "Ingest.Other", 'still'`)
