@@ -261,6 +261,13 @@ def test_pgx_session_state_across_pooled_servers(go_bin, cluster, pv):
         assert w["reported_after_reset"] == "gosvc", w
 
 
+def test_pgx_context_expiring_while_waiting_for_a_server(go_bin, pv):
+    # No PostgreSQL to compare with: directly nothing waits. Through pgvalve the insert whose
+    # context expired in the queue is dropped, never run later (docs/pooling.md).
+    got = go(go_bin, "pgxaudit", "queue", pv.port)
+    assert got == {"waiting": "timeout", "closed": True, "rows": [["held0"], ["held1"]]}
+
+
 def test_pgx_listen_and_wait_for_notification(go_bin, cluster, pv):
     direct, through = both(go_bin, cluster, pv, "pgxaudit", "listen")
     assert through == direct

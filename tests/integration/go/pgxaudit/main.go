@@ -698,6 +698,41 @@ func scenarioSession(dsn string) result {
 	return result{"workers": workers}
 }
 
+// queue: both servers of pool_size 2 held by open transactions; a third connection's insert
+// waits for a server and its context expires meanwhile (pgx closes the connection and sends a
+// CancelRequest). The insert must never run, also once servers are free again.
+func scenarioQueue(dsn string) result {
+	ctx, cancel := bounded(30 * time.Second)
+	defer cancel()
+	pool := newPool(ctx, dsn, 4, false)
+	defer pool.Close()
+	setupTable(ctx, pool, "go_queue", "tag text")
+	conns := acquireN(ctx, pool, 4)
+	out := result{}
+	var txs []pgx.Tx
+	for i := 0; i < 2; i++ {
+		tx, err := conns[i].Begin(ctx)
+		must(err, "begin")
+		_, err = tx.Exec(ctx, "insert into go_queue values ($1)", fmt.Sprintf("held%d", i))
+		must(err, "insert")
+		txs = append(txs, tx)
+	}
+	qctx, qcancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	out["waiting"] = exec(qctx, conns[2], "insert into go_queue values ($1)", "timed-out")
+	qcancel()
+	out["closed"] = conns[2].Conn().IsClosed()
+	conns[2].Release()
+	for _, tx := range txs {
+		must(tx.Commit(ctx), "commit")
+	}
+	time.Sleep(300 * time.Millisecond)
+	out["rows"] = values(ctx, conns[3], "select tag from go_queue order by tag")
+	conns[0].Release()
+	conns[1].Release()
+	conns[3].Release()
+	return out
+}
+
 // listen: LISTEN on one pgx connection, WaitForNotification, NOTIFY and pg_notify() with a
 // parameter from pool connections; notifications that arrive during a query; UNLISTEN.
 func scenarioListen(dsn string) result {
@@ -1372,6 +1407,8 @@ func main() {
 		out = scenarioCancel(dsn)
 	case "listen":
 		out = scenarioListen(dsn)
+	case "queue":
+		out = scenarioQueue(dsn)
 	case "session":
 		out = scenarioSession(dsn)
 	case "copy":
