@@ -13,7 +13,16 @@ drivers). Each scenario prints one JSON object of what it saw; a test runs it ag
 PostgreSQL directly and through pgvalve and asserts the two are equal, and checks the values a
 user relies on literally, so that a scenario that broke both ways still fails. Over shards there
 is no single PostgreSQL to compare with: those tests check the answers and where the rows landed
-on each shard."""
+on each shard, or compare with one server holding the same rows. PGVALVE_GOCACHE names a Go
+build cache to keep between runs (else a new one per session).
+
+What does not behave as against PostgreSQL is marked xfail (strict: it fails the suite once it
+passes), each with a raw-protocol reduction of what the driver sends:
+- a statement prepared before ALTER TABLE changed its columns: pgx's other connections get
+  08P01 for ever, lib/pq's get rows of the new shape under the old description;
+- lib/pq's statements whose text is over 1 MiB: 26000 when another client used the server
+  between their Describe and Bind;
+- pgx CopyFrom (binary COPY) into a sharded table: refused today, in progress."""
 
 from __future__ import annotations
 
@@ -627,7 +636,7 @@ def test_pgx_reads_over_two_shards_answer_as_one_server(go_bin, two_pc, pgvalve,
     assert not differ, "\n".join(f"query {i} ({kind}): one server {a!r}, two shards {b!r}"
                                   for i, kind, a, b in differ)
     # Every query answers rows, but the one whose division fails on one shard's rows.
-    assert [i for i, r in enumerate(one["binary"]) if not isinstance(r, list)] == [15], one["binary"][14]
+    assert [i for i, r in enumerate(one["binary"]) if not isinstance(r, list)] == [15], one
     assert one["binary"][15] == one["text"][15] == "pg:22012"
     assert one["binary"][3][0][0] == 120 and len(one["binary"][11]) == 10
 

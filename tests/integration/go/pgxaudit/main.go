@@ -490,7 +490,7 @@ func scenarioTx(dsn string) result {
 		add(exec(ctx, sp, "insert into go_tx values ($1, $2)", k, 3))
 		inner, _ := sp.Begin(ctx)
 		add(exec(ctx, inner, "insert into go_tx values ($1, $2)", k, -1)) // check violation
-		add(scalar(ctx, inner, "select 1"))                                // 25P02
+		add(scalar(ctx, inner, "select 1"))                               // 25P02
 		add("inner_rollback:" + errString(inner.Rollback(ctx)))
 		add(scalar(ctx, sp, "select count(*) from go_tx where worker = $1", k))
 		add("sp_commit:" + errString(sp.Commit(ctx)))
@@ -517,7 +517,7 @@ func scenarioTx(dsn string) result {
 		tx, _ = c.Begin(ctx)
 		add(exec(ctx, tx, "insert into go_tx values ($1, $2)", k, 20))
 		add(scalar(ctx, tx, "select 1 / ($1::int - $1::int)", k)) // 22012
-		add(scalar(ctx, tx, "select $1::int", k))                  // 25P02
+		add(scalar(ctx, tx, "select $1::int", k))                 // 25P02
 		add("commit:" + errString(tx.Commit(ctx)))
 		add(scalar(ctx, c, "select $1::int * 2", k))
 		add(scalar(ctx, c, "select 1 / 0"))
