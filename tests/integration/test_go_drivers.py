@@ -258,7 +258,7 @@ def test_pgx_session_state_across_pooled_servers(go_bin, cluster, pv):
     assert through == direct
     for k, w in enumerate(direct["workers"]):
         assert w["startup"]["application_name"] == "gosvc" and w["ping"] == "", w
-        assert w["statement_timeout"] == "1500ms" and w["sleep_over_timeout"] == "pg:57014", w
+        assert w["statement_timeout"] == "300ms" and w["sleep_over_timeout"] == "pg:57014", w
         zone = ["Asia/Tokyo", "America/New_York"][k % 2]
         assert w["reported"] == [zone, f"gosvc-{k}"], w
         assert w["steps"] == [
@@ -266,7 +266,7 @@ def test_pgx_session_state_across_pooled_servers(go_bin, cluster, pv):
             [[[1, "zero"]], [[1, 100, 7]]][k % 2]] * 4, w
         assert w["notices"] == [f"NOTICE:hello {k}"], w
         assert w["rows_then_error"] == "pg:22012" and w["after_error"] == k, w
-        assert w["after_reset"] == ["1500ms", "gosvc", '"$user", public'], w
+        assert w["after_reset"] == ["300ms", "gosvc", '"$user", public'], w
         assert w["reported_after_reset"] == "gosvc", w
 
 
@@ -478,6 +478,30 @@ def test_pgx_reads_on_the_replica_writes_and_own_reads_on_the_primary(go_bin, rv
                      "ro_serializable_read": False, "ro_serializable_commit": "",
                      "batch": ["", 8, "", ""], "copy": [2, ""], "after_copy": 10}, (k, w)
     assert cluster.primary.scalar("select count(*) from go_rr", dbname=APP_DB) == 8 * 10
+
+
+@pytest.mark.parametrize("scenario", ["queries", "tx", "copyin", "prepare"])
+def test_pq_with_a_replica_answers_as_postgresql(go_bin, rv, cluster, scenario):
+    # lib/pq describes each statement (the unnamed one, or db.Prepare's named ones) in a request
+    # of its own before it binds it: a write described where reads go must still run on the
+    # primary, and read-only transactions may take the replica.
+    direct = go(go_bin, "pqaudit", scenario, cluster.primary.port)
+    assert go(go_bin, "pqaudit", scenario, rv.port) == direct
+
+
+@pytest.mark.parametrize("scenario", ["pool", "batch", "tx", "copy", "simple", "session"])
+def test_pgx_with_a_replica_answers_as_postgresql(go_bin, rv, cluster, scenario):
+    # Each client reads its own writes (read_your_writes), whether its reads go to the replica
+    # or not.
+    direct = go(go_bin, "pgxaudit", scenario, cluster.primary.port)
+    assert go(go_bin, "pgxaudit", scenario, rv.port) == direct
+
+
+def test_pgx_listen_with_a_replica(go_bin, rv, cluster):
+    # pg_notify() in a SELECT is no read: it runs on the primary, where the listener listens.
+    direct = go(go_bin, "pgxaudit", "listen", cluster.primary.port)
+    assert direct["heard"] == ["Ingest.Other/plain", "ingest/p0", "ingest/p1", "ingest/p2"]
+    assert go(go_bin, "pgxaudit", "listen", rv.port) == direct
 
 
 # --- pgx over two shards by device_id ---------------------------------------------------------

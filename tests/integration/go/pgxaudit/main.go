@@ -639,7 +639,7 @@ func scenarioSession(dsn string) result {
 	cfg, err := pgxpool.ParseConfig(dsn)
 	must(err, "parse")
 	cfg.MaxConns = 8
-	cfg.ConnConfig.RuntimeParams["statement_timeout"] = "1500"
+	cfg.ConnConfig.RuntimeParams["statement_timeout"] = "300"
 	cfg.ConnConfig.RuntimeParams["application_name"] = "gosvc"
 	var mu sync.Mutex
 	notices := map[uint32][]string{}
