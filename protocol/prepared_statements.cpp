@@ -31,7 +31,7 @@ const PreparedStatement* ClientStatements::find(std::string_view name) const {
 const PreparedStatement& ClientStatements::define(std::string_view name, std::string_view query,
                                                   std::string_view param_types,
                                                   std::uint64_t fingerprint,
-                                                  std::string_view search_path) {
+                                                  std::string_view search_path, std::int64_t at) {
   auto& s = by_name_[std::string(name)];
   s.query.assign(query);
   s.param_types.assign(param_types);
@@ -40,6 +40,7 @@ const PreparedStatement& ClientStatements::define(std::string_view name, std::st
   s.hash = hash;
   s.fingerprint = fingerprint;
   s.defined = ++defined_;
+  s.defined_at = at;
   return s;
 }
 

@@ -19,6 +19,10 @@ struct PreparedStatement {
   std::uint64_t hash = 0;
   std::uint64_t fingerprint = 0;  // of the query's shape (statistics); 0: not computed
   std::uint64_t defined = 0;      // the client's definition order (ClientStatements)
+  // When the client defined it (its session clock's ticks): a table it reads that changed its
+  // result type later makes it stale for this client (PostgreSQL's "cached plan must not change
+  // result type") until the client prepares it again.
+  std::int64_t defined_at = 0;
   // A server has prepared it once: PostgreSQL accepted it. Until then a failed Parse of it means
   // the client has no such statement, as on PostgreSQL.
   bool confirmed = false;
@@ -49,7 +53,7 @@ class ClientStatements {
   const PreparedStatement* find(std::string_view name) const;
   const PreparedStatement& define(std::string_view name, std::string_view query,
                                   std::string_view param_types, std::uint64_t fingerprint = 0,
-                                  std::string_view search_path = {});
+                                  std::string_view search_path = {}, std::int64_t at = 0);
   bool erase(std::string_view name);
   // A server prepared statements of `hash`: each is confirmed.
   void confirm(std::uint64_t hash);

@@ -84,6 +84,7 @@ App::App(config::ConfigPtr config) {
   for (int i = 0; i < workers; ++i) {
     auto w = std::make_unique<Worker>();
     w->index = i;
+    w->workspaces.share_statement_changes(&statement_changes_);
     w->query_stats.set_limits(stats_limits(*config));
     workers_.push_back(std::move(w));
   }

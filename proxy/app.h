@@ -378,6 +378,8 @@ class App : public pool::Handoff {
   // RECONNECT / KILL: per database ("" = every one), the first server id not to close.
   std::unordered_map<std::string, std::uint64_t> reconnect_below_;  // under pause_mutex_
   std::atomic<std::uint64_t> next_server_id_{1};
+  // Shared statements found stale by any worker (declared before the workers, which use it).
+  session::StatementChanges statement_changes_;
   std::vector<std::unique_ptr<Worker>> workers_;
 
   // The main thread's loop: signals, the drain timer, the listen hubs, HTTP.

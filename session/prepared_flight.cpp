@@ -16,6 +16,8 @@ namespace {
 // CloseComplete where a client's Close of its own name is expected.
 constexpr std::string_view kNoStatement = "pgv_none";
 
+constexpr std::string_view kChangedResultType = "cached plan must not change result type";
+
 }  // namespace
 
 // A flight of named Parse messages and Sync/Flush only, between transactions: the statements
@@ -91,7 +93,8 @@ const pr::PreparedStatement& Session::define_statement(std::string_view name,
   const Setting* search_path = client_settings_.find("search_path");
   return statements_->define(
       name, query, param_types, fingerprint,
-      search_path ? std::string_view(search_path->value) : std::string_view());
+      search_path ? std::string_view(search_path->value) : std::string_view(),
+      now_.time_since_epoch().count());
 }
 
 bool Session::forget_statement(std::string_view name) {
@@ -420,6 +423,15 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
   if (!stmt) {
     pass_client(flight, offset, f.whole.size());
     l.pending.push({Kind::BindComplete});
+    return;
+  }
+  // A table the statement reads changed its result type since the client prepared it (a Bind of
+  // it failed so on a server of this worker since): as on PostgreSQL, each Bind fails until the
+  // client prepares it again, so that no row of the new shape reaches a client that reads the
+  // old one. PostgreSQL's own words: drivers drop their cached statement when they see them.
+  if (const std::int64_t changed = workspaces_->statement_changed_at(stmt->hash);
+      changed != 0 && stmt->defined_at <= changed) {
+    raise_on_server("0A000", kChangedResultType, true, l, flight);
     return;
   }
   if (server_has_statement(l, stmt->hash)) {

@@ -183,12 +183,8 @@ void WorkspacePool::sweep() {
 }
 
 void WorkspacePool::statement_changed(std::uint64_t hash, std::int64_t at) {
-  if (changed_statements_.size() >= kMaxChangedStatements && !changed_statements_.contains(hash)) {
-    changed_statements_.erase(
-        std::min_element(changed_statements_.begin(), changed_statements_.end(),
-                         [](const auto& a, const auto& b) { return a.second < b.second; }));
-  }
-  changed_statements_[hash] = at;
+  record_statement_change(changed_statements_, hash, at);
+  if (shared_changes_) shared_changes_->record(hash, at);
 }
 
 std::shared_ptr<const Settings> WorkspacePool::share(Settings settings) {

@@ -44,6 +44,7 @@
 #include "session/settings.h"
 #include "session/settings_sync.h"
 #include "session/state.h"
+#include "session/statement_changes.h"
 #include "stats/query_stats.h"
 
 namespace pgvalve::session {
@@ -106,21 +107,27 @@ class WorkspacePool {
   std::size_t shared_settings_known() const { return shared_settings_.size(); }
 
   // A server refused to bind a shared server-side statement because a table it reads changed
-  // since it was prepared (0A000, "cached plan must not change result type"): the statements of
-  // that hash prepared until `at` on the worker's other servers are stale too, and each is
-  // prepared again at its next use, so that each client sees the error at most once, as with
-  // statements of its own. At most kMaxChangedStatements are kept, the oldest forgotten first.
+  // its result type since it was prepared (0A000, "cached plan must not change result type"):
+  // the statements of that hash prepared until `at` on every server are stale too, and each is
+  // prepared again at its next use by a client that prepared it after `at`; a client that
+  // prepared it before gets the error at each Bind, as on PostgreSQL. Told to `shared` too.
   void statement_changed(std::uint64_t hash, std::int64_t at);
-  // When a statement of `hash` was last found stale (0: never).
-  std::int64_t statement_changed_at(std::uint64_t hash) const {
+  // When a statement of `hash` was last found stale, here or by another worker (0: never).
+  std::int64_t statement_changed_at(std::uint64_t hash) {
+    if (shared_changes_ && shared_changes_->generation() != shared_generation_) {
+      shared_generation_ = shared_changes_->copy_to(changed_statements_);
+    }
     if (changed_statements_.empty()) return 0;
     auto it = changed_statements_.find(hash);
     return it == changed_statements_.end() ? 0 : it->second;
   }
+  // The process's record, which outlives this pool (App's); none: this worker's only.
+  void share_statement_changes(StatementChanges* shared) { shared_changes_ = shared; }
 
  private:
-  static constexpr std::size_t kMaxChangedStatements = 1024;
-  std::unordered_map<std::uint64_t, std::int64_t> changed_statements_;
+  StatementChangeTimes changed_statements_;
+  StatementChanges* shared_changes_ = nullptr;
+  std::uint64_t shared_generation_ = 0;
   static constexpr std::size_t kFirstSweep = 256;
   // As many workspaces are kept as sessions held at once lately (at least kMinSpares, at most
   // kMaxSpares): under steady load every request finds one, and none is built and freed per

@@ -17,11 +17,11 @@ on each shard, or compare with one server holding the same rows. PGVALVE_GOCACHE
 build cache to keep between runs (else a new one per session).
 
 What does not behave as against PostgreSQL is marked xfail (strict: it fails the suite once it
-passes), each with a raw-protocol reduction of what the driver sends:
-- a statement prepared before ALTER TABLE changed its columns: pgx's other connections get
-  08P01 for ever, lib/pq's get rows of the new shape under the old description;
-- lib/pq's statements whose text is over 1 MiB: 26000 when another client used the server
-  between their Describe and Bind."""
+passes), with a raw-protocol reduction of what the driver sends: lib/pq's statements whose text
+is over 1 MiB get 26000 when another client used the server between their Describe and Bind.
+The audit also found statements prepared before ALTER TABLE changed their columns answered in
+the new shape (pgx's other connections got 08P01 for ever, lib/pq's rows of the new shape under
+the old description); those tests now pin PostgreSQL's behaviour."""
 
 from __future__ import annotations
 
@@ -127,16 +127,11 @@ def test_pgx_pool_of_eight_over_two_servers(go_bin, cluster, pv, cache_mode, cap
     assert app_backends(cluster) <= 2
 
 
-@pytest.mark.xfail(strict=True, reason="after ALTER TABLE, a shared statement prepared again "
-                   "for other clients gets their old result formats: 08P01, and pgx never recovers")
 def test_pgx_statements_after_alter_table(go_bin, cluster, pv):
-    """Not fixed yet. Directly, every connection gets 0A000 once and pgx prepares its statement
-    again. Through pgvalve only the first client on a worker gets 0A000: pgvalve then prepares
-    the shared statement again (with three columns) before the others' Binds, which still carry
-    pgx's two result formats (one per column it described), and PostgreSQL answers 08P01 "bind
-    message has 2 result formats but query has 3 columns". pgx drops its statement only on
-    0A000, so those connections fail with 08P01 at every use (test_bind_after_alter_table...
-    below is the same without pgx)."""
+    """Every connection gets 0A000 "cached plan must not change result type" once, as directly,
+    and pgx prepares its statement again. (pgvalve used to prepare the shared statement again
+    for the other clients after the first 0A000, whose Binds still carried pgx's two result
+    formats: 08P01 "bind message has 2 result formats but query has 3 columns" at every use.)"""
     direct, through = both(go_bin, cluster, pv, "pgxaudit", "invalidate")
     assert direct == {"before": [[1, 2]] * 8, "alter": "ALTER TABLE",
                       "after": [["pg:0A000", [1, 2, 3], [1, 2, 3]]] * 8}
@@ -150,17 +145,12 @@ def bind_with_result_formats(statement: str, params: list[str], formats: int) ->
     return message(b"B", body)
 
 
-@pytest.mark.xfail(strict=True, reason="after ALTER TABLE, a shared statement prepared again "
-                   "for other clients gets their old result formats: 08P01 instead of 0A000")
 def test_bind_after_alter_table_with_a_result_format_per_column(pgvalve, cluster):
-    """What pgx sends, reduced: two clients (one server) each Parse/Describe/Sync a named
-    statement, Bind it with one result format per described column, Describe the portal,
-    Execute, Sync; then ALTER TABLE adds a column. PostgreSQL answers each client's next Bind
-    with 0A000 "cached plan must not change result type" (the signal drivers re-prepare on);
-    through pgvalve the second client gets 08P01 "bind message has 2 result formats but query
-    has 3 columns" (session/server_flight.cpp marks the hash stale on the first 0A000, and
-    session/prepared_flight.cpp's server_has_statement() then has it prepared again, silently,
-    before the next client's Bind)."""
+    """What pgx sends, reduced: two clients (one server, perhaps two workers) each
+    Parse/Describe/Sync a named statement, Bind it with one result format per described column,
+    Describe the portal, Execute, Sync; then ALTER TABLE adds a column. Each client's next Bind
+    gets 0A000 "cached plan must not change result type" (the signal drivers prepare again on),
+    as from PostgreSQL, not 08P01 from a statement pgvalve prepared again for the second."""
     fresh_table(cluster, "inv2", "a int, b int")
     cluster.primary.sql("insert into inv2 values (1, 2)", dbname=APP_DB)
     pv = pgvalve(**dict(POOL, pool_size=1))
@@ -180,15 +170,12 @@ def test_bind_after_alter_table_with_a_result_format_per_column(pgvalve, cluster
     assert got == [["0A000"], ["0A000"]]
 
 
-@pytest.mark.xfail(strict=True, reason="after the first 0A000, a statement the client described "
-                   "is prepared again silently and returns rows of another shape")
 def test_bind_after_drop_column_of_a_statement_the_client_described(pgvalve, cluster):
     """What lib/pq sends, reduced to one client: Parse/Describe/Sync of a named statement
     `select * from inv3 where a = $1` (a, b, c), Bind/Execute/Sync; ALTER TABLE DROP COLUMN b;
-    then Bind/Execute/Sync three times. PostgreSQL answers 0A000 "cached plan must not change
-    result type" each time, until the client prepares the name again. Through pgvalve the first
-    gets 0A000 and the next two get DataRow ['1', '3'] for a statement described as three
-    columns."""
+    then Bind/Execute/Sync three times. Each gets 0A000 "cached plan must not change result
+    type", as from PostgreSQL, until the client prepares the name again; never the DataRow
+    ['1', '3'] of the new shape under a description of three columns."""
     fresh_table(cluster, "inv3", "a int, b int, c int")
     cluster.primary.sql("insert into inv3 values (1, 2, 3)", dbname=APP_DB)
     pv = pgvalve(**dict(POOL, pool_size=1))
@@ -422,14 +409,11 @@ def test_unnamed_statement_over_1_mib_described_then_bound(pgvalve):
     assert ([e.get("C") for e in r.errors], r.rows) == ([], [[str(len(q) - 28)]])
 
 
-@pytest.mark.xfail(strict=True, reason="after ALTER TABLE, a statement the client described "
-                   "returns rows of the new shape (wrong columns) where PostgreSQL answers 0A000")
 def test_pq_prepared_statement_after_alter_table(go_bin, cluster, pv):
-    """Not fixed yet, and silent: lib/pq keeps using the statement it described (columns a, b,
-    c). Directly every later use fails with 0A000. Through pgvalve the first use on a worker
-    gets 0A000, and then pgvalve prepares the text again: the rows come with the new columns
-    (a, c) under the old description, and database/sql hands out b = 3 (c's value) and c = NULL
-    (test_bind_after_drop_column... below is the same without lib/pq)."""
+    """lib/pq keeps using the statement it described (columns a, b, c): every later use fails
+    with 0A000, as directly. (pgvalve used to prepare the text again after the first 0A000: the
+    rows came with the new columns (a, c) under the old description, and database/sql handed
+    out b = 3, c's value, and c = NULL.)"""
     direct, through = both(go_bin, cluster, pv, "pqaudit", "invalidate")
     assert direct["before"] == [[["a", "b", "c"], [[1, 2, 3]]]] * 8
     assert direct["after"] == [["pg:0A000", "pg:0A000"]] * 8

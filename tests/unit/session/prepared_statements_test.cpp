@@ -855,5 +855,46 @@ TEST(SessionUnnamedStatement, ClosingItLeavesAnotherClientsAlone) {
   EXPECT_EQ(server->unnamed_statement_of, a.session().identity());
 }
 
+// After ALTER TABLE changes what a statement returns, PostgreSQL fails each Bind of a statement
+// prepared before (0A000, "cached plan must not change result type") until the client prepares
+// it again; drivers (pgx, pgjdbc) take those words as their cue to. A client whose statement
+// pgvalve prepared again silently would get rows of the new shape under the old description.
+TEST(SessionPreparedStatements, AStatementWhoseResultTypeChangedFailsUntilPreparedAgain) {
+  using namespace std::chrono_literals;
+  constexpr std::string_view kChanged = "cached plan must not change result type";
+  StatementChanges process;  // every worker's record
+  auto server = SessionHarness::fresh_server();
+  SessionHarness a;
+  a.workspaces().share_statement_changes(&process);
+  SessionHarness b;  // a client of another worker, its statement prepared before the change
+  b.workspaces().share_statement_changes(&process);
+  prepare_locally(a, "s1");
+  prepare_locally(b, "s1");
+  a.send(run_flight("s1"), *server);
+  a.answer(parse_complete() + select_answer());
+
+  // The table changes; the server says so at a's next Bind.
+  a.send(run_flight("s1"), *server, nullptr, T0 + 1s);
+  const std::string failed = error_message("0A000", "ERROR", kChanged) + ready('I');
+  EXPECT_EQ(sqlstates_in(a.answer(failed, T0 + 1s)), "0A000");
+  // Every later Bind of s1 fails the same way, without running it.
+  for (SessionHarness* h : {&a, &b}) {
+    const std::string sent = h->send(run_flight("s1"), *server, nullptr, T0 + 2s);
+    EXPECT_TRUE(bound_statements_in(sent).empty() ||
+                bound_statements_in(sent) == std::vector<std::string>{""});
+    EXPECT_NE(sent.find(kChanged), std::string::npos) << "raised by the server for the client";
+    EXPECT_TRUE(parses_in(sent).size() == 1 && parses_in(sent)[0].first.empty());
+    h->answer(
+        parse_complete() + bind_complete() + error_message("0A000", "ERROR", kChanged) + ready('I'),
+        T0 + 2s);
+  }
+  // Prepared again (pgx: another name; lib/pq: the same after a Close), it runs on a statement
+  // the server prepares afresh.
+  EXPECT_EQ(a.client(parse("s2", kSql) + sync(), T0 + 3s).to_client, parse_complete() + ready('I'));
+  const std::string sent = a.send(run_flight("s2"), *server, nullptr, T0 + 3s);
+  EXPECT_EQ(tags_of(sent), "CPBES") << "the stale one closed, the statement prepared again";
+  EXPECT_EQ(bound_statements_in(sent), std::vector<std::string>{server_name_of(kSql)});
+}
+
 }  // namespace
 }  // namespace pgvalve::session::testing
