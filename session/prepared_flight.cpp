@@ -315,9 +315,10 @@ bool Session::unnamed_statement_on_server(Link& l, Flight& flight) {
   if (!on_server && !extras().unnamed_kept) {
     raise_on_server("26000",
                     "pgvalve: unnamed prepared statement does not exist on this server: with "
-                    "transaction pooling a Bind of the unnamed statement goes with its Parse "
-                    "(pgvalve keeps it for a later request only when no Bind followed it); send "
-                    "the Parse again, or use a named statement",
+                    "transaction pooling a Bind of the unnamed statement goes with its Parse, "
+                    "and pgvalve keeps a Parse for a later request only when no Bind followed "
+                    "it and its text is at most 1 MiB; send the Parse again with the Bind, or "
+                    "use a named statement",
                     true, l, flight);
     return false;
   }

@@ -377,12 +377,14 @@ def test_pq_large_statements_and_values(go_bin, cluster, pv):
 @pytest.mark.xfail(strict=True, reason="an unnamed statement over 1 MiB described in one request "
                    "is not kept for its Bind: 26000 when another client used the server between")
 def test_pq_statement_text_over_1_mib(go_bin, cluster, pv):
-    """Not fixed yet. lib/pq sends every statement with parameters as Parse/Describe/Sync of
-    the unnamed statement, then Bind/Execute/Sync. pgvalve keeps the text of such a Parse to
-    prepare it again on the server the Bind reaches, up to 1 MiB (kMaxKeptUnnamedBytes in
-    session/prepared_flight.cpp); over that, when another client's request ran on the server in
-    between, the Bind is refused with 26000 "pgvalve: unnamed prepared statement does not exist
-    on this server" (PostgreSQL answers; 8 connections over 2 servers make it likely)."""
+    """A bound of pgvalve's (docs/pooling.md, the unnamed statement): per client, it keeps at most
+    1 MiB of a statement's text between requests. lib/pq sends every statement with parameters
+    as Parse/Describe/Sync of the unnamed statement, then Bind/Execute/Sync. pgvalve keeps the
+    text of such a Parse to prepare it again on the server the Bind reaches, up to 1 MiB
+    (kMaxKeptUnnamedBytes in session/prepared_flight.cpp); over that, when another client's
+    request ran on the server in between, the Bind is refused with 26000 "pgvalve: unnamed
+    prepared statement does not exist on this server" (PostgreSQL answers; 8 connections over 2
+    servers make it likely)."""
     direct, through = both(go_bin, cluster, pv, "pqaudit", "long")
     n = 16 * 96 * 1024
     assert direct["workers"] == [[1, n + 1] * 3] * 8 and direct["count"] == 24
