@@ -913,27 +913,8 @@ func scenarioCopy(dsn string) result {
 }
 
 func summary(ctx context.Context, c querier) interface{} {
-	rows, err := c.Query(ctx, "select device_id, count(*), sum(value), min(ts), max(ts), "+
+	return values(ctx, c, "select device_id, count(*), sum(value), min(ts), max(ts), "+
 		"sum((meta->>'seq')::int), sum(get_byte(raw, 0)) from go_copy group by 1 order by 1")
-	if err != nil {
-		return errString(err)
-	}
-	defer rows.Close()
-	var out []interface{}
-	for rows.Next() {
-		vals, err := rows.Values()
-		if err != nil {
-			return errString(err)
-		}
-		for i := range vals {
-			vals[i] = normalize(vals[i])
-		}
-		out = append(out, vals)
-	}
-	if rows.Err() != nil {
-		return errString(rows.Err())
-	}
-	return out
 }
 
 // simple: PreferSimpleProtocol (pgx interpolates the parameters) on 8 connections, its
