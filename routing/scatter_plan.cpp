@@ -229,6 +229,24 @@ bool any_node(const Json& node, const F& f) {
   return false;
 }
 
+// any_node at the statement's own level: not inside its subqueries (SubLink, RangeSubselect),
+// which are judged on their own.
+template <typename F>
+bool any_own_node(const Json& node, const F& f) {
+  if (f(node)) return true;
+  if (node.is_object()) {
+    for (const auto& [k, v] : node.items()) {
+      if (k == "SubLink" || k == "RangeSubselect") continue;
+      if (any_own_node(v, f)) return true;
+    }
+  } else if (node.is_array()) {
+    for (const Json& v : node) {
+      if (any_own_node(v, f)) return true;
+    }
+  }
+  return false;
+}
+
 }  // namespace
 
 bool is_builtin_aggregate(std::string_view name) {
@@ -467,7 +485,7 @@ class Planner {
       return false;
     };
     bool all = true;
-    any_node(s, [&](const Json& n) {
+    any_own_node(s, [&](const Json& n) {
       const Json* call = as(n, "FuncCall");
       if (const Json* over = call != nullptr ? field(*call, "over") : nullptr) {
         const Json* def = as(*over, "WindowDef");
@@ -557,7 +575,7 @@ class Planner {
     if ((has_aggregates(*s) || field(*s, "havingClause") != nullptr) && !groups_by_key(*s)) {
       return false;
     }
-    if (field(*s, "windowClause") != nullptr || any_node(*s, [](const Json& n) {
+    if (field(*s, "windowClause") != nullptr || any_own_node(*s, [](const Json& n) {
           const Json* call = as(n, "FuncCall");
           return call != nullptr && field(*call, "over") != nullptr;
         })) {
@@ -618,7 +636,7 @@ class Planner {
     if (field(s, "havingClause") != nullptr && !local_groups) {
       return refuse("HAVING filters groups that only exist once the shards' rows are combined");
     }
-    if (field(s, "windowClause") != nullptr || any_node(s, [](const Json& n) {
+    if (field(s, "windowClause") != nullptr || any_own_node(s, [](const Json& n) {
           const Json* call = as(n, "FuncCall");
           return call != nullptr && field(*call, "over") != nullptr;
         })) {
