@@ -427,9 +427,9 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
     return;
   }
   // A table the statement reads changed its result type since the client prepared it (a Bind of
-  // it failed so on a server of this worker since): as on PostgreSQL, each Bind fails until the
-  // client prepares it again, so that no row of the new shape reaches a client that reads the
-  // old one. PostgreSQL's own words: drivers drop their cached statement when they see them.
+  // it failed so on some server since): as on PostgreSQL, each Bind fails until the client
+  // prepares it again, so that no row of the new shape reaches a client that reads the old one.
+  // PostgreSQL's own words: drivers drop their cached statement when they see them.
   if (const std::int64_t changed = workspaces_->statement_changed_at(stmt->hash);
       changed != 0 && stmt->defined_at <= changed) {
     raise_on_server("0A000", kChangedResultType, true, l, flight);

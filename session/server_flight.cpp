@@ -432,9 +432,9 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
       }
       if (head.kind == Kind::BindComplete && head.statement_hash != 0) {
         // A table the shared statement reads changed its result type since it was prepared: the
-        // statement is prepared again, here and on the worker's other servers, at its next use
-        // by a client that prepared it after now; for those that prepared it before, each Bind
-        // fails as on PostgreSQL (plan_bind) until they prepare it again.
+        // statement is prepared again, here and on every other server, at its next use by a
+        // client that prepared it after now; for those that prepared it before, each Bind fails
+        // as on PostgreSQL (plan_bind) until they prepare it again.
         if (const auto e = pr::read_error_response(f);
             e && e->sqlstate == "0A000" &&
             e->message == "cached plan must not change result type") {
