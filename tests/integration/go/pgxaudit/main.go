@@ -187,6 +187,18 @@ func values(ctx context.Context, c querier, sql string, args ...interface{}) int
 	return out
 }
 
+// withTable opens a scenario: a bounded context, a pool of n connections (simple: the simple
+// protocol) and its table made anew; done closes the pool and the context.
+func withTable(dsn string, limit time.Duration, n int, simple bool, table, ddl string) (context.Context, *pgxpool.Pool, func()) {
+	ctx, cancel := bounded(limit)
+	pool := newPool(ctx, dsn, n, simple)
+	setupTable(ctx, pool, table, ddl)
+	return ctx, pool, func() {
+		pool.Close()
+		cancel()
+	}
+}
+
 func setupTable(ctx context.Context, c querier, name, ddl string) {
 	_, err := c.Exec(ctx, fmt.Sprintf("drop table if exists %s", name))
 	must(err, "drop "+name)
@@ -200,11 +212,8 @@ func setupTable(ctx context.Context, c querier, name, ddl string) {
 // prepared on its connection, or the unnamed statement with statement_cache_mode=describe),
 // doing QueryRow/Query with parameters and Exec, all at once.
 func scenarioPool(dsn string) result {
-	ctx, cancel := bounded(40 * time.Second)
-	defer cancel()
-	pool := newPool(ctx, dsn, 8, false)
-	defer pool.Close()
-	setupTable(ctx, pool, "go_pool", "worker int, i int, ts timestamptz, note text")
+	ctx, pool, done := withTable(dsn, 40*time.Second, 8, false, "go_pool", "worker int, i int, ts timestamptz, note text")
+	defer done()
 	conns := acquireN(ctx, pool, 8)
 	workers := parallel(8, func(k int) interface{} {
 		c := conns[k]
@@ -291,11 +300,8 @@ func scenarioPool(dsn string) result {
 // with 0A000 "cached plan must not change result type"; pgx then deallocates it and prepares
 // the text again at the next use (it recognises only that error).
 func scenarioInvalidate(dsn string) result {
-	ctx, cancel := bounded(40 * time.Second)
-	defer cancel()
-	pool := newPool(ctx, dsn, 8, false)
-	defer pool.Close()
-	setupTable(ctx, pool, "go_inv", "a int, b int")
+	ctx, pool, done := withTable(dsn, 40*time.Second, 8, false, "go_inv", "a int, b int")
+	defer done()
 	_, err := pool.Exec(ctx, "insert into go_inv values (1, 2)")
 	must(err, "insert")
 	conns := acquireN(ctx, pool, 8)
@@ -341,11 +347,8 @@ func scenarioInvalidate(dsn string) result {
 // not prepared yet): results in order, an error in the middle rolls the whole batch back, a
 // batch in a transaction, and 8 connections batching at once.
 func scenarioBatch(dsn string) result {
-	ctx, cancel := bounded(40 * time.Second)
-	defer cancel()
-	pool := newPool(ctx, dsn, 8, false)
-	defer pool.Close()
-	setupTable(ctx, pool, "go_batch", "device_id int, value float8 check (value >= 0)")
+	ctx, pool, done := withTable(dsn, 40*time.Second, 8, false, "go_batch", "device_id int, value float8 check (value >= 0)")
+	defer done()
 	out := result{}
 	c, err := pool.Acquire(ctx)
 	must(err, "acquire")
@@ -448,11 +451,8 @@ func scenarioBatch(dsn string) result {
 // tx: BeginTx with isolation and access modes, Rollback, savepoints (nested Begin), errors in
 // the middle of a transaction and the connection after them, on 8 connections at once.
 func scenarioTx(dsn string) result {
-	ctx, cancel := bounded(40 * time.Second)
-	defer cancel()
-	pool := newPool(ctx, dsn, 8, false)
-	defer pool.Close()
-	setupTable(ctx, pool, "go_tx", "worker int, v int check (v >= 0)")
+	ctx, pool, done := withTable(dsn, 40*time.Second, 8, false, "go_tx", "worker int, v int check (v >= 0)")
+	defer done()
 	conns := acquireN(ctx, pool, 8)
 	workers := parallel(8, func(k int) interface{} {
 		c := conns[k]
@@ -539,11 +539,8 @@ func scenarioTx(dsn string) result {
 // CancelRequest), statement_timeout (57014, the connection goes on), and other connections'
 // queries meanwhile.
 func scenarioCancel(dsn string) result {
-	ctx, cancel := bounded(40 * time.Second)
-	defer cancel()
-	pool := newPool(ctx, dsn, 8, false)
-	defer pool.Close()
-	setupTable(ctx, pool, "go_cancel", "k int")
+	ctx, pool, done := withTable(dsn, 40*time.Second, 8, false, "go_cancel", "k int")
+	defer done()
 	conns := acquireN(ctx, pool, 8)
 	started := time.Now()
 	workers := parallel(8, func(k int) interface{} {
@@ -702,11 +699,8 @@ func scenarioSession(dsn string) result {
 // waits for a server and its context expires meanwhile (pgx closes the connection and sends a
 // CancelRequest). The insert must never run, also once servers are free again.
 func scenarioQueue(dsn string) result {
-	ctx, cancel := bounded(30 * time.Second)
-	defer cancel()
-	pool := newPool(ctx, dsn, 4, false)
-	defer pool.Close()
-	setupTable(ctx, pool, "go_queue", "tag text")
+	ctx, pool, done := withTable(dsn, 30*time.Second, 4, false, "go_queue", "tag text")
+	defer done()
 	conns := acquireN(ctx, pool, 4)
 	out := result{}
 	var txs []pgx.Tx
@@ -867,11 +861,8 @@ var copyCols = []string{"device_id", "ts", "value", "meta", "raw"}
 // copy: CopyFrom (binary COPY) in and out of transactions, a row that fails, and 4 connections
 // copying at once.
 func scenarioCopy(dsn string) result {
-	ctx, cancel := bounded(40 * time.Second)
-	defer cancel()
-	pool := newPool(ctx, dsn, 8, false)
-	defer pool.Close()
-	setupTable(ctx, pool, "go_copy", "device_id int not null, ts timestamptz, value float8, meta jsonb, raw bytea")
+	ctx, pool, done := withTable(dsn, 40*time.Second, 8, false, "go_copy", "device_id int not null, ts timestamptz, value float8, meta jsonb, raw bytea")
+	defer done()
 	out := result{}
 	c, err := pool.Acquire(ctx)
 	must(err, "acquire")
@@ -920,11 +911,8 @@ func summary(ctx context.Context, c querier) interface{} {
 // simple: PreferSimpleProtocol (pgx interpolates the parameters) on 8 connections, its
 // SendBatch (one multi-statement Query), transactions, and QuerySimpleProtocol(true) per query.
 func scenarioSimple(dsn string) result {
-	ctx, cancel := bounded(40 * time.Second)
-	defer cancel()
-	pool := newPool(ctx, dsn, 8, true)
-	defer pool.Close()
-	setupTable(ctx, pool, "go_simple", "device_id int, value float8 check (value >= 0), note text")
+	ctx, pool, done := withTable(dsn, 40*time.Second, 8, true, "go_simple", "device_id int, value float8 check (value >= 0), note text")
+	defer done()
 	conns := acquireN(ctx, pool, 8)
 	workers := parallel(8, func(k int) interface{} {
 		c := conns[k]

@@ -107,6 +107,18 @@ func conns(ctx context.Context, db *sql.DB, n int) []*sql.Conn {
 	return out
 }
 
+// withTable opens a scenario: a bounded context, a database/sql pool of n connections and its
+// table made anew; done closes the pool and the context.
+func withTable(dsn string, limit time.Duration, n int, table, ddl string) (context.Context, *sql.DB, func()) {
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	db := open(dsn, n)
+	setupTable(ctx, db, table, ddl)
+	return ctx, db, func() {
+		db.Close()
+		cancel()
+	}
+}
+
 func setupTable(ctx context.Context, db *sql.DB, name, ddl string) {
 	_, err := db.ExecContext(ctx, "drop table if exists "+name)
 	must(err, "drop")
@@ -117,11 +129,8 @@ func setupTable(ctx context.Context, db *sql.DB, name, ddl string) {
 // queries: parameters through the unnamed statement (Parse/Describe/Sync, then Bind/Execute/
 // Sync), errors and the connection after them, on 8 connections at once.
 func scenarioQueries(dsn string) result {
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
-	defer cancel()
-	db := open(dsn, 8)
-	defer db.Close()
-	setupTable(ctx, db, "pq_q", "device_id int, ts timestamptz, value float8 check (value >= 0), note text")
+	ctx, db, done := withTable(dsn, 40*time.Second, 8, "pq_q", "device_id int, ts timestamptz, value float8 check (value >= 0), note text")
+	defer done()
 	cs := conns(ctx, db, 8)
 	workers := parallel(8, func(k int) interface{} {
 		c := cs[k]
@@ -166,11 +175,8 @@ func scenarioQueries(dsn string) result {
 // prepare: db.Prepare (lib/pq names its statements "1", "2", ... on each connection) used by
 // 16 goroutines over 8 connections.
 func scenarioPrepare(dsn string) result {
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
-	defer cancel()
-	db := open(dsn, 8)
-	defer db.Close()
-	setupTable(ctx, db, "pq_p", "device_id int, value float8")
+	ctx, db, done := withTable(dsn, 40*time.Second, 8, "pq_p", "device_id int, value float8")
+	defer done()
 	// Open 8 connections first, so that the statements are prepared on all of them.
 	cs := conns(ctx, db, 8)
 	for _, c := range cs {
@@ -216,11 +222,8 @@ func scenarioPrepare(dsn string) result {
 
 // tx: BeginTx with isolation and read-only, rollback, errors mid-transaction.
 func scenarioTx(dsn string) result {
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
-	defer cancel()
-	db := open(dsn, 8)
-	defer db.Close()
-	setupTable(ctx, db, "pq_tx", "worker int, v int check (v >= 0)")
+	ctx, db, done := withTable(dsn, 40*time.Second, 8, "pq_tx", "worker int, v int check (v >= 0)")
+	defer done()
 	cs := conns(ctx, db, 8)
 	workers := parallel(8, func(k int) interface{} {
 		c := cs[k]
@@ -264,11 +267,8 @@ func scenarioTx(dsn string) result {
 
 // copyin: pq.CopyIn (text COPY FROM STDIN) in transactions, 4 at once, and a row that fails.
 func scenarioCopyIn(dsn string) result {
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
-	defer cancel()
-	db := open(dsn, 8)
-	defer db.Close()
-	setupTable(ctx, db, "pq_copy", "device_id int not null, ts timestamptz, value float8, note text")
+	ctx, db, done := withTable(dsn, 40*time.Second, 8, "pq_copy", "device_id int not null, ts timestamptz, value float8, note text")
+	defer done()
 	copyRows := func(dev int, n int, nullAt int, commit bool) interface{} {
 		tx, err := db.BeginTx(ctx, nil)
 		if err != nil {
@@ -388,11 +388,8 @@ func scenarioListener(dsn string) result {
 // unnamed statement, on 8 connections at once; with long, statements whose text is over 1 MiB
 // (a literal of 1.5 MiB) and has a parameter, three times on each connection.
 func scenarioBig(dsn string, long bool) result {
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
-	defer cancel()
-	db := open(dsn, 8)
-	defer db.Close()
-	setupTable(ctx, db, "pq_big", "device_id int, payload text")
+	ctx, db, done := withTable(dsn, 40*time.Second, 8, "pq_big", "device_id int, payload text")
+	defer done()
 	literal := strings.Repeat("0123456789abcdef", 96*1024) // 1.5 MiB
 	var sb strings.Builder
 	var args []interface{}
@@ -473,11 +470,8 @@ func scenarioSharded(dsn string, devs []int64) result {
 // DROP COLUMN changes what it returns. PostgreSQL refuses each later Bind of such a statement
 // with 0A000 "cached plan must not change result type" (lib/pq does not prepare it again).
 func scenarioInvalidate(dsn string) result {
-	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
-	defer cancel()
-	db := open(dsn, 9)
-	defer db.Close()
-	setupTable(ctx, db, "pq_inv", "a int, b int, c int")
+	ctx, db, done := withTable(dsn, 40*time.Second, 9, "pq_inv", "a int, b int, c int")
+	defer done()
 	_, err := db.ExecContext(ctx, "insert into pq_inv values (1, 2, 3)")
 	must(err, "insert")
 	cs := conns(ctx, db, 8)
