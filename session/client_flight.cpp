@@ -275,6 +275,19 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
   // Requests that can only fail: a waiting request whose checkout or sync failed, a transaction
   // whose server died, the rest of an extended flight after a local error.
   if (!work().rare().failure.empty() || lost_transaction_ || skip_until_sync_) {
+    std::string_view failed = frames;
+    if (work().rare().failure.empty() && !lost_transaction_) {
+      // Only the rest of the failed flight, up to its Sync: what the client pipelined behind it
+      // is planned as usual.
+      for (std::size_t pos = 0; pos < frames.size();) {
+        const pr::Frame f = pr::decode_frame(frames.substr(pos), options_.max_message_bytes).frame;
+        pos += f.whole.size();
+        if (f.tag == 'S') {
+          failed = frames.substr(0, pos);
+          break;
+        }
+      }
+    }
     std::string sqlstate = "08006";
     std::string message = "pgvalve: the server connection was lost during this transaction";
     if (lost_transaction_ && !extras().lost_goodbye.empty()) {
@@ -288,17 +301,23 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
       work().change_rare().failure.clear();
       work().change_rare().failure_sqlstate.clear();
     }
-    fail_requests(frames, sqlstate, message, out.outbox);
+    fail_requests(failed, sqlstate, message, out.outbox);
     lost_transaction_ = false;
-    out.consumed = end;
+    out.consumed = failed.size();
+    const bool more = failed.size() < frames.size();
     if (!linked_link()) {
       // Answered: the client is between requests again (its checkout or sync had failed).
       deliver_queued_notifications(out.outbox);
       if (drain_requested_ && !terminate) {
         close_with("57P01", drain_message(), out);
+        return out;
       }
     }
-    if (terminate) close_with({}, {}, out);
+    if (more) {
+      out.resume_client = true;  // seen again with the rest
+    } else if (terminate) {
+      close_with({}, {}, out);
+    }
     return out;
   }
 
@@ -551,6 +570,12 @@ void Session::plan_on_link(Link& link, std::string_view frames, bool terminate, 
       return;
     }
     plan_frame(r.frame, planned, *l, flight);
+    if (flight.stop) {
+      // The rest of the request goes to another shard once this one has answered (hop).
+      input_waits_for_link_ = true;
+      terminate = false;  // seen again with the rest
+      break;
+    }
     planned += r.frame.whole.size();
     // On a replica, the request ends here; what follows is routed once it is answered.
     if (one_request && l->in_flight > 0 && !l->copy_in && planned < frames.size()) {
@@ -826,7 +851,8 @@ bool Session::end_deferred_transaction(std::string_view frames, Actions& out) {
 }
 
 std::pair<std::string_view, std::string> Session::shard_conflict(Link& l, std::string_view sql,
-                                                                 const BindParams* params) {
+                                                                 const BindParams* params,
+                                                                 bool* hop) {
   if (!router_.sharded() || sql.empty()) return {};
   auto& tx = work().change_tx();
   if (tx.spans) {
@@ -867,6 +893,10 @@ std::pair<std::string_view, std::string> Session::shard_conflict(Link& l, std::s
             "pgvalve: this statement needs several shards and comes in one request with "
             "statements for shard " +
                 here + "; send it in a Query, or with a Sync, of its own"};
+  }
+  if (hop && tx.refusal.empty() && may_hop(l, params)) {
+    *hop = true;
+    return {};
   }
   const std::string& there = sharding.shard_names.at(route.shard);
   if (l.server->tx_status == 'I') {
@@ -1230,8 +1260,17 @@ void Session::plan_frame(const pr::Frame& f, std::size_t offset, Link& l, Flight
       l.skipping_until_sync = false;
       l.open_extended = false;
       l.flushed = false;
+      l.flight_plain = true;
       ++l.in_flight;
       pass_client(flight, offset, size);
+      if (work().tx().implicit) [[unlikely]] {
+        // The end of a request pgvalve runs as a transaction over several shards: its
+        // ReadyForQuery is pgvalve's, which then ends every part.
+        pr::PendingResponse end{.kind = Kind::ReadyForQuery, .internal = true, .sync = true};
+        end.action = kActionImplicitEnd;
+        l.pending.push(end);
+        break;
+      }
       l.pending.push({.kind = Kind::ReadyForQuery, .sync = true});
       break;
     case 'Q':

@@ -370,8 +370,15 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
     const BindParams params(
         head->rest, unnamed ? std::string_view(w.rare().unnamed_statement_types)
                             : (named ? std::string_view(named->param_types) : std::string_view{}));
-    if (const auto [sqlstate, why] = shard_conflict(l, sql, &params); !why.empty()) {
+    if (!routing::plain_statement(sql)) l.flight_plain = false;
+    bool to_another_shard = false;
+    if (const auto [sqlstate, why] = shard_conflict(l, sql, &params, &to_another_shard);
+        !why.empty()) {
       raise_on_server(sqlstate, why, true, l, flight);
+      return;
+    }
+    if (to_another_shard) {
+      hop(l, flight, unnamed);
       return;
     }
   }

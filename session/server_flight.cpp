@@ -517,6 +517,11 @@ void Session::complete_front(Link& l, char tag, Actions& out) {
     if (head.internal && head.action == kActionSync) finish_sync(l, !head.failed, out);
     if (head.internal && head.action == kActionBegin) finish_begin(l, !head.failed, out);
     if (head.internal && head.action == kActionPinCheck) finish_pin_check(l, head.failed, out);
+    if (head.internal && head.action == kActionHop) finish_hop(l);
+    if (head.internal && head.action == kActionImplicitEnd) {
+      end_parts(true, {}, out);
+      return;
+    }
     if (head.internal && is_scatter_action(head.action)) {
       const std::size_t from = l.scratch.size();
       scatter_answered(l, head.action, l.scratch, out);

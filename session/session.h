@@ -341,9 +341,21 @@ class Session {
   bool end_deferred_transaction(std::string_view frames, Actions& out);
   void finish_begin(Link& l, bool ok, Actions& out);
   // Sharded databases: why `sql` may not run on the shard the link's transaction is on (a
-  // refusal's SQLSTATE and message); an empty message when it may.
+  // refusal's SQLSTATE and message); an empty message when it may. With `hop` given, a Bind of
+  // a statement for another shard may instead set it: the rest of the request goes there (hop).
   std::pair<std::string_view, std::string> shard_conflict(Link& l, std::string_view sql,
-                                                          const BindParams* params);
+                                                          const BindParams* params,
+                                                          bool* hop = nullptr);
+  // ---- a request whose statements name several shards (shard_transaction.cpp) ----
+  // Whether the request planned on `l` may go on on another shard from the Bind of `params`.
+  bool may_hop(const Link& l, const BindParams* params) const;
+  // Ends the request's part on `l` before the Bind being planned (`unnamed`: of the unnamed
+  // statement, kept to be prepared where the Bind lands); the rest is planned once `l` answered.
+  void hop(Link& l, Flight& flight, bool unnamed);
+  void finish_hop(Link& l);
+  // COMMIT (`commit`) or ROLLBACK of every part of the transaction over several shards; the
+  // client is answered `reply`'s heads, then the tag (none for an implicit transaction).
+  void end_parts(bool commit, const HubReply& reply, Actions& out);
   // Sharded databases: a read the router sends to several shards (Route::Kind::Shards). Started:
   // the shards' servers are being checked out; Waiting: the rest of the request (its Sync) is
   // not here yet; NotScattered: `route` is now a refusal, or one shard (a request that executes

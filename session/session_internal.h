@@ -98,6 +98,12 @@ enum : std::uint8_t {
   // DEALLOCATE name, sent as an empty query: once the server answers it, the statement of the
   // Deallocate note `note` is forgotten and the client gets CommandComplete DEALLOCATE.
   kActionDeallocate,
+  // The Sync pgvalve ends a request's part on one shard with, when the request's next statement
+  // needs another shard (Session::hop): once answered, the rest of the request goes there.
+  kActionHop,
+  // The client's Sync ending a request that pgvalve made a transaction over several shards
+  // (ShardTransaction::implicit): once answered, every part commits or rolls back.
+  kActionImplicitEnd,
 };
 
 // A pending action of a shard's part of a statement over several shards (scatter_flight.cpp).
@@ -145,6 +151,9 @@ struct Link {
   // An extended-protocol request failed with no Sync behind it: the server discards whatever
   // comes before the client's next Sync, so pgvalve does not send it.
   bool skipping_until_sync = false;
+  // Every statement bound on it since the last Sync was a plain one (routing::plain_statement):
+  // nothing that would behave otherwise inside a transaction block (Session::hop).
+  bool flight_plain = true;
   std::size_t stream_remaining = 0;  // bytes of a large server message still passing through
   bool stream_forward = true;        // ... forwarded to the client (false: dropped)
   Clock::time_point last_activity{};
@@ -224,6 +233,7 @@ struct Link {
     copy_in = false;
     copy_end_sent = false;
     skipping_until_sync = false;
+    flight_plain = true;
     stream_remaining = 0;
     stream_forward = true;
     syncing = false;
@@ -271,6 +281,8 @@ struct Flight {
   std::vector<Span>* spans = nullptr;
   Actions* out = nullptr;
   bool drop_until_sync = false;
+  // Planning stops before the frame being planned: it goes to another server (Session::hop).
+  bool stop = false;
 };
 
 // What review() found in the statements of one query text.
@@ -503,6 +515,12 @@ struct Workspace {
     bool abandoned = false;
     bool join_allowed = false;  // ... and it reported max_prepared_transactions above 0
     bool spans = false;         // a second shard joined: `current` is where requests go
+    // The client sent no BEGIN: its request up to one Sync, which PostgreSQL runs as one
+    // implicit transaction, reached a second shard (psycopg's executemany(), PgJDBC's
+    // executeBatch(), pgx's SendBatch). pgvalve began a transaction on the first shard and ends
+    // it at that Sync: committed on every shard with two-phase commit, or rolled back on all
+    // after an error. The client sees the answers of one implicit transaction.
+    bool implicit = false;
     LinkId current = 0;
     // COMMIT or ROLLBACK of a transaction that spans shards, being carried out (read by every
     // request's settle(), so next to the flags above, in the first cache line).

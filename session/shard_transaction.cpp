@@ -25,6 +25,7 @@
 namespace pgvalve::session {
 
 namespace pr = protocol;
+using Kind = pr::PendingResponse::Kind;
 using routing::StatementKind;
 
 namespace {
@@ -322,6 +323,92 @@ void Session::join_failed(std::string_view sqlstate, std::string why, Actions& o
   out.resume_client = true;
 }
 
+// ---- A request whose statements name several shards ------------------------------------------
+// Drivers send a batch of statements up to one Sync (psycopg's executemany(), PgJDBC's
+// executeBatch(), pgx's SendBatch), and a batch of readings names many devices. The request's
+// part on one shard ends before the Bind of the first statement for another with a Sync of
+// pgvalve's, whose ReadyForQuery the client does not get; once that shard has answered, the
+// rest of the request goes to the next statement's shard (route_in_transaction), which joins
+// the transaction as it would for a request of its own, and so on. Outside a transaction of the
+// client's, PostgreSQL runs the request as one implicit transaction: a BEGIN before that Sync
+// makes what ran so far on the first shard part of a transaction block, and the client's Sync
+// ends the transaction on every shard (ShardTransaction::implicit). The parts run one after the
+// other, so the client gets its answers in order.
+
+bool Session::may_hop(const Link& l, const BindParams* params) const {
+  if (!params || options_.mode != config::PoolMode::Transaction ||
+      l.route.kind != routing::Route::Kind::Primary) {
+    return false;
+  }
+  // Only plain statements ran in the request so far: a BEGIN, COMMIT or setting among them
+  // would not run as it did once the request is a transaction block.
+  const char status = l.server->tx_status;
+  return status == 'T' || (status == 'I' && l.flight_plain && !l.check_pins);
+}
+
+void Session::hop(Link& l, Flight& flight, bool unnamed) {
+  Workspace& w = work();
+  if (unnamed && !extras().unnamed_kept) {
+    // The Bind's unnamed statement is prepared again on the next shard's server.
+    const std::string& query = w.rare().unnamed_statement_text;
+    const std::string& types = w.rare().unnamed_statement_types;
+    if (query.size() + types.size() > kMaxKeptUnnamedBytes) {
+      raise_on_server("54000",
+                      "pgvalve: this request's statements need several shards, and its unnamed "
+                      "statement is longer than pgvalve keeps to prepare on the next shard (1 "
+                      "MiB); send a Sync after each statement, or use a named statement",
+                      true, l, flight);
+      return;
+    }
+    Extras& e = extras_to_change();
+    e.unnamed_query.assign(query);
+    e.unnamed_types.assign(types);
+    e.unnamed_kept = true;
+  }
+  const std::size_t from = flight.scratch->size();
+  if (l.server->tx_status == 'I') {
+    // An unnamed statement and portal: the client's Bind being planned replaces its portal,
+    // and its statement is prepared again here if a later Bind of it comes back.
+    pr::append_parse_raw(*flight.scratch, {}, "BEGIN", {});
+    pr::append_bind(*flight.scratch, {}, {}, pr::kBindWithoutParameters);
+    pr::append_execute(*flight.scratch, {}, 0);
+    l.pending.push({Kind::ParseComplete, true});
+    l.pending.push({Kind::BindComplete, true});
+    l.pending.push({Kind::Execute, true});
+    l.server->unnamed_statement_of = 0;
+    w.change_tx().implicit = true;
+  }
+  pr::append_sync(*flight.scratch);
+  mark_scratch(flight, from);
+  pr::PendingResponse ready{.kind = Kind::ReadyForQuery, .internal = true, .sync = true};
+  ready.action = kActionHop;
+  l.pending.push(ready);
+  ++l.in_flight;
+  l.open_extended = false;
+  l.flushed = false;
+  flight.stop = true;
+}
+
+// The part before the hop was answered. settle() then has the client's input planned again: its
+// rest goes to the next statement's shard, or, after an error, up to the client's Sync is not
+// run (PostgreSQL skips it).
+void Session::finish_hop(Link& l) {
+  switch (l.server->tx_status) {
+    case 'T':
+      return;
+    case 'E':
+      l.skipping_until_sync = true;
+      return;
+    default:
+      // A statement before pgvalve's BEGIN failed: the implicit transaction is over, and the
+      // rest of the request is answered by pgvalve up to its Sync, as the server would.
+      work().change_tx().implicit = false;
+      skip_until_sync_ = true;
+      error_sent_in_flight_ = true;
+      return;
+  }
+}
+
 // COMMIT or ROLLBACK of a transaction over several shards, alone in its request: every part
 // ends. False when the request is something else.
 bool Session::end_shard_transaction(std::string_view frames, Actions& out) {
@@ -397,19 +484,24 @@ bool Session::end_shard_transaction(std::string_view frames, Actions& out) {
     }
     define_statement(parse->statement, parse->query, parse->param_types);
   }
+  out.consumed = request.size();
+  end_parts(commit, reply, out);
+  return true;
+}
+
+void Session::end_parts(bool commit, const HubReply& reply, Actions& out) {
   Workspace& w = work();
   auto& tx = w.change_tx();
   const bool failed = std::any_of(w.links.begin(), w.links.end(), [](const Link& o) {
     return o.server && o.server->tx_status == 'E';
   });
-  out.consumed = request.size();
   tx.ending = true;
   tx.reply = reply;
   tx.error.clear();
   tx.started = now_;
   // PostgreSQL answers COMMIT of a failed transaction with ROLLBACK.
   tx.commit = commit && !failed;
-  tx.tag = tx.commit ? "COMMIT" : "ROLLBACK";
+  tx.tag = tx.implicit ? "" : (tx.commit ? "COMMIT" : "ROLLBACK");
   enter(SessionState::Ending);
   if (tx.commit) {
     // The decider, the lowest shard's part (committed first), names the commit with its xid
@@ -422,7 +514,7 @@ bool Session::end_shard_transaction(std::string_view frames, Actions& out) {
     decider->last_activity = now_;
     out.to_links.push_back({decider->id, {xid_message().data(), xid_message().size()}});
     expect_own_answer(*decider, kActionTxXid);
-    return true;
+    return;
   }
   for (Link& o : w.links) {
     if (!o.server) continue;
@@ -431,7 +523,6 @@ bool Session::end_shard_transaction(std::string_view frames, Actions& out) {
     expect_own_answer(o, kActionTxFinish);
     o.finishing = true;
   }
-  return true;
 }
 
 // The decider told its xid (or could not): every part is asked to prepare under the name it
@@ -639,7 +730,7 @@ void Session::finish_shard_transaction(std::string& into, Actions& out) {
   append_local_heads(tx.reply, into);
   if (!tx.error.empty()) {
     into.append(tx.error);
-  } else {
+  } else if (!tx.tag.empty()) {
     pr::append_command_complete(into, tx.tag);
   }
   report_settings(into);

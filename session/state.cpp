@@ -57,8 +57,9 @@ bool transition_allowed(SessionState from, SessionState to) {
       return to == S::Active || to == S::Idle || to == S::Holding;
     case S::Active:
       // WaitingForServer: the replica of an autocommit read died before answering; the read
-      // runs again elsewhere.
-      return to == S::Idle || to == S::Holding || to == S::WaitingForServer;
+      // runs again elsewhere. Ending: the Sync of a request that ran as one transaction over
+      // several shards was answered (ShardTransaction::implicit).
+      return to == S::Idle || to == S::Holding || to == S::WaitingForServer || to == S::Ending;
     case S::Holding:
       // Syncing: the linked server's settings changed since the last request (session mode
       // RESET back to startup values) and are made the client's again. WaitingForServer: a

@@ -24,6 +24,9 @@
 //        ──linked──► Syncing (BEGIN there) ──► Holding (the transaction spans both)
 //   Holding (a transaction over several shards) ──COMMIT or ROLLBACK──► Ending ──every part
 //        prepared and committed, or rolled back──► Idle
+//   Active (a request up to one Sync whose statements name several shards) ──its part on one
+//        shard answered──► Holding ──the rest, for another shard──► WaitingForServer ... as
+//        above; outside a transaction ──its Sync answered──► Ending ──► Idle
 //   Holding ──a statement over the transaction's shards──► Scattering ──gathered──► Holding
 //   any ──client gone, Terminate, fatal error, drained──► Closing
 #pragma once

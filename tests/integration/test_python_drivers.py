@@ -762,12 +762,17 @@ def test_psycopg_pipelines_on_shards(sv, two_pc):
                           "returning value", (D0[0], 7.0))
             b = c.execute("select count(*) from archive where device_id = %s", (D0[0],))
         assert (a.fetchone(), b.fetchone()) == ((7.0,), (1,))
-        # Two shards up to one Sync: refused, nothing written (docs/sharding.md).
-        with pytest.raises(psycopg.Error) as e:
+        # Two shards up to one Sync: one implicit transaction, committed on both.
+        with c.pipeline():
+            c.execute("insert into archive (device_id, value) values (%s, %s)", (D0[0], 8.0))
+            c.execute("insert into archive (device_id, value) values (%s, %s)", (D1[0], 8.0))
+        # ... and when its last statement fails, nothing of it is written on either shard.
+        with pytest.raises(psycopg.errors.DivisionByZero):
             with c.pipeline():
-                c.execute("insert into archive (device_id, value) values (%s, %s)", (D0[0], 8.0))
-                c.execute("insert into archive (device_id, value) values (%s, %s)", (D1[0], 8.0))
-        assert_pgvalve_refusal(e.value, "0A000")
+                c.execute("insert into archive (device_id, value) values (%s, %s)", (D0[0], 10.0))
+                c.execute("insert into archive (device_id, value) values (%s, %s)", (D1[0], 10.0))
+                c.execute("insert into archive (device_id, value) values (%s, 1 / %s)",
+                          (D0[0], 0))
         # A Sync between them: each reaches its shard.
         with c.pipeline() as p:
             c.execute("insert into archive (device_id, value) values (%s, %s)", (D0[0], 9.0),
@@ -782,9 +787,9 @@ def test_psycopg_pipelines_on_shards(sv, two_pc):
             c.execute("insert into archive (device_id, value) values (%s, %s)", (D1[1], 1.0))
         c.commit()
     assert sorted(on(two_pc[0], "select device_id, value from archive")) == \
-        sorted([(D0[0], 7.0), (D0[0], 9.0), (D0[1], 1.0)])
+        sorted([(D0[0], 7.0), (D0[0], 8.0), (D0[0], 9.0), (D0[1], 1.0)])
     assert sorted(on(two_pc[1], "select device_id, value from archive")) == \
-        sorted([(D1[0], 9.0), (D1[1], 1.0)])
+        sorted([(D1[0], 8.0), (D1[0], 9.0), (D1[1], 1.0)])
 
 
 def test_asyncpg_listener_hears_every_shard(sv, two_pc):

@@ -189,11 +189,104 @@ def test_pgjdbc_transactions_over_shards_commit_and_roll_back_whole(two_pc, pgva
 
 
 def test_pgjdbc_batches_over_shards_are_split_and_committed(two_pc, pgvalve, tmp_path):
-    """PgJDBC's executeBatch() with reWriteBatchedInserts, which sharding.md recommends, and a
-    hand-written multi-row INSERT: in autocommit and in a transaction, with the default
-    prepareThreshold and with 1, every row lands on its shard."""
-    assert run_jdbc(two_pc, pgvalve, tmp_path, "JdbcShardedBatch") == "OK 40"
-    assert_placed(two_pc, [s * 100 + d for s in range(4) for d in range(1, 11)])
+    """PgJDBC's executeBatch() with and without reWriteBatchedInserts, and a hand-written
+    multi-row INSERT: in autocommit and in a transaction, with the default prepareThreshold and
+    with 1, every row lands on its shard."""
+    assert run_jdbc(two_pc, pgvalve, tmp_path, "JdbcShardedBatch") == "OK 80"
+    assert_placed(two_pc, [s * 100 + d for s in range(8) for d in range(1, 11)])
+
+
+def test_batches_up_to_one_sync_over_shards_commit_on_every_shard_or_none(two_pc, pgvalve):
+    """psycopg's executemany() sends every row's Parse/Bind/Execute before one Sync, which
+    PostgreSQL runs as one implicit transaction: rows for devices on both shards land on their
+    shards, committed on both with two-phase commit; a batch whose row fails a check, or whose
+    deferred constraint fails at its Sync, leaves no shard changed (psycopg itself cannot read
+    that error in a pipeline: test_batch_answers_are_those_of_one_postgresql); inside the
+    client's transaction the batch waits for its COMMIT."""
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    d0, d1, d1b = devices()
+    insert = "INSERT INTO telemetry (device_id, value) VALUES (%s, %s)"
+    batch = [(d, float(i)) for i, d in enumerate([d0, d1, d1b, d0, d1, d0])]
+    with pv.connect(autocommit=True) as conn:
+        with conn.cursor() as cur:
+            cur.executemany(insert, batch)
+            assert cur.rowcount == 6
+            # A row the CHECK refuses, after rows on both shards: nothing of the batch is kept.
+            with pytest.raises(psycopg.errors.CheckViolation):
+                cur.executemany(insert, [(d0, 100.0), (d1, 100.0), (d0, -5000.0), (d1, 100.0)])
+            # The connection goes on: a batch, then a read over both shards.
+            cur.executemany("INSERT INTO archive (device_id, value) VALUES (%s, %s)",
+                            [(d1, 3.0), (d0, 3.0)])
+            assert cur.execute("SELECT count(*) FROM telemetry").fetchone() == (6,)
+    with pv.connect(autocommit=False) as conn:
+        with conn.cursor() as cur:
+            cur.executemany(insert, [(d1, 50.0), (d0, 50.0)])
+            assert rows(two_pc[0]) == sorted((d, v) for d, v in batch if d == d0)
+            conn.commit()
+    assert rows(two_pc[0]) == sorted([(d, v) for d, v in batch if d == d0] + [(d0, 50.0)])
+    assert rows(two_pc[1]) == sorted([(d, v) for d, v in batch if d != d0] + [(d1, 50.0)])
+    assert rows(two_pc[0], "archive") == [(d0, 3.0)]
+    assert rows(two_pc[1], "archive") == [(d1, 3.0)]
+    for node in two_pc:
+        assert prepared_on(node) == []
+
+
+def test_batch_answers_are_those_of_one_postgresql(two_pc, pgvalve):
+    """Requests whose statements name both shards, up to one Sync, get the messages one
+    PostgreSQL sends for them (compared with s0 alone): a batch through the unnamed statement
+    with portals described, one through a named statement, one whose third row fails, one whose
+    first row fails before any other shard was reached, one whose deferred constraint fails at
+    its Sync, one inside the client's transaction; each writes every row or none."""
+    from types import SimpleNamespace
+
+    from pgwire_ext import ExtClient, bind, describe, execute, parse, sync
+    d0, d1, d1b = devices()
+    ins = "INSERT INTO telemetry (device_id, value) VALUES ($1, $2)"
+    arch = "INSERT INTO archive (device_id, value) VALUES ($1, $2)"
+
+    def rows_of(statement, values, portal_described=False):
+        out = []
+        for d, v in values:
+            out += [bind(statement, [str(d), str(v)])]
+            out += [describe("P", "")] if portal_described else []
+            out += [execute()]
+        return out
+
+    flights = [
+        [parse("", ins)] + rows_of("", [(d0, 1), (d1, 2), (d1b, 3), (d0, 4)], True) + [sync()],
+        [parse("ins", ins)] + rows_of("ins", [(d1, 5), (d0, 6), (d1, 7)]) + [sync()],
+        [parse("", ins)] + rows_of("", [(d0, 8), (d1, 8), (d0, -5000), (d1, 8)]) + [sync()],
+        [parse("", ins)] + rows_of("", [(d0, -5000), (d1, 9)]) + [sync()],
+        [parse("", arch)] + rows_of("", [(d0, 1), (d1, 1), (d1, 2)]) + [sync()],
+        [parse("", arch)] + rows_of("", [(d1, 3), (d0, 3)]) + [sync()],
+    ]
+
+    def answers(port):
+        c = ExtClient.login(SimpleNamespace(port=port))
+        try:
+            got = [c.run(f) for f in flights]
+            c.run([parse("", "BEGIN"), bind(""), execute(), sync()]).raise_for_error()
+            got.append(c.run(flights[0]))
+            got.append(c.simple("COMMIT"))
+            return [(r.kinds, r.tags, [e["C"] for e in r.errors], r.status) for r in got]
+        finally:
+            c.terminate()
+
+    prepare_schema(two_pc)
+    expected = answers(two_pc[0].primary.port)
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    assert answers(pv.port) == expected
+    assert [e[2] for e in expected] == [[], [], ["23514"], ["23514"], ["23505"], [], [], []]
+    first, second = [(d0, 1.0), (d1, 2.0), (d1b, 3.0), (d0, 4.0)], [(d1, 5.0), (d0, 6.0), (d1, 7.0)]
+    written = first + second + first
+    assert rows(two_pc[0]) == sorted(r for r in written if md5_mod(r[0]) == 0)
+    assert rows(two_pc[1]) == sorted(r for r in written if md5_mod(r[0]) == 1)
+    assert rows(two_pc[0], "archive") == [(d0, 3.0)]
+    assert rows(two_pc[1], "archive") == [(d1, 3.0)]
+    for node in two_pc:
+        assert prepared_on(node) == []
 
 
 def run_postgresjs(two_pc, pgvalve, script, *args):

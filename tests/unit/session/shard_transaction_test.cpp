@@ -640,5 +640,199 @@ TEST_F(ShardTransaction, ACommitAnsweredOnOneShardEndsWithoutTwoPhase) {
   EXPECT_EQ(h.state(), SessionState::Idle);
 }
 
+// ---- A request whose statements name several shards (psycopg's executemany(), PgJDBC's
+// executeBatch(), pgx's SendBatch) ----
+
+// A Bind of the unnamed statement with `device` as its one text parameter, and its Execute.
+std::string bind_device(int device) {
+  const std::string value = std::to_string(device);
+  std::string rest;
+  protocol::append_i16(rest, 0);
+  protocol::append_i16(rest, 1);
+  protocol::append_i32(rest, static_cast<std::int32_t>(value.size()));
+  rest += value;
+  protocol::append_i16(rest, 0);
+  std::string out;
+  protocol::append_bind(out, "", "", rest);
+  return out + execute();
+}
+
+const std::string kInsertParsed =
+    parse("", "INSERT INTO telemetry (device_id, value) VALUES ($1, 1)");
+
+std::string inserted() {
+  return bind_complete() + complete("INSERT 0 1");
+}
+
+class ShardBatch : public ShardTransaction {
+ protected:
+  std::string part_sent;  // what run_part_on_s0 sent to s0
+  // The batch's rows for devices 2 (s0) then 1 (s1): the part on s0 runs up to the Bind for s1
+  // and ends with pgvalve's Sync, after `before_sync` (a BEGIN outside a transaction). Returns
+  // the rest of the request, which waits for that part's answer.
+  std::string run_part_on_s0(const std::string& batch, std::string_view before_sync,
+                             bool linked_first = true) {
+    Step s = h.client(batch);
+    if (linked_first) {
+      EXPECT_TRUE(s.check_out);
+      EXPECT_EQ(s.route.shard, 0) << "routed by its first row";
+      h.linked(*s0);
+      s = h.client(batch);
+    }
+    EXPECT_EQ(s.server_link, 0);
+    EXPECT_FALSE(s.check_out);
+    const std::size_t first_part = kInsertParsed.size() + bind_device(2).size();
+    EXPECT_EQ(s.consumed, first_part) << "the Bind for s1 waits";
+    EXPECT_EQ(s.to_server.substr(0, first_part), batch.substr(0, first_part));
+    EXPECT_EQ(tags_of(s.to_server.substr(first_part)), std::string(before_sync) + "S");
+    part_sent = s.to_server;
+    return batch.substr(s.consumed);
+  }
+};
+
+TEST_F(ShardBatch, RowsForTwoShardsUpToOneSyncCommitOnBothAsOneImplicitTransaction) {
+  const std::string rest =
+      run_part_on_s0(kInsertParsed + bind_device(2) + bind_device(1) + sync(), "PBE");
+  EXPECT_EQ(parsed_in(part_sent).back(), "BEGIN") << "what ran so far becomes a transaction block";
+  // s0's answers up to pgvalve's BEGIN and Sync: the client gets its own only.
+  Step s = h.server(parse_complete() + inserted() + parse_complete() + bind_complete() +
+                        complete("BEGIN") + ready('T'),
+                    T0, 0);
+  EXPECT_EQ(tags_of(s.to_client), "12C");
+  EXPECT_TRUE(s.resume_client);
+  // s1 joins the transaction, then takes the rest: the unnamed statement is prepared there.
+  s = h.client(rest);
+  ASSERT_TRUE(s.check_out);
+  EXPECT_EQ(s.route.shard, 1);
+  s = h.linked(*s1);
+  EXPECT_EQ(queries_in(s.to_server).front(),
+            "BEGIN; SELECT pg_catalog.current_setting('max_prepared_transactions')");
+  h.server(join_answer(), T0, 1);
+  s = h.client(rest);
+  EXPECT_EQ(s.server_link, 1);
+  EXPECT_EQ(s.consumed, rest.size());
+  EXPECT_EQ(tags_of(s.to_server), "PBES");
+  EXPECT_EQ(parsed_in(s.to_server),
+            std::vector<std::string>{"INSERT INTO telemetry (device_id, value) VALUES ($1, 1)"});
+  // The client's Sync ends the transaction on both shards, with two-phase commit; the client
+  // gets the ReadyForQuery of an implicit transaction, without a COMMIT tag.
+  s = h.server(parse_complete() + inserted() + ready('T'), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "2C");
+  EXPECT_EQ(h.state(), SessionState::Ending);
+  EXPECT_EQ(queries_in(s.to_links[0]),
+            std::vector<std::string>{"SELECT pg_catalog.pg_current_xact_id()"});
+  s = h.server(xid_result(), T0, 0);
+  EXPECT_EQ(s.to_links.size(), 2u);
+  h.server(command_result("PREPARE TRANSACTION"), T0, 0);
+  h.server(command_result("PREPARE TRANSACTION"), T0, 1);
+  h.server(command_result("COMMIT PREPARED"), T0, 0);
+  s = h.server(command_result("COMMIT PREPARED"), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "Z");
+  EXPECT_EQ(statuses_in(s.to_client), "I");
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+TEST_F(ShardBatch, ARowThatFailsOnTheSecondShardRollsBackBoth) {
+  const std::string rest = run_part_on_s0(
+      kInsertParsed + bind_device(2) + bind_device(1) + bind_device(2) + sync(), "PBE");
+  h.server(parse_complete() + inserted() + parse_complete() + bind_complete() + complete("BEGIN") +
+               ready('T'),
+           T0, 0);
+  h.client(rest);
+  h.linked(*s1);
+  h.server(join_answer(), T0, 1);
+  Step s = h.client(rest);
+  EXPECT_EQ(s.server_link, 1);
+  const std::string after = rest.substr(s.consumed);
+  EXPECT_EQ(after, bind_device(2) + sync()) << "the third row goes back to s0";
+  s = h.server(parse_complete() + bind_complete() + error_message("23514") + ready('E'), T0, 1);
+  EXPECT_EQ(sqlstates_in(s.to_client), "23514");
+  EXPECT_EQ(statuses_in(s.to_client), "") << "the request is not over";
+  // The rest up to the client's Sync is not run, as PostgreSQL skips it; then every part rolls
+  // back and the client's implicit transaction ends.
+  s = h.client(after);
+  EXPECT_EQ(s.server_link, 1);
+  EXPECT_EQ(tags_of(s.to_server), "S");
+  s = h.server(ready('E'), T0, 1);
+  EXPECT_EQ(s.to_client, "");
+  EXPECT_EQ(queries_in(s.to_links[0]), std::vector<std::string>{"ROLLBACK"});
+  EXPECT_EQ(queries_in(s.to_links[1]), std::vector<std::string>{"ROLLBACK"});
+  h.server(command_result("ROLLBACK"), T0, 0);
+  s = h.server(command_result("ROLLBACK"), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "Z");
+  EXPECT_EQ(statuses_in(s.to_client), "I");
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+TEST_F(ShardBatch, ARowThatFailsBeforeTheSecondShardEndsTheRequestOnTheFirst) {
+  const std::string rest =
+      run_part_on_s0(kInsertParsed + bind_device(2) + bind_device(1) + sync(), "PBE");
+  // The server skipped pgvalve's BEGIN: its implicit transaction is over.
+  Step s =
+      h.server(parse_complete() + bind_complete() + error_message("23514") + ready('I'), T0, 0);
+  EXPECT_EQ(tags_of(s.to_client), "12E");
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Release));
+  // The next request, pipelined behind the Sync, runs as usual.
+  const std::string next = insert(1);
+  s = h.client(rest + next);
+  EXPECT_FALSE(s.check_out) << "nothing more of the request runs";
+  EXPECT_EQ(s.to_server, "");
+  EXPECT_EQ(tags_of(s.to_client), "Z");
+  EXPECT_EQ(statuses_in(s.to_client), "I");
+  EXPECT_EQ(s.consumed, rest.size());
+  EXPECT_TRUE(s.resume_client);
+  EXPECT_EQ(h.state(), SessionState::Idle);
+  s = h.client(next);
+  ASSERT_TRUE(s.check_out);
+  EXPECT_EQ(s.route.shard, 1);
+}
+
+TEST_F(ShardBatch, InTheClientsTransactionTheRequestGoesOnOnTheNextShard) {
+  begin_on_s0();
+  const std::string rest =
+      run_part_on_s0(kInsertParsed + bind_device(2) + bind_device(1) + sync(), "", false);
+  Step s = h.server(parse_complete() + inserted() + ready('T'), T0, 0);
+  EXPECT_EQ(tags_of(s.to_client), "12C");
+  h.client(rest);
+  h.linked(*s1);
+  h.server(join_answer(), T0, 1);
+  s = h.client(rest);
+  EXPECT_EQ(s.server_link, 1);
+  s = h.server(parse_complete() + inserted() + ready('T'), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "2CZ") << "the client's own Sync, in its transaction";
+  EXPECT_EQ(statuses_in(s.to_client), "T");
+  const std::string gid = commit();
+  EXPECT_FALSE(gid.empty());
+}
+
+TEST_F(ShardBatch, WithoutPreparedTransactionsTheSecondShardIsRefusedAndNothingIsWritten) {
+  const std::string rest =
+      run_part_on_s0(kInsertParsed + bind_device(2) + bind_device(1) + sync(), "PBE");
+  h.server(parse_complete() + inserted() + parse_complete() + bind_complete() + complete("BEGIN") +
+               ready('T'),
+           T0, 0);
+  h.client(rest);
+  h.linked(*s1);
+  Step s = h.server(join_answer("0"), T0, 1);
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::CleanAndRelease));
+  // The row for s1 is refused on s0, which fails the transaction there; the Sync rolls it back.
+  s = h.client(rest);
+  EXPECT_EQ(s.server_link, 0);
+  EXPECT_EQ(s.consumed, rest.size());
+  // (The unnamed statement, replaced by pgvalve's BEGIN there, is prepared again first.)
+  ASSERT_EQ(parsed_in(s.to_server).size(), 2u);
+  EXPECT_NE(parsed_in(s.to_server)[1].find("max_prepared_transactions = 0"), std::string::npos);
+  s = h.server(
+      parse_complete() + parse_complete() + bind_complete() + error_message("0A000") + ready('E'),
+      T0, 0);
+  EXPECT_EQ(sqlstates_in(s.to_client), "0A000");
+  EXPECT_EQ(statuses_in(s.to_client), "");
+  EXPECT_EQ(queries_in(s.to_links[0]), std::vector<std::string>{"ROLLBACK"});
+  s = h.server(command_result("ROLLBACK"), T0, 0);
+  EXPECT_EQ(tags_of(s.to_client), "Z");
+  EXPECT_EQ(statuses_in(s.to_client), "I");
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
 }  // namespace
 }  // namespace pgvalve::session::testing

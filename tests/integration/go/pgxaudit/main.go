@@ -1231,7 +1231,8 @@ func scenarioSharded(dsn string, devs []int64) result {
 	}
 	out["archive_total"] = scalar(ctx, c, "select count(*) from archive")
 	// SendBatch: one Sync for all its statements. Rows of two devices of one shard, then rows
-	// of devices on two shards (refused as one request over two shards: docs/sharding.md).
+	// of devices on two shards (one implicit transaction on both, committed with two-phase
+	// commit).
 	batch := func(devices ...int64) interface{} {
 		b := &pgx.Batch{}
 		for _, d := range devices {
@@ -1252,7 +1253,8 @@ func scenarioSharded(dsn string, devs []int64) result {
 	out["batch_two_shards"] = batch(d0[0], d1[0])
 	out["after_batch"] = scalar(ctx, c, "select $1::int8", d1[1])
 	out["batch_one_shard_again"] = batch(d1[0], d1[1])
-	// In a transaction: the refused batch aborts it, as any error does, and nothing of it stays.
+	// In a transaction: the batch's rows are the transaction's on both shards, and none stays
+	// after its ROLLBACK.
 	tx, err = c.Begin(ctx)
 	must(err, "begin")
 	bt := []interface{}{exec(ctx, tx, "insert into archive (device_id, value) values ($1, $2)", d0[1], 6.0)}
@@ -1264,6 +1266,7 @@ func scenarioSharded(dsn string, devs []int64) result {
 	_, e2 := br.Exec()
 	bt = append(bt, errString(e1), errString(e2), errString(br.Close()),
 		scalar(ctx, tx, "select count(*) from archive where device_id = $1", d0[1]),
+		scalar(ctx, tx, "select count(*) from archive where device_id = $1", d1[1]),
 		"rollback:"+errString(tx.Rollback(ctx)))
 	out["batch_in_tx_two_shards"] = bt
 	// A reference table: written on every shard (two-phase commit), read from any.
