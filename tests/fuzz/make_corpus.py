@@ -250,6 +250,18 @@ def session_seeds() -> dict:
                          + client(0, "/* pgvalve: all_shards */ DELETE FROM telemetry") + shards3
                          + answer(0, everything) + answer(1, everything)
                          + answer(2, everything) + answer() + answer() + answer(),
+        # A request whose statements name two shards up to one Sync (a driver's batch): the
+        # first shard's part, then the second shard joins and runs the rest, and the Sync commits
+        # both parts with two-phase commit.
+        "batch_over_shards": sharded
+                             + client(2, "SELECT * FROM telemetry WHERE device_id = 2")
+                             + client(3, "SELECT * FROM telemetry WHERE device_id = 2")
+                             + client(5)
+                             + client(2, "DELETE FROM telemetry WHERE device_id = 1")
+                             + client(3, "DELETE FROM telemetry WHERE device_id = 1")
+                             + client(5) + client(6) + fresh + answer() + fresh
+                             + answer(1) + answer(1) + answer(0) + answer(0) + answer(1)
+                             + answer(0) + answer(1),
         # An INSERT whose rows are split between shards, simple then extended with Bind values
         # (1, 'a', 2, 'b', 4, 'c').
         # (md5_mod over 3 shards: keys 2 and 1 are shards 0 and 1, the Bind's 1, 2, 4 all three.)

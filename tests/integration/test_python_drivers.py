@@ -644,7 +644,7 @@ def test_asyncpg_statements_of_one_device_reach_its_shard(sv, two_pc):
     """asyncpg sends a Parse without parameter types and the values in binary, typed by the
     server's ParameterDescription (int8 for device_id bigint). With sharding.key_type: bigint
     pgvalve reads them as the key column's type (every statement naming `device_id = $1` was
-    refused with 22P02)."""
+    refused with 22P02). Its executemany() of rows on both shards is one transaction over both."""
     async def main():
         c = await asyncpg.connect(adsn(sv))
         try:
@@ -652,17 +652,21 @@ def test_asyncpg_statements_of_one_device_reach_its_shard(sv, two_pc):
                 await c.execute("insert into telemetry (device_id, value) values ($1, $2)", d, 1.5)
             await c.executemany("insert into telemetry (device_id, value) values ($1, $2)",
                                 [(D0[1], float(i)) for i in range(5)])
+            # Rows of devices on both shards up to one Sync: one transaction over both.
+            await c.executemany("insert into telemetry (device_id, value) values ($1, $2)",
+                                [(D1[1], 1.0), (D0[2], 2.0), (D1[1], 3.0)])
             return [await c.fetchval("select sum(value) from telemetry where device_id = $1", d)
-                    for d in (D0[0], D1[0], D0[1])]
+                    for d in (D0[0], D1[0], D0[1], D1[1], D0[2])]
         except asyncpg.PostgresError as e:
             return f"{e.sqlstate}: {e}"
         finally:
             await c.close()
 
-    assert run(main()) == [1.5, 1.5, 10.0]
+    assert run(main()) == [1.5, 1.5, 10.0, 4.0, 2.0]
     assert sorted(on(two_pc[0], "select device_id, count(*) from telemetry group by 1")) == \
-        sorted([(D0[0], 1), (D0[1], 5)])
-    assert on(two_pc[1], "select device_id, count(*) from telemetry group by 1") == [(D1[0], 1)]
+        sorted([(D0[0], 1), (D0[1], 5), (D0[2], 1)])
+    assert sorted(on(two_pc[1], "select device_id, count(*) from telemetry group by 1")) == \
+        sorted([(D1[0], 1), (D1[1], 2)])
 
 
 def test_asyncpg_pool_release_on_a_sharded_database(sv):
