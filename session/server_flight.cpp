@@ -519,7 +519,7 @@ void Session::complete_front(Link& l, char tag, Actions& out) {
     if (head.internal && head.action == kActionPinCheck) finish_pin_check(l, head.failed, out);
     if (head.internal && head.action == kActionHop) finish_hop(l);
     if (head.internal && head.action == kActionImplicitEnd) {
-      end_parts(true, {}, out);
+      end_parts(true, {}, out, true);
       return;
     }
     if (head.internal && is_scatter_action(head.action)) {
@@ -832,7 +832,7 @@ void Session::settle(Link& l, LinkId id, Actions& out) {
       enter_between_requests();
       return;
     }
-    if (!tx.begin.empty() || !tx.refusal.empty() || tx.begin_too_long) tx = {};
+    if (!tx.begin.empty() || !tx.refusal.empty() || tx.begin_too_long || tx.implicit) tx = {};
   }
   const bool translate = options_.mode != config::PoolMode::Session;
   // With pin_session_state false the statements that pin are refused; what still asks for a

@@ -930,6 +930,9 @@ void Session::lose_link(Link& l, LinkId id, std::string_view message, LinkOp::Ki
     return;
   }
   const bool spanned = work_ && (work_->tx().spans || work_->tx().joining);
+  // A request run as one transaction over several shards is over with its first part's server
+  // (the others, if any, are abandoned below).
+  if (work_ && work_->tx().implicit && !spanned) work().change_tx().implicit = false;
   if (l.stream_remaining > 0 && l.stream_forward) {
     // Part of a message went to the client and the rest never will: nothing can follow it,
     // not even an error, so the client's connection is closed.
@@ -982,6 +985,9 @@ void Session::fail_pending(Link& l, std::string_view sqlstate, std::string_view 
                            std::string& out) {
   int user_requests = 0;
   bool recorded = false;
+  // The client's request continues past pgvalve's Sync of a part on one shard (hop): its rest,
+  // up to its Sync, is failed like messages after the last Sync.
+  bool request_goes_on = l.open_extended;
   while (!l.pending.empty()) {
     const auto& head = l.pending.front();
     if (!recorded && head.fingerprint && !head.internal && sqlstate.size() >= 2) {
@@ -992,7 +998,11 @@ void Session::fail_pending(Link& l, std::string_view sqlstate, std::string_view 
       record_execution(l, head, true);
       recorded = true;
     }
-    if (head.kind == pr::PendingResponse::Kind::ReadyForQuery && !head.internal) ++user_requests;
+    if (head.kind == pr::PendingResponse::Kind::ReadyForQuery) {
+      // The end of a request run as one transaction over several shards is the client's Sync.
+      if (!head.internal || head.action == kActionImplicitEnd) ++user_requests;
+      if (head.internal && head.action == kActionHop) request_goes_on = true;
+    }
     l.pending.pop();
   }
   l.rows = 0;
@@ -1010,7 +1020,7 @@ void Session::fail_pending(Link& l, std::string_view sqlstate, std::string_view 
     pr::append_ready_for_query(out, 'I');
   }
   // Messages after the last Sync: one error, then nothing up to their Sync.
-  if (l.open_extended) {
+  if (request_goes_on) {
     error();
     error_sent_in_flight_ = true;
     skip_until_sync_ = true;

@@ -354,8 +354,9 @@ class Session {
   void hop(Link& l, Flight& flight, bool unnamed);
   void finish_hop(Link& l);
   // COMMIT (`commit`) or ROLLBACK of every part of the transaction over several shards; the
-  // client is answered `reply`'s heads, then the tag (none for an implicit transaction).
-  void end_parts(bool commit, const HubReply& reply, Actions& out);
+  // client is answered `reply`'s heads, then the tag, or (`at_sync`: the client's Sync ended an
+  // implicit transaction) only its ReadyForQuery.
+  void end_parts(bool commit, const HubReply& reply, Actions& out, bool at_sync = false);
   // Sharded databases: a read the router sends to several shards (Route::Kind::Shards). Started:
   // the shards' servers are being checked out; Waiting: the rest of the request (its Sync) is
   // not here yet; NotScattered: `route` is now a refusal, or one shard (a request that executes

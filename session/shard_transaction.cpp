@@ -489,7 +489,7 @@ bool Session::end_shard_transaction(std::string_view frames, Actions& out) {
   return true;
 }
 
-void Session::end_parts(bool commit, const HubReply& reply, Actions& out) {
+void Session::end_parts(bool commit, const HubReply& reply, Actions& out, bool at_sync) {
   Workspace& w = work();
   auto& tx = w.change_tx();
   const bool failed = std::any_of(w.links.begin(), w.links.end(), [](const Link& o) {
@@ -501,7 +501,7 @@ void Session::end_parts(bool commit, const HubReply& reply, Actions& out) {
   tx.started = now_;
   // PostgreSQL answers COMMIT of a failed transaction with ROLLBACK.
   tx.commit = commit && !failed;
-  tx.tag = tx.implicit ? "" : (tx.commit ? "COMMIT" : "ROLLBACK");
+  tx.tag = at_sync ? "" : (tx.commit ? "COMMIT" : "ROLLBACK");
   enter(SessionState::Ending);
   if (tx.commit) {
     // The decider, the lowest shard's part (committed first), names the commit with its xid

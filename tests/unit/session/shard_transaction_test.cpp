@@ -787,6 +787,52 @@ TEST_F(ShardBatch, ARowThatFailsBeforeTheSecondShardEndsTheRequestOnTheFirst) {
   EXPECT_EQ(s.route.shard, 1);
 }
 
+TEST_F(ShardBatch, TheFirstShardLostBeforeItsPartIsAnsweredFailsTheWholeRequest) {
+  const std::string rest =
+      run_part_on_s0(kInsertParsed + bind_device(2) + bind_device(1) + sync(), "PBE");
+  Step s = h.lost(T0, 0);
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  EXPECT_EQ(statuses_in(s.to_client), "") << "the request is not over yet";
+  // Its rest is not run anywhere (s0's part was rolled back with its server): the client's
+  // Sync gets its ReadyForQuery, and the next request runs as usual.
+  const std::string next = insert(1);
+  s = h.client(rest + next);
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(s.to_server, "");
+  EXPECT_EQ(tags_of(s.to_client), "Z");
+  EXPECT_EQ(statuses_in(s.to_client), "I");
+  s = h.client(next);
+  ASSERT_TRUE(s.check_out);
+  h.linked(*s1);
+  s = h.client(next);
+  EXPECT_EQ(s.server_link, 0);
+  s = h.server(command_result("INSERT 0 1"), T0, 0);
+  EXPECT_EQ(tags_of(s.to_client), "CZ") << "an ordinary request, not one pgvalve ends";
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+TEST_F(ShardBatch, TheSecondShardLostFailsTheRequestAndRollsBackTheFirst) {
+  const std::string rest =
+      run_part_on_s0(kInsertParsed + bind_device(2) + bind_device(1) + sync(), "PBE");
+  h.server(parse_complete() + inserted() + parse_complete() + bind_complete() + complete("BEGIN") +
+               ready('T'),
+           T0, 0);
+  h.client(rest);
+  h.linked(*s1);
+  h.server(join_answer(), T0, 1);
+  h.client(rest);
+  Step s = h.lost(T0, 1);
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  EXPECT_EQ(statuses_in(s.to_client), "I") << "the client's Sync was sent: it is answered";
+  ASSERT_TRUE(s.has_op(LinkOp::Kind::CleanAndRelease));
+  for (const auto& op : s.ops) {
+    if (op.kind == LinkOp::Kind::CleanAndRelease) {
+      EXPECT_EQ(op.sql1, "ROLLBACK");
+    }
+  }
+  EXPECT_EQ(h.session().link_count(), 0u);
+}
+
 TEST_F(ShardBatch, InTheClientsTransactionTheRequestGoesOnOnTheNextShard) {
   begin_on_s0();
   const std::string rest =
