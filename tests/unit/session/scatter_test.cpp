@@ -322,17 +322,7 @@ TEST_F(Scatter, AStandardDeviationRunsAsASumACountAndAVarianceAlsoInBinary) {
 // only when what ran before the second shard's Bind behaves the same in a transaction block:
 // after a statement pgvalve does not read as plain (here an advisory lock), they are refused.
 TEST_F(Scatter, RowsForTwoShardsAfterAStatementNotReadAsPlainAreRefusedAsOneTransaction) {
-  auto bind_value = [](std::string_view value) {
-    std::string rest;
-    protocol::append_i16(rest, 0);
-    protocol::append_i16(rest, 1);
-    protocol::append_i32(rest, static_cast<std::int32_t>(value.size()));
-    rest += value;
-    protocol::append_i16(rest, 0);
-    std::string out;
-    protocol::append_bind(out, "", "", rest);
-    return out;
-  };
+  auto bind_value = [](std::string value) { return bind_values("", {std::move(value)}); };
   const std::string in =
       parse("", "SELECT pg_advisory_xact_lock(7) FROM telemetry WHERE device_id = $1") +
       bind_value("2") + execute() +
@@ -974,17 +964,7 @@ namespace {
 
 // A Bind of `statement` (unnamed by default) with text parameters.
 std::string text_bind(const std::vector<std::string>& values, std::string_view statement = "") {
-  std::string rest;
-  protocol::append_i16(rest, 0);
-  protocol::append_i16(rest, static_cast<std::int16_t>(values.size()));
-  for (const auto& v : values) {
-    protocol::append_i32(rest, static_cast<std::int32_t>(v.size()));
-    rest += v;
-  }
-  protocol::append_i16(rest, 0);
-  std::string out;
-  protocol::append_bind(out, "", statement, rest);
-  return out;
+  return bind_values(statement, values);
 }
 
 std::vector<std::string> bound_values(std::string_view stream) {

@@ -49,6 +49,21 @@ inline std::string bind_to(std::string_view portal, std::string_view statement) 
   return out;
 }
 
+// A Bind of `statement` to the unnamed portal with `values` as text parameters.
+inline std::string bind_values(std::string_view statement, const std::vector<std::string>& values) {
+  std::string rest;
+  protocol::append_i16(rest, 0);
+  protocol::append_i16(rest, static_cast<std::int16_t>(values.size()));
+  for (const std::string& v : values) {
+    protocol::append_i32(rest, static_cast<std::int32_t>(v.size()));
+    rest += v;
+  }
+  protocol::append_i16(rest, 0);
+  std::string out;
+  protocol::append_bind(out, "", statement, rest);
+  return out;
+}
+
 inline std::string describe(char kind, std::string_view name) {
   std::string out;
   protocol::append_describe(out, kind, name);

@@ -645,16 +645,7 @@ TEST_F(ShardTransaction, ACommitAnsweredOnOneShardEndsWithoutTwoPhase) {
 
 // A Bind of the unnamed statement with `device` as its one text parameter, and its Execute.
 std::string bind_device(int device) {
-  const std::string value = std::to_string(device);
-  std::string rest;
-  protocol::append_i16(rest, 0);
-  protocol::append_i16(rest, 1);
-  protocol::append_i32(rest, static_cast<std::int32_t>(value.size()));
-  rest += value;
-  protocol::append_i16(rest, 0);
-  std::string out;
-  protocol::append_bind(out, "", "", rest);
-  return out + execute();
+  return bind_values("", {std::to_string(device)}) + execute();
 }
 
 const std::string kInsertParsed =
@@ -688,27 +679,32 @@ class ShardBatch : public ShardTransaction {
     part_sent = s.to_server;
     return batch.substr(s.consumed);
   }
+
+  // s0 answers its part (one row) and pgvalve's BEGIN and Sync; then s1 is checked out for
+  // `rest` and joins the transaction, answering `max_prepared`.
+  Step s1_joins(const std::string& rest, std::string_view max_prepared = "10") {
+    Step s = h.server(parse_complete() + inserted() + parse_complete() + bind_complete() +
+                          complete("BEGIN") + ready('T'),
+                      T0, 0);
+    EXPECT_EQ(tags_of(s.to_client), "12C") << "the client gets its own answers only";
+    EXPECT_TRUE(s.resume_client);
+    s = h.client(rest);
+    EXPECT_TRUE(s.check_out);
+    EXPECT_EQ(s.route.shard, 1);
+    s = h.linked(*s1);
+    EXPECT_EQ(queries_in(s.to_server).front(),
+              "BEGIN; SELECT pg_catalog.current_setting('max_prepared_transactions')");
+    return h.server(join_answer(max_prepared), T0, 1);
+  }
 };
 
 TEST_F(ShardBatch, RowsForTwoShardsUpToOneSyncCommitOnBothAsOneImplicitTransaction) {
   const std::string rest =
       run_part_on_s0(kInsertParsed + bind_device(2) + bind_device(1) + sync(), "PBE");
   EXPECT_EQ(parsed_in(part_sent).back(), "BEGIN") << "what ran so far becomes a transaction block";
-  // s0's answers up to pgvalve's BEGIN and Sync: the client gets its own only.
-  Step s = h.server(parse_complete() + inserted() + parse_complete() + bind_complete() +
-                        complete("BEGIN") + ready('T'),
-                    T0, 0);
-  EXPECT_EQ(tags_of(s.to_client), "12C");
-  EXPECT_TRUE(s.resume_client);
   // s1 joins the transaction, then takes the rest: the unnamed statement is prepared there.
-  s = h.client(rest);
-  ASSERT_TRUE(s.check_out);
-  EXPECT_EQ(s.route.shard, 1);
-  s = h.linked(*s1);
-  EXPECT_EQ(queries_in(s.to_server).front(),
-            "BEGIN; SELECT pg_catalog.current_setting('max_prepared_transactions')");
-  h.server(join_answer(), T0, 1);
-  s = h.client(rest);
+  s1_joins(rest);
+  Step s = h.client(rest);
   EXPECT_EQ(s.server_link, 1);
   EXPECT_EQ(s.consumed, rest.size());
   EXPECT_EQ(tags_of(s.to_server), "PBES");
@@ -735,12 +731,7 @@ TEST_F(ShardBatch, RowsForTwoShardsUpToOneSyncCommitOnBothAsOneImplicitTransacti
 TEST_F(ShardBatch, ARowThatFailsOnTheSecondShardRollsBackBoth) {
   const std::string rest = run_part_on_s0(
       kInsertParsed + bind_device(2) + bind_device(1) + bind_device(2) + sync(), "PBE");
-  h.server(parse_complete() + inserted() + parse_complete() + bind_complete() + complete("BEGIN") +
-               ready('T'),
-           T0, 0);
-  h.client(rest);
-  h.linked(*s1);
-  h.server(join_answer(), T0, 1);
+  s1_joins(rest);
   Step s = h.client(rest);
   EXPECT_EQ(s.server_link, 1);
   const std::string after = rest.substr(s.consumed);
@@ -814,12 +805,7 @@ TEST_F(ShardBatch, TheFirstShardLostBeforeItsPartIsAnsweredFailsTheWholeRequest)
 TEST_F(ShardBatch, TheSecondShardLostFailsTheRequestAndRollsBackTheFirst) {
   const std::string rest =
       run_part_on_s0(kInsertParsed + bind_device(2) + bind_device(1) + sync(), "PBE");
-  h.server(parse_complete() + inserted() + parse_complete() + bind_complete() + complete("BEGIN") +
-               ready('T'),
-           T0, 0);
-  h.client(rest);
-  h.linked(*s1);
-  h.server(join_answer(), T0, 1);
+  s1_joins(rest);
   h.client(rest);
   Step s = h.lost(T0, 1);
   EXPECT_EQ(sqlstates_in(s.to_client), "08006");
@@ -854,12 +840,7 @@ TEST_F(ShardBatch, InTheClientsTransactionTheRequestGoesOnOnTheNextShard) {
 TEST_F(ShardBatch, WithoutPreparedTransactionsTheSecondShardIsRefusedAndNothingIsWritten) {
   const std::string rest =
       run_part_on_s0(kInsertParsed + bind_device(2) + bind_device(1) + sync(), "PBE");
-  h.server(parse_complete() + inserted() + parse_complete() + bind_complete() + complete("BEGIN") +
-               ready('T'),
-           T0, 0);
-  h.client(rest);
-  h.linked(*s1);
-  Step s = h.server(join_answer("0"), T0, 1);
+  Step s = s1_joins(rest, "0");
   EXPECT_TRUE(s.has_op(LinkOp::Kind::CleanAndRelease));
   // The row for s1 is refused on s0, which fails the transaction there; the Sync rolls it back.
   s = h.client(rest);
