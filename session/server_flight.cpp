@@ -517,7 +517,7 @@ void Session::complete_front(Link& l, char tag, Actions& out) {
     if (head.internal && head.action == kActionSync) finish_sync(l, !head.failed, out);
     if (head.internal && head.action == kActionBegin) finish_begin(l, !head.failed, out);
     if (head.internal && head.action == kActionPinCheck) finish_pin_check(l, head.failed, out);
-    if (head.internal && head.action == kActionHop) finish_hop(l);
+    if (head.internal && head.action == kActionHop) finish_hop(l, head.failed);
     if (head.internal && head.action == kActionImplicitEnd) {
       end_parts(true, {}, out, true);
       return;

@@ -352,7 +352,7 @@ class Session {
   // Ends the request's part on `l` before the Bind being planned (`unnamed`: of the unnamed
   // statement, kept to be prepared where the Bind lands); the rest is planned once `l` answered.
   void hop(Link& l, Flight& flight, bool unnamed);
-  void finish_hop(Link& l);
+  void finish_hop(Link& l, bool failed);
   // COMMIT (`commit`) or ROLLBACK of every part of the transaction over several shards; the
   // client is answered `reply`'s heads, then the tag, or (`at_sync`: the client's Sync ended an
   // implicit transaction) only its ReadyForQuery.

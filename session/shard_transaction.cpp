@@ -332,18 +332,18 @@ void Session::join_failed(std::string_view sqlstate, std::string why, Actions& o
 // the transaction as it would for a request of its own, and so on. Outside a transaction of the
 // client's, PostgreSQL runs the request as one implicit transaction: a BEGIN before that Sync
 // makes what ran so far on the first shard part of a transaction block, and the client's Sync
-// ends the transaction on every shard (ShardTransaction::implicit). The parts run one after the
-// other, so the client gets its answers in order.
+// ends the transaction on every shard (ShardTransaction::implicit). A replica's part only
+// reads: it ends with the Sync alone and its server goes back, and the rest is routed afresh.
+// The parts run one after the other, so the client gets its answers in order.
 
 bool Session::may_hop(const Link& l, const BindParams* params) const {
-  if (!params || options_.mode != config::PoolMode::Transaction ||
-      l.route.kind != routing::Route::Kind::Primary) {
-    return false;
-  }
+  if (!params || options_.mode != config::PoolMode::Transaction) return false;
   // Only plain statements ran in the request so far: a BEGIN, COMMIT or setting among them
   // would not run as it did once the request is a transaction block.
   const char status = l.server->tx_status;
-  return status == 'T' || (status == 'I' && l.flight_plain && !l.check_pins);
+  const bool plain = status == 'I' && l.flight_plain && !l.check_pins;
+  if (l.route.kind == routing::Route::Kind::Replica) return plain && !work_->tx().implicit;
+  return l.route.kind == routing::Route::Kind::Primary && (status == 'T' || plain);
 }
 
 void Session::hop(Link& l, Flight& flight, bool unnamed) {
@@ -366,7 +366,9 @@ void Session::hop(Link& l, Flight& flight, bool unnamed) {
     e.unnamed_kept = true;
   }
   const std::size_t from = flight.scratch->size();
-  if (l.server->tx_status == 'I') {
+  // A replica's part only read: it needs no transaction of its own, and the rest of the request
+  // is routed afresh once it is answered (to a replica, or to a primary for a write).
+  if (l.server->tx_status == 'I' && l.route.kind == routing::Route::Kind::Primary) {
     // An unnamed statement and portal: the client's Bind being planned replaces its portal,
     // and its statement is prepared again here if a later Bind of it comes back.
     pr::append_parse_raw(*flight.scratch, {}, "BEGIN", {});
@@ -389,10 +391,10 @@ void Session::hop(Link& l, Flight& flight, bool unnamed) {
   flight.stop = true;
 }
 
-// The part before the hop was answered. settle() then has the client's input planned again: its
-// rest goes to the next statement's shard, or, after an error, up to the client's Sync is not
-// run (PostgreSQL skips it).
-void Session::finish_hop(Link& l) {
+// The part before the hop was answered (`failed`: with an error). settle() then has the
+// client's input planned again: its rest goes to the next statement's shard, or, after an error,
+// up to the client's Sync is not run (PostgreSQL skips it).
+void Session::finish_hop(Link& l, bool failed) {
   switch (l.server->tx_status) {
     case 'T':
       return;
@@ -400,8 +402,11 @@ void Session::finish_hop(Link& l) {
       l.skipping_until_sync = true;
       return;
     default:
-      // A statement before pgvalve's BEGIN failed: the implicit transaction is over, and the
-      // rest of the request is answered by pgvalve up to its Sync, as the server would.
+      // A replica's reads: the server goes back, and the rest is routed afresh.
+      if (!failed && !work().tx().implicit) return;
+      // A statement before pgvalve's BEGIN failed (or a replica's read): the implicit
+      // transaction is over, and the rest of the request is answered by pgvalve up to its Sync,
+      // as the server would.
       work().change_tx().implicit = false;
       skip_until_sync_ = true;
       error_sent_in_flight_ = true;

@@ -449,6 +449,51 @@ def two_pc_replicated(request):
     return nodes
 
 
+def test_a_batch_of_reads_over_both_shards_runs_on_their_replicas(two_pc_replicated, pgvalve):
+    """Reads for devices on both shards up to one Sync (a psycopg pipeline, as pgx's SendBatch
+    sends one) with replicas taking reads: each shard's reads run on its replica in turn, a read
+    that fails ends the batch there, and a write among them runs on its primary, with the reads
+    after it in its transaction on the primaries, committed together."""
+    nodes = two_pc_replicated
+    prepare_schema(nodes)
+    conf = config(nodes)
+    for shard, c in zip(conf["databases"][APP_DB]["shards"], nodes):
+        shard["replicas"] = [f"127.0.0.1:{r.port}" for r in c.replicas]
+    conf["routing"] = {"max_replica_lag_ms": 600000, "read_your_writes": "off"}
+    pv = pgvalve(**conf)
+    a = next(d for d in range(1, 50) if md5_mod(d) == 0)
+    b = next(d for d in range(1, 50) if md5_mod(d) == 1)
+    with pv.connect() as c:
+        c.execute(f"INSERT INTO telemetry (device_id, value) VALUES ({a}, 1), ({a}, 2), ({b}, 3)")
+    for c in nodes:
+        c.wait_replay()
+    read = "SELECT pg_is_in_recovery(), count(*) FROM telemetry WHERE device_id = %s"
+
+    def replicas_take_reads():
+        with pv.connect() as c:
+            return all(c.execute(read, (d,)).fetchone()[0] for d in (a, b))
+
+    wait_until(replicas_take_reads, 10, message="both shards' replicas take reads")
+    with pv.connect(autocommit=True) as conn:
+        with conn.pipeline():
+            got = [conn.execute(read, (d,)) for d in (a, b, a)]
+        assert [r.fetchone() for r in got] == [(True, 2), (True, 1), (True, 2)]
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            with conn.pipeline():
+                conn.execute(read, (a,))
+                conn.execute("SELECT 1 / (count(*) - 1) FROM telemetry WHERE device_id = %s",
+                             (b,))
+                conn.execute(read, (a,))
+        with conn.pipeline():
+            first = conn.execute(read, (a,))
+            conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 4)", (b,))
+            last = conn.execute(read, (a,))
+        assert (first.fetchone(), last.fetchone()) == ((True, 2), (False, 2))
+    assert sorted(on(nodes[1], "SELECT device_id, value FROM telemetry")) == [(b, 3.0), (b, 4.0)]
+    for node in nodes:
+        assert prepared_on(node) == []
+
+
 def test_a_write_over_several_shards_is_read_back_with_replay_paused(two_pc_replicated, pgvalve):
     """read_your_writes = lsn: after a write committed on several shards, the client's reads of
     each shard go only where the write has been replayed (here, with every replica paused: the

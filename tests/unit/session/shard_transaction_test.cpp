@@ -861,5 +861,69 @@ TEST_F(ShardBatch, WithoutPreparedTransactionsTheSecondShardIsRefusedAndNothingI
   EXPECT_EQ(h.state(), SessionState::Idle);
 }
 
+// Reads for two shards up to one Sync, where replicas take reads (a dashboard's batch): each
+// shard's part runs on its own, a replica's part needing no transaction; an error ends the batch.
+class ShardReadBatch : public ::testing::Test {
+ protected:
+  routing::ShardingPolicy policy = two_shards();
+  SessionHarness h{policy, {}, true};
+  std::unique_ptr<ServerState> r0 = SessionHarness::fresh_server();
+  std::unique_ptr<ServerState> r1 = SessionHarness::fresh_server();
+  const std::string read_parsed = parse("", "SELECT value FROM telemetry WHERE device_id = $1");
+
+  std::string read_of(int device) { return bind_values("", {std::to_string(device)}) + execute(); }
+
+  // The read of device 2 runs on s0's replica up to the read for s1, then ends with pgvalve's
+  // Sync alone; returns the rest of the request.
+  std::string run_part_on_r0(const std::string& batch) {
+    Step s = h.client(batch);
+    EXPECT_TRUE(s.check_out);
+    EXPECT_EQ(s.route.kind, routing::Route::Kind::Replica);
+    EXPECT_EQ(s.route.shard, 0);
+    h.linked(*r0);
+    s = h.client(batch);
+    const std::size_t first_part = read_parsed.size() + read_of(2).size();
+    EXPECT_EQ(s.consumed, first_part);
+    EXPECT_EQ(tags_of(s.to_server), "PBES") << "no BEGIN: a replica's part only reads";
+    return batch.substr(s.consumed);
+  }
+};
+
+TEST_F(ShardReadBatch, EachShardsReadsRunOnItsReplicaInTurn) {
+  const std::string rest = run_part_on_r0(read_parsed + read_of(2) + read_of(1) + sync());
+  Step s = h.server(
+      parse_complete() + bind_complete() + data_row({"1"}) + complete("SELECT 1") + ready('I'), T0,
+      0);
+  EXPECT_EQ(tags_of(s.to_client), "12DC");
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Release)) << "s0's replica goes back";
+  EXPECT_TRUE(s.resume_client);
+  s = h.client(rest);
+  ASSERT_TRUE(s.check_out) << "the rest is routed afresh";
+  EXPECT_EQ(s.route.kind, routing::Route::Kind::Replica);
+  EXPECT_EQ(s.route.shard, 1);
+  h.linked(*r1);
+  s = h.client(rest);
+  EXPECT_EQ(tags_of(s.to_server), "PBES") << "the unnamed statement prepared there";
+  EXPECT_EQ(s.consumed, rest.size());
+  s = h.server(
+      parse_complete() + bind_complete() + data_row({"2"}) + complete("SELECT 1") + ready('I'), T0,
+      0);
+  EXPECT_EQ(tags_of(s.to_client), "2DCZ");
+  EXPECT_EQ(statuses_in(s.to_client), "I");
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+TEST_F(ShardReadBatch, AFailedReadEndsTheBatchWithoutTheOtherShard) {
+  const std::string rest = run_part_on_r0(read_parsed + read_of(2) + read_of(1) + sync());
+  Step s =
+      h.server(parse_complete() + bind_complete() + error_message("57014") + ready('I'), T0, 0);
+  EXPECT_EQ(tags_of(s.to_client), "12E");
+  s = h.client(rest);
+  EXPECT_FALSE(s.check_out) << "the rest is not run, as PostgreSQL skips it";
+  EXPECT_EQ(tags_of(s.to_client), "Z");
+  EXPECT_EQ(statuses_in(s.to_client), "I");
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
 }  // namespace
 }  // namespace pgvalve::session::testing
