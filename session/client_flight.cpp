@@ -866,7 +866,8 @@ std::pair<std::string_view, std::string> Session::shard_conflict(Link& l, std::s
   routing::RouteContext context;
   context.device_id = extras().device_id;
   context.params = params;
-  context.fingerprint = fingerprint_of(sql);
+  // A Bind's statement text comes again and again: found in the worker's cache of texts.
+  context.fingerprint = fingerprint_of(sql, params != nullptr);
   const routing::Route route = router_.route(sql, context);
   const routing::ShardingPolicy& sharding = *router_.sharding();
   if (route.kind == routing::Route::Kind::Refuse) {

@@ -62,7 +62,8 @@ std::string_view first_request(std::string_view frames, std::size_t max_message_
 }  // namespace
 
 bool Session::several_servers() const {
-  return scattering() || (work_ && (work_->tx().spans || work_->tx().joining));
+  return scattering() ||
+         (work_ && (work_->tx().spans || work_->tx().joining || work_->tx().implicit));
 }
 
 bool Session::route_in_transaction(std::string_view frames, Link*& l, Actions& out) {
@@ -95,7 +96,7 @@ bool Session::route_in_transaction(std::string_view frames, Link*& l, Actions& o
   context.device_id = extras().device_id;
   const BindParams params(request.bind_rest, request.param_types);
   context.params = request.bound ? &params : nullptr;
-  context.fingerprint = fingerprint_of(request.sql);
+  context.fingerprint = fingerprint_of(request.sql, request.parsed);
   routing::Route route = router_.route(request.sql, context);
   auto part_of = [&](std::uint16_t shard) -> Link* {
     for (Link& o : w.links) {

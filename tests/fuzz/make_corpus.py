@@ -396,6 +396,11 @@ def session_seeds() -> dict:
         # A sharded request whose own Parse replaces the named statement its Bind routes by
         # (scatter_test.cpp: the old text was read after it was freed).
         "finding_parse_replacing_the_routed_statement": bytes.fromhex("0013113e3eff113e6d"),
+        # A batch over two shards whose second shard gets no server (its statement is refused on
+        # the first, whose server, not PostgreSQL, runs the refusal): the batch then ends on one
+        # part, with its decision sent to that link (several_servers() while it runs).
+        "finding_batch_ending_on_one_part": bytes.fromhex(
+            "0010010242010342010500010245010345010500566172" + "ff" * 63 + "010600ff0600000000060100"),
         # A read over three shards whose second part is cut on its replica during the settings
         # sync: that part runs again under the same link (retry_scatter_part).
         "finding_scatter_part_run_again": bytes.fromhex(
