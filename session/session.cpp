@@ -930,8 +930,8 @@ void Session::lose_link(Link& l, LinkId id, std::string_view message, LinkOp::Ki
     return;
   }
   const bool spanned = work_ && (work_->tx().spans || work_->tx().joining);
-  // A request run as one transaction over several shards is over with its first part's server
-  // (the others, if any, are abandoned below).
+  // A batch made a transaction over shards that had one part so far is over with that part's
+  // server (with several parts, abandon_shard_transaction() below ends them all).
   if (work_ && work_->tx().implicit && !spanned) work().change_tx().implicit = false;
   if (l.stream_remaining > 0 && l.stream_forward) {
     // Part of a message went to the client and the rest never will: nothing can follow it,
