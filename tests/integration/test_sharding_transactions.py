@@ -199,10 +199,10 @@ def test_pgjdbc_batches_over_shards_are_split_and_committed(two_pc, pgvalve, tmp
 def test_batches_up_to_one_sync_over_shards_commit_on_every_shard_or_none(two_pc, pgvalve):
     """psycopg's executemany() sends every row's Parse/Bind/Execute before one Sync, which
     PostgreSQL runs as one implicit transaction: rows for devices on both shards land on their
-    shards, committed on both with two-phase commit; a batch whose row fails a check, or whose
-    deferred constraint fails at its Sync, leaves no shard changed (psycopg itself cannot read
-    that error in a pipeline: test_batch_answers_are_those_of_one_postgresql); inside the
-    client's transaction the batch waits for its COMMIT."""
+    shards, committed on both with two-phase commit; a batch whose row fails a check leaves no
+    shard changed (a deferred constraint failing at the Sync is tested with a raw client in
+    test_batch_answers_are_those_of_one_postgresql: psycopg itself cannot read that error in a
+    pipeline); inside the client's transaction the batch waits for its COMMIT."""
     prepare_schema(two_pc)
     pv = pgvalve(**config(two_pc))
     d0, d1, d1b = devices()
