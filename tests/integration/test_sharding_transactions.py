@@ -237,13 +237,15 @@ def test_batch_answers_are_those_of_one_postgresql(two_pc, pgvalve):
     PostgreSQL sends for them (compared with s0 alone): a batch through the unnamed statement
     with portals described, one through a named statement, one whose third row fails, one whose
     first row fails before any other shard was reached, one whose deferred constraint fails at
-    its Sync, one inside the client's transaction; each writes every row or none."""
+    its Sync, one inside the client's transaction, and a request pipelined behind a failed one;
+    each writes every row or none."""
     from types import SimpleNamespace
 
     from pgwire_ext import ExtClient, bind, describe, execute, parse, sync
     d0, d1, d1b = devices()
     ins = "INSERT INTO telemetry (device_id, value) VALUES ($1, $2)"
     arch = "INSERT INTO archive (device_id, value) VALUES ($1, $2)"
+    count = "SELECT count(*) FROM telemetry WHERE device_id = $1"
 
     def rows_of(statement, values, portal_described=False):
         out = []
@@ -269,6 +271,9 @@ def test_batch_answers_are_those_of_one_postgresql(two_pc, pgvalve):
             c.run([parse("", "BEGIN"), bind(""), execute(), sync()]).raise_for_error()
             got.append(c.run(flights[0]))
             got.append(c.simple("COMMIT"))
+            # A request pipelined behind a batch that failed before its second shard runs.
+            got.append(c.run(flights[3] + [parse("", count), bind("", [str(d1)]), execute(),
+                                           sync()]))
             return [(r.kinds, r.tags, [e["C"] for e in r.errors], r.status) for r in got]
         finally:
             c.terminate()
@@ -278,7 +283,9 @@ def test_batch_answers_are_those_of_one_postgresql(two_pc, pgvalve):
     prepare_schema(two_pc)
     pv = pgvalve(**config(two_pc))
     assert answers(pv.port) == expected
-    assert [e[2] for e in expected] == [[], [], ["23514"], ["23514"], ["23505"], [], [], []]
+    assert [e[2] for e in expected] == [[], [], ["23514"], ["23514"], ["23505"], [], [], [],
+                                        ["23514"]]
+    assert expected[-1][1] == ["SELECT 1"], expected[-1]
     first, second = [(d0, 1.0), (d1, 2.0), (d1b, 3.0), (d0, 4.0)], [(d1, 5.0), (d0, 6.0), (d1, 7.0)]
     written = first + second + first
     assert rows(two_pc[0]) == sorted(r for r in written if md5_mod(r[0]) == 0)

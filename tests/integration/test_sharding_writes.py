@@ -449,6 +449,24 @@ def two_pc_replicated(request):
     return nodes
 
 
+def with_replicas(nodes, pgvalve, read_your_writes):
+    """pgvalve over `nodes`, each shard's replica taking reads once it is known up."""
+    conf = config(nodes)
+    for shard, c in zip(conf["databases"][APP_DB]["shards"], nodes):
+        shard["replicas"] = [f"127.0.0.1:{r.port}" for r in c.replicas]
+    conf["routing"] = {"max_replica_lag_ms": 600000, "read_your_writes": read_your_writes}
+    return pgvalve(**conf)
+
+
+def wait_for_replica_reads(pv, read, devices):
+    """Until `read` (its first column pg_is_in_recovery()) of every device runs on a replica."""
+    def replicas_take_reads():
+        with pv.connect() as c:
+            return all(c.execute(read, (d,)).fetchone()[0] for d in devices)
+
+    wait_until(replicas_take_reads, 10, message="both shards' replicas take reads")
+
+
 def test_a_batch_of_reads_over_both_shards_runs_on_their_replicas(two_pc_replicated, pgvalve):
     """Reads for devices on both shards up to one Sync (a psycopg pipeline, as pgx's SendBatch
     sends one) with replicas taking reads: each shard's reads run on its replica in turn, a read
@@ -456,11 +474,7 @@ def test_a_batch_of_reads_over_both_shards_runs_on_their_replicas(two_pc_replica
     after it in its transaction on the primaries, committed together."""
     nodes = two_pc_replicated
     prepare_schema(nodes)
-    conf = config(nodes)
-    for shard, c in zip(conf["databases"][APP_DB]["shards"], nodes):
-        shard["replicas"] = [f"127.0.0.1:{r.port}" for r in c.replicas]
-    conf["routing"] = {"max_replica_lag_ms": 600000, "read_your_writes": "off"}
-    pv = pgvalve(**conf)
+    pv = with_replicas(nodes, pgvalve, "off")
     a = next(d for d in range(1, 50) if md5_mod(d) == 0)
     b = next(d for d in range(1, 50) if md5_mod(d) == 1)
     with pv.connect() as c:
@@ -468,12 +482,7 @@ def test_a_batch_of_reads_over_both_shards_runs_on_their_replicas(two_pc_replica
     for c in nodes:
         c.wait_replay()
     read = "SELECT pg_is_in_recovery(), count(*) FROM telemetry WHERE device_id = %s"
-
-    def replicas_take_reads():
-        with pv.connect() as c:
-            return all(c.execute(read, (d,)).fetchone()[0] for d in (a, b))
-
-    wait_until(replicas_take_reads, 10, message="both shards' replicas take reads")
+    wait_for_replica_reads(pv, read, (a, b))
     with pv.connect(autocommit=True) as conn:
         with conn.pipeline():
             got = [conn.execute(read, (d,)) for d in (a, b, a)]
@@ -502,20 +511,11 @@ def test_a_write_over_several_shards_is_read_back_with_replay_paused(two_pc_repl
     prepare_schema(nodes)
     for c in nodes:
         c.wait_replay()
-    conf = config(nodes)
-    for shard, c in zip(conf["databases"][APP_DB]["shards"], nodes):
-        shard["replicas"] = [f"127.0.0.1:{r.port}" for r in c.replicas]
-    conf["routing"] = {"max_replica_lag_ms": 600000, "read_your_writes": "lsn"}
-    pv = pgvalve(**conf)
+    pv = with_replicas(nodes, pgvalve, "lsn")
     a = next(d for d in range(1, 50) if md5_mod(d) == 0)
     b = next(d for d in range(1, 50) if md5_mod(d) == 1)
     read = "SELECT pg_is_in_recovery(), count(*) FROM telemetry WHERE device_id = %s AND value = 7"
-
-    def replicas_take_reads():
-        with pv.connect() as c:
-            return all(c.execute(read, (d,)).fetchone()[0] for d in (a, b))
-
-    wait_until(replicas_take_reads, 10, message="both shards' replicas take reads")
+    wait_for_replica_reads(pv, read, (a, b))
     for c in nodes:
         c.replicas[0].psql("select pg_wal_replay_pause()")
     try:
