@@ -2,41 +2,42 @@
 
 #include <openssl/rand.h>
 
+#include "proxy/client_session.h"
+
 namespace pgvalve::proxy {
 
-std::shared_ptr<CancelTarget> CancelRegistry::register_client(
-    std::weak_ptr<ClientSession> session) {
+void CancelRegistry::add(ClientSession& session, CancelTarget& target) {
   std::int32_t secret = 0;
   RAND_bytes(reinterpret_cast<unsigned char*>(&secret), sizeof secret);
   std::lock_guard lock(mutex_);
   std::int32_t pid = next_pid_++;
   if (next_pid_ <= 0) next_pid_ = 1;
-  // Unregisters itself when the session ends.
-  auto target = std::shared_ptr<CancelTarget>(new CancelTarget, [this, pid](CancelTarget* t) {
-    {
-      std::lock_guard lock(mutex_);
-      targets_.erase(pid);
-    }
-    delete t;
-  });
-  target->process_id = pid;
-  target->secret_key = secret;
-  target->session = std::move(session);
-  targets_[pid] = target;
-  return target;
+  target.process_id = pid;
+  target.secret_key = secret;
+  target.session = &session;
+  targets_[pid] = &target;
+}
+
+void CancelRegistry::remove(const CancelTarget& target) {
+  if (target.process_id == 0) return;
+  std::lock_guard lock(mutex_);
+  targets_.erase(target.process_id);
 }
 
 std::optional<CancelDestination> CancelRegistry::find(std::int32_t process_id,
                                                       std::int32_t secret_key) {
-  std::shared_ptr<CancelTarget> target;
   std::lock_guard lock(mutex_);
   auto it = targets_.find(process_id);
   if (it == targets_.end()) return std::nullopt;
-  target = it->second.lock();
-  if (!target || target->secret_key != secret_key) return std::nullopt;
-  if (target->several.load(std::memory_order_acquire)) {
-    if (auto session = target->session.lock()) return CancelDestination{{}, 0, 0, 0, session, true};
-  }
+  const CancelTarget* target = it->second;
+  if (target->secret_key != secret_key) return std::nullopt;
+  // The session carries the cancel out, if it is not being destroyed (before its remove()).
+  const auto carried_by = [&](bool several) -> std::optional<CancelDestination> {
+    auto session = target->session->weak_from_this().lock();
+    if (!session) return std::nullopt;
+    return CancelDestination{{}, 0, 0, 0, std::move(session), several};
+  };
+  if (target->several.load(std::memory_order_acquire)) return carried_by(true);
   // Counted before the key is read: a session that unlinks after this read sees the count
   // when it gives the server back (being_cancelled), and holds it until cancel_done().
   in_flight_.fetch_add(1, std::memory_order_seq_cst);
@@ -45,8 +46,7 @@ std::optional<CancelDestination> CancelRegistry::find(std::int32_t process_id,
   if (key == 0 || host >= hosts_.size()) {
     in_flight_.fetch_sub(1, std::memory_order_seq_cst);
     // No server yet: the request may be waiting for one.
-    if (auto session = target->session.lock()) return CancelDestination{{}, 0, 0, 0, session};
-    return std::nullopt;
+    return carried_by(false);
   }
   cancelling_.insert(key);
   return CancelDestination{hosts_[host], static_cast<std::int32_t>(key >> 32),

@@ -22,8 +22,9 @@ inline std::uint64_t server_key_of(std::int32_t pid, std::int32_t secret) {
   return (std::uint64_t(std::uint32_t(pid)) << 32) | std::uint32_t(secret);
 }
 
-// Written by the client's own worker on every link/unlink (two relaxed atomics, no lock);
-// read by whichever worker receives the CancelRequest.
+// Part of the client's session (no allocation of its own): written by the client's own worker
+// on every link/unlink (two relaxed atomics, no lock); read, under the registry's lock, by
+// whichever worker receives the CancelRequest.
 struct CancelTarget {
   std::int32_t process_id = 0;
   std::int32_t secret_key = 0;
@@ -32,7 +33,7 @@ struct CancelTarget {
   // A statement runs on several shards: a cancel goes to each of their servers, which only the
   // session knows (set while it scatters).
   std::atomic<bool> several{false};
-  std::weak_ptr<ClientSession> session;  // set at registration
+  ClientSession* session = nullptr;  // the session this is part of, set at registration
 
   void link(std::uint32_t host, std::int32_t pid, std::int32_t secret) {
     host_index.store(host, std::memory_order_relaxed);
@@ -57,8 +58,10 @@ struct CancelDestination {
 
 class CancelRegistry {
  public:
-  // A new client's key (unique pid, random secret), registered until the target is destroyed.
-  std::shared_ptr<CancelTarget> register_client(std::weak_ptr<ClientSession> session);
+  // Gives a new client its key (unique pid, random secret). `target` is part of `session`,
+  // whose destructor calls remove() first: the registry reads the target only under its lock.
+  void add(ClientSession& session, CancelTarget& target);
+  void remove(const CancelTarget& target);
   // Where to send a cancel for this client key, if the key is valid and the client is running
   // something on a server. Such a cancel is in flight until cancel_done(): meanwhile the server
   // is not lent to another client (being_cancelled()), whose query it could otherwise stop.
@@ -73,7 +76,7 @@ class CancelRegistry {
  private:
   std::mutex mutex_;
   std::int32_t next_pid_ = 1;
-  std::unordered_map<std::int32_t, std::weak_ptr<CancelTarget>> targets_;
+  std::unordered_map<std::int32_t, const CancelTarget*> targets_;
   std::atomic<int> in_flight_{0};
   std::unordered_multiset<std::uint64_t> cancelling_;
   std::deque<boost::asio::ip::tcp::endpoint> hosts_;

@@ -376,7 +376,7 @@ asio::awaitable<bool> ClientSession::start_session(const StartupParameters& star
   load_balance_ = config_->routing.load_balance;
   pool_ = login_pool();
   pool_->client_joined();
-  cancel_ = app_.cancels().register_client(weak_from_this());
+  app_.cancels().add(*this, cancel_);
   {
     const auto& r = config_->routing;
     bool replicas = false;
@@ -431,8 +431,8 @@ asio::awaitable<bool> ClientSession::start_session(const StartupParameters& star
     links_[0].pool = pool_;
     ++links_[0].generation;
     state = &links_[0].conn->state;
-    cancel_->link(links_[0].conn->host_index, links_[0].conn->key.process_id,
-                  links_[0].conn->key.secret_key);
+    cancel_.link(links_[0].conn->host_index, links_[0].conn->key.process_id,
+                 links_[0].conn->key.secret_key);
   }
   error_code ec;
   client_.socket().non_blocking(true, ec);
@@ -440,7 +440,7 @@ asio::awaitable<bool> ClientSession::start_session(const StartupParameters& star
           {"mode", config::to_string(config_->pool.mode)});
   const auto& actions =
       core_->start(startup_params, pool_->server_parameters(),
-                   {cancel_->process_id, cancel_->secret_key}, state, session::Clock::now());
+                   {cancel_.process_id, cancel_.secret_key}, state, session::Clock::now());
   carry_out(actions, Source::Client);
   if (!closed_ && !links_.empty() && links_[0].conn) watch_server(0);
   co_return true;

@@ -178,6 +178,7 @@ ClientSession::ClientSession(App& app, Worker& worker, Socket socket, std::uint6
 }
 
 ClientSession::~ClientSession() {
+  app_.cancels().remove(cancel_);  // before any member goes: a cancel may be reading it
   // close() normally leaves nothing behind. A session that ends without it (shutdown destroys
   // the handlers that hold it) must not take places in its pools with it.
   if (checkout_) {
@@ -1489,8 +1490,8 @@ void ClientSession::link(std::unique_ptr<ServerConnection> server,
   io.drained = uses_arrival_wait(io.conn->stream);
   // A cancel reaches the server running the client's request: the newest link, or every shard's
   // while a statement or a transaction runs on several.
-  cancel_->link(io.conn->host_index, io.conn->key.process_id, io.conn->key.secret_key);
-  cancel_->several.store(core_->several_servers(), std::memory_order_release);
+  cancel_.link(io.conn->host_index, io.conn->key.process_id, io.conn->key.secret_key);
+  cancel_.several.store(core_->several_servers(), std::memory_order_release);
   carry_out(core_->on_linked(io.conn->state, now()), Source::Client);
   if (!closed_ && id < links_.size() && links_[id].conn) watch_server(id);
 }
@@ -1548,13 +1549,13 @@ void ClientSession::carry_out_link_op(const LinkOp& op) {
   io.arrival_armed = false;  // cancelled below
   io.drained = false;
   io.writer.abandon();
-  cancel_->unlink();
-  cancel_->several.store(core_->several_servers(), std::memory_order_release);
+  cancel_.unlink();
+  cancel_.several.store(core_->several_servers(), std::memory_order_release);
   // A session-mode client's own server is the cancel target again once its replica goes, and
   // is read again (after this step: its bytes go to the core then).
   if (op.link != 0 && links_[0].conn) {
     const ServerConnection& own = *links_[0].conn;
-    cancel_->link(own.host_index, own.key.process_id, own.key.secret_key);
+    cancel_.link(own.host_index, own.key.process_id, own.key.secret_key);
     asio::post(client_.get_executor(),
                [self = shared_from_this(), generation = links_[0].generation] {
                  self->resume_own_server(generation);

@@ -351,7 +351,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // routing.reads and routing.load_balance as of that generation.
   config::ReadsTo reads_ = config::ReadsTo::Replicas;
   config::LoadBalance load_balance_ = config::LoadBalance::LeastConnections;
-  std::shared_ptr<CancelTarget> cancel_;
+  CancelTarget cancel_;  // registered at login, removed first thing in the destructor
 
   struct LinkIO {
     std::unique_ptr<ServerConnection> conn;
