@@ -752,21 +752,23 @@ void ClientSession::watch_server(session::LinkId id) {
 void ClientSession::arm_server_arrival(session::LinkId id) {
   LinkIO& io = links_[id];
   io.arrival_armed = true;
-  async_wait_for_arrival(
-      io.conn->stream.socket(), worker_->reactor,
-      [self = shared_from_this(), id, generation = io.generation](const error_code& ec) {
-        if (id >= self->links_.size()) return;
-        LinkIO& io = self->links_[id];
-        // Given back meanwhile (its wait was cancelled then): the link is another server's now.
-        if (io.generation != generation) return;
-        io.arrival_armed = false;
-        if (self->closed_ || !io.conn || ec == asio::error::operation_aborted) return;
-        io.drained = false;
-        // Not wanted now: the next watch_server() reads.
-        if (!io.watching) return;
-        io.watching = false;
-        self->read_server(id);  // an error shows there
-      });
+  async_wait_for_arrival(io.conn->stream.socket(), worker_->reactor,
+                         with_exact_size_memory([self = shared_from_this(), id,
+                                                 generation = io.generation](const error_code& ec) {
+                           if (id >= self->links_.size()) return;
+                           LinkIO& io = self->links_[id];
+                           // Given back meanwhile (its wait was cancelled then): the link is
+                           // another server's now.
+                           if (io.generation != generation) return;
+                           io.arrival_armed = false;
+                           if (self->closed_ || !io.conn || ec == asio::error::operation_aborted)
+                             return;
+                           io.drained = false;
+                           // Not wanted now: the next watch_server() reads.
+                           if (!io.watching) return;
+                           io.watching = false;
+                           self->read_server(id);  // an error shows there
+                         }));
 }
 
 void ClientSession::post_read_server(session::LinkId id) {

@@ -1,8 +1,8 @@
-// Memory for the operation of a wait that stays armed while a client idles. Asio's default
-// per-thread cache hands a new operation whichever block was freed last on the thread, often the
-// larger block of another kind of operation, and an idle client would keep that block for as long
-// as it idles. This allocator gives an operation exactly its size, from a per-thread free list,
-// so that re-arming the wait after every transaction allocates nothing either.
+// Memory for the operations of the waits a session re-arms at every transaction. Asio's default
+// per-thread cache keeps two blocks: with more sessions busy at once, a wait allocates, and an
+// idle client would keep whichever block was freed last on the thread, often the larger block of
+// another kind of operation, for as long as it idles. This allocator gives an operation exactly
+// its size, from per-thread free lists, so that re-arming a wait allocates nothing.
 #pragma once
 
 #include <cstddef>
