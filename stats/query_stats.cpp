@@ -321,26 +321,23 @@ void QueryStats::record(const Execution& e, const ClientLabels& who, std::string
   }
   ++slow_total_;
   if (limits_.slow_samples == 0) return;
-  SlowQuery s;
+  // Written in place: once the ring is full, a slot's strings keep their memory for the next.
+  SlowQuery& s =
+      slow_.size() < limits_.slow_samples ? slow_.emplace_back() : slow_[slow_next_ % slow_.size()];
   s.at = std::chrono::system_clock::now();
-  if (who.database) s.database = *who.database;
-  if (who.user) s.user = *who.user;
+  s.database.assign(who.database ? *who.database : kNone);
+  s.user.assign(who.user ? *who.user : kNone);
   s.shard = e.shard;
-  s.host = std::string(e.host);
+  s.host.assign(e.host);
   s.micros = e.micros;
   s.fingerprint = e.fingerprint;
   if (!sample.empty() && !limits_.redact_literals) {
     s.text.assign(sample.substr(0, kMaxTextBytes + 4));
     cut_to_max(s.text);
   } else {
-    s.text = f.text;
+    s.text.assign(f.text);
   }
-  s.advice = f.advice;
-  if (slow_.size() < limits_.slow_samples) {
-    slow_.push_back(std::move(s));
-  } else {
-    slow_[slow_next_ % slow_.size()] = std::move(s);
-  }
+  s.advice.assign(f.advice);
   slow_next_ = (slow_next_ + 1) % limits_.slow_samples;
 }
 

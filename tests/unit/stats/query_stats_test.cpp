@@ -155,6 +155,35 @@ TEST(QueryStats, SlowExecutionsGoToABoundedRingWithoutConstants) {
   }
 }
 
+TEST(QueryStats, ASlotOfTheRingTakenAgainHoldsOnlyTheNewSample) {
+  Limits limits;
+  limits.slow_query = std::chrono::milliseconds(100);
+  limits.slow_samples = 1;
+  limits.redact_literals = false;
+  QueryStats s(limits);
+  const std::string long_sql =
+      "select * from readings where note = '" + std::string(500, 'x') + "'";
+  const std::string short_sql = "select 1";
+  s.prepare(routing::fingerprint(long_sql), long_sql, kWho);
+  s.prepare(routing::fingerprint(short_sql), short_sql, kWho);
+  s.record(run(long_sql, 300000), kWho, long_sql);
+  const std::string other_db = "fleet";
+  const std::string other_user = "ops";
+  Execution e = run(short_sql, 200000);
+  e.host = "10.0.0.9:5432";
+  e.shard = 3;
+  s.record(e, {&other_db, &other_user}, short_sql);
+  const Snapshot snap = QueryStats::snapshot({&s}, 100);
+  ASSERT_EQ(snap.slow.size(), 1u);
+  EXPECT_EQ(snap.slow[0].text, short_sql);
+  EXPECT_EQ(snap.slow[0].database, "fleet");
+  EXPECT_EQ(snap.slow[0].user, "ops");
+  EXPECT_EQ(snap.slow[0].host, "10.0.0.9:5432");
+  EXPECT_EQ(snap.slow[0].shard, 3);
+  EXPECT_EQ(snap.slow[0].micros, 200000u);
+  EXPECT_EQ(snap.slow[0].fingerprint, routing::fingerprint(short_sql));
+}
+
 TEST(QueryStats, UnredactedSlowSamplesShowTheStatementAsSentAndOnlyWhenAsked) {
   Limits limits;
   limits.slow_query = std::chrono::milliseconds(100);
