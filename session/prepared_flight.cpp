@@ -264,8 +264,8 @@ void Session::note_unnamed_statement(std::string_view query, std::string_view pa
                                      Note note, bool pins, std::string_view rest) {
   Workspace& w = work();
   if (router_.sharded()) {
-    w.change_rare().unnamed_statement_text.assign(query);
-    w.change_rare().unnamed_statement_types.assign(param_types);
+    w.unnamed_statement_text.assign(query);
+    w.unnamed_statement_types.assign(param_types);
   }
   w.unnamed_statement_note = std::move(note);
   w.unnamed_statement_pins = pins;
@@ -278,7 +278,7 @@ void Session::note_unnamed_statement(std::string_view query, std::string_view pa
   if (keeps_literals()) [[unlikely]] {
     w.change_rare().unnamed_statement_sample.assign(
         query.substr(0, stats::QueryStats::kMaxTextBytes + 4));
-    w.change_rare().unnamed_statement_types.assign(param_types);
+    w.unnamed_statement_types.assign(param_types);
   }
   if (options_.mode == config::PoolMode::Session) return;
   // Drivers bind the unnamed statement right after its Parse (the usual case: nothing kept), or
@@ -365,10 +365,10 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
     const pr::PreparedStatement* named =
         unnamed || !statements_ ? nullptr : statements_->find(head->statement);
     const std::string_view sql =
-        unnamed ? std::string_view(w.rare().unnamed_statement_text)
+        unnamed ? std::string_view(w.unnamed_statement_text)
                 : (named ? std::string_view(named->query) : std::string_view{});
     const BindParams params(
-        head->rest, unnamed ? std::string_view(w.rare().unnamed_statement_types)
+        head->rest, unnamed ? std::string_view(w.unnamed_statement_types)
                             : (named ? std::string_view(named->param_types) : std::string_view{}));
     if (!routing::plain_statement(sql)) l.flight_plain = false;
     bool to_another_shard = false;
@@ -417,7 +417,7 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
         Workspace::Rare& rare = w.change_rare();
         if (head->statement.empty()) {
           describe_sample(rare.unnamed_portal_sample, rare.unnamed_statement_sample, head->rest,
-                          rare.unnamed_statement_types);
+                          w.unnamed_statement_types);
         } else if (stmt) {
           describe_sample(rare.unnamed_portal_sample, stmt->query, head->rest, stmt->param_types);
         } else {

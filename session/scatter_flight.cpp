@@ -161,8 +161,8 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
       head.status == pr::DecodeStatus::Ok && head.frame.tag == 'P') {
     const auto parse = pr::read_parse(head.frame);
     if (parse && parse->statement.empty()) {
-      w.change_rare().unnamed_statement_text.assign(parse->query);
-      w.change_rare().unnamed_statement_types.assign(parse->param_types);
+      w.unnamed_statement_text.assign(parse->query);
+      w.unnamed_statement_types.assign(parse->param_types);
       if (keeps_literals()) [[unlikely]] {
         w.change_rare().unnamed_statement_sample.assign(
             parse->query.substr(0, stats::QueryStats::kMaxTextBytes + 4));

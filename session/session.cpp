@@ -121,6 +121,10 @@ void Workspace::clear() {
   event_actions.clear();
   retry_request.clear();
   shrink(retry_request);
+  unnamed_statement_text.clear();
+  shrink(unnamed_statement_text);
+  unnamed_statement_types.clear();
+  shrink(unnamed_statement_types);
   retry_pending = false;
   retry_used = false;
   flush_as_sync = false;

@@ -371,6 +371,10 @@ struct Workspace {
   bool unnamed_statement_noted = false;
   bool unnamed_portal_pins = false;
   std::string unhinted;  // a statement's text without its pgvalve hint comment
+  // Sharded databases: this request's unnamed statement's text and parameter types, to route
+  // its Binds (set at every such Parse: kept here, not in rare(), so that it allocates nothing).
+  std::string unnamed_statement_text;
+  std::string unnamed_statement_types;
   // Statistics: the fingerprints of the unnamed statement and portal, and the last text
   // fingerprinted in this step (its address and size) with its value.
   std::uint64_t unnamed_statement_fingerprint = 0;
@@ -449,9 +453,6 @@ struct Workspace {
     };
     std::vector<SkippedStatement> skipped_statements;
     std::vector<std::uint64_t> pending_statements;  // ... and those still on their way behind
-    // Sharded databases: the unnamed statement's text and parameter types, to route its Binds.
-    std::string unnamed_statement_text;
-    std::string unnamed_statement_types;
   };
   // The decider's xid of a two-phase commit (two_phase.h): asked, told (the gid is known), or
   // not to be had (the decider failed or was lost first: every part rolls back).

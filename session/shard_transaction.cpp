@@ -351,8 +351,8 @@ void Session::hop(Link& l, Flight& flight, bool unnamed) {
   Workspace& w = work();
   if (unnamed && !extras().unnamed_kept) {
     // The Bind's unnamed statement is prepared again on the next shard's server.
-    const std::string& query = w.rare().unnamed_statement_text;
-    const std::string& types = w.rare().unnamed_statement_types;
+    const std::string& query = w.unnamed_statement_text;
+    const std::string& types = w.unnamed_statement_types;
     if (query.size() + types.size() > kMaxKeptUnnamedBytes) {
       raise_on_server("54000",
                       "pgvalve: this request's statements need several shards, and its unnamed "

@@ -136,7 +136,8 @@ TEST(SessionIdleMemory, AWorkspaceComesBackWithNothingItsLastRequestChanged) {
   w->change_rare().tx_notes.emplace_back();
   w->change_rare().savepoints.emplace_back("s1", 0);
   w->change_rare().notifications = "A";
-  w->change_rare().unnamed_statement_text = "select $1";
+  w->unnamed_statement_text = "select $1";
+  w->unnamed_statement_types = std::string(4, '\0');
   w->change_scatter().gid = "pgvalve_1";
   w->change_tx().begin = "BEGIN";
   w->change_tx().spans = true;
@@ -154,8 +155,9 @@ TEST(SessionIdleMemory, AWorkspaceComesBackWithNothingItsLastRequestChanged) {
     EXPECT_TRUE(rare->tx_notes.empty());
     EXPECT_TRUE(rare->savepoints.empty());
     EXPECT_TRUE(rare->notifications.empty());
-    EXPECT_TRUE(rare->unnamed_statement_text.empty());
   }
+  EXPECT_TRUE(again->unnamed_statement_text.empty());
+  EXPECT_TRUE(again->unnamed_statement_types.empty());
   EXPECT_TRUE(again->scatter().gid.empty());
   EXPECT_TRUE(again->change_scatter().gid.empty());
   EXPECT_TRUE(again->tx().begin.empty());
