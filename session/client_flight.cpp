@@ -651,6 +651,16 @@ bool Session::describes_statements(std::string_view frames) const {
 
 // The SQL that decides the route of a request: the first Query's text, or the text of the
 // statement the first Parse or Bind names.
+namespace {
+
+// A BEGIN or START TRANSACTION: the lexer only for a text that may start with one.
+bool is_begin(std::string_view sql) {
+  return routing::may_start_with(sql, {"begin", "start"}) &&
+         routing::classify(sql).kind == StatementKind::Begin;
+}
+
+}  // namespace
+
 RequestText Session::request_text(Flight& flight) {
   RequestText request;
   bool query = false;      // the text is a Query's
@@ -672,8 +682,7 @@ RequestText Session::request_text(Flight& flight) {
       auto p = pr::read_parse(f);
       if (!p) continue;
       // JDBC sends BEGIN in the flight of the transaction's first statement: that one routes.
-      if (sharded && pos < flight.input.size() &&
-          routing::classify(p->query).kind == StatementKind::Begin) {
+      if (sharded && pos < flight.input.size() && is_begin(p->query)) {
         if (begin.empty()) begin = p->query;
         continue;
       }
@@ -690,8 +699,7 @@ RequestText Session::request_text(Flight& flight) {
         request.param_types = extras().unnamed_types;
       } else if (request.sql.empty() && statements_) {
         if (const auto* s = statements_->find(b->statement)) {
-          if (sharded && pos < flight.input.size() &&
-              routing::classify(s->query).kind == StatementKind::Begin) {
+          if (sharded && pos < flight.input.size() && is_begin(s->query)) {
             if (begin.empty()) begin = s->query;
             continue;
           }
@@ -1163,14 +1171,20 @@ bool Session::answer_listen_locally(Flight& flight, Actions& out) {
       (first != 'Q' && first != 'P' && first != 'B')) {
     return false;
   }
-  if (first == 'Q' || first == 'B') {
+  {
+    // The first statement's first word rules out all but LISTEN and UNLISTEN at once.
     auto r = pr::decode_frame(flight.input, options_.max_message_bytes);
-    const pr::PreparedStatement* s = first == 'B' ? bound_statement(r.frame) : nullptr;
-    if (first == 'B' && !s) return false;
-    if (!routing::may_start_with(s ? std::string_view(s->query) : r.frame.body,
-                                 {"listen", "unlisten"})) {
-      return false;
+    std::string_view text = r.frame.body;
+    if (first == 'B') {
+      const pr::PreparedStatement* s = bound_statement(r.frame);
+      if (!s) return false;
+      text = s->query;
+    } else if (first == 'P') {
+      const auto parse = pr::read_parse(r.frame);
+      if (!parse) return false;
+      text = parse->query;
     }
+    if (!routing::may_start_with(text, {"listen", "unlisten"})) return false;
   }
   std::string_view sql;
   HubReply reply;
