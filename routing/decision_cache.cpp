@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <bit>
 
+#include <xxhash.h>
+
 #include "routing/fingerprint.h"
 
 namespace pgvalve::routing {
@@ -166,7 +168,29 @@ void DecisionCache::set_scatter_plan(std::uint64_t fingerprint, std::uint32_t po
   e.scatter_plan = std::make_unique<ScatterPlan>(std::move(plan));
 }
 
+const KeyParams* DecisionCache::key_params(std::string_view sql, std::uint32_t policy) const {
+  if (key_params_.empty() || sql.size() > kMaxKeyParamsText) return nullptr;
+  const std::uint64_t hash = XXH3_64bits(sql.data(), sql.size());
+  const KeyParamsSlot& slot = key_params_[hash & (kKeyParamsSlots - 1)];
+  if (slot.policy != policy || slot.text_hash != hash || slot.text != sql) return nullptr;
+  return &slot.layout;
+}
+
+void DecisionCache::set_key_params(std::string_view sql, std::uint32_t policy,
+                                   const KeyParams& layout) {
+  if (policy == 0 || layout.count == 0 || sql.size() > kMaxKeyParamsText) return;
+  if (key_params_.empty()) key_params_.resize(kKeyParamsSlots);
+  const std::uint64_t hash = XXH3_64bits(sql.data(), sql.size());
+  KeyParamsSlot& slot = key_params_[hash & (kKeyParamsSlots - 1)];
+  slot.text_hash = hash;
+  slot.policy = policy;
+  slot.layout = layout;
+  slot.text.assign(sql);
+}
+
 void DecisionCache::clear() {
+  for (KeyParamsSlot& slot : key_params_)
+    slot.policy = 0;
   std::fill(slots_.begin(), slots_.end(), kNone);
   for (std::size_t i = 0; i < size_; ++i)
     entries_[i].prev = entries_[i].next = kNone;

@@ -70,6 +70,15 @@ class DecisionCache {
   // The worker's fingerprints of statement texts it saw before (Parse texts).
   FingerprintCache& fingerprints() { return fingerprints_; }
 
+  // Where the key values of the exact text `sql` are under the sharding policy `policy`, when a
+  // walk of it found them all in $n (shard_keys()); nullptr when not known. Bound statements
+  // come back with the same text at every Bind: their keys are then read without a walk. Texts
+  // up to kMaxKeyParamsText bytes, in kKeyParamsSlots places (a place keeps its text's memory).
+  static constexpr std::size_t kKeyParamsSlots = 256;
+  static constexpr std::size_t kMaxKeyParamsText = 1024;
+  const KeyParams* key_params(std::string_view sql, std::uint32_t policy) const;
+  void set_key_params(std::string_view sql, std::uint32_t policy, const KeyParams& layout);
+
   // Forgets every entry (e.g. after a configuration reload); the statistics stay.
   void clear();
 
@@ -108,6 +117,13 @@ class DecisionCache {
   ShardPlan scratch_shard_plan_;
   ScatterPlan scratch_scatter_plan_;
   FingerprintCache fingerprints_;
+  struct KeyParamsSlot {
+    std::uint64_t text_hash = 0;
+    std::uint32_t policy = 0;  // 0: empty
+    KeyParams layout;
+    std::string text;
+  };
+  std::vector<KeyParamsSlot> key_params_;  // kKeyParamsSlots once the first is set
 };
 
 }  // namespace pgvalve::routing

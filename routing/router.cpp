@@ -270,7 +270,18 @@ Route Router::route_sharded(std::string_view sql, const RouteContext& context) c
             "=<value> */ or /* pgvalve: shard=<name> */ "
             "runs the statement on one shard anyway");
   }
-  const ShardKeys keys = shard_keys(sql, plan, sharding, context.params);
+  // A bound text seen before: its keys are in the $n the first walk of it found.
+  const KeyParams* known = context.params && plan.key == ShardPlan::Key::Slots
+                               ? cache_->key_params(sql, policy_.sharding_id)
+                               : nullptr;
+  ShardKeys keys;
+  if (known) {
+    keys = shard_keys(*known, sharding, *context.params);
+  } else {
+    KeyParams layout;
+    keys = shard_keys(sql, plan, sharding, context.params, context.params ? &layout : nullptr);
+    if (layout.count > 0) cache_->set_key_params(sql, policy_.sharding_id, layout);
+  }
   switch (keys.status) {
     case ShardKeys::Status::Found:
       if ((keys.shards & (keys.shards - 1)) == 0) {

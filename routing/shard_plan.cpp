@@ -438,6 +438,9 @@ class KeyReader {
 
   ShardKeys keys;
   bool any = false;
+  // The $n of the values read, while each was a $n a regular step after the one before.
+  KeyParams layout;
+  bool layout_regular = true;
 
   void add(const LiteralSlot& s) {
     if (done()) return;
@@ -481,17 +484,11 @@ class KeyReader {
     if (text[0] == '$' && text.size() > 1 && text[1] >= '0' && text[1] <= '9') {
       int number = 0;
       const auto [p, ec] = std::from_chars(text.data() + 1, text.data() + text.size(), number);
-      if (ec != std::errc() || params_ == nullptr) return finish(ShardKeys::Status::NotBound);
-      const std::optional<BoundParam> param = params_->param(number);
-      if (!param) return finish(ShardKeys::Status::NotBound);
-      if (!param->value) return finish(ShardKeys::Status::Null);
-      const std::string_view shown = !param->binary    ? *param->value
-                                     : param->type_oid ? kBinaryParameter
-                                                       : kUntypedBinaryParameter;
-      return add_value(param->binary ? key_from_binary(*param->value, param->type_oid, type)
-                                     : key_from_text(*param->value, type),
-                       shown);
+      if (ec != std::errc()) return finish(ShardKeys::Status::NotBound);
+      note_param(number);
+      return add_param(number);
     }
+    layout_regular = false;
     if (text[0] == '$') {  // $tag$...$tag$
       const std::size_t open = text.find('$', 1);
       if (open == std::string_view::npos || text.size() < 2 * (open + 1)) return unreadable();
@@ -555,8 +552,40 @@ class KeyReader {
     finish(ShardKeys::Status::NoKey);
   }
 
+  void note_param(int number) {
+    if (!layout_regular) return;
+    if (number <= 0 || number > UINT16_MAX || layout.count == UINT16_MAX) {
+      layout_regular = false;
+      return;
+    }
+    const auto n = static_cast<std::uint16_t>(number);
+    if (layout.count == 0) {
+      layout.first = n;
+    } else if (layout.count == 1 && n > layout.first) {
+      layout.stride = static_cast<std::uint16_t>(n - layout.first);
+    } else if (layout.count == 1 || n != layout.first + layout.count * layout.stride) {
+      layout_regular = false;
+      return;
+    }
+    ++layout.count;
+  }
+
  public:
   bool stopped() const { return stop_; }
+
+  void add_param(int number) {
+    if (params_ == nullptr) return finish(ShardKeys::Status::NotBound);
+    const std::optional<BoundParam> param = params_->param(number);
+    if (!param) return finish(ShardKeys::Status::NotBound);
+    if (!param->value) return finish(ShardKeys::Status::Null);
+    const std::string_view shown = !param->binary    ? *param->value
+                                   : param->type_oid ? kBinaryParameter
+                                                     : kUntypedBinaryParameter;
+    const KeyType type = policy_.map.key_type();
+    add_value(param->binary ? key_from_binary(*param->value, param->type_oid, type)
+                            : key_from_text(*param->value, type),
+              shown);
+  }
 
  private:
   std::string_view sql_;
@@ -615,13 +644,18 @@ ShardPlan plan_shards(std::string_view sql, const ShardingPolicy& policy) {
 }
 
 ShardKeys shard_keys(std::string_view sql, const ShardPlan& plan, const ShardingPolicy& policy,
-                     const ParamSource* params) {
+                     const ParamSource* params, KeyParams* layout) {
+  if (layout) *layout = {};
   KeyReader reader(sql, policy, params);
   if (plan.key == ShardPlan::Key::Slots) {
     PlannedSlots slots(plan, reader);
     normalized_walk(sql, slots);
     // A statement of another shape than the plan's (a fingerprint collision) reads no key.
     if (slots.seen() != plan.count) return ShardKeys{};
+    // Every key slot read, each a $n: the same text puts its keys in the same $n next time.
+    if (layout && !reader.stopped() && reader.layout_regular && reader.any) {
+      *layout = reader.layout;
+    }
   } else if (plan.key == ShardPlan::Key::Reparse) {
     const Analysis fresh = analyze(sql, policy);
     if (fresh.plan.key != ShardPlan::Key::Slots && fresh.plan.key != ShardPlan::Key::Reparse) {
@@ -632,6 +666,15 @@ ShardKeys shard_keys(std::string_view sql, const ShardPlan& plan, const Sharding
   } else {
     return ShardKeys{};
   }
+  if (reader.keys.status == ShardKeys::Status::Found && !reader.any) return ShardKeys{};
+  return reader.keys;
+}
+
+ShardKeys shard_keys(const KeyParams& layout, const ShardingPolicy& policy,
+                     const ParamSource& params) {
+  KeyReader reader({}, policy, &params);
+  for (std::uint32_t i = 0; i < layout.count && !reader.stopped(); ++i)
+    reader.add_param(static_cast<int>(layout.first + i * layout.stride));
   if (reader.keys.status == ShardKeys::Status::Found && !reader.any) return ShardKeys{};
   return reader.keys;
 }

@@ -116,10 +116,23 @@ struct ShardKeys {
   std::string_view bad_value;
 };
 
+// Where the key values of one exact statement text are when every one is a $n: $first,
+// $(first + stride), ... (count of them, count > 0). The drivers' statements are of this kind
+// (INSERT ... VALUES ($1, $2), WHERE device_id = $1), and send the same text with every Bind.
+struct KeyParams {
+  std::uint16_t first = 0;
+  std::uint16_t stride = 0;
+  std::uint16_t count = 0;
+};
+
 // The shards of `sql` under `plan` (made from a statement with the same fingerprint). Walks the
-// literal slots once; allocates nothing (Reparse plans parse again).
+// literal slots once; allocates nothing (Reparse plans parse again). With `layout`, a Slots plan
+// whose key values were all read from regularly numbered $n sets it (count 0 otherwise).
 ShardKeys shard_keys(std::string_view sql, const ShardPlan& plan, const ShardingPolicy& policy,
-                     const ParamSource* params);
+                     const ParamSource* params, KeyParams* layout = nullptr);
+// The same for a text whose layout is known: the Bind values alone, no walk.
+ShardKeys shard_keys(const KeyParams& layout, const ShardingPolicy& policy,
+                     const ParamSource& params);
 
 // An INSERT ... VALUES planned with Key::Slots: the shard of each row, in row order (one key
 // slot per row). Empty when a row's key cannot be read (route() has refused such statements).

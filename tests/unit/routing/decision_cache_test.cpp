@@ -138,6 +138,29 @@ TEST(DecisionCache, MatchesReferenceLru) {
   }
 }
 
+TEST(DecisionCache, KeyParamsAreKeptPerExactTextAndPolicy) {
+  DecisionCache cache(8);
+  const std::string sql = "INSERT INTO readings (device_id, v) VALUES ($1, $2)";
+  EXPECT_EQ(cache.key_params(sql, 1), nullptr);
+  cache.set_key_params(sql, 1, KeyParams{1, 0, 1});
+  const KeyParams* known = cache.key_params(sql, 1);
+  ASSERT_NE(known, nullptr);
+  EXPECT_EQ(known->first, 1);
+  EXPECT_EQ(known->count, 1);
+  // Another text of the same shape, another database's policy: not this text's layout.
+  EXPECT_EQ(cache.key_params("INSERT INTO readings (device_id, v) VALUES ($2, $1)", 1), nullptr);
+  EXPECT_EQ(cache.key_params("insert into readings (device_id, v) values ($1, $2)", 1), nullptr);
+  EXPECT_EQ(cache.key_params(sql, 2), nullptr);
+  // Texts over the bound are not kept; nor is a layout with no key.
+  const std::string long_sql = sql + " -- " + std::string(DecisionCache::kMaxKeyParamsText, 'x');
+  cache.set_key_params(long_sql, 1, KeyParams{1, 0, 1});
+  EXPECT_EQ(cache.key_params(long_sql, 1), nullptr);
+  cache.set_key_params("SELECT 1", 1, KeyParams{});
+  EXPECT_EQ(cache.key_params("SELECT 1", 1), nullptr);
+  cache.clear();
+  EXPECT_EQ(cache.key_params(sql, 1), nullptr);
+}
+
 TEST(DecisionCache, DecideCachesPerFingerprint) {
   DecisionCache cache;
   const StatementAccess& first = cache.decide("select * from t where id = 1", kWriteFunctions);

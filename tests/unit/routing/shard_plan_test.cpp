@@ -591,13 +591,20 @@ std::vector<Stmt> generated_statements() {
   return out;
 }
 
-ShardPlan check_statement(const Stmt& s, const ShardingPolicy& policy) {
+ShardPlan check_statement(const Stmt& s, const ShardingPolicy& policy, int* layouts = nullptr) {
   const ShardPlan plan = plan_shards(s.sql, policy);
   EXPECT_TRUE(plan.key == Key::Slots || plan.key == Key::Reparse)
       << s.sql << "\n  plan: " << describe(plan);
-  EXPECT_EQ(describe(shard_keys(s.sql, plan, policy, s.params.get())),
-            describe(expected_keys(s, policy, true)))
+  KeyParams layout;
+  const ShardKeys walked = shard_keys(s.sql, plan, policy, s.params.get(), &layout);
+  EXPECT_EQ(describe(walked), describe(expected_keys(s, policy, true)))
       << s.sql << "\n  plan: " << describe(plan);
+  if (layout.count > 0) {
+    // The layout the walk found reads the same keys from the Bind alone.
+    if (layouts) ++*layouts;
+    EXPECT_EQ(describe(shard_keys(layout, policy, *s.params)), describe(walked))
+        << "by layout: " << s.sql;
+  }
   if (has_params(s)) {
     // A Parse or Describe: no Bind at hand.
     EXPECT_EQ(describe(shard_keys(s.sql, plan, policy, nullptr)),
@@ -614,15 +621,69 @@ TEST(ShardPlanTest, FindsTheShardsOfEveryGeneratedStatement) {
   const std::vector<Stmt> statements = generated_statements();
   std::uint64_t shards_seen = 0;
   int reparsed = 0;
+  int layouts = 0;
   for (const Stmt& s : statements) {
-    if (check_statement(s, policy).key == Key::Reparse) ++reparsed;
+    if (check_statement(s, policy, &layouts).key == Key::Reparse) ++reparsed;
     const ShardKeys want = expected_keys(s, policy, true);
     if (want.status == Status::Found) shards_seen |= want.shards;
   }
   EXPECT_GE(statements.size(), 300u);
   EXPECT_GT(reparsed, 10);       // the irregular INSERTs take the Reparse path
+  EXPECT_GT(layouts, 20);        // statements whose keys are all $n
   EXPECT_EQ(shards_seen, 0xfu);  // the values reach every shard
   RecordProperty("statements", static_cast<int>(statements.size()));
+}
+
+TEST(ShardPlanTest, TheKeysOfABoundTextAreRememberedAsTheirParameters) {
+  const ShardingPolicy policy = make_policy();
+  auto layout_of = [&](std::string_view sql, const ParamSource* params) {
+    KeyParams layout;
+    shard_keys(sql, plan_shards(sql, policy), policy, params, &layout);
+    return std::to_string(layout.first) + "+" + std::to_string(layout.stride) + "x" +
+           std::to_string(layout.count);
+  };
+  TestParams six;
+  for (int i = 1; i <= 6; ++i)
+    six.text(std::to_string(i * 11));
+  EXPECT_EQ(layout_of("SELECT * FROM telemetry WHERE device_id = $1", &six), "1+0x1");
+  EXPECT_EQ(layout_of("SELECT * FROM telemetry WHERE v = $1 AND device_id = $2", &six), "2+0x1");
+  EXPECT_EQ(layout_of("SELECT * FROM telemetry WHERE device_id IN ($1, $2, $3)", &six), "1+1x3");
+  EXPECT_EQ(
+      layout_of("INSERT INTO telemetry (device_id, v) VALUES ($1, $2), ($3, $4), ($5, $6)", &six),
+      "1+2x3");
+  EXPECT_EQ(layout_of("INSERT INTO telemetry (v, device_id) VALUES ($1, $2), ($3, $4)", &six),
+            "2+2x2");
+  // Not remembered: a constant key, $n out of order or at irregular places, a key not read.
+  EXPECT_EQ(layout_of("SELECT * FROM telemetry WHERE device_id = 42", &six), "0+0x0");
+  EXPECT_EQ(layout_of("SELECT * FROM telemetry WHERE device_id IN ($1, 7)", &six), "0+0x0");
+  EXPECT_EQ(layout_of("SELECT * FROM telemetry WHERE device_id IN ($2, $1)", &six), "0+0x0");
+  EXPECT_EQ(layout_of("SELECT * FROM telemetry WHERE device_id IN ($1, $2, $4)", &six), "0+0x0");
+  EXPECT_EQ(layout_of("SELECT * FROM telemetry WHERE device_id = $1", nullptr), "0+0x0");
+  TestParams null;
+  null.null();
+  EXPECT_EQ(layout_of("SELECT * FROM telemetry WHERE device_id = $1", &null), "0+0x0");
+
+  // The next Binds of the text: their values, read by the layout, give the walk's shards.
+  const std::string sql =
+      "INSERT INTO telemetry (device_id, v) VALUES ($1, $2), ($3, $4), ($5, $6)";
+  const ShardPlan plan = plan_shards(sql, policy);
+  KeyParams layout;
+  shard_keys(sql, plan, policy, &six, &layout);
+  ASSERT_EQ(layout.count, 3);
+  for (int round = 0; round < 40; ++round) {
+    TestParams next;
+    for (int i = 1; i <= 6; ++i)
+      next.text(std::to_string(round * 97 + i * 31));
+    if (round == 7) {  // a NULL key in the second row
+      next = TestParams();
+      next.text("1");
+      next.text("x");
+      next.null();
+    }
+    EXPECT_EQ(describe(shard_keys(layout, policy, next)),
+              describe(shard_keys(sql, plan, policy, &next)))
+        << "round " << round;
+  }
 }
 
 TEST(ShardPlanTest, TheExpectedShardsOfTheSpecAreTheMapsShards) {
