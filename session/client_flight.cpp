@@ -862,7 +862,9 @@ std::pair<std::string_view, std::string> Session::shard_conflict(Link& l, std::s
                                                                  const BindParams* params,
                                                                  bool* hop) {
   if (!router_.sharded() || sql.empty()) return {};
-  auto& tx = work().change_tx();
+  // Read only (the everyday Bind changes nothing here, so clear() has nothing to reset); a
+  // refusal said once is taken out of it below, when it was set.
+  const auto& tx = work().tx();
   if (tx.spans) {
     if (std::string why = spanning_refusal(sql); !why.empty()) return {"0A000", std::move(why)};
   }
@@ -887,15 +889,15 @@ std::pair<std::string_view, std::string> Session::shard_conflict(Link& l, std::s
   if (route.kind == routing::Route::Kind::Shards) {
     // Why it could not run on the transaction's parts (route_in_transaction), said once.
     if (!tx.scatter_refusal.empty()) {
-      std::string message = std::move(tx.scatter_refusal);
-      tx.scatter_refusal.clear();
+      std::string message = std::move(work().change_tx().scatter_refusal);
+      work().change_tx().scatter_refusal.clear();
       return {tx.refusal_sqlstate, std::move(message)};
     }
     if (!tx.refusal.empty()) {
       std::string message = "pgvalve: this transaction runs on shard " + here +
                             ", and this statement needs shard " +
                             sharding.shard_names.at(tx.refused_shard) + " too, which " + tx.refusal;
-      tx.refusal.clear();
+      work().change_tx().refusal.clear();
       return {tx.refusal_sqlstate, std::move(message)};
     }
     return {kNotSupported,
@@ -923,8 +925,8 @@ std::pair<std::string_view, std::string> Session::shard_conflict(Link& l, std::s
     std::string message = "pgvalve: this transaction runs on shard " + here + ", and this " +
                           "statement's " + sharding.key + " lives on shard " + there + ", which " +
                           tx.refusal;
-    tx.scatter_refusal.clear();
-    tx.refusal.clear();
+    work().change_tx().scatter_refusal.clear();
+    work().change_tx().refusal.clear();
     return {tx.refusal_sqlstate, std::move(message)};
   }
   return {kNotSupported,

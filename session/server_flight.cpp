@@ -821,7 +821,8 @@ void Session::settle(Link& l, LinkId id, Actions& out) {
     return;
   }
   if (router_.sharded()) {
-    auto& tx = work().change_tx();
+    // Read first: the everyday request leaves nothing here for clear() to reset.
+    const auto& tx = work().tx();
     // A part of a transaction over several shards ended on its own (its server ended it): the
     // others cannot commit without it.
     if (tx.spans || tx.joining) {
@@ -832,7 +833,9 @@ void Session::settle(Link& l, LinkId id, Actions& out) {
       enter_between_requests();
       return;
     }
-    if (!tx.begin.empty() || !tx.refusal.empty() || tx.begin_too_long || tx.implicit) tx = {};
+    if (!tx.begin.empty() || !tx.refusal.empty() || tx.begin_too_long || tx.implicit) {
+      work().change_tx() = {};
+    }
   }
   const bool translate = options_.mode != config::PoolMode::Session;
   // With pin_session_state false the statements that pin are refused; what still asks for a
