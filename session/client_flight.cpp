@@ -231,7 +231,6 @@ bool Session::check_partial(std::string_view rest, Actions& out, Clock::time_poi
 const Actions& Session::plan_client(std::string_view input, Clock::time_point now) {
   Actions& out = work().client_actions;
   Workspace& w = work();
-  w.fingerprinted_text = nullptr;  // the input buffer's bytes are new
   if (w.retry_pending) {
     // A read whose replica died runs again on the server linked for it; the client's input
     // waits its turn.

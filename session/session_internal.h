@@ -348,6 +348,9 @@ struct Workspace {
   // read by every request, so in the first cache line, next to the route.
   bool rare_touched_ = false;
   bool shard_work_touched_ = false;
+  bool fingerprint_kept_ = false;
+  std::string fingerprinted_text_;
+  std::uint64_t fingerprinted_value_ = 0;
 
  public:
   // The request waiting for a server: its route, and the link the server is for.
@@ -375,13 +378,23 @@ struct Workspace {
   // its Binds (set at every such Parse: kept here, not in rare(), so that it allocates nothing).
   std::string unnamed_statement_text;
   std::string unnamed_statement_types;
-  // Statistics: the fingerprints of the unnamed statement and portal, and the last text
-  // fingerprinted in this step (its address and size) with its value.
+  // Statistics: the fingerprints of the unnamed statement and portal.
   std::uint64_t unnamed_statement_fingerprint = 0;
   std::uint64_t unnamed_portal_fingerprint = 0;
-  const char* fingerprinted_text = nullptr;
-  std::size_t fingerprinted_size = 0;
-  std::uint64_t fingerprinted_value = 0;
+  // The last text fingerprinted (a copy, compared byte for byte) with its value: routing and
+  // the statistics of a request ask for the same text, in different steps.
+  static constexpr std::size_t kMaxFingerprintedText = 1024;
+  bool fingerprinted(std::string_view sql) const {
+    return fingerprint_kept_ && std::string_view(fingerprinted_text_) == sql;
+  }
+  std::uint64_t fingerprinted_value() const { return fingerprinted_value_; }
+  void keep_fingerprint(std::string_view sql, std::uint64_t value) {
+    fingerprint_kept_ = sql.size() <= kMaxFingerprintedText;
+    if (!fingerprint_kept_) return;
+    fingerprinted_text_.assign(sql);
+    fingerprinted_value_ = value;
+  }
+  void forget_fingerprint() { fingerprint_kept_ = false; }
   // Statistics left for Session::account(), after the step's writes: the text of one Query
   // whose fingerprint is due (for the newest request on `link` marked fingerprint_later; links
   // stay in place), one execution and one transaction to record. Further ones in the same step

@@ -13,19 +13,17 @@ namespace pgvalve::session {
 
 std::uint64_t Session::fingerprint_of(std::string_view sql, bool parsed) {
   Workspace& w = work();
-  if (w.fingerprinted_text == sql.data() && w.fingerprinted_size == sql.size()) {
-    return w.fingerprinted_value;
-  }
-  w.fingerprinted_text = sql.data();
-  w.fingerprinted_size = sql.size();
-  w.fingerprinted_value = parsed ? router_.fingerprint_of_repeated(sql) : routing::fingerprint(sql);
-  return w.fingerprinted_value;
+  if (w.fingerprinted(sql)) return w.fingerprinted_value();
+  const std::uint64_t value =
+      parsed ? router_.fingerprint_of_repeated(sql) : routing::fingerprint(sql);
+  w.keep_fingerprint(sql, value);
+  return value;
 }
 
 void Session::count_request(protocol::PendingResponse& request, std::string_view sql, Link& l) {
   if (!recorder_ || sql.empty()) return;
   Workspace& w = work();
-  const bool known = w.fingerprinted_text == sql.data() && w.fingerprinted_size == sql.size();
+  const bool known = w.fingerprinted(sql);
   if (!known && !w.accounting.text) {
     w.accounting.text = sql.data();
     w.accounting.size = sql.size();
