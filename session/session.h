@@ -541,10 +541,11 @@ class Session {
   void read_wal_position(const Link& l, const protocol::Frame& f);
 
   // ---- statistics ----
-  // The fingerprint of `sql`, computed once per step for the same text (routing and
-  // statistics share it). `parsed`: the text of a Parse, which drivers send again and again;
-  // found in the worker's cache of texts seen before.
-  std::uint64_t fingerprint_of(std::string_view sql, bool parsed = false);
+  // The fingerprint of `sql`, computed once for the same text asked for again (routing and
+  // statistics share it; Workspace::fingerprinted()). `parsed`: the text of a Parse, which
+  // drivers send again and again; found in the worker's cache of texts seen before. `keep`
+  // false: the text's last use, not worth remembering.
+  std::uint64_t fingerprint_of(std::string_view sql, bool parsed = false, bool keep = true);
   // `request`, about to be queued on `l`, runs `sql`: it is counted when it completes. Its
   // fingerprint may be left for account().
   void count_request(protocol::PendingResponse& request, std::string_view sql, Link& l);
