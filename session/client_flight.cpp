@@ -396,6 +396,15 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
     input_waits_for_link_ = true;
     return out;
   }
+  if (l->only_own_query() && l->server->tx_status == 'I' && !settings_match(*l->server, true)) {
+    // pgvalve's pin check runs after a request that also changed the server's settings away
+    // from the client's (RESET ALL puts them back to the server's defaults, not to the
+    // client's startup values: asyncpg's Pool.release). Pipelined behind the check, the next
+    // request would run without them; it waits for the check, then for the sync on this server
+    // (plan_on_link) or on the server a release of this one lets it link.
+    input_waits_for_link_ = true;
+    return out;
+  }
   if (options_.mode == config::PoolMode::Session && l->id == 0 &&
       route_away_from_own_server(frames, *l, out)) {
     return out;

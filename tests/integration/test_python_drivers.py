@@ -257,7 +257,10 @@ def test_asyncpg_listeners_hear_notifications_from_the_pool(pv):
 
 def test_asyncpg_pool_release_resets_what_the_connection_set(pv):
     # Pool.release runs Connection.reset(): pg_advisory_unlock_all(), CLOSE ALL, UNLISTEN *,
-    # RESET ALL in one query. RESET ALL returns to the settings given at connect.
+    # RESET ALL in one query. RESET ALL returns to the settings given at connect. The lock pins
+    # the server, so the reset is followed by pgvalve's pin check, and the next acquire's query
+    # may reach pgvalve while the check runs: it must wait for it and for the settings sync
+    # (it ran without the sync about one time in seven before; hence several rounds).
     async def main():
         pool = await asyncpg.create_pool(adsn(pv), min_size=1, max_size=1, server_settings={
             "statement_timeout": "4321", "application_name": "ingest"})
@@ -277,7 +280,8 @@ def test_asyncpg_pool_release_resets_what_the_connection_set(pv):
         await pool.close()
         return seen, free
 
-    assert run(main()) == (["4321ms", "ingest", "4MB"], True)
+    for _ in range(20):
+        assert run(main()) == (["4321ms", "ingest", "4MB"], True)
 
 
 def test_asyncpg_retries_a_statement_alter_table_invalidated(pv, cluster):

@@ -199,6 +199,40 @@ TEST_F(SessionPinningFlow, RequestsPipelinedBehindTheCheckAreServed) {
   EXPECT_TRUE(s.has_op(LinkOp::Kind::Release));
 }
 
+TEST(SessionPinning, ARequestBehindTheCheckWaitsForItWhenTheSettingsChanged) {
+  // asyncpg's Pool.release sends pg_advisory_unlock_all(), CLOSE ALL, UNLISTEN * and RESET ALL
+  // in one query, and the pool's next user its query at once. RESET ALL put the server's
+  // statement_timeout back to the server's default, not to the client's startup 7s.
+  SessionHarness h({}, {{"options", "-c statement_timeout=7s"}});
+  auto server = SessionHarness::fresh_server();
+  h.send(query("select pg_advisory_lock(1)"), *server);
+  Step s = h.server(row_result("", "SELECT 1"));
+  ASSERT_TRUE(is_pin_check(s.to_server));
+  h.server(pin_check_result(true));
+  ASSERT_TRUE(h.session().pinned());
+  h.client(query("set statement_timeout = '5s'"));
+  h.server(command_result("SET"));
+  h.client(query("select pg_advisory_unlock_all(); reset all"));
+  s = h.server(row_description() + data_row({""}) + complete("SELECT 1") + complete("RESET") +
+               ready('I'));
+  ASSERT_TRUE(is_pin_check(s.to_server));
+  // The next query arrives while the check runs: it waits for it.
+  const std::string q = query("show statement_timeout");
+  s = h.client(q);
+  EXPECT_TRUE(s.to_server.empty());
+  EXPECT_EQ(s.consumed, 0u);
+  // Still holding a lock: the server stays, and gets the client's 7s before the query.
+  s = h.server(pin_check_result(true));
+  EXPECT_TRUE(s.resume_client);
+  s = h.client(q);
+  EXPECT_EQ(queries_in(s.to_server),
+            std::vector<std::string>{"SET \"statement_timeout\" TO '7s';"});
+  s = h.server(command_result("SET"));
+  EXPECT_TRUE(s.resume_client);
+  s = h.client(q);
+  EXPECT_EQ(s.to_server, q);
+}
+
 TEST_F(SessionPinningFlow, PinnedClientsOwnUnfollowableSettingsStayOnItsServer) {
   run_and_check("select pg_advisory_lock(1)", row_result("", "SELECT 1"), true);
   h.client(query("select set_config('app.user', current_user, false)"));
