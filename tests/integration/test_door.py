@@ -192,7 +192,10 @@ def test_out_of_file_descriptors_pauses_accepting(pgvalve, tmp_path):
     limit = fds + 3
     subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={limit}:{limit}"], check=True)
     held = bare_sockets(pv, 8)  # accepted up to the limit, the rest wait in the listen queue
-    # A probe queued on the HTTP port fails its accept too, every 100 ms.
+    # A probe queued on the HTTP port fails its accept too, every 100 ms. Sent once the worker
+    # has taken the last descriptors: sooner, the HTTP thread could take one of them first.
+    wait_until(lambda: "event=accept_failed" in pv.log_text(), 5,
+               message="the worker out of descriptors")
     held.append(socket.create_connection(("127.0.0.1", pv.admin_port), timeout=5))
     try:
         time.sleep(1.0)
