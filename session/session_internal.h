@@ -349,8 +349,6 @@ struct Workspace {
   bool rare_touched_ = false;
   bool shard_work_touched_ = false;
   bool fingerprint_kept_ = false;
-  std::string fingerprinted_text_;
-  std::uint64_t fingerprinted_value_ = 0;
 
  public:
   // The request waiting for a server: its route, and the link the server is for.
@@ -597,6 +595,8 @@ struct Workspace {
   Rare rare_;
   ScatterRun scatter_;
   ShardTransaction tx_;
+  std::string fingerprinted_text_;  // fingerprinted(), with fingerprint_kept_
+  std::uint64_t fingerprinted_value_ = 0;
 };
 
 }  // namespace pgvalve::session
