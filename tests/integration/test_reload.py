@@ -261,6 +261,9 @@ def test_restart_with_a_second_process_on_the_same_ports(pgvalve, cluster, tmp_p
                     break
                 except psycopg.Error as e:
                     (failures if attempt < 3 else second_failures).append(str(e))
+                    # A pool waits a moment before it tries again; three attempts at once could
+                    # all reach the old process's listeners in the instant before they close.
+                    time.sleep(0.05 * attempt)
             time.sleep(0.01)
 
     tx = old.connect(autocommit=False)
