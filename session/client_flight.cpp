@@ -1216,7 +1216,7 @@ bool Session::answer_listen_locally(Flight& flight, Actions& out) {
                  "pgvalve: a client may listen on at most " +
                      std::to_string(kMaxClientListenChannels) +
                      " channels; UNLISTEN channels it no longer needs");
-    pr::append_ready_for_query(r, 'I');
+    pr::append_ready_for_query(r, client_tx_status());
     return true;
   }
   work().change_rare().hub_reply = reply;

@@ -73,7 +73,7 @@ bool Session::answer_parse_locally(Flight& flight, Actions& out) {
       define_statement(parse->statement, parse->query, parse->param_types);
       pr::append_parse_complete(reply);
     } else if (f.tag == 'S') {
-      pr::append_ready_for_query(reply, 'I');
+      pr::append_ready_for_query(reply, client_tx_status());
     }
     pos += f.whole.size();
   }

@@ -1158,7 +1158,7 @@ const Actions& Session::on_hub_done(std::optional<std::string_view> error) {
       if (extras_) extras_->listen_channels.clear();
     }
   }
-  pr::append_ready_for_query(reply, 'I');
+  pr::append_ready_for_query(reply, client_tx_status());
   work().change_rare().hub_channel.clear();
   work().change_rare().hub_request = HubRequest::Kind::None;
   enter(SessionState::Idle);

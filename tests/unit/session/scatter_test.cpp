@@ -643,6 +643,17 @@ TEST_F(Scatter, StatementModeRefusesBeginOnShards) {
   EXPECT_NE(q[0].find("ERRCODE = '0A000'"), std::string::npos) << q[0];
 }
 
+// libpq's PQprepare (psycopg, pgbench -M prepared) sends Parse and Sync alone: answered by
+// pgvalve while the BEGIN is held back, its ReadyForQuery still says the client is in its
+// transaction (libpq's PQtransactionStatus, and the drivers that read it, follow it).
+TEST_F(Scatter, AStatementPreparedInADeferredTransactionLeavesTheClientInIt) {
+  h.client(query("BEGIN"));
+  const Step s = h.client(parse("s1", "SELECT count(*) FROM telemetry") + sync());
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(tags_of(s.to_client), "1Z");
+  EXPECT_EQ(statuses_in(s.to_client), "T");
+}
+
 TEST_F(Scatter, AFailedReadBeforeATransactionRanAnythingEndsIt) {
   h.client(query("BEGIN"));
   start(query("SELECT count(*) FROM telemetry"));
