@@ -5,6 +5,8 @@ failed transactions, no aborted clients, and the TPC-B invariant holds afterward
 import os
 import re
 import subprocess
+import threading
+import urllib.request
 
 import pytest
 
@@ -25,10 +27,56 @@ def pgbench_init(pv):
     assert r.returncode == 0, f"pgbench -i failed:\n{r.stdout}\n{r.stderr}"
 
 
+def stall_report(pv, cluster):
+    """What the servers and pgvalve were doing, for a run that outlived its duration."""
+    parts = []
+    try:
+        rows = cluster.primary.sql(
+            "select pid, state, wait_event_type, wait_event,"
+            "       round(extract(epoch from now() - xact_start)::numeric, 1),"
+            "       left(query, 60) from pg_stat_activity"
+            " where datname = %s and pid <> pg_backend_pid() order by pid", (APP_DB,),
+            dbname=APP_DB)
+        parts.append("pg_stat_activity: pid state wait xact_age_s query\n" +
+                     "\n".join("  " + " | ".join(str(c) for c in row) for row in rows))
+        rows = cluster.primary.sql(
+            "select pid, locktype, mode, relation::regclass::text from pg_locks where not granted",
+            dbname=APP_DB)
+        parts.append("locks waited for:\n" + "\n".join("  " + str(row) for row in rows))
+    except Exception as e:  # the report must not hide the failure it explains
+        parts.append(f"pg_stat_activity: {e!r}")
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{pv.admin_port}/metrics", timeout=5) as m:
+            lines = m.read().decode().splitlines()
+        parts.append("metrics:\n" + "\n".join(
+            "  " + line for line in lines
+            if line.startswith(("pgvalve_pool", "pgvalve_client", "pgvalve_server"))
+            and "_bucket" not in line))
+    except Exception as e:
+        parts.append(f"metrics: {e!r}")
+    return "\n".join(parts)
+
+
 def run_and_check(pv, cluster, *args, expect_clients):
-    r = pgbench(pv, *args, "-T", "10", "-P", "5")
+    # A run that outlives its 10 s by far is stuck: what the servers wait for is kept, to be
+    # shown if pgbench then fails.
+    reports = []
+    done = threading.Event()
+
+    def watch():
+        if not done.wait(25):
+            reports.append(stall_report(pv, cluster))
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        r = pgbench(pv, *args, "-T", "10", "-P", "5")
+    finally:
+        done.set()
+        watcher.join()
     out = r.stdout + r.stderr
-    assert r.returncode == 0, f"pgbench exited {r.returncode}:\n{out[-4000:]}"
+    stall = f"\nat 25 s:\n{reports[0]}" if reports else ""
+    assert r.returncode == 0, f"pgbench exited {r.returncode}:\n{out[-4000:]}{stall}"
     assert "aborted" not in out, out[-4000:]
     m = re.search(r"number of failed transactions: (\d+)", out)
     assert m, out[-4000:]
