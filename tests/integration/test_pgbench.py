@@ -15,11 +15,16 @@ from pgcluster import APP_DB, APP_PASSWORD, APP_USER
 PGBENCH = "/usr/lib/postgresql/15/bin/pgbench"
 
 
+def pgbench_command(pv, *args):
+    return [PGBENCH, "-h", "127.0.0.1", "-p", str(pv.port), "-U", APP_USER, *args, APP_DB]
+
+
+PGBENCH_ENV = dict(os.environ, PGPASSWORD=APP_PASSWORD, PGCONNECT_TIMEOUT="10")
+
+
 def pgbench(pv, *args, timeout=90):
-    env = dict(os.environ, PGPASSWORD=APP_PASSWORD, PGCONNECT_TIMEOUT="10")
-    cmd = [PGBENCH, "-h", "127.0.0.1", "-p", str(pv.port), "-U", APP_USER, *args, APP_DB]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    return r
+    return subprocess.run(pgbench_command(pv, *args), capture_output=True, text=True,
+                          timeout=timeout, env=PGBENCH_ENV)
 
 
 def pgbench_init(pv):
@@ -27,9 +32,37 @@ def pgbench_init(pv):
     assert r.returncode == 0, f"pgbench -i failed:\n{r.stdout}\n{r.stderr}"
 
 
-def stall_report(pv, cluster):
-    """What the servers and pgvalve were doing, for a run that outlived its duration."""
-    parts = []
+# x86-64 numbers of the calls a stuck thread is likely in.
+SYSCALL_NAMES = {"0": "read", "1": "write", "7": "poll", "23": "select", "44": "sendto",
+                 "45": "recvfrom", "46": "sendmsg", "47": "recvmsg", "202": "futex",
+                 "232": "epoll_wait", "270": "pselect6", "271": "ppoll", "281": "epoll_pwait"}
+
+
+def threads_report(name, pid):
+    """Each thread's state and the system call it waits in (number and arguments): a thread
+    stuck in a blocking call shows there (pgbench's libpq waits in poll() on one socket with no
+    timeout; an event loop waits in epoll_wait)."""
+    lines = [f"{name} (pid {pid}) threads: tid state syscall"]
+    try:
+        for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
+            base = f"/proc/{pid}/task/{tid}"
+            with open(f"{base}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            try:
+                with open(f"{base}/syscall") as f:
+                    call = f.read().strip()
+            except OSError as e:
+                call = f"? ({e.strerror})"
+            number, _, arguments = call.partition(" ")
+            lines.append(f"  {tid} {state} {SYSCALL_NAMES.get(number, number)} {arguments}")
+    except OSError as e:
+        lines.append(f"  {e!r}")
+    return "\n".join(lines)
+
+
+def stall_report(pv, cluster, pgbench_pid):
+    """What the servers, pgvalve and pgbench were doing, for a run that outlived its time."""
+    parts = [threads_report("pgvalve", pv.pid), threads_report("pgbench", pgbench_pid)]
     try:
         rows = cluster.primary.sql(
             "select pid, state, wait_event_type, wait_event,"
@@ -63,17 +96,28 @@ def run_and_check(pv, cluster, *args, expect_clients):
     reports = []
     done = threading.Event()
 
+    proc = subprocess.Popen(pgbench_command(pv, *args, "-T", "10", "-P", "5"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=PGBENCH_ENV)
+
     def watch():
         if not done.wait(25):
-            reports.append(stall_report(pv, cluster))
+            try:
+                reports.append(stall_report(pv, cluster, proc.pid))
+            except Exception as e:  # the report must not hide the failure it explains
+                reports.append(f"no report: {e!r}")
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        r = pgbench(pv, *args, "-T", "10", "-P", "5")
+        stdout, stderr = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
     finally:
         done.set()
         watcher.join()
+    r = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     out = r.stdout + r.stderr
     stall = f"\nat 25 s:\n{reports[0]}" if reports else ""
     assert r.returncode == 0, f"pgbench exited {r.returncode}:\n{out[-4000:]}{stall}"
