@@ -119,19 +119,20 @@ def run_and_check(pv, cluster, *args, expect_clients):
         watcher.join()
     r = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     out = r.stdout + r.stderr
-    stall = f"\nat 25 s:\n{reports[0]}" if reports else ""
-    assert r.returncode == 0, f"pgbench exited {r.returncode}:\n{out[-4000:]}{stall}"
-    assert "aborted" not in out, out[-4000:]
+    # The report first: a CI log shows the start of a long message.
+    detail = (f"stalled; at 25 s:\n{reports[0]}\npgbench said:\n" if reports else "") + out[-3000:]
+    assert r.returncode == 0, f"pgbench exited {r.returncode}:\n{detail}"
+    assert "aborted" not in out, detail
     m = re.search(r"number of failed transactions: (\d+)", out)
-    assert m, out[-4000:]
-    assert int(m.group(1)) == 0, out[-4000:]
+    assert m, detail
+    assert int(m.group(1)) == 0, detail
     m = re.search(r"number of clients: (\d+)", out)
-    assert m and int(m.group(1)) == expect_clients, out[-4000:]
+    assert m and int(m.group(1)) == expect_clients, detail
     m = re.search(r"number of transactions actually processed: (\d+)", out)
-    assert m and int(m.group(1)) > 0, out[-4000:]
+    assert m and int(m.group(1)) > 0, detail
     processed = int(m.group(1))
     m = re.search(r"tps = ([0-9.]+)", out)
-    assert m and float(m.group(1)) > 0, out[-4000:]
+    assert m and float(m.group(1)) > 0, detail
     check_balances(cluster, processed)
     return out
 
