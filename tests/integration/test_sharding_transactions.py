@@ -431,6 +431,29 @@ def test_statements_over_every_shard_in_a_drivers_default_transaction(two_pc, pg
         assert prepared_on(node) == []
 
 
+def test_a_statement_prepared_after_a_held_back_begin_leaves_the_client_in_its_transaction(
+        two_pc, pgvalve):
+    """libpq's PQprepare (Parse and Sync alone) after BEGIN, which pgvalve holds back until a
+    statement picks its shard: pgvalve answers the prepare itself, and libpq's transaction status
+    still says the client is in its transaction, which then runs the statement and rolls back."""
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    d0, _, _ = devices()
+    in_transaction = psycopg.pq.TransactionStatus.INTRANS
+    with pv.connect(autocommit=True) as conn:
+        conn.execute("BEGIN")
+        assert conn.pgconn.transaction_status == in_transaction
+        r = conn.pgconn.prepare(b"ins", b"INSERT INTO telemetry (device_id, value) VALUES ($1, 7)")
+        assert r.status == psycopg.pq.ExecStatus.COMMAND_OK, r.error_message
+        assert conn.pgconn.transaction_status == in_transaction
+        r = conn.pgconn.exec_prepared(b"ins", [str(d0).encode()])
+        assert r.status == psycopg.pq.ExecStatus.COMMAND_OK, r.error_message
+        assert conn.pgconn.transaction_status == in_transaction
+        conn.execute("ROLLBACK")
+        assert conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert rows(two_pc[0]) == [] and rows(two_pc[1]) == []
+
+
 def test_a_shard_without_a_primary_is_waited_for_then_refused_with_57P03(two_pc, pgvalve):
     """A transaction on s0 needs s1 while s1 has no primary: the statement waits
     failover.hold_writes_ms for one, as any write does, then gets 57P03 with pgvalve's message;
