@@ -390,18 +390,16 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
       l->server->tx_status != 'I' && route_in_transaction(frames, l, out)) {
     return out;
   }
-  if (router_.splits() && l->only_own_query() && l->server->tx_status == 'I') {
-    // pgvalve's WAL position query after a write runs: the next request waits for it, to be
-    // routed afresh (a read may go to a replica) rather than follow on this server.
-    input_waits_for_link_ = true;
-    return out;
-  }
-  if (l->only_own_query() && l->server->tx_status == 'I' && !settings_match(*l->server, true)) {
-    // pgvalve's pin check runs after a request that also changed the server's settings away
-    // from the client's (RESET ALL puts them back to the server's defaults, not to the
-    // client's startup values: asyncpg's Pool.release). Pipelined behind the check, the next
-    // request would run without them; it waits for the check, then for the sync on this server
-    // (plan_on_link) or on the server a release of this one lets it link.
+  if (l->only_own_query() && l->server->tx_status == 'I' &&
+      (router_.splits() || !settings_match(*l->server, true))) {
+    // pgvalve's own query runs after the transaction: the next request waits for it rather than
+    // follow on this server. After a write it is the WAL position query, and the request is
+    // routed afresh (a read may go to a replica). After a request that also changed the
+    // server's settings away from the client's (RESET ALL puts them back to the server's
+    // defaults, not to the client's startup values: asyncpg's Pool.release) it is the pin
+    // check; pipelined behind it, the request would run without them: it waits for the check,
+    // then for the sync on this server (plan_on_link) or on the server a release of this one
+    // lets it link.
     input_waits_for_link_ = true;
     return out;
   }

@@ -117,11 +117,10 @@ def run_and_check(pv, cluster, *args, expect_clients):
     finally:
         done.set()
         watcher.join()
-    r = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
-    out = r.stdout + r.stderr
+    out = stdout + stderr
     # The report first: a CI log shows the start of a long message.
     detail = (f"stalled; at 25 s:\n{reports[0]}\npgbench said:\n" if reports else "") + out[-3000:]
-    assert r.returncode == 0, f"pgbench exited {r.returncode}:\n{detail}"
+    assert proc.returncode == 0, f"pgbench exited {proc.returncode}:\n{detail}"
     assert "aborted" not in out, detail
     m = re.search(r"number of failed transactions: (\d+)", out)
     assert m, detail
