@@ -1,14 +1,13 @@
 #include "proxy/cancel_registry.h"
 
-#include <openssl/rand.h>
-
+#include "protocol/secure_random.h"
 #include "proxy/client_session.h"
 
 namespace pgvalve::proxy {
 
 void CancelRegistry::add(ClientSession& session, CancelTarget& target) {
   std::int32_t secret = 0;
-  RAND_bytes(reinterpret_cast<unsigned char*>(&secret), sizeof secret);
+  protocol::fill_random({reinterpret_cast<unsigned char*>(&secret), sizeof secret});
   std::lock_guard lock(mutex_);
   std::int32_t pid = next_pid_++;
   if (next_pid_ <= 0) next_pid_ = 1;

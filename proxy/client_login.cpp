@@ -1,12 +1,11 @@
 // Client login: the startup packet (SSL/GSS refusal, CancelRequest forwarding), password
 // authentication by the form of the user's configured password, and the session's start: its
 // pool, its settings and the ParameterStatus list of a real server.
-#include <openssl/rand.h>
-
 #include <algorithm>
 
 #include "protocol/auth.h"
 #include "protocol/messages.h"
+#include "protocol/secure_random.h"
 #include "protocol/startup.h"
 #include "proxy/admin_console.h"
 #include "proxy/app.h"
@@ -18,16 +17,6 @@
 namespace pgvalve::proxy {
 
 namespace pr = protocol;
-
-namespace {
-
-std::string random_bytes(std::size_t n) {
-  std::string s(n, '\0');
-  RAND_bytes(reinterpret_cast<unsigned char*>(s.data()), static_cast<int>(n));
-  return s;
-}
-
-}  // namespace
 
 // ---- The session from login to logout ------------------------------------------------------
 
@@ -286,7 +275,7 @@ asio::awaitable<bool> ClientSession::authenticate_scram(const UserAuth& auth) {
     co_await refuse_login(failed);
     co_return false;
   }
-  pr::ScramServer scram(*auth.verifier, random_bytes(18));
+  pr::ScramServer scram(*auth.verifier, pr::random_bytes(18));
   std::string error;
   auto server_first = scram.handle_client_first(initial->data, error);
   client_in_.consume(f.whole.size());
@@ -311,7 +300,7 @@ asio::awaitable<bool> ClientSession::authenticate_scram(const UserAuth& auth) {
 }
 
 asio::awaitable<bool> ClientSession::authenticate_md5(const UserAuth& auth) {
-  const std::string salt = random_bytes(4);
+  const std::string salt = pr::random_bytes(4);
   std::string out;
   pr::append_authentication_md5(out, salt);
   if (!co_await send_auth(out)) co_return false;

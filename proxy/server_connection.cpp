@@ -1,7 +1,5 @@
 #include "proxy/server_connection.h"
 
-#include <openssl/rand.h>
-
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
@@ -16,6 +14,7 @@
 #include <boost/asio/this_coro.hpp>
 
 #include "protocol/auth.h"
+#include "protocol/secure_random.h"
 #include "proxy/arrival_wait.h"
 #include "proxy/io_util.h"
 #include "proxy/log.h"
@@ -95,12 +94,6 @@ void enable_keepalive(Socket& socket) {
 }
 
 namespace {
-
-std::string random_bytes(std::size_t n) {
-  std::string s(n, '\0');
-  RAND_bytes(reinterpret_cast<unsigned char*>(s.data()), static_cast<int>(n));
-  return s;
-}
 
 asio::awaitable<bool> connect_socket(Socket& socket, const config::Endpoint& host,
                                      ServerFailure& failure) {
@@ -274,7 +267,7 @@ asio::awaitable<std::unique_ptr<ServerConnection>> open_server_connection(const 
                                       " offers no SASL mechanism pgvalve supports"};
               co_return nullptr;
             }
-            scram.emplace(login.password, random_bytes(18));
+            scram.emplace(login.password, pr::random_bytes(18));
             pr::append_sasl_initial_response(out, pr::kScramSha256, scram->client_first());
             break;
           }
