@@ -50,6 +50,10 @@ void append_fields(std::string& out, BackendTag tag, const ErrorFields& fields) 
     append_u8(out, 'H');
     append_cstr(out, fields.hint);
   }
+  if (!fields.routine.empty()) {
+    append_u8(out, 'R');
+    append_cstr(out, fields.routine);
+  }
   append_u8(out, 0);
   end_message(out, len_pos);
 }

@@ -95,6 +95,8 @@ struct ErrorFields {
   std::string_view message;   // 'M'
   std::string_view detail;    // 'D', optional
   std::string_view hint;      // 'H', optional
+  // 'R', optional, written only: the server routine that raised it, which some drivers read.
+  std::string_view routine;
 };
 std::optional<ErrorFields> read_error_response(const Frame& f);  // also reads NoticeResponse
 void append_error_response(std::string& out, const ErrorFields& fields);

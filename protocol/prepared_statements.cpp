@@ -1,6 +1,7 @@
 #include "protocol/prepared_statements.h"
 
 #include "protocol/keyed_hash.h"
+#include "protocol/messages.h"
 
 namespace pgvalve::protocol {
 
@@ -55,6 +56,12 @@ std::size_t ClientStatements::erase_defined_up_to(std::uint64_t defined) {
   return bytes;
 }
 
+void ClientStatements::described(std::uint64_t hash, std::uint64_t shape) {
+  for (auto& [_, s] : by_name_) {
+    if (s.hash == hash) s.shape = shape;
+  }
+}
+
 void ClientStatements::confirm(std::uint64_t hash) {
   for (auto& [_, s] : by_name_) {
     if (s.hash == hash) s.confirmed = true;
@@ -90,6 +97,21 @@ std::uint64_t ServerStatements::add(std::uint64_t hash, std::size_t capacity,
   const auto evicted = oldest->first;
   used_.erase(oldest);
   return evicted;
+}
+
+std::uint64_t result_shape(const Frame& f) {
+  if (f.tag != 'T') return 0;
+  const auto fields = read_row_fields(f.body);
+  if (!fields) return 0;
+  // Not the source table and column: a table dropped and made again alike leaves the cached
+  // plan's result as it was.
+  KeyedHash h;
+  for (const RowField& field : *fields) {
+    const std::int32_t numbers[] = {field.type, field.size, field.modifier};
+    h.add(field.name).add({reinterpret_cast<const char*>(numbers), sizeof numbers});
+  }
+  const std::uint64_t shape = h.finish();
+  return shape != 0 ? shape : 1;
 }
 
 }  // namespace pgvalve::protocol

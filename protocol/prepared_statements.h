@@ -11,6 +11,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "protocol/frame.h"
+
 namespace pgvalve::protocol {
 
 struct PreparedStatement {
@@ -26,7 +28,16 @@ struct PreparedStatement {
   // A server has prepared it once: PostgreSQL accepted it. Until then a failed Parse of it means
   // the client has no such statement, as on PostgreSQL.
   bool confirmed = false;
+  // The result_shape() a server described it with to the client (0: the client never asked),
+  // which drivers decode its rows by from then on (asyncpg, pgx, PgJDBC, postgres.js).
+  std::uint64_t shape = 0;
 };
+
+// The shape of the rows a Describe of a statement announced (RowDescription), as PostgreSQL
+// compares it before it refuses to run a cached plan (0A000): each column's name, type, size and
+// modifier, in order. A nonzero hash; 0 for NoData (a statement without rows: nothing to decode)
+// or any other message.
+std::uint64_t result_shape(const Frame& f);
 
 // "pgv_" + 16 hex digits of the hash, without allocating.
 class ServerStatementName {
@@ -57,6 +68,8 @@ class ClientStatements {
   bool erase(std::string_view name);
   // A server prepared statements of `hash`: each is confirmed.
   void confirm(std::uint64_t hash);
+  // A server described statements of `hash` to the client with `shape` (result_shape).
+  void described(std::uint64_t hash, std::uint64_t shape);
   // A server refused to prepare statements of `hash`: those not confirmed are forgotten. Returns
   // the bytes of text they held.
   std::size_t forget_unconfirmed(std::uint64_t hash);
@@ -95,6 +108,14 @@ class ServerStatements {
     return it == used_.end() ? 0 : it->second.prepared_at;
   }
   void erase(std::uint64_t hash) { used_.erase(hash); }
+  // The result_shape() this server described `hash` with since it prepared it (0: unknown).
+  std::uint64_t shape(std::uint64_t hash) const {
+    auto it = used_.find(hash);
+    return it == used_.end() ? 0 : it->second.shape;
+  }
+  void described(std::uint64_t hash, std::uint64_t shape) {
+    if (auto it = used_.find(hash); it != used_.end()) it->second.shape = shape;
+  }
   // `hash` may or may not be prepared on the server (a Close of it failed with its flight after
   // an earlier one may have closed it): it counts as absent, and from now on every statement is
   // closed before it is parsed on this server, which is right either way.
@@ -114,6 +135,7 @@ class ServerStatements {
   struct Entry {
     std::uint64_t last_use = 0;
     std::int64_t prepared_at = 0;
+    std::uint64_t shape = 0;
   };
   std::unordered_map<std::uint64_t, Entry> used_;
   std::uint64_t clock_ = 0;

@@ -526,7 +526,7 @@ void Session::plan_on_link(Link& link, std::string_view frames, bool terminate, 
   // Sharded databases route each request afresh too: the next may need another shard.
   const bool one_request = l->route.kind == routing::Route::Kind::Replica || router_.sharded();
   // (A server taking COPY data takes the client's data before it answers.)
-  if (one_request && l->in_flight > 0 && !l->copy_in) {
+  if ((one_request && l->in_flight > 0 && !l->copy_in) || l->checking_shape) {
     input_waits_for_link_ = true;
     return;
   }
@@ -555,6 +555,8 @@ void Session::plan_on_link(Link& link, std::string_view frames, bool terminate, 
   w.client_scratch.clear();
   w.client_spans.clear();
   Flight flight{frames, &w.client_scratch, &w.client_spans, &out};
+  flight.link_was_idle = !l->busy();
+  flight.replay = retry;
   std::size_t planned = 0;
   while (planned < frames.size()) {
     // A client that pipelines without reading answers waits here (not inside a flight whose
@@ -577,7 +579,8 @@ void Session::plan_on_link(Link& link, std::string_view frames, bool terminate, 
     }
     plan_frame(r.frame, planned, *l, flight);
     if (flight.stop) {
-      // The rest of the request goes to another shard once this one has answered (hop).
+      // The rest of the request goes to another shard once this one has answered (hop), or
+      // here once pgvalve's own request is (check_shape).
       input_waits_for_link_ = true;
       terminate = false;  // seen again with the rest
       break;

@@ -16,8 +16,6 @@ namespace {
 // CloseComplete where a client's Close of its own name is expected.
 constexpr std::string_view kNoStatement = "pgv_none";
 
-constexpr std::string_view kChangedResultType = "cached plan must not change result type";
-
 }  // namespace
 
 // A flight of named Parse messages and Sync/Flush only, between transactions: the statements
@@ -123,12 +121,12 @@ void Session::forget_statements_before(std::uint64_t defined, Link& l) {
 }
 
 void Session::prepare_on_server(const pr::PreparedStatement& stmt, bool swallow, Link& l,
-                                Flight& flight) {
+                                Flight& flight, bool internal) {
   const std::size_t from = flight.scratch->size();
   if (auto evicted = l.server->statements.add(stmt.hash, options_.max_prepared_statements,
                                               now_.time_since_epoch().count())) {
     pr::append_close(*flight.scratch, 'S', pr::server_statement_name(evicted));
-    pr::PendingResponse close{Kind::CloseComplete, true};
+    pr::PendingResponse close{.kind = Kind::CloseComplete, .swallow = true, .internal = internal};
     close.action = l.statement_pending(evicted) ? kActionRecloseStatement : kActionEvictClose;
     close.statement_hash = evicted;
     l.pending.push(close);
@@ -140,14 +138,14 @@ void Session::prepare_on_server(const pr::PreparedStatement& stmt, bool swallow,
   // Parse succeeds either way.
   if (l.statement_pending(stmt.hash) || l.server->statements.close_before_parse()) {
     pr::append_close(*flight.scratch, 'S', pr::server_statement_name(stmt.hash));
-    pr::PendingResponse close{Kind::CloseComplete, true};
+    pr::PendingResponse close{.kind = Kind::CloseComplete, .swallow = true, .internal = internal};
     close.action = kActionRecloseStatement;
     close.statement_hash = stmt.hash;
     l.pending.push(close);
   }
   pr::append_parse_raw(*flight.scratch, pr::server_statement_name(stmt.hash),
                        without_hint(stmt.query), stmt.param_types);
-  pr::PendingResponse parse{Kind::ParseComplete, swallow};
+  pr::PendingResponse parse{.kind = Kind::ParseComplete, .swallow = swallow, .internal = internal};
   parse.statement_hash = stmt.hash;
   if (!stmt.confirmed) parse.action = kActionFirstParse;
   l.pending.push(parse);
@@ -442,6 +440,7 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
     raise_on_server("0A000", kChangedResultType, true, l, flight);
     return;
   }
+  if (stmt->shape != 0 && check_shape(*stmt, offset, l, flight)) return;
   if (server_has_statement(l, stmt->hash)) {
     l.server->statements.touch(stmt->hash);
     if (!stmt->confirmed) statements_->confirm(stmt->hash);  // the server prepared it
@@ -455,6 +454,75 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
   pr::PendingResponse bound{Kind::BindComplete};
   bound.statement_hash = stmt->hash;  // found stale if its Bind fails with 0A000
   l.pending.push(bound);
+}
+
+// The client decodes the rows of its statement by the shape a server described them with when
+// it prepared it (asyncpg, pgx, PgJDBC and postgres.js do). After a table the statement reads
+// changed, PostgreSQL refuses to run such a cached plan (0A000), but a server that prepares the
+// statement afresh, or did since the change, runs it with the new shape. So before the Bind of a
+// statement whose shape this server has not described, pgvalve asks it (Describe, after the
+// Parse if it lacks the statement, and a Sync: one round trip per statement and server), and a
+// shape other than the client's fails the Bind as PostgreSQL would. Only for a Bind that starts
+// the client's request on a server with nothing outstanding: pgvalve's Sync there ends nothing
+// of the client's.
+bool Session::check_shape(const pr::PreparedStatement& stmt, std::size_t offset, Link& l,
+                          Flight& flight) {
+  const bool on_server = server_has_statement(l, stmt.hash);
+  const std::uint64_t server_shape = on_server ? l.server->statements.shape(stmt.hash) : 0;
+  if (server_shape == stmt.shape) return false;
+  if (l.shape_checked == stmt.hash) {
+    // Just asked: a shape other than the client's is refused; none (the check failed) lets the
+    // Bind go on as it would have.
+    l.shape_checked = 0;
+    if (server_shape == 0) return false;
+    raise_on_server("0A000", kChangedResultType, true, l, flight);
+    return true;
+  }
+  // A shape the server described before may be of a plan PostgreSQL now refuses itself: the
+  // Describe says which.
+  if (offset != 0 || !flight.link_was_idle || flight.replay) return false;
+  if (on_server) {
+    l.server->statements.touch(stmt.hash);
+  } else {
+    prepare_on_server(stmt, true, l, flight, true);
+  }
+  const std::size_t from = flight.scratch->size();
+  pr::append_describe(*flight.scratch, 'S', pr::server_statement_name(stmt.hash));
+  pr::append_sync(*flight.scratch);
+  mark_scratch(flight, from);
+  pr::PendingResponse describe{.kind = Kind::Describe, .internal = true};
+  describe.action = kActionShapeCheck;
+  describe.statement_hash = stmt.hash;
+  l.pending.push(describe);
+  pr::PendingResponse ready{.kind = Kind::ReadyForQuery, .internal = true, .sync = true};
+  ready.action = kActionShapeCheck;
+  l.pending.push(ready);
+  ++l.in_flight;
+  l.open_extended = false;  // the Bind is not sent yet
+  l.checking_shape = true;
+  l.shape_checked = stmt.hash;
+  l.reserved = true;  // kept for the Bind
+  flight.stop = true;
+  enter(SessionState::Active);
+  return true;
+}
+
+void Session::finish_shape_check(Link& l, Actions& out) {
+  l.checking_shape = false;
+  enter(SessionState::Holding);
+  if (input_waits_for_link_) {
+    input_waits_for_link_ = false;
+    out.resume_client = true;
+  }
+}
+
+void Session::note_shape(Link& l, const pr::PendingResponse& describe, const pr::Frame& f) {
+  const std::uint64_t shape = pr::result_shape(f);
+  if (shape == 0) return;
+  l.server->statements.described(describe.statement_hash, shape);
+  if (describe.action == kActionNoteShape && statements_) {
+    statements_->described(describe.statement_hash, shape);
+  }
 }
 
 // Session mode passes the client's statement names through; what their texts do is noted at
@@ -533,7 +601,12 @@ void Session::plan_describe(const pr::Frame& f, std::size_t offset, Link& l, Fli
     pr::append_describe(*flight.scratch, 'S', pr::server_statement_name(stmt->hash));
     mark_scratch(flight, from);
   }
-  l.pending.push({Kind::Describe});
+  pr::PendingResponse describe{Kind::Describe};
+  if (stmt) {
+    describe.action = kActionNoteShape;
+    describe.statement_hash = stmt->hash;
+  }
+  l.pending.push(describe);
 }
 
 void Session::plan_close(const pr::Frame& f, std::size_t offset, Link& l, Flight& flight) {

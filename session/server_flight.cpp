@@ -385,6 +385,9 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
       if (head.action == kActionFirstParse && f.tag == '1' && statements_) {
         statements_->confirm(head.statement_hash);
       }
+      if (head.action == kActionNoteShape || head.action == kActionShapeCheck) {
+        note_shape(l, head, f);
+      }
       if (f.tag == 'C' && head.note_count > 0) {
         settle_statement(l, head, pr::read_command_complete(f).value_or(""), out);
       }
@@ -430,14 +433,16 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
           statement_bytes_ -= statements_->forget_unconfirmed(head.statement_hash);
         }
       }
-      if (head.kind == Kind::BindComplete && head.statement_hash != 0) {
-        // A table the shared statement reads changed its result type since it was prepared: the
-        // statement is prepared again, here and on every other server, at its next use by a
-        // client that prepared it after now; for those that prepared it before, each Bind fails
-        // as on PostgreSQL (plan_bind) until they prepare it again.
+      if ((head.kind == Kind::BindComplete || head.action == kActionNoteShape ||
+           head.action == kActionShapeCheck) &&
+          head.statement_hash != 0) {
+        // A table the shared statement reads changed its result type since it was prepared (its
+        // Bind or Describe says so): the statement is prepared again, here and on every other
+        // server, at its next use by a client that prepared it after now; for those that
+        // prepared it before, each Bind fails as on PostgreSQL (plan_bind) until they prepare it
+        // again.
         if (const auto e = pr::read_error_response(f);
-            e && e->sqlstate == "0A000" &&
-            e->message == "cached plan must not change result type") {
+            e && e->sqlstate == "0A000" && e->message == kChangedResultType) {
           l.server->statements.forget_uncertain(head.statement_hash);
           workspaces_->statement_changed(head.statement_hash, now_.time_since_epoch().count());
         }
@@ -490,8 +495,12 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
 }
 
 void Session::pass_raised_error(Link& l, const pr::Frame& f) {
-  const auto e = pr::read_error_response(f);
+  auto e = pr::read_error_response(f);
   if (!e) return;
+  // asyncpg and PgJDBC know this error by the routine PostgreSQL raises it in, not by its words.
+  if (e->sqlstate == "0A000" && e->message == kChangedResultType) {
+    e->routine = kChangedResultTypeRoutine;
+  }
   if (recorder_) recorder_->stats->count_error(e->sqlstate);
   const std::size_t from = l.scratch.size();
   pr::append_error_response(l.scratch, *e);
@@ -518,6 +527,7 @@ void Session::complete_front(Link& l, char tag, Actions& out) {
     if (head.internal && head.action == kActionBegin) finish_begin(l, !head.failed, out);
     if (head.internal && head.action == kActionPinCheck) finish_pin_check(l, head.failed, out);
     if (head.internal && head.action == kActionHop) finish_hop(l, head.failed);
+    if (head.internal && head.action == kActionShapeCheck) finish_shape_check(l, out);
     if (head.internal && head.action == kActionImplicitEnd) {
       end_parts(true, {}, out, true);
       return;

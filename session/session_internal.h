@@ -104,6 +104,12 @@ enum : std::uint8_t {
   // The client's Sync ending a request that pgvalve made a transaction over several shards
   // (ShardTransaction::implicit): once answered, every part commits or rolls back.
   kActionImplicitEnd,
+  // The client's Describe of its statement `statement_hash`: the shape of its rows, which the
+  // client decodes them by from then on, is noted (PreparedStatement::shape).
+  kActionNoteShape,
+  // pgvalve's Describe (and Sync) of statement `statement_hash` before the client's Bind of it,
+  // whose rows the client decodes by a shape this server has not described (Session::check_shape).
+  kActionShapeCheck,
 };
 
 // A pending action of a shard's part of a statement over several shards (scatter_flight.cpp).
@@ -154,6 +160,11 @@ struct Link {
   // Every statement bound on it since the last Sync was a plain one (routing::plain_statement):
   // nothing that would behave otherwise inside a transaction block (Session::hop).
   bool flight_plain = true;
+  // pgvalve's Describe of a statement runs before the client's Bind of it (check_shape): the
+  // client's input waits. `shape_checked`: the statement last checked, whose Bind then goes on
+  // with what the check found (or without it, when the check failed).
+  bool checking_shape = false;
+  std::uint64_t shape_checked = 0;
   std::size_t stream_remaining = 0;  // bytes of a large server message still passing through
   bool stream_forward = true;        // ... forwarded to the client (false: dropped)
   Clock::time_point last_activity{};
@@ -234,6 +245,8 @@ struct Link {
     copy_end_sent = false;
     skipping_until_sync = false;
     flight_plain = true;
+    checking_shape = false;
+    shape_checked = 0;
     stream_remaining = 0;
     stream_forward = true;
     syncing = false;
@@ -281,8 +294,13 @@ struct Flight {
   std::vector<Span>* spans = nullptr;
   Actions* out = nullptr;
   bool drop_until_sync = false;
-  // Planning stops before the frame being planned: it goes to another server (Session::hop).
+  // Planning stops before the frame being planned: it goes to another server (Session::hop), or
+  // waits for pgvalve's own request sent in its place (Session::check_shape).
   bool stop = false;
+  // The link had nothing outstanding when the flight began (not even messages before a Flush).
+  bool link_was_idle = false;
+  // The request is sent again (a replica's read retried elsewhere), not read from the client.
+  bool replay = false;
 };
 
 // What review() found in the statements of one query text.
@@ -331,6 +349,11 @@ inline constexpr const char* kLeftPartRolledBack =
 inline constexpr const char* kLeftPartCommitted =
     "pgvalve commits it there once the shard takes writes again (SHOW SHARDS counts it until "
     "then)";
+
+// PostgreSQL's words when a table a prepared statement reads changed its result type (0A000),
+// raised in RevalidateCachedQuery: drivers take them as their cue to prepare it again.
+inline constexpr std::string_view kChangedResultType = "cached plan must not change result type";
+inline constexpr std::string_view kChangedResultTypeRoutine = "RevalidateCachedQuery";
 
 // What the prepared parts of a two-phase commit named `gid` are told (COMMIT PREPARED when
 // `commit`, else ROLLBACK PREPARED), kept in `kept`.

@@ -23,10 +23,11 @@ import asyncpg
 import psycopg
 import pytest
 
-from itutil import app_backends, drain_notifies, fresh_table
-from pgcluster import APP_DB, APP_PASSWORD, APP_USER
+from itutil import APP_AND_OPS, app_backends, drain_notifies, fresh_table
+from pgcluster import APP_DB, APP_PASSWORD, APP_USER, wait_until
 from pgwire import message, query_message, read_message
 from pgwire_ext import ExtClient, describe, flush, parse
+from test_admin_console import admin
 # two_pc: two shards whose servers allow prepared transactions (a module fixture: this module
 # gets clusters of its own).
 from test_sharding_writes import config as sharded_config, md5_mod, two_pc  # noqa: F401
@@ -305,6 +306,52 @@ def test_asyncpg_retries_a_statement_alter_table_invalidated(pv, cluster):
 
     assert run(main()) == ({"a": 1, "b": 2}, {"a": 1, "b": 2, "c": 3},
                            {"a": 1, "b": 2, "c": 3, "d": 4})
+
+
+def test_asyncpg_retries_after_alter_table_also_on_a_server_that_never_held_the_statement(
+        pgvalve, cluster):
+    """asyncpg decodes a cached statement's rows by the columns its prepare was told. A server
+    that prepares the statement after ALTER TABLE (RECONNECT replaced every server here) would
+    send rows of the new shape under the old description; PostgreSQL, and so pgvalve, refuse the
+    cached statement instead (0A000), which asyncpg takes as its cue to prepare again."""
+    pv = pgvalve(users=APP_AND_OPS, **POOL)
+    fresh_table(cluster, "inv2", "a int, b int")
+    cluster.primary.sql("insert into inv2 values (1, 2)", dbname=APP_DB)
+
+    def pool_backends():
+        return {r[0] for r in cluster.primary.sql(
+            "select pid from pg_stat_activity where usename = %s and datname = %s and "
+            "backend_type = 'client backend' and application_name <> 'pgvalve health check'",
+            (APP_USER, APP_DB))}
+
+    def alter_and_replace_servers(column):
+        cluster.primary.sql(f"alter table inv2 add column {column} int default 5", dbname=APP_DB)
+        before = pool_backends()
+        assert before, "the statement's server is pooled"
+        with admin(pv) as a:
+            a.execute(f"RECONNECT {APP_DB}")
+        wait_until(lambda: not (pool_backends() & before), 5,
+                   message="the idle server connections closed")
+
+    async def main():
+        c = await asyncpg.connect(adsn(pv))
+        first = dict(await c.fetchrow("select * from inv2 where a = $1", 1))
+        alter_and_replace_servers("c")
+        # Outside a transaction asyncpg prepares the text again and retries.
+        second = dict(await c.fetchrow("select * from inv2 where a = $1", 1))
+        alter_and_replace_servers("d")
+        # Inside one it cannot: it raises, and the next use prepares again.
+        with pytest.raises(asyncpg.InvalidCachedStatementError):
+            async with c.transaction():
+                await c.fetchrow("select * from inv2 where a = $1", 1)
+        third = dict(await c.fetchrow("select * from inv2 where a = $1", 1))
+        # The same statement on the same server runs without asking again.
+        fourth = dict(await c.fetchrow("select * from inv2 where a = $1", 1))
+        await c.close()
+        return first, second, third, fourth
+
+    assert run(main()) == ({"a": 1, "b": 2}, {"a": 1, "b": 2, "c": 5},
+                           {"a": 1, "b": 2, "c": 5, "d": 5}, {"a": 1, "b": 2, "c": 5, "d": 5})
 
 
 def test_asyncpg_timeouts_cancel_only_their_own_query(pv):

@@ -896,5 +896,140 @@ TEST(SessionPreparedStatements, AStatementWhoseResultTypeChangedFailsUntilPrepar
   EXPECT_EQ(bound_statements_in(sent), std::vector<std::string>{server_name_of(kSql)});
 }
 
+// ---- The shape of a statement's rows, as the client was told it -------------------------------
+
+// Prepares and describes s1 on `server` (asyncpg's prepare(), pgx): the client decodes its rows
+// by `description` from then on.
+void prepare_described(SessionHarness& h, ServerState& server, const std::string& description) {
+  const std::string flight = parse("s1", kSql) + describe('S', "s1") + sync();
+  h.send(flight, server);
+  const std::string answer = parse_complete() + no_parameters() + description + ready('I');
+  EXPECT_EQ(h.answer(answer), answer);
+}
+
+// The client's request once `server` is linked for it: what pgvalve sent.
+Step linked_for(SessionHarness& h, std::string_view input, ServerState& server) {
+  Step s = h.client(input);
+  EXPECT_TRUE(s.check_out);
+  s = h.linked(server);
+  if (!s.to_server.empty()) s = h.server(h.sync_answer);
+  return h.client(input);
+}
+
+// After ALTER TABLE adds a column, a server that prepares the statement afresh would send rows
+// of two columns to a client that decodes one: PostgreSQL would refuse the client's cached plan
+// instead. pgvalve asks the server for the statement's shape before the Bind and refuses alike.
+TEST(SessionStatementShapes, AStatementPreparedAfreshWithAnotherShapeFailsAsOnPostgreSQL) {
+  constexpr std::string_view kChanged = "cached plan must not change result type";
+  SessionHarness h;
+  auto first = SessionHarness::fresh_server();
+  prepare_described(h, *first, row_description(1));
+  auto second = SessionHarness::fresh_server();
+  const std::string run = run_flight("s1");
+  Step s = linked_for(h, run, *second);
+  EXPECT_EQ(tags_of(s.to_server), "PDS") << "pgvalve's Parse, Describe and Sync, no Bind yet";
+  EXPECT_EQ(s.consumed, 0u);
+  // Client bytes meanwhile wait for the answer.
+  s = h.client(run);
+  EXPECT_EQ(s.consumed, 0u);
+  EXPECT_TRUE(s.to_server.empty());
+  s = h.server(parse_complete() + no_parameters() + row_description(2) + ready('I'));
+  EXPECT_TRUE(s.to_client.empty()) << "pgvalve's own answers";
+  EXPECT_TRUE(s.resume_client);
+  EXPECT_FALSE(s.has_op(LinkOp::Kind::Release)) << "kept for the Bind";
+  s = h.client(run);
+  EXPECT_EQ(s.consumed, run.size());
+  EXPECT_TRUE(bound_statements_in(s.to_server) == std::vector<std::string>{""});
+  EXPECT_NE(s.to_server.find(kChanged), std::string::npos) << "raised by the server";
+  s = h.server(parse_complete() + bind_complete() + error_message("0A000", "ERROR", kChanged) +
+               ready('I'));
+  EXPECT_EQ(sqlstates_in(s.to_client), "0A000");
+  EXPECT_EQ(tags_of(s.to_client), "EZ");
+  EXPECT_NE(s.to_client.find(std::string("RRevalidateCachedQuery\0", 23)), std::string::npos)
+      << "the routine asyncpg and PgJDBC know the error by";
+  // Prepared and described again, the statement runs with its new shape there.
+  const std::string again = parse("s1", kSql) + describe('S', "s1") + sync();
+  s = h.client(again);
+  if (s.check_out) {
+    h.linked(*second);
+    s = h.client(again);
+  }
+  EXPECT_EQ(tags_of(s.to_server), "DS") << "the server has the statement";
+  h.server(no_parameters() + row_description(2) + ready('I'));
+  s = h.client(run);
+  if (s.check_out) {
+    h.linked(*second);
+    s = h.client(run);
+  }
+  EXPECT_EQ(tags_of(s.to_server), "BES");
+}
+
+TEST(SessionStatementShapes, TheSameShapeRunsAndIsNotAskedAgain) {
+  SessionHarness h;
+  auto first = SessionHarness::fresh_server();
+  prepare_described(h, *first, row_description(1));
+  auto second = SessionHarness::fresh_server();
+  const std::string run = run_flight("s1");
+  Step s = linked_for(h, run, *second);
+  EXPECT_EQ(tags_of(s.to_server), "PDS");
+  s = h.server(parse_complete() + no_parameters() + row_description(1) + ready('I'));
+  EXPECT_TRUE(s.resume_client);
+  s = h.client(run);
+  EXPECT_EQ(s.consumed, run.size());
+  EXPECT_EQ(tags_of(s.to_server), "BES");
+  EXPECT_EQ(bound_statements_in(s.to_server), std::vector<std::string>{server_name_of(kSql)});
+  EXPECT_EQ(h.answer(select_answer()), select_answer());
+  EXPECT_TRUE(h.last.has_op(LinkOp::Kind::Release));
+  // Known on that server now: the next Bind there goes at once.
+  EXPECT_EQ(tags_of(h.send(run, *second)), "BES");
+}
+
+// A statement without rows (an INSERT, NoData) has no shape to keep, and a client that never
+// described its statement (libpq, psycopg: they describe each portal) decodes by the portal's.
+TEST(SessionStatementShapes, StatementsWithoutAKnownShapeAreNotAsked) {
+  SessionHarness h;
+  auto first = SessionHarness::fresh_server();
+  prepare_described(h, *first, no_data());
+  auto second = SessionHarness::fresh_server();
+  EXPECT_EQ(tags_of(h.send(run_flight("s1"), *second)), "PBES");
+
+  SessionHarness undescribed;
+  prepare_locally(undescribed);
+  auto third = SessionHarness::fresh_server();
+  EXPECT_EQ(tags_of(undescribed.send(run_flight("s1"), *third)), "PBES");
+}
+
+// The check itself failing (the table is gone) costs nothing more: the Bind goes on as it would
+// have, and the client gets the server's error once, for its own request.
+TEST(SessionStatementShapes, ACheckThatFailsLetsTheBindGoOn) {
+  SessionHarness h;
+  auto first = SessionHarness::fresh_server();
+  prepare_described(h, *first, row_description(1));
+  auto second = SessionHarness::fresh_server();
+  const std::string run = run_flight("s1");
+  Step s = linked_for(h, run, *second);
+  EXPECT_EQ(tags_of(s.to_server), "PDS");
+  s = h.server(error_message("42P01") + ready('I'));
+  EXPECT_TRUE(s.to_client.empty());
+  EXPECT_TRUE(s.resume_client);
+  s = h.client(run);
+  EXPECT_EQ(s.consumed, run.size());
+  EXPECT_EQ(tags_of(s.to_server), "PBES") << "prepared in the client's flight, as without a check";
+  s = h.server(error_message("42P01") + ready('I'));
+  EXPECT_EQ(sqlstates_in(s.to_client), "42P01");
+  EXPECT_EQ(tags_of(s.to_client), "EZ");
+}
+
+// A Bind behind other messages of its request is not checked: pgvalve's Sync there would end
+// what the client began (a transaction of its own, for PostgreSQL).
+TEST(SessionStatementShapes, ABindAfterOtherMessagesOfItsRequestIsNotChecked) {
+  SessionHarness h;
+  auto first = SessionHarness::fresh_server();
+  prepare_described(h, *first, row_description(1));
+  auto second = SessionHarness::fresh_server();
+  const std::string flight = parse("", "select 1") + bind_to("", "") + execute() + run_flight("s1");
+  EXPECT_EQ(tags_of(h.send(flight, *second)), "PBEPBES");
+}
+
 }  // namespace
 }  // namespace pgvalve::session::testing
