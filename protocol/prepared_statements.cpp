@@ -111,7 +111,7 @@ std::uint64_t result_shape(const Frame& f) {
     h.add(field.name).add({reinterpret_cast<const char*>(numbers), sizeof numbers});
   }
   const std::uint64_t shape = h.finish();
-  return shape != 0 ? shape : 1;
+  return shape > kDescribedPerPortal ? shape : kDescribedPerPortal + 1;
 }
 
 }  // namespace pgvalve::protocol

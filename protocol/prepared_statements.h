@@ -28,15 +28,17 @@ struct PreparedStatement {
   // A server has prepared it once: PostgreSQL accepted it. Until then a failed Parse of it means
   // the client has no such statement, as on PostgreSQL.
   bool confirmed = false;
-  // The result_shape() a server described it with to the client (0: the client never asked),
-  // which drivers decode its rows by from then on (asyncpg, pgx, PgJDBC, postgres.js).
+  // The result_shape() a server described it with to the client, which drivers decode its rows
+  // by from then on (asyncpg, pgx, PgJDBC, postgres.js); 0: the client never asked;
+  // kDescribedPerPortal: the client describes each portal it binds (libpq, psycopg).
   std::uint64_t shape = 0;
 };
+inline constexpr std::uint64_t kDescribedPerPortal = 1;
 
 // The shape of the rows a Describe of a statement announced (RowDescription), as PostgreSQL
 // compares it before it refuses to run a cached plan (0A000): each column's name, type, size and
-// modifier, in order. A nonzero hash; 0 for NoData (a statement without rows: nothing to decode)
-// or any other message.
+// modifier, in order. A hash above kDescribedPerPortal; 0 for NoData (a statement without rows:
+// nothing to decode) or any other message.
 std::uint64_t result_shape(const Frame& f);
 
 // "pgv_" + 16 hex digits of the hash, without allocating.

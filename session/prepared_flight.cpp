@@ -121,12 +121,12 @@ void Session::forget_statements_before(std::uint64_t defined, Link& l) {
 }
 
 void Session::prepare_on_server(const pr::PreparedStatement& stmt, bool swallow, Link& l,
-                                Flight& flight, bool internal) {
+                                Flight& flight) {
   const std::size_t from = flight.scratch->size();
   if (auto evicted = l.server->statements.add(stmt.hash, options_.max_prepared_statements,
                                               now_.time_since_epoch().count())) {
     pr::append_close(*flight.scratch, 'S', pr::server_statement_name(evicted));
-    pr::PendingResponse close{.kind = Kind::CloseComplete, .swallow = true, .internal = internal};
+    pr::PendingResponse close{Kind::CloseComplete, true};
     close.action = l.statement_pending(evicted) ? kActionRecloseStatement : kActionEvictClose;
     close.statement_hash = evicted;
     l.pending.push(close);
@@ -138,14 +138,14 @@ void Session::prepare_on_server(const pr::PreparedStatement& stmt, bool swallow,
   // Parse succeeds either way.
   if (l.statement_pending(stmt.hash) || l.server->statements.close_before_parse()) {
     pr::append_close(*flight.scratch, 'S', pr::server_statement_name(stmt.hash));
-    pr::PendingResponse close{.kind = Kind::CloseComplete, .swallow = true, .internal = internal};
+    pr::PendingResponse close{Kind::CloseComplete, true};
     close.action = kActionRecloseStatement;
     close.statement_hash = stmt.hash;
     l.pending.push(close);
   }
   pr::append_parse_raw(*flight.scratch, pr::server_statement_name(stmt.hash),
                        without_hint(stmt.query), stmt.param_types);
-  pr::PendingResponse parse{.kind = Kind::ParseComplete, .swallow = swallow, .internal = internal};
+  pr::PendingResponse parse{Kind::ParseComplete, swallow};
   parse.statement_hash = stmt.hash;
   if (!stmt.confirmed) parse.action = kActionFirstParse;
   l.pending.push(parse);
@@ -411,6 +411,7 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
       w.unnamed_portal_note = std::move(note);
       w.unnamed_portal_pins = pins;
       w.unnamed_portal_fingerprint = fingerprint;
+      w.unnamed_portal_unshaped_statement = stmt && stmt->shape == 0 ? stmt->hash : 0;
       if (keeps_literals()) [[unlikely]] {
         Workspace::Rare& rare = w.change_rare();
         if (head->statement.empty()) {
@@ -440,7 +441,7 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
     raise_on_server("0A000", kChangedResultType, true, l, flight);
     return;
   }
-  if (stmt->shape != 0 && check_shape(*stmt, offset, l, flight)) return;
+  if (stmt->shape > pr::kDescribedPerPortal && check_shape(*stmt, offset, l, flight)) return;
   if (server_has_statement(l, stmt->hash)) {
     l.server->statements.touch(stmt->hash);
     if (!stmt->confirmed) statements_->confirm(stmt->hash);  // the server prepared it
@@ -462,35 +463,45 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
 // statement afresh, or did since the change, runs it with the new shape. So before the Bind of a
 // statement whose shape this server has not described, pgvalve asks it (Describe, after the
 // Parse if it lacks the statement, and a Sync: one round trip per statement and server), and a
-// shape other than the client's fails the Bind as PostgreSQL would. Only for a Bind that starts
-// the client's request on a server with nothing outstanding: pgvalve's Sync there ends nothing
-// of the client's.
+// shape other than the client's fails the Bind as PostgreSQL would. An error of the Parse or
+// Describe is the Bind's, as it would have been had the Bind prepared the statement: the client
+// gets it, and the rest of its request up to its Sync is skipped. Only for a Bind that starts the
+// client's request, or follows only its BEGIN, on a server with nothing outstanding: pgvalve's
+// Sync there ends nothing of the client's.
 bool Session::check_shape(const pr::PreparedStatement& stmt, std::size_t offset, Link& l,
                           Flight& flight) {
   const bool on_server = server_has_statement(l, stmt.hash);
   const std::uint64_t server_shape = on_server ? l.server->statements.shape(stmt.hash) : 0;
   if (server_shape == stmt.shape) return false;
   if (l.shape_checked == stmt.hash) {
-    // Just asked: a shape other than the client's is refused; none (the check failed) lets the
-    // Bind go on as it would have.
+    // Just asked: a shape other than the client's is refused.
     l.shape_checked = 0;
     if (server_shape == 0) return false;
     raise_on_server("0A000", kChangedResultType, true, l, flight);
     return true;
   }
-  // A shape the server described before may be of a plan PostgreSQL now refuses itself: the
-  // Describe says which.
-  if (offset != 0 || !flight.link_was_idle || flight.replay) return false;
+  // (A shape the server described before may be of a plan PostgreSQL now refuses itself: the
+  // Describe says which.)
+  if (describes_portal(flight.input.substr(offset))) {
+    // As the first time, when its shape was noted: it decodes each portal by its description.
+    statements_->described(stmt.hash, pr::kDescribedPerPortal);
+    return false;
+  }
+  if (!flight.link_was_idle || flight.replay ||
+      (offset != 0 &&
+       (l.server->tx_status != 'I' || !only_begin(flight.input.substr(0, offset))))) {
+    return false;
+  }
   if (on_server) {
     l.server->statements.touch(stmt.hash);
   } else {
-    prepare_on_server(stmt, true, l, flight, true);
+    prepare_on_server(stmt, true, l, flight);
   }
   const std::size_t from = flight.scratch->size();
   pr::append_describe(*flight.scratch, 'S', pr::server_statement_name(stmt.hash));
   pr::append_sync(*flight.scratch);
   mark_scratch(flight, from);
-  pr::PendingResponse describe{.kind = Kind::Describe, .internal = true};
+  pr::PendingResponse describe{Kind::Describe, true};
   describe.action = kActionShapeCheck;
   describe.statement_hash = stmt.hash;
   l.pending.push(describe);
@@ -507,8 +518,74 @@ bool Session::check_shape(const pr::PreparedStatement& stmt, std::size_t offset,
   return true;
 }
 
-void Session::finish_shape_check(Link& l, Actions& out) {
+// The request that starts with `frames` describes its unnamed portal (libpq's PQexecPrepared,
+// psycopg, node-postgres): its client decodes the rows by that description.
+bool Session::describes_portal(std::string_view frames) const {
+  for (std::size_t pos = 0; pos < frames.size();) {
+    auto r = pr::decode_frame(frames.substr(pos), options_.max_message_bytes);
+    if (r.status != pr::DecodeStatus::Ok) return false;
+    const pr::Frame& f = r.frame;
+    pos += f.whole.size();
+    if (f.tag == 'S' || f.tag == 'Q') return false;
+    if (f.tag == 'D') {
+      const auto d = pr::read_describe(f);
+      if (d && d->kind == 'P' && d->name.empty()) return true;
+    }
+  }
+  return false;
+}
+
+// `frames` are a BEGIN and nothing else (PgJDBC sends it with a transaction's first statement):
+// once they ran the server is in a transaction block, which a Sync does not end.
+bool Session::only_begin(std::string_view frames) const {
+  const auto is_begin = [](std::string_view sql) {
+    const routing::StatementInfo info = routing::classify(sql);
+    return info.kind == routing::StatementKind::Begin && !info.multiple_statements;
+  };
+  std::string_view unnamed;
+  bool ran = false;
+  for (std::size_t pos = 0; pos < frames.size();) {
+    auto r = pr::decode_frame(frames.substr(pos), options_.max_message_bytes);
+    if (r.status != pr::DecodeStatus::Ok) return false;
+    const pr::Frame& f = r.frame;
+    pos += f.whole.size();
+    switch (f.tag) {
+      case 'P': {
+        const auto parse = pr::read_parse(f);
+        if (!parse || !is_begin(parse->query)) return false;
+        if (parse->statement.empty()) unnamed = parse->query;
+        break;
+      }
+      case 'B': {
+        const auto bind = pr::read_bind_head(f);
+        if (!bind || !bind->portal.empty()) return false;
+        const pr::PreparedStatement* named =
+            bind->statement.empty() || !statements_ ? nullptr : statements_->find(bind->statement);
+        if (!is_begin(bind->statement.empty() ? unnamed
+                                              : (named ? std::string_view(named->query) : ""))) {
+          return false;
+        }
+        break;
+      }
+      case 'E': {
+        const auto execute = pr::read_execute(f);
+        if (!execute || !execute->portal.empty()) return false;
+        ran = true;
+        break;
+      }
+      case 'D':
+        break;
+      default:
+        return false;
+    }
+  }
+  return ran;
+}
+
+void Session::finish_shape_check(Link& l, bool failed, Actions& out) {
   l.checking_shape = false;
+  // The client got the error as its Bind's: the server skipped the rest up to its Sync.
+  if (failed) l.skipping_until_sync = true;
   enter(SessionState::Holding);
   if (input_waits_for_link_) {
     input_waits_for_link_ = false;
@@ -605,6 +682,9 @@ void Session::plan_describe(const pr::Frame& f, std::size_t offset, Link& l, Fli
   if (stmt) {
     describe.action = kActionNoteShape;
     describe.statement_hash = stmt->hash;
+  } else if (d && d->kind == 'P' && d->name.empty() && work().unnamed_portal_unshaped_statement) {
+    describe.action = kActionNoteShape;
+    describe.statement_hash = std::exchange(work().unnamed_portal_unshaped_statement, 0);
   }
   l.pending.push(describe);
 }

@@ -375,6 +375,7 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
         answer_empty_query(l, head);
         return passed;
       }
+      if (head.action == kActionShapeCheck) return passed;  // pgvalve's own Describe
       if (f.tag == 'C' && head.note_count > 0) {
         settle_statement(l, head, pr::read_command_complete(f).value_or(""), out);
       }
@@ -527,7 +528,7 @@ void Session::complete_front(Link& l, char tag, Actions& out) {
     if (head.internal && head.action == kActionBegin) finish_begin(l, !head.failed, out);
     if (head.internal && head.action == kActionPinCheck) finish_pin_check(l, head.failed, out);
     if (head.internal && head.action == kActionHop) finish_hop(l, head.failed);
-    if (head.internal && head.action == kActionShapeCheck) finish_shape_check(l, out);
+    if (head.internal && head.action == kActionShapeCheck) finish_shape_check(l, head.failed, out);
     if (head.internal && head.action == kActionImplicitEnd) {
       end_parts(true, {}, out, true);
       return;

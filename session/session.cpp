@@ -152,6 +152,7 @@ void Workspace::clear() {
   unnamed_portal_pins = false;
   unnamed_statement_fingerprint = 0;
   unnamed_portal_fingerprint = 0;
+  unnamed_portal_unshaped_statement = 0;
   forget_fingerprint();
   accounting.text = nullptr;
   accounting.execution_due = false;

@@ -402,6 +402,10 @@ struct Workspace {
   // Statistics: the fingerprints of the unnamed statement and portal.
   std::uint64_t unnamed_statement_fingerprint = 0;
   std::uint64_t unnamed_portal_fingerprint = 0;
+  // The client's statement the unnamed portal was bound from, when the shape of its rows is not
+  // known yet: a Describe of the portal tells it (PgJDBC describes the portal once, then keeps
+  // the columns; PreparedStatement::shape).
+  std::uint64_t unnamed_portal_unshaped_statement = 0;
   // The last text fingerprinted (a copy, compared byte for byte) with its value: routing and
   // the statistics of a request ask for the same text, in different steps.
   static constexpr std::size_t kMaxFingerprintedText = 1024;

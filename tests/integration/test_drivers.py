@@ -148,3 +148,61 @@ def test_jdbc(pv, cluster, tmp_path):
     # 20 transactions per thread, every fifth rolled back, 3 rows each
     assert cluster.primary.scalar("select count(*) from jdbc_results", dbname=APP_DB) == \
         CONNECTIONS * 16 * 3
+
+
+def test_jdbc_statement_whose_table_changed_fails_once_as_on_postgresql(pgvalve, cluster,
+                                                                         tmp_path):
+    """PgJDBC decodes a server-side prepared statement's rows by the columns of its first
+    execution. After ALTER TABLE adds one, PostgreSQL fails the statement once (0A000, whose
+    routine tells PgJDBC to prepare it again) and the next transaction gets the new columns.
+    Through pgvalve the statement then lands on a server that never held it (RECONNECT replaced
+    them all), inside a transaction whose BEGIN came with it: the same outcome, not rows of
+    three columns read as two."""
+    import subprocess
+
+    from itutil import APP_AND_OPS
+    from pgcluster import wait_until
+    from test_admin_console import admin
+
+    assert JDBC_JAR.exists(), f"{JDBC_JAR} missing: apt-get install libpostgresql-jdbc-java"
+    r, out = run(["javac", "-cp", str(JDBC_JAR), "-d", str(tmp_path),
+                  str(DRIVERS / "JdbcSchemaChange.java")], timeout=120)
+    assert r.returncode == 0, out
+    pv = pgvalve(users=APP_AND_OPS, mode="transaction", pool_size=2, max_overflow=0)
+
+    def pool_backends():
+        return {row[0] for row in cluster.primary.sql(
+            "select pid from pg_stat_activity where usename = %s and datname = %s and "
+            "backend_type = 'client backend' and application_name <> 'pgvalve health check'",
+            (APP_USER, APP_DB))}
+
+    seen, errors = {}, {}
+    for target, port in (("direct", cluster.primary.port), ("pgvalve", pv.port)):
+        fresh_table(cluster, "jdbc_shape", "a int, b text")
+        cluster.primary.sql("insert into jdbc_shape values (1, 'one')", dbname=APP_DB)
+        java = subprocess.Popen(
+            ["java", "-cp", f"{tmp_path}:{JDBC_JAR}", "JdbcSchemaChange",
+             f"jdbc:postgresql://127.0.0.1:{port}/{APP_DB}", APP_USER, APP_PASSWORD],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            ready = java.stdout.readline()
+            assert ready.startswith("READY columns=2 values=1,one"), \
+                ready + java.stderr.read() if java.poll() is not None else ready
+            cluster.primary.sql("alter table jdbc_shape add column c int default 3",
+                                dbname=APP_DB)
+            if target == "pgvalve":
+                before = pool_backends()
+                with admin(pv) as a:
+                    a.execute(f"RECONNECT {APP_DB}")
+                wait_until(lambda: not (pool_backends() & before), 5,
+                           message="the idle server connections closed")
+            stdout, stderr = java.communicate("go\n", timeout=60)
+        finally:
+            if java.poll() is None:
+                java.kill()
+                java.wait()
+        assert java.returncode == 0 and stdout.startswith("OK"), stdout + stderr
+        seen[target] = stdout.split()[1:]
+        errors[target] = stderr[-2000:]
+    assert seen["direct"] == ["0A000", "columns=3", "values=1,one,3"], (seen, errors)
+    assert seen["pgvalve"] == seen["direct"], (seen, errors)

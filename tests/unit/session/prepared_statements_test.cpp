@@ -999,9 +999,9 @@ TEST(SessionStatementShapes, StatementsWithoutAKnownShapeAreNotAsked) {
   EXPECT_EQ(tags_of(undescribed.send(run_flight("s1"), *third)), "PBES");
 }
 
-// The check itself failing (the table is gone) costs nothing more: the Bind goes on as it would
-// have, and the client gets the server's error once, for its own request.
-TEST(SessionStatementShapes, ACheckThatFailsLetsTheBindGoOn) {
+// An error of the check is the Bind's, as when the Bind prepares the statement itself: the client
+// gets it once, and the rest of its request up to its Sync is skipped, as PostgreSQL skips it.
+TEST(SessionStatementShapes, AnErrorOfTheCheckIsTheBinds) {
   SessionHarness h;
   auto first = SessionHarness::fresh_server();
   prepare_described(h, *first, row_description(1));
@@ -1010,14 +1010,74 @@ TEST(SessionStatementShapes, ACheckThatFailsLetsTheBindGoOn) {
   Step s = linked_for(h, run, *second);
   EXPECT_EQ(tags_of(s.to_server), "PDS");
   s = h.server(error_message("42P01") + ready('I'));
-  EXPECT_TRUE(s.to_client.empty());
+  EXPECT_EQ(sqlstates_in(s.to_client), "42P01");
+  EXPECT_EQ(tags_of(s.to_client), "E") << "the ReadyForQuery is the client's Sync's";
   EXPECT_TRUE(s.resume_client);
   s = h.client(run);
   EXPECT_EQ(s.consumed, run.size());
-  EXPECT_EQ(tags_of(s.to_server), "PBES") << "prepared in the client's flight, as without a check";
-  s = h.server(error_message("42P01") + ready('I'));
-  EXPECT_EQ(sqlstates_in(s.to_client), "42P01");
-  EXPECT_EQ(tags_of(s.to_client), "EZ");
+  EXPECT_EQ(tags_of(s.to_server), "S") << "the Bind and Execute skipped";
+  s = h.server(ready('I'));
+  EXPECT_EQ(tags_of(s.to_client), "Z");
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Release));
+}
+
+// PgJDBC outside autocommit sends a transaction's BEGIN in the flight of its first statement:
+// after the BEGIN the server is in a transaction block, which pgvalve's Sync does not end.
+TEST(SessionStatementShapes, ABindBehindItsTransactionsBeginIsChecked) {
+  constexpr std::string_view kChanged = "cached plan must not change result type";
+  SessionHarness h;
+  auto first = SessionHarness::fresh_server();
+  prepare_described(h, *first, row_description(1));
+  auto second = SessionHarness::fresh_server();
+  const std::string begin = parse("", "BEGIN") + bind_to("", "") + execute();
+  const std::string run = run_flight("s1");
+  Step s = linked_for(h, begin + run, *second);
+  EXPECT_EQ(tags_of(s.to_server), "PBEPDS");
+  EXPECT_EQ(s.consumed, begin.size());
+  s = h.server(parse_complete() + bind_complete() + complete("BEGIN") + parse_complete() +
+               no_parameters() + row_description(2) + ready('T'));
+  EXPECT_EQ(tags_of(s.to_client), "12C") << "the BEGIN's answers; pgvalve's own are not passed";
+  EXPECT_TRUE(s.resume_client);
+  s = h.client(run);
+  EXPECT_EQ(s.consumed, run.size());
+  EXPECT_NE(s.to_server.find(kChanged), std::string::npos);
+  s = h.server(parse_complete() + bind_complete() + error_message("0A000", "ERROR", kChanged) +
+               ready('E'));
+  EXPECT_EQ(sqlstates_in(s.to_client), "0A000");
+  EXPECT_EQ(statuses_in(s.to_client), "E");
+}
+
+// PgJDBC learns a statement's columns from a Describe of the portal at its first execution, and
+// binds it without one from then on.
+TEST(SessionStatementShapes, ColumnsLearnedFromAPortalAreCheckedLater) {
+  SessionHarness h;
+  prepare_locally(h);
+  auto first = SessionHarness::fresh_server();
+  const std::string described = bind_to("", "s1") + describe('P', "") + execute() + sync();
+  EXPECT_EQ(tags_of(h.send(described, *first)), "PBDES");
+  h.answer(parse_complete() + bind_complete() + row_description(1) + data_row({"1"}) +
+           complete("SELECT 1") + ready('I'));
+  auto second = SessionHarness::fresh_server();
+  const Step s = linked_for(h, run_flight("s1"), *second);
+  EXPECT_EQ(tags_of(s.to_server), "PDS");
+}
+
+// libpq (PQexecPrepared), psycopg and node-postgres describe every portal they bind and decode
+// its rows by that: nothing to check, then or later.
+TEST(SessionStatementShapes, AClientThatDescribesEveryPortalIsNotChecked) {
+  SessionHarness h;
+  prepare_locally(h);
+  const std::string described = bind_to("", "s1") + describe('P', "") + execute() + sync();
+  for (int i = 0; i < 3; ++i) {
+    auto server = SessionHarness::fresh_server();
+    EXPECT_EQ(tags_of(h.send(described, *server)), "PBDES") << "execution " << i;
+    // The table gained a column after the first execution.
+    const bool altered = i > 0;
+    h.answer(
+        parse_complete() + bind_complete() + row_description(altered ? 2 : 1) +
+        data_row(altered ? std::vector<std::string>{"1", "5"} : std::vector<std::string>{"1"}) +
+        complete("SELECT 1") + ready('I'));
+  }
 }
 
 // A Bind behind other messages of its request is not checked: pgvalve's Sync there would end
