@@ -475,14 +475,15 @@ class Session {
   }
   void prepare_on_server(const protocol::PreparedStatement& stmt, bool swallow, Link& l,
                          Flight& flight);
-  // Whether the client's Bind of `stmt` (the flight's first message) waits for pgvalve to ask
-  // the server the shape of the statement's rows; if so, asks.
+  // Whether the client's Bind of `stmt` at `offset` waits for pgvalve to ask the server the
+  // shape of the statement's rows (prepared_flight.cpp says when); if so, asks.
   bool check_shape(const protocol::PreparedStatement& stmt, std::size_t offset, Link& l,
                    Flight& flight);
   bool only_begin(std::string_view frames) const;
   bool describes_portal(std::string_view frames) const;
   void finish_shape_check(Link& l, bool failed, Actions& out);
-  // A Describe of a client's statement was answered with `f`: the shape of its rows (check_shape).
+  // A Describe of a client's statement, or of a portal of it, was answered with `f`: the shape of
+  // its rows (check_shape).
   void note_shape(Link& l, const protocol::PendingResponse& describe, const protocol::Frame& f);
   const protocol::PreparedStatement& define_statement(std::string_view name, std::string_view query,
                                                       std::string_view param_types);

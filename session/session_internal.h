@@ -104,8 +104,9 @@ enum : std::uint8_t {
   // The client's Sync ending a request that pgvalve made a transaction over several shards
   // (ShardTransaction::implicit): once answered, every part commits or rolls back.
   kActionImplicitEnd,
-  // The client's Describe of its statement `statement_hash`: the shape of its rows, which the
-  // client decodes them by from then on, is noted (PreparedStatement::shape).
+  // The client's Describe of its statement `statement_hash`, or of the unnamed portal bound from
+  // it: the shape of its rows, which the client decodes them by from then on, is noted
+  // (PreparedStatement::shape).
   kActionNoteShape,
   // pgvalve's Describe (and Sync) of statement `statement_hash` before the client's Bind of it,
   // whose rows the client decodes by a shape this server has not described (Session::check_shape).
