@@ -97,8 +97,12 @@ class ClientStatements {
 class ServerStatements {
  public:
   bool contains(std::uint64_t hash) const { return used_.count(hash) != 0; }
-  void touch(std::uint64_t hash) {
-    if (auto it = used_.find(hash); it != used_.end()) it->second.last_use = ++clock_;
+  // Marks `hash` used now; returns the result_shape() it was described with (0: unknown).
+  std::uint64_t touch(std::uint64_t hash) {
+    auto it = used_.find(hash);
+    if (it == used_.end()) return 0;
+    it->second.last_use = ++clock_;
+    return it->second.shape;
   }
   // Records `hash`, prepared at `prepared_at` (the caller's clock; 0: unknown); when that makes
   // more than `capacity`, returns the evicted statement's hash (the caller closes it on the
@@ -110,11 +114,7 @@ class ServerStatements {
     return it == used_.end() ? 0 : it->second.prepared_at;
   }
   void erase(std::uint64_t hash) { used_.erase(hash); }
-  // The result_shape() this server described `hash` with since it prepared it (0: unknown).
-  std::uint64_t shape(std::uint64_t hash) const {
-    auto it = used_.find(hash);
-    return it == used_.end() ? 0 : it->second.shape;
-  }
+  // This server described `hash` with `shape` (result_shape) since it prepared it.
   void described(std::uint64_t hash, std::uint64_t shape) {
     if (auto it = used_.find(hash); it != used_.end()) it->second.shape = shape;
   }

@@ -441,9 +441,13 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
     raise_on_server("0A000", kChangedResultType, true, l, flight);
     return;
   }
-  if (stmt->shape > pr::kDescribedPerPortal && check_shape(*stmt, offset, l, flight)) return;
-  if (server_has_statement(l, stmt->hash)) {
-    l.server->statements.touch(stmt->hash);
+  const bool on_server = server_has_statement(l, stmt->hash);
+  const std::uint64_t server_shape = on_server ? l.server->statements.touch(stmt->hash) : 0;
+  if (stmt->shape > pr::kDescribedPerPortal && server_shape != stmt->shape &&
+      check_shape(*stmt, on_server, server_shape, offset, l, flight)) {
+    return;
+  }
+  if (on_server) {
     if (!stmt->confirmed) statements_->confirm(stmt->hash);  // the server prepared it
   } else {
     prepare_on_server(*stmt, true, l, flight);
@@ -468,11 +472,8 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
 // gets it, and the rest of its request up to its Sync is skipped. Only for a Bind that starts the
 // client's request, or follows only its BEGIN, on a server with nothing outstanding: pgvalve's
 // Sync there ends nothing of the client's.
-bool Session::check_shape(const pr::PreparedStatement& stmt, std::size_t offset, Link& l,
-                          Flight& flight) {
-  const bool on_server = server_has_statement(l, stmt.hash);
-  const std::uint64_t server_shape = on_server ? l.server->statements.shape(stmt.hash) : 0;
-  if (server_shape == stmt.shape) return false;
+bool Session::check_shape(const pr::PreparedStatement& stmt, bool on_server,
+                          std::uint64_t server_shape, std::size_t offset, Link& l, Flight& flight) {
   if (l.shape_checked == stmt.hash) {
     // Just asked: a shape other than the client's is refused.
     l.shape_checked = 0;
@@ -492,11 +493,7 @@ bool Session::check_shape(const pr::PreparedStatement& stmt, std::size_t offset,
        (l.server->tx_status != 'I' || !only_begin(flight.input.substr(0, offset))))) {
     return false;
   }
-  if (on_server) {
-    l.server->statements.touch(stmt.hash);
-  } else {
-    prepare_on_server(stmt, true, l, flight);
-  }
+  if (!on_server) prepare_on_server(stmt, true, l, flight);
   const std::size_t from = flight.scratch->size();
   pr::append_describe(*flight.scratch, 'S', pr::server_statement_name(stmt.hash));
   pr::append_sync(*flight.scratch);

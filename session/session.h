@@ -475,10 +475,11 @@ class Session {
   }
   void prepare_on_server(const protocol::PreparedStatement& stmt, bool swallow, Link& l,
                          Flight& flight);
-  // Whether the client's Bind of `stmt` at `offset` waits for pgvalve to ask the server the
-  // shape of the statement's rows (prepared_flight.cpp says when); if so, asks.
-  bool check_shape(const protocol::PreparedStatement& stmt, std::size_t offset, Link& l,
-                   Flight& flight);
+  // Whether the client's Bind of `stmt` at `offset`, whose shape the server has not described
+  // as the client's (`server_shape`; 0: unknown, or `on_server` false), waits for pgvalve to ask
+  // the server (prepared_flight.cpp says when); if so, asks.
+  bool check_shape(const protocol::PreparedStatement& stmt, bool on_server,
+                   std::uint64_t server_shape, std::size_t offset, Link& l, Flight& flight);
   bool only_begin(std::string_view frames) const;
   bool describes_portal(std::string_view frames) const;
   void finish_shape_check(Link& l, bool failed, Actions& out);
