@@ -39,6 +39,7 @@ const PreparedStatement& ClientStatements::define(std::string_view name, std::st
   const std::uint64_t hash = statement_hash(query, param_types, search_path);
   if (hash != s.hash) s.confirmed = false;
   s.hash = hash;
+  s.shape = 0;  // not described since
   s.fingerprint = fingerprint;
   s.defined = ++defined_;
   s.defined_at = at;

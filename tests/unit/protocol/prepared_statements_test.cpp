@@ -1,6 +1,11 @@
 #include "protocol/prepared_statements.h"
 
+#include <vector>
+
 #include <gtest/gtest.h>
+
+#include "protocol/messages.h"
+#include "protocol/wire.h"
 
 namespace pgvalve::protocol {
 namespace {
@@ -74,6 +79,72 @@ TEST(PreparedStatements, ForgettingUpToADefinitionKeepsTheLaterOnes) {
   ASSERT_NE(c.find("a"), nullptr);
   EXPECT_EQ(c.find("a")->query, "select 4444");
   EXPECT_NE(c.find("c"), nullptr);
+}
+
+// A RowDescription's body with `fields`.
+std::string row_description_body(const std::vector<RowField>& fields) {
+  std::string out;
+  append_i16(out, static_cast<std::int16_t>(fields.size()));
+  for (const RowField& f : fields)
+    append_row_field(out, f);
+  return out;
+}
+
+std::uint64_t shape_of(const std::vector<RowField>& fields) {
+  const std::string body = row_description_body(fields);
+  return result_shape(Frame{'T', body, {}});
+}
+
+// What PostgreSQL compares before it refuses a cached plan (names, types, sizes, modifiers, in
+// order), and nothing else: where the columns come from and their format are not the rows' shape.
+TEST(PreparedStatements, AResultShapeIsTheColumnsNamesAndTypes) {
+  const RowField id{"id", 16384, 1, 23, 4, -1, 0};
+  const RowField name{"name", 16384, 2, 1043, -1, 36, 0};  // varchar(32)
+  const std::uint64_t shape = shape_of({id, name});
+  EXPECT_GT(shape, kDescribedPerPortal);
+  RowField moved = id;
+  moved.table = 16999;  // the table made again alike
+  moved.column = 3;
+  moved.format = 1;  // a portal's binary format
+  EXPECT_EQ(shape_of({moved, name}), shape);
+  EXPECT_NE(shape_of({id}), shape) << "a column fewer";
+  EXPECT_NE(shape_of({id, name, id}), shape) << "a column more";
+  EXPECT_NE(shape_of({name, id}), shape) << "another order";
+  RowField wider = name;
+  wider.modifier = 68;  // varchar(64)
+  EXPECT_NE(shape_of({id, wider}), shape);
+  RowField bigint = id;
+  bigint.type = 20;
+  bigint.size = 8;
+  EXPECT_NE(shape_of({bigint, name}), shape);
+  RowField renamed = id;
+  renamed.name = "device_id";
+  EXPECT_NE(shape_of({renamed, name}), shape);
+  // No rows, something else, or a malformed description: no shape.
+  EXPECT_EQ(result_shape(Frame{'n', {}, {}}), 0u);
+  EXPECT_EQ(result_shape(Frame{'C', "SELECT 1", {}}), 0u);
+  EXPECT_EQ(result_shape(Frame{'T', std::string_view("\0\2", 2), {}}), 0u);
+}
+
+TEST(PreparedStatements, AShapeBelongsToADefinitionAndAPreparation) {
+  ClientStatements client;
+  client.define("a", "select * from t", "");
+  client.define("b", "select * from t", "");
+  const std::uint64_t hash = client.find("a")->hash;
+  client.described(hash, 42);
+  EXPECT_EQ(client.find("a")->shape, 42u);
+  EXPECT_EQ(client.find("b")->shape, 42u) << "the same statement";
+  client.define("a", "select * from t", "");  // defined again: not described since
+  EXPECT_EQ(client.find("a")->shape, 0u);
+
+  ServerStatements server;
+  server.add(hash, 10);
+  EXPECT_EQ(server.touch(hash), 0u);
+  server.described(hash, 42);
+  EXPECT_EQ(server.touch(hash), 42u);
+  server.add(hash, 10);  // prepared again (after it was found stale)
+  EXPECT_EQ(server.touch(hash), 0u);
+  EXPECT_EQ(server.touch(hash + 1), 0u);
 }
 
 }  // namespace
