@@ -8,14 +8,16 @@ directory; npm installs node-postgres into drivers/node_modules (not in git) whe
 A missing toolchain or an unreachable npm registry fails these tests: they do not skip."""
 
 import os
+import subprocess
 import threading
 import time
 
 import psycopg
 import pytest
 
-from itutil import DRIVERS, JDBC_JAR, app_backends, fresh_table, npm_install, run
-from pgcluster import APP_DB, APP_PASSWORD, APP_USER
+from itutil import APP_AND_OPS, DRIVERS, JDBC_JAR, app_backends, fresh_table, npm_install, run
+from pgcluster import APP_DB, APP_PASSWORD, APP_USER, wait_until
+from test_admin_console import admin
 
 CONNECTIONS = 4
 
@@ -158,12 +160,6 @@ def test_jdbc_statement_whose_table_changed_fails_once_as_on_postgresql(pgvalve,
     Through pgvalve the statement then lands on a server that never held it (RECONNECT replaced
     them all), inside a transaction whose BEGIN came with it: the same outcome, not rows of
     three columns read as two."""
-    import subprocess
-
-    from itutil import APP_AND_OPS
-    from pgcluster import wait_until
-    from test_admin_console import admin
-
     assert JDBC_JAR.exists(), f"{JDBC_JAR} missing: apt-get install libpostgresql-jdbc-java"
     r, out = run(["javac", "-cp", str(JDBC_JAR), "-d", str(tmp_path),
                   str(DRIVERS / "JdbcSchemaChange.java")], timeout=120)

@@ -345,7 +345,7 @@ def test_asyncpg_retries_after_alter_table_also_on_a_server_that_never_held_the_
             async with c.transaction():
                 await c.fetchrow("select * from inv2 where a = $1", 1)
         third = dict(await c.fetchrow("select * from inv2 where a = $1", 1))
-        # The same statement on the same server runs without asking again.
+        # And it keeps running.
         fourth = dict(await c.fetchrow("select * from inv2 where a = $1", 1))
         await c.close()
         return first, second, third, fourth
