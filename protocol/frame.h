@@ -3,7 +3,9 @@
 #pragma once
 
 #include <cstddef>
+#include <concepts>
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 namespace pgvalve::protocol {
@@ -135,6 +137,40 @@ inline std::size_t frame_run(std::string_view in, char tag, std::size_t max_mess
   if (frames) *frames += count;
   return pos;
 }
+
+// The whole frames at the start of a buffer, one at a time: the walk a request or an answer is
+// read by. It ends at the first frame the buffer ends inside or decode_frame() refuses; what
+// lies there is the caller's to judge (offset() says where).
+//   FrameReader frames(in, max_message_bytes);
+//   for (Frame f; frames.next(f);) { ... }
+class FrameReader {
+ public:
+  FrameReader(std::string_view in, std::size_t max_message_bytes)
+      : in_(in), max_message_bytes_(max_message_bytes) {}
+  // The frames are views into the buffer: it must outlive the reader, so a temporary string
+  // is refused.
+  template <typename T>
+    requires std::same_as<T, std::string>
+  FrameReader(T&&, std::size_t) = delete;
+
+  // The next whole frame into `f`; false, `f` untouched, where the walk ends.
+  bool next(Frame& f) {
+    const FrameResult r = decode_frame(in_.substr(offset_), max_message_bytes_);
+    if (r.status != DecodeStatus::Ok) return false;
+    f = r.frame;
+    offset_ += f.whole.size();
+    return true;
+  }
+  // Where the frames given so far end: the rest of the buffer starts here.
+  std::size_t offset() const { return offset_; }
+  // No byte of the buffer is left after the frames given so far.
+  bool at_end() const { return offset_ == in_.size(); }
+
+ private:
+  std::string_view in_;
+  std::size_t max_message_bytes_;
+  std::size_t offset_ = 0;
+};
 
 inline std::uint16_t read_u16(const char* p) {
   auto b = reinterpret_cast<const unsigned char*>(p);

@@ -278,11 +278,10 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
     if (work().rare().failure.empty() && !lost_transaction_) {
       // Only the rest of the failed flight, up to its Sync: what the client pipelined behind it
       // is planned as usual.
-      for (std::size_t pos = 0; pos < frames.size();) {
-        const pr::Frame f = pr::decode_frame(frames.substr(pos), options_.max_message_bytes).frame;
-        pos += f.whole.size();
+      pr::FrameReader reader(frames, options_.max_message_bytes);
+      for (pr::Frame f; reader.next(f);) {
         if (f.tag == 'S') {
-          failed = frames.substr(0, pos);
+          failed = frames.substr(0, reader.offset());
           break;
         }
       }
@@ -417,9 +416,8 @@ namespace {
 // client's names on its own server, where a replica would not know them). The request ends at
 // its first Query or Sync.
 bool self_contained_request(std::string_view frames, std::size_t max_message_bytes) {
-  for (std::size_t pos = 0; pos < frames.size();) {
-    auto r = pr::decode_frame(frames.substr(pos), max_message_bytes);
-    const pr::Frame& f = r.frame;
+  pr::FrameReader reader(frames, max_message_bytes);
+  for (pr::Frame f; reader.next(f);) {
     switch (f.tag) {
       case 'Q':
       case 'S':
@@ -449,7 +447,6 @@ bool self_contained_request(std::string_view frames, std::size_t max_message_byt
       default:
         return false;
     }
-    pos += f.whole.size();
   }
   return false;  // not a whole request yet
 }
@@ -458,13 +455,12 @@ bool self_contained_request(std::string_view frames, std::size_t max_message_byt
 bool single_request(std::string_view frames, std::size_t max_message_bytes) {
   int ends = 0;
   char last = 0;
-  for (std::size_t pos = 0; pos < frames.size();) {
-    auto r = pr::decode_frame(frames.substr(pos), max_message_bytes);
-    last = r.frame.tag;
+  pr::FrameReader reader(frames, max_message_bytes);
+  for (pr::Frame f; reader.next(f);) {
+    last = f.tag;
     if (last == 'Q' || last == 'S' || last == 'F') ++ends;
-    pos += r.frame.whole.size();
   }
-  return ends == 1 && (last == 'Q' || last == 'S' || last == 'F');
+  return reader.at_end() && ends == 1 && (last == 'Q' || last == 'S' || last == 'F');
 }
 
 }  // namespace
@@ -634,11 +630,8 @@ void Session::plan_on_link(Link& link, std::string_view frames, bool terminate, 
 // pgvalve prepares them on whichever server a later Bind goes to (the unnamed one too, kept
 // since no Bind follows its Parse here), so the server need not wait for that Bind.
 bool Session::describes_statements(std::string_view frames) const {
-  for (std::size_t pos = 0; pos < frames.size();) {
-    auto r = pr::decode_frame(frames.substr(pos), options_.max_message_bytes);
-    if (r.status != pr::DecodeStatus::Ok) return false;
-    const pr::Frame& f = r.frame;
-    pos += f.whole.size();
+  pr::FrameReader reader(frames, options_.max_message_bytes);
+  for (pr::Frame f; reader.next(f);) {
     switch (f.tag) {
       case 'P': {
         if (!pr::read_parse(f)) return false;
@@ -650,7 +643,7 @@ bool Session::describes_statements(std::string_view frames) const {
         break;
       }
       case 'H':
-        return pos > f.whole.size();  // something before it
+        return reader.offset() > f.whole.size();  // something before it
       default:
         return false;
     }
@@ -675,10 +668,8 @@ RequestText Session::request_text(Flight& flight) {
   bool query = false;      // the text is a Query's
   std::string_view begin;  // a BEGIN passed over, the request's text when nothing follows it
   const bool sharded = router_.sharded();
-  for (std::size_t pos = 0; pos < flight.input.size();) {
-    auto r = pr::decode_frame(flight.input.substr(pos), options_.max_message_bytes);
-    const pr::Frame& f = r.frame;
-    pos += f.whole.size();
+  pr::FrameReader reader(flight.input, options_.max_message_bytes);
+  for (pr::Frame f; reader.next(f);) {
     if (f.tag == 'Q' || f.tag == 'S' || f.tag == 'H') request.ended = true;
     if (f.tag == 'Q') {
       if (request.sql.empty()) {
@@ -691,7 +682,7 @@ RequestText Session::request_text(Flight& flight) {
       auto p = pr::read_parse(f);
       if (!p) continue;
       // JDBC sends BEGIN in the flight of the transaction's first statement: that one routes.
-      if (sharded && pos < flight.input.size() && is_begin(p->query)) {
+      if (sharded && !reader.at_end() && is_begin(p->query)) {
         if (begin.empty()) begin = p->query;
         continue;
       }
@@ -708,7 +699,7 @@ RequestText Session::request_text(Flight& flight) {
         request.param_types = extras().unnamed_types;
       } else if (request.sql.empty() && statements_) {
         if (const auto* s = statements_->find(b->statement)) {
-          if (sharded && pos < flight.input.size() && is_begin(s->query)) {
+          if (sharded && !reader.at_end() && is_begin(s->query)) {
             if (begin.empty()) begin = s->query;
             continue;
           }
@@ -810,14 +801,11 @@ bool Session::defer_leading_begin(std::string_view frames, Actions& out) {
   std::string_view sql;
   HubReply reply;
   std::size_t end = 0;
-  for (std::size_t pos = 0; pos < frames.size() && end == 0;) {
-    auto r = pr::decode_frame(frames.substr(pos), options_.max_message_bytes);
-    if (r.status != pr::DecodeStatus::Ok) return false;
-    const pr::Frame& f = r.frame;
-    pos += f.whole.size();
+  pr::FrameReader reader(frames, options_.max_message_bytes);
+  for (pr::Frame f; end == 0 && reader.next(f);) {
     if (f.tag == 'E') {
       if (!reply.bind) return false;
-      end = pos;
+      end = reader.offset();
     } else if (!read_local_head(f, sql, reply)) {
       return false;
     }
@@ -947,10 +935,9 @@ std::pair<std::string_view, std::string> Session::shard_conflict(Link& l, std::s
 
 void Session::fail_requests(std::string_view frames, std::string_view sqlstate,
                             std::string_view message, std::string& out, std::string_view hint) {
-  for (std::size_t pos = 0; pos < frames.size();) {
-    auto r = pr::decode_frame(frames.substr(pos), options_.max_message_bytes);
-    if (r.status != pr::DecodeStatus::Ok) break;
-    switch (r.frame.tag) {
+  pr::FrameReader reader(frames, options_.max_message_bytes);
+  for (pr::Frame f; reader.next(f);) {
+    switch (f.tag) {
       case 'Q':
       case 'F':
         append_error(out, sqlstate, message, hint);
@@ -977,7 +964,6 @@ void Session::fail_requests(std::string_view frames, std::string_view sqlstate,
       default:
         break;
     }
-    pos += r.frame.whole.size();
   }
 }
 
@@ -1043,10 +1029,8 @@ bool Session::local_flight(std::string_view input, std::string_view& sql, HubRep
   bool query = false;
   bool execute = false;
   bool sync = false;
-  for (std::size_t pos = 0; pos < input.size();) {
-    auto r = pr::decode_frame(input.substr(pos), options_.max_message_bytes);
-    const pr::Frame& f = r.frame;
-    pos += f.whole.size();
+  pr::FrameReader reader(input, options_.max_message_bytes);
+  for (pr::Frame f; reader.next(f);) {
     if (sync) return false;  // more after the Sync
     switch (f.tag) {
       case 'Q': {
@@ -1085,7 +1069,7 @@ bool Session::local_flight(std::string_view input, std::string_view& sql, HubRep
         return false;
     }
   }
-  return sync;
+  return sync && reader.at_end();
 }
 
 // SET pgvalve.route = primary | replica | auto (and RESET, SET ... TO DEFAULT): the client's

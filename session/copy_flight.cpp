@@ -112,13 +112,9 @@ void Session::copy_client_data(std::string_view frames, Actions& out) {
     o.clear();
     pr::begin_message(o, 'd');
   }
-  std::size_t pos = 0;
   bool ended = false;
-  while (pos < frames.size() && !ended) {
-    const auto r = pr::decode_frame(frames.substr(pos), options_.max_message_bytes);
-    if (r.status != pr::DecodeStatus::Ok) break;
-    const pr::Frame& f = r.frame;
-    pos += f.whole.size();
+  pr::FrameReader reader(frames, options_.max_message_bytes);
+  for (pr::Frame f; !ended && reader.next(f);) {
     switch (f.tag) {
       case 'd':
         if (!run.copy->add(f.body, run.copy_out)) {
@@ -153,7 +149,7 @@ void Session::copy_client_data(std::string_view frames, Actions& out) {
       }
     }
   }
-  out.consumed = pos;
+  out.consumed = reader.offset();
   if (!run.scatter->failed()) {
     // The rows of this step, one CopyData per shard.
     for (std::size_t i = 0; i < run.copy_out.size(); ++i) {

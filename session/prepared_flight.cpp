@@ -35,9 +35,8 @@ bool Session::answer_parse_locally(Flight& flight, Actions& out) {
   }
   std::size_t new_statements = 0;
   std::size_t new_bytes = 0;
-  for (std::size_t pos = 0; pos < flight.input.size();) {
-    auto r = pr::decode_frame(flight.input.substr(pos), options_.max_message_bytes);
-    const pr::Frame& f = r.frame;
+  pr::FrameReader reader(flight.input, options_.max_message_bytes);
+  for (pr::Frame f; reader.next(f);) {
     if (f.tag == 'P') {
       auto parse = pr::read_parse(f);
       if (!parse || parse->statement.empty()) return false;
@@ -54,8 +53,8 @@ bool Session::answer_parse_locally(Flight& flight, Actions& out) {
     } else if (f.tag != 'S' && f.tag != 'H' && f.tag != 'd' && f.tag != 'c' && f.tag != 'f') {
       return false;
     }
-    pos += f.whole.size();
   }
+  if (!reader.at_end()) return false;
   // Over a cap: the server path raises the error where the client expects it.
   if (prepared_statement_count() + new_statements > kMaxClientStatements ||
       statement_bytes_ + new_bytes > kMaxClientStatementBytes) {
@@ -63,9 +62,8 @@ bool Session::answer_parse_locally(Flight& flight, Actions& out) {
   }
   if (!statements_) statements_ = std::make_unique<pr::ClientStatements>();
   std::string& reply = out.outbox;
-  for (std::size_t pos = 0; pos < flight.input.size();) {
-    auto r = pr::decode_frame(flight.input.substr(pos), options_.max_message_bytes);
-    const pr::Frame& f = r.frame;
+  pr::FrameReader again(flight.input, options_.max_message_bytes);
+  for (pr::Frame f; again.next(f);) {
     if (f.tag == 'P') {
       auto parse = pr::read_parse(f);
       define_statement(parse->statement, parse->query, parse->param_types);
@@ -73,7 +71,6 @@ bool Session::answer_parse_locally(Flight& flight, Actions& out) {
     } else if (f.tag == 'S') {
       pr::append_ready_for_query(reply, client_tx_status());
     }
-    pos += f.whole.size();
   }
   return true;
 }
@@ -281,13 +278,11 @@ void Session::note_unnamed_statement(std::string_view query, std::string_view pa
   if (options_.mode == config::PoolMode::Session) return;
   // Drivers bind the unnamed statement right after its Parse (the usual case: nothing kept), or
   // describe it first and bind it in a later request, which may reach another server.
-  for (std::size_t pos = 0; pos < rest.size();) {
-    auto r = pr::decode_frame(rest.substr(pos), options_.max_message_bytes);
-    if (r.status != pr::DecodeStatus::Ok) break;
-    pos += r.frame.whole.size();
-    const char tag = r.frame.tag;
+  pr::FrameReader reader(rest, options_.max_message_bytes);
+  for (pr::Frame f; reader.next(f);) {
+    const char tag = f.tag;
     if (tag == 'B') {
-      const auto b = pr::read_bind_head(r.frame);
+      const auto b = pr::read_bind_head(f);
       if (b && b->statement.empty()) {
         forget_unnamed_statement();
         return;
@@ -518,11 +513,8 @@ bool Session::check_shape(const pr::PreparedStatement& stmt, bool on_server,
 // The request that starts with `frames` describes its unnamed portal (libpq's PQexecPrepared,
 // psycopg, node-postgres): its client decodes the rows by that description.
 bool Session::describes_portal(std::string_view frames) const {
-  for (std::size_t pos = 0; pos < frames.size();) {
-    auto r = pr::decode_frame(frames.substr(pos), options_.max_message_bytes);
-    if (r.status != pr::DecodeStatus::Ok) return false;
-    const pr::Frame& f = r.frame;
-    pos += f.whole.size();
+  pr::FrameReader reader(frames, options_.max_message_bytes);
+  for (pr::Frame f; reader.next(f);) {
     if (f.tag == 'S' || f.tag == 'Q') return false;
     if (f.tag == 'D') {
       const auto d = pr::read_describe(f);
@@ -541,11 +533,8 @@ bool Session::only_begin(std::string_view frames) const {
   };
   std::string_view unnamed;
   bool ran = false;
-  for (std::size_t pos = 0; pos < frames.size();) {
-    auto r = pr::decode_frame(frames.substr(pos), options_.max_message_bytes);
-    if (r.status != pr::DecodeStatus::Ok) return false;
-    const pr::Frame& f = r.frame;
-    pos += f.whole.size();
+  pr::FrameReader reader(frames, options_.max_message_bytes);
+  for (pr::Frame f; reader.next(f);) {
     switch (f.tag) {
       case 'P': {
         const auto parse = pr::read_parse(f);
@@ -576,7 +565,7 @@ bool Session::only_begin(std::string_view frames) const {
         return false;
     }
   }
-  return ran;
+  return ran && reader.at_end();
 }
 
 void Session::finish_shape_check(Link& l, bool failed, Actions& out) {

@@ -52,11 +52,8 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
   std::string_view bind_rest;
   std::int64_t fetch_limit = 0;
   bool synced = false;
-  for (std::size_t pos = 0; pos < frames.size();) {
-    auto r = pr::decode_frame(frames.substr(pos), max_message_bytes);
-    if (r.status != pr::DecodeStatus::Ok) break;
-    const pr::Frame& f = r.frame;
-    pos += f.whole.size();
+  pr::FrameReader reader(frames, max_message_bytes);
+  for (pr::Frame f; reader.next(f);) {
     const bool first = steps_.empty();
     auto once = [&](char step) { return steps_.find(step) == std::string::npos; };
     switch (f.tag) {

@@ -67,12 +67,10 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
   std::size_t end = 0;
   bool executes = false;
   bool ended = false;
-  for (std::size_t pos = 0; pos < frames.size() && !ended;) {
-    auto r = pr::decode_frame(frames.substr(pos), options_.max_message_bytes);
-    if (r.status != pr::DecodeStatus::Ok) break;
-    const char tag = r.frame.tag;
-    pos += r.frame.whole.size();
-    end = pos;
+  pr::FrameReader reader(frames, options_.max_message_bytes);
+  for (pr::Frame f; !ended && reader.next(f);) {
+    const char tag = f.tag;
+    end = reader.offset();
     if (tag == 'E' || tag == 'Q') executes = true;
     if (tag == 'Q' || tag == 'S') ended = true;
     if (tag == 'H') {
@@ -859,12 +857,11 @@ void Session::finish_scatter(std::string& into, Actions& out) {
     e.shard = w.scatter().routes.empty() ? 0 : w.scatter().routes.front().shard;
     if (e.error) {
       // The SQLSTATE class of the client's error.
-      for (std::size_t pos = answer_from; pos < into.size();) {
-        auto r = pr::decode_frame(std::string_view(into).substr(pos), options_.max_message_bytes);
-        if (r.status != pr::DecodeStatus::Ok) break;
-        pos += r.frame.whole.size();
-        if (r.frame.tag != 'E') continue;
-        if (const auto err = pr::read_error_response(r.frame); err && err->sqlstate.size() >= 2) {
+      pr::FrameReader answer(std::string_view(into).substr(answer_from),
+                             options_.max_message_bytes);
+      for (pr::Frame f; answer.next(f);) {
+        if (f.tag != 'E') continue;
+        if (const auto err = pr::read_error_response(f); err && err->sqlstate.size() >= 2) {
           e.sqlstate_class[0] = err->sqlstate[0];
           e.sqlstate_class[1] = err->sqlstate[1];
         }

@@ -50,11 +50,9 @@ namespace {
 // The first request of `frames`: up to and including its Query or Sync; empty when it has not
 // ended yet.
 std::string_view first_request(std::string_view frames, std::size_t max_message_bytes) {
-  for (std::size_t pos = 0; pos < frames.size();) {
-    auto r = pr::decode_frame(frames.substr(pos), max_message_bytes);
-    if (r.status != pr::DecodeStatus::Ok) break;
-    pos += r.frame.whole.size();
-    if (r.frame.tag == 'Q' || r.frame.tag == 'S') return frames.substr(0, pos);
+  pr::FrameReader reader(frames, max_message_bytes);
+  for (pr::Frame f; reader.next(f);) {
+    if (f.tag == 'Q' || f.tag == 'S') return frames.substr(0, reader.offset());
   }
   return {};
 }
@@ -427,12 +425,11 @@ bool Session::end_shard_transaction(std::string_view frames, Actions& out) {
   HubReply reply;
   std::optional<pr::ParseMessage> parse;
   bool executed = false;
-  for (std::size_t pos = 0; pos < request.size();) {
-    const pr::Frame f = pr::decode_frame(request.substr(pos), options_.max_message_bytes).frame;
-    pos += f.whole.size();
+  pr::FrameReader reader(request, options_.max_message_bytes);
+  for (pr::Frame f; reader.next(f);) {
     switch (f.tag) {
       case 'Q':
-        if (pos != request.size() || reply.parse) return false;
+        if (!reader.at_end() || reply.parse) return false;
         sql = pr::read_query(f).value_or("");
         executed = true;
         break;
@@ -477,7 +474,7 @@ bool Session::end_shard_transaction(std::string_view frames, Actions& out) {
         return false;
     }
   }
-  if (!executed) return false;
+  if (!executed || !reader.at_end()) return false;
   const routing::StatementInfo info = routing::classify(sql);
   const bool commit = info.kind == StatementKind::Commit;
   if ((!commit && info.kind != StatementKind::Rollback) || info.and_chain ||

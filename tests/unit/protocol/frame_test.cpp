@@ -168,5 +168,51 @@ TEST(FrameRun, StopsWhereDecodeFrameWouldRefuse) {
   EXPECT_EQ(frame_run(row + row, 'D', row.size() - 1), 0u);
 }
 
+TEST(FrameReader, GivesEachWholeFrameInOrderAndWhereItEnds) {
+  const std::string sync = "S\0\0\0\x04"s;
+  const std::string in = kQuery + sync + kQuery;
+  FrameReader frames(in, kMax);
+  Frame f;
+  ASSERT_TRUE(frames.next(f));
+  EXPECT_EQ(f.tag, 'Q');
+  EXPECT_EQ(f.whole, kQuery);
+  EXPECT_EQ(frames.offset(), kQuery.size());
+  ASSERT_TRUE(frames.next(f));
+  EXPECT_EQ(f.tag, 'S');
+  EXPECT_EQ(f.body, "");
+  EXPECT_FALSE(frames.at_end());
+  ASSERT_TRUE(frames.next(f));
+  EXPECT_EQ(f.whole.data(), in.data() + kQuery.size() + sync.size());  // a view, not a copy
+  EXPECT_TRUE(frames.at_end());
+  EXPECT_FALSE(frames.next(f));
+  EXPECT_EQ(frames.offset(), in.size());
+  FrameReader none("", kMax);
+  EXPECT_FALSE(none.next(f));
+  EXPECT_TRUE(none.at_end());
+}
+
+TEST(FrameReader, EndsAtAFrameTheBufferEndsInsideOrDecodeFrameRefuses) {
+  for (std::size_t cut = 0; cut < kQuery.size(); ++cut) {
+    const std::string in = kQuery + kQuery.substr(0, cut);
+    FrameReader frames(in, kMax);
+    Frame f;
+    EXPECT_TRUE(frames.next(f));
+    EXPECT_FALSE(frames.next(f)) << cut;
+    EXPECT_EQ(frames.offset(), kQuery.size()) << cut;
+    EXPECT_EQ(frames.at_end(), cut == 0) << cut;
+  }
+  const std::string short_length = "Q\0\0\0\x03"s;
+  const std::string in = kQuery + short_length + kQuery;
+  FrameReader refused(in, kMax);
+  Frame f;
+  EXPECT_TRUE(refused.next(f));
+  EXPECT_FALSE(refused.next(f));
+  EXPECT_FALSE(refused.next(f));  // stays where it ended
+  EXPECT_EQ(refused.offset(), kQuery.size());
+  FrameReader oversized(kQuery, kQuery.size() - 1);
+  EXPECT_FALSE(oversized.next(f));
+  EXPECT_EQ(oversized.offset(), 0u);
+}
+
 }  // namespace
 }  // namespace pgvalve::protocol
