@@ -22,6 +22,8 @@ from __future__ import annotations
 import atexit
 import collections
 import ctypes
+import fcntl
+import hashlib
 import json
 import os
 import pwd
@@ -120,6 +122,58 @@ def _run(args, timeout=120, env=None, cwd=None, check=True) -> subprocess.Comple
             f"command failed ({r.returncode}): {' '.join(map(str, args))}\n"
             f"stdout:\n{r.stdout[-3000:]}\nstderr:\n{r.stderr[-3000:]}")
     return r
+
+
+# What a new primary's data directory holds before its test's settings: initdb's output with the
+# test roles and database. initdb takes about a second of CPU, and the suite makes a hundred
+# primaries, so the first cluster made on a machine builds it once and every other copies it.
+# Bump the recipe when what it holds changes (the key also names the roles' passwords).
+_TEMPLATE_RECIPE = 1
+
+
+def _template_dir() -> Path:
+    key = hashlib.sha256(repr((_TEMPLATE_RECIPE, str(PG_BIN), APP_USER, APP_PASSWORD, APP_DB,
+                               REPL_USER, REPL_PASSWORD)).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"pgvalve-it-template-{os.geteuid()}-{key}"
+
+
+def _build_template(template: Path):
+    if template.exists():
+        shutil.rmtree(template)  # a build that did not finish
+    template.mkdir()
+    os.chmod(template, 0o755)
+    _chown_pg(template)
+    data = template / "data"
+    _run(_pg_user_cmd([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--no-sync",
+                       "-E", "UTF8", "--locale=C", "--auth-local=trust",
+                       "--auth-host=scram-sha-256"]), cwd=str(template))
+    # Started on its unix socket only, with its settings on the command line: the copies'
+    # postgresql.conf stays initdb's.
+    port = free_port()
+    ctl = [str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-t", "60"]
+    _run(_pg_user_cmd(ctl + ["-l", str(template / "log"), "-o",
+                             f"-c listen_addresses= -p {port} -k {template}", "start"]),
+         timeout=90, cwd=str(template))
+    try:
+        for sql in (f"CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'",
+                    f"CREATE ROLE {REPL_USER} LOGIN REPLICATION PASSWORD '{REPL_PASSWORD}'",
+                    f"CREATE DATABASE {APP_DB} OWNER {APP_USER}"):
+            _run(_pg_user_cmd([str(PG_BIN / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1",
+                               "-h", str(template), "-p", str(port), "-U", "postgres",
+                               "-d", "postgres", "-c", sql]), cwd=str(template))
+    finally:
+        _run(_pg_user_cmd(ctl + ["-m", "fast", "stop"]), timeout=60, cwd=str(template))
+    (template / "ready").touch()
+
+
+def _new_primary_datadir(datadir: Path):
+    """`datadir` made as initdb makes it, with the test roles and database (see above)."""
+    template = _template_dir()
+    with open(f"{template}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # test processes run side by side
+        if not (template / "ready").exists():
+            _build_template(template)
+    _run(["cp", "-a", str(template / "data"), str(datadir)])
 
 
 class PgNode:
@@ -260,9 +314,7 @@ class PgCluster:
         _chown_pg(sockdir)
 
         p = PgNode("primary", self.base, free_port())
-        _run(_pg_user_cmd([str(PG_BIN / "initdb"), "-D", str(p.datadir), "-U", "postgres",
-                           "--no-sync", "-E", "UTF8", "--locale=C", "--auth-local=trust",
-                           "--auth-host=scram-sha-256"]), cwd=str(self.base))
+        _new_primary_datadir(p.datadir)
         self.primary = p
         with open(p.datadir / "postgresql.conf", "a") as f:
             f.write(f"""
@@ -294,9 +346,6 @@ host    all          all           127.0.0.1/32   scram-sha-256
 """)
         _chown_pg(p.datadir / "pg_hba.conf")
         p.start()
-        p.psql(f"CREATE ROLE {APP_USER} LOGIN PASSWORD '{APP_PASSWORD}'")
-        p.psql(f"CREATE ROLE {REPL_USER} LOGIN REPLICATION PASSWORD '{REPL_PASSWORD}'")
-        p.psql(f"CREATE DATABASE {APP_DB} OWNER {APP_USER}")
 
         for i in range(self.n_replicas):
             self.add_replica(f"replica{i + 1}")
