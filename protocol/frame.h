@@ -3,10 +3,10 @@
 #pragma once
 
 #include <cstddef>
-#include <concepts>
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 namespace pgvalve::protocol {
 
@@ -149,8 +149,7 @@ class FrameReader {
       : in_(in), max_message_bytes_(max_message_bytes) {}
   // The frames are views into the buffer: it must outlive the reader, so a temporary string
   // is refused.
-  template <typename T>
-    requires std::same_as<T, std::string>
+  template <typename T, typename = std::enable_if_t<std::is_same_v<T, std::string>>>
   FrameReader(T&&, std::size_t) = delete;
 
   // The next whole frame into `f`; false, `f` untouched, where the walk ends.
