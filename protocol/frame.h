@@ -115,6 +115,17 @@ inline FrameResult decode_frame(std::string_view in, std::size_t max_message_byt
   return r;
 }
 
+// The size of the whole frame at the start of `in` (of `size` bytes): 0 when the buffer ends
+// inside it or decode_frame() would refuse it. Reads only its header.
+inline std::size_t whole_frame_size(const char* in, std::size_t size,
+                                    std::size_t max_message_bytes) {
+  if (size < kFrameHeaderSize) return 0;
+  const std::uint32_t length = read_u32(in + 1);
+  const std::size_t total = std::size_t{1} + length;
+  if (length < 4 || length > 0x7fffffffu || total > max_message_bytes || size < total) return 0;
+  return total;
+}
+
 // The size of the whole frames tagged `tag` at the start of `in`: up to the first frame with
 // another tag, one the buffer ends inside, or one decode_frame() would refuse (the caller's
 // decode_frame() then finds it). Reads only headers: the rows of a result, or COPY data, that
@@ -124,13 +135,9 @@ inline std::size_t frame_run(std::string_view in, char tag, std::size_t max_mess
                              std::uint64_t* frames = nullptr) {
   std::size_t pos = 0;
   std::uint64_t count = 0;
-  while (in.size() - pos >= kFrameHeaderSize && in[pos] == tag) {
-    const std::uint32_t length = read_u32(in.data() + pos + 1);
-    const std::size_t total = std::size_t{1} + length;
-    if (length < 4 || length > 0x7fffffffu || total > max_message_bytes ||
-        in.size() - pos < total) {
-      break;
-    }
+  while (pos < in.size() && in[pos] == tag) {
+    const std::size_t total = whole_frame_size(in.data() + pos, in.size() - pos, max_message_bytes);
+    if (total == 0) break;
     pos += total;
     ++count;
   }
@@ -154,10 +161,13 @@ class FrameReader {
 
   // The next whole frame into `f`; false, `f` untouched, where the walk ends.
   bool next(Frame& f) {
-    const FrameResult r = decode_frame(in_.substr(offset_), max_message_bytes_);
-    if (r.status != DecodeStatus::Ok) return false;
-    f = r.frame;
-    offset_ += f.whole.size();
+    const char* at = in_.data() + offset_;
+    const std::size_t size = whole_frame_size(at, in_.size() - offset_, max_message_bytes_);
+    if (size == 0) return false;
+    f.tag = at[0];
+    f.whole = std::string_view(at, size);
+    f.body = std::string_view(at + kFrameHeaderSize, size - kFrameHeaderSize);
+    offset_ += size;
     return true;
   }
   // Where the frames given so far end: the rest of the buffer starts here.
