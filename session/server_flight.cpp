@@ -329,10 +329,16 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
   }
   if (f.tag == 'N' && l.route.kind == routing::Route::Kind::Replica &&
       options_.mode != config::PoolMode::Session) {
-    // An immediate shutdown or a crash says goodbye with a WARNING (57P01, 57P02) instead.
-    if (auto e = pr::read_error_response(f);
-        e && e->sqlstate.starts_with("57P") && unsend_cut_read(l)) {
-      return passed;
+    // An immediate shutdown or a crash says goodbye with a WARNING (57P01, 57P02) instead, and
+    // the process exits. Before any of the read's answer (a backend that was between requests
+    // when the shutdown came, and had not read this one yet) it is dropped too: passed on as a
+    // notice, it would count as the read's answer, and the read could not run elsewhere.
+    if (auto e = pr::read_error_response(f); e && e->sqlstate.starts_with("57P")) {
+      if (!l.answered || unsend_cut_read(l)) {
+        work().change_rare().server_goodbye.assign(
+            e->message.substr(0, Workspace::Rare::kMaxGoodbyeBytes));
+        return passed;
+      }
     }
   }
   if (l.pending.empty()) {

@@ -441,6 +441,48 @@ TEST(SessionReplicaRouting, AReadWhoseStartCameWithAnImmediateShutdownWarningRun
   EXPECT_TRUE(s.check_out);
 }
 
+// A backend between requests when the immediate shutdown came says goodbye before it has read
+// the next request: nothing of the read reached the client, and it runs elsewhere. Found by the
+// failover drill under load, where the WARNING went to the client as a notice and its read
+// failed with 08006.
+TEST(SessionReplicaRouting, AReadSentToAReplicaThatSaidGoodbyeFirstRunsAgain) {
+  auto h = replicated();
+  auto dying = SessionHarness::fresh_server();
+  auto other = SessionHarness::fresh_server();
+  h.send(query("select 42"), *dying);
+  Step s = h.server(notice("WARNING", "57P01", "terminating connection due to immediate shutdown"));
+  EXPECT_TRUE(s.to_client.empty());
+  s = h.lost();
+  EXPECT_TRUE(s.to_client.empty());
+  ASSERT_TRUE(s.check_out);
+  h.linked(*other);
+  s = h.client("");
+  EXPECT_EQ(queries_in(s.to_server), std::vector<std::string>{"select 42"});
+  s = h.server(row_result("42", "SELECT 1"));
+  EXPECT_EQ(tags_of(s.to_client), "TDCZ");
+}
+
+// When the read cannot run again, its error says what the server said.
+TEST(SessionReplicaRouting, AReadThatCannotRunAgainSaysWhatTheReplicaSaid) {
+  auto h = replicated();
+  auto dead = SessionHarness::fresh_server();
+  auto dying = SessionHarness::fresh_server();
+  h.send(query("select 42"), *dead);
+  h.lost();
+  h.linked(*dying);
+  h.client("");
+  Step s = h.server(notice("WARNING", "57P01", "terminating connection due to immediate shutdown"));
+  EXPECT_TRUE(s.to_client.empty());
+  s = h.lost();
+  EXPECT_FALSE(s.check_out);
+  const auto errors = errors_in(s.to_client);
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0].sqlstate, "08006");
+  EXPECT_NE(errors[0].message.find("terminating connection due to immediate shutdown"),
+            std::string::npos)
+      << errors[0].message;
+}
+
 // What reached the client in an earlier step stays: the read cannot run again.
 TEST(SessionReplicaRouting, AReadWhoseStartWentOutBeforeTheGoodbyeIsNotRetried) {
   auto h = replicated();
