@@ -409,14 +409,14 @@ TEST(SessionReplicaRouting, AReadCutAfterPartOfItsAnswerIsNotRetried) {
   EXPECT_EQ(sqlstates_in(s.to_client), "08006");
 }
 
-// A replica stopped in a fast shutdown flushes the RowDescription it held with its FATAL, in one
-// segment: nothing has reached the client, and the read runs elsewhere.
-TEST(SessionReplicaRouting, AReadWhoseStartCameWithTheReplicasGoodbyeRunsAgain) {
+// A replica running "select 42" sends `goodbye` and closes: nothing reaches the client, and the
+// read runs on the next server.
+void expect_read_runs_again_after(const std::string& goodbye) {
   auto h = replicated();
   auto dying = SessionHarness::fresh_server();
   auto other = SessionHarness::fresh_server();
   h.send(query("select 42"), *dying);
-  Step s = h.server(row_description() + error_message("57P01", "FATAL"));
+  Step s = h.server(goodbye);
   EXPECT_TRUE(s.to_client.empty());
   s = h.lost();
   EXPECT_TRUE(s.to_client.empty());
@@ -428,17 +428,17 @@ TEST(SessionReplicaRouting, AReadWhoseStartCameWithTheReplicasGoodbyeRunsAgain) 
   EXPECT_EQ(tags_of(s.to_client), "TDCZ");
 }
 
+// A replica stopped in a fast shutdown flushes the RowDescription it held with its FATAL, in one
+// segment: nothing has reached the client, and the read runs elsewhere.
+TEST(SessionReplicaRouting, AReadWhoseStartCameWithTheReplicasGoodbyeRunsAgain) {
+  expect_read_runs_again_after(row_description() + error_message("57P01", "FATAL"));
+}
+
 // An immediate shutdown says goodbye with a WARNING: the same.
 TEST(SessionReplicaRouting, AReadWhoseStartCameWithAnImmediateShutdownWarningRunsAgain) {
-  auto h = replicated();
-  auto dying = SessionHarness::fresh_server();
-  h.send(query("select 42"), *dying);
-  Step s = h.server(row_description() +
-                    notice("WARNING", "57P01", "terminating connection due to immediate shutdown"));
-  EXPECT_TRUE(s.to_client.empty());
-  s = h.lost();
-  EXPECT_TRUE(s.to_client.empty());
-  EXPECT_TRUE(s.check_out);
+  expect_read_runs_again_after(
+      row_description() +
+      notice("WARNING", "57P01", "terminating connection due to immediate shutdown"));
 }
 
 // A backend between requests when the immediate shutdown came says goodbye before it has read
@@ -446,20 +446,8 @@ TEST(SessionReplicaRouting, AReadWhoseStartCameWithAnImmediateShutdownWarningRun
 // failover drill under load, where the WARNING went to the client as a notice and its read
 // failed with 08006.
 TEST(SessionReplicaRouting, AReadSentToAReplicaThatSaidGoodbyeFirstRunsAgain) {
-  auto h = replicated();
-  auto dying = SessionHarness::fresh_server();
-  auto other = SessionHarness::fresh_server();
-  h.send(query("select 42"), *dying);
-  Step s = h.server(notice("WARNING", "57P01", "terminating connection due to immediate shutdown"));
-  EXPECT_TRUE(s.to_client.empty());
-  s = h.lost();
-  EXPECT_TRUE(s.to_client.empty());
-  ASSERT_TRUE(s.check_out);
-  h.linked(*other);
-  s = h.client("");
-  EXPECT_EQ(queries_in(s.to_server), std::vector<std::string>{"select 42"});
-  s = h.server(row_result("42", "SELECT 1"));
-  EXPECT_EQ(tags_of(s.to_client), "TDCZ");
+  expect_read_runs_again_after(
+      notice("WARNING", "57P01", "terminating connection due to immediate shutdown"));
 }
 
 // When the read cannot run again, its error says what the server said.
