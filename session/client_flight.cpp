@@ -110,7 +110,7 @@ const Actions& Session::on_linked(ServerState& server, Clock::time_point now) {
   Workspace& w = work();
   w.client_scratch.clear();
   bool wait = start_sync(l, w.client_scratch, now);
-  if (!extras().deferred_begin.empty()) {
+  if (!extras().deferred_begin.empty() && !w.flush_as_sync) {
     // The BEGIN answered earlier runs first; the client's request waits for its answer, so
     // that nothing of the transaction runs outside it.
     pr::append_query(w.client_scratch, extras_->deferred_begin);
@@ -347,9 +347,11 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
     }
     routing::Route route = route_request(request);
     work().flush_as_sync = false;  // not left over from a request whose checkout failed
-    if (route.kind != routing::Route::Kind::Refuse && extras().deferred_begin.empty() &&
-        describes_statements(frames)) {
-      // Any shard knows the answer; the server goes back once it gave it (flush_as_sync).
+    if (route.kind != routing::Route::Kind::Refuse && describes_statements(frames)) {
+      // Any shard knows the answer; the server goes back once it gave it (flush_as_sync). A
+      // BEGIN pgvalve holds back stays held: a description runs nothing, and the transaction
+      // starts where the statement's Bind goes (asyncpg prepares each new statement so, also
+      // inside transactions).
       if (route.kind == routing::Route::Kind::Shards) route = on_any_of(request.sql, route.shards);
       route.any_shard = true;
       work().flush_as_sync = true;

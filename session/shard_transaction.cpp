@@ -90,6 +90,13 @@ bool Session::route_in_transaction(std::string_view frames, Link*& l, Actions& o
   if (request.sql.empty()) return false;
   if (!request.bound && !request.ended)
     return true;  // its Bind, still on its way, may hold the key
+  // Statements described alone (asyncpg prepares each new one so): the current shard answers,
+  // its Flush sent as a Sync (the transaction goes on) so that their Binds, which may need
+  // other shards, come as requests of their own.
+  if (describes_statements(frames)) {
+    w.flush_as_sync = true;
+    return false;
+  }
   routing::RouteContext context;
   context.device_id = extras().device_id;
   const BindParams params(request.bind_rest, request.param_types);

@@ -720,6 +720,53 @@ def test_asyncpg_statements_of_one_device_reach_its_shard(sv, two_pc):
         sorted([(D1[0], 1), (D1[1], 2)])
 
 
+def test_asyncpg_statements_with_arguments_inside_transactions_on_shards(sv, two_pc):
+    """asyncpg prepares a statement (Parse, Describe, Flush) where it first runs it, also inside
+    a transaction. While pgvalve held the transaction's BEGIN back, that description took a
+    server and began the transaction there: a read over several shards was refused (0A000,
+    'send its Sync instead of a Flush'), and a statement for a device of the other shard was
+    refused as moving the transaction within one request; once the transaction ran on a shard,
+    a new read over several shards was refused the same way."""
+    for node, d in ((two_pc[0], D0[0]), (two_pc[1], D1[0])):
+        node.primary.psql(f"INSERT INTO telemetry VALUES ({d}, 2), ({d}, 3)", dbname=APP_DB)
+
+    async def main():
+        c = await asyncpg.connect(adsn(sv))
+        out = []
+        try:
+            async with c.transaction():
+                out.append(await c.fetchval("select count(*) from telemetry where value > $1",
+                                            0.0))
+            async with c.transaction():
+                out.append(await c.fetchval(
+                    "select sum(value) from telemetry where device_id = $1", D1[0]))
+            async with c.transaction():
+                await c.execute("insert into telemetry (device_id, value) values ($1, $2)",
+                                D0[1], 7.0)
+                out.append(await c.fetchval(
+                    "select max(value) from telemetry where device_id = $1 and value > $2",
+                    D0[1], 1.0))
+            # A transaction over both shards (two-phase commit), each statement new.
+            async with c.transaction():
+                await c.execute("insert into telemetry (value, device_id) values ($1, $2)",
+                                8.0, D1[1])
+                await c.execute("insert into telemetry (device_id, value) values ($2, $1)",
+                                8.0, D0[2])
+                out.append(await c.fetchval("select count(*) from telemetry where value > $1",
+                                            6.5))
+        except asyncpg.PostgresError as e:
+            out.append(f"{e.sqlstate}: {e}")
+        finally:
+            await c.close()
+        return out
+
+    assert run(main()) == [4, 5.0, 7.0, 3]
+    assert sorted(on(two_pc[0], "select device_id, value from telemetry where value > 6")) == \
+        sorted([(D0[1], 7.0), (D0[2], 8.0)])
+    assert on(two_pc[1], "select device_id, value from telemetry where value > 6") == \
+        [(D1[1], 8.0)]
+
+
 def test_asyncpg_pool_release_on_a_sharded_database(sv):
     """Pool.release() runs Connection.reset(), one simple query `SELECT
     pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;`. On a sharded database it runs

@@ -1095,6 +1095,33 @@ TEST_F(Scatter, AStatementDescribedBeforeItsBindIsRoutedByTheBind) {
             std::vector<std::string>{"INSERT INTO telemetry (device_id, v) VALUES ($1, $2)"});
 }
 
+// asyncpg prepares each new statement (Parse, Describe, Flush) where it first runs it, also
+// inside a transaction: the description runs nothing, so the BEGIN pgvalve holds back stays
+// held, and the transaction starts where the statement's Bind goes (the description took a
+// server and began the transaction on it, and that first shard's server answered a Bind for
+// the other shard with 0A000, or the Flush was refused over several shards).
+TEST_F(Scatter, AStatementDescribedInsideAHeldBackTransactionLeavesItsBeginHeld) {
+  h.client(query("BEGIN"));
+  const std::string prepare = parse("s1", "INSERT INTO telemetry (device_id, v) VALUES ($1, $2)") +
+                              describe('S', "s1") + flush();
+  Step s = h.client(prepare);
+  ASSERT_TRUE(s.check_out);
+  h.linked(*s0);
+  s = h.client(prepare);
+  EXPECT_EQ(tags_of(s.to_server), "PDS") << "no BEGIN before it";
+  std::string description;
+  protocol::append_no_parameters(description);
+  s = h.server(parse_complete() + description + no_data() + ready(), T0, 0);
+  EXPECT_EQ(tags_of(s.to_client), "1tn");
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Release));
+  s = h.client(std::string(text_bind({"1", "a"}, "s1")) + execute() + sync());
+  ASSERT_TRUE(s.check_out);
+  EXPECT_EQ(s.route.shard, 1);
+  s = h.linked(*s1);
+  EXPECT_EQ(queries_in(s.to_server), std::vector<std::string>{"BEGIN"})
+      << "the transaction begins on the Bind's shard";
+}
+
 TEST_F(Scatter, ADescribingRequestWhoseCheckoutFailedLeavesTheNextFlushAlone) {
   const std::string describing =
       parse("s1", "SELECT v FROM telemetry WHERE device_id = $1") + describe('S', "s1") + flush();

@@ -218,6 +218,28 @@ TEST_F(ShardTransaction, AReadOverSeveralShardsRunsOnEveryPartOfTheTransaction) 
   commit();
 }
 
+// asyncpg prepares each new statement (Parse, Describe, Flush) inside the transaction: the
+// current shard describes it, and its Flush goes as a Sync, so that its Bind, here for a read
+// over both shards, is a request of its own (it was refused as several shards in one request,
+// after the description joined every shard).
+TEST_F(ShardTransaction, AStatementDescribedAloneIsAnsweredByTheCurrentShard) {
+  begin_on_s0();
+  const std::string prepare = parse("s1", "SELECT count(*) FROM telemetry WHERE value > $1") +
+                              describe('S', "s1") + flush();
+  Step s = h.client(prepare);
+  EXPECT_FALSE(s.check_out) << "no shard joins for a description";
+  EXPECT_EQ(s.server_link, 0);
+  EXPECT_EQ(tags_of(s.to_server), "PDS");
+  std::string description;
+  protocol::append_no_parameters(description);
+  s = h.server(parse_complete() + description + int8_description() + ready('T'), T0, 0);
+  EXPECT_EQ(tags_of(s.to_client), "1tT") << "no ReadyForQuery: the client sent a Flush";
+  EXPECT_TRUE(s.ops.empty()) << "the server stays the transaction's";
+  s = h.client(bind_values("s1", {"1"}) + execute() + sync());
+  ASSERT_TRUE(s.check_out) << "s1 joins for the read over both shards";
+  EXPECT_EQ(s.route.shard, 1);
+}
+
 TEST_F(ShardTransaction, AWriteOverSeveralShardsFirstInATransactionStartsItOnEveryShard) {
   Step s = h.client(query("BEGIN ISOLATION LEVEL REPEATABLE READ"));
   const std::string write = query("/* pgvalve: all_shards */ DELETE FROM telemetry");
