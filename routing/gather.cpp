@@ -817,7 +817,8 @@ bool Gather::read_row(const pr::Frame& f) {
 bool Gather::stream_row(int shard, const pr::Frame& f, std::string* out) {
   if (description_.empty())
     return fail("08P01", "pgvalve: a shard sent rows before their description");
-  if (started_ && mode_ == Mode::Stream && out != nullptr) {
+  const auto i = static_cast<std::size_t>(shard);
+  if (started_ && mode_ == Mode::Stream && out != nullptr && !piece_full() && queues_[i].empty()) {
     emit(f.body, *out);
     return true;
   }
@@ -830,7 +831,6 @@ bool Gather::stream_row(int shard, const pr::Frame& f, std::string* out) {
                 "merged exceed " +
                     bound + " MiB; add a LIMIT, or name one device_id");
   }
-  const auto i = static_cast<std::size_t>(shard);
   Row row;
   if (mode_ == Mode::Merge) {
     if (!parse_row(f, row) || !in_shard_order(i, row)) return false;
@@ -886,12 +886,12 @@ void Gather::drain(std::string& out) {
   const std::size_t shards = queues_.size();
   if (mode_ == Mode::Stream) {
     for (std::size_t s = 0; s < shards; ++s) {
-      while (!queues_[s].empty())
+      while (!queues_[s].empty() && !piece_full())
         pop(s);
     }
     return;
   }
-  for (;;) {
+  while (!piece_full()) {
     std::size_t best = shards;
     for (std::size_t s = 0; s < shards; ++s) {
       if (queues_[s].empty()) {
@@ -913,14 +913,25 @@ void Gather::emit(std::string_view body, std::string& out) {
     return;
   }
   if (limit_ >= 0 && sent_ >= limit_) return;
-  if (fetch_limit_ > 0 && sent_ >= fetch_limit_) {
+  if (fetch_limit_ > 0 && piece_sent_ >= fetch_limit_) {
     suspended_ = true;
     return;
   }
+  put_row(body, out);
+}
+
+void Gather::put_row(std::string_view body, std::string& out) {
   const std::size_t at = pr::begin_message(out, 'D');
   out.append(body);
   pr::end_message(out, at);
   ++sent_;
+  ++piece_sent_;
+}
+
+void Gather::fetch(std::int64_t rows, std::string& out) {
+  fetch_limit_ = rows;
+  piece_sent_ = 0;
+  drain(out);  // held rows go at finish(): every shard has answered by then
 }
 
 bool Gather::parse_row(const pr::Frame& f, Row& row) {
@@ -1270,11 +1281,16 @@ void Gather::finish(std::string& out, bool describe) {
       p = Progress::Done;
     drain(out);
     rows_answered_ = static_cast<std::uint64_t>(sent_);
-    if (suspended_) {
+    if (suspended_ || piece_full()) {
       pr::append_portal_suspended(out);
     } else {
-      pr::append_command_complete(out, "SELECT " + std::to_string(sent_));
+      // A kept portal's last Execute counts its own rows, as a server's does.
+      pr::append_command_complete(out, "SELECT " + std::to_string(piece_sent_));
     }
+    return;
+  }
+  if (held_ready_) {
+    send_held(out);
     return;
   }
   if (description_.empty()) {
@@ -1326,19 +1342,23 @@ void Gather::finish(std::string& out, bool describe) {
       rows_.size(), static_cast<std::size_t>(std::max<std::int64_t>(offset_, 0)));
   std::size_t to = rows_.size();
   if (limit_ >= 0) to = std::min(to, from + static_cast<std::size_t>(limit_));
-  const bool suspended =
-      fetch_limit_ > 0 && other_tag_.empty() && to - from > static_cast<std::size_t>(fetch_limit_);
-  if (suspended) to = from + static_cast<std::size_t>(fetch_limit_);
   if (describe) {
     const std::size_t at = pr::begin_message(out, 'T');
     out.append(description_);
     pr::end_message(out, at);
   }
-  for (std::size_t i = from; i < to; ++i) {
-    const std::size_t row_at = pr::begin_message(out, 'D');
-    out.append(rows_[i].body);
-    pr::end_message(out, row_at);
+  if (keep_portal_ && other_tag_.empty()) {
+    held_ready_ = true;
+    held_next_ = from;
+    held_end_ = to;
+    send_held(out);
+    return;
   }
+  const bool suspended =
+      fetch_limit_ > 0 && other_tag_.empty() && to - from > static_cast<std::size_t>(fetch_limit_);
+  if (suspended) to = from + static_cast<std::size_t>(fetch_limit_);
+  for (std::size_t i = from; i < to; ++i)
+    put_row(rows_[i].body, out);
   rows_answered_ = other_tag_.empty() ? to - from : other_rows_;
   if (suspended) {
     pr::append_portal_suspended(out);
@@ -1347,6 +1367,17 @@ void Gather::finish(std::string& out, bool describe) {
   // Rows a write RETURNING keeps its own tag.
   pr::append_command_complete(
       out, other_tag_.empty() ? "SELECT " + std::to_string(to - from) : write_tag());
+}
+
+void Gather::send_held(std::string& out) {
+  while (held_next_ < held_end_ && !piece_full())
+    put_row(rows_[held_next_++].body, out);
+  rows_answered_ = static_cast<std::uint64_t>(sent_);
+  if (piece_full()) {
+    pr::append_portal_suspended(out);
+  } else {
+    pr::append_command_complete(out, "SELECT " + std::to_string(piece_sent_));
+  }
 }
 
 std::string Gather::write_tag() const {

@@ -74,6 +74,27 @@ class Gather {
   // answers. The portal is not kept for another Execute (the request ends with its Sync).
   void set_fetch_limit(std::int64_t rows) { fetch_limit_ = rows; }
 
+  // A portal the client fetches in parts (PgJDBC's fetch size, asyncpg's cursors): each of its
+  // Executes gets at most `rows` rows and, once it got that many, PortalSuspended, as a server's
+  // portal answers (also when no row is left: the next Execute then gets none and the tag).
+  // The rows after them wait, in their queues or held, for the next fetch() instead of being
+  // dropped; a streamed read's shards are not read past their share meanwhile (waits()).
+  void keep_portal(std::int64_t rows) {
+    keep_portal_ = true;
+    fetch_limit_ = rows;
+  }
+  bool keeps_portal() const { return keep_portal_; }
+  // The current Execute of a kept portal got its rows: its answer ends with PortalSuspended.
+  // `rows` < 0: the portal is bound and not executed yet; no row goes until fetch().
+  bool piece_full() const {
+    return keep_portal_ && (fetch_limit_ < 0 || (fetch_limit_ > 0 && piece_sent_ >= fetch_limit_));
+  }
+  // The next Execute of a kept portal, for at most `rows` rows (0: all the rest): the streamed
+  // rows that may go now are appended to `out`. Its answer then ends with finish() once every
+  // shard has answered (which may be called again for each Execute; held rows go there), or,
+  // when piece_full() before that, with PortalSuspended.
+  void fetch(std::int64_t rows, std::string& out);
+
   // One message of shard `shard`'s answer before its ReadyForQuery. False once the answer is
   // decided to be an error: the rest of every shard's answer can be dropped. Rows this message
   // releases to the client, once streaming started, are appended to `out`.
@@ -158,6 +179,9 @@ class Gather {
   const TextOrder* min_max_order(std::size_t column) const;
   void drain(std::string& out);
   void emit(std::string_view body, std::string& out);
+  void put_row(std::string_view body, std::string& out);
+  // Held rows, combined, up to the current Execute's limit; then its end.
+  void send_held(std::string& out);
   // `order`: for text kinds (null: by the bytes).
   int compare(Kind kind, std::string_view a, std::string_view b, const TextOrder* order) const;
   bool less(const Row& a, const Row& b) const;
@@ -174,6 +198,12 @@ class Gather {
   std::int64_t limit_;
   std::int64_t fetch_limit_ = 0;  // 0: none
   bool suspended_ = false;        // a row beyond fetch_limit_ was dropped
+  bool keep_portal_ = false;
+  std::int64_t piece_sent_ = 0;  // rows the current Execute got
+  // Held rows (aggregates, DISTINCT) once combined: the next to send, and the end.
+  bool held_ready_ = false;
+  std::size_t held_next_ = 0;
+  std::size_t held_end_ = 0;
   std::int64_t offset_;
   std::size_t max_bytes_;
   const TextOrderSlot* text_order_slot_;

@@ -270,6 +270,11 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
     if (terminate && out.consumed == end) close_with({}, {}, out);
     return out;
   }
+  if (state_ == SessionState::PortalSuspended) {
+    fetch_from_portal(frames, out);
+    if (terminate && out.consumed == end) close_with({}, {}, out);
+    return out;
+  }
 
   // Requests that can only fail: a waiting request whose checkout or sync failed, a transaction
   // whose server died, the rest of an extended flight after a local error.
@@ -333,6 +338,7 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
       if (terminate) close_with({}, {}, out);
       return out;
     }
+    if (closed_portal() && refuse_closed_portal(frames, out)) return out;
     const RequestText request = request_text(flight);
     if (router_.sharded() && !request.bound && !request.ended) {
       // The Bind still on its way may hold the key (a Parse and its Bind can arrive in separate
@@ -803,14 +809,34 @@ bool Session::defer_leading_begin(std::string_view frames, Actions& out) {
   std::string_view sql;
   HubReply reply;
   std::size_t end = 0;
+  // PgJDBC runs its BEGIN as a named statement once it was used prepareThreshold times: its
+  // Parse (defined for the client, as any) or a Bind of it alone.
+  std::optional<pr::ParseMessage> named;
   pr::FrameReader reader(frames, options_.max_message_bytes);
   for (pr::Frame f; end == 0 && reader.next(f);) {
     if (f.tag == 'E') {
       if (!reply.bind) return false;
       end = reader.offset();
-    } else if (!read_local_head(f, sql, reply)) {
-      return false;
+      continue;
     }
+    if (f.tag == 'P' && !reply.parse) {
+      if (auto p = pr::read_parse(f); p && !p->statement.empty()) {
+        named = p;
+        sql = p->query;
+        reply.parse = true;
+        continue;
+      }
+    }
+    if (f.tag == 'B' && !reply.bind) {
+      const auto b = pr::read_bind_head(f);
+      const pr::PreparedStatement* known = !reply.parse ? bound_statement(f) : nullptr;
+      if (b && b->portal.empty() && ((named && b->statement == named->statement) || known)) {
+        if (known) sql = known->query;
+        reply.bind = true;
+        continue;
+      }
+    }
+    if (named || !read_local_head(f, sql, reply)) return false;
   }
   if (end == 0 || end >= frames.size() || frames[end] == 'S') return false;
   const routing::StatementInfo info = routing::classify(sql);
@@ -825,6 +851,13 @@ bool Session::defer_leading_begin(std::string_view frames, Actions& out) {
   if (router_.route(sql, context).kind == routing::Route::Kind::Refuse ||
       !router_.valid_begin(context.fingerprint)) {
     return false;
+  }
+  if (named) {
+    if (prepared_statement_count() >= kMaxClientStatements ||
+        statement_bytes_ + named->query.size() > kMaxClientStatementBytes) {
+      return false;  // the server path raises the error where the client expects it
+    }
+    define_statement(named->statement, named->query, named->param_types);
   }
   extras_to_change().deferred_begin.assign(without_hint(sql));
   append_local_heads(reply, out.outbox);
@@ -1440,6 +1473,11 @@ void Session::plan_query(const pr::Frame& f, std::size_t offset, Link& l, Flight
 void Session::plan_execute(const pr::Frame& f, std::size_t offset, Link& l, Flight& flight) {
   pr::PendingResponse execute{Kind::Execute};
   auto e = pr::read_execute(f);
+  if (closed_portal() && e && e->portal == extras_->closed_portal) [[unlikely]] {
+    // Inside the transaction the statement that closed it began.
+    raise_on_server("34000", closed_portal_message(), true, l, flight);
+    return;
+  }
   Workspace& w = work();
   const Note* note = nullptr;
   bool pins = false;

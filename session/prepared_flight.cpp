@@ -344,6 +344,9 @@ bool Session::unnamed_statement_on_server(Link& l, Flight& flight) {
 
 void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight& flight) {
   auto head = pr::read_bind_head(f);
+  if (closed_portal() && head && head->portal == extras_->closed_portal) {
+    extras_to_change().closed_portal.clear();  // a portal of that name, afresh
+  }
   Workspace& w = work();
   const bool translate = options_.mode != config::PoolMode::Session;
   const pr::PreparedStatement* stmt = head && !head->statement.empty() && statements_ && translate

@@ -16,6 +16,12 @@ namespace {
 // Notices of the first shard that reach the client; more are dropped.
 constexpr std::size_t kMaxNoticeBytes = 64 * 1024;
 
+// PostgreSQL's identifiers are at most NAMEDATALEN - 1 bytes; a kept portal's name is no longer.
+constexpr std::size_t kMaxPortalName = 63;
+
+// A kept portal's row limit before its first Execute: no row may go.
+constexpr std::int64_t kNotExecuted = -1;
+
 // Whether `sql` is a statement that never returns rows (a write without RETURNING, a schema
 // change): an Execute row limit, which PgJDBC sends with every executeUpdate(), changes nothing
 // about how it runs, so it need not be refused.
@@ -47,14 +53,17 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
                            const routing::ShardStatement& statement, int shards,
                            std::size_t max_bytes, std::size_t max_message_bytes, bool two_phase,
                            const std::vector<Part>* parts, bool write,
-                           const routing::TextOrderSlot* text_order) {
+                           const routing::TextOrderSlot* text_order, bool may_keep_portal) {
   const std::string_view text = statement.sql.empty() ? sql : std::string_view(statement.sql);
   std::string_view bind_rest;
+  std::string_view bound_portal;
   std::int64_t fetch_limit = 0;
+  bool keep_portal = false;
   bool synced = false;
   pr::FrameReader reader(frames, max_message_bytes);
   for (pr::Frame f; reader.next(f);) {
-    const bool first = steps_.empty();
+    // Closes of portals may come first (PgJDBC closes a finished cursor's with its next query).
+    const bool first = steps_.find_first_not_of('3') == std::string::npos;
     auto once = [&](char step) { return steps_.find(step) == std::string::npos; };
     switch (f.tag) {
       case 'Q':
@@ -77,6 +86,7 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
         const auto b = pr::read_bind_head(f);
         if (!b || !once('B')) return "more than one Bind in one request";
         bind_rest = b->rest;
+        bound_portal = b->portal;
         steps_.push_back('B');
         break;
       }
@@ -91,6 +101,9 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
                    "not done across shards; fetch them all at once";
           }
           fetch_limit = e->max_rows;
+          keep_portal = may_keep_portal && !e->portal.empty() &&
+                        e->portal.size() <= kMaxPortalName && !write && !two_phase;
+          if (keep_portal) portal_.assign(e->portal);
         }
         steps_.push_back('E');
         break;
@@ -98,14 +111,35 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
       case 'S':
         synced = true;
         break;
+      case 'C': {
+        // No shard holds a portal of a read over several shards, nor one of a transaction
+        // whose BEGIN pgvalve holds: answered without them, as PostgreSQL closes a portal it
+        // does not have. (One a transaction's server holds ends with the transaction.)
+        const auto c = pr::read_close(f);
+        if (!c || c->kind != 'P' || !first) {
+          return "a Close other than of portals before the statement";
+        }
+        steps_.push_back('3');
+        break;
+      }
       default:
-        return "this request has messages other than Parse, Bind, Describe, Execute and Sync";
+        return "this request has messages other than Close, Parse, Bind, Describe, Execute and "
+               "Sync";
     }
     if (synced) break;
   }
   if (!synced) return "the request has no Sync";
-  if (steps_ != "Q" &&
-      (steps_.find('B') == std::string::npos || steps_.find('E') == std::string::npos)) {
+  if (steps_ != "Q" && steps_.find('B') != std::string::npos &&
+      steps_.find('E') == std::string::npos && may_keep_portal && !bound_portal.empty() &&
+      bound_portal.size() <= kMaxPortalName && !write && !two_phase) {
+    // A portal bound now and executed by later requests (asyncpg's Cursor.fetch()): the
+    // shards run it now, and its rows wait for the first Execute.
+    keep_portal = true;
+    fetch_limit = kNotExecuted;
+    portal_.assign(bound_portal);
+  }
+  if (steps_ != "Q" && (steps_.find('B') == std::string::npos ||
+                        (steps_.find('E') == std::string::npos && !keep_portal))) {
     return "the request does not execute a statement";
   }
   write_ = write || two_phase;
@@ -150,7 +184,11 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
     if (two_phase) build(decider_request_, text, param_types, bind_rest, true);
   }
   gather_.emplace(plan, shards, statement.limit, statement.offset, max_bytes, !write_, text_order);
-  gather_->set_fetch_limit(fetch_limit);
+  if (keep_portal) {
+    gather_->keep_portal(fetch_limit);
+  } else {
+    gather_->set_fetch_limit(fetch_limit);
+  }
   rows_.assign(static_cast<std::size_t>(shards), 0);
   bound_.assign(static_cast<std::size_t>(shards), false);
   return {};
@@ -186,7 +224,9 @@ void Scatter::start_rows(std::string& out) {
     return;
   }
   for (char step : steps_) {
-    if (step == 'P') {
+    if (step == '3') {
+      pr::append_close_complete(out);
+    } else if (step == 'P') {
       pr::append_parse_complete(out);
     } else if (step == 'S' && statement_described_) {
       out.append(*statement_description_);
@@ -265,6 +305,27 @@ bool Scatter::as_client_gets(const pr::Frame& f, std::string& out) {
   return true;
 }
 
+void Scatter::suspend(std::string& out) {
+  if (executes()) pr::append_portal_suspended(out);
+}
+
+void Scatter::fetch(std::int64_t rows, bool describe, std::string& out) {
+  // The first Execute's answer carried what came before its rows; this one's is its own (the
+  // description, when asked, goes now).
+  steps_ = "E";
+  notices_.clear();
+  if (describe) describe_portal(out);
+  gather_->fetch(rows, out);
+}
+
+void Scatter::describe_portal(std::string& out) const {
+  if (portal_description_) {
+    out.append(*portal_description_);
+  } else {
+    pr::append_no_data(out);
+  }
+}
+
 void Scatter::fail(std::string_view sqlstate, std::string_view message) {
   if (!gather_ || gather_->failed()) return;
   pr::ErrorFields e;
@@ -282,7 +343,8 @@ void Scatter::fail(std::string_view sqlstate, std::string_view message) {
 
 void Scatter::finish(std::string& out, char tx_status) {
   if (gather_->streaming()) {
-    gather_->finish(out, false);
+    // A portal bound and not executed yet gets its rows at its first Execute.
+    if (executes() || gather_->failed()) gather_->finish(out, false);
     pr::append_ready_for_query(out, tx_status);
     return;
   }
@@ -295,7 +357,9 @@ void Scatter::finish(std::string& out, char tx_status) {
   const bool ok = !gather_->failed();
   for (char step : steps_) {
     // After an error, only what the first shard answered before it.
-    if (step == 'P' && (ok || parsed_)) {
+    if (step == '3') {
+      pr::append_close_complete(out);
+    } else if (step == 'P' && (ok || parsed_)) {
       pr::append_parse_complete(out);
     } else if (step == 'S' && statement_described_) {
       out.append(*statement_description_);

@@ -6,7 +6,8 @@
 // and sends finish() to the client.
 //
 // A request is a simple Query, or Parse / Describe / Bind / Describe / Execute / Sync of one
-// statement (each at most once; Parse may be absent when the statement was prepared before).
+// statement (each at most once; Parse may be absent when the statement was prepared before),
+// after Closes of portals, which pgvalve answers itself.
 // Each shard runs Parse, Bind, Describe portal, Execute and Sync (plus Describe statement when the
 // client asked for it): the portal's RowDescription gives the gather the column types even when
 // the client did not ask for it. The client's ParseComplete, BindComplete and descriptions are
@@ -15,6 +16,11 @@
 // which has run nothing on any server yet: session/scatter_flight.cpp). A read whose rows
 // stream (routing/gather.h) gets what comes before its rows once every shard described them,
 // and its rows as they come; the rest at finish().
+//
+// A named portal whose Execute has a row limit (PgJDBC's fetch size, asyncpg's cursors) may be
+// kept: each shard still runs the whole read, but the rows past the client's Execute wait for
+// its next one (fetch()) instead of being dropped, and the shards are not read past what the
+// gather may hold meanwhile: their servers wait, mid-answer, until the client asks for more.
 #pragma once
 
 #include <cstddef>
@@ -51,7 +57,8 @@ class Scatter {
                     const routing::ScatterPlan& plan, const routing::ShardStatement& statement,
                     int shards, std::size_t max_bytes, std::size_t max_message_bytes,
                     bool two_phase = false, const std::vector<Part>* parts = nullptr,
-                    bool write = false, const routing::TextOrderSlot* text_order = nullptr);
+                    bool write = false, const routing::TextOrderSlot* text_order = nullptr,
+                    bool may_keep_portal = false);
   // A write: two-phase, each shard runs it in a transaction of its own that the session
   // prepares and commits or rolls back; else it runs in the client's transaction.
   bool write() const { return write_; }
@@ -78,11 +85,29 @@ class Scatter {
   // After finish(): the rows the client got (a write: its tag's count).
   std::uint64_t rows_answered() const { return gather_ ? gather_->rows_answered() : 0; }
 
+  // A portal kept between the client's Executes (`may_keep_portal`): its name.
+  bool keeps_portal() const { return gather_ && gather_->keeps_portal(); }
+  const std::string& portal() const { return portal_; }
+  // The client's current Execute got its streamed rows (so everything before them too):
+  // suspend() ends its answer with PortalSuspended (only ReadyForQuery after a Bind alone).
+  bool piece_full() const { return gather_ && gather_->streaming() && gather_->piece_full(); }
+  void suspend(std::string& out);
+  // After finish(): the answer ended with PortalSuspended, and the portal goes on.
+  bool portal_goes_on() const { return keeps_portal() && !failed() && gather_->piece_full(); }
+  // The client's next Execute of the kept portal, for `rows` rows (0: the rest), after its
+  // Describe of the portal when `describe`: what may go now is appended to `out`; the rest of
+  // the answer comes as for the first Execute (add(), suspend(), finish()).
+  void fetch(std::int64_t rows, bool describe, std::string& out);
+  // The portal's description (a Describe of it alone).
+  void describe_portal(std::string& out) const;
+
   // Every shard has answered (or failed): the client's answer, up to its ReadyForQuery with
   // `tx_status`.
   void finish(std::string& out, char tx_status = 'I');
 
  private:
+  // The client's request runs the statement (a Query, or an Execute after its Bind).
+  bool executes() const { return steps_ == "Q" || steps_.find('E') != std::string::npos; }
   // A shard's description as the client gets it (routing::client_description), appended to
   // `out`; false when the answer is an error instead.
   bool as_client_gets(const protocol::Frame& f, std::string& out);
@@ -91,8 +116,8 @@ class Scatter {
   void add_held(int shard, const protocol::Frame& f);
   // The client's answers before its rows, and the rows ready to go (a streamed read).
   void start_rows(std::string& out);
-  // The client's messages that get an answer, in its order: 'P' Parse, 'S' Describe statement,
-  // 'B' Bind, 'D' Describe portal, 'E' Execute; 'Q' a simple Query.
+  // The client's messages that get an answer, in its order: '3' Close of a portal, 'P' Parse,
+  // 'S' Describe statement, 'B' Bind, 'D' Describe portal, 'E' Execute; 'Q' a simple Query.
   std::string steps_;
   std::string request_;                // the same for every shard
   std::string decider_request_;        // ... but the first, when it tells its xid
@@ -109,6 +134,7 @@ class Scatter {
   bool statement_described_ = false;               // ... both of them came
   std::optional<std::string> portal_description_;  // RowDescription or NoData
   std::string notices_;
+  std::string portal_;  // kept: its name
 };
 
 }  // namespace pgvalve::session

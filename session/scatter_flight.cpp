@@ -66,12 +66,14 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
   // The request: up to its Query or Sync.
   std::size_t end = 0;
   bool executes = false;
+  bool binds = false;
   bool ended = false;
   pr::FrameReader reader(frames, options_.max_message_bytes);
   for (pr::Frame f; !ended && reader.next(f);) {
     const char tag = f.tag;
     end = reader.offset();
     if (tag == 'E' || tag == 'Q') executes = true;
+    if (tag == 'B') binds = true;
     if (tag == 'Q' || tag == 'S') ended = true;
     if (tag == 'H') {
       return refuse("0A000",
@@ -81,8 +83,22 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
   }
   if (!ended) return ScatterStart::Waiting;
   if (!in_transaction && defer_leading_begin(frames, out)) return ScatterStart::Started;
-  if (!executes) {
-    // A Parse or Describe alone: any shard knows the answer.
+  // A portal fetched in parts (PgJDBC's fetch size, asyncpg's cursors) lives until the end of
+  // its transaction: kept while that transaction has run nothing on a server, so that the
+  // shards' servers, which wait for the client between its Executes, are the read's own.
+  const bool may_keep_portal = !in_transaction && !extras().deferred_begin.empty() &&
+                               !route.write && deferred_read_committed();
+  if (!executes && binds && !may_keep_portal &&
+      (in_transaction || !extras().deferred_begin.empty())) {
+    // Its later Execute would run on one shard's server only.
+    return refuse("0A000",
+                  "pgvalve runs a portal over several shards in the request that binds it, "
+                  "except as the first statement of a transaction at READ COMMITTED; send the "
+                  "Execute with its Bind");
+  }
+  if (!executes && !(binds && may_keep_portal)) {
+    // A Parse or Describe alone: any shard knows the answer. (Outside a transaction a portal
+    // bound alone ends with its Sync, as on one server.)
     route = on_any_of(request.sql, route.shards);
     return ScatterStart::NotScattered;
   }
@@ -145,10 +161,10 @@ Session::ScatterStart Session::start_scatter(std::string_view frames, const Requ
       return refuse("0A000", "pgvalve could not place this INSERT's rows on their shards");
     }
   }
-  const std::string why =
-      scatter->start(frames.substr(0, end), request.sql, request.param_types, plan, statement,
-                     shards, kMaxGatheredBytes, options_.max_message_bytes, two_phase,
-                     route.split_rows ? &parts : nullptr, route.write, sharding.text_order.get());
+  const std::string why = scatter->start(
+      frames.substr(0, end), request.sql, request.param_types, plan, statement, shards,
+      kMaxGatheredBytes, options_.max_message_bytes, two_phase, route.split_rows ? &parts : nullptr,
+      route.write, sharding.text_order.get(), may_keep_portal);
   if (!why.empty()) return refuse("0A000", "pgvalve cannot run it across shards: " + why);
 
   // A Parse of a named statement defines it for the client's later Binds, as on one shard;
@@ -475,6 +491,10 @@ void Session::scatter_frame(Link& l, const pr::Frame& f, Actions& out) {
       // A streamed read's rows (and what comes before them) reach the client as they come.
       const std::size_t from = l.scratch.size();
       run.scatter->add(l.scatter_shard, f, l.scratch);
+      // A kept portal's Execute that got its rows is answered; the shards' rest waits.
+      if (state_ == SessionState::Scattering && run.scatter->piece_full()) {
+        suspend_portal(l.scratch, out);
+      }
       if (l.scratch.size() > from) {
         if (!l.spans.empty() && l.spans.back().scratch &&
             l.spans.back().offset + l.spans.back().size == from) {
@@ -801,6 +821,162 @@ void Session::settle_scatter(std::string& into, Actions& out) {
   finish_scatter(into, out);
 }
 
+void Session::record_gathered(std::string_view answer) {
+  if (!recorder_) return;
+  const auto& run = work().scatter();
+  // The client's one statement, once for its fingerprint.
+  stats::Execution e = scatter_execution(stats::Execution::Scope::Gathered);
+  e.rows = run.scatter->rows_answered();
+  e.shard = run.routes.empty() ? 0 : run.routes.front().shard;
+  if (e.error) {
+    // The SQLSTATE class of the client's error.
+    pr::FrameReader reader(answer, options_.max_message_bytes);
+    for (pr::Frame f; reader.next(f);) {
+      if (f.tag != 'E') continue;
+      if (const auto err = pr::read_error_response(f); err && err->sqlstate.size() >= 2) {
+        e.sqlstate_class[0] = err->sqlstate[0];
+        e.sqlstate_class[1] = err->sqlstate[1];
+      }
+      break;
+    }
+  }
+  recorder_->stats->record(e, recorder_->labels, run.sample);
+}
+
+// The first Execute of a kept portal got its rows before every shard answered (or a later one
+// did): the client is answered, and may send its next Execute. The shards' servers stay, read
+// only until the gather holds its share of their rows (hold_back_shards).
+void Session::suspend_portal(std::string& into, Actions& out) {
+  work().change_scatter().scatter->suspend(into);
+  pr::append_ready_for_query(into, client_tx_status());
+  enter(SessionState::PortalSuspended);
+  deliver_queued_notifications(into);
+  out.resume_client = true;
+}
+
+void Session::fetch_from_portal(std::string_view frames, Actions& out) {
+  auto& run = work().change_scatter();
+  Scatter& scatter = *run.scatter;
+  const std::string& portal = scatter.portal();
+  // The request up to its Sync: Execute, Describe and Close of the portal, and nothing else.
+  std::optional<std::int64_t> rows;
+  bool describe = false;
+  bool close = false;
+  bool other = false;
+  bool synced = false;
+  std::size_t end = 0;
+  pr::FrameReader reader(frames, options_.max_message_bytes);
+  for (pr::Frame f; !synced && !other && reader.next(f);) {
+    const bool first = !rows && !describe && !close;
+    if (f.tag == 'S') {
+      synced = true;
+    } else if (f.tag == 'E') {
+      const auto e = pr::read_execute(f);
+      other = !e || e->portal != portal || rows || close;
+      if (!other) rows = e->max_rows;
+    } else if (f.tag == 'D') {
+      const auto d = pr::read_describe(f);
+      other = !d || d->kind != 'P' || d->name != portal || !first;
+      describe = !other;
+    } else if (f.tag == 'C') {
+      const auto c = pr::read_close(f);
+      other = !c || c->kind != 'P' || c->name != portal || !first;
+      close = !other;
+    } else {
+      other = true;
+    }
+    if (!other) end = reader.offset();
+  }
+  if (!other && !synced) return;  // the rest of the request is on its way
+  if (other || close) {
+    // PostgreSQL keeps a portal until its transaction ends; pgvalve's holds servers, which the
+    // client's other statements may need: it ends here, and a later Execute of it fails.
+    if (other) extras_to_change().closed_portal = portal;
+    close_portal(out);
+    if (other) {
+      out.resume_client = true;  // the request is planned again, as from Idle
+      return;
+    }
+    pr::append_close_complete(out.outbox);
+    pr::append_ready_for_query(out.outbox, client_tx_status());
+    out.consumed = end;
+    return;
+  }
+  out.consumed = end;
+  if (!rows) {
+    // A Describe of the portal, or a Sync, alone.
+    if (describe) scatter.describe_portal(out.outbox);
+    pr::append_ready_for_query(out.outbox, client_tx_status());
+    return;
+  }
+  scatter.fetch(*rows, describe, out.outbox);
+  if (run.open == 0 && !run.waiting) {
+    // Every shard answered: the rest is in memory.
+    enter(SessionState::Scattering);
+    finish_scatter(out.outbox, out);
+    return;
+  }
+  if (scatter.piece_full()) {
+    scatter.suspend(out.outbox);
+    pr::append_ready_for_query(out.outbox, client_tx_status());
+    held_since_ = now_;  // idle in its transaction from now
+    return;
+  }
+  // The shards are read again for the rest of this Execute's rows.
+  enter(SessionState::Scattering);
+  hold_back_shards(out);
+}
+
+void Session::close_portal(Actions& out) {
+  Workspace& w = work();
+  for (Link& l : w.links) {
+    if (!l.server || l.scatter_shard < 0) continue;
+    record_scatter_part(l);
+    // Its read may run on for a long time: stopped, not read to its end.
+    unlink(l.id, LinkOp::Kind::CancelAndClose, out);
+  }
+  record_gathered({});
+  w.change_scatter() = {};
+  enter(SessionState::Idle);
+}
+
+bool Session::refuse_closed_portal(std::string_view frames, Actions& out) {
+  const std::string& portal = extras().closed_portal;
+  std::size_t end = 0;
+  bool executes = false;
+  pr::FrameReader reader(frames, options_.max_message_bytes);
+  for (pr::Frame f; reader.next(f);) {
+    end = reader.offset();
+    if (f.tag == 'B') {
+      if (const auto b = pr::read_bind_head(f); b && b->portal == portal) {
+        extras_to_change().closed_portal.clear();  // a portal of the same name, afresh
+        return false;
+      }
+    } else if (f.tag == 'E') {
+      const auto e = pr::read_execute(f);
+      executes |= e && e->portal == portal;
+    } else if (f.tag == 'Q') {
+      // SQL's FETCH and MOVE name a portal as a cursor (asyncpg's Cursor.forward()).
+      const std::string_view sql = pr::read_query(f).value_or("");
+      executes |= routing::may_start_with(sql, {"fetch", "move"}) &&
+                  sql.find(portal) != std::string_view::npos;
+    }
+    if (f.tag == 'S' || f.tag == 'Q') break;
+  }
+  if (!executes) return false;
+  forget_deferred_begin();  // as any refusal of a transaction that ran nothing on a server
+  fail_requests(frames.substr(0, end), "34000", closed_portal_message(), out.outbox);
+  out.consumed = end;
+  return true;
+}
+
+std::string Session::closed_portal_message() const {
+  return "pgvalve: portal \"" + extras().closed_portal +
+         "\" read several shards and was closed when the client sent another request before "
+         "its last row (pgvalve keeps such a portal only while it is fetched); read its rows to "
+         "the end before other statements, or fetch them all at once (no fetch size)";
+}
+
 bool Session::deferred_read_committed() const {
   const auto stronger = [](std::string_view text) {
     const std::string folded = lower(text);
@@ -816,6 +992,8 @@ bool Session::deferred_read_committed() const {
 }
 
 void Session::finish_scatter(std::string& into, Actions& out) {
+  // A suspended portal's shards all answered: what is left waits for its next Execute.
+  if (state_ == SessionState::PortalSuspended) return;
   Workspace& w = work();
   // read_your_writes = time: the client's reads go to primaries for the window after a write
   // (with lsn, each committed shard's mark moved as its WAL position came).
@@ -850,26 +1028,15 @@ void Session::finish_scatter(std::string& into, Actions& out) {
   // them before the gathered answer's ReadyForQuery.
   report_settings(into);
   w.scatter().scatter->finish(into, status);
-  if (recorder_) {
-    // The client's one statement, once for its fingerprint.
-    stats::Execution e = scatter_execution(stats::Execution::Scope::Gathered);
-    e.rows = w.scatter().scatter->rows_answered();
-    e.shard = w.scatter().routes.empty() ? 0 : w.scatter().routes.front().shard;
-    if (e.error) {
-      // The SQLSTATE class of the client's error.
-      pr::FrameReader answer(std::string_view(into).substr(answer_from),
-                             options_.max_message_bytes);
-      for (pr::Frame f; answer.next(f);) {
-        if (f.tag != 'E') continue;
-        if (const auto err = pr::read_error_response(f); err && err->sqlstate.size() >= 2) {
-          e.sqlstate_class[0] = err->sqlstate[0];
-          e.sqlstate_class[1] = err->sqlstate[1];
-        }
-        break;
-      }
-    }
-    recorder_->stats->record(e, recorder_->labels, w.scatter().sample);
+  if (w.scatter().scatter->portal_goes_on()) {
+    // A kept portal's Execute got its rows (every shard has answered): the rest waits for
+    // the next.
+    enter(SessionState::PortalSuspended);
+    deliver_queued_notifications(into);
+    out.resume_client = true;
+    return;
   }
+  record_gathered(std::string_view(into).substr(answer_from));
   w.change_scatter() = {};
   if (in_transaction && !abandon) {
     enter(SessionState::Holding);

@@ -265,7 +265,9 @@ Session::~Session() {
 
 void Session::enter(SessionState next) {
   assert(transition_allowed(state_, next));
-  if (next == SessionState::Holding && state_ != SessionState::Holding) held_since_ = now_;
+  if ((next == SessionState::Holding || next == SessionState::PortalSuspended) && state_ != next) {
+    held_since_ = now_;
+  }
   state_ = next;
 }
 
@@ -356,6 +358,7 @@ bool Session::wants_client_input() const {
     case SessionState::Active:
     case SessionState::Holding:
     case SessionState::Copying:
+    case SessionState::PortalSuspended:
       return true;
     default:
       return false;
@@ -397,8 +400,7 @@ Clock::time_point Session::next_deadline() const {
     if (options_.query_timeout.count() > 0 && l.owes_answer() && !l.paused) {
       earlier(l.last_activity + options_.query_timeout);
     }
-    if (state_ == SessionState::Holding && options_.idle_transaction_timeout.count() > 0 &&
-        l.server->tx_status != 'I') {
+    if (holds_idle_transaction(l) && options_.idle_transaction_timeout.count() > 0) {
       earlier(held_since_ + options_.idle_transaction_timeout);
     }
     if (options_.idle_transaction_timeout.count() > 0 && waits_for_client(l)) {
@@ -1081,8 +1083,8 @@ const Actions& Session::on_timer(Clock::time_point now) {
                 LinkOp::Kind::CancelAndClose, out);
       continue;
     }
-    if (state_ == SessionState::Holding && options_.idle_transaction_timeout.count() > 0 &&
-        l.server->tx_status != 'I' && now >= held_since_ + options_.idle_transaction_timeout) {
+    if (holds_idle_transaction(l) && options_.idle_transaction_timeout.count() > 0 &&
+        now >= held_since_ + options_.idle_transaction_timeout) {
       close_with("25P03",
                  "pgvalve: the client was idle in a transaction for longer than "
                  "pool.idle_transaction_timeout_ms (" +
@@ -1108,6 +1110,13 @@ const Actions& Session::on_timer(Clock::time_point now) {
   return out;
 }
 
+// The client, idle in its transaction, holds `l`: a transaction's server, or a shard's server
+// whose answer waits for the next Execute of a suspended portal.
+bool Session::holds_idle_transaction(const Link& l) const {
+  return (state_ == SessionState::Holding && l.server->tx_status != 'I') ||
+         (state_ == SessionState::PortalSuspended && l.scatter_shard >= 0);
+}
+
 // The server can go on only once the client sends more: COPY data, or the Sync (or Flush) of
 // an extended flight whose answers, if any, have come. The client holds the server meanwhile.
 bool Session::waits_for_client(const Link& l) const {
@@ -1119,8 +1128,9 @@ const Actions& Session::on_notification(std::string_view message, std::size_t un
   Actions& out = event_actions();
   if (state_ == SessionState::Closing || state_ == SessionState::LoggingIn) return out;
   // Not inside a server message passing through to the client: queued until its end.
-  const bool between_requests =
-      (state_ == SessionState::Idle || state_ == SessionState::Holding) && !client_mid_message();
+  const bool between_requests = (state_ == SessionState::Idle || state_ == SessionState::Holding ||
+                                 state_ == SessionState::PortalSuspended) &&
+                                !client_mid_message();
   std::string& queue = work().change_rare().notifications;
   if (unsent + queue.size() + message.size() > kMaxQueuedNotificationBytes) {
     close_with("53400",

@@ -400,8 +400,25 @@ class Session {
                         std::string_view lost = {});
   void settle_scatter(std::string& into, Actions& out);
   void finish_scatter(std::string& into, Actions& out);
+  // A portal kept between the client's Executes (Scatter::keeps_portal): its Execute got its
+  // rows, and the answer so far (appended to `into`) ends with PortalSuspended.
+  void suspend_portal(std::string& into, Actions& out);
+  // The client's request while the portal is suspended: its next Execute goes on; a Close of
+  // it, or any other request, ends it first (close_portal), and the other request is planned
+  // as usual.
+  void fetch_from_portal(std::string_view frames, Actions& out);
+  // The suspended portal ends: its shards' servers, mid-answer, are cancelled and closed.
+  void close_portal(Actions& out);
+  // A request without a server that executes the portal another request closed
+  // (Extras::closed_portal): answered with 34000, and true.
+  bool refuse_closed_portal(std::string_view frames, Actions& out);
+  bool closed_portal() const { return extras_ && !extras_->closed_portal.empty(); }
+  std::string closed_portal_message() const;
   stats::Execution scatter_execution(stats::Execution::Scope scope);
   void record_scatter_part(Link& l);
+  // The client's one statement over several shards, once, with the error its answer (`answer`)
+  // may hold.
+  void record_gathered(std::string_view answer);
   // Sharded databases: COPY ... FROM STDIN routed row by row (Route::copy_rows,
   // copy_flight.cpp). `in_transaction` as for start_scatter().
   ScatterStart start_copy(std::string_view frames, const RequestText& request,
@@ -594,6 +611,7 @@ class Session {
   void drain(Actions& out);
   // The link's server can go on only once the client sends more (pool.idle_transaction_timeout).
   bool waits_for_client(const Link& l) const;
+  bool holds_idle_transaction(const Link& l) const;
   // What a drained client is told as it is closed (57P01).
   std::string_view drain_message() const;
   // A request among the client's COPY data: the server would take it as the end of the COPY
@@ -621,6 +639,10 @@ class Session {
     // Read-your-writes (lsn): per shard, the primary's WAL position after the client's last
     // write there.
     std::vector<std::uint64_t> write_lsns;
+    // A portal over several shards that the client's other request closed while it was
+    // suspended (its name, at most 63 bytes): a later Execute of it is refused with 34000
+    // saying why, until a Bind names it again.
+    std::string closed_portal;
     // What the server of a transaction lost between the client's requests said as it went
     // (its FATAL), quoted in the 08006 of the client's next request.
     std::string lost_goodbye;

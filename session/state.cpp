@@ -18,6 +18,8 @@ std::string_view state_name(SessionState state) {
       return "holding";
     case SessionState::Scattering:
       return "scattering";
+    case SessionState::PortalSuspended:
+      return "portal_suspended";
     case SessionState::Copying:
       return "copying";
     case SessionState::Ending:
@@ -48,7 +50,12 @@ bool transition_allowed(SessionState from, SessionState to) {
       // Idle: every shard answered. WaitingForServer: (while shards answer) the next shard's
       // server is checked out. Copying: every shard of a COPY FROM STDIN takes its data.
       // Holding: a statement over the shards of the client's transaction was answered.
-      return to == S::Idle || to == S::WaitingForServer || to == S::Copying || to == S::Holding;
+      // PortalSuspended: the client's Execute of a kept portal got its rows.
+      return to == S::Idle || to == S::WaitingForServer || to == S::Copying || to == S::Holding ||
+             to == S::PortalSuspended;
+    case S::PortalSuspended:
+      // Scattering: the portal's next Execute. Idle: it ended, or the client moved on.
+      return to == S::Scattering || to == S::Idle;
     case S::Copying:
       return to == S::Scattering;
     case S::Ending:

@@ -28,6 +28,9 @@
 //        shard answered──► Holding ──the rest, for another shard──► WaitingForServer ... as
 //        above; outside a transaction ──its Sync answered──► Ending ──► Idle
 //   Holding ──a statement over the transaction's shards──► Scattering ──gathered──► Holding
+//   Scattering (a read whose BEGIN pgvalve holds back, into a named portal with a row limit)
+//        ──the client's Execute got its rows──► PortalSuspended ──its next Execute──►
+//        Scattering ... ──the last rows──► Idle;  PortalSuspended ──anything else──► Idle
 //   any ──client gone, Terminate, fatal error, drained──► Closing
 #pragma once
 
@@ -45,6 +48,7 @@ enum class SessionState : std::uint8_t {
   Holding,           // server linked, nothing outstanding: a transaction is open, session mode,
                      // or session state pins the server (transaction mode)
   Scattering,        // a read runs on several shards; their answers are gathered (scatter.h)
+  PortalSuspended,   // ... into a portal the client fetches in parts: between its Executes
   Copying,           // COPY FROM STDIN over several shards: the client's rows go to their shards
   Ending,            // a transaction over several shards commits (two-phase) or rolls back on each
   WaitingForHub,     // a LISTEN/UNLISTEN waits for the shared listening connection

@@ -262,6 +262,18 @@ def session_seeds() -> dict:
                              + client(5) + client(6) + fresh + answer() + fresh
                              + answer(1) + answer(1) + answer(0) + answer(0) + answer(1)
                              + answer(0) + answer(1),
+        # A portal over every shard fetched one row at a time inside a transaction whose BEGIN
+        # pgvalve holds back (PgJDBC's fetch size): suspended between the Executes, then ended
+        # by another statement.
+        "portal_over_shards": sharded + client(0, "begin")
+                              + client(2, "SELECT * FROM telemetry WHERE device_id IN (1, 2, 4)")
+                              + client(3 | 0x80, "SELECT * FROM telemetry WHERE device_id IN (1, 2, 4)")
+                              + client(5 | 0x80 | 0x10) + client(6) + shards3
+                              + answer(0, v=0x18) + answer(1, v=0x10) + answer(2, v=0x19)
+                              + client(5 | 0x80 | 0x10) + client(6)
+                              + client(5 | 0x80 | 0x10) + client(6)
+                              + client(0, "SELECT count(*) FROM telemetry") + shards3
+                              + answer(0) + answer(1) + answer(2) + client(0, "commit"),
         # An INSERT whose rows are split between shards, simple then extended with Bind values
         # (1, 'a', 2, 'b', 4, 'c').
         # (md5_mod over 3 shards: keys 2 and 1 are shards 0 and 1, the Bind's 1, 2, 4 all three.)

@@ -767,6 +767,49 @@ def test_asyncpg_statements_with_arguments_inside_transactions_on_shards(sv, two
         [(D1[1], 8.0)]
 
 
+def test_asyncpg_cursors_over_shards(sv, two_pc):
+    """asyncpg's cursors (in a transaction) fetch a portal a few rows at a time: iterated with
+    a prefetch (Bind and the first Execute in one request), or bound alone and fetched with
+    Cursor.fetch(). Over several shards every row comes, in order; a second fetch failed before
+    (and a cursor bound alone then read one shard's rows only). Cursor.forward() runs SQL's MOVE,
+    another statement, which ends such a portal: refused, saying so."""
+    rows = {0: [d for d in D0 for _ in range(4)], 1: [d for d in D1 for _ in range(4)]}
+    for i, node in enumerate(two_pc):
+        node.primary.psql("INSERT INTO telemetry (device_id, value) VALUES " +
+                          ", ".join(f"({d}, {n})" for n, d in enumerate(rows[i])), dbname=APP_DB)
+    want = sorted((d, float(n)) for i in (0, 1) for n, d in enumerate(rows[i]))
+    sql = "select device_id, value from telemetry order by device_id, value"
+
+    async def main():
+        c = await asyncpg.connect(adsn(sv))
+        try:
+            async with c.transaction():
+                iterated = [tuple(r) async for r in c.cursor(sql, prefetch=5)]
+            async with c.transaction():
+                cur = await c.cursor(sql)
+                fetched = [tuple(r) for r in await cur.fetch(7)]
+                fetched += [tuple(r) for r in await cur.fetch(7)]
+                fetched += [tuple(r) for r in await cur.fetch(100)]
+            # SQL's MOVE (Cursor.forward()) is another statement: it ends such a portal.
+            moved = None
+            try:
+                async with c.transaction():
+                    cur = await c.cursor(sql)
+                    await cur.fetch(2)
+                    await cur.forward(1)
+            except asyncpg.PostgresError as e:
+                moved = e
+            return iterated, fetched, moved
+        finally:
+            await c.close()
+
+    iterated, fetched, moved = run(main())
+    assert iterated == want
+    assert fetched == want
+    assert isinstance(moved, asyncpg.InvalidCursorNameError), moved
+    assert str(moved).startswith("pgvalve: portal"), moved
+
+
 def test_asyncpg_pool_release_on_a_sharded_database(sv):
     """Pool.release() runs Connection.reset(), one simple query `SELECT
     pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;`. On a sharded database it runs

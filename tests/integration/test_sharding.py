@@ -233,6 +233,103 @@ def test_reads_over_several_shards_stream_rows_past_what_pgvalve_holds(shards, p
         assert grown < 8 << 20, f"pgvalve grew by {grown >> 10} KiB streaming 24 MiB reads"
 
 
+def fetch_in_parts(c, sql, per_execute):
+    """PgJDBC with a fetch size, autocommit off: BEGIN in the first request, `sql` bound to
+    portal C_1 and executed `per_execute` rows at a time, one request each. Every reply."""
+    from pgwire_ext import bind, describe, execute, parse, sync
+    replies = [c.run([parse("", "BEGIN"), bind(""), execute(),
+                      parse("", sql), bind("", portal="C_1"), describe("P", "C_1"),
+                      execute("C_1", per_execute), sync()])]
+    while replies[-1].kinds.endswith(b"sZ"):
+        assert len(replies) < 100, "the portal never ended"
+        replies.append(c.run([execute("C_1", per_execute), sync()]))
+    return replies
+
+
+def test_a_portal_fetched_in_parts_over_shards_answers_as_one_postgresql(shards, pgvalve):
+    """PgJDBC with a fetch size and asyncpg's cursors fetch a portal a few rows at a time, in
+    a transaction. Over several shards each Execute gets the next rows, merged or combined, and
+    ends as one PostgreSQL's does, message by message: compared with one server holding every
+    row (a temporary table of the same name on shard s0's primary). The second Execute got 34000
+    'portal does not exist' from a shard's server before."""
+    from pgcluster import APP_PASSWORD, APP_USER
+    from pgwire_ext import ExtClient
+    clear(shards)
+    pv = pgvalve(**config(shards))
+    with pv.connect() as conn:
+        for d in range(1, 24):
+            conn.execute("INSERT INTO telemetry (device_id, value, note) VALUES (%s, %s, %s)",
+                         (d, d % 4, f"n{d % 3}"))
+    one = ExtClient("127.0.0.1", shards[0].primary.port, APP_USER, APP_PASSWORD, APP_DB,
+                    timeout=20)
+    one.connect()
+    one.simple("CREATE TEMPORARY TABLE telemetry (LIKE public.telemetry INCLUDING DEFAULTS)").raise_for_error()
+    one.simple("INSERT INTO telemetry (device_id, value, note) SELECT d, d % 4, 'n' || d % 3 "
+               "FROM generate_series(1, 23) d").raise_for_error()
+    c = ExtClient.login(pv)
+    for sql, ordered in (
+            ("SELECT device_id, value FROM telemetry ORDER BY device_id DESC", True),
+            ("SELECT device_id, note FROM telemetry ORDER BY note, device_id LIMIT 20", True),
+            ("SELECT value, count(*), sum(device_id) FROM telemetry GROUP BY value "
+             "ORDER BY value", True),
+            ("SELECT device_id FROM telemetry", False)):
+        for per_execute in (5, 1, 23):
+            got = fetch_in_parts(c, sql, per_execute)
+            want = fetch_in_parts(one, sql, per_execute)
+            what = f"{sql} fetching {per_execute}"
+            assert [r.kinds for r in got] == [r.kinds for r in want], what
+            assert [r.tags for r in got] == [r.tags for r in want], what
+            assert [r.status for r in got] == ["T"] * len(want), what
+            rows = [row for r in got for row in r.rows]
+            want_rows = [row for r in want for row in r.rows]
+            assert (rows if ordered else sorted(rows)) == \
+                (want_rows if ordered else sorted(want_rows)), what
+            assert c.simple("COMMIT").status == "I"
+            one.simple("COMMIT")
+    c.terminate()
+    one.terminate()
+
+
+def test_a_suspended_portal_over_shards_holds_its_servers_until_it_is_fetched_or_closed(
+        shards, pgvalve):
+    """Between the client's Executes the shards' servers wait mid-answer (pgvalve reads them only
+    as far as it may hold rows), so a portal over millions of rows costs no memory. Another
+    statement of the transaction closes the portal: its shards' queries are cancelled, and a
+    later Execute of it says why (PostgreSQL would keep it; pgvalve's holds two servers)."""
+    from pgwire_ext import ExtClient, bind, describe, execute, parse, sync
+    clear(shards)
+    per_shard = 20000  # 2 x 20000 rows of 1 KiB: more than a shard's share and its sockets
+    for i, cl in enumerate(shards):
+        cl.primary.psql(f"INSERT INTO telemetry (device_id, note) SELECT 2 * g + {i}, "
+                        f"repeat('x', 1000) FROM generate_series(1, {per_shard}) g",
+                        dbname=APP_DB)
+    shards[0].wait_replay()
+    pv = pgvalve(**config(shards))
+    sql = "SELECT device_id, note FROM telemetry ORDER BY device_id"
+
+    def waiting(node):
+        with node.connect(dbname=APP_DB) as d:
+            return d.execute("SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+                             "AND query = %s", (sql,)).fetchone()[0]
+
+    c = ExtClient.login(pv)
+    r = c.run([parse("", "BEGIN"), bind(""), execute(), parse("", sql),
+               bind("", portal="C_1"), describe("P", "C_1"), execute("C_1", 10), sync()])
+    assert [int(row[0]) for row in r.rows] == list(range(2, 12)) and r.kinds.endswith(b"sZ")
+    # (Shard s0's read may run on its replica.)
+    wait_until(lambda: all(sum(waiting(n) for n in cl.nodes) == 1 for cl in shards), 5,
+               message="each shard's query waits for the client")
+    r = c.run([execute("C_1", 3), sync()])
+    assert [int(row[0]) for row in r.rows] == [12, 13, 14]
+    assert c.simple("SELECT 1").rows == [["1"]]
+    wait_until(lambda: all(waiting(n) == 0 for cl in shards for n in cl.nodes), 5,
+               message="the closed portal's queries were cancelled")
+    r = c.run([execute("C_1", 3), sync()])
+    assert r.errors and r.errors[0]["C"] == "34000", r.errors
+    assert r.errors[0]["M"].startswith('pgvalve: portal "C_1" read several shards'), r.errors
+    c.terminate()
+
+
 def test_times_merge_in_time_order_also_in_the_hour_a_time_zone_repeats(shards, pgvalve):
     """A dashboard in Europe/Berlin reading across the autumn change: 02:30+02 comes before
     02:10+01. Orders pgvalve cannot follow (dates as DateStyle SQL writes them) are an error,
@@ -537,6 +634,35 @@ def test_jdbc_reads_over_several_shards_also_once_prepared(shards, pgvalve, tmp_
                         f"jdbc:postgresql://127.0.0.1:{pv.port}/{APP_DB}", APP_USER, APP_PASSWORD,
                         "20"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.startswith("OK"), r.stdout + r.stderr
+
+
+def test_jdbc_fetch_size_reads_every_row_over_shards(shards, pgvalve, tmp_path):
+    """PgJDBC with a fetch size (autocommit off) executes its portal a few rows at a time: over
+    several shards every row comes, merged and combined, also once the statement is a named
+    prepared one with binary results; a result set closed early leaves the transaction going
+    on. Its second fetch failed with 34000 'portal C_1 does not exist' before."""
+    import subprocess
+    from pathlib import Path
+    from pgcluster import APP_PASSWORD, APP_USER
+    jar = Path("/usr/share/java/postgresql.jar")
+    assert jar.exists(), f"{jar} missing: apt-get install libpostgresql-jdbc-java"
+    clear(shards)
+    rows = 300
+    pv = pgvalve(**config(shards))
+    with pv.connect() as conn:
+        for d in range(1, rows + 1):
+            conn.execute("INSERT INTO telemetry (device_id) VALUES (%s)", (d,))
+    shards[0].wait_replay()
+    src = Path(__file__).parent / "drivers" / "JdbcShardedFetch.java"
+    r = subprocess.run(["javac", "-cp", str(jar), "-d", str(tmp_path), str(src)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for fetch in (7, 1000):
+        r = subprocess.run(["java", "-cp", f"{tmp_path}:{jar}", "JdbcShardedFetch",
+                            f"jdbc:postgresql://127.0.0.1:{pv.port}/{APP_DB}", APP_USER,
+                            APP_PASSWORD, str(rows), str(fetch)],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and r.stdout.startswith("OK"), r.stdout + r.stderr
 
 
 def test_a_cancel_stops_a_read_on_every_shard(shards, pgvalve):

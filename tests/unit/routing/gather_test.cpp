@@ -712,6 +712,104 @@ TEST(Gather, AShardWhoseRowsWaitForTheMergeIsNotReadUntilTheyGo) {
   EXPECT_EQ(a.rows.back()[0], "11999");
 }
 
+// A portal the client fetches in parts (PgJDBC's fetch size): each Execute gets its rows, then
+// PortalSuspended, and the rows after them wait for the next Execute instead of being dropped.
+TEST(Gather, AKeptPortalGivesEachExecuteItsRowsAndKeepsTheRest) {
+  Stream st(ordered({}));
+  st.g.keep_portal(2);
+  st.add(0, description({kInt8}));
+  st.add(1, description({kInt8}));
+  st.add(0, row({"1"}));
+  st.add(1, row({"2"}));
+  EXPECT_EQ(st.take().rows, (Rows{{"1"}, {"2"}}));
+  EXPECT_TRUE(st.g.piece_full());
+  st.add(0, row({"3"}));
+  st.add(1, row({"4"}));
+  st.add(0, row({"5"}));
+  EXPECT_EQ(st.out, "") << "past the Execute's rows, nothing goes out";
+  st.g.fetch(2, st.out);
+  EXPECT_EQ(st.take().rows, (Rows{{"3"}, {"5"}})) << "a shard's rows in their order";
+  EXPECT_TRUE(st.g.piece_full());
+  st.add(0, complete("SELECT 3"));
+  st.add(1, complete("SELECT 2"));
+  st.g.fetch(5, st.out);
+  st.g.finish(st.out, false);
+  const Answer a = st.take();
+  EXPECT_EQ(a.rows, (Rows{{"4"}}));
+  EXPECT_EQ(a.tag, "SELECT 1") << "the last Execute's own rows, as a server counts them";
+  EXPECT_EQ(st.g.rows_answered(), 5u);
+}
+
+TEST(Gather, AKeptPortalMergesInOrderAcrossExecutes) {
+  Stream st(ordered({{0, false, false}}));
+  st.g.keep_portal(3);
+  st.add(0, description({kInt8}));
+  st.add(1, description({kInt8}));
+  for (const char* v : {"1", "4", "5", "8"})
+    st.add(0, row({v}));
+  for (const char* v : {"2", "3", "6"})
+    st.add(1, row({v}));
+  EXPECT_EQ(st.take().rows, (Rows{{"1"}, {"2"}, {"3"}}));
+  st.g.fetch(3, st.out);
+  EXPECT_EQ(st.take().rows, (Rows{{"4"}, {"5"}, {"6"}}));
+  st.g.fetch(3, st.out);
+  EXPECT_EQ(st.take().rows, Rows{}) << "shard 1's next row may come before 8";
+  st.add(1, row({"7"}));
+  st.add(1, complete("SELECT 4"));
+  st.add(0, complete("SELECT 4"));
+  st.g.finish(st.out, false);
+  const Answer a = st.take();
+  EXPECT_EQ(a.rows, (Rows{{"7"}, {"8"}}));
+  EXPECT_EQ(a.tag, "SELECT 2");
+}
+
+// As a server's portal: an Execute that got exactly its rows is suspended even when none are
+// left; the next gets none, and the tag.
+TEST(Gather, AKeptPortalEndsWithAnEmptyExecuteAfterExactlyItsRows) {
+  Stream st(ordered({}));
+  st.g.keep_portal(2);
+  st.add(0, description({kInt8}));
+  st.add(1, description({kInt8}));
+  st.add(0, row({"1"}));
+  st.add(1, row({"2"}));
+  st.add(0, complete("SELECT 1"));
+  st.add(1, complete("SELECT 1"));
+  st.g.finish(st.out, false);
+  EXPECT_TRUE(st.out.ends_with(std::string("s\0\0\0\4", 5)));
+  EXPECT_EQ(st.take().rows, (Rows{{"1"}, {"2"}}));
+  st.g.fetch(2, st.out);
+  st.g.finish(st.out, false);
+  const Answer a = st.take();
+  EXPECT_EQ(a.rows, Rows{});
+  EXPECT_EQ(a.tag, "SELECT 0");
+}
+
+// Rows held until every shard answered (aggregates) go out an Execute's worth at a time.
+TEST(Gather, AKeptPortalOfHeldRowsSendsThemInParts) {
+  Gather g(combined({C::Group, C::Sum}, {{0, false, false}}), 2, -1, 0, 1 << 20, true,
+           slot(&TextOrder::bytes()));
+  g.keep_portal(2);
+  const std::vector<Rows> shards = {{{"1", "10"}, {"3", "30"}}, {{"2", "20"}, {"3", "3"}}};
+  for (std::size_t s = 0; s < shards.size(); ++s) {
+    g.add(static_cast<int>(s), description({kInt8, kInt8}).frame());
+    for (const auto& r : shards[s])
+      g.add(static_cast<int>(s), row(r).frame());
+    g.add(static_cast<int>(s), complete("SELECT 2").frame());
+  }
+  std::string out;
+  g.finish(out, false);
+  EXPECT_EQ(read_answer(out).rows, (Rows{{"1", "10"}, {"2", "20"}}));
+  EXPECT_TRUE(out.ends_with(std::string("s\0\0\0\4", 5)));
+  out.clear();
+  g.fetch(0, out);
+  EXPECT_EQ(out, "") << "held rows go at finish()";
+  g.finish(out, false);
+  const Answer a = read_answer(out);
+  EXPECT_EQ(a.rows, (Rows{{"3", "33"}})) << "0: all the rest";
+  EXPECT_EQ(a.tag, "SELECT 1");
+  EXPECT_EQ(g.rows_answered(), 3u);
+}
+
 TEST(Gather, LimitAndOffsetCutAStreamedRead) {
   Stream st(ordered({{0, true, false}}), 2, 1);  // ORDER BY 1 DESC LIMIT 2 OFFSET 1
   st.add(0, description({kNumeric}));

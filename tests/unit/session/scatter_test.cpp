@@ -612,6 +612,199 @@ TEST_F(Scatter, AReadsRowLimitGivesTheFirstRowsThenSuspends) {
   EXPECT_EQ(h.state(), SessionState::Idle);
 }
 
+// PgJDBC with a fetch size (autocommit off) binds a named portal and executes it a few rows at a
+// time, one request each; asyncpg's cursors too. Inside a transaction whose BEGIN pgvalve holds
+// back, such a portal over several shards is kept: each shard runs the whole read, and its rows
+// wait, with its server, for the client's next Execute.
+class KeptPortal : public Scatter {
+ protected:
+  static constexpr std::string_view kSql = "SELECT device_id, payload FROM telemetry";
+
+  // BEGIN, then the portal's first request; both shards linked and described, `rows` each.
+  Step open_portal(std::int32_t fetch, int rows = 3) {
+    h.client(query("BEGIN"));
+    start(parse("", kSql) + bind_to("p1", "") + describe('P', "p1") + execute("p1", fetch) +
+          sync());
+    const std::string head = parse_complete() + bind_complete() + telemetry_description();
+    std::string rows0;
+    std::string rows1;
+    for (int i = 0; i < rows; ++i) {
+      rows0 += data_row({std::to_string(2 * i), "a"});
+      rows1 += data_row({std::to_string(2 * i + 1), "b"});
+    }
+    h.server(head + rows0, T0, 0);
+    return h.server(head + rows1, T0, 1);
+  }
+};
+
+TEST_F(KeptPortal, EachExecuteGetsItsRowsWhileTheShardsWait) {
+  Step s = open_portal(2);
+  EXPECT_EQ(tags_of(s.to_client), "12TDDsZ");
+  EXPECT_EQ(statuses_in(s.to_client), "T") << "the client is still in its transaction";
+  EXPECT_EQ(h.state(), SessionState::PortalSuspended);
+  EXPECT_TRUE(h.session().wants_client_input());
+  EXPECT_EQ(h.session().link_count(), 2u) << "the shards' servers are the portal's";
+
+  s = h.client(execute("p1", 2) + sync());
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(tags_of(s.to_client), "DDsZ");
+  EXPECT_EQ(values_in(s.to_client).size(), 2u);
+  // The shards finish meanwhile: their servers go back, the rows wait.
+  s = h.server(complete("SELECT 3") + ready(), T0, 0);
+  EXPECT_EQ(s.to_client, "");
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::Release));
+  s = h.server(complete("SELECT 3") + ready(), T0, 1);
+  EXPECT_EQ(s.to_client, "");
+  EXPECT_EQ(h.session().link_count(), 0u);
+  EXPECT_EQ(h.state(), SessionState::PortalSuspended);
+
+  s = h.client(execute("p1", 5) + sync());
+  EXPECT_EQ(tags_of(s.to_client), "DDCZ");
+  EXPECT_EQ(tags_in(s.to_client), std::vector<std::string>{"SELECT 2"})
+      << "the last Execute's own rows, as a server counts them";
+  EXPECT_EQ(statuses_in(s.to_client), "T");
+  EXPECT_EQ(h.state(), SessionState::Idle);
+  s = h.client(query("COMMIT"));
+  EXPECT_FALSE(s.check_out) << "the transaction ran nothing on a server";
+  EXPECT_EQ(statuses_in(s.to_client), "I");
+}
+
+TEST_F(KeptPortal, AnExecuteThatNeedsMoreRowsReadsTheShardsAgain) {
+  open_portal(2, 1);  // each shard sent one row: the first Execute got both
+  Step s = h.client(execute("p1", 3) + sync());
+  EXPECT_EQ(s.to_client, "") << "no rows wait yet";
+  EXPECT_EQ(h.state(), SessionState::Scattering);
+  s = h.server(data_row({"7", "c"}) + data_row({"9", "d"}), T0, 0);
+  EXPECT_EQ(tags_of(s.to_client), "DD");
+  s = h.server(data_row({"11", "e"}), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "DsZ") << "its third row ends it";
+  EXPECT_EQ(h.state(), SessionState::PortalSuspended);
+}
+
+// As a server's portal: an Execute that got exactly its rows is suspended; the next gets none.
+TEST_F(KeptPortal, AnExecuteAfterTheLastRowsGetsNoneAndTheTag) {
+  open_portal(2, 1);
+  h.server(complete("SELECT 1") + ready(), T0, 0);
+  h.server(complete("SELECT 1") + ready(), T0, 1);
+  const Step s = h.client(execute("p1", 2) + sync());
+  EXPECT_EQ(tags_of(s.to_client), "CZ");
+  EXPECT_EQ(tags_in(s.to_client), std::vector<std::string>{"SELECT 0"});
+}
+
+TEST_F(KeptPortal, ItsDescribeIsAnsweredAgain) {
+  open_portal(2);
+  const Step s = h.client(describe('P', "p1") + execute("p1", 1) + sync());
+  EXPECT_EQ(tags_of(s.to_client), "TDsZ");
+}
+
+TEST_F(KeptPortal, ACloseEndsItAndCancelsTheShards) {
+  open_portal(2);
+  const Step s = h.client(close_message('P', "p1") + sync());
+  EXPECT_EQ(tags_of(s.to_client), "3Z");
+  EXPECT_EQ(statuses_in(s.to_client), "T");
+  ASSERT_EQ(s.ops.size(), 2u);
+  EXPECT_EQ(s.ops[0].kind, LinkOp::Kind::CancelAndClose) << "not read to its end";
+  EXPECT_EQ(s.ops[1].kind, LinkOp::Kind::CancelAndClose);
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+// PostgreSQL keeps the portal while the transaction runs other statements; pgvalve's holds the
+// shards' servers, so another request closes it, and a later Execute of it says why.
+TEST_F(KeptPortal, AnotherRequestClosesItAndALaterExecuteIsRefused) {
+  open_portal(2);
+  const std::string other = query("SELECT 1");
+  Step s = h.client(other);
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::CancelAndClose));
+  EXPECT_EQ(s.consumed, 0u);
+  EXPECT_TRUE(s.resume_client) << "planned again as any request";
+  EXPECT_EQ(h.state(), SessionState::Idle);
+  s = h.client(other);
+  EXPECT_TRUE(s.check_out);
+  h.linked(*s0);
+  h.server(complete("BEGIN") + ready('T'), T0, 0);  // the held-back BEGIN, then the query
+  h.server(row_result("1", "SELECT 1", 'T'), T0, 0);
+  // Inside the transaction that statement began, the server raises the error, as on one.
+  s = h.client(execute("p1", 2) + sync());
+  EXPECT_NE(s.to_server.find("ERRCODE = '34000'"), std::string::npos) << s.to_server;
+  EXPECT_EQ(s.to_server.find(execute("p1", 2)), std::string::npos);
+  h.server(parse_complete() + bind_complete() + error_message("34000") + ready('E'), T0, 0);
+  h.client(query("ROLLBACK"));
+  h.server(complete("ROLLBACK") + ready(), T0, 0);
+
+  h.client(query("BEGIN"));
+  s = h.client(execute("p1", 2) + sync());
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(sqlstates_in(s.to_client), "34000");
+  EXPECT_NE(s.to_client.find("pgvalve: portal \"p1\" read several shards"), std::string::npos);
+}
+
+// asyncpg's Cursor: the portal is bound in a request of its own, then fetched from.
+TEST_F(KeptPortal, APortalBoundAloneIsKeptForItsExecutes) {
+  h.client(query("BEGIN"));
+  const std::string sql = "SELECT device_id, payload FROM telemetry ORDER BY device_id";
+  h.client(parse("c1", sql) + sync());
+  start(bind_to("p1", "c1") + sync());
+  const std::string head = parse_complete() + bind_complete() + telemetry_description();
+  h.server(head + data_row({"0", "a"}) + data_row({"2", "a"}), T0, 0);
+  Step s = h.server(head + data_row({"1", "b"}), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "2Z") << "no rows before the first Execute";
+  EXPECT_EQ(h.state(), SessionState::PortalSuspended);
+  s = h.client(execute("p1", 2) + sync());
+  EXPECT_EQ(values_in(s.to_client), (std::vector<std::string>{"0", "1"}));
+  EXPECT_EQ(tags_of(s.to_client), "DDsZ");
+}
+
+// Where the portal cannot be kept (the transaction ran statements, or takes one snapshot for
+// all), a Bind alone would leave it on one shard: refused.
+TEST_F(KeptPortal, APortalBoundAloneThatCannotBeKeptIsRefused) {
+  h.client(query("BEGIN ISOLATION LEVEL REPEATABLE READ"));
+  h.client(parse("c1", "SELECT device_id FROM telemetry") + sync());
+  const Step s = h.client(bind_to("p1", "c1") + sync());
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(sqlstates_in(s.to_client), "0A000");
+}
+
+TEST_F(KeptPortal, AClientGoneCancelsTheShards) {
+  open_portal(2);
+  const Step s = h.gone();
+  ASSERT_EQ(s.ops.size(), 2u);
+  EXPECT_EQ(s.ops[0].kind, LinkOp::Kind::CancelAndClose);
+  EXPECT_EQ(s.ops[1].kind, LinkOp::Kind::CancelAndClose);
+}
+
+TEST_F(KeptPortal, AClientIdleWithItPastTheIdleTransactionTimeoutIsClosed) {
+  SessionOptions options;
+  options.idle_transaction_timeout = 1s;
+  SessionHarness t(policy, options);
+  t.client(query("BEGIN"));
+  t.client(parse("", kSql) + bind_to("p1", "") + execute("p1", 1) + sync());
+  const std::string head = parse_complete() + bind_complete();
+  t.linked(*s0);
+  t.linked(*s1);
+  t.server(head + telemetry_description() + data_row({"0", "a"}), T0, 0);
+  t.server(head + telemetry_description() + data_row({"1", "a"}), T0, 1);
+  ASSERT_EQ(t.state(), SessionState::PortalSuspended);
+  EXPECT_EQ(t.session().next_deadline(), T0 + 1s);
+  // An Execute answered from the rows that wait: idle again from then.
+  Step s = t.client(execute("p1", 1) + sync(), T0 + 900ms);
+  EXPECT_EQ(tags_of(s.to_client), "DsZ");
+  EXPECT_EQ(t.session().next_deadline(), T0 + 1900ms);
+  s = t.timer(T0 + 1900ms);
+  EXPECT_TRUE(s.close_client);
+  EXPECT_EQ(sqlstates_in(s.to_client), "25P03");
+  EXPECT_TRUE(s.has_op(LinkOp::Kind::CancelAndClose));
+}
+
+// Outside a transaction the portal ends with the request's Sync, as on one server.
+TEST_F(KeptPortal, OutsideATransactionTheRestIsDropped) {
+  start(parse("", kSql) + bind_to("p1", "") + execute("p1", 1) + sync());
+  const std::string head = parse_complete() + bind_complete() + telemetry_description();
+  h.server(head + data_row({"0", "a"}) + complete("SELECT 1") + ready(), T0, 0);
+  const Step s = h.server(head + data_row({"1", "a"}) + complete("SELECT 1") + ready(), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "12DsZ");
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
 // psycopg and PgJDBC open a transaction before a connection's first statement unless it is in
 // autocommit: a read over several shards as that transaction's first statements runs outside
 // it (at READ COMMITTED it sees what it would inside), and the client stays in its transaction.
@@ -1063,6 +1256,51 @@ TEST_F(Scatter, ABeginInTheFlightOfAWriteOverShardsOpensTheClientsTransaction) {
   ASSERT_EQ(s.to_links.size(), 2u) << "each shard's part of the transaction gets its rows";
   EXPECT_EQ(bound_values(s.to_links.at(0)), (std::vector<std::string>{"2", "b"}));
   EXPECT_EQ(bound_values(s.to_links.at(1)), (std::vector<std::string>{"1", "a"}));
+}
+
+// PgJDBC runs its BEGIN as a named statement once it used it prepareThreshold times (5), in the
+// flight of the transaction's first statement, and Binds it without a Parse from then on: held
+// back as the unnamed one is (a read over several shards after it was refused, 'a Parse after
+// other messages'), and the statement is the client's for its later Binds.
+TEST_F(Scatter, ANamedBeginInTheFlightOfAReadIsHeldBackToo) {
+  const std::string read =
+      parse("", "SELECT count(*) FROM telemetry") + bind_to("", "") + execute() + sync();
+  const std::string named_begin = parse("S_6", "BEGIN") + bind_to("", "S_6") + execute();
+  Step s = h.client(named_begin + read);
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(s.consumed, named_begin.size());
+  EXPECT_EQ(tags_of(s.to_client), "12C");
+  EXPECT_EQ(h.session().prepared_statement_count(), 1u);
+  const auto [to_s0, to_s1] = start(read);
+  EXPECT_EQ(queries_in(to_s0), std::vector<std::string>{}) << "no BEGIN: it runs outside";
+  h.server(parse_complete() + bind_complete() + int8_description() + data_row({"2"}) +
+               complete("SELECT 1") + ready(),
+           T0, 0);
+  s = h.server(parse_complete() + bind_complete() + int8_description() + data_row({"3"}) +
+                   complete("SELECT 1") + ready(),
+               T0, 1);
+  EXPECT_EQ(statuses_in(s.to_client), "T");
+  h.client(query("COMMIT"));
+  // The next transaction binds it alone.
+  const std::string bound_begin = bind_to("", "S_6") + execute();
+  s = h.client(bound_begin + read);
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(s.consumed, bound_begin.size());
+  EXPECT_EQ(tags_of(s.to_client), "2C");
+}
+
+// PgJDBC closes a finished cursor's portal with its next query: no shard holds it, and the
+// client gets CloseComplete first (the read was refused: 'messages other than ...').
+TEST_F(Scatter, AClosedPortalBeforeAReadOverShardsIsAnsweredByPgvalve) {
+  const auto [to_s0, to_s1] =
+      start(close_message('P', "C_1") + parse("", "SELECT count(*) FROM telemetry") +
+            bind_to("", "") + execute() + sync());
+  EXPECT_EQ(to_s0.find(close_message('P', "C_1")), std::string::npos);
+  const std::string part = parse_complete() + bind_complete() + int8_description();
+  h.server(part + data_row({"2"}) + complete("SELECT 1") + ready(), T0, 0);
+  const Step s = h.server(part + data_row({"3"}) + complete("SELECT 1") + ready(), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "312DCZ");
+  EXPECT_EQ(values_in(s.to_client), std::vector<std::string>{"5"});
 }
 
 // postgres.js prepares a statement with Parse, Describe of the statement and Flush, and binds it

@@ -14,7 +14,8 @@ namespace {
 
 using S = SessionState;
 constexpr std::array kAll = {S::LoggingIn, S::Idle,    S::WaitingForServer, S::Syncing,
-                             S::Active,    S::Holding, S::WaitingForHub,    S::Closing};
+                             S::Active,    S::Holding, S::Scattering,       S::PortalSuspended,
+                             S::Copying,   S::Ending,  S::WaitingForHub,    S::Closing};
 
 TEST(SessionStateMachine, TransitionTableIsTheDiagram) {
   const std::set<std::pair<S, S>> edges = {
@@ -34,10 +35,23 @@ TEST(SessionStateMachine, TransitionTableIsTheDiagram) {
       {S::Active, S::Idle},
       {S::Active, S::Holding},
       {S::Active, S::WaitingForServer},  // an autocommit read retried elsewhere
+      {S::Active, S::Ending},            // a request over several shards, as one transaction
       {S::Holding, S::Active},
       {S::Holding, S::Idle},
       {S::Holding, S::Syncing},
       {S::Holding, S::WaitingForServer},
+      {S::Holding, S::Ending},
+      {S::Holding, S::Scattering},
+      {S::WaitingForServer, S::Scattering},
+      {S::Scattering, S::Idle},
+      {S::Scattering, S::WaitingForServer},
+      {S::Scattering, S::Copying},
+      {S::Scattering, S::Holding},
+      {S::Scattering, S::PortalSuspended},
+      {S::PortalSuspended, S::Scattering},
+      {S::PortalSuspended, S::Idle},
+      {S::Copying, S::Scattering},
+      {S::Ending, S::Idle},
       {S::WaitingForHub, S::Idle},
   };
   for (S from : kAll) {
