@@ -639,6 +639,11 @@ struct Stream {
     out.clear();
     return a;
   }
+  // Every shard has answered: the rest of the answer.
+  Answer finished() {
+    g.finish(out, false);
+    return take();
+  }
 };
 
 TEST(Gather, ConcatenatedRowsGoOutAsTheyComeOnceEveryShardDescribedThem) {
@@ -654,8 +659,7 @@ TEST(Gather, ConcatenatedRowsGoOutAsTheyComeOnceEveryShardDescribedThem) {
   st.add(0, complete("SELECT 2"));
   st.add(1, complete("SELECT 1"));
   EXPECT_EQ(st.take().rows, (Rows{{"3"}}));
-  st.g.finish(st.out, false);
-  const Answer end = st.take();
+  const Answer end = st.finished();
   EXPECT_TRUE(end.rows.empty());
   EXPECT_EQ(end.tag, "SELECT 3");
   EXPECT_EQ(st.g.rows_answered(), 3u);
@@ -677,8 +681,7 @@ TEST(Gather, AStreamedMergeSendsARowOnceEveryShardStillAnsweringHasOne) {
   st.add(0, complete("SELECT 3"));
   EXPECT_EQ(st.take().rows, (Rows{{"5"}, {"6"}})) << "shard 0 has no more rows";
   st.add(1, complete("SELECT 3"));
-  st.g.finish(st.out, false);
-  EXPECT_EQ(st.take().tag, "SELECT 6");
+  EXPECT_EQ(st.finished().tag, "SELECT 6");
 }
 
 TEST(Gather, AShardWhoseRowsWaitForTheMergeIsNotReadUntilTheyGo) {
@@ -705,8 +708,7 @@ TEST(Gather, AShardWhoseRowsWaitForTheMergeIsNotReadUntilTheyGo) {
   }
   st.add(0, complete("SELECT n"));
   st.add(1, complete("SELECT n"));
-  st.g.finish(st.out, false);
-  const Answer a = st.take();
+  const Answer a = st.finished();
   EXPECT_EQ(a.sqlstate, "");
   EXPECT_EQ(a.rows.size(), 2001u);
   EXPECT_EQ(a.rows.back()[0], "11999");
@@ -733,8 +735,7 @@ TEST(Gather, AKeptPortalGivesEachExecuteItsRowsAndKeepsTheRest) {
   st.add(0, complete("SELECT 3"));
   st.add(1, complete("SELECT 2"));
   st.g.fetch(5, st.out);
-  st.g.finish(st.out, false);
-  const Answer a = st.take();
+  const Answer a = st.finished();
   EXPECT_EQ(a.rows, (Rows{{"4"}}));
   EXPECT_EQ(a.tag, "SELECT 1") << "the last Execute's own rows, as a server counts them";
   EXPECT_EQ(st.g.rows_answered(), 5u);
@@ -757,8 +758,7 @@ TEST(Gather, AKeptPortalMergesInOrderAcrossExecutes) {
   st.add(1, row({"7"}));
   st.add(1, complete("SELECT 4"));
   st.add(0, complete("SELECT 4"));
-  st.g.finish(st.out, false);
-  const Answer a = st.take();
+  const Answer a = st.finished();
   EXPECT_EQ(a.rows, (Rows{{"7"}, {"8"}}));
   EXPECT_EQ(a.tag, "SELECT 2");
 }
@@ -778,8 +778,7 @@ TEST(Gather, AKeptPortalEndsWithAnEmptyExecuteAfterExactlyItsRows) {
   EXPECT_TRUE(st.out.ends_with(std::string("s\0\0\0\4", 5)));
   EXPECT_EQ(st.take().rows, (Rows{{"1"}, {"2"}}));
   st.g.fetch(2, st.out);
-  st.g.finish(st.out, false);
-  const Answer a = st.take();
+  const Answer a = st.finished();
   EXPECT_EQ(a.rows, Rows{});
   EXPECT_EQ(a.tag, "SELECT 0");
 }
@@ -820,8 +819,7 @@ TEST(Gather, LimitAndOffsetCutAStreamedRead) {
     st.add(1, row({v}));
   st.add(0, complete("SELECT 3"));
   st.add(1, complete("SELECT 3"));
-  st.g.finish(st.out, false);
-  const Answer a = st.take();
+  const Answer a = st.finished();
   EXPECT_EQ(a.rows, (Rows{{"9.5"}, {"4.25"}}));
   EXPECT_EQ(a.tag, "SELECT 2");
 }
@@ -835,8 +833,7 @@ TEST(Gather, AnErrorAfterRowsWentOutEndsTheAnswer) {
   st.add(1, error("57014", "canceling statement due to statement timeout"));
   EXPECT_FALSE(st.g.waits(0));
   st.add(0, row({"2"}));
-  st.g.finish(st.out, false);
-  const Answer a = st.take();
+  const Answer a = st.finished();
   EXPECT_TRUE(a.rows.empty()) << "nothing after the error";
   EXPECT_EQ(a.sqlstate, "57014");
   EXPECT_EQ(a.tag, "");
@@ -942,8 +939,7 @@ TEST(Gather, TextMergesInTheDatabasesCollation) {
     st.add(1, row({v}));
   st.add(0, complete("SELECT 3"));
   st.add(1, complete("SELECT 3"));
-  st.g.finish(st.out, false);
-  EXPECT_EQ(st.take().rows,
+  EXPECT_EQ(st.finished().rows,
             (Rows{{"apple"}, {"Apple"}, {"banana"}, {"Banana"}, {"zebra"}, {"Zebra"}}));
   // min() and max() of text combine in the same order.
   const Answer a = gather(combined({C::Min, C::Max}), {kText, kText},
@@ -1046,8 +1042,7 @@ TEST(Gather, AShardSortedOtherwiseThanPgvalveComparesIsAnErrorNotAWrongOrder) {
   st.add(0, row({"a"}));
   EXPECT_TRUE(st.g.failed());
   st.add(1, row({"c"}));
-  st.g.finish(st.out, false);
-  const Answer a = st.take();
+  const Answer a = st.finished();
   EXPECT_EQ(a.sqlstate, "0A000");
   EXPECT_NE(a.message.find("does not reproduce"), std::string::npos) << a.message;
   // Equal keys in a row are in order.
