@@ -94,8 +94,8 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
         const auto e = pr::read_execute(f);
         if (!e || !once('E') || once('B')) return "an Execute without its own Bind";
         // A read's row limit (asyncpg's fetchrow()) is kept for the gathered rows; a write's
-        // RETURNING rows would need the portal kept.
-        if (e->max_rows != 0 && !returns_no_rows(text)) {
+        // RETURNING rows would need the portal kept. (Below zero PostgreSQL reads none.)
+        if (e->max_rows > 0 && !returns_no_rows(text)) {
           if (write || two_phase) {
             return "fetching rows in parts (Execute with a row limit) of a write's RETURNING is "
                    "not done across shards; fetch them all at once";

@@ -873,7 +873,7 @@ void Session::fetch_from_portal(std::string_view frames, Actions& out) {
     } else if (f.tag == 'E') {
       const auto e = pr::read_execute(f);
       other = !e || e->portal != portal || rows || close;
-      if (!other) rows = e->max_rows;
+      if (!other) rows = std::max(e->max_rows, 0);  // below zero PostgreSQL reads none: all
     } else if (f.tag == 'D') {
       const auto d = pr::read_describe(f);
       other = !d || d->kind != 'P' || d->name != portal || !first;

@@ -681,6 +681,25 @@ TEST_F(KeptPortal, AnExecuteThatNeedsMoreRowsReadsTheShardsAgain) {
   EXPECT_EQ(h.state(), SessionState::PortalSuspended);
 }
 
+// PostgreSQL reads a row limit below zero as none: all the rows.
+TEST_F(KeptPortal, ANegativeRowLimitAsksForEveryRow) {
+  open_portal(-1, 1);
+  Step s = h.server(complete("SELECT 1") + ready(), T0, 0);
+  EXPECT_EQ(s.to_client, "");
+  s = h.server(complete("SELECT 1") + ready(), T0, 1);
+  EXPECT_EQ(tags_of(s.to_client), "12TDDCZ");
+  EXPECT_EQ(h.state(), SessionState::Idle);
+}
+
+TEST_F(KeptPortal, ANegativeRowLimitOfALaterExecuteAsksForTheRest) {
+  open_portal(1, 2);
+  h.server(complete("SELECT 2") + ready(), T0, 0);
+  h.server(complete("SELECT 2") + ready(), T0, 1);
+  const Step s = h.client(execute("p1", -5) + sync());
+  EXPECT_EQ(tags_of(s.to_client), "DDDCZ");
+  EXPECT_EQ(tags_in(s.to_client), std::vector<std::string>{"SELECT 3"});
+}
+
 // As a server's portal: an Execute that got exactly its rows is suspended; the next gets none.
 TEST_F(KeptPortal, AnExecuteAfterTheLastRowsGetsNoneAndTheTag) {
   open_portal(2, 1);
