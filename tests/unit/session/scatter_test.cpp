@@ -683,11 +683,13 @@ TEST_F(KeptPortal, AnExecuteThatNeedsMoreRowsReadsTheShardsAgain) {
 
 // PostgreSQL reads a row limit below zero as none: all the rows.
 TEST_F(KeptPortal, ANegativeRowLimitAsksForEveryRow) {
-  open_portal(-1, 1);
-  Step s = h.server(complete("SELECT 1") + ready(), T0, 0);
+  Step s = open_portal(-1, 1);
+  EXPECT_EQ(tags_of(s.to_client), "12TDD") << "the rows go as they come, none kept";
+  s = h.server(complete("SELECT 1") + ready(), T0, 0);
   EXPECT_EQ(s.to_client, "");
   s = h.server(complete("SELECT 1") + ready(), T0, 1);
-  EXPECT_EQ(tags_of(s.to_client), "12TDDCZ");
+  EXPECT_EQ(tags_of(s.to_client), "CZ");
+  EXPECT_EQ(tags_in(s.to_client), std::vector<std::string>{"SELECT 2"});
   EXPECT_EQ(h.state(), SessionState::Idle);
 }
 
