@@ -263,7 +263,8 @@ def test_a_portal_fetched_in_parts_over_shards_answers_as_one_postgresql(shards,
     one = ExtClient("127.0.0.1", shards[0].primary.port, APP_USER, APP_PASSWORD, APP_DB,
                     timeout=20)
     one.connect()
-    one.simple("CREATE TEMPORARY TABLE telemetry (LIKE public.telemetry INCLUDING DEFAULTS)").raise_for_error()
+    one.simple("CREATE TEMPORARY TABLE telemetry (LIKE public.telemetry INCLUDING DEFAULTS)"
+               ).raise_for_error()
     one.simple("INSERT INTO telemetry (device_id, value, note) SELECT d, d % 4, 'n' || d % 3 "
                "FROM generate_series(1, 23) d").raise_for_error()
     c = ExtClient.login(pv)
@@ -293,9 +294,9 @@ def test_a_portal_fetched_in_parts_over_shards_answers_as_one_postgresql(shards,
 def test_a_suspended_portal_over_shards_holds_its_servers_until_it_is_fetched_or_closed(
         shards, pgvalve):
     """Between the client's Executes the shards' servers wait mid-answer (pgvalve reads them only
-    as far as it may hold rows), so a portal over millions of rows costs no memory. Another
-    statement of the transaction closes the portal: its shards' queries are cancelled, and a
-    later Execute of it says why (PostgreSQL would keep it; pgvalve's holds two servers)."""
+    as far as it may hold rows; 40 MiB here). Another statement of the transaction closes the
+    portal: its shards' queries are cancelled, and a later Execute of it says why (PostgreSQL
+    would keep it; pgvalve's holds two servers)."""
     from pgwire_ext import ExtClient, bind, describe, execute, parse, sync
     clear(shards)
     per_shard = 20000  # 2 x 20000 rows of 1 KiB: more than a shard's share and its sockets
