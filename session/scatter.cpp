@@ -59,6 +59,11 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
   std::string_view bound_portal;
   std::int64_t fetch_limit = 0;
   bool keep_portal = false;
+  // A read's named portal that may be kept for the client's later Executes.
+  auto keepable = [&](std::string_view portal) {
+    return may_keep_portal && !portal.empty() && portal.size() <= kMaxPortalName && !write &&
+           !two_phase;
+  };
   bool synced = false;
   pr::FrameReader reader(frames, max_message_bytes);
   for (pr::Frame f; reader.next(f);) {
@@ -101,8 +106,7 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
                    "not done across shards; fetch them all at once";
           }
           fetch_limit = e->max_rows;
-          keep_portal = may_keep_portal && !e->portal.empty() &&
-                        e->portal.size() <= kMaxPortalName && !write && !two_phase;
+          keep_portal = keepable(e->portal);
           if (keep_portal) portal_.assign(e->portal);
         }
         steps_.push_back('E');
@@ -130,8 +134,7 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
   }
   if (!synced) return "the request has no Sync";
   if (steps_ != "Q" && steps_.find('B') != std::string::npos &&
-      steps_.find('E') == std::string::npos && may_keep_portal && !bound_portal.empty() &&
-      bound_portal.size() <= kMaxPortalName && !write && !two_phase) {
+      steps_.find('E') == std::string::npos && keepable(bound_portal)) {
     // A portal bound now and executed by later requests (asyncpg's Cursor.fetch()): the
     // shards run it now, and its rows wait for the first Execute.
     keep_portal = true;
