@@ -979,6 +979,18 @@ std::string_view statement_kind_name(StatementKind kind) {
   return "?";
 }
 
+NormalizedName fetched_cursor(std::string_view sql) {
+  NormalizedName name;
+  SqlLexer lexer(sql, 0, SqlLexer::Keywords::NotLookedUp);
+  Token t;
+  if (!lexer.next(t) || !is_any_word(t, {"fetch", "move"})) return name;
+  Token last;
+  while (lexer.next(t) && !t.is_punct(';'))
+    last = t;
+  if (is_name_token(last) && !append_identifier(name, last, false)) name.clear();
+  return name;
+}
+
 StatementInfo classify(std::string_view sql) {
   StatementInfo info;
   Classifier(sql, info).run();

@@ -170,6 +170,10 @@ struct StatementInfo {
 // allocation. `sql` must outlive the string_views in the result.
 StatementInfo classify(std::string_view sql);
 
+// The cursor (to PostgreSQL, a portal) SQL's FETCH or MOVE names, last, as PostgreSQL looks it
+// up (unquoted: lower-cased); empty for any other statement, or one whose last token is no name.
+NormalizedName fetched_cursor(std::string_view sql);
+
 // True for the everyday statement that needs no closer look: it starts with SELECT, INSERT,
 // UPDATE, DELETE, WITH or VALUES, is the only statement, and mentions nothing that changes
 // session state (advisory locks, temporary objects: "temp" as a word of its own or pg_temp,

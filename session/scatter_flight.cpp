@@ -958,8 +958,8 @@ bool Session::refuse_closed_portal(std::string_view frames, Actions& out) {
     } else if (f.tag == 'Q') {
       // SQL's FETCH and MOVE name a portal as a cursor (asyncpg's Cursor.forward()).
       const std::string_view sql = pr::read_query(f).value_or("");
-      executes |= routing::may_start_with(sql, {"fetch", "move"}) &&
-                  sql.find(portal) != std::string_view::npos;
+      executes |=
+          routing::may_start_with(sql, {"fetch", "move"}) && routing::fetched_cursor(sql) == portal;
     }
     if (f.tag == 'S' || f.tag == 'Q') break;
   }

@@ -46,7 +46,7 @@ def describe(kind: str, name: str) -> bytes:
 
 
 def execute(portal: str = "", max_rows: int = 0) -> bytes:
-    return message(b"E", _cstr(portal) + struct.pack("!I", max_rows))
+    return message(b"E", _cstr(portal) + struct.pack("!i", max_rows))
 
 
 def close(kind: str, name: str) -> bytes:

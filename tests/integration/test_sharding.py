@@ -274,7 +274,7 @@ def test_a_portal_fetched_in_parts_over_shards_answers_as_one_postgresql(shards,
             ("SELECT value, count(*), sum(device_id) FROM telemetry GROUP BY value "
              "ORDER BY value", True),
             ("SELECT device_id FROM telemetry", False)):
-        for per_execute in (5, 1, 23):
+        for per_execute in (5, 1, 23, -1):  # below zero: all rows, as PostgreSQL reads it
             got = fetch_in_parts(c, sql, per_execute)
             want = fetch_in_parts(one, sql, per_execute)
             what = f"{sql} fetching {per_execute}"

@@ -680,6 +680,17 @@ TEST(PlainStatement, AgreesWithASubstringSearch) {
   EXPECT_LT(found, 18000);
 }
 
+// asyncpg's Cursor.forward() runs MOVE FORWARD n <portal>: the portal is the last name.
+TEST(FetchedCursor, IsTheLastNameOfFetchOrMoveAsPostgresqlLooksItUp) {
+  EXPECT_EQ(fetched_cursor("MOVE FORWARD 3 __asyncpg_portal_3__").view(), "__asyncpg_portal_3__");
+  EXPECT_EQ(fetched_cursor("fetch all from C_1;").view(), "c_1") << "unquoted: lower-cased";
+  EXPECT_EQ(fetched_cursor("FETCH NEXT IN \"C_1\"").view(), "C_1");
+  EXPECT_EQ(fetched_cursor("move 1 c_10").view(), "c_10") << "not a name that contains c_1";
+  EXPECT_TRUE(fetched_cursor("FETCH 10").empty());
+  EXPECT_TRUE(fetched_cursor("SELECT 1 FROM c_1").empty());
+  EXPECT_TRUE(fetched_cursor("").empty());
+}
+
 TEST(MayStartWith, LooksAtTheFirstWordAfterSpaces) {
   EXPECT_TRUE(may_start_with(" \n\t\f SET a = 1", {"set", "reset"}));
   EXPECT_TRUE(may_start_with("reset a", {"set", "reset"}));
