@@ -143,6 +143,31 @@ std::shared_ptr<const session::SessionOptions> App::session_options(
   return {session_options_, &session_options_->options};
 }
 
+std::shared_ptr<const ClientProfile> App::shared_profile(const ClientProfile& login,
+                                                         const config::Database& db) {
+  std::shared_ptr<const Sharding> sharding = this->sharding(login.config, db);
+  std::shared_ptr<const session::SessionOptions> options = session_options(login.config);
+  std::lock_guard lock(sharding_mutex_);
+  // A live entry holds its configuration and users, so their addresses name them alone.
+  std::weak_ptr<const ClientProfile>& slot = profiles_[ProfileKey{
+      login.config.get(), login.users.get(), login.user_name, login.database_name}];
+  if (auto known = slot.lock(); known && known->user == login.user && known->sharding == sharding &&
+                                known->options == options) {
+    return known;
+  }
+  auto made = std::make_shared<ClientProfile>(login);
+  made->database = &db;
+  made->sharding = std::move(sharding);
+  made->options = std::move(options);
+  slot = made;
+  if (profiles_.size() >= profiles_next_sweep_) {
+    // Profiles no client holds any more are forgotten once the table has doubled.
+    std::erase_if(profiles_, [](const auto& entry) { return entry.second.expired(); });
+    profiles_next_sweep_ = std::max<std::size_t>(64, 2 * profiles_.size());
+  }
+  return made;
+}
+
 std::shared_ptr<const UserPools> App::user_pools(const config::Database& db,
                                                  const std::string& user) {
   // Shared by every session of (database, user) until the topology changes: a client holds a

@@ -7,12 +7,14 @@
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <random>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <unordered_map>
 #include <vector>
 
@@ -33,6 +35,7 @@
 #include "proxy/arrival_wait.h"
 #include "proxy/cancel_registry.h"
 #include "proxy/checkout_deadlines.h"
+#include "proxy/client_profile.h"
 #include "proxy/client_session.h"
 #include "proxy/event_clock.h"
 #include "proxy/health_checker.h"
@@ -180,6 +183,11 @@ class App : public pool::Handoff {
                                            const config::Database& db);
   // The session core's options of `config`: one copy shared by its sessions, not one each.
   std::shared_ptr<const session::SessionOptions> session_options(const config::ConfigPtr& config);
+  // The profile of a client that logged in as `login` says (names, configuration, users, user) to
+  // `db`, completed with the database's sharding and the session core's options: one copy shared
+  // by every client that logged in the same way.
+  std::shared_ptr<const ClientProfile> shared_profile(const ClientProfile& login,
+                                                      const config::Database& db);
   // Changes whenever the hosts sessions route to do (a reload); read per checkout, lock-free.
   std::uint64_t topology_generation() const {
     return topology_generation_.load(std::memory_order_acquire);
@@ -353,6 +361,10 @@ class App : public pool::Handoff {
     session::SessionOptions options;
   };
   std::shared_ptr<const SharedSessionOptions> session_options_;  // under sharding_mutex_
+  // shared_profile()'s, by configuration, users, user and database; under sharding_mutex_.
+  using ProfileKey = std::tuple<const void*, const void*, std::string, std::string>;
+  std::map<ProfileKey, std::weak_ptr<const ClientProfile>> profiles_;
+  std::size_t profiles_next_sweep_ = 64;
   std::atomic<int> clients_{0};
   mutable std::mutex door_mutex_;  // taken once per accept and once per close
   admission::Admission door_;

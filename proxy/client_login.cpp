@@ -20,11 +20,15 @@ namespace pr = protocol;
 
 // ---- The session from login to logout ------------------------------------------------------
 
+const std::string ClientSession::kNoName;
+
 asio::awaitable<void> ClientSession::serve() {
-  config_ = app_.config();
-  users_ = app_.users();
+  auto login = std::make_shared<ClientProfile>();
+  login->config = app_.config();
+  login->users = app_.users();
+  profile_ = login;
   if (door_ != admission::Verdict::Admit) {
-    co_await refuse_at_door();
+    co_await refuse_at_door(*login);
     co_return;
   }
   enable_keepalive(client_.socket());
@@ -32,9 +36,9 @@ asio::awaitable<void> ClientSession::serve() {
   bool ok;
   StartupParameters startup;  // the login's only: a logged-in client does not keep them
   {
-    Deadline auth_deadline(client_, std::chrono::milliseconds(config_->limits.auth_timeout_ms));
-    ok = co_await read_startup(startup);
-    if (ok) ok = co_await authenticate();
+    Deadline auth_deadline(client_, std::chrono::milliseconds(config().limits.auth_timeout_ms));
+    ok = co_await read_startup(*login, startup);
+    if (ok) ok = co_await authenticate(*login);
     if (!ok && auth_deadline.expired()) {
       co_await send_fatal("08P01",
                           "pgvalve: authentication timed out; the client must complete login "
@@ -42,9 +46,9 @@ asio::awaitable<void> ClientSession::serve() {
     }
   }
   if (!ok) co_return;
-  if (database_name_ == "pgvalve") {
+  if (database() == "pgvalve") {
     client_in_.shrink_if_empty();
-    co_await serve_admin_console(app_, client_, client_in_, user_name_, id_);
+    co_await serve_admin_console(app_, client_, client_in_, user(), id_);
     co_return;
   }
   co_await start_session(startup);
@@ -53,7 +57,7 @@ asio::awaitable<void> ClientSession::serve() {
 // Refused at accept (App::admit()). The client is told why in answer to its startup packet, as
 // PostgreSQL does, so that libpq and drivers show the message; a cancel request is still
 // forwarded, so queries can be cancelled while the door is full.
-asio::awaitable<void> ClientSession::refuse_at_door() {
+asio::awaitable<void> ClientSession::refuse_at_door(ClientProfile& login) {
   app_.begin_refusal();
   struct EndRefusal {
     App& app;
@@ -62,9 +66,9 @@ asio::awaitable<void> ClientSession::refuse_at_door() {
   bool ok;
   {
     Deadline deadline(client_,
-                      std::chrono::milliseconds(std::min(config_->limits.auth_timeout_ms, 2000)));
+                      std::chrono::milliseconds(std::min(config().limits.auth_timeout_ms, 2000)));
     StartupParameters ignored;
-    ok = co_await read_startup(ignored);
+    ok = co_await read_startup(login, ignored);
   }
   if (!ok) co_return;
   const std::string from = from_.to_string();
@@ -72,19 +76,19 @@ asio::awaitable<void> ClientSession::refuse_at_door() {
   switch (door_) {
     case admission::Verdict::TooManyClients:
       message = "pgvalve: too many client connections (pool.max_client_connections = " +
-                std::to_string(config_->pool.max_client_connections) +
+                std::to_string(config().pool.max_client_connections) +
                 "); try again later, or raise the limit";
       break;
     case admission::Verdict::TooManyFromAddress:
       message = "pgvalve: too many connections from " + from + " (limits.connections_per_ip = " +
-                std::to_string(config_->limits.connections_per_ip) +
+                std::to_string(config().limits.connections_per_ip) +
                 "); close some, or raise the limit";
       break;
     case admission::Verdict::TooFastFromAddress:
       message = "pgvalve: connecting too fast from " + from + " (limits.connect_rate_per_ip = " +
-                std::to_string(config_->limits.connect_rate_per_ip) +
+                std::to_string(config().limits.connect_rate_per_ip) +
                 " per second, limits.connect_burst_per_ip = " +
-                std::to_string(config_->limits.connect_burst_per_ip) +
+                std::to_string(config().limits.connect_burst_per_ip) +
                 "); retry after a pause, or reuse connections";
       break;
     case admission::Verdict::Admit:
@@ -114,11 +118,12 @@ asio::awaitable<void> ClientSession::send_fatal(std::string_view sqlstate,
   e.message = message;
   pr::append_error_response(out, e);
   co_await write_all(client_, out);
-  PGV_LOG(Info, "client_refused", {"client", id_}, {"user", user_name_},
-          {"database", database_name_}, {"sqlstate", sqlstate}, {"reason", message});
+  PGV_LOG(Info, "client_refused", {"client", id_}, {"user", user()}, {"database", database()},
+          {"sqlstate", sqlstate}, {"reason", message});
 }
 
-asio::awaitable<bool> ClientSession::read_startup(StartupParameters& startup_params) {
+asio::awaitable<bool> ClientSession::read_startup(ClientProfile& login,
+                                                  StartupParameters& startup_params) {
   for (;;) {
     auto r = pr::decode_startup(client_in_.readable());
     if (r.status == pr::DecodeStatus::NeedMoreData) {
@@ -183,9 +188,9 @@ asio::awaitable<bool> ClientSession::read_startup(StartupParameters& startup_par
       co_return false;
     }
     auto& startup = std::get<pr::StartupMessage>(r.packet);
-    user_name_ = std::string(startup.get("user"));
-    database_name_ = std::string(startup.get("database"));
-    if (database_name_.empty()) database_name_ = user_name_;
+    login.user_name = std::string(startup.get("user"));
+    login.database_name = std::string(startup.get("database"));
+    if (login.database_name.empty()) login.database_name = login.user_name;
     startup_params = std::move(startup.parameters);
     if (!client_in_.empty()) {
       co_await send_fatal("08P01", "pgvalve: unexpected data after the startup packet");
@@ -231,23 +236,21 @@ asio::awaitable<bool> ClientSession::read_password_frame(pr::Frame& frame) {
   co_return st == ReadStatus::Ok;
 }
 
-asio::awaitable<bool> ClientSession::authenticate() {
-  const std::string failed =
-      "pgvalve: password authentication failed for user \"" + user_name_ + "\"";
-  const UserAuth* auth = users_->find(user_name_);
+asio::awaitable<bool> ClientSession::authenticate(ClientProfile& login) {
+  const UserAuth* auth = login.users->find(login.user_name);
   if (!auth) {
     // The same exchange as a known user's, failing at the proof with the same message.
-    const UserAuth unknown = UserDirectory::unknown(user_name_);
+    const UserAuth unknown = UserDirectory::unknown(login.user_name);
     co_await authenticate_scram(unknown);
     co_return false;
   }
-  user_ = auth->user;
+  login.user = auth->user;
   bool ok = auth->method == AuthMethod::Md5 ? co_await authenticate_md5(*auth)
                                             : co_await authenticate_scram(*auth);
   if (!ok) co_return false;
   app_.login_succeeded(from_);
-  if (database_name_ == "pgvalve" && !user_->admin) {
-    co_await send_fatal("28000", "pgvalve: user \"" + user_name_ +
+  if (login.database_name == "pgvalve" && !login.user->admin) {
+    co_await send_fatal("28000", "pgvalve: user \"" + user() +
                                      "\" may not use the admin console; set admin: true for "
                                      "this user in the config");
     co_return false;
@@ -256,8 +259,7 @@ asio::awaitable<bool> ClientSession::authenticate() {
 }
 
 asio::awaitable<bool> ClientSession::authenticate_scram(const UserAuth& auth) {
-  const std::string failed =
-      "pgvalve: password authentication failed for user \"" + user_name_ + "\"";
+  const std::string failed = "pgvalve: password authentication failed for user \"" + user() + "\"";
   std::string out;
   const std::string_view mechanisms[] = {pr::kScramSha256};
   pr::append_authentication_sasl(out, mechanisms);
@@ -311,8 +313,7 @@ asio::awaitable<bool> ClientSession::authenticate_md5(const UserAuth& auth) {
       password && pr::equal_secret(*password, pr::md5_salted_response(auth.md5_hash, salt));
   client_in_.consume(f.whole.size());
   if (!ok) {
-    co_await refuse_login("pgvalve: password authentication failed for user \"" + user_name_ +
-                          "\"");
+    co_await refuse_login("pgvalve: password authentication failed for user \"" + user() + "\"");
   }
   co_return ok;
 }
@@ -326,20 +327,20 @@ asio::awaitable<bool> ClientSession::start_session(const StartupParameters& star
       co_return false;
     }
   }
-  database_ = config_->find_database(database_name_);
-  if (!database_) {
+  const config::Database* db = config().find_database(database());
+  if (!db) {
     std::string names;
-    for (const auto& db : config_->databases)
+    for (const auto& db : config().databases)
       names += (names.empty() ? "" : ", ") + db.name;
-    co_await send_fatal("3D000", "pgvalve: database \"" + database_name_ +
+    co_await send_fatal("3D000", "pgvalve: database \"" + database() +
                                      "\" is not configured; use one of: " + names);
     co_return false;
   }
-  if (app_.disabled(database_name_)) {
-    co_await send_fatal("55000", "pgvalve: database \"" + database_name_ +
+  if (app_.disabled(database())) {
+    co_await send_fatal("55000", "pgvalve: database \"" + database() +
                                      "\" is disabled by an administrator (DISABLE); connect "
                                      "again once it is enabled (ENABLE " +
-                                     database_name_ + ")");
+                                     database() + ")");
     co_return false;
   }
   // The worker's own flag may be set first (SHUTDOWN drains each worker before it answers).
@@ -349,41 +350,40 @@ asio::awaitable<bool> ClientSession::start_session(const StartupParameters& star
   }
   // A reload since this login began may have changed where the database's keys live; from here
   // to the session's start nothing waits, so a later reload reaches the session itself.
-  if (const auto now = app_.config(); now != config_) {
-    const config::Database* current = now->find_database(database_name_);
-    if (current && !config::same_placement(*current, *database_)) {
+  if (const auto now = app_.config(); now != profile_->config) {
+    const config::Database* current = now->find_database(database());
+    if (current && !config::same_placement(*current, *db)) {
       co_await send_fatal("57P01",
                           "pgvalve: a reload changed this database's shards while you logged in; "
                           "connect again");
       co_return false;
     }
   }
+  profile_ = app_.shared_profile(*profile_, *db);
   app_.add_client();
   counted_ = true;
-  pools_ = app_.user_pools(*database_, user_name_);
-  reads_ = config_->routing.reads;
-  load_balance_ = config_->routing.load_balance;
+  pools_ = app_.user_pools(*db, user());
+  reads_ = config().routing.reads;
+  load_balance_ = config().routing.load_balance;
   pool_ = login_pool();
   pool_->client_joined();
   app_.cancels().add(*this, cancel_);
   {
-    const auto& r = config_->routing;
+    const auto& r = config().routing;
     bool replicas = false;
-    for (const auto& shard : database_->shards)
+    for (const auto& shard : db->shards)
       replicas = replicas || !shard.replicas.empty();
     routing::RoutingPolicy policy;
     policy.split = r.read_write_split && r.reads != config::ReadsTo::Primary && replicas;
     policy.write_functions = &r.write_functions;
-    sharding_ = app_.sharding(config_, *database_);
-    if (sharding_) {
-      policy.sharding = &sharding_->policy;
-      policy.sharding_id = sharding_->id;
+    if (const auto& sharding = profile_->sharding) {
+      policy.sharding = &sharding->policy;
+      policy.sharding_id = sharding->id;
     }
-    router_ =
-        routing::Router(static_cast<int>(database_->shards.size()), policy, &worker_->decisions);
+    router_ = routing::Router(static_cast<int>(db->shards.size()), policy, &worker_->decisions);
   }
-  recorder_ = {&worker_->query_stats, {&database_name_, &user_name_}};
-  database_counters_ = &worker_->database_counters.of(database_name_);
+  recorder_ = {&worker_->query_stats, {&profile_->database_name, &profile_->user_name}};
+  database_counters_ = &worker_->database_counters.of(database());
   // The bytes of the login: what the client sent (startup, password or SASL messages, and
   // anything it pipelined after them) and the authentication requests it was sent.
   worker_->counters.add_received(client_in_.committed_total());
@@ -391,13 +391,12 @@ asio::awaitable<bool> ClientSession::start_session(const StartupParameters& star
                                                std::memory_order_relaxed);
   worker_->counters.add_sent(auth_bytes_sent_);
   database_counters_->bytes_sent.fetch_add(auth_bytes_sent_, std::memory_order_relaxed);
-  session_options_ = app_.session_options(config_);
-  core_.emplace(*session_options_, router_, worker_->workspaces, &recorder_);
+  core_.emplace(*profile_->options, router_, worker_->workspaces, &recorder_);
 
   // The client is told the parameters of a real server, so one must have been seen; session
   // mode keeps its server from the start.
   std::unique_ptr<ServerConnection> server;
-  if (config_->pool.mode == config::PoolMode::Session || !pool_->has_server_parameters()) {
+  if (config().pool.mode == config::PoolMode::Session || !pool_->has_server_parameters()) {
     ServerFailure failure;
     server = co_await acquire(pool_, checkout_from(pool_), failure);
     if (!server && !closed_ && failure.host_unavailable()) {
@@ -408,7 +407,7 @@ asio::awaitable<bool> ClientSession::start_session(const StartupParameters& star
       co_return false;
     }
     if (!server &&
-        (config_->pool.mode == config::PoolMode::Session || !pool_->has_server_parameters())) {
+        (config().pool.mode == config::PoolMode::Session || !pool_->has_server_parameters())) {
       co_await send_fatal(failure.sqlstate, failure.message);
       co_return false;
     }
@@ -425,8 +424,8 @@ asio::awaitable<bool> ClientSession::start_session(const StartupParameters& star
   }
   error_code ec;
   client_.socket().non_blocking(true, ec);
-  PGV_LOG(Info, "client_login", {"client", id_}, {"user", user_name_}, {"database", database_name_},
-          {"mode", config::to_string(config_->pool.mode)});
+  PGV_LOG(Info, "client_login", {"client", id_}, {"user", user()}, {"database", database()},
+          {"mode", config::to_string(config().pool.mode)});
   const auto& actions =
       core_->start(startup_params, pool_->server_parameters(),
                    {cancel_.process_id, cancel_.secret_key}, state, session::Clock::now());
@@ -440,10 +439,12 @@ std::shared_ptr<pool::ServerPool> ClientSession::login_pool() {
   // replica while there is none, so clients can still log in and read. Session mode keeps its
   // login server for writes: never a replica.
   auto pool = pool_for(routing::Route::primary(0));
-  if (!pool && config_->pool.mode != config::PoolMode::Session) {
+  if (!pool && config().pool.mode != config::PoolMode::Session) {
     pool = pool_for(routing::Route::replica(0));
   }
-  if (!pool) pool = app_.pool_for(*database_, user_name_, database_->shards.front().primary);
+  if (!pool) {
+    pool = app_.pool_for(*profile_->database, user(), profile_->database->shards.front().primary);
+  }
   return pool;
 }
 
@@ -452,11 +453,11 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::hold_login(
   // The login's server is down, starting up or shutting down (a restart, a failover): the login
   // waits for it or for another primary as a write does (failover.hold_writes_ms), instead of
   // failing a client that a moment later would have been served.
-  const auto until = now() + std::chrono::milliseconds(config_->failover.hold_writes_ms);
+  const auto until = now() + std::chrono::milliseconds(config().failover.hold_writes_ms);
   if (now() >= until) co_return nullptr;
-  PGV_LOG(Info, "login_held", {"client", id_}, {"database", database_name_},
+  PGV_LOG(Info, "login_held", {"client", id_}, {"database", database()},
           {"host", pool_->key().host.to_string()}, {"sqlstate", failure.sqlstate},
-          {"hold_writes_ms", config_->failover.hold_writes_ms});
+          {"hold_writes_ms", config().failover.hold_writes_ms});
   app_.report_unreachable(pool_->key().host);
   asio::steady_timer timer(client_.get_executor());
   auto tried_at = now();
@@ -473,7 +474,7 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::hold_login(
       pool_->client_joined();
     }
     // A pool whose parameters are known serves a transaction-mode login without a server.
-    if (config_->pool.mode != config::PoolMode::Session && pool_->has_server_parameters()) {
+    if (config().pool.mode != config::PoolMode::Session && pool_->has_server_parameters()) {
       co_return nullptr;
     }
     // The same host is tried again twice a second: each try may log a failed connect.

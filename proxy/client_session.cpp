@@ -269,8 +269,8 @@ void ClientSession::carry_out(const Actions& actions, Source source, session::Li
     hand_over(actions.prepared_parts);
   }
   if (!actions.server_given_up.empty()) {
-    PGV_LOG(Warn, "server_given_up", {"client", id_}, {"user", user_name_},
-            {"database", database_name_}, {"reason", actions.server_given_up});
+    PGV_LOG(Warn, "server_given_up", {"client", id_}, {"user", user()}, {"database", database()},
+            {"reason", actions.server_given_up});
   }
   // Neither reaches back into the core, so `actions` stays as it is meanwhile.
   for (const auto& op : actions.link_ops)
@@ -279,9 +279,8 @@ void ClientSession::carry_out(const Actions& actions, Source source, session::Li
   if (actions.close_client) {
     if (!actions.close_sqlstate.empty()) {
       // What the client was told as pgvalve closed it (a timeout, a setting its server refused).
-      PGV_LOG(Info, "client_closed", {"client", id_}, {"user", user_name_},
-              {"database", database_name_}, {"sqlstate", actions.close_sqlstate},
-              {"reason", actions.close_reason});
+      PGV_LOG(Info, "client_closed", {"client", id_}, {"user", user()}, {"database", database()},
+              {"sqlstate", actions.close_sqlstate}, {"reason", actions.close_reason});
     }
     close();
     return;
@@ -458,7 +457,7 @@ bool ClientSession::watches_for_hang_up() const {
 bool ClientSession::hung_up_while_waiting() {
   if (closed_ || !watches_for_hang_up() || !peer_hung_up(client_.socket())) return false;
   PGV_LOG(
-      Info, "client_left_while_waiting", {"client", id_}, {"database", database_name_},
+      Info, "client_left_while_waiting", {"client", id_}, {"database", database()},
       {"waiting_for", core_->state() == session::SessionState::Scattering ? "shards" : "a server"});
   client_gone();
   return true;
@@ -541,15 +540,15 @@ void ClientSession::arrive() {
   worker_->add_session(this);
   router_.use_cache(&worker_->decisions);
   recorder_.stats = &worker_->query_stats;
-  database_counters_ = &worker_->database_counters.of(database_name_);
+  database_counters_ = &worker_->database_counters.of(database());
   core_->move_to(worker_->workspaces);
   if (worker_->draining) {
     on_drain();
     if (closed_) return;
   }
   // A reload's word to the workers may have passed both while the session was on its way.
-  if (const auto config = app_.config(); config != config_) {
-    on_shard_map_changed(config);
+  if (const auto now = app_.config(); now != profile_->config) {
+    on_shard_map_changed(now);
     if (closed_) return;
   }
   // What arrived meanwhile waits in the kernel: read before waiting on this worker's loop.
@@ -642,8 +641,8 @@ void ClientSession::on_drain() {
 
 void ClientSession::on_shard_map_changed(const config::ConfigPtr& next) {
   if (closed_ || !core_) return;
-  const config::Database* db = next->find_database(database_name_);
-  if (!db || config::same_placement(*db, *database_)) return;
+  const config::Database* db = next->find_database(database());
+  if (!db || config::same_placement(*db, *profile_->database)) return;
   const auto self = shared_from_this();
   carry_out(core_->on_shard_map_changed(), Source::Event);
 }
@@ -708,8 +707,7 @@ void ClientSession::close() {
       hub->forget(listening_->sink.get());
     listening_->waiting.reset();
   }
-  PGV_LOG(Info, "client_logout", {"client", id_}, {"user", user_name_},
-          {"database", database_name_});
+  PGV_LOG(Info, "client_logout", {"client", id_}, {"user", user()}, {"database", database()});
 }
 
 // ---- Servers' sockets ------------------------------------------------------------------------
@@ -875,13 +873,13 @@ void ClientSession::arm_timer() {
 std::shared_ptr<pool::ServerPool> ClientSession::pool_for(const routing::Route& route) {
   if (pools_->generation != app_.topology_generation()) {
     // A reload changed the hosts: the database as the new configuration has it.
-    const auto config = app_.config();
-    if (const auto* db = config->find_database(database_name_)) {
-      pools_ = app_.user_pools(*db, user_name_);
+    const auto now = app_.config();
+    if (const auto* db = now->find_database(database())) {
+      pools_ = app_.user_pools(*db, user());
     }
     // How reads are spread follows the reload too, for clients already connected.
-    reads_ = config->routing.reads;
-    load_balance_ = config->routing.load_balance;
+    reads_ = now->routing.reads;
+    load_balance_ = now->routing.load_balance;
   }
   const auto index = static_cast<std::size_t>(route.shard);
   if (index >= pools_->shards.size()) return nullptr;
@@ -947,7 +945,7 @@ std::unique_ptr<ServerConnection> ClientSession::usable(std::unique_ptr<pool::Co
 void ClientSession::check_out(const routing::Route& route) {
   // The wait ends when a server is linked (link()) or the request fails (on_checkout_failed).
   if (Checkout& c = checkout(); c.started == session::Clock::time_point{}) c.started = now();
-  if (app_.paused(database_name_)) {
+  if (app_.paused(database())) {
     asio::co_spawn(
         client_.get_executor(), wait_while_paused(route),
         [self = shared_from_this()](std::exception_ptr e) { log_failure(self->id_, e); });
@@ -964,18 +962,18 @@ void ClientSession::check_out(const routing::Route& route) {
 
 asio::awaitable<void> ClientSession::wait_while_paused(routing::Route route) {
   auto self = shared_from_this();
-  const auto deadline = now() + std::chrono::milliseconds(config_->pool.checkout_timeout_ms);
+  const auto deadline = now() + std::chrono::milliseconds(config().pool.checkout_timeout_ms);
   asio::steady_timer timer(client_.get_executor());
-  while (!closed_ && app_.paused(database_name_)) {
+  while (!closed_ && app_.paused(database())) {
     if (now() >= deadline) {
       end_checkout_wait();
       carry_out(
           core_->on_checkout_failed(
               "53300",
-              "pgvalve: database \"" + database_name_ +
+              "pgvalve: database \"" + database() +
                   "\" is paused (PAUSE or KILL on the admin console) for longer than "
                   "pool.checkout_timeout_ms (" +
-                  std::to_string(config_->pool.checkout_timeout_ms) + " ms); retry after RESUME",
+                  std::to_string(config().pool.checkout_timeout_ms) + " ms); retry after RESUME",
               now()),
           Source::Client);
       co_return;
@@ -989,9 +987,9 @@ asio::awaitable<void> ClientSession::wait_while_paused(routing::Route route) {
 
 void ClientSession::hold(const routing::Route& route, std::shared_ptr<pool::ServerPool> failed) {
   if (Checkout& c = checkout(); c.hold_until == session::Clock::time_point::max()) {
-    c.hold_until = now() + std::chrono::milliseconds(config_->failover.hold_writes_ms);
-    PGV_LOG(Info, "writes_held", {"client", id_}, {"database", database_name_},
-            {"hold_writes_ms", config_->failover.hold_writes_ms});
+    c.hold_until = now() + std::chrono::milliseconds(config().failover.hold_writes_ms);
+    PGV_LOG(Info, "writes_held", {"client", id_}, {"database", database()},
+            {"hold_writes_ms", config().failover.hold_writes_ms});
   }
   asio::co_spawn(client_.get_executor(), hold_for_primary(route, std::move(failed)),
                  [self = shared_from_this()](std::exception_ptr e) { log_failure(self->id_, e); });
@@ -1019,9 +1017,9 @@ asio::awaitable<void> ClientSession::hold_for_primary(routing::Route route,
   end_checkout_wait();
   carry_out(core_->on_checkout_failed(
                 "57P03",
-                "pgvalve: no primary is available for database \"" + database_name_ +
+                "pgvalve: no primary is available for database \"" + database() +
                     "\" (down, or a failover or switchover is under way) after waiting " +
-                    std::to_string(config_->failover.hold_writes_ms) +
+                    std::to_string(config().failover.hold_writes_ms) +
                     " ms (failover.hold_writes_ms); retry shortly, and see SHOW HOSTS",
                 now()),
             Source::Client);
@@ -1071,11 +1069,11 @@ void ClientSession::describe(std::vector<ConnectionRow>& rows) {
   ConnectionRow c;
   c.type = 'C';
   c.id = id_;
-  c.user = user_name_;
-  c.database = database_name_;
-  c.state = core_                         ? std::string(session::state_name(core_->state()))
-            : database_name_ == "pgvalve" ? "admin_console"
-                                          : "logging_in";
+  c.user = user();
+  c.database = database();
+  c.state = core_                     ? std::string(session::state_name(core_->state()))
+            : database() == "pgvalve" ? "admin_console"
+                                      : "logging_in";
   c.addr = from_.to_string();
   error_code ec;
   const auto remote = client_.socket().remote_endpoint(ec);
@@ -1088,8 +1086,8 @@ void ClientSession::describe(std::vector<ConnectionRow>& rows) {
     ConnectionRow s;
     s.type = 'S';
     s.id = io.conn->id;
-    s.user = user_name_;
-    s.database = database_name_;
+    s.user = user();
+    s.database = database();
     s.state = "active";
     s.addr = io.conn->host.host;
     s.port = io.conn->host.port;
@@ -1099,7 +1097,7 @@ void ClientSession::describe(std::vector<ConnectionRow>& rows) {
     s.peer = id_;
     if (const TlsChannel* tls = io.conn->stream.tls()) s.tls = tls->describe();
     if (io.pool) {
-      if (const auto* db = config_->find_database(database_name_)) {
+      if (const auto* db = config().find_database(database())) {
         for (const auto& shard : db->shards) {
           if (shard.primary == io.conn->host ||
               std::find(shard.replicas.begin(), shard.replicas.end(), io.conn->host) !=
@@ -1131,7 +1129,7 @@ void ClientSession::end_checkout_wait() {
 bool ClientSession::runs_on_own_server(const std::shared_ptr<pool::ServerPool>& pool) {
   // Only session mode has a server of its own: in transaction mode another link is another
   // shard's part of the client's transaction, which waits for that shard's primary.
-  if (config_->pool.mode != config::PoolMode::Session) return false;
+  if (config().pool.mode != config::PoolMode::Session) return false;
   const session::LinkId id = core_->pending_link();
   if (id == 0 || links_.empty() || !links_[0].conn) return false;
   if (pool && pool != links_[0].pool) return false;
@@ -1438,22 +1436,21 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::open_server(
     pool::ServerPool& pool, session::Clock::time_point deadline, ServerFailure& failure) {
   ServerLogin login;
   login.host = pool.key().host;
-  login.user = user_name_;
+  login.user = user();
   // The password of the configuration now: a reload that rotated it applies to the servers
   // this client opens from now on (its own login was checked against the old one).
-  const auto config = app_.config();
-  const config::User* user = config->find_user(user_name_);
-  login.password = user ? user->server_password : user_->server_password;
-  login.dbname = database_->dbname;
-  login.max_message_bytes = static_cast<std::size_t>(config_->limits.max_message_bytes);
-  login.allow_insecure_auth = config_->server_allow_insecure_auth;
+  const config::User* rotated = app_.config()->find_user(user());
+  login.password = rotated ? rotated->server_password : profile_->user->server_password;
+  login.dbname = profile_->database->dbname;
+  login.max_message_bytes = static_cast<std::size_t>(config().limits.max_message_bytes);
+  login.allow_insecure_auth = config().server_allow_insecure_auth;
   login.tls = app_.server_tls();
   const auto remaining = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now());
   login.timeout = std::max(std::chrono::milliseconds(1000), remaining);
   auto fresh = co_await open_server_connection(login, failure);
   if (!fresh) {
     if (!failure.out_of_files) pool.note_login_failure(failure.sqlstate);
-    PGV_LOG(Warn, "server_connect_failed", {"host", login.host.to_string()}, {"user", user_name_},
+    PGV_LOG(Warn, "server_connect_failed", {"host", login.host.to_string()}, {"user", user()},
             {"sqlstate", failure.sqlstate}, {"reason", failure.message});
     co_return nullptr;
   }
@@ -1464,7 +1461,7 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::open_server(
   fresh->host_index = app_.cancels().host_index(remote);
   if (!pool.has_server_parameters()) pool.set_server_parameters(fresh->state.startup_parameters);
   PGV_LOG(Debug, "server_connected", {"server", fresh->id}, {"host", login.host.to_string()},
-          {"user", user_name_}, {"database", database_name_});
+          {"user", user()}, {"database", database()});
   co_return fresh;
 }
 
@@ -1525,9 +1522,9 @@ void ClientSession::cancel_request(bool several) {
 // Parts of two-phase commits left prepared on lost servers go to the process's resolver.
 void ClientSession::hand_over(const std::vector<session::PreparedPart>& parts) {
   for (const session::PreparedPart& part : parts) {
-    if (!database_ || part.shard >= database_->shards.size()) continue;
-    app_.prepared_parts().add({database_name_, database_->dbname, user_name_,
-                               database_->shards[part.shard].name, std::string(part.gid()),
+    if (!profile_->database || part.shard >= profile_->database->shards.size()) continue;
+    app_.prepared_parts().add({database(), profile_->database->dbname, user(),
+                               profile_->database->shards[part.shard].name, std::string(part.gid()),
                                part.commit, part.follow});
   }
 }
@@ -1672,9 +1669,9 @@ void ClientSession::hub_request(const session::HubRequest& request) {
   if (!listening_) {
     listening_ = std::make_unique<Listening>();
     // The user as the configuration has it now (a reload may have rotated its password).
-    const auto config = app_.config();
-    const config::User* user = config->find_user(user_name_);
-    listening_->hubs = app_.listen_hubs_for(*database_, user ? *user : *user_);
+    const config::User* rotated = app_.config()->find_user(user());
+    listening_->hubs =
+        app_.listen_hubs_for(*profile_->database, rotated ? *rotated : *profile_->user);
     listening_->sink = std::make_shared<Sink>(weak_from_this(), client_.get_executor());
   }
   const std::shared_ptr<NotificationSink>& sink = listening_->sink;

@@ -35,6 +35,7 @@
 #include "pool/server_pool.h"
 #include "proxy/cancel_registry.h"
 #include "proxy/checkout_deadlines.h"
+#include "proxy/client_profile.h"
 #include "proxy/io_util.h"
 #include "proxy/server_connection.h"
 #include "proxy/socket_writer.h"
@@ -112,8 +113,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
 
   // For SHOW CLIENTS.
   std::uint64_t id() const { return id_; }
-  const std::string& user() const { return user_name_; }
-  const std::string& database() const { return database_name_; }
+  const std::string& user() const { return profile_ ? profile_->user_name : kNoName; }
+  const std::string& database() const { return profile_ ? profile_->database_name : kNoName; }
 
   // (Public for the worker, which keeps spare Checkouts.)
   // In a pool's queue while waiting for a server, and in the worker's list of checkout
@@ -173,16 +174,19 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   class Sink;
 
   // ---- Login (client_login.cpp) ----
-  asio::awaitable<void> refuse_at_door();
+  asio::awaitable<void> refuse_at_door(ClientProfile& login);
   using StartupParameters = std::vector<std::pair<std::string, std::string>>;
-  asio::awaitable<bool> read_startup(StartupParameters& startup_params);
-  asio::awaitable<bool> authenticate();
+  // Both fill in `login`, the profile_ of the login.
+  asio::awaitable<bool> read_startup(ClientProfile& login, StartupParameters& startup_params);
+  asio::awaitable<bool> authenticate(ClientProfile& login);
   asio::awaitable<bool> authenticate_scram(const UserAuth& auth);
   asio::awaitable<bool> authenticate_md5(const UserAuth& auth);
   asio::awaitable<bool> read_password_frame(protocol::Frame& frame);
   // An authentication request to the client; its bytes count once the login succeeds.
   asio::awaitable<bool> send_auth(const std::string& message);
   asio::awaitable<bool> start_session(const StartupParameters& startup_params);
+  const config::Config& config() const { return *profile_->config; }
+  static const std::string kNoName;  // user() and database() before the startup packet
   // The pool a login takes its first server from (and a session-mode client keeps).
   std::shared_ptr<pool::ServerPool> login_pool();
   // The login's server cannot be reached or refuses logins (57P03): waits up to
@@ -324,25 +328,17 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   const std::uint64_t id_;
   const admission::Address from_;
   const admission::Verdict door_;
-  config::ConfigPtr config_;
-  std::shared_ptr<const UserDirectory> users_;
-  const config::User* user_ = nullptr;
-  const config::Database* database_ = nullptr;
   std::uint32_t auth_bytes_sent_ = 0;  // during login, for the byte statistics
-  std::string user_name_;
-  std::string database_name_;
-  bool counted_ = false;
+  // The login's own while it runs (serve()); from the session's start the one it shares with
+  // the clients that logged in the same way. Outlives core_, which refers into it.
+  std::shared_ptr<const ClientProfile> profile_;
   std::chrono::system_clock::time_point connected_at_ = std::chrono::system_clock::now();
   session::Clock::time_point last_request_{};             // last bytes read from the client
   stats::DatabaseCounters* database_counters_ = nullptr;  // the worker's, of this database
 
   session::InputBuffer client_in_{session::InputBuffer::kClientBytes};
-  routing::Router router_;
-  std::shared_ptr<const session::DatabaseSharding>
-      sharding_;              // what router_ points into; null: one shard
+  routing::Router router_;    // points into the profile's sharding
   stats::Recorder recorder_;  // the worker's statement statistics, with this client's names
-  // Made at login; one allocation with this object.
-  std::shared_ptr<const session::SessionOptions> session_options_;  // what core_ refers to
   std::optional<session::Session> core_;
   SocketWriter client_writer_;
 
@@ -376,6 +372,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   bool closed_ = false;
   // What the pool was last told by pinned_change: undone at destruction if still set.
   bool pinned_ = false;
+  bool counted_ = false;  // App::add_client() at the session's start
   // The worker the session is on its way to (start_move() to finish_move()); null otherwise.
   Worker* moving_to_ = nullptr;
   // Servers being cleaned after their release (clean_and_release): they run on this worker.

@@ -696,7 +696,6 @@ class Session {
   const stats::Recorder* recorder_;
   std::unique_ptr<Workspace> work_;
   std::unique_ptr<Extras> extras_;
-  SessionState state_ = SessionState::LoggingIn;
   Clock::time_point now_{};  // of the event being handled
 
   // Durable per-client state (kept while idle).
@@ -708,6 +707,14 @@ class Session {
   protocol::BackendKeyData key_;
   std::unique_ptr<protocol::ClientStatements> statements_;
   std::size_t statement_bytes_ = 0;
+  // Read-your-writes: when the last write ended (time; the WAL positions are in extras_).
+  Clock::time_point last_write_at_{};
+  // Sharded databases: what identifies the request the last checkout was routed by (a hash of
+  // its text and Bind values), so that it is not routed a second time on the server it got.
+  std::uint64_t routed_request_ = 0;
+  std::uint32_t scatter_writes_ = 0;  // numbers the two-phase commits of this client
+  // The small fields from here to accounting_due_ share one word (an idle client keeps them).
+  SessionState state_ = SessionState::LoggingIn;
   bool logged_in_ = false;
   bool drain_requested_ = false;
   bool shard_map_changed_ = false;  // drained because of it: nothing more is routed
@@ -721,12 +728,6 @@ class Session {
   bool error_sent_in_flight_ = false;
   // Session mode: the next request runs on the client's own server (no replica could take it).
   bool stay_on_own_server_ = false;
-  // Read-your-writes: when the last write ended (time; the WAL positions are in extras_).
-  Clock::time_point last_write_at_{};
-  // Sharded databases: what identifies the request the last checkout was routed by (a hash of
-  // its text and Bind values), so that it is not routed a second time on the server it got.
-  std::uint64_t routed_request_ = 0;
-  std::uint32_t scatter_writes_ = 0;  // numbers the two-phase commits of this client
   // SET pgvalve.route: where this client's statements go when no hint says otherwise.
   routing::RouteContext::Preference preference_ = routing::RouteContext::Preference::Auto;
   // The client's default_transaction_isolation is serializable (RouteContext::serializable).
