@@ -151,8 +151,8 @@ std::shared_ptr<const ClientProfile> App::shared_profile(const ClientProfile& lo
   // A live entry holds its configuration and users, so their addresses name them alone.
   std::weak_ptr<const ClientProfile>& slot = profiles_[ProfileKey{
       login.config.get(), login.users.get(), login.user_name, login.database_name}];
-  if (auto known = slot.lock(); known && known->user == login.user && known->sharding == sharding &&
-                                known->options == options) {
+  if (auto known = slot.lock(); known && known->user == login.user && known->database == &db &&
+                                known->sharding == sharding && known->options == options) {
     return known;
   }
   auto made = std::make_shared<ClientProfile>(login);

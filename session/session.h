@@ -713,7 +713,8 @@ class Session {
   // its text and Bind values), so that it is not routed a second time on the server it got.
   std::uint64_t routed_request_ = 0;
   std::uint32_t scatter_writes_ = 0;  // numbers the two-phase commits of this client
-  // The small fields from here to accounting_due_ share one word (an idle client keeps them).
+  // The small fields from here to accounting_due_ sit together, without padding between them:
+  // every idle client keeps them.
   SessionState state_ = SessionState::LoggingIn;
   bool logged_in_ = false;
   bool drain_requested_ = false;
