@@ -199,7 +199,8 @@ bool sign_word(std::string_view word) {
 // whose tokens it knows exactly as SqlLexer finds them.
 class EverydayNormalizer {
  public:
-  explicit EverydayNormalizer(std::string_view sql) : sql_(sql), n_(sql.size()) {}
+  EverydayNormalizer(std::string_view sql, LiteralStarts* replaced)
+      : sql_(sql), n_(sql.size()), replaced_(replaced) {}
 
   bool run(std::uint64_t& out) {
     while (true) {
@@ -227,6 +228,7 @@ class EverydayNormalizer {
         return word();
       case Start::Digit:
         if (sorting_ && item_start) return false;  // ORDER BY 1 stays as written
+        note_literal(i_);
         i_ = number_end(i_);
         return literal();
       case Start::Dot:
@@ -242,6 +244,7 @@ class EverydayNormalizer {
       case Start::Quote: {
         const std::size_t end = string_end(i_);
         if (end == 0) return false;
+        note_literal(i_);
         i_ = end;
         return literal();
       }
@@ -302,6 +305,7 @@ class EverydayNormalizer {
     if (in || iequals(word, "array")) {
       // A list of literals only is one `$?`; a list of anything else is walked token by token.
       std::size_t after = 0;
+      const std::size_t noted = replaced_ ? replaced_->count : 0;
       switch (literal_list(in ? '(' : '[', in ? ')' : ']', after)) {
         case List::Unsure:
           return false;
@@ -310,6 +314,7 @@ class EverydayNormalizer {
           prev_ = Prev::Value;
           return put_lower(word) && put(in ? '(' : '[') && literal() && put(in ? ')' : ']');
         case List::Other:
+          if (replaced_) replaced_->count = noted;  // its literals are noted token by token
           break;
       }
     }
@@ -344,6 +349,7 @@ class EverydayNormalizer {
       const std::size_t at = skip_spaces(i_);
       if (at == 0) return false;
       if (at < n_ && (digit(sql_[at]) || (sql_[at] == '.' && at + 1 < n_ && digit(sql_[at + 1])))) {
+        if (digit(sql_[at])) note_literal(at);
         i_ = number_end(at);
         // The walk does not count a folded number that starts the statement as a token before
         // the next one: a '-' after it is a sign too.
@@ -361,7 +367,7 @@ class EverydayNormalizer {
 
   // consume_literal_list() of the walk, on bytes: after `in`/`array` at i_, `open` literal
   // {, literal} `close`. Unsure where the bytes hold anything the one pass does not lex.
-  List literal_list(char open, char close, std::size_t& after) const {
+  List literal_list(char open, char close, std::size_t& after) {
     std::size_t at = skip_spaces(i_);
     if (at == 0) return List::Unsure;
     if (at >= n_ || sql_[at] != open) return List::Other;
@@ -377,13 +383,16 @@ class EverydayNormalizer {
         if (at == 0) return List::Unsure;
         if (at < n_ &&
             (digit(sql_[at]) || (sql_[at] == '.' && at + 1 < n_ && digit(sql_[at + 1])))) {
+          if (digit(sql_[at])) note_literal(at);
           at = number_end(at);
         } else {
           return List::Unsure;
         }
       } else if (digit(c) || (c == '.' && at + 1 < n_ && digit(sql_[at + 1]))) {
+        if (digit(c)) note_literal(at);
         at = number_end(at);
       } else if (c == '\'') {
+        note_literal(at);
         at = string_end(at);
         if (at == 0) return List::Unsure;
       } else if (c == '$') {
@@ -461,6 +470,12 @@ class EverydayNormalizer {
     return end;
   }
 
+  // A number or string starting with a digit or quote at `at` becomes `$?` (FingerprintCache
+  // compares these with literal_template()'s).
+  void note_literal(std::size_t at) {
+    if (replaced_) replaced_->add(at);
+  }
+
   bool literal() {
     prev_ = Prev::Value;
     if (!open(kLiteral.size())) return false;
@@ -514,6 +529,7 @@ class EverydayNormalizer {
   static constexpr std::size_t kCapacity = 1024;
   std::string_view sql_;
   std::size_t n_;
+  LiteralStarts* replaced_;
   std::size_t i_ = 0;
   std::array<char, kCapacity + 8> normalized_;
   std::size_t len_ = 0;
@@ -527,30 +543,163 @@ class EverydayNormalizer {
 
 }  // namespace
 
-bool fingerprint_everyday(std::string_view sql, std::uint64_t& out) {
-  return EverydayNormalizer(sql).run(out);
+bool fingerprint_everyday(std::string_view sql, std::uint64_t& out, LiteralStarts* replaced) {
+  return EverydayNormalizer(sql, replaced).run(out);
 }
 
-std::uint64_t fingerprint(std::string_view sql) {
-  if (std::uint64_t everyday = 0; fingerprint_everyday(sql, everyday)) return everyday;
+namespace {
+
+std::uint64_t walked_fingerprint(std::string_view sql) {
   HashSink sink(sql);
   normalized_walk(sql, sink);
   return sink.digest();
+}
+
+}  // namespace
+
+std::uint64_t fingerprint(std::string_view sql) {
+  if (std::uint64_t everyday = 0; fingerprint_everyday(sql, everyday)) return everyday;
+  return walked_fingerprint(sql);
+}
+
+namespace {
+
+constexpr char kNumberMark = '\x01';
+constexpr char kStringMark = '\x02';
+
+// Sixteen bytes in a GCC/Clang vector (SSE2 on x86-64, NEON on ARM): compared all at once.
+using Bytes16 = char __attribute__((vector_size(16)));
+
+// The bytes literal_template() stops at, sixteen at a time: digits, quotes and the marks
+// (0x00-0x02); one 0xff byte in the two halves per such byte.
+void stops16(const char* p, std::uint64_t (&halves)[2]) {
+  Bytes16 bytes;
+  std::memcpy(&bytes, p, sizeof bytes);
+  const auto stops =
+      ((bytes >= '0') & (bytes <= '9')) | (bytes == '\'') | ((bytes >= 0) & (bytes <= kStringMark));
+  std::memcpy(halves, &stops, sizeof halves);
+}
+
+}  // namespace
+
+std::string_view literal_template(std::string_view sql, char* buffer, LiteralStarts& starts) {
+  starts.count = 0;
+  starts.overflow = false;
+  char* out = buffer;
+  std::size_t copied = 0;   // sql[copied, at) is not in the template yet
+  std::size_t skip_to = 0;  // past the literal cut last
+  // One stop byte at `at`: false ends the scan (no template).
+  auto stop = [&](std::size_t at) __attribute__((always_inline)) {
+    if (at < skip_to) return true;
+    const char c = sql[at];
+    if (c >= 0 && c <= kStringMark) return false;
+    const char before = at > 0 ? sql[at - 1] : ' ';
+    if (kWordByte[static_cast<unsigned char>(before)] || before == '.') return true;
+    std::size_t end = at + 1;
+    if (c == '\'') {
+      while (true) {  // as EverydayNormalizer::string_end: '' is a quote inside
+        while (end < sql.size() && sql[end] != '\'')
+          ++end;
+        if (end >= sql.size()) return false;
+        ++end;
+        if (end < sql.size() && sql[end] == '\'') {
+          ++end;
+          continue;
+        }
+        break;
+      }
+    } else {
+      while (end < sql.size() && digit(sql[end]))
+        ++end;
+      if (end < sql.size() && (sql[end] == '.' || sql[end] == 'e' || sql[end] == 'E')) {
+        end = number_end(sql, at);
+      }
+    }
+    if (starts.count == LiteralStarts::kMax) return false;
+    starts.add(at);
+    std::memcpy(out, sql.data() + copied, at - copied);
+    out += at - copied;
+    *out++ = c == '\'' ? kStringMark : kNumberMark;
+    copied = end;
+    skip_to = end;
+    return true;
+  };
+  bool ok = true;
+  if (std::endian::native == std::endian::little && sql.size() >= 16) {
+    // Blocks of sixteen; the last one ends with the text, its bytes seen before masked off.
+    for (std::size_t p = 0; ok && p < sql.size(); p += 16) {
+      const std::size_t from = std::min(p, sql.size() - 16);
+      std::uint64_t halves[2];
+      stops16(sql.data() + from, halves);
+      if ((halves[0] | halves[1]) == 0) continue;  // most blocks: words, spaces, operators
+      for (std::size_t h = 0; ok && h < 2; ++h) {
+        const std::size_t base = from + 8 * h;
+        for (std::uint64_t bits = halves[h]; ok && bits != 0;) {
+          const std::size_t at = base + static_cast<unsigned>(std::countr_zero(bits)) / 8;
+          if (at >= p) ok = stop(at);
+          // The stops up to the end of what was cut (a literal's other digits) are passed.
+          const std::size_t next = std::max(at + 1, skip_to);
+          bits = next >= base + 8 ? 0 : bits & (~std::uint64_t{0} << (8 * (next - base)));
+        }
+      }
+    }
+  } else {
+    for (std::size_t p = 0; ok && p < sql.size(); ++p) {
+      const char c = sql[p];
+      if (digit(c) || c == '\'' || (c >= 0 && c <= kStringMark)) ok = stop(p);
+    }
+  }
+  if (!ok || starts.count == 0) return {};
+  std::memcpy(out, sql.data() + copied, sql.size() - copied);
+  out += sql.size() - copied;
+  return {buffer, static_cast<std::size_t>(out - buffer)};
+}
+
+FingerprintCache::Slot* FingerprintCache::find(std::uint64_t hash, std::string_view key,
+                                               bool is_template) {
+  Slot& slot = slots_[hash & (kSlots - 1)];
+  if (slot.key_hash == hash && slot.is_template == is_template && slot.key == key) return &slot;
+  return nullptr;
+}
+
+void FingerprintCache::keep(std::uint64_t hash, std::string_view key, bool is_template,
+                            std::uint64_t value) {
+  Slot& slot = slots_[hash & (kSlots - 1)];
+  slot.key_hash = hash;
+  slot.fingerprint = value;
+  slot.key.assign(key);
+  slot.is_template = is_template;
 }
 
 std::uint64_t FingerprintCache::fingerprint(std::string_view sql) {
   if (sql.size() > kMaxText) return routing::fingerprint(sql);
   if (slots_.empty()) slots_.resize(kSlots);
   const std::uint64_t text_hash = XXH3_64bits(sql.data(), sql.size());
-  Slot& slot = slots_[text_hash & (kSlots - 1)];
-  if (slot.text_hash == text_hash && slot.text == sql) {
+  if (const Slot* slot = find(text_hash, sql, false)) {
     ++hits_;
-    return slot.fingerprint;
+    return slot->fingerprint;
   }
-  slot.text_hash = text_hash;
-  slot.fingerprint = routing::fingerprint(sql);
-  slot.text.assign(sql);
-  return slot.fingerprint;
+  LiteralStarts cut;
+  const std::string_view key = literal_template(sql, template_.data(), cut);
+  const bool templated = !key.empty();
+  const std::uint64_t template_hash = templated ? XXH3_64bits(key.data(), key.size()) : 0;
+  if (templated) {
+    if (const Slot* slot = find(template_hash, key, true)) {
+      ++hits_;
+      ++template_hits_;
+      return slot->fingerprint;
+    }
+  }
+  LiteralStarts replaced;
+  std::uint64_t value = 0;
+  if (!fingerprint_everyday(sql, value, &replaced)) {
+    value = walked_fingerprint(sql);
+  } else if (templated && replaced == cut) {
+    keep(template_hash, key, true, value);
+    return value;
+  }
+  keep(text_hash, sql, false, value);
+  return value;
 }
 
 std::string normalize(std::string_view sql) {

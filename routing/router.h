@@ -74,9 +74,9 @@ class Router {
   // SQL; false when it is not, or not known.
   bool valid_begin(std::uint64_t fingerprint) const;
   const ShardingPolicy* sharding() const { return policy_.sharding; }
-  // fingerprint(sql) of a text the client will likely send again (a Parse's), through the
-  // worker's FingerprintCache when the router has one.
-  std::uint64_t fingerprint_of_repeated(std::string_view sql) const {
+  // fingerprint(sql) through the worker's FingerprintCache when the router has one: a text
+  // seen before, or one that differs from it in its literals only, is not normalised again.
+  std::uint64_t cached_fingerprint(std::string_view sql) const {
     return cache_ ? cache_->fingerprints().fingerprint(sql) : fingerprint(sql);
   }
 

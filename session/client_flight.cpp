@@ -493,7 +493,7 @@ bool Session::route_away_from_own_server(std::string_view frames, Link& own, Act
                          now_ - last_write_at_ < options_.read_your_writes_window;
   const RequestText request = request_text(flight);
   const std::string_view text = request.sql;
-  if (!text.empty()) context.fingerprint = fingerprint_of(text, request.parsed);
+  if (!text.empty()) context.fingerprint = fingerprint_of(text);
   routing::Route route = router_.route(text, context);
   // A single read on the own server moves no read-your-writes mark; anything else may write.
   const bool read = route.kind == routing::Route::Kind::Replica ||
@@ -673,17 +673,13 @@ bool is_begin(std::string_view sql) {
 
 RequestText Session::request_text(Flight& flight) {
   RequestText request;
-  bool query = false;      // the text is a Query's
   std::string_view begin;  // a BEGIN passed over, the request's text when nothing follows it
   const bool sharded = router_.sharded();
   pr::FrameReader reader(flight.input, options_.max_message_bytes);
   for (pr::Frame f; reader.next(f);) {
     if (f.tag == 'Q' || f.tag == 'S' || f.tag == 'H') request.ended = true;
     if (f.tag == 'Q') {
-      if (request.sql.empty()) {
-        request.sql = pr::read_query(f).value_or(std::string_view{});
-        query = true;
-      }
+      if (request.sql.empty()) request.sql = pr::read_query(f).value_or(std::string_view{});
       break;
     }
     if (f.tag == 'P') {
@@ -725,7 +721,6 @@ RequestText Session::request_text(Flight& flight) {
     if (f.tag == 'S' && !request.sql.empty()) break;
   }
   if (request.sql.empty()) request.sql = begin;
-  request.parsed = !request.sql.empty() && !query;
   return request;
 }
 
@@ -746,7 +741,7 @@ routing::Route Session::route_request(const RequestText& request) {
                          last_write_at_ != Clock::time_point{} &&
                          now_ - last_write_at_ < options_.read_your_writes_window;
   if ((router_.splits() || router_.sharded()) && !request.sql.empty()) {
-    context.fingerprint = fingerprint_of(request.sql, request.parsed);
+    context.fingerprint = fingerprint_of(request.sql);
   }
   context.device_id = extras().device_id;
   const BindParams params(request.bind_rest, request.param_types);
@@ -909,7 +904,7 @@ std::pair<std::string_view, std::string> Session::shard_conflict(Link& l, std::s
   context.device_id = extras().device_id;
   context.params = params;
   // A Bind's statement text comes again and again: found in the worker's cache of texts.
-  context.fingerprint = fingerprint_of(sql, params != nullptr);
+  context.fingerprint = fingerprint_of(sql);
   const routing::Route route = router_.route(sql, context);
   const routing::ShardingPolicy& sharding = *router_.sharding();
   if (route.kind == routing::Route::Kind::Refuse) {

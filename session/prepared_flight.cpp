@@ -83,7 +83,7 @@ const pr::PreparedStatement& Session::define_statement(std::string_view name,
     statement_bytes_ -= old->query.size() + old->param_types.size();
   }
   statement_bytes_ += query.size() + param_types.size();
-  const std::uint64_t fingerprint = recorder_ ? fingerprint_of(query, true) : 0;
+  const std::uint64_t fingerprint = recorder_ ? fingerprint_of(query) : 0;
   if (fingerprint) recorder_->stats->prepare(fingerprint, query, recorder_->labels);
   const Setting* search_path = client_settings_.find("search_path");
   return statements_->define(
@@ -267,7 +267,7 @@ void Session::note_unnamed_statement(std::string_view query, std::string_view pa
   w.unnamed_statement_noted = true;
   w.unnamed_statement_fingerprint = 0;
   if (recorder_ && !query.empty()) {
-    w.unnamed_statement_fingerprint = fingerprint_of(query, true);
+    w.unnamed_statement_fingerprint = fingerprint_of(query);
     recorder_->stats->prepare(w.unnamed_statement_fingerprint, query, recorder_->labels);
   }
   if (keeps_literals()) [[unlikely]] {
@@ -604,7 +604,7 @@ void Session::note_session_statement(std::string_view name, std::string_view que
   s.changes_settings = changes_settings;
   s.pins = pins;
   if (recorder_ && !query.empty()) {
-    s.fingerprint = fingerprint_of(query, true);
+    s.fingerprint = fingerprint_of(query);
     recorder_->stats->prepare(s.fingerprint, query, recorder_->labels);
   }
   if (auto it = known.find(name); it != known.end()) {

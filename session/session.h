@@ -570,10 +570,10 @@ class Session {
 
   // ---- statistics ----
   // The fingerprint of `sql`, computed once for the same text asked for again (routing and
-  // statistics share it; Workspace::fingerprinted()). `parsed`: the text of a Parse, which
-  // drivers send again and again; found in the worker's cache of texts seen before. `keep`
-  // false: the text's last use, not worth remembering.
-  std::uint64_t fingerprint_of(std::string_view sql, bool parsed = false, bool keep = true);
+  // statistics share it; Workspace::fingerprinted()), through the worker's cache of texts
+  // seen before (Router::cached_fingerprint). `keep` false: the text's last use, not worth
+  // remembering.
+  std::uint64_t fingerprint_of(std::string_view sql, bool keep = true);
   // `request`, about to be queued on `l`, runs `sql`: it is counted when it completes. Its
   // fingerprint may be left for account().
   void count_request(protocol::PendingResponse& request, std::string_view sql, Link& l);

@@ -281,7 +281,6 @@ class BindParams final : public routing::ParamSource {
 // What routes a request: its first statement's text and, when a Bind follows, its values.
 struct RequestText {
   std::string_view sql;
-  bool parsed = false;  // the text of a Parse or a prepared statement, not of a Query
   bool bound = false;
   bool ended = false;  // a Query, Sync or Flush is among the frames: nothing more is awaited
   std::string_view bind_rest;

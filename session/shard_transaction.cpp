@@ -101,7 +101,7 @@ bool Session::route_in_transaction(std::string_view frames, Link*& l, Actions& o
   context.device_id = extras().device_id;
   const BindParams params(request.bind_rest, request.param_types);
   context.params = request.bound ? &params : nullptr;
-  context.fingerprint = fingerprint_of(request.sql, request.parsed);
+  context.fingerprint = fingerprint_of(request.sql);
   routing::Route route = router_.route(request.sql, context);
   auto part_of = [&](std::uint16_t shard) -> Link* {
     for (Link& o : w.links) {

@@ -11,11 +11,10 @@
 
 namespace pgvalve::session {
 
-std::uint64_t Session::fingerprint_of(std::string_view sql, bool parsed, bool keep) {
+std::uint64_t Session::fingerprint_of(std::string_view sql, bool keep) {
   Workspace& w = work();
   if (w.fingerprinted(sql)) return w.fingerprinted_value();
-  const std::uint64_t value =
-      parsed ? router_.fingerprint_of_repeated(sql) : routing::fingerprint(sql);
+  const std::uint64_t value = router_.cached_fingerprint(sql);
   if (keep) w.keep_fingerprint(sql, value);
   return value;
 }
@@ -248,7 +247,7 @@ void Session::settle_accounting() {
     const std::string_view sql(a.text, a.size);
     a.text = nullptr;
     // The request's last use of its text: nothing asks for it again.
-    const std::uint64_t fingerprint = fingerprint_of(sql, false, false);
+    const std::uint64_t fingerprint = fingerprint_of(sql, false);
     recorder_->stats->prepare(fingerprint, sql, recorder_->labels);
     // The request it counts is the newest marked on its link (unless it was refused unqueued).
     protocol::PendingResponses& pending = a.link->pending;

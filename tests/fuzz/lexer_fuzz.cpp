@@ -1,5 +1,5 @@
-// libFuzzer target for routing/: SQL lexer, leading_hint, fingerprint/normalize, classify and
-// plain_statement.
+// libFuzzer target for routing/: SQL lexer, leading_hint, fingerprint/normalize and its cache,
+// classify and plain_statement.
 // Built with clang + libFuzzer + ASan + UBSan by tests/fuzz/run (a separate -DPGVALVE_FUZZ=ON
 // build in build-fuzz/) and run for 20 s by `tests/run` as ctest test fuzz.lexer_fuzz. By hand,
 // from the repository root:
@@ -86,6 +86,28 @@ void check_plain(std::string_view sql) {
         !info.body_sets && !info.body_listens && info.hint.empty());
 }
 
+// The worker's cache answers what fingerprint() does, for the text and for copies of it with
+// other digits and other bytes inside quotes (a client writing other values into the same
+// statement), whichever of them it keeps and answers by their literal template.
+void check_cache(std::string_view sql) {
+  static pgvalve::routing::FingerprintCache cache;
+  check(cache.fingerprint(sql) == fingerprint(sql));
+  std::string other(sql);
+  for (int round = 0; round < 2; ++round) {
+    bool quoted = false;
+    for (char& c : other) {
+      if (c == '\'') {
+        quoted = !quoted;
+      } else if (c >= '0' && c <= '9') {
+        c = static_cast<char>('0' + (c - '0' + 3) % 10);
+      } else if (quoted && c >= 'a' && c <= 'z') {
+        c = static_cast<char>('a' + (c - 'a' + 1) % 26);
+      }
+    }
+    check(cache.fingerprint(other) == fingerprint(other));
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -96,5 +118,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   check(fingerprint(sql) == XXH3_64bits(normalized.data(), normalized.size()));
   check_statements(sql);
   check_plain(sql);
+  check_cache(sql);
   return 0;
 }
