@@ -285,7 +285,7 @@ void Scatter::add_held(int shard, const pr::Frame& f) {
       return;
     default:
       if (f.tag == 'C' && write_) {
-        rows_[i] += stats::rows_of_tag(pr::read_command_complete(f).value_or(""));
+        rows_[i] += stats::read_command_tag(pr::read_command_complete(f).value_or("")).rows;
       }
       gather_->add(shard, f);  // CommandComplete, EmptyQueryResponse, ErrorResponse
       return;

@@ -136,8 +136,9 @@ void Session::note_answer(Link& l, const protocol::Frame& f) {
     ++l.data_rows;
   } else if (f.tag == 'C') {
     const std::string_view tag = protocol::read_command_complete(f).value_or("");
-    l.rows += stats::rows_of_tag(tag);
-    l.kind = stats::kind_of_tag(tag);
+    const stats::CommandTag said = stats::read_command_tag(tag);
+    l.rows += said.rows;
+    l.kind = said.kind;
     l.data_rows = 0;
   } else if (f.tag == 's') {
     l.rows += l.data_rows;

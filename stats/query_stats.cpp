@@ -220,14 +220,36 @@ std::string_view kind_name(StatementKind kind) {
   return "other";
 }
 
-StatementKind kind_of_tag(std::string_view tag) {
-  const std::string_view verb = tag.substr(0, tag.find(' '));
-  if (verb == "SELECT" || verb == "FETCH") return StatementKind::Select;
-  if (verb == "INSERT") return StatementKind::Insert;
-  if (verb == "UPDATE" || verb == "MERGE") return StatementKind::Update;
-  if (verb == "DELETE") return StatementKind::Delete;
-  if (verb == "COPY") return StatementKind::Copy;
-  return StatementKind::Other;
+CommandTag read_command_tag(std::string_view tag) {
+  // Read for every statement's answer: the verb is told by its length, then compared whole.
+  std::size_t verb_end = 0;
+  while (verb_end < tag.size() && tag[verb_end] != ' ')
+    ++verb_end;
+  const std::string_view verb = tag.substr(0, verb_end);
+  CommandTag out;
+  bool counted = true;
+  if (verb == "SELECT" || verb == "FETCH") {
+    out.kind = StatementKind::Select;
+  } else if (verb == "INSERT") {
+    out.kind = StatementKind::Insert;
+  } else if (verb == "UPDATE" || verb == "MERGE") {
+    out.kind = StatementKind::Update;
+  } else if (verb == "DELETE") {
+    out.kind = StatementKind::Delete;
+  } else if (verb == "COPY") {
+    out.kind = StatementKind::Copy;
+  } else {
+    counted = verb == "MOVE";
+  }
+  if (!counted) return out;
+  // The count is the last word ("INSERT 0 5"): digits only, after a space.
+  std::size_t digits = tag.size();
+  while (digits > verb_end && tag[digits - 1] >= '0' && tag[digits - 1] <= '9')
+    --digits;
+  if (digits == tag.size() || tag[digits - 1] != ' ') return out;
+  for (std::size_t i = digits; i < tag.size(); ++i)
+    out.rows = out.rows * 10 + static_cast<std::uint64_t>(tag[i] - '0');
+  return out;
 }
 
 DatabaseTotals& QueryStats::database_totals(const std::string& database) {
@@ -554,21 +576,6 @@ std::vector<std::uint64_t> QueryStats::top_by_time(
   for (std::size_t i = 0; i < k; ++i)
     top.push_back(all[i].fingerprint);
   return top;
-}
-
-std::uint64_t rows_of_tag(std::string_view tag) {
-  const std::size_t space = tag.rfind(' ');
-  if (space == std::string_view::npos) return 0;
-  const std::string_view verb = tag.substr(0, tag.find(' '));
-  static constexpr std::string_view kCounted[] = {"SELECT", "INSERT", "UPDATE", "DELETE",
-                                                  "MERGE",  "COPY",   "FETCH",  "MOVE"};
-  if (std::find(std::begin(kCounted), std::end(kCounted), verb) == std::end(kCounted)) return 0;
-  std::uint64_t n = 0;
-  for (char c : tag.substr(space + 1)) {
-    if (c < '0' || c > '9') return 0;
-    n = n * 10 + static_cast<std::uint64_t>(c - '0');
-  }
-  return n;
 }
 
 }  // namespace pgvalve::stats

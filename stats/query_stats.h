@@ -48,7 +48,14 @@ struct Recorder {
 enum class StatementKind : std::uint8_t { Select, Insert, Update, Delete, Copy, Other };
 constexpr std::size_t kStatementKinds = 6;
 std::string_view kind_name(StatementKind kind);
-StatementKind kind_of_tag(std::string_view tag);
+
+// What a CommandComplete tag says: the statement's kind, and the rows it returned or changed
+// ("SELECT 5", "INSERT 0 5", "UPDATE 3", "COPY 5", "FETCH 5", "MOVE 5"; 0 for other tags).
+struct CommandTag {
+  StatementKind kind = StatementKind::Other;
+  std::uint64_t rows = 0;
+};
+CommandTag read_command_tag(std::string_view tag);
 
 // Upper bounds (seconds) of the query_duration_seconds histogram buckets; +Inf follows.
 inline constexpr double kDurationBounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
@@ -254,8 +261,5 @@ class QueryStats {
   std::vector<ErrorTotals> errors_;
   std::vector<ExplainRequest> explain_requests_;
 };
-
-// The row count of a CommandComplete tag ("SELECT 5", "INSERT 0 5", "UPDATE 3"); 0 for others.
-std::uint64_t rows_of_tag(std::string_view tag);
 
 }  // namespace pgvalve::stats

@@ -286,14 +286,23 @@ TEST(QueryStats, TextOfALongStatementIsTheLexersFormOfItsStart) {
 }
 
 TEST(QueryStats, RowsOfCommandTags) {
-  EXPECT_EQ(rows_of_tag("SELECT 5"), 5u);
-  EXPECT_EQ(rows_of_tag("INSERT 0 12"), 12u);
-  EXPECT_EQ(rows_of_tag("UPDATE 3"), 3u);
-  EXPECT_EQ(rows_of_tag("DELETE 0"), 0u);
-  EXPECT_EQ(rows_of_tag("COPY 100"), 100u);
-  EXPECT_EQ(rows_of_tag("CREATE TABLE"), 0u);
-  EXPECT_EQ(rows_of_tag("SET"), 0u);
-  EXPECT_EQ(rows_of_tag(""), 0u);
+  EXPECT_EQ(read_command_tag("SELECT 5").rows, 5u);
+  EXPECT_EQ(read_command_tag("INSERT 0 12").rows, 12u);
+  EXPECT_EQ(read_command_tag("UPDATE 3").rows, 3u);
+  EXPECT_EQ(read_command_tag("DELETE 0").rows, 0u);
+  EXPECT_EQ(read_command_tag("COPY 100").rows, 100u);
+  EXPECT_EQ(read_command_tag("MERGE 7").rows, 7u);
+  EXPECT_EQ(read_command_tag("FETCH 20").rows, 20u);
+  EXPECT_EQ(read_command_tag("MOVE 4").rows, 4u);
+  EXPECT_EQ(read_command_tag("SELECT 18446744073709551615").rows, 18446744073709551615u);
+  EXPECT_EQ(read_command_tag("CREATE TABLE").rows, 0u);
+  EXPECT_EQ(read_command_tag("DROP 5").rows, 0u);  // not a count
+  EXPECT_EQ(read_command_tag("SET").rows, 0u);
+  EXPECT_EQ(read_command_tag("SELECT").rows, 0u);
+  EXPECT_EQ(read_command_tag("SELECT ").rows, 0u);
+  EXPECT_EQ(read_command_tag("SELECT 5x").rows, 0u);
+  EXPECT_EQ(read_command_tag("INSERT 0 x5").rows, 0u);
+  EXPECT_EQ(read_command_tag("").rows, 0u);
 }
 
 }  // namespace
@@ -349,12 +358,16 @@ TEST(QueryStatsTotals, CountedPerLabelDatabaseAndErrorClassEvenWhenNotTracked) {
 }
 
 TEST(QueryStatsTotals, KindsFromCommandTags) {
-  EXPECT_EQ(kind_of_tag("SELECT 3"), StatementKind::Select);
-  EXPECT_EQ(kind_of_tag("INSERT 0 1"), StatementKind::Insert);
-  EXPECT_EQ(kind_of_tag("UPDATE 2"), StatementKind::Update);
-  EXPECT_EQ(kind_of_tag("DELETE 0"), StatementKind::Delete);
-  EXPECT_EQ(kind_of_tag("COPY 5"), StatementKind::Copy);
-  EXPECT_EQ(kind_of_tag("CREATE TABLE"), StatementKind::Other);
+  EXPECT_EQ(read_command_tag("SELECT 3").kind, StatementKind::Select);
+  EXPECT_EQ(read_command_tag("FETCH 3").kind, StatementKind::Select);
+  EXPECT_EQ(read_command_tag("INSERT 0 1").kind, StatementKind::Insert);
+  EXPECT_EQ(read_command_tag("UPDATE 2").kind, StatementKind::Update);
+  EXPECT_EQ(read_command_tag("MERGE 2").kind, StatementKind::Update);
+  EXPECT_EQ(read_command_tag("DELETE 0").kind, StatementKind::Delete);
+  EXPECT_EQ(read_command_tag("COPY 5").kind, StatementKind::Copy);
+  EXPECT_EQ(read_command_tag("MOVE 5").kind, StatementKind::Other);
+  EXPECT_EQ(read_command_tag("CREATE TABLE").kind, StatementKind::Other);
+  EXPECT_EQ(read_command_tag("SELECTED 1").kind, StatementKind::Other);
   EXPECT_EQ(kind_name(StatementKind::Update), "update");
 }
 
