@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <initializer_list>
 #include <thread>
 
 #include "routing/fingerprint.h"
@@ -285,24 +286,39 @@ TEST(QueryStats, TextOfALongStatementIsTheLexersFormOfItsStart) {
   EXPECT_EQ(text.find("secret"), std::string::npos);
 }
 
-TEST(QueryStats, RowsOfCommandTags) {
-  EXPECT_EQ(read_command_tag("SELECT 5").rows, 5u);
-  EXPECT_EQ(read_command_tag("INSERT 0 12").rows, 12u);
-  EXPECT_EQ(read_command_tag("UPDATE 3").rows, 3u);
-  EXPECT_EQ(read_command_tag("DELETE 0").rows, 0u);
-  EXPECT_EQ(read_command_tag("COPY 100").rows, 100u);
-  EXPECT_EQ(read_command_tag("MERGE 7").rows, 7u);
-  EXPECT_EQ(read_command_tag("FETCH 20").rows, 20u);
-  EXPECT_EQ(read_command_tag("MOVE 4").rows, 4u);
-  EXPECT_EQ(read_command_tag("SELECT 18446744073709551615").rows, 18446744073709551615u);
-  EXPECT_EQ(read_command_tag("CREATE TABLE").rows, 0u);
-  EXPECT_EQ(read_command_tag("DROP 5").rows, 0u);  // not a count
-  EXPECT_EQ(read_command_tag("SET").rows, 0u);
-  EXPECT_EQ(read_command_tag("SELECT").rows, 0u);
-  EXPECT_EQ(read_command_tag("SELECT ").rows, 0u);
-  EXPECT_EQ(read_command_tag("SELECT 5x").rows, 0u);
-  EXPECT_EQ(read_command_tag("INSERT 0 x5").rows, 0u);
-  EXPECT_EQ(read_command_tag("").rows, 0u);
+// The kind and the rows of each CommandComplete tag PostgreSQL sends, and of tags that only
+// look like counts.
+TEST(QueryStats, CommandTags) {
+  struct Case {
+    const char* tag;
+    StatementKind kind;
+    std::uint64_t rows;
+  };
+  using K = StatementKind;
+  for (const Case& c : std::initializer_list<Case>{
+           {"SELECT 5", K::Select, 5},
+           {"FETCH 20", K::Select, 20},
+           {"INSERT 0 12", K::Insert, 12},
+           {"UPDATE 3", K::Update, 3},
+           {"MERGE 7", K::Update, 7},
+           {"DELETE 0", K::Delete, 0},
+           {"COPY 100", K::Copy, 100},
+           {"MOVE 4", K::Other, 4},
+           {"SELECT 18446744073709551615", K::Select, 18446744073709551615u},
+           {"CREATE TABLE", K::Other, 0},
+           {"DROP 5", K::Other, 0},  // not a count
+           {"SELECTED 1", K::Other, 0},
+           {"SET", K::Other, 0},
+           {"SELECT", K::Select, 0},
+           {"SELECT ", K::Select, 0},
+           {"SELECT 5x", K::Select, 0},
+           {"INSERT 0 x5", K::Insert, 0},
+           {"", K::Other, 0},
+       }) {
+    const CommandTag said = read_command_tag(c.tag);
+    EXPECT_EQ(said.kind, c.kind) << c.tag;
+    EXPECT_EQ(said.rows, c.rows) << c.tag;
+  }
 }
 
 }  // namespace
@@ -357,17 +373,7 @@ TEST(QueryStatsTotals, CountedPerLabelDatabaseAndErrorClassEvenWhenNotTracked) {
   EXPECT_EQ(QueryStats::snapshot({&a}, 10).databases[0].transactions, 1u);
 }
 
-TEST(QueryStatsTotals, KindsFromCommandTags) {
-  EXPECT_EQ(read_command_tag("SELECT 3").kind, StatementKind::Select);
-  EXPECT_EQ(read_command_tag("FETCH 3").kind, StatementKind::Select);
-  EXPECT_EQ(read_command_tag("INSERT 0 1").kind, StatementKind::Insert);
-  EXPECT_EQ(read_command_tag("UPDATE 2").kind, StatementKind::Update);
-  EXPECT_EQ(read_command_tag("MERGE 2").kind, StatementKind::Update);
-  EXPECT_EQ(read_command_tag("DELETE 0").kind, StatementKind::Delete);
-  EXPECT_EQ(read_command_tag("COPY 5").kind, StatementKind::Copy);
-  EXPECT_EQ(read_command_tag("MOVE 5").kind, StatementKind::Other);
-  EXPECT_EQ(read_command_tag("CREATE TABLE").kind, StatementKind::Other);
-  EXPECT_EQ(read_command_tag("SELECTED 1").kind, StatementKind::Other);
+TEST(QueryStatsTotals, KindNames) {
   EXPECT_EQ(kind_name(StatementKind::Update), "update");
 }
 
