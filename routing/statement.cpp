@@ -991,8 +991,50 @@ NormalizedName fetched_cursor(std::string_view sql) {
   return name;
 }
 
+namespace {
+
+// BEGIN, COMMIT, END, ROLLBACK or ABORT alone, as drivers send them around every transaction
+// (psycopg2, JDBC without autocommit): what the lexer pass would find, read off the bytes. False
+// for anything else (more words, a comment, other spaces), which the lexer pass takes.
+bool classify_bare_transaction_word(std::string_view sql, StatementInfo& info) {
+  std::size_t i = 0;
+  while (i < sql.size() && sql_space(sql[i]))
+    ++i;
+  std::size_t end = i;
+  while (end < sql.size() && ascii_letter(sql[end]))
+    ++end;
+  const std::string_view word = sql.substr(i, end - i);
+  StatementKind kind;
+  if (iequals(word, "begin")) {
+    kind = StatementKind::Begin;
+  } else if (iequals(word, "commit") || iequals(word, "end")) {
+    kind = StatementKind::Commit;
+  } else if (iequals(word, "rollback") || iequals(word, "abort")) {
+    kind = StatementKind::Rollback;
+  } else {
+    return false;
+  }
+  std::size_t next = end;
+  while (next < sql.size() && sql_space(sql[next]))
+    ++next;
+  if (next < sql.size()) {
+    if (sql[next] != ';') return false;
+    ++next;
+    for (std::size_t k = next; k < sql.size(); ++k) {
+      if (sql[k] != ';' && !sql_space(sql[k])) return false;  // another statement follows
+    }
+  }
+  info.kind = kind;
+  info.text = word;
+  info.next_offset = next;
+  return true;
+}
+
+}  // namespace
+
 StatementInfo classify(std::string_view sql) {
   StatementInfo info;
+  if (classify_bare_transaction_word(sql, info)) return info;
   Classifier(sql, info).run();
   return info;
 }

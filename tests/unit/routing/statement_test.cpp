@@ -95,6 +95,60 @@ TEST(Classify, Commit) {
   EXPECT_FALSE(classify("commit").and_chain);
 }
 
+// Every field of two results, the second's offsets `shift` bytes further on.
+void expect_same_info(const StatementInfo& a, const StatementInfo& b, std::size_t shift,
+                      std::string_view sql) {
+  EXPECT_EQ(a.kind, b.kind) << sql;
+  EXPECT_EQ(a.multiple_statements, b.multiple_statements) << sql;
+  EXPECT_EQ(a.read_only, b.read_only) << sql;
+  EXPECT_EQ(a.transaction_modes, b.transaction_modes) << sql;
+  EXPECT_EQ(a.access_read_only, b.access_read_only) << sql;
+  EXPECT_EQ(a.isolation, b.isolation) << sql;
+  EXPECT_EQ(a.deferrable, b.deferrable) << sql;
+  EXPECT_EQ(a.and_chain, b.and_chain) << sql;
+  EXPECT_EQ(a.temporary, b.temporary) << sql;
+  EXPECT_EQ(a.on_commit_drop, b.on_commit_drop) << sql;
+  EXPECT_EQ(a.with_hold, b.with_hold) << sql;
+  EXPECT_EQ(a.discard_all, b.discard_all) << sql;
+  EXPECT_EQ(a.all, b.all) << sql;
+  EXPECT_EQ(a.value_is_default, b.value_is_default) << sql;
+  EXPECT_EQ(a.calls_advisory_session_lock, b.calls_advisory_session_lock) << sql;
+  EXPECT_EQ(a.calls_advisory_unlock, b.calls_advisory_unlock) << sql;
+  EXPECT_EQ(a.set_config, b.set_config) << sql;
+  EXPECT_EQ(a.body_sets, b.body_sets) << sql;
+  EXPECT_EQ(a.body_listens, b.body_listens) << sql;
+  EXPECT_EQ(a.opaque, b.opaque) << sql;
+  EXPECT_EQ(a.set_config_name, b.set_config_name) << sql;
+  EXPECT_EQ(a.set_config_value, b.set_config_value) << sql;
+  EXPECT_EQ(a.name_unsupported, b.name_unsupported) << sql;
+  EXPECT_EQ(a.name.view(), b.name.view()) << sql;
+  EXPECT_EQ(a.raw_name, b.raw_name) << sql;
+  EXPECT_EQ(a.value, b.value) << sql;
+  EXPECT_EQ(a.hint, b.hint) << sql;
+  EXPECT_EQ(a.text, b.text) << sql;
+  EXPECT_EQ(a.next_offset + shift, b.next_offset) << sql;
+}
+
+// BEGIN, COMMIT, END, ROLLBACK and ABORT alone are read without the lexer: the result is what
+// the lexer pass gives for the same statement behind a comment (which only the lexer reads).
+TEST(Classify, BareTransactionWordsAsTheLexerReadsThem) {
+  for (const char* word : {"BEGIN", "begin", "Commit", "END", "rollback", "ABORT"}) {
+    for (const char* around : {"%", " %", "\n\t%;", "% ;", "%;;", "%; ;\r\n", "%;  "}) {
+      std::string sql = around;
+      sql.replace(sql.find('%'), 1, word);
+      const std::string behind_comment = "/* c */ " + sql;
+      expect_same_info(classify(sql), classify(behind_comment), 8, sql);
+    }
+  }
+  // Not alone: the lexer pass decides.
+  EXPECT_TRUE(classify("begin; select 1").multiple_statements);
+  EXPECT_TRUE(classify("commit and chain").and_chain);
+  EXPECT_EQ(kind_of("begin_x"), SK::Other);
+  EXPECT_EQ(kind_of("end1"), SK::Other);
+  EXPECT_EQ(kind_of("abort\f"), SK::Rollback);
+  EXPECT_EQ(classify("/* pgvalve: primary */ begin").hint, std::string_view("primary"));
+}
+
 TEST(Classify, CommitAndChain) {
   const StatementInfo info = classify("commit and chain");
   EXPECT_EQ(info.kind, SK::Commit);
