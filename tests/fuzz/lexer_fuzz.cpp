@@ -87,7 +87,7 @@ void check_plain(std::string_view sql) {
 }
 
 // The worker's cache answers what fingerprint() does, for the text and for copies of it with
-// other digits and other bytes inside quotes (a client writing other values into the same
+// other digits and other letters inside quotes (a client writing other values into the same
 // statement), whichever of them it keeps and answers by their literal template.
 void check_cache(std::string_view sql) {
   static pgvalve::routing::FingerprintCache cache;
