@@ -5,6 +5,9 @@
 // bytes for every idle client of a busy pool. Instead the worker keeps its waiting clients in
 // one list ordered by deadline and one timer armed for the earliest; a client leaves the list
 // when it is granted a server, gives up, or closes.
+//
+// A wait may also ask to be looked at once before its deadline, when it has lasted a while (the
+// client's socket is then asked whether it hung up, a system call most waits end before).
 #pragma once
 
 #include <chrono>
@@ -24,12 +27,15 @@ class CheckoutDeadlines {
     virtual ~Entry() = default;
     // The deadline passed while still in the list (it has been taken out).
     virtual void on_checkout_deadline() = 0;
+    // The look asked for at add() is due; the entry stays in the list for its deadline.
+    virtual void on_long_wait() {}
     bool queued() const { return queued_; }
 
    private:
     friend class CheckoutDeadlines;
     Entry* prev_ = nullptr;
     Entry* next_ = nullptr;
+    Clock::time_point due_{};  // the look's time, then the deadline; the list's order
     Clock::time_point deadline_{};
     bool queued_ = false;
   };
@@ -42,11 +48,14 @@ class CheckoutDeadlines {
   CheckoutDeadlines& operator=(const CheckoutDeadlines&) = delete;
 
   // Inserted from the back: deadlines of one timeout arrive in order, so this is O(1) unless
-  // the timeout was shortened by a reload.
-  void add(Entry& entry, Clock::time_point deadline);
+  // the timeout was shortened by a reload. A look_at before the deadline calls on_long_wait()
+  // then.
+  void add(Entry& entry, Clock::time_point deadline,
+           Clock::time_point look_at = Clock::time_point::max());
   void remove(Entry& entry);
 
  private:
+  void insert(Entry& entry);
   void arm();
   void fire();
 

@@ -140,6 +140,10 @@ void ClientSession::CheckoutWaiter::on_checkout_deadline() {
   session_->checkout_timed_out();
 }
 
+void ClientSession::CheckoutWaiter::on_long_wait() {
+  session_->look_for_hang_up();
+}
+
 ClientSession::Checkout& ClientSession::start_checkout() {
   auto& spares = worker_->spare_checkouts;
   if (spares.empty()) {
@@ -409,10 +413,12 @@ void ClientSession::watch_client() {
 
 void ClientSession::watch_for_hang_up() {
   if (uses_arrival_wait(client_)) {
-    // Bytes the kernel may hold already (the end among them) no arrival will announce; nor a
-    // reset that came with the bytes last read (TCP_INQ tells of bytes and a FIN only): asked
-    // once after each read, not at every step of a read over several shards.
-    if (!client_drained_ || !hang_up_asked_) {
+    // Bytes the kernel may hold already (the end among them) no arrival will announce: asked
+    // now. Nor a reset that came with the bytes last read (TCP_INQ tells of bytes and a FIN
+    // only): asked once after each read, not at every step of a read over several shards — and
+    // for a request in a pool's queue only once it has waited kHangUpLookAfter
+    // (look_for_hang_up()), a system call most waits end before.
+    if (!client_drained_ || (!hang_up_asked_ && !in_pool_queue())) {
       hang_up_asked_ = true;
       if (hung_up_while_waiting()) return;
     }
@@ -452,6 +458,19 @@ bool ClientSession::watches_for_hang_up() const {
   const auto state = core_->state();
   return state == session::SessionState::WaitingForServer ||
          state == session::SessionState::Scattering;
+}
+
+bool ClientSession::in_pool_queue() const {
+  return checkout_ && checkout_->waiter.queued();
+}
+
+// The request has waited kHangUpLookAfter in a pool's queue: a reset that came with it, which
+// no arrival announces, is looked for now.
+void ClientSession::look_for_hang_up() {
+  if (closed_ || hang_up_asked_ || !uses_arrival_wait(client_)) return;
+  const auto self = shared_from_this();  // leaving ends the wait that holds the session
+  hang_up_asked_ = true;
+  hung_up_while_waiting();
 }
 
 bool ClientSession::hung_up_while_waiting() {
@@ -1202,7 +1221,7 @@ void ClientSession::take(pool::CheckoutResult result) {
         Checkout& c = checkout();
         c.waiting = true;
         c.waiting_self = shared_from_this();
-        worker_->checkout_deadlines.add(c.waiter, c.deadline);
+        worker_->checkout_deadlines.add(c.waiter, c.deadline, now() + kHangUpLookAfter);
         return;
       }
     }

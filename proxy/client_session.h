@@ -124,6 +124,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
     void grant(std::unique_ptr<pool::Connection> conn) override;
     void pool_retired() override;
     void on_checkout_deadline() override;
+    void on_long_wait() override;
 
    private:
     friend class ClientSession;
@@ -231,7 +232,12 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   void watch_for_hang_up();
   void watch_tls_hang_up(bool bytes_came);
   bool watches_for_hang_up() const;
+  bool in_pool_queue() const;
+  // A request in a pool's queue this long is looked at for a reset that came with it; most
+  // waits end before (a client that reset keeps its place in the queue this long at most).
+  static constexpr std::chrono::milliseconds kHangUpLookAfter{50};
   bool hung_up_while_waiting();
+  void look_for_hang_up();
   void arm_client_arrival();
   void read_client();
   void post_read_client();
@@ -368,7 +374,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // The same as LinkIO's, for the client's socket.
   bool client_arrival_armed_ = false;
   bool client_drained_ = false;
-  bool hang_up_asked_ = false;  // watch_for_hang_up() polled since the last read
+  bool hang_up_asked_ = false;  // the socket was polled for a hang-up since the last read
   bool closed_ = false;
   // What the pool was last told by pinned_change: undone at destruction if still set.
   bool pinned_ = false;

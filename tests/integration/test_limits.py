@@ -2,6 +2,8 @@
 authentication failures, malformed / oversized startup packets and messages, auth timeout.
 Errors are read off the wire (raw ErrorResponse fields) so the SQLSTATE is exact."""
 
+import os
+import signal
 import socket
 import struct
 import threading
@@ -89,6 +91,34 @@ def test_a_client_that_leaves_while_waiting_leaves_the_queue_and_its_request_is_
             assert c.execute("select count(*) from left_waiting").fetchone() == (0,)
     assert "event=client_left_while_waiting" in pv.log_text()
     assert "server_closed_dirty" not in pv.log_text()
+
+
+def test_a_client_that_resets_with_its_request_leaves_the_queue(cluster, pgvalve):
+    # The request and the reset reach pgvalve together (it is stopped meanwhile), so no arrival
+    # after the read announces the end: pgvalve looks for it once the request has waited a while
+    # in the queue (50 ms), and the request never runs.
+    from itutil import APP_AND_OPS, show_pools
+    cluster.primary.psql("CREATE TABLE IF NOT EXISTS reset_waiting (n int)", dbname=APP_DB)
+    cluster.primary.psql("GRANT ALL ON reset_waiting TO app", dbname=APP_DB)
+    cluster.primary.psql("TRUNCATE reset_waiting", dbname=APP_DB)
+    pv = pgvalve(mode="transaction", pool_size=1, max_overflow=0, checkout_timeout_ms=10000,
+                 users=APP_AND_OPS)
+    with pv.connect(autocommit=False) as holder:
+        holder.execute("select 1")  # holds the only server
+        gone = raw(pv).connect()
+        os.kill(pv.proc.pid, signal.SIGSTOP)
+        try:
+            gone.sock.sendall(query_message("insert into reset_waiting values (1)"))
+            gone.close_abruptly(reset=True)
+            time.sleep(0.2)
+        finally:
+            os.kill(pv.proc.pid, signal.SIGCONT)
+        wait_until(lambda: "event=client_left_while_waiting" in pv.log_text(), 5,
+                   message="the reset is found while the request waits")
+        assert show_pools(pv)[0]["cl_waiting"] == "0"
+        holder.commit()
+        with pv.connect() as c:
+            assert c.execute("select count(*) from reset_waiting").fetchone() == (0,)
 
 
 # --- max_client_connections ------------------------------------------------------------------

@@ -1,5 +1,6 @@
 // The worker's list of checkout deadlines: each waiting client is told once, at its deadline, in
-// deadline order; one that left the list is never told.
+// deadline order; one that left the list is never told. A wait that asked to be looked at when
+// it has lasted a while is told that too, once, before its deadline.
 #include "proxy/checkout_deadlines.h"
 
 #include <chrono>
@@ -21,9 +22,14 @@ struct Waiting : CheckoutDeadlines::Entry {
     told.push_back(name);
     at = Clock::now();
   }
+  void on_long_wait() override {
+    told.push_back(name + " looked at");
+    looked_at = Clock::now();
+  }
   std::string name;
   std::vector<std::string>& told;
   Clock::time_point at{};
+  Clock::time_point looked_at{};
 };
 
 TEST(CheckoutDeadlines, TellsEachWaiterAtItsDeadlineInOrder) {
@@ -88,6 +94,46 @@ TEST(CheckoutDeadlines, AWaiterToldMayWaitAgain) {
   deadlines.add(again, Clock::now() + 5ms);
   io.run_for(1s);
   EXPECT_EQ(told, (std::vector<std::string>{"again", "again"}));
+}
+
+TEST(CheckoutDeadlines, ALongWaitIsLookedAtOnceThenToldAtItsDeadline) {
+  boost::asio::io_context io;
+  std::vector<std::string> told;
+  CheckoutDeadlines deadlines(io);
+  Waiting looked("looked", told), plain("plain", told), late_look("late look", told);
+  const auto start = Clock::now();
+  deadlines.add(looked, start + 60ms, start + 10ms);
+  deadlines.add(plain, start + 30ms);
+  deadlines.add(late_look, start + 40ms, start + 50ms);  // a look after the deadline: none
+  io.run_for(1s);
+  EXPECT_EQ(told, (std::vector<std::string>{"looked looked at", "plain", "late look", "looked"}));
+  EXPECT_GE(looked.looked_at, start + 10ms);
+  EXPECT_LT(looked.looked_at, looked.at);
+  EXPECT_GE(looked.at, start + 60ms);
+  EXPECT_FALSE(looked.queued() || plain.queued() || late_look.queued());
+}
+
+TEST(CheckoutDeadlines, AWaitEndedWhenLookedAtIsNotToldItsDeadline) {
+  boost::asio::io_context io;
+  std::vector<std::string> told;
+  CheckoutDeadlines deadlines(io);
+  struct Leaves : Waiting {
+    using Waiting::Waiting;
+    CheckoutDeadlines* list = nullptr;
+    void on_long_wait() override {
+      Waiting::on_long_wait();
+      list->remove(*this);  // the client had hung up
+    }
+  } gone("gone", told);
+  gone.list = &deadlines;
+  Waiting granted("granted", told);
+  const auto start = Clock::now();
+  deadlines.add(gone, start + 30ms, start + 5ms);
+  deadlines.add(granted, start + 30ms, start + 10ms);
+  deadlines.remove(granted);  // granted before anyone looked
+  io.run_for(1s);
+  EXPECT_EQ(told, (std::vector<std::string>{"gone looked at"}));
+  EXPECT_FALSE(gone.queued());
 }
 
 TEST(CheckoutDeadlines, EntriesOutliveTheList) {
