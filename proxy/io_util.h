@@ -39,20 +39,16 @@ inline auto await_ec(error_code& ec) {
 // lost power, a server behind a dead link) is found within about two minutes.
 void enable_keepalive(Socket& socket);
 
-// Cancels the socket's pending operations if not disarmed before `timeout`.
+// Cancels the socket's pending operations if not disarmed before `timeout`, and again every
+// 20 ms until disarmed: a read that completed just before the first cancel is not cancelled,
+// and the coroutine that reads on would otherwise wait past the deadline.
 class Deadline {
  public:
   template <typename Stream>
   Deadline(Stream& socket, std::chrono::milliseconds timeout)
       : state_(std::make_shared<State>(socket.get_executor())) {
     state_->timer.expires_after(timeout);
-    state_->timer.async_wait([s = state_, &socket](const error_code& ec) {
-      if (!ec && !s->disarmed) {
-        s->expired = true;
-        error_code ignored;
-        socket.cancel(ignored);
-      }
-    });
+    arm(state_, socket);
   }
   ~Deadline() { disarm(); }
   Deadline(const Deadline&) = delete;
@@ -73,6 +69,18 @@ class Deadline {
     bool disarmed = false;
     bool expired = false;
   };
+
+  template <typename Stream>
+  static void arm(const std::shared_ptr<State>& state, Stream& socket) {
+    state->timer.async_wait([s = state, &socket](const error_code& ec) {
+      if (ec || s->disarmed) return;
+      s->expired = true;
+      error_code ignored;
+      socket.cancel(ignored);
+      s->timer.expires_after(std::chrono::milliseconds(20));
+      arm(s, socket);
+    });
+  }
 
   std::shared_ptr<State> state_;
 };
