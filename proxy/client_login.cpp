@@ -33,6 +33,12 @@ asio::awaitable<void> ClientSession::serve() {
   }
   enable_keepalive(client_.socket());
   enable_rest_hint(client_.socket());
+  {
+    // The login's reads and writes then complete without a turn of the event loop (Stream);
+    // the session's event handlers need it anyway.
+    error_code ec;
+    client_.socket().non_blocking(true, ec);
+  }
   bool ok;
   StartupParameters startup;  // the login's only: a logged-in client does not keep them
   {
@@ -422,8 +428,6 @@ asio::awaitable<bool> ClientSession::start_session(const StartupParameters& star
     cancel_.link(links_[0].conn->host_index, links_[0].conn->key.process_id,
                  links_[0].conn->key.secret_key);
   }
-  error_code ec;
-  client_.socket().non_blocking(true, ec);
   PGV_LOG(Info, "client_login", {"client", id_}, {"user", user()}, {"database", database()},
           {"mode", config::to_string(config().pool.mode)});
   const auto& actions =

@@ -4,6 +4,10 @@
 
 #include <array>
 
+#include <boost/asio/async_result.hpp>
+
+#include "proxy/arrival_wait.h"
+
 namespace pgvalve::proxy {
 
 namespace {
@@ -116,9 +120,33 @@ asio::awaitable<bool> Stream::handshake(std::string& error) {
   }
 }
 
+// An Asio operation completes through a handler posted to the event loop, even when its
+// speculative read or write succeeded at once, and the loop asks epoll (a system call) between
+// posted handlers: a login's few reads and writes paid that each time. On a non-blocking
+// plaintext socket the coroutines read and write directly and wait only when the kernel has
+// nothing for them (an arrival wait: the socket is registered already, and a read just found it
+// empty).
+namespace {
+
+auto wait_for_arrival(Socket& socket, decltype(await_ec(std::declval<error_code&>())) token) {
+  return asio::async_initiate<decltype(token), void(error_code)>(
+      [](auto handler, Socket* s) { async_wait_for_arrival(*s, std::move(handler)); }, token,
+      &socket);
+}
+
+}  // namespace
+
 asio::awaitable<std::size_t> Stream::async_read_some(
     asio::mutable_buffer into, decltype(await_ec(std::declval<error_code&>())) token) {
   error_code& ec = token.ec_;
+  if (!tls_ && socket_.non_blocking()) {
+    for (;;) {
+      const std::size_t n = socket_.read_some(into, ec);
+      if (ec != asio::error::would_block) co_return n;
+      co_await wait_for_arrival(socket_, await_ec(ec));
+      if (ec) co_return 0;
+    }
+  }
   if (!tls_) {
     const std::size_t n = co_await socket_.async_read_some(into, await_ec(ec));
     co_return n;
@@ -143,6 +171,17 @@ asio::awaitable<std::size_t> Stream::async_read_some(
 
 asio::awaitable<bool> Stream::write_all(std::string_view plaintext) {
   error_code ec;
+  if (!tls_ && socket_.non_blocking()) {
+    // A login's answers fit the socket's buffer: written at once; a rest waits for room.
+    while (!plaintext.empty()) {
+      const std::size_t n =
+          socket_.write_some(asio::buffer(plaintext.data(), plaintext.size()), ec);
+      if (ec == asio::error::would_block) break;
+      if (ec) co_return false;
+      plaintext.remove_prefix(n);
+    }
+    if (plaintext.empty()) co_return true;
+  }
   if (!tls_) {
     co_await asio::async_write(socket_, asio::buffer(plaintext.data(), plaintext.size()),
                                await_ec(ec));
