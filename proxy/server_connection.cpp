@@ -195,6 +195,12 @@ asio::awaitable<std::unique_ptr<ServerConnection>> open_server_connection(const 
     }
     break;
   }
+  // The login's reads and writes then complete without a turn of the event loop (Stream), and
+  // the sessions read and write the connection without blocking.
+  {
+    error_code ec;
+    conn->stream.socket().non_blocking(true, ec);
+  }
   const std::pair<std::string_view, std::string_view> params[] = {{"user", login.user},
                                                                   {"database", login.dbname}};
   pr::append_startup_message(out, params);
@@ -321,8 +327,6 @@ asio::awaitable<std::unique_ptr<ServerConnection>> open_server_connection(const 
         conn->in.consume(size);
         deadline.disarm();
         conn->state.tx_status = 'I';
-        // Sessions read and write it without blocking; coroutines still work as before.
-        conn->stream.socket().non_blocking(true);
         conn->created_at = conn->last_used_at = pool::Clock::now();
         co_return conn;
       default:  // NoticeResponse, NegotiateProtocolVersion: nothing to do
