@@ -19,6 +19,7 @@ import urllib.request
 import psycopg
 import pytest
 
+from itutil import SANITIZED
 from pgcluster import APP_PASSWORD, APP_USER, DEFAULT_PGVALVE_BIN, PgCluster, Pgvalve, wait_until
 
 OPS = {"name": "ops", "password": "ops-secret", "admin": True}
@@ -255,6 +256,9 @@ def test_a_restart_under_load_fails_no_request_with_57P03(plain_cluster, start):
 
 # --- pgvalve out of file descriptors ---------------------------------------------------------
 
+# UBSan's vptr check probes memory through a pipe: with no descriptor left it takes a virtual call
+# for a bad one and aborts the process (a report of the tool, not of pgvalve; test_door.py).
+@pytest.mark.skipif(SANITIZED, reason="UBSan needs a spare file descriptor for its vptr check")
 def test_out_of_descriptors_gives_53300_saying_so_without_a_failover_hold(plain_cluster, start):
     pv = start(plain_cluster, wrapper=["prlimit", "--nofile=64:64", "--"], workers=1,
                pool_size=1, max_overflow=2, checkout_timeout_ms=1500,
