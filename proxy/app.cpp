@@ -864,10 +864,7 @@ void App::start_listeners() {
 
 namespace {
 
-admission::Address address_of(const Socket& socket) {
-  error_code ec;
-  const auto remote = socket.remote_endpoint(ec);
-  if (ec) return {};
+admission::Address address_of(const tcp::endpoint& remote) {
   const auto address = remote.address();
   if (address.is_v4()) return admission::Address::v4(address.to_v4().to_uint());
   const auto v6 = address.to_v6();
@@ -919,7 +916,9 @@ asio::awaitable<void> App::accept_loop(Worker& worker) {
   for (;;) {
     error_code ec;
     Socket socket(worker.context);
-    co_await worker.acceptor->async_accept(socket, asio::redirect_error(asio::use_awaitable, ec));
+    tcp::endpoint peer;  // filled by accept itself: no getpeername per connection
+    co_await worker.acceptor->async_accept(socket, peer,
+                                           asio::redirect_error(asio::use_awaitable, ec));
     if (ec) {
       if (ec == asio::error::operation_aborted || !worker.acceptor->is_open()) co_return;
       // Out of file descriptors (or kernel memory): the pending connection stays queued and
@@ -936,7 +935,7 @@ asio::awaitable<void> App::accept_loop(Worker& worker) {
       continue;
     }
     socket.set_option(tcp::no_delay(true), ec);
-    const admission::Address from = address_of(socket);
+    const admission::Address from = address_of(peer);
     const admission::Verdict verdict = admit(from);
     if (verdict != admission::Verdict::Admit) {
       refused_[static_cast<std::size_t>(verdict)].fetch_add(1, std::memory_order_relaxed);
