@@ -4,6 +4,8 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -39,9 +41,11 @@ std::size_t read_some_noting_rest(Socket& socket, asio::mutable_buffer into, err
   msg.msg_iovlen = 1;
   msg.msg_control = control;
   msg.msg_controllen = sizeof control;
-  ssize_t n;
+  long n;
   do {
-    n = ::recvmsg(socket.native_handle(), &msg, MSG_DONTWAIT);
+    // The system call itself: glibc's recvmsg() is a cancellation point, which costs two atomic
+    // operations per read (see send_one() in socket_writer.cpp).
+    n = ::syscall(SYS_recvmsg, socket.native_handle(), &msg, MSG_DONTWAIT);
   } while (n < 0 && errno == EINTR);
   if (n < 0) {
     ec = error_code(errno, asio::error::get_system_category());

@@ -1,5 +1,10 @@
 #include "proxy/socket_writer.h"
 
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <vector>
 
 #include <boost/asio/write.hpp>
@@ -12,6 +17,23 @@ namespace {
 std::vector<asio::const_buffer>& scratch_buffers() {
   thread_local std::vector<asio::const_buffer> buffers;
   return buffers;
+}
+
+// One buffer, the usual forwarded answer or request, with one send() and without glibc's wrapper:
+// that one is a cancellation point, which turns the thread's cancellation on and off around the
+// call (two atomic operations), and pgvalve never cancels a thread.
+std::size_t send_one(Socket& socket, asio::const_buffer buffer, error_code& ec) {
+  long n;
+  do {
+    n = ::syscall(SYS_sendto, socket.native_handle(), buffer.data(), buffer.size(),
+                  MSG_NOSIGNAL | MSG_DONTWAIT, nullptr, 0);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    ec = error_code(errno, asio::error::get_system_category());
+    return 0;
+  }
+  ec = {};
+  return static_cast<std::size_t>(n);
 }
 
 }  // namespace
@@ -35,8 +57,7 @@ SocketWriter::Result SocketWriter::write(Socket& socket, std::span<const session
   std::size_t written = 0;
   if (!busy()) {
     error_code ec;
-    // One buffer (the usual forwarded answer or request) goes out with send(), not sendmsg().
-    written = buffers.size() == 1 ? socket.write_some(buffers.front(), ec)
+    written = buffers.size() == 1 ? send_one(socket, buffers.front(), ec)
                                   : socket.write_some(buffers, ec);
     if (ec == asio::error::would_block || ec == asio::error::try_again) {
       written = 0;
