@@ -19,6 +19,7 @@
 #include "proxy/listen_hub.h"
 #include "proxy/log.h"
 #include "proxy/shared_port.h"
+#include "proxy/socket_options.h"
 #include "proxy/worker_balance.h"
 #include "session/sharding_policy.h"
 
@@ -849,6 +850,7 @@ void App::start_listeners() {
     w->acceptor->set_option(tcp::acceptor::reuse_address(true));
     int one = 1;
     ::setsockopt(w->acceptor->native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    set_client_options(w->acceptor->native_handle());
     w->acceptor->bind(endpoint);
     w->acceptor->listen(asio::socket_base::max_listen_connections);
   }
@@ -934,7 +936,15 @@ asio::awaitable<void> App::accept_loop(Worker& worker) {
       co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       continue;
     }
-    socket.set_option(tcp::no_delay(true), ec);
+    if (!worker.client_options_inherited) {
+      // The first client tells whether the kernel copied the listener's options.
+      worker.client_options_inherited = has_client_options(socket.native_handle());
+      if (!*worker.client_options_inherited) {
+        PGV_LOG(Info, "client_socket_options_not_inherited",
+                {"action", "set on each client connection instead (a few system calls each)"});
+      }
+    }
+    if (!*worker.client_options_inherited) set_client_options(socket.native_handle());
     const admission::Address from = address_of(peer);
     const admission::Verdict verdict = admit(from);
     if (verdict != admission::Verdict::Admit) {

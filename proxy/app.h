@@ -86,6 +86,9 @@ struct Worker {
   // These use the context: declared after it, so destroyed before it.
   ArrivalReactor reactor{context};
   std::unique_ptr<tcp::acceptor> acceptor;
+  // Whether accepted sockets come with the listener's options (socket_options.h); unknown
+  // until the first one.
+  std::optional<bool> client_options_inherited;
   std::unique_ptr<asio::steady_timer> sweep_timer;
   CheckoutDeadlines checkout_deadlines{context};
   // Checkouts of this worker's clients that are between transactions, for the next to ask.

@@ -31,8 +31,6 @@ asio::awaitable<void> ClientSession::serve() {
     co_await refuse_at_door(*login);
     co_return;
   }
-  enable_keepalive(client_.socket());
-  enable_rest_hint(client_.socket());
   {
     // The login's reads and writes then complete without a turn of the event loop (Stream);
     // the session's event handlers need it anyway.

@@ -35,10 +35,6 @@ inline auto await_ec(error_code& ec) {
   return asio::redirect_error(asio::use_awaitable, ec);
 }
 
-// Keepalive on a client or server socket: a peer that vanished without closing (a device that
-// lost power, a server behind a dead link) is found within about two minutes.
-void enable_keepalive(Socket& socket);
-
 // Cancels the socket's pending operations if not disarmed before `timeout`, and again every
 // 20 ms until disarmed: a read that completed just before the first cancel is not cancelled,
 // and the coroutine that reads on would otherwise wait past the deadline.

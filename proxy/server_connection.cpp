@@ -18,6 +18,7 @@
 #include "proxy/arrival_wait.h"
 #include "proxy/io_util.h"
 #include "proxy/log.h"
+#include "proxy/socket_options.h"
 
 namespace pgvalve::proxy {
 
@@ -81,18 +82,6 @@ asio::awaitable<bool> ServerConnection::run_query(std::string_view sql, ServerFa
   }
 }
 
-void enable_keepalive(Socket& socket) {
-  error_code ec;
-  socket.set_option(asio::socket_base::keep_alive(true), ec);
-  const int fd = socket.native_handle();
-  const int idle_s = 60;
-  const int interval_s = 10;
-  const int probes = 6;
-  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle_s, sizeof idle_s);
-  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval_s, sizeof interval_s);
-  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof probes);
-}
-
 namespace {
 
 asio::awaitable<bool> connect_socket(Socket& socket, const config::Endpoint& host,
@@ -123,7 +112,7 @@ asio::awaitable<bool> connect_socket(Socket& socket, const config::Endpoint& hos
     co_return false;
   }
   socket.set_option(tcp::no_delay(true), ec);
-  enable_keepalive(socket);
+  set_keepalive(socket.native_handle());
   enable_rest_hint(socket);
   co_return true;
 }
