@@ -785,7 +785,13 @@ class Classifier {
       info_.name_unsupported = false;
     }
     Token t;
-    if (head.is_word("time") && c.peek2_word("zone")) {
+    if (head.is_word("constraints")) {
+      // SET CONSTRAINTS ... DEFERRED | IMMEDIATE lasts as long as the transaction, as SET
+      // TRANSACTION does; no setting of that name exists, and a RESET of one fails.
+      c.skip();
+      info_.kind = StatementKind::SetTransaction;
+      info_.value = rest(c);
+    } else if (head.is_word("time") && c.peek2_word("zone")) {
       c.skip();
       c.take(t);
       set_name("timezone", head.offset, t.end());

@@ -561,7 +561,11 @@ void Session::finish_sync(Link& l, bool ok, Actions& out) {
     // The server refused the settings themselves (`work_mem=abc` at login): every server would,
     // so the client is told now, as PostgreSQL would have at its login, rather than getting an
     // error for each request and costing a new server connection each time. The sync ran as one
-    // implicit transaction: nothing of it stayed, and the server goes back clean.
+    // implicit transaction and nothing of it stayed, but what it could not set or reset is still
+    // in pgvalve's record of the server: were that record trusted, the next client's sync could
+    // fail the same way (a reset of another client's leftover among it). The next sync starts
+    // from RESET ALL instead.
+    l.server->settings_unknown = true;
     close_with(refused_sqlstate,
                "pgvalve: the server refused this client's session settings (" + refused +
                    "); connect again with settings the server accepts",

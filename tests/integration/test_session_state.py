@@ -455,3 +455,26 @@ def test_settings_the_server_refuses_end_the_client_not_the_server(pv, cluster):
     assert metric(scrape(pv), "pgvalve_server_connections_opened_total") - opened <= 1
     with connect(pv) as c:
         assert one(c, "show work_mem") == server_default(cluster, "work_mem")
+
+
+def test_set_constraints_ends_with_its_transaction(pgvalve, cluster):
+    """SET CONSTRAINTS lasts as long as its transaction (Django and Rails load fixtures under
+    it). It was followed as a setting named "constraints": the next client on the server got
+    FATAL 42704 from pgvalve's RESET of it, and so did every client after."""
+    cluster.primary.sql("drop table if exists deferred_fk; create table deferred_fk("
+                        "id int primary key, parent int references deferred_fk "
+                        "deferrable initially immediate); alter table deferred_fk owner to app",
+                        dbname=APP_DB)
+    pv = pgvalve(mode="transaction", pool_size=1, max_overflow=0, checkout_timeout_ms=10000)
+    with connect(pv) as a:
+        with a.transaction():
+            a.execute("SET CONSTRAINTS ALL DEFERRED")
+            a.execute("insert into deferred_fk values (1, 2)")  # the parent comes later
+            a.execute("insert into deferred_fk values (2, null)")
+        # the next transaction checks at once again, on the same (only) server
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            a.execute("insert into deferred_fk values (3, 4)")
+        for _ in range(3):
+            with connect(pv) as other:
+                assert one(other, "select count(*) from deferred_fk") == 2
+        assert one(a, "select count(*) from deferred_fk") == 2

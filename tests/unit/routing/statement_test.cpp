@@ -301,6 +301,19 @@ TEST(Classify, SetTransaction) {
   EXPECT_FALSE(info.read_only);
 }
 
+// SET CONSTRAINTS ends with its transaction: no setting named "constraints" to follow (a RESET
+// of one would fail on the next client's server).
+TEST(Classify, SetConstraintsIsTheTransactions) {
+  StatementInfo info = classify("SET CONSTRAINTS ALL DEFERRED");
+  EXPECT_EQ(info.kind, SK::SetTransaction);
+  EXPECT_TRUE(info.name.empty());
+  EXPECT_EQ(info.value, "ALL DEFERRED");
+  info = classify("set constraints fk_device, public.fk_type immediate;");
+  EXPECT_EQ(info.kind, SK::SetTransaction);
+  EXPECT_TRUE(info.name.empty());
+  EXPECT_FALSE(info.read_only);
+}
+
 TEST(Classify, Reset) {
   StatementInfo info = classify("RESET search_path");
   EXPECT_EQ(info.kind, SK::Reset);

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "session/session.h"
+#include "session/settings_sync.h"
 #include "session_test_util.h"
 
 namespace pgvalve::session::testing {
@@ -354,6 +355,36 @@ TEST(SessionFailures, LoginSyncTimeoutClosesTheClient) {
   EXPECT_TRUE(s.close_client);
   EXPECT_EQ(sqlstates_in(s.to_client), "08006");
   EXPECT_TRUE(s.has_op(LinkOp::Kind::CancelAndClose));
+}
+
+// A sync the server refuses ends the client, and the server's record is no longer trusted: the
+// next client's sync starts from RESET ALL. Trusted, the record's leftover (here a setting the
+// server no longer takes) would fail every later client's sync on that server.
+TEST(SessionFailures, ARefusedSyncLeavesTheServerToBeResetWhole) {
+  auto server = SessionHarness::fresh_server();
+  {
+    SessionHarness first;
+    first.send(query("SET statement_timeout = '5s'"), *server);
+    first.answer(command_result("SET"));
+  }
+  SessionHarness h;
+  Step s = h.client(query("select 1"));
+  ASSERT_TRUE(s.check_out);
+  s = h.linked(*server);
+  ASSERT_NE(s.to_server.find("RESET \"statement_timeout\""), std::string::npos) << s.to_server;
+  s = h.server(error_result("42704"));
+  EXPECT_TRUE(s.close_client);
+  EXPECT_EQ(sqlstates_in(s.to_client), "42704");
+  EXPECT_TRUE(server->settings_unknown);
+
+  SessionHarness next;
+  s = next.client(query("select 1"));
+  ASSERT_TRUE(s.check_out);
+  s = next.linked(*server);
+  EXPECT_NE(s.to_server.find(kResetEverySetting), std::string::npos) << s.to_server;
+  s = next.server(command_result("RESET"));
+  EXPECT_FALSE(s.close_client);
+  EXPECT_FALSE(server->settings_unknown);
 }
 
 TEST(SessionFailures, ServerLostDuringTheSyncFailsTheWaitingRequest) {
