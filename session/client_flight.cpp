@@ -473,6 +473,21 @@ bool single_request(std::string_view frames, std::size_t max_message_bytes) {
 
 }  // namespace
 
+// A statement after the first of the request at the front of `frames` (up to its Sync) must run
+// on the primary: the request, routed by its first statement, stays there.
+bool Session::writes_further_on(std::string_view frames) {
+  bool first = true;
+  pr::FrameReader reader(frames, options_.max_message_bytes);
+  for (pr::Frame f; reader.next(f);) {
+    if (f.tag == 'S' || f.tag == 'Q') return false;
+    if (f.tag != 'P') continue;
+    const auto parse = pr::read_parse(f);
+    if (!parse || std::exchange(first, false)) continue;
+    if (needs_primary(parse->query, BindParams({}, parse->param_types))) return true;
+  }
+  return false;
+}
+
 bool Session::route_away_from_own_server(std::string_view frames, Link& own, Actions& out) {
   const bool stay = stay_on_own_server_;
   stay_on_own_server_ = false;
@@ -485,12 +500,7 @@ bool Session::route_away_from_own_server(std::string_view frames, Link& own, Act
   }
   Workspace& w = work();
   Flight flight{frames, &w.reply_scratch, &w.reply_spans, &out};
-  routing::RouteContext context;
-  context.preference = preference_;
-  context.serializable = serializable_default_;
-  context.recent_write = options_.read_your_writes == config::ReadYourWrites::Time &&
-                         last_write_at_ != Clock::time_point{} &&
-                         now_ - last_write_at_ < options_.read_your_writes_window;
+  routing::RouteContext context = route_context();
   const RequestText request = request_text(flight);
   const std::string_view text = request.sql;
   if (!text.empty()) context.fingerprint = fingerprint_of(text);
@@ -503,7 +513,7 @@ bool Session::route_away_from_own_server(std::string_view frames, Link& own, Act
   // What only the own server has: temporary tables, settings pgvalve could not follow, the
   // client's prepared statements and portals.
   if (stay || own.server->touched_temp || own.server->settings_unknown || pinned_ ||
-      !self_contained_request(frames, options_.max_message_bytes)) {
+      !self_contained_request(frames, options_.max_message_bytes) || writes_further_on(frames)) {
     return false;
   }
   // A transaction (BEGIN READ ONLY) stays too: the statements the client names in it, and its
@@ -733,17 +743,80 @@ std::uint64_t request_identity(std::string_view sql, std::string_view bind_rest)
 
 }  // namespace
 
-routing::Route Session::route_request(const RequestText& request) {
+routing::RouteContext Session::route_context() const {
   routing::RouteContext context;
   context.preference = preference_;
   context.serializable = serializable_default_;
   context.recent_write = options_.read_your_writes == config::ReadYourWrites::Time &&
                          last_write_at_ != Clock::time_point{} &&
                          now_ - last_write_at_ < options_.read_your_writes_window;
+  context.device_id = extras().device_id;
+  return context;
+}
+
+namespace {
+
+// A statement that reads or writes data, which a replica may refuse; the others (transaction
+// control, settings, cursors, LISTEN) run where the request's reads do.
+bool touches_data(StatementKind kind) {
+  switch (kind) {
+    case StatementKind::Select:
+    case StatementKind::Insert:
+    case StatementKind::Update:
+    case StatementKind::Delete:
+    case StatementKind::Copy:
+    case StatementKind::Create:
+    case StatementKind::Alter:
+    case StatementKind::Drop:
+    case StatementKind::Explain:
+    case StatementKind::Execute:
+    case StatementKind::Notify:
+    case StatementKind::Other:
+      return true;
+    case StatementKind::Empty:
+    case StatementKind::Begin:
+    case StatementKind::Commit:
+    case StatementKind::Rollback:
+    case StatementKind::RollbackToSavepoint:
+    case StatementKind::Savepoint:
+    case StatementKind::Release:
+    case StatementKind::PrepareTransaction:
+    case StatementKind::CommitPrepared:
+    case StatementKind::RollbackPrepared:
+    case StatementKind::Set:
+    case StatementKind::SetLocal:
+    case StatementKind::SetTransaction:
+    case StatementKind::Reset:
+    case StatementKind::ResetAll:
+    case StatementKind::Discard:
+    case StatementKind::Deallocate:
+    case StatementKind::Prepare:
+    case StatementKind::Listen:
+    case StatementKind::Unlisten:
+    case StatementKind::Show:
+    case StatementKind::Declare:
+    case StatementKind::Close:
+      return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+bool Session::needs_primary(std::string_view sql, const BindParams& params) {
+  if (sql.empty()) return false;
+  if (!routing::plain_statement(sql) && !touches_data(routing::classify(sql).kind)) return false;
+  routing::RouteContext context = route_context();
+  context.fingerprint = fingerprint_of(sql);
+  context.params = &params;
+  return router_.route(sql, context).kind == routing::Route::Kind::Primary;
+}
+
+routing::Route Session::route_request(const RequestText& request) {
+  routing::RouteContext context = route_context();
   if ((router_.splits() || router_.sharded()) && !request.sql.empty()) {
     context.fingerprint = fingerprint_of(request.sql);
   }
-  context.device_id = extras().device_id;
   const BindParams params(request.bind_rest, request.param_types);
   if (request.bound) context.params = &params;
   routing::Route route = router_.route(request.sql, context);

@@ -258,7 +258,8 @@ void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight
 void Session::note_unnamed_statement(std::string_view query, std::string_view param_types,
                                      Note note, bool pins, std::string_view rest) {
   Workspace& w = work();
-  if (router_.sharded()) {
+  // Routed again at its Bind: for the shard it names, or, on a replica, for a write.
+  if (router_.sharded() || router_.splits()) {
     w.unnamed_statement_text.assign(query);
     w.unnamed_statement_types.assign(param_types);
   }
@@ -377,6 +378,28 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
       hop(l, flight, unnamed);
       return;
     }
+  }
+  if (head && l.route.kind == routing::Route::Kind::Replica && (head->statement.empty() || stmt)) {
+    // The request went to a replica by its first statement; a write further on ends the
+    // replica's part there, and the rest is routed afresh (to the primary).
+    const bool unnamed = head->statement.empty();
+    const std::string_view sql =
+        unnamed ? std::string_view(w.unnamed_statement_text) : std::string_view(stmt->query);
+    const BindParams params(head->rest, unnamed ? std::string_view(w.unnamed_statement_types)
+                                                : std::string_view(stmt->param_types));
+    if (needs_primary(sql, params)) {
+      if (may_hop(l, &params)) {
+        hop(l, flight, unnamed);
+      } else {
+        raise_on_server("25006",
+                        "pgvalve: this request's first statement went to a replica, and this "
+                        "one writes; send it with a Sync of its own, or SET pgvalve.route = "
+                        "primary",
+                        true, l, flight);
+      }
+      return;
+    }
+    if (!router_.sharded() && !routing::plain_statement(sql)) l.flight_plain = false;
   }
   if (head) {
     Note note;

@@ -334,6 +334,14 @@ class Session {
   bool describes_statements(std::string_view frames) const;
   routing::Route on_any_of(std::string_view sql, std::uint64_t shards) const;
   routing::Route route_request(const RequestText& request);
+  // What routes a statement besides its text: the client's preference and defaults, its recent
+  // writes, its shard key.
+  routing::RouteContext route_context() const;
+  // A statement of a request that went to a replica by its first statement must run on the
+  // primary (a write after reads up to one Sync: psycopg's pipeline, pgx's SendBatch).
+  // Transaction control and settings stay with the reads.
+  bool needs_primary(std::string_view sql, const BindParams& params);
+  bool writes_further_on(std::string_view frames);
   // Sharded databases: a BEGIN alone, with no shard named yet, is answered here and sent with
   // the transaction's first statement; COMMIT or ROLLBACK of such a transaction is answered here.
   bool defer_begin(std::string_view frames, const routing::Route& route, Actions& out);

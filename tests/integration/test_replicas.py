@@ -485,3 +485,48 @@ def test_reads_waiting_for_a_replica_a_reload_removed_run_elsewhere(cluster, pgv
     assert results.count(removed) <= 1, f"reads ran on the removed replica after the reload: {results}"
 
 
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_a_write_after_reads_in_one_request_runs_on_the_primary(cluster, pgvalve, mode):
+    """A request is routed by its first statement. Reads and then a write up to one Sync
+    (psycopg's pipeline, pgx's SendBatch), or requests sent back to back without waiting
+    (postgres.js): the write must not reach the replica the reads went to, where it failed with
+    25006 (read-only transaction). Session mode keeps such a request on the client's own server."""
+    from pgwire_ext import ExtClient, bind, execute, parse, sync
+    pv = pgvalve(**replicated(cluster, mode=mode, routing={"read_your_writes": "off"}))
+    replicas_ready(pv, cluster)
+
+    def written():
+        return cluster.primary.scalar("select count(*) from readings where device_id = 42",
+                                      dbname=APP_DB)
+
+    before = written()
+    read = "select pg_is_in_recovery()"
+    write = "insert into readings (device_id, value) values (42, 1) returning pg_is_in_recovery()"
+    with psycopg.connect(pv.dsn(), autocommit=True) as c:
+        with c.pipeline():
+            first = c.execute(read)
+            second = c.execute(write)
+        assert second.fetchone() == (False,)
+        assert first.fetchone() in ((True,), (False,))
+    client = ExtClient.login(pv)
+    try:
+        # Up to one Sync: PostgreSQL runs it as one implicit transaction.
+        r = client.run([parse("", read), bind(""), execute(),
+                        parse("", write), bind(""), execute(), sync()])
+        assert not r.errors, r.errors
+        assert r.rows[-1] == ["f"] and len(r.rows) == 2, r.rows
+        # Two requests in one write, each with its Sync.
+        r = client.run([parse("", read), bind(""), execute(), sync(),
+                        parse("", write), bind(""), execute(), sync()])
+        assert not r.errors, r.errors
+        assert r.rows[-1] == ["f"] and r.kinds.count(b"Z") == 2, r.kinds
+        # And as simple queries sent back to back.
+        from pgwire import query_message
+        r = client.run([query_message(read), query_message(write), query_message(read)])
+        assert not r.errors, r.errors
+        assert r.rows[1] == ["f"], r.rows
+    finally:
+        client.sock.close()
+    assert written() == before + 4
