@@ -59,18 +59,31 @@ void ShardHealth::assess(Clock::time_point now) {
     std::vector<std::size_t> claimants;
     for (std::size_t i = 0; i < hosts_.size(); ++i) {
       const HostFigures& f = hosts_[i].figures();
-      if (f.up && !f.in_recovery && !retired_[i]) claimants.push_back(i);
+      if (!f.up || f.in_recovery || retired_[i]) continue;
+      // A former primary started again without a rewind, while the newer primary is out of
+      // sight: its writes would land on a history the shard has left.
+      if (f.timeline != 0 && f.timeline < history_timeline_) {
+        retired_[i] = true;
+        continue;
+      }
+      claimants.push_back(i);
     }
     if (!claimants.empty()) {
       std::uint32_t top = 0;
       for (std::size_t i : claimants)
         top = std::max(top, hosts_[i].figures().timeline);
+      history_timeline_ = std::max(history_timeline_, top);
       std::vector<std::size_t> winners;
       for (std::size_t i : claimants) {
         if (hosts_[i].figures().timeline == top) winners.push_back(i);
       }
       if (winners.size() == 1) {
         if (winners[0] != primary_) {
+          // Down now, the former primary would claim again when it restarts, and timelines
+          // alone cannot refuse it while the new primary is unreachable or they are unknown.
+          // Never checked (startup), it may yet turn out the rightful primary or a split brain.
+          const HostFigures& former = hosts_[primary_].figures();
+          if (former.checked && !former.up) retired_[primary_] = true;
           primary_ = winners[0];
           samples_.clear();
           note_primary_sample(hosts_[primary_].figures().lsn,

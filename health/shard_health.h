@@ -10,7 +10,9 @@
 //  - follow / promote: the role a host reports is the truth. A host that is up and not in
 //    recovery claims the primary role; among several claimants the one on the highest timeline
 //    wins and the others are retired (no traffic); claimants tied on the highest timeline are a
-//    split brain: no primary (writes fail with 57P03) until it is resolved.
+//    split brain: no primary (writes fail with 57P03) until it is resolved. A claimant on a
+//    lower timeline than a primary of the shard was ever seen on is retired, also while it is
+//    the only one; so is the former primary, when the primary moves while it is down.
 // A retired host stays retired until it reports being a standby on the primary's timeline
 // again (an operator rejoined it) or the configuration is reloaded with another host list.
 //
@@ -114,8 +116,9 @@ class ShardHealth {
   std::vector<HostHealth> hosts_;
   std::vector<HostAssessment> assessed_;
   std::vector<bool> retired_;
-  // The lowest timeline the primary's history can be on: a promoted replica's timeline is past
-  // the one it followed, even before a check has seen it (0: unknown).
+  // The lowest timeline the primary's history can be on: the highest a primary of the shard was
+  // seen on, or past the one a promoted replica followed, even before a check has seen it
+  // (0: unknown).
   std::uint32_t history_timeline_ = 0;
   std::vector<bool> suspect_;
   std::size_t primary_ = 0;
