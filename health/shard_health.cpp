@@ -43,7 +43,9 @@ void ShardHealth::note_primary_sample(Lsn lsn, Clock::time_point at) {
 }
 
 std::int64_t ShardHealth::lag_ms_of(const HostFigures& replica) const {
-  if (samples_.empty()) return -1;
+  // Behind every sample, the replica may be any amount behind: only a sample at or below its
+  // position says when the primary last had no more than it has.
+  if (samples_.empty() || replica.lsn < samples_.front().lsn) return -1;
   // The first moment the primary was seen past what the replica has replayed.
   auto it = std::upper_bound(samples_.begin(), samples_.end(), replica.lsn,
                              [](Lsn lsn, const Sample& s) { return lsn < s.lsn; });
@@ -86,8 +88,6 @@ void ShardHealth::assess(Clock::time_point now) {
           if (former.checked && !former.up) retired_[primary_] = true;
           primary_ = winners[0];
           samples_.clear();
-          note_primary_sample(hosts_[primary_].figures().lsn,
-                              hosts_[primary_].figures().last_success);
         }
         for (std::size_t i : claimants) {
           if (i != primary_) retired_[i] = true;
@@ -116,6 +116,9 @@ void ShardHealth::assess(Clock::time_point now) {
   }
 
   const bool primary_known = p.checked && p.up && !p.in_recovery;
+  // After a move or a reload, the primary's last figures start the samples: only the oldest
+  // sample's position is used, never its time, which may be later than the primary got there.
+  if (primary_known && samples_.empty()) note_primary_sample(p.lsn, p.last_success);
   for (std::size_t i = 0; i < hosts_.size(); ++i) {
     HostAssessment& a = assessed_[i];
     const HostFigures& f = hosts_[i].figures();
@@ -129,8 +132,10 @@ void ShardHealth::assess(Clock::time_point now) {
       a.lag_ms = lag_ms_of(f);
     }
     const bool same_timeline = f.timeline == 0 || p.timeline == 0 || f.timeline == p.timeline;
-    a.readable = f.up && f.in_recovery && same_timeline && !suspect_[i] &&
-                 (a.lag_ms < 0 || a.lag_ms <= rules_.max_replica_lag_ms);
+    // An unknown lag keeps reads on the primary while one takes writes (before its first check
+    // too); without one, stale reads beat none.
+    const bool lag_allowed = a.lag_ms < 0 ? !writable : a.lag_ms <= rules_.max_replica_lag_ms;
+    a.readable = f.up && f.in_recovery && same_timeline && !suspect_[i] && lag_allowed;
   }
 }
 

@@ -19,7 +19,8 @@
 // Replica lag in time: the primary's WAL positions are sampled with the time of each check;
 // a replica whose replay position is L lags by (its check time - the time of the first sample
 // past L). This does not depend on pg_last_xact_replay_timestamp(), which makes a replica of an
-// idle primary look minutes behind.
+// idle primary look minutes behind. A replica behind every sample has an unknown lag, and while
+// a primary takes writes it takes no reads.
 #pragma once
 
 #include <cstddef>
@@ -45,7 +46,7 @@ struct ShardRules {
 struct HostAssessment {
   Role role = Role::Replica;
   bool readable = false;        // a replica that may take reads now
-  std::int64_t lag_ms = -1;     // -1: unknown (no primary figures)
+  std::int64_t lag_ms = -1;     // -1: unknown (no primary figures, or behind every sample)
   std::int64_t lag_bytes = -1;  // -1: unknown
 };
 

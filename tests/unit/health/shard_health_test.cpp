@@ -141,6 +141,111 @@ TEST(ShardHealth, AWriteBetweenChecksOnAnIdlePrimaryIsASmallLag) {
   EXPECT_TRUE(s.assessment(1).readable);
 }
 
+TEST(ShardHealth, AReplicaTakesNoReadsBeforeThePrimaryIsFirstSeen) {
+  ShardHealth s(2, rules());
+  s.succeeded(1, standby_probe(100), at(0));
+  s.assess(at(0));
+  ASSERT_EQ(s.writable_primary(), 0u);  // trusted before its first check
+  EXPECT_FALSE(s.assessment(1).readable);
+  EXPECT_EQ(s.assessment(1).lag_ms, -1);
+  s.succeeded(0, primary_probe(100), at(10));
+  s.assess(at(10));
+  EXPECT_TRUE(s.assessment(1).readable);
+  EXPECT_EQ(s.assessment(1).lag_ms, 0);
+}
+
+TEST(ShardHealth, AReplicaBehindTheOldestPrimarySampleHasAnUnknownLagAndTakesNoReads) {
+  // Replay paused long before pgvalve started: the first primary sample is already past it.
+  ShardHealth s(2, rules());
+  s.succeeded(0, primary_probe(10'000'000), at(0));
+  s.succeeded(1, standby_probe(1000), at(3));
+  s.assess(at(3));
+  EXPECT_EQ(s.assessment(1).lag_ms, -1);
+  EXPECT_EQ(s.assessment(1).lag_bytes, 9'999'000);
+  EXPECT_FALSE(s.assessment(1).readable);
+  s.succeeded(0, primary_probe(10'000'000), at(100'000));
+  s.succeeded(1, standby_probe(1000), at(100'000));
+  s.assess(at(100'000));
+  EXPECT_FALSE(s.assessment(1).readable);
+}
+
+TEST(ShardHealth, AReplicaCaughtUpAtStartupTakesReadsAtOnceEvenWithNoLagAllowed) {
+  ShardRules r = rules();
+  r.max_replica_lag_ms = 0;
+  ShardHealth s(3, r);
+  s.succeeded(0, primary_probe(100), at(0));
+  s.succeeded(1, standby_probe(100), at(5));
+  s.succeeded(2, standby_probe(90), at(5));
+  s.assess(at(5));
+  EXPECT_EQ(s.assessment(1).lag_ms, 0);
+  EXPECT_TRUE(s.assessment(1).readable);
+  EXPECT_FALSE(s.assessment(2).readable);
+}
+
+TEST(ShardHealth, AReplicaFirstBehindEverySampleIsMeasuredOnceASampleIsAtOrBelowIt) {
+  ShardHealth s(2, rules());
+  s.succeeded(0, primary_probe(100), at(0));
+  s.succeeded(1, standby_probe(50), at(10));
+  s.assess(at(10));
+  ASSERT_FALSE(s.assessment(1).readable);
+  s.succeeded(0, primary_probe(200), at(1000));
+  s.succeeded(1, standby_probe(150), at(1100));
+  s.assess(at(1100));
+  EXPECT_EQ(s.assessment(1).lag_ms, 100);  // since the primary was first seen past 150
+  EXPECT_EQ(s.assessment(1).lag_bytes, 50);
+  EXPECT_TRUE(s.assessment(1).readable);
+}
+
+TEST(ShardHealth, AfterThePrimaryMovesAReplicaBehindItsFirstPositionTakesNoReads) {
+  ShardHealth s(3, rules());
+  s.succeeded(0, primary_probe(100, 1), at(0));
+  s.succeeded(1, standby_probe(100, 1), at(0));
+  s.succeeded(2, standby_probe(100, 1), at(0));
+  s.assess(at(0));
+  s.failed(0, "refused", at(100));
+  s.failed(0, "refused", at(200));
+  s.succeeded(2, primary_probe(500, 2), at(300));
+  s.succeeded(1, standby_probe(400, 2), at(400));
+  s.assess(at(400));
+  ASSERT_EQ(s.writable_primary(), 2u);
+  EXPECT_EQ(s.assessment(1).lag_ms, -1);
+  EXPECT_FALSE(s.assessment(1).readable);
+  s.succeeded(1, standby_probe(500, 2), at(500));
+  s.assess(at(500));
+  EXPECT_TRUE(s.assessment(1).readable);
+}
+
+TEST(ShardHealth, AfterAReloadThePrimarysLastFiguresAreTheFirstSample) {
+  ShardHealth before(3, rules());
+  before.succeeded(0, primary_probe(100), at(0));
+  before.succeeded(1, standby_probe(100), at(0));
+  before.succeeded(2, standby_probe(40), at(0));
+  // A replica is added: the shard starts afresh from what its hosts' checks found.
+  ShardHealth s(4, rules());
+  for (std::size_t i = 0; i < 3; ++i)
+    s.seed(i, before.host(i));
+  s.assess(at(50));
+  EXPECT_TRUE(s.assessment(1).readable);
+  EXPECT_EQ(s.assessment(1).lag_ms, 0);
+  EXPECT_FALSE(s.assessment(2).readable);
+  EXPECT_FALSE(s.assessment(3).readable);
+}
+
+TEST(ShardHealth, WhileThePrimaryIsDownReplicasReadWithTheirLagUnknown) {
+  ShardHealth s(2, rules());
+  s.succeeded(0, primary_probe(100), at(0));
+  s.succeeded(1, standby_probe(90), at(0));
+  s.assess(at(0));
+  ASSERT_FALSE(s.assessment(1).readable);
+  s.failed(0, "refused", at(100));
+  s.failed(0, "refused", at(200));
+  s.succeeded(1, standby_probe(90), at(200));
+  s.assess(at(200));
+  EXPECT_FALSE(s.writable_primary());
+  EXPECT_EQ(s.assessment(1).lag_ms, -1);
+  EXPECT_TRUE(s.assessment(1).readable);
+}
+
 TEST(ShardHealth, AReplicaOnAnotherTimelineTakesNoReads) {
   ShardHealth s(2, rules());
   s.succeeded(0, primary_probe(100, 2), at(0));
@@ -445,7 +550,7 @@ TEST(ShardStatus, PublishesWhatSessionsRead) {
   ShardStatus status(2);
   EXPECT_EQ(status.primary(), 0);
   EXPECT_FALSE(status.host(1).readable.load());
-  s.succeeded(0, primary_probe(100), at(0));
+  s.succeeded(0, primary_probe(80), at(0));
   s.succeeded(1, standby_probe(80), at(0));
   s.assess(at(0));
   status.publish(s);
