@@ -216,6 +216,36 @@ def test_follow_the_primary_an_external_tool_promotes(fresh, pgvalve):
     print(f"follow: first write {took:.2f}s after kill -9")
 
 
+def test_follow_writes_no_more_to_a_former_primary_back_on_its_old_timeline(fresh, pgvalve):
+    """The old primary, down when another tool promoted a replica, starts again without a rewind
+    (a primary on timeline 1) while the new primary is out of sight: writes wait for the new
+    primary rather than going to the abandoned timeline."""
+    c = fresh()
+    pv = pgvalve(**config_for(c, failover={"mode": "follow", "hold_writes_ms": 1500}))
+    wait_hosts_checked(pv)
+    old, new = c.primary, c.replicas[0]
+    old.kill9()
+    wait_until(lambda: show_hosts(pv)[0]["state"] == "down", 10, message="the old primary down")
+    new.promote()
+    wait_until(lambda: show_hosts(pv)[1]["role"] == "primary", 10, message="the new primary seen")
+    assert show_hosts(pv)[0]["role"] == "retired"
+    new.stop()
+    old.start()
+    assert old.scalar("select pg_is_in_recovery()") is False
+    wait_until(lambda: show_hosts(pv)[0]["state"] == "up", 10, message="the old primary back up")
+    with pv.connect() as conn:
+        with pytest.raises(psycopg.errors.CannotConnectNow):  # 57P03 after hold_writes_ms
+            conn.execute("insert into drill (client, n) values (8, 0)")
+    assert old.scalar("select count(*) from drill where client = 8", dbname=APP_DB) == 0
+    assert show_hosts(pv)[0]["role"] == "retired"
+    new.start()
+    with pv.connect() as conn:
+        wait_until(lambda: show_hosts(pv)[1]["state"] == "up", 10, message="the new primary back")
+        row = conn.execute("insert into drill (client, n) values (8, 1) "
+                           "returning inet_server_port()").fetchone()
+    assert row[0] == new.port
+
+
 def test_promote_mode_fails_over_by_itself_and_reports_the_time(fresh, pgvalve):
     c = fresh()
     pv = pgvalve(**config_for(c, failover={"mode": "promote", "promote_after_ms": 0,

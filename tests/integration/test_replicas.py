@@ -319,6 +319,29 @@ def test_a_lagging_replica_takes_no_reads_until_it_catches_up(cluster, pgvalve):
     replicas_ready(pv, cluster)  # both again once it has caught up
 
 
+def test_a_replica_far_behind_when_pgvalve_starts_takes_no_reads(cluster, pgvalve):
+    """pgvalve has never seen the primary at the paused replica's position: its lag is unknown,
+    however recent the first samples are, so it takes no reads until it catches up."""
+    behind = cluster.replicas[0]
+    behind.psql("select pg_wal_replay_pause()")
+    try:
+        for _ in range(5):
+            cluster.primary.psql("insert into readings (device_id, value) values (2, 2)",
+                                 dbname=APP_DB)
+        time.sleep(0.5)
+        pv = pgvalve(**replicated(cluster, routing={"max_replica_lag_ms": 3000,
+                                                    "read_your_writes": "off"}))
+        replicas_ready(pv, cluster, count=1)
+        with pv.connect() as c:
+            assert all(where(c)[1] != behind.port for _ in range(40))
+        took_reads = [line for line in pv.log_text().splitlines()
+                      if "event=replica_takes_reads" in line and f":{behind.port} " in line]
+        assert not took_reads, took_reads
+    finally:
+        behind.psql("select pg_wal_replay_resume()")
+    replicas_ready(pv, cluster)  # both, once it has caught up
+
+
 def test_read_your_writes_lsn_sees_every_write_with_replay_paused(cluster, pgvalve):
     pv = pgvalve(**replicated(cluster, routing={"max_replica_lag_ms": 600000,
                                                 "read_your_writes": "lsn"}))
