@@ -1,5 +1,7 @@
 #include "protocol/prepared_statements.h"
 
+#include <cstring>
+
 #include "protocol/keyed_hash.h"
 #include "protocol/messages.h"
 
@@ -7,10 +9,8 @@ namespace pgvalve::protocol {
 
 ServerStatementName::ServerStatementName(std::uint64_t hash) {
   static constexpr char kHex[] = "0123456789abcdef";
-  text_[0] = 'p';
-  text_[1] = 'g';
-  text_[2] = 'v';
-  text_[3] = '_';
+  static_assert(kServerStatementPrefix.size() == 4);
+  std::memcpy(text_, kServerStatementPrefix.data(), kServerStatementPrefix.size());
   for (std::size_t i = 0; i < 16; ++i)
     text_[kLength - 1 - i] = kHex[(hash >> (4 * i)) & 0xf];
 }

@@ -41,6 +41,9 @@ inline constexpr std::uint64_t kDescribedPerPortal = 1;
 // nothing to decode) or any other message.
 std::uint64_t result_shape(const Frame& f);
 
+// The prefix of the names pgvalve gives statements on servers.
+inline constexpr std::string_view kServerStatementPrefix = "pgv_";
+
 // "pgv_" + 16 hex digits of the hash, without allocating.
 class ServerStatementName {
  public:

@@ -1508,6 +1508,12 @@ void Session::plan_query(const pr::Frame& f, std::size_t offset, Link& l, Flight
               l.server->tx_status != 'E' && statements_
           ? statements_->find(r.first.name.view())
           : nullptr;
+  if (translate && r.single && r.first.kind == StatementKind::Deallocate && !r.first.all &&
+      l.server->tx_status != 'E' && !deallocated && is_shared_statement_name(r.first.name.view())) {
+    l.notes.resize(first_note);
+    raise_on_server("26000", no_such_statement(r.first.name.view()), false, l, flight);
+    return;
+  }
   if (deallocated) {
     // The client's own protocol-level statement: the shared server-side one stays prepared.
     // An empty query stands in, so the answer still comes in order.

@@ -18,6 +18,20 @@ constexpr std::string_view kNoStatement = "pgv_none";
 
 }  // namespace
 
+// The names of the statements pgvalve prepares on servers for its clients (pgv_<hash>), shared
+// by every client of the pool: one a client has not prepared itself is none of its own. A
+// client that read them from pg_prepared_statements could otherwise close them under every
+// other client of the server.
+bool Session::is_shared_statement_name(std::string_view name) {
+  return name.starts_with(pr::kServerStatementPrefix);
+}
+
+std::string Session::no_such_statement(std::string_view name) {
+  return "pgvalve: prepared statement \"" + std::string(name) +
+         "\" does not exist; names that start with " + std::string(pr::kServerStatementPrefix) +
+         " are pgvalve's own statements on the server, shared by its clients";
+}
+
 // A flight of named Parse messages and Sync/Flush only, between transactions: the statements
 // are defined and prepared where they are first used. A client that prepares synchronously while
 // its own other connections hold every server (pgbench -M prepared does) then cannot deadlock a
@@ -353,6 +367,10 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
   const pr::PreparedStatement* stmt = head && !head->statement.empty() && statements_ && translate
                                           ? statements_->find(head->statement)
                                           : nullptr;
+  if (head && translate && !stmt && is_shared_statement_name(head->statement)) {
+    raise_on_server("26000", no_such_statement(head->statement), true, l, flight);
+    return;
+  }
   if (head && translate && head->statement.empty() && !unnamed_statement_on_server(l, flight)) {
     return;
   }
@@ -678,6 +696,11 @@ void Session::plan_describe(const pr::Frame& f, std::size_t offset, Link& l, Fli
                                               options_.mode != config::PoolMode::Session
                                           ? statements_->find(d->name)
                                           : nullptr;
+  if (!stmt && d && d->kind == 'S' && options_.mode != config::PoolMode::Session &&
+      is_shared_statement_name(d->name)) {
+    raise_on_server("26000", no_such_statement(d->name), true, l, flight);
+    return;
+  }
   if (!stmt) {
     pass_client(flight, offset, f.whole.size());
   } else {
@@ -719,12 +742,12 @@ void Session::plan_close(const pr::Frame& f, std::size_t offset, Link& l, Flight
       l.server->unnamed_statement_version == unnamed_version_) {
     l.server->unnamed_statement_of = 0;
     pass_client(flight, offset, f.whole.size());
-  } else if (closes_unnamed ||
-             (c && c->kind == 'S' && !c->name.empty() &&
-              options_.mode != config::PoolMode::Session && forget_statement(c->name))) {
+  } else if (closes_unnamed || (c && c->kind == 'S' && !c->name.empty() &&
+                                options_.mode != config::PoolMode::Session &&
+                                (forget_statement(c->name) || is_shared_statement_name(c->name)))) {
     // The server-side statement may be shared (or, unnamed, another client's) and stays
-    // prepared. Closing a name that does not exist is not an error, so the server still
-    // answers CloseComplete in its place.
+    // prepared; so do pgvalve's own, which no client closes. Closing a name that does not exist
+    // is not an error, so the server still answers CloseComplete in its place.
     const std::size_t from = flight.scratch->size();
     pr::append_close(*flight.scratch, 'S', kNoStatement);
     mark_scratch(flight, from);

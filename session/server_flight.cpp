@@ -448,10 +448,15 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
         // server, at its next use by a client that prepared it after now; for those that
         // prepared it before, each Bind fails as on PostgreSQL (plan_bind) until they prepare it
         // again.
-        if (const auto e = pr::read_error_response(f);
-            e && e->sqlstate == "0A000" && e->message == kChangedResultType) {
+        const auto e = pr::read_error_response(f);
+        if (e && e->sqlstate == "0A000" && e->message == kChangedResultType) {
           l.server->statements.forget_uncertain(head.statement_hash);
           workspaces_->statement_changed(head.statement_hash, now_.time_since_epoch().count());
+        } else if (e && e->sqlstate == "26000") {
+          // Gone from the server though pgvalve prepared it there (dropped by a name pgvalve
+          // did not see coming: a DEALLOCATE inside a longer query): prepared again at its next
+          // use instead of failing every client's Bind of it on this server.
+          l.server->statements.erase(head.statement_hash);
         }
       }
       if (head.action == kActionRaised) {

@@ -514,6 +514,9 @@ class Session {
   const protocol::PreparedStatement& define_statement(std::string_view name, std::string_view query,
                                                       std::string_view param_types);
   bool forget_statement(std::string_view name);
+  // pgvalve's own names of statements on servers (pgv_...), which no client may name itself.
+  static bool is_shared_statement_name(std::string_view name);
+  static std::string no_such_statement(std::string_view name);
   // The link's server has `hash` prepared, and not since before a server found statements of
   // that hash stale (WorkspacePool::statement_changed).
   bool server_has_statement(Link& l, std::uint64_t hash);

@@ -283,6 +283,50 @@ def test_close_and_deallocate_leave_other_clients_alone(pgvalve):
         b.terminate()
 
 
+def test_a_client_cannot_name_pgvalves_shared_statements(pgvalve):
+    """The statements pgvalve prepares on a server (pgv_<hash>) are every client's: one that reads
+    their names from pg_prepared_statements may not close, describe or run them by name. A
+    DEALLOCATE of one closed it under every client of the server, whose Binds then failed with
+    26000 until the server connection went."""
+    pv = tx_pool(pgvalve, pool_size=1)
+    a = ExtClient.login(pv)
+    b = ExtClient.login(pv)
+    try:
+        a.prepare("mine", "select $1::int + 1")
+        assert a.execute("mine", ["1"]) == [["2"]]
+        names = [row[0] for row in b.simple("select name from pg_prepared_statements").rows]
+        shared = next(n for n in names if n.startswith("pgv_"))
+
+        def refused(reply):
+            assert reply.errors and reply.errors[0]["C"] == "26000", reply.errors
+            assert reply.errors[0]["M"].startswith("pgvalve: prepared statement"), reply.errors
+            assert reply.status == "I"
+
+        refused(b.simple(f'DEALLOCATE "{shared}"'))
+        refused(b.run([bind(shared), execute(), sync()]))
+        refused(b.run([describe("S", shared), sync()]))
+        # Closing a name the client does not have is no error, and closes nothing.
+        assert b.run([close("S", shared), sync()]).raise_for_error().kinds == b"3Z"
+        for i in range(3):
+            assert a.execute("mine", [str(i)]) == [[str(i + 1)]]
+        # A DEALLOCATE pgvalve does not see coming (inside a longer query) drops it on the
+        # server: the next Bind fails as it would on PostgreSQL, and the one after prepares it
+        # again instead of failing on that server for good.
+        b.simple(f'select 1; DEALLOCATE "{shared}"').raise_for_error()
+        r = a.run([bind("mine", ["5"]), execute(), sync()])
+        assert r.errors and r.errors[0]["C"] == "26000", r.errors
+        assert a.execute("mine", ["6"]) == [["7"]]
+        c = ExtClient.login(pv)
+        try:
+            c.prepare("same", "select $1::int + 1")
+            assert c.execute("same", ["7"]) == [["8"]]
+        finally:
+            c.terminate()
+    finally:
+        a.terminate()
+        b.terminate()
+
+
 def test_discard_all_forgets_the_clients_statements(pgvalve):
     pv = tx_pool(pgvalve, pool_size=1)
     a = ExtClient.login(pv)

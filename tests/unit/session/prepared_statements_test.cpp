@@ -105,6 +105,39 @@ TEST(SessionPreparedStatements, NextBindOnTheSameServerIsNotPreparedAgain) {
   EXPECT_EQ(h.answer(select_answer()), select_answer());
 }
 
+// A statement pgvalve prepared that is gone from the server all the same (a DEALLOCATE inside a
+// longer query): its Bind fails as on PostgreSQL, and the next one prepares it again.
+TEST(SessionPreparedStatements, AStatementGoneFromTheServerIsPreparedAgainAfterIts26000) {
+  SessionHarness h;
+  prepare_locally(h);
+  auto server = SessionHarness::fresh_server();
+  h.send(run_flight("s1"), *server);
+  h.answer(parse_complete() + select_answer());
+  EXPECT_EQ(tags_of(h.send(run_flight("s1"), *server)), "BES");
+  h.answer(error_result("26000"));
+  EXPECT_FALSE(server->statements.contains(protocol::statement_hash(kSql, {})));
+  EXPECT_EQ(tags_of(h.send(run_flight("s1"), *server)), "PBES");
+}
+
+// pgvalve's names for statements on servers are no client's: naming one is refused as
+// PostgreSQL refuses a name the client never prepared, and a Close of one closes nothing.
+TEST(SessionPreparedStatements, PgvalvesOwnStatementNamesAreNoClients) {
+  const std::string shared(server_name_of(kSql));
+  for (const std::string& request :
+       {bind_to("", shared) + execute() + sync(), describe('S', shared) + sync(),
+        close_message('S', shared) + sync(), query("DEALLOCATE \"" + shared + "\"")}) {
+    SessionHarness h;
+    auto server = SessionHarness::fresh_server();
+    const std::string sent = h.send(request, *server);
+    // Not passed on: refused with the server's help (a raise naming it), or, a Close, turned
+    // into one of a name no statement has.
+    EXPECT_EQ(sent.find(request.substr(0, request.size() - 5)), std::string::npos) << sent;
+    EXPECT_TRUE(sent.find("does not exist") != std::string::npos ||
+                sent.find("pgv_none") != std::string::npos)
+        << sent;
+  }
+}
+
 TEST(SessionPreparedStatements, AnotherClientsStatementOfTheSameTextIsShared) {
   auto server = SessionHarness::fresh_server();
   SessionHarness first;
