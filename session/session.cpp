@@ -868,9 +868,16 @@ const Actions& Session::on_server_lost(LinkId id, Clock::time_point now) {
     goodbye.swap(work_->change_rare().server_goodbye);
   }
   if (retry_elsewhere(l, id, out) || retry_scatter_part(l, out)) return out;
-  std::string message = "pgvalve: the server connection was lost";
+  // With a request of the client's running, whether it committed is not known: a COMMIT, or a
+  // statement outside a transaction block, may have, and run again it would write twice.
+  const bool running = l.owes_answer();
+  std::string message = running ? "pgvalve: the server connection was lost while this request ran"
+                                : "pgvalve: the server connection was lost";
   if (!goodbye.empty()) message += " (the server said: " + goodbye + ")";
-  message += "; the transaction was rolled back, run it again";
+  message += running ? "; an open transaction was rolled back, but a COMMIT or a statement "
+                       "outside a transaction block may have taken effect: check before running "
+                       "it again"
+                     : "; the transaction was rolled back, run it again";
   // Session mode: what the client prepared or created as temporary on its own server went
   // with it, and a new server would fail each use of it (26000, 42P01). The client starts
   // afresh instead, as after a server loss in PgBouncer's session mode.

@@ -75,6 +75,29 @@ TEST(SessionFailures, ServerLostWithARequestInFlightInATransactionFailsOnlyThatR
   EXPECT_TRUE(h.client(query("select 1")).check_out);
 }
 
+// A COMMIT (or a statement outside a transaction block) cut by the loss may have committed: the
+// client is not told that it was rolled back. A transaction lost between requests was.
+TEST(SessionFailures, ServerLostWhileARequestRunsDoesNotClaimItWasRolledBack) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(query("begin"), *server);
+  h.answer(command_result("BEGIN", 'T'));
+  h.client(query("commit"));
+  auto errors = errors_in(h.lost().to_client);
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_NE(errors[0].message.find("may have taken effect"), std::string::npos);
+  EXPECT_EQ(errors[0].message.find("was rolled back, run it again"), std::string::npos);
+
+  auto other = SessionHarness::fresh_server();
+  h.send(query("begin"), *other);
+  h.answer(command_result("BEGIN", 'T'));
+  h.lost();
+  errors = errors_in(h.client(query("commit")).to_client);
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_NE(errors[0].message.find("the transaction was rolled back, run it again"),
+            std::string::npos);
+}
+
 TEST(SessionFailures, ServerLostInAnExtendedFlightSkipsToItsSync) {
   SessionHarness h;
   auto server = SessionHarness::fresh_server();
