@@ -13,6 +13,7 @@
 #include <charconv>
 #include <set>
 
+#include "health/shared_hosts.h"
 #include "protocol/messages.h"
 #include "proxy/io_util.h"
 #include "proxy/log.h"
@@ -168,6 +169,30 @@ std::string why_not_promotable(const std::vector<config::Endpoint>& hosts,
   return out;
 }
 
+// "other/s0, billing/s0": the shards of `group` from `from` on, for messages and the log.
+template <typename Group>
+std::string shard_names(const Group& group, std::size_t from) {
+  std::string out;
+  for (std::size_t i = from; i < group.size(); ++i) {
+    if (!out.empty()) out += ", ";
+    out += group[i]->database + "/" + group[i]->shard;
+  }
+  return out;
+}
+
+constexpr std::string_view kEntangled =
+    "another database's shard shares some of these hosts but not all";
+
+// A drill may not choose for shards that share only some hosts: the other could lose its
+// primary, or get one it does not list.
+template <typename Monitor, typename Group>
+std::string entangled_refusal(const Monitor& m, const Group& entangled) {
+  return "pgvalve: shard " + m.shard + " of database " + m.database +
+         " shares some of its hosts, but not all, with " + shard_names(entangled, 0) +
+         "; a promotion would move only some of them. List the same hosts in both (or none in "
+         "common) and RELOAD, or promote by hand (pg_ctl promote; pgvalve follows)";
+}
+
 }  // namespace
 
 HealthChecker::HealthChecker(asio::io_context& control, LentCounter lent,
@@ -233,6 +258,7 @@ std::shared_ptr<const Topology> HealthChecker::configure(const config::ConfigPtr
   auto topology = std::make_shared<Topology>();
   topology->generation = ++generation_;
   std::vector<std::shared_ptr<Monitor>> monitors;
+  Monitors fresh;
   std::set<std::string> endpoints;
   for (const config::Database& db : config->databases) {
     auto& slot = text_orders_[db.name];
@@ -248,6 +274,7 @@ std::shared_ptr<const Topology> HealthChecker::configure(const config::ConfigPtr
         m->health.set_rules(rules);
       } else {
         m = std::make_shared<Monitor>(db.name, shard.name, hosts, rules);
+        fresh.push_back(m);
         for (std::size_t i = 0; i < hosts.size(); ++i) {
           if (auto k = known.find(key_of(hosts[i])); k != known.end()) {
             m->health.seed(i, k->second);
@@ -263,6 +290,15 @@ std::shared_ptr<const Topology> HealthChecker::configure(const config::ConfigPtr
     }
   }
   monitors_ = std::move(monitors);
+  // A shard added over servers a drill is moving now pauses with the others until it ends.
+  for (const auto& f : fresh) {
+    for (const auto& g : sharing_of(f).together) {
+      if (g == f || !g->drill_running) continue;
+      f->drill_running = true;
+      f->writes_paused = f->writes_paused || g->writes_paused;
+      f->status->publish(f->health, f->writes_paused);
+    }
+  }
   learn_text_orders();
 
   // Hosts no shard lists any more stop being checked; new ones start.
@@ -449,7 +485,22 @@ void HealthChecker::assess(Monitor& m, Clock::time_point now) {
   if (auto candidate = m.health.promotion_candidate(now)) {
     for (const auto& shared : monitors_) {
       if (shared.get() != &m) continue;
-      m.drill_running = true;
+      // One decision per set of servers: the shards over them are assessed one after another
+      // from the same checks, and each would otherwise promote a replica of its own choosing.
+      const Sharing sharing = sharing_of(shared);
+      if (!sharing.entangled.empty()) {
+        if (m.logged_blocked != kEntangled) {
+          PGV_LOG(Warn, "promotion_blocked", {"database", m.database}, {"shard", m.shard},
+                  {"reason", kEntangled}, {"shares_hosts_with", shard_names(sharing.entangled, 0)});
+          m.logged_blocked = kEntangled;
+        }
+        return;
+      }
+      for (const auto& g : sharing.together) {
+        if (g->drill_running) return;
+      }
+      for (const auto& g : sharing.together)
+        g->drill_running = true;
       asio::co_spawn(control_, run_failover(shared, "failover.mode = promote"),
                      [](std::exception_ptr, DrillResult) {});
     }
@@ -528,6 +579,25 @@ void HealthChecker::suspect(const config::Endpoint& host) {
   }
 }
 
+HealthChecker::Sharing HealthChecker::sharing_of(const std::shared_ptr<Monitor>& m) const {
+  std::vector<std::vector<config::Endpoint>> lists{m->hosts};
+  Monitors others;
+  for (const auto& o : monitors_) {
+    if (o == m) continue;
+    lists.push_back(o->hosts);
+    others.push_back(o);
+  }
+  const health::HostSharing found = health::host_sharing(lists, 0);
+  Sharing sharing;
+  sharing.together.push_back(m);
+  for (const std::size_t i : found.together) {
+    if (i > 0) sharing.together.push_back(others[i - 1]);
+  }
+  for (const std::size_t i : found.entangled)
+    sharing.entangled.push_back(others[i - 1]);
+  return sharing;
+}
+
 asio::awaitable<std::string> HealthChecker::promote(std::shared_ptr<Monitor> m, std::size_t host) {
   const config::ConfigPtr config = config_;
   const config::Endpoint target = m->hosts[host];
@@ -540,66 +610,105 @@ asio::awaitable<std::string> HealthChecker::promote(std::shared_ptr<Monitor> m, 
   if (q.row.empty() || !q.row[0] || *q.row[0] != "t") {
     co_return "pg_promote() on " + target.to_string() + " did not finish within 60 s";
   }
-  co_await move_listeners(*m, target, std::chrono::milliseconds(config->health.timeout_ms));
+  // The server changed for every database over it: another database's shard that kept the old
+  // primary until its own next check would take writes there that the new one never sees.
+  const Monitors group = sharing_of(m).together;
+  co_await move_listeners(group, target, std::chrono::milliseconds(config->health.timeout_ms));
   const auto now = Clock::now();
-  m->health.promoted(host, now);
+  for (const auto& g : group) {
+    if (const auto i = health::index_of(g->hosts, target)) g->health.promoted(*i, now);
+  }
   // Its next check would say so within health.interval_ms; writes resume at once instead.
   const std::string check = check_sql({});
   const QueryOutcome checked = co_await query(control_, link, *config, target, check.c_str(),
                                               std::chrono::milliseconds(config->health.timeout_ms));
   health::Probe probe;
   std::string error;
-  if (checked.ok && read_probe(checked, probe, error)) {
-    m->health.succeeded(host, probe, Clock::now());
+  const bool probed = checked.ok && read_probe(checked, probe, error);
+  for (const auto& g : group) {
+    const auto i = health::index_of(g->hosts, target);
+    if (probed && i) g->health.succeeded(*i, probe, Clock::now());
+    assess(*g, Clock::now());
   }
-  assess(*m, Clock::now());
   snapshot();
   co_return "";
 }
 
-asio::awaitable<void> HealthChecker::move_listeners(const Monitor& m,
+asio::awaitable<void> HealthChecker::move_listeners(const Monitors& group,
                                                     const config::Endpoint& primary,
                                                     std::chrono::milliseconds limit) {
   if (!primary_moved_) co_return;
   struct Wait {
-    explicit Wait(asio::io_context& context, std::chrono::milliseconds limit)
-        : timer(context, limit) {}
+    explicit Wait(asio::io_context& context, std::chrono::milliseconds limit, std::size_t n)
+        : timer(context, limit), moved(n, false), waiting(n) {}
     asio::steady_timer timer;
-    bool moved = false;
+    std::vector<bool> moved;
+    std::size_t waiting;
   };
-  auto wait = std::make_shared<Wait>(control_, limit);
-  primary_moved_(m.database, m.shard, primary, [wait] {
-    wait->moved = true;
-    wait->timer.cancel();
-  });
-  if (!wait->moved) {
+  auto wait = std::make_shared<Wait>(control_, limit, group.size());
+  for (std::size_t i = 0; i < group.size(); ++i) {
+    primary_moved_(group[i]->database, group[i]->shard, primary, [wait, i] {
+      if (wait->moved[i]) return;
+      wait->moved[i] = true;
+      if (--wait->waiting == 0) wait->timer.cancel();
+    });
+  }
+  if (wait->waiting > 0) {
     error_code ec;
     co_await wait->timer.async_wait(asio::redirect_error(asio::use_awaitable, ec));
   }
-  if (!wait->moved) {
-    PGV_LOG(Warn, "listeners_not_moved", {"database", m.database}, {"shard", m.shard},
-            {"primary", primary.to_string()}, {"waited_ms", limit.count()});
+  for (std::size_t i = 0; i < group.size(); ++i) {
+    if (wait->moved[i]) continue;
+    PGV_LOG(Warn, "listeners_not_moved", {"database", group[i]->database},
+            {"shard", group[i]->shard}, {"primary", primary.to_string()},
+            {"waited_ms", limit.count()});
   }
 }
 
+namespace {
+
+// A drill under way on shards over the same hosts, or none.
+template <typename Group>
+void set_drill(const Group& group, bool running) {
+  for (const auto& g : group)
+    g->drill_running = running;
+}
+
+}  // namespace
+
 asio::awaitable<DrillResult> HealthChecker::run_failover(std::shared_ptr<Monitor> m,
                                                          std::string why) {
-  m->drill_running = true;
-  const std::optional<std::size_t> best = m->health.most_advanced_replica();
+  const Sharing sharing = sharing_of(m);
   DrillResult result;
+  if (!sharing.entangled.empty()) {
+    // A reload may have entangled the shards since assess() decided (and marked them).
+    set_drill(sharing.together, false);
+    result.message = entangled_refusal(*m, sharing.entangled);
+    co_return result;
+  }
+  set_drill(sharing.together, true);
+  const std::optional<std::size_t> best = m->health.most_advanced_replica();
   if (!best) {
     result.message = "pgvalve: no replica of shard " + m->shard + " can be promoted" +
                      why_not_promotable(m->hosts, m->health);
   } else {
     const std::string old = m->hosts[m->health.primary()].to_string();
     const std::string target = m->hosts[*best].to_string();
-    PGV_LOG(Warn, "failover_started", {"database", m->database}, {"shard", m->shard}, {"from", old},
-            {"to", target}, {"reason", why},
-            {"replay_lsn", health::format_lsn(m->health.figures(*best).lsn)});
+    const std::string with = shard_names(sharing.together, 1);
+    if (with.empty()) {
+      PGV_LOG(Warn, "failover_started", {"database", m->database}, {"shard", m->shard},
+              {"from", old}, {"to", target}, {"reason", why},
+              {"replay_lsn", health::format_lsn(m->health.figures(*best).lsn)});
+    } else {
+      PGV_LOG(Warn, "failover_started", {"database", m->database}, {"shard", m->shard},
+              {"from", old}, {"to", target}, {"reason", why},
+              {"replay_lsn", health::format_lsn(m->health.figures(*best).lsn)}, {"with", with});
+    }
     const std::string error = co_await promote(m, *best);
     if (error.empty()) {
       result.ok = true;
       result.message = "promoted " + target + "; " + old + " is retired";
+      if (!with.empty()) result.message += "; moved with it: " + with;
       PGV_LOG(Warn, "failover_done", {"database", m->database}, {"shard", m->shard},
               {"primary", target}, {"retired", old});
     } else {
@@ -608,18 +717,36 @@ asio::awaitable<DrillResult> HealthChecker::run_failover(std::shared_ptr<Monitor
               {"to", target}, {"error", error});
     }
   }
-  m->drill_running = false;
+  set_drill(sharing.together, false);
+  set_drill(sharing_of(m).together, false);
   co_return result;
 }
 
 asio::awaitable<DrillResult> HealthChecker::run_switchover(std::shared_ptr<Monitor> m,
                                                            std::optional<config::Endpoint> to) {
   DrillResult result;
+  const Sharing sharing = sharing_of(m);
+  if (!sharing.entangled.empty()) {
+    result.message = entangled_refusal(*m, sharing.entangled);
+    co_return result;
+  }
   const auto primary = m->health.writable_primary();
   if (!primary) {
     result.message = "pgvalve: shard " + m->shard +
                      " has no primary to switch over from; use FAILOVER for a dead primary";
     co_return result;
+  }
+  // The shards over the same servers move too: they must write to the same primary now.
+  for (std::size_t s = 1; s < sharing.together.size(); ++s) {
+    const Monitor& g = *sharing.together[s];
+    const auto theirs = g.health.writable_primary();
+    if (!theirs || g.hosts[*theirs] != m->hosts[*primary]) {
+      result.message =
+          "pgvalve: shard " + g.shard + " of database " + g.database + ", over the same hosts, " +
+          (theirs ? "writes to " + g.hosts[*theirs].to_string() : std::string("has no primary")) +
+          ", not " + m->hosts[*primary].to_string() + "; retry when SHOW HOSTS agrees";
+      co_return result;
+    }
   }
   std::optional<std::size_t> target;
   if (to) {
@@ -642,16 +769,36 @@ asio::awaitable<DrillResult> HealthChecker::run_switchover(std::shared_ptr<Monit
                               why_not_promotable(m->hosts, m->health);
     co_return result;
   }
-  m->drill_running = true;
+  for (std::size_t s = 1; s < sharing.together.size(); ++s) {
+    const Monitor& g = *sharing.together[s];
+    const auto i = health::index_of(g.hosts, m->hosts[*target]);
+    if (const auto why = g.health.not_promotable(*i); !why.empty()) {
+      result.message = "pgvalve: cannot switch over to " + m->hosts[*target].to_string() +
+                       " for shard " + g.shard + " of database " + g.database +
+                       ", over the same hosts: " + std::string(why) + " (see SHOW HOSTS)";
+      co_return result;
+    }
+  }
+  set_drill(sharing.together, true);
   const config::ConfigPtr config = config_;
   const config::Endpoint old = m->hosts[*primary];
   const config::Endpoint next = m->hosts[*target];
   const auto started = Clock::now();
   const auto limit = std::chrono::milliseconds(std::max(1000, config->failover.hold_writes_ms));
-  PGV_LOG(Warn, "switchover_started", {"database", m->database}, {"shard", m->shard},
-          {"from", old.to_string()}, {"to", next.to_string()});
-  m->writes_paused = true;
-  m->status->publish(m->health, true);
+  const std::string with = shard_names(sharing.together, 1);
+  if (with.empty()) {
+    PGV_LOG(Warn, "switchover_started", {"database", m->database}, {"shard", m->shard},
+            {"from", old.to_string()}, {"to", next.to_string()});
+  } else {
+    PGV_LOG(Warn, "switchover_started", {"database", m->database}, {"shard", m->shard},
+            {"from", old.to_string()}, {"to", next.to_string()}, {"with", with});
+  }
+  // Every database over these servers stops writing to the old primary, not only the one named:
+  // a write acknowledged there after the WAL position below was read would be lost.
+  for (const auto& g : sharing.together) {
+    g->writes_paused = true;
+    g->status->publish(g->health, true);
+  }
   std::string error;
   asio::steady_timer pause(control_);
   auto sleep = [&](int ms) -> asio::awaitable<void> {
@@ -710,14 +857,21 @@ asio::awaitable<DrillResult> HealthChecker::run_switchover(std::shared_ptr<Monit
   }
   // 3. Promote; writes go to the new primary.
   if (error.empty()) error = co_await promote(m, *target);
-  m->writes_paused = false;
-  m->drill_running = false;
-  m->status->publish(m->health, false);
+  // With any shard a reload added over these hosts meanwhile (configure() paused it too).
+  Monitors resumed = sharing.together;
+  for (const auto& g : sharing_of(m).together)
+    resumed.push_back(g);
+  for (const auto& g : resumed) {
+    g->writes_paused = false;
+    g->drill_running = false;
+    g->status->publish(g->health, false);
+  }
   const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started);
   if (error.empty()) {
     result.ok = true;
     result.message = "switched over to " + next.to_string() + " in " +
                      std::to_string(took.count()) + " ms; " + old.to_string() + " is retired";
+    if (!with.empty()) result.message += "; moved with it: " + with;
     PGV_LOG(Warn, "switchover_done", {"database", m->database}, {"shard", m->shard},
             {"primary", next.to_string()}, {"retired", old.to_string()},
             {"writes_paused_ms", took.count()}, {"lsn", health::format_lsn(written)});
@@ -742,8 +896,11 @@ void HealthChecker::start_drill(
                                           "\" in the configuration (see SHOW DATABASES)"});
     return;
   }
-  if (m->drill_running) {
-    done({false, "pgvalve: a promotion of shard " + m->shard + " is already under way"});
+  for (const auto& g : sharing_of(m).together) {
+    if (!g->drill_running) continue;
+    done({false, g == m ? "pgvalve: a promotion of shard " + m->shard + " is already under way"
+                        : "pgvalve: a promotion of shard " + g->shard + " of database " +
+                              g->database + ", over the same hosts, is already under way"});
     return;
   }
   asio::co_spawn(control_, drill(m), [done](std::exception_ptr e, DrillResult r) {

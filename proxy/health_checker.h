@@ -120,7 +120,9 @@ class HealthChecker {
   // connections to come back and for the target replica to replay everything the primary
   // wrote, promotes it, routes writes there, resumes; the old primary is retired. `shard`
   // empty: the first; `to` empty: the most advanced healthy replica. `done` runs on the control
-  // thread.
+  // thread. Both drills, and failover.mode: promote, act on the servers: every database's shard
+  // over the same hosts pauses and moves with it; one sharing only some of them refuses the
+  // drill (health/shared_hosts.h).
   void switchover(const std::string& database, const std::string& shard,
                   std::optional<config::Endpoint> to, DrillDone done);
   // FAILOVER <database> [shard]: promotes the most advanced healthy replica at once (the
@@ -130,6 +132,11 @@ class HealthChecker {
  private:
   struct Host;
   struct Monitor;
+  using Monitors = std::vector<std::shared_ptr<Monitor>>;
+  struct Sharing {
+    Monitors together;   // the shards over the same hosts, `m` first
+    Monitors entangled;  // the shards sharing only some of them
+  };
 
   asio::awaitable<void> watch(std::shared_ptr<Host> host);
   // `refused`: the server answered but refused the check (HostHealth::refused).
@@ -139,14 +146,17 @@ class HealthChecker {
   void snapshot();
   void learn_text_orders();
   std::shared_ptr<Monitor> find(const std::string& database, const std::string& shard) const;
+  // The shards of the configuration that share hosts with `m`.
+  Sharing sharing_of(const std::shared_ptr<Monitor>& m) const;
   // Runs `drill` on the shard unless it is unknown or a promotion is already under way.
   void start_drill(const std::string& database, const std::string& shard, DrillDone done,
                    std::function<asio::awaitable<DrillResult>(std::shared_ptr<Monitor>)> drill);
-  // Promotes `host` of `m` and makes it the primary; "" on success, else why not.
+  // Promotes `host` of `m` and makes it the primary of every shard over the same hosts; "" on
+  // success, else why not.
   asio::awaitable<std::string> promote(std::shared_ptr<Monitor> m, std::size_t host);
-  // Before a promoted host takes writes: waits (at most `limit`) until the listeners listen
-  // there, so no notification sent there is missed.
-  asio::awaitable<void> move_listeners(const Monitor& m, const config::Endpoint& primary,
+  // Before a promoted host takes writes: waits (at most `limit`) until the listeners of every
+  // shard of `group` listen there, so no notification sent there is missed.
+  asio::awaitable<void> move_listeners(const Monitors& group, const config::Endpoint& primary,
                                        std::chrono::milliseconds limit);
   asio::awaitable<DrillResult> run_switchover(std::shared_ptr<Monitor> m,
                                               std::optional<config::Endpoint> to);
