@@ -650,3 +650,108 @@ def test_a_session_mode_client_writes_no_more_to_a_retired_primary(fresh, pgvalv
     assert c.primary.port not in acked_on, \
         f"writes acknowledged on the retired primary {c.primary.port}: {acked_on}"
     assert acked_on and all(p == new_primary.port for p in acked_on), acked_on
+
+
+def two_databases_over_the_same_hosts(c, reverse_replicas=False, **overrides):
+    """configuration.md: two databases may use the same servers. `other` reaches the same
+    PostgreSQL database as telemetry, over the same hosts (its replicas listed in the reverse
+    order with `reverse_replicas`)."""
+    conf = config_for(c, **overrides)
+    shard = dict(conf["databases"][APP_DB]["shards"][0])
+    if reverse_replicas:
+        shard["replicas"] = list(reversed(shard["replicas"]))
+    conf["databases"]["other"] = {"dbname": APP_DB, "shards": [shard]}
+    return conf
+
+
+def test_switchover_moves_the_writes_of_every_database_over_the_same_hosts(fresh, pgvalve):
+    """Found by a code review: SWITCHOVER paused and moved the writes of the database it named
+    only. A writer on another database over the same servers kept writing to the old primary
+    during the replay wait and after the promotion, until its own next health check: 105 of 696
+    acknowledged inserts were missing on the new primary."""
+    c = fresh()
+    pv = pgvalve(**two_databases_over_the_same_hosts(
+        c, failover={"mode": "follow", "hold_writes_ms": 10000}))
+    wait_hosts_checked(pv)
+    acked, errors, ports = [], [], set()
+    stop = threading.Event()
+
+    def write_on_other():
+        with pv.connect(dbname="other") as conn:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                try:
+                    ports.add(conn.execute("insert into drill (client, n) values (9, %s) "
+                                           "returning inet_server_port()", (n,)).fetchone()[0])
+                    acked.append(n)
+                except psycopg.Error as e:
+                    errors.append((n, e.sqlstate, str(e)))
+                time.sleep(0.003)
+
+    t = threading.Thread(target=write_on_other)
+    t.start()
+    try:
+        time.sleep(1.0)
+        with admin(pv) as a:
+            a.execute(f"SWITCHOVER {APP_DB} s0 TO 127.0.0.1:{c.replicas[0].port}")
+        time.sleep(1.5)
+    finally:
+        stop.set()
+        t.join()
+    new = c.replicas[0]
+    assert new.scalar("select pg_is_in_recovery()") is False
+    have = {r[0] for r in new.sql("select n from drill where client = 9", dbname=APP_DB)}
+    missing = [n for n in acked if n not in have]
+    assert not missing, f"{len(missing)} of {len(acked)} acknowledged inserts lost: {missing[:10]}"
+    assert not errors, errors[:3]
+    assert len(acked) > 100 and new.port in ports
+    # Both databases' shards moved: the former primary is retired in each, and they both route
+    # writes to the new primary at once.
+    rows = {(h["database"], int(h["port"])): h["role"] for h in show_hosts(pv)}
+    for db in (APP_DB, "other"):
+        assert rows[(db, c.primary.port)] == "retired", rows
+        assert rows[(db, new.port)] == "primary", rows
+    assert re.search(r"event=switchover_started .* with=other/s0", pv.log_text())
+
+
+def test_promote_mode_promotes_one_replica_for_databases_over_the_same_hosts(fresh, pgvalve):
+    """failover.mode: promote decided once per shard of each database: two databases over the
+    same hosts, their replicas listed in another order and equally advanced (an idle primary),
+    each promoted its first replica — two primaries. One decision is taken for the servers."""
+    c = fresh()
+    pv = pgvalve(**two_databases_over_the_same_hosts(
+        c, reverse_replicas=True,
+        failover={"mode": "promote", "promote_after_ms": 0, "hold_writes_ms": 15000}))
+    wait_hosts_checked(pv)
+    c.wait_replay()
+    time.sleep(1.0)  # both replicas checked at the primary's last position
+    c.primary.kill9()
+    wait_until(lambda: "event=failover_done" in pv.log_text(), 15, message="a promotion")
+    time.sleep(2.0)  # a second promotion, if any, would have run by now
+    promoted = [r.port for r in c.replicas if not r.scalar("select pg_is_in_recovery()")]
+    assert len(promoted) == 1, f"two primaries: {promoted}\n{pv.log_text()}"
+    for db in (APP_DB, "other"):
+        with pv.connect(dbname=db) as conn:
+            port = conn.execute("insert into drill (client, n) values (10, 0) "
+                                "returning inet_server_port()").fetchone()[0]
+        assert port == promoted[0], db
+
+
+def test_switchover_is_refused_when_another_database_shares_only_some_hosts(fresh, pgvalve):
+    """A shard that lists only some of the hosts cannot move with the one named (it may not list
+    the target): the drill is refused before writes pause, and writes go on where they were."""
+    c = fresh()
+    conf = two_databases_over_the_same_hosts(c, failover={"mode": "follow"})
+    conf["databases"]["other"]["shards"][0]["replicas"] = [f"127.0.0.1:{c.replicas[1].port}"]
+    pv = pgvalve(**conf)
+    wait_hosts_checked(pv)
+    with admin(pv) as a:
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as refused:
+            a.execute(f"SWITCHOVER {APP_DB} s0 TO 127.0.0.1:{c.replicas[0].port}")
+    assert "shares some of its hosts, but not all, with other/s0" in str(refused.value)
+    assert c.replicas[0].scalar("select pg_is_in_recovery()") is True
+    for db in (APP_DB, "other"):
+        with pv.connect(dbname=db) as conn:
+            assert conn.execute("insert into drill (client, n) values (11, 0) "
+                                "returning inet_server_port()").fetchone()[0] == c.primary.port
