@@ -211,13 +211,22 @@ class PgNode:
         self.running = False
 
     def kill9(self):
-        """SIGKILL the postmaster by PID (crash simulation for failover tests)."""
+        """SIGKILL the postmaster by PID (crash simulation for failover tests). Waits for its
+        children too: they notice the postmaster's death and exit on their own, and until they
+        have, the old shared memory is in use and a start of this node fails."""
         pid = self.postmaster_pid()
         if pid is not None and _pid_alive(pid):
+            children = _children_of(pid)
             os.kill(pid, signal.SIGKILL)
             deadline = time.monotonic() + 10
-            while _pid_alive(pid) and time.monotonic() < deadline:
+            while (_pid_alive(pid) or any(_pid_alive(c) for c in children)) and \
+                    time.monotonic() < deadline:
                 time.sleep(0.05)
+            # Init here may leave the dead postmaster a zombie, whose PID PostgreSQL's lock
+            # check takes for a running postmaster: the lock file goes as after a real crash.
+            if not _pid_alive(pid) and self.postmaster_pid() == pid:
+                (self.datadir / "postmaster.pid").unlink(missing_ok=True)
+                (self.sockdir / f".s.PGSQL.{self.port}.lock").unlink(missing_ok=True)
         self.running = False
         return pid
 
@@ -265,6 +274,22 @@ class PgNode:
             return "\n".join(self.logfile.read_text(errors="replace").splitlines()[-n:])
         except OSError:
             return ""
+
+
+def _children_of(pid: int) -> list[int]:
+    """The PIDs of `pid`'s child processes now."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # ppid is the second field after the command name, which is in parentheses.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            children.append(int(entry.name))
+    return children
 
 
 def _pid_alive(pid: int) -> bool:
