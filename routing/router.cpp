@@ -172,6 +172,15 @@ Route Router::route_sharded(std::string_view sql, const RouteContext& context) c
                                         "sharding.key_type: auto cannot read; set key_type to "
                                         "the column's type (bigint, text or uuid)");
     }
+    if (type == KeyType::Auto) {
+      // Only an unquoted number that is not an integer is refused under auto (shard_plan.cpp).
+      return Route::refuse(
+          "22P02", "pgvalve: " + sharding.key + " " + std::string(value) +
+                       " is a number but not an integer: a bigint column stores it rounded, a "
+                       "text column as written, and sharding.key_type: auto cannot tell which; "
+                       "write the integer, quote it if the column is text, or set "
+                       "sharding.key_type to the column's type");
+    }
     return Route::refuse(
         "22P02", "pgvalve: \"" + std::string(value) + "\" is not a valid " + sharding.key +
                      " (sharding.key_type: " + std::string(key_type_name(type)) + "); pass a " +
@@ -320,11 +329,11 @@ Route Router::route_sharded(std::string_view sql, const RouteContext& context) c
                            "row by row; insert with VALUES, or name the shard",
                            hint_text);
     case ShardPlan::Key::UpdatesKey:
-      return Route::refuse("0A000",
-                           "pgvalve: an UPDATE that sets " + sharding.key +
-                               " would move rows to another shard, which pgvalve does not do; "
-                               "DELETE the rows and INSERT them with the new " +
-                               sharding.key);
+      return Route::refuse(
+          "0A000", "pgvalve: an UPDATE (or ON CONFLICT DO UPDATE) that sets " + sharding.key +
+                       " would move rows to another shard, which pgvalve does not do; "
+                       "DELETE the rows and INSERT them with the new " +
+                       sharding.key);
     case ShardPlan::Key::Multiple:
       return Route::refuse("0A000",
                            "pgvalve: several statements in one query on a sharded database; "

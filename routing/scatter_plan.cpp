@@ -891,7 +891,15 @@ class Planner {
       if (c == nullptr && p == nullptr) {
         return refuse("LIMIT and OFFSET across shards take a number or $n");
       }
-      at.push_back(location_of(c != nullptr ? *c : *p));
+      const int location = location_of(c != nullptr ? *c : *p);
+      if (location < 0) {
+        // FETCH FIRST ROW ONLY: a count of 1 that is nowhere in the text, so nothing to rewrite
+        // for the shards or to read for the merge.
+        return refuse(
+            "FETCH FIRST ROW ONLY without a number is not combined across shards; "
+            "write FETCH FIRST 1 ROW ONLY, or LIMIT 1");
+      }
+      at.push_back(location);
     }
     for (std::size_t i = 0; i < at.size(); ++i) {
       if (at[i] < 0) continue;

@@ -152,16 +152,9 @@ class Analyzer {
     if (const Json* s = as(stmt, "UpdateStmt")) {
       if (!sharded_target(*s)) return;
       // A new key value would belong on another shard: the row cannot move by an UPDATE.
-      if (const Json* targets = field(*s, "targetList"); targets && targets->is_array()) {
-        for (const Json& t : *targets) {
-          const Json* target = as(t, "ResTarget");
-          const Json* name = target != nullptr ? field(*target, "name") : nullptr;
-          if (name != nullptr && name->is_string() &&
-              name->get_ref<const std::string&>() == policy_.key) {
-            plan.key = ShardPlan::Key::UpdatesKey;
-            return;
-          }
-        }
+      if (sets_key(field(*s, "targetList"))) {
+        plan.key = ShardPlan::Key::UpdatesKey;
+        return;
       }
       where(field(*s, "whereClause"));
       return;
@@ -346,8 +339,29 @@ class Analyzer {
     return -1;
   }
 
+  // Whether an UPDATE's SET list (`targets`) assigns the key.
+  bool sets_key(const Json* targets) const {
+    if (targets == nullptr || !targets->is_array()) return false;
+    for (const Json& t : *targets) {
+      const Json* target = as(t, "ResTarget");
+      const Json* name = target != nullptr ? field(*target, "name") : nullptr;
+      if (name != nullptr && name->is_string() &&
+          name->get_ref<const std::string&>() == policy_.key) {
+        return true;
+      }
+    }
+    return false;
+  }
+
   void insert(const Json& s) {
     if (!sharded_target(s)) return;  // a reference table: every shard
+    // ON CONFLICT DO UPDATE SET device_id = ...: the row would stay where it is under a key
+    // that belongs on another shard, as with an UPDATE of the key.
+    if (const Json* conflict = field(s, "onConflictClause");
+        conflict != nullptr && sets_key(field(*conflict, "targetList"))) {
+      plan.key = ShardPlan::Key::UpdatesKey;
+      return;
+    }
     const Json* cols = field(s, "cols");
     int key_index = -1;
     if (cols != nullptr && cols->is_array()) {
@@ -541,6 +555,12 @@ class KeyReader {
         scratch_[0] = '-';
         std::copy(digits.text.begin(), digits.text.end(), scratch_.begin() + 1);
         number = std::string_view(scratch_.data(), digits.text.size() + 1);
+      }
+      if (type == KeyType::Auto && !key_from_text(number, KeyType::Bigint)) {
+        // An unquoted number that is not an integer (7.0, 7e0, 1.5): a bigint column stores it
+        // rounded (7), a text column as written ('7.0'). Which one pgvalve cannot tell, and
+        // either guess puts some rows where their key does not hash.
+        return add_value(std::nullopt, text);
       }
       return add_value(key_from_text(number, type), text);
     }

@@ -571,6 +571,29 @@ def test_tables_pgvalve_cannot_place_are_refused_and_catalogs_answer(shards, pgv
                             "WHERE table_name = 'telemetry'").fetchone() == (1,)
 
 
+def test_statements_whose_rows_pgvalve_would_misplace_are_refused(shards, pgvalve):
+    """Found by review, each gave another answer than one database: FETCH FIRST ROW ONLY over
+    shards returned a row per shard; ON CONFLICT DO UPDATE SET device_id left the row on a shard
+    its new key does not hash to; under key_type auto, an unquoted 7.0 was hashed as the text
+    '7.0' while a bigint column stores 7."""
+    clear(shards)
+    pv = pgvalve(**config(shards, key_type="auto"))
+    with pv.connect() as conn:
+        for d in (1, 2, 3, 4):
+            conn.execute("INSERT INTO telemetry (device_id) VALUES (%s)", (d,))
+        e = refused(conn, "SELECT device_id FROM telemetry ORDER BY device_id "
+                          "FETCH FIRST ROW ONLY")
+        assert "FETCH FIRST 1 ROW ONLY" in str(e)
+        assert conn.execute("SELECT device_id FROM telemetry ORDER BY device_id "
+                            "FETCH FIRST 1 ROW ONLY").fetchall() == [(1,)]
+        refused(conn, "INSERT INTO telemetry (device_id) VALUES (1) ON CONFLICT (device_id) DO UPDATE "
+                      "SET device_id = 2")
+        e = refused(conn, "INSERT INTO telemetry (device_id) VALUES (7.0)", sqlstate="22P02")
+        assert "not an integer" in str(e)
+        refused(conn, "SELECT count(*) FROM telemetry WHERE device_id = 7.0", sqlstate="22P02")
+    assert sorted(rows_on(shards[0]) + rows_on(shards[1])) == [1, 2, 3, 4]
+
+
 def test_set_device_id_on_a_database_of_one_shard_says_it_does_not_apply(pgvalve):
     pv = pgvalve()
     with pv.connect() as conn:

@@ -108,6 +108,12 @@ TEST(ScatterPlan, LimitAndOffsetAreLiteralSlots) {
   expect_refused("SELECT device_id FROM telemetry ORDER BY 1 LIMIT 1 + 1", "LIMIT");
   expect_refused("SELECT device_id FROM telemetry ORDER BY 1 FETCH FIRST 3 ROWS WITH TIES",
                  "WITH TIES");
+  // Without a number the count (1) is nowhere in the text: each shard kept its first row and
+  // nothing cut the merged rows to one.
+  expect_refused("SELECT device_id FROM telemetry ORDER BY 1 FETCH FIRST ROW ONLY",
+                 "FETCH FIRST ROW ONLY");
+  expect_refused("SELECT device_id FROM telemetry ORDER BY 1 OFFSET 1 ROWS FETCH NEXT ROW ONLY",
+                 "FETCH FIRST ROW ONLY");
 }
 
 TEST(ScatterPlan, SlotsOfOneShapeAreTheSameForEveryStatementOfIt) {

@@ -1529,6 +1529,18 @@ TEST_F(ShardRouterTest, SeveralShards) {
   EXPECT_EQ(same.shard, shard(a));
 }
 
+// Under key_type auto an unquoted number that is not an integer is refused: a bigint column
+// stores 7.0 as 7, a text column as '7.0', and hashing either way misplaces some rows.
+TEST_F(ShardRouterTest, AutoRefusesANumberThatIsNotAnInteger) {
+  for (const char* sql : {"INSERT INTO telemetry (device_id, value) VALUES (7.0, 1)",
+                          "SELECT * FROM telemetry WHERE device_id = 7e0",
+                          "DELETE FROM telemetry WHERE device_id = -1.5"}) {
+    expect_refused(route(sql), "22P02", "not an integer");
+  }
+  EXPECT_EQ(route("SELECT * FROM telemetry WHERE device_id = 7").shard, shard("7"));
+  EXPECT_EQ(route("SELECT * FROM telemetry WHERE device_id = '7.0'").shard, shard("7.0"));
+}
+
 TEST_F(ShardRouterTest, BadAndMissingKeyValues) {
   expect_refused(bigint_router.route("SELECT * FROM telemetry WHERE device_id = 'abc'", {}),
                  "22P02", "'abc'");
@@ -1607,6 +1619,19 @@ TEST(ShardPlan, UpdateThatSetsTheKeyIsPlannedAsUpdatesKey) {
   EXPECT_EQ(
       pgvalve::routing::plan_shards("UPDATE telemetry SET value = 7 WHERE device_id = 5", p).key,
       pgvalve::routing::ShardPlan::Key::Slots);
+  // The row would stay on its shard under a key that belongs on another.
+  EXPECT_EQ(pgvalve::routing::plan_shards(
+                "INSERT INTO telemetry (device_id, value) VALUES (1, 0) ON CONFLICT (device_id) "
+                "DO UPDATE SET device_id = 2",
+                p)
+                .key,
+            pgvalve::routing::ShardPlan::Key::UpdatesKey);
+  EXPECT_EQ(pgvalve::routing::plan_shards(
+                "INSERT INTO telemetry (device_id, value) VALUES (1, 0) ON CONFLICT (device_id) "
+                "DO UPDATE SET value = excluded.value",
+                p)
+                .key,
+            pgvalve::routing::ShardPlan::Key::Slots);
 }
 
 TEST(ShardRouting, UnlistedTablesAreRefusedAndCatalogsGoToAnyShard) {
