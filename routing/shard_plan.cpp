@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <map>
 #include <set>
 
 #include "routing/normalized_walk.h"
@@ -67,7 +68,7 @@ class Analyzer {
 
   // Every table named anywhere (subqueries, joins, CTE bodies); CTE names are not tables.
   void collect_tables(const Json& tree) {
-    std::set<std::string> ctes;
+    std::set<std::string>& ctes = ctes_;
     find_ctes(tree, ctes);
     bool any = false;
     bool sharded = false;
@@ -111,11 +112,16 @@ class Analyzer {
     return schema.empty() && name.starts_with("pg_");
   }
 
-  static void find_ctes(const Json& node, std::set<std::string>& out) {
+  void find_ctes(const Json& node, std::set<std::string>& out) {
     if (node.is_object()) {
       if (const Json* cte = as(node, "CommonTableExpr")) {
         const Json* name = field(*cte, "ctename");
-        if (name != nullptr && name->is_string()) out.insert(name->get<std::string>());
+        if (name != nullptr && name->is_string()) {
+          out.insert(name->get<std::string>());
+          if (const Json* q = field(*cte, "ctequery"); q != nullptr && over_sharded_only(*q)) {
+            sharded_ctes_.insert(name->get<std::string>());
+          }
+        }
       }
       for (const auto& [k, v] : node.items())
         find_ctes(v, out);
@@ -156,11 +162,16 @@ class Analyzer {
         plan.key = ShardPlan::Key::UpdatesKey;
         return;
       }
+      add_scope(field(*s, "relation"));
+      add_scope(field(*s, "fromClause"));
       where(field(*s, "whereClause"));
       return;
     }
     if (const Json* s = as(stmt, "DeleteStmt")) {
-      if (sharded_target(*s)) where(field(*s, "whereClause"));
+      if (!sharded_target(*s)) return;
+      add_scope(field(*s, "relation"));
+      add_scope(field(*s, "usingClause"));
+      where(field(*s, "whereClause"));
       return;
     }
     if (const Json* s = as(stmt, "InsertStmt")) return insert(*s);
@@ -250,12 +261,13 @@ class Analyzer {
     if (op != nullptr && op->is_string() && op->get_ref<const std::string&>() != "SETOP_NONE") {
       return;  // UNION/INTERSECT/EXCEPT: each side may need other shards
     }
+    add_scope(field(s, "fromClause"));
     where(field(s, "whereClause"));
   }
 
   // The first conjunct of the top-level AND chain that fixes the key.
   void where(const Json* clause) {
-    if (clause == nullptr) return;
+    if (clause == nullptr || !sharded_relations_meet(clause)) return;
     std::vector<int> found;
     if (conjunct(*clause, found)) {
       key_locations = std::move(found);
@@ -306,11 +318,186 @@ class Analyzer {
     return false;
   }
 
+  // A column named after the key is the key only when it is a sharded table's: qualified by
+  // the name or alias of a sharded table of the statement's FROM (or UPDATE/DELETE target), or
+  // unqualified when every relation in scope is a sharded table. A reference table's or a
+  // subquery's device_id says nothing about where the sharded table's rows are.
   bool is_key_column(const Json& node) const {
     const Json* c = as(node, "ColumnRef");
     const Json* fields = c != nullptr ? field(*c, "fields") : nullptr;
     if (fields == nullptr || !fields->is_array() || fields->empty()) return false;
-    return sval(fields->back()) == policy_.key;
+    if (sval(fields->back()) != policy_.key) return false;
+    if (fields->size() == 1) {
+      return !scope_.empty() &&
+             std::all_of(scope_.begin(), scope_.end(), [](const Relation& r) { return r.sharded; });
+    }
+    const std::string_view qualifier = sval((*fields)[fields->size() - 2]);
+    return std::any_of(scope_.begin(), scope_.end(),
+                       [&](const Relation& r) { return r.sharded && r.name == qualifier; }) &&
+           std::none_of(scope_.begin(), scope_.end(),
+                        [&](const Relation& r) { return !r.sharded && r.name == qualifier; });
+  }
+
+  // The relations a statement's WHERE sees by name: tables (by alias, else by name), and
+  // subqueries, functions and CTEs, whose columns are never the key.
+  struct Relation {
+    std::string name;
+    bool sharded = false;
+  };
+
+  // Several sharded relations in scope: one's key value fixes the shard of the others' rows
+  // only when all are joined on the key (`a.key = b.key` in the WHERE's or a join's top-level
+  // AND chain, or USING (key) between sharded relations). Otherwise their rows are on every
+  // shard and the statement is not routed by a key.
+  bool sharded_relations_meet(const Json* clause) const {
+    std::map<std::string, std::string> parent;
+    for (const Relation& r : scope_) {
+      if (r.sharded) parent.emplace(r.name, r.name);
+    }
+    if (parent.size() <= 1) return true;
+    const auto root = [&](std::string x) {
+      while (parent.at(x) != x)
+        x = parent.at(x);
+      return x;
+    };
+    const auto join = [&](const std::string& a, const std::string& b) {
+      if (parent.contains(a) && parent.contains(b)) parent[root(a)] = root(b);
+    };
+    const auto equalities = [&](const Json* c, const auto& self) -> void {
+      if (c == nullptr) return;
+      if (const Json* b = as(*c, "BoolExpr")) {
+        const Json* op = field(*b, "boolop");
+        const Json* args = field(*b, "args");
+        if (op != nullptr && op->is_string() && op->get_ref<const std::string&>() == "AND_EXPR" &&
+            args != nullptr && args->is_array()) {
+          for (const Json& arg : *args)
+            self(&arg, self);
+        }
+        return;
+      }
+      const Json* e = as(*c, "A_Expr");
+      if (e == nullptr || operator_name(*e) != "=") return;
+      const Json* l = field(*e, "lexpr");
+      const Json* r = field(*e, "rexpr");
+      if (l == nullptr || r == nullptr || !is_key_column(*l) || !is_key_column(*r)) return;
+      join(qualifier(*l), qualifier(*r));
+    };
+    equalities(clause, equalities);
+    for (const Json* j : joins_) {
+      equalities(field(*j, "quals"), equalities);
+      const Json* using_clause = field(*j, "usingClause");
+      if (using_clause == nullptr || !using_clause->is_array()) continue;
+      for (const Json& name : *using_clause) {
+        if (sval(name) != policy_.key) continue;
+        std::vector<std::string> left;
+        std::vector<std::string> right;
+        if (sharded_names(field(*j, "larg"), left) && sharded_names(field(*j, "rarg"), right)) {
+          for (const std::string& a : left) {
+            for (const std::string& b : right)
+              join(a, b);
+          }
+        }
+      }
+    }
+    const std::string first = root(parent.begin()->first);
+    return std::all_of(parent.begin(), parent.end(),
+                       [&](const auto& p) { return root(p.first) == first; });
+  }
+
+  // The names of a FROM item's relations, when all are sharded tables.
+  bool sharded_names(const Json* item, std::vector<std::string>& out) const {
+    if (item == nullptr) return false;
+    if (const Json* join = as(*item, "JoinExpr")) {
+      return sharded_names(field(*join, "larg"), out) && sharded_names(field(*join, "rarg"), out);
+    }
+    const Json* rv = as(*item, "RangeVar");
+    if (rv == nullptr) return false;
+    const Json* alias = field(*rv, "alias");
+    const Json* aliasname = alias != nullptr ? field(*alias, "aliasname") : nullptr;
+    const std::string name = aliasname != nullptr ? text(aliasname) : text(field(*rv, "relname"));
+    const auto it = std::find_if(scope_.begin(), scope_.end(),
+                                 [&](const Relation& r) { return r.name == name; });
+    if (it == scope_.end() || !it->sharded) return false;
+    out.push_back(name);
+    return true;
+  }
+
+  // The relation name of a qualified column, empty for an unqualified one.
+  static std::string qualifier(const Json& node) {
+    const Json* c = as(node, "ColumnRef");
+    const Json* fields = c != nullptr ? field(*c, "fields") : nullptr;
+    if (fields == nullptr || !fields->is_array() || fields->size() < 2) return {};
+    return std::string(sval((*fields)[fields->size() - 2]));
+  }
+
+  static std::string text(const Json* s) {
+    return s != nullptr && s->is_string() ? s->get<std::string>() : std::string();
+  }
+
+  // A WITH query reading sharded tables only, without naming another column after the key:
+  // its key column is theirs.
+  bool over_sharded_only(const Json& query) const {
+    bool only = true;
+    bool any = false;
+    const auto walk = [&](const Json& n, const auto& self) -> void {
+      if (!only) return;
+      if (n.is_object()) {
+        for (const auto& [k, v] : n.items()) {
+          if (k == "RangeVar") {
+            any = true;
+            const Json* schema = field(v, "schemaname");
+            const std::string name = text(field(v, "relname"));
+            if (!sharded_table(name) || (schema == nullptr && ctes_.contains(name))) only = false;
+          } else if (k == "RangeFunction" || k == "RangeTableFunc") {
+            only = false;
+          } else if (k == "ResTarget") {
+            if (text(field(v, "name")) == policy_.key) only = false;
+          } else if (k == "aliascolnames") {
+            only = false;
+          }
+          self(v, self);
+        }
+      } else if (n.is_array()) {
+        for (const Json& v : n)
+          self(v, self);
+      }
+    };
+    walk(query, walk);
+    return only && any;
+  }
+
+  void add_scope(const Json* item) {
+    if (item == nullptr) return;
+    if (item->is_array()) {
+      for (const Json& i : *item)
+        add_scope(&i);
+      return;
+    }
+    const Json* rv = as(*item, "RangeVar");
+    if (rv == nullptr && item->is_object() && field(*item, "relname") != nullptr) rv = item;
+    if (rv != nullptr) {
+      const Json* alias = field(*rv, "alias");
+      const Json* aliasname = alias != nullptr ? field(*alias, "aliasname") : nullptr;
+      const std::string name = text(field(*rv, "relname"));
+      const bool cte = field(*rv, "schemaname") == nullptr && ctes_.contains(name);
+      scope_.push_back({aliasname != nullptr ? text(aliasname) : name,
+                        cte ? sharded_ctes_.contains(name) : sharded_table(name)});
+      return;
+    }
+    if (const Json* join = as(*item, "JoinExpr")) {
+      joins_.push_back(join);
+      add_scope(field(*join, "larg"));
+      add_scope(field(*join, "rarg"));
+      return;
+    }
+    // A subquery, function or anything else: its columns are not a table's.
+    std::string name;
+    for (const auto& [kind, body] : item->items()) {
+      const Json* alias = body.is_object() ? field(body, "alias") : nullptr;
+      const Json* aliasname = alias != nullptr ? field(*alias, "aliasname") : nullptr;
+      if (aliasname != nullptr) name = text(aliasname);
+    }
+    scope_.push_back({name, false});
   }
 
   // Where a constant or $n (under casts and a minus sign) starts; -1 for anything else.
@@ -408,6 +595,10 @@ class Analyzer {
   }
 
   const ShardingPolicy& policy_;
+  std::set<std::string> ctes_;          // names of the statement's WITH queries
+  std::set<std::string> sharded_ctes_;  // those over sharded tables only (over_sharded_only)
+  std::vector<Relation> scope_;         // what the WHERE being read sees
+  std::vector<const Json*> joins_;      // and the joins of its FROM
 };
 
 struct Analysis {

@@ -902,6 +902,51 @@ TEST(ShardPlanTest, NoKeyWhereTheStatementDoesNotFixOne) {
   }
 }
 
+// A column named device_id fixes the shard only when it is a sharded table's, and only when
+// every sharded table of the statement is joined on the key: otherwise the rows the statement
+// reads or writes are on other shards too (found by a code review: an UPDATE ... FROM another
+// sharded table ran on one shard and left half of the rows unchanged).
+TEST(ShardPlanTest, AnotherTablesDeviceIdIsNoKey) {
+  const ShardingPolicy policy = make_policy();
+  for (const char* sql : {
+           // A reference table's column, qualified or read unqualified next to it.
+           "SELECT count(*) FROM telemetry t JOIN device_types s ON s.threshold = t.ts WHERE "
+           "s.device_id = 2",
+           "SELECT * FROM telemetry t JOIN device_types s ON s.threshold = t.ts WHERE "
+           "device_id = 2",
+           "UPDATE telemetry SET note = 'u' FROM device_types d WHERE d.device_id = 3",
+           "DELETE FROM telemetry USING device_types d WHERE d.device_id = 3",
+           // A subquery's or a WITH query's column.
+           "SELECT * FROM telemetry t, (SELECT 3 AS device_id) x WHERE x.device_id = 3",
+           "WITH c AS (SELECT 3 AS device_id) SELECT * FROM telemetry t, c WHERE c.device_id = 3",
+           // Another sharded table's key, the tables not joined on it.
+           "UPDATE telemetry SET note = 'u' FROM device_events e WHERE e.device_id = 3 AND "
+           "telemetry.ts = 0",
+           "SELECT * FROM telemetry t JOIN device_events e ON e.ts = t.ts WHERE e.device_id = 3",
+           "SELECT * FROM telemetry t JOIN device_events e ON t.device_id = t.device_id WHERE "
+           "e.device_id = 3",
+       }) {
+    const ShardPlan plan = plan_shards(sql, policy);
+    EXPECT_EQ(plan.key, Key::None) << sql << "\n  plan: " << describe(plan);
+  }
+  // The sharded table's own key, or another's joined on it.
+  for (const char* sql : {
+           "SELECT * FROM telemetry t JOIN device_types s ON s.threshold = t.ts WHERE "
+           "t.device_id = 2",
+           "UPDATE telemetry SET note = 'u' FROM device_types d WHERE telemetry.device_id = 3",
+           "UPDATE telemetry t SET note = 'u' FROM device_events e WHERE e.device_id = 3 AND "
+           "e.device_id = t.device_id",
+           "SELECT * FROM telemetry t JOIN device_events e USING (device_id) WHERE "
+           "device_id = 3",
+           "SELECT * FROM telemetry t JOIN device_events e ON e.device_id = t.device_id WHERE "
+           "e.device_id = 3",
+           "DELETE FROM telemetry t WHERE t.device_id = 3",
+       }) {
+    const ShardPlan plan = plan_shards(sql, policy);
+    EXPECT_EQ(plan.key, Key::Slots) << sql << "\n  plan: " << describe(plan);
+  }
+}
+
 TEST(ShardPlanTest, AKeyEqualToNullIsNeverFound) {
   const ShardingPolicy policy = make_policy();
   for (const char* sql : {"SELECT * FROM telemetry WHERE device_id = NULL",
