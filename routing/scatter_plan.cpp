@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdint>
+#include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -279,6 +281,7 @@ class Planner {
     const Json* stmt = field(stmts->front(), "stmt");
     const Json* s = stmt != nullptr ? as(*stmt, "SelectStmt") : nullptr;
     if (s == nullptr) return refuse("only a SELECT is combined from several shards");
+    read_scope(*stmt);
     return select(*s);
   }
 
@@ -301,13 +304,115 @@ class Planner {
     return std::find(policy_.tables.begin(), policy_.tables.end(), name) != policy_.tables.end();
   }
 
+  // A column named after the key is the key only when it is a sharded table's (or a WITH
+  // query's or subquery's over sharded tables only): qualified by such a relation's name or
+  // alias, or unqualified when the statement reads no other relation. A reference table's
+  // device_id is on every shard and keeps no device's rows apart.
   bool is_key(const Json& node) const {
     const Json* c = as(node, "ColumnRef");
-    return c != nullptr && last_name(field(*c, "fields")) == policy_.key;
+    const Json* fields = c != nullptr ? field(*c, "fields") : nullptr;
+    if (fields == nullptr || last_name(fields) != policy_.key) return false;
+    if (fields->size() == 1) return unqualified_keys_.contains(location_of(*c));
+    const std::string qualifier(sval((*fields)[fields->size() - 2]));
+    return sharded_names_.contains(qualifier) && !other_names_.contains(qualifier);
   }
 
-  // `a.key = b.key` somewhere in the top-level AND chain of `clause`.
-  int key_equalities(const Json* clause) const {
+  // The key column's relation name (alias or table name), empty when unqualified.
+  static std::string qualifier_of(const Json& node) {
+    const Json* c = as(node, "ColumnRef");
+    const Json* fields = c != nullptr ? field(*c, "fields") : nullptr;
+    if (fields == nullptr || !fields->is_array() || fields->size() < 2) return {};
+    return std::string(sval((*fields)[fields->size() - 2]));
+  }
+
+  static std::string text(const Json* s) {
+    return s != nullptr && s->is_string() ? s->get<std::string>() : std::string();
+  }
+
+  static std::string alias_of(const Json& body) {
+    const Json* alias = field(body, "alias");
+    return alias != nullptr ? text(field(*alias, "aliasname")) : std::string();
+  }
+
+  // Which names of the statement's relations are sharded ones (see is_key).
+  void read_scope(const Json& tree) {
+    std::set<std::string> ctes;
+    any_node(tree, [&](const Json& n) {
+      if (const Json* cte = as(n, "CommonTableExpr")) ctes.insert(text(field(*cte, "ctename")));
+      return false;
+    });
+    const auto sharded_or_cte = [&](const Json& rv) {
+      const std::string name = text(field(rv, "relname"));
+      if (field(rv, "schemaname") == nullptr && ctes.contains(name)) return true;
+      return std::find(policy_.tables.begin(), policy_.tables.end(), name) != policy_.tables.end();
+    };
+    any_node(tree, [&](const Json& n) {
+      if (const Json* rv = as(n, "RangeVar")) {
+        const std::string alias = alias_of(*rv);
+        const std::string name = alias.empty() ? text(field(*rv, "relname")) : alias;
+        if (sharded_or_cte(*rv)) {
+          sharded_names_.insert(name);
+        } else {
+          other_names_.insert(name);
+        }
+      } else if (const Json* sub = as(n, "RangeSubselect")) {
+        bool any = false;
+        bool all = true;
+        any_node(*sub, [&](const Json& m) {
+          if (const Json* rv = as(m, "RangeVar")) {
+            any = true;
+            if (!sharded_or_cte(*rv)) all = false;
+          } else if (as(m, "RangeFunction") != nullptr) {
+            all = false;
+          }
+          return false;
+        });
+        (any && all ? sharded_names_ : other_names_).insert(alias_of(*sub));
+      } else {
+        for (const char* kind : {"RangeFunction", "RangeTableFunc"}) {
+          if (const Json* body = as(n, kind)) other_names_.insert(alias_of(*body));
+        }
+      }
+      return false;
+    });
+    // An unqualified key column is the key in a SELECT whose FROM reads sharded relations only
+    // (subqueries and WITH queries are SELECTs of their own).
+    any_node(tree, [&](const Json& n) {
+      const Json* sel = as(n, "SelectStmt");
+      const Json* from = sel != nullptr ? field(*sel, "fromClause") : nullptr;
+      if (from == nullptr || !from->is_array() || from->empty() ||
+          !std::all_of(from->begin(), from->end(),
+                       [&](const Json& item) { return keyed_only(item); })) {
+        return false;
+      }
+      for (const auto& [k, v] : sel->items()) {
+        if (k != "withClause") own_key_columns(v);
+      }
+      return false;
+    });
+  }
+
+  void own_key_columns(const Json& node) {
+    if (node.is_object()) {
+      if (const Json* c = as(node, "ColumnRef")) {
+        const Json* fields = field(*c, "fields");
+        if (fields != nullptr && fields->is_array() && fields->size() == 1 &&
+            last_name(fields) == policy_.key) {
+          unqualified_keys_.insert(location_of(*c));
+        }
+      }
+      for (const auto& [k, v] : node.items()) {
+        if (k != "SelectStmt") own_key_columns(v);
+      }
+    } else if (node.is_array()) {
+      for (const Json& v : node)
+        own_key_columns(v);
+    }
+  }
+
+  // Joins `a.key = b.key` of two relations not yet joined on the key (in `joined`), in the
+  // top-level AND chain of `clause`: a repeated equality or a tautology joins nothing.
+  int key_equalities(const Json* clause, std::map<std::string, std::string>& joined) const {
     if (clause == nullptr) return 0;
     if (const Json* b = as(*clause, "BoolExpr")) {
       const Json* op = field(*b, "boolop");
@@ -318,19 +423,53 @@ class Planner {
       }
       int n = 0;
       for (const Json& arg : *args)
-        n += key_equalities(&arg);
+        n += key_equalities(&arg, joined);
       return n;
     }
     const Json* e = as(*clause, "A_Expr");
     if (e == nullptr || operator_name(*e) != "=") return 0;
     const Json* l = field(*e, "lexpr");
     const Json* r = field(*e, "rexpr");
-    return l != nullptr && r != nullptr && is_key(*l) && is_key(*r) ? 1 : 0;
+    if (l == nullptr || r == nullptr || !is_key(*l) || !is_key(*r)) return 0;
+    const std::string a = qualifier_of(*l);
+    const std::string b = qualifier_of(*r);
+    if (a.empty() || b.empty()) return 0;  // unqualified: the same column on both sides
+    // Union-find over relation names: an equality counts when it joins two groups.
+    const auto root = [&](std::string x) {
+      for (auto it = joined.find(x); it != joined.end() && it->second != x; it = joined.find(x))
+        x = it->second;
+      return x;
+    };
+    const std::string ra = root(a);
+    const std::string rb = root(b);
+    if (ra == rb) return 0;
+    joined[ra] = rb;
+    joined.try_emplace(rb, rb);
+    return 1;
+  }
+
+  // A FROM item whose every relation's key column is the key (is_key).
+  bool keyed_only(const Json& item) const {
+    std::string name;
+    if (const Json* rv = as(item, "RangeVar")) {
+      name = alias_of(*rv);
+      if (name.empty()) name = text(field(*rv, "relname"));
+    } else if (const Json* sub = as(item, "RangeSubselect")) {
+      name = alias_of(*sub);
+    } else if (const Json* join = as(item, "JoinExpr")) {
+      const Json* l = field(*join, "larg");
+      const Json* r = field(*join, "rarg");
+      return l != nullptr && r != nullptr && keyed_only(*l) && keyed_only(*r);
+    } else {
+      return false;
+    }
+    return sharded_names_.contains(name) && !other_names_.contains(name);
   }
 
   // Rows of several sharded tables meet on one shard when the tables are joined on the key.
   bool colocated(const Json& s, int sharded_tables) const {
-    int equalities = key_equalities(field(s, "whereClause"));
+    std::map<std::string, std::string> joined;
+    int equalities = key_equalities(field(s, "whereClause"), joined);
     any_node(s, [&](const Json& n) {
       const Json* join = as(n, "JoinExpr");
       if (join == nullptr) return false;
@@ -338,11 +477,17 @@ class Planner {
       // every partner a single database would.
       if (const Json* using_clause = field(*join, "usingClause");
           using_clause != nullptr && using_clause->is_array()) {
+        // Only between sharded relations: USING (key) with a reference table joins none.
+        const Json* l = field(*join, "larg");
+        const Json* r = field(*join, "rarg");
         for (const Json& name : *using_clause) {
-          if (sval(name) == policy_.key) ++equalities;
+          if (sval(name) == policy_.key && l != nullptr && r != nullptr && keyed_only(*l) &&
+              keyed_only(*r)) {
+            ++equalities;
+          }
         }
       }
-      equalities += key_equalities(field(*join, "quals"));
+      equalities += key_equalities(field(*join, "quals"), joined);
       return false;
     });
     return equalities >= sharded_tables - 1;
@@ -916,6 +1061,9 @@ class Planner {
   static constexpr int kMaxLocalDepth = 8;
   mutable int local_depth_ = 0;
   std::vector<std::string> local_ctes_;  // names of WITH queries read as sharded tables
+  std::set<std::string> sharded_names_;  // names and aliases of sharded relations (is_key)
+  std::set<std::string> other_names_;    // and of any other relation
+  std::set<int> unqualified_keys_;       // where unqualified key columns are the key
 };
 
 }  // namespace

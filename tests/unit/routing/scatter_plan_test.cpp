@@ -256,7 +256,7 @@ TEST(ScatterPlan, WindowsPartitionedByTheKeyRunOnEachShard) {
         "FROM telemetry ORDER BY device_id, ts",
         "SELECT device_id, sum(value) OVER w, rank() OVER (w ORDER BY value) FROM telemetry "
         "WINDOW w AS (PARTITION BY device_id)",
-        "SELECT device_id, row_number() OVER w2 FROM telemetry WINDOW w1 AS (PARTITION BY "
+        "SELECT device_id, row_number() OVER w2 FROM telemetry t WINDOW w1 AS (PARTITION BY "
         "note, t.device_id), w2 AS (w1 ORDER BY ts)",
         "SELECT device_id, count(*), rank() OVER (PARTITION BY device_id ORDER BY count(*)) "
         "FROM telemetry GROUP BY device_id, note"}) {
@@ -379,6 +379,49 @@ TEST(ScatterPlan, ShardedTablesMeetOnlyWhenJoinedOnTheKey) {
   expect_refused(
       "SELECT * FROM telemetry t JOIN device_events e ON t.device_id = e.device_id OR t.ts = e.ts",
       "joined");
+}
+
+// A reference table's device_id is on every shard: an equality with it joins no sharded tables
+// (found by a code review: a join of telemetry with itself on ts, a reference table joined on
+// device_id, counted 800 of 1600 rows), and neither does a column equal to itself.
+TEST(ScatterPlan, OnlyKeysOfShardedTablesJoinThem) {
+  for (const char* sql : {
+           "SELECT count(*) FROM telemetry a JOIN telemetry b ON a.ts = b.ts JOIN device_types "
+           "s ON s.device_id = a.device_id",
+           "SELECT count(*) FROM telemetry a JOIN telemetry b ON a.ts = b.ts JOIN device_types "
+           "s ON s.device_id = a.device_id AND s.device_id = b.device_id",
+           "SELECT count(*) FROM telemetry a JOIN telemetry b ON a.device_id = a.device_id",
+           "SELECT count(*) FROM telemetry a JOIN telemetry b ON a.ts = b.ts JOIN "
+           "device_events e ON a.device_id = e.device_id AND e.device_id = a.device_id",
+           "SELECT count(*) FROM telemetry a JOIN telemetry b ON a.ts = b.ts JOIN device_types "
+           "s USING (device_id)",
+       }) {
+    expect_refused(sql, "joined");
+  }
+  // Joined on the key, each with the next.
+  EXPECT_TRUE(plan("SELECT count(*) FROM telemetry a JOIN telemetry b ON a.device_id = "
+                   "b.device_id JOIN device_events e ON e.device_id = b.device_id")
+                  .ok);
+}
+
+// count(DISTINCT device_id) adds up across shards only for a sharded table's key (found by a
+// code review: a reference table's device_id was counted once per shard, 20 instead of 10).
+TEST(ScatterPlan, DistinctCountOfAnotherTablesDeviceIdIsRefused) {
+  expect_refused(
+      "SELECT count(DISTINCT s.device_id) FROM telemetry t JOIN device_types s ON s.threshold "
+      "= t.ts",
+      "DISTINCT");
+  expect_refused(
+      "SELECT count(DISTINCT device_id) FROM telemetry t JOIN device_types s ON s.threshold = "
+      "t.ts",
+      "DISTINCT");
+  EXPECT_TRUE(plan("SELECT count(DISTINCT t.device_id) FROM telemetry t JOIN device_types s ON "
+                   "s.threshold = t.ts")
+                  .ok);
+  // The subquery's own FROM decides for its unqualified key column.
+  EXPECT_TRUE(plan("SELECT l.device_id, d.site FROM (SELECT device_id, max(ts) AS last FROM "
+                   "telemetry GROUP BY device_id) l JOIN device_types d USING (device_id)")
+                  .ok);
 }
 
 TEST(ScatterPlan, AveragesAreFoundWithTheirCallAndName) {
