@@ -180,6 +180,44 @@ def test_reads_over_several_shards_are_gathered_and_writes_refused(shards, pgval
         assert direct.execute("SELECT count(*) FROM telemetry WHERE value <> 1").fetchone()[0] == 0
 
 
+def test_another_tables_device_id_does_not_place_a_statement(shards, pgvalve):
+    """A column named device_id is the key only when it is the sharded table's: a reference
+    table's device_id says nothing about where telemetry's rows are (found by a code review: a
+    join with a reference table read one shard's rows, an UPDATE ... FROM it wrote one shard's,
+    and count(DISTINCT) of its device_id counted each value once per shard)."""
+    clear(shards)
+    a = next(d for d in range(1, 21) if md5_mod(d) == 0)
+    b = next(d for d in range(1, 21) if md5_mod(d) == 1)
+    for i, c in enumerate(shards):
+        c.primary.psql("DROP TABLE IF EXISTS device_settings", dbname=APP_DB)
+        c.primary.psql("CREATE TABLE device_settings (device_id bigint PRIMARY KEY, threshold int)",
+                       dbname=APP_DB)
+        c.primary.psql("INSERT INTO device_settings VALUES (2, 7), (3, 8)", dbname=APP_DB)
+        c.primary.psql("GRANT ALL ON device_settings TO app", dbname=APP_DB)
+        c.primary.psql(f"INSERT INTO telemetry (device_id, value) VALUES ({(a, b)[i]}, 7)",
+                       dbname=APP_DB)
+    shards[0].wait_replay()
+    pv = pgvalve(**config(shards, reference_tables=["device_types", "device_settings"]))
+    with pv.connect(autocommit=True) as conn:
+        # One matching row on each shard: both are counted.
+        assert conn.execute(
+            "SELECT count(*) FROM telemetry t JOIN device_settings s ON s.threshold = t.value "
+            "WHERE s.device_id = 2", prepare=False).fetchone() == (2,)
+        # The sharded table's own key still places a read on its shard.
+        assert conn.execute(
+            f"SELECT count(*) FROM telemetry t JOIN device_settings s ON s.threshold = t.value "
+            f"WHERE t.device_id = {a}", prepare=False).fetchone() == (1,)
+        refused(conn, "SELECT count(DISTINCT s.device_id) FROM telemetry t JOIN device_settings s "
+                      "ON s.threshold = t.value")
+        # A write to both shards' rows needs a two-phase commit these servers do not allow:
+        # refused, where it ran on device 2's shard alone before.
+        refused(conn, "UPDATE telemetry SET note = 'u' FROM device_settings s "
+                      "WHERE s.device_id = 2 AND telemetry.value = s.threshold")
+    for c in shards:
+        assert rows_on(c, "SELECT count(*) FROM telemetry WHERE note IS NOT NULL") == [0]
+        c.primary.psql("DROP TABLE device_settings", dbname=APP_DB)
+
+
 def test_reads_over_several_shards_stream_rows_past_what_pgvalve_holds(shards, pgvalve):
     """A dashboard reading more rows than pgvalve would hold (16 MiB) gets them all: rows that
     are only concatenated, or merged for an ORDER BY on a number, a time or text, go to the
