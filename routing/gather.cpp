@@ -25,10 +25,10 @@ using pr::binary_float_of;
 using pr::binary_integer;
 using pr::binary_integer_of;
 
-constexpr std::uint32_t kBool = 16, kName = 19, kInt8 = 20, kInt2 = 21, kInt4 = 23, kText = 25,
-                        kOid = 26, kFloat4 = 700, kFloat8 = 701, kBpchar = 1042, kVarchar = 1043,
-                        kDate = 1082, kTime = 1083, kTimestamp = 1114, kTimestamptz = 1184,
-                        kNumeric = 1700, kUuid = 2950;
+constexpr std::uint32_t kBool = 16, kBytea = 17, kName = 19, kInt8 = 20, kInt2 = 21, kInt4 = 23,
+                        kText = 25, kOid = 26, kFloat4 = 700, kFloat8 = 701, kBpchar = 1042,
+                        kVarchar = 1043, kDate = 1082, kTime = 1083, kTimestamp = 1114,
+                        kTimestamptz = 1184, kNumeric = 1700, kUuid = 2950;
 
 std::optional<std::int64_t> integer(std::string_view s) {
   std::int64_t v = 0;
@@ -190,6 +190,47 @@ int compare_decimals(std::string_view x, std::string_view y) {
   if (a.negative != b.negative) return a.negative ? -1 : 1;
   const int m = compare_magnitudes(a, b);
   return a.negative ? -m : m;
+}
+
+// A date's text in DateStyle ISO ("2024-01-05", "0044-03-15 BC"), or +-infinity: one text per
+// date. Its bytes order as the dates do for years 1-9999 AD (ten characters, orderable()); in
+// other DateStyles ("05/01/2024") and BC they do not.
+bool iso_date(std::string_view s) {
+  if (s == "infinity" || s == "-infinity") return true;
+  auto digits = [&](std::size_t at, std::size_t n) {
+    for (std::size_t i = at; i < at + n; ++i)
+      if (i >= s.size() || s[i] < '0' || s[i] > '9') return false;
+    return true;
+  };
+  return s.size() >= 10 && digits(0, 4) && s[4] == '-' && digits(5, 2) && s[7] == '-' &&
+         digits(8, 2) && (s.size() == 10 || s[10] == ' ');
+}
+
+// A timestamp's text in DateStyle ISO ("2024-01-05 10:00:00[.fraction]", years 1-9999 AD).
+bool iso_timestamp(std::string_view s) {
+  if (s == "infinity" || s == "-infinity") return true;
+  if (!iso_date(s) || s.size() < 19) return false;
+  auto digit = [&](std::size_t i) { return s[i] >= '0' && s[i] <= '9'; };
+  if (!(digit(11) && digit(12) && s[13] == ':' && digit(14) && digit(15) && s[16] == ':' &&
+        digit(17) && digit(18))) {
+    return false;
+  }
+  if (s.size() == 19) return true;
+  if (s[19] != '.' || s.size() == 20) return false;
+  for (std::size_t i = 20; i < s.size(); ++i)
+    if (!digit(i)) return false;
+  return true;
+}
+
+// A numeric's text with the scale it was written with dropped (1.50 -> 1.5, -0.0 -> 0): one
+// text per value, as numeric's equality sees them.
+std::string canonical_decimal(std::string_view s) {
+  const Decimal d = decimal(s);
+  if (d.special != 0) return std::string(s);
+  std::string out = d.negative ? "-" : "";
+  out.append(d.whole.empty() ? "0" : d.whole);
+  if (!d.fraction.empty()) out.append(".").append(d.fraction);
+  return out;
 }
 
 // Digits of |a| + |b| or |a| - |b| (|a| >= |b|), aligned on the decimal point.
@@ -1019,6 +1060,113 @@ bool Gather::less(const Row& a, const Row& b) const {
   return false;
 }
 
+std::optional<std::string> Gather::equality_key(std::size_t i, std::string_view v) const {
+  if (i >= columns_.size() || i >= kinds_.size()) return std::nullopt;
+  const auto type = static_cast<std::uint32_t>(columns_[i].type);
+  const bool binary = columns_[i].format != 0;
+  auto without_padding = [](std::string_view s) {
+    while (!s.empty() && s.back() == ' ')
+      s.remove_suffix(1);
+    return std::string(s);
+  };
+  switch (type) {
+    case kInt2:
+    case kInt4:
+    case kInt8:
+    case kOid:
+    case kBool:
+    case kName:
+    case kUuid:
+    case kText:
+    case kVarchar:
+    case kBytea:
+    case kTime:
+      // One text (or binary form) per value; text in a deterministic collation is equal only
+      // when its bytes are.
+      return std::string(v);
+    case kBpchar:
+      return without_padding(v);  // char(n) is equal without its trailing spaces
+    case kFloat4:
+    case kFloat8: {
+      double d = binary ? binary_float(v) : float_value<double>(v);
+      if (std::isnan(d)) return std::string("NaN");  // PostgreSQL's NaN equals NaN
+      if (d == 0) d = 0;                             // -0 equals 0
+      return std::string(reinterpret_cast<const char*>(&d), sizeof d);
+    }
+    case kNumeric: {
+      if (!binary) return canonical_decimal(v);
+      const auto text = numeric_text(v);
+      if (!text) return std::string(v);  // NaN or infinities: one form each
+      return canonical_decimal(*text);
+    }
+    case kDate:
+      if (binary || iso_date(v)) return std::string(v);
+      return std::nullopt;
+    case kTimestamp:
+      if (binary || iso_timestamp(v)) return std::string(v);
+      return std::nullopt;
+    case kTimestamptz: {
+      if (binary) return std::string(v);
+      const auto instant = timestamptz_instant(v);
+      if (!instant) return std::nullopt;
+      return std::to_string(instant->first) + "." + std::to_string(instant->second);
+    }
+    default:
+      return std::nullopt;
+  }
+}
+
+bool Gather::orderable(std::size_t i, std::string_view v) const {
+  if (i >= columns_.size() || columns_[i].format != 0) return true;
+  switch (static_cast<std::uint32_t>(columns_[i].type)) {
+    case kDate:
+      return iso_date(v) && v.size() == 10;
+    case kTimestamp:
+      return iso_timestamp(v);
+    case kTimestamptz:
+      return timestamptz_instant(v).has_value();
+    default:
+      return true;
+  }
+}
+
+bool Gather::collapse(const std::vector<char>& group, bool combine) {
+  // Over one shard (or rows the same on every shard) the rows are already one per value.
+  const bool exact = shards_ > 1 && !plan_.same_on_every_shard;
+  std::vector<Row> kept;
+  std::unordered_map<std::string, std::size_t> index;
+  for (Row& row : rows_) {
+    std::string key;
+    for (std::size_t i = 0; i < group.size() && i < row.fields.size(); ++i) {
+      if (!group[i]) continue;
+      const auto v = row.value(i);
+      key.push_back(v ? 'v' : 'n');
+      if (!v) continue;
+      std::optional<std::string> k = exact ? equality_key(i, *v) : std::string(*v);
+      if (!k) {
+        return fail("0A000", "pgvalve: " + std::string(combine ? "GROUP BY" : "DISTINCT") +
+                                 " across shards cannot tell which values of column \"" +
+                                 columns_[i].name +
+                                 "\" are equal from their text (interval, arrays, records, "
+                                 "timestamptz or dates in a DateStyle other than ISO); "
+                                 "name one device_id, or " +
+                                 (combine ? "group by" : "select") +
+                                 " columns of types pgvalve compares (integers, numeric, "
+                                 "text, uuid, bool, dates and times in DateStyle ISO)");
+      }
+      key.append(std::to_string(k->size())).append(":").append(*k);
+    }
+    const auto [it, fresh] = index.emplace(std::move(key), kept.size());
+    if (fresh) {
+      kept.push_back(std::move(row));
+    } else if (combine && !combine_into(kept[it->second], row)) {
+      return false;
+    }
+  }
+  rows_ = std::move(kept);
+  return true;
+}
+
 void Gather::rebuild(Row& row, const std::vector<std::optional<std::string>>& values) {
   row.body.clear();
   row.fields.clear();
@@ -1107,10 +1255,18 @@ bool Gather::combine_into(Row& into, const Row& from) {
           }
           break;
         case ScatterPlan::Combine::Min:
-          if (!a || compare(kinds_[i], *b, *a, min_max_order(i)) < 0) v = std::string(*b);
-          break;
         case ScatterPlan::Combine::Max:
-          if (!a || compare(kinds_[i], *b, *a, min_max_order(i)) > 0) v = std::string(*b);
+          if (a && (!orderable(i, *a) || !orderable(i, *b))) {
+            return fail("0A000", "pgvalve: min() and max() of \"" + columns_[i].name +
+                                     "\" across shards cannot be compared as PostgreSQL "
+                                     "orders them (a DateStyle other than ISO, dates BC or "
+                                     "after 9999); SET DateStyle = ISO, or name one device_id");
+          }
+          if (op == ScatterPlan::Combine::Min) {
+            if (!a || compare(kinds_[i], *b, *a, min_max_order(i)) < 0) v = std::string(*b);
+          } else if (!a || compare(kinds_[i], *b, *a, min_max_order(i)) > 0) {
+            v = std::string(*b);
+          }
           break;
         case ScatterPlan::Combine::BitAnd:
         case ScatterPlan::Combine::BitOr:
@@ -1306,33 +1462,29 @@ void Gather::finish(std::string& out, bool describe) {
   }
   if (!plan_.combine.empty()) {
     // Rows with equal group values become one; a query without GROUP BY is one group.
-    std::vector<Row> groups;
-    std::unordered_map<std::string, std::size_t> index;
-    for (Row& row : rows_) {
-      std::string key;
-      for (std::size_t i = 0; i < plan_.combine.size(); ++i) {
-        if (plan_.combine[i] != ScatterPlan::Combine::Group) continue;
-        const auto v = row.value(i);
-        key.push_back(v ? 'v' : 'n');
-        if (v) key.append(std::to_string(v->size())).append(":").append(*v);
-      }
-      const auto [it, fresh] = index.emplace(std::move(key), groups.size());
-      if (fresh) {
-        groups.push_back(std::move(row));
-      } else if (!combine_into(groups[it->second], row)) {
-        return finish(out, describe);
-      }
-    }
-    rows_ = std::move(groups);
+    std::vector<char> group(kinds_.size(), 0);
+    for (std::size_t i = 0; i < plan_.combine.size() && i < group.size(); ++i)
+      group[i] = plan_.combine[i] == ScatterPlan::Combine::Group;
+    if (!collapse(group, true)) return finish(out, describe);
     if (!plan_.averages.empty() && !finish_averages()) return finish(out, describe);
   }
   if (plan_.distinct) {
-    std::unordered_map<std::string, bool> seen;
-    std::vector<Row> unique;
-    for (Row& row : rows_) {
-      if (seen.emplace(row.body, true).second) unique.push_back(std::move(row));
+    if (!collapse(std::vector<char>(kinds_.size(), 1), false)) return finish(out, describe);
+  }
+  if (!plan_.order.empty() && mode_ == Mode::Hold) {
+    // Held rows are not checked as a merge checks each shard's order: their values are.
+    for (const Row& row : rows_) {
+      for (const ScatterPlan::SortKey& k : plan_.order) {
+        const auto v = row.value(k.column);
+        if (v && !orderable(k.column, *v)) {
+          fail("0A000", "pgvalve: ORDER BY \"" + columns_[k.column].name +
+                            "\" across shards cannot be ordered as PostgreSQL orders it (a "
+                            "DateStyle other than ISO, dates BC or after 9999); SET DateStyle "
+                            "= ISO, or name one device_id");
+          return finish(out, describe);
+        }
+      }
     }
-    rows_ = std::move(unique);
   }
   if (!plan_.order.empty()) {
     std::stable_sort(rows_.begin(), rows_.end(),

@@ -185,6 +185,17 @@ class Gather {
   // `order`: for text kinds (null: by the bytes).
   int compare(Kind kind, std::string_view a, std::string_view b, const TextOrder* order) const;
   bool less(const Row& a, const Row& b) const;
+  // The text under which equal values of column `i` are one (GROUP BY, DISTINCT) as the type's
+  // equality sees them (numeric 1.5 and 1.50, float 0 and -0, a timestamptz's instant);
+  // nullopt when pgvalve cannot tell equality from the text (interval, arrays, records,
+  // timestamptz or dates outside DateStyle ISO, types it does not know).
+  std::optional<std::string> equality_key(std::size_t i, std::string_view v) const;
+  // Whether compare() orders column `i`'s value `v` as PostgreSQL does (dates and timestamps
+  // in DateStyle ISO, years 1-9999).
+  bool orderable(std::size_t i, std::string_view v) const;
+  // Rows with equal values in the columns `group` marks become one row (combine_into), or, with
+  // `combine` false, the first of them stays (DISTINCT). False when refused.
+  bool collapse(const std::vector<char>& group, bool combine);
   bool combine_into(Row& into, const Row& from);
   bool finish_averages();
   std::optional<Spread> spread_of(const Row& row, std::size_t sum_column,

@@ -1067,5 +1067,105 @@ TEST(Gather, ShardsThatDoNotAllDescribeRowsAreAnError) {
   EXPECT_EQ(st.take().sqlstate, "0A000");
 }
 
+constexpr std::uint32_t kBpchar = 1042, kDate = 1082, kTimestamp = 1114;
+
+TEST(Gather, GroupsAndDistinctRowsAreEqualByValueNotByText) {
+  // SELECT amount, count(*) ... GROUP BY amount: numeric 1.5 on one shard, 1.50 on the other.
+  Answer a = gather(combined({C::Group, C::Sum}), {kNumeric, kInt8},
+                    {{{"1.5", "30"}}, {{"1.50", "30"}, {"-0.0", "1"}}, {{"0", "2"}}});
+  ASSERT_EQ(a.rows.size(), 2u) << a.message;
+  EXPECT_EQ(a.rows[0], (std::vector<Value>{"1.5", "60"}));
+  EXPECT_EQ(a.rows[1], (std::vector<Value>{"-0.0", "3"}));
+  ScatterPlan distinct = ordered({});
+  distinct.distinct = true;
+  a = gather(distinct, {kNumeric}, {{{"1.5"}}, {{"1.50"}}, {{"2"}}, {{"2.000"}}});
+  EXPECT_EQ(a.rows, (Rows{{"1.5"}, {"2"}}));
+  // float 0 and -0 are equal; char(n) without its trailing spaces.
+  a = gather(distinct, {kFloat8}, {{{"0"}}, {{"-0"}}, {{"NaN"}}, {{"NaN"}}});
+  EXPECT_EQ(a.rows, (Rows{{"0"}, {"NaN"}}));
+  a = gather(distinct, {kBpchar}, {{{"ab"}}, {{"ab  "}}});
+  EXPECT_EQ(a.rows.size(), 1u);
+  // A timestamptz is its instant, whatever offset its text shows.
+  a = gather(combined({C::Group, C::Sum}), {kTimestamptz, kInt8},
+             {{{"2024-01-01 10:00:00+00", "1"}}, {{"2024-01-01 11:00:00+01", "2"}}});
+  EXPECT_EQ(a.rows, (Rows{{"2024-01-01 10:00:00+00", "3"}}));
+  // Binary numerics: 1.5 (dscale 1) and 1.50 (dscale 2).
+  const std::string one_five("\0\x02\0\0\0\0\0\x01\0\x01\x13\x88", 12);
+  const std::string one_fifty("\0\x02\0\0\0\0\0\x02\0\x01\x13\x88", 12);
+  Gather g(distinct, 2, -1, 0, 1 << 20);
+  for (int s = 0; s < 2; ++s) {
+    g.add(s, description({kNumeric}, 1).frame());
+    g.add(s, row({s == 0 ? one_five : one_fifty}).frame());
+    g.add(s, complete("SELECT 1").frame());
+  }
+  std::string out;
+  g.finish(out);
+  EXPECT_EQ(read_answer(out).rows.size(), 1u);
+}
+
+TEST(Gather, GroupsAndDistinctRowsOfValuesWhoseTextIsNotOnePerValueAreRefused) {
+  ScatterPlan distinct = ordered({});
+  distinct.distinct = true;
+  auto refused = [](const Answer& a) {
+    EXPECT_EQ(a.sqlstate, "0A000");
+    EXPECT_EQ(a.message.rfind("pgvalve:", 0), 0u) << a.message;
+    EXPECT_NE(a.message.find("name one device_id"), std::string::npos) << a.message;
+  };
+  // interval '1 day' equals '24:00:00'.
+  refused(gather(combined({C::Group, C::Sum}), {kInterval, kInt8},
+                 {{{"1 day", "1"}}, {{"24:00:00", "1"}}}));
+  refused(gather(distinct, {kInterval}, {{{"1 day"}}, {{"24:00:00"}}}));
+  // Dates and timestamps outside DateStyle ISO.
+  refused(gather(distinct, {kTimestamptz}, {{{"01/01/2024 10:00:00 CET"}}, {{"x"}}}));
+  refused(gather(distinct, {kDate}, {{{"25/12/2023"}}, {{"05/01/2024"}}}));
+  refused(gather(distinct, {kTimestamp}, {{{"Mon Dec 25 10:00:00 2023"}}, {{"y"}}}));
+  // In DateStyle ISO they group by their text.
+  Answer a =
+      gather(distinct, {kDate, kTimestamp},
+             {{{"2024-01-05", "2024-01-05 10:00:00"}}, {{"2024-01-05", "2024-01-05 10:00:00"}}});
+  EXPECT_EQ(a.rows.size(), 1u) << a.message;
+  // Over one shard, or rows the same on every shard, the rows are already one per value.
+  a = gather(distinct, {kInterval}, {{{"1 day"}, {"24:00:00"}}});
+  EXPECT_EQ(a.rows.size(), 2u) << a.message;
+  ScatterPlan same = distinct;
+  same.same_on_every_shard = true;
+  a = gather(same, {kInterval}, {{{"1 day"}}, {{"1 day"}}});
+  EXPECT_EQ(a.rows.size(), 1u) << a.message;
+}
+
+TEST(Gather, MinAndMaxOfDatesOutsideDateStyleIsoAreRefused) {
+  // SET DateStyle = 'SQL, DMY'; SELECT min(d), max(d): "25/12/2023" is before "05/01/2024".
+  Answer a = gather(combined({C::Min, C::Max}), {kDate, kDate},
+                    {{{"05/01/2024", "20/01/2024"}}, {{"25/12/2023", "13/09/2024"}}});
+  EXPECT_EQ(a.sqlstate, "0A000");
+  EXPECT_EQ(a.message.rfind("pgvalve: min() and max()", 0), 0u) << a.message;
+  EXPECT_NE(a.message.find("DateStyle"), std::string::npos) << a.message;
+  a = gather(combined({C::Min}), {kTimestamp},
+             {{{"25/12/2023 10:00:00"}}, {{"05/01/2024 10:00:00"}}});
+  EXPECT_EQ(a.sqlstate, "0A000");
+  a = gather(combined({C::Max}), {kTimestamptz},
+             {{{"25/12/2023 10:00:00 CET"}}, {{"05/01/2024 10:00:00 CET"}}});
+  EXPECT_EQ(a.sqlstate, "0A000");
+  a = gather(combined({C::Min}), {kDate}, {{{"0002-01-01 BC"}}, {{"0001-01-01 BC"}}});
+  EXPECT_EQ(a.sqlstate, "0A000");
+  // In DateStyle ISO they combine; a value from one shard alone needs no comparison.
+  a = gather(combined({C::Min, C::Max}), {kDate, kTimestamp},
+             {{{"2024-01-05", "2024-01-20 00:00:00"}}, {{"2023-12-25", "2024-09-13 10:00:00.5"}}});
+  EXPECT_EQ(a.rows, (Rows{{"2023-12-25", "2024-09-13 10:00:00.5"}})) << a.message;
+  a = gather(combined({C::Min}), {kDate}, {{{"25/12/2023"}}, {{std::nullopt}}});
+  EXPECT_EQ(a.rows, (Rows{{"25/12/2023"}})) << a.message;
+}
+
+TEST(Gather, HeldRowsOrderedByDatesOutsideDateStyleIsoAreRefused) {
+  // SELECT d, count(*) ... GROUP BY d ORDER BY d: held, not merged, so not order-checked.
+  const Answer a = gather(combined({C::Group, C::Sum}, {{0, false, false}}), {kDate, kInt8},
+                          {{{"2024-01-05", "1"}}, {{"2023-12-25", "1"}}});
+  EXPECT_EQ(a.rows, (Rows{{"2023-12-25", "1"}, {"2024-01-05", "1"}})) << a.message;
+  // SELECT note, min(d) ... GROUP BY note ORDER BY 2: each min from one shard, then sorted.
+  const Answer b = gather(combined({C::Group, C::Min}, {{1, false, false}}), {kText, kDate},
+                          {{{"a", "05/01/2024"}}, {{"b", "25/12/2023"}}});
+  EXPECT_EQ(b.sqlstate, "0A000") << b.message;
+}
+
 }  // namespace
 }  // namespace pgvalve::routing
