@@ -888,3 +888,45 @@ def test_a_statement_too_long_to_parse_is_refused_unless_a_hint_places_it(shards
         conn.execute("/* pgvalve: device_id=1 */ " + sql, prepare=False)
     assert len(rows_on(shards[md5_mod(1)])) == 30_000
     assert rows_on(shards[1 - md5_mod(1)]) == []
+
+
+def test_groups_distinct_and_min_max_over_shards_compare_values_not_their_text(shards, pgvalve):
+    # numeric 1.5 on one shard and 1.50 on the other are one value; dates under DateStyle
+    # 'SQL, DMY' do not order by their text, so min() and max() of them over shards are refused.
+    for c in shards:
+        c.primary.psql("DROP TABLE IF EXISTS amounts; "
+                       "CREATE TABLE amounts (device_id bigint NOT NULL, amount numeric, d date); "
+                       "GRANT ALL ON amounts TO app", dbname=APP_DB)
+    shards[0].wait_replay()
+    pv = pgvalve(**config(shards, tables=["telemetry", "amounts"]))
+    a = next(d for d in range(1, 50) if md5_mod(d) == 0)
+    b = next(d for d in range(1, 50) if md5_mod(d) == 1)
+    with pv.connect(autocommit=True) as conn:
+        for device, amount, day in [(a, "1.5", "2024-01-05"), (a, "1.5", "2024-01-20"),
+                                    (b, "1.50", "2023-12-25"), (b, "1.50", "2024-09-13")]:
+            conn.execute("INSERT INTO amounts (device_id, amount, d) VALUES (%s, %s::numeric, %s::date)",
+                         (device, amount, day))
+        shards[0].wait_replay()
+        assert rows_on(shards[0], "SELECT amount::text FROM amounts") == ["1.5"] * 2
+        assert rows_on(shards[1], "SELECT amount::text FROM amounts") == ["1.50"] * 2
+        for protocol in (False, True):
+            got = conn.execute("SELECT amount, count(*) FROM amounts GROUP BY amount",
+                               prepare=protocol).fetchall()
+            assert got == [(Decimal("1.5"), 4)], got
+            got = conn.execute("SELECT DISTINCT amount FROM amounts", prepare=protocol).fetchall()
+            assert got == [(Decimal("1.5"),)], got
+        got = conn.execute("SELECT min(d), max(d) FROM amounts").fetchall()
+        assert [tuple(str(v) for v in r) for r in got] == [("2023-12-25", "2024-09-13")], got
+        conn.execute("SET DateStyle = 'SQL, DMY'")
+        e = refused(conn, "SELECT min(d), max(d) FROM amounts")
+        assert "DateStyle" in str(e), e
+        refused(conn, "SELECT d, count(*) FROM amounts GROUP BY d")
+        refused(conn, "SELECT DISTINCT d FROM amounts")
+        conn.execute("SET DateStyle = ISO")
+        got = conn.execute("SELECT d, count(*) FROM amounts GROUP BY d ORDER BY d").fetchall()
+        assert [str(r[0]) for r in got] == ["2023-12-25", "2024-01-05", "2024-01-20",
+                                            "2024-09-13"], got
+        # One device_id: one shard, whatever the DateStyle.
+        conn.execute("SET DateStyle = 'SQL, DMY'")
+        got = conn.execute(f"SELECT min(d)::text FROM amounts WHERE device_id = {b}").fetchall()
+        assert got == [("25/12/2023",)], got
