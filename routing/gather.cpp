@@ -1257,8 +1257,9 @@ bool Gather::combine_into(Row& into, const Row& from) {
         case ScatterPlan::Combine::Min:
         case ScatterPlan::Combine::Max:
           if (a && (!orderable(i, *a) || !orderable(i, *b))) {
-            return fail("0A000", "pgvalve: min() and max() of \"" + columns_[i].name +
-                                     "\" across shards cannot be compared as PostgreSQL "
+            return fail("0A000", "pgvalve: min() and max() across shards (column \"" +
+                                     columns_[i].name +
+                                     "\") cannot be compared as PostgreSQL "
                                      "orders them (a DateStyle other than ISO, dates BC or "
                                      "after 9999); SET DateStyle = ISO, or name one device_id");
           }
