@@ -50,6 +50,13 @@ std::string_view operator_name(const Json& expr) {
   return sval(name->front());
 }
 
+std::string_view column_qualifier(const Json& node) {
+  const Json* c = as(node, "ColumnRef");
+  const Json* fields = c != nullptr ? field(*c, "fields") : nullptr;
+  if (fields == nullptr || !fields->is_array() || fields->size() < 2) return {};
+  return sval((*fields)[fields->size() - 2]);
+}
+
 std::string_view last_name(const Json* list) {
   if (list == nullptr || !list->is_array() || list->empty()) return {};
   return sval(list->back());

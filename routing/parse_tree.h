@@ -33,5 +33,8 @@ std::string_view operator_name(const Json& expr);
 // The name a String-list names by its last part ("pg_catalog.count" -> "count"); empty when
 // `list` is not such a list.
 std::string_view last_name(const Json* list);
+// The relation (alias or table name) a qualified ColumnRef names; empty for an unqualified one
+// or another node.
+std::string_view column_qualifier(const Json& node);
 
 }  // namespace pgvalve::routing

@@ -317,14 +317,6 @@ class Planner {
     return sharded_names_.contains(qualifier) && !other_names_.contains(qualifier);
   }
 
-  // The key column's relation name (alias or table name), empty when unqualified.
-  static std::string qualifier_of(const Json& node) {
-    const Json* c = as(node, "ColumnRef");
-    const Json* fields = c != nullptr ? field(*c, "fields") : nullptr;
-    if (fields == nullptr || !fields->is_array() || fields->size() < 2) return {};
-    return std::string(sval((*fields)[fields->size() - 2]));
-  }
-
   static std::string text(const Json* s) {
     return s != nullptr && s->is_string() ? s->get<std::string>() : std::string();
   }
@@ -431,8 +423,8 @@ class Planner {
     const Json* l = field(*e, "lexpr");
     const Json* r = field(*e, "rexpr");
     if (l == nullptr || r == nullptr || !is_key(*l) || !is_key(*r)) return 0;
-    const std::string a = qualifier_of(*l);
-    const std::string b = qualifier_of(*r);
+    const std::string a(column_qualifier(*l));
+    const std::string b(column_qualifier(*r));
     if (a.empty() || b.empty()) return 0;  // unqualified: the same column on both sides
     // Union-find over relation names: an equality counts when it joins two groups.
     const auto root = [&](std::string x) {

@@ -380,7 +380,7 @@ class Analyzer {
       const Json* l = field(*e, "lexpr");
       const Json* r = field(*e, "rexpr");
       if (l == nullptr || r == nullptr || !is_key_column(*l) || !is_key_column(*r)) return;
-      join(qualifier(*l), qualifier(*r));
+      join(std::string(column_qualifier(*l)), std::string(column_qualifier(*r)));
     };
     equalities(clause, equalities);
     for (const Json* j : joins_) {
@@ -420,14 +420,6 @@ class Analyzer {
     if (it == scope_.end() || !it->sharded) return false;
     out.push_back(name);
     return true;
-  }
-
-  // The relation name of a qualified column, empty for an unqualified one.
-  static std::string qualifier(const Json& node) {
-    const Json* c = as(node, "ColumnRef");
-    const Json* fields = c != nullptr ? field(*c, "fields") : nullptr;
-    if (fields == nullptr || !fields->is_array() || fields->size() < 2) return {};
-    return std::string(sval((*fields)[fields->size() - 2]));
   }
 
   static std::string text(const Json* s) {
