@@ -1088,6 +1088,51 @@ bool may_start_with(std::string_view sql, std::initializer_list<std::string_view
   return false;
 }
 
+// A statement that reads or writes data, which a replica may refuse; the others (transaction
+// control, settings, cursors, LISTEN) run where the request's reads do.
+bool touches_data(StatementKind kind) {
+  switch (kind) {
+    case StatementKind::Select:
+    case StatementKind::Insert:
+    case StatementKind::Update:
+    case StatementKind::Delete:
+    case StatementKind::Copy:
+    case StatementKind::Create:
+    case StatementKind::Alter:
+    case StatementKind::Drop:
+    case StatementKind::Explain:
+    case StatementKind::Execute:
+    case StatementKind::Notify:
+    case StatementKind::Other:
+      return true;
+    case StatementKind::Empty:
+    case StatementKind::Begin:
+    case StatementKind::Commit:
+    case StatementKind::Rollback:
+    case StatementKind::RollbackToSavepoint:
+    case StatementKind::Savepoint:
+    case StatementKind::Release:
+    case StatementKind::PrepareTransaction:
+    case StatementKind::CommitPrepared:
+    case StatementKind::RollbackPrepared:
+    case StatementKind::Set:
+    case StatementKind::SetLocal:
+    case StatementKind::SetTransaction:
+    case StatementKind::Reset:
+    case StatementKind::ResetAll:
+    case StatementKind::Discard:
+    case StatementKind::Deallocate:
+    case StatementKind::Prepare:
+    case StatementKind::Listen:
+    case StatementKind::Unlisten:
+    case StatementKind::Show:
+    case StatementKind::Declare:
+    case StatementKind::Close:
+      return false;
+  }
+  return true;
+}
+
 bool plain_statement(std::string_view sql) {
   std::size_t i = 0;
   while (i < sql.size() && sql_space(sql[i]))

@@ -181,6 +181,10 @@ NormalizedName fetched_cursor(std::string_view sql);
 // the session-state review. No lexer pass.
 bool plain_statement(std::string_view sql);
 
+// A statement that reads or writes data, which a replica may refuse; the others (transaction
+// control, settings, cursors, LISTEN) change no data.
+bool touches_data(StatementKind kind);
+
 // Whether the statement in `sql` may start with one of `words` (lower case): after spaces, one of
 // them in any ASCII case followed by a byte that cannot continue an identifier, or a comment
 // (which may hide the word). A test on the first bytes that rules most statements out before a

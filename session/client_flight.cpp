@@ -754,58 +754,10 @@ routing::RouteContext Session::route_context() const {
   return context;
 }
 
-namespace {
-
-// A statement that reads or writes data, which a replica may refuse; the others (transaction
-// control, settings, cursors, LISTEN) run where the request's reads do.
-bool touches_data(StatementKind kind) {
-  switch (kind) {
-    case StatementKind::Select:
-    case StatementKind::Insert:
-    case StatementKind::Update:
-    case StatementKind::Delete:
-    case StatementKind::Copy:
-    case StatementKind::Create:
-    case StatementKind::Alter:
-    case StatementKind::Drop:
-    case StatementKind::Explain:
-    case StatementKind::Execute:
-    case StatementKind::Notify:
-    case StatementKind::Other:
-      return true;
-    case StatementKind::Empty:
-    case StatementKind::Begin:
-    case StatementKind::Commit:
-    case StatementKind::Rollback:
-    case StatementKind::RollbackToSavepoint:
-    case StatementKind::Savepoint:
-    case StatementKind::Release:
-    case StatementKind::PrepareTransaction:
-    case StatementKind::CommitPrepared:
-    case StatementKind::RollbackPrepared:
-    case StatementKind::Set:
-    case StatementKind::SetLocal:
-    case StatementKind::SetTransaction:
-    case StatementKind::Reset:
-    case StatementKind::ResetAll:
-    case StatementKind::Discard:
-    case StatementKind::Deallocate:
-    case StatementKind::Prepare:
-    case StatementKind::Listen:
-    case StatementKind::Unlisten:
-    case StatementKind::Show:
-    case StatementKind::Declare:
-    case StatementKind::Close:
-      return false;
-  }
-  return true;
-}
-
-}  // namespace
-
 bool Session::needs_primary(std::string_view sql, const BindParams& params) {
   if (sql.empty()) return false;
-  if (!routing::plain_statement(sql) && !touches_data(routing::classify(sql).kind)) return false;
+  if (!routing::plain_statement(sql) && !routing::touches_data(routing::classify(sql).kind))
+    return false;
   routing::RouteContext context = route_context();
   context.fingerprint = fingerprint_of(sql);
   context.params = &params;

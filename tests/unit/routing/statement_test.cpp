@@ -314,6 +314,19 @@ TEST(Classify, SetConstraintsIsTheTransactions) {
   EXPECT_FALSE(info.read_only);
 }
 
+// A replica refuses writes: what changes no data (transaction control, settings, cursors) stays
+// with a request's reads there.
+TEST(Classify, WhatTouchesData) {
+  for (const char* sql : {"select 1", "insert into t values (1)", "create table t (x int)",
+                          "truncate t", "explain analyze select 1", "notify c"}) {
+    EXPECT_TRUE(touches_data(classify(sql).kind)) << sql;
+  }
+  for (const char* sql : {"begin", "commit", "set work_mem = '1MB'", "show work_mem",
+                          "declare c cursor for select 1", "listen c", "savepoint s"}) {
+    EXPECT_FALSE(touches_data(classify(sql).kind)) << sql;
+  }
+}
+
 TEST(Classify, Reset) {
   StatementInfo info = classify("RESET search_path");
   EXPECT_EQ(info.kind, SK::Reset);
