@@ -426,8 +426,12 @@ class Analyzer {
     return s != nullptr && s->is_string() ? s->get<std::string>() : std::string();
   }
 
-  // A WITH query reading sharded tables only, without naming another column after the key:
-  // its key column is theirs.
+  // A WITH query reading sharded tables only, without naming another column after the key, and
+  // keeping every device's rows apart: its key column is theirs, and the statement's key places
+  // the rows it yields. LIMIT or OFFSET, a window or DISTINCT ON not by the key, a set operation
+  // (whose sides need not line up on the key) or a subquery over sharded tables would compute on
+  // one shard what needs every shard's rows. Grouping is no such mix: a group's key, once an
+  // output column, is its rows' key.
   bool over_sharded_only(const Json& query) const {
     bool only = true;
     bool any = false;
@@ -444,8 +448,28 @@ class Analyzer {
             only = false;
           } else if (k == "ResTarget") {
             if (text(field(v, "name")) == policy_.key) only = false;
-          } else if (k == "aliascolnames") {
+          } else if (k == "aliascolnames" || k == "limitCount" || k == "limitOffset" ||
+                     k == "SubLink") {
             only = false;
+          } else if (k == "SelectStmt" || k == "larg" || k == "rarg") {
+            const Json* op = field(v, "op");
+            if (op != nullptr && text(op) != "SETOP_NONE") only = false;
+          } else if (k == "distinctClause") {
+            // DISTINCT is `[{}]`; DISTINCT ON lists its expressions.
+            const bool plain =
+                v.is_array() && v.size() == 1 && v.front().is_object() && v.front().empty();
+            if (!plain && !names_key(v)) only = false;
+          } else if (k == "windowClause") {
+            only = v.is_array() && std::all_of(v.begin(), v.end(), [&](const Json& w) {
+                     const Json* def = as(w, "WindowDef");
+                     return def != nullptr && names_key(field(*def, "partitionClause"));
+                   });
+          } else if (k == "over") {
+            // OVER w or OVER (w ...) takes its partitions from w, which windowClause holds.
+            if (field(v, "name") == nullptr && field(v, "refname") == nullptr &&
+                !names_key(field(v, "partitionClause"))) {
+              only = false;
+            }
           }
           self(v, self);
         }
@@ -457,6 +481,18 @@ class Analyzer {
     walk(query, walk);
     return only && any;
   }
+
+  // Whether a list of expressions holds a column named after the key.
+  bool names_key(const Json* list) const {
+    if (list == nullptr || !list->is_array()) return false;
+    return std::any_of(list->begin(), list->end(), [&](const Json& e) {
+      const Json* c = as(e, "ColumnRef");
+      const Json* fields = c != nullptr ? field(*c, "fields") : nullptr;
+      return fields != nullptr && fields->is_array() && !fields->empty() &&
+             sval(fields->back()) == policy_.key;
+    });
+  }
+  bool names_key(const Json& list) const { return names_key(&list); }
 
   void add_scope(const Json* item) {
     if (item == nullptr) return;

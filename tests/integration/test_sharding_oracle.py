@@ -156,6 +156,12 @@ def battery(data):
             (f"SELECT * FROM devices WHERE device_id = {d}", None, True),
             ("SELECT value FROM telemetry WHERE device_id = %s AND note = %s ORDER BY ts",
              (d, "éclair"), True),
+            # WITH queries that keep each device's rows apart, filtered by one device.
+            ("WITH g AS (SELECT device_id, count(*) AS n, max(ts) AS last FROM telemetry "
+             "GROUP BY device_id) SELECT * FROM g WHERE device_id = %s", (d,), True),
+            ("WITH r AS (SELECT device_id, ts, rank() OVER (PARTITION BY device_id ORDER BY ts "
+             "DESC) AS n FROM telemetry) SELECT ts FROM r WHERE device_id = %s AND n <= 3 "
+             "ORDER BY ts", (d,), True),
         ]
     # IN lists whose devices share a shard.
     by_shard = {}
@@ -339,6 +345,11 @@ REFUSED = [
     "SELECT device_id, rank() OVER (ORDER BY value) FROM telemetry",
     "SELECT * FROM (SELECT device_id, ts FROM telemetry ORDER BY ts LIMIT 10) r",
     "WITH n AS (SELECT note, count(*) AS c FROM telemetry GROUP BY note) SELECT * FROM n",
+    # A device's rows of a WITH query that mixes devices: not that device's shard alone.
+    "WITH top AS (SELECT device_id, ts, value FROM telemetry ORDER BY value DESC NULLS LAST, ts "
+    "LIMIT 50) SELECT * FROM top WHERE device_id = 7",
+    "WITH r AS (SELECT device_id, ts, rank() OVER (ORDER BY value) FROM telemetry) "
+    "SELECT * FROM r WHERE device_id = 7",
     "SELECT count(DISTINCT note) FROM telemetry",
     "DELETE FROM telemetry WHERE value < -100",
 ]
