@@ -320,16 +320,17 @@ class Analyzer {
 
   // A column named after the key is the key only when it is a sharded table's: qualified by
   // the name or alias of a sharded table of the statement's FROM (or UPDATE/DELETE target), or
-  // unqualified when every relation in scope is a sharded table. A reference table's or a
-  // subquery's device_id says nothing about where the sharded table's rows are.
+  // unqualified with a sharded table in scope: that table has the column, so PostgreSQL reads
+  // the name as its (or as the column USING merged it into) or refuses it as ambiguous. A
+  // reference table's or a subquery's device_id says nothing about where the sharded table's
+  // rows are.
   bool is_key_column(const Json& node) const {
     const Json* c = as(node, "ColumnRef");
     const Json* fields = c != nullptr ? field(*c, "fields") : nullptr;
     if (fields == nullptr || !fields->is_array() || fields->empty()) return false;
     if (sval(fields->back()) != policy_.key) return false;
     if (fields->size() == 1) {
-      return !scope_.empty() &&
-             std::all_of(scope_.begin(), scope_.end(), [](const Relation& r) { return r.sharded; });
+      return std::any_of(scope_.begin(), scope_.end(), [](const Relation& r) { return r.sharded; });
     }
     const std::string_view qualifier = sval((*fields)[fields->size() - 2]);
     return std::any_of(scope_.begin(), scope_.end(),
@@ -508,8 +509,10 @@ class Analyzer {
       const Json* aliasname = alias != nullptr ? field(*alias, "aliasname") : nullptr;
       const std::string name = text(field(*rv, "relname"));
       const bool cte = field(*rv, "schemaname") == nullptr && ctes_.contains(name);
+      // `telemetry AS t(a, b)` may have renamed the key column.
+      const bool renamed = alias != nullptr && field(*alias, "colnames") != nullptr;
       scope_.push_back({aliasname != nullptr ? text(aliasname) : name,
-                        cte ? sharded_ctes_.contains(name) : sharded_table(name)});
+                        !renamed && (cte ? sharded_ctes_.contains(name) : sharded_table(name))});
       return;
     }
     if (const Json* join = as(*item, "JoinExpr")) {

@@ -909,10 +909,11 @@ TEST(ShardPlanTest, NoKeyWhereTheStatementDoesNotFixOne) {
 TEST(ShardPlanTest, AnotherTablesDeviceIdIsNoKey) {
   const ShardingPolicy policy = make_policy();
   for (const char* sql : {
-           // A reference table's column, qualified or read unqualified next to it.
+           // A reference table's column.
            "SELECT count(*) FROM telemetry t JOIN device_types s ON s.threshold = t.ts WHERE "
            "s.device_id = 2",
-           "SELECT * FROM telemetry t JOIN device_types s ON s.threshold = t.ts WHERE "
+           // The sharded table's key column renamed by its alias: a bare device_id is another's.
+           "SELECT * FROM telemetry AS t(d) JOIN device_types s ON s.threshold = t.ts WHERE "
            "device_id = 2",
            "UPDATE telemetry SET note = 'u' FROM device_types d WHERE d.device_id = 3",
            "DELETE FROM telemetry USING device_types d WHERE d.device_id = 3",
@@ -929,8 +930,15 @@ TEST(ShardPlanTest, AnotherTablesDeviceIdIsNoKey) {
     const ShardPlan plan = plan_shards(sql, policy);
     EXPECT_EQ(plan.key, Key::None) << sql << "\n  plan: " << describe(plan);
   }
-  // The sharded table's own key, or another's joined on it.
+  // The sharded table's own key, or another's joined on it. A bare device_id next to a
+  // reference table is the sharded table's: had the reference table one too, PostgreSQL would
+  // refuse the name as ambiguous.
   for (const char* sql : {
+           "SELECT * FROM telemetry t JOIN device_types s ON s.threshold = t.ts WHERE "
+           "device_id = 2",
+           "UPDATE telemetry SET note = 'u' FROM device_types d WHERE d.id = type_id AND "
+           "device_id = 2",
+           "SELECT * FROM telemetry t, (SELECT 1 AS one) x WHERE device_id = 2",
            "SELECT * FROM telemetry t JOIN device_types s ON s.threshold = t.ts WHERE "
            "t.device_id = 2",
            "UPDATE telemetry SET note = 'u' FROM device_types d WHERE telemetry.device_id = 3",
