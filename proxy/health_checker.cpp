@@ -726,6 +726,11 @@ asio::awaitable<DrillResult> HealthChecker::run_switchover(std::shared_ptr<Monit
                                                            std::optional<config::Endpoint> to) {
   DrillResult result;
   const Sharing sharing = sharing_of(m);
+  // start_drill claimed these hosts; a refusal below frees them again.
+  struct Release {
+    Monitors claimed;
+    ~Release() { set_drill(claimed, false); }
+  } release{sharing.together};
   if (!sharing.entangled.empty()) {
     result.message = entangled_refusal(*m, sharing.entangled);
     co_return result;
@@ -903,8 +908,15 @@ void HealthChecker::start_drill(
                               g->database + ", over the same hosts, is already under way"});
     return;
   }
-  asio::co_spawn(control_, drill(m), [done](std::exception_ptr e, DrillResult r) {
-    if (e) r = {false, "pgvalve: the drill failed unexpectedly; see the log"};
+  // Claimed now, not when the drill's coroutine first runs: a second command (or an automatic
+  // promotion) queued behind this one would otherwise pass the check above too, and two drills
+  // would pause, promote and resume the same hosts at once.
+  set_drill(sharing_of(m).together, true);
+  asio::co_spawn(control_, drill(m), [this, m, done](std::exception_ptr e, DrillResult r) {
+    if (e) {
+      set_drill(sharing_of(m).together, false);
+      r = {false, "pgvalve: the drill failed unexpectedly; see the log"};
+    }
     done(std::move(r));
   });
 }
