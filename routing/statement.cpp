@@ -48,16 +48,27 @@ bool temp_word_at(std::string_view sql, std::size_t p) {
   return end == sql.size() || !ascii_letter(sql[end]);
 }
 
+// "into" as a word of its own at `p`.
+bool into_word_at(std::string_view sql, std::size_t p) {
+  if (p > 0 && (ascii_letter(sql[p - 1]) || sql[p - 1] == '_')) return false;
+  const std::size_t end = p + 4;
+  return end == sql.size() || !(ascii_letter(sql[end]) || sql[end] == '_');
+}
+
 // A word that means session state starts at `p` (at least four bytes remain): "temp" (TEMP,
-// TEMPORARY, pg_temp), "advisory" (the advisory lock functions) or "set_config".
-bool session_state_word_at(std::string_view sql, std::size_t p) {
+// TEMPORARY, pg_temp), "advisory" (the advisory lock functions) or "set_config"; in a SELECT
+// also "into", since SELECT … INTO makes a table, a temporary one when pg_temp is first in
+// search_path.
+bool session_state_word_at(std::string_view sql, std::size_t p, bool selects) {
   const std::uint32_t temp = lowered_quad("temp");
   const std::uint32_t advi = lowered_quad("advi");
   const std::uint32_t set_ = lowered_quad("set_");  // '_' | 0x20 is DEL: verified below
+  const std::uint32_t into = lowered_quad("into");
   const std::uint32_t quad = lowered_quad(sql.data() + p);
   return (quad == temp && temp_word_at(sql, p)) ||
          (quad == advi && contains_at(sql, p, "advisory")) ||
-         (quad == set_ && contains_at(sql, p, "set_config"));
+         (quad == set_ && contains_at(sql, p, "set_config")) ||
+         (selects && quad == into && into_word_at(sql, p));
 }
 
 bool sql_space(char c) {
@@ -383,6 +394,8 @@ class Classifier {
     bool has_prev = false;
     bool has_prev2 = false;
     bool ended = false;
+    bool into = false;            // INTO at the top level of a SELECT or WITH
+    bool into_temporary = false;  // INTO [LOCAL|GLOBAL] TEMP|TEMPORARY there
     do {
       if (t.is_punct(';') && depth == 0 && begin_depth == 0) {
         ended = true;
@@ -461,16 +474,24 @@ class Classifier {
           info_.on_commit_drop = true;
         }
       }
-      if (is_select && depth == 0 && has_prev && is_any_word(t, {"temp", "temporary"}) &&
-          (prev.is_word("into") ||
-           (has_prev2 && is_any_word(prev, {"local", "global"}) && prev2.is_word("into")))) {
-        info_.temporary = true;
+      if ((is_select || is_with) && depth == 0) {
+        if (t.is_word("into")) into = true;
+        if (has_prev && is_any_word(t, {"temp", "temporary"}) &&
+            (prev.is_word("into") ||
+             (has_prev2 && is_any_word(prev, {"local", "global"}) && prev2.is_word("into")))) {
+          into_temporary = true;
+        }
       }
       prev2 = prev;
       has_prev2 = has_prev;
       prev = t;
       has_prev = true;
     } while (lexer.next(t));
+    // SELECT … INTO, also after WITH (whose INSERT INTO makes no table).
+    if (into && (is_select || (main_verb_found_ && main_verb_.is_word("select")))) {
+      info_.selects_into = true;
+      if (into_temporary) info_.temporary = true;
+    }
     // A call cut off by the end of the statement is not one pgvalve can follow.
     if (set_config_.active()) info_.set_config = StatementInfo::SetConfig::Unknown;
     if (!ended) {
@@ -1168,6 +1189,9 @@ bool plain_statement(std::string_view sql) {
   // (first and fourth letter compared together), then checked one by one. The last block is
   // moved back to end with the statement, overlapping the one before.
   const std::string_view statement = sql.substr(0, end);
+  // WITH … INSERT INTO is looked at closer too: the lexer tells it from WITH … SELECT … INTO.
+  const bool selects = word == "select" || word == "with";
+  const char into_first = selects ? 'i' : 0;  // no lowered byte is 0
   std::size_t p = j;
   constexpr std::size_t kBlock = 16 + 3;  // bytes read for sixteen windows
   if (statement.size() - p >= kBlock) {
@@ -1175,21 +1199,23 @@ bool plain_statement(std::string_view sql) {
       p = std::min(p, statement.size() - kBlock);
       const Bytes16 first = lowered_bytes16(statement.data() + p);
       const Bytes16 fourth = lowered_bytes16(statement.data() + p + 3);
-      const auto candidates = ((first == 't') & (fourth == 'p')) |
-                              ((first == 'a') & (fourth == 'i')) |
-                              ((first == 's') & (fourth == ('_' | 0x20)));
+      const auto candidates =
+          ((first == 't') & (fourth == 'p')) | ((first == 'a') & (fourth == 'i')) |
+          ((first == 's') & (fourth == ('_' | 0x20))) | ((first == into_first) & (fourth == 'o'));
       std::uint64_t halves[2];
       std::memcpy(halves, &candidates, sizeof halves);
       if ((halves[0] | halves[1]) != 0) {
         for (std::size_t k = 0; k < 16; ++k) {
-          if (candidates[k] != 0 && session_state_word_at(statement, p + k)) return false;
+          if (candidates[k] != 0 && session_state_word_at(statement, p + k, selects)) {
+            return false;
+          }
         }
       }
       if (p + kBlock == statement.size()) return true;
     }
   }
   for (; p + 4 <= statement.size(); ++p) {
-    if (session_state_word_at(statement, p)) return false;
+    if (session_state_word_at(statement, p, selects)) return false;
   }
   return true;
 }

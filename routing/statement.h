@@ -95,11 +95,13 @@ struct StatementInfo {
   // Commit, Rollback: AND CHAIN (a new transaction starts at once; the server stays lent).
   bool and_chain = false;
   // Create: the object is temporary (CREATE [GLOBAL|LOCAL] TEMP|TEMPORARY ..., or in pg_temp);
-  // Select: SELECT ... INTO TEMP creates a temporary table; Other (DO): the body runs CREATE
-  // TEMP (ON COMMIT DROP is not looked for there).
+  // Select: SELECT ... INTO TEMP (also after WITH) creates a temporary table; Other (DO): the body
+  // runs CREATE TEMP (ON COMMIT DROP is not looked for there).
   bool temporary = false;
   // Create: ON COMMIT DROP (the temporary table does not outlive the transaction).
   bool on_commit_drop = false;
+  // SELECT … INTO (also WITH … SELECT … INTO) makes a table.
+  bool selects_into = false;
   // Declare: WITH HOLD (the cursor outlives the transaction).
   bool with_hold = false;
   // Discard: DISCARD ALL.
@@ -177,7 +179,8 @@ NormalizedName fetched_cursor(std::string_view sql);
 // True for the everyday statement that needs no closer look: it starts with SELECT, INSERT,
 // UPDATE, DELETE, WITH or VALUES, is the only statement, and mentions nothing that changes
 // session state (advisory locks, temporary objects: "temp" as a word of its own or pg_temp,
-// set_config) anywhere, comments and literals included. False sends it through classify() and
+// set_config; in a SELECT or WITH also "into", which may make a table) anywhere, comments and
+// literals included. False sends it through classify() and
 // the session-state review. No lexer pass.
 bool plain_statement(std::string_view sql);
 

@@ -313,7 +313,15 @@ Review Session::review(std::string_view sql, bool settling_transaction,
           info.calls_advisory_unlock || info.kind == StatementKind::Drop ||
           info.kind == StatementKind::Close || info.kind == StatementKind::Discard ||
           info.kind == StatementKind::Deallocate || info.kind == StatementKind::Unlisten;
-      if (state_that_pins || info.opaque || (pinned_ && may_unpin)) r.check_pins = true;
+      // A temporary object can be made without TEMP in the text: a CREATE or SELECT … INTO
+      // with pg_temp first in search_path (set by SET, the login's options or ALTER ROLE),
+      // EXPLAIN ANALYZE of either. The server is asked afterwards, as after a DO block.
+      const bool may_make_temporary =
+          (info.kind == StatementKind::Create && !info.on_commit_drop) ||
+          info.kind == StatementKind::Explain || info.selects_into;
+      if (state_that_pins || info.opaque || may_make_temporary || (pinned_ && may_unpin)) {
+        r.check_pins = true;
+      }
       if (info.kind == StatementKind::Listen && !info.name.empty()) {
         const std::string_view channel = info.name.view();
         auto has = [channel](const std::vector<std::string>& v) {

@@ -192,6 +192,44 @@ def test_temp_table_pins_until_drop(pv):
         a.close()
 
 
+# Found by a code review: a temporary table made without TEMP in the text (pg_temp first in
+# search_path) or where pgvalve did not look (EXPLAIN ANALYZE, WITH … SELECT INTO TEMP) went back
+# to the pool with its server, and the next client's INSERT INTO telemetry went into it, since
+# PostgreSQL looks in pg_temp first.
+SHADOWS = {
+    "search_path": "SET search_path = pg_temp, public; CREATE TABLE telemetry "
+                   "(device_id bigint, note text); RESET search_path",
+    "login_options": "CREATE TABLE telemetry (device_id bigint, note text)",
+    "select_into": "SELECT 1::bigint AS device_id, 'x'::text AS note INTO telemetry LIMIT 0",
+    "explain_analyze": "EXPLAIN ANALYZE CREATE TEMP TABLE telemetry AS SELECT 1::bigint AS "
+                       "device_id, 'x'::text AS note LIMIT 0",
+    "with_select_into_temp": "WITH x AS (SELECT 1::bigint AS device_id, 'x'::text AS note "
+                             "LIMIT 0) SELECT * INTO TEMP telemetry FROM x",
+}
+
+
+@pytest.mark.parametrize("way", list(SHADOWS))
+def test_a_temporary_table_made_unnamed_never_reaches_the_next_client(pgvalve, cluster, way):
+    cluster.primary.psql("DROP TABLE IF EXISTS telemetry; CREATE TABLE telemetry "
+                         "(device_id bigint, note text); GRANT ALL ON telemetry TO app",
+                         dbname=APP_DB)
+    pv = pgvalve(mode="transaction", pool_size=1, max_overflow=0, checkout_timeout_ms=3000,
+                 users=APP_AND_OPS)
+    options = {"options": "-c search_path=pg_temp,public"} \
+        if way in ("login_options", "select_into") else {}
+    a = psycopg.connect(pv.dsn(), autocommit=True, prepare_threshold=None, **options)
+    a.execute(SHADOWS[way])
+    assert pinned(pv) == 1
+    a.close()
+    with connect(pv) as b:
+        b.execute("INSERT INTO telemetry VALUES (42, 'b')")
+        assert one(b, "SELECT c.relpersistence FROM pg_class c "
+                      "WHERE c.oid = 'telemetry'::regclass") == "p"
+    with cluster.primary.connect(dbname=APP_DB) as direct:
+        assert direct.execute("SELECT count(*) FROM public.telemetry").fetchone() == (1,)
+        direct.execute("DROP TABLE telemetry")
+
+
 @pytest.mark.parametrize("create, drop", [
     ('CREATE TABLE "pg_temp".t2(x int)', "DROP TABLE pg_temp.t2"),  # the schema quoted
     ("CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS 'select 7'",

@@ -486,6 +486,27 @@ TEST(Classify, SelectIntoTemp) {
   EXPECT_TRUE(classify("select 1 into local temporary t").temporary);
   EXPECT_FALSE(classify("select 1 into t").temporary);
   EXPECT_FALSE(classify("select temp from t").temporary);
+  // After WITH too (found by a code review: it was not looked for there).
+  info = classify("WITH x AS (SELECT 1 AS a) SELECT * INTO TEMP t FROM x");
+  EXPECT_EQ(info.kind, SK::Select);
+  EXPECT_TRUE(info.temporary);
+  EXPECT_TRUE(info.selects_into);
+}
+
+// SELECT … INTO makes a table; with pg_temp first in search_path a temporary one, so the
+// session asks the server afterwards. WITH … INSERT INTO makes none.
+TEST(Classify, SelectIntoMakesATable) {
+  for (std::string_view sql : {"select * into t from u", "SELECT 1 AS a INTO t",
+                               "with x as (select 1) select * into t from x"}) {
+    const StatementInfo info = classify(sql);
+    EXPECT_TRUE(info.selects_into) << sql;
+    EXPECT_FALSE(info.temporary) << sql;
+  }
+  for (std::string_view sql :
+       {"with x as (select 1) insert into t select * from x", "insert into t select 1",
+        "select (select 1 into) from t", "select 'into' from t", "select intox from t"}) {
+    EXPECT_FALSE(classify(sql).selects_into) << sql;
+  }
 }
 
 TEST(Classify, OtherStatements) {
@@ -661,11 +682,19 @@ TEST(PlainStatement, AnythingElseIsLookedAtCloser) {
        {"set a = 1", "begin", "", "select 1; select 2", "select 1;;x", "SELECT PG_ADVISORY_LOCK(1)",
         "select 1 into Temp t", "select set_config('a', 'b', false)", "select 1 /* temporary */",
         "select * from pg_temp.t", "select * from pg_temp_3.t", "select temp_c from t",
+        // SELECT … INTO makes a table (a temporary one with pg_temp first in search_path).
+        "select * into t from u", "with x as (select 1) select * INTO t from x",
+        "with x as (select 1) insert into t select * from x",
         // A U&"" identifier may spell set_config or an advisory lock: looked at closer.
         R"(select U&"\0073et_config"('role', 'r', false))", R"(select 1 from u&"t")"}) {
     EXPECT_FALSE(plain_statement(sql)) << sql;
   }
   EXPECT_TRUE(plain_statement("select a & b from t"));
+  // "into" as part of a word, or in an INSERT, is nothing.
+  for (const char* sql : {"select pinto, into_x, intox from t", "insert into t values (1)",
+                          "INSERT INTO t SELECT * FROM u", "update t set a = 1 where b = 'c'"}) {
+    EXPECT_TRUE(plain_statement(sql)) << sql;
+  }
 }
 
 TEST(Classify, SetConfigWithParameters) {

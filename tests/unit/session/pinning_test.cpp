@@ -86,6 +86,35 @@ TEST(SessionPinning, EachKindOfSessionStateIsChecked) {
   }
 }
 
+// With pg_temp first in search_path (SET, the login's options, ALTER ROLE … SET) a CREATE or
+// SELECT … INTO without TEMP makes a temporary object, and EXPLAIN ANALYZE runs what it
+// explains: the server is asked afterwards (found by a code review: such a table on a pooled
+// server took the next client's INSERTs in place of the real table).
+TEST(SessionPinning, WhatMayMakeATemporaryObjectUnnamedIsChecked) {
+  for (const char* sql :
+       {"create table telemetry (a int)", "CREATE VIEW v AS SELECT 1", "create table t as select 1",
+        "select * into t from u", "with x as (select 1) select * into t from x",
+        "explain analyze create temp table t as select 1",
+        "with x as (select 1) select * into temp t from x"}) {
+    SessionHarness h;
+    auto server = SessionHarness::fresh_server();
+    h.send(query(sql), *server);
+    Step s = h.server(command_result("OK"));
+    EXPECT_TRUE(is_pin_check(s.to_server)) << sql;
+    s = h.server(pin_check_result(true));
+    EXPECT_EQ(s.pinned_change, 1) << sql;
+  }
+  // Nothing to ask after a write of rows, or a table dropped at commit.
+  for (const char* sql : {"with x as (select 1) insert into t select * from x",
+                          "create temp table t (a int) on commit drop"}) {
+    SessionHarness h;
+    auto server = SessionHarness::fresh_server();
+    h.send(query(sql), *server);
+    const Step s = h.server(command_result("OK"));
+    EXPECT_FALSE(is_pin_check(s.to_server)) << sql;
+  }
+}
+
 TEST_F(SessionPinningFlow, ADoBlockIsCheckedAndLeavesItsServersSettingsUnknown) {
   // Its body may EXECUTE a string it builds ('CREATE TE' || 'MP TABLE'), or SET ROLE: the
   // server is asked what it holds, and its next lender gets every setting reset.
