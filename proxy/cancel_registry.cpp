@@ -52,6 +52,12 @@ std::optional<CancelDestination> CancelRegistry::find(std::int32_t process_id,
                            static_cast<std::int32_t>(key & 0xffffffffu), key};
 }
 
+void CancelRegistry::cancel_started(std::uint64_t server_key) {
+  std::lock_guard lock(mutex_);
+  cancelling_.insert(server_key);
+  in_flight_.fetch_add(1, std::memory_order_seq_cst);
+}
+
 void CancelRegistry::cancel_done(std::uint64_t server_key) {
   std::lock_guard lock(mutex_);
   if (auto it = cancelling_.find(server_key); it != cancelling_.end()) {

@@ -66,6 +66,8 @@ class CancelRegistry {
   // something on a server. Such a cancel is in flight until cancel_done(): meanwhile the server
   // is not lent to another client (being_cancelled()), whose query it could otherwise stop.
   std::optional<CancelDestination> find(std::int32_t process_id, std::int32_t secret_key);
+  // A cancel the session sends itself (to each shard's server) is in flight from here on.
+  void cancel_started(std::uint64_t server_key);
   void cancel_done(std::uint64_t server_key);
   // A cancel is on its way to the server with this key (CancelTarget::server_key). No lock
   // while no cancel is in flight.

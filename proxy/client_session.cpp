@@ -1527,12 +1527,17 @@ void ClientSession::cancel_request(bool several) {
     }
     for (const LinkIO& io : self->links_) {
       if (!io.conn) continue;
+      // In flight before any of these servers can be given back (on this thread): each stays
+      // with this client until PostgreSQL has taken the cancel, as a single server does.
+      const std::uint64_t key = server_key_of(io.conn->key.process_id, io.conn->key.secret_key);
+      CancelRegistry& cancels = self->app_.cancels();
+      cancels.cancel_started(key);
       error_code ignored;
       asio::co_spawn(
           self->client_.get_executor(),
           send_cancel(CancelDestination{io.conn->stream.socket().remote_endpoint(ignored),
                                         io.conn->key.process_id, io.conn->key.secret_key}),
-          asio::detached);
+          [&cancels, key](std::exception_ptr) { cancels.cancel_done(key); });
     }
     PGV_LOG(Info, "cancel_forwarded_to_shards", {"client", self->id_});
   });

@@ -759,6 +759,63 @@ def test_a_cancel_stops_a_read_on_every_shard(shards, pgvalve):
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
+def test_a_cancel_on_its_way_to_the_shards_never_stops_the_next_clients_query(shards, pgvalve):
+    """Found by a code review: a cancel for a read over several shards was sent to each shard's
+    server, which went back to the pool before PostgreSQL took the cancel; B, the next client
+    of those servers, had 12 of its reads cancelled. Each server now stays with A until its
+    cancel is taken, as a single server does (test_cancel.py)."""
+    import socket
+
+    from itutil import raw_login
+    from pgwire import PgWireError
+
+    clear(shards)
+    pv = pgvalve(pool_size=1, max_overflow=0, mode="transaction", checkout_timeout_ms=20000,
+                 **config(shards))
+    with pv.connect() as conn:
+        for d in (next(d for d in range(1, 50) if md5_mod(d) == i) for i in range(2)):
+            conn.execute("INSERT INTO telemetry (device_id) VALUES (%s)", (d,))
+    shards[0].wait_replay()
+    a, b = raw_login(pv, timeout=30), raw_login(pv, timeout=30)
+    stop = threading.Event()
+    counts = {"a": 0, "a_cancelled": 0, "b": 0, "b_cancelled": 0}
+
+    def run(client, sql, name):
+        while not stop.is_set():
+            try:
+                client.rows(sql)
+                counts[name] += 1
+            except PgWireError as e:
+                assert e.sqlstate == "57014", e
+                counts[name + "_cancelled"] += 1
+
+    threads = [threading.Thread(target=run, args=(a, "SELECT device_id FROM telemetry", "a")),
+               threading.Thread(target=run, args=(
+                   b, "SELECT device_id, pg_sleep(0.05) FROM telemetry", "b"))]
+    for t in threads:
+        t.start()
+    pid, secret = a.backend_key
+    deadline = time.monotonic() + 5
+    try:
+        while time.monotonic() < deadline:
+            with socket.create_connection(("127.0.0.1", pv.port), timeout=5) as s:
+                s.sendall(struct.pack("!IIII", 16, 80877102, pid, secret))
+                s.settimeout(2)
+                try:
+                    s.recv(1)  # closed once the cancel is passed on
+                except OSError:
+                    pass
+            time.sleep(0.003)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(20)
+        a.terminate()
+        b.terminate()
+    assert counts["a"] + counts["a_cancelled"] > 20, counts
+    assert counts["b"] > 20 and counts["b_cancelled"] == 0, counts
+
+
 def test_a_client_that_leaves_during_a_read_frees_every_shard(shards, pgvalve):
     """A client gone while its read over several shards runs (a dashboard closed, a timed-out
     HTTP handler) is not kept waiting for: every shard's server is cancelled and the pool gets
