@@ -166,6 +166,16 @@ void append_parameter_status(std::string& out, std::string_view name, std::strin
   end_message(out, len_pos);
 }
 
+void append_negotiate_protocol_version(std::string& out, std::uint32_t newest_minor,
+                                       std::span<const std::string> unsupported_options) {
+  const std::size_t len_pos = begin_message(out, tag_of(BackendTag::NegotiateProtocolVersion));
+  append_u32(out, (3u << 16) | newest_minor);
+  append_u32(out, static_cast<std::uint32_t>(unsupported_options.size()));
+  for (const std::string& option : unsupported_options)
+    append_cstr(out, option);
+  end_message(out, len_pos);
+}
+
 std::optional<char> read_ready_for_query(const Frame& f) {
   if (f.tag != tag_of(BackendTag::ReadyForQuery) || f.body.size() != 1) return std::nullopt;
   const char status = f.body[0];

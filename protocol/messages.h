@@ -83,6 +83,10 @@ struct ParameterStatus {
 };
 std::optional<ParameterStatus> read_parameter_status(const Frame& f);
 void append_parameter_status(std::string& out, std::string_view name, std::string_view value);
+// NegotiateProtocolVersion: the newest minor version of protocol 3 served, and the `_pq_.`
+// protocol options of the StartupMessage that are not.
+void append_negotiate_protocol_version(std::string& out, std::uint32_t newest_minor,
+                                       std::span<const std::string> unsupported_options);
 
 // ReadyForQuery status: 'I' idle, 'T' in a transaction block, 'E' in a failed transaction.
 std::optional<char> read_ready_for_query(const Frame& f);

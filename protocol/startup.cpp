@@ -1,7 +1,9 @@
 #include "protocol/startup.h"
 
 #include <algorithm>
+#include <cctype>
 
+#include "protocol/messages.h"
 #include "protocol/wire.h"
 
 namespace pgvalve::protocol {
@@ -90,6 +92,33 @@ StartupResult decode_startup(std::string_view in) {
   r.status = DecodeStatus::Ok;
   r.packet = std::move(msg);
   return r;
+}
+
+bool replication_off(std::string_view value) {
+  std::string lowered(value.substr(0, 8));
+  if (value.size() > lowered.size()) return false;
+  for (char& c : lowered)
+    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const auto prefix_of = [&](std::string_view word, std::size_t least) {
+    return lowered.size() >= least && word.starts_with(lowered);
+  };
+  // As PostgreSQL's parse_bool: "o" alone could be on or off.
+  return lowered == "0" || prefix_of("false", 1) || prefix_of("no", 1) || prefix_of("off", 2);
+}
+
+std::string negotiate_protocol(StartupMessage& msg) {
+  std::vector<std::string> options;
+  std::erase_if(msg.parameters, [&](const auto& p) {
+    if (!p.first.starts_with("_pq_.")) return false;
+    options.push_back(p.first);
+    return true;
+  });
+  std::string out;
+  if ((msg.protocol_version & 0xffff) != 0 || !options.empty()) {
+    append_negotiate_protocol_version(out, 0, options);
+    msg.protocol_version = kProtocolVersion3;
+  }
+  return out;
 }
 
 }  // namespace pgvalve::protocol

@@ -50,4 +50,14 @@ struct StartupResult {
 // SSL/GSS/Cancel requests.
 StartupResult decode_startup(std::string_view in);
 
+// What to answer a StartupMessage that asks for more than protocol 3.0, as PostgreSQL does: a
+// minor version above 0 or `_pq_.` protocol options get a NegotiateProtocolVersion (3.0, and
+// those options), and the connection goes on in 3.0. The options are removed from `msg`: they
+// are requests about the protocol, not settings. Empty when 3.0 alone was asked for.
+std::string negotiate_protocol(StartupMessage& msg);
+
+// Whether a startup `replication` value is PostgreSQL's boolean false (false, no, off, 0, a
+// unique prefix of them, any case): anything else asks for a replication connection.
+bool replication_off(std::string_view value);
+
 }  // namespace pgvalve::protocol

@@ -128,6 +128,9 @@ asio::awaitable<void> ClientSession::send_fatal(std::string_view sqlstate,
 
 asio::awaitable<bool> ClientSession::read_startup(ClientProfile& login,
                                                   StartupParameters& startup_params) {
+  // Each may be asked once, as PostgreSQL allows: a client looping on them gets an error.
+  bool ssl_asked = false;
+  bool gss_asked = false;
   for (;;) {
     auto r = pr::decode_startup(client_in_.readable());
     if (r.status == pr::DecodeStatus::NeedMoreData) {
@@ -145,6 +148,16 @@ asio::awaitable<bool> ClientSession::read_startup(ClientProfile& login,
       co_return false;
     }
     client_in_.consume(r.consumed);
+    const bool ssl = std::holds_alternative<pr::SslRequest>(r.packet);
+    const bool gss = std::holds_alternative<pr::GssEncRequest>(r.packet);
+    if ((ssl && ssl_asked) || (gss && gss_asked)) {
+      co_await send_fatal("08P01", std::string("pgvalve: invalid startup packet: ") +
+                                       (ssl ? "SSLRequest" : "GSSENCRequest") +
+                                       " sent twice; send the StartupMessage after the answer");
+      co_return false;
+    }
+    ssl_asked = ssl_asked || ssl;
+    gss_asked = gss_asked || gss;
     if (std::holds_alternative<pr::GssEncRequest>(r.packet)) {
       if (!co_await write_all(client_, "N")) co_return false;  // GSSAPI is not offered
       ++auth_bytes_sent_;                                      // counted as the request was
@@ -192,6 +205,10 @@ asio::awaitable<bool> ClientSession::read_startup(ClientProfile& login,
       co_return false;
     }
     auto& startup = std::get<pr::StartupMessage>(r.packet);
+    if (const std::string negotiate = pr::negotiate_protocol(startup); !negotiate.empty()) {
+      if (!co_await write_all(client_, negotiate)) co_return false;
+      auth_bytes_sent_ += static_cast<std::uint32_t>(negotiate.size());
+    }
     login.user_name = std::string(startup.get("user"));
     login.database_name = std::string(startup.get("database"));
     if (login.database_name.empty()) login.database_name = login.user_name;
@@ -324,7 +341,7 @@ asio::awaitable<bool> ClientSession::authenticate_md5(const UserAuth& auth) {
 
 asio::awaitable<bool> ClientSession::start_session(const StartupParameters& startup_params) {
   for (const auto& [name, value] : startup_params) {
-    if (name == "replication" && value != "false" && value != "0" && value != "off") {
+    if (name == "replication" && !pr::replication_off(value)) {
       co_await send_fatal("0A000",
                           "pgvalve: replication connections are not supported; connect to "
                           "PostgreSQL directly for replication");

@@ -200,3 +200,57 @@ def test_non_ascii_passwords_are_saslprepped_on_both_legs(pgvalve, cluster):
     with psycopg.connect(host="127.0.0.1", port=pv.port, dbname=APP_DB, user="saslprep_user",
                          password="p\u00e4ss wo\u0308rd!", autocommit=True) as c:
         assert c.execute("select 1").fetchone()[0] == 1
+
+
+def test_a_newer_protocol_or_protocol_options_get_negotiated_down_to_3_0(pgvalve, cluster):
+    """Found by a code review: a StartupMessage asking for protocol 3.2, or carrying `_pq_.`
+    options, was taken as 3.0 without a word and the option sent to the server as a setting.
+    As PostgreSQL does, pgvalve answers NegotiateProtocolVersion (3.0, the options it does not
+    serve) and the login goes on; the option is no setting."""
+    from pgwire import startup_packet
+
+    pv = pgvalve(mode="transaction", pool_size=2)
+    for port in (cluster.primary.port, pv.port):  # PostgreSQL itself, then pgvalve
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(startup_packet({"user": APP_USER, "database": APP_DB, "_pq_.foo": "bar"},
+                                     (3 << 16) | 2))
+            kind, payload = read_message(s)
+            assert kind == b"v", (port, kind, payload)
+            newest, count = struct.unpack("!II", payload[:8])
+            assert (newest, count, payload[8:]) == ((3 << 16), 1, b"_pq_.foo\0"), port
+            kind, payload = read_message(s)
+            assert kind == b"R", (port, kind, payload)  # authentication goes on
+    c = RawClient("127.0.0.1", pv.port, APP_USER, APP_PASSWORD, APP_DB,
+                  params={"_pq_.foo": "bar"}).connect()
+    try:
+        with pytest.raises(PgWireError) as e:
+            c.rows('SHOW "_pq_.foo"')
+        assert e.value.sqlstate == "42704"
+    finally:
+        c.terminate()
+
+
+def test_ssl_and_gss_requests_are_answered_once_each(pgvalve):
+    """PostgreSQL takes each of SSLRequest and GSSENCRequest once before the StartupMessage; a
+    client repeating them got N for ever (bounded only by auth_timeout_ms)."""
+    pv = pgvalve(mode="transaction", pool_size=2)
+    with socket.create_connection(("127.0.0.1", pv.port), timeout=5) as s:
+        for code in (80877104, 80877103):  # GSS, then SSL: each once, as libpq may
+            s.sendall(struct.pack("!II", 8, code))
+            assert recv_exact(s, 1) == b"N"
+        s.sendall(struct.pack("!II", 8, 80877103))
+        kind, payload = read_message(s)
+        assert kind == b"E" and b"C08P01\0" in payload, payload
+        assert_pgvalve_message(dict((f[:1], f[1:]) for f in payload.split(b"\0") if f)
+                               [b"M"].decode())
+
+
+@pytest.mark.parametrize("value", ["no", "N", "false", "Off", "0"])
+def test_replication_false_in_any_spelling_logs_in(pgvalve, value):
+    pv = pgvalve(mode="transaction", pool_size=2)
+    c = RawClient("127.0.0.1", pv.port, APP_USER, APP_PASSWORD, APP_DB,
+                  params={"replication": value}).connect()
+    try:
+        assert c.rows("select 1") == [["1"]]
+    finally:
+        c.terminate()

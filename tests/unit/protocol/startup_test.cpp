@@ -33,6 +33,37 @@ StartupResult decode(std::string_view bytes) {
   return decode_startup(ExactBuffer(bytes).view());
 }
 
+// Found by a code review: protocol 3.2 was taken as 3.0 without a word, and `_pq_.` options were
+// sent to the server as settings. PostgreSQL answers both with NegotiateProtocolVersion.
+TEST(NegotiateProtocol, ANewerMinorVersionOrProtocolOptionsGetThreeZero) {
+  StartupMessage plain;
+  plain.parameters = {{"user", "app"}};
+  EXPECT_EQ(negotiate_protocol(plain), "");
+
+  StartupMessage newer;
+  newer.protocol_version = (3u << 16) | 2u;
+  newer.parameters = {{"user", "app"}};
+  EXPECT_EQ(negotiate_protocol(newer), "v\0\0\0\x0c\0\x03\0\0\0\0\0\0"s);
+  EXPECT_EQ(newer.protocol_version, kProtocolVersion3);
+
+  StartupMessage options;
+  options.parameters = {
+      {"user", "app"}, {"_pq_.foo", "bar"}, {"application_name", "x"}, {"_pq_.b", ""}};
+  EXPECT_EQ(negotiate_protocol(options), "v\0\0\0\x1c\0\x03\0\0\0\0\0\x02_pq_.foo\0_pq_.b\0"s);
+  EXPECT_EQ(options.parameters, (std::vector<std::pair<std::string, std::string>>{
+                                    {"user", "app"}, {"application_name", "x"}}));
+}
+
+TEST(ReplicationOff, PostgresqlsBooleanFalse) {
+  for (std::string_view off : {"false", "f", "FAL", "no", "N", "off", "OF", "0"}) {
+    EXPECT_TRUE(replication_off(off)) << off;
+  }
+  for (std::string_view on :
+       {"true", "on", "o", "1", "yes", "database", "", "falsehood", "nope", "offf", "00"}) {
+    EXPECT_FALSE(replication_off(on)) << on;
+  }
+}
+
 TEST(DecodeStartup, StartupMessage) {
   StartupResult r = decode(kStartup);
   ASSERT_EQ(r.status, DecodeStatus::Ok) << r.error;
