@@ -130,7 +130,7 @@ struct HealthChecker::Monitor {
   std::vector<config::Endpoint> hosts;
   health::ShardHealth health;
   std::shared_ptr<health::ShardStatus> status;
-  bool writes_paused = false;  // a switchover is under way
+  bool writes_paused = false;  // a switchover or a promotion is under way
   bool drill_running = false;  // a promotion (automatic or a drill) is under way
   // What was last logged, so that only changes are.
   std::optional<std::size_t> logged_primary;
@@ -704,7 +704,30 @@ asio::awaitable<DrillResult> HealthChecker::run_failover(std::shared_ptr<Monitor
               {"from", old}, {"to", target}, {"reason", why},
               {"replay_lsn", health::format_lsn(m->health.figures(*best).lsn)}, {"with", with});
     }
+    // Fenced before the promotion: writes pause (an old primary that comes back while the
+    // replica is promoted, a paused VM, takes none, nor does the resolver of left parts ask it),
+    // and a server lent there (a COMMIT PREPARED in flight, a transaction) is cut now, so that
+    // what it may still finish there is never taken for done; its parts go to the resolver,
+    // which finishes them on the new primary (found by a code review: a part committed on the
+    // retired primary and stayed prepared on the promoted one).
+    for (const auto& g : sharing.together) {
+      g->writes_paused = true;
+      g->status->publish(g->health, true);
+    }
+    snapshot();
+    if (retired_) {
+      for (const auto& g : sharing.together)
+        retired_(g->database, m->hosts[m->health.primary()]);
+    }
     const std::string error = co_await promote(m, *best);
+    Monitors resumed = sharing.together;
+    for (const auto& g : sharing_of(m).together)
+      resumed.push_back(g);
+    for (const auto& g : resumed) {
+      g->writes_paused = false;
+      g->status->publish(g->health, false);
+    }
+    snapshot();
     if (error.empty()) {
       result.ok = true;
       result.message = "promoted " + target + "; " + old + " is retired";

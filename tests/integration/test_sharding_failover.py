@@ -105,6 +105,80 @@ def test_a_part_decided_on_a_promoted_replica_leaves_show_shards(pgvalve):
             c.teardown()
 
 
+def test_a_primary_paused_while_its_part_commits_is_fenced_before_the_promotion(pgvalve):
+    """Found by a code review: s1's primary stops (a paused VM) with pgvalve's COMMIT PREPARED
+    for it in flight, after s0 committed; pgvalve promotes s1's replica, and the old primary
+    comes back meanwhile. The COMMIT PREPARED ran on the old primary, the client was told
+    COMMIT, and the part stayed prepared on the promoted replica (its row missing there) until
+    pgvalve restarted. Now the lent server is cut and writes pause before the promotion: the
+    client learns the part is left to pgvalve, which commits it on the new primary."""
+    import os
+    import signal
+
+    from pgcluster import _children_of
+    from pgwire import RawClient, query_message, read_message, parse_fields
+
+    nodes = [shard_cluster(), shard_cluster()]
+    frozen = []
+    try:
+        s0, s1 = nodes
+        s0.primary.psql("CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
+                        "$$BEGIN PERFORM pg_sleep(3); RETURN NULL; END$$", dbname=APP_DB)
+        s0.primary.psql("CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON telemetry "
+                        "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow()",
+                        dbname=APP_DB)
+        for c in nodes:
+            c.wait_replay()
+        pv = pgvalve(
+            databases=sharded_database(nodes), users=APP_AND_OPS,
+            health={"interval_ms": 250, "timeout_ms": 1000, "failures_before_down": 2,
+                    "user": APP_USER, "password": APP_PASSWORD},
+            failover={"mode": "promote", "promote_after_ms": 0, "hold_writes_ms": 15000})
+        c = RawClient("127.0.0.1", pv.port, APP_USER, APP_PASSWORD, APP_DB).connect()
+        for q in ("BEGIN", f"INSERT INTO telemetry (device_id, n) VALUES ({D0}, 1)",
+                  f"INSERT INTO telemetry (device_id, n) VALUES ({D1}, 1)"):
+            c.query(q)
+        c.sock.sendall(query_message("COMMIT"))
+        wait_until(lambda: on(s1.primary, "SELECT gid FROM pg_prepared_xacts"), 10,
+                   message="s1's part prepared")
+        backend = on(s1.primary, "SELECT pid FROM pg_stat_activity WHERE usename = 'app' AND "
+                                 "query LIKE 'PREPARE TRANSACTION%'")[0][0]
+        os.kill(backend, signal.SIGSTOP)  # the COMMIT PREPARED sent to it waits there
+        frozen.append(backend)
+        s1.wait_replay()
+        wait_until(lambda: on(s0.primary, "SELECT count(*) FROM telemetry")[0][0] == 1, 15,
+                   message="s0 committed")
+        postmaster = s1.primary.postmaster_pid()
+        for p in [postmaster] + [p for p in _children_of(postmaster) if p != backend]:
+            os.kill(p, signal.SIGSTOP)
+            frozen.append(p)
+        wait_until(lambda: on(s1.replicas[0], "SELECT pg_is_in_recovery()") == [(False,)], 30,
+                   message="s1's replica promoted")
+        for p in frozen:
+            os.kill(p, signal.SIGCONT)
+        frozen.clear()
+        c.sock.settimeout(40)
+        error = None
+        while True:
+            kind, payload = read_message(c.sock)
+            if kind == b"E":
+                error = parse_fields(payload)
+            if kind == b"Z":
+                break
+        assert error is not None and error["C"] == "08006", error
+        assert "other shards committed it" in error["M"], error
+        new_primary = s1.replicas[0]
+        wait_until(lambda: not on(new_primary, "SELECT gid FROM pg_prepared_xacts"), 20,
+                   message="the part committed on the promoted replica")
+        assert on(new_primary, "SELECT count(*) FROM telemetry") == [(1,)]
+        c.terminate()
+    finally:
+        for p in frozen:
+            os.kill(p, signal.SIGCONT)
+        for c in nodes:
+            c.teardown()
+
+
 def test_a_replica_killed_under_reads_over_several_shards_costs_no_read(pgvalve):
     # Reads over both shards run on replicas; one shard's replica dies under them. A part cut
     # there before its shard answered runs again on that shard's primary, as a read on one shard
