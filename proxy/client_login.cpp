@@ -135,7 +135,10 @@ asio::awaitable<bool> ClientSession::read_startup(ClientProfile& login,
     auto r = pr::decode_startup(client_in_.readable());
     if (r.status == pr::DecodeStatus::NeedMoreData) {
       auto space = client_in_.prepare();
-      if (space.empty()) co_return false;
+      if (space.empty()) {
+        co_await refuse_for_memory();
+        co_return false;
+      }
       error_code ec;
       std::size_t n =
           co_await client_.async_read_some(asio::buffer(space.data(), space.size()), await_ec(ec));
@@ -254,7 +257,18 @@ asio::awaitable<bool> ClientSession::read_password_frame(pr::Frame& frame) {
     co_await send_fatal("08P01", "pgvalve: expected a password message during authentication");
     co_return false;
   }
+  if (st == ReadStatus::NoMemory) co_await refuse_for_memory();
   co_return st == ReadStatus::Ok;
+}
+
+// A login's messages are small (at most 10,000 bytes) and may use the budget's reserve, so this
+// happens only while many clients are in the middle of messages at once; the client is told why
+// rather than dropped without a word.
+asio::awaitable<void> ClientSession::refuse_for_memory() {
+  co_await send_fatal("53400",
+                      "pgvalve: too much memory is held for messages still being received "
+                      "(limits.message_memory_bytes); retry the connection later, or raise "
+                      "limits.message_memory_bytes");
 }
 
 asio::awaitable<bool> ClientSession::authenticate(ClientProfile& login) {

@@ -1,11 +1,13 @@
 #include "proxy/client_session.h"
 
 #include <array>
+#include <cstdint>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
 
+#include "protocol/frame.h"
 #include "proxy/app.h"
 #include "proxy/arrival_wait.h"
 #include "proxy/handler_memory.h"
@@ -586,11 +588,26 @@ void ClientSession::post_read_client() {
 void ClientSession::read_client() {
   if (closed_) return;
   Step step(*worker_);
-  auto space = client_in_.prepare();
+  // A buffer full of one message grows to that message's size at most, once its header is in.
+  const std::size_t message_bytes =
+      client_in_.full() ? protocol::decode_frame(client_in_.readable(), SIZE_MAX).needed : 0;
+  auto space = client_in_.prepare(message_bytes);
   if (space.empty()) {
-    carry_out(core_->on_client_memory_exhausted(), Source::Event);
+    // Not read meanwhile: one that hangs up is not noticed by a read.
+    if (peer_hung_up(client_.socket())) {
+      client_gone();
+      return;
+    }
+    const bool may_fit_later = client_in_.refusal() == session::MemoryBudget::Take::Wait;
+    if (!core_->waits_for_memory()) {
+      PGV_LOG(Info, "client_waits_for_memory", {"client", id_}, {"user", user()},
+              {"database", database()}, {"held", client_in_.capacity()},
+              {"message_bytes", message_bytes}, {"may_fit_later", may_fit_later});
+    }
+    carry_out(core_->on_client_memory_refused(may_fit_later, now()), Source::Event);
     return;
   }
+  core_->on_client_memory_granted(now());
   error_code ec;
   bool rest = true;
   const bool plain = uses_arrival_wait(client_);

@@ -198,6 +198,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   asio::awaitable<void> forward_cancel(std::int32_t process_id, std::int32_t secret_key);
   asio::awaitable<void> send_fatal(std::string_view sqlstate, std::string_view message);
   asio::awaitable<void> refuse_login(const std::string& message);
+  // The login's buffer may not grow (limits.message_memory_bytes): FATAL 53400.
+  asio::awaitable<void> refuse_for_memory();
 
   // ---- Events (client_session.cpp) ----
   // The time of the event being carried out (Worker::clock).

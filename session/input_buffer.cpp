@@ -1,5 +1,6 @@
 #include "session/input_buffer.h"
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -26,14 +27,16 @@ FreeList* free_list(std::size_t bytes) {
 
 }  // namespace
 
-bool MemoryBudget::try_take(std::size_t bytes) {
+MemoryBudget::Take MemoryBudget::try_take(std::size_t bytes, std::size_t needed) {
+  const std::int64_t most = cap(limit_.load(std::memory_order_relaxed), needed);
+  if (static_cast<std::int64_t>(needed) > most) return Take::Never;
   const auto n = static_cast<std::int64_t>(bytes);
   const std::int64_t after = used_.fetch_add(n, std::memory_order_relaxed) + n;
-  if (after > limit_.load(std::memory_order_relaxed)) {
+  if (after > most) {
     used_.fetch_sub(n, std::memory_order_relaxed);
-    return false;
+    return Take::Wait;
   }
-  return true;
+  return Take::Taken;
 }
 
 void MemoryBudget::give_back(std::size_t bytes) {
@@ -52,7 +55,8 @@ void InputBuffer::acquire() {
   begin_ = end_ = 0;
 }
 
-std::span<char> InputBuffer::prepare() {
+std::span<char> InputBuffer::prepare(std::size_t message_bytes) {
+  refusal_ = MemoryBudget::Take::Taken;
   if (!data_) acquire();
   if (end_ < capacity_) return {data_.get() + end_, capacity_ - end_};
   const std::size_t pending = end_ - begin_;
@@ -62,10 +66,18 @@ std::span<char> InputBuffer::prepare() {
     end_ = pending;
     return {data_.get() + end_, capacity_ - end_};
   }
-  // Full of one unfinished message: double, paid from the budget.
-  const std::size_t bigger = capacity_ * 2;
+  // Full of one unfinished message: double, or grow to its size when that is less; paid from
+  // the budget. A buffer sized to the message leaves the rest of the budget to others (doubling
+  // would take up to twice what the message needs).
+  std::size_t bigger = capacity_ * 2;
+  if (message_bytes > capacity_ && message_bytes < bigger) bigger = message_bytes;
   const std::size_t extra = bigger - capacity_;
-  if (budget_ && !budget_->try_take(extra)) return {};
+  if (budget_) {
+    // What the whole message will need beyond the base size, as far as it is known.
+    const std::size_t needed = std::max(bigger, message_bytes) - base_;
+    refusal_ = budget_->try_take(extra, needed);
+    if (refusal_ != MemoryBudget::Take::Taken) return {};
+  }
   auto storage = std::make_unique_for_overwrite<char[]>(bigger);
   std::memcpy(storage.get(), data_.get(), pending);
   data_ = std::move(storage);

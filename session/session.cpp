@@ -353,6 +353,7 @@ std::size_t Session::prepared_statement_count() const {
 
 bool Session::wants_client_input() const {
   if (pipeline_full_) return false;
+  if (memory_wait_ && !memory_retry_due_) return false;
   switch (state_) {
     case SessionState::Idle:
     case SessionState::Active:
@@ -390,8 +391,15 @@ void Session::trim() {
 Clock::time_point Session::next_deadline() const {
   auto deadline = Clock::time_point::max();
   auto earlier = [&](Clock::time_point t) { deadline = std::min(deadline, t); };
-  if (partial_ && options_.message_timeout.count() > 0) {
+  // While it waits for memory the client is not read: its message's clock stops.
+  if (partial_ && !memory_wait_ && options_.message_timeout.count() > 0) {
     earlier(partial_since_ + options_.message_timeout);
+  }
+  if (memory_wait_) {
+    if (!memory_retry_due_) earlier(memory_retry_at_);
+    if (options_.message_timeout.count() > 0) {
+      earlier(memory_wait_since_ + options_.message_timeout);
+    }
   }
   if (!work_) return deadline;
   for (const auto& l : work_->links) {
@@ -842,12 +850,27 @@ const Actions& Session::on_kill(std::string_view message) {
   return out;
 }
 
-const Actions& Session::on_client_memory_exhausted() {
+const Actions& Session::on_client_memory_refused(bool may_fit_later, Clock::time_point now) {
+  now_ = now;
   Actions& out = event_actions();
-  close_with("53400",
-             "pgvalve: too much memory is held for messages still being received "
-             "(limits.message_memory_bytes); send smaller messages or retry later",
-             out);
+  if (state_ == SessionState::Closing) return out;
+  if (!may_fit_later) {
+    close_with("53400",
+               "pgvalve: the message is too large to be received within "
+               "limits.message_memory_bytes (messages over 1 MiB may hold three quarters of it, "
+               "all of them together); send smaller messages, or raise "
+               "limits.message_memory_bytes",
+               out);
+    return out;
+  }
+  // Other clients' messages hold the memory: this one waits for theirs to end (each within
+  // limits.message_timeout_ms) rather than being refused for what they did.
+  if (!memory_wait_) {
+    memory_wait_ = true;
+    memory_wait_since_ = now;
+  }
+  memory_retry_due_ = false;
+  memory_retry_at_ = now + kMemoryRetry;
   return out;
 }
 
@@ -1053,7 +1076,22 @@ const Actions& Session::on_timer(Clock::time_point now) {
   now_ = now;
   Actions& out = event_actions();
   if (state_ == SessionState::Closing || state_ == SessionState::LoggingIn) return out;
-  if (partial_ && options_.message_timeout.count() > 0 &&
+  if (memory_wait_) {
+    if (options_.message_timeout.count() > 0 &&
+        now >= memory_wait_since_ + options_.message_timeout) {
+      close_with("53400",
+                 "pgvalve: too much memory is held for messages still being received "
+                 "(limits.message_memory_bytes), and none was given back for this message "
+                 "within limits.message_timeout_ms (" +
+                     millis(options_.message_timeout) +
+                     "); retry later, send smaller messages, or raise "
+                     "limits.message_memory_bytes",
+                 out);
+      return out;
+    }
+    if (now >= memory_retry_at_) memory_retry_due_ = true;  // the client is read again
+  }
+  if (partial_ && !memory_wait_ && options_.message_timeout.count() > 0 &&
       now >= partial_since_ + options_.message_timeout) {
     close_with("08P01",
                "pgvalve: the client started a message and did not send the rest within "

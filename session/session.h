@@ -176,8 +176,21 @@ class Session {
   // layer says so this way too when no replica can take it).
   const Actions& on_checkout_failed(std::string_view sqlstate, std::string_view message,
                                     Clock::time_point now);
-  // The client's buffer may not grow (limits.message_memory_bytes): the client is refused.
-  const Actions& on_client_memory_exhausted();
+  // The client's buffer may not grow now (limits.message_memory_bytes is held by messages still
+  // being received). `may_fit_later`: the message would fit once others give memory back; the
+  // client is then not read until it does (retried every kMemoryRetry), up to
+  // limits.message_timeout_ms, then refused (53400). Otherwise it is refused at once.
+  const Actions& on_client_memory_refused(bool may_fit_later, Clock::time_point now);
+  // The buffer grew: the client is read as before, and the time it waited for memory does not
+  // count against its message's deadline.
+  void on_client_memory_granted(Clock::time_point now) {
+    if (!memory_wait_) return;
+    if (partial_) partial_since_ += now - memory_wait_since_;
+    memory_wait_ = false;
+    memory_retry_due_ = false;
+  }
+  bool waits_for_memory() const { return memory_wait_; }
+  static constexpr std::chrono::milliseconds kMemoryRetry{20};
 
   // ---- Server input ------------------------------------------------------------------------
   // `input`: everything received from the link's server and not yet consumed.
@@ -750,7 +763,13 @@ class Session {
   // A partial message is being received since `partial_since_`.
   bool partial_ = false;
   bool accounting_due_ = false;  // account() has statistics to record
+  // Its buffer could not grow: the client is not read (but at `memory_retry_at_`) since
+  // `memory_wait_since_` (on_client_memory_refused).
+  bool memory_wait_ = false;
+  bool memory_retry_due_ = false;
   Clock::time_point partial_since_{};
+  Clock::time_point memory_wait_since_{};
+  Clock::time_point memory_retry_at_{};
   Clock::time_point client_activity_{};
   Clock::time_point held_since_{};  // entered Holding, or last client bytes while Holding
 };

@@ -1248,8 +1248,11 @@ class Harness {
           }
           break;
         case 13:
-          if (in.byte() % 4 == 0) {
-            step(session_.on_client_memory_exhausted(), Source::Event, {}, in);
+          if (const auto b = in.byte(); b % 4 == 0) {
+            // The client's buffer may not grow: it waits for memory, or is refused at once.
+            step(session_.on_client_memory_refused((b & 4) != 0, now_), Source::Event, {}, in);
+          } else if (b % 4 == 1) {
+            session_.on_client_memory_granted(now_);
           }
           break;
         case 14:

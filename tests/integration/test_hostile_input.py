@@ -22,7 +22,7 @@ import pytest
 from itutil import (SANITIZED, MiB, assert_pgvalve_message, drain_notifies, one, raw_login,
                     rss_bytes, settle_rss)
 from pgcluster import APP_DB, APP_USER
-from pgwire import (ConnectionClosed, PgWireError, query_message,
+from pgwire import (ConnectionClosed, PgWireError, parse_fields, query_message,
                     read_error_then_close, read_message, startup_packet)
 from pgwire_ext import ExtClient, bind, execute, parse, sync
 
@@ -209,6 +209,73 @@ def test_message_memory_bytes_refuses_what_does_not_fit(pgvalve):
         r.terminate()
         assert one(healthy, "select 3") == 3
     finally:
+        healthy.close()
+
+
+def read_answer(sock, timeout: float) -> tuple[list[bytes], list[str]]:
+    """Messages up to ReadyForQuery: ([DataRow payloads], [SQLSTATEs of errors])."""
+    sock.settimeout(timeout)
+    rows, errors = [], []
+    while True:
+        kind, payload = read_message(sock)
+        if kind == b"D":
+            rows.append(payload)
+        elif kind == b"E":
+            errors.append(parse_fields(payload).get("C"))
+        elif kind == b"Z":
+            return rows, errors
+
+
+def test_a_large_message_cannot_take_the_memory_ordinary_ones_need(pgvalve):
+    """The reviewer's case at 1/32 scale (there: 129 MiB of a 200 MB message, 256 MiB budget).
+    One client announces a 6 MB message, sends 5.5 MiB of it and pauses. Messages over 1 MiB may
+    hold three quarters of message_memory_bytes together, so a connected client's 20 kB
+    statement, a new client's login with a 5 kB startup packet and its 20 kB statement all go on
+    at once. A second large message that does not fit beside the first waits (its client is not
+    read) and goes on once the first client's memory is given back, instead of being refused."""
+    pv = pgvalve(mode="transaction", pool_size=2, max_overflow=0,
+                 limits={"message_memory_bytes": 8 * MiB, "message_timeout_ms": 20000})
+    healthy = pv.connect()
+    statement = "v" * 20000
+    hog = second = None
+    try:
+        assert one(healthy, "select length(%s)", (statement,)) == 20000
+        hog = raw_login(pv)
+        hog.sock.sendall(b"Q" + struct.pack("!I", 6_000_000))
+        # Past 4 MiB: a buffer that doubled would take all 8 MiB.
+        hog.sock.sendall(b"select '" + b"x" * (5 * MiB + MiB // 2))
+        time.sleep(0.5)  # pgvalve reads it all
+
+        t0 = time.monotonic()
+        assert one(healthy, "select length(%s)", (statement,)) == 20000
+        fresh = raw_login(pv, application_name="a" * 5000)
+        assert fresh.rows(f"select length('{statement}')") == [["20000"]]
+        fresh.terminate()
+        with psycopg.connect(pv.dsn(), autocommit=True) as c:
+            assert one(c, "select length(%s)", ("w" * 20000,)) == 20000
+        assert time.monotonic() - t0 < 5.0
+
+        # A second large message: 2 MB, about 1.9 MiB, where 0.28 MiB of the large messages'
+        # share is left.
+        second = raw_login(pv)
+        big = "y" * 2_000_000
+        payload = query_message(f"select length('{big}')")
+        sender = threading.Thread(target=lambda: second.sock.sendall(payload), daemon=True)
+        sender.start()
+        time.sleep(1.0)
+        second.sock.settimeout(0.05)
+        with pytest.raises(TimeoutError):  # neither answered nor refused: it waits
+            second.sock.recv(1)
+        hog.close_abruptly()
+        rows, errors = read_answer(second.sock, 10)
+        sender.join(10)
+        assert errors == [], errors
+        assert len(rows) == 1 and rows[0].endswith(b"2000000"), rows
+        assert one(healthy, "select length(%s)", (statement,)) == 20000
+    finally:
+        for r in (hog, second):
+            if r is not None:
+                r.close_abruptly()
         healthy.close()
 
 

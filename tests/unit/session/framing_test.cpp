@@ -199,11 +199,69 @@ TEST(SessionFraming, RequestsBeforeTerminateAreServedFirst) {
   EXPECT_EQ(s.ops[0].kind, LinkOp::Kind::CancelAndClose);
 }
 
-TEST(SessionFraming, MemoryExhaustedClosesWith53400) {
+TEST(SessionFraming, AMessageThatCanNeverFitTheMemoryBudgetIsRefusedAtOnceWith53400) {
   SessionHarness h;
-  Step s = h.memory_exhausted();
+  Step s = h.memory_refused(false);
   expect_refused(s, "53400");
   EXPECT_EQ(h.state(), SessionState::Closing);
+}
+
+// Memory held by other clients' messages is not this client's doing: it is not read until
+// some is given back (tried again every kMemoryRetry), and its message's clock stops meanwhile.
+TEST(SessionFraming, AClientRefusedMemoryWaitsForItInsteadOfBeingRefused) {
+  SessionOptions o;
+  o.message_timeout = 10s;
+  SessionHarness h(o);
+  const std::string q = query("select '" + std::string(9000, 'x') + "'");
+  h.client(q.substr(0, 4096), T0);
+  ASSERT_EQ(h.session().next_deadline(), T0 + 10s);
+  Step s = h.memory_refused(true, T0 + 1s);
+  EXPECT_FALSE(s.close_client);
+  EXPECT_TRUE(s.to_client.empty());
+  EXPECT_TRUE(h.session().waits_for_memory());
+  EXPECT_FALSE(h.session().wants_client_input());
+  EXPECT_EQ(h.session().next_deadline(), T0 + 1s + Session::kMemoryRetry);
+  // The retry is due: the client is read again (and refused again: the wait goes on).
+  EXPECT_FALSE(h.timer(T0 + 1s + Session::kMemoryRetry).close_client);
+  EXPECT_TRUE(h.session().wants_client_input());
+  h.memory_refused(true, T0 + 9s);
+  EXPECT_FALSE(h.session().wants_client_input());
+  // Past the partial message's own deadline: waiting is not stalling, so no 08P01.
+  EXPECT_FALSE(h.timer(T0 + 10s).close_client);
+  // Memory came at T0 + 10.5 s: the 9.5 s waited do not count against the message.
+  h.session().on_client_memory_granted(T0 + 10500ms);
+  EXPECT_FALSE(h.session().waits_for_memory());
+  EXPECT_TRUE(h.session().wants_client_input());
+  EXPECT_EQ(h.session().next_deadline(), T0 + 19500ms);
+  auto server = SessionHarness::fresh_server();
+  EXPECT_EQ(h.send(q, *server, nullptr, T0 + 11s), q);
+}
+
+TEST(SessionFraming, AClientWaitingForMemoryLongerThanTheMessageTimeoutGets53400) {
+  SessionOptions o;
+  o.message_timeout = 10s;
+  SessionHarness h(o);
+  h.client(query("select 1").substr(0, 7), T0);
+  h.memory_refused(true, T0 + 2s);
+  for (auto t = T0 + 2s; t < T0 + 12s; t += 1s) {
+    ASSERT_FALSE(h.timer(t).close_client);
+    h.memory_refused(true, t);
+  }
+  EXPECT_FALSE(h.timer(T0 + 12s - 1ms).close_client);
+  Step s = h.timer(T0 + 12s);
+  expect_refused(s, "53400");
+  EXPECT_NE(errors_in(s.to_client)[0].message.find("limits.message_timeout_ms"), std::string::npos);
+}
+
+TEST(SessionFraming, WithoutAMessageTimeoutAClientWaitsForMemoryAsLongAsItTakes) {
+  SessionOptions o;
+  o.message_timeout = 0s;
+  SessionHarness h(o);
+  h.client(query("select 1").substr(0, 7), T0);
+  h.memory_refused(true, T0);
+  EXPECT_EQ(h.session().next_deadline(), T0 + Session::kMemoryRetry);
+  EXPECT_FALSE(h.timer(T0 + 1h).close_client);
+  EXPECT_TRUE(h.session().waits_for_memory());
 }
 
 TEST(SessionFraming, NothingIsReadAfterClosing) {

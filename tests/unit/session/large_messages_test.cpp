@@ -204,7 +204,7 @@ TEST(SessionLargeMessages, FatalErrorIsNotWrittenInsideAStreamedMessage) {
   auto server = SessionHarness::fresh_server();
   h.send(query("select big from t"), *server);
   h.server(row_description() + data_row({std::string(20000, 'x')}).substr(0, 100));
-  Step s = h.memory_exhausted();
+  Step s = h.memory_refused();
   EXPECT_TRUE(s.close_client);
   EXPECT_TRUE(s.to_client.empty());
 }

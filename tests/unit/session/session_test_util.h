@@ -502,7 +502,10 @@ class SessionHarness {
   Step notify(std::string_view message, std::size_t unsent = 0) {
     return track(session_.on_notification(message, unsent));
   }
-  Step memory_exhausted() { return track(session_.on_client_memory_exhausted()); }
+  // The client's buffer may not grow: `may_fit_later` as MemoryBudget says (Wait, not Never).
+  Step memory_refused(bool may_fit_later = false, Clock::time_point now = T0) {
+    return track(session_.on_client_memory_refused(may_fit_later, now));
+  }
 
   // ---- Whole requests ----
   // Sends `input` from the client; when the session asks for a server, links `server` (running
