@@ -13,6 +13,7 @@
 #include "proxy/handler_memory.h"
 #include "proxy/listen_hub.h"
 #include "proxy/log.h"
+#include "proxy/socket_options.h"
 #include "routing/replica_choice.h"
 
 namespace pgvalve::proxy {
@@ -759,7 +760,7 @@ void ClientSession::watch_server(session::LinkId id) {
   if (io.watching || !core_->wants_server_input(id)) return;
   // While the client has a backlog, the server's answers wait in the kernel.
   if (client_writer_.busy()) {
-    core_->set_server_paused(id, true, now());
+    pause_server(id);
     return;
   }
   io.watching = true;
@@ -827,7 +828,7 @@ void ClientSession::read_server(session::LinkId id) {
     LinkIO& io = links_[id];
     if (io.generation != generation || !io.conn || !core_->wants_server_input(id)) return;
     if (client_writer_.busy()) {  // on_drained() comes back
-      core_->set_server_paused(id, true, now());
+      pause_server(id);
       return;
     }
     if (reads == kServerReadsPerTurn) {
@@ -883,6 +884,14 @@ void ClientSession::read_server(session::LinkId id) {
   }
 }
 
+// The client has not taken what it was written: the server is not read until it has, and it
+// must take some within limits.message_timeout_ms (the core's clock, restarted by progress).
+void ClientSession::pause_server(session::LinkId id) {
+  core_->set_server_paused(id, true, now());
+  core_->client_progress(bytes_acked_by_peer(client_.socket().native_handle()), now());
+  arm_timer();
+}
+
 // ---- Deadlines -------------------------------------------------------------------------------
 
 void ClientSession::arm_timer() {
@@ -897,6 +906,11 @@ void ClientSession::arm_timer() {
     if (ec || self->closed_) return;
     Step step(*self->worker_);
     self->timer_at_ = session::Clock::time_point::max();
+    if (self->client_writer_.busy()) {
+      // What the client took since the last look restarts the clock of its paused servers.
+      self->core_->client_progress(bytes_acked_by_peer(self->client_.socket().native_handle()),
+                                   self->now());
+    }
     self->carry_out(self->core_->on_timer(self->now()), Source::Event);
     self->arm_timer();
     // Nothing left to time (a client gone idle): it keeps no timer.

@@ -247,6 +247,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   void watch_server(session::LinkId id);
   void arm_server_arrival(session::LinkId id);
   void read_server(session::LinkId id);
+  void pause_server(session::LinkId id);
   void post_read_server(session::LinkId id);
   void arm_timer();
   // ---- Moving to another worker (worker_balance.h) ----

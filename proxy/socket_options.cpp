@@ -4,6 +4,8 @@
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 
+#include <cstddef>
+
 namespace pgvalve::proxy {
 
 namespace {
@@ -48,6 +50,26 @@ bool has_client_options(int fd) {
          && has_int(fd, IPPROTO_TCP, TCP_INQ, 1)
 #endif
       ;
+}
+
+// Linux's struct tcp_info up to tcpi_bytes_acked; glibc's copy of it ends before that field, and
+// <linux/tcp.h> cannot be included beside <netinet/tcp.h>.
+namespace {
+struct TcpInfoUpToBytesAcked {
+  std::uint8_t flags[8];
+  std::uint32_t counters[24];
+  std::uint64_t pacing_rate;
+  std::uint64_t max_pacing_rate;
+  std::uint64_t bytes_acked;
+};
+static_assert(offsetof(TcpInfoUpToBytesAcked, bytes_acked) == 120);
+}  // namespace
+
+std::uint64_t bytes_acked_by_peer(int fd) {
+  TcpInfoUpToBytesAcked info{};
+  socklen_t size = sizeof info;
+  if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &size) != 0 || size < sizeof info) return 0;
+  return info.bytes_acked;
 }
 
 }  // namespace pgvalve::proxy

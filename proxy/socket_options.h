@@ -5,6 +5,8 @@
 // each client as it comes.
 #pragma once
 
+#include <cstdint>
+
 namespace pgvalve::proxy {
 
 // Keepalive: a peer that vanished without closing (a device that lost power, a server behind a
@@ -16,5 +18,10 @@ void set_client_options(int fd);
 
 // Whether `fd` has them all.
 bool has_client_options(int fd);
+
+// How many bytes written to the TCP socket `fd` its peer has acknowledged (TCP_INFO's
+// tcpi_bytes_acked, Linux 4.1): once the peer's receive buffer is full it grows only as the
+// peer's application reads. 0 when the kernel does not say.
+std::uint64_t bytes_acked_by_peer(int fd);
 
 }  // namespace pgvalve::proxy

@@ -405,6 +405,9 @@ Clock::time_point Session::next_deadline() const {
   for (const auto& l : work_->links) {
     if (!l.server) continue;
     if (l.syncing) earlier(l.sync_started + options_.sync_timeout);
+    if (l.paused && options_.message_timeout.count() > 0) {
+      earlier(l.client_behind_since + options_.message_timeout);
+    }
     if (options_.query_timeout.count() > 0 && l.owes_answer() && !l.paused) {
       earlier(l.last_activity + options_.query_timeout);
     }
@@ -422,7 +425,17 @@ void Session::set_server_paused(LinkId id, bool paused, Clock::time_point now) {
   if (!linked(id)) return;
   Link& l = link(id);
   if (l.paused && !paused) l.last_activity = now;
+  if (!l.paused && paused) l.client_behind_since = now;
   l.paused = paused;
+}
+
+void Session::client_progress(std::uint64_t taken, Clock::time_point now) {
+  if (!work_) return;
+  for (auto& l : work_->links) {
+    if (!l.server || !l.paused || l.client_taken == taken) continue;
+    l.client_taken = taken;
+    l.client_behind_since = now;
+  }
 }
 
 // ---- Login ---------------------------------------------------------------------------------
@@ -1131,6 +1144,19 @@ const Actions& Session::on_timer(Clock::time_point now) {
                     "again, or raise the timeout if such queries are expected",
                 LinkOp::Kind::CancelAndClose, out);
       continue;
+    }
+    if (l.paused && options_.message_timeout.count() > 0 &&
+        now >= l.client_behind_since + options_.message_timeout) {
+      // Its server would wait for it as long as it liked, and every other client for a server.
+      out.server_given_up = "limits.message_timeout_ms (its client took none of its results)";
+      close_with("08P01",
+                 "pgvalve: the client took none of the results written to it for "
+                 "limits.message_timeout_ms (" +
+                     millis(options_.message_timeout) +
+                     ") while it held a server; its query was cancelled; read results as they "
+                     "come, or raise limits.message_timeout_ms",
+                 out);
+      return out;
     }
     if (holds_idle_transaction(l) && options_.idle_transaction_timeout.count() > 0 &&
         now >= held_since_ + options_.idle_transaction_timeout) {

@@ -217,8 +217,14 @@ class Session {
   const Actions& on_kill(std::string_view message);
 
   // pgvalve stops reading the link's server while the client has not read what it got (and
-  // starts again once it has): that time is not the server's silence (query_timeout).
+  // starts again once it has): that time is not the server's silence (query_timeout). A client
+  // that takes nothing of it for limits.message_timeout_ms is disconnected (08P01) and the
+  // server cancelled and closed: it would hold the server for as long as it liked.
   void set_server_paused(LinkId link, bool paused, Clock::time_point now);
+  // How many bytes written to the client it has taken so far (any count that grows as it reads:
+  // the I/O layer's TCP_INFO bytes_acked), told when a link is paused and when a timer fires
+  // while one is: a count that moved restarts the links' message_timeout clock.
+  void client_progress(std::uint64_t taken, Clock::time_point now);
   // pgvalve stops reading the client while a server has not taken what it was sent (and starts
   // again once it has): that time is not the client's silence (idle_transaction_timeout).
   void set_client_held(bool held, Clock::time_point now) {

@@ -178,7 +178,11 @@ struct Link {
   bool reserved = false;         // linked for a request that is not planned yet: not released
   bool pin_check_holds = false;  // the running pin check found state
   bool paused = false;           // not read while the client catches up
-  bool held_back = false;        // not read while a streamed merge waits for other shards
+  // While paused: when the client last took output (or the pause began), and how much it had
+  // taken then (Session::client_progress).
+  Clock::time_point client_behind_since{};
+  std::uint64_t client_taken = 0;
+  bool held_back = false;  // not read while a streamed merge waits for other shards
   // Linked for a route that may write while reads go to replicas: at the end of its transaction
   // the client's read-your-writes mark moves (routing.read_your_writes).
   bool may_write = false;

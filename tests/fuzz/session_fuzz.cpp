@@ -1253,6 +1253,8 @@ class Harness {
             step(session_.on_client_memory_refused((b & 4) != 0, now_), Source::Event, {}, in);
           } else if (b % 4 == 1) {
             session_.on_client_memory_granted(now_);
+          } else if (b % 4 == 2) {
+            session_.client_progress(b, now_);
           }
           break;
         case 14:

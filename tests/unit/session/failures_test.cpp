@@ -205,7 +205,9 @@ TEST(SessionFailures, QueryTimeoutFollowsCopyDataTheClientSends) {
 }
 
 TEST(SessionFailures, QueryTimeoutDoesNotCountTimeTheClientTakesToRead) {
-  SessionHarness h(with_query_timeout(30s));
+  SessionOptions o = with_query_timeout(30s);
+  o.message_timeout = 0s;  // the client's own clock (below) is not what this is about
+  SessionHarness h(o);
   auto server = SessionHarness::fresh_server();
   h.send(query("select * from big"), *server, nullptr, T0);
   h.answer(row_description(), T0 + 1s);
@@ -219,6 +221,67 @@ TEST(SessionFailures, QueryTimeoutDoesNotCountTimeTheClientTakesToRead) {
   Step s = h.timer(T0 + 150s);
   EXPECT_EQ(s.ops.size(), 1u);
   EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+}
+
+// A client that takes none of its results holds its server for as long as it likes (pgvalve
+// stops reading the server, which then blocks): limits.message_timeout_ms bounds it.
+TEST(SessionFailures, AClientThatTakesNoneOfItsResultsForTheMessageTimeoutIsCut) {
+  SessionOptions o;
+  o.message_timeout = 10s;
+  SessionHarness h(o);
+  auto server = SessionHarness::fresh_server();
+  h.send(query("select * from big"), *server, nullptr, T0);
+  h.answer(row_description(), T0 + 1s);
+  h.session().set_server_paused(0, true, T0 + 2s);
+  h.session().client_progress(5000, T0 + 2s);
+  EXPECT_EQ(h.session().next_deadline(), T0 + 12s);
+  // Looked at again: it took nothing more.
+  h.session().client_progress(5000, T0 + 11s);
+  EXPECT_FALSE(h.timer(T0 + 11s).close_client);
+  Step s = h.timer(T0 + 12s);
+  EXPECT_TRUE(s.close_client);
+  EXPECT_EQ(sqlstates_in(s.to_client), "08P01");
+  ASSERT_EQ(s.ops.size(), 1u);
+  EXPECT_EQ(s.ops[0].kind, LinkOp::Kind::CancelAndClose);  // the query still runs there
+  EXPECT_EQ(h.session().link_count(), 0u);
+}
+
+TEST(SessionFailures, AClientThatTakesSomeOfItsResultsRestartsTheMessageTimeout) {
+  SessionOptions o;
+  o.message_timeout = 10s;
+  SessionHarness h(o);
+  auto server = SessionHarness::fresh_server();
+  h.send(query("select * from big"), *server, nullptr, T0);
+  h.answer(row_description(), T0 + 1s);
+  h.session().set_server_paused(0, true, T0 + 2s);
+  h.session().client_progress(5000, T0 + 2s);
+  // Slowly, but it reads: every look finds more taken, for far longer than the timeout.
+  for (int i = 1; i <= 10; ++i) {
+    const auto t = T0 + 2s + std::chrono::seconds(10 * i);
+    h.session().client_progress(5000 + i, t);
+    ASSERT_FALSE(h.timer(t).close_client) << i;
+    EXPECT_EQ(h.session().next_deadline(), t + 10s);
+  }
+  // It caught up: the server is read again and the clock is off.
+  h.session().set_server_paused(0, false, T0 + 200s);
+  EXPECT_EQ(h.session().next_deadline(), Clock::time_point::max());
+  EXPECT_FALSE(h.timer(T0 + 300s).close_client);
+  // Behind again later: a new clock from then.
+  h.session().set_server_paused(0, true, T0 + 400s);
+  h.session().client_progress(5010, T0 + 400s);
+  EXPECT_EQ(h.session().next_deadline(), T0 + 410s);
+}
+
+TEST(SessionFailures, NoLimitOnAClientTakingItsResultsWhenTheMessageTimeoutIsOff) {
+  SessionOptions o;
+  o.message_timeout = 0s;
+  SessionHarness h(o);
+  auto server = SessionHarness::fresh_server();
+  h.send(query("select * from big"), *server, nullptr, T0);
+  h.answer(row_description(), T0 + 1s);
+  h.session().set_server_paused(0, true, T0 + 2s);
+  EXPECT_EQ(h.session().next_deadline(), Clock::time_point::max());
+  EXPECT_FALSE(h.timer(T0 + 1000s).close_client);
 }
 
 TEST(SessionFailures, NoQueryTimeoutWhenOff) {
