@@ -39,6 +39,10 @@ struct User {
   bool admin = false;
 };
 
+// The most server connections one pool may have (pool_size + max_overflow): far more than a
+// PostgreSQL server accepts, and small enough that the pool's counts never overflow an int.
+inline constexpr int kMaxPoolConnections = 100000;
+
 struct PoolSettings {
   PoolMode mode = PoolMode::Transaction;
   int pool_size = 20;

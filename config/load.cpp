@@ -299,6 +299,7 @@ class Loader {
 
   void read_root(const YAML::Node& root, Config& c);
   void refuse_what_does_not_work_yet(const YAML::Node& root, const Config& c);
+  void check_pool_connections(const YAML::Node& root, const PoolSettings& pool);
 
  private:
   using Reader = std::function<void(const YAML::Node& value, const std::string& path)>;
@@ -1119,6 +1120,7 @@ void Loader::read_root(const YAML::Node& root, Config& c) {
                       });
            })},
       });
+  check_pool_connections(root, c.pool);
   if (!present.contains("users")) {
     error("users", root, "required: at least one user");
   }
@@ -1148,6 +1150,24 @@ void Loader::read_root(const YAML::Node& root, Config& c) {
     error("admin_listen", root["admin_listen"] ? pos_of(root["admin_listen"]) : pos_of(root),
           "conflicts with listen (" + c.listen.to_string() + "): use another port");
   }
+}
+
+// Summed in 64 bits: each may be up to INT_MAX.
+void Loader::check_pool_connections(const YAML::Node& root, const PoolSettings& pool) {
+  const std::int64_t most = std::int64_t{pool.pool_size} + pool.max_overflow;
+  if (most <= kMaxPoolConnections || failed("pool.pool_size") || failed("pool.max_overflow")) {
+    return;
+  }
+  // At the larger of the two, as written in the file.
+  const YAML::Node section = root["pool"];
+  const bool size_larger = pool.pool_size >= pool.max_overflow;
+  const char* key = size_larger ? "pool_size" : "max_overflow";
+  const YAML::Node at = section && section.IsMap() && section[key] ? section[key] : root;
+  error(std::string("pool.") + key, at,
+        "pool_size (" + std::to_string(pool.pool_size) + ") + max_overflow (" +
+            std::to_string(pool.max_overflow) + ") is " + std::to_string(most) +
+            ", more than the " + std::to_string(kMaxPoolConnections) +
+            " server connections a pool may have; lower pool.pool_size or pool.max_overflow");
 }
 
 // Keys of DESIGN.md §3 that pgvalve reads and validates but does not carry out yet. Each is

@@ -173,6 +173,23 @@ stats:
   EXPECT_EQ(result.errors.size(), 9u) << dump(result);
 }
 
+TEST(Errors, APoolOfMoreThanAHundredThousandConnectionsIsRefused) {
+  // The sum would overflow an int (a pool that never opens a connection).
+  LoadResult result = load_with("pool:\n  pool_size: 2147483647\n");
+  EXPECT_TRUE(has_error(result, "pool.pool_size", 9,
+                        "pool_size (2147483647) + max_overflow (30) is 2147483677, more than the "
+                        "100000 server connections a pool may have"));
+  EXPECT_EQ(result.errors.size(), 1u) << dump(result);
+  result = load_with("pool:\n  pool_size: 2147483647\n  max_overflow: 2147483647\n");
+  EXPECT_TRUE(has_error(result, "pool.pool_size", 9, "is 4294967294"));
+  // At the larger of the two, and named by both.
+  result = load_with("pool:\n  pool_size: 10\n  max_overflow: 99991\n");
+  EXPECT_TRUE(
+      has_error(result, "pool.max_overflow", 10, "lower pool.pool_size or pool.max_overflow"));
+  // The bound itself is accepted.
+  test::load_ok(std::string(kMinimal) + "pool:\n  pool_size: 50000\n  max_overflow: 50000\n");
+}
+
 TEST(Errors, SessionPinningTimeoutsAndMessageLimitsWrongTypes) {
   const LoadResult result = load_with(R"(pool:
   pin_session_state: sometimes
