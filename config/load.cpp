@@ -195,6 +195,144 @@ bool valid_ipv6(std::string_view host) {
                      [](char c) { return is_hex(c) || c == ':' || c == '.'; });
 }
 
+// A numeric IPv4 address as the resolver (inet_aton) reads it, which is where pgvalve connects:
+// one to four parts, each decimal, octal (leading 0) or hex (0x), the last filling the bytes
+// left (127.1 is 127.0.0.1, 127.0.0.010 is 127.0.0.8). In host order.
+std::optional<std::uint32_t> ipv4_address(std::string_view host) {
+  std::array<std::uint64_t, 4> parts{};
+  std::size_t count = 0;
+  while (true) {
+    if (count == 4 || host.empty()) return std::nullopt;
+    int base = 10;
+    if (host.size() > 1 && host[0] == '0' && (host[1] == 'x' || host[1] == 'X')) {
+      base = 16;
+      host.remove_prefix(2);
+    } else if (host.size() > 1 && host[0] == '0' && host[1] != '.') {
+      base = 8;
+      host.remove_prefix(1);
+    }
+    const auto [end, ec] =
+        std::from_chars(host.data(), host.data() + host.size(), parts[count], base);
+    if (ec == std::errc::result_out_of_range) return std::nullopt;
+    // "0x" alone is 0 to inet_aton.
+    if (end == host.data() && !(base == 16 && (host.empty() || host[0] == '.'))) {
+      return std::nullopt;
+    }
+    ++count;
+    host.remove_prefix(static_cast<std::size_t>(end - host.data()));
+    if (host.empty()) break;
+    if (host[0] != '.') return std::nullopt;
+    host.remove_prefix(1);
+  }
+  std::uint64_t address = 0;
+  for (std::size_t i = 0; i + 1 < count; ++i) {
+    if (parts[i] > 255) return std::nullopt;
+    address |= parts[i] << (8 * (3 - i));
+  }
+  const std::uint64_t last = parts[count - 1];
+  if (last >= (std::uint64_t{1} << (8 * (5 - count)))) return std::nullopt;
+  return static_cast<std::uint32_t>(address | last);
+}
+
+// An IPv6 address (without its zone) as its 16 bytes.
+std::optional<std::array<std::uint8_t, 16>> ipv6_address(std::string_view text) {
+  std::vector<std::uint16_t> head, tail;
+  bool gap = false;
+  std::optional<std::uint32_t> v4;  // a dotted IPv4 address as the last 32 bits
+  std::vector<std::uint16_t>* side = &head;
+  if (text.starts_with("::")) {
+    gap = true;
+    side = &tail;
+    text.remove_prefix(2);
+  }
+  while (!text.empty()) {
+    const std::size_t colon = text.find(':');
+    const std::string_view group = text.substr(0, colon);
+    if (group.find('.') != std::string_view::npos) {
+      if (colon != std::string_view::npos) return std::nullopt;
+      const auto [a, b, c, d] = ipv4_literal(group).value_or(std::array<int, 4>{-1, 0, 0, 0});
+      if (a < 0) return std::nullopt;
+      v4 = static_cast<std::uint32_t>(a) << 24 | static_cast<std::uint32_t>(b) << 16 |
+           static_cast<std::uint32_t>(c) << 8 | static_cast<std::uint32_t>(d);
+      break;
+    }
+    std::uint16_t value = 0;
+    const auto [end, ec] = std::from_chars(group.data(), group.data() + group.size(), value, 16);
+    if (group.empty() || group.size() > 4 || ec != std::errc() ||
+        end != group.data() + group.size()) {
+      return std::nullopt;
+    }
+    side->push_back(value);
+    if (colon == std::string_view::npos) break;
+    text.remove_prefix(colon + 1);
+    if (text.starts_with(":")) {
+      if (gap) return std::nullopt;
+      gap = true;
+      side = &tail;
+      text.remove_prefix(1);
+    } else if (text.empty()) {
+      return std::nullopt;
+    }
+  }
+  if (v4) {
+    side->push_back(static_cast<std::uint16_t>(*v4 >> 16));
+    side->push_back(static_cast<std::uint16_t>(*v4 & 0xffff));
+  }
+  const std::size_t groups = head.size() + tail.size();
+  if (gap ? groups > 7 : groups != 8) return std::nullopt;
+  std::array<std::uint8_t, 16> bytes{};
+  const auto put = [&](std::size_t at, std::uint16_t value) {
+    bytes[2 * at] = static_cast<std::uint8_t>(value >> 8);
+    bytes[2 * at + 1] = static_cast<std::uint8_t>(value & 0xff);
+  };
+  for (std::size_t i = 0; i < head.size(); ++i)
+    put(i, head[i]);
+  for (std::size_t i = 0; i < tail.size(); ++i)
+    put(8 - tail.size() + i, tail[i]);
+  return bytes;
+}
+
+// The server an endpoint reaches, as far as its text tells without a DNS lookup: host names
+// without case or a final dot, numeric IPv4 addresses as the resolver reads them, IPv6
+// addresses in one spelling, and every loopback address (127.x.x.x, ::1, localhost) as this
+// machine. Two names of one address are not found.
+std::string server_identity(const Endpoint& ep) {
+  const std::string port = ":" + std::to_string(ep.port);
+  std::string host = ep.host;
+  std::transform(host.begin(), host.end(), host.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  if (host.size() > 1 && host.back() == '.') host.pop_back();
+  if (host == "localhost") return "loopback" + port;
+  const auto ipv4 = [&](std::uint32_t address) {
+    if (address >> 24 == 127) return "loopback" + port;
+    return std::to_string(address >> 24) + "." + std::to_string((address >> 16) & 255) + "." +
+           std::to_string((address >> 8) & 255) + "." + std::to_string(address & 255) + port;
+  };
+  if (const auto v4 = ipv4_address(host)) return ipv4(*v4);
+  const std::size_t zone = host.find('%');
+  if (const auto v6 = ipv6_address(std::string_view(host).substr(0, zone))) {
+    const std::array<std::uint8_t, 16>& b = *v6;
+    const auto zeros = [&](std::size_t n) {
+      return std::all_of(b.begin(), b.begin() + static_cast<std::ptrdiff_t>(n),
+                         [](std::uint8_t x) { return x == 0; });
+    };
+    if (zeros(15) && b[15] == 1) return "loopback" + port;
+    if (zeros(10) && b[10] == 0xff && b[11] == 0xff) {  // IPv4-mapped
+      return ipv4(std::uint32_t{b[12]} << 24 | std::uint32_t{b[13]} << 16 |
+                  std::uint32_t{b[14]} << 8 | b[15]);
+    }
+    std::string text = "[";
+    for (std::size_t i = 0; i < 16; i += 2) {
+      char group[8];
+      const auto [end, ec] = std::to_chars(group, group + sizeof group, b[i] << 8 | b[i + 1], 16);
+      text.append(group, end);
+      text += i < 14 ? ":" : "";
+    }
+    return text + (zone == std::string::npos ? "" : host.substr(zone)) + "]" + port;
+  }
+  return host + port;
+}
+
 // "host:port", "[v6]:port". Returns the problem, or "" when `out` is set.
 std::string parse_endpoint(std::string_view text, Endpoint& out) {
   std::string_view host;
@@ -769,13 +907,24 @@ void Loader::read_shards(const YAML::Node& node, const std::string& path, std::v
     error(path, node, "at least one shard is required");
     return;
   }
-  std::map<std::string, std::string> names;      // shard name -> its path
-  std::map<std::string, std::string> endpoints;  // "host:port" -> where it was first used
-  // One server cannot be two shards, nor a shard's primary and its replica.
+  std::map<std::string, std::string> names;  // shard name -> its path
+  struct Claimed {
+    std::string path;
+    Endpoint as;  // as written there
+  };
+  std::map<std::string, Claimed> servers;  // server_identity() -> where it was first used
+  // One server cannot be two shards, nor a shard's primary and its replica: each would get its
+  // own pool and health checks, and a read over every shard would count its rows twice.
   auto claim = [&](const Endpoint& ep, const std::string& ep_path, Pos at) {
-    const auto [it, inserted] = endpoints.emplace(ep.to_string(), ep_path);
-    if (!inserted) {
-      error(ep_path, at, ep.to_string() + " is already used by " + it->second);
+    const auto [it, inserted] = servers.emplace(server_identity(ep), Claimed{ep_path, ep});
+    if (inserted) return;
+    const Claimed& first = it->second;
+    if (first.as == ep) {
+      error(ep_path, at, ep.to_string() + " is already used by " + first.path);
+    } else {
+      error(ep_path, at,
+            ep.to_string() + " is the same server as " + first.as.to_string() +
+                ", already used by " + first.path);
     }
   };
   for (std::size_t i = 0; i < node.size(); ++i) {

@@ -428,6 +428,47 @@ databases:
   EXPECT_EQ(result.errors.size(), 4u) << dump(result);
 }
 
+TEST(Errors, OneServerWrittenTwoWaysIsStillOneServer) {
+  const LoadResult result = load_design(R"(users: [{name: app, password: pw}]
+databases:
+  telemetry:
+    shards:
+      - primary: 127.0.0.1:5432
+        replicas: ["[::1]:5433", 10.0.0.7:5432, "[2001:db8::1]:5432", DB1.example:5432]
+      - primary: localhost:5432
+        replicas: [127.0.0.2:5433, 127.0.0.01:5434, "[::ffff:10.0.0.7]:5432"]
+      - primary: "[2001:DB8:0::1]:5432"
+        replicas: [db1.example.:5432, LOCALHOST:5434, 127.1:5435]
+      - primary: 10.0.0.8:5432
+        replicas: [10.0.0.7:5433, db2.example:5432, 127.0.0.1:5435, 10.0.0.010:5432, 10.0.0.10:5432]
+    sharding:
+      key: device_id
+)");
+  const std::string s = "databases.telemetry.shards";
+  EXPECT_TRUE(has_error(
+      result, s + "[1].primary", 7,
+      "localhost:5432 is the same server as 127.0.0.1:5432, already used by " + s + "[0].primary"));
+  EXPECT_TRUE(has_error(
+      result, s + "[1].replicas[0]", 8,
+      "127.0.0.2:5433 is the same server as [::1]:5433, already used by " + s + "[0].replicas[0]"));
+  EXPECT_TRUE(has_error(result, s + "[1].replicas[2]", 8,
+                        "[::ffff:10.0.0.7]:5432 is the same server as 10.0.0.7:5432"));
+  EXPECT_TRUE(has_error(result, s + "[2].primary", 9,
+                        "[2001:DB8:0::1]:5432 is the same server as [2001:db8::1]:5432"));
+  EXPECT_TRUE(has_error(result, s + "[2].replicas[0]", 10,
+                        "db1.example.:5432 is the same server as DB1.example:5432"));
+  EXPECT_TRUE(has_error(result, s + "[2].replicas[1]", 10,
+                        "LOCALHOST:5434 is the same server as 127.0.0.01:5434, already used by " +
+                            s + "[1].replicas[1]"));
+  EXPECT_TRUE(has_error(result, s + "[3].replicas[2]", 12,
+                        "127.0.0.1:5435 is the same server as 127.1:5435"));
+  // A leading 0 is octal to the resolver: 10.0.0.8.
+  EXPECT_TRUE(has_error(result, s + "[3].replicas[3]", 12,
+                        "10.0.0.010:5432 is the same server as 10.0.0.8:5432"));
+  // Other ports, addresses and names are other servers.
+  EXPECT_EQ(result.errors.size(), 8u) << dump(result);
+}
+
 TEST(Errors, SeveralShardsNeedASharding) {
   const LoadResult result = load_design(R"(users: [{name: app, password: pw}]
 databases:
