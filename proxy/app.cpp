@@ -641,9 +641,14 @@ std::vector<std::shared_ptr<ListenHub>> App::listen_hubs_for(const config::Datab
       login.user = user.name;
       login.password = user.server_password;
       login.dbname = db.dbname;
-      login.max_message_bytes = static_cast<std::size_t>(config()->limits.max_message_bytes);
-      login.allow_insecure_auth = config()->server_allow_insecure_auth;
-      login.tls = server_tls();
+      // A reconnect follows a reload, as the pools' new connections do.
+      auto rules = [this](ServerLogin& l) {
+        const config::ConfigPtr now = config();
+        l.max_message_bytes = static_cast<std::size_t>(now->limits.max_message_bytes);
+        l.allow_insecure_auth = now->server_allow_insecure_auth;
+        l.tls = server_tls();
+      };
+      rules(login);
       // Reconnects go to the primary the health checks see (after a failover, not the one in
       // the file).
       auto primary = [this, database = db.name,
@@ -664,7 +669,7 @@ std::vector<std::shared_ptr<ListenHub>> App::listen_hubs_for(const config::Datab
         return std::nullopt;
       };
       hub = std::make_shared<ListenHub>(control_, db.name, shard.name, std::move(login),
-                                        std::move(primary));
+                                        std::move(primary), std::move(rules));
     }
     hubs.push_back(hub);
   }

@@ -1487,13 +1487,15 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::open_server(
   ServerLogin login;
   login.host = pool.key().host;
   login.user = user();
-  // The password of the configuration now: a reload that rotated it applies to the servers
-  // this client opens from now on (its own login was checked against the old one).
-  const config::User* rotated = app_.config()->find_user(user());
+  // The configuration now, not the one of this client's login: the connection joins a pool
+  // other clients share, and a reload may have rotated the password (its own login was checked
+  // against the old one) or forbidden sending it without TLS.
+  const config::ConfigPtr current = app_.config();
+  const config::User* rotated = current->find_user(user());
   login.password = rotated ? rotated->server_password : profile_->user->server_password;
   login.dbname = profile_->database->dbname;
-  login.max_message_bytes = static_cast<std::size_t>(config().limits.max_message_bytes);
-  login.allow_insecure_auth = config().server_allow_insecure_auth;
+  login.max_message_bytes = static_cast<std::size_t>(current->limits.max_message_bytes);
+  login.allow_insecure_auth = current->server_allow_insecure_auth;
   login.tls = app_.server_tls();
   const auto remaining = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now());
   login.timeout = std::max(std::chrono::milliseconds(1000), remaining);

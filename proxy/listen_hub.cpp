@@ -23,12 +23,13 @@ std::string quoted(std::string_view channel) {
 }  // namespace
 
 ListenHub::ListenHub(asio::io_context& context, std::string database, std::string shard,
-                     ServerLogin login, Primary primary)
+                     ServerLogin login, Primary primary, Rules rules)
     : context_(context),
       database_(std::move(database)),
       shard_(std::move(shard)),
       login_(std::move(login)),
       primary_(std::move(primary)),
+      rules_(std::move(rules)),
       target_(login_.host) {}
 
 void ListenHub::listen(std::shared_ptr<NotificationSink> sink, std::string channel, Done done) {
@@ -204,6 +205,7 @@ asio::awaitable<bool> ListenHub::serve_one_connection() {
   ServerFailure failure;
   ServerLogin login = login_;
   login.host = next_host();
+  if (rules_) rules_(login);
   ++connection_;
   subscribed_ = moving_ = drained_ = false;
   server_ = co_await open_server_connection(login, failure);

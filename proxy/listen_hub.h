@@ -41,11 +41,15 @@ class ListenHub : public std::enable_shared_from_this<ListenHub> {
   // switchover's pause), when the hub keeps the last one it knew.
   using Primary = std::function<std::optional<config::Endpoint>()>;
 
+  // Sets what the configuration says now in a login (TLS to the server, whether a password may
+  // go without it), so that a reconnect follows a reload.
+  using Rules = std::function<void(ServerLogin&)>;
+
   // `database` and `shard` are pgvalve's names of what `login` reaches.
   // `primary` names the host to (re)connect to at each connection, so the hub follows a
-  // failover; login.host until it names one.
+  // failover; login.host until it names one. `rules` is asked before each connection.
   ListenHub(asio::io_context& context, std::string database, std::string shard, ServerLogin login,
-            Primary primary = {});
+            Primary primary = {}, Rules rules = {});
 
   // From any thread.
   void listen(std::shared_ptr<NotificationSink> sink, std::string channel, Done done);
@@ -88,6 +92,7 @@ class ListenHub : public std::enable_shared_from_this<ListenHub> {
   const std::string shard_;
   const ServerLogin login_;
   const Primary primary_;
+  const Rules rules_;
   config::Endpoint target_;   // where the hub should listen
   bool told_target_ = false;  // target_ came from move_to(), ahead of the health checks
   std::unique_ptr<ServerConnection> server_;

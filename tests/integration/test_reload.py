@@ -332,3 +332,51 @@ def test_a_rotated_password_reaches_servers_opened_for_clients_logged_in_before(
             after.execute("notify rotated, 'hello'")
         assert drain_notifies(before, 1, timeout=5) == [("rotated", "hello")]
     assert "sqlstate=28P01" not in new_log(pv, offset)
+
+
+def test_a_reload_that_forbids_insecure_auth_applies_to_clients_logged_in_before(pgvalve,
+                                                                                  cluster):
+    """server_allow_insecure_auth turned off by a reload: the server logins a client that logged
+    in before makes from then on do not send its password in clear text either (they follow
+    the configuration now, as the rotated password does)."""
+    from itutil import APP_AND_OPS, OPS_PASSWORD, OPS_USER
+    from test_limits import assert_pgvalve_message
+    cluster.primary.psql("DROP ROLE IF EXISTS cleartext")
+    cluster.create_user("cleartext", "clear-pw")
+    hba = cluster.primary.datadir / "pg_hba.conf"
+    before = hba.read_text()
+    hba.write_text("host all cleartext 127.0.0.1/32 password\n" + before)
+    cluster.primary.psql("select pg_reload_conf()")
+    try:
+        users = APP_AND_OPS + [{"name": "cleartext", "password": "clear-pw"}]
+        pv = pgvalve(mode="transaction", pool_size=2, users=users,
+                     server_allow_insecure_auth=True)
+        with psycopg.connect(pv.dsn(user="cleartext", password="clear-pw"),
+                             autocommit=True) as old:
+            assert old.execute("select current_user").fetchone() == ("cleartext",)
+            old.execute("listen reloaded")  # its shared LISTEN connection logs in in clear text
+            cfg = copy.deepcopy(pv.config)
+            cfg["server_allow_insecure_auth"] = False
+            offset = len(pv.log_text())
+            pv.reload(cfg)
+            wait_until(lambda: "reload_ok" in new_log(pv, offset), 5, message="reload applied")
+            with psycopg.connect(pv.dsn(user=OPS_USER, password=OPS_PASSWORD,
+                                        dbname="pgvalve"), autocommit=True) as admin:
+                admin.execute("RECONNECT")  # the pooled connection goes; the next is a login
+            with pytest.raises(psycopg.Error) as e:
+                old.execute("select 1")
+            assert e.value.sqlstate == "28000", e.value
+            assert "server_allow_insecure_auth" in str(e.value)
+            assert_pgvalve_message(str(e.value))
+            assert not old.closed
+            # So does the LISTEN connection when it logs in again.
+            offset = len(pv.log_text())
+            cluster.primary.psql("select pg_terminate_backend(pid) from pg_stat_activity "
+                                 "where usename = 'cleartext'")
+            wait_until(lambda: "event=listen_connection_failed" in new_log(pv, offset), 10,
+                       message="the LISTEN connection's new login refused")
+            assert "server_allow_insecure_auth" in new_log(pv, offset)
+            assert "event=listen_connection_open" not in new_log(pv, offset)
+    finally:
+        hba.write_text(before)
+        cluster.primary.psql("select pg_reload_conf()")
