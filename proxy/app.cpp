@@ -160,6 +160,12 @@ std::shared_ptr<const ClientProfile> App::shared_profile(const ClientProfile& lo
   made->database = &db;
   made->sharding = std::move(sharding);
   made->options = std::move(options);
+  // Equal lists share cached decisions across reloads; a changed list gets an id of its own.
+  const auto& list = login.config->routing.write_functions;
+  made->write_functions_id =
+      write_functions_ids_
+          .try_emplace(list, static_cast<std::uint32_t>(write_functions_ids_.size() + 1))
+          .first->second;
   slot = made;
   if (profiles_.size() >= profiles_next_sweep_) {
     // Profiles no client holds any more are forgotten once the table has doubled.
@@ -824,11 +830,6 @@ bool App::reload() {
     retire_pools_not_in(*next);
     move_listeners({}, {}, std::nullopt, {});  // to a primary the file moved
   });
-  // Read/write decisions depend on routing.write_functions.
-  if (next->routing.write_functions != current->routing.write_functions) {
-    for (auto& w : workers_)
-      asio::post(w->context, [w = w.get()] { w->decisions.clear(); });
-  }
   PGV_LOG(Info, "reload_ok", {"file", next->source_path});
   return true;
 }

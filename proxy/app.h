@@ -367,6 +367,8 @@ class App : public pool::Handoff {
   // shared_profile()'s, by configuration, users, user and database; under sharding_mutex_.
   using ProfileKey = std::tuple<const void*, const void*, std::string, std::string>;
   std::map<ProfileKey, std::weak_ptr<const ClientProfile>> profiles_;
+  // One id per routing.write_functions list ever configured (a handful); under sharding_mutex_.
+  std::map<std::vector<std::string>, std::uint32_t> write_functions_ids_;
   std::size_t profiles_next_sweep_ = 64;
   std::atomic<int> clients_{0};
   mutable std::mutex door_mutex_;  // taken once per accept and once per close

@@ -411,6 +411,7 @@ asio::awaitable<bool> ClientSession::start_session(const StartupParameters& star
     routing::RoutingPolicy policy;
     policy.split = r.read_write_split && r.reads != config::ReadsTo::Primary && replicas;
     policy.write_functions = &r.write_functions;
+    policy.write_functions_id = profile_->write_functions_id;
     if (const auto& sharding = profile_->sharding) {
       policy.sharding = &sharding->policy;
       policy.sharding_id = sharding->id;

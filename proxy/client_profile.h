@@ -5,6 +5,7 @@
 // pointer to it instead of a copy.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -25,6 +26,8 @@ struct ClientProfile {
   const config::Database* database = nullptr;
   std::shared_ptr<const session::DatabaseSharding> sharding;  // null: one shard
   std::shared_ptr<const session::SessionOptions> options;
+  // routing.write_functions as of the login (routing::RoutingPolicy::write_functions_id).
+  std::uint32_t write_functions_id = 0;
 };
 
 }  // namespace pgvalve::proxy

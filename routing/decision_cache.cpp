@@ -17,16 +17,17 @@ DecisionCache::DecisionCache(std::size_t capacity) {
   mask_ = slots_.size() - 1;
 }
 
-std::size_t DecisionCache::home_slot(std::uint64_t fingerprint) const {
+std::size_t DecisionCache::home_slot(DecisionKey key) const {
   // Fingerprints are XXH3 values already; the multiply spreads tests' small keys too.
-  return static_cast<std::size_t>((fingerprint * 0x9E3779B97F4A7C15ULL) >> 17) & mask_;
+  const std::uint64_t mixed = key.fingerprint ^ (std::uint64_t{key.write_functions} << 32);
+  return static_cast<std::size_t>((mixed * 0x9E3779B97F4A7C15ULL) >> 17) & mask_;
 }
 
-std::size_t DecisionCache::find_slot(std::uint64_t fingerprint) const {
-  for (std::size_t i = home_slot(fingerprint);; i = (i + 1) & mask_) {
+std::size_t DecisionCache::find_slot(DecisionKey key) const {
+  for (std::size_t i = home_slot(key);; i = (i + 1) & mask_) {
     const std::uint32_t index = slots_[i];
     if (index == kNone) return slots_.size();
-    if (entries_[index].fingerprint == fingerprint) return i;
+    if (entries_[index].key == key) return i;
   }
 }
 
@@ -38,7 +39,7 @@ void DecisionCache::erase_slot(std::size_t slot) {
     j = (j + 1) & mask_;
     const std::uint32_t index = slots_[j];
     if (index == kNone) break;
-    const std::size_t home = home_slot(entries_[index].fingerprint);
+    const std::size_t home = home_slot(entries_[index].key);
     // The entry at j may fill the hole unless its home lies cyclically in (hole, j].
     const bool stays = hole <= j ? (hole < home && home <= j) : (hole < home || home <= j);
     if (stays) continue;
@@ -72,8 +73,8 @@ void DecisionCache::push_front(std::uint32_t index) {
   if (tail_ == kNone) tail_ = index;
 }
 
-const StatementAccess* DecisionCache::lookup(std::uint64_t fingerprint) {
-  const std::size_t slot = find_slot(fingerprint);
+const StatementAccess* DecisionCache::lookup(DecisionKey key) {
+  const std::size_t slot = find_slot(key);
   if (slot == slots_.size()) {
     ++stats_.misses;
     return nullptr;
@@ -87,8 +88,8 @@ const StatementAccess* DecisionCache::lookup(std::uint64_t fingerprint) {
   return &entries_[index].value;
 }
 
-void DecisionCache::insert(std::uint64_t fingerprint, const StatementAccess& value) {
-  if (const std::size_t slot = find_slot(fingerprint); slot != slots_.size()) {
+void DecisionCache::insert(DecisionKey key, const StatementAccess& value) {
+  if (const std::size_t slot = find_slot(key); slot != slots_.size()) {
     const std::uint32_t index = slots_[slot];
     entries_[index].value = value;
     entries_[index].shard_plan_for = 0;
@@ -102,48 +103,48 @@ void DecisionCache::insert(std::uint64_t fingerprint, const StatementAccess& val
     index = static_cast<std::uint32_t>(size_++);
   } else {
     index = tail_;
-    erase_slot(find_slot(entries_[index].fingerprint));
+    erase_slot(find_slot(entries_[index].key));
     unlink(index);
     ++stats_.evictions;
   }
-  entries_[index].fingerprint = fingerprint;
+  entries_[index].key = key;
   entries_[index].value = value;
   entries_[index].shard_plan_for = 0;
   entries_[index].scatter_plan.reset();
   push_front(index);
-  std::size_t i = home_slot(fingerprint);
+  std::size_t i = home_slot(key);
   while (slots_[i] != kNone)
     i = (i + 1) & mask_;
   slots_[i] = index;
 }
 
 const StatementAccess& DecisionCache::decide(std::string_view sql,
-                                             const std::vector<std::string>& write_functions) {
-  return decide(fingerprint(sql), sql, write_functions);
+                                             const std::vector<std::string>& write_functions,
+                                             std::uint32_t list) {
+  return decide({fingerprint(sql), list}, sql, write_functions);
 }
 
-const StatementAccess& DecisionCache::decide(std::uint64_t fp, std::string_view sql,
+const StatementAccess& DecisionCache::decide(DecisionKey key, std::string_view sql,
                                              const std::vector<std::string>& write_functions) {
-  if (const StatementAccess* cached = lookup(fp)) return *cached;
+  if (const StatementAccess* cached = lookup(key)) return *cached;
   const StatementAccess decided = decide_access(sql, write_functions);
   if (!decided.parsed) {
     uncached_ = decided;
     return uncached_;
   }
-  insert(fp, decided);
+  insert(key, decided);
   return entries_[head_].value;
 }
 
-const ShardPlan* DecisionCache::shard_plan(std::uint64_t fingerprint, std::uint32_t policy) const {
-  const std::size_t slot = find_slot(fingerprint);
+const ShardPlan* DecisionCache::shard_plan(DecisionKey key, std::uint32_t policy) const {
+  const std::size_t slot = find_slot(key);
   if (slot == slots_.size()) return nullptr;
   const Entry& e = entries_[slots_[slot]];
   return e.shard_plan_for == policy ? &e.shard_plan : nullptr;
 }
 
-void DecisionCache::set_shard_plan(std::uint64_t fingerprint, std::uint32_t policy,
-                                   const ShardPlan& plan) {
-  const std::size_t slot = find_slot(fingerprint);
+void DecisionCache::set_shard_plan(DecisionKey key, std::uint32_t policy, const ShardPlan& plan) {
+  const std::size_t slot = find_slot(key);
   if (slot == slots_.size()) return;
   Entry& e = entries_[slots_[slot]];
   e.shard_plan = plan;
@@ -151,17 +152,15 @@ void DecisionCache::set_shard_plan(std::uint64_t fingerprint, std::uint32_t poli
   e.scatter_plan.reset();
 }
 
-const ScatterPlan* DecisionCache::scatter_plan(std::uint64_t fingerprint,
-                                               std::uint32_t policy) const {
-  const std::size_t slot = find_slot(fingerprint);
+const ScatterPlan* DecisionCache::scatter_plan(DecisionKey key, std::uint32_t policy) const {
+  const std::size_t slot = find_slot(key);
   if (slot == slots_.size()) return nullptr;
   const Entry& e = entries_[slots_[slot]];
   return e.shard_plan_for == policy ? e.scatter_plan.get() : nullptr;
 }
 
-void DecisionCache::set_scatter_plan(std::uint64_t fingerprint, std::uint32_t policy,
-                                     ScatterPlan plan) {
-  const std::size_t slot = find_slot(fingerprint);
+void DecisionCache::set_scatter_plan(DecisionKey key, std::uint32_t policy, ScatterPlan plan) {
+  const std::size_t slot = find_slot(key);
   if (slot == slots_.size()) return;
   Entry& e = entries_[slots_[slot]];
   if (e.shard_plan_for != policy) return;

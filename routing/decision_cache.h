@@ -17,6 +17,16 @@
 
 namespace pgvalve::routing {
 
+// A decision depends on the statement's shape and on the routing.write_functions list it was
+// made under: sessions of two lists (before and after a reload) never share one. The list's id
+// is its owner's (RoutingPolicy::write_functions_id): one id per distinct list.
+struct DecisionKey {
+  std::uint64_t fingerprint = 0;
+  std::uint32_t write_functions = 0;
+  DecisionKey(std::uint64_t fp, std::uint32_t list = 0) : fingerprint(fp), write_functions(list) {}
+  bool operator==(const DecisionKey&) const = default;
+};
+
 class DecisionCache {
  public:
   static constexpr std::size_t kDefaultCapacity = 4096;
@@ -31,36 +41,37 @@ class DecisionCache {
   // allocate.
   explicit DecisionCache(std::size_t capacity = kDefaultCapacity);
 
-  // The cached decision for `fingerprint`, made the most recently used; nullptr on a miss.
+  // The cached decision for `key`, made the most recently used; nullptr on a miss.
   // Counts a hit or a miss. The pointer is valid until the next insert() or clear().
-  const StatementAccess* lookup(std::uint64_t fingerprint);
+  const StatementAccess* lookup(DecisionKey key);
 
   // Stores (or replaces) the decision, evicting the least recently used entry when full.
-  void insert(std::uint64_t fingerprint, const StatementAccess& value);
+  void insert(DecisionKey key, const StatementAccess& value);
 
   // fingerprint(sql), then lookup, and on a miss decide_access() and insert. A statement that
   // does not parse is answered but not cached: its literal may be what broke it (an
   // unterminated string has the fingerprint of a terminated one), and the next statement of that
   // shape deserves a parse of its own. The reference is valid until the next call of any
   // non-const member.
-  // Decisions depend on write_functions too: the owner calls clear() when that list changes.
+  // `list` is the id of `write_functions` (DecisionKey).
   const StatementAccess& decide(std::string_view sql,
-                                const std::vector<std::string>& write_functions);
+                                const std::vector<std::string>& write_functions,
+                                std::uint32_t list = 0);
   // The same with fingerprint(sql) already at hand (statistics compute it for every statement);
   // a hit then costs one table probe.
-  const StatementAccess& decide(std::uint64_t fingerprint, std::string_view sql,
+  const StatementAccess& decide(DecisionKey key, std::string_view sql,
                                 const std::vector<std::string>& write_functions);
 
   // The shard plan cached with `fingerprint`'s decision for the sharding policy `policy`
   // (RoutingPolicy::sharding_id); nullptr when there is none. set_shard_plan stores one next to
   // an entry insert() made (nothing when the entry is gone). One statement shape in two sharded
   // databases keeps the plan of the last one asked.
-  const ShardPlan* shard_plan(std::uint64_t fingerprint, std::uint32_t policy) const;
-  void set_shard_plan(std::uint64_t fingerprint, std::uint32_t policy, const ShardPlan& plan);
+  const ShardPlan* shard_plan(DecisionKey key, std::uint32_t policy) const;
+  void set_shard_plan(DecisionKey key, std::uint32_t policy, const ShardPlan& plan);
   // The scatter plan of a statement over several shards, kept with its shard plan (the same
   // policy); nullptr when none was stored.
-  const ScatterPlan* scatter_plan(std::uint64_t fingerprint, std::uint32_t policy) const;
-  void set_scatter_plan(std::uint64_t fingerprint, std::uint32_t policy, ScatterPlan plan);
+  const ScatterPlan* scatter_plan(DecisionKey key, std::uint32_t policy) const;
+  void set_scatter_plan(DecisionKey key, std::uint32_t policy, ScatterPlan plan);
 
   // Where a plan no entry could keep is made (its decision was not cached): valid until the next
   // such plan. Here, per worker, rather than in every client's Router.
@@ -90,7 +101,7 @@ class DecisionCache {
   static constexpr std::uint32_t kNone = UINT32_MAX;
 
   struct Entry {
-    std::uint64_t fingerprint = 0;
+    DecisionKey key{0};
     std::uint32_t prev = kNone;  // towards the most recently used
     std::uint32_t next = kNone;  // towards the least recently used
     StatementAccess value;
@@ -100,8 +111,8 @@ class DecisionCache {
     std::unique_ptr<ScatterPlan> scatter_plan;
   };
 
-  std::size_t home_slot(std::uint64_t fingerprint) const;
-  std::size_t find_slot(std::uint64_t fingerprint) const;  // slots_.size() when absent
+  std::size_t home_slot(DecisionKey key) const;
+  std::size_t find_slot(DecisionKey key) const;  // slots_.size() when absent
   void erase_slot(std::size_t slot);
   void unlink(std::uint32_t index);
   void push_front(std::uint32_t index);

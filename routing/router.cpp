@@ -50,7 +50,7 @@ std::string_view trimmed(std::string_view s) {
 // a statement seen before costs one lexer pass and a lookup.
 bool Router::replica_eligible(std::string_view sql, std::uint64_t known, AccessReason* why) const {
   const std::uint64_t fp = known ? known : fingerprint(sql);
-  if (const StatementAccess* known = cache_->lookup(fp)) {
+  if (const StatementAccess* known = cache_->lookup(decision_key(fp))) {
     if (why) *why = known->reason;
     return known->read;
   }
@@ -79,7 +79,7 @@ bool Router::replica_eligible(std::string_view sql, std::uint64_t known, AccessR
       verdict.reason = AccessReason::NotRead;
       break;
   }
-  cache_->insert(fp, verdict);
+  cache_->insert(decision_key(fp), verdict);
   if (why) *why = verdict.reason;
   return verdict.read;
 }
@@ -105,7 +105,7 @@ Route Router::role(std::string_view sql, std::string_view hint, const RouteConte
 }
 
 bool Router::valid_begin(std::uint64_t fingerprint) const {
-  const StatementAccess* known = cache_ ? cache_->lookup(fingerprint) : nullptr;
+  const StatementAccess* known = cache_ ? cache_->lookup(decision_key(fingerprint)) : nullptr;
   return known != nullptr && known->parsed;
 }
 
@@ -124,11 +124,12 @@ const ShardPlan& Router::shard_plan(std::string_view sql, std::uint64_t fp) cons
     }();
     return too_long;
   }
-  if (const ShardPlan* known = cache_->shard_plan(fp, policy_.sharding_id)) return *known;
+  if (const ShardPlan* known = cache_->shard_plan(decision_key(fp), policy_.sharding_id))
+    return *known;
   // The plan is stored next to the read/write decision, which replica_eligible() cached.
   ShardPlan& plan = cache_->scratch_shard_plan();
   plan = plan_shards(sql, *policy_.sharding);
-  cache_->set_shard_plan(fp, policy_.sharding_id, plan);
+  cache_->set_shard_plan(decision_key(fp), policy_.sharding_id, plan);
   return plan;
 }
 
@@ -145,7 +146,8 @@ InsertSplit Router::split_insert(std::string_view sql, const RouteContext& conte
 
 const ScatterPlan& Router::scatter_plan(std::string_view sql, std::uint64_t fp) const {
   if (cache_ != nullptr) {
-    if (const ScatterPlan* known = cache_->scatter_plan(fp, policy_.sharding_id)) return *known;
+    if (const ScatterPlan* known = cache_->scatter_plan(decision_key(fp), policy_.sharding_id))
+      return *known;
   }
   if (cache_ == nullptr) {
     thread_local ScatterPlan uncached;
@@ -154,8 +156,9 @@ const ScatterPlan& Router::scatter_plan(std::string_view sql, std::uint64_t fp) 
   }
   ScatterPlan& plan = cache_->scratch_scatter_plan();
   plan = plan_scatter(sql, *policy_.sharding);
-  cache_->set_scatter_plan(fp, policy_.sharding_id, plan);
-  if (const ScatterPlan* kept = cache_->scatter_plan(fp, policy_.sharding_id)) return *kept;
+  cache_->set_scatter_plan(decision_key(fp), policy_.sharding_id, plan);
+  if (const ScatterPlan* kept = cache_->scatter_plan(decision_key(fp), policy_.sharding_id))
+    return *kept;
   return plan;
 }
 

@@ -29,6 +29,9 @@ struct RoutingPolicy {
   // tells its shard plans apart from other databases' in the shared DecisionCache (non-zero).
   const ShardingPolicy* sharding = nullptr;
   std::uint32_t sharding_id = 0;
+  // The id of `write_functions`: the same for equal lists, different for different ones, so
+  // that the decisions cached for one list are not found by the routers of another.
+  std::uint32_t write_functions_id = 0;
 };
 
 // What the session tells the router besides the statement.
@@ -98,6 +101,10 @@ class Router {
              std::uint16_t shard) const;
   Route route_sharded(std::string_view sql, const RouteContext& context) const;
   const ShardPlan& shard_plan(std::string_view sql, std::uint64_t fingerprint) const;
+
+  DecisionKey decision_key(std::uint64_t fingerprint) const {
+    return {fingerprint, policy_.write_functions_id};
+  }
 
   int shard_count_ = 1;
   RoutingPolicy policy_;

@@ -280,6 +280,30 @@ def test_a_reload_changes_where_connected_clients_read(cluster, pgvalve):
         assert all(a != b for a, b in zip(ports, ports[1:])), ports
 
 
+def test_a_reload_that_adds_a_write_function_applies_to_clients_logging_in_after(cluster,
+                                                                                pgvalve):
+    # One worker, so that every client's decisions go through one cache: a client from before
+    # the reload keeps its list (docs: the routing keys it logged in with), a client from after
+    # has the new one, whichever of them routes a statement first.
+    pv = pgvalve(workers=1, **replicated(cluster, routing={"read_your_writes": "off"}))
+    replicas_ready(pv, cluster)
+    seen = "select pg_is_in_recovery(), inet_server_port(), random() > 2"
+    with pv.connect() as old:
+        assert where(old, seen)[0] is True
+        pv.config["routing"]["write_functions"] = ["nextval", "random"]
+        offset = len(pv.log_text())
+        pv.reload(pv.config)
+        wait_until(lambda: "reload_ok" in pv.log_text()[offset:], 5, message="reload applied")
+        assert where(old, seen)[0] is True  # the old list's decision, cached again
+        with pv.connect() as new:
+            assert [where(new, seen)[0] for _ in range(5)] == [False] * 5
+            fresh = "select pg_is_in_recovery() as a, inet_server_port() as b, random() as c"
+            assert where(new, fresh)[0] is False  # the new list's decision first
+            assert where(old, fresh)[0] is True
+            assert where(new, fresh)[0] is False
+        assert where(old, seen)[0] is True
+
+
 def test_reads_primary_keeps_every_statement_on_the_primary(cluster, pgvalve):
     pv = pgvalve(**replicated(cluster, routing={"reads": "primary"}))
     with pv.connect() as c:

@@ -203,13 +203,30 @@ TEST(DecisionCache, DecideDoesNotCacheSyntaxErrors) {
   EXPECT_EQ(cache.size(), 1u);
 }
 
-TEST(DecisionCache, ClearAfterWriteFunctionsChange) {
+TEST(DecisionCache, DecisionsUnderTwoWriteFunctionsListsAreKeptApart) {
+  // A reload added now(): sessions from before keep their list, sessions after have the new
+  // one, and neither finds the other's decision, in either order.
   DecisionCache cache;
-  EXPECT_TRUE(cache.decide("select now()", kWriteFunctions).read);
   const std::vector<std::string> reloaded = {"now"};
-  EXPECT_TRUE(cache.decide("select now()", reloaded).read);  // stale until the owner clears
-  cache.clear();
-  EXPECT_FALSE(cache.decide("select now()", reloaded).read);
+  EXPECT_TRUE(cache.decide("select now()", kWriteFunctions, 1).read);
+  EXPECT_FALSE(cache.decide("select now()", reloaded, 2).read);
+  EXPECT_TRUE(cache.decide("select now()", kWriteFunctions, 1).read);
+  EXPECT_TRUE(cache.decide("select random()", reloaded, 2).read);
+  EXPECT_EQ(cache.size(), 3u);
+  const std::uint64_t fp = fingerprint("select now()");
+  ASSERT_NE(cache.lookup({fp, 1}), nullptr);
+  ASSERT_NE(cache.lookup({fp, 2}), nullptr);
+  EXPECT_TRUE(cache.lookup({fp, 1})->read);
+  EXPECT_FALSE(cache.lookup({fp, 2})->read);
+  EXPECT_EQ(cache.lookup({fp, 3}), nullptr);
+  // Evicting one leaves the other.
+  DecisionCache small(2);
+  small.insert({7, 1}, access_with_detail("one"));
+  small.insert({7, 2}, access_with_detail("two"));
+  small.insert({8, 1}, access_with_detail("eight"));
+  EXPECT_EQ(small.lookup({7, 1}), nullptr);
+  ASSERT_NE(small.lookup({7, 2}), nullptr);
+  EXPECT_EQ(small.lookup({7, 2})->detail(), "two");
 }
 
 // Not a timed assertion: prints what a hit costs (fingerprint + lookup) for a short SELECT,

@@ -122,6 +122,28 @@ TEST(Router, FindsTheHintCommentItRoutesBy) {
   EXPECT_EQ(find_leading_hint("/* pgvalve: replica").end, 0u);
 }
 
+TEST(Router, RoutersOfTwoWriteFunctionsListsShareACacheButNotItsDecisions) {
+  // One worker's cache, the sessions of before and after a reload that made random() a write.
+  DecisionCache cache{16};
+  std::vector<std::string> before{"nextval"};
+  std::vector<std::string> after{"nextval", "random"};
+  RoutingPolicy old_policy{true, &before};
+  old_policy.write_functions_id = 1;
+  RoutingPolicy new_policy{true, &after};
+  new_policy.write_functions_id = 2;
+  const Router old_router(1, old_policy, &cache);
+  const Router new_router(1, new_policy, &cache);
+  const std::string sql = "select pg_is_in_recovery(), random() > 2";
+  EXPECT_EQ(old_router.route(sql, {}).kind, Kind::Replica);
+  EXPECT_EQ(new_router.route(sql, {}).kind, Kind::Primary);
+  EXPECT_EQ(old_router.route(sql, {}).kind, Kind::Replica);
+  // The other order, with a shape neither has seen.
+  const std::string other = "select random() as r";
+  EXPECT_EQ(new_router.route(other, {}).kind, Kind::Primary);
+  EXPECT_EQ(old_router.route(other, {}).kind, Kind::Replica);
+  EXPECT_EQ(new_router.route(other, {}).kind, Kind::Primary);
+}
+
 TEST(Router, WithoutSplittingEveryRouteIsThePrimaryAndNothingIsParsed) {
   DecisionCache cache{4};
   std::vector<std::string> wf;
