@@ -14,6 +14,17 @@ bool same_placement(const Database& a, const Database& b) {
   return true;
 }
 
+DatabaseChange database_change(const Database& before, const Database* after) {
+  if (!after) return DatabaseChange::Removed;
+  // One shard without sharding rules places nothing: its shard's name is only a name.
+  const auto sharded = [](const Database& db) { return db.sharding && db.shards.size() > 1; };
+  if ((sharded(before) || sharded(*after)) && !same_placement(before, *after)) {
+    return DatabaseChange::ShardMap;
+  }
+  if (before.dbname != after->dbname) return DatabaseChange::Dbname;
+  return DatabaseChange::None;
+}
+
 std::string Endpoint::to_string() const {
   // An IPv6 literal needs brackets, or its colons would be read as the port separator.
   if (host.find(':') != std::string::npos) return "[" + host + "]:" + std::to_string(port);

@@ -115,6 +115,17 @@ struct Database {
 // same order, and the same sharding rules (hosts may differ).
 bool same_placement(const Database& a, const Database& b);
 
+// What a reload did to a database that its clients logged in before cannot follow: they leave
+// at their next transaction boundary. Hosts may change under them (None).
+enum class DatabaseChange : std::uint8_t {
+  None,
+  ShardMap,  // where keys live: the sharding rules, or the shards' names and order
+  Dbname,    // the database on the servers that its name leads to
+  Removed,   // no longer in the file
+};
+// `after` is null when the reloaded file has no database of `before`'s name.
+DatabaseChange database_change(const Database& before, const Database* after);
+
 enum class ReadsTo { Replicas, Primary, Any };
 enum class LoadBalance { LeastConnections, RoundRobin, Random };
 enum class ReadYourWrites { Off, Lsn, Time };

@@ -122,6 +122,7 @@ struct PoolKey {
   std::string database;  // the client-facing name
   std::string user;
   config::Endpoint host;
+  std::string dbname;  // the database on the server, which its connections log in to
   bool operator==(const PoolKey&) const = default;
 };
 

@@ -103,8 +103,8 @@ std::shared_ptr<pool::ServerPool> App::pool_for(const config::Database& db, cons
   std::lock_guard lock(pools_mutex_);
   auto& pool = pools_[key];
   if (!pool) {
-    pool = std::make_shared<pool::ServerPool>(pool::PoolKey{db.name, user, host}, config()->pool,
-                                              worker_count(), *this);
+    pool = std::make_shared<pool::ServerPool>(pool::PoolKey{db.name, user, host, db.dbname},
+                                              config()->pool, worker_count(), *this);
   }
   return pool;
 }
@@ -536,27 +536,26 @@ std::uint64_t App::reconnect_below(const std::string& database) const {
   return below;
 }
 
-void App::leave_old_shard_maps(const config::Config& current, const config::ConfigPtr& next) {
-  const auto sharded = [](const config::Database& db) {
-    return db.sharding && db.shards.size() > 1;
-  };
-  for (const config::Database& db : next->databases) {
-    const config::Database* before = current.find_database(db.name);
-    if (!before || (!sharded(*before) && !sharded(db)) || config::same_placement(*before, db)) {
-      continue;
-    }
-    PGV_LOG(Warn, "shard_map_changed", {"database", db.name},
+void App::leave_changed_databases(const config::Config& current, const config::ConfigPtr& next) {
+  for (const config::Database& before : current.databases) {
+    const config::DatabaseChange change =
+        config::database_change(before, next->find_database(before.name));
+    if (change == config::DatabaseChange::None) continue;
+    const char* event = change == config::DatabaseChange::ShardMap ? "shard_map_changed"
+                        : change == config::DatabaseChange::Dbname ? "dbname_changed"
+                                                                   : "database_removed";
+    PGV_LOG(Warn, event, {"database", before.name},
             {"action",
              "clients logged in before leave at their next transaction boundary (57P01); "
              "requests not yet on a server are not run"});
     for (auto& w : workers_) {
-      asio::post(w->context, [w = w.get(), name = db.name, next] {
+      asio::post(w->context, [w = w.get(), name = before.name, next] {
         std::vector<std::shared_ptr<ClientSession>> sessions;
         w->for_each_session([&](ClientSession& s) {
           if (s.serves_clients() && s.database() == name) sessions.push_back(s.shared_from_this());
         });
         for (const auto& s : sessions)
-          s->on_shard_map_changed(next);
+          s->on_database_changed(next);
       });
     }
   }
@@ -816,7 +815,7 @@ bool App::reload() {
             {"action", "server connections open now close as they come back to the pool"});
   }
   set_log_level(next->log_level);
-  leave_old_shard_maps(*current, next);
+  leave_changed_databases(*current, next);
   message_memory_.set_limit(next->limits.message_memory_bytes);
   for (auto& pool : pools())
     pool->update_settings(next->pool);

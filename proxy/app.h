@@ -269,9 +269,10 @@ class App : public pool::Handoff {
     return disabled_count_.load(std::memory_order_relaxed) > 0 && disabled_slow(database);
   }
   std::vector<std::string> disabled_databases() const;
-  // After a reload: the clients of each database whose shard map `next` changed leave at their
-  // next transaction boundary, so none keeps routing by the old map.
-  void leave_old_shard_maps(const config::Config& current, const config::ConfigPtr& next);
+  // After a reload: the clients of each database whose shard map or dbname `next` changed, or
+  // that `next` removed, leave at their next transaction boundary (config::database_change), so
+  // none keeps routing by the old rules, nor stays on pools nobody else uses.
+  void leave_changed_databases(const config::Config& current, const config::ConfigPtr& next);
   // The LISTEN/NOTIFY hubs of (database, user), one per shard (a notification may come from
   // any), on the control thread.
   std::vector<std::shared_ptr<ListenHub>> listen_hubs_for(const config::Database& db,

@@ -383,15 +383,27 @@ asio::awaitable<bool> ClientSession::start_session(const StartupParameters& star
     co_await send_fatal("57P01", "pgvalve: shutting down; connect again shortly");
     co_return false;
   }
-  // A reload since this login began may have changed where the database's keys live; from here
-  // to the session's start nothing waits, so a later reload reaches the session itself.
+  // A reload since this login began may have changed the database in a way a session cannot
+  // follow; from here to the session's start nothing waits, so a later reload reaches the
+  // session itself.
   if (const auto now = app_.config(); now != profile_->config) {
-    const config::Database* current = now->find_database(database());
-    if (current && !config::same_placement(*current, *db)) {
-      co_await send_fatal("57P01",
-                          "pgvalve: a reload changed this database's shards while you logged in; "
-                          "connect again");
-      co_return false;
+    switch (config::database_change(*db, now->find_database(database()))) {
+      case config::DatabaseChange::None:
+        break;
+      case config::DatabaseChange::ShardMap:
+        co_await send_fatal("57P01",
+                            "pgvalve: a reload changed this database's shards while you logged "
+                            "in; connect again");
+        co_return false;
+      case config::DatabaseChange::Dbname:
+        co_await send_fatal("57P01",
+                            "pgvalve: a reload changed the database on the servers (dbname) that "
+                            "this database leads to while you logged in; connect again");
+        co_return false;
+      case config::DatabaseChange::Removed:
+        co_await send_fatal("3D000", "pgvalve: a reload removed database \"" + database() +
+                                         "\" from the configuration while you logged in");
+        co_return false;
     }
   }
   profile_ = app_.shared_profile(*profile_, *db);

@@ -570,7 +570,7 @@ void ClientSession::arrive() {
   }
   // A reload's word to the workers may have passed both while the session was on its way.
   if (const auto now = app_.config(); now != profile_->config) {
-    on_shard_map_changed(now);
+    on_database_changed(now);
     if (closed_) return;
   }
   // What arrived meanwhile waits in the kernel: read before waiting on this worker's loop.
@@ -676,12 +676,14 @@ void ClientSession::on_drain() {
   carry_out(core_->on_drain(), Source::Event);
 }
 
-void ClientSession::on_shard_map_changed(const config::ConfigPtr& next) {
+void ClientSession::on_database_changed(const config::ConfigPtr& next) {
   if (closed_ || !core_) return;
-  const config::Database* db = next->find_database(database());
-  if (!db || config::same_placement(*db, *profile_->database)) return;
+  // Compared with the database of its login: a later reload may have undone the change.
+  const config::DatabaseChange change =
+      config::database_change(*profile_->database, next->find_database(database()));
+  if (change == config::DatabaseChange::None) return;
   const auto self = shared_from_this();
-  carry_out(core_->on_shard_map_changed(), Source::Event);
+  carry_out(core_->on_database_changed(change), Source::Event);
 }
 
 void ClientSession::on_kill(std::string_view message) {
@@ -922,9 +924,12 @@ void ClientSession::arm_timer() {
 
 std::shared_ptr<pool::ServerPool> ClientSession::pool_for(const routing::Route& route) {
   if (pools_->generation != app_.topology_generation()) {
-    // A reload changed the hosts: the database as the new configuration has it.
+    // A reload changed the hosts: the database as the new configuration has it. Not when the
+    // client cannot follow the reload (it leaves at the end of its transaction, on the pools
+    // of its login): pools of another dbname, or of a removed database, are not its.
     const auto now = app_.config();
-    if (const auto* db = now->find_database(database())) {
+    if (const auto* db = now->find_database(database());
+        db && config::database_change(*profile_->database, db) == config::DatabaseChange::None) {
       pools_ = app_.user_pools(*db, user());
     }
     // How reads are spread follows the reload too, for clients already connected.
@@ -1493,7 +1498,8 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::open_server(
   const config::ConfigPtr current = app_.config();
   const config::User* rotated = current->find_user(user());
   login.password = rotated ? rotated->server_password : profile_->user->server_password;
-  login.dbname = profile_->database->dbname;
+  // The pool's, which is the client's as long as it may use the pool (pool_for()).
+  login.dbname = pool.key().dbname;
   login.max_message_bytes = static_cast<std::size_t>(current->limits.max_message_bytes);
   login.allow_insecure_auth = current->server_allow_insecure_auth;
   login.tls = app_.server_tls();

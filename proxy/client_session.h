@@ -68,9 +68,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   asio::awaitable<void> serve();
   // Shutdown began: leave at the next transaction boundary (now, if between transactions).
   void on_drain();
-  // A reload changed where keys live in the client's database (`next`): unless it logged in
-  // with that map, it leaves at its next transaction boundary (session::Session).
-  void on_shard_map_changed(const config::ConfigPtr& next);
+  // A reload (`next`) changed where keys live in the client's database, or its dbname, or
+  // removed it: unless what the client logged in with is so again, it leaves at its next
+  // transaction boundary (session::Session::on_database_changed).
+  void on_database_changed(const config::ConfigPtr& next);
   // KILL / KILL_CLIENT from the admin console: the client is disconnected now with `message`.
   void on_kill(std::string_view message);
   // A switchover or failover retired `host`, the former primary, which may still run: the

@@ -325,8 +325,8 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
   }
 
   Link* l = linked_link();
-  if (!l && shard_map_changed_) {
-    // Routed now, it would follow the map a reload replaced.
+  if (!l && database_changed_ != config::DatabaseChange::None) {
+    // Routed now, it would follow the rules a reload replaced.
     close_with("57P01", drain_message(), out);
     return out;
   }

@@ -825,11 +825,12 @@ const Actions& Session::on_drain() {
   return out;
 }
 
-const Actions& Session::on_shard_map_changed() {
+const Actions& Session::on_database_changed(config::DatabaseChange change) {
   Actions& out = event_actions();
-  shard_map_changed_ = true;
+  if (change == config::DatabaseChange::None) return out;
+  database_changed_ = change;
   drain(out);
-  // A request waiting for its first server was routed by the old map and has run nowhere.
+  // A request waiting for its first server was routed by the old rules and has run nowhere.
   if (state_ == SessionState::WaitingForServer && work_ &&
       std::none_of(work_->links.begin(), work_->links.end(),
                    [](const Link& l) { return l.server != nullptr; })) {
@@ -851,10 +852,20 @@ void Session::drain(Actions& out) {
 }
 
 std::string_view Session::drain_message() const {
-  return shard_map_changed_
-             ? "pgvalve: a reload changed this database's shards or how keys map to them; "
-               "reconnect to continue (a request not answered was not run)"
-             : "pgvalve: shutting down; reconnect to continue";
+  switch (database_changed_) {
+    case config::DatabaseChange::ShardMap:
+      return "pgvalve: a reload changed this database's shards or how keys map to them; "
+             "reconnect to continue (a request not answered was not run)";
+    case config::DatabaseChange::Dbname:
+      return "pgvalve: a reload changed the database on the servers (dbname) that this database "
+             "leads to; reconnect to continue there (a request not answered was not run)";
+    case config::DatabaseChange::Removed:
+      return "pgvalve: a reload removed this database from the configuration; connect to one "
+             "that is configured (a request not answered was not run)";
+    case config::DatabaseChange::None:
+      break;
+  }
+  return "pgvalve: shutting down; reconnect to continue";
 }
 
 const Actions& Session::on_kill(std::string_view message) {

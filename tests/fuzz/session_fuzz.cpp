@@ -1240,13 +1240,18 @@ class Harness {
         case 11:
           client_gone(in);
           break;
-        case 12:
-          if (in.byte() & 1) {
+        case 12: {
+          const auto what = in.byte();
+          if (what & 1) {
             step(session_.on_drain(), Source::Event, {}, in);
           } else {
-            step(session_.on_shard_map_changed(), Source::Event, {}, in);
+            // ShardMap, Dbname or Removed.
+            step(session_.on_database_changed(
+                     static_cast<config::DatabaseChange>(1 + (what >> 1) % 3)),
+                 Source::Event, {}, in);
           }
           break;
+        }
         case 13:
           if (const auto b = in.byte(); b % 4 == 0) {
             // The client's buffer may not grow: it waits for memory, or is refused at once.

@@ -10,7 +10,7 @@ import time
 import psycopg
 import pytest
 
-from pgcluster import APP_DB, wait_until
+from pgcluster import APP_DB, APP_PASSWORD, APP_USER, wait_until
 from pgwire import PgWireError, RawClient
 
 APP2_PASSWORD = "app2-secret"
@@ -380,3 +380,123 @@ def test_a_reload_that_forbids_insecure_auth_applies_to_clients_logged_in_before
     finally:
         hba.write_text(before)
         cluster.primary.psql("select pg_reload_conf()")
+
+
+@pytest.fixture(scope="module")
+def telemetry2(cluster):
+    """A second database on the same server, for a reload that changes `dbname`."""
+    cluster.primary.psql("DROP DATABASE IF EXISTS telemetry2")
+    cluster.primary.psql("CREATE DATABASE telemetry2 OWNER app")
+    cluster.primary.psql("DROP TABLE IF EXISTS moved; CREATE TABLE moved (id int);"
+                         "ALTER TABLE moved OWNER TO app", dbname=APP_DB)
+    return "telemetry2"
+
+
+def database_of(conn):
+    return conn.execute("select current_database()").fetchone()[0]
+
+
+def closed_by_reload(pv, offset, reason):
+    """How many clients pgvalve closed with 57P01 and a reason starting `reason` (psycopg keeps
+    a FATAL that arrives between requests as text at best, without its SQLSTATE)."""
+    return sum("event=client_closed" in line and "sqlstate=57P01" in line
+               and f'reason="{reason}' in line for line in new_log(pv, offset).splitlines())
+
+
+@pytest.mark.parametrize("first", ["logged_in_before", "logged_in_after"])
+def test_a_reload_that_changes_dbname_sends_clients_logged_in_before_away(pgvalve, cluster,
+                                                                          telemetry2, first):
+    """docs/configuration.md, reload: a changed `dbname` applies to clients that log in after
+    the reload; those that logged in before finish their transaction in their database, then
+    leave (57P01) rather than run anywhere else. One worker and two pooled connections shared
+    by both, so whichever of them uses the pool first after the reload decides nothing."""
+    cluster.primary.psql("TRUNCATE moved", dbname=APP_DB)
+    pv = pgvalve(mode="transaction", pool_size=2, workers=1)
+    before = pv.connect()
+    in_tx = pv.connect(autocommit=False)
+    assert database_of(before) == APP_DB
+    in_tx.execute("insert into moved values (1)")
+    cfg = copy.deepcopy(pv.config)
+    cfg["databases"][APP_DB]["dbname"] = telemetry2
+    offset = len(pv.log_text())
+    pv.reload(cfg)
+    wait_until(lambda: "event=dbname_changed" in new_log(pv, offset), 5, message="reload applied")
+
+    def client_from_after():
+        with pv.connect() as after:
+            assert [database_of(after) for _ in range(3)] == [telemetry2] * 3
+
+    def client_from_before():
+        with pytest.raises(psycopg.OperationalError,
+                           match=r"pgvalve: a reload changed the database on the servers "
+                                 r"\(dbname\)"):
+            database_of(before)
+        assert closed_by_reload(pv, offset, "pgvalve: a reload changed the database on the "
+                                            "servers (dbname)") == 1
+
+    for check in ((client_from_before, client_from_after) if first == "logged_in_before"
+                  else (client_from_after, client_from_before)):
+        check()
+    # The transaction open across the reload finishes where it began, then the client leaves.
+    assert database_of(in_tx) == APP_DB
+    in_tx.execute("insert into moved values (2)")
+    in_tx.commit()
+    with pytest.raises(psycopg.OperationalError):
+        database_of(in_tx)
+    assert closed_by_reload(pv, offset, "pgvalve: a reload changed the database on the servers "
+                                        "(dbname)") == 2
+    assert cluster.primary.scalar("select count(*) from moved", dbname=APP_DB) == 2
+    with pv.connect() as again:
+        assert database_of(again) == telemetry2
+    for c in (before, in_tx):
+        c.close()
+
+
+def test_a_reload_that_removes_a_database_sends_its_clients_away(pgvalve, cluster, telemetry2):
+    """A removed database's clients do not stay on pools nobody sees (not in SHOW POOLS, not
+    health-checked): they leave at their next transaction boundary, told why."""
+    from itutil import APP_AND_OPS, OPS_PASSWORD, OPS_USER
+    cluster.primary.psql("TRUNCATE moved", dbname=APP_DB)
+    shard = {"name": "s0", "primary": f"127.0.0.1:{cluster.primary.port}"}
+    pv = pgvalve(mode="transaction", pool_size=2, users=APP_AND_OPS,
+                 databases={APP_DB: {"shards": [shard]},
+                            "other": {"dbname": APP_DB, "shards": [shard]}})
+    idle = pv.connect(dbname="other")
+    in_tx = pv.connect(dbname="other", autocommit=False)
+    kept = pv.connect()
+    assert database_of(idle) == APP_DB
+    in_tx.execute("insert into moved values (1)")
+
+    def pools_of_other():
+        with psycopg.connect(pv.dsn(user=OPS_USER, password=OPS_PASSWORD, dbname="pgvalve"),
+                             autocommit=True) as admin:
+            cur = admin.execute("SHOW POOLS")
+            cols = [d.name for d in cur.description]
+            return [r for r in (dict(zip(cols, row)) for row in cur.fetchall())
+                    if r["database"] == "other"]
+    assert pools_of_other()
+    cfg = copy.deepcopy(pv.config)
+    del cfg["databases"]["other"]
+    offset = len(pv.log_text())
+    pv.reload(cfg)
+    wait_until(lambda: "event=database_removed" in new_log(pv, offset), 5,
+               message="reload applied")
+    with pytest.raises(psycopg.OperationalError,
+                       match="pgvalve: a reload removed this database from the configuration"):
+        idle.execute("select 1")
+    assert closed_by_reload(pv, offset,
+                            "pgvalve: a reload removed this database from the configuration") == 1
+    in_tx.execute("insert into moved values (2)")
+    in_tx.commit()
+    with pytest.raises(psycopg.OperationalError):
+        in_tx.execute("select 1")
+    assert closed_by_reload(pv, offset,
+                            "pgvalve: a reload removed this database from the configuration") == 2
+    assert cluster.primary.scalar("select count(*) from moved", dbname=APP_DB) == 2
+    assert database_of(kept) == APP_DB  # another database's clients go on
+    assert not pools_of_other()
+    with pytest.raises(PgWireError) as e:
+        RawClient("127.0.0.1", pv.port, APP_USER, APP_PASSWORD, "other", timeout=5).connect()
+    assert e.value.sqlstate == "3D000", e.value
+    for c in (idle, in_tx, kept):
+        c.close()

@@ -274,5 +274,33 @@ TEST(Diff, RemovedKeysComeLast) {
   EXPECT_EQ(changes.back().new_value, "");
 }
 
+TEST(DatabaseChange, WhatClientsLoggedInBeforeCannotFollow) {
+  const auto database = [](const std::string& yaml) {
+    const LoadResult r = load_ok("users: [{name: app, password: pw}]\ndatabases:\n" + yaml);
+    return r.config ? r.config->databases.front() : Database{};
+  };
+  const Database one = database("  t:\n    shards: [{primary: 10.0.0.1:5432}]\n");
+  // Other hosts, or another name for the one shard: they go on.
+  EXPECT_EQ(database_change(one, &one), DatabaseChange::None);
+  const Database moved = database("  t:\n    shards: [{name: a, primary: 10.0.0.2:5432}]\n");
+  EXPECT_EQ(database_change(one, &moved), DatabaseChange::None);
+  // The same name on the servers, written out.
+  const Database same = database("  t:\n    dbname: t\n    shards: [{primary: 10.0.0.1:5432}]\n");
+  EXPECT_EQ(database_change(one, &same), DatabaseChange::None);
+  const Database renamed =
+      database("  t:\n    dbname: t2\n    shards: [{primary: 10.0.0.1:5432}]\n");
+  EXPECT_EQ(database_change(one, &renamed), DatabaseChange::Dbname);
+  EXPECT_EQ(database_change(renamed, &one), DatabaseChange::Dbname);
+  EXPECT_EQ(database_change(one, nullptr), DatabaseChange::Removed);
+  const std::string two_shards =
+      "    shards: [{name: s0, primary: 10.0.0.1:5432}, {name: s1, primary: 10.0.0.2:5432}]\n";
+  const Database sharded = database("  t:\n" + two_shards + "    sharding: {tables: [x]}\n");
+  EXPECT_EQ(database_change(one, &sharded), DatabaseChange::ShardMap);
+  const Database remapped = database("  t:\n    dbname: t2\n" + two_shards +
+                                     "    sharding: {tables: [x], hash: md5_mod}\n");
+  EXPECT_EQ(database_change(sharded, &remapped), DatabaseChange::ShardMap);
+  EXPECT_EQ(database_change(sharded, &sharded), DatabaseChange::None);
+}
+
 }  // namespace
 }  // namespace pgvalve::config

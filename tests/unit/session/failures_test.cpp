@@ -2,6 +2,8 @@
 // not finish, shutdown, a client that leaves.
 #include <gtest/gtest.h>
 
+#include <functional>
+
 #include "session/session.h"
 #include "session/settings_sync.h"
 #include "session_test_util.h"
@@ -503,11 +505,13 @@ TEST(SessionFailures, DrainWhenIdleClosesAtOnce) {
 
 // A drain (of either kind) inside a transaction: nothing until its end, then 57P01 and closed.
 // Returns the step of the COMMIT's answer.
-Step drained_in_a_transaction(SessionHarness& h, Step (SessionHarness::*drain)()) {
+// `drain`: a member of SessionHarness, or a callable taking one.
+template <typename Drain>
+Step drained_in_a_transaction(SessionHarness& h, Drain drain) {
   auto server = SessionHarness::fresh_server();
   h.send(query("begin"), *server);
   h.answer(command_result("BEGIN", 'T'));
-  Step s = (h.*drain)();
+  Step s = std::invoke(drain, h);
   EXPECT_FALSE(s.close_client);
   EXPECT_TRUE(s.to_client.empty());
   h.client(query("commit"));
@@ -625,6 +629,38 @@ TEST(SessionFailures, ShardMapChangeRefusesARequestWhoseLastBytesCameAfterIt) {
   EXPECT_TRUE(s.close_client);
   EXPECT_EQ(sqlstates_in(s.to_client), "57P01");
   EXPECT_FALSE(s.check_out);
+}
+
+// ---- A reload changed the database's dbname, or removed it ---------------------------------
+
+TEST(SessionFailures, DbnameChangeOrRemovalSendsTheClientAwayAsAShardMapChangeDoes) {
+  for (const auto& [change, words] :
+       {std::pair{config::DatabaseChange::Dbname, "changed the database on the servers (dbname)"},
+        std::pair{config::DatabaseChange::Removed,
+                  "removed this database from the configuration"}}) {
+    SessionHarness idle;
+    Step s = idle.database_changed(change);
+    EXPECT_TRUE(s.close_client);
+    const auto errors = errors_in(s.to_client);
+    ASSERT_EQ(errors.size(), 1u);
+    EXPECT_EQ(errors[0].sqlstate, "57P01");
+    EXPECT_EQ(errors[0].severity, "FATAL");
+    EXPECT_TRUE(errors[0].message.starts_with("pgvalve: a reload ")) << errors[0].message;
+    EXPECT_NE(errors[0].message.find(words), std::string::npos) << errors[0].message;
+    // Not run on a server of the new rules, nor of the old ones.
+    SessionHarness waiting;
+    waiting.client(query("insert into t values (1)"));
+    ASSERT_EQ(waiting.session().state(), SessionState::WaitingForServer);
+    s = waiting.database_changed(change);
+    EXPECT_TRUE(s.close_client);
+    EXPECT_EQ(sqlstates_in(s.to_client), "57P01");
+    EXPECT_TRUE(s.ops.empty());
+    SessionHarness in_transaction;
+    drained_in_a_transaction(in_transaction,
+                             [change](SessionHarness& h) { return h.database_changed(change); });
+  }
+  SessionHarness unchanged;
+  EXPECT_FALSE(unchanged.database_changed(config::DatabaseChange::None).close_client);
 }
 
 // ---- An operator's KILL --------------------------------------------------------------------
