@@ -467,6 +467,7 @@ asio::awaitable<bool> ClientSession::start_session(const StartupParameters& star
     links_[0].pool = pool_;
     ++links_[0].generation;
     state = &links_[0].conn->state;
+    state->replica = lent_by_replica(*pool_, 0);
     cancel_.link(links_[0].conn->host_index, links_[0].conn->key.process_id,
                  links_[0].conn->key.secret_key);
   }

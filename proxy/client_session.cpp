@@ -976,6 +976,23 @@ std::shared_ptr<pool::ServerPool> ClientSession::pool_for(const routing::Route& 
   return shard.hosts[static_cast<std::size_t>(primary)];
 }
 
+bool ClientSession::lent_by_replica(const pool::ServerPool& pool, std::size_t shard) const {
+  // The route's shard first: a lend looks at that shard's few hosts only.
+  const auto of_shard = [&](const UserPools::Shard& s) -> std::optional<bool> {
+    for (std::size_t i = 0; i < s.hosts.size(); ++i) {
+      if (s.hosts[i].get() == &pool) return static_cast<int>(i) != s.status->primary();
+    }
+    return std::nullopt;
+  };
+  if (shard < pools_->shards.size()) {
+    if (const auto found = of_shard(pools_->shards[shard])) return *found;
+  }
+  for (const auto& s : pools_->shards) {
+    if (const auto found = of_shard(s)) return *found;
+  }
+  return false;
+}
+
 std::unique_ptr<ServerConnection> ClientSession::usable(std::unique_ptr<pool::Connection> conn,
                                                         pool::ServerPool& pool) {
   auto server = as_server(std::move(conn));
@@ -1537,6 +1554,7 @@ void ClientSession::link(std::unique_ptr<ServerConnection> server,
   LinkIO& io = links_[id];
   io.conn = std::move(server);
   if (io.pool != pool) io.pool = pool;  // usually the same: no copy per transaction
+  io.conn->state.replica = lent_by_replica(*pool, core_->pending_route().shard);
   io.watching = false;
   ++io.generation;
   // An idle server owes nothing: what it says next answers what is sent next, after the wait

@@ -272,6 +272,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   void end_checkout();
   // The pool of the host `route` goes to now; null when the shard has no usable primary.
   std::shared_ptr<pool::ServerPool> pool_for(const routing::Route& route);
+  // Whether `pool` is not the primary of its shard now (`shard`: where to look first): a
+  // statement run on its server counts as run on a replica.
+  bool lent_by_replica(const pool::ServerPool& pool, std::size_t shard) const;
   void check_out(const routing::Route& route);
   // Checks out from checkout_pool_ (set), with the deadline of pool.checkout_timeout_ms.
   void check_out_from_pool();

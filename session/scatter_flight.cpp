@@ -666,7 +666,7 @@ void Session::record_scatter_part(Link& l) {
   if (!recorder_) return;
   stats::Execution e = scatter_execution(stats::Execution::Scope::ShardPart);
   e.rows = work().scatter().scatter->rows(l.scatter_shard);
-  e.replica = l.route.kind == routing::Route::Kind::Replica;
+  e.replica = l.server->replica;
   e.shard = l.route.shard;
   e.host = l.server->name;
   recorder_->stats->record(e, recorder_->labels);

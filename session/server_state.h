@@ -36,6 +36,10 @@ struct ServerState {
   std::uint64_t unnamed_statement_of = 0;
   std::uint64_t unnamed_statement_version = 0;
   std::string name;  // "host:port", for messages
+  // Lent from a host that was not its shard's primary when checked out: where a statement ran
+  // (statistics), which the route (what was asked for) does not say when reads fall back to
+  // the primary or `routing.reads: any` chose it. Set by the proxy at each lend.
+  bool replica = false;
 };
 
 }  // namespace pgvalve::session

@@ -207,7 +207,7 @@ void Session::record_execution(Link& l, const protocol::PendingResponse& request
     l.suspended = {};
   }
   e.error = error;
-  e.replica = l.route.kind == routing::Route::Kind::Replica;
+  e.replica = l.server->replica;
   e.shard = l.route.shard;
   e.host = l.server->name;
   e.kind = l.kind;

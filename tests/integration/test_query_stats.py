@@ -359,3 +359,37 @@ def test_errors_pgvalve_answers_itself_are_counted_and_begin_no_transaction(pgva
     assert errors_by_class(pv).get("0A", 0) - errors_before.get("0A", 0) == 1
     # The refused statement ran nothing: one transaction, the select's.
     assert after["total_xact_count"] - before["total_xact_count"] == 1
+
+
+def metric_lines(pv, name):
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{pv.admin_port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return [line for line in text.splitlines()
+            if line.startswith(name + "{") or line.startswith(name + " ")]
+
+
+def metric_value(pv, name):
+    (line,) = metric_lines(pv, name)
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_reads_that_fall_back_to_the_primary_count_as_run_on_the_primary(pgvalve, cluster):
+    # The replica cannot be reached: reads fall back to the primary, and ran there.
+    from pgcluster import APP_DB
+    pv = pgvalve(users=APP_AND_OPS,
+                 health={"interval_ms": 100, "timeout_ms": 500, "failures_before_down": 1},
+                 databases={APP_DB: {"shards": [{
+                     "name": "s0", "primary": f"127.0.0.1:{cluster.primary.port}",
+                     "replicas": ["127.0.0.1:1"]}]}})
+    wait_until(lambda: any(h["host"] == "127.0.0.1" and h["port"] == "1" and h["state"] == "down"
+                           for h in rows_of(pv, "SHOW HOSTS")), 10, message="replica down")
+    with pv.connect() as c:
+        ran = [c.execute("select pg_is_in_recovery() as fell_back").fetchone()[0]
+               for _ in range(4)]
+    assert ran == [False] * 4
+    assert by_query(pv)["select pg_is_in_recovery() as fell_back"]["replica_share"] == "0.00"
+    lines = metric_lines(pv, "pgvalve_queries_total")
+    assert not any('role="replica"' in line for line in lines), lines
+    assert any('role="primary"' in line and 'kind="select"' in line for line in lines), lines
+

@@ -114,6 +114,34 @@ TEST_F(SessionStatistics, SlowExecutionsAreSampledWithTheClientsNames) {
   EXPECT_EQ(snapshot_.slow[0].micros, 100000u);
 }
 
+// Where a statement ran is the server it ran on, not the route it asked for: a read sent to the
+// primary because no replica could take it (or `routing.reads: any` chose it) ran on the primary.
+TEST_F(SessionStatistics, AReadCountsAsRunOnAReplicaOnlyWhenItsServerIsOne) {
+  SessionHarness h({}, {}, nullptr, true, &recorder_);
+  const std::string read = query("select value from readings where device_id = 7");
+  auto primary = SessionHarness::fresh_server();
+  primary->replica = false;
+  Step s = h.client(read, T0);
+  ASSERT_TRUE(s.check_out);
+  ASSERT_EQ(s.route.kind, routing::Route::Kind::Replica);
+  h.linked(*primary, T0);
+  h.client(read, T0);
+  h.answer(row_result("1", "SELECT 1"), T0 + 1ms);
+  auto replica = SessionHarness::fresh_server();
+  replica->replica = true;
+  h.send(read, *replica, nullptr, T0 + 2ms);
+  h.answer(row_result("1", "SELECT 1"), T0 + 3ms);
+  const auto* f = figures("select value from readings where device_id = 1");
+  ASSERT_NE(f, nullptr);
+  EXPECT_EQ(f->calls, 2u);
+  EXPECT_EQ(f->replica_calls, 1u);
+  std::uint64_t on_primary = 0, on_replica = 0;
+  for (const auto& t : snapshot_.queries_by_label)
+    (t.replica ? on_replica : on_primary) += t.queries;
+  EXPECT_EQ(on_primary, 1u);
+  EXPECT_EQ(on_replica, 1u);
+}
+
 TEST_F(SessionStatistics, PgvalvesOwnQueriesAreNotCounted) {
   SessionHarness h({}, {{"application_name", "meter"}}, nullptr, false, &recorder_);
   auto server = SessionHarness::fresh_server();
