@@ -524,6 +524,7 @@ void Session::complete_front(Link& l, char tag, Actions& out) {
   l.pending.pop();
   if (tag == 'Z') {
     end_request(l, head, l.server->tx_status);
+    l.answered_at = now_;  // what the server was asked before is done (statistics)
     // Its portals ended with it.
     if (l.server->tx_status == 'I') end_suspended_portal(l);
     // A transaction a client request began ended (not one of a refusal pgvalve had the server

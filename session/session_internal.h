@@ -205,6 +205,9 @@ struct Link {
   stats::StatementKind kind = stats::StatementKind::Other;  // ... its last command tag's
   char error_class[2] = {};                                 // ... its error's SQLSTATE class
   Clock::time_point transaction_started{};  // a client request began a transaction (statistics)
+  // When the server last finished a statement or a Sync's answer: a request pipelined behind
+  // others is timed from then, not from its sending, since the server ran them one at a time.
+  Clock::time_point answered_at{};
   // stats.redact_literals: false: the texts of its outstanding requests for slow-query samples
   // (PendingResponse::sample_at / sample_size), at most kMaxSampleBytes; emptied when a request
   // is kept while none is outstanding (keep_sample).
@@ -266,6 +269,7 @@ struct Link {
     suspended = {};
     kind = stats::StatementKind::Other;
     transaction_started = {};
+    answered_at = {};
   }
 };
 

@@ -164,8 +164,12 @@ std::string_view sample_of(const Link& l, const protocol::PendingResponse& reque
 
 namespace {
 
-std::uint64_t micros_since(Clock::time_point now, const protocol::PendingResponse& request) {
-  const Clock::time_point started{Clock::duration(request.started)};
+// The time `request` ran: from when it was sent, or, queued behind others on its server, from
+// when the answer before it ended.
+std::uint64_t micros_since(Clock::time_point now, const protocol::PendingResponse& request,
+                           const Link& l) {
+  const Clock::time_point started =
+      std::max(Clock::time_point{Clock::duration(request.started)}, l.answered_at);
   return now > started
              ? static_cast<std::uint64_t>(
                    std::chrono::duration_cast<std::chrono::microseconds>(now - started).count())
@@ -179,7 +183,8 @@ void Session::suspend_execution(Link& l, const protocol::PendingResponse& reques
   if (l.suspended.fingerprint != request.fingerprint) end_suspended_portal(l);
   l.suspended.fingerprint = request.fingerprint;
   l.suspended.rows += l.rows;
-  l.suspended.micros += micros_since(now_, request);
+  l.suspended.micros += micros_since(now_, request, l);
+  l.answered_at = now_;
   l.kind = stats::StatementKind::Other;
 }
 
@@ -198,7 +203,8 @@ void Session::record_execution(Link& l, const protocol::PendingResponse& request
   if (!recorder_ || request.fingerprint == 0 || request.internal || !l.server) return;
   stats::Execution e;
   e.fingerprint = request.fingerprint;
-  e.micros = micros_since(now_, request);
+  e.micros = micros_since(now_, request, l);
+  l.answered_at = now_;
   e.rows = l.rows;
   if (l.suspended.fingerprint == request.fingerprint) {
     // The last chunk of a portal read in chunks: one execution with all of them.

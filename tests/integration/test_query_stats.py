@@ -393,3 +393,17 @@ def test_reads_that_fall_back_to_the_primary_count_as_run_on_the_primary(pgvalve
     assert not any('role="replica"' in line for line in lines), lines
     assert any('role="primary"' in line and 'kind="select"' in line for line in lines), lines
 
+
+def test_a_pipelined_statement_is_not_charged_the_time_of_a_slow_one_ahead(pv):
+    before = metric_value(pv, "pgvalve_slow_queries_total")
+    with pv.connect() as c:
+        with c.pipeline():
+            c.execute("select pg_sleep(0.3) as slow_ahead")
+            for i in range(3):
+                c.execute("select %s::int as queued_behind", (i,))
+    assert metric_value(pv, "pgvalve_slow_queries_total") - before == 1
+    fast = by_query(pv)["select $1::int as queued_behind"]
+    assert int(fast["calls"]) == 3
+    assert float(fast["max_ms"]) < 100, fast
+    slow = rows_of(pv, "SHOW SLOW_QUERIES")
+    assert [s["query"] for s in slow] == ["select pg_sleep($1) as slow_ahead"], slow

@@ -142,6 +142,36 @@ TEST_F(SessionStatistics, AReadCountsAsRunOnAReplicaOnlyWhenItsServerIsOne) {
   EXPECT_EQ(on_replica, 1u);
 }
 
+// Pipelined statements wait on the server for the ones ahead of them: each is timed from when
+// the answer before it ended, so a slow statement's time is not charged to those behind it.
+TEST_F(SessionStatistics, APipelinedStatementIsTimedFromTheEndOfTheAnswerBeforeIt) {
+  SessionHarness h({}, {}, nullptr, false, &recorder_);
+  auto server = SessionHarness::fresh_server();
+  // Simple queries.
+  h.send(query("select pg_sleep(0.3)") + query("select 1 as fast"), *server, nullptr, T0);
+  h.answer(row_result("", "SELECT 1"), T0 + 300ms);
+  h.answer(row_result("1", "SELECT 1"), T0 + 302ms);
+  const auto* fast = figures("select 1 as fast");
+  ASSERT_NE(fast, nullptr);
+  EXPECT_EQ(fast->total_micros, 2000u);
+  // The extended protocol: a flight per statement, sent together.
+  const std::string slow = parse("", "select pg_sleep(0.2)") + bind_to("", "") + execute() + sync();
+  const std::string quick = parse("", "select 2 as quick") + bind_to("", "") + execute() + sync();
+  h.send(slow + quick + quick, *server, nullptr, T0 + 1s);
+  h.answer(parse_complete() + bind_complete() + data_row({""}) + complete("SELECT 1") + ready(),
+           T0 + 1s + 200ms);
+  h.answer(parse_complete() + bind_complete() + data_row({"2"}) + complete("SELECT 1") + ready(),
+           T0 + 1s + 203ms);
+  h.answer(parse_complete() + bind_complete() + data_row({"2"}) + complete("SELECT 1") + ready(),
+           T0 + 1s + 204ms);
+  const auto* q = figures("select 2 as quick");
+  ASSERT_NE(q, nullptr);
+  EXPECT_EQ(q->calls, 2u);
+  EXPECT_EQ(q->max_micros, 3000u);
+  EXPECT_EQ(q->total_micros, 4000u);
+  EXPECT_EQ(snapshot_.slow_total, 2u) << "the two pg_sleep only";
+}
+
 TEST_F(SessionStatistics, PgvalvesOwnQueriesAreNotCounted) {
   SessionHarness h({}, {{"application_name", "meter"}}, nullptr, false, &recorder_);
   auto server = SessionHarness::fresh_server();
@@ -290,7 +320,7 @@ TEST_F(UnredactedSamples, PipelinedQueriesEachKeepTheirOwn) {
   auto server = SessionHarness::fresh_server();
   h.send(query("select 'first'") + query("select 'second'"), *server, nullptr, T0);
   h.answer(row_result("first", "SELECT 1"), T0 + 60ms);
-  h.answer(row_result("second", "SELECT 1"), T0 + 70ms);
+  h.answer(row_result("second", "SELECT 1"), T0 + 120ms);  // 60 ms after the first
   EXPECT_EQ(slow_texts(), (std::vector<std::string>{"select 'second'", "select 'first'"}));
 }
 
