@@ -113,8 +113,13 @@ void ServerPool::publish_waiters(WorkerState& w) {
   w.waiting.store(static_cast<int>(w.waiters.size()));
 }
 
+void ServerPool::count_home_waiting(ServerPool* home, int change) {
+  if (home) home->clients_waiting_.fetch_add(change, std::memory_order_relaxed);
+}
+
 Waiter* ServerPool::pop_waiter(WorkerState& w) {
   Waiter* first = w.waiters.front().waiter;
+  count_home_waiting(w.waiters.front().home, -1);
   w.waiters.pop_front();
   publish_waiters(w);
   return first;
@@ -183,7 +188,8 @@ CheckoutResult ServerPool::checkout(int worker, Waiter* waiter, Clock::time_poin
     return {CheckoutKind::Create, nullptr};
   }
 
-  w.waiters.push_back({waiter, std::max<std::int64_t>(1, to_ns(now))});
+  w.waiters.push_back({waiter, std::max<std::int64_t>(1, to_ns(now)), waiter->home});
+  count_home_waiting(waiter->home, 1);
   publish_waiters(w);
   // Budget returned between our first look and publishing was offered to nobody: look again.
   while (take_open_budget(now)) {
@@ -203,6 +209,7 @@ bool ServerPool::cancel_wait(int worker, Waiter* waiter) {
   auto it = std::find_if(w.waiters.begin(), w.waiters.end(),
                          [waiter](const WorkerState::Queued& q) { return q.waiter == waiter; });
   if (it == w.waiters.end()) return false;
+  count_home_waiting(it->home, -1);
   w.waiters.erase(it);
   publish_waiters(w);
   return true;

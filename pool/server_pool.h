@@ -53,9 +53,15 @@ class Connection {
 // Someone waiting for a connection. grant() is called on the waiter's own worker thread, possibly
 // from inside another session's checkin()/discard() call: the waiter must only record the result
 // and resume itself later (e.g. post to its own loop), never run its I/O from inside grant().
+class ServerPool;
+
 class Waiter {
  public:
   virtual ~Waiter() = default;
+  // The pool its client logged in to (it must outlive the wait), or null: while this waits in
+  // any pool, that one counts its client as waiting (clients_waiting()), so that SHOW POOLS
+  // counts each client once, as active or as waiting.
+  ServerPool* home = nullptr;
   // `conn` is an idle connection, or null: a permit to open a new one (the budget is taken).
   virtual void grant(std::unique_ptr<Connection> conn) = 0;
   // The pool was retired (a reload removed its host) while this waited; it is no longer queued
@@ -183,6 +189,8 @@ class ServerPool : public std::enable_shared_from_this<ServerPool> {
   void client_joined() { clients_.fetch_add(1, std::memory_order_relaxed); }
   void client_left() { clients_.fetch_sub(1, std::memory_order_relaxed); }
   int clients() const { return clients_.load(std::memory_order_relaxed); }
+  // Of those, the ones queued for a server now, here or in another pool (Waiter::home).
+  int clients_waiting() const { return clients_waiting_.load(std::memory_order_relaxed); }
   // Clients whose session state pins a server to them (transaction mode).
   void client_pinned() { pinned_.fetch_add(1, std::memory_order_relaxed); }
   void client_unpinned() { pinned_.fetch_sub(1, std::memory_order_relaxed); }
@@ -240,6 +248,7 @@ class ServerPool : public std::enable_shared_from_this<ServerPool> {
     struct Queued {
       Waiter* waiter;
       std::int64_t since_ns;  // when it was queued
+      ServerPool* home;       // the waiter's when queued
     };
     std::vector<std::unique_ptr<Connection>> idle;  // LIFO: back() is the most recently used
     std::deque<Queued> waiters;                     // FIFO
@@ -281,6 +290,7 @@ class ServerPool : public std::enable_shared_from_this<ServerPool> {
   void send(int to, std::unique_ptr<Connection> conn);
   void grant_first(WorkerState& w, std::unique_ptr<Connection> conn);
   Waiter* pop_waiter(WorkerState& w);
+  static void count_home_waiting(ServerPool* home, int change);
   void publish_waiters(WorkerState& w);
   void request_steal(int worker);
   // The other worker whose oldest waiter has waited longest (-1: none) and when it was queued.
@@ -302,6 +312,7 @@ class ServerPool : public std::enable_shared_from_this<ServerPool> {
 
   alignas(64) std::atomic<std::shared_ptr<const ServerParameters>> server_parameters_;
   std::atomic<int> clients_{0};
+  std::atomic<int> clients_waiting_{0};
   std::atomic<int> pinned_{0};
   std::atomic<std::uint64_t> evictions_{0};
   std::atomic<int> testing_{0};

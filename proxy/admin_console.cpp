@@ -90,7 +90,7 @@ void show_pools(App& app, const std::vector<ClientSession::ConnectionRow>& conne
         role = std::string(health::role_name(h.role));
       }
     }
-    const int clients = clients_of[i];
+    const int active = clients_of[i].active;
     // sv_used: idle connections pre_ping will check before their next lend (idle at least
     // pre_ping_idle_s); none without pre_ping.
     int needs_test = 0;
@@ -110,7 +110,7 @@ void show_pools(App& app, const std::vector<ClientSession::ConnectionRow>& conne
                     shard,
                     key.host.to_string(),
                     role,
-                    std::to_string(std::max(0, clients - s.waiting)),
+                    std::to_string(active),
                     std::to_string(s.waiting),
                     std::to_string(s.checked_out),
                     std::to_string(s.checked_in),

@@ -290,8 +290,9 @@ stats::CounterTotals App::counter_totals() const {
   return t;
 }
 
-std::vector<int> App::clients_by_pool(const std::vector<std::shared_ptr<pool::ServerPool>>& pools,
-                                      const std::vector<HostRow>& hosts) {
+std::vector<App::PoolClients> App::clients_by_pool(
+    const std::vector<std::shared_ptr<pool::ServerPool>>& pools,
+    const std::vector<HostRow>& hosts) {
   const auto row_of = [&](const pool::PoolKey& key) -> const HostRow* {
     for (const auto& h : hosts) {
       if (h.database == key.database && h.host == key.host) return &h;
@@ -299,20 +300,23 @@ std::vector<int> App::clients_by_pool(const std::vector<std::shared_ptr<pool::Se
     return nullptr;
   };
   // Each count read once: a client logging in meanwhile must not make a row negative.
-  std::vector<int> clients(pools.size());
-  for (std::size_t i = 0; i < pools.size(); ++i)
-    clients[i] = pools[i]->clients();
+  std::vector<PoolClients> clients(pools.size());
+  for (std::size_t i = 0; i < pools.size(); ++i) {
+    clients[i].clients = pools[i]->clients();
+    clients[i].active = std::max(0, clients[i].clients - pools[i]->clients_waiting());
+  }
   for (std::size_t i = 0; i < pools.size(); ++i) {
     const pool::PoolKey& key = pools[i]->key();
     const HostRow* h = row_of(key);
-    if (!h || h->role != health::Role::Retired || clients[i] == 0) continue;
+    if (!h || h->role != health::Role::Retired || clients[i].clients == 0) continue;
     for (std::size_t j = 0; j < pools.size(); ++j) {
       const pool::PoolKey& other = pools[j]->key();
       const HostRow* o = row_of(other);
       if (o && o->role == health::Role::Primary && o->shard == h->shard &&
           other.database == key.database && other.user == key.user) {
-        clients[j] += clients[i];  // a retired host's pool only gives
-        clients[i] = 0;
+        clients[j].clients += clients[i].clients;  // a retired host's pool only gives
+        clients[j].active += clients[i].active;
+        clients[i] = {};
         break;
       }
     }

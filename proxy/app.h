@@ -172,8 +172,14 @@ class App : public pool::Handoff {
   // The clients logged in to each of `pools`, as SHOW POOLS, /status and /metrics show them: a
   // client joins the pool of its shard's primary when it logs in; after a switchover or a
   // failover retired that host, its clients are shown on the pool of the primary now, where
-  // their writes go.
-  static std::vector<int> clients_by_pool(
+  // their writes go. `active`: those of them not queued for a server now (in this pool or in
+  // the one of a replica or another shard they wait for, which shows them as cl_waiting): each
+  // client is active once or waiting once.
+  struct PoolClients {
+    int clients = 0;
+    int active = 0;
+  };
+  static std::vector<PoolClients> clients_by_pool(
       const std::vector<std::shared_ptr<pool::ServerPool>>& pools,
       const std::vector<HostRow>& hosts);
   // The pools of every host of `db` for `user` as of the current topology.

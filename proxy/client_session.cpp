@@ -1218,6 +1218,7 @@ void ClientSession::check_out_from_pool() {
 }
 
 pool::CheckoutResult ClientSession::checkout_from(const std::shared_ptr<pool::ServerPool>& pool) {
+  checkout().waiter.home = pool_.get();  // counts this client as waiting, not active
   auto result = pool->checkout(worker_->index, &checkout().waiter, now());
   if (result.kind == pool::CheckoutKind::Wait) checkout().wait_pool = pool;
   return result;

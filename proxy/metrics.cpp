@@ -18,7 +18,7 @@ Snapshot take_pool_snapshot(App& app) {
   const auto pools = app.pools();
   const auto clients = App::clients_by_pool(pools, app.hosts());
   for (std::size_t i = 0; i < pools.size(); ++i) {
-    s.pools.push_back({pools[i]->key(), pools[i]->stats(), clients[i]});
+    s.pools.push_back({pools[i]->key(), pools[i]->stats(), clients[i].clients, clients[i].active});
   }
   std::sort(s.pools.begin(), s.pools.end(), [](const PoolSample& a, const PoolSample& b) {
     return std::tie(a.key.database, a.key.user, a.key.host.host, a.key.host.port) <
@@ -190,7 +190,9 @@ void pool_metrics(const Snapshot& snapshot, Families& f) {
   f.add(clients, {{"state", "waiting"}}, 0);
   for (const auto& p : snapshot.pools) {
     const auto& s = p.stats;
-    f.add(clients, {{"state", "active"}}, std::max(0, p.clients - s.waiting));
+    // A waiting client is counted by the pool it waits for, which may not be the one it logged
+    // in to (a replica's, another shard's): `active` leaves it out there.
+    f.add(clients, {{"state", "active"}}, p.active);
     f.add(clients, {{"state", "waiting"}}, s.waiting);
     const std::string host = p.key.host.to_string();
     HostPlace place;

@@ -26,7 +26,8 @@ class App;
 struct PoolSample {
   pool::PoolKey key;
   pool::PoolStats stats;
-  int clients = 0;  // clients logged in to this pool (cl_active + cl_waiting)
+  int clients = 0;  // clients logged in to this pool
+  int active = 0;   // ... not waiting for a server (cl_active; cl_waiting is stats.waiting)
 };
 
 struct Snapshot {

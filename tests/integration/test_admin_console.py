@@ -344,3 +344,43 @@ def test_the_console_refuses_malformed_messages_clearly(pgvalve):
         assert err["M"].startswith("pgvalve: a message of 1048587 bytes is too large"), err["M"]
     finally:
         c.close_abruptly()
+
+
+def test_a_client_waiting_for_a_replica_is_counted_once_as_waiting(pgvalve, cluster):
+    # Clients join their shard's primary's pool at login; one waiting for a replica's server is
+    # counted there as waiting, not also as active on the primary's row.
+    import urllib.request
+    replica = cluster.replicas[0]
+    pv = pgvalve(users=APP_AND_OPS, pool_size=1, max_overflow=0, checkout_timeout_ms=5000,
+                 health={"interval_ms": 100, "timeout_ms": 500, "failures_before_down": 1},
+                 databases={APP_DB: {"shards": [{
+                     "name": "s0", "primary": f"127.0.0.1:{cluster.primary.port}",
+                     "replicas": [f"127.0.0.1:{replica.port}"]}]}})
+    with admin(pv) as a:
+        wait_until(lambda: any(h["port"] == str(replica.port) and h["readable"] == "yes"
+                               for h in rows_of(a, "SHOW HOSTS")), 10, message="replica readable")
+    holder = pv.connect()
+    holder.execute("begin read only")
+    holder.execute("select 1")  # holds the replica's only server
+    waiter = threading.Thread(target=lambda: pv.connect().execute("select 2").fetchall())
+    waiter.start()
+    try:
+        with admin(pv) as a:
+            def pools():
+                rows = [r for r in rows_of(a, "SHOW POOLS") if r["user"] == APP_USER]
+                return rows if sum(int(r["cl_waiting"]) for r in rows) == 1 else None
+            rows = wait_until(pools, 4, message="a client waiting")
+        assert sum(int(r["cl_active"]) + int(r["cl_waiting"]) for r in rows) == 2, rows
+        (waited,) = [r for r in rows if int(r["cl_waiting"]) == 1]
+        assert waited["host"] == f"127.0.0.1:{replica.port}", rows
+        with urllib.request.urlopen(f"http://127.0.0.1:{pv.admin_port}/metrics",
+                                    timeout=5) as r:
+            text = r.read().decode()
+        by_state = {line.split('"')[1]: float(line.rsplit(" ", 1)[1])
+                    for line in text.splitlines()
+                    if line.startswith("pgvalve_client_connections{")}
+        assert by_state == {"active": 1, "waiting": 1}, by_state
+    finally:
+        holder.execute("rollback")
+        holder.close()
+        waiter.join()

@@ -313,6 +313,31 @@ TEST_F(ServerPoolTest, ARetiredPoolReleasesItsWaiters) {
   EXPECT_EQ(a.granted() + b.granted(), 0);
 }
 
+// A client waiting in the pool of a replica or of another shard is counted as waiting by the
+// pool it logged in to (its `home`), so SHOW POOLS shows it once: waiting, not also active.
+TEST_F(ServerPoolTest, AWaiterIsCountedAsWaitingByItsHomePoolWhileQueuedAnywhere) {
+  auto home = make_pool(make_settings(1, 0));
+  auto other = make_pool(make_settings(1, 0));
+  auto conn = open_new(*other, 1);
+  RecordingWaiter granted, cancelled, released;
+  for (RecordingWaiter* w : {&granted, &cancelled, &released})
+    w->home = home.get();
+  ASSERT_EQ(other->checkout(0, &granted, T0).kind, CheckoutKind::Wait);
+  ASSERT_EQ(other->checkout(0, &cancelled, T0).kind, CheckoutKind::Wait);
+  ASSERT_EQ(other->checkout(0, &released, T0).kind, CheckoutKind::Wait);
+  EXPECT_EQ(home->clients_waiting(), 3);
+  EXPECT_EQ(other->clients_waiting(), 0);
+  EXPECT_EQ(home->stats(T0).waiting, 0) << "it waits in the other pool";
+  park(*other, 0, std::move(conn), T0 + seconds(1));
+  ASSERT_EQ(granted.connections, 1);
+  EXPECT_EQ(home->clients_waiting(), 2);
+  EXPECT_TRUE(other->cancel_wait(0, &cancelled));
+  EXPECT_EQ(home->clients_waiting(), 1);
+  other->retire();
+  other->release_waiters(0);
+  EXPECT_EQ(home->clients_waiting(), 0);
+}
+
 TEST_F(ServerPoolTest, CancelWaitKeepsOthersInOrder) {
   auto pool = make_pool(make_settings(1, 0));
   auto conn = open_new(*pool, 1);
