@@ -178,19 +178,24 @@ void QueryStats::prepare(std::uint64_t fingerprint, std::string_view sql, const 
 }
 
 // The least called of a few entries drawn at random: no order to keep on the hot path, and a
-// statement called often survives a flood of one-off shapes.
+// statement called often survives a flood of one-off shapes. An entry never called yet is
+// taken last: its first execution is most likely still running (a long statement), and would
+// find its entry gone.
 void QueryStats::evict_one() {
   if (entries_.empty()) return;
   std::size_t victim = 0;
   std::uint64_t fewest = UINT64_MAX;
+  bool first = true;
   for (int draw = 0; draw < 8; ++draw) {
     random_ ^= random_ << 13;
     random_ ^= random_ >> 7;
     random_ ^= random_ << 17;
     const std::size_t i = random_ % entries_.size();
-    if (entries_[i].calls < fewest) {
-      fewest = entries_[i].calls;
+    const std::uint64_t calls = entries_[i].calls == 0 ? UINT64_MAX : entries_[i].calls;
+    if (first || calls < fewest) {
+      fewest = calls;
       victim = i;
+      first = false;
     }
   }
   index_.erase(entries_[victim].fingerprint);
@@ -319,28 +324,29 @@ void QueryStats::record(const Execution& e, const ClientLabels& who, std::string
     d.duration_sum_seconds += seconds;
     if (e.error) add_error(e.sqlstate_class[0], e.sqlstate_class[1]);
   }
-  auto it = index_.find(e.fingerprint);
-  if (it == index_.end()) return;
-  QueryFigures& f = entries_[it->second];
-  if (e.shard < 64) f.shards |= std::uint64_t{1} << e.shard;
+  // Its shape's figures; none when the entry was evicted or RESET QUERIES ran meanwhile, which
+  // costs the figures only: the slow-query counter and sample do not need them.
+  const auto it = index_.find(e.fingerprint);
+  QueryFigures* const f = it == index_.end() ? nullptr : &entries_[it->second];
+  if (f && e.shard < 64) f->shards |= std::uint64_t{1} << e.shard;
   if (e.scope == Scope::ShardPart) return;
-  if (f.calls == 0 || e.micros < f.min_micros) f.min_micros = e.micros;
-  ++f.calls;
-  f.rows += e.rows;
-  if (e.error) ++f.errors;
-  if (limits_.explain_slow && f.explain == QueryFigures::Explain::No && !e.error &&
-      e.kind == StatementKind::Select && limits_.slow_query.count() > 0 &&
-      e.micros > static_cast<std::uint64_t>(limits_.slow_query.count())) {
-    f.explain = QueryFigures::Explain::Wanted;
+  const bool slow = limits_.slow_query.count() > 0 &&
+                    e.micros > static_cast<std::uint64_t>(limits_.slow_query.count());
+  if (f) {
+    if (f->calls == 0 || e.micros < f->min_micros) f->min_micros = e.micros;
+    ++f->calls;
+    f->rows += e.rows;
+    if (e.error) ++f->errors;
+    if (limits_.explain_slow && f->explain == QueryFigures::Explain::No && !e.error &&
+        e.kind == StatementKind::Select && slow) {
+      f->explain = QueryFigures::Explain::Wanted;
+    }
+    f->total_micros += e.micros;
+    f->max_micros = std::max(f->max_micros, e.micros);
+    if (e.replica) ++f->replica_calls;
+    f->durations.record(e.micros);
   }
-  f.total_micros += e.micros;
-  f.max_micros = std::max(f.max_micros, e.micros);
-  if (e.replica) ++f.replica_calls;
-  f.durations.record(e.micros);
-  if (limits_.slow_query.count() <= 0 ||
-      e.micros <= static_cast<std::uint64_t>(limits_.slow_query.count())) {
-    return;
-  }
+  if (!slow) return;
   ++slow_total_;
   if (limits_.slow_samples == 0) return;
   // Written in place: once the ring is full, a slot's strings keep their memory for the next.
@@ -356,10 +362,16 @@ void QueryStats::record(const Execution& e, const ClientLabels& who, std::string
   if (!sample.empty() && !limits_.redact_literals) {
     s.text.assign(sample.substr(0, kMaxTextBytes + 4));
     cut_to_max(s.text);
+  } else if (f) {
+    s.text.assign(f->text);
   } else {
-    s.text.assign(f.text);
+    s.text.clear();  // its shape's text went with its entry
   }
-  s.advice.assign(f.advice);
+  if (f) {
+    s.advice.assign(f->advice);
+  } else {
+    s.advice.clear();
+  }
   slow_next_ = (slow_next_ + 1) % limits_.slow_samples;
 }
 

@@ -185,7 +185,8 @@ class QueryStats {
   // A statement is about to run: its fingerprint has an entry, with its text normalised by
   // PostgreSQL's parser the first time it is seen.
   void prepare(std::uint64_t fingerprint, std::string_view sql, const ClientLabels& who);
-  // It completed. An execution whose entry was evicted meanwhile is not counted. `sample`: the
+  // It completed. An execution whose entry was evicted (or reset) meanwhile is not counted in
+  // its shape's figures, but in the counters and, when slow, in the slow samples. `sample`: the
   // statement as sent, with its parameters, given only when keeps_literals(); empty: a slow
   // sample shows the fingerprint's normalised text.
   void record(const Execution& e, const ClientLabels& who, std::string_view sample = {});

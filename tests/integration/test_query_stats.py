@@ -407,3 +407,34 @@ def test_a_pipelined_statement_is_not_charged_the_time_of_a_slow_one_ahead(pv):
     assert float(fast["max_ms"]) < 100, fast
     slow = rows_of(pv, "SHOW SLOW_QUERIES")
     assert [s["query"] for s in slow] == ["select pg_sleep($1) as slow_ahead"], slow
+
+
+def test_a_slow_statement_whose_shape_went_while_it_ran_is_still_counted_slow(pgvalve):
+    import threading
+    import time
+    pv = pgvalve(users=APP_AND_OPS, workers=1,
+                 stats={"slow_query_ms": 100, "max_fingerprints": 20})
+
+    def slow(tag):
+        with pv.connect() as c:
+            c.execute(f"select pg_sleep(0.5) as {tag}", prepare=False)
+
+    before = metric_value(pv, "pgvalve_slow_queries_total")
+    # New shapes evict entries while it runs ...
+    t = threading.Thread(target=slow, args=("evicted_meanwhile",))
+    t.start()
+    time.sleep(0.15)
+    with pv.connect() as c:
+        for i in range(60):
+            c.execute(f"select 1 as churn_{i}", prepare=False)
+    t.join()
+    # ... and RESET QUERIES forgets every entry while it runs.
+    t = threading.Thread(target=slow, args=("reset_meanwhile",))
+    t.start()
+    time.sleep(0.15)
+    with admin(pv) as a:
+        a.execute("RESET QUERIES")
+    t.join()
+    assert metric_value(pv, "pgvalve_slow_queries_total") - before == 2
+    assert len(rows_of(pv, "SHOW SLOW_QUERIES")) == 1, "the one after the reset"
+

@@ -232,6 +232,45 @@ TEST(QueryStats, ResetForgetsEverything) {
   EXPECT_TRUE(QueryStats::snapshot({&s}, 100).queries.empty());
 }
 
+// A slow statement whose entry went while it ran (evicted for new shapes, or RESET QUERIES) is
+// still a slow statement: counted, and sampled without its shape's text.
+TEST(QueryStats, ASlowStatementWhoseEntryWentWhileItRanIsStillCountedAndSampled) {
+  Limits limits;
+  limits.slow_query = std::chrono::milliseconds(100);
+  QueryStats s(limits);
+  const std::string sql = "select pg_sleep(1)";
+  s.prepare(routing::fingerprint(sql), sql, kWho);
+  s.reset();
+  s.record(run(sql, 500000), kWho);
+  const Snapshot snap = QueryStats::snapshot({&s}, 100);
+  EXPECT_TRUE(snap.queries.empty());
+  EXPECT_EQ(snap.slow_total, 1u);
+  ASSERT_EQ(snap.slow.size(), 1u);
+  EXPECT_EQ(snap.slow[0].fingerprint, routing::fingerprint(sql));
+  EXPECT_EQ(snap.slow[0].micros, 500000u);
+  EXPECT_EQ(snap.slow[0].text, "");
+}
+
+// New shapes evict the least called of a few entries drawn: one not called yet (its first
+// execution is likely still running) is taken only when every one drawn is such.
+TEST(QueryStats, AnEntryNotCalledYetOutlivesAFloodOfOneOffShapes) {
+  Limits limits;
+  limits.max_fingerprints = 4;
+  QueryStats s(limits);
+  const std::string running = "select pg_sleep(10) as running";
+  s.prepare(routing::fingerprint(running), running, kWho);
+  for (int i = 0; i < 100; ++i) {
+    const std::string sql = "select c" + std::to_string(i) + " from t";
+    s.prepare(routing::fingerprint(sql), sql, kWho);
+    s.record(run(sql, 5), kWho);
+  }
+  s.record(run(running, 5), kWho);
+  bool kept = false;
+  for (const auto& q : QueryStats::snapshot({&s}, 100).queries)
+    kept = kept || q.fingerprint == routing::fingerprint(running);
+  EXPECT_TRUE(kept);
+}
+
 TEST(QueryStats, TextOfAStatementThatDoesNotParseIsStillNormalised) {
   const std::string text = QueryStats::normalized_text("selec 'abc' from");
   EXPECT_EQ(text.find("abc"), std::string::npos) << text;
