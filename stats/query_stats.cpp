@@ -504,10 +504,17 @@ void QueryStats::set_limits(const Limits& limits) {
   limits_ = limits;
   while (entries_.size() > limits_.max_fingerprints)
     evict_one();
-  if (slow_.size() > limits_.slow_samples) {
-    slow_.resize(limits_.slow_samples);
+  // The ring in order, oldest first (a full ring's oldest is at slow_next_), then the newest
+  // samples kept: the next one goes after them, and once full replaces the oldest, at 0.
+  if (slow_next_ < slow_.size()) {
+    std::rotate(slow_.begin(), slow_.begin() + static_cast<std::ptrdiff_t>(slow_next_),
+                slow_.end());
   }
-  if (limits_.slow_samples > 0) slow_next_ %= limits_.slow_samples;
+  if (slow_.size() > limits_.slow_samples) {
+    slow_.erase(slow_.begin(),
+                slow_.begin() + static_cast<std::ptrdiff_t>(slow_.size() - limits_.slow_samples));
+  }
+  slow_next_ = limits_.slow_samples > 0 ? slow_.size() % limits_.slow_samples : 0;
 }
 
 Snapshot QueryStats::snapshot(const std::vector<const QueryStats*>& workers,

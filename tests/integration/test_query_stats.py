@@ -438,3 +438,18 @@ def test_a_slow_statement_whose_shape_went_while_it_ran_is_still_counted_slow(pg
     assert metric_value(pv, "pgvalve_slow_queries_total") - before == 2
     assert len(rows_of(pv, "SHOW SLOW_QUERIES")) == 1, "the one after the reset"
 
+
+def test_a_reload_lowering_slow_query_samples_keeps_the_newest(pgvalve):
+    import copy
+    pv = pgvalve(users=APP_AND_OPS, workers=1,
+                 stats={"slow_query_ms": 20, "slow_query_samples": 5})
+    with pv.connect() as c:
+        for i in range(1, 6):
+            c.execute(f"select pg_sleep(0.03), {i} as sample_{i}", prepare=False)
+    cfg = copy.deepcopy(pv.config)
+    cfg["stats"] = {"slow_query_ms": 20, "slow_query_samples": 2}
+    pv.reload(cfg)
+    wait_until(lambda: any(r["key"] == "stats.slow_query_samples" and r["value"] == "2"
+                           for r in rows_of(pv, "SHOW CONFIG")), 10, message="reloaded")
+    kept = [r["query"].rsplit(" ", 1)[-1] for r in rows_of(pv, "SHOW SLOW_QUERIES")]
+    assert kept == ["sample_5", "sample_4"], kept

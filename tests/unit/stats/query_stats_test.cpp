@@ -271,6 +271,49 @@ TEST(QueryStats, AnEntryNotCalledYetOutlivesAFloodOfOneOffShapes) {
   EXPECT_TRUE(kept);
 }
 
+// A reload lowering stats.slow_query_samples keeps the newest samples, and the ring goes on
+// replacing the oldest.
+TEST(QueryStats, AReloadLoweringTheSampleCountKeepsTheNewest) {
+  Limits limits;
+  limits.slow_query = std::chrono::milliseconds(100);
+  limits.slow_samples = 5;
+  QueryStats s(limits);
+  const std::string sql = "select pg_sleep(1)";
+  s.prepare(routing::fingerprint(sql), sql, kWho);
+  const auto micros = [&] {
+    std::vector<std::uint64_t> out;
+    for (const auto& q : QueryStats::snapshot({&s}, 100).slow)
+      out.push_back(q.micros);
+    return out;
+  };
+  for (std::uint64_t i = 1; i <= 5; ++i) {
+    s.record(run(sql, 200000 + i), kWho);
+    std::this_thread::sleep_for(std::chrono::microseconds(5));
+  }
+  limits.slow_samples = 4;
+  s.set_limits(limits);
+  EXPECT_EQ(micros(), (std::vector<std::uint64_t>{200005, 200004, 200003, 200002}));
+  s.record(run(sql, 200006), kWho);  // the ring had wrapped: the oldest goes
+  std::this_thread::sleep_for(std::chrono::microseconds(5));
+  s.record(run(sql, 200007), kWho);
+  limits.slow_samples = 2;
+  s.set_limits(limits);
+  EXPECT_EQ(micros(), (std::vector<std::uint64_t>{200007, 200006}));
+  std::this_thread::sleep_for(std::chrono::microseconds(5));
+  s.record(run(sql, 200008), kWho);
+  EXPECT_EQ(micros(), (std::vector<std::uint64_t>{200008, 200007}));
+  limits.slow_samples = 3;
+  s.set_limits(limits);
+  std::this_thread::sleep_for(std::chrono::microseconds(5));
+  s.record(run(sql, 200009), kWho);
+  std::this_thread::sleep_for(std::chrono::microseconds(5));
+  s.record(run(sql, 200010), kWho);
+  EXPECT_EQ(micros(), (std::vector<std::uint64_t>{200010, 200009, 200008}));
+  limits.slow_samples = 0;
+  s.set_limits(limits);
+  EXPECT_TRUE(micros().empty());
+}
+
 TEST(QueryStats, TextOfAStatementThatDoesNotParseIsStillNormalised) {
   const std::string text = QueryStats::normalized_text("selec 'abc' from");
   EXPECT_EQ(text.find("abc"), std::string::npos) << text;
