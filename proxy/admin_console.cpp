@@ -843,8 +843,11 @@ boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, sessi
         const std::string database = words.size() == 2 ? raw_words(sql)[1] : "";
         if (!database.empty() && !app.config()->find_database(database)) {
           error(out, "3D000", "pgvalve: no database \"" + database + "\" in the configuration");
+        } else if (words[0] == "RESUME" && !app.resume(database)) {
+          error(out, "55000",
+                "pgvalve: every database is paused (PAUSE without a name), \"" + database +
+                    "\" too; RESUME without a name ends that pause");
         } else if (words[0] == "RESUME") {
-          app.resume(database);
           PGV_LOG(Warn, "resumed", {"database", database.empty() ? "*" : database});
           pr::append_command_complete(out, "RESUME");
         } else {

@@ -460,14 +460,17 @@ void App::pause(const std::string& database) {
   paused_count_.store(static_cast<int>(paused_.size()), std::memory_order_relaxed);
 }
 
-void App::resume(const std::string& database) {
+bool App::resume(const std::string& database) {
   std::lock_guard lock(pause_mutex_);
   if (database.empty()) {
     paused_.clear();
+  } else if (std::find(paused_.begin(), paused_.end(), "") != paused_.end()) {
+    return false;  // a PAUSE of all holds it whatever its own state
   } else {
     std::erase(paused_, database);
   }
   paused_count_.store(static_cast<int>(paused_.size()), std::memory_order_relaxed);
+  return true;
 }
 
 bool App::paused_slow(const std::string& database) const {

@@ -246,7 +246,9 @@ class App : public pool::Handoff {
   // PAUSE / RESUME from the admin console: checkouts for a paused database ("" = all) wait
   // (up to pool.checkout_timeout_ms) until it is resumed.
   void pause(const std::string& database);
-  void resume(const std::string& database);
+  // False, and nothing changed: `database` is named while every database is paused, which only
+  // a RESUME of all ends.
+  bool resume(const std::string& database);
   bool paused(const std::string& database) const {
     return paused_count_.load(std::memory_order_relaxed) > 0 && paused_slow(database);
   }

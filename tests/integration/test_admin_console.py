@@ -97,6 +97,23 @@ def test_a_pause_longer_than_checkout_timeout_fails_clearly(pgvalve):
         assert c.execute("select 1").fetchone() == (1,)
 
 
+def test_resume_of_one_database_after_a_pause_of_all_is_refused(pgvalve):
+    # It used to answer RESUME while the database stayed paused.
+    pv = pgvalve(users=APP_AND_OPS, checkout_timeout_ms=300)
+    with admin(pv) as a, pv.connect() as c:
+        a.execute("PAUSE")
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as e:
+            a.execute(f"RESUME {APP_DB}")
+        assert str(e.value).startswith("pgvalve: every database is paused"), e.value
+        assert "RESUME without a name" in str(e.value)
+        state = {r["key"]: r["value"] for r in rows_of(a, "SHOW STATE")}
+        assert state["paused"] == "*", state
+        with pytest.raises(psycopg.errors.TooManyConnections):
+            c.execute("select 1")
+        a.execute("RESUME")
+        assert c.execute("select 1").fetchone() == (1,)
+
+
 def test_sigusr1_pauses_and_sigusr2_resumes_as_in_pgbouncer(pgvalve):
     # A maintenance script written for PgBouncer pauses with kill -USR1: that must not end the
     # process (the signal's default action).
