@@ -196,23 +196,32 @@ std::string fingerprint_text(std::uint64_t fingerprint) {
   return buffer;
 }
 
-// Bit i of `shards`: the shard names of `database`'s config, in order.
-std::string shard_names(App& app, std::uint64_t shards) {
-  std::string out;
-  const auto config = app.config();
-  for (const auto& db : config->databases) {
-    for (std::size_t i = 0; i < db.shards.size() && i < 64; ++i) {
-      if (!(shards >> i & 1)) continue;
-      if (out.find(db.shards[i].name) != std::string::npos) continue;
-      if (!out.empty()) out += ",";
-      out += db.shards[i].name;
+// The names of the shards a statement ran on, each resolved in the database it ran in: bit i of
+// a database's mask is shard i of that database's configuration. A name listed once.
+std::string shard_names(const config::Config& config,
+                        const std::vector<stats::DatabaseShards>& shards) {
+  std::vector<std::string_view> names;
+  for (const auto& d : shards) {
+    const auto* db = config.find_database(d.database);
+    if (!db) continue;
+    for (std::size_t i = 0; i < db->shards.size() && i < 64; ++i) {
+      const std::string_view name = db->shards[i].name;
+      if (d.shards >> i & 1 && std::find(names.begin(), names.end(), name) == names.end()) {
+        names.push_back(name);
+      }
     }
+  }
+  std::string out;
+  for (const auto name : names) {
+    if (!out.empty()) out += ",";
+    out += name;
   }
   return out;
 }
 
 void show_queries(App& app, const stats::Snapshot& snap, std::string& out) {
   std::vector<Row> rows;
+  const auto config = app.config();
   for (const auto& q : snap.queries) {
     const double calls = static_cast<double>(q.calls);
     char share[32];
@@ -226,7 +235,7 @@ void show_queries(App& app, const stats::Snapshot& snap, std::string& out) {
                     millis_text(static_cast<double>(q.percentile_micros(0.50))),
                     millis_text(static_cast<double>(q.percentile_micros(0.95))),
                     millis_text(static_cast<double>(q.percentile_micros(0.99))), share,
-                    shard_names(app, q.shards)});
+                    shard_names(*config, q.shards)});
   }
   append_result(out,
                 {"fingerprint", "query", "calls", "rows", "errors", "total_ms", "mean_ms", "min_ms",

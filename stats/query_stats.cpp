@@ -23,8 +23,25 @@ void QueryFigures::merge(const QueryFigures& other) {
   total_micros += other.total_micros;
   max_micros = std::max(max_micros, other.max_micros);
   replica_calls += other.replica_calls;
-  shards |= other.shards;
+  for (const DatabaseShards& d : other.shards) {
+    for (int i = 0; i < 64; ++i) {
+      if (d.shards >> i & 1) add_shard(d.database, static_cast<std::uint16_t>(i));
+    }
+  }
   durations.merge(other.durations);
+}
+
+void QueryFigures::add_shard(const std::string& database, std::uint16_t shard) {
+  if (shard >= 64) return;
+  const std::uint64_t bit = std::uint64_t{1} << shard;
+  // Few entries, usually one: a shape runs in one database.
+  for (DatabaseShards& d : shards) {
+    if (d.database == database) {
+      d.shards |= bit;
+      return;
+    }
+  }
+  shards.push_back({database, bit});
 }
 
 std::uint64_t QueryFigures::percentile_micros(double q) const {
@@ -328,7 +345,7 @@ void QueryStats::record(const Execution& e, const ClientLabels& who, std::string
   // costs the figures only: the slow-query counter and sample do not need them.
   const auto it = index_.find(e.fingerprint);
   QueryFigures* const f = it == index_.end() ? nullptr : &entries_[it->second];
-  if (f && e.shard < 64) f->shards |= std::uint64_t{1} << e.shard;
+  if (f) f->add_shard(database, e.shard);
   if (e.scope == Scope::ShardPart) return;
   const bool slow = limits_.slow_query.count() > 0 &&
                     e.micros > static_cast<std::uint64_t>(limits_.slow_query.count());

@@ -105,6 +105,13 @@ struct Execution {
   Scope scope = Scope::Whole;
 };
 
+// The shards a statement shape ran on in one database: bit i is shard i of that database's
+// configuration (a shard index means nothing without its database).
+struct DatabaseShards {
+  std::string database;
+  std::uint64_t shards = 0;
+};
+
 // A fingerprint's figures (one worker's, or the sum of all).
 struct QueryFigures {
   std::uint64_t fingerprint = 0;
@@ -116,13 +123,15 @@ struct QueryFigures {
   std::uint64_t min_micros = 0;
   std::uint64_t max_micros = 0;
   std::uint64_t replica_calls = 0;
-  std::uint64_t shards = 0;  // bit i: ran on shard i
+  std::vector<DatabaseShards> shards;  // per database it ran in (usually one)
   LatencyHistogram durations;
   std::string advice;  // from its plan (explain_slow); empty: none, or not EXPLAINed
   enum class Explain : std::uint8_t { No, Wanted, Requested, Done };
   Explain explain = Explain::No;
 
   void merge(const QueryFigures& other);
+  // It ran on shard `shard` of `database`.
+  void add_shard(const std::string& database, std::uint16_t shard);
   // The duration at quantile q from the histogram, kept within [min, max] (a bucket's middle
   // may lie outside the durations actually seen).
   std::uint64_t percentile_micros(double q) const;

@@ -453,3 +453,20 @@ def test_a_reload_lowering_slow_query_samples_keeps_the_newest(pgvalve):
                            for r in rows_of(pv, "SHOW CONFIG")), 10, message="reloaded")
     kept = [r["query"].rsplit(" ", 1)[-1] for r in rows_of(pv, "SHOW SLOW_QUERIES")]
     assert kept == ["sample_5", "sample_4"], kept
+
+
+def test_shards_are_named_in_the_database_the_statement_ran_in(pgvalve, cluster):
+    from pgcluster import APP_DB
+    port = cluster.primary.port
+    pv = pgvalve(users=APP_AND_OPS, databases={
+        APP_DB: {"shards": [{"name": "s10", "primary": f"127.0.0.1:{port}"}]},
+        "other": {"dbname": APP_DB, "shards": [{"name": "s1", "primary": f"127.0.0.1:{port}"}]}})
+    with psycopg.connect(pv.dsn(dbname="other"), autocommit=True) as c:
+        c.execute("select 42 as other_only").fetchall()
+        c.execute("select 43 as in_both").fetchall()
+    with pv.connect() as c:
+        c.execute("select 43 as in_both").fetchall()
+    q = by_query(pv)
+    assert q["select $1 as other_only"]["shards"] == "s1"
+    # Whole names: s1 is not taken for a part of s10.
+    assert sorted(q["select $1 as in_both"]["shards"].split(",")) == ["s1", "s10"]

@@ -43,9 +43,38 @@ TEST(QueryStats, OneShapeWithOtherConstantsIsOneEntry) {
   EXPECT_EQ(q.min_micros, 100u);
   EXPECT_EQ(q.max_micros, 199u);
   EXPECT_EQ(q.total_micros, 100u * 100 + 99 * 100 / 2);
-  EXPECT_EQ(q.shards, 1u);
+  ASSERT_EQ(q.shards.size(), 1u);
+  EXPECT_EQ(q.shards[0].database, "telemetry");
+  EXPECT_EQ(q.shards[0].shards, 1u);
   // PostgreSQL's normalisation of the first sample: constants become $n.
   EXPECT_EQ(q.text, "SELECT value FROM readings WHERE device_id = $1");
+}
+
+// A shard index is a place in one database's shard list: the shards a shape ran on are kept per
+// database, and summed per database over the workers.
+TEST(QueryStats, TheShardsAShapeRanOnAreKeptPerDatabase) {
+  QueryStats a, b;
+  const std::string sql = "select 42";
+  const std::string other = "fleet";
+  const ClientLabels fleet{&other, &kUser};
+  for (QueryStats* s : {&a, &b}) {
+    s->prepare(routing::fingerprint(sql), sql, kWho);
+  }
+  Execution e = run(sql, 5);
+  e.shard = 1;
+  a.record(e, kWho);
+  e.shard = 0;
+  a.record(e, fleet);
+  e.shard = 2;
+  b.record(e, kWho);
+  const Snapshot snap = QueryStats::snapshot({&a, &b}, 100);
+  ASSERT_EQ(snap.queries.size(), 1u);
+  const auto& shards = snap.queries[0].shards;
+  ASSERT_EQ(shards.size(), 2u);
+  EXPECT_EQ(shards[0].database, "telemetry");
+  EXPECT_EQ(shards[0].shards, 0b110u);
+  EXPECT_EQ(shards[1].database, "fleet");
+  EXPECT_EQ(shards[1].shards, 0b001u);
 }
 
 TEST(QueryStats, AStatementOverSeveralShardsIsOneCallWithAPartPerShard) {
@@ -66,7 +95,8 @@ TEST(QueryStats, AStatementOverSeveralShardsIsOneCallWithAPartPerShard) {
   EXPECT_EQ(snap.queries[0].calls, 1u);
   EXPECT_EQ(snap.queries[0].rows, 1u);
   EXPECT_EQ(snap.queries[0].total_micros, 250u);
-  EXPECT_EQ(snap.queries[0].shards, 0xfu);
+  ASSERT_EQ(snap.queries[0].shards.size(), 1u);
+  EXPECT_EQ(snap.queries[0].shards[0].shards, 0xfu);
   // Per shard (SHOW SHARDS): one statement on each.
   std::uint64_t per_shard[4] = {};
   for (const auto& q : snap.queries_by_label) {
