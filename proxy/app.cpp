@@ -543,6 +543,26 @@ std::uint64_t App::reconnect_below(const std::string& database) const {
   return below;
 }
 
+void App::remap_shard_statistics(const config::Config& current, const config::Config& next) {
+  for (const config::Database& db : next.databases) {
+    const config::Database* before = current.find_database(db.name);
+    if (!before) continue;
+    std::vector<std::uint16_t> to(before->shards.size(), stats::QueryStats::kNoShard);
+    bool moved = false;
+    for (std::size_t i = 0; i < before->shards.size(); ++i) {
+      for (std::size_t j = 0; j < db.shards.size(); ++j) {
+        if (db.shards[j].name == before->shards[i].name) to[i] = static_cast<std::uint16_t>(j);
+      }
+      moved = moved || to[i] != i;
+    }
+    if (!moved) continue;
+    for (auto& w : workers_) {
+      asio::post(w->context,
+                 [w = w.get(), name = db.name, to] { w->query_stats.remap_shards(name, to); });
+    }
+  }
+}
+
 void App::leave_changed_databases(const config::Config& current, const config::ConfigPtr& next) {
   for (const config::Database& before : current.databases) {
     const config::DatabaseChange change =
@@ -823,6 +843,7 @@ bool App::reload() {
   }
   set_log_level(next->log_level);
   leave_changed_databases(*current, next);
+  remap_shard_statistics(*current, *next);
   message_memory_.set_limit(next->limits.message_memory_bytes);
   for (auto& pool : pools())
     pool->update_settings(next->pool);

@@ -281,6 +281,8 @@ class App : public pool::Handoff {
   // that `next` removed, leave at their next transaction boundary (config::database_change), so
   // none keeps routing by the old rules, nor stays on pools nobody else uses.
   void leave_changed_databases(const config::Config& current, const config::ConfigPtr& next);
+  // A reload moved shards in a database's list: the statistics kept by shard index follow them.
+  void remap_shard_statistics(const config::Config& current, const config::Config& next);
   // The LISTEN/NOTIFY hubs of (database, user), one per shard (a notification may come from
   // any), on the control thread.
   std::vector<std::shared_ptr<ListenHub>> listen_hubs_for(const config::Database& db,

@@ -534,6 +534,28 @@ void QueryStats::set_limits(const Limits& limits) {
   slow_next_ = limits_.slow_samples > 0 ? slow_.size() % limits_.slow_samples : 0;
 }
 
+void QueryStats::remap_shards(const std::string& database, const std::vector<std::uint16_t>& to) {
+  const auto map = [&](std::uint16_t shard) { return shard < to.size() ? to[shard] : kNoShard; };
+  for (QueryTotals& q : queries_by_label_) {
+    if (q.database == database) q.shard = map(q.shard);
+  }
+  std::erase_if(queries_by_label_, [](const QueryTotals& q) { return q.shard == kNoShard; });
+  for (QueryFigures& f : entries_) {
+    for (DatabaseShards& d : f.shards) {
+      if (d.database != database) continue;
+      std::uint64_t moved = 0;
+      for (std::uint16_t i = 0; i < 64; ++i) {
+        const std::uint16_t now = map(i);
+        if (d.shards >> i & 1 && now < 64) moved |= std::uint64_t{1} << now;
+      }
+      d.shards = moved;
+    }
+  }
+  for (SlowQuery& s : slow_) {
+    if (s.database == database) s.shard = map(s.shard);
+  }
+}
+
 Snapshot QueryStats::snapshot(const std::vector<const QueryStats*>& workers,
                               std::size_t max_fingerprints, Detail detail) {
   std::vector<Snapshot> parts(workers.size());

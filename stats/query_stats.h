@@ -224,6 +224,10 @@ class QueryStats {
   // RESET QUERIES: the figures per fingerprint and the slow samples (counters stay).
   void reset();
   void set_limits(const Limits& limits);
+  // A reload moved `database`'s shards: shard i is now shard `to[i]`, kNoShard when it is gone.
+  // Figures kept by index follow their shard (its counters per label go with a shard gone).
+  void remap_shards(const std::string& database, const std::vector<std::uint16_t>& to);
+  static constexpr std::uint16_t kNoShard = 0xffff;
   // Whether sessions should give each execution its sample (stats.redact_literals: false and
   // slow samples kept).
   bool keeps_literals() const {

@@ -987,3 +987,41 @@ def test_groups_distinct_and_min_max_over_shards_compare_values_not_their_text(s
         conn.execute("SET DateStyle = 'SQL, DMY'")
         got = conn.execute(f"SELECT min(d)::text FROM amounts WHERE device_id = {b}").fetchall()
         assert got == [("25/12/2023",)], got
+
+
+def test_a_reload_that_reorders_shards_keeps_each_shards_statistics(shards, pgvalve):
+    # Statistics are kept by shard index and named through the configuration: a new order used
+    # to swap every shard's figures.
+    import copy
+    import urllib.request
+    from itutil import APP_AND_OPS, OPS_PASSWORD, OPS_USER
+    conf = config(shards, hash_="xxh3", key_type="auto", buckets=4,
+                  bucket_map={"s0": "0-1", "s1": "2-3"})
+    pv = pgvalve(users=APP_AND_OPS, stats={"slow_query_ms": 50}, **conf)
+
+    def rows(command):
+        with psycopg.connect(pv.dsn(user=OPS_USER, password=OPS_PASSWORD, dbname="pgvalve"),
+                             autocommit=True, prepare_threshold=None) as a:
+            cur = a.execute(command)
+            cols = [d.name for d in cur.description]
+            return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+    with pv.connect() as c:
+        for _ in range(3):
+            c.execute("/* pgvalve: shard=s1 */ select pg_sleep(0.06) as on_s1", prepare=False)
+    before = {r["shard"]: r["statements"] for r in rows("SHOW SHARDS")}
+    assert before == {"s0": "0", "s1": "3"}
+    cfg = copy.deepcopy(pv.config)
+    cfg["databases"][APP_DB]["shards"].reverse()
+    pv.reload(cfg)
+    wait_until(lambda: [r["shard"] for r in rows("SHOW SHARDS")] == ["s1", "s0"], 10,
+               message="reloaded")
+    time.sleep(0.2)  # each worker remaps on its own thread
+    assert {r["shard"]: r["statements"] for r in rows("SHOW SHARDS")} == before
+    (q,) = [r for r in rows("SHOW QUERIES") if "on_s1" in r["query"]]
+    assert q["shards"] == "s1", q
+    assert {r["shard"] for r in rows("SHOW SLOW_QUERIES")} == {"s1"}
+    with urllib.request.urlopen(f"http://127.0.0.1:{pv.admin_port}/metrics", timeout=5) as r:
+        lines = [line for line in r.read().decode().splitlines()
+                 if line.startswith("pgvalve_queries_total{")]
+    assert lines and all('shard="s1"' in line for line in lines), lines

@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <initializer_list>
+#include <map>
 #include <thread>
 
 #include "routing/fingerprint.h"
@@ -75,6 +77,42 @@ TEST(QueryStats, TheShardsAShapeRanOnAreKeptPerDatabase) {
   EXPECT_EQ(shards[0].shards, 0b110u);
   EXPECT_EQ(shards[1].database, "fleet");
   EXPECT_EQ(shards[1].shards, 0b001u);
+}
+
+// A reload that moves shards in a database's list: what is kept by shard index follows its
+// shard; a shard gone takes its counters along; other databases are untouched.
+TEST(QueryStats, AReloadMovingShardsRemapsWhatIsKeptByShardIndex) {
+  Limits limits;
+  limits.slow_query = std::chrono::milliseconds(100);
+  QueryStats s(limits);
+  const std::string sql = "select pg_sleep(1)";
+  const std::string other = "fleet";
+  const ClientLabels fleet{&other, &kUser};
+  s.prepare(routing::fingerprint(sql), sql, kWho);
+  for (std::uint16_t shard : {0, 1, 1, 2}) {
+    Execution e = run(sql, 200000);
+    e.shard = shard;
+    s.record(e, kWho);
+  }
+  Execution e = run(sql, 5);
+  e.shard = 1;
+  s.record(e, fleet);
+  s.remap_shards("telemetry", {1, 0, QueryStats::kNoShard});  // s0 and s1 swapped, s2 gone
+  const Snapshot snap = QueryStats::snapshot({&s}, 100);
+  std::map<std::pair<std::string, std::uint16_t>, std::uint64_t> per_shard;
+  for (const auto& t : snap.queries_by_label)
+    per_shard[{t.database, t.shard}] += t.queries;
+  EXPECT_EQ(per_shard, (std::map<std::pair<std::string, std::uint16_t>, std::uint64_t>{
+                           {{"fleet", 1}, 1}, {{"telemetry", 0}, 2}, {{"telemetry", 1}, 1}}));
+  ASSERT_EQ(snap.queries.size(), 1u);
+  ASSERT_EQ(snap.queries[0].shards.size(), 2u);
+  EXPECT_EQ(snap.queries[0].shards[0].shards, 0b011u);
+  EXPECT_EQ(snap.queries[0].shards[1].shards, 0b010u) << "fleet's as it was";
+  std::vector<std::uint16_t> slow;
+  for (const auto& q : snap.slow)
+    slow.push_back(q.shard);
+  std::sort(slow.begin(), slow.end());
+  EXPECT_EQ(slow, (std::vector<std::uint16_t>{0, 0, 1, QueryStats::kNoShard}));
 }
 
 TEST(QueryStats, AStatementOverSeveralShardsIsOneCallWithAPartPerShard) {
