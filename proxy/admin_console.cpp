@@ -248,7 +248,9 @@ void show_slow_queries(App& app, const stats::Snapshot& snap, std::string& out) 
   std::vector<Row> rows;
   for (const auto& s : snap.slow) {
     std::string shard;
-    if (const auto* db = config->find_database(s.database); db && s.shard < db->shards.size()) {
+    if (const auto* db = config->find_database(s.database); db && s.shards != 0) {
+      shard = shard_names(*config, {{s.database, s.shards}});  // over several shards: each
+    } else if (db && s.shard < db->shards.size()) {
       shard = db->shards[s.shard].name;
     }
     rows.push_back({iso_time(s.at), s.database, s.user, shard, s.host,

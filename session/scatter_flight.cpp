@@ -670,6 +670,22 @@ void Session::record_scatter_part(Link& l) {
   e.shard = l.route.shard;
   e.host = l.server->name;
   recorder_->stats->record(e, recorder_->labels);
+  // Where the parts ran, for the client's statement (record_gathered).
+  auto& run = work().change_scatter();
+  std::string& hosts = work().gathered_hosts;
+  if (run.parts_on == 0) hosts.clear();
+  if (e.shard < 64) run.parts_on |= std::uint64_t{1} << e.shard;
+  run.parts_on_replicas = run.parts_on_replicas && e.replica;
+  bool listed = false;  // whole names: 10.0.0.1:5432 is not a part of 10.0.0.11:5432
+  for (std::size_t at = 0; at < hosts.size() && !listed;) {
+    const std::size_t end = std::min(hosts.find(',', at), hosts.size());
+    listed = std::string_view(hosts).substr(at, end - at) == e.host;
+    at = end + 1;
+  }
+  if (!listed) {
+    if (!hosts.empty()) hosts += ',';
+    hosts += e.host;
+  }
 }
 
 void Session::end_scatter_link(Link& l, LinkOp::Kind how, std::string& into, Actions& out,
@@ -828,6 +844,10 @@ void Session::record_gathered(std::string_view answer) {
   stats::Execution e = scatter_execution(stats::Execution::Scope::Gathered);
   e.rows = run.scatter->rows_answered();
   e.shard = run.routes.empty() ? 0 : run.routes.front().shard;
+  // A replica read only when every part ran on a replica.
+  e.replica = run.parts_on != 0 && run.parts_on_replicas;
+  e.shards = run.parts_on;
+  e.host = work().gathered_hosts;
   if (e.error) {
     // The SQLSTATE class of the client's error.
     pr::FrameReader reader(answer, options_.max_message_bytes);
@@ -841,6 +861,7 @@ void Session::record_gathered(std::string_view answer) {
     }
   }
   recorder_->stats->record(e, recorder_->labels, run.sample);
+  work().gathered_hosts.clear();
 }
 
 // The first Execute of a kept portal got its rows before every shard answered (or a later one

@@ -443,6 +443,9 @@ struct Workspace {
     std::string sample;  // ... and its slow-query sample (keep_sample), if it has one
   };
   Accounting accounting;
+  // The hosts a statement over several shards ran its parts on ("host:port,host:port"), for its
+  // slow sample: kept here, not in the ScatterRun, so that its memory serves the next one.
+  std::string gathered_hosts;
   // The last request sent to a replica (at most kMaxRetriedRequestBytes), to run again
   // elsewhere if the replica dies before answering; retry_pending: linked for that.
   std::string retry_request;
@@ -536,6 +539,9 @@ struct Workspace {
     std::uint64_t fingerprint = 0;
     std::string sample;  // stats.redact_literals: false: the client's statement as sent
     Clock::time_point started{};
+    // The parts recorded so far (statistics): bit i, shard i ran one; whether all ran on replicas.
+    std::uint64_t parts_on = 0;
+    bool parts_on_replicas = true;
     // COPY FROM STDIN over several shards (copy_flight.cpp): the client's rows cut and routed,
     // each shard's CopyData message being filled this step, the first shard's CopyInResponse
     // for the client, how many shards are ready for data, and the PREPARE TRANSACTION each

@@ -373,6 +373,7 @@ void QueryStats::record(const Execution& e, const ClientLabels& who, std::string
   s.database.assign(who.database ? *who.database : kNone);
   s.user.assign(who.user ? *who.user : kNone);
   s.shard = e.shard;
+  s.shards = e.shards;
   s.host.assign(e.host);
   s.micros = e.micros;
   s.fingerprint = e.fingerprint;
@@ -552,7 +553,14 @@ void QueryStats::remap_shards(const std::string& database, const std::vector<std
     }
   }
   for (SlowQuery& s : slow_) {
-    if (s.database == database) s.shard = map(s.shard);
+    if (s.database != database) continue;
+    s.shard = map(s.shard);
+    std::uint64_t moved = 0;
+    for (std::uint16_t i = 0; i < 64; ++i) {
+      const std::uint16_t now = map(i);
+      if (s.shards >> i & 1 && now < 64) moved |= std::uint64_t{1} << now;
+    }
+    s.shards = moved;
   }
 }
 

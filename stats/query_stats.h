@@ -103,6 +103,8 @@ struct Execution {
     Gathered,   // the client's statement over several shards, answered once
   };
   Scope scope = Scope::Whole;
+  // Gathered: the shards that ran a part (bit i: shard i); `host` lists their hosts.
+  std::uint64_t shards = 0;
 };
 
 // The shards a statement shape ran on in one database: bit i is shard i of that database's
@@ -142,7 +144,8 @@ struct SlowQuery {
   std::string database;
   std::string user;
   std::uint16_t shard = 0;
-  std::string host;
+  std::uint64_t shards = 0;  // a statement over several shards: bit i, shard i ran a part
+  std::string host;          // "host:port"; over several shards each of theirs, comma-separated
   std::uint64_t micros = 0;
   std::uint64_t fingerprint = 0;
   std::string text;  // normalised (no constant kept), or as sent with redact_literals: false

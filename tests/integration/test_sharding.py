@@ -675,6 +675,42 @@ def test_statistics_count_a_statement_over_several_shards_once_and_each_shards_p
             assert int(by_shard[name]["statements"]) == inserted[name] + 3, by_shard[name]
 
 
+def test_a_slow_read_over_several_shards_names_where_its_parts_ran(shards, pgvalve):
+    # s0's part runs on its replica, s1's on its primary (it has no replica): the slow sample
+    # names both shards and both hosts, and each part counts under the role it ran on.
+    import urllib.request
+    from itutil import APP_AND_OPS, OPS_PASSWORD, OPS_USER
+    clear(shards)
+    pv = pgvalve(users=APP_AND_OPS, stats={"slow_query_ms": 20}, **config(shards))
+    with pv.connect() as conn:
+        for d in range(1, 11):
+            conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 1)", (d,))
+    shards[0].wait_replay()
+    s0_replica = f"127.0.0.1:{shards[0].replicas[0].port}"
+    s1_primary = f"127.0.0.1:{shards[1].primary.port}"
+    with psycopg.connect(pv.dsn(user=OPS_USER, password=OPS_PASSWORD, dbname="pgvalve"),
+                         autocommit=True, prepare_threshold=None) as a:
+        def rows(command):
+            cur = a.execute(command)
+            cols = [d.name for d in cur.description]
+            return [dict(zip(cols, r)) for r in cur.fetchall()]
+        wait_until(lambda: any(f"{h['host']}:{h['port']}" == s0_replica and h["readable"] == "yes"
+                               for h in rows("SHOW HOSTS")), 10, message="s0's replica readable")
+        with pv.connect() as conn:
+            assert conn.execute("SELECT count(*) FROM telemetry "
+                                "WHERE pg_sleep(0.01) IS NOT NULL").fetchone() == (10,)
+        (s,) = [r for r in rows("SHOW SLOW_QUERIES") if "pg_sleep" in r["query"]]
+        assert s["shard"] == "s0,s1", s
+        assert sorted(s["host"].split(",")) == sorted([s0_replica, s1_primary]), s
+        (q,) = [r for r in rows("SHOW QUERIES") if "pg_sleep" in r["query"]]
+        assert q["replica_share"] == "0.00", q  # not every part ran on a replica
+    with urllib.request.urlopen(f"http://127.0.0.1:{pv.admin_port}/metrics", timeout=5) as r:
+        selects = [line for line in r.read().decode().splitlines()
+                   if line.startswith("pgvalve_queries_total{") and 'kind="select"' in line]
+    assert any('role="replica"' in line and 'shard="s0"' in line for line in selects), selects
+    assert any('role="primary"' in line and 'shard="s1"' in line for line in selects), selects
+
+
 def test_jdbc_reads_over_several_shards_also_once_prepared(shards, pgvalve, tmp_path):
     """PgJDBC switches a PreparedStatement to a named server-side statement with binary integer
     results from its fifth execution: the gathered answers stay right."""

@@ -241,6 +241,42 @@ TEST_F(SessionStatistics, AReadOverSeveralShardsIsOneTransaction) {
   EXPECT_EQ(snapshot_.databases[0].transaction_micros, 2000u + 19000u);
 }
 
+// A read over several shards ran on replicas when every part did; its slow sample names the
+// shards and hosts of its parts.
+TEST_F(SessionStatistics, AReadOverSeveralShardsKeepsWhereItsPartsRan) {
+  routing::ShardingPolicy policy;
+  policy.tables = {"telemetry"};
+  policy.map = routing::ShardMap(routing::ShardHash::Md5Mod, routing::KeyType::Auto, 2, {});
+  policy.shard_names = {"s0", "s1"};
+  SessionHarness h(policy, {}, true, &recorder_);
+  auto s0 = SessionHarness::fresh_server();
+  auto s1 = SessionHarness::fresh_server();
+  s0->name = "10.0.0.1:5432";
+  s1->name = "10.0.0.2:5432";
+  const std::string count = query("select count(*) from telemetry");
+  const std::string answer = int8_description() + data_row({"1"}) + complete("SELECT 1") + ready();
+  auto scatter = [&](Clock::time_point at, bool s1_on_replica) {
+    s0->replica = true;
+    s1->replica = s1_on_replica;
+    h.client(count, at);
+    h.linked(*s0, at);
+    h.linked(*s1, at);
+    h.server(answer, at + 60ms, 0);
+    h.server(answer, at + 70ms, 1);
+  };
+  scatter(T0, true);
+  scatter(T0 + 1s, false);  // one part fell back to its primary
+  const auto* f = figures("select count(*) from telemetry");
+  ASSERT_NE(f, nullptr);
+  EXPECT_EQ(f->calls, 2u);
+  EXPECT_EQ(f->replica_calls, 1u);
+  ASSERT_EQ(snapshot_.slow.size(), 2u);
+  for (const auto& s : snapshot_.slow) {
+    EXPECT_EQ(s.shards, 0b11u);
+    EXPECT_EQ(s.host, "10.0.0.1:5432,10.0.0.2:5432");
+  }
+}
+
 // A write to a reference table runs on every shard; its rows are the client's count, once.
 TEST_F(SessionStatistics, AWriteToAReferenceTableCountsItsRowsOnce) {
   routing::ShardingPolicy policy;
