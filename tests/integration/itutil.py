@@ -74,6 +74,51 @@ def wait_closed(sock: socket.socket, timeout: float) -> bool:
         return False
 
 
+def cancels_on_their_way(pv, a: RawClient, a_sql: str, b: RawClient, b_sql: str,
+                         seconds: float = 5) -> dict:
+    """A runs `a_sql` and B `b_sql` over and over while A's cancel key is sent every 3 ms;
+    counts each one's statements that ran and that were cancelled (57014). A cancel still on
+    its way to PostgreSQL when A's statement ends must never stop B's on the same server."""
+    import struct
+    import threading
+
+    from pgwire import PgWireError
+
+    stop = threading.Event()
+    counts = {"a": 0, "a_cancelled": 0, "b": 0, "b_cancelled": 0}
+
+    def run(client, sql, name):
+        while not stop.is_set():
+            try:
+                client.rows(sql)
+                counts[name] += 1
+            except PgWireError as e:
+                assert e.sqlstate == "57014", e
+                counts[name + "_cancelled"] += 1
+
+    threads = [threading.Thread(target=run, args=(a, a_sql, "a")),
+               threading.Thread(target=run, args=(b, b_sql, "b"))]
+    for t in threads:
+        t.start()
+    pid, secret = a.backend_key
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:
+            with socket.create_connection(("127.0.0.1", pv.port), timeout=5) as s:
+                s.sendall(struct.pack("!IIII", 16, 80877102, pid, secret))
+                s.settimeout(2)
+                try:
+                    s.recv(1)  # pgvalve closes the connection once the cancel is passed on
+                except OSError:
+                    pass
+            time.sleep(0.003)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(20)
+    return counts
+
+
 def show_pools(pv, user: str = APP_USER) -> list[dict]:
     """SHOW POOLS rows of `user` on the admin console (the pgvalve needs APP_AND_OPS users)."""
     with psycopg.connect(pv.dsn(user=OPS_USER, password=OPS_PASSWORD, dbname="pgvalve"),

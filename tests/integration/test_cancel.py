@@ -94,43 +94,13 @@ def test_a_cancel_on_its_way_never_stops_the_next_clients_query(pgvalve):
     """A and B share one server connection. A runs short queries, B long ones, and A's cancel
     key is sent over and over: a cancel still on its way to PostgreSQL when A's query ends must
     not stop B's query on the same server (the server waits for it before its next lend)."""
-    import socket
-    import struct
-
-    from itutil import raw_login
-    from pgwire import PgWireError
+    from itutil import cancels_on_their_way, raw_login
 
     pv = pgvalve(pool_size=1, max_overflow=0, mode="transaction", checkout_timeout_ms=20000)
     a, b = raw_login(pv, timeout=30), raw_login(pv, timeout=30)
-    stop = threading.Event()
-    counts = {"a": 0, "a_cancelled": 0, "b": 0, "b_cancelled": 0}
-
-    def run(client, sql, name):
-        while not stop.is_set():
-            try:
-                client.rows(sql)
-                counts[name] += 1
-            except PgWireError as e:
-                assert e.sqlstate == "57014", e
-                counts[name + "_cancelled"] += 1
-
-    threads = [threading.Thread(target=run, args=(a, "select 1", "a")),
-               threading.Thread(target=run, args=(b, "select pg_sleep(0.05)", "b"))]
-    for t in threads:
-        t.start()
-    pid, secret = a.backend_key
-    deadline = time.monotonic() + 5
     try:
-        while time.monotonic() < deadline:
-            with socket.create_connection(("127.0.0.1", pv.port), timeout=5) as s:
-                s.sendall(struct.pack("!IIII", 16, 80877102, pid, secret))
-                s.settimeout(2)
-                s.recv(1)  # pgvalve closes the connection once the cancel is passed on
-            time.sleep(0.003)
+        counts = cancels_on_their_way(pv, a, "select 1", b, "select pg_sleep(0.05)")
     finally:
-        stop.set()
-        for t in threads:
-            t.join(20)
         a.terminate()
         b.terminate()
     assert counts["b"] > 20 and counts["b_cancelled"] == 0, counts

@@ -800,10 +800,7 @@ def test_a_cancel_on_its_way_to_the_shards_never_stops_the_next_clients_query(sh
     server, which went back to the pool before PostgreSQL took the cancel; B, the next client
     of those servers, had 12 of its reads cancelled. Each server now stays with A until its
     cancel is taken, as a single server does (test_cancel.py)."""
-    import socket
-
-    from itutil import raw_login
-    from pgwire import PgWireError
+    from itutil import cancels_on_their_way, raw_login
 
     clear(shards)
     pv = pgvalve(pool_size=1, max_overflow=0, mode="transaction", checkout_timeout_ms=20000,
@@ -813,39 +810,10 @@ def test_a_cancel_on_its_way_to_the_shards_never_stops_the_next_clients_query(sh
             conn.execute("INSERT INTO telemetry (device_id) VALUES (%s)", (d,))
     shards[0].wait_replay()
     a, b = raw_login(pv, timeout=30), raw_login(pv, timeout=30)
-    stop = threading.Event()
-    counts = {"a": 0, "a_cancelled": 0, "b": 0, "b_cancelled": 0}
-
-    def run(client, sql, name):
-        while not stop.is_set():
-            try:
-                client.rows(sql)
-                counts[name] += 1
-            except PgWireError as e:
-                assert e.sqlstate == "57014", e
-                counts[name + "_cancelled"] += 1
-
-    threads = [threading.Thread(target=run, args=(a, "SELECT device_id FROM telemetry", "a")),
-               threading.Thread(target=run, args=(
-                   b, "SELECT device_id, pg_sleep(0.05) FROM telemetry", "b"))]
-    for t in threads:
-        t.start()
-    pid, secret = a.backend_key
-    deadline = time.monotonic() + 5
     try:
-        while time.monotonic() < deadline:
-            with socket.create_connection(("127.0.0.1", pv.port), timeout=5) as s:
-                s.sendall(struct.pack("!IIII", 16, 80877102, pid, secret))
-                s.settimeout(2)
-                try:
-                    s.recv(1)  # closed once the cancel is passed on
-                except OSError:
-                    pass
-            time.sleep(0.003)
+        counts = cancels_on_their_way(pv, a, "SELECT device_id FROM telemetry",
+                                      b, "SELECT device_id, pg_sleep(0.05) FROM telemetry")
     finally:
-        stop.set()
-        for t in threads:
-            t.join(20)
         a.terminate()
         b.terminate()
     assert counts["a"] + counts["a_cancelled"] > 20, counts
