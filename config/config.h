@@ -73,7 +73,7 @@ struct Limits {
   int message_timeout_ms = 10000;  // a begun message must be complete within this; 0 = no limit
   // Process-wide memory for client messages still being received, beyond the first 4 KiB of
   // each client's buffer.
-  std::int64_t message_memory_bytes = 268435456;
+  std::int64_t message_memory_bytes = 402653184;
 };
 
 struct Shard {

@@ -27,12 +27,16 @@ class ShardStatus {
   std::size_t size() const { return count_; }
   // The host taking writes, -1 when none does now.
   int primary() const { return primary_.load(std::memory_order_relaxed); }
+  // The primary as the checks see it, also while a switchover or promotion pauses its writes
+  // (where a statement ran, for statistics); -1 when none is up.
+  int checked_primary() const { return checked_primary_.load(std::memory_order_relaxed); }
   const HostStatus& host(std::size_t i) const { return hosts_[i]; }
   // A session found replica `i` unreachable: no reads until the checker says otherwise (it
   // publishes again after checking it at once). Any thread.
   void distrust(std::size_t i) const { hosts_[i].readable.store(false, std::memory_order_relaxed); }
 
-  // `writes_paused`: a switchover is under way; writes wait as if there were no primary.
+  // `writes_paused`: a switchover or promotion is under way; writes wait as if there were no
+  // primary.
   void publish(const ShardHealth& shard, bool writes_paused = false) {
     for (std::size_t i = 0; i < count_ && i < shard.size(); ++i) {
       hosts_[i].lsn.store(shard.figures(i).lsn, std::memory_order_relaxed);
@@ -41,12 +45,14 @@ class ShardStatus {
     }
     const auto p = shard.writable_primary();
     primary_.store(p && !writes_paused ? static_cast<int>(*p) : -1, std::memory_order_relaxed);
+    checked_primary_.store(p ? static_cast<int>(*p) : -1, std::memory_order_relaxed);
   }
 
  private:
   std::size_t count_;
   std::unique_ptr<HostStatus[]> hosts_;
   std::atomic<int> primary_{0};
+  std::atomic<int> checked_primary_{0};
 };
 
 }  // namespace pgvalve::health

@@ -980,7 +980,7 @@ bool ClientSession::lent_by_replica(const pool::ServerPool& pool, std::size_t sh
   // The route's shard first: a lend looks at that shard's few hosts only.
   const auto of_shard = [&](const UserPools::Shard& s) -> std::optional<bool> {
     for (std::size_t i = 0; i < s.hosts.size(); ++i) {
-      if (s.hosts[i].get() == &pool) return static_cast<int>(i) != s.status->primary();
+      if (s.hosts[i].get() == &pool) return static_cast<int>(i) != s.status->checked_primary();
     }
     return std::nullopt;
   };

@@ -406,6 +406,9 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
           record_execution(l, head, head.failed);
         }
       }
+      // Whatever statement ended (also one not counted, or pgvalve's own), the next answer on
+      // this server is timed from here, not from when it was sent.
+      if (f.tag == 'C' || f.tag == 'E' || f.tag == 's' || f.tag == 'I') l.answered_at = now_;
       l.rows = 0;
       l.data_rows = 0;
       if (!head.swallow && !head.internal) {

@@ -87,7 +87,7 @@ TEST(Describe, ListsEveryKeyWithDefaults) {
       {"limits.auth_timeout_ms", "10000"},
       {"limits.max_message_bytes", "268435456"},
       {"limits.message_timeout_ms", "10000"},
-      {"limits.message_memory_bytes", "268435456"},
+      {"limits.message_memory_bytes", "402653184"},
       {"databases.telemetry.dbname", "telemetry"},
       {"databases.telemetry.shards.s0.primary", "127.0.0.1:5432"},
       {"databases.telemetry.shards.s0.replicas", "127.0.0.1:5433,127.0.0.1:5434"},
@@ -246,7 +246,7 @@ limits:
       {"pool.query_timeout_ms", "0", "30000", false},
       {"pool.idle_transaction_timeout_ms", "0", "60000", false},
       {"limits.message_timeout_ms", "10000", "0", false},
-      {"limits.message_memory_bytes", "268435456", "1073741824", false},
+      {"limits.message_memory_bytes", "402653184", "1073741824", false},
   };
   ASSERT_EQ(changes.size(), expected.size());
   for (std::size_t i = 0; i < expected.size(); ++i) {

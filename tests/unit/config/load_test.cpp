@@ -263,7 +263,7 @@ TEST(Load, MinimalFileGetsEveryDefault) {
   EXPECT_EQ(c.pool.query_timeout_ms, 0);
   EXPECT_EQ(c.pool.idle_transaction_timeout_ms, 0);
   EXPECT_EQ(c.limits.message_timeout_ms, 10000);
-  EXPECT_EQ(c.limits.message_memory_bytes, 268435456);
+  EXPECT_EQ(c.limits.message_memory_bytes, 402653184);
   EXPECT_EQ(c.routing.write_functions, defaults.routing.write_functions);
   EXPECT_EQ(c.routing.write_functions.size(), 6u);
   EXPECT_EQ(c.routing.reads, ReadsTo::Replicas);

@@ -541,8 +541,12 @@ TEST(ShardStatus, PausedWritesPublishNoPrimary) {
   s.assess(at(0));
   status.publish(s, true);
   EXPECT_EQ(status.primary(), -1);
+  // Where a statement ran is still the primary's (found by a code review: a session that
+  // logged in during a switchover counted every statement on the primary as a replica's).
+  EXPECT_EQ(status.checked_primary(), 0);
   status.publish(s, false);
   EXPECT_EQ(status.primary(), 0);
+  EXPECT_EQ(status.checked_primary(), 0);
 }
 
 TEST(ShardStatus, PublishesWhatSessionsRead) {

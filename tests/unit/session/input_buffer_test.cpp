@@ -7,6 +7,8 @@
 
 #include <cstring>
 
+#include "config/config.h"
+
 namespace pgvalve::session {
 namespace {
 
@@ -38,6 +40,16 @@ TEST(MemoryBudget, AMessageLargerThanItsKindMayEverHoldIsNeverTaken) {
   MemoryBudget tiny(64 * KiB);
   EXPECT_EQ(tiny.try_take(4 * KiB, 60 * KiB), Take::Taken);
   EXPECT_EQ(tiny.try_take(8 * KiB, 68 * KiB), Take::Never);
+}
+
+// With the defaults, a message as large as limits.max_message_bytes fits in what large
+// messages may hold (found by a code review: with both at 256 MiB, messages above 192 MiB were
+// refused on an idle proxy).
+TEST(MemoryBudget, TheDefaultsReceiveAMessageOfTheLargestSize) {
+  const config::Limits limits;
+  MemoryBudget budget(limits.message_memory_bytes);
+  const auto largest = static_cast<std::size_t>(limits.max_message_bytes);
+  EXPECT_EQ(budget.try_take(largest - InputBuffer::kClientBytes, largest), Take::Taken);
 }
 
 TEST(MemoryBudget, ALowerLimitAppliesToTheNextTake) {
