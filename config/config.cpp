@@ -14,15 +14,23 @@ bool same_placement(const Database& a, const Database& b) {
   return true;
 }
 
-DatabaseChange database_change(const Database& before, const Database* after) {
-  if (!after) return DatabaseChange::Removed;
+ReloadChange database_change(const Database& before, const Database* after) {
+  if (!after) return ReloadChange::DatabaseRemoved;
   // One shard without sharding rules places nothing: its shard's name is only a name.
   const auto sharded = [](const Database& db) { return db.sharding && db.shards.size() > 1; };
   if ((sharded(before) || sharded(*after)) && !same_placement(before, *after)) {
-    return DatabaseChange::ShardMap;
+    return ReloadChange::ShardMap;
   }
-  if (before.dbname != after->dbname) return DatabaseChange::Dbname;
-  return DatabaseChange::None;
+  if (before.dbname != after->dbname) return ReloadChange::Dbname;
+  return ReloadChange::None;
+}
+
+ReloadChange reload_change(const Database& db, std::string_view user, const Config& next) {
+  if (const ReloadChange change = database_change(db, next.find_database(db.name));
+      change != ReloadChange::None) {
+    return change;
+  }
+  return next.find_user(user) ? ReloadChange::None : ReloadChange::UserRemoved;
 }
 
 std::string Endpoint::to_string() const {

@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace pgvalve::config {
@@ -115,16 +116,22 @@ struct Database {
 // same order, and the same sharding rules (hosts may differ).
 bool same_placement(const Database& a, const Database& b);
 
-// What a reload did to a database that its clients logged in before cannot follow: they leave
-// at their next transaction boundary. Hosts may change under them (None).
-enum class DatabaseChange : std::uint8_t {
+// What a reload changed that the clients logged in before cannot follow: they leave at their
+// next transaction boundary. Hosts may change under them (None), and so may passwords.
+enum class ReloadChange : std::uint8_t {
   None,
-  ShardMap,  // where keys live: the sharding rules, or the shards' names and order
-  Dbname,    // the database on the servers that its name leads to
-  Removed,   // no longer in the file
+  ShardMap,         // where keys live: the sharding rules, or the shards' names and order
+  Dbname,           // the database on the servers that its name leads to
+  DatabaseRemoved,  // the database is no longer in the file
+  UserRemoved,      // the user is no longer in the file
 };
-// `after` is null when the reloaded file has no database of `before`'s name.
-DatabaseChange database_change(const Database& before, const Database* after);
+// What became of database `before`; `after` is null when the reloaded file has no database of
+// its name.
+ReloadChange database_change(const Database& before, const Database* after);
+struct Config;
+// What became of a login to database `db` as user `user` under the reloaded `next`: the
+// database's change first, then whether the user is still there.
+ReloadChange reload_change(const Database& db, std::string_view user, const Config& next);
 
 enum class ReadsTo { Replicas, Primary, Any };
 enum class LoadBalance { LeastConnections, RoundRobin, Random };

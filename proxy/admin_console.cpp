@@ -807,6 +807,15 @@ boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, sessi
     if (read != ReadStatus::Ok) co_return;
     out.clear();
     if (f.tag == 'X') co_return;
+    // A reload may have taken the console from this user since it logged in.
+    if (const config::User* now = app.config()->find_user(user); !now || !now->admin) {
+      error(out, "28000",
+            "pgvalve: a reload " + std::string(now ? "took admin: true from" : "removed") +
+                " user \"" + user + "\"; this admin console session ends",
+            true);
+      co_await write_all(client, out);
+      co_return;
+    }
     if (f.tag != 'Q' || refused_in_flight) {
       // One error per flight, as PostgreSQL answers a failed extended-protocol request; as it,
       // the console then skips every message up to the Sync, a Query too.

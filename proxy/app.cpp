@@ -563,28 +563,37 @@ void App::remap_shard_statistics(const config::Config& current, const config::Co
   }
 }
 
-void App::leave_changed_databases(const config::Config& current, const config::ConfigPtr& next) {
+void App::leave_after_reload(const config::Config& current, const config::ConfigPtr& next) {
+  bool any = false;
+  const char* action =
+      "clients logged in before leave at their next transaction boundary (57P01); requests not "
+      "yet on a server are not run";
   for (const config::Database& before : current.databases) {
-    const config::DatabaseChange change =
+    const config::ReloadChange change =
         config::database_change(before, next->find_database(before.name));
-    if (change == config::DatabaseChange::None) continue;
-    const char* event = change == config::DatabaseChange::ShardMap ? "shard_map_changed"
-                        : change == config::DatabaseChange::Dbname ? "dbname_changed"
-                                                                   : "database_removed";
-    PGV_LOG(Warn, event, {"database", before.name},
-            {"action",
-             "clients logged in before leave at their next transaction boundary (57P01); "
-             "requests not yet on a server are not run"});
-    for (auto& w : workers_) {
-      asio::post(w->context, [w = w.get(), name = before.name, next] {
-        std::vector<std::shared_ptr<ClientSession>> sessions;
-        w->for_each_session([&](ClientSession& s) {
-          if (s.serves_clients() && s.database() == name) sessions.push_back(s.shared_from_this());
-        });
-        for (const auto& s : sessions)
-          s->on_database_changed(next);
+    if (change == config::ReloadChange::None) continue;
+    any = true;
+    const char* event = change == config::ReloadChange::ShardMap ? "shard_map_changed"
+                        : change == config::ReloadChange::Dbname ? "dbname_changed"
+                                                                 : "database_removed";
+    PGV_LOG(Warn, event, {"database", before.name}, {"action", action});
+  }
+  for (const config::User& before : current.users) {
+    if (next->find_user(before.name)) continue;
+    any = true;
+    PGV_LOG(Warn, "user_removed", {"user", before.name}, {"action", action});
+  }
+  if (!any) return;
+  // Each client compares the file with its own login (a reload may also undo an earlier one).
+  for (auto& w : workers_) {
+    asio::post(w->context, [w = w.get(), next] {
+      std::vector<std::shared_ptr<ClientSession>> sessions;
+      w->for_each_session([&](ClientSession& s) {
+        if (s.serves_clients()) sessions.push_back(s.shared_from_this());
       });
-    }
+      for (const auto& s : sessions)
+        s->on_reload_change(next);
+    });
   }
 }
 
@@ -842,7 +851,7 @@ bool App::reload() {
             {"action", "server connections open now close as they come back to the pool"});
   }
   set_log_level(next->log_level);
-  leave_changed_databases(*current, next);
+  leave_after_reload(*current, next);
   remap_shard_statistics(*current, *next);
   message_memory_.set_limit(next->limits.message_memory_bytes);
   for (auto& pool : pools())

@@ -278,9 +278,10 @@ class App : public pool::Handoff {
   }
   std::vector<std::string> disabled_databases() const;
   // After a reload: the clients of each database whose shard map or dbname `next` changed, or
-  // that `next` removed, leave at their next transaction boundary (config::database_change), so
-  // none keeps routing by the old rules, nor stays on pools nobody else uses.
-  void leave_changed_databases(const config::Config& current, const config::ConfigPtr& next);
+  // that `next` removed, and of each user it removed, leave at their next transaction boundary
+  // (config::reload_change), so none keeps routing by the old rules, stays on pools nobody else
+  // uses, or keeps the access an operator took away.
+  void leave_after_reload(const config::Config& current, const config::ConfigPtr& next);
   // A reload moved shards in a database's list: the statistics kept by shard index follow them.
   void remap_shard_statistics(const config::Config& current, const config::Config& next);
   // The LISTEN/NOTIFY hubs of (database, user), one per shard (a notification may come from

@@ -387,21 +387,25 @@ asio::awaitable<bool> ClientSession::start_session(const StartupParameters& star
   // follow; from here to the session's start nothing waits, so a later reload reaches the
   // session itself.
   if (const auto now = app_.config(); now != profile_->config) {
-    switch (config::database_change(*db, now->find_database(database()))) {
-      case config::DatabaseChange::None:
+    switch (config::reload_change(*db, user(), *now)) {
+      case config::ReloadChange::None:
         break;
-      case config::DatabaseChange::ShardMap:
+      case config::ReloadChange::ShardMap:
         co_await send_fatal("57P01",
                             "pgvalve: a reload changed this database's shards while you logged "
                             "in; connect again");
         co_return false;
-      case config::DatabaseChange::Dbname:
+      case config::ReloadChange::Dbname:
         co_await send_fatal("57P01",
                             "pgvalve: a reload changed the database on the servers (dbname) that "
                             "this database leads to while you logged in; connect again");
         co_return false;
-      case config::DatabaseChange::Removed:
+      case config::ReloadChange::DatabaseRemoved:
         co_await send_fatal("3D000", "pgvalve: a reload removed database \"" + database() +
+                                         "\" from the configuration while you logged in");
+        co_return false;
+      case config::ReloadChange::UserRemoved:
+        co_await send_fatal("28000", "pgvalve: a reload removed user \"" + user() +
                                          "\" from the configuration while you logged in");
         co_return false;
     }

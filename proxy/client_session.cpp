@@ -570,7 +570,7 @@ void ClientSession::arrive() {
   }
   // A reload's word to the workers may have passed both while the session was on its way.
   if (const auto now = app_.config(); now != profile_->config) {
-    on_database_changed(now);
+    on_reload_change(now);
     if (closed_) return;
   }
   // What arrived meanwhile waits in the kernel: read before waiting on this worker's loop.
@@ -676,14 +676,13 @@ void ClientSession::on_drain() {
   carry_out(core_->on_drain(), Source::Event);
 }
 
-void ClientSession::on_database_changed(const config::ConfigPtr& next) {
+void ClientSession::on_reload_change(const config::ConfigPtr& next) {
   if (closed_ || !core_) return;
-  // Compared with the database of its login: a later reload may have undone the change.
-  const config::DatabaseChange change =
-      config::database_change(*profile_->database, next->find_database(database()));
-  if (change == config::DatabaseChange::None) return;
+  // Compared with its login: a later reload may have undone the change.
+  const config::ReloadChange change = config::reload_change(*profile_->database, user(), *next);
+  if (change == config::ReloadChange::None) return;
   const auto self = shared_from_this();
-  carry_out(core_->on_database_changed(change), Source::Event);
+  carry_out(core_->on_reload_change(change), Source::Event);
 }
 
 void ClientSession::on_kill(std::string_view message) {
@@ -926,10 +925,11 @@ std::shared_ptr<pool::ServerPool> ClientSession::pool_for(const routing::Route& 
   if (pools_->generation != app_.topology_generation()) {
     // A reload changed the hosts: the database as the new configuration has it. Not when the
     // client cannot follow the reload (it leaves at the end of its transaction, on the pools
-    // of its login): pools of another dbname, or of a removed database, are not its.
+    // of its login): pools of another dbname, of a removed database or user, are not its.
     const auto now = app_.config();
     if (const auto* db = now->find_database(database());
-        db && config::database_change(*profile_->database, db) == config::DatabaseChange::None) {
+        db &&
+        config::reload_change(*profile_->database, user(), *now) == config::ReloadChange::None) {
       pools_ = app_.user_pools(*db, user());
     }
     // How reads are spread follows the reload too, for clients already connected.

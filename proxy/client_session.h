@@ -69,9 +69,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // Shutdown began: leave at the next transaction boundary (now, if between transactions).
   void on_drain();
   // A reload (`next`) changed where keys live in the client's database, or its dbname, or
-  // removed it: unless what the client logged in with is so again, it leaves at its next
-  // transaction boundary (session::Session::on_database_changed).
-  void on_database_changed(const config::ConfigPtr& next);
+  // removed the database or the user (config::reload_change): unless what the client logged in
+  // with is so again, it leaves at its next transaction boundary
+  // (session::Session::on_reload_change).
+  void on_reload_change(const config::ConfigPtr& next);
   // KILL / KILL_CLIENT from the admin console: the client is disconnected now with `message`.
   void on_kill(std::string_view message);
   // A switchover or failover retired `host`, the former primary, which may still run: the

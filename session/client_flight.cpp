@@ -325,7 +325,7 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
   }
 
   Link* l = linked_link();
-  if (!l && database_changed_ != config::DatabaseChange::None) {
+  if (!l && reload_change_ != config::ReloadChange::None) {
     // Routed now, it would follow the rules a reload replaced.
     close_with("57P01", drain_message(), out);
     return out;

@@ -825,10 +825,10 @@ const Actions& Session::on_drain() {
   return out;
 }
 
-const Actions& Session::on_database_changed(config::DatabaseChange change) {
+const Actions& Session::on_reload_change(config::ReloadChange change) {
   Actions& out = event_actions();
-  if (change == config::DatabaseChange::None) return out;
-  database_changed_ = change;
+  if (change == config::ReloadChange::None) return out;
+  reload_change_ = change;
   drain(out);
   // A request waiting for its first server was routed by the old rules and has run nowhere.
   if (state_ == SessionState::WaitingForServer && work_ &&
@@ -852,17 +852,20 @@ void Session::drain(Actions& out) {
 }
 
 std::string_view Session::drain_message() const {
-  switch (database_changed_) {
-    case config::DatabaseChange::ShardMap:
+  switch (reload_change_) {
+    case config::ReloadChange::ShardMap:
       return "pgvalve: a reload changed this database's shards or how keys map to them; "
              "reconnect to continue (a request not answered was not run)";
-    case config::DatabaseChange::Dbname:
+    case config::ReloadChange::Dbname:
       return "pgvalve: a reload changed the database on the servers (dbname) that this database "
              "leads to; reconnect to continue there (a request not answered was not run)";
-    case config::DatabaseChange::Removed:
+    case config::ReloadChange::DatabaseRemoved:
       return "pgvalve: a reload removed this database from the configuration; connect to one "
              "that is configured (a request not answered was not run)";
-    case config::DatabaseChange::None:
+    case config::ReloadChange::UserRemoved:
+      return "pgvalve: a reload removed this user from the configuration; log in as a user that "
+             "is configured (a request not answered was not run)";
+    case config::ReloadChange::None:
       break;
   }
   return "pgvalve: shutting down; reconnect to continue";

@@ -208,11 +208,11 @@ class Session {
   const Actions& on_client_gone();
   // Shutdown: leave at the next transaction boundary (now, when between transactions).
   const Actions& on_drain();
-  // A reload changed the client's database in a way its session cannot follow (`change`: where
-  // its keys live, its database on the servers, or it is gone): it leaves at the next
+  // A reload changed the client's login in a way its session cannot follow (`change`: where its
+  // keys live, its database on the servers, or the database or user is gone): it leaves at the next
   // transaction boundary, and a request that has not reached any server is not run — now, or
   // when it would be routed.
-  const Actions& on_database_changed(config::DatabaseChange change);
+  const Actions& on_reload_change(config::ReloadChange change);
   // An operator disconnects the client (KILL, KILL_CLIENT): it is told `message` (57P01) and
   // its servers are given back or closed as when a client leaves mid-transaction.
   const Actions& on_kill(std::string_view message);
@@ -749,8 +749,8 @@ class Session {
   SessionState state_ = SessionState::LoggingIn;
   bool logged_in_ = false;
   bool drain_requested_ = false;
-  // Drained because of it (on_database_changed): nothing more is routed.
-  config::DatabaseChange database_changed_ = config::DatabaseChange::None;
+  // Drained because of it (on_reload_change): nothing more is routed.
+  config::ReloadChange reload_change_ = config::ReloadChange::None;
   bool client_held_ = false;  // set_client_held()
   bool pinned_ = false;
   // The server died while this client had a transaction open: its next requests get an error

@@ -1245,9 +1245,8 @@ class Harness {
           if (what & 1) {
             step(session_.on_drain(), Source::Event, {}, in);
           } else {
-            // ShardMap, Dbname or Removed.
-            step(session_.on_database_changed(
-                     static_cast<config::DatabaseChange>(1 + (what >> 1) % 3)),
+            // ShardMap, Dbname, DatabaseRemoved or UserRemoved.
+            step(session_.on_reload_change(static_cast<config::ReloadChange>(1 + (what >> 1) % 4)),
                  Source::Event, {}, in);
           }
           break;

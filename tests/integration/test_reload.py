@@ -500,3 +500,60 @@ def test_a_reload_that_removes_a_database_sends_its_clients_away(pgvalve, cluste
     assert e.value.sqlstate == "3D000", e.value
     for c in (idle, in_tx, kept):
         c.close()
+
+
+def test_a_reload_that_removes_a_user_sends_its_clients_away(pgvalve, cluster, telemetry2, app2):
+    """An operator who removes a user (a leaked password, a retired service) takes its access
+    away from the clients logged in as it too: they finish the transaction they are in and
+    leave (57P01), as a removed database's do; an admin console whose user was removed or lost
+    `admin: true` ends at its next command (28000). Other users' clients go on."""
+    from itutil import OPS_PASSWORD, OPS_USER
+    cluster.primary.psql("TRUNCATE moved; GRANT ALL ON moved TO app2", dbname=APP_DB)
+    users = [{"name": APP_USER, "password": APP_PASSWORD},
+             {"name": app2, "password": APP2_PASSWORD},
+             {"name": OPS_USER, "password": OPS_PASSWORD, "admin": True},
+             {"name": "ops2", "password": OPS_PASSWORD, "admin": True}]
+    pv = pgvalve(mode="transaction", pool_size=2, users=users)
+    idle = psycopg.connect(pv.dsn(user=app2, password=APP2_PASSWORD), autocommit=True)
+    in_tx = psycopg.connect(pv.dsn(user=app2, password=APP2_PASSWORD))
+    kept = pv.connect()
+    console = psycopg.connect(pv.dsn(user=OPS_USER, password=OPS_PASSWORD, dbname="pgvalve"),
+                              autocommit=True)
+    demoted = psycopg.connect(pv.dsn(user="ops2", password=OPS_PASSWORD, dbname="pgvalve"),
+                              autocommit=True)
+    assert idle.execute("select current_user").fetchone() == (app2,)
+    in_tx.execute("insert into moved values (1)")
+    assert console.execute("SHOW VERSION").fetchone()
+    assert demoted.execute("SHOW VERSION").fetchone()
+
+    cfg = copy.deepcopy(pv.config)
+    cfg["users"] = [u for u in cfg["users"] if u["name"] not in (app2, OPS_USER)]
+    next(u for u in cfg["users"] if u["name"] == "ops2")["admin"] = False
+    offset = len(pv.log_text())
+    pv.reload(cfg)
+    wait_until(lambda: "event=user_removed" in new_log(pv, offset), 5, message="reload applied")
+
+    reason = "pgvalve: a reload removed this user from the configuration"
+    with pytest.raises(psycopg.OperationalError, match=reason):
+        idle.execute("select 1")
+    assert closed_by_reload(pv, offset, reason) == 1
+    # The transaction open across the reload finishes, then the client leaves.
+    in_tx.execute("insert into moved values (2)")
+    in_tx.commit()
+    with pytest.raises(psycopg.OperationalError):
+        in_tx.execute("select 1")
+    assert closed_by_reload(pv, offset, reason) == 2
+    assert cluster.primary.scalar("select count(*) from moved", dbname=APP_DB) == 2
+    assert kept.execute("select current_user").fetchone() == (APP_USER,)
+    with pytest.raises(PgWireError) as e:
+        RawClient("127.0.0.1", pv.port, app2, APP2_PASSWORD, APP_DB, timeout=5).connect()
+    assert e.value.sqlstate == "28P01", e.value
+
+    with pytest.raises(psycopg.OperationalError,
+                       match=f'pgvalve: a reload removed user "{OPS_USER}"; this admin console'):
+        console.execute("SHOW VERSION")
+    with pytest.raises(psycopg.OperationalError,
+                       match='pgvalve: a reload took admin: true from user "ops2"'):
+        demoted.execute("SHOW VERSION")
+    for c in (idle, in_tx, kept, console, demoted):
+        c.close()

@@ -274,32 +274,52 @@ TEST(Diff, RemovedKeysComeLast) {
   EXPECT_EQ(changes.back().new_value, "");
 }
 
-TEST(DatabaseChange, WhatClientsLoggedInBeforeCannotFollow) {
+TEST(ReloadChange, WhatClientsLoggedInBeforeCannotFollow) {
   const auto database = [](const std::string& yaml) {
     const LoadResult r = load_ok("users: [{name: app, password: pw}]\ndatabases:\n" + yaml);
     return r.config ? r.config->databases.front() : Database{};
   };
   const Database one = database("  t:\n    shards: [{primary: 10.0.0.1:5432}]\n");
   // Other hosts, or another name for the one shard: they go on.
-  EXPECT_EQ(database_change(one, &one), DatabaseChange::None);
+  EXPECT_EQ(database_change(one, &one), ReloadChange::None);
   const Database moved = database("  t:\n    shards: [{name: a, primary: 10.0.0.2:5432}]\n");
-  EXPECT_EQ(database_change(one, &moved), DatabaseChange::None);
+  EXPECT_EQ(database_change(one, &moved), ReloadChange::None);
   // The same name on the servers, written out.
   const Database same = database("  t:\n    dbname: t\n    shards: [{primary: 10.0.0.1:5432}]\n");
-  EXPECT_EQ(database_change(one, &same), DatabaseChange::None);
+  EXPECT_EQ(database_change(one, &same), ReloadChange::None);
   const Database renamed =
       database("  t:\n    dbname: t2\n    shards: [{primary: 10.0.0.1:5432}]\n");
-  EXPECT_EQ(database_change(one, &renamed), DatabaseChange::Dbname);
-  EXPECT_EQ(database_change(renamed, &one), DatabaseChange::Dbname);
-  EXPECT_EQ(database_change(one, nullptr), DatabaseChange::Removed);
+  EXPECT_EQ(database_change(one, &renamed), ReloadChange::Dbname);
+  EXPECT_EQ(database_change(renamed, &one), ReloadChange::Dbname);
+  EXPECT_EQ(database_change(one, nullptr), ReloadChange::DatabaseRemoved);
   const std::string two_shards =
       "    shards: [{name: s0, primary: 10.0.0.1:5432}, {name: s1, primary: 10.0.0.2:5432}]\n";
   const Database sharded = database("  t:\n" + two_shards + "    sharding: {tables: [x]}\n");
-  EXPECT_EQ(database_change(one, &sharded), DatabaseChange::ShardMap);
+  EXPECT_EQ(database_change(one, &sharded), ReloadChange::ShardMap);
   const Database remapped = database("  t:\n    dbname: t2\n" + two_shards +
                                      "    sharding: {tables: [x], hash: md5_mod}\n");
-  EXPECT_EQ(database_change(sharded, &remapped), DatabaseChange::ShardMap);
-  EXPECT_EQ(database_change(sharded, &sharded), DatabaseChange::None);
+  EXPECT_EQ(database_change(sharded, &remapped), ReloadChange::ShardMap);
+  EXPECT_EQ(database_change(sharded, &sharded), ReloadChange::None);
+}
+
+TEST(ReloadChange, AUserRemovedByTheReloadLeavesAsARemovedDatabaseDoes) {
+  const std::string databases = "databases:\n  t:\n    shards: [{primary: 10.0.0.1:5432}]\n";
+  const LoadResult before =
+      load_ok("users: [{name: app, password: pw}, {name: report, password: pw}]\n" + databases);
+  ASSERT_TRUE(before.config);
+  const Database& t = before.config->databases.front();
+  EXPECT_EQ(reload_change(t, "app", *before.config), ReloadChange::None);
+  const LoadResult after = load_ok("users: [{name: app, password: changed}]\n" + databases);
+  ASSERT_TRUE(after.config);
+  // A new password is not a reason to leave; a missing user is.
+  EXPECT_EQ(reload_change(t, "app", *after.config), ReloadChange::None);
+  EXPECT_EQ(reload_change(t, "report", *after.config), ReloadChange::UserRemoved);
+  // The database's own change is told first.
+  const LoadResult other = load_ok(
+      "users: [{name: app, password: pw}]\ndatabases:\n  u:\n    shards: [{primary: "
+      "10.0.0.1:5432}]\n");
+  ASSERT_TRUE(other.config);
+  EXPECT_EQ(reload_change(t, "report", *other.config), ReloadChange::DatabaseRemoved);
 }
 
 }  // namespace

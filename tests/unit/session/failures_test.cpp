@@ -631,15 +631,16 @@ TEST(SessionFailures, ShardMapChangeRefusesARequestWhoseLastBytesCameAfterIt) {
   EXPECT_FALSE(s.check_out);
 }
 
-// ---- A reload changed the database's dbname, or removed it ---------------------------------
+// ---- A reload changed the database's dbname, or removed it or the user --------------------
 
 TEST(SessionFailures, DbnameChangeOrRemovalSendsTheClientAwayAsAShardMapChangeDoes) {
   for (const auto& [change, words] :
-       {std::pair{config::DatabaseChange::Dbname, "changed the database on the servers (dbname)"},
-        std::pair{config::DatabaseChange::Removed,
-                  "removed this database from the configuration"}}) {
+       {std::pair{config::ReloadChange::Dbname, "changed the database on the servers (dbname)"},
+        std::pair{config::ReloadChange::DatabaseRemoved,
+                  "removed this database from the configuration"},
+        std::pair{config::ReloadChange::UserRemoved, "removed this user from the configuration"}}) {
     SessionHarness idle;
-    Step s = idle.database_changed(change);
+    Step s = idle.reload_changed(change);
     EXPECT_TRUE(s.close_client);
     const auto errors = errors_in(s.to_client);
     ASSERT_EQ(errors.size(), 1u);
@@ -651,16 +652,16 @@ TEST(SessionFailures, DbnameChangeOrRemovalSendsTheClientAwayAsAShardMapChangeDo
     SessionHarness waiting;
     waiting.client(query("insert into t values (1)"));
     ASSERT_EQ(waiting.session().state(), SessionState::WaitingForServer);
-    s = waiting.database_changed(change);
+    s = waiting.reload_changed(change);
     EXPECT_TRUE(s.close_client);
     EXPECT_EQ(sqlstates_in(s.to_client), "57P01");
     EXPECT_TRUE(s.ops.empty());
     SessionHarness in_transaction;
     drained_in_a_transaction(in_transaction,
-                             [change](SessionHarness& h) { return h.database_changed(change); });
+                             [change](SessionHarness& h) { return h.reload_changed(change); });
   }
   SessionHarness unchanged;
-  EXPECT_FALSE(unchanged.database_changed(config::DatabaseChange::None).close_client);
+  EXPECT_FALSE(unchanged.reload_changed(config::ReloadChange::None).close_client);
 }
 
 // ---- An operator's KILL --------------------------------------------------------------------

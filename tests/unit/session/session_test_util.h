@@ -492,10 +492,10 @@ class SessionHarness {
   Step timer(Clock::time_point now) { return track(session_.on_timer(now)); }
   Step gone() { return track(session_.on_client_gone()); }
   Step drain() { return track(session_.on_drain()); }
-  Step database_changed(config::DatabaseChange change) {
-    return track(session_.on_database_changed(change));
+  Step reload_changed(config::ReloadChange change) {
+    return track(session_.on_reload_change(change));
   }
-  Step shard_map_changed() { return database_changed(config::DatabaseChange::ShardMap); }
+  Step shard_map_changed() { return reload_changed(config::ReloadChange::ShardMap); }
   Step kill(std::string_view message = "pgvalve: disconnected by an administrator") {
     return track(session_.on_kill(message));
   }
