@@ -399,15 +399,16 @@ void show_shards(App& app, const stats::Snapshot& snap, std::string& out) {
 using ConnectionRow = ClientSession::ConnectionRow;
 
 // Every worker lists its own sessions and idle server connections on its thread; the console
-// waits for them here (at most 2 s: a worker that no longer runs answers nothing).
+// waits for them here, at most App::kWorkerAnswerMs (a worker that no longer runs answers
+// nothing): then WorkerSilent, as a list without that worker's rows would pass for the whole.
 boost::asio::awaitable<std::vector<ConnectionRow>> collect_connections(App& app, Stream& client) {
   struct Shared {
     std::mutex mutex;
     std::vector<ConnectionRow> rows;
-    int left = 0;
+    std::vector<bool> answered;
   };
   auto shared = std::make_shared<Shared>();
-  shared->left = app.worker_count();
+  shared->answered.assign(static_cast<std::size_t>(app.worker_count()), false);
   const auto config = app.config();
   for (int i = 0; i < app.worker_count(); ++i) {
     boost::asio::post(app.worker(i).context, [shared, &app, i, config] {
@@ -442,18 +443,20 @@ boost::asio::awaitable<std::vector<ConnectionRow>> collect_connections(App& app,
       std::lock_guard lock(shared->mutex);
       for (auto& r : rows)
         shared->rows.push_back(std::move(r));
-      --shared->left;
+      shared->answered[static_cast<std::size_t>(i)] = true;
     });
   }
+  const auto silent = [&shared] {
+    std::lock_guard lock(shared->mutex);
+    const auto it = std::find(shared->answered.begin(), shared->answered.end(), false);
+    return it == shared->answered.end() ? -1 : static_cast<int>(it - shared->answered.begin());
+  };
   boost::asio::steady_timer timer(client.get_executor());
-  for (int waited = 0; waited < 400; ++waited) {
-    {
-      std::lock_guard lock(shared->mutex);
-      if (shared->left == 0) break;
-    }
+  for (int waited = 0; waited < App::kWorkerAnswerMs / 5 && silent() >= 0; ++waited) {
     timer.expires_after(std::chrono::milliseconds(5));
     co_await timer.async_wait(boost::asio::use_awaitable);
   }
+  if (const int worker = silent(); worker >= 0) throw WorkerSilent(worker);
   std::lock_guard lock(shared->mutex);
   std::vector<ConnectionRow> rows = std::move(shared->rows);
   std::sort(rows.begin(), rows.end(),
@@ -726,8 +729,14 @@ boost::asio::awaitable<void> connection_command(App& app, Stream& client, std::s
     PGV_LOG(Warn, "reconnect", {"database", logged});
   } else if (command == "WAIT_CLOSE") {
     boost::asio::steady_timer timer(client.get_executor());
-    while (connections_to_close(app, co_await collect_connections(app, client), name) > 0 &&
-           !app.draining()) {
+    while (!app.draining()) {
+      // A worker that did not answer may hold some of them: ask again, never conclude.
+      int left = 1;
+      try {
+        left = connections_to_close(app, co_await collect_connections(app, client), name);
+      } catch (const WorkerSilent&) {
+      }
+      if (left == 0) break;
       timer.expires_after(std::chrono::milliseconds(50));
       co_await timer.async_wait(boost::asio::use_awaitable);
     }
@@ -833,119 +842,125 @@ boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, sessi
       auto words = words_of(sql);
       PGV_LOG(Info, "admin_command", {"client", client_id},
               {"command", sql.substr(0, 1024)});  // a command is short; a log line too
-      if (words.empty()) {
-        pr::append_empty_query_response(out);
-      } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "POOLS") {
-        const std::vector<ConnectionRow> pool_connections =
-            co_await collect_connections(app, client);
-        show_pools(app, pool_connections, out);
-      } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "CONFIG") {
-        show_config(app, out);
-      } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "VERSION") {
-        append_result(out, {"version"}, {{"pgvalve " PGVALVE_VERSION}});
-      } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "HOSTS") {
-        show_hosts(app, out);
-      } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "QUERIES") {
-        co_await answer_statistics(app, words[1], out);
-      } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "SLOW_QUERIES") {
-        co_await answer_statistics(app, words[1], out);
-      } else if (words.size() == 2 && words[0] == "SHOW" &&
-                 (words[1] == "CLIENTS" || words[1] == "SERVERS")) {
-        const auto rows = co_await collect_connections(app, client);
-        show_connections(app, rows, words[1] == "CLIENTS" ? 'C' : 'S', out);
-      } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "STATS") {
-        co_await answer_statistics(app, words[1], out);
-      } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "HELP") {
-        show_help(out);
-      } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "SHARDS") {
-        co_await answer_statistics(app, words[1], out);
-      } else if ((words[0] == "PAUSE" || words[0] == "RESUME") && words.size() <= 2) {
-        const std::string database = words.size() == 2 ? raw_words(sql)[1] : "";
-        if (!database.empty() && !app.config()->find_database(database)) {
-          error(out, "3D000", "pgvalve: no database \"" + database + "\" in the configuration");
-        } else if (words[0] == "RESUME" && !app.resume(database)) {
-          error(out, "55000",
-                "pgvalve: every database is paused (PAUSE without a name), \"" + database +
-                    "\" too; RESUME without a name ends that pause");
-        } else if (words[0] == "RESUME") {
-          PGV_LOG(Warn, "resumed", {"database", database.empty() ? "*" : database});
-          pr::append_command_complete(out, "RESUME");
-        } else {
-          app.pause(database);
-          PGV_LOG(Warn, "paused", {"database", database.empty() ? "*" : database});
-          // PgBouncer's meaning: PAUSE returns once every server connection is back.
-          boost::asio::steady_timer timer(client.get_executor());
-          while (app.lent_in(database) > 0 && app.paused(database)) {
-            timer.expires_after(std::chrono::milliseconds(20));
-            co_await timer.async_wait(boost::asio::use_awaitable);
-          }
-          pr::append_command_complete(out, "PAUSE");
-        }
-      } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "DATABASES") {
-        show_databases(app, out);
-      } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "USERS") {
-        show_users(app, out);
-      } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "LISTS") {
-        show_lists(app, out);
-      } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "STATE") {
-        show_state(app, out);
-      } else if (is_connection_command(words)) {
-        co_await connection_command(app, client, sql, out);
-      } else if (words.size() == 1 && words[0] == "SHUTDOWN") {
-        co_await app.shutdown();
-        pr::append_command_complete(out, "SHUTDOWN");
-      } else if (words.size() == 2 && words[0] == "RESET" && words[1] == "QUERIES") {
-        co_await app.reset_query_stats();
-        pr::append_command_complete(out, "RESET");
-      } else if (!words.empty() && (words[0] == "SWITCHOVER" || words[0] == "FAILOVER")) {
-        // Names as written (databases and shards are case-sensitive), after the command word.
-        const auto raw = raw_words(sql);
-        const bool switchover = words[0] == "SWITCHOVER";
-        std::string database = raw.size() > 1 ? raw[1] : "";
-        std::string shard;
-        std::optional<config::Endpoint> to;
-        bool bad = database.empty();
-        std::size_t i = 2;
-        if (raw.size() > i && words[i] != "TO") shard = raw[i++];
-        if (switchover && raw.size() > i && words[i] == "TO") {
-          to = raw.size() > i + 1 ? parse_endpoint(raw[i + 1]) : std::nullopt;
-          bad = bad || !to;
-          i += 2;
-        }
-        bad = bad || raw.size() > i;
-        if (bad) {
-          error(out, "42601",
-                switchover ? "pgvalve: usage: SWITCHOVER <database> [shard] [TO host:port]"
-                           : "pgvalve: usage: FAILOVER <database> [shard]");
-        } else {
-          const DrillResult r = co_await await_drill(client, [&](HealthChecker::DrillDone done) {
-            if (switchover) {
-              app.switchover(database, shard, to, std::move(done));
-            } else {
-              app.failover(database, shard, std::move(done));
-            }
-          });
-          if (r.ok) {
-            pr::ErrorFields notice;
-            notice.severity = "NOTICE";
-            notice.sqlstate = "00000";
-            notice.message = r.message;
-            pr::append_notice_response(out, notice);
-            pr::append_command_complete(out, words[0]);
+      try {
+        if (words.empty()) {
+          pr::append_empty_query_response(out);
+        } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "POOLS") {
+          const std::vector<ConnectionRow> pool_connections =
+              co_await collect_connections(app, client);
+          show_pools(app, pool_connections, out);
+        } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "CONFIG") {
+          show_config(app, out);
+        } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "VERSION") {
+          append_result(out, {"version"}, {{"pgvalve " PGVALVE_VERSION}});
+        } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "HOSTS") {
+          show_hosts(app, out);
+        } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "QUERIES") {
+          co_await answer_statistics(app, words[1], out);
+        } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "SLOW_QUERIES") {
+          co_await answer_statistics(app, words[1], out);
+        } else if (words.size() == 2 && words[0] == "SHOW" &&
+                   (words[1] == "CLIENTS" || words[1] == "SERVERS")) {
+          const auto rows = co_await collect_connections(app, client);
+          show_connections(app, rows, words[1] == "CLIENTS" ? 'C' : 'S', out);
+        } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "STATS") {
+          co_await answer_statistics(app, words[1], out);
+        } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "HELP") {
+          show_help(out);
+        } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "SHARDS") {
+          co_await answer_statistics(app, words[1], out);
+        } else if ((words[0] == "PAUSE" || words[0] == "RESUME") && words.size() <= 2) {
+          const std::string database = words.size() == 2 ? raw_words(sql)[1] : "";
+          if (!database.empty() && !app.config()->find_database(database)) {
+            error(out, "3D000", "pgvalve: no database \"" + database + "\" in the configuration");
+          } else if (words[0] == "RESUME" && !app.resume(database)) {
+            error(out, "55000",
+                  "pgvalve: every database is paused (PAUSE without a name), \"" + database +
+                      "\" too; RESUME without a name ends that pause");
+          } else if (words[0] == "RESUME") {
+            PGV_LOG(Warn, "resumed", {"database", database.empty() ? "*" : database});
+            pr::append_command_complete(out, "RESUME");
           } else {
-            error(out, "55000", r.message);
+            app.pause(database);
+            PGV_LOG(Warn, "paused", {"database", database.empty() ? "*" : database});
+            // PgBouncer's meaning: PAUSE returns once every server connection is back.
+            boost::asio::steady_timer timer(client.get_executor());
+            while (app.lent_in(database) > 0 && app.paused(database)) {
+              timer.expires_after(std::chrono::milliseconds(20));
+              co_await timer.async_wait(boost::asio::use_awaitable);
+            }
+            pr::append_command_complete(out, "PAUSE");
           }
-        }
-      } else if (words.size() == 1 && words[0] == "RELOAD") {
-        if (co_await app.reload_on_control()) {
-          pr::append_command_complete(out, "RELOAD");
+        } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "DATABASES") {
+          show_databases(app, out);
+        } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "USERS") {
+          show_users(app, out);
+        } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "LISTS") {
+          show_lists(app, out);
+        } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "STATE") {
+          show_state(app, out);
+        } else if (is_connection_command(words)) {
+          co_await connection_command(app, client, sql, out);
+        } else if (words.size() == 1 && words[0] == "SHUTDOWN") {
+          co_await app.shutdown();
+          pr::append_command_complete(out, "SHUTDOWN");
+        } else if (words.size() == 2 && words[0] == "RESET" && words[1] == "QUERIES") {
+          co_await app.reset_query_stats();
+          pr::append_command_complete(out, "RESET");
+        } else if (!words.empty() && (words[0] == "SWITCHOVER" || words[0] == "FAILOVER")) {
+          // Names as written (databases and shards are case-sensitive), after the command word.
+          const auto raw = raw_words(sql);
+          const bool switchover = words[0] == "SWITCHOVER";
+          std::string database = raw.size() > 1 ? raw[1] : "";
+          std::string shard;
+          std::optional<config::Endpoint> to;
+          bool bad = database.empty();
+          std::size_t i = 2;
+          if (raw.size() > i && words[i] != "TO") shard = raw[i++];
+          if (switchover && raw.size() > i && words[i] == "TO") {
+            to = raw.size() > i + 1 ? parse_endpoint(raw[i + 1]) : std::nullopt;
+            bad = bad || !to;
+            i += 2;
+          }
+          bad = bad || raw.size() > i;
+          if (bad) {
+            error(out, "42601",
+                  switchover ? "pgvalve: usage: SWITCHOVER <database> [shard] [TO host:port]"
+                             : "pgvalve: usage: FAILOVER <database> [shard]");
+          } else {
+            const DrillResult r = co_await await_drill(client, [&](HealthChecker::DrillDone done) {
+              if (switchover) {
+                app.switchover(database, shard, to, std::move(done));
+              } else {
+                app.failover(database, shard, std::move(done));
+              }
+            });
+            if (r.ok) {
+              pr::ErrorFields notice;
+              notice.severity = "NOTICE";
+              notice.sqlstate = "00000";
+              notice.message = r.message;
+              pr::append_notice_response(out, notice);
+              pr::append_command_complete(out, words[0]);
+            } else {
+              error(out, "55000", r.message);
+            }
+          }
+        } else if (words.size() == 1 && words[0] == "RELOAD") {
+          if (co_await app.reload_on_control()) {
+            pr::append_command_complete(out, "RELOAD");
+          } else {
+            error(out, "F0000",
+                  "pgvalve: the new config file was refused (see the log); the running "
+                  "configuration is unchanged");
+          }
         } else {
-          error(out, "F0000",
-                "pgvalve: the new config file was refused (see the log); the running "
-                "configuration is unchanged");
+          error(out, "42601", "pgvalve: unknown admin command; available: " + command_list());
         }
-      } else {
-        error(out, "42601", "pgvalve: unknown admin command; available: " + command_list());
+      } catch (const WorkerSilent& e) {
+        // A worker did not answer: no answer from the others would be whole.
+        out.clear();
+        error(out, "57014", e.what());
       }
       pr::append_ready_for_query(out, 'I');
     }

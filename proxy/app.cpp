@@ -1,5 +1,6 @@
 #include "proxy/app.h"
 
+#include <pthread.h>
 #include <sys/resource.h>
 #include <time.h>
 
@@ -223,23 +224,30 @@ void App::set_topology(std::shared_ptr<const Topology> topology) {
   topology_generation_.store(generation, std::memory_order_release);
 }
 
+WorkerSilent::WorkerSilent(int worker)
+    : std::runtime_error("pgvalve: worker " + std::to_string(worker) + " did not answer within " +
+                         std::to_string(App::kWorkerAnswerMs) +
+                         " ms (its thread is stalled or busy); retry"),
+      worker_(worker) {}
+
 asio::awaitable<stats::Snapshot> App::query_stats(stats::Detail detail) {
   const auto max_fingerprints = static_cast<std::size_t>(config()->stats.max_fingerprints);
-  // Each worker writes only its own slot, so the workers never wait for each other, and marks
-  // it done: a worker that answers after on_every_worker gave up on it is left out (its slot
-  // stays alive with `parts`, and is not read).
+  // Each worker writes only its own slot, so the workers never wait for each other. One that
+  // answers after on_every_worker gave up on it writes a slot kept alive by `parts` and never
+  // read: the question then has no answer (WorkerSilent), never the sum of the others.
   struct Part {
     stats::Snapshot snapshot;
     std::vector<stats::FingerprintTime> times;
-    std::atomic<bool> done{false};
   };
   auto parts = std::make_shared<std::vector<Part>>(workers_.size());
   const auto finished = [&parts] {
     std::vector<stats::Snapshot> out;
-    for (auto& p : *parts) {
-      if (p.done.load(std::memory_order_acquire)) out.push_back(std::move(p.snapshot));
-    }
+    for (auto& p : *parts)
+      out.push_back(std::move(p.snapshot));
     return out;
+  };
+  const auto answered = [](int silent) {
+    if (silent >= 0) throw WorkerSilent(silent);
   };
   if (detail != stats::Detail::Top) {
     const auto collect = [parts, detail](Worker& w) {
@@ -249,9 +257,8 @@ asio::awaitable<stats::Snapshot> App::query_stats(stats::Detail detail) {
       } else {
         w.query_stats.collect_totals(p.snapshot);
       }
-      p.done.store(true, std::memory_order_release);
     };
-    co_await on_every_worker(collect);
+    answered(co_await on_every_worker(collect));
     co_return stats::QueryStats::merge(finished(), max_fingerprints);
   }
   // Top: first each worker's total time per statement (no text or histogram), then, for the
@@ -259,13 +266,11 @@ asio::awaitable<stats::Snapshot> App::query_stats(stats::Detail detail) {
   const auto times = [parts](Worker& w) {
     Part& p = (*parts)[static_cast<std::size_t>(w.index)];
     w.query_stats.collect_times(p.times);
-    p.done.store(true, std::memory_order_release);
   };
-  co_await on_every_worker(times);
+  answered(co_await on_every_worker(times));
   std::vector<std::vector<stats::FingerprintTime>> all_times;
-  for (auto& p : *parts) {
-    if (p.done.load(std::memory_order_acquire)) all_times.push_back(std::move(p.times));
-  }
+  for (auto& p : *parts)
+    all_times.push_back(std::move(p.times));
   auto top = std::make_shared<const std::vector<std::uint64_t>>(
       stats::QueryStats::top_by_time(all_times, std::min(stats::kTopShown, max_fingerprints)));
   // Fresh slots: one that was late for the first round may still be written to.
@@ -275,9 +280,8 @@ asio::awaitable<stats::Snapshot> App::query_stats(stats::Detail detail) {
     w.query_stats.collect_totals(p.snapshot);
     w.query_stats.collect_figures(*top, p.snapshot);
     w.query_stats.collect_latest_slow(stats::kTopShown, p.snapshot);
-    p.done.store(true, std::memory_order_release);
   };
-  co_await on_every_worker(figures);
+  answered(co_await on_every_worker(figures));
   stats::Snapshot out = stats::QueryStats::merge(finished(), max_fingerprints);
   if (out.slow.size() > stats::kTopShown) out.slow.resize(stats::kTopShown);
   co_return out;
@@ -360,7 +364,8 @@ asio::awaitable<std::vector<App::DatabaseStats>> App::database_stats() {
 
 asio::awaitable<void> App::reset_query_stats() {
   const auto reset = [](Worker& w) { w.query_stats.reset(); };
-  co_await on_every_worker(reset);
+  // A late worker still resets when it answers; RESET QUERIES says it was not done yet.
+  if (const int silent = co_await on_every_worker(reset); silent >= 0) throw WorkerSilent(silent);
 }
 
 std::vector<HostRow> App::hosts() const {
@@ -614,7 +619,10 @@ asio::awaitable<int> App::kill(const std::string& database) {
                  "); you may reconnect, but requests wait until the database is resumed");
     killed->fetch_add(static_cast<int>(victims.size()));
   };
-  co_await on_every_worker(close_clients);
+  // A late worker still disconnects its clients when it answers; KILL says the count is short.
+  if (const int silent = co_await on_every_worker(close_clients); silent >= 0) {
+    throw WorkerSilent(silent);
+  }
   co_return killed->load();
 }
 
@@ -630,7 +638,9 @@ asio::awaitable<bool> App::kill_client(std::uint64_t id) {
                     "); reconnect to continue");
     found->store(true);
   };
-  co_await on_every_worker(close_client);
+  const int silent = co_await on_every_worker(close_client);
+  // Not found among those that answered: it may be the silent worker's.
+  if (!found->load() && silent >= 0) throw WorkerSilent(silent);
   co_return found->load();
 }
 
@@ -1298,6 +1308,9 @@ int App::run() {
     asio::co_spawn(w->context, accept_loop(*w), asio::detached);
     schedule_sweep(*w);
     w->thread = std::thread([w = w.get()] {
+      // "pgvalve-w0", ...: which thread is which worker in top -H, perf and gdb.
+      const std::string name = "pgvalve-w" + std::to_string(w->index);
+      pthread_setname_np(pthread_self(), name.substr(0, 15).c_str());
       // Keeps the loop alive when no client is connected.
       auto guard = asio::make_work_guard(w->context);
       w->context.run();

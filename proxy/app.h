@@ -12,6 +12,7 @@
 #include <mutex>
 #include <optional>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <tuple>
@@ -58,6 +59,17 @@ using error_code = boost::system::error_code;
 
 class ListenHub;
 class HttpServer;
+
+// A worker that did not answer App::on_every_worker in time (its thread is stalled or busy):
+// what it was asked for has no complete answer, and none is given.
+class WorkerSilent : public std::runtime_error {
+ public:
+  explicit WorkerSilent(int worker);
+  int worker() const { return worker_; }
+
+ private:
+  int worker_;
+};
 
 // A (database, user)'s pools for every host of every shard, aligned with the topology's host
 // lists, and the shards' published health: what a session needs to pick a server without a
@@ -212,14 +224,17 @@ class App : public pool::Handoff {
   std::uint64_t failovers() const { return health_ ? health_->failovers() : 0; }
   // Runs `f(worker)` on every worker's thread (what only that thread may touch: its sessions,
   // its statement statistics, its idle server connections) and waits for them here, at most
-  // 2 s (a worker that no longer runs answers nothing; `f` keeps what it uses alive itself).
-  // From a coroutine on any thread, a worker's included. `f` is taken by reference and must be
-  // a named object of the caller's (GCC 12 destroys a temporary passed by value to a coroutine
-  // twice).
+  // kWorkerAnswerMs (a worker that no longer runs answers nothing; `f` keeps what it uses alive
+  // itself). Returns the index of the first worker that did not answer in time (its `f` runs
+  // when it does), or -1 when all did. From a coroutine on any thread, a worker's included.
+  // `f` is taken by reference and must be a named object of the caller's (GCC 12 destroys a
+  // temporary passed by value to a coroutine twice).
+  static constexpr int kWorkerAnswerMs = 2000;
   template <typename F>
-  asio::awaitable<void> on_every_worker(const F& f);
+  asio::awaitable<int> on_every_worker(const F& f);
   // Every worker's statement statistics, summed, in as much `detail` as the reader needs (each
-  // worker copies only that: /metrics no statement at all).
+  // worker copies only that: /metrics no statement at all). Throws WorkerSilent when a worker
+  // did not answer: the sum of the others would pass for the whole (counters going backwards).
   asio::awaitable<stats::Snapshot> query_stats(stats::Detail detail);
   stats::CounterTotals counter_totals() const;
   // SHOW STATS: one row per database seen, every worker's figures summed.
@@ -432,20 +447,28 @@ class App : public pool::Handoff {
 };
 
 template <typename F>
-asio::awaitable<void> App::on_every_worker(const F& f) {
-  auto left = std::make_shared<std::atomic<int>>(worker_count());
+asio::awaitable<int> App::on_every_worker(const F& f) {
+  // One flag per worker, so that the one that did not answer can be named.
+  auto answered = std::make_shared<std::vector<std::atomic<bool>>>(workers_.size());
   for (auto& w : workers_) {
-    asio::post(w->context, [f, left, worker = w.get()]() mutable {
+    asio::post(w->context, [f, answered, worker = w.get()]() mutable {
       f(*worker);
-      left->fetch_sub(1, std::memory_order_acq_rel);
+      (*answered)[static_cast<std::size_t>(worker->index)].store(true, std::memory_order_release);
     });
   }
+  const auto silent = [&answered] {
+    for (std::size_t i = 0; i < answered->size(); ++i) {
+      if (!(*answered)[i].load(std::memory_order_acquire)) return static_cast<int>(i);
+    }
+    return -1;
+  };
   const auto executor = co_await asio::this_coro::executor;
   asio::steady_timer timer(executor);
-  for (int waited = 0; waited < 1000 && left->load(std::memory_order_acquire) > 0; ++waited) {
+  for (int waited = 0; waited < kWorkerAnswerMs / 2 && silent() >= 0; ++waited) {
     timer.expires_after(std::chrono::milliseconds(2));
     co_await timer.async_wait(asio::use_awaitable);
   }
+  co_return silent();
 }
 
 }  // namespace pgvalve::proxy

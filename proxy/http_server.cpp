@@ -97,6 +97,7 @@ struct HttpServer::State {
   // gather once, and hold one snapshot, not one each.
   struct Gathering {
     std::shared_ptr<const Snapshot> result;  // null until taken (or when it failed)
+    int silent_worker = -1;  // it failed as this worker did not answer (WorkerSilent)
     std::vector<std::shared_ptr<asio::steady_timer>> waiters;  // cancelled when it is done
   };
   std::shared_ptr<Gathering> metrics_gathering;  // the one under way, if any
@@ -419,7 +420,9 @@ asio::awaitable<std::shared_ptr<const Snapshot>> shared_snapshot(std::shared_ptr
     error_code ec;
     co_await timer->async_wait(await_ec(ec));
     if (under_way->result) co_return under_way->result;
-    // It failed: this request takes its own below.
+    // A stalled worker would stall this one as long: the same answer.
+    if (under_way->silent_worker >= 0) throw WorkerSilent(under_way->silent_worker);
+    // It failed otherwise: this request takes its own below.
   }
   auto gathering = std::make_shared<State::Gathering>();
   if (!slot) slot = gathering;
@@ -431,6 +434,10 @@ asio::awaitable<std::shared_ptr<const Snapshot>> shared_snapshot(std::shared_ptr
   };
   try {
     gathering->result = std::make_shared<const Snapshot>(co_await take_snapshot(st->app, detail));
+  } catch (const WorkerSilent& e) {
+    gathering->silent_worker = e.worker();
+    done();
+    throw;
   } catch (...) {
     done();
     throw;
@@ -481,15 +488,29 @@ asio::awaitable<Response> answer(std::shared_ptr<State> st, const Request& req) 
   }
   if (path == "/health") co_return text(version, http::status::ok, "ok\n");
   if (path == "/ready") co_return co_await ready(st, version);
-  if (path == "/status") {
-    const auto for_status = co_await shared_snapshot(st, stats::Detail::Top);
-    co_return make_response(version, http::status::ok, "application/json",
-                            status_json(*for_status));
+  // A worker that did not answer: its counters are missing from any sum, which Prometheus
+  // would take for a reset (rate() spikes). A failed scrape (503) is what it is.
+  std::shared_ptr<const Snapshot> snapshot;
+  int silent = -1;
+  try {
+    snapshot = co_await shared_snapshot(
+        st, path == "/status" ? stats::Detail::Top : stats::Detail::Totals);
+  } catch (const WorkerSilent& e) {
+    silent = e.worker();
   }
-  const auto for_metrics = co_await shared_snapshot(st, stats::Detail::Totals);
+  if (silent >= 0) {
+    co_return text(version, http::status::service_unavailable,
+                   "pgvalve: worker " + std::to_string(silent) + " did not answer within " +
+                       std::to_string(App::kWorkerAnswerMs) +
+                       " ms (its thread is stalled or busy); the figures would be partial, so "
+                       "none are given; retry\n");
+  }
+  if (path == "/status") {
+    co_return make_response(version, http::status::ok, "application/json", status_json(*snapshot));
+  }
   co_return make_response(
       version, http::status::ok, kMetricsContentType,
-      prometheus::TextSerializer().Serialize(MetricsCollectable(*for_metrics).Collect()));
+      prometheus::TextSerializer().Serialize(MetricsCollectable(*snapshot).Collect()));
 }
 
 // HEAD is answered as GET, with the same headers (Content-Length too) and no body (RFC 9110

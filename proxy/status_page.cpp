@@ -101,7 +101,9 @@ function render(s) {
 async function refresh() {
   try {
     const response = await fetch("/status", { cache: "no-store" });
-    if (!response.ok) throw new Error("/status answered " + response.status);
+    if (!response.ok) {
+      throw new Error("/status answered " + response.status + ": " + (await response.text()));
+    }
     render(await response.json());
     document.getElementById("error").textContent = "";
   } catch (e) {

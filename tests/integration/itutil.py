@@ -1,10 +1,12 @@
 """Small helpers shared by the integration modules: the pgvalve process's resident memory, raw
 logins, the admin console's SHOW POOLS, the assertions every refusal needs (SQLSTATE, `pgvalve:`
 message, connection closed), and running the driver programs of drivers/ (javac/java with PgJDBC,
-node with node-postgres and postgres.js)."""
+node with node-postgres and postgres.js), stopping one thread of pgvalve (stalled_thread)."""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import socket
 import subprocess
@@ -178,3 +180,27 @@ def fresh_table(cluster, name, ddl):
     """Table `name` (columns `ddl`) created anew on the primary, owned by the application."""
     cluster.primary.sql(f"drop table if exists {name} cascade; create table {name}({ddl}); "
                         f"alter table {name} owner to {APP_USER}", dbname=APP_DB)
+
+
+@contextlib.contextmanager
+def stalled_thread(pid: int, name: str):
+    """Stops the thread of `pid` named `name` (a worker: "pgvalve-w1") with ptrace for the
+    block, as a debugger does; the process's other threads run on. Detached at the end (and by
+    the kernel if this process dies first)."""
+    tid = None
+    for t in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{t}/comm") as f:
+            if f.read().strip() == name:
+                tid = int(t)
+    assert tid is not None, f"no thread named {name} in pgvalve {pid}"
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+    ptrace_seize, ptrace_interrupt, ptrace_detach, wall = 0x4206, 0x4207, 17, 0x40000000
+    if libc.ptrace(ptrace_seize, tid, None, None) != 0:
+        raise OSError(ctypes.get_errno(), f"PTRACE_SEIZE of thread {tid}")
+    try:
+        assert libc.ptrace(ptrace_interrupt, tid, None, None) == 0
+        os.waitpid(tid, wall)  # it has stopped
+        yield tid
+    finally:
+        libc.ptrace(ptrace_detach, tid, None, None)

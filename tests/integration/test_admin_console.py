@@ -11,8 +11,9 @@ import time
 import psycopg
 import pytest
 
-from itutil import APP_AND_OPS, OPS_PASSWORD, OPS_USER
+from itutil import APP_AND_OPS, OPS_PASSWORD, OPS_USER, stalled_thread
 from pgcluster import APP_DB, APP_PASSWORD, APP_USER, wait_until
+from test_http import get, metric, scrape
 from test_pgbench import check_balances, pgbench, pgbench_init
 
 
@@ -401,3 +402,40 @@ def test_a_client_waiting_for_a_replica_is_counted_once_as_waiting(pgvalve, clus
         holder.execute("rollback")
         holder.close()
         waiter.join()
+
+
+def test_a_stalled_worker_gets_an_error_not_partial_figures(pgvalve):
+    # A worker stopped (as by a debugger, or a thread stuck in the kernel): the sums of the other
+    # alone would pass for the whole, and /metrics counters would go backwards (they vanished),
+    # read by Prometheus as a reset. /metrics answers 503 (a failed scrape), the console an
+    # error.
+    pv = pgvalve(users=APP_AND_OPS)
+    with pv.connect() as c:
+        for _ in range(3):
+            c.execute("select 1").fetchall()
+    queries = metric(scrape(pv), "pgvalve_queries_total")
+    assert queries >= 3
+    with admin(pv) as a:
+        # The console is on one worker (and stays there); the other one is stalled.
+        def per_worker():
+            return [int(metric(scrape(pv), "pgvalve_worker_clients", worker=i)) for i in (0, 1)]
+
+        wait_until(lambda: sorted(per_worker()) == [0, 1], 15, interval=0.2,
+                   message="the console alone on one worker")
+        other = per_worker().index(0)
+        said = f"pgvalve: worker {other} did not answer within 2000 ms"
+        with stalled_thread(pv.pid, f"pgvalve-w{other}"):
+            status, body, _ = get(pv, "/metrics")
+            assert status == 503, body
+            assert body.startswith(said), body
+            status, body, _ = get(pv, "/status")
+            assert status == 503 and body.startswith(said), body
+            for command in ("SHOW STATS", "SHOW QUERIES", "SHOW SHARDS", "SHOW CLIENTS",
+                            "SHOW SERVERS", "RESET QUERIES"):
+                with pytest.raises(psycopg.errors.QueryCanceled) as e:
+                    a.execute(command)
+                assert str(e.value).startswith(said), (command, e.value)
+        # Back: every figure again, none went backwards.
+        assert metric(scrape(pv), "pgvalve_queries_total") >= queries
+        assert rows_of(a, "SHOW STATS")
+        assert [r for r in rows_of(a, "SHOW CLIENTS") if r["user"] == OPS_USER]
