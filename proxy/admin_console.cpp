@@ -16,6 +16,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include "protocol/messages.h"
+#include "protocol/utf8.h"
 #include "proxy/app.h"
 #include "proxy/io_util.h"
 #include "proxy/log.h"
@@ -29,13 +30,26 @@ namespace {
 
 using Row = std::vector<std::string>;
 
+// Every row the console sends is written here. The console announces client_encoding UTF8, and
+// a driver decodes every value as such (psycopg fails the whole result on one bad byte), but
+// names in startup packets and statement texts are kept as the bytes clients sent: invalid
+// sequences are shown as U+FFFD.
+void append_row(std::string& out, std::vector<std::optional<std::string_view>>& values) {
+  std::vector<std::string> fixed;
+  fixed.reserve(values.size());  // views into it stay put
+  for (auto& v : values) {
+    if (v && !pr::is_valid_utf8(*v)) v = fixed.emplace_back(pr::to_valid_utf8(*v));
+  }
+  pr::append_data_row(out, values);
+}
+
 void append_result(std::string& out, const std::vector<std::string_view>& columns,
                    const std::vector<Row>& rows, std::string_view tag_prefix = "SHOW") {
   pr::append_row_description(out, columns);
   std::vector<std::optional<std::string_view>> values;
   for (const auto& row : rows) {
     values.assign(row.begin(), row.end());
-    pr::append_data_row(out, values);
+    append_row(out, values);
   }
   std::string tag(tag_prefix);
   if (tag_prefix == "SHOW") tag = "SHOW";
@@ -179,7 +193,7 @@ void show_hosts(App& app, std::string& out) {
           cells[i].empty() && (i == 7 || i == 8 || i == 9 || i == 10 || i == 11 || i == 13);
       values.push_back(null ? std::nullopt : std::optional<std::string_view>(cells[i]));
     }
-    pr::append_data_row(out, values);
+    append_row(out, values);
   }
   pr::append_command_complete(out, "SHOW");
 }
@@ -654,12 +668,14 @@ void show_config(App& app, std::string& out) {
 // Larger console messages end the console session (08P01).
 constexpr std::size_t kMaxCommandBytes = 1 << 20;
 
+// Messages quote names as the console client wrote them, and servers' errors: UTF-8 as rows.
 void error(std::string& out, std::string_view sqlstate, std::string_view message,
            bool fatal = false) {
   pr::ErrorFields e;
   e.severity = fatal ? "FATAL" : "ERROR";
   e.sqlstate = sqlstate;
-  e.message = message;
+  const std::string text = pr::to_valid_utf8(message);
+  e.message = text;
   pr::append_error_response(out, e);
 }
 
@@ -680,7 +696,8 @@ void notice(std::string& out, std::string_view message) {
   pr::ErrorFields n;
   n.severity = "NOTICE";
   n.sqlstate = "00000";
-  n.message = message;
+  const std::string text = pr::to_valid_utf8(message);
+  n.message = text;
   pr::append_notice_response(out, n);
 }
 
@@ -936,11 +953,7 @@ boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, sessi
               }
             });
             if (r.ok) {
-              pr::ErrorFields notice;
-              notice.severity = "NOTICE";
-              notice.sqlstate = "00000";
-              notice.message = r.message;
-              pr::append_notice_response(out, notice);
+              notice(out, r.message);
               pr::append_command_complete(out, words[0]);
             } else {
               error(out, "55000", r.message);

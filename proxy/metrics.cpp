@@ -6,6 +6,7 @@
 
 #include <prometheus/text_serializer.h>
 
+#include "protocol/utf8.h"
 #include "proxy/app.h"
 
 namespace pgvalve::proxy {
@@ -118,6 +119,11 @@ class Families {
 
  private:
   ClientMetric& sample(std::size_t f, Labels labels) {
+    // The text format is UTF-8 (a scraper refuses the whole page on one bad byte); names come
+    // from the config file and servers unchecked. Values made equal by it add up.
+    for (auto& l : labels) {
+      if (!protocol::is_valid_utf8(l.value)) l.value = protocol::to_valid_utf8(l.value);
+    }
     for (auto& m : out_[f].metric) {
       if (m.label == labels) return m;
     }

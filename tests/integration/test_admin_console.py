@@ -4,6 +4,8 @@ RESUME under a pgbench write load (nothing lost, nothing fails), unknown command
 from __future__ import annotations
 
 import re
+import socket
+import struct
 import subprocess
 import threading
 import time
@@ -13,6 +15,7 @@ import pytest
 
 from itutil import APP_AND_OPS, OPS_PASSWORD, OPS_USER, stalled_thread
 from pgcluster import APP_DB, APP_PASSWORD, APP_USER, wait_until
+from pgwire import RawClient, message, read_message
 from test_http import get, metric, scrape
 from test_pgbench import check_balances, pgbench, pgbench_init
 
@@ -439,3 +442,38 @@ def test_a_stalled_worker_gets_an_error_not_partial_figures(pgvalve):
         assert metric(scrape(pv), "pgvalve_queries_total") >= queries
         assert rows_of(a, "SHOW STATS")
         assert [r for r in rows_of(a, "SHOW CLIENTS") if r["user"] == OPS_USER]
+
+
+def test_names_and_statements_that_are_not_utf8_are_shown_with_replacement_characters(pgvalve):
+    # The console says client_encoding=UTF8 and psycopg decodes every value so: one bad byte
+    # failed the whole SHOW. A client still logging in is listed with its startup packet's
+    # names, which anyone who can connect chooses, and statement text is kept as sent.
+    pv = pgvalve(users=APP_AND_OPS)
+    body = struct.pack("!I", 196608)
+    for k, v in ((b"user", b"app\xff\xfe"), (b"database", b"tele\xffmetry")):
+        body += k + b"\0" + v + b"\0"
+    body += b"\0"
+    stranger = socket.create_connection(("127.0.0.1", pv.port), timeout=10)
+    stranger.sendall(struct.pack("!I", len(body) + 4) + body)
+    kind, _ = read_message(stranger)  # asked for a password, which it never sends
+    assert kind == b"R"
+    app = RawClient("127.0.0.1", pv.port, APP_USER, APP_PASSWORD, APP_DB).connect()
+    app.sock.sendall(message(b"Q", b'SELECT 1 AS "bad\xe9\xff ident"\0'))
+    while read_message(app.sock)[0] != b"Z":
+        pass
+    try:
+        with admin(pv) as a:
+            clients = rows_of(a, "SHOW CLIENTS")
+            assert {(r["user"], r["database"]) for r in clients} >= {
+                ("app\ufffd\ufffd", "tele\ufffdmetry")}, clients
+            texts = [r["query"] for r in rows_of(a, "SHOW QUERIES")]
+            assert any('"bad\ufffd\ufffd ident"' in t for t in texts), texts
+            slow = rows_of(a, "SHOW SLOW_QUERIES")  # decodes too
+            assert isinstance(slow, list)
+            # A name the console quotes back in an error is UTF-8 as well.
+            with pytest.raises(psycopg.errors.InvalidCatalogName) as e:
+                a.execute(b'PAUSE tele\xffmetry')
+            assert "tele\ufffdmetry" in str(e.value)
+    finally:
+        stranger.close()
+        app.terminate()
