@@ -1,5 +1,7 @@
 #include "proxy/admin_console.h"
 
+#include <poll.h>
+
 #include <algorithm>
 #include <cctype>
 #include <charconv>
@@ -701,6 +703,15 @@ void notice(std::string& out, std::string_view message) {
   pr::append_notice_response(out, n);
 }
 
+// Whether the console client went away (closed its end, or its connection failed) while a
+// command waits for something: PAUSE and WAIT_CLOSE do not read the socket meanwhile, and would
+// keep the session, its slot of max_client_connections and its polling, for as long as they
+// wait. POLLRDHUP: the client's FIN, also behind bytes not read yet.
+bool client_gone(Stream& client) {
+  pollfd p{client.socket().native_handle(), POLLRDHUP, 0};
+  return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
+}
+
 bool is_connection_command(const std::vector<std::string>& words) {
   const std::string& w = words[0];
   return w == "RECONNECT" || w == "WAIT_CLOSE" || w == "KILL" || w == "KILL_CLIENT" ||
@@ -708,7 +719,8 @@ bool is_connection_command(const std::vector<std::string>& words) {
 }
 
 // RECONNECT, WAIT_CLOSE, KILL, KILL_CLIENT, DISABLE, ENABLE: what they do to connections.
-boost::asio::awaitable<void> connection_command(App& app, Stream& client, std::string_view sql,
+// False when the client went away while WAIT_CLOSE waited: the session ends.
+boost::asio::awaitable<bool> connection_command(App& app, Stream& client, std::string_view sql,
                                                 std::string& out) {
   const auto raw = raw_words(sql);
   const std::string command = words_of(sql)[0];
@@ -719,7 +731,7 @@ boost::asio::awaitable<void> connection_command(App& app, Stream& client, std::s
               (command == "KILL_CLIENT" ? " <id>"
                : needs_name             ? " <database>"
                                         : " [database]"));
-    co_return;
+    co_return true;
   }
   const std::string name = raw.size() == 2 ? raw[1] : "";
   if (command == "KILL_CLIENT") {
@@ -734,11 +746,11 @@ boost::asio::awaitable<void> connection_command(App& app, Stream& client, std::s
       PGV_LOG(Warn, "client_killed", {"client", id});
       pr::append_command_complete(out, "KILL_CLIENT");
     }
-    co_return;
+    co_return true;
   }
   if (!name.empty() && !app.config()->find_database(name)) {
     error(out, "3D000", "pgvalve: no database \"" + name + "\" in the configuration");
-    co_return;
+    co_return true;
   }
   const std::string logged = name.empty() ? "*" : name;
   if (command == "RECONNECT") {
@@ -754,6 +766,7 @@ boost::asio::awaitable<void> connection_command(App& app, Stream& client, std::s
       } catch (const WorkerSilent&) {
       }
       if (left == 0) break;
+      if (client_gone(client)) co_return false;
       timer.expires_after(std::chrono::milliseconds(50));
       co_await timer.async_wait(boost::asio::use_awaitable);
     }
@@ -771,6 +784,7 @@ boost::asio::awaitable<void> connection_command(App& app, Stream& client, std::s
     PGV_LOG(Warn, "enabled", {"database", name});
   }
   pr::append_command_complete(out, command);
+  co_return true;
 }
 
 }  // namespace
@@ -903,6 +917,11 @@ boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, sessi
             // PgBouncer's meaning: PAUSE returns once every server connection is back.
             boost::asio::steady_timer timer(client.get_executor());
             while (app.lent_in(database) > 0 && app.paused(database)) {
+              if (client_gone(client)) {
+                PGV_LOG(Info, "admin_client_gone", {"client", client_id}, {"command", "PAUSE"},
+                        {"action", "the pause stays until RESUME"});
+                co_return;
+              }
               timer.expires_after(std::chrono::milliseconds(20));
               co_await timer.async_wait(boost::asio::use_awaitable);
             }
@@ -917,7 +936,10 @@ boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, sessi
         } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "STATE") {
           show_state(app, out);
         } else if (is_connection_command(words)) {
-          co_await connection_command(app, client, sql, out);
+          if (!co_await connection_command(app, client, sql, out)) {
+            PGV_LOG(Info, "admin_client_gone", {"client", client_id}, {"command", "WAIT_CLOSE"});
+            co_return;
+          }
         } else if (words.size() == 1 && words[0] == "SHUTDOWN") {
           co_await app.shutdown();
           pr::append_command_complete(out, "SHUTDOWN");

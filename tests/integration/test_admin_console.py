@@ -15,7 +15,7 @@ import pytest
 
 from itutil import APP_AND_OPS, OPS_PASSWORD, OPS_USER, stalled_thread
 from pgcluster import APP_DB, APP_PASSWORD, APP_USER, wait_until
-from pgwire import RawClient, message, read_message
+from pgwire import RawClient, message, query_message, read_message
 from test_http import get, metric, scrape
 from test_pgbench import check_balances, pgbench, pgbench_init
 
@@ -477,3 +477,40 @@ def test_names_and_statements_that_are_not_utf8_are_shown_with_replacement_chara
     finally:
         stranger.close()
         app.terminate()
+
+
+def test_a_console_client_that_leaves_a_waiting_pause_or_wait_close_ends_its_session(pgvalve):
+    # psql killed while its PAUSE or WAIT_CLOSE waited: the session kept its socket (CLOSE_WAIT),
+    # its max_client_connections slot and its polling for as long as the wait lasted.
+    pv = pgvalve(users=APP_AND_OPS)
+    holder = pv.connect(autocommit=False)
+    holder.execute("select 1")  # a transaction: its server stays lent
+    try:
+        with admin(pv) as a:
+            a.execute(f"RECONNECT {APP_DB}")
+
+            def consoles():
+                return len([r for r in rows_of(a, "SHOW CLIENTS")
+                            if r["state"] == "admin_console"])
+
+            waiting = []
+            for command in (f"WAIT_CLOSE {APP_DB}", "WAIT_CLOSE", f"PAUSE {APP_DB}"):
+                c = RawClient("127.0.0.1", pv.port, OPS_USER, OPS_PASSWORD, "pgvalve").connect()
+                c.sock.sendall(query_message(command))
+                waiting.append(c)
+            wait_until(lambda: consoles() == 4, 5, message="four console sessions")
+            time.sleep(0.3)
+            assert consoles() == 4  # they wait, as they should
+            for c in waiting:
+                c.close_abruptly()
+            wait_until(lambda: consoles() == 1, 5, message="the waiting sessions ended")
+            wait_until(lambda: pv.open_client_sockets() == 2, 5,
+                       message="only the holder and this console counted")
+            # The PAUSE itself stays until RESUME.
+            state = {r["key"]: r["value"] for r in rows_of(a, "SHOW STATE")}
+            assert state["paused"] == APP_DB
+            holder.rollback()
+            assert a.execute(f"RESUME {APP_DB}").statusmessage == "RESUME"
+    finally:
+        holder.close()
+    assert "event=admin_client_gone" in pv.log_text()
