@@ -856,7 +856,12 @@ boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, sessi
       co_await write_all(client, out);
       co_return;
     }
-    if (f.tag != 'Q' || refused_in_flight) {
+    if (f.tag == 'H' && !refused_in_flight) {
+      // A Flush: nothing is pending, so nothing to send, and no flight starts (PostgreSQL then
+      // answers the next Query).
+    } else if (f.tag == 'S' && !refused_in_flight) {
+      pr::append_ready_for_query(out, 'I');  // a Sync alone: what PostgreSQL answers
+    } else if (f.tag != 'Q' || refused_in_flight) {
       // One error per flight, as PostgreSQL answers a failed extended-protocol request; as it,
       // the console then skips every message up to the Sync, a Query too.
       if (!refused_in_flight) {
@@ -1000,7 +1005,7 @@ boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, sessi
       pr::append_ready_for_query(out, 'I');
     }
     in.consume(f.whole.size());
-    if (!co_await write_all(client, out)) co_return;
+    if (!out.empty() && !co_await write_all(client, out)) co_return;
   }
 }
 

@@ -514,3 +514,28 @@ def test_a_console_client_that_leaves_a_waiting_pause_or_wait_close_ends_its_ses
     finally:
         holder.close()
     assert "event=admin_client_gone" in pv.log_text()
+
+
+def test_a_lone_flush_or_sync_on_the_console_is_answered_as_postgresql_does(pgvalve):
+    # psql and drivers send a Flush or a Sync on their own (a flush before a query, a Sync to
+    # resynchronise): the Flush made the console skip the next Query unanswered (the client
+    # hung), and a Sync got a 0A000 error. PostgreSQL answers the Query, and a Sync with
+    # ReadyForQuery alone.
+    from pgwire_ext import ExtClient, flush, sync
+    pv = pgvalve(users=APP_AND_OPS)
+    c = ExtClient.login(pv, user=OPS_USER, password=OPS_PASSWORD, dbname="pgvalve", timeout=5)
+    try:
+        r = c.run([flush(), query_message("SHOW VERSION")])
+        assert r.kinds == b"TDCZ", r.kinds
+        assert r.rows[0][0].startswith("pgvalve ")
+        r = c.run([sync()])
+        assert r.kinds == b"Z", r.kinds
+        # A refused flight still gets one error and skips up to its Sync, a Flush too.
+        r = c.run([message(b"P", b"\0SHOW VERSION\0\0\0"), flush(), query_message("PAUSE"),
+                   sync()], syncs=1)
+        assert r.kinds == b"EZ", r.kinds
+        assert r.errors[0]["C"] == "0A000"
+        r = c.run([query_message("SHOW STATE")])
+        assert ["active", "yes"] in r.rows, r.rows
+    finally:
+        c.close_abruptly()
