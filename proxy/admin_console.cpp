@@ -58,28 +58,74 @@ void append_result(std::string& out, const std::vector<std::string_view>& column
   pr::append_command_complete(out, tag);
 }
 
-// The words as written (names keep their case).
-std::vector<std::string> raw_words(std::string_view sql) {
-  std::vector<std::string> words;
-  std::string word;
-  for (char c : sql) {
-    if (std::isspace(static_cast<unsigned char>(c)) || c == ';') {
-      if (!word.empty()) words.push_back(std::move(word));
-      word.clear();
+// A command's words: whitespace and ';' separate them, except inside double quotes, which make
+// a name of anything ("my db;x", with "" for a quote in it), as an identifier in SQL.
+struct Word {
+  std::string text;
+  bool quoted = false;
+};
+
+// Sets `error` when the words cannot be read (a quote not closed, an empty quoted name).
+std::vector<Word> split_words(std::string_view sql, std::string* error = nullptr) {
+  std::vector<Word> words;
+  Word word;
+  bool in_word = false;
+  for (std::size_t i = 0; i < sql.size(); ++i) {
+    const char c = sql[i];
+    if (c == '"') {
+      in_word = true;
+      word.quoted = true;
+      const std::size_t start = word.text.size();
+      for (++i;; ++i) {
+        if (i >= sql.size()) {
+          if (error)
+            *error = "a double-quoted name is not closed; write a quote inside one as \"\"";
+          return words;
+        }
+        if (sql[i] != '"') {
+          word.text += sql[i];
+        } else if (i + 1 < sql.size() && sql[i + 1] == '"') {
+          word.text += '"';
+          ++i;
+        } else {
+          break;
+        }
+      }
+      if (word.text.size() == start && error) *error = "a double-quoted name is empty";
+    } else if (std::isspace(static_cast<unsigned char>(c)) || c == ';') {
+      if (in_word) words.push_back(std::move(word));
+      word = {};
+      in_word = false;
     } else {
-      word += c;
+      word.text += c;
+      in_word = true;
     }
   }
-  if (!word.empty()) words.push_back(std::move(word));
+  if (in_word) words.push_back(std::move(word));
   return words;
 }
 
-// Upper-cased, to match command words.
+// The words as written (names keep their case; quotes undone).
+std::vector<std::string> raw_words(std::string_view sql) {
+  std::vector<std::string> words;
+  for (auto& w : split_words(sql))
+    words.push_back(std::move(w.text));
+  return words;
+}
+
+// Upper-cased, to match command words; a quoted word is a name and matches none (it keeps a
+// leading quote).
 std::vector<std::string> words_of(std::string_view sql) {
-  auto words = raw_words(sql);
-  for (auto& w : words)
-    std::transform(w.begin(), w.end(), w.begin(),
+  std::vector<std::string> words;
+  for (auto& w : split_words(sql)) {
+    if (w.quoted) {
+      words.push_back('"' + w.text);
+      continue;
+    }
+    std::transform(w.text.begin(), w.text.end(), w.text.begin(),
                    [](unsigned char c) { return static_cast<char>(std::toupper(c)); });
+    words.push_back(std::move(w.text));
+  }
   return words;
 }
 
@@ -310,6 +356,29 @@ constexpr std::pair<std::string_view, std::string_view> kCommands[] = {
     {"DISABLE <database>", "refuse new logins to it"},
     {"ENABLE <database>", "end a DISABLE"},
 };
+
+// The usage of the command `words` names, when it is one of kCommands (its words up to the first
+// <name> or [name]) given a wrong list of names; empty when it is none.
+std::string_view usage_of(const std::vector<std::string>& words) {
+  for (const auto& [command, _] : kCommands) {
+    std::size_t matched = 0;
+    bool all = true;
+    for (std::size_t at = 0; at < command.size();) {
+      std::size_t end = command.find(' ', at);
+      if (end == std::string_view::npos) end = command.size();
+      const std::string_view key = command.substr(at, end - at);
+      at = end + 1;
+      if (key.front() == '<' || key.front() == '[') break;
+      if (matched >= words.size() || words[matched] != key) {
+        all = false;
+        break;
+      }
+      ++matched;
+    }
+    if (all && matched > 0) return command;
+  }
+  return {};
+}
 
 std::string command_list() {
   std::string out;
@@ -876,10 +945,14 @@ boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, sessi
     } else {
       auto sql = pr::read_query(f).value_or("");
       auto words = words_of(sql);
+      std::string unreadable;
+      split_words(sql, &unreadable);
       PGV_LOG(Info, "admin_command", {"client", client_id},
               {"command", sql.substr(0, 1024)});  // a command is short; a log line too
       try {
-        if (words.empty()) {
+        if (!unreadable.empty()) {
+          error(out, "42601", "pgvalve: " + unreadable);
+        } else if (words.empty()) {
           pr::append_empty_query_response(out);
         } else if (words.size() == 2 && words[0] == "SHOW" && words[1] == "POOLS") {
           const std::vector<ConnectionRow> pool_connections =
@@ -994,6 +1067,8 @@ boost::asio::awaitable<void> serve_admin_console(App& app, Stream& client, sessi
                   "pgvalve: the new config file was refused (see the log); the running "
                   "configuration is unchanged");
           }
+        } else if (const auto usage = usage_of(words); !usage.empty()) {
+          error(out, "42601", "pgvalve: usage: " + std::string(usage));
         } else {
           error(out, "42601", "pgvalve: unknown admin command; available: " + command_list());
         }

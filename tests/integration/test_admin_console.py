@@ -539,3 +539,44 @@ def test_a_lone_flush_or_sync_on_the_console_is_answered_as_postgresql_does(pgva
         assert ["active", "yes"] in r.rows, r.rows
     finally:
         c.close_abruptly()
+
+
+def test_names_with_spaces_or_semicolons_are_administered_in_double_quotes(pgvalve, cluster):
+    # The config takes a database named "my db;x" and clients use it, but the console split
+    # the command on the space and the ';' (PAUSE "my db;x" got 42601). As in SQL (and
+    # PgBouncer, which takes PAUSE "telemetry"), a name may be double-quoted.
+    shard = {"name": "s 0", "primary": f"127.0.0.1:{cluster.primary.port}"}
+    pv = pgvalve(users=APP_AND_OPS, databases={
+        APP_DB: {"shards": [dict(shard, name="s0")]},
+        'my db;x "q"': {"dbname": APP_DB, "shards": [shard]}})
+    odd = 'my db;x "q"'
+    with pv.connect(dbname="my%20db%3Bx%20%22q%22") as c:
+        assert c.execute("select 1").fetchone() == (1,)
+    with admin(pv) as a:
+        def paused():
+            return {r["key"]: r["value"] for r in rows_of(a, "SHOW STATE")}["paused"]
+
+        assert a.execute('PAUSE "my db;x ""q"""').statusmessage == "PAUSE"
+        assert paused() == odd
+        assert a.execute('resume "my db;x ""q"""').statusmessage == "RESUME"
+        assert paused() == ""
+        assert a.execute(f'PAUSE "{APP_DB}"').statusmessage == "PAUSE"
+        assert paused() == APP_DB
+        assert a.execute(f"RESUME {APP_DB}").statusmessage == "RESUME"
+        assert a.execute('RECONNECT "my db;x ""q"""').statusmessage == "RECONNECT"
+        assert a.execute('WAIT_CLOSE "my db;x ""q"""').statusmessage == "WAIT_CLOSE"
+        with pytest.raises(psycopg.errors.InvalidCatalogName):
+            a.execute('PAUSE "my db"')
+        # A quoted name is never a command word.
+        with pytest.raises(psycopg.errors.SyntaxError) as e:
+            a.execute('SHOW "POOLS"')
+        assert "unknown admin command" in str(e.value)
+        for command, usage in [('PAUSE "my db;x', "a double-quoted name is not closed"),
+                               ('PAUSE ""', "a double-quoted name is empty"),
+                               (f"PAUSE {APP_DB} extra", "usage: PAUSE [database]"),
+                               ("SHOW POOLS extra", "usage: SHOW POOLS"),
+                               ("reload now", "usage: RELOAD")]:
+            with pytest.raises(psycopg.errors.SyntaxError) as e:
+                a.execute(command)
+            assert str(e.value).startswith("pgvalve: " + usage), (command, e.value)
+        assert paused() == ""
