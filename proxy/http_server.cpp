@@ -55,13 +55,16 @@ constexpr std::size_t kMaxPipelined = 100;
 // this long and this much (RFC 9112 §9.6).
 constexpr auto kLingerTimeout = std::chrono::seconds(2);
 constexpr std::size_t kMaxLingerBytes = 64 * 1024;
+// A warning repeated by a flood (http_too_many_connections) is logged at most this often, with
+// how many times it happened since the last line.
+constexpr auto kLogEvery = std::chrono::seconds(10);
 constexpr auto kProbeTimeout = std::chrono::seconds(1);
 constexpr auto kProbeFreshFor = std::chrono::seconds(1);
 
 }  // namespace
 
 struct HttpServer::State {
-  State(App& a, asio::io_context& c) : app(a), context(c), acceptor(c) {}
+  State(App& a, asio::io_context& c) : app(a), context(c), acceptor(c), refusals_timer(c) {}
 
   // A TCP connect to a primary, for /ready; shared by the requests that need it meanwhile.
   struct Probe {
@@ -90,6 +93,13 @@ struct HttpServer::State {
   };
   std::unordered_map<beast::tcp_stream*, Connection> connections;
   std::size_t evicted = 0;
+  // Connections closed at the limit and not logged yet, and when the last line was: a flood
+  // is one line per kLogEvery, and what its end leaves unsaid is said by the timer.
+  std::uint64_t refusals_unlogged = 0;
+  std::uint64_t refusals_new_unlogged = 0;  // of them, the new connection (none evictable)
+  Clock::time_point refusals_logged_at{};
+  asio::steady_timer refusals_timer;
+  bool refusals_timer_set = false;
   std::map<std::string, Probe> probes;  // by "host:port"
 
   // A snapshot being taken for /metrics or /status; the requests for the same that arrive
@@ -614,6 +624,38 @@ asio::awaitable<void> serve_connection(std::shared_ptr<State> st, tcp::socket so
   stream.close();
 }
 
+void log_refusals(const std::shared_ptr<State>& st);
+
+asio::awaitable<void> log_refusals_later(std::shared_ptr<State> st) {
+  st->refusals_timer.expires_at(st->refusals_logged_at + kLogEvery);
+  error_code ec;
+  co_await st->refusals_timer.async_wait(await_ec(ec));
+  st->refusals_timer_set = false;
+  if (!ec && !st->closed) log_refusals(st);
+}
+
+// http_too_many_connections, at most once per kLogEvery, with the count since the last line.
+void log_refusals(const std::shared_ptr<State>& st) {
+  if (st->refusals_unlogged == 0) return;
+  const auto now = Clock::now();
+  if (st->refusals_logged_at != Clock::time_point{} && now - st->refusals_logged_at < kLogEvery) {
+    if (!st->refusals_timer_set) {
+      st->refusals_timer_set = true;
+      asio::co_spawn(st->context, log_refusals_later(st), log_failure("http_log_failed"));
+    }
+    return;
+  }
+  PGV_LOG(Warn, "http_too_many_connections", {"limit", kMaxConnections},
+          {"closed", st->refusals_unlogged}, {"new_closed", st->refusals_new_unlogged},
+          {"which",
+           "the connection waiting longest for a request or behind longest, or the new "
+           "one (new_closed) when every connection is being answered; logged at most "
+           "once per 10 s"});
+  st->refusals_unlogged = 0;
+  st->refusals_new_unlogged = 0;
+  st->refusals_logged_at = now;
+}
+
 asio::awaitable<void> accept_loop(std::shared_ptr<State> st) {
   auto last_warning = std::chrono::steady_clock::time_point{};
   int failures = 0;  // since the last warning
@@ -647,9 +689,9 @@ asio::awaitable<void> accept_loop(std::shared_ptr<State> st) {
         if (!c.evictable || c.evicted) continue;
         if (victim == st->connections.end() || c.since < victim->second.since) victim = it;
       }
-      PGV_LOG(Warn, "http_too_many_connections", {"limit", kMaxConnections},
-              {"closed",
-               victim == st->connections.end() ? "the new one" : "the longest waiting or behind"});
+      ++st->refusals_unlogged;
+      if (victim == st->connections.end()) ++st->refusals_new_unlogged;
+      log_refusals(st);
       if (victim == st->connections.end()) {
         socket.close(ec);
         continue;
@@ -710,6 +752,7 @@ void HttpServer::close() {
   st.closed = true;
   error_code ignored;
   st.acceptor.close(ignored);
+  st.refusals_timer.cancel();
   // Posts the pending reads' completions; each connection then ends and untracks itself.
   for (auto& entry : st.connections)
     entry.first->close();
