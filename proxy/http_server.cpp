@@ -535,6 +535,24 @@ asio::awaitable<Response> respond(std::shared_ptr<State> st, const Request& req)
   co_return res;
 }
 
+// RFC 9112 §6.3: a request whose Transfer-Encoding is not chunked last has no length a server can
+// tell, and must be answered 400 with the connection closed; read as having no body, the bytes
+// after it (a request smuggled as its body) would be answered. Only "chunked" alone is taken (no
+// other coding is implemented).
+bool transfer_encoding_ok(const Request& req) {
+  int fields = 0;
+  for (const auto& field : req) {
+    if (field.name() != http::field::transfer_encoding) continue;
+    std::string_view value(field.value().data(), field.value().size());
+    while (!value.empty() && (value.front() == ' ' || value.front() == '\t'))
+      value.remove_prefix(1);
+    while (!value.empty() && (value.back() == ' ' || value.back() == '\t'))
+      value.remove_suffix(1);
+    if (++fields > 1 || !beast::iequals(bsv(value), "chunked")) return false;
+  }
+  return true;
+}
+
 bool is_request_error(const error_code& ec) {
   return ec.category() == http::make_error_code(http::error::bad_target).category() ||
          ec == http::error::buffer_overflow;
@@ -583,6 +601,16 @@ asio::awaitable<void> serve_connection(std::shared_ptr<State> st, tcp::socket so
       stream.expires_after(kWriteTimeout);
       co_await http::async_write(stream, res, await_ec(ec));
       PGV_LOG(Debug, "http_bad_request", {"error", ec.message()});
+      answered_last = !ec;
+      break;
+    }
+    if (!transfer_encoding_ok(parser.get())) {
+      auto res = text(11, http::status::bad_request,
+                      "bad request: a Transfer-Encoding other than chunked\n");
+      res.keep_alive(false);
+      stream.expires_after(kWriteTimeout);
+      co_await http::async_write(stream, res, await_ec(ec));
+      PGV_LOG(Debug, "http_bad_request", {"error", "transfer-encoding other than chunked"});
       answered_last = !ec;
       break;
     }

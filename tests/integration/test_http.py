@@ -170,6 +170,39 @@ def test_a_connection_flood_is_logged_once_per_ten_seconds_with_a_count(pv):
             s.close()
 
 
+def test_a_transfer_encoding_other_than_chunked_is_refused_and_the_connection_closed(pv):
+    """RFC 9112 §6.3: Transfer-Encoding: gzip (chunked not last) leaves the request's length
+    unknown. It was read as a request without a body, and the request smuggled after it was
+    answered: now 400 and the connection is closed, the smuggled request unanswered."""
+    for coding in (b"gzip", b"gzip, chunked", b"chunked, gzip"):
+        s = socket.create_connection(("127.0.0.1", pv.admin_port), timeout=5)
+        try:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: " + coding +
+                      b"\r\n\r\nGET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            got = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break  # closed by pgvalve
+                got += chunk
+        finally:
+            s.close()
+        assert got.startswith(b"HTTP/1.1 400 "), (coding, got[:200])
+        assert got.count(b"HTTP/1.1 ") == 1, (coding, got)
+    # chunked alone is read as such, and the connection goes on.
+    s = socket.create_connection(("127.0.0.1", pv.admin_port), timeout=5)
+    try:
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"2\r\nhi\r\n0\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n"
+                  b"Connection: close\r\n\r\n")
+        got = b""
+        while chunk := s.recv(65536):
+            got += chunk
+    finally:
+        s.close()
+    assert got.count(b"HTTP/1.1 200 ") == 2, got
+
+
 def test_head_is_answered_as_get_without_a_body(pv):
     """RFC 9110 §9.3.2: load balancers and uptime checkers probe with HEAD."""
     c = http.client.HTTPConnection("127.0.0.1", pv.admin_port, timeout=10)
