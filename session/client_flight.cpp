@@ -275,6 +275,19 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
     if (terminate && out.consumed == end) close_with({}, {}, out);
     return out;
   }
+  if (const std::size_t leftover = leftover_copy_messages(frames); leftover > 0) {
+    // The rest of a COPY that failed, on its way when the error came: PostgreSQL ignores
+    // CopyData, CopyDone and CopyFail outside a COPY, and so does pgvalve, also when the next
+    // request came in the same read (routed with them in front, it was refused, or failed as
+    // part of an aborted transaction).
+    out.consumed = leftover;
+    if (leftover < frames.size()) {
+      out.resume_client = true;  // the rest is seen again
+    } else if (terminate) {
+      close_with({}, {}, out);
+    }
+    return out;
+  }
 
   // Requests that can only fail: a waiting request whose checkout or sync failed, a transaction
   // whose server died, the rest of an extended flight after a local error.
@@ -472,6 +485,26 @@ bool single_request(std::string_view frames, std::size_t max_message_bytes) {
 }
 
 }  // namespace
+
+// How many bytes at the front of `frames` are CopyData, CopyDone and CopyFail that no COPY takes:
+// 0 while a COPY may take them (a server takes COPY data, or has a request outstanding that may
+// be a COPY: it gets them, and PostgreSQL ignores them outside one).
+std::size_t Session::leftover_copy_messages(std::string_view frames) const {
+  const char first = frames.empty() ? '\0' : frames[0];
+  if (first != 'd' && first != 'c' && first != 'f') return 0;
+  if (work_ && std::any_of(work_->links.begin(), work_->links.end(), [](const Link& l) {
+        return l.server && (l.copy_in || l.in_flight > 0);
+      })) {
+    return 0;
+  }
+  std::size_t end = 0;
+  pr::FrameReader reader(frames, options_.max_message_bytes);
+  for (pr::Frame f; reader.next(f);) {
+    if (f.tag != 'd' && f.tag != 'c' && f.tag != 'f') break;
+    end = reader.offset();
+  }
+  return end;
+}
 
 // A statement after the first of the request at the front of `frames` (up to its Sync) must run
 // on the primary: the request, routed by its first statement, stays there.

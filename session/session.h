@@ -567,6 +567,7 @@ class Session {
   void mark_scratch(Flight& flight, std::size_t from);
   void fail_requests(std::string_view frames, std::string_view sqlstate, std::string_view message,
                      std::string& out, std::string_view hint = {});
+  std::size_t leftover_copy_messages(std::string_view frames) const;
 
   // ---- server answers (server_flight.cpp) ----
   const Actions& plan_server(Link& l, LinkId id, std::string_view input);

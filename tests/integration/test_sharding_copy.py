@@ -375,3 +375,73 @@ def test_a_client_reset_during_copy_from_stdin_frees_its_servers(two_pc, pgvalve
     assert_nothing_left(two_pc)
     with pv.connect() as c:  # pool_size 1: every shard's server came back
         assert c.execute("SELECT count(*) FROM telemetry").fetchone() == (0,)
+
+
+# --- what follows a COPY: leftover data, pipelined requests, Terminate, encodings, keys ----------
+
+def read_until_ready(sock):
+    """The messages up to and including ReadyForQuery: [(kind, payload)]."""
+    from pgwire import read_message
+    msgs = []
+    while True:
+        kind, payload = read_message(sock)
+        msgs.append((kind, payload))
+        if kind == b"Z":
+            return msgs
+
+
+def errors_of(msgs):
+    from pgwire import parse_fields
+    return [parse_fields(p) for k, p in msgs if k == b"E"]
+
+
+def raw_client(pv):
+    from test_limits import raw
+    return raw(pv).connect()
+
+
+def fail_a_copy(client):
+    """A COPY whose first row has no device_id: the client hears of the error while it still has
+    data to send, as psql does with a large file."""
+    from pgwire import message, query_message, read_message
+    client.sock.sendall(query_message("COPY telemetry (device_id, ts) FROM STDIN"))
+    assert read_message(client.sock)[0] == b"G"
+    client.sock.sendall(message(b"d", b"\\N\t1\n"))
+    msgs = read_until_ready(client.sock)
+    assert [e["C"] for e in errors_of(msgs)] == ["22004"], msgs
+    return msgs
+
+
+def test_copy_data_left_over_after_a_failed_copy_does_not_break_the_next_statement(
+        two_pc, pgvalve):
+    """psql sends the rest of its COPY data after the error, then its next statement, often in
+    one read. PostgreSQL ignores the leftover data, and so must pgvalve: the statement behind it
+    ran into 0A000, and inside a transaction the ROLLBACK got 25P02 and was not run (the client
+    stuck in an aborted transaction holding a server on every shard)."""
+    from pgwire import message, query_message
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    client = raw_client(pv)
+    fail_a_copy(client)
+    rest = b"".join(message(b"d", b"%d\t%d\n" % (i, i)) for i in range(2, 200)) + \
+        message(b"c", b"")
+    client.sock.sendall(rest + query_message("SELECT count(*) FROM telemetry"))
+    msgs = read_until_ready(client.sock)
+    assert errors_of(msgs) == [], msgs
+    assert [p for k, p in msgs if k == b"C"] == [b"SELECT 1\0"]
+
+    # Inside a transaction over both shards: the ROLLBACK behind the leftover data ends it.
+    client.query("BEGIN")
+    client.query("INSERT INTO telemetry (device_id, ts) VALUES (1, 1), (2, 2)")
+    msgs = fail_a_copy(client)
+    assert client.transaction_status(msgs) == "E"
+    client.sock.sendall(rest + query_message("ROLLBACK"))
+    msgs = read_until_ready(client.sock)
+    assert errors_of(msgs) == [], msgs
+    assert client.transaction_status(msgs) == "I"
+    client.query("INSERT INTO telemetry (device_id, ts) VALUES (3, 3)")
+    assert client.rows("SELECT count(*) FROM telemetry") == [["1"]]
+    client.terminate()
+    assert sorted(r[:2] for node in two_pc for r in rows_on(node)) == [(3, 3)]
+    for node in two_pc:
+        assert on(node, "SELECT gid FROM pg_prepared_xacts") == []

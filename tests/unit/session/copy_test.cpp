@@ -436,6 +436,65 @@ TEST_F(Copy, ABadRowInsideATransactionFailsItOnEveryShard) {
   EXPECT_EQ(queries_in(s.to_links.at(1)), std::vector<std::string>{"ROLLBACK"});
 }
 
+// After a COPY error PostgreSQL ignores the COPY data still on its way. psql sends it all, then
+// its next statement: glued to that statement in one read, the leftover data is dropped and the
+// statement is routed as usual (it was refused as a request with messages pgvalve does not route).
+TEST_F(Copy, DataLeftOverFromAFailedCopyIsDroppedBeforeTheNextStatement) {
+  start();
+  h.client(copy_data("\\N\ta\n"));
+  const std::string failed = error_message("57014") + ready('E');
+  h.server(failed, T0, 0);
+  h.server(failed, T0, 1);
+  h.server(complete("ROLLBACK") + ready('I'), T0, 0);
+  Step s = h.server(complete("ROLLBACK") + ready('I'), T0, 1);
+  EXPECT_EQ(sqlstates_in(s.to_client), "22004");
+  ASSERT_EQ(h.state(), SessionState::Idle);
+
+  const std::string leftover = copy_data("2\tb\n") + copy_data("3\tc\n") + copy_done();
+  const std::string next = query("SELECT count(*) FROM telemetry WHERE device_id = 2");
+  s = h.client(leftover + next);
+  EXPECT_EQ(s.consumed, leftover.size());
+  EXPECT_TRUE(s.resume_client) << "the statement is read again on its own";
+  EXPECT_EQ(s.to_client, "");
+  s = h.client(next);
+  EXPECT_TRUE(s.check_out) << s.to_client;
+  EXPECT_EQ(s.route.shard, 0);
+}
+
+// Inside a transaction over both shards, the leftover data and the ROLLBACK behind it: the
+// ROLLBACK ends the transaction on every shard (it got 25P02 and the client stayed in it).
+TEST_F(Copy, TheRollbackBehindLeftOverCopyDataEndsTheTransaction) {
+  h.client(query("BEGIN"));
+  const std::string copy = query("COPY telemetry (device_id, v) FROM STDIN");
+  h.client(copy);
+  h.linked(*s0);
+  h.server(command_result("BEGIN", 'T'), T0, 0);
+  h.client(copy);
+  h.linked(*s1);
+  h.server(
+      complete("BEGIN") + row_description() + data_row({"10"}) + complete("SELECT 1") + ready('T'),
+      T0, 1);
+  h.client(copy);
+  h.server(copy_in_response(), T0, 0);
+  h.server(copy_in_response(), T0, 1);
+  h.client(copy_data("\\N\tx\n"));
+  h.server(error_result("57014", 'E'), T0, 0);
+  Step s = h.server(error_result("57014", 'E'), T0, 1);
+  EXPECT_EQ(statuses_in(s.to_client), "E");
+
+  const std::string leftover = copy_data("2\tb\n") + copy_done();
+  const std::string rollback = query("ROLLBACK");
+  s = h.client(leftover + rollback);
+  EXPECT_EQ(s.consumed, leftover.size());
+  EXPECT_TRUE(s.resume_client);
+  EXPECT_EQ(s.to_client, "");
+  s = h.client(rollback);
+  EXPECT_EQ(sqlstates_in(s.to_client), "") << "not 25P02";
+  ASSERT_EQ(s.to_links.size(), 2u);
+  EXPECT_EQ(queries_in(s.to_links.at(0)), std::vector<std::string>{"ROLLBACK"});
+  EXPECT_EQ(queries_in(s.to_links.at(1)), std::vector<std::string>{"ROLLBACK"});
+}
+
 // SHOW SHARDS counts each shard's part of a write by the rows its tag reports.
 TEST(ScatterParts, AWritesPartCountsTheRowsOfItsCommandTag) {
   session::Scatter scatter;
