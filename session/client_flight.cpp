@@ -383,9 +383,18 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
     if (route.kind == routing::Route::Kind::Refuse) {
       // The refused statement ends a deferred transaction: nothing ran on any server.
       forget_deferred_begin();
-      fail_requests(frames, route.refusal->sqlstate, route.refusal->message, out.outbox,
+      // Only the refused request fails (a Query, or extended messages up to their Sync, which
+      // PostgreSQL skips to after an error); what the client pipelined behind it is routed on
+      // its own.
+      const std::string_view refused = refused_request(frames);
+      fail_requests(refused, route.refusal->sqlstate, route.refusal->message, out.outbox,
                     route.refusal->hint);
-      out.consumed = end;
+      out.consumed = refused.size();
+      if (refused.size() < frames.size()) {
+        out.resume_client = true;
+      } else if (terminate) {
+        close_with({}, {}, out);
+      }
       return out;
     }
     if (defer_begin(frames, route, out)) {
@@ -504,6 +513,19 @@ std::size_t Session::leftover_copy_messages(std::string_view frames) const {
     end = reader.offset();
   }
   return end;
+}
+
+// The request at the front of `frames`: a Query (or FunctionCall), or extended messages up to
+// and including the first Sync; all of `frames` when no Sync is there yet (fail_requests() then
+// has the rest dropped up to the Sync).
+std::string_view Session::refused_request(std::string_view frames) const {
+  pr::FrameReader reader(frames, options_.max_message_bytes);
+  for (pr::Frame f; reader.next(f);) {
+    if (f.tag == 'S' || ((f.tag == 'Q' || f.tag == 'F') && reader.offset() == f.whole.size())) {
+      return frames.substr(0, reader.offset());
+    }
+  }
+  return frames;
 }
 
 // A statement after the first of the request at the front of `frames` (up to its Sync) must run

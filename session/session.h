@@ -568,6 +568,7 @@ class Session {
   void fail_requests(std::string_view frames, std::string_view sqlstate, std::string_view message,
                      std::string& out, std::string_view hint = {});
   std::size_t leftover_copy_messages(std::string_view frames) const;
+  std::string_view refused_request(std::string_view frames) const;
 
   // ---- server answers (server_flight.cpp) ----
   const Actions& plan_server(Link& l, LinkId id, std::string_view input);

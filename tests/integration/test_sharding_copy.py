@@ -445,3 +445,37 @@ def test_copy_data_left_over_after_a_failed_copy_does_not_break_the_next_stateme
     assert sorted(r[:2] for node in two_pc for r in rows_on(node)) == [(3, 3)]
     for node in two_pc:
         assert on(node, "SELECT gid FROM pg_prepared_xacts") == []
+
+
+def extended(sql: str) -> bytes:
+    """Parse, Bind, Execute and Sync of an unnamed statement without parameters."""
+    from pgwire import message
+    return (message(b"P", b"\0" + sql.encode() + b"\0\0\0") +
+            message(b"B", b"\0\0\0\0\0\0\0\0") + message(b"E", b"\0\0\0\0\0") +
+            message(b"S", b""))
+
+
+def test_a_refused_request_does_not_fail_the_requests_pipelined_behind_it(two_pc, pgvalve):
+    """Each request is routed on its own (docs/sharding.md): one pgvalve refuses gets its error,
+    and those the client pipelined behind it in the same write run."""
+    from pgwire import query_message
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    client = raw_client(pv)
+    client.sock.sendall(query_message("COPY telemetry FROM STDIN") +
+                        query_message("INSERT INTO telemetry (device_id, ts) VALUES (1, 1)"))
+    first = read_until_ready(client.sock)
+    assert [e["C"] for e in errors_of(first)] == ["0A000"], first
+    second = read_until_ready(client.sock)
+    assert errors_of(second) == [], second
+    assert [p for k, p in second if k == b"C"] == [b"INSERT 0 1\0"]
+
+    client.sock.sendall(extended("UPDATE telemetry SET ts = 5") +
+                        extended("INSERT INTO telemetry (device_id, ts) VALUES (2, 2)"))
+    first = read_until_ready(client.sock)
+    assert [e["C"] for e in errors_of(first)] == ["0A000"], first
+    second = read_until_ready(client.sock)
+    assert errors_of(second) == [], second
+    assert [k for k, _ in second] == [b"1", b"2", b"C", b"Z"]
+    client.terminate()
+    assert sorted(r[:2] for node in two_pc for r in rows_on(node)) == [(1, 1), (2, 2)]

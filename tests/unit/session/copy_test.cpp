@@ -495,6 +495,36 @@ TEST_F(Copy, TheRollbackBehindLeftOverCopyDataEndsTheTransaction) {
   EXPECT_EQ(queries_in(s.to_links.at(1)), std::vector<std::string>{"ROLLBACK"});
 }
 
+// One refused request does not take the requests pipelined behind it in the same read with it:
+// each is routed on its own (docs/sharding.md), as PostgreSQL runs each after an error.
+TEST_F(Copy, OnlyTheRefusedRequestOfAReadFails) {
+  const std::string refused = query("COPY telemetry FROM STDIN");
+  const std::string insert = query("INSERT INTO telemetry (device_id, v) VALUES (1, 1)");
+  Step s = h.client(refused + insert);
+  EXPECT_EQ(s.consumed, refused.size());
+  EXPECT_EQ(tags_of(s.to_client), "EZ") << "one error, for the COPY";
+  EXPECT_EQ(sqlstates_in(s.to_client), "0A000");
+  EXPECT_TRUE(s.resume_client);
+  s = h.client(insert);
+  EXPECT_TRUE(s.check_out) << s.to_client;
+  EXPECT_EQ(s.route.shard, 1);
+
+  // Extended: the refused statement's messages up to its Sync fail, the next flight is routed.
+  SessionHarness e{policy, with_query_timeout()};
+  const std::string bad =
+      parse("", "UPDATE telemetry SET v = 2") + bind_to("", "") + execute() + sync();
+  const std::string good = parse("", "SELECT v FROM telemetry WHERE device_id = 2") +
+                           bind_to("", "") + execute() + sync();
+  s = e.client(bad + good);
+  EXPECT_EQ(s.consumed, bad.size());
+  EXPECT_EQ(tags_of(s.to_client), "EZ");
+  EXPECT_EQ(sqlstates_in(s.to_client), "0A000");
+  EXPECT_TRUE(s.resume_client);
+  s = e.client(good);
+  EXPECT_TRUE(s.check_out) << s.to_client;
+  EXPECT_EQ(s.route.shard, 0);
+}
+
 // SHOW SHARDS counts each shard's part of a write by the rows its tag reports.
 TEST(ScatterParts, AWritesPartCountsTheRowsOfItsCommandTag) {
   session::Scatter scatter;
