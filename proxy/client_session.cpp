@@ -458,6 +458,9 @@ void ClientSession::watch_tls_hang_up(bool bytes_came) {
 // Waiting for a server, or for the shards of a statement over several: the client is not read
 // meanwhile, and one that left must not keep servers (or a place in the queue) until then.
 bool ClientSession::watches_for_hang_up() const {
+  // A COPY the client ended runs to its end (and commits) as on PostgreSQL: libpq's
+  // PQputCopyEnd then PQfinish leaves without waiting for its answer.
+  if (core_->finishing_copy()) return false;
   const auto state = core_->state();
   return state == session::SessionState::WaitingForServer ||
          state == session::SessionState::Scattering;

@@ -261,13 +261,13 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
   if (terminate) partial_ = false;
   const std::string_view frames = input.substr(0, end);
   if (frames.empty()) {
-    if (terminate) close_with({}, {}, out);
+    if (terminate) leave(out);
     return out;
   }
 
   if (state_ == SessionState::Copying) {
     copy_client_data(frames, out);
-    if (terminate && out.consumed == end) close_with({}, {}, out);
+    if (terminate && out.consumed == end) leave(out);
     return out;
   }
   if (state_ == SessionState::PortalSuspended) {
@@ -284,7 +284,7 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
     if (leftover < frames.size()) {
       out.resume_client = true;  // the rest is seen again
     } else if (terminate) {
-      close_with({}, {}, out);
+      leave(out);
     }
     return out;
   }
@@ -694,7 +694,7 @@ void Session::plan_on_link(Link& link, std::string_view frames, bool terminate, 
   l->last_activity = now;
   l->first_routed = false;  // only the flight the checkout was for
   settle(*l, id, out);
-  if (terminate) close_with({}, {}, out);
+  if (terminate) leave(out);
   return;
 }
 
@@ -1333,7 +1333,10 @@ void Session::plan_frame(const pr::Frame& f, std::size_t offset, Link& l, Flight
   if (l.copy_in) {
     // The server takes COPY data: it ignores Flush and Sync until CopyDone or CopyFail
     // (plan_on_link refuses any other message).
-    if (f.tag == 'c' || f.tag == 'f') l.copy_in = false;
+    if (f.tag == 'c' || f.tag == 'f') {
+      l.copy_in = false;
+      l.copy_answer_due = true;
+    }
     pass_client(flight, offset, size);
     return;
   }
@@ -1411,7 +1414,10 @@ void Session::plan_frame(const pr::Frame& f, std::size_t offset, Link& l, Flight
     default:  // CopyData, CopyDone, CopyFail: no answer of their own
       // Sent ahead of the server's CopyInResponse, a CopyDone or CopyFail ends the COPY there
       // (copy_started).
-      if (f.tag == 'c' || f.tag == 'f') l.copy_end_sent = true;
+      if (f.tag == 'c' || f.tag == 'f') {
+        l.copy_end_sent = true;
+        l.copy_answer_due = l.in_flight > 0;
+      }
       pass_client(flight, offset, size);
       break;
   }

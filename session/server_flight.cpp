@@ -288,6 +288,7 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
       break;
     case 'Z':
       l.copy_in = false;
+      l.copy_answer_due = false;
       saw_ready = true;
       if (auto status = pr::read_ready_for_query(f)) l.server->tx_status = *status;
       if (l.in_flight > 0) --l.in_flight;
@@ -838,9 +839,9 @@ void Session::settle(Link& l, LinkId id, Actions& out) {
     enter(SessionState::Active);
     return;
   }
-  if (input_waits_for_link_) {
+  if (input_waits_for_link_ || close_when_answered_) {
     input_waits_for_link_ = false;
-    out.resume_client = true;
+    out.resume_client = true;  // (the Terminate behind a COPY: once between requests)
   }
   if (l.server->tx_status != 'I') {
     enter(SessionState::Holding);

@@ -353,6 +353,12 @@ std::size_t Session::prepared_statement_count() const {
 
 bool Session::wants_client_input() const {
   if (pipeline_full_) return false;
+  // Its Terminate is read again once the COPY ahead of it is answered; the client's end (it
+  // closes its socket after Terminate) is not taken for a client gone before that.
+  if (close_when_answered_) {
+    return state_ == SessionState::Idle ||
+           (state_ == SessionState::Holding && !copy_being_answered());
+  }
   if (memory_wait_ && !memory_retry_due_) return false;
   switch (state_) {
     case SessionState::Idle:
@@ -803,6 +809,28 @@ void Session::close_with(std::string_view sqlstate, std::string_view message, Ac
   }
   out.close_client = true;
   enter(SessionState::Closing);
+}
+
+void Session::leave(Actions& out) {
+  if (copy_being_answered()) {
+    close_when_answered_ = true;
+    return;
+  }
+  close_with({}, {}, out);
+}
+
+bool Session::copy_being_answered() const {
+  if (!work_) return false;
+  if (state_ == SessionState::Scattering) {
+    // Every shard took data (the client was told to send it) and the COPY is no longer taking
+    // it: its parts are answering, preparing or committing.
+    const auto& run = work_->scatter();
+    return run.copy && run.scatter && run.copy_ready >= run.scatter->shards() &&
+           std::none_of(work_->links.begin(), work_->links.end(),
+                        [](const Link& l) { return l.server && l.copy_in; });
+  }
+  return std::any_of(work_->links.begin(), work_->links.end(),
+                     [](const Link& l) { return l.server && l.copy_answer_due; });
 }
 
 void Session::refuse_request_during_copy(Actions& out) {

@@ -257,6 +257,11 @@ class Session {
   // The client streams COPY data to a server or to the shards: pgvalve writes it nothing until
   // the COPY ends.
   bool copying_from_client() const;
+  // The client ended a COPY FROM STDIN (CopyDone or CopyFail) and its answer, over several
+  // shards its commit, is still to come; or it sent Terminate behind such a COPY. The COPY runs
+  // to its end as on PostgreSQL, which finishes a COPY before it reads what follows: the I/O
+  // layer does not take the client's hang-up meanwhile for a client gone mid-request.
+  bool finishing_copy() const { return close_when_answered_ || copy_being_answered(); }
   // The client's request may run on any of several linked servers (a statement over several
   // shards, a transaction that spans shards): a cancel goes to each of them.
   bool several_servers() const;
@@ -650,6 +655,11 @@ class Session {
   // A request among the client's COPY data: the server would take it as the end of the COPY
   // and never answer it, so pgvalve could no longer match answers to requests.
   void refuse_request_during_copy(Actions& out);
+  // The client's Terminate: closed now, or, behind a COPY it ended whose answer is still to come
+  // (copy_being_answered), once that answer is in (close_when_answered_); the Terminate stays
+  // unconsumed and is read again then.
+  void leave(Actions& out);
+  bool copy_being_answered() const;
   bool copy_started(Link& l, Actions& out);
   // Notifications queued while a request was outstanding, once the client is between requests.
   void deliver_queued_notifications(std::string& out);
@@ -759,7 +769,9 @@ class Session {
   // until the next Sync / Query.
   bool lost_transaction_ = false;
   bool skip_until_sync_ = false;  // an extended flight failed: drop its messages until Sync
-  bool pipeline_full_ = false;    // kMaxRequestsInFlight unanswered: the client is not read
+  // The client sent Terminate behind a COPY still being answered: it is closed once answered.
+  bool close_when_answered_ = false;
+  bool pipeline_full_ = false;  // kMaxRequestsInFlight unanswered: the client is not read
   bool error_sent_in_flight_ = false;
   // Session mode: the next request runs on the client's own server (no replica could take it).
   bool stay_on_own_server_ = false;

@@ -155,6 +155,9 @@ struct Link {
   bool prepare_due = false;    // ... its PREPARE waits for the decider's xid (two_phase.h)
   bool copy_in = false;  // its server takes COPY data (CopyInResponse came, CopyDone not sent)
   bool copy_end_sent = false;  // a CopyDone/CopyFail went to it after its last answered request
+  // The client's CopyDone/CopyFail went to it and the COPY's ReadyForQuery has not come: a
+  // Terminate now waits for that answer (Session::leave).
+  bool copy_answer_due = false;
   // An extended-protocol request failed with no Sync behind it: the server discards whatever
   // comes before the client's next Sync, so pgvalve does not send it.
   bool skipping_until_sync = false;
@@ -251,6 +254,7 @@ struct Link {
     prepare_due = false;
     copy_in = false;
     copy_end_sent = false;
+    copy_answer_due = false;
     skipping_until_sync = false;
     flight_plain = true;
     checking_shape = false;

@@ -487,6 +487,45 @@ def test_request_during_copy_from_stdin_08P01(pgvalve, when):
         after.execute("drop table hostile_copy")
 
 
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+@pytest.mark.parametrize("how", ["libpq", "one_write"])
+def test_terminate_right_after_copydone_keeps_the_copy(cluster, pgvalve, mode, how):
+    """libpq's PQputCopyEnd then PQfinish, without PQgetResult (and a raw client sending the
+    COPY, its data, CopyDone and Terminate in one write): PostgreSQL finishes the COPY before it
+    reads the Terminate. pgvalve closed the client at once and cancelled and closed the server,
+    so in transaction mode the COPY was often lost (in one write, every time)."""
+    from pgcluster import wait_until
+    from pgwire import message
+    for sql in ("drop table if exists copy_then_leave",
+                "create table copy_then_leave(id int, note text)",
+                "grant all on copy_then_leave to app"):
+        cluster.primary.psql(sql, dbname=APP_DB)
+    pv = pgvalve(mode=mode, pool_size=1)
+    rows = b"".join(b"%d\tsome text to copy %d\n" % (i, i) for i in range(100))
+    for attempt in range(5):
+        if how == "libpq":
+            conn = psycopg.connect(pv.dsn(), autocommit=True)
+            pgconn = conn.pgconn
+            result = pgconn.exec_(b"copy copy_then_leave from stdin")
+            assert result.status == psycopg.pq.ExecStatus.COPY_IN
+            assert pgconn.put_copy_data(rows) == 1
+            assert pgconn.put_copy_end() == 1
+            pgconn.finish()
+        else:
+            r = raw_login(pv)
+            r.sock.sendall(query_message("copy copy_then_leave from stdin") + message(b"d", rows) +
+                           message(b"c", b"") + message(b"X", b""))
+            r.sock.close()
+        want = 100 * (attempt + 1)
+        with pv.connect() as c:
+            wait_until(lambda: one(c, "select count(*) from copy_then_leave") >= want, 5,
+                       message=f"the COPY of attempt {attempt}")
+        assert "server_closed_dirty" not in pv.log_text(), "no server was cancelled"
+    with pv.connect() as c:  # pool_size 1: the server went back each time
+        assert one(c, "select count(*) from copy_then_leave") == 500
+    cluster.primary.psql("drop table copy_then_leave", dbname=APP_DB)
+
+
 # --- per-client caps -------------------------------------------------------------------------------
 
 @pytest.fixture

@@ -479,3 +479,40 @@ def test_a_refused_request_does_not_fail_the_requests_pipelined_behind_it(two_pc
     assert [k for k, _ in second] == [b"1", b"2", b"C", b"Z"]
     client.terminate()
     assert sorted(r[:2] for node in two_pc for r in rows_on(node)) == [(1, 1), (2, 2)]
+
+
+@pytest.mark.parametrize("how", ["libpq", "after_copy_in_response"])
+def test_terminate_right_after_copydone_keeps_the_copy(two_pc, pgvalve, how):
+    """libpq's PQputCopyEnd then PQfinish, without PQgetResult (and a raw client sending its
+    data, CopyDone and Terminate in one write once the COPY took data): PostgreSQL finishes the
+    COPY before it reads the Terminate; pgvalve closed the client and cancelled the shards'
+    servers at once, and the COPY was lost. (A client that leaves before its COPY got the shards'
+    servers leaves the queue, as any request does: test_limits.)"""
+    from pgcluster import wait_until
+    from pgwire import message, query_message, read_message
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    rows = b"".join(b"%d\t%d\n" % (i, i) for i in range(1, 101))
+    for attempt in range(5):
+        if how == "libpq":
+            conn = psycopg.connect(pv.dsn(), autocommit=True)
+            pgconn = conn.pgconn
+            result = pgconn.exec_(b"COPY telemetry (device_id, ts) FROM STDIN")
+            assert result.status == psycopg.pq.ExecStatus.COPY_IN
+            assert pgconn.put_copy_data(rows) == 1
+            assert pgconn.put_copy_end() == 1
+            pgconn.finish()
+        else:
+            client = raw_client(pv)
+            client.sock.sendall(query_message("COPY telemetry (device_id, ts) FROM STDIN"))
+            assert read_message(client.sock)[0] == b"G"
+            client.sock.sendall(message(b"d", rows) + message(b"c", b"") + message(b"X", b""))
+            client.sock.close()
+        want = 100 * (attempt + 1)
+        wait_until(lambda: sum(len(rows_on(node)) for node in two_pc) >= want, 5,
+                   message=f"the COPY of attempt {attempt} committed")
+    assert sum(len(rows_on(node)) for node in two_pc) == 500
+    for node in two_pc:
+        assert on(node, "SELECT gid FROM pg_prepared_xacts") == []
+    with pv.connect() as c:
+        assert c.execute("SELECT count(*) FROM telemetry").fetchone() == (500,)

@@ -525,6 +525,45 @@ TEST_F(Copy, OnlyTheRefusedRequestOfAReadFails) {
   EXPECT_EQ(s.route.shard, 0);
 }
 
+// libpq's PQputCopyEnd then PQfinish, without waiting for the COPY's answer: the COPY runs to
+// its end and commits on every shard, as PostgreSQL finishes a COPY before it reads Terminate;
+// the client is closed after that (its servers went back clean, none cancelled).
+TEST_F(Copy, TerminateRightAfterCopyDoneLetsTheCopyCommit) {
+  start();
+  const std::string data = copy_data("1\ta\n2\tb\n") + copy_done();
+  Step s = h.client(data + terminate());
+  EXPECT_FALSE(s.close_client);
+  EXPECT_EQ(s.consumed, data.size()) << "the Terminate is read again once the COPY is answered";
+  EXPECT_TRUE(h.session().finishing_copy());
+  EXPECT_FALSE(h.session().wants_client_input());
+  s = prepare_both("COPY 1", "COPY 1");
+  EXPECT_EQ(queries_in(s.to_server), std::vector<std::string>{"COMMIT PREPARED " + gid});
+  h.server(complete("COMMIT PREPARED") + ready(), T0, 0);
+  s = h.server(complete("COMMIT PREPARED") + ready(), T0, 1);
+  EXPECT_TRUE(s.resume_client);
+  EXPECT_EQ(h.state(), SessionState::Idle);
+  EXPECT_TRUE(h.session().wants_client_input());
+  s = h.client(terminate());
+  EXPECT_TRUE(s.close_client);
+  EXPECT_FALSE(s.has_op(LinkOp::Kind::CancelAndClose));
+}
+
+// The Terminate in a read of its own comes after the COPY's parts answered; meanwhile the client's
+// hang-up (it closes its socket after Terminate) is not taken for a client gone mid-request.
+TEST_F(Copy, AnEndedCopyBeingCommittedIsNotCutByTheClientsHangUp) {
+  start();
+  EXPECT_FALSE(h.session().finishing_copy()) << "taking data: a client gone now fails the COPY";
+  h.client(copy_data("1\ta\n") + copy_done());
+  EXPECT_TRUE(h.session().finishing_copy());
+  prepare_both("COPY 0", "COPY 1");
+  EXPECT_TRUE(h.session().finishing_copy()) << "still committing";
+  h.server(complete("COMMIT PREPARED") + ready(), T0, 0);
+  h.server(complete("COMMIT PREPARED") + ready(), T0, 1);
+  EXPECT_FALSE(h.session().finishing_copy());
+  const Step s = h.client(terminate());
+  EXPECT_TRUE(s.close_client);
+}
+
 // SHOW SHARDS counts each shard's part of a write by the rows its tag reports.
 TEST(ScatterParts, AWritesPartCountsTheRowsOfItsCommandTag) {
   session::Scatter scatter;

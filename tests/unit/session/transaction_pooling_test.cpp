@@ -274,6 +274,34 @@ TEST(SessionTransactionPooling, CopyDataAfterAFailedCopyNeedsNoServer) {
   EXPECT_EQ(h.state(), SessionState::Idle);
 }
 
+// libpq's PQputCopyEnd then PQfinish: the Terminate right behind the CopyDone waits for the
+// COPY's answer (the server was cancelled and closed, and the COPY lost); the server then goes
+// back clean and the client is closed.
+TEST(SessionTransactionPooling, TerminateBehindCopyDoneWaitsForTheCopysAnswer) {
+  for (bool same_read : {true, false}) {
+    SCOPED_TRACE(same_read ? "CopyDone and Terminate in one read" : "in two reads");
+    SessionHarness h;
+    auto server = SessionHarness::fresh_server();
+    h.send(query("copy t from stdin"), *server);
+    h.answer(copy_in_response());
+    const std::string data = message('d', "1\n") + message('c', "");
+    Step s = h.client(same_read ? data + terminate() : data);
+    EXPECT_EQ(s.to_server, data);
+    EXPECT_EQ(s.consumed, data.size());
+    if (!same_read) s = h.client(terminate());
+    EXPECT_FALSE(s.close_client);
+    EXPECT_TRUE(s.ops.empty());
+    EXPECT_TRUE(h.session().finishing_copy());
+    EXPECT_FALSE(h.session().wants_client_input()) << "its hang-up is not read before the answer";
+    h.answer(command_result("COPY 1"));
+    EXPECT_TRUE(h.last.has_op(LinkOp::Kind::Release));
+    EXPECT_TRUE(h.last.resume_client);
+    EXPECT_TRUE(h.session().wants_client_input());
+    s = h.client(terminate());
+    EXPECT_TRUE(s.close_client);
+  }
+}
+
 // libpq runs a COPY given to PQexecParams or PQexecPrepared as Parse, Bind, Describe, Execute,
 // Sync, and sends another Sync after its CopyDone: the server ignores the first, which it reads
 // while taking COPY data, and answers the second.
