@@ -105,7 +105,7 @@ void Session::copy_shard_ready(Link& l, const pr::Frame& f, Actions& out) {
 
 // Client messages while Copying: CopyData is cut into rows and sent on to their shards; CopyDone
 // and CopyFail end the COPY on every shard; Flush and Sync are ignored, as PostgreSQL ignores
-// them during COPY.
+// them during COPY; any other message closes the client (refuse_request_during_copy).
 void Session::copy_client_data(std::string_view frames, Actions& out) {
   auto& run = work().change_scatter();
   for (std::string& o : run.copy_out) {
@@ -137,16 +137,12 @@ void Session::copy_client_data(std::string_view frames, Actions& out) {
       case 'H':
       case 'S':
         break;
-      default: {
-        const auto byte = static_cast<unsigned char>(f.tag);
-        const char hex[] = {'0', 'x', "0123456789abcdef"[byte >> 4], "0123456789abcdef"[byte & 15],
-                            '\0'};
-        run.scatter->fail("08P01", std::string("pgvalve: unexpected message type ") + hex +
-                                       " during COPY from stdin; end the COPY with CopyDone or "
-                                       "CopyFail first");
-        ended = true;
-        break;
-      }
+      default:
+        // A request among the COPY data: as on one server (plan_on_link), the client is closed
+        // (08P01) and every shard's server with it, which rolls the COPY back; answered with an
+        // error and ReadyForQuery, the request would have been silently dropped.
+        refuse_request_during_copy(out);
+        return;
     }
   }
   out.consumed = reader.offset();

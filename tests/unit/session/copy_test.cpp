@@ -564,6 +564,22 @@ TEST_F(Copy, AnEndedCopyBeingCommittedIsNotCutByTheClientsHangUp) {
   EXPECT_TRUE(s.close_client);
 }
 
+// A request among the COPY data closes the client (08P01), as on one server and as
+// docs/errors.md says; every shard's server goes with it, which rolls the COPY back. (It was
+// answered with an error and ReadyForQuery 'I', and the request silently dropped.)
+TEST_F(Copy, ARequestAmongTheCopyDataClosesTheClient) {
+  start();
+  const Step s = h.client(copy_data("1\ta\n") + query("INSERT INTO telemetry VALUES (2)"));
+  EXPECT_TRUE(s.close_client);
+  EXPECT_EQ(sqlstates_in(s.to_client), "08P01");
+  EXPECT_EQ(statuses_in(s.to_client), "") << "no ReadyForQuery";
+  EXPECT_TRUE(s.to_links.empty()) << "no row of the failed step is sent";
+  ASSERT_EQ(s.ops.size(), 2u);
+  for (const Op& op : s.ops)
+    EXPECT_EQ(op.kind, LinkOp::Kind::CancelAndClose);
+  EXPECT_EQ(h.state(), SessionState::Closing);
+}
+
 // SHOW SHARDS counts each shard's part of a write by the rows its tag reports.
 TEST(ScatterParts, AWritesPartCountsTheRowsOfItsCommandTag) {
   session::Scatter scatter;
