@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "protocol/binary_values.h"
+#include "routing/client_encoding.h"
 #include "routing/parse_tree.h"
 #include "routing/shard_map.h"
 
@@ -84,25 +85,6 @@ bool names_column(const Json& def, std::string_view key) {
   const Json* items = list != nullptr ? field(*list, "items") : nullptr;
   if (items == nullptr || !items->is_array()) return false;
   return std::any_of(items->begin(), items->end(), [&](const Json& i) { return sval(i) == key; });
-}
-
-// Encodings whose multibyte characters may hold ASCII bytes (PostgreSQL's client-only ones, as
-// its clean_encoding_name() spells them): there a byte that looks like a backslash, quote or
-// newline can be half of a character, and pgvalve reads bytes, not characters. Every other
-// encoding keeps ASCII bytes for ASCII, which is all the row cutting relies on, so it is
-// accepted; only a text key with non-ASCII characters would be hashed as bytes of that encoding.
-bool embeds_ascii(std::string_view encoding) {
-  std::string clean;
-  for (char c : encoding) {
-    if (std::isalnum(static_cast<unsigned char>(c)) != 0) {
-      clean += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    }
-  }
-  static constexpr std::string_view kNames[] = {
-      "big5",       "gb18030",    "gbk",        "johab",      "mskanji",     "shiftjis",
-      "sjis",       "uhc",        "win932",     "win936",     "win949",      "win950",
-      "windows932", "windows936", "windows949", "windows950", "shiftjis2004"};
-  return std::find(std::begin(kNames), std::end(kNames), clean) != std::end(kNames);
 }
 
 bool listed(const std::vector<std::string>& names, std::string_view name) {
@@ -314,12 +296,17 @@ CopyPlan plan_copy(std::string_view sql, const ShardingPolicy& policy) {
         }
         plan.header = h != Header::False;
       } else if (name == "encoding") {
-        if (embeds_ascii(option_text(*def).value_or(""))) {
+        // Where a character may hold ASCII bytes (SJIS, BIG5, ...), a byte that looks like a
+        // backslash, quote or newline can be half of one, and pgvalve reads bytes. Every other
+        // encoding keeps ASCII bytes for ASCII, which is all the row cutting relies on; only a
+        // text key with non-ASCII characters is hashed as bytes of that encoding.
+        if (ascii_in_characters(option_text(*def).value_or("")) != AsciiInCharacters::None) {
           return refused("COPY data in encoding \"" + option_text(*def).value_or("") +
                          "\" is not cut into rows: its characters may hold bytes that look like "
                          "delimiters; send the data as UTF8" +
                          or_name_shard);
         }
+        plan.encoding_given = true;
       } else if (!reference && (name == "force_null" || name == "force_not_null") &&
                  names_column(*def, key)) {
         // They change which key fields are NULL, and CopyPlan cannot say so.

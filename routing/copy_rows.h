@@ -30,6 +30,9 @@ struct CopyPlan {
   int key_column = -1;
   // How many columns the column list names; 0 without one (a reference table's every column).
   int columns = 0;
+  // The COPY's ENCODING option names the data's encoding (one whose characters never hold
+  // ASCII bytes; others are refused): the session's client_encoding does not apply to the data.
+  bool encoding_given = false;
 };
 
 // `sql`: COPY table [(columns)] FROM STDIN [[WITH] options]. Refused (ok false): another kind of

@@ -229,6 +229,19 @@ Route Router::route_sharded(std::string_view sql, const RouteContext& context) c
     return one(shard, hint);
   }
   if (sql.empty() || !cache_ || !policy_.write_functions) return any(hint);
+  if (has_ascii_inside_characters(sql, context.encoding)) {
+    // In E'表' (SJIS \x95\x5C) pgvalve would read an escaped quote, and the key after it
+    // from inside the string. PostgreSQL reads the statement converted to the server encoding.
+    return Route::refuse(
+        "0A000",
+        "pgvalve: this statement has a character whose bytes include an ASCII byte in the "
+        "client_encoding of this session, so pgvalve cannot read its " +
+            sharding.key +
+            " safely; set client_encoding to UTF8 (or a single-byte encoding) on a sharded "
+            "database, or name the shard",
+        "a hint /* pgvalve: " + sharding.key +
+            "=<value> */ or /* pgvalve: shard=<name> */ runs it on one shard without reading it");
+  }
   if (sql.size() > kMaxParsedStatementBytes) {
     // Before any cached decision: the shape's short statements must not inherit this refusal,
     // nor this statement a plan whose keys only a parse could read.

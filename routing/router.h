@@ -10,6 +10,7 @@
 #include <string_view>
 #include <vector>
 
+#include "routing/client_encoding.h"
 #include "routing/decision_cache.h"
 #include "routing/insert_split.h"
 #include "routing/route.h"
@@ -51,6 +52,10 @@ struct RouteContext {
   // none. `params`: the Bind values of the statement's $n, when it is bound.
   std::string_view device_id;
   const ParamSource* params = nullptr;
+  // Sharded databases: the client's client_encoding, when its characters may hold ASCII bytes
+  // (SJIS, BIG5, ...). A statement with such a character is refused unless a hint or
+  // SET pgvalve.device_id places it: pgvalve would misread where its strings end.
+  AsciiInCharacters encoding = AsciiInCharacters::None;
 };
 
 class Router {

@@ -806,7 +806,20 @@ routing::RouteContext Session::route_context() const {
                          last_write_at_ != Clock::time_point{} &&
                          now_ - last_write_at_ < options_.read_your_writes_window;
   context.device_id = extras().device_id;
+  if (router_.sharded()) context.encoding = client_encoding();
   return context;
+}
+
+routing::AsciiInCharacters Session::client_encoding() const {
+  if (const Setting* s = client_settings_.find("client_encoding")) {
+    return routing::ascii_in_characters(s->value);
+  }
+  if (defaults_) {
+    for (const auto& [name, value] : *defaults_) {
+      if (name == "client_encoding") return routing::ascii_in_characters(value);
+    }
+  }
+  return routing::AsciiInCharacters::None;
 }
 
 bool Session::needs_primary(std::string_view sql, const BindParams& params) {
@@ -983,6 +996,7 @@ std::pair<std::string_view, std::string> Session::shard_conflict(Link& l, std::s
   routing::RouteContext context;
   context.device_id = extras().device_id;
   context.params = params;
+  context.encoding = client_encoding();
   // A Bind's statement text comes again and again: found in the worker's cache of texts.
   context.fingerprint = fingerprint_of(sql);
   const routing::Route route = router_.route(sql, context);

@@ -39,6 +39,17 @@ Session::ScatterStart Session::start_copy(std::string_view frames, const Request
   }
   const routing::CopyPlan plan = routing::plan_copy(request.sql, sharding);
   if (!plan.ok) return refuse(plan.refusal);
+  if (!plan.encoding_given && client_encoding() != routing::AsciiInCharacters::None) {
+    // A byte that looks like a backslash, quote or newline may be half of a character there:
+    // rows would be cut, and keys read, in the wrong places.
+    const Setting* encoding = client_settings_.find("client_encoding");
+    return refuse("COPY data in client_encoding " +
+                  (encoding ? encoding->value : std::string("of this session")) +
+                  " is not cut into rows: its characters may hold bytes that look like "
+                  "delimiters, quotes or backslashes; set client_encoding to UTF8 (or a "
+                  "single-byte encoding), or give the COPY an ENCODING option naming the "
+                  "data's encoding, UTF8 or single-byte");
+  }
   const int shards = std::popcount(route.shards);
   if (shards != router_.shard_count()) return refuse("a COPY routed row by row needs every shard");
   if (!in_transaction && !extras().deferred_begin.empty()) {

@@ -362,6 +362,9 @@ class Session {
   // What routes a statement besides its text: the client's preference and defaults, its recent
   // writes, its shard key.
   routing::RouteContext route_context() const;
+  // How the client's client_encoding cuts characters: one whose characters may hold ASCII bytes
+  // (SJIS, BIG5, ...) makes pgvalve refuse to read keys from its statements and COPY data.
+  routing::AsciiInCharacters client_encoding() const;
   // A statement of a request that went to a replica by its first statement must run on the
   // primary (a write after reads up to one Sync: psycopg's pipeline, pgx's SendBatch).
   // Transaction control and settings stay with the reads.

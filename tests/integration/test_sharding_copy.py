@@ -516,3 +516,46 @@ def test_terminate_right_after_copydone_keeps_the_copy(two_pc, pgvalve, how):
         assert on(node, "SELECT gid FROM pg_prepared_xacts") == []
     with pv.connect() as c:
         assert c.execute("SELECT count(*) FROM telemetry").fetchone() == (500,)
+
+
+def test_a_client_encoding_whose_characters_hold_ascii_bytes_is_refused_not_misread(
+        two_pc, pgvalve):
+    """In SJIS the second byte of 表 (\\x95\\x5C) looks like a backslash: read bytewise, the row
+    `表<tab>5<tab>6` has device_id 6 and landed on 6's shard with no error. pgvalve refuses to
+    read rows and keys in such an encoding, set at login or by SET, as it refuses COPY's own
+    ENCODING 'SJIS'."""
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    assert md5_mod(5) != md5_mod(6)
+    copy_sql = "COPY telemetry (note, device_id, ts) FROM STDIN"
+
+    def refused_copy(conn):
+        with pytest.raises(psycopg.Error) as e:
+            with conn.cursor().copy(copy_sql) as copy:
+                copy.write("表\t5\t6\n")
+        assert e.value.sqlstate == "0A000", e.value
+        assert str(e.value).startswith("pgvalve:") and "client_encoding" in str(e.value)
+        assert "UTF8" in str(e.value)
+
+    with pv.connect(client_encoding="SJIS") as conn:
+        refused_copy(conn)
+        # The statement path: in E'表' pgvalve would read an escaped quote and take 6 as the key.
+        with pytest.raises(psycopg.Error) as e:
+            conn.execute("INSERT INTO telemetry (note, device_id) VALUES (E'表', 5) --', 6)")
+        assert e.value.sqlstate == "0A000", e.value
+        assert "client_encoding" in str(e.value)
+        # Characters without ASCII bytes (あ is \x82\xA0) are read as before; a hint places any.
+        conn.execute("INSERT INTO telemetry (note, device_id) VALUES ('あ', 2)")
+        conn.execute("/* pgvalve: device_id=5 */ INSERT INTO telemetry (note, device_id) "
+                     "VALUES (E'表', 5)")
+        # The data's own ENCODING decides how its rows are read.
+        with conn.cursor().copy(copy_sql + " (ENCODING 'UTF8')") as copy:
+            copy.write("表".encode() + b"\t7\t7\n")
+    with pv.connect() as conn:
+        conn.execute("SET client_encoding = 'SJIS'")
+        refused_copy(conn)
+    got = {i: sorted((r[0], r[3]) for r in rows_on(node)) for i, node in enumerate(two_pc)}
+    want = {0: [], 1: []}
+    for device, note in [(2, "あ"), (5, "表"), (7, "表")]:
+        want[md5_mod(device)].append((device, note))
+    assert got == {i: sorted(v) for i, v in want.items()}

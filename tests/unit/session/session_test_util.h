@@ -451,12 +451,13 @@ class SessionHarness {
   // A client of a sharded database (`sharding` outlives the harness); `split_reads`: its shards
   // have replicas that take reads.
   explicit SessionHarness(const routing::ShardingPolicy& sharding, SessionOptions options = {},
-                          bool split_reads = false, const stats::Recorder* recorder = nullptr)
+                          bool split_reads = false, const stats::Recorder* recorder = nullptr,
+                          std::vector<std::pair<std::string, std::string>> startup = {})
       : options_(options),
         router_(sharding.map.shard_count(),
                 routing::RoutingPolicy{split_reads, &write_functions_, &sharding, 1}, &decisions_),
         session_(options_, router_, workspaces_, recorder) {
-    log_in({}, nullptr);
+    log_in(startup, nullptr);
   }
 
   static SessionOptions session_mode() {
