@@ -523,6 +523,10 @@ int CopyRows::key_shard(std::string_view fields) {
   }
   const int shard = shard_of_text(key_, *policy_);
   if (shard < 0) {
+    if (auto error = integer_key_error(key_, *policy_)) {
+      fail(error->sqlstate, line_, error->message);
+      return kFailed;
+    }
     fail("22P02", line_,
          "\"" + shown(key_) + "\" is not a valid " + key +
              " (sharding.key_type: " + std::string(key_type_name(policy_->map.key_type())) +

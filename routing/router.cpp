@@ -175,6 +175,9 @@ Route Router::route_sharded(std::string_view sql, const RouteContext& context) c
                                         "sharding.key_type: auto cannot read; set key_type to "
                                         "the column's type (bigint, text or uuid)");
     }
+    if (auto error = integer_key_error(value, sharding)) {
+      return Route::refuse(error->sqlstate, "pgvalve: " + std::move(error->message));
+    }
     if (type == KeyType::Auto) {
       // Only an unquoted number that is not an integer is refused under auto (shard_plan.cpp).
       return Route::refuse(

@@ -6,6 +6,7 @@
 #include <openssl/md5.h>
 #include <xxhash.h>
 
+#include <algorithm>
 #include <charconv>
 #include <limits>
 #include <stdexcept>
@@ -51,6 +52,25 @@ std::optional<std::int64_t> parse_int64(std::string_view s) {
   }
   // Negating in unsigned arithmetic reaches INT64_MIN, which has no positive counterpart.
   return static_cast<std::int64_t>(negative ? ~magnitude + 1 : magnitude);
+}
+
+// PostgreSQL's isspace() in int8in: the C locale's whitespace.
+bool ascii_space(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
+
+std::string_view trim_space(std::string_view s) {
+  while (!s.empty() && ascii_space(s.front()))
+    s.remove_prefix(1);
+  while (!s.empty() && ascii_space(s.back()))
+    s.remove_suffix(1);
+  return s;
+}
+
+// An optional sign and one or more ASCII digits, of any size.
+bool integer_digits(std::string_view s) {
+  if (!s.empty() && (s[0] == '+' || s[0] == '-')) s.remove_prefix(1);
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
 int hex_value(char c) {
@@ -324,9 +344,13 @@ std::optional<KeyValue> key_from_text(std::string_view text, KeyType type) {
   switch (type) {
     case KeyType::Auto:
       if (auto v = parse_int64(text)) return KeyValue::of_integer(*v);
+      if (!text.empty() && (ascii_space(text.front()) || ascii_space(text.back())) &&
+          parse_int64(trim_space(text))) {
+        return std::nullopt;  // " 5": 5 in a bigint column, " 5" in a text one
+      }
       return KeyValue::of_text(text);
     case KeyType::Bigint:
-      if (auto v = parse_int64(text)) return KeyValue::of_integer(*v);
+      if (auto v = parse_int64(trim_space(text))) return KeyValue::of_integer(*v);
       return std::nullopt;
     case KeyType::Text:
       return KeyValue::of_text(text);
@@ -340,6 +364,14 @@ std::optional<KeyValue> key_from_text(std::string_view text, KeyType type) {
       return std::nullopt;
   }
   return std::nullopt;
+}
+
+KeyRefusal key_refusal(std::string_view text, KeyType type) {
+  const std::string_view trimmed = trim_space(text);
+  if (!integer_digits(trimmed)) return KeyRefusal::NotOfType;
+  if (type == KeyType::Bigint) return KeyRefusal::OutOfRange;
+  if (type == KeyType::Auto && trimmed.size() != text.size()) return KeyRefusal::PaddedInteger;
+  return KeyRefusal::NotOfType;
 }
 
 std::optional<KeyValue> key_from_binary(std::string_view bytes, std::uint32_t type_oid,

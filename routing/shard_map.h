@@ -18,8 +18,11 @@ namespace pgvalve::routing {
 // sharding.key_type: how a key value is read.
 //  - Auto: text that is an integer (an optional sign and ASCII digits, within int64) is an
 //    integer, anything else is text. The DESIGN.md rule; right for bigint and text ids alike,
-//    except text ids that look like integers under pg_partition (use Text).
-//  - Bigint: integers only; anything else is not a key value.
+//    except text ids that look like integers under pg_partition (use Text). An integer with
+//    whitespace around it (" 5") is no key value: a bigint column reads it as 5, a text column
+//    as written, and Auto cannot tell which.
+//  - Bigint: integers only, with whitespace around them skipped as PostgreSQL's int8in skips
+//    it; anything else is not a key value.
 //  - Text: every value is text, as written ('042' and 42 are "042" and "42").
 //  - Uuid: what PostgreSQL's uuid_in accepts: 32 hex digits in either case, at most one hyphen
 //    after each group of four, optionally in braces; anything else is not a key value.
@@ -52,6 +55,13 @@ struct KeyValue {
 // SET pgvalve.device_id value, a text-format Bind parameter, a COPY field. nullopt: not a value
 // of `type`.
 std::optional<KeyValue> key_from_text(std::string_view text, KeyType type);
+
+// Why key_from_text(text, type) found no key, for the client's error (not on the hot path).
+//  - OutOfRange: an integer beyond int64 (Bigint; PostgreSQL's 22003);
+//  - PaddedInteger: an integer with whitespace around it (Auto);
+//  - NotOfType: anything else.
+enum class KeyRefusal : std::uint8_t { NotOfType, OutOfRange, PaddedInteger };
+KeyRefusal key_refusal(std::string_view text, KeyType type);
 
 // A key from a binary-format Bind parameter whose type is `type_oid` (int2 21, int4 23, int8 20,
 // numeric 1700 with an integral value, text 25, varchar 1043, bpchar 1042, name 19, uuid 2950).

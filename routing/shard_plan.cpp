@@ -960,4 +960,26 @@ int shard_of_text(std::string_view value, const ShardingPolicy& policy) {
   return key ? policy.map.shard_of(*key) : -1;
 }
 
+std::optional<KeyError> integer_key_error(std::string_view value, const ShardingPolicy& policy) {
+  const std::string quoted =
+      "\"" + std::string(value.substr(0, 64)) + (value.size() > 64 ? "...\"" : "\"");
+  switch (key_refusal(value, policy.map.key_type())) {
+    case KeyRefusal::OutOfRange:
+      return KeyError{"22003", policy.key + " " + quoted +
+                                   " is out of range for type bigint (sharding.key_type: "
+                                   "bigint); give a " +
+                                   policy.key + " within bigint"};
+    case KeyRefusal::PaddedInteger:
+      return KeyError{"22P02",
+                      policy.key + " " + quoted +
+                          " is an integer with whitespace around it: a bigint column stores it "
+                          "without the whitespace, a text column as written, and "
+                          "sharding.key_type: auto cannot tell which; write it without the "
+                          "whitespace, or set sharding.key_type to the column's type"};
+    case KeyRefusal::NotOfType:
+      break;
+  }
+  return std::nullopt;
+}
+
 }  // namespace pgvalve::routing

@@ -144,4 +144,14 @@ std::vector<std::uint16_t> insert_row_shards(std::string_view sql, const ShardPl
 // value of sharding.key_type.
 int shard_of_text(std::string_view value, const ShardingPolicy& policy);
 
+// The client's error for an integer-looking key value that shard_of_text() refused: an integer
+// beyond bigint (22003, as PostgreSQL says it) or, under key_type auto, one with whitespace
+// around it (22P02). The message names the value and says what to do, without "pgvalve: ".
+// nullopt for other values (the caller's 22P02).
+struct KeyError {
+  std::string_view sqlstate;
+  std::string message;
+};
+std::optional<KeyError> integer_key_error(std::string_view value, const ShardingPolicy& policy);
+
 }  // namespace pgvalve::routing

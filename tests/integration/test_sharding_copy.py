@@ -559,3 +559,39 @@ def test_a_client_encoding_whose_characters_hold_ascii_bytes_is_refused_not_misr
     for device, note in [(2, "あ"), (5, "表"), (7, "表")]:
         want[md5_mod(device)].append((device, note))
     assert got == {i: sorted(v) for i, v in want.items()}
+
+
+def test_a_key_with_whitespace_around_it_is_read_as_postgres_reads_it(two_pc, pgvalve):
+    """PostgreSQL stores the CSV row `x, 5,y` with the bigint 5 (int8in skips whitespace):
+    under key_type bigint pgvalve refused it (22P02); under auto it hashed the text " 5", and
+    WHERE device_id = 5 then found nothing. An integer beyond bigint is 22003, as PostgreSQL
+    says."""
+    prepare_schema(two_pc)
+    sql = "COPY telemetry (note, device_id, ts) FROM STDIN (FORMAT csv)"
+    pv = pgvalve(**config(two_pc))
+    with pv.connect() as conn:
+        with conn.cursor().copy(sql) as copy:
+            copy.write("x, 5,1\ny,6 ,2\n")
+        assert conn.execute("SELECT note FROM telemetry WHERE device_id = 5").fetchall() == [("x",)]
+        assert conn.execute("SELECT note FROM telemetry WHERE device_id = 6").fetchall() == [("y",)]
+        with pytest.raises(psycopg.Error) as e:
+            with conn.cursor().copy(sql) as copy:
+                copy.write("z,99999999999999999999,3\n")
+        assert e.value.sqlstate == "22003", e.value
+    for device in (5, 6):
+        assert on(two_pc[md5_mod(device)], f"SELECT count(*) FROM telemetry WHERE device_id = "
+                                           f"{device}") == [(1,)]
+
+    auto = config(two_pc)
+    auto["databases"][APP_DB]["sharding"]["key_type"] = "auto"
+    pv = pgvalve(**auto)
+    with pv.connect() as conn:
+        with pytest.raises(psycopg.Error) as e:
+            with conn.cursor().copy(sql) as copy:
+                copy.write("w, 8,4\n")
+        assert e.value.sqlstate == "22P02", e.value
+        assert "whitespace" in str(e.value) and "key_type" in str(e.value), e.value
+        with pytest.raises(psycopg.Error) as e:
+            conn.execute("INSERT INTO telemetry (note, device_id) VALUES ('w', ' 8')")
+        assert e.value.sqlstate == "22P02", e.value
+        assert conn.execute("SELECT count(*) FROM telemetry WHERE device_id = 8").fetchone() == (0,)

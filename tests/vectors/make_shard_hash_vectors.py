@@ -47,6 +47,7 @@ HASH_PARTITION_SEED = 0x7A5B22367996DCFD  # src/include/catalog/partition.h
 U64 = (1 << 64) - 1
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+WHITESPACE = " \t\n\r\v\f"  # PostgreSQL's isspace() in the C locale
 
 # (key text, key_type). Keys must be valid UTF-8 without NUL: PostgreSQL is the oracle.
 INTEGERS = [
@@ -59,10 +60,12 @@ INTEGERS = [
 AUTO = [
     "007", "+42", "-0", "+0", "00000000000000000000042", "-00000000000000000001", "123456",
     "9223372036854775808", "-9223372036854775809", "99999999999999999999", "12a", "hello",
-    "", " 42", "42 ", "1e3", "+", "-", "--1", "0x1F", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+    "", "1e3", "+", "-", "--1", "0x1F", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
 ]
+# bigint keys with whitespace around them, which PostgreSQL's int8in skips.
+PADDED_INTEGERS = [" 42", "42 ", "\t-7\n", " +0 "]
 TEXTS = [
-    "", "a", "abc", "hello world", "007", "42", "-1", "abc ", "user@example.com",
+    "", "a", "abc", "hello world", "007", "42", "-1", "abc ", " 42", "42 ", "user@example.com",
     "Ünïcödé", "日本語テキスト", "emoji 🐘🚀", "tab\there", "line\nbreak", "'quoted'",
     "device-000001", "DEVICE-000001",
 ] + [ALPHABET[:n] for n in (5, 7, 8, 9, 10, 11, 12, 13, 17, 24, 25, 36)] + [
@@ -85,7 +88,9 @@ UUIDS = [
 ]
 # Not a value of the key type: key_from_text must give nothing.
 REJECTS = [
-    ("", "bigint"), ("abc", "bigint"), (" 42", "bigint"), ("42 ", "bigint"), ("+", "bigint"),
+    ("", "bigint"), ("abc", "bigint"), (" ", "bigint"), ("4 2", "bigint"), ("+", "bigint"),
+    # auto: 42 in a bigint column, " 42" in a text one; which, auto cannot tell.
+    (" 42", "auto"), ("42 ", "auto"), ("\t-7\n", "auto"),
     ("1.0", "bigint"), ("9223372036854775808", "bigint"), ("-9223372036854775809", "bigint"),
     ("", "uuid"), ("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1", "uuid"),
     ("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a111", "uuid"),
@@ -165,9 +170,12 @@ class Postgres:
 def canonical_of(pg: Postgres, key: str, key_type: str) -> tuple[str, str] | None:
     """(kind, canonical text) of `key` read as `key_type`, or None: not a value of it."""
     if key_type in ("auto", "bigint"):
-        v = as_int64(key)
+        v = as_int64(key.strip(WHITESPACE) if key_type == "bigint" else key)
         if v is not None:
             return "integer", str(v)
+        if key_type == "auto" and key.strip(WHITESPACE) != key and \
+                as_int64(key.strip(WHITESPACE)) is not None:
+            return None
         return ("text", key) if key_type == "auto" else None
     if key_type == "text":
         return "text", key
@@ -203,7 +211,7 @@ def vector(pg: Postgres, key: str, key_type: str) -> dict:
 
 
 def build() -> dict:
-    cases = ([(k, "bigint") for k in INTEGERS] + [(k, "auto") for k in AUTO]
+    cases = ([(k, "bigint") for k in INTEGERS + PADDED_INTEGERS] + [(k, "auto") for k in AUTO]
              + [(k, "text") for k in TEXTS] + [(k, "uuid") for k in UUIDS])
     with Postgres() as pg:
         vectors = [vector(pg, k, t) for k, t in cases]

@@ -502,6 +502,31 @@ TEST(CopyRows, CustomCsvDelimiterQuoteAndNull) {
   EXPECT_EQ(quoted.sqlstate, "22P02");
 }
 
+// PostgreSQL stores the CSV row `x, 5,y` with device_id 5 in a bigint column (int8in skips the
+// space): under key_type bigint it goes where 5 goes; under auto, where " 5" (text) and 5
+// (bigint) would go to different shards, it is refused rather than guessed; beyond bigint it is
+// PostgreSQL's 22003.
+TEST(CopyRows, AKeyWithWhitespaceAroundItIsReadAsPostgresReadsIt) {
+  constexpr std::string_view sql = "COPY telemetry (v, device_id, w) FROM STDIN WITH (FORMAT csv)";
+  const ShardingPolicy bigint = two_shards(KeyType::Bigint);
+  const Result padded = feed(sql, "x, 2,y\nx,1 ,y\n", bigint);
+  ASSERT_TRUE(padded.ok) << padded.error;
+  EXPECT_EQ(padded.out[0], "x, 2,y\n") << "where 2 goes";
+  EXPECT_EQ(padded.out[1], "x,1 ,y\n") << "where 1 goes";
+
+  const Result range = feed(sql, "x, 99999999999999999999,y\n", bigint);
+  EXPECT_EQ(range.sqlstate, "22003");
+  EXPECT_NE(range.error.find("out of range for type bigint"), std::string::npos) << range.error;
+
+  const Result ambiguous = feed(sql, "x,2,y\nx, 5,y\n", two_shards(KeyType::Auto));
+  EXPECT_FALSE(ambiguous.ok);
+  EXPECT_EQ(ambiguous.sqlstate, "22P02");
+  EXPECT_NE(ambiguous.error.find("COPY row 2: device_id \" 5\" is an integer with whitespace"),
+            std::string::npos)
+      << ambiguous.error;
+  EXPECT_NE(ambiguous.error.find("set sharding.key_type"), std::string::npos) << ambiguous.error;
+}
+
 TEST(CopyRows, CsvEmptyUnquotedKeyIsNullButQuotedIsNot) {
   const Result null = feed(kCsv, "a,\n");
   EXPECT_EQ(null.sqlstate, "22004");

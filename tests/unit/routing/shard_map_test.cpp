@@ -263,8 +263,9 @@ TEST(ShardMapKeyFromText, AutoReadsSignedDecimalIntegers) {
 
 TEST(ShardMapKeyFromText, AutoReadsAnythingElseAsText) {
   for (std::string_view text :
-       {"9223372036854775808", "-9223372036854775809", "18446744073709551616", "", "+", "-", " 1",
-        "1 ", "1.0", "1e3", "0x10", "+-1", "1_000", "\xd9\xa1",  // ARABIC-INDIC DIGIT ONE
+       {"9223372036854775808", "-9223372036854775809", "18446744073709551616", "", "+", "-",
+        " 99999999999999999999", " x", "1 2", "1.0", "1e3", "0x10", "+-1", "1_000",
+        "\xd9\xa1",  // ARABIC-INDIC DIGIT ONE
         "abc"}) {
     const auto k = key_from_text(text, KeyType::Auto);
     ASSERT_TRUE(k.has_value()) << text;
@@ -277,9 +278,31 @@ TEST(ShardMapKeyFromText, AutoReadsAnythingElseAsText) {
 TEST(ShardMapKeyFromText, BigintTakesIntegersOnly) {
   EXPECT_EQ(key_from_text("-9223372036854775808", KeyType::Bigint).value().integer, kMin);
   EXPECT_EQ(key_from_text("+9223372036854775807", KeyType::Bigint).value().integer, kMax);
-  for (std::string_view text : {"", "abc", " 1", "1.5", "9223372036854775808",
+  for (std::string_view text : {"", "abc", " ", "1 2", "1.5", "9223372036854775808",
                                 "-9223372036854775809", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"})
     EXPECT_FALSE(key_from_text(text, KeyType::Bigint).has_value()) << text;
+}
+
+// PostgreSQL's int8in skips whitespace around the integer: a CSV row `x, 5,y` stores 5.
+TEST(ShardMapKeyFromText, BigintSkipsWhitespaceAroundTheIntegerAsPostgresDoes) {
+  for (std::string_view text : {" 5", "5 ", "\t5\n", " \r\v\f+5  "}) {
+    const auto k = key_from_text(text, KeyType::Bigint);
+    ASSERT_TRUE(k.has_value()) << text;
+    EXPECT_EQ(k->integer, 5) << text;
+  }
+  EXPECT_EQ(key_refusal(" 99999999999999999999", KeyType::Bigint), KeyRefusal::OutOfRange);
+  EXPECT_EQ(key_refusal("-9223372036854775809", KeyType::Bigint), KeyRefusal::OutOfRange);
+  EXPECT_EQ(key_refusal("5x", KeyType::Bigint), KeyRefusal::NotOfType);
+}
+
+// Under auto " 5" is 5 in a bigint column and " 5" in a text one: no key, rather than one
+// of the two guesses (which would put the row where the other reads look for nothing).
+TEST(ShardMapKeyFromText, AutoRefusesAnIntegerWithWhitespaceAroundIt) {
+  for (std::string_view text : {" 5", "5 ", "\t-5", " +0 "}) {
+    EXPECT_FALSE(key_from_text(text, KeyType::Auto).has_value()) << text;
+    EXPECT_EQ(key_refusal(text, KeyType::Auto), KeyRefusal::PaddedInteger) << text;
+  }
+  EXPECT_EQ(key_from_text(" 5", KeyType::Text).value().text, " 5") << "text keeps it";
 }
 
 TEST(ShardMapKeyFromText, TextKeepsEveryValueAsWritten) {

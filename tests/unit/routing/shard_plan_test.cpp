@@ -1394,6 +1394,25 @@ class ShardRouterTest : public ::testing::Test {
   }
 };
 
+// A quoted key with whitespace around it is what PostgreSQL's bigint input reads as the integer:
+// under key_type bigint the statement goes where the integer goes, as a COPY row does; under auto
+// (bigint or text column?) it is refused, not guessed; beyond bigint it is 22003.
+TEST_F(ShardRouterTest, AKeyWithWhitespaceAroundItIsReadAsPostgresReadsIt) {
+  const Route padded = bigint_router.route("SELECT * FROM telemetry WHERE device_id = ' 5 '", {});
+  ASSERT_EQ(padded.kind, Kind::Primary);
+  EXPECT_EQ(padded.shard, shard_of_value("5", bigint_policy));
+  const Route range =
+      bigint_router.route("INSERT INTO telemetry (device_id) VALUES (99999999999999999999)", {});
+  expect_refused(range, "22003", "out of range");
+  EXPECT_NE(range.refusal->message.find("out of range for type bigint"), std::string::npos);
+
+  const char* sql = "INSERT INTO telemetry (device_id) VALUES (' 5')";
+  const Route ambiguous = route(sql);
+  expect_refused(ambiguous, "22P02", sql);
+  EXPECT_NE(ambiguous.refusal->message.find("whitespace"), std::string::npos)
+      << ambiguous.refusal->message;
+}
+
 TEST_F(ShardRouterTest, AStatementTooLongToParseIsRefusedUnlessAHintPlacesIt) {
   // Parsing it would take about a hundred times its size; guessing a shard would misplace rows.
   std::string sql = "INSERT INTO telemetry (device_id, v) VALUES (1, 1)";
