@@ -608,6 +608,8 @@ class Classifier {
     } else if (first.is_word("listen") || first.is_word("notify")) {
       info_.kind = first.is_word("listen") ? StatementKind::Listen : StatementKind::Notify;
       read_identifier(c);
+      info_.channel_only =
+          info_.kind == StatementKind::Listen && !info_.raw_name.empty() && c.at_end();
       if (info_.kind == StatementKind::Notify && c.peek_punct(',')) {
         c.skip();
         info_.value = rest(c);
@@ -616,9 +618,12 @@ class Classifier {
       info_.kind = StatementKind::Unlisten;
       if (!c.at_end() && c.peek().is_operator("*")) {
         info_.all = true;
+        c.skip();
+        info_.channel_only = c.at_end();
         return;
       }
       read_identifier(c);
+      info_.channel_only = !info_.raw_name.empty() && c.at_end();
     } else if (is_any_word(first, {"select", "values", "table"})) {
       info_.kind = StatementKind::Select;
     } else if (first.is_word("with")) {

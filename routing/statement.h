@@ -108,6 +108,9 @@ struct StatementInfo {
   bool discard_all = false;
   // Deallocate ALL, Unlisten *.
   bool all = false;
+  // Listen, Unlisten: the statement is exactly the keyword and one channel name (or
+  // UNLISTEN *), as PostgreSQL's grammar has it; `LISTEN a b` or `LISTEN a.b` is not.
+  bool channel_only = false;
   // Set, SetLocal: the value is DEFAULT (or TIME ZONE LOCAL, or NAMES without an encoding), i.e.
   // the statement resets the parameter.
   bool value_is_default = false;

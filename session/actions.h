@@ -48,6 +48,9 @@ struct HubRequest {
   enum class Kind : std::uint8_t { None, Listen, Unlisten, UnlistenAll };
   Kind kind = Kind::None;
   std::string channel;
+  // Channels the hub is to stop delivering to the client, unanswered: a LISTEN or UNLISTEN of
+  // them committed on a server (the client's hub subscription follows it).
+  std::vector<std::string> dropped;
 };
 
 // A part of a two-phase commit (a write or a transaction over several shards) left prepared on
@@ -127,6 +130,7 @@ struct Actions {
     server_given_up.clear();
     hub.kind = HubRequest::Kind::None;
     hub.channel.clear();
+    hub.dropped.clear();
     pinned_change = 0;
     statement_evictions = 0;
     prepared_parts.clear();

@@ -1311,11 +1311,23 @@ bool Session::answer_listen_locally(Flight& flight, Actions& out) {
   if (!routing::contains_ci(sql, 0, "listen")) return false;
   auto info = routing::classify(sql);
   const bool listen = info.kind == StatementKind::Listen;
+  // Anything but exactly one channel name (`LISTEN a b`, `LISTEN a.b`) goes to the server,
+  // which answers it as it would a direct client.
   if ((!listen && info.kind != StatementKind::Unlisten) || info.multiple_statements ||
-      (info.name.empty() && !info.all)) {
+      !info.channel_only || (info.name.empty() && !info.all)) {
     return false;
   }
   const std::string channel(info.name.view());
+  if (listen && std::find(extras().listen_channels.begin(), extras().listen_channels.end(),
+                          channel) != extras().listen_channels.end()) {
+    // Already listening: the hub's server listens on it for this client (a lost hub
+    // connection closes the client), so nothing to ask.
+    std::string& r = out.outbox;
+    append_local_heads(reply, r);
+    pr::append_command_complete(r, "LISTEN");
+    pr::append_ready_for_query(r, client_tx_status());
+    return true;
+  }
   if (listen && extras().listen_channels.size() >= kMaxClientListenChannels &&
       std::find(extras().listen_channels.begin(), extras().listen_channels.end(), channel) ==
           extras().listen_channels.end()) {
@@ -1329,7 +1341,7 @@ bool Session::answer_listen_locally(Flight& flight, Actions& out) {
     return true;
   }
   work().change_rare().hub_reply = reply;
-  work().change_rare().hub_channel = info.all ? "*" : channel;
+  work().change_rare().hub_channel = info.all ? std::string() : channel;
   work().change_rare().hub_request =
       listen ? HubRequest::Kind::Listen
              : (info.all ? HubRequest::Kind::UnlistenAll : HubRequest::Kind::Unlisten);

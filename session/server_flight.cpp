@@ -607,6 +607,11 @@ void Session::settle_statement(Link& l, pr::PendingResponse& request, std::strin
       if (l.pending_setting_notes > 0) --l.pending_setting_notes;
       add_tx_note(std::move(note));
       break;
+    case NoteKind::Listen:
+    case NoteKind::Unlisten:
+    case NoteKind::UnlistenAll:
+      add_tx_note(std::move(note));  // takes effect when the transaction commits
+      break;
     case NoteKind::Unknown:
       l.server->settings_unknown = true;
       break;
@@ -693,9 +698,18 @@ void Session::end_request(Link& l, pr::PendingResponse& request, char tx_status)
 void Session::add_tx_note(Note&& note) {
   Workspace& w = work();
   auto& notes = w.change_rare().tx_notes;
+  if (is_listen_note(note.kind)) {
+    notes.push_back(std::move(note));
+    return;
+  }
   const std::size_t level = w.rare().savepoints.empty() ? 0 : w.rare().savepoints.back().second;
   if (note.kind == NoteKind::ResetAll || note.kind == NoteKind::Discard) {
-    notes.resize(level);
+    // The channels' notes stay: RESET ALL does not unlisten.
+    std::size_t kept = level;
+    for (std::size_t i = level; i < notes.size(); ++i) {
+      if (is_listen_note(notes[i].kind)) notes[kept++] = std::move(notes[i]);
+    }
+    notes.resize(kept);
     notes.push_back(std::move(note));
     return;
   }
@@ -703,7 +717,7 @@ void Session::add_tx_note(Note&& note) {
   for (std::size_t i = notes.size(); i > 0; --i) {
     Note& earlier = notes[i - 1];
     if (earlier.kind == NoteKind::ResetAll || earlier.kind == NoteKind::Discard) break;
-    if (earlier.name != note.name) continue;
+    if (is_listen_note(earlier.kind) || earlier.name != note.name) continue;
     if (i - 1 >= level) {
       earlier = std::move(note);
       return;
@@ -805,6 +819,24 @@ void Session::apply_note(const Note& note, Link& l, Actions& out) {
       if (!extras().listen_channels.empty()) {
         extras_->listen_channels.clear();
         out.hub.kind = HubRequest::Kind::UnlistenAll;
+      }
+      return;
+    case NoteKind::Listen:
+    case NoteKind::Unlisten: {
+      // One place delivers each channel: after a committed LISTEN on its own server, that
+      // server; after UNLISTEN, nobody.
+      auto& channels = extras_to_change().listen_channels;
+      const auto it = std::find(channels.begin(), channels.end(), note.name);
+      if (it == channels.end()) return;
+      channels.erase(it);
+      out.hub.dropped.push_back(note.name);
+      return;
+    }
+    case NoteKind::UnlistenAll:
+      if (!extras().listen_channels.empty()) {
+        for (auto& channel : extras_->listen_channels)
+          out.hub.dropped.push_back(std::move(channel));
+        extras_->listen_channels.clear();
       }
       return;
     default:

@@ -25,6 +25,13 @@ void shrink(std::string& s) {
   if (s.capacity() > kKeptScratchBytes) std::string().swap(s);
 }
 
+// The channel of a whole NotificationResponse ('A', length, process id, channel, payload).
+std::string_view notification_channel(std::string_view message) {
+  if (message.size() < 10) return {};
+  const std::string_view rest = message.substr(9);
+  return rest.substr(0, rest.find('\0'));
+}
+
 template <typename T>
 void shrink(std::vector<T>& v) {
   if (v.capacity() * sizeof(T) > kKeptScratchBytes) std::vector<T>().swap(v);
@@ -1256,6 +1263,17 @@ const Actions& Session::on_notification(std::string_view message, std::size_t un
                out);
     return out;
   }
+  // Only channels the client listens on through the hub now: one it unlistened, or moved to
+  // its own server, on a server may still come from the hub until the hub hears of it. A
+  // LISTEN the hub is answering counts (its notifications may come before the answer).
+  const std::string_view channel = notification_channel(message);
+  const auto& channels = extras().listen_channels;
+  if (std::find(channels.begin(), channels.end(), channel) == channels.end() &&
+      !(state_ == SessionState::WaitingForHub &&
+        work().rare().hub_request == HubRequest::Kind::Listen &&
+        work().rare().hub_channel == channel)) {
+    return out;
+  }
   if (between_requests) {
     out.outbox.append(message);
     return out;
@@ -1264,14 +1282,24 @@ const Actions& Session::on_notification(std::string_view message, std::size_t un
   return out;
 }
 
-const Actions& Session::on_hub_done(std::optional<std::string_view> error) {
+const Actions& Session::on_hub_lost(std::string_view message) {
+  Actions& out = event_actions();
+  if (state_ == SessionState::Closing || extras().listen_channels.empty()) return out;
+  // As a direct connection that drops: the application sees it, reconnects and listens again.
+  extras_->listen_channels.clear();  // the hub forgot them
+  close_with("08006", message, out);
+  return out;
+}
+
+const Actions& Session::on_hub_done(std::optional<std::string_view> error,
+                                    std::string_view sqlstate) {
   Actions& out = event_actions();
   if (state_ != SessionState::WaitingForHub) return out;
   const HubRequest::Kind kind = work().rare().hub_request;
   std::string& reply = out.outbox;
   append_local_heads(work().rare().hub_reply, reply);
   if (error) {
-    append_error(reply, "08006", *error);
+    append_error(reply, sqlstate.empty() ? std::string_view("08006") : sqlstate, *error);
   } else {
     pr::append_command_complete(reply, kind == HubRequest::Kind::Listen ? "LISTEN" : "UNLISTEN");
     if (kind == HubRequest::Kind::Listen) {

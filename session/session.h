@@ -199,7 +199,12 @@ class Session {
   // ---- Events (their client bytes come in `outbox`) ----------------------------------------
   const Actions& on_server_lost(LinkId link, Clock::time_point now);
   // The shared listening connection answered the hub request (an error message, or none).
-  const Actions& on_hub_done(std::optional<std::string_view> error);
+  // `sqlstate`: the server's, when it refused the LISTEN; 08006 when the connection failed.
+  const Actions& on_hub_done(std::optional<std::string_view> error,
+                             std::string_view sqlstate = "08006");
+  // The hub lost its connection to the server while the client listened: closed with FATAL
+  // 08006 `message` (notifications may have been missed).
+  const Actions& on_hub_lost(std::string_view message);
   // A NotificationResponse for the client from the listen hub; `unsent` is what the client
   // has not read yet of what was written to it.
   const Actions& on_notification(std::string_view message, std::size_t unsent);

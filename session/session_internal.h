@@ -36,6 +36,12 @@ struct Note {
     // empty query; `statements_before` holds the statement's `defined`, forgotten when the
     // server answers (a Parse pipelined behind it may define the name again)
     Deallocate,
+    // LISTEN, UNLISTEN name, UNLISTEN * run on a server for a channel the client listens on
+    // through the listen hub (transactional): once committed, the hub stops delivering it to the
+    // client (after LISTEN the server delivers it; after UNLISTEN nobody does).
+    Listen,
+    Unlisten,
+    UnlistenAll,
   };
   Kind kind = Kind::None;
   SettingForm form = SettingForm::Literal;
@@ -49,6 +55,10 @@ struct Note {
   bool bound = false;
 };
 using NoteKind = Note::Kind;
+
+inline bool is_listen_note(NoteKind k) {
+  return k == NoteKind::Listen || k == NoteKind::Unlisten || k == NoteKind::UnlistenAll;
+}
 
 inline bool is_setting_note(NoteKind k) {
   return k == NoteKind::Set || k == NoteKind::Reset || k == NoteKind::ResetAll ||

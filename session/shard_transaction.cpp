@@ -175,7 +175,9 @@ bool Session::join_shard(std::uint16_t shard, Link& l, Actions& out) {
 
 std::string Session::join_obstacle(const Link& l) const {
   const Workspace& w = *work_;
-  if (!w.rare().tx_notes.empty() || l.pending_setting_notes > 0) {
+  if (l.pending_setting_notes > 0 ||
+      std::any_of(w.rare().tx_notes.begin(), w.rare().tx_notes.end(),
+                  [](const Note& n) { return is_setting_note(n.kind); })) {
     return "cannot join it: the transaction changed session settings (SET, set_config), which "
            "would apply to one shard's part only; change them before BEGIN";
   }

@@ -174,6 +174,21 @@ void Session::note_for(const routing::StatementInfo& info, Note& note) const {
       if (info.all) note.kind = NoteKind::DeallocateAll;
       note.statements_before = statements_ ? statements_->last_defined() : 0;
       return;
+    case StatementKind::Listen:
+    case StatementKind::Unlisten: {
+      // Only what concerns a channel of the hub's: the rest is the server's own.
+      const auto& hub = extras().listen_channels;
+      if (hub.empty()) return;
+      if (info.all) {
+        note.kind = NoteKind::UnlistenAll;
+        return;
+      }
+      const std::string_view channel = info.name.view();
+      if (info.name.empty() || std::find(hub.begin(), hub.end(), channel) == hub.end()) return;
+      note.kind = info.kind == StatementKind::Listen ? NoteKind::Listen : NoteKind::Unlisten;
+      note.name = std::string(channel);
+      return;
+    }
     case StatementKind::Commit:
       note.kind = NoteKind::Commit;
       return;

@@ -420,6 +420,26 @@ TEST(Classify, ListenUnlistenNotify) {
   EXPECT_EQ(info.value, "'payload'");
 }
 
+// pgvalve answers LISTEN/UNLISTEN through the shared listening connection only when the
+// statement is exactly one channel name: anything else goes to the server, which gives the
+// real error. A quoted "*" is a channel called *, not UNLISTEN *.
+TEST(Classify, ListenChannelOnly) {
+  EXPECT_TRUE(classify("LISTEN a").channel_only);
+  EXPECT_TRUE(classify("listen \"MiXed\" ;").channel_only);
+  EXPECT_TRUE(classify("UNLISTEN a").channel_only);
+  EXPECT_TRUE(classify("UNLISTEN * ;").channel_only);
+  EXPECT_FALSE(classify("LISTEN ext1 junk").channel_only);
+  EXPECT_FALSE(classify("LISTEN a.b").channel_only);
+  EXPECT_FALSE(classify("LISTEN a, b").channel_only);
+  EXPECT_FALSE(classify("LISTEN").channel_only);
+  EXPECT_FALSE(classify("UNLISTEN * junk").channel_only);
+  EXPECT_FALSE(classify("UNLISTEN a b").channel_only);
+  StatementInfo info = classify("UNLISTEN \"*\"");
+  EXPECT_TRUE(info.channel_only);
+  EXPECT_FALSE(info.all);
+  EXPECT_EQ(info.name, "*");
+}
+
 TEST(Classify, DataStatements) {
   EXPECT_EQ(kind_of("SELECT 1"), SK::Select);
   EXPECT_EQ(kind_of("values (1), (2)"), SK::Select);

@@ -187,6 +187,8 @@ TEST(SessionLargeMessages, QueryTimeoutInsideAStreamedRowClosesTheClient) {
 
 TEST(SessionLargeMessages, NotificationArrivingInsideAStreamedNoticeFollowsIt) {
   SessionHarness h(small_holds());
+  h.client(query("LISTEN jobs"));
+  h.hub_done();
   auto server = SessionHarness::fresh_server();
   h.send(query("begin"), *server);
   h.answer(command_result("BEGIN", 'T'));

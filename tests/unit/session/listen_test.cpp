@@ -140,9 +140,10 @@ TEST(SessionListen, ChannelCapIsRefusedWith53400) {
   for (std::size_t i = 0; i < kMaxClientListenChannels; ++i)
     listen(h, "c" + std::to_string(i));
   ASSERT_EQ(h.session().listen_channel_count(), kMaxClientListenChannels);
-  // A channel it already listens on is fine.
-  EXPECT_EQ(h.client(query("LISTEN c0")).hub.kind, HubRequest::Kind::Listen);
-  h.hub_done();
+  // A channel it already listens on is fine (answered at once: the hub listens on it).
+  Step again = h.client(query("LISTEN c0"));
+  EXPECT_EQ(again.hub.kind, HubRequest::Kind::None);
+  EXPECT_EQ(again.to_client, complete("LISTEN") + ready());
   Step s = h.client(query("LISTEN one_more"));
   EXPECT_EQ(s.hub.kind, HubRequest::Kind::None);
   EXPECT_FALSE(s.check_out);
@@ -180,6 +181,7 @@ TEST(SessionListen, NotificationBetweenRequestsIsDeliveredAtOnce) {
 
 TEST(SessionListen, NotificationWhileHoldingIsDeliveredAtOnce) {
   SessionHarness h;
+  listen(h, "jobs");
   auto server = SessionHarness::fresh_server();
   h.send(query("begin"), *server);
   h.answer(command_result("BEGIN", 'T'));
@@ -189,6 +191,7 @@ TEST(SessionListen, NotificationWhileHoldingIsDeliveredAtOnce) {
 
 TEST(SessionListen, NotificationDuringARequestFollowsItsReadyForQuery) {
   SessionHarness h;
+  listen(h, "jobs");
   auto server = SessionHarness::fresh_server();
   h.send(query("select 1"), *server);
   const std::string n = notification("jobs", "hello");
@@ -199,6 +202,7 @@ TEST(SessionListen, NotificationDuringARequestFollowsItsReadyForQuery) {
 
 TEST(SessionListen, NotificationDuringPipelinedRequestsFollowsTheLastReadyForQuery) {
   SessionHarness h;
+  listen(h, "jobs");
   auto server = SessionHarness::fresh_server();
   h.send(query("select 1") + query("select 2"), *server);
   const std::string n = notification("jobs", "hello");
@@ -234,6 +238,7 @@ TEST(SessionListen, NotificationWhileWaitingForAServerThatFailsFollowsTheError) 
 
 TEST(SessionListen, TooManyQueuedNotificationsCloseWith53400) {
   SessionHarness h;
+  listen(h, "jobs");
   auto server = SessionHarness::fresh_server();
   h.send(query("select pg_sleep(10)"), *server);
   const std::string n = notification("jobs", std::string(100 << 10, 'x'));
@@ -271,6 +276,114 @@ TEST(SessionListen, ClientGoneAsksTheHubToUnlistenAll) {
   SessionHarness h;
   listen(h, "jobs");
   EXPECT_EQ(h.gone().hub.kind, HubRequest::Kind::UnlistenAll);
+}
+
+// A LISTEN or UNLISTEN that commits on a server changes what the hub delivers to the client:
+// after UNLISTEN nothing, after LISTEN the server delivers it (not both).
+TEST(SessionListen, UnlistenCommittedOnAServerStopsTheHubsDelivery) {
+  SessionHarness h;
+  listen(h, "a");
+  listen(h, "b");
+  auto server = SessionHarness::fresh_server();
+  h.send(query("begin"), *server);
+  h.answer(command_result("BEGIN", 'T'));
+  h.client(query("UNLISTEN a"));
+  h.answer(command_result("UNLISTEN", 'T'));
+  EXPECT_TRUE(h.last.hub.dropped.empty());  // not before the commit
+  EXPECT_EQ(h.notify(notification("a", "x")).to_client, notification("a", "x"));
+  h.client(query("commit"));
+  h.answer(command_result("COMMIT"));
+  EXPECT_EQ(h.last.hub.dropped, std::vector<std::string>{"a"});
+  EXPECT_EQ(h.session().listen_channel_count(), 1u);
+  // What the hub still sends before it hears of it is not the client's.
+  EXPECT_TRUE(h.notify(notification("a", "x")).to_client.empty());
+  EXPECT_EQ(h.notify(notification("b", "y")).to_client, notification("b", "y"));
+}
+
+TEST(SessionListen, UnlistenRolledBackKeepsTheHubsDelivery) {
+  SessionHarness h;
+  listen(h, "a");
+  auto server = SessionHarness::fresh_server();
+  h.send(query("begin"), *server);
+  h.answer(command_result("BEGIN", 'T'));
+  h.client(query("UNLISTEN a"));
+  h.answer(command_result("UNLISTEN", 'T'));
+  h.client(query("rollback"));
+  h.answer(command_result("ROLLBACK"));
+  EXPECT_TRUE(h.last.hub.dropped.empty());
+  EXPECT_EQ(h.session().listen_channel_count(), 1u);
+  EXPECT_EQ(h.notify(notification("a", "x")).to_client, notification("a", "x"));
+}
+
+TEST(SessionListen, UnlistenAllWithAnotherStatementStopsEveryHubChannel) {
+  // asyncpg's reset query on a pool's release.
+  SessionHarness h;
+  listen(h, "a");
+  listen(h, "b");
+  auto server = SessionHarness::fresh_server();
+  h.send(query("UNLISTEN *; SELECT 1"), *server);
+  h.answer(complete("UNLISTEN") + row_result("1", "SELECT 1"));
+  EXPECT_EQ(h.last.hub.dropped, (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(h.session().listen_channel_count(), 0u);
+  EXPECT_TRUE(h.notify(notification("a", "x")).to_client.empty());
+}
+
+TEST(SessionListen, ListenCommittedOnItsServerTakesTheChannelFromTheHub) {
+  SessionHarness h;
+  listen(h, "a");
+  auto server = SessionHarness::fresh_server();
+  h.send(query("begin"), *server);
+  h.answer(command_result("BEGIN", 'T'));
+  h.client(query("LISTEN a"));
+  h.answer(command_result("LISTEN", 'T'));
+  h.client(query("commit"));
+  h.answer(command_result("COMMIT"));
+  EXPECT_EQ(h.last.hub.dropped, std::vector<std::string>{"a"});
+  EXPECT_TRUE(h.notify(notification("a", "x")).to_client.empty());  // its server delivers it
+}
+
+TEST(SessionListen, ServerErrorOfTheHubKeepsItsSqlstate) {
+  SessionHarness h;
+  h.client(query("LISTEN jobs"));
+  Step s = h.hub_done("pgvalve: the server refused: too many connections", "53300");
+  EXPECT_EQ(sqlstates_in(s.to_client), "53300");
+  EXPECT_EQ(h.session().listen_channel_count(), 0u);
+}
+
+TEST(SessionListen, LostHubClosesAListeningClientWith08006) {
+  SessionHarness h;
+  listen(h, "jobs");
+  Step s = h.hub_lost();
+  EXPECT_TRUE(s.close_client);
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  EXPECT_EQ(errors_in(s.to_client).at(0).severity, "FATAL");
+}
+
+TEST(SessionListen, LostHubLeavesAClientThatNoLongerListens) {
+  SessionHarness h;
+  listen(h, "jobs");
+  h.client(query("UNLISTEN jobs"));
+  h.hub_done();
+  EXPECT_FALSE(h.hub_lost().close_client);
+}
+
+TEST(SessionListen, ListenOfMoreThanOneNameGoesToTheServer) {
+  for (const char* sql : {"LISTEN ext1 junk", "LISTEN a.b", "LISTEN a, b"}) {
+    SessionHarness h;
+    Step s = h.client(query(sql));
+    EXPECT_EQ(s.hub.kind, HubRequest::Kind::None) << sql;
+    EXPECT_EQ(h.state(), SessionState::WaitingForServer) << sql;
+  }
+}
+
+TEST(SessionListen, UnlistenOfAQuotedStarIsOneChannel) {
+  SessionHarness h;
+  listen(h, "\"*\"");
+  Step s = h.client(query("UNLISTEN \"*\""));
+  EXPECT_EQ(s.hub.kind, HubRequest::Kind::Unlisten);
+  EXPECT_EQ(s.hub.channel, "*");
+  h.hub_done();
+  EXPECT_EQ(h.client(query("UNLISTEN *")).hub.kind, HubRequest::Kind::UnlistenAll);
 }
 
 TEST(SessionListen, SessionModeListensOnItsOwnServer) {

@@ -500,9 +500,11 @@ class SessionHarness {
   Step kill(std::string_view message = "pgvalve: disconnected by an administrator") {
     return track(session_.on_kill(message));
   }
-  Step hub_done(std::optional<std::string_view> error = std::nullopt) {
-    return track(session_.on_hub_done(error));
+  Step hub_done(std::optional<std::string_view> error = std::nullopt,
+                std::string_view sqlstate = "08006") {
+    return track(session_.on_hub_done(error, sqlstate));
   }
+  Step hub_lost() { return track(session_.on_hub_lost("pgvalve: the hub's connection was lost")); }
   Step notify(std::string_view message, std::size_t unsent = 0) {
     return track(session_.on_notification(message, unsent));
   }
