@@ -682,10 +682,10 @@ std::vector<std::shared_ptr<ListenHub>> App::listen_hubs_for(const config::Datab
   std::vector<std::shared_ptr<ListenHub>> hubs;
   hubs.reserve(db.shards.size());
   for (const config::Shard& shard : db.shards) {
-    // Keyed like the pools, and by the password the hub logs in with: a reload that moves the
-    // database or changes that password gives new listeners a new hub.
+    // Keyed like the pools: a reload that moves the database gives new listeners a new hub. The
+    // password is not part of it: each connection logs in with the one configured then.
     auto& hub = listen_hubs_[db.name + '\0' + shard.name + '\0' + db.dbname + '\0' + user.name +
-                             '\0' + shard.primary.to_string() + '\0' + user.server_password];
+                             '\0' + shard.primary.to_string()];
     if (!hub) {
       ServerLogin login;
       login.host = shard.primary;
@@ -698,6 +698,8 @@ std::vector<std::shared_ptr<ListenHub>> App::listen_hubs_for(const config::Datab
         l.max_message_bytes = static_cast<std::size_t>(now->limits.max_message_bytes);
         l.allow_insecure_auth = now->server_allow_insecure_auth;
         l.tls = server_tls();
+        // A password rotated by a reload, as the pools' new connections log in with.
+        if (const config::User* u = now->find_user(l.user)) l.password = u->server_password;
       };
       rules(login);
       // Reconnects go to the primary the health checks see (after a failover, not the one in

@@ -1,6 +1,7 @@
 #include "proxy/client_session.h"
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 
 #include <boost/asio/co_spawn.hpp>
@@ -15,6 +16,7 @@
 #include "proxy/log.h"
 #include "proxy/socket_options.h"
 #include "routing/replica_choice.h"
+#include "session/limits.h"
 
 namespace pgvalve::proxy {
 
@@ -87,20 +89,42 @@ void log_failure(std::uint64_t id, std::exception_ptr e) {
 
 }  // namespace
 
-// Delivers the listen hub's notifications on the session's own thread.
-class ClientSession::Sink final : public NotificationSink {
+// Delivers the listen hub's notifications on the session's own thread. Every listener shares
+// one buffer per notification; what waits for the session's worker counts against the client's
+// cap when it is handed over, so a burst to many clients holds at most that much each.
+class ClientSession::Sink final : public NotificationSink,
+                                  public std::enable_shared_from_this<ClientSession::Sink> {
  public:
   Sink(std::weak_ptr<ClientSession> session, Socket::executor_type executor)
       : session_(std::move(session)), executor_(executor) {}
-  void deliver(std::string message) override {
-    asio::post(executor_, [s = session_, message = std::move(message)]() mutable {
-      if (auto session = s.lock()) session->deliver_notification(std::move(message));
+  void deliver(std::shared_ptr<const std::string> message) override {
+    const std::size_t size = message->size();
+    if (waiting_ + size > session::kMaxQueuedNotificationBytes) {
+      // Closed with 53400 by the core, as when its own queue is full.
+      if (overflowed_) return;
+      overflowed_ = true;
+      asio::post(executor_, [s = session_] {
+        if (auto session = s.lock()) session->deliver_notification({});
+      });
+      return;
+    }
+    waiting_ += size;
+    asio::post(executor_, [self = shared_from_this(), message = std::move(message)] {
+      self->waiting_ -= message->size();
+      if (auto session = self->session_.lock()) session->deliver_notification(*message);
+    });
+  }
+  void lost() override {
+    asio::post(executor_, [s = session_] {
+      if (auto session = s.lock()) session->hub_lost();
     });
   }
 
  private:
   std::weak_ptr<ClientSession> session_;
   Socket::executor_type executor_;
+  std::atomic<std::size_t> waiting_{0};  // posted, not yet taken by the session
+  bool overflowed_ = false;              // the hub's thread only
 };
 
 ClientSession::Step::Step(Worker& worker) : worker_(worker) {
@@ -282,7 +306,9 @@ void ClientSession::carry_out(const Actions& actions, Source source, session::Li
   // Neither reaches back into the core, so `actions` stays as it is meanwhile.
   for (const auto& op : actions.link_ops)
     carry_out_link_op(op);
-  if (actions.hub.kind != session::HubRequest::Kind::None) hub_request(actions.hub);
+  if (actions.hub.kind != session::HubRequest::Kind::None || !actions.hub.dropped.empty()) {
+    hub_request(actions.hub);
+  }
   if (actions.close_client) {
     if (!actions.close_sqlstate.empty()) {
       // What the client was told as pgvalve closed it (a timeout, a setting its server refused).
@@ -1751,6 +1777,7 @@ void ClientSession::give_back(std::unique_ptr<ServerConnection> server, bool cle
 // ---- LISTEN through the hub ----------------------------------------------------------------
 
 void ClientSession::hub_request(const session::HubRequest& request) {
+  if (request.kind == session::HubRequest::Kind::None && !listening_) return;
   if (!listening_) {
     listening_ = std::make_unique<Listening>();
     // The user as the configuration has it now (a reload may have rotated its password).
@@ -1767,30 +1794,42 @@ void ClientSession::hub_request(const session::HubRequest& request) {
     // Runs on the hub's thread: hold the session only weakly there, so that its last reference
     // (and its destruction) stays on its own worker.
     done = [weak = weak_from_this(),
-            executor = client_.get_executor()](std::optional<std::string> error) {
+            executor = client_.get_executor()](std::optional<HubError> error) {
       asio::post(executor, [weak, error = std::move(error)] {
         auto self = weak.lock();
         if (!self) return;
         if (self->listening_) self->listening_->waiting.reset();
         if (self->closed_) return;
         std::optional<std::string_view> e;
-        if (error) e = *error;
-        self->carry_out(self->core_->on_hub_done(e), Source::Event);
+        std::string_view sqlstate;
+        if (error) {
+          e = error->message;
+          sqlstate = error->sqlstate;
+        }
+        self->carry_out(self->core_->on_hub_done(e, sqlstate), Source::Event);
       });
     };
   }
   // Every shard's hub answers (on the control thread); the client hears once all did, with the
-  // first error.
+  // first error. A LISTEN that failed on one shard is taken back on the others, so that the
+  // client, told it does not listen, hears nothing.
   if (done && listening_->hubs.size() > 1) {
     struct Answers {
       std::size_t left;
-      std::optional<std::string> error;
+      std::optional<HubError> error;
       ListenHub::Done done;
     };
     auto answers = std::make_shared<Answers>(Answers{listening_->hubs.size(), {}, std::move(done)});
-    done = [answers](std::optional<std::string> error) {
+    const bool listen = request.kind == session::HubRequest::Kind::Listen;
+    done = [answers, listen, hubs = listening_->hubs, sink = sink.get(),
+            channel = request.channel](std::optional<HubError> error) {
       if (error && !answers->error) answers->error = std::move(error);
-      if (--answers->left == 0) answers->done(std::move(answers->error));
+      if (--answers->left > 0) return;
+      if (listen && answers->error) {
+        for (const auto& hub : hubs)
+          hub->unlisten(sink, channel, nullptr);
+      }
+      answers->done(std::move(answers->error));
     };
   }
   for (const auto& hub : listening_->hubs) {
@@ -1802,17 +1841,31 @@ void ClientSession::hub_request(const session::HubRequest& request) {
         hub->unlisten(sink.get(), request.channel, done);
         break;
       case session::HubRequest::Kind::UnlistenAll:
-        hub->unlisten(sink.get(), "*", done);
+        hub->unlisten_all(sink.get(), done);
         break;
       case session::HubRequest::Kind::None:
-        return;
+        break;
     }
+    // LISTEN or UNLISTEN of hub channels committed on a server: the hub stops delivering them.
+    for (const auto& channel : request.dropped)
+      hub->unlisten(sink.get(), channel, nullptr);
   }
 }
 
-void ClientSession::deliver_notification(std::string message) {
+// An empty `message`: more than the client's cap waited for its worker (Sink::deliver).
+void ClientSession::deliver_notification(std::string_view message) {
   if (closed_ || !core_) return;
-  carry_out(core_->on_notification(message, client_writer_.backlog()), Source::Event);
+  const std::size_t unsent =
+      message.empty() ? session::kMaxQueuedNotificationBytes + 1 : client_writer_.backlog();
+  carry_out(core_->on_notification(message, unsent), Source::Event);
+}
+
+void ClientSession::hub_lost() {
+  if (closed_ || !core_) return;
+  carry_out(core_->on_hub_lost(
+                "pgvalve: the shared LISTEN connection to the server was lost, so notifications "
+                "may have been missed; reconnect and LISTEN again"),
+            Source::Event);
 }
 
 }  // namespace pgvalve::proxy

@@ -334,7 +334,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
                                           std::string sql2);
   void give_back(std::unique_ptr<ServerConnection> server, bool clean, pool::ServerPool& pool);
   void hub_request(const session::HubRequest& request);
-  void deliver_notification(std::string message);
+  void deliver_notification(std::string_view message);
+  void hub_lost();
 
   App& app_;
   Worker* worker_;  // changes only when the session moves (finish_move)

@@ -3,7 +3,6 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/asio/steady_timer.hpp>
 
 #include "protocol/messages.h"
 #include "proxy/io_util.h"
@@ -39,7 +38,9 @@ void ListenHub::listen(std::shared_ptr<NotificationSink> sink, std::string chann
     const bool first = listeners.empty();
     listeners.insert(sink.get());
     self->sinks_[sink.get()] = sink;
-    self->submit({first ? "LISTEN " + quoted(channel) : std::string(), std::move(done)});
+    Command c{first ? "LISTEN " + quoted(channel) : std::string(), std::move(done), sink.get(),
+              std::move(channel), first};
+    self->submit(std::move(c));
   });
 }
 
@@ -47,16 +48,28 @@ void ListenHub::unlisten(NotificationSink* sink, std::string channel, Done done)
   asio::post(context_, [self = shared_from_this(), sink, channel = std::move(channel),
                         done = std::move(done)]() mutable {
     std::string sql;
-    for (auto it = self->channels_.begin(); it != self->channels_.end();) {
-      if (channel == "*" || it->first == channel) {
-        it->second.erase(sink);
-        if (it->second.empty()) {
-          sql += "UNLISTEN " + quoted(it->first) + ";";
-          it = self->channels_.erase(it);
-          continue;
-        }
+    if (auto it = self->channels_.find(channel); it != self->channels_.end()) {
+      it->second.erase(sink);
+      if (it->second.empty()) {
+        sql = "UNLISTEN " + quoted(it->first);
+        self->channels_.erase(it);
       }
-      ++it;
+    }
+    self->submit({std::move(sql), std::move(done)});
+  });
+}
+
+void ListenHub::unlisten_all(NotificationSink* sink, Done done) {
+  asio::post(context_, [self = shared_from_this(), sink, done = std::move(done)]() mutable {
+    std::string sql;
+    for (auto it = self->channels_.begin(); it != self->channels_.end();) {
+      it->second.erase(sink);
+      if (it->second.empty()) {
+        sql += "UNLISTEN " + quoted(it->first) + ";";
+        it = self->channels_.erase(it);
+      } else {
+        ++it;
+      }
     }
     self->submit({std::move(sql), std::move(done)});
   });
@@ -73,6 +86,12 @@ void ListenHub::forget(NotificationSink* sink) {
         it = self->channels_.erase(it);
       } else {
         ++it;
+      }
+    }
+    // Its LISTENs still on their way are not undone on its behalf any more.
+    for (auto* commands : {&self->queued_, &self->in_flight_}) {
+      for (auto& c : *commands) {
+        if (c.sink == sink) c.sink = nullptr, c.done = nullptr;
       }
     }
     if (!sql.empty()) self->submit({std::move(sql), nullptr});
@@ -93,7 +112,6 @@ void ListenHub::move_to(std::optional<config::Endpoint> primary, std::function<v
       self->answer_move_waiters();
       return;
     }
-    if (self->pause_) self->pause_->cancel();  // waiting to retry a lost server: try now
     self->follow_target();
   });
 }
@@ -120,7 +138,7 @@ void ListenHub::follow_target() {
   // The answer to this query comes after every notification the old server has queued for
   // the hub; then the hub leaves it.
   moving_ = true;
-  submit({";", [self = shared_from_this(), id = connection_](const std::optional<std::string>&) {
+  submit({";", [self = shared_from_this(), id = connection_](const std::optional<HubError>&) {
             if (self->connection_ == id) self->drained_ = true;
           }});
 }
@@ -133,7 +151,17 @@ void ListenHub::answer_move_waiters() {
 }
 
 void ListenHub::submit(Command command) {
-  if (command.sql.empty() && in_flight_.empty() && queued_.empty()) {
+  if (command.sql.empty()) {
+    // Nothing to send: answered now unless it joins a channel whose server has yet to listen
+    // (it then waits its turn behind that LISTEN, or for a connection).
+    const bool listened =
+        server_ && subscribed_ && !moving_ && in_flight_.empty() && queued_.empty();
+    if (!command.sink || listened) {
+      if (command.done) command.done(std::nullopt);
+      return;
+    }
+  } else if (!command.sink && !running_) {
+    // An UNLISTEN with no connection: the next connection listens on what is left only.
     if (command.done) command.done(std::nullopt);
     return;
   }
@@ -154,7 +182,8 @@ void ListenHub::flush_queue() {
     queued_.pop_front();
     // An empty command still waits its turn, so its answer comes after earlier LISTENs.
     pr::append_query(outbox_, c.sql.empty() ? ";" : c.sql);
-    in_flight_.push_back(std::move(c.done));
+    c.sql.clear();
+    in_flight_.push_back(std::move(c));
   }
   if (writing_ || outbox_.empty()) return;
   writing_ = true;
@@ -170,68 +199,107 @@ asio::awaitable<void> ListenHub::write_outbox(std::shared_ptr<ListenHub> self) {
   self->writing_ = false;
 }
 
-void ListenHub::fail_all(const std::string& error) {
-  for (auto& done : in_flight_) {
-    if (done) done(error);
+// A command is answered. A failed LISTEN leaves its sink off the channel (so nothing reaches a
+// client told it does not listen, and a reconnect does not listen on it again); when it was the
+// channel's LISTEN, those who joined the channel behind it fail with it.
+void ListenHub::finish(Command& command, std::optional<HubError> error) {
+  Done done = std::move(command.done);
+  command.done = nullptr;
+  if (error && command.sink) {
+    if (auto it = channels_.find(command.channel); it != channels_.end()) {
+      if (command.listens) {
+        for (auto* commands : {&in_flight_, &queued_}) {
+          for (auto& c : *commands) {
+            if (c.sink && c.channel == command.channel && !c.listens && c.done) {
+              auto joined = std::move(c.done);
+              c.done = nullptr;
+              c.sink = nullptr;
+              joined(error);
+            }
+          }
+        }
+        channels_.erase(it);
+      } else {
+        it->second.erase(command.sink);
+        if (it->second.empty()) channels_.erase(it);
+      }
+    }
   }
+  if (done) done(std::move(error));
+}
+
+void ListenHub::fail_all(const HubError& error) {
+  auto in_flight = std::move(in_flight_);
   in_flight_.clear();
-  for (auto& c : queued_) {
-    if (c.done) c.done(error);
-  }
+  auto queued = std::move(queued_);
   queued_.clear();
+  for (auto* commands : {&in_flight, &queued}) {
+    for (auto& c : *commands)
+      finish(c, error);
+  }
+}
+
+void ListenHub::lose_listeners() {
+  auto sinks = std::move(sinks_);
+  sinks_.clear();
+  channels_.clear();
+  for (auto& [_, weak] : sinks) {
+    if (auto sink = weak.lock()) sink->lost();
+  }
 }
 
 asio::awaitable<void> ListenHub::run() {
   auto self = shared_from_this();
-  // Clients keep their channels across a lost or refused connection: the hub tries again each
-  // pause while any client still listens, so notifications resume once a primary answers
-  // (after a failover, the new one).
+  // One connection after another only to move to another server; a lost or refused one fails
+  // what waits for it and tells the listeners. The next LISTEN connects again at once.
   for (;;) {
-    const bool moved = co_await serve_one_connection();
-    if (channels_.empty() && queued_.empty()) break;
-    if (moved) continue;
-    asio::steady_timer pause(context_, std::chrono::seconds(1));
-    pause_ = &pause;
-    error_code ignored;
-    co_await pause.async_wait(await_ec(ignored));
-    pause_ = nullptr;
-    if (channels_.empty() && queued_.empty()) break;
+    const Ended ended = co_await serve_one_connection();
+    if (ended != Ended::Moved || (channels_.empty() && queued_.empty())) break;
   }
   running_ = false;
   answer_move_waiters();
 }
 
-asio::awaitable<bool> ListenHub::serve_one_connection() {
+asio::awaitable<ListenHub::Ended> ListenHub::serve_one_connection() {
   ServerFailure failure;
   ServerLogin login = login_;
   login.host = next_host();
   if (rules_) rules_(login);
   ++connection_;
-  subscribed_ = moving_ = drained_ = false;
+  subscribed_ = moving_ = drained_ = broken_ = false;
   server_ = co_await open_server_connection(login, failure);
   if (!server_) {
     PGV_LOG(Warn, "listen_connection_failed", {"host", login.host.to_string()},
             {"reason", failure.message});
-    fail_all(failure.message);
-    co_return false;
+    fail_all({failure.sqlstate, failure.message});
+    if (!channels_.empty()) lose_listeners();  // listened on the server it was moving from
+    co_return Ended::Lost;
   }
   PGV_LOG(Info, "listen_connection_open", {"host", login.host.to_string()},
           {"database", login_.dbname}, {"user", login_.user});
-  // Listen again on every channel clients still want (after a reconnect or a move), then the
-  // queue. Once the server listens, the hub is where it should be, or moves on.
+  // Listen again on every channel clients listen on (after a move), then the queue. Once the
+  // server listens, the hub is where it should be, or moves on. The connection is idle by
+  // design: idle_session_timeout (PostgreSQL 14 on; an older server's error is ignored) must not
+  // end it.
   std::string resubscribe;
   for (const auto& [channel, _] : channels_)
     resubscribe += "LISTEN " + quoted(channel) + ";";
   queued_.push_front(
       {resubscribe.empty() ? ";" : resubscribe,
-       [self = shared_from_this(), id = connection_](const std::optional<std::string>&) {
+       [self = shared_from_this(), id = connection_](const std::optional<HubError>& error) {
          if (self->connection_ != id) return;
+         if (error) {
+           self->broken_ = true;  // its clients would not hear their channels
+           return;
+         }
          self->subscribed_ = true;
          self->follow_target();
        }});
+  queued_.push_front({"SET idle_session_timeout = 0", nullptr});
   flush_queue();
-  std::optional<std::string> error;
-  while (!drained_) {
+  std::optional<HubError> error;
+  Ended ended = Ended::Lost;
+  while (!drained_ && !broken_) {
     pr::Frame f;
     if (co_await read_frame(server_->stream, server_->in, login_.max_message_bytes, f) !=
         ReadStatus::Ok) {
@@ -239,26 +307,31 @@ asio::awaitable<bool> ListenHub::serve_one_connection() {
     }
     switch (f.tag) {
       case 'A': {
-        std::string message(f.whole);
         if (auto n = pr::read_notification_response(f)) {
           auto it = channels_.find(std::string(n->channel));
           if (it != channels_.end()) {
+            // One copy for every listener of the channel.
+            auto message = std::make_shared<const std::string>(f.whole);
             for (auto* sink : it->second) {
-              auto owner = sinks_[sink].lock();
-              if (owner) owner->deliver(message);
+              auto found = sinks_.find(sink);
+              if (found == sinks_.end()) continue;
+              if (auto owner = found->second.lock()) owner->deliver(message);
             }
           }
         }
         break;
       }
       case 'E':
-        if (auto e = pr::read_error_response(f)) error = "pgvalve: " + std::string(e->message);
+        if (auto e = pr::read_error_response(f)) {
+          error = HubError{std::string(e->sqlstate),
+                           "pgvalve: the server refused: " + std::string(e->message)};
+        }
         break;
       case 'Z':
         if (!in_flight_.empty()) {
-          auto done = std::move(in_flight_.front());
+          auto c = std::move(in_flight_.front());
           in_flight_.pop_front();
-          if (done) done(error);
+          finish(c, std::move(error));
         }
         error.reset();
         break;
@@ -266,22 +339,36 @@ asio::awaitable<bool> ListenHub::serve_one_connection() {
         break;
     }
     server_->in.consume(f.whole.size());
+    if (f.tag == 'Z' && channels_.empty() && in_flight_.empty() && queued_.empty() &&
+        move_waiters_.empty() && !moving_) {
+      ended = Ended::Idle;  // nobody listens any more: the connection goes
+      break;
+    }
   }
   server_.reset();
   outbox_.clear();
-  if (moving_) {
+  if (ended == Ended::Idle) {
+    PGV_LOG(Info, "listen_connection_closed", {"host", login.host.to_string()},
+            {"database", login_.dbname}, {"user", login_.user});
+    co_return ended;
+  }
+  if (moving_ && drained_) {
     PGV_LOG(Info, "listen_connection_moved", {"from", login.host.to_string()},
             {"to", target_.to_string()}, {"database", login_.dbname}, {"user", login_.user});
     // Commands sent after the drain are answered on the next server, after its LISTENs, which
     // cover them (a new server listens on exactly the channels clients want).
-    for (auto it = in_flight_.rbegin(); it != in_flight_.rend(); ++it)
-      queued_.push_front({std::string(), std::move(*it)});
+    for (auto it = in_flight_.rbegin(); it != in_flight_.rend(); ++it) {
+      it->sql.clear();
+      it->listens = false;
+      queued_.push_front(std::move(*it));
+    }
     in_flight_.clear();
-    co_return true;
+    co_return Ended::Moved;
   }
   PGV_LOG(Warn, "listen_connection_lost", {"host", login.host.to_string()});
-  fail_all("pgvalve: the listening server connection was lost; LISTEN again");
-  co_return false;
+  fail_all({"08006", "pgvalve: the listening server connection was lost; LISTEN again"});
+  lose_listeners();
+  co_return Ended::Lost;
 }
 
 }  // namespace pgvalve::proxy

@@ -17,32 +17,43 @@
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
-#include <boost/asio/steady_timer.hpp>
 
 #include "proxy/server_connection.h"
 
 namespace pgvalve::proxy {
 
-// A client that receives notifications. deliver() is called on the hub's thread with a whole
-// NotificationResponse message; the client hands it over to its own thread.
+// A client that receives notifications. Called on the hub's thread; the client hands them over
+// to its own thread.
 class NotificationSink {
  public:
   virtual ~NotificationSink() = default;
-  virtual void deliver(std::string message) = 0;
+  // A whole NotificationResponse, one immutable buffer shared by every listener.
+  virtual void deliver(std::shared_ptr<const std::string> message) = 0;
+  // The hub's server connection was lost while the client listened through it: notifications
+  // may have been missed (the hub has forgotten the client's channels).
+  virtual void lost() = 0;
+};
+
+// Why a hub request failed: the server's SQLSTATE when it refused it, 08006 (or the login's)
+// when the connection failed.
+struct HubError {
+  std::string sqlstate;
+  std::string message;
 };
 
 class ListenHub : public std::enable_shared_from_this<ListenHub> {
  public:
-  // `done` gets an error message, or nullopt once the server listens (so no notification sent
-  // after the client's LISTEN returns can be missed). Called on the hub's thread.
-  using Done = std::function<void(std::optional<std::string> error)>;
+  // `done` gets an error, or nullopt once the server confirmed that it listens (so no
+  // notification sent after the client's LISTEN returns can be missed). Called on the hub's
+  // thread.
+  using Done = std::function<void(std::optional<HubError> error)>;
 
   // The host the health checks see taking writes now; nullopt while none does (down, or a
   // switchover's pause), when the hub keeps the last one it knew.
   using Primary = std::function<std::optional<config::Endpoint>()>;
 
   // Sets what the configuration says now in a login (TLS to the server, whether a password may
-  // go without it), so that a reconnect follows a reload.
+  // go without it, the user's password), so that a reconnect follows a reload.
   using Rules = std::function<void(ServerLogin&)>;
 
   // `database` and `shard` are pgvalve's names of what `login` reaches.
@@ -51,10 +62,11 @@ class ListenHub : public std::enable_shared_from_this<ListenHub> {
   ListenHub(asio::io_context& context, std::string database, std::string shard, ServerLogin login,
             Primary primary = {}, Rules rules = {});
 
-  // From any thread.
+  // From any thread. A LISTEN is answered once the server confirmed it (the hub connects for it
+  // when it has no connection); one that fails leaves the sink off the channel.
   void listen(std::shared_ptr<NotificationSink> sink, std::string channel, Done done);
-  // channel "*" = every channel of this sink.
-  void unlisten(NotificationSink* sink, std::string channel, Done done);
+  void unlisten(NotificationSink* sink, std::string channel, Done done);  // exactly `channel`
+  void unlisten_all(NotificationSink* sink, Done done);
   void forget(NotificationSink* sink);
 
   // Moves the listening connection to `primary` (nullopt: the one `primary` names now) when it
@@ -72,16 +84,24 @@ class ListenHub : public std::enable_shared_from_this<ListenHub> {
 
  private:
   struct Command {
-    std::string sql;  // empty: nothing to send, answer at once (already listening)
+    std::string sql;  // empty: nothing to send (the channel is listened on, or nobody needs it)
     Done done;
+    // A LISTEN's sink and channel, taken off again if it fails; `listens`: `sql` is its LISTEN
+    // (others joined a channel whose LISTEN was sent before).
+    NotificationSink* sink = nullptr;
+    std::string channel;
+    bool listens = false;
   };
+  enum class Ended : std::uint8_t { Moved, Idle, Lost };
   void submit(Command command);
   void flush_queue();
   static asio::awaitable<void> write_outbox(std::shared_ptr<ListenHub> self);
   asio::awaitable<void> run();
-  // True when it left the server on purpose to listen on another (no pause before the next).
-  asio::awaitable<bool> serve_one_connection();
-  void fail_all(const std::string& error);
+  asio::awaitable<Ended> serve_one_connection();
+  void finish(Command& command, std::optional<HubError> error);
+  void fail_all(const HubError& error);
+  // Every listener is told that notifications may have been missed; the hub forgets them.
+  void lose_listeners();
   const config::Endpoint& next_host();
   // Once the server listens: moves on if the primary is elsewhere, else answers move_to().
   void follow_target();
@@ -100,13 +120,13 @@ class ListenHub : public std::enable_shared_from_this<ListenHub> {
   bool subscribed_ = false;       // the server listens on every channel
   bool moving_ = false;           // reading what the old server has sent, then leaving it
   bool drained_ = false;
+  bool broken_ = false;  // the server refused to listen again after a move
   std::vector<std::function<void()>> move_waiters_;
-  asio::steady_timer* pause_ = nullptr;  // between attempts to connect
   bool running_ = false;
   std::map<std::string, std::set<NotificationSink*>> channels_;
   std::map<NotificationSink*, std::weak_ptr<NotificationSink>> sinks_;
-  std::deque<Command> queued_;  // waiting for the connection
-  std::deque<Done> in_flight_;  // sent, waiting for ReadyForQuery
+  std::deque<Command> queued_;     // waiting for the connection
+  std::deque<Command> in_flight_;  // sent, waiting for ReadyForQuery
   std::string outbox_;
   bool writing_ = false;
 };
