@@ -296,6 +296,9 @@ asio::awaitable<ListenHub::Ended> ListenHub::serve_one_connection() {
          self->follow_target();
        }});
   queued_.push_front({"SET idle_session_timeout = 0", nullptr});
+  // Notifications are passed on as they come: in UTF8, the only encoding a client may LISTEN
+  // through the hub in (Session::answer_listen_locally).
+  queued_.push_front({"SET client_encoding = 'UTF8'", nullptr});
   flush_queue();
   std::optional<HubError> error;
   Ended ended = Ended::Lost;

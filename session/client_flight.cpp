@@ -1318,6 +1318,23 @@ bool Session::answer_listen_locally(Flight& flight, Actions& out) {
     return false;
   }
   const std::string channel(info.name.view());
+  if (listen) {
+    // The hub's connection speaks UTF8: a client in another encoding would get names and
+    // payloads in the wrong one (PostgreSQL converts them for each listener).
+    const Setting* encoding = client_settings_.find("client_encoding");
+    if (encoding && !routing::iequals(encoding->value, "UTF8") &&
+        !routing::iequals(encoding->value, "UTF-8") &&
+        !routing::iequals(encoding->value, "UNICODE")) {
+      std::string& r = out.outbox;
+      append_local_heads(reply, r);
+      append_error(r, "0A000",
+                   "pgvalve: LISTEN through transaction pooling delivers notifications in UTF8, "
+                   "and this client's client_encoding is " +
+                       encoding->value + "; use client_encoding UTF8 or a session pool");
+      pr::append_ready_for_query(r, client_tx_status());
+      return true;
+    }
+  }
   if (listen && std::find(extras().listen_channels.begin(), extras().listen_channels.end(),
                           channel) != extras().listen_channels.end()) {
     // Already listening: the hub's server listens on it for this client (a lost hub

@@ -388,3 +388,17 @@ def test_a_burst_to_many_listeners_shares_one_copy(pgvalve):
     finally:
         for c in listeners:
             c.close()
+
+
+def test_listen_of_a_client_in_another_encoding_is_refused(txpool):
+    """The shared connection passes notifications on in UTF8; PostgreSQL would convert them for
+    a LATIN1 client, so pgvalve refuses rather than send it bytes in the wrong encoding."""
+    latin1 = txpool.connect(client_encoding="LATIN1")
+    with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+        latin1.execute("LISTEN cafe")
+    assert "client_encoding" in str(e.value)
+    latin1.execute("select 1")
+    utf8 = txpool.connect()
+    utf8.execute('LISTEN "café"')
+    txpool.connect().execute("""NOTIFY "café", 'crème'""")
+    assert drain(utf8, 1, timeout=2) == [("café", "crème")]

@@ -386,6 +386,18 @@ TEST(SessionListen, UnlistenOfAQuotedStarIsOneChannel) {
   EXPECT_EQ(h.client(query("UNLISTEN *")).hub.kind, HubRequest::Kind::UnlistenAll);
 }
 
+// The hub passes notifications on in UTF8: a client in another encoding is refused, not sent
+// bytes in the wrong encoding.
+TEST(SessionListen, ListenOfAClientInAnotherEncodingIsRefusedWith0A000) {
+  SessionHarness latin1({}, {{"client_encoding", "LATIN1"}});
+  Step s = latin1.client(query("LISTEN jobs"));
+  EXPECT_EQ(s.hub.kind, HubRequest::Kind::None);
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(sqlstates_in(s.to_client), "0A000");
+  SessionHarness utf8({}, {{"client_encoding", "UTF8"}});
+  EXPECT_EQ(utf8.client(query("LISTEN jobs")).hub.kind, HubRequest::Kind::Listen);
+}
+
 TEST(SessionListen, SessionModeListensOnItsOwnServer) {
   auto server = SessionHarness::fresh_server();
   SessionHarness h(SessionHarness::session_mode(), {}, server.get());
