@@ -369,13 +369,18 @@ def test_a_reload_that_forbids_insecure_auth_applies_to_clients_logged_in_before
             assert "server_allow_insecure_auth" in str(e.value)
             assert_pgvalve_message(str(e.value))
             assert not old.closed
-            # So does the LISTEN connection when it logs in again.
+            # So does the LISTEN connection when it logs in again (losing it closed its
+            # listener; the next LISTEN opens a new one).
             offset = len(pv.log_text())
             cluster.primary.psql("select pg_terminate_backend(pid) from pg_stat_activity "
                                  "where usename = 'cleartext'")
-            wait_until(lambda: "event=listen_connection_failed" in new_log(pv, offset), 10,
-                       message="the LISTEN connection's new login refused")
-            assert "server_allow_insecure_auth" in new_log(pv, offset)
+        with psycopg.connect(pv.dsn(user="cleartext", password="clear-pw"),
+                             autocommit=True) as again:
+            with pytest.raises(psycopg.Error) as e:
+                again.execute("listen reloaded")
+            assert e.value.sqlstate == "28000", e.value
+            assert "server_allow_insecure_auth" in str(e.value)
+            assert "event=listen_connection_failed" in new_log(pv, offset)
             assert "event=listen_connection_open" not in new_log(pv, offset)
     finally:
         hba.write_text(before)
