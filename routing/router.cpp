@@ -1,5 +1,6 @@
 #include "routing/router.h"
 
+#include "routing/client_text.h"
 #include "routing/fingerprint.h"
 #include "routing/parse_tree.h"
 #include "routing/sql_lexer.h"
@@ -110,6 +111,9 @@ bool Router::valid_begin(std::uint64_t fingerprint) const {
 }
 
 Route Router::route(std::string_view sql, const RouteContext& context) const {
+  // Whether it only reads cannot be told: the primary. Over shards, route_sharded refuses it
+  // unless a hint places it.
+  if (!policy_.sharding && !reads_as_written(sql, context.reading)) return Route::primary(0);
   if (policy_.sharding) return route_sharded(sql, context);
   return role(sql, leading_hint(sql), context, 0);
 }
@@ -232,16 +236,18 @@ Route Router::route_sharded(std::string_view sql, const RouteContext& context) c
     return one(shard, hint);
   }
   if (sql.empty() || !cache_ || !policy_.write_functions) return any(hint);
-  if (has_ascii_inside_characters(sql, context.encoding)) {
-    // In E'表' (SJIS \x95\x5C) pgvalve would read an escaped quote, and the key after it
-    // from inside the string. PostgreSQL reads the statement converted to the server encoding.
+  if (!reads_as_written(sql, context.reading)) {
+    // In E'表' (SJIS \x95\x5C) pgvalve would read an escaped quote, and the key after it from
+    // inside the string; so it would in 'a\' with standard_conforming_strings off. PostgreSQL
+    // reads characters, with the session's setting.
     return Route::refuse(
         "0A000",
-        "pgvalve: this statement has a character whose bytes include an ASCII byte in the "
-        "client_encoding of this session, so pgvalve cannot read its " +
+        "pgvalve: this statement does not read byte by byte as PostgreSQL reads it (a "
+        "backslash with standard_conforming_strings off, or a character whose bytes include an "
+        "ASCII byte in this session's client_encoding), so pgvalve cannot read its " +
             sharding.key +
-            " safely; set client_encoding to UTF8 (or a single-byte encoding) on a sharded "
-            "database, or name the shard",
+            " safely; on a sharded database keep standard_conforming_strings on and use "
+            "client_encoding UTF8 (or a single-byte encoding), or name the shard",
         "a hint /* pgvalve: " + sharding.key +
             "=<value> */ or /* pgvalve: shard=<name> */ runs it on one shard without reading it");
   }

@@ -10,7 +10,7 @@
 #include <string_view>
 #include <vector>
 
-#include "routing/client_encoding.h"
+#include "routing/client_text.h"
 #include "routing/decision_cache.h"
 #include "routing/insert_split.h"
 #include "routing/route.h"
@@ -52,10 +52,10 @@ struct RouteContext {
   // none. `params`: the Bind values of the statement's $n, when it is bound.
   std::string_view device_id;
   const ParamSource* params = nullptr;
-  // Sharded databases: the client's client_encoding, when its characters may hold ASCII bytes
-  // (SJIS, BIG5, ...). A statement with such a character is refused unless a hint or
-  // SET pgvalve.device_id places it: pgvalve would misread where its strings end.
-  AsciiInCharacters encoding = AsciiInCharacters::None;
+  // How the client's text reads (client_text.h). A statement that does not read as written goes
+  // to the primary; over shards it is refused unless a hint or SET pgvalve.device_id places it,
+  // for pgvalve would misread where its strings end, and its key.
+  TextReading reading;
 };
 
 class Router {

@@ -595,10 +595,13 @@ void Session::plan_on_link(Link& link, std::string_view frames, bool terminate, 
   // Sharded databases route each request afresh too: the next may need another shard.
   const bool one_request = l->route.kind == routing::Route::Kind::Replica || router_.sharded();
   // (A server taking COPY data takes the client's data before it answers.)
-  if ((one_request && l->in_flight > 0 && !l->copy_in) || l->checking_shape) {
+  if (((one_request || reading_may_change_) && l->in_flight > 0 && !l->copy_in) ||
+      l->checking_shape) {
     input_waits_for_link_ = true;
     return;
   }
+  // Answered: the settings it changed (ParameterStatus) decide how what follows is read.
+  if (l->in_flight == 0) reading_may_change_ = false;
   if (!l->busy() && l->server->tx_status == 'I' && !l->reserved &&
       !settings_match(*l->server, true)) {
     // Settings changed on this server since it was linked (a RESET back to startup values in
@@ -655,8 +658,12 @@ void Session::plan_on_link(Link& link, std::string_view frames, bool terminate, 
       break;
     }
     planned += r.frame.whole.size();
-    // On a replica, the request ends here; what follows is routed once it is answered.
-    if (one_request && l->in_flight > 0 && !l->copy_in && planned < frames.size()) {
+    // On a replica, the request ends here; what follows is routed once it is answered. So it
+    // does after a request that may change how the client's text reads: the server reads what
+    // follows with the new settings, and pgvalve must too.
+    const bool request_end = r.frame.tag == 'Q' || r.frame.tag == 'S';
+    if ((one_request || (reading_may_change_ && request_end)) && l->in_flight > 0 && !l->copy_in &&
+        planned < frames.size()) {
       input_waits_for_link_ = true;
       terminate = false;  // seen again with the rest
       break;
@@ -806,26 +813,13 @@ routing::RouteContext Session::route_context() const {
                          last_write_at_ != Clock::time_point{} &&
                          now_ - last_write_at_ < options_.read_your_writes_window;
   context.device_id = extras().device_id;
-  if (router_.sharded()) context.encoding = client_encoding();
+  context.reading = text_reading();
   return context;
-}
-
-routing::AsciiInCharacters Session::client_encoding() const {
-  if (const Setting* s = client_settings_.find("client_encoding")) {
-    return routing::ascii_in_characters(s->value);
-  }
-  if (defaults_) {
-    for (const auto& [name, value] : *defaults_) {
-      if (name == "client_encoding") return routing::ascii_in_characters(value);
-    }
-  }
-  return routing::AsciiInCharacters::None;
 }
 
 bool Session::needs_primary(std::string_view sql, const BindParams& params) {
   if (sql.empty()) return false;
-  if (!routing::plain_statement(sql) && !routing::touches_data(routing::classify(sql).kind))
-    return false;
+  if (!plain_statement(sql) && !routing::touches_data(routing::classify(sql).kind)) return false;
   routing::RouteContext context = route_context();
   context.fingerprint = fingerprint_of(sql);
   context.params = &params;
@@ -996,7 +990,7 @@ std::pair<std::string_view, std::string> Session::shard_conflict(Link& l, std::s
   routing::RouteContext context;
   context.device_id = extras().device_id;
   context.params = params;
-  context.encoding = client_encoding();
+  context.reading = text_reading();
   // A Bind's statement text comes again and again: found in the worker's cache of texts.
   context.fingerprint = fingerprint_of(sql);
   const routing::Route route = router_.route(sql, context);
@@ -1534,7 +1528,7 @@ void Session::plan_query(const pr::Frame& f, std::size_t offset, Link& l, Flight
   }
   pr::PendingResponse rfq{Kind::ReadyForQuery};
   if (sql) count_request(rfq, *sql, l);
-  if (!sql || routing::plain_statement(*sql)) {
+  if (!sql || plain_statement(*sql)) {
     if (sql) {
       forward_query(f, *sql, offset, flight);
     } else {
@@ -1555,6 +1549,7 @@ void Session::plan_query(const pr::Frame& f, std::size_t offset, Link& l, Flight
   }
   if (r.temporary && options_.mode == config::PoolMode::Session) l.server->touched_temp = true;
   if (r.check_pins) l.check_pins = true;
+  if (r.changes_reading) reading_may_change_ = true;
   count_server_listens(r);
   const bool translate = options_.mode != config::PoolMode::Session;
   // In a failed transaction DEALLOCATE fails (25P02) and forgets nothing: it goes to the server

@@ -39,7 +39,7 @@ Session::ScatterStart Session::start_copy(std::string_view frames, const Request
   }
   const routing::CopyPlan plan = routing::plan_copy(request.sql, sharding);
   if (!plan.ok) return refuse(plan.refusal);
-  if (!plan.encoding_given && client_encoding() != routing::AsciiInCharacters::None) {
+  if (!plan.encoding_given && text_reading().encoding != routing::AsciiInCharacters::None) {
     // A byte that looks like a backslash, quote or newline may be half of a character there:
     // rows would be cut, and keys read, in the wrong places.
     const Setting* encoding = client_settings_.find("client_encoding");

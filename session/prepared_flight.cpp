@@ -175,7 +175,7 @@ void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight
   Note note;
   bool pins = false;
   bool deallocates = false;
-  if (!routing::plain_statement(parse->query)) {
+  if (!plain_statement(parse->query)) {
     std::vector<Note>& notes = w.change_rare().review_notes;
     notes.clear();
     Review r = review(parse->query, true, notes);
@@ -183,6 +183,7 @@ void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight
       raise_on_server(r.refusal_sqlstate, r.refusal, true, l, flight);
       return;
     }
+    if (r.changes_reading) reading_may_change_ = true;
     if (r.temporary && !translate) l.server->touched_temp = true;
     count_server_listens(r);
     if (!notes.empty()) note = notes.front();
@@ -333,7 +334,7 @@ bool Session::unnamed_statement_on_server(Link& l, Flight& flight) {
   const std::string& query = extras_->unnamed_query;
   Note note;
   bool pins = false;
-  if (!routing::plain_statement(query)) {
+  if (!plain_statement(query)) {
     std::vector<Note>& notes = work().change_rare().review_notes;
     notes.clear();
     Review r = review(query, true, notes);
@@ -341,6 +342,7 @@ bool Session::unnamed_statement_on_server(Link& l, Flight& flight) {
       raise_on_server(r.refusal_sqlstate, r.refusal, true, l, flight);
       return false;
     }
+    if (r.changes_reading) reading_may_change_ = true;
     if (!notes.empty()) note = notes.front();
     pins = r.check_pins;
   }
@@ -385,7 +387,7 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
     const BindParams params(
         head->rest, unnamed ? std::string_view(w.unnamed_statement_types)
                             : (named ? std::string_view(named->param_types) : std::string_view{}));
-    if (!routing::plain_statement(sql)) l.flight_plain = false;
+    if (!plain_statement(sql)) l.flight_plain = false;
     bool to_another_shard = false;
     if (const auto [sqlstate, why] = shard_conflict(l, sql, &params, &to_another_shard);
         !why.empty()) {
@@ -417,7 +419,7 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
       }
       return;
     }
-    if (!router_.sharded() && !routing::plain_statement(sql)) l.flight_plain = false;
+    if (!router_.sharded() && !plain_statement(sql)) l.flight_plain = false;
   }
   if (head) {
     Note note;
@@ -429,10 +431,11 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
       fingerprint = w.unnamed_statement_fingerprint;
     } else if (stmt) {
       fingerprint = stmt->fingerprint;
-      if (!routing::plain_statement(stmt->query)) {
+      if (!plain_statement(stmt->query)) {
         std::vector<Note>& notes = w.change_rare().review_notes;
         notes.clear();
         Review r = review(stmt->query, true, notes);
+        if (r.changes_reading) reading_may_change_ = true;
         if (!notes.empty()) note = notes.front();
         pins = r.check_pins;
       }

@@ -7,6 +7,7 @@
 #include <memory>
 #include <type_traits>
 
+#include "routing/sql_lexer.h"
 #include "routing/sql_text.h"
 #include "session/limits.h"
 #include "session/session_internal.h"
@@ -494,6 +495,37 @@ void Session::append_login_reply(std::string& out) {
   told_ = client_settings_.share();
 }
 
+std::string_view Session::startup_value(std::string_view name) const {
+  if (const Setting* s = startup_settings_ ? startup_settings_->find(name) : nullptr) {
+    return s->value;
+  }
+  if (defaults_) {
+    for (const auto& [default_name, default_value] : *defaults_) {
+      if (routing::iequals(default_name, name)) return default_value;
+    }
+  }
+  return {};
+}
+
+const routing::TextReading& Session::text_reading() const {
+  // While reading_of_ shares the list, a change copies it: the same address, the same content.
+  if (text_reading_known_ && client_settings_.items() == reading_of_.get()) return text_reading_;
+  reading_of_ = client_settings_.share();
+  text_reading_known_ = true;
+  const auto value = [this](std::string_view name) -> std::string_view {
+    if (const Setting* s = client_settings_.find(name)) return s->value;
+    if (defaults_) {
+      for (const auto& [default_name, default_value] : *defaults_) {
+        if (routing::iequals(default_name, name)) return default_value;
+      }
+    }
+    return {};
+  };
+  text_reading_ =
+      routing::text_reading(value("client_encoding"), value("standard_conforming_strings"));
+  return text_reading_;
+}
+
 // PostgreSQL reports a changed setting just before ReadyForQuery; so does pgvalve, for the
 // client's session. The server's own ParameterStatus messages are not passed on: after a RESET
 // they tell the pool's defaults, not the client's startup values, and during pgvalve's syncs
@@ -519,6 +551,7 @@ const Actions& Session::start(const std::vector<std::pair<std::string, std::stri
   Actions& out = client_actions();
   absorb_startup(startup);
   defaults_ = defaults ? std::move(defaults) : std::make_shared<const ServerParameters>();
+  text_reading_known_ = false;  // worked out with the defaults
   key_ = key;
   client_activity_ = now;
   if (server) {

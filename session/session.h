@@ -37,6 +37,7 @@
 #include "protocol/messages.h"
 #include "protocol/pending_responses.h"
 #include "protocol/prepared_statements.h"
+#include "routing/client_text.h"
 #include "routing/router.h"
 #include "routing/statement.h"
 #include "session/actions.h"
@@ -367,9 +368,14 @@ class Session {
   // What routes a statement besides its text: the client's preference and defaults, its recent
   // writes, its shard key.
   routing::RouteContext route_context() const;
-  // How the client's client_encoding cuts characters: one whose characters may hold ASCII bytes
-  // (SJIS, BIG5, ...) makes pgvalve refuse to read keys from its statements and COPY data.
-  routing::AsciiInCharacters client_encoding() const;
+  // How the client's text reads (routing/client_text.h), from its client_encoding and
+  // standard_conforming_strings; worked out again only when its settings changed.
+  const routing::TextReading& text_reading() const;
+  // `sql` reads as written (routing::reads_as_written): always, for nearly every client.
+  bool reads_as_written(std::string_view sql) const {
+    const routing::TextReading& reading = text_reading();
+    return reading.plain() || routing::reads_as_written(sql, reading);
+  }
   // A statement of a request that went to a replica by its first statement must run on the
   // primary (a write after reads up to one Sync: psycopg's pipeline, pgx's SendBatch).
   // Transaction control and settings stay with the reads.
@@ -562,6 +568,13 @@ class Session {
 
   // ---- what a statement's text changes, pins or is refused for (statement_review.cpp) ----
   Review review(std::string_view sql, bool settling_transaction, std::vector<Note>& notes) const;
+  // What RESET returns setting `name` to: its value at login, else the server's default.
+  std::string_view startup_value(std::string_view name) const;
+  bool may_change_reading(const Note& note) const;
+  // routing::plain_statement, for text that reads as written.
+  bool plain_statement(std::string_view sql) const {
+    return reads_as_written(sql) && routing::plain_statement(sql);
+  }
   void note_for(const routing::StatementInfo& info, Note& note) const;
   static void session_characteristics_note(const routing::StatementInfo& info, Note& note);
   void note_default_isolation();
@@ -753,6 +766,8 @@ class Session {
   Settings client_settings_;  // where they differ from the pool's server defaults
   // client_settings_ as the client last heard of them (ParameterStatus), shared with it.
   std::shared_ptr<const std::vector<Setting>> told_;
+  // client_settings_ when text_reading_ was worked out, shared so that a change copies them.
+  mutable std::shared_ptr<const std::vector<Setting>> reading_of_;
   std::shared_ptr<const Settings> startup_settings_;  // what RESET returns a setting to
   std::shared_ptr<const ServerParameters> defaults_;
   protocol::BackendKeyData key_;
@@ -787,6 +802,11 @@ class Session {
   routing::RouteContext::Preference preference_ = routing::RouteContext::Preference::Auto;
   // The client's default_transaction_isolation is serializable (RouteContext::serializable).
   bool serializable_default_ = false;
+  // A request in flight may change how the next ones read (Review::changes_reading): the
+  // client's input waits until it is answered.
+  bool reading_may_change_ = false;
+  mutable routing::TextReading text_reading_;
+  mutable bool text_reading_known_ = false;
   // A replica link takes one request at a time (the next may be a write): the rest of the
   // client's input waits, and is planned again once the link has answered.
   bool input_waits_for_link_ = false;

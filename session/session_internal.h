@@ -340,6 +340,10 @@ struct Review {
   std::vector<std::string> listened;  // channels of its LISTENs the client did not listen on
   std::vector<std::string> unlistened;
   bool unlisten_all = false;
+  // May change how the client's next statements read (standard_conforming_strings,
+  // client_encoding, or settings pgvalve cannot follow): what the client pipelines behind it is
+  // planned once it is answered (Session::reading_may_change_).
+  bool changes_reading = false;
 };
 
 // How to answer a LISTEN/UNLISTEN sent through the extended protocol.

@@ -99,7 +99,7 @@ bool Session::route_in_transaction(std::string_view frames, Link*& l, Actions& o
   }
   routing::RouteContext context;
   context.device_id = extras().device_id;
-  context.encoding = client_encoding();
+  context.reading = text_reading();
   const BindParams params(request.bind_rest, request.param_types);
   context.params = request.bound ? &params : nullptr;
   context.fingerprint = fingerprint_of(request.sql);

@@ -241,6 +241,41 @@ void Session::in_flight_settings(std::vector<std::string>& names, std::size_t& b
     add(n);
 }
 
+// Whether the client's text may no longer read as written once `note`'s statement ran
+// (text_reading()): settings pgvalve cannot follow, or standard_conforming_strings or
+// client_encoding set, reset or restored to values under which it would not.
+bool Session::may_change_reading(const Note& note) const {
+  switch (note.kind) {
+    case NoteKind::Unknown:
+      return true;
+    case NoteKind::ResetAll:
+    case NoteKind::Discard:
+      return !routing::text_reading(startup_value("client_encoding"),
+                                    startup_value("standard_conforming_strings"))
+                  .plain();
+    case NoteKind::Set:
+    case NoteKind::Reset: {
+      const bool encoding = note.name == "client_encoding" || note.name == "names";
+      if (!encoding && note.name != "standard_conforming_strings") return false;
+      if (note.bound) return true;  // set_config($1, $2, false): the value comes with the Bind
+      const std::string_view name = encoding ? "client_encoding" : note.name;
+      const std::string_view value =
+          note.kind == NoteKind::Reset ? startup_value(name) : std::string_view(note.value);
+      routing::TextReading after = text_reading();
+      const routing::TextReading changed =
+          encoding ? routing::text_reading(value, "on") : routing::text_reading("", value);
+      if (encoding) {
+        after.encoding = changed.encoding;
+      } else {
+        after.backslash_escapes = changed.backslash_escapes;
+      }
+      return !after.plain();
+    }
+    default:
+      return false;
+  }
+}
+
 // Classifies every statement of `sql`: refusals by pool mode and per-client caps, state that may
 // pin the server, temporary objects, and one note per statement when any statement needs one.
 // `settling_transaction`: notes of settings wait for the end of the transaction, so its
@@ -258,6 +293,10 @@ Review Session::review(std::string_view sql, bool settling_transaction,
   std::size_t pending_setting_bytes = 0;
   bool counted_in_flight = false;
   std::size_t open_savepoints = work_ ? work_->rare().savepoints.size() : 0;
+  // What pgvalve reads of the text may not be what the server runs (routing/client_text.h):
+  // whatever it seems to do, its settings are unknown and the server is asked afterwards what
+  // session state it holds, as after a DO block.
+  const bool readable = reads_as_written(sql);
   int count = 0;
   for (std::size_t offset = 0; offset < sql.size();) {
     auto info = routing::classify(sql.substr(offset));
@@ -269,6 +308,11 @@ Review Session::review(std::string_view sql, bool settling_transaction,
     }
     Note note;
     note_for(info, note);
+    if (!readable && (note.kind == NoteKind::None || is_setting_note(note.kind))) {
+      note = Note{};
+      note.kind = NoteKind::Unknown;
+    }
+    if (!r.changes_reading) r.changes_reading = may_change_reading(note);
     if (note.kind == NoteKind::Commit || note.kind == NoteKind::Rollback) {
       // Nothing to settle at the end of a transaction that changed no setting.
       if (!settling_transaction && !r.has_notes) note.kind = NoteKind::None;
@@ -334,7 +378,8 @@ Review Session::review(std::string_view sql, bool settling_transaction,
       const bool may_make_temporary =
           (info.kind == StatementKind::Create && !info.on_commit_drop) ||
           info.kind == StatementKind::Explain || info.selects_into;
-      if (state_that_pins || info.opaque || may_make_temporary || (pinned_ && may_unpin)) {
+      if (state_that_pins || info.opaque || may_make_temporary || (pinned_ && may_unpin) ||
+          !readable) {
         r.check_pins = true;
       }
       if (info.kind == StatementKind::Listen && !info.name.empty()) {

@@ -561,6 +561,31 @@ def test_a_client_encoding_whose_characters_hold_ascii_bytes_is_refused_not_misr
     assert got == {i: sorted(v) for i, v in want.items()}
 
 
+def test_a_backslash_with_standard_conforming_strings_off_is_refused_not_misread(
+        two_pc, pgvalve):
+    """With standard_conforming_strings off PostgreSQL reads 'x\', 5) --' as one string and
+    places the row by the 6 after it; pgvalve, reading the backslash as a character, would have
+    taken 5. Such a statement is refused unless a hint places it; one without a backslash reads
+    the same either way and runs."""
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    assert md5_mod(5) != md5_mod(6)
+    with pv.connect() as conn:
+        conn.execute("SET standard_conforming_strings = off")
+        with pytest.raises(psycopg.Error) as e:
+            conn.execute("INSERT INTO telemetry (note, device_id) VALUES ('x\\', 5) --', 6)")
+        assert e.value.sqlstate == "0A000", e.value
+        assert str(e.value).startswith("pgvalve:") and "standard_conforming_strings" in str(e.value)
+        conn.execute("INSERT INTO telemetry (note, device_id) VALUES ('y', 6)")
+        conn.execute("/* pgvalve: device_id=6 */ INSERT INTO telemetry (note, device_id) "
+                     "VALUES ('x\\', 5) --', 6)")
+    got = {i: sorted((r[0], r[3]) for r in rows_on(node)) for i, node in enumerate(two_pc)}
+    want = {0: [], 1: []}
+    for device, note in [(6, "y"), (6, "x', 5) --")]:
+        want[md5_mod(device)].append((device, note))
+    assert got == {i: sorted(v) for i, v in want.items()}
+
+
 def test_a_key_with_whitespace_around_it_is_read_as_postgres_reads_it(two_pc, pgvalve):
     """PostgreSQL stores the CSV row `x, 5,y` with the bigint 5 (int8in skips whitespace):
     under key_type bigint pgvalve refused it (22P02); under auto it hashed the text " 5", and
