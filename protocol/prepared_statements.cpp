@@ -16,10 +16,10 @@ ServerStatementName::ServerStatementName(std::uint64_t hash) {
 }
 
 std::uint64_t statement_hash(std::string_view query, std::string_view param_types,
-                             std::string_view search_path) {
+                             std::uint64_t context) {
   KeyedHash hash;
   hash.add(query).add(param_types);
-  if (!search_path.empty()) hash.add(search_path);
+  if (context != 0) hash.add({reinterpret_cast<const char*>(&context), sizeof context});
   const std::uint64_t h = hash.finish();
   return h == 0 ? 1 : h;  // 0 means "no statement"
 }
@@ -31,12 +31,12 @@ const PreparedStatement* ClientStatements::find(std::string_view name) const {
 
 const PreparedStatement& ClientStatements::define(std::string_view name, std::string_view query,
                                                   std::string_view param_types,
-                                                  std::uint64_t fingerprint,
-                                                  std::string_view search_path, std::int64_t at) {
+                                                  std::uint64_t fingerprint, std::uint64_t context,
+                                                  std::int64_t at) {
   auto& s = by_name_[std::string(name)];
   s.query.assign(query);
   s.param_types.assign(param_types);
-  const std::uint64_t hash = statement_hash(query, param_types, search_path);
+  const std::uint64_t hash = statement_hash(query, param_types, context);
   if (hash != s.hash) s.confirmed = false;
   s.hash = hash;
   s.shape = 0;  // not described since

@@ -58,10 +58,12 @@ inline ServerStatementName server_statement_name(std::uint64_t hash) {
   return ServerStatementName(hash);
 }
 // Keyed (protocol/keyed_hash.h): a client cannot make its statement's name equal another's.
-// `search_path`: the client's, when it set one. PostgreSQL resolves a statement's names when it
-// prepares it, so the same text under another search_path is another statement.
+// `context`: a hash of the client's settings that PostgreSQL reads a statement's text by when it
+// prepares it (search_path resolves its names; TimeZone, DateStyle, standard_conforming_strings,
+// ... read and fold its literals), 0 when the client set none: the same text under other such
+// settings is another statement (Settings::statement_context).
 std::uint64_t statement_hash(std::string_view query, std::string_view param_types,
-                             std::string_view search_path = {});
+                             std::uint64_t context = 0);
 
 // One client's statements by the names it gave them.
 class ClientStatements {
@@ -69,7 +71,7 @@ class ClientStatements {
   const PreparedStatement* find(std::string_view name) const;
   const PreparedStatement& define(std::string_view name, std::string_view query,
                                   std::string_view param_types, std::uint64_t fingerprint = 0,
-                                  std::string_view search_path = {}, std::int64_t at = 0);
+                                  std::uint64_t context = 0, std::int64_t at = 0);
   bool erase(std::string_view name);
   // A server prepared statements of `hash`: each is confirmed.
   void confirm(std::uint64_t hash);

@@ -99,11 +99,8 @@ const pr::PreparedStatement& Session::define_statement(std::string_view name,
   statement_bytes_ += query.size() + param_types.size();
   const std::uint64_t fingerprint = recorder_ ? fingerprint_of(query) : 0;
   if (fingerprint) recorder_->stats->prepare(fingerprint, query, recorder_->labels);
-  const Setting* search_path = client_settings_.find("search_path");
-  return statements_->define(
-      name, query, param_types, fingerprint,
-      search_path ? std::string_view(search_path->value) : std::string_view(),
-      now_.time_since_epoch().count());
+  return statements_->define(name, query, param_types, fingerprint,
+                             client_settings_.statement_context(), now_.time_since_epoch().count());
 }
 
 bool Session::forget_statement(std::string_view name) {

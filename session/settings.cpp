@@ -13,6 +13,25 @@ constexpr std::array<std::string_view, 6> kSyncedReported = {
     "client_encoding", "datestyle", "timezone", "intervalstyle", "standard_conforming_strings",
     "application_name"};
 
+// What parse analysis reads (PostgreSQL 15): name lookup, the type input functions that read
+// literals and fold constants, and the parser's own switches.
+constexpr std::array<std::string_view, 16> kStatementContext = {"search_path",
+                                                                "role",
+                                                                "session_authorization",
+                                                                "timezone",
+                                                                "timezone_abbreviations",
+                                                                "datestyle",
+                                                                "intervalstyle",
+                                                                "standard_conforming_strings",
+                                                                "backslash_quote",
+                                                                "transform_null_equals",
+                                                                "client_encoding",
+                                                                "array_nulls",
+                                                                "xmloption",
+                                                                "lc_monetary",
+                                                                "default_text_search_config",
+                                                                "extra_float_digits"};
+
 char ascii_lower(char c) {
   return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + ('a' - 'A')) : c;
 }
@@ -27,6 +46,11 @@ bool iequals(std::string_view a, std::string_view b) {
 
 bool is_synced_setting(std::string_view name) {
   return std::any_of(kSyncedReported.begin(), kSyncedReported.end(),
+                     [&](std::string_view s) { return iequals(s, name); });
+}
+
+bool is_statement_context_setting(std::string_view name) {
+  return std::any_of(kStatementContext.begin(), kStatementContext.end(),
                      [&](std::string_view s) { return iequals(s, name); });
 }
 
@@ -126,6 +150,22 @@ std::uint64_t Settings::fingerprint() const {
   fingerprint_ = h;
   fingerprint_version_ = version_;
   return h;
+}
+
+std::uint64_t Settings::statement_context() const {
+  if (context_version_ == version_) return context_;
+  protocol::KeyedHash hash;
+  bool any = false;
+  for (const auto& s : all()) {
+    if (!is_statement_context_setting(s.name)) continue;
+    const char form = static_cast<char>('0' + static_cast<int>(s.form));
+    hash.add(s.name).add(s.value).add(std::string_view(&form, 1));
+    any = true;
+  }
+  const std::uint64_t h = any ? hash.finish() : 0;
+  context_ = h == 0 && any ? 1 : h;
+  context_version_ = version_;
+  return context_;
 }
 
 }  // namespace pgvalve::session

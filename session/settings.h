@@ -33,6 +33,12 @@ struct Setting {
 // (server_version, is_superuser, ...) are the server's, not the session's.
 bool is_synced_setting(std::string_view name);
 
+// A setting PostgreSQL's parse analysis reads: names resolve by search_path (and the role, for
+// "$user"); literals are read, and constants folded, by the type input functions under
+// TimeZone, DateStyle, IntervalStyle, standard_conforming_strings, ... A statement prepared under
+// one value is not the same statement under another (case-insensitive).
+bool is_statement_context_setting(std::string_view name);
+
 // ASCII lower case, as PostgreSQL folds parameter names.
 std::string lower(std::string_view s);
 
@@ -62,6 +68,10 @@ class Settings {
   std::uint64_t version() const { return version_; }
   // A hash of the content, recomputed only after a change.
   std::uint64_t fingerprint() const;
+  // A hash of the settings PostgreSQL reads a statement's text by when it prepares it
+  // (is_statement_context_setting), 0 when none is set; recomputed only after a change. Prepared
+  // statements of the same text are shared only between clients with the same.
+  std::uint64_t statement_context() const;
 
  private:
   // The items, copied first when shared with another Settings.
@@ -72,6 +82,8 @@ class Settings {
   std::uint64_t version_ = 1;
   mutable std::uint64_t fingerprint_ = 0;
   mutable std::uint64_t fingerprint_version_ = 0;
+  mutable std::uint64_t context_ = 0;
+  mutable std::uint64_t context_version_ = 0;
 };
 
 // Parameter values a server reported at login, in order: what clients are told at login and the

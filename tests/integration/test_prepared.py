@@ -580,6 +580,36 @@ def test_the_same_text_under_another_search_path_is_its_own_statement(pgvalve, c
             assert (res.get_value(0, 0), res.get_value(0, 1)) == (b"2", b"b")
 
 
+@pytest.mark.parametrize("setting, first, second, sql", [
+    ("TimeZone", "UTC", "Asia/Tokyo",
+     "select '2024-01-01 00:00'::timestamptz = '2024-01-01 00:00+00'"),
+    ("DateStyle", "ISO, MDY", "ISO, DMY", "select '01/02/2024'::date"),
+    ("standard_conforming_strings", "on", "off", r"select length('a\nb')"),
+    ("transform_null_equals", "off", "on", "select (null::int = null) is null"),
+])
+def test_the_same_text_under_other_literal_settings_reads_its_own_literals(
+        pgvalve, cluster, setting, first, second, sql):
+    # PostgreSQL reads a statement's literals when it prepares it, by the session's settings: a
+    # client must not get the reading of another client's settings (found: TimeZone gave f).
+    from psycopg import pq
+    pv = tx_pool(pgvalve, pool_size=1)
+
+    def prepared_value(dsn, value):
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute(f"set {setting} = '{value}'")
+            pg = c.pgconn
+            assert pg.prepare(b"q", sql.encode()).status == pq.ExecStatus.COMMAND_OK
+            res = pg.exec_prepared(b"q", [])
+            assert res.status == pq.ExecStatus.TUPLES_OK, res.error_message
+            return res.get_value(0, 0)
+
+    expected = prepared_value(cluster.primary.tcp_dsn(), second)
+    assert expected != prepared_value(cluster.primary.tcp_dsn(), first)
+    assert prepared_value(pv.dsn(), first) != expected
+    # Another client, on the same server, that prepares the same text under its own value.
+    assert prepared_value(pv.dsn(), second) == expected
+
+
 def test_a_statement_whose_table_changed_fails_once_as_on_postgresql(pgvalve, cluster):
     """After ALTER TABLE changes what a prepared statement returns, PostgreSQL fails its next
     Bind once (0A000, "cached plan must not change result type"); pgjdbc then prepares the

@@ -58,6 +58,57 @@ TEST(SessionPreparedStatements, TheSameTextUnderAnotherSearchPathIsAnotherServer
             server_name_of("select * from t"));
 }
 
+TEST(SessionPreparedStatements, TheSameTextUnderOtherLiteralSettingsIsAnotherServerStatement) {
+  // PostgreSQL reads a statement's literals when it prepares it, by the session's TimeZone,
+  // DateStyle, standard_conforming_strings, ...: a client whose settings read them otherwise
+  // must not run the copy another client prepared.
+  // (What PostgreSQL reports of those it reports, with ParameterStatus.)
+  const std::pair<std::string_view, std::string> sets[] = {
+      {"SET TimeZone = 'Asia/Tokyo'", parameter_status("TimeZone", "Asia/Tokyo")},
+      {"SET DateStyle = 'ISO, DMY'", parameter_status("DateStyle", "ISO, DMY")},
+      {"SET standard_conforming_strings = off",
+       parameter_status("standard_conforming_strings", "off")},
+      {"SET IntervalStyle = 'sql_standard'", parameter_status("IntervalStyle", "sql_standard")},
+      {"SET client_encoding = 'LATIN1'", parameter_status("client_encoding", "LATIN1")},
+      {"SET transform_null_equals = on", ""},
+      {"SET array_nulls = off", ""},
+      {"SET xmloption = document", ""},
+      {"SET backslash_quote = on", ""}};
+  for (const auto& [set, reported] : sets) {
+    SCOPED_TRACE(set);
+    SessionHarness first;
+    prepare_locally(first, "q", "select '01/02/2024'::date");
+    auto one = SessionHarness::fresh_server();
+    const auto plain = parses_in(first.send(run_flight("q"), *one));
+    SessionHarness second;
+    auto two = SessionHarness::fresh_server();
+    second.send(query(set), *two);
+    second.answer(reported + command_result("SET"));
+    prepare_locally(second, "q", "select '01/02/2024'::date");
+    const auto parses = parses_in(second.send(run_flight("q"), *two));
+    ASSERT_EQ(plain.size(), 1u);
+    ASSERT_EQ(parses.size(), 1u);
+    EXPECT_NE(parses[0].first, plain[0].first);
+  }
+}
+
+TEST(SettingsStatementContext, OnlySettingsThatChangeHowTextIsReadCount) {
+  Settings s;
+  EXPECT_EQ(s.statement_context(), 0u);
+  s.set("application_name", "meter", true);
+  EXPECT_EQ(s.statement_context(), 0u);  // shared with a client that set nothing
+  s.set("TimeZone", "UTC", true);
+  const std::uint64_t utc = s.statement_context();
+  EXPECT_NE(utc, 0u);
+  s.set("timezone", "Asia/Tokyo", true);
+  EXPECT_NE(s.statement_context(), utc);
+  s.set("timezone", "UTC", true);
+  EXPECT_EQ(s.statement_context(), utc);
+  Settings other;
+  other.set("timezone", "UTC", true);
+  EXPECT_EQ(other.statement_context(), utc);
+}
+
 TEST(SessionPreparedStatements, ParseAndSyncBetweenTransactionsAreAnsweredLocally) {
   SessionHarness h;
   prepare_locally(h);
