@@ -43,6 +43,7 @@ const PreparedStatement& ClientStatements::define(std::string_view name, std::st
   s.fingerprint = fingerprint;
   s.defined = ++defined_;
   s.defined_at = at;
+  s.stale = false;
   return s;
 }
 
@@ -60,6 +61,12 @@ std::size_t ClientStatements::erase_defined_up_to(std::uint64_t defined) {
 void ClientStatements::described(std::uint64_t hash, std::uint64_t shape) {
   for (auto& [_, s] : by_name_) {
     if (s.hash == hash) s.shape = shape;
+  }
+}
+
+void ClientStatements::stale(std::uint64_t hash) {
+  for (auto& [_, s] : by_name_) {
+    if (s.hash == hash) s.stale = true;
   }
 }
 

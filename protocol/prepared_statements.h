@@ -25,6 +25,9 @@ struct PreparedStatement {
   // result type later makes it stale for this client (PostgreSQL's "cached plan must not change
   // result type") until the client prepares it again.
   std::int64_t defined_at = 0;
+  // Found so on this client's own server only (it is pinned there, and its own temporary table
+  // may be what changed): stale for this client alone, until it prepares it again.
+  bool stale = false;
   // A server has prepared it once: PostgreSQL accepted it. Until then a failed Parse of it means
   // the client has no such statement, as on PostgreSQL.
   bool confirmed = false;
@@ -75,6 +78,8 @@ class ClientStatements {
   bool erase(std::string_view name);
   // A server prepared statements of `hash`: each is confirmed.
   void confirm(std::uint64_t hash);
+  // A server found statements of `hash` stale for this client alone (PreparedStatement::stale).
+  void stale(std::uint64_t hash);
   // A server described statements of `hash` to the client with `shape` (result_shape).
   void described(std::uint64_t hash, std::uint64_t shape);
   // A server refused to prepare statements of `hash`: those not confirmed are forgotten. Returns

@@ -455,7 +455,14 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
         const auto e = pr::read_error_response(f);
         if (e && e->sqlstate == "0A000" && e->message == kChangedResultType) {
           l.server->statements.forget_uncertain(head.statement_hash);
-          workspaces_->statement_changed(head.statement_hash, now_.time_since_epoch().count());
+          // Not for a client pinned to its server: its own temporary table of the name may be
+          // what changed, which is no other client's.
+          if (!pinned_) {
+            workspaces_->statement_changed(statement_change_key(head.statement_hash),
+                                           now_.time_since_epoch().count());
+          } else if (statements_) {
+            statements_->stale(head.statement_hash);
+          }
         } else if (e && e->sqlstate == "26000") {
           // Gone from the server though pgvalve prepared it there (dropped by a name pgvalve
           // did not see coming: a DEALLOCATE inside a longer query): prepared again at its next
