@@ -26,7 +26,36 @@ std::uint64_t statement_hash(std::string_view query, std::string_view param_type
 
 const PreparedStatement* ClientStatements::find(std::string_view name) const {
   auto it = by_name_.find(name);
+  return it == by_name_.end() || it->second.closing ? nullptr : &it->second;
+}
+
+const PreparedStatement* ClientStatements::find_any(std::string_view name) const {
+  auto it = by_name_.find(name);
   return it == by_name_.end() ? nullptr : &it->second;
+}
+
+bool ClientStatements::close(std::string_view name) {
+  auto it = by_name_.find(name);
+  if (it == by_name_.end() || it->second.closing) return false;
+  it->second.closing = true;
+  return true;
+}
+
+std::size_t ClientStatements::erase_closing(std::uint64_t hash) {
+  std::size_t bytes = 0;
+  std::erase_if(by_name_, [&](const auto& entry) {
+    const PreparedStatement& s = entry.second;
+    if (s.hash != hash || !s.closing) return false;
+    bytes += s.query.size() + s.param_types.size();
+    return true;
+  });
+  return bytes;
+}
+
+void ClientStatements::closed_skipped(std::uint64_t hash) {
+  for (auto& [_, s] : by_name_) {
+    if (s.hash == hash) s.closing = false;
+  }
 }
 
 const PreparedStatement& ClientStatements::define(std::string_view name, std::string_view query,
@@ -44,6 +73,7 @@ const PreparedStatement& ClientStatements::define(std::string_view name, std::st
   s.defined = ++defined_;
   s.defined_at = at;
   s.stale = false;
+  s.closing = false;
   return s;
 }
 

@@ -28,6 +28,10 @@ struct PreparedStatement {
   // Found so on this client's own server only (it is pinned there, and its own temporary table
   // may be what changed): stale for this client alone, until it prepares it again.
   bool stale = false;
+  // The client closed it in a request the server has not answered yet: the name counts as free
+  // (find() does not return it) until the server's answer drops it, or a failure of the request
+  // before its Close brings it back.
+  bool closing = false;
   // A server has prepared it once: PostgreSQL accepted it. Until then a failed Parse of it means
   // the client has no such statement, as on PostgreSQL.
   bool confirmed = false;
@@ -71,7 +75,17 @@ std::uint64_t statement_hash(std::string_view query, std::string_view param_type
 // One client's statements by the names it gave them.
 class ClientStatements {
  public:
+  // The statement of `name`, unless it is being closed.
   const PreparedStatement* find(std::string_view name) const;
+  // Also one being closed.
+  const PreparedStatement* find_any(std::string_view name) const;
+  // The client closed `name`; returns whether it had it (find()).
+  bool close(std::string_view name);
+  // The server answered a Close of statements of `hash`: those being closed are forgotten;
+  // returns the bytes of text they held. closed_skipped() brings them back instead (the
+  // server skipped the Close after an error before it).
+  std::size_t erase_closing(std::uint64_t hash);
+  void closed_skipped(std::uint64_t hash);
   const PreparedStatement& define(std::string_view name, std::string_view query,
                                   std::string_view param_types, std::uint64_t fingerprint = 0,
                                   std::uint64_t context = 0, std::int64_t at = 0);

@@ -93,7 +93,7 @@ const pr::PreparedStatement& Session::define_statement(std::string_view name,
                                                        std::string_view query,
                                                        std::string_view param_types) {
   if (!statements_) statements_ = std::make_unique<pr::ClientStatements>();
-  if (const auto* old = statements_->find(name)) {
+  if (const auto* old = statements_->find_any(name)) {
     statement_bytes_ -= old->query.size() + old->param_types.size();
   }
   statement_bytes_ += query.size() + param_types.size();
@@ -223,6 +223,18 @@ void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight
     l.pending.push({Kind::ParseComplete});
     return;
   }
+  // (Only when nothing sent before it is unanswered: a ROLLBACK on its way would end the failed
+  // transaction first.)
+  if (l.server->tx_status == 'E' && l.pending.empty()) {
+    const routing::StatementKind kind = routing::classify(parse->query).kind;
+    if (kind != routing::StatementKind::Rollback && kind != routing::StatementKind::Commit) {
+      // PostgreSQL refuses it in a failed transaction (25P02) and the name keeps what it had:
+      // the server says so, and the client's statements stay as they are.
+      pass_client(flight, offset, f.whole.size());
+      l.pending.push({Kind::ParseComplete});
+      return;
+    }
+  }
   const pr::PreparedStatement* existing =
       statements_ ? statements_->find(parse->statement) : nullptr;
   if (existing && existing->confirmed &&
@@ -257,7 +269,9 @@ void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight
   }
   const auto& stmt = define_statement(parse->statement, parse->query, parse->param_types);
   if (server_has_statement(l, stmt.hash)) {
-    if (!stmt.confirmed) statements_->confirm(stmt.hash);  // the server prepared it
+    // The server prepared it, unless its Parse is still to be answered (in this flight): the
+    // answer confirms it then (a failed one leaves the client without it, as on PostgreSQL).
+    if (!stmt.confirmed && !l.parse_pending(stmt.hash)) statements_->confirm(stmt.hash);
     l.server->statements.touch(stmt.hash);
     pr::PendingResponse done{Kind::Synthetic};
     done.action = kActionSynthParseComplete;
@@ -488,7 +502,8 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
     return;
   }
   if (on_server) {
-    if (!stmt->confirmed) statements_->confirm(stmt->hash);  // the server prepared it
+    // (Not while its Parse is still to be answered: see plan_parse.)
+    if (!stmt->confirmed && !l.parse_pending(stmt->hash)) statements_->confirm(stmt->hash);
   } else {
     prepare_on_server(*stmt, true, l, flight);
   }
@@ -727,6 +742,7 @@ void Session::plan_describe(const pr::Frame& f, std::size_t offset, Link& l, Fli
 
 void Session::plan_close(const pr::Frame& f, std::size_t offset, Link& l, Flight& flight) {
   auto c = pr::read_close(f);
+  pr::PendingResponse close{Kind::CloseComplete};
   if (c && c->kind == 'P' && !c->name.empty() && !work().rare().named_portals.empty()) {
     std::erase_if(work().change_rare().named_portals,
                   [&](const Workspace::Rare::PortalNote& p) { return p.portal == c->name; });
@@ -743,9 +759,10 @@ void Session::plan_close(const pr::Frame& f, std::size_t offset, Link& l, Flight
       l.server->unnamed_statement_version == unnamed_version_) {
     l.server->unnamed_statement_of = 0;
     pass_client(flight, offset, f.whole.size());
-  } else if (closes_unnamed || (c && c->kind == 'S' && !c->name.empty() &&
-                                options_.mode != config::PoolMode::Session &&
-                                (forget_statement(c->name) || is_shared_statement_name(c->name)))) {
+  } else if (closes_unnamed ||
+             (c && c->kind == 'S' && !c->name.empty() &&
+              options_.mode != config::PoolMode::Session &&
+              (close_statement(c->name, close) || is_shared_statement_name(c->name)))) {
     // The server-side statement may be shared (or, unnamed, another client's) and stays
     // prepared; so do pgvalve's own, which no client closes. Closing a name that does not exist
     // is not an error, so the server still answers CloseComplete in its place.
@@ -755,7 +772,18 @@ void Session::plan_close(const pr::Frame& f, std::size_t offset, Link& l, Flight
   } else {
     pass_client(flight, offset, f.whole.size());
   }
-  l.pending.push({Kind::CloseComplete});
+  l.pending.push(close);
+}
+
+// Forgotten when the server answers the Close: PostgreSQL skips a Close after an error earlier in
+// its request, and the statement stays.
+bool Session::close_statement(std::string_view name, pr::PendingResponse& close) {
+  if (!statements_) return false;
+  const pr::PreparedStatement* stmt = statements_->find(name);
+  if (!stmt) return false;
+  close.action = kActionClientClose;
+  close.statement_hash = stmt->hash;
+  return statements_->close(name);
 }
 
 }  // namespace pgvalve::session

@@ -393,6 +393,9 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
       if (head.action == kActionFirstParse && f.tag == '1' && statements_) {
         statements_->confirm(head.statement_hash);
       }
+      if (head.action == kActionClientClose && f.tag == '3' && statements_) {
+        statement_bytes_ -= statements_->erase_closing(head.statement_hash);
+      }
       if (head.action == kActionNoteShape || head.action == kActionShapeCheck) {
         note_shape(l, head, f);
       }
@@ -504,6 +507,9 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
             skipped.push_back({dropped.statement_hash, dropped.kind == Kind::ParseComplete
                                                            ? std::uint8_t{0}
                                                            : dropped.action});
+          }
+          if (dropped.action == kActionClientClose && statements_) {
+            statements_->closed_skipped(dropped.statement_hash);
           }
           end_request(l, dropped, 'E');
           l.pending.pop();

@@ -232,6 +232,17 @@ bool Link::statement_pending(std::uint64_t hash) const {
   return false;
 }
 
+bool Link::parse_pending(std::uint64_t hash) const {
+  if (pending.parses() == 0) return false;  // the usual case: no scan per Bind
+  for (std::size_t i = 0; i < pending.size(); ++i) {
+    const protocol::PendingResponse& p = pending.at(i);
+    if (p.kind == protocol::PendingResponse::Kind::ParseComplete && p.statement_hash == hash) {
+      return true;
+    }
+  }
+  return false;
+}
+
 bool Link::parse_unconfirmed(std::uint64_t hash) const {
   if (pending.parses() == 0) return false;  // the usual case: no scan per Bind
   bool parse = false;                       // the latest pending Parse of it

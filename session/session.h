@@ -553,6 +553,7 @@ class Session {
   const protocol::PreparedStatement& define_statement(std::string_view name, std::string_view query,
                                                       std::string_view param_types);
   bool forget_statement(std::string_view name);
+  bool close_statement(std::string_view name, protocol::PendingResponse& close);
   // pgvalve's own names of statements on servers (pgv_...), which no client may name itself.
   static bool is_shared_statement_name(std::string_view name);
   static std::string no_such_statement(std::string_view name);

@@ -121,6 +121,10 @@ enum : std::uint8_t {
   // pgvalve's Describe (and Sync) of statement `statement_hash` before the client's Bind of it,
   // whose rows the client decodes by a shape this server has not described (Session::check_shape).
   kActionShapeCheck,
+  // The client's Close of its statement of `statement_hash`: the name is forgotten once the
+  // server answers it; skipped after an error earlier in its flight, the statement stays, as on
+  // PostgreSQL (PreparedStatement::closing).
+  kActionClientClose,
 };
 
 // A pending action of a shard's part of a statement over several shards (scatter_flight.cpp).
@@ -233,6 +237,9 @@ struct Link {
   // behind it): if that flight fails the server will not have it, though the statement set says
   // so.
   bool parse_unconfirmed(std::uint64_t hash) const;
+  // A Parse of `hash` is still to be answered (in this flight or an earlier one): until it is,
+  // the server has not accepted the statement.
+  bool parse_pending(std::uint64_t hash) const;
   // Only pgvalve's own query is outstanding (a WAL position, a pin check).
   bool only_own_query() const {
     return in_flight == 1 && !open_extended && pending.size() == 1 && pending.front().internal;

@@ -15,7 +15,7 @@ import urllib.request
 import psycopg
 import pytest
 
-from pgcluster import APP_DB, APP_USER, wait_until
+from pgcluster import APP_DB, APP_PASSWORD, APP_USER, wait_until
 from pgwire import query_message, read_message
 from pgwire_ext import ExtClient, bind, close, describe, execute, flush, parse, sync
 from test_pgbench import check_balances, pgbench, pgbench_init
@@ -683,3 +683,41 @@ def test_a_statement_changed_in_one_database_still_runs_in_another(pgvalve, clus
             assert t.execute(sql, (0,)).fetchall() == [(1, 1), (2, 2)]
 
 
+def test_a_statement_whose_parse_failed_is_gone_as_on_postgresql(pgvalve, cluster):
+    """A Parse that fails in the flight that binds it defines nothing (found: the name stayed
+    broken, 42601 again and then 42P05 for ever); a Close PostgreSQL skipped after an error
+    before it closes nothing; a Parse refused in a failed transaction (25P02) leaves the name
+    as it was. pgvalve answers as PostgreSQL does."""
+    pv = tx_pool(pgvalve, pool_size=1)
+
+    def codes(r):
+        return [e.get("C") for e in r.errors]
+
+    seen = {}
+    for target, c in (("direct", ExtClient("127.0.0.1", cluster.primary.port, APP_USER,
+                                           APP_PASSWORD, APP_DB, timeout=20)),
+                      ("pgvalve", ExtClient.login(pv))):
+        if target == "direct":
+            c.connect()
+        out = []
+        out.append(codes(c.run([parse("s7", "selec 7"), bind("s7"), execute(), sync()])))
+        out.append(codes(c.run([bind("s7"), execute(), sync()])))
+        r = c.run([parse("s7", "select 77"), bind("s7"), execute(), sync()])
+        out.append((codes(r), r.rows))
+        # A Close skipped after the Execute's error.
+        c.prepare("s1", "select 1 / $1::int")
+        c.prepare("s2", "select 2")
+        out.append(codes(c.run([bind("s1", ["0"]), execute(), close("S", "s2"), sync()])))
+        out.append(c.execute("s2"))
+        # A Parse refused in a failed transaction.
+        c.prepare("s3", "select 3")
+        c.simple("BEGIN")
+        out.append(codes(c.simple("select 1 / 0")))
+        out.append(codes(c.run([parse("s3", "select $1::int + 1"), sync()])))
+        c.simple("ROLLBACK")
+        out.append(c.execute("s3"))
+        seen[target] = out
+        c.terminate()
+    assert seen["direct"] == [["42601"], ["26000"], ([], [["77"]]), ["22012"], [["2"]],
+                              ["22012"], ["25P02"], [["3"]]], seen["direct"]
+    assert seen["pgvalve"] == seen["direct"]

@@ -109,6 +109,62 @@ TEST(SettingsStatementContext, OnlySettingsThatChangeHowTextIsReadCount) {
   EXPECT_EQ(other.statement_context(), utc);
 }
 
+// A statement is the client's once the server accepted its Parse: one whose Parse fails in the
+// flight that binds it is gone, as on PostgreSQL (its name was refused 42P05 for ever).
+TEST(SessionPreparedStatements, AStatementWhoseParseFailsInItsBindsFlightIsGone) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  const std::string sent = h.send(parse("s7", "selec 7") + run_flight("s7"), *server);
+  ASSERT_EQ(parses_in(sent).size(), 1u);
+  EXPECT_EQ(sqlstates_in(h.answer(error_message("42601") + ready('I'))), "42601");
+  EXPECT_EQ(h.session().prepared_statement_count(), 0u);
+  // Its Bind names a statement the server does not have: PostgreSQL's 26000.
+  EXPECT_EQ(bound_statements_in(h.send(run_flight("s7"), *server)), std::vector<std::string>{"s7"});
+  h.answer(error_message("26000") + ready('I'));
+  // And the name is free.
+  const std::string again = h.send(parse("s7", "select 77") + run_flight("s7"), *server);
+  EXPECT_EQ(sqlstates_in(again), "");
+  ASSERT_EQ(parses_in(again).size(), 1u);
+  EXPECT_EQ(parses_in(again)[0].second, "select 77");
+}
+
+// PostgreSQL skips a Close after an error earlier in its request: the statement stays.
+TEST(SessionPreparedStatements, AClosePostgresqlSkippedAfterAnErrorLeavesTheStatement) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  prepare_locally(h, "s1", "select 1/$1::int");
+  prepare_locally(h, "s2", "select 2");
+  h.send(bind_to("", "s1") + execute() + close_message('S', "s2") + sync(), *server);
+  h.answer(parse_complete() + bind_complete() + error_message("22012") + ready('I'));
+  EXPECT_EQ(h.session().prepared_statement_count(), 2u);
+  const std::string sent = h.send(run_flight("s2"), *server);
+  EXPECT_EQ(bound_statements_in(sent), std::vector<std::string>{server_name_of("select 2")});
+  h.answer(parse_complete() + select_answer());
+  // Answered, a Close forgets it.
+  h.send(close_message('S', "s2") + sync(), *server);
+  h.answer(close_complete() + ready('I'));
+  EXPECT_EQ(h.session().prepared_statement_count(), 1u);
+}
+
+// A Parse in a failed transaction is refused (25P02) and leaves the name as it was.
+TEST(SessionPreparedStatements, AParseRefusedInAFailedTransactionKeepsTheStatement) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  prepare_locally(h, "s1", "select 2");
+  h.send(query("BEGIN"), *server);
+  h.answer(command_result("BEGIN", 'T'));
+  h.send(query("select 1/0"), *server);
+  h.answer(error_message("22012") + ready('E'));
+  const std::string sent = h.send(parse("s1", "select $1::int + 1") + sync(), *server);
+  h.answer(error_message("25P02") + ready('E'));
+  h.send(query("ROLLBACK"), *server);
+  h.answer(command_result("ROLLBACK", 'I'));
+  const auto parses = parses_in(h.send(run_flight("s1"), *server));
+  ASSERT_EQ(parses.size(), 1u);
+  EXPECT_EQ(parses[0].second, "select 2");
+  EXPECT_TRUE(parses_in(sent).empty() || parses_in(sent)[0].first == "s1");
+}
+
 TEST(SessionPreparedStatements, ParseAndSyncBetweenTransactionsAreAnsweredLocally) {
   SessionHarness h;
   prepare_locally(h);
@@ -409,6 +465,10 @@ TEST(SessionPreparedStatements, ExtendedDeallocateOfANameTheClientClosedMeanwhil
   ASSERT_EQ(parses.size(), 2u);
   EXPECT_EQ(parses[0].second, "");
   EXPECT_NE(parses[1].second.find("ERRCODE = '26000'"), std::string::npos) << parses[1].second;
+  EXPECT_EQ(tags_of(sent), "PCBPBES");
+  // Forgotten once the server answered the Close.
+  h.answer(parse_complete() + close_complete() + bind_complete() + error_message("26000") +
+           ready());
   EXPECT_EQ(h.session().prepared_statement_count(), 0u);
 }
 
