@@ -315,16 +315,19 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
   // transaction that answered while the others still gather: nothing may come between the
   // gathered answer's messages.
   if (l.pending.empty() && (l.scatter_shard >= 0 || scattering())) return passed;
-  if (f.tag == 'E' && options_.mode != config::PoolMode::Session) {
+  if (f.tag == 'E') {
     // A server going away (postmaster gone, shutdown, terminated backend) says so with a FATAL
     // error and closes, also while its client sits in a transaction between requests. That
     // ends the server connection, not the client's: the client gets 08006 when the close
     // arrives (on_server_lost), or its read runs elsewhere, and keeps its connection.
-    // Forwarded, a FATAL would tell drivers to drop theirs.
+    // Forwarded, a FATAL would tell drivers to drop theirs. A client whose session the server
+    // held (session mode, a pinned client) is closed then, with the server's words: passed on
+    // now, the FATAL would be read as the answer to its next request.
     if (auto e = pr::read_error_response(f); e && e->severity == "FATAL") {
-      work().change_rare().server_goodbye.assign(
-          e->message.substr(0, Workspace::Rare::kMaxGoodbyeBytes));
-      unsend_cut_read(l);
+      Workspace::Rare& rare = work().change_rare();
+      rare.server_goodbye.assign(e->message.substr(0, Workspace::Rare::kMaxGoodbyeBytes));
+      rare.server_goodbye_sqlstate.assign(e->sqlstate.substr(0, 5));
+      if (options_.mode != config::PoolMode::Session) unsend_cut_read(l);
       return passed;
     }
   }

@@ -997,8 +997,10 @@ const Actions& Session::on_server_lost(LinkId id, Clock::time_point now) {
     return out;
   }
   std::string goodbye;
+  std::string goodbye_sqlstate;
   if (work_ && !work_->rare().server_goodbye.empty()) {
     goodbye.swap(work_->change_rare().server_goodbye);
+    goodbye_sqlstate.swap(work_->change_rare().server_goodbye_sqlstate);
   }
   if (retry_elsewhere(l, id, out) || retry_scatter_part(l, out)) return out;
   // With a request of the client's running, whether it committed is not known: a COMMIT, or a
@@ -1011,20 +1013,25 @@ const Actions& Session::on_server_lost(LinkId id, Clock::time_point now) {
                        "outside a transaction block may have taken effect: check before running "
                        "it again"
                      : "; the transaction was rolled back, run it again";
-  // Session mode: what the client prepared or created as temporary on its own server went
-  // with it, and a new server would fail each use of it (26000, 42P01). The client starts
-  // afresh instead, as after a server loss in PgBouncer's session mode.
-  const bool state_lost =
-      options_.mode == config::PoolMode::Session && id == 0 &&
-      ((extras_ && !extras_->named_statements.empty()) || l.server->touched_temp);
-  lose_link(l, id, message, LinkOp::Kind::Close, out);
+  // The server held the client's session (session mode: its own server) or state pinned to it
+  // (transaction mode): prepared statements, temporary objects, advisory locks, LISTEN went with
+  // it, and a new server would fail each use of them or, worse, run on without them (a lock
+  // another client then takes too). The client is closed, as PostgreSQL closes it, and its
+  // driver starts afresh.
+  const bool state_lost = (options_.mode == config::PoolMode::Session && id == 0) || pinned_;
   if (state_lost) {
-    close_with("08006",
-               "pgvalve: the server connection was lost, and with it this session's prepared "
-               "statements and temporary objects; reconnect",
-               out);
+    std::string reason = "pgvalve: the server connection holding this session was lost";
+    if (!goodbye.empty()) reason += " (the server said: " + goodbye + ")";
+    reason += running ? " while a request ran, which may have taken effect; " : "; ";
+    reason +=
+        "its session state (prepared statements, temporary tables, advisory locks, LISTEN, "
+        "settings) is gone: reconnect";
+    lose_link(l, id, reason, LinkOp::Kind::Close, out);
+    close_with(goodbye_sqlstate.starts_with("57P") ? std::string_view(goodbye_sqlstate) : "08006",
+               reason, out);
     return out;
   }
+  lose_link(l, id, message, LinkOp::Kind::Close, out);
   // Told at the client's next request, with the server's reason.
   if (lost_transaction_ && (extras_ || !goodbye.empty())) {
     extras_to_change().lost_goodbye.swap(goodbye);

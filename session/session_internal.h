@@ -496,6 +496,7 @@ struct Workspace {
     // it, cut to kMaxGoodbyeBytes.
     static constexpr std::size_t kMaxGoodbyeBytes = 200;
     std::string server_goodbye;
+    std::string server_goodbye_sqlstate;  // its SQLSTATE (57P01, 57P05, ...)
     // stats.redact_literals: false: the unnamed statement's text, and the unnamed portal's
     // statement with its Bind parameters, for the slow-query sample of its Execute.
     std::string unnamed_statement_sample;

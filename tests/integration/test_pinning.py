@@ -10,6 +10,8 @@ the one other server at a time (a third gets 53300 after checkout_timeout_ms).""
 
 from __future__ import annotations
 
+import time
+
 import psycopg
 import pytest
 
@@ -365,3 +367,21 @@ def test_what_a_do_block_builds_and_executes_is_checked_and_reset(pv, cluster):
                 b.execute("BEGIN")
                 assert one(b, "show search_path") == '"$user", public'
                 b.execute("COMMIT")
+
+
+def test_a_pinned_client_whose_server_is_lost_is_closed(pv, cluster):
+    """Transaction mode: a client pinned by an advisory lock loses the lock with its server. It
+    is closed (57P01, pgvalve: ... reconnect), as PostgreSQL would close it, instead of running
+    on without the lock while another client takes it too (found: two leaders)."""
+    with connect(pv) as a:
+        assert one(a, "select pg_try_advisory_lock(81)") is True
+        server = pid(a)
+        cluster.primary.sql("select pg_terminate_backend(%s)", (server,))
+        time.sleep(0.5)
+        with pytest.raises(psycopg.OperationalError) as e:
+            a.execute("select 1")
+        # (libpq reads a FATAL that came while the client was idle as the connection's end.)
+        assert e.value.sqlstate in ("57P01", None), e.value
+        assert "pgvalve: the server connection holding this session was lost" in str(e.value)
+        assert "reconnect" in str(e.value)
+        assert a.closed or a.broken

@@ -2,6 +2,8 @@
 session state survives across its transactions; when it leaves, DISCARD ALL runs and the next
 client on that server (pool_size 1) sees none of it."""
 
+import time
+
 import psycopg
 import pytest
 
@@ -174,3 +176,29 @@ def test_prepared_statements_are_not_lost_silently_when_the_server_is_replaced(p
         assert sqlstates[-3:] == ["ok"] * 3, sqlstates
     finally:
         a.close()
+
+
+def test_a_client_whose_server_is_killed_is_closed_before_its_next_statement_runs(pv, cluster):
+    """A session-mode client's server is killed while the client is idle (pg_terminate_backend,
+    idle_session_timeout): its session (locks, LISTEN, settings) is gone, so the client is closed
+    with the server's 57P01 and a pgvalve: message, as PostgreSQL closes it. Its next statement
+    fails and does not run (found: it ran on a new server and committed, and psycopg raised
+    AdminShutdown for it, reading the stray FATAL as its answer)."""
+    cluster.primary.psql("drop table if exists killed_writes; create table killed_writes (v int);"
+                         "alter table killed_writes owner to app", dbname=APP_DB)
+    with psycopg.connect(pv.dsn(), autocommit=True) as a:
+        pid = one(a, "select pg_backend_pid()")
+        one(a, "select pg_advisory_lock(81)")
+        cluster.primary.sql("select pg_terminate_backend(%s)", (pid,))
+        time.sleep(0.5)
+        with pytest.raises(psycopg.OperationalError) as e:
+            a.execute("insert into killed_writes values (1)")
+        # libpq reads the FATAL that came while the client was idle as the connection's end
+        # (no SQLSTATE then), as it does when PostgreSQL itself closes an idle session.
+        assert e.value.sqlstate in ("57P01", None), e.value
+        assert "pgvalve: the server connection holding this session was lost" in str(e.value)
+        assert "reconnect" in str(e.value)
+        assert a.closed or a.broken
+    assert cluster.primary.scalar("select count(*) from killed_writes", dbname=APP_DB) == 0
+    with psycopg.connect(pv.dsn(), autocommit=True) as b:
+        assert one(b, "select pg_try_advisory_lock(81)") is True

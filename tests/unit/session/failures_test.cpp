@@ -401,12 +401,35 @@ TEST(SessionFailures, SessionModeClosesAClientWhosePreparedStatementsWentWithIts
   EXPECT_EQ(sqlstates_in(s.to_client), "08006");
 }
 
-TEST(SessionFailures, SessionModeKeepsAClientWithNothingPreparedAcrossAServerLoss) {
+// Nothing prepared, the session may still hold an advisory lock or LISTEN that a new server
+// would silently lack (another client then takes the lock too): closed, as on PostgreSQL.
+TEST(SessionFailures, SessionModeClosesAClientWithNothingPreparedAtAServerLoss) {
   auto server = SessionHarness::fresh_server();
   SessionHarness h(SessionHarness::session_mode(), {}, server.get());
   h.client(query("select 1"));
   h.answer(command_result("SELECT 1"));
-  EXPECT_FALSE(h.lost().close_client);
+  const Step s = h.lost();
+  EXPECT_TRUE(s.close_client);
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+}
+
+// Transaction mode: a client pinned to its server (an advisory lock) loses the lock with it;
+// closed, with the server's goodbye, rather than run on without it.
+TEST(SessionFailures, APinnedClientIsClosedWhenItsServerIsLost) {
+  auto server = SessionHarness::fresh_server();
+  SessionHarness h;
+  h.send(query("select pg_advisory_lock(81)"), *server);
+  h.server(row_result("", "SELECT 1"));
+  h.server(pin_check_result(true));
+  ASSERT_TRUE(h.session().pinned());
+  EXPECT_TRUE(h.server(error_message("57P01", "FATAL",
+                                     "terminating connection due to "
+                                     "administrator command"))
+                  .to_client.empty());
+  const Step s = h.lost();
+  EXPECT_TRUE(s.close_client);
+  EXPECT_EQ(sqlstates_in(s.to_client), "57P01");
+  EXPECT_EQ(s.pinned_change, -1);
 }
 
 // ---- A sync that does not finish -----------------------------------------------------------

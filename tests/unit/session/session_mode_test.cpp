@@ -245,12 +245,32 @@ TEST_F(SessionMode, DrainInATransactionWaitsForItsEnd) {
   EXPECT_EQ(sqlstates_in(h->last.to_client), "57P01");
 }
 
-TEST_F(SessionMode, ServerLostLeavesTheClientToCheckOutAgain) {
+// The client's own server held its session (advisory locks, LISTEN, prepared statements,
+// settings): lost, the client is closed, as PostgreSQL closes it, not served on by a new server
+// that lacks it all.
+TEST_F(SessionMode, ServerLostClosesTheClient) {
   auto h = start();
   Step s = h->lost();
   EXPECT_TRUE(s.has_op(LinkOp::Kind::Close));
-  EXPECT_EQ(h->state(), SessionState::Idle);
-  EXPECT_TRUE(h->client(query("select 1")).check_out);
+  EXPECT_TRUE(s.close_client);
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  EXPECT_NE(s.to_client.find("pgvalve: the server connection holding this session was lost"),
+            std::string::npos);
+}
+
+// The server's FATAL goodbye (pg_terminate_backend, idle_session_timeout) is not passed on while
+// the client is idle, where its driver would read it as the answer to its next request: the
+// client is closed with it when the connection ends.
+TEST_F(SessionMode, AServersFatalGoodbyeClosesTheClientWithItsSqlstate) {
+  auto h = start();
+  Step s = h->server(error_message("57P01", "FATAL",
+                                   "terminating connection due to "
+                                   "administrator command"));
+  EXPECT_TRUE(s.to_client.empty());
+  s = h->lost();
+  EXPECT_TRUE(s.close_client);
+  EXPECT_EQ(sqlstates_in(s.to_client), "57P01");
+  EXPECT_NE(s.to_client.find("administrator command"), std::string::npos);
 }
 
 }  // namespace
