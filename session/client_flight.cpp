@@ -1544,6 +1544,10 @@ void Session::plan_query(const pr::Frame& f, std::size_t offset, Link& l, Flight
     raise_on_server(r.refusal_sqlstate, r.refusal, false, l, flight);
     return;
   }
+  if (refuse_state_on_replica(r, l, false, flight)) {
+    l.notes.resize(first_note);
+    return;
+  }
   if (router_.sharded() && (r.single || r.first.kind == StatementKind::Begin)) {
     note_transaction_statement(r.first, l);
   }

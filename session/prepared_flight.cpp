@@ -180,6 +180,7 @@ void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight
       raise_on_server(r.refusal_sqlstate, r.refusal, true, l, flight);
       return;
     }
+    if (refuse_state_on_replica(r, l, true, flight)) return;
     if (r.changes_reading) reading_may_change_ = true;
     if (r.temporary && !translate) l.server->touched_temp = true;
     count_server_listens(r);
@@ -353,6 +354,7 @@ bool Session::unnamed_statement_on_server(Link& l, Flight& flight) {
       raise_on_server(r.refusal_sqlstate, r.refusal, true, l, flight);
       return false;
     }
+    if (refuse_state_on_replica(r, l, true, flight)) return false;
     if (r.changes_reading) reading_may_change_ = true;
     if (!notes.empty()) note = notes.front();
     pins = r.check_pins;

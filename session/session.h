@@ -580,6 +580,7 @@ class Session {
   bool plain_statement(std::string_view sql) const {
     return reads_as_written(sql) && routing::plain_statement(sql);
   }
+  bool refuse_state_on_replica(const Review& r, Link& l, bool extended, Flight& flight);
   void note_for(const routing::StatementInfo& info, Note& note) const;
   static void session_characteristics_note(const routing::StatementInfo& info, Note& note);
   void note_default_isolation();

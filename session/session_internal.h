@@ -335,10 +335,11 @@ struct Flight {
 // What review() found in the statements of one query text.
 struct Review {
   std::string_view refusal_sqlstate;
-  std::string refusal;      // non-empty: raise this instead of running the text
-  bool check_pins = false;  // may create or release state that pins the server
-  bool temporary = false;   // creates temporary objects
-  bool has_notes = false;   // `notes` hold one note per statement
+  std::string refusal;        // non-empty: raise this instead of running the text
+  bool check_pins = false;    // may create or release state that pins the server
+  bool leaves_state = false;  // a statement that creates such state, by its text (transaction mode)
+  bool temporary = false;     // creates temporary objects
+  bool has_notes = false;     // `notes` hold one note per statement
   std::vector<Note>* notes = nullptr;
   std::size_t first_note = 0;
   std::size_t note_count = 0;
@@ -382,6 +383,14 @@ inline constexpr const char* kLeftPartRolledBack =
 inline constexpr const char* kLeftPartCommitted =
     "pgvalve commits it there once the shard takes writes again (SHOW SHARDS counts it until "
     "then)";
+
+// Transaction mode refuses state that would pin a client to a replica (refuse_state_on_replica).
+inline constexpr std::string_view kStateOnReplica =
+    "pgvalve: this statement runs on a replica (a BEGIN READ ONLY transaction, a replica hint or "
+    "pgvalve.route = replica) and would leave session state there (a session advisory lock, a "
+    "WITH HOLD cursor, SQL PREPARE, LISTEN or a temporary object) that keeps the client on that "
+    "replica, where its writes would fail; run it on the primary: /* pgvalve: primary */ BEGIN "
+    "READ ONLY, or a read-write transaction";
 
 // PostgreSQL's words when a table a prepared statement reads changed its result type (0A000),
 // raised in RevalidateCachedQuery: drivers take them as their cue to prepare it again.

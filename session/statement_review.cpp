@@ -212,6 +212,17 @@ void Session::note_for(const routing::StatementInfo& info, Note& note) const {
   }
 }
 
+// Transaction mode: a statement that leaves state pinning its server, on a replica (BEGIN READ
+// ONLY, a replica hint, pgvalve.route = replica). Pinned there, every later statement of the
+// client would run on the replica and each write fail (25006), so it is refused, as with
+// pool.pin_session_state: false. State only the server's pin check finds (a function pgvalve
+// cannot read) still pins.
+bool Session::refuse_state_on_replica(const Review& r, Link& l, bool extended, Flight& flight) {
+  if (!r.leaves_state || l.route.kind != routing::Route::Kind::Replica) return false;
+  raise_on_server("0A000", kStateOnReplica, extended, l, flight);
+  return true;
+}
+
 // LISTEN/UNLISTEN that run on the client's own (pinned) server, for the channel cap.
 void Session::count_server_listens(const Review& r) {
   if (r.unlisten_all && extras_) extras_->server_listens.clear();
@@ -366,6 +377,7 @@ Review Session::review(std::string_view sql, bool settling_transaction,
         r.refusal = why;
         return r;
       }
+      if (state_that_pins) r.leaves_state = true;
       // What may release pinning state is worth a check only when the client is pinned: a
       // DROP or DEALLOCATE of an unpinned client would otherwise cost a round trip each.
       const bool may_unpin =

@@ -577,3 +577,43 @@ def test_a_write_after_reads_in_one_request_runs_on_the_primary(cluster, pgvalve
     finally:
         client.sock.close()
     assert written() == before + 4
+
+
+@pytest.mark.parametrize("state", ["declare c cursor with hold for select 1",
+                                   "select pg_advisory_lock(5)", "prepare p as select 1"])
+def test_state_a_read_only_transaction_would_leave_on_a_replica_is_refused(cluster, pgvalve,
+                                                                           state):
+    """Left on a replica, such state pinned the client there: every later INSERT failed with
+    25006 and even a read-write BEGIN ran on the replica. It is refused in a transaction on a
+    replica (0A000, saying how to run it on the primary); the client's writes keep working."""
+    pv = pgvalve(**replicated(cluster, routing={"read_your_writes": "off"}))
+    replicas_ready(pv, cluster)
+    with pv.connect() as c:
+        c.execute("begin read only")
+        assert where(c)[0] is True
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as refused:
+            c.execute(state)
+        assert str(refused.value).startswith("pgvalve:")
+        assert "/* pgvalve: primary */ BEGIN READ ONLY" in str(refused.value)
+        c.execute("rollback")
+        row = c.execute("insert into readings (device_id) values (1) "
+                        "returning pg_is_in_recovery()").fetchone()
+        assert row == (False,)
+        # As the refusal says: the same transaction on the primary may hold the state.
+        c.execute("/* pgvalve: primary */ begin read only")
+        c.execute(state)
+        assert where(c) == (False, cluster.primary.port)
+        c.execute("commit")
+        assert c.execute("insert into readings (device_id) values (1) "
+                         "returning pg_is_in_recovery()").fetchone() == (False,)
+        c.execute("discard all" if "lock" not in state else "select pg_advisory_unlock_all()")
+    # psycopg's read-only connection with a WITH HOLD named cursor: refused, not pinned.
+    with psycopg.connect(pv.dsn()) as c:
+        c.read_only = True
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            with c.cursor("held", withhold=True) as cur:
+                cur.execute("select 1")
+        c.rollback()
+        c.read_only = False
+        c.execute("insert into readings (device_id) values (2)")
+        c.commit()

@@ -117,6 +117,65 @@ TEST(SessionReplicaRouting, AReadOnlyTransactionStaysOnItsReplica) {
   EXPECT_EQ(queries_in(s.to_server), std::vector<std::string>{"select 1"});
 }
 
+// State that pins a server, left on a replica, would keep the client there: every later write
+// would fail (25006). Such statements are refused in a transaction on a replica, by its text,
+// as with pool.pin_session_state: false; the transaction fails as on any error.
+TEST(SessionReplicaRouting, StateThatWouldPinAReplicaIsRefusedThere) {
+  for (const char* sql : {"declare c cursor with hold for select 1", "select pg_advisory_lock(5)",
+                          "prepare p as select 1", "select pg_try_advisory_lock(5)"}) {
+    auto h = replicated();
+    auto replica = SessionHarness::fresh_server();
+    Step s = h.client(query("begin read only"));
+    ASSERT_EQ(s.route.kind, Route::Kind::Replica);
+    h.linked(*replica);
+    h.client(query("begin read only"));
+    h.server(command_result("BEGIN", 'T'));
+    s = h.client(query(sql));
+    const auto q = queries_in(s.to_server);
+    ASSERT_EQ(q.size(), 1u) << sql;
+    EXPECT_NE(q[0].find("ERRCODE = '0A000'"), std::string::npos) << sql << ": " << q[0];
+    EXPECT_NE(q[0].find("BEGIN READ ONLY, or a read-write transaction"), std::string::npos);
+    h.server(error_result("0A000", 'E'));
+    s = h.client(query("rollback"));
+    EXPECT_EQ(queries_in(s.to_server), std::vector<std::string>{"rollback"});
+    s = h.server(command_result("ROLLBACK"));
+    EXPECT_TRUE(s.has_op(LinkOp::Kind::Release)) << sql;  // nothing pinned, no pin check
+    EXPECT_EQ(s.pinned_change, 0);
+    EXPECT_FALSE(h.session().pinned());
+  }
+}
+
+// A named statement whose Parse was answered without a server is refused at its Bind on the
+// replica (as a statement that needs the primary): it never runs there, nothing pins.
+TEST(SessionReplicaRouting, ANamedStatementLeavingStateIsRefusedAtItsBindOnAReplica) {
+  auto h = replicated();
+  auto replica = SessionHarness::fresh_server();
+  h.client(parse("lock", "select pg_advisory_lock(5)") + sync());
+  Step s = h.client(query("begin read only"));
+  ASSERT_EQ(s.route.kind, Route::Kind::Replica);
+  h.linked(*replica);
+  h.client(query("begin read only"));
+  h.server(command_result("BEGIN", 'T'));
+  s = h.client(bind_to("", "lock") + execute() + sync());
+  const auto p = parses_in(s.to_server);
+  ASSERT_FALSE(p.empty());
+  EXPECT_NE(p.back().second.find("RAISE EXCEPTION"), std::string::npos) << p.back().second;
+  EXPECT_EQ(s.to_server.find("pg_advisory_lock"), std::string::npos);
+}
+
+// On the primary the same transaction may hold them (the hint sends it there).
+TEST(SessionReplicaRouting, AReadOnlyTransactionOnThePrimaryMayLeaveState) {
+  auto h = replicated();
+  auto primary = SessionHarness::fresh_server();
+  Step s = h.client(query("/* pgvalve: primary */ begin read only"));
+  ASSERT_EQ(s.route.kind, Route::Kind::Primary);
+  h.linked(*primary);
+  h.client(query("/* pgvalve: primary */ begin read only"));
+  h.server(command_result("BEGIN", 'T'));
+  s = h.client(query("select pg_advisory_lock(5)"));
+  EXPECT_EQ(queries_in(s.to_server), std::vector<std::string>{"select pg_advisory_lock(5)"});
+}
+
 TEST(SessionReplicaRouting, AWriteTransactionMovesTheReadYourWritesMark) {
   auto h = replicated(config::ReadYourWrites::Lsn);
   auto primary = SessionHarness::fresh_server();
