@@ -303,6 +303,10 @@ void ClientSession::carry_out(const Actions& actions, Source source, session::Li
     PGV_LOG(Warn, "server_given_up", {"client", id_}, {"user", user()}, {"database", database()},
             {"reason", actions.server_given_up});
   }
+  if (!actions.replica_refused_settings.empty()) [[unlikely]] {
+    PGV_LOG(Warn, "replica_refused_settings", {"client", id_}, {"user", user()},
+            {"database", database()}, {"reason", actions.replica_refused_settings});
+  }
   // Neither reaches back into the core, so `actions` stays as it is meanwhile.
   for (const auto& op : actions.link_ops)
     carry_out_link_op(op);

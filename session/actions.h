@@ -106,6 +106,9 @@ struct Actions {
   // A server given up for its silence (pool.query_timeout_ms, the settings sync's deadline): why,
   // for the log.
   std::string server_given_up;
+  // A replica refused the client's settings, so its read ran on the primary: which replica and
+  // what it said, for the log (once per client).
+  std::string replica_refused_settings;
   HubRequest hub;
   int pinned_change = 0;        // +1: the client became pinned to its server, -1: unpinned
   int statement_evictions = 0;  // prepared statements closed on a server for its LRU cap
@@ -128,6 +131,7 @@ struct Actions {
     close_sqlstate.clear();
     close_reason.clear();
     server_given_up.clear();
+    replica_refused_settings.clear();
     hub.kind = HubRequest::Kind::None;
     hub.channel.clear();
     hub.dropped.clear();

@@ -627,6 +627,37 @@ bool Session::start_sync(Link& l, std::string& out, Clock::time_point now, bool 
   return true;
 }
 
+// A replica refused settings its primary accepted (a role created on the primary and not yet
+// replayed there, a setting a hot standby refuses): not the client's fault, and the primary
+// would take them. The replica goes back (its next lender's sync starts from RESET ALL: the
+// refused sync may have left pgvalve's record of it wrong) and the read runs on the primary; a
+// session-mode client's on its own server, which has its settings.
+void Session::read_on_primary_instead(Link& l, std::string_view refused, Actions& out) {
+  const LinkId id = id_of(l);
+  const std::uint16_t shard = l.route.shard;
+  if (!replica_refusal_told_) {
+    replica_refusal_told_ = true;
+    out.replica_refused_settings = "replica " + l.server->name +
+                                   " refused the client's settings (" + std::string(refused) +
+                                   "); its reads run on the primary while replicas refuse them";
+  }
+  l.server->settings_unknown = true;
+  unlink(id, LinkOp::Kind::Release, out);
+  if (options_.mode == config::PoolMode::Session && id != 0 && linked(0)) {
+    stay_on_own_server_ = true;
+    enter(SessionState::Holding);
+    out.resume_client = true;
+    return;
+  }
+  routing::Route route = routing::Route::primary(shard);
+  route.write = false;
+  work().pending_route = route;
+  work().pending_link = id;
+  out.check_out = true;
+  out.route = std::move(route);
+  enter(SessionState::WaitingForServer);
+}
+
 void Session::finish_sync(Link& l, bool ok, Actions& out) {
   l.syncing = false;
   const bool login = l.login;
@@ -637,6 +668,11 @@ void Session::finish_sync(Link& l, bool ok, Actions& out) {
     Workspace::Rare& rare = work().change_rare();
     refused_sqlstate = std::exchange(rare.sync_error_sqlstate, {});
     refused = std::exchange(rare.sync_error, {});
+  }
+  if (!refused.empty() && l.route.kind == routing::Route::Kind::Replica && l.scatter_shard < 0 &&
+      !l.begin_pending && !login && l.server->tx_status == 'I') {
+    read_on_primary_instead(l, refused, out);
+    return;
   }
   if (!refused.empty() && l.scatter_shard < 0 && !(l.begin_pending && work().tx().joining) &&
       l.server->tx_status == 'I') {

@@ -333,6 +333,7 @@ class Session {
   // false when none is needed.
   bool start_sync(Link& l, std::string& out, Clock::time_point now, bool own_changes = false);
   void finish_sync(Link& l, bool ok, Actions& out);
+  void read_on_primary_instead(Link& l, std::string_view refused, Actions& out);
   void restore_startup_settings();
 
   // ---- client requests (client_flight.cpp) ----
@@ -807,6 +808,8 @@ class Session {
   bool error_sent_in_flight_ = false;
   // Session mode: the next request runs on the client's own server (no replica could take it).
   bool stay_on_own_server_ = false;
+  // A replica refused this client's settings once (Actions::replica_refused_settings, logged).
+  bool replica_refusal_told_ = false;
   // SET pgvalve.route: where this client's statements go when no hint says otherwise.
   routing::RouteContext::Preference preference_ = routing::RouteContext::Preference::Auto;
   // The client's default_transaction_isolation is serializable (RouteContext::serializable).

@@ -61,7 +61,9 @@ bool transition_allowed(SessionState from, SessionState to) {
     case S::Ending:
       return to == S::Idle;
     case S::Syncing:
-      return to == S::Active || to == S::Idle || to == S::Holding;
+      // WaitingForServer: a replica refused the client's settings; the read's server is checked
+      // out on the primary instead (Session::read_on_primary_instead()).
+      return to == S::Active || to == S::Idle || to == S::Holding || to == S::WaitingForServer;
     case S::Active:
       // WaitingForServer: the replica of an autocommit read died before answering; the read
       // runs again elsewhere. Ending: the Sync of a request that ran as one transaction over

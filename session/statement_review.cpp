@@ -28,6 +28,14 @@ std::string unquote(std::string_view literal) {
   return out;
 }
 
+// Parameters of the current transaction only: set outside a transaction block they are gone at
+// the next statement's start, so they are no session setting to replay (and a hot standby
+// refuses a replay of transaction_isolation = serializable or transaction_read_only = off).
+bool transaction_parameter(std::string_view name) {
+  return name == "transaction_isolation" || name == "transaction_read_only" ||
+         name == "transaction_deferrable";
+}
+
 }  // namespace
 
 // SET SESSION CHARACTERISTICS AS TRANSACTION sets the default_transaction_* parameter of its
@@ -90,6 +98,10 @@ void Session::bind_setting(Note& note, std::string_view bind_rest, const Link& l
       return;
     }
     note.name = lower(*name);
+    if (transaction_parameter(note.name)) {
+      note = Note{};
+      return;
+    }
   }
   if (note.value.starts_with('$')) {
     const auto value = text_of(note.value);
@@ -127,6 +139,7 @@ void Session::note_for(const routing::StatementInfo& info, Note& note) const {
         name_bound ? std::string(info.set_config_name) : lower(unquote(info.set_config_name));
     note.value = std::string(info.set_config_value);
     note.bound = info.set_config == SC::SessionBound;
+    if (transaction_parameter(note.name)) note = {};
     return;
   }
   switch (info.kind) {
@@ -137,6 +150,7 @@ void Session::note_for(const routing::StatementInfo& info, Note& note) const {
       }
       const std::string_view name = info.name.view();
       const std::string_view value = info.value;
+      if (transaction_parameter(name)) return;
       if (name == "session_characteristics") {
         session_characteristics_note(info, note);
         return;
@@ -160,6 +174,7 @@ void Session::note_for(const routing::StatementInfo& info, Note& note) const {
         note.kind = NoteKind::Unknown;
         return;
       }
+      if (transaction_parameter(info.name.view())) return;
       note.kind = NoteKind::Reset;
       note.name = std::string(info.name.view());
       return;

@@ -617,3 +617,59 @@ def test_state_a_read_only_transaction_would_leave_on_a_replica_is_refused(clust
         c.read_only = False
         c.execute("insert into readings (device_id) values (2)")
         c.commit()
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+@pytest.mark.parametrize("setting", ["set transaction_read_only = off",
+                                     "set transaction_isolation = 'serializable'"])
+def test_parameters_of_the_current_transaction_do_not_follow_the_client(cluster, pgvalve, mode,
+                                                                        setting):
+    """Outside a transaction block they end with the statement. Replayed on a replica before
+    each read (as session settings), a hot standby refused them and pgvalve closed the client."""
+    pv = pgvalve(**replicated(cluster, mode=mode, routing={"read_your_writes": "off"}))
+    replicas_ready(pv, cluster)
+    with pv.connect() as c:
+        c.execute(setting)
+        assert any(where(c)[0] for _ in range(4))  # reads still on replicas
+        assert c.execute("show transaction_isolation").fetchone() == ("read committed",)
+        assert c.execute("insert into readings (device_id) values (3) "
+                         "returning pg_is_in_recovery()").fetchone() == (False,)
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+@pytest.mark.parametrize("ryw", ["off", "time"])
+def test_a_role_a_replica_has_not_replayed_yet_sends_reads_to_the_primary(cluster, pgvalve,
+                                                                          mode, ryw):
+    """SET ROLE of a role created a moment ago on the primary: a replica behind it refuses the
+    role when pgvalve replays the client's settings there. The read runs on the primary instead
+    (it closed the client), once the replica has it the reads go back to replicas."""
+    pv = pgvalve(**replicated(cluster, mode=mode,
+                              routing={"read_your_writes": ryw, "read_your_writes_window_ms": 300}))
+    replicas_ready(pv, cluster)
+    role = f"analyst_{mode}_{ryw}"
+    for r in cluster.replicas:
+        r.psql("select pg_wal_replay_pause()")
+    try:
+        cluster.primary.psql(f"CREATE ROLE {role} NOLOGIN; GRANT {role} TO app", dbname=APP_DB)
+        with pv.connect() as c:
+            c.execute(f"set role {role}")
+            time.sleep(0.5)  # past read_your_writes' window
+            for _ in range(4):
+                user, rec = c.execute("select current_user, pg_is_in_recovery()").fetchone()
+                assert (user, rec) == (role, False)
+            assert pv.log_text().count("event=replica_refused_settings") == 1
+    finally:
+        for r in cluster.replicas:
+            r.psql("select pg_wal_replay_resume()")
+    cluster.wait_replay()
+    with pv.connect() as c:
+        c.execute(f"set role {role}")
+        time.sleep(0.5)
+
+        def on_a_replica():
+            user, rec = c.execute("select current_user, pg_is_in_recovery()").fetchone()
+            assert user == role
+            return rec
+        wait_until(on_a_replica, 10, message="reads with the role back on replicas")
+        c.execute("reset role")
+    cluster.primary.psql(f"DROP ROLE {role}", dbname=APP_DB)

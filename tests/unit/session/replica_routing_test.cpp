@@ -597,6 +597,42 @@ TEST(SessionReplicaRouting, HintCommentsNeverReachTheServer) {
   EXPECT_EQ(s.route.kind, Route::Kind::Primary);
 }
 
+// A replica may refuse settings its primary took (SET ROLE of a role not replayed there yet):
+// the read runs on the primary, the replica goes back with its settings unknown, and the
+// client stays connected. The log hears of it once per client.
+TEST(SessionReplicaRouting, SettingsAReplicaRefusesSendTheReadToThePrimary) {
+  auto h = replicated();
+  auto primary = SessionHarness::fresh_server();
+  h.send(query("SET ROLE analyst"), *primary);
+  h.answer(command_result("SET"));
+  const std::string read = query("select current_user");
+  for (int round = 0; round < 2; ++round) {
+    auto replica = SessionHarness::fresh_server();
+    Step s = h.client(read);
+    ASSERT_TRUE(s.check_out);
+    ASSERT_EQ(s.route.kind, Route::Kind::Replica);
+    s = h.linked(*replica);
+    ASSERT_NE(s.to_server.find("analyst"), std::string::npos);  // the settings sync
+    s = h.server(error_result("22023"));
+    EXPECT_FALSE(s.close_client);
+    EXPECT_TRUE(errors_in(s.to_client).empty());
+    ASSERT_EQ(s.ops.size(), 1u);
+    EXPECT_EQ(s.ops[0].kind, LinkOp::Kind::Release);
+    EXPECT_TRUE(replica->settings_unknown);  // its next lender's sync resets it first
+    ASSERT_TRUE(s.check_out);
+    EXPECT_EQ(s.route.kind, Route::Kind::Primary);
+    EXPECT_FALSE(s.route.write);  // a read: it moves no read-your-writes mark
+    EXPECT_EQ(s.replica_refused_settings.empty(), round > 0) << s.replica_refused_settings;
+    s = h.linked(*primary);  // it has the client's settings: no sync
+    EXPECT_TRUE(s.to_server.empty());
+    EXPECT_TRUE(s.resume_client);
+    s = h.client(read);
+    EXPECT_EQ(queries_in(s.to_server), std::vector<std::string>{"select current_user"});
+    EXPECT_EQ(h.answer(row_result("analyst", "SELECT 1")), row_result("analyst", "SELECT 1"));
+    EXPECT_TRUE(h.last.has_op(LinkOp::Kind::Release));
+  }
+}
+
 // ---- Session mode: the client keeps its own server; reads borrow a replica ------------------
 
 inline SessionOptions session_mode(config::ReadYourWrites mode = config::ReadYourWrites::Off) {
@@ -635,6 +671,34 @@ TEST(SessionModeRouting, AnAutocommitReadBorrowsAReplicaAndGivesItBack) {
   s = h.client(query("insert into readings values (1)"));
   EXPECT_FALSE(s.check_out);
   EXPECT_EQ(s.server_link, 0);
+}
+
+// Session mode: the read a replica cannot take with the client's settings runs on the
+// client's own server.
+TEST(SessionModeRouting, SettingsABorrowedReplicaRefusesKeepTheReadOnTheOwnServer) {
+  auto own = SessionHarness::fresh_server();
+  SessionHarness h(session_mode(), {}, own.get(), true);
+  h.client(query("SET ROLE analyst"));
+  h.server(command_result("SET"));
+  const std::string read = query("select current_user");
+  Step s = h.client(read);
+  ASSERT_TRUE(s.check_out);
+  auto replica = SessionHarness::fresh_server();
+  s = h.linked(*replica);
+  ASSERT_FALSE(s.to_server.empty());
+  s = h.server(error_result("22023"), T0, 1);
+  EXPECT_FALSE(s.close_client);
+  EXPECT_TRUE(errors_in(s.to_client).empty());
+  ASSERT_EQ(s.ops.size(), 1u);
+  EXPECT_EQ(s.ops[0].kind, LinkOp::Kind::Release);
+  EXPECT_EQ(s.ops[0].link, 1);
+  EXPECT_FALSE(s.check_out);
+  EXPECT_TRUE(s.resume_client);
+  EXPECT_FALSE(s.replica_refused_settings.empty());
+  s = h.client(read);
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(s.server_link, 0);
+  EXPECT_EQ(queries_in(s.to_server), std::vector<std::string>{"select current_user"});
 }
 
 TEST(SessionModeRouting, StateOnlyTheOwnServerHasKeepsReadsThere) {

@@ -393,6 +393,7 @@ struct Step {
   int pinned_change = 0;
   int statement_evictions = 0;
   std::vector<PreparedPart> prepared_parts;
+  std::string replica_refused_settings;
 
   bool has_op(LinkOp::Kind kind) const {
     for (const auto& op : ops) {
@@ -421,6 +422,7 @@ inline Step copy_step(const Actions& a) {
   s.pinned_change = a.pinned_change;
   s.statement_evictions = a.statement_evictions;
   s.prepared_parts = a.prepared_parts;
+  s.replica_refused_settings = a.replica_refused_settings;
   return s;
 }
 

@@ -149,6 +149,33 @@ TEST(SessionSettings, SetLocalIsNotFollowed) {
 
 // ---- Inside transactions -------------------------------------------------------------------
 
+// transaction_isolation, transaction_read_only and transaction_deferrable belong to the current
+// transaction: set outside a block they are gone at the next statement. Replayed on another
+// server they would do nothing, or be refused by a hot standby (serializable, read-write).
+TEST(SessionSettings, ParametersOfTheCurrentTransactionAreNotFollowed) {
+  for (const char* sql :
+       {"SET transaction_isolation = 'serializable'", "set transaction_read_only = off",
+        "SET SESSION transaction_deferrable TO on", "RESET transaction_isolation",
+        "select set_config('transaction_isolation', 'serializable', false)"}) {
+    SessionHarness h;
+    auto server = SessionHarness::fresh_server();
+    run(h, *server, sql, command_result("SET"));
+    EXPECT_EQ(h.session().client_settings().size(), 0u) << sql;
+    auto other = SessionHarness::fresh_server();
+    bool synced = false;
+    h.send(query("select 1"), *other, &synced);
+    EXPECT_FALSE(synced) << sql << ": " << h.last_sync;
+  }
+  // Bound through the extended protocol too.
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(parse("", "select set_config($1, $2, false)") +
+             bind_values("", {"transaction_read_only", "off"}) + execute() + sync(),
+         *server);
+  h.answer(parse_complete() + bind_complete() + command_result("SELECT 1"));
+  EXPECT_EQ(h.session().client_settings().size(), 0u);
+}
+
 TEST(SessionSettings, SetInATransactionAppliesAtCommit) {
   SessionHarness h;
   auto server = SessionHarness::fresh_server();

@@ -32,6 +32,7 @@ TEST(SessionStateMachine, TransitionTableIsTheDiagram) {
       {S::Syncing, S::Active},
       {S::Syncing, S::Idle},
       {S::Syncing, S::Holding},
+      {S::Syncing, S::WaitingForServer},
       {S::Active, S::Idle},
       {S::Active, S::Holding},
       {S::Active, S::WaitingForServer},  // an autocommit read retried elsewhere
