@@ -62,9 +62,9 @@ bool Router::replica_eligible(std::string_view sql, std::uint64_t known, AccessR
       // Parsed once per shape too: a sharded database answers a valid BEGIN itself (valid_begin).
       verdict.parsed = is_valid_sql(sql);
       if (!verdict.parsed) return false;
-      // A serializable transaction cannot run on a hot standby.
-      verdict.read = info.read_only && info.isolation != StatementInfo::Isolation::Serializable &&
-                     !info.multiple_statements;
+      // A hot standby refuses a serializable or read-write mode anywhere in the list, even one a
+      // later mode overrides (BEGIN READ WRITE READ ONLY).
+      verdict.read = info.read_only && !info.standby_refused_mode && !info.multiple_statements;
       verdict.reason = verdict.read ? AccessReason::Read : AccessReason::NotRead;
       break;
     case StatementKind::Select:

@@ -727,6 +727,7 @@ class Classifier {
         count();
         if (c.accept("serializable")) {
           info_.isolation = Isolation::Serializable;
+          info_.standby_refused_mode = true;
         } else if (c.accept("repeatable")) {
           c.accept("read");
           info_.isolation = Isolation::RepeatableRead;
@@ -746,6 +747,7 @@ class Classifier {
           count();
           info_.read_only = false;
           info_.access_read_only = Flag::Off;
+          info_.standby_refused_mode = true;
         }
       } else if (t.is_word("not") && c.accept("deferrable")) {
         count();

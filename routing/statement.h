@@ -92,6 +92,9 @@ struct StatementInfo {
   Flag access_read_only = Flag::Unset;  // READ ONLY (On) or READ WRITE (Off)
   Isolation isolation = Isolation::Unset;
   Flag deferrable = Flag::Unset;
+  // ... some mode is READ WRITE or ISOLATION LEVEL SERIALIZABLE. PostgreSQL applies the modes in
+  // order, so a hot standby refuses the statement even when a later mode overrides that one.
+  bool standby_refused_mode = false;
   // Commit, Rollback: AND CHAIN (a new transaction starts at once; the server stays lent).
   bool and_chain = false;
   // Create: the object is temporary (CREATE [GLOBAL|LOCAL] TEMP|TEMPORARY ..., or in pg_temp);

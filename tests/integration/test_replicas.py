@@ -673,3 +673,24 @@ def test_a_role_a_replica_has_not_replayed_yet_sends_reads_to_the_primary(cluste
         wait_until(on_a_replica, 10, message="reads with the role back on replicas")
         c.execute("reset role")
     cluster.primary.psql(f"DROP ROLE {role}", dbname=APP_DB)
+
+
+@pytest.mark.parametrize("begin", ["BEGIN READ WRITE READ ONLY",
+                                   "START TRANSACTION READ WRITE, READ ONLY",
+                                   "BEGIN READ ONLY ISOLATION LEVEL SERIALIZABLE, "
+                                   "ISOLATION LEVEL READ COMMITTED"])
+def test_a_begin_with_any_mode_a_standby_refuses_runs_on_the_primary(cluster, pgvalve, begin):
+    """PostgreSQL applies the modes in order: a hot standby refuses a read-write or serializable
+    mode even when a later one overrides it. Such a transaction went to a replica, which refused
+    its BEGIN; the primary takes it."""
+    pv = pgvalve(**replicated(cluster, routing={"read_your_writes": "off"}))
+    replicas_ready(pv, cluster)
+    with pv.connect() as c:
+        c.execute(begin)
+        assert where(c) == (False, cluster.primary.port)
+        assert c.execute("show transaction_read_only").fetchone() == ("on",)
+        c.execute("commit")
+        # Modes a standby takes still go to a replica.
+        c.execute("BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ, ISOLATION LEVEL READ COMMITTED")
+        assert where(c)[0] is True
+        c.execute("commit")

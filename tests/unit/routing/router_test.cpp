@@ -52,6 +52,23 @@ TEST_F(RouterTest, TransactionsGoToThePrimaryUnlessReadOnly) {
   EXPECT_EQ(kind("begin read write"), Kind::Primary);
 }
 
+// PostgreSQL applies the modes in order: a hot standby refuses a read-write or serializable mode
+// even when a later mode overrides it ("cannot set transaction read-write mode during
+// recovery", "cannot use serializable mode in a hot standby"). The primary takes them.
+TEST_F(RouterTest, ATransactionWithAnyModeAStandbyRefusesGoesToThePrimary) {
+  EXPECT_EQ(kind("BEGIN READ WRITE READ ONLY"), Kind::Primary);
+  EXPECT_EQ(kind("start transaction read write, read only"), Kind::Primary);
+  EXPECT_EQ(kind("BEGIN READ ONLY ISOLATION LEVEL SERIALIZABLE, ISOLATION LEVEL READ COMMITTED"),
+            Kind::Primary);
+  EXPECT_EQ(kind("begin isolation level serializable, isolation level repeatable read read only"),
+            Kind::Primary);
+  // Modes a standby takes, repeated or not.
+  EXPECT_EQ(kind("begin read only read only"), Kind::Replica);
+  EXPECT_EQ(kind("begin isolation level repeatable read, isolation level read committed, read "
+                 "only"),
+            Kind::Replica);
+}
+
 TEST_F(RouterTest, HintsWin) {
   EXPECT_EQ(kind("/* pgvalve: primary */ select 1"), Kind::Primary);
   EXPECT_EQ(kind("/* pgvalve: replica */ insert into t values (1)"), Kind::Replica);

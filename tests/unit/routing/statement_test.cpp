@@ -77,6 +77,16 @@ TEST(Classify, TransactionModes) {
   EXPECT_EQ(classify("begin").transaction_modes, 0);
 }
 
+TEST(Classify, ModesAHotStandbyRefusesAreSeenWhereverTheyAre) {
+  EXPECT_TRUE(classify("begin read write read only").standby_refused_mode);
+  EXPECT_TRUE(classify("begin read write read only").read_only);  // the last one counts there
+  EXPECT_TRUE(classify("begin isolation level serializable, isolation level read committed")
+                  .standby_refused_mode);
+  EXPECT_TRUE(classify("set transaction read write, read only").standby_refused_mode);
+  EXPECT_FALSE(classify("begin read only isolation level repeatable read").standby_refused_mode);
+  EXPECT_FALSE(classify("begin").standby_refused_mode);
+}
+
 TEST(Classify, StartTransactionReadWrite) {
   const StatementInfo info = classify("start transaction read write");
   EXPECT_EQ(info.kind, SK::Begin);
