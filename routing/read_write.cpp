@@ -144,6 +144,8 @@ class Checker {
 
   // A pg_notify() call was passed over as a read.
   bool notifies() const { return notifies_; }
+  // It reads the running backend's own state (StatementAccess::own_backend).
+  bool own_backend() const { return own_backend_; }
 
   bool fail(AccessReason reason, std::string_view detail = {}) {
     out_.read = false;
@@ -165,6 +167,10 @@ class Checker {
     if (key == "intoClause") return fail(AccessReason::SelectInto);
     if (!value.is_object()) return true;
     if (key == "FuncCall") return function_reads(member(value, "funcname"));
+    if (key == "RangeVar") {
+      note_relation(value);
+      return true;
+    }
     if (key == "A_Expr")
       return !is_operator_expr_kind(value) || operator_reads(member(value, "name"));
     // `x op ANY (subquery)`; `x IN (subquery)` has no operName (it is =).
@@ -188,8 +194,30 @@ class Checker {
       return true;
     }
     if (is_write_function(name)) return fail(AccessReason::WriteFunction, name.joined());
+    if (name.builtin_schema() &&
+        (name.last() == "pg_backend_pid" || name.last() == "pg_listening_channels" ||
+         name.last() == "pg_my_temp_schema" || name.last() == "pg_is_other_temp_schema")) {
+      own_backend_ = true;
+    }
     if (name.builtin_schema() && is_read_only_builtin(name.last())) return true;
     return fail(AccessReason::UnknownFunction, name.joined());
+  }
+
+  // The catalog views that show the running backend's own cursors, prepared statements and
+  // memory (a CTE of the same name counts too: it only keeps the read on the own server).
+  void note_relation(const Json& range_var) {
+    const Json* schema = member(range_var, "schemaname");
+    if (schema != nullptr &&
+        (!schema->is_string() || schema->get_ref<const std::string&>() != "pg_catalog")) {
+      return;
+    }
+    const Json* name = member(range_var, "relname");
+    if (name == nullptr || !name->is_string()) return;
+    const std::string& relation = name->get_ref<const std::string&>();
+    if (relation == "pg_cursors" || relation == "pg_prepared_statements" ||
+        relation == "pg_backend_memory_contexts") {
+      own_backend_ = true;
+    }
   }
 
   bool operator_reads(const Json* list) {
@@ -220,6 +248,7 @@ class Checker {
 
   const std::vector<std::string>& write_functions_;
   bool notifies_ = false;
+  bool own_backend_ = false;
   StatementAccess& out_;
 };
 
@@ -443,6 +472,7 @@ StatementAccess decide_access(std::string_view sql,
   if (out.read) {
     out.reason = AccessReason::Read;
     out.set_detail({});
+    out.own_backend = checker.own_backend();
   }
   return out;
 }

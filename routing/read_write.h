@@ -47,6 +47,11 @@ struct StatementAccess {
 
   bool read = false;    // proven read-only: may run on a hot standby
   bool parsed = false;  // false: not valid SQL (never a read)
+  // A read of the state of the backend that runs it: pg_backend_pid(), pg_listening_channels(),
+  // pg_my_temp_schema(), pg_is_other_temp_schema(), the views pg_cursors,
+  // pg_prepared_statements and pg_backend_memory_contexts. A replica answers about a backend
+  // that is not the client's session.
+  bool own_backend = false;
   AccessReason reason = AccessReason::SyntaxError;
 
   // What the reason is about (function or operator name, statement node), cut to

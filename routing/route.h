@@ -35,6 +35,9 @@ struct Route {
   // Replica: only a replica that has replayed at least this far (the client's last write) may
   // take it; else the primary does. 0: any.
   std::uint64_t after_lsn = 0;
+  // Replica: a read of the state of the backend that runs it (StatementAccess::own_backend),
+  // which a session-mode client's own server answers.
+  bool own_backend = false;
   // Sharded databases: the statement needs no particular shard (no table, only reference tables
   // read, a Parse/Describe of a statement whose key is a $n): `shard` is a default, and a
   // transaction already on another shard may run it there.

@@ -49,10 +49,12 @@ std::string_view trimmed(std::string_view s) {
 // Whether a statement may run on a replica: a read the parse tree proves, or BEGIN READ ONLY.
 // Cached per fingerprint (which keeps every keyword, so BEGIN and BEGIN READ ONLY differ), so
 // a statement seen before costs one lexer pass and a lookup.
-bool Router::replica_eligible(std::string_view sql, std::uint64_t known, AccessReason* why) const {
+bool Router::replica_eligible(std::string_view sql, std::uint64_t known, AccessReason* why,
+                              bool* own_backend) const {
   const std::uint64_t fp = known ? known : fingerprint(sql);
   if (const StatementAccess* known = cache_->lookup(decision_key(fp))) {
     if (why) *why = known->reason;
+    if (own_backend) *own_backend = known->own_backend;
     return known->read;
   }
   const StatementInfo info = classify(sql);
@@ -82,6 +84,7 @@ bool Router::replica_eligible(std::string_view sql, std::uint64_t known, AccessR
   }
   cache_->insert(decision_key(fp), verdict);
   if (why) *why = verdict.reason;
+  if (own_backend) *own_backend = verdict.own_backend;
   return verdict.read;
 }
 
@@ -97,12 +100,15 @@ Route Router::role(std::string_view sql, std::string_view hint, const RouteConte
   if (context.preference == RouteContext::Preference::Replica) return Route::replica(shard);
   if (sql.empty() || !cache_ || !policy_.write_functions) return Route::primary(shard);
   AccessReason why = AccessReason::Read;
-  if (!replica_eligible(sql, context.fingerprint, &why)) {
+  bool own_backend = false;
+  if (!replica_eligible(sql, context.fingerprint, &why, &own_backend)) {
     // SHOW transaction_read_only: the primary's answer, and no write.
     return why == AccessReason::ServerRole ? read_on_primary(shard) : Route::primary(shard);
   }
-  return context.recent_write || context.serializable ? read_on_primary(shard)
-                                                      : Route::replica(shard);
+  if (context.recent_write || context.serializable) return read_on_primary(shard);
+  Route r = Route::replica(shard);
+  r.own_backend = own_backend;
+  return r;
 }
 
 bool Router::valid_begin(std::uint64_t fingerprint) const {

@@ -98,9 +98,10 @@ class Router {
   const ScatterPlan& scatter_plan(std::string_view sql, std::uint64_t fingerprint) const;
 
  private:
-  // `why`, when given, is set to the reason of a statement that is not (AccessReason).
+  // `why`, when given, is set to the reason of a statement that is not (AccessReason);
+  // `own_backend` to StatementAccess::own_backend.
   bool replica_eligible(std::string_view sql, std::uint64_t fingerprint = 0,
-                        AccessReason* why = nullptr) const;
+                        AccessReason* why = nullptr, bool* own_backend = nullptr) const;
   // The read/write role within one shard, as for an unsharded database.
   Route role(std::string_view sql, std::string_view hint, const RouteContext& context,
              std::uint16_t shard) const;

@@ -574,6 +574,9 @@ bool Session::route_away_from_own_server(std::string_view frames, Link& own, Act
   // A transaction (BEGIN READ ONLY) stays too: the statements the client names in it, and its
   // cursors and settings, would be left on a replica connection other clients use.
   if (routing::classify(text).kind == StatementKind::Begin) return false;
+  // pg_backend_pid(), pg_listening_channels(), pg_cursors, ...: about the client's session only
+  // on its own server.
+  if (route.own_backend) return false;
   if (options_.read_your_writes == config::ReadYourWrites::Lsn) {
     route.after_lsn = read_your_writes_lsn(route.shard);
   }

@@ -694,3 +694,24 @@ def test_a_begin_with_any_mode_a_standby_refuses_runs_on_the_primary(cluster, pg
         c.execute("BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ, ISOLATION LEVEL READ COMMITTED")
         assert where(c)[0] is True
         c.execute("commit")
+
+
+def test_session_mode_reads_about_the_clients_own_backend_run_on_its_server(cluster, pgvalve):
+    """A session-mode client's autocommit reads borrow a replica; reads about the backend that
+    runs them (its channels, cursors, prepared statements, pid) answered about a replica's
+    backend: [] where PostgreSQL says ['chan'], ['cur'], ['pp']."""
+    pv = pgvalve(**replicated(cluster, mode="session", routing={"read_your_writes": "off"}))
+    replicas_ready(pv, cluster)
+    with pv.connect() as c:
+        c.execute("listen chan")
+        c.execute("declare cur cursor with hold for select 1")
+        c.execute("prepare pp as select 1")
+        c.execute("begin")
+        own_pid = c.execute("select pg_backend_pid()").fetchone()[0]
+        c.execute("commit")
+        assert any(where(c)[0] for _ in range(4))  # other reads still on replicas
+        for _ in range(3):
+            assert c.execute("select pg_listening_channels()").fetchall() == [("chan",)]
+            assert c.execute("select name from pg_cursors").fetchall() == [("cur",)]
+            assert c.execute("select name from pg_prepared_statements").fetchall() == [("pp",)]
+            assert c.execute("select pg_backend_pid()").fetchone()[0] == own_pid

@@ -823,5 +823,27 @@ TEST(DecideAccess, TableSize) {
   EXPECT_GT(statements, 300u);
 }
 
+// Reads of the running backend's own state may run on a replica, but there they tell about
+// another backend than a session-mode client's own (StatementAccess::own_backend).
+TEST(DecideAccess, ReadsOfTheRunningBackendsOwnStateAreMarked) {
+  for (const char* sql :
+       {"select pg_backend_pid()", "select pg_catalog.pg_listening_channels()",
+        "select name from pg_cursors", "select name from pg_catalog.pg_prepared_statements",
+        "select * from pg_backend_memory_contexts", "select pg_my_temp_schema()",
+        "select pg_is_other_temp_schema(99)",
+        "select count(*) from pg_stat_activity where pid = pg_backend_pid()",
+        "with x as (select 1) select name from x, pg_cursors"}) {
+    const StatementAccess a = decide_access(sql, kConfig);
+    EXPECT_TRUE(a.read) << sql;
+    EXPECT_TRUE(a.own_backend) << sql;
+  }
+  for (const char* sql : {"select 1", "select * from pg_stat_activity",
+                          "select * from other.pg_cursors", "select now()"}) {
+    const StatementAccess a = decide_access(sql, kConfig);
+    EXPECT_TRUE(a.read) << sql;
+    EXPECT_FALSE(a.own_backend) << sql;
+  }
+}
+
 }  // namespace
 }  // namespace pgvalve::routing

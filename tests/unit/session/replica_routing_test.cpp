@@ -701,6 +701,26 @@ TEST(SessionModeRouting, SettingsABorrowedReplicaRefusesKeepTheReadOnTheOwnServe
   EXPECT_EQ(queries_in(s.to_server), std::vector<std::string>{"select current_user"});
 }
 
+// What a read tells about the backend that runs it (pg_backend_pid(), pg_listening_channels(),
+// pg_cursors, pg_prepared_statements, ...) is the session's only on its own server.
+TEST(SessionModeRouting, ReadsAboutTheSessionsOwnBackendStayOnTheOwnServer) {
+  for (const char* sql :
+       {"select pg_backend_pid()", "select pg_listening_channels()", "select name from pg_cursors",
+        "select name from pg_prepared_statements"}) {
+    auto own = SessionHarness::fresh_server();
+    SessionHarness h(session_mode(), {}, own.get(), true);
+    Step s = h.client(query(sql));
+    EXPECT_FALSE(s.check_out) << sql;
+    EXPECT_EQ(s.server_link, 0) << sql;
+    EXPECT_EQ(queries_in(s.to_server), std::vector<std::string>{sql});
+  }
+  // Transaction mode lends any server: such a read may go to a replica there.
+  auto h = replicated();
+  Step s = h.client(query("select pg_backend_pid()"));
+  ASSERT_TRUE(s.check_out);
+  EXPECT_EQ(s.route.kind, Route::Kind::Replica);
+}
+
 TEST(SessionModeRouting, StateOnlyTheOwnServerHasKeepsReadsThere) {
   auto own = SessionHarness::fresh_server();
   SessionHarness h(session_mode(), {}, own.get(), true);
