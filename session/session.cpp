@@ -7,7 +7,6 @@
 #include <memory>
 #include <type_traits>
 
-#include "protocol/keyed_hash.h"
 #include "routing/sql_lexer.h"
 #include "routing/sql_text.h"
 #include "session/limits.h"
@@ -480,9 +479,7 @@ void Session::absorb_startup(const std::vector<std::pair<std::string, std::strin
     }
     startup_settings.set(key, value, is_synced_setting(key));
   };
-  protocol::KeyedHash pool;
   for (const auto& [name, value] : startup) {
-    if (name == "user" || name == "database") pool.add(name).add(value);
     if (name == "user" || name == "database" || name == "replication") continue;
     if (name == "options") {
       for (const auto& [k, v] : parse_options(value))
@@ -491,7 +488,6 @@ void Session::absorb_startup(const std::vector<std::pair<std::string, std::strin
     }
     apply(name, value);
   }
-  pool_key_ = pool.finish();
   startup_settings_ = workspaces_->share(std::move(startup_settings));
   // A copy that shares the startup list until the client changes a setting.
   client_settings_ = *startup_settings_;
