@@ -26,7 +26,7 @@ std::uint64_t statement_hash(std::string_view query, std::string_view param_type
 
 const PreparedStatement* ClientStatements::find(std::string_view name) const {
   auto it = by_name_.find(name);
-  return it == by_name_.end() || it->second.closing ? nullptr : &it->second;
+  return it == by_name_.end() || it->second.closing != 0 ? nullptr : &it->second;
 }
 
 const PreparedStatement* ClientStatements::find_any(std::string_view name) const {
@@ -34,27 +34,27 @@ const PreparedStatement* ClientStatements::find_any(std::string_view name) const
   return it == by_name_.end() ? nullptr : &it->second;
 }
 
-bool ClientStatements::close(std::string_view name) {
+std::uint64_t ClientStatements::close(std::string_view name) {
   auto it = by_name_.find(name);
-  if (it == by_name_.end() || it->second.closing) return false;
-  it->second.closing = true;
-  return true;
+  if (it == by_name_.end() || it->second.closing != 0) return 0;
+  it->second.closing = ++closes_;
+  return closes_;
 }
 
-std::size_t ClientStatements::erase_closing(std::uint64_t hash) {
+std::size_t ClientStatements::erase_closing(std::uint64_t close) {
   std::size_t bytes = 0;
   std::erase_if(by_name_, [&](const auto& entry) {
     const PreparedStatement& s = entry.second;
-    if (s.hash != hash || !s.closing) return false;
+    if (close == 0 || s.closing != close) return false;
     bytes += s.query.size() + s.param_types.size();
     return true;
   });
   return bytes;
 }
 
-void ClientStatements::closed_skipped(std::uint64_t hash) {
+void ClientStatements::closed_skipped(std::uint64_t close) {
   for (auto& [_, s] : by_name_) {
-    if (s.hash == hash) s.closing = false;
+    if (close != 0 && s.closing == close) s.closing = 0;
   }
 }
 
@@ -73,7 +73,7 @@ const PreparedStatement& ClientStatements::define(std::string_view name, std::st
   s.defined = ++defined_;
   s.defined_at = at;
   s.stale = false;
-  s.closing = false;
+  s.closing = 0;
   return s;
 }
 

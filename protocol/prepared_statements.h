@@ -28,10 +28,11 @@ struct PreparedStatement {
   // Found so on this client's own server only (it is pinned there, and its own temporary table
   // may be what changed): stale for this client alone, until it prepares it again.
   bool stale = false;
-  // The client closed it in a request the server has not answered yet: the name counts as free
-  // (find() does not return it) until the server's answer drops it, or a failure of the request
-  // before its Close brings it back.
-  bool closing = false;
+  // The client closed it in a request the server has not answered yet (the number of that
+  // Close, from 1; 0: not being closed): the name counts as free (find() does not return it)
+  // until the server's answer drops it, or a failure of the request before its Close brings it
+  // back.
+  std::uint64_t closing = 0;
   // A server has prepared it once: PostgreSQL accepted it. Until then a failed Parse of it means
   // the client has no such statement, as on PostgreSQL.
   bool confirmed = false;
@@ -79,13 +80,14 @@ class ClientStatements {
   const PreparedStatement* find(std::string_view name) const;
   // Also one being closed.
   const PreparedStatement* find_any(std::string_view name) const;
-  // The client closed `name`; returns whether it had it (find()).
-  bool close(std::string_view name);
-  // The server answered a Close of statements of `hash`: those being closed are forgotten;
-  // returns the bytes of text they held. closed_skipped() brings them back instead (the
-  // server skipped the Close after an error before it).
-  std::size_t erase_closing(std::uint64_t hash);
-  void closed_skipped(std::uint64_t hash);
+  // The client closed `name`: the number of this Close, 0 when it had no such statement
+  // (find()).
+  std::uint64_t close(std::string_view name);
+  // The server answered Close number `close`: its statement is forgotten; returns the bytes of
+  // text it held. closed_skipped() brings it back instead (the server skipped the Close after
+  // an error before it). Each Close is its own: statements of the same text are apart.
+  std::size_t erase_closing(std::uint64_t close);
+  void closed_skipped(std::uint64_t close);
   const PreparedStatement& define(std::string_view name, std::string_view query,
                                   std::string_view param_types, std::uint64_t fingerprint = 0,
                                   std::uint64_t context = 0, std::int64_t at = 0);
@@ -115,6 +117,7 @@ class ClientStatements {
   };
   std::unordered_map<std::string, PreparedStatement, Hash, std::equal_to<>> by_name_;
   std::uint64_t defined_ = 0;
+  std::uint64_t closes_ = 0;  // Closes numbered so far
 };
 
 // The statements prepared on one server connection, least recently used first out.

@@ -205,7 +205,8 @@ asio::awaitable<void> ListenHub::write_outbox(std::shared_ptr<ListenHub> self) {
 void ListenHub::finish(Command& command, std::optional<HubError> error) {
   Done done = std::move(command.done);
   command.done = nullptr;
-  if (error && command.sink) {
+  // The channel's LISTEN fails those who joined behind it also when its own client has left.
+  if (error && (command.sink || command.listens)) {
     if (auto it = channels_.find(command.channel); it != channels_.end()) {
       if (command.listens) {
         for (auto* commands : {&in_flight_, &queued_}) {
@@ -271,7 +272,13 @@ asio::awaitable<ListenHub::Ended> ListenHub::serve_one_connection() {
   if (!server_) {
     PGV_LOG(Warn, "listen_connection_failed", {"host", login.host.to_string()},
             {"reason", failure.message});
-    fail_all({failure.sqlstate, failure.message});
+    // The server's own words (a login refused: 53300 for the role's connection limit, 28P01)
+    // are kept, said as pgvalve's.
+    fail_all({failure.sqlstate, failure.message.starts_with("pgvalve:")
+                                    ? failure.message
+                                    : "pgvalve: the shared LISTEN connection could not log in to " +
+                                          login.host.to_string() + ": " + failure.message +
+                                          "; LISTEN again later"});
     if (!channels_.empty()) lose_listeners();  // listened on the server it was moving from
     co_return Ended::Lost;
   }

@@ -381,12 +381,15 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
       return out;
     }
     if (route.kind == routing::Route::Kind::Refuse) {
-      // The refused statement ends a deferred transaction: nothing ran on any server.
+      // The refused statement ends a deferred transaction: nothing ran on any server. What the
+      // client pipelined behind it belongs to that transaction and must not run on its own
+      // (PostgreSQL would fail it, 25P02): the whole read fails.
+      const bool ends_transaction = !extras().deferred_begin.empty();
       forget_deferred_begin();
-      // Only the refused request fails (a Query, or extended messages up to their Sync, which
-      // PostgreSQL skips to after an error); what the client pipelined behind it is routed on
-      // its own.
-      const std::string_view refused = refused_request(frames);
+      // Otherwise only the refused request fails (a Query, or extended messages up to their
+      // Sync, which PostgreSQL skips to after an error); what the client pipelined behind it is
+      // routed on its own.
+      const std::string_view refused = ends_transaction ? frames : refused_request(frames);
       fail_requests(refused, route.refusal->sqlstate, route.refusal->message, out.outbox,
                     route.refusal->hint);
       out.consumed = refused.size();
@@ -1316,12 +1319,12 @@ bool Session::answer_listen_locally(Flight& flight, Actions& out) {
   }
   const std::string channel(info.name.view());
   if (listen) {
-    // The hub's connection speaks UTF8: a client in another encoding would get names and
-    // payloads in the wrong one (PostgreSQL converts them for each listener).
-    const Setting* encoding = client_settings_.find("client_encoding");
-    if (encoding && !routing::iequals(encoding->value, "UTF8") &&
-        !routing::iequals(encoding->value, "UTF-8") &&
-        !routing::iequals(encoding->value, "UNICODE")) {
+    // The hub's connection speaks UTF8: a client in another encoding (its own, or the
+    // database's it never changed) would get names and payloads in the wrong one (PostgreSQL
+    // converts them for each listener).
+    const std::string_view encoding = setting_value("client_encoding");
+    if (!encoding.empty() && !routing::iequals(encoding, "UTF8") &&
+        !routing::iequals(encoding, "UTF-8") && !routing::iequals(encoding, "UNICODE")) {
       std::string& r = out.outbox;
       append_local_heads(reply, r);
       append_error(r, "0A000",

@@ -42,9 +42,7 @@ Session::ScatterStart Session::start_copy(std::string_view frames, const Request
   if (!plan.encoding_given && text_reading().encoding != routing::AsciiInCharacters::None) {
     // A byte that looks like a backslash, quote or newline may be half of a character there:
     // rows would be cut, and keys read, in the wrong places.
-    const Setting* encoding = client_settings_.find("client_encoding");
-    return refuse("COPY data in client_encoding " +
-                  (encoding ? encoding->value : std::string("of this session")) +
+    return refuse("COPY data in client_encoding " + std::string(setting_value("client_encoding")) +
                   " is not cut into rows: its characters may hold bytes that look like "
                   "delimiters, quotes or backslashes; set client_encoding to UTF8 (or a "
                   "single-byte encoding), or give the COPY an ENCODING option naming the "

@@ -227,8 +227,13 @@ void Session::plan_parse(const pr::Frame& f, std::size_t offset, Link& l, Flight
   // (Only when nothing sent before it is unanswered: a ROLLBACK on its way would end the failed
   // transaction first.)
   if (l.server->tx_status == 'E' && l.pending.empty()) {
-    const routing::StatementKind kind = routing::classify(parse->query).kind;
-    if (kind != routing::StatementKind::Rollback && kind != routing::StatementKind::Commit) {
+    // What PostgreSQL still parses there (its IsTransactionExitStmt, and an empty query) is
+    // translated as usual: passed on under the client's name, it would stay on a shared server.
+    using routing::StatementKind;
+    const StatementKind kind = routing::classify(parse->query).kind;
+    if (kind != StatementKind::Rollback && kind != StatementKind::Commit &&
+        kind != StatementKind::RollbackToSavepoint && kind != StatementKind::PrepareTransaction &&
+        kind != StatementKind::Empty) {
       // PostgreSQL refuses it in a failed transaction (25P02) and the name keeps what it had:
       // the server says so, and the client's statements stay as they are.
       pass_client(flight, offset, f.whole.size());
@@ -784,8 +789,10 @@ bool Session::close_statement(std::string_view name, pr::PendingResponse& close)
   const pr::PreparedStatement* stmt = statements_->find(name);
   if (!stmt) return false;
   close.action = kActionClientClose;
-  close.statement_hash = stmt->hash;
-  return statements_->close(name);
+  // For a client's Close, statement_hash holds the number of the Close: statements of one text
+  // under two names are closed apart.
+  close.statement_hash = statements_->close(name);
+  return close.statement_hash != 0;
 }
 
 }  // namespace pgvalve::session

@@ -506,16 +506,25 @@ void Session::append_login_reply(std::string& out) {
   told_ = client_settings_.share();
 }
 
+std::string_view Session::setting_value(std::string_view name) const {
+  if (const Setting* s = client_settings_.find(name)) return s->value;
+  return default_value(name);
+}
+
+std::string_view Session::default_value(std::string_view name) const {
+  if (defaults_) {
+    for (const auto& [default_name, value] : *defaults_) {
+      if (routing::iequals(default_name, name)) return value;
+    }
+  }
+  return {};
+}
+
 std::string_view Session::startup_value(std::string_view name) const {
   if (const Setting* s = startup_settings_ ? startup_settings_->find(name) : nullptr) {
     return s->value;
   }
-  if (defaults_) {
-    for (const auto& [default_name, default_value] : *defaults_) {
-      if (routing::iequals(default_name, name)) return default_value;
-    }
-  }
-  return {};
+  return default_value(name);
 }
 
 const routing::TextReading& Session::text_reading() const {
@@ -523,17 +532,8 @@ const routing::TextReading& Session::text_reading() const {
   if (text_reading_known_ && client_settings_.items() == reading_of_.get()) return text_reading_;
   reading_of_ = client_settings_.share();
   text_reading_known_ = true;
-  const auto value = [this](std::string_view name) -> std::string_view {
-    if (const Setting* s = client_settings_.find(name)) return s->value;
-    if (defaults_) {
-      for (const auto& [default_name, default_value] : *defaults_) {
-        if (routing::iequals(default_name, name)) return default_value;
-      }
-    }
-    return {};
-  };
-  text_reading_ =
-      routing::text_reading(value("client_encoding"), value("standard_conforming_strings"));
+  text_reading_ = routing::text_reading(setting_value("client_encoding"),
+                                        setting_value("standard_conforming_strings"));
   return text_reading_;
 }
 

@@ -570,6 +570,9 @@ class Session {
 
   // ---- what a statement's text changes, pins or is refused for (statement_review.cpp) ----
   Review review(std::string_view sql, bool settling_transaction, std::vector<Note>& notes) const;
+  // Setting `name` as the client has it now: its own value, else the server's default.
+  std::string_view setting_value(std::string_view name) const;
+  std::string_view default_value(std::string_view name) const;
   // What RESET returns setting `name` to: its value at login, else the server's default.
   std::string_view startup_value(std::string_view name) const;
   bool may_change_reading(const Note& note) const;

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from itutil import drain_notifies as drain
-from pgcluster import APP_PASSWORD, APP_USER, wait_until
+from pgcluster import APP_DB, APP_PASSWORD, APP_USER, wait_until
 from test_sharding import config as sharding_config, shards  # noqa: F401 (fixture)
 
 
@@ -288,6 +288,7 @@ def test_failed_listen_leaves_the_client_unsubscribed(pgvalve, cluster):
             with pytest.raises(psycopg.Error) as e:
                 c.execute("LISTEN q")
             assert e.value.sqlstate == "53300"  # the server's own
+            assert str(e.value).startswith("pgvalve: ") and "too many connections" in str(e.value)
         holder.execute("COMMIT")
         cluster.primary.psql("ALTER ROLE lim_listen CONNECTION LIMIT -1")
         n = pv.connect()
@@ -388,6 +389,22 @@ def test_a_burst_to_many_listeners_shares_one_copy(pgvalve):
     finally:
         for c in listeners:
             c.close()
+
+
+def test_listen_of_a_client_in_its_databases_encoding_is_refused(pgvalve, cluster):
+    """A client that never sets client_encoding speaks its database's: LATIN1 here, which the
+    shared connection's UTF8 would garble, as for a client that set LATIN1 itself."""
+    cluster.primary.psql("DROP DATABASE IF EXISTS listen_latin1")
+    cluster.primary.psql("CREATE DATABASE listen_latin1 OWNER app ENCODING 'LATIN1' "
+                         "LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+    shard = {"name": "s0", "primary": f"127.0.0.1:{cluster.primary.port}"}
+    pv = pgvalve(mode="transaction", pool_size=2, max_overflow=0,
+                 databases={APP_DB: {"shards": [shard]}, "listen_latin1": {"shards": [shard]}})
+    with psycopg.connect(pv.dsn(dbname="listen_latin1"), autocommit=True) as c:
+        assert c.execute("SHOW client_encoding").fetchone() == ("LATIN1",)
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+            c.execute("LISTEN cafe")
+        assert "LATIN1" in str(e.value)
 
 
 def test_listen_of_a_client_in_another_encoding_is_refused(txpool):

@@ -41,6 +41,26 @@ TEST(PreparedStatements, ClientNamesMapToDefinitions) {
   EXPECT_EQ(s.size(), 0u);
 }
 
+// Two names of one text closed in one flight: the server may answer the first Close and skip
+// the second after an error between them; each Close settles its own name.
+TEST(PreparedStatements, EachCloseSettlesItsOwnNameAlsoForTheSameText) {
+  ClientStatements s;
+  s.define("s1", "select 1", "");
+  s.define("s2", "select 1", "");
+  const std::uint64_t first = s.close("s1");
+  const std::uint64_t second = s.close("s2");
+  ASSERT_NE(first, 0u);
+  ASSERT_NE(second, 0u);
+  EXPECT_NE(first, second);
+  EXPECT_EQ(s.close("s1"), 0u) << "already being closed";
+  EXPECT_EQ(s.close("nope"), 0u);
+  EXPECT_EQ(s.erase_closing(first), std::string_view("select 1").size());
+  EXPECT_EQ(s.find_any("s1"), nullptr);
+  EXPECT_EQ(s.find("s2"), nullptr) << "still being closed";
+  s.closed_skipped(second);
+  ASSERT_NE(s.find("s2"), nullptr);
+}
+
 TEST(PreparedStatements, ServerKeepsAtMostCapacityEvictingLeastRecentlyUsed) {
   ServerStatements s;
   EXPECT_EQ(s.add(1, 3), 0u);

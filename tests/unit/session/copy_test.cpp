@@ -525,6 +525,23 @@ TEST_F(Copy, OnlyTheRefusedRequestOfAReadFails) {
   EXPECT_EQ(s.route.shard, 0);
 }
 
+// A refusal that ends a transaction pgvalve held back (its BEGIN answered, nothing run yet)
+// takes what was pipelined behind it: those statements belong to that transaction, which
+// PostgreSQL would have failed (25P02); routed on their own they would autocommit.
+TEST_F(Copy, ARefusalEndingAHeldBackTransactionFailsTheRestOfTheRead) {
+  Step s = h.client(query("BEGIN"));
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(statuses_in(s.to_client), "T");
+  const std::string refused = query("UPDATE telemetry SET v = 1");
+  const std::string rest =
+      query("INSERT INTO telemetry (device_id, v) VALUES (1, 1)") + query("COMMIT");
+  s = h.client(refused + rest);
+  EXPECT_EQ(s.consumed, refused.size() + rest.size());
+  EXPECT_FALSE(s.check_out);
+  EXPECT_FALSE(s.resume_client);
+  EXPECT_EQ(sqlstates_in(s.to_client), "0A000,0A000,0A000");
+}
+
 // libpq's PQputCopyEnd then PQfinish, without waiting for the COPY's answer: the COPY runs to
 // its end and commits on every shard, as PostgreSQL finishes a COPY before it reads Terminate;
 // the client is closed after that (its servers went back clean, none cancelled).

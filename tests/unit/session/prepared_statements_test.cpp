@@ -165,6 +165,23 @@ TEST(SessionPreparedStatements, AParseRefusedInAFailedTransactionKeepsTheStateme
   EXPECT_TRUE(parses_in(sent).empty() || parses_in(sent)[0].first == "s1");
 }
 
+// What PostgreSQL still parses in a failed transaction (ROLLBACK TO, an empty query) is
+// translated as always: sent under the client's own name it would stay on a shared server.
+TEST(SessionPreparedStatements, AParseAFailedTransactionTakesIsNotSentUnderTheClientsName) {
+  for (const char* sql : {"ROLLBACK TO SAVEPOINT a", ""}) {
+    SessionHarness h;
+    auto server = SessionHarness::fresh_server();
+    h.send(query("BEGIN"), *server);
+    h.answer(command_result("BEGIN", 'T'));
+    h.send(query("select 1/0"), *server);
+    h.answer(error_message("22012") + ready('E'));
+    const std::string sent = h.send(parse("s2", sql) + sync(), *server);
+    for (const auto& [name, text] : parses_in(sent)) {
+      EXPECT_NE(name, "s2") << '"' << sql << '"';
+    }
+  }
+}
+
 TEST(SessionPreparedStatements, ParseAndSyncBetweenTransactionsAreAnsweredLocally) {
   SessionHarness h;
   prepare_locally(h);
