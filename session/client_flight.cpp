@@ -1330,7 +1330,7 @@ bool Session::answer_listen_locally(Flight& flight, Actions& out) {
       append_error(r, "0A000",
                    "pgvalve: LISTEN through transaction pooling delivers notifications in UTF8, "
                    "and this client's client_encoding is " +
-                       encoding->value + "; use client_encoding UTF8 or a session pool");
+                       std::string(encoding) + "; use client_encoding UTF8 or a session pool");
       pr::append_ready_for_query(r, client_tx_status());
       return true;
     }

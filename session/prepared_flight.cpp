@@ -496,8 +496,7 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
   // it failed so on some server since): as on PostgreSQL, each Bind fails until the client
   // prepares it again, so that no row of the new shape reaches a client that reads the old one.
   // PostgreSQL's own words: drivers drop their cached statement when they see them.
-  const std::int64_t changed =
-      stmt->stale ? 0 : workspaces_->statement_changed_at(stmt->hash);
+  const std::int64_t changed = stmt->stale ? 0 : workspaces_->statement_changed_at(stmt->hash);
   if (stmt->stale || (changed != 0 && stmt->defined_at <= changed)) {
     raise_on_server("0A000", kChangedResultType, true, l, flight);
     return;

@@ -502,7 +502,19 @@ def test_terminate_right_after_copydone_keeps_the_copy(cluster, pgvalve, mode, h
         cluster.primary.psql(sql, dbname=APP_DB)
     pv = pgvalve(mode=mode, pool_size=1)
     rows = b"".join(b"%d\tsome text to copy %d\n" % (i, i) for i in range(100))
+
+    def idle_servers():
+        import urllib.request
+        with urllib.request.urlopen(f"http://127.0.0.1:{pv.admin_port}/metrics", timeout=2) as r:
+            return sum(float(line.split()[-1]) for line in r.read().decode().splitlines()
+                       if line.startswith("pgvalve_server_connections{")
+                       and 'state="idle"' in line)
+    with pv.connect() as warm:
+        warm.execute("select 1")
     for attempt in range(5):
+        # A request whose client hangs up while it waits for a server never runs (test_limits):
+        # the server the last check used must be back in the pool first.
+        wait_until(lambda: idle_servers() >= 1, 5, message="the server back in the pool")
         if how == "libpq":
             conn = psycopg.connect(pv.dsn(), autocommit=True)
             pgconn = conn.pgconn
