@@ -119,7 +119,9 @@ bool Router::valid_begin(std::uint64_t fingerprint) const {
 Route Router::route(std::string_view sql, const RouteContext& context) const {
   // Whether it only reads cannot be told: the primary. Over shards, route_sharded refuses it
   // unless a hint places it.
-  if (!policy_.sharding && !reads_as_written(sql, context.reading)) return Route::primary(0);
+  if (!policy_.sharding && !context.reading.plain() && !reads_as_written(sql, context.reading)) {
+    return Route::primary(0);
+  }
   if (policy_.sharding) return route_sharded(sql, context);
   return role(sql, leading_hint(sql), context, 0);
 }
@@ -242,7 +244,7 @@ Route Router::route_sharded(std::string_view sql, const RouteContext& context) c
     return one(shard, hint);
   }
   if (sql.empty() || !cache_ || !policy_.write_functions) return any(hint);
-  if (!reads_as_written(sql, context.reading)) {
+  if (!context.reading.plain() && !reads_as_written(sql, context.reading)) {
     // In E'表' (SJIS \x95\x5C) pgvalve would read an escaped quote, and the key after it from
     // inside the string; so it would in 'a\' with standard_conforming_strings off. PostgreSQL
     // reads characters, with the session's setting.
