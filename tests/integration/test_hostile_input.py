@@ -512,8 +512,8 @@ def test_terminate_right_after_copydone_keeps_the_copy(cluster, pgvalve, mode, h
     with pv.connect() as warm:
         warm.execute("select 1")
     for attempt in range(5):
-        # A request whose client hangs up while it waits for a server never runs (test_limits):
-        # the server the last check used must be back in the pool first.
+        # The server the last check used back in the pool first: the COPY's checkout is then
+        # served at once (the libpq way sends its data only once the server took the COPY).
         wait_until(lambda: idle_servers() >= 1, 5, message="the server back in the pool")
         if how == "libpq":
             conn = psycopg.connect(pv.dsn(), autocommit=True)
@@ -527,6 +527,14 @@ def test_terminate_right_after_copydone_keeps_the_copy(cluster, pgvalve, mode, h
             r = raw_login(pv)
             r.sock.sendall(query_message("copy copy_then_leave from stdin") + message(b"d", rows) +
                            message(b"c", b"") + message(b"X", b""))
+            # Until pgvalve closes (after the Terminate): a client that hangs up while its
+            # request still waits for a server (another worker's, handed over) never runs it.
+            r.sock.settimeout(10)
+            try:
+                while r.sock.recv(65536):
+                    pass
+            except OSError:
+                pass
             r.sock.close()
         want = 100 * (attempt + 1)
         with pv.connect() as c:

@@ -374,6 +374,11 @@ def test_a_reload_that_forbids_insecure_auth_applies_to_clients_logged_in_before
             offset = len(pv.log_text())
             cluster.primary.psql("select pg_terminate_backend(pid) from pg_stat_activity "
                                  "where usename = 'cleartext'")
+            # The old listening connection gone first: a LISTEN that joined it in the meantime
+            # would get its loss (08006), not the new login's refusal.
+            wait_until(lambda: "event=listen_connection_lost" in new_log(pv, offset)
+                       or "event=listen_connection_closed" in new_log(pv, offset), 5,
+                       message="the listening connection gone")
         with psycopg.connect(pv.dsn(user="cleartext", password="clear-pw"),
                              autocommit=True) as again:
             with pytest.raises(psycopg.Error) as e:
