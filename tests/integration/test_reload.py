@@ -489,8 +489,10 @@ def test_a_reload_that_removes_a_database_sends_its_clients_away(pgvalve, cluste
     del cfg["databases"]["other"]
     offset = len(pv.log_text())
     pv.reload(cfg)
-    wait_until(lambda: "event=database_removed" in new_log(pv, offset), 5,
-               message="reload applied")
+    # The idle client is closed once its worker hears of the reload, just after the log line.
+    wait_until(lambda: closed_by_reload(
+        pv, offset, "pgvalve: a reload removed this database from the configuration") == 1, 5,
+               message="the idle client sent away")
     with pytest.raises(psycopg.OperationalError,
                        match="pgvalve: a reload removed this database from the configuration"):
         idle.execute("select 1")
@@ -541,9 +543,10 @@ def test_a_reload_that_removes_a_user_sends_its_clients_away(pgvalve, cluster, t
     next(u for u in cfg["users"] if u["name"] == "ops2")["admin"] = False
     offset = len(pv.log_text())
     pv.reload(cfg)
-    wait_until(lambda: "event=user_removed" in new_log(pv, offset), 5, message="reload applied")
-
     reason = "pgvalve: a reload removed this user from the configuration"
+    # The idle client is closed once its worker hears of the reload, just after the log line.
+    wait_until(lambda: "event=user_removed" in new_log(pv, offset)
+               and closed_by_reload(pv, offset, reason) == 1, 5, message="reload applied")
     with pytest.raises(psycopg.OperationalError, match=reason):
         idle.execute("select 1")
     assert closed_by_reload(pv, offset, reason) == 1
