@@ -59,18 +59,23 @@ void ListenHub::unlisten(NotificationSink* sink, std::string channel, Done done)
   });
 }
 
+std::string ListenHub::leave_every_channel(NotificationSink* sink) {
+  std::string sql;
+  for (auto it = channels_.begin(); it != channels_.end();) {
+    it->second.erase(sink);
+    if (it->second.empty()) {
+      sql += "UNLISTEN " + quoted(it->first) + ";";
+      it = channels_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return sql;
+}
+
 void ListenHub::unlisten_all(NotificationSink* sink, Done done) {
   asio::post(context_, [self = shared_from_this(), sink, done = std::move(done)]() mutable {
-    std::string sql;
-    for (auto it = self->channels_.begin(); it != self->channels_.end();) {
-      it->second.erase(sink);
-      if (it->second.empty()) {
-        sql += "UNLISTEN " + quoted(it->first) + ";";
-        it = self->channels_.erase(it);
-      } else {
-        ++it;
-      }
-    }
+    std::string sql = self->leave_every_channel(sink);
     self->submit({std::move(sql), std::move(done)});
   });
 }
@@ -78,16 +83,7 @@ void ListenHub::unlisten_all(NotificationSink* sink, Done done) {
 void ListenHub::forget(NotificationSink* sink) {
   asio::post(context_, [self = shared_from_this(), sink] {
     self->sinks_.erase(sink);
-    std::string sql;
-    for (auto it = self->channels_.begin(); it != self->channels_.end();) {
-      it->second.erase(sink);
-      if (it->second.empty()) {
-        sql += "UNLISTEN " + quoted(it->first) + ";";
-        it = self->channels_.erase(it);
-      } else {
-        ++it;
-      }
-    }
+    std::string sql = self->leave_every_channel(sink);
     // Its LISTENs still on their way are not undone on its behalf any more.
     for (auto* commands : {&self->queued_, &self->in_flight_}) {
       for (auto& c : *commands) {

@@ -83,6 +83,8 @@ class ListenHub : public std::enable_shared_from_this<ListenHub> {
   void close() { server_.reset(); }
 
  private:
+  // Takes `sink` off every channel; the UNLISTENs of the channels nobody listens on any more.
+  std::string leave_every_channel(NotificationSink* sink);
   struct Command {
     std::string sql;  // empty: nothing to send (the channel is listened on, or nobody needs it)
     Done done;
