@@ -496,7 +496,8 @@ void Session::plan_bind(const pr::Frame& f, std::size_t offset, Link& l, Flight&
   // it failed so on some server since): as on PostgreSQL, each Bind fails until the client
   // prepares it again, so that no row of the new shape reaches a client that reads the old one.
   // PostgreSQL's own words: drivers drop their cached statement when they see them.
-  const std::int64_t changed = stmt->stale ? 0 : workspaces_->statement_changed_at(stmt->hash);
+  const std::int64_t changed =
+      stmt->stale ? 0 : workspaces_->statement_changed_at(statement_change_key(stmt->hash));
   if (stmt->stale || (changed != 0 && stmt->defined_at <= changed)) {
     raise_on_server("0A000", kChangedResultType, true, l, flight);
     return;
@@ -700,7 +701,7 @@ bool Session::forgotten_before_this(const Link& l, std::uint64_t defined) const 
 
 bool Session::server_has_statement(Link& l, std::uint64_t hash) {
   if (!l.server->statements.contains(hash) || l.parse_unconfirmed(hash)) return false;
-  if (const std::int64_t changed = workspaces_->statement_changed_at(hash);
+  if (const std::int64_t changed = workspaces_->statement_changed_at(statement_change_key(hash));
       changed != 0 && l.server->statements.prepared_at(hash) <= changed) {
     l.server->statements.forget_uncertain(hash);  // closed before it is prepared again
     return false;

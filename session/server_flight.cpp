@@ -464,7 +464,8 @@ bool Session::server_frame(Link& l, const pr::Frame& f, std::size_t offset, Acti
           // Not for a client pinned to its server: its own temporary table of the name may be
           // what changed, which is no other client's.
           if (!pinned_) {
-            workspaces_->statement_changed(head.statement_hash, now_.time_since_epoch().count());
+            workspaces_->statement_changed(statement_change_key(head.statement_hash),
+                                           now_.time_since_epoch().count());
           } else if (statements_) {
             statements_->stale(head.statement_hash);
           }

@@ -7,6 +7,7 @@
 #include <memory>
 #include <type_traits>
 
+#include "protocol/keyed_hash.h"
 #include "routing/sql_lexer.h"
 #include "routing/sql_text.h"
 #include "session/limits.h"
@@ -479,7 +480,11 @@ void Session::absorb_startup(const std::vector<std::pair<std::string, std::strin
     }
     startup_settings.set(key, value, is_synced_setting(key));
   };
+  std::string_view user;
+  std::string_view database;
   for (const auto& [name, value] : startup) {
+    if (name == "user") user = value;
+    if (name == "database") database = value;
     if (name == "user" || name == "database" || name == "replication") continue;
     if (name == "options") {
       for (const auto& [k, v] : parse_options(value))
@@ -488,6 +493,10 @@ void Session::absorb_startup(const std::vector<std::pair<std::string, std::strin
     }
     apply(name, value);
   }
+  // In a fixed order, and with PostgreSQL's default database: drivers send the startup
+  // parameters in any order (pgx from a map), and every client of one database and user must
+  // find the same record.
+  pool_key_ = protocol::KeyedHash().add(user).add(database.empty() ? user : database).finish();
   startup_settings_ = workspaces_->share(std::move(startup_settings));
   // A copy that shares the startup list until the client changes a setting.
   client_settings_ = *startup_settings_;

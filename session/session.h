@@ -561,6 +561,10 @@ class Session {
   // The link's server has `hash` prepared, and not since before a server found statements of
   // that hash stale (WorkspacePool::statement_changed).
   bool server_has_statement(Link& l, std::uint64_t hash);
+  // What the staleness of statement `hash` is recorded under (WorkspacePool::statement_changed):
+  // the statement in this client's database and for its user; a table changed in one database
+  // says nothing of another's.
+  std::uint64_t statement_change_key(std::uint64_t hash) const { return hash ^ pool_key_; }
   // A DISCARD ALL or DEALLOCATE ALL sent on `l` and not answered yet forgets the client's
   // statements defined up to `defined`.
   bool forgotten_before_this(const Link& l, std::uint64_t defined) const;
@@ -784,6 +788,9 @@ class Session {
   // Sharded databases: what identifies the request the last checkout was routed by (a hash of
   // its text and Bind values), so that it is not routed a second time on the server it got.
   std::uint64_t routed_request_ = 0;
+  // The client's user and database, hashed at login: a statement found stale (0A000) in one
+  // database or for one user is not stale in another (statement_change_key).
+  std::uint64_t pool_key_ = 0;
   std::uint32_t scatter_writes_ = 0;  // numbers the two-phase commits of this client
   // The small fields from here to accounting_due_ sit together, without padding between them:
   // every idle client keeps them.

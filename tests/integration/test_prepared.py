@@ -658,6 +658,31 @@ def test_a_statement_whose_table_changed_fails_once_as_on_postgresql(pgvalve, cl
     assert seen["pgvalve"] == seen["direct"], seen
 
 
+def test_a_statement_changed_in_one_database_still_runs_in_another(pgvalve, cluster):
+    """A table changed in one database (0A000, cached plan must not change result type) says
+    nothing of the same statement text in another database (found: every later call of the
+    telemetry client failed with 0A000 after ALTER TABLE in another database)."""
+    cluster.primary.psql("DROP DATABASE IF EXISTS pv_other")
+    cluster.primary.psql("CREATE DATABASE pv_other OWNER app")
+    for db in (APP_DB, "pv_other"):
+        cluster.primary.psql("drop table if exists r3; create table r3 (id int, a int);"
+                             "insert into r3 values (1, 1), (2, 2); alter table r3 owner to app",
+                             dbname=db)
+    shard = {"name": "s0", "primary": f"127.0.0.1:{cluster.primary.port}"}
+    pv = tx_pool(pgvalve, pool_size=1, workers=1,
+                 databases={APP_DB: {"shards": [shard]}, "pv_other": {"shards": [shard]}})
+    sql = "select * from r3 where id > %s"
+    with psycopg.connect(pv.dsn(), autocommit=True, prepare_threshold=0) as t, \
+            psycopg.connect(pv.dsn(dbname="pv_other"), autocommit=True, prepare_threshold=0) as o:
+        assert len(t.execute(sql, (0,)).fetchall()) == 2
+        assert len(o.execute(sql, (0,)).fetchall()) == 2
+        cluster.primary.psql("alter table r3 add column b int", dbname="pv_other")
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            o.execute(sql, (0,))
+        for _ in range(3):
+            assert t.execute(sql, (0,)).fetchall() == [(1, 1), (2, 2)]
+
+
 def test_a_statement_whose_parse_failed_is_gone_as_on_postgresql(pgvalve, cluster):
     """A Parse that fails in the flight that binds it defines nothing (found: the name stayed
     broken, 42601 again and then 42P05 for ever); a Close PostgreSQL skipped after an error

@@ -1057,6 +1057,66 @@ TEST(SessionPreparedStatements, AStatementWhoseResultTypeChangedFailsUntilPrepar
   EXPECT_EQ(bound_statements_in(sent), std::vector<std::string>{server_name_of(kSql)});
 }
 
+// A table changed in one database (or for one user) says nothing of the same text in another:
+// the record of stale statements is kept per database and user.
+TEST(SessionPreparedStatements, AStatementChangedInOneDatabaseStillRunsInAnother) {
+  using namespace std::chrono_literals;
+  constexpr std::string_view kChanged = "cached plan must not change result type";
+  StatementChanges process;
+  auto server = SessionHarness::fresh_server();
+  auto elsewhere = SessionHarness::fresh_server();
+  SessionHarness a({}, {{"user", "app"}, {"database", "other"}});
+  a.workspaces().share_statement_changes(&process);
+  SessionHarness b({}, {{"user", "app"}, {"database", "telemetry"}});
+  b.workspaces().share_statement_changes(&process);
+  SessionHarness c({}, {{"user", "app"}, {"database", "other"}});
+  c.workspaces().share_statement_changes(&process);
+  prepare_locally(a, "s1");
+  prepare_locally(b, "s1");
+  prepare_locally(c, "s1");
+  a.send(run_flight("s1"), *server);
+  a.answer(parse_complete() + select_answer());
+  a.send(run_flight("s1"), *server, nullptr, T0 + 1s);
+  EXPECT_EQ(sqlstates_in(a.answer(error_message("0A000", "ERROR", kChanged) + ready('I'), T0 + 1s)),
+            "0A000");
+  // telemetry's client runs its statement.
+  const std::string sent = b.send(run_flight("s1"), *elsewhere, nullptr, T0 + 2s);
+  EXPECT_EQ(sent.find(kChanged), std::string::npos);
+  EXPECT_EQ(bound_statements_in(sent), std::vector<std::string>{server_name_of(kSql)});
+  // Another client of the changed database gets PostgreSQL's error.
+  const std::string refused = c.send(run_flight("s1"), *elsewhere, nullptr, T0 + 2s);
+  EXPECT_NE(refused.find(kChanged), std::string::npos);
+}
+
+// Drivers send the startup parameters in any order (pgx from a Go map), and a client that names
+// no database gets its user's: every client of one database and user finds the same record (a
+// client that logged in with the other order got 08P01 from a statement prepared afresh).
+TEST(SessionPreparedStatements, AStatementChangedIsStaleForEveryClientOfItsDatabaseAndUser) {
+  using namespace std::chrono_literals;
+  constexpr std::string_view kChanged = "cached plan must not change result type";
+  StatementChanges process;
+  auto server = SessionHarness::fresh_server();
+  auto elsewhere = SessionHarness::fresh_server();
+  SessionHarness a({}, {{"user", "app"}, {"database", "app"}});
+  a.workspaces().share_statement_changes(&process);
+  SessionHarness reversed({}, {{"database", "app"}, {"user", "app"}});
+  reversed.workspaces().share_statement_changes(&process);
+  SessionHarness unnamed({}, {{"user", "app"}});
+  unnamed.workspaces().share_statement_changes(&process);
+  prepare_locally(a, "s1");
+  prepare_locally(reversed, "s1");
+  prepare_locally(unnamed, "s1");
+  a.send(run_flight("s1"), *server);
+  a.answer(parse_complete() + select_answer());
+  a.send(run_flight("s1"), *server, nullptr, T0 + 1s);
+  EXPECT_EQ(sqlstates_in(a.answer(error_message("0A000", "ERROR", kChanged) + ready('I'), T0 + 1s)),
+            "0A000");
+  EXPECT_NE(reversed.send(run_flight("s1"), *elsewhere, nullptr, T0 + 2s).find(kChanged),
+            std::string::npos);
+  EXPECT_NE(unnamed.send(run_flight("s1"), *elsewhere, nullptr, T0 + 2s).find(kChanged),
+            std::string::npos);
+}
+
 // A client pinned to its server (a temporary table of the name its statement reads) finds its
 // statement changed for itself alone: other clients' statements of the text still run.
 TEST(SessionPreparedStatements, APinnedClientsOwnChangeIsNoOneElses) {
