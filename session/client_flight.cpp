@@ -162,8 +162,10 @@ const Actions& Session::on_checkout_failed(std::string_view sqlstate, std::strin
     join_failed(sqlstate, "could not join it: " + std::string(why), out);
     return out;
   }
-  // The request is answered with an error and ReadyForQuery 'I': a BEGIN held back for it is
-  // forgotten with it, or the client's next statement would run in a transaction it ended.
+  // A BEGIN pgvalve answered and held back for this request: the client is in a transaction
+  // block, which fails with the request (ReadyForQuery 'E', then 25P02 until it ends the block),
+  // or its next statement would run on its own, outside the block it believes it is in.
+  if (!extras().deferred_begin.empty() && !w.retry_pending) lost_block_ = LostBlock::Untold;
   forget_deferred_begin();
   w.change_tx().route_again = false;
   if (work().pending_link != 0 && linked(0)) {
@@ -290,12 +292,32 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
   }
 
   // Requests that can only fail: a waiting request whose checkout or sync failed, a transaction
-  // whose server died, the rest of an extended flight after a local error.
-  if (!work().rare().failure.empty() || lost_transaction_ || skip_until_sync_) {
+  // block lost with its server, the rest of an extended flight after a local error.
+  if (!work().rare().failure.empty() || lost_block_ != LostBlock::None || skip_until_sync_) {
+    std::string sqlstate = "08006";
+    std::string message = "pgvalve: the server connection was lost during this transaction";
+    if (lost_block_ == LostBlock::Untold && !extras().lost_goodbye.empty()) {
+      message += " (the server said: " + extras().lost_goodbye + ")";
+      extras_to_change().lost_goodbye.clear();
+    }
+    message += "; the transaction was rolled back, run it again";
+    const bool checkout_failed = !work().rare().failure.empty();
+    if (checkout_failed) {
+      sqlstate = std::move(work().change_rare().failure_sqlstate);
+      message = std::move(work().change_rare().failure);
+      work().change_rare().failure.clear();
+      work().change_rare().failure_sqlstate.clear();
+    }
+    // Only the rest of a failed flight, up to its Sync: what the client pipelined behind it is
+    // planned as usual (or, in a lost block, as the block's next request).
+    const bool rest_of_flight =
+        skip_until_sync_ && !checkout_failed && lost_block_ != LostBlock::Untold;
     std::string_view failed = frames;
-    if (work().rare().failure.empty() && !lost_transaction_) {
-      // Only the rest of the failed flight, up to its Sync: what the client pipelined behind it
-      // is planned as usual.
+    const auto first = [&] {
+      const std::string_view request = first_request(frames, options_.max_message_bytes);
+      return request.empty() ? frames : request;  // its end is still to come
+    };
+    if (rest_of_flight || (!checkout_failed && lost_block_ == LostBlock::None)) {
       pr::FrameReader reader(frames, options_.max_message_bytes);
       for (pr::Frame f; reader.next(f);) {
         if (f.tag == 'S') {
@@ -304,21 +326,13 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
         }
       }
     }
-    std::string sqlstate = "08006";
-    std::string message = "pgvalve: the server connection was lost during this transaction";
-    if (lost_transaction_ && !extras().lost_goodbye.empty()) {
-      message += " (the server said: " + extras().lost_goodbye + ")";
-      extras_to_change().lost_goodbye.clear();
+    if (lost_block_ != LostBlock::None && !rest_of_flight) {
+      failed = first();
+      answer_in_lost_block(failed, sqlstate, message, out);
+    } else {
+      fail_requests(failed, sqlstate, message, out.outbox, {},
+                    lost_block_ == LostBlock::Failed ? 'E' : 'I');
     }
-    message += "; the transaction was rolled back, run it again";
-    if (!work().rare().failure.empty()) {
-      sqlstate = std::move(work().change_rare().failure_sqlstate);
-      message = std::move(work().change_rare().failure);
-      work().change_rare().failure.clear();
-      work().change_rare().failure_sqlstate.clear();
-    }
-    fail_requests(failed, sqlstate, message, out.outbox);
-    lost_transaction_ = false;
     out.consumed = failed.size();
     const bool more = failed.size() < frames.size();
     if (!linked_link()) {
@@ -978,6 +992,37 @@ bool Session::end_deferred_transaction(std::string_view frames, Actions& out) {
   return true;
 }
 
+void Session::answer_in_lost_block(std::string_view request, std::string_view sqlstate,
+                                   std::string_view message, Actions& out) {
+  std::string_view sql;
+  HubReply reply;
+  bool ends_block = false;
+  if (local_flight(request, sql, reply, true)) {
+    const routing::StatementInfo info = routing::classify(sql);
+    ends_block = (info.kind == StatementKind::Commit || info.kind == StatementKind::Rollback) &&
+                 !info.and_chain && !info.multiple_statements;
+  }
+  if (lost_block_ == LostBlock::Failed) {
+    if (ends_block) {
+      // As PostgreSQL ends a transaction it aborted: ROLLBACK, also for a COMMIT.
+      lost_block_ = LostBlock::None;
+      append_local_heads(reply, out.outbox);
+      pr::append_command_complete(out.outbox, "ROLLBACK");
+      pr::append_ready_for_query(out.outbox, 'I');
+      return;
+    }
+    fail_requests(request, "25P02",
+                  "pgvalve: this transaction block was lost with its server connection; commands "
+                  "are ignored until the block ends: ROLLBACK, then run the transaction again",
+                  out.outbox, {}, 'E');
+    return;
+  }
+  // Told now. A COMMIT or ROLLBACK ends the block with the error; anything else leaves the
+  // client in a failed block, as an error inside one does on PostgreSQL.
+  lost_block_ = ends_block ? LostBlock::None : LostBlock::Failed;
+  fail_requests(request, sqlstate, message, out.outbox, {}, ends_block ? 'I' : 'E');
+}
+
 std::pair<std::string_view, std::string> Session::shard_conflict(Link& l, std::string_view sql,
                                                                  const BindParams* params,
                                                                  bool* hop) {
@@ -1058,18 +1103,19 @@ std::pair<std::string_view, std::string> Session::shard_conflict(Link& l, std::s
 }
 
 void Session::fail_requests(std::string_view frames, std::string_view sqlstate,
-                            std::string_view message, std::string& out, std::string_view hint) {
+                            std::string_view message, std::string& out, std::string_view hint,
+                            char status) {
   pr::FrameReader reader(frames, options_.max_message_bytes);
   for (pr::Frame f; reader.next(f);) {
     switch (f.tag) {
       case 'Q':
       case 'F':
         append_error(out, sqlstate, message, hint);
-        pr::append_ready_for_query(out, 'I');
+        pr::append_ready_for_query(out, status);
         break;
       case 'S':
         if (!error_sent_in_flight_) append_error(out, sqlstate, message, hint);
-        pr::append_ready_for_query(out, 'I');
+        pr::append_ready_for_query(out, status);
         error_sent_in_flight_ = false;
         skip_until_sync_ = false;
         break;

@@ -148,10 +148,10 @@ const Actions& Session::plan_server(Link& l, LinkId id, std::string_view input) 
     const std::string_view rest = input.substr(pos);
     auto r = pr::decode_frame(rest, options_.max_message_bytes);
     if (r.status == pr::DecodeStatus::Invalid) {
-      lose_link(l, id,
-                "pgvalve: server " + l.server->name +
-                    " sent an invalid message; the transaction was rolled back, run it again",
-                LinkOp::Kind::Close, out);
+      give_up_link(l, id,
+                   "pgvalve: server " + l.server->name +
+                       " sent an invalid message; the transaction was rolled back, run it again",
+                   LinkOp::Kind::Close, out);
       pos = input.size();
       break;
     }

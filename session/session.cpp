@@ -1054,19 +1054,22 @@ const Actions& Session::on_server_lost(LinkId id, Clock::time_point now) {
                        "outside a transaction block may have taken effect: check before running "
                        "it again"
                      : "; the transaction was rolled back, run it again";
-  // The server held the client's session (session mode: its own server) or state pinned to it
-  // (transaction mode): prepared statements, temporary objects, advisory locks, LISTEN went with
-  // it, and a new server would fail each use of them or, worse, run on without them (a lock
-  // another client then takes too). The client is closed, as PostgreSQL closes it, and its
-  // driver starts afresh.
-  const bool state_lost = (options_.mode == config::PoolMode::Session && id == 0) || pinned_;
-  if (state_lost) {
-    std::string reason = "pgvalve: the server connection holding this session was lost";
-    if (!goodbye.empty()) reason += " (the server said: " + goodbye + ")";
-    reason += running ? " while a request ran, which may have taken effect; " : "; ";
-    reason +=
-        "its session state (prepared statements, temporary tables, advisory locks, LISTEN, "
-        "settings) is gone: reconnect";
+  if (losing_link_closes_client(l, id)) {
+    std::string reason;
+    if (holds_session(id)) {
+      reason = "pgvalve: the server connection holding this session was lost";
+      if (!goodbye.empty()) reason += " (the server said: " + goodbye + ")";
+      reason += running ? " while a request ran, which may have taken effect; " : "; ";
+      reason +=
+          "its session state (prepared statements, temporary tables, advisory locks, LISTEN, "
+          "settings) is gone: reconnect";
+    } else {
+      reason = "pgvalve: the server connection was lost while a request of this transaction ran";
+      if (!goodbye.empty()) reason += " (the server said: " + goodbye + ")";
+      reason +=
+          "; the transaction was rolled back unless that request committed it: check, then "
+          "reconnect and run it again";
+    }
     lose_link(l, id, reason, LinkOp::Kind::Close, out);
     close_with(goodbye_sqlstate.starts_with("57P") ? std::string_view(goodbye_sqlstate) : "08006",
                reason, out);
@@ -1074,10 +1077,44 @@ const Actions& Session::on_server_lost(LinkId id, Clock::time_point now) {
   }
   lose_link(l, id, message, LinkOp::Kind::Close, out);
   // Told at the client's next request, with the server's reason.
-  if (lost_transaction_ && (extras_ || !goodbye.empty())) {
+  if (lost_block_ == LostBlock::Untold && (extras_ || !goodbye.empty())) {
     extras_to_change().lost_goodbye.swap(goodbye);
   }
   return out;
+}
+
+bool Session::holds_session(LinkId id) const {
+  return (options_.mode == config::PoolMode::Session && id == 0) || pinned_;
+}
+
+// The server held the client's session (session mode: its own server) or state pinned to it
+// (transaction mode): prepared statements, temporary objects, advisory locks, LISTEN went with
+// it, and a new server would fail each use of them or, worse, run on without them (a lock
+// another client then takes too). Or it ran a request of the client's transaction block: the
+// request may have ended the block (a COMMIT) or not, so no answer would tell the client
+// truly whether its next statement is in a block. The client is closed, as PostgreSQL closes
+// it, and its driver starts afresh. (Over shards the parts end together instead.)
+bool Session::losing_link_closes_client(const Link& l, LinkId id) const {
+  if (holds_session(id)) return true;
+  if (scattering() || (work_ && (work_->tx().spans || work_->tx().joining))) return false;
+  return !l.syncing && l.owes_answer() && l.server->tx_status != 'I';
+}
+
+void Session::give_up_link(Link& l, LinkId id, const std::string& message, LinkOp::Kind kind,
+                           Actions& out) {
+  if (!losing_link_closes_client(l, id)) {
+    lose_link(l, id, message, kind, out);
+    return;
+  }
+  const std::string reason =
+      message + (holds_session(id)
+                     ? "; the server connection held this session: its state (prepared "
+                       "statements, temporary tables, advisory locks, LISTEN, settings) is gone, "
+                       "reconnect"
+                     : "; it ran a request of this transaction, which was rolled back unless "
+                       "that request committed it: check, then reconnect");
+  lose_link(l, id, reason, kind, out);
+  close_with("08006", reason, out);
 }
 
 bool Session::retryable(const Link& l) const {
@@ -1142,13 +1179,16 @@ void Session::lose_link(Link& l, LinkId id, std::string_view message, LinkOp::Ki
   if (l.syncing) {
     work().change_rare().failure_sqlstate = "08006";
     work().change_rare().failure = std::string(message);
+    // The BEGIN pgvalve answered was on its way with the settings: the block is the client's.
+    if (l.begin_pending) lost_block_ = LostBlock::Untold;
     out.resume_client = true;
   } else {
     // Read before fail_pending clears it: a request in flight gets the error with a
-    // ReadyForQuery 'I', after which the client knows its transaction is over.
+    // ReadyForQuery 'I', after which the client knows its transaction is over (within a block
+    // such a client is closed instead: losing_link_closes_client).
     const bool answered = l.in_flight > 0;
     fail_pending(l, "08006", message, out.outbox);
-    if (!answered && in_transaction) lost_transaction_ = true;
+    if (!answered && in_transaction) lost_block_ = LostBlock::Untold;
   }
   if (work_) {
     forget_tx_notes();
@@ -1273,21 +1313,24 @@ const Actions& Session::on_timer(Clock::time_point now) {
         return out;
       }
       out.server_given_up = "settings sync past its deadline";
-      lose_link(l, id,
-                "pgvalve: server " + l.server->name +
-                    " did not apply the session settings in time; try again",
-                LinkOp::Kind::CancelAndClose, out);
+      give_up_link(l, id,
+                   "pgvalve: server " + l.server->name +
+                       " did not apply the session settings in time; try again",
+                   LinkOp::Kind::CancelAndClose, out);
+      if (state_ == SessionState::Closing) return out;
       continue;
     }
     if (options_.query_timeout.count() > 0 && l.owes_answer() && !l.paused &&
         now >= l.last_activity + options_.query_timeout) {
       out.server_given_up = "pool.query_timeout_ms";
-      lose_link(l, id,
-                "pgvalve: server " + l.server->name + " sent nothing for pool.query_timeout_ms (" +
-                    millis(options_.query_timeout) +
-                    "); the query was cancelled and any open transaction rolled back; run it "
-                    "again, or raise the timeout if such queries are expected",
-                LinkOp::Kind::CancelAndClose, out);
+      give_up_link(l, id,
+                   "pgvalve: server " + l.server->name +
+                       " sent nothing for pool.query_timeout_ms (" +
+                       millis(options_.query_timeout) +
+                       "); the query was cancelled and any open transaction rolled back; run it "
+                       "again, or raise the timeout if such queries are expected",
+                   LinkOp::Kind::CancelAndClose, out);
+      if (state_ == SessionState::Closing) return out;
       continue;
     }
     if (l.paused && options_.message_timeout.count() > 0 &&

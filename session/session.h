@@ -602,7 +602,7 @@ class Session {
   void pass_client(Flight& flight, std::size_t offset, std::size_t size);
   void mark_scratch(Flight& flight, std::size_t from);
   void fail_requests(std::string_view frames, std::string_view sqlstate, std::string_view message,
-                     std::string& out, std::string_view hint = {});
+                     std::string& out, std::string_view hint = {}, char status = 'I');
   std::size_t leftover_copy_messages(std::string_view frames) const;
   std::string_view refused_request(std::string_view frames) const;
 
@@ -670,6 +670,20 @@ class Session {
   // ---- failures and endings ----
   void fail_pending(Link& l, std::string_view sqlstate, std::string_view message, std::string& out);
   void lose_link(Link& l, LinkId id, std::string_view message, LinkOp::Kind kind, Actions& out);
+  // Losing `l` loses what no other server can give the client back, so the client is closed
+  // rather than kept: its session (session mode's own server, or state pinned to it), or a
+  // transaction block with a request running, which may or may not have ended the block.
+  bool losing_link_closes_client(const Link& l, LinkId id) const;
+  // The link holds the client's session: session mode's own server, or state pinned to it.
+  bool holds_session(LinkId id) const;
+  // `l` is given up by pgvalve (a deadline, an invalid message): its requests fail with
+  // `message`, or the client is closed with it (losing_link_closes_client).
+  void give_up_link(Link& l, LinkId id, const std::string& message, LinkOp::Kind kind,
+                    Actions& out);
+  // The first request of `frames` in a lost transaction block (LostBlock): failed with
+  // `sqlstate`/`message`, or answered ROLLBACK when it ends a block the client was told of.
+  void answer_in_lost_block(std::string_view frames, std::string_view sqlstate,
+                            std::string_view message, Actions& out);
   void unlink(LinkId id, LinkOp::Kind kind, Actions& out, std::string_view sql1 = {},
               std::string_view sql2 = {});
   void release_all_for_close(Actions& out);
@@ -801,9 +815,14 @@ class Session {
   config::ReloadChange reload_change_ = config::ReloadChange::None;
   bool client_held_ = false;  // set_client_held()
   bool pinned_ = false;
-  // The server died while this client had a transaction open: its next requests get an error
-  // until the next Sync / Query.
-  bool lost_transaction_ = false;
+  // The client's transaction block ended without it: its server was lost between its requests,
+  // or no server could be had for a statement after a BEGIN pgvalve answered. Untold: its next
+  // request gets the error; Failed: it was told (ReadyForQuery 'E') and, as in a transaction
+  // PostgreSQL aborted, each request fails (25P02) until the client ends the block, answered
+  // ROLLBACK. So a statement after the loss never runs on its own, outside the block the client
+  // believes it is in.
+  enum class LostBlock : std::uint8_t { None, Untold, Failed };
+  LostBlock lost_block_ = LostBlock::None;
   bool skip_until_sync_ = false;  // an extended flight failed: drop its messages until Sync
   // The client sent Terminate behind a COPY still being answered: it is closed once answered.
   bool close_when_answered_ = false;

@@ -374,6 +374,9 @@ const std::string& wal_position_message();
 const std::string& rollback_message();
 // The decider part's question for its xid (two_phase.h), as a Query message.
 const std::string& xid_message();
+// The first request of `frames`: up to and including its Query or Sync; empty when it has not
+// ended yet.
+std::string_view first_request(std::string_view frames, std::size_t max_message_bytes);
 
 // How a client's error ends about a part of a two-phase commit left prepared on a lost server
 // (Actions::prepared_parts).

@@ -45,10 +45,6 @@ const std::string& xid_message() {
   return message;
 }
 
-namespace {
-
-// The first request of `frames`: up to and including its Query or Sync; empty when it has not
-// ended yet.
 std::string_view first_request(std::string_view frames, std::size_t max_message_bytes) {
   pr::FrameReader reader(frames, max_message_bytes);
   for (pr::Frame f; reader.next(f);) {
@@ -56,8 +52,6 @@ std::string_view first_request(std::string_view frames, std::size_t max_message_
   }
   return {};
 }
-
-}  // namespace
 
 bool Session::several_servers() const {
   return scattering() ||
@@ -844,7 +838,7 @@ void Session::abandon_shard_transaction(std::string_view message, Actions& out) 
   for (Link& o : w.links) {
     if (!o.server) continue;
     if (o.busy()) {
-      if (o.in_flight > 0) lost_transaction_ = false;
+      if (o.in_flight > 0) lost_block_ = LostBlock::None;
       fail_pending(o, "08006", message, out.outbox);
       unlink(o.id, LinkOp::Kind::CancelAndClose, out);
     } else if (o.server->tx_status == 'I') {

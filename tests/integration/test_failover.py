@@ -759,3 +759,77 @@ def test_switchover_is_refused_when_another_database_shares_only_some_hosts(fres
         with pv.connect(dbname=db) as conn:
             assert conn.execute("insert into drill (client, n) values (11, 0) "
                                 "returning inet_server_port()").fetchone()[0] == c.primary.port
+
+
+def raw_client(pv):
+    from pgwire import RawClient
+    return RawClient("127.0.0.1", pv.port, APP_USER, APP_PASSWORD, APP_DB, timeout=30).connect()
+
+
+def answers(c, sql):
+    """A simple Query's answer: ('E', sqlstate), ('C', tag) and ('Z', status) in order."""
+    from pgwire import parse_fields, query_message, read_message
+    c.sock.sendall(query_message(sql))
+    out = []
+    while True:
+        kind, payload = read_message(c.sock)
+        if kind == b"E":
+            out.append(("E", parse_fields(payload).get("C")))
+        elif kind == b"C":
+            out.append(("C", payload.rstrip(b"\0").decode()))
+        elif kind == b"Z":
+            out.append(("Z", payload.decode()))
+            return out
+
+
+def test_a_transaction_block_without_its_server_fails_until_the_client_ends_it(fresh, pgvalve):
+    """BEGIN (answered by pgvalve), then the primary goes down and the next statement gets no
+    server: as after an error in a block on PostgreSQL, the block fails (ReadyForQuery 'E'), the
+    statements after it get 25P02 and COMMIT answers ROLLBACK. (They ran on their own: a psql
+    script's second INSERT committed alone once the primary was back.)"""
+    c = fresh(replicas=1)
+    pv = pgvalve(**config_for(c, failover={"mode": "off", "hold_writes_ms": 800}))
+    wait_hosts_checked(pv)
+    cl = raw_client(pv)
+    try:
+        assert answers(cl, "BEGIN")[-1] == ("Z", "T")
+        c.primary.stop(mode="fast")
+        wait_until(lambda: show_hosts(pv)[0]["state"] == "down", 10)
+        first = answers(cl, "insert into drill (client, n) values (91, 1)")
+        assert first[0][0] == "E" and first[-1] == ("Z", "E"), first
+        c.primary.start()
+        wait_until(lambda: show_hosts(pv)[0]["state"] == "up", 10)
+        assert answers(cl, "insert into drill (client, n) values (91, 2)") == \
+            [("E", "25P02"), ("Z", "E")]
+        assert answers(cl, "COMMIT") == [("C", "ROLLBACK"), ("Z", "I")]
+        assert c.primary.sql("select n from drill where client = 91", dbname=APP_DB) == []
+        # The client goes on.
+        assert answers(cl, "insert into drill (client, n) values (91, 3)")[-1] == ("Z", "I")
+        assert c.primary.sql("select n from drill where client = 91", dbname=APP_DB) == [(3,)]
+    finally:
+        cl.sock.close()
+
+
+def test_a_server_lost_while_a_request_of_a_block_runs_closes_the_client(fresh, pgvalve):
+    """Whether the request that was running ended the block is not known, so no ReadyForQuery
+    could tell the client whether its next statement is in a block: the client is closed (FATAL
+    08006), as PostgreSQL closes it, instead of running its next statements on their own."""
+    c = fresh(replicas=1)
+    pv = pgvalve(**config_for(c, failover={"mode": "off"}))
+    wait_hosts_checked(pv)
+    with pv.connect() as conn:
+        conn.execute("begin")
+        conn.execute("insert into drill (client, n) values (92, 1)")
+        pid = conn.execute("select pg_backend_pid()").fetchone()[0]
+        killer = threading.Timer(0.5, lambda: c.primary.psql(
+            f"select pg_terminate_backend({pid})"))
+        killer.start()
+        try:
+            with pytest.raises(psycopg.Error) as ei:
+                conn.execute("select pg_sleep(5)")
+        finally:
+            killer.join()
+        assert ei.value.sqlstate in ("08006", "57P01"), repr(ei.value)
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("insert into drill (client, n) values (92, 2)")
+    assert c.primary.sql("select n from drill where client = 92", dbname=APP_DB) == []

@@ -416,3 +416,28 @@ def test_a_server_ended_while_its_client_idles_in_a_transaction_gives_one_08006(
         assert c.rows("select 1") == [["1"]]
     finally:
         c.terminate()
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction_pinned"])
+def test_query_timeout_closes_a_client_whose_server_held_its_session(pgvalve, cluster, mode):
+    """pool.query_timeout_ms gives up a server that held the client's session (session mode, or
+    a temporary table pinning it in transaction mode): the client is closed (08006), as when
+    such a server is lost, instead of running on without its advisory lock, temporary table and
+    prepared statement (another session could take the lock it believed it held)."""
+    pv = pgvalve(mode=mode.split("_")[0], pool_size=2, max_overflow=0,
+                 query_timeout_ms=QUERY_TIMEOUT_MS)
+    c = pv.connect()
+    try:
+        c.execute("select pg_advisory_lock(4711)")
+        c.execute("create temp table mine (x int)")
+        c.execute("prepare p as select 42")
+        with pytest.raises(psycopg.Error) as ei:
+            c.execute("select pg_sleep(5)")
+        assert ei.value.sqlstate == "08006", repr(ei.value)
+        assert_pgvalve_message(ei.value.diag.message_primary)
+        with pytest.raises(psycopg.OperationalError):
+            c.execute("execute p")
+        assert c.closed or c.broken
+    finally:
+        c.close()
+

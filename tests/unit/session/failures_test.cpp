@@ -45,7 +45,10 @@ TEST(SessionFailures, ServerLostAfterPartOfTheAnswersAnswersTheRest) {
   EXPECT_EQ(tags_of(h.lost().to_client), "EZ");
 }
 
-TEST(SessionFailures, ServerLostInATransactionFailsTheNextRequestWithoutACheckout) {
+// The block the client is in is lost with its server: as after an error in a block on
+// PostgreSQL, its statements fail (ReadyForQuery 'E') until it ends the block, so none of them
+// runs on its own, outside the block the client believes it is in.
+TEST(SessionFailures, ServerLostInATransactionFailsTheBlockUntilTheClientEndsIt) {
   SessionHarness h;
   auto server = SessionHarness::fresh_server();
   h.send(query("begin"), *server);
@@ -59,22 +62,56 @@ TEST(SessionFailures, ServerLostInATransactionFailsTheNextRequestWithoutACheckou
   EXPECT_FALSE(s.check_out);
   EXPECT_EQ(s.consumed, q.size());
   EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  EXPECT_EQ(statuses_in(s.to_client), "E");
+  s = h.client(q);
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(sqlstates_in(s.to_client), "25P02");
+  EXPECT_EQ(statuses_in(s.to_client), "E");
+  // Extended too, skipped to its Sync.
+  s = h.client(parse("", "insert into t values (2)") + bind_to("", "") + execute() + sync());
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(tags_of(s.to_client), "EZ");
+  EXPECT_EQ(statuses_in(s.to_client), "E");
+  // COMMIT ends it as PostgreSQL ends an aborted block: ROLLBACK.
+  s = h.client(query("commit"));
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(tags_of(s.to_client), "CZ");
+  EXPECT_NE(s.to_client.find("ROLLBACK"), std::string::npos);
   EXPECT_EQ(statuses_in(s.to_client), "I");
-  // Only once.
   EXPECT_TRUE(h.client(q).check_out);
 }
 
-TEST(SessionFailures, ServerLostWithARequestInFlightInATransactionFailsOnlyThatRequest) {
+// Told at once: a COMMIT (or ROLLBACK) as the next request gets the error and ends the block.
+TEST(SessionFailures, ServerLostInATransactionThenCommitGetsTheErrorAndEndsTheBlock) {
+  SessionHarness h;
+  auto server = SessionHarness::fresh_server();
+  h.send(query("begin"), *server);
+  h.answer(command_result("BEGIN", 'T'));
+  h.lost();
+  Step s = h.client(parse("", "COMMIT") + bind_to("", "") + execute() + sync());
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  EXPECT_EQ(statuses_in(s.to_client), "I");
+  EXPECT_TRUE(h.client(query("select 1")).check_out);
+}
+
+// Whether the request that was running ended the block (a COMMIT) or not is not known: no
+// ReadyForQuery could tell the client truly whether its next statement is in a block, so the
+// client is closed, as PostgreSQL closes it.
+TEST(SessionFailures, ServerLostWithARequestOfATransactionBlockRunningClosesTheClient) {
   SessionHarness h;
   auto server = SessionHarness::fresh_server();
   h.send(query("begin"), *server);
   h.answer(command_result("BEGIN", 'T'));
   h.client(query("insert into t values (1)"));
   Step s = h.lost();
-  // The client was told the transaction is over ('I'): its next request is a new one.
-  EXPECT_EQ(tags_of(s.to_client), "EZ");
-  EXPECT_EQ(statuses_in(s.to_client), "I");
-  EXPECT_TRUE(h.client(query("select 1")).check_out);
+  EXPECT_TRUE(s.close_client);
+  const auto errors = errors_in(s.to_client);
+  ASSERT_FALSE(errors.empty());
+  EXPECT_EQ(errors.back().severity, "FATAL");
+  EXPECT_EQ(errors.back().sqlstate, "08006");
+  EXPECT_NE(errors.back().message.find("rolled back unless that request committed it"),
+            std::string::npos);
 }
 
 // A COMMIT (or a statement outside a transaction block) cut by the loss may have committed: the
@@ -82,9 +119,7 @@ TEST(SessionFailures, ServerLostWithARequestInFlightInATransactionFailsOnlyThatR
 TEST(SessionFailures, ServerLostWhileARequestRunsDoesNotClaimItWasRolledBack) {
   SessionHarness h;
   auto server = SessionHarness::fresh_server();
-  h.send(query("begin"), *server);
-  h.answer(command_result("BEGIN", 'T'));
-  h.client(query("commit"));
+  h.send(query("insert into t values (1)"), *server);
   auto errors = errors_in(h.lost().to_client);
   ASSERT_EQ(errors.size(), 1u);
   EXPECT_NE(errors[0].message.find("may have taken effect"), std::string::npos);

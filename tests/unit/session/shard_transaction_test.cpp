@@ -479,6 +479,10 @@ TEST_F(ShardTransaction, APartLostWhileAShardIsCheckedOutEndsTheTransaction) {
   EXPECT_TRUE(s.resume_client);
   s = h.client(second);
   EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  // The client's block failed (as after an error in it): nothing runs until it ends it.
+  EXPECT_EQ(statuses_in(s.to_client), "E");
+  s = h.client(query("ROLLBACK"));
+  EXPECT_FALSE(s.check_out);
   EXPECT_EQ(statuses_in(s.to_client), "I");
 }
 
@@ -513,6 +517,10 @@ TEST_F(ShardTransaction, ALostPartRollsBackTheOthersAndTheClientLearnsItsTransac
   EXPECT_EQ(h.session().link_count(), 0u);
   s = h.client(query("SELECT value FROM telemetry WHERE device_id = 2"));
   EXPECT_EQ(sqlstates_in(s.to_client), "08006");
+  EXPECT_EQ(statuses_in(s.to_client), "E");
+  s = h.client(query("SELECT value FROM telemetry WHERE device_id = 2"));
+  EXPECT_EQ(sqlstates_in(s.to_client), "25P02");
+  s = h.client(query("COMMIT"));
   EXPECT_EQ(statuses_in(s.to_client), "I");
 }
 
