@@ -1480,8 +1480,17 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::acquire(
     auto server = usable(std::move(result.conn), *pool);
     if (server && settings.pre_ping &&
         now() - server->last_used_at >= std::chrono::seconds(settings.pre_ping_idle_s)) {
+      // Each ping within the checkout's deadline: servers that never answer (a network black
+      // hole, stopped backends) would hold the client 2 s per idle connection.
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now());
+      if (left <= 0ms) {
+        give_back(std::move(server), true, *pool);
+        pool->note_timeout(worker_->index);
+        failure = {"53300", checkout_timeout_message(*pool, settings.checkout_timeout_ms)};
+        co_return nullptr;
+      }
       ServerFailure ping_failure;
-      Deadline ping_deadline(server->stream, 2s);
+      Deadline ping_deadline(server->stream, std::min<std::chrono::milliseconds>(2s, left));
       pool->testing_started();
       const bool alive = co_await server->run_query("", ping_failure);
       pool->testing_ended();

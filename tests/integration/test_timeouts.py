@@ -441,3 +441,40 @@ def test_query_timeout_closes_a_client_whose_server_held_its_session(pgvalve, cl
     finally:
         c.close()
 
+
+def test_pre_ping_of_servers_that_never_answer_stays_within_the_checkout_timeout(pgvalve, cluster):
+    """pool.pre_ping pings idle connections one at a time; when none answers (their backends
+    stopped, as behind a network black hole) the client gets 53300 within
+    checkout_timeout_ms, not 2 s per idle connection (it waited 10 s for 5)."""
+    pv = pgvalve(mode="transaction", pool_size=5, max_overflow=0, pre_ping=True,
+                 pre_ping_idle_s=0, checkout_timeout_ms=1000, workers=1)
+    conns = [pv.connect(autocommit=False) for _ in range(5)]
+    try:
+        for c in conns:
+            c.execute("select 1")
+        for c in conns:
+            c.commit()
+        pids = [r[0] for r in cluster.primary.sql(
+            "select pid from pg_stat_activity where usename = %s and datname = %s "
+            "and backend_type = 'client backend' and pid <> pg_backend_pid()",
+            (APP_USER, APP_DB))]
+        assert len(pids) == 5, pids
+        conns[0].autocommit = True
+        for p in pids:
+            os.kill(p, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(psycopg.Error) as ei:
+                conns[0].execute("select 1")
+            waited = time.monotonic() - started
+        finally:
+            for p in pids:
+                try:
+                    os.kill(p, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+        assert ei.value.sqlstate == "53300", repr(ei.value)
+        assert waited < 2.5, f"waited {waited:.1f}s with checkout_timeout_ms 1000"
+    finally:
+        for c in conns:
+            c.close()
