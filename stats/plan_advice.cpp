@@ -67,6 +67,51 @@ std::vector<std::string> filtered_columns(std::string_view filter) {
   return equal;
 }
 
+// One name of a column as EXPLAIN prints it (`note`, `"Note"`), from `text[at]`; its end, or
+// npos when none starts there.
+std::size_t identifier_end(std::string_view text, std::size_t at) {
+  const auto letter = [](char c) {
+    return std::isalpha(static_cast<unsigned char>(c)) || c == '_' ||
+           static_cast<unsigned char>(c) >= 0x80;
+  };
+  if (at >= text.size()) return std::string_view::npos;
+  if (text[at] == '"') {
+    for (std::size_t i = at + 1; i < text.size(); ++i) {
+      if (text[i] != '"') continue;
+      if (i + 1 < text.size() && text[i + 1] == '"') {
+        ++i;  // "" inside a quoted name
+        continue;
+      }
+      return i + 1;
+    }
+    return std::string_view::npos;
+  }
+  if (!letter(text[at])) return std::string_view::npos;
+  std::size_t i = at + 1;
+  while (i < text.size() &&
+         (letter(text[i]) || text[i] == '$' || std::isdigit(static_cast<unsigned char>(text[i])))) {
+    ++i;
+  }
+  return i;
+}
+
+// A sort key that is a column, maybe qualified, with the order EXPLAIN adds after it
+// ("readings.value DESC", "t.a NULLS FIRST"), not an expression ("(note || 'x'::text)").
+bool is_sort_column(std::string_view key) {
+  std::size_t i = 0;
+  for (;;) {
+    i = identifier_end(key, i);
+    if (i == std::string_view::npos) return false;
+    if (i >= key.size() || key[i] != '.') break;
+    ++i;
+  }
+  std::string_view rest = key.substr(i);
+  for (std::string_view suffix : {" DESC", " NULLS FIRST", " NULLS LAST"}) {
+    if (rest.substr(0, suffix.size()) == suffix) rest.remove_prefix(suffix.size());
+  }
+  return rest.empty();
+}
+
 std::string joined(const std::vector<std::string>& names) {
   std::string out;
   for (const auto& n : names) {
@@ -109,17 +154,27 @@ void walk(const json& node, const PlanSettings& settings, double bound,
   const double bytes = rows * width;
   const double sorted_bytes = (bound >= 0 ? std::min(rows, bound) : rows) * width;
   if (type == "Sort" && sorted_bytes > static_cast<double>(settings.work_mem_bytes)) {
-    std::string key;
-    if (node.contains("Sort Key") && node["Sort Key"].is_array()) {
-      for (const auto& k : node["Sort Key"]) {
-        if (!key.empty()) key += ", ";
-        key += k.is_string() ? k.get<std::string>() : "";
+    // The keys are named only when each is a column: an expression may hold the client's
+    // constants (ORDER BY note || 'secret'), which the advice, kept for the shape and shown
+    // beside every later sample of it, must not.
+    std::string index;
+    if (const auto keys = node.find("Sort Key");
+        keys != node.end() && keys->is_array() && !keys->empty()) {
+      std::string named;
+      for (const auto& k : *keys) {
+        if (!k.is_string() || !is_sort_column(k.get_ref<const std::string&>())) {
+          named.clear();
+          break;
+        }
+        if (!named.empty()) named += ", ";
+        named += k.get_ref<const std::string&>();
       }
+      index = named.empty() ? " or add an index on what it sorts by"
+                            : " or add an index on (" + named + ")";
     }
     advice.push_back("sort of about " + megabytes(sorted_bytes) + ", more than work_mem (" +
                      megabytes(static_cast<double>(settings.work_mem_bytes)) +
-                     "): it spills to disk; raise work_mem for this statement" +
-                     (key.empty() ? std::string() : " or add an index on (" + key + ")"));
+                     "): it spills to disk; raise work_mem for this statement" + index);
   }
   if (type == "Hash" &&
       bytes > static_cast<double>(settings.work_mem_bytes) * settings.hash_mem_multiplier) {

@@ -244,6 +244,52 @@ def test_explain_slow_advice_follows_what_postgresql_does(pgvalve, cluster):
     finally:
         cluster.primary.sql("drop table big_notes", dbname="telemetry")
 
+def big_notes(cluster, table):
+    cluster.primary.sql(f"drop table if exists {table}", dbname="telemetry")
+    cluster.primary.sql(f"create table {table} as select g as id, g % 100 as grp, "
+                        "md5(g::text) as note from generate_series(1, 200000) g",
+                        dbname="telemetry")
+    cluster.primary.sql(f"grant select on {table} to app", dbname="telemetry")
+    cluster.primary.sql(f"analyze {table}", dbname="telemetry")
+
+
+def explained_advice(pv, sql, shape):
+    """Runs `sql` until its shape (SHOW SLOW_QUERIES's normalised text `shape`) has advice:
+    the advice and the shape's fingerprint."""
+    def explained():
+        subprocess.run(["psql", pv.dsn(), "-Xqc", sql], check=True, capture_output=True)
+        rows = [r for r in rows_of(pv, "SHOW SLOW_QUERIES") if r["query"] == shape and r["advice"]]
+        return rows and (rows[0]["advice"], rows[0]["fingerprint"])
+    return wait_until(explained, 30, message=f"EXPLAIN advice of {sql}")
+
+
+def test_explain_slow_advice_shows_no_constant_of_a_sort_key(pgvalve, cluster):
+    """A spilling sort's advice is kept for its shape and shown beside every later sample of it:
+    a sort key that is an expression holding a client's constant is not quoted; a column is
+    named."""
+    import json
+    import urllib.request
+    big_notes(cluster, "big_sorts")
+    pv = pgvalve(users=APP_AND_OPS, stats={"slow_query_ms": 1, "explain_slow": True})
+    try:
+        advice, _ = explained_advice(
+            pv, "select id from big_sorts order by note || 'SORTSECRET'",
+            "select id from big_sorts order by note || $1")
+        assert "SORTSECRET" not in advice, advice
+        assert "sort of about" in advice and "an index on what it sorts by" in advice, advice
+        advice, _ = explained_advice(pv, "select id from big_sorts order by note",
+                                     "select id from big_sorts order by note")
+        assert "sort of about" in advice and "an index on (note)" in advice, advice
+        with urllib.request.urlopen(f"http://127.0.0.1:{pv.admin_port}/status", timeout=5) as r:
+            status = r.read().decode()
+        assert json.loads(status)["slow_queries"]
+        shown = (status + pv.log_text()
+                 + " ".join(str(r) for r in rows_of(pv, "SHOW SLOW_QUERIES")))
+        assert "SORTSECRET" not in shown
+    finally:
+        cluster.primary.sql("drop table big_sorts", dbname="telemetry")
+
+
 def stats_of(pv):
     from pgcluster import APP_DB
     return {k: int(v) for k, v in next(r for r in rows_of(pv, "SHOW STATS")
