@@ -19,54 +19,6 @@ std::string megabytes(double bytes) {
   return buffer;
 }
 
-// Column names a filter compares: identifiers directly before a comparison operator
-// ("(device_id = 7)", "((ts > '...') AND (value < 3))", "(name ~~ 'a%'::text)"), in the order
-// an index on them serves the filter: the columns compared for equality (`=`, `= ANY`,
-// `IS NULL`) first, then the ranges and patterns. PostgreSQL prints the filter in its own
-// order, and an index led by a range column would not be used for the equality after it.
-std::vector<std::string> filtered_columns(std::string_view filter) {
-  std::vector<std::string> equal;
-  std::vector<std::string> other;
-  static constexpr std::string_view kOps[] = {"=", "<", ">", "~~", "<>", "!=", " IS ", " IN "};
-  for (std::size_t i = 0; i < filter.size();) {
-    const char c = filter[i];
-    if (!(std::isalpha(static_cast<unsigned char>(c)) || c == '_')) {
-      ++i;
-      continue;
-    }
-    std::size_t j = i;
-    while (j < filter.size() && (std::isalnum(static_cast<unsigned char>(filter[j])) ||
-                                 filter[j] == '_' || filter[j] == '.')) {
-      ++j;
-    }
-    std::string name(filter.substr(i, j - i));
-    const bool quoted_before = i > 0 && filter[i - 1] == '\'';
-    std::size_t k = j;
-    while (k < filter.size() && filter[k] == ' ')
-      ++k;
-    std::string_view compared;
-    for (std::string_view op : kOps) {
-      const std::string_view at = filter.substr(k > 0 && op.front() == ' ' ? k - 1 : k);
-      if (at.substr(0, op.size()) == op) compared = op;
-    }
-    if (const auto dot = name.rfind('.'); dot != std::string::npos) name = name.substr(dot + 1);
-    if (!compared.empty() && !quoted_before && !name.empty()) {
-      const bool equality = compared == "=" || compared == " IS " || compared == " IN ";
-      const bool known_equal = std::find(equal.begin(), equal.end(), name) != equal.end();
-      const auto in_other = std::find(other.begin(), other.end(), name);
-      if (equality && !known_equal) {
-        if (in_other != other.end()) other.erase(in_other);
-        equal.push_back(name);
-      } else if (!equality && !known_equal && in_other == other.end()) {
-        other.push_back(name);
-      }
-    }
-    i = j;
-  }
-  equal.insert(equal.end(), other.begin(), other.end());
-  return equal;
-}
-
 // One name of a column as EXPLAIN prints it (`note`, `"Note"`), from `text[at]`; its end, or
 // npos when none starts there.
 std::size_t identifier_end(std::string_view text, std::size_t at) {
@@ -93,6 +45,104 @@ std::size_t identifier_end(std::string_view text, std::size_t at) {
     ++i;
   }
   return i;
+}
+
+// The end of a type's name begun before `at` (after "::"): the words PostgreSQL prints for
+// "character varying", "double precision", "timestamp with time zone", ... and a "[]".
+std::size_t type_end(std::string_view text, std::size_t at) {
+  static constexpr std::string_view kWords[] = {" varying", " precision", " with", " without",
+                                                " time",    " zone",      "[]"};
+  for (bool more = true; more;) {
+    more = false;
+    for (std::string_view word : kWords) {
+      const std::size_t end = at + word.size();
+      if (text.substr(at, word.size()) == word &&
+          (word == "[]" || identifier_end(text, end) == std::string_view::npos)) {
+        at = end;
+        more = true;
+        break;
+      }
+    }
+  }
+  return at;
+}
+
+// Column names a filter compares: names directly before a comparison operator
+// ("(device_id = 7)", "((ts > '...') AND (value < 3))", "(name ~~ 'a%'::text)"), in the order
+// an index on them serves the filter: the columns compared for equality (`=`, `= ANY`,
+// `IS NULL`) first, then the ranges and patterns. PostgreSQL prints the filter in its own
+// order, and an index led by a range column would not be used for the equality after it.
+// String constants ('...', '' inside) and numbers are skipped whole: their words are a client's
+// values ('hello LEAKWORD = 1'), not columns.
+std::vector<std::string> filtered_columns(std::string_view filter) {
+  std::vector<std::string> equal;
+  std::vector<std::string> other;
+  static constexpr std::string_view kOps[] = {"=", "<", ">", "~~", "<>", "!=", " IS ", " IN "};
+  for (std::size_t i = 0; i < filter.size();) {
+    const char c = filter[i];
+    if (c == '\'') {
+      // To the closing quote; PostgreSQL doubles a quote inside (also in E'...').
+      for (++i; i < filter.size(); ++i) {
+        if (filter[i] != '\'') continue;
+        if (i + 1 < filter.size() && filter[i + 1] == '\'') {
+          ++i;
+          continue;
+        }
+        break;
+      }
+      ++i;
+      continue;
+    }
+    if (std::isdigit(static_cast<unsigned char>(c))) {
+      while (i < filter.size() && (std::isalnum(static_cast<unsigned char>(filter[i])) ||
+                                   filter[i] == '.' || filter[i] == '_')) {
+        ++i;
+      }
+      continue;
+    }
+    // A name, maybe qualified: its last part is the column's.
+    std::size_t last = i;
+    std::size_t j = identifier_end(filter, i);
+    while (j != std::string_view::npos && j < filter.size() && filter[j] == '.') {
+      last = j + 1;
+      j = identifier_end(filter, last);
+    }
+    if (j == std::string_view::npos) {
+      ++i;
+      continue;
+    }
+    if (i >= 2 && filter.substr(i - 2, 2) == "::") {
+      i = type_end(filter, j);  // a cast's type ("'x'::text = note"), not a column
+      continue;
+    }
+    std::string name(filter.substr(last, j - last));
+    std::size_t k = j;
+    // A column cast to the type compared: "((name)::text = 'x'::text)" for a varchar.
+    if (filter.substr(k, 3) == ")::" && identifier_end(filter, k + 3) != std::string_view::npos) {
+      k = type_end(filter, identifier_end(filter, k + 3));
+    }
+    while (k < filter.size() && filter[k] == ' ')
+      ++k;
+    std::string_view compared;
+    for (std::string_view op : kOps) {
+      const std::string_view at = filter.substr(k > 0 && op.front() == ' ' ? k - 1 : k);
+      if (at.substr(0, op.size()) == op) compared = op;
+    }
+    if (!compared.empty() && !name.empty()) {
+      const bool equality = compared == "=" || compared == " IS " || compared == " IN ";
+      const bool known_equal = std::find(equal.begin(), equal.end(), name) != equal.end();
+      const auto in_other = std::find(other.begin(), other.end(), name);
+      if (equality && !known_equal) {
+        if (in_other != other.end()) other.erase(in_other);
+        equal.push_back(name);
+      } else if (!equality && !known_equal && in_other == other.end()) {
+        other.push_back(name);
+      }
+    }
+    i = j;
+  }
+  equal.insert(equal.end(), other.begin(), other.end());
+  return equal;
 }
 
 // A sort key that is a column, maybe qualified, with the order EXPLAIN adds after it

@@ -290,6 +290,23 @@ def test_explain_slow_advice_shows_no_constant_of_a_sort_key(pgvalve, cluster):
         cluster.primary.sql("drop table big_sorts", dbname="telemetry")
 
 
+def test_explain_slow_advice_takes_no_word_of_a_constant_for_a_column(pgvalve, cluster):
+    """Words inside a filter's string constant are a client's value: the advised index names the
+    column compared, not them, and they are shown nowhere."""
+    big_notes(cluster, "big_filters")
+    pv = pgvalve(users=APP_AND_OPS, stats={"slow_query_ms": 1, "explain_slow": True})
+    try:
+        advice, _ = explained_advice(
+            pv, "select count(*) from big_filters where note = 'hello LEAKWORD = 1'",
+            "select count(*) from big_filters where note = $1")
+        assert "LEAKWORD" not in advice, advice
+        assert "an index on big_filters (note) would" in advice, advice
+        shown = pv.log_text() + " ".join(str(r) for r in rows_of(pv, "SHOW SLOW_QUERIES"))
+        assert "LEAKWORD" not in shown
+    finally:
+        cluster.primary.sql("drop table big_filters", dbname="telemetry")
+
+
 def stats_of(pv):
     from pgcluster import APP_DB
     return {k: int(v) for k, v in next(r for r in rows_of(pv, "SHOW STATS")

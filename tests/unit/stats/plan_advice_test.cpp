@@ -48,6 +48,33 @@ TEST(PlanAdvice, AnIndexLeadsWithTheColumnsComparedForEquality) {
   EXPECT_NE(a.find("an index on big (grp, kind, note, id)"), std::string::npos) << a;
 }
 
+// Words inside a string constant are a client's value, not columns: they are neither named
+// (the advice is shown beside every sample of the shape) nor advised as an index.
+TEST(PlanAdvice, AFiltersConstantsAreNotTakenForColumns) {
+  const auto scan = [](std::string_view filter) {
+    return plan_advice(R"J([{"Plan": {"Node Type": "Seq Scan", "Relation Name": "big",
+      "Total Cost": 8000, "Plan Rows": 30, "Plan Width": 8, "Filter": )J" +
+                       std::string(filter) + "}}]");
+  };
+  std::string a = scan(R"J("(note = 'hello LEAKWORD = 1'::text)")J");
+  EXPECT_EQ(a.find("LEAKWORD"), std::string::npos) << a;
+  EXPECT_NE(a.find("an index on big (note) would"), std::string::npos) << a;
+  // A doubled quote inside does not end the constant; E'' strings are read alike.
+  a = scan(R"J("((note = 'it''s x = 1 AND y < 2'::text) AND (grp > E'\\ z = 3'::text))")J");
+  EXPECT_NE(a.find("an index on big (note, grp) would"), std::string::npos) << a;
+  // Numbers, arrays and quoted column names.
+  a = scan(R"J("((id > 1e5) AND (kind = ANY ('{a = 1,b}'::text[])) AND (\"Big Col\" = 2))")J");
+  EXPECT_NE(a.find(R"(an index on big (kind, "Big Col", id) would)"), std::string::npos) << a;
+  // A cast's type is not a column; a column cast to the type compared is one.
+  a = scan(
+      R"J("(((name)::text = 'a = b'::character varying[]) AND ((ts)::timestamp without time zone > '2026-01-01 00:00:00'::timestamp without time zone))")J");
+  EXPECT_NE(a.find("an index on big (name, ts) would"), std::string::npos) << a;
+  // Only a constant compared to a column: the columns are not known.
+  a = scan(R"J("('LEAKWORD = x'::text = note)")J");
+  EXPECT_EQ(a.find("LEAKWORD"), std::string::npos) << a;
+  EXPECT_NE(a.find("an index on the filtered columns"), std::string::npos) << a;
+}
+
 TEST(PlanAdvice, SmallTablesAndIndexScansNeedNothing) {
   EXPECT_EQ(plan_advice(R"J([{"Plan": {"Node Type": "Seq Scan", "Relation Name": "t",
     "Total Cost": 12.5, "Plan Rows": 1, "Plan Width": 8, "Filter": "(a = 1)"}}])J"),
