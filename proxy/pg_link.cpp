@@ -246,6 +246,10 @@ asio::awaitable<QueryOutcome> query(asio::io_context& io, std::shared_ptr<PgLink
         have_row = true;
       } else if (PQresultStatus(r) != PGRES_TUPLES_OK) {
         out.error = trimmed(PQresultErrorMessage(r));
+        const char* sqlstate = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+        const char* message = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+        out.sqlstate = sqlstate ? sqlstate : "";
+        out.message = message ? message : "";
       }
       PQclear(r);
     }

@@ -50,6 +50,10 @@ struct QueryOutcome {
   bool ok = false;
   std::vector<std::optional<std::string>> row;  // the first row
   std::string error;
+  // When the server refused the statement: its SQLSTATE and primary message, without the
+  // excerpt of the statement (LINE 1: ...) `error` has.
+  std::string sqlstate;
+  std::string message;
 };
 
 // Connects `link` to `host` when it is not connected, runs `sql` and returns its first row,

@@ -87,14 +87,19 @@ boost::asio::awaitable<void> SlowQueryExplainer::explain(const stats::ExplainReq
         co_await query(control_, link, *config, *host, login,
                        "SELECT current_setting('work_mem'), current_setting('hash_mem_multiplier')",
                        kTimeout, true);
+    std::string_view step = "reading work_mem";
     if (q.ok && q.row.size() == 2 && q.row[0] && q.row[1]) {
       if (auto bytes = stats::parse_memory_setting(*q.row[0])) settings.work_mem_bytes = bytes;
       settings.hash_mem_multiplier = std::atof(q.row[1]->c_str());
+      step = "EXPLAIN";
       q = co_await query(control_, link, *config, *host, login, "EXPLAIN (FORMAT JSON) " + r.sql,
                          kTimeout, true);
     }
     if (q.ok && !q.row.empty() && q.row[0]) {
       advice = stats::plan_advice(*q.row[0], settings);
+    } else if (!q.sqlstate.empty()) {
+      // The server's text of the error quotes the statement (LINE 1: ... where id = 'secret').
+      error = stats::refusal_reason(step, q.sqlstate, q.message, config->stats.redact_literals);
     } else {
       error = q.error.empty() ? "no plan" : q.error;
     }

@@ -257,6 +257,24 @@ std::string plan_advice(std::string_view explain_json, const PlanSettings& setti
   return out;
 }
 
+std::string refusal_reason(std::string_view step, std::string_view sqlstate,
+                           std::string_view message, bool redact) {
+  std::string out = "the server refused ";
+  out += step;
+  out += " with SQLSTATE ";
+  out += sqlstate;
+  if (redact) {
+    out +=
+        " (its message may quote the statement's constants: logged only with "
+        "stats.redact_literals: false)";
+    return out;
+  }
+  // One line: what follows would be the statement again.
+  out += ": ";
+  out += message.substr(0, message.find('\n'));
+  return out;
+}
+
 std::uint64_t parse_memory_setting(std::string_view text) {
   std::uint64_t n = 0;
   std::size_t i = 0;

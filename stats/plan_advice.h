@@ -20,6 +20,13 @@ struct PlanSettings {
 // Empty when the plan shows none of the problems above (or is not EXPLAIN JSON).
 std::string plan_advice(std::string_view explain_json, const PlanSettings& settings = {});
 
+// Why `step` ("EXPLAIN") failed, for the log, when the server refused it with `sqlstate` and
+// its primary `message`. The message is left out under stats.redact_literals (`redact`): it
+// may quote the statement's constants (invalid input syntax for type integer: "secret").
+// Never PostgreSQL's excerpt of the statement (LINE 1: ...).
+std::string refusal_reason(std::string_view step, std::string_view sqlstate,
+                           std::string_view message, bool redact);
+
 // "4MB", "64kB", "1GB" as SHOW work_mem prints them, in bytes; 0 when unreadable.
 std::uint64_t parse_memory_setting(std::string_view text);
 

@@ -307,6 +307,38 @@ def test_explain_slow_advice_takes_no_word_of_a_constant_for_a_column(pgvalve, c
         cluster.primary.sql("drop table big_filters", dbname="telemetry")
 
 
+@pytest.mark.parametrize("redact", [True, False])
+def test_a_refused_explain_logs_no_constant_of_the_statement(pgvalve, cluster, redact):
+    """The EXPLAIN of a statement the server refuses is logged with its SQLSTATE; PostgreSQL's
+    message, which may quote a constant (22P02 quotes the input), only when samples show the
+    constants too (redact_literals: false), and never its excerpt of the statement (LINE 1)."""
+    cluster.primary.sql("drop table if exists big_ids", dbname="telemetry")
+    cluster.primary.sql("create table big_ids as select g as id from generate_series(1, 1000) g",
+                        dbname="telemetry")
+    cluster.primary.sql("grant select on big_ids to app", dbname="telemetry")
+    pv = pgvalve(users=APP_AND_OPS,
+                 stats={"slow_query_ms": 50, "explain_slow": True, "redact_literals": redact})
+    try:
+        with pv.connect() as c:
+            # Slow: its shape is EXPLAINed with the text of its next execution, which fails.
+            c.execute("select pg_sleep(0.1), id from big_ids where id = '5'").fetchall()
+            with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+                c.execute("select pg_sleep(0.1), id from big_ids where id = 'MyPassw0rdXYZ'")
+
+        def logged():
+            return [line for line in pv.log_text().splitlines()
+                    if "slow_query_not_explained" in line]
+        line = wait_until(logged, 10, message="slow_query_not_explained")[0]
+        assert "the server refused EXPLAIN with SQLSTATE 22P02" in line, line
+        assert "LINE" not in line, line
+        if redact:
+            assert "MyPassw0rdXYZ" not in pv.log_text()
+        else:
+            assert 'invalid input syntax for type integer: \\"MyPassw0rdXYZ\\"' in line, line
+    finally:
+        cluster.primary.sql("drop table big_ids", dbname="telemetry")
+
+
 def stats_of(pv):
     from pgcluster import APP_DB
     return {k: int(v) for k, v in next(r for r in rows_of(pv, "SHOW STATS")

@@ -170,6 +170,22 @@ TEST(PlanAdvice, WhatIsNotAPlanGivesNoAdvice) {
   EXPECT_EQ(plan_advice("[{\"Plan\": 3}]"), "");
 }
 
+// slow_query_not_explained's reason: PostgreSQL's message may quote the statement's constants
+// (22P02 quotes the input), so it is logged only when the samples show them too.
+TEST(PlanAdvice, ARefusalIsLoggedWithItsMessageOnlyWhenConstantsMayBeShown) {
+  const std::string_view message = "invalid input syntax for type integer: \"MyPassw0rdXYZ\"";
+  const std::string redacted = refusal_reason("EXPLAIN", "22P02", message, true);
+  EXPECT_EQ(redacted.find("MyPassw0rd"), std::string::npos) << redacted;
+  EXPECT_EQ(redacted.rfind("the server refused EXPLAIN with SQLSTATE 22P02", 0), 0u) << redacted;
+  EXPECT_NE(redacted.find("stats.redact_literals: false"), std::string::npos) << redacted;
+  EXPECT_EQ(refusal_reason("EXPLAIN", "22P02", message, false),
+            "the server refused EXPLAIN with SQLSTATE 22P02: invalid input syntax for type "
+            "integer: \"MyPassw0rdXYZ\"");
+  // One line, never what follows it.
+  EXPECT_EQ(refusal_reason("EXPLAIN", "42601", "syntax error\nLINE 1: select 'x'", false),
+            "the server refused EXPLAIN with SQLSTATE 42601: syntax error");
+}
+
 TEST(PlanAdvice, MemorySettingsAsShowPrintsThem) {
   EXPECT_EQ(parse_memory_setting("4MB"), 4u << 20);
   EXPECT_EQ(parse_memory_setting("64kB"), 64u << 10);
