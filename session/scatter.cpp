@@ -193,6 +193,7 @@ std::string Scatter::start(std::string_view frames, std::string_view sql,
     gather_->set_fetch_limit(fetch_limit);
   }
   rows_.assign(static_cast<std::size_t>(shards), 0);
+  unended_rows_.assign(static_cast<std::size_t>(shards), 0);
   bound_.assign(static_cast<std::size_t>(shards), false);
   return {};
 }
@@ -202,7 +203,7 @@ void Scatter::add(int shard, const pr::Frame& f, std::string& client) {
   if (gather_->streaming()) {
     // The client is getting rows: they, a notice of the first shard and the end may follow.
     if (f.tag == 'D') {
-      ++rows_[static_cast<std::size_t>(shard)];
+      ++unended_rows_[static_cast<std::size_t>(shard)];
       gather_->add(shard, f, &client);
     } else if (f.tag == 'N') {
       if (shard == 0 && notices_.size() + f.whole.size() <= kMaxNoticeBytes) {
@@ -212,6 +213,7 @@ void Scatter::add(int shard, const pr::Frame& f, std::string& client) {
     } else if (f.tag == 's') {
       fail("08P01", "pgvalve: a shard suspended a portal pgvalve asked for in full");
     } else if (f.tag == 'C' || f.tag == 'E' || f.tag == 'T' || f.tag == 'I') {
+      end_rows(shard, f);
       gather_->add(shard, f, &client);
     }
     return;
@@ -274,7 +276,7 @@ void Scatter::add_held(int shard, const pr::Frame& f) {
       if (f.tag == 'T') gather_->add(shard, f);
       return;
     case 'D':
-      if (!write_) ++rows_[i];  // a write's rows are its tag's (RETURNING rows included)
+      if (!write_) ++unended_rows_[i];  // a write's rows are its tag's (RETURNING rows included)
       gather_->add(shard, f);
       return;
     case 'N':
@@ -284,11 +286,22 @@ void Scatter::add_held(int shard, const pr::Frame& f) {
       fail("08P01", "pgvalve: a shard suspended a portal pgvalve asked for in full");
       return;
     default:
-      if (f.tag == 'C' && write_) {
-        rows_[i] += stats::read_command_tag(pr::read_command_complete(f).value_or("")).rows;
-      }
+      end_rows(shard, f);
       gather_->add(shard, f);  // CommandComplete, EmptyQueryResponse, ErrorResponse
       return;
+  }
+}
+
+void Scatter::end_rows(int shard, const pr::Frame& f) {
+  const auto i = static_cast<std::size_t>(shard);
+  if (f.tag == 'C') {
+    rows_[i] += write_ ? stats::read_command_tag(pr::read_command_complete(f).value_or("")).rows
+                       : unended_rows_[i];
+    unended_rows_[i] = 0;
+  } else if (f.tag == 'E') {
+    // A failed part reported no rows, as a failed statement on one server does (its rows
+    // before the error count nowhere).
+    unended_rows_[i] = 0;
   }
 }
 

@@ -80,8 +80,14 @@ class Scatter {
   // The answer is this error (a shard lost, no server for a shard); the first error wins.
   void fail(std::string_view sqlstate, std::string_view message);
   bool failed() const { return gather_ && gather_->failed(); }
-  // Rows shard `shard` answered: a read's rows, a write's count from its command tag.
+  // Rows shard `shard` answered, as its command tags reported them (SHOW SHARDS.rows_routed):
+  // a read's rows once its CommandComplete came, none when it failed; a write's count.
   std::uint64_t rows(int shard) const { return rows_.at(static_cast<std::size_t>(shard)); }
+  // ... and a read's rows that came before it was stopped (a kept portal closed early).
+  std::uint64_t rows_read(int shard) const {
+    const auto i = static_cast<std::size_t>(shard);
+    return rows_.at(i) + unended_rows_.at(i);
+  }
   // After finish(): the rows the client got (a write: its tag's count).
   std::uint64_t rows_answered() const { return gather_ ? gather_->rows_answered() : 0; }
 
@@ -114,6 +120,8 @@ class Scatter {
   // Until the client gets rows: the first shard's answers kept for the client's, the rest to the
   // gather.
   void add_held(int shard, const protocol::Frame& f);
+  // Shard `shard`'s part ended with `f`: its rows count when it is a CommandComplete.
+  void end_rows(int shard, const protocol::Frame& f);
   // The client's answers before its rows, and the rows ready to go (a streamed read).
   void start_rows(std::string& out);
   // The client's messages that get an answer, in its order: '3' Close of a portal, 'P' Parse,
@@ -124,8 +132,9 @@ class Scatter {
   std::vector<std::string> requests_;  // or one per shard
   bool write_ = false;
   std::optional<routing::Gather> gather_;
-  std::vector<std::uint64_t> rows_;  // per shard
-  std::vector<bool> bound_;          // per shard: its BindComplete came
+  std::vector<std::uint64_t> rows_;          // per shard
+  std::vector<std::uint64_t> unended_rows_;  // per shard: a read's rows before its tag came
+  std::vector<bool> bound_;                  // per shard: its BindComplete came
   // What the first shard answered, for the client's Parse, Describes and Bind.
   bool parsed_ = false;
   bool bound_first_ = false;

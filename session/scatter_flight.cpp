@@ -662,10 +662,11 @@ stats::Execution Session::scatter_execution(stats::Execution::Scope scope) {
   return e;
 }
 
-void Session::record_scatter_part(Link& l) {
+void Session::record_scatter_part(Link& l, bool stopped) {
   if (!recorder_) return;
   stats::Execution e = scatter_execution(stats::Execution::Scope::ShardPart);
-  e.rows = work().scatter().scatter->rows(l.scatter_shard);
+  const Scatter& scatter = *work().scatter().scatter;
+  e.rows = stopped ? scatter.rows_read(l.scatter_shard) : scatter.rows(l.scatter_shard);
   e.replica = l.server->replica;
   e.shard = l.route.shard;
   e.host = l.server->name;
@@ -952,7 +953,7 @@ void Session::close_portal(Actions& out) {
   Workspace& w = work();
   for (Link& l : w.links) {
     if (!l.server || l.scatter_shard < 0) continue;
-    record_scatter_part(l);
+    record_scatter_part(l, true);
     // Its read may run on for a long time: stopped, not read to its end.
     unlink(l.id, LinkOp::Kind::CancelAndClose, out);
   }

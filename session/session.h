@@ -463,7 +463,9 @@ class Session {
   bool closed_portal() const { return extras_ && !extras_->closed_portal.empty(); }
   std::string closed_portal_message() const;
   stats::Execution scatter_execution(stats::Execution::Scope scope);
-  void record_scatter_part(Link& l);
+  // `stopped`: its read was stopped before its end (a kept portal closed): the rows it sent
+  // count, as a suspended portal's do.
+  void record_scatter_part(Link& l, bool stopped = false);
   // The client's one statement over several shards, once, with the error its answer (`answer`)
   // may hold.
   void record_gathered(std::string_view answer);

@@ -675,6 +675,45 @@ def test_statistics_count_a_statement_over_several_shards_once_and_each_shards_p
             assert int(by_shard[name]["statements"]) == inserted[name] + 3, by_shard[name]
 
 
+def test_a_shards_part_that_fails_after_some_rows_routes_none(shards, pgvalve):
+    """SHOW SHARDS.rows_routed is the rows each shard's command tag reported: a shard whose part
+    of a read over several shards failed after sending rows reported none, as a statement that
+    fails on one server does."""
+    from itutil import APP_AND_OPS, OPS_PASSWORD, OPS_USER
+    clear(shards)
+    pv = pgvalve(users=APP_AND_OPS, **config(shards))
+    on_s1 = [d for d in range(1, 40) if md5_mod(d) == 1 and d != 3][:4]
+    assert md5_mod(3) == 1 and md5_mod(2) == 0
+    with pv.connect() as conn:
+        # s1 reads its rows in this order: four rows, then device 3's division by zero.
+        for d in on_s1 + [3, 2]:
+            conn.execute("INSERT INTO telemetry (device_id, value) VALUES (%s, 1)", (d,))
+    shards[0].wait_replay()
+
+    def routed():
+        with psycopg.connect(pv.dsn(user=OPS_USER, password=OPS_PASSWORD, dbname="pgvalve"),
+                             autocommit=True, prepare_threshold=None) as a:
+            cur = a.execute("SHOW SHARDS")
+            cols = [d.name for d in cur.description]
+            return {r[cols.index("shard")]: int(r[cols.index("rows_routed")])
+                    for r in cur.fetchall() if r[cols.index("database")] == APP_DB}
+
+    import subprocess
+    sql = "SELECT 1 / (device_id - 3) FROM telemetry"
+    for simple in (False, True):
+        before = routed()
+        if simple:  # psql: the simple protocol
+            run = subprocess.run(["psql", pv.dsn(), "-Xqc", sql], capture_output=True, text=True,
+                                 timeout=30)
+            assert run.returncode != 0 and "division by zero" in run.stderr, run
+        else:
+            with pv.connect() as conn, pytest.raises(psycopg.errors.DivisionByZero):
+                conn.execute(sql).fetchall()
+        after = routed()
+        assert after["s0"] - before["s0"] == 1, (simple, before, after)  # s0's SELECT 1
+        assert after["s1"] - before["s1"] == 0, (simple, before, after)  # no tag: no rows
+
+
 def test_a_slow_read_over_several_shards_names_where_its_parts_ran(shards, pgvalve):
     # s0's part runs on its replica, s1's on its primary (it has no replica): the slow sample
     # names both shards and both hosts, and each part counts under the role it ran on.

@@ -277,6 +277,46 @@ TEST_F(SessionStatistics, AReadOverSeveralShardsKeepsWhereItsPartsRan) {
   }
 }
 
+// SHOW SHARDS.rows_routed is the rows each shard's command tag reported: a part that failed
+// after sending rows reported none, as a statement failing on one server does.
+TEST_F(SessionStatistics, AShardsPartThatFailedAfterSomeRowsCountsNone) {
+  routing::ShardingPolicy policy;
+  policy.tables = {"telemetry"};
+  policy.map = routing::ShardMap(routing::ShardHash::Md5Mod, routing::KeyType::Auto, 2, {});
+  policy.shard_names = {"s0", "s1"};
+  SessionHarness h(policy, {}, false, &recorder_);
+  auto s0 = SessionHarness::fresh_server();
+  auto s1 = SessionHarness::fresh_server();
+  const auto rows_by_shard = [&] {
+    snapshot_ = stats::QueryStats::snapshot({&stats_}, 100);
+    std::uint64_t rows[2] = {0, 0};
+    for (const auto& t : snapshot_.queries_by_label) {
+      if (t.shard < 2) rows[t.shard] += t.rows;
+    }
+    return std::pair{rows[0], rows[1]};
+  };
+  const std::string sql = query("select 1 / (device_id - 3) from telemetry");
+  const std::string ok = int8_description() + data_row({"1"}) + complete("SELECT 1") + ready();
+  const std::string failed =
+      int8_description() + data_row({"1"}) + data_row({"2"}) + error_message("22012") + ready();
+  // The failing shard answers last (its rows go to the gather), then first (the first's rows
+  // streamed to the client before the other's error).
+  for (int failing : {1, 0}) {
+    const auto before = rows_by_shard();
+    h.client(sql, T0);
+    h.linked(*s0, T0);
+    h.linked(*s1, T0);
+    h.server(failing == 0 ? failed : ok, T0 + 1ms, 0);
+    const Step s = h.server(failing == 1 ? failed : ok, T0 + 2ms, 1);
+    EXPECT_NE(tags_of(s.to_client).find('E'), std::string::npos) << "the client got the error";
+    const auto after = rows_by_shard();
+    EXPECT_EQ(failing == 0 ? after.first - before.first : after.second - before.second, 0u)
+        << "shard " << failing << " failed: no rows";
+    EXPECT_EQ(failing == 0 ? after.second - before.second : after.first - before.first, 1u)
+        << "the other shard's SELECT 1";
+  }
+}
+
 // A write to a reference table runs on every shard; its rows are the client's count, once.
 TEST_F(SessionStatistics, AWriteToAReferenceTableCountsItsRowsOnce) {
   routing::ShardingPolicy policy;
