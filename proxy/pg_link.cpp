@@ -77,20 +77,24 @@ asio::awaitable<bool> wait_socket(asio::io_context& io, PgLink& link, bool for_w
   co_return !ec && !link.timed_out && !link.stopped;
 }
 
+// What a probe connection saw of a server's login (insecure_auth_probe).
+enum class ProbeSeen {
+  Tls,       // it answered SSLRequest with 'S'
+  Plain,     // without TLS, no cleartext or md5 request (SCRAM, trust, or an error libpq reports)
+  Insecure,  // without TLS, a cleartext or md5 request
+  Unknown,   // no answer (cannot connect, closed, timed out)
+};
+
 // libpq 15 answers whatever password request a server makes (require_auth came in 16). Where
 // pgvalve's own server links would refuse — cleartext or md5 over a link without TLS, unless
 // server_allow_insecure_auth — the checks must too: before libpq gets the password, a probe
-// connection asks for TLS as libpq will, and when there is none, reads which password request
-// the server makes. Returns why the password must not be sent, or "".
-asio::awaitable<std::string> insecure_auth_probe(asio::io_context& io, const config::Config& config,
-                                                 const config::Endpoint& host, const PgLogin& login,
-                                                 std::chrono::milliseconds timeout) {
+// connection asks for TLS (when `ask_tls`) and, when there is none, reads which password request
+// the server makes. `refusal` says why the password must not be sent (ProbeSeen::Insecure).
+asio::awaitable<ProbeSeen> insecure_auth_probe(asio::io_context& io, const config::Endpoint& host,
+                                               const PgLogin& login, bool ask_tls,
+                                               std::chrono::milliseconds timeout,
+                                               std::string& refusal) {
   using asio::ip::tcp;
-  if (config.server_allow_insecure_auth || login.password.empty()) co_return "";
-  if (config.server_tls != config::ServerTlsMode::Disable &&
-      config.server_tls != config::ServerTlsMode::Prefer) {
-    co_return "";  // libpq will use TLS or not connect at all
-  }
   tcp::socket socket(io);
   asio::steady_timer deadline(io);
   deadline.expires_after(timeout);
@@ -101,14 +105,15 @@ asio::awaitable<std::string> insecure_auth_probe(asio::io_context& io, const con
   tcp::resolver resolver(io);
   auto found = co_await resolver.async_resolve(host.host, std::to_string(host.port), await_ec(ec));
   if (!ec) co_await asio::async_connect(socket, found, await_ec(ec));
-  if (ec) co_return "";  // libpq reports why it cannot connect
+  if (ec) co_return ProbeSeen::Unknown;
   std::string out;
   char answer = 'N';
-  if (config.server_tls == config::ServerTlsMode::Prefer) {
+  if (ask_tls) {
     protocol::append_ssl_request(out);
     co_await asio::async_write(socket, asio::buffer(out), await_ec(ec));
     if (!ec) co_await asio::async_read(socket, asio::buffer(&answer, 1), await_ec(ec));
-    if (ec || answer == 'S') co_return "";  // TLS: any password request is allowed over it
+    if (ec) co_return ProbeSeen::Unknown;
+    if (answer == 'S') co_return ProbeSeen::Tls;
   }
   out.clear();
   const std::pair<std::string_view, std::string_view> params[] = {{"user", login.user},
@@ -118,19 +123,109 @@ asio::awaitable<std::string> insecure_auth_probe(asio::io_context& io, const con
   char head[9];
   if (!ec) co_await asio::async_read(socket, asio::buffer(head, sizeof head), await_ec(ec));
   deadline.cancel();
-  if (ec || head[0] != 'R') co_return "";
+  if (ec) co_return ProbeSeen::Unknown;
+  if (head[0] != 'R') co_return ProbeSeen::Plain;
   const auto byte = [&](int i) {
     return static_cast<std::uint32_t>(static_cast<unsigned char>(head[i]));
   };
   const auto code = static_cast<protocol::AuthCode>(
       static_cast<std::int32_t>((byte(5) << 24) | (byte(6) << 16) | (byte(7) << 8) | byte(8)));
   if (code != protocol::AuthCode::CleartextPassword && code != protocol::AuthCode::Md5Password) {
-    co_return "";
+    co_return ProbeSeen::Plain;
   }
-  co_return std::string("the server asks for a ") +
-      (code == protocol::AuthCode::Md5Password ? "md5" : "cleartext") +
-      " password over a connection without TLS; pgvalve did not send it (enable TLS on the "
-      "server, use SCRAM, or set server_allow_insecure_auth: true)";
+  refusal = std::string("the server asks for a ") +
+            (code == protocol::AuthCode::Md5Password ? "md5" : "cleartext") +
+            " password over a connection without TLS; pgvalve did not send it (enable TLS on the "
+            "server, use SCRAM, or set server_allow_insecure_auth: true)";
+  co_return ProbeSeen::Insecure;
+}
+
+// Opens link.conn with libpq in `mode` (an sslmode); false with `error` when it fails. The
+// caller's deadline ends the waits (link.timed_out).
+asio::awaitable<bool> libpq_connect(asio::io_context& io, PgLink& link,
+                                    const config::Config& config, const config::Endpoint& host,
+                                    const PgLogin& login, const char* mode, std::string& error) {
+  const std::string port = std::to_string(host.port);
+  const std::string& ca = config.server_tls_ca;
+  const char* keys[] = {"host",    "port",        "dbname",           "user", "password",
+                        "sslmode", "sslrootcert", "application_name", nullptr};
+  const char* values[] = {host.host.c_str(),
+                          port.c_str(),
+                          login.dbname.c_str(),
+                          login.user.c_str(),
+                          login.password.c_str(),
+                          mode,
+                          !verifies(config.server_tls) ? kNoRootCertificate
+                          : ca.empty()                 ? kSystemCaFile
+                                                       : ca.c_str(),
+                          login.application_name.c_str(),
+                          nullptr};
+  link.conn = PQconnectStartParams(keys, values, 0);
+  if (!link.conn || PQstatus(link.conn) == CONNECTION_BAD) {
+    error = link.conn ? trimmed(PQerrorMessage(link.conn)) : "out of memory";
+    co_return false;
+  }
+  PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+  while (st != PGRES_POLLING_OK) {
+    if (st == PGRES_POLLING_FAILED) {
+      error = trimmed(PQerrorMessage(link.conn));
+      co_return false;
+    }
+    if (!co_await wait_socket(io, link, st == PGRES_POLLING_WRITING)) co_return false;
+    st = PQconnectPoll(link.conn);
+  }
+  PQsetnonblocking(link.conn, 1);
+  co_return true;
+}
+
+// Logs link.conn in. Where a password could go out without TLS (server_tls disable or prefer,
+// server_allow_insecure_auth off), libpq is never let to choose: after a failed TLS handshake
+// its sslmode=prefer falls back to plaintext and answers md5 unasked. It gets sslmode=require
+// when the server offers TLS and, as pgvalve's own server links do for prefer, when that fails
+// a new connection without TLS (sslmode=disable) only after a probe saw it ask for no cleartext
+// or md5 password.
+asio::awaitable<bool> log_in(asio::io_context& io, PgLink& link, const config::Config& config,
+                             const config::Endpoint& host, const PgLogin& login,
+                             std::chrono::steady_clock::time_point until, std::string& error) {
+  const bool guarded = !config.server_allow_insecure_auth && !login.password.empty() &&
+                       (config.server_tls == config::ServerTlsMode::Disable ||
+                        config.server_tls == config::ServerTlsMode::Prefer);
+  if (!guarded)
+    co_return co_await libpq_connect(io, link, config, host, login, sslmode(config.server_tls),
+                                     error);
+  const auto left = [&] {
+    return std::max(std::chrono::milliseconds(1),
+                    std::chrono::duration_cast<std::chrono::milliseconds>(
+                        until - std::chrono::steady_clock::now()));
+  };
+  const bool prefer = config.server_tls == config::ServerTlsMode::Prefer;
+  std::string refusal;
+  ProbeSeen seen = co_await insecure_auth_probe(io, host, login, prefer, left(), refusal);
+  if (seen == ProbeSeen::Insecure) {
+    error = refusal;
+    co_return false;
+  }
+  if (seen == ProbeSeen::Plain) {
+    co_return co_await libpq_connect(io, link, config, host, login, "disable", error);
+  }
+  if (!prefer) {  // Unknown, with server_tls disable
+    error =
+        "cannot reach the server at " + host.to_string() + " (the probe connection got no answer)";
+    co_return false;
+  }
+  // Tls, or Unknown (libpq then says why it cannot connect).
+  if (co_await libpq_connect(io, link, config, host, login, "require", error)) co_return true;
+  if (link.timed_out || link.stopped || seen == ProbeSeen::Unknown) co_return false;
+  link.close();
+  const std::string tls_error = error;
+  seen = co_await insecure_auth_probe(io, host, login, false, left(), refusal);
+  if (seen == ProbeSeen::Insecure) {
+    error = refusal + "; TLS with it failed: " + tls_error;
+    co_return false;
+  }
+  if (seen != ProbeSeen::Plain) co_return false;  // libpq's TLS error stands
+  error.clear();
+  co_return co_await libpq_connect(io, link, config, host, login, "disable", error);
 }
 
 // Connects `link` to `host` when it is not connected, runs `sql` and returns its first row,
@@ -165,47 +260,8 @@ asio::awaitable<QueryOutcome> query(asio::io_context& io, std::shared_ptr<PgLink
   });
   bool ok = true;
   if (!link.conn) {
-    out.error = co_await insecure_auth_probe(io, config, host, login, timeout);
-    if (!out.error.empty()) {
-      deadline.cancel();
-      co_return out;
-    }
-  }
-  if (!link.conn) {
-    const std::string port = std::to_string(host.port);
-    const std::string& ca = config.server_tls_ca;
-    const char* keys[] = {"host",    "port",        "dbname",           "user", "password",
-                          "sslmode", "sslrootcert", "application_name", nullptr};
-    const char* values[] = {host.host.c_str(),
-                            port.c_str(),
-                            login.dbname.c_str(),
-                            login.user.c_str(),
-                            login.password.c_str(),
-                            sslmode(config.server_tls),
-                            !verifies(config.server_tls) ? kNoRootCertificate
-                            : ca.empty()                 ? kSystemCaFile
-                                                         : ca.c_str(),
-                            login.application_name.c_str(),
-                            nullptr};
-    link.conn = PQconnectStartParams(keys, values, 0);
-    if (!link.conn || PQstatus(link.conn) == CONNECTION_BAD) {
-      ok = false;
-      out.error = link.conn ? trimmed(PQerrorMessage(link.conn)) : "out of memory";
-    }
-    PostgresPollingStatusType st = PGRES_POLLING_WRITING;
-    while (ok && st != PGRES_POLLING_OK) {
-      if (st == PGRES_POLLING_FAILED) {
-        ok = false;
-        out.error = trimmed(PQerrorMessage(link.conn));
-        break;
-      }
-      if (!co_await wait_socket(io, link, st == PGRES_POLLING_WRITING)) {
-        ok = false;
-        break;
-      }
-      st = PQconnectPoll(link.conn);
-    }
-    if (ok) PQsetnonblocking(link.conn, 1);
+    ok = co_await log_in(io, link, config, host, login, std::chrono::steady_clock::now() + timeout,
+                         out.error);
   }
   // The extended protocol refuses a string of several statements: pgvalve runs what it means.
   const int sent = !ok                ? 1

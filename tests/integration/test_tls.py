@@ -401,6 +401,10 @@ def test_server_tls_prefer_falls_back_to_plaintext_when_the_handshake_fails(ssl_
                                           dbname="postgres")[0][0]
             assert ssl in (False, "f")
             assert re.search(r"event=server_tls_failed .*then=plaintext", pv.log_text())
+            # The health checks fall back as the server connections do (SCRAM, no md5).
+            time.sleep(0.5)
+            assert "event=host_down" not in pv.log_text(), pv.log_text()[-2000:]
+            assert "event=health_check_refused" not in pv.log_text(), pv.log_text()[-2000:]
         finally:
             pv.stop()
         pv = pv_for(ssl_cluster, tmp_path / "require", mode="transaction", pool_size=1,
@@ -414,6 +418,51 @@ def test_server_tls_prefer_falls_back_to_plaintext_when_the_handshake_fails(ssl_
     finally:
         for sql in ("alter system reset ssl_min_protocol_version",
                     "alter system reset ssl_max_protocol_version", "select pg_reload_conf()"):
+            ssl_cluster.primary.psql(sql)
+        time.sleep(0.5)
+
+
+def test_health_checks_send_no_md5_password_after_a_failed_tls_handshake(ssl_cluster,
+                                                                             tmp_path):
+    # The server says 'S' but offers only TLS 1.1 (refused), and asks for md5. pgvalve's own
+    # server connections fall back to plaintext and refuse to answer md5 there; the health
+    # checks (libpq, sslmode=prefer) used to fall back too and send the md5 hash in plaintext.
+    hba = ssl_cluster.primary.datadir / "pg_hba.conf"
+    scram_hba = hba.read_text()
+    line = "127.0.0.1/32   scram-sha-256\n"
+    assert scram_hba.count(line) == 2  # replication, then all
+    for sql in ("alter system set ssl_min_protocol_version = 'TLSv1'",
+                "alter system set ssl_max_protocol_version = 'TLSv1.1'",
+                f"set password_encryption = 'md5'; alter role {APP_USER} password '{APP_PASSWORD}'"):
+        ssl_cluster.primary.psql(sql)
+    hba.write_text(scram_hba.replace(f"all           {line}", f"all           127.0.0.1/32   md5\n"))
+    ssl_cluster.primary.psql("select pg_reload_conf()")
+    time.sleep(0.5)
+    try:
+        pv = pv_for(ssl_cluster, tmp_path, mode="transaction", pool_size=1, server_tls="prefer",
+                    health={"interval_ms": 100, "failures_before_down": 2}).start()
+        try:
+            with pytest.raises(psycopg.OperationalError) as ei:
+                pv.connect()
+            assert "md5" in str(ei.value) and "without TLS" in str(ei.value), ei.value
+            wait_until(lambda: "event=health_check_refused" in pv.log_text(), 5,
+                       message="the health check refused")
+            line = next(l for l in pv.log_text().splitlines()
+                        if "event=health_check_refused" in l)
+            assert "md5 password over a connection without TLS" in line, line
+            time.sleep(0.5)  # several more checks
+            logged_in = ssl_cluster.primary.sql(
+                "select a.application_name, s.ssl from pg_stat_activity a "
+                "join pg_stat_ssl s using (pid) where a.usename = 'app'")
+            assert logged_in == [], logged_in
+        finally:
+            pv.stop()
+    finally:
+        hba.write_text(scram_hba)
+        for sql in ("alter system reset ssl_min_protocol_version",
+                    "alter system reset ssl_max_protocol_version",
+                    f"set password_encryption = 'scram-sha-256'; "
+                    f"alter role {APP_USER} password '{APP_PASSWORD}'", "select pg_reload_conf()"):
             ssl_cluster.primary.psql(sql)
         time.sleep(0.5)
 
