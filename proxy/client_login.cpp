@@ -28,7 +28,7 @@ asio::awaitable<void> ClientSession::serve() {
   login->users = app_.users();
   profile_ = login;
   if (door_ != admission::Verdict::Admit) {
-    co_await refuse_at_door(*login);
+    co_await refuse_at_door();
     co_return;
   }
   {
@@ -60,21 +60,61 @@ asio::awaitable<void> ClientSession::serve() {
 
 // Refused at accept (App::admit()). The client is told why in answer to its startup packet, as
 // PostgreSQL does, so that libpq and drivers show the message; a cancel request is still
-// forwarded, so queries can be cancelled while the door is full.
-asio::awaitable<void> ClientSession::refuse_at_door(ClientProfile& login) {
+// forwarded, so queries can be cancelled while the door is full. Nothing more is spent on it:
+// an SSLRequest gets 'N' (no TLS handshake: libpq with sslmode=prefer then reads the refusal in
+// plaintext, with require it reports that the server offers no TLS), and the StartupMessage is
+// read past, never parsed.
+asio::awaitable<void> ClientSession::refuse_at_door() {
   app_.begin_refusal();
   struct EndRefusal {
     App& app;
     ~EndRefusal() { app.end_refusal(); }
   } end{app_};
-  bool ok;
   {
     Deadline deadline(client_,
                       std::chrono::milliseconds(std::min(config().limits.auth_timeout_ms, 2000)));
-    StartupParameters ignored;
-    ok = co_await read_startup(login, ignored);
+    // Until `need` bytes are buffered; false when the client is gone or the deadline passed.
+    auto fill = [this](std::size_t need) -> asio::awaitable<bool> {
+      while (client_in_.readable().size() < need) {
+        auto space = client_in_.prepare();
+        if (space.empty()) co_return false;
+        error_code ec;
+        const std::size_t n = co_await client_.async_read_some(
+            asio::buffer(space.data(), space.size()), await_ec(ec));
+        if (ec) co_return false;
+        client_in_.commit(n);
+      }
+      co_return true;
+    };
+    // At most an SSLRequest and a GSSENCRequest before the packet that is answered.
+    for (int asked = 0;; ++asked) {
+      if (!co_await fill(8)) co_return;
+      const char* head = client_in_.readable().data();
+      const std::uint32_t length = pr::read_u32(head);
+      const std::uint32_t code = pr::read_u32(head + 4);
+      if (length == 8 && (code == pr::kSslRequestCode || code == pr::kGssEncRequestCode) &&
+          asked < 2) {
+        client_in_.consume(8);
+        if (!co_await write_all(client_, "N")) co_return;
+        continue;
+      }
+      if (length == 16 && code == pr::kCancelRequestCode) {
+        if (!co_await fill(16)) co_return;
+        auto r = pr::decode_startup(client_in_.readable());
+        if (auto* cancel = std::get_if<pr::CancelRequest>(&r.packet);
+            cancel && r.status == pr::DecodeStatus::Ok) {
+          co_await forward_cancel(cancel->process_id, cancel->secret_key);
+        }
+        co_return;
+      }
+      // Read past (not parsed): closing with unread bytes would reset the connection, and the
+      // client could lose the refusal.
+      if (length >= 8 && length <= pr::kMaxStartupPacketBytes && !co_await fill(length)) {
+        co_return;
+      }
+      break;
+    }
   }
-  if (!ok) co_return;
   const std::string from = from_.to_string();
   std::string message;
   switch (door_) {

@@ -177,7 +177,7 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   class Sink;
 
   // ---- Login (client_login.cpp) ----
-  asio::awaitable<void> refuse_at_door(ClientProfile& login);
+  asio::awaitable<void> refuse_at_door();
   using StartupParameters = std::vector<std::pair<std::string, std::string>>;
   // Both fill in `login`, the profile_ of the login.
   asio::awaitable<bool> read_startup(ClientProfile& login, StartupParameters& startup_params);

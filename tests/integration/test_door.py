@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from itutil import APP_AND_OPS, OPS_PASSWORD, OPS_USER, SANITIZED
-from pgcluster import APP_DB, wait_until
+from pgcluster import APP_DB, APP_USER, wait_until
 from test_limits import assert_closed, assert_pgvalve_message, raw
 from pgwire import PgWireError
 
@@ -88,6 +88,45 @@ def test_cancel_gets_through_a_full_door(pgvalve):
         assert conn.execute("select 2").fetchone() == (2,)
     finally:
         conn.close()
+
+
+def test_a_refused_tls_client_gets_no_handshake_and_reads_53300(pgvalve, tmp_path):
+    """A client refused at the door costs no TLS handshake: its SSLRequest is answered 'N' and the
+    53300 follows in plaintext, which libpq (sslmode=prefer) shows; with tls.mode require a
+    plaintext client refused at the door reads the same 53300 (it got 28000 TLS is required)."""
+    from pgwire import parse_fields, read_message, recv_exact, startup_packet
+    from test_tls import SSL_REQUEST, make_ca
+    make_ca(tmp_path, "server")
+    for mode in ("prefer", "require"):
+        pv = pgvalve(mode="transaction", pool_size=1, max_client_connections=1,
+                     tls={"cert": str(tmp_path / "server.crt"),
+                          "key": str(tmp_path / "server.key"), "mode": mode})
+        held = pv.connect(**({"sslmode": "require"} if mode == "require" else {}))
+        try:
+            s = socket.create_connection(("127.0.0.1", pv.port), timeout=5)
+            s.sendall(SSL_REQUEST)
+            assert recv_exact(s, 1) == b"N"
+            # A large packet is read past, not parsed.
+            params = {"user": APP_USER, "database": APP_DB}
+            params.update({f"p{i}": "v" for i in range(1200)})
+            s.sendall(startup_packet(params))
+            kind, payload = read_message(s)
+            fields = parse_fields(payload)
+            assert kind == b"E" and fields.get("C") == "53300", (kind, fields)
+            assert "too many client connections" in fields["M"], fields
+            assert_closed(s)
+            s.close()
+            if mode == "prefer":
+                r = subprocess.run(["psql", pv.dsn(sslmode="prefer"), "-c", "select 1"],
+                                   capture_output=True, text=True, timeout=20)
+                assert r.returncode != 0 and "too many client connections" in r.stderr, r.stderr
+            else:
+                r = raw(pv)
+                with pytest.raises(PgWireError) as ei:
+                    r.connect()
+                assert ei.value.sqlstate == "53300", ei.value.fields
+        finally:
+            held.close()
 
 
 def test_connections_per_ip(pgvalve):
