@@ -466,7 +466,7 @@ void Session::client_progress(std::uint64_t taken, Clock::time_point now) {
 
 // ---- Login ---------------------------------------------------------------------------------
 
-void Session::absorb_startup(const std::vector<std::pair<std::string, std::string>>& startup) {
+bool Session::absorb_startup(const std::vector<std::pair<std::string, std::string>>& startup) {
   Settings startup_settings;
   auto apply = [&](std::string_view name, std::string_view value) {
     const std::string key = lower(name);
@@ -480,18 +480,26 @@ void Session::absorb_startup(const std::vector<std::pair<std::string, std::strin
     }
     startup_settings.set(key, value, is_synced_setting(key));
   };
+  // The limit a SET meets (53400) holds for the login's settings too: past it a client logged in
+  // with 1,100 of them.
+  bool fits = true;
   std::string_view user;
   std::string_view database;
   for (const auto& [name, value] : startup) {
+    if (!fits) break;
     if (name == "user") user = value;
     if (name == "database") database = value;
     if (name == "user" || name == "database" || name == "replication") continue;
     if (name == "options") {
-      for (const auto& [k, v] : parse_options(value))
+      for (const auto& [k, v] : parse_options(value)) {
         apply(k, v);
+        fits = startup_settings.size() <= kMaxClientSettings;
+        if (!fits) break;
+      }
       continue;
     }
     apply(name, value);
+    fits = startup_settings.size() <= kMaxClientSettings;
   }
   // In a fixed order, and with PostgreSQL's default database: drivers send the startup
   // parameters in any order (pgx from a map), and every client of one database and user must
@@ -501,6 +509,7 @@ void Session::absorb_startup(const std::vector<std::pair<std::string, std::strin
   // A copy that shares the startup list until the client changes a setting.
   client_settings_ = *startup_settings_;
   note_default_isolation();
+  return fits;
 }
 
 void Session::append_login_reply(std::string& out) {
@@ -569,11 +578,26 @@ const Actions& Session::start(const std::vector<std::pair<std::string, std::stri
                               pr::BackendKeyData key, ServerState* server, Clock::time_point now) {
   now_ = now;
   Actions& out = client_actions();
-  absorb_startup(startup);
+  const bool fits = absorb_startup(startup);
   defaults_ = defaults ? std::move(defaults) : std::make_shared<const ServerParameters>();
   text_reading_known_ = false;  // worked out with the defaults
   key_ = key;
   client_activity_ = now;
+  if (!fits) {
+    if (server) {  // session mode's login server goes back with the close
+      Link& l = link(0);
+      l.reset();
+      l.server = server;
+      l.route = routing::Route::primary(0);
+      l.last_activity = now;
+    }
+    close_with("53400",
+               "pgvalve: a client may set at most " + std::to_string(kMaxClientSettings) +
+                   " session settings, and this login sets more (startup parameters and "
+                   "options -c); set fewer",
+               out);
+    return out;
+  }
   if (server) {
     Link& l = link(0);
     l.reset();

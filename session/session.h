@@ -321,7 +321,9 @@ class Session {
   void settle(Link& l, LinkId id, Actions& out);
 
   // ---- login and settings ----
-  void absorb_startup(const std::vector<std::pair<std::string, std::string>>& startup);
+  // False when the login sets more than kMaxClientSettings (it stops there: each setting is
+  // looked for among those before it).
+  bool absorb_startup(const std::vector<std::pair<std::string, std::string>>& startup);
   void append_login_reply(std::string& out);
   // ParameterStatus for each reported setting the client's session changed since it was told.
   void report_settings(std::string& out);

@@ -219,6 +219,28 @@ def test_malformed_startup_08P01(pv_limits, case):
         assert c.execute("select 3").fetchone() == (3,)
 
 
+def test_a_login_with_more_settings_than_a_client_may_have_is_refused_53400(pgvalve):
+    """Found by a review: a login with 1,100 startup settings was accepted, after which every
+    SET of a new one got 53400. The login meets the same limit (256), counting options -c."""
+    pv = pgvalve(mode="transaction", pool_size=1)
+    settings = {f"app.s{i}": "1" for i in range(250)}
+    r = RawClient("127.0.0.1", pv.port, APP_USER, APP_PASSWORD, APP_DB,
+                  params={**settings, "options": " ".join(f"-c app.o{i}=2" for i in range(7))},
+                  timeout=10)
+    with pytest.raises(PgWireError) as ei:
+        r.connect()
+    assert ei.value.sqlstate == "53400", ei.value.fields
+    assert_pgvalve_message(ei.value.message)
+    assert "at most 256 session settings" in ei.value.message, ei.value.message
+    assert_closed(r.sock)
+    # Exactly the limit logs in, and the settings are the session's.
+    r = RawClient("127.0.0.1", pv.port, APP_USER, APP_PASSWORD, APP_DB,
+                  params={**settings, "options": " ".join(f"-c app.o{i}=2" for i in range(6))},
+                  timeout=10).connect()
+    assert r.rows("select current_setting('app.s249'), current_setting('app.o5')") == [["1", "2"]]
+    r.terminate()
+
+
 def test_oversized_message_08P01(pv_limits):
     pv = pv_limits
     with pv.connect() as healthy:

@@ -811,6 +811,37 @@ TEST(SessionSettings, TooManySettingsAreRefusedWith53400) {
   EXPECT_EQ(h.send(query("SET app.s0 = 2"), *server), query("SET app.s0 = 2"));
 }
 
+// Found by a review: a login with 1,100 startup settings was accepted, and then every SET of a
+// new one got 53400. The login is refused with the limit a SET meets, counting options -c too.
+TEST(SessionSettings, LoginWithMoreSettingsThanTheLimitIsRefusedWith53400) {
+  std::vector<std::pair<std::string, std::string>> startup = {{"user", "app"}, {"database", "db"}};
+  for (std::size_t i = 0; i < kMaxClientSettings; ++i)
+    startup.emplace_back("app.s" + std::to_string(i), "1");
+  {
+    SessionHarness h({}, startup);  // exactly the limit: served
+    EXPECT_EQ(tags_of(h.login.to_client).front(), 'R');
+    EXPECT_FALSE(h.login.close_client);
+    EXPECT_EQ(h.session().client_settings().size(), kMaxClientSettings);
+  }
+  {
+    auto with_options = startup;
+    with_options.emplace_back("options", "-c app.one=1 -c app.two=2");
+    auto server = SessionHarness::fresh_server();
+    SessionHarness h(SessionHarness::session_mode(), with_options, server.get());
+    EXPECT_TRUE(h.login.close_client);
+    EXPECT_EQ(tags_of(h.login.to_client), "E");  // no AuthenticationOk
+    EXPECT_EQ(sqlstates_in(h.login.to_client), "53400");
+    EXPECT_NE(h.login.to_client.find("pgvalve: a client may set at most 256 session settings"),
+              std::string::npos);
+    EXPECT_TRUE(h.login.to_server.empty());
+    EXPECT_EQ(h.session().link_count(), 0u);  // session mode's server went back
+  }
+  startup.emplace_back("app.one_more", "1");
+  SessionHarness h({}, startup);
+  EXPECT_TRUE(h.login.close_client);
+  EXPECT_EQ(sqlstates_in(h.login.to_client), "53400");
+}
+
 TEST(SessionSettings, SettingsCapCountsPipelinedRequestsNotAnsweredYet) {
   SessionHarness h;
   auto server = SessionHarness::fresh_server();
