@@ -40,10 +40,12 @@ asio::awaitable<void> ClientSession::serve() {
   bool ok;
   StartupParameters startup;  // the login's only: a logged-in client does not keep them
   {
-    Deadline auth_deadline(client_, std::chrono::milliseconds(config().limits.auth_timeout_ms));
+    const std::chrono::milliseconds auth_timeout(config().limits.auth_timeout_ms);
+    login_until_ = std::chrono::steady_clock::now() + auth_timeout;
+    Deadline auth_deadline(client_, auth_timeout);
     ok = co_await read_startup(*login, startup);
     if (ok) ok = co_await authenticate(*login);
-    if (!ok && auth_deadline.expired()) {
+    if (!ok && auth_deadline.expired() && !fatal_sent_) {
       co_await send_fatal("08P01",
                           "pgvalve: authentication timed out; the client must complete login "
                           "within limits.auth_timeout_ms");
@@ -144,7 +146,9 @@ asio::awaitable<void> ClientSession::refuse_at_door() {
 // A wrong password or unknown user: 28P01, answered later and later as failures from the same
 // address pile up (admission::Admission::login_failed), the same way for both.
 asio::awaitable<void> ClientSession::refuse_login(const std::string& message) {
-  const auto delay = app_.login_failed(from_);
+  // Never past the login's deadline: the client got 28P01 and then 08P01 for its timeout.
+  const auto delay = std::min<std::chrono::steady_clock::duration>(
+      app_.login_failed(from_), login_until_ - std::chrono::steady_clock::now());
   if (delay.count() > 0) {
     asio::steady_timer wait(client_.get_executor(), delay);
     error_code ignored;
@@ -161,6 +165,7 @@ asio::awaitable<void> ClientSession::send_fatal(std::string_view sqlstate,
   e.sqlstate = sqlstate;
   e.message = message;
   pr::append_error_response(out, e);
+  fatal_sent_ = true;
   co_await write_all(client_, out);
   PGV_LOG(Info, "client_refused", {"client", id_}, {"user", user()}, {"database", database()},
           {"sqlstate", sqlstate}, {"reason", message});

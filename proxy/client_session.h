@@ -344,6 +344,10 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   const admission::Address from_;
   const admission::Verdict door_;
   std::uint32_t auth_bytes_sent_ = 0;  // during login, for the byte statistics
+  // The end of the login (limits.auth_timeout_ms): a failed login's delay ends there, and a
+  // login refused with a FATAL gets no second one for its timeout.
+  std::chrono::steady_clock::time_point login_until_ = std::chrono::steady_clock::time_point::max();
+  bool fatal_sent_ = false;
   // The login's own while it runs (serve()); from the session's start the one it shares with
   // the clients that logged in the same way. Outlives core_, which refers into it.
   std::shared_ptr<const ClientProfile> profile_;

@@ -66,6 +66,38 @@ def test_failed_logins_from_one_address_slow_down(pgvalve):
     assert login_error(pv, "ghost", "wrong")[1] < 0.5
 
 
+def test_the_failed_login_delay_ends_at_auth_timeout_with_one_error(pgvalve):
+    """Found by a review: with auth_timeout_ms: 300 the sixth failed login (0.4 s of delay) got
+    28P01 and then a second FATAL, 08P01 authentication timed out. The delay ends at the
+    login's deadline, and the client gets the one error."""
+    from pgwire import read_error_then_close
+    pv = pgvalve(mode="transaction", pool_size=1, limits={"auth_timeout_ms": 300})
+    for _ in range(5):  # free, free, free, 0.1 s, 0.2 s
+        login_error(pv, APP_USER, "wrong")
+    r = RawClient("127.0.0.1", pv.port, APP_USER, "wrong", APP_DB, timeout=5)
+    s = r.open()
+    t0 = time.monotonic()
+    from pgwire import startup_packet
+    s.sendall(startup_packet({"user": APP_USER, "database": APP_DB}))
+    kind, payload = read_message(s)
+    assert kind == b"R" and struct.unpack("!I", payload[:4])[0] == 10, (kind, payload)
+    first = b"n,,n=,r=clientnonce123"
+    s.sendall(message(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", len(first)) + first))
+    kind, payload = read_message(s)
+    server_first = payload[4:].decode()
+    nonce = dict(kv.split("=", 1) for kv in server_first.split(","))["r"]
+    proof = base64.b64encode(b"\0" * 32).decode()
+    s.sendall(message(b"p", f"c=biws,r={nonce},p={proof}".encode()))
+    err, closed, kinds = read_error_then_close(s, 5)
+    elapsed = time.monotonic() - t0
+    s.close()
+    assert closed and kinds == [b"E"], kinds
+    assert err["C"] == "28P01", err
+    assert elapsed < 0.3 + 0.25, elapsed  # at the deadline, not 0.4 s after the proof
+    time.sleep(0.2)
+    assert "authentication timed out" not in pv.log_text(), pv.log_text()[-2000:]
+
+
 class FakeServer:
     """Accepts one connection at a time, reads the startup packet and plays `script`."""
 
