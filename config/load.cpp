@@ -23,6 +23,7 @@
 #include <string_view>
 
 #include "config/config.h"
+#include "protocol/auth.h"
 
 namespace pgvalve::config {
 namespace {
@@ -131,53 +132,12 @@ bool is_hex(char c) {
   return std::isxdigit(static_cast<unsigned char>(c)) != 0;
 }
 
-bool is_base64(std::string_view text) {
-  if (text.empty()) return false;
-  std::size_t padding = 0;
-  for (char c : text) {
-    if (c == '=') {
-      ++padding;
-      continue;
-    }
-    if (padding > 0) return false;  // '=' only at the end
-    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '+' && c != '/') return false;
-  }
-  return padding <= 2 && text.size() % 4 == 0;
-}
-
 bool looks_like_md5(std::string_view s) {
   return s.size() == 35 && s.starts_with("md5");
 }
 
-bool is_md5_hash(std::string_view s) {
-  return looks_like_md5(s) && std::all_of(s.begin() + 3, s.end(), is_hex);
-}
-
 bool is_scram(std::string_view s) {
-  return s.starts_with("SCRAM-SHA-256$");
-}
-
-// "SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>" as pg_authid stores it; the keys
-// are 32 bytes, i.e. 44 base64 characters.
-bool is_valid_scram(std::string_view s) {
-  s.remove_prefix(std::string_view("SCRAM-SHA-256$").size());
-  const std::size_t colon1 = s.find(':');
-  const std::size_t dollar = s.find('$');
-  if (colon1 == std::string_view::npos || dollar == std::string_view::npos || dollar < colon1) {
-    return false;
-  }
-  const std::string_view iterations = s.substr(0, colon1);
-  const std::string_view salt = s.substr(colon1 + 1, dollar - colon1 - 1);
-  const std::string_view keys = s.substr(dollar + 1);
-  const std::size_t colon2 = keys.find(':');
-  if (colon2 == std::string_view::npos) return false;
-  const std::string_view stored = keys.substr(0, colon2);
-  const std::string_view server = keys.substr(colon2 + 1);
-  int count = 0;
-  auto [end, ec] = std::from_chars(iterations.data(), iterations.data() + iterations.size(), count);
-  if (ec != std::errc() || end != iterations.data() + iterations.size() || count < 1) return false;
-  return is_base64(salt) && stored.size() == 44 && is_base64(stored) && server.size() == 44 &&
-         is_base64(server);
+  return protocol::is_scram_verifier(s);
 }
 
 bool valid_hostname(std::string_view host) {
@@ -779,21 +739,24 @@ void Loader::read_users(const YAML::Node& node, const std::string& path, std::ve
     } else if (user.password.empty()) {
       error(password_path, item["password"], "must not be empty");
       password_ok = false;
-    } else if (is_scram(user.password) && !is_valid_scram(user.password)) {
+    } else if (is_scram(user.password) && !protocol::ScramVerifier::parse(user.password)) {
+      // The check logins use: a verifier it cannot read would refuse every password (28P01).
       error(password_path, item["password"],
             "malformed SCRAM verifier: expected "
-            "\"SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>\" as in pg_authid");
+            "\"SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>\" as in pg_authid "
+            "(base64 with its = padding, keys of 32 bytes); copy it from pg_authid.rolpassword");
       password_ok = false;
-    } else if (looks_like_md5(user.password) && !is_md5_hash(user.password)) {
+    } else if (looks_like_md5(user.password) && !protocol::is_md5_hash(user.password)) {
       error(password_path, item["password"],
-            "malformed md5 hash: expected \"md5\" followed by 32 hex digits");
+            "malformed md5 hash: expected \"md5\" followed by 32 lower-case hex digits, as in "
+            "pg_authid.rolpassword");
       password_ok = false;
     }
     if (present.contains("server_password") && is_scram(user.server_password)) {
       error(child(user_path, "server_password"), item["server_password"],
             "a SCRAM verifier cannot be used to log in; give the plain password");
     } else if (!present.contains("server_password") && password_ok && !is_scram(user.password) &&
-               !is_md5_hash(user.password)) {
+               !protocol::is_md5_hash(user.password)) {
       user.server_password = user.password;  // plain text: the same password logs in upstream
     }
     out.push_back(std::move(user));

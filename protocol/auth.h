@@ -21,8 +21,14 @@ std::string md5_password_hash(std::string_view user, std::string_view password);
 // What the client sends for salt `salt4`, given the stored hash ("md5..." as above):
 // "md5" + hex(md5(hex_part + salt)).
 std::string md5_salted_response(std::string_view stored_hash, std::string_view salt4);
+// As PostgreSQL's get_password_type: "md5" and 32 lower-case hex digits. Anything else is a
+// plain password there, and an upper-case hash could never match a client's response here.
 inline bool is_md5_hash(std::string_view s) {
-  return s.size() == 35 && s.substr(0, 3) == "md5";
+  if (s.size() != 35 || s.substr(0, 3) != "md5") return false;
+  for (char c : s.substr(3)) {
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  }
+  return true;
 }
 
 // ---- SCRAM-SHA-256 -------------------------------------------------------------------------

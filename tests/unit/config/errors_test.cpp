@@ -7,6 +7,7 @@
 
 #include "config/config.h"
 #include "config_test_util.h"
+#include "protocol/auth.h"
 
 namespace pgvalve::config {
 namespace {
@@ -373,6 +374,42 @@ databases:
   EXPECT_TRUE(has_error(result, "users[7].server_password", 16, "cannot be used to log in"));
   EXPECT_TRUE(has_error(result, "users[8].admin", 19, "expected true or false"));
   EXPECT_EQ(result.errors.size(), 8u) << dump(result);
+}
+
+// Found by a review: --check accepted these, and then the right password always got 28P01 (the
+// login's parse of the verifier refused it; PostgreSQL takes an upper-case md5 hash for a plain
+// password, and a client's md5 response is lower case).
+TEST(Errors, PasswordsThatCouldNeverMatchAreRefused) {
+  const std::string good = test::kScramVerifier;
+  // The StoredKey's '=' replaced: 44 base64 characters that decode to 33 bytes.
+  std::string unpadded = good;
+  unpadded[unpadded.find("=:")] = 'A';
+  // The StoredKey's last character before '=' with bits set that the padding drops.
+  std::string stray_bits = good;
+  const std::size_t before_pad = stray_bits.find("=:") - 1;
+  stray_bits[before_pad] = static_cast<char>(stray_bits[before_pad] + 1);
+  ASSERT_TRUE(protocol::ScramVerifier::parse(good));
+  const LoadResult result = load_design(R"(users:
+  - name: unpadded
+    password: ")" + unpadded + R"("
+  - name: stray
+    password: ")" + stray_bits + R"("
+  - name: upper
+    password: md50B2C9E0D9E1A3F4B5C6D7E8F9A0B1C2D
+  - name: lower
+    password: md50b2c9e0d9e1a3f4b5c6d7e8f9a0b1c2d
+  - name: good
+    password: ")" + good + R"("
+databases:
+  telemetry:
+    shards:
+      - primary: 127.0.0.1:5432
+)");
+  EXPECT_TRUE(has_error(result, "users[0].password", 3, "malformed SCRAM verifier"))
+      << dump(result);
+  EXPECT_TRUE(has_error(result, "users[1].password", 5, "malformed SCRAM verifier"));
+  EXPECT_TRUE(has_error(result, "users[2].password", 7, "32 lower-case hex digits"));
+  EXPECT_EQ(result.errors.size(), 3u) << dump(result);
 }
 
 TEST(Errors, Databases) {
