@@ -54,6 +54,14 @@ SSL_CTX* new_context(const SSL_METHOD* method, std::string& error) {
   return ctx;
 }
 
+// OpenSSL's default for an encrypted key asks for its passphrase on the terminal: at start and
+// at every SIGHUP or RELOAD, blocking the thread that reloads (and without a terminal the error
+// was only OpenSSL's). pgvalve gives none, and notes that one was asked for.
+int no_passphrase(char* /*buf*/, int /*size*/, int /*rwflag*/, void* asked) {
+  if (asked) *static_cast<bool*>(asked) = true;
+  return 0;
+}
+
 }  // namespace
 
 std::shared_ptr<const TlsServerContext> TlsServerContext::make(const config::TlsConfig& tls,
@@ -67,11 +75,25 @@ std::shared_ptr<const TlsServerContext> TlsServerContext::make(const config::Tls
   // that clients fill, and TLS 1.3 tickets would fill it too.
   SSL_CTX_set_session_cache_mode(c->ctx_, SSL_SESS_CACHE_OFF);
   SSL_CTX_set_num_tickets(c->ctx_, 0);
+  bool passphrase_asked = false;
+  SSL_CTX_set_default_passwd_cb(c->ctx_, no_passphrase);
+  SSL_CTX_set_default_passwd_cb_userdata(c->ctx_, &passphrase_asked);
   if (SSL_CTX_use_certificate_chain_file(c->ctx_, tls.cert.c_str()) != 1) {
     error = "tls.cert " + tls.cert + ": " + openssl_errors();
     return nullptr;
   }
-  if (SSL_CTX_use_PrivateKey_file(c->ctx_, tls.key.c_str(), SSL_FILETYPE_PEM) != 1) {
+  const bool key_used =
+      SSL_CTX_use_PrivateKey_file(c->ctx_, tls.key.c_str(), SSL_FILETYPE_PEM) == 1;
+  SSL_CTX_set_default_passwd_cb_userdata(c->ctx_, nullptr);  // the flag ends here
+  if (!key_used && passphrase_asked) {
+    ERR_clear_error();
+    error = "tls.key " + tls.key +
+            " is encrypted with a passphrase, which pgvalve does not ask for; give it the key "
+            "without one (openssl pkey -in " +
+            tls.key + " -out <new file>), readable only by pgvalve's user";
+    return nullptr;
+  }
+  if (!key_used) {
     error = "tls.key " + tls.key + ": " + openssl_errors();
     return nullptr;
   }

@@ -284,6 +284,87 @@ def test_sighup_reads_the_certificate_files_again(pgvalve, pki, tmp_path):
     held.close()
 
 
+def start_on_a_terminal(pv):
+    """Starts `pv` as Pgvalve.start does, but with a controlling terminal (a pty), where
+    OpenSSL's default asks for a key's passphrase. Returns the pty's master end."""
+    import fcntl
+    import os
+    import pty
+    import termios
+    from pgcluster import _LIVE
+    master, slave = pty.openpty()
+
+    def on_terminal():
+        os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+
+    pv.write_config()
+    pv._logf = open(pv.log_path, "ab")
+    pv.proc = subprocess.Popen([pv.binary, "--config", str(pv.config_path)], stdin=slave,
+                               stdout=pv._logf, stderr=subprocess.STDOUT, cwd=str(pv.workdir),
+                               preexec_fn=on_terminal)
+    os.close(slave)
+    _LIVE.append(pv)
+    return master
+
+
+def terminal_output(master) -> bytes:
+    import os
+    import select
+    out = b""
+    while select.select([master], [], [], 0.1)[0]:
+        try:
+            out += os.read(master, 4096)
+        except OSError:
+            break
+    return out
+
+
+def test_an_encrypted_key_is_refused_without_asking_for_its_passphrase(pki, cluster, tmp_path):
+    """Found by a review: with a terminal, OpenSSL asked for the passphrase of an encrypted
+    tls.key, at start and at every SIGHUP, which blocked the control thread (/status timed
+    out). pgvalve asks nothing and says why: at start it stops, a reload is refused."""
+    import os
+    import urllib.request
+    from pgcluster import Pgvalve, wait_for_port
+    encrypted = tmp_path / "encrypted.key"
+    openssl("pkey", "-in", str(pki / "server.key"), "-out", str(encrypted), "-aes256",
+            "-passout", "pass:abcd", cwd=tmp_path)
+    key = tmp_path / "live.key"
+    key.write_bytes((pki / "server.key").read_bytes())
+    key.chmod(0o600)
+    pv = Pgvalve(cluster, tmp_path / "reload", mode="transaction", pool_size=1,
+                 tls={"cert": str(pki / "server.crt"), "key": str(key), "mode": "prefer"})
+    master = start_on_a_terminal(pv)
+    try:
+        assert wait_for_port(pv.port, 15, pv.proc), pv.log_tail()
+        key.write_bytes(encrypted.read_bytes())
+        offset = len(pv.log_text())
+        pv.signal(__import__("signal").SIGHUP)
+        wait_until(lambda: "reload_failed" in pv.log_text()[offset:], 5,
+                   message="the reload refused")
+        assert "is encrypted with a passphrase" in pv.log_text()[offset:], pv.log_tail()
+        with urllib.request.urlopen(f"http://127.0.0.1:{pv.admin_port}/status", timeout=3) as r:
+            assert r.status == 200  # the control thread is not waiting on the terminal
+        assert b"pass phrase" not in terminal_output(master)
+        with psycopg.connect(pv.dsn(sslmode="require"), autocommit=True) as c:
+            assert one(c, "select 1") == 1  # the certificate in use stays
+    finally:
+        pv.stop()
+        os.close(master)
+    pv = Pgvalve(cluster, tmp_path / "start", mode="transaction", pool_size=1,
+                 tls={"cert": str(pki / "server.crt"), "key": str(encrypted), "mode": "prefer"})
+    master = start_on_a_terminal(pv)
+    try:
+        assert pv.wait_exit(5) == 1, terminal_output(master)
+        assert "event=tls_failed" in pv.log_text(), pv.log_tail()
+        assert "is encrypted with a passphrase" in pv.log_text(), pv.log_tail()
+        assert b"pass phrase" not in terminal_output(master)
+    finally:
+        pv.stop()
+        os.close(master)
+
+
 def test_a_missing_certificate_stops_the_start(pgvalve, pki, cluster, tmp_path):
     from pgcluster import Pgvalve
     pv = Pgvalve(cluster, tmp_path / "pv", tls={"cert": str(tmp_path / "nope.crt"),
