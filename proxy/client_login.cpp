@@ -348,7 +348,14 @@ asio::awaitable<bool> ClientSession::authenticate_scram(const UserAuth& auth) {
   pr::Frame f;
   if (!co_await read_password_frame(f)) co_return false;
   auto initial = pr::read_sasl_initial_response(f);
-  if (!initial || initial->mechanism != pr::kScramSha256) {
+  if (!initial) {  // a broken client, not a mechanism it chose: PostgreSQL's 08P01 too
+    client_in_.consume(f.whole.size());
+    co_await send_fatal("08P01",
+                        "pgvalve: malformed SASLInitialResponse message (expected a mechanism "
+                        "name, then the length of the data and the data)");
+    co_return false;
+  }
+  if (initial->mechanism != pr::kScramSha256) {
     client_in_.consume(f.whole.size());
     co_await send_fatal("28000", "pgvalve: unsupported SASL mechanism; use SCRAM-SHA-256");
     co_return false;

@@ -98,6 +98,26 @@ def test_the_failed_login_delay_ends_at_auth_timeout_with_one_error(pgvalve):
     assert "authentication timed out" not in pv.log_text(), pv.log_text()[-2000:]
 
 
+@pytest.mark.parametrize("body", [b"SCRAM-SHA-256\0\0\0", b"SCRAM-SHA-256\0\0\0\0\x09abc",
+                                  b"SCRAM-SHA-256"], ids=["short_length", "long_length", "no_nul"])
+def test_a_malformed_sasl_initial_response_is_08P01(pgvalve, body):
+    """Found by a review: a SASLInitialResponse that cannot be read got 28000 unsupported SASL
+    mechanism; it is a protocol violation (08P01, as from PostgreSQL)."""
+    from pgwire import parse_fields, read_error_then_close, startup_packet
+    pv = pgvalve(mode="transaction", pool_size=1)
+    s = RawClient("127.0.0.1", pv.port, APP_USER, APP_PASSWORD, APP_DB, timeout=5).open()
+    s.sendall(startup_packet({"user": APP_USER, "database": APP_DB}))
+    kind, payload = read_message(s)
+    assert kind == b"R" and struct.unpack("!I", payload[:4])[0] == 10, (kind, payload)
+    s.sendall(message(b"p", body))
+    err, closed, kinds = read_error_then_close(s, 5)
+    s.close()
+    assert err is not None and err["C"] == "08P01", (err, kinds)
+    assert_pgvalve_message(err["M"])
+    assert "malformed SASLInitialResponse" in err["M"], err
+    assert closed
+
+
 class FakeServer:
     """Accepts one connection at a time, reads the startup packet and plays `script`."""
 
