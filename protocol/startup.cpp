@@ -4,6 +4,7 @@
 #include <cctype>
 #include <unordered_map>
 
+#include "protocol/keyed_hash.h"
 #include "protocol/messages.h"
 #include "protocol/wire.h"
 
@@ -31,8 +32,13 @@ std::optional<std::string> parse_parameters(std::string_view params, StartupMess
   Cursor c(params);
   // A repeated name is found by hash, not by a search of those before it: a 10,000-byte packet
   // of thousands of short names cost milliseconds of CPU to parse, also from a client that
-  // never logs in.
-  std::unordered_map<std::string_view, std::size_t> seen;
+  // never logs in. Keyed, so that no client can send names that all fall in one bucket.
+  struct NameHash {
+    std::size_t operator()(std::string_view name) const {
+      return static_cast<std::size_t>(KeyedHash().add_bytes(name).finish());
+    }
+  };
+  std::unordered_map<std::string_view, std::size_t, NameHash> seen;
   while (true) {
     auto name = c.cstr();
     if (!name) return "invalid startup packet layout: expected terminator as last byte";
