@@ -1070,6 +1070,10 @@ asio::awaitable<void> ClientSession::wait_while_paused(routing::Route route) {
   const auto deadline = now() + std::chrono::milliseconds(config().pool.checkout_timeout_ms);
   asio::steady_timer timer(client_.get_executor());
   while (!closed_ && app_.paused(database())) {
+    if (checkout().cancelled) {
+      fail_cancelled_request();
+      co_return;
+    }
     if (now() >= deadline) {
       end_checkout_wait();
       carry_out(
@@ -1087,7 +1091,12 @@ asio::awaitable<void> ClientSession::wait_while_paused(routing::Route route) {
     error_code ec;
     co_await timer.async_wait(await_ec(ec));
   }
-  if (!closed_) check_out(route);
+  if (closed_) co_return;
+  if (checkout().cancelled) {
+    fail_cancelled_request();
+    co_return;
+  }
+  check_out(route);
 }
 
 void ClientSession::hold(const routing::Route& route, std::shared_ptr<pool::ServerPool> failed) {
@@ -1107,6 +1116,12 @@ asio::awaitable<void> ClientSession::hold_for_primary(routing::Route route,
   asio::steady_timer timer(client_.get_executor());
   for (;;) {
     if (closed_) co_return;
+    // The client cancelled (Ctrl-C, a driver's timeout): the request never runs, as one
+    // waiting in a pool's queue (a driver that retries would write twice).
+    if (checkout().cancelled) {
+      fail_cancelled_request();
+      co_return;
+    }
     auto pool = pool_for(route);
     if (pool && (pool != failed || now() - failed_at >= std::chrono::milliseconds(500))) {
       checkout().pool = std::move(pool);
@@ -1342,22 +1357,32 @@ void ClientSession::on_granted(std::unique_ptr<pool::Connection> conn) {
 }
 
 // A CancelRequest for a request waiting for a server: it fails as PostgreSQL fails a cancelled
-// statement, without running. Between the queue and a grant (acquire() connecting, a hold for
-// a primary) it runs; PostgreSQL would have cancelled it only once started, too.
+// statement, without running, wherever it waits (a pool's queue, a hold for a primary, a paused
+// database, a server connection being opened or pre-pinged).
 void ClientSession::cancel_waiting_request() {
   Step step(*worker_);
   Checkout& c = checkout();
   PGV_LOG(Info, "cancel_while_waiting", {"client", id_});
-  if (c.wait_timer) {  // acquire() waits in the queue: it fails the request
-    c.cancelled = true;
+  // Whichever coroutine holds the request (acquire(), check_out_slowly(), hold_for_primary(),
+  // wait_while_paused()) fails it with 57014 when it looks next.
+  c.cancelled = true;
+  if (c.wait_timer) {  // acquire() waits in the queue: woken, it fails the request
     c.wait_timer->cancel();
     return;
   }
   if (!c.waiting || !c.wait_pool || !c.wait_pool->cancel_wait(worker_->index, &c.waiter)) return;
+  c.cancelled = false;
   const auto pool = std::move(c.wait_pool);
   c.waiting = false;
   const auto self = std::move(c.waiting_self);
   worker_->checkout_deadlines.remove(c.waiter);
+  end_checkout_wait();
+  carry_out(core_->on_checkout_failed("57014", kCancelledWhileWaiting, now()), Source::Client);
+}
+
+void ClientSession::fail_cancelled_request() {
+  checkout().cancelled = false;
+  checkout().hold_until = session::Clock::time_point::max();
   end_checkout_wait();
   carry_out(core_->on_checkout_failed("57014", kCancelledWhileWaiting, now()), Source::Client);
 }
@@ -1519,20 +1544,23 @@ asio::awaitable<void> ClientSession::check_out_slowly(std::shared_ptr<pool::Serv
     if (server) give_back(std::move(server), true, *pool);
     co_return;
   }
+  if (checkout().cancelled) {
+    // Cancelled while a connection was opened or pre-pinged: the request does not run.
+    if (server) give_back(std::move(server), true, *pool);
+    fail_cancelled_request();
+    co_return;
+  }
   if (server) {
     link(std::move(server), pool);
     co_return;
   }
   // A replica that cannot serve goes out of the read's choice; not one whose pool merely had
-  // no connection free in time (53300), nor a request the client cancelled.
-  const bool cancelled = std::exchange(checkout().cancelled, false);
-  if (!cancelled && refusal_of(failure) == pool::OpenRefusal::None &&
-      retry_on_another_host(*pool)) {
+  // no connection free in time (53300).
+  if (refusal_of(failure) == pool::OpenRefusal::None && retry_on_another_host(*pool)) {
     co_return;
   }
-  if (!cancelled && failure.host_unavailable() &&
-      (checkout().hold_until == session::Clock::time_point::max() ||
-       now() < checkout().hold_until)) {
+  if (failure.host_unavailable() && (checkout().hold_until == session::Clock::time_point::max() ||
+                                     now() < checkout().hold_until)) {
     // The primary cannot be reached, or is starting up or shutting down: the health checker
     // looks at once, and the request waits (failover.hold_writes_ms) for it to come back or for
     // another primary. So does a read no other host could take (no replica has replayed the
@@ -1586,7 +1614,10 @@ asio::awaitable<std::unique_ptr<ServerConnection>> ClientSession::open_server(
 void ClientSession::link(std::unique_ptr<ServerConnection> server,
                          const std::shared_ptr<pool::ServerPool>& pool) {
   // (`pool` may be the checkout's: used before carry_out() below may end the checkout.)
-  if (checkout_) checkout_->hold_until = session::Clock::time_point::max();
+  if (checkout_) {
+    checkout_->hold_until = session::Clock::time_point::max();
+    checkout_->cancelled = false;  // too late: the request runs; a cancel from now reaches it
+  }
   end_checkout_wait();
   const session::LinkId id = core_->pending_link();
   // A statement or a transaction over several shards links one server per shard: room for all

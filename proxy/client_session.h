@@ -161,7 +161,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
     bool granted = false;
     std::unique_ptr<pool::Connection> grant;
     asio::steady_timer* wait_timer = nullptr;
-    // A CancelRequest came for the request while acquire() waited: it fails with 57014.
+    // A CancelRequest came for the request while it waited for a server: whichever wait holds
+    // it (acquire(), check_out_slowly(), hold_for_primary(), wait_while_paused()) fails it with
+    // 57014.
     bool cancelled = false;
     // A reload removed the host of the pool acquire() waited in: it routes the request again.
     bool pool_retired = false;
@@ -310,6 +312,8 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   void take(pool::CheckoutResult result);
   void checkout_timed_out();
   void cancel_waiting_request();
+  // The request fails with 57014 without having run (the client cancelled it while it waited).
+  void fail_cancelled_request();
   // The pool the request waited in was retired (CheckoutWaiter::pool_retired).
   void route_waiting_request_again();
   asio::awaitable<void> check_out_slowly(std::shared_ptr<pool::ServerPool> pool,

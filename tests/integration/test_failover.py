@@ -412,6 +412,79 @@ def test_switchover_under_pgbench_write_load_loses_no_acknowledged_write(fresh, 
     print(re.search(r"event=switchover_done.*", log).group(0))
 
 
+def held_write_cancelled(pv, conn, sql: str) -> tuple[BaseException | None, float]:
+    """Runs `sql` on `conn` in a thread; once pgvalve says it holds the write for a primary
+    (writes_held), cancels it as psql's Ctrl-C or a driver's timeout does. Returns the error the
+    statement raised within 3 s of the cancel (None: still running) and how long it took."""
+    result: dict = {}
+
+    def run():
+        try:
+            conn.execute(sql)
+            result["error"] = None
+        except psycopg.Error as e:
+            result["error"] = e
+        result["at"] = time.monotonic()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    wait_until(lambda: "event=writes_held" in pv.log_text(), 10, message="the write is held")
+    cancelled_at = time.monotonic()
+    conn.cancel()
+    t.join(3)
+    if "at" not in result:
+        return None, time.monotonic() - cancelled_at
+    return result["error"], result["at"] - cancelled_at
+
+
+def test_a_cancelled_write_held_while_the_primary_is_down_never_runs(fresh, pgvalve):
+    c = fresh(replicas=1)
+    pv = pgvalve(**config_for(c, failover={"mode": "off", "hold_writes_ms": 15000}))
+    wait_hosts_checked(pv)
+    with pv.connect() as conn:
+        conn.execute("select 1")
+        c.primary.stop(mode="fast")
+        wait_until(lambda: show_hosts(pv)[0]["state"] == "down", 10, message="primary down")
+        error, took = held_write_cancelled(pv, conn, "insert into drill (client, n) values (94, 1)")
+        # The primary comes back well within hold_writes_ms: a write still held would run now.
+        c.primary.start()
+        wait_until(lambda: show_hosts(pv)[0]["state"] == "up", 10, message="primary up")
+        assert isinstance(error, psycopg.errors.QueryCanceled), (error, took)
+        assert str(error).startswith("pgvalve: canceling statement due to user request"), error
+        assert took < 1.0
+        # The connection stays usable, and the next write runs.
+        conn.execute("insert into drill (client, n) values (94, 2)")
+    time.sleep(0.5)  # anything still held would have run by now
+    assert c.primary.sql("select n from drill where client = 94 order by n",
+                         dbname=APP_DB) == [(2,)]
+
+
+def test_a_cancelled_write_held_by_a_switchover_never_runs(fresh, pgvalve):
+    c = fresh(replicas=1)
+    pv = pgvalve(**config_for(c, failover={"mode": "follow", "hold_writes_ms": 10000}))
+    wait_hosts_checked(pv)
+    target = c.replicas[0]
+    with pv.connect() as blocker, pv.connect() as conn:
+        # An open transaction keeps the switchover draining, and writes held, until it commits.
+        blocker.execute("begin")
+        blocker.execute("insert into drill (client, n) values (95, 0)")
+        sw = threading.Thread(target=lambda: admin(pv).execute(
+            f"SWITCHOVER {APP_DB} s0 TO 127.0.0.1:{target.port}"), daemon=True)
+        sw.start()
+        wait_until(lambda: "event=switchover_started" in pv.log_text(), 10,
+                   message="switchover started")
+        error, took = held_write_cancelled(pv, conn, "insert into drill (client, n) values (95, 1)")
+        blocker.execute("commit")
+        sw.join(30)
+        wait_until(lambda: "event=switchover_done" in pv.log_text(), 10, message="done")
+        assert isinstance(error, psycopg.errors.QueryCanceled), (error, took)
+        assert took < 1.0
+        conn.execute("insert into drill (client, n) values (95, 2)")
+    time.sleep(0.5)
+    assert target.sql("select n from drill where client = 95 order by n",
+                      dbname=APP_DB) == [(0,), (2,)]
+
+
 def test_failover_command_promotes_for_a_dead_primary(fresh, pgvalve):
     c = fresh()
     pv = pgvalve(**config_for(c, failover={"mode": "off", "hold_writes_ms": 500}))
