@@ -18,6 +18,10 @@ bool HostHealth::succeeded(const Probe& probe, Clock::time_point now) {
   const bool came_up = !figures_.up;
   figures_.checked = true;
   figures_.up = true;
+  // A position of the other role (a primary's WAL, a standby's replay) is not comparable.
+  const bool same_role = !came_up && figures_.in_recovery == probe.in_recovery;
+  figures_.previous_lsn = same_role ? figures_.lsn : 0;
+  figures_.previous_success = same_role ? figures_.last_success : Clock::time_point{};
   figures_.in_recovery = probe.in_recovery;
   figures_.lsn = probe.lsn;
   figures_.receive_lsn = probe.receive_lsn;
@@ -27,6 +31,7 @@ bool HostHealth::succeeded(const Probe& probe, Clock::time_point now) {
   figures_.refused = false;
   figures_.last_check = now;
   figures_.last_success = now;
+  figures_.last_asked = probe.asked;
   figures_.last_error.clear();
   return came_up;
 }

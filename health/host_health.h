@@ -34,13 +34,16 @@ struct Probe {
   Lsn lsn = 0;
   // Standby: pg_last_wal_receive_lsn() (0 when it streams nothing).
   Lsn receive_lsn = 0;
-  // Primary: the timeline it writes; standby: the timeline it receives (0 when not visible to
-  // the health check's role, which then needs pg_monitor).
+  // Primary: the timeline it writes; standby: the timeline it receives, or with no WAL receiver
+  // the newest of the WAL segments in its pg_wal (0 when not visible to the health check's role,
+  // which then needs pg_monitor).
   std::uint32_t timeline = 0;
   // Transactions of pgvalve's two-phase commits prepared there (gid 'pgvalve:...'): a write to
   // several shards cut short between PREPARE TRANSACTION and COMMIT PREPARED, or, for a moment,
   // one still in progress.
   std::uint32_t prepared = 0;
+  // When the check was sent: the host had these figures at a moment after it (zero: unknown).
+  Clock::time_point asked{};
 };
 
 // The figures SHOW HOSTS and the routing decisions read.
@@ -58,6 +61,10 @@ struct HostFigures {
   bool refused = false;
   Clock::time_point last_check{};
   Clock::time_point last_success{};
+  Clock::time_point last_asked{};  // Probe::asked of the last successful check
+  // `lsn` as of the successful check before the last one, and when that one ended.
+  Lsn previous_lsn = 0;
+  Clock::time_point previous_success{};
   Clock::time_point down_since{};  // meaningful while !up
   std::string last_error;          // of the last failed check
 };

@@ -55,6 +55,19 @@ std::int64_t ShardHealth::lag_ms_of(const HostFigures& replica) const {
   return std::chrono::duration_cast<std::chrono::milliseconds>(behind).count();
 }
 
+std::optional<bool> ShardHealth::ahead_of_primary(const HostFigures& replica) const {
+  const HostFigures& p = hosts_[primary_].figures();
+  if (p.in_recovery || p.last_asked == Clock::time_point{}) return std::nullopt;
+  // Only a replica position read before the primary's check was sent can be compared: the
+  // primary's WAL position only grows, and a standby of it never replays past it. The checks
+  // of all hosts start together, so the replica's check before its last one is usually it.
+  if (replica.last_success <= p.last_asked) return replica.lsn > p.lsn;
+  if (replica.previous_success != Clock::time_point{} && replica.previous_success <= p.last_asked) {
+    return replica.previous_lsn > p.lsn;
+  }
+  return std::nullopt;
+}
+
 void ShardHealth::assess(Clock::time_point now) {
   split_brain_ = false;
   if (rules_.failover != config::FailoverMode::Off) {
@@ -127,9 +140,14 @@ void ShardHealth::assess(Clock::time_point now) {
     a.lag_bytes = -1;
     a.readable = false;
     if (a.role != Role::Replica) continue;
+    const std::optional<bool> ahead = ahead_of_primary(f);
+    if (f.checked && f.up && ahead.value_or(false)) continue;  // its lag means nothing
     if (primary_known && f.checked && f.up) {
       a.lag_bytes = p.lsn > f.lsn ? static_cast<std::int64_t>(p.lsn - f.lsn) : 0;
       a.lag_ms = lag_ms_of(f);
+      // Past the primary's last position, and not comparable yet (its first check, or the first
+      // since it came back): it may be on another history, so its lag is unknown for a check.
+      if (!ahead && f.lsn > p.lsn) a.lag_ms = -1;
     }
     const bool same_timeline = f.timeline == 0 || p.timeline == 0 || f.timeline == p.timeline;
     // An unknown lag keeps reads on the primary while one takes writes (before its first check
@@ -186,6 +204,11 @@ std::string_view ShardHealth::not_promotable(std::size_t host) const {
   if (host == primary_) return "it is the primary";
   if (retired_[host]) return "it is retired";
   if (!f.up || !f.in_recovery) return "it is not an up replica";
+  if (ahead_of_primary(f).value_or(false)) {
+    return "it has replayed past the primary's current WAL position, so it is not on the "
+           "primary's history (it followed a primary that is gone); rejoin it to the primary "
+           "(pg_rewind or a new base backup)";
+  }
   const std::uint32_t history = std::max(hosts_[primary_].figures().timeline, history_timeline_);
   if (history != 0 && f.timeline != 0 && f.timeline < history) {
     return "it is on an older timeline than the primary's and misses what the primary wrote "

@@ -16,6 +16,10 @@
 // A retired host stays retired until it reports being a standby on the primary's timeline
 // again (an operator rejoined it) or the configuration is reloaded with another host list.
 //
+// A standby that had replayed further than the primary had written at a later moment is not on
+// the primary's history (it was left following a primary that is gone, ahead of the replica
+// promoted instead): it takes no reads and is not promoted, whatever its timeline shows.
+//
 // Replica lag in time: the primary's WAL positions are sampled with the time of each check;
 // a replica whose replay position is L lags by (its check time - the time of the first sample
 // past L). This does not depend on pg_last_xact_replay_timestamp(), which makes a replica of an
@@ -111,6 +115,9 @@ class ShardHealth {
     Lsn lsn;
   };
   void note_primary_sample(Lsn lsn, Clock::time_point at);
+  // Whether `replica` has replayed past where the primary was at a later moment; nullopt when
+  // no check of the primary was sent after one of the replica's ended.
+  std::optional<bool> ahead_of_primary(const HostFigures& replica) const;
   std::int64_t lag_ms_of(const HostFigures& replica) const;
 
   ShardRules rules_;

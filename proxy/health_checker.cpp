@@ -28,7 +28,12 @@ using error_code = boost::system::error_code;
 
 // One round trip answers every question. On a standby the timeline it receives is only shown
 // to pg_read_all_stats (pg_monitor) members; without it the column is NULL and timelines are
-// not compared. pg_walfile_name() names the primary's current timeline without any privilege.
+// not compared. A standby with no WAL receiver (one left following a dead primary) shows none
+// either: then the newest timeline of a WAL segment in its pg_wal is its timeline (pg_monitor
+// may list it), else a replica left on a timeline the primary left would take reads. That
+// listing runs through query_to_xml() because PostgreSQL checks the EXECUTE privilege of a
+// function the query names when the query starts, even in a branch never taken.
+// pg_walfile_name() names the primary's current timeline without any privilege.
 // The last column lists the databases pgvalve serves from the host with the collation each
 // orders text in, which a sharded database's sessions need to merge text the shards sorted
 // (routing/text_order.h); read through to_jsonb, whose keys name the columns of PostgreSQL
@@ -38,7 +43,11 @@ constexpr const char* kCheckSqlHead =
     "SELECT pg_is_in_recovery(), "
     "CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END, "
     "pg_last_wal_receive_lsn(), "
-    "CASE WHEN pg_is_in_recovery() THEN (SELECT received_tli FROM pg_stat_wal_receiver) "
+    "CASE WHEN pg_is_in_recovery() THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), "
+    "CASE WHEN has_function_privilege('pg_catalog.pg_ls_waldir()', 'EXECUTE') THEN "
+    "('x' || (pg_catalog.xpath('/row/t/text()', pg_catalog.query_to_xml("
+    "'SELECT max(substr(name, 1, 8)) AS t FROM pg_catalog.pg_ls_waldir() "
+    "WHERE name ~ ''^[0-9A-F]{24}$''', false, true, '')))[1]::text)::bit(32)::int END) "
     "ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, "
     "(SELECT count(*) FROM pg_catalog.pg_prepared_xacts WHERE gid LIKE 'pgvalve:%'), "
     "(SELECT string_agg(datname || chr(9) || coalesce(j->>'datlocprovider', 'c') || chr(9) || "
@@ -346,6 +355,7 @@ asio::awaitable<void> HealthChecker::watch(std::shared_ptr<Host> host) {
                                           std::chrono::milliseconds(config->health.timeout_ms));
     if (h.stopped) break;
     health::Probe probe;
+    probe.asked = started;
     std::string error = q.error;
     const bool ok = q.ok && read_probe(q, probe, error);
     report(h, ok, probe, error, !ok && answered_but_refused(error));

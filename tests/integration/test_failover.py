@@ -672,6 +672,57 @@ def test_a_replica_left_on_the_old_timeline_is_never_promoted(fresh, pgvalve):
             conn.execute("insert into drill (client, n) values (7, 100)")
 
 
+@pytest.mark.parametrize("monitor", [True, False], ids=["pg_monitor", "no_pg_monitor"])
+def test_a_restarted_pgvalve_reads_nothing_from_a_replica_left_on_the_dead_timeline(
+        fresh, pgvalve, monitor):
+    c = fresh()
+    r1, r2 = c.replicas
+    # The checks' role without pg_monitor sees no standby's timeline.
+    c.primary.psql("CREATE ROLE checker LOGIN PASSWORD 'checker-secret'")
+    # r1 stops replaying and falls behind; r2 keeps up.
+    r1.psql("ALTER SYSTEM SET primary_conninfo = ''")
+    r1.psql("select pg_reload_conf()")
+    wait_until(lambda: r1.scalar("select count(*) from pg_stat_wal_receiver") == 0, 10,
+               message="r1 streams no more")
+    c.primary.psql("insert into drill (client, n) select 99, g from generate_series(1, 2000) g",
+                   dbname=APP_DB)
+    wait_until(lambda: r2.scalar("select count(*) from drill where client = 99",
+                                 dbname=APP_DB) == 2000, 10, message="r2 replayed")
+    # The primary dies and an external tool (Patroni & co.) promotes r1, the one behind.
+    c.primary.kill9()
+    r1.promote()
+    assert r1.scalar("select count(*) from drill where client = 99", dbname=APP_DB) == 0
+    # pgvalve starts afterwards, configured as the runbook says: the new primary first.
+    conf = config_for(c, failover={"mode": "follow", "hold_writes_ms": 15000})
+    if not monitor:
+        conf["health"].update(user="checker", password="checker-secret")
+    conf["databases"][APP_DB]["shards"][0] = {
+        "name": "s0", "primary": f"127.0.0.1:{r1.port}",
+        "replicas": [f"127.0.0.1:{c.primary.port}", f"127.0.0.1:{r2.port}"]}
+    pv = pgvalve(**conf)
+    wait_until(lambda: show_hosts(pv)[2]["state"] == "up", 10, message="r2 checked")
+    with pv.connect() as conn:
+        conn.execute("insert into drill (client, n) values (98, 1)")
+        deadline = time.monotonic() + 3  # several rounds of checks (interval_ms 500)
+        reads = set()
+        while time.monotonic() < deadline:
+            reads.add(conn.execute(
+                "select (select count(*) from drill where client = 99), "
+                "(select count(*) from drill where client = 98), inet_server_port()").fetchone())
+            time.sleep(0.05)
+    assert reads == {(0, 1, r1.port)}, f"reads from a timeline the primary left: {reads}"
+    row = show_hosts(pv)[2]
+    assert row["readable"] == "no", row
+    if monitor:
+        assert row["timeline"] == "1", row  # shown, though r2 streams nothing
+    else:
+        assert row["lag_ms"] is None, row
+    # Never chosen for a promotion either.
+    with admin(pv) as a:
+        with pytest.raises(psycopg.Error, match="timeline|history"):
+            a.execute(f"SWITCHOVER {APP_DB} s0 TO 127.0.0.1:{r2.port}")
+
+
 def test_show_pools_counts_clients_on_the_primary_after_a_switchover(fresh, pgvalve):
     """A client counts in the pool of its shard's primary; after a switchover it is shown on
     the new primary's row, where its writes go, not on the retired host's."""

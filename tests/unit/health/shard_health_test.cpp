@@ -254,6 +254,72 @@ TEST(ShardHealth, AReplicaOnAnotherTimelineTakesNoReads) {
   EXPECT_FALSE(s.assessment(1).readable);
 }
 
+// A check sent at `asked_ms` (the figures held at some moment after it).
+Probe asked(Probe probe, int asked_ms) {
+  probe.asked = at(asked_ms);
+  return probe;
+}
+
+TEST(ShardHealth, AReplicaThatReplayedPastWhereThePrimaryWasLaterIsNotOnItsHistory) {
+  // Host 0 died; an external tool promoted host 1, which was behind host 2. pgvalve (started
+  // afterwards) lists host 1 as the primary; host 2 still follows the dead host on the old
+  // timeline, which its WAL receiver no longer shows (timeline 0: unknown).
+  ShardHealth s(3, rules());
+  s.succeeded(1, asked(primary_probe(100, 2), 0), at(5));
+  s.succeeded(0, asked(standby_probe(100, 0), 0), at(6));
+  s.succeeded(2, asked(standby_probe(500, 0), 0), at(7));
+  s.assess(at(7));
+  ASSERT_EQ(s.writable_primary(), 1u);
+  // Past the primary's position, read after its check was sent: cannot tell yet, no reads.
+  EXPECT_FALSE(s.assessment(2).readable);
+  EXPECT_EQ(s.assessment(2).lag_ms, -1);
+  // The next round: the primary's check was sent after host 2's first ended, and the primary
+  // had written less than host 2 had replayed.
+  s.succeeded(1, asked(primary_probe(120, 2), 1000), at(1005));
+  s.succeeded(0, asked(standby_probe(120, 0), 1000), at(1006));
+  s.succeeded(2, asked(standby_probe(500, 0), 1000), at(1007));
+  s.assess(at(1007));
+  EXPECT_FALSE(s.assessment(2).readable);
+  EXPECT_EQ(s.assessment(2).lag_ms, -1);
+  EXPECT_EQ(s.assessment(2).lag_bytes, -1);
+  EXPECT_NE(s.not_promotable(2).find("not on the primary's history"), std::string_view::npos);
+  EXPECT_EQ(s.most_advanced_replica(), 0u);
+  EXPECT_TRUE(s.assessment(0).readable);
+  // Checked before the primary in a round, host 2 is compared by that round's figures.
+  s.succeeded(2, asked(standby_probe(500, 0), 2000), at(2001));
+  s.succeeded(1, asked(primary_probe(130, 2), 2000), at(2005));
+  s.assess(at(2005));
+  EXPECT_FALSE(s.assessment(2).readable);
+}
+
+TEST(ShardHealth, AReplicaCheckedAfterThePrimaryAndAheadOfItsPositionTakesReadsFromTheNextRound) {
+  // The primary writes between its check and the replica's: the replica is past the position
+  // the primary reported, which the next round shows it was allowed to be.
+  ShardHealth s(2, rules());
+  s.succeeded(0, asked(primary_probe(100), 0), at(5));
+  s.succeeded(1, asked(standby_probe(110), 0), at(6));
+  s.assess(at(6));
+  EXPECT_FALSE(s.assessment(1).readable);
+  s.succeeded(0, asked(primary_probe(200), 1000), at(1005));
+  s.succeeded(1, asked(standby_probe(210), 1000), at(1006));
+  s.assess(at(1006));
+  EXPECT_TRUE(s.assessment(1).readable);
+  EXPECT_EQ(s.assessment(1).lag_ms, 0);
+  EXPECT_EQ(s.not_promotable(1), "");
+}
+
+TEST(ShardHealth, AFormerPrimarysWalPositionIsNotComparedWithItsReplayAfterItRejoins) {
+  ShardHealth s(2, rules(FailoverMode::Off));
+  s.succeeded(0, asked(primary_probe(100), 0), at(5));
+  s.succeeded(1, asked(primary_probe(900), 0), at(6));  // a former primary, not rewound yet
+  s.assess(at(6));
+  // Rewound and started as a standby of host 0: its WAL position as a primary is no replay.
+  s.succeeded(1, asked(standby_probe(100), 1000), at(1001));
+  s.succeeded(0, asked(primary_probe(100), 1000), at(1005));
+  s.assess(at(1005));
+  EXPECT_EQ(s.not_promotable(1).find("history"), std::string_view::npos);
+}
+
 TEST(ShardHealth, FailoverOffKeepsTheConfiguredPrimary) {
   ShardHealth s(2, rules(FailoverMode::Off));
   s.succeeded(0, primary_probe(100), at(0));
