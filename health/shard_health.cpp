@@ -36,21 +36,28 @@ void ShardHealth::failed(std::size_t host, std::string_view error, Clock::time_p
 }
 
 void ShardHealth::note_primary_sample(Lsn lsn, Clock::time_point at) {
-  // Only the first time the primary was seen at each position matters.
-  if (!samples_.empty() && samples_.back().lsn >= lsn) return;
+  // Only the last time the primary was seen at each position matters (an idle primary stays).
+  if (!samples_.empty() && samples_.back().lsn >= lsn) {
+    if (samples_.back().lsn == lsn) samples_.back().at = std::max(samples_.back().at, at);
+    return;
+  }
   samples_.push_back({at, lsn});
   if (samples_.size() > kMaxSamples) samples_.pop_front();
 }
 
-std::int64_t ShardHealth::lag_ms_of(const HostFigures& replica) const {
+std::int64_t ShardHealth::lag_ms_of(const HostFigures& replica, Clock::time_point now) const {
   // Behind every sample, the replica may be any amount behind: only a sample at or below its
   // position says when the primary last had no more than it has.
   if (samples_.empty() || replica.lsn < samples_.front().lsn) return -1;
-  // The first moment the primary was seen past what the replica has replayed.
-  auto it = std::upper_bound(samples_.begin(), samples_.end(), replica.lsn,
-                             [](Lsn lsn, const Sample& s) { return lsn < s.lsn; });
-  if (it == samples_.end()) return 0;
-  const auto behind = replica.last_success - it->at;
+  auto past = std::upper_bound(samples_.begin(), samples_.end(), replica.lsn,
+                               [](Lsn lsn, const Sample& s) { return lsn < s.lsn; });
+  // It has all the primary had at the primary's last check.
+  if (past == samples_.end()) return 0;
+  // It has all the primary had the last time the primary was seen at or below its position,
+  // and maybe no more: the primary passed it at some moment before the next sample. Counted to
+  // now, not to the replica's check, so that its lag grows at every host's check: a read on it
+  // is at most max_replica_lag_ms plus the time between two checks old.
+  const auto behind = now - std::prev(past)->at;
   if (behind.count() <= 0) return 0;
   return std::chrono::duration_cast<std::chrono::milliseconds>(behind).count();
 }
@@ -129,8 +136,7 @@ void ShardHealth::assess(Clock::time_point now) {
   }
 
   const bool primary_known = p.checked && p.up && !p.in_recovery;
-  // After a move or a reload, the primary's last figures start the samples: only the oldest
-  // sample's position is used, never its time, which may be later than the primary got there.
+  // After a move or a reload, the primary's last figures start the samples.
   if (primary_known && samples_.empty()) note_primary_sample(p.lsn, p.last_success);
   for (std::size_t i = 0; i < hosts_.size(); ++i) {
     HostAssessment& a = assessed_[i];
@@ -144,7 +150,7 @@ void ShardHealth::assess(Clock::time_point now) {
     if (f.checked && f.up && ahead.value_or(false)) continue;  // its lag means nothing
     if (primary_known && f.checked && f.up) {
       a.lag_bytes = p.lsn > f.lsn ? static_cast<std::int64_t>(p.lsn - f.lsn) : 0;
-      a.lag_ms = lag_ms_of(f);
+      a.lag_ms = lag_ms_of(f, now);
       // Past the primary's last position, and not comparable yet (its first check, or the first
       // since it came back): it may be on another history, so its lag is unknown for a check.
       if (!ahead && f.lsn > p.lsn) a.lag_ms = -1;

@@ -20,11 +20,15 @@
 // the primary's history (it was left following a primary that is gone, ahead of the replica
 // promoted instead): it takes no reads and is not promoted, whatever its timeline shows.
 //
-// Replica lag in time: the primary's WAL positions are sampled with the time of each check;
-// a replica whose replay position is L lags by (its check time - the time of the first sample
-// past L). This does not depend on pg_last_xact_replay_timestamp(), which makes a replica of an
-// idle primary look minutes behind. A replica behind every sample has an unknown lag, and while
-// a primary takes writes it takes no reads.
+// Replica lag in time: the primary's WAL positions are sampled with the last time a check saw
+// each; a replica whose replay position is L lags by (now - the last time the primary was seen
+// at or below L), 0 when the primary was never seen past L. An upper bound, leaning to the
+// primary: the primary passed L at some moment before the next sample, up to one check
+// interval later. Assessed at every host's check, so a read on a replica is at most
+// max_replica_lag_ms plus the time between two checks old. This does not depend on
+// pg_last_xact_replay_timestamp(), which makes a replica of an idle primary look minutes
+// behind. A replica behind every sample has an unknown lag, and while a primary takes writes it
+// takes no reads.
 #pragma once
 
 #include <cstddef>
@@ -111,14 +115,14 @@ class ShardHealth {
 
  private:
   struct Sample {
-    Clock::time_point at;
+    Clock::time_point at;  // the last time a check saw the primary at `lsn`
     Lsn lsn;
   };
   void note_primary_sample(Lsn lsn, Clock::time_point at);
   // Whether `replica` has replayed past where the primary was at a later moment; nullopt when
   // no check of the primary was sent after one of the replica's ended.
   std::optional<bool> ahead_of_primary(const HostFigures& replica) const;
-  std::int64_t lag_ms_of(const HostFigures& replica) const;
+  std::int64_t lag_ms_of(const HostFigures& replica, Clock::time_point now) const;
 
   ShardRules rules_;
   std::vector<HostHealth> hosts_;

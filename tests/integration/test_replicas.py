@@ -343,6 +343,69 @@ def test_a_lagging_replica_takes_no_reads_until_it_catches_up(cluster, pgvalve):
     replicas_ready(pv, cluster)  # both again once it has caught up
 
 
+def test_reads_on_a_replica_that_stopped_replaying_are_no_older_than_the_lag_allowed(cluster,
+                                                                                    pgvalve):
+    """max_replica_lag_ms bounds how old a replica's answers are, give or take one
+    health.interval_ms (configuration.md, How lag is measured). Replay stops just after a check
+    of the primary: the next check, one interval later, is the first to see the primary past
+    the replica; a lag counted from then, and only at the replica's own checks, let it answer
+    reads up to two intervals too old."""
+    lag_ms, interval_ms = 1500, 1000
+    pv = pgvalve(**replicated(cluster, routing={"max_replica_lag_ms": lag_ms,
+                                                "read_your_writes": "off"},
+                              health={"interval_ms": interval_ms, "timeout_ms": 1000,
+                                      "failures_before_down": 2}))
+    replicas_ready(pv, cluster)
+    paused = cluster.replicas[0]
+    acks: list[tuple[float, int]] = []  # (when acknowledged, id) of each write
+    stop = threading.Event()
+
+    def writer():
+        with pv.connect() as conn:
+            while not stop.is_set():
+                i = conn.execute("insert into readings (device_id, value) values (4, 4) "
+                                 "returning id").fetchone()[0]
+                acks.append((time.monotonic(), i))
+                time.sleep(0.02)
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    worst, reads_on_paused = 0.0, 0
+    try:
+        time.sleep(0.5)
+        with cluster.primary.connect() as primary, paused.connect() as replica:
+            def last_check():
+                return primary.execute("select query_start from pg_stat_activity "
+                                       "where application_name = 'pgvalve health check'"
+                                       ).fetchone()[0]
+            before = last_check()
+            wait_until(lambda: last_check() != before, 3, interval=0.005,
+                       message="a check of the primary")
+            replica.execute("select pg_wal_replay_pause()")
+        paused_at = time.monotonic()
+        with pv.connect() as conn:
+            while time.monotonic() < paused_at + (lag_ms + 3 * interval_ms) / 1000:
+                t0 = time.monotonic()
+                newest, port = conn.execute("select coalesce(max(id), 0), inet_server_port() "
+                                            "from readings").fetchone()
+                if port == paused.port:
+                    reads_on_paused += 1
+                    # How long the oldest acknowledged write this read did not see was done.
+                    missed = [at for at, i in list(acks) if i > newest and at < t0]
+                    if missed:
+                        worst = max(worst, t0 - missed[0])
+                time.sleep(0.01)
+    finally:
+        stop.set()
+        t.join(10)
+        paused.psql("select pg_wal_replay_resume()")
+    assert reads_on_paused > 0
+    print(f"worst {worst:.2f} s")
+    assert worst < (lag_ms + interval_ms) / 1000, \
+        f"a read on the paused replica was {worst:.2f} s old (max_replica_lag_ms {lag_ms})"
+    replicas_ready(pv, cluster)
+
+
 def test_a_replica_far_behind_when_pgvalve_starts_takes_no_reads(cluster, pgvalve):
     """pgvalve has never seen the primary at the paused replica's position: its lag is unknown,
     however recent the first samples are, so it takes no reads until it catches up."""

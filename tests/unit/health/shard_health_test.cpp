@@ -99,18 +99,19 @@ TEST(ShardHealth, ReplicasTakeReadsAfterAHealthyCheck) {
   EXPECT_EQ(s.assessment(1).role, Role::Replica);
 }
 
-TEST(ShardHealth, LagInTimeCountsFromWhenThePrimaryPassedTheReplica) {
+TEST(ShardHealth, LagInTimeCountsFromTheLastTimeThePrimaryWasSeenAtOrBelowTheReplica) {
   ShardHealth s(2, rules());
   s.succeeded(0, primary_probe(100), at(0));
   s.succeeded(1, standby_probe(100), at(0));
   s.assess(at(0));
-  // Replay stops at 100 while the primary moves on.
+  // Replay stops at 100 while the primary moves on: it has what the primary had at 0, and
+  // perhaps nothing since.
   s.succeeded(0, primary_probe(200), at(1000));
   s.succeeded(0, primary_probe(300), at(2000));
   s.succeeded(1, standby_probe(100), at(2100));
   s.assess(at(2100));
   EXPECT_EQ(s.assessment(1).lag_bytes, 200);
-  EXPECT_EQ(s.assessment(1).lag_ms, 1100);
+  EXPECT_EQ(s.assessment(1).lag_ms, 2100);
   EXPECT_FALSE(s.assessment(1).readable);  // max_replica_lag_ms is 1000
   // It catches up: reads again.
   s.succeeded(1, standby_probe(300), at(2500));
@@ -130,15 +131,45 @@ TEST(ShardHealth, AReplicaOfAnIdlePrimaryDoesNotLag) {
   EXPECT_TRUE(s.assessment(1).readable);
 }
 
-TEST(ShardHealth, AWriteBetweenChecksOnAnIdlePrimaryIsASmallLag) {
+TEST(ShardHealth, AWriteBetweenChecksOnAnIdlePrimaryCountsFromItsLastCheckBeforeTheWrite) {
   ShardHealth s(2, rules());
   s.succeeded(0, primary_probe(100), at(0));
   s.succeeded(1, standby_probe(100), at(0));
+  s.succeeded(0, primary_probe(100), at(299000));  // idle, checked every second
+  s.succeeded(1, standby_probe(100), at(299005));
+  s.assess(at(299005));
+  EXPECT_EQ(s.assessment(1).lag_ms, 0);
   s.succeeded(0, primary_probe(150), at(300000));
+  s.assess(at(300000));
+  EXPECT_EQ(s.assessment(1).lag_ms, 1000);  // the write came after 299000, perhaps just after
+  EXPECT_TRUE(s.assessment(1).readable);
   s.succeeded(1, standby_probe(100), at(300200));
   s.assess(at(300200));
-  EXPECT_EQ(s.assessment(1).lag_ms, 200);
+  EXPECT_EQ(s.assessment(1).lag_ms, 1200);
+  EXPECT_FALSE(s.assessment(1).readable);
+  s.succeeded(1, standby_probe(150), at(301005));
+  s.assess(at(301005));
+  EXPECT_EQ(s.assessment(1).lag_ms, 0);
   EXPECT_TRUE(s.assessment(1).readable);
+}
+
+TEST(ShardHealth, AStoppedReplicasLagGrowsAtEveryHostsCheckNotOnlyAtItsOwn) {
+  // Its own next check may be an interval away: reads on it would go on meanwhile, older than
+  // max_replica_lag_ms by up to that interval.
+  ShardHealth s(3, rules());
+  s.succeeded(0, primary_probe(100), at(0));
+  s.succeeded(1, standby_probe(100), at(5));
+  s.succeeded(2, standby_probe(100), at(5));
+  s.assess(at(5));
+  s.succeeded(0, primary_probe(200), at(600));
+  s.assess(at(600));
+  EXPECT_EQ(s.assessment(1).lag_ms, 600);
+  EXPECT_TRUE(s.assessment(1).readable);
+  s.succeeded(2, standby_probe(200), at(1100));  // another host's check
+  s.assess(at(1100));
+  EXPECT_EQ(s.assessment(1).lag_ms, 1100);
+  EXPECT_FALSE(s.assessment(1).readable);
+  EXPECT_TRUE(s.assessment(2).readable);
 }
 
 TEST(ShardHealth, AReplicaTakesNoReadsBeforeThePrimaryIsFirstSeen) {
@@ -191,8 +222,13 @@ TEST(ShardHealth, AReplicaFirstBehindEverySampleIsMeasuredOnceASampleIsAtOrBelow
   s.succeeded(0, primary_probe(200), at(1000));
   s.succeeded(1, standby_probe(150), at(1100));
   s.assess(at(1100));
-  EXPECT_EQ(s.assessment(1).lag_ms, 100);  // since the primary was first seen past 150
+  EXPECT_EQ(s.assessment(1).lag_ms, 1100);  // since the primary was last seen at or below 150
   EXPECT_EQ(s.assessment(1).lag_bytes, 50);
+  EXPECT_FALSE(s.assessment(1).readable);
+  s.succeeded(0, primary_probe(200), at(1500));
+  s.succeeded(1, standby_probe(200), at(1600));
+  s.assess(at(1600));
+  EXPECT_EQ(s.assessment(1).lag_ms, 0);
   EXPECT_TRUE(s.assessment(1).readable);
 }
 
