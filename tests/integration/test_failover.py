@@ -780,6 +780,35 @@ def test_a_session_mode_client_writes_no_more_to_a_retired_primary(fresh, pgvalv
     assert acked_on and all(p == new_primary.port for p in acked_on), acked_on
 
 
+def test_a_session_mode_client_whose_primary_died_is_disconnected_and_reconnects(fresh, pgvalve):
+    """failover-runbook.md, What clients see: a session-mode client loses its session with the
+    dead primary and is closed (its next statement does not run anywhere); a new connection
+    reaches the new primary."""
+    c = fresh()
+    pv = pgvalve(**config_for(c, mode="session", pool_size=4,
+                              failover={"mode": "off", "hold_writes_ms": 10000}))
+    wait_hosts_checked(pv)
+    conn = pv.connect()
+    conn.execute("insert into drill (client, n) values (8, 0)")
+    c.wait_replay()
+    c.primary.kill9()
+    wait_until(lambda: show_hosts(pv)[0]["state"] == "down", 10, message="primary down")
+    with admin(pv) as a:
+        a.execute("FAILOVER telemetry")
+    new_primary = next(r for r in c.replicas if not r.scalar("select pg_is_in_recovery()"))
+    with pytest.raises(psycopg.OperationalError) as e:
+        conn.execute("insert into drill (client, n) values (8, 1)")
+    assert "pgvalve: the server connection holding this session was lost" in str(e.value)
+    assert "reconnect" in str(e.value)
+    assert conn.closed or conn.broken
+    conn.close()
+    with pv.connect() as again:
+        assert again.execute("insert into drill (client, n) values (8, 2) "
+                             "returning inet_server_port()").fetchone()[0] == new_primary.port
+    assert new_primary.sql("select n from drill where client = 8 order by n",
+                           dbname=APP_DB) == [(0,), (2,)]
+
+
 def two_databases_over_the_same_hosts(c, reverse_replicas=False, **overrides):
     """configuration.md: two databases may use the same servers. `other` reaches the same
     PostgreSQL database as telemetry, over the same hosts (its replicas listed in the reverse
