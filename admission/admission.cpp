@@ -66,7 +66,7 @@ Verdict Admission::admit(const Address& from, const Limits& limits, Clock::time_
     Entry fresh;
     fresh.tokens = limits.burst;
     fresh.refilled = now;
-    it = addresses_.emplace(from, fresh).first;
+    it = addresses_.emplace(from, std::move(fresh)).first;
     idle_.push_back(from);
     it->second.idle_position = std::prev(idle_.end());
   }
@@ -105,20 +105,99 @@ void Admission::leave(const Address& from) {
   if (--it->second.open == 0) became_idle(from, it->second);
 }
 
-std::chrono::milliseconds Admission::login_failed(const Address& from, Clock::time_point now) {
+namespace {
+
+constexpr auto kLoginMemory = std::chrono::minutes(1);
+
+std::uint64_t user_key(std::string_view name) {
+  // FNV-1a, as above. Names are kept as hashes so that a long name costs no memory; the
+  // configured names are not the client's to choose, so colliding with one gains nothing.
+  std::uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : name) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+}  // namespace
+
+Admission::Logins* Admission::logins_of(Entry& e, std::uint64_t user, Clock::time_point now,
+                                        bool& others) {
+  others = false;
+  for (auto& l : e.logins) {
+    if (now - l.last_failure > kLoginMemory) l.failures = 0;
+  }
+  std::erase_if(e.logins, [](const Logins& l) { return l.failures == 0 && l.unanswered == 0; });
+  if (now - e.other_logins.last_failure > kLoginMemory) e.other_logins.failures = 0;
+  for (auto& l : e.logins) {
+    if (l.user == user) return &l;
+  }
+  if (e.logins.size() < kTrackedUsersPerAddress) return nullptr;
+  others = true;
+  return &e.other_logins;
+}
+
+Admission::LoginTurn Admission::login_begins(const Address& from, std::string_view user,
+                                             Clock::time_point now) {
+  auto it = addresses_.find(from);
+  if (it == addresses_.end()) return {};
+  bool others = false;
+  Logins* l = logins_of(it->second, user_key(user), now, others);
+  if (!l || l->failures == 0) return {};  // no recent failure: not limited
+  // Unanswered logins count as the failures they may be: past the free ones, one at a time.
+  if (l->failures + l->unanswered >= kFreeLoginFailures && l->unanswered > 0) {
+    return {.go = false};
+  }
+  ++l->unanswered;
+  return {.go = true, .counted = true, .others = others};
+}
+
+std::chrono::milliseconds Admission::login_failed(const Address& from, std::string_view user,
+                                                  Clock::time_point now) {
   auto it = addresses_.find(from);
   if (it == addresses_.end()) return std::chrono::milliseconds(0);
   Entry& e = it->second;
-  if (now - e.last_login_failure > std::chrono::minutes(1)) e.login_failures = 0;
-  e.last_login_failure = now;
-  if (++e.login_failures <= kFreeLoginFailures) return std::chrono::milliseconds(0);
-  const int doublings = std::min(e.login_failures - kFreeLoginFailures - 1, 16);
+  const std::uint64_t key = user_key(user);
+  bool others = false;
+  Logins* l = logins_of(e, key, now, others);
+  if (!l) {
+    // A name may have counted in the shared bucket while the address tracked other names: it
+    // takes that count along, or their going would clear its failures.
+    e.logins.push_back({.user = key, .failures = e.other_logins.failures});
+    l = &e.logins.back();
+  }
+  l->last_failure = now;
+  if (++l->failures <= kFreeLoginFailures) return std::chrono::milliseconds(0);
+  const int doublings = std::min(l->failures - kFreeLoginFailures - 1, 16);
   return std::min(std::chrono::milliseconds(100) * (1 << doublings), kMaxLoginDelay);
 }
 
-void Admission::login_succeeded(const Address& from) {
+void Admission::login_succeeded(const Address& from, std::string_view user) {
   auto it = addresses_.find(from);
-  if (it != addresses_.end()) it->second.login_failures = 0;
+  if (it == addresses_.end()) return;
+  const std::uint64_t key = user_key(user);
+  // Only the user's own count: the shared bucket holds other names' failures.
+  for (auto& l : it->second.logins) {
+    if (l.user == key) l.failures = 0;
+  }
+}
+
+void Admission::login_ended(const Address& from, std::string_view user, const LoginTurn& turn) {
+  if (!turn.counted) return;
+  auto it = addresses_.find(from);
+  if (it == addresses_.end()) return;
+  Entry& e = it->second;
+  Logins* l = nullptr;
+  if (turn.others) {
+    l = &e.other_logins;
+  } else {
+    const std::uint64_t key = user_key(user);
+    for (auto& own : e.logins) {
+      if (own.user == key) l = &own;
+    }
+  }
+  if (l && l->unanswered > 0) --l->unanswered;
 }
 
 int Admission::open_from(const Address& from) const {

@@ -18,7 +18,9 @@
 #include <cstdint>
 #include <list>
 #include <string>
+#include <string_view>
 #include <unordered_map>
+#include <vector>
 
 namespace pgvalve::admission {
 
@@ -61,31 +63,59 @@ class Admission {
   Verdict admit(const Address& from, const Limits& limits, Clock::time_point now);
   void leave(const Address& from);
 
-  // A failed login from `from`: how long to wait before answering it. The first few cost
-  // nothing; from then on each failure waits twice as long as the one before, up to 5 s, so
-  // guessing passwords from one address slows to a crawl. A successful login, or a minute
-  // without failures, forgets them. Only addresses with open sockets are counted (the client
-  // is connected while it fails).
-  std::chrono::milliseconds login_failed(const Address& from, Clock::time_point now);
-  void login_succeeded(const Address& from);
+  // Failed logins are counted per address and user name, so one user's success does not clear
+  // another's failures. The first few failures cost nothing; from then on each failure is
+  // answered twice as late as the one before, up to 5 s, so guessing one user's password from
+  // one address slows to a crawl. The user's success, or a minute without failures, forgets
+  // them. Only addresses with open sockets are counted (the client is connected while it fails).
+  //
+  // Parallel guesses are held back too: once a user has failed from an address, its logins from
+  // there that are still unanswered count as failures to come, so past the free ones only one
+  // at a time is checked, and it holds its turn until its (late) answer is sent, even if the
+  // client hung up. A user with no recent failure is not limited (a pool opening 100
+  // connections at once); connect_rate_per_ip bounds a first burst of guesses.
+  struct LoginTurn {
+    bool go = true;  // false: another login of the user is being checked; ask again shortly
+    bool counted = false;
+    bool others = false;  // counted in the address's bucket for untracked names
+  };
+  LoginTurn login_begins(const Address& from, std::string_view user, Clock::time_point now);
+  // The proof was wrong: how long to wait before answering.
+  std::chrono::milliseconds login_failed(const Address& from, std::string_view user,
+                                         Clock::time_point now);
+  void login_succeeded(const Address& from, std::string_view user);
+  // After the answer was sent (or could not be): gives the turn back.
+  void login_ended(const Address& from, std::string_view user, const LoginTurn& turn);
   static constexpr int kFreeLoginFailures = 3;
   static constexpr std::chrono::milliseconds kMaxLoginDelay{5000};
+  // User names tracked per address; failures of further names share one bucket, so a flood of
+  // names neither grows the table nor pushes a name's failures out.
+  static constexpr std::size_t kTrackedUsersPerAddress = 8;
 
   int open() const { return open_; }
   int open_from(const Address& from) const;
   std::size_t tracked_addresses() const { return addresses_.size(); }
 
  private:
+  struct Logins {
+    std::uint64_t user = 0;  // hash of the name: a collision merges two names' counts, no more
+    int failures = 0;
+    int unanswered = 0;  // logins begun and not ended (LoginTurn::counted)
+    Clock::time_point last_failure{};
+  };
   struct Entry {
     int open = 0;
     double tokens = 0;
     Clock::time_point refilled{};
-    int login_failures = 0;
-    Clock::time_point last_login_failure{};
+    std::vector<Logins> logins;  // at most kTrackedUsersPerAddress; empty until a failure
+    Logins other_logins;         // names beyond those
     std::list<Address>::iterator idle_position;  // valid while open == 0
   };
   void refill(Entry& e, const Limits& limits, Clock::time_point now) const;
   void became_idle(const Address& from, Entry& e);
+  // The counts of `user` (forgetting those a quiet minute ended): its own, the shared bucket
+  // when the address tracks as many names as it may, or null (no recent failure, room left).
+  static Logins* logins_of(Entry& e, std::uint64_t user, Clock::time_point now, bool& others);
 
   std::unordered_map<Address, Entry, AddressHash> addresses_;
   std::list<Address> idle_;  // addresses with no open socket, least recently seen first

@@ -768,14 +768,27 @@ void App::leave(const admission::Address& from) {
   door_.leave(from);
 }
 
-std::chrono::milliseconds App::login_failed(const admission::Address& from) {
+admission::Admission::LoginTurn App::login_begins(const admission::Address& from,
+                                                  std::string_view user) {
   std::lock_guard lock(door_mutex_);
-  return door_.login_failed(from, admission::Clock::now());
+  return door_.login_begins(from, user, admission::Clock::now());
 }
 
-void App::login_succeeded(const admission::Address& from) {
+std::chrono::milliseconds App::login_failed(const admission::Address& from, std::string_view user) {
   std::lock_guard lock(door_mutex_);
-  door_.login_succeeded(from);
+  return door_.login_failed(from, user, admission::Clock::now());
+}
+
+void App::login_succeeded(const admission::Address& from, std::string_view user) {
+  std::lock_guard lock(door_mutex_);
+  door_.login_succeeded(from, user);
+}
+
+void App::login_ended(const admission::Address& from, std::string_view user,
+                      const admission::Admission::LoginTurn& turn) {
+  if (!turn.counted) return;  // the usual login: no lock
+  std::lock_guard lock(door_mutex_);
+  door_.login_ended(from, user, turn);
 }
 
 int App::open_sockets() const {

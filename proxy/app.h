@@ -314,8 +314,13 @@ class App : public pool::Handoff {
   admission::Verdict admit(const admission::Address& from);
   void leave(const admission::Address& from);
   int open_sockets() const;
-  std::chrono::milliseconds login_failed(const admission::Address& from);
-  void login_succeeded(const admission::Address& from);
+  // Failed logins by address and user name (admission::Admission::login_begins()).
+  admission::Admission::LoginTurn login_begins(const admission::Address& from,
+                                               std::string_view user);
+  std::chrono::milliseconds login_failed(const admission::Address& from, std::string_view user);
+  void login_succeeded(const admission::Address& from, std::string_view user);
+  void login_ended(const admission::Address& from, std::string_view user,
+                   const admission::Admission::LoginTurn& turn);
   // A refused socket being told why (bounded: beyond the bound they are closed at accept).
   int begin_refusal();
   void end_refusal();

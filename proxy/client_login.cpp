@@ -44,7 +44,7 @@ asio::awaitable<void> ClientSession::serve() {
     login_until_ = std::chrono::steady_clock::now() + auth_timeout;
     Deadline auth_deadline(client_, auth_timeout);
     ok = co_await read_startup(*login, startup);
-    if (ok) ok = co_await authenticate(*login);
+    if (ok) ok = co_await authenticate(*login, login_until_);
     if (!ok && auth_deadline.expired() && !fatal_sent_) {
       co_await send_fatal("08P01",
                           "pgvalve: authentication timed out; the client must complete login "
@@ -143,12 +143,12 @@ asio::awaitable<void> ClientSession::refuse_at_door() {
   co_await send_fatal("53300", message);
 }
 
-// A wrong password or unknown user: 28P01, answered later and later as failures from the same
-// address pile up (admission::Admission::login_failed), the same way for both.
+// A wrong password or unknown user: 28P01, answered later and later as failures of the user
+// from the same address pile up (admission::Admission::login_failed), the same way for both.
 asio::awaitable<void> ClientSession::refuse_login(const std::string& message) {
   // Never past the login's deadline: the client got 28P01 and then 08P01 for its timeout.
   const auto delay = std::min<std::chrono::steady_clock::duration>(
-      app_.login_failed(from_), login_until_ - std::chrono::steady_clock::now());
+      app_.login_failed(from_, user()), login_until_ - std::chrono::steady_clock::now());
   if (delay.count() > 0) {
     asio::steady_timer wait(client_.get_executor(), delay);
     error_code ignored;
@@ -316,7 +316,37 @@ asio::awaitable<void> ClientSession::refuse_for_memory() {
                       "limits.message_memory_bytes");
 }
 
-asio::awaitable<bool> ClientSession::authenticate(ClientProfile& login) {
+asio::awaitable<bool> ClientSession::authenticate(ClientProfile& login,
+                                                  std::chrono::steady_clock::time_point until) {
+  // A user failing from this address is checked one login at a time: the turn is held until
+  // the login is answered (admission::Admission::login_begins).
+  struct Turn {
+    App& app;
+    const admission::Address& from;
+    const std::string& user;
+    admission::Admission::LoginTurn turn;
+    ~Turn() { app.login_ended(from, user, turn); }
+  } turn{app_, from_, login.user_name, app_.login_begins(from_, login.user_name)};
+  if (!turn.turn.go) {
+    // Asked again until the turn comes (a failing login's late answer, or its user's success),
+    // or until the login's time is up.
+    constexpr auto kAgain = std::chrono::milliseconds(50);
+    asio::steady_timer wait(client_.get_executor());
+    while (!turn.turn.go) {
+      if (std::chrono::steady_clock::now() + kAgain >= until) {
+        co_await send_fatal("53300", "pgvalve: logins as user \"" + user() + "\" from " +
+                                         from_.to_string() +
+                                         " failed recently and are checked one at a time; none "
+                                         "came free within limits.auth_timeout_ms; try again "
+                                         "later");
+        co_return false;
+      }
+      wait.expires_after(kAgain);
+      error_code ignored;
+      co_await wait.async_wait(await_ec(ignored));
+      turn.turn = app_.login_begins(from_, login.user_name);
+    }
+  }
   const UserAuth* auth = login.users->find(login.user_name);
   if (!auth) {
     // The same exchange as a known user's, failing at the proof with the same message.
@@ -328,7 +358,7 @@ asio::awaitable<bool> ClientSession::authenticate(ClientProfile& login) {
   bool ok = auth->method == AuthMethod::Md5 ? co_await authenticate_md5(*auth)
                                             : co_await authenticate_scram(*auth);
   if (!ok) co_return false;
-  app_.login_succeeded(from_);
+  app_.login_succeeded(from_, login.user_name);
   if (login.database_name == "pgvalve" && !login.user->admin) {
     co_await send_fatal("28000", "pgvalve: user \"" + user() +
                                      "\" may not use the admin console; set admin: true for "

@@ -183,7 +183,9 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   using StartupParameters = std::vector<std::pair<std::string, std::string>>;
   // Both fill in `login`, the profile_ of the login.
   asio::awaitable<bool> read_startup(ClientProfile& login, StartupParameters& startup_params);
-  asio::awaitable<bool> authenticate(ClientProfile& login);
+  // `until`: limits.auth_timeout_ms from the connection's start.
+  asio::awaitable<bool> authenticate(ClientProfile& login,
+                                     std::chrono::steady_clock::time_point until);
   asio::awaitable<bool> authenticate_scram(const UserAuth& auth);
   asio::awaitable<bool> authenticate_md5(const UserAuth& auth);
   asio::awaitable<bool> read_password_frame(protocol::Frame& frame);

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from itutil import APP_AND_OPS, OPS_USER
 from pgcluster import APP_DB, APP_PASSWORD, APP_USER
 from pgwire import PgWireError, RawClient, message, read_message, recv_exact
 from test_limits import assert_pgvalve_message
@@ -61,9 +62,73 @@ def test_failed_logins_from_one_address_slow_down(pgvalve):
     times = [login_error(pv, APP_USER, "wrong")[1] for _ in range(6)]
     assert max(times[:3]) < 0.5, times                  # the first three are free
     assert times[3] >= 0.1 and times[5] >= 0.4, times  # then 0.1 s, 0.2 s, 0.4 s, ...
-    # A success forgets them.
+    # The user's success forgets them.
     RawClient("127.0.0.1", pv.port, APP_USER, APP_PASSWORD, APP_DB, timeout=10).connect()
-    assert login_error(pv, "ghost", "wrong")[1] < 0.5
+    assert login_error(pv, APP_USER, "wrong")[1] < 0.5
+
+
+def test_another_users_login_does_not_reset_a_users_failures(pgvalve):
+    """Failures are counted per address and user: with one known application password, logging
+    in with it between guesses of another user's password reset the count, and the guesses ran
+    at full speed."""
+    pv = pgvalve(mode="transaction", pool_size=1, users=APP_AND_OPS)
+    times = [login_error(pv, OPS_USER, "guess%d" % i)[1] for i in range(5)]
+    assert max(times[:3]) < 0.5 and times[4] >= 0.2, times
+    for i in range(3):
+        RawClient("127.0.0.1", pv.port, APP_USER, APP_PASSWORD, APP_DB, timeout=10).connect()
+        err, took = login_error(pv, OPS_USER, "guess%d" % (5 + i))
+        assert err.sqlstate == "28P01", err.fields
+        assert took >= 0.4 * 2 ** i * 0.9, (i, took)  # 0.4 s, 0.8 s, 1.6 s: not reset
+    # The application's own logins were not slowed by ops's failures.
+    t0 = time.monotonic()
+    RawClient("127.0.0.1", pv.port, APP_USER, APP_PASSWORD, APP_DB, timeout=10).connect()
+    assert time.monotonic() - t0 < 0.5
+
+
+def test_parallel_guesses_of_a_failing_user_are_answered_one_at_a_time(pgvalve):
+    """Once a user fails from an address, its unanswered logins from there count: guesses sent
+    on parallel connections were each delayed on their own and all answered within 5 s."""
+    pv = pgvalve(mode="transaction", pool_size=1, users=APP_AND_OPS,
+                 limits={"auth_timeout_ms": 7000})
+    for i in range(4):
+        login_error(pv, OPS_USER, "warm%d" % i)  # 0, 0, 0, 0.1 s: the next waits 0.2 s
+    results = []
+
+    def guess(i):
+        r = RawClient("127.0.0.1", pv.port, OPS_USER, "p%d" % i, APP_DB, timeout=15)
+        t0 = time.monotonic()
+        try:
+            r.connect()
+            results.append(("OK", None, time.monotonic() - t0))
+        except PgWireError as e:
+            results.append((e.sqlstate, e.message, time.monotonic() - t0))
+        except (OSError, EOFError) as e:
+            results.append(("closed", repr(e), time.monotonic() - t0))
+        finally:
+            if r.sock:
+                r.sock.close()
+
+    threads = [threading.Thread(target=guess, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert len(results) == 20, results
+    answered = sorted(took for state, _, took in results if state == "28P01")
+    # One at a time, each after the one before: 0.2, 0.4, 0.8, 1.6, 3.2 s (about 6.2 s).
+    assert 3 <= len(answered) <= 6, results
+    assert answered[-1] >= 2.5, answered
+    # The others were told, once their login time ran out, why they were not checked.
+    waited = [(state, msg) for state, msg, _ in results if state != "28P01"]
+    assert waited, results
+    for state, msg in waited:
+        assert state == "53300", waited
+        assert_pgvalve_message(msg)
+        assert f'user "{OPS_USER}"' in msg and "one at a time" in msg, msg
+    # Another user is not held back meanwhile.
+    t0 = time.monotonic()
+    RawClient("127.0.0.1", pv.port, APP_USER, APP_PASSWORD, APP_DB, timeout=10).connect()
+    assert time.monotonic() - t0 < 0.5
 
 
 def test_the_failed_login_delay_ends_at_auth_timeout_with_one_error(pgvalve):

@@ -126,32 +126,113 @@ TEST(Admission, TheMostRecentlyRefusedAddressIsForgottenLast) {
 namespace pgvalve::admission {
 namespace {
 
+using namespace std::chrono_literals;
+
+std::chrono::milliseconds fail(Admission& door, std::string_view user, Clock::time_point at = t0,
+                               const Address& from = kA) {
+  return door.login_failed(from, user, at);
+}
+
 TEST(LoginFailures, TheFirstFewAreFreeThenEachWaitsTwiceAsLongUpToACap) {
   Admission door;
   ASSERT_EQ(door.admit(kA, Limits{}, t0), Verdict::Admit);
   for (int i = 0; i < Admission::kFreeLoginFailures; ++i)
-    EXPECT_EQ(door.login_failed(kA, t0).count(), 0) << i;
-  EXPECT_EQ(door.login_failed(kA, t0).count(), 100);
-  EXPECT_EQ(door.login_failed(kA, t0).count(), 200);
-  EXPECT_EQ(door.login_failed(kA, t0).count(), 400);
+    EXPECT_EQ(fail(door, "ops").count(), 0) << i;
+  EXPECT_EQ(fail(door, "ops").count(), 100);
+  EXPECT_EQ(fail(door, "ops").count(), 200);
+  EXPECT_EQ(fail(door, "ops").count(), 400);
   for (int i = 0; i < 20; ++i)
-    door.login_failed(kA, t0);
-  EXPECT_EQ(door.login_failed(kA, t0), Admission::kMaxLoginDelay);
-  // Another address is not slowed.
+    fail(door, "ops");
+  EXPECT_EQ(fail(door, "ops"), Admission::kMaxLoginDelay);
+  // Another user, or another address, is not slowed.
+  EXPECT_EQ(fail(door, "app").count(), 0);
   ASSERT_EQ(door.admit(kB, Limits{}, t0), Verdict::Admit);
-  EXPECT_EQ(door.login_failed(kB, t0).count(), 0);
+  EXPECT_EQ(fail(door, "ops", t0, kB).count(), 0);
 }
 
-TEST(LoginFailures, ASuccessOrAQuietMinuteForgetsThem) {
+TEST(LoginFailures, OnlyTheUsersOwnSuccessOrAQuietMinuteForgetsThem) {
   Admission door;
   ASSERT_EQ(door.admit(kA, Limits{}, t0), Verdict::Admit);
   for (int i = 0; i < 6; ++i)
-    door.login_failed(kA, t0);
-  door.login_succeeded(kA);
-  EXPECT_EQ(door.login_failed(kA, t0).count(), 0);
+    fail(door, "ops");
+  // Another user's login from the address (an application's) does not reset them.
+  door.login_succeeded(kA, "app");
+  EXPECT_EQ(fail(door, "ops").count(), 800);
+  door.login_succeeded(kA, "ops");
+  EXPECT_EQ(fail(door, "ops").count(), 0);
   for (int i = 0; i < 6; ++i)
-    door.login_failed(kA, t0);
-  EXPECT_EQ(door.login_failed(kA, t0 + std::chrono::seconds(61)).count(), 0);
+    fail(door, "ops");
+  EXPECT_EQ(fail(door, "ops", t0 + 61s).count(), 0);
+}
+
+TEST(LoginFailures, ParallelLoginsOfAFailingUserAreCheckedOneAtATime) {
+  Admission door;
+  ASSERT_EQ(door.admit(kA, Limits{}, t0), Verdict::Admit);
+  // A user with no failure is not limited: a pool opening many connections at once.
+  for (int i = 0; i < 100; ++i) {
+    const auto turn = door.login_begins(kA, "app", t0);
+    EXPECT_TRUE(turn.go);
+    EXPECT_FALSE(turn.counted);
+  }
+  // After one failure, unanswered logins count as failures to come: two more at once.
+  fail(door, "ops");
+  const auto a = door.login_begins(kA, "ops", t0);
+  const auto b = door.login_begins(kA, "ops", t0);
+  EXPECT_TRUE(a.go && b.go);
+  EXPECT_FALSE(door.login_begins(kA, "ops", t0).go);
+  EXPECT_EQ(fail(door, "ops").count(), 0);
+  door.login_ended(kA, "ops", a);
+  EXPECT_EQ(fail(door, "ops").count(), 0);
+  // Three failures: one at a time, and it holds its turn through its late answer (also when
+  // the client hung up), so guesses cannot run in parallel.
+  EXPECT_FALSE(door.login_begins(kA, "ops", t0).go);
+  door.login_ended(kA, "ops", b);
+  const auto c = door.login_begins(kA, "ops", t0);
+  ASSERT_TRUE(c.go);
+  EXPECT_EQ(fail(door, "ops").count(), 100);
+  EXPECT_FALSE(door.login_begins(kA, "ops", t0 + 5s).go);
+  door.login_ended(kA, "ops", c);
+  EXPECT_TRUE(door.login_begins(kA, "ops", t0 + 5s).go);
+  // Other users are not held back.
+  EXPECT_TRUE(door.login_begins(kA, "app", t0).go);
+}
+
+TEST(LoginFailures, ATurnHeldAcrossTheUsersSuccessIsStillGivenBack) {
+  Admission door;
+  ASSERT_EQ(door.admit(kA, Limits{}, t0), Verdict::Admit);
+  for (int i = 0; i < 4; ++i)
+    fail(door, "ops");
+  const auto a = door.login_begins(kA, "ops", t0);
+  ASSERT_TRUE(a.go && a.counted);
+  door.login_succeeded(kA, "ops");
+  // Forgotten: the next logins are not limited, and ending the turn breaks nothing.
+  EXPECT_TRUE(door.login_begins(kA, "ops", t0).go);
+  door.login_ended(kA, "ops", a);
+  for (int i = 0; i < 10; ++i)
+    EXPECT_TRUE(door.login_begins(kA, "ops", t0).go);
+}
+
+TEST(LoginFailures, AFloodOfUserNamesDoesNotClearANamesFailures) {
+  Admission door;
+  ASSERT_EQ(door.admit(kA, Limits{}, t0), Verdict::Admit);
+  for (int i = 0; i < 6; ++i)
+    fail(door, "ops");
+  // Names beyond those the address tracks share one count: the flood slows itself down too.
+  for (int i = 0; i < 1000; ++i)
+    fail(door, "name" + std::to_string(i));
+  EXPECT_EQ(fail(door, "ops").count(), 800);
+  EXPECT_EQ(fail(door, "yet-another"), Admission::kMaxLoginDelay);
+  const auto turn = door.login_begins(kA, "and-another", t0);
+  EXPECT_TRUE(turn.go && turn.others);
+  EXPECT_FALSE(door.login_begins(kA, "and-one-more", t0).go);
+  door.login_ended(kA, "and-another", turn);
+  // A name that failed in the shared count keeps it when it gets its own (here a tracked
+  // name's success made room): making room does not clear it.
+  door.login_succeeded(kA, "name0");
+  EXPECT_EQ(fail(door, "name7"), Admission::kMaxLoginDelay);
+  // A quiet minute forgets all of them.
+  EXPECT_EQ(fail(door, "name7", t0 + 61s).count(), 0);
+  EXPECT_EQ(fail(door, "name8", t0 + 61s).count(), 0);
 }
 
 }  // namespace
