@@ -57,12 +57,10 @@ void Admission::refill(Entry& e, const Limits& limits, Clock::time_point now) co
   }
 }
 
-Verdict Admission::admit(const Address& from, const Limits& limits, Clock::time_point now) {
-  if (open_ >= limits.max_clients) return Verdict::TooManyClients;
+Admission::Entry& Admission::entry(const Address& from, const Limits& limits,
+                                   Clock::time_point now) {
   auto it = addresses_.find(from);
   if (it == addresses_.end()) {
-    // Tracked even with no per-address limit, so that limits a reload turns on count the
-    // sockets already open.
     Entry fresh;
     fresh.tokens = limits.burst;
     fresh.refilled = now;
@@ -70,7 +68,14 @@ Verdict Admission::admit(const Address& from, const Limits& limits, Clock::time_
     idle_.push_back(from);
     it->second.idle_position = std::prev(idle_.end());
   }
-  Entry& e = it->second;
+  return it->second;
+}
+
+Verdict Admission::admit(const Address& from, const Limits& limits, Clock::time_point now) {
+  if (open_ >= limits.max_clients) return Verdict::TooManyClients;
+  // Tracked even with no per-address limit, so that limits a reload turns on count the sockets
+  // already open.
+  Entry& e = entry(from, limits, now);
   refill(e, limits, now);
   Verdict verdict = Verdict::Admit;
   if (limits.per_address > 0 && e.open >= limits.per_address) {
@@ -87,6 +92,26 @@ Verdict Admission::admit(const Address& from, const Limits& limits, Clock::time_
   ++e.open;
   ++open_;
   return Verdict::Admit;
+}
+
+bool Admission::cancel_admitted(const Address& from, Verdict verdict, const Limits& limits,
+                                Clock::time_point now) {
+  if (verdict == Verdict::Admit) return true;  // its token was taken at accept
+  if (verdict == Verdict::TooFastFromAddress) return false;
+  if (limits.rate_per_s <= 0) return true;
+  Entry& e = entry(from, limits, now);
+  refill(e, limits, now);
+  if (e.tokens < 1.0) return false;
+  e.tokens -= 1.0;
+  if (e.open == 0) {
+    idle_.splice(idle_.end(), idle_, e.idle_position);  // seen just now
+    // An address that only ever sent cancels is bounded as any idle one (it is last: kept).
+    while (idle_.size() > max_idle_addresses_ && !(idle_.front() == from)) {
+      addresses_.erase(idle_.front());
+      idle_.pop_front();
+    }
+  }
+  return true;
 }
 
 void Admission::became_idle(const Address& from, Entry& e) {

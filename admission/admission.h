@@ -63,6 +63,13 @@ class Admission {
   Verdict admit(const Address& from, const Limits& limits, Clock::time_point now);
   void leave(const Address& from);
 
+  // A cancel request arrived on a socket answered `verdict` at accept. It counts against the
+  // connect rate as a connection does, or cancel keys could be guessed at any speed through a
+  // door refusing the connections: false (drop it) when the socket was refused for the rate, or
+  // was refused for another limit and the address has no token left (one is taken otherwise).
+  bool cancel_admitted(const Address& from, Verdict verdict, const Limits& limits,
+                       Clock::time_point now);
+
   // Failed logins are counted per address and user name, so one user's success does not clear
   // another's failures. The first few failures cost nothing; from then on each failure is
   // answered twice as late as the one before, up to 5 s, so guessing one user's password from
@@ -112,6 +119,8 @@ class Admission {
     std::list<Address>::iterator idle_position;  // valid while open == 0
   };
   void refill(Entry& e, const Limits& limits, Clock::time_point now) const;
+  // The address's entry, made with a full bucket (and idle) if there was none.
+  Entry& entry(const Address& from, const Limits& limits, Clock::time_point now);
   void became_idle(const Address& from, Entry& e);
   // The counts of `user` (forgetting those a quiet minute ended): its own, the shared bucket
   // when the address tracks as many names as it may, or null (no recent failure, room left).

@@ -321,6 +321,17 @@ class App : public pool::Handoff {
   void login_succeeded(const admission::Address& from, std::string_view user);
   void login_ended(const admission::Address& from, std::string_view user,
                    const admission::Admission::LoginTurn& turn);
+  // A cancel request on a socket the door answered `verdict`; false: dropped unanswered
+  // (admission::Admission::cancel_admitted).
+  bool cancel_admitted(const admission::Address& from, admission::Verdict verdict);
+  // What became of cancel requests since start (pgvalve_cancel_requests_total). Any thread.
+  enum class CancelOutcome { Matched, UnknownKey, TooFast };
+  void count_cancel(CancelOutcome outcome) {
+    cancel_requests_[static_cast<std::size_t>(outcome)].fetch_add(1, std::memory_order_relaxed);
+  }
+  std::uint64_t cancel_requests(CancelOutcome outcome) const {
+    return cancel_requests_[static_cast<std::size_t>(outcome)].load(std::memory_order_relaxed);
+  }
   // A refused socket being told why (bounded: beyond the bound they are closed at accept).
   int begin_refusal();
   void end_refusal();
@@ -409,6 +420,7 @@ class App : public pool::Handoff {
   std::atomic<int> refusing_{0};
   std::array<std::atomic<std::uint64_t>, 4> refused_{};  // by admission::Verdict
   std::atomic<std::uint64_t> refusals_dropped_{0};
+  std::array<std::atomic<std::uint64_t>, 3> cancel_requests_{};  // by CancelOutcome
   std::atomic<bool> draining_{false};
   // Workers 0 .. n-1 serve clients, the others are parked (worker_balance.h). Written by worker
   // 0's sweep; read by /metrics.

@@ -9,8 +9,8 @@ void CancelRegistry::add(ClientSession& session, CancelTarget& target) {
   std::int32_t secret = 0;
   protocol::fill_random({reinterpret_cast<unsigned char*>(&secret), sizeof secret});
   std::lock_guard lock(mutex_);
-  std::int32_t pid = next_pid_++;
-  if (next_pid_ <= 0) next_pid_ = 1;
+  const std::int32_t pid = last_pid_ =
+      next_process_id(last_pid_, [this](std::int32_t id) { return targets_.contains(id); });
   target.process_id = pid;
   target.secret_key = secret;
   target.session = &session;

@@ -56,6 +56,19 @@ struct CancelDestination {
   bool several = false;
 };
 
+// The process id a new client gets after `previous`: the next one up, after INT32_MAX 1 again
+// (clients take 0 and negative ids for none), skipping the ids `taken(id)` says a client holds,
+// so that a long-lived client's key is never given to another. At most as many are skipped as
+// clients are connected.
+template <typename Taken>
+std::int32_t next_process_id(std::int32_t previous, const Taken& taken) {
+  std::int32_t pid = previous;
+  do {
+    pid = pid == INT32_MAX || pid <= 0 ? 1 : pid + 1;
+  } while (taken(pid));
+  return pid;
+}
+
 class CancelRegistry {
  public:
   // Gives a new client its key (unique pid, random secret). `target` is part of `session`,
@@ -77,7 +90,7 @@ class CancelRegistry {
 
  private:
   std::mutex mutex_;
-  std::int32_t next_pid_ = 1;
+  std::int32_t last_pid_ = 0;
   std::unordered_map<std::int32_t, const CancelTarget*> targets_;
   std::atomic<int> in_flight_{0};
   std::unordered_multiset<std::uint64_t> cancelling_;

@@ -272,11 +272,20 @@ asio::awaitable<bool> ClientSession::read_startup(ClientProfile& login,
 
 asio::awaitable<void> ClientSession::forward_cancel(std::int32_t process_id,
                                                     std::int32_t secret_key) {
+  // Counted against the connect rate; one refused is closed unanswered, as PostgreSQL answers
+  // no cancel request.
+  if (!app_.cancel_admitted(from_, door_)) {
+    app_.count_cancel(App::CancelOutcome::TooFast);
+    co_return;
+  }
   auto dest = app_.cancels().find(process_id, secret_key);
   if (!dest) {
+    // A stale key, or a guess: counted, as a flood of them shows only there.
+    app_.count_cancel(App::CancelOutcome::UnknownKey);
     PGV_LOG(Debug, "cancel_ignored", {"pid", process_id});
     co_return;
   }
+  app_.count_cancel(App::CancelOutcome::Matched);
   if (dest->carried_by) {
     dest->carried_by->cancel_request(dest->several);
     co_return;

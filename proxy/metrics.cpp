@@ -35,6 +35,10 @@ Snapshot take_pool_snapshot(App& app) {
         {"connections_per_ip", door.by_verdict[static_cast<int>(Verdict::TooManyFromAddress)]},
         {"connect_rate_per_ip", door.by_verdict[static_cast<int>(Verdict::TooFastFromAddress)]}};
     s.door_dropped = door.dropped;
+    using Outcome = App::CancelOutcome;
+    s.cancel_requests = {{"matched", app.cancel_requests(Outcome::Matched)},
+                         {"unknown_key", app.cancel_requests(Outcome::UnknownKey)},
+                         {"connect_rate_per_ip", app.cancel_requests(Outcome::TooFast)}};
   }
   s.counters = app.counter_totals();
   s.active_workers = app.active_workers();
@@ -407,6 +411,14 @@ std::vector<prometheus::MetricFamily> collect_metrics(const Snapshot& snapshot) 
                  "256 refusals were being answered already (a flood)",
                  MetricType::Counter),
         {}, static_cast<double>(snapshot.door_dropped));
+  const auto cancels = f.family(
+      "pgvalve_cancel_requests_total",
+      "Cancel requests received, by result: matched a client's key, matched none (a stale key "
+      "or a guess), or dropped unanswered by limits.connect_rate_per_ip",
+      MetricType::Counter);
+  for (const auto& [result, count] : snapshot.cancel_requests) {
+    f.add(cancels, {{"result", result}}, static_cast<double>(count));
+  }
   pool_metrics(snapshot, f);
   statement_metrics(snapshot, f);
   counter_metrics(snapshot, f);

@@ -41,6 +41,7 @@ struct Snapshot {
   // Sockets refused at the door, by reason (config key), and those closed without an answer.
   std::vector<std::pair<std::string, std::uint64_t>> door_refused;
   std::uint64_t door_dropped = 0;
+  std::vector<std::pair<std::string, std::uint64_t>> cancel_requests;  // by result
   stats::CounterTotals counters;  // bytes, checkout waits (every worker's, summed)
   // Per worker thread, as its last sweep (once a second) published them.
   struct WorkerSample {

@@ -7,6 +7,7 @@ of spinning."""
 
 import os
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -127,6 +128,50 @@ def test_a_refused_tls_client_gets_no_handshake_and_reads_53300(pgvalve, tmp_pat
                 assert ei.value.sqlstate == "53300", ei.value.fields
         finally:
             held.close()
+
+
+def cancel_guess(pv):
+    """A CancelRequest with a random key; True if pgvalve closed without a byte, as it must."""
+    s = socket.create_connection(("127.0.0.1", pv.port), timeout=5)
+    try:
+        s.sendall(struct.pack("!iiii", 16, 80877102, int.from_bytes(os.urandom(3), "big") + 1,
+                              int.from_bytes(os.urandom(4), "big", signed=True)))
+        return s.recv(1) == b""
+    finally:
+        s.close()
+
+
+def test_cancel_requests_count_against_the_connect_rate(pgvalve):
+    """A cancel request takes a token of limits.connect_rate_per_ip as a connection does; one the
+    rate refuses is closed unanswered, as PostgreSQL answers no cancel request. Through a door
+    refusing connections at 1 a second, cancel keys were guessed at 24,000 a second. Keys that
+    match no client are counted."""
+    from test_cancel import run_and_cancel
+    from test_http import metric, scrape
+
+    rate, burst = 2, 2
+    pv = pgvalve(mode="transaction", pool_size=2,
+                 limits={"connect_rate_per_ip": rate, "connect_burst_per_ip": burst})
+    time.sleep(burst / rate + 0.2)  # the fixture's readiness probes took tokens: refill
+    conn = pv.connect(autocommit=True)
+    try:
+        time.sleep(burst / rate + 0.2)
+        t0 = time.monotonic()
+        assert all(cancel_guess(pv) for _ in range(300))
+        elapsed = time.monotonic() - t0
+        samples = scrape(pv)
+        checked = metric(samples, "pgvalve_cancel_requests_total", result="unknown_key")
+        dropped = metric(samples, "pgvalve_cancel_requests_total", result="connect_rate_per_ip")
+        # The burst, plus what the bucket refilled meanwhile: no more keys were looked up.
+        assert 1 <= checked <= burst + int(elapsed * rate) + 1, (checked, elapsed)
+        assert checked + dropped == 300, (checked, dropped)
+        # Within the rate, a client's cancel gets through as before.
+        time.sleep(1 / rate + 0.2)
+        exc, _ = run_and_cancel(conn, delay=0.5)
+        assert exc.sqlstate == "57014", repr(exc)
+        assert metric(scrape(pv), "pgvalve_cancel_requests_total", result="matched") == 1
+    finally:
+        conn.close()
 
 
 def test_connections_per_ip(pgvalve):

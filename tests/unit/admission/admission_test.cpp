@@ -128,6 +128,38 @@ namespace {
 
 using namespace std::chrono_literals;
 
+TEST(CancelRequests, CountAgainstTheConnectRateAlsoThroughARefusingDoor) {
+  Admission door;
+  const Limits limits{.max_clients = 100, .per_address = 1, .rate_per_s = 1, .burst = 2};
+  // Admitted: its token was taken at accept.
+  ASSERT_EQ(door.admit(kA, limits, t0), Verdict::Admit);
+  EXPECT_TRUE(door.cancel_admitted(kA, Verdict::Admit, limits, t0));
+  // Refused for the per-address count: a cancel still passes, taking the token left...
+  ASSERT_EQ(door.admit(kA, limits, t0), Verdict::TooManyFromAddress);
+  EXPECT_TRUE(door.cancel_admitted(kA, Verdict::TooManyFromAddress, limits, t0));
+  // ... and then no more, until the bucket refills.
+  EXPECT_FALSE(door.cancel_admitted(kA, Verdict::TooManyFromAddress, limits, t0 + 500ms));
+  EXPECT_TRUE(door.cancel_admitted(kA, Verdict::TooManyFromAddress, limits, t0 + 1s));
+  // Refused for the rate: dropped.
+  EXPECT_FALSE(door.cancel_admitted(kA, Verdict::TooFastFromAddress, limits, t0 + 10s));
+  // Without a rate, a full door lets cancels through as before, from an address never seen too.
+  const Limits no_rate{.max_clients = 1};
+  EXPECT_TRUE(door.cancel_admitted(kB, Verdict::TooManyClients, no_rate, t0));
+  const Limits rate{.max_clients = 1, .rate_per_s = 1, .burst = 1};
+  const Address kC = Address::v4(0x0a000007);
+  EXPECT_TRUE(door.cancel_admitted(kC, Verdict::TooManyClients, rate, t0));
+  EXPECT_FALSE(door.cancel_admitted(kC, Verdict::TooManyClients, rate, t0));
+}
+
+TEST(CancelRequests, AddressesThatOnlySendCancelsAreBounded) {
+  Admission door(/*max_idle_addresses=*/3);
+  const Limits limits{.max_clients = 0, .rate_per_s = 1, .burst = 1};
+  for (std::uint32_t i = 0; i < 100; ++i)
+    EXPECT_TRUE(
+        door.cancel_admitted(Address::v4(0x0b000000 + i), Verdict::TooManyClients, limits, t0));
+  EXPECT_LE(door.tracked_addresses(), 3u);
+}
+
 std::chrono::milliseconds fail(Admission& door, std::string_view user, Clock::time_point at = t0,
                                const Address& from = kA) {
   return door.login_failed(from, user, at);
