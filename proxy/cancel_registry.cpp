@@ -5,7 +5,7 @@
 
 namespace pgvalve::proxy {
 
-void CancelRegistry::add(ClientSession& session, CancelTarget& target) {
+void CancelRegistry::add(ClientSession& session, CancelTarget& target, Worker& worker) {
   std::int32_t secret = 0;
   protocol::fill_random({reinterpret_cast<unsigned char*>(&secret), sizeof secret});
   std::lock_guard lock(mutex_);
@@ -14,7 +14,18 @@ void CancelRegistry::add(ClientSession& session, CancelTarget& target) {
   target.process_id = pid;
   target.secret_key = secret;
   target.session = &session;
+  target.worker = &worker;
   targets_[pid] = &target;
+}
+
+void CancelRegistry::moved(CancelTarget& target, Worker& to) {
+  std::lock_guard lock(mutex_);
+  target.worker = &to;
+}
+
+Worker* CancelRegistry::worker_of(const CancelTarget& target) {
+  std::lock_guard lock(mutex_);
+  return target.worker;
 }
 
 void CancelRegistry::remove(const CancelTarget& target) {

@@ -16,6 +16,7 @@
 namespace pgvalve::proxy {
 
 class ClientSession;
+struct Worker;
 
 // A server connection's BackendKeyData as one value (0 = none).
 inline std::uint64_t server_key_of(std::int32_t pid, std::int32_t secret) {
@@ -34,6 +35,10 @@ struct CancelTarget {
   // session knows (set while it scatters).
   std::atomic<bool> several{false};
   ClientSession* session = nullptr;  // the session this is part of, set at registration
+  // The worker the session runs on: where a cancel it carries out must run. Read and written
+  // under the registry's lock only (add(), moved(), worker_of()): a move changes it on the
+  // worker the session leaves while another worker may be taking a cancel for it.
+  Worker* worker = nullptr;
 
   void link(std::uint32_t host, std::int32_t pid, std::int32_t secret) {
     host_index.store(host, std::memory_order_relaxed);
@@ -73,7 +78,11 @@ class CancelRegistry {
  public:
   // Gives a new client its key (unique pid, random secret). `target` is part of `session`,
   // whose destructor calls remove() first: the registry reads the target only under its lock.
-  void add(ClientSession& session, CancelTarget& target);
+  void add(ClientSession& session, CancelTarget& target, Worker& worker);
+  // The session is moving to `to`: called on the worker it leaves, before the session is
+  // handed over, so a cancel posted to that worker after this finds it gone and follows.
+  void moved(CancelTarget& target, Worker& to);
+  Worker* worker_of(const CancelTarget& target);
   void remove(const CancelTarget& target);
   // Where to send a cancel for this client key, if the key is valid and the client is running
   // something on a server. Such a cancel is in flight until cancel_done(): meanwhile the server

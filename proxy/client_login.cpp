@@ -509,7 +509,7 @@ asio::awaitable<bool> ClientSession::start_session(const StartupParameters& star
   load_balance_ = config().routing.load_balance;
   pool_ = login_pool();
   pool_->client_joined();
-  app_.cancels().add(*this, cancel_);
+  app_.cancels().add(*this, cancel_, *worker_);
   {
     const auto& r = config().routing;
     bool replicas = false;

@@ -588,6 +588,7 @@ void ClientSession::finish_move() {
   worker_->remove_session(this);
   worker_->counters.add_client_move();
   worker_ = to;
+  app_.cancels().moved(cancel_, *to);
   asio::post(to->context, [self = shared_from_this()] { self->arrive(); });
 }
 
@@ -1646,7 +1647,17 @@ void ClientSession::link(std::unique_ptr<ServerConnection> server,
 }
 
 void ClientSession::cancel_request(bool several) {
-  asio::post(client_.get_executor(), [self = shared_from_this(), several] {
+  // Runs on the session's worker, which this thread (the one that took the cancel) learns from
+  // the registry: the socket's executor changes with a move, on the session's own thread.
+  Worker* on = app_.cancels().worker_of(cancel_);
+  if (!on) return;
+  asio::post(on->context, [self = shared_from_this(), several, on] {
+    // The session moved on before this ran: the cancel follows it. Once this worker is the
+    // one the registry names, only this thread can move the session.
+    if (self->app_.cancels().worker_of(self->cancel_) != on) {
+      self->cancel_request(several);
+      return;
+    }
     if (self->closed_ || !self->core_) return;
     if (!several) {
       if (self->checkout_ && self->core_->state() == session::SessionState::WaitingForServer) {
