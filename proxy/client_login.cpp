@@ -358,9 +358,13 @@ asio::awaitable<bool> ClientSession::authenticate(ClientProfile& login,
   }
   const UserAuth* auth = login.users->find(login.user_name);
   if (!auth) {
-    // The same exchange as a known user's, failing at the proof with the same message.
-    const UserAuth unknown = UserDirectory::unknown(login.user_name);
-    co_await authenticate_scram(unknown);
+    // The same exchange as most known users', failing at the proof with the same message.
+    const UserAuth unknown = login.users->unknown(login.user_name);
+    if (unknown.method == AuthMethod::Md5) {
+      co_await authenticate_md5(unknown);
+    } else {
+      co_await authenticate_scram(unknown);
+    }
     co_return false;
   }
   login.user = auth->user;

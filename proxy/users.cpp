@@ -2,6 +2,8 @@
 
 #include <openssl/rand.h>
 
+#include <map>
+
 namespace pgvalve::proxy {
 
 UserDirectory::UserDirectory(config::ConfigPtr config, const UserDirectory* previous)
@@ -34,16 +36,39 @@ UserDirectory::UserDirectory(config::ConfigPtr config, const UserDirectory* prev
     }
     users_[user.name] = std::move(auth);
   }
+  // What an unknown name is shown: the method most users have (SCRAM on a tie), and the
+  // iteration count most SCRAM users have (the lowest on a tie).
+  std::size_t md5 = 0;
+  std::map<int, std::size_t> iterations;
+  for (const auto& [name, auth] : users_) {
+    if (auth.method == AuthMethod::Md5) ++md5;
+    if (auth.verifier) ++iterations[auth.verifier->iterations];
+  }
+  if (md5 * 2 > users_.size()) unknown_method_ = AuthMethod::Md5;
+  std::size_t most = 0;
+  for (const auto& [count, users] : iterations) {
+    if (users > most) {
+      most = users;
+      unknown_iterations_ = count;
+    }
+  }
 }
 
-UserAuth UserDirectory::unknown(std::string_view name) {
+UserAuth UserDirectory::unknown(std::string_view name) const {
   static const std::string secret = [] {
     std::string s(32, '\0');
     RAND_bytes(reinterpret_cast<unsigned char*>(s.data()), static_cast<int>(s.size()));
     return s;
   }();
   UserAuth auth;
+  auth.method = unknown_method_;
+  if (auth.method == AuthMethod::Md5) {
+    // A hash of a password no one knows: the client's response never matches.
+    auth.md5_hash = protocol::md5_password_hash(name, protocol::hmac_sha256(secret, name));
+    return auth;
+  }
   auth.verifier = protocol::mock_scram_verifier(secret, name);
+  auth.verifier->iterations = unknown_iterations_;
   return auth;
 }
 

@@ -28,12 +28,16 @@ class UserDirectory {
   // costs a PBKDF2 run).
   UserDirectory(config::ConfigPtr config, const UserDirectory* previous);
   const UserAuth* find(std::string_view name) const;
-  // For a name find() does not know: a SCRAM login that fails only at the proof
+  // For a name find() does not know: a login that fails only at the proof, by the method most
+  // configured users have (md5, or SCRAM with their most common iteration count), so that
+  // neither the method nor the iteration count tells an unknown name from a configured one
   // (protocol::mock_scram_verifier under a secret drawn once per process).
-  static UserAuth unknown(std::string_view name);
+  UserAuth unknown(std::string_view name) const;
 
  private:
   config::ConfigPtr config_;
+  AuthMethod unknown_method_ = AuthMethod::Scram;
+  int unknown_iterations_ = protocol::kDefaultScramIterations;
   std::unordered_map<std::string, UserAuth> users_;
   std::unordered_map<std::string, std::pair<std::string, protocol::ScramVerifier>> derived_;
 };

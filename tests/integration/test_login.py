@@ -371,3 +371,88 @@ def test_replication_false_in_any_spelling_logs_in(pgvalve, value):
         assert c.rows("select 1") == [["1"]]
     finally:
         c.terminate()
+
+
+def scram_verifier(password, iterations, salt=b"pgvalve-it-salt!"):
+    import hashlib
+    import hmac
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    stored = hashlib.sha256(hmac.new(salted, b"Client Key", "sha256").digest()).digest()
+    server = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored)}:{b64(server)}"
+
+
+def first_auth_request(pv, user):
+    """The code of the first authentication request pgvalve sends `user` (5 md5, 10 SASL)."""
+    from pgwire import startup_packet
+    s = socket.create_connection(("127.0.0.1", pv.port), timeout=5)
+    try:
+        s.sendall(startup_packet({"user": user, "database": APP_DB}))
+        kind, payload = read_message(s)
+        assert kind == b"R", (kind, payload)
+        return struct.unpack("!I", payload[:4])[0]
+    finally:
+        s.close()
+
+
+def test_an_unknown_name_gets_the_method_most_users_have(pgvalve):
+    """Where most users have md5 hashes, an unknown name is asked for md5 too (it was asked for
+    SCRAM, which told every md5 user's name apart from a made-up one), and fails the same way."""
+    import hashlib
+    md5 = lambda pw, user: "md5" + hashlib.md5((pw + user).encode()).hexdigest()  # noqa: E731
+    pv = pgvalve(mode="transaction", pool_size=1, users=[
+        {"name": APP_USER, "password": md5(APP_PASSWORD, APP_USER),
+         "server_password": APP_PASSWORD},
+        {"name": "meter", "password": md5("m", "meter"), "server_password": "m"},
+        {"name": "ops", "password": "ops-secret"}])
+    assert first_auth_request(pv, APP_USER) == 5
+    assert first_auth_request(pv, "ghost") == 5
+    RawClient("127.0.0.1", pv.port, APP_USER, APP_PASSWORD, APP_DB, timeout=10).connect()
+    known, _ = login_error(pv, APP_USER, "wrong")
+    unknown, _ = login_error(pv, "ghost", "wrong")
+    assert known.sqlstate == unknown.sqlstate == "28P01"
+    assert known.message.replace(APP_USER, "U") == unknown.message.replace("ghost", "U")
+
+
+def test_an_unknown_name_gets_the_iteration_count_most_users_have(pgvalve):
+    """SCRAM verifiers made with another iteration count than 4096 (PostgreSQL's
+    scram_iterations): an unknown name's exchange shows the same count, not 4096."""
+    pv = pgvalve(mode="transaction", pool_size=1, users=[
+        {"name": APP_USER, "password": scram_verifier(APP_PASSWORD, 10000),
+         "server_password": APP_PASSWORD},
+        {"name": "meter", "password": scram_verifier("m", 10000), "server_password": "m"}])
+    assert sasl_server_first(pv, APP_USER)["i"] == "10000"
+    assert sasl_server_first(pv, "ghost")["i"] == "10000"
+    RawClient("127.0.0.1", pv.port, APP_USER, APP_PASSWORD, APP_DB, timeout=10).connect()
+
+
+def test_a_verifier_a_login_cannot_decode_is_refused_at_check(tmp_path):
+    """A SCRAM verifier of the right shape whose keys do not decode to 32 bytes loaded, and each
+    login as its user failed right after the client's first SCRAM message (an unknown name's
+    fails at the proof), which told the name apart; such a file is refused now."""
+    import subprocess
+
+    from conftest import pgvalve_binary
+    good = scram_verifier("pw", 4096)
+    broken = good[:good.rindex(":") - 1] + "A" + good[good.rindex(":"):]  # StoredKey's padding
+    path = tmp_path / "broken.yaml"
+    path.write_text(f"""listen: 127.0.0.1:1
+users:
+  - name: app
+    password: "{broken}"
+    server_password: pw
+databases:
+  telemetry:
+    shards:
+      - name: s0
+        primary: 127.0.0.1:2
+""")
+    r = subprocess.run([pgvalve_binary(), "--config", str(path), "--check"], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert "users[0].password" in r.stderr and "malformed SCRAM verifier" in r.stderr, r.stderr
+    path.write_text(path.read_text().replace(broken, good))
+    r = subprocess.run([pgvalve_binary(), "--config", str(path), "--check"], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0, r.stdout + r.stderr
