@@ -30,9 +30,11 @@ StartupResult invalid(std::string error) {
 // strings, closed by an empty name, and the closing NUL must be the packet's last byte.
 std::optional<std::string> parse_parameters(std::string_view params, StartupMessage& msg) {
   Cursor c(params);
-  // A repeated name is found by hash, not by a search of those before it: a 10,000-byte packet
-  // of thousands of short names cost milliseconds of CPU to parse, also from a client that
-  // never logs in. Keyed, so that no client can send names that all fall in one bucket.
+  // A repeated name is looked for among the first few, and by a hash among the rest:
+  // a search of all of them made a 10,000-byte packet of thousands of short names cost
+  // milliseconds of CPU, also from a client that never logs in. Keyed, so that no client can
+  // send names that all fall in one bucket; used only past them, so a usual login allocates none.
+  constexpr std::size_t kSearched = 16;
   struct NameHash {
     std::size_t operator()(std::string_view name) const {
       return static_cast<std::size_t>(KeyedHash().add_bytes(name).finish());
@@ -45,11 +47,19 @@ std::optional<std::string> parse_parameters(std::string_view params, StartupMess
     if (name->empty()) break;
     auto value = c.cstr();
     if (!value) return "invalid startup packet layout: expected terminator as last byte";
-    const auto [it, fresh] = seen.try_emplace(*name, msg.parameters.size());
-    if (fresh) {
-      msg.parameters.emplace_back(std::string(*name), std::string(*value));
+    auto& params = msg.parameters;
+    std::size_t at = params.size();
+    for (std::size_t i = 0; i < std::min(params.size(), kSearched); ++i) {
+      if (params[i].first == *name) at = i;
+    }
+    // Names after the first few, by a view of the packet (the parameters' own strings move).
+    if (at == params.size() && params.size() >= kSearched) {
+      at = seen.try_emplace(*name, params.size()).first->second;
+    }
+    if (at == params.size()) {
+      params.emplace_back(std::string(*name), std::string(*value));
     } else {
-      msg.parameters[it->second].second.assign(*value);
+      params[at].second.assign(*value);
     }
   }
   if (!c.at_end()) return "invalid startup packet layout: expected terminator as last byte";
