@@ -572,9 +572,10 @@ def test_extended_flights_route_by_their_statement_not_by_begin(shards, pgvalve)
     assert rows_on(shards[1]) == [d1, d1, d1]
 
 
-def test_a_held_back_begin_ends_with_a_request_that_got_no_server(shards, pgvalve):
-    """The client is told its transaction ended (ReadyForQuery 'I') when its first statement
-    gets no server: its next statement must run, and commit, on its own."""
+def test_a_held_back_begin_fails_with_a_request_that_got_no_server(shards, pgvalve):
+    """The first statement after a BEGIN pgvalve answered gets no server: as after an error in a
+    block on PostgreSQL, the block has failed (ReadyForQuery 'E') and the next statement gets
+    25P02 instead of running on its own; after ROLLBACK the client goes on."""
     from itutil import APP_AND_OPS, OPS_PASSWORD, OPS_USER
     from pgwire_ext import ExtClient
     clear(shards)
@@ -587,8 +588,11 @@ def test_a_held_back_begin_ends_with_a_request_that_got_no_server(shards, pgvalv
                              autocommit=True, prepare_threshold=None) as a:
             a.execute(f"PAUSE {APP_DB}")
             r = c.simple(f"INSERT INTO telemetry (device_id, value) VALUES ({d1}, 1)")
-            assert r.errors and r.errors[0]["C"] == "53300" and r.status == "I"
+            assert r.errors and r.errors[0]["C"] == "53300" and r.status == "E"
             a.execute(f"RESUME {APP_DB}")
+        r = c.simple(f"INSERT INTO telemetry (device_id, value) VALUES ({d1}, 3)")
+        assert r.errors and r.errors[0]["C"] == "25P02" and r.status == "E"
+        assert c.simple("ROLLBACK").raise_for_error().status == "I"
         r = c.simple(f"INSERT INTO telemetry (device_id, value) VALUES ({d1}, 2)")
         assert r.raise_for_error().status == "I"
     finally:
