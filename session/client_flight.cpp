@@ -395,17 +395,17 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
       return out;
     }
     if (route.kind == routing::Route::Kind::Refuse) {
-      // The refused statement ends a deferred transaction: nothing ran on any server. What the
-      // client pipelined behind it belongs to that transaction and must not run on its own
-      // (PostgreSQL would fail it, 25P02): the whole read fails.
-      const bool ends_transaction = !extras().deferred_begin.empty();
+      // Only the refused request fails (a Query, or extended messages up to their Sync, which
+      // PostgreSQL skips to after an error). After a BEGIN pgvalve answered (nothing ran on any
+      // server) the client's block fails with it, as on PostgreSQL: ReadyForQuery 'E', and what
+      // it pipelined or sends next gets 25P02 until it ends the block (LostBlock::Failed), so
+      // none of it runs on its own.
+      const bool in_block = !extras().deferred_begin.empty();
       forget_deferred_begin();
-      // Otherwise only the refused request fails (a Query, or extended messages up to their
-      // Sync, which PostgreSQL skips to after an error); what the client pipelined behind it is
-      // routed on its own.
-      const std::string_view refused = ends_transaction ? frames : refused_request(frames);
+      if (in_block) lost_block_ = LostBlock::Failed;
+      const std::string_view refused = refused_request(frames);
       fail_requests(refused, route.refusal->sqlstate, route.refusal->message, out.outbox,
-                    route.refusal->hint);
+                    route.refusal->hint, in_block ? 'E' : 'I');
       out.consumed = refused.size();
       if (refused.size() < frames.size()) {
         out.resume_client = true;

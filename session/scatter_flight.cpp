@@ -986,8 +986,12 @@ bool Session::refuse_closed_portal(std::string_view frames, Actions& out) {
     if (f.tag == 'S' || f.tag == 'Q') break;
   }
   if (!executes) return false;
-  forget_deferred_begin();  // as any refusal of a transaction that ran nothing on a server
-  fail_requests(frames.substr(0, end), "34000", closed_portal_message(), out.outbox);
+  // As any refusal in a block pgvalve holds the BEGIN of: the block fails (LostBlock::Failed).
+  const bool in_block = !extras().deferred_begin.empty();
+  forget_deferred_begin();
+  if (in_block) lost_block_ = LostBlock::Failed;
+  fail_requests(frames.substr(0, end), "34000", closed_portal_message(), out.outbox, {},
+                in_block ? 'E' : 'I');
   out.consumed = end;
   return true;
 }
@@ -1031,18 +1035,25 @@ void Session::finish_scatter(std::string& into, Actions& out) {
       return o.server && o.server->tx_status == 'E';
     });
     abandon = w.scatter().scatter->failed() && (!part_failed || w.scatter().lost);
-    status = abandon ? 'I' : (part_failed ? 'E' : 'T');
+    // Abandoned, every part is rolled back, but the client's block has failed as after any
+    // error in it: 'E', then 25P02 until it ends the block (LostBlock::Failed).
+    if (abandon) lost_block_ = LostBlock::Failed;
+    status = part_failed || abandon ? 'E' : 'T';
   } else {
-    // A read inside a transaction pgvalve holds the BEGIN of: the client stays in it, unless
-    // the read failed, which ends it as any refusal there does (nothing ran on a server).
-    if (w.scatter().scatter->failed()) forget_deferred_begin();
+    // A read inside a transaction pgvalve holds the BEGIN of: the client stays in it; when the
+    // read failed its block failed, as any refusal there makes it (nothing ran on a server).
     status = client_tx_status();
+    if (w.scatter().scatter->failed() && status != 'I') {
+      forget_deferred_begin();
+      lost_block_ = LostBlock::Failed;
+      status = 'E';
+    }
     // The client's transaction: this statement alone, or one whose BEGIN pgvalve holds.
     if (status == 'I' && recorder_) {
       count_transaction(static_cast<std::uint64_t>(
           std::chrono::duration_cast<std::chrono::microseconds>(now_ - w.scatter().started)
               .count()));
-    } else if (status != 'I' && extras().deferred_read_at == Clock::time_point{}) {
+    } else if (status == 'T' && extras().deferred_read_at == Clock::time_point{}) {
       extras_to_change().deferred_read_at = w.scatter().started;
     }
   }

@@ -1074,10 +1074,15 @@ const Actions& Session::on_server_lost(LinkId id, Clock::time_point now) {
   std::string message = running ? "pgvalve: the server connection was lost while this request ran"
                                 : "pgvalve: the server connection was lost";
   if (!goodbye.empty()) message += " (the server said: " + goodbye + ")";
-  message += running ? "; an open transaction was rolled back, but a COMMIT or a statement "
-                       "outside a transaction block may have taken effect: check before running "
-                       "it again"
-                     : "; the transaction was rolled back, run it again";
+  // A request of a transaction over several shards, not its end: every part is rolled back.
+  const bool over_shards =
+      running && work_ && work_->tx().spans && !work_->tx().ending && !work_->tx().implicit;
+  message += over_shards ? "; the transaction was rolled back on every shard: end it with "
+                           "ROLLBACK, then run it again"
+             : running   ? "; an open transaction was rolled back, but a COMMIT or a statement "
+                           "outside a transaction block may have taken effect: check before "
+                           "running it again"
+                         : "; the transaction was rolled back, run it again";
   if (losing_link_closes_client(l, id)) {
     std::string reason;
     if (holds_session(id)) {
@@ -1200,6 +1205,9 @@ void Session::lose_link(Link& l, LinkId id, std::string_view message, LinkOp::Ki
     return;
   }
   const bool in_transaction = l.server->tx_status != 'I';
+  // A part of a transaction over shards lost while a request other than its end ran: every part
+  // is rolled back (abandon_shard_transaction), and the client's block has failed.
+  const bool block_fails = spanned && !work_->tx().ending && !work_->tx().implicit;
   if (l.syncing) {
     work().change_rare().failure_sqlstate = "08006";
     work().change_rare().failure = std::string(message);
@@ -1211,8 +1219,12 @@ void Session::lose_link(Link& l, LinkId id, std::string_view message, LinkOp::Ki
     // ReadyForQuery 'I', after which the client knows its transaction is over (within a block
     // such a client is closed instead: losing_link_closes_client).
     const bool answered = l.in_flight > 0;
-    fail_pending(l, "08006", message, out.outbox);
-    if (!answered && in_transaction) lost_block_ = LostBlock::Untold;
+    fail_pending(l, "08006", message, out.outbox, block_fails && answered ? 'E' : 'I');
+    if (answered && block_fails) {
+      lost_block_ = LostBlock::Failed;
+    } else if (!answered && in_transaction) {
+      lost_block_ = LostBlock::Untold;
+    }
   }
   if (work_) {
     forget_tx_notes();
@@ -1231,7 +1243,7 @@ void Session::lose_link(Link& l, LinkId id, std::string_view message, LinkOp::Ki
     out.resume_client = true;
   }
   // The other shards' parts of the client's transaction cannot commit without this one.
-  if (spanned) abandon_shard_transaction(message, out);
+  if (spanned) abandon_shard_transaction(message, out, block_fails);
   if (state_ != SessionState::Closing && state_ != SessionState::WaitingForServer) {
     enter_between_requests();
   }
@@ -1244,7 +1256,7 @@ void Session::lose_link(Link& l, LinkId id, std::string_view message, LinkOp::Ki
 // ReadyForQuery; an unfinished extended flight gets one error and the rest of it is skipped
 // up to its Sync.
 void Session::fail_pending(Link& l, std::string_view sqlstate, std::string_view message,
-                           std::string& out) {
+                           std::string& out, char status) {
   int user_requests = 0;
   bool recorded = false;
   // The client's request continues past pgvalve's Sync of a part on one shard (hop): its rest,
@@ -1279,7 +1291,7 @@ void Session::fail_pending(Link& l, std::string_view sqlstate, std::string_view 
   };
   for (int i = 0; i < user_requests; ++i) {
     error();
-    pr::append_ready_for_query(out, 'I');
+    pr::append_ready_for_query(out, status);
   }
   // Messages after the last Sync: one error, then nothing up to their Sync.
   if (request_goes_on) {

@@ -507,7 +507,9 @@ class Session {
   std::string_view tx_decision_sql();
   void finish_shard_transaction(std::string& into, Actions& out);
   bool shard_transaction_link_lost(Link& l, LinkOp::Kind kind, Actions& out);
-  void abandon_shard_transaction(std::string_view message, Actions& out);
+  // `block_fails`: the client is told its block failed (ReadyForQuery 'E', LostBlock::Failed)
+  // rather than ended.
+  void abandon_shard_transaction(std::string_view message, Actions& out, bool block_fails = false);
   void plan_frame(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
   void plan_query(const protocol::Frame& f, std::size_t offset, Link& l, Flight& flight);
   void forward_query(const protocol::Frame& f, std::string_view sql, std::size_t offset,
@@ -672,7 +674,9 @@ class Session {
   void settle_accounting();
 
   // ---- failures and endings ----
-  void fail_pending(Link& l, std::string_view sqlstate, std::string_view message, std::string& out);
+  // `status`: the ReadyForQuery each failed request gets ('E' when the client's block failed).
+  void fail_pending(Link& l, std::string_view sqlstate, std::string_view message, std::string& out,
+                    char status = 'I');
   void lose_link(Link& l, LinkId id, std::string_view message, LinkOp::Kind kind, Actions& out);
   // Losing `l` loses what no other server can give the client back, so the client is closed
   // rather than kept: its session (session mode's own server, or state pinned to it), or a

@@ -833,13 +833,13 @@ bool Session::shard_transaction_link_lost(Link& l, LinkOp::Kind kind, Actions& o
 // A part was lost while the client works in the transaction: every other part is rolled back,
 // and the client learns its transaction is over (the request waiting on a part gets the error,
 // else its next request does).
-void Session::abandon_shard_transaction(std::string_view message, Actions& out) {
+void Session::abandon_shard_transaction(std::string_view message, Actions& out, bool block_fails) {
   Workspace& w = work();
   for (Link& o : w.links) {
     if (!o.server) continue;
     if (o.busy()) {
-      if (o.in_flight > 0) lost_block_ = LostBlock::None;
-      fail_pending(o, "08006", message, out.outbox);
+      if (o.in_flight > 0) lost_block_ = block_fails ? LostBlock::Failed : LostBlock::None;
+      fail_pending(o, "08006", message, out.outbox, block_fails ? 'E' : 'I');
       unlink(o.id, LinkOp::Kind::CancelAndClose, out);
     } else if (o.server->tx_status == 'I') {
       unlink(o.id, LinkOp::Kind::Release, out);

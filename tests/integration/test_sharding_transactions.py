@@ -478,3 +478,60 @@ def test_a_shard_without_a_primary_is_waited_for_then_refused_with_57P03(two_pc,
         conn.close()
         s1.start()
     assert rows(two_pc[0]) == []
+
+
+def test_a_part_lost_while_a_statement_of_the_block_runs_fails_the_block(two_pc, pgvalve):
+    """A transaction over both shards; the server of one part dies while a statement (not the
+    end) of the block runs there. Every part is rolled back, and the client's block has failed
+    as after an error on PostgreSQL: 08006 with ReadyForQuery 'E', 25P02 after, COMMIT answered
+    ROLLBACK. (It got 'I', and its next INSERT committed on its own.)"""
+    from pgwire_ext import ExtClient
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    d0, d1, d1b = devices()
+    c = ExtClient.login(pv)
+
+    def kill():
+        time.sleep(0.7)
+        two_pc[1].primary.psql("select pg_terminate_backend(pid) from pg_stat_activity "
+                               "where query like '%pg_sleep(5)%' and pid <> pg_backend_pid()")
+
+    try:
+        assert c.simple("BEGIN").raise_for_error().status == "T"
+        c.simple(f"INSERT INTO telemetry (device_id, value) VALUES ({d0}, 1)").raise_for_error()
+        c.simple(f"INSERT INTO telemetry (device_id, value) VALUES ({d1}, 1)").raise_for_error()
+        killer = threading.Thread(target=kill)
+        killer.start()
+        r = c.simple(f"SELECT pg_sleep(5) FROM telemetry WHERE device_id = {d1}")
+        killer.join()
+        assert r.errors and r.errors[0]["C"] == "08006" and r.status == "E", (r.errors, r.status)
+        assert "rolled back on every shard" in r.errors[0]["M"], r.errors
+        r = c.simple(f"INSERT INTO telemetry (device_id, value) VALUES ({d1b}, 7)")
+        assert r.errors and r.errors[0]["C"] == "25P02" and r.status == "E", (r.errors, r.status)
+        r = c.simple("COMMIT")
+        assert not r.errors and r.tags == ["ROLLBACK"] and r.status == "I", (r.tags, r.status)
+    finally:
+        c.terminate()
+    assert rows(two_pc[0]) == [] and rows(two_pc[1]) == []
+
+
+def test_a_refused_first_statement_after_begin_fails_the_block(two_pc, pgvalve):
+    """The first statement after BEGIN (which pgvalve answers) is refused (22P02: a key that is
+    not a bigint): as after an error on PostgreSQL the block has failed, so the INSERT after it
+    gets 25P02 and ROLLBACK leaves nothing (it committed on its own, with ReadyForQuery 'I')."""
+    from pgwire_ext import ExtClient
+    prepare_schema(two_pc)
+    pv = pgvalve(**config(two_pc))
+    d0, d1, _ = devices()
+    c = ExtClient.login(pv)
+    try:
+        assert c.simple("BEGIN").raise_for_error().status == "T"
+        r = c.simple("SELECT * FROM telemetry WHERE device_id = 'x'")
+        assert r.errors and r.status == "E", (r.errors, r.status)
+        r = c.simple(f"INSERT INTO telemetry (device_id, value) VALUES ({d1}, 1)")
+        assert r.errors and r.errors[0]["C"] == "25P02" and r.status == "E", (r.errors, r.status)
+        r = c.simple("ROLLBACK")
+        assert not r.errors and r.status == "I"
+    finally:
+        c.terminate()
+    assert rows(two_pc[0]) == [] and rows(two_pc[1]) == []

@@ -528,18 +528,29 @@ TEST_F(Copy, OnlyTheRefusedRequestOfAReadFails) {
 // A refusal that ends a transaction pgvalve held back (its BEGIN answered, nothing run yet)
 // takes what was pipelined behind it: those statements belong to that transaction, which
 // PostgreSQL would have failed (25P02); routed on their own they would autocommit.
-TEST_F(Copy, ARefusalEndingAHeldBackTransactionFailsTheRestOfTheRead) {
+// The refusal fails the block pgvalve holds the BEGIN of, as an error does on PostgreSQL: what
+// the client pipelined behind it gets 25P02 (none of it runs on its own), and its COMMIT is
+// answered ROLLBACK.
+TEST_F(Copy, ARefusalInAHeldBackTransactionFailsTheBlock) {
   Step s = h.client(query("BEGIN"));
   EXPECT_FALSE(s.check_out);
   EXPECT_EQ(statuses_in(s.to_client), "T");
   const std::string refused = query("UPDATE telemetry SET v = 1");
-  const std::string rest =
-      query("INSERT INTO telemetry (device_id, v) VALUES (1, 1)") + query("COMMIT");
-  s = h.client(refused + rest);
-  EXPECT_EQ(s.consumed, refused.size() + rest.size());
+  const std::string insert = query("INSERT INTO telemetry (device_id, v) VALUES (1, 1)");
+  s = h.client(refused + insert + query("COMMIT"));
+  EXPECT_EQ(s.consumed, refused.size());
   EXPECT_FALSE(s.check_out);
-  EXPECT_FALSE(s.resume_client);
-  EXPECT_EQ(sqlstates_in(s.to_client), "0A000,0A000,0A000");
+  EXPECT_TRUE(s.resume_client);
+  EXPECT_EQ(sqlstates_in(s.to_client), "0A000");
+  EXPECT_EQ(statuses_in(s.to_client), "E");
+  s = h.client(insert + query("COMMIT"));
+  EXPECT_EQ(s.consumed, insert.size());
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(sqlstates_in(s.to_client), "25P02");
+  s = h.client(query("COMMIT"));
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(tags_of(s.to_client), "CZ");
+  EXPECT_EQ(statuses_in(s.to_client), "I");
 }
 
 // libpq's PQputCopyEnd then PQfinish, without waiting for the COPY's answer: the COPY runs to

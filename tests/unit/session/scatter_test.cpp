@@ -868,15 +868,18 @@ TEST_F(Scatter, AStatementPreparedInADeferredTransactionLeavesTheClientInIt) {
   EXPECT_EQ(statuses_in(s.to_client), "T");
 }
 
-TEST_F(Scatter, AFailedReadBeforeATransactionRanAnythingEndsIt) {
+TEST_F(Scatter, AFailedReadBeforeATransactionRanAnythingFailsTheBlock) {
   h.client(query("BEGIN"));
   start(query("SELECT count(*) FROM telemetry"));
   h.server(error_result("42P01"), T0, 0);
-  const Step s =
-      h.server(int8_description() + data_row({"3"}) + complete("SELECT 1") + ready(), T0, 1);
+  Step s = h.server(int8_description() + data_row({"3"}) + complete("SELECT 1") + ready(), T0, 1);
   EXPECT_EQ(sqlstates_in(s.to_client), "42P01");
-  EXPECT_EQ(statuses_in(s.to_client), "I") << "as any refusal of a deferred transaction's first "
-                                              "statement: nothing ran on a server";
+  EXPECT_EQ(statuses_in(s.to_client), "E") << "as after an error in the block on PostgreSQL";
+  s = h.client(query("INSERT INTO telemetry (device_id, v) VALUES (1, 1)"));
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(sqlstates_in(s.to_client), "25P02");
+  s = h.client(query("COMMIT"));
+  EXPECT_EQ(statuses_in(s.to_client), "I");
 }
 
 TEST_F(Scatter, ADescribeAloneGoesToOneShard) {

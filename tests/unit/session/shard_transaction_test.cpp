@@ -281,7 +281,9 @@ TEST_F(ShardTransaction, AFailedPartOfAStatementOverSeveralShardsAbortsTheTransa
   EXPECT_EQ(queries_in(s.to_links.at(0)), std::vector<std::string>{"ROLLBACK"});
 }
 
-TEST_F(ShardTransaction, APartLostDuringAStatementOverSeveralShardsEndsTheTransaction) {
+// Every part is rolled back, and the client's block has failed as after an error in it ('E',
+// then 25P02 until it ends the block), so that its next statement never runs on its own.
+TEST_F(ShardTransaction, APartLostDuringAStatementOverSeveralShardsFailsTheBlock) {
   begin_on_s0();
   join_s1();
   h.client(query("SELECT count(*) FROM telemetry"));
@@ -289,10 +291,16 @@ TEST_F(ShardTransaction, APartLostDuringAStatementOverSeveralShardsEndsTheTransa
   EXPECT_EQ(s.to_client, "") << "the other part still answers";
   s = h.server(int8_description() + data_row({"2"}) + complete("SELECT 1") + ready('T'), T0, 0);
   EXPECT_EQ(sqlstates_in(s.to_client), "08006");
-  EXPECT_EQ(statuses_in(s.to_client), "I");
+  EXPECT_EQ(statuses_in(s.to_client), "E");
   ASSERT_TRUE(s.has_op(LinkOp::Kind::CleanAndRelease));
   EXPECT_EQ(h.state(), SessionState::Idle);
   EXPECT_EQ(h.session().link_count(), 0u);
+  s = h.client(insert(1));
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(sqlstates_in(s.to_client), "25P02");
+  s = h.client(query("ROLLBACK"));
+  EXPECT_FALSE(s.check_out);
+  EXPECT_EQ(statuses_in(s.to_client), "I");
 }
 
 TEST_F(ShardTransaction, WhatAJoiningShardWouldRunIsBoundedAndPastItNoShardJoins) {
