@@ -325,51 +325,51 @@ asio::awaitable<void> ClientSession::refuse_for_memory() {
                       "limits.message_memory_bytes");
 }
 
+ClientSession::LoginTurn::~LoginTurn() {
+  if (taken) app.login_ended(from, user, turn);
+}
+
+asio::awaitable<bool> ClientSession::take_login_turn(LoginTurn& turn) {
+  turn.turn = app_.login_begins(turn.from, turn.user);
+  turn.taken = true;
+  // Asked again until the turn comes (a failing login's late answer, or its user's success),
+  // or until the login's time is up.
+  constexpr auto kAgain = std::chrono::milliseconds(50);
+  asio::steady_timer wait(client_.get_executor());
+  while (!turn.turn.go) {
+    if (std::chrono::steady_clock::now() + kAgain >= turn.until) {
+      co_await send_fatal("53300", "pgvalve: logins as user \"" + user() + "\" from " +
+                                       from_.to_string() +
+                                       " failed recently and are checked one at a time; none "
+                                       "came free within limits.auth_timeout_ms; try again "
+                                       "later");
+      co_return false;
+    }
+    wait.expires_after(kAgain);
+    error_code ignored;
+    co_await wait.async_wait(await_ec(ignored));
+    turn.turn = app_.login_begins(turn.from, turn.user);
+  }
+  co_return true;
+}
+
 asio::awaitable<bool> ClientSession::authenticate(ClientProfile& login,
                                                   std::chrono::steady_clock::time_point until) {
-  // A user failing from this address is checked one login at a time: the turn is held until
-  // the login is answered (admission::Admission::login_begins).
-  struct Turn {
-    App& app;
-    const admission::Address& from;
-    const std::string& user;
-    admission::Admission::LoginTurn turn;
-    ~Turn() { app.login_ended(from, user, turn); }
-  } turn{app_, from_, login.user_name, app_.login_begins(from_, login.user_name)};
-  if (!turn.turn.go) {
-    // Asked again until the turn comes (a failing login's late answer, or its user's success),
-    // or until the login's time is up.
-    constexpr auto kAgain = std::chrono::milliseconds(50);
-    asio::steady_timer wait(client_.get_executor());
-    while (!turn.turn.go) {
-      if (std::chrono::steady_clock::now() + kAgain >= until) {
-        co_await send_fatal("53300", "pgvalve: logins as user \"" + user() + "\" from " +
-                                         from_.to_string() +
-                                         " failed recently and are checked one at a time; none "
-                                         "came free within limits.auth_timeout_ms; try again "
-                                         "later");
-        co_return false;
-      }
-      wait.expires_after(kAgain);
-      error_code ignored;
-      co_await wait.async_wait(await_ec(ignored));
-      turn.turn = app_.login_begins(from_, login.user_name);
-    }
-  }
+  LoginTurn turn{app_, from_, login.user_name, until};
   const UserAuth* auth = login.users->find(login.user_name);
   if (!auth) {
     // The same exchange as most known users', failing at the proof with the same message.
     const UserAuth unknown = login.users->unknown(login.user_name);
     if (unknown.method == AuthMethod::Md5) {
-      co_await authenticate_md5(unknown);
+      co_await authenticate_md5(unknown, turn);
     } else {
-      co_await authenticate_scram(unknown);
+      co_await authenticate_scram(unknown, turn);
     }
     co_return false;
   }
   login.user = auth->user;
-  bool ok = auth->method == AuthMethod::Md5 ? co_await authenticate_md5(*auth)
-                                            : co_await authenticate_scram(*auth);
+  bool ok = auth->method == AuthMethod::Md5 ? co_await authenticate_md5(*auth, turn)
+                                            : co_await authenticate_scram(*auth, turn);
   if (!ok) co_return false;
   app_.login_succeeded(from_, login.user_name);
   if (login.database_name == "pgvalve" && !login.user->admin) {
@@ -381,7 +381,7 @@ asio::awaitable<bool> ClientSession::authenticate(ClientProfile& login,
   co_return true;
 }
 
-asio::awaitable<bool> ClientSession::authenticate_scram(const UserAuth& auth) {
+asio::awaitable<bool> ClientSession::authenticate_scram(const UserAuth& auth, LoginTurn& turn) {
   const std::string failed = "pgvalve: password authentication failed for user \"" + user() + "\"";
   std::string out;
   const std::string_view mechanisms[] = {pr::kScramSha256};
@@ -420,6 +420,7 @@ asio::awaitable<bool> ClientSession::authenticate_scram(const UserAuth& auth) {
   if (!co_await send_auth(out)) co_return false;
 
   if (!co_await read_password_frame(f)) co_return false;
+  if (!co_await take_login_turn(turn)) co_return false;
   auto server_final = scram.handle_client_final(pr::read_sasl_response(f), error);
   client_in_.consume(f.whole.size());
   if (!server_final) {
@@ -431,13 +432,14 @@ asio::awaitable<bool> ClientSession::authenticate_scram(const UserAuth& auth) {
   co_return co_await send_auth(out);
 }
 
-asio::awaitable<bool> ClientSession::authenticate_md5(const UserAuth& auth) {
+asio::awaitable<bool> ClientSession::authenticate_md5(const UserAuth& auth, LoginTurn& turn) {
   const std::string salt = pr::random_bytes(4);
   std::string out;
   pr::append_authentication_md5(out, salt);
   if (!co_await send_auth(out)) co_return false;
   pr::Frame f;
   if (!co_await read_password_frame(f)) co_return false;
+  if (!co_await take_login_turn(turn)) co_return false;
   auto password = pr::read_password(f);
   const bool ok =
       password && pr::equal_secret(*password, pr::md5_salted_response(auth.md5_hash, salt));

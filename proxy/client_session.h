@@ -186,8 +186,22 @@ class ClientSession : public std::enable_shared_from_this<ClientSession> {
   // `until`: limits.auth_timeout_ms from the connection's start.
   asio::awaitable<bool> authenticate(ClientProfile& login,
                                      std::chrono::steady_clock::time_point until);
-  asio::awaitable<bool> authenticate_scram(const UserAuth& auth);
-  asio::awaitable<bool> authenticate_md5(const UserAuth& auth);
+  // A user failing from this address is checked one login at a time
+  // (admission::Admission::login_begins): from the moment a login's proof has arrived to its
+  // answer, so that a client sending nothing holds no turn. Given back when it goes.
+  struct LoginTurn {
+    App& app;
+    const admission::Address& from;
+    const std::string& user;
+    std::chrono::steady_clock::time_point until;  // the login's deadline
+    admission::Admission::LoginTurn turn{};
+    bool taken = false;
+    ~LoginTurn();
+  };
+  // False (the client was answered 53300) when no turn came before the login's deadline.
+  asio::awaitable<bool> take_login_turn(LoginTurn& turn);
+  asio::awaitable<bool> authenticate_scram(const UserAuth& auth, LoginTurn& turn);
+  asio::awaitable<bool> authenticate_md5(const UserAuth& auth, LoginTurn& turn);
   asio::awaitable<bool> read_password_frame(protocol::Frame& frame);
   // An authentication request to the client; its bytes count once the login succeeds.
   asio::awaitable<bool> send_auth(const std::string& message);

@@ -456,3 +456,24 @@ databases:
     r = subprocess.run([pgvalve_binary(), "--config", str(path), "--check"], capture_output=True,
                        text=True, timeout=30)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_login_that_sends_no_proof_holds_no_turn(pgvalve):
+    """Logins of a user that failed from an address are checked one at a time from the moment
+    their proof arrives: a connection that sends its startup packet as that user and then
+    nothing does not hold the user's turn (the right password waited for its auth_timeout_ms,
+    2.8 s of 3, and connections renewed every 0.25 s locked the user out with 53300)."""
+    import socket
+    from pgwire import RawClient, startup_packet
+    pv = pgvalve(mode="transaction", pool_size=1, limits={"auth_timeout_ms": 3000})
+    for _ in range(3):
+        login_error(pv, APP_USER, "wrong")  # the free failures
+    stalled = socket.create_connection(("127.0.0.1", pv.port), timeout=10)
+    try:
+        stalled.sendall(startup_packet({"user": APP_USER, "database": APP_DB}))
+        time.sleep(0.2)
+        started = time.monotonic()
+        RawClient("127.0.0.1", pv.port, APP_USER, APP_PASSWORD, APP_DB, timeout=10).connect()
+        assert time.monotonic() - started < 1.5, "the right password waited for the stalled login"
+    finally:
+        stalled.close()
