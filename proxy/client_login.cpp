@@ -546,12 +546,15 @@ asio::awaitable<bool> ClientSession::start_session(const StartupParameters& star
   // mode keeps its server from the start.
   std::unique_ptr<ServerConnection> server;
   if (config().pool.mode == config::PoolMode::Session || !pool_->has_server_parameters()) {
+    // Nothing reads the client meanwhile: one that hangs up leaves the queue (and its client
+    // slot) at once, as a waiting request does, instead of being served a server later.
+    watch_for_hang_up();
     ServerFailure failure;
     server = co_await acquire(pool_, checkout_from(pool_), failure);
     if (!server && !closed_ && failure.host_unavailable()) {
       server = co_await hold_login(failure);
     }
-    if (closed_) {  // shutdown closed the session meanwhile
+    if (closed_) {  // shutdown closed the session meanwhile, or the client hung up
       if (server) give_back(std::move(server), true, *pool_);
       co_return false;
     }

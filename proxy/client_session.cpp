@@ -487,13 +487,14 @@ void ClientSession::watch_tls_hang_up(bool bytes_came) {
 
 // Waiting for a server, or for the shards of a statement over several: the client is not read
 // meanwhile, and one that left must not keep servers (or a place in the queue) until then.
+// LoggingIn: watched only while its login waits for a server (start_session()).
 bool ClientSession::watches_for_hang_up() const {
   // A COPY the client ended runs to its end (and commits) as on PostgreSQL: libpq's
   // PQputCopyEnd then PQfinish leaves without waiting for its answer.
   if (core_->finishing_copy()) return false;
   const auto state = core_->state();
   return state == session::SessionState::WaitingForServer ||
-         state == session::SessionState::Scattering;
+         state == session::SessionState::Scattering || state == session::SessionState::LoggingIn;
 }
 
 bool ClientSession::in_pool_queue() const {
@@ -514,6 +515,10 @@ bool ClientSession::hung_up_while_waiting() {
   PGV_LOG(
       Info, "client_left_while_waiting", {"client", id_}, {"database", database()},
       {"waiting_for", core_->state() == session::SessionState::Scattering ? "shards" : "a server"});
+  if (core_->state() == session::SessionState::LoggingIn) {
+    close();  // nothing started yet: the login's wait ends (start_session() sees closed_)
+    return true;
+  }
   client_gone();
   return true;
 }

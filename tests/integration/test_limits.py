@@ -121,6 +121,60 @@ def test_a_client_that_resets_with_its_request_leaves_the_queue(cluster, pgvalve
             assert c.execute("select count(*) from reset_waiting").fetchone() == (0,)
 
 
+def login_until_it_waits(pv) -> RawClient:
+    """A client that sent its startup packet and password and now waits for its login's
+    ReadyForQuery (as drivers do), which comes once the login has a server (session mode)."""
+    from pgwire import _Scram, message
+    c = raw(pv)
+    c.open()
+    c.sock.sendall(startup_packet({"user": APP_USER, "database": APP_DB}))
+    scram = None
+    while True:
+        kind, payload = read_message(c.sock)
+        assert kind == b"R", (kind, payload)
+        (code,) = struct.unpack("!I", payload[:4])
+        if code == 10:
+            scram = _Scram(APP_PASSWORD)
+            first = scram.client_first().encode()
+            c.sock.sendall(message(b"p", b"SCRAM-SHA-256\0" + struct.pack("!i", len(first)) +
+                                   first))
+        elif code == 11:
+            c.sock.sendall(message(b"p", scram.client_final(payload[4:].decode()).encode()))
+        elif code == 12:
+            return c
+        else:
+            raise AssertionError(f"unexpected authentication request {code}")
+
+
+@pytest.mark.parametrize("goodbye", ["close", "reset"])
+def test_a_client_that_hangs_up_while_its_login_waits_for_a_server_leaves_the_queue(
+        pgvalve, goodbye):
+    # A driver whose connect_timeout passes gives up and retries: its first login must neither
+    # keep a place in the queue and a client slot, nor be served the server before the clients
+    # still there.
+    from itutil import APP_AND_OPS, show_pools
+    pv = pgvalve(mode="session", pool_size=1, max_overflow=0, checkout_timeout_ms=20000,
+                 users=APP_AND_OPS)
+    holder = pv.connect()  # holds the only server
+    gone = [login_until_it_waits(pv) for _ in range(3)]
+    wait_until(lambda: show_pools(pv)[0]["cl_waiting"] == "3", 5, message="the logins wait")
+    for c in gone:
+        c.close_abruptly(reset=goodbye == "reset")
+    wait_until(lambda: show_pools(pv)[0]["cl_waiting"] == "0", 5,
+               message="the queue forgets the logins that hung up")
+    wait_until(lambda: pv.open_client_sockets() == 1, 5, message="their client slots are free")
+    assert pv.log_text().count("event=client_left_while_waiting") == 3
+    # The next client in the queue gets the server when the holder leaves.
+    live = login_until_it_waits(pv)
+    wait_until(lambda: show_pools(pv)[0]["cl_waiting"] == "1", 5, message="the live login waits")
+    holder.close()
+    while read_message(live.sock)[0] != b"Z":
+        pass
+    assert live.rows("select 1") == [["1"]]
+    live.terminate()
+    assert pv.log_text().count("event=client_login ") == 2  # the holder and the live one
+
+
 # --- max_client_connections ------------------------------------------------------------------
 
 def test_max_client_connections(pgvalve):

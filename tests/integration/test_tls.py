@@ -578,3 +578,23 @@ def test_server_tls_require_refuses_a_server_without_tls(pgvalve):
     pv2 = pgvalve(mode="transaction", pool_size=1, server_tls="prefer")
     with pv2.connect() as c:  # prefer falls back to plaintext
         assert one(c, "select 1") == 1
+
+
+def test_a_tls_client_whose_connect_timeout_passes_while_its_login_waits_leaves_the_queue(
+        pgvalve, pki):
+    # libpq gives up at connect_timeout and closes: its login, waiting for a server (session
+    # mode), leaves the queue and its client slot.
+    from itutil import show_pools
+    pv = pgvalve(mode="session", pool_size=1, max_overflow=0, checkout_timeout_ms=20000,
+                 users=APP_AND_OPS, tls=tls_conf(pki, mode="prefer"))
+    holder = pv.connect()
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(pv.dsn(sslmode="require", connect_timeout=2))
+    wait_until(lambda: show_pools(pv)[0]["cl_waiting"] == "0", 5,
+               message="the queue forgets the login that gave up")
+    wait_until(lambda: pv.open_client_sockets() == 1, 5, message="its client slot is free")
+    assert "event=client_left_while_waiting" in pv.log_text()  # it had waited
+    holder.close()
+    with pv.connect(sslmode="require") as c:
+        assert c.execute("select 1").fetchone() == (1,)
+    assert pv.log_text().count("event=client_login ") == 2
