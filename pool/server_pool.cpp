@@ -67,24 +67,40 @@ const config::PoolSettings& ServerPool::local_settings(WorkerState& w) {
   return w.settings;
 }
 
-bool ServerPool::take_budget() {
+bool ServerPool::idle_elsewhere(int worker) const {
+  for (int i = 0; i < workers(); ++i) {
+    if (i != worker && workers_[static_cast<std::size_t>(i)]->idle_count.load() > 0) return true;
+  }
+  return false;
+}
+
+bool ServerPool::take_budget(int worker) {
+  // A budget at or below max_overflow means pool_size connections exist: one more is overflow,
+  // opened only when none is idle on another worker (asked for instead: a move costs a post and
+  // a re-registration; a new connection a server login, and it stays overflow_idle_s).
+  const int overflow_at = local_settings(state(worker)).max_overflow;
+  int idle_checked = -1;  // not looked at yet
   int b = budget_.load();
   while (b > 0) {
+    if (b <= overflow_at) {
+      if (idle_checked < 0) idle_checked = idle_elsewhere(worker) ? 1 : 0;
+      if (idle_checked == 1) return false;
+    }
     if (budget_.compare_exchange_weak(b, b - 1)) return true;
   }
   return false;
 }
 
-bool ServerPool::take_open_budget(Clock::time_point now) {
+bool ServerPool::take_open_budget(int worker, Clock::time_point now) {
   if (open_held_until_ns_.load() == 0) [[likely]] {
-    return take_budget();
+    return take_budget(worker);
   }
   if (to_ns(now) < open_held_until_ns_.load()) return false;
   // The hold is over: one client tries at a time, so a server still full sees one login per
   // kRetryOpenAfter, not one per waiter.
   if (probing_.exchange(true)) return false;
   if (open_held_until_ns_.load() == 0) probing_.store(false);  // ended meanwhile
-  if (take_budget()) return true;
+  if (take_budget(worker)) return true;
   probing_.store(false);
   return false;
 }
@@ -152,7 +168,7 @@ void ServerPool::send(int to, std::unique_ptr<Connection> conn) {
   handoff_.post(to, [self = shared_from_this(), to, box] { self->receive(to, std::move(*box)); });
 }
 
-void ServerPool::request_steal(int worker) {
+bool ServerPool::request_steal(int worker) {
   int donor = -1;
   int most = 0;
   for (int i = 0; i < workers(); ++i) {
@@ -163,8 +179,9 @@ void ServerPool::request_steal(int worker) {
       most = idle;
     }
   }
-  if (donor < 0) return;
+  if (donor < 0) return false;
   handoff_.post(donor, [self = shared_from_this(), donor, worker] { self->donate(donor, worker); });
+  return true;
 }
 
 CheckoutResult ServerPool::checkout(int worker, Waiter* waiter, Clock::time_point now) {
@@ -179,11 +196,11 @@ CheckoutResult ServerPool::checkout(int worker, Waiter* waiter, Clock::time_poin
     return {CheckoutKind::Idle, std::move(conn)};
   }
   // Clients queued here before this one get any free budget first.
-  while (!w.waiters.empty() && take_open_budget(now)) {
+  while (!w.waiters.empty() && take_open_budget(worker, now)) {
     bump(w.opening);
     pop_waiter(w)->grant(nullptr);
   }
-  if (w.waiters.empty() && take_open_budget(now)) {
+  if (w.waiters.empty() && take_open_budget(worker, now)) {
     bump(w.opening);
     return {CheckoutKind::Create, nullptr};
   }
@@ -191,16 +208,20 @@ CheckoutResult ServerPool::checkout(int worker, Waiter* waiter, Clock::time_poin
   w.waiters.push_back({waiter, std::max<std::int64_t>(1, to_ns(now)), waiter->home});
   count_home_waiting(waiter->home, 1);
   publish_waiters(w);
-  // Budget returned between our first look and publishing was offered to nobody: look again.
-  while (take_open_budget(now)) {
-    const bool ours = w.waiters.size() == 1;  // ours is the last one queued
-    bump(w.opening);
-    Waiter* first = pop_waiter(w);
-    if (ours) return {CheckoutKind::Create, nullptr};
-    first->grant(nullptr);
+  for (int look = 0; look < 2; ++look) {
+    // Budget returned between our first look and publishing was offered to nobody: look again.
+    while (take_open_budget(worker, now)) {
+      const bool ours = w.waiters.size() == 1;  // ours is the last one queued
+      bump(w.opening);
+      Waiter* first = pop_waiter(w);
+      if (ours) return {CheckoutKind::Create, nullptr};
+      first->grant(nullptr);
+    }
+    // Another worker's idle connection is asked for. One that kept overflow from being opened
+    // may have been lent since (none is idle any more): the budget is looked at once more.
+    if (look == 0 && request_steal(worker)) break;
   }
   bump(w.waits);
-  request_steal(worker);
   return {CheckoutKind::Wait, nullptr};
 }
 
@@ -331,8 +352,16 @@ void ServerPool::receive(int worker, std::unique_ptr<Connection> conn) {
 
 void ServerPool::donate(int worker, int to) {
   WorkerState& w = state(worker);
-  // Nothing to give, or the clients that asked were served meanwhile.
-  if (w.idle.empty() || state(to).waiting.load() == 0) return;
+  // The clients that asked were served meanwhile.
+  if (state(to).waiting.load() == 0) return;
+  if (w.idle.empty()) {
+    // Ours were lent meanwhile: the asker, which opened none because of them, may open one now
+    // (or ask another worker) instead of waiting for a check-in.
+    if (budget_.load() > 0) {
+      handoff_.post(to, [self = shared_from_this(), to] { self->try_permits(to); });
+    }
+    return;
+  }
   auto conn = std::move(w.idle.back());
   w.idle.pop_back();
   w.idle_count.store(static_cast<int>(w.idle.size()), std::memory_order_relaxed);
@@ -346,11 +375,22 @@ void ServerPool::offer_permit(int worker, Clock::time_point now) {
 
 void ServerPool::try_permits(int worker, Clock::time_point now) {
   WorkerState& w = state(worker);
-  while (!w.waiters.empty() && take_open_budget(now)) {
+  while (!w.waiters.empty() && take_open_budget(worker, now)) {
     bump(w.opening);
     pop_waiter(w)->grant(nullptr);
   }
-  if (!w.waiters.empty() || budget_.load() <= 0) return;
+  if (!w.waiters.empty()) {
+    // Refused for overflow while another worker has an idle connection: that one is asked for;
+    // lent since, the budget is looked at once more (as in checkout()).
+    if (budget_.load() > 0 && !request_steal(worker)) {
+      while (!w.waiters.empty() && take_open_budget(worker, now)) {
+        bump(w.opening);
+        pop_waiter(w)->grant(nullptr);
+      }
+    }
+    return;
+  }
+  if (budget_.load() <= 0) return;
   // Passed on until it reaches a worker whose clients still wait, or nobody waits any more.
   const int other = longest_waiting_other(worker).first;
   if (other < 0) return;

@@ -8,7 +8,8 @@
 // figures each worker publishes for the others (idle count, waiters, how long its oldest waiter
 // has waited), read to decide when a connection should move to another worker:
 //  - a worker whose clients wait while another worker has idle connections asks that worker to
-//    send one over (a steal);
+//    send one over (a steal); so does one that would open overflow (beyond pool_size), which is
+//    opened only when no worker has an idle connection;
 //  - a check-in gives the connection to another worker's waiter instead of a local one when that
 //    waiter has waited clearly longer, so no worker's clients starve while another's are served.
 // Moves go through the Handoff the proxy supplies (it posts a task to the target worker's loop);
@@ -144,7 +145,10 @@ class ServerPool : public std::enable_shared_from_this<ServerPool> {
 
   // This worker's most recently used idle connection; else, when the budget allows, a permit to
   // open one; else the waiter is queued (FIFO per worker) and, when another worker has idle
-  // connections, that worker is asked to send one over.
+  // connections, that worker is asked to send one over. Overflow (a connection beyond
+  // pool_size) is opened only when no other worker has an idle one: the waiter is queued and
+  // one is asked for instead; should that worker have lent it meanwhile, the waiter gets the
+  // permit then.
   CheckoutResult checkout(int worker, Waiter* waiter, Clock::time_point now = Clock::now());
   // Removes a queued waiter; false when it is not queued (already granted).
   bool cancel_wait(int worker, Waiter* waiter);
@@ -278,10 +282,13 @@ class ServerPool : public std::enable_shared_from_this<ServerPool> {
   void try_permits(int worker, Clock::time_point now = {});
   const config::PoolSettings& local_settings(WorkerState& w);
 
-  bool take_budget();
+  // One unit of budget, unless it would open overflow while another worker has an idle
+  // connection (see checkout()).
+  bool take_budget(int worker);
+  bool idle_elsewhere(int worker) const;
   // take_budget(), unless opening is held after a refusal (see create_refused()). `now` before
   // the hold's end (or unknown: a default time point) opens nothing.
-  bool take_open_budget(Clock::time_point now);
+  bool take_open_budget(int worker, Clock::time_point now);
   // One of the pool's connections was closed: a refusal's hold ends (its slot is free).
   void end_open_hold();
   bool release_budget_below(int ceiling);
@@ -292,7 +299,8 @@ class ServerPool : public std::enable_shared_from_this<ServerPool> {
   Waiter* pop_waiter(WorkerState& w);
   static void count_home_waiting(ServerPool* home, int change);
   void publish_waiters(WorkerState& w);
-  void request_steal(int worker);
+  // False: no other worker has an idle connection (nothing was asked).
+  bool request_steal(int worker);
   // The other worker whose oldest waiter has waited longest (-1: none) and when it was queued.
   std::pair<int, std::int64_t> longest_waiting_other(int worker) const;
   void rebalance(int worker, Clock::time_point now);

@@ -123,3 +123,29 @@ def test_session_mode_clients_stay_on_their_worker(pgvalve):
     pgbench_init(pv)
     check_pgbench(pgbench(pv, "-S", "-c", "8", "-j", "2", "-R", "1000", "-T", "4"))
     assert moves(pv) == 0
+
+
+def test_overflow_is_opened_only_when_no_worker_has_an_idle_connection(pgvalve, cluster):
+    # pool_size 1, one transaction at a time from clients spread over 4 workers: the one
+    # connection serves them all, moved to the worker of the client that needs it; a worker
+    # without an idle connection of its own does not open an overflow one (docs/pooling.md).
+    from itutil import APP_AND_OPS, app_backends, one, show_pools
+    pv = pgvalve(mode="transaction", pool_size=1, max_overflow=10, workers=4, users=APP_AND_OPS)
+    clients = [pv.connect() for _ in range(8)]
+
+    def all_idle():
+        row = show_pools(pv)[0]
+        return row["size"] != "0" and row["sv_idle"] == row["size"]
+
+    for _ in range(3):
+        for i, c in enumerate(clients):
+            # The previous client had its answer just before its server went back to the pool.
+            wait_until(all_idle, 5, message="every server back in the pool")
+            assert one(c, "select %s::int", (i,)) == i
+    assert app_backends(cluster) == 1
+    row = show_pools(pv)[0]
+    assert (row["size"], row["overflow"]) == ("1", "0"), row
+    # The clients were on several workers: the connection moved to serve them.
+    assert metric(scrape(pv), "pgvalve_pool_handoffs_total") > 0
+    for c in clients:
+        c.close()

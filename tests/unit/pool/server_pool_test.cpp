@@ -681,6 +681,84 @@ TEST_F(ServerPoolTest, PostedTaskKeepsThePoolAlive) {
   EXPECT_TRUE(weak.expired());
 }
 
+// --- overflow only when no other worker has an idle connection ---
+
+// pool_size 1 reached on worker 0 and idle there: a client on worker 1 gets that one, moved
+// over, rather than an overflow connection (which the pool would keep overflow_idle_s).
+TEST_F(ServerPoolTest, OverflowIsNotOpenedWhileAnotherWorkerHasAnIdleConnection) {
+  auto pool = make_pool(make_settings(1, 5), 2);
+  park(*pool, 0, open_new(*pool, 5, 0), T0 + seconds(1));
+  RecordingWaiter w;
+
+  ASSERT_EQ(pool->checkout(1, &w, T0 + seconds(2)).kind, CheckoutKind::Wait);
+  EXPECT_EQ(handoff.run(0), 1);  // worker 0 sends its idle one over
+  EXPECT_EQ(handoff.run(1), 1);
+  ASSERT_EQ(w.connections, 1);
+  EXPECT_EQ(w.permits, 0);
+  EXPECT_EQ(w.grants[0]->id, 5u);
+  auto s = pool->stats(T0 + seconds(2));
+  EXPECT_EQ(s.size, 1);
+  EXPECT_EQ(s.overflow, 0);
+  EXPECT_EQ(s.total_handoffs, 1u);
+}
+
+// Below pool_size each worker opens its own: connections stay on the worker that uses them.
+TEST_F(ServerPoolTest, BelowPoolSizeAWorkerOpensItsOwnEvenWithIdleElsewhere) {
+  auto pool = make_pool(make_settings(2, 5), 2);
+  park(*pool, 0, open_new(*pool, 5, 0), T0 + seconds(1));
+  RecordingWaiter w;
+  EXPECT_EQ(pool->checkout(1, &w, T0 + seconds(2)).kind, CheckoutKind::Create);
+  EXPECT_EQ(handoff.pending(0), 0);
+}
+
+// Every connection busy: overflow opens at once, whichever worker asks.
+TEST_F(ServerPoolTest, OverflowOpensAtOnceWhenEveryConnectionIsBusy) {
+  auto pool = make_pool(make_settings(1, 1), 2);
+  auto busy = open_new(*pool, 5, 0);
+  RecordingWaiter w;
+  EXPECT_EQ(pool->checkout(1, &w, T0).kind, CheckoutKind::Create);
+  EXPECT_EQ(pool->stats(T0).overflow, 1);
+}
+
+// The idle connection asked for was lent on its own worker meanwhile: the waiter gets the
+// overflow permit then, not only at the next check-in.
+TEST_F(ServerPoolTest, StealFindingNothingGivesTheWaiterTheOverflowPermit) {
+  auto pool = make_pool(make_settings(1, 1), 2);
+  park(*pool, 0, open_new(*pool, 5, 0), T0 + seconds(1));
+  RecordingWaiter w;
+  ASSERT_EQ(pool->checkout(1, &w, T0 + seconds(2)).kind, CheckoutKind::Wait);
+  EXPECT_EQ(checkout_idle_id(*pool, 0), 5u);  // worker 0's own client takes it first
+
+  EXPECT_EQ(handoff.run(0), 1);  // nothing to send: worker 1 is told
+  EXPECT_EQ(handoff.run(1), 1);
+  EXPECT_EQ(w.permits, 1);
+  auto s = pool->stats(T0 + seconds(2));
+  EXPECT_EQ(s.size, 2);
+  EXPECT_EQ(s.overflow, 1);
+  EXPECT_EQ(s.waiting, 0);
+}
+
+// ... and when a third worker has one idle, that one is asked for instead.
+TEST_F(ServerPoolTest, StealFindingNothingAsksAnotherWorkerThatHasOne) {
+  auto pool = make_pool(make_settings(2, 1), 3);
+  park(*pool, 0, open_new(*pool, 5, 0), T0 + seconds(1));
+  park(*pool, 2, open_new(*pool, 6, 2), T0 + seconds(1));
+  RecordingWaiter w;
+  ASSERT_EQ(pool->checkout(1, &w, T0 + seconds(2)).kind, CheckoutKind::Wait);
+  EXPECT_EQ(checkout_idle_id(*pool, 0), 5u);
+
+  EXPECT_EQ(handoff.run(0), 1);
+  EXPECT_EQ(handoff.run(1), 1);  // refused for overflow again: worker 2 is asked
+  EXPECT_EQ(w.granted(), 0);
+  EXPECT_EQ(handoff.run(2), 1);
+  EXPECT_EQ(handoff.run(1), 1);
+  ASSERT_EQ(w.connections, 1);
+  EXPECT_EQ(w.grants[0]->id, 6u);
+  auto s = pool->stats(T0 + seconds(2));
+  EXPECT_EQ(s.size, 2);
+  EXPECT_EQ(s.overflow, 0);
+}
+
 // --- check-in closes ---
 
 TEST_F(ServerPoolTest, CheckinPastRecycleReturnsConnectionToClose) {
