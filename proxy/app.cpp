@@ -753,23 +753,26 @@ void App::move_listeners(const std::string& database, const std::string& shard,
   }
 }
 
+namespace {
+
+admission::Limits door_limits(const config::Config& cfg) {
+  return {.max_clients = cfg.pool.max_client_connections,
+          .per_address = cfg.limits.connections_per_ip,
+          .rate_per_s = cfg.limits.connect_rate_per_ip,
+          .burst = cfg.limits.connect_burst_per_ip};
+}
+
+}  // namespace
+
 admission::Verdict App::admit(const admission::Address& from) {
-  const auto cfg = config();
-  const admission::Limits limits{.max_clients = cfg->pool.max_client_connections,
-                                 .per_address = cfg->limits.connections_per_ip,
-                                 .rate_per_s = cfg->limits.connect_rate_per_ip,
-                                 .burst = cfg->limits.connect_burst_per_ip};
+  const admission::Limits limits = door_limits(*config());
   std::lock_guard lock(door_mutex_);
   return door_.admit(from, limits, admission::Clock::now());
 }
 
 bool App::cancel_admitted(const admission::Address& from, admission::Verdict verdict) {
   if (verdict == admission::Verdict::Admit) return true;  // no lock: the usual cancel
-  const auto cfg = config();
-  const admission::Limits limits{.max_clients = cfg->pool.max_client_connections,
-                                 .per_address = cfg->limits.connections_per_ip,
-                                 .rate_per_s = cfg->limits.connect_rate_per_ip,
-                                 .burst = cfg->limits.connect_burst_per_ip};
+  const admission::Limits limits = door_limits(*config());
   std::lock_guard lock(door_mutex_);
   return door_.cancel_admitted(from, verdict, limits, admission::Clock::now());
 }
