@@ -300,7 +300,6 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
       message += " (the server said: " + extras().lost_goodbye + ")";
       extras_to_change().lost_goodbye.clear();
     }
-    message += "; the transaction was rolled back, run it again";
     const bool checkout_failed = !work().rare().failure.empty();
     if (checkout_failed) {
       sqlstate = std::move(work().change_rare().failure_sqlstate);
@@ -328,8 +327,9 @@ const Actions& Session::plan_client(std::string_view input, Clock::time_point no
     }
     if (lost_block_ != LostBlock::None && !rest_of_flight) {
       failed = first();
-      answer_in_lost_block(failed, sqlstate, message, out);
+      answer_in_lost_block(failed, sqlstate, message, !checkout_failed, out);
     } else {
+      if (!checkout_failed) message += "; the transaction was rolled back, run it again";
       fail_requests(failed, sqlstate, message, out.outbox, {},
                     lost_block_ == LostBlock::Failed ? 'E' : 'I');
     }
@@ -993,7 +993,7 @@ bool Session::end_deferred_transaction(std::string_view frames, Actions& out) {
 }
 
 void Session::answer_in_lost_block(std::string_view request, std::string_view sqlstate,
-                                   std::string_view message, Actions& out) {
+                                   std::string_view message, bool server_lost, Actions& out) {
   std::string_view sql;
   HubReply reply;
   bool ends_block = false;
@@ -1018,9 +1018,15 @@ void Session::answer_in_lost_block(std::string_view request, std::string_view sq
     return;
   }
   // Told now. A COMMIT or ROLLBACK ends the block with the error; anything else leaves the
-  // client in a failed block, as an error inside one does on PostgreSQL.
+  // client in a failed block, as an error inside one does on PostgreSQL, which it must end first.
   lost_block_ = ends_block ? LostBlock::None : LostBlock::Failed;
-  fail_requests(request, sqlstate, message, out.outbox, {}, ends_block ? 'I' : 'E');
+  std::string told(message);
+  if (server_lost) {
+    told += ends_block ? "; the transaction was rolled back, run it again"
+                       : "; the transaction was rolled back: end the block with ROLLBACK, then "
+                         "run it again";
+  }
+  fail_requests(request, sqlstate, told, out.outbox, {}, ends_block ? 'I' : 'E');
 }
 
 std::pair<std::string_view, std::string> Session::shard_conflict(Link& l, std::string_view sql,

@@ -689,9 +689,10 @@ class Session {
   void give_up_link(Link& l, LinkId id, const std::string& message, LinkOp::Kind kind,
                     Actions& out);
   // The first request of `frames` in a lost transaction block (LostBlock): failed with
-  // `sqlstate`/`message`, or answered ROLLBACK when it ends a block the client was told of.
+  // `sqlstate`/`message` (`server_lost`: followed by what the client must do), or answered
+  // ROLLBACK when it ends a block the client was told of.
   void answer_in_lost_block(std::string_view frames, std::string_view sqlstate,
-                            std::string_view message, Actions& out);
+                            std::string_view message, bool server_lost, Actions& out);
   void unlink(LinkId id, LinkOp::Kind kind, Actions& out, std::string_view sql1 = {},
               std::string_view sql2 = {});
   void release_all_for_close(Actions& out);

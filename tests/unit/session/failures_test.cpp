@@ -63,6 +63,8 @@ TEST(SessionFailures, ServerLostInATransactionFailsTheBlockUntilTheClientEndsIt)
   EXPECT_EQ(s.consumed, q.size());
   EXPECT_EQ(sqlstates_in(s.to_client), "08006");
   EXPECT_EQ(statuses_in(s.to_client), "E");
+  EXPECT_NE(errors_in(s.to_client).at(0).message.find("end the block with ROLLBACK"),
+            std::string::npos);
   s = h.client(q);
   EXPECT_FALSE(s.check_out);
   EXPECT_EQ(sqlstates_in(s.to_client), "25P02");
